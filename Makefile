@@ -1,0 +1,31 @@
+# The README's two commands: `make run` and `make test`. Each installs what it needs itself,
+# on a fresh Debian machine that has only python3, make and apt-get.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test bench-core lint clean
+
+$(BIN)/python:
+	@$(PY) -m venv --help >/dev/null 2>&1 && $(PY) -c 'import ensurepip' 2>/dev/null || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/sluice demo
+
+test: $(VENV)/.installed
+	$(BIN)/lint-imports --config pyproject.toml
+	$(BIN)/python -m pytest
+
+bench-core: $(VENV)/.installed
+	$(BIN)/sluice bench core
+
+clean:
+	rm -rf $(VENV) build *.egg-info

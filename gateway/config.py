@@ -1,0 +1,63 @@
+"""Sluice's configuration: one typed TOML tree, decoded with msgspec.
+
+Unknown keys are rejected and every error names the key path (``core.carriers[0].rate``), so a
+typo never silently falls back to a default. Nothing is read at import time: ``load(path)`` and
+``loads(text)`` are the only ways in. Secrets are never in the file: a key ending in ``_env``
+names the environment variable that holds the secret.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+import msgspec
+
+from gateway.core.settings import CoreSettings
+from gateway.errors import ConfigError
+
+__all__ = ["Config", "default_text", "load", "loads"]
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    core: CoreSettings = msgspec.field(default_factory=CoreSettings)
+
+
+def loads(text: str, *, path: str | None = None) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from exc
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        message, key = _split_path(str(exc))
+        raise ConfigError(message, key=key, path=path) from exc
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", path=str(p)) from exc
+    return loads(text, path=str(p))
+
+
+def default_text() -> str:
+    """The embedded default config (``config/sluice.toml``, shipped inside the package too)."""
+    return resources.files("gateway").joinpath("sluice.toml").read_text(encoding="utf-8")
+
+
+_AT = re.compile(r"^(.*?)(?: - at `\$\.?(.*)`)?$", re.S)
+
+
+def _split_path(text: str) -> tuple[str, str | None]:
+    """msgspec says "... - at `$.core.carriers[0].rate`"; keep the message and the key path."""
+    m = _AT.match(text)
+    if m is None:
+        return text, None
+    message, key = m.group(1), m.group(2)
+    return message, (key or None)

@@ -1,0 +1,380 @@
+"""The delivery core's front door: admit messages, take batches for carriers, hear what happened.
+
+Theory of operation
+-------------------
+``Scheduler`` is pure and synchronous. The async shell reads the clock once per tick and passes
+the same ``now`` to every call; nothing here sleeps, does I/O, or raises for an expected outcome.
+
+- ``admit(job, recipients, now)`` validates each recipient (number, variables, segments, zone,
+  route), stores the accepted ones compactly in the shard of their number, and answers with the
+  ids, the rejected indices with reasons, and any immediate outcomes (opted out, expired).
+- ``take(carrier, max_segments, now)`` is the dispatch decision. It releases due timers, then
+  walks that carrier's lanes by priority (all of priority 0 in every shard before priority 1),
+  deciding each message: dispatch, defer (quiet hours, weekly cap) or end. It stops when the
+  batch is full or the carrier's token bucket is empty. Lanes are per carrier, so a carrier that
+  is throttled or down never blocks another's messages (no head-of-line blocking).
+- The shell reports back: ``complete(ref)`` when a dispatched message has left for good (the
+  carrier answered, either way), ``requeue(ref, now)`` when it must go again (time-out, dropped
+  bind, throttled), ``throttled(carrier, now)`` to slow a carrier down.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import msgspec
+
+from gateway.core import segments
+from gateway.core.bucket import BucketStatistics, TokenBucket
+from gateway.core.caps import WeeklyCap
+from gateway.core.ids import IdGenerator
+from gateway.core.model import Dispatch, Final, FinalState, Job, Outcome, Recipient
+from gateway.core.quiet_hours import QuietHours
+from gateway.core.routing import NoRoute, Router
+from gateway.core.settings import CategoryPolicy, CoreSettings
+from gateway.core.shard import DEAD, INFLIGHT, READY, WAITING, Shard, shard_of
+from gateway.core.template import Template
+from gateway.core.zones import ZoneResolver
+
+__all__ = ["Admission", "Batch", "CoreStatistics", "Scheduler", "UnknownCarrier"]
+
+_TENANT_SHIFT = 50  # E.164 numbers are < 10**15 < 2**50
+_INF = math.inf
+
+
+class UnknownCarrier(KeyError):
+    pass
+
+
+class Admission(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    first_id: int  # message i of this call has id first_id + i (rejected indices have none)
+    accepted: int
+    rejected: list[tuple[int, str]]
+    outcomes: list[Outcome]
+
+
+class Batch(msgspec.Struct, frozen=True, kw_only=True):
+    dispatches: list[Dispatch]
+    outcomes: list[Outcome]
+
+
+class CoreStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    ready: dict[str, int]  # per carrier
+    waiting: int
+    inflight: int
+    jobs: int
+    buckets: dict[str, BucketStatistics]
+
+
+class JobEntry:
+    """What all messages of one job share, kept once."""
+
+    __slots__ = ("slot", "job", "tenant_key", "policy", "priority", "template", "expires_at",
+                 "carrier", "live")  # fmt: skip
+
+    def __init__(self, slot: int, job: Job, tenant_key: int, policy: CategoryPolicy,
+                 carrier: int | None) -> None:  # fmt: skip
+        self.slot = slot
+        self.job = job
+        self.tenant_key = tenant_key
+        self.policy = policy
+        self.priority = policy.priority if job.priority is None else job.priority
+        self.template = Template(job.template)
+        self.expires_at = _INF if job.expires_at is None else job.expires_at
+        self.carrier = carrier
+        self.live = 0  # messages of this job still queued or in flight
+
+
+class Policies:
+    """Everything a shard needs to decide, bundled once so the hot loop reads locals."""
+
+    __slots__ = ("jobs", "suppressed", "quiet_hours", "cap_wait", "spread", "carrier_names", "smart")
+
+    def __init__(self, settings: CoreSettings, quiet_hours: QuietHours) -> None:
+        self.jobs: list[JobEntry] = []
+        self.suppressed: set[int] = set()
+        self.quiet_hours = quiet_hours
+        self.cap_wait = settings.weekly_cap.policy == "wait"
+        self.spread = settings.quiet_hours.spread
+        self.carrier_names = [c.name for c in settings.carriers]
+        self.smart = segments.smart if settings.smart_encoding else None
+
+
+class Scheduler:
+    def __init__(
+        self, settings: CoreSettings, now: float, *, resolver: ZoneResolver | None = None
+    ) -> None:
+        self.settings = settings
+        qh = settings.quiet_hours
+        self.resolver = resolver or ZoneResolver(default_zone=qh.default_zone)
+        quiet = QuietHours(self.resolver, start=qh.start, end=qh.end, overrides=dict(qh.overrides))
+        self._p = Policies(settings, quiet)
+        self._carrier_index = {c.name: i for i, c in enumerate(settings.carriers)}
+        self._buckets = [TokenBucket(c.rate, c.burst, now) for c in settings.carriers]
+        self._router = Router(settings.routes, self._carrier_index)
+        cap = settings.weekly_cap
+        self._shards = [Shard(i, WeeklyCap(cap.limit, cap.window_days * 86400.0))
+                        for i in range(settings.shards)]  # fmt: skip
+        self._priorities = sorted({c.priority for c in settings.categories.values()} | set(range(10)))
+        self._rr = [0] * len(settings.carriers)
+        self._jobs: dict[str, JobEntry] = {}
+        self._free_slots: list[int] = []
+        self._tenants: dict[str, int] = {}
+        self._ids = IdGenerator()
+
+    # -- admission ------------------------------------------------------------------------
+
+    def admit(
+        self, job: Job, recipients: Sequence[Recipient], now: float, *, first_id: int | None = None
+    ) -> Admission:
+        """Admit a job's recipients (all of them, or one chunk of a streamed job)."""
+        entry = self._entry_for(job)
+        base = self._ids.reserve(len(recipients), now) if first_id is None else first_id
+        rejected: list[tuple[int, str]] = []
+        outcomes: list[Outcome] = []
+        accepted = 0
+        fixed = self._fixed_plan(entry)
+        p, shards, nshards = self._p, self._shards, len(self._shards)
+        policy, tenant_key = entry.policy, entry.tenant_key
+        expired = now >= entry.expires_at
+        not_before = job.not_before if job.not_before is not None and job.not_before > now else None
+        for i, r in enumerate(recipients):
+            try:
+                number, packed, seg, zone, carrier = self._check(entry, r, fixed)
+            except (ValueError, LookupError) as exc:
+                rejected.append((i, _reason(exc)))
+                continue
+            accepted += 1
+            if expired or (policy.suppressible and tenant_key | number in p.suppressed):
+                why = (FinalState.EXPIRED, "validity ended") if expired else (FinalState.SUPPRESSED, "opted out")
+                outcomes.append(Final(message_id=base + i, job_id=job.id, state=why[0], reason=why[1], at=now))
+                continue
+            shard = shards[shard_of(number, nshards)]
+            row = shard.alloc()
+            shard.number[row] = number
+            shard.job[row] = entry.slot
+            shard.ids[row] = base + i
+            shard.store_vars(row, packed)
+            shard.zone[row] = zone
+            shard.carrier[row] = carrier
+            shard.segments[row] = seg
+            shard.attempt[row] = 0
+            entry.live += 1
+            if not_before is None:
+                shard.make_ready(row, p.jobs)
+            else:
+                shard.wait(row, not_before)
+        if entry.live == 0:
+            self._drop(entry)
+        return Admission(job_id=job.id, first_id=base, accepted=accepted, rejected=rejected, outcomes=outcomes)
+
+    def _check(self, entry: JobEntry, r: Recipient, fixed: int) -> tuple[int, bytes, int, int, int]:
+        """Validate one recipient; returns its columns. Raises ValueError/LookupError with why."""
+        digits = r.to[1:]
+        if r.to[:1] != "+" or not digits.isdigit() or not 7 <= len(digits) <= 15:
+            raise ValueError(f"invalid number {r.to!r}")
+        number = int(digits)
+        template = entry.template
+        if fixed:
+            packed, seg = b"", fixed
+        else:
+            packed = template.pack(r.vars)
+            seg = self._plan(template.render(packed))
+        zone = self.resolver.key_for(number, r.tz)
+        if zone > 0xFFFF:
+            raise ValueError("too many distinct time-zone sets")
+        carrier = entry.carrier if entry.carrier is not None else self._router.carriers_for(digits)[0]
+        return number, packed, seg, zone, carrier
+
+    def _plan(self, body: str) -> int:
+        if self._p.smart:
+            body = self._p.smart(body)
+        plan = segments.plan(body)
+        if plan.segments > self.settings.max_segments:
+            raise ValueError(
+                f"message needs {plan.segments} segments, more than the maximum {self.settings.max_segments}"
+            )
+        return plan.segments | (0x80 if plan.encoding == segments.UCS2 else 0)
+
+    def _fixed_plan(self, entry: JobEntry) -> int:
+        """A body without placeholders is planned once per job; 0 means 'plan per recipient'."""
+        if entry.template.fields:
+            return 0
+        return self._plan(entry.template.source)
+
+    def _entry_for(self, job: Job) -> JobEntry:
+        entry = self._jobs.get(job.id)
+        if entry is not None:
+            return entry
+        policy = self.settings.categories.get(job.category)
+        if policy is None:
+            raise ValueError(f"unknown category {job.category!r}")
+        carrier = None
+        if job.carrier is not None:
+            if job.carrier not in self._carrier_index:
+                raise UnknownCarrier(job.carrier)
+            carrier = self._carrier_index[job.carrier]
+        tenant = self._tenants.setdefault(job.tenant, len(self._tenants))
+        jobs = self._p.jobs
+        slot = self._free_slots.pop() if self._free_slots else len(jobs)
+        entry = JobEntry(slot, job, tenant << _TENANT_SHIFT, policy, carrier)
+        if slot == len(jobs):
+            jobs.append(entry)
+        else:
+            jobs[slot] = entry
+        self._jobs[job.id] = entry
+        return entry
+
+    def _drop(self, entry: JobEntry) -> None:
+        if self._jobs.get(entry.job.id) is entry:
+            del self._jobs[entry.job.id]
+            self._free_slots.append(entry.slot)
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def take(self, carrier: str, max_segments: int, now: float) -> Batch:
+        """Decide what ``carrier`` may be sent now: at most ``max_segments`` segments (one larger
+        message alone if the batch is empty) and never more than its bucket holds."""
+        c = self._carrier(carrier)
+        p, shards = self._p, self._shards
+        for shard in shards:
+            shard.release(now, p.jobs)
+        bucket = self._buckets[c]
+        tokens = int(bucket.available(now))
+        budget = min(max_segments, tokens)
+        out: list[Dispatch] = []
+        outcomes: list[Outcome] = []
+        if budget > 0:
+            n = len(shards)
+            start = self._rr[c]
+            self._rr[c] = (start + 1) % n
+            for prio in self._priorities:
+                key = c << 4 | prio
+                for k in range(n):
+                    shard = shards[(start + k) % n]
+                    lane = shard.lanes.get(key)
+                    if lane:
+                        budget = shard.drain(lane, budget, tokens, now, p, out, outcomes)
+                        if budget <= 0:
+                            break
+                if budget <= 0:
+                    break
+            used = sum(d.segments for d in out)
+            if used and not bucket.try_take(used, now):
+                raise AssertionError("bucket gave fewer tokens than it said it had")
+        self._settle(outcomes)
+        return Batch(dispatches=out, outcomes=outcomes)
+
+    def _settle(self, outcomes: list[Outcome]) -> None:
+        """Forget jobs whose last message just ended."""
+        for o in outcomes:
+            if isinstance(o, Final):
+                entry = self._jobs.get(o.job_id)
+                if entry is not None and entry.live == 0:
+                    self._drop(entry)
+
+    def complete(self, ref: int) -> None:
+        """A dispatched message has left the queue for good (accepted or refused by the carrier)."""
+        shard, row = self._inflight(ref)
+        entry = self._p.jobs[shard.job[row]]
+        entry.live -= 1
+        shard.inflight -= 1
+        shard.free(row)
+        if entry.live == 0:
+            self._drop(entry)
+
+    def requeue(self, ref: int, now: float, *, delay: float = 0.0, refund_cap: bool = True) -> None:
+        """Send it again: ahead of everything that arrived after it, or after ``delay`` seconds.
+
+        ``refund_cap``: the carrier never took it, so it does not count against the weekly cap.
+        """
+        shard, row = self._inflight(ref)
+        entry = self._p.jobs[shard.job[row]]
+        shard.inflight -= 1
+        if refund_cap and entry.policy.weekly_cap:
+            shard.cap.refund(entry.tenant_key | shard.number[row], shard.due[row])
+        shard.attempt[row] = min(255, shard.attempt[row] + 1)
+        if delay > 0:
+            shard.wait(row, now + delay)
+        else:
+            shard.state[row] = READY
+            shard.lane(shard.carrier[row], entry.priority).push_front(row)
+
+    def throttled(self, carrier: str, now: float) -> None:
+        self._buckets[self._carrier(carrier)].throttled(now)
+
+    def bucket(self, carrier: str) -> TokenBucket:
+        return self._buckets[self._carrier(carrier)]
+
+    def _carrier(self, name: str) -> int:
+        try:
+            return self._carrier_index[name]
+        except KeyError:
+            raise UnknownCarrier(name) from None
+
+    def _inflight(self, ref: int) -> tuple[Shard, int]:
+        shard_no, row = ref >> 32, ref & 0xFFFFFFFF
+        if not 0 <= shard_no < len(self._shards):
+            raise ValueError(f"no such dispatch ref {ref}")
+        shard = self._shards[shard_no]
+        if row >= len(shard.state) or shard.state[row] != INFLIGHT:
+            raise ValueError(f"dispatch ref {ref} is not in flight")
+        return shard, row
+
+    # -- control --------------------------------------------------------------------------
+
+    def cancel_job(self, job_id: str, now: float) -> list[Final]:
+        """End every queued (not in-flight) message of a job as ``canceled``."""
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return []
+        ended: list[Final] = []
+        slot = entry.slot
+        for shard in self._shards:
+            jobcol, state, ids = shard.job, shard.state, shard.ids
+            for row in range(len(state)):
+                if jobcol[row] == slot and state[row] in (READY, WAITING):
+                    state[row] = DEAD  # freed when its lane or timer entry comes up
+                    entry.live -= 1
+                    ended.append(Final(message_id=ids[row], job_id=job_id,
+                                       state=FinalState.CANCELED, reason="job canceled", at=now))  # fmt: skip
+        if entry.live == 0:
+            self._drop(entry)
+        return ended
+
+    def suppress(self, tenant: str, number: str) -> None:
+        self._p.suppressed.add(self._tenant_key(tenant) | int(number.lstrip("+")))
+
+    def unsuppress(self, tenant: str, number: str) -> None:
+        self._p.suppressed.discard(self._tenant_key(tenant) | int(number.lstrip("+")))
+
+    def _tenant_key(self, tenant: str) -> int:
+        return self._tenants.setdefault(tenant, len(self._tenants)) << _TENANT_SHIFT
+
+    def next_wakeup(self) -> float | None:
+        """The earliest instant a deferred message becomes due (for the shell's sleep)."""
+        dues = [d for s in self._shards if (d := s.timers.next_due()) is not None]
+        return min(dues) if dues else None
+
+    def statistics(self, now: float) -> CoreStatistics:
+        names = self._p.carrier_names
+        ready = dict.fromkeys(names, 0)
+        for shard in self._shards:
+            for key, lane in shard.lanes.items():
+                ready[names[key >> 4]] += sum(1 for row in lane if shard.state[row] != DEAD)
+        return CoreStatistics(
+            ready=ready,
+            waiting=sum(1 for s in self._shards for row in s.timers if s.state[row] == WAITING),
+            inflight=sum(s.inflight for s in self._shards),
+            jobs=len(self._jobs),
+            buckets={n: b.statistics(now) for n, b in zip(names, self._buckets)},
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, NoRoute | KeyError):
+        return str(exc.args[0]) if exc.args else type(exc).__name__
+    return str(exc)
+

@@ -1,0 +1,106 @@
+"""The delivery core's settings: typed, validated, with the defaults a production gateway expects.
+
+These Structs are the ``[core]``-level parts of the TOML tree (``gateway.config``); the core
+itself only ever sees these, already decoded and checked.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = [
+    "CapSettings",
+    "CarrierSettings",
+    "CategoryPolicy",
+    "CoreSettings",
+    "QuietHoursSettings",
+    "Route",
+    "default_categories",
+]
+
+HHMM = Annotated[str, msgspec.Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$")]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class CategoryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How one message category is treated. Lower ``priority`` goes first."""
+
+    priority: Annotated[int, msgspec.Meta(ge=0, le=9)]
+    quiet_hours: bool = False
+    weekly_cap: bool = False
+    suppressible: bool = True  # opted-out recipients get none of these
+
+
+def default_categories() -> dict[str, CategoryPolicy]:
+    return {
+        "otp": CategoryPolicy(priority=0, suppressible=False),
+        "transactional": CategoryPolicy(priority=1, suppressible=False),
+        "marketing": CategoryPolicy(priority=2, quiet_hours=True, weekly_cap=True),
+    }
+
+
+class QuietHoursSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Capped categories go out only between ``start`` and ``end`` in the recipient's local time."""
+
+    start: HHMM = "08:00"
+    end: HHMM = "21:00"
+    # Region ("US-FL") or country ("FR") -> [start, end]; the most specific wins.
+    overrides: dict[str, tuple[HHMM, HHMM]] = msgspec.field(
+        default_factory=lambda: {"US-FL": ("08:00", "20:00"), "US-OK": ("08:00", "20:00")}
+    )
+    # Messages held overnight are released spread over this many seconds after the opening.
+    spread: Annotated[float, msgspec.Meta(ge=0)] = 1800.0
+    default_zone: str = "UTC"  # for numbers whose zone is unknown
+
+
+class CapSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    limit: Annotated[int, msgspec.Meta(ge=1)] = 3
+    window_days: Positive = 7.0
+    policy: Literal["drop", "wait"] = "drop"  # over the cap: end as `capped`, or wait for a slot
+
+
+class CarrierSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The core's view of a carrier: its rate in segments per second and its burst."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+    rate: Positive = 100.0
+    burst: Annotated[int, msgspec.Meta(ge=1)] = 100
+
+
+class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Numbers starting with ``prefix`` (digits of E.164, '' = any) go to ``carriers`` in order."""
+
+    prefix: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{0,15}$")] = ""
+    carriers: Annotated[list[str], msgspec.Meta(min_length=1)]
+
+
+class CoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    max_segments: Annotated[int, msgspec.Meta(ge=1, le=255)] = 10
+    smart_encoding: bool = True
+    categories: dict[str, CategoryPolicy] = msgspec.field(default_factory=default_categories)
+    quiet_hours: QuietHoursSettings = msgspec.field(default_factory=QuietHoursSettings)
+    weekly_cap: CapSettings = msgspec.field(default_factory=CapSettings)
+    carriers: list[CarrierSettings] = msgspec.field(
+        default_factory=lambda: [CarrierSettings(name="default")]
+    )
+    routes: list[Route] = msgspec.field(default_factory=lambda: [Route(carriers=["default"])])
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.carriers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"carrier names must be unique, got {names}")
+        for c in self.carriers:
+            if c.burst < self.max_segments:
+                raise ValueError(
+                    f"carrier {c.name!r}: burst {c.burst} must be >= max_segments "
+                    f"{self.max_segments}, or its longest messages could never go"
+                )
+        for r in self.routes:
+            unknown = [n for n in r.carriers if n not in names]
+            if unknown:
+                raise ValueError(f"route {r.prefix!r} names unknown carriers {unknown}")
+        if not self.categories:
+            raise ValueError("at least one category is needed")

@@ -1,0 +1,286 @@
+"""One shard of the queue: the messages of the recipients whose number hashes to it.
+
+Theory of operation
+-------------------
+A recipient's messages always land in the same shard (``shard_of``: a stable multiplicative
+hash of the number, the same in every process), so the recipient's weekly-cap state lives in one
+place and shards can later be spread over processes.
+
+Messages are stored by column, one ``array`` per field, indexed by a *row* number; the per-job
+fields (tenant, sender, template, category, expiry) live once in the job table. A queued
+templated message costs about 60 bytes: the row (~42 B), its packed variables in a shared arena (the row's id is 8 of those),
+and its entry in a lane or in the timers. Each live row is referenced by exactly one of: a lane,
+the timers, or a dispatch in flight. A row that is canceled while queued is marked ``DEAD`` and
+freed when its lane or timer entry comes up, so no stale reference ever reaches a reused row.
+
+Per row, the lifecycle is::
+
+    FREE -> READY (in a lane) <-> WAITING (in the timers)
+              |  ^
+              v  | requeue
+            INFLIGHT -> FREE (complete)          READY/WAITING -> DEAD -> FREE (cancel)
+
+``drain`` walks one lane in order and decides each message: dispatch, defer (quiet hours,
+weekly cap) or end (expired, suppressed, capped). Every decision is a value appended to the
+caller's lists; nothing raises.
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import TYPE_CHECKING
+
+from gateway.core.caps import WeeklyCap
+from gateway.core.model import Deferred, Dispatch, Final, FinalState
+from gateway.core.queue import Lane, Timers
+
+if TYPE_CHECKING:
+    from gateway.core.scheduler import JobEntry, Policies
+
+__all__ = ["Shard", "shard_of"]
+
+FREE, READY, WAITING, INFLIGHT, DEAD = range(5)
+_GROW = 4096
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def shard_of(number: int, shards: int) -> int:
+    """Stable across processes and runs (unlike ``hash(str)``, which is salted)."""
+    return (((number * _GOLDEN) & _MASK64) >> 32) % shards
+
+
+def spread_offset(message_id: int, spread: float) -> float:
+    """A deterministic, uniform offset in [0, spread) so held messages don't leave at once."""
+    return ((message_id * 2654435761) & 0xFFFFFFFF) / 4294967296.0 * spread
+
+
+class Shard:
+    __slots__ = (
+        "index",
+        "number",
+        "job",
+        "ids",
+        "vars_at",
+        "due",
+        "zone",
+        "carrier",
+        "segments",
+        "state",
+        "attempt",
+        "arena",
+        "arena_dead",
+        "free_rows",
+        "lanes",
+        "timers",
+        "inflight",
+        "cap",
+        "_columns",
+    )
+
+    def __init__(self, index: int, cap: WeeklyCap) -> None:
+        self.index = index
+        self.cap = cap
+        self.number = array("q")  # E.164 digits as int
+        self.job = array("i")  # slot in the job table
+        self.ids = array("q")  # the message's sortable id
+        self.vars_at = array("q")  # arena offset << 16 | length
+        self.due = array("d")  # when WAITING: due time; when INFLIGHT: dispatch time
+        self.zone = array("H")  # interned zone-set key (gateway.core.zones)
+        self.carrier = array("B")
+        self.segments = array("B")  # low 7 bits: count; bit 7: UCS-2
+        self.state = array("B")
+        self.attempt = array("B")
+        self._columns = (
+            self.number, self.job, self.ids, self.vars_at, self.due,
+            self.zone, self.carrier, self.segments, self.state, self.attempt,
+        )  # fmt: skip
+        self.arena = bytearray()
+        self.arena_dead = 0
+        self.free_rows = array("q")
+        self.lanes: dict[int, Lane] = {}  # carrier << 4 | priority -> Lane
+        self.timers = Timers()
+        self.inflight = 0
+
+    # -- rows -----------------------------------------------------------------------------
+
+    def alloc(self) -> int:
+        if not self.free_rows:
+            start = len(self.state)
+            for col in self._columns:
+                col.frombytes(bytes(_GROW * col.itemsize))
+            self.free_rows.extend(range(start + _GROW - 1, start - 1, -1))
+        return self.free_rows.pop()
+
+    def free(self, row: int) -> None:
+        self.state[row] = FREE
+        self.arena_dead += self.vars_at[row] & 0xFFFF
+        self.free_rows.append(row)
+        if self.arena_dead > 1 << 20 and self.arena_dead * 2 > len(self.arena):
+            self._compact_arena()
+
+    def store_vars(self, row: int, packed: bytes) -> None:
+        n = len(packed)
+        if n > 0xFFFF:
+            raise ValueError("a recipient's variables may take at most 65535 bytes")
+        self.vars_at[row] = len(self.arena) << 16 | n
+        self.arena += packed
+
+    def vars_of(self, row: int) -> bytes:
+        at = self.vars_at[row]
+        off = at >> 16
+        return bytes(self.arena[off : off + (at & 0xFFFF)])
+
+    def _compact_arena(self) -> None:
+        """Rewrite the arena with only live rows' variables (amortised: runs when half is dead)."""
+        old, new = self.arena, bytearray()
+        state, vars_at = self.state, self.vars_at
+        for row in range(len(state)):
+            if state[row] != FREE:
+                at = vars_at[row]
+                off, n = at >> 16, at & 0xFFFF
+                vars_at[row] = len(new) << 16 | n
+                new += old[off : off + n]
+            else:
+                vars_at[row] = 0
+        self.arena, self.arena_dead = new, 0
+
+    # -- queueing -------------------------------------------------------------------------
+
+    def lane(self, carrier: int, priority: int) -> Lane:
+        key = carrier << 4 | priority
+        lane = self.lanes.get(key)
+        if lane is None:
+            lane = self.lanes[key] = Lane()
+        return lane
+
+    def make_ready(self, row: int, jobs: list[JobEntry]) -> None:
+        self.state[row] = READY
+        self.lane(self.carrier[row], jobs[self.job[row]].priority).push(row)
+
+    def wait(self, row: int, until: float) -> None:
+        self.state[row] = WAITING
+        self.due[row] = until
+        self.timers.add(row, until)
+
+    def release(self, now: float, jobs: list[JobEntry]) -> None:
+        """Move every timer that is due at ``now`` to its lane."""
+        timers, state = self.timers, self.state
+        while (rows := timers.pop_due(now)) is not None:
+            for row in rows:
+                if state[row] == DEAD:
+                    self.free(row)
+                else:
+                    self.make_ready(row, jobs)
+
+    # -- deciding -------------------------------------------------------------------------
+
+    def drain(
+        self,
+        lane: Lane,
+        budget: int,
+        tokens: int,
+        now: float,
+        p: Policies,
+        out: list[Dispatch],
+        outcomes: list[Deferred | Final],
+    ) -> int:
+        """Decide messages from the head of ``lane`` until ``budget`` segments are used.
+
+        Returns the budget left, or -1 when the head message does not fit (the caller stops:
+        a lower priority never overtakes a higher one that is waiting for tokens).
+        """
+        jobs, state, number, seg_col = p.jobs, self.state, self.number, self.segments
+        suppressed, quiet, cap = p.suppressed, p.quiet_hours, self.cap
+        while budget > 0 and lane:
+            row = lane.peek()
+            if state[row] == DEAD:
+                lane.pop()
+                self.free(row)
+                continue
+            entry = jobs[self.job[row]]
+            if now >= entry.expires_at:
+                lane.pop()
+                outcomes.append(self._end(row, entry, FinalState.EXPIRED, "validity ended", now))
+                continue
+            policy = entry.policy
+            key = entry.tenant_key | number[row]
+            if policy.suppressible and key in suppressed:
+                lane.pop()
+                outcomes.append(self._end(row, entry, FinalState.SUPPRESSED, "opted out", now))
+                continue
+            if policy.quiet_hours:
+                opens = quiet.next_open(self.zone[row], now)
+                if opens > now:
+                    lane.pop()
+                    outcomes.append(self._hold_quiet(row, entry, opens, now, p.spread))
+                    continue
+            if policy.weekly_cap:
+                slot = cap.next_slot(key, now)
+                if slot > now:
+                    lane.pop()
+                    outcomes.append(self._over_cap(row, entry, slot, now, p.cap_wait))
+                    continue
+            seg = seg_col[row] & 0x7F
+            if seg > budget and (out or seg > tokens):
+                return -1
+            lane.pop()
+            budget -= seg
+            if policy.weekly_cap:
+                cap.record(key, now)
+            out.append(self._dispatch(row, entry, now, p))
+        return budget
+
+    def _dispatch(self, row: int, entry: JobEntry, now: float, p: Policies) -> Dispatch:
+        self.state[row] = INFLIGHT
+        self.due[row] = now
+        self.inflight += 1
+        seg = self.segments[row]
+        template = entry.template
+        body = template.render(self.vars_of(row)) if template.fields else template.source
+        return Dispatch(
+            ref=self.index << 32 | row,
+            message_id=self.ids[row],
+            job_id=entry.job.id,
+            tenant=entry.job.tenant,
+            carrier=p.carrier_names[self.carrier[row]],
+            recipient="+" + str(self.number[row]),
+            sender=entry.job.sender,
+            body=p.smart(body) if p.smart else body,
+            encoding="ucs2" if seg & 0x80 else "gsm7",
+            segments=seg & 0x7F,
+            category=entry.job.category,
+            priority=entry.priority,
+            attempt=self.attempt[row],
+        )
+
+    def _end(self, row: int, entry: JobEntry, state: FinalState, reason: str, now: float) -> Final:
+        entry.live -= 1
+        message_id = self.ids[row]
+        self.free(row)
+        return Final(message_id=message_id, job_id=entry.job.id, state=state, reason=reason, at=now)
+
+    def _hold(self, row: int, entry: JobEntry, until: float, reason: str) -> Deferred:
+        until = min(until, entry.expires_at)  # wake up at expiry to end it then, not later
+        self.wait(row, until)
+        return Deferred(
+            message_id=self.ids[row], job_id=entry.job.id, until=until, reason=reason
+        )
+
+    def _hold_quiet(
+        self, row: int, entry: JobEntry, opens: float, now: float, spread: float
+    ) -> Deferred | Final:
+        if opens == float("inf"):  # the windows of the recipient's zones never overlap
+            if entry.expires_at == float("inf"):
+                return self._end(row, entry, FinalState.REJECTED, "quiet hours never open", now)
+            return self._hold(row, entry, entry.expires_at, "quiet_hours")
+        return self._hold(
+            row, entry, opens + spread_offset(self.ids[row], spread), "quiet_hours"
+        )
+
+    def _over_cap(
+        self, row: int, entry: JobEntry, slot: float, now: float, wait: bool
+    ) -> Deferred | Final:
+        if wait:
+            return self._hold(row, entry, slot, "weekly_cap")
+        return self._end(row, entry, FinalState.CAPPED, "weekly cap reached", now)

@@ -1,0 +1,66 @@
+"""Message templates with ``{name}`` placeholders, compiled once per job.
+
+A job of a million recipients stores its template once; each recipient keeps only its values,
+packed into one ``bytes`` (``pack``), and the body is rendered at dispatch with ``str.format``
+(C speed). Braces that are not a placeholder are literal text.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["MissingVariable", "Template"]
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SEP = "\x00"  # values never contain NUL (rejected by pack), so it can separate them
+
+
+class MissingVariable(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"missing variable {name!r}")
+        self.name = name
+
+
+class Template:
+    __slots__ = ("source", "fields", "_fmt")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        fields: list[str] = []
+        parts: list[str] = []
+        pos = 0
+        for m in _PLACEHOLDER.finditer(source):
+            parts.append(_escape(source[pos : m.start()]))
+            name = m.group(1)
+            if name not in fields:
+                fields.append(name)
+            parts.append("{%d}" % fields.index(name))
+            pos = m.end()
+        parts.append(_escape(source[pos:]))
+        self.fields = tuple(fields)
+        self._fmt = "".join(parts)
+
+    def pack(self, values: dict[str, str]) -> bytes:
+        """This recipient's values in field order, as one compact bytes. Raises MissingVariable."""
+        if not self.fields:
+            return b""
+        try:
+            vals = [values[f] for f in self.fields]
+        except KeyError as exc:
+            raise MissingVariable(exc.args[0]) from None
+        joined = _SEP.join(vals)
+        if joined.count(_SEP) != len(vals) - 1:
+            raise ValueError("variable values must not contain NUL characters")
+        return joined.encode()
+
+    def render(self, packed: bytes) -> str:
+        if not self.fields:
+            return self.source
+        return self._fmt.format(*packed.decode().split(_SEP))
+
+    def render_values(self, values: dict[str, str]) -> str:
+        return self.render(self.pack(values))
+
+
+def _escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")

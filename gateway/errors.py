@@ -1,0 +1,64 @@
+"""Sluice's errors, split by whose fault they are.
+
+    SluiceError
+    ├── CallerError          the request was wrong: fix the input (HTTP 4xx)
+    │   ├── InvalidInput     a field is malformed; ``field`` names it (and ``index`` in a job)
+    │   ├── NotFound         no such job/message for this tenant
+    │   └── Conflict         e.g. an idempotency key reused with another body
+    ├── ConfigError          the configuration is wrong; ``key`` is its path (``carriers[0].rate``)
+    ├── StorageError         the store failed; the request may be retried (HTTP 503)
+    └── CarrierError         (carriers.errors) the carrier or its link misbehaved
+
+Expected outcomes of delivery (deferred for quiet hours, capped, suppressed, expired) are not
+errors: the core returns them as values (``gateway.core.model.Outcome``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CallerError",
+    "ConfigError",
+    "Conflict",
+    "InvalidInput",
+    "NotFound",
+    "SluiceError",
+    "StorageError",
+]
+
+
+class SluiceError(Exception):
+    """The root of every error Sluice raises on purpose."""
+
+
+class CallerError(SluiceError):
+    status = 400
+
+
+class InvalidInput(CallerError):
+    status = 422
+
+    def __init__(self, message: str, *, field: str | None = None, index: int | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.index = index
+
+
+class NotFound(CallerError):
+    status = 404
+
+
+class Conflict(CallerError):
+    status = 409
+
+
+class ConfigError(SluiceError):
+    def __init__(self, message: str, *, key: str | None = None, path: str | None = None) -> None:
+        where = f"{path}: " if path else ""
+        at = f" (at {key})" if key else ""
+        super().__init__(f"{where}{message}{at}")
+        self.key = key
+        self.path = path
+
+
+class StorageError(SluiceError):
+    status = 503

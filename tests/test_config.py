@@ -1,0 +1,40 @@
+import pytest
+
+from gateway.config import Config, default_text, loads
+from gateway.errors import ConfigError
+
+
+def test_embedded_default_loads():
+    cfg = loads(default_text())
+    assert [c.name for c in cfg.core.carriers] == ["alpha", "beta"]
+    assert cfg.core.quiet_hours.overrides["US-FL"] == ("08:00", "20:00")
+
+
+def test_example_is_the_same_tree():
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "config" / "example.toml").read_text()
+    assert isinstance(loads(text), Config)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("[core]\nshards = 'many'", "core.shards"),
+        ("[core]\nshrads = 4", "core"),
+        ("[[core.carriers]]\nname = 'x'\nrate = -1", "core.carriers[0].rate"),
+        ("[core.quiet_hours]\nstart = '25:00'", "core.quiet_hours.start"),
+        ("[core.weekly_cap]\npolicy = 'sometimes'", "core.weekly_cap.policy"),
+    ],
+)
+def test_errors_name_the_key(text, key):
+    with pytest.raises(ConfigError) as info:
+        loads(text)
+    assert info.value.key == key
+
+
+def test_semantic_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown carriers"):
+        loads("[[core.carriers]]\nname='a'\n[[core.routes]]\ncarriers=['b']")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        loads("[core")
