@@ -137,7 +137,7 @@ class Scheduler:
         accepted = 0
         fixed = self._fixed_plan(entry)
         p, shards, nshards = self._p, self._shards, len(self._shards)
-        policy, tenant_key = entry.policy, entry.tenant_key
+        policy, tenant_key, slot, priority = entry.policy, entry.tenant_key, entry.slot, entry.priority
         expired = now >= entry.expires_at
         not_before = job.not_before if job.not_before is not None and job.not_before > now else None
         for i, r in enumerate(recipients):
@@ -152,20 +152,8 @@ class Scheduler:
                 outcomes.append(Final(message_id=base + i, job_id=job.id, state=why[0], reason=why[1], at=now))
                 continue
             shard = shards[shard_of(number, nshards)]
-            row = shard.alloc()
-            shard.number[row] = number
-            shard.job[row] = entry.slot
-            shard.ids[row] = base + i
-            shard.store_vars(row, packed)
-            shard.zone[row] = zone
-            shard.carrier[row] = carrier
-            shard.segments[row] = seg
-            shard.attempt[row] = 0
+            shard.add(number, slot, base + i, packed, zone, carrier, seg, priority, not_before)
             entry.live += 1
-            if not_before is None:
-                shard.make_ready(row, p.jobs)
-            else:
-                shard.wait(row, not_before)
         if entry.live == 0:
             self._drop(entry)
         return Admission(job_id=job.id, first_id=base, accepted=accepted, rejected=rejected, outcomes=outcomes)
@@ -176,12 +164,11 @@ class Scheduler:
         if r.to[:1] != "+" or not digits.isdigit() or not 7 <= len(digits) <= 15:
             raise ValueError(f"invalid number {r.to!r}")
         number = int(digits)
-        template = entry.template
         if fixed:
             packed, seg = b"", fixed
         else:
-            packed = template.pack(r.vars)
-            seg = self._plan(template.render(packed))
+            body, packed = entry.template.fill(r.vars)
+            seg = self._plan(body)
         zone = self.resolver.key_for(number, r.tz)
         if zone > 0xFFFF:
             raise ValueError("too many distinct time-zone sets")

@@ -119,6 +119,28 @@ class Shard:
         if self.arena_dead > 1 << 20 and self.arena_dead * 2 > len(self.arena):
             self._compact_arena()
 
+    def add(
+        self, number: int, job_slot: int, message_id: int, packed: bytes, zone: int,
+        carrier: int, seg: int, priority: int, not_before: float | None,
+    ) -> int:  # fmt: skip
+        """Store one admitted message; it is ready now, or waits until ``not_before``."""
+        row = self.free_rows.pop() if self.free_rows else self.alloc()
+        self.number[row] = number
+        self.job[row] = job_slot
+        self.ids[row] = message_id
+        self.store_vars(row, packed)
+        self.zone[row] = zone
+        self.carrier[row] = carrier
+        self.segments[row] = seg
+        self.attempt[row] = 0
+        if not_before is None:
+            self.state[row] = READY
+            lane = self.lanes.get(carrier << 4 | priority)
+            (lane if lane is not None else self.lane(carrier, priority)).push(row)
+        else:
+            self.wait(row, not_before)
+        return row
+
     def store_vars(self, row: int, packed: bytes) -> None:
         n = len(packed)
         if n > 0xFFFF:

@@ -40,10 +40,11 @@ class Template:
         self.fields = tuple(fields)
         self._fmt = "".join(parts)
 
-    def pack(self, values: dict[str, str]) -> bytes:
-        """This recipient's values in field order, as one compact bytes. Raises MissingVariable."""
+    def fill(self, values: dict[str, str]) -> tuple[str, bytes]:
+        """The rendered body and this recipient's values packed in field order (what is stored).
+        Raises MissingVariable, or ValueError for a value with a NUL character."""
         if not self.fields:
-            return b""
+            return self.source, b""
         try:
             vals = [values[f] for f in self.fields]
         except KeyError as exc:
@@ -51,7 +52,10 @@ class Template:
         joined = _SEP.join(vals)
         if joined.count(_SEP) != len(vals) - 1:
             raise ValueError("variable values must not contain NUL characters")
-        return joined.encode()
+        return self._fmt.format(*vals), joined.encode()
+
+    def pack(self, values: dict[str, str]) -> bytes:
+        return self.fill(values)[1]
 
     def render(self, packed: bytes) -> str:
         if not self.fields:

@@ -22,6 +22,7 @@ import math
 from zoneinfo import ZoneInfo
 
 import phonenumbers
+import phonenumbers.timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -55,7 +56,7 @@ STEPS = [0.05, 0.5, 1.0, 7.0, 60.0, 900.0, 3600.0, 6 * 3600.0, 86400.0, 3 * 8640
 def make_settings(policy: str = "drop") -> CoreSettings:
     return CoreSettings(
         shards=4,
-        max_segments=3,
+        max_segments=4,
         carriers=[CarrierSettings(name=n, rate=r, burst=b) for n, (r, b) in CARRIERS.items()],
         routes=[Route(prefix="", carriers=["a"]), Route(prefix="33", carriers=["b"])],
         weekly_cap=CapSettings(limit=2, policy=policy),
@@ -180,9 +181,9 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(k=st.integers(1, 10**6))
     def cancel(self, k: int) -> None:
         job_id = f"j{(k % self.jobs) + 1}"
+        waiting = [i for i, m in self.msgs.items() if m["job"] == job_id and m["state"] == "queued"]
         ended = self.core.cancel_job(job_id, self.now)
         self._outcomes(ended)
-        waiting = [i for i, m in self.msgs.items() if m["job"] == job_id and m["state"] == "queued"]
         assert sorted(f.message_id for f in ended) == sorted(waiting), "cancel ends every queued one"
 
     @rule(i=st.integers(0, len(POOL) - 1))
@@ -224,7 +225,7 @@ class CoreMachine(RuleBasedStateMachine):
 
 
 CoreMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None,
+    max_examples=200, stateful_step_count=80, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )  # fmt: skip
 TestCore = CoreMachine.TestCase
