@@ -40,6 +40,10 @@ class Lane:
     def push_front(self, row: int) -> None:
         self._retry.append(row)  # retries keep their relative order among themselves
 
+    def unpop(self, row: int) -> None:
+        """Put back the row just popped, at the head."""
+        self._retry.appendleft(row)
+
     def peek(self) -> int:
         if self._retry:
             return self._retry[0]

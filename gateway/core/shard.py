@@ -214,39 +214,37 @@ class Shard:
         """
         jobs, state, number, seg_col = p.jobs, self.state, self.number, self.segments
         suppressed, quiet, cap = p.suppressed, p.quiet_hours, self.cap
-        while budget > 0 and lane:
-            row = lane.peek()
+        pop = lane.pop
+        count = len(lane)  # nothing joins this lane while we drain it
+        while budget > 0 and count:
+            count -= 1
+            row = pop()
             if state[row] == DEAD:
-                lane.pop()
                 self.free(row)
                 continue
             entry = jobs[self.job[row]]
             if now >= entry.expires_at:
-                lane.pop()
                 outcomes.append(self._end(row, entry, FinalState.EXPIRED, "validity ended", now))
                 continue
             policy = entry.policy
             key = entry.tenant_key | number[row]
             if policy.suppressible and key in suppressed:
-                lane.pop()
                 outcomes.append(self._end(row, entry, FinalState.SUPPRESSED, "opted out", now))
                 continue
             if policy.quiet_hours:
                 opens = quiet.next_open(self.zone[row], now)
                 if opens > now:
-                    lane.pop()
                     outcomes.append(self._hold_quiet(row, entry, opens, now, p.spread))
                     continue
             if policy.weekly_cap:
                 slot = cap.next_slot(key, now)
                 if slot > now:
-                    lane.pop()
                     outcomes.append(self._over_cap(row, entry, slot, now, p.cap_wait))
                     continue
             seg = seg_col[row] & 0x7F
             if seg > budget and (out or seg > tokens):
+                lane.unpop(row)
                 return -1
-            lane.pop()
             budget -= seg
             if policy.weekly_cap:
                 cap.record(key, now)
@@ -259,7 +257,12 @@ class Shard:
         self.inflight += 1
         seg = self.segments[row]
         template = entry.template
-        body = template.render(self.vars_of(row)) if template.fields else template.source
+        if template.fields:
+            at = self.vars_at[row]
+            off = at >> 16
+            body = template.render(self.arena[off : off + (at & 0xFFFF)])
+        else:
+            body = template.source
         return Dispatch(
             ref=self.index << 32 | row,
             message_id=self.ids[row],

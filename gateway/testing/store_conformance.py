@@ -1,0 +1,97 @@
+"""The one test suite every Store passes. Subclass ``StoreConformance`` and give it a
+``store`` fixture (see tests/store/test_stores.py); every method is a pytest test."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.core.model import Job, Recipient
+from gateway.errors import Conflict
+from gateway.store.base import Change
+
+JOB = Job(id="j1", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
+PEOPLE = [(i, Recipient(to=f"+1212555{i:04d}", vars={"name": f"n{i}"})) for i in range(5)]
+
+
+class StoreConformance:
+    def test_job_roundtrip_and_counts(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE, 10.0, callback_url="https://example.invalid/cb")
+        got = store.job("acme", "j1")
+        assert got.job.job == JOB and got.job.first_id == 1000 and got.job.size == 5
+        assert got.job.callback_url == "https://example.invalid/cb"
+        assert got.counts == {"queued": 5}
+        assert store.job("other-tenant", "j1") is None
+
+    def test_chunks_extend_a_job(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE[:2], 10.0)
+        store.add_job(JOB, 1000, PEOPLE[2:], 11.0)
+        assert store.job("acme", "j1").job.size == 5
+
+    def test_changes_history_and_final_states_stick(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE, 10.0)
+        store.record([Change(message_id=1000, state="submitted", at=11.0, carrier="alpha", carrier_ids=("a1",)),
+                      Change(message_id=1001, state="capped", at=11.0, reason="weekly cap")])  # fmt: skip
+        store.record([Change(message_id=1000, state="delivered", at=12.0, reason="DELIVRD"),
+                      Change(message_id=1001, state="submitted", at=13.0)])  # fmt: skip
+        m = store.message("acme", 1000)
+        assert m.state == "delivered" and m.carrier == "alpha" and m.carrier_ids == ("a1",)
+        assert m.attempts == 1
+        assert [c.state for c in m.history] == ["queued", "submitted", "delivered"]
+        assert m.recipient == PEOPLE[0][1]
+        assert store.message("acme", 1001).state == "capped"  # a final state never changes
+        assert store.message("intruder", 1000) is None
+        assert store.job("acme", "j1").counts == {"delivered": 1, "capped": 1, "queued": 3}
+
+    def test_paging_and_filter(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE, 10.0)
+        store.record([Change(message_id=1002, state="expired", at=11.0)])
+        p1 = store.messages("acme", "j1", state=None, after=0, limit=2)
+        assert p1.ids == [(1000, "queued"), (1001, "queued")] and p1.next_after == 1001
+        p2 = store.messages("acme", "j1", state=None, after=p1.next_after, limit=10)
+        assert [i for i, _ in p2.ids] == [1002, 1003, 1004] and p2.next_after is None
+        assert store.messages("acme", "j1", state="expired", after=0, limit=10).ids == [(1002, "expired")]
+        assert store.messages("other", "j1", state=None, after=0, limit=10).ids == []
+
+    def test_unfinished_lists_what_must_be_recovered(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE, 10.0)
+        store.record([Change(message_id=1000, state="delivered", at=11.0),
+                      Change(message_id=1001, state="submitted", at=11.0)])  # fmt: skip
+        [(stored, rest)] = list(store.unfinished())
+        assert stored.job == JOB
+        assert [(i, st) for i, _, st in rest] == [(1, "submitted"), (2, "queued"), (3, "queued"), (4, "queued")]
+        assert rest[0][1] == PEOPLE[1][1]
+
+    def test_job_status(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE, 10.0)
+        assert store.set_job_status("acme", "j1", "paused")
+        assert store.job("acme", "j1").job.status == "paused"
+        assert not store.set_job_status("acme", "nope", "paused")
+
+    def test_idempotency(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE, 10.0, idempotency=("k1", "digest-a", b'{"id":"j1"}'))
+        assert store.remembered("acme", "k1", "digest-a") == b'{"id":"j1"}'
+        assert store.remembered("acme", "k2", "digest-a") is None
+        assert store.remembered("other", "k1", "digest-a") is None
+        with pytest.raises(Conflict):
+            store.remembered("acme", "k1", "digest-b")
+        with pytest.raises(Conflict):  # same key again: nothing is stored twice
+            store.add_job(Job(id="j2", tenant="acme", sender="A", template="x"), 2000, PEOPLE, 11.0,
+                          idempotency=("k1", "digest-a", b"{}"))  # fmt: skip
+        assert store.job("acme", "j2") is None
+
+    def test_duplicate_ids_rejected_atomically(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE, 10.0)
+        with pytest.raises(Conflict):
+            store.add_job(Job(id="j3", tenant="acme", sender="A", template="x"), 1003, PEOPLE, 11.0)
+        assert store.job("acme", "j3") is None
+
+    def test_suppressions_per_tenant(self, store) -> None:
+        store.suppress("acme", "+12125550000", 5.0, "keyword:STOP")
+        store.suppress("acme", "+12125550000", 6.0)  # already there: kept as first recorded
+        store.suppress("beta", "+12125550001", 7.0)
+        [(t, s)] = store.suppressions("acme")
+        assert t == "acme" and s.number == "+12125550000" and s.at == 5.0 and s.source == "keyword:STOP"
+        assert len(store.suppressions()) == 2
+        assert store.unsuppress("acme", "+12125550000")
+        assert not store.unsuppress("acme", "+12125550000")
+        assert store.suppressions("acme") == []
