@@ -1,0 +1,125 @@
+"""The HTTP API's bodies, as msgspec types: decoding validates them, and the OpenAPI document
+is generated from them (``msgspec.json.schema_components``), so the two never disagree."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = [
+    "ErrorBody",
+    "JobAccepted",
+    "JobIn",
+    "JobStatus",
+    "MessageAccepted",
+    "MessageIn",
+    "MessageOut",
+    "MessagePage",
+    "RecipientIn",
+    "StateChangeOut",
+    "SuppressionIn",
+    "SuppressionOut",
+]
+
+Number = Annotated[str, msgspec.Meta(min_length=2, max_length=20, description="E.164, e.g. +14155550123")]
+Body = Annotated[str, msgspec.Meta(min_length=1, max_length=1600)]
+Sender = Annotated[str, msgspec.Meta(min_length=1, max_length=20, description="alphanumeric or number")]
+CategoryIn = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="otp, transactional, marketing, ...")]
+Validity = Annotated[int, msgspec.Meta(ge=1, le=7 * 86400, description="seconds")]
+Url = Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=2048)]
+Reference = Annotated[str, msgspec.Meta(max_length=128)]
+Zone = Annotated[str, msgspec.Meta(max_length=64, description="IANA time zone, e.g. America/New_York")]
+Timestamp = Annotated[float, msgspec.Meta(ge=0, description="seconds since the Unix epoch")]
+
+
+class MessageIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"}):
+    to: Number
+    body: Body
+    sender: Sender
+    category: CategoryIn = "transactional"
+    tz: Zone | None = None
+    send_at: Timestamp | None = None
+    validity: Validity | None = None
+    callback_url: Url | None = None
+    reference: Reference | None = None
+
+
+class RecipientIn(msgspec.Struct, forbid_unknown_fields=True):
+    to: Number
+    vars: dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=640)]] = {}
+    tz: Zone | None = None
+
+
+class JobIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"}):
+    sender: Sender
+    template: Body
+    recipients: list[RecipientIn] = []
+    category: CategoryIn = "marketing"
+    send_at: Timestamp | None = None
+    validity: Validity | None = None
+    callback_url: Url | None = None
+    reference: Reference | None = None
+
+
+class MessageAccepted(msgspec.Struct):
+    id: str
+    status: str
+
+
+class RecipientError(msgspec.Struct):
+    index: int
+    error: str
+
+
+class JobAccepted(msgspec.Struct):
+    id: str
+    accepted: int
+    rejected: list[RecipientError]
+
+
+class JobStatus(msgspec.Struct):
+    id: str
+    status: Literal["active", "paused", "canceled"]
+    size: int
+    counts: dict[str, int]
+    created_at: float
+
+
+class StateChangeOut(msgspec.Struct):
+    state: str
+    at: float
+    reason: str
+    carrier: str | None = None
+
+
+class MessageOut(msgspec.Struct):
+    id: str
+    job_id: str
+    to: str
+    state: str
+    carrier: str | None
+    carrier_ids: list[str]
+    attempts: int
+    history: list[StateChangeOut]
+
+
+class MessagePage(msgspec.Struct):
+    messages: list[MessageAccepted]
+    next: str | None
+
+
+class SuppressionIn(msgspec.Struct, forbid_unknown_fields=True):
+    number: Number
+
+
+class SuppressionOut(msgspec.Struct):
+    number: str
+    at: float
+    source: str
+
+
+class ErrorBody(msgspec.Struct):
+    error: str
+    field: str | None = None
+    index: int | None = None

@@ -1,0 +1,355 @@
+"""Delivery-receipt reconciliation: which message a carrier's receipt is about, and how it ended.
+
+Theory of operation
+-------------------
+Pure and synchronous; every method takes ``now``. A connector tells the ``Reconciler`` two
+things, in whatever order the network delivers them:
+
+- ``submitted(ref, carrier, carrier_ids, segments, now)``: the carrier accepted every segment of
+  message ``ref`` and gave these ids (one per submitted PDU; one for a message_payload send).
+- ``receipt(carrier, raw_id, state, error_code, now)``: the carrier reported on one id.
+
+Ids are compared after normalisation per carrier (``id_format``): ``"dec"`` and ``"hex"`` compare
+numbers (so ``"000123"`` is ``"123"``, ``"0x1F"``/``"1f"``/``"1F"`` are 31), ``"str"`` compares
+case-folded strings without leading zeros. A carrier that answers submit_sm in hex and reports in
+decimal is ``("hex", "dec")``: the first format is for submit responses, the second for receipts.
+Ids are scoped by carrier, never by bind, so a receipt on another bind of the carrier matches.
+
+A receipt whose id is not (yet) known is *held*: it may have overtaken its submit_sm_resp. When
+the id is submitted within ``hold_unmatched_s`` the held receipt is applied; otherwise ``tick``
+drops it and reports it as ``Unmatched``. A receipt for an id already finished within that time is
+a duplicate and is counted, not reported.
+
+A message of several parts is final when every part has a final receipt: ``delivered`` only if
+all were delivered; otherwise the worst of them (undelivered > rejected > expired > unknown).
+Intermediate states (ENROUTE, ACCEPTED) change nothing. A message with no final answer
+``horizon_s`` after it was submitted ends as ``on_horizon`` (``unknown`` by default), or as the
+worst failure among the parts that did answer.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import msgspec
+
+from gateway.core.model import FinalState
+
+__all__ = [
+    "IdFormat",
+    "ReceiptState",
+    "Receipted",
+    "Reconciler",
+    "ReconcilerStatistics",
+    "Result",
+    "Unmatched",
+    "normalise_id",
+]
+
+IdFormat = Literal["dec", "hex", "str"]
+
+
+class ReceiptState(enum.StrEnum):
+    """What a receipt says (SMPP message_state / the ``stat:`` word of the receipt text)."""
+
+    DELIVERED = "delivered"
+    UNDELIVERABLE = "undeliverable"
+    EXPIRED = "expired"
+    DELETED = "deleted"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
+    ACCEPTED = "accepted"  # intermediate for us: carriers use it for "taken in", not "read"
+    ENROUTE = "enroute"
+
+
+_FINAL: dict[ReceiptState, FinalState] = {
+    ReceiptState.DELIVERED: FinalState.DELIVERED,
+    ReceiptState.UNDELIVERABLE: FinalState.UNDELIVERED,
+    ReceiptState.DELETED: FinalState.UNDELIVERED,
+    ReceiptState.EXPIRED: FinalState.EXPIRED,
+    ReceiptState.REJECTED: FinalState.REJECTED,
+    ReceiptState.UNKNOWN: FinalState.UNKNOWN,
+}
+# Worst first: a multi-part message ends as its worst part.
+_SEVERITY = {
+    FinalState.UNDELIVERED: 4,
+    FinalState.REJECTED: 3,
+    FinalState.EXPIRED: 2,
+    FinalState.UNKNOWN: 1,
+    FinalState.DELIVERED: 0,
+}
+
+
+class Receipted(msgspec.Struct, frozen=True, kw_only=True, tag="receipted"):
+    """Message ``ref`` has its final state. ``error_code`` is the first failing part's code."""
+
+    ref: int
+    carrier: str
+    state: FinalState
+    error_code: int | None
+    reason: str
+    at: float
+
+
+class Unmatched(msgspec.Struct, frozen=True, kw_only=True, tag="unmatched"):
+    """A receipt held ``hold_unmatched_s`` that matched no submitted message."""
+
+    carrier: str
+    message_id: str
+    state: ReceiptState
+    at: float
+
+
+Result = Receipted | Unmatched
+
+
+class ReconcilerStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    pending: int  # messages waiting for receipts
+    held: int  # receipts waiting for their message
+    matched: int  # receipts applied to a message
+    finished: int  # messages given a final state by receipts
+    horizon_expired: int  # messages ended because no receipt came
+    unmatched: int  # receipts dropped after being held
+    duplicates: int
+    intermediate: int
+
+
+def normalise_id(raw: str, fmt: IdFormat) -> int | str:
+    """The comparable form of a carrier message id. Unparsable numbers fall back to ``str``."""
+    s = raw.strip()
+    if fmt == "dec":
+        if s.isdigit():
+            return int(s)
+    elif fmt == "hex":
+        try:
+            return int(s, 16)
+        except ValueError:
+            pass
+    s = s.lower().lstrip("0")
+    return s or "0"
+
+
+class _Pending:
+    __slots__ = ("ref", "keys", "states", "errors", "remaining", "deadline")
+
+    def __init__(self, ref: int, keys: list[int | str], deadline: float) -> None:
+        self.ref = ref
+        self.keys = keys
+        self.states: list[FinalState | None] = [None] * len(keys)
+        self.errors: list[int | None] = [None] * len(keys)
+        self.remaining = len(keys)
+        self.deadline = deadline
+
+
+class _Carrier:
+    __slots__ = ("submit_format", "receipt_format", "by_id", "held", "done")
+
+    def __init__(self, fmt: IdFormat | tuple[IdFormat, IdFormat]) -> None:
+        if isinstance(fmt, tuple):
+            self.submit_format, self.receipt_format = fmt
+        else:
+            self.submit_format = self.receipt_format = fmt
+        for f in (self.submit_format, self.receipt_format):
+            if f not in ("dec", "hex", "str"):
+                raise ValueError(f"id_format must be 'dec', 'hex' or 'str', got {f!r}")
+        self.by_id: dict[int | str, tuple[_Pending, int]] = {}
+        self.held: dict[int | str, list[tuple[str, ReceiptState, int | None, float]]] = {}
+        self.done: dict[int | str, float] = {}  # finished id -> until when a repeat is a duplicate
+
+
+class Reconciler:
+    """Matches receipts to submitted messages. See the module docstring."""
+
+    def __init__(
+        self,
+        hold_unmatched_s: float = 60.0,
+        horizon_s: float = 72 * 3600.0,
+        *,
+        id_formats: Mapping[str, IdFormat | tuple[IdFormat, IdFormat]] | None = None,
+        default_id_format: IdFormat | tuple[IdFormat, IdFormat] = "str",
+        on_horizon: FinalState = FinalState.UNKNOWN,
+    ) -> None:
+        if hold_unmatched_s < 0 or horizon_s <= 0:
+            raise ValueError("hold_unmatched_s must be >= 0 and horizon_s > 0")
+        self.hold_unmatched_s = hold_unmatched_s
+        self.horizon_s = horizon_s
+        self.on_horizon = on_horizon
+        self._default_format = default_id_format
+        self._carriers: dict[str, _Carrier] = {}
+        for name, fmt in (id_formats or {}).items():
+            self._carriers[name] = _Carrier(fmt)
+        self._horizon: deque[tuple[float, str, _Pending]] = deque()
+        self._held_expiry: deque[tuple[float, str, int | str]] = deque()
+        self._done_expiry: deque[tuple[float, str, int | str]] = deque()
+        self._pending = 0
+        self._held = 0
+        self._matched = self._finished = self._horizon_expired = 0
+        self._unmatched = self._duplicates = self._intermediate = 0
+
+    def _carrier(self, name: str) -> _Carrier:
+        c = self._carriers.get(name)
+        if c is None:
+            c = self._carriers[name] = _Carrier(self._default_format)
+        return c
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def submitted(
+        self, ref: int, carrier: str, carrier_ids: Sequence[str], segments: int, now: float
+    ) -> list[Result]:
+        """All parts of ``ref`` were accepted with these ids. ``segments`` is informational when
+        one id covers several segments (message_payload); each id is one part to hear about."""
+        if not carrier_ids:
+            raise ValueError("a submitted message needs at least one carrier id")
+        c = self._carrier(carrier)
+        fmt = c.submit_format
+        keys = [normalise_id(i, fmt) for i in carrier_ids]
+        entry = _Pending(ref, keys, now + self.horizon_s)
+        self._pending += 1
+        self._horizon.append((entry.deadline, carrier, entry))
+        results: list[Result] = []
+        for part, key in enumerate(keys):
+            c.by_id[key] = (entry, part)
+            held = c.held.pop(key, None) if c.held else None
+            if held:
+                self._held -= len(held)
+                for raw, state, err, _at in held:
+                    self._apply(c, carrier, key, state, err, now, results)
+        return results
+
+    def receipt(
+        self,
+        carrier: str,
+        raw_id: str,
+        state: ReceiptState,
+        error_code: int | None,
+        now: float,
+        *,
+        id_format: IdFormat | None = None,
+    ) -> list[Result]:
+        """A receipt arrived. Returns the message's final state when this completes it.
+        ``id_format`` overrides the carrier's receipt format for this id (SMPP's
+        receipted_message_id TLV carries the id as submit_sm_resp gave it, the text often not)."""
+        c = self._carrier(carrier)
+        key = normalise_id(raw_id, id_format or c.receipt_format)
+        if state not in _FINAL:
+            self._intermediate += 1
+            return []
+        if key not in c.by_id:
+            if key in c.done:
+                self._duplicates += 1
+                return []
+            c.held.setdefault(key, []).append((raw_id, state, error_code, now))
+            self._held += 1
+            self._held_expiry.append((now + self.hold_unmatched_s, carrier, key))
+            return []
+        results: list[Result] = []
+        self._apply(c, carrier, key, state, error_code, now, results)
+        return results
+
+    def _apply(
+        self,
+        c: _Carrier,
+        carrier: str,
+        key: int | str,
+        state: ReceiptState,
+        err: int | None,
+        now: float,
+        results: list[Result],
+    ) -> None:
+        entry, part = c.by_id[key]
+        if entry.states[part] is not None:
+            self._duplicates += 1
+            return
+        self._matched += 1
+        entry.states[part] = _FINAL[state]
+        entry.errors[part] = err
+        entry.remaining -= 1
+        if entry.remaining == 0:
+            self._finish(c, carrier, entry, now, results, reason="receipt")
+
+    def _finish(
+        self, c: _Carrier, carrier: str, entry: _Pending, now: float, results: list[Result], *, reason: str
+    ) -> None:
+        states = [s for s in entry.states if s is not None]
+        if entry.remaining == 0:
+            self._finished += 1
+        if len(entry.states) == 1 and states:
+            final = states[0]
+            error = entry.errors[0]
+        else:
+            final, error = self._aggregate(entry, states)
+        if entry.remaining and final is FinalState.DELIVERED:
+            final = self.on_horizon  # some parts delivered, the rest never said
+        done_until = now + self.hold_unmatched_s
+        for key in entry.keys:
+            if c.by_id.pop(key, None) is not None:
+                c.done[key] = done_until
+                self._done_expiry.append((done_until, carrier, key))
+        entry.remaining = -1  # finished: the horizon queue skips it
+        self._pending -= 1
+        results.append(
+            Receipted(ref=entry.ref, carrier=carrier, state=final, error_code=error, reason=reason, at=now)
+        )
+
+    def _aggregate(self, entry: _Pending, states: list[FinalState]) -> tuple[FinalState, int | None]:
+        if not states:
+            return self.on_horizon, None
+        worst = max(states, key=_SEVERITY.__getitem__)
+        error = None
+        if worst is not FinalState.DELIVERED:
+            error = next(e for s, e in zip(entry.states, entry.errors) if s is worst)
+        return worst, error
+
+    # -- time -------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Result]:
+        """Drop held receipts past ``hold_unmatched_s`` and end messages past the horizon."""
+        results: list[Result] = []
+        held = self._held_expiry
+        while held and held[0][0] <= now:
+            _, carrier, key = held.popleft()
+            c = self._carriers[carrier]
+            waiting = c.held.get(key)
+            if not waiting or waiting[0][3] + self.hold_unmatched_s > now:
+                continue  # already matched (or a newer receipt with its own expiry)
+            raw, state, _err, at = waiting.pop(0)
+            if not waiting:
+                del c.held[key]
+            self._held -= 1
+            self._unmatched += 1
+            results.append(Unmatched(carrier=carrier, message_id=raw, state=state, at=at))
+        done = self._done_expiry
+        while done and done[0][0] <= now:
+            until, carrier, key = done.popleft()
+            c = self._carriers[carrier]
+            if c.done.get(key) == until:
+                del c.done[key]
+        horizon = self._horizon
+        while horizon and horizon[0][0] <= now:
+            _, carrier, entry = horizon.popleft()
+            if entry.remaining < 0:
+                continue
+            self._horizon_expired += 1
+            self._finish(self._carriers[carrier], carrier, entry, now, results, reason="no receipt within horizon")
+        return results
+
+    def next_deadline(self) -> float | None:
+        """The earliest time ``tick`` has work (possibly stale-early, never late)."""
+        times = [q[0][0] for q in (self._held_expiry, self._done_expiry, self._horizon) if q]
+        return min(times) if times else None
+
+    def statistics(self) -> ReconcilerStatistics:
+        return ReconcilerStatistics(
+            pending=self._pending,
+            held=self._held,
+            matched=self._matched,
+            finished=self._finished,
+            horizon_expired=self._horizon_expired,
+            unmatched=self._unmatched,
+            duplicates=self._duplicates,
+            intermediate=self._intermediate,
+        )

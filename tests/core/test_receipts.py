@@ -1,0 +1,209 @@
+"""Receipt reconciliation on explicit time: ids, ordering, multi-part, holds and horizons."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.core.model import FinalState
+from gateway.core.receipts import (
+    ReceiptState,
+    Receipted,
+    Reconciler,
+    Unmatched,
+    normalise_id,
+)
+
+R = ReceiptState
+
+
+def final(results: list, ref: int) -> Receipted:
+    (r,) = [x for x in results if isinstance(x, Receipted) and x.ref == ref]
+    return r
+
+
+def test_receipt_after_submit() -> None:
+    rc = Reconciler(hold_unmatched_s=10, horizon_s=100)
+    assert rc.submitted(1, "c", ["abc"], 1, now=0.0) == []
+    (r,) = rc.receipt("c", "ABC", R.DELIVERED, 0, now=5.0)
+    assert r == Receipted(ref=1, carrier="c", state=FinalState.DELIVERED, error_code=0, reason="receipt", at=5.0)
+    assert rc.statistics().pending == 0
+
+
+def test_receipt_before_submit_response_is_held_then_matched() -> None:
+    rc = Reconciler(hold_unmatched_s=10, horizon_s=100)
+    assert rc.receipt("c", "77", R.UNDELIVERABLE, 0x0B, now=1.0) == []
+    assert rc.statistics().held == 1
+    (r,) = rc.submitted(9, "c", ["77"], 1, now=1.5)
+    assert (r.ref, r.state, r.error_code) == (9, FinalState.UNDELIVERED, 0x0B)
+    assert rc.statistics().held == 0
+
+
+def test_unmatched_receipt_expires_and_is_reported() -> None:
+    rc = Reconciler(hold_unmatched_s=10, horizon_s=100)
+    rc.receipt("c", "nope", R.DELIVERED, None, now=1.0)
+    assert rc.tick(10.9) == []
+    assert rc.tick(11.0) == [Unmatched(carrier="c", message_id="nope", state=R.DELIVERED, at=1.0)]
+    assert rc.statistics().unmatched == 1 and rc.statistics().held == 0
+    assert rc.submitted(1, "c", ["nope"], 1, now=12.0) == []  # too late: it waits for its own
+
+
+def test_ids_are_scoped_by_carrier_not_bind() -> None:
+    rc = Reconciler()
+    rc.submitted(1, "a", ["5"], 1, now=0)
+    rc.submitted(2, "b", ["5"], 1, now=0)
+    assert final(rc.receipt("b", "5", R.DELIVERED, 0, now=1), 2).carrier == "b"
+    assert final(rc.receipt("a", "5", R.EXPIRED, 0, now=1), 1).state is FinalState.EXPIRED
+
+
+@pytest.mark.parametrize(
+    ("fmt", "submitted", "receipted"),
+    [
+        ("dec", "000123", "123"),
+        ("hex", "00ff", "FF"),
+        ("hex", "0x1F", "1f"),
+        ("str", "AbC-0", "abc-0"),
+        ("str", "00a1", "A1"),
+        (("hex", "dec"), "1F", "31"),
+        (("dec", "hex"), "255", "0000ff"),
+    ],
+)
+def test_id_normalisation(fmt, submitted: str, receipted: str) -> None:
+    rc = Reconciler(id_formats={"c": fmt})
+    rc.submitted(1, "c", [submitted], 1, now=0)
+    assert final(rc.receipt("c", receipted, R.DELIVERED, 0, now=1), 1).state is FinalState.DELIVERED
+
+
+def test_normalise_falls_back_to_text() -> None:
+    assert normalise_id(" 0042 ", "dec") == 42
+    assert normalise_id("12ab", "dec") == "12ab"
+    assert normalise_id("zz", "hex") == "zz"
+    assert normalise_id("000", "str") == "0"
+    with pytest.raises(ValueError):
+        Reconciler(id_formats={"c": "octal"})  # type: ignore[dict-item]
+
+
+def test_multipart_delivered_only_when_all_parts_are() -> None:
+    rc = Reconciler()
+    rc.submitted(1, "c", ["a", "b", "c"], 3, now=0)
+    assert rc.receipt("c", "a", R.DELIVERED, 0, now=1) == []
+    assert rc.receipt("c", "c", R.DELIVERED, 0, now=2) == []
+    assert final(rc.receipt("c", "b", R.DELIVERED, 0, now=3), 1).state is FinalState.DELIVERED
+
+
+def test_multipart_any_undeliverable_part_makes_it_undelivered() -> None:
+    rc = Reconciler()
+    rc.submitted(1, "c", ["a", "b"], 2, now=0)
+    rc.receipt("c", "a", R.UNDELIVERABLE, 0x22, now=1)
+    r = final(rc.receipt("c", "b", R.DELIVERED, 0, now=2), 1)
+    assert (r.state, r.error_code) == (FinalState.UNDELIVERED, 0x22)
+
+
+def test_multipart_worst_state_wins() -> None:
+    rc = Reconciler()
+    rc.submitted(1, "c", ["a", "b", "c"], 3, now=0)
+    rc.receipt("c", "a", R.EXPIRED, 1, now=1)
+    rc.receipt("c", "b", R.REJECTED, 2, now=1)
+    assert final(rc.receipt("c", "c", R.DELIVERED, 0, now=1), 1).state is FinalState.REJECTED
+
+
+def test_one_part_arrives_before_the_response() -> None:
+    rc = Reconciler(hold_unmatched_s=5)
+    rc.receipt("c", "b", R.DELIVERED, 0, now=0.5)
+    assert rc.submitted(1, "c", ["a", "b"], 2, now=1) == []
+    assert final(rc.receipt("c", "a", R.DELIVERED, 0, now=2), 1).state is FinalState.DELIVERED
+
+
+def test_intermediate_states_change_nothing() -> None:
+    rc = Reconciler(horizon_s=10)
+    rc.submitted(1, "c", ["a"], 1, now=0)
+    assert rc.receipt("c", "a", R.ENROUTE, None, now=1) == []
+    assert rc.receipt("c", "a", R.ACCEPTED, None, now=2) == []
+    assert rc.statistics().intermediate == 2 and rc.statistics().pending == 1
+
+
+def test_duplicate_receipts_are_counted_not_reported() -> None:
+    rc = Reconciler(hold_unmatched_s=10)
+    rc.submitted(1, "c", ["a", "b"], 2, now=0)
+    rc.receipt("c", "a", R.DELIVERED, 0, now=1)
+    assert rc.receipt("c", "a", R.UNDELIVERABLE, 0, now=1) == []  # first answer stands
+    rc.receipt("c", "b", R.DELIVERED, 0, now=2)
+    assert rc.receipt("c", "b", R.DELIVERED, 0, now=3) == []  # after the end
+    assert rc.statistics().duplicates == 2
+    assert rc.tick(20) == []  # duplicates are not held as unmatched
+    assert rc.statistics().held == 0
+
+
+def test_horizon_ends_silent_messages_unknown() -> None:
+    rc = Reconciler(horizon_s=100)
+    rc.submitted(1, "c", ["a"], 1, now=0)
+    rc.submitted(2, "c", ["b"], 1, now=50)
+    assert rc.tick(99.9) == []
+    (r,) = rc.tick(100)
+    assert (r.ref, r.state, r.reason) == (1, FinalState.UNKNOWN, "no receipt within horizon")
+    assert rc.statistics().horizon_expired == 1
+    assert rc.next_deadline() is not None
+
+
+def test_horizon_can_mean_expired() -> None:
+    rc = Reconciler(horizon_s=1, on_horizon=FinalState.EXPIRED)
+    rc.submitted(1, "c", ["a", "b"], 2, now=0)
+    rc.receipt("c", "a", R.DELIVERED, 0, now=0.5)
+    (r,) = rc.tick(1)
+    assert r.state is FinalState.EXPIRED  # half delivered is not delivered
+
+
+def test_horizon_keeps_a_known_failure() -> None:
+    rc = Reconciler(horizon_s=1)
+    rc.submitted(1, "c", ["a", "b"], 2, now=0)
+    rc.receipt("c", "a", R.UNDELIVERABLE, 9, now=0.5)
+    (r,) = rc.tick(1)
+    assert (r.state, r.error_code) == (FinalState.UNDELIVERED, 9)
+
+
+def test_finished_messages_leave_no_trace() -> None:
+    rc = Reconciler(hold_unmatched_s=1, horizon_s=5)
+    for i in range(100):
+        rc.submitted(i, "c", [str(i)], 1, now=0)
+        rc.receipt("c", str(i), R.DELIVERED, 0, now=0)
+    rc.tick(10)
+    c = rc._carriers["c"]
+    assert not c.by_id and not c.held and not c.done
+    assert not rc._horizon and not rc._held_expiry and not rc._done_expiry
+
+
+_EVENTS = st.lists(
+    st.tuples(
+        st.integers(0, 5),  # message
+        st.integers(0, 2),  # part
+        st.sampled_from(list(ReceiptState)),
+        st.floats(0, 3),  # time step
+        st.booleans(),  # receipt (True) or a duplicate submit attempt of the message (ignored)
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_EVENTS, st.lists(st.integers(1, 3), min_size=6, max_size=6))
+def test_every_submitted_message_ends_exactly_once(events, parts) -> None:
+    rc = Reconciler(hold_unmatched_s=2, horizon_s=10)
+    now = 0.0
+    submitted: set[int] = set()
+    ended: list[int] = []
+    for msg, part, state, step, is_receipt in events:
+        now += step
+        if is_receipt:
+            out = rc.receipt("c", f"{msg}-{part}", state, None, now)
+        elif msg not in submitted:
+            submitted.add(msg)
+            out = rc.submitted(msg, "c", [f"{msg}-{p}" for p in range(parts[msg])], parts[msg], now)
+        else:
+            out = []
+        out += rc.tick(now)
+        ended += [r.ref for r in out if isinstance(r, Receipted)]
+    ended += [r.ref for r in rc.tick(now + 11) if isinstance(r, Receipted)]
+    assert sorted(ended) == sorted(submitted)
+    stats = rc.statistics()
+    assert stats.pending == 0 and stats.held == 0
