@@ -38,6 +38,18 @@ class WeeklyCap:
             return now
         return sends[-self.limit] + self.window
 
+    def take(self, key: int, now: float) -> float:
+        """Count a send at ``now`` if a slot is free and return ``now``; else count nothing and
+        return when the next slot frees (``next_slot`` and ``record`` in one lookup)."""
+        sends = self._sends.get(key)
+        if sends is None:
+            self._sends[key] = [now]
+            return now
+        slot = self.next_slot(key, now) if len(sends) >= self.limit else now
+        if slot <= now:
+            sends.append(now)
+        return slot
+
     def record(self, key: int, at: float) -> None:
         sends = self._sends.get(key)
         if sends is None:

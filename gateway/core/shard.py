@@ -236,18 +236,16 @@ class Shard:
                 if opens > now:
                     outcomes.append(self._hold_quiet(row, entry, opens, now, p.spread))
                     continue
-            if policy.weekly_cap:
-                slot = cap.next_slot(key, now)
-                if slot > now:
-                    outcomes.append(self._over_cap(row, entry, slot, now, p.cap_wait))
-                    continue
             seg = seg_col[row] & 0x7F
             if seg > budget and (out or seg > tokens):
                 lane.unpop(row)
                 return -1
-            budget -= seg
             if policy.weekly_cap:
-                cap.record(key, now)
+                slot = cap.take(key, now)  # counts the send when a slot is free
+                if slot > now:
+                    outcomes.append(self._over_cap(row, entry, slot, now, p.cap_wait))
+                    continue
+            budget -= seg
             out.append(self._dispatch(row, entry, now, p))
         return budget
 

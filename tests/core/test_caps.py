@@ -26,3 +26,12 @@ def test_prune_forgets_old_sends():
     cap.record(2, WEEK)
     assert cap.prune(WEEK + 1) == 1
     assert cap.count(2, WEEK + 1) == 1
+
+
+def test_take_counts_only_when_free():
+    cap = WeeklyCap(2)
+    assert cap.take(1, 0.0) == 0.0
+    assert cap.take(1, 1.0) == 1.0
+    assert cap.take(1, 2.0) == WEEK  # full: nothing counted
+    assert cap.count(1, 2.0) == 2
+    assert cap.take(1, WEEK + 0.5) == WEEK + 0.5
