@@ -33,7 +33,7 @@ from gateway.core.model import Dispatch, Final, FinalState, Job, Outcome, Recipi
 from gateway.core.quiet_hours import QuietHours
 from gateway.core.routing import NoRoute, Router
 from gateway.core.settings import CategoryPolicy, CoreSettings
-from gateway.core.shard import DEAD, INFLIGHT, READY, WAITING, Shard, shard_of
+from gateway.core.shard import DEAD, INFLIGHT, PARKED, READY, WAITING, Shard, shard_of
 from gateway.core.template import Template
 from gateway.core.zones import ZoneResolver
 
@@ -63,6 +63,7 @@ class Batch(msgspec.Struct, frozen=True, kw_only=True):
 class CoreStatistics(msgspec.Struct, frozen=True, kw_only=True):
     ready: dict[str, int]  # per carrier
     waiting: int
+    parked: int  # messages of paused jobs
     inflight: int
     jobs: int
     buckets: dict[str, BucketStatistics]
@@ -72,7 +73,7 @@ class JobEntry:
     """What all messages of one job share, kept once."""
 
     __slots__ = ("slot", "job", "tenant_key", "policy", "priority", "template", "expires_at",
-                 "carrier", "live")  # fmt: skip
+                 "carrier", "live", "paused")  # fmt: skip
 
     def __init__(self, slot: int, job: Job, tenant_key: int, policy: CategoryPolicy,
                  carrier: int | None) -> None:  # fmt: skip
@@ -85,6 +86,7 @@ class JobEntry:
         self.expires_at = _INF if job.expires_at is None else job.expires_at
         self.carrier = carrier
         self.live = 0  # messages of this job still queued or in flight
+        self.paused = False
 
 
 class Policies:
@@ -127,10 +129,17 @@ class Scheduler:
     # -- admission ------------------------------------------------------------------------
 
     def admit(
-        self, job: Job, recipients: Sequence[Recipient], now: float, *, first_id: int | None = None
+        self, job: Job, recipients: Sequence[Recipient], now: float, *, first_id: int | None = None,
+        paused: bool = False,
     ) -> Admission:
-        """Admit a job's recipients (all of them, or one chunk of a streamed job)."""
+        """Admit a job's recipients (all of them, or one chunk of a streamed job).
+
+        ``paused``: hold the job until ``resume_job`` (the shell admits paused, stores the job
+        durably, then resumes, so nothing is sent that is not on disk)."""
         entry = self._entry_for(job)
+        if paused and entry.live == 0:
+            entry.paused = True
+        park = entry.paused
         base = self._ids.reserve(len(recipients), now) if first_id is None else first_id
         rejected: list[tuple[int, str]] = []
         outcomes: list[Outcome] = []
@@ -152,7 +161,7 @@ class Scheduler:
                 outcomes.append(Final(message_id=base + i, job_id=job.id, state=why[0], reason=why[1], at=now))
                 continue
             shard = shards[shard_of(number, nshards)]
-            shard.add(number, slot, base + i, packed, zone, carrier, seg, priority, not_before)
+            shard.add(number, slot, base + i, packed, zone, carrier, seg, priority, not_before, park)
             entry.live += 1
         if entry.live == 0:
             self._drop(entry)
@@ -321,6 +330,12 @@ class Scheduler:
         slot = entry.slot
         for shard in self._shards:
             jobcol, state, ids = shard.job, shard.state, shard.ids
+            for row in shard.parked.pop(slot, ()):
+                state[row] = DEAD  # nothing else refers to a parked row: free it at once
+                entry.live -= 1
+                ended.append(Final(message_id=ids[row], job_id=job_id,
+                                   state=FinalState.CANCELED, reason="job canceled", at=now))  # fmt: skip
+                shard.free(row)
             for row in range(len(state)):
                 if jobcol[row] == slot and state[row] in (READY, WAITING):
                     state[row] = DEAD  # freed when its lane or timer entry comes up
@@ -330,6 +345,23 @@ class Scheduler:
         if entry.live == 0:
             self._drop(entry)
         return ended
+
+    def pause_job(self, job_id: str) -> bool:
+        """Hold a job's queued messages (in flight ones go on). False if the job has none."""
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return False
+        entry.paused = True
+        return True
+
+    def resume_job(self, job_id: str) -> bool:
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return False
+        entry.paused = False
+        for shard in self._shards:
+            shard.unpark(entry.slot, self._p.jobs)
+        return True
 
     def suppress(self, tenant: str, number: str) -> None:
         self._p.suppressed.add(self._tenant_key(tenant) | int(number.lstrip("+")))
@@ -354,6 +386,7 @@ class Scheduler:
         return CoreStatistics(
             ready=ready,
             waiting=sum(1 for s in self._shards for row in s.timers if s.state[row] == WAITING),
+            parked=sum(len(rows) for s in self._shards for rows in s.parked.values()),
             inflight=sum(s.inflight for s in self._shards),
             jobs=len(self._jobs),
             buckets={n: b.statistics(now) for n, b in zip(names, self._buckets)},

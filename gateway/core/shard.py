@@ -16,8 +16,8 @@ freed when its lane or timer entry comes up, so no stale reference ever reaches 
 Per row, the lifecycle is::
 
     FREE -> READY (in a lane) <-> WAITING (in the timers)
-              |  ^
-              v  | requeue
+              |  ^      \
+              v  | requeue  PARKED (job paused; in the shard's parked list until resumed)
             INFLIGHT -> FREE (complete)          READY/WAITING -> DEAD -> FREE (cancel)
 
 ``drain`` walks one lane in order and decides each message: dispatch, defer (quiet hours,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Shard", "shard_of"]
 
-FREE, READY, WAITING, INFLIGHT, DEAD = range(5)
+FREE, READY, WAITING, INFLIGHT, DEAD, PARKED = range(6)
 _GROW = 4096
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
@@ -74,6 +74,7 @@ class Shard:
         "lanes",
         "timers",
         "inflight",
+        "parked",
         "cap",
         "_columns",
     )
@@ -101,6 +102,7 @@ class Shard:
         self.lanes: dict[int, Lane] = {}  # carrier << 4 | priority -> Lane
         self.timers = Timers()
         self.inflight = 0
+        self.parked: dict[int, array] = {}  # job slot -> rows of that paused job
 
     # -- rows -----------------------------------------------------------------------------
 
@@ -121,7 +123,7 @@ class Shard:
 
     def add(
         self, number: int, job_slot: int, message_id: int, packed: bytes, zone: int,
-        carrier: int, seg: int, priority: int, not_before: float | None,
+        carrier: int, seg: int, priority: int, not_before: float | None, park: bool = False,
     ) -> int:  # fmt: skip
         """Store one admitted message; it is ready now, or waits until ``not_before``."""
         row = self.free_rows.pop() if self.free_rows else self.alloc()
@@ -133,7 +135,9 @@ class Shard:
         self.carrier[row] = carrier
         self.segments[row] = seg
         self.attempt[row] = 0
-        if not_before is None:
+        if park:
+            self.park(row, job_slot)
+        elif not_before is None:
             self.state[row] = READY
             lane = self.lanes.get(carrier << 4 | priority)
             (lane if lane is not None else self.lane(carrier, priority)).push(row)
@@ -180,6 +184,17 @@ class Shard:
         self.state[row] = READY
         self.lane(self.carrier[row], jobs[self.job[row]].priority).push(row)
 
+    def park(self, row: int, job_slot: int) -> None:
+        self.state[row] = PARKED
+        rows = self.parked.get(job_slot)
+        if rows is None:
+            rows = self.parked[job_slot] = array("q")
+        rows.append(row)
+
+    def unpark(self, job_slot: int, jobs: list[JobEntry]) -> None:
+        for row in self.parked.pop(job_slot, ()):
+            self.make_ready(row, jobs)
+
     def wait(self, row: int, until: float) -> None:
         self.state[row] = WAITING
         self.due[row] = until
@@ -225,6 +240,9 @@ class Shard:
             entry = jobs[self.job[row]]
             if now >= entry.expires_at:
                 outcomes.append(self._end(row, entry, FinalState.EXPIRED, "validity ended", now))
+                continue
+            if entry.paused:
+                self.park(row, entry.slot)
                 continue
             policy = entry.policy
             key = entry.tenant_key | number[row]

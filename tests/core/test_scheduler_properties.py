@@ -95,6 +95,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.sends: dict[str, list[tuple[float, int]]] = {c: [] for c in CARRIERS}
         self.capped: dict[str, dict[int, float]] = {}  # number -> {message id: dispatch time}
         self.priority = {k: v.priority for k, v in self.s.categories.items()}
+        self.paused: set[str] = set()
 
     # -- rules --------------------------------------------------------------------------
 
@@ -136,6 +137,7 @@ class CoreMachine(RuleBasedStateMachine):
         for d in batch.dispatches:
             m = self.msgs[d.message_id]
             assert m["state"] == "queued", f"(4) dispatched a message that is {m['state']}"
+            assert m["job"] not in self.paused, "a paused job sent a message"
             assert d.carrier == carrier
             assert self.now < m["expires"], "(4) dispatched after its validity"
             m["state"] = "inflight"
@@ -151,6 +153,7 @@ class CoreMachine(RuleBasedStateMachine):
         if any(d.category == "marketing" for d in batch.dispatches):
             for m in self.msgs.values():
                 left = (m["state"] == "queued" and m["category"] == "otp" and m["ready_at"] <= self.now
+                        and m["job"] not in self.paused
                         and self.now < m["expires"] and self._carrier_of(m["to"]) == carrier)  # fmt: skip
                 assert not left, "(5) marketing went while an OTP waited"
 
@@ -186,6 +189,16 @@ class CoreMachine(RuleBasedStateMachine):
         self._outcomes(ended)
         assert sorted(f.message_id for f in ended) == sorted(waiting), "cancel ends every queued one"
 
+    @precondition(lambda self: self.jobs)
+    @rule(k=st.integers(1, 10**6), resume=st.booleans())
+    def pause(self, k: int, resume: bool) -> None:
+        job_id = f"j{(k % self.jobs) + 1}"
+        if resume:
+            self.core.resume_job(job_id)
+            self.paused.discard(job_id)
+        elif self.core.pause_job(job_id):
+            self.paused.add(job_id)
+
     @rule(i=st.integers(0, len(POOL) - 1))
     def opt_out(self, i: int) -> None:
         self.core.suppress("t", POOL[i][0])
@@ -220,7 +233,7 @@ class CoreMachine(RuleBasedStateMachine):
             return
         stats = self.core.statistics(self.now)
         queued = sum(1 for m in self.msgs.values() if m["state"] == "queued")
-        assert sum(stats.ready.values()) + stats.waiting == queued, "(4) queue and model agree"
+        assert sum(stats.ready.values()) + stats.waiting + stats.parked == queued, "(4) queue and model agree"
         assert stats.inflight == len(self.inflight)
 
 

@@ -1,0 +1,429 @@
+"""Which time zones (and which region) a recipient's number is in, interned as a small int.
+
+Theory of operation
+-------------------
+``ZoneResolver.key_for(number)`` answers with the key of a ``ZoneSet``: the IANA zones that
+phonenumbers gives for the number, and its region ("US-FL", "CA-ON", or the ISO country "FR").
+The core stores that key (2 bytes) per message; ``QuietHours`` works per key.
+
+Asking phonenumbers costs 30-50 µs a number (parse, then a dozen regular expressions for the
+number's type), so answers are cached by *prefix class*: (number of digits, leading digits).
+A class is only ever cached once it is proven that every number in it gets the same answer, so
+the cache never depends on which number came first:
+
+- the time-zone table (``phonenumbers.tzdata``) is keyed by prefixes of up to 9 digits: a prefix
+  decides the zones when no longer key extends it;
+- the number's type (fixed line, mobile, toll free, invalid...) decides between those zones and
+  the whole country's, and for shared calling codes (+1, +7, +44...) also the country. The type
+  is decided by the metadata's patterns; a prefix decides all of them when each pattern either
+  accepts every completion of the prefix or none. That is tested exactly with two rewritten
+  copies of each pattern (``_Pattern``), not by sampling;
+- if every zone reachable under a prefix is the same (France: Europe/Paris for any number), the
+  type does not matter and the prefix decides at once.
+
+So a class is as short as the data allows: "+33 6" for French mobiles, "+1 212 5" for New York,
+"+44 79 1" for some UK mobiles. Lookups walk a small tree: ``_nodes`` maps a class to either its
+interned key (>= 0) or the deeper prefix length to try (< 0); a warm lookup is one or two dict
+hits. The first number of a class pays the phonenumbers call and the pattern tests
+(~0.1-0.5 ms); there are a few thousand classes in practice.
+
+Choices that differ from a bare ``time_zones_for_number``:
+
+- numbers phonenumbers finds *invalid* (unknown range, e.g. newer than the installed metadata)
+  get the zones of their whole calling code, not "Etc/Unknown": quiet hours must then hold in
+  all of the country's zones, the safe side. Only when phonenumbers has no zone at all (an
+  unknown calling code, +800...) is ``default_zone`` used;
+- region: for NANP numbers the state or province comes from the area code, through the geocoder's
+  place names ("Miami, FL", "Florida" -> "US-FL"); an area code spanning several (867: Yukon,
+  NWT, Nunavut) gets the country ("CA"). Other numbers get their ISO country.
+
+An explicit zone (``key_for(number, tz="Asia/Kolkata")``) replaces the number's zones but keeps
+its region, so a per-state window still applies to a Florida number with an explicit zone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+import phonenumbers
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata, PhoneNumberType
+from phonenumbers.timezone import time_zones_for_geographical_number
+from phonenumbers.tzdata import TIMEZONE_DATA
+
+__all__ = ["ZoneResolver", "ZoneSet"]
+
+UNKNOWN_ZONE = "Etc/Unknown"  # what phonenumbers answers when it knows no zone
+START_DEPTH = 4  # first prefix length tried: "1" + area code for NANP numbers
+_P10 = [10**i for i in range(40)]
+# Digits of the smallest int with b bits; an int with b bits has that many digits or one more.
+_DIGITS_FOR_BITS = [1] + [len(str(1 << (b - 1))) for b in range(1, 130)]
+
+
+class ZoneSet(msgspec.Struct, frozen=True):
+    """The zones a number may be in (IANA names, sorted) and its region ("US-FL", "FR" or None)."""
+
+    zones: tuple[str, ...]
+    region: str | None
+
+
+class ZoneResolver:
+    """Maps E.164 numbers (as ints) to interned ``ZoneSet`` keys. Pure; caches by prefix class."""
+
+    def __init__(self, *, default_zone: str = "UTC") -> None:
+        self.default_zone = _check_zone(default_zone)
+        self._sets: list[ZoneSet] = []
+        self._ids: dict[ZoneSet, int] = {}
+        self._nodes: dict[int, int] = {}  # class (prefix * 16 + digits) -> key, or -(deeper length)
+        self._explicit: dict[tuple[str, str | None], int] = {}
+        self._valid_zones: set[str] = {self.default_zone}
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def key_for(self, number: int, tz: str | None = None) -> int:
+        """The key of ``number``'s zone set; with ``tz``, of that single zone (raises ValueError
+        naming it if it is not a known IANA zone) and the number's region."""
+        if tz is not None:
+            return self._key_for_explicit(number, tz)
+        nd = _DIGITS_FOR_BITS[number.bit_length()]
+        if number >= _P10[nd]:
+            nd += 1
+        k = START_DEPTH if nd > START_DEPTH else nd
+        nodes = self._nodes
+        while True:
+            v = nodes.get(number // _P10[nd - k] * 16 + nd)
+            if v is None:
+                return self._resolve(number, nd, k)
+            if v >= 0:
+                return v
+            k = -v
+
+    def zone_set(self, key: int) -> ZoneSet:
+        return self._sets[key]
+
+    def key_for_zones(self, zones: Iterable[str], region: str | None = None) -> int:
+        """The key of an explicit set of zones (validated), e.g. from configuration or tests."""
+        names = tuple(sorted({self._valid(z) for z in zones}))
+        if not names:
+            raise ValueError("a zone set needs at least one zone")
+        return self._intern(ZoneSet(names, region))
+
+    def __len__(self) -> int:
+        """How many distinct zone sets have been interned (keys are ``0 .. len - 1``)."""
+        return len(self._sets)
+
+    # -- behind the cache ------------------------------------------------------------------
+
+    def _key_for_explicit(self, number: int, tz: str) -> int:
+        region = self._sets[self.key_for(number)].region
+        key = self._explicit.get((tz, region))
+        if key is None:
+            key = self._intern(ZoneSet((self._valid(tz),), region))
+            self._explicit[(tz, region)] = key
+        return key
+
+    def _valid(self, tz: str) -> str:
+        if tz not in self._valid_zones:
+            self._valid_zones.add(_check_zone(tz))
+        return tz
+
+    def _intern(self, zs: ZoneSet) -> int:
+        key = self._ids.get(zs)
+        if key is None:
+            key = self._ids[zs] = len(self._sets)
+            self._sets.append(zs)
+        return key
+
+    def _resolve(self, number: int, nd: int, k: int) -> int:
+        """Cache miss at prefix length ``k``: ask phonenumbers, find the shortest prefix length
+        ``>= k`` that decides the answer for every number of that length, and cache it there."""
+        digits = str(number)
+        zones, region, depth = _DATA.answer(digits, k)
+        # Validated here, once per class, so a zone this machine's tzdata lacks is refused at
+        # admission (ValueError naming it), not found missing at dispatch.
+        names = {self._valid(self.default_zone if z == UNKNOWN_ZONE else z) for z in zones}
+        zs = ZoneSet(tuple(sorted(names)), region)
+        key = self._intern(zs)
+        self._nodes[number // _P10[nd - depth] * 16 + nd] = key
+        if depth > k:
+            self._nodes[number // _P10[nd - k] * 16 + nd] = -depth
+        return key
+
+
+def _check_zone(tz: str) -> str:
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ValueError(f"unknown time zone {tz!r}") from exc
+    return tz
+
+
+# -- what phonenumbers knows, and how far into a number it looks ------------------------------
+
+
+class _PrefixData:
+    """Answers for one number plus the prefix length from which that answer is certain. What it
+    keeps (compiled patterns, the zone table's prefixes, NANP regions) is derived from the
+    installed phonenumbers only, built on first use and shared by all resolvers (``_DATA``)."""
+
+    def __init__(self) -> None:
+        self._countries: dict[str, _Country] = {}
+        self._deeper: dict[str, frozenset[tuple[str, ...]]] | None = None
+        self._nanp: dict[str, str | None] | None = None
+
+    def answer(self, digits: str, k: int) -> tuple[tuple[str, ...], str | None, int]:
+        cc = next((digits[:n] for n in (1, 2, 3) if int(digits[:n]) in COUNTRY_CODE_TO_REGION_CODE), None)
+        if cc is None:  # no such calling code: nothing to learn from the rest of the number
+            return (UNKNOWN_ZONE,), None, k
+        country = self._countries.get(cc)
+        if country is None:
+            country = self._countries[cc] = _Country(cc)
+        try:
+            num = phonenumbers.parse("+" + digits)
+        except phonenumbers.NumberParseException:
+            return country.zones, country.main_region, len(digits)  # decided per number
+        nsn = phonenumbers.national_significant_number(num)
+        ntype = phonenumbers.number_type(num)
+        geo = phonenumbers.is_number_type_geographical(ntype, num.country_code)
+        if ntype == PhoneNumberType.UNKNOWN or not geo:
+            zones = country.zones  # invalid numbers too: see the module docstring
+        else:
+            zones = tuple(time_zones_for_geographical_number(num))
+        region = self._region(digits, cc, num)
+        if nsn != digits[len(cc):]:  # a number phonenumbers rewrites (e.g. +44 0...): no class
+            return zones, region, len(digits)
+        for depth in range(k, len(digits)):
+            if self._decides(digits[:depth], len(digits), country, geo):
+                return zones, region, depth
+        return zones, region, len(digits)
+
+    def _decides(self, prefix: str, nd: int, country: _Country, geo: bool) -> bool:
+        if prefix[:1] == "1" and len(prefix) < 4:
+            return False  # NANP regions come from the area code
+        longest, below = self._zones_under(prefix)
+        if not country.shared and below <= {country.zones} and longest == country.zones:
+            return True  # every number under the prefix gets the country's zones, whatever its type
+        if not country.type_decided(prefix[len(country.cc):], nd - len(country.cc)):
+            return False
+        return not geo or not below  # geographic numbers also need the zone table to be decided
+
+    def _zones_under(self, prefix: str) -> tuple[tuple[str, ...], frozenset[tuple[str, ...]]]:
+        """The zones a geographic number starting with ``prefix`` gets when no longer key matches
+        (the longest table key that is a prefix of it), and the zones of the longer keys."""
+        if self._deeper is None:
+            deeper: dict[str, set[tuple[str, ...]]] = {}
+            for key, zones in TIMEZONE_DATA.items():
+                for n in range(1, len(key)):
+                    deeper.setdefault(key[:n], set()).add(tuple(zones))
+            self._deeper = {p: frozenset(s) for p, s in deeper.items()}
+        longest = next(
+            (tuple(TIMEZONE_DATA[prefix[:n]]) for n in range(len(prefix), 0, -1) if prefix[:n] in TIMEZONE_DATA),
+            (UNKNOWN_ZONE,),
+        )
+        return longest, self._deeper.get(prefix, frozenset())
+
+    def _region(self, digits: str, cc: str, num: phonenumbers.PhoneNumber) -> str | None:
+        if cc == "1":
+            if self._nanp is None:
+                self._nanp = _nanp_regions()
+            region = self._nanp.get(digits[1:4])
+            if region is not None:
+                return region
+        region = phonenumbers.region_code_for_number(num) or phonenumbers.region_code_for_country_code(int(cc))
+        return None if region in ("001", "ZZ") else region
+
+
+class _Country:
+    """The metadata of one calling code: its zones and the patterns that decide a number's type."""
+
+    def __init__(self, cc: str) -> None:
+        self.cc = cc
+        self.zones: tuple[str, ...] = tuple(TIMEZONE_DATA.get(cc, (UNKNOWN_ZONE,)))
+        regions = COUNTRY_CODE_TO_REGION_CODE[int(cc)]
+        self.shared = len(regions) > 1 or cc == "1"
+        self.main_region = None if regions[0] == "001" else regions[0]
+        self._regions: list[tuple[_Pattern | None, _Pattern | None, list[_Pattern]]] = []
+        for r in regions:
+            meta = PhoneMetadata.metadata_for_nongeo_region(int(cc)) if r == "001" else PhoneMetadata.metadata_for_region(r)
+            if meta is None:
+                continue
+            leading = _Pattern(meta.leading_digits, None, prefix_match=True) if meta.leading_digits else None
+            general = _Pattern.of(meta.general_desc)
+            types = [p for p in map(_Pattern.of, _type_descs(meta)) if p is not None]
+            self._regions.append((leading, general, types))
+
+    def type_decided(self, head: str, length: int) -> bool:
+        """Whether every national number of ``length`` digits starting with ``head`` has the same
+        type and region: each pattern phonenumbers would try accepts all such numbers or none."""
+        for leading, general, types in self._regions:
+            if leading is not None and not leading.decided(head, length):
+                return False
+            if general is None or general.none(head, length):
+                continue  # this region's numbers never start so: its type patterns don't matter
+            if not general.decided(head, length):
+                return False
+            if not all(p.decided(head, length) for p in types):
+                return False
+        return True
+
+
+def _type_descs(meta: PhoneMetadata) -> list:
+    return [
+        meta.premium_rate, meta.toll_free, meta.shared_cost, meta.voip, meta.personal_number,
+        meta.pager, meta.uan, meta.voicemail, meta.fixed_line, meta.mobile,
+    ]  # fmt: skip
+
+
+class _Pattern:
+    """A metadata pattern, plus two rewritten copies that answer, for a prefix ``head`` and a
+    length, "do all completions match?" and "does any completion match?" with one regex call.
+
+    ``all_of`` lets only the any-digit parts (``\\d``, ``[0-9]``) also accept "X": it matches
+    ``head + "X" * rest`` iff some path reads the rest with any-digit parts only, and then every
+    completion matches. ``any_of`` lets every digit part also accept "Y": it matches
+    ``head + "Y" * rest`` iff some path reads the rest with parts that each accept some digit,
+    i.e. iff some completion matches. The patterns use only digits, digit classes, ``\\d``,
+    groups, ``|``, ``?`` and ``{m,n}`` (checked); anything else is never called decided early.
+    """
+
+    __slots__ = ("all_of", "any_of", "lengths", "match")
+
+    def __init__(self, pattern: str, lengths: Iterable[int] | None, *, prefix_match: bool = False) -> None:
+        self.lengths = frozenset(lengths or ())
+        self.match = prefix_match
+        self.all_of: re.Pattern[str] | None = None
+        self.any_of: re.Pattern[str] | None = None
+        try:
+            self.all_of = re.compile(_rewrite(pattern, "X"))
+            self.any_of = re.compile(_rewrite(pattern, "Y"))
+        except (ValueError, re.error):  # syntax we don't rewrite: only the whole number decides
+            self.all_of = self.any_of = None
+
+    @classmethod
+    def of(cls, desc) -> _Pattern | None:
+        if desc is None or not desc.national_number_pattern:
+            return None
+        return cls(desc.national_number_pattern, desc.possible_length)
+
+    def _test(self, rx: re.Pattern[str], s: str) -> bool:
+        return bool(rx.match(s) if self.match else rx.fullmatch(s))
+
+    def none(self, head: str, length: int) -> bool:
+        if self.lengths and length not in self.lengths:
+            return True
+        return self.any_of is not None and not self._test(self.any_of, head + "Y" * (length - len(head)))
+
+    def decided(self, head: str, length: int) -> bool:
+        if self.all_of is None or self.any_of is None:
+            return False
+        if self.lengths and length not in self.lengths:
+            return True
+        rest = length - len(head)
+        return self._test(self.all_of, head + "X" * rest) or not self._test(self.any_of, head + "Y" * rest)
+
+
+_TOKEN = re.compile(r"\\d|\[[^\]]*\]|\{\d+(?:,\d*)?\}|\(\?:|[()|?*+]|\d")
+
+
+def _rewrite(pattern: str, marker: str) -> str:
+    """See ``_Pattern``. Raises ValueError on syntax outside the small subset the metadata uses."""
+    out: list[str] = []
+    pos = 0
+    for m in _TOKEN.finditer(pattern):
+        if m.start() != pos:
+            raise ValueError(pattern)
+        tok = m.group()
+        pos = m.end()
+        if tok == r"\d":
+            out.append(r"[\d" + marker + "]")
+        elif tok.startswith("[") and tok != "[":
+            body = tok[1:-1]
+            if body.startswith("^") or not body:
+                raise ValueError(pattern)
+            full = all(re.fullmatch(tok, d) for d in "0123456789")
+            out.append("[" + body + marker + "]" if marker == "Y" or full else tok)
+        elif tok.isdigit() and len(tok) == 1:
+            out.append(tok if marker == "X" else "[" + tok + marker + "]")
+        else:
+            out.append(tok)
+    if pos != len(pattern):
+        raise ValueError(pattern)
+    return "".join(out)
+
+
+_DATA = _PrefixData()
+
+
+# -- NANP area code -> state or province --------------------------------------------------------
+
+US_STATES = {
+    "Alabama": "AL", "Alaska": "AK", "Arizona": "AZ", "Arkansas": "AR", "California": "CA",
+    "Colorado": "CO", "Connecticut": "CT", "Delaware": "DE", "District of Columbia": "DC",
+    "Washington D.C.": "DC", "Florida": "FL", "Georgia": "GA", "Hawaii": "HI", "Idaho": "ID",
+    "Illinois": "IL", "Indiana": "IN", "Iowa": "IA", "Kansas": "KS", "Kentucky": "KY",
+    "Louisiana": "LA", "Maine": "ME", "Maryland": "MD", "Massachusetts": "MA", "Michigan": "MI",
+    "Minnesota": "MN", "Mississippi": "MS", "Missouri": "MO", "Montana": "MT", "Nebraska": "NE",
+    "Nevada": "NV", "New Hampshire": "NH", "New Jersey": "NJ", "New Mexico": "NM",
+    "New York": "NY", "North Carolina": "NC", "North Dakota": "ND", "Ohio": "OH", "Oklahoma": "OK",
+    "Oregon": "OR", "Pennsylvania": "PA", "Rhode Island": "RI", "South Carolina": "SC",
+    "South Dakota": "SD", "Tennessee": "TN", "Texas": "TX", "Utah": "UT", "Vermont": "VT",
+    "Virginia": "VA", "Washington": "WA", "Washington State": "WA", "West Virginia": "WV",
+    "Wisconsin": "WI", "Wyoming": "WY",
+}  # fmt: skip
+CA_PROVINCES = {
+    "Alberta": "AB", "British Columbia": "BC", "British Colombia": "BC", "Manitoba": "MB",
+    "New Brunswick": "NB", "Newfoundland and Labrador": "NL", "Newfoundland": "NL",
+    "Nova Scotia": "NS", "Northwest Territories": "NT", "Nunavut": "NU", "Ontario": "ON",
+    "Prince Edward Island": "PE", "Quebec": "QC", "Québec": "QC", "Saskatchewan": "SK",
+    "Yukon": "YT",
+}  # fmt: skip
+_SUBDIVISION = {code: "US-" + code for code in US_STATES.values()} | {
+    code: "CA-" + code for code in CA_PROVINCES.values()
+}
+_NAMES = {name.casefold(): code for name, code in (US_STATES | CA_PROVINCES).items()}
+_CITY_STATE = re.compile(r",\s*([A-Z]{2})$")
+
+
+def _subdivisions(description: str) -> set[str]:
+    """'Miami, FL' -> {'US-FL'}; 'Florida' -> {'US-FL'}; 'Nova Scotia/Prince Edward Island' ->
+    {'CA-NS', 'CA-PE'}; 'Nassau' -> set()."""
+    found = set()
+    for part in description.split("/"):
+        part = part.strip()
+        m = _CITY_STATE.search(part)
+        code = m.group(1) if m else _NAMES.get(part.casefold())
+        if code in _SUBDIVISION:
+            found.add(_SUBDIVISION[code])
+    return found
+
+
+def _nanp_regions() -> dict[str, str | None]:
+    """Area code -> "US-XX"/"CA-XX", from the geocoder's English place names. The area code's own
+    entry wins; without one, the state of at least 90 % of its places (e.g. 201 lists one
+    New York place among 98 in New Jersey). Several states or none: None."""
+    from phonenumbers.geodata import GEOCODE_DATA  # ~0.3 s, once, on the first NANP number
+
+    places: dict[str, Counter[str]] = {}
+    own: dict[str, set[str]] = {}
+    for prefix, names in GEOCODE_DATA.items():
+        name = names.get("en")
+        if prefix[:1] != "1" or len(prefix) < 4 or name is None:
+            continue
+        found = _subdivisions(name)
+        if len(prefix) == 4:
+            own[prefix[1:]] = found
+        elif len(found) == 1:
+            places.setdefault(prefix[1:4], Counter()).update(found)
+    regions: dict[str, str | None] = {}
+    for area in own.keys() | places.keys():
+        if area in own and own[area]:
+            regions[area] = next(iter(own[area])) if len(own[area]) == 1 else None
+            continue
+        counts = places.get(area)
+        if counts:
+            (best, n), total = counts.most_common(1)[0], sum(counts.values())
+            regions[area] = best if n >= 0.9 * total else None
+    return regions

@@ -1,0 +1,249 @@
+"""ZoneResolver: numbers -> interned zone sets, cached by prefix class.
+
+The oracle is phonenumbers itself, asked per number with no cache.
+"""
+
+from __future__ import annotations
+
+import random
+
+import phonenumbers
+import phonenumbers.timezone
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from phonenumbers import PhoneMetadata, PhoneNumberType
+
+from gateway.core import zones as zones_mod
+from gateway.core.zones import ZoneResolver, ZoneSet
+
+
+def n(e164: str) -> int:
+    return int(e164[1:])
+
+
+@pytest.fixture
+def resolver() -> ZoneResolver:
+    return ZoneResolver()
+
+
+@pytest.mark.parametrize(
+    ("number", "zones", "region"),
+    [
+        ("+12125550123", ("America/New_York",), "US-NY"),
+        ("+13055550123", ("America/New_York",), "US-FL"),  # "Florida"
+        ("+14055550123", ("America/Chicago",), "US-OK"),
+        ("+12025550123", ("America/New_York",), "US-DC"),  # "Washington D.C."
+        ("+12065550123", ("America/Los_Angeles",), "US-WA"),  # "Washington State"
+        ("+14165550123", ("America/Toronto",), "CA-ON"),
+        ("+18675550123", ("America/Fort_Nelson",), "CA"),  # Yukon/NWT/Nunavut: the country
+        ("+17875550123", ("America/Puerto_Rico",), "PR"),
+        ("+33612345678", ("Europe/Paris",), "FR"),
+        ("+33142345678", ("Europe/Paris",), "FR"),
+        ("+5511912345678", ("America/Sao_Paulo",), "BR"),
+        ("+919812345678", ("Asia/Calcutta",), "IN"),
+    ],
+)
+def test_single_zone_numbers(resolver: ZoneResolver, number: str, zones: tuple, region: str) -> None:
+    zs = resolver.zone_set(resolver.key_for(n(number)))
+    assert zs == ZoneSet(zones, region)
+
+
+def test_numbers_with_several_zones(resolver: ZoneResolver) -> None:
+    idaho = resolver.zone_set(resolver.key_for(n("+12085550123")))  # a geographic prefix
+    assert idaho == ZoneSet(("America/Boise", "America/Los_Angeles"), "US-ID")
+    au_mobile = resolver.zone_set(resolver.key_for(n("+61412345678")))  # mobile: the whole country
+    assert "Australia/Perth" in au_mobile.zones and "Australia/Lord_Howe" in au_mobile.zones
+    assert au_mobile.region == "AU" and list(au_mobile.zones) == sorted(au_mobile.zones)
+    ru_mobile = resolver.zone_set(resolver.key_for(n("+79161234567")))
+    assert {"Europe/Moscow", "Asia/Kamchatka"} <= set(ru_mobile.zones) and ru_mobile.region == "RU"
+    toll_free = resolver.zone_set(resolver.key_for(n("+18005550123")))
+    assert {"Pacific/Honolulu", "America/New_York", "Pacific/Guam"} <= set(toll_free.zones)
+
+
+def test_same_set_same_key(resolver: ZoneResolver) -> None:
+    a = resolver.key_for(n("+12125550123"))
+    assert resolver.key_for(n("+12125550199")) == a
+    assert resolver.key_for(n("+16465550123")) == a  # another NYC area code, same set
+    assert resolver.key_for(n("+13055550123")) != a  # same zone, other region
+    assert resolver.key_for_zones(["America/New_York"], "US-NY") == a
+    assert resolver.key_for_zones(["Europe/Paris", "Asia/Tokyo", "Europe/Paris"]) == resolver.key_for_zones(
+        ["Asia/Tokyo", "Europe/Paris"]
+    )
+    assert len(resolver) == len({resolver.zone_set(k) for k in range(len(resolver))})
+
+
+def test_explicit_zone_overrides_number_but_keeps_region(resolver: ZoneResolver) -> None:
+    k = resolver.key_for(n("+33612345679"), "Asia/Kolkata")
+    assert resolver.zone_set(k) == ZoneSet(("Asia/Kolkata",), "FR")
+    assert resolver.key_for(n("+33612345670"), "Asia/Kolkata") == k
+    fl = resolver.zone_set(resolver.key_for(n("+13055550123"), "America/Chicago"))
+    assert fl == ZoneSet(("America/Chicago",), "US-FL")  # Florida's window still applies
+
+
+@pytest.mark.parametrize("tz", ["Mars/Olympus_Mons", "Etc/Unknown", "", "../../etc/passwd"])
+def test_unknown_explicit_zone_is_refused_by_name(resolver: ZoneResolver, tz: str) -> None:
+    with pytest.raises(ValueError, match="unknown time zone") as info:
+        resolver.key_for(n("+12125550123"), tz)
+    assert repr(tz) in str(info.value)
+
+
+def test_unknown_zone_gets_the_default() -> None:
+    r = ZoneResolver(default_zone="Asia/Tokyo")
+    assert r.zone_set(r.key_for(n("+80012345678"))).zones == ("Asia/Tokyo",)  # intl freephone
+    assert r.zone_set(r.key_for(n("+9991234567"))) == ZoneSet(("Asia/Tokyo",), None)  # no such code
+    with pytest.raises(ValueError, match="Nowhere/Land"):
+        ZoneResolver(default_zone="Nowhere/Land")
+
+
+def test_every_zone_phonenumbers_names_loads() -> None:
+    names = {z for zones in phonenumbers.tzdata.TIMEZONE_DATA.values() for z in zones} - {"Etc/Unknown"}
+    for name in sorted(names):
+        assert zones_mod._check_zone(name) == name
+
+
+def test_invalid_number_gets_its_countrys_zones(resolver: ZoneResolver) -> None:
+    # 055 is no valid exchange: phonenumbers says "Etc/Unknown"; we hold it to all NANP zones
+    bad = resolver.zone_set(resolver.key_for(n("+12120550123")))
+    assert bad.zones == tuple(sorted(phonenumbers.timezone.time_zones_for_number(phonenumbers.parse("+18005550123"))))
+    assert bad.region == "US-NY"
+
+
+def test_warm_lookups_do_not_ask_phonenumbers(resolver: ZoneResolver, monkeypatch: pytest.MonkeyPatch) -> None:
+    rnd = random.Random(4)
+    numbers = [n(p) * 10**k + rnd.randrange(10**k) for p, k in [("+1212", 7), ("+447", 9), ("+614", 8)] for _ in range(300)]
+    keys = [resolver.key_for(x) for x in numbers]
+    monkeypatch.setattr(phonenumbers, "parse", lambda *a, **k: pytest.fail("cache miss"))
+    assert [resolver.key_for(x) for x in rnd.sample(numbers, 200)] != []
+    assert [resolver.key_for(x) for x in numbers] == keys
+
+
+def test_prefix_classes_are_shared() -> None:
+    # 1000 New York numbers: the class is "+1 212 d" (the exchange's first digit decides
+    # validity), so there are at most 10 classes + the 4-digit node, not 1000.
+    r, rnd = ZoneResolver(), random.Random(1)
+    for _ in range(1000):
+        r.key_for(12120000000 + rnd.randrange(10**7))
+    assert len(r._nodes) <= 11
+    for _ in range(1000):
+        r.key_for(336_0000_0000 + rnd.randrange(10**8))  # French mobiles: one zone, decided early
+    assert len(r._nodes) <= 11 + 20
+
+
+# -- agreement with phonenumbers, whatever the order numbers come in -----------------------------
+
+PREFIXES = [
+    "1212", "1208", "1305", "1808", "1867", "1242", "1664", "1800", "1340", "44", "447", "4475",
+    "441534", "33", "49", "4915", "61", "614", "7", "79", "77", "55", "5511", "5592", "52", "62",
+    "86", "91", "81", "39", "3906", "262", "590", "599", "47", "358", "353", "800", "882", "246",
+    "299", "976", "54", "1671",
+]  # fmt: skip
+
+
+def _oracle(digits: str, default: str = "UTC") -> tuple[str, ...] | None:
+    """phonenumbers' zones for a valid number; None for numbers it finds invalid."""
+    try:
+        num = phonenumbers.parse("+" + digits)
+    except phonenumbers.NumberParseException:
+        return None
+    if phonenumbers.number_type(num) == PhoneNumberType.UNKNOWN:
+        return None
+    zones = phonenumbers.timezone.time_zones_for_number(num)
+    return tuple(sorted({default if z == "Etc/Unknown" else z for z in zones}))
+
+
+numbers_st = st.tuples(st.sampled_from(PREFIXES), st.integers(7, 15), st.randoms(use_true_random=False)).map(
+    lambda t: t[0] + "".join(t[2].choice("0123456789") for _ in range(max(0, t[1] - len(t[0]))))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(numbers_st, min_size=1, max_size=40), st.randoms(use_true_random=False))
+def test_matches_phonenumbers_in_any_order(batch: list[str], rnd: random.Random) -> None:
+    a, b = ZoneResolver(), ZoneResolver()
+    other = batch[:]
+    rnd.shuffle(other)
+    for digits in other:
+        b.key_for(int(digits))
+    for digits in batch:
+        got = a.zone_set(a.key_for(int(digits)))
+        assert b.zone_set(b.key_for(int(digits))) == got  # the cache never depends on the order
+        expected = _oracle(digits)
+        if expected is not None:
+            assert got.zones == expected, digits
+
+
+def test_matches_phonenumbers_on_a_large_sample() -> None:
+    """Many numbers through one warm resolver, near prefixes phonenumbers distinguishes."""
+    rnd, r = random.Random(7), ZoneResolver()
+    keys = list(phonenumbers.tzdata.TIMEZONE_DATA)
+    rnd.shuffle(keys)
+    numbers = []
+    for key in keys[:1500]:
+        length = rnd.choice((10, 11, 12))
+        numbers.append(key + "".join(rnd.choice("0123456789") for _ in range(max(1, length - len(key)))))
+    for digits in numbers * 2:
+        expected = _oracle(digits)
+        got = r.zone_set(r.key_for(int(digits)))
+        if expected is not None:
+            assert got.zones == expected, digits
+
+
+# -- the exact prefix test on the metadata's patterns -------------------------------------------
+
+
+def _all_patterns() -> list[tuple[str, bool]]:
+    out = []
+    for cc, regions in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.items():
+        for region in regions:
+            meta = PhoneMetadata.metadata_for_nongeo_region(cc) if region == "001" else PhoneMetadata.metadata_for_region(region)
+            if meta.leading_digits:
+                out.append((meta.leading_digits, True))
+            for desc in [meta.general_desc, *zones_mod._type_descs(meta)]:
+                if desc is not None and desc.national_number_pattern:
+                    out.append((desc.national_number_pattern, False))
+    return out
+
+
+def test_every_metadata_pattern_is_rewritten() -> None:
+    for pattern, prefix_match in _all_patterns():
+        p = zones_mod._Pattern(pattern, None, prefix_match=prefix_match)
+        assert p.all_of is not None and p.any_of is not None, pattern
+
+
+PATTERNS = _all_patterns()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(PATTERNS), st.integers(0, 6), st.integers(4, 12), st.randoms(use_true_random=False))
+def test_decided_means_all_completions_agree(pat: tuple[str, bool], head_len: int, length: int, rnd: random.Random) -> None:
+    import re
+
+    pattern, prefix_match = pat
+    rx = re.compile(pattern)
+    test = (lambda s: bool(rx.match(s))) if prefix_match else (lambda s: bool(rx.fullmatch(s)))
+    head = "".join(rnd.choice("0123456789") for _ in range(min(head_len, length)))
+    p = zones_mod._Pattern(pattern, None, prefix_match=prefix_match)
+    completions = [head + "".join(rnd.choice("0123456789") for _ in range(length - len(head))) for _ in range(30)]
+    if p.decided(head, length):
+        assert len({test(c) for c in completions}) == 1
+    if p.none(head, length):
+        assert not any(test(c) for c in completions)
+
+
+@pytest.mark.parametrize(
+    ("description", "expected"),
+    [
+        ("Miami, FL", {"US-FL"}),
+        ("Florida", {"US-FL"}),
+        ("Washington D.C.", {"US-DC"}),
+        ("Washington State", {"US-WA"}),
+        ("Toronto, ON", {"CA-ON"}),
+        ("British Colombia", {"CA-BC"}),  # sic, in the geocoder data
+        ("Nova Scotia/Prince Edward Island", {"CA-NS", "CA-PE"}),
+        ("New Providence", set()),
+        ("Charlotte Amalie, VI", set()),  # a territory: its region comes from phonenumbers
+    ],
+)
+def test_place_names_to_subdivisions(description: str, expected: set) -> None:
+    assert zones_mod._subdivisions(description) == expected
