@@ -12,6 +12,7 @@ import re
 import tomllib
 from importlib import resources
 from pathlib import Path
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -21,8 +22,38 @@ from gateway.errors import ConfigError
 __all__ = ["Config", "default_text", "load", "loads"]
 
 
+class Tenant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An API client. Its key is never in the file: ``key_sha256`` is the hex SHA-256 of the key,
+    or ``key_env`` names the environment variable holding the key itself."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    key_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    key_env: str | None = None
+    webhook_secret_env: str | None = None
+    requests_per_second: Annotated[float, msgspec.Meta(gt=0)] = 200.0
+    burst: Annotated[int, msgspec.Meta(ge=1)] = 400
+
+    def __post_init__(self) -> None:
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError(f"tenant {self.name!r}: give exactly one of key_sha256 and key_env")
+
+
+class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"  # loopback unless configured otherwise
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024
+    tenants: list[Tenant] = []
+
+
+class StoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = "sqlite:///sluice.db"
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     core: CoreSettings = msgspec.field(default_factory=CoreSettings)
+    api: ApiSettings = msgspec.field(default_factory=ApiSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
 
 
 def loads(text: str, *, path: str | None = None) -> Config:

@@ -20,9 +20,12 @@ class IdGenerator:
     def __init__(self, floor: int = 0) -> None:
         self._next = floor
 
+    def bump(self, floor: int) -> None:
+        self._next = max(self._next, floor)
+
     def reserve(self, n: int, now: float) -> int:
         base = max(self._next, int(now * 1000) << _COUNTER_BITS)
-        self._next = base + max(n, 1)
+        self._next = base + n
         return base
 
 

@@ -167,6 +167,12 @@ class Scheduler:
             self._drop(entry)
         return Admission(job_id=job.id, first_id=base, accepted=accepted, rejected=rejected, outcomes=outcomes)
 
+    def reserve_ids(self, n: int, now: float, *, floor: int = 0) -> int:
+        """A block of ``n`` fresh message ids; ``floor``: never hand out ids below it again
+        (after a restart, the ids already in the store)."""
+        self._ids.bump(floor)
+        return self._ids.reserve(n, now)
+
     def _check(self, entry: JobEntry, r: Recipient, fixed: int) -> tuple[int, bytes, int, int, int]:
         """Validate one recipient; returns its columns. Raises ValueError/LookupError with why."""
         digits = r.to[1:]

@@ -1,0 +1,278 @@
+"""The HTTP API as a plain ASGI app: decode -> call the service -> encode. No framework.
+
+Every error is a JSON body ``{"error", "field"?, "index"?}`` with a 4xx status; a 500 means a
+bug and is logged with its traceback, never with the request's secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs
+
+import msgspec
+
+from gateway.api import openapi, schemas
+from gateway.config import Tenant
+from gateway.core.bucket import TokenBucket
+from gateway.errors import CallerError, InvalidInput, SluiceError, StorageError
+from gateway.runtime.service import Gateway
+
+__all__ = ["Api", "hash_key"]
+
+log = logging.getLogger(__name__)
+_enc = msgspec.json.Encoder()
+_decoders = {t: msgspec.json.Decoder(t) for t in (schemas.MessageIn, schemas.JobIn, schemas.SuppressionIn)}
+_JOB_HEAD = msgspec.json.Decoder(schemas.JobIn)
+_RECIPIENT = msgspec.json.Decoder(schemas.RecipientIn)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Response(msgspec.Struct):
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]] = []
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+class Api:
+    def __init__(self, gateway: Gateway, tenants: dict[str, Tenant], *, clock: Callable[[], float],
+                 max_body: int = 64 * 1024 * 1024, extra: dict[str, Handler] | None = None) -> None:  # fmt: skip
+        """``tenants`` maps the hex SHA-256 of each API key to its tenant: keys are never kept."""
+        self.gw = gateway
+        self._tenants = tenants
+        self._clock = clock
+        self._max_body = max_body
+        self._limits: dict[str, TokenBucket] = {}
+        self._extra = extra or {}  # unauthenticated GETs: /metrics, /healthz, /readyz
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("POST", re.compile(r"^/v1/messages$"), self._post_message),
+            ("GET", re.compile(r"^/v1/messages/(?P<mid>[^/]+)$"), self._get_message),
+            ("POST", re.compile(r"^/v1/jobs$"), self._post_job),
+            ("GET", re.compile(r"^/v1/jobs/(?P<jid>[^/]+)$"), self._get_job),
+            ("GET", re.compile(r"^/v1/jobs/(?P<jid>[^/]+)/messages$"), self._get_job_messages),
+            ("POST", re.compile(r"^/v1/jobs/(?P<jid>[^/]+)/(?P<action>cancel|pause|resume)$"), self._control),
+            ("GET", re.compile(r"^/v1/suppressions$"), self._get_suppressions),
+            ("POST", re.compile(r"^/v1/suppressions$"), self._post_suppression),
+            ("DELETE", re.compile(r"^/v1/suppressions/(?P<number>[^/]+)$"), self._delete_suppression),
+        ]
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            resp = await self._dispatch(scope, receive)
+        except CallerError as exc:
+            resp = _error(exc.status, str(exc), getattr(exc, "field", None), getattr(exc, "index", None))
+            if isinstance(exc, _TooMany):
+                resp.headers.append((b"retry-after", str(exc.retry_after).encode()))
+        except StorageError as exc:
+            log.warning("store.failed error=%s", exc)
+            resp = _error(503, "storage unavailable, retry later", headers=[(b"retry-after", b"1")])
+        except SluiceError as exc:
+            resp = _error(400, str(exc))
+        except Exception:
+            log.exception("api.bug method=%s path=%s", scope.get("method"), scope.get("path"))
+            resp = _error(500, "internal error")
+        headers = [(b"content-type", b"application/json"), *resp.headers]
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+    async def _dispatch(self, scope, receive) -> Response:
+        method, path = scope["method"], scope["path"]
+        if method == "GET" and path == "/openapi.json":
+            return Response(200, openapi.document())
+        if method == "GET" and path in self._extra:
+            return await self._extra[path]()
+        allowed = []
+        for m, rx, handler in self._routes:
+            if (hit := rx.match(path)) is not None:
+                if m != method:
+                    allowed.append(m)
+                    continue
+                tenant = self._authenticate(scope)
+                self._rate_limit(tenant)
+                body = await _read_body(receive, self._max_body) if method in ("POST", "DELETE") else b""
+                return await handler(tenant, scope, body, **hit.groupdict())
+        if allowed:
+            return _error(405, f"method not allowed; use {', '.join(sorted(set(allowed)))}")
+        return _error(404, "no such endpoint")
+
+    def _authenticate(self, scope) -> Tenant:
+        auth = _header(scope, b"authorization")
+        if not auth.startswith("Bearer ") or len(auth) < 8:
+            raise _Unauthorized("missing bearer token")
+        tenant = self._tenants.get(hash_key(auth[7:].strip()))  # compares digests, never keys
+        if tenant is None:
+            raise _Unauthorized("unknown API key")
+        return tenant
+
+    def _rate_limit(self, tenant: Tenant) -> None:
+        now = self._clock()
+        bucket = self._limits.get(tenant.name)
+        if bucket is None:
+            bucket = self._limits[tenant.name] = TokenBucket(tenant.requests_per_second, tenant.burst, now)
+        if not bucket.try_take(1, now):
+            raise _TooMany(max(1, round(bucket.wait_time(1, now) + 0.5)))
+
+    # -- handlers -----------------------------------------------------------------------
+
+    async def _post_message(self, tenant: Tenant, scope, body: bytes) -> Response:
+        msg = _decode(schemas.MessageIn, body)
+        out, _ = await self.gw.submit_message(tenant.name, msg, self._clock(), raw=body,
+                                              idempotency_key=_idem(scope))  # fmt: skip
+        return Response(202, out)
+
+    async def _post_job(self, tenant: Tenant, scope, body: bytes) -> Response:
+        if _header(scope, b"content-type").startswith("application/x-ndjson"):
+            job = _ndjson_job(body)
+        else:
+            job = _decode(schemas.JobIn, body)
+        out, _ = await self.gw.submit_job(tenant.name, job, self._clock(), raw=body, idempotency_key=_idem(scope))
+        return Response(202, out)
+
+    async def _get_job(self, tenant: Tenant, scope, body: bytes, jid: str) -> Response:
+        return Response(200, _enc.encode(await self.gw.job_status(tenant.name, jid)))
+
+    async def _get_job_messages(self, tenant: Tenant, scope, body: bytes, jid: str) -> Response:
+        q = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            limit = int(q.get("limit", ["100"])[0])
+        except ValueError:
+            raise InvalidInput("limit must be a whole number", field="limit") from None
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit must be 1..1000", field="limit")
+        page = await self.gw.job_messages(tenant.name, jid, q.get("status", [None])[0], q.get("after", [None])[0], limit)
+        return Response(200, _enc.encode(page))
+
+    async def _control(self, tenant: Tenant, scope, body: bytes, jid: str, action: str) -> Response:
+        return Response(200, _enc.encode(await self.gw.control_job(tenant.name, jid, action, self._clock())))
+
+    async def _get_message(self, tenant: Tenant, scope, body: bytes, mid: str) -> Response:
+        return Response(200, _enc.encode(await self.gw.message(tenant.name, mid)))
+
+    async def _get_suppressions(self, tenant: Tenant, scope, body: bytes) -> Response:
+        return Response(200, _enc.encode(await self.gw.suppressions(tenant.name)))
+
+    async def _post_suppression(self, tenant: Tenant, scope, body: bytes) -> Response:
+        s = _decode(schemas.SuppressionIn, body)
+        await self.gw.suppress(tenant.name, s.number, self._clock())
+        return Response(201, _enc.encode(s))
+
+    async def _delete_suppression(self, tenant: Tenant, scope, body: bytes, number: str) -> Response:
+        if not await self.gw.unsuppress(tenant.name, number):
+            return _error(404, f"{number} is not on the suppression list")
+        return Response(200, b"{}")
+
+
+class _Unauthorized(CallerError):
+    status = 401
+
+
+class _TooMany(CallerError):
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"rate limit exceeded; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class _TooLarge(CallerError):
+    status = 413
+
+
+def _error(status: int, message: str, field: str | None = None, index: int | None = None,
+           headers: list[tuple[bytes, bytes]] | None = None) -> Response:  # fmt: skip
+    return Response(status, _enc.encode(schemas.ErrorBody(error=message, field=field, index=index)), headers or [])
+
+
+def _decode(kind: type, body: bytes):
+    if not body:
+        raise InvalidInput("empty body: a JSON object is expected")
+    try:
+        return _decoders[kind].decode(body)
+    except msgspec.ValidationError as exc:
+        text, field = _split(str(exc))
+        raise InvalidInput(text, field=field, index=_index(field)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+
+
+def _ndjson_job(body: bytes) -> schemas.JobIn:
+    """First line: the job (without recipients); then one recipient per line."""
+    lines = [ln for ln in body.split(b"\n") if ln.strip()]
+    if not lines:
+        raise InvalidInput("empty body: the first NDJSON line is the job")
+    job = _decode(schemas.JobIn, lines[0])
+    people = []
+    for i, line in enumerate(lines[1:]):
+        try:
+            people.append(_RECIPIENT.decode(line))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            text, field = _split(str(exc))
+            raise InvalidInput(f"line {i + 2}: {text}", field=f"recipients[{i}]" + (f".{field}" if field else ""),
+                               index=i) from None  # fmt: skip
+    return msgspec.structs.replace(job, recipients=job.recipients + people)
+
+
+_AT = re.compile(r"^(.*?)(?: - at `\$\.?(.*)`)?$", re.S)
+_IDX = re.compile(r"^recipients\[(\d+)\]")
+
+
+def _split(text: str) -> tuple[str, str | None]:
+    m = _AT.match(text)
+    return (m.group(1), m.group(2) or None) if m else (text, None)
+
+
+def _index(field: str | None) -> int | None:
+    m = _IDX.match(field or "")
+    return int(m.group(1)) if m else None
+
+
+def _header(scope, name: bytes) -> str:
+    for k, v in scope.get("headers", ()):
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return ""
+
+
+def _idem(scope) -> str | None:
+    key = _header(scope, b"idempotency-key").strip()
+    if len(key) > 200:
+        raise InvalidInput("Idempotency-Key is longer than 200 characters", field="Idempotency-Key")
+    return key or None
+
+
+async def _read_body(receive, limit: int) -> bytes:
+    parts, size = [], 0
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            raise InvalidInput("client went away")
+        chunk = event.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(f"body larger than {limit} bytes")
+        parts.append(chunk)
+        if not event.get("more_body"):
+            return b"".join(parts)
+
+
+async def _lifespan(receive, send) -> None:
+    while True:
+        event = await receive()
+        if event["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif event["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,1 @@
+"""The async shell: the clock, the store, the carriers, the API, one anyio task group."""

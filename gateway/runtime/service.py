@@ -1,0 +1,243 @@
+"""The gateway's use cases: submit, query, control. Between the API and the core and store.
+
+Ordering that makes a 202 honest: a job is admitted to the core *paused* (so the core validates
+each recipient and assigns ids), written to the store in one transaction, and only then resumed.
+If the store fails, the paused messages are canceled in the core and the caller gets a 503:
+nothing was promised, nothing is sent.
+
+Every method takes ``now`` from the caller (the runtime's clock), like the core. Core calls run
+on the event loop's thread (the core is not thread-safe); store calls run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import partial
+from collections.abc import Callable, Sequence
+
+import anyio
+import msgspec
+
+from gateway.api import schemas
+from gateway.core.ids import format_id, parse_id
+from gateway.core.model import Final, Job, Outcome, Recipient
+from gateway.core.scheduler import Scheduler
+from gateway.errors import InvalidInput, NotFound
+from gateway.runtime.numbers import NumberCheck
+from gateway.store.base import Change, Store
+
+__all__ = ["Gateway"]
+
+_json = msgspec.json.Encoder()
+
+
+class Gateway:
+    def __init__(self, scheduler: Scheduler, store: Store, *, numbers: NumberCheck | None = None,
+                 on_changes: Callable[[list[Change]], None] | None = None) -> None:  # fmt: skip
+        self.core = scheduler
+        self.store = store
+        self.numbers = numbers or NumberCheck()
+        self._on_changes = on_changes
+
+    @staticmethod
+    async def _io(fn, *args):
+        """Store calls may block on disk: run them in a worker thread, never on the loop."""
+        return await anyio.to_thread.run_sync(fn, *args)
+
+    # -- submission ---------------------------------------------------------------------
+
+    async def submit_message(self, tenant: str, body: schemas.MessageIn, now: float, *,
+                       raw: bytes = b"", idempotency_key: str | None = None) -> tuple[bytes, bool]:  # fmt: skip
+        """Returns (response JSON, replayed?). Raises InvalidInput naming the field."""
+        digest = _digest(raw)
+        if idempotency_key and (prev := await self._io(self.store.remembered, tenant, idempotency_key, digest)) is not None:
+            return prev, True
+        if (err := self.numbers.error(body.to)) is not None:
+            raise InvalidInput(err, field="to")
+        job = self._job(tenant, body.sender, body.body, body.category, body.send_at, body.validity, now)
+        adm = self._admit(job, [Recipient(to=body.to, tz=body.tz)], now, "body")
+        if adm.rejected:
+            self.core.cancel_job(job.id, now)
+            raise InvalidInput(adm.rejected[0][1], field=_field_of(adm.rejected[0][1], single=True))
+        msg_id = format_id(adm.first_id)
+        status = _status_of(adm.outcomes, adm.first_id)
+        response = _json.encode(schemas.MessageAccepted(id=msg_id, status=status))
+        await self._persist(job, adm.first_id, [(0, Recipient(to=body.to, tz=body.tz))], now, body.callback_url,
+                      (idempotency_key, digest, response) if idempotency_key else None)  # fmt: skip
+        await self._report(adm.outcomes, now)
+        return response, False
+
+    async def submit_job(self, tenant: str, body: schemas.JobIn, now: float, *,
+                   raw: bytes = b"", idempotency_key: str | None = None) -> tuple[bytes, bool]:  # fmt: skip
+        digest = _digest(raw)
+        if idempotency_key and (prev := await self._io(self.store.remembered, tenant, idempotency_key, digest)) is not None:
+            return prev, True
+        if not body.recipients:
+            raise InvalidInput("a job needs at least one recipient", field="recipients")
+        job = self._job(tenant, body.sender, body.template, body.category, body.send_at, body.validity, now)
+        people: list[Recipient] = []
+        pre_rejected: list[schemas.RecipientError] = []
+        index: list[int] = []  # position in the request of each recipient handed to the core
+        for i, r in enumerate(body.recipients):
+            if (err := self.numbers.error(r.to)) is not None:
+                pre_rejected.append(schemas.RecipientError(index=i, error=err))
+                continue
+            index.append(i)
+            people.append(Recipient(to=r.to, vars=r.vars, tz=r.tz))
+        adm = self._admit(job, people, now, "template")
+        rejected = pre_rejected + [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
+        rejected.sort(key=lambda e: e.index)
+        bad = {k for k, _ in adm.rejected}
+        kept = [(k, p) for k, p in enumerate(people) if k not in bad]
+        response = _json.encode(schemas.JobAccepted(id=job.id, accepted=len(kept), rejected=rejected))
+        if kept:
+            await self._persist(job, adm.first_id, kept, now, body.callback_url,
+                          (idempotency_key, digest, response) if idempotency_key else None)  # fmt: skip
+            await self._report(adm.outcomes, now)
+        return response, False
+
+    def _job(self, tenant: str, sender: str, template: str, category: str, send_at: float | None,
+             validity: int | None, now: float) -> Job:  # fmt: skip
+        if category not in self.core.settings.categories:
+            raise InvalidInput(f"unknown category {category!r}", field="category")
+        start = send_at if send_at is not None and send_at > now else now
+        return Job(id="job_" + format_id(self.core.reserve_ids(1, now)), tenant=tenant, sender=sender,
+                   template=template, category=category, not_before=send_at,
+                   expires_at=None if validity is None else start + validity)  # fmt: skip
+
+    def _admit(self, job: Job, people: Sequence[Recipient], now: float, field: str):
+        try:
+            return self.core.admit(job, people, now, paused=True)
+        except ValueError as exc:  # the body itself is wrong (e.g. too long), for every recipient
+            raise InvalidInput(str(exc), field=field) from exc
+
+    async def _persist(self, job: Job, first_id: int, kept, now: float, callback_url: str | None, idem) -> None:
+        try:
+            await self._io(partial(self.store.add_job, job, first_id, kept, now, callback_url=callback_url,
+                                   idempotency=idem))
+        except Exception:
+            self.core.cancel_job(job.id, now)  # never promised: drop it from the queue
+            raise
+        self.core.resume_job(job.id)
+
+    async def _report(self, outcomes: Sequence[Outcome], now: float) -> None:
+        changes = [_change(o, now) for o in outcomes]
+        if changes:
+            await self._io(self.store.record, changes)
+            if self._on_changes:
+                self._on_changes(changes)
+
+    # -- queries and control ------------------------------------------------------------
+
+    async def job_status(self, tenant: str, job_id: str) -> schemas.JobStatus:
+        got = await self._io(self.store.job, tenant, job_id)
+        if got is None:
+            raise NotFound(f"no job {job_id!r}")
+        s = got.job
+        return schemas.JobStatus(id=job_id, status=s.status, size=s.size, counts=got.counts, created_at=s.created_at)  # type: ignore[arg-type]
+
+    async def control_job(self, tenant: str, job_id: str, action: str, now: float) -> schemas.JobStatus:
+        if await self._io(self.store.job, tenant, job_id) is None:
+            raise NotFound(f"no job {job_id!r}")
+        if action == "cancel":
+            ended = self.core.cancel_job(job_id, now)
+            await self._report(ended, now)
+            await self._io(self.store.set_job_status, tenant, job_id, "canceled")
+        elif action == "pause":
+            self.core.pause_job(job_id)
+            await self._io(self.store.set_job_status, tenant, job_id, "paused")
+        elif action == "resume":
+            self.core.resume_job(job_id)
+            await self._io(self.store.set_job_status, tenant, job_id, "active")
+        else:
+            raise NotFound(f"no action {action!r}")
+        return await self.job_status(tenant, job_id)
+
+    async def message(self, tenant: str, message_id: str) -> schemas.MessageOut:
+        try:
+            mid = parse_id(message_id)
+        except ValueError:
+            raise NotFound(f"no message {message_id!r}") from None
+        m = await self._io(self.store.message, tenant, mid)
+        if m is None:
+            raise NotFound(f"no message {message_id!r}")
+        return schemas.MessageOut(
+            id=message_id, job_id=m.job_id, to=m.recipient.to, state=m.state, carrier=m.carrier,
+            carrier_ids=list(m.carrier_ids), attempts=m.attempts,
+            history=[schemas.StateChangeOut(state=c.state, at=c.at, reason=c.reason, carrier=c.carrier)
+                     for c in m.history],
+        )  # fmt: skip
+
+    async def job_messages(self, tenant: str, job_id: str, state: str | None, after: str | None,
+                     limit: int) -> schemas.MessagePage:  # fmt: skip
+        if await self._io(self.store.job, tenant, job_id) is None:
+            raise NotFound(f"no job {job_id!r}")
+        try:
+            start = parse_id(after) if after else 0
+        except ValueError:
+            raise InvalidInput("not a message id", field="after") from None
+        page = await self._io(partial(self.store.messages, tenant, job_id, state=state, after=start, limit=limit))
+        return schemas.MessagePage(
+            messages=[schemas.MessageAccepted(id=format_id(i), status=s) for i, s in page.ids],
+            next=format_id(page.next_after) if page.next_after is not None else None,
+        )
+
+    async def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None:
+        if (err := self.numbers.error(number)) is not None:
+            raise InvalidInput(err, field="number")
+        await self._io(self.store.suppress, tenant, number, now, source)
+        self.core.suppress(tenant, number)
+
+    async def unsuppress(self, tenant: str, number: str) -> bool:
+        self.core.unsuppress(tenant, number)
+        return await self._io(self.store.unsuppress, tenant, number)
+
+    async def suppressions(self, tenant: str) -> list[schemas.SuppressionOut]:
+        return [schemas.SuppressionOut(number=s.number, at=s.at, source=s.source)
+                for _, s in await self._io(self.store.suppressions, tenant)]  # fmt: skip
+
+    async def recover(self, now: float) -> int:
+        """After a restart: queue again everything accepted and not final; returns how many.
+        Messages that were submitted when the process died are sent again (marked retried)."""
+        for tenant, s in await self._io(self.store.suppressions):
+            self.core.suppress(tenant, s.number)
+        count = 0
+        for stored, rest in await self._io(lambda: list(self.store.unfinished())):
+            self.core.reserve_ids(0, now, floor=stored.first_id + stored.size)
+            people = [r for _, r, _ in rest]
+            ids = [stored.first_id + i for i, _, _ in rest]
+            # Each message keeps its id: admit one by one with its own id (recovery is rare).
+            for mid, person in zip(ids, people):
+                self.core.admit(stored.job, [person], now, first_id=mid,
+                                paused=stored.status == "paused")  # fmt: skip
+            count += len(people)
+            if stored.status == "canceled":
+                await self._report(self.core.cancel_job(stored.job.id, now), now)
+        return count
+
+
+def _digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _status_of(outcomes: Sequence[Outcome], mid: int) -> str:
+    for o in outcomes:
+        if o.message_id == mid and isinstance(o, Final):
+            return str(o.state)
+    return "queued"
+
+
+def _change(o: Outcome, now: float) -> Change:
+    if isinstance(o, Final):
+        return Change(message_id=o.message_id, state=str(o.state), at=o.at, reason=o.reason)
+    return Change(message_id=o.message_id, state="deferred", at=now, reason=f"{o.reason} until {o.until:.0f}")
+
+
+def _field_of(reason: str, *, single: bool) -> str:
+    if "variable" in reason:
+        return "vars"
+    if "segments" in reason:
+        return "body" if single else "template"
+    if "zone" in reason:
+        return "tz"
+    return "to"

@@ -1,0 +1,136 @@
+import json
+
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+MSG = {"to": "+14155550123", "body": "Your code is 123456", "from": "ACME", "category": "otp"}
+JOB = {"from": "ACME", "template": "Hi {name}, 20% off today", "category": "marketing",
+       "recipients": [{"to": "+14155550123", "vars": {"name": "Ann"}},
+                      {"to": "+1415555", "vars": {"name": "Bad number"}},
+                      {"to": "+33612345678", "vars": {}},
+                      {"to": "+447911123456", "vars": {"name": "Bo"}}]}  # fmt: skip
+
+
+async def test_single_message_accepted_and_queryable(client):
+    r = await client.post("/v1/messages", json=MSG)
+    assert r.status_code == 202, r.text
+    mid = r.json()["id"]
+    assert r.json()["status"] == "queued"
+    m = await client.get(f"/v1/messages/{mid}")
+    assert m.status_code == 200
+    assert m.json()["to"] == MSG["to"] and m.json()["state"] == "queued"
+    assert m.json()["history"][0]["state"] == "queued"
+
+
+async def test_job_reports_bad_recipients_by_index(client):
+    r = await client.post("/v1/jobs", json=JOB)
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["accepted"] == 2
+    assert [e["index"] for e in body["rejected"]] == [1, 2]
+    assert "invalid number" in body["rejected"][0]["error"]
+    assert "missing variable 'name'" in body["rejected"][1]["error"]
+    status = (await client.get(f"/v1/jobs/{body['id']}")).json()
+    assert status["size"] == 2 and status["counts"] == {"queued": 2}
+    page = (await client.get(f"/v1/jobs/{body['id']}/messages", params={"limit": 1})).json()
+    assert len(page["messages"]) == 1 and page["next"]
+
+
+async def test_ndjson_job(client):
+    lines = [json.dumps({k: v for k, v in JOB.items() if k != "recipients"})]
+    lines += [json.dumps({"to": f"+1415555{i:04d}", "vars": {"name": f"n{i}"}}) for i in range(100)]
+    r = await client.post("/v1/jobs", content="\n".join(lines), headers={"content-type": "application/x-ndjson"})
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted"] == 100
+
+
+async def test_idempotency(client):
+    h = {"idempotency-key": "order-42"}
+    a = await client.post("/v1/messages", json=MSG, headers=h)
+    b = await client.post("/v1/messages", json=MSG, headers=h)
+    assert a.status_code == b.status_code == 202
+    assert a.json() == b.json()
+    c = await client.post("/v1/messages", json={**MSG, "body": "another"}, headers=h)
+    assert c.status_code == 409
+
+
+async def test_tenant_isolation(client, other):
+    mid = (await client.post("/v1/messages", json=MSG)).json()["id"]
+    jid = (await client.post("/v1/jobs", json=JOB)).json()["id"]
+    assert (await other.get(f"/v1/messages/{mid}")).status_code == 404
+    assert (await other.get(f"/v1/jobs/{jid}")).status_code == 404
+    assert (await other.post(f"/v1/jobs/{jid}/cancel")).status_code == 404
+    await client.post("/v1/suppressions", json={"number": "+14155550123"})
+    assert (await other.get("/v1/suppressions")).json() == []
+    assert len((await client.get("/v1/suppressions")).json()) == 1
+
+
+async def test_cancel_pause_resume(client):
+    jid = (await client.post("/v1/jobs", json=JOB)).json()["id"]
+    assert (await client.post(f"/v1/jobs/{jid}/pause")).json()["status"] == "paused"
+    assert (await client.post(f"/v1/jobs/{jid}/resume")).json()["status"] == "active"
+    done = (await client.post(f"/v1/jobs/{jid}/cancel")).json()
+    assert done["status"] == "canceled" and done["counts"] == {"canceled": 2}
+
+
+async def test_suppressed_number_ends_suppressed(client):
+    await client.post("/v1/suppressions", json={"number": "+14155550123"})
+    r = await client.post("/v1/messages", json={**MSG, "category": "marketing"})
+    assert r.json()["status"] == "suppressed"
+    assert (await client.delete("/v1/suppressions/+14155550123")).status_code == 200
+    assert (await client.delete("/v1/suppressions/+14155550123")).status_code == 404
+
+
+@pytest.mark.parametrize("body, status, field", [
+    (b"{not json", 422, None),
+    (b"", 422, None),
+    (b"[]", 422, None),
+    (json.dumps({**MSG, "to": 14155550123}).encode(), 422, "to"),
+    (json.dumps({**MSG, "extra": 1}).encode(), 422, None),
+    (json.dumps({**MSG, "to": "+1415555"}).encode(), 422, "to"),
+    (json.dumps({**MSG, "body": ""}).encode(), 422, "body"),
+    (json.dumps({**MSG, "body": "x" * 1601}).encode(), 422, "body"),
+    (json.dumps({**MSG, "body": "€" * 1600}).encode(), 422, "body"),
+    (json.dumps({**MSG, "category": "spam"}).encode(), 422, "category"),
+    (json.dumps({**MSG, "tz": "Mars/Olympus"}).encode(), 422, "tz"),
+    (json.dumps({**MSG, "validity": -5}).encode(), 422, "validity"),
+])  # fmt: skip
+async def test_bad_input_names_the_field(client, body, status, field):
+    r = await client.post("/v1/messages", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert "error" in r.json()
+    if field:
+        assert r.json()["field"] == field
+
+
+async def test_auth(api):
+    import httpx
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as c:
+        assert (await c.post("/v1/messages", json=MSG)).status_code == 401
+        r = await c.post("/v1/messages", json=MSG, headers={"authorization": "Bearer nope"})
+        assert r.status_code == 401 and "nope" not in r.text
+
+
+async def test_rate_limit_per_key(client, other):
+    codes = [(await client.get("/v1/suppressions")).status_code for _ in range(25)]
+    assert codes.count(429) >= 4  # burst 20, the clock does not move
+    r = await client.get("/v1/suppressions")
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert (await other.get("/v1/suppressions")).status_code == 200  # other tenants unaffected
+
+
+async def test_body_too_large(client):
+    r = await client.post("/v1/jobs", content=b"x" * (2 << 20))
+    assert r.status_code == 413
+
+
+async def test_unknown_route_and_method(client):
+    assert (await client.get("/v1/nothing")).status_code == 404
+    assert (await client.put("/v1/messages")).status_code == 405
+
+
+async def test_openapi(client):
+    doc = (await client.get("/openapi.json")).json()
+    assert "/v1/jobs" in doc["paths"] and "JobIn" in doc["components"]["schemas"]
