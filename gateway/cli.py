@@ -28,6 +28,27 @@ def check_config(path: str) -> None:
     click.echo(f"{path}: ok ({len(cfg.core.carriers)} carriers, {len(cfg.core.routes)} routes)")
 
 
+@main.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file (default: the embedded config/sluice.toml).")
+def serve(config_path: str | None) -> None:
+    """Run the gateway: HTTP API, dispatcher and carrier connectors, until SIGTERM."""
+    import logging
+
+    import anyio
+
+    from gateway.config import default_text, loads
+    from gateway.runtime.app import serve as run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        cfg = load(config_path) if config_path else loads(default_text())
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    anyio.run(run, cfg, backend="asyncio", backend_options={"use_uvloop": True})
+
+
 @main.command("demo")
 @click.option("--recipients", default=20_000, show_default=True)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)

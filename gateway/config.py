@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from carriers.smpp.connector import SmppSettings
 from gateway.core.settings import CoreSettings
 from gateway.errors import ConfigError
 
@@ -50,10 +51,23 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
+class CarrierLinks(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How to reach each carrier named in ``core.carriers`` (the same ``name``)."""
+
+    smpp: list[SmppSettings] = []
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     core: CoreSettings = msgspec.field(default_factory=CoreSettings)
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    carriers: CarrierLinks = msgspec.field(default_factory=CarrierLinks)
+
+    def __post_init__(self) -> None:
+        known = {c.name for c in self.core.carriers}
+        for link in self.carriers.smpp:
+            if link.name not in known:
+                raise ValueError(f"carriers.smpp: {link.name!r} is not one of core.carriers {sorted(known)}")
 
 
 def loads(text: str, *, path: str | None = None) -> Config:

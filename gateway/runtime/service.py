@@ -38,6 +38,7 @@ class Gateway:
         self.store = store
         self.numbers = numbers or NumberCheck()
         self._on_changes = on_changes
+        self.on_admitted: Callable[[], None] | None = None  # the dispatcher's wake-up
 
     @staticmethod
     async def _io(fn, *args):
@@ -119,6 +120,8 @@ class Gateway:
             self.core.cancel_job(job.id, now)  # never promised: drop it from the queue
             raise
         self.core.resume_job(job.id)
+        if self.on_admitted:
+            self.on_admitted()
 
     async def _report(self, outcomes: Sequence[Outcome], now: float) -> None:
         changes = [_change(o, now) for o in outcomes]

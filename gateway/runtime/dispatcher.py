@@ -1,0 +1,211 @@
+"""The dispatcher: the short async loop that drives the core with the clock.
+
+One ``pump`` task per carrier asks the core what that carrier may be sent now (``take``, bounded
+by the connector's free room and the carrier's bucket) and hands the batch to the connector.
+One ``listen`` task turns the connectors' events back into core calls (``complete``,
+``requeue``, ``throttled``) and into state changes, which a ``flush`` task writes to the store
+in batches (group commit: one transaction per ~10 ms of changes, never one per message).
+
+Every core call happens on the event loop's thread; only store writes go to a worker thread.
+The clock is read once per pump round and the same instant passed to every decision.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+
+from carriers.base import (
+    Connector,
+    ConnectorEvent,
+    Inbound,
+    LinkChanged,
+    ReceiptMatched,
+    Requeue,
+    SubmitFailed,
+    Submitted,
+    Throttled,
+)
+from gateway.core.model import Dispatch, Final, Outcome
+from gateway.core.scheduler import Scheduler
+from gateway.store.base import Change, Store
+
+__all__ = ["Dispatcher", "DispatcherStats"]
+
+log = logging.getLogger(__name__)
+
+
+class DispatcherStats:
+    __slots__ = ("dispatched", "submitted", "failed", "requeued", "receipts", "throttles", "changes_written")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        core: Scheduler,
+        connectors: Mapping[str, Connector],
+        events: ObjectReceiveStream[ConnectorEvent],
+        store: Store,
+        *,
+        clock: Callable[[], float],
+        idle: float = 0.005,
+        flush_every: float = 0.01,
+        on_changes: Callable[[list[Change]], None] | None = None,
+        on_inbound: Callable[[Inbound], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.connectors = connectors
+        self._events = events
+        self._store = store
+        self._clock = clock
+        self._idle = idle
+        self._flush_every = flush_every
+        self._on_changes = on_changes
+        self._on_inbound = on_inbound
+        self._inflight: dict[int, Dispatch] = {}  # core ref -> what was handed to a connector
+        self._pending: list[Change] = []
+        self._wake = anyio.Event()
+        self.stats = DispatcherStats()
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for name, connector in self.connectors.items():
+                tg.start_soon(self._pump, name, connector)
+            tg.start_soon(self._listen)
+            tg.start_soon(self._flush_loop)
+
+    def poke(self) -> None:
+        """New work was admitted: wake the pumps now instead of at their next idle tick."""
+        self._wake.set()
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def _pump(self, carrier: str, connector: Connector) -> None:
+        while True:
+            now = self._clock()
+            room = self._room(connector)
+            if room <= 0:
+                await anyio.sleep(self._idle)
+                continue
+            batch = self.core.take(carrier, room, now)
+            self._outcomes(batch.outcomes, now)
+            if batch.dispatches:
+                for d in batch.dispatches:
+                    self._inflight[d.ref] = d
+                self.stats.dispatched += len(batch.dispatches)
+                await connector.submit(batch.dispatches)
+                continue
+            await self._sleep_until_work(carrier, now)
+
+    def _room(self, connector: Connector) -> int:
+        s = connector.statistics()
+        # Keep the connector's windows full plus one window queued, so a response frees a slot
+        # that is refilled without waiting for our next round.
+        return max(0, s.window * max(1, s.bound) * 2 - s.in_flight - s.queued)
+
+    async def _sleep_until_work(self, carrier: str, now: float) -> None:
+        bucket = self.core.bucket(carrier)
+        waits = [self._idle * 20]
+        refill = bucket.wait_time(1, now)
+        if refill > 0:
+            waits.append(refill)
+        wake = self.core.next_wakeup()
+        if wake is not None:
+            waits.append(max(0.0, wake - now))
+        with anyio.move_on_after(max(self._idle, min(waits))):
+            await self._wake.wait()
+        if self._wake.is_set():
+            self._wake = anyio.Event()
+
+    # -- hearing back -------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        async for event in self._events:
+            self._handle(event, self._clock())
+
+    def _handle(self, event: ConnectorEvent, now: float) -> None:
+        match event:
+            case Submitted(ref=ref, carrier=carrier, carrier_ids=ids):
+                d = self._inflight.pop(ref, None)
+                if d is None:
+                    return
+                self.core.complete(ref)
+                self.stats.submitted += 1
+                self._change(d.message_id, "submitted", now, "", carrier, ids)
+            case SubmitFailed(ref=ref, carrier=carrier, command_status=code, name=name, permanent=permanent,
+                              retry_after=retry_after):  # fmt: skip
+                d = self._inflight.get(ref)
+                if d is None:
+                    return
+                if permanent:
+                    del self._inflight[ref]
+                    self.core.complete(ref)
+                    self.stats.failed += 1
+                    self._change(d.message_id, "rejected", now, f"{name} (0x{code:02x})", carrier)
+                else:
+                    self._requeue(ref, now, delay=retry_after or 1.0, why=f"retry after {name}")
+            case Requeue(ref=ref, reason=reason):
+                # Throttled or never answered: the carrier may not have it, so it does not count
+                # against the weekly cap; a dropped bind or time-out may mean it went (bounded dups).
+                self._requeue(ref, now, delay=0.0, why=reason)
+            case Throttled(carrier=carrier):
+                self.stats.throttles += 1
+                self.core.throttled(carrier, now)
+            case ReceiptMatched(state=state, reason=reason, carrier=carrier) as r:
+                self.stats.receipts += 1
+                mid = getattr(r, "message_id", None)
+                if mid is not None:
+                    self._change(mid, str(state), now, reason, carrier)
+            case Inbound() as inbound:
+                if self._on_inbound:
+                    self._on_inbound(inbound)
+            case LinkChanged(carrier=carrier, bind=bind, up=up, reason=reason):
+                log.info("link.%s carrier=%s bind=%d reason=%s", "up" if up else "down", carrier, bind, reason)
+
+    def _requeue(self, ref: int, now: float, *, delay: float, why: str) -> None:
+        d = self._inflight.pop(ref, None)
+        if d is None:
+            return
+        self.core.requeue(ref, now, delay=delay, refund_cap=True)
+        self.stats.requeued += 1
+        self._change(d.message_id, "queued", now, f"retried: {why}", d.carrier)
+        self._wake.set()
+
+    def _outcomes(self, outcomes: list[Outcome], now: float) -> None:
+        for o in outcomes:
+            if isinstance(o, Final):
+                self._change(o.message_id, str(o.state), o.at, o.reason)
+            else:
+                self._change(o.message_id, "deferred", now, f"{o.reason} until {o.until:.0f}")
+
+    def _change(self, mid: int, state: str, at: float, reason: str, carrier: str | None = None,
+                ids: tuple[str, ...] = ()) -> None:  # fmt: skip
+        self._pending.append(Change(message_id=mid, state=state, at=at, reason=reason, carrier=carrier,
+                                    carrier_ids=ids))  # fmt: skip
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await anyio.sleep(self._flush_every)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        changes, self._pending = self._pending, []
+        await anyio.to_thread.run_sync(self._store.record, changes)
+        self.stats.changes_written += len(changes)
+        if self._on_changes:
+            self._on_changes(changes)
+
+    def inflight(self) -> int:
+        return len(self._inflight)
+
