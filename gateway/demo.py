@@ -144,11 +144,12 @@ def _summary(console, sched, limits, sent, finals, deferred, released_at, accept
     t.add_row("still queued at the end", f"{sum(stats.ready.values()) + stats.waiting:,}")
     console.print(t)
     c = Table(title="Carriers: nothing above its limit")
-    for col in ("carrier", "segments sent", "rate limit (seg/s)", "burst", "largest 1-s window"):
+    for col in ("carrier", "segments sent", "rate (seg/s)", "burst", "allowed in any 1 s", "largest 1-s window"):
         c.add_column(col, justify="right")
     for name, events in sent.items():
         rate, burst = limits[name]
-        c.add_row(name, f"{sum(s for _, s in events):,}", f"{rate:,.0f}", str(burst), f"{_max_per_second(events):,}")
+        c.add_row(name, f"{sum(s for _, s in events):,}", f"{rate:,.0f}", str(burst), f"{rate + burst:,.0f}",
+                  f"{_max_per_second(events):,}")
     console.print(c)
     if otp_wait:
         otp_wait.sort()

@@ -295,6 +295,11 @@ class Session:
         self._deadlines.append((deadline, seq))
         return seq
 
+    def send_response(self, command_id: int, sequence: int, status: int, body: bytes = b"") -> None:
+        """Queue a response whose body is already encoded (submit_sm_resp at the SMSC,
+        deliver_sm_resp at the ESME: the hot paths). Not for bind responses (use ``send``)."""
+        self._out.append(P.header(command_id, status, sequence, len(body)) + body)
+
     def _on_link_request_sent(self, command_id: int, pdu: P.Pdu | None) -> None:
         if command_id == C.UNBIND:
             self._apply(Input.UNBIND_SENT)

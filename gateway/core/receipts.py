@@ -110,6 +110,7 @@ class ReconcilerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     pending: int  # messages waiting for receipts
     held: int  # receipts waiting for their message
     matched: int  # receipts applied to a message
+    matched_early: int  # ... of which had arrived before their message was submitted
     finished: int  # messages given a final state by receipts
     horizon_expired: int  # messages ended because no receipt came
     unmatched: int  # receipts dropped after being held
@@ -186,7 +187,7 @@ class Reconciler:
         self._done_expiry: deque[tuple[float, str, int | str]] = deque()
         self._pending = 0
         self._held = 0
-        self._matched = self._finished = self._horizon_expired = 0
+        self._matched = self._finished = self._horizon_expired = self._early = 0
         self._unmatched = self._duplicates = self._intermediate = 0
 
     def _carrier(self, name: str) -> _Carrier:
@@ -217,6 +218,7 @@ class Reconciler:
             if held:
                 self._held -= len(held)
                 for raw, state, err, _at in held:
+                    self._early += 1
                     self._apply(c, carrier, key, state, err, now, results)
         return results
 
@@ -347,6 +349,7 @@ class Reconciler:
             pending=self._pending,
             held=self._held,
             matched=self._matched,
+            matched_early=self._early,
             finished=self._finished,
             horizon_expired=self._horizon_expired,
             unmatched=self._unmatched,

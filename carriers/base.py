@@ -1,0 +1,143 @@
+"""The carrier seam: the one small interface every carrier connector implements (SMPP now, HTTP
+later), and the events connectors emit.
+
+A connector is handed batches of ``Dispatch`` (already admitted, rate-checked and rendered by the
+core) and reports what became of each one as events on the ``anyio`` memory object stream given
+at construction. ``submit`` waits while the connector is full (its windows and a small queue),
+and never raises for a per-message outcome; every dispatch it accepted ends in exactly one of:
+
+- ``Submitted``     the carrier took it; ``carrier_ids`` are its ids (one per PDU sent)
+- ``SubmitFailed``  the carrier refused it; ``permanent`` or with a ``retry_after``
+- ``Requeue``       it must go again, through the core (response time-out, dropped bind,
+                    throttled, carrier down, connector closing)
+
+and, later, for a submitted one, at most one ``ReceiptMatched`` (its final state from receipts, or
+``unknown`` when none came within the horizon). ``Throttled`` asks the core to slow the carrier
+down, ``LinkChanged`` reports binds going up and down, ``Inbound`` is an MO message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+import msgspec
+
+from gateway.core.model import Dispatch, FinalState
+
+__all__ = [
+    "Connector",
+    "ConnectorEvent",
+    "ConnectorStats",
+    "Inbound",
+    "LinkChanged",
+    "ReceiptMatched",
+    "Requeue",
+    "SubmitFailed",
+    "Submitted",
+    "Throttled",
+]
+
+RequeueReason = Literal["timeout", "bind_dropped", "throttled", "carrier_down", "closing"]
+
+
+class Submitted(msgspec.Struct, frozen=True, kw_only=True, tag="submitted"):
+    ref: int
+    carrier: str
+    carrier_ids: tuple[str, ...]
+    at: float
+
+
+class SubmitFailed(msgspec.Struct, frozen=True, kw_only=True, tag="submit_failed"):
+    """The carrier answered with an error. ``name`` is the code's name (``ESME_RINVDSTADR``)."""
+
+    ref: int
+    carrier: str
+    command_status: int
+    name: str
+    permanent: bool
+    retry_after: float | None
+    at: float
+
+
+class Requeue(msgspec.Struct, frozen=True, kw_only=True, tag="requeue"):
+    """Send it again. The carrier may or may not have it (after a time-out or a dropped bind)."""
+
+    ref: int
+    carrier: str
+    reason: RequeueReason
+    at: float
+
+
+class Throttled(msgspec.Struct, frozen=True, kw_only=True, tag="throttled"):
+    """The carrier said "too fast" (SMPP 0x58 / 0x14, HTTP 429): cut its rate."""
+
+    carrier: str
+    command_status: int
+    at: float
+
+
+class ReceiptMatched(msgspec.Struct, frozen=True, kw_only=True, tag="receipt"):
+    """Message ``ref`` ended as ``state`` according to the carrier's receipts (or their absence:
+    ``reason`` is then "no receipt within horizon")."""
+
+    ref: int
+    carrier: str
+    state: FinalState
+    error_code: int | None
+    reason: str
+    at: float
+
+
+class Inbound(msgspec.Struct, frozen=True, kw_only=True, tag="inbound"):
+    """An MO message, reassembled if it came in parts."""
+
+    carrier: str
+    sender: str
+    recipient: str
+    text: str
+    at: float
+
+
+class LinkChanged(msgspec.Struct, frozen=True, kw_only=True, tag="link"):
+    carrier: str
+    bind: int
+    up: bool
+    reason: str
+    at: float
+
+
+ConnectorEvent = Submitted | SubmitFailed | Requeue | Throttled | ReceiptMatched | Inbound | LinkChanged
+
+
+class ConnectorStats(msgspec.Struct, frozen=True, kw_only=True):
+    carrier: str
+    binds: int  # configured sessions
+    bound: int  # sessions bound now
+    window: int  # per bind
+    in_flight: int  # PDUs sent and not yet answered, all binds
+    queued: int  # messages accepted by submit() and not yet sent
+    submitted: int
+    failed: int
+    requeued: int
+    throttles: int
+    errors: dict[str, int]  # by command_status name
+    receipts_matched: int
+    receipts_unmatched: int
+    receipts_pending: int
+    inbound: int
+
+
+@runtime_checkable
+class Connector(Protocol):
+    name: str
+
+    async def submit(self, batch: Sequence[Dispatch]) -> None:
+        """Take these dispatches; wait while full. Outcomes come as events."""
+        ...
+
+    def statistics(self) -> ConnectorStats: ...
+
+    async def aclose(self) -> None:
+        """Stop: unsent messages come back as ``Requeue(reason="closing")``."""
+        ...

@@ -1,0 +1,614 @@
+"""`sluice sim smsc`: an SMSC simulator on anyio, built on the same ``Session`` class as the ESME.
+
+It accepts binds (any credentials unless ``system_id``/``password`` are set), answers submit_sm
+with message ids (decimal, or hex with the receipt text in decimal: the classic mismatch), and
+sends delivery receipts (TLVs and text) ``dlr_delay`` seconds later to any receiver-capable bind
+of the same system_id, at most ``window`` unanswered per bind. It enforces ``tps`` (all binds)
+and ``bind_tps`` exactly: never more accepted submits than that in any 1-second window; the
+excess is answered ESME_RTHROTTLED (0x58).
+
+Misbehaviour on demand, for tests: throttling storms (``throttle_burst``), a fraction of
+undeliverable receipts, generic_nack to a fraction of submits, receipts before the response,
+duplicate receipts, unbind after N submits, stop answering after N PDUs, drop the connection
+after N PDUs (unanswered receipts are then redelivered on the next bind). It can also originate
+MO messages (``mo_rate``), every ``mo_long_every``-th one long, its parts sent out of order.
+
+Counters (``counters()``) include the largest number of submits received, and accepted, in any
+1-second window. Run as a process it prints ``{"listening": port}`` when ready, and its counters
+as one JSON line on SIGUSR1 and on exit (SIGINT/SIGTERM), and to ``--stats-file`` if given.
+
+One read is one batch: every PDU in it is handled before one write goes back (a per-PDU await
+costs ~4x throughput, see PERF-NOTES).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import sys
+import time
+from collections import deque
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+import click
+import msgspec
+
+from carriers.smpp import pdu as P
+from carriers.smpp.pdu import CommandId as C
+from carriers.smpp.receipts import STATE_CODES, format_receipt_date, receipt_text
+from carriers.smpp.session import Closed, PeerError, ResponseTimeout, Session
+from gateway.core.receipts import ReceiptState
+
+__all__ = ["SimSettings", "SmscSimulator", "run_simulator", "sim_smsc"]
+
+log = logging.getLogger(__name__)
+
+_THROTTLED = P.Status.ESME_RTHROTTLED
+_SUBMIT_RESP = C.SUBMIT_SM_RESP
+_SYSERR = P.Status.ESME_RSYSERR
+
+
+class SimSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 2775
+    tps: float | None = None  # accepted submits per second over all binds (None: no limit)
+    bind_tps: float | None = None  # per bind
+    window: int = 100  # unanswered deliver_sm per bind
+    dlr_delay: float = 1.0
+    undeliv_rate: float = 0.0
+    id_format: Literal["dec", "hex"] = "dec"
+    receipts: Literal["both", "tlv", "text", "none"] = "both"
+    receipt_first: bool = False  # the receipt goes out before the submit_sm_resp
+    duplicate_receipts: bool = False
+    nack_rate: float = 0.0  # generic_nack (ESME_RSYSERR) instead of submit_sm_resp
+    drop_after: int | None = None  # PDUs received per connection, then close abruptly
+    mute_after: int | None = None  # PDUs received per connection, then answer nothing
+    unbind_after: int | None = None  # submits per connection, then send unbind
+    throttle_burst: tuple[float, float] | None = None  # (every s, for s): answer all with 0x58
+    mo_rate: float = 0.0  # MO messages per second
+    mo_long_every: int = 0  # every Nth MO is a 3-part message sent out of order (0: never)
+    system_id: str | None = None
+    password: str | None = None
+    enquire_link_interval: float | None = 30.0
+    response_timeout: float = 10.0
+    seed: int | None = None
+
+
+class _Counters:
+    FIELDS = (
+        "connections",
+        "binds",
+        "bind_failures",
+        "submits",
+        "accepted",
+        "throttled",
+        "nacked",
+        "receipts_sent",
+        "receipts_acked",
+        "receipts_failed",
+        "receipts_redelivered",
+        "mos_sent",
+        "mos_acked",
+        "dropped_connections",
+        "unbinds_sent",
+        "protocol_errors",
+        "max_submits_1s",
+        "max_accepted_1s",
+    )
+
+    def __init__(self) -> None:
+        for f in self.FIELDS:
+            setattr(self, f, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f: getattr(self, f) for f in self.FIELDS}
+
+
+class _Receipt:
+    __slots__ = ("due", "system_id", "message_id", "text_id", "src", "dst", "submitted", "kind", "body")
+
+    def __init__(self, due: float, system_id: bytes, message_id: bytes, text_id: bytes, src: bytes, dst: bytes, submitted: float) -> None:
+        self.due = due
+        self.system_id = system_id
+        self.message_id = message_id
+        self.text_id = text_id
+        self.src = src
+        self.dst = dst
+        self.submitted = submitted
+        self.kind = "receipt"
+        self.body: P.DeliverSm | None = None  # filled for MOs, and for receipts once built
+
+
+class _Conn:
+    __slots__ = ("session", "stream", "lock", "system_id", "mode", "pdus", "submits", "muted", "inflight", "accepted_1s", "closing")
+
+    def __init__(self, session: Session, stream: anyio.abc.ByteStream) -> None:
+        self.session = session
+        self.stream = stream
+        self.lock = anyio.Lock()
+        self.system_id = b""
+        self.mode = ""
+        self.pdus = 0
+        self.submits = 0
+        self.muted = False
+        self.inflight: dict[int, _Receipt] = {}  # deliver_sm seq -> what it carried
+        self.accepted_1s: deque[float] = deque()
+        self.closing = False
+
+
+class SmscSimulator:
+    """The simulator's state. ``serve`` runs it; ``counters`` reads it at any time."""
+
+    def __init__(self, settings: SimSettings | None = None) -> None:
+        self.settings = s = settings or SimSettings()
+        self.port: int | None = None
+        self._c = _Counters()
+        self._rng = random.Random(s.seed)
+        self._next_id = 0
+        self._submits_1s: deque[float] = deque()
+        self._accepted_1s: deque[float] = deque()
+        self._due: deque[_Receipt] = deque()
+        self._backlog: dict[bytes, deque[_Receipt]] = {}
+        self._receivers: dict[bytes, list[_Conn]] = {}
+        self._rr = 0
+        self._wake = anyio.Event()
+        self._blocked = False
+        self._dirty: set[_Conn] = set()  # written to by another connection's reader
+        self._t0 = 0.0
+        self._wall = 0.0
+
+    def counters(self) -> dict[str, Any]:
+        out: dict[str, Any] = self._c.as_dict()
+        out["receipts_pending"] = len(self._due) + sum(len(b) for b in self._backlog.values())
+        return out
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the simulator's own tasks (receipts, MOs) without a listener: connections are
+        then handed in with ``handle_connection`` (in-memory tests)."""
+        self._t0 = anyio.current_time()
+        self._wall = time.time() - self._t0  # receipt dates are wall-clock; scheduling is not
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._dispatch_receipts)
+            if self.settings.mo_rate > 0:
+                tg.start_soon(self._originate_mos)
+            task_status.started()
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``settings.host:port`` (0: any free port, reported through ``task_status``)."""
+        s = self.settings
+        listener = await anyio.create_tcp_listener(local_host=s.host, local_port=s.port)
+        async with listener, anyio.create_task_group() as tg:
+            await tg.start(self.run)
+            self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            task_status.started(self.port)
+            await listener.serve(self.handle_connection, task_group=tg)
+
+    async def handle_connection(self, stream: anyio.abc.ByteStream) -> None:
+        """Serve one ESME connection until it ends."""
+        s = self.settings
+        session = Session(
+            "smsc",
+            response_timeout=s.response_timeout,
+            enquire_link_interval=s.enquire_link_interval,
+            now=anyio.current_time(),
+        )
+        conn = _Conn(session, stream)
+        self._c.connections += 1
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._timers, conn)
+                await self._read(conn)
+                tg.cancel_scope.cancel()
+        finally:
+            self._forget(conn)
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _read(self, conn: _Conn) -> None:
+        s = self.settings
+        session = conn.session
+        while not conn.closing:
+            try:
+                data = await conn.stream.receive(65536)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            now = anyio.current_time()
+            events = session.receive_data(data, now)
+            if not events:  # e.g. an enquire_link the session answered itself
+                if not conn.muted:
+                    await self._flush(conn)
+                continue
+            if s.drop_after is not None and conn.pdus + len(events) >= s.drop_after:
+                self._handle_events(conn, events[: max(0, s.drop_after - conn.pdus)], now)
+                self._c.dropped_connections += 1
+                return  # abruptly: what was answered in this batch is never written
+            if s.mute_after is not None and conn.pdus + len(events) >= s.mute_after:
+                conn.muted = True
+            conn.pdus += len(events)
+            if conn.muted:
+                session.data_to_send()
+                continue
+            self._handle_events(conn, events, now)
+            await self._flush(conn)
+            if session.closed:
+                return
+
+    async def _timers(self, conn: _Conn) -> None:
+        session = conn.session
+        while True:
+            timer = session.get_timer()
+            now = anyio.current_time()
+            await anyio.sleep(1.0 if timer is None else min(1.0, max(0.0, timer - now)))
+            now = anyio.current_time()
+            events = session.handle_timer(now)
+            if conn.muted:
+                session.data_to_send()
+                continue
+            if events:
+                self._handle_events(conn, events, now)
+            await self._flush(conn)
+            if session.closed:
+                conn.closing = True
+                await conn.stream.aclose()
+                return
+
+    async def _flush(self, conn: _Conn) -> None:
+        async with conn.lock:
+            data = conn.session.data_to_send()
+            if data:
+                try:
+                    await conn.stream.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    conn.closing = True
+
+    def _forget(self, conn: _Conn) -> None:
+        """The connection is gone: stop routing receipts to it and redeliver what it left unanswered."""
+        receivers = self._receivers.get(conn.system_id)
+        if receivers and conn in receivers:
+            receivers.remove(conn)
+        if conn.inflight:
+            for item in sorted(conn.inflight.values(), key=lambda r: r.due, reverse=True):
+                if item.kind == "receipt":
+                    self._c.receipts_redelivered += 1
+                    self._due.appendleft(item)
+            conn.inflight.clear()
+            self._wake.set()
+
+    # -- what the ESME sends ---------------------------------------------------------------------
+
+    def _handle_events(self, conn: _Conn, events: list, now: float) -> None:
+        submit = P.SubmitSm
+        for ev in events:
+            t = type(ev)
+            if t is submit:
+                self._on_submit(conn, ev, now)
+            elif t is P.DeliverSmResp or t is P.GenericNack:
+                self._on_deliver_resp(conn, ev)
+            elif isinstance(ev, P.Bind):
+                self._on_bind(conn, ev)
+            elif t is P.DataSm:
+                conn.session.send(P.DataSmResp(sequence=ev.sequence, message_id=self._new_id()[0]))
+            elif t is P.SubmitMulti:
+                conn.session.send(P.SubmitMultiResp(sequence=ev.sequence, message_id=self._new_id()[0]))
+            elif t is ResponseTimeout and ev.command_id == C.DELIVER_SM:
+                item = conn.inflight.pop(ev.sequence, None)
+                if item is not None and item.kind == "receipt":
+                    self._c.receipts_failed += 1
+            elif t is PeerError:
+                self._c.protocol_errors += 1
+            elif t is Closed:
+                conn.closing = True
+
+    def _on_bind(self, conn: _Conn, req: P.Bind) -> None:
+        s = self.settings
+        status = 0
+        if s.system_id is not None and req.system_id != s.system_id.encode():
+            status = P.Status.ESME_RINVSYSID
+        elif s.password is not None and req.password != s.password.encode():
+            status = P.Status.ESME_RINVPASWD
+        resp_cls = {"transmitter": P.BindTransmitterResp, "receiver": P.BindReceiverResp, "transceiver": P.BindTransceiverResp}
+        conn.session.send(resp_cls[req.mode](sequence=req.sequence, status=status, system_id=b"sluicesim"))
+        if status:
+            self._c.bind_failures += 1
+            return
+        self._c.binds += 1
+        conn.system_id, conn.mode = req.system_id, req.mode
+        if req.mode in ("receiver", "transceiver"):
+            self._receivers.setdefault(req.system_id, []).append(conn)
+            backlog = self._backlog.pop(req.system_id, None)
+            if backlog:
+                self._due.extendleft(reversed(backlog))
+            self._wake.set()
+
+    def _new_id(self) -> tuple[bytes, bytes]:
+        """(id for submit_sm_resp and the TLV, id for the receipt text)."""
+        self._next_id += 1
+        n = self._next_id
+        if self.settings.id_format == "hex":
+            return b"%x" % n, b"%d" % n  # hex in the response, decimal in the text
+        return b"%d" % n, b"%010d" % n  # leading zeros in the text
+
+    def _on_submit(self, conn: _Conn, req: P.SubmitSm, now: float) -> None:
+        s = self.settings
+        c = self._c
+        c.submits += 1
+        conn.submits += 1
+        cutoff = now - 1.0
+        window = self._submits_1s
+        window.append(now)
+        while window[0] <= cutoff:
+            window.popleft()
+        if len(window) > c.max_submits_1s:
+            c.max_submits_1s = len(window)
+        session = conn.session
+        if s.nack_rate and self._rng.random() < s.nack_rate:
+            c.nacked += 1
+            session.send_response(C.GENERIC_NACK, req.sequence, _SYSERR)
+            return
+        if self._throttling(conn, now, cutoff):
+            c.throttled += 1
+            session.send_response(_SUBMIT_RESP, req.sequence, _THROTTLED, b"\0")
+            return
+        accepted = self._accepted_1s
+        accepted.append(now)
+        conn.accepted_1s.append(now)
+        if len(accepted) > c.max_accepted_1s:
+            c.max_accepted_1s = len(accepted)
+        c.accepted += 1
+        mid, text_id = self._new_id()
+        wants_receipt = req.registered_delivery & 0x03 and s.receipts != "none"
+        if wants_receipt:
+            item = _Receipt(now + s.dlr_delay, conn.system_id, mid, text_id, req.source_addr, req.destination_addr, now)
+            if s.receipt_first:
+                self._send_receipt_now(item, now)
+            else:
+                if not self._due:
+                    self._wake.set()
+                self._due.append(item)
+        session.send_response(_SUBMIT_RESP, req.sequence, 0, mid + b"\0")
+        if s.unbind_after is not None and conn.submits == s.unbind_after:
+            session.send(P.Unbind(), now)
+            c.unbinds_sent += 1
+
+    def _throttling(self, conn: _Conn, now: float, cutoff: float) -> bool:
+        s = self.settings
+        if s.throttle_burst is not None:
+            every, duration = s.throttle_burst
+            if (now - self._t0) % every < duration:
+                return True
+        if s.tps is not None:
+            accepted = self._accepted_1s
+            while accepted and accepted[0] <= cutoff:
+                accepted.popleft()
+            if len(accepted) >= s.tps:
+                return True
+        elif self._accepted_1s and self._accepted_1s[0] <= cutoff:
+            accepted = self._accepted_1s
+            while accepted and accepted[0] <= cutoff:
+                accepted.popleft()
+        mine = conn.accepted_1s
+        while mine and mine[0] <= cutoff:
+            mine.popleft()
+        return s.bind_tps is not None and len(mine) >= s.bind_tps
+
+    def _on_deliver_resp(self, conn: _Conn, resp: P.Pdu) -> None:
+        item = conn.inflight.pop(resp.sequence, None)
+        if item is None:
+            return
+        ok = resp.status == 0 and type(resp) is P.DeliverSmResp
+        if item.kind == "receipt":
+            if ok:
+                self._c.receipts_acked += 1
+            else:
+                self._c.receipts_failed += 1
+        elif ok:
+            self._c.mos_acked += 1
+        if self._blocked:
+            self._blocked = False
+            self._wake.set()
+
+    # -- what the SMSC sends --------------------------------------------------------------------
+
+    def _receipt_pdu(self, item: _Receipt, now: float) -> P.DeliverSm:
+        s = self.settings
+        failed = s.undeliv_rate > 0 and self._rng.random() < s.undeliv_rate
+        state = ReceiptState.UNDELIVERABLE if failed else ReceiptState.DELIVERED
+        err = 1 if failed else 0
+        text = b""
+        if s.receipts != "tlv":
+            text = receipt_text(
+                item.text_id,
+                state,
+                err,
+                format_receipt_date(item.submitted + self._wall),
+                format_receipt_date(now + self._wall, seconds=True),
+            )
+        tlvs = {}
+        if s.receipts != "text":
+            tlvs = {
+                P.TLV.receipted_message_id: item.message_id + b"\0",
+                P.TLV.message_state: bytes((STATE_CODES[state],)),
+                P.TLV.network_error_code: b"\x03" + err.to_bytes(2, "big"),
+            }
+        return P.DeliverSm(
+            source_addr=item.dst,
+            destination_addr=item.src,
+            esm_class=0x04,
+            short_message=text,
+            tlvs=tlvs,
+        )
+
+    def _receiver_for(self, system_id: bytes) -> _Conn | None | Literal[False]:
+        """A bound receiver of ``system_id`` with window to spare; None if there is none at all,
+        False if all are full."""
+        conns = self._receivers.get(system_id)
+        if not conns:
+            return None
+        n = len(conns)
+        limit = self.settings.window
+        for i in range(n):
+            conn = conns[(self._rr + i) % n]
+            if len(conn.inflight) < limit and not conn.closing and conn.session.bound and not conn.muted:
+                self._rr = (self._rr + i + 1) % n
+                return conn
+        return False
+
+    def _deliver(self, conn: _Conn, item: _Receipt, now: float) -> None:
+        if item.body is None:
+            item.body = self._receipt_pdu(item, now)
+        copies = 2 if self.settings.duplicate_receipts and item.kind == "receipt" else 1
+        for _ in range(copies):
+            seq = conn.session.send_request(C.DELIVER_SM, P.encode_body(item.body), now=now)
+            conn.inflight[seq] = item
+            if item.kind == "receipt":
+                self._c.receipts_sent += 1
+            else:
+                self._c.mos_sent += 1
+
+    def _send_receipt_now(self, item: _Receipt, now: float) -> None:
+        conn = self._receiver_for(item.system_id)
+        if conn:
+            self._deliver(conn, item, now)
+            self._dirty.add(conn)
+            self._wake.set()
+        else:
+            self._due.append(item)
+            self._wake.set()
+
+    async def _dispatch_receipts(self) -> None:
+        while True:
+            now = anyio.current_time()
+            touched, self._dirty = self._dirty, set()
+            due = self._due
+            while due and due[0].due <= now:
+                item = due[0]
+                conn = self._receiver_for(item.system_id)
+                if conn is None:  # nobody to tell yet: keep it for when a receiver binds
+                    self._backlog.setdefault(item.system_id, deque()).append(due.popleft())
+                    continue
+                if conn is False:
+                    self._blocked = True
+                    break
+                due.popleft()
+                self._deliver(conn, item, now)
+                touched.add(conn)
+            for conn in touched:
+                await self._flush(conn)
+            timeout = None if (self._blocked or not due) else max(0.0, due[0].due - anyio.current_time())
+            if timeout is None or timeout > 0:
+                with anyio.move_on_after(timeout):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+
+    async def _originate_mos(self) -> None:
+        s = self.settings
+        n = 0
+        while True:
+            await anyio.sleep(1.0 / s.mo_rate)
+            now = anyio.current_time()
+            conns = [c for cs in self._receivers.values() for c in cs if c.session.bound and not c.muted]
+            if not conns:
+                continue
+            conn = conns[n % len(conns)]
+            n += 1
+            for pdu in self._mo_pdus(n):
+                item = _Receipt(now, conn.system_id, b"", b"", b"", b"", now)
+                item.kind, item.body = "mo", pdu
+                if len(conn.inflight) < s.window:
+                    self._deliver(conn, item, now)
+            await self._flush(conn)
+
+    def _mo_pdus(self, n: int) -> list[P.DeliverSm]:
+        sender, to = b"4479%08d" % (n % 10**8), b"SLUICE"
+        if not (self.settings.mo_long_every and n % self.settings.mo_long_every == 0):
+            return [P.DeliverSm(source_addr=sender, destination_addr=to, short_message=b"MO %d" % n)]
+        text = (b"long MO %d " % n) * 30
+        chunks = [text[i : i + 153] for i in range(0, len(text), 153)][:3]
+        ref = n % 256
+        parts = [
+            P.DeliverSm(
+                source_addr=sender,
+                destination_addr=to,
+                esm_class=0x40,
+                short_message=bytes((5, 0, 3, ref, len(chunks), i + 1)) + chunk,
+            )
+            for i, chunk in enumerate(chunks)
+        ]
+        return parts[::-1]  # last part first: the ESME must reassemble in any order
+
+
+async def run_simulator(settings: SimSettings, *, stats_file: str | None = None, out: Any = None) -> dict[str, Any]:
+    """Serve until SIGINT/SIGTERM; print counters as JSON on SIGUSR1 and on exit."""
+    out = out or sys.stdout
+    sim = SmscSimulator(settings)
+
+    def report() -> dict[str, Any]:
+        counters = sim.counters()
+        print(json.dumps(counters), file=out, flush=True)
+        if stats_file:
+            with open(stats_file, "w", encoding="utf-8") as f:
+                json.dump(counters, f)
+        return counters
+
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(sim.serve)
+        print(json.dumps({"listening": port, "host": settings.host}), file=out, flush=True)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
+            async for sig in signals:
+                if sig == signal.SIGUSR1:
+                    report()
+                else:
+                    break
+        tg.cancel_scope.cancel()
+    return report()
+
+
+def _burst(value: str | None) -> tuple[float, float] | None:
+    if not value:
+        return None
+    try:
+        every, duration = (float(x) for x in value.split(":"))
+    except ValueError:
+        raise click.BadParameter("expected EVERY:DURATION in seconds, e.g. 10:2") from None
+    return every, duration
+
+
+@click.command("smsc")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=2775, show_default=True, help="0 picks a free port (printed on start)")
+@click.option("--tps", type=float, default=None, help="accepted submits/s over all binds (default: no limit)")
+@click.option("--bind-tps", type=float, default=None, help="accepted submits/s per bind")
+@click.option("--window", default=100, show_default=True, help="unanswered deliver_sm per bind")
+@click.option("--dlr-delay", default=1.0, show_default=True, help="seconds from submit to receipt")
+@click.option("--undeliv-rate", default=0.0, show_default=True, help="fraction of receipts UNDELIV")
+@click.option("--id-format", type=click.Choice(["dec", "hex"]), default="dec", show_default=True)
+@click.option("--receipts", type=click.Choice(["both", "tlv", "text", "none"]), default="both", show_default=True)
+@click.option("--receipt-first", is_flag=True, help="send each receipt before its submit_sm_resp")
+@click.option("--duplicate-receipts", is_flag=True)
+@click.option("--nack-rate", default=0.0, show_default=True, help="fraction of submits answered generic_nack")
+@click.option("--drop-after", type=int, default=None, help="close each connection after N PDUs")
+@click.option("--mute-after", type=int, default=None, help="stop answering after N PDUs per connection")
+@click.option("--unbind-after", type=int, default=None, help="send unbind after N submits per connection")
+@click.option("--throttle-burst", default=None, help="EVERY:DURATION seconds of answering everything 0x58")
+@click.option("--mo-rate", default=0.0, show_default=True, help="MO messages per second")
+@click.option("--mo-long-every", default=0, show_default=True, help="every Nth MO in 3 parts, out of order")
+@click.option("--system-id", default=None, help="require this system_id (default: any)")
+@click.option("--password", default=None, help="require this password (default: any)")
+@click.option("--seed", type=int, default=None)
+@click.option("--stats-file", type=click.Path(dir_okay=False), default=None, help="write counters JSON here on exit")
+@click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True)
+def sim_smsc(stats_file: str | None, backend: str, throttle_burst: str | None, **options: Any) -> None:
+    """An SMSC simulator: SMPP 3.4 server with TPS limits, receipts, MOs and misbehaviour."""
+    settings = SimSettings(throttle_burst=_burst(throttle_burst), **options)
+    backend_options = {"use_uvloop": True} if backend == "asyncio" else {}
+    anyio.run(lambda: run_simulator(settings, stats_file=stats_file), backend=backend, backend_options=backend_options)
+
+
+if __name__ == "__main__":
+    sim_smsc()

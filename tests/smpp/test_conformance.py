@@ -1,0 +1,89 @@
+"""One conformance suite for every Connector: the shipped MockConnector and the SmppConnector
+(against the simulator, in memory). What the layers above may rely on, and nothing more."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from carriers.base import (
+    Connector,
+    ConnectorEvent,
+    ConnectorStats,
+    ReceiptMatched,
+    Requeue,
+    SubmitFailed,
+    Submitted,
+)
+from carriers.errors import CarrierError
+from carriers.smpp.connector import SmppSettings
+from carriers.smpp.simulator import SimSettings
+from carriers.testing import MockConnector
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def mock(name: str) -> AsyncIterator[tuple[Connector, object]]:
+    send, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
+    async with MockConnector(name, send) as c:
+        yield c, receive
+
+
+def smpp(harness):
+    @asynccontextmanager
+    async def make(name: str) -> AsyncIterator[tuple[Connector, object]]:
+        settings = SmppSettings(name=name, window=20, tick_interval=0.05, response_timeout=1.0)
+        async with harness(SimSettings(dlr_delay=0.01), settings) as h:
+            yield h.connector, h.events
+
+    return make
+
+
+@pytest.fixture(params=["mock", "smpp"])
+def open_connector(request, harness):
+    return mock if request.param == "mock" else smpp(harness)
+
+
+async def collect(receive, done, timeout: float = 10.0) -> list[ConnectorEvent]:
+    seen: list[ConnectorEvent] = []
+    with anyio.fail_after(timeout):
+        while not done(seen):
+            seen.append(await receive.receive())
+    return seen
+
+
+async def test_is_a_connector(open_connector) -> None:
+    async with open_connector("c1") as (c, _):
+        assert isinstance(c, Connector)
+        assert c.name == "c1"
+        stats = c.statistics()
+        assert isinstance(stats, ConnectorStats) and stats.carrier == "c1"
+
+
+async def test_every_dispatch_ends_once_then_gets_one_receipt(open_connector, make_dispatch) -> None:
+    async with open_connector("c1") as (c, events):
+        batch = [make_dispatch(i, carrier="c1") for i in range(50)] + [make_dispatch(50, "x" * 300, carrier="c1")]
+        await c.submit(batch)
+        seen = await collect(events, lambda ev: sum(isinstance(e, ReceiptMatched) for e in ev) == 51)
+        ends = [e for e in seen if isinstance(e, (Submitted, SubmitFailed, Requeue))]
+        assert sorted(e.ref for e in ends) == list(range(51))  # exactly one outcome each
+        for e in ends:
+            assert isinstance(e, Submitted) and e.carrier == "c1"
+            assert e.carrier_ids and all(isinstance(i, str) and i for i in e.carrier_ids)
+        assert len(next(e for e in ends if e.ref == 50).carrier_ids) >= 1
+        receipts = [e for e in seen if isinstance(e, ReceiptMatched)]
+        assert sorted(e.ref for e in receipts) == list(range(51))
+        assert c.statistics().submitted == 51
+
+
+async def test_closed_connector_refuses_work(open_connector, make_dispatch) -> None:
+    async with open_connector("c1") as (c, _):
+        await c.aclose()
+        await c.aclose()  # idempotent
+        with pytest.raises(CarrierError):
+            await c.submit([make_dispatch(1, carrier="c1")])
