@@ -33,7 +33,7 @@ from gateway.core.model import Dispatch, Final, FinalState, Job, Outcome, Recipi
 from gateway.core.quiet_hours import QuietHours
 from gateway.core.routing import NoRoute, Router
 from gateway.core.settings import CategoryPolicy, CoreSettings
-from gateway.core.shard import DEAD, INFLIGHT, PARKED, READY, WAITING, Shard, shard_of
+from gateway.core.shard import DEAD, INFLIGHT, READY, SMART, UCS2, WAITING, Shard, shard_of
 from gateway.core.template import Template
 from gateway.core.zones import ZoneResolver
 
@@ -191,14 +191,18 @@ class Scheduler:
         return number, packed, seg, zone, carrier
 
     def _plan(self, body: str) -> int:
-        if self._p.smart:
-            body = self._p.smart(body)
+        """The segments byte: count (bits 0-5), smart encoding applied (bit 6), UCS-2 (bit 7)."""
         plan = segments.plan(body)
+        flags = 0
+        if plan.encoding == segments.UCS2 and self._p.smart:
+            better = self._p.smart(body)
+            if better is not body:
+                plan, flags = segments.plan(better), SMART
         if plan.segments > self.settings.max_segments:
             raise ValueError(
                 f"message needs {plan.segments} segments, more than the maximum {self.settings.max_segments}"
             )
-        return plan.segments | (0x80 if plan.encoding == segments.UCS2 else 0)
+        return plan.segments | flags | (UCS2 if plan.encoding == segments.UCS2 else 0)
 
     def _fixed_plan(self, entry: JobEntry) -> int:
         """A body without placeholders is planned once per job; 0 means 'plan per recipient'."""

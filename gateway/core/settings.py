@@ -78,7 +78,7 @@ class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
 class CoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
-    max_segments: Annotated[int, msgspec.Meta(ge=1, le=255)] = 10
+    max_segments: Annotated[int, msgspec.Meta(ge=1, le=63)] = 10
     smart_encoding: bool = True
     categories: dict[str, CategoryPolicy] = msgspec.field(default_factory=default_categories)
     quiet_hours: QuietHoursSettings = msgspec.field(default_factory=QuietHoursSettings)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["Shard", "shard_of"]
 
 FREE, READY, WAITING, INFLIGHT, DEAD, PARKED = range(6)
+COUNT, SMART, UCS2 = 0x3F, 0x40, 0x80  # the segments byte: count, smart encoding applied, UCS-2
 _GROW = 4096
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
@@ -89,7 +90,7 @@ class Shard:
         self.due = array("d")  # when WAITING: due time; when INFLIGHT: dispatch time
         self.zone = array("H")  # interned zone-set key (gateway.core.zones)
         self.carrier = array("B")
-        self.segments = array("B")  # low 7 bits: count; bit 7: UCS-2
+        self.segments = array("B")  # see COUNT, SMART, UCS2
         self.state = array("B")
         self.attempt = array("B")
         self._columns = (
@@ -254,7 +255,7 @@ class Shard:
                 if opens > now:
                     outcomes.append(self._hold_quiet(row, entry, opens, now, p.spread))
                     continue
-            seg = seg_col[row] & 0x7F
+            seg = seg_col[row] & COUNT
             if seg > budget and (out or seg > tokens):
                 lane.unpop(row)
                 return -1
@@ -287,9 +288,9 @@ class Shard:
             carrier=p.carrier_names[self.carrier[row]],
             recipient="+" + str(self.number[row]),
             sender=entry.job.sender,
-            body=p.smart(body) if p.smart else body,
-            encoding="ucs2" if seg & 0x80 else "gsm7",
-            segments=seg & 0x7F,
+            body=p.smart(body) if seg & SMART and p.smart else body,
+            encoding="ucs2" if seg & UCS2 else "gsm7",
+            segments=seg & COUNT,
             category=entry.job.category,
             priority=entry.priority,
             attempt=self.attempt[row],

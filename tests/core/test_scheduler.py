@@ -1,0 +1,61 @@
+from gateway.core.model import FinalState, Job, Recipient
+from gateway.core.scheduler import Scheduler
+from gateway.core.settings import CarrierSettings, CoreSettings, Route
+
+NOW = 1_795_546_800.0  # 2026-11-24 19:00 UTC: 14:00 in New York
+
+
+def core(**kw) -> Scheduler:
+    s = CoreSettings(carriers=[CarrierSettings(name="a", rate=1000, burst=100)], routes=[Route(carriers=["a"])], **kw)
+    return Scheduler(s, NOW)
+
+
+def job(template: str, category: str = "transactional", **kw) -> Job:
+    return Job(id=kw.pop("id", "j"), tenant="t", sender="S", template=template, category=category, **kw)
+
+
+def test_smart_encoding_is_applied_at_dispatch():
+    c = core()
+    c.admit(job("Don’t miss it — “today”"), [Recipient(to="+12125550101")], NOW)
+    [d] = c.take("a", 10, NOW).dispatches
+    assert d.body == "Don't miss it - \"today\"" and d.encoding == "gsm7" and d.segments == 1
+
+
+def test_unicode_stays_ucs2():
+    c = core()
+    c.admit(job("Merci 🎉 {name}"), [Recipient(to="+33612345678", vars={"name": "Zoë"})], NOW)
+    [d] = c.take("a", 10, NOW).dispatches
+    assert d.body == "Merci 🎉 Zoë" and d.encoding == "ucs2"
+
+
+def test_pause_resume_cancel():
+    c = core()
+    adm = c.admit(job("x"), [Recipient(to=f"+1212555{i:04d}") for i in range(5)], NOW, paused=True)
+    assert adm.accepted == 5
+    assert c.take("a", 10, NOW).dispatches == []
+    assert c.statistics(NOW).parked == 5
+    c.resume_job("j")
+    batch = c.take("a", 2, NOW)
+    assert len(batch.dispatches) == 2
+    c.pause_job("j")
+    assert c.take("a", 10, NOW).dispatches == []
+    ended = c.cancel_job("j", NOW)
+    assert len(ended) == 3 and {f.state for f in ended} == {FinalState.CANCELED}
+    for d in batch.dispatches:
+        c.complete(d.ref)
+    stats = c.statistics(NOW)
+    assert (stats.parked, stats.waiting, stats.inflight, sum(stats.ready.values()), stats.jobs) == (0, 0, 0, 0, 0)
+
+
+def test_too_many_segments_is_rejected_not_truncated():
+    c = core(max_segments=2)
+    adm = c.admit(job("{x}"), [Recipient(to="+12125550101", vars={"x": "a" * 400}),
+                               Recipient(to="+12125550102", vars={"x": "ok"})], NOW)  # fmt: skip
+    assert adm.accepted == 1 and adm.rejected[0][0] == 0 and "segments" in adm.rejected[0][1]
+
+
+def test_a_long_message_goes_alone_through_a_small_window():
+    c = core()
+    c.admit(job("a" * 500), [Recipient(to="+12125550101")], NOW)  # 4 segments
+    [d] = c.take("a", 1, NOW).dispatches
+    assert d.segments == 4
