@@ -58,6 +58,8 @@ _GSM_CHARS = "".join(_TO_SEPTET) + "".join(_EXT)
 _NON_GSM = re.compile("[^" + re.escape(_GSM_CHARS) + "]")
 _EXT_RE = re.compile("[" + re.escape("".join(_EXT)) + "]")
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
+# ASCII characters that are not one plain GSM septet: controls but \n \r, '`', DEL, extensions.
+_ASCII_SPECIAL = re.compile(r"[\x00-\x09\x0b-\x0c\x0e-\x1f`\x7f^{}\\\[~\]|]")
 
 _SINGLE = {GSM7: 160, UCS2: 70}
 _PART = {(GSM7, False): 153, (GSM7, True): 152, (UCS2, False): 67, (UCS2, True): 66}
@@ -100,6 +102,11 @@ def smart(text: str) -> str:
 
 
 def plan(text: str, *, ref16: bool = False) -> Plan:
+    if text.isascii() and _ASCII_SPECIAL.search(text) is None:  # the common case: one scan
+        units = len(text)
+        if units <= 160:
+            return Plan(encoding=GSM7, segments=1, units=units)
+        return Plan(encoding=GSM7, segments=-(-units // (152 if ref16 else 153)), units=units)
     if _NON_GSM.search(text) is None:
         ext = len(_EXT_RE.findall(text)) if _EXT_RE.search(text) else 0
         units = len(text) + ext
