@@ -28,3 +28,14 @@ def test_demo_runs_and_summarises():
     assert result.exit_code == 0, result.output
     for text in ("accepted", "capped", "suppressed", "largest 1-s window", "quiet hours"):
         assert text in result.output
+
+
+def test_bench_core_writes_its_figures(tmp_path):
+    import json
+
+    out = tmp_path / "core.json"
+    result = CliRunner().invoke(main, ["bench", "core", "--messages", "3000", "--runs", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    for key in ("decisions_per_s", "heapq_reference_per_s", "ratio", "bytes_per_message"):
+        assert data[key] > 0
