@@ -13,6 +13,7 @@ import bisect
 import collections
 import datetime as dt
 import random
+import shutil
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -55,7 +56,7 @@ def _jobs(n: int, rnd: random.Random) -> list[tuple[float, Job, list[Recipient]]
 
 
 def run_demo(n: int, config_path: str | None) -> None:
-    console = Console()
+    console = Console(width=max(110, shutil.get_terminal_size().columns))
     cfg = load(config_path) if config_path else loads(default_text())
     rnd = random.Random(3)
     sched = Scheduler(cfg.core, START)
