@@ -30,7 +30,7 @@ from carriers.base import (
 from carriers.errors import CarrierError
 from gateway.core.model import Dispatch, FinalState
 
-__all__ = ["MemoryByteStream", "MockConnector", "MockOutcome", "install_interim_segments", "memory_stream_pair"]
+__all__ = ["MemoryByteStream", "MockConnector", "MockOutcome", "memory_stream_pair"]
 
 MockOutcome = Literal["deliver", "undeliver", "silent", "reject", "retry", "throttle", "timeout"]
 
@@ -188,87 +188,3 @@ def memory_stream_pair() -> tuple[MemoryByteStream, MemoryByteStream]:
     b_send, a_receive = anyio.create_memory_object_stream[bytes](math.inf)
     return MemoryByteStream(a_send, a_receive), MemoryByteStream(b_send, b_receive)
 
-
-def install_interim_segments() -> None:
-    """INTERIM, to delete when ``gateway.core.segments`` lands: if that module is missing,
-    install a minimal one with the agreed API (``split``, ``udh_concat``, ``encode_gsm7``,
-    ``decode_gsm7``, ``plan``) so the SMPP tests and benchmark run. A no-op once it exists."""
-    import sys
-    import types
-
-    try:
-        import gateway.core.segments  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        return
-    basic = (
-        "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
-        "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-    )
-    ext = {"^": 0x14, "{": 0x28, "}": 0x29, "\\": 0x2F, "[": 0x3C, "~": 0x3D, "]": 0x3E, "|": 0x40, "€": 0x65}
-    code = {c: i for i, c in enumerate(basic)}
-    rev_ext = {v: k for k, v in ext.items()}
-
-    def encode_gsm7(text: str) -> bytes:
-        out = bytearray()
-        for ch in text:
-            if ch in code:
-                out.append(code[ch])
-            elif ch in ext:
-                out += bytes((0x1B, ext[ch]))
-            else:
-                raise ValueError(f"not in GSM 03.38: {ch!r}")
-        return bytes(out)
-
-    def decode_gsm7(data: bytes) -> str:
-        out, esc = [], False
-        for b in data:
-            if esc:
-                out.append(rev_ext.get(b, " "))
-                esc = False
-            elif b == 0x1B:
-                esc = True
-            else:
-                out.append(basic[b] if b < len(basic) else "?")
-        return "".join(out)
-
-    class Split(types.SimpleNamespace):
-        pass
-
-    def split(text: str, ref16: bool = False) -> Split:
-        try:
-            enc = encode_gsm7(text)
-            single, size, encoding = 160, 152 if ref16 else 153, "gsm7"
-        except ValueError:
-            enc = text.encode("utf-16-be")
-            single, size, encoding = 140, 132 if ref16 else 134, "ucs2"
-        if len(enc) <= single:
-            return Split(encoding=encoding, parts=[enc])
-        parts, i = [], 0
-        while i < len(enc):
-            j = min(i + size, len(enc))
-            if encoding == "gsm7" and enc[j - 1] == 0x1B and j < len(enc):
-                j -= 1  # never split an escape pair
-            parts.append(enc[i:j])
-            i = j
-        return Split(encoding=encoding, parts=parts)
-
-    def udh_concat(ref: int, total: int, seq: int, ref16: bool = False) -> bytes:
-        if ref16:
-            return bytes((6, 8, 4, ref >> 8, ref & 0xFF, total, seq))
-        return bytes((5, 0, 3, ref, total, seq))
-
-    def plan(text: str) -> types.SimpleNamespace:
-        s = split(text)
-        return types.SimpleNamespace(encoding=s.encoding, segments=len(s.parts))
-
-    mod = types.ModuleType("gateway.core.segments")
-    mod.__dict__.update(
-        split=split, udh_concat=udh_concat, encode_gsm7=encode_gsm7, decode_gsm7=decode_gsm7, plan=plan,
-        encode_ucs2=lambda t: t.encode("utf-16-be"), decode_ucs2=lambda b: b.decode("utf-16-be"),
-    )
-    sys.modules["gateway.core.segments"] = mod
-    import gateway.core
-
-    gateway.core.segments = mod  # type: ignore[attr-defined]

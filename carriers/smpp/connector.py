@@ -201,6 +201,7 @@ class SmppConnector:
         )
         self._errors: dict[str, int] = {}
         self._sources: dict[str, tuple[int, int, bytes]] = {}
+        self._service_type = s.service_type.encode()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -309,33 +310,33 @@ class SmppConnector:
             else:
                 dc, parts = s.data_coding_gsm, self._gsm_parts(split.parts)
         src_ton, src_npi, src = self._source(d.sender)
-        common = {
-            "service_type": s.service_type.encode(),
-            "source_addr_ton": src_ton,
-            "source_addr_npi": src_npi,
-            "source_addr": src,
-            "dest_addr_ton": s.dest_ton,
-            "dest_addr_npi": s.dest_npi,
-            "destination_addr": d.recipient.lstrip("+").encode(),
-            "registered_delivery": s.registered_delivery,
-            "data_coding": dc,
-        }
+        dst = d.recipient.lstrip("+").encode()
+
+        def submit_sm(short_message: bytes, esm_class: int = 0, tlvs: dict[int, bytes] | None = None) -> bytes:
+            # Positional: a msgspec Struct of 20 fields builds ~9x faster than with keywords.
+            # Order: sequence, status, service_type, source ton/npi/addr, dest ton/npi/addr,
+            # esm_class, protocol_id, priority_flag, schedule, validity, registered_delivery,
+            # replace_if_present, data_coding, sm_default_msg_id, short_message, tlvs.
+            return P.encode_body(
+                P.SubmitSm(
+                    0, 0, self._service_type, src_ton, src_npi, src, s.dest_ton, s.dest_npi, dst,
+                    esm_class, 0, 0, b"", b"", s.registered_delivery, 0, dc, 0, short_message, tlvs or {},
+                )
+            )  # fmt: skip
+
         if len(parts) == 1:
-            return _Work(d, [P.encode_body(P.SubmitSm(**common, short_message=parts[0]))])
+            return _Work(d, [submit_sm(parts[0])])
         if s.long_messages == "payload":
-            tlvs = {P.TLV.message_payload: b"".join(parts)}
-            return _Work(d, [P.encode_body(P.SubmitSm(**common, tlvs=tlvs))])
+            return _Work(d, [submit_sm(b"", tlvs={P.TLV.message_payload: b"".join(parts)})])
         self._concat_ref = ref = (self._concat_ref + 1) % (65536 if ref16 else 256)
         total = len(parts)
         bodies = []
         for seq, part in enumerate(parts, 1):
             if s.long_messages == "sar":
                 tlvs = P.make_tlvs(sar_msg_ref_num=ref, sar_total_segments=total, sar_segment_seqnum=seq)
-                pdu = P.SubmitSm(**common, short_message=part, tlvs=tlvs)
+                bodies.append(submit_sm(part, tlvs=tlvs))
             else:
-                udh = segments.udh_concat(ref, total, seq, ref16=ref16)
-                pdu = P.SubmitSm(**common, esm_class=0x40, short_message=udh + part)
-            bodies.append(P.encode_body(pdu))
+                bodies.append(submit_sm(segments.udh_concat(ref, total, seq, ref16=ref16) + part, esm_class=0x40))
         return _Work(d, bodies)
 
     def _source(self, sender: str) -> tuple[int, int, bytes]:
@@ -433,7 +434,7 @@ class SmppConnector:
                 tg.start_soon(self._writer, b)
             else:
                 tg.start_soon(self._flusher, b)
-            tg.start_soon(self._timers, b)
+            tg.start_soon(self._timers, b, tg.cancel_scope)
             await self._reader(b)
             tg.cancel_scope.cancel()
         last = session.data_to_send()  # e.g. the unbind_resp that ended it
@@ -449,7 +450,8 @@ class SmppConnector:
         self._drop_inflight(b, "bind_dropped", now)
         if was_up:
             self._emit(LinkChanged(carrier=self.name, bind=b.index, up=False, reason="link down", at=now))
-            log.warning("bind.down carrier=%s bind=%d", self.name, b.index)
+            level = logging.INFO if self._closing else logging.WARNING
+            log.log(level, "bind.down carrier=%s bind=%d", self.name, b.index)
         if not any(x.up for x in self._senders) and self._down_since is None:
             self._down_since = now
         with anyio.CancelScope(shield=True):
@@ -525,7 +527,7 @@ class SmppConnector:
             await b.wake.wait()
             b.wake = anyio.Event()
 
-    async def _timers(self, b: _Bind) -> None:
+    async def _timers(self, b: _Bind, scope: anyio.CancelScope) -> None:
         session = b.session
         assert session is not None
         while True:
@@ -538,9 +540,8 @@ class SmppConnector:
                 self._on_events(b, events, now)
                 await self._flush_events()
             b.wake.set()
-            if session.closed:
-                assert b.stream is not None
-                await b.stream.aclose()  # ends the reader
+            if session.closed:  # link dead: end the reader and the writer
+                scope.cancel()
                 return
 
     def _fill(self, b: _Bind, now: float) -> float | None:

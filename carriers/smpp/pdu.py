@@ -1058,6 +1058,7 @@ def decode_stream(data: bytes, max_length: int = MAX_PDU_LENGTH) -> tuple[list[P
     n = len(data)
     unpack = _HDR.unpack_from
     decoders = _DECODERS
+    fast_resp = _MESSAGE_ID_RESP.get
     while n - off >= 16:
         length, command_id, status, seq = unpack(data, off)
         if length < 16 or length > max_length:
@@ -1074,11 +1075,12 @@ def decode_stream(data: bytes, max_length: int = MAX_PDU_LENGTH) -> tuple[list[P
         end = off + length
         if end > n:
             break
-        if command_id in _MESSAGE_ID_RESP:
+        resp_cls = fast_resp(command_id)
+        if resp_cls is not None:
             # submit_sm_resp / deliver_sm_resp, the hottest PDUs: message_id and nothing else.
             i = data.find(0, off + 16, end)
             if i == end - 1:
-                out.append(_MESSAGE_ID_RESP[command_id](seq, status, data[off + 16 : i], {}))
+                out.append(resp_cls(seq, status, data[off + 16 : i], {}))
                 off = end
                 continue
         b = data[off:end]

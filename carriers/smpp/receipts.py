@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from carriers.smpp import pdu as P
+from gateway.core import segments
 from gateway.core.receipts import ReceiptState
 
 __all__ = [
@@ -227,11 +228,7 @@ def decode_text(data: bytes, data_coding: int) -> str:
     if dc == 0x08:
         return data.decode("utf-16-be", errors="replace")
     if dc == 0x00:
-        try:
-            from gateway.core.segments import decode_gsm7
-        except ImportError:  # segments not there yet: GSM's ASCII subset is what matters here
-            return data.decode("latin-1")
-        return decode_gsm7(data)
+        return segments.decode_gsm7(data)
     if dc == 0x01:
         return data.decode("ascii", errors="replace")
     return data.decode("latin-1")

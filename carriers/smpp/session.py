@@ -23,9 +23,9 @@ as transmitter or transceiver, deliver_sm only by the SMSC to a receiver or tran
 on; responses are always allowed and are matched to our outstanding requests by sequence number.
 
 The session answers the housekeeping itself: enquire_link gets its resp, unbind gets its resp and
-closes, a request in the wrong state gets its resp with ESME_RINVBNDSTS (§4.1... table 5-2), an
-unknown command_id gets generic_nack ESME_RINVCMDID, an undecodable PDU gets generic_nack with
-the decoder's status, and an impossible command_length gets generic_nack and closes (the framing
+closes, a request in the wrong state gets its resp with ESME_RINVBNDSTS (§5.1.3; a bind while
+bound gets ESME_RALYBND), an unknown command_id gets generic_nack ESME_RINVCMDID, an undecodable
+PDU gets generic_nack with the decoder's status (§3.3), and an impossible command_length gets generic_nack and closes (the framing
 is lost). Nothing the peer sends raises: it becomes a ``PeerError`` event.
 
 Timers: each request we send has a response deadline (``response_timeout``); an unanswered
@@ -222,6 +222,7 @@ class Session:
         self._now = now
         self._last_rx = now
         self._peer_system_id = b""
+        self._ping = 0  # sequence of our last enquire_link (0: none yet)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -497,8 +498,8 @@ class Session:
             self.enquire_link_interval is not None
             and self._state in _BOUND
             and now >= self._last_rx + self.enquire_link_interval
-            and not any(cmd == C.ENQUIRE_LINK for cmd, _ in outstanding.values())
+            and self._ping not in outstanding
         ):
-            self.send_request(C.ENQUIRE_LINK, b"")
+            self._ping = self.send_request(C.ENQUIRE_LINK, b"")
             self._last_rx = now  # next ping one interval from now unless answered sooner
         return events

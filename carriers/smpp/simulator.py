@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import signal
+import ssl
 import sys
 import time
 from collections import deque
@@ -36,6 +37,7 @@ import anyio
 import anyio.abc
 import click
 import msgspec
+from anyio.streams.tls import TLSListener
 
 from carriers.smpp import pdu as P
 from carriers.smpp.pdu import CommandId as C
@@ -76,6 +78,8 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     enquire_link_interval: float | None = 30.0
     response_timeout: float = 10.0
     seed: int | None = None
+    tls_cert: str | None = None  # PEM certificate chain: serve SMPP over TLS
+    tls_key: str | None = None
 
 
 class _Counters:
@@ -124,12 +128,12 @@ class _Receipt:
 
 
 class _Conn:
-    __slots__ = ("session", "stream", "lock", "system_id", "mode", "pdus", "submits", "muted", "inflight", "accepted_1s", "closing")
+    __slots__ = ("session", "stream", "wake", "system_id", "mode", "pdus", "submits", "muted", "inflight", "accepted_1s", "closing", "dropped")
 
     def __init__(self, session: Session, stream: anyio.abc.ByteStream) -> None:
         self.session = session
         self.stream = stream
-        self.lock = anyio.Lock()
+        self.wake = anyio.Event()  # the writer's: the session has something to send
         self.system_id = b""
         self.mode = ""
         self.pdus = 0
@@ -138,6 +142,10 @@ class _Conn:
         self.inflight: dict[int, _Receipt] = {}  # deliver_sm seq -> what it carried
         self.accepted_1s: deque[float] = deque()
         self.closing = False
+        self.dropped = False
+
+    def kick(self) -> None:
+        self.wake.set()
 
 
 class SmscSimulator:
@@ -157,7 +165,6 @@ class SmscSimulator:
         self._rr = 0
         self._wake = anyio.Event()
         self._blocked = False
-        self._dirty: set[_Conn] = set()  # written to by another connection's reader
         self._t0 = 0.0
         self._wall = 0.0
 
@@ -182,10 +189,14 @@ class SmscSimulator:
     async def serve(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen on ``settings.host:port`` (0: any free port, reported through ``task_status``)."""
         s = self.settings
-        listener = await anyio.create_tcp_listener(local_host=s.host, local_port=s.port)
+        listener: anyio.abc.Listener[Any] = await anyio.create_tcp_listener(local_host=s.host, local_port=s.port)
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        if s.tls_cert:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(s.tls_cert, s.tls_key)
+            listener = TLSListener(listener, ctx, standard_compatible=False)
         async with listener, anyio.create_task_group() as tg:
             await tg.start(self.run)
-            self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
             task_status.started(self.port)
             await listener.serve(self.handle_connection, task_group=tg)
 
@@ -202,15 +213,24 @@ class SmscSimulator:
         self._c.connections += 1
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._timers, conn)
+                tg.start_soon(self._timers, conn, tg.cancel_scope)
+                tg.start_soon(self._write, conn)
                 await self._read(conn)
                 tg.cancel_scope.cancel()
+            last = session.data_to_send()  # e.g. the unbind_resp that ended it
+            if last and not conn.dropped and not conn.muted:
+                with anyio.move_on_after(1.0, shield=True):
+                    await stream.send(last)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
         finally:
             self._forget(conn)
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
     async def _read(self, conn: _Conn) -> None:
+        """Read, handle every PDU of the read, wake the writer; never waits on a write, so a
+        slow reader at the other end never stops this one."""
         s = self.settings
         session = conn.session
         while not conn.closing:
@@ -220,26 +240,39 @@ class SmscSimulator:
                 return
             now = anyio.current_time()
             events = session.receive_data(data, now)
-            if not events:  # e.g. an enquire_link the session answered itself
+            if events:
+                if s.drop_after is not None and conn.pdus + len(events) >= s.drop_after:
+                    self._handle_events(conn, events[: max(0, s.drop_after - conn.pdus)], now)
+                    self._c.dropped_connections += 1
+                    conn.dropped = True
+                    return  # abruptly: what was answered in this batch is never written
+                if s.mute_after is not None and conn.pdus + len(events) >= s.mute_after:
+                    conn.muted = True
+                conn.pdus += len(events)
                 if not conn.muted:
-                    await self._flush(conn)
-                continue
-            if s.drop_after is not None and conn.pdus + len(events) >= s.drop_after:
-                self._handle_events(conn, events[: max(0, s.drop_after - conn.pdus)], now)
-                self._c.dropped_connections += 1
-                return  # abruptly: what was answered in this batch is never written
-            if s.mute_after is not None and conn.pdus + len(events) >= s.mute_after:
-                conn.muted = True
-            conn.pdus += len(events)
+                    self._handle_events(conn, events, now)
             if conn.muted:
                 session.data_to_send()
                 continue
-            self._handle_events(conn, events, now)
-            await self._flush(conn)
+            conn.kick()
             if session.closed:
                 return
 
-    async def _timers(self, conn: _Conn) -> None:
+    async def _write(self, conn: _Conn) -> None:
+        session, stream = conn.session, conn.stream
+        while True:
+            data = session.data_to_send()
+            if data and not conn.muted:
+                try:
+                    await stream.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    conn.closing = True
+                    return
+                continue
+            await conn.wake.wait()
+            conn.wake = anyio.Event()
+
+    async def _timers(self, conn: _Conn, scope: anyio.CancelScope) -> None:
         session = conn.session
         while True:
             timer = session.get_timer()
@@ -252,20 +285,11 @@ class SmscSimulator:
                 continue
             if events:
                 self._handle_events(conn, events, now)
-            await self._flush(conn)
-            if session.closed:
+            conn.kick()
+            if session.closed:  # link dead: end the reader and writer; what is left gets flushed
                 conn.closing = True
-                await conn.stream.aclose()
+                scope.cancel()
                 return
-
-    async def _flush(self, conn: _Conn) -> None:
-        async with conn.lock:
-            data = conn.session.data_to_send()
-            if data:
-                try:
-                    await conn.stream.send(data)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    conn.closing = True
 
     def _forget(self, conn: _Conn) -> None:
         """The connection is gone: stop routing receipts to it and redeliver what it left unanswered."""
@@ -475,8 +499,7 @@ class SmscSimulator:
         conn = self._receiver_for(item.system_id)
         if conn:
             self._deliver(conn, item, now)
-            self._dirty.add(conn)
-            self._wake.set()
+            conn.kick()
         else:
             self._due.append(item)
             self._wake.set()
@@ -484,7 +507,7 @@ class SmscSimulator:
     async def _dispatch_receipts(self) -> None:
         while True:
             now = anyio.current_time()
-            touched, self._dirty = self._dirty, set()
+            touched: set[_Conn] = set()
             due = self._due
             while due and due[0].due <= now:
                 item = due[0]
@@ -499,7 +522,7 @@ class SmscSimulator:
                 self._deliver(conn, item, now)
                 touched.add(conn)
             for conn in touched:
-                await self._flush(conn)
+                conn.kick()
             timeout = None if (self._blocked or not due) else max(0.0, due[0].due - anyio.current_time())
             if timeout is None or timeout > 0:
                 with anyio.move_on_after(timeout):
@@ -522,7 +545,7 @@ class SmscSimulator:
                 item.kind, item.body = "mo", pdu
                 if len(conn.inflight) < s.window:
                     self._deliver(conn, item, now)
-            await self._flush(conn)
+            conn.kick()
 
     def _mo_pdus(self, n: int) -> list[P.DeliverSm]:
         sender, to = b"4479%08d" % (n % 10**8), b"SLUICE"
@@ -601,6 +624,8 @@ def _burst(value: str | None) -> tuple[float, float] | None:
 @click.option("--system-id", default=None, help="require this system_id (default: any)")
 @click.option("--password", default=None, help="require this password (default: any)")
 @click.option("--seed", type=int, default=None)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None, help="serve over TLS (PEM)")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--stats-file", type=click.Path(dir_okay=False), default=None, help="write counters JSON here on exit")
 @click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True)
 def sim_smsc(stats_file: str | None, backend: str, throttle_burst: str | None, **options: Any) -> None:

@@ -149,9 +149,6 @@ def loopback() -> Callable[..., Any]:
     return over_loopback
 
 
-from carriers.testing import install_interim_segments  # noqa: E402
-
-install_interim_segments()
 
 
 def make_dispatch_fn(ref: int, body: str = "hello", *, recipient: str | None = None, attempt: int = 0, carrier: str = "sim") -> Any:

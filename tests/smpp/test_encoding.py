@@ -7,8 +7,12 @@ import math
 import anyio
 import pytest
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from carriers.smpp import pdu as P
-from carriers.smpp.connector import SmppConnector, SmppSettings
+from carriers.smpp.connector import SmppConnector, SmppSettings, _gsm7_septets
+from gateway.core import segments
 from carriers.smpp.receipts import MoAssembler
 from gateway.errors import ConfigError
 
@@ -103,3 +107,20 @@ def test_password_from_the_environment(monkeypatch) -> None:
     monkeypatch.delenv("SLUICE_TEST_SMPP_PW")
     with pytest.raises(ConfigError, match="SLUICE_TEST_SMPP_PW"):
         SmppConnector(SmppSettings(name="c", password_env="SLUICE_TEST_SMPP_PW"), send)
+
+
+GSM_ALPHABET = (
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€\f"
+)
+
+
+def test_fast_gsm7_path_covers_the_whole_alphabet() -> None:
+    assert segments.is_gsm7(GSM_ALPHABET)
+    assert _gsm7_septets(GSM_ALPHABET) == segments.encode_gsm7(GSM_ALPHABET)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=GSM_ALPHABET, max_size=200))
+def test_fast_gsm7_path_agrees_with_segments(text: str) -> None:
+    assert _gsm7_septets(text) == segments.encode_gsm7(text)

@@ -78,3 +78,38 @@ async def test_sluice_sim_smsc_process(make_dispatch) -> None:
     assert on_request["accepted"] >= 100 and on_request["throttled"] > 0
     assert on_exit["max_accepted_1s"] <= 300  # the simulator's own TPS limit, in any 1-s window
     assert set(on_exit) >= {"accepted", "throttled", "receipts_sent", "receipts_acked", "max_submits_1s"}
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (openssl is on the test machines)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not available")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", key, "-out", cert,
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_loopback_over_tls(loopback, make_dispatch, certificate) -> None:
+    cert, key = certificate
+    sim = SimSettings(dlr_delay=0.0, tls_cert=cert, tls_key=key)
+    async with loopback(sim, settings(tls=True, tls_ca_file=cert)) as h:
+        await h.connector.submit([make_dispatch(i) for i in range(100)])
+        await h.until(lambda ev: sum(isinstance(e, ReceiptMatched) for e in ev) == 100)
+        assert h.connector.statistics().bound == 1
+
+
+async def test_tls_with_an_untrusted_certificate_never_binds(loopback, make_dispatch, certificate) -> None:
+    cert, key = certificate
+    sim = SimSettings(tls_cert=cert, tls_key=key)
+    async with loopback(sim, settings(tls=True, connect_timeout=0.5)) as h:  # system CAs only
+        await anyio.sleep(0.3)
+        assert h.connector.statistics().bound == 0 and h.sim.counters()["binds"] == 0
