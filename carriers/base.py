@@ -78,10 +78,11 @@ class Throttled(msgspec.Struct, frozen=True, kw_only=True, tag="throttled"):
 
 
 class ReceiptMatched(msgspec.Struct, frozen=True, kw_only=True, tag="receipt"):
-    """Message ``ref`` ended as ``state`` according to the carrier's receipts (or their absence:
-    ``reason`` is then "no receipt within horizon")."""
+    """Message ``message_id`` ended as ``state`` according to the carrier's receipts (or their
+    absence: ``reason`` is then "no receipt within horizon"). Keyed by the message id, not the
+    core's ``ref``: a ref is released at ``Submitted`` and reused by later messages."""
 
-    ref: int
+    message_id: int
     carrier: str
     state: FinalState
     error_code: int | None

@@ -86,7 +86,7 @@ class MockConnector:
                 state = FinalState.DELIVERED if outcome == "deliver" else FinalState.UNDELIVERED
                 out.append(
                     ReceiptMatched(
-                        ref=ref,
+                        message_id=d.message_id,
                         carrier=name,
                         state=state,
                         error_code=0 if outcome == "deliver" else 1,

@@ -623,7 +623,7 @@ class SmppConnector:
         ids = tuple(work.ids)
         self._counts["submitted"] += 1
         self._outbox.append(Submitted(ref=d.ref, carrier=self.name, carrier_ids=ids, at=now))
-        for result in self._reconciler.submitted(d.ref, self.name, ids, d.segments, now):
+        for result in self._reconciler.submitted(d.message_id, self.name, ids, d.segments, now):
             self._on_result(result)
 
     def _refused(self, b: _Bind, work: _Work, status: int, now: float) -> None:
@@ -700,7 +700,7 @@ class SmppConnector:
             self._counts["matched"] += 1
             self._outbox.append(
                 ReceiptMatched(
-                    ref=result.ref,
+                    message_id=result.ref,  # the reconciler is keyed by message id
                     carrier=result.carrier,
                     state=result.state,
                     error_code=result.error_code,

@@ -158,11 +158,9 @@ class Dispatcher:
             case Throttled(carrier=carrier):
                 self.stats.throttles += 1
                 self.core.throttled(carrier, now)
-            case ReceiptMatched(state=state, reason=reason, carrier=carrier) as r:
+            case ReceiptMatched(message_id=mid, state=state, reason=reason, carrier=carrier):
                 self.stats.receipts += 1
-                mid = getattr(r, "message_id", None)
-                if mid is not None:
-                    self._change(mid, str(state), now, reason, carrier)
+                self._change(mid, str(state), now, reason, carrier)
             case Inbound() as inbound:
                 if self._on_inbound:
                     self._on_inbound(inbound)

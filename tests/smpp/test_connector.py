@@ -149,7 +149,7 @@ async def test_receipt_before_response(harness, make_dispatch) -> None:
     async with harness(sim(receipt_first=True), fast()) as h:
         await h.connector.submit([make_dispatch(i) for i in range(50)])
         await h.until(receipts(50))
-        assert {e.ref for e in h.of(ReceiptMatched)} == set(range(50))
+        assert {e.message_id for e in h.of(ReceiptMatched)} == set(range(50))
         # every receipt overtook its response, so the reconciler held each one first
         stats = h.connector._reconciler.statistics()
         assert stats.matched == 50 and stats.matched_early == 50
@@ -182,7 +182,7 @@ async def test_duplicate_receipts_end_each_message_once(harness, make_dispatch) 
                 h.seen.append(h.events.receive_nowait())
             except anyio.WouldBlock:
                 break
-        assert sorted(e.ref for e in h.of(ReceiptMatched)) == list(range(40))
+        assert sorted(e.message_id for e in h.of(ReceiptMatched)) == list(range(40))
         assert h.connector._reconciler.statistics().duplicates == 40
         assert h.sim.counters()["receipts_acked"] == 80  # every receipt answered
 
