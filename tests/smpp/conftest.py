@@ -151,14 +151,14 @@ def loopback() -> Callable[..., Any]:
 
 
 
-def make_dispatch_fn(ref: int, body: str = "hello", *, recipient: str | None = None, attempt: int = 0, carrier: str = "sim") -> Any:
+def make_dispatch_fn(ref: int, body: str = "hello", *, recipient: str | None = None, attempt: int = 0, carrier: str = "sim", message_id: int | None = None) -> Any:
     from gateway.core import segments
     from gateway.core.model import Dispatch
 
     split = segments.split(body)
     return Dispatch(
         ref=ref,
-        message_id=ref,
+        message_id=ref if message_id is None else message_id,
         job_id="job",
         tenant="t",
         carrier=carrier,

@@ -67,7 +67,9 @@ async def test_is_a_connector(open_connector) -> None:
 
 async def test_every_dispatch_ends_once_then_gets_one_receipt(open_connector, make_dispatch) -> None:
     async with open_connector("c1") as (c, events):
-        batch = [make_dispatch(i, carrier="c1") for i in range(50)] + [make_dispatch(50, "x" * 300, carrier="c1")]
+        # Message ids differ from refs: receipts must name the message, refs are reused once submitted.
+        batch = [make_dispatch(i, carrier="c1", message_id=1000 + i) for i in range(50)]
+        batch.append(make_dispatch(50, "x" * 300, carrier="c1", message_id=1050))
         await c.submit(batch)
         seen = await collect(events, lambda ev: sum(isinstance(e, ReceiptMatched) for e in ev) == 51)
         ends = [e for e in seen if isinstance(e, (Submitted, SubmitFailed, Requeue))]
@@ -77,7 +79,7 @@ async def test_every_dispatch_ends_once_then_gets_one_receipt(open_connector, ma
             assert e.carrier_ids and all(isinstance(i, str) and i for i in e.carrier_ids)
         assert len(next(e for e in ends if e.ref == 50).carrier_ids) >= 1
         receipts = [e for e in seen if isinstance(e, ReceiptMatched)]
-        assert sorted(e.ref for e in receipts) == list(range(51))
+        assert sorted(e.message_id for e in receipts) == list(range(1000, 1051))
         assert c.statistics().submitted == 51
 
 
