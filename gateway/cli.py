@@ -31,11 +31,16 @@ def check_config(path: str) -> None:
 @main.command("serve")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Config file (default: the embedded config/sluice.toml).")
-def serve(config_path: str | None) -> None:
-    """Run the gateway: HTTP API, dispatcher and carrier connectors, until SIGTERM."""
+@click.option("--port", type=int, default=None, help="HTTP port (overrides api.port; 0 picks a free one).")
+def serve(config_path: str | None, port: int | None) -> None:
+    """Run the gateway: HTTP API, dispatcher and carrier connectors, until SIGTERM.
+
+    When it is ready it prints one JSON line on stdout, {"listening": PORT}."""
+    import json
     import logging
 
     import anyio
+    import msgspec
 
     from gateway.config import default_text, loads
     from gateway.runtime.app import serve as run
@@ -46,7 +51,13 @@ def serve(config_path: str | None) -> None:
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    anyio.run(run, cfg, backend="asyncio", backend_options={"use_uvloop": True})
+    if port is not None:
+        cfg = msgspec.structs.replace(cfg, api=msgspec.structs.replace(cfg.api, port=port))
+
+    def ready(bound: int) -> None:
+        print(json.dumps({"listening": bound}), flush=True)
+
+    anyio.run(lambda: run(cfg, on_ready=ready), backend="asyncio", backend_options={"use_uvloop": True})
 
 
 @main.command("demo")
@@ -87,3 +98,7 @@ _OPTIONAL = [
 ]
 
 _register()
+
+
+if __name__ == "__main__":
+    main()

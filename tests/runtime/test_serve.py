@@ -1,0 +1,88 @@
+"""`sluice serve` as users run it: a child process on loopback, an SMSC simulator child behind it,
+a job in over HTTP, every message delivered and its state readable over HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from gateway.testing.processes import gateway, simulator
+
+pytestmark = pytest.mark.anyio
+
+KEY = "serve-test-key-0123456789"
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict]:
+    return ("asyncio", {"use_uvloop": True})
+
+
+def config(tmp_path, sim_port: int) -> str:
+    path = tmp_path / "sluice.toml"
+    path.write_text(f"""
+[api]
+host = "127.0.0.1"
+
+[[api.tenants]]
+name = "acme"
+key_env = "SLUICE_TEST_KEY"
+
+[store]
+url = "sqlite:///{tmp_path / 'sluice.db'}"
+synchronous = "NORMAL"
+
+[[core.carriers]]
+name = "alpha"
+rate = 2000.0
+burst = 200
+
+[[core.routes]]
+prefix = ""
+carriers = ["alpha"]
+
+[[carriers.smpp]]
+name = "alpha"
+port = {sim_port}
+window = 50
+binds = 2
+""")
+    return str(path)
+
+
+async def wait_final(client: httpx.AsyncClient, job_id: str, total: int, timeout: float = 30.0) -> dict:
+    """Polls the job's counts (the child process is observed over its API) until all are final."""
+    import anyio
+
+    final = {"delivered", "undelivered", "expired", "rejected", "failed", "unknown", "capped", "suppressed", "canceled"}
+    with anyio.fail_after(timeout):
+        while True:
+            counts = (await client.get(f"/v1/jobs/{job_id}")).json()["counts"]
+            if sum(n for s, n in counts.items() if s in final) >= total:
+                return counts
+            await anyio.sleep(0.05)
+
+
+async def test_a_job_goes_through_serve_and_the_simulator(tmp_path) -> None:
+    async with simulator("--dlr-delay", "0.05") as sim:
+        async with gateway(config(tmp_path, sim.port), env={"SLUICE_TEST_KEY": KEY}) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {KEY}"}) as client:
+                assert (await client.get("/healthz")).status_code == 200
+                job = {"from": "Shop", "category": "transactional", "template": "Hi {name}, order {n} shipped",
+                       "recipients": [{"to": "+4479111%05d" % i, "vars": {"name": "Ann", "n": str(i)}}
+                                      for i in range(500)]}  # fmt: skip
+                r = await client.post("/v1/jobs", json=job)
+                assert r.status_code == 202, r.text
+                job_id = r.json()["id"]
+                counts = await wait_final(client, job_id, 500)
+                assert counts == {"delivered": 500}
+                page = (await client.get(f"/v1/jobs/{job_id}/messages", params={"limit": 1})).json()
+                msg = (await client.get(f"/v1/messages/{page['messages'][0]['id']}")).json()
+                assert msg["state"] == "delivered" and msg["carrier"] == "alpha" and msg["carrier_ids"]
+                assert [h["state"] for h in msg["history"]][-2:] == ["submitted", "delivered"]
+                carriers = (await client.get("/v1/carriers")).json()
+                assert carriers["alpha"]["link"]["bound"] == 2
+                metrics = (await client.get("/metrics")).text
+                assert "sluice_dispatcher_total" in metrics
+        counters = await sim.counters()
+    assert counters["accepted"] == 500 and counters["receipts_acked"] == 500
