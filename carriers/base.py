@@ -88,6 +88,7 @@ class ReceiptMatched(msgspec.Struct, frozen=True, kw_only=True, tag="receipt"):
     error_code: int | None
     reason: str
     at: float
+    submitted_at: float | None = None  # when the carrier accepted it (receipt latency), if known
 
 
 class Inbound(msgspec.Struct, frozen=True, kw_only=True, tag="inbound"):

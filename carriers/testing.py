@@ -92,6 +92,7 @@ class MockConnector:
                         error_code=0 if outcome == "deliver" else 1,
                         reason="receipt",
                         at=now,
+                        submitted_at=now,
                     )
                 )
             return out

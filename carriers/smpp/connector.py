@@ -706,6 +706,7 @@ class SmppConnector:
                     error_code=result.error_code,
                     reason=result.reason,
                     at=result.at,
+                    submitted_at=result.submitted_at,
                 )
             )
         else:

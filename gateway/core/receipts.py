@@ -92,6 +92,7 @@ class Receipted(msgspec.Struct, frozen=True, kw_only=True, tag="receipted"):
     error_code: int | None
     reason: str
     at: float
+    submitted_at: float  # when the carrier accepted it: ``at - submitted_at`` is the receipt latency
 
 
 class Unmatched(msgspec.Struct, frozen=True, kw_only=True, tag="unmatched"):
@@ -134,10 +135,11 @@ def normalise_id(raw: str, fmt: IdFormat) -> int | str:
 
 
 class _Pending:
-    __slots__ = ("ref", "keys", "states", "errors", "remaining", "deadline")
+    __slots__ = ("ref", "keys", "states", "errors", "remaining", "deadline", "submitted")
 
-    def __init__(self, ref: int, keys: list[int | str], deadline: float) -> None:
+    def __init__(self, ref: int, keys: list[int | str], deadline: float, submitted: float) -> None:
         self.ref = ref
+        self.submitted = submitted
         self.keys = keys
         self.states: list[FinalState | None] = [None] * len(keys)
         self.errors: list[int | None] = [None] * len(keys)
@@ -208,7 +210,7 @@ class Reconciler:
         c = self._carrier(carrier)
         fmt = c.submit_format
         keys = [normalise_id(i, fmt) for i in carrier_ids]
-        entry = _Pending(ref, keys, now + self.horizon_s)
+        entry = _Pending(ref, keys, now + self.horizon_s, now)
         self._pending += 1
         self._horizon.append((entry.deadline, carrier, entry))
         results: list[Result] = []
@@ -294,7 +296,8 @@ class Reconciler:
         entry.remaining = -1  # finished: the horizon queue skips it
         self._pending -= 1
         results.append(
-            Receipted(ref=entry.ref, carrier=carrier, state=final, error_code=error, reason=reason, at=now)
+            Receipted(ref=entry.ref, carrier=carrier, state=final, error_code=error, reason=reason, at=now,
+                      submitted_at=entry.submitted)
         )
 
     def _aggregate(self, entry: _Pending, states: list[FinalState]) -> tuple[FinalState, int | None]:

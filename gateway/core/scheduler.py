@@ -33,7 +33,7 @@ from gateway.core.model import Dispatch, Final, FinalState, Job, Outcome, Recipi
 from gateway.core.quiet_hours import QuietHours
 from gateway.core.routing import NoRoute, Router
 from gateway.core.settings import CategoryPolicy, CoreSettings
-from gateway.core.shard import DEAD, INFLIGHT, READY, SMART, UCS2, WAITING, Shard, shard_of
+from gateway.core.shard import DEAD, INFLIGHT, PARKED, READY, SMART, UCS2, WAITING, Shard, shard_of
 from gateway.core.template import Template
 from gateway.core.zones import ZoneResolver
 
@@ -67,6 +67,7 @@ class CoreStatistics(msgspec.Struct, frozen=True, kw_only=True):
     inflight: int
     jobs: int
     buckets: dict[str, BucketStatistics]
+    shards: list[dict[str, int]]  # per shard: rows by state (ready, waiting, inflight, parked)
 
 
 class JobEntry:
@@ -400,7 +401,11 @@ class Scheduler:
             inflight=sum(s.inflight for s in self._shards),
             jobs=len(self._jobs),
             buckets={n: b.statistics(now) for n, b in zip(names, self._buckets)},
+            shards=[{name: s.state.count(code) for name, code in _STATE_NAMES} for s in self._shards],
         )
+
+
+_STATE_NAMES = (("ready", READY), ("waiting", WAITING), ("inflight", INFLIGHT), ("parked", PARKED))
 
 
 def _reason(exc: BaseException) -> str:

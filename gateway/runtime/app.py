@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 import anyio
 import msgspec
-import prometheus_client as prom
 
 from carriers.base import ConnectorEvent
 from carriers.smpp.connector import SmppConnector
@@ -26,6 +25,7 @@ from gateway.config import Config, Tenant
 from gateway.core.scheduler import Scheduler
 from gateway.errors import ConfigError
 from gateway.runtime.dispatcher import Dispatcher
+from gateway.runtime.metrics import Metrics
 from gateway.runtime.service import Gateway
 from gateway.store import open_store
 from gateway.store.sqlite import SqliteStore
@@ -50,30 +50,6 @@ def tenant_table(cfg: Config, environ: dict[str, str] | None = None) -> dict[str
     return table
 
 
-class Metrics:
-    def __init__(self, core: Scheduler, dispatcher: Dispatcher, clock: Callable[[], float]) -> None:
-        self.registry = prom.CollectorRegistry()
-        self._core, self._disp, self._clock = core, dispatcher, clock
-        self.ready = prom.Gauge("sluice_queue_ready", "Messages ready to send", ["carrier"], registry=self.registry)
-        self.waiting = prom.Gauge("sluice_queue_deferred", "Messages held (quiet hours, caps, scheduled)",
-                                  registry=self.registry)  # fmt: skip
-        self.inflight = prom.Gauge("sluice_inflight", "Messages handed to carriers, not answered", registry=self.registry)
-        self.counters = prom.Gauge("sluice_dispatcher_total", "Dispatcher counters", ["what"], registry=self.registry)
-        self.rate = prom.Gauge("sluice_carrier_rate", "Current adaptive rate (segments/s)", ["carrier"],
-                               registry=self.registry)  # fmt: skip
-
-    async def endpoint(self) -> Response:
-        stats = self._core.statistics(self._clock())
-        for carrier, n in stats.ready.items():
-            self.ready.labels(carrier).set(n)
-            self.rate.labels(carrier).set(stats.buckets[carrier].rate)
-        self.waiting.set(stats.waiting)
-        self.inflight.set(stats.inflight)
-        for what in self._disp.stats.__slots__:
-            self.counters.labels(what).set(getattr(self._disp.stats, what))
-        return Response(200, prom.generate_latest(self.registry), [(b"content-type", prom.CONTENT_TYPE_LATEST.encode())])
-
-
 async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -> None:
     clock = time.time
     tenants = tenant_table(cfg)
@@ -91,9 +67,9 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         send.close()
         dispatcher = Dispatcher(core, connectors, receive, store, clock=clock)
         gateway.on_admitted = dispatcher.poke
-        metrics = Metrics(core, dispatcher, clock)
+        metrics = Metrics(core, connectors, clock, lambda: dispatcher.stats, dispatcher.receipt_latency)
         extra = {
-            "/metrics": metrics.endpoint,
+            "/metrics": _metrics(metrics),
             "/healthz": _static(b'{"status":"ok"}'),
             "/readyz": _static(b'{"status":"ready"}'),
             "/v1/carriers": _carriers(core, connectors, clock),
@@ -130,6 +106,14 @@ async def _run(api: Api, dispatcher: Dispatcher, cfg: Config, on_ready) -> None:
                 log.info("serve.stopping signal=%s", sig)
                 server.should_exit = True
                 break
+
+
+def _metrics(metrics: Metrics):
+    async def handler() -> Response:
+        body, content_type = metrics.render()
+        return Response(200, body, [(b"content-type", content_type.encode())])
+
+    return handler
 
 
 def _static(body: bytes):

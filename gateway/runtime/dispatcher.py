@@ -31,6 +31,7 @@ from carriers.base import (
 )
 from gateway.core.model import Dispatch, Final, Outcome
 from gateway.core.scheduler import Scheduler
+from gateway.runtime.metrics import LatencyHistogram
 from gateway.store.base import Change, Store
 
 __all__ = ["Dispatcher", "DispatcherStats"]
@@ -73,6 +74,7 @@ class Dispatcher:
         self._pending: list[Change] = []
         self._wake = anyio.Event()
         self.stats = DispatcherStats()
+        self.receipt_latency = LatencyHistogram()
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -158,8 +160,11 @@ class Dispatcher:
             case Throttled(carrier=carrier):
                 self.stats.throttles += 1
                 self.core.throttled(carrier, now)
-            case ReceiptMatched(message_id=mid, state=state, reason=reason, carrier=carrier):
+            case ReceiptMatched(message_id=mid, state=state, reason=reason, carrier=carrier, at=at,
+                                submitted_at=submitted_at):  # fmt: skip
                 self.stats.receipts += 1
+                if submitted_at is not None:
+                    self.receipt_latency.observe(at - submitted_at)
                 self._change(mid, str(state), now, reason, carrier)
             case Inbound() as inbound:
                 if self._on_inbound:

@@ -25,9 +25,10 @@ def final(results: list, ref: int) -> Receipted:
 
 def test_receipt_after_submit() -> None:
     rc = Reconciler(hold_unmatched_s=10, horizon_s=100)
-    assert rc.submitted(1, "c", ["abc"], 1, now=0.0) == []
+    assert rc.submitted(1, "c", ["abc"], 1, now=2.0) == []
     (r,) = rc.receipt("c", "ABC", R.DELIVERED, 0, now=5.0)
-    assert r == Receipted(ref=1, carrier="c", state=FinalState.DELIVERED, error_code=0, reason="receipt", at=5.0)
+    assert r == Receipted(ref=1, carrier="c", state=FinalState.DELIVERED, error_code=0, reason="receipt", at=5.0,
+                          submitted_at=2.0)  # fmt: skip
     assert rc.statistics().pending == 0
 
 

@@ -113,6 +113,7 @@ async def test_every_message_reaches_the_state_its_receipt_says() -> None:
         assert [c.state for c in m.history][-2:] == ["submitted", want]
         assert m.carrier == "alpha" and m.carrier_ids
     assert disp.stats.submitted == 300 and disp.stats.receipts == 300
+    assert disp.receipt_latency.count == 300
     assert sorted(d.body for d in conn.dispatched)[0].startswith("Order ")  # rendered per recipient
     assert disp.inflight() == 0
 

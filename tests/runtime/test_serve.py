@@ -4,6 +4,7 @@ a job in over HTTP, every message delivered and its state readable over HTTP."""
 from __future__ import annotations
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 import pytest
 
 from gateway.testing.processes import gateway, simulator
@@ -82,7 +83,12 @@ async def test_a_job_goes_through_serve_and_the_simulator(tmp_path) -> None:
                 assert [h["state"] for h in msg["history"]][-2:] == ["submitted", "delivered"]
                 carriers = (await client.get("/v1/carriers")).json()
                 assert carriers["alpha"]["link"]["bound"] == 2
-                metrics = (await client.get("/metrics")).text
-                assert "sluice_dispatcher_total" in metrics
+                metrics = {(x.name, tuple(sorted(x.labels.items()))): x.value
+                           for f in text_string_to_metric_families((await client.get("/metrics")).text)
+                           for x in f.samples}  # fmt: skip
+                assert metrics[("sluice_receipt_latency_seconds_count", ())] == 500
+                assert metrics[("sluice_messages_total", (("event", "submitted"),))] == 500
+                assert metrics[("sluice_binds_up", (("carrier", "alpha"),))] == 2
+                assert sum(v for (name, _), v in metrics.items() if name == "sluice_queue_depth") == 0
         counters = await sim.counters()
     assert counters["accepted"] == 500 and counters["receipts_acked"] == 500

@@ -1,0 +1,115 @@
+"""`GET /metrics`: Prometheus text, read from the live objects at scrape time.
+
+Nothing on the hot path touches prometheus-client: the dispatcher keeps plain integer counters
+and a fixed-bucket receipt-latency histogram (one ``bisect`` per receipt); the collector below
+turns them, the core's statistics and each connector's statistics into metric families only when
+Prometheus asks.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping
+
+import prometheus_client as prom
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from carriers.base import Connector
+from gateway.core.scheduler import Scheduler
+
+__all__ = ["LatencyHistogram", "Metrics"]
+
+#: Receipt latency buckets (seconds from the carrier accepting a message to its final receipt).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0)
+
+
+class LatencyHistogram:
+    """A cumulative-on-export histogram with fixed buckets; ``observe`` is one bisect."""
+
+    __slots__ = ("bounds", "counts", "total", "count")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, n in zip(self.bounds, self.counts):
+            running += n
+            out.append((repr(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[prom.Metric]:
+        m = self._m
+        stats = m.core.statistics(m.clock())
+        ready = GaugeMetricFamily("sluice_queue_ready", "Messages ready to send, by carrier", labels=["carrier"])
+        for carrier, n in stats.ready.items():
+            ready.add_metric([carrier], n)
+        yield ready
+        depth = GaugeMetricFamily("sluice_queue_depth", "Messages in the core by shard and state",
+                                  labels=["shard", "state"])  # fmt: skip
+        for i, by_state in enumerate(stats.shards):
+            for state, n in by_state.items():
+                depth.add_metric([str(i), state], n)
+        yield depth
+        rate = GaugeMetricFamily("sluice_carrier_rate", "Current adaptive rate, segments/s", labels=["carrier"])
+        tokens = GaugeMetricFamily("sluice_carrier_tokens", "Tokens in the carrier's bucket", labels=["carrier"])
+        for carrier, b in stats.buckets.items():
+            rate.add_metric([carrier], b.rate)
+            tokens.add_metric([carrier], b.tokens)
+        yield rate
+        yield tokens
+        d = m.dispatcher_stats()
+        if d is not None:
+            events = CounterMetricFamily("sluice_messages", "Dispatcher events by kind", labels=["event"])
+            for what in ("dispatched", "submitted", "failed", "requeued", "receipts", "throttles", "changes_written"):
+                events.add_metric([what], getattr(d, what))
+            yield events
+        bound = GaugeMetricFamily("sluice_binds_up", "SMPP binds (or links) up", labels=["carrier"])
+        window = GaugeMetricFamily("sluice_window_in_use", "Submits awaiting a response", labels=["carrier"])
+        errors = CounterMetricFamily("sluice_carrier_errors", "Carrier errors by code name", labels=["carrier", "code"])
+        for name, conn in m.connectors.items():
+            s = conn.statistics()
+            bound.add_metric([name], s.bound)
+            window.add_metric([name], s.in_flight)
+            for code, n in s.errors.items():
+                errors.add_metric([name, code], n)
+        yield bound
+        yield window
+        yield errors
+        h = m.receipt_latency
+        hist = HistogramMetricFamily("sluice_receipt_latency_seconds", "From carrier acceptance to final receipt")
+        hist.add_metric([], h.buckets(), sum_value=h.total)
+        yield hist
+
+
+class Metrics:
+    """The registry served at ``/metrics``."""
+
+    def __init__(self, core: Scheduler, connectors: Mapping[str, Connector], clock: Callable[[], float],
+                 dispatcher_stats: Callable[[], object | None] = lambda: None,
+                 receipt_latency: LatencyHistogram | None = None) -> None:  # fmt: skip
+        self.core = core
+        self.connectors = connectors
+        self.clock = clock
+        self.dispatcher_stats = dispatcher_stats
+        self.receipt_latency = receipt_latency or LatencyHistogram()
+        self.registry = prom.CollectorRegistry()
+        self.registry.register(_Collector(self))
+
+    def render(self) -> tuple[bytes, str]:
+        return prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
