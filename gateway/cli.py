@@ -32,7 +32,9 @@ def check_config(path: str) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Config file (default: the embedded config/sluice.toml).")
 @click.option("--port", type=int, default=None, help="HTTP port (overrides api.port; 0 picks a free one).")
-def serve(config_path: str | None, port: int | None) -> None:
+@click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True,
+              help="Event loop: asyncio with uvloop (HTTP by uvicorn), or trio (HTTP by Hypercorn).")
+def serve(config_path: str | None, port: int | None, backend: str) -> None:
     """Run the gateway: HTTP API, dispatcher and carrier connectors, until SIGTERM.
 
     When it is ready it prints one JSON line on stdout, {"listening": PORT}."""
@@ -57,7 +59,8 @@ def serve(config_path: str | None, port: int | None) -> None:
     def ready(bound: int) -> None:
         print(json.dumps({"listening": bound}), flush=True)
 
-    anyio.run(lambda: run(cfg, on_ready=ready), backend="asyncio", backend_options={"use_uvloop": True})
+    options = {"use_uvloop": True} if backend == "asyncio" else {}
+    anyio.run(lambda: run(cfg, on_ready=ready), backend=backend, backend_options=options)
 
 
 @main.command("demo")

@@ -14,8 +14,11 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 
 import anyio
+import anyio.abc
+import sniffio
 import msgspec
 
 from carriers.base import ConnectorEvent
@@ -81,31 +84,66 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
 
 
 async def _run(api: Api, dispatcher: Dispatcher, cfg: Config, on_ready) -> None:
-    import uvicorn
-
-    config = uvicorn.Config(api, host=cfg.api.host, port=cfg.api.port, loop="none", lifespan="off",
-                            log_level="warning", access_log=False)  # fmt: skip
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # we handle signals: stop in order
+    """Dispatcher and HTTP server side by side until SIGTERM/SIGINT, then stop the server first
+    (no new work), then everything else. uvicorn on asyncio (with uvloop), Hypercorn on trio."""
+    stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(dispatcher.run)
-
-        async def web() -> None:
-            await server.serve()
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(web)
-        while not server.started:
-            await anyio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+        web = _hypercorn if sniffio.current_async_library() == "trio" else _uvicorn
+        port = await tg.start(web, api, cfg, stop, tg.cancel_scope)
         log.info("serve.listening host=%s port=%d", cfg.api.host, port)
         if on_ready:
             on_ready(port)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for sig in signals:
                 log.info("serve.stopping signal=%s", sig)
-                server.should_exit = True
+                stop.set()
                 break
+
+
+async def _uvicorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.CancelScope, *,
+                   task_status: anyio.abc.TaskStatus[int]) -> None:  # fmt: skip
+    import uvicorn
+
+    config = uvicorn.Config(api, host=cfg.api.host, port=cfg.api.port, loop="none", lifespan="off",
+                            log_level="warning", access_log=False)  # fmt: skip
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we stop in order
+
+    async def on_stop() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(on_stop)
+        tg.start_soon(server.serve)
+        while not server.started:
+            if server.should_exit:  # e.g. the port is taken: uvicorn gave up
+                raise OSError(f"cannot listen on {cfg.api.host}:{cfg.api.port}")
+            await anyio.sleep(0.01)
+        task_status.started(server.servers[0].sockets[0].getsockname()[1])
+    scope.cancel()  # the server is done: so is everything else
+
+
+async def _hypercorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.CancelScope, *,
+                     task_status: anyio.abc.TaskStatus[int]) -> None:  # fmt: skip
+    import trio
+    from hypercorn.config import Config as HyperConfig
+    from hypercorn.trio import serve as hyper_serve
+
+    config = HyperConfig()
+    host = f"[{cfg.api.host}]" if ":" in cfg.api.host else cfg.api.host
+    config.bind = [f"{host}:{cfg.api.port}"]
+    config.accesslog = None
+    config.loglevel = "WARNING"
+
+    async def started() -> None:
+        binds = await nursery.start(partial(hyper_serve, api, config, shutdown_trigger=stop.wait, mode="asgi"))
+        task_status.started(int(binds[0].rsplit(":", 1)[1]))
+
+    async with trio.open_nursery() as nursery:
+        await started()
+    scope.cancel()
 
 
 def _metrics(metrics: Metrics):

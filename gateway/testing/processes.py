@@ -118,7 +118,8 @@ def simulator(*args: str, stderr: Any = None) -> Any:
 
 
 def gateway(config_path: str | Path, *, env: Mapping[str, str] | None = None, cwd: str | Path | None = None,
-            stderr: Any = None) -> Any:  # fmt: skip
-    """``sluice serve --config PATH --port 0`` as a child process."""
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path), "--port", "0"]
+            stderr: Any = None, backend: str = "asyncio") -> Any:  # fmt: skip
+    """``sluice serve --config PATH --port 0 --backend BACKEND`` as a child process."""
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path), "--port", "0",
+           "--backend", backend]  # fmt: skip
     return start(cmd, name="gateway", env=env, cwd=cwd, stderr=stderr)

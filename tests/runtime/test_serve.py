@@ -64,9 +64,11 @@ async def wait_final(client: httpx.AsyncClient, job_id: str, total: int, timeout
             await anyio.sleep(0.05)
 
 
-async def test_a_job_goes_through_serve_and_the_simulator(tmp_path) -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+async def test_a_job_goes_through_serve_and_the_simulator(tmp_path, backend) -> None:
+    """The whole service on either event loop: uvicorn+uvloop, or Hypercorn on trio."""
     async with simulator("--dlr-delay", "0.05") as sim:
-        async with gateway(config(tmp_path, sim.port), env={"SLUICE_TEST_KEY": KEY}) as gw:
+        async with gateway(config(tmp_path, sim.port), env={"SLUICE_TEST_KEY": KEY}, backend=backend) as gw:
             async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {KEY}"}) as client:
                 assert (await client.get("/healthz")).status_code == 200
                 job = {"from": "Shop", "category": "transactional", "template": "Hi {name}, order {n} shipped",
