@@ -85,10 +85,12 @@ def sim() -> None:
 
 def _register() -> None:
     from bench.core import bench_core
+    from bench.priority import bench_priority
     from bench.quiet_hours import bench_quiet_hours
 
     bench.add_command(bench_core)
     bench.add_command(bench_quiet_hours)
+    bench.add_command(bench_priority)
     for module, group, attr in _OPTIONAL:
         try:
             mod = __import__(module, fromlist=[attr])
