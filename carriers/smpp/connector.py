@@ -97,7 +97,7 @@ class SmppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     enquire_link_interval: Positive = 30.0
     reconnect_initial: Positive = 0.5
     reconnect_max: Positive = 30.0
-    throttle_pause: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    throttle_pause: Annotated[float, msgspec.Meta(ge=0)] = 0.02  # the bucket already cut the rate: a short pause
     retry_backoff: Positive = 2.0  # retry_after for a temporary error: this * 2**attempt ...
     retry_backoff_max: Positive = 300.0  # ... at most this
     carrier_down_after: Positive = 10.0  # no bind up this long: give the queue back

@@ -58,6 +58,8 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     host: str = "127.0.0.1"
     port: int = 2775
     tps: float | None = None  # accepted submits per second over all binds (None: no limit)
+    # ((after s, tps), ...): the limit changes at these offsets from the start, unannounced
+    tps_schedule: tuple[tuple[float, float], ...] = ()
     bind_tps: float | None = None  # per bind
     window: int = 100  # unanswered deliver_sm per bind
     dlr_delay: float = 1.0
@@ -167,11 +169,21 @@ class SmscSimulator:
         self._blocked = False
         self._t0 = 0.0
         self._wall = 0.0
+        self._per_second: list[int] = []
 
     def counters(self) -> dict[str, Any]:
         out: dict[str, Any] = self._c.as_dict()
         out["receipts_pending"] = len(self._due) + sum(len(b) for b in self._backlog.values())
+        out["accepted_per_s"] = list(self._per_second)  # [i]: accepted in second i since start
+        out["tps_per_s"] = [self._tps_at(self._t0 + i) for i in range(len(self._per_second))]
         return out
+
+    def _tps_at(self, now: float) -> float | None:
+        tps = self.settings.tps
+        for after, value in self.settings.tps_schedule:
+            if now - self._t0 >= after:
+                tps = value
+        return tps
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -385,6 +397,11 @@ class SmscSimulator:
         if len(accepted) > c.max_accepted_1s:
             c.max_accepted_1s = len(accepted)
         c.accepted += 1
+        second = int(now - self._t0)
+        per_second = self._per_second
+        if second >= len(per_second):
+            per_second.extend([0] * (second + 1 - len(per_second)))
+        per_second[second] += 1
         mid, text_id = self._new_id()
         wants_receipt = req.registered_delivery & 0x03 and s.receipts != "none"
         if wants_receipt:
@@ -406,11 +423,12 @@ class SmscSimulator:
             every, duration = s.throttle_burst
             if (now - self._t0) % every < duration:
                 return True
-        if s.tps is not None:
+        tps = self._tps_at(now) if s.tps_schedule else s.tps
+        if tps is not None:
             accepted = self._accepted_1s
             while accepted and accepted[0] <= cutoff:
                 accepted.popleft()
-            if len(accepted) >= s.tps:
+            if len(accepted) >= tps:
                 return True
         elif self._accepted_1s and self._accepted_1s[0] <= cutoff:
             accepted = self._accepted_1s
@@ -592,6 +610,16 @@ async def run_simulator(settings: SimSettings, *, stats_file: str | None = None,
     return report()
 
 
+def _schedule(value: str | None) -> tuple[tuple[float, float], ...]:
+    if not value:
+        return ()
+    try:
+        steps = tuple((float(a), float(t)) for a, t in (item.split(":") for item in value.split(",")))
+    except ValueError:
+        raise click.BadParameter("expected AFTER:TPS,... e.g. 10:250,40:500") from None
+    return tuple(sorted(steps))
+
+
 def _burst(value: str | None) -> tuple[float, float] | None:
     if not value:
         return None
@@ -606,6 +634,8 @@ def _burst(value: str | None) -> tuple[float, float] | None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=2775, show_default=True, help="0 picks a free port (printed on start)")
 @click.option("--tps", type=float, default=None, help="accepted submits/s over all binds (default: no limit)")
+@click.option("--tps-schedule", default=None,
+              help="AFTER:TPS,... change the limit unannounced, e.g. 10:250,40:500 (seconds from start)")
 @click.option("--bind-tps", type=float, default=None, help="accepted submits/s per bind")
 @click.option("--window", default=100, show_default=True, help="unanswered deliver_sm per bind")
 @click.option("--dlr-delay", default=1.0, show_default=True, help="seconds from submit to receipt")
@@ -628,9 +658,10 @@ def _burst(value: str | None) -> tuple[float, float] | None:
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--stats-file", type=click.Path(dir_okay=False), default=None, help="write counters JSON here on exit")
 @click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True)
-def sim_smsc(stats_file: str | None, backend: str, throttle_burst: str | None, **options: Any) -> None:
+def sim_smsc(stats_file: str | None, backend: str, throttle_burst: str | None, tps_schedule: str | None,
+             **options: Any) -> None:  # fmt: skip
     """An SMSC simulator: SMPP 3.4 server with TPS limits, receipts, MOs and misbehaviour."""
-    settings = SimSettings(throttle_burst=_burst(throttle_burst), **options)
+    settings = SimSettings(throttle_burst=_burst(throttle_burst), tps_schedule=_schedule(tps_schedule), **options)
     backend_options = {"use_uvloop": True} if backend == "asyncio" else {}
     anyio.run(lambda: run_simulator(settings, stats_file=stats_file), backend=backend, backend_options=backend_options)
 

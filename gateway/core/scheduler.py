@@ -33,7 +33,7 @@ from gateway.core.model import Dispatch, Final, FinalState, Job, Outcome, Recipi
 from gateway.core.quiet_hours import QuietHours
 from gateway.core.routing import NoRoute, Router
 from gateway.core.settings import CategoryPolicy, CoreSettings
-from gateway.core.shard import DEAD, INFLIGHT, PARKED, READY, SMART, UCS2, WAITING, Shard, shard_of
+from gateway.core.shard import COUNT, DEAD, INFLIGHT, PARKED, READY, SMART, UCS2, WAITING, Shard, shard_of
 from gateway.core.template import Template
 from gateway.core.zones import ZoneResolver
 
@@ -282,9 +282,13 @@ class Scheduler:
                 if entry is not None and entry.live == 0:
                     self._drop(entry)
 
-    def complete(self, ref: int) -> None:
-        """A dispatched message has left the queue for good (accepted or refused by the carrier)."""
+    def complete(self, ref: int, now: float | None = None) -> None:
+        """A dispatched message has left the queue for good (accepted or refused by the carrier).
+        With ``now``, it was *accepted* then: its segments count towards the carrier's accepted
+        rate, which is what the bucket falls back to when the carrier throttles."""
         shard, row = self._inflight(ref)
+        if now is not None:
+            self._buckets[shard.carrier[row]].accepted(shard.segments[row] & COUNT, now)
         entry = self._p.jobs[shard.job[row]]
         entry.live -= 1
         shard.inflight -= 1

@@ -138,7 +138,7 @@ class Dispatcher:
                 d = self._inflight.pop(ref, None)
                 if d is None:
                     return
-                self.core.complete(ref)
+                self.core.complete(ref, now)  # accepted: counts towards the carrier's accepted rate
                 self.stats.submitted += 1
                 self._change(d.message_id, "submitted", now, "", carrier, ids)
             case SubmitFailed(ref=ref, carrier=carrier, command_status=code, name=name, permanent=permanent,

@@ -92,6 +92,23 @@ async def test_tps_is_never_exceeded_in_any_second() -> None:
     assert counters["accepted"] + counters["throttled"] == 240 and counters["throttled"] > 0
 
 
+async def test_tps_schedule_lowers_the_limit_unannounced() -> None:
+    async def body(esme: Esme, sim) -> None:
+        assert isinstance(await esme.bind(), Bound)
+        for _ in range(12):  # 60/s offered for 3 s; the limit is 40/s, then 10/s from 1.5 s on
+            await esme.submit(15, registered=0)
+            with anyio.move_on_after(0.25):
+                while True:
+                    await esme.read()
+
+    settings = SimSettings(tps=40, tps_schedule=((1.5, 10.0),), response_timeout=5, enquire_link_interval=None)
+    counters = await _with_sim(settings, body)
+    per_s, tps = counters["accepted_per_s"], counters["tps_per_s"]
+    assert tps[:3] == [40, 40, 10]
+    assert per_s[0] == 40 and per_s[2] <= 10
+    assert sum(per_s) == counters["accepted"]
+
+
 async def test_bind_tps_is_per_bind() -> None:
     async def body(esme: Esme, sim) -> None:
         await esme.bind()
@@ -205,4 +222,4 @@ async def test_counters_as_json_fields() -> None:
     import json
 
     json.dumps(counters)
-    assert math.isfinite(sum(counters.values()))
+    assert math.isfinite(sum(v for v in counters.values() if not isinstance(v, list)))
