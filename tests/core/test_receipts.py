@@ -186,6 +186,15 @@ _EVENTS = st.lists(
 )
 
 
+def test_duplicate_receipts_before_the_submit_response_end_the_message_once() -> None:
+    rc = Reconciler(hold_unmatched_s=2, horizon_s=10)
+    assert rc.receipt("c", "0-0", R.DELIVERED, None, 0.0) == []
+    assert rc.receipt("c", "0-0", R.DELIVERED, None, 0.0) == []  # the carrier sent it twice
+    (r,) = rc.submitted(0, "c", ["0-0"], 1, 0.5)
+    assert r.state is FinalState.DELIVERED
+    assert rc.statistics().duplicates == 1 and rc.statistics().held == 0
+
+
 @settings(max_examples=300, deadline=None)
 @given(_EVENTS, st.lists(st.integers(1, 3), min_size=6, max_size=6))
 def test_every_submitted_message_ends_exactly_once(events, parts) -> None:
