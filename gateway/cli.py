@@ -64,13 +64,22 @@ def serve(config_path: str | None, port: int | None, backend: str) -> None:
 
 
 @main.command("demo")
-@click.option("--recipients", default=20_000, show_default=True)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
-def demo(recipients: int, config_path: str | None) -> None:
-    """Run the delivery core on virtual time over a realistic job and summarise what it decided."""
-    from gateway.demo import run_demo
+@click.option("--recipients", default=50_000, show_default=True, help="recipients of the marketing job")
+@click.option("--timeout", default=110.0, show_default=True, help="hard limit for the whole run, in seconds")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="also write the facts here")
+@click.option("--virtual", is_flag=True, help="instead: the delivery core alone, one day on virtual time")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="with --virtual only")
+def demo(recipients: int, timeout: float, json_path: str | None, virtual: bool, config_path: str | None) -> None:
+    """What `make run` runs: two SMSC simulators and `sluice serve` on loopback, a realistic job
+    through the HTTP API, live progress and a summary. Exits 0 when all went as it should."""
+    if virtual:
+        from gateway.demo import run_demo
 
-    run_demo(recipients, config_path)
+        run_demo(recipients, config_path)
+        return
+    from gateway.showcase import main as showcase
+
+    sys.exit(showcase(recipients, json_path, timeout))
 
 
 @main.group()

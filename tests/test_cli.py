@@ -23,8 +23,8 @@ def test_check_config_names_the_key(tmp_path):
     assert "core.weekly_cap.limit" in result.output
 
 
-def test_demo_runs_and_summarises():
-    result = CliRunner().invoke(main, ["demo", "--recipients", "2000"])
+def test_virtual_demo_runs_and_summarises():
+    result = CliRunner().invoke(main, ["demo", "--virtual", "--recipients", "2000"])
     assert result.exit_code == 0, result.output
     for text in ("accepted", "capped", "suppressed", "largest 1-s window", "quiet hours"):
         assert text in result.output

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from gateway.core.model import Job, Recipient
 
-__all__ = ["PREFIXES", "numbers", "recipients"]
+__all__ = ["PREFIXES", "REGIONS", "numbers", "recipients", "region_of"]
 
 # (E.164 prefix, digits after it, weight): mobile ranges in many zones, incl. multi-zone ones.
 PREFIXES: list[tuple[str, int, int]] = [
@@ -27,6 +27,21 @@ PREFIXES: list[tuple[str, int, int]] = [
     ("8190", 8, 6),  # Japan
     ("7916", 7, 4),  # Russia mobile (many zones)
 ]
+
+#: A name for each prefix above, for people reading a summary.
+REGIONS = {
+    "1212": "New York", "1305": "Miami", "1415": "San Francisco", "1312": "Chicago", "1808": "Honolulu",
+    "1405": "Oklahoma City", "447": "UK", "336": "France", "4915": "Germany", "919": "India",
+    "614": "Australia", "55119": "Sao Paulo", "8190": "Japan", "7916": "Russia",
+}  # fmt: skip
+
+
+def region_of(number: str) -> str:
+    """The REGIONS name of a number generated here ("other" for any other number)."""
+    for p in sorted(REGIONS, key=len, reverse=True):
+        if number[1:].startswith(p):
+            return REGIONS[p]
+    return "other"
 
 
 def numbers(count: int, seed: int = 1) -> Iterator[str]:
