@@ -27,10 +27,11 @@ from gateway.core.scheduler import Scheduler
 from gateway.errors import ConfigError
 from gateway.runtime.dispatcher import Dispatcher
 from gateway.runtime.service import Gateway
+from gateway.runtime.webhooks import WebhookSender
 from gateway.store import open_store
 from gateway.store.sqlite import SqliteStore
 
-__all__ = ["serve", "tenant_table"]
+__all__ = ["serve", "tenant_table", "webhook_secrets"]
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,28 @@ def tenant_table(cfg: Config, environ: dict[str, str] | None = None) -> dict[str
     return table
 
 
+def webhook_secrets(cfg: Config, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Tenant name -> webhook signing secret, from the variables named by ``webhook_secret_env``.
+    A tenant without ``webhook_secret_env`` gets unsigned webhooks (the sender warns once); a
+    variable named but not set is a config error, as for API keys. Secrets are never logged."""
+    env = os.environ if environ is None else environ
+    secrets: dict[str, str] = {}
+    for i, t in enumerate(cfg.api.tenants):
+        if t.webhook_secret_env is None:
+            continue
+        secret = env.get(t.webhook_secret_env)
+        if not secret:
+            raise ConfigError(f"environment variable {t.webhook_secret_env!r} is not set",
+                              key=f"api.tenants[{i}].webhook_secret_env")  # fmt: skip
+        secrets[t.name] = secret
+    return secrets
+
+
 class Metrics:
-    def __init__(self, core: Scheduler, dispatcher: Dispatcher, clock: Callable[[], float]) -> None:
+    def __init__(self, core: Scheduler, dispatcher: Dispatcher, clock: Callable[[], float],
+                 webhooks: WebhookSender | None = None) -> None:  # fmt: skip
         self.registry = prom.CollectorRegistry()
-        self._core, self._disp, self._clock = core, dispatcher, clock
+        self._core, self._disp, self._clock, self._webhooks = core, dispatcher, clock, webhooks
         self.ready = prom.Gauge("sluice_queue_ready", "Messages ready to send", ["carrier"], registry=self.registry)
         self.waiting = prom.Gauge("sluice_queue_deferred", "Messages held (quiet hours, caps, scheduled)",
                                   registry=self.registry)  # fmt: skip
@@ -61,6 +80,8 @@ class Metrics:
         self.counters = prom.Gauge("sluice_dispatcher_total", "Dispatcher counters", ["what"], registry=self.registry)
         self.rate = prom.Gauge("sluice_carrier_rate", "Current adaptive rate (segments/s)", ["carrier"],
                                registry=self.registry)  # fmt: skip
+        self.hooks = prom.Gauge("sluice_webhooks_total", "Webhook requests, and events delivered/retried/dead",
+                                ["what"], registry=self.registry)  # fmt: skip
 
     async def endpoint(self) -> Response:
         stats = self._core.statistics(self._clock())
@@ -71,27 +92,36 @@ class Metrics:
         self.inflight.set(stats.inflight)
         for what in self._disp.stats.__slots__:
             self.counters.labels(what).set(getattr(self._disp.stats, what))
+        if self._webhooks is not None:
+            for what, n in msgspec.structs.asdict(self._webhooks.statistics()).items():
+                self.hooks.labels(what).set(n)
         return Response(200, prom.generate_latest(self.registry), [(b"content-type", prom.CONTENT_TYPE_LATEST.encode())])
 
 
 async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -> None:
     clock = time.time
     tenants = tenant_table(cfg)
+    secrets = webhook_secrets(cfg)
     store = open_store(cfg.store.url) if not cfg.store.url.startswith("sqlite:///") else \
         SqliteStore(cfg.store.url.removeprefix("sqlite:///"), synchronous=cfg.store.synchronous)  # fmt: skip
     core = Scheduler(cfg.core, clock())
-    gateway = Gateway(core, store)
-    recovered = await gateway.recover(clock())
-    log.info("serve.recovered messages=%d", recovered)
-    send, receive = anyio.create_memory_object_stream[ConnectorEvent](max_buffer_size=100_000)
     async with contextlib.AsyncExitStack() as stack:
+        webhooks = await stack.enter_async_context(WebhookSender(store, cfg.webhooks, secrets, clock=clock))
+
+        def wake_webhooks(_changes: list) -> None:  # changes were recorded: new outbox rows may be there
+            webhooks.poke()
+
+        gateway = Gateway(core, store, on_changes=wake_webhooks)
+        recovered = await gateway.recover(clock())
+        log.info("serve.recovered messages=%d", recovered)
+        send, receive = anyio.create_memory_object_stream[ConnectorEvent](max_buffer_size=100_000)
         connectors = {}
         for link in cfg.carriers.smpp:
             connectors[link.name] = await stack.enter_async_context(SmppConnector(link, send.clone()))
         send.close()
-        dispatcher = Dispatcher(core, connectors, receive, store, clock=clock)
+        dispatcher = Dispatcher(core, connectors, receive, store, clock=clock, on_changes=wake_webhooks)
         gateway.on_admitted = dispatcher.poke
-        metrics = Metrics(core, dispatcher, clock)
+        metrics = Metrics(core, dispatcher, clock, webhooks)
         extra = {
             "/metrics": metrics.endpoint,
             "/healthz": _static(b'{"status":"ok"}'),
@@ -99,12 +129,12 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
             "/v1/carriers": _carriers(core, connectors, clock),
         }
         api = Api(gateway, tenants, clock=clock, max_body=cfg.api.max_body_bytes, extra=extra)
-        await _run(api, dispatcher, cfg, on_ready)
+        await _run(api, dispatcher, webhooks, cfg, on_ready)
         await dispatcher.flush()
     store.close()
 
 
-async def _run(api: Api, dispatcher: Dispatcher, cfg: Config, on_ready) -> None:
+async def _run(api: Api, dispatcher: Dispatcher, webhooks: WebhookSender, cfg: Config, on_ready) -> None:
     import uvicorn
 
     config = uvicorn.Config(api, host=cfg.api.host, port=cfg.api.port, loop="none", lifespan="off",
@@ -113,6 +143,9 @@ async def _run(api: Api, dispatcher: Dispatcher, cfg: Config, on_ready) -> None:
     server.install_signal_handlers = lambda: None  # we handle signals: stop in order
     async with anyio.create_task_group() as tg:
         tg.start_soon(dispatcher.run)
+        # Its own task: a slow receiver never holds up dispatch. Canceled with the rest at
+        # shutdown; a round cut short is sent again after its lease (at least once).
+        tg.start_soon(webhooks.run)
 
         async def web() -> None:
             await server.serve()

@@ -309,6 +309,8 @@ async def test_a_poke_wakes_the_running_sender(tmp_path) -> None:
         tg.cancel_scope.cancel()
 
 
-def test_config_has_webhook_defaults() -> None:
-    cfg = loads(default_text())
-    assert cfg.webhooks.batch_size == 100 and cfg.webhooks.max_age == 86_400.0
+def test_config_webhook_defaults_are_the_documented_ones() -> None:
+    from pathlib import Path
+
+    example = (Path(__file__).parents[2] / "config" / "example.toml").read_text()
+    assert loads(example).webhooks == loads(default_text()).webhooks == WebhookSettings()
