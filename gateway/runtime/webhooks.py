@@ -15,8 +15,9 @@ its webhook, and a crash loses nothing). ``WebhookSender`` drains the outbox in 
    counted, logged, never sent again).
 
 The sender is its own task and touches the store only in worker threads, so it never blocks
-dispatch. A round lasts at most ``timeout``: a slow receiver delays the others by that much at
-most, and once it fails it backs off and stops taking part in rounds.
+dispatch. Each POST lasts at most ``timeout`` and ``concurrency`` run at once, so a slow
+receiver delays a round by one ``timeout`` per wave of POSTs at most, and once it fails it backs
+off and stops taking part in rounds.
 
 Decisions (``plan``, ``settle``) are pure functions of their inputs and ``now``; the clock is
 injected, so tests drive rounds with ``run_once`` on virtual time.
