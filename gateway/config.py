@@ -51,6 +51,19 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
+class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How state changes reach each job's ``callback_url`` (gateway/runtime/webhooks.py)."""
+
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100  # events per POST at most
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16  # POSTs in flight (and connections)
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # a whole POST, connect to last byte
+    backoff_initial: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    backoff_max: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 30
+    max_age: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0  # seconds after the change: then dead
+    poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # outbox check when nothing wakes us
+
+
 class CarrierLinks(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How to reach each carrier named in ``core.carriers`` (the same ``name``)."""
 
@@ -62,6 +75,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     carriers: CarrierLinks = msgspec.field(default_factory=CarrierLinks)
+    webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
 
     def __post_init__(self) -> None:
         known = {c.name for c in self.core.carriers}

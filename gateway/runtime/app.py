@@ -30,10 +30,11 @@ from gateway.errors import ConfigError
 from gateway.runtime.dispatcher import Dispatcher
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.service import Gateway
+from gateway.runtime.webhooks import WebhookSender
 from gateway.store import open_store
 from gateway.store.sqlite import SqliteStore
 
-__all__ = ["serve", "tenant_table"]
+__all__ = ["serve", "tenant_table", "webhook_secrets"]
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +54,48 @@ def tenant_table(cfg: Config, environ: dict[str, str] | None = None) -> dict[str
     return table
 
 
+def webhook_secrets(cfg: Config, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Tenant name -> webhook signing secret, from the variables named by ``webhook_secret_env``.
+    A tenant without ``webhook_secret_env`` gets unsigned webhooks (the sender warns once); a
+    variable named but not set is a config error, as for API keys. Secrets are never logged."""
+    env = os.environ if environ is None else environ
+    secrets: dict[str, str] = {}
+    for i, t in enumerate(cfg.api.tenants):
+        if t.webhook_secret_env is None:
+            continue
+        secret = env.get(t.webhook_secret_env)
+        if not secret:
+            raise ConfigError(f"environment variable {t.webhook_secret_env!r} is not set",
+                              key=f"api.tenants[{i}].webhook_secret_env")  # fmt: skip
+        secrets[t.name] = secret
+    return secrets
+
+
 async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -> None:
     clock = time.time
     tenants = tenant_table(cfg)
+    secrets = webhook_secrets(cfg)
     store = open_store(cfg.store.url) if not cfg.store.url.startswith("sqlite:///") else \
         SqliteStore(cfg.store.url.removeprefix("sqlite:///"), synchronous=cfg.store.synchronous)  # fmt: skip
     core = Scheduler(cfg.core, clock())
-    gateway = Gateway(core, store)
-    recovered = await gateway.recover(clock())
-    log.info("serve.recovered messages=%d", recovered)
-    send, receive = anyio.create_memory_object_stream[ConnectorEvent](max_buffer_size=100_000)
     async with contextlib.AsyncExitStack() as stack:
+        webhooks = await stack.enter_async_context(WebhookSender(store, cfg.webhooks, secrets, clock=clock))
+
+        def wake_webhooks(_changes: list) -> None:  # changes were recorded: new outbox rows may be there
+            webhooks.poke()
+
+        gateway = Gateway(core, store, on_changes=wake_webhooks)
+        recovered = await gateway.recover(clock())
+        log.info("serve.recovered messages=%d", recovered)
+        send, receive = anyio.create_memory_object_stream[ConnectorEvent](max_buffer_size=100_000)
         connectors = {}
         for link in cfg.carriers.smpp:
             connectors[link.name] = await stack.enter_async_context(SmppConnector(link, send.clone()))
         send.close()
-        dispatcher = Dispatcher(core, connectors, receive, store, clock=clock)
+        dispatcher = Dispatcher(core, connectors, receive, store, clock=clock, on_changes=wake_webhooks)
         gateway.on_admitted = dispatcher.poke
-        metrics = Metrics(core, connectors, clock, lambda: dispatcher.stats, dispatcher.receipt_latency)
+        metrics = Metrics(core, connectors, clock, lambda: dispatcher.stats, dispatcher.receipt_latency,
+                          webhooks=webhooks.statistics)
         extra = {
             "/metrics": _metrics(metrics),
             "/healthz": _static(b'{"status":"ok"}'),
@@ -78,17 +103,20 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
             "/v1/carriers": _carriers(core, connectors, clock),
         }
         api = Api(gateway, tenants, clock=clock, max_body=cfg.api.max_body_bytes, extra=extra)
-        await _run(api, dispatcher, cfg, on_ready)
+        await _run(api, dispatcher, webhooks, cfg, on_ready)
         await dispatcher.flush()
     store.close()
 
 
-async def _run(api: Api, dispatcher: Dispatcher, cfg: Config, on_ready) -> None:
+async def _run(api: Api, dispatcher: Dispatcher, webhooks: WebhookSender, cfg: Config, on_ready) -> None:
     """Dispatcher and HTTP server side by side until SIGTERM/SIGINT, then stop the server first
     (no new work), then everything else. uvicorn on asyncio (with uvloop), Hypercorn on trio."""
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(dispatcher.run)
+        # Its own task: a slow receiver never holds up dispatch. Canceled with the rest at
+        # shutdown; a round cut short is sent again after its lease (at least once).
+        tg.start_soon(webhooks.run)
         web = _hypercorn if sniffio.current_async_library() == "trio" else _uvicorn
         port = await tg.start(web, api, cfg, stop, tg.cancel_scope)
         log.info("serve.listening host=%s port=%d", cfg.api.host, port)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 
+import msgspec
 import prometheus_client as prom
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -91,6 +92,12 @@ class _Collector(Collector):
         yield bound
         yield window
         yield errors
+        if m.webhooks is not None:
+            hooks = CounterMetricFamily("sluice_webhooks", "Webhook requests, and events delivered/retried/dead",
+                                        labels=["what"])  # fmt: skip
+            for what, n in msgspec.structs.asdict(m.webhooks()).items():
+                hooks.add_metric([what], n)
+            yield hooks
         h = m.receipt_latency
         hist = HistogramMetricFamily("sluice_receipt_latency_seconds", "From carrier acceptance to final receipt")
         hist.add_metric([], h.buckets(), sum_value=h.total)
@@ -102,12 +109,14 @@ class Metrics:
 
     def __init__(self, core: Scheduler, connectors: Mapping[str, Connector], clock: Callable[[], float],
                  dispatcher_stats: Callable[[], object | None] = lambda: None,
-                 receipt_latency: LatencyHistogram | None = None) -> None:  # fmt: skip
+                 receipt_latency: LatencyHistogram | None = None,
+                 webhooks: Callable[[], msgspec.Struct] | None = None) -> None:  # fmt: skip
         self.core = core
         self.connectors = connectors
         self.clock = clock
         self.dispatcher_stats = dispatcher_stats
         self.receipt_latency = receipt_latency or LatencyHistogram()
+        self.webhooks = webhooks
         self.registry = prom.CollectorRegistry()
         self.registry.register(_Collector(self))
 

@@ -5,6 +5,11 @@ batch (``record`` takes many state changes in one transaction) because the store
 hot path of every message. Implementations: ``MemoryStore`` (the fake for tests) and
 ``SqliteStore`` (the embedded default); both pass ``gateway.testing.store_conformance``.
 Backends are chosen by URL (``memory://``, ``sqlite:///path/to.db``) with ``open_store``.
+
+The webhook outbox lives here too: ``record`` writes an ``OutboxItem`` for each change a job's
+``callback_url`` must hear about, in the same transaction as the change, so a committed change
+is never without its webhook (``gateway/runtime/webhooks.py`` drains it with the ``outbox_*``
+calls, each one batch in one transaction).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ __all__ = [
     "Change",
     "JobCounts",
     "MessageRecord",
+    "OutboxItem",
+    "OutboxStats",
     "Page",
     "Store",
     "StoredJob",
@@ -32,6 +39,8 @@ STATES = (
     "rejected", "failed", "unknown", "capped", "suppressed", "canceled",
 )  # fmt: skip
 FINAL = frozenset(STATES[4:])
+#: The states a job's ``callback_url`` hears about: handed to a carrier, held, and every final one.
+NOTIFY = FINAL | {"submitted", "deferred"}
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True):
@@ -82,6 +91,27 @@ class Suppression(msgspec.Struct, frozen=True, kw_only=True):
     source: str = "api"
 
 
+class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One webhook event waiting to be delivered: a state change of a message whose job has a
+    ``callback_url``. Written by ``record`` in the same transaction as the change itself."""
+
+    id: int
+    tenant: str
+    url: str
+    message_id: int
+    job_id: str
+    state: str
+    at: float
+    reason: str
+    carrier: str | None
+    attempts: int  # failed deliveries so far
+
+
+class OutboxStats(msgspec.Struct, frozen=True, kw_only=True):
+    pending: int  # still to deliver (due now, backing off, or leased to a sender)
+    dead: int  # given up on: kept, never sent again
+
+
 class Store(Protocol):
     def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
                 *, callback_url: str | None = None,
@@ -96,4 +126,14 @@ class Store(Protocol):
     def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None: ...
     def unsuppress(self, tenant: str, number: str) -> bool: ...
     def suppressions(self, tenant: str | None = None) -> list[tuple[str, Suppression]]: ...
+    # The webhook outbox. ``record`` fills it; a sender drains it in batches:
+    def outbox_take(self, now: float, limit: int, lease: float) -> list[OutboxItem]:
+        """Up to ``limit`` items due at ``now``, oldest due first. They are leased: not due again
+        until ``now + lease``, so a sender that dies mid-delivery has them sent again (at least once)."""
+        ...
+    def outbox_done(self, ids: Sequence[int]) -> None: ...  # delivered: forget them
+    def outbox_retry(self, ids: Sequence[int], next_at: float, error: str) -> None: ...  # attempts += 1
+    def outbox_dead(self, ids: Sequence[int], error: str) -> None: ...  # given up: kept, never due again
+    def outbox_next_at(self) -> float | None: ...  # when the next pending item is due, if any
+    def outbox_statistics(self) -> OutboxStats: ...
     def close(self) -> None: ...

@@ -6,9 +6,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 
+import msgspec
+
 from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict
-from gateway.store.base import FINAL, Change, JobCounts, MessageRecord, Page, StoredJob, Suppression
+from gateway.store.base import (
+    FINAL,
+    NOTIFY,
+    Change,
+    JobCounts,
+    MessageRecord,
+    OutboxItem,
+    OutboxStats,
+    Page,
+    StoredJob,
+    Suppression,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -22,6 +35,13 @@ class _Msg:
         self.events: list[Change] = []
 
 
+class _Outbox:
+    __slots__ = ("item", "next_at", "attempts", "dead", "error")
+
+    def __init__(self, item: OutboxItem) -> None:
+        self.item, self.next_at, self.attempts, self.dead, self.error = item, 0.0, 0, False, ""
+
+
 class MemoryStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -29,6 +49,9 @@ class MemoryStore:
         self._msgs: dict[int, _Msg] = {}
         self._idem: dict[tuple[str, str], tuple[str, bytes]] = {}
         self._supp: dict[tuple[str, str], Suppression] = {}
+        self._callbacks: dict[tuple[str, str], str] = {}  # only jobs that have a callback_url
+        self._outbox: dict[int, _Outbox] = {}
+        self._outbox_seq = 0
 
     def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
                 *, callback_url: str | None = None,
@@ -44,6 +67,8 @@ class MemoryStore:
             if old is None:
                 self._jobs[key] = StoredJob(job=job, first_id=first_id, size=len(recipients), status="active",
                                             created_at=now, callback_url=callback_url)  # fmt: skip
+                if callback_url:
+                    self._callbacks[key] = callback_url
             else:
                 self._jobs[key] = StoredJob(job=old.job, first_id=old.first_id, size=old.size + len(recipients),
                                             status=old.status, created_at=old.created_at,
@@ -55,6 +80,7 @@ class MemoryStore:
 
     def record(self, changes: Sequence[Change]) -> None:
         with self._lock:
+            callbacks = self._callbacks
             for c in changes:
                 m = self._msgs.get(c.message_id)
                 if m is None or m.state in FINAL:
@@ -64,6 +90,45 @@ class MemoryStore:
                 m.carrier_ids = c.carrier_ids or m.carrier_ids
                 m.attempts += c.state == "submitted"
                 m.events.append(c)
+                if callbacks and c.state in NOTIFY and (url := callbacks.get((m.tenant, m.job_id))):
+                    self._outbox_seq += 1
+                    self._outbox[self._outbox_seq] = _Outbox(OutboxItem(
+                        id=self._outbox_seq, tenant=m.tenant, url=url, message_id=m.id, job_id=m.job_id,
+                        state=c.state, at=c.at, reason=c.reason, carrier=c.carrier, attempts=0))  # fmt: skip
+
+    def outbox_take(self, now: float, limit: int, lease: float) -> list[OutboxItem]:
+        with self._lock:
+            due = sorted((o for o in self._outbox.values() if not o.dead and o.next_at <= now),
+                         key=lambda o: (o.next_at, o.item.id))[:limit]  # fmt: skip
+            for o in due:
+                o.next_at = now + lease
+            return [msgspec.structs.replace(o.item, attempts=o.attempts) for o in due]
+
+    def outbox_done(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            for i in ids:
+                self._outbox.pop(i, None)
+
+    def outbox_retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
+        with self._lock:
+            for i in ids:
+                if (o := self._outbox.get(i)) is not None and not o.dead:
+                    o.next_at, o.attempts, o.error = next_at, o.attempts + 1, error
+
+    def outbox_dead(self, ids: Sequence[int], error: str) -> None:
+        with self._lock:
+            for i in ids:
+                if (o := self._outbox.get(i)) is not None:
+                    o.dead, o.error = True, error
+
+    def outbox_next_at(self) -> float | None:
+        with self._lock:
+            return min((o.next_at for o in self._outbox.values() if not o.dead), default=None)
+
+    def outbox_statistics(self) -> OutboxStats:
+        with self._lock:
+            dead = sum(o.dead for o in self._outbox.values())
+            return OutboxStats(pending=len(self._outbox) - dead, dead=dead)
 
     def set_job_status(self, tenant: str, job_id: str, status: str) -> bool:
         with self._lock:

@@ -11,6 +11,7 @@ One connection, guarded by a lock, so the store is safe to call from several thr
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,9 +22,12 @@ from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict, StorageError
 from gateway.store.base import (
     FINAL,
+    NOTIFY,
     Change,
     JobCounts,
     MessageRecord,
+    OutboxItem,
+    OutboxStats,
     Page,
     StoredJob,
     Suppression,
@@ -52,7 +56,18 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE TABLE IF NOT EXISTS suppressions (
     tenant TEXT NOT NULL, number TEXT NOT NULL, at REAL NOT NULL, source TEXT NOT NULL,
     PRIMARY KEY (tenant, number));
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, url TEXT NOT NULL, message_id INTEGER NOT NULL,
+    job_id TEXT NOT NULL, state TEXT NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL, carrier TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0,
+    error TEXT);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_at, id) WHERE dead = 0;
 """
+_OUTBOX_INSERT = (
+    "INSERT INTO outbox (tenant, url, message_id, job_id, state, at, reason, carrier) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_OUTBOX_COLUMNS = "id, tenant, url, message_id, job_id, state, at, reason, carrier, attempts"
+_IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parameters
 
 _job_enc = msgspec.msgpack.Encoder()
 _job_dec = msgspec.msgpack.Decoder(Job)
@@ -70,9 +85,17 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
             self._db.executescript(_SCHEMA)
+            hooked = self._db.execute(
+                "SELECT j.tenant, j.id, j.callback_url, j.first_id, max(m.id), count(*) FROM jobs j"
+                " JOIN messages m ON m.tenant = j.tenant AND m.job_id = j.id"
+                " WHERE j.callback_url IS NOT NULL AND m.final = 0 GROUP BY j.tenant, j.id"
+            ).fetchall()
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open store {path!r}: {exc}") from exc
         self._lock = threading.Lock()
+        self._hooks = _Hooks()
+        for tenant, job_id, url, first_id, last_id, open_count in hooked:
+            self._hooks.add(tenant, job_id, url, first_id, last_id, open_count)
 
     def _tx(self):
         return _Transaction(self._db, self._lock)
@@ -86,15 +109,19 @@ class SqliteStore:
             if idempotency is not None:
                 key, digest, response = idempotency
                 db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (job.tenant, key, digest, response, now))
-            db.execute(
+            # A later chunk of the same job keeps the job's first callback_url: ask which it is.
+            stored_url, stored_first = db.execute(
                 "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, 'active', ?, ?) ON CONFLICT (tenant, id)"
-                " DO UPDATE SET size = size + excluded.size",
+                " DO UPDATE SET size = size + excluded.size RETURNING callback_url, first_id",
                 (job.tenant, job.id, _job_enc.encode(job), first_id, len(recipients), now, callback_url),
-            )
+            ).fetchone()
             db.executemany(
                 "INSERT INTO messages (id, tenant, job_id, recipient, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
+        if stored_url and rows:
+            with self._lock:
+                self._hooks.add(job.tenant, job.id, stored_url, stored_first, max(r[0] for r in rows), len(rows))
 
     def record(self, changes: Sequence[Change]) -> None:
         updates = [
@@ -103,9 +130,76 @@ class SqliteStore:
             for c in changes
         ]  # fmt: skip
         events = [(c.message_id, c.at, c.state, c.reason, c.carrier) for c in changes]
+        ended: list[_Block] = []
         with self._tx() as db:
+            # Jobs without a callback_url cost one truth test here, per batch.
+            outbox = self._outbox_rows(db, changes, ended) if self._hooks else ()
             db.executemany(_UPDATE, updates)
             db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", events)
+            if outbox:
+                db.executemany(_OUTBOX_INSERT, outbox)
+        if ended:  # only once committed: a rolled-back batch leaves the cache as it was
+            with self._lock:
+                for b in ended:
+                    self._hooks.ended(b)
+
+    def _outbox_rows(self, db: sqlite3.Connection, changes: Sequence[Change], ended: list[_Block]) -> list[tuple]:
+        """The outbox rows for the changes that will apply (the message is not final yet, or not
+        at that point of the batch) to messages of jobs with a callback_url. Called in ``record``'s
+        transaction, before its updates, so the rows commit or roll back with the changes.
+        Appends to ``ended`` the block of each message this batch ends."""
+        hooks = self._hooks
+        hooked = [(c, b) for c in changes if c.state in NOTIFY and (b := hooks.find(c.message_id)) is not None]
+        if not hooked:
+            return []
+        ids = list({c.message_id for c, _ in hooked})
+        still_open: set[int] = set()
+        for i in range(0, len(ids), _IN_CHUNK):
+            part = ids[i : i + _IN_CHUNK]
+            still_open.update(r[0] for r in db.execute(
+                f"SELECT id FROM messages WHERE final = 0 AND id IN ({','.join('?' * len(part))})", part
+            ))  # fmt: skip
+        rows = []
+        for c, b in hooked:
+            if c.message_id not in still_open:
+                continue
+            rows.append((b.tenant, b.url, c.message_id, b.job_id, c.state, c.at, c.reason, c.carrier))
+            if c.state in FINAL:
+                still_open.discard(c.message_id)
+                ended.append(b)
+        return rows
+
+    def outbox_take(self, now: float, limit: int, lease: float) -> list[OutboxItem]:
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE dead = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            _each(db, "UPDATE outbox SET next_at = ? WHERE id IN ({})", [r[0] for r in rows], (now + lease,))
+        return [OutboxItem(id=i, tenant=t, url=u, message_id=m, job_id=j, state=s, at=at, reason=r, carrier=c,
+                           attempts=a) for i, t, u, m, j, s, at, r, c, a in rows]  # fmt: skip
+
+    def outbox_done(self, ids: Sequence[int]) -> None:
+        with self._tx() as db:
+            _each(db, "DELETE FROM outbox WHERE id IN ({})", ids)
+
+    def outbox_retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
+        with self._tx() as db:
+            _each(db, "UPDATE outbox SET next_at = ?, attempts = attempts + 1, error = ? WHERE dead = 0 AND id IN ({})",
+                  ids, (next_at, error))  # fmt: skip
+
+    def outbox_dead(self, ids: Sequence[int], error: str) -> None:
+        with self._tx() as db:
+            _each(db, "UPDATE outbox SET dead = 1, error = ? WHERE id IN ({})", ids, (error,))
+
+    def outbox_next_at(self) -> float | None:
+        with self._tx() as db:
+            return db.execute("SELECT min(next_at) FROM outbox WHERE dead = 0").fetchone()[0]
+
+    def outbox_statistics(self) -> OutboxStats:
+        with self._tx() as db:
+            counts = dict(db.execute("SELECT dead, count(*) FROM outbox GROUP BY dead").fetchall())
+        return OutboxStats(pending=counts.get(0, 0), dead=counts.get(1, 0))
 
     def set_job_status(self, tenant: str, job_id: str, status: str) -> bool:
         with self._tx() as db:
@@ -205,6 +299,72 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _each(db: sqlite3.Connection, sql: str, ids: Sequence[int], args: tuple = ()) -> None:
+    """``sql`` with ``IN ({})`` run over ``ids`` in chunks, ``args`` bound before the ids."""
+    for i in range(0, len(ids), _IN_CHUNK):
+        part = list(ids[i : i + _IN_CHUNK])
+        db.execute(sql.format(",".join("?" * len(part))), (*args, *part))
+
+
+class _Block:
+    __slots__ = ("tenant", "job_id", "url", "lo", "hi", "open")
+
+    def __init__(self, tenant: str, job_id: str, url: str, lo: int, hi: int, open_count: int) -> None:
+        self.tenant, self.job_id, self.url, self.lo, self.hi, self.open = tenant, job_id, url, lo, hi, open_count
+
+
+class _Hooks:
+    """Which message ids belong to a job with a callback_url, kept in memory so ``record`` needs
+    no join per change. A job's ids are one contiguous block starting at its ``first_id``
+    (``gateway/core/ids.py``), so a lookup is one bisect over the blocks' starts. A block counts
+    its messages not yet final and is dropped when the last one ends: the cache holds only jobs
+    still running. Dropped blocks are swept out once they are half the list (amortised O(1))."""
+
+    __slots__ = ("_starts", "_blocks", "_by_job", "_dropped")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._blocks: list[_Block] = []
+        self._by_job: dict[tuple[str, str], _Block] = {}
+        self._dropped = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._by_job)
+
+    def add(self, tenant: str, job_id: str, url: str, first_id: int, last_id: int, open_count: int) -> None:
+        b = self._by_job.get((tenant, job_id))
+        if b is not None:  # another chunk of a running job
+            b.hi, b.open = max(b.hi, last_id), b.open + open_count
+            return
+        b = self._by_job[(tenant, job_id)] = _Block(tenant, job_id, url, first_id, last_id, open_count)
+        if not self._starts or first_id >= self._starts[-1]:  # ids grow: the usual case
+            self._starts.append(first_id)
+            self._blocks.append(b)
+        else:
+            i = bisect.bisect_right(self._starts, first_id)
+            self._starts.insert(i, first_id)
+            self._blocks.insert(i, b)
+
+    def find(self, message_id: int) -> _Block | None:
+        i = bisect.bisect_right(self._starts, message_id) - 1
+        if i < 0:
+            return None
+        b = self._blocks[i]
+        return b if b.open > 0 and message_id <= b.hi else None
+
+    def ended(self, b: _Block) -> None:
+        """One message of ``b`` reached a final state."""
+        b.open -= 1
+        if b.open > 0:
+            return
+        del self._by_job[(b.tenant, b.job_id)]
+        self._dropped += 1
+        if self._dropped * 2 > len(self._blocks):
+            self._blocks = [kept for kept in self._blocks if kept.open > 0]
+            self._starts = [kept.lo for kept in self._blocks]
+            self._dropped = 0
 
 
 def _stored_job(row: tuple) -> StoredJob:

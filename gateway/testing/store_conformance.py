@@ -7,9 +7,11 @@ import pytest
 
 from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict
-from gateway.store.base import Change
+from gateway.store.base import Change, OutboxStats
 
 JOB = Job(id="j1", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
+PLAIN = Job(id="j2", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
+HOOK = "https://example.invalid/cb"
 PEOPLE = [(i, Recipient(to=f"+1212555{i:04d}", vars={"name": f"n{i}"})) for i in range(5)]
 
 
@@ -95,3 +97,58 @@ class StoreConformance:
         assert store.unsuppress("acme", "+12125550000")
         assert not store.unsuppress("acme", "+12125550000")
         assert store.suppressions("acme") == []
+
+    # -- the webhook outbox ---------------------------------------------------------------
+
+    def test_outbox_rows_only_for_jobs_with_a_callback(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
+        store.add_job(PLAIN, 2000, PEOPLE, 10.0)
+        store.record([Change(message_id=1000, state="submitted", at=11.0, carrier="alpha"),
+                      Change(message_id=2000, state="submitted", at=11.0, carrier="alpha"),
+                      Change(message_id=2001, state="delivered", at=11.0)])  # fmt: skip
+        [item] = store.outbox_take(20.0, 100, 30.0)
+        assert (item.tenant, item.url, item.message_id, item.job_id) == ("acme", HOOK, 1000, "j1")
+        assert (item.state, item.at, item.carrier, item.attempts) == ("submitted", 11.0, "alpha", 0)
+
+    def test_outbox_states_upstream_cares_about(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
+        store.record([Change(message_id=1000, state="deferred", at=11.0, reason="quiet hours"),
+                      Change(message_id=1000, state="queued", at=12.0, reason="released"),
+                      Change(message_id=1000, state="submitted", at=13.0),
+                      Change(message_id=1000, state="queued", at=14.0, reason="retried: bind down"),
+                      Change(message_id=1000, state="delivered", at=15.0, reason="DELIVRD"),
+                      Change(message_id=1000, state="expired", at=16.0),  # final already: ignored
+                      Change(message_id=1001, state="capped", at=17.0, reason="weekly cap")])  # fmt: skip
+        store.record([Change(message_id=1000, state="undelivered", at=18.0)])  # still final: no row
+        got = [(i.message_id, i.state, i.reason) for i in store.outbox_take(20.0, 100, 30.0)]
+        assert got == [(1000, "deferred", "quiet hours"), (1000, "submitted", ""), (1000, "delivered", "DELIVRD"),
+                       (1001, "capped", "weekly cap")]  # fmt: skip
+
+    def test_outbox_a_later_chunk_keeps_the_jobs_callback(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE[:2], 10.0, callback_url=HOOK)
+        store.add_job(JOB, 1000, PEOPLE[2:], 11.0, callback_url="https://example.invalid/other")
+        store.record([Change(message_id=1004, state="failed", at=12.0)])
+        [item] = store.outbox_take(20.0, 100, 30.0)
+        assert (item.message_id, item.url) == (1004, HOOK)
+
+    def test_outbox_lease_retry_done_dead(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
+        store.record([Change(message_id=1000 + i, state="submitted", at=11.0) for i in range(5)])
+        assert store.outbox_next_at() is not None and store.outbox_next_at() <= 20.0
+        first = store.outbox_take(20.0, 2, 30.0)
+        assert [i.message_id for i in first] == [1000, 1001]
+        rest = store.outbox_take(20.0, 100, 30.0)  # the first two are leased until 50
+        assert [i.message_id for i in rest] == [1002, 1003, 1004]
+        assert store.outbox_take(49.0, 100, 30.0) == []
+        store.outbox_done([first[0].id])
+        store.outbox_retry([first[1].id], 100.0, "HTTP 500")
+        store.outbox_dead([i.id for i in rest], "gave up")
+        assert store.outbox_statistics() == OutboxStats(pending=1, dead=3)
+        assert store.outbox_next_at() == 100.0
+        assert store.outbox_take(99.0, 100, 30.0) == []
+        [again] = store.outbox_take(100.0, 100, 30.0)
+        assert (again.id, again.message_id, again.attempts) == (first[1].id, 1001, 1)
+        store.outbox_done([again.id])
+        assert store.outbox_statistics() == OutboxStats(pending=0, dead=3)
+        assert store.outbox_next_at() is None
+        assert store.outbox_take(1e12, 100, 30.0) == []  # dead rows are kept, never due again

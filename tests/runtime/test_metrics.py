@@ -35,7 +35,7 @@ def test_queue_depth_by_shard_and_state_rates_counters_and_latency() -> None:
     assert len({dict(k[1])["shard"] for k in depth}) == cfg.core.shards
     assert sum(v for k, v in depth.items() if dict(k[1])["state"] == "ready") == 100
     assert got[("sluice_queue_ready", (("carrier", "beta"),))] == 100  # 44 routes to beta first
-    assert got[("sluice_carrier_rate", (("carrier", "alpha"),))] == 500.0
+    assert got[("sluice_carrier_rate", (("carrier", "alpha"),))] == cfg.core.carriers[0].rate
     assert got[("sluice_messages_total", (("event", "submitted"),))] == 7
     assert got[("sluice_receipt_latency_seconds_bucket", (("le", "0.05"),))] == 1
     assert got[("sluice_receipt_latency_seconds_bucket", (("le", "0.25"),))] == 3

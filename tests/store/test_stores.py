@@ -1,3 +1,4 @@
+import msgspec
 import pytest
 
 from gateway.core.model import Recipient
@@ -5,7 +6,8 @@ from gateway.errors import ConfigError
 from gateway.store import open_store
 from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SqliteStore
-from gateway.testing.store_conformance import JOB, PEOPLE, StoreConformance
+from gateway.store.base import Change
+from gateway.testing.store_conformance import HOOK, JOB, PEOPLE, StoreConformance
 
 
 class TestMemoryStore(StoreConformance):
@@ -45,3 +47,27 @@ def test_unicode_and_tz_roundtrip(tmp_path):
     r = Recipient(to="+33612345678", vars={"name": "Chloé 🎉"}, tz="Europe/Paris")
     s.add_job(JOB, 1, [(0, r)], 1.0)
     assert s.message("acme", 1).recipient == r
+
+
+def test_sqlite_outbox_and_callbacks_survive_reopen(tmp_path):
+    path = str(tmp_path / "sluice.db")
+    s = SqliteStore(path)
+    s.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
+    s.record([Change(message_id=1000, state="delivered", at=11.0)])
+    s.close()
+    again = SqliteStore(path)  # a new instance: its job -> callback cache is rebuilt from the file
+    again.record([Change(message_id=1004, state="submitted", at=12.0)])
+    assert [(i.message_id, i.state, i.url) for i in again.outbox_take(20.0, 10, 30.0)] == [
+        (1000, "delivered", HOOK), (1004, "submitted", HOOK)]  # fmt: skip
+    again.close()
+
+
+def test_sqlite_callback_cache_forgets_finished_jobs(tmp_path):
+    s = SqliteStore(str(tmp_path / "sluice.db"))
+    for j in range(6):
+        s.add_job(msgspec.structs.replace(JOB, id=f"j{j}"), 1000 * (j + 1), PEOPLE[:2], 10.0, callback_url=HOOK)
+    s.record([Change(message_id=1000 * (j + 1) + i, state="delivered", at=11.0) for j in range(5) for i in range(2)])
+    assert len(s._hooks._by_job) == 1 and len(s._hooks._blocks) <= 3  # swept once half were dropped
+    s.record([Change(message_id=6001, state="submitted", at=12.0)])
+    assert [i.message_id for i in s.outbox_take(20.0, 100, 30.0)][-1] == 6001
+    s.close()

@@ -1,0 +1,316 @@
+"""Webhooks: signing and verifying, batching, retries, give-up, and delivery after a restart.
+
+Rounds are driven with ``run_once`` on a ``FakeClock``: nothing sleeps. The receiver is an
+httpx ``MockTransport`` for the retry logic, and a real HTTP server on 127.0.0.1 for the
+end-to-end cases (``gateway.testing.http_receiver``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+import httpx
+import msgspec
+import pytest
+
+from gateway.config import WebhookSettings, default_text, loads
+from gateway.core.ids import format_id
+from gateway.core.model import Job, Recipient
+from gateway.runtime.webhooks import Answer, WebhookSender, plan, retry_after_seconds, settle
+from gateway.store.base import Change, OutboxItem
+from gateway.store.memory import MemoryStore
+from gateway.store.sqlite import SqliteStore
+from gateway.testing import http_receiver
+from gateway.testing.clock import FakeClock
+from gateway.webhook_signature import HEADER, sign, verify
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "whsec_test_0123456789"
+HOOK = "https://hooks.example.invalid/sluice"
+JOB = Job(id="job_1", tenant="acme", sender="ACME", template="Hi", category="transactional")
+BASE = 1 << 40
+SETTINGS = WebhookSettings(batch_size=100, concurrency=4, timeout=5.0, backoff_initial=2.0, backoff_max=60.0,
+                           max_attempts=100, max_age=3600.0)  # fmt: skip
+_events = msgspec.json.Decoder(dict)
+
+
+def people(n: int) -> list[tuple[int, Recipient]]:
+    return [(i, Recipient(to=f"+1212555{i:04d}")) for i in range(n)]
+
+
+def outbox_with(store, n: int, *, url: str = HOOK, job: Job = JOB, base: int = BASE, at: float = 0.0) -> None:
+    store.add_job(job, base, people(n), at, callback_url=url)
+    store.record([Change(message_id=base + i, state="delivered", at=at, reason="DELIVRD", carrier="alpha")
+                  for i in range(n)])  # fmt: skip
+
+
+class Receiver:
+    """A MockTransport handler answering from a script (default 200); keeps every request."""
+
+    def __init__(self, *answers: httpx.Response) -> None:
+        self.script = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.script.pop(0) if self.script else httpx.Response(200)
+
+    def events(self, i: int | None = None) -> list[dict]:
+        reqs = self.requests if i is None else [self.requests[i]]
+        return [e for r in reqs for e in _events.decode(r.content)["events"]]
+
+
+def sender(store, clock, receiver, *, settings=SETTINGS, secrets=None) -> WebhookSender:
+    return WebhookSender(store, settings, {"acme": SECRET} if secrets is None else secrets, clock=clock,
+                         transport=httpx.MockTransport(receiver), jitter=lambda: 0.5)  # fmt: skip
+
+
+# -- signatures ----------------------------------------------------------------------------
+
+
+def test_signature_verifies_and_rejects_forgeries_and_replays() -> None:
+    body = b'{"events":[]}'
+    header = sign(SECRET, body, 1_000_000)
+    assert header.startswith("t=1000000,v1=")
+    assert verify(SECRET, header, body, now=1_000_000)
+    assert verify(SECRET.encode(), header, body, now=1_000_000 + 299)  # bytes secret, within tolerance
+    assert not verify("another-secret", header, body, now=1_000_000)
+    assert not verify(SECRET, header, body + b" ", now=1_000_000)  # altered body
+    assert not verify(SECRET, header, body, now=1_000_000 + 301)  # replayed later
+    assert not verify(SECRET, header, body, now=1_000_000 - 301)  # from the future
+    assert not verify(SECRET, header.replace("t=1000000", "t=1000100"), body, now=1_000_100)  # time moved
+    for bad in ("", "t=abc,v1=00", "v1=" + "0" * 64, "t=1000000", "garbage"):
+        assert not verify(SECRET, bad, body, now=1_000_000)
+    rotated = f"{header},v1={'0' * 64}"  # several v1 while a secret rotates: any match is enough
+    assert verify(SECRET, rotated, body, now=1_000_000)
+
+
+# -- pure decisions ------------------------------------------------------------------------
+
+
+def item(i: int, *, tenant: str = "acme", url: str = HOOK, attempts: int = 0, at: float = 0.0) -> OutboxItem:
+    return OutboxItem(id=i, tenant=tenant, url=url, message_id=BASE + i, job_id="job_1", state="delivered",
+                      at=at, reason="", carrier=None, attempts=attempts)  # fmt: skip
+
+
+def test_plan_groups_by_tenant_and_url_and_caps_batches() -> None:
+    items = [item(i, url=HOOK if i % 3 else "https://b.invalid/") for i in range(10)]
+    items.append(item(99, tenant="beta"))
+    batches = plan(items, 3)
+    assert [[i.id for i in b] for b in batches] == [[0, 3, 6], [9], [1, 2, 4], [5, 7, 8], [99]]
+
+
+def test_settle_backoff_retry_after_and_give_up() -> None:
+    s = SETTINGS
+    assert settle([item(1)], Answer(status=204), 10.0, s, 0.0).done == [1]
+    first = settle([item(1)], Answer(status=500), 10.0, s, 0.0)
+    assert first.retry == [1] and first.retry_at == 11.0 and first.error == "HTTP 500"  # 2 s, jitter low half
+    later = settle([item(1, attempts=4)], Answer(status=None, error="ConnectError"), 10.0, s, 1.0 - 1e-9)
+    assert later.retry_at == pytest.approx(10.0 + 32.0) and later.error == "ConnectError"
+    capped = settle([item(1, attempts=20)], Answer(status=503), 10.0, s, 1.0 - 1e-9)
+    assert capped.retry_at == pytest.approx(10.0 + 60.0)  # backoff_max
+    told = settle([item(1)], Answer(status=429, retry_after=120.0), 10.0, s, 0.0)
+    assert told.retry_at == 130.0  # Retry-After wins over the backoff
+    assert settle([item(1)], Answer(status=404), 10.0, s, 0.0).dead == [1]  # refused: no point asking again
+    assert settle([item(1)], Answer(status=None, permanent=True), 10.0, s, 0.0).dead == [1]
+    mixed = settle([item(1, at=0.0), item(2, at=3000.0)], Answer(status=502), 3600.0, s, 0.0)
+    assert mixed.dead == [1] and mixed.retry == [2]  # each event ages on its own
+    last = settle([item(2, at=3000.0)], Answer(status=429, retry_after=9999.0), 3590.0, s, 0.0)
+    assert last.retry_at == 6600.0  # one last try at max_age rather than none
+    tired = settle([item(1, attempts=99)], Answer(status=500), 10.0, s, 0.0)
+    assert tired.dead == [1]  # max_attempts
+
+
+def test_retry_after_forms() -> None:
+    assert retry_after_seconds("120", 0.0) == 120.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", 1445412420.0) == 60.0
+    assert retry_after_seconds("soon", 0.0) is None and retry_after_seconds(None, 0.0) is None
+
+
+# -- the sender against a mock receiver ------------------------------------------------------
+
+
+async def test_batches_signed_per_tenant_and_url() -> None:
+    store, clock, rx = MemoryStore(), FakeClock(), Receiver()
+    outbox_with(store, 250, at=clock())
+    outbox_with(store, 3, url="https://other.invalid/x", job=msgspec.structs.replace(JOB, id="job_2"), base=BASE * 2)
+    outbox_with(store, 2, job=Job(id="job_3", tenant="beta", sender="B", template="x"), base=BASE * 3)
+    async with sender(store, clock, rx, secrets={"acme": SECRET}) as s:
+        assert await s.run_once() == 255
+        assert await s.run_once() == 0
+    sizes = sorted((str(r.url), len(_events.decode(r.content)["events"])) for r in rx.requests)
+    assert sizes == [("https://hooks.example.invalid/sluice", 2), ("https://hooks.example.invalid/sluice", 50),
+                     ("https://hooks.example.invalid/sluice", 100), ("https://hooks.example.invalid/sluice", 100),
+                     ("https://other.invalid/x", 3)]  # fmt: skip
+    for r in rx.requests:
+        assert r.headers["content-type"] == "application/json"
+        if r.headers.get(HEADER) is None:  # beta has no secret: sent unsigned (and logged once)
+            assert {e["job_id"] for e in _events.decode(r.content)["events"]} == {"job_3"}
+        else:
+            assert verify(SECRET, r.headers[HEADER], r.content, now=clock())
+    [first] = [e for e in rx.events() if e["message_id"] == format_id(BASE)]
+    assert first == {"message_id": format_id(BASE), "job_id": "job_1", "state": "delivered", "at": clock(),
+                     "reason": "DELIVRD", "carrier": "alpha"}  # fmt: skip
+    assert store.outbox_statistics().pending == 0
+
+
+async def test_retry_after_500_then_success_delivers_every_event() -> None:
+    store, clock = MemoryStore(), FakeClock()
+    rx = Receiver(httpx.Response(500), httpx.Response(200), httpx.Response(503))
+    outbox_with(store, 150, at=clock())
+    async with sender(store, clock, rx) as s:
+        assert await s.run_once() == 150  # two batches: the first to arrive gets the 500
+        failed = {e["message_id"] for e in rx.events(0)}
+        assert s.statistics().retried == len(failed) and s.statistics().delivered == 150 - len(failed)
+        assert await s.run_once() == 0  # backing off: nothing due yet
+        clock.advance(1.4)
+        assert await s.run_once() == 0  # 2 s backoff, jitter 0.5 -> 1.5 s
+        clock.advance(0.1)
+        assert await s.run_once() == len(failed)  # 503 this time
+        clock.advance(2.99)
+        assert await s.run_once() == 0
+        clock.advance(0.01)
+        assert await s.run_once() == len(failed)
+    assert {e["message_id"] for e in rx.events(3)} == failed
+    delivered = rx.events(1) + rx.events(3)
+    assert sorted(e["message_id"] for e in delivered) == sorted(format_id(BASE + i) for i in range(150))
+    assert store.outbox_statistics().pending == 0 and store.outbox_statistics().dead == 0
+
+
+async def test_retry_after_header_is_honoured() -> None:
+    store, clock = MemoryStore(), FakeClock()
+    rx = Receiver(httpx.Response(429, headers={"retry-after": "120"}))
+    outbox_with(store, 1, at=clock())
+    async with sender(store, clock, rx) as s:
+        await s.run_once()
+        clock.advance(119.9)
+        assert await s.run_once() == 0
+        clock.advance(0.1)
+        assert await s.run_once() == 1
+    assert len(rx.requests) == 2 and store.outbox_statistics().pending == 0
+
+
+async def test_gives_up_after_max_age_and_keeps_the_rows_dead() -> None:
+    store, clock = MemoryStore(), FakeClock()
+    rx = Receiver(*[httpx.Response(503)] * 1000)
+    outbox_with(store, 5, at=clock())
+    settings = msgspec.structs.replace(SETTINGS, max_age=600.0)
+    async with sender(store, clock, rx, settings=settings) as s:
+        for _ in range(100):
+            await s.run_once()
+            next_at = store.outbox_next_at()
+            if next_at is None:
+                break
+            clock.now = next_at
+        assert s.statistics().dead == 5
+        tries = len(rx.requests)
+        clock.advance(10**6)
+        assert await s.run_once() == 0 and len(rx.requests) == tries
+    assert clock.now - 1_795_532_400.0 >= 600.0  # the last try was at max_age, not before
+    assert store.outbox_statistics().dead == 5 and store.outbox_statistics().pending == 0
+
+
+async def test_network_errors_and_timeouts_are_retried() -> None:
+    store, clock = MemoryStore(), FakeClock()
+    calls = []
+
+    async def flaky(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            raise httpx.ConnectError("refused", request=request)
+        if len(calls) == 2:
+            await anyio.sleep(math.inf)  # never answers: the sender's own timeout ends it
+        return httpx.Response(200)
+
+    outbox_with(store, 1, at=clock())
+    settings = msgspec.structs.replace(SETTINGS, timeout=0.01)
+    async with WebhookSender(store, settings, {"acme": SECRET}, clock=clock, transport=httpx.MockTransport(flaky),
+                             jitter=lambda: 0.0) as s:  # fmt: skip
+        for _ in range(3):
+            await s.run_once()
+            clock.now = store.outbox_next_at() or clock.now
+    assert len(calls) == 3 and s.statistics().delivered == 1 and s.statistics().retried == 2
+
+
+async def test_a_tenant_without_secret_is_sent_unsigned(caplog: pytest.LogCaptureFixture) -> None:
+    store, clock, rx = MemoryStore(), FakeClock(), Receiver()
+    outbox_with(store, 1, at=clock())
+    outbox_with(store, 1, job=msgspec.structs.replace(JOB, id="job_2"), base=BASE * 2)
+    with caplog.at_level("WARNING"):
+        async with sender(store, clock, rx, secrets={}) as s:
+            await s.run_once()
+            await s.run_once()
+    assert [HEADER in r.headers for r in rx.requests] == [False]
+    assert [r.getMessage() for r in caplog.records].count(
+        "webhook.unsigned tenant=acme reason=no webhook_secret_env for this tenant") == 1  # fmt: skip
+    assert SECRET not in caplog.text
+
+
+# -- over real loopback, after a restart -----------------------------------------------------
+
+
+async def test_restart_delivers_what_was_written_before(tmp_path) -> None:
+    """Outbox rows written, the sender never ran, the process ended: a new store on the same file
+    and a running sender deliver them to a real HTTP server on 127.0.0.1, signed."""
+    got: list[tuple[str | None, bytes]] = []
+    arrived = anyio.Event()
+    total = 0
+
+    def answer(request, body: bytes):
+        nonlocal total
+        got.append((dict((k.decode(), v.decode()) for k, v in request.headers).get(HEADER.lower()), body))
+        total += len(_events.decode(body)["events"])
+        if total >= 120:
+            arrived.set()
+        return 200, [], b"ok"
+
+    path = str(tmp_path / "sluice.db")
+    clock = FakeClock()
+    first = SqliteStore(path)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(http_receiver.serve, answer)
+        url = f"http://127.0.0.1:{port}/hooks?token=receiver-token"
+        outbox_with(first, 120, url=url, at=clock())
+        first.close()  # "crash": nothing was sent
+
+        again = SqliteStore(path)
+        async with WebhookSender(again, SETTINGS, {"acme": SECRET}, clock=clock) as s:
+            tg.start_soon(s.run)
+            with anyio.fail_after(10):
+                await arrived.wait()
+        tg.cancel_scope.cancel()
+    assert sorted(e["message_id"] for _, body in got for e in _events.decode(body)["events"]) == sorted(
+        format_id(BASE + i) for i in range(120))  # fmt: skip
+    assert all(h is not None and verify(SECRET, h, body, now=clock()) for h, body in got)
+    assert [len(_events.decode(b)["events"]) for _, b in got] in ([100, 20], [20, 100])
+    again.close()
+
+
+async def test_a_poke_wakes_the_running_sender(tmp_path) -> None:
+    arrived = anyio.Event()
+
+    def answer(request, body: bytes):
+        arrived.set()
+        return 204, [], b""
+
+    store, clock = MemoryStore(), FakeClock()
+    slow_poll = msgspec.structs.replace(SETTINGS, poll_interval=3600.0)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(http_receiver.serve, answer)
+        async with WebhookSender(store, slow_poll, {"acme": SECRET}, clock=clock) as s:
+            tg.start_soon(s.run)
+            await anyio.wait_all_tasks_blocked()  # the sender is waiting (poll_interval: an hour)
+            outbox_with(store, 1, url=f"http://127.0.0.1:{port}/", at=clock())
+            s.poke()
+            with anyio.fail_after(10):  # far less than poll_interval: the poke woke it
+                await arrived.wait()
+        tg.cancel_scope.cancel()
+
+
+def test_config_webhook_defaults_are_the_documented_ones() -> None:
+    from pathlib import Path
+
+    example = (Path(__file__).parents[2] / "config" / "example.toml").read_text()
+    assert loads(example).webhooks == loads(default_text()).webhooks == WebhookSettings()
