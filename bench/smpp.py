@@ -165,25 +165,27 @@ def _stop_simulator(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(lines[-1]) if lines else {}
 
 
-def _dispatches(n: int) -> list[Any]:
+def _dispatches(n: int, segments: int = 1) -> list[Any]:
+    """n messages of ``segments`` GSM-7 segments each (1: a 45-character OTP; k: 153*k characters)."""
     from gateway.core.model import Dispatch
 
+    filler = "" if segments == 1 else "x" * (153 * segments - 50)
     return [
         Dispatch(
             ref=i, message_id=i, job_id="bench", tenant="t", carrier="sim", recipient="+4479%08d" % i,
-            sender="Sluice", body="Your code is %06d. It expires in 10 minutes." % (i % 10**6),
-            encoding="gsm7", segments=1, category="otp", priority=0,
+            sender="Sluice", body="Your code is %06d. It expires in 10 minutes." % (i % 10**6) + filler,
+            encoding="gsm7", segments=segments, category="otp", priority=0,
         )
         for i in range(n)
     ]
 
 
-async def _one(port: int, window: int, binds: int, messages: int, seconds: float) -> dict[str, Any]:
+async def _one(port: int, window: int, binds: int, messages: int, seconds: float, segments: int = 1) -> dict[str, Any]:
     settings = SmppSettings(
         name="sim", port=port, system_id="bench", window=window, binds=binds, response_timeout=30.0,
         enquire_link_interval=60.0,
     )
-    dispatches = _dispatches(messages)
+    dispatches = _dispatches(messages, segments)
     send, receive = anyio.create_memory_object_stream(math.inf)
     async with SmppConnector(settings, send, password="pw") as c:
         with anyio.fail_after(10):
@@ -229,6 +231,7 @@ async def _one(port: int, window: int, binds: int, messages: int, seconds: float
     return {
         "window": window,
         "binds": binds,
+        "segments": segments,
         "messages": submitted,
         "submits_per_s": submitted / (last_submit - t0),
         "receipts_per_s": receipts / (last_receipt - t0),

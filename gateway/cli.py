@@ -96,12 +96,14 @@ def _register() -> None:
     from bench.core import bench_core
     from bench.priority import bench_priority
     from bench.quiet_hours import bench_quiet_hours
+    from bench.scaling import bench_scaling
     from bench.throttle import bench_throttle
 
     bench.add_command(bench_core)
     bench.add_command(bench_quiet_hours)
     bench.add_command(bench_priority)
     bench.add_command(bench_throttle)
+    bench.add_command(bench_scaling)
     for module, group, attr in _OPTIONAL:
         try:
             mod = __import__(module, fromlist=[attr])

@@ -33,3 +33,18 @@ def test_priority_bench_dispatches_every_otp_ahead_of_the_backlog(tmp_path):
     assert r["otps"] == r["otps_dispatched"] == 20
     assert r["queued_after"] > 10_000  # the backlog was still there: the OTPs went ahead of it
     assert r["otp_wait_ms_p50"] < 1000
+
+
+def test_scaling_bench_sends_every_size_and_gets_every_receipt(tmp_path):
+    out = tmp_path / "scaling.json"
+    args = ["bench", "scaling", "--binds", "1", "--windows", "10", "--segments", "1,3", "--messages", "600",
+            "--seconds", "1", "--runs", "1", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert [x["segments"] for x in r["by_size"]] == [1, 3]
+    for x in r["grid"] + r["by_size"]:
+        assert x["messages"] > 0 and x["failed"] == 0
+    assert r["simulator"]["accepted"] == r["simulator"]["receipts_acked"]
+    three = r["by_size"][1]
+    assert three["segments_per_s"] == 3 * three["submits_per_s"]
