@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import gc
 import heapq
-import json
 import random
 import statistics
 import time
 import tracemalloc
-from pathlib import Path
 
 import click
 
 from gateway.testing import workload
 from bench.machine import describe
+from bench.output import out_option, save
 from gateway.core.scheduler import Scheduler
 from gateway.core.settings import CarrierSettings, CoreSettings, Route
 
@@ -165,7 +164,8 @@ def run(n: int, runs: int, seed: int) -> dict[str, object]:
 @click.option("--runs", default=3, show_default=True, help="Runs; figures are medians.")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
-def bench_core(n: int, runs: int, seed: int, json_path: str | None) -> None:
+@out_option
+def bench_core(n: int, runs: int, seed: int, json_path: str | None, out_dir: str | None) -> None:
     """Decisions per second of the delivery core and bytes per queued message."""
     result = run(n, runs, seed)
     rows = [
@@ -179,6 +179,4 @@ def bench_core(n: int, runs: int, seed: int, json_path: str | None) -> None:
     click.echo(f"sluice bench core: {n:,} messages, median of {runs} runs")
     for k, v in rows:
         click.echo(f"  {k:<44} {v:>14}")
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
-        click.echo(f"wrote {json_path}")
+    save(result, json_path, out_dir)

@@ -13,7 +13,6 @@ return to the moment the dispatcher hands it to the connector. Goal: p99 <= 20 m
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import tempfile
@@ -25,6 +24,7 @@ import click
 import msgspec
 
 from bench.machine import describe
+from bench.output import out_option, save
 from carriers.base import ConnectorEvent
 from carriers.testing import MockConnector
 from gateway.api import schemas
@@ -131,7 +131,8 @@ async def run(backlog: int, rate: float, otp_rate: float, seconds: float, direct
 @click.option("--seconds", default=10.0, show_default=True, help="How long OTPs are submitted.")
 @click.option("--runs", default=3, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
-def bench_priority(backlog: int, rate: float, otp_rate: float, seconds: float, runs: int, json_path: str | None) -> None:
+@out_option
+def bench_priority(backlog: int, rate: float, otp_rate: float, seconds: float, runs: int, json_path: str | None, out_dir: str | None) -> None:
     """Queue wait of OTPs behind a marketing backlog (goal p99 <= 20 ms)."""
     results = []
     for _ in range(runs):
@@ -160,6 +161,4 @@ def bench_priority(backlog: int, rate: float, otp_rate: float, seconds: float, r
         click.echo(f"  {key.replace('_', ' '):<32} {out[key]:>12,.2f}")
     click.echo(f"  backlog admitted in (s)          {statistics.median(r['backlog_admit_s'] for r in results):>12,.1f}")
     click.echo(f"  target p99 <= 20 ms: {'met' if out['otp_wait_ms_p99'] <= 20 else 'NOT met'}")
-    if json_path:
-        Path(json_path).write_text(json.dumps(out, indent=2))
-        click.echo(f"wrote {json_path}")
+    save(out, json_path, out_dir)

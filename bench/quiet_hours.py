@@ -14,11 +14,9 @@ the largest number released in any one second, against the even rate the spread 
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import click
@@ -26,6 +24,7 @@ import phonenumbers
 from phonenumbers import geocoder, timezone
 
 from bench.machine import describe
+from bench.output import out_option, save
 from gateway.core.scheduler import Scheduler
 from gateway.core.settings import CarrierSettings, CoreSettings, Route
 from gateway.testing import workload
@@ -121,7 +120,8 @@ def run(n: int, seed: int) -> dict[str, object]:
 @click.option("--messages", "n", default=100_000, show_default=True)
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
-def bench_quiet_hours(n: int, seed: int, json_path: str | None) -> None:
+@out_option
+def bench_quiet_hours(n: int, seed: int, json_path: str | None, out_dir: str | None) -> None:
     """A job across many zones on virtual time: nothing out of window, releases spread."""
     r = run(n, seed)
     click.echo(f"sluice bench quiet-hours: {n:,} marketing messages admitted at 00:00 UTC, 48 virtual hours")
@@ -132,8 +132,6 @@ def bench_quiet_hours(n: int, seed: int, json_path: str | None) -> None:
         click.echo(f"  {key.replace('_', ' '):<40} {v:>12,.1f}" if isinstance(v, float) else f"  {key.replace('_', ' '):<40} {v:>12,}")
     ok = r["dispatched_out_of_window"] == 0 and r["held_then_sent"] == r["held_for_quiet_hours"]
     click.echo("  " + ("OK: nothing out of window, every held message sent" if ok else "FAILED"))
-    if json_path:
-        Path(json_path).write_text(json.dumps(r, indent=2))
-        click.echo(f"wrote {json_path}")
+    save(r, json_path, out_dir)
     if not ok:
         raise SystemExit(1)

@@ -11,16 +11,15 @@ no TPS limit; receipts at once), as in `sluice bench smpp`. Two sweeps, each con
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-from pathlib import Path
 from typing import Any
 
 import anyio
 import click
 
 from bench.machine import describe
+from bench.output import out_option, save
 from bench.smpp import _one, _start_simulator, _stop_simulator
 
 
@@ -75,8 +74,9 @@ def _ints(value: str) -> list[int]:
 @click.option("--seconds", default=2.0, show_default=True, help="At most this long feeding each configuration.")
 @click.option("--runs", default=3, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
+@out_option
 def bench_scaling(binds: str, windows: str, segments: str, messages: int, seconds: float, runs: int,
-                  json_path: str | None) -> None:  # fmt: skip
+                  json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
     """SMPP throughput vs binds x window, and vs message size (1, 2, 5 segments)."""
     r = run(_ints(binds), _ints(windows), _ints(segments), messages, seconds, runs)
     click.echo(f"sluice bench scaling: SMPP connector vs the simulator, median of {runs} runs")
@@ -88,6 +88,4 @@ def bench_scaling(binds: str, windows: str, segments: str, messages: int, second
     click.echo("  segments   messages/s  segments/s")
     for x in r["by_size"]:
         click.echo(f"  {x['segments']:>8} {x['submits_per_s']:>12,.0f} {x['segments_per_s']:>11,.0f}")
-    if json_path:
-        Path(json_path).write_text(json.dumps(r, indent=2))
-        click.echo(f"wrote {json_path}")
+    save(r, json_path, out_dir)

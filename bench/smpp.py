@@ -24,13 +24,13 @@ import subprocess
 import sys
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import anyio
 import click
 
 from bench.machine import describe
+from bench.output import out_option, save
 from carriers.base import ReceiptMatched, Requeue, SubmitFailed, Submitted
 from carriers.smpp import pdu as P
 from carriers.smpp.connector import SmppConnector, SmppSettings
@@ -281,9 +281,10 @@ def end_to_end(windows: list[int], binds_list: list[int], messages: int, seconds
 @click.option("--codec-seconds", default=1.0, show_default=True, help="Time per codec measurement.")
 @click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
+@out_option
 def bench_smpp(
     messages: int, seconds: float, windows: str, binds: str, runs: int, codec_seconds: float, backend: str,
-    json_path: str | None,
+    json_path: str | None, out_dir: str | None,
 ) -> None:
     """SMPP codec vs smpplib, and submits/receipts per second against the local simulator."""
     codec_result = codec(codec_seconds)
@@ -324,9 +325,7 @@ def bench_smpp(
             f"    {'':<30}{r['window']:>6} {r['binds']:>5} {r['submits_per_s']:>11,.0f} {r['receipts_per_s']:>11,.0f} {r['requeued']:>9}"
         )
     click.echo(f"  best submits/s {best['submits_per_s']:,.0f} (target >= {TARGET_SUBMITS:,} with receipts, window 100)")
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2))
-        click.echo(f"wrote {json_path}")
+    save(result, json_path, out_dir)
 
 
 if __name__ == "__main__":

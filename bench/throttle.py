@@ -15,7 +15,6 @@ above); how many submits it answered "throttled".
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ import click
 import httpx
 
 from bench.machine import describe
+from bench.output import out_option, save
 from gateway.testing.processes import gateway, simulator
 
 KEY = "bench-throttle-key-0123456789"
@@ -100,7 +100,8 @@ async def run_once(seconds: float, drop_at: float, lowered: float) -> dict[str, 
 @click.option("--lowered", default=300.0, show_default=True, help="alpha's limit after the drop.")
 @click.option("--runs", default=3, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
-def bench_throttle(seconds: float, drop_at: float, lowered: float, runs: int, json_path: str | None) -> None:
+@out_option
+def bench_throttle(seconds: float, drop_at: float, lowered: float, runs: int, json_path: str | None, out_dir: str | None) -> None:
     """Utilisation and peak rate when a carrier lowers its limit unannounced."""
     results = [anyio.run(run_once, seconds, drop_at, lowered, backend="asyncio", backend_options={"use_uvloop": True})
                for _ in range(runs)]  # fmt: skip
@@ -116,6 +117,4 @@ def bench_throttle(seconds: float, drop_at: float, lowered: float, runs: int, js
         click.echo(f"  {name:<9} {med['utilisation']:>10.1%} {med['max_submits_1s']:>16,.0f}"
                    f" {results[0][name]['limit_plus_burst']:>13,.0f} {med['throttled']:>11,.0f}")  # fmt: skip
     click.echo("  goals: utilisation >= 95 %; max submits in any 1 s <= limit + burst")
-    if json_path:
-        Path(json_path).write_text(json.dumps(summary, indent=2))
-        click.echo(f"wrote {json_path}")
+    save(summary, json_path, out_dir)

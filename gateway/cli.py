@@ -96,6 +96,7 @@ def _register() -> None:
     from bench.core import bench_core
     from bench.priority import bench_priority
     from bench.quiet_hours import bench_quiet_hours
+    from bench.report import bench_report
     from bench.scaling import bench_scaling
     from bench.throttle import bench_throttle
 
@@ -104,6 +105,7 @@ def _register() -> None:
     bench.add_command(bench_priority)
     bench.add_command(bench_throttle)
     bench.add_command(bench_scaling)
+    bench.add_command(bench_report)
     for module, group, attr in _OPTIONAL:
         try:
             mod = __import__(module, fromlist=[attr])

@@ -48,3 +48,19 @@ def test_scaling_bench_sends_every_size_and_gets_every_receipt(tmp_path):
     assert r["simulator"]["accepted"] == r["simulator"]["receipts_acked"]
     three = r["by_size"][1]
     assert three["segments_per_s"] == 3 * three["submits_per_s"]
+
+
+def test_report_has_figures_charts_and_commands(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["bench", "quiet-hours", "--messages", "1500", "--out", str(tmp_path)]).exit_code == 0
+    args = ["bench", "priority", "--backlog", "5000", "--rate", "2000", "--otp-rate", "20", "--seconds", "0.5",
+            "--runs", "2", "--out", str(tmp_path)]  # fmt: skip
+    assert runner.invoke(main, args).exit_code == 0
+    (tmp_path / "junk.json").write_text("{not json")  # ignored, not fatal
+    result = runner.invoke(main, ["bench", "report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "REPORT.md").read_text()
+    assert "sluice bench quiet-hours --messages 1500" in report
+    assert "dispatched out of window (goal 0): 0" in report
+    assert "![priority](priority.png)" in report
+    assert (tmp_path / "priority.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
