@@ -98,6 +98,7 @@ def _register() -> None:
     from bench.quiet_hours import bench_quiet_hours
     from bench.report import bench_report
     from bench.scaling import bench_scaling
+    from bench.soak import bench_soak
     from bench.throttle import bench_throttle
 
     bench.add_command(bench_core)
@@ -105,6 +106,7 @@ def _register() -> None:
     bench.add_command(bench_priority)
     bench.add_command(bench_throttle)
     bench.add_command(bench_scaling)
+    bench.add_command(bench_soak)
     bench.add_command(bench_report)
     for module, group, attr in _OPTIONAL:
         try:

@@ -64,3 +64,12 @@ def test_report_has_figures_charts_and_commands(tmp_path):
     assert "dispatched out of window (goal 0): 0" in report
     assert "![priority](priority.png)" in report
     assert (tmp_path / "priority.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_soak_bench_ends_every_message_and_samples_memory(tmp_path):
+    out = tmp_path / "soak.json"
+    result = CliRunner().invoke(main, ["bench", "soak", "--rate", "100", "--duration", "4", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert r["all_final"] and r["final_states"] == {"delivered": 400}
+    assert len(r["series"]) == 4 and all(p["rss_mb"] > 10 for p in r["series"])
