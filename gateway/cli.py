@@ -81,21 +81,16 @@ def sim() -> None:
 
 
 def _register() -> None:
+    # Direct imports: a broken benchmark or simulator is an error here, not a missing command.
     from bench.core import bench_core
+    from bench.e2e import bench_e2e
+    from bench.ingest import bench_ingest
+    from carriers.smpp.simulator import sim_smsc
 
-    bench.add_command(bench_core)
-    for module, group, attr in _OPTIONAL:
-        try:
-            mod = __import__(module, fromlist=[attr])
-        except ImportError:
-            continue
-        group.add_command(getattr(mod, attr))
+    for command in (bench_core, bench_ingest, bench_e2e):
+        bench.add_command(command)
+    sim.add_command(sim_smsc)
 
-
-_OPTIONAL = [
-    ("bench.smpp", bench, "bench_smpp"),
-    ("carriers.smpp.simulator", sim, "sim_smsc"),
-]
 
 _register()
 
