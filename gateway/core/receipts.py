@@ -218,6 +218,9 @@ class Reconciler:
             if held:
                 self._held -= len(held)
                 for raw, state, err, _at in held:
+                    if key not in c.by_id:  # an earlier held receipt finished it: a duplicate
+                        self._duplicates += 1
+                        continue
                     self._early += 1
                     self._apply(c, carrier, key, state, err, now, results)
         return results
