@@ -93,33 +93,24 @@ def sim() -> None:
 
 
 def _register() -> None:
+    # Direct imports: a broken benchmark or simulator is an error here, not a missing command.
     from bench.core import bench_core
+    from bench.e2e import bench_e2e
+    from bench.ingest import bench_ingest
     from bench.priority import bench_priority
     from bench.quiet_hours import bench_quiet_hours
     from bench.report import bench_report
     from bench.scaling import bench_scaling
+    from bench.smpp import bench_smpp
     from bench.soak import bench_soak
     from bench.throttle import bench_throttle
+    from carriers.smpp.simulator import sim_smsc
 
-    bench.add_command(bench_core)
-    bench.add_command(bench_quiet_hours)
-    bench.add_command(bench_priority)
-    bench.add_command(bench_throttle)
-    bench.add_command(bench_scaling)
-    bench.add_command(bench_soak)
-    bench.add_command(bench_report)
-    for module, group, attr in _OPTIONAL:
-        try:
-            mod = __import__(module, fromlist=[attr])
-        except ImportError:
-            continue
-        group.add_command(getattr(mod, attr))
+    for command in (bench_core, bench_smpp, bench_ingest, bench_e2e, bench_throttle, bench_priority,
+                    bench_quiet_hours, bench_soak, bench_scaling, bench_report):  # fmt: skip
+        bench.add_command(command)
+    sim.add_command(sim_smsc)
 
-
-_OPTIONAL = [
-    ("bench.smpp", bench, "bench_smpp"),
-    ("carriers.smpp.simulator", sim, "sim_smsc"),
-]
 
 _register()
 

@@ -1,4 +1,5 @@
-"""The benchmark scenarios on small inputs: they run, and what they check holds.
+"""The benchmark scenarios on small inputs: they run, and what they check holds (tiny sizes: this
+checks them, it measures nothing).
 
 `sluice bench quiet-hours`: its oracle (phonenumbers + zoneinfo, no core code) finds nothing sent
 out of window and every held message released, spread over the opening."""
@@ -73,3 +74,19 @@ def test_soak_bench_ends_every_message_and_samples_memory(tmp_path):
     r = json.loads(out.read_text())
     assert r["all_final"] and r["final_states"] == {"delivered": 400}
     assert len(r["series"]) == 4 and all(p["rss_mb"] > 10 for p in r["series"])
+
+
+def test_bench_ingest_and_e2e_write_their_figures(tmp_path):
+    out = tmp_path / "ingest.json"
+    result = CliRunner().invoke(main, ["bench", "ingest", "--recipients", "3000", "--runs", "1", "--seconds", "0.5",
+                                       "--clients", "4", "--json", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["per_run"][0]["stored"] == data["per_run"][0]["accepted"] > 2500
+    assert data["single_per_s"] > 0 and data["server_peak_rss"] > 0
+    out = tmp_path / "e2e.json"
+    result = CliRunner().invoke(main, ["bench", "e2e", "--messages", "2000", "--runs", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["per_run"][0]["delivered"] == data["per_run"][0]["accepted"] > 1500
+    assert data["messages_per_s"] > 0

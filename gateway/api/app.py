@@ -102,6 +102,8 @@ class Api:
                     continue
                 tenant = self._authenticate(scope)
                 self._rate_limit(tenant)
+                if handler == self._post_job and _header(scope, b"content-type").startswith("application/x-ndjson"):
+                    return await self._post_job_stream(tenant, scope, receive)
                 body = await _read_body(receive, self._max_body) if method in ("POST", "DELETE") else b""
                 return await handler(tenant, scope, body, **hit.groupdict())
         if allowed:
@@ -134,11 +136,24 @@ class Api:
         return Response(202, out)
 
     async def _post_job(self, tenant: Tenant, scope, body: bytes) -> Response:
-        if _header(scope, b"content-type").startswith("application/x-ndjson"):
-            job = _ndjson_job(body)
-        else:
-            job = _decode(schemas.JobIn, body)
+        job = _decode(schemas.JobIn, body)
         out, _ = await self.gw.submit_job(tenant.name, job, self._clock(), raw=body, idempotency_key=_idem(scope))
+        return Response(202, out)
+
+    async def _post_job_stream(self, tenant: Tenant, scope, receive) -> Response:
+        """NDJSON: the job line, then one recipient per line, read and admitted in chunks."""
+        idem = _idem(scope)
+        body = NdjsonBody(receive, max_line=self._max_body)
+        head = await body.head()
+
+        async def recipients():
+            if head.recipients:  # the job line may carry some recipients itself
+                yield head.recipients
+            async for chunk in body.chunks():
+                yield chunk
+
+        out, _ = await self.gw.submit_job_stream(tenant.name, head, recipients(), self._clock(),
+                                                 digest=body.digest, idempotency_key=idem)  # fmt: skip
         return Response(202, out)
 
     async def _get_job(self, tenant: Tenant, scope, body: bytes, jid: str) -> Response:
@@ -208,21 +223,81 @@ def _decode(kind: type, body: bytes):
         raise InvalidInput(f"malformed JSON: {exc}") from None
 
 
-def _ndjson_job(body: bytes) -> schemas.JobIn:
-    """First line: the job (without recipients); then one recipient per line."""
-    lines = [ln for ln in body.split(b"\n") if ln.strip()]
-    if not lines:
-        raise InvalidInput("empty body: the first NDJSON line is the job")
-    job = _decode(schemas.JobIn, lines[0])
-    people = []
-    for i, line in enumerate(lines[1:]):
-        try:
-            people.append(_RECIPIENT.decode(line))
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            text, field = _split(str(exc))
-            raise InvalidInput(f"line {i + 2}: {text}", field=f"recipients[{i}]" + (f".{field}" if field else ""),
-                               index=i) from None  # fmt: skip
-    return msgspec.structs.replace(job, recipients=job.recipients + people)
+_RECIPIENTS = msgspec.json.Decoder(list[schemas.RecipientIn])
+
+
+class NdjsonBody:
+    """A request body of NDJSON lines, read as it arrives: ``head()`` is the first line (the
+    job), ``chunks()`` yields the recipients ``chunk`` lines at a time. Only one chunk and one
+    partial line are held at once; ``max_line`` bounds a line. The SHA-256 of every byte read
+    is kept for the idempotency key (``digest()``, once the body has been read)."""
+
+    def __init__(self, receive, *, max_line: int, chunk: int = 10_000) -> None:
+        self._receive = receive
+        self._max_line = max_line
+        self._chunk = chunk
+        self._sha = hashlib.sha256()
+        self._lines: list[bytes] = []  # complete lines not handed out yet
+        self._partial = b""
+        self._done = False
+        self._index = 0  # recipients handed out so far
+
+    def digest(self) -> str:
+        return self._sha.hexdigest()
+
+    async def _fill(self) -> None:
+        event = await self._receive()
+        if event["type"] == "http.disconnect":
+            raise InvalidInput("client went away")
+        data = event.get("body", b"")
+        self._sha.update(data)
+        if not event.get("more_body"):
+            self._done = True
+        data = self._partial + data
+        cut = len(data) if self._done else data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        if len(self._partial) > self._max_line:
+            raise _TooLarge(f"an NDJSON line is larger than {self._max_line} bytes")
+        if cut:
+            end = cut - 1 if data[cut - 1 : cut] == b"\n" else cut  # no empty line after the last \n
+            self._lines += data[:end].split(b"\n")
+
+    async def head(self) -> schemas.JobIn:
+        while True:
+            while self._lines:
+                line = self._lines.pop(0)
+                if line.strip():
+                    return _decode(schemas.JobIn, line)
+            if self._done:
+                raise InvalidInput("empty body: the first NDJSON line is the job")
+            await self._fill()
+
+    async def chunks(self):
+        while True:
+            while len(self._lines) < self._chunk and not self._done:
+                await self._fill()
+            if not self._lines:
+                return
+            lines, self._lines = self._lines[: self._chunk], self._lines[self._chunk :]
+            yield self._decode(lines)
+
+    def _decode(self, lines: list[bytes]) -> list[schemas.RecipientIn]:
+        try:  # one call for the whole chunk; line by line only to say which line is wrong
+            people = _RECIPIENTS.decode(b"[" + b",".join(lines) + b"]")
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            people = []
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    people.append(_RECIPIENT.decode(line))
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    i = self._index + len(people)
+                    text, field = _split(str(exc))
+                    raise InvalidInput(f"recipient {i}: {text}", field=f"recipients[{i}]" + (f".{field}" if field else ""),
+                                       index=i) from None  # fmt: skip
+        self._index += len(people)
+        return people
 
 
 _AT = re.compile(r"^(.*?)(?: - at `\$\.?(.*)`)?$", re.S)

@@ -11,9 +11,10 @@ on the event loop's thread (the core is not thread-safe); store calls run in a w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from functools import partial
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import anyio
 import msgspec
@@ -96,6 +97,95 @@ class Gateway:
                           (idempotency_key, digest, response) if idempotency_key else None)  # fmt: skip
             await self._report(adm.outcomes, now)
         return response, False
+
+    async def submit_job_stream(self, tenant: str, head: schemas.JobIn,
+                                chunks: AsyncIterator[Sequence[schemas.RecipientIn]], now: float, *,
+                                digest: Callable[[], str], idempotency_key: str | None = None,
+                                ) -> tuple[bytes, bool]:  # fmt: skip
+        """A job whose recipients arrive in chunks (NDJSON): memory stays bounded by a chunk.
+
+        All or nothing. Each chunk is admitted to the core paused and written to the store as
+        part of an *incoming* job, which is never recovered nor sent; after the last chunk one
+        transaction makes it active (with its idempotency key) and only then is it resumed and
+        the 202 sent. If the upload fails midway (the client goes away, a malformed line, the
+        store fails) the job is canceled in the core and dropped from the store; if the process
+        dies midway, the incoming job is left unrecovered on disk. ``digest`` gives the body's
+        SHA-256 once the stream has been read (for the idempotency key)."""
+        job = self._job(tenant, head.sender, head.template, head.category, head.send_at, head.validity, now)
+        seen = accepted = 0
+        rejected: list[schemas.RecipientError] = []
+        outcomes: list[Outcome] = []
+        writer = _ChunkWriter(partial(self.store.add_job, job, now=now, callback_url=head.callback_url, incoming=True))
+        try:
+            failure: Exception | None = None
+            async with anyio.create_task_group() as tg:
+                try:
+                    async for chunk in chunks:
+                        kept, errors, adm_outcomes = self._admit_chunk(job, chunk, seen, now)
+                        seen += len(chunk)
+                        rejected += errors
+                        outcomes += adm_outcomes
+                        if kept[1]:
+                            # The store writes this chunk in a worker thread while the next one
+                            # is read and admitted here (SQLite releases the GIL as it writes).
+                            accepted += len(kept[1])
+                            await writer.start(tg, kept[0], kept[1])
+                    await writer.wait()
+                except Exception as exc:  # raised as itself below, not in an exception group
+                    failure = exc
+                    await writer.wait_quietly()
+            if failure is not None:
+                raise failure
+            if not seen:
+                raise InvalidInput("a job needs at least one recipient", field="recipients")
+            response = _json.encode(schemas.JobAccepted(id=job.id, accepted=accepted, rejected=rejected))
+            idem = None
+            if idempotency_key:
+                prev = await self._io(self.store.remembered, tenant, idempotency_key, digest())
+                if prev is not None:
+                    await self._abandon(job, now, accepted)
+                    return prev, True
+                idem = (idempotency_key, digest(), response)
+            if accepted:
+                await self._io(self.store.commit_job, tenant, job.id, now, idem)
+        except BaseException:
+            await self._abandon(job, now, accepted)
+            raise
+        if accepted:
+            self.core.resume_job(job.id)
+            if self.on_admitted:
+                self.on_admitted()
+            await self._report(outcomes, now)
+        return response, False
+
+    def _admit_chunk(self, job: Job, chunk: Sequence[schemas.RecipientIn], offset: int, now: float):
+        """Check and admit (paused) one chunk; returns ((first id, kept), errors, outcomes)."""
+        people: list[Recipient] = []
+        errors: list[schemas.RecipientError] = []
+        index: list[int] = []
+        check = self.numbers.error
+        for i, r in enumerate(chunk, offset):
+            if (err := check(r.to)) is not None:
+                errors.append(schemas.RecipientError(index=i, error=err))
+                continue
+            index.append(i)
+            people.append(Recipient(to=r.to, vars=r.vars, tz=r.tz))
+        adm = self._admit(job, people, now, "template")
+        if adm.rejected:
+            errors += [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
+            errors.sort(key=lambda e: e.index)
+            bad = {k for k, _ in adm.rejected}
+            kept = [(k, p) for k, p in enumerate(people) if k not in bad]
+        else:
+            kept = list(enumerate(people))
+        return (adm.first_id, kept), errors, adm.outcomes
+
+    async def _abandon(self, job: Job, now: float, stored: int) -> None:
+        """Undo an unfinished streamed job: nothing of it was promised."""
+        self.core.cancel_job(job.id, now)
+        if stored:
+            with anyio.CancelScope(shield=True):
+                await self._io(self.store.drop_job, job.tenant, job.id)
 
     def _job(self, tenant: str, sender: str, template: str, category: str, send_at: float | None,
              validity: int | None, now: float) -> Job:  # fmt: skip
@@ -217,6 +307,41 @@ class Gateway:
             if stored.status == "canceled":
                 await self._report(self.core.cancel_job(stored.job.id, now), now)
         return count
+
+
+class _ChunkWriter:
+    """At most one chunk being written at a time, in a worker thread; its error is raised by
+    the next ``start`` or ``wait`` (as itself, not inside an exception group)."""
+
+    def __init__(self, write: Callable[..., None]) -> None:
+        self._write = write
+        self._done: anyio.Event | None = None
+        self._error: BaseException | None = None
+
+    async def start(self, tg, first_id: int, kept) -> None:
+        await self.wait()
+        self._done = done = anyio.Event()
+
+        async def run() -> None:
+            try:
+                await anyio.to_thread.run_sync(lambda: self._write(first_id, kept))
+            except Exception as exc:
+                self._error = exc
+            finally:
+                done.set()
+
+        tg.start_soon(run)
+
+    async def wait_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.wait()
+
+    async def wait(self) -> None:
+        if self._done is not None:
+            with anyio.CancelScope(shield=True):  # never leave a write running unwatched
+                await self._done.wait()
+        if self._error is not None:
+            raise self._error
 
 
 def _digest(raw: bytes) -> str:

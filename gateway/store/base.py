@@ -1,6 +1,9 @@
 """The store seam: what the gateway keeps durably, behind one small interface.
 
-A 202 from the API means ``add_job`` returned: the messages are on disk. Everything else is a
+A 202 from the API means ``add_job`` returned: the messages are on disk. A job streamed in
+chunks is written with ``add_job(..., incoming=True)`` per chunk and is not a job yet (never
+recovered, never counted) until ``commit_job`` marks it active, in one transaction with its
+idempotency key; ``drop_job`` removes an incoming job whose upload failed. Everything else is a
 batch (``record`` takes many state changes in one transaction) because the store is on the
 hot path of every message. Implementations: ``MemoryStore`` (the fake for tests) and
 ``SqliteStore`` (the embedded default); both pass ``gateway.testing.store_conformance``.
@@ -114,8 +117,11 @@ class OutboxStats(msgspec.Struct, frozen=True, kw_only=True):
 
 class Store(Protocol):
     def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
-                *, callback_url: str | None = None,
-                idempotency: tuple[str, str, bytes] | None = None) -> None: ...  # fmt: skip
+                *, callback_url: str | None = None, idempotency: tuple[str, str, bytes] | None = None,
+                incoming: bool = False) -> None: ...  # fmt: skip
+    def commit_job(self, tenant: str, job_id: str, now: float,
+                   idempotency: tuple[str, str, bytes] | None = None) -> None: ...  # fmt: skip
+    def drop_job(self, tenant: str, job_id: str) -> None: ...
     def record(self, changes: Sequence[Change]) -> None: ...
     def set_job_status(self, tenant: str, job_id: str, status: str) -> bool: ...
     def job(self, tenant: str, job_id: str) -> JobCounts | None: ...

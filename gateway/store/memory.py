@@ -55,7 +55,7 @@ class MemoryStore:
 
     def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
                 *, callback_url: str | None = None,
-                idempotency: tuple[str, str, bytes] | None = None) -> None:  # fmt: skip
+                idempotency: tuple[str, str, bytes] | None = None, incoming: bool = False) -> None:  # fmt: skip
         with self._lock:
             ids = [first_id + i for i, _ in recipients]
             if any(i in self._msgs for i in ids) or (
@@ -65,7 +65,8 @@ class MemoryStore:
             key = (job.tenant, job.id)
             old = self._jobs.get(key)
             if old is None:
-                self._jobs[key] = StoredJob(job=job, first_id=first_id, size=len(recipients), status="active",
+                self._jobs[key] = StoredJob(job=job, first_id=first_id, size=len(recipients),
+                                            status="incoming" if incoming else "active",
                                             created_at=now, callback_url=callback_url)  # fmt: skip
                 if callback_url:
                     self._callbacks[key] = callback_url
@@ -77,6 +78,22 @@ class MemoryStore:
                 self._msgs[mid] = _Msg(mid, job, r)
             if idempotency is not None:
                 self._idem[(job.tenant, idempotency[0])] = (idempotency[1], idempotency[2])
+
+    def commit_job(self, tenant: str, job_id: str, now: float, idempotency: tuple[str, str, bytes] | None = None) -> None:
+        with self._lock:
+            if idempotency is not None and (tenant, idempotency[0]) in self._idem:
+                raise Conflict("idempotency key already stored")
+            old = self._jobs.get((tenant, job_id))
+            if old is not None and old.status == "incoming":
+                self._jobs[(tenant, job_id)] = msgspec.structs.replace(old, status="active")
+            if idempotency is not None:
+                self._idem[(tenant, idempotency[0])] = (idempotency[1], idempotency[2])
+
+    def drop_job(self, tenant: str, job_id: str) -> None:
+        with self._lock:
+            self._jobs.pop((tenant, job_id), None)
+            for mid in [m.id for m in self._msgs.values() if m.tenant == tenant and m.job_id == job_id]:
+                del self._msgs[mid]
 
     def record(self, changes: Sequence[Change]) -> None:
         with self._lock:
@@ -176,7 +193,7 @@ class MemoryStore:
         with self._lock:
             by_job: dict[tuple[str, str], list[_Msg]] = {}
             for m in sorted(self._msgs.values(), key=lambda m: m.id):
-                if m.state not in FINAL:
+                if m.state not in FINAL and self._jobs[(m.tenant, m.job_id)].status != "incoming":
                     by_job.setdefault((m.tenant, m.job_id), []).append(m)
             out = [(self._jobs[k], [(m.id - self._jobs[k].first_id, m.recipient, m.state) for m in ms])
                    for k, ms in by_job.items()]  # fmt: skip

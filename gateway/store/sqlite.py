@@ -103,17 +103,21 @@ class SqliteStore:
     def add_job(
         self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
         *, callback_url: str | None = None, idempotency: tuple[str, str, bytes] | None = None,
+        incoming: bool = False,
     ) -> None:  # fmt: skip
-        rows = [(first_id + i, job.tenant, job.id, _job_enc.encode(r), "queued", now) for i, r in recipients]
+        enc = _job_enc.encode
+        tenant, jid = job.tenant, job.id
+        rows = [(first_id + i, tenant, jid, enc(r), "queued", now) for i, r in recipients]
         with self._tx() as db:
             if idempotency is not None:
                 key, digest, response = idempotency
                 db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (job.tenant, key, digest, response, now))
             # A later chunk of the same job keeps the job's first callback_url: ask which it is.
             stored_url, stored_first = db.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, 'active', ?, ?) ON CONFLICT (tenant, id)"
+                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, id)"
                 " DO UPDATE SET size = size + excluded.size RETURNING callback_url, first_id",
-                (job.tenant, job.id, _job_enc.encode(job), first_id, len(recipients), now, callback_url),
+                (job.tenant, job.id, _job_enc.encode(job), first_id, len(recipients),
+                 "incoming" if incoming else "active", now, callback_url),  # fmt: skip
             ).fetchone()
             db.executemany(
                 "INSERT INTO messages (id, tenant, job_id, recipient, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -122,6 +126,19 @@ class SqliteStore:
         if stored_url and rows:
             with self._lock:
                 self._hooks.add(job.tenant, job.id, stored_url, stored_first, max(r[0] for r in rows), len(rows))
+
+    def commit_job(self, tenant: str, job_id: str, now: float, idempotency: tuple[str, str, bytes] | None = None) -> None:
+        with self._tx() as db:
+            if idempotency is not None:
+                key, digest, response = idempotency
+                db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (tenant, key, digest, response, now))
+            db.execute("UPDATE jobs SET status = 'active' WHERE tenant = ? AND id = ? AND status = 'incoming'",
+                       (tenant, job_id))  # fmt: skip
+
+    def drop_job(self, tenant: str, job_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM messages WHERE tenant = ? AND job_id = ?", (tenant, job_id))
+            db.execute("DELETE FROM jobs WHERE tenant = ? AND id = ?", (tenant, job_id))
 
     def record(self, changes: Sequence[Change]) -> None:
         updates = [
@@ -254,7 +271,7 @@ class SqliteStore:
     def unfinished(self) -> Iterator[tuple[StoredJob, list[tuple[int, Recipient, str]]]]:
         with self._tx() as db:
             jobs = db.execute(
-                "SELECT * FROM jobs WHERE EXISTS (SELECT 1 FROM messages m"
+                "SELECT * FROM jobs WHERE status != 'incoming' AND EXISTS (SELECT 1 FROM messages m"
                 " WHERE m.final = 0 AND m.tenant = jobs.tenant AND m.job_id = jobs.id) ORDER BY created_at"
             ).fetchall()
         for row in jobs:

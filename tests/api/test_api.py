@@ -134,3 +134,32 @@ async def test_unknown_route_and_method(client):
 async def test_openapi(client):
     doc = (await client.get("/openapi.json")).json()
     assert "/v1/jobs" in doc["paths"] and "JobIn" in doc["components"]["schemas"]
+
+
+async def _ndjson_lines(n: int, bad_at: int | None = None):
+    yield json.dumps({k: v for k, v in JOB.items() if k != "recipients"}).encode() + b"\n"
+    for i in range(n):
+        line = {"to": f"+1415555{i % 10000:04d}", "vars": {"name": f"n{i}"}}
+        if i == bad_at:
+            line = {"to": 5}
+        yield json.dumps(line).encode() + b"\n"
+
+
+async def test_ndjson_job_streams_in_chunks_and_keeps_the_order_of_errors(client, gateway):
+    lines = [json.dumps({k: v for k, v in JOB.items() if k != "recipients"})]
+    lines += [json.dumps(r) for r in JOB["recipients"] * 6000]  # more than one chunk of 10,000
+    r = await client.post("/v1/jobs", content="\n".join(lines) + "\n", headers={"content-type": "application/x-ndjson"})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["accepted"] == 12_000
+    assert [e["index"] for e in body["rejected"]][:4] == [1, 2, 5, 6]
+    assert (await client.get(f"/v1/jobs/{body['id']}")).json()["size"] == 12_000
+
+
+async def test_ndjson_job_is_all_or_nothing(client, gateway):
+    r = await client.post("/v1/jobs", content=_ndjson_lines(25_000, bad_at=21_000),
+                          headers={"content-type": "application/x-ndjson"})  # fmt: skip
+    assert r.status_code == 422, r.text
+    assert r.json()["index"] == 21_000
+    assert not list(gateway.store.unfinished())  # the chunks written before the bad line are gone
+    assert gateway.core.statistics(0).ready == {} or sum(gateway.core.statistics(0).ready.values()) == 0

@@ -1,0 +1,137 @@
+"""`sluice bench e2e`: messages per second through the whole gateway, as a user would see it.
+
+An SMSC simulator (``sluice sim smsc``, no TPS limit, receipts ``--dlr-delay`` seconds after the
+submit) and `sluice serve` (one carrier, an SMPP link of 2 binds with window 100, a carrier rate
+far above what the link can do) run as child processes on loopback. One job of N transactional
+messages is POSTed (NDJSON); the clock starts at its 202 and stops when the job's counts, polled
+over the API five times a second, show every message final. Each message has then gone API ->
+core -> submit_sm -> submit_sm_resp -> receipt (deliver_sm) reconciled -> state ``delivered``
+committed to the store (SQLite WAL, ``synchronous=FULL``). messages/s = N / that time.
+
+The simulator's counters (submits accepted, receipts sent and acknowledged) are read at the end
+and must agree with the store. There is no reference measured in the same run: the comparison
+is Kannel's figure from the issue (docs/BENCHMARKS.md). Three processes share two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import click
+import httpx
+
+from bench.machine import describe
+from bench.service import AUTH, ENV, config, medians, memory, ndjson_job
+from gateway.store.base import FINAL
+from gateway.testing.processes import gateway, simulator
+
+
+async def _bound(client: httpx.AsyncClient, binds: int) -> None:
+    with anyio.fail_after(30):
+        while True:
+            link = (await client.get("/v1/carriers")).json()["alpha"]["link"]
+            if link and link["bound"] >= binds:
+                return
+            await anyio.sleep(0.05)
+
+
+async def _until_final(client: httpx.AsyncClient, job_id: str, total: int, timeout: float) -> tuple[float, dict]:
+    """Polls the job's counts; returns when every message is final (time, counts)."""
+    with anyio.fail_after(timeout):
+        while True:
+            counts = (await client.get(f"/v1/jobs/{job_id}")).json()["counts"]
+            if sum(n for s, n in counts.items() if s in FINAL) >= total:
+                return time.perf_counter(), counts
+            await anyio.sleep(0.2)
+
+
+async def one_run(n: int, pieces: list[bytes], dlr_delay: float, binds: int, window: int, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
+        d = Path(tmp)
+        with open(d / "sim.log", "wb") as sim_log, open(d / "serve.log", "wb") as log:
+            async with simulator("--dlr-delay", str(dlr_delay), stderr=sim_log) as sim:
+                cfg = config(d, smpp_port=sim.port, binds=binds, window=window)
+                async with gateway(cfg, env=ENV, stderr=log) as gw, \
+                        httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=300) as client:  # fmt: skip
+                    await _bound(client, binds)
+
+                    async def body():
+                        for p in pieces:
+                            yield p
+
+                    t0 = time.perf_counter()
+                    r = await client.post("/v1/jobs", content=body(), headers={"content-type": "application/x-ndjson"})
+                    accepted_at = time.perf_counter()
+                    if r.status_code != 202:
+                        raise click.ClickException(f"job POST answered {r.status_code}: {r.text[:300]}")
+                    job = r.json()
+                    done_at, counts = await _until_final(client, job["id"], job["accepted"], timeout)
+                    mem = memory(gw.pid)
+                sim_counters = await sim.counters()
+    seconds = done_at - accepted_at
+    return {
+        "accepted": job["accepted"],
+        "ingest_seconds": accepted_at - t0,
+        "seconds": seconds,
+        "messages_per_s": job["accepted"] / seconds,
+        "delivered": counts.get("delivered", 0),
+        "counts": counts,
+        "server_peak_rss": mem["peak_rss"],
+        "sim": {k: sim_counters[k] for k in ("submits", "accepted", "throttled", "receipts_sent", "receipts_acked",
+                                              "max_accepted_1s")},  # fmt: skip
+    }
+
+
+def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int) -> dict[str, object]:
+    pieces = ndjson_job(n, seed=seed, category="transactional")  # no quiet hours, no weekly cap
+    timeout = max(60.0, n / 2000)
+    results = [anyio.run(one_run, n, pieces, dlr_delay, binds, window, timeout, backend="asyncio",
+                         backend_options={"use_uvloop": True}) for _ in range(runs)]  # fmt: skip
+    for r in results:
+        if r["delivered"] != r["accepted"] or r["sim"]["accepted"] < r["accepted"]:
+            raise click.ClickException(f"not every message was delivered: {r['counts']} sim={r['sim']}")
+    return {
+        "scenario": "e2e",
+        "runs": runs,
+        "messages": n,
+        "dlr_delay": dlr_delay,
+        "binds": binds,
+        "window": window,
+        **medians(results, ("messages_per_s", "seconds", "ingest_seconds", "server_peak_rss")),
+        "per_run": results,
+        "machine": describe(),
+    }
+
+
+@click.command("e2e")
+@click.option("--messages", "n", default=200_000, show_default=True, help="Messages in the job.")
+@click.option("--runs", default=3, show_default=True, help="Runs; figures are medians.")
+@click.option("--dlr-delay", default=0.0, show_default=True, help="Simulator: seconds from submit to receipt.")
+@click.option("--binds", default=2, show_default=True)
+@click.option("--window", default=100, show_default=True)
+@click.option("--seed", default=1, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
+def bench_e2e(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int, json_path: str | None) -> None:
+    """Bulk API -> core -> SMPP simulator -> receipts reconciled -> states durable, messages/s."""
+    r = run(n, runs, dlr_delay, binds, window, seed)
+    per = r["per_run"]
+    rows = [
+        ("messages/s, 202 -> all delivered in the store", f"{r['messages_per_s']:,.0f}"),
+        ("  seconds", f"{r['seconds']:.2f}"),
+        ("  job POST -> 202 (s)", f"{r['ingest_seconds']:.2f}"),
+        ("  server peak RSS (MB)", f"{r['server_peak_rss'] / (1 << 20):,.0f}"),
+        ("simulator: submits accepted (last run)", f"{per[-1]['sim']['accepted']:,}"),
+        ("simulator: receipts acked (last run)", f"{per[-1]['sim']['receipts_acked']:,}"),
+        ("simulator: most accepted in 1 s", f"{per[-1]['sim']['max_accepted_1s']:,}"),
+    ]
+    click.echo(f"sluice bench e2e: {n:,} messages, {binds} binds x window {window}, dlr-delay {dlr_delay}s, "
+               f"median of {runs} runs")  # fmt: skip
+    for k, v in rows:
+        click.echo(f"  {k:<46} {v:>14}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(r, indent=2))
+        click.echo(f"wrote {json_path}")

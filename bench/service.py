@@ -1,0 +1,167 @@
+"""What the service benchmarks share: a config for `sluice serve` in a temp dir, a raw HTTP/1.1
+client for many small requests, and the server's memory as the kernel counts it.
+
+The small-request client is raw asyncio streams with keep-alive, not httpx: an httpx request
+costs the client about as much CPU as the server spends answering it, and on a 2-core machine
+the client would then measure itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import msgspec
+
+from gateway.testing import workload
+
+KEY = "bench-key-0123456789abcdef"
+ENV = {"SLUICE_BENCH_KEY": KEY}
+AUTH = {"authorization": f"Bearer {KEY}"}
+
+
+def config(directory: Path, *, smpp_port: int | None = None, synchronous: str = "FULL",
+           binds: int = 2, window: int = 100) -> Path:  # fmt: skip
+    """A config for the bench: one carrier "alpha" with no rate limit worth the name, one
+    tenant without a request limit, the store in ``directory``. With ``smpp_port`` the carrier
+    has an SMPP link to it; without, nothing drains the queue."""
+    link = "" if smpp_port is None else f"""
+[[carriers.smpp]]
+name = "alpha"
+port = {smpp_port}
+binds = {binds}
+window = {window}
+"""
+    path = directory / "sluice.toml"
+    path.write_text(f"""
+[api]
+host = "127.0.0.1"
+max_body_bytes = {1 << 30}
+
+[[api.tenants]]
+name = "bench"
+key_env = "SLUICE_BENCH_KEY"
+requests_per_second = 1e9
+burst = 1000000000
+
+[store]
+url = "sqlite:///{directory / 'sluice.db'}"
+synchronous = "{synchronous}"
+
+[[core.carriers]]
+name = "alpha"
+rate = 1e9
+burst = 1000000
+
+[[core.routes]]
+prefix = ""
+carriers = ["alpha"]
+{link}""")
+    return path
+
+
+_line = msgspec.json.Encoder()
+
+
+def ndjson_job(recipients: int, *, seed: int = 1, category: str = "marketing") -> list[bytes]:
+    """A job as NDJSON, in ~1 MB pieces: the job line, then one line per recipient (numbers
+    spread over 14 countries and time zones, two template variables each)."""
+    head = {"from": "SLUICE", "category": category, "template": workload.TEMPLATES[category]}
+    pieces, buf = [], bytearray(_line.encode(head) + b"\n")
+    for r in workload.recipients(recipients, seed, vars_for=category):
+        buf += _line.encode({"to": r.to, "vars": r.vars})
+        buf += b"\n"
+        if len(buf) >= 1 << 20:
+            pieces.append(bytes(buf))
+            buf.clear()
+    if buf:
+        pieces.append(bytes(buf))
+    return pieces
+
+
+def memory(pid: int) -> dict[str, int]:
+    """Resident memory of a process in bytes: now (VmRSS) and its peak so far (VmHWM)."""
+    out = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss" if key == "VmRSS" else "peak_rss"] = int(value.split()[0]) * 1024
+    return out
+
+
+async def hammer(port: int, path: str, bodies: Sequence[bytes], *, clients: int, seconds: float,
+                 method: str = "POST") -> dict[str, float]:  # fmt: skip
+    """``clients`` keep-alive connections each send one request after another for ``seconds``.
+    Returns requests/s (2xx only), the error count and the latency median / p99 in ms."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    errors = 0
+    stop_at = loop.time() + seconds
+
+    async def one(k: int) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = k
+        try:
+            while loop.time() < stop_at:
+                body = bodies[i % len(bodies)]
+                i += clients
+                t0 = loop.time()
+                writer.write(b"%s %s HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer %s\r\n"
+                             b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (method.encode(), path.encode(), KEY.encode(), len(body), body))  # fmt: skip
+                status, _ = await _response(reader)
+                if 200 <= status < 300:
+                    latencies.append(loop.time() - t0)
+                else:
+                    errors += 1
+        finally:
+            writer.close()
+
+    t0 = loop.time()
+    await asyncio.gather(*(one(k) for k in range(clients)))
+    elapsed = loop.time() - t0
+    latencies.sort()
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "ok": len(latencies),
+        "errors": errors,
+        "latency_ms_median": 1000 * statistics.median(latencies) if latencies else 0.0,
+        "latency_ms_p99": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else 0.0,
+    }
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length, chunked = 0, False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+    if not chunked:
+        return status, await reader.readexactly(length)
+    parts = []
+    while True:  # RFC 9112 §7.1: size line, data, CRLF; a zero size ends it
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        data = await reader.readexactly(size + 2)
+        if size == 0:
+            return status, b"".join(parts)
+        parts.append(data[:-2])
+
+
+def single_messages(count: int, seed: int = 3) -> list[bytes]:
+    return [_line.encode({"to": to, "from": "SLUICE", "category": "transactional",
+                          "body": "Your code is 123456. It expires in 5 minutes."})
+            for to in workload.numbers(count, seed)]  # fmt: skip
+
+
+def medians(runs: Iterable[dict[str, object]], keys: Iterable[str]) -> dict[str, float]:
+    runs = list(runs)
+    return {k: statistics.median(float(r[k]) for r in runs) for k in keys}  # type: ignore[arg-type]
