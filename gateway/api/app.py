@@ -1,6 +1,7 @@
 """The HTTP API as a plain ASGI app: decode -> call the service -> encode. No framework.
 
-Every error is a JSON body ``{"error", "field"?, "index"?}`` with a 4xx status; a 500 means a
+Every error is a JSON body ``{"error", "field"?, "index"?}`` with a 4xx status: 400 for a body
+that is not JSON, 422 for JSON that breaks the schema (naming the field); a 500 means a
 bug and is logged with its traceback, never with the request's secrets.
 """
 
@@ -191,6 +192,12 @@ class _TooLarge(CallerError):
     status = 413
 
 
+class _Malformed(InvalidInput):
+    """The body is not JSON at all (400); JSON of the wrong shape is InvalidInput (422)."""
+
+    status = 400
+
+
 def _error(status: int, message: str, field: str | None = None, index: int | None = None,
            headers: list[tuple[bytes, bytes]] | None = None) -> Response:  # fmt: skip
     return Response(status, _enc.encode(schemas.ErrorBody(error=message, field=field, index=index)), headers or [])
@@ -198,21 +205,21 @@ def _error(status: int, message: str, field: str | None = None, index: int | Non
 
 def _decode(kind: type, body: bytes):
     if not body:
-        raise InvalidInput("empty body: a JSON object is expected")
+        raise _Malformed("empty body: a JSON object is expected")
     try:
         return _decoders[kind].decode(body)
     except msgspec.ValidationError as exc:
         text, field = _split(str(exc))
         raise InvalidInput(text, field=field, index=_index(field)) from None
     except msgspec.DecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
+        raise _Malformed(f"malformed JSON: {exc}") from None
 
 
 def _ndjson_job(body: bytes) -> schemas.JobIn:
     """First line: the job (without recipients); then one recipient per line."""
     lines = [ln for ln in body.split(b"\n") if ln.strip()]
     if not lines:
-        raise InvalidInput("empty body: the first NDJSON line is the job")
+        raise _Malformed("empty body: the first NDJSON line is the job")
     job = _decode(schemas.JobIn, lines[0])
     people = []
     for i, line in enumerate(lines[1:]):
@@ -220,7 +227,8 @@ def _ndjson_job(body: bytes) -> schemas.JobIn:
             people.append(_RECIPIENT.decode(line))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             text, field = _split(str(exc))
-            raise InvalidInput(f"line {i + 2}: {text}", field=f"recipients[{i}]" + (f".{field}" if field else ""),
+            kind = InvalidInput if isinstance(exc, msgspec.ValidationError) else _Malformed
+            raise kind(f"line {i + 2}: {text}", field=f"recipients[{i}]" + (f".{field}" if field else ""),
                                index=i) from None  # fmt: skip
     return msgspec.structs.replace(job, recipients=job.recipients + people)
 

@@ -83,8 +83,8 @@ async def test_suppressed_number_ends_suppressed(client):
 
 
 @pytest.mark.parametrize("body, status, field", [
-    (b"{not json", 422, None),
-    (b"", 422, None),
+    (b"{not json", 400, None),
+    (b"", 400, None),
     (b"[]", 422, None),
     (json.dumps({**MSG, "to": 14155550123}).encode(), 422, "to"),
     (json.dumps({**MSG, "extra": 1}).encode(), 422, None),
