@@ -106,7 +106,8 @@ class Api:
                 body = await _read_body(receive, self._max_body) if method in ("POST", "DELETE") else b""
                 return await handler(tenant, scope, body, **hit.groupdict())
         if allowed:
-            return _error(405, f"method not allowed; use {', '.join(sorted(set(allowed)))}")
+            methods = ", ".join(sorted(set(allowed)))  # RFC 9110 §15.5.6: a 405 lists them in Allow
+            return _error(405, f"method not allowed; use {methods}", headers=[(b"allow", methods.encode())])
         return _error(404, "no such endpoint")
 
     def _authenticate(self, scope) -> Tenant:

@@ -200,6 +200,8 @@ class Gateway:
         self.core.suppress(tenant, number)
 
     async def unsuppress(self, tenant: str, number: str) -> bool:
+        if self.numbers.error(number) is not None:
+            return False  # suppress() takes only valid numbers: this one cannot be on the list
         self.core.unsuppress(tenant, number)
         return await self._io(self.store.unsuppress, tenant, number)
 

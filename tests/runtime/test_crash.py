@@ -36,8 +36,9 @@ pytestmark = pytest.mark.anyio
 BINDS, WINDOW = 2, 50
 # Seconds of carrier rate that may be on the carrier's side but not yet on our disk at a kill: one
 # write cycle (flush_every = 10 ms, the commit, and the hops from the connector's outbox through
-# the dispatcher's listener). Measured up to ~55 ms on a loaded two-core machine; we allow 100 ms.
-FLUSH_SLACK = 0.1
+# the dispatcher's listener). ~10-50 ms on an idle machine; up to ~150 ms was measured while two
+# other test suites shared the two cores. We allow 250 ms.
+FLUSH_SLACK = 0.25
 
 
 async def crash_run(tmp_path, *, size: int, kills: int, rate: float, seed: int, timeout: float) -> dict:
@@ -48,8 +49,8 @@ async def crash_run(tmp_path, *, size: int, kills: int, rate: float, seed: int, 
     done_kills = 0
     with anyio.fail_after(timeout):
         # tps above the gateway's rate: the simulator never throttles, it only paces receipts.
-        async with simulator("--tps", str(int(rate * 1.2)), "--dlr-delay", "0.3", "--seed", str(seed)) as sim:
-            cfg = write_config(tmp_path, sim.port, rate=rate, window=WINDOW, binds=BINDS, horizon=3.0)
+        async with simulator("--tps", str(int(rate * 1.2)), "--dlr-delay", "1.0", "--seed", str(seed)) as sim:
+            cfg = write_config(tmp_path, sim.port, rate=rate, window=WINDOW, binds=BINDS, horizon=5.0)
             job_id = None
             while True:
                 async with gateway(cfg, env=ENV) as gw, client(gw.url) as c:
@@ -88,7 +89,7 @@ def check(result: dict, size: int, rate: float) -> int:
 
 
 async def test_kill_9_mid_job_loses_nothing(tmp_path) -> None:
-    size, rate = 12_000, 2000.0
+    size, rate = 8000, 1000.0
     result = await crash_run(tmp_path, size=size, kills=3, rate=rate, seed=20240601, timeout=90.0)
     check(result, size, rate)
 
