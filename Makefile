@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench-core lint clean
+.PHONY: run test test-slow bench-core lint clean
 
 $(BIN)/python:
 	@$(PY) -m venv --help >/dev/null 2>&1 && $(PY) -c 'import ensurepip' 2>/dev/null || \
@@ -23,6 +23,11 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/lint-imports --config pyproject.toml
 	$(BIN)/python -m pytest
+
+# The long runs (pytest marker `slow`): 10 kill -9s during a 100,000-message job, a large
+# schemathesis run. Each test bounds its own time; `timeout` bounds the whole command.
+test-slow: $(VENV)/.installed
+	timeout 900 $(BIN)/python -m pytest -m slow -s
 
 bench-core: $(VENV)/.installed
 	$(BIN)/sluice bench core

@@ -11,7 +11,8 @@ and never raises for a per-message outcome; every dispatch it accepted ends in e
 - ``Requeue``       it must go again, through the core (response time-out, dropped bind,
                     throttled, carrier down, connector closing)
 
-and, later, for a submitted one, at most one ``ReceiptMatched`` (its final state from receipts, or
+and, later, for a submitted one (or one given back with ``expect_receipts`` after a restart), at
+most one ``ReceiptMatched`` (its final state from receipts, or
 ``unknown`` when none came within the horizon). ``Throttled`` asks the core to slow the carrier
 down, ``LinkChanged`` reports binds going up and down, ``Inbound`` is an MO message.
 """
@@ -139,6 +140,11 @@ class Connector(Protocol):
         ...
 
     def statistics(self) -> ConnectorStats: ...
+
+    def expect_receipts(self, message_id: int, carrier_ids: Sequence[str]) -> None:
+        """Message ``message_id`` was taken by this carrier before a restart, with these ids: match
+        its receipts again (it ends with one ``ReceiptMatched``, as if submitted here)."""
+        ...
 
     async def aclose(self) -> None:
         """Stop: unsent messages come back as ``Requeue(reason="closing")``."""

@@ -54,6 +54,7 @@ class MockConnector:
     ) -> None:
         self.name = name
         self.batches: list[list[Dispatch]] = []
+        self.expected: list[tuple[int, tuple[str, ...]]] = []
         self._events = events
         self._script = script or (lambda d: "deliver")
         self._capacity = capacity
@@ -119,6 +120,10 @@ class MockConnector:
                 Requeue(ref=ref, carrier=name, reason="throttled", at=now),
             ]
         return [Requeue(ref=ref, carrier=name, reason="timeout", at=now)]
+
+    def expect_receipts(self, message_id: int, carrier_ids: Sequence[str]) -> None:
+        """Recorded in ``expected``; the script has no receipts to match them with."""
+        self.expected.append((message_id, tuple(carrier_ids)))
 
     def statistics(self) -> ConnectorStats:
         return ConnectorStats(

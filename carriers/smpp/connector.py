@@ -274,6 +274,13 @@ class SmppConnector:
             if b.up and len(b.inflight) < self.settings.window:
                 b.wake.set()
 
+    def expect_receipts(self, message_id: int, carrier_ids: Sequence[str]) -> None:
+        """A message the carrier took before a restart: its receipts may come to these binds (an
+        SMSC redelivers those left unacknowledged), so the reconciler learns its ids again."""
+        now = anyio.current_time()
+        for result in self._reconciler.submitted(message_id, self.name, carrier_ids, len(carrier_ids), now):
+            self._on_result(result)
+
     def statistics(self) -> ConnectorStats:
         rs = self._reconciler.statistics()
         return ConnectorStats(

@@ -1,6 +1,7 @@
 """The HTTP API as a plain ASGI app: decode -> call the service -> encode. No framework.
 
-Every error is a JSON body ``{"error", "field"?, "index"?}`` with a 4xx status; a 500 means a
+Every error is a JSON body ``{"error", "field"?, "index"?}`` with a 4xx status: 400 for a body
+that is not JSON, 422 for JSON that breaks the schema (naming the field); a 500 means a
 bug and is logged with its traceback, never with the request's secrets.
 """
 
@@ -107,7 +108,8 @@ class Api:
                 body = await _read_body(receive, self._max_body) if method in ("POST", "DELETE") else b""
                 return await handler(tenant, scope, body, **hit.groupdict())
         if allowed:
-            return _error(405, f"method not allowed; use {', '.join(sorted(set(allowed)))}")
+            methods = ", ".join(sorted(set(allowed)))  # RFC 9110 §15.5.6: a 405 lists them in Allow
+            return _error(405, f"method not allowed; use {methods}", headers=[(b"allow", methods.encode())])
         return _error(404, "no such endpoint")
 
     def _authenticate(self, scope) -> Tenant:
@@ -206,6 +208,12 @@ class _TooLarge(CallerError):
     status = 413
 
 
+class _Malformed(InvalidInput):
+    """The body is not JSON at all (400); JSON of the wrong shape is InvalidInput (422)."""
+
+    status = 400
+
+
 def _error(status: int, message: str, field: str | None = None, index: int | None = None,
            headers: list[tuple[bytes, bytes]] | None = None) -> Response:  # fmt: skip
     return Response(status, _enc.encode(schemas.ErrorBody(error=message, field=field, index=index)), headers or [])
@@ -213,14 +221,14 @@ def _error(status: int, message: str, field: str | None = None, index: int | Non
 
 def _decode(kind: type, body: bytes):
     if not body:
-        raise InvalidInput("empty body: a JSON object is expected")
+        raise _Malformed("empty body: a JSON object is expected")
     try:
         return _decoders[kind].decode(body)
     except msgspec.ValidationError as exc:
         text, field = _split(str(exc))
         raise InvalidInput(text, field=field, index=_index(field)) from None
     except msgspec.DecodeError as exc:
-        raise InvalidInput(f"malformed JSON: {exc}") from None
+        raise _Malformed(f"malformed JSON: {exc}") from None
 
 
 _RECIPIENTS = msgspec.json.Decoder(list[schemas.RecipientIn])
@@ -294,8 +302,9 @@ class NdjsonBody:
                 except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                     i = self._index + len(people)
                     text, field = _split(str(exc))
-                    raise InvalidInput(f"recipient {i}: {text}", field=f"recipients[{i}]" + (f".{field}" if field else ""),
-                                       index=i) from None  # fmt: skip
+                    kind = InvalidInput if isinstance(exc, msgspec.ValidationError) else _Malformed
+                    raise kind(f"line {i + 2}: {text}", field=f"recipients[{i}]" + (f".{field}" if field else ""),
+                               index=i) from None  # fmt: skip
         self._index += len(people)
         return people
 

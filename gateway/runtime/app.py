@@ -1,7 +1,9 @@
 """`sluice serve`: one process, one anyio task group: HTTP API, dispatcher, carrier connectors.
 
-Start-up: open the store, recover every accepted message that is not final (messages that were
-submitted when the process died go again, marked retried), open the connectors, then serve.
+Start-up: open the store, recover every accepted message that is not final, open the connectors,
+give them back the carrier ids of messages they took before (their receipts may still come), then
+serve. Messages that may have been on the wire when the process died go again: docs/ARCHITECTURE.md,
+"Recovery".
 Shutdown on SIGTERM/SIGINT: stop accepting HTTP, stop dispatching, let the connectors finish
 what is in flight and unbind, write the last state changes, close the store.
 """
@@ -85,13 +87,15 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
             webhooks.poke()
 
         gateway = Gateway(core, store, on_changes=wake_webhooks)
-        recovered = await gateway.recover(clock())
-        log.info("serve.recovered messages=%d", recovered)
+        recovered = await gateway.recover(clock(), carriers={link.name for link in cfg.carriers.smpp})
+        log.info("serve.recovered queued=%d awaiting_receipts=%d", recovered.queued, len(recovered.awaiting))
         send, receive = anyio.create_memory_object_stream[ConnectorEvent](max_buffer_size=100_000)
         connectors = {}
         for link in cfg.carriers.smpp:
             connectors[link.name] = await stack.enter_async_context(SmppConnector(link, send.clone()))
         send.close()
+        for mid, carrier, ids in recovered.awaiting:
+            connectors[carrier].expect_receipts(mid, ids)
         dispatcher = Dispatcher(core, connectors, receive, store, clock=clock, on_changes=wake_webhooks)
         gateway.on_admitted = dispatcher.poke
         metrics = Metrics(core, connectors, clock, lambda: dispatcher.stats, dispatcher.receipt_latency,

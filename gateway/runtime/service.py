@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from functools import partial
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 
 import anyio
 import msgspec
@@ -27,9 +27,17 @@ from gateway.errors import InvalidInput, NotFound
 from gateway.runtime.numbers import NumberCheck
 from gateway.store.base import Change, Store
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "Recovery"]
 
 _json = msgspec.json.Encoder()
+
+
+class Recovery(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``Gateway.recover`` found: ``queued`` messages are in the core again; ``awaiting``
+    are (message id, carrier, carrier ids) of messages a carrier took, waiting for receipts."""
+
+    queued: int
+    awaiting: list[tuple[int, str, tuple[str, ...]]]
 
 
 class Gateway:
@@ -282,6 +290,8 @@ class Gateway:
         self.core.suppress(tenant, number)
 
     async def unsuppress(self, tenant: str, number: str) -> bool:
+        if self.numbers.error(number) is not None:
+            return False  # suppress() takes only valid numbers: this one cannot be on the list
         self.core.unsuppress(tenant, number)
         return await self._io(self.store.unsuppress, tenant, number)
 
@@ -289,25 +299,37 @@ class Gateway:
         return [schemas.SuppressionOut(number=s.number, at=s.at, source=s.source)
                 for _, s in await self._io(self.store.suppressions, tenant)]  # fmt: skip
 
-    async def recover(self, now: float) -> int:
-        """After a restart: queue again everything accepted and not final; returns how many.
-        Messages that were submitted when the process died are sent again (marked retried)."""
+    async def recover(self, now: float, *, carriers: Collection[str] = ()) -> Recovery:
+        """After a restart: queue again everything accepted and not final (see ``Recovery``).
+
+        A message in state ``submitted`` on one of ``carriers`` was taken by that carrier: it is
+        not sent again but handed back (``Recovery.awaiting``) to wait for its receipt. Every
+        other unfinished message is queued again with its own id: those that were on the wire
+        when the process died cannot be told from those never sent, so they go again (the
+        duplicates are bounded by the carriers' windows). A ``submitted`` message whose carrier
+        is gone is sent again and marked retried."""
         for tenant, s in await self._io(self.store.suppressions):
             self.core.suppress(tenant, s.number)
-        count = 0
+        awaiting = [a for a in await self._io(self.store.awaiting_receipts) if a[1] in carriers]
+        waits = {mid for mid, _, _ in awaiting}
+        count, retried = 0, []
         for stored, rest in await self._io(lambda: list(self.store.unfinished())):
             self.core.reserve_ids(0, now, floor=stored.first_id + stored.size)
-            people = [r for _, r, _ in rest]
-            ids = [stored.first_id + i for i, _, _ in rest]
             # Each message keeps its id: admit one by one with its own id (recovery is rare).
-            for mid, person in zip(ids, people):
+            for offset, person, state in rest:
+                mid = stored.first_id + offset
+                if mid in waits:
+                    continue
                 self.core.admit(stored.job, [person], now, first_id=mid,
                                 paused=stored.status == "paused")  # fmt: skip
-            count += len(people)
+                count += 1
+                if state == "submitted":
+                    retried.append(Change(message_id=mid, state="queued", at=now, reason="retried: recovered"))
             if stored.status == "canceled":
                 await self._report(self.core.cancel_job(stored.job.id, now), now)
-        return count
-
+        if retried:
+            await self._io(self.store.record, retried)
+        return Recovery(queued=count, awaiting=awaiting)
 
 class _ChunkWriter:
     """At most one chunk being written at a time, in a worker thread; its error is raised by

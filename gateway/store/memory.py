@@ -200,6 +200,11 @@ class MemoryStore:
         out.sort(key=lambda item: item[0].created_at)
         yield from out
 
+    def awaiting_receipts(self) -> list[tuple[int, str, tuple[str, ...]]]:
+        with self._lock:
+            return [(m.id, m.carrier, tuple(m.carrier_ids)) for m in sorted(self._msgs.values(), key=lambda m: m.id)
+                    if m.state == "submitted" and m.carrier and m.carrier_ids]  # fmt: skip
+
     def remembered(self, tenant: str, key: str, digest: str) -> bytes | None:
         with self._lock:
             hit = self._idem.get((tenant, key))

@@ -284,6 +284,16 @@ class SqliteStore:
                 ).fetchall()
             yield stored, [(i - stored.first_id, _rcpt_dec.decode(r), s) for i, r, s in msgs]
 
+    def awaiting_receipts(self) -> list[tuple[int, str, tuple[str, ...]]]:
+        """(message id, carrier, carrier ids) of every message a carrier took and has not reported
+        on: after a restart these wait for their receipts, they are not sent again."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, carrier, carrier_ids FROM messages WHERE final = 0 AND state = 'submitted'"
+                " AND carrier IS NOT NULL AND carrier_ids IS NOT NULL ORDER BY id"
+            ).fetchall()
+        return [(i, c, tuple(ids.split(","))) for i, c, ids in rows]
+
     def remembered(self, tenant: str, key: str, digest: str) -> bytes | None:
         """The answer given before for this idempotency key, or None. Conflict if the body differs."""
         with self._tx() as db:

@@ -63,6 +63,16 @@ class StoreConformance:
         assert [(i, st) for i, _, st in rest] == [(1, "submitted"), (2, "queued"), (3, "queued"), (4, "queued")]
         assert rest[0][1] == PEOPLE[1][1]
 
+    def test_awaiting_receipts_lists_what_carriers_took(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE, 10.0)
+        store.record([Change(message_id=1000, state="submitted", at=11.0, carrier="c1", carrier_ids=("a1",)),
+                      Change(message_id=1001, state="submitted", at=11.0, carrier="c1", carrier_ids=("b1", "b2")),
+                      Change(message_id=1001, state="delivered", at=12.0, carrier="c1"),
+                      Change(message_id=1002, state="queued", at=11.0, carrier="c1")])  # fmt: skip
+        assert store.awaiting_receipts() == [(1000, "c1", ("a1",))]
+        store.record([Change(message_id=1002, state="submitted", at=13.0, carrier="c2", carrier_ids=("x", "y"))])
+        assert store.awaiting_receipts() == [(1000, "c1", ("a1",)), (1002, "c2", ("x", "y"))]
+
     def test_job_status(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE, 10.0)
         assert store.set_job_status("acme", "j1", "paused")

@@ -83,8 +83,8 @@ async def test_suppressed_number_ends_suppressed(client):
 
 
 @pytest.mark.parametrize("body, status, field", [
-    (b"{not json", 422, None),
-    (b"", 422, None),
+    (b"{not json", 400, None),
+    (b"", 400, None),
     (b"[]", 422, None),
     (json.dumps({**MSG, "to": 14155550123}).encode(), 422, "to"),
     (json.dumps({**MSG, "extra": 1}).encode(), 422, None),
@@ -128,7 +128,16 @@ async def test_body_too_large(client):
 
 async def test_unknown_route_and_method(client):
     assert (await client.get("/v1/nothing")).status_code == 404
-    assert (await client.put("/v1/messages")).status_code == 405
+    r = await client.put("/v1/messages")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"  # RFC 9110: a 405 says what is allowed
+    assert (await client.request("TRACE", "/v1/suppressions")).headers["allow"] == "GET, POST"
+
+
+async def test_unsuppress_of_something_not_a_number_is_404(client):
+    # Found by schemathesis: the core parsed the path segment as digits and the API answered 500.
+    for number in ("ëÃ", "abc", "+", "00"):
+        r = await client.delete(f"/v1/suppressions/{number}")
+        assert r.status_code == 404, (number, r.text)
 
 
 async def test_openapi(client):

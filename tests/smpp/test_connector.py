@@ -320,3 +320,45 @@ async def test_pdus_in_the_same_read_as_the_bind_resp_are_handled(make_dispatch,
     async with scripted(fast(), lambda pdu, s: None, after_bind=after_bind) as h:
         (mo,) = [e for e in await h.until(lambda ev: any(isinstance(e, Inbound) for e in ev)) if isinstance(e, Inbound)]
         assert (mo.sender, mo.recipient, mo.text) == ("447911", "SLUICE", "early MO")
+
+
+async def test_a_new_connector_matches_receipts_of_what_an_earlier_one_submitted(make_dispatch) -> None:
+    """A restart: the first connector's binds go away before the receipts are due; the second is
+    told the carrier ids (``expect_receipts``, as ``serve`` does from the store) and matches the
+    receipts the SMSC then delivers to it, without sending anything again."""
+    from carriers.smpp.simulator import SmscSimulator
+
+    smsc = SmscSimulator(sim(dlr_delay=1.0))
+    async with anyio.create_task_group() as tg:
+        await tg.start(smsc.run)
+
+        async def connect():
+            a, b = memory_stream_pair()
+            tg.start_soon(smsc.handle_connection, b)
+            return a
+
+        send, receive = anyio.create_memory_object_stream(math.inf)
+        async with SmppConnector(fast(), send, connect=connect, password="pw") as first:
+            await first.submit([make_dispatch(i, message_id=500 + i) for i in range(5)])
+            with anyio.fail_after(5):
+                taken = []
+                while len(taken) < 5:
+                    if isinstance(ev := await receive.receive(), Submitted):
+                        taken.append(ev)
+        ids = {500 + e.ref: e.carrier_ids for e in taken}
+        assert smsc.counters()["receipts_sent"] == 0  # none was due while the first one was up
+
+        send, receive = anyio.create_memory_object_stream(math.inf)
+        async with SmppConnector(fast(), send, connect=connect, password="pw") as second:
+            for mid, cids in ids.items():
+                second.expect_receipts(mid, cids)
+            with anyio.fail_after(5):
+                matched = []
+                while len(matched) < 5:
+                    if isinstance(ev := await receive.receive(), ReceiptMatched):
+                        matched.append(ev)
+            assert sorted(e.message_id for e in matched) == sorted(ids)
+            assert {e.state for e in matched} == {FinalState.DELIVERED}
+            assert second.statistics().submitted == 0
+        assert smsc.counters()["accepted"] == 5
+        tg.cancel_scope.cancel()
