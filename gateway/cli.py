@@ -98,6 +98,7 @@ def _register() -> None:
 _OPTIONAL = [
     ("bench.smpp", bench, "bench_smpp"),
     ("carriers.smpp.simulator", sim, "sim_smsc"),
+    ("carriers.http.simulator", sim, "sim_http"),
 ]
 
 _register()

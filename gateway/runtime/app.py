@@ -22,6 +22,7 @@ import sniffio
 import msgspec
 
 from carriers.base import ConnectorEvent
+from carriers.http.connector import HttpConnector
 from carriers.smpp.connector import SmppConnector
 from gateway.api.app import Api, Response, hash_key
 from gateway.config import Config, Tenant
@@ -67,6 +68,8 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         connectors = {}
         for link in cfg.carriers.smpp:
             connectors[link.name] = await stack.enter_async_context(SmppConnector(link, send.clone()))
+        for link in cfg.carriers.http:
+            connectors[link.name] = await stack.enter_async_context(HttpConnector(link, send.clone()))
         send.close()
         dispatcher = Dispatcher(core, connectors, receive, store, clock=clock)
         gateway.on_admitted = dispatcher.poke

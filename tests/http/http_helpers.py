@@ -4,7 +4,6 @@ that sends back what comes back, as the core would."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,9 +13,9 @@ import msgspec
 
 from carriers.base import ConnectorEvent, Requeue, SubmitFailed, Submitted
 from carriers.http.connector import HttpConnector
+from carriers.http.testing import loopback_carrier
 from carriers.http.settings import HttpSettings
-from carriers.http.simulator import HttpCarrierSimulator, HttpSimSettings
-from carriers.http.wire import Incoming, serve_http
+from carriers.http.simulator import HttpSimSettings
 from gateway.core import segments
 from gateway.core.model import Dispatch
 
@@ -88,31 +87,8 @@ class Harness:
 
 @asynccontextmanager
 async def in_process(sim_settings: HttpSimSettings, settings: HttpSettings, **kwargs: Any) -> AsyncIterator[Harness]:
-    """The simulator on a free loopback port, a receiver for its callbacks (which hands them to
-    the connector, as the gateway's endpoint will), and the connector."""
-    send, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
-    box: dict[str, Any] = {}
-
-    async def receiver(req: Incoming) -> tuple[int, list, bytes]:
-        status = await box["h"].connector.callback(box["url"] + req.target, req.headers, req.body)
-        box["h"].callback_statuses.append(status)
-        return status, [], b""
-
-    async with anyio.create_task_group() as tg:
-        rport = await tg.start(serve_http, receiver, "127.0.0.1", 0)
-        box["url"] = f"http://127.0.0.1:{rport}"
-        sim_settings = msgspec.structs.replace(
-            sim_settings, host="127.0.0.1", port=0, receipt_url=f"{box['url']}/receipts",
-            inbound_url=f"{box['url']}/inbound" if sim_settings.mo_rate else None,
-        )  # fmt: skip
-        sim = HttpCarrierSimulator(sim_settings)
-        port = await tg.start(sim.serve)
-        path = "/messages" if settings.profile == "generic" else ""
-        settings = msgspec.structs.replace(settings, url=f"http://127.0.0.1:{port}{path}")
-        kwargs.setdefault("token", sim_settings.auth_token or "")
-        secret = sim_settings.auth_token if sim_settings.profile == "twilio" else sim_settings.receipt_secret
-        kwargs.setdefault("callback_secret", secret or "")
-        async with HttpConnector(settings, send, **kwargs) as connector:
-            box["h"] = h = Harness(sim, connector, receive)
-            yield h
-        tg.cancel_scope.cancel()
+    """``carriers.http.testing.loopback_carrier`` with the driver above."""
+    async with loopback_carrier(sim_settings, settings, **kwargs) as lb:
+        h = Harness(lb.sim, lb.connector, lb.events)
+        h.callback_statuses = lb.callback_statuses
+        yield h
