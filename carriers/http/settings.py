@@ -43,8 +43,7 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     callback_secret_env: str | None = None  # generic: HMAC key of receipts (twilio: the auth token)
     status_callback: str | None = None  # twilio: where the carrier posts receipts (StatusCallback)
     fields: FieldMap = msgspec.field(default_factory=FieldMap)
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8  # requests in flight
-    pool_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None  # connections (None: concurrency)
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8  # requests in flight = keep-alive connections
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100  # messages per request, if the profile batches
     timeout: Positive = 10.0  # per request (connect, write, read)
     retry_backoff: Positive = 0.25  # wait before the 2nd try of a request; doubles, with jitter ...

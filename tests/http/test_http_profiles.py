@@ -143,3 +143,21 @@ def test_twilio_callbacks_sign_url_and_sorted_params() -> None:
     assert (mo.sender, mo.text, mo.media) == ("+447911000001", "STOP", ("u",))
     with pytest.raises(ValueError):
         twilio.parse_callback({}, b"nonsense=1")
+
+
+def test_profiles_are_sans_io() -> None:
+    """Profiles and settings import no event loop, socket, HTTP client or clock."""
+    import ast
+    from pathlib import Path
+
+    root = Path(generic.__file__).parent.parent
+    forbidden = {"anyio", "trio", "asyncio", "socket", "httpx", "time", "uvloop", "datetime"}
+    for path in [*root.joinpath("profiles").glob("*.py"), root / "settings.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert not names & forbidden, f"{path.name}:{node.lineno} imports {names & forbidden}"
