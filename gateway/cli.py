@@ -104,12 +104,14 @@ def _register() -> None:
     from bench.smpp import bench_smpp
     from bench.soak import bench_soak
     from bench.throttle import bench_throttle
+    from carriers.http.simulator import sim_http
     from carriers.smpp.simulator import sim_smsc
 
     for command in (bench_core, bench_smpp, bench_ingest, bench_e2e, bench_throttle, bench_priority,
                     bench_quiet_hours, bench_soak, bench_scaling, bench_report):  # fmt: skip
         bench.add_command(command)
     sim.add_command(sim_smsc)
+    sim.add_command(sim_http)
 
 
 _register()

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from carriers.http.settings import HttpSettings
 from carriers.smpp.connector import SmppSettings
 from gateway.core.settings import CoreSettings
 from gateway.errors import ConfigError
@@ -68,6 +69,7 @@ class CarrierLinks(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     """How to reach each carrier named in ``core.carriers`` (the same ``name``)."""
 
     smpp: list[SmppSettings] = []
+    http: list[HttpSettings] = []
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -82,6 +84,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         for link in self.carriers.smpp:
             if link.name not in known:
                 raise ValueError(f"carriers.smpp: {link.name!r} is not one of core.carriers {sorted(known)}")
+        for http in self.carriers.http:
+            if http.name not in known:
+                raise ValueError(f"carriers.http: {http.name!r} is not one of core.carriers {sorted(known)}")
 
 
 def loads(text: str, *, path: str | None = None) -> Config:

@@ -24,6 +24,7 @@ import sniffio
 import msgspec
 
 from carriers.base import ConnectorEvent
+from carriers.http.connector import HttpConnector
 from carriers.smpp.connector import SmppConnector
 from gateway.api.app import Api, Response, hash_key
 from gateway.config import Config, Tenant
@@ -93,6 +94,8 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         connectors = {}
         for link in cfg.carriers.smpp:
             connectors[link.name] = await stack.enter_async_context(SmppConnector(link, send.clone()))
+        for link in cfg.carriers.http:
+            connectors[link.name] = await stack.enter_async_context(HttpConnector(link, send.clone()))
         send.close()
         for mid, carrier, ids in recovered.awaiting:
             connectors[carrier].expect_receipts(mid, ids)

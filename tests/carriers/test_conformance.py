@@ -1,5 +1,6 @@
-"""One conformance suite for every Connector: the shipped MockConnector and the SmppConnector
-(against the simulator, in memory). What the layers above may rely on, and nothing more."""
+"""One conformance suite for every Connector: the shipped MockConnector, the SmppConnector (against
+the SMSC simulator, in memory) and the HttpConnector (against the HTTP carrier simulator over
+loopback, generic and Twilio-style profiles). What the layers above may rely on, and nothing more."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ from carriers.base import (
     Submitted,
 )
 from carriers.errors import CarrierError
-from carriers.smpp.connector import SmppSettings
-from carriers.smpp.simulator import SimSettings
-from carriers.testing import MockConnector
+from carriers.http.settings import HttpSettings
+from carriers.http.simulator import HttpSimSettings
+from carriers.http.testing import loopback_carrier
+from carriers.smpp.connector import SmppConnector, SmppSettings
+from carriers.smpp.simulator import SimSettings, SmscSimulator
+from carriers.testing import MockConnector, memory_stream_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -34,19 +38,41 @@ async def mock(name: str) -> AsyncIterator[tuple[Connector, object]]:
         yield c, receive
 
 
-def smpp(harness):
+@asynccontextmanager
+async def smpp(name: str) -> AsyncIterator[tuple[Connector, object]]:
+    send, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
+    sim = SmscSimulator(SimSettings(dlr_delay=0.01))
+    async with anyio.create_task_group() as tg:
+        await tg.start(sim.run)
+
+        async def connect():
+            a, b = memory_stream_pair()
+            tg.start_soon(sim.handle_connection, b)
+            return a
+
+        settings = SmppSettings(name=name, window=20, tick_interval=0.05, response_timeout=1.0)
+        async with SmppConnector(settings, send, connect=connect, password="pw") as c:
+            yield c, receive
+        tg.cancel_scope.cancel()
+
+
+def http(profile: str):
     @asynccontextmanager
     async def make(name: str) -> AsyncIterator[tuple[Connector, object]]:
-        settings = SmppSettings(name=name, window=20, tick_interval=0.05, response_timeout=1.0)
-        async with harness(SimSettings(dlr_delay=0.01), settings) as h:
-            yield h.connector, h.events
+        sim = HttpSimSettings(profile=profile, receipt_delay=0.01, receipt_secret="k", auth_token="tok")
+        settings = HttpSettings(name=name, profile=profile, batch_size=20, tick_interval=0.05)
+        async with loopback_carrier(sim, settings) as lb:
+            yield lb.connector, lb.events
 
     return make
 
 
-@pytest.fixture(params=["mock", "smpp"])
-def open_connector(request, harness):
-    return mock if request.param == "mock" else smpp(harness)
+OPENERS = {"mock": mock, "smpp": smpp, "http-generic": http("generic"), "http-twilio": http("twilio")}
+
+
+@pytest.fixture(params=list(OPENERS))
+def open_connector(request):
+    return OPENERS[request.param]
 
 
 async def collect(receive, done, timeout: float = 10.0) -> list[ConnectorEvent]:
