@@ -45,7 +45,7 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "f
     reference: Reference | None = None
 
 
-class RecipientIn(msgspec.Struct, forbid_unknown_fields=True):
+class RecipientIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     to: Number
     vars: dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=640)]] = {}
     tz: Zone | None = None
@@ -67,7 +67,7 @@ class MessageAccepted(msgspec.Struct):
     status: str
 
 
-class RecipientError(msgspec.Struct):
+class RecipientError(msgspec.Struct, gc=False):
     index: int
     error: str
 

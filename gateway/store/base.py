@@ -46,7 +46,7 @@ FINAL = frozenset(STATES[4:])
 NOTIFY = FINAL | {"submitted", "deferred"}
 
 
-class Change(msgspec.Struct, frozen=True, kw_only=True):
+class Change(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One state change of one message, with when and why."""
 
     message_id: int
