@@ -76,7 +76,10 @@ async def run_once(seconds: float, drop_at: float, lowered: float) -> dict[str, 
                 counters = {n: await s.counters() for n, s in sims.items()}
     out: dict[str, Any] = {}
     for name, c in counters.items():
-        first = start[name] + 2  # the first two seconds: binding, first burst
+        per_s = c["accepted_per_s"]
+        # From the second after the carrier first accepted anything (the process start and the
+        # binds are not what this measures) to the last whole second.
+        first = next((i for i in range(start[name], len(per_s)) if per_s[i]), len(per_s)) + 1
         accepted = c["accepted_per_s"][first:-1]  # the last second is partial
         allowed = c["tps_per_s"][first:-1]
         rate, burst = LIMITS[name]

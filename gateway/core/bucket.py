@@ -68,7 +68,7 @@ class TokenBucket:
         now: float,
         *,
         backoff: float = 0.5,
-        margin: float = 0.95,
+        margin: float = 0.97,
         probe: float = 5.0,
         floor: float = 0.05,
         cooldown: float = 1.0,

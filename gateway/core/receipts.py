@@ -298,6 +298,11 @@ class Reconciler:
                 self._done_expiry.append((done_until, carrier, key))
         entry.remaining = -1  # finished: the horizon queue skips it
         self._pending -= 1
+        # The horizon queue keeps finished entries until their deadline (days away): compact it
+        # once they outnumber the live ones, so memory follows the messages awaiting receipts,
+        # not every message of the last ``horizon_s``. Amortised O(1); the order is kept.
+        if len(self._horizon) > 2 * self._pending + 1024:
+            self._horizon = deque(h for h in self._horizon if h[2].remaining >= 0)
         results.append(
             Receipted(ref=entry.ref, carrier=carrier, state=final, error_code=error, reason=reason, at=now,
                       submitted_at=entry.submitted)

@@ -217,3 +217,18 @@ def test_every_submitted_message_ends_exactly_once(events, parts) -> None:
     assert sorted(ended) == sorted(submitted)
     stats = rc.statistics()
     assert stats.pending == 0 and stats.held == 0
+
+
+def test_memory_follows_the_messages_awaiting_receipts_not_the_horizon() -> None:
+    """A long horizon (days) must not keep every finished message until its deadline."""
+    rc = Reconciler(hold_unmatched_s=1, horizon_s=3 * 86400)
+    for i in range(20_000):
+        rc.submitted(i, "c", [f"id{i}"], 1, now=i * 0.01)
+        rc.receipt("c", f"id{i}", R.DELIVERED, 0, now=i * 0.01 + 0.005)
+        rc.tick(i * 0.01 + 0.005)
+    assert rc.statistics().pending == 0
+    assert len(rc._horizon) <= 1024 + 1  # compacted: not 20,000 finished entries
+    # and messages still awaiting their receipt are kept and end at the horizon
+    rc.submitted(99_999, "c", ["late"], 1, now=200.0)
+    (r,) = [x for x in rc.tick(200.0 + 3 * 86400) if isinstance(x, Receipted)]
+    assert r.ref == 99_999 and r.state is FinalState.UNKNOWN
