@@ -99,6 +99,8 @@ class MessageOut(msgspec.Struct):
     to: str
     state: str
     carrier: str | None
+    segments: int  # as dispatch plans it (0 if it cannot be planned)
+    encoding: Literal["gsm7", "ucs2"] | None
     carrier_ids: list[str]
     attempts: int
     history: list[StateChangeOut]

@@ -191,6 +191,13 @@ class Scheduler:
         carrier = entry.carrier if entry.carrier is not None else self._router.carriers_for(digits)[0]
         return number, packed, seg, zone, carrier
 
+    def segments_of(self, template: str, values: dict[str, str]) -> tuple[int, str]:
+        """How many segments a message of ``template`` with these variables takes, and in which
+        encoding ("gsm7" or "ucs2"), exactly as dispatch will plan it."""
+        body, _ = Template(template).fill(values)
+        byte = self._plan(body)
+        return byte & COUNT, "ucs2" if byte & UCS2 else "gsm7"
+
     def _plan(self, body: str) -> int:
         """The segments byte: count (bits 0-5), smart encoding applied (bit 6), UCS-2 (bit 7)."""
         plan = segments.plan(body)

@@ -262,9 +262,16 @@ class Gateway:
         m = await self._io(self.store.message, tenant, mid)
         if m is None:
             raise NotFound(f"no message {message_id!r}")
+        stored = await self._io(self.store.job_info, tenant, m.job_id)
+        count, encoding = 0, None
+        if stored is not None:
+            try:
+                count, encoding = self.core.segments_of(stored.job.template, m.recipient.vars)
+            except (ValueError, KeyError):  # e.g. over the maximum: it was rejected, never sent
+                pass
         return schemas.MessageOut(
             id=message_id, job_id=m.job_id, to=m.recipient.to, state=m.state, carrier=m.carrier,
-            carrier_ids=list(m.carrier_ids), attempts=m.attempts,
+            segments=count, encoding=encoding, carrier_ids=list(m.carrier_ids), attempts=m.attempts,
             history=[schemas.StateChangeOut(state=c.state, at=c.at, reason=c.reason, carrier=c.carrier)
                      for c in m.history],
         )  # fmt: skip

@@ -168,6 +168,10 @@ class MemoryStore:
                     counts[m.state] = counts.get(m.state, 0) + 1
             return JobCounts(job=stored, counts=counts)
 
+    def job_info(self, tenant: str, job_id: str) -> StoredJob | None:
+        with self._lock:
+            return self._jobs.get((tenant, job_id))
+
     def message(self, tenant: str, message_id: int) -> MessageRecord | None:
         with self._lock:
             m = self._msgs.get(message_id)

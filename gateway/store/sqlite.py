@@ -234,6 +234,11 @@ class SqliteStore:
             ).fetchall())  # fmt: skip
         return JobCounts(job=_stored_job(row), counts=counts)
 
+    def job_info(self, tenant: str, job_id: str) -> StoredJob | None:
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM jobs WHERE tenant = ? AND id = ?", (tenant, job_id)).fetchone()
+        return None if row is None else _stored_job(row)
+
     def message(self, tenant: str, message_id: int) -> MessageRecord | None:
         with self._tx() as db:
             row = db.execute(

@@ -23,6 +23,8 @@ class StoreConformance:
         assert got.job.callback_url == "https://example.invalid/cb"
         assert got.counts == {"queued": 5}
         assert store.job("other-tenant", "j1") is None
+        assert store.job_info("acme", "j1") == got.job
+        assert store.job_info("other-tenant", "j1") is None
 
     def test_chunks_extend_a_job(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE[:2], 10.0)

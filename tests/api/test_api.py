@@ -21,6 +21,14 @@ async def test_single_message_accepted_and_queryable(client):
     assert m.status_code == 200
     assert m.json()["to"] == MSG["to"] and m.json()["state"] == "queued"
     assert m.json()["history"][0]["state"] == "queued"
+    assert m.json()["segments"] == 1 and m.json()["encoding"] == "gsm7"
+
+
+async def test_message_view_says_how_many_segments_and_which_encoding(client):
+    long_unicode = {**MSG, "body": "Привет! " * 30}  # 240 UCS-2 characters: 4 segments of 67
+    mid = (await client.post("/v1/messages", json=long_unicode)).json()["id"]
+    m = (await client.get(f"/v1/messages/{mid}")).json()
+    assert (m["segments"], m["encoding"]) == (4, "ucs2")
 
 
 async def test_job_reports_bad_recipients_by_index(client):
