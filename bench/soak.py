@@ -54,8 +54,8 @@ host = "127.0.0.1"
 [[api.tenants]]
 name = "soak"
 key_env = "SLUICE_SOAK_KEY"
-requests_per_second = 100.0
-burst = 100
+requests_per_second = 2000.0
+burst = 2000
 
 [store]
 url = "sqlite:///{directory / 'sluice.db'}"
@@ -101,16 +101,23 @@ async def run(rate: int, duration: float) -> dict[str, Any]:
                                        "rate": counters["accepted"] - accepted_before, "queued": _queued(metrics)})  # fmt: skip
                         accepted_before = counters["accepted"]
                         await anyio.sleep(max(0.0, t0 + second + 1 - time.monotonic()))
-                    counts: dict[str, int] = {}
+                    done: dict[str, dict[str, int]] = {}  # job -> its counts, once all final
                     with anyio.move_on_after(60):
-                        while True:
-                            counts = {}
+                        while len(done) < len(jobs):
                             for job_id in jobs:
-                                for state, n in (await client.get(f"/v1/jobs/{job_id}")).json()["counts"].items():
-                                    counts[state] = counts.get(state, 0) + n
-                            if sum(n for s, n in counts.items() if s in FINAL) >= rate * len(jobs):
-                                break
-                            await anyio.sleep(1.0)
+                                if job_id in done:
+                                    continue
+                                r = await client.get(f"/v1/jobs/{job_id}")
+                                r.raise_for_status()
+                                got = r.json()["counts"]
+                                if sum(n for s, n in got.items() if s in FINAL) >= rate:
+                                    done[job_id] = got
+                            if len(done) < len(jobs):
+                                await anyio.sleep(1.0)
+                    counts: dict[str, int] = {}
+                    for got in done.values():
+                        for state, n in got.items():
+                            counts[state] = counts.get(state, 0) + n
     n = len(series)
     second_q = [p["rss_mb"] for p in series[n // 4 : n // 2]] or [series[0]["rss_mb"]]
     last_q = [p["rss_mb"] for p in series[3 * n // 4 :]] or [series[-1]["rss_mb"]]
