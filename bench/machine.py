@@ -7,7 +7,9 @@ import platform
 from importlib import metadata
 
 
-def describe() -> dict[str, object]:
+def describe(event_loop: str = "asyncio+uvloop") -> dict[str, object]:
+    """The machine, the interpreter, the event loop the measured code ran on (``"none"`` for
+    the pure core on virtual time), and the Sluice version."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
@@ -27,5 +29,6 @@ def describe() -> dict[str, object]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "system": f"{platform.system()} {platform.release()}",
+        "event_loop": event_loop,
         "sluice": version,
     }

@@ -150,7 +150,8 @@ def render(directory: Path) -> Path:
     machine = next((d["machine"] for d in data.values() if "machine" in d), None)
     if machine:
         lines += [f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('implementation')} "
-                  f"{machine.get('python')}, {machine.get('system')}; Sluice {machine.get('sluice')}.", ""]  # fmt: skip
+                  f"{machine.get('python')}, {machine.get('system')}; event loop {machine.get('event_loop', 'asyncio+uvloop')};"
+                  f" Sluice {machine.get('sluice')}.", ""]  # fmt: skip
     if not data:
         lines.append(f"No scenario results in {directory} (run `sluice bench <scenario> --out {directory}`).")
     for name, d in data.items():

@@ -303,7 +303,7 @@ def bench_smpp(
         "configs": e2e["configs"],
         "simulator": e2e["simulator"],
         "targets": {"submits_per_s": TARGET_SUBMITS, "codec_speedup_vs_smpplib": TARGET_CODEC},
-        "machine": describe(),
+        "machine": describe(backend + ("+uvloop" if backend == "asyncio" else "")),
     }
     click.echo(f"sluice bench smpp ({result['backend']}; end to end: median of {runs} runs)")
     click.echo("  codec (PDUs/s)                           sluice      smpplib   speedup")
