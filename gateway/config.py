@@ -18,6 +18,7 @@ import msgspec
 
 from carriers.http.settings import HttpSettings
 from carriers.smpp.connector import SmppSettings
+from gateway.core.keywords import KeywordSettings
 from gateway.core.settings import CoreSettings
 from gateway.errors import ConfigError
 
@@ -34,6 +35,12 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     webhook_secret_env: str | None = None
     requests_per_second: Annotated[float, msgspec.Meta(gt=0)] = 200.0
     burst: Annotated[int, msgspec.Meta(ge=1)] = 400
+    # Inbound (MO) messages sent to one of these sender ids / short codes / numbers are this
+    # tenant's (compared without '+' and case). See gateway/runtime/inbound.py for the rest.
+    senders: list[Annotated[str, msgspec.Meta(min_length=1, max_length=20)]] = []
+    # Inbound messages that are not keywords are POSTed here (signed as webhooks are).
+    inbound_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None
+    keywords: KeywordSettings = msgspec.field(default_factory=KeywordSettings)
 
     def __post_init__(self) -> None:
         if (self.key_sha256 is None) == (self.key_env is None):
@@ -65,6 +72,12 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # outbox check when nothing wakes us
 
 
+class InboundSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Inbound (MO) messages: keyword replies and forwarding (gateway/runtime/inbound.py)."""
+
+    reply_category: str = "transactional"  # keyword replies: no quiet hours, no cap, not suppressed
+
+
 class CarrierLinks(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How to reach each carrier named in ``core.carriers`` (the same ``name``)."""
 
@@ -78,8 +91,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     carriers: CarrierLinks = msgspec.field(default_factory=CarrierLinks)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+    inbound: InboundSettings = msgspec.field(default_factory=InboundSettings)
 
     def __post_init__(self) -> None:
+        if self.inbound.reply_category not in self.core.categories:
+            raise ValueError(f"inbound.reply_category {self.inbound.reply_category!r} is not one of core.categories")
+        owner: dict[str, str] = {}
+        for t in self.api.tenants:
+            for sender in t.senders:
+                key = sender.lstrip("+").casefold()
+                if owner.setdefault(key, t.name) != t.name:
+                    raise ValueError(f"sender {sender!r} belongs to both tenants {owner[key]!r} and {t.name!r}")
         known = {c.name for c in self.core.carriers}
         for link in self.carriers.smpp:
             if link.name not in known:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import parse_qs
 
 import msgspec
@@ -41,11 +41,18 @@ class Response(msgspec.Struct):
 
 
 Handler = Callable[..., Awaitable[Response]]
+#: An HTTP carrier's callback: (URL as called, headers with lower-case names, body) -> HTTP status
+#: (``HttpConnector.callback``: 204, 401 bad signature, 400 unreadable).
+CarrierCallback = Callable[[str, Mapping[str, str], bytes], Awaitable[int]]
+_CALLBACK = re.compile(r"^/v1/carriers/(?P<name>[^/]+)/(?:receipts|inbound)$")
+_MAX_CALLBACK = 1024 * 1024
+_INBOUND_KINDS = ("opt_out", "opt_in", "help", "message")
 
 
 class Api:
     def __init__(self, gateway: Gateway, tenants: dict[str, Tenant], *, clock: Callable[[], float],
-                 max_body: int = 64 * 1024 * 1024, extra: dict[str, Handler] | None = None) -> None:  # fmt: skip
+                 max_body: int = 64 * 1024 * 1024, extra: dict[str, Handler] | None = None,
+                 callbacks: Mapping[str, CarrierCallback] | None = None) -> None:  # fmt: skip
         """``tenants`` maps the hex SHA-256 of each API key to its tenant: keys are never kept."""
         self.gw = gateway
         self._tenants = tenants
@@ -53,6 +60,7 @@ class Api:
         self._max_body = max_body
         self._limits: dict[str, TokenBucket] = {}
         self._extra = extra or {}  # unauthenticated GETs: /metrics, /healthz, /readyz
+        self._callbacks = callbacks or {}  # HTTP carrier name -> its callback (signed, not by tenant key)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("POST", re.compile(r"^/v1/messages$"), self._post_message),
             ("GET", re.compile(r"^/v1/messages/(?P<mid>[^/]+)$"), self._get_message),
@@ -63,6 +71,7 @@ class Api:
             ("GET", re.compile(r"^/v1/suppressions$"), self._get_suppressions),
             ("POST", re.compile(r"^/v1/suppressions$"), self._post_suppression),
             ("DELETE", re.compile(r"^/v1/suppressions/(?P<number>[^/]+)$"), self._delete_suppression),
+            ("GET", re.compile(r"^/v1/inbound$"), self._get_inbound),
         ]
 
     async def __call__(self, scope, receive, send) -> None:
@@ -95,6 +104,10 @@ class Api:
             return Response(200, openapi.document())
         if method == "GET" and path in self._extra:
             return await self._extra[path]()
+        if (hit := _CALLBACK.match(path)) is not None:
+            if method != "POST":
+                return _error(405, "method not allowed; use POST", headers=[(b"allow", b"POST")])
+            return await self._carrier_callback(scope, receive, hit["name"])
         allowed = []
         for m, rx, handler in self._routes:
             if (hit := rx.match(path)) is not None:
@@ -190,6 +203,48 @@ class Api:
         if not await self.gw.unsuppress(tenant.name, number):
             return _error(404, f"{number} is not on the suppression list")
         return Response(200, b"{}")
+
+
+    async def _get_inbound(self, tenant: Tenant, scope, body: bytes) -> Response:
+        q = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            limit = int(q.get("limit", ["100"])[0])
+            after = int(q.get("after", ["0"])[0])
+        except ValueError:
+            raise InvalidInput("limit and after must be whole numbers", field="limit") from None
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit must be 1..1000", field="limit")
+        if not 0 <= after < 2**63:
+            raise InvalidInput("after must be an inbound id (>= 0)", field="after")
+        kind = q.get("kind", [None])[0]
+        if kind is not None and kind not in _INBOUND_KINDS:
+            raise InvalidInput(f"kind must be one of {', '.join(_INBOUND_KINDS)}", field="kind")
+        page = await self.gw.inbound_page(tenant.name, after, limit, kind)
+        return Response(200, _enc.encode(page))
+
+    async def _carrier_callback(self, scope, receive, name: str) -> Response:
+        """A carrier's receipt or inbound post: no tenant key, the carrier's signature instead
+        (checked by its connector before anything is read). Answered as soon as the events are
+        handed on: the work happens in the dispatcher and the inbound pipeline."""
+        callback = self._callbacks.get(name)
+        if callback is None:
+            return _error(404, f"no HTTP carrier {name!r}")
+        body = await _read_body(receive, _MAX_CALLBACK)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        status = await callback(_called_url(scope, headers), headers, body)
+        if status < 300:
+            return Response(status, b"")
+        return _error(status, "bad signature" if status == 401 else "callback refused")
+
+
+def _called_url(scope, headers: Mapping[str, str]) -> str:
+    """The URL as the carrier called it (Twilio signs it): scheme, Host, path and query."""
+    host = headers.get("host")
+    if not host and scope.get("server"):
+        host = "%s:%d" % tuple(scope["server"])
+    query = scope.get("query_string", b"").decode("latin-1")
+    path = scope.get("root_path", "") + scope["path"]
+    return f"{scope.get('scheme', 'http')}://{host}{path}" + (f"?{query}" if query else "")
 
 
 class _Unauthorized(CallerError):

@@ -38,7 +38,8 @@ _IDEM = {"name": "Idempotency-Key", "in": "header", "required": False, "schema":
 @functools.cache
 def document() -> bytes:
     types = (schemas.MessageIn, schemas.JobIn, schemas.MessageAccepted, schemas.JobAccepted, schemas.JobStatus,
-             schemas.MessageOut, schemas.MessagePage, schemas.SuppressionIn, schemas.SuppressionOut, schemas.ErrorBody)  # fmt: skip
+             schemas.MessageOut, schemas.MessagePage, schemas.SuppressionIn, schemas.SuppressionOut, schemas.ErrorBody,
+             schemas.InboundPageOut)  # fmt: skip
     _, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     paths = {
         "/v1/messages": {"post": _op("Send one message", (202, "MessageAccepted"), "MessageIn", params=[_IDEM])},
@@ -55,6 +56,10 @@ def document() -> bytes:
                              "post": _op("Add a number to the opt-out list", (201, "SuppressionIn"), "SuppressionIn")},
         "/v1/suppressions/{number}": {"delete": _op("Remove a number from the opt-out list", (200, None),
                                                     params=[_path("number")])},
+        "/v1/inbound": {"get": _op("Inbound (MO) messages, keywords included, paged", (200, "InboundPageOut"), params=[
+            {"name": "kind", "in": "query", "schema": {"enum": ["opt_out", "opt_in", "help", "message"]}},
+            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}])},
     }  # fmt: skip
     doc = {
         "openapi": "3.1.0",

@@ -9,6 +9,8 @@ import msgspec
 
 __all__ = [
     "ErrorBody",
+    "InboundMessageOut",
+    "InboundPageOut",
     "JobAccepted",
     "JobIn",
     "JobStatus",
@@ -119,6 +121,25 @@ class SuppressionOut(msgspec.Struct):
     number: str
     at: float
     source: str
+
+
+class InboundMessageOut(msgspec.Struct, frozen=True, kw_only=True, rename={"sender": "from", "recipient": "to"}):
+    """An inbound (MO) message, as ``GET /v1/inbound`` and the tenant's ``inbound_url`` see it.
+    ``kind``: opt_out, opt_in, help (keywords, acted on by Sluice) or message."""
+
+    id: int
+    sender: str
+    recipient: str
+    text: str
+    at: float
+    carrier: str
+    kind: str
+    keyword: str | None
+
+
+class InboundPageOut(msgspec.Struct, frozen=True, kw_only=True):
+    inbound: list[InboundMessageOut]
+    next: int | None = None  # pass as `after` for the next page
 
 
 class ErrorBody(msgspec.Struct):

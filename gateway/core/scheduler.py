@@ -16,6 +16,12 @@ the same ``now`` to every call; nothing here sleeps, does I/O, or raises for an 
 - The shell reports back: ``complete(ref)`` when a dispatched message has left for good (the
   carrier answered, either way), ``requeue(ref, now)`` when it must go again (time-out, dropped
   bind, throttled), ``throttled(carrier, now)`` to slow a carrier down.
+- Failover: ``carrier_down(name, now)`` / ``carrier_up(name, now)``. While a carrier is down,
+  every ``take`` first moves the ready messages in its lanes to the next carrier of their route
+  that is up (same priority, same order; requeued and released ones too, as they come back),
+  so that carrier's pump takes them. A message whose route has no carrier up, or whose job
+  names its carrier, stays where it is. A row is in exactly one lane before and after a move,
+  so nothing is lost or sent twice. Messages moved stay moved when the carrier comes back.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ class CoreStatistics(msgspec.Struct, frozen=True, kw_only=True):
     jobs: int
     buckets: dict[str, BucketStatistics]
     shards: list[dict[str, int]]  # per shard: rows by state (ready, waiting, inflight, parked)
+    down: list[str] = []  # carriers marked down: their traffic goes to the next of each route
 
 
 class JobEntry:
@@ -126,6 +133,7 @@ class Scheduler:
         self._free_slots: list[int] = []
         self._tenants: dict[str, int] = {}
         self._ids = IdGenerator()
+        self._down: dict[int, float] = {}  # carrier index -> since when it is down
 
     # -- admission ------------------------------------------------------------------------
 
@@ -255,6 +263,8 @@ class Scheduler:
         p, shards = self._p, self._shards
         for shard in shards:
             shard.release(now, p.jobs)
+        if self._down:
+            self._fail_over()
         bucket = self._buckets[c]
         tokens = int(bucket.available(now))
         budget = min(max_segments, tokens)
@@ -319,6 +329,45 @@ class Scheduler:
         else:
             shard.state[row] = READY
             shard.lane(shard.carrier[row], entry.priority).push_front(row)
+
+    # -- failover -------------------------------------------------------------------------
+
+    def carrier_down(self, carrier: str, now: float) -> None:
+        """``carrier`` cannot send (no bind, repeated errors): its routes' next carriers take its
+        traffic, from the next ``take`` on."""
+        self._down.setdefault(self._carrier(carrier), now)
+
+    def carrier_up(self, carrier: str, now: float) -> None:
+        self._down.pop(self._carrier(carrier), None)
+
+    def is_down(self, carrier: str) -> bool:
+        return self._carrier(carrier) in self._down
+
+    def _fail_over(self) -> None:
+        """Move the ready rows of down carriers' lanes to the next carrier up on their route."""
+        down, jobs, carriers_for = self._down, self._p.jobs, self._router.carriers_for
+        for shard in self._shards:
+            for key, lane in list(shard.lanes.items()):
+                c = key >> 4
+                if c not in down or not lane:
+                    continue
+                prio, state, number, carrier = key & 0xF, shard.state, shard.number, shard.carrier
+                kept: list[int] = []
+                for _ in range(len(lane)):
+                    row = lane.pop()
+                    if state[row] == DEAD:
+                        shard.free(row)
+                        continue
+                    target = None
+                    if jobs[shard.job[row]].carrier is None:
+                        target = next((t for t in carriers_for(str(number[row])) if t not in down), None)
+                    if target is None:
+                        kept.append(row)
+                    else:
+                        carrier[row] = target
+                        shard.lane(target, prio).push(row)
+                for row in kept:
+                    lane.push(row)
 
     def throttled(self, carrier: str, now: float) -> None:
         self._buckets[self._carrier(carrier)].throttled(now)
@@ -413,6 +462,7 @@ class Scheduler:
             jobs=len(self._jobs),
             buckets={n: b.statistics(now) for n, b in zip(names, self._buckets)},
             shards=[{name: s.state.count(code) for name, code in _STATE_NAMES} for s in self._shards],
+            down=[names[c] for c in sorted(self._down)],
         )
 
 

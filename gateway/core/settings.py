@@ -67,6 +67,9 @@ class CarrierSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
     rate: Positive = 100.0
     burst: Annotated[int, msgspec.Meta(ge=1)] = 100
+    # No bind up this many seconds: the carrier is marked down and its routes' next carriers
+    # take its traffic (gateway/runtime/health.py).
+    down_after: Positive = 5.0
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
 import anyio
@@ -31,6 +31,8 @@ from gateway.config import Config, Tenant
 from gateway.core.scheduler import Scheduler
 from gateway.errors import ConfigError
 from gateway.runtime.dispatcher import Dispatcher
+from gateway.runtime.health import watch_carriers
+from gateway.runtime.inbound import InboundPipeline, InboundSender
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.service import Gateway
 from gateway.runtime.webhooks import WebhookSender
@@ -83,6 +85,7 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
     core = Scheduler(cfg.core, clock())
     async with contextlib.AsyncExitStack() as stack:
         webhooks = await stack.enter_async_context(WebhookSender(store, cfg.webhooks, secrets, clock=clock))
+        forwarder = await stack.enter_async_context(InboundSender(store, cfg.webhooks, secrets, clock=clock))
 
         def wake_webhooks(_changes: list) -> None:  # changes were recorded: new outbox rows may be there
             webhooks.poke()
@@ -99,7 +102,12 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         send.close()
         for mid, carrier, ids in recovered.awaiting:
             connectors[carrier].expect_receipts(mid, ids)
-        dispatcher = Dispatcher(core, connectors, receive, store, clock=clock, on_changes=wake_webhooks)
+        # One inbound pipeline for SMPP MOs and HTTP carriers' inbound callbacks alike: both
+        # arrive as Inbound events on the connectors' stream (gateway/runtime/inbound.py).
+        inbound = InboundPipeline(gateway, cfg.api.tenants, clock=clock, reply_category=cfg.inbound.reply_category,
+                                  on_forward=forwarder.poke)  # fmt: skip
+        dispatcher = Dispatcher(core, connectors, receive, store, clock=clock, on_changes=wake_webhooks,
+                                on_inbound=inbound.feed)  # fmt: skip
         gateway.on_admitted = dispatcher.poke
         metrics = Metrics(core, connectors, clock, lambda: dispatcher.stats, dispatcher.receipt_latency,
                           webhooks=webhooks.statistics)
@@ -109,13 +117,17 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
             "/readyz": _static(b'{"status":"ready"}'),
             "/v1/carriers": _carriers(core, connectors, clock),
         }
-        api = Api(gateway, tenants, clock=clock, max_body=cfg.api.max_body_bytes, extra=extra)
-        await _run(api, dispatcher, webhooks, cfg, on_ready)
+        callbacks = {name: c.callback for name, c in connectors.items() if isinstance(c, HttpConnector)}
+        api = Api(gateway, tenants, clock=clock, max_body=cfg.api.max_body_bytes, extra=extra, callbacks=callbacks)
+        smpp = {name: c for name, c in connectors.items() if isinstance(c, SmppConnector)}
+        background = [inbound.run, forwarder.run, partial(watch_carriers, core, smpp, clock=clock, on_change=dispatcher.poke)]
+        await _run(api, dispatcher, webhooks, cfg, on_ready, background)
         await dispatcher.flush()
     store.close()
 
 
-async def _run(api: Api, dispatcher: Dispatcher, webhooks: WebhookSender, cfg: Config, on_ready) -> None:
+async def _run(api: Api, dispatcher: Dispatcher, webhooks: WebhookSender, cfg: Config, on_ready,
+               background: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:  # fmt: skip
     """Dispatcher and HTTP server side by side until SIGTERM/SIGINT, then stop the server first
     (no new work), then everything else. uvicorn on asyncio (with uvloop), Hypercorn on trio."""
     stop = anyio.Event()
@@ -124,6 +136,8 @@ async def _run(api: Api, dispatcher: Dispatcher, webhooks: WebhookSender, cfg: C
         # Its own task: a slow receiver never holds up dispatch. Canceled with the rest at
         # shutdown; a round cut short is sent again after its lease (at least once).
         tg.start_soon(webhooks.run)
+        for task in background:  # the inbound pipeline, its forwarder, the carrier health watch
+            tg.start_soon(task)
         web = _hypercorn if sniffio.current_async_library() == "trio" else _uvicorn
         port = await tg.start(web, api, cfg, stop, tg.cancel_scope)
         log.info("serve.listening host=%s port=%d", cfg.api.host, port)
@@ -203,8 +217,8 @@ def _carriers(core: Scheduler, connectors, clock):
         out = {}
         for name, bucket in stats.buckets.items():
             conn = connectors.get(name)
-            out[name] = {"ready": stats.ready.get(name, 0), "bucket": bucket,
-                         "link": conn.statistics() if conn is not None else None}  # fmt: skip
+            out[name] = {"health": "down" if name in stats.down else "up", "ready": stats.ready.get(name, 0),
+                         "bucket": bucket, "link": conn.statistics() if conn is not None else None}  # fmt: skip
         return Response(200, msgspec.json.encode(out))
 
     return handler

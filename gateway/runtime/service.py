@@ -25,7 +25,7 @@ from gateway.core.model import Final, Job, Outcome, Recipient
 from gateway.core.scheduler import Scheduler
 from gateway.errors import InvalidInput, NotFound
 from gateway.runtime.numbers import NumberCheck
-from gateway.store.base import Change, Store
+from gateway.store.base import Change, InboundPage, InboundRecord, Store
 
 __all__ = ["Gateway", "Recovery"]
 
@@ -305,6 +305,31 @@ class Gateway:
     async def suppressions(self, tenant: str) -> list[schemas.SuppressionOut]:
         return [schemas.SuppressionOut(number=s.number, at=s.at, source=s.source)
                 for _, s in await self._io(self.store.suppressions, tenant)]  # fmt: skip
+
+    async def keep_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:
+        """Store an inbound message. An opt-out suppresses its sender in the core first, at once
+        (before any await: queued marketing to it is never taken again), then on disk with the
+        record itself as the audit; an opt-in is the reverse. Returns the record's id."""
+        number = record.sender
+        valid = self.numbers.error(number) is None
+        if record.kind == "opt_out" and valid:
+            self.core.suppress(record.tenant, number)
+        elif record.kind == "opt_in" and valid:
+            self.core.unsuppress(record.tenant, number)
+        elif record.kind in ("opt_out", "opt_in"):
+            record = msgspec.structs.replace(record, kind="message")  # not a number we could ever send to
+        return await self._io(partial(self.store.add_inbound, record, url=url))
+
+    async def inbound_messages(self, tenant: str, after: int, limit: int, kind: str | None) -> InboundPage:
+        return await self._io(partial(self.store.inbound, tenant, after=after, limit=limit, kind=kind))
+
+    async def inbound_page(self, tenant: str, after: int, limit: int, kind: str | None) -> schemas.InboundPageOut:
+        page = await self.inbound_messages(tenant, after, limit, kind)
+        return schemas.InboundPageOut(
+            inbound=[schemas.InboundMessageOut(id=r.id, sender=r.sender, recipient=r.recipient, text=r.text, at=r.at,
+                                               carrier=r.carrier, kind=r.kind, keyword=r.keyword) for r in page.items],
+            next=page.next_after,
+        )  # fmt: skip
 
     async def recover(self, now: float, *, carriers: Collection[str] = ()) -> Recovery:
         """After a restart: queue again everything accepted and not final (see ``Recovery``).

@@ -207,7 +207,7 @@ class WebhookSender:
             await self._wait()
 
     async def _wait(self) -> None:
-        next_at = await anyio.to_thread.run_sync(self._store.outbox_next_at)
+        next_at = await anyio.to_thread.run_sync(self._next_at)
         delay = self._s.poll_interval
         if next_at is not None:
             delay = min(delay, next_at - self._clock())
@@ -221,7 +221,7 @@ class WebhookSender:
 
     async def run_once(self) -> int:
         """One round: take what is due, POST it, settle every batch. Returns how many events."""
-        items = await anyio.to_thread.run_sync(self._store.outbox_take, self._clock(), self._limit, self._lease)
+        items = await anyio.to_thread.run_sync(self._take, self._clock(), self._limit, self._lease)
         if not items:
             return 0
         answers: list[tuple[list[OutboxItem], Answer]] = []
@@ -234,6 +234,14 @@ class WebhookSender:
         for (batch, answer), st in zip(answers, settled):
             self._account(batch[0], answer, st)
         return len(items)
+
+    # The queue this sender drains: the store's outbox (``InboundSender`` drains inbound messages).
+
+    def _take(self, now: float, limit: int, lease: float) -> Sequence[OutboxItem]:
+        return self._store.outbox_take(now, limit, lease)
+
+    def _next_at(self) -> float | None:
+        return self._store.outbox_next_at()
 
     def _apply(self, settled: list[Settlement]) -> None:
         """Runs in a worker thread: the store calls of one round."""

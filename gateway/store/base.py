@@ -13,6 +13,12 @@ The webhook outbox lives here too: ``record`` writes an ``OutboxItem`` for each 
 ``callback_url`` must hear about, in the same transaction as the change, so a committed change
 is never without its webhook (``gateway/runtime/webhooks.py`` drains it with the ``outbox_*``
 calls, each one batch in one transaction).
+
+Inbound (MO) messages are kept too, one ``InboundRecord`` each, whatever they were: keywords
+(the opt-out audit: keyword, time, carrier, raw text) and messages for the tenant. An opt-out or
+opt-in record changes the tenant's suppression list in the same transaction as it is written.
+A record given a ``url`` (the tenant's inbound webhook) is due for forwarding until
+``inbound_done``; the ``inbound_*`` calls mirror the ``outbox_*`` ones.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from gateway.core.model import Job, Recipient
 
 __all__ = [
     "Change",
+    "InboundItem",
+    "InboundPage",
+    "InboundRecord",
     "JobCounts",
     "MessageRecord",
     "OutboxItem",
@@ -115,6 +124,39 @@ class OutboxStats(msgspec.Struct, frozen=True, kw_only=True):
     dead: int  # given up on: kept, never sent again
 
 
+class InboundRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One MO message as received. ``sender`` is the subscriber's number, ``recipient`` the
+    sender id or short code it was sent to; ``kind`` what it asked for (gateway.core.keywords):
+    opt_out, opt_in, help or message; ``keyword`` the configured keyword it matched."""
+
+    id: int = 0  # given by the store
+    tenant: str
+    carrier: str
+    sender: str
+    recipient: str
+    text: str
+    at: float
+    kind: str
+    keyword: str | None = None
+
+
+class InboundPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[InboundRecord]
+    next_after: int | None
+
+
+class InboundItem(msgspec.Struct, frozen=True, kw_only=True):
+    """An inbound record due for its tenant's inbound webhook. ``id``, ``tenant``, ``url``,
+    ``at`` and ``attempts`` as in ``OutboxItem`` (the webhook sender plans and settles both)."""
+
+    id: int
+    tenant: str
+    url: str
+    at: float
+    attempts: int
+    record: InboundRecord
+
+
 class Store(Protocol):
     def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
                 *, callback_url: str | None = None, idempotency: tuple[str, str, bytes] | None = None,
@@ -144,4 +186,16 @@ class Store(Protocol):
     def outbox_dead(self, ids: Sequence[int], error: str) -> None: ...  # given up: kept, never due again
     def outbox_next_at(self) -> float | None: ...  # when the next pending item is due, if any
     def outbox_statistics(self) -> OutboxStats: ...
+    # Inbound messages:
+    def add_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:
+        """Keep ``record`` (its id is given here and returned); an opt_out record puts its sender
+        on the tenant's suppression list (source ``keyword:<KEYWORD>``, unless already there),
+        an opt_in one takes it off, in the same transaction. With ``url``: due for forwarding."""
+        ...
+    def inbound(self, tenant: str, *, after: int, limit: int, kind: str | None = None) -> InboundPage: ...
+    def inbound_take(self, now: float, limit: int, lease: float) -> list[InboundItem]: ...
+    def inbound_done(self, ids: Sequence[int]) -> None: ...
+    def inbound_retry(self, ids: Sequence[int], next_at: float, error: str) -> None: ...
+    def inbound_dead(self, ids: Sequence[int], error: str) -> None: ...
+    def inbound_next_at(self) -> float | None: ...
     def close(self) -> None: ...

@@ -14,6 +14,9 @@ from gateway.store.base import (
     FINAL,
     NOTIFY,
     Change,
+    InboundItem,
+    InboundPage,
+    InboundRecord,
     JobCounts,
     MessageRecord,
     OutboxItem,
@@ -52,6 +55,8 @@ class MemoryStore:
         self._callbacks: dict[tuple[str, str], str] = {}  # only jobs that have a callback_url
         self._outbox: dict[int, _Outbox] = {}
         self._outbox_seq = 0
+        self._inbound: dict[int, InboundRecord] = {}
+        self._forward: dict[int, _Forward] = {}  # inbound id -> its webhook delivery, until done
 
     def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
                 *, callback_url: str | None = None,
@@ -231,5 +236,69 @@ class MemoryStore:
             return sorted(((t, s) for (t, _), s in self._supp.items() if tenant is None or t == tenant),
                           key=lambda x: (x[0], x[1].number))  # fmt: skip
 
+    # -- inbound ---------------------------------------------------------------------------
+
+    def add_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:
+        with self._lock:
+            rid = max(self._inbound, default=0) + 1
+            record = msgspec.structs.replace(record, id=rid)
+            self._inbound[rid] = record
+            key = (record.tenant, record.sender)
+            if record.kind == "opt_out":
+                self._supp.setdefault(key, Suppression(number=record.sender, at=record.at,
+                                                       source=f"keyword:{record.keyword}"))  # fmt: skip
+            elif record.kind == "opt_in":
+                self._supp.pop(key, None)
+            if url:
+                self._forward[rid] = _Forward(url)
+            return rid
+
+    def inbound(self, tenant: str, *, after: int, limit: int, kind: str | None = None) -> InboundPage:
+        with self._lock:
+            hits = [r for i, r in sorted(self._inbound.items())
+                    if i > after and r.tenant == tenant and (kind is None or r.kind == kind)]  # fmt: skip
+        more = len(hits) > limit
+        hits = hits[:limit]
+        return InboundPage(items=hits, next_after=hits[-1].id if more else None)
+
+    def inbound_take(self, now: float, limit: int, lease: float) -> list[InboundItem]:
+        with self._lock:
+            due = sorted((i for i, f in self._forward.items() if not f.dead and f.next_at <= now),
+                         key=lambda i: (self._forward[i].next_at, i))[:limit]  # fmt: skip
+            out = []
+            for i in due:
+                f, r = self._forward[i], self._inbound[i]
+                f.next_at = now + lease
+                out.append(InboundItem(id=i, tenant=r.tenant, url=f.url, at=r.at, attempts=f.attempts, record=r))
+            return out
+
+    def inbound_done(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            for i in ids:
+                self._forward.pop(i, None)
+
+    def inbound_retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
+        with self._lock:
+            for i in ids:
+                if (f := self._forward.get(i)) is not None and not f.dead:
+                    f.next_at, f.attempts, f.error = next_at, f.attempts + 1, error
+
+    def inbound_dead(self, ids: Sequence[int], error: str) -> None:
+        with self._lock:
+            for i in ids:
+                if (f := self._forward.get(i)) is not None:
+                    f.dead, f.error = True, error
+
+    def inbound_next_at(self) -> float | None:
+        with self._lock:
+            return min((f.next_at for f in self._forward.values() if not f.dead), default=None)
+
     def close(self) -> None:
         pass
+
+
+class _Forward:
+    __slots__ = ("url", "next_at", "attempts", "dead", "error")
+
+    def __init__(self, url: str) -> None:
+        self.url, self.next_at, self.attempts, self.dead, self.error = url, 0.0, 0, False, ""

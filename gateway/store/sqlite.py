@@ -24,6 +24,9 @@ from gateway.store.base import (
     FINAL,
     NOTIFY,
     Change,
+    InboundItem,
+    InboundPage,
+    InboundRecord,
     JobCounts,
     MessageRecord,
     OutboxItem,
@@ -62,7 +65,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0,
     error TEXT);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_at, id) WHERE dead = 0;
+CREATE TABLE IF NOT EXISTS inbound (
+    id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, carrier TEXT NOT NULL, sender TEXT NOT NULL,
+    recipient TEXT NOT NULL, text TEXT NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, keyword TEXT,
+    url TEXT, next_at REAL, attempts INTEGER NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0, error TEXT);
+CREATE INDEX IF NOT EXISTS inbound_tenant ON inbound (tenant, id);
+CREATE INDEX IF NOT EXISTS inbound_due ON inbound (next_at, id) WHERE next_at IS NOT NULL AND dead = 0;
 """
+_INBOUND_COLUMNS = "id, tenant, carrier, sender, recipient, text, at, kind, keyword"
 _OUTBOX_INSERT = (
     "INSERT INTO outbox (tenant, url, message_id, job_id, state, at, reason, carrier) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
@@ -328,6 +338,61 @@ class SqliteStore:
             rows = db.execute(sql + " ORDER BY tenant, number", args).fetchall()
         return [(t, Suppression(number=n, at=at, source=s)) for t, n, at, s in rows]
 
+    # -- inbound ---------------------------------------------------------------------------
+
+    def add_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:
+        r = record
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO inbound (tenant, carrier, sender, recipient, text, at, kind, keyword, url, next_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (r.tenant, r.carrier, r.sender, r.recipient, r.text, r.at, r.kind, r.keyword, url, 0.0 if url else None),
+            )
+            if r.kind == "opt_out":
+                db.execute("INSERT OR IGNORE INTO suppressions VALUES (?, ?, ?, ?)",
+                           (r.tenant, r.sender, r.at, f"keyword:{r.keyword}"))  # fmt: skip
+            elif r.kind == "opt_in":
+                db.execute("DELETE FROM suppressions WHERE tenant = ? AND number = ?", (r.tenant, r.sender))
+            return int(cur.lastrowid)
+
+    def inbound(self, tenant: str, *, after: int, limit: int, kind: str | None = None) -> InboundPage:
+        sql = f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE tenant = ? AND id > ?"
+        args: tuple = (tenant, after)
+        if kind is not None:
+            sql, args = sql + " AND kind = ?", (*args, kind)
+        with self._tx() as db:
+            rows = db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit + 1)).fetchall()
+        items = [_inbound_record(row) for row in rows[:limit]]
+        return InboundPage(items=items, next_after=items[-1].id if len(rows) > limit else None)
+
+    def inbound_take(self, now: float, limit: int, lease: float) -> list[InboundItem]:
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT {_INBOUND_COLUMNS}, url, attempts FROM inbound"
+                " WHERE next_at IS NOT NULL AND dead = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?", (now, limit),
+            ).fetchall()
+            _each(db, "UPDATE inbound SET next_at = ? WHERE id IN ({})", [r[0] for r in rows], (now + lease,))
+        return [InboundItem(id=row[0], tenant=row[1], url=row[9], at=row[6], attempts=row[10],
+                            record=_inbound_record(row[:9])) for row in rows]  # fmt: skip
+
+    def inbound_done(self, ids: Sequence[int]) -> None:
+        with self._tx() as db:
+            _each(db, "UPDATE inbound SET next_at = NULL, error = NULL WHERE id IN ({})", ids)
+
+    def inbound_retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
+        with self._tx() as db:
+            _each(db, "UPDATE inbound SET next_at = ?, attempts = attempts + 1, error = ?"
+                      " WHERE dead = 0 AND next_at IS NOT NULL AND id IN ({})", ids, (next_at, error))  # fmt: skip
+
+    def inbound_dead(self, ids: Sequence[int], error: str) -> None:
+        with self._tx() as db:
+            _each(db, "UPDATE inbound SET dead = 1, error = ? WHERE next_at IS NOT NULL AND id IN ({})", ids, (error,))
+
+    def inbound_next_at(self) -> float | None:
+        with self._tx() as db:
+            row = db.execute("SELECT min(next_at) FROM inbound WHERE next_at IS NOT NULL AND dead = 0").fetchone()
+        return row[0]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -397,6 +462,12 @@ class _Hooks:
             self._blocks = [kept for kept in self._blocks if kept.open > 0]
             self._starts = [kept.lo for kept in self._blocks]
             self._dropped = 0
+
+
+def _inbound_record(row: tuple) -> InboundRecord:
+    rid, tenant, carrier, sender, recipient, text, at, kind, keyword = row
+    return InboundRecord(id=rid, tenant=tenant, carrier=carrier, sender=sender, recipient=recipient, text=text,
+                         at=at, kind=kind, keyword=keyword)  # fmt: skip
 
 
 def _stored_job(row: tuple) -> StoredJob:

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict
-from gateway.store.base import Change, OutboxStats
+from gateway.store.base import Change, InboundRecord, OutboxStats
 
 JOB = Job(id="j1", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
 PLAIN = Job(id="j2", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
@@ -164,3 +164,53 @@ class StoreConformance:
         assert store.outbox_statistics() == OutboxStats(pending=0, dead=3)
         assert store.outbox_next_at() is None
         assert store.outbox_take(1e12, 100, 30.0) == []  # dead rows are kept, never due again
+
+    # -- inbound messages -------------------------------------------------------------------
+
+    def test_inbound_kept_listed_per_tenant_and_paged(self, store) -> None:
+        for i in range(5):
+            store.add_inbound(_mo(f"hello {i}", tenant="acme" if i != 2 else "beta"))
+        page = store.inbound("acme", after=0, limit=3)
+        assert [r.text for r in page.items] == ["hello 0", "hello 1", "hello 3"]
+        assert page.items[0] == _mo("hello 0", id=page.items[0].id)
+        rest = store.inbound("acme", after=page.next_after, limit=3)
+        assert [r.text for r in rest.items] == ["hello 4"] and rest.next_after is None
+        assert [r.text for r in store.inbound("beta", after=0, limit=10).items] == ["hello 2"]
+
+    def test_opt_out_record_is_the_suppression_audit(self, store) -> None:
+        store.add_inbound(_mo("Stop.", kind="opt_out", keyword="STOP", at=5.0))
+        store.add_inbound(_mo("STOP ALL", kind="opt_out", keyword="STOPALL", at=6.0))  # already there: kept
+        [(tenant, s)] = store.suppressions("acme")
+        assert (tenant, s.number, s.at, s.source) == ("acme", "+447911100001", 5.0, "keyword:STOP")
+        audit = store.inbound("acme", after=0, limit=10, kind="opt_out").items
+        assert [(r.keyword, r.at, r.carrier, r.text) for r in audit] == [("STOP", 5.0, "alpha", "Stop."),
+                                                                          ("STOPALL", 6.0, "alpha", "STOP ALL")]
+        assert store.inbound("acme", after=0, limit=10, kind="message").items == []
+        store.add_inbound(_mo("start", kind="opt_in", keyword="START", at=7.0))
+        assert store.suppressions("acme") == []
+        assert store.suppressions("beta") == []
+
+    def test_inbound_forwarding_lease_retry_done_dead(self, store) -> None:
+        a = store.add_inbound(_mo("one"), url=HOOK)
+        store.add_inbound(_mo("kept, not forwarded"))
+        b = store.add_inbound(_mo("two", tenant="beta"), url=HOOK)
+        assert store.inbound_next_at() == 0.0
+        items = store.inbound_take(20.0, 10, 30.0)
+        assert [(i.id, i.tenant, i.url, i.attempts, i.record.text) for i in items] == [
+            (a, "acme", HOOK, 0, "one"), (b, "beta", HOOK, 0, "two")]  # fmt: skip
+        assert store.inbound_take(49.0, 10, 30.0) == []  # leased
+        store.inbound_retry([a], 100.0, "HTTP 503")
+        store.inbound_dead([b], "HTTP 404")
+        assert store.inbound_next_at() == 100.0
+        [again] = store.inbound_take(100.0, 10, 30.0)
+        assert (again.id, again.attempts) == (a, 1)
+        store.inbound_done([a])
+        assert store.inbound_next_at() is None
+        assert store.inbound_take(1e12, 10, 30.0) == []
+        assert len(store.inbound("acme", after=0, limit=10).items) == 2  # forwarded or not, still listed
+
+
+def _mo(text: str, *, tenant: str = "acme", kind: str = "message", keyword: str | None = None, at: float = 1.0,
+        id: int = 0) -> InboundRecord:  # fmt: skip
+    return InboundRecord(id=id, tenant=tenant, carrier="alpha", sender="+447911100001", recipient="12345",
+                         text=text, at=at, kind=kind, keyword=keyword)  # fmt: skip
