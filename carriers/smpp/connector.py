@@ -77,6 +77,9 @@ _SUBMIT = C.SUBMIT_SM
 _DELIVER_RESP = C.DELIVER_SM_RESP
 
 
+MEDIA_UNSUPPORTED = 415  # SubmitFailed code for an MMS sent to an SMPP carrier (as for HTTP carriers)
+
+
 class SmppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One SMPP carrier (a ``[[carriers.smpp]]`` table in the config)."""
 
@@ -269,10 +272,25 @@ class SmppConnector:
             if self._closing:
                 raise CarrierError(f"connector {self.name} is closed")
         encode = self._encode
+        if any(d.media for d in batch):  # SMPP carries no MMS: refuse those, send the rest
+            batch = self._without_media(batch)
+            await self._flush_events()
         self._queue.extend(encode(d) for d in batch)
         for b in self._senders:
             if b.up and len(b.inflight) < self.settings.window:
                 b.wake.set()
+
+    def _without_media(self, batch: Sequence[Dispatch]) -> list[Dispatch]:
+        keep, now = [], anyio.current_time()
+        for d in batch:
+            if d.media:
+                self._counts["failed"] += 1
+                self._errors["MEDIA_UNSUPPORTED"] = self._errors.get("MEDIA_UNSUPPORTED", 0) + 1
+                self._outbox.append(SubmitFailed(ref=d.ref, carrier=self.name, command_status=MEDIA_UNSUPPORTED,
+                                                 name="MEDIA_UNSUPPORTED", permanent=True, retry_after=None, at=now))  # fmt: skip
+            else:
+                keep.append(d)
+        return keep
 
     def expect_receipts(self, message_id: int, carrier_ids: Sequence[str]) -> None:
         """A message the carrier took before a restart: its receipts may come to these binds (an

@@ -30,6 +30,7 @@ Sender = Annotated[str, msgspec.Meta(min_length=1, max_length=20, description="a
 CategoryIn = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="otp, transactional, marketing, ...")]
 Validity = Annotated[int, msgspec.Meta(ge=1, le=7 * 86400, description="seconds")]
 Url = Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=2048)]
+Media = Annotated[list[Url], msgspec.Meta(max_length=10, description="MMS: media URLs; only carriers that take media")]
 Reference = Annotated[str, msgspec.Meta(max_length=128)]
 Zone = Annotated[str, msgspec.Meta(max_length=64, description="IANA time zone, e.g. America/New_York")]
 Timestamp = Annotated[float, msgspec.Meta(ge=0, description="seconds since the Unix epoch")]
@@ -45,6 +46,7 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "f
     validity: Validity | None = None
     callback_url: Url | None = None
     reference: Reference | None = None
+    media: Media = []
 
 
 class RecipientIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -62,6 +64,7 @@ class JobIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"
     validity: Validity | None = None
     callback_url: Url | None = None
     reference: Reference | None = None
+    media: Media = []
 
 
 class MessageAccepted(msgspec.Struct):

@@ -80,6 +80,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     not_before: float | None = None  # scheduled send
     expires_at: float | None = None  # validity end; never dispatched at or after it
     carrier: str | None = None  # None: chosen by routing
+    media: tuple[str, ...] = ()  # MMS: media URLs sent with every message of the job
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,6 +108,7 @@ class Dispatch(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     category: Category
     priority: int
     attempt: int = 0
+    media: tuple[str, ...] = ()  # MMS media URLs (only carriers whose profile takes media send them)
 
 
 class Deferred(msgspec.Struct, frozen=True, kw_only=True, tag="deferred", gc=False):

@@ -294,6 +294,7 @@ class Shard:
             category=entry.job.category,
             priority=entry.priority,
             attempt=self.attempt[row],
+            media=entry.job.media,
         )
 
     def _end(self, row: int, entry: JobEntry, state: FinalState, reason: str, now: float) -> Final:

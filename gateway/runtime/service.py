@@ -64,7 +64,7 @@ class Gateway:
             return prev, True
         if (err := self.numbers.error(body.to)) is not None:
             raise InvalidInput(err, field="to")
-        job = self._job(tenant, body.sender, body.body, body.category, body.send_at, body.validity, now)
+        job = self._job(tenant, body.sender, body.body, body.category, body.send_at, body.validity, now, body.media)
         adm = self._admit(job, [Recipient(to=body.to, tz=body.tz)], now, "body")
         if adm.rejected:
             self.core.cancel_job(job.id, now)
@@ -84,7 +84,7 @@ class Gateway:
             return prev, True
         if not body.recipients:
             raise InvalidInput("a job needs at least one recipient", field="recipients")
-        job = self._job(tenant, body.sender, body.template, body.category, body.send_at, body.validity, now)
+        job = self._job(tenant, body.sender, body.template, body.category, body.send_at, body.validity, now, body.media)
         people: list[Recipient] = []
         pre_rejected: list[schemas.RecipientError] = []
         index: list[int] = []  # position in the request of each recipient handed to the core
@@ -119,7 +119,7 @@ class Gateway:
         store fails) the job is canceled in the core and dropped from the store; if the process
         dies midway, the incoming job is left unrecovered on disk. ``digest`` gives the body's
         SHA-256 once the stream has been read (for the idempotency key)."""
-        job = self._job(tenant, head.sender, head.template, head.category, head.send_at, head.validity, now)
+        job = self._job(tenant, head.sender, head.template, head.category, head.send_at, head.validity, now, head.media)
         seen = accepted = 0
         rejected: list[schemas.RecipientError] = []
         outcomes: list[Outcome] = []
@@ -196,13 +196,13 @@ class Gateway:
                 await self._io(self.store.drop_job, job.tenant, job.id)
 
     def _job(self, tenant: str, sender: str, template: str, category: str, send_at: float | None,
-             validity: int | None, now: float) -> Job:  # fmt: skip
+             validity: int | None, now: float, media: Sequence[str] = ()) -> Job:  # fmt: skip
         if category not in self.core.settings.categories:
             raise InvalidInput(f"unknown category {category!r}", field="category")
         start = send_at if send_at is not None and send_at > now else now
         return Job(id="job_" + format_id(self.core.reserve_ids(1, now)), tenant=tenant, sender=sender,
                    template=template, category=category, not_before=send_at,
-                   expires_at=None if validity is None else start + validity)  # fmt: skip
+                   expires_at=None if validity is None else start + validity, media=tuple(media))  # fmt: skip
 
     def _admit(self, job: Job, people: Sequence[Recipient], now: float, field: str):
         try:

@@ -180,3 +180,13 @@ async def test_ndjson_job_is_all_or_nothing(client, gateway):
     assert r.json()["index"] == 21_000
     assert not list(gateway.store.unfinished())  # the chunks written before the bad line are gone
     assert gateway.core.statistics(0).ready == {} or sum(gateway.core.statistics(0).ready.values()) == 0
+
+
+async def test_mms_media_urls_reach_the_dispatch(client, gateway, clock):
+    r = await client.post("/v1/messages", json={**MSG, "media": ["https://cdn.example/a.jpg"]})
+    assert r.status_code == 202, r.text
+    dispatches = [d for c in gateway.core.settings.carriers
+                  for d in gateway.core.take(c.name, 10, clock()).dispatches]  # fmt: skip
+    assert [d.media for d in dispatches] == [("https://cdn.example/a.jpg",)]
+    bad = await client.post("/v1/messages", json={**MSG, "media": ["ftp://x/y"]})
+    assert bad.status_code == 422 and "media" in bad.json()["field"]

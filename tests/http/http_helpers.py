@@ -20,12 +20,6 @@ from gateway.core import segments
 from gateway.core.model import Dispatch
 
 
-class MmsDispatch(Dispatch, frozen=True, kw_only=True):
-    """A dispatch with media URLs (the core's ``Dispatch`` has none yet)."""
-
-    media: tuple[str, ...] = ()
-
-
 def make_dispatch(ref: int, body: str = "hello", *, recipient: str | None = None, attempt: int = 0,
                   carrier: str = "h1", message_id: int | None = None, media: tuple[str, ...] = ()) -> Dispatch:  # fmt: skip
     split = segments.split(body)
@@ -34,7 +28,7 @@ def make_dispatch(ref: int, body: str = "hello", *, recipient: str | None = None
         recipient=recipient or "+4479110%05d" % ref, sender="Sluice", body=body, encoding=split.encoding,
         segments=len(split.parts), category="transactional", priority=1, attempt=attempt,
     )  # fmt: skip
-    return MmsDispatch(media=media, **fields) if media else Dispatch(**fields)
+    return Dispatch(media=media, **fields)
 
 
 class Harness:

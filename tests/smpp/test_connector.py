@@ -362,3 +362,16 @@ async def test_a_new_connector_matches_receipts_of_what_an_earlier_one_submitted
             assert second.statistics().submitted == 0
         assert smsc.counters()["accepted"] == 5
         tg.cancel_scope.cancel()
+
+
+async def test_media_is_refused_the_rest_is_sent(harness, make_dispatch) -> None:
+    """SMPP carries no MMS: a dispatch with media ends permanently refused, the others go."""
+    import msgspec
+
+    mms = msgspec.structs.replace(make_dispatch(1), media=("https://example.invalid/a.jpg",))
+    async with harness(sim(), fast()) as h:
+        await h.connector.submit([make_dispatch(0), mms, make_dispatch(2)])
+        await h.until(lambda ev: sum(isinstance(e, (Submitted, SubmitFailed)) for e in ev) == 3)
+        (failed,) = h.of(SubmitFailed)
+        assert failed.ref == 1 and failed.permanent and failed.name == "MEDIA_UNSUPPORTED"
+        assert sorted(e.ref for e in h.of(Submitted)) == [0, 2]

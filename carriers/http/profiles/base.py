@@ -87,9 +87,8 @@ class CallbackInbound(msgspec.Struct, frozen=True, kw_only=True, tag="inbound"):
 
 
 def media_of(d: Dispatch) -> tuple[str, ...]:
-    """Media URLs of a dispatch, if it has any (the core's ``Dispatch`` has none yet; an MMS
-    dispatch type adds a ``media`` field)."""
-    return getattr(d, "media", ())
+    """Media URLs of a dispatch (an MMS), empty for a plain SMS."""
+    return d.media
 
 
 def idempotency_key(carrier: str, dispatches: Sequence[Dispatch], generations: Mapping[int, int]) -> str:
