@@ -50,6 +50,9 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     retry_backoff_max: Positive = 5.0  # ... up to this
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 4  # tries of one request, then its messages go back
     throttle_pause: Annotated[float, msgspec.Meta(ge=0)] = 1.0  # after a 429 without Retry-After
+    # Failing (5xx, time-outs) past core.carriers[].down_after: its traffic fails over; after this
+    # many seconds it is tried again (doubling while it keeps failing, at most 300 s).
+    probe_after: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     temporary_backoff: Positive = 2.0  # retry_after of a per-message temporary refusal: this * 2**attempt ...
     temporary_backoff_max: Positive = 300.0  # ... at most this
     idempotency_header: str = "Idempotency-Key"  # "" if the carrier has none

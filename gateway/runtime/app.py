@@ -119,8 +119,9 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         }
         callbacks = {name: c.callback for name, c in connectors.items() if isinstance(c, HttpConnector)}
         api = Api(gateway, tenants, clock=clock, max_body=cfg.api.max_body_bytes, extra=extra, callbacks=callbacks)
-        smpp = {name: c for name, c in connectors.items() if isinstance(c, SmppConnector)}
-        background = [inbound.run, forwarder.run, partial(watch_carriers, core, smpp, clock=clock, on_change=dispatcher.poke)]
+        probe = {name: c.settings.probe_after for name, c in connectors.items() if isinstance(c, HttpConnector)}
+        background = [inbound.run, forwarder.run, partial(watch_carriers, core, connectors, clock=clock,
+                                                          on_change=dispatcher.poke, probe_after=probe)]  # fmt: skip
         await _run(api, dispatcher, webhooks, cfg, on_ready, background)
         await dispatcher.flush()
     store.close()

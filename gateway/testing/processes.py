@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 from anyio.streams.text import TextReceiveStream
 
-__all__ = ["Child", "gateway", "simulator", "start"]
+__all__ = ["Child", "gateway", "http_simulator", "simulator", "start"]
 
 
 class Child:
@@ -115,6 +115,12 @@ def simulator(*args: str, stderr: Any = None) -> Any:
     """``sluice sim smsc --port 0 ARGS`` as a child process."""
     cmd = [sys.executable, "-m", "carriers.smpp.simulator", "--port", "0", *args]
     return start(cmd, name="sim", stderr=stderr)
+
+
+def http_simulator(*args: str, stderr: Any = None) -> Any:
+    """``sluice sim http --port 0 ARGS`` as a child process."""
+    cmd = [sys.executable, "-m", "carriers.http.simulator", "--port", "0", *args]
+    return start(cmd, name="sim-http", stderr=stderr)
 
 
 def gateway(config_path: str | Path, *, env: Mapping[str, str] | None = None, cwd: str | Path | None = None,

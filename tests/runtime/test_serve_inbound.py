@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from carriers.http.profiles import generic
-from gateway.testing.processes import gateway, simulator
+from gateway.testing.processes import gateway, http_simulator, simulator
 from gateway.testing.serving import FINAL, wait_final
 
 pytestmark = pytest.mark.anyio
@@ -160,3 +160,51 @@ async def test_failover_when_a_carrier_is_killed_mid_job(tmp_path) -> None:
     assert counts.get("unknown", 0) <= 2 * 20 + 50, counts  # at most alpha's windows and a burst
     assert carriers["beta"]["link"]["submitted"] >= total - carriers["alpha"]["link"]["submitted"]
     assert carriers["alpha"]["link"]["submitted"] + carriers["beta"]["link"]["submitted"] >= total
+
+
+def http_failover_config(tmp_path, http_port: int, smpp_port: int) -> str:
+    return write(tmp_path, f"""
+[[core.carriers]]
+name = "web"
+down_after = 1.0
+[[core.carriers]]
+name = "smsc"
+[[core.routes]]
+prefix = ""
+carriers = ["web", "smsc"]
+[[carriers.http]]
+name = "web"
+url = "http://127.0.0.1:{http_port}/messages"
+max_attempts = 2
+retry_backoff = 0.05
+probe_after = 2.0
+[[carriers.smpp]]
+name = "smsc"
+port = {smpp_port}
+""")
+
+
+async def test_a_failing_http_carrier_fails_over_and_is_probed_again(tmp_path) -> None:
+    """An HTTP carrier answering 503 to everything: after down_after its traffic goes to the
+    SMPP carrier of the same route; after probe_after it is tried again (half-open), fails,
+    and is down again. Every message ends delivered, none through the failing carrier."""
+    total = 400
+    async with http_simulator("--error-rate", "1", "--error-when", "before") as web, \
+            simulator("--dlr-delay", "0.01") as smsc:  # fmt: skip
+        async with gateway(http_failover_config(tmp_path, web.port, smsc.port), env=ENV) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {KEY}"},
+                                         timeout=30.0) as c:  # fmt: skip
+                job = {"from": "Shop", "category": "transactional", "template": "Order {n} shipped",
+                       "recipients": [{"to": "+4479111%05d" % i, "vars": {"n": str(i)}} for i in range(total)]}
+                r = await c.post("/v1/jobs", json=job)
+                assert r.status_code == 202, r.text
+                await poll(lambda: c.get("/v1/carriers"), lambda r: r.json()["web"]["health"] == "down")
+                counts = await wait_final(c, r.json()["id"], total, timeout=60.0)
+                assert counts == {"delivered": total}
+                # half-open: up again after probe_after, then down again when the probe fails
+                await poll(lambda: c.get("/v1/carriers"), lambda r: r.json()["web"]["health"] == "up")
+                await c.post("/v1/messages", json={"to": "+447911100001", "body": "probe", "from": "Shop"})
+                await poll(lambda: c.get("/v1/carriers"), lambda r: r.json()["web"]["health"] == "down")
+                carriers = (await c.get("/v1/carriers")).json()
+    assert carriers["web"]["link"]["submitted"] == 0
+    assert carriers["smsc"]["link"]["submitted"] >= total
