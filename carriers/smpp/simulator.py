@@ -75,6 +75,9 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     throttle_burst: tuple[float, float] | None = None  # (every s, for s): answer all with 0x58
     mo_rate: float = 0.0  # MO messages per second
     mo_long_every: int = 0  # every Nth MO is a 3-part message sent out of order (0: never)
+    mo_text: str | None = None  # what every (short) MO says; None: "MO <n>"
+    mo_limit: int | None = None  # stop after this many MOs
+    mo_to: str = "SLUICE"  # the short code / sender id MOs are addressed to
     system_id: str | None = None
     password: str | None = None
     enquire_link_interval: float | None = 30.0
@@ -550,7 +553,7 @@ class SmscSimulator:
     async def _originate_mos(self) -> None:
         s = self.settings
         n = 0
-        while True:
+        while s.mo_limit is None or n < s.mo_limit:
             await anyio.sleep(1.0 / s.mo_rate)
             now = anyio.current_time()
             conns = [c for cs in self._receivers.values() for c in cs if c.session.bound and not c.muted]
@@ -566,8 +569,14 @@ class SmscSimulator:
             conn.kick()
 
     def _mo_pdus(self, n: int) -> list[P.DeliverSm]:
-        sender, to = b"4479%08d" % (n % 10**8), b"SLUICE"
-        if not (self.settings.mo_long_every and n % self.settings.mo_long_every == 0):
+        s = self.settings
+        sender, to = b"4479%08d" % (n % 10**8), s.mo_to.encode()
+        if not (s.mo_long_every and n % s.mo_long_every == 0):
+            if s.mo_text is not None:  # UTF-16 when it is not plain ASCII (e.g. 退订)
+                if s.mo_text.isascii():
+                    return [P.DeliverSm(source_addr=sender, destination_addr=to, short_message=s.mo_text.encode())]
+                return [P.DeliverSm(source_addr=sender, destination_addr=to, data_coding=8,
+                                    short_message=s.mo_text.encode("utf-16-be"))]  # fmt: skip
             return [P.DeliverSm(source_addr=sender, destination_addr=to, short_message=b"MO %d" % n)]
         text = (b"long MO %d " % n) * 30
         chunks = [text[i : i + 153] for i in range(0, len(text), 153)][:3]
@@ -650,6 +659,9 @@ def _burst(value: str | None) -> tuple[float, float] | None:
 @click.option("--unbind-after", type=int, default=None, help="send unbind after N submits per connection")
 @click.option("--throttle-burst", default=None, help="EVERY:DURATION seconds of answering everything 0x58")
 @click.option("--mo-rate", default=0.0, show_default=True, help="MO messages per second")
+@click.option("--mo-text", default=None, help="what every MO says (default: 'MO <n>'), e.g. STOP")
+@click.option("--mo-limit", type=int, default=None, help="stop after this many MOs")
+@click.option("--mo-to", default="SLUICE", show_default=True, help="the short code MOs are addressed to")
 @click.option("--mo-long-every", default=0, show_default=True, help="every Nth MO in 3 parts, out of order")
 @click.option("--system-id", default=None, help="require this system_id (default: any)")
 @click.option("--password", default=None, help="require this password (default: any)")

@@ -208,3 +208,32 @@ async def test_a_failing_http_carrier_fails_over_and_is_probed_again(tmp_path) -
                 carriers = (await c.get("/v1/carriers")).json()
     assert carriers["web"]["link"]["submitted"] == 0
     assert carriers["smsc"]["link"]["submitted"] >= total
+
+
+@pytest.mark.parametrize("text", ["STOP", "退订"])
+async def test_stop_by_smpp_mo_suppresses_and_confirms(tmp_path, text) -> None:
+    """An MO over SMPP (deliver_sm from the SMSC simulator, UCS-2 for 退订) goes through the same
+    pipeline: the number is on the tenant's list with the keyword, and one confirmation is sent."""
+    config = write(tmp_path, """
+[[core.carriers]]
+name = "alpha"
+[[core.routes]]
+prefix = ""
+carriers = ["alpha"]
+[[carriers.smpp]]
+name = "alpha"
+port = PORT
+""")
+    async with simulator("--dlr-delay", "0.01", "--mo-rate", "20", "--mo-limit", "3", "--mo-text", text,
+                         "--mo-to", "12345") as sim:  # fmt: skip
+        path = tmp_path / "sluice.toml"
+        path.write_text(path.read_text().replace("PORT", str(sim.port)))
+        async with gateway(config, env=ENV) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {KEY}"}) as c:
+                supp = await poll(lambda: c.get("/v1/suppressions"), lambda r: len(r.json()) == 3)
+                assert {s["source"] for s in supp.json()} == {f"keyword:{text}"}
+                optouts = (await c.get("/v1/inbound", params={"kind": "opt_out"})).json()["inbound"]
+                assert len(optouts) == 3 and {m["text"] for m in optouts} == {text}
+                assert {m["carrier"] for m in optouts} == {"alpha"}
+                counters = await poll(sim.counters, lambda k: k["accepted"] >= 3)  # the confirmations
+                assert counters["mos_acked"] == 3
