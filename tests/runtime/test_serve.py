@@ -3,15 +3,14 @@ a job in over HTTP, every message delivered and its state readable over HTTP."""
 
 from __future__ import annotations
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.testing.processes import gateway, simulator
+from gateway.testing.serving import ENV, wait_final, write_config
+from gateway.testing.serving import client as client_for
 
 pytestmark = pytest.mark.anyio
-
-KEY = "serve-test-key-0123456789"
 
 
 @pytest.fixture
@@ -19,57 +18,12 @@ def anyio_backend() -> tuple[str, dict]:
     return ("asyncio", {"use_uvloop": True})
 
 
-def config(tmp_path, sim_port: int) -> str:
-    path = tmp_path / "sluice.toml"
-    path.write_text(f"""
-[api]
-host = "127.0.0.1"
-
-[[api.tenants]]
-name = "acme"
-key_env = "SLUICE_TEST_KEY"
-
-[store]
-url = "sqlite:///{tmp_path / 'sluice.db'}"
-synchronous = "NORMAL"
-
-[[core.carriers]]
-name = "alpha"
-rate = 2000.0
-burst = 200
-
-[[core.routes]]
-prefix = ""
-carriers = ["alpha"]
-
-[[carriers.smpp]]
-name = "alpha"
-port = {sim_port}
-window = 50
-binds = 2
-""")
-    return str(path)
-
-
-async def wait_final(client: httpx.AsyncClient, job_id: str, total: int, timeout: float = 30.0) -> dict:
-    """Polls the job's counts (the child process is observed over its API) until all are final."""
-    import anyio
-
-    final = {"delivered", "undelivered", "expired", "rejected", "failed", "unknown", "capped", "suppressed", "canceled"}
-    with anyio.fail_after(timeout):
-        while True:
-            counts = (await client.get(f"/v1/jobs/{job_id}")).json()["counts"]
-            if sum(n for s, n in counts.items() if s in final) >= total:
-                return counts
-            await anyio.sleep(0.05)
-
-
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 async def test_a_job_goes_through_serve_and_the_simulator(tmp_path, backend) -> None:
     """The whole service on either event loop: uvicorn+uvloop, or Hypercorn on trio."""
     async with simulator("--dlr-delay", "0.05") as sim:
-        async with gateway(config(tmp_path, sim.port), env={"SLUICE_TEST_KEY": KEY}, backend=backend) as gw:
-            async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {KEY}"}) as client:
+        async with gateway(write_config(tmp_path, sim.port), env=ENV, backend=backend) as gw:
+            async with client_for(gw.url) as client:
                 assert (await client.get("/healthz")).status_code == 200
                 job = {"from": "Shop", "category": "transactional", "template": "Hi {name}, order {n} shipped",
                        "recipients": [{"to": "+4479111%05d" % i, "vars": {"name": "Ann", "n": str(i)}}
