@@ -94,33 +94,10 @@ _IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parame
 _job_enc = msgspec.msgpack.Encoder()
 _job_dec = msgspec.msgpack.Decoder(Job)
 _rcpt_dec = msgspec.msgpack.Decoder(Recipient)
-_changes_json = msgspec.json.Encoder().encode
-_FINAL_SQL = ", ".join(f"'{state}'" for state in sorted(FINAL))
-# ``record``'s batch, loaded from one JSON array of changes: ``round`` numbers each message's
-# changes in batch order, so that round k applies every message's k-th change in one UPDATE
-# (an UPDATE ... FROM applies at most one row per target row, and which one is unspecified).
-_BATCH_TABLE = """
-CREATE TEMP TABLE IF NOT EXISTS batch (
-    seq INTEGER PRIMARY KEY, id INTEGER NOT NULL, state TEXT NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL,
-    carrier TEXT, carrier_ids TEXT, round INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS temp.batch_round ON batch (round);
-"""
-_BATCH_LOAD = """
-INSERT INTO temp.batch
-SELECT key, value->>'message_id', value->>'state', value->>'at', coalesce(value->>'reason', ''),
-       value->>'carrier',
-       CASE json_array_length(value, '$.carrier_ids') WHEN 0 THEN NULL WHEN 1 THEN value->>'$.carrier_ids[0]'
-            ELSE (SELECT group_concat(i.value, ',') FROM json_each(j.value, '$.carrier_ids') i) END,
-       row_number() OVER (PARTITION BY value->>'message_id' ORDER BY key)
-FROM json_each(?) j
-"""
-_BATCH_UPDATE = f"""
-UPDATE messages SET state = b.state, final = b.state IN ({_FINAL_SQL}), updated_at = b.at,
-    carrier = coalesce(b.carrier, messages.carrier), carrier_ids = coalesce(b.carrier_ids, messages.carrier_ids),
-    attempts = messages.attempts + (b.state = 'submitted')
-FROM temp.batch b WHERE b.round = ? AND messages.id = b.id AND messages.final = 0
-"""
-_BATCH_EVENTS = "INSERT INTO events SELECT id, at, state, reason, carrier FROM temp.batch ORDER BY seq"
+_UPDATE = (
+    "UPDATE messages SET state = ?, final = ?, updated_at = ?, carrier = coalesce(?, carrier),"
+    " carrier_ids = coalesce(?, carrier_ids), attempts = attempts + ? WHERE id = ? AND final = 0"
+)
 
 
 class SqliteStore:
@@ -130,7 +107,6 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
             self._db.executescript(_SCHEMA)
-            self._db.executescript(_BATCH_TABLE)
             if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_counts'").fetchone() is None:
                 self._db.executescript(f"BEGIN IMMEDIATE; {_COUNTS} COMMIT;")
             hooked = self._db.execute(
@@ -190,21 +166,18 @@ class SqliteStore:
             db.execute("DELETE FROM job_counts WHERE tenant = ? AND job_id = ?", (tenant, job_id))
 
     def record(self, changes: Sequence[Change]) -> None:
-        # The whole batch goes to SQLite as one JSON document and is applied by a handful of
-        # statements, whatever its size: the worker thread takes the GIL back a few times per
-        # batch instead of three times per change (executemany binds each row holding the GIL
-        # and releases it for each step), which the event loop's thread felt as GIL waits.
-        batch = _changes_json(changes)
+        updates = [
+            (c.state, int(c.state in FINAL), c.at, c.carrier, ",".join(c.carrier_ids) or None,
+             int(c.state == "submitted"), c.message_id)
+            for c in changes
+        ]  # fmt: skip
+        events = [(c.message_id, c.at, c.state, c.reason, c.carrier) for c in changes]
         ended: list[_Block] = []
         with self._tx() as db:
             # Jobs without a callback_url cost one truth test here, per batch.
             outbox = self._outbox_rows(db, changes, ended) if self._hooks else ()
-            db.execute(_BATCH_LOAD, (batch,))
-            (rounds,) = db.execute("SELECT max(round) FROM temp.batch").fetchone()
-            for r in range(1, (rounds or 0) + 1):  # a message's changes in their order
-                db.execute(_BATCH_UPDATE, (r,))
-            db.execute(_BATCH_EVENTS)
-            db.execute("DELETE FROM temp.batch")
+            db.executemany(_UPDATE, updates)
+            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", events)
             if outbox:
                 db.executemany(_OUTBOX_INSERT, outbox)
         if ended:  # only once committed: a rolled-back batch leaves the cache as it was
