@@ -95,7 +95,7 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         send.close()
         dispatcher = Dispatcher(core, connectors, receive, store, clock=clock, on_changes=wake_webhooks)
         gateway.on_admitted = dispatcher.poke
-        _tune_gc()
+        stack.enter_context(_tuned_gc())
         metrics = Metrics(core, connectors, clock, lambda: dispatcher.stats, dispatcher.receipt_latency,
                           webhooks=webhooks.statistics)
         extra = {
@@ -110,7 +110,8 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
     store.close()
 
 
-def _tune_gc() -> None:
+@contextlib.contextmanager
+def _tuned_gc():
     """Make the cyclic garbage collector cheap for a long-running, high-rate service.
 
     Every message makes a few short-lived containers (a dispatch, its PDU bodies, two state
@@ -121,10 +122,17 @@ def _tune_gc() -> None:
     10-20% of the event loop's time at 10k messages/s (measured with gc.callbacks). A young
     generation of 50k allocations lets them die young (they are freed by reference counting, not
     by the collector), and freezing what start-up made (modules, config, recovered state) keeps
-    it out of every later full collection. Cyclic garbage is still collected, only less often."""
+    it out of every later full collection. Cyclic garbage is still collected, only less often.
+    Undone on the way out (``serve`` also runs inside test processes)."""
+    before = gc.get_threshold()
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 10, 10)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 async def _run(api: Api, dispatcher: Dispatcher, webhooks: WebhookSender, cfg: Config, on_ready) -> None:
