@@ -11,6 +11,7 @@ what is in flight and unbind, write the last state changes, close the store.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -109,6 +110,7 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         dispatcher = Dispatcher(core, connectors, receive, store, clock=clock, on_changes=wake_webhooks,
                                 on_inbound=inbound.feed)  # fmt: skip
         gateway.on_admitted = dispatcher.poke
+        stack.enter_context(_tuned_gc())
         metrics = Metrics(core, connectors, clock, lambda: dispatcher.stats, dispatcher.receipt_latency,
                           webhooks=webhooks.statistics)
         extra = {
@@ -125,6 +127,31 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         await _run(api, dispatcher, webhooks, cfg, on_ready, background)
         await dispatcher.flush()
     store.close()
+
+
+@contextlib.contextmanager
+def _tuned_gc():
+    """Make the cyclic garbage collector cheap for a long-running, high-rate service.
+
+    Every message makes a few short-lived containers (a dispatch, its PDU bodies, two state
+    changes) that live a few milliseconds. With the default thresholds (a young collection every
+    700 allocations) many of them are caught alive, promoted, and trigger full collections every
+    second or so; each full collection walks every long-lived object, including phonenumbers'
+    metadata tables (a 287k-entry geocoder dict once a NANP number was seen): ~75 ms of CPU each,
+    10-20% of the event loop's time at 10k messages/s (measured with gc.callbacks). A young
+    generation of 50k allocations lets them die young (they are freed by reference counting, not
+    by the collector), and freezing what start-up made (modules, config, recovered state) keeps
+    it out of every later full collection. Cyclic garbage is still collected, only less often.
+    Undone on the way out (``serve`` also runs inside test processes)."""
+    before = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 10, 10)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 async def _run(api: Api, dispatcher: Dispatcher, webhooks: WebhookSender, cfg: Config, on_ready,

@@ -174,6 +174,21 @@ def test_finished_messages_leave_no_trace() -> None:
     assert not rc._horizon and not rc._held_expiry and not rc._done_expiry
 
 
+def test_finished_messages_do_not_wait_for_the_horizon() -> None:
+    # Receipts come within seconds, the horizon is days: what finished must not stay queued
+    # for it (memory, and a garbage collector scanning it), and late ones still end on time.
+    rc = Reconciler(hold_unmatched_s=1, horizon_s=3 * 86400)
+    rc.submitted(-1, "c", ["silent"], 1, now=0)
+    for i in range(20_000):
+        rc.submitted(i, "c", [str(i)], 1, now=1)
+        rc.receipt("c", str(i), R.DELIVERED, 0, now=1)
+    assert len(rc._horizon) < 3000
+    assert rc.statistics().pending == 1
+    (r,) = rc.tick(3 * 86400 + 1)
+    assert (r.ref, r.state) == (-1, FinalState.UNKNOWN)
+    assert not rc._horizon and rc._horizon_done == 0
+
+
 _EVENTS = st.lists(
     st.tuples(
         st.integers(0, 5),  # message

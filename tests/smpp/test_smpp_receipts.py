@@ -84,6 +84,11 @@ def test_dates() -> None:
     assert parse_receipt_date("2413311259") is None
     assert format_receipt_date(1706705945.0) == b"2401311259"
     assert format_receipt_date(1706705945.0, seconds=True) == b"240131125905"
+    # cached by the second: fractions never round up, and the cache never mixes the two formats
+    assert format_receipt_date(1706705945.999, seconds=True) == b"240131125905"
+    assert format_receipt_date(1706705946.0, seconds=True) == b"240131125906"
+    assert format_receipt_date(1706705999.9) == b"2401311259"
+    assert format_receipt_date(1706706000.0) == b"2401311300"
 
 
 def test_round_trip_of_our_own_text() -> None:
