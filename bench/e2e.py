@@ -15,7 +15,6 @@ is Kannel's figure from the issue (docs/BENCHMARKS.md). Three processes share tw
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import click
 import httpx
 
 from bench.machine import describe
+from bench.output import out_option, save
 from bench.service import AUTH, ENV, config, medians, memory, ndjson_job
 from gateway.store.base import FINAL
 from gateway.testing.processes import gateway, simulator
@@ -115,7 +115,8 @@ def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int)
 @click.option("--window", default=100, show_default=True)
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
-def bench_e2e(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int, json_path: str | None) -> None:
+@out_option
+def bench_e2e(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int, json_path: str | None, out_dir: str | None) -> None:
     """Bulk API -> core -> SMPP simulator -> receipts reconciled -> states durable, messages/s."""
     r = run(n, runs, dlr_delay, binds, window, seed)
     per = r["per_run"]
@@ -132,6 +133,4 @@ def bench_e2e(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed
                f"median of {runs} runs")  # fmt: skip
     for k, v in rows:
         click.echo(f"  {k:<46} {v:>14}")
-    if json_path:
-        Path(json_path).write_text(json.dumps(r, indent=2))
-        click.echo(f"wrote {json_path}")
+    save(r, json_path, out_dir)

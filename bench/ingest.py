@@ -21,7 +21,6 @@ process; on a 2-core machine it takes the other core.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import click
 import httpx
 
 from bench.machine import describe
+from bench.output import out_option, save
 from bench.service import AUTH, ENV, config, hammer, medians, memory, ndjson_job, single_messages
 from gateway.testing.processes import gateway
 
@@ -111,7 +111,8 @@ def run(n: int, runs: int, clients: int, seconds: float, seed: int) -> dict[str,
 @click.option("--seconds", default=5.0, show_default=True, help="How long single-message POSTs go on.")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
-def bench_ingest(n: int, runs: int, clients: int, seconds: float, seed: int, json_path: str | None) -> None:
+@out_option
+def bench_ingest(n: int, runs: int, clients: int, seconds: float, seed: int, json_path: str | None, out_dir: str | None) -> None:
     """A big job accepted durably over HTTP (NDJSON), and single-message POSTs per second."""
     r = run(n, runs, clients, seconds, seed)
     mb = 1 << 20
@@ -127,6 +128,4 @@ def bench_ingest(n: int, runs: int, clients: int, seconds: float, seed: int, jso
     click.echo(f"sluice bench ingest: {n:,} recipients ({r['body_bytes'] / mb:,.0f} MB NDJSON), median of {runs} runs")
     for k, v in rows:
         click.echo(f"  {k:<44} {v:>14}")
-    if json_path:
-        Path(json_path).write_text(json.dumps(r, indent=2))
-        click.echo(f"wrote {json_path}")
+    save(r, json_path, out_dir)
