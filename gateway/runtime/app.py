@@ -109,7 +109,8 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
             "/readyz": _static(b'{"status":"ready"}'),
             "/v1/carriers": _carriers(core, connectors, clock),
         }
-        api = Api(gateway, tenants, clock=clock, max_body=cfg.api.max_body_bytes, extra=extra)
+        api = Api(gateway, tenants, clock=clock, max_body=cfg.api.max_body_bytes, body_timeout=cfg.api.body_timeout,
+                  extra=extra)  # fmt: skip
         await _run(api, dispatcher, webhooks, cfg, on_ready)
         await dispatcher.flush()
     store.close()
@@ -140,8 +141,12 @@ async def _uvicorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Cancel
                    task_status: anyio.abc.TaskStatus[int]) -> None:  # fmt: skip
     import uvicorn
 
+    from gateway.runtime.http_guard import guarded_httptools
+
+    # uvicorn has no deadline for a request's head and no bound on its size: http_guard adds both.
+    http = guarded_httptools(cfg.api.header_timeout, cfg.api.max_head_bytes)
     config = uvicorn.Config(api, host=cfg.api.host, port=cfg.api.port, loop="none", lifespan="off",
-                            log_level="warning", access_log=False)  # fmt: skip
+                            log_level="warning", access_log=False, http=http)  # fmt: skip
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we stop in order
 
@@ -170,6 +175,7 @@ async def _hypercorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Canc
     host = f"[{cfg.api.host}]" if ":" in cfg.api.host else cfg.api.host
     config.bind = [f"{host}:{cfg.api.port}"]
     config.accesslog = None
+    config.read_timeout = cfg.api.header_timeout  # h11 bounds the head at 16 KiB; this, a silent client
     config.loglevel = "WARNING"
 
     async def started() -> None:
