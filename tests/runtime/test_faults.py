@@ -65,22 +65,22 @@ async def wait_progress(c, job_id: str, n: int, timeout: float = 20.0) -> dict[s
 
 
 SCENARIOS = {
-    # Binds dropped every 150 PDUs, 0.3 s of 0x58 every 3 s, every receipt sent twice.
+    # Binds dropped every 150 PDUs, 0.3 s of 0x58 every 1.5 s, every receipt sent twice.
     "drops+throttling+duplicate_receipts": (
-        ["--drop-after", "150", "--throttle-burst", "3:0.3", "--duplicate-receipts", "--dlr-delay", "0.05"],
+        ["--drop-after", "150", "--throttle-burst", "1.5:0.3", "--duplicate-receipts", "--dlr-delay", "0.05"],
         10.0,
     ),
-    # The SMSC goes silent after 120 PDUs on each connection and never sends a receipt: every
+    # The SMSC goes silent after 300 PDUs on each connection and never sends a receipt: every
     # message is still submitted (timeouts requeue, dead links are dropped and bound again) and
     # ends ``unknown`` once the receipt horizon passes.
-    "silence+no_receipts": (["--mute-after", "120", "--receipts", "none"], 1.0),
+    "silence+no_receipts": (["--mute-after", "300", "--receipts", "none"], 1.0),
 }
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 async def test_carrier_faults_end_every_message_once(tmp_path, scenario: str) -> None:
     sim_args, horizon = SCENARIOS[scenario]
-    size, rate = 1500, 1000.0
+    size, rate = 800, 1000.0
     with anyio.fail_after(60):
         async with simulator("--seed", "3", *sim_args) as sim:
             cfg = write_config(tmp_path, sim.port, rate=rate, window=WINDOW, binds=BINDS, horizon=horizon,
@@ -150,7 +150,7 @@ def check_dead(result: dict, size: int, rate: float, outage: float) -> None:
 
 
 async def test_carrier_dead_for_seconds_then_back_on_the_same_port(tmp_path) -> None:
-    size, rate, outage = 2000, 1000.0, 3.0
+    size, rate, outage = 1500, 1000.0, 2.0
     with anyio.fail_after(75):
         result = await carrier_dead(tmp_path, outage=outage, size=size, rate=rate)
     check_dead(result, size, rate, outage)
