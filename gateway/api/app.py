@@ -56,7 +56,7 @@ class Api:
         self._max_body = max_body
         self._body_timeout = body_timeout
         self._limits: dict[str, TokenBucket] = {}
-        self._extra = extra or {}  # unauthenticated GETs: /metrics, /healthz, /readyz
+        self._extra = extra or {}  # GETs: /metrics, /healthz, /readyz (open), /v1/carriers (any key)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("POST", re.compile(r"^/v1/messages$"), self._post_message),
             ("GET", re.compile(r"^/v1/messages/(?P<mid>[^/]+)$"), self._get_message),
@@ -100,6 +100,8 @@ class Api:
         if method == "GET" and path == "/openapi.json":
             return Response(200, openapi.document())
         if method == "GET" and path in self._extra:
+            if path.startswith("/v1/"):  # operational (/v1/carriers), but the API's: any tenant's key
+                self._rate_limit(self._authenticate(scope))
             return await self._extra[path]()
         allowed = []
         for m, rx, handler in self._routes:

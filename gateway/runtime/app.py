@@ -175,7 +175,9 @@ async def _hypercorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Canc
     host = f"[{cfg.api.host}]" if ":" in cfg.api.host else cfg.api.host
     config.bind = [f"{host}:{cfg.api.port}"]
     config.accesslog = None
-    config.read_timeout = cfg.api.header_timeout  # h11 bounds the head at 16 KiB; this, a silent client
+    # Hypercorn's idle timer runs from the connection (and from each response) until a request's
+    # head is complete, and h11 bounds the head at 16 KiB: so this is the head deadline here.
+    config.keep_alive_timeout = cfg.api.header_timeout
     config.loglevel = "WARNING"
 
     async def started() -> None:

@@ -11,8 +11,8 @@ memory without bound.
 from the connection (and from the first byte of each later request) until the end of the
 headers, at most ``header_timeout`` seconds -> 408 and close; at most ``max_head_bytes`` bytes
 -> 431 and close (RFC 9110 §15.5.9, RFC 6585 §5). The body has its own budget in the ASGI app
-(``gateway/api/app.py``). On trio, Hypercorn's h11 bounds the head at 16 KiB and ``serve`` sets
-its ``read_timeout``.
+(``gateway/api/app.py``). On trio, Hypercorn needs no guard: its idle timer runs until a head is
+complete (``serve`` sets it to ``header_timeout``) and h11 bounds the head at 16 KiB.
 """
 
 from __future__ import annotations

@@ -88,7 +88,10 @@ async def wait_final(c: httpx.AsyncClient, job_id: str, total: int, timeout: flo
 
 
 @asynccontextmanager
-async def open_served(tmp_path: Path, *sim_args: str, **config: Any) -> AsyncIterator[tuple[Child, Child]]:
-    """A simulator child and a ``sluice serve`` child in front of it: yields (simulator, gateway)."""
-    async with simulator(*sim_args) as sim, gateway(write_config(tmp_path, sim.port, **config), env=ENV) as gw:
-        yield sim, gw
+async def open_served(tmp_path: Path, *sim_args: str, backend: str = "asyncio",
+                      **config: Any) -> AsyncIterator[tuple[Child, Child]]:  # fmt: skip
+    """A simulator child and a ``sluice serve --backend BACKEND`` child in front of it: yields
+    (simulator, gateway)."""
+    async with simulator(*sim_args) as sim:
+        async with gateway(write_config(tmp_path, sim.port, **config), env=ENV, backend=backend) as gw:
+            yield sim, gw

@@ -49,6 +49,8 @@ async def test_auth_and_tenant_isolation(tmp_path) -> None:
         wrong = await anon.post("/v1/messages", json=MSG, headers={"authorization": "Bearer not-a-key"})
         assert "not-a-key" not in error_of(wrong, 401)["error"]
         error_of(await anon.get("/v1/jobs/x", headers={"authorization": KEYS["acme"]}), 401)  # no "Bearer"
+        error_of(await anon.get("/v1/carriers"), 401)  # every /v1 path, the operational one too
+        assert (await beta.get("/v1/carriers")).status_code == 200
 
         mid = (await acme.post("/v1/messages", json=MSG)).json()["id"]
         jid = (await acme.post("/v1/jobs", json=JOB)).json()["id"]
