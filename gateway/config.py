@@ -51,6 +51,12 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     host: str = "127.0.0.1"  # loopback unless configured otherwise
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024
+    # Slow clients (slowloris): a request's head must arrive within header_timeout seconds and be
+    # at most max_head_bytes (else 408 / 431 and the connection is closed); the server waits for a
+    # request's body at most body_timeout seconds in all (else 408).
+    header_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    max_head_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     tenants: list[Tenant] = []
 
 

@@ -25,6 +25,9 @@ def test_example_is_the_same_tree():
         ("[[core.carriers]]\nname = 'x'\nrate = -1", "core.carriers[0].rate"),
         ("[core.quiet_hours]\nstart = '25:00'", "core.quiet_hours.start"),
         ("[core.weekly_cap]\npolicy = 'sometimes'", "core.weekly_cap.policy"),
+        ("[api]\nheader_timeout = 0", "api.header_timeout"),
+        ("[api]\nbody_timeout = -1", "api.body_timeout"),
+        ("[api]\nmax_head_bytes = 10", "api.max_head_bytes"),
     ],
 )
 def test_errors_name_the_key(text, key):
@@ -38,3 +41,12 @@ def test_semantic_errors_are_config_errors():
         loads("[[core.carriers]]\nname='a'\n[[core.routes]]\ncarriers=['b']")
     with pytest.raises(ConfigError, match="not valid TOML"):
         loads("[core")
+
+
+def test_the_api_listens_on_loopback_unless_configured_otherwise():
+    """An empty config, the embedded default and the example all serve on 127.0.0.1 only."""
+    from pathlib import Path
+
+    example = (Path(__file__).parent.parent / "config" / "example.toml").read_text()
+    for text in ("", default_text(), example):
+        assert loads(text).api.host == "127.0.0.1"

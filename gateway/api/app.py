@@ -13,6 +13,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import parse_qs
 
+import anyio
 import msgspec
 
 from gateway.api import openapi, schemas
@@ -51,15 +52,18 @@ _INBOUND_KINDS = ("opt_out", "opt_in", "help", "message")
 
 class Api:
     def __init__(self, gateway: Gateway, tenants: dict[str, Tenant], *, clock: Callable[[], float],
-                 max_body: int = 64 * 1024 * 1024, extra: dict[str, Handler] | None = None,
+                 max_body: int = 64 * 1024 * 1024, body_timeout: float = 60.0,
+                 extra: dict[str, Handler] | None = None,
                  callbacks: Mapping[str, CarrierCallback] | None = None) -> None:  # fmt: skip
-        """``tenants`` maps the hex SHA-256 of each API key to its tenant: keys are never kept."""
+        """``tenants`` maps the hex SHA-256 of each API key to its tenant: keys are never kept.
+        ``body_timeout``: the most time spent waiting for one request's body, in all (408)."""
         self.gw = gateway
         self._tenants = tenants
         self._clock = clock
         self._max_body = max_body
+        self._body_timeout = body_timeout
         self._limits: dict[str, TokenBucket] = {}
-        self._extra = extra or {}  # unauthenticated GETs: /metrics, /healthz, /readyz
+        self._extra = extra or {}  # GETs: /metrics, /healthz, /readyz (open), /v1/carriers (any key)
         self._callbacks = callbacks or {}  # HTTP carrier name -> its callback (signed, not by tenant key)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("POST", re.compile(r"^/v1/messages$"), self._post_message),
@@ -86,6 +90,8 @@ class Api:
             resp = _error(exc.status, str(exc), getattr(exc, "field", None), getattr(exc, "index", None))
             if isinstance(exc, _TooMany):
                 resp.headers.append((b"retry-after", str(exc.retry_after).encode()))
+            elif isinstance(exc, (_TooSlow, _TooLarge)):  # the rest of the body is not read: close
+                resp.headers.append((b"connection", b"close"))
         except StorageError as exc:
             log.warning("store.failed error=%s", exc)
             resp = _error(503, "storage unavailable, retry later", headers=[(b"retry-after", b"1")])
@@ -103,11 +109,13 @@ class Api:
         if method == "GET" and path == "/openapi.json":
             return Response(200, openapi.document())
         if method == "GET" and path in self._extra:
+            if path.startswith("/v1/"):  # operational (/v1/carriers), but the API's: any tenant's key
+                self._rate_limit(self._authenticate(scope))
             return await self._extra[path]()
         if (hit := _CALLBACK.match(path)) is not None:
             if method != "POST":
                 return _error(405, "method not allowed; use POST", headers=[(b"allow", b"POST")])
-            return await self._carrier_callback(scope, receive, hit["name"])
+            return await self._carrier_callback(scope, _BodyBudget(receive, self._body_timeout), hit["name"])
         allowed = []
         for m, rx, handler in self._routes:
             if (hit := rx.match(path)) is not None:
@@ -116,6 +124,7 @@ class Api:
                     continue
                 tenant = self._authenticate(scope)
                 self._rate_limit(tenant)
+                receive = _BodyBudget(receive, self._body_timeout)
                 if handler == self._post_job and _header(scope, b"content-type").startswith("application/x-ndjson"):
                     return await self._post_job_stream(tenant, scope, receive)
                 body = await _read_body(receive, self._max_body) if method in ("POST", "DELETE") else b""
@@ -129,6 +138,9 @@ class Api:
         auth = _header(scope, b"authorization")
         if not auth.startswith("Bearer ") or len(auth) < 8:
             raise _Unauthorized("missing bearer token")
+        # A dict lookup of the key's SHA-256, not hmac.compare_digest over every tenant: its
+        # timing can reveal at most how much of a digest matched, and a digest (preimage
+        # resistant) tells nothing about the key that would match it; keys are long and random.
         tenant = self._tenants.get(hash_key(auth[7:].strip()))  # compares digests, never keys
         if tenant is None:
             raise _Unauthorized("unknown API key")
@@ -261,6 +273,29 @@ class _TooMany(CallerError):
 
 class _TooLarge(CallerError):
     status = 413
+
+
+class _TooSlow(CallerError):
+    status = 408
+
+
+class _BodyBudget:
+    """``receive`` for one request, whose waits for the client add up to ``timeout`` seconds at
+    most: then 408. A slow client (slowloris) cannot hold a request open for ever, and the time
+    the server itself spends (admitting an NDJSON job's chunks) is not charged to the client."""
+
+    def __init__(self, receive, timeout: float) -> None:
+        self._receive = receive
+        self._timeout = timeout
+        self._left = timeout
+
+    async def __call__(self):
+        started = anyio.current_time()
+        with anyio.move_on_after(self._left):
+            event = await self._receive()
+            self._left -= anyio.current_time() - started
+            return event
+        raise _TooSlow(f"request body not received within {self._timeout:g} s")
 
 
 class _Malformed(InvalidInput):

@@ -120,7 +120,8 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
             "/v1/carriers": _carriers(core, connectors, clock),
         }
         callbacks = {name: c.callback for name, c in connectors.items() if isinstance(c, HttpConnector)}
-        api = Api(gateway, tenants, clock=clock, max_body=cfg.api.max_body_bytes, extra=extra, callbacks=callbacks)
+        api = Api(gateway, tenants, clock=clock, max_body=cfg.api.max_body_bytes, body_timeout=cfg.api.body_timeout,
+                  extra=extra, callbacks=callbacks)  # fmt: skip
         probe = {name: c.settings.probe_after for name, c in connectors.items() if isinstance(c, HttpConnector)}
         background = [inbound.run, forwarder.run, partial(watch_carriers, core, connectors, clock=clock,
                                                           on_change=dispatcher.poke, probe_after=probe)]  # fmt: skip
@@ -182,8 +183,12 @@ async def _uvicorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Cancel
                    task_status: anyio.abc.TaskStatus[int]) -> None:  # fmt: skip
     import uvicorn
 
+    from gateway.runtime.http_guard import guarded_httptools
+
+    # uvicorn has no deadline for a request's head and no bound on its size: http_guard adds both.
+    http = guarded_httptools(cfg.api.header_timeout, cfg.api.max_head_bytes)
     config = uvicorn.Config(api, host=cfg.api.host, port=cfg.api.port, loop="none", lifespan="off",
-                            log_level="warning", access_log=False)  # fmt: skip
+                            log_level="warning", access_log=False, http=http)  # fmt: skip
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we stop in order
 
@@ -212,6 +217,9 @@ async def _hypercorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Canc
     host = f"[{cfg.api.host}]" if ":" in cfg.api.host else cfg.api.host
     config.bind = [f"{host}:{cfg.api.port}"]
     config.accesslog = None
+    # Hypercorn's idle timer runs from the connection (and from each response) until a request's
+    # head is complete, and h11 bounds the head at 16 KiB: so this is the head deadline here.
+    config.keep_alive_timeout = cfg.api.header_timeout
     config.loglevel = "WARNING"
 
     async def started() -> None:

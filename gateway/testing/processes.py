@@ -46,6 +46,16 @@ class Child:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def memory_kb(self) -> dict[str, int]:
+        """Resident memory now and at its peak (VmRSS, VmHWM from /proc/PID/status), in kB."""
+        fields = {}
+        with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    fields[key] = int(value.split()[0])
+        return fields
+
     async def line(self, timeout: float = 30.0) -> dict[str, Any]:
         """The next JSON line on the child's stdout (other lines are skipped)."""
         assert self._out is not None

@@ -28,8 +28,9 @@ ENV = {"SLUICE_KEY_ACME": KEYS["acme"], "SLUICE_KEY_BETA": KEYS["beta"]}
 
 def write_config(tmp_path: Path, sim_port: int, *, rate: float = 2000.0, window: int = 50, binds: int = 2,
                  horizon: float = 72 * 3600.0, rps: float = 1000.0, burst: int = 1000,
-                 max_body: int = 64 * 1024 * 1024) -> str:  # fmt: skip
-    """Two tenants (acme, beta), the store in tmp_path, carrier "alpha" at the simulator."""
+                 max_body: int = 64 * 1024 * 1024, api_extra: str = "", smpp_extra: str = "") -> str:  # fmt: skip
+    """Two tenants (acme, beta), the store in tmp_path, carrier "alpha" at the simulator.
+    ``api_extra`` / ``smpp_extra``: more TOML lines for ``[api]`` / the ``[[carriers.smpp]]`` link."""
     path = tmp_path / "sluice.toml"
     tenants = "".join(
         f'\n[[api.tenants]]\nname = "{name}"\nkey_env = "SLUICE_KEY_{name.upper()}"\n'
@@ -40,6 +41,7 @@ def write_config(tmp_path: Path, sim_port: int, *, rate: float = 2000.0, window:
 [api]
 host = "127.0.0.1"
 max_body_bytes = {max_body}
+{api_extra}
 {tenants}
 [store]
 url = "sqlite:///{tmp_path / 'sluice.db'}"
@@ -60,6 +62,7 @@ port = {sim_port}
 window = {window}
 binds = {binds}
 receipt_horizon_s = {horizon}
+{smpp_extra}
 """)
     return str(path)
 
@@ -85,7 +88,10 @@ async def wait_final(c: httpx.AsyncClient, job_id: str, total: int, timeout: flo
 
 
 @asynccontextmanager
-async def open_served(tmp_path: Path, *sim_args: str, **config: Any) -> AsyncIterator[tuple[Child, Child]]:
-    """A simulator child and a ``sluice serve`` child in front of it: yields (simulator, gateway)."""
-    async with simulator(*sim_args) as sim, gateway(write_config(tmp_path, sim.port, **config), env=ENV) as gw:
-        yield sim, gw
+async def open_served(tmp_path: Path, *sim_args: str, backend: str = "asyncio",
+                      **config: Any) -> AsyncIterator[tuple[Child, Child]]:  # fmt: skip
+    """A simulator child and a ``sluice serve --backend BACKEND`` child in front of it: yields
+    (simulator, gateway)."""
+    async with simulator(*sim_args) as sim:
+        async with gateway(write_config(tmp_path, sim.port, **config), env=ENV, backend=backend) as gw:
+            yield sim, gw

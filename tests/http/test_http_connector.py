@@ -136,6 +136,32 @@ async def test_callbacks_with_a_bad_signature_are_refused() -> None:
         assert await h.connector.callback("http://x/receipts", good, b"{oops") == 400
 
 
+async def test_forged_and_replayed_callbacks_change_nothing() -> None:
+    """Forged (wrong key, tampered body) or stale (older than ``signature_tolerance_s``): 401. A
+    replay of a genuine callback within the tolerance is answered 204 and matches nothing the
+    second time: receipts are idempotent, so replaying one cannot end a message twice."""
+    import time
+
+    async with in_process(HttpSimSettings(receipt_secret="k", receipt_delay=3600.0), settings()) as h:
+        final = await h.drive([make_dispatch(1, message_id=501)])
+        (cid,) = final[1].carrier_ids
+        body = b'{"receipts": [{"id": "%s", "status": "delivered"}]}' % cid.encode()
+        now = time.time()
+        signed = generic.sign("", body, "k", now)
+        callback = h.connector.callback
+        assert await callback("http://x/receipts", generic.sign("", body, "wrong", now), body) == 401
+        assert await callback("http://x/receipts", signed, body.replace(b"delivered", b"undelivered")) == 401
+        assert await callback("http://x/receipts", generic.sign("", body, "k", now - 301), body) == 401
+        assert await callback("http://x/receipts", signed, body) == 204
+        assert await callback("http://x/receipts", signed, body) == 204  # the same, replayed
+        while True:  # callback() has put its events in the stream before returning
+            try:
+                h.seen.append(h.events.receive_nowait())
+            except anyio.WouldBlock:
+                break
+        assert [(e.message_id, e.state) for e in h.of(ReceiptMatched)] == [(501, "delivered")]
+
+
 async def test_close_gives_back_what_was_not_sent() -> None:
     async with in_process(HttpSimSettings(latency_ms=300), settings(batch_size=10, concurrency=1)) as h:
         await h.connector.submit([make_dispatch(i) for i in range(40)])

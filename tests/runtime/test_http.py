@@ -49,6 +49,8 @@ async def test_auth_and_tenant_isolation(tmp_path) -> None:
         wrong = await anon.post("/v1/messages", json=MSG, headers={"authorization": "Bearer not-a-key"})
         assert "not-a-key" not in error_of(wrong, 401)["error"]
         error_of(await anon.get("/v1/jobs/x", headers={"authorization": KEYS["acme"]}), 401)  # no "Bearer"
+        error_of(await anon.get("/v1/carriers"), 401)  # every /v1 path, the operational one too
+        assert (await beta.get("/v1/carriers")).status_code == 200
 
         mid = (await acme.post("/v1/messages", json=MSG)).json()["id"]
         jid = (await acme.post("/v1/jobs", json=JOB)).json()["id"]
@@ -56,11 +58,23 @@ async def test_auth_and_tenant_isolation(tmp_path) -> None:
         assert (await acme.get(f"/v1/messages/{mid}")).status_code == 200
         for path in (f"/v1/messages/{mid}", f"/v1/jobs/{jid}", f"/v1/jobs/{jid}/messages"):
             error_of(await beta.get(path), 404)
-        error_of(await beta.post(f"/v1/jobs/{jid}/cancel"), 404)
+        for action in ("cancel", "pause", "resume"):
+            error_of(await beta.post(f"/v1/jobs/{jid}/{action}"), 404)
         assert (await acme.post("/v1/suppressions", json={"number": "+447911123457"})).status_code == 201
         assert (await beta.get("/v1/suppressions")).json() == []
         error_of(await beta.delete("/v1/suppressions/+447911123457"), 404)
         assert len((await acme.get("/v1/suppressions")).json()) == 1
+        # Suppression lists are per tenant both ways: beta's list does not touch acme's, and acme's
+        # suppression of a number does not stop beta's marketing message to it.
+        assert (await beta.post("/v1/suppressions", json={"number": "+447911123458"})).status_code == 201
+        assert [s["number"] for s in (await acme.get("/v1/suppressions")).json()] == ["+447911123457"]
+        promo = {"from": "Shop", "category": "marketing", "template": "Sale",
+                 "recipients": [{"to": "+447911123457"}]}  # fmt: skip
+        r = await acme.post("/v1/jobs", json=promo)
+        assert await wait_final(acme, r.json()["id"], 1) == {"suppressed": 1}  # decided at admission
+        r = await beta.post("/v1/jobs", json=promo)
+        assert r.status_code == 202, r.text
+        assert "suppressed" not in await job_counts(beta, r.json()["id"])  # queued, or deferred by quiet hours
         await still_serving(gw, acme)
 
 

@@ -1,0 +1,103 @@
+"""Two limits uvicorn does not have: a deadline for a request's head, and a bound on its size.
+
+uvicorn (0.54, httptools) arms no timer while a request's head is arriving: its
+``timeout_keep_alive`` runs only between requests, and every ``data_received`` cancels it. A
+client that sends its headers a byte at a time (slowloris), or connects and sends nothing, holds
+a connection open for ever. llhttp sets no limit on the size of a head either (h11's
+``h11_max_incomplete_event_size`` applies only to the h11 protocol), so one endless header grows
+memory without bound.
+
+``guarded_httptools(header_timeout, max_head_bytes)`` is uvicorn's httptools protocol with both:
+from the connection (and from the first byte of each later request) until the end of the
+headers, at most ``header_timeout`` seconds -> 408 and close; at most ``max_head_bytes`` bytes
+-> 431 and close (RFC 9110 §15.5.9, RFC 6585 §5). The body has its own budget in the ASGI app
+(``gateway/api/app.py``). On trio, Hypercorn needs no guard: its idle timer runs until a head is
+complete (``serve`` sets it to ``header_timeout``) and h11 bounds the head at 16 KiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["guarded_httptools"]
+
+log = logging.getLogger(__name__)
+
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+def _refusal(status: int, message: str) -> bytes:
+    body = msgspec.json.encode({"error": message})
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+    return head % (status, _REASONS[status], len(body)) + body
+
+
+def guarded_httptools(header_timeout: float, max_head_bytes: int) -> type[asyncio.Protocol]:
+    """uvicorn's ``HttpToolsProtocol`` with a head deadline and a head size bound (pass it as
+    ``uvicorn.Config(http=...)``)."""
+    too_slow = _refusal(408, f"request headers not received within {header_timeout:g} s")
+    too_big = _refusal(431, f"request headers larger than {max_head_bytes} bytes")
+
+    class GuardedHttpTools(HttpToolsProtocol):
+        _head_timer: asyncio.TimerHandle | None = None
+        _in_head = True  # between requests and until the end of the headers
+        _head_bytes = 0
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            # Still in the head after parsing this read: the bytes so far were all head.
+            if self._in_head and self._head_bytes > max_head_bytes:
+                self._refuse(431, too_big)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            self._in_head, self._head_bytes = True, 0  # the idle gap is uvicorn's keep-alive timer's
+            super().on_response_complete()
+
+        def _arm(self) -> None:
+            self._in_head = True
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(header_timeout, self._timed_out)
+
+        def _disarm(self) -> None:
+            self._in_head, self._head_bytes = False, 0
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _timed_out(self) -> None:
+            self._head_timer = None
+            if self._in_head:
+                self._refuse(408, too_slow)
+
+        def _refuse(self, status: int, response: bytes) -> None:
+            self._disarm()
+            if self.transport.is_closing():
+                return
+            log.info("http.refused status=%d client=%s", status, self.client)
+            if self.cycle is None or self.cycle.response_complete:  # never inside another response
+                self.transport.write(response)
+            self.transport.close()
+
+    return GuardedHttpTools
