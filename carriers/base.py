@@ -32,6 +32,7 @@ __all__ = [
     "ConnectorStats",
     "Inbound",
     "LinkChanged",
+    "LinkStats",
     "ReceiptMatched",
     "Requeue",
     "SubmitFailed",
@@ -113,6 +114,16 @@ class LinkChanged(msgspec.Struct, frozen=True, kw_only=True, tag="link"):
 ConnectorEvent = Submitted | SubmitFailed | Requeue | Throttled | ReceiptMatched | Inbound | LinkChanged
 
 
+class LinkStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One link of a carrier (an SMPP bind; an HTTP carrier has one)."""
+
+    index: int
+    mode: str  # "transceiver" | "transmitter" | "receiver" | "http"
+    up: bool
+    in_flight: int  # sent, not yet answered on this link
+    paused_for: float  # seconds this link still waits after a throttle (0: sending)
+
+
 class ConnectorStats(msgspec.Struct, frozen=True, kw_only=True):
     carrier: str
     binds: int  # configured sessions
@@ -129,6 +140,7 @@ class ConnectorStats(msgspec.Struct, frozen=True, kw_only=True):
     receipts_unmatched: int
     receipts_pending: int
     inbound: int
+    links: list[LinkStats] = []  # per bind, where the connector has several
 
 
 @runtime_checkable

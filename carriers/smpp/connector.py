@@ -50,6 +50,7 @@ from carriers.base import (
     ConnectorStats,
     Inbound,
     LinkChanged,
+    LinkStats,
     ReceiptMatched,
     Requeue,
     SubmitFailed,
@@ -301,6 +302,7 @@ class SmppConnector:
 
     def statistics(self) -> ConnectorStats:
         rs = self._reconciler.statistics()
+        now = anyio.current_time()
         return ConnectorStats(
             carrier=self.name,
             binds=len(self._binds),
@@ -317,6 +319,8 @@ class SmppConnector:
             receipts_unmatched=rs.unmatched,
             receipts_pending=rs.pending,
             inbound=self._counts["inbound"],
+            links=[LinkStats(index=b.index, mode=b.mode, up=b.up, in_flight=len(b.inflight),
+                             paused_for=max(0.0, b.paused_until - now)) for b in self._binds],  # fmt: skip
         )
 
     # -- encoding ----------------------------------------------------------------------------

@@ -39,6 +39,10 @@ async def test_a_job_goes_through_serve_and_the_simulator(tmp_path, backend) -> 
                 assert [h["state"] for h in msg["history"]][-2:] == ["submitted", "delivered"]
                 carriers = (await client.get("/v1/carriers")).json()
                 assert carriers["alpha"]["link"]["bound"] == 2
+                links = carriers["alpha"]["link"]["links"]  # per bind
+                assert [(x["index"], x["mode"], x["up"]) for x in links] == [(0, "transceiver", True),
+                                                                              (1, "transceiver", True)]
+                assert {"rate", "tokens", "throttles"} <= set(carriers["alpha"]["bucket"])
                 metrics = {(x.name, tuple(sorted(x.labels.items()))): x.value
                            for f in text_string_to_metric_families((await client.get("/metrics")).text)
                            for x in f.samples}  # fmt: skip
