@@ -53,7 +53,6 @@ from carriers.base import (
     ConnectorStats,
     Inbound,
     LinkChanged,
-    ReceiptMatched,
     Requeue,
     SubmitFailed,
     Submitted,
@@ -72,9 +71,10 @@ from carriers.http.profiles.base import (
     media_of,
 )
 from carriers.http.settings import HttpSettings
+from carriers.shell import ConnectorShell
 from gateway.core.bucket import TokenBucket
 from gateway.core.model import Dispatch, FinalState
-from gateway.core.receipts import Receipted, Reconciler, Unmatched
+from gateway.core.receipts import Reconciler
 from gateway.errors import ConfigError
 
 __all__ = ["HttpConnector", "HttpSettings", "open_http_connector"]
@@ -84,7 +84,7 @@ log = logging.getLogger(__name__)
 _MEDIA_UNSUPPORTED = 415  # the code of a SubmitFailed for media sent to a carrier without MMS
 
 
-class HttpConnector:
+class HttpConnector(ConnectorShell):
     """Use ``open_http_connector(...)`` (or ``async with HttpConnector(...)``)."""
 
     def __init__(
@@ -149,16 +149,6 @@ class HttpConnector:
         self._tg.start_soon(self._run)
         return self
 
-    async def __aexit__(self, *exc_info: object) -> bool | None:
-        try:
-            if exc_info[0] is None:
-                await self.aclose()
-        finally:
-            self._scope.cancel()
-            assert self._tg is not None
-            result = await self._tg.__aexit__(*exc_info)
-        return result
-
     async def _run(self) -> None:
         with self._scope:
             async with anyio.create_task_group() as tg:
@@ -206,13 +196,6 @@ class HttpConnector:
             await self._flush_events()
         more, self._more = self._more, anyio.Event()
         more.set()
-
-    def expect_receipts(self, message_id: int, carrier_ids: Sequence[str]) -> None:
-        """A message the carrier took before a restart: its receipt callbacks may still come, so
-        the reconciler learns its ids again (it ends with one ``ReceiptMatched``)."""
-        now = anyio.current_time()
-        for result in self._reconciler.submitted(message_id, self.name, carrier_ids, len(carrier_ids), now):
-            self._on_result(result)
 
     def statistics(self) -> ConnectorStats:
         rs = self._reconciler.statistics()
@@ -432,18 +415,6 @@ class HttpConnector:
     def _count_error(self, name: str) -> None:
         self._errors[name] = self._errors.get(name, 0) + 1
 
-    def _on_result(self, result: Receipted | Unmatched) -> None:
-        if type(result) is Receipted:
-            self._counts["matched"] += 1
-            self._outbox.append(
-                ReceiptMatched(message_id=result.ref, carrier=result.carrier, state=result.state,
-                               error_code=result.error_code, reason=result.reason, at=result.at,
-                               submitted_at=result.submitted_at)  # fmt: skip
-            )
-        else:
-            self._counts["unmatched"] += 1
-            log.warning("receipt.unmatched carrier=%s id=%s state=%s", result.carrier, result.message_id, result.state)
-
     # -- housekeeping --------------------------------------------------------------------------
 
     async def _tick(self) -> None:
@@ -453,22 +424,6 @@ class HttpConnector:
                 self._on_result(result)
             await self._flush_events()
 
-    async def _flush_events(self) -> None:
-        """Hand the events out: without an await each, unless the consumer's buffer is full."""
-        if not self._outbox:
-            return
-        outbox, self._outbox = self._outbox, []
-        send_nowait = self._events.send_nowait
-        for i, event in enumerate(outbox):
-            try:
-                send_nowait(event)
-            except anyio.WouldBlock:
-                for rest in outbox[i:]:
-                    await self._events.send(rest)
-                return
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                log.error("connector.events_closed carrier=%s dropped=%d", self.name, len(outbox) - i)
-                return
 
 
 def _secret(env: str | None, s: HttpSettings, key: str) -> str:

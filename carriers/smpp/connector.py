@@ -51,21 +51,29 @@ from carriers.base import (
     Inbound,
     LinkChanged,
     LinkStats,
-    ReceiptMatched,
     Requeue,
     SubmitFailed,
     Submitted,
     Throttled,
 )
 from carriers.errors import BindError, CarrierError, ConnectError
+from carriers.shell import ConnectorShell
 from carriers.smpp import pdu as P
 from carriers.smpp.pdu import CommandId as C
 from carriers.smpp.receipts import MoAssembler, is_receipt, parse_receipt
-from carriers.smpp.session import BindRefused, Bound, Closed, PeerError, ResponseTimeout, Session, UnexpectedResponse
+from carriers.smpp.session import (
+    BindRefused,
+    Bound,
+    Closed,
+    PeerError,
+    ResponseTimeout,
+    Session,
+    UnexpectedResponse,
+)
 from gateway.core import segments
 from gateway.core.bucket import TokenBucket
 from gateway.core.model import Dispatch, FinalState
-from gateway.core.receipts import Receipted, Reconciler, Unmatched
+from gateway.core.receipts import Reconciler
 from gateway.errors import ConfigError
 
 __all__ = ["SmppConnector", "SmppSettings", "open_smpp_connector"]
@@ -157,7 +165,7 @@ class _Bind:
 Connect = Callable[[], Awaitable[anyio.abc.ByteStream]]
 
 
-class SmppConnector:
+class SmppConnector(ConnectorShell):
     """Use ``open_smpp_connector(...)`` (or ``async with SmppConnector(...)``)."""
 
     def __init__(
@@ -221,16 +229,6 @@ class SmppConnector:
         self._tg.start_soon(self._run)
         return self
 
-    async def __aexit__(self, *exc_info: object) -> bool | None:
-        try:
-            if exc_info[0] is None:
-                await self.aclose()
-        finally:
-            self._scope.cancel()
-            assert self._tg is not None
-            result = await self._tg.__aexit__(*exc_info)
-        return result
-
     async def _run(self) -> None:
         with self._scope:
             async with anyio.create_task_group() as tg:
@@ -292,13 +290,6 @@ class SmppConnector:
             else:
                 keep.append(d)
         return keep
-
-    def expect_receipts(self, message_id: int, carrier_ids: Sequence[str]) -> None:
-        """A message the carrier took before a restart: its receipts may come to these binds (an
-        SMSC redelivers those left unacknowledged), so the reconciler learns its ids again."""
-        now = anyio.current_time()
-        for result in self._reconciler.submitted(message_id, self.name, carrier_ids, len(carrier_ids), now):
-            self._on_result(result)
 
     def statistics(self) -> ConnectorStats:
         rs = self._reconciler.statistics()
@@ -724,24 +715,6 @@ class SmppConnector:
                 self._counts["inbound"] += 1
                 self._outbox.append(Inbound(carrier=self.name, sender=mo.sender, recipient=mo.recipient, text=mo.text, at=now))
 
-    def _on_result(self, result: Receipted | Unmatched) -> None:
-        if type(result) is Receipted:
-            self._counts["matched"] += 1
-            self._outbox.append(
-                ReceiptMatched(
-                    message_id=result.ref,  # the reconciler is keyed by message id
-                    carrier=result.carrier,
-                    state=result.state,
-                    error_code=result.error_code,
-                    reason=result.reason,
-                    at=result.at,
-                    submitted_at=result.submitted_at,
-                )
-            )
-        else:
-            self._counts["unmatched"] += 1
-            log.warning("receipt.unmatched carrier=%s id=%s state=%s", result.carrier, result.message_id, result.state)
-
     # -- housekeeping --------------------------------------------------------------------------
 
     async def _tick(self) -> None:
@@ -762,22 +735,6 @@ class SmppConnector:
     def _emit(self, event: ConnectorEvent) -> None:
         self._outbox.append(event)
 
-    async def _flush_events(self) -> None:
-        """Hand the events out: without an await each, unless the consumer's buffer is full."""
-        if not self._outbox:
-            return
-        outbox, self._outbox = self._outbox, []
-        send_nowait = self._events.send_nowait
-        for i, event in enumerate(outbox):
-            try:
-                send_nowait(event)
-            except anyio.WouldBlock:
-                for rest in outbox[i:]:
-                    await self._events.send(rest)
-                return
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                log.error("connector.events_closed carrier=%s dropped=%d", self.name, len(outbox) - i)
-                return
 
 
 _GSM7_TABLE: dict[int, str] | None = None

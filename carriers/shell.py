@@ -1,0 +1,84 @@
+"""What the async shells of all carrier connectors share (SMPP, HTTP): leaving the task group,
+handing events out, turning the receipt reconciler's results into events, and learning a
+restarted gateway's messages that still await receipts.
+
+A connector using it keeps ``name``, ``_events`` (the send side of its event stream),
+``_outbox`` (events not yet handed out), ``_counts`` (with "matched" and "unmatched"),
+``_reconciler`` (``gateway.core.receipts.Reconciler``), ``_scope`` and ``_tg`` (its task group,
+entered by its own ``__aenter__``), and an ``aclose``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from carriers.base import ReceiptMatched
+from gateway.core.receipts import Receipted, Unmatched
+
+__all__ = ["ConnectorShell"]
+
+log = logging.getLogger("carriers")
+
+
+class ConnectorShell:
+    name: str
+    _events: Any
+    _outbox: list[Any]
+    _counts: dict[str, int]
+    _reconciler: Any
+    _scope: anyio.CancelScope
+    _tg: Any
+
+    async def aclose(self, timeout: float | None = None) -> None:  # pragma: no cover - each connector's own
+        raise NotImplementedError
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        try:
+            if exc_info[0] is None:
+                await self.aclose()
+        finally:
+            self._scope.cancel()
+            assert self._tg is not None
+            result = await self._tg.__aexit__(*exc_info)
+        return result
+
+    def expect_receipts(self, message_id: int, carrier_ids: Sequence[str]) -> None:
+        """A message the carrier took before a restart: its receipts may still come (an SMSC
+        redelivers those left unacknowledged; an HTTP carrier posts them), so the reconciler
+        learns its ids again; it ends with one ``ReceiptMatched``, as if submitted here."""
+        now = anyio.current_time()
+        for result in self._reconciler.submitted(message_id, self.name, carrier_ids, len(carrier_ids), now):
+            self._on_result(result)
+
+    def _on_result(self, result: Receipted | Unmatched) -> None:
+        if type(result) is Receipted:
+            self._counts["matched"] += 1
+            self._outbox.append(
+                ReceiptMatched(message_id=result.ref,  # the reconciler is keyed by message id
+                               carrier=result.carrier, state=result.state, error_code=result.error_code,
+                               reason=result.reason, at=result.at, submitted_at=result.submitted_at)  # fmt: skip
+            )
+        else:
+            self._counts["unmatched"] += 1
+            log.warning("receipt.unmatched carrier=%s id=%s state=%s", result.carrier, result.message_id, result.state)
+
+    async def _flush_events(self) -> None:
+        """Hand the events out: without an await each, unless the consumer's buffer is full."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        send_nowait = self._events.send_nowait
+        for i, event in enumerate(outbox):
+            try:
+                send_nowait(event)
+            except anyio.WouldBlock:
+                for rest in outbox[i:]:
+                    await self._events.send(rest)
+                return
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                log.error("connector.events_closed carrier=%s dropped=%d", self.name, len(outbox) - i)
+                return
