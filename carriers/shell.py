@@ -16,10 +16,13 @@ from typing import Any
 
 import anyio
 
-from carriers.base import ReceiptMatched
+from carriers.base import ReceiptMatched, SubmitFailed
+from gateway.core.model import Dispatch
 from gateway.core.receipts import Receipted, Unmatched
 
-__all__ = ["ConnectorShell"]
+__all__ = ["MEDIA_UNSUPPORTED", "ConnectorShell"]
+
+MEDIA_UNSUPPORTED = 415  # SubmitFailed code for media (MMS) sent to a carrier that takes none
 
 log = logging.getLogger("carriers")
 
@@ -29,6 +32,7 @@ class ConnectorShell:
     _events: Any
     _outbox: list[Any]
     _counts: dict[str, int]
+    _errors: dict[str, int]
     _reconciler: Any
     _scope: anyio.CancelScope
     _tg: Any
@@ -53,6 +57,19 @@ class ConnectorShell:
         now = anyio.current_time()
         for result in self._reconciler.submitted(message_id, self.name, carrier_ids, len(carrier_ids), now):
             self._on_result(result)
+
+    def _without_media(self, batch: Sequence[Dispatch]) -> list[Dispatch]:
+        """Media for a carrier that takes none: refuse those now (permanently), keep the rest."""
+        keep, now = [], anyio.current_time()
+        for d in batch:
+            if d.media:
+                self._counts["failed"] += 1
+                self._errors["MEDIA_UNSUPPORTED"] = self._errors.get("MEDIA_UNSUPPORTED", 0) + 1
+                self._outbox.append(SubmitFailed(ref=d.ref, carrier=self.name, command_status=MEDIA_UNSUPPORTED,
+                                                 name="MEDIA_UNSUPPORTED", permanent=True, retry_after=None, at=now))  # fmt: skip
+            else:
+                keep.append(d)
+        return keep
 
     def _on_result(self, result: Receipted | Unmatched) -> None:
         if type(result) is Receipted:

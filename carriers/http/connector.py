@@ -68,7 +68,6 @@ from carriers.http.profiles.base import (
     Results,
     Retry,
     Throttle,
-    media_of,
 )
 from carriers.http.settings import HttpSettings
 from carriers.shell import ConnectorShell
@@ -81,7 +80,6 @@ __all__ = ["HttpConnector", "HttpSettings", "open_http_connector"]
 
 log = logging.getLogger(__name__)
 
-_MEDIA_UNSUPPORTED = 415  # the code of a SubmitFailed for media sent to a carrier without MMS
 
 
 class HttpConnector(ConnectorShell):
@@ -386,20 +384,6 @@ class HttpConnector(ConnectorShell):
         self._counts["requeued"] += 1
         self._outbox.append(Requeue(ref=d.ref, carrier=self.name, reason=reason, at=now))
         self._check_drained()
-
-    def _without_media(self, batch: Sequence[Dispatch]) -> list[Dispatch]:
-        """Media for a carrier that takes none: refuse those now, keep the rest."""
-        keep = []
-        now = anyio.current_time()
-        for d in batch:
-            if media_of(d):
-                self._counts["failed"] += 1
-                self._count_error("MEDIA_UNSUPPORTED")
-                self._outbox.append(SubmitFailed(ref=d.ref, carrier=self.name, command_status=_MEDIA_UNSUPPORTED,
-                                                 name="MEDIA_UNSUPPORTED", permanent=True, retry_after=None, at=now))  # fmt: skip
-            else:
-                keep.append(d)
-        return keep
 
     def _check_drained(self) -> None:
         if self._closing and not self._flying:

@@ -32,12 +32,9 @@ Run as a process it prints ``{"listening": port}`` when ready, and its counters 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import math
 import random
-import signal
-import sys
 import time
 from collections import deque
 from typing import Any, Literal
@@ -51,6 +48,7 @@ import msgspec
 
 from carriers.http.profiles import generic, twilio
 from carriers.http.wire import Incoming, Reply, serve_http
+from carriers.simulating import parse_burst, serve_until_signalled
 
 __all__ = ["HttpCarrierSimulator", "HttpSimSettings", "run_http_simulator", "sim_http"]
 
@@ -392,38 +390,7 @@ class HttpCarrierSimulator:
 
 async def run_http_simulator(settings: HttpSimSettings, *, stats_file: str | None = None, out: Any = None) -> dict[str, Any]:
     """Serve until SIGINT/SIGTERM; print counters as JSON on SIGUSR1 and on exit."""
-    out = out or sys.stdout
-    sim = HttpCarrierSimulator(settings)
-
-    def report() -> dict[str, Any]:
-        counters = sim.counters()
-        print(json.dumps(counters), file=out, flush=True)
-        if stats_file:
-            with open(stats_file, "w", encoding="utf-8") as f:
-                json.dump(counters, f)
-        return counters
-
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(sim.serve)
-        print(json.dumps({"listening": port, "host": settings.host}), file=out, flush=True)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
-            async for sig in signals:
-                if sig == signal.SIGUSR1:
-                    report()
-                else:
-                    break
-        tg.cancel_scope.cancel()
-    return report()
-
-
-def _burst(value: str | None) -> tuple[float, float] | None:
-    if not value:
-        return None
-    try:
-        every, duration = (float(x) for x in value.split(":"))
-    except ValueError:
-        raise click.BadParameter("expected EVERY:DURATION in seconds, e.g. 10:2") from None
-    return every, duration
+    return await serve_until_signalled(HttpCarrierSimulator(settings), settings.host, stats_file=stats_file, out=out)
 
 
 @click.command("http")
@@ -454,7 +421,7 @@ def _burst(value: str | None) -> tuple[float, float] | None:
 @click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True)
 def sim_http(stats_file: str | None, backend: str, throttle_burst: str | None, **options: Any) -> None:
     """An HTTP SMS carrier: REST API with TPS limits (429), 5xx, stalls, idempotency keys, signed receipts."""
-    settings = HttpSimSettings(throttle_burst=_burst(throttle_burst), **options)
+    settings = HttpSimSettings(throttle_burst=parse_burst(throttle_burst), **options)
     backend_options = {"use_uvloop": True} if backend == "asyncio" else {}
     anyio.run(lambda: run_http_simulator(settings, stats_file=stats_file), backend=backend, backend_options=backend_options)
 

@@ -86,9 +86,6 @@ _SUBMIT = C.SUBMIT_SM
 _DELIVER_RESP = C.DELIVER_SM_RESP
 
 
-MEDIA_UNSUPPORTED = 415  # SubmitFailed code for an MMS sent to an SMPP carrier (as for HTTP carriers)
-
-
 class SmppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One SMPP carrier (a ``[[carriers.smpp]]`` table in the config)."""
 
@@ -278,18 +275,6 @@ class SmppConnector(ConnectorShell):
         for b in self._senders:
             if b.up and len(b.inflight) < self.settings.window:
                 b.wake.set()
-
-    def _without_media(self, batch: Sequence[Dispatch]) -> list[Dispatch]:
-        keep, now = [], anyio.current_time()
-        for d in batch:
-            if d.media:
-                self._counts["failed"] += 1
-                self._errors["MEDIA_UNSUPPORTED"] = self._errors.get("MEDIA_UNSUPPORTED", 0) + 1
-                self._outbox.append(SubmitFailed(ref=d.ref, carrier=self.name, command_status=MEDIA_UNSUPPORTED,
-                                                 name="MEDIA_UNSUPPORTED", permanent=True, retry_after=None, at=now))  # fmt: skip
-            else:
-                keep.append(d)
-        return keep
 
     def statistics(self) -> ConnectorStats:
         rs = self._reconciler.statistics()

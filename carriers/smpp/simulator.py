@@ -23,12 +23,9 @@ costs ~4x throughput, see PERF-NOTES).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import signal
 import ssl
-import sys
 import time
 from collections import deque
 from typing import Any, Literal
@@ -39,6 +36,7 @@ import click
 import msgspec
 from anyio.streams.tls import TLSListener
 
+from carriers.simulating import parse_burst, serve_until_signalled
 from carriers.smpp import pdu as P
 from carriers.smpp.pdu import CommandId as C
 from carriers.smpp.receipts import STATE_CODES, format_receipt_date, receipt_text
@@ -595,28 +593,7 @@ class SmscSimulator:
 
 async def run_simulator(settings: SimSettings, *, stats_file: str | None = None, out: Any = None) -> dict[str, Any]:
     """Serve until SIGINT/SIGTERM; print counters as JSON on SIGUSR1 and on exit."""
-    out = out or sys.stdout
-    sim = SmscSimulator(settings)
-
-    def report() -> dict[str, Any]:
-        counters = sim.counters()
-        print(json.dumps(counters), file=out, flush=True)
-        if stats_file:
-            with open(stats_file, "w", encoding="utf-8") as f:
-                json.dump(counters, f)
-        return counters
-
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(sim.serve)
-        print(json.dumps({"listening": port, "host": settings.host}), file=out, flush=True)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
-            async for sig in signals:
-                if sig == signal.SIGUSR1:
-                    report()
-                else:
-                    break
-        tg.cancel_scope.cancel()
-    return report()
+    return await serve_until_signalled(SmscSimulator(settings), settings.host, stats_file=stats_file, out=out)
 
 
 def _schedule(value: str | None) -> tuple[tuple[float, float], ...]:
@@ -627,16 +604,6 @@ def _schedule(value: str | None) -> tuple[tuple[float, float], ...]:
     except ValueError:
         raise click.BadParameter("expected AFTER:TPS,... e.g. 10:250,40:500") from None
     return tuple(sorted(steps))
-
-
-def _burst(value: str | None) -> tuple[float, float] | None:
-    if not value:
-        return None
-    try:
-        every, duration = (float(x) for x in value.split(":"))
-    except ValueError:
-        raise click.BadParameter("expected EVERY:DURATION in seconds, e.g. 10:2") from None
-    return every, duration
 
 
 @click.command("smsc")
@@ -673,7 +640,7 @@ def _burst(value: str | None) -> tuple[float, float] | None:
 def sim_smsc(stats_file: str | None, backend: str, throttle_burst: str | None, tps_schedule: str | None,
              **options: Any) -> None:  # fmt: skip
     """An SMSC simulator: SMPP 3.4 server with TPS limits, receipts, MOs and misbehaviour."""
-    settings = SimSettings(throttle_burst=_burst(throttle_burst), tps_schedule=_schedule(tps_schedule), **options)
+    settings = SimSettings(throttle_burst=parse_burst(throttle_burst), tps_schedule=_schedule(tps_schedule), **options)
     backend_options = {"use_uvloop": True} if backend == "asyncio" else {}
     anyio.run(lambda: run_simulator(settings, stats_file=stats_file), backend=backend, backend_options=backend_options)
 
