@@ -49,12 +49,13 @@ async def _until_final(client: httpx.AsyncClient, job_id: str, total: int, timeo
             await anyio.sleep(0.2)
 
 
-async def one_run(n: int, pieces: list[bytes], dlr_delay: float, binds: int, window: int, timeout: float) -> dict:
+async def one_run(n: int, pieces: list[bytes], dlr_delay: float, binds: int, window: int, timeout: float,
+                  answer: str) -> dict:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         d = Path(tmp)
         with open(d / "sim.log", "wb") as sim_log, open(d / "serve.log", "wb") as log:
             async with simulator("--dlr-delay", str(dlr_delay), stderr=sim_log) as sim:
-                cfg = config(d, smpp_port=sim.port, binds=binds, window=window)
+                cfg = config(d, smpp_port=sim.port, binds=binds, window=window, answer_receipts=answer)
                 async with gateway(cfg, env=ENV, stderr=log) as gw, \
                         httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=300) as client:  # fmt: skip
                     await _bound(client, binds)
@@ -86,10 +87,11 @@ async def one_run(n: int, pieces: list[bytes], dlr_delay: float, binds: int, win
     }
 
 
-def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int) -> dict[str, object]:
+def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int,
+        answer: str = "after_write") -> dict[str, object]:  # fmt: skip
     pieces = ndjson_job(n, seed=seed, category="transactional")  # no quiet hours, no weekly cap
     timeout = max(60.0, n / 2000)
-    results = [anyio.run(one_run, n, pieces, dlr_delay, binds, window, timeout, backend="asyncio",
+    results = [anyio.run(one_run, n, pieces, dlr_delay, binds, window, timeout, answer, backend="asyncio",
                          backend_options={"use_uvloop": True}) for _ in range(runs)]  # fmt: skip
     for r in results:
         if r["delivered"] != r["accepted"] or r["sim"]["accepted"] < r["accepted"]:
@@ -101,6 +103,7 @@ def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int)
         "dlr_delay": dlr_delay,
         "binds": binds,
         "window": window,
+        "answer_receipts": answer,
         **medians(results, ("messages_per_s", "seconds", "ingest_seconds", "server_peak_rss")),
         "per_run": results,
         "machine": describe(),
@@ -114,11 +117,14 @@ def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int)
 @click.option("--binds", default=2, show_default=True)
 @click.option("--window", default=100, show_default=True)
 @click.option("--seed", default=1, show_default=True)
+@click.option("--answer-receipts", "answer", type=click.Choice(["after_write", "on_arrival"]), default="after_write",
+              show_default=True, help="The carrier's answer_receipts: when a receipt's deliver_sm_resp goes.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
-def bench_e2e(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int, json_path: str | None, out_dir: str | None) -> None:
+def bench_e2e(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int, answer: str,
+              json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
     """Bulk API -> core -> SMPP simulator -> receipts reconciled -> states durable, messages/s."""
-    r = run(n, runs, dlr_delay, binds, window, seed)
+    r = run(n, runs, dlr_delay, binds, window, seed, answer)
     per = r["per_run"]
     rows = [
         ("messages/s, 202 -> all delivered in the store", f"{r['messages_per_s']:,.0f}"),
@@ -130,7 +136,7 @@ def bench_e2e(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed
         ("simulator: most accepted in 1 s", f"{per[-1]['sim']['max_accepted_1s']:,}"),
     ]
     click.echo(f"sluice bench e2e: {n:,} messages, {binds} binds x window {window}, dlr-delay {dlr_delay}s, "
-               f"median of {runs} runs")  # fmt: skip
+               f"receipts answered {answer}, median of {runs} runs")  # fmt: skip
     for k, v in rows:
         click.echo(f"  {k:<46} {v:>14}")
     save(r, json_path, out_dir)

@@ -23,7 +23,7 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 
 
 def config(directory: Path, *, smpp_port: int | None = None, synchronous: str = "FULL",
-           binds: int = 2, window: int = 100) -> Path:  # fmt: skip
+           binds: int = 2, window: int = 100, answer_receipts: str = "after_write") -> Path:  # fmt: skip
     """A config for the bench: one carrier "alpha" with no rate limit worth the name, one
     tenant without a request limit, the store in ``directory``. With ``smpp_port`` the carrier
     has an SMPP link to it; without, nothing drains the queue."""
@@ -33,6 +33,7 @@ name = "alpha"
 port = {smpp_port}
 binds = {binds}
 window = {window}
+answer_receipts = "{answer_receipts}"
 """
     path = directory / "sluice.toml"
     path.write_text(f"""

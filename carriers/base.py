@@ -91,6 +91,9 @@ class ReceiptMatched(msgspec.Struct, frozen=True, kw_only=True, tag="receipt"):
     reason: str
     at: float
     submitted_at: float | None = None  # when the carrier accepted it (receipt latency), if known
+    # Receipts whose answer to the carrier waits until this state is written: give them to the
+    # connector's ``acknowledge`` then (only a connector made with ``deferred_acks`` sets them).
+    acks: tuple[int, ...] = ()
 
 
 class Inbound(msgspec.Struct, frozen=True, kw_only=True, tag="inbound"):
@@ -156,6 +159,10 @@ class Connector(Protocol):
     def expect_receipts(self, message_id: int, carrier_ids: Sequence[str]) -> None:
         """Message ``message_id`` was taken by this carrier before a restart, with these ids: match
         its receipts again (it ends with one ``ReceiptMatched``, as if submitted here)."""
+        ...
+
+    def acknowledge(self, acks: Sequence[int]) -> None:
+        """The states of ``ReceiptMatched.acks`` are on disk: answer those receipts now."""
         ...
 
     async def aclose(self) -> None:

@@ -2,6 +2,12 @@
 handing events out, turning the receipt reconciler's results into events, and learning a
 restarted gateway's messages that still await receipts.
 
+Receipt answers: a connector made with ``deferred_acks`` answers a receipt only once the
+dispatcher has written the state it ended (``acknowledge``), so a crash in between leaves the
+receipt with the carrier, which sends it again. ``_owe(payload)`` files a receipt's answer under a
+token; ``acknowledge(tokens)`` (or ``Answer``/``Unmatched`` from the reconciler) sends each
+through the connector's ``_answer(payload)``.
+
 A connector using it keeps ``name``, ``_events`` (the send side of its event stream),
 ``_outbox`` (events not yet handed out), ``_counts`` (with "matched" and "unmatched"),
 ``_reconciler`` (``gateway.core.receipts.Reconciler``), ``_scope`` and ``_tg`` (its task group,
@@ -18,7 +24,7 @@ import anyio
 
 from carriers.base import ReceiptMatched, SubmitFailed
 from gateway.core.model import Dispatch
-from gateway.core.receipts import Receipted, Unmatched
+from gateway.core.receipts import Answer, Receipted, Result
 
 __all__ = ["MEDIA_UNSUPPORTED", "ConnectorShell"]
 
@@ -36,6 +42,9 @@ class ConnectorShell:
     _reconciler: Any
     _scope: anyio.CancelScope
     _tg: Any
+    deferred_acks: bool = False
+    _owed: dict[int, Any]  # ack token -> what answering that receipt needs (made by _owe)
+    _ack_seq: int = 0
 
     async def aclose(self, timeout: float | None = None) -> None:  # pragma: no cover - each connector's own
         raise NotImplementedError
@@ -71,17 +80,44 @@ class ConnectorShell:
                 keep.append(d)
         return keep
 
-    def _on_result(self, result: Receipted | Unmatched) -> None:
-        if type(result) is Receipted:
+    def _on_result(self, result: Result) -> None:
+        kind = type(result)
+        if kind is Receipted:
             self._counts["matched"] += 1
             self._outbox.append(
                 ReceiptMatched(message_id=result.ref,  # the reconciler is keyed by message id
                                carrier=result.carrier, state=result.state, error_code=result.error_code,
-                               reason=result.reason, at=result.at, submitted_at=result.submitted_at)  # fmt: skip
+                               reason=result.reason, at=result.at, submitted_at=result.submitted_at,
+                               acks=result.acks)  # fmt: skip
             )
+        elif kind is Answer:
+            self.acknowledge(result.acks)
         else:
             self._counts["unmatched"] += 1
             log.warning("receipt.unmatched carrier=%s id=%s state=%s", result.carrier, result.message_id, result.state)
+
+    # -- receipt answers ---------------------------------------------------------------
+
+    def _owe(self, payload: Any) -> int:
+        """File the answer to one receipt; returns its token (never 0)."""
+        self._ack_seq += 1
+        self._owed[self._ack_seq] = payload
+        return self._ack_seq
+
+    def acknowledge(self, acks: Sequence[int]) -> None:
+        """The states these receipts made are on disk: answer the carrier for each."""
+        owed = self._owed
+        for token in acks:
+            payload = owed.pop(token, None)
+            if payload is not None:
+                self._answer(payload)
+
+    def _answer(self, payload: Any) -> None:  # pragma: no cover - each connector's own
+        raise NotImplementedError
+
+    def owed_answers(self) -> int:
+        """Receipts waiting for ``acknowledge``."""
+        return len(self._owed)
 
     async def _flush_events(self) -> None:
         """Hand the events out: without an await each, unless the consumer's buffer is full."""

@@ -55,6 +55,7 @@ class MockConnector:
         self.name = name
         self.batches: list[list[Dispatch]] = []
         self.expected: list[tuple[int, tuple[str, ...]]] = []
+        self.acknowledged: list[int] = []
         self._events = events
         self._script = script or (lambda d: "deliver")
         self._capacity = capacity
@@ -124,6 +125,10 @@ class MockConnector:
     def expect_receipts(self, message_id: int, carrier_ids: Sequence[str]) -> None:
         """Recorded in ``expected``; the script has no receipts to match them with."""
         self.expected.append((message_id, tuple(carrier_ids)))
+
+    def acknowledge(self, acks: Sequence[int]) -> None:
+        """Recorded in ``acknowledged`` (its receipts carry no tokens unless a test gives some)."""
+        self.acknowledged.extend(acks)
 
     def statistics(self) -> ConnectorStats:
         return ConnectorStats(

@@ -50,3 +50,40 @@ def test_the_api_listens_on_loopback_unless_configured_otherwise():
     example = (Path(__file__).parent.parent / "config" / "example.toml").read_text()
     for text in ("", default_text(), example):
         assert loads(text).api.host == "127.0.0.1"
+
+
+def test_the_example_explains_every_key():
+    """Every field of the config tree (at any depth) is set or shown in config/example.toml."""
+    import re
+    import typing
+    from pathlib import Path
+
+    import msgspec
+
+    text = (Path(__file__).parent.parent / "config" / "example.toml").read_text()
+    shown = set(re.findall(r"^[#\s]*([a-z_0-9]+)\s*=", text, re.MULTILINE))
+    shown |= set(re.findall(r"^[#\s]*\[+[a-z_.]*?([a-z_0-9]+)\]", text, re.MULTILINE))  # [table] names
+
+    def structs_in(tp):
+        for arg in typing.get_args(tp) or (tp,):
+            if isinstance(arg, type) and issubclass(arg, msgspec.Struct):
+                yield arg
+            elif typing.get_args(arg):
+                yield from structs_in(arg)
+
+    missing, seen = [], set()
+
+    def walk(cls, path):
+        if cls in seen:
+            return
+        seen.add(cls)
+        for f in msgspec.structs.fields(cls):
+            sub = list(structs_in(f.type))
+            if sub:
+                for s in sub:
+                    walk(s, f"{path}{f.encode_name}.")
+            elif f.encode_name not in shown:
+                missing.append(path + f.encode_name)
+
+    walk(Config, "")
+    assert not missing, f"not in config/example.toml: {missing}"

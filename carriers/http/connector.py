@@ -82,6 +82,16 @@ log = logging.getLogger(__name__)
 
 
 
+class _Waiter:
+    """The receipts of one callback whose states are not written yet."""
+
+    __slots__ = ("count", "done")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.done = anyio.Event()
+
+
 class HttpConnector(ConnectorShell):
     """Use ``open_http_connector(...)`` (or ``async with HttpConnector(...)``)."""
 
@@ -97,9 +107,12 @@ class HttpConnector(ConnectorShell):
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
+        deferred_acks: bool = False,
     ) -> None:
         self.settings = s = settings
         self.name = s.name
+        self.deferred_acks = deferred_acks
+        self._owed: dict[int, _Waiter] = {}
         self._events = events
         self._profile: Any = profiles.get(s.profile)
         self._token = token if token is not None else _secret(s.auth_env, s, "auth_env")
@@ -230,16 +243,35 @@ class HttpConnector(ConnectorShell):
             log.warning("callback.unreadable carrier=%s error=%s", self.name, exc)
             return 400
         now = anyio.current_time()
+        waiter = _Waiter() if self.deferred_acks else None
         for item in items:
             if type(item) is CallbackReceipt:
-                for result in self._reconciler.receipt(self.name, item.carrier_id, item.state, item.error_code, now):
+                ack = 0
+                if waiter is not None:
+                    waiter.count += 1
+                    ack = self._owe(waiter)
+                for result in self._reconciler.receipt(self.name, item.carrier_id, item.state, item.error_code, now,
+                                                       ack=ack):  # fmt: skip
                     self._on_result(result)
             elif type(item) is CallbackInbound:
                 self._counts["inbound"] += 1
                 self._outbox.append(Inbound(carrier=self.name, sender=item.sender, recipient=item.recipient,
                                             text=item.text, at=now))  # fmt: skip
         await self._flush_events()
+        if waiter is not None and waiter.count:
+            # Answer 204 only once the states these receipts made are written; if that takes
+            # too long, 503: the carrier posts them again (duplicates are answered at once).
+            with anyio.move_on_after(self.settings.callback_ack_timeout):
+                await waiter.done.wait()
+            if waiter.count:
+                log.warning("callback.not_written carrier=%s receipts=%d", self.name, waiter.count)
+                return 503
         return 204
+
+    def _answer(self, waiter: _Waiter) -> None:
+        waiter.count -= 1
+        if waiter.count == 0:
+            waiter.done.set()
 
     # -- workers -----------------------------------------------------------------------------
 

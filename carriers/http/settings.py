@@ -62,4 +62,8 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     receipt_horizon_s: Positive = 72 * 3600.0
     horizon_state: Literal["unknown", "expired"] = "unknown"
     signature_tolerance_s: Positive = 300.0  # generic: how old a signed callback may be
+    # A receipts callback is answered 204 once the states it made are written; after this many
+    # seconds without, 503 (the carrier posts it again).
+    callback_ack_timeout: Positive = 10.0
+    answer_receipts: Literal["after_write", "on_arrival"] = "after_write"  # "on_arrival": 204 at once
     tick_interval: Positive = 1.0

@@ -124,6 +124,10 @@ class SmppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     hold_unmatched_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     receipt_horizon_s: Positive = 72 * 3600.0
     horizon_state: Literal["unknown", "expired"] = "unknown"
+    # "after_write": a receipt's deliver_sm_resp waits until the state it made is on disk (a
+    # crash loses no receipt: the SMSC sends it again); "on_arrival": answered at once (faster
+    # when the SMSC's window for deliver_sm is small; a crash can lose the last ~10 ms of them).
+    answer_receipts: Literal["after_write", "on_arrival"] = "after_write"
     mo_hold_s: Positive = 300.0
     tick_interval: Positive = 1.0
 
@@ -175,8 +179,11 @@ class SmppConnector(ConnectorShell):
         bucket: TokenBucket | None = None,
         reconciler: Reconciler | None = None,
         rng: random.Random | None = None,
+        deferred_acks: bool = False,
     ) -> None:
         self.settings = s = settings
+        self.deferred_acks = deferred_acks
+        self._owed: dict[int, tuple[_Bind, Session, int, bool]] = {}
         self.name = s.name
         self._events = events
         self._password = (password if password is not None else _password_from_env(s)).encode()
@@ -678,27 +685,41 @@ class SmppConnector(ConnectorShell):
     def _on_deliver(self, b: _Bind, pdu: P.DeliverSm | P.DataSm, now: float) -> None:
         session = b.session
         assert session is not None
-        if type(pdu) is P.DataSm:
-            session.send(P.DataSmResp(sequence=pdu.sequence), now)
-        else:
-            session.send_response(_DELIVER_RESP, pdu.sequence, 0, b"\0")
-        if is_receipt(pdu):
-            receipt = parse_receipt(pdu)
-            if receipt is None:
-                log.warning("receipt.unparsable carrier=%s bind=%d seq=%d", self.name, b.index, pdu.sequence)
-                return
+        data_sm = type(pdu) is P.DataSm
+        if is_receipt(pdu) and (receipt := parse_receipt(pdu)) is not None:
+            ack = 0
+            if self.deferred_acks:  # answered once the state it makes is written (acknowledge)
+                ack = self._owe((b, session, pdu.sequence, data_sm))
+            else:
+                self._answer((b, session, pdu.sequence, data_sm))
             s = self.settings
             fmt = s.id_format if receipt.id_from_tlv else (s.receipt_id_format or s.id_format)
             for result in self._reconciler.receipt(
-                self.name, receipt.message_id, receipt.state, receipt.error_code, now, id_format=fmt
+                self.name, receipt.message_id, receipt.state, receipt.error_code, now, id_format=fmt, ack=ack
             ):
                 self._on_result(result)
+            return
+        self._answer((b, session, pdu.sequence, data_sm))
+        if is_receipt(pdu):
+            log.warning("receipt.unparsable carrier=%s bind=%d seq=%d", self.name, b.index, pdu.sequence)
             return
         if type(pdu) is P.DeliverSm:
             mo = self._mo.add(pdu, now)
             if mo is not None:
                 self._counts["inbound"] += 1
                 self._outbox.append(Inbound(carrier=self.name, sender=mo.sender, recipient=mo.recipient, text=mo.text, at=now))
+
+    def _answer(self, payload: tuple[_Bind, Session, int, bool]) -> None:
+        """Answer one deliver_sm / data_sm, on the session it came on. If that session is gone,
+        the carrier sends the receipt again on another (and its duplicate is answered then)."""
+        b, session, sequence, data_sm = payload
+        if b.session is not session or session.closed:
+            return
+        if data_sm:
+            session.send(P.DataSmResp(sequence=sequence), anyio.current_time())
+        else:
+            session.send_response(_DELIVER_RESP, sequence, 0, b"\0")
+        b.wake.set()
 
     # -- housekeeping --------------------------------------------------------------------------
 

@@ -25,6 +25,16 @@ all were delivered; otherwise the worst of them (undelivered > rejected > expire
 Intermediate states (ENROUTE, ACCEPTED) change nothing. A message with no final answer
 ``horizon_s`` after it was submitted ends as ``on_horizon`` (``unknown`` by default), or as the
 worst failure among the parts that did answer.
+
+Acknowledgements. A carrier forgets a receipt once we answer it, so a connector that must not
+lose one answers only after the message's final state is on disk. It passes an opaque ``ack``
+token with each receipt; the reconciler keeps the token with whatever remembers the receipt (a
+part of a pending message) and hands it back: on ``Receipted.acks`` (every part's receipt of the
+finished message: answer after writing the state), or at once in ``Answer`` when the receipt is
+remembered by nothing that a write will make durable (intermediate, duplicate, and held: a
+receipt whose id is unknown may wait ``hold_unmatched_s`` for a match that never comes, e.g.
+for a copy of a message sent twice, and the carrier's window of unanswered receipts must not fill
+with those). Without tokens (``ack=0``) nothing of this is reported.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import msgspec
 from gateway.core.model import FinalState
 
 __all__ = [
+    "Answer",
     "IdFormat",
     "ReceiptState",
     "Receipted",
@@ -94,6 +105,7 @@ class Receipted(msgspec.Struct, frozen=True, kw_only=True, tag="receipted"):
     reason: str
     at: float
     submitted_at: float  # when the carrier accepted it: ``at - submitted_at`` is the receipt latency
+    acks: tuple[int, ...] = ()  # tokens of the receipts that made this state (see the module doc)
 
 
 class Unmatched(msgspec.Struct, frozen=True, kw_only=True, tag="unmatched"):
@@ -105,7 +117,13 @@ class Unmatched(msgspec.Struct, frozen=True, kw_only=True, tag="unmatched"):
     at: float
 
 
-Result = Receipted | Unmatched
+class Answer(msgspec.Struct, frozen=True, kw_only=True, tag="answer"):
+    """Receipts remembered by nothing (intermediate, duplicate): answer their tokens now."""
+
+    acks: tuple[int, ...]
+
+
+Result = Receipted | Unmatched | Answer
 
 
 class ReconcilerStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,7 +154,7 @@ def normalise_id(raw: str, fmt: IdFormat) -> int | str:
 
 
 class _Pending:
-    __slots__ = ("ref", "keys", "states", "errors", "remaining", "deadline", "submitted")
+    __slots__ = ("ref", "keys", "states", "errors", "remaining", "deadline", "submitted", "acks")
 
     def __init__(self, ref: int, keys: list[int | str], deadline: float, submitted: float) -> None:
         self.ref = ref
@@ -146,6 +164,7 @@ class _Pending:
         self.errors: list[int | None] = [None] * len(keys)
         self.remaining = len(keys)
         self.deadline = deadline
+        self.acks: list[int] | None = None  # tokens of the receipts applied so far
 
 
 class _Carrier:
@@ -240,25 +259,27 @@ class Reconciler:
         now: float,
         *,
         id_format: IdFormat | None = None,
+        ack: int = 0,
     ) -> list[Result]:
         """A receipt arrived. Returns the message's final state when this completes it.
         ``id_format`` overrides the carrier's receipt format for this id (SMPP's
-        receipted_message_id TLV carries the id as submit_sm_resp gave it, the text often not)."""
+        receipted_message_id TLV carries the id as submit_sm_resp gave it, the text often not).
+        ``ack``: the receipt's token, if its answer waits (see the module docstring)."""
         c = self._carrier(carrier)
         key = normalise_id(raw_id, id_format or c.receipt_format)
         if state not in _FINAL:
             self._intermediate += 1
-            return []
+            return [Answer(acks=(ack,))] if ack else []
         if key not in c.by_id:
             if key in c.done:
                 self._duplicates += 1
-                return []
+                return [Answer(acks=(ack,))] if ack else []
             c.held.setdefault(key, []).append((raw_id, state, error_code, now))
             self._held += 1
             self._held_expiry.append((now + self.hold_unmatched_s, carrier, key))
-            return []
+            return [Answer(acks=(ack,))] if ack else []
         results: list[Result] = []
-        self._apply(c, carrier, key, state, error_code, now, results)
+        self._apply(c, carrier, key, state, error_code, now, results, ack)
         return results
 
     def _apply(
@@ -270,11 +291,19 @@ class Reconciler:
         err: int | None,
         now: float,
         results: list[Result],
+        ack: int = 0,
     ) -> None:
         entry, part = c.by_id[key]
         if entry.states[part] is not None:
             self._duplicates += 1
+            if ack:
+                results.append(Answer(acks=(ack,)))
             return
+        if ack:
+            if entry.acks is None:
+                entry.acks = [ack]
+            else:
+                entry.acks.append(ack)
         self._matched += 1
         entry.states[part] = _FINAL[state]
         entry.errors[part] = err
@@ -305,7 +334,7 @@ class Reconciler:
         self._horizon_done += 1
         results.append(
             Receipted(ref=entry.ref, carrier=carrier, state=final, error_code=error, reason=reason, at=now,
-                      submitted_at=entry.submitted)
+                      submitted_at=entry.submitted, acks=tuple(entry.acks) if entry.acks else ())
         )
 
     def _aggregate(self, entry: _Pending, states: list[FinalState]) -> tuple[FinalState, int | None]:

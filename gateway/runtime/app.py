@@ -88,18 +88,17 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         webhooks = await stack.enter_async_context(WebhookSender(store, cfg.webhooks, secrets, clock=clock))
         forwarder = await stack.enter_async_context(InboundSender(store, cfg.webhooks, secrets, clock=clock))
 
-        def wake_webhooks(_changes: list) -> None:  # changes were recorded: new outbox rows may be there
-            webhooks.poke()
-
-        gateway = Gateway(core, store, on_changes=wake_webhooks)
+        gateway = Gateway(core, store, on_outbox=webhooks.poke)
         recovered = await gateway.recover(clock(), carriers={link.name for link in cfg.carriers.smpp})
         log.info("serve.recovered queued=%d awaiting_receipts=%d", recovered.queued, len(recovered.awaiting))
         send, receive = anyio.create_memory_object_stream[ConnectorEvent](max_buffer_size=100_000)
         connectors = {}
         for link in cfg.carriers.smpp:
-            connectors[link.name] = await stack.enter_async_context(SmppConnector(link, send.clone()))
+            connectors[link.name] = await stack.enter_async_context(SmppConnector(
+                link, send.clone(), deferred_acks=link.answer_receipts == "after_write"))
         for link in cfg.carriers.http:
-            connectors[link.name] = await stack.enter_async_context(HttpConnector(link, send.clone()))
+            connectors[link.name] = await stack.enter_async_context(HttpConnector(
+                link, send.clone(), deferred_acks=link.answer_receipts == "after_write"))
         send.close()
         for mid, carrier, ids in recovered.awaiting:
             connectors[carrier].expect_receipts(mid, ids)
@@ -107,8 +106,9 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         # arrive as Inbound events on the connectors' stream (gateway/runtime/inbound.py).
         inbound = InboundPipeline(gateway, cfg.api.tenants, clock=clock, reply_category=cfg.inbound.reply_category,
                                   on_forward=forwarder.poke)  # fmt: skip
-        dispatcher = Dispatcher(core, connectors, receive, store, clock=clock, on_changes=wake_webhooks,
-                                on_inbound=inbound.feed)  # fmt: skip
+        dispatcher = Dispatcher(core, connectors, receive, store, clock=clock, on_outbox=webhooks.poke,
+                                on_inbound=inbound.feed,
+                                windows={link.name: link.window * link.binds for link in cfg.carriers.smpp})  # fmt: skip
         gateway.on_admitted = dispatcher.poke
         stack.enter_context(_tuned_gc())
         metrics = Metrics(core, connectors, clock, lambda: dispatcher.stats, dispatcher.receipt_latency,

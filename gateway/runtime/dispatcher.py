@@ -8,6 +8,15 @@ in batches (group commit: one transaction per ~10 ms of changes, never one per m
 
 Every core call happens on the event loop's thread; only store writes go to a worker thread.
 The clock is read once per pump round and the same instant passed to every decision.
+
+What a crash can cost is bounded here. A message handed to a connector stays *unconfirmed*
+until its fate is written: ``submitted`` (with the carrier's ids) on disk, or back in the queue,
+or refused. A carrier gets at most its in-flight window (``windows``; default ``window x binds``)
+of unconfirmed messages, so after a crash at most that many are sent again: the ones on the wire
+and the ones the carrier took whose ``submitted`` had not reached the disk. Receipts the same
+way: the carrier's receipts are answered (``Connector.acknowledge``) only after the write that
+holds the states they made, so a crash before it leaves them with the carrier, which sends them
+again to the next process.
 """
 
 from __future__ import annotations
@@ -62,6 +71,8 @@ class Dispatcher:
         flush_every: float = 0.01,
         on_changes: Callable[[list[Change]], None] | None = None,
         on_inbound: Callable[[Inbound], None] | None = None,
+        on_outbox: Callable[[], None] | None = None,
+        windows: Mapping[str, int] | None = None,
     ) -> None:
         self.core = core
         self.connectors = connectors
@@ -72,9 +83,15 @@ class Dispatcher:
         self._flush_every = flush_every
         self._on_changes = on_changes
         self._on_inbound = on_inbound
+        self._on_outbox = on_outbox  # a write queued webhooks: wake their sender
         self._inflight: dict[int, Dispatch] = {}  # core ref -> what was handed to a connector
         self._pending: list[Change] = []
+        self._windows = dict(windows or {})  # carrier -> its in-flight window (see the module doc)
+        self._unconfirmed = dict.fromkeys(connectors, 0)  # carrier -> handed out, fate not on disk
+        self._confirming: dict[str, int] = {}  # carrier -> Submitted among ``_pending``
+        self._acks: dict[str, list[int]] = {}  # carrier -> receipts to answer once ``_pending`` is written
         self._wake = anyio.Event()
+        self._dirty = anyio.Event()  # set when a write should start now (waiting acks, windows)
         self.stats = DispatcherStats()
         self.receipt_latency = LatencyHistogram()
 
@@ -94,25 +111,37 @@ class Dispatcher:
     async def _pump(self, carrier: str, connector: Connector) -> None:
         while True:
             now = self._clock()
-            room = self._room(connector)
+            room = self._room(carrier, connector)
             if room <= 0:
-                await anyio.sleep(self._idle)
+                await self._wait(self._idle)
                 continue
             batch = self.core.take(carrier, room, now)
             self._outcomes(batch.outcomes, now)
             if batch.dispatches:
                 for d in batch.dispatches:
                     self._inflight[d.ref] = d
+                self._unconfirmed[carrier] += len(batch.dispatches)
                 self.stats.dispatched += len(batch.dispatches)
                 await connector.submit(batch.dispatches)
                 continue
             await self._sleep_until_work(carrier, now)
 
-    def _room(self, connector: Connector) -> int:
+    def _room(self, carrier: str, connector: Connector) -> int:
         s = connector.statistics()
+        window = self._windows.get(carrier)
+        if window is None:
+            window = self._windows[carrier] = s.window * max(1, s.binds)
         # Keep the connector's windows full plus one window queued, so a response frees a slot
-        # that is refilled without waiting for our next round.
-        return max(0, s.window * max(1, s.bound) * 2 - s.in_flight - s.queued)
+        # that is refilled without waiting for our next round; never more unconfirmed than the
+        # carrier's in-flight window.
+        room = s.window * max(1, s.bound) * 2 - s.in_flight - s.queued
+        return max(0, min(room, window - self._unconfirmed[carrier]))
+
+    async def _wait(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
+        if self._wake.is_set():
+            self._wake = anyio.Event()
 
     async def _sleep_until_work(self, carrier: str, now: float) -> None:
         bucket = self.core.bucket(carrier)
@@ -123,10 +152,7 @@ class Dispatcher:
         wake = self.core.next_wakeup()
         if wake is not None:
             waits.append(max(0.0, wake - now))
-        with anyio.move_on_after(max(self._idle, min(waits))):
-            await self._wake.wait()
-        if self._wake.is_set():
-            self._wake = anyio.Event()
+        await self._wait(max(self._idle, min(waits)))
 
     # -- hearing back -------------------------------------------------------------------
 
@@ -152,6 +178,8 @@ class Dispatcher:
                 except anyio.EndOfStream:
                     return
                 handle(event, now)
+            if self._acks or self._confirming:
+                self._dirty.set()  # a carrier's window or its receipts wait for this write
 
     def _handle(self, event: ConnectorEvent, now: float) -> None:
         # The two events of every message first, by exact type (cheaper than ``match``).
@@ -162,6 +190,8 @@ class Dispatcher:
                 return
             self.core.complete(event.ref, now)  # accepted: counts towards the carrier's accepted rate
             self.stats.submitted += 1
+            carrier = event.carrier
+            self._confirming[carrier] = self._confirming.get(carrier, 0) + 1
             self._pending.append(Change(message_id=d.message_id, state="submitted", at=now, carrier=event.carrier,
                                         carrier_ids=event.carrier_ids))  # fmt: skip
             return
@@ -169,6 +199,12 @@ class Dispatcher:
             self.stats.receipts += 1
             if event.submitted_at is not None:
                 self.receipt_latency.observe(event.at - event.submitted_at)
+            if event.acks:
+                acks = self._acks.get(event.carrier)
+                if acks is None:
+                    self._acks[event.carrier] = list(event.acks)
+                else:
+                    acks.extend(event.acks)
             self._pending.append(Change(message_id=event.message_id, state=str(event.state), at=now,
                                         reason=event.reason, carrier=event.carrier))  # fmt: skip
             return
@@ -180,6 +216,7 @@ class Dispatcher:
                     return
                 if permanent:
                     del self._inflight[ref]
+                    self._unconfirmed[d.carrier] -= 1
                     self.core.complete(ref)
                     self.stats.failed += 1
                     self._change(d.message_id, "rejected", now, f"{name} (0x{code:02x})", carrier)
@@ -202,6 +239,7 @@ class Dispatcher:
         d = self._inflight.pop(ref, None)
         if d is None:
             return
+        self._unconfirmed[d.carrier] -= 1
         self.core.requeue(ref, now, delay=delay, refund_cap=True)
         self.stats.requeued += 1
         self._change(d.message_id, "queued", now, f"retried: {why}", d.carrier)
@@ -222,19 +260,41 @@ class Dispatcher:
     # -- writing ------------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
+        # Group commit: a write starts as soon as there are changes and the previous write has
+        # ended (at most ``flush_every`` after the first change, if no one asks sooner); what
+        # came in meanwhile goes in the next one. Under load the writes run back to back, each
+        # taking what arrived during the last; idle, nothing is written.
         while True:
-            await anyio.sleep(self._flush_every)
+            with anyio.move_on_after(self._flush_every):
+                await self._dirty.wait()
+            self._dirty = anyio.Event()
             await self.flush()
 
     async def flush(self) -> None:
         if not self._pending:
             return
         changes, self._pending = self._pending, []
-        await anyio.to_thread.run_sync(self._store.record, changes)
+        confirming, self._confirming = self._confirming, {}
+        acks, self._acks = self._acks, {}
+        queued = await anyio.to_thread.run_sync(self._store.record, changes)
         self.stats.changes_written += len(changes)
+        # On disk now: those submits no longer count against their carrier's window, and the
+        # carriers may forget the receipts.
+        for carrier, n in confirming.items():
+            self._unconfirmed[carrier] -= n
+        for carrier, tokens in acks.items():
+            self.connectors[carrier].acknowledge(tokens)
+        if confirming:
+            self._wake.set()
+        if queued and self._on_outbox:
+            self._on_outbox()
         if self._on_changes:
             self._on_changes(changes)
 
     def inflight(self) -> int:
         return len(self._inflight)
+
+    def unconfirmed(self, carrier: str) -> int:
+        """Messages handed to ``carrier`` whose fate is not on disk yet (at most its window)."""
+        return self._unconfirmed[carrier]
 

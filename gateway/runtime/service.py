@@ -42,11 +42,13 @@ class Recovery(msgspec.Struct, frozen=True, kw_only=True):
 
 class Gateway:
     def __init__(self, scheduler: Scheduler, store: Store, *, numbers: NumberCheck | None = None,
-                 on_changes: Callable[[list[Change]], None] | None = None) -> None:  # fmt: skip
+                 on_changes: Callable[[list[Change]], None] | None = None,
+                 on_outbox: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.core = scheduler
         self.store = store
         self.numbers = numbers or NumberCheck()
         self._on_changes = on_changes
+        self._on_outbox = on_outbox  # a write queued webhooks: wake their sender
         self.on_admitted: Callable[[], None] | None = None  # the dispatcher's wake-up
 
     @staticmethod
@@ -224,7 +226,8 @@ class Gateway:
     async def _report(self, outcomes: Sequence[Outcome], now: float) -> None:
         changes = [_change(o, now) for o in outcomes]
         if changes:
-            await self._io(self.store.record, changes)
+            if await self._io(self.store.record, changes) and self._on_outbox:
+                self._on_outbox()
             if self._on_changes:
                 self._on_changes(changes)
 

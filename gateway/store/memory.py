@@ -100,7 +100,8 @@ class MemoryStore:
             for mid in [m.id for m in self._msgs.values() if m.tenant == tenant and m.job_id == job_id]:
                 del self._msgs[mid]
 
-    def record(self, changes: Sequence[Change]) -> None:
+    def record(self, changes: Sequence[Change]) -> int:
+        queued = 0
         with self._lock:
             callbacks = self._callbacks
             for c in changes:
@@ -114,9 +115,11 @@ class MemoryStore:
                 m.events.append(c)
                 if callbacks and c.state in NOTIFY and (url := callbacks.get((m.tenant, m.job_id))):
                     self._outbox_seq += 1
+                    queued += 1
                     self._outbox[self._outbox_seq] = _Outbox(OutboxItem(
                         id=self._outbox_seq, tenant=m.tenant, url=url, message_id=m.id, job_id=m.job_id,
                         state=c.state, at=c.at, reason=c.reason, carrier=c.carrier, attempts=0))  # fmt: skip
+        return queued
 
     def outbox_take(self, now: float, limit: int, lease: float) -> list[OutboxItem]:
         with self._lock:

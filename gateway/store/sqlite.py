@@ -110,6 +110,41 @@ _UPDATE = (
 )
 
 
+_json_enc = msgspec.json.Encoder()
+# Rows of ``_coalesce``: [id, state, final, at, carrier, carrier_ids, attempts].
+_UPDATE_BATCH = """
+UPDATE messages SET state = u.value ->> 1, final = u.value ->> 2, updated_at = u.value ->> 3,
+    carrier = coalesce(u.value ->> 4, carrier), carrier_ids = coalesce(u.value ->> 5, carrier_ids),
+    attempts = attempts + (u.value ->> 6)
+FROM json_each(?) AS u WHERE messages.id = u.value ->> 0 AND +messages.final = 0
+"""
+_EVENTS_BATCH = """
+INSERT INTO events SELECT value ->> 'message_id', value ->> 'at', value ->> 'state', value ->> 'reason',
+    value ->> 'carrier' FROM json_each(?)
+"""
+
+
+def _coalesce(changes: Sequence[Change]) -> list[list]:
+    """One row per message: what its changes in this batch, applied in order, leave. A final
+    state ends it (later changes in the batch are ignored, as ``final = 0`` ignores them across
+    batches); carrier and ids are the last given; attempts counts its ``submitted``."""
+    rows: dict[int, list] = {}
+    for c in changes:
+        row = rows.get(c.message_id)
+        if row is None:
+            rows[c.message_id] = [c.message_id, c.state, int(c.state in FINAL), c.at, c.carrier,
+                                  ",".join(c.carrier_ids) or None, int(c.state == "submitted")]  # fmt: skip
+        elif not row[2]:
+            row[1], row[2], row[3] = c.state, int(c.state in FINAL), c.at
+            if c.carrier is not None:
+                row[4] = c.carrier
+            if c.carrier_ids:
+                row[5] = ",".join(c.carrier_ids)
+            if c.state == "submitted":
+                row[6] += 1
+    return list(rows.values())
+
+
 class SqliteStore:
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
         try:
@@ -175,25 +210,28 @@ class SqliteStore:
             db.execute("DELETE FROM jobs WHERE tenant = ? AND id = ?", (tenant, job_id))
             db.execute("DELETE FROM job_counts WHERE tenant = ? AND job_id = ?", (tenant, job_id))
 
-    def record(self, changes: Sequence[Change]) -> None:
-        updates = [
-            (c.state, int(c.state in FINAL), c.at, c.carrier, ",".join(c.carrier_ids) or None,
-             int(c.state == "submitted"), c.message_id)
-            for c in changes
-        ]  # fmt: skip
-        events = [(c.message_id, c.at, c.state, c.reason, c.carrier) for c in changes]
+    def record(self, changes: Sequence[Change]) -> int:
+        # Each statement takes the whole batch as one JSON parameter and runs as one step inside
+        # SQLite: no Python per row, and the GIL is released once per statement rather than per
+        # row (with the event loop busy on the other thread, each re-acquisition could wait up
+        # to the interpreter's switch interval: a write of 300 rows took 7-10 ms instead of 2).
+        # A message's changes in one batch become one UPDATE: its last state (none after the
+        # first final one), with the carrier and ids it was last given (see ``_coalesce``).
+        updates = _json_enc.encode(_coalesce(changes))
+        events = _json_enc.encode(changes)
         ended: list[_Block] = []
         with self._tx() as db:
             # Jobs without a callback_url cost one truth test here, per batch.
             outbox = self._outbox_rows(db, changes, ended) if self._hooks else ()
-            db.executemany(_UPDATE, updates)
-            db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", events)
+            db.execute(_UPDATE_BATCH, (updates,))
+            db.execute(_EVENTS_BATCH, (events,))
             if outbox:
                 db.executemany(_OUTBOX_INSERT, outbox)
         if ended:  # only once committed: a rolled-back batch leaves the cache as it was
             with self._lock:
                 for b in ended:
                     self._hooks.ended(b)
+        return len(outbox)
 
     def _outbox_rows(self, db: sqlite3.Connection, changes: Sequence[Change], ended: list[_Block]) -> list[tuple]:
         """The outbox rows for the changes that will apply (the message is not final yet, or not

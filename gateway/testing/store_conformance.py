@@ -46,6 +46,26 @@ class StoreConformance:
         assert store.message("intruder", 1000) is None
         assert store.job("acme", "j1").counts == {"delivered": 1, "capped": 1, "queued": 3}
 
+    def test_many_changes_of_one_message_in_one_batch(self, store) -> None:
+        """A batch applies in order: the last state before the first final one, the carrier and
+        ids last given, attempts counting every ``submitted``; the job's counts agree."""
+        store.add_job(JOB, 1000, PEOPLE, 10.0)
+        store.record([
+            Change(message_id=1000, state="submitted", at=11.0, carrier="alpha", carrier_ids=("a1",)),
+            Change(message_id=1001, state="deferred", at=11.0, reason="quiet hours"),
+            Change(message_id=1000, state="queued", at=11.1, reason="retried: bind_dropped", carrier="alpha"),
+            Change(message_id=1000, state="submitted", at=11.2, carrier="beta", carrier_ids=("b1", "b2")),
+            Change(message_id=1000, state="delivered", at=11.3, reason="receipt", carrier="beta"),
+            Change(message_id=1000, state="submitted", at=11.4, carrier="gamma", carrier_ids=("g1",)),  # after final
+            Change(message_id=1001, state="queued", at=11.5),
+        ])  # fmt: skip
+        m = store.message("acme", 1000)
+        assert (m.state, m.carrier, m.carrier_ids, m.attempts) == ("delivered", "beta", ("b1", "b2"), 2)
+        assert [c.state for c in m.history][:5] == ["queued", "submitted", "queued", "submitted", "delivered"]
+        assert store.message("acme", 1001).state == "queued"
+        assert store.job("acme", "j1").counts == {"delivered": 1, "queued": 4}
+        assert [a[0] for a in store.awaiting_receipts()] == []
+
     def test_paging_and_filter(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE, 10.0)
         store.record([Change(message_id=1002, state="expired", at=11.0)])

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from gateway.core.model import FinalState
 from gateway.core.receipts import (
+    Answer,
     ReceiptState,
     Receipted,
     Reconciler,
@@ -247,3 +248,69 @@ def test_memory_follows_the_messages_awaiting_receipts_not_the_horizon() -> None
     rc.submitted(99_999, "c", ["late"], 1, now=200.0)
     (r,) = [x for x in rc.tick(200.0 + 3 * 86400) if isinstance(x, Receipted)]
     assert r.ref == 99_999 and r.state is FinalState.UNKNOWN
+
+
+# -- acknowledgement tokens: a receipt is answered once what it made is written -----------------
+
+
+def test_a_final_receipt_hands_back_the_tokens_of_every_part() -> None:
+    rc = Reconciler(hold_unmatched_s=10, horizon_s=100)
+    rc.submitted(1, "c", ["a", "b"], 2, now=0.0)
+    assert rc.receipt("c", "a", R.DELIVERED, 0, now=1.0, ack=11) == []  # kept with the part
+    (r,) = rc.receipt("c", "b", R.DELIVERED, 0, now=2.0, ack=12)
+    assert r.acks == (11, 12)
+
+
+def test_tokens_of_receipts_that_change_nothing_come_back_at_once() -> None:
+    rc = Reconciler(hold_unmatched_s=10, horizon_s=100)
+    rc.submitted(1, "c", ["a"], 1, now=0.0)
+    assert rc.receipt("c", "a", R.ENROUTE, None, now=0.5, ack=1) == [Answer(acks=(1,))]
+    (r,) = rc.receipt("c", "a", R.DELIVERED, 0, now=1.0, ack=2)
+    assert r.acks == (2,)
+    assert rc.receipt("c", "a", R.DELIVERED, 0, now=1.5, ack=3) == [Answer(acks=(3,))]  # duplicate
+
+
+def test_a_held_receipt_is_answered_at_once() -> None:
+    """Its id is unknown: it may wait ``hold_unmatched_s`` for nothing (a copy of a message sent
+    twice), and must not hold a slot of the carrier's window all that time."""
+    rc = Reconciler(hold_unmatched_s=10, horizon_s=100)
+    assert rc.receipt("c", "x", R.DELIVERED, 0, now=1.0, ack=5) == [Answer(acks=(5,))]
+    (r,) = rc.submitted(1, "c", ["x"], 1, now=2.0)
+    assert r.acks == () and r.state is FinalState.DELIVERED
+
+
+def test_without_tokens_nothing_changes() -> None:
+    rc = Reconciler(hold_unmatched_s=10, horizon_s=100)
+    rc.submitted(1, "c", ["a"], 1, now=0.0)
+    assert rc.receipt("c", "a", R.ENROUTE, None, now=0.5) == []
+    (r,) = rc.receipt("c", "a", R.DELIVERED, 0, now=1.0)
+    assert r.acks == () and rc.receipt("c", "a", R.DELIVERED, 0, now=1.5) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(_EVENTS, st.lists(st.integers(1, 3), min_size=6, max_size=6))
+def test_every_token_comes_back_exactly_once(events, parts) -> None:
+    """Whatever the order (early, duplicate, intermediate, unmatched, past the horizon), each
+    receipt's token is handed back once: no receipt is answered twice or left unanswered."""
+    rc = Reconciler(hold_unmatched_s=2, horizon_s=10)
+    now, token = 0.0, 0
+    given_out: list[int] = []
+    back: list[int] = []
+    submitted: set[int] = set()
+
+    def collect(results) -> None:
+        for r in results:
+            back.extend(getattr(r, "acks", ()))  # Unmatched carries none: answered when held
+
+    for msg, part, state, step, is_receipt in events:
+        now += step
+        if is_receipt:
+            token += 1
+            given_out.append(token)
+            collect(rc.receipt("c", f"{msg}-{part}", state, None, now, ack=token))
+        elif msg not in submitted:
+            submitted.add(msg)
+            collect(rc.submitted(msg, "c", [f"{msg}-{p}" for p in range(parts[msg])], parts[msg], now))
+        collect(rc.tick(now))
+    collect(rc.tick(now + 11))
+    assert sorted(back) == given_out

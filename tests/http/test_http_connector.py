@@ -174,3 +174,32 @@ async def test_close_gives_back_what_was_not_sent() -> None:
         closing = [e.ref for e in h.seen if isinstance(e, Requeue)]
         assert submitted == list(range(10))  # the request in flight finished
         assert closing == list(range(10, 40)) and {e.reason for e in h.of(Requeue)} == {"closing"}
+
+
+async def test_deferred_callbacks_answer_once_written() -> None:
+    """With ``deferred_acks`` a receipts callback is answered 204 only once ``acknowledge``
+    says its states are written, 503 if that takes over ``callback_ack_timeout`` (the carrier
+    posts it again; the repeat is a duplicate, answered at once)."""
+    import time
+
+    async with in_process(HttpSimSettings(receipt_secret="k", receipt_delay=3600.0),
+                          settings(callback_ack_timeout=0.5), deferred_acks=True) as h:  # fmt: skip
+        final = await h.drive([make_dispatch(1, message_id=601), make_dispatch(2, message_id=602)])
+        bodies = [b'{"receipts": [{"id": "%s", "status": "delivered"}]}' % final[i].carrier_ids[0].encode()
+                  for i in (1, 2)]  # fmt: skip
+        answers: list[int] = []
+
+        async def post(body: bytes) -> None:
+            answers.append(await h.connector.callback("http://x/receipts", generic.sign("", body, "k", time.time()), body))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(post, bodies[0])
+            event = await h.events.receive()
+            assert isinstance(event, ReceiptMatched) and event.message_id == 601 and len(event.acks) == 1
+            assert answers == []  # not written yet: no answer
+            h.connector.acknowledge(event.acks)
+        assert answers == [204]
+        await post(bodies[1])  # nobody acknowledges: 503 after the time-out
+        assert answers == [204, 503]
+        await post(bodies[1])  # posted again: a duplicate, nothing to wait for
+        assert answers == [204, 503, 204]

@@ -70,7 +70,9 @@ class Finals:
         return self.state
 
 
-async def run_job(script, recipients: int = 300, body: str = "Order {n} shipped") -> tuple[dict[int, str], MemoryStore, Dispatcher, MockConnector]:
+async def run_job(script, recipients: int = 300, body: str = "Order {n} shipped",
+                  connector: type[MockConnector] = MockConnector,
+                  ) -> tuple[dict[int, str], MemoryStore, Dispatcher, MockConnector]:  # fmt: skip
     cfg = loads(default_text().split("[[core.carriers]]")[0] + FAST)
     clock = time.time
     store = MemoryStore()
@@ -78,7 +80,8 @@ async def run_job(script, recipients: int = 300, body: str = "Order {n} shipped"
     finals = Finals()
     gw = Gateway(core, store, on_changes=finals)
     send, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
-    conn = MockConnector("alpha", send, script=script, capacity=50)
+    conn = connector("alpha", send, script=script, capacity=50)
+    conn.store = store  # type: ignore[attr-defined]  # for connectors that look (_Watched)
     disp = Dispatcher(core, {"alpha": conn}, receive, store, clock=clock, on_changes=finals)
     gw.on_admitted = disp.poke
     job = schemas.JobIn(sender="Shop", category="transactional", template=body,
@@ -164,3 +167,49 @@ async def test_temporary_refusal_is_retried_after_its_backoff() -> None:
     assert len(conn.dispatched) == 44  # 4 numbers end in 3: each sent twice
     again = [d for d in conn.dispatched if d.attempt == 1]
     assert len(again) == 4 and all(d.recipient.endswith("3") for d in again)
+
+
+class _Watched(MockConnector):
+    """Checks the two crash bounds from the connector's side: at every hand-over, the messages
+    it was given whose ``submitted`` is not in the store are at most the window; at every
+    ``acknowledge``, the receipt's state is already in the store."""
+
+    store: MemoryStore
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.given: list[int] = []
+        self.worst = 0
+        self.token = 0
+        self.owed: dict[int, int] = {}  # token -> message id
+        self.early: list[int] = []
+
+    async def submit(self, batch) -> None:
+        self.given += [d.message_id for d in batch]
+        unwritten = sum(self.store.message("acme", mid).state in ("queued", "deferred") for mid in self.given)
+        self.worst = max(self.worst, unwritten)
+        await super().submit(batch)
+
+    def _answer(self, d, outcome, now):
+        out = super()._answer(d, outcome, now)
+        for i, e in enumerate(out):
+            if type(e).__name__ == "ReceiptMatched":
+                self.token += 1
+                self.owed[self.token] = e.message_id
+                out[i] = msgspec.structs.replace(e, acks=(self.token,))
+        return out
+
+    def acknowledge(self, acks) -> None:
+        super().acknowledge(acks)
+        for a in acks:
+            if self.store.message("acme", self.owed.pop(a)).state not in FINAL:
+                self.early.append(a)
+
+
+@pytest.mark.anyio
+async def test_unconfirmed_messages_stay_within_the_window_and_receipts_are_answered_once_written() -> None:
+    state, store, disp, conn = await run_job(lambda d: "deliver", recipients=600, connector=_Watched)
+    assert len(state) == 600 and set(state.values()) == {"delivered"}
+    assert 0 < conn.worst <= 50, conn.worst  # MockConnector(capacity=50): a window of 50, one bind
+    assert conn.early == [] and not conn.owed and len(conn.acknowledged) == 600
+    assert disp.unconfirmed("alpha") == 0

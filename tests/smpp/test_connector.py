@@ -375,3 +375,34 @@ async def test_media_is_refused_the_rest_is_sent(harness, make_dispatch) -> None
         (failed,) = h.of(SubmitFailed)
         assert failed.ref == 1 and failed.permanent and failed.name == "MEDIA_UNSUPPORTED"
         assert sorted(e.ref for e in h.of(Submitted)) == [0, 2]
+
+
+async def test_deferred_answers_wait_for_acknowledge(harness, make_dispatch) -> None:
+    """With ``deferred_acks`` a receipt's deliver_sm_resp waits for ``acknowledge`` (the state it
+    made is written): the SMSC's window of unanswered receipts fills and it sends no more until
+    answered; every receipt is answered exactly once in the end."""
+    async with harness(sim(window=5), fast(binds=1), deferred_acks=True) as h:
+        await h.connector.submit([make_dispatch(i) for i in range(20)])
+        await h.until(receipts(5))
+        matched = h.of(ReceiptMatched)
+        assert all(len(e.acks) == 1 for e in matched)
+        assert h.sim.counters()["receipts_acked"] == 0 and h.connector.owed_answers() == 5
+        done = 0
+        while done < 20:
+            matched = h.of(ReceiptMatched)
+            h.connector.acknowledge([a for e in matched[done:] for a in e.acks])
+            done = len(matched)
+            if done < 20:
+                await h.until(receipts(done + 1))
+        with anyio.fail_after(10):
+            while h.sim.counters()["receipts_acked"] < 20:
+                await anyio.sleep(0.01)
+        assert h.connector.owed_answers() == 0
+        assert h.sim.counters()["receipts_sent"] == 20  # none sent again: each answered once
+
+
+async def test_answers_at_once_without_deferral(harness, make_dispatch) -> None:
+    async with harness(sim(window=5), fast(binds=1)) as h:
+        await h.connector.submit([make_dispatch(i) for i in range(20)])
+        await h.until(receipts(20))
+        assert all(e.acks == () for e in h.of(ReceiptMatched)) and h.connector.owed_answers() == 0
