@@ -103,7 +103,17 @@ _IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parame
 
 _job_enc = msgspec.msgpack.Encoder()
 _job_dec = msgspec.msgpack.Decoder(Job)
-_rcpt_dec = msgspec.msgpack.Decoder(Recipient)
+_rcpt_msgpack = msgspec.msgpack.Decoder(Recipient)
+_rcpt_json = msgspec.json.Decoder(Recipient)
+_INSERT_MESSAGES = """
+INSERT INTO messages (id, tenant, job_id, recipient, state, updated_at)
+SELECT ?1 + (value ->> 0), ?2, ?3, value -> 1, 'queued', ?4 FROM json_each(?5)
+"""
+
+
+def _rcpt_dec(stored: str | bytes) -> Recipient:
+    """A stored recipient: JSON text (this version), or msgpack (stores written before it)."""
+    return _rcpt_json.decode(stored) if isinstance(stored, str) else _rcpt_msgpack.decode(stored)
 _UPDATE = (
     "UPDATE messages SET state = ?, final = ?, updated_at = ?, carrier = coalesce(?, carrier),"
     " carrier_ids = coalesce(?, carrier_ids), attempts = attempts + ? WHERE id = ? AND final = 0"
@@ -174,9 +184,10 @@ class SqliteStore:
         *, callback_url: str | None = None, idempotency: tuple[str, str, bytes] | None = None,
         incoming: bool = False,
     ) -> None:  # fmt: skip
-        enc = _job_enc.encode
-        tenant, jid = job.tenant, job.id
-        rows = [(first_id + i, tenant, jid, enc(r), "queued", now) for i, r in recipients]
+        # One INSERT over a JSON array of [offset, recipient]: SQLite steps through the chunk
+        # without taking the GIL back per row (executemany does, and with the event loop busy
+        # admitting the next chunk each re-acquisition waited). Recipients are kept as JSON text.
+        rows = _json_enc.encode(recipients)
         with self._tx() as db:
             if idempotency is not None:
                 key, digest, response = idempotency
@@ -188,13 +199,11 @@ class SqliteStore:
                 (job.tenant, job.id, _job_enc.encode(job), first_id, len(recipients),
                  "incoming" if incoming else "active", now, callback_url),  # fmt: skip
             ).fetchone()
-            db.executemany(
-                "INSERT INTO messages (id, tenant, job_id, recipient, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-        if stored_url and rows:
+            db.execute(_INSERT_MESSAGES, (first_id, job.tenant, job.id, now, rows))
+        if stored_url and recipients:
+            last = first_id + max(i for i, _ in recipients)
             with self._lock:
-                self._hooks.add(job.tenant, job.id, stored_url, stored_first, max(r[0] for r in rows), len(rows))
+                self._hooks.add(job.tenant, job.id, stored_url, stored_first, last, len(recipients))
 
     def commit_job(self, tenant: str, job_id: str, now: float, idempotency: tuple[str, str, bytes] | None = None) -> None:
         with self._tx() as db:
@@ -330,7 +339,7 @@ class SqliteStore:
         history = [Change(message_id=mid, state="queued", at=created, reason="accepted")]
         history += [Change(message_id=mid, state=s, at=at, reason=r, carrier=c) for at, s, r, c in events]
         return MessageRecord(
-            id=mid, job_id=job_id, tenant=tenant, recipient=_rcpt_dec.decode(rcpt), state=state,
+            id=mid, job_id=job_id, tenant=tenant, recipient=_rcpt_dec(rcpt), state=state,
             carrier=carrier, carrier_ids=tuple(cids.split(",")) if cids else (), attempts=attempts,
             history=history,
         )  # fmt: skip
@@ -361,7 +370,7 @@ class SqliteStore:
                     " ORDER BY id",
                     (stored.job.tenant, stored.job.id),
                 ).fetchall()
-            yield stored, [(i - stored.first_id, _rcpt_dec.decode(r), s) for i, r, s in msgs]
+            yield stored, [(i - stored.first_id, _rcpt_dec(r), s) for i, r, s in msgs]
 
     def awaiting_receipts(self) -> list[tuple[int, str, tuple[str, ...]]]:
         """(message id, carrier, carrier ids) of every message a carrier took and has not reported
