@@ -21,6 +21,7 @@ from gateway.config import Tenant
 from gateway.core.bucket import TokenBucket
 from gateway.errors import CallerError, InvalidInput, SluiceError, StorageError
 from gateway.runtime.service import Gateway
+from gateway.store.base import STATES
 
 __all__ = ["Api", "hash_key"]
 
@@ -187,14 +188,17 @@ class Api:
         return Response(200, _enc.encode(await self.gw.job_status(tenant.name, jid)))
 
     async def _get_job_messages(self, tenant: Tenant, scope, body: bytes, jid: str) -> Response:
-        q = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        q = _query(scope)
         try:
             limit = int(q.get("limit", ["100"])[0])
         except ValueError:
             raise InvalidInput("limit must be a whole number", field="limit") from None
         if not 1 <= limit <= 1000:
             raise InvalidInput("limit must be 1..1000", field="limit")
-        page = await self.gw.job_messages(tenant.name, jid, q.get("status", [None])[0], q.get("after", [None])[0], limit)
+        status = q.get("status", [None])[0]
+        if status is not None and status not in STATES:
+            raise InvalidInput(f"status must be one of {', '.join(STATES)}", field="status")
+        page = await self.gw.job_messages(tenant.name, jid, status, q.get("after", [None])[0], limit)
         return Response(200, _enc.encode(page))
 
     async def _control(self, tenant: Tenant, scope, body: bytes, jid: str, action: str) -> Response:
@@ -218,12 +222,15 @@ class Api:
 
 
     async def _get_inbound(self, tenant: Tenant, scope, body: bytes) -> Response:
-        q = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        q = _query(scope)
         try:
             limit = int(q.get("limit", ["100"])[0])
+        except ValueError:
+            raise InvalidInput("limit must be a whole number", field="limit") from None
+        try:
             after = int(q.get("after", ["0"])[0])
         except ValueError:
-            raise InvalidInput("limit and after must be whole numbers", field="limit") from None
+            raise InvalidInput("after must be a whole number", field="after") from None
         if not 1 <= limit <= 1000:
             raise InvalidInput("limit must be 1..1000", field="limit")
         if not 0 <= after < 2**63:
@@ -411,6 +418,11 @@ def _split(text: str) -> tuple[str, str | None]:
 def _index(field: str | None) -> int | None:
     m = _IDX.match(field or "")
     return int(m.group(1)) if m else None
+
+
+def _query(scope) -> dict[str, list[str]]:
+    """The query string; an empty value (``after=``) is kept, so it is refused, not ignored."""
+    return parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
 
 
 def _header(scope, name: bytes) -> str:

@@ -7,6 +7,7 @@ import functools
 import msgspec
 
 from gateway.api import schemas
+from gateway.store.base import STATES
 
 _ERR = {"$ref": "#/components/schemas/ErrorBody"}
 
@@ -47,7 +48,7 @@ def document() -> bytes:
         "/v1/jobs": {"post": _op("Submit a bulk job", (202, "JobAccepted"), "JobIn", params=[_IDEM], ndjson=True)},
         "/v1/jobs/{jid}": {"get": _op("A job's counts per state", (200, "JobStatus"), params=[_path("jid")])},
         "/v1/jobs/{jid}/messages": {"get": _op("A job's messages, paged", (200, "MessagePage"), params=[
-            _path("jid"), {"name": "status", "in": "query", "schema": {"type": "string"}},
+            _path("jid"), {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATES)}},
             {"name": "after", "in": "query", "schema": {"type": "string"}},
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}])},
         **{f"/v1/jobs/{{jid}}/{a}": {"post": _op(f"{a.capitalize()} a job", (200, "JobStatus"), params=[_path("jid")])}

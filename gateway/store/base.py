@@ -37,6 +37,7 @@ __all__ = [
     "InboundRecord",
     "JobCounts",
     "MessageRecord",
+    "NewJob",
     "OutboxItem",
     "OutboxStats",
     "Page",
@@ -157,10 +158,25 @@ class InboundItem(msgspec.Struct, frozen=True, kw_only=True):
     record: InboundRecord
 
 
+class NewJob(msgspec.Struct, frozen=True, kw_only=True):
+    """The arguments of one ``add_job``, for ``add_jobs``."""
+
+    job: Job
+    first_id: int
+    recipients: Sequence[tuple[int, Recipient]]
+    now: float
+    callback_url: str | None = None
+    idempotency: tuple[str, str, bytes] | None = None
+    incoming: bool = False
+
+
 class Store(Protocol):
     def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
                 *, callback_url: str | None = None, idempotency: tuple[str, str, bytes] | None = None,
                 incoming: bool = False) -> None: ...  # fmt: skip
+    # Several add_job in one transaction (group commit of concurrent requests): each commits or
+    # fails alone (its error in its place, None if stored), the disk is synced once.
+    def add_jobs(self, items: Sequence[NewJob]) -> list[Exception | None]: ...
     def commit_job(self, tenant: str, job_id: str, now: float,
                    idempotency: tuple[str, str, bytes] | None = None) -> None: ...  # fmt: skip
     def drop_job(self, tenant: str, job_id: str) -> None: ...

@@ -19,6 +19,7 @@ from gateway.store.base import (
     InboundRecord,
     JobCounts,
     MessageRecord,
+    NewJob,
     OutboxItem,
     OutboxStats,
     Page,
@@ -57,6 +58,18 @@ class MemoryStore:
         self._outbox_seq = 0
         self._inbound: dict[int, InboundRecord] = {}
         self._forward: dict[int, _Forward] = {}  # inbound id -> its webhook delivery, until done
+
+    def add_jobs(self, items: Sequence[NewJob]) -> list[Exception | None]:
+        errors: list[Exception | None] = []
+        for it in items:
+            try:
+                self.add_job(it.job, it.first_id, it.recipients, it.now, callback_url=it.callback_url,
+                             idempotency=it.idempotency, incoming=it.incoming)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - handed back in its place
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
 
     def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
                 *, callback_url: str | None = None,

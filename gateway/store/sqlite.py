@@ -29,6 +29,7 @@ from gateway.store.base import (
     InboundRecord,
     JobCounts,
     MessageRecord,
+    NewJob,
     OutboxItem,
     OutboxStats,
     Page,
@@ -196,26 +197,60 @@ class SqliteStore:
         *, callback_url: str | None = None, idempotency: tuple[str, str, bytes] | None = None,
         incoming: bool = False,
     ) -> None:  # fmt: skip
+        item = NewJob(job=job, first_id=first_id, recipients=recipients, now=now, callback_url=callback_url,
+                      idempotency=idempotency, incoming=incoming)  # fmt: skip
+        with self._tx() as db:
+            hook = self._insert_job(db, item)
+        if hook is not None:
+            with self._lock:
+                self._hooks.add(*hook)
+
+    def add_jobs(self, items: Sequence[NewJob]) -> list[Exception | None]:
+        """One transaction, one sync to disk; each item inside its own savepoint, so a conflict
+        (a repeated idempotency key) fails that item alone."""
+        errors: list[Exception | None] = [None] * len(items)
+        hooks = []
+        with self._tx() as db:
+            for k, item in enumerate(items):
+                db.execute("SAVEPOINT one")
+                try:
+                    hook = self._insert_job(db, item)
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO one")
+                    errors[k] = Conflict(str(exc)) if isinstance(exc, sqlite3.IntegrityError) else StorageError(str(exc))
+                else:
+                    if hook is not None:
+                        hooks.append(hook)
+                db.execute("RELEASE one")
+        if hooks:  # only once committed
+            with self._lock:
+                for hook in hooks:
+                    self._hooks.add(*hook)
+        return errors
+
+    def _insert_job(self, db: sqlite3.Connection, item: NewJob) -> tuple | None:
+        """The rows of one add_job, in the caller's transaction; the webhook block to remember
+        once it commits, if the job has a callback_url."""
+        job, first_id, recipients, now = item.job, item.first_id, item.recipients, item.now
         # One INSERT over a JSON array of [offset, recipient]: SQLite steps through the chunk
         # without taking the GIL back per row (executemany does, and with the event loop busy
         # admitting the next chunk each re-acquisition waited). Recipients are kept as JSON text.
         rows = _json_enc.encode(recipients)
-        with self._tx() as db:
-            if idempotency is not None:
-                key, digest, response = idempotency
-                db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (job.tenant, key, digest, response, now))
-            # A later chunk of the same job keeps the job's first callback_url: ask which it is.
-            stored_url, stored_first = db.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, id)"
-                " DO UPDATE SET size = size + excluded.size RETURNING callback_url, first_id",
-                (job.tenant, job.id, _job_enc.encode(job), first_id, len(recipients),
-                 "incoming" if incoming else "active", now, callback_url),  # fmt: skip
-            ).fetchone()
-            db.execute(_INSERT_MESSAGES, (first_id, job.tenant, job.id, now, rows))
+        if item.idempotency is not None:
+            key, digest, response = item.idempotency
+            db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (job.tenant, key, digest, response, now))
+        # A later chunk of the same job keeps the job's first callback_url: ask which it is.
+        stored_url, stored_first = db.execute(
+            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, id)"
+            " DO UPDATE SET size = size + excluded.size RETURNING callback_url, first_id",
+            (job.tenant, job.id, _job_enc.encode(job), first_id, len(recipients),
+             "incoming" if item.incoming else "active", now, item.callback_url),  # fmt: skip
+        ).fetchone()
+        db.execute(_INSERT_MESSAGES, (first_id, job.tenant, job.id, now, rows))
         if stored_url and recipients:
             last = first_id + max(i for i, _ in recipients)
-            with self._lock:
-                self._hooks.add(job.tenant, job.id, stored_url, stored_first, last, len(recipients))
+            return (job.tenant, job.id, stored_url, stored_first, last, len(recipients))
+        return None
 
     def commit_job(self, tenant: str, job_id: str, now: float, idempotency: tuple[str, str, bytes] | None = None) -> None:
         with self._tx() as db:

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict
-from gateway.store.base import Change, InboundRecord, OutboxStats
+from gateway.store.base import Change, InboundRecord, NewJob, OutboxStats
 
 JOB = Job(id="j1", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
 PLAIN = Job(id="j2", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
@@ -25,6 +25,22 @@ class StoreConformance:
         assert store.job("other-tenant", "j1") is None
         assert store.job_info("acme", "j1") == got.job
         assert store.job_info("other-tenant", "j1") is None
+
+    def test_add_jobs_each_item_commits_or_fails_alone(self, store) -> None:
+        one = Job(id="j3", tenant="acme", sender="ACME", template="Hi", category="otp")
+        two = Job(id="j4", tenant="acme", sender="ACME", template="Hi", category="otp")
+        three = Job(id="j5", tenant="acme", sender="ACME", template="Hi", category="otp")
+        errors = store.add_jobs([
+            NewJob(job=one, first_id=2000, recipients=PEOPLE[:1], now=1.0, idempotency=("k1", "d", b"r1")),
+            NewJob(job=two, first_id=2001, recipients=PEOPLE[:1], now=1.0, idempotency=("k1", "d", b"r2")),
+            NewJob(job=three, first_id=2002, recipients=PEOPLE[:1], now=1.0, callback_url=HOOK),
+        ])  # fmt: skip
+        assert errors[0] is None and isinstance(errors[1], Conflict) and errors[2] is None
+        assert store.job("acme", "j3") is not None and store.job("acme", "j5") is not None
+        assert store.job("acme", "j4") is None and store.message("acme", 2001) is None
+        assert store.remembered("acme", "k1", "d") == b"r1"
+        store.record([Change(message_id=2002, state="delivered", at=2.0)])  # j5's callback is known
+        assert store.outbox_statistics().pending == 1
 
     def test_chunks_extend_a_job(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE[:2], 10.0)

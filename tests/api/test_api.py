@@ -190,3 +190,17 @@ async def test_mms_media_urls_reach_the_dispatch(client, gateway, clock):
     assert [d.media for d in dispatches] == [("https://cdn.example/a.jpg",)]
     bad = await client.post("/v1/messages", json={**MSG, "media": ["ftp://x/y"]})
     assert bad.status_code == 422 and "media" in bad.json()["field"]
+
+
+async def test_empty_query_values_are_refused_not_ignored(client):
+    """``?after=`` is not "no after" (schemathesis found it answered 200)."""
+    for path in ("/v1/inbound?after=", "/v1/inbound?limit=", "/v1/inbound?kind="):
+        r = await client.get(path)
+        assert r.status_code == 422 and r.json()["field"] == path.split("?")[1][:-1], (path, r.text)
+    r = await client.post("/v1/jobs", json={"from": "Shop", "category": "otp", "template": "Hi",
+                                            "recipients": [{"to": "+447911123456"}]})  # fmt: skip
+    jid = r.json()["id"]
+    for q in ("status=", "status=nope", "after=", "limit="):
+        r = await client.get(f"/v1/jobs/{jid}/messages?{q}")
+        assert r.status_code == 422 and r.json()["field"] == q.split("=")[0], (q, r.text)
+    assert (await client.get(f"/v1/jobs/{jid}/messages?status=queued")).status_code == 200

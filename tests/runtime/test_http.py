@@ -134,3 +134,4 @@ async def test_rate_limit_is_per_key(tmp_path) -> None:
         assert (await beta.get("/v1/suppressions")).status_code == 200  # another tenant is unaffected
         assert (await c.get("/healthz")).status_code == 200  # health is not rate limited
         assert gw.proc.returncode is None
+
