@@ -4,7 +4,8 @@ One ``pump`` task per carrier asks the core what that carrier may be sent now (`
 by the connector's free room and the carrier's bucket) and hands the batch to the connector.
 One ``listen`` task turns the connectors' events back into core calls (``complete``,
 ``requeue``, ``throttled``) and into state changes, which a ``flush`` task writes to the store
-in batches (group commit: one transaction per ~10 ms of changes, never one per message).
+in batches (group commit: a write starts once the previous one ended, at once if a carrier
+waits for it, else within ``flush_every``; never one transaction per message).
 
 Every core call happens on the event loop's thread; only store writes go to a worker thread.
 The clock is read once per pump round and the same instant passed to every decision.

@@ -10,7 +10,7 @@ import anyio
 import msgspec
 import pytest
 
-from carriers.base import ConnectorEvent
+from carriers.base import ConnectorEvent, ReceiptMatched
 from carriers.testing import MockConnector
 from gateway.api import schemas
 from gateway.config import default_text, loads
@@ -193,7 +193,7 @@ class _Watched(MockConnector):
     def _answer(self, d, outcome, now):
         out = super()._answer(d, outcome, now)
         for i, e in enumerate(out):
-            if type(e).__name__ == "ReceiptMatched":
+            if isinstance(e, ReceiptMatched):
                 self.token += 1
                 self.owed[self.token] = e.message_id
                 out[i] = msgspec.structs.replace(e, acks=(self.token,))
