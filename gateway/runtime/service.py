@@ -120,7 +120,7 @@ class Gateway:
         transaction makes it active (with its idempotency key) and only then is it resumed and
         the 202 sent. If the upload fails midway (the client goes away, a malformed line, the
         store fails) the job is canceled in the core and dropped from the store; if the process
-        dies midway, the incoming job is left unrecovered on disk. ``digest`` gives the body's
+        dies midway, ``recover`` drops the incoming job at the next start. ``digest`` gives the body's
         SHA-256 once the stream has been read (for the idempotency key)."""
         job = self._job(tenant, head.sender, head.template, head.category, head.send_at, head.validity, now, head.media)
         seen = accepted = 0
@@ -344,6 +344,7 @@ class Gateway:
         when the process died cannot be told from those never sent, so they go again (the
         duplicates are bounded by the carriers' windows). A ``submitted`` message whose carrier
         is gone is sent again and marked retried."""
+        await self._io(self.store.drop_incoming)  # uploads cut short by the crash: never promised
         for tenant, s in await self._io(self.store.suppressions):
             self.core.suppress(tenant, s.number)
         awaiting = [a for a in await self._io(self.store.awaiting_receipts) if a[1] in carriers]

@@ -3,7 +3,8 @@
 A 202 from the API means ``add_job`` returned: the messages are on disk. A job streamed in
 chunks is written with ``add_job(..., incoming=True)`` per chunk and is not a job yet (never
 recovered, never counted) until ``commit_job`` marks it active, in one transaction with its
-idempotency key; ``drop_job`` removes an incoming job whose upload failed. Everything else is a
+idempotency key; ``drop_job`` removes an incoming job whose upload failed, and
+``drop_incoming`` (at start-up) every incoming job an earlier process left. Everything else is a
 batch (``record`` takes many state changes in one transaction) because the store is on the
 hot path of every message. Implementations: ``MemoryStore`` (the fake for tests) and
 ``SqliteStore`` (the embedded default); both pass ``gateway.testing.store_conformance``.
@@ -180,6 +181,7 @@ class Store(Protocol):
     def commit_job(self, tenant: str, job_id: str, now: float,
                    idempotency: tuple[str, str, bytes] | None = None) -> None: ...  # fmt: skip
     def drop_job(self, tenant: str, job_id: str) -> None: ...
+    def drop_incoming(self) -> int: ...  # uploads a dead process left unfinished; returns how many
     def record(self, changes: Sequence[Change]) -> int: ...  # returns the webhook (outbox) rows it queued
     def set_job_status(self, tenant: str, job_id: str, status: str) -> bool: ...
     def job(self, tenant: str, job_id: str) -> JobCounts | None: ...

@@ -113,6 +113,13 @@ class MemoryStore:
             for mid in [m.id for m in self._msgs.values() if m.tenant == tenant and m.job_id == job_id]:
                 del self._msgs[mid]
 
+    def drop_incoming(self) -> int:
+        with self._lock:
+            left = [key for key, j in self._jobs.items() if j.status == "incoming"]
+        for tenant, job_id in left:
+            self.drop_job(tenant, job_id)
+        return len(left)
+
     def record(self, changes: Sequence[Change]) -> int:
         queued = 0
         with self._lock:

@@ -266,6 +266,15 @@ class SqliteStore:
             db.execute("DELETE FROM jobs WHERE tenant = ? AND id = ?", (tenant, job_id))
             db.execute("DELETE FROM job_counts WHERE tenant = ? AND job_id = ?", (tenant, job_id))
 
+    def drop_incoming(self) -> int:
+        with self._tx() as db:
+            left = db.execute("SELECT tenant, id FROM jobs WHERE status = 'incoming'").fetchall()
+            for tenant, job_id in left:
+                db.execute("DELETE FROM messages WHERE tenant = ? AND job_id = ?", (tenant, job_id))
+                db.execute("DELETE FROM job_counts WHERE tenant = ? AND job_id = ?", (tenant, job_id))
+            db.execute("DELETE FROM jobs WHERE status = 'incoming'")
+        return len(left)
+
     def record(self, changes: Sequence[Change]) -> int:
         # Each statement takes the whole batch as one JSON parameter and runs as one step inside
         # SQLite: no Python per row, and the GIL is released once per statement rather than per

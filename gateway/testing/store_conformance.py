@@ -26,6 +26,15 @@ class StoreConformance:
         assert store.job_info("acme", "j1") == got.job
         assert store.job_info("other-tenant", "j1") is None
 
+    def test_drop_incoming_removes_unfinished_uploads_only(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE[:2], 10.0, incoming=True)  # an upload a crash cut short
+        store.add_job(PLAIN, 2000, PEOPLE[:2], 10.0, incoming=True)
+        store.commit_job("acme", "j2", 11.0)  # this one was finished
+        assert store.drop_incoming() == 1
+        assert store.job("acme", "j1") is None and store.message("acme", 1000) is None
+        assert store.job("acme", "j2") is not None and store.message("acme", 2000) is not None
+        assert store.drop_incoming() == 0
+
     def test_add_jobs_each_item_commits_or_fails_alone(self, store) -> None:
         one = Job(id="j3", tenant="acme", sender="ACME", template="Hi", category="otp")
         two = Job(id="j4", tenant="acme", sender="ACME", template="Hi", category="otp")

@@ -49,3 +49,12 @@ async def test_without_carriers_everything_unfinished_goes_again() -> None:
     gw = Gateway(Scheduler(loads(default_text()).core, 20.0), store)
     recovery = await gw.recover(20.0)
     assert recovery.queued == 1 and recovery.awaiting == []
+
+
+async def test_an_upload_cut_short_by_a_crash_is_dropped_not_sent() -> None:
+    store = MemoryStore()
+    job = Job(id="job_2", tenant="acme", sender="Shop", template="hi", category="transactional")
+    store.add_job(job, 2000, [(0, Recipient(to="+447911100000"))], 10.0, incoming=True)  # no commit_job
+    gw = Gateway(Scheduler(loads(default_text()).core, 20.0), store)
+    recovery = await gw.recover(20.0)
+    assert recovery.queued == 0 and store.job("acme", "job_2") is None and store.message("acme", 2000) is None
