@@ -152,8 +152,9 @@ def _tuned_interpreter():
     gc.set_threshold(50_000, 10, 10)
     # The store writes in a worker thread and releases the GIL inside SQLite; getting it back
     # while the event loop runs Python waits up to the switch interval (5 ms by default) each
-    # time. A write of ~200 changes took 6.8 ms at p50 under load, 3.7 ms with 0.5 ms here; the
-    # whole e2e path (receipts answered after the write) went from ~12k to ~21k messages/s.
+    # time. A write of 200 changes with another thread busy: 7.1 ms at the default, 2.3 ms at
+    # 0.5 ms (`python -m bench.store_record --contend --switch 0.005` / `0.0005`). Writes are on
+    # the critical path (windows and receipts wait for them: gateway/runtime/dispatcher.py).
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
     try:
