@@ -104,6 +104,9 @@ class Inbound(msgspec.Struct, frozen=True, kw_only=True, tag="inbound"):
     recipient: str
     text: str
     at: float
+    # Answered to the carrier (``Connector.acknowledge``) once the message is stored: a crash
+    # before leaves it with the carrier, which sends it again (``deferred_acks`` connectors).
+    acks: tuple[int, ...] = ()
 
 
 class LinkChanged(msgspec.Struct, frozen=True, kw_only=True, tag="link"):

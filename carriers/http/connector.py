@@ -254,13 +254,18 @@ class HttpConnector(ConnectorShell):
                                                        ack=ack):  # fmt: skip
                     self._on_result(result)
             elif type(item) is CallbackInbound:
+                acks: tuple[int, ...] = ()
+                if waiter is not None:  # answered once stored (InboundPipeline acknowledges)
+                    waiter.count += 1
+                    acks = (self._owe(waiter),)
                 self._counts["inbound"] += 1
                 self._outbox.append(Inbound(carrier=self.name, sender=item.sender, recipient=item.recipient,
-                                            text=item.text, at=now))  # fmt: skip
+                                            text=item.text, at=now, acks=acks))  # fmt: skip
         await self._flush_events()
         if waiter is not None and waiter.count:
-            # Answer 204 only once the states these receipts made are written; if that takes
-            # too long, 503: the carrier posts them again (duplicates are answered at once).
+            # Answer 204 only once the states these receipts made (and the inbound messages) are
+            # written; if that takes too long, 503: the carrier posts them again (duplicate
+            # receipts are answered at once).
             with anyio.move_on_after(self.settings.callback_ack_timeout):
                 await waiter.done.wait()
             if waiter.count:

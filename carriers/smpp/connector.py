@@ -127,6 +127,7 @@ class SmppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # "after_write": a receipt's deliver_sm_resp waits until the state it made is on disk (a
     # crash loses no receipt: the SMSC sends it again); "on_arrival": answered at once (faster
     # when the SMSC's window for deliver_sm is small; a crash can lose the last ~10 ms of them).
+    # MOs follow the same setting (answered once their inbound record is stored).
     answer_receipts: Literal["after_write", "on_arrival"] = "after_write"
     mo_hold_s: Positive = 300.0
     tick_interval: Positive = 1.0
@@ -699,15 +700,21 @@ class SmppConnector(ConnectorShell):
             ):
                 self._on_result(result)
             return
-        self._answer((b, session, pdu.sequence, data_sm))
-        if is_receipt(pdu):
-            log.warning("receipt.unparsable carrier=%s bind=%d seq=%d", self.name, b.index, pdu.sequence)
+        if is_receipt(pdu) or data_sm:
+            self._answer((b, session, pdu.sequence, data_sm))
+            if is_receipt(pdu):
+                log.warning("receipt.unparsable carrier=%s bind=%d seq=%d", self.name, b.index, pdu.sequence)
             return
-        if type(pdu) is P.DeliverSm:
-            mo = self._mo.add(pdu, now)
-            if mo is not None:
-                self._counts["inbound"] += 1
-                self._outbox.append(Inbound(carrier=self.name, sender=mo.sender, recipient=mo.recipient, text=mo.text, at=now))
+        mo = self._mo.add(pdu, now)
+        if mo is None or not self.deferred_acks:
+            # A part of a longer message is answered at once: the rest may never come, and
+            # the carrier's window must not fill with parts waiting for it.
+            self._answer((b, session, pdu.sequence, data_sm))
+        if mo is not None:
+            acks = (self._owe((b, session, pdu.sequence, data_sm)),) if self.deferred_acks else ()
+            self._counts["inbound"] += 1
+            self._outbox.append(Inbound(carrier=self.name, sender=mo.sender, recipient=mo.recipient, text=mo.text,
+                                        at=now, acks=acks))  # fmt: skip
 
     def _answer(self, payload: tuple[_Bind, Session, int, bool]) -> None:
         """Answer one deliver_sm / data_sm, on the session it came on. If that session is gone,

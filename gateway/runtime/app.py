@@ -106,7 +106,8 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         # One inbound pipeline for SMPP MOs and HTTP carriers' inbound callbacks alike: both
         # arrive as Inbound events on the connectors' stream (gateway/runtime/inbound.py).
         inbound = InboundPipeline(gateway, cfg.api.tenants, clock=clock, reply_category=cfg.inbound.reply_category,
-                                  on_forward=forwarder.poke)  # fmt: skip
+                                  on_forward=forwarder.poke,
+                                  acknowledge=lambda carrier, acks: connectors[carrier].acknowledge(acks))  # fmt: skip
         dispatcher = Dispatcher(core, connectors, receive, store, clock=clock, on_outbox=webhooks.poke,
                                 on_inbound=inbound.feed,
                                 windows={link.name: link.window * link.binds for link in cfg.carriers.smpp})  # fmt: skip

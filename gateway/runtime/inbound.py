@@ -22,7 +22,9 @@ Theory of operation
    (the webhook sender's rounds, signatures and retries, over the store's inbound queue).
 
 MOs are handled one at a time in arrival order (``feed`` never waits; ``run`` drains), so an
-opt-out followed by an opt-in from the same number ends opted in.
+opt-out followed by an opt-in from the same number ends opted in. An MO is answered to its
+carrier (``acknowledge`` with ``Inbound.acks``) only once its record is stored, so a crash in
+between loses no opt-out: the carrier sends it again (at least once: it may then be stored twice).
 """
 
 from __future__ import annotations
@@ -62,8 +64,10 @@ class InboundStats(msgspec.Struct, frozen=True, kw_only=True):
 class InboundPipeline:
     def __init__(self, gateway: Gateway, tenants: Sequence[Tenant], *, clock: Callable[[], float],
                  reply_category: str = "transactional",
-                 on_forward: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 on_forward: Callable[[], None] | None = None,
+                 acknowledge: Callable[[str, Sequence[int]], None] | None = None) -> None:  # fmt: skip
         self._gw = gateway
+        self._acknowledge = acknowledge  # (carrier, Inbound.acks): answer the carrier, it is stored
         self._clock = clock
         self._category = reply_category
         self._on_forward = on_forward
@@ -114,6 +118,7 @@ class InboundPipeline:
         if tenant is None:
             self._counts["unroutable"] += 1
             log.warning("inbound.unroutable carrier=%s to=%s", mo.carrier, mo.recipient)
+            self._answer(mo)  # nothing to keep: sending it again would not change that
             return None
         sender = _e164(mo.sender)
         intent = self._keywords[tenant.name].classify(mo.text, sender)
@@ -122,7 +127,8 @@ class InboundPipeline:
                                text=mo.text, at=now, kind=kind, keyword=getattr(intent, "keyword", None))  # fmt: skip
         try:
             rid = await self._gw.keep_inbound(record, url=tenant.inbound_url if kind == "message" else None)
-        except SluiceError as exc:
+            self._answer(mo)  # stored: the carrier may forget it
+        except SluiceError as exc:  # not answered: the carrier sends it again
             self._counts["failed"] += 1
             log.error("inbound.store_failed tenant=%s carrier=%s kind=%s error=%s", tenant.name, mo.carrier, kind, exc)
             rid = 0
@@ -143,6 +149,10 @@ class InboundPipeline:
         if reply:
             await self._reply(tenant, sender, mo.recipient, reply, now)
         return record
+
+    def _answer(self, mo: Inbound) -> None:
+        if mo.acks and self._acknowledge is not None:
+            self._acknowledge(mo.carrier, mo.acks)
 
     async def _reply(self, tenant: Tenant, to: str, sender: str, text: str, now: float) -> None:
         """One reply, through the normal path (admitted, stored, routed, webhooks)."""

@@ -88,18 +88,26 @@ class Rig:
         send, receive = anyio.create_memory_object_stream[ConnectorEvent](1000)
         self.events = send
         self.alpha = MockConnector("alpha", send.clone())
+        self.answered: list[tuple[str, tuple[int, ...], int]] = []  # (carrier, acks, records stored then)
         self.inbound = InboundPipeline(self.gw, cfg.api.tenants, clock=anyio.current_time,
-                                       reply_category=cfg.inbound.reply_category)  # fmt: skip
+                                       reply_category=cfg.inbound.reply_category,
+                                       acknowledge=self._acknowledged)  # fmt: skip
         self.dispatcher = Dispatcher(self.core, {"alpha": self.alpha}, receive, self.store, clock=anyio.current_time,
                                      on_changes=self.changes, on_inbound=self.inbound.feed)  # fmt: skip
         self.gw.on_admitted = self.dispatcher.poke
         tg.start_soon(self.dispatcher.run)
         tg.start_soon(self.inbound.run)
 
-    async def mo(self, text: str, sender: str = X, to: str = "12345", carrier: str = "alpha") -> None:
+    def _acknowledged(self, carrier: str, acks) -> None:
+        stored = len(self.store.inbound("acme", after=0, limit=1000, kind=None).items)
+        self.answered.append((carrier, tuple(acks), stored))
+
+    async def mo(self, text: str, sender: str = X, to: str = "12345", carrier: str = "alpha",
+                 acks: tuple[int, ...] = ()) -> None:  # fmt: skip
         """One MO through the dispatcher's event stream; returns once the pipeline handled it."""
         before = self.inbound.statistics().received
-        await self.events.send(Inbound(carrier=carrier, sender=sender.lstrip("+"), recipient=to, text=text, at=0.0))
+        await self.events.send(Inbound(carrier=carrier, sender=sender.lstrip("+"), recipient=to, text=text, at=0.0,
+                                       acks=acks))  # fmt: skip
         with anyio.fail_after(10):
             while self.inbound.statistics().received == before:
                 await anyio.lowlevel.checkpoint()
@@ -201,4 +209,18 @@ async def test_other_messages_are_forwarded_signed_and_retried() -> None:
         [m] = body["inbound"]
         assert (m["from"], m["to"], m["text"], m["kind"], m["carrier"]) == (X, "12345", "Where is my order?",
                                                                             "message", "alpha")  # fmt: skip
+        tg.cancel_scope.cancel()
+
+
+async def test_an_mo_is_answered_to_its_carrier_only_once_stored() -> None:
+    """A crash between an MO's answer and its record would lose it (an opt-out!): the pipeline
+    acknowledges ``Inbound.acks`` after the record is stored; an unroutable MO at once."""
+    cfg = loads(CONFIG)
+    async with anyio.create_task_group() as tg:
+        rig = Rig(tg, cfg)
+        await rig.mo("STOP", acks=(7,))
+        await rig.mo("hello there", acks=(8,))
+        assert rig.answered == [("alpha", (7,), 1), ("alpha", (8,), 2)]  # each after its own record
+        await rig.mo("hi", to="99999", acks=(9,))  # not a sender of any tenant (two are configured)
+        assert rig.answered[-1] == ("alpha", (9,), 2) and rig.inbound.statistics().unroutable == 1
         tg.cancel_scope.cancel()

@@ -406,3 +406,28 @@ async def test_answers_at_once_without_deferral(harness, make_dispatch) -> None:
         await h.connector.submit([make_dispatch(i) for i in range(20)])
         await h.until(receipts(20))
         assert all(e.acks == () for e in h.of(ReceiptMatched)) and h.connector.owed_answers() == 0
+
+
+async def test_deferred_mo_is_answered_once_acknowledged(harness) -> None:
+    """An MO's deliver_sm waits for ``acknowledge`` (its record is stored); the parts of a long
+    MO that do not complete it are answered at once."""
+    from carriers.base import Inbound
+
+    async with harness(sim(mo_rate=50.0, mo_limit=4, mo_long_every=2, mo_text="STOP"), fast(binds=1),
+                       deferred_acks=True) as h:  # fmt: skip
+        await h.until(lambda ev: sum(isinstance(e, Inbound) for e in ev) == 4)
+        mos = h.of(Inbound)
+        assert all(len(m.acks) == 1 for m in mos)
+        # 2 short MOs and 2 long ones in parts: the parts that did not complete a message are
+        # answered at once; the 4 that made an Inbound are owed
+        sent = h.sim.counters()["mos_sent"]
+        assert sent > 4
+        with anyio.fail_after(10):
+            while h.sim.counters()["mos_acked"] < sent - 4:
+                await anyio.sleep(0.01)
+        assert h.sim.counters()["mos_acked"] == sent - 4 and h.connector.owed_answers() == 4
+        h.connector.acknowledge([a for m in mos for a in m.acks])
+        with anyio.fail_after(10):
+            while h.sim.counters()["mos_acked"] < sent:
+                await anyio.sleep(0.01)
+        assert h.connector.owed_answers() == 0 and h.sim.counters()["mos_sent"] == sent
