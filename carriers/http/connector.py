@@ -244,23 +244,24 @@ class HttpConnector(ConnectorShell):
             return 400
         now = anyio.current_time()
         waiter = _Waiter() if self.deferred_acks else None
+
+        def owe() -> int:  # this item's answer waits for acknowledge (0: no waiting)
+            if waiter is None:
+                return 0
+            waiter.count += 1
+            return self._owe(waiter)
+
         for item in items:
             if type(item) is CallbackReceipt:
-                ack = 0
-                if waiter is not None:
-                    waiter.count += 1
-                    ack = self._owe(waiter)
+                ack = owe()
                 for result in self._reconciler.receipt(self.name, item.carrier_id, item.state, item.error_code, now,
                                                        ack=ack):  # fmt: skip
                     self._on_result(result)
             elif type(item) is CallbackInbound:
-                acks: tuple[int, ...] = ()
-                if waiter is not None:  # answered once stored (InboundPipeline acknowledges)
-                    waiter.count += 1
-                    acks = (self._owe(waiter),)
+                ack = owe()  # answered once stored (the inbound pipeline acknowledges)
                 self._counts["inbound"] += 1
                 self._outbox.append(Inbound(carrier=self.name, sender=item.sender, recipient=item.recipient,
-                                            text=item.text, at=now, acks=acks))  # fmt: skip
+                                            text=item.text, at=now, acks=(ack,) if ack else ()))  # fmt: skip
         await self._flush_events()
         if waiter is not None and waiter.count:
             # Answer 204 only once the states these receipts made (and the inbound messages) are

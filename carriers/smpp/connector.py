@@ -687,12 +687,13 @@ class SmppConnector(ConnectorShell):
         session = b.session
         assert session is not None
         data_sm = type(pdu) is P.DataSm
-        if is_receipt(pdu) and (receipt := parse_receipt(pdu)) is not None:
-            ack = 0
-            if self.deferred_acks:  # answered once the state it makes is written (acknowledge)
-                ack = self._owe((b, session, pdu.sequence, data_sm))
-            else:
-                self._answer((b, session, pdu.sequence, data_sm))
+        payload = (b, session, pdu.sequence, data_sm)
+        receipt_pdu = is_receipt(pdu)
+        if receipt_pdu and (receipt := parse_receipt(pdu)) is not None:
+            # Answered once the state it makes is written (acknowledge), or now.
+            ack = self._owe(payload) if self.deferred_acks else 0
+            if not ack:
+                self._answer(payload)
             s = self.settings
             fmt = s.id_format if receipt.id_from_tlv else (s.receipt_id_format or s.id_format)
             for result in self._reconciler.receipt(
@@ -700,21 +701,21 @@ class SmppConnector(ConnectorShell):
             ):
                 self._on_result(result)
             return
-        if is_receipt(pdu) or data_sm:
-            self._answer((b, session, pdu.sequence, data_sm))
-            if is_receipt(pdu):
+        if receipt_pdu or data_sm:
+            self._answer(payload)
+            if receipt_pdu:
                 log.warning("receipt.unparsable carrier=%s bind=%d seq=%d", self.name, b.index, pdu.sequence)
             return
         mo = self._mo.add(pdu, now)
-        if mo is None or not self.deferred_acks:
-            # A part of a longer message is answered at once: the rest may never come, and
-            # the carrier's window must not fill with parts waiting for it.
-            self._answer((b, session, pdu.sequence, data_sm))
+        # A complete MO is answered once stored (acknowledge); a part of a longer one at once:
+        # the rest may never come, and the carrier's window must not fill with parts waiting.
+        ack = self._owe(payload) if mo is not None and self.deferred_acks else 0
+        if not ack:
+            self._answer(payload)
         if mo is not None:
-            acks = (self._owe((b, session, pdu.sequence, data_sm)),) if self.deferred_acks else ()
             self._counts["inbound"] += 1
             self._outbox.append(Inbound(carrier=self.name, sender=mo.sender, recipient=mo.recipient, text=mo.text,
-                                        at=now, acks=acks))  # fmt: skip
+                                        at=now, acks=(ack,) if ack else ()))  # fmt: skip
 
     def _answer(self, payload: tuple[_Bind, Session, int, bool]) -> None:
         """Answer one deliver_sm / data_sm, on the session it came on. If that session is gone,

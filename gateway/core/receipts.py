@@ -138,6 +138,11 @@ class ReconcilerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     intermediate: int
 
 
+def _answered(ack: int) -> list[Result]:
+    """A receipt remembered by nothing: its token (if any) goes back at once."""
+    return [Answer(acks=(ack,))] if ack else []
+
+
 def normalise_id(raw: str, fmt: IdFormat) -> int | str:
     """The comparable form of a carrier message id. Unparsable numbers fall back to ``str``."""
     s = raw.strip()
@@ -269,15 +274,15 @@ class Reconciler:
         key = normalise_id(raw_id, id_format or c.receipt_format)
         if state not in _FINAL:
             self._intermediate += 1
-            return [Answer(acks=(ack,))] if ack else []
+            return _answered(ack)
         if key not in c.by_id:
             if key in c.done:
                 self._duplicates += 1
-                return [Answer(acks=(ack,))] if ack else []
+                return _answered(ack)
             c.held.setdefault(key, []).append((raw_id, state, error_code, now))
             self._held += 1
             self._held_expiry.append((now + self.hold_unmatched_s, carrier, key))
-            return [Answer(acks=(ack,))] if ack else []
+            return _answered(ack)
         results: list[Result] = []
         self._apply(c, carrier, key, state, error_code, now, results, ack)
         return results

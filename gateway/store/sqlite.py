@@ -115,35 +115,23 @@ SELECT ?1 + (value ->> 0), ?2, ?3, value -> 1, 'queued', ?4 FROM json_each(?5)
 def _rcpt_dec(stored: str | bytes) -> Recipient:
     """A stored recipient: JSON text (this version), or msgpack (stores written before it)."""
     return _rcpt_json.decode(stored) if isinstance(stored, str) else _rcpt_msgpack.decode(stored)
-_UPDATE = (
-    "UPDATE messages SET state = ?, final = ?, updated_at = ?, carrier = coalesce(?, carrier),"
-    " carrier_ids = coalesce(?, carrier_ids), attempts = attempts + ? WHERE id = ? AND final = 0"
-)
-
-
 _json_enc = msgspec.json.Encoder()
-# Rows of ``_coalesce``: [id, state, final, at, carrier, carrier_ids, attempts].
-_UPDATE_BATCH = """
-UPDATE messages SET state = u.value ->> 1, final = u.value ->> 2, updated_at = u.value ->> 3,
-    carrier = coalesce(u.value ->> 4, carrier), carrier_ids = coalesce(u.value ->> 5, carrier_ids),
-    attempts = attempts + (u.value ->> 6)
-FROM json_each(?) AS u WHERE messages.id = u.value ->> 0 AND +messages.final = 0
-"""
-_EVENTS_BATCH = """
-INSERT INTO events SELECT value ->> 'message_id', value ->> 'at', value ->> 'state', value ->> 'reason',
-    value ->> 'carrier' FROM json_each(?)
-"""
-
-
-# ``record`` in one statement: a row inserted here applies both batches (see ``record``).
-_BATCH = f"""
+# ``record``: a row inserted into this temp table applies a batch in that statement, so SQLite
+# runs the whole batch in one step. ``updates``: the rows of ``_coalesce`` ([id, state, final,
+# at, carrier, carrier_ids, attempts]); ``events``: the changes themselves (the history).
+_BATCH = """
 CREATE TEMP TABLE IF NOT EXISTS batch (updates TEXT NOT NULL, events TEXT NOT NULL);
 CREATE TEMP TRIGGER IF NOT EXISTS batch_apply AFTER INSERT ON batch BEGIN
-    {_UPDATE_BATCH.strip().replace("json_each(?)", "json_each(NEW.updates)")};
-    {_EVENTS_BATCH.strip().replace("json_each(?)", "json_each(NEW.events)")};
+    UPDATE messages SET state = u.value ->> 1, final = u.value ->> 2, updated_at = u.value ->> 3,
+        carrier = coalesce(u.value ->> 4, carrier), carrier_ids = coalesce(u.value ->> 5, carrier_ids),
+        attempts = attempts + (u.value ->> 6)
+    FROM json_each(NEW.updates) AS u WHERE messages.id = u.value ->> 0 AND +messages.final = 0;
+    INSERT INTO events SELECT value ->> 'message_id', value ->> 'at', value ->> 'state', value ->> 'reason',
+        value ->> 'carrier' FROM json_each(NEW.events);
     DELETE FROM batch;
 END;
 """
+_RECORD = "INSERT INTO temp.batch VALUES (?, ?)"
 
 
 def _coalesce(changes: Sequence[Change]) -> list[list]:
@@ -276,31 +264,25 @@ class SqliteStore:
         return len(left)
 
     def record(self, changes: Sequence[Change]) -> int:
-        # Each statement takes the whole batch as one JSON parameter and runs as one step inside
-        # SQLite: no Python per row, and the GIL is released once per statement rather than per
-        # row (with the event loop busy on the other thread, each re-acquisition could wait up
-        # to the interpreter's switch interval: a write of 300 rows took 7-10 ms instead of 2).
-        # A message's changes in one batch become one UPDATE: its last state (none after the
-        # first final one), with the carrier and ids it was last given (see ``_coalesce``).
-        updates = _json_enc.encode(_coalesce(changes))
-        events = _json_enc.encode(changes)
+        # The batch goes to SQLite as two JSON parameters of one statement (``_BATCH``'s trigger
+        # applies it): no Python per row, and the GIL handed back once per statement rather than
+        # per row, which under a busy event loop cost more than the writing (`python -m
+        # bench.store_record --contend`). A message's changes in one batch become one UPDATE: its
+        # last state (none after the first final one), with the carrier and ids it was last given.
+        params = (_json_enc.encode(_coalesce(changes)), _json_enc.encode(changes))
         if not self._hooks:
-            # The common case (no job with a callback_url open): one statement, whose trigger
-            # applies both in the statement's own transaction. One GIL hand-back per write
-            # instead of four (BEGIN, UPDATE, INSERT, COMMIT): 4.1 -> 2.5 ms a write of 200
-            # changes with another thread running Python (measured).
+            # The common case (no job with a callback_url open): the statement is its own
+            # transaction, so one GIL hand-back per write instead of four (BEGIN ... COMMIT).
             with self._lock:
                 try:
-                    self._db.execute("INSERT INTO temp.batch VALUES (?, ?)", (updates, events))
+                    self._db.execute(_RECORD, params)
                 except sqlite3.Error as exc:
                     raise StorageError(str(exc)) from exc
             return 0
         ended: list[_Block] = []
         with self._tx() as db:
-            # Jobs without a callback_url cost one truth test here, per batch.
-            outbox = self._outbox_rows(db, changes, ended) if self._hooks else ()
-            db.execute(_UPDATE_BATCH, (updates,))
-            db.execute(_EVENTS_BATCH, (events,))
+            outbox = self._outbox_rows(db, changes, ended)
+            db.execute(_RECORD, params)
             if outbox:
                 db.executemany(_OUTBOX_INSERT, outbox)
         if ended:  # only once committed: a rolled-back batch leaves the cache as it was
