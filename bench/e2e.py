@@ -25,7 +25,7 @@ import httpx
 
 from bench.machine import describe
 from bench.output import out_option, save
-from bench.service import AUTH, ENV, config, medians, memory, ndjson_job
+from bench.service import AUTH, ENV, config, cpu_seconds, medians, memory, ndjson_job
 from gateway.store.base import FINAL
 from gateway.testing.processes import gateway, simulator
 
@@ -67,10 +67,12 @@ async def one_run(n: int, pieces: list[bytes], dlr_delay: float, binds: int, win
                     t0 = time.perf_counter()
                     r = await client.post("/v1/jobs", content=body(), headers={"content-type": "application/x-ndjson"})
                     accepted_at = time.perf_counter()
+                    cpu0 = (cpu_seconds(gw.pid, main_thread=True), cpu_seconds(gw.pid), cpu_seconds(sim.pid))
                     if r.status_code != 202:
                         raise click.ClickException(f"job POST answered {r.status_code}: {r.text[:300]}")
                     job = r.json()
                     done_at, counts = await _until_final(client, job["id"], job["accepted"], timeout)
+                    cpu1 = (cpu_seconds(gw.pid, main_thread=True), cpu_seconds(gw.pid), cpu_seconds(sim.pid))
                     mem = memory(gw.pid)
                 sim_counters = await sim.counters()
     seconds = done_at - accepted_at
@@ -80,6 +82,11 @@ async def one_run(n: int, pieces: list[bytes], dlr_delay: float, binds: int, win
         "seconds": seconds,
         "messages_per_s": job["accepted"] / seconds,
         "delivered": counts.get("delivered", 0),
+        # CPU per message: steadier than messages/s on a shared machine (another tenant's load
+        # stretches the wall clock far more than it changes the work done per message)
+        "server_loop_cpu_us": (cpu1[0] - cpu0[0]) / job["accepted"] * 1e6,
+        "server_cpu_us": (cpu1[1] - cpu0[1]) / job["accepted"] * 1e6,
+        "simulator_cpu_us": (cpu1[2] - cpu0[2]) / job["accepted"] * 1e6,
         "counts": counts,
         "server_peak_rss": mem["peak_rss"],
         "sim": {k: sim_counters[k] for k in ("submits", "accepted", "throttled", "receipts_sent", "receipts_acked",
@@ -104,7 +111,8 @@ def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int,
         "binds": binds,
         "window": window,
         "answer_receipts": answer,
-        **medians(results, ("messages_per_s", "seconds", "ingest_seconds", "server_peak_rss")),
+        **medians(results, ("messages_per_s", "seconds", "ingest_seconds", "server_peak_rss", "server_loop_cpu_us",
+                             "server_cpu_us", "simulator_cpu_us")),
         "per_run": results,
         "machine": describe(),
     }
@@ -131,6 +139,9 @@ def bench_e2e(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed
         ("  seconds", f"{r['seconds']:.2f}"),
         ("  job POST -> 202 (s)", f"{r['ingest_seconds']:.2f}"),
         ("  server peak RSS (MB)", f"{r['server_peak_rss'] / (1 << 20):,.0f}"),
+        ("  server CPU per message, event-loop thread (µs)", f"{r['server_loop_cpu_us']:.1f}"),
+        ("  server CPU per message, all threads (µs)", f"{r['server_cpu_us']:.1f}"),
+        ("  simulator CPU per message (µs)", f"{r['simulator_cpu_us']:.1f}"),
         ("simulator: submits accepted (last run)", f"{per[-1]['sim']['accepted']:,}"),
         ("simulator: receipts acked (last run)", f"{per[-1]['sim']['receipts_acked']:,}"),
         ("simulator: most accepted in 1 s", f"{per[-1]['sim']['max_accepted_1s']:,}"),

@@ -1,5 +1,5 @@
 """What the service benchmarks share: a config for `sluice serve` in a temp dir, a raw HTTP/1.1
-client for many small requests, and the server's memory as the kernel counts it.
+client for many small requests, and the server's memory and CPU time as the kernel counts them.
 
 The small-request client is raw asyncio streams with keep-alive, not httpx: an httpx request
 costs the client about as much CPU as the server spends answering it, and on a 2-core machine
@@ -9,6 +9,7 @@ the client would then measure itself.
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -80,6 +81,15 @@ def ndjson_job(recipients: int, *, seed: int = 1, category: str = "marketing") -
     if buf:
         pieces.append(bytes(buf))
     return pieces
+
+
+def cpu_seconds(pid: int, *, main_thread: bool = False) -> float:
+    """CPU time (user + system) a process has used so far; ``main_thread``: only its main
+    thread's (where the event loop runs; the store's worker threads are left out)."""
+    path = f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat"
+    with open(path, encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def memory(pid: int) -> dict[str, int]:

@@ -47,9 +47,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, job_id TEXT NOT NULL, recipient BLOB NOT NULL,
     state TEXT NOT NULL, final INTEGER NOT NULL DEFAULT 0, carrier TEXT, carrier_ids TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL);
+    attempts INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL, history TEXT);
 CREATE INDEX IF NOT EXISTS messages_job ON messages (tenant, job_id, id);
 CREATE INDEX IF NOT EXISTS messages_open ON messages (final, job_id) WHERE final = 0;
+-- The history of stores written before messages.history (read, no longer written).
 CREATE TABLE IF NOT EXISTS events (
     message_id INTEGER NOT NULL, at REAL NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL,
     carrier TEXT);
@@ -118,32 +119,36 @@ def _rcpt_dec(stored: str | bytes) -> Recipient:
 _json_enc = msgspec.json.Encoder()
 # ``record``: a row inserted into this temp table applies a batch in that statement, so SQLite
 # runs the whole batch in one step. ``updates``: the rows of ``_coalesce`` ([id, state, final,
-# at, carrier, carrier_ids, attempts]); ``events``: the changes themselves (the history).
+# at, carrier, carrier_ids, attempts, [[at, state, reason, carrier], ...]]). A message's history
+# is appended to its own row (``history``: its changes as JSON arrays, comma-separated), in the
+# UPDATE the batch makes anyway: a table of events with its index cost as much again as the
+# rest of the write together (`python -m bench.store_record`).
 _BATCH = """
-CREATE TEMP TABLE IF NOT EXISTS batch (updates TEXT NOT NULL, events TEXT NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS batch (updates TEXT NOT NULL);
 CREATE TEMP TRIGGER IF NOT EXISTS batch_apply AFTER INSERT ON batch BEGIN
     UPDATE messages SET state = u.value ->> 1, final = u.value ->> 2, updated_at = u.value ->> 3,
         carrier = coalesce(u.value ->> 4, carrier), carrier_ids = coalesce(u.value ->> 5, carrier_ids),
-        attempts = attempts + (u.value ->> 6)
+        attempts = attempts + (u.value ->> 6),
+        history = coalesce(history || ',', '') || (u.value ->> 7)
     FROM json_each(NEW.updates) AS u WHERE messages.id = u.value ->> 0 AND +messages.final = 0;
-    INSERT INTO events SELECT value ->> 'message_id', value ->> 'at', value ->> 'state', value ->> 'reason',
-        value ->> 'carrier' FROM json_each(NEW.events);
     DELETE FROM batch;
 END;
 """
-_RECORD = "INSERT INTO temp.batch VALUES (?, ?)"
+_RECORD = "INSERT INTO temp.batch VALUES (?)"
 
 
 def _coalesce(changes: Sequence[Change]) -> list[list]:
     """One row per message: what its changes in this batch, applied in order, leave. A final
-    state ends it (later changes in the batch are ignored, as ``final = 0`` ignores them across
-    batches); carrier and ids are the last given; attempts counts its ``submitted``."""
+    state ends it (later changes in the batch are ignored and not in its history, as ``final =
+    0`` ignores them across batches); carrier and ids are the last given; attempts counts its
+    ``submitted``; the last item lists the changes applied (its history)."""
     rows: dict[int, list] = {}
     for c in changes:
         row = rows.get(c.message_id)
         if row is None:
             rows[c.message_id] = [c.message_id, c.state, int(c.state in FINAL), c.at, c.carrier,
-                                  ",".join(c.carrier_ids) or None, int(c.state == "submitted")]  # fmt: skip
+                                  ",".join(c.carrier_ids) or None, int(c.state == "submitted"),
+                                  [(c.at, c.state, c.reason, c.carrier)]]  # fmt: skip
         elif not row[2]:
             row[1], row[2], row[3] = c.state, int(c.state in FINAL), c.at
             if c.carrier is not None:
@@ -152,7 +157,15 @@ def _coalesce(changes: Sequence[Change]) -> list[list]:
                 row[5] = ",".join(c.carrier_ids)
             if c.state == "submitted":
                 row[6] += 1
-    return list(rows.values())
+            row[7].append((c.at, c.state, c.reason, c.carrier))
+    out = list(rows.values())
+    encode = _json_enc.encode
+    for row in out:
+        row[7] = encode(row[7])[1:-1].decode()
+    return out
+
+
+_history_dec = msgspec.json.Decoder(list[tuple[float, str, str, str | None]])
 
 
 class SqliteStore:
@@ -162,6 +175,8 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
             self._db.executescript(_SCHEMA)
+            if not any(col[1] == "history" for col in self._db.execute("PRAGMA table_info(messages)")):
+                self._db.execute("ALTER TABLE messages ADD COLUMN history TEXT")  # a store made before it
             if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_counts'").fetchone() is None:
                 self._db.executescript(f"BEGIN IMMEDIATE; {_COUNTS} COMMIT;")
             self._db.executescript(_BATCH)
@@ -264,12 +279,12 @@ class SqliteStore:
         return len(left)
 
     def record(self, changes: Sequence[Change]) -> int:
-        # The batch goes to SQLite as two JSON parameters of one statement (``_BATCH``'s trigger
+        # The batch goes to SQLite as one JSON parameter of one statement (``_BATCH``'s trigger
         # applies it): no Python per row, and the GIL handed back once per statement rather than
         # per row, which under a busy event loop cost more than the writing (`python -m
         # bench.store_record --contend`). A message's changes in one batch become one UPDATE: its
         # last state (none after the first final one), with the carrier and ids it was last given.
-        params = (_json_enc.encode(_coalesce(changes)), _json_enc.encode(changes))
+        params = (_json_enc.encode(_coalesce(changes)),)
         if not self._hooks:
             # The common case (no job with a callback_url open): the statement is its own
             # transaction, so one GIL hand-back per write instead of four (BEGIN ... COMMIT).
@@ -374,7 +389,8 @@ class SqliteStore:
     def message(self, tenant: str, message_id: int) -> MessageRecord | None:
         with self._tx() as db:
             row = db.execute(
-                "SELECT m.id, m.job_id, m.recipient, m.state, m.carrier, m.carrier_ids, m.attempts, j.created_at"
+                "SELECT m.id, m.job_id, m.recipient, m.state, m.carrier, m.carrier_ids, m.attempts, j.created_at,"
+                " m.history"
                 " FROM messages m JOIN jobs j ON j.tenant = m.tenant AND j.id = m.job_id"
                 " WHERE m.tenant = ? AND m.id = ?",
                 (tenant, message_id),
@@ -384,7 +400,9 @@ class SqliteStore:
             events = db.execute(
                 "SELECT at, state, reason, carrier FROM events WHERE message_id = ? ORDER BY rowid", (message_id,)
             ).fetchall()
-        mid, job_id, rcpt, state, carrier, cids, attempts, created = row
+        mid, job_id, rcpt, state, carrier, cids, attempts, created, kept = row
+        if kept:
+            events += _history_dec.decode(f"[{kept}]")
         history = [Change(message_id=mid, state="queued", at=created, reason="accepted")]
         history += [Change(message_id=mid, state=s, at=at, reason=r, carrier=c) for at, s, r, c in events]
         return MessageRecord(

@@ -67,7 +67,10 @@ class StoreConformance:
         assert m.attempts == 1
         assert [c.state for c in m.history] == ["queued", "submitted", "delivered"]
         assert m.recipient == PEOPLE[0][1]
-        assert store.message("acme", 1001).state == "capped"  # a final state never changes
+        capped = store.message("acme", 1001)
+        assert capped.state == "capped"  # a final state never changes, nor does its history grow
+        assert [(c.state, c.at, c.reason) for c in capped.history] == [("queued", 10.0, "accepted"),
+                                                                     ("capped", 11.0, "weekly cap")]  # fmt: skip
         assert store.message("intruder", 1000) is None
         assert store.job("acme", "j1").counts == {"delivered": 1, "capped": 1, "queued": 3}
 
@@ -86,7 +89,13 @@ class StoreConformance:
         ])  # fmt: skip
         m = store.message("acme", 1000)
         assert (m.state, m.carrier, m.carrier_ids, m.attempts) == ("delivered", "beta", ("b1", "b2"), 2)
-        assert [c.state for c in m.history][:5] == ["queued", "submitted", "queued", "submitted", "delivered"]
+        assert [(c.state, c.at, c.reason, c.carrier) for c in m.history] == [
+            ("queued", 10.0, "accepted", None),
+            ("submitted", 11.0, "", "alpha"),
+            ("queued", 11.1, "retried: bind_dropped", "alpha"),
+            ("submitted", 11.2, "", "beta"),
+            ("delivered", 11.3, "receipt", "beta"),  # the change after the final one is not history
+        ]  # fmt: skip
         assert store.message("acme", 1001).state == "queued"
         assert store.job("acme", "j1").counts == {"delivered": 1, "queued": 4}
         assert [a[0] for a in store.awaiting_receipts()] == []

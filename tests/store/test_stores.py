@@ -110,3 +110,24 @@ def test_sqlite_job_counts_are_built_for_an_older_store(tmp_path):
     again.record([Change(message_id=1001, state="delivered", at=12.0)])
     assert again.job("acme", "j1").counts == {"delivered": 2, "queued": 3}
     again.close()
+
+
+def test_sqlite_history_of_an_older_store_is_kept(tmp_path):
+    # Stores written before messages.history kept each change as a row of ``events``: a message's
+    # history is those rows, then what its own row has gathered since.
+    path = str(tmp_path / "old.db")
+    s = SqliteStore(path)
+    s.add_job(JOB, 1000, PEOPLE, 10.0)
+    s._db.executescript("""
+        DROP TRIGGER temp.batch_apply;
+        ALTER TABLE messages DROP COLUMN history;
+        INSERT INTO events VALUES (1000, 11.0, 'submitted', '', 'alpha');
+        UPDATE messages SET state = 'submitted', carrier = 'alpha' WHERE id = 1000;
+    """)
+    s.close()
+    again = SqliteStore(path)
+    again.record([Change(message_id=1000, state="delivered", at=12.0, reason="receipt", carrier="alpha")])
+    m = again.message("acme", 1000)
+    assert [(c.state, c.at, c.reason, c.carrier) for c in m.history] == [
+        ("queued", 10.0, "accepted", None), ("submitted", 11.0, "", "alpha"), ("delivered", 12.0, "receipt", "alpha")]
+    again.close()
