@@ -7,7 +7,8 @@ One ``listen`` task turns the connectors' events back into core calls (``complet
 in batches (group commit: a write starts once the previous one ended, at once if a carrier
 waits for it, else within ``flush_every``; never one transaction per message).
 
-Every core call happens on the event loop's thread; only store writes go to a worker thread.
+Every core call happens on the event loop's thread; store writes too when they are short
+(``Store.inline_record``), else in a worker thread.
 The clock is read once per pump round and the same instant passed to every decision.
 
 What a crash can cost is bounded here. A message handed to a connector stays *unconfirmed*
@@ -277,7 +278,10 @@ class Dispatcher:
         changes, self._pending = self._pending, []
         confirming, self._confirming = self._confirming, {}
         acks, self._acks = self._acks, {}
-        queued = await anyio.to_thread.run_sync(self._store.record, changes)
+        if len(changes) <= self._store.inline_record:
+            queued = self._store.record(changes)
+        else:
+            queued = await anyio.to_thread.run_sync(self._store.record, changes)
         self.stats.changes_written += len(changes)
         # On disk now: those submits no longer count against their carrier's window, and the
         # carriers may forget the receipts.

@@ -172,6 +172,11 @@ class NewJob(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Store(Protocol):
+    # A write (``record``) of at most this many changes may run on the event loop's own thread:
+    # it is local and short enough that handing it to a worker thread costs more time than it
+    # blocks the loop (0: always a worker thread, as for a store across a network).
+    inline_record: int
+
     def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
                 *, callback_url: str | None = None, idempotency: tuple[str, str, bytes] | None = None,
                 incoming: bool = False) -> None: ...  # fmt: skip

@@ -47,6 +47,8 @@ class _Outbox:
 
 
 class MemoryStore:
+    inline_record = 1 << 30  # a few dict updates: never worth a thread
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], StoredJob] = {}

@@ -4,6 +4,7 @@ change to the store: on both anyio backends, waiting on the changes themselves (
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import anyio
@@ -19,6 +20,7 @@ from gateway.runtime.dispatcher import Dispatcher
 from gateway.runtime.service import Gateway
 from gateway.store.base import FINAL, Change
 from gateway.store.memory import MemoryStore
+from gateway.testing.store_conformance import JOB, PEOPLE
 
 
 @pytest.fixture(
@@ -70,12 +72,22 @@ class Finals:
         return self.state
 
 
+class ThreadedMemoryStore(MemoryStore):
+    """Written from a worker thread, as a store across a network would be."""
+
+    inline_record = 0
+
+
+# Every write on the event loop's thread (MemoryStore), or every write from a worker thread.
+STORES = pytest.mark.parametrize("store_class", [MemoryStore, ThreadedMemoryStore])
+
+
 async def run_job(script, recipients: int = 300, body: str = "Order {n} shipped",
-                  connector: type[MockConnector] = MockConnector,
+                  connector: type[MockConnector] = MockConnector, store_class: type[MemoryStore] = MemoryStore,
                   ) -> tuple[dict[int, str], MemoryStore, Dispatcher, MockConnector]:  # fmt: skip
     cfg = loads(default_text().split("[[core.carriers]]")[0] + FAST)
     clock = time.time
-    store = MemoryStore()
+    store = store_class()
     core = Scheduler(cfg.core, clock())
     finals = Finals()
     gw = Gateway(core, store, on_changes=finals)
@@ -104,10 +116,12 @@ def number_of(store: MemoryStore, mid: int) -> str:
 
 
 @pytest.mark.anyio
-async def test_every_message_reaches_the_state_its_receipt_says() -> None:
+@STORES
+async def test_every_message_reaches_the_state_its_receipt_says(store_class) -> None:
     # Odd numbers undelivered: receipts come after the core reused the refs, so a receipt
     # keyed by ref would land on the wrong message.
-    state, store, disp, conn = await run_job(lambda d: "undeliver" if int(d.recipient[-1]) % 2 else "deliver")
+    state, store, disp, conn = await run_job(lambda d: "undeliver" if int(d.recipient[-1]) % 2 else "deliver",
+                                             store_class=store_class)  # fmt: skip
     assert len(state) == 300
     for mid, s in state.items():
         want = "undelivered" if int(number_of(store, mid)[-1]) % 2 else "delivered"
@@ -207,9 +221,37 @@ class _Watched(MockConnector):
 
 
 @pytest.mark.anyio
-async def test_unconfirmed_messages_stay_within_the_window_and_receipts_are_answered_once_written() -> None:
-    state, store, disp, conn = await run_job(lambda d: "deliver", recipients=600, connector=_Watched)
+@STORES
+async def test_unconfirmed_messages_stay_within_the_window_and_receipts_are_answered_once_written(store_class) -> None:
+    state, store, disp, conn = await run_job(lambda d: "deliver", recipients=600, connector=_Watched,
+                                             store_class=store_class)  # fmt: skip
     assert len(state) == 600 and set(state.values()) == {"delivered"}
     assert 0 < conn.worst <= 50, conn.worst  # MockConnector(capacity=50): a window of 50, one bind
     assert conn.early == [] and not conn.owed and len(conn.acknowledged) == 600
     assert disp.unconfirmed("alpha") == 0
+
+
+class _WhereWritten(MemoryStore):
+    inline_record = 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[int, bool]] = []  # (changes, on the event loop's thread)
+        self.loop_thread = threading.get_ident()  # made on the loop's thread
+
+    def record(self, changes) -> int:
+        self.writes.append((len(changes), threading.get_ident() == self.loop_thread))
+        return super().record(changes)
+
+
+@pytest.mark.anyio
+async def test_short_writes_run_on_the_loops_thread_long_ones_in_a_worker() -> None:
+    store = _WhereWritten()
+    store.add_job(JOB, 1000, PEOPLE, 10.0)
+    send, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
+    disp = Dispatcher(Scheduler(loads(default_text()).core, 10.0), {}, receive, store, clock=lambda: 11.0)
+    for n in (3, 10, 11, 40):
+        disp._change(1000, "deferred", 11.0, "quiet hours")
+        disp._pending *= n
+        await disp.flush()
+    assert store.writes == [(3, True), (10, True), (11, False), (40, False)]
