@@ -97,6 +97,7 @@ def _register() -> None:
     from bench.core import bench_core
     from bench.e2e import bench_e2e
     from bench.ingest import bench_ingest
+    from bench.kannel import bench_kannel
     from bench.priority import bench_priority
     from bench.quiet_hours import bench_quiet_hours
     from bench.report import bench_report
@@ -107,7 +108,7 @@ def _register() -> None:
     from carriers.http.simulator import sim_http
     from carriers.smpp.simulator import sim_smsc
 
-    for command in (bench_core, bench_smpp, bench_ingest, bench_e2e, bench_throttle, bench_priority,
+    for command in (bench_core, bench_smpp, bench_ingest, bench_e2e, bench_kannel, bench_throttle, bench_priority,
                     bench_quiet_hours, bench_soak, bench_scaling, bench_report):  # fmt: skip
         bench.add_command(command)
     sim.add_command(sim_smsc)

@@ -7,7 +7,9 @@ out of window and every held message released, spread over the opening."""
 from __future__ import annotations
 
 import json
+import shutil
 
+import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
@@ -90,3 +92,13 @@ def test_bench_ingest_and_e2e_write_their_figures(tmp_path):
     data = json.loads(out.read_text())
     assert data["per_run"][0]["delivered"] == data["per_run"][0]["accepted"] > 1500
     assert data["messages_per_s"] > 0
+
+
+@pytest.mark.skipif(not (shutil.which("bearerbox") and shutil.which("smsbox")), reason="Kannel not installed")
+def test_bench_kannel_measures_both_on_the_same_messages(tmp_path):
+    out = tmp_path / "kannel.json"
+    result = CliRunner().invoke(main, ["bench", "kannel", "--messages", "1500", "--runs", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    run = json.loads(out.read_text())["per_run"][0]
+    assert run["kannel"]["delivered_reports"] == run["kannel"]["messages"] == run["sluice"]["delivered"] > 1200
+    assert run["kannel"]["sim_accepted"] == run["kannel"]["messages"] and run["ratio"] > 0
