@@ -64,7 +64,7 @@ def run(n: int, seed: int) -> dict[str, object]:
     # Only numbers the API would accept (it rejects invalid ones with 400 before the core).
     people = [r for r in workload.recipients(n * 2, seed) if phonenumbers.is_valid_number(phonenumbers.parse(r.to))][:n]
     adm = core.admit(workload.job("sale", "marketing"), people, MIDNIGHT)
-    number_of = {adm.first_id + i: r.to for i, r in enumerate(people)}
+    number_of = {adm.first_id + adm.offsets[i]: r.to for i, r in enumerate(people) if adm.offsets[i] >= 0}
     held: set[int] = set()
     sent_at: dict[int, float] = {}
     violations = 0

@@ -1,7 +1,8 @@
 """Sortable 64-bit message ids: milliseconds since the epoch, then a counter.
 
-``reserve(n, now)`` hands out a contiguous block, so a job's messages are ``base + index`` and a
-job of a million recipients needs to remember one number. Ids never repeat within a process,
+``reserve(n, now)`` hands out a contiguous block, so a job's messages are ``base + offset`` (the
+core orders offsets by shard, see ``Admission``) and a job of a million recipients needs to
+remember one number. Ids never repeat within a process,
 even if ``now`` goes backwards: the generator never hands out a smaller id than before.
 """
 

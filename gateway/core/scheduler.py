@@ -55,7 +55,11 @@ class UnknownCarrier(KeyError):
 
 class Admission(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str
-    first_id: int  # message i of this call has id first_id + i (rejected indices have none)
+    first_id: int
+    # recipient i's message id is first_id + offsets[i] (-1: rejected, no id). Ids are grouped
+    # by shard within the call: the messages a shard sends together have neighbouring ids, so
+    # the store rows a batch of results touches sit on a few pages, not one page each.
+    offsets: list[int]
     accepted: int
     rejected: list[tuple[int, str]]
     outcomes: list[Outcome]
@@ -152,29 +156,39 @@ class Scheduler:
         base = self._ids.reserve(len(recipients), now) if first_id is None else first_id
         rejected: list[tuple[int, str]] = []
         outcomes: list[Outcome] = []
-        accepted = 0
         fixed = self._fixed_plan(entry)
         p, shards, nshards = self._p, self._shards, len(self._shards)
         policy, tenant_key, slot, priority = entry.policy, entry.tenant_key, entry.slot, entry.priority
         expired = now >= entry.expires_at
         not_before = job.not_before if job.not_before is not None and job.not_before > now else None
+        by_shard: list[list[tuple]] = [[] for _ in range(nshards)]
+        check = self._check
         for i, r in enumerate(recipients):
             try:
-                number, packed, seg, zone, carrier = self._check(entry, r, fixed)
+                number, packed, seg, zone, carrier = check(entry, r, fixed)
             except (ValueError, LookupError) as exc:
                 rejected.append((i, _reason(exc)))
                 continue
-            accepted += 1
-            if expired or (policy.suppressible and tenant_key | number in p.suppressed):
-                why = (FinalState.EXPIRED, "validity ended") if expired else (FinalState.SUPPRESSED, "opted out")
-                outcomes.append(Final(message_id=base + i, job_id=job.id, state=why[0], reason=why[1], at=now))
-                continue
-            shard = shards[shard_of(number, nshards)]
-            shard.add(number, slot, base + i, packed, zone, carrier, seg, priority, not_before, park)
-            entry.live += 1
+            by_shard[shard_of(number, nshards)].append((i, number, packed, seg, zone, carrier))
+        offsets = [-1] * len(recipients)
+        offset = 0
+        for shard, checked in zip(shards, by_shard):
+            add = shard.add
+            for i, number, packed, seg, zone, carrier in checked:
+                offsets[i] = offset
+                mid = base + offset
+                offset += 1
+                if expired or (policy.suppressible and tenant_key | number in p.suppressed):
+                    why = (FinalState.EXPIRED, "validity ended") if expired else (FinalState.SUPPRESSED, "opted out")
+                    outcomes.append(Final(message_id=mid, job_id=job.id, state=why[0], reason=why[1], at=now))
+                    continue
+                add(number, slot, mid, packed, zone, carrier, seg, priority, not_before, park)
+                entry.live += 1
+        accepted = offset
         if entry.live == 0:
             self._drop(entry)
-        return Admission(job_id=job.id, first_id=base, accepted=accepted, rejected=rejected, outcomes=outcomes)
+        return Admission(job_id=job.id, first_id=base, offsets=offsets, accepted=accepted, rejected=rejected,
+                         outcomes=outcomes)  # fmt: skip
 
     def reserve_ids(self, n: int, now: float, *, floor: int = 0) -> int:
         """A block of ``n`` fresh message ids; ``floor``: never hand out ids below it again

@@ -100,8 +100,8 @@ class Gateway:
         adm = self._admit(job, people, now, "template")
         rejected = pre_rejected + [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
         rejected.sort(key=lambda e: e.index)
-        bad = {k for k, _ in adm.rejected}
-        kept = [(k, p) for k, p in enumerate(people) if k not in bad]
+        offsets = adm.offsets
+        kept = [(offsets[k], p) for k, p in enumerate(people) if offsets[k] >= 0]
         response = _json.encode(schemas.JobAccepted(id=job.id, accepted=len(kept), rejected=rejected))
         if kept:
             await self._persist(job, adm.first_id, kept, now, body.callback_url,
@@ -182,13 +182,13 @@ class Gateway:
             index.append(i)
             people.append(Recipient(to=r.to, vars=r.vars, tz=r.tz))
         adm = self._admit(job, people, now, "template")
+        offsets = adm.offsets
         if adm.rejected:
             errors += [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
             errors.sort(key=lambda e: e.index)
-            bad = {k for k, _ in adm.rejected}
-            kept = [(k, p) for k, p in enumerate(people) if k not in bad]
+            kept = [(offsets[k], p) for k, p in enumerate(people) if offsets[k] >= 0]
         else:
-            kept = list(enumerate(people))
+            kept = list(zip(offsets, people))
         return (adm.first_id, kept), errors, adm.outcomes
 
     async def _abandon(self, job: Job, now: float, stored: int) -> None:

@@ -59,3 +59,23 @@ def test_a_long_message_goes_alone_through_a_small_window():
     c.admit(job("a" * 500), [Recipient(to="+12125550101")], NOW)  # 4 segments
     [d] = c.take("a", 1, NOW).dispatches
     assert d.segments == 4
+
+
+def test_ids_are_grouped_by_shard_within_an_admission():
+    # The messages a shard hands out together get neighbouring ids (their store rows share
+    # pages); every accepted recipient has its own offset in the block, rejected ones none.
+    from gateway.core.shard import shard_of
+
+    c = core(shards=4)
+    people = [Recipient(to=f"+1212555{i:04d}") for i in range(200)]
+    people[7] = Recipient(to="+1")  # rejected
+    adm = c.admit(job("x"), people, NOW)
+    assert adm.offsets[7] == -1 and adm.rejected[0][0] == 7
+    kept = [i for i in range(200) if i != 7]
+    assert sorted(adm.offsets[i] for i in kept) == list(range(199)) == list(range(adm.accepted))
+    for k in range(4):
+        mine = sorted(adm.offsets[i] for i in kept if shard_of(int(people[i].to[1:]), 4) == k)
+        assert mine == list(range(mine[0], mine[0] + len(mine)))  # one run per shard
+    sent = c.take("a", 200, NOW).dispatches  # as many as the carrier's burst allows
+    by_number = {people[i].to: adm.first_id + adm.offsets[i] for i in kept}
+    assert sent and all(d.message_id == by_number[d.recipient] for d in sent)

@@ -118,7 +118,7 @@ class CoreMachine(RuleBasedStateMachine):
         assert adm.accepted == len(people) and not adm.rejected
         ready = self.now if later is None else math.ceil(self.now + later)
         for i, r in enumerate(people):
-            self.msgs[adm.first_id + i] = dict(
+            self.msgs[adm.first_id + adm.offsets[i]] = dict(
                 state="queued", job=job.id, category=category, to=r.to, tz=r.tz,
                 ready_at=ready, expires=job.expires_at or math.inf,
             )  # fmt: skip
