@@ -100,8 +100,7 @@ class Gateway:
         adm = self._admit(job, people, now, "template")
         rejected = pre_rejected + [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
         rejected.sort(key=lambda e: e.index)
-        offsets = adm.offsets
-        kept = [(offsets[k], p) for k, p in enumerate(people) if offsets[k] >= 0]
+        kept = _in_id_order(adm.offsets, people)
         response = _json.encode(schemas.JobAccepted(id=job.id, accepted=len(kept), rejected=rejected))
         if kept:
             await self._persist(job, adm.first_id, kept, now, body.callback_url,
@@ -182,13 +181,10 @@ class Gateway:
             index.append(i)
             people.append(Recipient(to=r.to, vars=r.vars, tz=r.tz))
         adm = self._admit(job, people, now, "template")
-        offsets = adm.offsets
         if adm.rejected:
             errors += [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
             errors.sort(key=lambda e: e.index)
-            kept = [(offsets[k], p) for k, p in enumerate(people) if offsets[k] >= 0]
-        else:
-            kept = list(zip(offsets, people))
+        kept = _in_id_order(adm.offsets, people)
         return (adm.first_id, kept), errors, adm.outcomes
 
     async def _abandon(self, job: Job, now: float, stored: int) -> None:
@@ -454,6 +450,16 @@ class _ChunkWriter:
                 await self._done.wait()
         if self._error is not None:
             raise self._error
+
+
+def _in_id_order(offsets: list[int], people: Sequence[Recipient]) -> list[tuple[int, Recipient]]:
+    """(offset of its id, recipient) for each admitted recipient, by id: the store then appends
+    rows instead of inserting them in between (ids are grouped by shard, not in recipient order)."""
+    kept: list = [None] * (len(offsets) - offsets.count(-1))
+    for offset, person in zip(offsets, people):
+        if offset >= 0:
+            kept[offset] = (offset, person)
+    return kept
 
 
 def _digest(raw: bytes) -> str:
