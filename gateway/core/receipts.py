@@ -238,7 +238,13 @@ class Reconciler:
         keys = [normalise_id(i, fmt) for i in carrier_ids]
         entry = _Pending(ref, keys, now + self.horizon_s, now)
         self._pending += 1
-        if self._horizon_done * 2 > len(self._horizon) + _COMPACT_MIN:
+        horizon = self._horizon
+        # Receipts mostly come in the order of the submits: drop the finished head at once (a
+        # popleft each), and sweep the whole queue only when stragglers keep finished ones behind.
+        while horizon and horizon[0][2].remaining < 0:
+            horizon.popleft()
+            self._horizon_done -= 1
+        if self._horizon_done * 2 > len(horizon) + _COMPACT_MIN:
             self._compact()
         self._horizon.append((entry.deadline, carrier, entry))
         results: list[Result] = []

@@ -314,3 +314,22 @@ def test_every_token_comes_back_exactly_once(events, parts) -> None:
         collect(rc.tick(now))
     collect(rc.tick(now + 11))
     assert sorted(back) == given_out
+
+
+def test_finished_messages_leave_the_horizon_queue_as_they_finish():
+    # In-order receipts: the queue holds the messages still waiting, not everything since the
+    # last sweep (which took ~0.5 µs a message more and held up to 2x the entries).
+    r = Reconciler(id_formats={"a": "dec"})
+    for i in range(5000):
+        r.submitted(i, "a", (str(i),), 1, 1.0)
+        if i >= 50:
+            [done] = r.receipt("a", str(i - 50), ReceiptState.DELIVERED, None, 1.1)
+            assert done.ref == i - 50
+        assert len(r._horizon) <= 51
+    # a straggler keeps the finished ones behind it until a sweep
+    late = Reconciler(id_formats={"a": "dec"})
+    late.submitted(10**6, "a", ("999999",), 1, 1.0)
+    for i in range(5000):
+        late.submitted(i, "a", (str(i),), 1, 1.0)
+        late.receipt("a", str(i), ReceiptState.DELIVERED, None, 1.1)
+    assert len(late._horizon) < 2 * 1024 + 10 and late.statistics().pending == 1
