@@ -23,16 +23,6 @@ from gateway.store.memory import MemoryStore
 from gateway.testing.store_conformance import JOB, PEOPLE
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-        pytest.param(("trio", {}), id="trio"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict]:
-    return request.param
-
-
 FAST = """
 [[core.carriers]]
 name = "alpha"

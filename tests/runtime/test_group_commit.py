@@ -20,16 +20,6 @@ from gateway.runtime.service import Gateway
 from gateway.store.memory import MemoryStore
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-        pytest.param(("trio", {}), id="trio"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict]:
-    return request.param
-
-
 class SlowStore(MemoryStore):
     """Each write blocks until the test lets it go, so requests pile up behind it."""
 
