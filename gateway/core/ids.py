@@ -2,8 +2,8 @@
 
 ``reserve(n, now)`` hands out a contiguous block, so a job's messages are ``base + offset`` (the
 core orders offsets by shard, see ``Admission``) and a job of a million recipients needs to
-remember one number. Ids never repeat within a process,
-even if ``now`` goes backwards: the generator never hands out a smaller id than before.
+remember one number. Ids never repeat within a process, even if ``now`` goes backwards: the
+generator never hands out a smaller id than before.
 """
 
 from __future__ import annotations
