@@ -238,7 +238,7 @@ class _WhereWritten(MemoryStore):
 async def test_short_writes_run_on_the_loops_thread_long_ones_in_a_worker() -> None:
     store = _WhereWritten()
     store.add_job(JOB, 1000, PEOPLE, 10.0)
-    send, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
+    _, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
     disp = Dispatcher(Scheduler(loads(default_text()).core, 10.0), {}, receive, store, clock=lambda: 11.0)
     for n in (3, 10, 11, 40):
         disp._change(1000, "deferred", 11.0, "quiet hours")
