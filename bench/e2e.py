@@ -9,8 +9,10 @@ core -> submit_sm -> submit_sm_resp -> receipt (deliver_sm) reconciled -> state 
 committed to the store (SQLite WAL, ``synchronous=FULL``). messages/s = N / that time.
 
 The simulator's counters (submits accepted, receipts sent and acknowledged) are read at the end
-and must agree with the store. There is no reference measured in the same run: the comparison
-is Kannel's figure from the issue (docs/BENCHMARKS.md). Three processes share two cores.
+and must agree with the store. Three processes share two cores. The server's and the
+simulator's CPU time per message (from /proc) are reported too: steadier than the rate on a
+shared machine. `sluice bench kannel` runs Kannel on the same path in the same run, as the
+reference; ``--store memory`` runs the same scenario with nothing written to disk.
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ async def _until_final(client: httpx.AsyncClient, job_id: str, total: int, timeo
 
 
 async def one_run(n: int, pieces: list[bytes], dlr_delay: float, binds: int, window: int, timeout: float,
-                  answer: str) -> dict:  # fmt: skip
+                  answer: str, store: str = "sqlite") -> dict:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         d = Path(tmp)
         with open(d / "sim.log", "wb") as sim_log, open(d / "serve.log", "wb") as log:
             async with simulator("--dlr-delay", str(dlr_delay), stderr=sim_log) as sim:
-                cfg = config(d, smpp_port=sim.port, binds=binds, window=window, answer_receipts=answer)
+                cfg = config(d, smpp_port=sim.port, binds=binds, window=window, answer_receipts=answer, store=store)
                 async with gateway(cfg, env=ENV, stderr=log) as gw, \
                         httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=300) as client:  # fmt: skip
                     await _bound(client, binds)
@@ -95,10 +97,10 @@ async def one_run(n: int, pieces: list[bytes], dlr_delay: float, binds: int, win
 
 
 def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int,
-        answer: str = "after_write") -> dict[str, object]:  # fmt: skip
+        answer: str = "after_write", store: str = "sqlite") -> dict[str, object]:  # fmt: skip
     pieces = ndjson_job(n, seed=seed, category="transactional")  # no quiet hours, no weekly cap
     timeout = max(60.0, n / 2000)
-    results = [anyio.run(one_run, n, pieces, dlr_delay, binds, window, timeout, answer, backend="asyncio",
+    results = [anyio.run(one_run, n, pieces, dlr_delay, binds, window, timeout, answer, store, backend="asyncio",
                          backend_options={"use_uvloop": True}) for _ in range(runs)]  # fmt: skip
     for r in results:
         if r["delivered"] != r["accepted"] or r["sim"]["accepted"] < r["accepted"]:
@@ -111,6 +113,7 @@ def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int,
         "binds": binds,
         "window": window,
         "answer_receipts": answer,
+        "store": store,
         **medians(results, ("messages_per_s", "seconds", "ingest_seconds", "server_peak_rss", "server_loop_cpu_us",
                              "server_cpu_us", "simulator_cpu_us")),
         "per_run": results,
@@ -127,12 +130,14 @@ def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int,
 @click.option("--seed", default=1, show_default=True)
 @click.option("--answer-receipts", "answer", type=click.Choice(["after_write", "on_arrival"]), default="after_write",
               show_default=True, help="The carrier's answer_receipts: when a receipt's deliver_sm_resp goes.")
+@click.option("--store", type=click.Choice(["sqlite", "memory"]), default="sqlite", show_default=True,
+              help="memory: nothing written to disk (what the durable write costs, by difference).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
-def bench_e2e(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int, answer: str,
+def bench_e2e(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed: int, answer: str, store: str,
               json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
     """Bulk API -> core -> SMPP simulator -> receipts reconciled -> states durable, messages/s."""
-    r = run(n, runs, dlr_delay, binds, window, seed, answer)
+    r = run(n, runs, dlr_delay, binds, window, seed, answer, store)
     per = r["per_run"]
     rows = [
         ("messages/s, 202 -> all delivered in the store", f"{r['messages_per_s']:,.0f}"),
@@ -147,7 +152,7 @@ def bench_e2e(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed
         ("simulator: most accepted in 1 s", f"{per[-1]['sim']['max_accepted_1s']:,}"),
     ]
     click.echo(f"sluice bench e2e: {n:,} messages, {binds} binds x window {window}, dlr-delay {dlr_delay}s, "
-               f"receipts answered {answer}, median of {runs} runs")  # fmt: skip
+               f"receipts answered {answer}, store {store}, median of {runs} runs")  # fmt: skip
     for k, v in rows:
         click.echo(f"  {k:<46} {v:>14}")
     save(r, json_path, out_dir)

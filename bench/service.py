@@ -24,10 +24,13 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 
 
 def config(directory: Path, *, smpp_port: int | None = None, synchronous: str = "FULL",
-           binds: int = 2, window: int = 100, answer_receipts: str = "after_write") -> Path:  # fmt: skip
+           binds: int = 2, window: int = 100, answer_receipts: str = "after_write",
+           store: str = "sqlite") -> Path:  # fmt: skip
     """A config for the bench: one carrier "alpha" with no rate limit worth the name, one
-    tenant without a request limit, the store in ``directory``. With ``smpp_port`` the carrier
-    has an SMPP link to it; without, nothing drains the queue."""
+    tenant without a request limit, the store in ``directory`` (``store="memory"``: nothing on
+    disk, to see what durability costs). With ``smpp_port`` the carrier has an SMPP link to it;
+    without, nothing drains the queue."""
+    url = "memory://" if store == "memory" else f"sqlite:///{directory / 'sluice.db'}"
     link = "" if smpp_port is None else f"""
 [[carriers.smpp]]
 name = "alpha"
@@ -49,7 +52,7 @@ requests_per_second = 1e9
 burst = 1000000000
 
 [store]
-url = "sqlite:///{directory / 'sluice.db'}"
+url = "{url}"
 synchronous = "{synchronous}"
 
 [[core.carriers]]

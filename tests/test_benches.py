@@ -102,3 +102,20 @@ def test_bench_kannel_measures_both_on_the_same_messages(tmp_path):
     run = json.loads(out.read_text())["per_run"][0]
     assert run["kannel"]["delivered_reports"] == run["kannel"]["messages"] == run["sluice"]["delivered"] > 1200
     assert run["kannel"]["sim_accepted"] == run["kannel"]["messages"] and run["ratio"] > 0
+
+
+def test_store_pages_bench_finds_fewer_pages_with_the_cores_ids():
+    from bench.store_record import pages
+
+    core, recipient = pages(5000, "core"), pages(5000, "recipient")
+    assert core["messages"] == recipient["messages"] == 5000
+    assert core["wal_frames_per_write"] < recipient["wal_frames_per_write"] / 2
+
+
+def test_bench_e2e_without_a_disk(tmp_path):
+    out = tmp_path / "e2e.json"
+    result = CliRunner().invoke(main, ["bench", "e2e", "--messages", "2000", "--runs", "1", "--store", "memory",
+                                       "--json", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["store"] == "memory" and data["per_run"][0]["delivered"] == data["per_run"][0]["accepted"] > 1500

@@ -169,10 +169,10 @@ _history_dec = msgspec.json.Decoder(list[tuple[float, str, str, str | None]])
 
 
 class SqliteStore:
-    # ~1-2 ms for a window's worth of changes (200) with its sync to disk. From a worker thread
-    # under load the same write took ~5 ms: the thread waits to be scheduled and for the GIL,
-    # before and after SQLite runs; e2e +11 % (docs/BENCHMARKS.md). Larger writes (a job's
-    # expiry, a backlog after a stall) still go to a worker thread.
+    # A window's worth of changes (~200) is ~1-2 ms with its sync to disk. From a worker thread
+    # under load the same write waited to be scheduled and for the GIL, before and after SQLite
+    # ran, and that latency capped the rate (docs/BENCHMARKS.md, "The write path"). Larger writes
+    # (a job's expiry, a backlog after a stall) still go to a worker thread.
     inline_record = 512
 
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
