@@ -27,7 +27,7 @@ import httpx
 
 from bench.machine import describe
 from bench.output import out_option, save
-from bench.service import AUTH, ENV, config, cpu_seconds, medians, memory, ndjson_job
+from bench.service import AUTH, ENV, config, cpu_seconds, medians, memory, ndjson_job, until_ready
 from gateway.store.base import FINAL
 from gateway.testing.processes import gateway, simulator
 
@@ -60,6 +60,7 @@ async def one_run(n: int, pieces: list[bytes], dlr_delay: float, binds: int, win
                 cfg = config(d, smpp_port=sim.port, binds=binds, window=window, answer_receipts=answer, store=store)
                 async with gateway(cfg, env=ENV, stderr=log) as gw, \
                         httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=300) as client:  # fmt: skip
+                    await until_ready(gw.url)
                     await _bound(client, binds)
 
                     async def body():

@@ -31,7 +31,7 @@ import httpx
 
 from bench.machine import describe
 from bench.output import out_option, save
-from bench.service import AUTH, ENV, config, hammer, medians, memory, ndjson_job, single_messages
+from bench.service import AUTH, ENV, config, hammer, medians, memory, ndjson_job, single_messages, until_ready
 from gateway.testing.processes import gateway
 
 
@@ -57,6 +57,7 @@ async def one_run(n: int, pieces: list[bytes], singles: list[bytes], clients: in
         with open(d / "serve.log", "wb") as log:
             async with gateway(config(d), env=ENV, stderr=log) as gw:
                 with anyio.fail_after(600):
+                    await until_ready(gw.url)
                     before = memory(gw.pid)
                     elapsed, counts = await _post_job(gw.url, pieces)
                     mem = memory(gw.pid)

@@ -14,6 +14,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import anyio
+import httpx
 import msgspec
 
 from gateway.testing import workload
@@ -84,6 +86,15 @@ def ndjson_job(recipients: int, *, seed: int = 1, category: str = "marketing") -
     if buf:
         pieces.append(bytes(buf))
     return pieces
+
+
+async def until_ready(url: str, *, within: float = 60.0) -> None:
+    """Wait for ``GET /readyz`` to answer 200 (the ingest workers have started), as a load
+    balancer would before sending traffic."""
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        with anyio.fail_after(within):
+            while (await client.get("/readyz")).status_code != 200:
+                await anyio.sleep(0.05)
 
 
 def cpu_seconds(pid: int, *, main_thread: bool = False) -> float:

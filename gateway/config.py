@@ -57,6 +57,10 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     header_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     max_head_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # Worker processes that check the recipients of large streamed (NDJSON) jobs before the 202,
+    # while the event loop admits and writes: "auto" is one per CPU (at most 8); 0 checks them
+    # in the event loop's process.
+    ingest_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] | Literal["auto"] = "auto"
     tenants: list[Tenant] = []
 
 

@@ -20,6 +20,7 @@ from gateway.api import openapi, schemas
 from gateway.config import Tenant
 from gateway.core.bucket import TokenBucket
 from gateway.errors import CallerError, InvalidInput, SluiceError, StorageError
+from gateway.runtime.ingest import RecipientLines
 from gateway.runtime.service import Gateway
 from gateway.store.base import STATES
 
@@ -345,7 +346,6 @@ class NdjsonBody:
         self._lines: list[bytes] = []  # complete lines not handed out yet
         self._partial = b""
         self._done = False
-        self._index = 0  # recipients handed out so far
 
     def digest(self) -> str:
         return self._sha.hexdigest()
@@ -378,32 +378,37 @@ class NdjsonBody:
             await self._fill()
 
     async def chunks(self):
+        """``RecipientLines`` of at most ``chunk`` non-blank lines each, not decoded yet: the
+        service decodes them where it checks them (a worker process, for a large job)."""
         while True:
             while len(self._lines) < self._chunk and not self._done:
                 await self._fill()
             if not self._lines:
                 return
             lines, self._lines = self._lines[: self._chunk], self._lines[self._chunk :]
-            yield self._decode(lines)
+            lines = list(filter(bytes.strip, lines))  # blank lines are allowed and skipped
+            if lines:
+                yield RecipientLines(lines, decode_lines)
 
-    def _decode(self, lines: list[bytes]) -> list[schemas.RecipientIn]:
-        try:  # one call for the whole chunk; line by line only to say which line is wrong
-            people = _RECIPIENTS.decode(b"[" + b",".join(lines) + b"]")
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            people = []
-            for line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    people.append(_RECIPIENT.decode(line))
-                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    i = self._index + len(people)
-                    text, field = _split(str(exc))
-                    kind = InvalidInput if isinstance(exc, msgspec.ValidationError) else _Malformed
-                    raise kind(f"line {i + 2}: {text}", field=f"recipients[{i}]" + (f".{field}" if field else ""),
-                               index=i) from None  # fmt: skip
-        self._index += len(people)
-        return people
+
+def decode_lines(lines: list[bytes], first_index: int) -> list[schemas.RecipientIn]:
+    """NDJSON recipient lines (none blank); line k is the job's recipient ``first_index + k``.
+    A bad line raises ``InvalidInput`` naming it (its line number in the body and its index)."""
+    try:  # one call for the whole chunk; line by line only to say which line is wrong
+        return _RECIPIENTS.decode(b"[" + b",".join(lines) + b"]")
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass
+    people = []
+    for k, line in enumerate(lines):
+        try:
+            people.append(_RECIPIENT.decode(line))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            i = first_index + k
+            text, field = _split(str(exc))
+            kind = InvalidInput if isinstance(exc, msgspec.ValidationError) else _Malformed
+            raise kind(f"line {i + 2}: {text}", field=f"recipients[{i}]" + (f".{field}" if field else ""),
+                       index=i) from None  # fmt: skip
+    return people
 
 
 _AT = re.compile(r"^(.*?)(?: - at `\$\.?(.*)`)?$", re.S)

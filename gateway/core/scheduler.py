@@ -41,9 +41,9 @@ from gateway.core.routing import NoRoute, Router
 from gateway.core.settings import CategoryPolicy, CoreSettings
 from gateway.core.shard import COUNT, DEAD, INFLIGHT, PARKED, READY, SMART, UCS2, WAITING, Shard, shard_of
 from gateway.core.template import Template
-from gateway.core.zones import ZoneResolver
+from gateway.core.zones import ZoneResolver, ZoneSet
 
-__all__ = ["Admission", "Batch", "CoreStatistics", "Scheduler", "UnknownCarrier"]
+__all__ = ["Admission", "Batch", "Checked", "CoreStatistics", "Scheduler", "UnknownCarrier"]
 
 _TENANT_SHIFT = 50  # E.164 numbers are < 10**15 < 2**50
 _INF = math.inf
@@ -63,6 +63,16 @@ class Admission(msgspec.Struct, frozen=True, kw_only=True):
     accepted: int
     rejected: list[tuple[int, str]]
     outcomes: list[Outcome]
+
+
+class Checked(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Recipients checked for one job, not yet admitted (``check`` -> ``admit_checked``)."""
+
+    count: int  # recipients looked at
+    rejected: list[tuple[int, str]]  # (index, why)
+    # per shard, in id order: (index, number, packed values, segments byte, zone key, carrier)
+    by_shard: list[list[tuple]]
+    zones: list[ZoneSet] | None = None  # when checked in another process: zone key k is zones[k]
 
 
 class Batch(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,22 +155,22 @@ class Scheduler:
         self, job: Job, recipients: Sequence[Recipient], now: float, *, first_id: int | None = None,
         paused: bool = False,
     ) -> Admission:
-        """Admit a job's recipients (all of them, or one chunk of a streamed job).
+        """Admit a job's recipients (all of them, or one chunk of a streamed job): ``check``
+        then ``admit_checked``.
 
         ``paused``: hold the job until ``resume_job`` (the shell admits paused, stores the job
         durably, then resumes, so nothing is sent that is not on disk)."""
-        entry = self._entry_for(job)
-        if paused and entry.live == 0:
-            entry.paused = True
-        park = entry.paused
-        base = self._ids.reserve(len(recipients), now) if first_id is None else first_id
-        rejected: list[tuple[int, str]] = []
-        outcomes: list[Outcome] = []
+        return self.admit_checked(job, self.check(job, recipients), now, first_id=first_id, paused=paused)
+
+    def check(self, job: Job, recipients: Sequence[Recipient], *, portable: bool = False) -> Checked:
+        """Validate recipients (number, variables, segments, zone, route) without admitting them:
+        changes nothing but caches, so it may run anywhere, e.g. in a worker process with a
+        scheduler of the same settings. ``portable``: the answer carries the zone sets its
+        keys refer to (keys are numbered per resolver), for a scheduler in another process."""
+        entry = self._jobs.get(job.id) or self._describe(job, slot=-1, tenant_key=0)
         fixed = self._fixed_plan(entry)
-        p, shards, nshards = self._p, self._shards, len(self._shards)
-        policy, tenant_key, slot, priority = entry.policy, entry.tenant_key, entry.slot, entry.priority
-        expired = now >= entry.expires_at
-        not_before = job.not_before if job.not_before is not None and job.not_before > now else None
+        nshards = len(self._shards)
+        rejected: list[tuple[int, str]] = []
         by_shard: list[list[tuple]] = [[] for _ in range(nshards)]
         check = self._check
         for i, r in enumerate(recipients):
@@ -170,11 +180,38 @@ class Scheduler:
                 rejected.append((i, _reason(exc)))
                 continue
             by_shard[shard_of(number, nshards)].append((i, number, packed, seg, zone, carrier))
-        offsets = [-1] * len(recipients)
+        zones = [self.resolver.zone_set(k) for k in range(len(self.resolver))] if portable else None
+        return Checked(count=len(recipients), rejected=rejected, by_shard=by_shard, zones=zones)
+
+    def admit_checked(self, job: Job, checked: Checked, now: float, *, first_id: int | None = None,
+                      paused: bool = False) -> Admission:  # fmt: skip
+        """Admit what ``check`` accepted: ids (grouped by shard), opt-outs and expiry, queues."""
+        if len(checked.by_shard) != len(self._shards):
+            raise ValueError(f"checked for {len(checked.by_shard)} shards, this core has {len(self._shards)}")
+        entry = self._entry_for(job)
+        if paused and entry.live == 0:
+            entry.paused = True
+        park = entry.paused
+        rejected = list(checked.rejected)
+        base = self._ids.reserve(checked.count - len(rejected), now) if first_id is None else first_id
+        outcomes: list[Outcome] = []
+        p = self._p
+        policy, tenant_key, slot, priority = entry.policy, entry.tenant_key, entry.slot, entry.priority
+        expired = now >= entry.expires_at
+        not_before = job.not_before if job.not_before is not None and job.not_before > now else None
+        keys = None
+        if checked.zones is not None:  # checked elsewhere: that resolver's keys -> this one's
+            keys = [self.resolver.key_for_zones(zs.zones, zs.region) for zs in checked.zones]
+        offsets = [-1] * checked.count
         offset = 0
-        for shard, checked in zip(shards, by_shard):
+        for shard, rows in zip(self._shards, checked.by_shard):
             add = shard.add
-            for i, number, packed, seg, zone, carrier in checked:
+            for i, number, packed, seg, zone, carrier in rows:
+                if keys is not None:
+                    zone = keys[zone]
+                    if zone > 0xFFFF:
+                        rejected.append((i, "too many distinct time-zone sets"))
+                        continue
                 offsets[i] = offset
                 mid = base + offset
                 offset += 1
@@ -184,10 +221,11 @@ class Scheduler:
                     continue
                 add(number, slot, mid, packed, zone, carrier, seg, priority, not_before, park)
                 entry.live += 1
-        accepted = offset
+        if len(rejected) > len(checked.rejected):
+            rejected.sort()
         if entry.live == 0:
             self._drop(entry)
-        return Admission(job_id=job.id, first_id=base, offsets=offsets, accepted=accepted, rejected=rejected,
+        return Admission(job_id=job.id, first_id=base, offsets=offsets, accepted=offset, rejected=rejected,
                          outcomes=outcomes)  # fmt: skip
 
     def reserve_ids(self, n: int, now: float, *, floor: int = 0) -> int:
@@ -222,6 +260,9 @@ class Scheduler:
 
     def _plan(self, body: str) -> int:
         """The segments byte: count (bits 0-5), smart encoding applied (bit 6), UCS-2 (bit 7)."""
+        n = segments.plain_segments(body)  # the common case, without building a Plan
+        if 0 < n <= self.settings.max_segments:
+            return n
         plan = segments.plan(body)
         flags = 0
         if plan.encoding == segments.UCS2 and self._p.smart:
@@ -244,6 +285,18 @@ class Scheduler:
         entry = self._jobs.get(job.id)
         if entry is not None:
             return entry
+        entry = self._describe(job, slot=-1, tenant_key=0)  # raises before anything is taken
+        entry.tenant_key = self._tenants.setdefault(job.tenant, len(self._tenants)) << _TENANT_SHIFT
+        jobs = self._p.jobs
+        slot = entry.slot = self._free_slots.pop() if self._free_slots else len(jobs)
+        if slot == len(jobs):
+            jobs.append(entry)
+        else:
+            jobs[slot] = entry
+        self._jobs[job.id] = entry
+        return entry
+
+    def _describe(self, job: Job, *, slot: int, tenant_key: int) -> JobEntry:
         policy = self.settings.categories.get(job.category)
         if policy is None:
             raise ValueError(f"unknown category {job.category!r}")
@@ -252,16 +305,7 @@ class Scheduler:
             if job.carrier not in self._carrier_index:
                 raise UnknownCarrier(job.carrier)
             carrier = self._carrier_index[job.carrier]
-        tenant = self._tenants.setdefault(job.tenant, len(self._tenants))
-        jobs = self._p.jobs
-        slot = self._free_slots.pop() if self._free_slots else len(jobs)
-        entry = JobEntry(slot, job, tenant << _TENANT_SHIFT, policy, carrier)
-        if slot == len(jobs):
-            jobs.append(entry)
-        else:
-            jobs[slot] = entry
-        self._jobs[job.id] = entry
-        return entry
+        return JobEntry(slot, job, tenant_key, policy, carrier)
 
     def _drop(self, entry: JobEntry) -> None:
         if self._jobs.get(entry.job.id) is entry:

@@ -32,6 +32,7 @@ __all__ = [
     "encode_ucs2",
     "is_gsm7",
     "pack_septets",
+    "plain_segments",
     "plan",
     "smart",
     "split",
@@ -99,6 +100,14 @@ def smart(text: str) -> str:
         return text
     replaced = text.translate(_SMART)
     return replaced if is_gsm7(replaced) else text
+
+
+def plain_segments(text: str) -> int:
+    """How many segments (8-bit reference) a text of plain GSM-7 characters takes (ASCII,
+    one septet each: no extension, no control but CR/LF); 0 if it is not one (ask ``plan``)."""
+    if text.isascii() and _ASCII_SPECIAL.search(text) is None:
+        return 1 if len(text) <= 160 else -(-len(text) // 153)
+    return 0
 
 
 def plan(text: str, *, ref16: bool = False) -> Plan:

@@ -7,6 +7,7 @@ packed into one ``bytes`` (``pack``), and the body is rendered at dispatch with 
 
 from __future__ import annotations
 
+import operator
 import re
 
 __all__ = ["MissingVariable", "Template"]
@@ -22,7 +23,7 @@ class MissingVariable(ValueError):
 
 
 class Template:
-    __slots__ = ("source", "fields", "_fmt")
+    __slots__ = ("source", "fields", "_fmt", "_get")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -39,6 +40,7 @@ class Template:
         parts.append(_escape(source[pos:]))
         self.fields = tuple(fields)
         self._fmt = "".join(parts)
+        self._get = operator.itemgetter(*fields) if fields else None  # the values, in field order
 
     def fill(self, values: dict[str, str]) -> tuple[str, bytes]:
         """The rendered body and this recipient's values packed in field order (what is stored).
@@ -46,9 +48,11 @@ class Template:
         if not self.fields:
             return self.source, b""
         try:
-            vals = [values[f] for f in self.fields]
+            vals = self._get(values)
         except KeyError as exc:
             raise MissingVariable(exc.args[0]) from None
+        if len(self.fields) == 1:  # itemgetter of one field gives the value, not a tuple
+            vals = (vals,)
         joined = _SEP.join(vals)
         if joined.count(_SEP) != len(vals) - 1:
             raise ValueError("variable values must not contain NUL characters")

@@ -35,6 +35,7 @@ from gateway.errors import ConfigError
 from gateway.runtime.dispatcher import Dispatcher
 from gateway.runtime.health import watch_carriers
 from gateway.runtime.inbound import InboundPipeline, InboundSender
+from gateway.runtime.ingest import CheckPool
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.service import Gateway
 from gateway.runtime.webhooks import WebhookSender
@@ -89,7 +90,7 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         webhooks = await stack.enter_async_context(WebhookSender(store, cfg.webhooks, secrets, clock=clock))
         forwarder = await stack.enter_async_context(InboundSender(store, cfg.webhooks, secrets, clock=clock))
 
-        gateway = Gateway(core, store, on_outbox=webhooks.poke)
+        gateway = Gateway(core, store, on_outbox=webhooks.poke, pool=_pool(cfg))
         recovered = await gateway.recover(clock(), carriers={link.name for link in cfg.carriers.smpp})
         log.info("serve.recovered queued=%d awaiting_receipts=%d", recovered.queued, len(recovered.awaiting))
         send, receive = anyio.create_memory_object_stream[ConnectorEvent](max_buffer_size=100_000)
@@ -118,7 +119,7 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         extra = {
             "/metrics": _metrics(metrics),
             "/healthz": _static(b'{"status":"ok"}'),
-            "/readyz": _static(b'{"status":"ready"}'),
+            "/readyz": _ready(gateway.pool),
             "/v1/carriers": _carriers(core, connectors, clock),
         }
         callbacks = {name: c.callback for name, c in connectors.items() if isinstance(c, HttpConnector)}
@@ -127,9 +128,18 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         probe = {name: c.settings.probe_after for name, c in connectors.items() if isinstance(c, HttpConnector)}
         background = [inbound.run, forwarder.run, partial(watch_carriers, core, connectors, clock=clock,
                                                           on_change=dispatcher.poke, probe_after=probe)]  # fmt: skip
+        if gateway.pool is not None:
+            background.append(gateway.pool.warm)  # the ingest workers start while we wait
         await _run(api, dispatcher, webhooks, cfg, on_ready, background)
         await dispatcher.flush()
     store.close()
+
+
+def _pool(cfg: Config) -> CheckPool | None:
+    n = cfg.api.ingest_workers
+    if n == "auto":
+        n = min(os.cpu_count() or 1, 8)
+    return CheckPool(cfg.core, n) if n else None
 
 
 @contextlib.contextmanager
@@ -253,6 +263,16 @@ def _metrics(metrics: Metrics):
 def _static(body: bytes):
     async def handler() -> Response:
         return Response(200, body)
+
+    return handler
+
+
+def _ready(pool: CheckPool | None):
+    """503 until the ingest workers have started (a large job sent earlier waits for them)."""
+    async def handler() -> Response:
+        if pool is not None and not pool.ready:
+            return Response(503, b'{"status":"starting","waiting_for":"ingest workers"}')
+        return Response(200, b'{"status":"ready"}')
 
     return handler
 

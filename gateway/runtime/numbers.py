@@ -73,12 +73,13 @@ def _compile(pattern: str | None) -> re.Pattern[str] | None:
 
 
 class NumberCheck:
-    __slots__ = ("_plans",)
+    __slots__ = ("_plans", "_heads")
 
     def __init__(self) -> None:
         # country code -> (main region's metadata, regions in phonenumbers' order), or None when
         # numbers of that code always go to phonenumbers
         self._plans: dict[str, tuple[PhoneMetadata, re.Pattern[str] | None, list[_Region]] | None] = {}
+        self._heads: dict[str, tuple[int, tuple | None]] = {}  # first 3 digits -> (k, plan)
 
     def error(self, number: str) -> str | None:
         """None if valid, else why not (for the API's error body)."""
@@ -91,16 +92,8 @@ class NumberCheck:
 
     def _fast(self, number: str) -> bool | None:
         """True/False, or None: ask phonenumbers."""
-        for k in (2, 3, 4):
-            cc = number[1:k]
-            plan = self._plans.get(cc, False)
-            if plan is False:
-                plan = self._plans[cc] = self._plan(cc)
-            if plan is not None:
-                break
-            if int(cc) in _pnu.COUNTRY_CODE_TO_REGION_CODE:
-                return None  # a country code, but an unusual one
-        else:
+        k, plan = self._heads.get(number[1:4]) or self._head(number[1:4])
+        if plan is None:
             return None
         nn = number[k:]
         main, prefix, regions = plan
@@ -117,6 +110,24 @@ class NumberCheck:
             elif r.valid(nn):
                 return True
         return False
+
+    def _head(self, head: str) -> tuple[int, tuple | None]:
+        """For the first three digits: where the national number starts and the country's plan
+        (None: ask phonenumbers), found once. The country code is the first 1-3 digits that
+        name one."""
+        found: tuple[int, tuple | None] = (0, None)
+        for k in (2, 3, 4):
+            cc = head[: k - 1]
+            plan = self._plans.get(cc, False)
+            if plan is False:
+                plan = self._plans[cc] = self._plan(cc)
+            if plan is not None:
+                found = (k, plan)
+                break
+            if int(cc) in _pnu.COUNTRY_CODE_TO_REGION_CODE:
+                break  # a country code, but an unusual one
+        self._heads[head] = found
+        return found
 
     @staticmethod
     def _plan(cc: str) -> tuple[PhoneMetadata, re.Pattern[str] | None, list[_Region]] | None:

@@ -17,6 +17,7 @@ from functools import partial
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 
 import anyio
+from anyio import BrokenWorkerProcess
 import msgspec
 
 from gateway.api import schemas
@@ -24,8 +25,9 @@ from gateway.core.ids import format_id, parse_id
 from gateway.core.model import Final, Job, Outcome, Recipient
 from gateway.core.scheduler import Scheduler
 from gateway.errors import InvalidInput, NotFound
+from gateway.runtime.ingest import POOL_MIN, CheckPool, ChunkChecked, RecipientLines, check_chunk
 from gateway.runtime.numbers import NumberCheck
-from gateway.store.base import Change, InboundPage, InboundRecord, NewJob, Store
+from gateway.store.base import Change, InboundPage, InboundRecord, NewJob, RecipientRows, Store
 
 __all__ = ["Gateway", "Recovery"]
 
@@ -43,8 +45,11 @@ class Recovery(msgspec.Struct, frozen=True, kw_only=True):
 class Gateway:
     def __init__(self, scheduler: Scheduler, store: Store, *, numbers: NumberCheck | None = None,
                  on_changes: Callable[[list[Change]], None] | None = None,
-                 on_outbox: Callable[[], None] | None = None) -> None:  # fmt: skip
+                 on_outbox: Callable[[], None] | None = None, pool: CheckPool | None = None,
+                 ) -> None:  # fmt: skip
+        """``pool``: worker processes that check the recipients of large streamed jobs."""
         self.core = scheduler
+        self.pool = pool
         self.store = store
         self.numbers = numbers or NumberCheck()
         self._on_changes = on_changes
@@ -129,20 +134,29 @@ class Gateway:
         try:
             failure: Exception | None = None
             async with anyio.create_task_group() as tg:
+                # Chunks are checked ahead (in the pool's processes, up to one per worker
+                # waiting) and admitted here in order: the core and the ids stay in this thread.
+                send, receive = anyio.create_memory_object_stream[_Checking](self.pool.workers if self.pool else 0)
+                tg.start_soon(self._check_ahead, tg, job, chunks, send)
                 try:
-                    async for chunk in chunks:
-                        kept, errors, adm_outcomes = self._admit_chunk(job, chunk, seen, now)
-                        seen += len(chunk)
-                        rejected += errors
-                        outcomes += adm_outcomes
-                        if kept[1]:
-                            # The store writes this chunk in a worker thread while the next one
-                            # is read and admitted here (SQLite releases the GIL as it writes).
-                            accepted += len(kept[1])
-                            await writer.start(tg, kept[0], kept[1])
+                    async with receive:
+                        async for item in receive:
+                            await item.done.wait()
+                            if item.error is not None:
+                                raise item.error
+                            kept, errors, adm_outcomes = self._admit_checked(job, self._checked(job, item), now)
+                            seen += len(item.chunk)
+                            rejected += errors
+                            outcomes += adm_outcomes
+                            if kept[1]:
+                                # The store writes this chunk in a worker thread while the next one
+                                # is admitted here (SQLite releases the GIL as it writes).
+                                accepted += len(kept[1])
+                                await writer.start(tg, kept[0], kept[1])
                     await writer.wait()
                 except Exception as exc:  # raised as itself below, not in an exception group
                     failure = exc
+                    tg.cancel_scope.cancel()  # the body is not read further
                     await writer.wait_quietly()
             if failure is not None:
                 raise failure
@@ -168,24 +182,68 @@ class Gateway:
             await self._report(outcomes, now)
         return response, False
 
-    def _admit_chunk(self, job: Job, chunk: Sequence[schemas.RecipientIn], offset: int, now: float):
-        """Check and admit (paused) one chunk; returns ((first id, kept), errors, outcomes)."""
-        people: list[Recipient] = []
-        errors: list[schemas.RecipientError] = []
-        index: list[int] = []
-        check = self.numbers.error
-        for i, r in enumerate(chunk, offset):
-            if (err := check(r.to)) is not None:
-                errors.append(schemas.RecipientError(index=i, error=err))
-                continue
-            index.append(i)
-            people.append(Recipient(to=r.to, vars=r.vars, tz=r.tz))
-        adm = self._admit(job, people, now, "template")
+    async def _check_ahead(self, tg, job: Job, chunks, send) -> None:
+        """Read the chunks and start checking each large one in the pool; hand them on in order.
+        A failure to read the body is handed on too, to be raised where the chunks are taken."""
+        seen = 0
+        async with send:
+            try:
+                async for chunk in chunks:
+                    item = _Checking(chunk, seen)
+                    seen += len(chunk)
+                    if self.pool is not None and isinstance(chunk, RecipientLines) and len(chunk) >= POOL_MIN:
+                        tg.start_soon(self._check_in_pool, job, item)
+                    else:
+                        item.done.set()  # checked where it is taken
+                    await send.send(item)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return  # the taker stopped (it failed): nothing more to check
+            except Exception as exc:
+                item = _Checking([], seen)
+                item.error = exc
+                item.done.set()
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await send.send(item)
+
+    async def _check_in_pool(self, job: Job, item: _Checking) -> None:
+        try:
+            item.result = await self.pool.check(job, item.chunk.lines, item.first)
+        except BrokenWorkerProcess:
+            pass  # e.g. the worker was killed: checked in the loop instead
+        except ValueError as exc:  # the body itself is wrong (e.g. too long), for every recipient
+            item.error = InvalidInput(str(exc), field="template")
+        except Exception as exc:
+            item.error = exc
+        finally:
+            item.done.set()
+
+    def _checked(self, job: Job, item: _Checking) -> ChunkChecked:
+        """The chunk's check: from the pool, or done here (small chunks, no pool, or a chunk that
+        did not decode as a whole, which decoding it here line by line explains)."""
+        if item.result is not None:
+            return item.result
+        chunk = item.chunk
+        people = chunk.decode(chunk.lines, item.first) if isinstance(chunk, RecipientLines) else chunk
+        try:
+            return check_chunk(self.core, self.numbers, job, people, item.first)
+        except ValueError as exc:  # the body itself is wrong (e.g. too long), for every recipient
+            raise InvalidInput(str(exc), field="template") from exc
+
+    def _admit_checked(self, job: Job, cc: ChunkChecked, now: float):
+        """Admit (paused) one checked chunk; returns ((first id, rows to store), errors, outcomes)."""
+        checked = cc.checked
+        adm = self.core.admit_checked(job, checked, now, paused=True)
+        rows = RecipientRows(json=cc.rows, count=adm.accepted)
+        if len(adm.rejected) > len(checked.rejected):  # rejected at admission too: rows without them
+            order = [row[0] for rows in checked.by_shard for row in rows]
+            people = msgspec.json.decode(cc.rows, type=list[Recipient])
+            kept = [r for i, r in zip(order, people) if adm.offsets[i] >= 0]
+            rows = RecipientRows(json=_json.encode(kept), count=len(kept))
+        errors = [schemas.RecipientError(index=i, error=e) for i, e in cc.errors]
         if adm.rejected:
-            errors += [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
+            errors += [schemas.RecipientError(index=cc.index[k], error=e) for k, e in adm.rejected]
             errors.sort(key=lambda e: e.index)
-        kept = _in_id_order(adm.offsets, people)
-        return (adm.first_id, kept), errors, adm.outcomes
+        return (adm.first_id, rows), errors, adm.outcomes
 
     async def _abandon(self, job: Job, now: float, stored: int) -> None:
         """Undo an unfinished streamed job: nothing of it was promised."""
@@ -363,6 +421,20 @@ class Gateway:
         if retried:
             await self._io(self.store.record, retried)
         return Recovery(queued=count, awaiting=awaiting)
+
+class _Checking:
+    """A chunk of a streamed job on its way to admission: checked (``result``) or failed
+    (``error``) once ``done`` is set; ``result`` None means "check it in the loop"."""
+
+    __slots__ = ("chunk", "first", "done", "result", "error")
+
+    def __init__(self, chunk, first: int) -> None:
+        self.chunk = chunk
+        self.first = first  # the job's index of the chunk's first recipient
+        self.done = anyio.Event()
+        self.result: ChunkChecked | None = None
+        self.error: Exception | None = None
+
 
 class _Slot:
     __slots__ = ("item", "ready", "done", "error")

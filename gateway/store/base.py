@@ -38,6 +38,7 @@ __all__ = [
     "InboundRecord",
     "JobCounts",
     "MessageRecord",
+    "RecipientRows",
     "NewJob",
     "OutboxItem",
     "OutboxStats",
@@ -159,12 +160,31 @@ class InboundItem(msgspec.Struct, frozen=True, kw_only=True):
     record: InboundRecord
 
 
+class RecipientRows(msgspec.Struct, frozen=True, kw_only=True):
+    """Recipients already encoded where they were checked: a JSON array of ``Recipient``
+    objects, element k for id ``first_id + k`` (a large job's chunk, from a worker process; a
+    store that keeps JSON writes it as it is)."""
+
+    json: bytes
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def decode(self) -> list[tuple[int, Recipient]]:
+        return list(enumerate(_ROWS(self.json)))
+
+
+_ROWS = msgspec.json.Decoder(list[Recipient]).decode
+
+
 class NewJob(msgspec.Struct, frozen=True, kw_only=True):
-    """The arguments of one ``add_job``, for ``add_jobs``."""
+    """The arguments of one ``add_job``, for ``add_jobs``. ``recipients``: (offset of its id
+    from ``first_id``, recipient) pairs, or ``RecipientRows``."""
 
     job: Job
     first_id: int
-    recipients: Sequence[tuple[int, Recipient]]
+    recipients: Sequence[tuple[int, Recipient]] | RecipientRows
     now: float
     callback_url: str | None = None
     idempotency: tuple[str, str, bytes] | None = None
@@ -177,8 +197,8 @@ class Store(Protocol):
     # blocks the loop (0: always a worker thread, as for a store across a network).
     inline_record: int
 
-    def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
-                *, callback_url: str | None = None, idempotency: tuple[str, str, bytes] | None = None,
+    def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]] | RecipientRows,
+                now: float, *, callback_url: str | None = None, idempotency: tuple[str, str, bytes] | None = None,
                 incoming: bool = False) -> None: ...  # fmt: skip
     # Several add_job in one transaction (group commit of concurrent requests): each commits or
     # fails alone (its error in its place, None if stored), the disk is synced once.

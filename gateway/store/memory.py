@@ -20,6 +20,7 @@ from gateway.store.base import (
     JobCounts,
     MessageRecord,
     NewJob,
+    RecipientRows,
     OutboxItem,
     OutboxStats,
     Page,
@@ -73,9 +74,11 @@ class MemoryStore:
                 errors.append(None)
         return errors
 
-    def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
-                *, callback_url: str | None = None,
+    def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]] | RecipientRows,
+                now: float, *, callback_url: str | None = None,
                 idempotency: tuple[str, str, bytes] | None = None, incoming: bool = False) -> None:  # fmt: skip
+        if isinstance(recipients, RecipientRows):
+            recipients = recipients.decode()
         with self._lock:
             ids = [first_id + i for i, _ in recipients]
             if any(i in self._msgs for i in ids) or (

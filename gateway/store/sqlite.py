@@ -30,6 +30,7 @@ from gateway.store.base import (
     JobCounts,
     MessageRecord,
     NewJob,
+    RecipientRows,
     OutboxItem,
     OutboxStats,
     Page,
@@ -110,6 +111,10 @@ _rcpt_json = msgspec.json.Decoder(Recipient)
 _INSERT_MESSAGES = """
 INSERT INTO messages (id, tenant, job_id, recipient, state, updated_at)
 SELECT ?1 + (value ->> 0), ?2, ?3, value -> 1, 'queued', ?4 FROM json_each(?5)
+"""
+_INSERT_ROWS = """
+INSERT INTO messages (id, tenant, job_id, recipient, state, updated_at)
+SELECT ?1 + key, ?2, ?3, value, 'queued', ?4 FROM json_each(?5)
 """
 
 
@@ -244,7 +249,10 @@ class SqliteStore:
         # One INSERT over a JSON array of [offset, recipient]: SQLite steps through the chunk
         # without taking the GIL back per row (executemany does, and with the event loop busy
         # admitting the next chunk each re-acquisition waited). Recipients are kept as JSON text.
-        rows = _json_enc.encode(recipients)
+        if isinstance(recipients, RecipientRows):
+            rows, insert = recipients.json, _INSERT_ROWS
+        else:
+            rows, insert = _json_enc.encode(recipients), _INSERT_MESSAGES
         if item.idempotency is not None:
             key, digest, response = item.idempotency
             db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (job.tenant, key, digest, response, now))
@@ -255,9 +263,9 @@ class SqliteStore:
             (job.tenant, job.id, _job_enc.encode(job), first_id, len(recipients),
              "incoming" if item.incoming else "active", now, item.callback_url),  # fmt: skip
         ).fetchone()
-        db.execute(_INSERT_MESSAGES, (first_id, job.tenant, job.id, now, rows))
+        db.execute(insert, (first_id, job.tenant, job.id, now, rows))
         if stored_url and recipients:
-            last = first_id + max(i for i, _ in recipients)
+            last = first_id + (len(recipients) - 1 if insert is _INSERT_ROWS else max(i for i, _ in recipients))
             return (job.tenant, job.id, stored_url, stored_first, last, len(recipients))
         return None
 

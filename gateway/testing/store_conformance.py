@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict
-from gateway.store.base import Change, InboundRecord, NewJob, OutboxStats
+from gateway.store.base import Change, InboundRecord, NewJob, OutboxStats, RecipientRows
 
 JOB = Job(id="j1", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
 PLAIN = Job(id="j2", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
@@ -55,6 +56,18 @@ class StoreConformance:
         store.add_job(JOB, 1000, PEOPLE[:2], 10.0)
         store.add_job(JOB, 1000, PEOPLE[2:], 11.0)
         assert store.job("acme", "j1").job.size == 5
+
+    def test_encoded_rows_are_stored_as_the_pairs_would_be(self, store) -> None:
+        people = [Recipient(to="+12125550100", vars={"name": "Zoë"}, tz="Europe/Paris"),
+                  Recipient(to="+12125550101")]  # fmt: skip
+        rows = RecipientRows(json=msgspec.json.encode(people), count=2)
+        store.add_job(JOB, 1000, rows, 10.0, callback_url=HOOK)
+        store.add_job(PLAIN, 2000, list(enumerate(people)), 10.0)
+        for k, person in enumerate(people):
+            assert store.message("acme", 1000 + k).recipient == store.message("acme", 2000 + k).recipient == person
+        assert store.job("acme", "j1").job.size == 2 and store.message("acme", 1002) is None
+        store.record([Change(message_id=1001, state="failed", at=12.0)])  # the last row has the callback too
+        assert [item.message_id for item in store.outbox_take(20.0, 100, 30.0)] == [1001]
 
     def test_changes_history_and_final_states_stick(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE, 10.0)

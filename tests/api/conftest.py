@@ -4,6 +4,7 @@ import pytest
 from gateway.api.app import Api, hash_key
 from gateway.config import Tenant, default_text, loads
 from gateway.core.scheduler import Scheduler
+from gateway.runtime.ingest import CheckPool
 from gateway.runtime.service import Gateway
 from gateway.store.memory import MemoryStore
 from gateway.testing.clock import FakeClock
@@ -22,16 +23,29 @@ def clock():
 
 
 @pytest.fixture
-def gateway(clock):
+def gateway(clock, request):
+    """``parametrize("gateway", ["pool"], indirect=True)``: large streamed jobs are checked in
+    a worker process (``CheckPool``), as ``sluice serve`` does; else in the loop."""
     cfg = loads(default_text())
-    return Gateway(Scheduler(cfg.core, clock()), MemoryStore())
+    pool = CheckPool(cfg.core, 1) if getattr(request, "param", "loop") == "pool" else None
+    return Gateway(Scheduler(cfg.core, clock()), MemoryStore(), pool=pool)
+
+
+def api_for(gateway: Gateway, clock) -> Api:
+    tenants = {hash_key(k): Tenant(name=n, key_sha256=hash_key(k), requests_per_second=50, burst=20)
+               for n, k in KEYS.items()}  # fmt: skip
+    return Api(gateway, tenants, clock=clock, max_body=1 << 20)
 
 
 @pytest.fixture
 def api(gateway, clock):
-    tenants = {hash_key(k): Tenant(name=n, key_sha256=hash_key(k), requests_per_second=50, burst=20)
-               for n, k in KEYS.items()}  # fmt: skip
-    return Api(gateway, tenants, clock=clock, max_body=1 << 20)
+    return api_for(gateway, clock)
+
+
+@pytest.fixture
+def make_api(clock):
+    """Another API (same tenants and clock) over another gateway."""
+    return lambda gateway: api_for(gateway, clock)
 
 
 @pytest.fixture

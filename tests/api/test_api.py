@@ -1,6 +1,13 @@
 import json
 
+import httpx
+import msgspec
 import pytest
+
+from gateway.core.model import Recipient
+from gateway.core.scheduler import Scheduler
+from gateway.runtime.service import Gateway
+from gateway.store.memory import MemoryStore
 
 pytestmark = pytest.mark.anyio
 
@@ -162,6 +169,7 @@ async def _ndjson_lines(n: int, bad_at: int | None = None):
         yield json.dumps(line).encode() + b"\n"
 
 
+@pytest.mark.parametrize("gateway", ["loop", "pool"], indirect=True)
 async def test_ndjson_job_streams_in_chunks_and_keeps_the_order_of_errors(client, gateway):
     lines = [json.dumps({k: v for k, v in JOB.items() if k != "recipients"})]
     lines += [json.dumps(r) for r in JOB["recipients"] * 6000]  # more than one chunk of 10,000
@@ -173,6 +181,7 @@ async def test_ndjson_job_streams_in_chunks_and_keeps_the_order_of_errors(client
     assert (await client.get(f"/v1/jobs/{body['id']}")).json()["size"] == 12_000
 
 
+@pytest.mark.parametrize("gateway", ["loop", "pool"], indirect=True)
 async def test_ndjson_job_is_all_or_nothing(client, gateway):
     r = await client.post("/v1/jobs", content=_ndjson_lines(25_000, bad_at=21_000),
                           headers={"content-type": "application/x-ndjson"})  # fmt: skip
@@ -180,6 +189,45 @@ async def test_ndjson_job_is_all_or_nothing(client, gateway):
     assert r.json()["index"] == 21_000
     assert not list(gateway.store.unfinished())  # the chunks written before the bad line are gone
     assert gateway.core.statistics(0).ready == {} or sum(gateway.core.statistics(0).ready.values()) == 0
+
+
+@pytest.mark.parametrize("gateway", ["pool"], indirect=True)
+async def test_a_job_checked_in_a_worker_process_is_answered_and_stored_as_in_the_loop(client, gateway, clock,
+                                                                                       make_api):  # fmt: skip
+    head = {"from": "ACME", "template": "Hi {name}, 20% off today", "category": "marketing"}
+    people = []
+    for i in range(7000):  # several chunks, each large enough for the pool
+        r = {"to": f"+1415555{i % 10000:04d}", "vars": {"name": f"n{i}"}}
+        if i % 97 == 0:
+            r = {"to": "+1415555"}  # not a number
+        elif i % 89 == 0:
+            r = {"to": "+33612345678"}  # no variable
+        elif i % 83 == 0:
+            r = {**r, "vars": {"name": "🎉" * 600}}  # too many segments (UCS-2, two units each)
+        elif i % 79 == 0:
+            r = {**r, "tz": "Europe/Paris", "vars": {"name": "Zoë 🎉"}}
+        people.append(r)
+    lines = [json.dumps(head)] + [json.dumps(p) for p in people[:3000]] + ["", "  "] + \
+        [json.dumps(p) for p in people[3000:]]  # fmt: skip
+    body = ("\r\n".join(lines) + "\r\n").encode()
+    here = Gateway(Scheduler(gateway.core.settings, clock()), MemoryStore())  # the same job, checked in the loop
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=make_api(here)), base_url="http://sluice.test",
+                                 headers=client.headers) as local:  # fmt: skip
+        answers = [await c.post("/v1/jobs", content=body, headers={"content-type": "application/x-ndjson"})
+                   for c in (client, local)]  # fmt: skip
+    assert answers[0].status_code == answers[1].status_code == 202, answers[0].text
+    assert gateway.pool.chunks == 1  # 7,000 lines: one chunk, checked in the worker
+    pooled, loop = (a.json() for a in answers)
+    assert pooled["accepted"] == loop["accepted"] and pooled["rejected"] == loop["rejected"]
+    bad = [i for i in range(7000) if i % 97 == 0 or i % 89 == 0 or i % 83 == 0]
+    assert [e["index"] for e in pooled["rejected"]] == bad
+    stored = [[gw.store.message("acme", mid).recipient
+               for mid, _ in gw.store.messages("acme", jid, state=None, after=0, limit=10_000).ids]
+              for gw, jid in ((gateway, pooled["id"]), (here, loop["id"]))]  # fmt: skip
+    assert stored[0] == stored[1]  # the same recipients under the same ids
+    kept = [msgspec.convert(p, Recipient) for i, p in enumerate(people) if i not in set(bad)]
+    assert sorted(stored[0], key=lambda r: (r.to, r.vars.get("name", ""))) == \
+        sorted(kept, key=lambda r: (r.to, r.vars.get("name", "")))  # fmt: skip
 
 
 async def test_mms_media_urls_reach_the_dispatch(client, gateway, clock):

@@ -79,3 +79,29 @@ def test_ids_are_grouped_by_shard_within_an_admission():
     sent = c.take("a", 200, NOW).dispatches  # as many as the carrier's burst allows
     by_number = {people[i].to: adm.first_id + adm.offsets[i] for i in kept}
     assert sent and all(d.message_id == by_number[d.recipient] for d in sent)
+
+
+def test_recipients_checked_by_another_scheduler_keep_their_zones():
+    # A worker process checks with its own scheduler, whose zone keys are numbered in the order
+    # it met the zones; the answer names its zone sets, and admission maps them to its own keys.
+    here, there = core(), core()
+    new_york, tokyo = Recipient(to="+12125550101"), Recipient(to="+81312345678")
+    here.check(job("x"), [new_york])  # here New York's zones got the first key,
+    there.check(job("x"), [tokyo])  # there Tokyo's
+    checked = there.check(job("sale", "marketing"), [tokyo, new_york], portable=True)
+    adm = here.admit_checked(job("sale", "marketing"), checked, NOW)
+    assert adm.accepted == 2 and adm.rejected == []
+    # 14:00 in New York, 04:00 in Tokyo: only New York's message may go now
+    [d] = here.take("a", 10, NOW).dispatches
+    assert d.recipient == new_york.to and d.message_id == adm.first_id + adm.offsets[1]
+
+
+def test_check_changes_nothing_admission_does():
+    c = core()
+    checked = c.check(job("Hi {name}"), [Recipient(to="+12125550101", vars={"name": "Ann"}), Recipient(to="+1")])
+    assert checked.count == 2 and [i for i, _ in checked.rejected] == [0 + 1]
+    assert c.statistics(NOW).jobs == 0 and c.take("a", 10, NOW).dispatches == []
+    adm = c.admit_checked(job("Hi {name}"), checked, NOW)
+    assert adm.accepted == 1 and adm.offsets == [0, -1]
+    [d] = c.take("a", 10, NOW).dispatches
+    assert d.body == "Hi Ann" and d.message_id == adm.first_id

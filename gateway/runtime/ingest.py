@@ -1,0 +1,148 @@
+"""Checking a streamed job's recipients, in worker processes when the job is large.
+
+Before the 202 every recipient of a job is checked (number, variables, segments, zone, route),
+because the answer lists the rejected ones by index. That is ~6 µs of Python a recipient and it
+needs nothing but the job and the configuration, so a job of a million recipients is checked in
+chunks by ``CheckPool``'s worker processes (``anyio.to_process``: asyncio or trio alike) while
+the event loop admits the previous chunk to the core and the store writes the one before.
+
+A worker decodes the chunk's NDJSON lines itself, checks the numbers (``NumberCheck``) and asks
+a scheduler of the same settings (``Scheduler.check``, pure) for the rest; it answers with one
+msgpack ``ChunkChecked``. Zone keys are numbered per resolver, so its answer names the zone
+sets (``Checked.zones``) and the loop's scheduler maps them to its own keys. A chunk that does
+not decode as a whole comes back as ``None`` and is decoded again in the loop, line by line,
+to name the line that is wrong (``RecipientLines.decode``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_process
+import msgspec
+
+from gateway.api import schemas
+from gateway.core.model import Job
+from gateway.core.scheduler import Checked, Scheduler
+from gateway.core.settings import CoreSettings
+from gateway.runtime.numbers import NumberCheck
+
+__all__ = ["ChunkChecked", "CheckPool", "RecipientLines", "check_chunk"]
+
+log = logging.getLogger(__name__)
+
+# Below this many recipients a chunk is checked in the loop: a worker's round trip (pipe,
+# pickle, a process switch) costs more than the checking.
+POOL_MIN = 2000
+
+
+class ChunkChecked(msgspec.Struct, array_like=True, gc=False):
+    index: list[int]  # the core checked people[k] = the job's recipient index[k]
+    errors: list[tuple[int, str]]  # (the job's index, why): numbers that failed
+    checked: Checked  # the core's check of the rest
+    # Those the core accepted, in the order admission gives them ids (the ``by_shard`` order):
+    # a JSON array of recipients, what the store writes (``RecipientRows``).
+    rows: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientLines:
+    """A chunk of a streamed job not decoded yet: its non-blank NDJSON lines, and how to decode
+    them here (``decode(lines, first_index)``, raising ``InvalidInput`` that names the line)."""
+
+    lines: list[bytes]
+    decode: Callable[[list[bytes], int], list[schemas.RecipientIn]]
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def check_chunk(core: Scheduler, numbers: NumberCheck, job: Job, chunk: Sequence[schemas.RecipientIn],
+                first_index: int, *, portable: bool = False) -> ChunkChecked:  # fmt: skip
+    """Check one chunk (recipient k is the job's ``first_index + k``); admits nothing."""
+    people: list[schemas.RecipientIn] = []
+    index: list[int] = []
+    errors: list[tuple[int, str]] = []
+    check = numbers.error
+    for i, r in enumerate(chunk, first_index):
+        if (err := check(r.to)) is not None:
+            errors.append((i, err))
+            continue
+        index.append(i)
+        people.append(r)
+    checked = core.check(job, people, portable=portable)  # reads to, vars and tz, as of a Recipient
+    rows = _json(people[row[0]] for rows in checked.by_shard for row in rows)
+    return ChunkChecked(index=index, errors=errors, checked=checked, rows=rows)
+
+
+def _json(people) -> bytes:
+    return _encode_json(list(people))
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_encode_json = msgspec.json.Encoder().encode
+_decode_checked = msgspec.msgpack.Decoder(ChunkChecked | None).decode
+_decode_recipients = msgspec.json.Decoder(list[schemas.RecipientIn]).decode
+_decode_settings = msgspec.msgpack.Decoder(CoreSettings).decode
+_worker: tuple[bytes, Scheduler, NumberCheck] | None = None
+_WARM = ("+12125550100", "+447911123456", "+4915112345678")  # in a worker process: kept between chunks
+
+
+def _check_in_worker(settings: bytes, job: Job, lines: list[bytes], first_index: int) -> bytes:
+    """Runs in a worker process. The scheduler (and its zone and number caches) is kept for
+    the next chunk as long as the settings are the same."""
+    global _worker
+    if _worker is None or _worker[0] != settings:
+        _worker = (settings, Scheduler(_decode_settings(settings), 0.0), NumberCheck())
+        for number in _WARM:  # phonenumbers loads its data lazily (NANP's zones: ~0.4 s): now
+            _worker[2].error(number)
+            _worker[1].resolver.key_for(int(number[1:]))
+    _, core, numbers = _worker
+    try:
+        chunk = _decode_recipients(b"[" + b",".join(lines) + b"]")
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _encode(None)  # the loop decodes it line by line to say which line
+    return _encode(check_chunk(core, numbers, job, chunk, first_index, portable=True))
+
+
+class CheckPool:
+    """Up to ``workers`` processes that check chunks (started on first use, kept while busy)."""
+
+    def __init__(self, settings: CoreSettings, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("a check pool needs at least one worker")
+        self.workers = workers
+        self.ready = False  # set once ``warm`` has started the workers (or failed to)
+        self.chunks = 0  # chunks checked in the workers so far
+        self._settings = msgspec.msgpack.encode(settings)
+        self._limiter = anyio.CapacityLimiter(workers)
+
+    async def check(self, job: Job, lines: list[bytes], first_index: int) -> ChunkChecked | None:
+        """The chunk checked in a worker, or None if it does not decode as a whole."""
+        raw = await anyio.to_process.run_sync(_check_in_worker, self._settings, job, lines, first_index,
+                                              limiter=self._limiter)  # fmt: skip
+        self.chunks += 1
+        return _decode_checked(raw)
+
+    async def warm(self) -> None:
+        """Start every worker now (imports, settings), so the first large job does not wait for
+        them. A worker that fails to start is logged; checking falls back to the loop."""
+        job = Job(id="warm-up", tenant="", sender="S", template="x", category=_any_category(self._settings))
+
+        async def one() -> None:
+            try:
+                await self.check(job, [], 0)
+            except Exception as exc:  # noqa: BLE001 - logged: the pool is an optimisation
+                log.warning("ingest.worker_failed error=%r", exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.workers):
+                tg.start_soon(one)
+        self.ready = True
+
+
+def _any_category(settings: bytes) -> str:
+    return next(iter(_decode_settings(settings).categories))
