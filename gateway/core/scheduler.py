@@ -172,10 +172,25 @@ class Scheduler:
         nshards = len(self._shards)
         rejected: list[tuple[int, str]] = []
         by_shard: list[list[tuple]] = [[] for _ in range(nshards)]
-        check = self._check
+        # The hot loop of a large job (a million recipients): what it calls, bound once.
+        fill, plan, zone_of = entry.template.fill, self._plan, self.resolver.key_for
+        route = self._router.carriers_for if entry.carrier is None else None
         for i, r in enumerate(recipients):
             try:
-                number, packed, seg, zone, carrier = check(entry, r, fixed)
+                to = r.to
+                digits = to[1:]
+                if to[:1] != "+" or not digits.isdigit() or not 7 <= len(digits) <= 15:
+                    raise ValueError(f"invalid number {to!r}")
+                number = int(digits)
+                if fixed:
+                    packed, seg = b"", fixed
+                else:
+                    body, packed = fill(r.vars)
+                    seg = plan(body)
+                zone = zone_of(number, r.tz)
+                if zone > 0xFFFF:
+                    raise ValueError("too many distinct time-zone sets")
+                carrier = entry.carrier if route is None else route(digits)[0]
             except (ValueError, LookupError) as exc:
                 rejected.append((i, _reason(exc)))
                 continue
@@ -233,23 +248,6 @@ class Scheduler:
         (after a restart, the ids already in the store)."""
         self._ids.bump(floor)
         return self._ids.reserve(n, now)
-
-    def _check(self, entry: JobEntry, r: Recipient, fixed: int) -> tuple[int, bytes, int, int, int]:
-        """Validate one recipient; returns its columns. Raises ValueError/LookupError with why."""
-        digits = r.to[1:]
-        if r.to[:1] != "+" or not digits.isdigit() or not 7 <= len(digits) <= 15:
-            raise ValueError(f"invalid number {r.to!r}")
-        number = int(digits)
-        if fixed:
-            packed, seg = b"", fixed
-        else:
-            body, packed = entry.template.fill(r.vars)
-            seg = self._plan(body)
-        zone = self.resolver.key_for(number, r.tz)
-        if zone > 0xFFFF:
-            raise ValueError("too many distinct time-zone sets")
-        carrier = entry.carrier if entry.carrier is not None else self._router.carriers_for(digits)[0]
-        return number, packed, seg, zone, carrier
 
     def segments_of(self, template: str, values: dict[str, str]) -> tuple[int, str]:
         """How many segments a message of ``template`` with these variables takes, and in which

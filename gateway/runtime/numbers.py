@@ -6,8 +6,9 @@ same question asked directly of phonenumbers' metadata: for a ``+`` and digits, 
 is the first 1-3 digits that name one, the rest is the national number, and the number is valid
 iff the region that claims it (``_region_code_for_number_from_list``'s rule: leading digits, or
 the first region that knows the number) has a general pattern and a number type that both match
-it, length and pattern. That is two regex matches a number: the patterns of every type allowed
-at the number's length are joined into one, compiled once per (region, length).
+it, length and pattern. That is one regex match a number: the general pattern (as a lookahead)
+and the patterns of every type allowed at the number's length, joined into one and compiled
+once per (region, length).
 
 Anything unusual goes to phonenumbers itself, so the verdict is always phonenumbers' own: an
 unknown country code, a non-geographic one (+800 ...), a national number with a leading zero
@@ -31,31 +32,27 @@ _TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number",
 
 
 class _Region:
-    """One region's validity patterns, joined per national-number length."""
+    """One region's validity patterns: per national-number length, one regex that asks both
+    questions (the general pattern, as a lookahead, and any number type's)."""
 
-    __slots__ = ("leading", "meta", "_general", "_by_length")
+    __slots__ = ("leading", "meta", "_by_length")
 
     def __init__(self, meta: PhoneMetadata) -> None:
         self.meta = meta
         self.leading = re.compile(meta.leading_digits) if meta.leading_digits is not None else None
-        g = meta.general_desc
-        self._general = (frozenset(g.possible_length or ()), _compile(g.national_number_pattern)) if g else None
         self._by_length: dict[int, re.Pattern[str] | None] = {}
 
     def valid(self, nn: str) -> bool:
-        if self._general is None:
-            return False
-        lengths, general = self._general
-        n = len(nn)
-        if (lengths and n not in lengths) or general is None or general.fullmatch(nn) is None:
-            return False
-        joined = self._by_length.get(n, False)
-        if joined is False:
-            joined = self._by_length[n] = self._join(n)
-        return joined is not None and joined.fullmatch(nn) is not None
+        pattern = self._by_length.get(len(nn), False)
+        if pattern is False:
+            pattern = self._by_length[len(nn)] = self._pattern(len(nn))
+        return pattern is not None and pattern.fullmatch(nn) is not None
 
-    def _join(self, n: int) -> re.Pattern[str] | None:
+    def _pattern(self, n: int) -> re.Pattern[str] | None:
         m = self.meta
+        g = m.general_desc
+        if g is None or not g.national_number_pattern or (g.possible_length and n not in g.possible_length):
+            return None
         names = _TYPES if m.same_mobile_and_fixed_line_pattern else (*_TYPES, "mobile")
         parts = []
         for name in names:
@@ -65,7 +62,9 @@ class _Region:
             if desc.possible_length and n not in desc.possible_length:
                 continue
             parts.append(f"(?:{desc.national_number_pattern})")
-        return re.compile("|".join(parts)) if parts else None
+        if not parts:
+            return None
+        return re.compile(f"(?=(?:{g.national_number_pattern})\\Z)(?:{'|'.join(parts)})")
 
 
 def _compile(pattern: str | None) -> re.Pattern[str] | None:
