@@ -31,7 +31,20 @@ import httpx
 
 from bench.machine import describe
 from bench.output import out_option, save
-from bench.service import AUTH, ENV, config, hammer, medians, memory, ndjson_job, single_messages, until_ready
+from bench.service import (
+    AUTH,
+    ENV,
+    children,
+    children_cpu_seconds,
+    config,
+    cpu_seconds,
+    hammer,
+    medians,
+    memory,
+    ndjson_job,
+    single_messages,
+    until_ready,
+)
 from gateway.testing.processes import gateway
 
 
@@ -51,16 +64,24 @@ async def _post_job(url: str, pieces: list[bytes]) -> tuple[float, dict]:
     return elapsed, {"accepted": accepted["accepted"], "rejected": len(accepted["rejected"]), "stored": stored["size"]}
 
 
-async def one_run(n: int, pieces: list[bytes], singles: list[bytes], clients: int, seconds: float) -> dict:
+def _cpu(pid: int) -> tuple[float, float, float]:
+    return cpu_seconds(pid, main_thread=True), cpu_seconds(pid), children_cpu_seconds(pid)
+
+
+async def one_run(n: int, pieces: list[bytes], singles: list[bytes], clients: int, seconds: float,
+                  workers: int | str) -> dict:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
         d = Path(tmp)
         with open(d / "serve.log", "wb") as log:
-            async with gateway(config(d), env=ENV, stderr=log) as gw:
+            async with gateway(config(d, ingest_workers=workers), env=ENV, stderr=log) as gw:
                 with anyio.fail_after(600):
                     await until_ready(gw.url)
                     before = memory(gw.pid)
+                    cpu0 = _cpu(gw.pid)
                     elapsed, counts = await _post_job(gw.url, pieces)
+                    cpu = [(b - a) / n * 1e6 for a, b in zip(cpu0, _cpu(gw.pid))]
                     mem = memory(gw.pid)
+                    mem["workers_rss"] = sum(memory(kid)["rss"] for kid in children(gw.pid))
                     if counts["accepted"] + counts["rejected"] != n or counts["stored"] != counts["accepted"]:
                         raise click.ClickException(f"counts do not add up: {counts}")
                     ref = await hammer(gw.port, "/healthz", [b""], clients=clients, seconds=seconds / 2, method="GET")
@@ -69,10 +90,14 @@ async def one_run(n: int, pieces: list[bytes], singles: list[bytes], clients: in
     return {
         "job_seconds": elapsed,
         "job_recipients_per_s": n / elapsed,
+        "cpu_us_loop": cpu[0],
+        "cpu_us_server": cpu[1],
+        "cpu_us_workers": cpu[2],
         **counts,
         "server_rss_before": before["rss"],
         "server_peak_rss": mem["peak_rss"],
         "server_rss_after": mem["rss"],
+        "workers_rss": mem["workers_rss"],
         "store_bytes": size,
         "single_per_s": single["requests_per_s"],
         "single_errors": single["errors"],
@@ -83,14 +108,14 @@ async def one_run(n: int, pieces: list[bytes], singles: list[bytes], clients: in
     }
 
 
-def run(n: int, runs: int, clients: int, seconds: float, seed: int) -> dict[str, object]:
+def run(n: int, runs: int, clients: int, seconds: float, seed: int, workers: int | str = "auto") -> dict[str, object]:
     pieces = ndjson_job(n, seed=seed)
     singles = single_messages(20_000, seed)
     results = []
     for _ in range(runs):
-        results.append(anyio.run(one_run, n, pieces, singles, clients, seconds, backend="asyncio",
+        results.append(anyio.run(one_run, n, pieces, singles, clients, seconds, workers, backend="asyncio",
                                   backend_options={"use_uvloop": True}))  # fmt: skip
-    keys = ("job_seconds", "job_recipients_per_s", "server_peak_rss", "single_per_s", "single_latency_ms_median",
+    keys = ("job_seconds", "job_recipients_per_s", "cpu_us_loop", "cpu_us_server", "cpu_us_workers", "server_peak_rss", "workers_rss", "single_per_s", "single_latency_ms_median",
             "single_latency_ms_p99", "healthz_reference_per_s", "single_ratio")  # fmt: skip
     return {
         "scenario": "ingest",
@@ -99,6 +124,7 @@ def run(n: int, runs: int, clients: int, seconds: float, seed: int) -> dict[str,
         "body_bytes": sum(map(len, pieces)),
         "clients": clients,
         "seconds": seconds,
+        "ingest_workers": workers,
         **medians(results, keys),
         "per_run": results,
         "machine": describe(),
@@ -111,22 +137,32 @@ def run(n: int, runs: int, clients: int, seconds: float, seed: int) -> dict[str,
 @click.option("--clients", default=16, show_default=True, help="Concurrent clients for single-message POSTs.")
 @click.option("--seconds", default=5.0, show_default=True, help="How long single-message POSTs go on.")
 @click.option("--seed", default=1, show_default=True)
+@click.option("--ingest-workers", "workers", default="auto", show_default=True,
+              help="The server's api.ingest_workers: processes that check large jobs (0: its event loop does).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
-def bench_ingest(n: int, runs: int, clients: int, seconds: float, seed: int, json_path: str | None, out_dir: str | None) -> None:
+def bench_ingest(n: int, runs: int, clients: int, seconds: float, seed: int, workers: str, json_path: str | None,
+                 out_dir: str | None) -> None:  # fmt: skip
     """A big job accepted durably over HTTP (NDJSON), and single-message POSTs per second."""
-    r = run(n, runs, clients, seconds, seed)
+    if workers != "auto" and not workers.isdigit():
+        raise click.BadParameter("a whole number or 'auto'", param_hint="--ingest-workers")
+    r = run(n, runs, clients, seconds, seed, int(workers) if workers.isdigit() else workers)
     mb = 1 << 20
     rows = [
         (f"job of {n:,} recipients, POST -> 202 (s)", f"{r['job_seconds']:.2f}"),
         ("  recipients/s", f"{r['job_recipients_per_s']:,.0f}"),
+        ("  server CPU per recipient, event loop (µs)", f"{r['cpu_us_loop']:.1f}"),
+        ("  server CPU per recipient, all threads (µs)", f"{r['cpu_us_server']:.1f}"),
+        ("  ingest workers' CPU per recipient (µs)", f"{r['cpu_us_workers']:.1f}"),
         ("  server peak RSS (MB)", f"{r['server_peak_rss'] / mb:,.0f}"),
+        ("  ingest workers' RSS after the job, all (MB)", f"{r['workers_rss'] / mb:,.0f}"),
         (f"single-message POSTs/s ({clients} clients)", f"{r['single_per_s']:,.0f}"),
         ("  latency median / p99 (ms)", f"{r['single_latency_ms_median']:.1f} / {r['single_latency_ms_p99']:.1f}"),
         ("GET /healthz/s (reference)", f"{r['healthz_reference_per_s']:,.0f}"),
         ("  ratio", f"{r['single_ratio']:.2f}"),
     ]
-    click.echo(f"sluice bench ingest: {n:,} recipients ({r['body_bytes'] / mb:,.0f} MB NDJSON), median of {runs} runs")
+    click.echo(f"sluice bench ingest: {n:,} recipients ({r['body_bytes'] / mb:,.0f} MB NDJSON), ingest workers "
+               f"{workers}, median of {runs} runs")  # fmt: skip
     for k, v in rows:
         click.echo(f"  {k:<44} {v:>14}")
     save(r, json_path, out_dir)

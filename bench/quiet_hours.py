@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import click
 import phonenumbers
-from phonenumbers import geocoder, timezone
+from phonenumbers import timezone
 
 from bench.machine import describe
 from bench.output import out_option, save
@@ -42,6 +42,9 @@ def settings() -> CoreSettings:
 @cache
 def oracle(number: str) -> tuple[tuple[ZoneInfo, ...], int]:
     """(the number's zones, closing hour) from phonenumbers, independently of the core."""
+    # Imported here: its data is ~100 MB, and every `sluice` command imports this module.
+    from phonenumbers import geocoder
+
     n = phonenumbers.parse(number)
     zones = tuple(ZoneInfo(z) for z in timezone.time_zones_for_number(n) if z != "Etc/Unknown")
     place = geocoder.description_for_number(n, "en")

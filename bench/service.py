@@ -9,6 +9,7 @@ the client would then measure itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 from collections.abc import Iterable, Sequence
@@ -27,11 +28,13 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 
 def config(directory: Path, *, smpp_port: int | None = None, synchronous: str = "FULL",
            binds: int = 2, window: int = 100, answer_receipts: str = "after_write",
-           store: str = "sqlite") -> Path:  # fmt: skip
+           store: str = "sqlite", ingest_workers: int | str = "auto") -> Path:  # fmt: skip
     """A config for the bench: one carrier "alpha" with no rate limit worth the name, one
     tenant without a request limit, the store in ``directory`` (``store="memory"``: nothing on
     disk, to see what durability costs). With ``smpp_port`` the carrier has an SMPP link to it;
-    without, nothing drains the queue."""
+    without, nothing drains the queue. ``ingest_workers``: as ``api.ingest_workers`` (0: large
+    jobs are checked in the server's event loop)."""
+    workers = f'"{ingest_workers}"' if isinstance(ingest_workers, str) else ingest_workers
     url = "memory://" if store == "memory" else f"sqlite:///{directory / 'sluice.db'}"
     link = "" if smpp_port is None else f"""
 [[carriers.smpp]]
@@ -46,6 +49,7 @@ answer_receipts = "{answer_receipts}"
 [api]
 host = "127.0.0.1"
 max_body_bytes = {1 << 30}
+ingest_workers = {workers}
 
 [[api.tenants]]
 name = "bench"
@@ -104,6 +108,24 @@ def cpu_seconds(pid: int, *, main_thread: bool = False) -> float:
     with open(path, encoding="ascii") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (``sluice serve``'s ingest workers)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(k) for k in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time the live child processes of ``pid`` have used so far."""
+    total = 0.0
+    for kid in children(pid):
+        with contextlib.suppress(FileNotFoundError):  # ended meanwhile
+            total += cpu_seconds(kid)
+    return total
 
 
 def memory(pid: int) -> dict[str, int]:
