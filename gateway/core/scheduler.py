@@ -173,7 +173,8 @@ class Scheduler:
         rejected: list[tuple[int, str]] = []
         by_shard: list[list[tuple]] = [[] for _ in range(nshards)]
         # The hot loop of a large job (a million recipients): what it calls, bound once.
-        fill, plan, zone_of = entry.template.fill, self._plan, self.resolver.key_for
+        fill, measure, plan, zone_of = entry.template.fill, entry.template.measure, self._plan, self.resolver.key_for
+        most = self.settings.max_segments
         route = self._router.carriers_for if entry.carrier is None else None
         for i, r in enumerate(recipients):
             try:
@@ -185,8 +186,12 @@ class Scheduler:
                 if fixed:
                     packed, seg = b"", fixed
                 else:
-                    body, packed = fill(r.vars)
-                    seg = plan(body)
+                    packed, units = measure(r.vars)  # plain GSM-7 (the common case): counted, not rendered
+                    if units < 0:
+                        body, packed = fill(r.vars)
+                        seg = plan(body)
+                    elif (seg := segments.plain_count(units)) > most:
+                        raise ValueError(_too_long(seg, most))
                 zone = zone_of(number, r.tz)
                 if zone > 0xFFFF:
                     raise ValueError("too many distinct time-zone sets")
@@ -268,9 +273,7 @@ class Scheduler:
             if better is not body:
                 plan, flags = segments.plan(better), SMART
         if plan.segments > self.settings.max_segments:
-            raise ValueError(
-                f"message needs {plan.segments} segments, more than the maximum {self.settings.max_segments}"
-            )
+            raise ValueError(_too_long(plan.segments, self.settings.max_segments))
         return plan.segments | flags | (UCS2 if plan.encoding == segments.UCS2 else 0)
 
     def _fixed_plan(self, entry: JobEntry) -> int:
@@ -523,6 +526,10 @@ class Scheduler:
 
 
 _STATE_NAMES = (("ready", READY), ("waiting", WAITING), ("inflight", INFLIGHT), ("parked", PARKED))
+
+
+def _too_long(count: int, most: int) -> str:
+    return f"message needs {count} segments, more than the maximum {most}"
 
 
 def _reason(exc: BaseException) -> str:

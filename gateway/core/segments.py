@@ -31,7 +31,9 @@ __all__ = [
     "encode_gsm7",
     "encode_ucs2",
     "is_gsm7",
+    "is_plain",
     "pack_septets",
+    "plain_count",
     "plain_segments",
     "plan",
     "smart",
@@ -102,12 +104,20 @@ def smart(text: str) -> str:
     return replaced if is_gsm7(replaced) else text
 
 
+def is_plain(text: str) -> bool:
+    """Plain GSM-7: ASCII with one septet a character (no extension, no control but CR/LF)."""
+    return text.isascii() and _ASCII_SPECIAL.search(text) is None
+
+
 def plain_segments(text: str) -> int:
-    """How many segments (8-bit reference) a text of plain GSM-7 characters takes (ASCII,
-    one septet each: no extension, no control but CR/LF); 0 if it is not one (ask ``plan``)."""
-    if text.isascii() and _ASCII_SPECIAL.search(text) is None:
-        return 1 if len(text) <= 160 else -(-len(text) // 153)
-    return 0
+    """How many segments (8-bit reference) a plain GSM-7 text takes; 0 if it is not one (ask
+    ``plan``)."""
+    return plain_count(len(text)) if is_plain(text) else 0
+
+
+def plain_count(units: int) -> int:
+    """Segments of a plain GSM-7 text of ``units`` characters (8-bit reference)."""
+    return 1 if units <= 160 else -(-units // 153)
 
 
 def plan(text: str, *, ref16: bool = False) -> Plan:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import operator
 import re
 
+from gateway.core import segments
+
 __all__ = ["MissingVariable", "Template"]
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -23,7 +25,7 @@ class MissingVariable(ValueError):
 
 
 class Template:
-    __slots__ = ("source", "fields", "_fmt", "_get")
+    __slots__ = ("source", "fields", "_fmt", "_get", "_plain")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -41,12 +43,30 @@ class Template:
         self.fields = tuple(fields)
         self._fmt = "".join(parts)
         self._get = operator.itemgetter(*fields) if fields else None  # the values, in field order
+        # The literal text's length if it is plain GSM-7 and each field appears once: then a
+        # body's length is known from the values alone (``measure``); else -1.
+        literal = _PLACEHOLDER.sub("", source)
+        once = len(_PLACEHOLDER.findall(source)) == len(fields)
+        self._plain = len(literal) if once and segments.is_plain(literal) else -1
 
     def fill(self, values: dict[str, str]) -> tuple[str, bytes]:
         """The rendered body and this recipient's values packed in field order (what is stored).
         Raises MissingVariable, or ValueError for a value with a NUL character."""
         if not self.fields:
             return self.source, b""
+        vals, joined = self._values(values)
+        return self._fmt.format(*vals), joined.encode()
+
+    def measure(self, values: dict[str, str]) -> tuple[bytes, int]:
+        """``fill`` without rendering when it can: the packed values, and the body's length if
+        all of it is plain GSM-7 (``segments.is_plain``), else -1 (then ``fill`` and plan it)."""
+        if not self.fields or self._plain < 0:
+            return self.fill(values)[1], -1
+        vals, joined = self._values(values)
+        flat = "".join(vals)
+        return joined.encode(), self._plain + len(flat) if segments.is_plain(flat) else -1
+
+    def _values(self, values: dict[str, str]) -> tuple[tuple[str, ...], str]:
         try:
             vals = self._get(values)
         except KeyError as exc:
@@ -56,7 +76,7 @@ class Template:
         joined = _SEP.join(vals)
         if joined.count(_SEP) != len(vals) - 1:
             raise ValueError("variable values must not contain NUL characters")
-        return self._fmt.format(*vals), joined.encode()
+        return vals, joined
 
     def pack(self, values: dict[str, str]) -> bytes:
         return self.fill(values)[1]

@@ -61,8 +61,10 @@ class RecipientLines:
 
 
 def check_chunk(core: Scheduler, numbers: NumberCheck, job: Job, chunk: Sequence[schemas.RecipientIn],
-                first_index: int, *, portable: bool = False) -> ChunkChecked:  # fmt: skip
-    """Check one chunk (recipient k is the job's ``first_index + k``); admits nothing."""
+                first_index: int, *, lines: Sequence[bytes] | None = None, portable: bool = False,
+                ) -> ChunkChecked:  # fmt: skip
+    """Check one chunk (recipient k is the job's ``first_index + k``); admits nothing.
+    ``lines``: the chunk's JSON text, one recipient each, kept as the stored rows (else encoded)."""
     people: list[schemas.RecipientIn] = []
     index: list[int] = []
     errors: list[tuple[int, str]] = []
@@ -74,12 +76,12 @@ def check_chunk(core: Scheduler, numbers: NumberCheck, job: Job, chunk: Sequence
         index.append(i)
         people.append(r)
     checked = core.check(job, people, portable=portable)  # reads to, vars and tz, as of a Recipient
-    rows = _json(people[row[0]] for rows in checked.by_shard for row in rows)
+    order = [row[0] for rows in checked.by_shard for row in rows]  # people, in the order of their ids
+    if lines is None:
+        rows = _encode_json([people[k] for k in order])
+    else:  # the text as it came: decoded and checked already, it is a recipient's JSON
+        rows = b"[" + b",".join([lines[index[k] - first_index] for k in order]) + b"]"
     return ChunkChecked(index=index, errors=errors, checked=checked, rows=rows)
-
-
-def _json(people) -> bytes:
-    return _encode_json(list(people))
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -87,8 +89,8 @@ _encode_json = msgspec.json.Encoder().encode
 _decode_checked = msgspec.msgpack.Decoder(ChunkChecked | None).decode
 _decode_recipients = msgspec.json.Decoder(list[schemas.RecipientIn]).decode
 _decode_settings = msgspec.msgpack.Decoder(CoreSettings).decode
-_worker: tuple[bytes, Scheduler, NumberCheck] | None = None
-_WARM = ("+12125550100", "+447911123456", "+4915112345678")  # in a worker process: kept between chunks
+_worker: tuple[bytes, Scheduler, NumberCheck] | None = None  # in a worker process: kept between chunks
+_WARM = ("+12125550100", "+447911123456", "+4915112345678")
 
 
 def _check_in_worker(settings: bytes, job: Job, lines: list[bytes], first_index: int) -> bytes:
@@ -105,7 +107,7 @@ def _check_in_worker(settings: bytes, job: Job, lines: list[bytes], first_index:
         chunk = _decode_recipients(b"[" + b",".join(lines) + b"]")
     except (msgspec.ValidationError, msgspec.DecodeError):
         return _encode(None)  # the loop decodes it line by line to say which line
-    return _encode(check_chunk(core, numbers, job, chunk, first_index, portable=True))
+    return _encode(check_chunk(core, numbers, job, chunk, first_index, lines=lines, portable=True))
 
 
 class CheckPool:

@@ -223,9 +223,10 @@ class Gateway:
         if item.result is not None:
             return item.result
         chunk = item.chunk
-        people = chunk.decode(chunk.lines, item.first) if isinstance(chunk, RecipientLines) else chunk
+        lines = chunk.lines if isinstance(chunk, RecipientLines) else None
+        people = chunk.decode(lines, item.first) if lines is not None else chunk
         try:
-            return check_chunk(self.core, self.numbers, job, people, item.first)
+            return check_chunk(self.core, self.numbers, job, people, item.first, lines=lines)
         except ValueError as exc:  # the body itself is wrong (e.g. too long), for every recipient
             raise InvalidInput(str(exc), field="template") from exc
 

@@ -1,5 +1,8 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.core import segments
 from gateway.core.template import MissingVariable, Template
 
 
@@ -24,3 +27,25 @@ def test_plain_body_has_no_fields():
 def test_nul_in_values_rejected():
     with pytest.raises(ValueError):
         Template("{a}{b}").pack({"a": "x\x00y", "b": "z"})
+
+
+_TEXT = st.text(alphabet=st.sampled_from("ab Z09.,!\n\r{}[]~^|€éÇ€ß`\x07\x1bЖ🎉"), max_size=200)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["Hi ", "{a}", "{b}", ", see ", "{a}", "€", "{", "x" * 150]), min_size=1, max_size=6),
+       _TEXT, _TEXT)  # fmt: skip
+def test_measure_agrees_with_filling_and_planning(parts, a, b):
+    t = Template("".join(parts))
+    values = {"a": a, "b": b}
+    packed, units = t.measure(values)
+    body, filled = t.fill(values)
+    assert packed == filled
+    if units >= 0:  # counted without rendering: only when the whole body is plain GSM-7
+        got = segments.plan(body)
+        assert (got.encoding, got.units, got.segments) == ("gsm7", units, segments.plain_count(units))
+        assert segments.is_plain(body)
+    else:  # and whenever it is, with each field once, it is counted
+        source = "".join(parts)
+        once = all(source.count("{%s}" % f) <= 1 for f in "ab")
+        assert not (once and segments.is_plain(body) and t.fields)
