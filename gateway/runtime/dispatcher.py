@@ -94,6 +94,7 @@ class Dispatcher:
         self._acks: dict[str, list[int]] = {}  # carrier -> receipts to answer once ``_pending`` is written
         self._wake = anyio.Event()
         self._dirty = anyio.Event()  # set when a write should start now (waiting acks, windows)
+        self._queued = anyio.Event()  # set when the first change of the next write comes in
         self.stats = DispatcherStats()
         self.receipt_latency = LatencyHistogram()
 
@@ -194,6 +195,8 @@ class Dispatcher:
             self.stats.submitted += 1
             carrier = event.carrier
             self._confirming[carrier] = self._confirming.get(carrier, 0) + 1
+            if not self._pending:
+                self._queued.set()
             self._pending.append(Change(message_id=d.message_id, state="submitted", at=now, carrier=event.carrier,
                                         carrier_ids=event.carrier_ids))  # fmt: skip
             return
@@ -207,6 +210,8 @@ class Dispatcher:
                     self._acks[event.carrier] = list(event.acks)
                 else:
                     acks.extend(event.acks)
+            if not self._pending:
+                self._queued.set()
             self._pending.append(Change(message_id=event.message_id, state=str(event.state), at=now,
                                         reason=event.reason, carrier=event.carrier))  # fmt: skip
             return
@@ -256,6 +261,8 @@ class Dispatcher:
 
     def _change(self, mid: int, state: str, at: float, reason: str, carrier: str | None = None,
                 ids: tuple[str, ...] = ()) -> None:  # fmt: skip
+        if not self._pending:
+            self._queued.set()
         self._pending.append(Change(message_id=mid, state=state, at=at, reason=reason, carrier=carrier,
                                     carrier_ids=ids))  # fmt: skip
 
@@ -265,8 +272,12 @@ class Dispatcher:
         # Group commit: a write starts as soon as there are changes and the previous write has
         # ended (at most ``flush_every`` after the first change, if no one asks sooner); what
         # came in meanwhile goes in the next one. Under load the writes run back to back, each
-        # taking what arrived during the last; idle, nothing is written.
+        # taking what arrived during the last; idle, nothing is written and the loop sleeps
+        # until the first change (not a wake-up every ``flush_every``).
         while True:
+            if not self._pending:
+                await self._queued.wait()
+            self._queued = anyio.Event()
             with anyio.move_on_after(self._flush_every):
                 await self._dirty.wait()
             self._dirty = anyio.Event()
