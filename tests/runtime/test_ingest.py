@@ -9,6 +9,7 @@ from gateway.api import schemas
 from gateway.api.app import decode_lines
 from gateway.config import default_text, loads
 from gateway.core.scheduler import Scheduler
+from gateway.errors import InvalidInput
 from gateway.runtime.app import _ready
 from gateway.runtime.ingest import POOL_MIN, CheckPool, RecipientLines
 from gateway.runtime.service import Gateway
@@ -61,3 +62,12 @@ async def test_readyz_answers_503_until_the_workers_have_started():
     await pool.warm()
     assert (await ready()).status == 200
     assert (await _ready(None)()).status == 200  # no pool: nothing to wait for
+
+
+async def test_a_body_too_long_for_every_recipient_is_refused_from_the_worker_too():
+    gw = Gateway(Scheduler(CFG.core, NOW), MemoryStore(), pool=CheckPool(CFG.core, 1))
+    head = schemas.JobIn(sender="ACME", template="x" * 1600, category="marketing")  # 11 segments, 10 allowed
+    with pytest.raises(InvalidInput, match="segments") as caught:
+        await gw.submit_job_stream("acme", head, _chunks(_lines(POOL_MIN)), NOW, digest=lambda: "")
+    assert caught.value.field == "template"
+    assert list(gw.store.unfinished()) == []  # nothing of it kept
