@@ -172,7 +172,7 @@ class Api:
     async def _post_job_stream(self, tenant: Tenant, scope, receive) -> Response:
         """NDJSON: the job line, then one recipient per line, read and admitted in chunks."""
         idem = _idem(scope)
-        body = NdjsonBody(receive, max_line=self._max_body)
+        body = NdjsonBody(receive, max_line=self._max_body, digest=idem is not None)
         head = await body.head()
 
         async def recipients():
@@ -335,19 +335,21 @@ _RECIPIENTS = msgspec.json.Decoder(list[schemas.RecipientIn])
 class NdjsonBody:
     """A request body of NDJSON lines, read as it arrives: ``head()`` is the first line (the
     job), ``chunks()`` yields the recipients ``chunk`` lines at a time. Only one chunk and one
-    partial line are held at once; ``max_line`` bounds a line. The SHA-256 of every byte read
-    is kept for the idempotency key (``digest()``, once the body has been read)."""
+    partial line are held at once; ``max_line`` bounds a line. With ``digest``, the SHA-256 of
+    every byte read is kept for the idempotency key (``digest()``, once the body has been read)."""
 
-    def __init__(self, receive, *, max_line: int, chunk: int = 10_000) -> None:
+    def __init__(self, receive, *, max_line: int, chunk: int = 10_000, digest: bool = True) -> None:
         self._receive = receive
         self._max_line = max_line
         self._chunk = chunk
-        self._sha = hashlib.sha256()
+        self._sha = hashlib.sha256() if digest else None  # only an idempotency key needs it
         self._lines: list[bytes] = []  # complete lines not handed out yet
         self._partial = b""
         self._done = False
 
     def digest(self) -> str:
+        if self._sha is None:
+            raise RuntimeError("NdjsonBody(digest=False) keeps no digest")
         return self._sha.hexdigest()
 
     async def _fill(self) -> None:
@@ -355,7 +357,8 @@ class NdjsonBody:
         if event["type"] == "http.disconnect":
             raise InvalidInput("client went away")
         data = event.get("body", b"")
-        self._sha.update(data)
+        if self._sha is not None:
+            self._sha.update(data)
         if not event.get("more_body"):
             self._done = True
         data = self._partial + data
