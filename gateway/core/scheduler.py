@@ -221,7 +221,7 @@ class Scheduler:
         not_before = job.not_before if job.not_before is not None and job.not_before > now else None
         keys = None
         if checked.zones is not None:  # checked elsewhere: that resolver's keys -> this one's
-            keys = [self.resolver.key_for_zones(zs.zones, zs.region) for zs in checked.zones]
+            keys = [self.resolver.key_for_set(zs) for zs in checked.zones]
         offsets = [-1] * checked.count
         offset = 0
         for shard, rows in zip(self._shards, checked.by_shard):

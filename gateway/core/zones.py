@@ -111,6 +111,11 @@ class ZoneResolver:
             raise ValueError("a zone set needs at least one zone")
         return self._intern(ZoneSet(names, region))
 
+    def key_for_set(self, zs: ZoneSet) -> int:
+        """The key of a zone set another resolver found (validated the first time it is seen)."""
+        key = self._ids.get(zs)
+        return key if key is not None else self.key_for_zones(zs.zones, zs.region)
+
     def __len__(self) -> int:
         """How many distinct zone sets have been interned (keys are ``0 .. len - 1``)."""
         return len(self._sets)

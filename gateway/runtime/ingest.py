@@ -1,14 +1,15 @@
 """Checking a streamed job's recipients, in worker processes when the job is large.
 
 Before the 202 every recipient of a job is checked (number, variables, segments, zone, route),
-because the answer lists the rejected ones by index. That is ~6 µs of Python a recipient and it
+because the answer lists the rejected ones by index. That is ~5 µs of Python a recipient and it
 needs nothing but the job and the configuration, so a job of a million recipients is checked in
 chunks by ``CheckPool``'s worker processes (``anyio.to_process``: asyncio or trio alike) while
 the event loop admits the previous chunk to the core and the store writes the one before.
 
 A worker decodes the chunk's NDJSON lines itself, checks the numbers (``NumberCheck``) and asks
 a scheduler of the same settings (``Scheduler.check``, pure) for the rest; it answers with one
-msgpack ``ChunkChecked``. Zone keys are numbered per resolver, so its answer names the zone
+msgpack ``ChunkChecked``: the core's columns, and the accepted recipients' own JSON lines in the
+order of their ids, which the store writes as they are. Zone keys are numbered per resolver, so its answer names the zone
 sets (``Checked.zones``) and the loop's scheduler maps them to its own keys. A chunk that does
 not decode as a whole comes back as ``None`` and is decoded again in the loop, line by line,
 to name the line that is wrong (``RecipientLines.decode``).
@@ -76,7 +77,7 @@ def check_chunk(core: Scheduler, numbers: NumberCheck, job: Job, chunk: Sequence
         index.append(i)
         people.append(r)
     checked = core.check(job, people, portable=portable)  # reads to, vars and tz, as of a Recipient
-    order = [row[0] for rows in checked.by_shard for row in rows]  # people, in the order of their ids
+    order = [row[0] for shard in checked.by_shard for row in shard]  # people, in the order of their ids
     if lines is None:
         rows = _encode_json([people[k] for k in order])
     else:  # the text as it came: decoded and checked already, it is a recipient's JSON
@@ -126,7 +127,8 @@ class CheckPool:
         """The chunk checked in a worker, or None if it does not decode as a whole."""
         raw = await anyio.to_process.run_sync(_check_in_worker, self._settings, job, lines, first_index,
                                               limiter=self._limiter)  # fmt: skip
-        self.chunks += 1
+        if lines:
+            self.chunks += 1
         return _decode_checked(raw)
 
     async def warm(self) -> None:
