@@ -65,9 +65,11 @@ async def wait_progress(c, job_id: str, n: int, timeout: float = 20.0) -> dict[s
 
 
 SCENARIOS = {
-    # Binds dropped every 150 PDUs, 0.3 s of 0x58 every 1.5 s, every receipt sent twice.
+    # Binds dropped every 150 PDUs, 0.1 s of 0x58 every 0.5 s, every receipt sent twice. The
+    # storms are timed from the simulator's start and the job takes ~1 s: a storm every 0.5 s
+    # falls inside it wherever it starts (one every 1.5 s missed a fast enough job).
     "drops+throttling+duplicate_receipts": (
-        ["--drop-after", "150", "--throttle-burst", "1.5:0.3", "--duplicate-receipts", "--dlr-delay", "0.05"],
+        ["--drop-after", "150", "--throttle-burst", "0.5:0.1", "--duplicate-receipts", "--dlr-delay", "0.05"],
         10.0,
     ),
     # The SMSC goes silent after 300 PDUs on each connection and never sends a receipt: every
