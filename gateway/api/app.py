@@ -17,8 +17,9 @@ import anyio
 import msgspec
 
 from gateway.api import openapi, schemas
-from gateway.config import Tenant
+from gateway.config import Operator, Tenant
 from gateway.core.bucket import TokenBucket
+from gateway.core.targets import TargetPolicy, url_problem
 from gateway.errors import CallerError, InvalidInput, SluiceError, StorageError
 from gateway.runtime.ingest import RecipientLines
 from gateway.runtime.service import Gateway
@@ -56,16 +57,24 @@ class Api:
     def __init__(self, gateway: Gateway, tenants: dict[str, Tenant], *, clock: Callable[[], float],
                  max_body: int = 64 * 1024 * 1024, body_timeout: float = 60.0,
                  extra: dict[str, Handler] | None = None,
-                 callbacks: Mapping[str, CarrierCallback] | None = None) -> None:  # fmt: skip
+                 callbacks: Mapping[str, CarrierCallback] | None = None,
+                 targets: TargetPolicy | None = None, operators: dict[str, Operator] | None = None,
+                 ) -> None:  # fmt: skip
         """``tenants`` maps the hex SHA-256 of each API key to its tenant: keys are never kept.
-        ``body_timeout``: the most time spent waiting for one request's body, in all (408)."""
+        ``body_timeout``: the most time spent waiting for one request's body, in all (408).
+        ``targets``: where a ``callback_url`` may point (default: public addresses only).
+        ``operators``: SHA-256 of each operator's key -> operator (``/metrics``, full ``/v1/carriers``)."""
+        self._operators = operators or {}
+        self._targets = targets if targets is not None else TargetPolicy()
         self.gw = gateway
         self._tenants = tenants
         self._clock = clock
         self._max_body = max_body
         self._body_timeout = body_timeout
         self._limits: dict[str, TokenBucket] = {}
-        self._extra = extra or {}  # GETs: /metrics, /healthz, /readyz (open), /v1/carriers (any key)
+        # GETs: /healthz, /readyz (open); /metrics (operators); /v1/carriers (operators: all of it,
+        # tenants: a reduced view). Handlers of keyed paths take ``operator: bool``.
+        self._extra = extra or {}
         self._callbacks = callbacks or {}  # HTTP carrier name -> its callback (signed, not by tenant key)
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("POST", re.compile(r"^/v1/messages$"), self._post_message),
@@ -111,9 +120,9 @@ class Api:
         if method == "GET" and path == "/openapi.json":
             return Response(200, openapi.document())
         if method == "GET" and path in self._extra:
-            if path.startswith("/v1/"):  # operational (/v1/carriers), but the API's: any tenant's key
-                self._rate_limit(self._authenticate(scope))
-            return await self._extra[path]()
+            if path in _OPEN:
+                return await self._extra[path]()
+            return await self._operational(scope, path)
         if (hit := _CALLBACK.match(path)) is not None:
             if method != "POST":
                 return _error(405, "method not allowed; use POST", headers=[(b"allow", b"POST")])
@@ -136,6 +145,18 @@ class Api:
             return _error(405, f"method not allowed; use {methods}", headers=[(b"allow", methods.encode())])
         return _error(404, "no such endpoint")
 
+    async def _operational(self, scope, path: str) -> Response:
+        """/metrics and /v1/carriers: an operator's key sees everything; a tenant's key gets the
+        reduced /v1/carriers (no other tenants' volumes) and 403 on /metrics."""
+        if (operator := self._operators.get(hash_key(_bearer(scope)))) is not None:
+            log.debug("api.operator name=%s path=%s", operator.name, path)
+            return await self._extra[path](operator=True)
+        tenant = self._authenticate(scope)
+        self._rate_limit(tenant)
+        if path not in _TENANT_VIEWS:
+            raise _Forbidden(f"{path} needs an operator's key (api.operators)")
+        return await self._extra[path](operator=False)
+
     def _authenticate(self, scope) -> Tenant:
         auth = _header(scope, b"authorization")
         if not auth.startswith("Bearer ") or len(auth) < 8:
@@ -156,16 +177,23 @@ class Api:
         if not bucket.try_take(1, now):
             raise _TooMany(max(1, round(bucket.wait_time(1, now) + 0.5)))
 
+    def _check_target(self, url: str | None) -> None:
+        """The SSRF rule at submission (gateway/core/targets.py); again at connect time."""
+        if url is not None and (problem := url_problem(url, self._targets)) is not None:
+            raise _UnsafeUrl(f"callback_url refused: {problem}", field="callback_url")
+
     # -- handlers -----------------------------------------------------------------------
 
     async def _post_message(self, tenant: Tenant, scope, body: bytes) -> Response:
         msg = _decode(schemas.MessageIn, body)
+        self._check_target(msg.callback_url)
         out, _ = await self.gw.submit_message(tenant.name, msg, self._clock(), raw=body,
                                               idempotency_key=_idem(scope))  # fmt: skip
         return Response(202, out)
 
     async def _post_job(self, tenant: Tenant, scope, body: bytes) -> Response:
         job = _decode(schemas.JobIn, body)
+        self._check_target(job.callback_url)
         out, _ = await self.gw.submit_job(tenant.name, job, self._clock(), raw=body, idempotency_key=_idem(scope))
         return Response(202, out)
 
@@ -174,6 +202,7 @@ class Api:
         idem = _idem(scope)
         body = NdjsonBody(receive, max_line=self._max_body, digest=idem is not None)
         head = await body.head()
+        self._check_target(head.callback_url)
 
         async def recipients():
             if head.recipients:  # the job line may carry some recipients itself
@@ -271,12 +300,31 @@ class _Unauthorized(CallerError):
     status = 401
 
 
+class _Forbidden(CallerError):
+    status = 403
+
+
+_OPEN = frozenset({"/healthz", "/readyz"})  # for load balancers and orchestrators: no key
+_TENANT_VIEWS = frozenset({"/v1/carriers"})  # keyed paths a tenant may read (a reduced view)
+
+
+def _bearer(scope) -> str:
+    auth = _header(scope, b"authorization")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+
+
 class _TooMany(CallerError):
     status = 429
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"rate limit exceeded; retry after {retry_after} s")
         self.retry_after = retry_after
+
+
+class _UnsafeUrl(InvalidInput):
+    """A callback_url the gateway must not call (loopback, private, its own ports...): 422."""
+
+    code = "unsafe_url"
 
 
 class _TooLarge(CallerError):
