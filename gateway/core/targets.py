@@ -47,6 +47,7 @@ _V6_BLOCKED = [ipaddress.IPv6Network(n) for n in (
     "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
 )]  # fmt: skip
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_V6_UNICAST = ipaddress.IPv6Network("2000::/3")
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa", ".lan", ".intranet")
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
@@ -103,7 +104,10 @@ def url_problem(url: str, policy: TargetPolicy) -> str | None:
     """Why ``url`` may not be a target (None: it may, as far as its text tells)."""
     if _BAD_CHARS.search(url):
         return "the URL has a control character, a space, a backslash or non-ASCII text (percent-encode it)"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        return "the URL cannot be parsed"
     if parts.scheme.lower() not in ("http", "https") or not url[len(parts.scheme) :].startswith("://"):
         return "the URL must start with http:// or https://"
     netloc = parts.netloc
@@ -184,8 +188,16 @@ def _blocked(ip: Address) -> bool:
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None:
             return _blocked(embedded)
-        return any(ip in n for n in _V6_BLOCKED)
-    return any(ip in n for n in _V4_BLOCKED)
+        if ip not in _V6_UNICAST:  # all that IANA has allocated for global unicast
+            return True
+        return any(ip in n for n in _V6_BLOCKED) or _special(ip) or ip.is_site_local
+    return any(ip in n for n in _V4_BLOCKED) or _special(ip)
+
+
+def _special(ip: Address) -> bool:
+    """Python's own classification too (it follows the IANA registries of its release)."""
+    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved \
+        or ip.is_unspecified
 
 
 def _is_local_name(name: str) -> bool:
