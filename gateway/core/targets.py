@@ -48,6 +48,7 @@ _V6_BLOCKED = [ipaddress.IPv6Network(n) for n in (
 )]  # fmt: skip
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _V6_UNICAST = ipaddress.IPv6Network("2000::/3")
+_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa", ".lan", ".intranet")
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
@@ -74,6 +75,8 @@ class TargetPolicy:
     def is_own(self, host: str, ip: Address | None, port: int) -> bool:
         """Is (host or ip, port) one of the gateway's own endpoints? A wildcard bind (0.0.0.0,
         ::) is every local address: then any non-global address on that port is ours."""
+        if ip is None and (host in _LOCAL_NAMES or host.endswith(".localhost")):
+            ip = _LOOPBACK  # what a local name resolves to: our own loopback
         for own_host, own_port in self.own:
             if own_port != port:
                 continue
