@@ -80,7 +80,15 @@ class RecipientError(msgspec.Struct, gc=False):
 class JobAccepted(msgspec.Struct):
     id: str
     accepted: int
+    # The first REJECTED_IN_FULL rejected recipients in full (by index); all of them counted in
+    # rejected_count and, by reason (the reason without the number itself), in rejected_by_reason.
     rejected: list[RecipientError]
+    rejected_count: int = 0
+    rejected_by_reason: dict[str, int] = {}
+
+
+#: How many rejected recipients a job's answer lists one by one (the rest are counted by reason).
+REJECTED_IN_FULL = 1000
 
 
 class JobStatus(msgspec.Struct):

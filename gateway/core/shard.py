@@ -192,9 +192,23 @@ class Shard:
             rows = self.parked[job_slot] = array("q")
         rows.append(row)
 
-    def unpark(self, job_slot: int, jobs: list[JobEntry]) -> None:
-        for row in self.parked.pop(job_slot, ()):
+    def unpark(self, job_slot: int, jobs: list[JobEntry], limit: int | None = None) -> int:
+        """Make ready the job's parked rows, at most ``limit`` of them (oldest first); how many."""
+        rows = self.parked.get(job_slot)
+        if rows is None:
+            return 0
+        if limit is None or limit >= len(rows):
+            del self.parked[job_slot]
+            take = rows
+        else:
+            take = rows[:limit]
+            del rows[:limit]
+        for row in take:
             self.make_ready(row, jobs)
+        return len(take)
+
+    def parked_count(self, job_slot: int) -> int:
+        return len(self.parked.get(job_slot, ()))
 
     def wait(self, row: int, until: float) -> None:
         self.state[row] = WAITING

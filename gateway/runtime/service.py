@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from functools import partial
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 
 import anyio
+import anyio.lowlevel
 from anyio import BrokenWorkerProcess
 import msgspec
 
@@ -106,7 +108,7 @@ class Gateway:
         rejected = pre_rejected + [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
         rejected.sort(key=lambda e: e.index)
         kept = _in_id_order(adm.offsets, people)
-        response = _json.encode(schemas.JobAccepted(id=job.id, accepted=len(kept), rejected=rejected))
+        response = _json.encode(Rejections().add(rejected).answer(job.id, len(kept)))
         if kept:
             await self._persist(job, adm.first_id, kept, now, body.callback_url,
                           (idempotency_key, digest, response) if idempotency_key else None)  # fmt: skip
@@ -128,7 +130,7 @@ class Gateway:
         SHA-256 once the stream has been read (for the idempotency key)."""
         job = self._job(tenant, head.sender, head.template, head.category, head.send_at, head.validity, now, head.media)
         seen = accepted = 0
-        rejected: list[schemas.RecipientError] = []
+        rejected = Rejections()  # the first ones in full, then counted: the answer stays small
         outcomes: list[Outcome] = []
         writer = _ChunkWriter(partial(self.store.add_job, job, now=now, callback_url=head.callback_url, incoming=True))
         try:
@@ -146,7 +148,7 @@ class Gateway:
                                 raise item.error
                             kept, errors, adm_outcomes = self._admit_checked(job, self._checked(job, item), now)
                             seen += len(item.chunk)
-                            rejected += errors
+                            rejected.add(errors)
                             outcomes += adm_outcomes
                             if kept[1]:
                                 # The store writes this chunk in a worker thread while the next one
@@ -162,7 +164,7 @@ class Gateway:
                 raise failure
             if not seen:
                 raise InvalidInput("a job needs at least one recipient", field="recipients")
-            response = _json.encode(schemas.JobAccepted(id=job.id, accepted=accepted, rejected=rejected))
+            response = _json.encode(rejected.answer(job.id, accepted))
             idem = None
             if idempotency_key:
                 prev = await self._io(self.store.remembered, tenant, idempotency_key, digest())
@@ -176,7 +178,10 @@ class Gateway:
             await self._abandon(job, now, accepted)
             raise
         if accepted:
-            self.core.resume_job(job.id)
+            # A million parked messages made ready in steps: other requests are served between.
+            self.core.resume_job(job.id, limit=_RESUME_STEP)
+            while self.core.resume_more(job.id, _RESUME_STEP):
+                await anyio.lowlevel.checkpoint()
             if self.on_admitted:
                 self.on_admitted()
             await self._report(outcomes, now)
@@ -422,6 +427,38 @@ class Gateway:
         if retried:
             await self._io(self.store.record, retried)
         return Recovery(queued=count, awaiting=awaiting)
+
+
+_RESUME_STEP = 20_000  # parked messages made ready at a time (~10 ms)
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+class Rejections:
+    """A job's rejected recipients as its answer carries them: the first ``REJECTED_IN_FULL`` in
+    full (by index), every one counted by reason (the reason with quoted values, such as the
+    number itself, left out). A job of a million bad numbers answers a few kB, not 100 MB."""
+
+    def __init__(self, in_full: int = schemas.REJECTED_IN_FULL) -> None:
+        self._in_full = in_full
+        self.first: list[schemas.RecipientError] = []
+        self.count = 0
+        self.by_reason: dict[str, int] = {}
+
+    def add(self, errors: Sequence[schemas.RecipientError]) -> Rejections:
+        """Errors in index order (one chunk after the other)."""
+        room = self._in_full - len(self.first)
+        if room > 0:
+            self.first += errors[:room]
+        self.count += len(errors)
+        by = self.by_reason
+        for e in errors:
+            key = _QUOTED.sub("…", e.error)
+            by[key] = by.get(key, 0) + 1
+        return self
+
+    def answer(self, job_id: str, accepted: int) -> schemas.JobAccepted:
+        return schemas.JobAccepted(id=job_id, accepted=accepted, rejected=self.first, rejected_count=self.count,
+                                   rejected_by_reason=self.by_reason)  # fmt: skip
 
 
 class _Checking:
