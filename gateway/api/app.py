@@ -7,6 +7,7 @@ bug and is logged with its traceback, never with the request's secrets.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -67,6 +68,10 @@ class Api:
         ``targets``: where a ``callback_url`` may point (default: public addresses only).
         ``operators``: SHA-256 of each operator's key -> operator (``/metrics``, full ``/v1/carriers``)."""
         self._operators = operators or {}
+        # Large jobs are admitted at a lower priority than every other request (``Traffic``).
+        self._traffic = Traffic()
+        if gateway.give_way is None:
+            gateway.give_way = self._traffic.give_way
         self._targets = targets if targets is not None else TargetPolicy()
         self.gw = gateway
         self._tenants = tenants
@@ -97,6 +102,7 @@ class Api:
             return
         if scope["type"] != "http":
             return
+        self._traffic.begin()
         try:
             resp = await self._dispatch(scope, receive)
         except CallerError as exc:
@@ -113,6 +119,8 @@ class Api:
         except Exception:
             log.exception("api.bug method=%s path=%s", scope.get("method"), scope.get("path"))
             resp = _error(500, "internal error")
+        finally:
+            self._traffic.end()
         headers = [(b"content-type", b"application/json"), *resp.headers]
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": resp.body})
@@ -194,7 +202,7 @@ class Api:
         return Response(202, out)
 
     async def _post_job(self, tenant: Tenant, scope, body: bytes) -> Response:
-        if len(body) >= _PIECES_FROM and (pieces := await _cut(body)) is not None:
+        if len(body) >= _PIECES_FROM and (pieces := await _cut(body, self._traffic.give_way)) is not None:
             return await self._post_job_pieces(tenant, scope, body, pieces)
         job = _decode(schemas.JobIn, body)
         self._check_target(job.callback_url)
@@ -202,6 +210,10 @@ class Api:
         return Response(202, out)
 
     async def _post_job_pieces(self, tenant: Tenant, scope, body: bytes, pieces: Pieces) -> Response:
+        with self._traffic.bulk():
+            return await self._admit_pieces(tenant, scope, body, pieces)
+
+    async def _admit_pieces(self, tenant: Tenant, scope, body: bytes, pieces: Pieces) -> Response:
         """A large JSON job: admitted piece by piece as a streamed job is (the loop is never
         held for the whole body: gateway/api/json_pieces.py), all or nothing as well."""
         head = _decode(schemas.JobIn, pieces.head)
@@ -220,6 +232,10 @@ class Api:
         return Response(202, out)
 
     async def _post_job_stream(self, tenant: Tenant, scope, receive) -> Response:
+        with self._traffic.bulk():
+            return await self._admit_stream(tenant, scope, receive)
+
+    async def _admit_stream(self, tenant: Tenant, scope, receive) -> Response:
         """NDJSON: the job line, then one recipient per line, read and admitted in chunks."""
         idem = _idem(scope)
         body = NdjsonBody(receive, max_line=self._max_body, digest=idem is not None, chunk=_CHUNK)
@@ -465,21 +481,61 @@ class NdjsonBody:
 
 
 #: Recipients admitted at a time from a large job (NDJSON lines, or a piece of a JSON array): the
-#: event loop admits one chunk between other requests (~2,000 recipients: ~15 ms on one core),
+#: event loop admits one chunk between other requests (1,000 recipients: ~5 ms on an idle core),
 #: so a small request waits for one chunk at most, not for the job (`sluice bench fairness`).
-_CHUNK = 2_000
-_PIECES_FROM = 1 << 20  # a JSON job body this large is admitted in pieces (~2,000 recipients each)
+_CHUNK = 1_000
+_PIECES_FROM = 1 << 20  # a JSON job body this large is admitted in pieces (~1,000 recipients each)
 
 
-async def _cut(body: bytes) -> Pieces | None:
-    """``recipient_pieces``, yielding the event loop between pieces."""
+async def _cut(body: bytes, give_way: Callable[[], Awaitable[None]]) -> Pieces | None:
+    """``recipient_pieces``, giving way to other requests between pieces."""
     found = None
-    for item in recipient_pieces(body, piece=128 * 1024):
+    for item in recipient_pieces(body, piece=64 * 1024):
         if item is None:
-            await anyio.lowlevel.checkpoint()
+            await give_way()
         else:
             found = item
     return found
+
+
+class Traffic:
+    """How many requests are being served, large jobs left out, so that a large job's admission
+    gives way to them: between two chunks it waits until none is in flight, for ``patience``
+    seconds at most (so it always progresses, at one chunk per ``patience`` under a flood).
+    Fair queueing of chunks alone is not enough: a small request takes several turns of the
+    event loop (read, authenticate, a store write in a thread, answer), each one behind a chunk."""
+
+    def __init__(self, patience: float = 0.05) -> None:
+        self._patience = patience
+        self._active = 0
+        self._quiet: anyio.Event | None = None
+
+    def begin(self) -> None:
+        self._active += 1
+
+    def end(self) -> None:
+        self._active -= 1
+        if self._active <= 0 and self._quiet is not None:
+            self._quiet.set()
+            self._quiet = None
+
+    @contextlib.contextmanager
+    def bulk(self):
+        """This request is a large job's: it does not count as traffic to give way to."""
+        self.end()
+        try:
+            yield
+        finally:
+            self.begin()
+
+    async def give_way(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self._active <= 0:
+            return
+        if self._quiet is None:
+            self._quiet = anyio.Event()
+        with anyio.move_on_after(self._patience):
+            await self._quiet.wait()
 
 
 def _sha256(data: bytes) -> str:
