@@ -24,7 +24,9 @@ __all__ = [
     "SuppressionOut",
 ]
 
-Number = Annotated[str, msgspec.Meta(min_length=2, max_length=20, description="E.164, e.g. +14155550123")]
+Number = Annotated[str, msgspec.Meta(min_length=2, max_length=32, description=(
+    "E.164, e.g. +14155550123; spaces, dashes, dots, parens, a leading 00 and non-ASCII decimal digits are "
+    "accepted and folded: the number is kept as phonenumbers' E.164 of it"))]
 Body = Annotated[str, msgspec.Meta(min_length=1, max_length=1600)]
 Sender = Annotated[str, msgspec.Meta(min_length=1, max_length=20, description="alphanumeric or number")]
 CategoryIn = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="otp, transactional, marketing, ...")]

@@ -70,8 +70,11 @@ class Gateway:
         digest = _digest(raw)
         if idempotency_key and (prev := await self._io(self.store.remembered, tenant, idempotency_key, digest)) is not None:
             return prev, True
-        if (err := self.numbers.error(body.to)) is not None:
+        to, err = self.numbers.canonical(body.to)
+        if err is not None:
             raise InvalidInput(err, field="to")
+        if to != body.to:
+            body = msgspec.structs.replace(body, to=to)
         job = self._job(tenant, body.sender, body.body, body.category, body.send_at, body.validity, now, body.media)
         adm = self._admit(job, [Recipient(to=body.to, tz=body.tz)], now, "body")
         if adm.rejected:
@@ -97,11 +100,12 @@ class Gateway:
         pre_rejected: list[schemas.RecipientError] = []
         index: list[int] = []  # position in the request of each recipient handed to the core
         for i, r in enumerate(body.recipients):
-            if (err := self.numbers.error(r.to)) is not None:
+            to, err = self.numbers.canonical(r.to)
+            if err is not None:
                 pre_rejected.append(schemas.RecipientError(index=i, error=err))
                 continue
             index.append(i)
-            people.append(Recipient(to=r.to, vars=r.vars, tz=r.tz))
+            people.append(Recipient(to=to, vars=r.vars, tz=r.tz))
         adm = self._admit(job, people, now, "template")
         rejected = pre_rejected + [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
         rejected.sort(key=lambda e: e.index)
@@ -328,8 +332,10 @@ class Gateway:
                 count, encoding = self.core.segments_of(stored.job.template, m.recipient.vars)
             except (ValueError, KeyError):  # e.g. over the maximum: it was rejected, never sent
                 pass
+        # A store written before numbers were made canonical at the door may hold other spellings.
+        to = self.numbers.canonical(m.recipient.to)[0] or m.recipient.to
         return schemas.MessageOut(
-            id=message_id, job_id=m.job_id, to=m.recipient.to, state=m.state, carrier=m.carrier,
+            id=message_id, job_id=m.job_id, to=to, state=m.state, carrier=m.carrier,
             segments=count, encoding=encoding, carrier_ids=list(m.carrier_ids), attempts=m.attempts,
             history=[schemas.StateChangeOut(state=c.state, at=c.at, reason=c.reason, carrier=c.carrier)
                      for c in m.history],
@@ -350,13 +356,15 @@ class Gateway:
         )
 
     async def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None:
-        if (err := self.numbers.error(number)) is not None:
+        number, err = self.numbers.canonical(number)
+        if err is not None:
             raise InvalidInput(err, field="number")
         await self._io(self.store.suppress, tenant, number, now, source)
         self.core.suppress(tenant, number)
 
     async def unsuppress(self, tenant: str, number: str) -> bool:
-        if self.numbers.error(number) is not None:
+        number, err = self.numbers.canonical(number)
+        if err is not None:
             return False  # suppress() takes only valid numbers: this one cannot be on the list
         self.core.unsuppress(tenant, number)
         return await self._io(self.store.unsuppress, tenant, number)
