@@ -130,7 +130,11 @@ class SuppressionOut(msgspec.Struct):
 
 class InboundMessageOut(msgspec.Struct, frozen=True, kw_only=True, rename={"sender": "from", "recipient": "to"}):
     """An inbound (MO) message, as ``GET /v1/inbound`` and the tenant's ``inbound_url`` see it.
-    ``kind``: opt_out, opt_in, help (keywords, acted on by Sluice) or message."""
+    ``kind``: opt_out, opt_in, help (keywords, acted on by Sluice) or message. ``from`` is the
+    sender's canonical E.164, or as the carrier gave it when ``sender_canonical`` is false (an
+    alphanumeric sender, a national number without the carrier's ``default_region``): such an
+    opt-out is kept and shown, flagged, for an operator to act on. ``certain``: false for an
+    opt-out the classifier was unsure of."""
 
     id: int
     sender: str
@@ -140,6 +144,8 @@ class InboundMessageOut(msgspec.Struct, frozen=True, kw_only=True, rename={"send
     carrier: str
     kind: str
     keyword: str | None
+    sender_canonical: bool = True
+    certain: bool = True
 
 
 class InboundPageOut(msgspec.Struct, frozen=True, kw_only=True):

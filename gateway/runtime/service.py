@@ -373,19 +373,27 @@ class Gateway:
         return [schemas.SuppressionOut(number=s.number, at=s.at, source=s.source)
                 for _, s in await self._io(self.store.suppressions, tenant)]  # fmt: skip
 
-    async def keep_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:
-        """Store an inbound message. An opt-out suppresses its sender in the core first, at once
-        (before any await: queued marketing to it is never taken again), then on disk with the
-        record itself as the audit; an opt-in is the reverse. Returns the record's id."""
+    async def keep_inbound(self, record: InboundRecord, *, url: str | None = None, key: str | None = None,
+                           since: float = 0.0) -> tuple[int, bool]:
+        """Store an inbound message, once per ``key`` (``Store.add_inbound_once``). An opt-out
+        suppresses its sender in the core first, at once (before any await: queued marketing to
+        it is never taken again), then on disk with the record itself as the audit; an opt-in is
+        the reverse. A sender that is not canonical (``sender_canonical`` False) is kept and
+        listed with its kind, flagged, and suppresses nothing: it is not a number we send to.
+        Returns (the record's id, stored now: False for a duplicate)."""
         number = record.sender
-        valid = self.numbers.error(number) is None
-        if record.kind == "opt_out" and valid:
-            self.core.suppress(record.tenant, number)
-        elif record.kind == "opt_in" and valid:
-            self.core.unsuppress(record.tenant, number)
-        elif record.kind in ("opt_out", "opt_in"):
-            record = msgspec.structs.replace(record, kind="message")  # not a number we could ever send to
-        return await self._io(partial(self.store.add_inbound, record, url=url))
+        if record.tenant and record.sender_canonical:
+            if record.kind == "opt_out":
+                self.core.suppress(record.tenant, number)
+            elif record.kind == "opt_in":
+                self.core.unsuppress(record.tenant, number)
+        return await self._io(partial(self.store.add_inbound_once, record, url=url, key=key, since=since))
+
+    async def question_pending(self, tenant: str, number: str, since: float) -> bool:
+        return await self._io(self.store.question_pending, tenant, number, since)
+
+    async def tenants_messaged(self, number: str, since: float) -> list[str]:
+        return await self._io(self.store.tenants_messaged, number, since)
 
     async def inbound_messages(self, tenant: str, after: int, limit: int, kind: str | None) -> InboundPage:
         return await self._io(partial(self.store.inbound, tenant, after=after, limit=limit, kind=kind))
@@ -394,7 +402,9 @@ class Gateway:
         page = await self.inbound_messages(tenant, after, limit, kind)
         return schemas.InboundPageOut(
             inbound=[schemas.InboundMessageOut(id=r.id, sender=r.sender, recipient=r.recipient, text=r.text, at=r.at,
-                                               carrier=r.carrier, kind=r.kind, keyword=r.keyword) for r in page.items],
+                                               carrier=r.carrier, kind=r.kind, keyword=r.keyword,
+                                               sender_canonical=r.sender_canonical, certain=r.certain)
+                     for r in page.items],
             next=page.next_after,
         )  # fmt: skip
 
