@@ -90,7 +90,7 @@ class InboundSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     reply_category: str = "transactional"  # keyword replies: no quiet hours, no cap, not suppressed
     # An MO without a carrier id is a redelivery if the same carrier brought the same sender,
     # address, numbering and text within this many seconds (with an id: whenever it comes again).
-    dedupe_window: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0
+    dedupe_window: Annotated[float, msgspec.Meta(gt=0)] = 900.0
     # A clarifying question (opt_out_uncertain = "ask") waits this long for its YES.
     question_ttl: Annotated[float, msgspec.Meta(gt=0)] = 7 * 86_400.0
     # An opt-out sent to an address no tenant lists suppresses its sender for every tenant that
