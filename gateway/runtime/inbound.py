@@ -4,14 +4,26 @@ callback, arrives here as a ``carriers.base.Inbound`` event (through the dispatc
 
 Theory of operation
 -------------------
+0. *Who sent it?* ``sender_of``: the sender as one canonical E.164 (``NumberCheck.canonical``),
+   read in the carrier's numbering context: SMPP's ``source_addr_ton`` (international, national
+   in the carrier's ``default_region``, alphanumeric) or, without one, the region's reading and
+   then the international one. A sender that cannot be made canonical is kept as given and
+   flagged (``sender_canonical`` False): stored and listed, never put on a list or answered.
+   *Seen before?* ``key_of``: the carrier's id of the MO, or a digest of carrier, sender,
+   address, TON and text (within ``inbound.dedupe_window``); a redelivery is answered to the
+   carrier and nothing else (``Store.add_inbound_once``, durable: it holds across a restart).
 1. *Whose is it?* ``route``: the tenant whose ``senders`` (sender ids, short codes, long
    numbers) include the address the MO was sent to (``Inbound.recipient``); if only one tenant
-   is configured, that one. Otherwise it is unroutable: logged and counted, not stored. (No
-   guessing from "who last messaged this number": the store keeps recipients as encoded blobs
-   without an index, so that would be a scan per MO, and a wrong guess would put a number on
-   the wrong tenant's suppression list.)
+   is configured, that one. Otherwise it is unroutable: stored under tenant "" (operators list
+   it: ``GET /v1/inbound?unrouted=1`` with an ``operator`` key), and an opt-out in it
+   suppresses the sender for every tenant that messaged that number in the last
+   ``inbound.unrouted_opt_out_days`` (a store scan, only for such an opt-out).
 2. *What does it ask?* ``gateway.core.keywords`` (pure) on the text, with the tenant's keyword
-   set for the sender's locale: opt out, opt in, help, or a message.
+   set for the sender's locale, then the opt-out classifier (``gateway.core.optout``): opt out
+   (certain or unsure), opt in, help, yes, or a message. ``Yes`` is an opt-in only when it
+   answers a pending question (``Store.question_pending``), else a message. An unsure opt-out
+   of a tenant with ``opt_out_uncertain = "ask"`` suppresses as any opt-out and opens a question
+   (the reply is the question, not the confirmation); a YES re-subscribes, a STOP settles it.
 3. *Do it.* Opt-out: the number is suppressed in the core at once (queued marketing to it ends
    ``suppressed`` when its turn comes), then the record is stored, which puts it on the
    tenant's suppression list in the same transaction (the audit: keyword, time, carrier, raw
