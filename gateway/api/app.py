@@ -213,8 +213,8 @@ class Api:
 
     async def _post_suppression(self, tenant: Tenant, scope, body: bytes) -> Response:
         s = _decode(schemas.SuppressionIn, body)
-        await self.gw.suppress(tenant.name, s.number, self._clock())
-        return Response(201, _enc.encode(s))
+        number = await self.gw.suppress(tenant.name, s.number, self._clock())
+        return Response(201, _enc.encode(schemas.SuppressionIn(number=number)))  # as kept: canonical
 
     async def _delete_suppression(self, tenant: Tenant, scope, body: bytes, number: str) -> Response:
         if not await self.gw.unsuppress(tenant.name, number):

@@ -63,7 +63,7 @@ _SUB_SPLIT = re.compile(r"[,:，、：–—]+")
 # Words that alone (with filler) are a conclusive opt-out.
 _STOP_WORDS = """
 stop stopall quit end revoke optout cancel unsubscribe unsub unsuscribe unsubcribe remove stopp stops
-baja alto para parar pare paren cancelar cancela desuscribir desuscribirme darmedebaja basta detener
+baja bajame alto para parar pare paren cancelar cancela desuscribir desuscribirme darmedebaja basta detener salir
 sair parem descadastrar descadastre descadastrem cancele chega
 arret arrete arreter arretez desabonner desabonnement desinscrire desinscription desabonnez stopper
 abmelden abbestellen austragen abmeldung kundigen abbrechen beenden
@@ -86,7 +86,7 @@ svp stp sil vous plait merci moi tout tous je veux voudrais les des mes
 bitte danke sofort jetzt alle nachrichten mich ich will mochte mehr
 per grazie subito messaggi mi tutto tutti voglio vorrei
 alsjeblieft aub dank bedankt nu alles berichten ik wil
-пожалуиста спасибо все уже мне меня смс сообщения сообщении я хочу сеичас срочно
+пожалуиста спасибо все уже мне меня смс сообщения сообщении я хочу сеичас срочно рассылка рассылку рассылки
 """.split())
 _NEG = frozenset("""dont not never cant cannot wont didnt doesnt shouldnt no nao nunca jamais jamas ne n pas
 nicht nie kein keine non mai не нет 不 不要 别 別 勿""".split())
@@ -130,6 +130,7 @@ _RULES = [_Rule(p, v, n) for p, v, n in [
     (r"\bopt(?:ing)? (?:me |us )?out\b|\boptout\b|\bopt-out\b", _C, True),
     (r"\b(?:remove|delete|erase|drop) (?:me|us|my (?:number|phone|cell|mobile|contact|info)|this (?:number|phone))\b", _C, True),
     (r"\b(?:take|get|put) (?:me|us|my (?:number|phone|cell)|this number) (?:off|out of)\b", _C, True),
+    (r"\b(?:be|get|been) (?:removed|taken off|unsubscribed)\b|\b(?:get|have) (?:me|my number|this number) (?:removed|unsubscribed|taken off)\b", _C, True),
     (r"\boff (?:of )?(?:your|the|this|ur) (?:list|mailing list|texting list|sms list|contact list)\b", _C, True),
     (r"\brevok(?:e|ing)\b|\bwithdraw (?:my )?consent\b", _C, True),
     (rf"\bcancel(?:l?ing)? (?:(?:my|the|this|all|these|your|of) )*(?:subscription|subscriptions|sub|{_OBJ})\b", _C, True),
@@ -159,7 +160,7 @@ _RULES = [_Rule(p, v, n) for p, v, n in [
     # French
     (r"\b(?:arretez|arrete|arreter|cessez|stoppez|stop) (?:de |d ?)?(?:m ?|me |nous )?(?:envoyer|ecrire|contacter|spammer|harceler|deranger|appeler|texter)", _C, True),
     (r"\b(?:arretez|arrete|arreter|cessez|stoppez) (?:les |vos |ces |tous les |toutes les )?(?:sms|messages|envois|textos|pubs|publicites|promos|notifications)\b", _C, True),
-    (r"\bne (?:m ?|me |nous )?(?:envoyez|ecrivez|contactez|ecris|envoie|contacte) plus\b|\bplus de (?:sms|messages|pub|pubs|publicite|textos|spam)\b|\bne (?:veux|souhaite) plus (?:recevoir|de (?:sms|messages|pubs?|publicites?|textos|notifications))\b|\bne plus recevoir\b", _C, False),
+    (r"\bne (?:m ?|me |nous )?(?:envoyez|ecrivez|contactez|ecris|envoie|contacte) plus\b|\bplus de (?:sms|messages|pub|pubs|publicite|textos|spam)\b|\bne (?:veux|souhaite) plus (?:recevoir|de (?:sms|messages|pubs?|publicites?|textos|notifications))\b|\bne plus recevoir\b|\bveux plus recevoir\b", _C, False),
     (r"\b(?:desabonner|desabonnez|desabonne|desabonnement|desinscrire|desinscrivez|desinscris|desinscription|retirez moi|supprimez moi|enlevez moi|supprimer mon numero|retirer mon numero|retirez mon numero|supprimez mon numero)\b", _C, True),
     (r"\b(?:mauvais numero|pas interesse|pas interessee|laissez moi tranquille|fichez moi la paix)\b", _U, False),
     # German
@@ -180,7 +181,7 @@ _RULES = [_Rule(p, v, n) for p, v, n in [
     (r"\b(?:хватит|прекратите|перестаньте|прекрати|перестань) (?:мне )?(?:присылать|слать|писать|отправлять|спамить|звонить|беспокоить)", _C, True),
     (r"\b(?:хватит|прекратите|прекрати) (?:спама|смс|сообщении|рассылки|рассылку|спамить)\b", _C, True),
     (r"\bне (?:присылаите|пишите|отправляите|звоните|беспокоите|шлите) (?:мне |больше )*|\bбольше не (?:присылаите|пишите|отправляите|шлите|беспокоите)\b", _C, False),
-    (r"\b(?:отпишите|отписаться|отпишись|отписка|отпишусь|отписываюсь|удалите мои номер|удалите меня|исключите меня|отменить подписку|отмените подписку|отказ от рассылки|отказываюсь от рассылки|отключите рассылку|отключить рассылку)\b", _C, True),
+    (r"\b(?:отпишите|отписаться|отпишись|отписка|отпишусь|отписываюсь|удалите мои номер|удалите меня|исключите меня|отменить подписку|отмените подписку|отказ от рассылки|отказываюсь от рассылки|отказаться от рассылки|отключите рассылку|отключить рассылку)\b", _C, True),
     (r"\b(?:не тот номер|неправильныи номер|не интересно|оставьте меня в покое)\b", _U, False),
 ]]  # fmt: skip
 # Chinese and Japanese: no spaces; substrings of the compact text.

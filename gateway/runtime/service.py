@@ -355,12 +355,14 @@ class Gateway:
             next=format_id(page.next_after) if page.next_after is not None else None,
         )
 
-    async def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None:
-        number, err = self.numbers.canonical(number)
+    async def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> str:
+        """Put ``number`` (any accepted spelling) on the tenant's list; returns it as kept."""
+        canonical, err = self.numbers.canonical(number)
         if err is not None:
             raise InvalidInput(err, field="number")
-        await self._io(self.store.suppress, tenant, number, now, source)
-        self.core.suppress(tenant, number)
+        await self._io(self.store.suppress, tenant, canonical, now, source)
+        self.core.suppress(tenant, canonical)
+        return canonical
 
     async def unsuppress(self, tenant: str, number: str) -> bool:
         number, err = self.numbers.canonical(number)

@@ -52,7 +52,8 @@ async def test_every_endpoint_refuses_what_cannot_be_canonical(client, spelling)
 
 @pytest.mark.parametrize(("spelling", "canonical"), SPELLINGS)
 async def test_suppression_holds_for_every_spelling(client, spelling, canonical):
-    assert (await client.post("/v1/suppressions", json={"number": spelling})).status_code == 201
+    r = await client.post("/v1/suppressions", json={"number": spelling})
+    assert r.status_code == 201 and r.json() == {"number": canonical}
     listed = (await client.get("/v1/suppressions")).json()
     assert [s["number"] for s in listed] == [canonical]
     others = [s for s, c in SPELLINGS if c == canonical]
