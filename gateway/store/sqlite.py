@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import sqlite3
 import threading
+import unicodedata
 from collections.abc import Iterator, Sequence
 
 import msgspec
@@ -127,7 +128,26 @@ SELECT ?1 + key, ?2, ?3, value, 'queued', ?4 FROM json_each(?5)
 
 def _rcpt_dec(stored: str | bytes) -> Recipient:
     """A stored recipient: JSON text (this version), or msgpack (stores written before it)."""
-    return _rcpt_json.decode(stored) if isinstance(stored, str) else _rcpt_msgpack.decode(stored)
+    try:
+        return _rcpt_json.decode(stored) if isinstance(stored, str) else _rcpt_msgpack.decode(stored)
+    except msgspec.ValidationError:
+        return _legacy_rcpt(stored)
+
+
+class _LooseRecipient(msgspec.Struct, frozen=True, kw_only=True):
+    to: str
+    vars: dict[str, str] = {}
+    tz: str | None = None
+
+
+def _legacy_rcpt(stored: str | bytes) -> Recipient:
+    """A row written before numbers were made canonical at the door, e.g. with non-ASCII digits
+    (which the ``Digits`` pattern refuses, so reading it failed for ever): its digits folded to
+    ASCII, so it can still be shown and recovered."""
+    loose = (msgspec.json.decode if isinstance(stored, str) else msgspec.msgpack.decode)(stored, type=_LooseRecipient)
+    to = "".join(str(unicodedata.decimal(c)) if unicodedata.decimal(c, None) is not None else c for c in loose.to)
+    to = "+" + "".join(c for c in to if c.isascii() and c.isdigit())
+    return Recipient(to=to, vars=loose.vars, tz=loose.tz)
 _json_enc = msgspec.json.Encoder()
 # ``record``: a row inserted into this temp table applies a batch in that statement, so SQLite
 # runs the whole batch in one step. ``updates``: the rows of ``_coalesce`` ([id, state, final,
