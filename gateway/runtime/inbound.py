@@ -98,6 +98,12 @@ class InboundPipeline:
         self._settings = settings or InboundSettings(reply_category=reply_category)
         self._tenants = list(tenants)
         self._by_sender = {s.lstrip("+").casefold(): t for t in self._tenants for s in t.senders}
+        self._by_number: dict[str, Tenant] = {}  # senders that are numbers, canonical
+        for t in self._tenants:
+            for s in t.senders:
+                number, _ = gateway.numbers.canonical(s if s.startswith("+") else "+" + s)
+                if number is not None:
+                    self._by_number.setdefault(number, t)
         self._keywords = {t.name: Keywords(t.keywords) for t in self._tenants}
         self._unrouted_keywords = Keywords()
         self._queue: deque[Inbound] = deque()
@@ -133,6 +139,12 @@ class InboundPipeline:
 
     def route(self, mo: Inbound) -> Tenant | None:
         tenant = self._by_sender.get(mo.recipient.lstrip("+").casefold())
+        if tenant is None and any(c.isdigit() for c in mo.recipient):
+            # A long number written otherwise than in the config ("2125550100" for "+12125550100"):
+            # the same number once both are canonical, read in the carrier's numbering context.
+            address, ok = self._number_of(mo.recipient, mo.carrier, None)
+            if ok:
+                tenant = self._by_number.get(address)
         if tenant is None and len(self._tenants) == 1:
             tenant = self._tenants[0]
         return tenant
@@ -142,10 +154,12 @@ class InboundPipeline:
         carrier's numbering context: SMPP's TON says international (digits without '+'),
         national (read in the carrier's ``default_region``) or alphanumeric (never a number);
         unknown (or an HTTP carrier) tries the region's reading, then the international one."""
-        raw = mo.sender.strip()
-        region = self._regions.get(mo.carrier)
+        return self._number_of(mo.sender, mo.carrier, mo.sender_ton)
+
+    def _number_of(self, address: str, carrier: str, ton: int | None) -> tuple[str, bool]:
+        raw = address.strip()
+        region = self._regions.get(carrier)
         canonical = self._gw.numbers.canonical
-        ton = mo.sender_ton
         if ton == TON_ALPHANUMERIC:
             return raw, False
         if ton == TON_INTERNATIONAL:

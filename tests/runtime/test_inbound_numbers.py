@@ -235,3 +235,14 @@ async def test_dedupe_state_and_questions_survive_a_restart(tmp_path) -> None:
         assert rig.suppressed() == [US, "+12125550193"]
         assert rig.inbound.statistics().opt_ins == 1
         tg.cancel_scope.cancel()
+
+
+async def test_an_mo_to_a_long_number_written_nationally_is_routed() -> None:
+    cfg = loads(CONFIG.replace('senders = ["GAMMA"]', 'senders = ["+1 212 555 0100"]'))
+    async with anyio.create_task_group() as tg:
+        rig = Rig(tg, cfg)
+        await rig.mo("STOP", to="2125550100")  # alpha's numbering context: US
+        await rig.mo("STOP", "+12125550192", to="12125550100", carrier="intl", ton=1)
+        assert rig.suppressed("gamma") == [US, "+12125550192"]
+        assert rig.inbound.statistics().unroutable == 0
+        tg.cancel_scope.cancel()
