@@ -24,7 +24,8 @@ written with its national trunk digit after the country code (``+1 1 212 555 019
 parses it. Without a numbering context (the API) a number is international: ``+`` or ``00`` then
 the country code. With one (an MO sender on a carrier whose ``default_region`` is "US"), a
 national number is read in that region, as ``phonenumbers.parse(text, region)`` reads it.
-Anything else (letters, extensions) is refused. A test compares the verdict and the canonical
+Anything else (letters, extensions) is refused, and so is a number phonenumbers calls valid
+with fewer than 7 or more than 15 digits (E.164 §6.1 allows at most 15; the core keys on 7-15). A test compares the verdict and the canonical
 form with phonenumbers' on a generated sample of many countries and spellings.
 """
 
@@ -210,4 +211,7 @@ class NumberCheck:
             return None, f"invalid number {text!r}: {exc}"
         if not phonenumbers.is_valid_number(parsed):
             return None, _INVALID.format(text)
-        return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), None
+        e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        if not 8 <= len(e164) <= 16:  # phonenumbers' patterns allow a few; E.164 (§6.1) does not
+            return None, f"invalid number {text!r}: E.164 is '+' and 7 to 15 digits"
+        return e164, None

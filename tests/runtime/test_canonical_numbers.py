@@ -10,9 +10,12 @@ national form read with the region as numbering context. Any disagreement fails 
 from __future__ import annotations
 
 import random
+import re
 
 import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
 from gateway.runtime.numbers import NumberCheck
@@ -23,12 +26,16 @@ _SCRIPTS = {"fullwidth": 0xFF10, "arabic-indic": 0x0660, "persian": 0x06F0, "dev
 
 
 def _reference(text: str, region: str | None) -> str | None:
-    """phonenumbers' answer: the E.164 of a valid number, else None."""
+    """phonenumbers' answer: the E.164 of a valid number, else None. (Its patterns accept a few
+    numbers of 6 or 16-17 digits, e.g. +989640: not E.164, refused by Sluice as by E.164 §6.1.)"""
     try:
         n = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return None
-    return phonenumbers.format_number(n, PhoneNumberFormat.E164) if phonenumbers.is_valid_number(n) else None
+    if not phonenumbers.is_valid_number(n):
+        return None
+    e164 = phonenumbers.format_number(n, PhoneNumberFormat.E164)
+    return e164 if 8 <= len(e164) <= 16 else None
 
 
 def _script(text: str, base: int) -> str:
@@ -127,8 +134,25 @@ def test_known_spellings(text: str, region: str | None, canonical: str) -> None:
     assert NumberCheck().canonical(text, region) == (canonical, None)
 
 
-@pytest.mark.parametrize("text", ["2125550191", "+1 212 555 0190 ext 5", "+1-800-FLOWERS", "+1²12555019", "",
+@pytest.mark.parametrize("text", ["+989640", "+49 956793929162773", "2125550191", "+1 212 555 0190 ext 5", "+1-800-FLOWERS", "+1²12555019", "",
                                   "+", "++12125550190", "+1 212 555 0190 +1", "tel:+12125550190", "+0123456789"])
 def test_refused_at_the_door(text: str) -> None:
     got, err = NumberCheck().canonical(text)
     assert got is None and err and "invalid number" in err
+
+
+_CHARS = "0123456789+ -.()/" + "٠١٢٣٤٥٦٧٨٩" + "０１２３４５６７８９＋" + "x#abc²"
+
+
+@given(st.text(alphabet=_CHARS, max_size=24), st.sampled_from([None, "US", "GB", "DE", "IN", "BR", "IT"]))
+@settings(max_examples=400)
+def test_canonical_is_total_idempotent_and_phonenumbers_own(text: str, region: str | None) -> None:
+    """Any text: never raises; the answer is ASCII E.164 (what the core's ``Digits`` accepts), is
+    its own canonical form, and is a number phonenumbers calls valid."""
+    check = NumberCheck()
+    got, err = check.canonical(text, region)
+    assert (got is None) != (err is None)
+    if got is not None:
+        assert re.fullmatch(r"\+[1-9][0-9]{6,14}", got), got  # what the core's Digits accepts
+        assert check.canonical(got) == (got, None)
+        assert _reference(got, None) == got
