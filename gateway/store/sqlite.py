@@ -22,12 +22,14 @@ from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict, StorageError
 from gateway.store.base import (
     FINAL,
+    JOBS_SCAN,
     NOTIFY,
     Change,
     InboundItem,
     InboundPage,
     InboundRecord,
     JobCounts,
+    JobsPage,
     MessageRecord,
     NewJob,
     RecipientRows,
@@ -36,6 +38,7 @@ from gateway.store.base import (
     Page,
     StoredJob,
     Suppression,
+    job_status,
 )
 
 __all__ = ["SqliteStore"]
@@ -426,7 +429,7 @@ class SqliteStore:
         )  # fmt: skip
 
     def messages(self, tenant: str, job_id: str, *, state: str | None, after: int, limit: int) -> Page:
-        sql = "SELECT id, state FROM messages WHERE tenant = ? AND job_id = ? AND id > ?"
+        sql = "SELECT id, state, recipient FROM messages WHERE tenant = ? AND job_id = ? AND id > ?"
         args: list[object] = [tenant, job_id, after]
         if state is not None:
             sql += " AND state = ?"
@@ -435,7 +438,25 @@ class SqliteStore:
             rows = db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit + 1)).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
-        return Page(ids=[(r[0], r[1]) for r in rows], next_after=rows[-1][0] if more else None)
+        return Page(ids=[(r[0], r[1]) for r in rows], next_after=rows[-1][0] if more else None,
+                    recipients=[_rcpt_dec(r[2]) for r in rows])  # fmt: skip
+
+    def jobs(self, tenant: str, *, after: str, limit: int, status: str | None = None) -> JobsPage:
+        scan = limit if status is None else JOBS_SCAN * limit
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM jobs WHERE tenant = ? AND id > ? AND status != 'incoming' ORDER BY id LIMIT ?",
+                (tenant, after, scan + 1)).fetchall()]  # fmt: skip
+        out: list[JobCounts] = []
+        last = None
+        for n, job_id in enumerate(ids):
+            if len(out) == limit or n == scan:
+                return JobsPage(jobs=out, next_after=last)
+            got = self.job(tenant, job_id)
+            last = job_id
+            if got is not None and (status is None or job_status(got.job.status, got.counts) == status):
+                out.append(got)
+        return JobsPage(jobs=out, next_after=None)
 
     def unfinished(self) -> Iterator[tuple[StoredJob, list[tuple[int, Recipient, str]]]]:
         with self._tx() as db:
