@@ -148,6 +148,11 @@ class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     carrier: str | None
     attempts: int  # failed deliveries so far
+    # Whom it is about, filled in by ``outbox_take`` (from the message and its job): the
+    # recipient's number and index in the job's request, and the job's reference.
+    to: str | None = None
+    index: int | None = None
+    reference: str | None = None
 
 
 class OutboxStats(msgspec.Struct, frozen=True, kw_only=True):

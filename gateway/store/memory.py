@@ -155,7 +155,15 @@ class MemoryStore:
                          key=lambda o: (o.next_at, o.item.id))[:limit]  # fmt: skip
             for o in due:
                 o.next_at = now + lease
-            return [msgspec.structs.replace(o.item, attempts=o.attempts) for o in due]
+            return [msgspec.structs.replace(o.item, attempts=o.attempts, **self._whom(o.item)) for o in due]
+
+    def _whom(self, item: OutboxItem) -> dict:
+        """Under the lock: the recipient and the job's reference an outbox item is about."""
+        m = self._msgs.get(item.message_id)
+        stored = self._jobs.get((item.tenant, item.job_id))
+        if m is None:
+            return {}
+        return {"to": m.recipient.to, "index": m.recipient.index, "reference": stored.job.reference if stored else None}
 
     def outbox_done(self, ids: Sequence[int]) -> None:
         with self._lock:

@@ -356,8 +356,11 @@ class SqliteStore:
                 (now, limit),
             ).fetchall()
             _each(db, "UPDATE outbox SET next_at = ? WHERE id IN ({})", [r[0] for r in rows], (now + lease,))
-        return [OutboxItem(id=i, tenant=t, url=u, message_id=m, job_id=j, state=s, at=at, reason=r, carrier=c,
+            whom = _whom(db, rows)
+        items = [OutboxItem(id=i, tenant=t, url=u, message_id=m, job_id=j, state=s, at=at, reason=r, carrier=c,
                            attempts=a) for i, t, u, m, j, s, at, r, c, a in rows]  # fmt: skip
+        return [msgspec.structs.replace(x, to=w[0], index=w[1], reference=w[2]) if (w := whom.get(x.message_id)) else x
+                for x in items]  # fmt: skip
 
     def outbox_done(self, ids: Sequence[int]) -> None:
         with self._tx() as db:
@@ -571,6 +574,23 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _whom(db: sqlite3.Connection, rows: list[tuple]) -> dict[int, tuple[str, int | None, str | None]]:
+    """message id -> (to, index, job's reference) for outbox rows (``_OUTBOX_COLUMNS``)."""
+    out: dict[int, tuple[str, int | None, str | None]] = {}
+    refs: dict[tuple[str, str], str | None] = {}
+    for r in rows:
+        tenant, mid, job_id = r[1], r[3], r[4]
+        if (tenant, job_id) not in refs:
+            body = db.execute("SELECT body FROM jobs WHERE tenant = ? AND id = ?", (tenant, job_id)).fetchone()
+            refs[(tenant, job_id)] = _job_dec.decode(body[0]).reference if body else None
+        if mid not in out:
+            got = db.execute("SELECT recipient FROM messages WHERE id = ?", (mid,)).fetchone()
+            if got is not None:
+                person = _rcpt_dec(got[0])
+                out[mid] = (person.to, person.index, refs[(tenant, job_id)])
+    return out
 
 
 def _each(db: sqlite3.Connection, sql: str, ids: Sequence[int], args: tuple = ()) -> None:
