@@ -275,7 +275,7 @@ class MemoryStore:
         if hit is None:
             return None
         if hit[0] != digest:
-            raise Conflict(f"idempotency key {key!r} was used with another request body")
+            raise Conflict(f"idempotency key {key!r} was used with another request body", code="idempotency_key_reused")
         return hit[1]
 
     def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None:

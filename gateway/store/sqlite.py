@@ -496,7 +496,7 @@ class SqliteStore:
         if row is None:
             return None
         if row[0] != digest:
-            raise Conflict(f"idempotency key {key!r} was used with another request body")
+            raise Conflict(f"idempotency key {key!r} was used with another request body", code="idempotency_key_reused")
         return bytes(row[1])
 
     def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None:
