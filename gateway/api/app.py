@@ -85,6 +85,8 @@ class Api:
         ]  # fmt: skip
         self._routes = [(m, _pattern(t), h) for m, t, h in routes]
         self._templates = [(m, t) for m, t, _ in routes]
+        if missing := openapi.undocumented(self.routes()):  # a route is never served undocumented
+            raise RuntimeError(f"routes missing from the OpenAPI document: {missing}")
 
     def routes(self) -> list[tuple[str, str]]:
         """(method, path template) of every route this app serves, its extras and carrier
@@ -341,6 +343,8 @@ class _Malformed(InvalidInput):
 
 def _error(status: int, message: str, code: str, field: str | None = None, index: int | None = None,
            headers: list[tuple[bytes, bytes]] | None = None, rejected=None) -> Response:  # fmt: skip
+    # A message may quote the request (a path segment): lone surrogates cannot be JSON text.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     body = schemas.ErrorBody(error=message, code=code, field=field, index=index, rejected=rejected)
     return Response(status, _enc.encode(body), headers or [])
 

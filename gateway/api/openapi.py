@@ -117,3 +117,9 @@ def document() -> bytes:
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
     return msgspec.json.encode(doc)
+
+
+def undocumented(routes) -> list[tuple[str, str]]:
+    """The (method, path template) pairs of ``routes`` that the document does not describe."""
+    paths = msgspec.json.decode(document())["paths"]
+    return [(m, p) for m, p in routes if m.lower() not in paths.get(p, {})]
