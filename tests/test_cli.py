@@ -86,3 +86,18 @@ def test_bench_core_writes_its_figures(tmp_path):
     data = json.loads(out.read_text())
     for key in ("decisions_per_s", "heapq_reference_per_s", "ratio", "bytes_per_message"):
         assert data[key] > 0
+
+
+def test_the_readmes_minimal_config_is_valid_and_names_its_variables(tmp_path):
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## A minimal config to start from"):]
+    toml = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    cfg = tmp_path / "sluice.toml"
+    cfg.write_text(toml)
+    env = {"ALPHA_SMPP_PASSWORD": "pw", "ACME_API_KEY": "k"}
+    ok = CliRunner().invoke(main, ["check-config", str(cfg)], env=env)
+    assert ok.exit_code == 0, ok.output
+    missing = CliRunner().invoke(main, ["check-config", str(cfg)], env={**env, "ACME_API_KEY": None})
+    assert missing.exit_code == 2 and "ACME_API_KEY" in missing.output
