@@ -132,6 +132,8 @@ class Api:
         method, path = scope["method"], scope["path"]
         if method == "GET" and path == "/openapi.json":
             return Response(200, openapi.document())
+        if method != "GET" and (path in self._extra or path == "/openapi.json"):
+            return _error(405, "method not allowed; use GET", "method_not_allowed", headers=[(b"allow", b"GET")])
         if method == "GET" and path in self._extra:
             if path.startswith("/v1/"):  # operational (/v1/carriers), but the API's: any tenant's key
                 self._rate_limit(self._authenticate(scope))
