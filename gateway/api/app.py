@@ -278,8 +278,9 @@ class Api:
         status = await callback(_called_url(scope, headers), headers, body)
         if status < 300:
             return Response(status, b"")
-        if status == 401:
-            return _error(status, "bad signature", "bad_signature")
+        if status == 401:  # RFC 9110 §15.5.2: every 401 names a scheme (the carrier's signature)
+            return _error(status, "bad signature", "bad_signature",
+                          headers=[(b"www-authenticate", b'Signature realm="carrier-callback"')])  # fmt: skip
         return _error(status, "callback refused", "callback_refused")
 
 

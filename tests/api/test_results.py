@@ -401,3 +401,17 @@ async def test_default_category_is_the_same_for_messages_and_jobs(client, gatewa
     one = (await client.get(f"/v1/messages/{r.json()['id']}")).json()
     stored = [gateway.store.job_info("acme", jid).job.category for jid in (one["job_id"], j.json()["id"])]
     assert stored == [DEFAULT_CATEGORY, DEFAULT_CATEGORY] == ["marketing", "marketing"]
+
+
+async def test_a_carrier_callback_refused_for_its_signature_is_a_401_naming_a_scheme(gateway, clock) -> None:
+    async def refuse(url, headers, body) -> int:
+        return 401
+
+    api = Api(gateway, {}, clock=clock, callbacks={"beta": refuse})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as c:
+        r = await c.post("/v1/carriers/beta/receipts", content=b"MessageSid=SM1")
+        assert r.status_code == 401 and r.json()["code"] == "bad_signature" and r.headers["www-authenticate"]
+        r = await c.post("/v1/carriers/nope/inbound", content=b"")
+        assert r.status_code == 404 and r.json()["code"] == "not_found"
+        r = await c.get("/v1/carriers/beta/receipts")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
