@@ -110,7 +110,7 @@ async def test_a_job_of_only_bad_numbers_answers_a_capped_summary(big) -> None:
     people = [{"to": "+999%09d" % i, "vars": {"pad": PAD}} for i in range(n)]
     r = await big.post("/v1/jobs", content=big_job(people), headers={"content-type": "application/json"})
     body = r.json()
-    assert body["accepted"] == 0 and body["rejected_count"] == n
+    assert r.status_code == 422 and body["code"] == "all_recipients_rejected" and body["rejected_count"] == n
     assert [e["index"] for e in body["rejected"]] == list(range(schemas.REJECTED_IN_FULL))
     assert sum(body["rejected_by_reason"].values()) == n and len(body["rejected_by_reason"]) <= 3
     assert all("+999" not in reason for reason in body["rejected_by_reason"])  # no number in a reason
