@@ -221,9 +221,10 @@ class HealthOut(msgspec.Struct):
 
 class CarrierOut(msgspec.Struct):
     """One carrier in ``/v1/carriers``: its health, messages ready for it, its rate bucket and
-    its link's statistics (per connector type)."""
+    its link's statistics (per connector type). A tenant's key sees ``health`` only (the rest
+    counts every tenant's traffic); an operator's key sees all of it."""
 
     health: Literal["up", "down"]
-    ready: int
-    bucket: dict[str, Any]
-    link: dict[str, Any] | None
+    ready: int | None = None
+    bucket: dict[str, Any] | None = None
+    link: dict[str, Any] | None = None

@@ -105,16 +105,18 @@ _decode_checked = msgspec.msgpack.Decoder(ChunkChecked | None).decode
 _decode_recipients = msgspec.json.Decoder(list[schemas.RecipientIn]).decode
 _decode_settings = msgspec.msgpack.Decoder(CoreSettings).decode
 _worker: tuple[bytes, Scheduler, NumberCheck] | None = None  # in a worker process: kept between chunks
+_niced = False
 _WARM = ("+12125550100", "+447911123456", "+4915112345678")
 
 
 def _check_in_worker(settings: bytes, job: Job, lines: list[bytes], first_index: int) -> bytes:
     """Runs in a worker process. The scheduler (and its zone and number caches) is kept for
     the next chunk as long as the settings are the same."""
-    global _worker
-    if _worker is None:
+    global _worker, _niced
+    if lines and not _niced:  # real work (not the warm-up, which /readyz waits for)
         # Checking is bulk work: the server's event loop (other tenants' requests) goes first
         # when the CPUs are short (`sluice bench fairness`).
+        _niced = True
         with contextlib.suppress(OSError):
             os.nice(_NICE)
     if _worker is None or _worker[0] != settings:

@@ -141,3 +141,12 @@ def test_a_tenants_inbound_url_is_checked_when_the_config_is_loaded(url) -> None
 def test_allow_private_must_be_networks() -> None:
     with pytest.raises(ConfigError, match="allow_private"):
         loads(default_text() + '\n[webhooks]\nallow_private = ["localhost"]\n')
+
+
+async def test_a_tenant_marked_operator_reads_the_operators_view(gateway, clock) -> None:
+    app = operator_api(gateway, clock)
+    app._tenants[hash_key(KEYS["beta"])] = Tenant(name="beta", key_sha256=hash_key(KEYS["beta"]), operator=True)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s.test",
+                                 headers={"authorization": f"Bearer {KEYS['beta']}"}) as beta:  # fmt: skip
+        assert (await beta.get("/metrics")).status_code == 200
+        assert "link" in (await beta.get("/v1/carriers")).json()["alpha"]
