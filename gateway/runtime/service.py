@@ -417,6 +417,8 @@ class Gateway:
                 count += 1
                 if state == "submitted":
                     retried.append(Change(message_id=mid, state="queued", at=now, reason="retried: recovered"))
+            if stored.status == "paused":  # still paused: its validity runs out on time
+                self.core.pause_job(stored.job.id)
             if stored.status == "canceled":
                 await self._report(self.core.cancel_job(stored.job.id, now), now)
         if retried:
