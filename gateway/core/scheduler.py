@@ -27,7 +27,7 @@ the same ``now`` to every call; nothing here sleeps, does I/O, or raises for an 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
@@ -529,6 +529,22 @@ class Scheduler:
 
     def unsuppress(self, tenant: str, number: str) -> None:
         self._p.suppressed.discard(self._tenant_key(tenant) | int(number.lstrip("+")))
+
+    def restore_sends(self, sends: Iterable[tuple[str, str, float]]) -> int:
+        """Count (tenant, number, when) sends a carrier took before a restart against the
+        weekly caps, so a restart never resets them. Returns how many were counted."""
+        nshards, counted = len(self._shards), 0
+        for tenant, number, at in sorted(sends, key=lambda s: s[2]):  # each key's times in order
+            digits = number[1:] if number[:1] == "+" else number
+            if not digits.isdigit():
+                continue  # never a number the core could send to
+            n = int(digits)
+            self._shards[shard_of(n, nshards)].cap.record(self._tenant_key(tenant) | n, at)
+            counted += 1
+        return counted
+
+    def capped_categories(self) -> list[str]:
+        return [name for name, policy in self.settings.categories.items() if policy.weekly_cap]
 
     def _tenant_key(self, tenant: str) -> int:
         return self._tenants.setdefault(tenant, len(self._tenants)) << _TENANT_SHIFT

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import msgspec
 
@@ -462,6 +462,34 @@ class SqliteStore:
                 " AND carrier IS NOT NULL AND carrier_ids IS NOT NULL ORDER BY id"
             ).fetchall()
         return [(i, c, tuple(ids.split(","))) for i, c, ids in rows]
+
+    def sends_since(self, since: float, categories: Collection[str]) -> list[tuple[int, str, str, float]]:
+        # A message taken by a carrier has attempts > 0, and its last change is no older than
+        # its last submit: one pass over the messages table at start-up, no index to keep on
+        # the hot path. A job's category is in its body: decoded once per job.
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, tenant, job_id, recipient, history FROM messages WHERE attempts > 0 AND updated_at > ?",
+                (since,),
+            ).fetchall()
+            capped: dict[tuple[str, str], bool] = {}
+            for _, tenant, job_id, _, _ in rows:
+                if (tenant, job_id) not in capped:
+                    body = db.execute("SELECT body FROM jobs WHERE tenant = ? AND id = ?", (tenant, job_id)).fetchone()
+                    capped[(tenant, job_id)] = body is not None and _job_dec.decode(body[0]).category in categories
+            rows = [r for r in rows if capped[(r[1], r[2])]]
+            old: dict[int, float] = {}  # stores written before messages.history keep it in events
+            if rows and db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
+                old = dict(db.execute("SELECT message_id, max(at) FROM events WHERE state = 'submitted'"
+                                      " GROUP BY message_id").fetchall())  # fmt: skip
+        out = []
+        for mid, tenant, _, rcpt, kept in rows:
+            times = [e[0] for e in _history_dec.decode(f"[{kept}]") if e[1] == "submitted"] if kept else []
+            if mid in old:
+                times.append(old[mid])
+            if times and max(times) > since:
+                out.append((mid, tenant, _rcpt_dec(rcpt).to, max(times)))
+        return sorted(out, key=lambda s: (s[3], s[0]))
 
     def remembered(self, tenant: str, key: str, digest: str) -> bytes | None:
         """The answer given before for this idempotency key, or None. Conflict if the body differs."""
