@@ -410,6 +410,7 @@ class Gateway:
         awaiting = [a for a in await self._io(self.store.awaiting_receipts) if a[1] in carriers]
         waits = {mid for mid, _, _ in awaiting}
         count, retried, again = 0, [], set()
+        ended: list[Outcome] = []  # expired while we were down, or opted out since: end them now
         for stored, rest in await self._io(lambda: list(self.store.unfinished())):
             self.core.reserve_ids(0, now, floor=stored.first_id + stored.size)
             # Each message keeps its id: admit one by one with its own id (recovery is rare).
@@ -417,8 +418,8 @@ class Gateway:
                 mid = stored.first_id + offset
                 if mid in waits:
                     continue
-                self.core.admit(stored.job, [person], now, first_id=mid,
-                                paused=stored.status == "paused")  # fmt: skip
+                ended += self.core.admit(stored.job, [person], now, first_id=mid,
+                                         paused=stored.status == "paused").outcomes  # fmt: skip
                 count += 1
                 again.add(mid)
                 if state == "submitted":
@@ -429,6 +430,7 @@ class Gateway:
                 await self._report(self.core.cancel_job(stored.job.id, now), now)
         if retried:
             await self._io(self.store.record, retried)
+        await self._report(ended, now)
         window = self.core.settings.weekly_cap.window_days * 86400.0
         sends = await self._io(self.store.sends_since, now - window, self.core.capped_categories())
         capped = self.core.restore_sends((tenant, to, at) for mid, tenant, to, at in sends if mid not in again)

@@ -135,3 +135,16 @@ async def test_a_scheduled_job_recovered_paused_keeps_its_send_at_and_validity()
     ended = gw.core.take("beta", 100, NOON + 4200).outcomes  # both jobs (their store rows are open)
     assert sorted((o.message_id, str(o.state)) for o in ended) == [(1000, "expired"), (1001, "expired"),
                                                                    (2000, "expired")]
+
+
+async def test_messages_whose_validity_ended_while_down_end_expired_in_the_store() -> None:
+    """Recovery admits them expired: the store must hear it, or they stay queued for ever."""
+    store = MemoryStore()
+    job = Job(id="job_x", tenant="acme", sender="Shop", template="hi", category="transactional",
+              expires_at=NOON - 5)  # fmt: skip
+    store.add_job(job, 1000, [(0, Recipient(to="+447911100000"))], NOON - 60)
+    gw = Gateway(Scheduler(loads(default_text()).core, NOON), store)
+    await gw.recover(NOON)
+    got = store.message("acme", 1000)
+    assert got.state == "expired" and got.history[-1].at == NOON
+    assert store.job("acme", "job_x").counts == {"expired": 1}
