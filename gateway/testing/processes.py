@@ -134,9 +134,8 @@ def http_simulator(*args: str, stderr: Any = None) -> Any:
 
 
 def gateway(config_path: str | Path, *, env: Mapping[str, str] | None = None, cwd: str | Path | None = None,
-            stderr: Any = None, backend: str = "asyncio", port: int = 0) -> Any:  # fmt: skip
-    """``sluice serve --config PATH --port PORT --backend BACKEND`` as a child process (``port``
-    0: a free one; a fixed one for a carrier that calls back across restarts)."""
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path), "--port", str(port),
+            stderr: Any = None, backend: str = "asyncio") -> Any:  # fmt: skip
+    """``sluice serve --config PATH --port 0 --backend BACKEND`` as a child process."""
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path), "--port", "0",
            "--backend", backend]  # fmt: skip
     return start(cmd, name="gateway", env=env, cwd=cwd, stderr=stderr)

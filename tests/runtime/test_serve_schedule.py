@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 import time
 
 import anyio
 import httpx
 import pytest
 
+from carriers.http.profiles import generic
 from gateway.testing.processes import gateway, http_simulator, simulator
-from gateway.testing.serving import ENV, FINAL, KEYS, client, job_counts, wait_final, write_config
+from gateway.testing.serving import ENV, KEYS, client, job_counts, wait_final, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -128,59 +128,8 @@ async def test_send_at_holds_for_single_messages_json_and_ndjson_jobs_and_pause_
         assert (await sim.counters())["accepted"] == 1 + 1 + 3 + 3 + 2
 
 
-async def test_schedules_and_validity_survive_graceful_and_kill_9_restarts(tmp_path) -> None:
-    """send_at two days ahead is still held after a SIGTERM restart and a kill -9 restart; one a
-    few seconds ahead goes out after its time, not before; a paused one ends ``expired`` when
-    its validity ends (in whichever process is up then, or at recovery), never sent."""
-    async with simulator("--dlr-delay", "0.05") as sim:
-        cfg = write_config(tmp_path, sim.port)
-        async with gateway(cfg, env=ENV) as gw, client(gw.url) as c:
-            t0 = time.time()
-            far = await post_job(c, job_body(t0 + 2 * 86400, 2, prefix="21"))
-            near = await post_job(c, job_body(t0 + 8.0, 2, prefix="22"))
-            lapse = await post_job(c, job_body(t0 + 1.0, 2, prefix="23", validity=1))
-            await control(c, lapse, "pause")  # never sent: it lapses
-            await gw.stop()  # graceful
-        async with gateway(cfg, env=ENV) as gw, client(gw.url) as c:
-            await canary(c)
-            await gw.kill()  # kill -9
-        async with gateway(cfg, env=ENV) as gw, client(gw.url) as c:
-            await canary(c)
-            assert await wait_final(c, lapse, 2, timeout=30.0) == {"expired": 2}
-            await assert_not_before(c, near, t0 + 8.0, 2)
-            assert await job_counts(c, far) == {"queued": 2}  # held, not sent, not lost
-            for mid in await message_ids(c, far):
-                assert await first_submit(c, mid) is None
-        assert (await sim.counters())["accepted"] == 2 + 2  # two canaries and `near`
-
-
-async def test_weekly_cap_survives_kill_9(tmp_path) -> None:
-    """3 marketing messages delivered to a number, kill -9, restart: the 4th and 5th are capped."""
-    zone = midday_zone()
-
-    def marketing(n: int) -> dict:
-        return {"from": "Shop", "category": "marketing", "template": "Sale {n}",
-                "recipients": [{"to": "+447911199999", "tz": zone, "vars": {"n": str(i)}} for i in range(n)]}
-
-    async with simulator("--dlr-delay", "0.05") as sim:
-        cfg = write_config(tmp_path, sim.port)
-        async with gateway(cfg, env=ENV) as gw, client(gw.url) as c:
-            first = await post_job(c, marketing(3))
-            assert await wait_final(c, first, 3) == {"delivered": 3}
-            await gw.kill()
-        async with gateway(cfg, env=ENV) as gw, client(gw.url) as c:
-            second = await post_job(c, marketing(2))
-            assert await wait_final(c, second, 2) == {"capped": 2}
-        assert (await sim.counters())["accepted"] == 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_carrier_config(tmp_path, sim_port: int, horizon: float) -> str:
+def two_carrier_config(tmp_path, smpp_port: int, http_port: int, horizon: float) -> str:
+    """SMPP carrier "alpha" for everything, but +447911131... go to HTTP carrier "web"."""
     path = tmp_path / "sluice.toml"
     tenants = "".join(f'\n[[api.tenants]]\nname = "{name}"\nkey_env = "SLUICE_KEY_{name.upper()}"\n' for name in KEYS)
     path.write_text(f"""
@@ -191,37 +140,80 @@ host = "127.0.0.1"
 url = "sqlite:///{tmp_path / 'sluice.db'}"
 synchronous = "NORMAL"
 [[core.carriers]]
+name = "alpha"
+[[core.carriers]]
 name = "web"
 [[core.routes]]
 prefix = ""
+carriers = ["alpha"]
+[[core.routes]]
+prefix = "447911131"
 carriers = ["web"]
+[[carriers.smpp]]
+name = "alpha"
+port = {smpp_port}
 [[carriers.http]]
 name = "web"
-url = "http://127.0.0.1:{sim_port}/messages"
+url = "http://127.0.0.1:{http_port}/messages"
 callback_secret_env = "WEB_CB"
 receipt_horizon_s = {horizon}
 """)
     return str(path)
 
 
-@pytest.mark.parametrize("receipts", [True, False], ids=["receipts-after-restart", "no-receipt-horizon"])
-async def test_http_carrier_messages_wait_for_receipts_after_kill_9(tmp_path, receipts: bool) -> None:
-    """Messages an HTTP carrier accepted, kill -9 before their receipts: after the restart they
-    are not sent again; they end by their receipts (posted to the new process) or, when none
-    comes, ``unknown`` at the receipt horizon."""
-    n, secret, port = 20, "web-callback-secret", free_port()
+async def test_restart_promises_hold_across_sigterm_and_kill_9(tmp_path) -> None:
+    """Three processes on one store: the first stopped by SIGTERM, the second by kill -9.
+
+    - ``send_at`` two days ahead is still held after both restarts (not sent, not lost); one
+      a few seconds ahead goes out after its time, not before;
+    - a paused job whose validity ends meanwhile ends ``expired`` (in whichever process is up
+      then, or at recovery), never sent;
+    - weekly caps: 3 marketing messages delivered to a number, then after each restart one more
+      to it is ``capped`` (the caps are rebuilt from the store);
+    - an HTTP carrier's accepted messages are not sent again after either restart: each ends by
+      its receipt (posted to the last process, signed as the carrier would; posted by the test
+      so it never races a restart) or ``unknown`` at the receipt horizon.
+    """
+    n_web, secret, horizon = 10, "web-callback-secret", 8.0
     env = {**ENV, "WEB_CB": secret}
-    hooks = ["--receipt-url", f"http://127.0.0.1:{port}/v1/carriers/web/receipts", "--receipt-secret", secret,
-             "--receipt-delay", "4"] if receipts else []  # fmt: skip
-    async with http_simulator(*hooks) as sim:
-        cfg = http_carrier_config(tmp_path, sim.port, horizon=60.0 if receipts else 2.0)
-        async with gateway(cfg, env=env, port=port) as gw, client(gw.url) as c:
-            job_id = await post_job(c, job_body(None, n, prefix="31"))
-            await until(lambda: job_counts(c, job_id), lambda k: k.get("submitted", 0) == n)
-            await gw.kill()
-        async with gateway(cfg, env=env, port=port) as gw, client(gw.url) as c:
-            counts = await wait_final(c, job_id, n, timeout=30.0)
-            assert counts == ({"delivered": n} if receipts else {"unknown": n}), counts
-        counters = await sim.counters()
-    assert counters["accepted"] == n, counters  # none sent again
-    assert set(counts) <= FINAL
+    zone = midday_zone()
+
+    def marketing(n: int) -> dict:
+        return {"from": "Shop", "category": "marketing", "template": "Sale {n}",
+                "recipients": [{"to": "+447911199999", "tz": zone, "vars": {"n": str(i)}} for i in range(n)]}
+
+    async with simulator("--dlr-delay", "0.05") as sim, http_simulator() as web:  # web posts no receipts
+        cfg = two_carrier_config(tmp_path, sim.port, web.port, horizon)
+        async with gateway(cfg, env=env) as gw, client(gw.url) as c:
+            t0 = time.time()
+            far = await post_job(c, job_body(t0 + 2 * 86400, 2, prefix="21"))
+            near = await post_job(c, job_body(t0 + 8.0, 2, prefix="22"))
+            lapse = await post_job(c, job_body(t0 + 1.0, 2, prefix="23", validity=1))
+            await control(c, lapse, "pause")  # never sent: it lapses
+            capped = await post_job(c, marketing(3))
+            assert await wait_final(c, capped, 3) == {"delivered": 3}
+            taken = await post_job(c, job_body(None, n_web, prefix="31"))  # routed to "web"
+            await until(lambda: job_counts(c, taken), lambda k: k.get("submitted", 0) == n_web)
+            await gw.stop()  # graceful
+        async with gateway(cfg, env=env) as gw, client(gw.url) as c:
+            assert await wait_final(c, await post_job(c, marketing(1)), 1) == {"capped": 1}
+            await canary(c)
+            await gw.kill()  # kill -9
+        async with gateway(cfg, env=env) as gw, client(gw.url) as c:
+            assert await wait_final(c, await post_job(c, marketing(1)), 1) == {"capped": 1}
+            ids = await message_ids(c, taken)
+            carrier_ids = [(await c.get(f"/v1/messages/{mid}")).json()["carrier_ids"] for mid in ids[: n_web // 2]]
+            body = json.dumps({"receipts": [{"id": cid, "status": "delivered"} for cids in carrier_ids
+                                            for cid in cids]}).encode()  # fmt: skip
+            r = await c.post("/v1/carriers/web/receipts", content=body, headers=generic.sign("", body, secret, time.time()))
+            assert r.status_code == 204, r.text
+            await canary(c)
+            assert await wait_final(c, lapse, 2, timeout=30.0) == {"expired": 2}
+            await assert_not_before(c, near, t0 + 8.0, 2)
+            assert await job_counts(c, far) == {"queued": 2}  # held, not sent, not lost
+            for mid in await message_ids(c, far):
+                assert await first_submit(c, mid) is None
+            counts = await wait_final(c, taken, n_web, timeout=horizon + 30.0)
+            assert counts == {"delivered": n_web // 2, "unknown": n_web - n_web // 2}, counts
+        assert (await sim.counters())["accepted"] == 3 + 2 + 2  # marketing, two canaries, `near`
+        assert (await web.counters())["accepted"] == n_web  # none sent again
