@@ -375,8 +375,7 @@ class Scheduler:
         ended: list[Outcome] = []
         for entry in [e for e in self._paused.values() if now >= e.expires_at]:
             for shard in self._shards:
-                for row in shard.parked.pop(entry.slot, ()):
-                    ended.append(shard._end(row, entry, FinalState.EXPIRED, "validity ended", now))
+                ended += shard.end_parked(entry, FinalState.EXPIRED, "validity ended", now)
         return ended
 
     def _settle(self, outcomes: list[Outcome]) -> None:

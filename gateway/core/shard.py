@@ -207,6 +207,10 @@ class Shard:
             for row in rows:
                 self.make_ready(row, jobs)
 
+    def end_parked(self, entry: JobEntry, state: FinalState, reason: str, now: float) -> list[Final]:
+        """End every parked row of ``entry``'s job (e.g. its validity ran out while paused)."""
+        return [self._end(row, entry, state, reason, now) for row in self.parked.pop(entry.slot, ())]
+
     def wait(self, row: int, until: float) -> None:
         self.state[row] = WAITING
         self.due[row] = until
