@@ -171,6 +171,21 @@ def _coalesce(changes: Sequence[Change]) -> list[list]:
 
 
 _history_dec = msgspec.json.Decoder(list[tuple[float, str, str, str | None]])
+_SENDS_SINCE = "SELECT id, tenant, job_id, recipient, history FROM messages WHERE attempts > 0 AND updated_at > ?"
+_SUBMITTED = ',"submitted",'  # in a history: ``[at,"submitted",...`` (inside a JSON string it is escaped)
+
+
+def _last_submit(history: str | None) -> float | None:
+    """The time of the last ``submitted`` change in a message's history (``record``'s
+    comma-separated JSON arrays), found without decoding the whole history."""
+    if not history:
+        return None
+    end = history.rfind(_SUBMITTED)
+    if end < 0:
+        return None
+    return float(history[history.rfind("[", 0, end) + 1 : end])
+
+
 
 
 class SqliteStore:
@@ -466,12 +481,9 @@ class SqliteStore:
     def sends_since(self, since: float, categories: Collection[str]) -> list[tuple[int, str, str, float]]:
         # A message taken by a carrier has attempts > 0, and its last change is no older than
         # its last submit: one pass over the messages table at start-up, no index to keep on
-        # the hot path. A job's category is in its body: decoded once per job.
+        # the hot path. A job's category is in its (msgpack) body: decoded once per job.
         with self._tx() as db:
-            rows = db.execute(
-                "SELECT id, tenant, job_id, recipient, history FROM messages WHERE attempts > 0 AND updated_at > ?",
-                (since,),
-            ).fetchall()
+            rows = db.execute(_SENDS_SINCE, (since,)).fetchall()
             capped: dict[tuple[str, str], bool] = {}
             for _, tenant, job_id, _, _ in rows:
                 if (tenant, job_id) not in capped:
@@ -483,12 +495,12 @@ class SqliteStore:
                 old = dict(db.execute("SELECT message_id, max(at) FROM events WHERE state = 'submitted'"
                                       " GROUP BY message_id").fetchall())  # fmt: skip
         out = []
-        for mid, tenant, _, rcpt, kept in rows:
-            times = [e[0] for e in _history_dec.decode(f"[{kept}]") if e[1] == "submitted"] if kept else []
+        for mid, tenant, _, rcpt, history in rows:
+            at = _last_submit(history)
             if mid in old:
-                times.append(old[mid])
-            if times and max(times) > since:
-                out.append((mid, tenant, _rcpt_dec(rcpt).to, max(times)))
+                at = old[mid] if at is None else max(at, old[mid])
+            if at is not None and at > since:
+                out.append((mid, tenant, _rcpt_dec(rcpt).to, at))
         return sorted(out, key=lambda s: (s[3], s[0]))
 
     def remembered(self, tenant: str, key: str, digest: str) -> bytes | None:
