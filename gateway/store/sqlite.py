@@ -172,7 +172,7 @@ def _coalesce(changes: Sequence[Change]) -> list[list]:
 
 _history_dec = msgspec.json.Decoder(list[tuple[float, str, str, str | None]])
 _SENDS_SINCE = "SELECT id, tenant, job_id, recipient, history FROM messages WHERE attempts > 0 AND updated_at > ?"
-_SUBMITTED = ',"submitted",'  # in a history: ``[at,"submitted",...`` (inside a JSON string it is escaped)
+_SUBMITTED = ',"submitted",'  # a history's ``[at,"submitted",...`` (quotes inside JSON strings are escaped)
 
 
 def _last_submit(history: str | None) -> float | None:
@@ -180,10 +180,13 @@ def _last_submit(history: str | None) -> float | None:
     comma-separated JSON arrays), found without decoding the whole history."""
     if not history:
         return None
-    end = history.rfind(_SUBMITTED)
-    if end < 0:
-        return None
-    return float(history[history.rfind("[", 0, end) + 1 : end])
+    stop = len(history)
+    while (at := history.rfind(_SUBMITTED, 0, stop)) >= 0:
+        try:  # the state field follows the time; a reason "submitted" follows a state, not a time
+            return float(history[history.rfind("[", 0, at) + 1 : at])
+        except ValueError:
+            stop = at + len(_SUBMITTED) - 1  # matches may overlap: '[t,"submitted","submitted",...'
+    return None
 
 
 
