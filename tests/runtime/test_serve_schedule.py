@@ -114,7 +114,7 @@ async def test_send_at_holds_for_single_messages_json_and_ndjson_jobs_and_pause_
             await control(c, paused, "pause")
             await control(c, paused, "resume")  # before its send_at
             # Paused (before its send_at) past its validity: it ends expired on time, unsent, unresumed.
-            lapsed = await post_job(c, job_body(time.time() + 2.0, 2, prefix="14", validity=1))
+            lapsed = await post_job(c, job_body(time.time() + 4.0, 2, prefix="14", validity=1))
             await control(c, lapsed, "pause")
             await canary(c)
             if time.time() < due:  # (on a machine this slow the histories below still decide)
@@ -188,7 +188,7 @@ async def test_restart_promises_hold_across_sigterm_and_kill_9(tmp_path) -> None
             t0 = time.time()
             far = await post_job(c, job_body(t0 + 2 * 86400, 2, prefix="21"))
             near = await post_job(c, job_body(t0 + 8.0, 2, prefix="22"))
-            lapse = await post_job(c, job_body(t0 + 1.0, 2, prefix="23", validity=1))
+            lapse = await post_job(c, job_body(t0 + 3.0, 2, prefix="23", validity=1))
             await control(c, lapse, "pause")  # never sent: it lapses
             capped = await post_job(c, marketing(3))
             assert await wait_final(c, capped, 3) == {"delivered": 3}
