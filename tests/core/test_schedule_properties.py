@@ -223,7 +223,7 @@ class ScheduleMachine(RuleBasedStateMachine):
 
 
 ScheduleMachine.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=60, deadline=None,
+    max_examples=75, stateful_step_count=60, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )  # fmt: skip
 TestSchedule = ScheduleMachine.TestCase
