@@ -2,10 +2,12 @@
 
 For any interleaving of admissions (straight in, or parked while "the store writes them" and
 resumed later, as the service does), takes, completions, requeues (at once or after a delay),
+carriers going down and up (failover moves ready rows to the next carrier of their route),
 pauses, resumes, cancels, restarts (a new core recovering every unfinished message with its
 own id, as ``Gateway.recover`` does) and time jumps:
 
-(1) no message is dispatched before its job's ``send_at`` (``not_before``);
+(1) no message is dispatched before its job's ``send_at`` (``not_before``), on whichever
+    carrier it fails over to;
 (2) none is dispatched at or after its expiry (``send_at`` or admission, plus ``validity``);
 (3) a message whose validity is over ends ``expired`` on the first unhindered take after it
     (paused or not), never later, and never before its expiry;
@@ -32,6 +34,7 @@ STEPS = [0.2, 0.7, 1.0, 3.0, 30.0, 600.0, 7200.0, 86400.0]
 LATER = [None, None, -5.0, 0.5, 2.0, 45.0, 3600.0, 2 * 86400.0]  # send_at relative to now
 VALIDITY = [None, None, 1.0, 2.5, 60.0, 4000.0]
 ROOM = 10_000  # a take with this much room and enough tokens looks at every ready message
+CARRIERS = ("a", "b")
 
 
 def make_settings() -> CoreSettings:
@@ -39,8 +42,8 @@ def make_settings() -> CoreSettings:
     # suite checks quiet hours and caps with schedules mixed in).
     return CoreSettings(
         shards=3,
-        carriers=[CarrierSettings(name="a", rate=100_000.0, burst=100_000)],
-        routes=[Route(prefix="", carriers=["a"])],
+        carriers=[CarrierSettings(name=c, rate=100_000.0, burst=100_000) for c in CARRIERS],
+        routes=[Route(prefix="", carriers=["a", "b"])],  # a down: its ready rows fail over to b
         quiet_hours=QuietHoursSettings(start="00:00", end="23:59", overrides={}),
     )
 
@@ -53,6 +56,7 @@ class ScheduleMachine(RuleBasedStateMachine):
         self.jobs: dict[str, dict] = {}  # id -> {job, people: {mid: Recipient}, pending, paused}
         self.msgs: dict[int, dict] = {}  # id -> {job, state, not_before, expires}
         self.inflight: dict[int, int] = {}  # ref -> message id
+        self.down: set[str] = set()
 
     # -- rules --------------------------------------------------------------------------
 
@@ -95,11 +99,25 @@ class ScheduleMachine(RuleBasedStateMachine):
     def advance(self, dt_: float) -> None:
         self.now += dt_
 
-    @rule(room=st.sampled_from([1, 3, ROOM]), done=st.booleans())
-    def take(self, room: int, done: bool) -> None:
-        tokens = self.core.bucket("a").available(self.now)
+    @rule(carrier=st.sampled_from(CARRIERS), down=st.booleans())
+    def failover(self, carrier: str, down: bool) -> None:
+        if down and not self.down - {carrier}:  # one of the two stays up
+            self.core.carrier_down(carrier, self.now)
+            self.down.add(carrier)
+        else:
+            self.core.carrier_up(carrier, self.now)
+            self.down.discard(carrier)
+
+    @rule(room=st.sampled_from([1, 3, ROOM]), done=st.booleans(), carrier=st.sampled_from(CARRIERS))
+    def take(self, room: int, done: bool, carrier: str = "a") -> None:
+        self._take(carrier, room, done)
+        if room == ROOM:  # every lane of every carrier looked at: then (3) can be checked
+            self._take("b" if carrier == "a" else "a", room, done, check=True)
+
+    def _take(self, carrier: str, room: int, done: bool, *, check: bool = False) -> None:
+        tokens = min(self.core.bucket(c).available(self.now) for c in CARRIERS)
         queued_before = {i for i, m in self.msgs.items() if m["state"] == "queued"}
-        batch = self.core.take("a", room, self.now)
+        batch = self.core.take(carrier, room, self.now)
         self._outcomes(batch.outcomes)
         for d in batch.dispatches:
             m = self.msgs[d.message_id]
@@ -113,7 +131,7 @@ class ScheduleMachine(RuleBasedStateMachine):
             else:
                 m["state"] = "inflight"
                 self.inflight[d.ref] = d.message_id
-        if room == ROOM and tokens > len(queued_before):
+        if check and tokens > len(queued_before):
             late = [i for i in queued_before if self.msgs[i]["state"] == "queued"
                     and not self.jobs[self.msgs[i]["job"]]["pending"]
                     and self.msgs[i]["expires"] < math.inf and math.ceil(self.msgs[i]["expires"]) <= self.now]  # fmt: skip
@@ -160,6 +178,7 @@ class ScheduleMachine(RuleBasedStateMachine):
         """A new process: every message not final is admitted again with its own id (those in
         flight too: they may not have reached the carrier), paused if its job is paused."""
         core = Scheduler(make_settings(), self.now)
+        self.down = set()
         core.reserve_ids(0, self.now, floor=max(self.msgs, default=0) + 1)
         for job_id, j in self.jobs.items():
             for mid, person in j["people"].items():
@@ -215,6 +234,8 @@ class ScheduleMachine(RuleBasedStateMachine):
         for ref in list(self.inflight):
             self.core.complete(ref)
             self.msgs[self.inflight.pop(ref)]["state"] = "done"
+        for c in CARRIERS:
+            self.core.carrier_up(c, self.now)
         for _ in range(8):
             self.now += 3 * 86400.0
             self.take(ROOM, True)
