@@ -51,3 +51,14 @@ def test_a_job_paused_again_mid_resume_stays_paused() -> None:
     assert c.take("a", 1000, NOW).dispatches == []  # paused: the 30 made ready are held too
     c.resume_job("j")
     assert len(c.take("a", 1000, NOW).dispatches) == 100
+
+
+def test_a_scheduled_job_resumed_in_steps_waits_for_its_time() -> None:
+    c = core()
+    job = Job(id="j", tenant="t", sender="S", template="x", category="transactional", not_before=NOW + 60)
+    c.admit(job, [Recipient(to=f"+1212555{i:04d}") for i in range(50)], NOW, paused=True)
+    c.resume_job("j", limit=7)
+    while c.resume_more("j", 7):
+        pass
+    assert c.take("a", 1000, NOW).dispatches == []  # not due yet: on the timers, not in a lane
+    assert len(c.take("a", 1000, NOW + 61).dispatches) == 50
