@@ -1,0 +1,1 @@
+"""The campaign store seam (``base.Store``) and its engines, chosen by URL (``open_store``)."""
