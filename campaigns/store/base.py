@@ -1,0 +1,98 @@
+"""The campaign store seam: one small synchronous interface, two engines (``sqlite``, ``postgres``),
+chosen by URL (``campaigns.store.open_store``). Every method is one transaction: nothing is half
+stored. The async shell calls it from a worker thread (``anyio.to_thread.run_sync``).
+
+Every implementation passes ``campaigns.store.conformance`` (run on both engines by tests/campaigns)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
+from campaigns.core.events import Profile, ShopEvent
+from campaigns.core.model import Stats, Subscriber, SubscriberView
+
+Outcome = Literal["applied", "duplicate", "stale"]
+
+
+class Applied(msgspec.Struct, frozen=True, kw_only=True):
+    """What an event did: ``duplicate`` (its id was seen), ``stale`` (older than the state it would
+    change: recorded, nothing changed) or ``applied``. ``changed`` names the tables it changed (the
+    segments that depend on them are re-evaluated for ``subscriber_id``)."""
+
+    outcome: Outcome
+    subscriber_id: int | None = None
+    changed: frozenset[str] = frozenset()
+    consent: ConsentEntry | None = None  # a consent box ticked in the event, as recorded
+
+
+class NewConsent(msgspec.Struct, frozen=True, kw_only=True):
+    """A consent action to append to the ledger for ``phone`` (canonical E.164)."""
+
+    phone: str
+    action: Action
+    source: Source
+    at: float
+    disclosure_text: str | None = None
+    disclosure_version: str | None = None
+    evidence: Evidence = Evidence()
+
+
+class SegmentRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    tenant: str
+    name: str
+    definition: Any  # the segment tree as JSON (decoded)
+    created_at: float
+    updated_at: float
+
+
+class SyncItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A consent change the gateway must hear (``suppress`` / ``unsuppress`` a number)."""
+
+    tenant: str
+    phone: str
+    action: Literal["suppress", "unsuppress"]
+    at: float
+
+
+class Store(Protocol):
+    engine: str
+
+    def close(self) -> None: ...
+
+    # subscribers -----------------------------------------------------------------------------
+    def put_subscriber(self, tenant: str, profile: Profile, *, phone: str, at: float, now: float) -> tuple[Subscriber, bool]: ...  # noqa: E501  (created?)
+    def subscriber(self, tenant: str, subscriber_id: int) -> Subscriber | None: ...
+    def subscriber_by_phone(self, tenant: str, phone: str) -> Subscriber | None: ...
+    def subscribers(self, tenant: str, *, after: int, limit: int) -> list[Subscriber]: ...
+    def tags(self, tenant: str, subscriber_id: int) -> frozenset[str]: ...
+    def set_tags(self, tenant: str, subscriber_id: int, *, add: Sequence[str] = (), remove: Sequence[str] = ()) -> frozenset[str]: ...  # noqa: E501
+
+    # consent ---------------------------------------------------------------------------------
+    def record_consent(self, tenant: str, entry: NewConsent, *, now: float) -> tuple[ConsentEntry, State]: ...
+    def ledger(self, tenant: str, subscriber_id: int) -> list[ConsentEntry]: ...
+
+    # shop events -----------------------------------------------------------------------------
+    def apply_event(self, tenant: str, event: ShopEvent, *, phone: str | None, now: float) -> Applied: ...
+    def abandon_checkouts(self, tenant: str, *, after_s: float, now: float) -> list[int]: ...
+    def refresh_scores(self, tenant: str, *, now: float) -> int: ...
+    def stats(self, tenant: str, subscriber_id: int) -> Stats: ...
+    def view(self, tenant: str, subscriber_id: int) -> SubscriberView | None: ...
+
+    # segments (the SQL comes from campaigns.store.segment_sql for this store's ``engine``) -------
+    def count_where(self, tenant: str, where: str, params: Sequence[Any]) -> int: ...
+    def ids_where(self, tenant: str, where: str, params: Sequence[Any], *, after: int, limit: int) -> list[int]: ...
+    def put_segment(self, tenant: str, name: str, definition: Any, *, now: float, segment_id: int | None = None) -> SegmentRow: ...  # noqa: E501
+    def segment(self, tenant: str, segment_id: int) -> SegmentRow | None: ...
+    def segments(self, tenant: str, *, after: int = 0, limit: int = 100) -> list[SegmentRow]: ...
+    def delete_segment(self, tenant: str, segment_id: int) -> bool: ...
+    def set_member(self, tenant: str, segment_id: int, subscriber_id: int, member: bool, *, now: float) -> bool: ...
+    def members(self, tenant: str, segment_id: int, *, after: int, limit: int) -> list[int]: ...
+
+    # the gateway link ------------------------------------------------------------------------
+    def sync_pending(self, tenant: str | None = None, limit: int = 500) -> list[SyncItem]: ...
+    def sync_done(self, item: SyncItem) -> None: ...
