@@ -90,6 +90,17 @@ def check_consent_ledger(store: Store) -> None:
     store.record_consent("acme", NewConsent(phone=B, action="opt_out", source="gateway", at=T0), now=T0)
     assert store.sync_pending("acme") == []
     assert store.subscriber_by_phone("acme", B).consent == "revoked"  # type: ignore[union-attr]
+    # With an event id (an inbound message's), the same action is recorded once.
+    n = len(store.ledger("acme", sid))
+    first, _ = store.record_consent("acme", NewConsent(phone=A, action="opt_out", source="reply", at=T0 + 300),
+                                    now=T0 + 300, event_id="mo:7")  # fmt: skip
+    again, state = store.record_consent("acme", NewConsent(phone=A, action="opt_out", source="reply", at=T0 + 300),
+                                        now=T0 + 300, event_id="mo:7")  # fmt: skip
+    assert first is not None and again is None and state == "revoked" and len(store.ledger("acme", sid)) == n + 1
+    assert store.cursor("acme", "inbound") == 0
+    store.set_cursor("acme", "inbound", 9)
+    store.set_cursor("acme", "inbound", 4)  # never backwards
+    assert store.cursor("acme", "inbound") == 9 and store.cursor("beta", "inbound") == 0
 
 
 def _order(eid: str, at: float, order_id: str = "o1", total: int = 5000, status: str = "paid", **kw: object) -> OrderEvent:

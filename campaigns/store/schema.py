@@ -10,6 +10,7 @@ Columns beyond the shared plan (docs: campaigns_shared.md), for the store's own 
   per order and checkout, so an older event never overwrites newer state;
 - ``consent_ledger.seq``-like ordering is the ``id`` column (ties of ``at``);
 - ``early_fulfillments``: a fulfilment that arrived before its order, applied when the order comes;
+- ``cursors``: how far the gateway's inbound messages were read (per tenant);
 - ``gateway_sync``: opt-outs to push to the gateway's suppressions (an outbox: survives restarts).
 
 The segments helper may append tables or indexes in the block marked at the end (SEGMENTS_DDL).
@@ -120,6 +121,9 @@ CREATE TABLE IF NOT EXISTS processed_events (
 CREATE TABLE IF NOT EXISTS early_fulfillments (
     tenant TEXT NOT NULL, order_id TEXT NOT NULL, status TEXT NOT NULL, tracking_url TEXT, at {REAL} NOT NULL,
     PRIMARY KEY (tenant, order_id)
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    tenant TEXT NOT NULL, name TEXT NOT NULL, value {INT} NOT NULL, PRIMARY KEY (tenant, name)
 );
 CREATE TABLE IF NOT EXISTS gateway_sync (
     tenant TEXT NOT NULL, phone TEXT NOT NULL, action TEXT NOT NULL, at {REAL} NOT NULL,

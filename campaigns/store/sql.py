@@ -160,9 +160,25 @@ class SqlStore:
         return frozenset(r[0] for r in rows)
 
     # ---- consent -----------------------------------------------------------------------------
-    def record_consent(self, tenant: str, entry: NewConsent, *, now: float) -> tuple[ConsentEntry, State]:
+    def record_consent(self, tenant: str, entry: NewConsent, *, now: float,
+                       event_id: str | None = None) -> tuple[ConsentEntry | None, State]:  # fmt: skip
         with self._tx() as tx:
+            if event_id is not None and tx.run(
+                    "INSERT INTO processed_events (tenant, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    (tenant, event_id)) == 0:  # fmt: skip
+                row = tx.one("SELECT consent FROM subscribers WHERE tenant = ? AND phone = ?", (tenant, entry.phone))
+                return None, row[0] if row else "none"
             return self._record_consent(tx, tenant, entry, now)
+
+    def cursor(self, tenant: str, name: str) -> int:
+        with self._tx() as tx:
+            row = tx.one("SELECT value FROM cursors WHERE tenant = ? AND name = ?", (tenant, name))
+        return int(row[0]) if row else 0
+
+    def set_cursor(self, tenant: str, name: str, value: int) -> None:
+        with self._tx() as tx:  # cursors only move forward
+            tx.run("INSERT INTO cursors (tenant, name, value) VALUES (?, ?, ?) ON CONFLICT (tenant, name) "
+                   "DO UPDATE SET value = excluded.value WHERE cursors.value < excluded.value", (tenant, name, value))
 
     def _record_consent(self, tx: Tx, tenant: str, e: NewConsent, now: float) -> tuple[ConsentEntry, State]:
         if consent.needs_disclosure(e.action, e.source) and not e.disclosure_text:

@@ -1,0 +1,112 @@
+"""The ``[campaigns]`` tree of Sluice's TOML config, typed (msgspec, unknown keys refused, errors name
+the key path). Secrets are never in the file: ``*_env`` keys name environment variables. Nothing is
+read at import time; ``loads``/``load`` read a whole Sluice config file and take its ``[campaigns]``
+table (the rest is the gateway's)::
+
+    [campaigns]
+    store_url = "sqlite:///campaigns.db"      # or "postgresql://user@host/db"
+    port = 8090
+    gateway_url = "http://127.0.0.1:8080"      # the gateway's public HTTP API
+    public_url = "https://sms.shop.example"    # where forms and the pop-up script are served from
+
+    [[campaigns.tenants]]
+    name = "acme"                               # the gateway's tenant of the same shop
+    key_env = "CAMPAIGNS_KEY_ACME"              # or key_sha256 = "<hex sha256 of the key>"
+    gateway_key_env = "SLUICE_KEY_ACME"         # this shop's key for the gateway's API
+    webhook_secret_env = "SLUICE_WEBHOOK_ACME"  # verifies what the gateway POSTs to us
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from campaigns.errors import ConfigError
+
+__all__ = ["CampaignSettings", "SignupSettings", "TenantSettings", "load", "loads", "from_table"]
+
+
+class SignupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Keyword and double opt-in texts of one shop (seed 002: keywords; seed 001: welcome series)."""
+
+    keywords: list[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{2,20}$")]] = msgspec.field(default_factory=lambda: ["JOIN"])
+    confirm_words: list[Annotated[str, msgspec.Meta(min_length=1, max_length=20)]] = msgspec.field(
+        default_factory=lambda: ["Y", "YES", "OUI", "SI", "JA"])
+    shop_name: Annotated[str, msgspec.Meta(min_length=1, max_length=60)] = "our shop"
+    # The double opt-in request: the disclosure the subscriber sees by SMS (recorded with its hash).
+    confirm_text: Annotated[str, msgspec.Meta(min_length=1, max_length=640)] = (
+        "{shop}: reply Y to confirm you want recurring marketing texts. Msg & data rates may apply. "
+        "Msg frequency varies. Reply STOP to cancel, HELP for help."
+    )
+    disclosure_version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "sms-1"
+    welcome_text: Annotated[str, msgspec.Meta(min_length=1, max_length=640)] = (
+        "{shop}: you're in! Welcome. Reply STOP to cancel."
+    )
+    welcome_media_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None  # an MMS welcome
+    sender: str | None = None  # the short code / number people text the keyword to (for sms: links)
+
+
+class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    key_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    key_env: str | None = None
+    gateway_key_env: str | None = None
+    webhook_secret_env: str | None = None
+    default_region: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")] | None = None  # numbers without '+'
+    signup: SignupSettings = msgspec.field(default_factory=SignupSettings)
+
+    def __post_init__(self) -> None:
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError(f"tenant {self.name!r}: give exactly one of key_sha256 and key_env")
+
+
+class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    store_url: str = "sqlite:///campaigns.db"
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8090
+    gateway_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = "http://127.0.0.1:8080"
+    public_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None
+    abandon_after: Annotated[float, msgspec.Meta(gt=0)] = 3600.0  # seconds until a checkout is abandoned
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    tenants: list[TenantSettings] = []
+
+    def __post_init__(self) -> None:
+        if not self.store_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"store_url {self.store_url!r}: use sqlite:///path or postgresql://...")
+        names = [t.name for t in self.tenants]
+        if len(set(names)) != len(names):
+            raise ValueError("tenants: a name appears twice")
+
+
+_AT = re.compile(r" - at `\$(.*)`$")
+
+
+def from_table(table: Any, *, path: str | None = None) -> CampaignSettings:
+    try:
+        return msgspec.convert(table, CampaignSettings)
+    except msgspec.ValidationError as exc:
+        m = _AT.search(str(exc))
+        key = "campaigns" + ("." + m.group(1).lstrip(".") if m and m.group(1) else "") if m else "campaigns"
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{_AT.sub('', str(exc))}", key=key) from exc
+
+
+def loads(text: str, *, path: str | None = None) -> CampaignSettings | None:
+    """The ``[campaigns]`` table of a Sluice config text, or None when it has none."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from exc
+    return from_table(raw["campaigns"], path=path) if "campaigns" in raw else None
+
+
+def load(path: str | Path) -> CampaignSettings | None:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    return loads(text, path=str(path))
