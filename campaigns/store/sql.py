@@ -86,9 +86,12 @@ class SqlStore:
         raise NotImplementedError
 
     # ---- subscribers -------------------------------------------------------------------------
-    def put_subscriber(self, tenant: str, profile: Profile, *, phone: str, at: float, now: float) -> tuple[Subscriber, bool]:  # noqa: E501
+    def put_subscriber(self, tenant: str, profile: Profile, *, phone: str, at: float, now: float,
+                       consent: NewConsent | None = None) -> tuple[Subscriber, bool]:  # fmt: skip
         with self._tx() as tx:
             sid, created = self._put_profile(tx, tenant, profile, phone, at, now)
+            if consent is not None:
+                self._record_consent(tx, tenant, consent, now)
             row = tx.one(f"SELECT {_SUB_COLS} FROM subscribers WHERE tenant = ? AND id = ?", (tenant, sid))
         assert row is not None
         return _subscriber(tenant, row), created

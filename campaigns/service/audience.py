@@ -1,0 +1,186 @@
+"""The audience service: the async shell around the store and the pure core. The HTTP API
+(``app.py``) and the gateway link (``link.py``) call it; it reads the clock once per call and hands
+that ``now`` to the core and the store (which runs in a worker thread)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import msgspec
+
+from campaigns.config import CampaignSettings, TenantSettings
+from campaigns.core import proof
+from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State, needs_disclosure
+from campaigns.core.events import CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone, event_phone
+from campaigns.core.model import Stats, Subscriber
+from campaigns.core.segments import Segment, dump_segment, parse_segment
+from campaigns.errors import InvalidInput, NotFound
+from campaigns.store.base import Applied, NewConsent, SegmentRow, Store
+from campaigns.store.segment_sql import compile_segment
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ConsentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A consent action given through the API (in store, an import, a form the shop hosts itself)."""
+
+    action: Action
+    source: Source = "api"
+    disclosure_text: str | None = None
+    disclosure_version: str | None = None
+    evidence: Evidence = Evidence()
+    at: float | None = None  # when it happened (default: now); never in the future
+
+
+class SubscriberIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    profile: Profile
+    consent: ConsentIn | None = None
+
+
+class SubscriberOut(msgspec.Struct, frozen=True, kw_only=True):
+    subscriber: Subscriber
+    tags: list[str]
+    stats: Stats
+    marketable: bool
+
+
+class Audience:
+    def __init__(self, store: Store, settings: CampaignSettings, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.tenants: dict[str, TenantSettings] = {t.name: t for t in settings.tenants}
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        return await anyio.to_thread.run_sync(partial(fn, *args, **kw))
+
+    def phone(self, tenant: str, raw: str, *, field: str = "phone", country: str | None = None) -> str:
+        t = self.tenants.get(tenant)
+        return canonical_phone(raw, region=country or (t.default_region if t else None), field=field)
+
+    async def store_call(self, name: str, *args: Any, **kw: Any) -> Any:
+        """A store method by name, in a worker thread (for the API's plain reads and deletes)."""
+        return await self._run(getattr(self.store, name), *args, **kw)
+
+    # ---- subscribers ---------------------------------------------------------------------------
+    async def put_subscriber(self, tenant: str, body: SubscriberIn) -> tuple[SubscriberOut, bool]:
+        now = self.clock()
+        phone = self.phone(tenant, body.profile.phone, field="profile.phone", country=body.profile.country)
+        new = self._consent(phone, body.consent, now, field="consent") if body.consent else None
+        sub, created = await self._run(self.store.put_subscriber, tenant, body.profile, phone=phone, at=now, now=now,
+                                       consent=new)  # one transaction: a refused consent stores nothing
+        return await self.subscriber_out(tenant, sub.id), created
+
+    def _consent(self, phone: str, c: ConsentIn, now: float, *, field: str) -> NewConsent:
+        at = now if c.at is None else c.at
+        prefix = f"{field}." if field else ""
+        if at > now + 300:
+            raise InvalidInput("consent time is in the future", code="invalid_field", field=f"{prefix}at")
+        if needs_disclosure(c.action, c.source) and not c.disclosure_text:
+            raise InvalidInput(f"an opt-in from {c.source} must record the disclosure text shown",
+                               code="disclosure_required", field=f"{prefix}disclosure_text")  # fmt: skip
+        return NewConsent(phone=phone, action=c.action, source=c.source, at=at, disclosure_text=c.disclosure_text,
+                          disclosure_version=c.disclosure_version, evidence=c.evidence)  # fmt: skip
+
+    async def subscriber_out(self, tenant: str, subscriber_id: int) -> SubscriberOut:
+        def read() -> SubscriberOut:
+            sub = self.store.subscriber(tenant, subscriber_id)
+            if sub is None:
+                raise NotFound(f"no subscriber {subscriber_id}", code="subscriber_not_found")
+            return SubscriberOut(subscriber=sub, tags=sorted(self.store.tags(tenant, subscriber_id)),
+                                 stats=self.store.stats(tenant, subscriber_id), marketable=sub.consent == "confirmed")
+        return await self._run(read)
+
+    async def subscribers(self, tenant: str, *, after: int, limit: int) -> list[Subscriber]:
+        return await self._run(self.store.subscribers, tenant, after=after, limit=limit)
+
+    async def set_tags(self, tenant: str, subscriber_id: int, add: Sequence[str], remove: Sequence[str]) -> list[str]:
+        return sorted(await self._run(self.store.set_tags, tenant, subscriber_id, add=add, remove=remove))
+
+    # ---- consent -------------------------------------------------------------------------------
+    async def record_consent(self, tenant: str, subscriber_id: int, body: ConsentIn) -> tuple[ConsentEntry, State]:
+        sub = await self._subscriber(tenant, subscriber_id)
+        entry, state = await self._run(self.store.record_consent, tenant,
+                                       self._consent(sub.phone, body, self.clock(), field=""), now=self.clock())
+        assert entry is not None
+        return entry, state
+
+    async def _subscriber(self, tenant: str, subscriber_id: int) -> Subscriber:
+        sub = await self._run(self.store.subscriber, tenant, subscriber_id)
+        if sub is None:
+            raise NotFound(f"no subscriber {subscriber_id}", code="subscriber_not_found")
+        return sub
+
+    async def ledger(self, tenant: str, subscriber_id: int) -> list[ConsentEntry]:
+        await self._subscriber(tenant, subscriber_id)
+        return await self._run(self.store.ledger, tenant, subscriber_id)
+
+    async def proof(self, tenant: str, subscriber_id: int) -> proof.Proof:
+        sub = await self._subscriber(tenant, subscriber_id)
+        return proof.build(sub, await self._run(self.store.ledger, tenant, subscriber_id), self.clock())
+
+    # ---- shop events ---------------------------------------------------------------------------
+    def check_event(self, tenant: str, event: ShopEvent, prefix: str = "") -> str | None:
+        """The event's canonical phone (None for a fulfilment), or InvalidInput naming the field."""
+        raw = event_phone(event)
+        if raw is None:
+            return None
+        field = "profile.phone" if isinstance(event, CustomerEvent) else "phone"
+        country = event.profile.country if isinstance(event, CustomerEvent) else None
+        return self.phone(tenant, raw, field=prefix + field, country=country)
+
+    async def apply(self, tenant: str, event: ShopEvent, phone: str | None) -> Applied:
+        now = self.clock()
+        if event.at > now + 300:
+            raise InvalidInput("event time is in the future", code="invalid_field", field="at")
+        return await self._run(self.store.apply_event, tenant, event, phone=phone, now=now)
+
+    async def apply_many(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]]) -> list[Applied]:
+        now = self.clock()
+        for i, (e, _) in enumerate(events):
+            if e.at > now + 300:
+                raise InvalidInput("event time is in the future", code="invalid_field", field=f"lines[{i}].at")
+
+        def run() -> list[Applied]:
+            return [self.store.apply_event(tenant, e, phone=p, now=now) for e, p in events]
+        return await self._run(run)
+
+    async def tick(self, tenant: str | None = None) -> list[int]:
+        """The periodic work: checkouts past ``abandon_after`` become abandoned."""
+        now, out = self.clock(), []
+        for name in [tenant] if tenant else list(self.tenants):
+            out += await self._run(self.store.abandon_checkouts, name, after_s=self.settings.abandon_after, now=now)
+        return out
+
+    # ---- segments (the language and its SQL: campaigns.core.segments, campaigns.store.segment_sql) ---
+    @staticmethod
+    def parse(definition: Any) -> Segment:
+        return parse_segment(definition)
+
+    async def put_segment(self, tenant: str, name: str, definition: Any, segment_id: int | None = None) -> SegmentRow:
+        seg = parse_segment(definition)
+        return await self._run(self.store.put_segment, tenant, name, dump_segment(seg), now=self.clock(),
+                               segment_id=segment_id)  # fmt: skip
+
+    async def segment(self, tenant: str, segment_id: int) -> tuple[SegmentRow, Segment]:
+        row = await self._run(self.store.segment, tenant, segment_id)
+        if row is None:
+            raise NotFound(f"no segment {segment_id}", code="segment_not_found")
+        return row, parse_segment(row.definition)
+
+    async def count(self, tenant: str, seg: Segment) -> int:
+        where, params = compile_segment(seg, self.store.engine, tenant, self.clock())  # type: ignore[arg-type]
+        return await self._run(self.store.count_where, tenant, where, params)
+
+    async def members(self, tenant: str, seg: Segment, *, after: int, limit: int) -> list[int]:
+        where, params = compile_segment(seg, self.store.engine, tenant, self.clock())  # type: ignore[arg-type]
+        return await self._run(self.store.ids_where, tenant, where, params, after=after, limit=limit)
+
+
+def is_fulfillment(event: ShopEvent) -> bool:
+    return isinstance(event, FulfillmentEvent)
