@@ -28,6 +28,9 @@ from campaigns.core.events import ShopEvent, decode_event
 from campaigns.core.model import Subscriber
 from campaigns.errors import CallerError, CampaignError, InvalidInput, StorageError
 from campaigns.service.audience import Audience, ConsentIn, SubscriberIn, SubscriberOut
+from campaigns.service.gateway_client import Inbound
+from campaigns.service.link import GatewayLink
+from campaigns.service.signature import HEADER, verify
 from campaigns.store.base import Applied, SegmentRow
 
 log = logging.getLogger(__name__)
@@ -163,8 +166,24 @@ def _next(ids: list[int], limit: int) -> int | None:
     return ids[-1] if len(ids) == limit else None
 
 
-def create_app(audience: Audience, keys: Mapping[str, str], *, extra_handlers: list[Any] | None = None) -> Litestar:
-    """The API over ``audience``; ``keys`` maps key SHA-256 -> tenant (``tenant_keys``)."""
+def webhook_secrets(settings: CampaignSettings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """tenant -> the secret the gateway signs what it POSTs to us with (``webhook_secret_env``)."""
+    env = os.environ if environ is None else environ
+    return {t.name: env[t.webhook_secret_env] for t in settings.tenants
+            if t.webhook_secret_env and env.get(t.webhook_secret_env)}  # fmt: skip
+
+
+class InboundIn(msgspec.Struct, frozen=True, kw_only=True):
+    inbound: list[Inbound]
+
+
+_inbound_decoder = msgspec.json.Decoder(InboundIn)
+
+
+def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink | None = None,
+               secrets: Mapping[str, str] | None = None, extra_handlers: list[Any] | None = None) -> Litestar:  # fmt: skip
+    """The API over ``audience``; ``keys`` maps key SHA-256 -> tenant (``tenant_keys``). With ``link``,
+    ``POST /v1/gateway/{tenant}/inbound`` takes the gateway's signed inbound webhooks (``secrets``)."""
 
     async def tenant(request: Request) -> str:
         auth = request.headers.get("authorization", "")
@@ -293,13 +312,28 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, extra_handlers: l
         subs = [(await audience.subscriber_out(tenant, i)).subscriber for i in ids]
         return SampleOut(items=subs)
 
+    @post("/v1/gateway/{shop:str}/inbound", status_code=204, include_in_schema=False)
+    async def gateway_inbound(shop: FromPath[str], request: Request) -> None:
+        """The gateway's inbound webhook (its ``inbound_url``), signed like its other webhooks."""
+        body = await request.body()
+        secret = (secrets or {}).get(shop)
+        header = request.headers.get(HEADER, "")
+        if link is None or secret is None or shop not in link.clients or not verify(secret, header, body, audience.clock()):
+            raise NotAuthorizedException("bad or missing Sluice-Signature")
+        try:
+            batch = _inbound_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise InvalidInput(f"not an inbound batch: {exc}", code="invalid_json") from None
+        for msg in batch.inbound:
+            await link.handle(shop, msg)
+
     @get("/healthz", dependencies={})
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     handlers = [put_subscriber, list_subscribers, get_subscriber, post_tags, post_consent, get_ledger, get_proof,
                 post_event, post_events_bulk, post_segment, put_segment, validate_segment, list_segments, get_segment,
-                delete_segment, count_segment, segment_members, segment_sample, healthz, *(extra_handlers or [])]  # fmt: skip
+                delete_segment, count_segment, segment_members, segment_sample, healthz, gateway_inbound, *(extra_handlers or [])]  # fmt: skip
     return Litestar(
         route_handlers=handlers,
         dependencies={"tenant": Provide(tenant)},
