@@ -71,6 +71,7 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     gateway_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = "http://127.0.0.1:8080"
     public_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None
     abandon_after: Annotated[float, msgspec.Meta(gt=0)] = 3600.0  # seconds until a checkout is abandoned
+    sync_interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0  # gateway link rounds (push, pull)
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
     tenants: list[TenantSettings] = []
 

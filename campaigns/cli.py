@@ -1,0 +1,131 @@
+"""`sluice campaigns ...`, and the `sluice` entry point that composes the two layers.
+
+The ``sluice`` script points here (pyproject ``[project.scripts]``): this module takes the gateway's
+click group (``gateway.cli.main``, which knows nothing of campaigns), adds the ``campaigns`` group,
+and wraps ``serve`` so that a config with a ``[campaigns]`` table hosts both in one process
+(``campaigns.host``). ``python -m gateway.cli`` stays the gateway alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from campaigns.errors import CampaignError, ConfigError
+from gateway.cli import main
+
+__all__ = ["main"]
+
+
+@click.group("campaigns")
+def campaigns() -> None:
+    """The campaign layer: subscribers, consent, shop events, segments."""
+
+
+def _settings(config_path: str | None):  # type: ignore[no-untyped-def]
+    from campaigns import config
+
+    try:
+        settings = config.load(config_path) if config_path else None
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if settings is None:
+        click.echo("error: the config has no [campaigns] table", err=True)
+        sys.exit(2)
+    return settings
+
+
+@campaigns.command("check-config")
+@click.argument("path", type=click.Path(dir_okay=False))
+def check_config(path: str) -> None:
+    """Validate the [campaigns] table of a config file; errors name the key."""
+    settings = _settings(path)
+    click.echo(f"{path}: ok ({len(settings.tenants)} tenants, store {settings.store_url.split(':', 1)[0]})")
+
+
+@campaigns.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--port", type=int, default=None, help="HTTP port (overrides campaigns.port; 0 picks a free one).")
+def serve_alone(config_path: str, port: int | None) -> None:
+    """Run the campaign layer alone (the gateway elsewhere, at campaigns.gateway_url).
+
+    When it is ready it prints one JSON line on stdout, {"campaigns": PORT}."""
+    import anyio
+
+    from campaigns.service.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = _settings(config_path)
+    anyio.run(lambda: serve(settings, port=port, on_ready=lambda p: print(json.dumps({"campaigns": p}), flush=True)),
+              backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+
+
+@campaigns.command("abandon")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", default=None, help="one shop (default: all)")
+def abandon(config_path: str, tenant: str | None) -> None:
+    """Mark checkouts older than campaigns.abandon_after as abandoned now (the server does it itself)."""
+    import time
+
+    from campaigns.store import open_store
+
+    settings = _settings(config_path)
+    store = open_store(settings.store_url)
+    try:
+        for name in [tenant] if tenant else [t.name for t in settings.tenants]:
+            ids = store.abandon_checkouts(name, after_s=settings.abandon_after, now=time.time())
+            click.echo(f"{name}: {len(ids)} subscribers with newly abandoned checkouts")
+    except CampaignError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        store.close()
+
+
+_gateway_serve = main.commands["serve"]
+
+
+@click.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file (default: the embedded config/sluice.toml).")
+@click.option("--port", type=int, default=None, help="HTTP port (overrides api.port; 0 picks a free one).")
+@click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True,
+              help="Event loop: asyncio with uvloop (HTTP by uvicorn), or trio (HTTP by Hypercorn).")
+@click.pass_context
+def serve(ctx: click.Context, config_path: str | None, port: int | None, backend: str) -> None:
+    """Run the gateway (and the campaign layer too when the config has a [campaigns] table).
+
+    When ready it prints {"listening": PORT} (and {"campaigns": PORT}) on stdout, one JSON line each."""
+    from campaigns import host
+
+    try:
+        gateway_cfg, settings = host.read(config_path)
+    except (CampaignError, Exception) as exc:  # the gateway's ConfigError too: shown, exit 2
+        if not isinstance(exc, (CampaignError,)) and type(exc).__name__ != "ConfigError":
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if settings is None:
+        ctx.invoke(_gateway_serve, config_path=config_path, port=port, backend=backend)
+        return
+    if backend != "asyncio":
+        click.echo("error: with [campaigns], serve runs on asyncio", err=True)
+        sys.exit(2)
+    import anyio
+    import msgspec
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if port is not None:
+        gateway_cfg = msgspec.structs.replace(gateway_cfg, api=msgspec.structs.replace(gateway_cfg.api, port=port))  # type: ignore[type-var, attr-defined]
+    anyio.run(lambda: host.serve_both(gateway_cfg, settings, on_ready=lambda k, p: print(json.dumps({k: p}), flush=True)),
+              backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+
+
+main.add_command(campaigns)
+main.add_command(serve)
+
+if __name__ == "__main__":
+    main()
