@@ -57,7 +57,11 @@ async def serve_both(gateway_cfg: object, settings: CampaignSettings, *, on_read
         bound.set()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: serve_gateway(gateway_cfg, on_ready=gateway_ready))  # type: ignore[arg-type]
+        async def gateway() -> None:
+            await serve_gateway(gateway_cfg, on_ready=gateway_ready)  # type: ignore[arg-type]
+            tg.cancel_scope.cancel()  # the gateway stopped (SIGTERM): so does the campaign layer
+
+        tg.start_soon(gateway)
         await bound.wait()
         host = getattr(getattr(gateway_cfg, "api", None), "host", "127.0.0.1")
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

@@ -48,7 +48,11 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
                                            log_config=None, lifespan="on", access_log=False))  # fmt: skip
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve)
+            async def http() -> None:
+                await server.serve()  # returns on SIGTERM/SIGINT (uvicorn's handlers): then stop the rest
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(http)
             with anyio.fail_after(30):
                 while not server.started:
                     await anyio.sleep(0.01)

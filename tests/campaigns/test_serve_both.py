@@ -76,6 +76,7 @@ async def poll(get, until, timeout: float = 20.0):  # type: ignore[no-untyped-de
     return got
 
 
+@pytest.mark.slow  # ~15 s: two child processes; the link itself is tested against `sluice serve` in make test
 async def test_serve_hosts_both(tmp_path: Path) -> None:
     async with simulator() as sim:
         cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", config(tmp_path, sim.port), "--port", "0"]
