@@ -52,6 +52,7 @@ __all__ = [
     "RFM_TIERS",
     "AllOf",
     "AnyOf",
+    "affected_by",
     "Attribute",
     "Event",
     "Field",
@@ -755,6 +756,17 @@ def dependencies(seg: Segment) -> frozenset[str]:
                 if within is not None:
                     deps.add("clock")
     return frozenset(deps)
+
+
+def affected_by(deps: frozenset[str], changed: frozenset[str]) -> bool:
+    """Whether a change to ``changed`` (table names, e.g. ``Applied.changed``; or ``activities.<kind>``)
+    may change a segment with these ``dependencies``: re-evaluate it for that subscriber."""
+    for dep in deps:
+        if dep == "clock":
+            continue
+        if dep in changed or dep.split(".", 1)[0] in changed:
+            return True
+    return False
 
 
 MAX_CANDIDATES = 2048

@@ -132,7 +132,17 @@ CREATE TABLE IF NOT EXISTS gateway_sync (
 """
 
 # ---- SEGMENTS_DDL: tables/indexes the segments work adds (owned by helper "segments") ----
+# Covering indexes for compiled segments (campaigns/store/segment_sql.py): each event condition is an
+# uncorrelated `subscriber_id IN (SELECT ... WHERE tenant = ? AND <time> >= ? ...)`, so these let
+# both engines answer it from the index alone (no table lookups): windows on orders and activities,
+# the items of a category joined to their order's owner and time, open abandoned checkouts.
 SEGMENTS_DDL = """
+CREATE INDEX IF NOT EXISTS orders_segment_spend ON orders (tenant, subscriber_id, created_at, total, payment_status);
+CREATE INDEX IF NOT EXISTS orders_segment_window ON orders (tenant, created_at, subscriber_id, total, payment_status);
+CREATE INDEX IF NOT EXISTS orders_segment_owner ON orders (tenant, order_id, subscriber_id, created_at, payment_status);
+CREATE INDEX IF NOT EXISTS order_items_segment ON order_items (tenant, category, order_id, price, quantity);
+CREATE INDEX IF NOT EXISTS activities_segment ON activities (tenant, kind, at, subscriber_id);
+CREATE INDEX IF NOT EXISTS checkouts_segment_abandoned ON checkouts (tenant, abandoned_at, subscriber_id) WHERE completed_at IS NULL;
 """
 # ---- end of SEGMENTS_DDL ----
 

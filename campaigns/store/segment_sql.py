@@ -121,17 +121,18 @@ class _Compiler:
     def field(self, seg: Field) -> str:
         spec = FIELDS[seg.field]
         default = FIELD_DEFAULTS.get(seg.field)
-        alias = "s" if spec.table == "subscribers" else "st"
-        expr = f"{alias}.{seg.field}"
-        if default is not None:
-            expr = f"COALESCE({expr}, {self.p(default)})"
-        holds = f"COALESCE({self.field_pred(seg, expr, spec.kind)}, FALSE)"
         if spec.table == "subscribers":
-            return holds
-        rows = f"SELECT st.subscriber_id FROM subscriber_stats st WHERE st.tenant = {self.tenant}"
-        if field_op_holds(seg.op, default, seg.value, self.now):  # a subscriber without stats is in
-            return f"s.id NOT IN ({rows} AND NOT {holds})"
-        return f"s.id IN ({rows} AND {holds})"
+            expr = f"s.{seg.field}" if default is None else f"COALESCE(s.{seg.field}, {self.p(default)})"
+            return f"COALESCE({self.field_pred(seg, expr, spec.kind)}, FALSE)"
+        # An aggregate: a subscriber without a stats row (or with NULL there) reads the default, so
+        # only rows with a value can differ from it. The predicate sees a non-NULL column: it is
+        # two-valued, and stays a plain comparison the engines can run off an index.
+        col = f"st.{seg.field}"
+        rows = f"SELECT st.subscriber_id FROM subscriber_stats st WHERE st.tenant = {self.tenant} AND {col} IS NOT NULL"
+        pred = self.field_pred(seg, col, spec.kind)
+        if field_op_holds(seg.op, default, seg.value, self.now):  # so does everyone without a value
+            return f"s.id NOT IN ({rows} AND NOT ({pred}))"
+        return f"s.id IN ({rows} AND {pred})"
 
     def field_pred(self, seg: Field, expr: str, kind: str) -> str:
         op, value = seg.op, seg.value
