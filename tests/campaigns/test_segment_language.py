@@ -282,3 +282,21 @@ def test_values_are_bound_never_spliced(text, dialect):
 def test_unknown_dialect_is_refused():
     with pytest.raises(ValueError):
         compile_segment(AllOf(items=(Field(field="gender", op="exists"),)), "mysql", "acme", NOW)
+
+
+def test_the_documented_examples_parse():
+    import json
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "CAMPAIGNS.md").read_text()
+    section = doc.split("## Segments", 1)[1].split("\n## ", 1)[0]
+    found = 0
+    for block in re.findall(r"```json\n(.*?)```", section, re.S):
+        text, pos = block.strip(), 0
+        while pos < len(text):
+            obj, end = json.JSONDecoder().raw_decode(text, pos)
+            parse_segment(obj)
+            found += 1
+            pos = end + len(text[end:]) - len(text[end:].lstrip())
+    assert found >= 8
