@@ -50,6 +50,34 @@ class SignupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     sender: str | None = None  # the short code / number people text the keyword to (for sms: links)
 
 
+Colour = Annotated[str, msgspec.Meta(pattern=r"^#[0-9a-fA-F]{6}$")]
+
+
+class FormSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The hosted sign-up form and the embeddable pop-up (seed 002 "pop-ups"): text, look, legal text
+    (recorded as the disclosure of every opt-in through them), and when/how often the pop-up shows."""
+
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=120)] = "Get 10% off your first order"
+    text: Annotated[str, msgspec.Meta(max_length=500)] = "Join our text club for offers and early access."
+    button: Annotated[str, msgspec.Meta(min_length=1, max_length=40)] = "Sign me up"
+    legal_text: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)] = (
+        "By submitting this form, you agree to receive recurring automated marketing text messages from {shop} "
+        "at the number provided. Consent is not a condition of purchase. Msg & data rates may apply. "
+        "Msg frequency varies. Reply HELP for help and STOP to cancel."
+    )
+    legal_version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "form-1"
+    background: Colour = "#ffffff"
+    foreground: Colour = "#1a1a1a"
+    accent: Colour = "#0b6e4f"
+    font: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9 ,'-]{1,100}$")] = "system-ui, sans-serif"
+    # The pop-up: shown on the first trigger that fires, at most once every `every_days` per visitor.
+    trigger_scroll_percent: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = 50
+    trigger_delay_s: Annotated[float, msgspec.Meta(ge=0, le=600)] | None = 8.0
+    trigger_exit_intent: bool = True
+    every_days: Annotated[float, msgspec.Meta(ge=0, le=365)] = 7.0
+    ask_email: bool = False
+
+
 class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     key_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
@@ -58,6 +86,7 @@ class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     webhook_secret_env: str | None = None
     default_region: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")] | None = None  # numbers without '+'
     signup: SignupSettings = msgspec.field(default_factory=SignupSettings)
+    form: FormSettings = msgspec.field(default_factory=FormSettings)
 
     def __post_init__(self) -> None:
         if (self.key_sha256 is None) == (self.key_env is None):

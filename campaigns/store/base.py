@@ -13,6 +13,7 @@ import msgspec
 
 from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
 from campaigns.core.events import Profile, ShopEvent
+from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
 
 Outcome = Literal["applied", "duplicate", "stale"]
@@ -50,6 +51,14 @@ class SegmentRow(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: float
 
 
+class ImportResult(msgspec.Struct, frozen=True, kw_only=True):
+    rows: int
+    created: int  # new subscribers (the others were updated)
+    consented: int  # rows whose proven consent was recorded in the ledger
+    unproven: int  # rows claiming consent without proof: imported as not marketable
+    skipped_revoked: int  # rows whose number had opted out: an import never re-subscribes
+
+
 class SyncItem(msgspec.Struct, frozen=True, kw_only=True):
     """A consent change the gateway must hear (``suppress`` / ``unsuppress`` a number)."""
 
@@ -77,6 +86,7 @@ class Store(Protocol):
     def record_consent(self, tenant: str, entry: NewConsent, *, now: float,
                        event_id: str | None = None) -> tuple[ConsentEntry | None, State]: ...  # None: event_id seen
     def ledger(self, tenant: str, subscriber_id: int) -> list[ConsentEntry]: ...
+    def import_rows(self, tenant: str, rows: Sequence[ImportRow], *, now: float) -> ImportResult: ...  # one tx
 
     # shop events -----------------------------------------------------------------------------
     def apply_event(self, tenant: str, event: ShopEvent, *, phone: str | None, now: float) -> Applied: ...

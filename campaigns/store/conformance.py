@@ -224,6 +224,29 @@ def check_segments_storage(store: Store) -> None:
     assert store.delete_segment("beta", seg.id) is False and store.delete_segment("acme", seg.id) is True
 
 
+def check_import(store: Store) -> None:
+    from campaigns.core.imports import parse_csv
+
+    store.record_consent("acme", NewConsent(phone="+33612345603", action="opt_out", source="reply", at=T0), now=T0)
+    text = ("phone,first_name,tags,consent,consent_at,disclosure_text,ip\n"
+            "+33612345601,Ana,vip;club,confirmed,2025-01-02T03:04:05Z,Join us,198.51.100.1\n"
+            "+33612345602,Bo,,confirmed,,,\n"  # claimed without proof: not marketable
+            "+33612345603,Cy,,confirmed,1700000000,Join us,\n")  # opted out earlier: never re-subscribed
+    res = store.import_rows("acme", parse_csv(text, file_name="shop.csv"), now=T0)
+    assert (res.rows, res.created, res.consented, res.unproven, res.skipped_revoked) == (3, 2, 1, 1, 1)
+    a, b, c = (store.subscriber_by_phone("acme", f"+3361234560{i}") for i in (1, 2, 3))
+    assert a is not None and b is not None and c is not None
+    assert (a.consent, b.consent, c.consent) == ("confirmed", "none", "revoked")
+    assert store.tags("acme", a.id) == {"vip", "club"}
+    ledger = store.ledger("acme", a.id)
+    assert [(e.action, e.source, e.evidence.import_file, e.evidence.ip) for e in ledger] == [
+        ("opt_in", "import", "shop.csv", "198.51.100.1"), ("confirm", "import", "shop.csv", "198.51.100.1")]
+    assert ledger[0].at == 1735787045.0 and ledger[0].disclosure_text == "Join us"
+    # Importing the same file again changes nothing in the ledger.
+    store.import_rows("acme", parse_csv(text, file_name="shop.csv"), now=T0 + 1)
+    assert len(store.ledger("acme", a.id)) == 2
+
+
 CHECKS: list[Callable[[Store], None]] = [check_subscribers, check_consent_ledger, check_events_idempotent_and_aggregates,
                                          check_events_out_of_order, check_checkouts, check_activities_and_customers,
-                                         check_segments_storage]  # fmt: skip
+                                         check_segments_storage, check_import]  # fmt: skip

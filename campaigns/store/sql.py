@@ -16,7 +16,8 @@ from campaigns.core.events import (ActivityEvent, CheckoutEvent, ConsentGrant, C
                                    FulfillmentEvent, OrderEvent, Profile, ShopEvent)  # fmt: skip
 from campaigns.core.model import Activity, Checkout, Order, OrderItem, Stats, Subscriber, SubscriberView
 from campaigns.errors import Conflict, InvalidInput, NotFound
-from campaigns.store.base import Applied, NewConsent, SegmentRow, SyncItem
+from campaigns.core.imports import ImportRow
+from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, SyncItem
 
 _json = msgspec.json.Encoder()
 _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country, region, city, time_zone, "
@@ -223,6 +224,31 @@ class SqlStore:
     def _was_revoked(self, tx: Tx, tenant: str, phone: str) -> bool:
         return tx.one("SELECT 1 FROM consent_ledger WHERE tenant = ? AND phone = ? AND action = 'opt_out'",
                       (tenant, phone)) is not None  # fmt: skip
+
+    def import_rows(self, tenant: str, rows: Sequence[ImportRow], *, now: float) -> ImportResult:
+        """All rows in one transaction. Consent with proof becomes ledger entries (``opt_in`` and, for
+        ``confirmed``, ``confirm``, at the proven time); an import never re-subscribes a revoked number."""
+        created = consented = skipped = 0
+        with self._tx() as tx:
+            for r in rows:
+                _, new = self._put_profile(tx, tenant, r.profile, r.phone, now, now)
+                created += new
+                if r.consent is None or r.consent_at is None:
+                    continue
+                state = tx.one("SELECT consent FROM subscribers WHERE tenant = ? AND phone = ?", (tenant, r.phone))
+                if state is not None and state[0] in ("revoked", r.consent, "confirmed"):
+                    skipped += state[0] == "revoked"
+                    continue
+                for action in ("opt_in", "confirm") if r.consent == "confirmed" else ("opt_in",):
+                    if action == "opt_in" and state is not None and state[0] == "pending":
+                        continue
+                    self._record_consent(tx, tenant, NewConsent(
+                        phone=r.phone, action=action, source=r.source, at=r.consent_at,  # type: ignore[arg-type]
+                        disclosure_text=r.disclosure_text, disclosure_version=r.disclosure_version,
+                        evidence=r.evidence), now)  # fmt: skip
+                consented += 1
+        return ImportResult(rows=len(rows), created=created, consented=consented,
+                            unproven=sum(r.unproven for r in rows), skipped_revoked=skipped)  # fmt: skip
 
     def ledger(self, tenant: str, subscriber_id: int) -> list[ConsentEntry]:
         with self._tx() as tx:
