@@ -58,7 +58,7 @@ function show(){
  o.querySelector("form").onsubmit=function(ev){ev.preventDefault();
   var f=ev.target,body={phone:f.phone.value,form_id:"popup",legal_version:C.legal_version,page_url:location.href};
   if(f.email&&f.email.value)body.email=f.email.value;
-  fetch(C.action,{method:"POST",headers:{"content-type":"application/json"},body:JSON.stringify(body)})
+  fetch(C.action,{method:"POST",headers:{"content-type":"text/plain;charset=UTF-8"},body:JSON.stringify(body)})
    .then(function(r){return r.json();}).then(function(j){f.innerHTML="<p>"+esc(j.message||"")+"</p>";});};
 }
 if(C.trigger_delay_s!==null)setTimeout(show,C.trigger_delay_s*1000);

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
+import io
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs
 
 import msgspec
+import segno
 from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
@@ -23,15 +28,16 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from campaigns.config import CampaignSettings
 from campaigns.core import proof as proofs
-from campaigns.core.consent import ConsentEntry, State
+from campaigns.core.consent import ConsentEntry, Evidence, State
+from campaigns.core.forms import form_page, popup_script, sms_link
 from campaigns.core.events import ShopEvent, decode_event
 from campaigns.core.model import Subscriber
-from campaigns.errors import CallerError, CampaignError, InvalidInput, StorageError
-from campaigns.service.audience import Audience, ConsentIn, SubscriberIn, SubscriberOut
+from campaigns.errors import CallerError, CampaignError, InvalidInput, NotFound, StorageError
+from campaigns.service.audience import Audience, ConsentIn, FormIn, SubscriberIn, SubscriberOut
 from campaigns.service.gateway_client import Inbound
 from campaigns.service.link import GatewayLink
 from campaigns.service.signature import HEADER, verify
-from campaigns.store.base import Applied, SegmentRow
+from campaigns.store.base import Applied, ImportResult, SegmentRow
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,22 @@ class BulkOut(msgspec.Struct, frozen=True, kw_only=True):
     applied: int
     duplicate: int
     stale: int
+
+
+class SignupToolsOut(msgspec.Struct, frozen=True, kw_only=True):
+    form_url: str
+    popup_script: str  # paste into the shop's pages
+    sms_link: str | None  # prefilled sms: link (social opt-in); None without signup.sender
+    qr_svg_url: str | None
+    keyword: str
+
+
+_form_decoder = msgspec.json.Decoder(FormIn)
+
+
+def _invalid(exc: msgspec.ValidationError) -> InvalidInput:
+    m = re.search(r" - at `\$\.?(.*)`$", str(exc))
+    return InvalidInput(str(exc), code="invalid_field", field=m.group(1) if m else None)
 
 
 class SegmentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -327,13 +349,94 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
         for msg in batch.inbound:
             await link.handle(shop, msg)
 
+    # ---- sign-up tools (public pages: the shop's visitors have no key) -------------------------------
+    def _shop(shop: str) -> Any:
+        t = audience.tenants.get(shop)
+        if t is None:
+            raise NotFound(f"no shop {shop!r}", code="shop_not_found")
+        return t
+
+    def _base(request: Request) -> str:
+        return (audience.settings.public_url or str(request.base_url)).rstrip("/")
+
+    @get("/signup/{shop:str}/form", media_type="text/html; charset=utf-8", include_in_schema=False)
+    async def signup_form(shop: FromPath[str], request: Request) -> str:
+        t = _shop(shop)
+        return form_page(t.form, shop=t.signup.shop_name, action=f"{_base(request)}/signup/{shop}/subscribe")
+
+    @get("/signup/{shop:str}/popup.js", media_type="text/javascript; charset=utf-8", include_in_schema=False)
+    async def signup_popup(shop: FromPath[str], request: Request) -> Response[str]:
+        t = _shop(shop)
+        js = popup_script(t.form, tenant=shop, shop=t.signup.shop_name, action=f"{_base(request)}/signup/{shop}/subscribe")
+        return Response(js, media_type="text/javascript; charset=utf-8", headers={"cache-control": "public, max-age=300"})
+
+    @get("/signup/{shop:str}/qr.svg", media_type="image/svg+xml", include_in_schema=False)
+    async def signup_qr(shop: FromPath[str]) -> Response[bytes]:
+        t = _shop(shop)
+        if not t.signup.sender:
+            raise NotFound("this shop has no signup.sender (the number to text)", code="no_sender")
+        buf = io.BytesIO()
+        segno.make(sms_link(t.signup.sender, t.signup.keywords[0]), error="m").save(buf, kind="svg", scale=4)
+        return Response(buf.getvalue(), media_type="image/svg+xml")
+
+    @post("/signup/{shop:str}/subscribe", status_code=202, include_in_schema=False)
+    async def signup_subscribe(shop: FromPath[str], request: Request) -> Response[Any]:
+        """The form's and the pop-up's POST (JSON or urlencoded), with the visitor's evidence."""
+        _shop(shop)
+        raw = await request.body()
+        ctype = request.headers.get("content-type", "")
+        try:
+            if ctype.startswith("application/x-www-form-urlencoded"):
+                fields = {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+                body = msgspec.convert(fields, FormIn)
+            else:
+                body = _form_decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise _invalid(exc) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidInput(f"not JSON: {exc}", code="invalid_json") from None
+        client = request.client.host if request.client else None
+        evidence = Evidence(ip=client, user_agent=request.headers.get("user-agent", "")[:500] or None,
+                            page_url=body.page_url or request.headers.get("referer"), form_id=body.form_id)  # fmt: skip
+        state, entry = await audience.subscribe_form(shop, body, evidence)
+        if entry is not None and link is not None:
+            await link.request_confirmation(shop, entry.phone, key=f"campaigns:{shop}:confirm:entry-{entry.id}")
+        message = {"confirmed": "You're already subscribed.",
+                   "pending": "Almost done: reply Y to the text we sent you to confirm."}[state]  # fmt: skip
+        headers = {"access-control-allow-origin": "*"}
+        if ctype.startswith("application/x-www-form-urlencoded"):
+            page = f"<!doctype html><meta charset=utf-8><title>Thanks</title><p>{html.escape(message)}</p>"
+            return Response(page, status_code=202, media_type="text/html; charset=utf-8", headers=headers)
+        return Response({"status": state, "message": message}, status_code=202, headers=headers)
+
+    @get("/v1/signup/tools")
+    async def signup_tools(tenant: Tenant, request: Request) -> SignupToolsOut:
+        """The shop's sign-up tools: the hosted form, the pop-up script tag, the social link and its QR code."""
+        t = _shop(tenant)
+        base = f"{_base(request)}/signup/{tenant}"
+        link_ = sms_link(t.signup.sender, t.signup.keywords[0]) if t.signup.sender else None
+        return SignupToolsOut(form_url=f"{base}/form", popup_script=f'<script async src="{base}/popup.js"></script>',
+                              sms_link=link_, qr_svg_url=f"{base}/qr.svg" if link_ else None,
+                              keyword=t.signup.keywords[0])  # fmt: skip
+
+    @post("/v1/subscribers/import", status_code=201)
+    async def import_subscribers(tenant: Tenant, request: Request, file_name: FromQuery[str] = "") -> ImportResult:
+        """CSV with a header row (see docs/CAMPAIGNS.md): all rows or none; a bad row -> 422 naming it."""
+        raw = await request.body()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise InvalidInput("the CSV must be UTF-8", code="invalid_encoding") from None
+        return await audience.import_csv(tenant, text, file_name=file_name)
+
     @get("/healthz", dependencies={})
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     handlers = [put_subscriber, list_subscribers, get_subscriber, post_tags, post_consent, get_ledger, get_proof,
                 post_event, post_events_bulk, post_segment, put_segment, validate_segment, list_segments, get_segment,
-                delete_segment, count_segment, segment_members, segment_sample, healthz, gateway_inbound, *(extra_handlers or [])]  # fmt: skip
+                delete_segment, count_segment, segment_members, segment_sample, healthz, gateway_inbound, signup_form, signup_popup, signup_qr,
+                signup_subscribe, signup_tools, import_subscribers, *(extra_handlers or [])]  # fmt: skip
     return Litestar(
         route_handlers=handlers,
         dependencies={"tenant": Provide(tenant)},

@@ -7,19 +7,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
 import msgspec
 
 from campaigns.config import CampaignSettings, TenantSettings
 from campaigns.core import proof
+from campaigns.core.forms import legal_text
+from campaigns.core.imports import parse_csv
 from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State, needs_disclosure
 from campaigns.core.events import CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone, event_phone
 from campaigns.core.model import Stats, Subscriber
 from campaigns.core.segments import Segment, dump_segment, parse_segment
 from campaigns.errors import InvalidInput, NotFound
-from campaigns.store.base import Applied, NewConsent, SegmentRow, Store
+from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, Store
 from campaigns.store.segment_sql import compile_segment
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,16 @@ class ConsentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 class SubscriberIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     profile: Profile
     consent: ConsentIn | None = None
+
+
+class FormIn(msgspec.Struct, frozen=True, kw_only=True):
+    """What the hosted form and the pop-up post (JSON, or a urlencoded form)."""
+
+    phone: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+    email: Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)] | None = None
+    form_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "hosted"
+    legal_version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    page_url: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
 
 
 class SubscriberOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +135,39 @@ class Audience:
     async def proof(self, tenant: str, subscriber_id: int) -> proof.Proof:
         sub = await self._subscriber(tenant, subscriber_id)
         return proof.build(sub, await self._run(self.store.ledger, tenant, subscriber_id), self.clock())
+
+    async def import_csv(self, tenant: str, text: str, *, file_name: str = "") -> ImportResult:
+        t = self.tenants.get(tenant)
+        rows = parse_csv(text, file_name=file_name, region=t.default_region if t else None)  # all checked first
+        return await self._run(self.store.import_rows, tenant, rows, now=self.clock())
+
+    async def subscribe_form(self, tenant: str, body: FormIn, evidence: Evidence) -> tuple[str, ConsentEntry | None]:
+        """An opt-in through the hosted form or the pop-up: the disclosure recorded is the shop's own
+        legal text for the version the page showed. Returns (state, the new entry or None)."""
+        t = self.tenants.get(tenant)
+        if t is None:
+            raise NotFound(f"no shop {tenant!r}", code="shop_not_found")
+        if body.legal_version != t.form.legal_version:
+            raise InvalidInput("the form is out of date: reload the page", code="stale_form", field="legal_version")
+        phone = self.phone(tenant, body.phone)
+        now = self.clock()
+        profile = Profile(phone=phone, email=body.email, signup_source="popup" if body.form_id == "popup" else "form")
+
+        def run() -> tuple[str, ConsentEntry | None]:
+            sub = self.store.subscriber_by_phone(tenant, phone)
+            state = sub.consent if sub else "none"
+            if state in ("pending", "confirmed"):
+                self.store.put_subscriber(tenant, msgspec.structs.replace(profile, signup_source=None), phone=phone,
+                                          at=now, now=now)  # fmt: skip
+                return state, None
+            entry = NewConsent(phone=phone, action="re_opt_in" if state == "revoked" else "opt_in",
+                               source="popup" if body.form_id == "popup" else "form", at=now,
+                               disclosure_text=legal_text(t.form, t.signup.shop_name),
+                               disclosure_version=t.form.legal_version, evidence=evidence)  # fmt: skip
+            self.store.put_subscriber(tenant, profile if sub is None else msgspec.structs.replace(profile, signup_source=None),
+                                      phone=phone, at=now, now=now, consent=entry)  # fmt: skip
+            return "pending", self.store.ledger(tenant, self.store.subscriber_by_phone(tenant, phone).id)[-1]  # type: ignore[union-attr]
+        return await self._run(run)
 
     # ---- shop events ---------------------------------------------------------------------------
     def check_event(self, tenant: str, event: ShopEvent, prefix: str = "") -> str | None:

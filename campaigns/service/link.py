@@ -120,6 +120,21 @@ class GatewayLink:
         except CallerError as exc:  # e.g. out of order after a concurrent change: nothing stored
             log.info("inbound.consent.refused tenant=%s id=%s code=%s", tenant, msg.id, exc.code)
 
+    async def request_confirmation(self, tenant: str, phone: str, *, key: str) -> bool:
+        """Send the double opt-in request ("reply Y") after a form/pop-up opt-in; False if it could not go
+        (the subscriber stays pending; a new submission asks again)."""
+        client = self.clients.get(tenant)
+        if client is None:
+            return False
+        signup = self.audience.tenants[tenant].signup
+        try:
+            await client.send(to=phone, body=signup.confirm_text.format(shop=signup.shop_name),
+                              sender=signup.sender or signup.shop_name[:11], key=key)  # fmt: skip
+        except GatewayError as exc:
+            log.warning("signup.confirm.failed tenant=%s error=%s", tenant, exc)
+            return False
+        return True
+
     async def start(self) -> None:
         """At start-up: push what is queued, then catch up with everything the gateway heard."""
         for tenant in self.clients:
