@@ -434,7 +434,7 @@ def _field_value(spec: FieldSpec, name: str, op: str, obj: dict, path: str) -> A
         return value
     if base == "contains" and (not isinstance(value, str) or not value):
         raise SegmentError("segment.bad_value", vpath, "expected a non-empty string")
-    return scalar(value, vpath)
+    return _text(value, vpath) if base == "contains" else scalar(value, vpath)
 
 
 def _date(text: str, path: str) -> None:

@@ -59,6 +59,8 @@ BAD = [
     ({"field": "city", "op": "contains", "value": ""}, "segment.bad_value", "$.value"),
     ({"field": "city", "op": "eq", "value": "x" * 257}, "segment.bad_value", "$.value"),
     ({"field": "city", "op": "eq", "value": "a\x00b"}, "segment.bad_value", "$.value"),
+    ({"field": "city", "op": "not_contains", "value": "a\x00b"}, "segment.bad_value", "$.value"),
+    ({"attribute": "plan", "op": "contains", "value": "y" * 300}, "segment.bad_value", "$.value"),
     ({"field": "birthday", "op": "gt", "value": "2020-02-30"}, "segment.bad_value", "$.value"),
     ({"field": "birthday", "op": "in_next_days", "value": 400}, "segment.bad_value", "$.value"),
     ({"field": "birthday", "op": "in_next_days", "value": 1.5}, "segment.bad_value", "$.value"),
