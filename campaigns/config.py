@@ -101,6 +101,10 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     public_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None
     abandon_after: Annotated[float, msgspec.Meta(gt=0)] = 3600.0  # seconds until a checkout is abandoned
     sync_interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0  # gateway link rounds (push, pull)
+    # Segments with time windows are also recomputed whole this often (events and per-subscriber
+    # timers move people in and out at once; this catches everyone no event touched).
+    segment_rebuild_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    scores_refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0  # RFM recency / engagement as of now
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
     tenants: list[TenantSettings] = []
 

@@ -57,6 +57,15 @@ class SubscriberPage(msgspec.Struct, frozen=True, kw_only=True):
     next: int | None = None
 
 
+class Membership(msgspec.Struct, frozen=True, kw_only=True):
+    segment_id: int
+    since: float
+
+
+class MembershipOut(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[Membership]
+
+
 class TagsIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     add: list[Annotated[str, msgspec.Meta(min_length=1, max_length=100)]] = []
     remove: list[Annotated[str, msgspec.Meta(min_length=1, max_length=100)]] = []
@@ -233,6 +242,12 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
     async def get_subscriber(tenant: Tenant, subscriber_id: FromPath[int]) -> SubscriberOut:
         return await audience.subscriber_out(tenant, subscriber_id)
 
+    @get("/v1/subscribers/{subscriber_id:int}/segments")
+    async def get_member_segments(tenant: Tenant, subscriber_id: FromPath[int]) -> MembershipOut:
+        """The segments the subscriber is in now (kept current as events arrive), with since when."""
+        rows = await audience.member_segments(tenant, subscriber_id)
+        return MembershipOut(items=[Membership(segment_id=i, since=t) for i, t in rows])
+
     @post("/v1/subscribers/{subscriber_id:int}/tags", status_code=200)
     async def post_tags(tenant: Tenant, subscriber_id: FromPath[int], data: JSONBody[TagsIn]) -> TagsOut:
         return TagsOut(tags=await audience.set_tags(tenant, subscriber_id, data.add, data.remove))
@@ -314,7 +329,7 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
     @delete("/v1/segments/{segment_id:int}", status_code=204)
     async def delete_segment(tenant: Tenant, segment_id: FromPath[int]) -> None:
         await audience.segment(tenant, segment_id)
-        await audience.store_call("delete_segment", tenant, segment_id)
+        await audience.delete_segment(tenant, segment_id)
 
     @get("/v1/segments/{segment_id:int}/count")
     async def count_segment(tenant: Tenant, segment_id: FromPath[int]) -> CountOut:
@@ -433,7 +448,7 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    handlers = [put_subscriber, list_subscribers, get_subscriber, post_tags, post_consent, get_ledger, get_proof,
+    handlers = [put_subscriber, list_subscribers, get_subscriber, get_member_segments, post_tags, post_consent, get_ledger, get_proof,
                 post_event, post_events_bulk, post_segment, put_segment, validate_segment, list_segments, get_segment,
                 delete_segment, count_segment, segment_members, segment_sample, healthz, gateway_inbound, signup_form, signup_popup, signup_qr,
                 signup_subscribe, signup_tools, import_subscribers, *(extra_handlers or [])]  # fmt: skip

@@ -19,7 +19,7 @@ from campaigns.core.imports import parse_csv
 from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State, needs_disclosure
 from campaigns.core.events import CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone, event_phone
 from campaigns.core.model import Stats, Subscriber
-from campaigns.core.segments import Segment, dump_segment, parse_segment
+from campaigns.core.segments import Segment, affected_by, dependencies, dump_segment, evaluate, next_change, parse_segment
 from campaigns.errors import InvalidInput, NotFound
 from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, Store
 from campaigns.store.segment_sql import compile_segment
@@ -67,6 +67,9 @@ class Audience:
         self.settings = settings
         self.clock = clock
         self.tenants: dict[str, TenantSettings] = {t.name: t for t in settings.tenants}
+        self._segments: dict[str, list[tuple[int, Segment, frozenset[str]]]] = {}  # per tenant, parsed
+        self._last_rebuild: dict[str, float] = {}
+        self._last_scores: dict[str, float] = {}
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         return await anyio.to_thread.run_sync(partial(fn, *args, **kw))
@@ -86,6 +89,7 @@ class Audience:
         new = self._consent(phone, body.consent, now, field="consent") if body.consent else None
         sub, created = await self._run(self.store.put_subscriber, tenant, body.profile, phone=phone, at=now, now=now,
                                        consent=new)  # one transaction: a refused consent stores nothing
+        await self.refresh_membership(tenant, sub.id, frozenset({"subscribers", "subscriber_tags"}), now)
         return await self.subscriber_out(tenant, sub.id), created
 
     def _consent(self, phone: str, c: ConsentIn, now: float, *, field: str) -> NewConsent:
@@ -112,7 +116,9 @@ class Audience:
         return await self._run(self.store.subscribers, tenant, after=after, limit=limit)
 
     async def set_tags(self, tenant: str, subscriber_id: int, add: Sequence[str], remove: Sequence[str]) -> list[str]:
-        return sorted(await self._run(self.store.set_tags, tenant, subscriber_id, add=add, remove=remove))
+        tags = sorted(await self._run(self.store.set_tags, tenant, subscriber_id, add=add, remove=remove))
+        await self.refresh_membership(tenant, subscriber_id, frozenset({"subscriber_tags"}), self.clock())
+        return tags
 
     # ---- consent -------------------------------------------------------------------------------
     async def record_consent(self, tenant: str, subscriber_id: int, body: ConsentIn) -> tuple[ConsentEntry, State]:
@@ -120,6 +126,7 @@ class Audience:
         entry, state = await self._run(self.store.record_consent, tenant,
                                        self._consent(sub.phone, body, self.clock(), field=""), now=self.clock())
         assert entry is not None
+        await self.refresh_membership(tenant, subscriber_id, frozenset({"subscribers"}), self.clock())
         return entry, state
 
     async def _subscriber(self, tenant: str, subscriber_id: int) -> Subscriber:
@@ -183,7 +190,10 @@ class Audience:
         now = self.clock()
         if event.at > now + 300:
             raise InvalidInput("event time is in the future", code="invalid_field", field="at")
-        return await self._run(self.store.apply_event, tenant, event, phone=phone, now=now)
+        applied = await self._run(self.store.apply_event, tenant, event, phone=phone, now=now)
+        if applied.subscriber_id is not None and applied.outcome != "duplicate":
+            await self.refresh_membership(tenant, applied.subscriber_id, applied.changed, now)
+        return applied
 
     async def apply_many(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]]) -> list[Applied]:
         now = self.clock()
@@ -193,14 +203,81 @@ class Audience:
 
         def run() -> list[Applied]:
             return [self.store.apply_event(tenant, e, phone=p, now=now) for e, p in events]
-        return await self._run(run)
+        results = await self._run(run)
+        touched: dict[int, set[str]] = {}
+        for r in results:
+            if r.subscriber_id is not None and r.outcome != "duplicate":
+                touched.setdefault(r.subscriber_id, set()).update(r.changed)
+        for sid, changed in touched.items():
+            await self.refresh_membership(tenant, sid, frozenset(changed), now)
+        return results
 
     async def tick(self, tenant: str | None = None) -> list[int]:
-        """The periodic work: checkouts past ``abandon_after`` become abandoned."""
+        """The periodic work: checkouts past ``abandon_after`` become abandoned, due segment timers
+        move people in or out, time-windowed segments are rebuilt every ``segment_rebuild_s`` and the
+        time-relative scores refreshed every ``scores_refresh_s``. Returns the subscribers whose
+        checkouts were abandoned."""
         now, out = self.clock(), []
         for name in [tenant] if tenant else list(self.tenants):
-            out += await self._run(self.store.abandon_checkouts, name, after_s=self.settings.abandon_after, now=now)
+            sids = await self._run(self.store.abandon_checkouts, name, after_s=self.settings.abandon_after, now=now)
+            for sid in sids:
+                await self.refresh_membership(name, sid, frozenset({"checkouts", "subscriber_stats"}), now)
+            out += sids
+            if now - self._last_scores.get(name, now - self.settings.scores_refresh_s - 1) >= self.settings.scores_refresh_s:
+                self._last_scores[name] = now
+                await self._run(self.store.refresh_scores, name, now=now)
+                await self.rebuild(name, lambda deps: True)
+            elif now - self._last_rebuild.get(name, 0.0) >= self.settings.segment_rebuild_s:
+                self._last_rebuild[name] = now
+                await self.rebuild(name, lambda deps: "clock" in deps)
+        for t, seg_id, sid in await self._run(self.store.due_timers, now):
+            if tenant is None or t == tenant:
+                await self.refresh_membership(t, sid, None, now, only=seg_id)
         return out
+
+    # ---- live membership (segments' dependencies decide what an event re-evaluates) ----------
+    async def segments_of(self, tenant: str) -> list[tuple[int, Segment, frozenset[str]]]:
+        if tenant not in self._segments:
+            rows, after = [], 0
+            while page := await self._run(self.store.segments, tenant, after=after, limit=500):
+                rows += page
+                after = page[-1].id
+            parsed = []
+            for r in rows:
+                seg = parse_segment(r.definition)
+                parsed.append((r.id, seg, dependencies(seg)))
+            self._segments[tenant] = parsed
+        return self._segments[tenant]
+
+    async def refresh_membership(self, tenant: str, sid: int, changed: frozenset[str] | None, now: float,
+                                 *, only: int | None = None) -> None:  # fmt: skip
+        """Re-evaluate, for one subscriber, the segments that depend on what changed (``None``: all, or
+        ``only`` that one), write their membership, and set the timer for when time alone changes it."""
+        touched = [(i, seg, deps) for i, seg, deps in await self.segments_of(tenant)
+                   if (only is None or i == only) and (changed is None or affected_by(deps, changed))]  # fmt: skip
+        if not touched:
+            return
+
+        def run() -> None:
+            view = self.store.view(tenant, sid)
+            if view is None:
+                return
+            for i, seg, deps in touched:
+                self.store.set_member(tenant, i, sid, evaluate(seg, view, now), now=now)
+                if "clock" in deps:
+                    self.store.set_timer(tenant, i, sid, next_change(seg, view, now))
+        await self._run(run)
+
+    async def rebuild(self, tenant: str, which: Callable[[frozenset[str]], bool]) -> None:
+        now = self.clock()
+        for i, seg, deps in await self.segments_of(tenant):
+            if which(deps):
+                where, params = compile_segment(seg, self.store.engine, tenant, now)  # type: ignore[arg-type]
+                await self._run(self.store.rebuild_members, tenant, i, where, params, now=now)
+
+    async def member_segments(self, tenant: str, subscriber_id: int) -> list[tuple[int, float]]:
+        await self._subscriber(tenant, subscriber_id)
+        return await self._run(self.store.member_segments, tenant, subscriber_id)
 
     # ---- segments (the language and its SQL: campaigns.core.segments, campaigns.store.segment_sql) ---
     @staticmethod
@@ -209,8 +286,16 @@ class Audience:
 
     async def put_segment(self, tenant: str, name: str, definition: Any, segment_id: int | None = None) -> SegmentRow:
         seg = parse_segment(definition)
-        return await self._run(self.store.put_segment, tenant, name, dump_segment(seg), now=self.clock(),
-                               segment_id=segment_id)  # fmt: skip
+        now = self.clock()
+        row = await self._run(self.store.put_segment, tenant, name, dump_segment(seg), now=now, segment_id=segment_id)
+        self._segments.pop(tenant, None)
+        where, params = compile_segment(seg, self.store.engine, tenant, now)  # type: ignore[arg-type]
+        await self._run(self.store.rebuild_members, tenant, row.id, where, params, now=now)
+        return row
+
+    async def delete_segment(self, tenant: str, segment_id: int) -> None:
+        await self._run(self.store.delete_segment, tenant, segment_id)
+        self._segments.pop(tenant, None)
 
     async def segment(self, tenant: str, segment_id: int) -> tuple[SegmentRow, Segment]:
         row = await self._run(self.store.segment, tenant, segment_id)

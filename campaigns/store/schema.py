@@ -11,6 +11,7 @@ Columns beyond the shared plan (docs: campaigns_shared.md), for the store's own 
 - ``consent_ledger.seq``-like ordering is the ``id`` column (ties of ``at``);
 - ``early_fulfillments``: a fulfilment that arrived before its order, applied when the order comes;
 - ``cursors``: how far the gateway's inbound messages were read (per tenant);
+- ``segment_timers``: when time alone may change a subscriber's membership of a segment (windows);
 - ``gateway_sync``: opt-outs to push to the gateway's suppressions (an outbox: survives restarts).
 
 The segments helper may append tables or indexes in the block marked at the end (SEGMENTS_DDL).
@@ -115,6 +116,12 @@ CREATE TABLE IF NOT EXISTS segment_members (
     tenant TEXT NOT NULL, segment_id {INT} NOT NULL, subscriber_id {INT} NOT NULL, since {REAL} NOT NULL,
     PRIMARY KEY (tenant, segment_id, subscriber_id)
 );
+CREATE INDEX IF NOT EXISTS segment_members_subscriber ON segment_members (tenant, subscriber_id);
+CREATE TABLE IF NOT EXISTS segment_timers (
+    tenant TEXT NOT NULL, segment_id {INT} NOT NULL, subscriber_id {INT} NOT NULL, at {REAL} NOT NULL,
+    PRIMARY KEY (tenant, segment_id, subscriber_id)
+);
+CREATE INDEX IF NOT EXISTS segment_timers_due ON segment_timers (at);
 CREATE TABLE IF NOT EXISTS processed_events (
     tenant TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (tenant, event_id)
 );

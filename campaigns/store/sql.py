@@ -390,8 +390,8 @@ class SqlStore:
             tx.run("UPDATE checkouts SET abandoned_at = COALESCE(abandoned_at, ?) WHERE tenant = ? AND checkout_id = ?",
                    (e.at, tenant, e.checkout_id))  # fmt: skip
         self._restat(tx, tenant, sid, now)
-        return Applied(outcome="applied", subscriber_id=sid, consent=entry,
-                       changed=frozenset({"checkouts", "subscriber_stats"}))  # fmt: skip
+        changed = {"checkouts", "subscriber_stats"} | ({"subscribers"} if entry is not None else set())
+        return Applied(outcome="applied", subscriber_id=sid, consent=entry, changed=frozenset(changed))
 
     def _activity(self, tx: Tx, tenant: str, e: ActivityEvent | CustomEvent, phone: str, now: float) -> Applied:
         sid = self._ensure(tx, tenant, phone, now)
@@ -534,6 +534,7 @@ class SqlStore:
     def delete_segment(self, tenant: str, segment_id: int) -> bool:
         with self._tx() as tx:
             tx.run("DELETE FROM segment_members WHERE tenant = ? AND segment_id = ?", (tenant, segment_id))
+            tx.run("DELETE FROM segment_timers WHERE tenant = ? AND segment_id = ?", (tenant, segment_id))
             return tx.run("DELETE FROM segments WHERE tenant = ? AND id = ?", (tenant, segment_id)) > 0
 
     def set_member(self, tenant: str, segment_id: int, subscriber_id: int, member: bool, *, now: float) -> bool:
@@ -549,6 +550,46 @@ class SqlStore:
             rows = tx.rows("SELECT subscriber_id FROM segment_members WHERE tenant = ? AND segment_id = ? AND subscriber_id > ? "
                            "ORDER BY subscriber_id LIMIT ?", (tenant, segment_id, after, limit))  # fmt: skip
         return [int(r[0]) for r in rows]
+
+    def rebuild_members(self, tenant: str, segment_id: int, where: str, params: Sequence[Any], *, now: float) -> int:
+        """The segment's membership, recomputed from its compiled SQL in one transaction: members
+        who stay keep their ``since``; returns the member count."""
+        ph = "?" if self.engine == "sqlite" else "%s"
+        with self._tx() as tx:
+            tx.raw_rows(f"DELETE FROM segment_members WHERE tenant = {ph} AND segment_id = {ph} AND subscriber_id NOT IN "
+                        f"(SELECT s.id FROM subscribers s WHERE {where}) RETURNING subscriber_id",
+                        [tenant, segment_id, *params])  # fmt: skip
+            tx.raw_rows(f"INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) SELECT {ph}, {ph}, s.id, {ph} "
+                        f"FROM subscribers s WHERE {where} ON CONFLICT DO NOTHING RETURNING subscriber_id",
+                        [tenant, segment_id, now, *params])  # fmt: skip
+            row = tx.one("SELECT COUNT(*) FROM segment_members WHERE tenant = ? AND segment_id = ?", (tenant, segment_id))
+        return int(row[0]) if row else 0
+
+    def member_segments(self, tenant: str, subscriber_id: int) -> list[tuple[int, float]]:
+        """(segment id, member since) of every segment the subscriber is in."""
+        with self._tx() as tx:
+            rows = tx.rows("SELECT segment_id, since FROM segment_members WHERE tenant = ? AND subscriber_id = ? "
+                           "ORDER BY segment_id", (tenant, subscriber_id))  # fmt: skip
+        return [(int(r[0]), float(r[1])) for r in rows]
+
+    def set_timer(self, tenant: str, segment_id: int, subscriber_id: int, at: float | None) -> None:
+        with self._tx() as tx:
+            if at is None:
+                tx.run("DELETE FROM segment_timers WHERE tenant = ? AND segment_id = ? AND subscriber_id = ?",
+                       (tenant, segment_id, subscriber_id))  # fmt: skip
+            else:
+                tx.run("INSERT INTO segment_timers (tenant, segment_id, subscriber_id, at) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT (tenant, segment_id, subscriber_id) DO UPDATE SET at = excluded.at",
+                       (tenant, segment_id, subscriber_id, at))  # fmt: skip
+
+    def due_timers(self, now: float, limit: int = 1000) -> list[tuple[str, int, int]]:
+        """Timers due at ``now``, taken (deleted) in the same transaction: (tenant, segment, subscriber)."""
+        with self._tx() as tx:
+            rows = tx.rows("SELECT tenant, segment_id, subscriber_id FROM segment_timers WHERE at <= ? ORDER BY at LIMIT ?",
+                           (now, limit))  # fmt: skip
+            for t, seg, sub in rows:
+                tx.run("DELETE FROM segment_timers WHERE tenant = ? AND segment_id = ? AND subscriber_id = ?", (t, seg, sub))
+        return [(r[0], int(r[1]), int(r[2])) for r in rows]
 
     # ---- the gateway link --------------------------------------------------------------------
     def sync_pending(self, tenant: str | None = None, limit: int = 500) -> list[SyncItem]:
