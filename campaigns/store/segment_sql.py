@@ -61,6 +61,7 @@ _EVENT_FROM = {
     "activity": ("activities a", "a"),
 }
 _ITEM_COLUMNS = frozenset({"product", "category"})
+_SHORT_LIST = 32  # longer `in` lists are one JSON (SQLite) or array (PostgreSQL) parameter
 
 
 class _Compiler:
@@ -89,6 +90,8 @@ class _Compiler:
         return f"{self.p(values)}::float8[]" if self.pg else f"(SELECT value FROM json_each({self.p(json.dumps(values))}))"
 
     def in_list(self, expr: str, values: Any, numeric: bool) -> str:
+        if not self.pg and len(values) <= _SHORT_LIST:  # SQLite: faster than json_each
+            return f"{expr} IN ({', '.join(self.num(v) if numeric else self.p(str(v)) for v in values)})"
         lst = self.num_list(values) if numeric else self.text_list(values)
         return f"{expr} = ANY({lst})" if self.pg else f"{expr} IN {lst}"
 
@@ -100,9 +103,9 @@ class _Compiler:
     def node(self, seg: Segment) -> str:
         match seg:
             case AllOf(items=items):
-                return "(" + " AND ".join(self.node(i) for i in items) + ")" if items else "(1 = 1)"
+                return "(" + " AND ".join(self.siblings(items, " AND ")) + ")" if items else "(1 = 1)"
             case AnyOf(items=items):
-                return "(" + " OR ".join(self.node(i) for i in items) + ")" if items else "(1 = 0)"
+                return "(" + " OR ".join(self.siblings(items, " OR ")) + ")" if items else "(1 = 0)"
             case Not(item=item):
                 return f"(NOT {self.node(item)})"
             case Field():
@@ -117,6 +120,25 @@ class _Compiler:
             case Event():
                 return self.event(seg)
         raise TypeError(f"not a segment node: {seg!r}")
+
+    def siblings(self, items: tuple[Segment, ...], joiner: str) -> list[str]:
+        """The children of one all/any. Aggregate conditions that a subscriber without a value
+        fails are merged into one subquery over ``subscriber_stats`` (one row per subscriber, so
+        "a row where p and a row where q" is "a row where p and q"): one scan instead of one each,
+        which is what RFM tiers and "orders > 2 and spent > $100" are made of."""
+        flat: list[Segment] = []
+        for item in items:  # an RFM tier inside an `all` is more of the same `all`
+            flat.extend(expand_rfm(item.tier).items if isinstance(item, RfmTier) and joiner == " AND " else (item,))
+        stats = [i for i in flat if isinstance(i, Field) and FIELDS[i.field].table == "subscriber_stats"
+                 and not field_op_holds(i.op, FIELD_DEFAULTS.get(i.field), i.value, self.now)]  # fmt: skip
+        if len(stats) < 2:
+            return [self.node(i) for i in flat]
+        parts = [self.node(i) for i in flat if not any(i is f for f in stats)]
+        preds = [f"(st.{f.field} IS NOT NULL AND {self.field_pred(f, f'st.{f.field}', FIELDS[f.field].kind)})"
+                 for f in stats]  # fmt: skip
+        parts.append(f"s.id IN (SELECT st.subscriber_id FROM subscriber_stats st WHERE st.tenant = {self.tenant} "
+                     f"AND ({joiner.join(preds)}))")  # fmt: skip
+        return parts
 
     def field(self, seg: Field) -> str:
         spec = FIELDS[seg.field]
