@@ -368,9 +368,11 @@ class SqlStore:
 
     def _complete_checkout(self, tx: Tx, tenant: str, checkout_id: str, sid: int, at: float) -> None:
         # Completion is final whatever arrives later; an order may name a checkout not seen yet.
-        tx.run("INSERT INTO checkouts (tenant, checkout_id, subscriber_id, started_at, completed_at, updated_at) "
-               "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, checkout_id) DO UPDATE SET "
-               "completed_at = COALESCE(checkouts.completed_at, excluded.completed_at)",
+        # Instants are minima over every event seen, so arrival order never matters.
+        tx.run(f"INSERT INTO checkouts (tenant, checkout_id, subscriber_id, started_at, completed_at, updated_at) "
+               f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, checkout_id) DO UPDATE SET "
+               f"completed_at = {self._least}(COALESCE(checkouts.completed_at, excluded.completed_at), excluded.completed_at), "
+               f"started_at = {self._least}(checkouts.started_at, excluded.started_at)",
                (tenant, checkout_id, sid, at, at, 0.0))  # fmt: skip
 
     def _checkout(self, tx: Tx, tenant: str, e: CheckoutEvent, phone: str, now: float) -> Applied:
@@ -380,15 +382,17 @@ class SqlStore:
         if row is None:
             tx.run("INSERT INTO checkouts (tenant, checkout_id, subscriber_id, url, value, started_at, updated_at) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (tenant, e.checkout_id, sid, e.url, e.value, e.at, e.at))  # fmt: skip
-        elif row[0] <= e.at:
-            tx.run("UPDATE checkouts SET url = COALESCE(?, url), value = ?, updated_at = ?, "
-                   f"started_at = {self._least}(started_at, ?) WHERE tenant = ? AND checkout_id = ?",
-                   (e.url, e.value, e.at, e.at, tenant, e.checkout_id))  # fmt: skip
+        else:
+            if row[0] <= e.at:  # the newest event's url and value
+                tx.run("UPDATE checkouts SET url = COALESCE(?, url), value = ?, updated_at = ? "
+                       "WHERE tenant = ? AND checkout_id = ?", (e.url, e.value, e.at, tenant, e.checkout_id))  # fmt: skip
+            tx.run(f"UPDATE checkouts SET started_at = {self._least}(started_at, ?) WHERE tenant = ? AND checkout_id = ?",
+                   (e.at, tenant, e.checkout_id))  # fmt: skip
         if e.status == "completed":
             self._complete_checkout(tx, tenant, e.checkout_id, sid, e.at)
         elif e.status == "abandoned":
-            tx.run("UPDATE checkouts SET abandoned_at = COALESCE(abandoned_at, ?) WHERE tenant = ? AND checkout_id = ?",
-                   (e.at, tenant, e.checkout_id))  # fmt: skip
+            tx.run(f"UPDATE checkouts SET abandoned_at = {self._least}(COALESCE(abandoned_at, ?), ?) "
+                   "WHERE tenant = ? AND checkout_id = ?", (e.at, e.at, tenant, e.checkout_id))  # fmt: skip
         self._restat(tx, tenant, sid, now)
         changed = {"checkouts", "subscriber_stats"} | ({"subscribers"} if entry is not None else set())
         return Applied(outcome="applied", subscriber_id=sid, consent=entry, changed=frozenset(changed))
