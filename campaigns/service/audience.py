@@ -17,7 +17,7 @@ from campaigns.core import proof
 from campaigns.core.forms import legal_text
 from campaigns.core.imports import parse_csv
 from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State, needs_disclosure
-from campaigns.core.events import CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone, event_phone
+from campaigns.core.events import CheckoutEvent, CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone, event_phone
 from campaigns.core.model import Stats, Subscriber
 from campaigns.core.segments import Segment, affected_by, dependencies, dump_segment, evaluate, next_change, parse_segment
 from campaigns.errors import InvalidInput, NotFound
@@ -179,6 +179,10 @@ class Audience:
     # ---- shop events ---------------------------------------------------------------------------
     def check_event(self, tenant: str, event: ShopEvent, prefix: str = "") -> str | None:
         """The event's canonical phone (None for a fulfilment), or InvalidInput naming the field."""
+        grant = getattr(event, "consent", None)
+        if isinstance(event, CheckoutEvent) and grant is not None and grant.accepted and not grant.disclosure_text:
+            raise InvalidInput("a checkout opt-in must record the disclosure text shown", code="disclosure_required",
+                               field=f"{prefix}consent.disclosure_text")  # fmt: skip
         raw = event_phone(event)
         if raw is None:
             return None
@@ -201,9 +205,9 @@ class Audience:
             if e.at > now + 300:
                 raise InvalidInput("event time is in the future", code="invalid_field", field=f"lines[{i}].at")
 
-        def run() -> list[Applied]:
-            return [self.store.apply_event(tenant, e, phone=p, now=now) for e, p in events]
-        results = await self._run(run)
+        results: list[Applied] = []
+        for i in range(0, len(events), 1000):  # one transaction per thousand events
+            results += await self._run(self.store.apply_events, tenant, events[i:i + 1000], now=now)
         touched: dict[int, set[str]] = {}
         for r in results:
             if r.subscriber_id is not None and r.outcome != "duplicate":

@@ -27,6 +27,7 @@ _PROFILE = ("first_name", "last_name", "email", "gender", "birthday", "country",
 _STATS = tuple(f for f in Stats.__struct_fields__)
 _LEDGER_COLS = ("id, subscriber_id, phone, action, source, disclosure_text, disclosure_version, "
                 "disclosure_sha256, evidence, at")  # fmt: skip
+_ORDER_PARTS = frozenset({"orders", "checkouts"})
 _ACTIVITY_STAT = {"clicked": "last_click_at", "message_sent": "last_message_at", "replied": "last_reply_at"}
 
 
@@ -259,27 +260,35 @@ class SqlStore:
     # ---- shop events -------------------------------------------------------------------------
     def apply_event(self, tenant: str, event: ShopEvent, *, phone: str | None, now: float) -> Applied:
         with self._tx() as tx:
-            if tx.run("INSERT INTO processed_events (tenant, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                      (tenant, event.id)) == 0:  # fmt: skip
-                return Applied(outcome="duplicate")
-            match event:
-                case CustomerEvent():
-                    assert phone is not None
-                    sid, _ = self._put_profile(tx, tenant, event.profile, phone, event.at, now)
-                    entry = self._grant(tx, tenant, event.consent, phone, "api", event.at, now)
-                    return Applied(outcome="applied", subscriber_id=sid, consent=entry,
-                                   changed=frozenset({"subscribers", "subscriber_tags"}))  # fmt: skip
-                case OrderEvent():
-                    assert phone is not None
-                    return self._order(tx, tenant, event, phone, now)
-                case CheckoutEvent():
-                    assert phone is not None
-                    return self._checkout(tx, tenant, event, phone, now)
-                case FulfillmentEvent():
-                    return self._fulfillment(tx, tenant, event, now)
-                case ActivityEvent() | CustomEvent():
-                    assert phone is not None
-                    return self._activity(tx, tenant, event, phone, now)
+            return self._apply(tx, tenant, event, phone, now)
+
+    def apply_events(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], *, now: float) -> list[Applied]:
+        """Many events in one transaction (bulk ingestion: all or none)."""
+        with self._tx() as tx:
+            return [self._apply(tx, tenant, e, phone, now) for e, phone in events]
+
+    def _apply(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
+        if tx.run("INSERT INTO processed_events (tenant, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                  (tenant, event.id)) == 0:  # fmt: skip
+            return Applied(outcome="duplicate")
+        match event:
+            case CustomerEvent():
+                assert phone is not None
+                sid, _ = self._put_profile(tx, tenant, event.profile, phone, event.at, now)
+                entry = self._grant(tx, tenant, event.consent, phone, "api", event.at, now)
+                return Applied(outcome="applied", subscriber_id=sid, consent=entry,
+                               changed=frozenset({"subscribers", "subscriber_tags"}))  # fmt: skip
+            case OrderEvent():
+                assert phone is not None
+                return self._order(tx, tenant, event, phone, now)
+            case CheckoutEvent():
+                assert phone is not None
+                return self._checkout(tx, tenant, event, phone, now)
+            case FulfillmentEvent():
+                return self._fulfillment(tx, tenant, event, now)
+            case ActivityEvent() | CustomEvent():
+                assert phone is not None
+                return self._activity(tx, tenant, event, phone, now)
         raise AssertionError(event)  # pragma: no cover
 
     def _grant(self, tx: Tx, tenant: str, grant: ConsentGrant | None, phone: str, source: str, at: float,
@@ -310,7 +319,7 @@ class SqlStore:
                 tx.run("UPDATE orders SET checkout_id = COALESCE(checkout_id, ?) WHERE tenant = ? AND order_id = ?",
                        (e.checkout_id, tenant, e.order_id))  # fmt: skip
                 self._complete_checkout(tx, tenant, e.checkout_id, int(row[1]), created)
-            self._restat(tx, tenant, int(row[1]), now)
+            self._restat(tx, tenant, int(row[1]), now, _ORDER_PARTS)
             return Applied(outcome="stale", subscriber_id=int(row[1]),
                            changed=frozenset({"orders", "checkouts", "subscriber_stats"}))  # fmt: skip
         if row is None:
@@ -338,9 +347,9 @@ class SqlStore:
             self._complete_checkout(tx, tenant, e.checkout_id, sid, created)
             changed.add("checkouts")
         stale_owner = int(row[1]) if row is not None and int(row[1]) != sid else None
-        self._restat(tx, tenant, sid, now)
+        self._restat(tx, tenant, sid, now, _ORDER_PARTS)
         if stale_owner is not None:
-            self._restat(tx, tenant, stale_owner, now)
+            self._restat(tx, tenant, stale_owner, now, _ORDER_PARTS)
         return Applied(outcome="applied", subscriber_id=sid, changed=frozenset(changed))
 
     def _early_fulfillment(self, tx: Tx, tenant: str, order_id: str) -> None:
@@ -393,7 +402,7 @@ class SqlStore:
         elif e.status == "abandoned":
             tx.run(f"UPDATE checkouts SET abandoned_at = {self._least}(COALESCE(abandoned_at, ?), ?) "
                    "WHERE tenant = ? AND checkout_id = ?", (e.at, e.at, tenant, e.checkout_id))  # fmt: skip
-        self._restat(tx, tenant, sid, now)
+        self._restat(tx, tenant, sid, now, frozenset({"checkouts"}))
         changed = {"checkouts", "subscriber_stats"} | ({"subscribers"} if entry is not None else set())
         return Applied(outcome="applied", subscriber_id=sid, consent=entry, changed=frozenset(changed))
 
@@ -404,22 +413,34 @@ class SqlStore:
                (tenant, sid, kind, e.at, _json.encode(e.properties).decode()))  # fmt: skip
         changed = {"activities"}
         if kind in _ACTIVITY_STAT:
-            self._restat(tx, tenant, sid, now)
+            # A maximum is order-independent: no need to scan the subscriber's activities.
+            stats = self._stats(tx, tenant, sid)
+            field = _ACTIVITY_STAT[kind]
+            stats = aggregates.scores(msgspec.structs.replace(stats, **{field: aggregates.latest(getattr(stats, field), e.at)}), now)
+            values = [getattr(stats, f) for f in _STATS]
+            tx.run(f"UPDATE subscriber_stats SET {', '.join(f'{f} = ?' for f in _STATS)} WHERE subscriber_id = ? AND tenant = ?",
+                   (*values, sid, tenant))  # fmt: skip
             changed.add("subscriber_stats")
         return Applied(outcome="applied", subscriber_id=sid, changed=frozenset(changed))
 
-    def _restat(self, tx: Tx, tenant: str, sid: int, now: float) -> None:
-        """Recompute ``sid``'s aggregates from the rows (order-independent by construction)."""
-        orders = tx.rows("SELECT order_id, total, payment_status, created_at FROM orders WHERE tenant = ? AND subscriber_id = ?",
-                         (tenant, sid))  # fmt: skip
-        fields: dict[str, Any] = aggregates.order_stats(orders)
-        abandoned = tx.one("SELECT MAX(abandoned_at) FROM checkouts WHERE tenant = ? AND subscriber_id = ? "
-                           "AND completed_at IS NULL", (tenant, sid))  # fmt: skip
-        fields["last_abandoned_checkout_at"] = abandoned[0] if abandoned else None
-        for kind, name in _ACTIVITY_STAT.items():
-            last = tx.one("SELECT MAX(at) FROM activities WHERE tenant = ? AND subscriber_id = ? AND kind = ?",
-                          (tenant, sid, kind))  # fmt: skip
-            fields[name] = last[0] if last else None
+    def _restat(self, tx: Tx, tenant: str, sid: int, now: float, parts: frozenset[str] = frozenset(
+            {"orders", "checkouts", "activities"})) -> None:  # fmt: skip
+        """Recompute ``sid``'s aggregates from the stored rows (order-independent by construction):
+        the ``parts`` an event changed, the rest as stored; then the scores as of ``now``."""
+        fields: dict[str, Any] = msgspec.structs.asdict(self._stats(tx, tenant, sid))
+        if "orders" in parts:
+            fields.update(aggregates.order_stats(tx.rows(
+                "SELECT order_id, total, payment_status, created_at FROM orders WHERE tenant = ? AND subscriber_id = ?",
+                (tenant, sid))))  # fmt: skip
+        if "checkouts" in parts:
+            abandoned = tx.one("SELECT MAX(abandoned_at) FROM checkouts WHERE tenant = ? AND subscriber_id = ? "
+                               "AND completed_at IS NULL", (tenant, sid))  # fmt: skip
+            fields["last_abandoned_checkout_at"] = abandoned[0] if abandoned else None
+        if "activities" in parts:
+            for kind, name in _ACTIVITY_STAT.items():
+                last = tx.one("SELECT MAX(at) FROM activities WHERE tenant = ? AND subscriber_id = ? AND kind = ?",
+                              (tenant, sid, kind))  # fmt: skip
+                fields[name] = last[0] if last else None
         stats = aggregates.scores(Stats(**fields), now)
         values = [getattr(stats, f) for f in _STATS]
         sets = ", ".join(f"{f} = excluded.{f}" for f in _STATS)
@@ -439,7 +460,7 @@ class SqlStore:
                        (started + after_s, tenant, checkout_id))  # fmt: skip
             sids = sorted({int(r[1]) for r in rows})
             for sid in sids:
-                self._restat(tx, tenant, sid, now)
+                self._restat(tx, tenant, sid, now, frozenset({"checkouts"}))
         return sids
 
     def refresh_scores(self, tenant: str, *, now: float) -> int:

@@ -175,7 +175,9 @@ def test_events_single_and_bulk(client: TestClient, clock: Clock) -> None:
                         ({**order("e2", "o2", 1), "phone": "+3"}, "phone"),
                         ({**order("e2", "o2", 1), "items": [{"product": "x", "quantity": 0}]}, "items[0].quantity"),
                         ({"type": "custom", "id": "c", "at": T0, "phone": "+33612345678", "name": "clicked"}, "name"),
-                        ({**order("e2", "o2", 1), "at": T0 + 86400}, "at")]:  # fmt: skip
+                        ({**order("e2", "o2", 1), "at": T0 + 86400}, "at"),
+                        ({"type": "checkout", "id": "k", "at": T0, "checkout_id": "c", "phone": "+33612345678",
+                          "consent": {"accepted": True}}, "consent.disclosure_text")]:  # fmt: skip
         r = client.post("/v1/events", json=body, headers=h("acme"))
         assert r.status_code == 422 and r.json()["field"] == field, (body, r.text)
     lines = [order("b1", "o2", 7000), order("b2", "o3", 100), {**order("b3", "o4", 100), "currency": "euro"}]
