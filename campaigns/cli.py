@@ -85,6 +85,113 @@ def abandon(config_path: str, tenant: str | None) -> None:
         store.close()
 
 
+def _audience(config_path: str):  # type: ignore[no-untyped-def]
+    import time
+
+    from campaigns.service.audience import Audience
+    from campaigns.store import open_store
+
+    settings = _settings(config_path)
+    return Audience(open_store(settings.store_url), settings, time.time)
+
+
+def _run(fn):  # type: ignore[no-untyped-def]
+    """Run ``fn`` (async) and turn the layer's errors into a message and exit code 1."""
+    import anyio
+
+    try:
+        return anyio.run(fn)
+    except CampaignError as exc:
+        field = getattr(exc, "field", None)
+        click.echo(f"error: {exc}" + (f" (field {field})" if field else ""), err=True)
+        sys.exit(1)
+
+
+@campaigns.command("import")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.argument("csv_path", type=click.Path(dir_okay=False, exists=True))
+def import_csv(config_path: str, tenant: str, csv_path: str) -> None:
+    """Import subscribers from a CSV file with consent columns (docs/CAMPAIGNS.md): all rows or none."""
+    from pathlib import Path
+
+    audience = _audience(config_path)
+    text = Path(csv_path).read_text(encoding="utf-8-sig")
+    res = _run(lambda: audience.import_csv(tenant, text, file_name=Path(csv_path).name))
+    click.echo(json.dumps({f: getattr(res, f) for f in res.__struct_fields__}))
+
+
+@campaigns.command("events")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.argument("ndjson_path", type=click.Path(dir_okay=False, exists=True))
+def events(config_path: str, tenant: str, ndjson_path: str) -> None:
+    """Apply shop events from an NDJSON file (one per line; idempotent by id: safe to run again)."""
+    from pathlib import Path
+
+    from campaigns.core.events import decode_event
+    from campaigns.errors import InvalidInput
+
+    audience = _audience(config_path)
+    parsed = []
+    for i, line in enumerate(Path(ndjson_path).read_bytes().splitlines()):
+        if line.strip():
+            try:
+                ev = decode_event(line)
+                parsed.append((ev, audience.check_event(tenant, ev, prefix=f"lines[{i}].")))
+            except InvalidInput as exc:
+                click.echo(f"error: line {i}: {exc} (field {exc.field})", err=True)
+                sys.exit(1)
+    results = _run(lambda: audience.apply_many(tenant, parsed))
+    outcomes = [r.outcome for r in results]
+    click.echo(json.dumps({k: outcomes.count(k) for k in ("applied", "duplicate", "stale")}))
+
+
+@campaigns.command("proof")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.option("--phone", required=True)
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
+def proof(config_path: str, tenant: str, phone: str, fmt: str) -> None:
+    """Print a subscriber's consent proof (every ledger entry, disclosure text and hash, evidence)."""
+    from campaigns.core import proof as proofs
+    from campaigns.errors import NotFound
+
+    audience = _audience(config_path)
+
+    async def run():  # type: ignore[no-untyped-def]
+        sub = audience.store.subscriber_by_phone(tenant, audience.phone(tenant, phone))
+        if sub is None:
+            raise NotFound(f"no subscriber {phone}", code="subscriber_not_found")
+        return await audience.proof(tenant, sub.id)
+
+    p = _run(run)
+    click.echo(proofs.to_csv(p) if fmt == "csv" else proofs.to_json(p).decode(), nl=fmt == "json")
+
+
+@campaigns.command("count")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.argument("segment_json")
+def count(config_path: str, tenant: str, segment_json: str) -> None:
+    """Count a segment now: SEGMENT_JSON is the tree, or @file.json."""
+    from pathlib import Path
+
+    import msgspec
+
+    raw = Path(segment_json[1:]).read_text() if segment_json.startswith("@") else segment_json
+    audience = _audience(config_path)
+
+    async def run() -> int:
+        try:
+            tree = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"not JSON: {exc}") from None
+        return await audience.count(tenant, audience.parse(tree))
+
+    click.echo(json.dumps({"count": _run(run)}))
+
+
 _gateway_serve = main.commands["serve"]
 
 

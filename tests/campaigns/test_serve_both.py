@@ -112,3 +112,32 @@ def test_campaigns_check_config(tmp_path: Path) -> None:
     bad.write_text('[campaigns]\nstore_url = "mysql://x"\n[[campaigns.tenants]]\nname = "acme"\nkey_env = "CK"\nport = 1\n')
     r = CliRunner().invoke(main, ["campaigns", "check-config", str(bad)])
     assert r.exit_code == 2 and "campaigns.tenants[0]" in r.output
+
+
+def test_campaigns_cli_import_events_count_proof(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[campaigns]\nstore_url = "sqlite:///{tmp_path / "c.db"}"\n'
+                   '[[campaigns.tenants]]\nname = "acme"\nkey_env = "CK"\ndefault_region = "FR"\n')
+    csv_path = tmp_path / "people.csv"
+    csv_path.write_text("phone,first_name,consent,consent_at,disclosure_text\n0612345678,Ana,confirmed,1700000000,Join\n")
+    run = CliRunner().invoke
+    r = run(main, ["campaigns", "import", "--config", str(cfg), "--tenant", "acme", str(csv_path)])
+    assert r.exit_code == 0 and json.loads(r.output)["consented"] == 1, r.output
+    ev = tmp_path / "ev.ndjson"
+    ev.write_text(json.dumps({"type": "order", "id": "e1", "at": 1.7e9, "order_id": "o1", "phone": "+33612345678",
+                              "total": 12000, "currency": "EUR", "payment_status": "paid"}) + "\n")  # fmt: skip
+    for _ in range(2):
+        r = run(main, ["campaigns", "events", "--config", str(cfg), "--tenant", "acme", str(ev)])
+    assert r.exit_code == 0 and json.loads(r.output) == {"applied": 0, "duplicate": 1, "stale": 0}, r.output
+    r = run(main, ["campaigns", "count", "--config", str(cfg), "--tenant", "acme",
+                   '{"all": [{"field": "total_spent", "op": "gt", "value": 10000}, {"field": "consent", "op": "eq", "value": "confirmed"}]}'])
+    assert r.exit_code == 0 and json.loads(r.output) == {"count": 1}, r.output
+    r = run(main, ["campaigns", "count", "--config", str(cfg), "--tenant", "acme", '{"field": "nope"}'])
+    assert r.exit_code == 1 and "(field $." in r.output
+    r = run(main, ["campaigns", "proof", "--config", str(cfg), "--tenant", "acme", "--phone", "06 12 34 56 78",
+                   "--format", "csv"])  # fmt: skip
+    assert r.exit_code == 0 and r.output.count("\n") == 3 and ",import," in r.output, r.output
+    bad = tmp_path / "bad.ndjson"
+    bad.write_text('{"type": "order", "id": "x"}\n')
+    r = run(main, ["campaigns", "events", "--config", str(cfg), "--tenant", "acme", str(bad)])
+    assert r.exit_code == 1 and "line 0" in r.output
