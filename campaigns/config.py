@@ -76,6 +76,8 @@ class FormSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     trigger_exit_intent: bool = True
     every_days: Annotated[float, msgspec.Meta(ge=0, le=365)] = 7.0
     ask_email: bool = False
+    # Submissions per client IP per hour (each may text a confirmation: SMS pumping protection).
+    max_per_ip_per_hour: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 10
 
 
 class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

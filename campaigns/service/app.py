@@ -30,6 +30,7 @@ from campaigns.config import CampaignSettings
 from campaigns.core import proof as proofs
 from campaigns.core.consent import ConsentEntry, Evidence, State
 from campaigns.core.forms import form_page, popup_script, sms_link
+from campaigns.core.limits import WindowLimit
 from campaigns.core.events import ShopEvent, decode_event
 from campaigns.core.model import Subscriber
 from campaigns.errors import CallerError, CampaignError, InvalidInput, NotFound, StorageError
@@ -365,6 +366,7 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
             await link.handle(shop, msg)
 
     # ---- sign-up tools (public pages: the shop's visitors have no key) -------------------------------
+    limits: dict[str, WindowLimit] = {}  # per shop, per client IP
     def _shop(shop: str) -> Any:
         t = audience.tenants.get(shop)
         if t is None:
@@ -411,6 +413,11 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
         except msgspec.DecodeError as exc:
             raise InvalidInput(f"not JSON: {exc}", code="invalid_json") from None
         client = request.client.host if request.client else None
+        limit = limits.setdefault(shop, WindowLimit(audience.tenants[shop].form.max_per_ip_per_hour, 3600.0))
+        if not limit.allow(client or "?", audience.clock()):
+            wait = int(limit.retry_after(client or "?", audience.clock())) + 1
+            return Response(ErrorOut(code="rate_limited", message=f"too many sign-ups from here: retry in {wait} s"),
+                            status_code=429, headers={"retry-after": str(wait), "access-control-allow-origin": "*"})
         evidence = Evidence(ip=client, user_agent=request.headers.get("user-agent", "")[:500] or None,
                             page_url=body.page_url or request.headers.get("referer"), form_id=body.form_id)  # fmt: skip
         state, entry = await audience.subscribe_form(shop, body, evidence)

@@ -153,6 +153,30 @@ def test_form_bad_input(setup: tuple[TestClient, Audience, FakeGateway], body: d
     assert audience.store.subscribers("acme", after=0, limit=10) == [] and gw.sent == []
 
 
+def test_form_is_rate_limited_per_ip(setup: tuple[TestClient, Audience, FakeGateway]) -> None:
+    """A public form that texts any number is an SMS-pumping target: at most max_per_ip_per_hour."""
+    c, audience, gw = setup
+    codes = [c.post("/signup/acme/subscribe", json={"phone": f"+336123456{i:02d}", "legal_version": "pop-3"}).status_code
+             for i in range(12)]  # fmt: skip
+    assert codes == [202] * 10 + [429] * 2 and len(gw.sent) == 10
+    r = c.post("/signup/acme/subscribe", json={"phone": "+33612345699", "legal_version": "pop-3"})
+    assert r.json()["code"] == "rate_limited" and int(r.headers["retry-after"]) > 0
+
+
+@given(st.lists(st.floats(0, 10_000), max_size=60), st.integers(1, 5), st.floats(1, 1000))
+def test_window_limit_never_exceeds(times: list[float], limit: int, window: float) -> None:
+    from campaigns.core.limits import WindowLimit
+
+    w, admitted = WindowLimit(limit, window), []
+    for t in sorted(times):
+        if w.allow("ip", t):
+            admitted.append(t)
+    for t in admitted:  # in any window, at most `limit` admitted
+        assert sum(1 for u in admitted if t - window < u <= t) <= limit
+    if len(times) <= limit:
+        assert len(admitted) == len(times)
+
+
 def test_pages_qr_and_tools(setup: tuple[TestClient, Audience, FakeGateway]) -> None:
     c, _, _ = setup
     page = c.get("/signup/acme/form")
