@@ -30,8 +30,9 @@ def split_config(text: str, *, path: str | None = None) -> tuple[object, Campaig
     table = raw.pop("campaigns", None)
     try:
         gw = msgspec.convert(raw, Config)
-    except msgspec.ValidationError as exc:
-        raise GatewayConfigError(str(exc), path=path) from exc
+    except msgspec.ValidationError as exc:  # as gateway.config.loads words it: the message, then the key
+        message, _, at = str(exc).partition(" - at `$")
+        raise GatewayConfigError(message, key=at.rstrip("`").lstrip(".") or None, path=path) from exc
     return gw, (from_table(table, path=path) if table is not None else None)
 
 
