@@ -56,7 +56,9 @@ Dialect = Literal["sqlite", "postgres"]
 _CMP = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _EVENT_FROM = {
     "order": ("orders o", "o"),
-    "item": ("order_items i JOIN orders o ON o.tenant = i.tenant AND o.order_id = i.order_id", "i"),
+    # CROSS JOIN: SQLite keeps the order written (see `event`); left to itself it may walk every
+    # order, or every item, to avoid a sort.
+    "item": ("order_items i CROSS JOIN orders o", "i"),
     "checkout": ("checkouts c", "c"),
     "activity": ("activities a", "a"),
 }
@@ -218,7 +220,11 @@ class _Compiler:
 
     def event(self, seg: Event) -> str:
         table, a = _EVENT_FROM[seg.source]
+        if seg.source == "item" and not any(col in _ITEM_COLUMNS for col, _ in seg.where):
+            table = "orders o CROSS JOIN order_items i"  # no product/category: the orders' window first
         conds = [f"{a}.tenant = {self.tenant}"]
+        if seg.source == "item":
+            conds.append("o.tenant = i.tenant AND o.order_id = i.order_id")
         sub = "o.subscriber_id" if seg.source == "item" else f"{a}.subscriber_id"
         conds.append(f"{sub} IS NOT NULL")
         time = {"order": "o.created_at", "item": "o.created_at", "activity": "a.at",
@@ -247,9 +253,12 @@ class _Compiler:
         if self.pg:
             measure = f"CAST({measure} AS DOUBLE PRECISION)"
         having = f"{measure} {_CMP[seg.op]} {self.num(seg.value)}"
+        # SQLite would rather walk every order in owner order than sort a window's rows; `+` keeps
+        # the grouping off that index, so a window reads only its own rows (30 days of 2 years: 5x).
+        group = f"+{sub}" if seg.within_days is not None and not self.pg else sub
         if zero:  # no rows at all (count/sum 0) holds: exclude the subscribers whose rows fail it
-            return f"s.id NOT IN ({rows} GROUP BY {sub} HAVING NOT ({having}))"
-        return f"s.id IN ({rows} GROUP BY {sub} HAVING {having})"
+            return f"s.id NOT IN ({rows} GROUP BY {group} HAVING NOT ({having}))"
+        return f"s.id IN ({rows} GROUP BY {group} HAVING {having})"
 
 
 _SUM = {"order": "o.total", "item": "i.price * i.quantity", "checkout": "c.value"}
