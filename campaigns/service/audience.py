@@ -20,7 +20,7 @@ from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
 from campaigns.core.events import CheckoutEvent, CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone, event_phone
 from campaigns.core.model import Stats, Subscriber
 from campaigns.core.segments import Segment, affected_by, dependencies, dump_segment, evaluate, next_change, parse_segment
-from campaigns.errors import InvalidInput, NotFound
+from campaigns.errors import Conflict, InvalidInput, NotFound
 from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, Store
 from campaigns.store.segment_sql import compile_segment
 
@@ -87,8 +87,11 @@ class Audience:
         now = self.clock()
         phone = self.phone(tenant, body.profile.phone, field="profile.phone", country=body.profile.country)
         new = self._consent(phone, body.consent, now, field="consent") if body.consent else None
-        sub, created = await self._run(self.store.put_subscriber, tenant, body.profile, phone=phone, at=now, now=now,
-                                       consent=new)  # one transaction: a refused consent stores nothing
+        try:  # one transaction: a refused consent stores nothing
+            sub, created = await self._run(self.store.put_subscriber, tenant, body.profile, phone=phone, at=now, now=now,
+                                           consent=new)  # fmt: skip
+        except Conflict as exc:
+            raise Conflict(str(exc), code=exc.code, field=f"consent.{exc.field}" if exc.field else "consent") from None
         await self.refresh_membership(tenant, sub.id, frozenset({"subscribers", "subscriber_tags"}), now)
         return await self.subscriber_out(tenant, sub.id), created
 

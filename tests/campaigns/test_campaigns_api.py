@@ -84,6 +84,8 @@ def test_subscriber_create_update_and_bad_input(client: TestClient) -> None:
         ({"profile": {"phone": "+33612345670"}, "consent": {"action": "opt_in", "source": "popup"}},
          "disclosure_required", "consent.disclosure_text"),
         ({"profile": {"phone": "+33612345670"}, "consent": {"action": "maybe"}}, "invalid_field", "consent.action"),
+        ({"profile": {"phone": "+33612345670"}, "consent": {"action": "confirm"}}, "consent_out_of_order",
+         "consent.action"),
     ]  # fmt: skip
     for body, code, field in bad:
         r = client.post("/v1/subscribers", json=body, headers=h("acme"))
