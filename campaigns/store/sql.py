@@ -27,7 +27,7 @@ _PROFILE = ("first_name", "last_name", "email", "gender", "birthday", "country",
 _STATS = tuple(f for f in Stats.__struct_fields__)
 _LEDGER_COLS = ("id, subscriber_id, phone, action, source, disclosure_text, disclosure_version, "
                 "disclosure_sha256, evidence, at")  # fmt: skip
-_ORDER_PARTS = frozenset({"orders", "checkouts"})
+_ORDER_PARTS = {False: frozenset({"orders"}), True: frozenset({"orders", "checkouts"})}  # by "names a checkout"
 _ACTIVITY_STAT = {"clicked": "last_click_at", "message_sent": "last_message_at", "replied": "last_reply_at"}
 
 
@@ -319,7 +319,7 @@ class SqlStore:
                 tx.run("UPDATE orders SET checkout_id = COALESCE(checkout_id, ?) WHERE tenant = ? AND order_id = ?",
                        (e.checkout_id, tenant, e.order_id))  # fmt: skip
                 self._complete_checkout(tx, tenant, e.checkout_id, int(row[1]), created)
-            self._restat(tx, tenant, int(row[1]), now, _ORDER_PARTS)
+            self._restat(tx, tenant, int(row[1]), now, _ORDER_PARTS[e.checkout_id is not None])
             return Applied(outcome="stale", subscriber_id=int(row[1]),
                            changed=frozenset({"orders", "checkouts", "subscriber_stats"}))  # fmt: skip
         if row is None:
@@ -347,9 +347,9 @@ class SqlStore:
             self._complete_checkout(tx, tenant, e.checkout_id, sid, created)
             changed.add("checkouts")
         stale_owner = int(row[1]) if row is not None and int(row[1]) != sid else None
-        self._restat(tx, tenant, sid, now, _ORDER_PARTS)
+        self._restat(tx, tenant, sid, now, _ORDER_PARTS[e.checkout_id is not None])
         if stale_owner is not None:
-            self._restat(tx, tenant, stale_owner, now, _ORDER_PARTS)
+            self._restat(tx, tenant, stale_owner, now, _ORDER_PARTS[True])
         return Applied(outcome="applied", subscriber_id=sid, changed=frozenset(changed))
 
     def _early_fulfillment(self, tx: Tx, tenant: str, order_id: str) -> None:
