@@ -242,7 +242,12 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
         return Response(out, status_code=201 if created else 200)
 
     @get("/v1/subscribers")
-    async def list_subscribers(tenant: Tenant, after: After = 0, limit: Limit = 100) -> SubscriberPage:
+    async def list_subscribers(tenant: Tenant, after: After = 0, limit: Limit = 100,
+                               phone: Annotated[str | None, QueryParameter(max_length=40)] = None) -> SubscriberPage:
+        """Page through the shop's subscribers by id, or find one by ``phone`` (any spelling)."""
+        if phone is not None:
+            sub = await audience.store_call("subscriber_by_phone", tenant, audience.phone(tenant, phone))
+            return SubscriberPage(items=[sub] if sub is not None else [])
         items = await audience.subscribers(tenant, after=after, limit=limit)
         return SubscriberPage(items=items, next=_next([s.id for s in items], limit))
 

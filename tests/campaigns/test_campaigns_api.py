@@ -107,6 +107,10 @@ def test_pagination(client: TestClient) -> None:
             break
         after = page["next"]
     assert len(seen) == 5 == len(set(seen)) and seen == sorted(seen)
+    found = client.get("/v1/subscribers", params={"phone": "06 12 34 56 03"}, headers=h("acme")).json()["items"]
+    assert [s["phone"] for s in found] == ["+33612345603"]
+    assert client.get("/v1/subscribers", params={"phone": "+33612345603"}, headers=h("beta")).json()["items"] == []
+    assert client.get("/v1/subscribers", params={"phone": "nope"}, headers=h("acme")).json()["code"] == "invalid_phone"
     r = client.get("/v1/subscribers?limit=0", headers=h("acme"))
     assert r.status_code == 422 and r.json()["field"] == "limit"
 
