@@ -97,7 +97,9 @@ def wilson(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends, no float residue
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return (low, high)
 
 
 def z_test(s1: int, n1: int, s2: int, n2: int) -> float:
