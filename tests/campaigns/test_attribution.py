@@ -203,6 +203,10 @@ def test_hour_of_day_is_on_the_tenant_clock() -> None:
     assert report(ev, by=("hour",), zone="UTC").rows[0].key == {"hour": 10}
     assert report(ev, by=("hour",), zone="Asia/Shanghai").rows[0].key == {"hour": 18}
     assert report(ev, by=("hour",), zone="Asia/Kolkata").rows[0].key == {"hour": 15}
+    assert report(ev, by=("campaign", "hour", "variant"), zone="Asia/Kathmandu").rows[0].key == {
+        "campaign": "c", "hour": 15, "variant": None,
+    }  # +05:45: a quarter-hour offset
+    assert report(ev, by=("hour", "campaign")).rows[0].key == {"hour": 10, "campaign": "c"}
 
 
 def test_empty_denominators_are_none_not_errors() -> None:
