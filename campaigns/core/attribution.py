@@ -40,6 +40,9 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from campaigns.core.schedule import tenant_zone
+from campaigns.errors import InvalidInput
+
 __all__ = ["Attribution", "Clicked", "Delivered", "Event", "Metrics", "OptedOut", "Ordered", "Report",
            "Sent", "Windows", "attribute_orders", "report"]  # fmt: skip
 
@@ -246,8 +249,8 @@ def report(
     """The figures per group of ``by`` (any of campaign, variant, step, hour), sorted by key."""
     for d in by:
         if d not in ("campaign", "variant", "step", "hour"):
-            raise ValueError(f"unknown dimension {d!r}")
-    tz = ZoneInfo(zone)
+            raise InvalidInput(f"unknown dimension {d!r} (campaign, variant, step, hour)", code="unknown_dimension", field="by")
+    tz = tenant_zone(zone)
     ix = _Index(events)
     key_of = _key_function(by, tz)
     acc: dict[tuple[str | int | None, ...], _Acc] = defaultdict(_Acc)

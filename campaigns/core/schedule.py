@@ -25,6 +25,7 @@ each recipient's own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Annotated, Literal
@@ -35,7 +36,7 @@ import msgspec
 from campaigns.errors import InvalidInput
 
 __all__ = ["At", "Local", "Now", "Schedule", "ScheduleError", "SendTime", "local_instant", "send_times",
-           "send_time_report", "smart_send"]  # fmt: skip
+           "send_time_report", "smart_send", "tenant_zone", "zone_named"]  # fmt: skip
 
 HOUR = 3600.0
 
@@ -62,20 +63,28 @@ class Local(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 Schedule = Now | At | Local
 
 
-def _zone(name: str | None, default: ZoneInfo) -> ZoneInfo:
-    if not name:
-        return default
+_ZONE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){0,2}$")
+
+
+def zone_named(name: str | None) -> ZoneInfo | None:
+    """The IANA zone called ``name``, or None for anything else (a path, a directory, junk)."""
+    if not name or len(name) > 64 or not _ZONE_NAME.match(name):
+        return None
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return default
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a directory
+        return None
+
+
+def _zone(name: str | None, default: ZoneInfo) -> ZoneInfo:
+    return zone_named(name) or default
 
 
 def tenant_zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ScheduleError("unknown_time_zone", f"unknown time zone {name!r}", field="time_zone") from exc
+    zone = zone_named(name)
+    if zone is None:
+        raise ScheduleError("unknown_time_zone", f"unknown time zone {name!r}", field="time_zone")
+    return zone
 
 
 def local_instant(day: date, wall: time, zone: ZoneInfo) -> float:

@@ -21,6 +21,7 @@ from campaigns.core.attribution import (
     attribute_orders,
     report,
 )
+from campaigns.errors import InvalidInput
 
 H = 3600.0
 T0 = 1_780_000_000.0
@@ -212,5 +213,9 @@ def test_hour_of_day_is_on_the_tenant_clock() -> None:
 def test_empty_denominators_are_none_not_errors() -> None:
     [m] = report([Sent(message="m", subscriber=1, at=T0, campaign="c")]).rows
     assert m.ctr is None and m.roi is None and m.opt_out_rate is None and not m.opt_out_alert
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInput) as err:
         report([], by=("country",))  # type: ignore[arg-type]
+    assert err.value.code == "unknown_dimension"
+    with pytest.raises(InvalidInput) as err:
+        report([], zone="Europe")
+    assert err.value.code == "unknown_time_zone"

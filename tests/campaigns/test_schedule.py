@@ -77,12 +77,14 @@ def test_a_zone_already_past_the_time(late: str, expected: str | None) -> None:
 
 def test_missing_or_unknown_zone_uses_the_tenant_zone_and_a_bad_tenant_zone_is_an_error() -> None:
     spec = Local(date="2026-06-21", time="10:00")
-    plan = send_times(spec, [(1, None), (2, "Mars/Olympus"), (3, "../etc")], now=NOW, default_zone="Europe/Bucharest")
+    junk = ["Mars/Olympus", "../etc", "Europe", "/etc/passwd", "a" * 5000, "x\x00y", "Europe/", " UTC", "europe/paris"]
+    plan = send_times(spec, [(1, None), *((i + 2, z) for i, z in enumerate(junk))], now=NOW, default_zone="Europe/Bucharest")
     assert {utc(p.send_at).hour for p in plan} == {7}
     assert {p.zone for p in plan} == {"Europe/Bucharest"}
-    with pytest.raises(ScheduleError) as err:
-        send_times(spec, [(1, None)], now=NOW, default_zone="Nowhere/Land")
-    assert err.value.code == "unknown_time_zone"
+    for bad in ("Nowhere/Land", "Europe", "a" * 300):
+        with pytest.raises(ScheduleError) as err:
+            send_times(spec, [(1, None)], now=NOW, default_zone=bad)
+        assert err.value.code == "unknown_time_zone"
 
 
 def test_now_and_at() -> None:
