@@ -22,7 +22,8 @@ times, then ``LinkError("code_space_exhausted")``.
 
 **Clicks**: a hit is a click only if it is a GET (a HEAD is a preview), its user agent is not a known
 link-preview fetcher or bot, and it comes at least ``min_delay`` seconds (default 10 s) after the
-message was delivered (previews are fetched by the phone or the chat app right on arrival). Unique
+message was delivered, on either side (previews are fetched by the phone or the chat app right on
+arrival, and a receipt's time can trail that by a little). Unique
 clicks count each (message, link) once; total clicks count every human hit.
 """
 
@@ -60,8 +61,9 @@ class LinkError(InvalidInput):
 
 # Characters that end a URL: white space, quotes/brackets that never appear raw in one, CJK
 # ideographs ("点击https://x.cn/a领取": Chinese texts run words into URLs; an IRI with a Chinese path
-# must be percent-encoded) and full-width / CJK punctuation (U+3000-U+303F, full-width forms).
-_STOP = r"\s<>\"\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff01\uff08\uff09\uff0c\uff1a\uff1b\uff1f\uff3b\uff3d\uff5b\uff5d\u2018\u2019\u201c\u201d"
+# must be percent-encoded), full-width / CJK punctuation (U+3000-U+303F, full-width forms), curly
+# quotes and guillemets, and zero-width spaces/joiners (invisible, but not part of a URL).
+_STOP = r"\s<>\"\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff01\uff08\uff09\uff0c\uff1a\uff1b\uff1f\uff3b\uff3d\uff5b\uff5d\u2018\u2019\u201c\u201d\u00ab\u00bb\u2039\u203a\u200b-\u200d\u2060\ufeff"
 _URL = re.compile(rf"(?:https?://|(?<![\w.@/])www\.)[^{_STOP}]+", re.IGNORECASE)
 _TRAILING = ".,;:!?'…"
 _PAIRS = {")": "(", "]": "[", "}": "{"}
@@ -225,14 +227,16 @@ class Hit(msgspec.Struct, frozen=True, kw_only=True):
 def classify_hit(hit: Hit, delivered_at: float | None, *, min_delay: float = 10.0) -> HitVerdict:
     """Whether a hit counts as a click. An absent user agent is a script, hence a bot.
 
-    ``delivered_at`` is when the message's delivery receipt came (None when unknown: then only the
-    method and user agent decide). A hit exactly ``min_delay`` after delivery is a click."""
+    ``delivered_at`` is when the message was delivered (None when unknown: then only the method and
+    user agent decide). A hit within ``min_delay`` of it, on either side (a receipt's time can trail
+    the handset's preview fetch), is ``too_soon``; one exactly ``min_delay`` away is a click, and so
+    is one long before a late receipt."""
     if hit.method.upper() != "GET":
         return "head"
     ua = (hit.user_agent or "").strip().lower()
     if not ua or any(marker in ua for marker in BOT_MARKERS):
         return "bot"
-    if delivered_at is not None and hit.at - delivered_at < min_delay:
+    if delivered_at is not None and abs(hit.at - delivered_at) < min_delay:
         return "too_soon"
     return "click"
 

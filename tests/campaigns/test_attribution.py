@@ -140,7 +140,7 @@ def histories(draw: st.DrawFn) -> list:
     return events
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(histories(), st.randoms(use_true_random=False))
 def test_attribution_matches_the_oracle_in_any_input_order(events: list, rnd: random.Random) -> None:
     w = Windows(click=2 * DAY, view=DAY)
@@ -151,7 +151,7 @@ def test_attribution_matches_the_oracle_in_any_input_order(events: list, rnd: ra
     assert got == expected
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(histories())
 def test_report_conserves_orders_revenue_and_sends(events: list) -> None:
     r = report(events, by=("campaign", "hour"))

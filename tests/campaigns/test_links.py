@@ -38,6 +38,12 @@ CORPUS = [
     ("end https://e.com/a...", ["https://e.com/a"]),
     ("Visit HTTPS://UPPER.COM/X.", ["HTTPS://UPPER.COM/X"]),
     ("line\nhttps://n.com/a\nnext", ["https://n.com/a"]),
+    ("« https://x.fr/a »", ["https://x.fr/a"]),
+    ("«https://x.fr/b»", ["https://x.fr/b"]),
+    ("voir\u00a0https://x.fr/c\u202f!", ["https://x.fr/c"]),
+    ("zero\u200bhttps://z.com/a\u200bwidth", ["https://z.com/a"]),
+    ("port https://x.com:8443/a,b?c=1,", ["https://x.com:8443/a,b?c=1"]),
+    ("ip http://10.0.0.1/x.", ["http://10.0.0.1/x"]),
     ("[link](https://md.com/a)", ["https://md.com/a"]),
 ]
 
@@ -56,14 +62,14 @@ urls_st = st.builds(lambda h, p: f"https://{h}/{p}".rstrip("?"), hosts, path_cha
 filler = st.sampled_from([" ", ". ", ", ", "! ", " (", ") ", "。", "，", "点击", " 拒收 ", "\n", ": "])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(st.lists(st.tuples(filler, urls_st), min_size=1, max_size=4), filler)
 def test_find_urls_recovers_each_url_between_punctuation(pieces: list[tuple[str, str]], tail: str) -> None:
     text = "".join(f + u for f, u in pieces) + tail
     assert [u for _s, _e, u in find_urls(text)] == [u for _f, u in pieces]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(filler, urls_st), min_size=0, max_size=4), st.text(max_size=30))
 def test_shorten_replaces_every_url_and_keeps_the_rest(pieces: list[tuple[str, str]], noise: str) -> None:
     text = "".join(f + u for f, u in pieces) + " " + noise.replace("http", "htp").replace("www.", "ww.")
@@ -145,7 +151,7 @@ def test_utm_merge_keeps_fragment_and_raw_encoding() -> None:
         with_utm("https://a.com", {"source": "x"})
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from(["utm_source", "utm_medium", "x", "y", "utm_campaign"]), st.text("ab1 &=%", max_size=4)), max_size=6),
     st.dictionaries(st.sampled_from(["utm_source", "utm_medium", "utm_campaign", "utm_content"]), st.text("abc", min_size=1, max_size=3)),
@@ -204,6 +210,10 @@ def test_people_are_clicks_but_not_head_or_too_soon(ua: str) -> None:
     assert classify_hit(Hit(code="a", method="GET", user_agent=ua, at=1009.999), delivered_at=1000.0) == "too_soon"
     assert classify_hit(Hit(code="a", method="GET", user_agent=ua, at=1010.0), delivered_at=1000.0) == "click"
     assert classify_hit(Hit(code="a", method="get", user_agent=ua, at=5.0), delivered_at=None) == "click"
+    # The receipt's time can trail the handset's preview fetch: a few seconds before it is too soon,
+    # minutes before it (a late receipt) is a person.
+    assert classify_hit(Hit(code="a", method="GET", user_agent=ua, at=995.0), delivered_at=1000.0) == "too_soon"
+    assert classify_hit(Hit(code="a", method="GET", user_agent=ua, at=700.0), delivered_at=1000.0) == "click"
 
 
 @given(st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from(["click", "bot", "head", "too_soon"])), max_size=40))

@@ -38,7 +38,7 @@ def test_ten_local_is_ten_on_each_recipients_clock() -> None:
     assert [utc(p.send_at).strftime("%H:%M") for p in plan] == ["08:00", "02:00", "14:00", "04:30"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.sampled_from(ZONES), st.dates(date(2024, 1, 1), date(2030, 12, 31)), st.times().map(lambda t: t.replace(second=0, microsecond=0)))
 def test_local_wall_time_is_kept_unless_the_day_skips_it(zone_name: str, day: date, wall: time) -> None:
     zone = ZoneInfo(zone_name)
@@ -104,7 +104,7 @@ def test_schedules_decode_from_json_with_clear_errors() -> None:
     assert err.value.code == "bad_date"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(1, 50), st.sampled_from(["Asia/Tokyo", "Europe/Paris", "America/Denver", None])), unique_by=lambda r: r[0], max_size=30),
     st.sampled_from(["10:00", "02:30", "23:59", "00:00"]),

@@ -94,7 +94,7 @@ def test_literal_braces() -> None:
 literal_text = st.text(st.characters(blacklist_characters="{}"), max_size=20)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(st.lists(st.one_of(literal_text, st.sampled_from(sorted(KNOWN))), max_size=8), st.data())
 def test_render_is_the_concatenation_of_its_parts(pieces: list[str], data: st.DataObject) -> None:
     """Invariant: a template built from literals and shortcodes renders to literals + values, and a
