@@ -18,7 +18,11 @@ instant) go to the later-sent message, then the larger message id, so the result
 input order. Each order is attributed to at most one message.
 
 **Opt-outs**: a STOP at ``t`` is charged to the subscriber's latest message sent in
-``(t - 3 days, t]`` (half-open the same way: exactly 3 days after is not charged).
+``(t - 3 days, t]`` (half-open the same way: exactly 3 days after is not charged); a message is charged
+at most once (STOP twice is one lost subscriber).
+
+**Duplicates** (a retried webhook) change nothing: an order id counts once (its earliest report),
+deliveries and clicks are sets of message ids.
 
 **Metrics** per group (``sent`` is the denominator of per-message figures, ``delivered`` of rates):
 delivery rate = delivered/sent; CTR = unique clickers/delivered; conversion rate =
@@ -112,7 +116,13 @@ class _Index:
             kinds[type(e)].append(e)
         sends: list[Sent] = kinds[Sent]
         self.sent: dict[str, Sent] = {s.message: s for s in sends}
-        self.orders: list[Ordered] = kinds[Ordered]
+        # An order reported twice (a webhook retried, an update) counts once: its earliest report.
+        first: dict[str, Ordered] = {}
+        for o in kinds[Ordered]:
+            seen = first.get(o.order)
+            if seen is None or (o.at, o.total) < (seen.at, seen.total):
+                first[o.order] = o
+        self.orders: list[Ordered] = list(first.values())
         self.opt_outs: list[OptedOut] = kinds[OptedOut]
         delivered: list[Delivered] = kinds[Delivered]
         clicked: list[Clicked] = kinds[Clicked]
@@ -162,7 +172,7 @@ def _attribute(ix: _Index, o: Ordered, w: Windows) -> Attribution:
 
 
 def attribute_orders(events: Iterable[Event], windows: Windows = Windows()) -> list[Attribution]:
-    """Each order's attribution, in the order the orders came."""
+    """Each order's attribution, one per order id, in the order the orders first came."""
     ix = _Index(events)
     return [_attribute(ix, o, windows) for o in ix.orders]
 
@@ -271,8 +281,8 @@ def report(
             a = of[at.message]
             a.conversions += 1
             a.revenue += totals[at.order]
-    for e in ix.opt_outs:
-        m = _opted_message(ix, e, windows.opt_out)
+    charged = {_opted_message(ix, e, windows.opt_out) for e in ix.opt_outs}  # a message loses one subscriber at most
+    for m in charged:
         if m is not None:
             of[m].opt_outs += 1
     rows = [_metrics(dict(zip(by, k)), a, windows) for k, a in sorted(acc.items(), key=lambda kv: repr(kv[0]))]
