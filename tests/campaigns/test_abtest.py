@@ -189,3 +189,25 @@ def test_aa_false_winner_rate_is_near_alpha() -> None:
         d = decide(t, {"A": VariantResult(delivered=1000, unique_clicks=a), "B": VariantResult(delivered=1000, unique_clicks=b)}, now=t.decide_at)
         wins += d.status == "winner"
     assert wins / runs <= 0.09  # alpha = 0.05, with sampling slack
+
+
+arm = st.integers(0, 3000).flatmap(lambda n: st.builds(lambda s: VariantResult(delivered=n, unique_clicks=s, conversions=s), st.integers(0, n)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(arm, min_size=2, max_size=4), st.floats(0.001, 1e6), st.floats(0, 1e6), st.sampled_from(["ctr", "conversion"]))
+def test_decision_is_a_pure_function_of_time_past_the_period(arms: list[VariantResult], before: float, after: float, metric: str) -> None:
+    """On virtual time: pending strictly before decide_at, then one fixed verdict for every later
+    instant; a winner is never worse than any arm and beats each at the corrected level."""
+    names = [f"V{i}" for i in range(len(arms))]
+    t = ab(variants=tuple(Variant(name=n) for n in names), metric=metric)
+    results = dict(zip(names, arms))
+    assert decide(t, results, now=t.decide_at - before).status == "pending"
+    d0 = decide(t, results, now=t.decide_at)
+    assert decide(t, results, now=t.decide_at + after) == d0
+    if d0.status == "winner":
+        best = next(e for e in d0.estimates if e.variant == d0.winner)
+        assert all(best.value >= e.value for e in d0.estimates)
+        assert all(e.p_value is not None and e.p_value < t.alpha / (len(names) - 1) for e in d0.estimates if e.variant != d0.winner)
+    else:
+        assert d0.winner == names[0]  # fallback "control"

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaigns.core.templates import (
+    DEFAULT_FOOTERS,
     KNOWN,
     MessageRules,
     TemplateError,
@@ -160,3 +161,22 @@ def test_footer_and_signature_are_not_doubled_and_count_in_length() -> None:
 def test_footer_never_glues_onto_a_url() -> None:
     out = render(compile_template("{checkout_url}"), FULL, rules=MessageRules(), locale="zh")
     assert out.urls == (FULL["checkout_url"],)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.text(st.characters(blacklist_characters="{}", blacklist_categories=("Cs",)), max_size=60),
+    st.sampled_from(["en", "zh", "zh-TW", "fr", "ro", "xx", None]),
+    st.sampled_from(["always", "first_message", "never"]),
+    st.booleans(),
+)
+def test_footer_appears_once_exactly_when_the_rule_says(body: str, locale: str | None, when: str, first: bool) -> None:
+    rules = MessageRules(brand="Acme", footer=when)  # type: ignore[arg-type]
+    out = render(compile_template(body), {}, rules=rules, locale=locale, first_message=first)
+    footer = DEFAULT_FOOTERS.get((locale or "en").split("-")[0], DEFAULT_FOOTERS["en"])
+    wanted = when == "always" or (when == "first_message" and first)
+    already = footer.casefold() in body.casefold()
+    assert (out.footer is not None) == (wanted and not already)
+    if out.footer is not None:
+        assert out.text.endswith(footer) and len(out.text) >= len(body) + len(footer)
+    assert body in out.text  # the body is never altered
