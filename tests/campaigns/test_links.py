@@ -224,3 +224,15 @@ def test_unique_clicks_count_codes_once_and_total_counts_every_human_hit(hits: l
     assert tally.unique == len(set(humans))
     assert tally.bots == len(hits) - len(humans)
     assert tally.unique <= tally.total
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(filler, urls_st), max_size=4), st.binary(min_size=1, max_size=8), st.text(max_size=8))
+def test_a_preview_with_any_key_has_the_length_of_the_real_send(pieces: list[tuple[str, str]], key: bytes, scope: str) -> None:
+    """Codes have a fixed length per domain and only base62 characters (GSM-7), so the gateway's
+    preview of a text shortened with a placeholder key measures exactly what will be sent."""
+    text = "".join(f + u for f, u in pieces)
+    real = shorten(text, domain="go.shop", key=b"tenant-secret", scope="camp:1")
+    preview = shorten(text, domain="go.shop", key=key, scope=scope)
+    assert len(real.text) == len(preview.text)
+    assert all(c in ALPHABET for link in real.links for c in link.code)
