@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from importlib import resources
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -22,7 +23,7 @@ from gateway.core.keywords import KeywordSettings
 from gateway.core.settings import CoreSettings
 from gateway.errors import ConfigError
 
-__all__ = ["Config", "default_text", "load", "loads"]
+__all__ = ["Config", "default_text", "load", "loads", "missing_environment"]
 
 
 class Tenant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -41,6 +42,8 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # Inbound messages that are not keywords are POSTed here (signed as webhooks are).
     inbound_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None
     keywords: KeywordSettings = msgspec.field(default_factory=KeywordSettings)
+    # An operator's key: may also list the inbound messages no tenant owns (GET /v1/inbound?unrouted=1).
+    operator: bool = False
 
     def __post_init__(self) -> None:
         if (self.key_sha256 is None) == (self.key_env is None):
@@ -86,6 +89,14 @@ class InboundSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """Inbound (MO) messages: keyword replies and forwarding (gateway/runtime/inbound.py)."""
 
     reply_category: str = "transactional"  # keyword replies: no quiet hours, no cap, not suppressed
+    # An MO without a carrier id is a redelivery if the same carrier brought the same sender,
+    # address, numbering and text within this many seconds (with an id: whenever it comes again).
+    dedupe_window: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    # A clarifying question (opt_out_uncertain = "ask") waits this long for its YES.
+    question_ttl: Annotated[float, msgspec.Meta(gt=0)] = 7 * 86_400.0
+    # An opt-out sent to an address no tenant lists suppresses its sender for every tenant that
+    # messaged that number within this many days.
+    unrouted_opt_out_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
 
 class CarrierLinks(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -112,6 +123,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 key = sender.lstrip("+").casefold()
                 if owner.setdefault(key, t.name) != t.name:
                     raise ValueError(f"sender {sender!r} belongs to both tenants {owner[key]!r} and {t.name!r}")
+        for c in self.core.carriers:
+            if c.default_region is not None and c.default_region not in _regions():
+                raise ValueError(f"core.carriers: {c.name!r} default_region {c.default_region!r} is not a region phonenumbers knows")
         known = {c.name for c in self.core.carriers}
         for link in self.carriers.smpp:
             if link.name not in known:
@@ -119,6 +133,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         for http in self.carriers.http:
             if http.name not in known:
                 raise ValueError(f"carriers.http: {http.name!r} is not one of core.carriers {sorted(known)}")
+
+
+def _regions() -> frozenset[str]:
+    import phonenumbers  # only when a region is configured
+
+    return frozenset(phonenumbers.SUPPORTED_REGIONS)
 
 
 def loads(text: str, *, path: str | None = None) -> Config:
@@ -140,6 +160,39 @@ def load(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", path=str(p)) from exc
     return loads(text, path=str(p))
+
+
+def missing_environment(cfg: Config, environ: Mapping[str, str]) -> list[ConfigError]:
+    """One error for each ``*_env`` key of the tree whose variable is unset or empty in
+    ``environ``, naming the variable and the key (``api.tenants[0].key_env``): what ``serve``
+    would otherwise meet at start-up. ``sluice check-config`` reports them all."""
+    errors: list[ConfigError] = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, msgspec.Struct):
+            for name in node.__struct_fields__:
+                value = getattr(node, name)
+                key = f"{path}.{_encoded_name(node, name)}" if path else _encoded_name(node, name)
+                if name.endswith("_env") and isinstance(value, str):
+                    if not environ.get(value):
+                        errors.append(ConfigError(f"environment variable {value!r} is not set", key=key))
+                else:
+                    walk(value, key)
+        elif isinstance(node, (list, tuple)):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+        elif isinstance(node, dict):
+            for k, item in node.items():
+                walk(item, f"{path}.{k}")
+
+    walk(cfg, "")
+    return errors
+
+
+def _encoded_name(struct: msgspec.Struct, name: str) -> str:
+    """A field's name as written in the TOML (a struct may rename its fields)."""
+    fields = struct.__struct_fields__
+    return struct.__struct_encode_fields__[fields.index(name)]
 
 
 def default_text() -> str:

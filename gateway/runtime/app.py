@@ -91,8 +91,12 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         forwarder = await stack.enter_async_context(InboundSender(store, cfg.webhooks, secrets, clock=clock))
 
         gateway = Gateway(core, store, on_outbox=webhooks.poke, pool=_pool(cfg))
-        recovered = await gateway.recover(clock(), carriers={link.name for link in cfg.carriers.smpp})
-        log.info("serve.recovered queued=%d awaiting_receipts=%d", recovered.queued, len(recovered.awaiting))
+        # Every carrier's taken messages wait for their receipts (or their horizon), HTTP as
+        # well as SMPP: both connectors match receipts of an earlier process (expect_receipts).
+        links = [*cfg.carriers.smpp, *cfg.carriers.http]
+        recovered = await gateway.recover(clock(), carriers={link.name for link in links})
+        log.info("serve.recovered queued=%d awaiting_receipts=%d capped_sends=%d", recovered.queued,
+                 len(recovered.awaiting), recovered.capped_sends)  # fmt: skip
         send, receive = anyio.create_memory_object_stream[ConnectorEvent](max_buffer_size=100_000)
         connectors = {}
         for link in cfg.carriers.smpp:
@@ -107,7 +111,8 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         # One inbound pipeline for SMPP MOs and HTTP carriers' inbound callbacks alike: both
         # arrive as Inbound events on the connectors' stream (gateway/runtime/inbound.py).
         inbound = InboundPipeline(gateway, cfg.api.tenants, clock=clock, reply_category=cfg.inbound.reply_category,
-                                  on_forward=forwarder.poke,
+                                  on_forward=forwarder.poke, settings=cfg.inbound,
+                                  regions={c.name: c.default_region for c in cfg.core.carriers if c.default_region},
                                   acknowledge=lambda carrier, acks: connectors[carrier].acknowledge(acks))  # fmt: skip
         dispatcher = Dispatcher(core, connectors, receive, store, clock=clock, on_outbox=webhooks.poke,
                                 on_inbound=inbound.feed,
@@ -241,6 +246,7 @@ async def _hypercorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Canc
     # Hypercorn's idle timer runs from the connection (and from each response) until a request's
     # head is complete, and h11 bounds the head at 16 KiB: so this is the head deadline here.
     config.keep_alive_timeout = cfg.api.header_timeout
+    config.h11_max_incomplete_size = cfg.api.max_head_bytes  # the head's bound, as http_guard's
     config.loglevel = "WARNING"
 
     async def started() -> None:

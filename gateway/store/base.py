@@ -24,7 +24,7 @@ A record given a ``url`` (the tenant's inbound webhook) is due for forwarding un
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Protocol
 
 import msgspec
@@ -37,6 +37,7 @@ __all__ = [
     "InboundPage",
     "InboundRecord",
     "JobCounts",
+    "JobsPage",
     "MessageRecord",
     "RecipientRows",
     "NewJob",
@@ -46,6 +47,7 @@ __all__ = [
     "Store",
     "StoredJob",
     "Suppression",
+    "job_status",
 ]
 
 #: Every state a message can be in. The final ones never change again.
@@ -67,6 +69,10 @@ class Change(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     reason: str = ""
     carrier: str | None = None
     carrier_ids: tuple[str, ...] = ()
+
+
+#: How many jobs a filtered ``Store.jobs`` call looks at, per job it may return.
+JOBS_SCAN = 10
 
 
 class StoredJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,6 +104,28 @@ class JobCounts(msgspec.Struct, frozen=True, kw_only=True):
 class Page(msgspec.Struct, frozen=True, kw_only=True):
     ids: list[tuple[int, str]]  # (message id, state)
     next_after: int | None
+    recipients: list[Recipient] = []  # recipients[k] is the recipient of ids[k]
+
+
+#: A job's status as the API reports it: as stored (active, paused, canceled), or ``completed``.
+JOB_STATUSES = ("active", "paused", "canceled", "completed")
+
+
+def job_status(stored: str, counts: dict[str, int]) -> str:
+    """``completed`` once every message of an active or paused job is final (nothing is left
+    to send or to hear about); a canceled job stays ``canceled``."""
+    if stored in ("active", "paused") and counts and all(s in FINAL for s, n in counts.items() if n > 0):
+        return "completed"
+    return stored
+
+
+class JobsPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of a tenant's jobs, by id (oldest first). ``next_after``: the id to pass as
+    ``after`` for the next page; it may be set on a page shorter than asked for (a filtered
+    listing scans a bounded number of jobs per call), None once the listing is over."""
+
+    jobs: list[JobCounts]
+    next_after: str | None
 
 
 class Suppression(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,6 +148,11 @@ class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     carrier: str | None
     attempts: int  # failed deliveries so far
+    # Whom it is about, filled in by ``outbox_take`` (from the message and its job): the
+    # recipient's number and index in the job's request, and the job's reference.
+    to: str | None = None
+    index: int | None = None
+    reference: str | None = None
 
 
 class OutboxStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,6 +174,11 @@ class InboundRecord(msgspec.Struct, frozen=True, kw_only=True):
     at: float
     kind: str
     keyword: str | None = None
+    # False: the sender could not be made a canonical number (an alphanumeric sender, a national
+    # number without a numbering context...): kept and listed as given, never put on a list.
+    sender_canonical: bool = True
+    certain: bool = True  # an opt_out the classifier was sure of (gateway.core.optout)
+    asks: bool = False  # an unsure opt_out answered with a question: pending until YES or STOP
 
 
 class InboundPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -213,8 +251,17 @@ class Store(Protocol):
     def job_info(self, tenant: str, job_id: str) -> StoredJob | None: ...  # without the counts: cheap
     def message(self, tenant: str, message_id: int) -> MessageRecord | None: ...
     def messages(self, tenant: str, job_id: str, *, state: str | None, after: int, limit: int) -> Page: ...
+    # A tenant's jobs with id > ``after`` (incoming ones never), at most ``limit``; with ``status``
+    # (one of JOB_STATUSES, as ``job_status`` derives it) only those, scanning at most
+    # ``JOBS_SCAN * limit`` jobs per call.
+    def jobs(self, tenant: str, *, after: str, limit: int, status: str | None = None) -> JobsPage: ...
     def unfinished(self) -> Iterator[tuple[StoredJob, list[tuple[int, Recipient, str]]]]: ...
     def awaiting_receipts(self) -> list[tuple[int, str, tuple[str, ...]]]: ...
+    def sends_since(self, since: float, categories: Collection[str]) -> list[tuple[int, str, str, float]]:
+        """(message id, tenant, recipient, when) of every message of a job in ``categories``
+        that a carrier took (its last ``submitted``) after ``since``, oldest first: the weekly
+        caps' history, rebuilt from the store at start-up (``Gateway.recover``)."""
+        ...
     def remembered(self, tenant: str, key: str, digest: str) -> bytes | None: ...
     def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None: ...
     def unsuppress(self, tenant: str, number: str) -> bool: ...
@@ -232,8 +279,21 @@ class Store(Protocol):
     # Inbound messages:
     def add_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:
         """Keep ``record`` (its id is given here and returned); an opt_out record puts its sender
-        on the tenant's suppression list (source ``keyword:<KEYWORD>``, unless already there),
-        an opt_in one takes it off, in the same transaction. With ``url``: due for forwarding."""
+        on the tenant's suppression list (source ``keyword:<KEYWORD>``, unless already there;
+        not when ``sender_canonical`` is False), an opt_in one takes it off, in the same
+        transaction. With ``url``: due for forwarding. Tenant "" holds MOs no tenant owns."""
+        ...
+    def add_inbound_once(self, record: InboundRecord, *, url: str | None = None, key: str | None = None,
+                         since: float = 0.0) -> tuple[int, bool]:
+        """``add_inbound``, at most once per ``key`` (the carrier's message id, or a digest of
+        an MO that has none) seen at or after ``since``: (id, True) when stored now, (the first
+        one's id, False) for a duplicate, which changes nothing. Also: an opt_out or opt_in
+        record settles its sender's pending question; an ``asks`` record opens one."""
+        ...
+    def question_pending(self, tenant: str, number: str, since: float) -> bool: ...  # asked at >= since
+    def tenants_messaged(self, number: str, since: float) -> list[str]:
+        """Tenants with a message to ``number`` changed at or after ``since`` (rare: an
+        unroutable opt-out; may scan the recent messages)."""
         ...
     def inbound(self, tenant: str, *, after: int, limit: int, kind: str | None = None) -> InboundPage: ...
     def inbound_take(self, now: float, limit: int, lease: float) -> list[InboundItem]: ...

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import msgspec
 
@@ -12,12 +12,14 @@ from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict
 from gateway.store.base import (
     FINAL,
+    JOBS_SCAN,
     NOTIFY,
     Change,
     InboundItem,
     InboundPage,
     InboundRecord,
     JobCounts,
+    JobsPage,
     MessageRecord,
     NewJob,
     RecipientRows,
@@ -26,6 +28,7 @@ from gateway.store.base import (
     Page,
     StoredJob,
     Suppression,
+    job_status,
 )
 
 __all__ = ["MemoryStore"]
@@ -56,6 +59,8 @@ class MemoryStore:
         self._msgs: dict[int, _Msg] = {}
         self._idem: dict[tuple[str, str], tuple[str, bytes]] = {}
         self._supp: dict[tuple[str, str], Suppression] = {}
+        self._inbound_keys: dict[str, tuple[int, float]] = {}  # MO key -> (record id, at)
+        self._questions: dict[tuple[str, str], float] = {}  # (tenant, number) -> asked at
         self._callbacks: dict[tuple[str, str], str] = {}  # only jobs that have a callback_url
         self._outbox: dict[int, _Outbox] = {}
         self._outbox_seq = 0
@@ -152,7 +157,15 @@ class MemoryStore:
                          key=lambda o: (o.next_at, o.item.id))[:limit]  # fmt: skip
             for o in due:
                 o.next_at = now + lease
-            return [msgspec.structs.replace(o.item, attempts=o.attempts) for o in due]
+            return [msgspec.structs.replace(o.item, attempts=o.attempts, **self._whom(o.item)) for o in due]
+
+    def _whom(self, item: OutboxItem) -> dict:
+        """Under the lock: the recipient and the job's reference an outbox item is about."""
+        m = self._msgs.get(item.message_id)
+        stored = self._jobs.get((item.tenant, item.job_id))
+        if m is None:
+            return {}
+        return {"to": m.recipient.to, "index": m.recipient.index, "reference": stored.job.reference if stored else None}
 
     def outbox_done(self, ids: Sequence[int]) -> None:
         with self._lock:
@@ -219,12 +232,28 @@ class MemoryStore:
     def messages(self, tenant: str, job_id: str, *, state: str | None, after: int, limit: int) -> Page:
         with self._lock:
             hits = sorted(
-                (m.id, m.state) for m in self._msgs.values()
+                (m.id, m.state, m.recipient) for m in self._msgs.values()
                 if m.tenant == tenant and m.job_id == job_id and m.id > after and (state is None or m.state == state)
             )  # fmt: skip
         more = len(hits) > limit
         hits = hits[:limit]
-        return Page(ids=hits, next_after=hits[-1][0] if more else None)
+        return Page(ids=[(i, s) for i, s, _ in hits], next_after=hits[-1][0] if more else None,
+                    recipients=[r for _, _, r in hits])  # fmt: skip
+
+    def jobs(self, tenant: str, *, after: str, limit: int, status: str | None = None) -> JobsPage:
+        with self._lock:
+            ids = sorted(j for (t, j), s in self._jobs.items() if t == tenant and j > after and s.status != "incoming")
+        budget = len(ids) if status is None else JOBS_SCAN * limit
+        out: list[JobCounts] = []
+        last = None
+        for n, job_id in enumerate(ids):
+            if len(out) == limit or n == budget:
+                return JobsPage(jobs=out, next_after=last)
+            got = self.job(tenant, job_id)
+            last = job_id
+            if got is not None and (status is None or job_status(got.job.status, got.counts) == status):
+                out.append(got)
+        return JobsPage(jobs=out, next_after=None)
 
     def unfinished(self) -> Iterator[tuple[StoredJob, list[tuple[int, Recipient, str]]]]:
         with self._lock:
@@ -242,13 +271,24 @@ class MemoryStore:
             return [(m.id, m.carrier, tuple(m.carrier_ids)) for m in sorted(self._msgs.values(), key=lambda m: m.id)
                     if m.state == "submitted" and m.carrier and m.carrier_ids]  # fmt: skip
 
+    def sends_since(self, since: float, categories: Collection[str]) -> list[tuple[int, str, str, float]]:
+        with self._lock:
+            out = []
+            for m in self._msgs.values():
+                if not m.attempts or self._jobs[(m.tenant, m.job_id)].job.category not in categories:
+                    continue
+                at = max(c.at for c in m.events if c.state == "submitted")
+                if at > since:
+                    out.append((m.id, m.tenant, m.recipient.to, at))
+        return sorted(out, key=lambda s: (s[3], s[0]))
+
     def remembered(self, tenant: str, key: str, digest: str) -> bytes | None:
         with self._lock:
             hit = self._idem.get((tenant, key))
         if hit is None:
             return None
         if hit[0] != digest:
-            raise Conflict(f"idempotency key {key!r} was used with another request body")
+            raise Conflict(f"idempotency key {key!r} was used with another request body", code="idempotency_key_reused")
         return hit[1]
 
     def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None:
@@ -267,19 +307,42 @@ class MemoryStore:
     # -- inbound ---------------------------------------------------------------------------
 
     def add_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:
+        return self.add_inbound_once(record, url=url)[0]
+
+    def add_inbound_once(self, record: InboundRecord, *, url: str | None = None, key: str | None = None,
+                         since: float = 0.0) -> tuple[int, bool]:
         with self._lock:
+            seen = self._inbound_keys.get(key) if key is not None else None
+            if seen is not None and seen[1] >= since:
+                return seen[0], False
             rid = max(self._inbound, default=0) + 1
             record = msgspec.structs.replace(record, id=rid)
             self._inbound[rid] = record
-            key = (record.tenant, record.sender)
-            if record.kind == "opt_out":
-                self._supp.setdefault(key, Suppression(number=record.sender, at=record.at,
-                                                       source=f"keyword:{record.keyword}"))  # fmt: skip
+            if key is not None:
+                self._inbound_keys[key] = (rid, record.at)
+            pair = (record.tenant, record.sender)
+            if record.kind == "opt_out" and record.sender_canonical:
+                self._supp.setdefault(pair, Suppression(number=record.sender, at=record.at,
+                                                        source=f"keyword:{record.keyword}"))  # fmt: skip
             elif record.kind == "opt_in":
-                self._supp.pop(key, None)
+                self._supp.pop(pair, None)
+            if record.kind in ("opt_out", "opt_in"):
+                self._questions.pop(pair, None)
+            if record.asks:
+                self._questions[pair] = record.at
             if url:
                 self._forward[rid] = _Forward(url)
-            return rid
+            return rid, True
+
+    def question_pending(self, tenant: str, number: str, since: float) -> bool:
+        with self._lock:
+            at = self._questions.get((tenant, number))
+        return at is not None and at >= since
+
+    def tenants_messaged(self, number: str, since: float) -> list[str]:
+        with self._lock:
+            return sorted({m.tenant for m in self._msgs.values()
+                           if m.recipient.to == number and (not m.events or m.events[-1].at >= since)})  # fmt: skip
 
     def inbound(self, tenant: str, *, after: int, limit: int, kind: str | None = None) -> InboundPage:
         with self._lock:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import bisect
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import unicodedata
+from collections.abc import Collection, Iterator, Sequence
 
 import msgspec
 
@@ -22,12 +23,14 @@ from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict, StorageError
 from gateway.store.base import (
     FINAL,
+    JOBS_SCAN,
     NOTIFY,
     Change,
     InboundItem,
     InboundPage,
     InboundRecord,
     JobCounts,
+    JobsPage,
     MessageRecord,
     NewJob,
     RecipientRows,
@@ -36,6 +39,7 @@ from gateway.store.base import (
     Page,
     StoredJob,
     Suppression,
+    job_status,
 )
 
 __all__ = ["SqliteStore"]
@@ -74,8 +78,15 @@ CREATE TABLE IF NOT EXISTS inbound (
     url TEXT, next_at REAL, attempts INTEGER NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0, error TEXT);
 CREATE INDEX IF NOT EXISTS inbound_tenant ON inbound (tenant, id);
 CREATE INDEX IF NOT EXISTS inbound_due ON inbound (next_at, id) WHERE next_at IS NOT NULL AND dead = 0;
+-- An MO's key (carrier's id or digest) -> its record: a carrier's redelivery is stored once.
+CREATE TABLE IF NOT EXISTS inbound_keys (key TEXT PRIMARY KEY, id INTEGER NOT NULL, at REAL NOT NULL) WITHOUT ROWID;
+-- Clarifying questions sent for unsure opt-outs, open until a YES or an opt-out settles them.
+CREATE TABLE IF NOT EXISTS questions (
+    tenant TEXT NOT NULL, number TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (tenant, number)) WITHOUT ROWID;
 """
-_INBOUND_COLUMNS = "id, tenant, carrier, sender, recipient, text, at, kind, keyword"
+_INBOUND_COLUMNS = "id, tenant, carrier, sender, recipient, text, at, kind, keyword, sender_canonical, certain, asks"
+_INBOUND_ADDED = {"sender_canonical": "INTEGER NOT NULL DEFAULT 1", "certain": "INTEGER NOT NULL DEFAULT 1",
+                  "asks": "INTEGER NOT NULL DEFAULT 0"}  # columns a store made before them lacks
 # A job's counts by state, kept by a trigger as the difference from "every message queued"
 # (a job's messages are inserted queued and its ``size`` counts them): queued = size + n of
 # 'queued', any other state = its n. So ``job`` reads a few rows instead of counting every
@@ -120,7 +131,26 @@ SELECT ?1 + key, ?2, ?3, value, 'queued', ?4 FROM json_each(?5)
 
 def _rcpt_dec(stored: str | bytes) -> Recipient:
     """A stored recipient: JSON text (this version), or msgpack (stores written before it)."""
-    return _rcpt_json.decode(stored) if isinstance(stored, str) else _rcpt_msgpack.decode(stored)
+    try:
+        return _rcpt_json.decode(stored) if isinstance(stored, str) else _rcpt_msgpack.decode(stored)
+    except msgspec.ValidationError:
+        return _legacy_rcpt(stored)
+
+
+class _LooseRecipient(msgspec.Struct, frozen=True, kw_only=True):
+    to: str
+    vars: dict[str, str] = {}
+    tz: str | None = None
+
+
+def _legacy_rcpt(stored: str | bytes) -> Recipient:
+    """A row written before numbers were made canonical at the door, e.g. with non-ASCII digits
+    (which the ``Digits`` pattern refuses, so reading it failed for ever): its digits folded to
+    ASCII, so it can still be shown and recovered."""
+    loose = (msgspec.json.decode if isinstance(stored, str) else msgspec.msgpack.decode)(stored, type=_LooseRecipient)
+    to = "".join(str(unicodedata.decimal(c)) if unicodedata.decimal(c, None) is not None else c for c in loose.to)
+    to = "+" + "".join(c for c in to if c.isascii() and c.isdigit())
+    return Recipient(to=to, vars=loose.vars, tz=loose.tz)
 _json_enc = msgspec.json.Encoder()
 # ``record``: a row inserted into this temp table applies a batch in that statement, so SQLite
 # runs the whole batch in one step. ``updates``: the rows of ``_coalesce`` ([id, state, final,
@@ -171,6 +201,24 @@ def _coalesce(changes: Sequence[Change]) -> list[list]:
 
 
 _history_dec = msgspec.json.Decoder(list[tuple[float, str, str, str | None]])
+_SENDS_SINCE = "SELECT id, tenant, job_id, recipient, history FROM messages WHERE attempts > 0 AND updated_at > ?"
+_SUBMITTED = ',"submitted",'  # a history's ``[at,"submitted",...`` (quotes inside JSON strings are escaped)
+
+
+def _last_submit(history: str | None) -> float | None:
+    """The time of the last ``submitted`` change in a message's history (``record``'s
+    comma-separated JSON arrays), found without decoding the whole history."""
+    if not history:
+        return None
+    stop = len(history)
+    while (at := history.rfind(_SUBMITTED, 0, stop)) >= 0:
+        try:  # the state field follows the time; a reason "submitted" follows a state, not a time
+            return float(history[history.rfind("[", 0, at) + 1 : at])
+        except ValueError:
+            stop = at + len(_SUBMITTED) - 1  # matches may overlap: '[t,"submitted","submitted",...'
+    return None
+
+
 
 
 class SqliteStore:
@@ -188,6 +236,10 @@ class SqliteStore:
             self._db.executescript(_SCHEMA)
             if not any(col[1] == "history" for col in self._db.execute("PRAGMA table_info(messages)")):
                 self._db.execute("ALTER TABLE messages ADD COLUMN history TEXT")  # a store made before it
+            have = {col[1] for col in self._db.execute("PRAGMA table_info(inbound)")}
+            for column, decl in _INBOUND_ADDED.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE inbound ADD COLUMN {column} {decl}")
             if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_counts'").fetchone() is None:
                 self._db.executescript(f"BEGIN IMMEDIATE; {_COUNTS} COMMIT;")
             self._db.executescript(_BATCH)
@@ -353,8 +405,11 @@ class SqliteStore:
                 (now, limit),
             ).fetchall()
             _each(db, "UPDATE outbox SET next_at = ? WHERE id IN ({})", [r[0] for r in rows], (now + lease,))
-        return [OutboxItem(id=i, tenant=t, url=u, message_id=m, job_id=j, state=s, at=at, reason=r, carrier=c,
+            whom = _whom(db, rows)
+        items = [OutboxItem(id=i, tenant=t, url=u, message_id=m, job_id=j, state=s, at=at, reason=r, carrier=c,
                            attempts=a) for i, t, u, m, j, s, at, r, c, a in rows]  # fmt: skip
+        return [msgspec.structs.replace(x, to=w[0], index=w[1], reference=w[2]) if (w := whom.get(x.message_id)) else x
+                for x in items]  # fmt: skip
 
     def outbox_done(self, ids: Sequence[int]) -> None:
         with self._tx() as db:
@@ -426,7 +481,7 @@ class SqliteStore:
         )  # fmt: skip
 
     def messages(self, tenant: str, job_id: str, *, state: str | None, after: int, limit: int) -> Page:
-        sql = "SELECT id, state FROM messages WHERE tenant = ? AND job_id = ? AND id > ?"
+        sql = "SELECT id, state, recipient FROM messages WHERE tenant = ? AND job_id = ? AND id > ?"
         args: list[object] = [tenant, job_id, after]
         if state is not None:
             sql += " AND state = ?"
@@ -435,7 +490,25 @@ class SqliteStore:
             rows = db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit + 1)).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
-        return Page(ids=[(r[0], r[1]) for r in rows], next_after=rows[-1][0] if more else None)
+        return Page(ids=[(r[0], r[1]) for r in rows], next_after=rows[-1][0] if more else None,
+                    recipients=[_rcpt_dec(r[2]) for r in rows])  # fmt: skip
+
+    def jobs(self, tenant: str, *, after: str, limit: int, status: str | None = None) -> JobsPage:
+        scan = limit if status is None else JOBS_SCAN * limit
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM jobs WHERE tenant = ? AND id > ? AND status != 'incoming' ORDER BY id LIMIT ?",
+                (tenant, after, scan + 1)).fetchall()]  # fmt: skip
+        out: list[JobCounts] = []
+        last = None
+        for n, job_id in enumerate(ids):
+            if len(out) == limit or n == scan:
+                return JobsPage(jobs=out, next_after=last)
+            got = self.job(tenant, job_id)
+            last = job_id
+            if got is not None and (status is None or job_status(got.job.status, got.counts) == status):
+                out.append(got)
+        return JobsPage(jobs=out, next_after=None)
 
     def unfinished(self) -> Iterator[tuple[StoredJob, list[tuple[int, Recipient, str]]]]:
         with self._tx() as db:
@@ -463,6 +536,31 @@ class SqliteStore:
             ).fetchall()
         return [(i, c, tuple(ids.split(","))) for i, c, ids in rows]
 
+    def sends_since(self, since: float, categories: Collection[str]) -> list[tuple[int, str, str, float]]:
+        # A message taken by a carrier has attempts > 0, and its last change is no older than
+        # its last submit: one pass over the messages table at start-up, no index to keep on
+        # the hot path. A job's category is in its (msgpack) body: decoded once per job.
+        with self._tx() as db:
+            rows = db.execute(_SENDS_SINCE, (since,)).fetchall()
+            capped: dict[tuple[str, str], bool] = {}
+            for _, tenant, job_id, _, _ in rows:
+                if (tenant, job_id) not in capped:
+                    body = db.execute("SELECT body FROM jobs WHERE tenant = ? AND id = ?", (tenant, job_id)).fetchone()
+                    capped[(tenant, job_id)] = body is not None and _job_dec.decode(body[0]).category in categories
+            rows = [r for r in rows if capped[(r[1], r[2])]]
+            old: dict[int, float] = {}  # stores written before messages.history keep it in events
+            if rows and db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
+                old = dict(db.execute("SELECT message_id, max(at) FROM events WHERE state = 'submitted'"
+                                      " GROUP BY message_id").fetchall())  # fmt: skip
+        out = []
+        for mid, tenant, _, rcpt, history in rows:
+            at = _last_submit(history)
+            if mid in old:
+                at = old[mid] if at is None else max(at, old[mid])
+            if at is not None and at > since:
+                out.append((mid, tenant, _rcpt_dec(rcpt).to, at))
+        return sorted(out, key=lambda s: (s[3], s[0]))
+
     def remembered(self, tenant: str, key: str, digest: str) -> bytes | None:
         """The answer given before for this idempotency key, or None. Conflict if the body differs."""
         with self._tx() as db:
@@ -472,7 +570,7 @@ class SqliteStore:
         if row is None:
             return None
         if row[0] != digest:
-            raise Conflict(f"idempotency key {key!r} was used with another request body")
+            raise Conflict(f"idempotency key {key!r} was used with another request body", code="idempotency_key_reused")
         return bytes(row[1])
 
     def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None:
@@ -495,19 +593,49 @@ class SqliteStore:
     # -- inbound ---------------------------------------------------------------------------
 
     def add_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:
+        return self.add_inbound_once(record, url=url)[0]
+
+    def add_inbound_once(self, record: InboundRecord, *, url: str | None = None, key: str | None = None,
+                         since: float = 0.0) -> tuple[int, bool]:
         r = record
         with self._tx() as db:
+            if key is not None:
+                seen = db.execute("SELECT id FROM inbound_keys WHERE key = ? AND at >= ?", (key, since)).fetchone()
+                if seen is not None:
+                    return int(seen[0]), False
             cur = db.execute(
-                "INSERT INTO inbound (tenant, carrier, sender, recipient, text, at, kind, keyword, url, next_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (r.tenant, r.carrier, r.sender, r.recipient, r.text, r.at, r.kind, r.keyword, url, 0.0 if url else None),
-            )
-            if r.kind == "opt_out":
+                "INSERT INTO inbound (tenant, carrier, sender, recipient, text, at, kind, keyword, url, next_at,"
+                " sender_canonical, certain, asks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (r.tenant, r.carrier, r.sender, r.recipient, r.text, r.at, r.kind, r.keyword, url, 0.0 if url else None,
+                 int(r.sender_canonical), int(r.certain), int(r.asks)),
+            )  # fmt: skip
+            rid = int(cur.lastrowid)
+            if key is not None:
+                db.execute("INSERT OR REPLACE INTO inbound_keys VALUES (?, ?, ?)", (key, rid, r.at))
+            if r.kind == "opt_out" and r.sender_canonical:
                 db.execute("INSERT OR IGNORE INTO suppressions VALUES (?, ?, ?, ?)",
                            (r.tenant, r.sender, r.at, f"keyword:{r.keyword}"))  # fmt: skip
             elif r.kind == "opt_in":
                 db.execute("DELETE FROM suppressions WHERE tenant = ? AND number = ?", (r.tenant, r.sender))
-            return int(cur.lastrowid)
+            if r.kind in ("opt_out", "opt_in"):
+                db.execute("DELETE FROM questions WHERE tenant = ? AND number = ?", (r.tenant, r.sender))
+            if r.asks:
+                db.execute("INSERT OR REPLACE INTO questions VALUES (?, ?, ?)", (r.tenant, r.sender, r.at))
+            return rid, True
+
+    def question_pending(self, tenant: str, number: str, since: float) -> bool:
+        with self._tx() as db:
+            row = db.execute("SELECT 1 FROM questions WHERE tenant = ? AND number = ? AND at >= ?",
+                             (tenant, number, since)).fetchone()  # fmt: skip
+        return row is not None
+
+    def tenants_messaged(self, number: str, since: float) -> list[str]:
+        # No index on the recipient (rows are JSON, written in bulk): a scan of the messages
+        # changed since ``since``, run only for an opt-out no tenant owns.
+        with self._tx() as db:
+            rows = db.execute("SELECT DISTINCT tenant FROM messages WHERE updated_at >= ? AND typeof(recipient) = 'text'"
+                              " AND recipient ->> '$.to' = ? ORDER BY tenant", (since, number)).fetchall()  # fmt: skip
+        return [t for (t,) in rows]
 
     def inbound(self, tenant: str, *, after: int, limit: int, kind: str | None = None) -> InboundPage:
         sql = f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE tenant = ? AND id > ?"
@@ -526,8 +654,9 @@ class SqliteStore:
                 " WHERE next_at IS NOT NULL AND dead = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?", (now, limit),
             ).fetchall()
             _each(db, "UPDATE inbound SET next_at = ? WHERE id IN ({})", [r[0] for r in rows], (now + lease,))
-        return [InboundItem(id=row[0], tenant=row[1], url=row[9], at=row[6], attempts=row[10],
-                            record=_inbound_record(row[:9])) for row in rows]  # fmt: skip
+        n = len(_INBOUND_COLUMNS.split(","))
+        return [InboundItem(id=row[0], tenant=row[1], url=row[n], at=row[6], attempts=row[n + 1],
+                            record=_inbound_record(row[:n])) for row in rows]  # fmt: skip
 
     def inbound_done(self, ids: Sequence[int]) -> None:
         with self._tx() as db:
@@ -550,6 +679,23 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _whom(db: sqlite3.Connection, rows: list[tuple]) -> dict[int, tuple[str, int | None, str | None]]:
+    """message id -> (to, index, job's reference) for outbox rows (``_OUTBOX_COLUMNS``)."""
+    out: dict[int, tuple[str, int | None, str | None]] = {}
+    refs: dict[tuple[str, str], str | None] = {}
+    for r in rows:
+        tenant, mid, job_id = r[1], r[3], r[4]
+        if (tenant, job_id) not in refs:
+            body = db.execute("SELECT body FROM jobs WHERE tenant = ? AND id = ?", (tenant, job_id)).fetchone()
+            refs[(tenant, job_id)] = _job_dec.decode(body[0]).reference if body else None
+        if mid not in out:
+            got = db.execute("SELECT recipient FROM messages WHERE id = ?", (mid,)).fetchone()
+            if got is not None:
+                person = _rcpt_dec(got[0])
+                out[mid] = (person.to, person.index, refs[(tenant, job_id)])
+    return out
 
 
 def _each(db: sqlite3.Connection, sql: str, ids: Sequence[int], args: tuple = ()) -> None:
@@ -619,9 +765,10 @@ class _Hooks:
 
 
 def _inbound_record(row: tuple) -> InboundRecord:
-    rid, tenant, carrier, sender, recipient, text, at, kind, keyword = row
+    rid, tenant, carrier, sender, recipient, text, at, kind, keyword, canonical, certain, asks = row
     return InboundRecord(id=rid, tenant=tenant, carrier=carrier, sender=sender, recipient=recipient, text=text,
-                         at=at, kind=kind, keyword=keyword)  # fmt: skip
+                         at=at, kind=kind, keyword=keyword, sender_canonical=bool(canonical), certain=bool(certain),
+                         asks=bool(asks))  # fmt: skip
 
 
 def _stored_job(row: tuple) -> StoredJob:

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict
-from gateway.store.base import Change, InboundRecord, NewJob, OutboxStats, RecipientRows
+from gateway.store.base import JOBS_SCAN, Change, InboundRecord, NewJob, OutboxStats, RecipientRows, job_status
 
 JOB = Job(id="j1", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
 PLAIN = Job(id="j2", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
@@ -26,6 +26,49 @@ class StoreConformance:
         assert store.job("other-tenant", "j1") is None
         assert store.job_info("acme", "j1") == got.job
         assert store.job_info("other-tenant", "j1") is None
+
+    def test_pages_carry_each_messages_recipient(self, store) -> None:
+        people = [(i, Recipient(to=f"+1212555{i:04d}", index=4 - i)) for i in range(5)]
+        store.add_job(msgspec.structs.replace(JOB, reference="order-7"), 1000, people, 10.0, callback_url=HOOK)
+        page = store.messages("acme", "j1", state=None, after=0, limit=3)
+        assert [i for i, _ in page.ids] == [1000, 1001, 1002]
+        assert [r.index for r in page.recipients] == [4, 3, 2] and page.recipients[0].to == "+12125550000"
+        store.record([Change(message_id=1003, state="delivered", at=11.0)])
+        (item,) = store.outbox_take(12.0, 10, 30.0)  # the webhook says whom it is about
+        assert (item.to, item.index, item.reference) == ("+12125550003", 1, "order-7")
+
+    def test_jobs_listed_paged_and_filtered_by_status(self, store) -> None:
+        ids = [f"job_{k:02d}" for k in range(12)]
+        for k, job_id in enumerate(ids):
+            job = Job(id=job_id, tenant="acme", sender="ACME", template="Hi", category="otp")
+            store.add_job(job, 1000 + 10 * k, PEOPLE[:2], float(k))
+        store.add_job(Job(id="job_zz", tenant="beta", sender="B", template="Hi", category="otp"), 5000, PEOPLE[:1], 1.0)
+        store.add_job(Job(id="job_up", tenant="acme", sender="A", template="Hi", category="otp"), 6000, PEOPLE[:1], 1.0,
+                      incoming=True)  # an upload not finished: never listed  # fmt: skip
+        store.record([Change(message_id=1000 + 10 * k + m, state="delivered", at=20.0) for k in (3, 7) for m in (0, 1)])
+        store.record([Change(message_id=1000 + 10 * 5, state="delivered", at=20.0)])  # half done: active
+        store.set_job_status("acme", ids[9], "canceled")
+        seen, after = [], ""
+        while True:
+            page = store.jobs("acme", after=after, limit=5)
+            assert len(page.jobs) <= 5
+            seen += [j.job.job.id for j in page.jobs]
+            if page.next_after is None:
+                break
+            after = page.next_after
+        assert seen == ids  # every job once, in id order, only the tenant's, never an incoming one
+        done, after = [], ""
+        for _ in range(len(ids) + 1):  # a filtered page may be short: follow next_after
+            page = store.jobs("acme", after=after, limit=1, status="completed")
+            done += [j.job.job.id for j in page.jobs]
+            if page.next_after is None:
+                break
+            after = page.next_after
+        assert done == [ids[3], ids[7]]
+        assert [j.job.job.id for j in store.jobs("acme", after="", limit=50, status="canceled").jobs] == [ids[9]]
+        assert len(store.jobs("acme", after="", limit=50, status="active").jobs) == 9
+        assert store.jobs("acme", after=ids[-1], limit=5).jobs == []
+        assert JOBS_SCAN >= 1
 
     def test_drop_incoming_removes_unfinished_uploads_only(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE[:2], 10.0, incoming=True)  # an upload a crash cut short
@@ -144,6 +187,27 @@ class StoreConformance:
         assert store.awaiting_receipts() == [(1000, "c1", ("a1",))]
         store.record([Change(message_id=1002, state="submitted", at=13.0, carrier="c2", carrier_ids=("x", "y"))])
         assert store.awaiting_receipts() == [(1000, "c1", ("a1",)), (1002, "c2", ("x", "y"))]
+
+    def test_sends_since_lists_what_carriers_took_of_capped_categories(self, store) -> None:
+        otp = Job(id="j3", tenant="beta", sender="ACME", template="Code", category="otp")
+        store.add_job(JOB, 1000, PEOPLE, 10.0)  # marketing
+        store.add_job(otp, 2000, PEOPLE[:1], 10.0)
+        store.record([
+            Change(message_id=1000, state="submitted", at=20.0, carrier="a", carrier_ids=("x",)),
+            Change(message_id=1001, state="submitted", at=30.0, carrier="a", carrier_ids=("y",)),
+            Change(message_id=1002, state="submitted", at=5.0, carrier="a", carrier_ids=("z",)),  # before `since`
+            Change(message_id=1003, state="deferred", at=31.0, reason="quiet_hours"),  # never taken
+            Change(message_id=2000, state="submitted", at=25.0, carrier="a", carrier_ids=("o",)),  # otp: not capped
+        ])  # fmt: skip
+        store.record([Change(message_id=1000, state="delivered", at=40.0, carrier="a"),
+                      Change(message_id=1001, state="queued", at=41.0, reason="retried"),
+                      Change(message_id=1002, state="delivered", at=42.0)])  # fmt: skip
+        store.record([Change(message_id=1001, state="submitted", at=45.0, carrier="a", carrier_ids=("y2",))])
+        assert store.sends_since(10.0, ["marketing"]) == [(1000, "acme", "+12125550000", 20.0),
+                                                         (1001, "acme", "+12125550001", 45.0)]  # its last submit
+        assert store.sends_since(10.0, ["marketing", "otp"])[1] == (2000, "beta", "+12125550000", 25.0)
+        assert store.sends_since(44.0, ["marketing"]) == [(1001, "acme", "+12125550001", 45.0)]
+        assert store.sends_since(10.0, []) == []
 
     def test_job_status(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE, 10.0)
@@ -278,6 +342,46 @@ class StoreConformance:
         assert store.inbound_next_at() is None
         assert store.inbound_take(1e12, 10, 30.0) == []
         assert len(store.inbound("acme", after=0, limit=10).items) == 2  # forwarded or not, still listed
+
+    def test_an_mo_is_stored_once_per_key(self, store) -> None:
+        first = store.add_inbound_once(_mo("STOP", kind="opt_out", keyword="STOP", at=10.0), key="alpha:id-1")
+        again = store.add_inbound_once(_mo("STOP", kind="opt_out", keyword="STOP", at=11.0), key="alpha:id-1", since=0.0)
+        assert first[1] is True and again == (first[0], False)
+        assert len(store.inbound("acme", after=0, limit=10).items) == 1
+        other = store.add_inbound_once(_mo("STOP", at=12.0), key="alpha:id-2")
+        assert other[1] is True and other[0] != first[0]
+        # a digest key seen before the window: a new message (the same words sent again later)
+        late = store.add_inbound_once(_mo("STOP", at=1000.0), key="alpha:id-1", since=500.0)
+        assert late[1] is True and late[0] not in (first[0], other[0])
+
+    def test_a_question_is_pending_until_settled(self, store) -> None:
+        n = "+447911100001"
+        asked = _mo("leave me alone", kind="opt_out", keyword="LEAVE ME ALONE", at=10.0)
+        store.add_inbound_once(msgspec.structs.replace(asked, certain=False, asks=True))
+        assert store.question_pending("acme", n, since=0.0)
+        assert not store.question_pending("acme", n, since=11.0)  # asked before the window
+        assert not store.question_pending("beta", n, since=0.0)
+        assert [s.number for _, s in store.suppressions("acme")] == [n]  # suppressed meanwhile
+        store.add_inbound(_mo("yes", kind="opt_in", keyword="YES", at=12.0))
+        assert not store.question_pending("acme", n, since=0.0)
+        assert store.suppressions("acme") == []
+
+    def test_an_opt_out_from_a_sender_not_canonical_is_kept_not_listed(self, store) -> None:
+        rec = InboundRecord(tenant="acme", carrier="alpha", sender="SHOPINFO", recipient="12345", text="STOP",
+                            at=1.0, kind="opt_out", keyword="STOP", sender_canonical=False)  # fmt: skip
+        rid = store.add_inbound(rec)
+        [got] = store.inbound("acme", after=0, limit=10, kind="opt_out").items
+        assert got == msgspec.structs.replace(rec, id=rid)
+        assert store.suppressions("acme") == []
+
+    def test_tenants_messaged_a_number_recently(self, store) -> None:
+        for tenant, first, to, now in (("acme", 100, "+447911100001", 10.0), ("beta", 200, "+447911100001", 50.0),
+                                       ("gamma", 300, "+447911100002", 50.0)):  # fmt: skip
+            job = Job(id=f"job_{tenant}", tenant=tenant, sender="S", template="x", category="marketing")
+            store.add_job(job, first, [(0, Recipient(to=to))], now)
+        assert store.tenants_messaged("+447911100001", since=0.0) == ["acme", "beta"]
+        assert store.tenants_messaged("+447911100001", since=40.0) in (["beta"], ["acme", "beta"])
+        assert store.tenants_messaged("+447911100009", since=0.0) == []
 
 
 def _mo(text: str, *, tenant: str = "acme", kind: str = "message", keyword: str | None = None, at: float = 1.0,
