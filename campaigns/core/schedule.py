@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from datetime import date, datetime, time, timedelta, timezone
+import datetime as _dt
+from datetime import date, datetime, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -39,6 +40,7 @@ __all__ = ["At", "Local", "Now", "Schedule", "ScheduleError", "SendTime", "local
            "send_time_report", "smart_send", "tenant_zone", "zone_named"]  # fmt: skip
 
 HOUR = 3600.0
+WallTime = _dt.time  # a time of day (named apart from the `time` module the core never reads)
 
 
 class ScheduleError(InvalidInput):
@@ -87,7 +89,7 @@ def tenant_zone(name: str) -> ZoneInfo:
     return zone
 
 
-def local_instant(day: date, wall: time, zone: ZoneInfo) -> float:
+def local_instant(day: date, wall: WallTime, zone: ZoneInfo) -> float:
     """The epoch instant of ``wall`` on ``day`` in ``zone``: gap -> shifted forward, fold -> first."""
     # fold=0 reads a wall time in a gap with the offset from *before* the jump, which lands after the
     # gap at the same distance from its start (02:30 -> 03:30 for a one-hour jump), and a wall time
@@ -95,9 +97,9 @@ def local_instant(day: date, wall: time, zone: ZoneInfo) -> float:
     return datetime.combine(day, wall).replace(tzinfo=zone, fold=0).timestamp()
 
 
-def _parse(spec: Local) -> tuple[date, time]:
+def _parse(spec: Local) -> tuple[date, WallTime]:
     try:
-        return date.fromisoformat(spec.date), time.fromisoformat(spec.time)
+        return date.fromisoformat(spec.date), WallTime.fromisoformat(spec.time)
     except ValueError as exc:
         raise ScheduleError("bad_date", f"{spec.date} {spec.time} is not a date and time", field="date") from exc
 
@@ -136,7 +138,7 @@ def send_times(
     raise ScheduleError("bad_schedule", f"unknown schedule {spec!r}")
 
 
-def _local_send_at(day: date, wall: time, zone: ZoneInfo, now: float, late: str) -> float | None:
+def _local_send_at(day: date, wall: WallTime, zone: ZoneInfo, now: float, late: str) -> float | None:
     at = local_instant(day, wall, zone)
     if at >= now:
         return at
@@ -181,7 +183,3 @@ def send_time_report(
         zone = tz if clock == "tenant" else zones.setdefault(p.zone, _zone(p.zone, tz))
         counts[datetime.fromtimestamp(p.send_at, zone).hour] += 1
     return counts
-
-
-def utc(at: float) -> datetime:
-    return datetime.fromtimestamp(at, timezone.utc)
