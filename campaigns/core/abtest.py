@@ -34,8 +34,8 @@ import msgspec
 
 from campaigns.errors import InvalidInput
 
-__all__ = ["AbTest", "Decision", "Estimate", "VariantResult", "assign", "bucket", "decide",
-           "student_t_sf", "welch_t", "wilson", "z_test"]  # fmt: skip
+__all__ = ["AbTest", "Decision", "Estimate", "Moments", "Variant", "VariantResult", "assign", "bucket", "decide",
+           "results_from_revenues", "student_t_sf", "welch_t", "wilson", "z_test"]  # fmt: skip
 
 Metric = Literal["ctr", "conversion", "revenue_per_message"]
 Share = Annotated[float, msgspec.Meta(gt=0, le=1)]

@@ -38,8 +38,9 @@ import msgspec
 from campaigns.core.links import find_urls
 from campaigns.errors import InvalidInput
 
-__all__ = ["KNOWN", "Literal_", "MessageRules", "Rendered", "Shortcode", "Template", "TemplateError",
-           "compile_template", "render", "render_body"]  # fmt: skip
+__all__ = ["DEFAULT_FOOTERS", "DEFAULT_SIGNATURES", "KNOWN", "Literal_", "MessageRules", "Rendered", "Shortcode",
+           "Template", "TemplateError", "compile_template", "footer_for", "render", "render_body",
+           "signature_for"]  # fmt: skip
 
 KNOWN = frozenset({
     "first_name", "shop_name", "product_bought", "product_offered", "product_offered_url",
