@@ -43,7 +43,7 @@ Share = Annotated[float, msgspec.Meta(gt=0, le=1)]
 
 class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
-    weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    weight: Annotated[float, msgspec.Meta(gt=0, le=1e6)] = 1.0
 
 
 class AbTest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -226,6 +226,14 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
 
 
+def _check(name: str, r: VariantResult) -> None:
+    if min(r.delivered, r.unique_clicks, r.conversions, r.revenue, r.revenue_sq) < 0:
+        raise InvalidInput(f"{name}: counts cannot be negative", code="inconsistent_results", field=name)
+    if r.unique_clicks > r.delivered or r.conversions > r.delivered:
+        raise InvalidInput(f"{name}: more clicks or conversions than delivered messages",
+                           code="inconsistent_results", field=name)
+
+
 def _sample(metric: Metric, r: VariantResult) -> tuple[int, int] | Moments:
     if metric == "ctr":
         return (r.unique_clicks, r.delivered)
@@ -254,6 +262,8 @@ def _interval(s: tuple[int, int] | Moments, alpha: float) -> tuple[float, float]
 def decide(test: AbTest, results: Mapping[str, VariantResult], now: float) -> Decision:
     """Whether a variant has won at ``now``; pure, so a test can replay it on virtual time."""
     names = [v.name for v in test.variants]
+    for name, r in results.items():
+        _check(name, r)
     samples = {n: _sample(test.metric, results.get(n, VariantResult(delivered=0))) for n in names}
     # Best point estimate; ties go to the earlier variant (the control first).
     leader = max(names, key=lambda n: (_point(samples[n]), -names.index(n)))

@@ -128,6 +128,14 @@ def mint_code(key: bytes, scope: str, length: int, exists: Callable[[str], bool]
     raise LinkError("code_space_exhausted", f"{MAX_ATTEMPTS} codes for {scope!r} were all taken")
 
 
+def _check_url(url: str, position: int) -> None:
+    try:
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError as exc:
+        raise LinkError("bad_url", f"{url!r} at {position} is not a valid URL: {exc}", field=str(position)) from exc
+
+
 class ShortLink(msgspec.Struct, frozen=True, kw_only=True):
     code: str
     url: str  # https://{domain}/{code}
@@ -156,6 +164,7 @@ def shorten(
     parts: list[str] = []
     cursor = 0
     for i, (start, end, url) in enumerate(find_urls(text)):
+        _check_url(url, start)
         code = mint_code(key, f"{scope}:{i}", length, lambda c: c in taken or exists(c))
         taken.add(code)
         short = f"{SCHEME}{domain}/{code}"
@@ -179,7 +188,10 @@ def with_utm(url: str, utm: Mapping[str, str]) -> str:
     for k in utm:
         if not k.startswith("utm_"):
             raise LinkError("bad_utm_key", f"{k!r} is not a utm_ parameter", field=k)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise LinkError("bad_url", f"{url!r} is not a valid URL: {exc}") from exc
     seen: set[str] = set()
     kept: list[str] = []
     for raw in parts.query.split("&") if parts.query else ():

@@ -99,9 +99,13 @@ def local_instant(day: date, wall: WallTime, zone: ZoneInfo) -> float:
 
 def _parse(spec: Local) -> tuple[date, WallTime]:
     try:
-        return date.fromisoformat(spec.date), WallTime.fromisoformat(spec.time)
+        day = date.fromisoformat(spec.date)
+        wall = WallTime.fromisoformat(spec.time)
     except ValueError as exc:
         raise ScheduleError("bad_date", f"{spec.date} {spec.time} is not a date and time", field="date") from exc
+    if not 1970 <= day.year <= 2200:
+        raise ScheduleError("bad_date", f"{spec.date} is out of range (1970-2200)", field="date")
+    return day, wall
 
 
 class SendTime(msgspec.Struct, frozen=True, kw_only=True):

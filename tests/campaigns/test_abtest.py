@@ -211,3 +211,13 @@ def test_decision_is_a_pure_function_of_time_past_the_period(arms: list[VariantR
         assert all(e.p_value is not None and e.p_value < t.alpha / (len(names) - 1) for e in d0.estimates if e.variant != d0.winner)
     else:
         assert d0.winner == names[0]  # fallback "control"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [VariantResult(delivered=10, unique_clicks=11), VariantResult(delivered=10, conversions=12), VariantResult(delivered=-1)],
+)
+def test_inconsistent_results_are_refused_not_crashed_on(bad: VariantResult) -> None:
+    with pytest.raises(InvalidInput) as err:
+        decide(ab(), {"A": bad, "B": VariantResult(delivered=10)}, now=T0 + 10**6)
+    assert err.value.code == "inconsistent_results"

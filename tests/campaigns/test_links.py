@@ -236,3 +236,12 @@ def test_a_preview_with_any_key_has_the_length_of_the_real_send(pieces: list[tup
     preview = shorten(text, domain="go.shop", key=key, scope=scope)
     assert len(real.text) == len(preview.text)
     assert all(c in ALPHABET for link in real.links for c in link.code)
+
+
+@pytest.mark.parametrize("text", ["go https://[abc.com/x now", "go https://shop.com:99999/a now"])
+def test_a_malformed_url_is_a_clear_error_at_preview(text: str) -> None:
+    with pytest.raises(LinkError) as err:
+        shorten(text, domain="sl.ui", key=b"k", scope="c")
+    assert err.value.code == "bad_url"
+    with pytest.raises(LinkError):
+        with_utm("https://[abc/x", {"utm_source": "sms"})

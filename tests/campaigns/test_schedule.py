@@ -99,9 +99,10 @@ def test_schedules_decode_from_json_with_clear_errors() -> None:
     for bad in (b'{"kind":"local","date":"2026-06-21","time":"25:00"}', b'{"kind":"soon"}', b'{"kind":"at"}'):
         with pytest.raises(msgspec.ValidationError):
             dec.decode(bad)
-    with pytest.raises(ScheduleError) as err:
-        send_times(Local(date="2026-02-30", time="10:00"), [(1, None)], now=NOW)
-    assert err.value.code == "bad_date"
+    for day in ("2026-02-30", "9999-12-31", "0001-01-01"):
+        with pytest.raises(ScheduleError) as err:
+            send_times(Local(date=day, time="10:00"), [(1, "Pacific/Kiritimati")], now=NOW)
+        assert err.value.code == "bad_date"
 
 
 @settings(max_examples=100, deadline=None)
