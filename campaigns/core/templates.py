@@ -17,6 +17,8 @@ Syntax (one rule, no nesting)::
   code ``missing_value`` at preview (and the same check guards sending: a text is never sent with a
   blank). Other codes: ``unknown_shortcode``, ``unclosed_shortcode``, ``stray_brace``,
   ``empty_shortcode``, ``bad_fallback``. Every error names the shortcode and its character position.
+  ``check_audience`` runs the same rule over a whole audience before launch: how many subscribers
+  lack which value, with examples.
 
 **Signature and footer** (marketing only; transactional texts go out as written). The tenant's
 ``MessageRules`` say, per locale (``zh`` matches ``zh-CN`` ...; unknown locales use ``en``), how to sign
@@ -30,7 +32,7 @@ hence counted in its length, encoding and segments by the gateway's preview.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import msgspec
@@ -38,8 +40,8 @@ import msgspec
 from campaigns.core.links import find_urls
 from campaigns.errors import InvalidInput
 
-__all__ = ["DEFAULT_FOOTERS", "DEFAULT_SIGNATURES", "KNOWN", "Literal_", "MessageRules", "Rendered", "Shortcode",
-           "Template", "TemplateError", "compile_template", "footer_for", "render", "render_body",
+__all__ = ["AudienceCheck", "DEFAULT_FOOTERS", "DEFAULT_SIGNATURES", "KNOWN", "Literal_", "MessageRules", "Rendered",
+           "Shortcode", "Template", "TemplateError", "check_audience", "compile_template", "footer_for", "render", "render_body",
            "signature_for"]  # fmt: skip
 
 KNOWN = frozenset({
@@ -234,3 +236,31 @@ def render(
 
 def _cjk(ch: str) -> bool:
     return "\u3000" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef"
+
+
+class AudienceCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """What a template would do across an audience: how many subscribers it cannot be rendered for,
+    which shortcodes lack values (and how often), and the first few subscribers as examples."""
+
+    checked: int
+    failing: int
+    missing: dict[str, int]  # shortcode -> subscribers without a value for it
+    examples: tuple[tuple[int, str], ...]  # (subscriber id, shortcode), at most ``examples`` of them
+
+
+def check_audience(template: Template, audience: Iterable[tuple[int, Mapping[str, object]]], *, examples: int = 10) -> AudienceCheck:
+    """Preview across the audience: every subscriber whose text would need a missing value."""
+    needed = [p for p in template.shortcodes if p.fallback is None]
+    checked = failing = 0
+    missing: dict[str, int] = {}
+    found: list[tuple[int, str]] = []
+    for subscriber, values in audience:
+        checked += 1
+        absent = sorted({p.name for p in needed if _value(values, p.name) is None})
+        if absent:
+            failing += 1
+            for name in absent:
+                missing[name] = missing.get(name, 0) + 1
+            if len(found) < examples:
+                found.append((subscriber, absent[0]))
+    return AudienceCheck(checked=checked, failing=failing, missing=missing, examples=tuple(found))

@@ -12,6 +12,7 @@ from campaigns.core.templates import (
     KNOWN,
     MessageRules,
     TemplateError,
+    check_audience,
     compile_template,
     render,
     render_body,
@@ -180,3 +181,19 @@ def test_footer_appears_once_exactly_when_the_rule_says(body: str, locale: str |
     if out.footer is not None:
         assert out.text.endswith(footer) and len(out.text) >= len(body) + len(footer)
     assert body in out.text  # the body is never altered
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.fixed_dictionaries({}, optional={"first_name": st.sampled_from(["Ana", "", None]), "order_id": st.just(7)}), max_size=30))
+def test_audience_check_agrees_with_rendering_each_subscriber(profiles: list[dict[str, object]]) -> None:
+    t = compile_template("Hi {first_name}, order {order_id} ships. {shop_name|Our shop}")
+    check = check_audience(t, enumerate(profiles), examples=3)
+    fails = []
+    for i, values in enumerate(profiles):
+        try:
+            render_body(t, values)
+        except TemplateError:
+            fails.append(i)
+    assert check.checked == len(profiles) and check.failing == len(fails)
+    assert [s for s, _name in check.examples] == fails[:3]
+    assert "shop_name" not in check.missing  # it has a fallback
