@@ -158,6 +158,9 @@ When = Literal["always", "first_message", "never"]
 DEFAULT_FOOTERS = {
     "en": "Reply STOP to opt out",
     "zh": "拒收请回复R",
+    "zh-TW": "拒收請回覆R",  # Traditional script (seed 000)
+    "zh-HK": "拒收請回覆R",
+    "zh-Hant": "拒收請回覆R",
     "fr": "Répondez STOP pour vous désabonner",
     "ro": "Raspunde STOP pentru dezabonare",
     "es": "Responde STOP para darte de baja",
@@ -177,10 +180,13 @@ class MessageRules(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 def _for_locale(table: Mapping[str, str], locale: str | None) -> str | None:
-    loc = (locale or "en").replace("_", "-")
-    for key in (loc, loc.split("-")[0].lower()):
-        if key in table:
-            return table[key]
+    """The entry for the most specific tag of ``locale`` (``zh-Hant-TW`` -> ``zh-Hant`` -> ``zh``)."""
+    parts = (locale or "en").replace("_", "-").split("-")
+    for n in range(len(parts), 0, -1):
+        key = "-".join(parts[:n])
+        for k in (key, key.lower()):
+            if k in table:
+                return table[k]
     return None
 
 

@@ -8,14 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaigns.core.templates import (
-    DEFAULT_FOOTERS,
     KNOWN,
     MessageRules,
     TemplateError,
     check_audience,
     compile_template,
+    footer_for,
     render,
     render_body,
+    signature_for,
 )
 
 FULL = {
@@ -139,6 +140,11 @@ def test_footer_and_signature_per_locale() -> None:
     own = MessageRules(footers={"ro": "STOP la 1234"})
     assert render(compile_template("Salut"), {}, rules=own, locale="ro").text == "Salut STOP la 1234"
     assert render(compile_template("Hej"), {}, rules=own, locale="sv").footer == "Reply STOP to opt out"
+    # Traditional Chinese (seed 000) gets its own script; the most specific tag wins.
+    assert footer_for(MessageRules(), "zh-TW") == "拒收請回覆R"
+    assert footer_for(MessageRules(), "zh-Hant-HK") == "拒收請回覆R"
+    assert footer_for(MessageRules(), "zh_CN") == "拒收请回复R"
+    assert signature_for(MessageRules(brand="品牌"), "zh-TW") == "【品牌】"
 
 
 def test_footer_rule_always_first_message_never_and_transactional() -> None:
@@ -174,7 +180,7 @@ def test_footer_never_glues_onto_a_url() -> None:
 def test_footer_appears_once_exactly_when_the_rule_says(body: str, locale: str | None, when: str, first: bool) -> None:
     rules = MessageRules(brand="Acme", footer=when)  # type: ignore[arg-type]
     out = render(compile_template(body), {}, rules=rules, locale=locale, first_message=first)
-    footer = DEFAULT_FOOTERS.get((locale or "en").split("-")[0], DEFAULT_FOOTERS["en"])
+    footer = footer_for(MessageRules(), locale)
     wanted = when == "always" or (when == "first_message" and first)
     already = footer.casefold() in body.casefold()
     assert (out.footer is not None) == (wanted and not already)
