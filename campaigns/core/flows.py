@@ -315,12 +315,11 @@ def dump_flow(flow: Flow) -> Any:
 def successors(node: Node) -> list[tuple[str, str | None]]:
     """(field, target) pairs of a node's outgoing edges; ``None`` targets end the run."""
     match node:
-        case WaitEventNode() | ReplyNode():
-            pairs = [("next", node.next), ("timeout_next", node.timeout_next)]
-            if isinstance(node, ReplyNode):
-                pairs = [(f"choices[{i}].next", c.next) for i, c in enumerate(node.choices)] + [
-                    ("other", node.other), ("timeout_next", node.timeout_next)]
-            return pairs
+        case WaitEventNode():
+            return [("next", node.next), ("timeout_next", node.timeout_next)]
+        case ReplyNode():
+            choices = [(f"choices[{i}].next", c.next) for i, c in enumerate(node.choices)]
+            return [*choices, ("other", node.other), ("timeout_next", node.timeout_next)]
         case BranchNode():
             return [("then", node.then), ("else", node.otherwise)]
         case ClickedNode():
@@ -588,11 +587,12 @@ def _reentry_refusal(flow: Flow, object_id: str | None, now: float, past: Sequen
 
 
 def start(flow: Flow, subscriber: FlowSubscriber, trigger_event: Event, now: float,
-          past: Sequence[Entry] = ()) -> tuple[Run | None, list[Action]]:  # fmt: skip
+          past: Sequence[Entry] = (), *, trace: list[str] | None = None) -> tuple[Run | None, list[Action]]:  # fmt: skip
     """Enter ``subscriber`` into ``flow`` for ``trigger_event`` (``past``: their earlier runs of it).
 
     The run id is derived from the flow, subscriber and trigger event id, so a replayed trigger
-    yields the same run (the shell's insert is idempotent on it)."""
+    yields the same run (the shell's insert is idempotent on it). ``trace``, when given, collects
+    the node ids visited (the simulation counts them)."""
     if not matches_trigger(flow.trigger, trigger_event):
         return None, [NotEntered(reason="trigger_mismatch")]
     object_id = trigger_event.object_id if isinstance(trigger_event, ShopEvent) else None
@@ -610,13 +610,13 @@ def start(flow: Flow, subscriber: FlowSubscriber, trigger_event: Event, now: flo
               subscriber_id=subscriber.id, started_at=now, object_id=object_id, node=flow.entry,
               context={"subscriber": snap, "trigger": trigger}, seen=(trigger_event.id,))  # fmt: skip
     actions: list[Action] = []
-    return _advance(flow, run, flow.entry, now, actions), actions
+    return _advance(flow, run, flow.entry, now, actions, trace), actions
 
 
 # ---- the engine ---------------------------------------------------------------------------------
 
 
-def step(flow: Flow, run: Run, event: Event, now: float) -> tuple[Run, list[Action]]:
+def step(flow: Flow, run: Run, event: Event, now: float, *, trace: list[str] | None = None) -> tuple[Run, list[Action]]:
     """Apply ``event`` at ``now`` to ``run``; ``flow`` must be the version the run started on."""
     if flow.id != run.flow_id or flow.version != run.version:
         raise FlowError("flow.version_mismatch", "$.version",
@@ -637,17 +637,17 @@ def step(flow: Flow, run: Run, event: Event, now: float) -> tuple[Run, list[Acti
             return _end(run, f"exit:{event.kind}", actions), actions
         case TimerFired():
             target = _on_timeout(node)
-            return _go(flow, run, target, now, actions), actions
+            return _go(flow, run, target, now, actions, trace), actions
         case ShopEvent() if isinstance(node, WaitEventNode) and event.kind == node.event and node.name in (None, event.name):
-            return _go(flow, run, node.next, now, actions), actions
+            return _go(flow, run, node.next, now, actions, trace), actions
         case Reply() if isinstance(node, ReplyNode):
-            return _on_reply(flow, run, node, event, now, actions), actions
+            return _on_reply(flow, run, node, event, now, actions, trace), actions
         case Click() if event.key in run.sent:
             sent_node = run.sent[event.key]
             if sent_node not in run.clicked:
                 run = msgspec.structs.replace(run, clicked=run.clicked + (sent_node,))
             if isinstance(node, ClickedNode) and node.send == sent_node:
-                return _go(flow, run, node.yes, now, actions), actions
+                return _go(flow, run, node.yes, now, actions, trace), actions
     return run, actions
 
 
@@ -667,7 +667,8 @@ def _on_timeout(node: Node) -> str | None:
     return None  # pragma: no cover - only waiting nodes set timers
 
 
-def _on_reply(flow: Flow, run: Run, node: ReplyNode, event: Reply, now: float, actions: list[Action]) -> Run:
+def _on_reply(flow: Flow, run: Run, node: ReplyNode, event: Reply, now: float, actions: list[Action],
+              trace: list[str] | None) -> Run:  # fmt: skip
     index = match_reply(node, event.text)
     if index is None and node.other is None:
         return run  # not an answer: the inbox gets it (conversations.route_reply); keep waiting
@@ -678,7 +679,7 @@ def _on_reply(flow: Flow, run: Run, node: ReplyNode, event: Reply, now: float, a
         sub = run.context["subscriber"]
         ctx = run.context | {"subscriber": sub | {"attributes": sub["attributes"] | {node.save_as: answer}}}
         run = msgspec.structs.replace(run, context=ctx)
-    return _go(flow, run, node.other if index is None else node.choices[index].next, now, actions)
+    return _go(flow, run, node.other if index is None else node.choices[index].next, now, actions, trace)
 
 
 def _norm(text: str) -> str:
@@ -695,7 +696,8 @@ def match_reply(node: ReplyNode, text: str) -> int | None:
     first = _norm(t.split()[0])
     for i, c in enumerate(node.choices):
         keys = {_norm(k) for k in c.keywords}
-        if t in keys or first in keys:
+        # an emoji answer may come repeated or unspaced ("😍😍", "😍thanks")
+        if t in keys or first in keys or any(not k[0].isalnum() and t.startswith(k) for k in keys):
             return i
     return None
 
@@ -705,17 +707,20 @@ def _end(run: Run, reason: str, actions: list[Action]) -> Run:
     return msgspec.structs.replace(run, node=None, timer_due=None, waiting_since=None, ended=reason)
 
 
-def _go(flow: Flow, run: Run, target: str | None, now: float, actions: list[Action]) -> Run:
+def _go(flow: Flow, run: Run, target: str | None, now: float, actions: list[Action],
+        trace: list[str] | None) -> Run:  # fmt: skip
     if target is None:
         return _end(run, "completed", actions)
-    return _advance(flow, run, target, now, actions)
+    return _advance(flow, run, target, now, actions, trace)
 
 
-def _advance(flow: Flow, run: Run, nid: str, now: float, actions: list[Action]) -> Run:
+def _advance(flow: Flow, run: Run, nid: str, now: float, actions: list[Action], trace: list[str] | None) -> Run:
     """Visit nodes from ``nid`` until one waits or the run ends. Validation forbids wait-less loops,
     so this visits each node at most once."""
     for _ in range(len(flow.nodes) + 1):
         visit = run.visit + 1
+        if trace is not None:
+            trace.append(nid)
         run = msgspec.structs.replace(run, node=nid, visit=visit, timer_due=None, waiting_since=None)
         node = flow.nodes[nid]
         due: float | None = None
