@@ -282,6 +282,7 @@ class Flow(_S, kw_only=True):
 # ---- parse and validate -------------------------------------------------------------------------
 
 _PATH = re.compile(r"at `(\$[^`]*)`")
+_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
 
 
 def parse_flow(obj: Any, *, templates: Collection[str]) -> Flow:
@@ -305,6 +306,9 @@ def _convert(obj: Any, type_: Any, prefix: str) -> Any:
     except msgspec.ValidationError as exc:
         m = _PATH.search(str(exc))
         path = prefix + (m.group(1)[1:] if m else "")
+        unknown = _UNKNOWN.search(str(exc))
+        if unknown:
+            path += f".{unknown.group(1)}"
         raise FlowError("flow.schema", path, _PATH.sub(f"at `{path}`", str(exc))) from exc
 
 
