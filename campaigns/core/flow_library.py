@@ -53,7 +53,8 @@ _FLOWS: dict[str, dict[str, Any]] = {
             "day1": {"type": "wait", "seconds": DAY, "next": "noon1"},
             "noon1": {"type": "wait_until", "time": "12:00", "next": "story"},
             "story": _send("welcome_brand_story", "day3"),
-            "day3": {"type": "wait", "seconds": 2 * DAY, "next": "noon3"},
+            # the story went at noon: wait a bit under 2 days, so "the next noon" is 2 days later
+            "day3": {"type": "wait", "seconds": 2 * DAY - HOUR, "next": "noon3"},
             "noon3": {"type": "wait_until", "time": "12:00", "next": "reco"},
             "reco": _send("welcome_recommendation"),
         },
