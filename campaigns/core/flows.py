@@ -23,7 +23,7 @@ run id + node visit is the gateway Idempotency-Key), ``SetTimer``, ``UpdateSubsc
 Errors: ``FlowError(code, path, message)`` (an ``InvalidInput``)::
 
     flow.schema | flow.bad_reference | flow.unknown_template | flow.unreachable |
-    flow.loop_without_wait | flow.bad_value | flow.too_large | flow.version_mismatch
+    flow.loop_without_wait | flow.bad_value | flow.too_large | flow.too_deep | flow.version_mismatch
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ __all__ = [
 
 DAY = 86_400.0
 MAX_NODES = 200
+MAX_DEPTH = 32  # JSON nesting of a whole definition (conditions are the deep part)
 MAX_SEEN = 64  # event ids a run remembers, for replays
 NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")]
 Seconds = Annotated[int, msgspec.Meta(ge=1, le=366 * 86_400)]
@@ -292,12 +293,28 @@ def parse_flow(obj: Any, *, templates: Collection[str]) -> Flow:
             obj = msgspec.json.decode(obj)
         except msgspec.DecodeError as exc:
             raise FlowError("flow.schema", "$", f"not JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise FlowError("flow.too_deep", "$", f"JSON nests more than {MAX_DEPTH} deep") from exc
+    _depth_guard(obj)
     if isinstance(obj, dict) and isinstance(obj.get("nodes"), dict):
         for nid, raw in obj["nodes"].items():  # first node by node, so an error names the node id
             _convert(raw, Node, f"$.nodes.{nid}")
     flow = _convert(obj, Flow, "$")
     _validate(flow, frozenset(templates))
     return flow
+
+
+def _depth_guard(obj: Any) -> None:
+    """Refuse absurd nesting before anything recurses over it (conditions nest; nothing else deeply)."""
+    todo: list[tuple[Any, str, int]] = [(obj, "$", 0)]
+    while todo:
+        value, path, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            raise FlowError("flow.too_deep", path, f"JSON nests more than {MAX_DEPTH} deep")
+        if isinstance(value, dict):
+            todo.extend((v, f"{path}.{k}", depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            todo.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
 
 
 def _convert(obj: Any, type_: Any, prefix: str) -> Any:

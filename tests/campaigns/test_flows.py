@@ -126,6 +126,23 @@ def test_bad_values_name_their_path(obj, code, path) -> None:
     refused(obj, code, path)
 
 
+def test_absurd_nesting_is_refused_not_a_crash() -> None:
+    cond: dict = {"op": "has_tag", "tag": "x"}
+    for _ in range(100_000):
+        cond = {"op": "not", "item": cond}
+    obj = flow({"n1": {"type": "branch", "condition": cond}})
+    with pytest.raises(F.FlowError) as info:
+        F.parse_flow(obj, templates=TEMPLATES)
+    assert info.value.code == "flow.too_deep" and info.value.path.startswith("$.nodes.n1.condition.item")
+    with pytest.raises(F.FlowError) as info:
+        F.parse_flow(b"[" * 100_000 + b"]" * 100_000, templates=TEMPLATES)
+    assert info.value.code == "flow.too_deep"
+    shallow = {"op": "has_tag", "tag": "x"}
+    for _ in range(20):
+        shallow = {"op": "not", "item": shallow}
+    F.parse_flow(flow({"n1": {"type": "branch", "condition": shallow}}), templates=TEMPLATES)
+
+
 def _mutations(draw_obj, data) -> object:
     """Random damage to a valid definition: drop a key, replace a value, retarget a reference."""
     obj = copy.deepcopy(draw_obj)
