@@ -12,11 +12,12 @@ the simulation reports is what the flow would do::
 
 Per node: ``reached`` visits; ``sent`` messages it would send; ``exited`` runs ended by an exit
 rule or an opt-out while waiting there; ``waiting`` runs still there at ``until``; ``completed``
-runs that ended normally there.
+runs that ended normally there. Clicks come from ``click_rate`` (a deterministic share of sends).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,8 +60,12 @@ _EVENT, _TIMER = 0, 1  # at one instant, events before timers
 
 
 def simulate(flow: F.Flow, subscribers: Mapping[int, F.FlowSubscriber], events: Iterable[SimEvent],
-             until: float | None = None, past: Mapping[int, Sequence[F.Entry]] | None = None) -> SimReport:  # fmt: skip
-    """Run ``flow`` over ``events``; timers due after ``until`` (when given) are left pending."""
+             until: float | None = None, past: Mapping[int, Sequence[F.Entry]] | None = None, *,
+             click_rate: float = 0.0, click_delay: float = 600.0) -> SimReport:  # fmt: skip
+    """Run ``flow`` over ``events``; timers due after ``until`` (when given) are left pending.
+
+    ``click_rate``: the share of sends whose link is clicked ``click_delay`` seconds later (which
+    sends: decided by a hash of the send key, so deterministic), for ``clicked`` branches."""
     report = SimReport(flow_id=flow.id, version=flow.version, nodes={nid: NodeReport() for nid in flow.nodes})
     heap: list[tuple[float, int, int, Any]] = []
     for seq, ev in enumerate(sorted(events, key=lambda e: e.at)):
@@ -84,6 +89,7 @@ def simulate(flow: F.Flow, subscribers: Mapping[int, F.FlowSubscriber], events: 
             new, actions = F.step(flow, run, event, at, trace=trace)
             runs[run.id] = new
             seq = _account(report, run.node, trace, actions, heap, seq)
+            seq = _clicks(actions, run.subscriber_id, at, click_rate, click_delay, heap, seq)
         if kind == _EVENT and F.matches_trigger(flow.trigger, item.event):
             sub = subscribers.get(item.subscriber_id) or F.FlowSubscriber(id=item.subscriber_id)
             mine = entries.setdefault(item.subscriber_id, [])
@@ -100,6 +106,7 @@ def simulate(flow: F.Flow, subscribers: Mapping[int, F.FlowSubscriber], events: 
             runs[run.id] = run
             by_subscriber.setdefault(item.subscriber_id, []).append(run.id)
             seq = _account(report, None, trace, actions, heap, seq)
+            seq = _clicks(actions, run.subscriber_id, at, click_rate, click_delay, heap, seq)
     for run in runs.values():
         if run.node is not None:
             report.nodes[run.node].waiting += 1
@@ -130,6 +137,17 @@ def _account(report: SimReport, was_at: str | None, trace: list[str], actions: l
                         report.nodes[last].completed += 1
                 elif was_at is not None:
                     report.nodes[was_at].exited += 1
+    return seq
+
+
+def _clicks(actions: list[F.Action], sub: int, at: float, rate: float, delay: float, heap: list, seq: int) -> int:
+    for action in actions:
+        if isinstance(action, F.Send) and rate > 0:
+            share = int.from_bytes(hashlib.sha256(action.key.encode()).digest()[:8], "big") / 2.0**64
+            if share < rate:
+                click = SimEvent(at=at + delay, subscriber_id=sub, event=F.Click(id=f"click:{action.key}", key=action.key))
+                heapq.heappush(heap, (at + delay, _EVENT, seq, click))
+                seq += 1
     return seq
 
 

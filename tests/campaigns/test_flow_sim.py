@@ -115,3 +115,15 @@ def test_a_survey_simulation_counts_answers_per_question() -> None:
     r = simulate(survey, {}, events)
     assert [r.nodes[q].sent for q in ("q1", "q2", "q3", "thanks")] == [4, 2, 2, 1]
     assert r.updates == 5 and r.ended == {"completed": 4}
+
+
+def test_click_rate_drives_the_clicked_branches_deterministically() -> None:
+    events = generate_events(CART, 200, seed=3, start=T0, exit_rate=0.0, opt_out_rate=0.0)
+    none = simulate(CART, {}, events)
+    every = simulate(CART, {}, events, click_rate=1.0)
+    half = simulate(CART, {}, events, click_rate=0.5)
+    assert none.nodes["last"].sent == 200 and every.nodes["last"].sent == 0
+    assert 60 < half.nodes["last"].sent < 140 and half == simulate(CART, {}, events, click_rate=0.5)
+    assert every.ended == {"completed": 200}
+    late = simulate(CART, {}, events, click_rate=1.0, click_delay=2 * 86_400)  # after the 1-day window: too late
+    assert late.nodes["last"].sent == 200
