@@ -621,8 +621,8 @@ def start(flow: Flow, subscriber: FlowSubscriber, trigger_event: Event, now: flo
     if refusal:
         return None, [NotEntered(reason=refusal)]
     trigger: dict[str, Any] = {"id": trigger_event.id, "object_id": object_id}
-    if isinstance(trigger_event, ShopEvent):
-        trigger |= {"kind": trigger_event.kind, "name": trigger_event.name} | trigger_event.payload
+    if isinstance(trigger_event, ShopEvent):  # the payload cannot shadow the event's own fields
+        trigger = trigger_event.payload | trigger | {"kind": trigger_event.kind, "name": trigger_event.name}
     elif isinstance(trigger_event, Reply):
         trigger |= {"kind": "reply", "text": trigger_event.text}
     snap = dict(subscriber.fields) | {"tags": list(subscriber.tags), "time_zone": subscriber.time_zone}

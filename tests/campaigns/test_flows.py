@@ -418,3 +418,19 @@ def test_wait_until_is_the_next_such_wall_time(now, h, m, zone) -> None:
         w = dt.datetime.fromtimestamp(t, tz)
         assert (w.hour, w.minute, w.second) != (h, m, 0) or t <= now
         t -= 3600
+
+
+def test_a_subscriber_row_becomes_the_snapshot_branches_read() -> None:
+    from campaigns.core.model import Stats, Subscriber
+
+    row = Subscriber(tenant="t", id=9, phone="+15550100", country="US", time_zone="America/Chicago",
+                     created_at=T0, attributes={"size": "M"})
+    sub = F.FlowSubscriber.from_model(row, tags=["vip", "vip"], stats=Stats(orders_count=3, total_spent=42_000))
+    assert (sub.id, sub.time_zone, sub.tags) == (9, "America/Chicago", ("vip",))
+    f = F.parse_flow(flow({"n1": {"type": "branch", "then": "a", "else": "b", "condition": {"op": "all", "items": [
+        {"op": "gt", "field": "subscriber.total_spent", "value": 40_000}, {"op": "has_tag", "tag": "vip"},
+        {"op": "eq", "field": "subscriber.size", "value": "M"}, {"op": "eq", "field": "trigger.id", "value": "e1"}]}},
+        "a": {"type": "send", "template": "a"}, "b": {"type": "send", "template": "b"}}), templates=TEMPLATES)
+    shadow = F.ShopEvent(id="e1", kind="checkout_abandoned", payload={"id": "forged", "kind": "x"})
+    run, acts = F.start(f, sub, shadow, T0)
+    assert sends(acts)[0].template == "a" and run.context["trigger"]["kind"] == "checkout_abandoned"
