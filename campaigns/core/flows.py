@@ -286,8 +286,10 @@ _PATH = re.compile(r"at `(\$[^`]*)`")
 _UNKNOWN = re.compile(r"unknown field `([^`]*)`")
 
 
-def parse_flow(obj: Any, *, templates: Collection[str]) -> Flow:
-    """A validated ``Flow`` from its JSON object (or JSON bytes); ``templates``: the known template ids."""
+def parse_flow(obj: Any, templates: Collection[str] | None = None) -> Flow:
+    """A validated ``Flow`` from its JSON object (or JSON bytes). ``templates``: the tenant's known
+    template ids; every send must use one of them (``None`` skips that one check, e.g. for a draft
+    whose templates are not written yet; a flow is switched on only after a check with them)."""
     if isinstance(obj, (bytes, str)):
         try:
             obj = msgspec.json.decode(obj)
@@ -300,7 +302,7 @@ def parse_flow(obj: Any, *, templates: Collection[str]) -> Flow:
         for nid, raw in obj["nodes"].items():  # first node by node, so an error names the node id
             _convert(raw, Node, f"$.nodes.{nid}")
     flow = _convert(obj, Flow, "$")
-    _validate(flow, frozenset(templates))
+    _validate(flow, None if templates is None else frozenset(templates))
     return flow
 
 
@@ -353,7 +355,7 @@ def successors(node: Node) -> list[tuple[str, str | None]]:
             return [("next", node.next)]
 
 
-def _validate(flow: Flow, templates: frozenset[str]) -> None:
+def _validate(flow: Flow, templates: frozenset[str] | None) -> None:
     if len(flow.nodes) > MAX_NODES:
         raise FlowError("flow.too_large", "$.nodes", f"a flow has at most {MAX_NODES} nodes")
     try:
@@ -368,7 +370,7 @@ def _validate(flow: Flow, templates: frozenset[str]) -> None:
             if target is not None and target not in flow.nodes:
                 raise FlowError("flow.bad_reference", f"{path}.{field}", f"no node {target!r}")
         match node:
-            case SendNode() if node.template not in templates:
+            case SendNode() if templates is not None and node.template not in templates:
                 raise FlowError("flow.unknown_template", f"{path}.template", f"unknown template {node.template!r}")
             case ClickedNode() if not isinstance(flow.nodes.get(node.send), SendNode):
                 raise FlowError("flow.bad_reference", f"{path}.send", f"{node.send!r} is not a send node")

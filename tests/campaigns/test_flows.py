@@ -86,6 +86,9 @@ def test_loop_without_a_wait_is_refused_and_with_a_wait_accepted() -> None:
 
 def test_unknown_template() -> None:
     refused(flow({"n1": {"type": "send", "template": "nope"}}), "flow.unknown_template", "$.nodes.n1.template")
+    refused(flow({"n1": {"type": "send", "template": "a"}}), "flow.unknown_template", "$.nodes.n1.template",
+            templates=set())
+    assert F.parse_flow(flow({"n1": {"type": "send", "template": "nope"}})).nodes["n1"].template == "nope"  # a draft
 
 
 @pytest.mark.parametrize(("obj", "path"), [
