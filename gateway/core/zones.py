@@ -37,6 +37,13 @@ Choices that differ from a bare ``time_zones_for_number``:
   place names ("Miami, FL", "Florida" -> "US-FL"); an area code spanning several (867: Yukon,
   NWT, Nunavut) gets the country ("CA"). Other numbers get their ISO country.
 
+Corrections (``gateway.core.zone_overrides``): ranges phonenumbers gets wrong (Kaliningrad,
+Saratov, Indonesian mobiles) have their own zones; an exchange the table does not list, in an
+area code whose listed exchanges span several zones, gets all of those zones, not the area
+code's first; a number known only by its country gets every zone of the country (phonenumbers'
+list and tzdata's ``zone.tab``). Per country, the operator may choose "main" (the zone most of
+the country lives in, among the number's zones) instead of "all" (``country_zones``).
+
 An explicit zone (``key_for(number, tz="Asia/Kolkata")``) replaces the number's zones but keeps
 its region, so a per-state window still applies to a Florida number with an explicit zone.
 """
@@ -75,8 +82,11 @@ class ZoneSet(msgspec.Struct, frozen=True):
 class ZoneResolver:
     """Maps E.164 numbers (as ints) to interned ``ZoneSet`` keys. Pure; caches by prefix class."""
 
-    def __init__(self, *, default_zone: str = "UTC") -> None:
+    def __init__(self, *, default_zone: str = "UTC", country_zones: dict[str, str] | None = None) -> None:
+        """``country_zones``: country -> "all" (the default), "main" or an IANA zone, for numbers
+        that may be in several of the country's zones (``zone_overrides.main_zone``)."""
         self.default_zone = _check_zone(default_zone)
+        self._choice = dict(country_zones or {})
         self._sets: list[ZoneSet] = []
         self._ids: dict[ZoneSet, int] = {}
         self._nodes: dict[int, int] = {}  # class (prefix * 16 + digits) -> key, or -(deeper length)
@@ -151,8 +161,11 @@ class ZoneResolver:
         zones, region, depth = _DATA.answer(digits, k)
         # Validated here, once per class, so a zone this machine's tzdata lacks is refused at
         # admission (ValueError naming it), not found missing at dispatch.
-        names = {self._valid(self.default_zone if z == UNKNOWN_ZONE else z) for z in zones}
-        zs = ZoneSet(tuple(sorted(names)), region)
+        names = tuple(sorted({self._valid(self.default_zone if z == UNKNOWN_ZONE else z) for z in zones}))
+        country = region.partition("-")[0] if region else None
+        if country in self._choice:  # the operator's choice for the country's multi-zone numbers
+            names = zone_overrides.main_zone(country, names, self._choice[country])
+        zs = ZoneSet(names, region)
         key = self._intern(zs)
         self._nodes[number // _P10[nd - depth] * 16 + nd] = key
         if depth > k:
