@@ -46,6 +46,10 @@ PREFIX_ZONES: dict[str, tuple[tuple[str, ...], str]] = {
     "7401": (("Europe/Kaliningrad",),
              "Kaliningrad Oblast area codes 401xx (Rossvyaz numbering plan); phonenumbers maps them to "
              "Europe/Bucharest (EU DST), Kaliningrad is UTC+2 all year since 2014 (tzdata Europe/Kaliningrad)"),
+    "77": (("Asia/Almaty", "Asia/Aqtau", "Asia/Aqtobe", "Asia/Atyrau", "Asia/Oral", "Asia/Qostanay",
+            "Asia/Qyzylorda"),
+           "+7 7 is Kazakhstan's (phonenumbers metadata KZ; tzdata zone.tab KZ, one offset, UTC+5, since "
+           "2024-03-01); phonenumbers gives its nationwide ranges the whole +7 list, Kamchatka included"),
     "628": ((COUNTRY,),
             "Indonesian mobile ranges 08xx are allocated per operator, nationwide (Kominfo numbering plan); "
             "phonenumbers treats ID mobiles as geographic and answers Asia/Jakarta only"),

@@ -69,6 +69,14 @@ def test_indonesian_mobiles_may_be_in_any_of_the_countrys_zones() -> None:
     assert zones_of("+62215551234") == ("Asia/Jakarta",)  # a Jakarta landline stays in Jakarta
 
 
+def test_kazakh_numbers_get_kazakh_time_not_all_of_plus_7() -> None:
+    from datetime import timedelta
+
+    for number in ("+77011234567", "+77272123456", "+77172123456"):
+        got = zones_of(number)
+        assert offsets(got, JULY) == offsets(got, JANUARY) == {timedelta(hours=5)}, number
+
+
 def test_bucharest_never_appears_for_a_plus_7_number() -> None:
     rnd = random.Random(3)
     for prefix in ("79", "7401", "740", "7495", "7800", "7", "73", "74", "78"):
