@@ -32,7 +32,9 @@ Validity = Annotated[int, msgspec.Meta(ge=1, le=7 * 86400, description="seconds"
 Url = Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=2048)]
 Media = Annotated[list[Url], msgspec.Meta(max_length=10, description="MMS: media URLs; only carriers that take media")]
 Reference = Annotated[str, msgspec.Meta(max_length=128)]
-Zone = Annotated[str, msgspec.Meta(max_length=64, description="IANA time zone, e.g. America/New_York")]
+Zone = Annotated[str, msgspec.Meta(max_length=64, description=(
+    "the recipient's IANA time zone, e.g. America/New_York: wins over the zones of the number for quiet hours "
+    "(the number still gives the region whose rules apply)"))]
 Timestamp = Annotated[float, msgspec.Meta(ge=0, description="seconds since the Unix epoch")]
 
 
