@@ -61,7 +61,7 @@ HORIZON = 400 * DAY
 _PROBE = 3 * 3600  # seconds between offset probes; tzdata changes are months apart
 _SPAN = 2 * DAY  # computed on each side of `now`, then further in chunks of this size
 _HHMM = re.compile(r"^(?:([01][0-9]|2[0-3]):([0-5][0-9])|24:00)$")
-_NEVER = (math.inf, -math.inf, False)  # an empty cached interval: always recomputed
+_NEVER = (math.inf, -math.inf, False, math.inf)  # an empty cached interval: always recomputed
 
 Interval = tuple[float, float]
 
@@ -84,18 +84,27 @@ class QuietHours:
         self._rules = dict(rules or {})
         self._calendars: dict[tuple[str | None, str | None], _Calendar] = {}
         self._plans: dict[int, tuple[tuple[ZoneInfo, ...], _Calendar]] = {}
-        self._cache: list[tuple[float, float, bool]] = []
+        # per key: (lo, hi, open, end of the opening at hi): the answer for [lo, hi)
+        self._cache: list[tuple[float, float, bool, float]] = []
 
     def next_open(self, key: int, now: float) -> float:
         """``now`` if the window is open in every zone of the set; else the first instant after
         ``now`` when it is; ``math.inf`` if it never is."""
         try:
-            lo, hi, is_open = self._cache[key]
+            lo, hi, is_open, _ = self._cache[key]
         except IndexError:
-            lo, hi, is_open = _NEVER
+            lo, hi, is_open, _ = _NEVER
         if lo <= now < hi:
             return now if is_open else hi
         return self._refresh(key, now)
+
+    def next_window(self, key: int, now: float) -> tuple[float, float]:
+        """(opens, closes): the next open interval from ``now`` (``opens`` is ``next_open``);
+        ``closes`` may be an early bound when the interval runs on past the days computed, and
+        is ``math.inf`` when it never closes or never opens."""
+        opens = self.next_open(key, now)
+        lo, hi, is_open, after = self._cache[key]
+        return opens, (hi if is_open else after)
 
     def open_until(self, key: int, now: float) -> float:
         """When open at ``now``: the instant it closes (the earliest close across the zones).
@@ -143,12 +152,12 @@ class QuietHours:
         if plan is None:
             zs = self.resolver.zone_set(key)
             plan = self._plans[key] = (tuple(ZoneInfo(z) for z in zs.zones), self.calendar(zs.region))
-        lo, hi, is_open = _solve(*plan, now)
+        answer = _solve(*plan, now)
         cache = self._cache
         if key >= len(cache):
             cache.extend([_NEVER] * (key + 1 - len(cache)))
-        cache[key] = (lo, hi, is_open)
-        return now if is_open else hi
+        cache[key] = answer
+        return now if answer[2] else answer[1]
 
 
 def _window(start: str, end: str) -> tuple[int, int]:
@@ -218,10 +227,11 @@ def _holidays_of(region: str | None) -> object | None:
     return holidays.country_holidays(country, subdiv=sub if sub in supported[country] else None)
 
 
-def _solve(zones: tuple[ZoneInfo, ...], days: _Calendar, now: float) -> tuple[float, float, bool]:
-    """(lo, hi, open): the answer is the same for every instant in [lo, hi) that holds ``now``."""
+def _solve(zones: tuple[ZoneInfo, ...], days: _Calendar, now: float) -> tuple[float, float, bool, float]:
+    """(lo, hi, open, after): the answer is the same for every instant in [lo, hi) that holds
+    ``now``; when closed, ``after`` is when the opening at ``hi`` closes (or an early bound)."""
     if days.always:
-        return -math.inf, math.inf, True
+        return -math.inf, math.inf, True, math.inf
     a, b = now - _SPAN, now + _SPAN
     closed_since = a
     for x, y in _open_in(zones, days, a, b):
@@ -233,15 +243,15 @@ def _solve(zones: tuple[ZoneInfo, ...], days: _Calendar, now: float) -> tuple[fl
                 b += _SPAN
                 if more and more[0][0] == y:
                     y = more[0][1]
-            return x, y, True
+            return x, y, True, math.inf
         else:
-            return closed_since, x, False
+            return closed_since, x, False, y
     while b - now < HORIZON:  # closed for the rest of the span: look further ahead
         more = _open_in(zones, days, b, b + _SPAN)
         if more:
-            return closed_since, more[0][0], False
+            return closed_since, more[0][0], False, more[0][1]
         b += _SPAN
-    return closed_since, math.inf, False
+    return closed_since, math.inf, False, math.inf
 
 
 def _open_in(zones: tuple[ZoneInfo, ...], days: _Calendar, a: float, b: float) -> list[Interval]:

@@ -251,3 +251,32 @@ def test_cached_answers_equal_fresh_ones(zones: list[str], rule: WindowRule, reg
 def test_rule_struct_roundtrips_through_toml_names() -> None:
     rule = msgspec.convert({"start": "09:00", "days": {"sun": ["12:00", "21:00"]}, "closed": ["sat"]}, WindowRule)
     assert rule.days == {"sun": ("12:00", "21:00")} and rule.closed == ["sat"]
+
+
+def test_held_messages_are_released_inside_a_short_window() -> None:
+    """The release spread (30 min by default) never pushes a held message past the opening it
+    waits for: with a 20-minute window every held message goes that morning, none the next."""
+    from gateway.core.model import Job, Recipient
+    from gateway.core.scheduler import Scheduler
+    from gateway.core.settings import CarrierSettings, CoreSettings, Route
+
+    settings = CoreSettings(
+        carriers=[CarrierSettings(name="c", rate=1e6, burst=10**6)], routes=[Route(carriers=["c"])],
+        quiet_hours=QuietHoursSettings(start="08:00", end="08:20", overrides={}, rules={}, spread=1800.0),
+    )  # fmt: skip
+    start = at("Europe/Paris", 2026, 12, 1, 6, 0)
+    core = Scheduler(settings, start)
+    people = [Recipient(to=f"+336123{i:05d}") for i in range(200)]
+    core.admit(Job(id="j", tenant="t", sender="S", template="x", category="marketing"), people, start)
+    opens, closes = at("Europe/Paris", 2026, 12, 1, 8, 0), at("Europe/Paris", 2026, 12, 1, 8, 20)
+    now, sent = start, {}
+    while now < start + DAY and len(sent) < len(people):
+        batch = core.take("c", 10_000, now)
+        for d in batch.dispatches:
+            sent[d.message_id] = now
+            core.complete(d.ref)
+        wake = core.next_wakeup()
+        now = max(wake, now + 1) if wake is not None else now + 60
+    assert len(sent) == len(people)
+    assert all(opens <= t < closes for t in sent.values())
+    assert max(sent.values()) - min(sent.values()) > 60  # still spread, over part of the window
