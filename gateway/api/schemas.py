@@ -22,6 +22,7 @@ __all__ = [
     "StateChangeOut",
     "SuppressionIn",
     "SuppressionOut",
+    "local_zone",
 ]
 
 Number = Annotated[str, msgspec.Meta(min_length=2, max_length=20, description="E.164, e.g. +14155550123")]
@@ -44,6 +45,7 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "f
     sender: Sender
     category: CategoryIn = "transactional"
     tz: Zone | None = None
+    zone: Zone | None = None  # the same as tz (either name; both: they must agree)
     send_at: Timestamp | None = None
     validity: Validity | None = None
     callback_url: Url | None = None
@@ -55,6 +57,16 @@ class RecipientIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     to: Number
     vars: dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=640)]] = {}
     tz: Zone | None = None
+    zone: Zone | None = None  # the same as tz (either name; both: they must agree)
+
+
+def local_zone(r: MessageIn | RecipientIn) -> str | None:
+    """The recipient's own zone, given as ``tz`` or ``zone``; ValueError if both, differing."""
+    if r.zone is None or r.zone == r.tz:
+        return r.tz
+    if r.tz is not None:
+        raise ValueError(f"tz {r.tz!r} and zone {r.zone!r} differ: give one zone")
+    return r.zone
 
 
 class JobIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"}):

@@ -74,6 +74,13 @@ def check_chunk(core: Scheduler, numbers: NumberCheck, job: Job, chunk: Sequence
         if (err := check(r.to)) is not None:
             errors.append((i, err))
             continue
+        if r.zone is not None:  # given as `zone`: stored as `tz`, so rows are encoded, not copied
+            try:
+                r = msgspec.structs.replace(r, tz=schemas.local_zone(r), zone=None)
+            except ValueError as exc:
+                errors.append((i, str(exc)))
+                continue
+            lines = None
         index.append(i)
         people.append(r)
     checked = core.check(job, people, portable=portable)  # reads to, vars and tz, as of a Recipient

@@ -72,15 +72,19 @@ class Gateway:
             return prev, True
         if (err := self.numbers.error(body.to)) is not None:
             raise InvalidInput(err, field="to")
+        try:
+            tz = schemas.local_zone(body)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="zone") from None
         job = self._job(tenant, body.sender, body.body, body.category, body.send_at, body.validity, now, body.media)
-        adm = self._admit(job, [Recipient(to=body.to, tz=body.tz)], now, "body")
+        adm = self._admit(job, [Recipient(to=body.to, tz=tz)], now, "body")
         if adm.rejected:
             self.core.cancel_job(job.id, now)
             raise InvalidInput(adm.rejected[0][1], field=_field_of(adm.rejected[0][1], single=True))
         msg_id = format_id(adm.first_id)
         status = _status_of(adm.outcomes, adm.first_id)
         response = _json.encode(schemas.MessageAccepted(id=msg_id, status=status))
-        await self._persist(job, adm.first_id, [(0, Recipient(to=body.to, tz=body.tz))], now, body.callback_url,
+        await self._persist(job, adm.first_id, [(0, Recipient(to=body.to, tz=tz))], now, body.callback_url,
                       (idempotency_key, digest, response) if idempotency_key else None)  # fmt: skip
         await self._report(adm.outcomes, now)
         return response, False
@@ -97,11 +101,15 @@ class Gateway:
         pre_rejected: list[schemas.RecipientError] = []
         index: list[int] = []  # position in the request of each recipient handed to the core
         for i, r in enumerate(body.recipients):
-            if (err := self.numbers.error(r.to)) is not None:
-                pre_rejected.append(schemas.RecipientError(index=i, error=err))
+            try:
+                if (err := self.numbers.error(r.to)) is not None:
+                    raise ValueError(err)
+                tz = schemas.local_zone(r)
+            except ValueError as exc:
+                pre_rejected.append(schemas.RecipientError(index=i, error=str(exc)))
                 continue
             index.append(i)
-            people.append(Recipient(to=r.to, vars=r.vars, tz=r.tz))
+            people.append(Recipient(to=r.to, vars=r.vars, tz=tz))
         adm = self._admit(job, people, now, "template")
         rejected = pre_rejected + [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
         rejected.sort(key=lambda e: e.index)

@@ -28,8 +28,9 @@ def _mobile(i: int, zone: bool) -> str:
     return f"+79{1 if zone else 2}6{i:07d}"  # +7 916 ... carry a zone, +7 926 ... do not
 
 
-def _people(n: int) -> list[dict]:
-    return [{"to": _mobile(i, zone=i % 2 == 0), "vars": {"name": f"n{i}"}, **({"tz": "Asia/Vladivostok"} if i % 2 == 0 else {})}
+def _people(n: int, name: str = "tz") -> list[dict]:
+    """Every other recipient carries its zone, as ``tz`` or as its synonym ``zone``."""
+    return [{"to": _mobile(i, zone=i % 2 == 0), "vars": {"name": f"n{i}"}, **({name: "Asia/Vladivostok"} if i % 2 == 0 else {})}
             for i in range(n)]  # fmt: skip
 
 
@@ -50,49 +51,73 @@ def _take_all(gw: Gateway, now: float, *, within: float = 60.0) -> tuple[set[str
 
 def _expect_zone_wins(gw: Gateway, people: list[dict], now: float) -> None:
     sent, deferred = _take_all(gw, now)
-    with_zone = {p["to"] for p in people if "tz" in p}
+    with_zone = {p["to"] for p in people if "tz" in p or "zone" in p}
     assert sent == with_zone  # open in Vladivostok: out now
     assert len(deferred) == len(people) - len(with_zone)  # the rest: every Russian zone must be open
     assert all(d.reason == "quiet_hours" and d.until > now for d in deferred)
 
 
-async def test_a_single_message_with_its_recipients_zone(client, gateway, clock):
+NAMES = pytest.mark.parametrize("name", ["tz", "zone"])
+
+
+@NAMES
+async def test_a_single_message_with_its_recipients_zone(client, gateway, clock, name):
     clock.now = NIGHT_IN_MOSCOW
-    people = _people(2)
+    people = _people(2, name)
     for p in people:
         body = {"to": p["to"], "body": "20% off today", "from": "ACME", "category": "marketing"}
-        r = await client.post("/v1/messages", json={**body, **({"tz": p["tz"]} if "tz" in p else {})})
+        r = await client.post("/v1/messages", json={**body, **({name: p[name]} if name in p else {})})
         assert r.status_code == 202, r.text
     _expect_zone_wins(gateway, people, clock())
 
 
-async def test_a_json_job_whose_recipients_carry_zones(client, gateway, clock):
+@NAMES
+async def test_a_json_job_whose_recipients_carry_zones(client, gateway, clock, name):
     clock.now = NIGHT_IN_MOSCOW
-    people = _people(10)
+    people = _people(10, name)
     r = await client.post("/v1/jobs", json={**HEAD, "recipients": people})
     assert r.status_code == 202 and r.json()["accepted"] == 10, r.text
     _expect_zone_wins(gateway, people, clock())
 
 
+@NAMES
 @pytest.mark.parametrize("gateway", ["loop", "pool"], indirect=True)
-async def test_an_ndjson_job_whose_recipients_carry_zones(client, gateway, clock):
+async def test_an_ndjson_job_whose_recipients_carry_zones(client, gateway, clock, name):
     clock.now = NIGHT_IN_MOSCOW
-    people = _people(POOL_MIN + 50)  # large enough for a worker process to check it
+    people = _people(POOL_MIN + 50, name)  # large enough for a worker process to check it
     body = "\n".join([json.dumps(HEAD)] + [json.dumps(p) for p in people]) + "\n"
     r = await client.post("/v1/jobs", content=body, headers={"content-type": "application/x-ndjson"})
     assert r.status_code == 202 and r.json()["accepted"] == len(people), r.text
     assert (gateway.pool.chunks == 1) if gateway.pool else True
     _expect_zone_wins(gateway, people, clock())
+    restarted = Gateway(Scheduler(gateway.core.settings, clock()), gateway.store)  # stored with the zone
+    assert (await restarted.recover(clock())).queued == len(people)
+    _expect_zone_wins(restarted, people, clock())
 
 
-async def test_the_recipients_zone_survives_a_restart(client, gateway, clock):
+@NAMES
+async def test_the_recipients_zone_survives_a_restart(client, gateway, clock, name):
     clock.now = NIGHT_IN_MOSCOW
-    people = _people(6)
+    people = _people(6, name)
     r = await client.post("/v1/jobs", json={**HEAD, "recipients": people})
     assert r.status_code == 202, r.text
     restarted = Gateway(Scheduler(gateway.core.settings, clock()), gateway.store)
     assert (await restarted.recover(clock())).queued == 6
     _expect_zone_wins(restarted, people, clock())
+
+
+async def test_tz_and_zone_must_agree(client):
+    one = {"to": "+79161234567", "body": "x", "from": "ACME", "category": "marketing"}
+    r = await client.post("/v1/messages", json={**one, "tz": "Asia/Omsk", "zone": "Asia/Vladivostok"})
+    assert r.status_code == 422 and r.json()["field"] == "zone"
+    assert (await client.post("/v1/messages", json={**one, "tz": "Asia/Omsk", "zone": "Asia/Omsk"})).status_code == 202
+    people = [{"to": "+79161234567", "vars": {"name": "x"}, "tz": "Asia/Omsk", "zone": "Europe/Moscow"},
+              {"to": "+79161234568", "vars": {"name": "y"}, "zone": "Europe/Moscow"}]  # fmt: skip
+    for body, kind in ((json.dumps({**HEAD, "recipients": people}), "application/json"),
+                       ("\n".join([json.dumps(HEAD)] + [json.dumps(p) for p in people]), "application/x-ndjson")):
+        r = await client.post("/v1/jobs", content=body, headers={"content-type": kind})
+        assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+        assert [e["index"] for e in r.json()["rejected"]] == [0] and "differ" in r.json()["rejected"][0]["error"]
 
 
 async def test_an_unknown_zone_is_refused_naming_the_field(client, clock):
