@@ -104,7 +104,7 @@ class QuietHoursSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unkno
     # Country -> "all" (a number must be inside the window in every zone it may be in: the
     # default, never early or late, but a Russian mobile's window is short or empty), "main"
     # (the zone most of the country lives in, among the number's zones), or an IANA zone.
-    # A recipient's own zone (`tz` in the API) always wins over both.
+    # A recipient's own zone (`tz` or `zone` in the API) always wins over both.
     country_zones: dict[Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")], str] = {}
     # Messages held overnight are released spread over this many seconds after the opening.
     spread: Annotated[float, msgspec.Meta(ge=0)] = 1800.0
