@@ -8,19 +8,21 @@ with its source:
    narrow answer. Kaliningrad (+7 401) maps to Europe/Bucharest, which keeps EU summer time
    while Kaliningrad stays at UTC+2 all year: one hour off every summer. Indonesian mobiles
    (+62 8) are treated as geographic and get Asia/Jakarta only, though the operators' ranges are
-   nationwide across three (four, with Pontianak's entry) zones. The value ``COUNTRY`` means
+   nationwide across three (four, with Pontianak's entry) zones. Kazakh numbers (+7 7) get all of
+   +7's zones, Kaliningrad to Kamchatka. The value ``COUNTRY`` means
    "every zone of the country" (see 3).
 2. **The first zone for an unlisted exchange**: the table lists some exchanges of a multi-zone
    area code (+1 850: Tallahassee in New York's zone, Pensacola in Chicago's) and gives the area
    code's own entry, one zone, to every exchange it does not list. ``gateway.core.zones`` gives
    such a number the union of every zone listed under its area code instead: never one guess.
 3. **The country's zones**: a number whose zone phonenumbers knows only as "its country"
-   (non-geographic ranges, nationwide mobiles) gets every zone of its ISO country in tzdata's
-   ``zone.tab`` as well as phonenumbers' list (``country_zones``). For calling codes shared by
-   several countries (+7: Russia and Kazakhstan) phonenumbers' list is the code's, so the
-   country's own ``zone.tab`` list is used alone (+7 9 mobiles no longer get Almaty, nor
-   Bucharest). NANP (+1) numbers that are not geographic (toll-free 8XX, 5XX) are NANP-wide:
-   they keep phonenumbers' list.
+   (non-geographic ranges, nationwide mobiles, numbers newer than the installed metadata) gets
+   every zone of its calling code: phonenumbers' list (fixed by ``ZONE_FIXES``) plus every zone
+   tzdata's ``zone.tab`` lists for the code's countries (``country_zones``; a link such as
+   Asia/Calcutta = Asia/Kolkata counted once, ``merge_zones``). For a shared code that is wider
+   than one country (+61 mobiles also get Christmas Island's zone): the safe side, since the
+   number does not say where a mobile is. NANP (+1) keeps phonenumbers' list: its
+   non-geographic ranges (toll-free 8XX, 5XX) are NANP-wide.
 
 ``MAIN_ZONES``: for operators who choose "the zone most of the population lives in" for a
 country (``[core.quiet_hours] country_zones``), the country's zones ranked by population; the

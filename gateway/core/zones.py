@@ -38,7 +38,7 @@ Choices that differ from a bare ``time_zones_for_number``:
   NWT, Nunavut) gets the country ("CA"). Other numbers get their ISO country.
 
 Corrections (``gateway.core.zone_overrides``): ranges phonenumbers gets wrong (Kaliningrad,
-Saratov, Indonesian mobiles) have their own zones; an exchange the table does not list, in an
+Saratov, Kazakhstan, Indonesian mobiles) have their own zones; an exchange the table does not list, in an
 area code whose listed exchanges span several zones, gets all of those zones, not the area
 code's first; a number known only by its country gets every zone of the country (phonenumbers'
 list and tzdata's ``zone.tab``). Per country, the operator may choose "main" (the zone most of
