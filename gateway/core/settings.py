@@ -64,6 +64,8 @@ class WindowRule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     def __post_init__(self) -> None:
         if set(self.closed) >= set(WEEKDAYS):
             raise ValueError("a rule must leave at least one day open")
+        if both := sorted(set(self.closed) & self.days.keys()):
+            raise ValueError(f"{', '.join(both)}: both closed and given a window")
         for day, (s, e) in [(None, (self.start, self.end)), *self.days.items()]:
             if s == e:
                 raise ValueError(f"empty sending window {s}-{e}" + (f" on {day}" if day else ""))

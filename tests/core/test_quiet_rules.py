@@ -116,6 +116,7 @@ def test_every_shipped_rule_cites_its_source_and_matches_the_embedded_config() -
         ("[core.quiet_hours.rules.XX]\nclosed_on_holidays = true", "no public holidays"),
         ('[core.quiet_hours.rules.FR]\ndays = { sun = ["09:00", "09:00"] }', "empty sending window"),
         ('[core.quiet_hours.rules.FR]\ndays = { sunday = ["09:00", "10:00"] }', "rules"),
+        ('[core.quiet_hours.rules.FR]\nclosed = ["sun"]\ndays = { sun = ["09:00", "10:00"] }', "both closed"),
         ('[core.quiet_hours.rules.fr]\nstart = "09:00"', "rules"),
         ('[core.quiet_hours.country_zones]\nRU = "Mars/Olympus"', "country_zones.RU"),
     ],
