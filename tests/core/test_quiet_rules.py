@@ -167,7 +167,7 @@ window = st.tuples(hhmm, hhmm).filter(lambda w: w[0] != w[1])
 def rules(draw: st.DrawFn) -> WindowRule:
     start, end = draw(window)
     closed = draw(st.lists(st.sampled_from(WEEKDAYS), max_size=5, unique=True))
-    days = draw(st.dictionaries(st.sampled_from(WEEKDAYS), window, max_size=3))
+    days = draw(st.dictionaries(st.sampled_from([d for d in WEEKDAYS if d not in closed]), window, max_size=3))
     return WindowRule(start=start, end=end, closed=closed, days=days, closed_on_holidays=draw(st.booleans()))
 
 
