@@ -122,7 +122,8 @@ async def test_tz_and_zone_must_agree(client):
 
 async def test_an_unknown_zone_is_refused_naming_the_field(client, clock):
     r = await client.post("/v1/jobs", json={**HEAD, "recipients": [{"to": "+79161234567", "vars": {"name": "x"},
-                                                                     "tz": "Europe/Atlantis"}]})  # fmt: skip
+                                                                     "tz": "Europe/Atlantis"},
+                                                                    {"to": "+79161234568", "vars": {"name": "y"}}]})  # fmt: skip
     assert r.status_code == 202 and r.json()["rejected"][0]["index"] == 0
     assert "Europe/Atlantis" in r.json()["rejected"][0]["error"]
 
