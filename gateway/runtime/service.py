@@ -107,9 +107,13 @@ class Gateway:
             raise InvalidInput(err, field="to")
         if to != body.to:
             body = msgspec.structs.replace(body, to=to)
+        try:
+            tz = schemas.local_zone(body)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="zone") from None
         job = self._job(tenant, body.sender, body.body, body.category, body.send_at, body.validity, now, body.media,
                         body.reference)  # fmt: skip
-        person = Recipient(to=body.to, tz=body.tz, index=0)
+        person = Recipient(to=body.to, tz=tz, index=0)
         adm = self._admit(job, [person], now, "body")
         if adm.rejected:
             self.core.cancel_job(job.id, now)
@@ -143,11 +147,16 @@ class Gateway:
         index: list[int] = []  # position in the request of each recipient handed to the core
         for i, r in enumerate(body.recipients):
             to, err = self.numbers.canonical(r.to)
+            if err is None:
+                try:
+                    tz = schemas.local_zone(r)
+                except ValueError as exc:
+                    err = str(exc)
             if err is not None:
                 pre_rejected.append(schemas.RecipientError(index=i, error=err))
                 continue
             index.append(i)
-            people.append(Recipient(to=to, vars=r.vars, tz=r.tz, index=i))
+            people.append(Recipient(to=to, vars=r.vars, tz=tz, index=i))
         adm = self._admit(job, people, now, "template")
         rejected = pre_rejected + [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
         rejected.sort(key=lambda e: e.index)
