@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from gateway.core.model import FinalState
 from gateway.core.receipts import (
     Answer,
+    Progressed,
     ReceiptState,
     Receipted,
     Reconciler,
@@ -117,12 +118,17 @@ def test_one_part_arrives_before_the_response() -> None:
     assert final(rc.receipt("c", "a", R.DELIVERED, 0, now=2), 1).state is FinalState.DELIVERED
 
 
-def test_intermediate_states_change_nothing() -> None:
+def test_intermediate_receipts_move_the_message_to_accepted_once() -> None:
     rc = Reconciler(horizon_s=10)
     rc.submitted(1, "c", ["a"], 1, now=0)
-    assert rc.receipt("c", "a", R.ENROUTE, None, now=1) == []
-    assert rc.receipt("c", "a", R.ACCEPTED, None, now=2) == []
+    assert rc.receipt("c", "a", R.ENROUTE, None, now=1) == [
+        Progressed(ref=1, carrier="c", reason="receipt ENROUTE", error_code=None, at=1)]
+    assert rc.receipt("c", "a", R.ACCEPTED, None, now=2) == []  # already accepted: nothing new
     assert rc.statistics().intermediate == 2 and rc.statistics().pending == 1
+    (r,) = rc.receipt("c", "a", R.DELIVERED, 0, now=3)  # a final receipt still ends it
+    assert r.state is FinalState.DELIVERED
+    assert rc.receipt("c", "a", R.ENROUTE, None, now=4) == []  # late: never backwards
+    assert rc.statistics().duplicates == 1
 
 
 def test_duplicate_receipts_are_counted_not_reported() -> None:
@@ -264,7 +270,9 @@ def test_a_final_receipt_hands_back_the_tokens_of_every_part() -> None:
 def test_tokens_of_receipts_that_change_nothing_come_back_at_once() -> None:
     rc = Reconciler(hold_unmatched_s=10, horizon_s=100)
     rc.submitted(1, "c", ["a"], 1, now=0.0)
-    assert rc.receipt("c", "a", R.ENROUTE, None, now=0.5, ack=1) == [Answer(acks=(1,))]
+    (p,) = rc.receipt("c", "a", R.ENROUTE, None, now=0.5, ack=1)
+    assert p.acks == (1,)  # answered once ``accepted`` is written
+    assert rc.receipt("c", "a", R.ENROUTE, None, now=0.6, ack=4) == [Answer(acks=(4,))]  # changes nothing
     (r,) = rc.receipt("c", "a", R.DELIVERED, 0, now=1.0, ack=2)
     assert r.acks == (2,)
     assert rc.receipt("c", "a", R.DELIVERED, 0, now=1.5, ack=3) == [Answer(acks=(3,))]  # duplicate
@@ -282,7 +290,7 @@ def test_a_held_receipt_is_answered_at_once() -> None:
 def test_without_tokens_nothing_changes() -> None:
     rc = Reconciler(hold_unmatched_s=10, horizon_s=100)
     rc.submitted(1, "c", ["a"], 1, now=0.0)
-    assert rc.receipt("c", "a", R.ENROUTE, None, now=0.5) == []
+    assert [type(x) for x in rc.receipt("c", "a", R.ENROUTE, None, now=0.5)] == [Progressed]
     (r,) = rc.receipt("c", "a", R.DELIVERED, 0, now=1.0)
     assert r.acks == () and rc.receipt("c", "a", R.DELIVERED, 0, now=1.5) == []
 

@@ -62,9 +62,16 @@ def test_text_variants(text: bytes, expected) -> None:
     assert (r.message_id, r.state, r.error_code) == expected
 
 
-@pytest.mark.parametrize("text", [b"", b"hello", b"id: stat:DELIVRD", b"id:5 stat:BOGUS"])
-def test_unusable_receipts(text: bytes) -> None:
+@pytest.mark.parametrize("text", [b"", b"hello", b"id: stat:DELIVRD", b"sub:001 stat:DELIVRD err:000"])
+def test_receipts_naming_no_message_are_unparsable(text: bytes) -> None:
     assert parse_receipt(dlr(text)) is None
+
+
+@pytest.mark.parametrize(("text", "word", "err"), [(b"id:5 stat:BOGUS", "BOGUS", None), (b"id:5 err:011", None, 11),
+                                                  (b"id:5 sub:001 dlvrd:001", None, None)])  # fmt: skip
+def test_receipts_without_a_known_state_are_kept(text: bytes, word, err) -> None:
+    r = parse_receipt(dlr(text))
+    assert (r.message_id, r.state, r.word, r.error_code) == ("5", None, word, err)
 
 
 def test_receipt_text_in_message_payload() -> None:
