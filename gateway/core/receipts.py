@@ -238,16 +238,27 @@ class _Carrier:
         self.held: dict[int | str, list[_Held]] = {}
         self.done: dict[int | str, float] = {}  # finished id -> until when a repeat is a duplicate
 
-    def keys(self, ids: Sequence[str], formats: Sequence[IdFormat]) -> list[int | str]:
-        """Every key the ids may mean, in the order to try them (each id's, in format order)."""
+    def keys(self, ids: Sequence[str], formats: Sequence[IdFormat], tlv_first: bool = False) -> list[int | str]:
+        """Every key the ids may mean, in the order to try them. With ``tlv_first`` the first id is
+        SMPP's ``receipted_message_id``, tried in the submit's own format first (SMPP 3.4
+        §5.3.2.35 says it is the submit_sm_resp id). Keys that every id agrees on come first: a
+        TLV "10" and a text "16" (formats hex and dec) both mean 16, and nothing else."""
         if len(ids) == 1 and len(formats) == 1:
             return [normalise_id(ids[0], formats[0])]
-        keys: list[int | str] = []
-        for raw in ids:
-            for f in formats:
+        per_id: list[list[int | str]] = []
+        for n, raw in enumerate(ids):
+            fs = formats
+            if n == 0 and tlv_first and self.submit_format in formats:
+                fs = (self.submit_format, *(f for f in formats if f != self.submit_format))
+            ks: list[int | str] = []
+            for f in fs:
                 k = normalise_id(raw, f)
-                if k not in keys:
-                    keys.append(k)
+                if k not in ks:
+                    ks.append(k)
+            per_id.append(ks)
+        keys = [k for k in per_id[0] if all(k in other for other in per_id[1:])] if len(per_id) > 1 else []
+        for ks in per_id:
+            keys += [k for k in ks if k not in keys]
         return keys
 
     def unhold(self, h: _Held) -> None:
@@ -358,17 +369,19 @@ class Reconciler:
         id_format: IdFormat | None = None,
         ack: int = 0,
         word: str | None = None,
+        tlv_first: bool = False,
     ) -> list[Result]:
         """A receipt arrived. Returns the message's final state when this completes it, or its
         move to ``accepted`` when this is its first intermediate receipt.
         ``raw_id``: the id it names, or every id it carries (tried in order, each with every
-        receipt format of the carrier; ``id_format`` instead forces one format).
+        receipt format of the carrier; ``id_format`` instead forces one format; ``tlv_first``:
+        the first is SMPP's receipted_message_id, see ``_Carrier.keys``).
         ``state`` None: it stated nothing we know (see ``stateless_state``); ``word`` is what it
         said, for the reason in the message's history.
         ``ack``: the receipt's token, if its answer waits (see the module docstring)."""
         c = self._carrier(carrier)
         ids = (raw_id,) if isinstance(raw_id, str) else tuple(i for i in raw_id if i)
-        keys = c.keys(ids, (id_format,) if id_format else c.receipt_formats)
+        keys = c.keys(ids, (id_format,) if id_format else c.receipt_formats, tlv_first)
         if state is None:
             self._stateless += 1
             reason = _reason(None, word, error_code)

@@ -27,7 +27,7 @@ from gateway.core.scheduler import Scheduler
 from gateway.errors import InvalidInput, NotFound
 from gateway.runtime.ingest import POOL_MIN, CheckPool, ChunkChecked, RecipientLines, check_chunk
 from gateway.runtime.numbers import NumberCheck
-from gateway.store.base import Change, InboundPage, InboundRecord, NewJob, RecipientRows, Store
+from gateway.store.base import AWAITING, Change, InboundPage, InboundRecord, NewJob, RecipientRows, Store
 
 __all__ = ["Gateway", "Recovery"]
 
@@ -331,8 +331,9 @@ class Gateway:
         return schemas.MessageOut(
             id=message_id, job_id=m.job_id, to=m.recipient.to, state=m.state, carrier=m.carrier,
             segments=count, encoding=encoding, carrier_ids=list(m.carrier_ids), attempts=m.attempts,
-            history=[schemas.StateChangeOut(state=c.state, at=c.at, reason=c.reason, carrier=c.carrier)
-                     for c in m.history],
+            history=[schemas.StateChangeOut(state=c.state, at=c.at, reason=c.reason, carrier=c.carrier,
+                                            error_code=c.error_code) for c in m.history],
+            error_code=m.error_code,
         )  # fmt: skip
 
     async def job_messages(self, tenant: str, job_id: str, state: str | None, after: str | None,
@@ -393,7 +394,7 @@ class Gateway:
     async def recover(self, now: float, *, carriers: Collection[str] = ()) -> Recovery:
         """After a restart: queue again everything accepted and not final (see ``Recovery``).
 
-        A message in state ``submitted`` on one of ``carriers`` was taken by that carrier: it is
+        A message in state ``submitted`` or ``accepted`` on one of ``carriers`` was taken by that carrier: it is
         not sent again but handed back (``Recovery.awaiting``) to wait for its receipt. Every
         other unfinished message is queued again with its own id: those that were on the wire
         when the process died cannot be told from those never sent, so they go again (the
@@ -415,7 +416,7 @@ class Gateway:
                 self.core.admit(stored.job, [person], now, first_id=mid,
                                 paused=stored.status == "paused")  # fmt: skip
                 count += 1
-                if state == "submitted":
+                if state in AWAITING:
                     retried.append(Change(message_id=mid, state="queued", at=now, reason="retried: recovered"))
             if stored.status == "canceled":
                 await self._report(self.core.cancel_job(stored.job.id, now), now)

@@ -57,6 +57,7 @@ class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True):
     at: float  # Unix seconds
     reason: str
     carrier: str | None
+    error_code: int | None = None  # the carrier's code, where the change came from a receipt with one
 
 
 class WebhookBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -268,7 +269,7 @@ class WebhookSender:
     def body(self, batch: Sequence[OutboxItem]) -> bytes:
         return _encode(WebhookBody(events=[
             WebhookEvent(message_id=format_id(i.message_id), job_id=i.job_id, state=i.state, at=i.at,
-                         reason=i.reason, carrier=i.carrier) for i in batch]))  # fmt: skip
+                         reason=i.reason, carrier=i.carrier, error_code=i.error_code) for i in batch]))  # fmt: skip
 
     def _headers(self, tenant: str, body: bytes) -> dict[str, str]:
         secret = self._secrets.get(tenant)

@@ -32,6 +32,7 @@ import msgspec
 from gateway.core.model import Job, Recipient
 
 __all__ = [
+    "AWAITING",
     "Change",
     "InboundItem",
     "InboundPage",
@@ -48,14 +49,17 @@ __all__ = [
     "Suppression",
 ]
 
-#: Every state a message can be in. The final ones never change again.
+#: Every state a message can be in. The final ones never change again. ``accepted``: an
+#: intermediate receipt said the carrier's network took it (after ``submitted``, not final).
 STATES = (
     "accepted", "queued", "deferred", "submitted", "delivered", "undelivered", "expired",
     "rejected", "failed", "unknown", "capped", "suppressed", "canceled",
 )  # fmt: skip
 FINAL = frozenset(STATES[4:])
 #: The states a job's ``callback_url`` hears about: handed to a carrier, held, and every final one.
-NOTIFY = FINAL | {"submitted", "deferred"}
+NOTIFY = FINAL | {"submitted", "accepted", "deferred"}
+#: Taken by a carrier, waiting for its final receipt (recovered as such after a restart).
+AWAITING = ("submitted", "accepted")
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -67,6 +71,7 @@ class Change(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     reason: str = ""
     carrier: str | None = None
     carrier_ids: tuple[str, ...] = ()
+    error_code: int | None = None  # the carrier's code, from a receipt (err:, network_error_code)
 
 
 class StoredJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,6 +93,7 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
     carrier_ids: tuple[str, ...]
     attempts: int
     history: list[Change]
+    error_code: int | None = None  # the carrier's code from the last change that carried one
 
 
 class JobCounts(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,6 +126,7 @@ class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     carrier: str | None
     attempts: int  # failed deliveries so far
+    error_code: int | None = None
 
 
 class OutboxStats(msgspec.Struct, frozen=True, kw_only=True):

@@ -152,7 +152,7 @@ async def test_batches_signed_per_tenant_and_url() -> None:
             assert verify(SECRET, r.headers[HEADER], r.content, now=clock())
     [first] = [e for e in rx.events() if e["message_id"] == format_id(BASE)]
     assert first == {"message_id": format_id(BASE), "job_id": "job_1", "state": "delivered", "at": clock(),
-                     "reason": "DELIVRD", "carrier": "alpha"}  # fmt: skip
+                     "reason": "DELIVRD", "carrier": "alpha", "error_code": None}  # fmt: skip
     assert store.outbox_statistics().pending == 0
 
 
