@@ -121,7 +121,9 @@ class SmppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     registered_delivery: Annotated[int, msgspec.Meta(ge=0, le=255)] = 1
     id_format: IdFormat = "str"  # how submit_sm_resp ids compare
     # The bases the ids a receipt carries may be in (its receipted_message_id TLV and its text's
-    # ``id:``, each may differ from the submit_sm_resp id), tried in order; default [id_format].
+    # ``id:``, either may differ from the submit_sm_resp id), tried in this order (a receipt with
+    # two ids matches first the message both agree on); default [id_format]. Decimal strings are
+    # hex strings too: list "dec" before "hex" when receipts may be decimal.
     receipt_id_formats: Annotated[tuple[IdFormat, ...], msgspec.Meta(min_length=1, max_length=3)] | None = None
     # Deprecated (it covered only the text's id): means receipt_id_formats = [it, id_format].
     receipt_id_format: IdFormat | None = None
@@ -140,6 +142,13 @@ class SmppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         if self.receipt_id_format is not None and self.receipt_id_formats is not None:
             raise ValueError("receipt_id_format is replaced by receipt_id_formats (the bases of every id a "
                              "receipt carries, TLV and text): give only receipt_id_formats")  # fmt: skip
+
+    @property
+    def tlv_in_submit_format(self) -> bool:
+        """Whether a receipt's TLV id is tried in ``id_format`` first: what the deprecated
+        receipt_id_format meant (it covered the text's id only); receipt_id_formats is tried in
+        the order given, for every id."""
+        return self.receipt_id_formats is None
 
     def receipt_formats(self) -> tuple[IdFormat, ...]:
         """The bases tried on every id a receipt carries, in order."""
@@ -213,6 +222,7 @@ class SmppConnector(ConnectorShell):
             id_formats={s.name: (s.id_format, s.receipt_formats())},
             on_horizon=FinalState(s.horizon_state),
         )
+        self._tlv_in_submit_format = s.tlv_in_submit_format
         self._mo = MoAssembler(s.mo_hold_s)
         self._rng = rng or random.Random()
         modes = ["transceiver"] if s.bind_mode == "transceiver" else ["transmitter", "receiver"]
@@ -714,7 +724,7 @@ class SmppConnector(ConnectorShell):
                 self._answer(payload)
             for result in self._reconciler.receipt(
                 self.name, receipt.ids, receipt.state, receipt.error_code, now, ack=ack, word=receipt.word,
-                tlv_first=receipt.id_from_tlv,
+                tlv_first=receipt.id_from_tlv and self._tlv_in_submit_format,
             ):
                 self._on_result(result)
             return
