@@ -75,6 +75,7 @@ MESSAGE_STATES: dict[int, ReceiptState] = {
 }
 STATE_CODES: dict[ReceiptState, int] = {v: k for k, v in MESSAGE_STATES.items()}
 
+_STATE_WORDS = {code: f"message_state={code}" for code in MESSAGE_STATES}
 _RECEIPT_TYPES = (0x04, 0x20)  # esm_class bits 2-5: SMSC delivery receipt, intermediate notification
 _TAG_ID = P.TLV.receipted_message_id
 _TAG_STATE = P.TLV.message_state
@@ -168,9 +169,16 @@ def parse_receipt(pdu: P.DeliverSm | P.DataSm) -> Receipt | None:
         err = int.from_bytes(neterr[1:], "big")  # §5.3.2.31: network type, then the error code
     raw_state = tlvs.get(_TAG_STATE)
     tlv_state = MESSAGE_STATES.get(raw_state[0]) if raw_state is not None and len(raw_state) == 1 else None
-    if tlv_id and tlv_state is not None and not text:  # the TLV-only receipt: nothing else to read
+    if tlv_id and tlv_state is not None:
+        # The TLVs say it all (the common case, on the hot path): from the text only its id (one
+        # more id to try) and, without a network_error_code, its err.
+        m = _FIELDS["id"].search(text) if text else None
+        text_id = m.group(1).decode("latin-1") if m else None
+        if err is None and text:
+            m = _FIELDS["err"].search(text)
+            err = _err(m.group(1)) if m else None
         return Receipt(message_id=tlv_id, state=tlv_state, error_code=err, id_from_tlv=True,
-                       word=f"message_state={raw_state[0]}")  # fmt: skip
+                       text_id=text_id if text_id != tlv_id else None, word=_STATE_WORDS[raw_state[0]])  # type: ignore[index]  # fmt: skip
     m = _COMMON.search(text)
     if m is not None:
         mid, submit, done, stat, err_word = m.groups()
@@ -182,11 +190,8 @@ def parse_receipt(pdu: P.DeliverSm | P.DataSm) -> Receipt | None:
     text_id = mid.decode("latin-1") if mid else None
     if not tlv_id and not text_id:
         return None
-    if tlv_state is not None:
-        state, word = tlv_state, f"message_state={raw_state[0]}"  # type: ignore[index]
-    else:
-        state = STAT_WORDS.get(stat.upper()) if stat else None
-        word = stat.decode("latin-1")[:16] if stat else None
+    state = STAT_WORDS.get(stat.upper()) if stat else None
+    word = stat.decode("latin-1")[:16] if stat else None
     if err is None:
         err = _err(err_word)
     if tlv_id:

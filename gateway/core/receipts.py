@@ -380,8 +380,21 @@ class Reconciler:
         said, for the reason in the message's history.
         ``ack``: the receipt's token, if its answer waits (see the module docstring)."""
         c = self._carrier(carrier)
-        ids = (raw_id,) if isinstance(raw_id, str) else tuple(i for i in raw_id if i)
-        keys = c.keys(ids, (id_format,) if id_format else c.receipt_formats, tlv_first)
+        if isinstance(raw_id, str):
+            ids: Sequence[str] = (raw_id,)
+        else:
+            ids = raw_id if all(raw_id) else tuple(i for i in raw_id if i)
+        formats = (id_format,) if id_format else c.receipt_formats
+        if len(formats) == 1 and state is not None and ids:
+            # The common case first: one format, the first id names a waiting message (with one
+            # format, every other key is tried after it anyway).
+            key = normalise_id(ids[0], formats[0])
+            if key in c.by_id:
+                results: list[Result] = []
+                reason = "receipt" if state in _FINAL else _reason(state, word or state.name, error_code)
+                self._apply(c, carrier, key, state, error_code, now, results, ack, reason)
+                return results
+        keys = c.keys(ids, formats, tlv_first)
         if state is None:
             self._stateless += 1
             reason = _reason(None, word, error_code)
@@ -391,7 +404,7 @@ class Reconciler:
         by_id = c.by_id
         for key in keys:
             if key in by_id:
-                results: list[Result] = []
+                results = []
                 self._apply(c, carrier, key, state, error_code, now, results, ack, reason)
                 return results
         if any(key in c.done for key in keys):
