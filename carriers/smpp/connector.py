@@ -25,8 +25,9 @@ What happens to a message (``carriers.base`` lists the events):
   with capped exponential backoff and jitter;
 - no bind up for ``carrier_down_after`` seconds -> the queue goes back, ``Requeue(carrier_down)``.
 
-Every deliver_sm / data_sm is answered. Receipts go to the reconciler (-> ``ReceiptMatched``),
-other deliver_sm are MO (-> ``Inbound``, reassembled when in parts).
+Every deliver_sm / data_sm is answered. Receipts go to the reconciler (-> ``ReceiptMatched``,
+and ``ReceiptProgress`` for the first intermediate one of a message; a receipt that names no
+message is counted as unparsable and logged with its text, bounded), other deliver_sm are MO (-> ``Inbound``, reassembled when in parts).
 """
 
 from __future__ import annotations
@@ -722,6 +723,9 @@ class SmppConnector(ConnectorShell):
             ack = self._owe(payload) if self.deferred_acks else 0
             if not ack:
                 self._answer(payload)
+            if receipt.state is None:  # kept and decided by rule (stateless_state): say what came
+                log.info("receipt.without_state carrier=%s id=%.64r text=%s", self.name, receipt.message_id,
+                         receipt_excerpt(pdu))  # fmt: skip
             for result in self._reconciler.receipt(
                 self.name, receipt.ids, receipt.state, receipt.error_code, now, ack=ack, word=receipt.word,
                 tlv_first=receipt.id_from_tlv and self._tlv_in_submit_format,

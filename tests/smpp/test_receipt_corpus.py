@@ -141,7 +141,8 @@ GROUPS = _groups()
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("key", list(GROUPS), ids=[f"{k[0]}-{k[1]}-{k[2]}" for k in GROUPS])
-async def test_the_simulator_sends_the_corpus_over_smpp(harness, make_dispatch, key) -> None:
+async def test_the_simulator_sends_the_corpus_over_smpp(harness, make_dispatch, key, caplog) -> None:
+    caplog.set_level("INFO", logger="carriers.smpp.connector")
     cases = GROUPS[key]
     sim = SimSettings(dlr_delay=0.01, response_timeout=0.5, enquire_link_interval=None, seed=1,
                       id_format=key[0], receipt_script=tuple((c.variant(),) for c in cases))  # fmt: skip
@@ -172,6 +173,13 @@ async def test_the_simulator_sends_the_corpus_over_smpp(harness, make_dispatch, 
         assert counts.intermediate == sum(c.expect == "accepted" for c in cases)
         assert counts.matched == sum(c.expect not in ("accepted", "submitted") for c in cases)
         assert counts.duplicate == counts.unmatched == 0
+        # the operator sees what came: each unparsable receipt's text, each stateless one's id too
+        logged = [r.getMessage() for r in caplog.records]
+        for c in cases:
+            if c.parsed == "unparsable" and c.text:
+                assert any("receipt.unparsable" in m and c.text[:30] in m for m in logged), c.name
+            if c.parsed == "none":
+                assert any("receipt.without_state" in m for m in logged), c.name
 
 
 @pytest.mark.anyio

@@ -172,3 +172,14 @@ def test_decode_text() -> None:
     assert decode_text(b"abc", 1) == "abc"
     assert decode_text("é".encode("latin-1"), 3) == "é"
     assert decode_text("☃".encode("utf-16-be"), 8) == "☃"
+
+
+def test_the_log_excerpt_of_a_receipt_is_bounded_and_printable() -> None:
+    from carriers.smpp.receipts import receipt_excerpt
+
+    pdu = dlr(b"stat:DELIVRD \x1b[31m\r\nforged log line " + b"x" * 500, network_error_code=b"\x03\x00\x0b")
+    line = receipt_excerpt(pdu)
+    assert len(line) <= 200 and line.endswith("...")
+    assert line.isprintable() and "\n" not in line and "\x1b" not in line
+    assert line.startswith("stat:DELIVRD \\x1b[31m\\r\\nforged")
+    assert receipt_excerpt(dlr(b"", receipted_message_id=b"7b")).endswith("tlvs:0x001e=376200")
