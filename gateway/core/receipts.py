@@ -384,6 +384,8 @@ class Reconciler:
             ids: Sequence[str] = (raw_id,)
         else:
             ids = raw_id if all(raw_id) else tuple(i for i in raw_id if i)
+        if not ids:
+            raise ValueError("a receipt needs an id (one naming no message is unparsable, not a receipt)")
         formats = (id_format,) if id_format else c.receipt_formats
         if len(formats) == 1 and state is not None and ids:
             # The common case first: one format, the first id names a waiting message (with one

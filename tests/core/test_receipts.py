@@ -411,3 +411,8 @@ def test_a_receipt_finds_its_message_whatever_base_each_id_is_in(submit, tlv, te
     ids = [render(tlv, n), render(text, n)] if both else [render(tlv, n)]
     (r,) = rc.receipt("c", ids, R.DELIVERED, 0, now=1, tlv_first=False)
     assert r.ref == n
+
+
+def test_a_receipt_without_an_id_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Reconciler().receipt("c", ["", ""], R.DELIVERED, 0, now=1)
