@@ -261,7 +261,7 @@ class HttpConnector(ConnectorShell):
                     continue
                 ack = owe()
                 for result in self._reconciler.receipt(self.name, item.carrier_id, item.state, item.error_code, now,
-                                                       ack=ack):  # fmt: skip
+                                                       ack=ack, word=item.word):  # fmt: skip
                     self._on_result(result)
             elif type(item) is CallbackInbound:
                 ack = owe()  # answered once stored (the inbound pipeline acknowledges)
