@@ -124,6 +124,12 @@ class Inbound(msgspec.Struct, frozen=True, kw_only=True, tag="inbound"):
     # Answered to the carrier (``Connector.acknowledge``) once the message is stored: a crash
     # before leaves it with the carrier, which sends it again (``deferred_acks`` connectors).
     acks: tuple[int, ...] = ()
+    # How the carrier numbered the sender (SMPP 3.4 §5.2.5-6: source_addr_ton/npi; None: not
+    # said, e.g. an HTTP carrier), and its own id for the MO, if it gives one: a redelivery of
+    # the same MO carries the same id (or, without one, the same content) and is stored once.
+    sender_ton: int | None = None
+    sender_npi: int | None = None
+    carrier_id: str | None = None
 
 
 class LinkChanged(msgspec.Struct, frozen=True, kw_only=True, tag="link"):

@@ -41,6 +41,8 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # Inbound messages that are not keywords are POSTed here (signed as webhooks are).
     inbound_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None
     keywords: KeywordSettings = msgspec.field(default_factory=KeywordSettings)
+    # An operator's key: may also list the inbound messages no tenant owns (GET /v1/inbound?unrouted=1).
+    operator: bool = False
 
     def __post_init__(self) -> None:
         if (self.key_sha256 is None) == (self.key_env is None):
@@ -86,6 +88,14 @@ class InboundSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """Inbound (MO) messages: keyword replies and forwarding (gateway/runtime/inbound.py)."""
 
     reply_category: str = "transactional"  # keyword replies: no quiet hours, no cap, not suppressed
+    # An MO without a carrier id is a redelivery if the same carrier brought the same sender,
+    # address, numbering and text within this many seconds (with an id: whenever it comes again).
+    dedupe_window: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    # A clarifying question (opt_out_uncertain = "ask") waits this long for its YES.
+    question_ttl: Annotated[float, msgspec.Meta(gt=0)] = 7 * 86_400.0
+    # An opt-out sent to an address no tenant lists suppresses its sender for every tenant that
+    # messaged that number within this many days.
+    unrouted_opt_out_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
 
 class CarrierLinks(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -112,6 +122,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 key = sender.lstrip("+").casefold()
                 if owner.setdefault(key, t.name) != t.name:
                     raise ValueError(f"sender {sender!r} belongs to both tenants {owner[key]!r} and {t.name!r}")
+        for c in self.core.carriers:
+            if c.default_region is not None and c.default_region not in _regions():
+                raise ValueError(f"core.carriers: {c.name!r} default_region {c.default_region!r} is not a region phonenumbers knows")
         known = {c.name for c in self.core.carriers}
         for link in self.carriers.smpp:
             if link.name not in known:
@@ -119,6 +132,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         for http in self.carriers.http:
             if http.name not in known:
                 raise ValueError(f"carriers.http: {http.name!r} is not one of core.carriers {sorted(known)}")
+
+
+def _regions() -> frozenset[str]:
+    import phonenumbers  # only when a region is configured
+
+    return frozenset(phonenumbers.SUPPORTED_REGIONS)
 
 
 def loads(text: str, *, path: str | None = None) -> Config:

@@ -267,7 +267,8 @@ class HttpConnector(ConnectorShell):
                 ack = owe()  # answered once stored (the inbound pipeline acknowledges)
                 self._counts["inbound"] += 1
                 self._outbox.append(Inbound(carrier=self.name, sender=item.sender, recipient=item.recipient,
-                                            text=item.text, at=now, acks=(ack,) if ack else ()))  # fmt: skip
+                                            text=item.text, at=now, acks=(ack,) if ack else (),
+                                            carrier_id=item.carrier_id))  # fmt: skip
         await self._flush_events()
         if waiter is not None and waiter.count:
             # Answer 204 only once the states these receipts made (and the inbound messages) are

@@ -748,7 +748,8 @@ class SmppConnector(ConnectorShell):
         if mo is not None:
             self._counts["inbound"] += 1
             self._outbox.append(Inbound(carrier=self.name, sender=mo.sender, recipient=mo.recipient, text=mo.text,
-                                        at=now, acks=(ack,) if ack else ()))  # fmt: skip
+                                        at=now, acks=(ack,) if ack else (), sender_ton=mo.source_ton,
+                                        sender_npi=mo.source_npi))  # fmt: skip
 
     def _answer(self, payload: tuple[_Bind, Session, int, bool]) -> None:
         """Answer one deliver_sm / data_sm, on the session it came on. If that session is gone,

@@ -130,6 +130,8 @@ class Inbound(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     data_coding: int
     parts: int = 1
+    source_ton: int = 0
+    source_npi: int = 0
 
 
 def is_receipt(pdu: P.DeliverSm | P.DataSm) -> bool:
@@ -322,7 +324,8 @@ class MoAssembler:
         info = _concat_info(pdu)
         if info is None or info[1] <= 1:
             body = info[3] if info else _payload(pdu)
-            return Inbound(sender=sender, recipient=recipient, text=decode_text(body, pdu.data_coding), data_coding=pdu.data_coding)
+            return Inbound(sender=sender, recipient=recipient, text=decode_text(body, pdu.data_coding),
+                           data_coding=pdu.data_coding, source_ton=pdu.source_addr_ton, source_npi=pdu.source_addr_npi)
         ref, total, seq, body = info
         key = (sender, recipient, ref, total)
         started, parts = self._parts.setdefault(key, (now, {}))
@@ -337,6 +340,8 @@ class MoAssembler:
             text=decode_text(whole, pdu.data_coding),
             data_coding=pdu.data_coding,
             parts=total,
+            source_ton=pdu.source_addr_ton,
+            source_npi=pdu.source_addr_npi,
         )
 
     def expire(self, now: float) -> int:

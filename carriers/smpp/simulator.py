@@ -114,6 +114,9 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     mo_text: str | None = None  # what every (short) MO says; None: "MO <n>"
     mo_limit: int | None = None  # stop after this many MOs
     mo_to: str = "SLUICE"  # the short code / sender id MOs are addressed to
+    mo_from: str | None = None  # every MO's source_addr as written (e.g. national "2125550191"); None: 4479<n>
+    mo_ton: int = 0  # source_addr_ton of MOs (SMPP 3.4 §5.2.5: 0 unknown, 1 international, 2 national, 5 alnum)
+    mo_twice: bool = False  # deliver every MO twice (an SMSC redelivering, e.g. after a lost deliver_sm_resp)
     system_id: str | None = None
     password: str | None = None
     enquire_link_interval: float | None = 30.0
@@ -609,7 +612,7 @@ class SmscSimulator:
                 continue
             conn = conns[n % len(conns)]
             n += 1
-            for pdu in self._mo_pdus(n):
+            for pdu in self._mo_pdus(n) * (2 if s.mo_twice else 1):
                 item = _Receipt(now, conn.system_id, b"", b"", b"", b"", now)
                 item.kind, item.body = "mo", pdu
                 if len(conn.inflight) < s.window:
@@ -619,6 +622,15 @@ class SmscSimulator:
     def _mo_pdus(self, n: int) -> list[P.DeliverSm]:
         s = self.settings
         sender, to = b"4479%08d" % (n % 10**8), s.mo_to.encode()
+        if s.mo_from is not None:
+            sender = s.mo_from.encode("latin-1")
+        pdus = self._mo_parts(n, sender, to)
+        if s.mo_ton:
+            pdus = [msgspec.structs.replace(p, source_addr_ton=s.mo_ton) for p in pdus]
+        return pdus
+
+    def _mo_parts(self, n: int, sender: bytes, to: bytes) -> list[P.DeliverSm]:
+        s = self.settings
         if not (s.mo_long_every and n % s.mo_long_every == 0):
             if s.mo_text is not None:  # UTF-16 when it is not plain ASCII (e.g. 退订)
                 if s.mo_text.isascii():
@@ -682,6 +694,9 @@ def _schedule(value: str | None) -> tuple[tuple[float, float], ...]:
 @click.option("--mo-limit", type=int, default=None, help="stop after this many MOs")
 @click.option("--mo-to", default="SLUICE", show_default=True, help="the short code MOs are addressed to")
 @click.option("--mo-long-every", default=0, show_default=True, help="every Nth MO in 3 parts, out of order")
+@click.option("--mo-from", default=None, help="every MO's source_addr as written (default: 4479<n>)")
+@click.option("--mo-ton", default=0, show_default=True, help="MOs' source_addr_ton (1 intl, 2 national, 5 alnum)")
+@click.option("--mo-twice", is_flag=True, default=False, help="deliver every MO twice (a redelivery)")
 @click.option("--system-id", default=None, help="require this system_id (default: any)")
 @click.option("--password", default=None, help="require this password (default: any)")
 @click.option("--seed", type=int, default=None)

@@ -19,7 +19,7 @@ import msgspec
 from gateway.api import openapi, schemas
 from gateway.config import Tenant
 from gateway.core.bucket import TokenBucket
-from gateway.errors import CallerError, InvalidInput, SluiceError, StorageError
+from gateway.errors import CallerError, InvalidInput, NotFound, SluiceError, StorageError
 from gateway.runtime.ingest import RecipientLines
 from gateway.runtime.service import Gateway
 from gateway.store.base import STATES
@@ -213,8 +213,8 @@ class Api:
 
     async def _post_suppression(self, tenant: Tenant, scope, body: bytes) -> Response:
         s = _decode(schemas.SuppressionIn, body)
-        await self.gw.suppress(tenant.name, s.number, self._clock())
-        return Response(201, _enc.encode(s))
+        number = await self.gw.suppress(tenant.name, s.number, self._clock())
+        return Response(201, _enc.encode(schemas.SuppressionIn(number=number)))  # as kept: canonical
 
     async def _delete_suppression(self, tenant: Tenant, scope, body: bytes, number: str) -> Response:
         if not await self.gw.unsuppress(tenant.name, number):
@@ -239,7 +239,12 @@ class Api:
         kind = q.get("kind", [None])[0]
         if kind is not None and kind not in _INBOUND_KINDS:
             raise InvalidInput(f"kind must be one of {', '.join(_INBOUND_KINDS)}", field="kind")
-        page = await self.gw.inbound_page(tenant.name, after, limit, kind)
+        owner = tenant.name
+        if q.get("unrouted", ["0"])[0] not in ("0", "false", ""):
+            if not tenant.operator:
+                raise NotFound("unrouted inbound messages are for operator keys only")
+            owner = ""  # MOs to an address no tenant lists (gateway/runtime/inbound.py)
+        page = await self.gw.inbound_page(owner, after, limit, kind)
         return Response(200, _enc.encode(page))
 
     async def _carrier_callback(self, scope, receive, name: str) -> Response:

@@ -50,7 +50,9 @@ def document() -> bytes:
         "/v1/jobs/{jid}/messages": {"get": _op("A job's messages, paged", (200, "MessagePage"), params=[
             _path("jid"), {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATES)}},
             {"name": "after", "in": "query", "schema": {"type": "string"}},
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}])},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            {"name": "unrouted", "in": "query", "schema": {"enum": ["0", "1"]},
+             "description": "1: the MOs no tenant owns (operator keys only, else 404)"}])},
         **{f"/v1/jobs/{{jid}}/{a}": {"post": _op(f"{a.capitalize()} a job", (200, "JobStatus"), params=[_path("jid")])}
            for a in ("cancel", "pause", "resume")},
         "/v1/suppressions": {"get": _op("The tenant's opt-out list", (200, None)),
@@ -60,7 +62,9 @@ def document() -> bytes:
         "/v1/inbound": {"get": _op("Inbound (MO) messages, keywords included, paged", (200, "InboundPageOut"), params=[
             {"name": "kind", "in": "query", "schema": {"enum": ["opt_out", "opt_in", "help", "message"]}},
             {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}},
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}])},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            {"name": "unrouted", "in": "query", "schema": {"enum": ["0", "1"]},
+             "description": "1: the MOs no tenant owns (operator keys only, else 404)"}])},
     }  # fmt: skip
     doc = {
         "openapi": "3.1.0",

@@ -24,7 +24,9 @@ __all__ = [
     "SuppressionOut",
 ]
 
-Number = Annotated[str, msgspec.Meta(min_length=2, max_length=20, description="E.164, e.g. +14155550123")]
+Number = Annotated[str, msgspec.Meta(min_length=2, max_length=32, description=(
+    "E.164, e.g. +14155550123; spaces, dashes, dots, parens, a leading 00 and non-ASCII decimal digits are "
+    "accepted and folded: the number is kept as phonenumbers' E.164 of it"))]
 Body = Annotated[str, msgspec.Meta(min_length=1, max_length=1600)]
 Sender = Annotated[str, msgspec.Meta(min_length=1, max_length=20, description="alphanumeric or number")]
 CategoryIn = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="otp, transactional, marketing, ...")]
@@ -130,7 +132,11 @@ class SuppressionOut(msgspec.Struct):
 
 class InboundMessageOut(msgspec.Struct, frozen=True, kw_only=True, rename={"sender": "from", "recipient": "to"}):
     """An inbound (MO) message, as ``GET /v1/inbound`` and the tenant's ``inbound_url`` see it.
-    ``kind``: opt_out, opt_in, help (keywords, acted on by Sluice) or message."""
+    ``kind``: opt_out, opt_in, help (keywords, acted on by Sluice) or message. ``from`` is the
+    sender's canonical E.164, or as the carrier gave it when ``sender_canonical`` is false (an
+    alphanumeric sender, a national number without the carrier's ``default_region``): such an
+    opt-out is kept and shown, flagged, for an operator to act on. ``certain``: false for an
+    opt-out the classifier was unsure of."""
 
     id: int
     sender: str
@@ -140,6 +146,8 @@ class InboundMessageOut(msgspec.Struct, frozen=True, kw_only=True, rename={"send
     carrier: str
     kind: str
     keyword: str | None
+    sender_canonical: bool = True
+    certain: bool = True
 
 
 class InboundPageOut(msgspec.Struct, frozen=True, kw_only=True):

@@ -70,6 +70,10 @@ class CarrierSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # No bind up this many seconds: the carrier is marked down and its routes' next carriers
     # take its traffic (gateway/runtime/health.py).
     down_after: Positive = 5.0
+    # The numbering context of the carrier's inbound senders and receipt addresses: national
+    # numbers ("2125550191", SMPP TON 2) are read in this ISO region ("US"). None: only
+    # international numbers are understood (docs/COMPLIANCE.md, "One canonical number per person").
+    default_region: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")] | None = None
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -107,7 +107,8 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         # One inbound pipeline for SMPP MOs and HTTP carriers' inbound callbacks alike: both
         # arrive as Inbound events on the connectors' stream (gateway/runtime/inbound.py).
         inbound = InboundPipeline(gateway, cfg.api.tenants, clock=clock, reply_category=cfg.inbound.reply_category,
-                                  on_forward=forwarder.poke,
+                                  on_forward=forwarder.poke, settings=cfg.inbound,
+                                  regions={c.name: c.default_region for c in cfg.core.carriers if c.default_region},
                                   acknowledge=lambda carrier, acks: connectors[carrier].acknowledge(acks))  # fmt: skip
         dispatcher = Dispatcher(core, connectors, receive, store, clock=clock, on_outbox=webhooks.poke,
                                 on_inbound=inbound.feed,

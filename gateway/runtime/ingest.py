@@ -69,11 +69,16 @@ def check_chunk(core: Scheduler, numbers: NumberCheck, job: Job, chunk: Sequence
     people: list[schemas.RecipientIn] = []
     index: list[int] = []
     errors: list[tuple[int, str]] = []
-    check = numbers.error
+    canonical = numbers.canonical
+    respelt: set[int] = set()  # people whose number was not written canonically: their rows re-encoded
     for i, r in enumerate(chunk, first_index):
-        if (err := check(r.to)) is not None:
+        to, err = canonical(r.to)
+        if err is not None:
             errors.append((i, err))
             continue
+        if to != r.to:
+            r = msgspec.structs.replace(r, to=to)
+            respelt.add(len(people))
         index.append(i)
         people.append(r)
     checked = core.check(job, people, portable=portable)  # reads to, vars and tz, as of a Recipient
@@ -81,7 +86,8 @@ def check_chunk(core: Scheduler, numbers: NumberCheck, job: Job, chunk: Sequence
     if lines is None:
         rows = _encode_json([people[k] for k in order])
     else:  # the text as it came: decoded and checked already, it is a recipient's JSON
-        rows = b"[" + b",".join([lines[index[k] - first_index] for k in order]) + b"]"
+        rows = b"[" + b",".join([_encode_json(people[k]) if k in respelt else lines[index[k] - first_index]
+                                 for k in order]) + b"]"  # fmt: skip
     return ChunkChecked(index=index, errors=errors, checked=checked, rows=rows)
 
 

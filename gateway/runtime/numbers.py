@@ -14,21 +14,61 @@ Anything unusual goes to phonenumbers itself, so the verdict is always phonenumb
 unknown country code, a non-geographic one (+800 ...), a national number with a leading zero
 (Italy), or one from which the region's national prefix would be stripped. A test compares both
 on many numbers.
+
+Canonical form (``canonical``): every number is stored, keyed, suppressed, capped, routed and
+sent as phonenumbers' E.164 of it, so one person has one key. Input may be formatted (spaces,
+dashes, dots, parens, slashes), written with any script's decimal digits (full-width,
+Arabic-Indic, Devanagari...) and a full-width plus; it is folded to ASCII first. A number
+written with its national trunk digit after the country code (``+1 1 212 555 0190``,
+``+44 0 7911 123456``) is the person's ``+12125550190`` / ``+447911123456``, as phonenumbers
+parses it. Without a numbering context (the API) a number is international: ``+`` or ``00`` then
+the country code. With one (an MO sender on a carrier whose ``default_region`` is "US"), a
+national number is read in that region, as ``phonenumbers.parse(text, region)`` reads it.
+Anything else (letters, extensions) is refused, and so is a number phonenumbers calls valid
+with fewer than 7 or more than 15 digits (E.164 §6.1 allows at most 15; the core keys on 7-15). A test compares the verdict and the canonical
+form with phonenumbers' on a generated sample of many countries and spellings.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata as _unicodedata
 
 import phonenumbers
 from phonenumbers import phonenumberutil as _pnu
 from phonenumbers.phonemetadata import PhoneMetadata
 
-__all__ = ["NumberCheck"]
+__all__ = ["NumberCheck", "fold"]
 
 _INVALID = "invalid number {!r}: not a number in use in its country's numbering plan"
 _TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan", "voicemail",
           "fixed_line")  # fmt: skip
+
+
+_FORMATTING = frozenset(" \t-.()/[]\u00a0\u2010\u2011\u2012\u2013\u2014\u2212\u3000\u2009\u202f\u200b"
+                        "\uff0d\uff0e\uff08\uff09\uff0f")  # fmt: skip
+_PLUS = frozenset("+\uff0b")
+
+
+def fold(text: str) -> str | None:
+    """``text`` with formatting dropped and digits made ASCII ('+', then digits), or None if it
+    holds anything else (letters, an extension, a second '+', symbols)."""
+    if text.isascii() and text[1:].isdigit() and text[:1] == "+":
+        return text  # the usual case: already folded
+    out: list[str] = []
+    for ch in text.strip():
+        if ch in _FORMATTING:
+            continue
+        if ch in _PLUS:
+            if out:
+                return None
+            out.append("+")
+            continue
+        d = _unicodedata.decimal(ch, None)
+        if d is None:
+            return None
+        out.append(chr(48 + d))
+    return "".join(out) or None
 
 
 class _Region:
@@ -82,12 +122,32 @@ class NumberCheck:
 
     def error(self, number: str) -> str | None:
         """None if valid, else why not (for the API's error body)."""
-        if not (number[:1] == "+" and number[1:].isdigit() and 8 <= len(number) <= 16 and number[1] != "0"):
-            return f"invalid number {number!r}: E.164 is '+' and 7 to 15 digits"
+        return self.canonical(number)[1]
+
+    def canonical(self, text: str, region: str | None = None) -> tuple[str, None] | tuple[None, str]:
+        """(phonenumbers' E.164 of ``text``, None), or (None, why not). ``region``: the ISO
+        region national numbers are read in (a carrier's ``default_region``); None: ``text``
+        must be international ('+' or '00' and the country code). See the module docstring."""
+        if text[:1] == "+" and 8 <= len(text) <= 16 and text.isascii() and text[1:].isdigit() and text[1] != "0":
+            verdict = self._fast(text)  # the usual case, a million times a job: E.164 as it should be
+            if verdict is not None:
+                return (text, None) if verdict else (None, _INVALID.format(text))
+            return self._parsed(text, text, None)
+        number = fold(text)
+        if number is None:
+            return None, f"invalid number {text!r}: only digits, '+', spaces, dashes, dots, parens and slashes"
+        if number[:1] != "+":
+            if region is not None:
+                return self._parsed(text, number, region)
+            if number[:2] != "00":
+                return None, f"invalid number {text!r}: E.164 is '+' and 7 to 15 digits (or a national number with a region)"
+            number = "+" + number[2:]
+        if not (8 <= len(number) <= 16 and number[1:2] != "0"):
+            return self._parsed(text, number, None)  # unusual: phonenumbers decides
         verdict = self._fast(number)
         if verdict is None:
-            return self._check(number)
-        return None if verdict else _INVALID.format(number)
+            return self._parsed(text, number, None)
+        return (number, None) if verdict else (None, _INVALID.format(text))
 
     def _fast(self, number: str) -> bool | None:
         """True/False, or None: ask phonenumbers."""
@@ -143,11 +203,15 @@ class NumberCheck:
             return None
 
     @staticmethod
-    def _check(number: str) -> str | None:
+    def _parsed(text: str, number: str, region: str | None) -> tuple[str, None] | tuple[None, str]:
+        """phonenumbers' own verdict and E.164 (trunk digits after the country code dropped)."""
         try:
-            parsed = phonenumbers.parse(number)
+            parsed = phonenumbers.parse(number, region)
         except phonenumbers.NumberParseException as exc:
-            return f"invalid number {number!r}: {exc}"
+            return None, f"invalid number {text!r}: {exc}"
         if not phonenumbers.is_valid_number(parsed):
-            return _INVALID.format(number)
-        return None
+            return None, _INVALID.format(text)
+        e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        if not 8 <= len(e164) <= 16:  # phonenumbers' patterns allow a few; E.164 (§6.1) does not
+            return None, f"invalid number {text!r}: E.164 is '+' and 7 to 15 digits"
+        return e164, None

@@ -70,8 +70,11 @@ class Gateway:
         digest = _digest(raw)
         if idempotency_key and (prev := await self._io(self.store.remembered, tenant, idempotency_key, digest)) is not None:
             return prev, True
-        if (err := self.numbers.error(body.to)) is not None:
+        to, err = self.numbers.canonical(body.to)
+        if err is not None:
             raise InvalidInput(err, field="to")
+        if to != body.to:
+            body = msgspec.structs.replace(body, to=to)
         job = self._job(tenant, body.sender, body.body, body.category, body.send_at, body.validity, now, body.media)
         adm = self._admit(job, [Recipient(to=body.to, tz=body.tz)], now, "body")
         if adm.rejected:
@@ -97,11 +100,12 @@ class Gateway:
         pre_rejected: list[schemas.RecipientError] = []
         index: list[int] = []  # position in the request of each recipient handed to the core
         for i, r in enumerate(body.recipients):
-            if (err := self.numbers.error(r.to)) is not None:
+            to, err = self.numbers.canonical(r.to)
+            if err is not None:
                 pre_rejected.append(schemas.RecipientError(index=i, error=err))
                 continue
             index.append(i)
-            people.append(Recipient(to=r.to, vars=r.vars, tz=r.tz))
+            people.append(Recipient(to=to, vars=r.vars, tz=r.tz))
         adm = self._admit(job, people, now, "template")
         rejected = pre_rejected + [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
         rejected.sort(key=lambda e: e.index)
@@ -328,8 +332,10 @@ class Gateway:
                 count, encoding = self.core.segments_of(stored.job.template, m.recipient.vars)
             except (ValueError, KeyError):  # e.g. over the maximum: it was rejected, never sent
                 pass
+        # A store written before numbers were made canonical at the door may hold other spellings.
+        to = self.numbers.canonical(m.recipient.to)[0] or m.recipient.to
         return schemas.MessageOut(
-            id=message_id, job_id=m.job_id, to=m.recipient.to, state=m.state, carrier=m.carrier,
+            id=message_id, job_id=m.job_id, to=to, state=m.state, carrier=m.carrier,
             segments=count, encoding=encoding, carrier_ids=list(m.carrier_ids), attempts=m.attempts,
             history=[schemas.StateChangeOut(state=c.state, at=c.at, reason=c.reason, carrier=c.carrier,
                                             error_code=c.error_code) for c in m.history],
@@ -350,14 +356,18 @@ class Gateway:
             next=format_id(page.next_after) if page.next_after is not None else None,
         )
 
-    async def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None:
-        if (err := self.numbers.error(number)) is not None:
+    async def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> str:
+        """Put ``number`` (any accepted spelling) on the tenant's list; returns it as kept."""
+        canonical, err = self.numbers.canonical(number)
+        if err is not None:
             raise InvalidInput(err, field="number")
-        await self._io(self.store.suppress, tenant, number, now, source)
-        self.core.suppress(tenant, number)
+        await self._io(self.store.suppress, tenant, canonical, now, source)
+        self.core.suppress(tenant, canonical)
+        return canonical
 
     async def unsuppress(self, tenant: str, number: str) -> bool:
-        if self.numbers.error(number) is not None:
+        number, err = self.numbers.canonical(number)
+        if err is not None:
             return False  # suppress() takes only valid numbers: this one cannot be on the list
         self.core.unsuppress(tenant, number)
         return await self._io(self.store.unsuppress, tenant, number)
@@ -366,19 +376,27 @@ class Gateway:
         return [schemas.SuppressionOut(number=s.number, at=s.at, source=s.source)
                 for _, s in await self._io(self.store.suppressions, tenant)]  # fmt: skip
 
-    async def keep_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:
-        """Store an inbound message. An opt-out suppresses its sender in the core first, at once
-        (before any await: queued marketing to it is never taken again), then on disk with the
-        record itself as the audit; an opt-in is the reverse. Returns the record's id."""
+    async def keep_inbound(self, record: InboundRecord, *, url: str | None = None, key: str | None = None,
+                           since: float = 0.0) -> tuple[int, bool]:
+        """Store an inbound message, once per ``key`` (``Store.add_inbound_once``). An opt-out
+        suppresses its sender in the core first, at once (before any await: queued marketing to
+        it is never taken again), then on disk with the record itself as the audit; an opt-in is
+        the reverse. A sender that is not canonical (``sender_canonical`` False) is kept and
+        listed with its kind, flagged, and suppresses nothing: it is not a number we send to.
+        Returns (the record's id, stored now: False for a duplicate)."""
         number = record.sender
-        valid = self.numbers.error(number) is None
-        if record.kind == "opt_out" and valid:
-            self.core.suppress(record.tenant, number)
-        elif record.kind == "opt_in" and valid:
-            self.core.unsuppress(record.tenant, number)
-        elif record.kind in ("opt_out", "opt_in"):
-            record = msgspec.structs.replace(record, kind="message")  # not a number we could ever send to
-        return await self._io(partial(self.store.add_inbound, record, url=url))
+        if record.tenant and record.sender_canonical:
+            if record.kind == "opt_out":
+                self.core.suppress(record.tenant, number)
+            elif record.kind == "opt_in":
+                self.core.unsuppress(record.tenant, number)
+        return await self._io(partial(self.store.add_inbound_once, record, url=url, key=key, since=since))
+
+    async def question_pending(self, tenant: str, number: str, since: float) -> bool:
+        return await self._io(self.store.question_pending, tenant, number, since)
+
+    async def tenants_messaged(self, number: str, since: float) -> list[str]:
+        return await self._io(self.store.tenants_messaged, number, since)
 
     async def inbound_messages(self, tenant: str, after: int, limit: int, kind: str | None) -> InboundPage:
         return await self._io(partial(self.store.inbound, tenant, after=after, limit=limit, kind=kind))
@@ -387,7 +405,9 @@ class Gateway:
         page = await self.inbound_messages(tenant, after, limit, kind)
         return schemas.InboundPageOut(
             inbound=[schemas.InboundMessageOut(id=r.id, sender=r.sender, recipient=r.recipient, text=r.text, at=r.at,
-                                               carrier=r.carrier, kind=r.kind, keyword=r.keyword) for r in page.items],
+                                               carrier=r.carrier, kind=r.kind, keyword=r.keyword,
+                                               sender_canonical=r.sender_canonical, certain=r.certain)
+                     for r in page.items],
             next=page.next_after,
         )  # fmt: skip
 

@@ -148,6 +148,11 @@ class InboundRecord(msgspec.Struct, frozen=True, kw_only=True):
     at: float
     kind: str
     keyword: str | None = None
+    # False: the sender could not be made a canonical number (an alphanumeric sender, a national
+    # number without a numbering context...): kept and listed as given, never put on a list.
+    sender_canonical: bool = True
+    certain: bool = True  # an opt_out the classifier was sure of (gateway.core.optout)
+    asks: bool = False  # an unsure opt_out answered with a question: pending until YES or STOP
 
 
 class InboundPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -239,8 +244,21 @@ class Store(Protocol):
     # Inbound messages:
     def add_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:
         """Keep ``record`` (its id is given here and returned); an opt_out record puts its sender
-        on the tenant's suppression list (source ``keyword:<KEYWORD>``, unless already there),
-        an opt_in one takes it off, in the same transaction. With ``url``: due for forwarding."""
+        on the tenant's suppression list (source ``keyword:<KEYWORD>``, unless already there;
+        not when ``sender_canonical`` is False), an opt_in one takes it off, in the same
+        transaction. With ``url``: due for forwarding. Tenant "" holds MOs no tenant owns."""
+        ...
+    def add_inbound_once(self, record: InboundRecord, *, url: str | None = None, key: str | None = None,
+                         since: float = 0.0) -> tuple[int, bool]:
+        """``add_inbound``, at most once per ``key`` (the carrier's message id, or a digest of
+        an MO that has none) seen at or after ``since``: (id, True) when stored now, (the first
+        one's id, False) for a duplicate, which changes nothing. Also: an opt_out or opt_in
+        record settles its sender's pending question; an ``asks`` record opens one."""
+        ...
+    def question_pending(self, tenant: str, number: str, since: float) -> bool: ...  # asked at >= since
+    def tenants_messaged(self, number: str, since: float) -> list[str]:
+        """Tenants with a message to ``number`` changed at or after ``since`` (rare: an
+        unroutable opt-out; may scan the recent messages)."""
         ...
     def inbound(self, tenant: str, *, after: int, limit: int, kind: str | None = None) -> InboundPage: ...
     def inbound_take(self, now: float, limit: int, lease: float) -> list[InboundItem]: ...

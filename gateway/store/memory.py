@@ -57,6 +57,8 @@ class MemoryStore:
         self._msgs: dict[int, _Msg] = {}
         self._idem: dict[tuple[str, str], tuple[str, bytes]] = {}
         self._supp: dict[tuple[str, str], Suppression] = {}
+        self._inbound_keys: dict[str, tuple[int, float]] = {}  # MO key -> (record id, at)
+        self._questions: dict[tuple[str, str], float] = {}  # (tenant, number) -> asked at
         self._callbacks: dict[tuple[str, str], str] = {}  # only jobs that have a callback_url
         self._outbox: dict[int, _Outbox] = {}
         self._outbox_seq = 0
@@ -271,19 +273,42 @@ class MemoryStore:
     # -- inbound ---------------------------------------------------------------------------
 
     def add_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:
+        return self.add_inbound_once(record, url=url)[0]
+
+    def add_inbound_once(self, record: InboundRecord, *, url: str | None = None, key: str | None = None,
+                         since: float = 0.0) -> tuple[int, bool]:
         with self._lock:
+            seen = self._inbound_keys.get(key) if key is not None else None
+            if seen is not None and seen[1] >= since:
+                return seen[0], False
             rid = max(self._inbound, default=0) + 1
             record = msgspec.structs.replace(record, id=rid)
             self._inbound[rid] = record
-            key = (record.tenant, record.sender)
-            if record.kind == "opt_out":
-                self._supp.setdefault(key, Suppression(number=record.sender, at=record.at,
-                                                       source=f"keyword:{record.keyword}"))  # fmt: skip
+            if key is not None:
+                self._inbound_keys[key] = (rid, record.at)
+            pair = (record.tenant, record.sender)
+            if record.kind == "opt_out" and record.sender_canonical:
+                self._supp.setdefault(pair, Suppression(number=record.sender, at=record.at,
+                                                        source=f"keyword:{record.keyword}"))  # fmt: skip
             elif record.kind == "opt_in":
-                self._supp.pop(key, None)
+                self._supp.pop(pair, None)
+            if record.kind in ("opt_out", "opt_in"):
+                self._questions.pop(pair, None)
+            if record.asks:
+                self._questions[pair] = record.at
             if url:
                 self._forward[rid] = _Forward(url)
-            return rid
+            return rid, True
+
+    def question_pending(self, tenant: str, number: str, since: float) -> bool:
+        with self._lock:
+            at = self._questions.get((tenant, number))
+        return at is not None and at >= since
+
+    def tenants_messaged(self, number: str, since: float) -> list[str]:
+        with self._lock:
+            return sorted({m.tenant for m in self._msgs.values()
+                           if m.recipient.to == number and (not m.events or m.events[-1].at >= since)})  # fmt: skip
 
     def inbound(self, tenant: str, *, after: int, limit: int, kind: str | None = None) -> InboundPage:
         with self._lock:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import sqlite3
 import threading
+import unicodedata
 from collections.abc import Iterator, Sequence
 
 import msgspec
@@ -75,8 +76,15 @@ CREATE TABLE IF NOT EXISTS inbound (
     url TEXT, next_at REAL, attempts INTEGER NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0, error TEXT);
 CREATE INDEX IF NOT EXISTS inbound_tenant ON inbound (tenant, id);
 CREATE INDEX IF NOT EXISTS inbound_due ON inbound (next_at, id) WHERE next_at IS NOT NULL AND dead = 0;
+-- An MO's key (carrier's id or digest) -> its record: a carrier's redelivery is stored once.
+CREATE TABLE IF NOT EXISTS inbound_keys (key TEXT PRIMARY KEY, id INTEGER NOT NULL, at REAL NOT NULL) WITHOUT ROWID;
+-- Clarifying questions sent for unsure opt-outs, open until a YES or an opt-out settles them.
+CREATE TABLE IF NOT EXISTS questions (
+    tenant TEXT NOT NULL, number TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (tenant, number)) WITHOUT ROWID;
 """
-_INBOUND_COLUMNS = "id, tenant, carrier, sender, recipient, text, at, kind, keyword"
+_INBOUND_COLUMNS = "id, tenant, carrier, sender, recipient, text, at, kind, keyword, sender_canonical, certain, asks"
+_INBOUND_ADDED = {"sender_canonical": "INTEGER NOT NULL DEFAULT 1", "certain": "INTEGER NOT NULL DEFAULT 1",
+                  "asks": "INTEGER NOT NULL DEFAULT 0"}  # columns a store made before them lacks
 # A job's counts by state, kept by a trigger as the difference from "every message queued"
 # (a job's messages are inserted queued and its ``size`` counts them): queued = size + n of
 # 'queued', any other state = its n. So ``job`` reads a few rows instead of counting every
@@ -122,7 +130,26 @@ SELECT ?1 + key, ?2, ?3, value, 'queued', ?4 FROM json_each(?5)
 
 def _rcpt_dec(stored: str | bytes) -> Recipient:
     """A stored recipient: JSON text (this version), or msgpack (stores written before it)."""
-    return _rcpt_json.decode(stored) if isinstance(stored, str) else _rcpt_msgpack.decode(stored)
+    try:
+        return _rcpt_json.decode(stored) if isinstance(stored, str) else _rcpt_msgpack.decode(stored)
+    except msgspec.ValidationError:
+        return _legacy_rcpt(stored)
+
+
+class _LooseRecipient(msgspec.Struct, frozen=True, kw_only=True):
+    to: str
+    vars: dict[str, str] = {}
+    tz: str | None = None
+
+
+def _legacy_rcpt(stored: str | bytes) -> Recipient:
+    """A row written before numbers were made canonical at the door, e.g. with non-ASCII digits
+    (which the ``Digits`` pattern refuses, so reading it failed for ever): its digits folded to
+    ASCII, so it can still be shown and recovered."""
+    loose = (msgspec.json.decode if isinstance(stored, str) else msgspec.msgpack.decode)(stored, type=_LooseRecipient)
+    to = "".join(str(unicodedata.decimal(c)) if unicodedata.decimal(c, None) is not None else c for c in loose.to)
+    to = "+" + "".join(c for c in to if c.isascii() and c.isdigit())
+    return Recipient(to=to, vars=loose.vars, tz=loose.tz)
 _json_enc = msgspec.json.Encoder()
 # ``record``: a row inserted into this temp table applies a batch in that statement, so SQLite
 # runs the whole batch in one step. ``updates``: the rows of ``_coalesce`` ([id, state, final,
@@ -208,6 +235,10 @@ class SqliteStore:
                 self._db.execute("ALTER TABLE messages ADD COLUMN history TEXT")  # a store made before it
             if not any(col[1] == "error_code" for col in self._db.execute("PRAGMA table_info(outbox)")):
                 self._db.execute("ALTER TABLE outbox ADD COLUMN error_code INTEGER")  # a store made before it
+            have = {col[1] for col in self._db.execute("PRAGMA table_info(inbound)")}
+            for column, decl in _INBOUND_ADDED.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE inbound ADD COLUMN {column} {decl}")
             if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_counts'").fetchone() is None:
                 self._db.executescript(f"BEGIN IMMEDIATE; {_COUNTS} COMMIT;")
             self._db.executescript(_BATCH)
@@ -516,19 +547,49 @@ class SqliteStore:
     # -- inbound ---------------------------------------------------------------------------
 
     def add_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:
+        return self.add_inbound_once(record, url=url)[0]
+
+    def add_inbound_once(self, record: InboundRecord, *, url: str | None = None, key: str | None = None,
+                         since: float = 0.0) -> tuple[int, bool]:
         r = record
         with self._tx() as db:
+            if key is not None:
+                seen = db.execute("SELECT id FROM inbound_keys WHERE key = ? AND at >= ?", (key, since)).fetchone()
+                if seen is not None:
+                    return int(seen[0]), False
             cur = db.execute(
-                "INSERT INTO inbound (tenant, carrier, sender, recipient, text, at, kind, keyword, url, next_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (r.tenant, r.carrier, r.sender, r.recipient, r.text, r.at, r.kind, r.keyword, url, 0.0 if url else None),
-            )
-            if r.kind == "opt_out":
+                "INSERT INTO inbound (tenant, carrier, sender, recipient, text, at, kind, keyword, url, next_at,"
+                " sender_canonical, certain, asks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (r.tenant, r.carrier, r.sender, r.recipient, r.text, r.at, r.kind, r.keyword, url, 0.0 if url else None,
+                 int(r.sender_canonical), int(r.certain), int(r.asks)),
+            )  # fmt: skip
+            rid = int(cur.lastrowid)
+            if key is not None:
+                db.execute("INSERT OR REPLACE INTO inbound_keys VALUES (?, ?, ?)", (key, rid, r.at))
+            if r.kind == "opt_out" and r.sender_canonical:
                 db.execute("INSERT OR IGNORE INTO suppressions VALUES (?, ?, ?, ?)",
                            (r.tenant, r.sender, r.at, f"keyword:{r.keyword}"))  # fmt: skip
             elif r.kind == "opt_in":
                 db.execute("DELETE FROM suppressions WHERE tenant = ? AND number = ?", (r.tenant, r.sender))
-            return int(cur.lastrowid)
+            if r.kind in ("opt_out", "opt_in"):
+                db.execute("DELETE FROM questions WHERE tenant = ? AND number = ?", (r.tenant, r.sender))
+            if r.asks:
+                db.execute("INSERT OR REPLACE INTO questions VALUES (?, ?, ?)", (r.tenant, r.sender, r.at))
+            return rid, True
+
+    def question_pending(self, tenant: str, number: str, since: float) -> bool:
+        with self._tx() as db:
+            row = db.execute("SELECT 1 FROM questions WHERE tenant = ? AND number = ? AND at >= ?",
+                             (tenant, number, since)).fetchone()  # fmt: skip
+        return row is not None
+
+    def tenants_messaged(self, number: str, since: float) -> list[str]:
+        # No index on the recipient (rows are JSON, written in bulk): a scan of the messages
+        # changed since ``since``, run only for an opt-out no tenant owns.
+        with self._tx() as db:
+            rows = db.execute("SELECT DISTINCT tenant FROM messages WHERE updated_at >= ? AND typeof(recipient) = 'text'"
+                              " AND recipient ->> '$.to' = ? ORDER BY tenant", (since, number)).fetchall()  # fmt: skip
+        return [t for (t,) in rows]
 
     def inbound(self, tenant: str, *, after: int, limit: int, kind: str | None = None) -> InboundPage:
         sql = f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE tenant = ? AND id > ?"
@@ -547,8 +608,9 @@ class SqliteStore:
                 " WHERE next_at IS NOT NULL AND dead = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?", (now, limit),
             ).fetchall()
             _each(db, "UPDATE inbound SET next_at = ? WHERE id IN ({})", [r[0] for r in rows], (now + lease,))
-        return [InboundItem(id=row[0], tenant=row[1], url=row[9], at=row[6], attempts=row[10],
-                            record=_inbound_record(row[:9])) for row in rows]  # fmt: skip
+        n = len(_INBOUND_COLUMNS.split(","))
+        return [InboundItem(id=row[0], tenant=row[1], url=row[n], at=row[6], attempts=row[n + 1],
+                            record=_inbound_record(row[:n])) for row in rows]  # fmt: skip
 
     def inbound_done(self, ids: Sequence[int]) -> None:
         with self._tx() as db:
@@ -640,9 +702,10 @@ class _Hooks:
 
 
 def _inbound_record(row: tuple) -> InboundRecord:
-    rid, tenant, carrier, sender, recipient, text, at, kind, keyword = row
+    rid, tenant, carrier, sender, recipient, text, at, kind, keyword, canonical, certain, asks = row
     return InboundRecord(id=rid, tenant=tenant, carrier=carrier, sender=sender, recipient=recipient, text=text,
-                         at=at, kind=kind, keyword=keyword)  # fmt: skip
+                         at=at, kind=kind, keyword=keyword, sender_canonical=bool(canonical), certain=bool(certain),
+                         asks=bool(asks))  # fmt: skip
 
 
 def _stored_job(row: tuple) -> StoredJob:

@@ -305,6 +305,46 @@ class StoreConformance:
         assert store.inbound_take(1e12, 10, 30.0) == []
         assert len(store.inbound("acme", after=0, limit=10).items) == 2  # forwarded or not, still listed
 
+    def test_an_mo_is_stored_once_per_key(self, store) -> None:
+        first = store.add_inbound_once(_mo("STOP", kind="opt_out", keyword="STOP", at=10.0), key="alpha:id-1")
+        again = store.add_inbound_once(_mo("STOP", kind="opt_out", keyword="STOP", at=11.0), key="alpha:id-1", since=0.0)
+        assert first[1] is True and again == (first[0], False)
+        assert len(store.inbound("acme", after=0, limit=10).items) == 1
+        other = store.add_inbound_once(_mo("STOP", at=12.0), key="alpha:id-2")
+        assert other[1] is True and other[0] != first[0]
+        # a digest key seen before the window: a new message (the same words sent again later)
+        late = store.add_inbound_once(_mo("STOP", at=1000.0), key="alpha:id-1", since=500.0)
+        assert late[1] is True and late[0] not in (first[0], other[0])
+
+    def test_a_question_is_pending_until_settled(self, store) -> None:
+        n = "+447911100001"
+        asked = _mo("leave me alone", kind="opt_out", keyword="LEAVE ME ALONE", at=10.0)
+        store.add_inbound_once(msgspec.structs.replace(asked, certain=False, asks=True))
+        assert store.question_pending("acme", n, since=0.0)
+        assert not store.question_pending("acme", n, since=11.0)  # asked before the window
+        assert not store.question_pending("beta", n, since=0.0)
+        assert [s.number for _, s in store.suppressions("acme")] == [n]  # suppressed meanwhile
+        store.add_inbound(_mo("yes", kind="opt_in", keyword="YES", at=12.0))
+        assert not store.question_pending("acme", n, since=0.0)
+        assert store.suppressions("acme") == []
+
+    def test_an_opt_out_from_a_sender_not_canonical_is_kept_not_listed(self, store) -> None:
+        rec = InboundRecord(tenant="acme", carrier="alpha", sender="SHOPINFO", recipient="12345", text="STOP",
+                            at=1.0, kind="opt_out", keyword="STOP", sender_canonical=False)  # fmt: skip
+        rid = store.add_inbound(rec)
+        [got] = store.inbound("acme", after=0, limit=10, kind="opt_out").items
+        assert got == msgspec.structs.replace(rec, id=rid)
+        assert store.suppressions("acme") == []
+
+    def test_tenants_messaged_a_number_recently(self, store) -> None:
+        for tenant, first, to, now in (("acme", 100, "+447911100001", 10.0), ("beta", 200, "+447911100001", 50.0),
+                                       ("gamma", 300, "+447911100002", 50.0)):  # fmt: skip
+            job = Job(id=f"job_{tenant}", tenant=tenant, sender="S", template="x", category="marketing")
+            store.add_job(job, first, [(0, Recipient(to=to))], now)
+        assert store.tenants_messaged("+447911100001", since=0.0) == ["acme", "beta"]
+        assert store.tenants_messaged("+447911100001", since=40.0) in (["beta"], ["acme", "beta"])
+        assert store.tenants_messaged("+447911100009", since=0.0) == []
+
 
 def _mo(text: str, *, tenant: str = "acme", kind: str = "message", keyword: str | None = None, at: float = 1.0,
         id: int = 0) -> InboundRecord:  # fmt: skip

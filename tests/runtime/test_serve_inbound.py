@@ -237,3 +237,74 @@ port = PORT
                 assert {m["carrier"] for m in optouts} == {"alpha"}
                 counters = await poll(sim.counters, lambda k: k["accepted"] >= 3)  # the confirmations
                 assert counters["mos_acked"] == 3
+
+
+def _rows(db: str, sql: str, *args) -> list[tuple]:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+async def test_smpp_mo_national_sender_redelivered_is_one_opt_out(tmp_path) -> None:
+    """Issue 14 §2/§3 through the SMPP seam: the SMSC simulator sends "Please stop texting me" from
+    a national number (source_addr_ton 2) twice per MO. The carrier's default_region reads it as
+    +12125550191; it is stored once, suppressed, and confirmed once; every deliver_sm answered."""
+    config = write(tmp_path, """
+[[core.carriers]]
+name = "alpha"
+default_region = "US"
+[[core.routes]]
+prefix = ""
+carriers = ["alpha"]
+[[carriers.smpp]]
+name = "alpha"
+port = PORT
+""")
+    async with simulator("--dlr-delay", "0.01", "--mo-rate", "20", "--mo-limit", "1", "--mo-text",
+                         "Please stop texting me", "--mo-to", "12345", "--mo-from", "2125550191", "--mo-ton", "2",
+                         "--mo-twice") as sim:  # fmt: skip
+        path = tmp_path / "sluice.toml"
+        path.write_text(path.read_text().replace("PORT", str(sim.port)))
+        async with gateway(config, env=ENV) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {KEY}"}) as c:
+                supp = await poll(lambda: c.get("/v1/suppressions"), lambda r: len(r.json()) == 1)
+                assert supp.json()[0]["number"] == "+12125550191"
+                await poll(sim.counters, lambda k: k["mos_acked"] >= 2 and k["accepted"] >= 1)
+                [mo] = (await c.get("/v1/inbound")).json()["inbound"]
+                assert (mo["from"], mo["kind"], mo["sender_canonical"]) == ("+12125550191", "opt_out", True)
+    db = str(tmp_path / "sluice.db")
+    assert _rows(db, "SELECT count(*) FROM inbound") == [(1,)]
+    assert _rows(db, "SELECT count(*) FROM messages WHERE recipient ->> '$.to' = ?", "+12125550191") == [(1,)]
+
+
+async def test_http_inbound_callback_national_duplicate_and_yes(tmp_path) -> None:
+    """The HTTP carrier's callback seam: a national sender read with the carrier's default_region,
+    the same callback posted twice (same carrier id) stored once, YES with no question pending
+    a message (still opted out), an alphanumeric STOP kept and flagged."""
+    async with simulator("--dlr-delay", "0.01") as sim:
+        callbacks_config(tmp_path, sim.port)
+        path = tmp_path / "sluice.toml"
+        path.write_text(path.read_text().replace('name = "beta"\n[[core.routes]]',
+                                                 'name = "beta"\ndefault_region = "US"\n[[core.routes]]'))
+        async with gateway(str(path), env=ENV) as gw:
+            async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {KEY}"}) as c:
+                async def post(*items) -> None:
+                    body = json.dumps({"inbound": list(items)}).encode()
+                    r = await c.post("/v1/carriers/beta/inbound", content=body,
+                                     headers=generic.sign("", body, CB_SECRET, time.time()))  # fmt: skip
+                    assert r.status_code == 204, r.text
+
+                stop = {"from": "(212) 555-0194", "to": "12345", "text": "stop please", "id": "mo-1"}
+                await post(stop)
+                await post(stop)  # the carrier did not see our 204 and posts it again
+                await post({"from": "2125550194", "to": "12345", "text": "YES", "id": "mo-2"})
+                await post({"from": "ACMEINFO", "to": "12345", "text": "STOP", "id": "mo-3"})
+                listed = await poll(lambda: c.get("/v1/inbound"), lambda r: len(r.json()["inbound"]) >= 3)
+                got = [(m["from"], m["kind"], m["sender_canonical"]) for m in listed.json()["inbound"]]
+                assert got == [("+12125550194", "opt_out", True), ("+12125550194", "message", True),
+                               ("ACMEINFO", "opt_out", False)]  # fmt: skip
+                assert [s["number"] for s in (await c.get("/v1/suppressions")).json()] == ["+12125550194"]

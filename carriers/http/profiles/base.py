@@ -88,6 +88,7 @@ class CallbackInbound(msgspec.Struct, frozen=True, kw_only=True, tag="inbound"):
     recipient: str
     text: str
     media: tuple[str, ...] = ()
+    carrier_id: str | None = None  # the carrier's id of the MO (a redelivery carries the same)
 
 
 def media_of(d: Dispatch) -> tuple[str, ...]:

@@ -131,6 +131,7 @@ class _Inbound(msgspec.Struct, frozen=True, rename={"sender": "from", "recipient
     recipient: str
     text: str = ""
     media_urls: list[str] = []
+    id: str | None = None
 
 
 class _Callback(msgspec.Struct, frozen=True):
@@ -150,7 +151,8 @@ def parse_callback(headers: Mapping[str, str], body: bytes) -> list[CallbackRece
         for r in doc.receipts
     ]
     out.extend(
-        CallbackInbound(sender=m.sender, recipient=m.recipient, text=m.text, media=tuple(m.media_urls))
+        CallbackInbound(sender=m.sender, recipient=m.recipient, text=m.text, media=tuple(m.media_urls),
+                        carrier_id=m.id or None)  # fmt: skip
         for m in doc.inbound
     )
     return out

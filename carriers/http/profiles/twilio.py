@@ -128,7 +128,8 @@ def parse_callback(headers: Mapping[str, str], body: bytes) -> list[CallbackRece
     if "From" not in form:
         raise ValueError("neither a receipt nor an inbound message")
     media = tuple(form[f"MediaUrl{i}"] for i in range(int(form.get("NumMedia") or 0)) if f"MediaUrl{i}" in form)
-    return [CallbackInbound(sender=form["From"], recipient=form.get("To", ""), text=form.get("Body", ""), media=media)]
+    return [CallbackInbound(sender=form["From"], recipient=form.get("To", ""), text=form.get("Body", ""), media=media,
+                            carrier_id=form.get("MessageSid") or form.get("SmsSid") or None)]  # fmt: skip
 
 
 def _mac(url: str, body: bytes, token: str) -> str:
