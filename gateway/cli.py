@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
-from gateway.config import load
+from gateway.config import load, missing_environment
 from gateway.errors import ConfigError
 
 
@@ -18,12 +19,19 @@ def main() -> None:
 
 @main.command("check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
-def check_config(path: str) -> None:
-    """Validate a config file; errors name the key."""
+@click.option("--skip-env", is_flag=True,
+              help="Do not check the environment variables the *_env keys name (on a machine without the secrets).")
+def check_config(path: str, skip_env: bool) -> None:
+    """Validate a config file, and that every variable its *_env keys name is set; errors name
+    the key (and the variable)."""
     try:
         cfg = load(path)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if not skip_env and (missing := missing_environment(cfg, os.environ)):  # what serve needs from it
+        for exc in missing:
+            click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     click.echo(f"{path}: ok ({len(cfg.core.carriers)} carriers, {len(cfg.core.routes)} routes)")
 
@@ -50,7 +58,9 @@ def serve(config_path: str | None, port: int | None, backend: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         cfg = load(config_path) if config_path else loads(default_text())
-    except ConfigError as exc:
+        if missing := missing_environment(cfg, os.environ):
+            raise missing[0]
+    except ConfigError as exc:  # one line, no traceback: the user's to fix
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     if port is not None:
@@ -60,7 +70,11 @@ def serve(config_path: str | None, port: int | None, backend: str) -> None:
         print(json.dumps({"listening": bound}), flush=True)
 
     options = {"use_uvloop": True} if backend == "asyncio" else {}
-    anyio.run(lambda: run(cfg, on_ready=ready), backend=backend, backend_options=options)
+    try:
+        anyio.run(lambda: run(cfg, on_ready=ready), backend=backend, backend_options=options)
+    except ConfigError as exc:  # found at start-up (e.g. a carrier's settings): one line too
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 @main.command("demo")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from importlib import resources
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -22,7 +23,7 @@ from gateway.core.keywords import KeywordSettings
 from gateway.core.settings import CoreSettings
 from gateway.errors import ConfigError
 
-__all__ = ["Config", "default_text", "load", "loads"]
+__all__ = ["Config", "default_text", "load", "loads", "missing_environment"]
 
 
 class Tenant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -159,6 +160,39 @@ def load(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", path=str(p)) from exc
     return loads(text, path=str(p))
+
+
+def missing_environment(cfg: Config, environ: Mapping[str, str]) -> list[ConfigError]:
+    """One error for each ``*_env`` key of the tree whose variable is unset or empty in
+    ``environ``, naming the variable and the key (``api.tenants[0].key_env``): what ``serve``
+    would otherwise meet at start-up. ``sluice check-config`` reports them all."""
+    errors: list[ConfigError] = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, msgspec.Struct):
+            for name in node.__struct_fields__:
+                value = getattr(node, name)
+                key = f"{path}.{_encoded_name(node, name)}" if path else _encoded_name(node, name)
+                if name.endswith("_env") and isinstance(value, str):
+                    if not environ.get(value):
+                        errors.append(ConfigError(f"environment variable {value!r} is not set", key=key))
+                else:
+                    walk(value, key)
+        elif isinstance(node, (list, tuple)):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+        elif isinstance(node, dict):
+            for k, item in node.items():
+                walk(item, f"{path}.{k}")
+
+    walk(cfg, "")
+    return errors
+
+
+def _encoded_name(struct: msgspec.Struct, name: str) -> str:
+    """A field's name as written in the TOML (a struct may rename its fields)."""
+    fields = struct.__struct_fields__
+    return struct.__struct_encode_fields__[fields.index(name)]
 
 
 def default_text() -> str:

@@ -31,24 +31,37 @@ class SluiceError(Exception):
 
 
 class CallerError(SluiceError):
+    """``status``: the HTTP status; ``code``: the stable machine-readable code of the error body
+    (docs/API.md, "Errors"). An instance may carry a more precise ``code`` than its class."""
+
     status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 class InvalidInput(CallerError):
     status = 422
+    code = "invalid_field"
 
-    def __init__(self, message: str, *, field: str | None = None, index: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, field: str | None = None, index: int | None = None,
+                 code: str | None = None) -> None:  # fmt: skip
+        super().__init__(message, code=code)
         self.field = field
         self.index = index
 
 
 class NotFound(CallerError):
     status = 404
+    code = "not_found"
 
 
 class Conflict(CallerError):
     status = 409
+    code = "conflict"
 
 
 class ConfigError(SluiceError):

@@ -1,7 +1,8 @@
 """The HTTP API as a plain ASGI app: decode -> call the service -> encode. No framework.
 
-Every error is a JSON body ``{"error", "field"?, "index"?}`` with a 4xx status: 400 for a body
-that is not JSON, 422 for JSON that breaks the schema (naming the field); a 500 means a
+Every error is a JSON body ``{"error", "code", "field"?, "index"?}`` (``schemas.ErrorBody``)
+with a 4xx status: 400 for a body that is not JSON, 422 for JSON that breaks the schema (naming
+the field); ``code`` is stable and machine-readable (the table in docs/API.md). A 500 means a
 bug and is logged with its traceback, never with the request's secrets.
 """
 
@@ -11,6 +12,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from urllib.parse import parse_qs
 
 import anyio
@@ -22,7 +24,7 @@ from gateway.core.bucket import TokenBucket
 from gateway.errors import CallerError, InvalidInput, NotFound, SluiceError, StorageError
 from gateway.runtime.ingest import RecipientLines
 from gateway.runtime.service import Gateway
-from gateway.store.base import STATES
+from gateway.store.base import JOB_STATUSES, STATES
 
 __all__ = ["Api", "hash_key"]
 
@@ -67,18 +69,32 @@ class Api:
         self._limits: dict[str, TokenBucket] = {}
         self._extra = extra or {}  # GETs: /metrics, /healthz, /readyz (open), /v1/carriers (any key)
         self._callbacks = callbacks or {}  # HTTP carrier name -> its callback (signed, not by tenant key)
-        self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
-            ("POST", re.compile(r"^/v1/messages$"), self._post_message),
-            ("GET", re.compile(r"^/v1/messages/(?P<mid>[^/]+)$"), self._get_message),
-            ("POST", re.compile(r"^/v1/jobs$"), self._post_job),
-            ("GET", re.compile(r"^/v1/jobs/(?P<jid>[^/]+)$"), self._get_job),
-            ("GET", re.compile(r"^/v1/jobs/(?P<jid>[^/]+)/messages$"), self._get_job_messages),
-            ("POST", re.compile(r"^/v1/jobs/(?P<jid>[^/]+)/(?P<action>cancel|pause|resume)$"), self._control),
-            ("GET", re.compile(r"^/v1/suppressions$"), self._get_suppressions),
-            ("POST", re.compile(r"^/v1/suppressions$"), self._post_suppression),
-            ("DELETE", re.compile(r"^/v1/suppressions/(?P<number>[^/]+)$"), self._delete_suppression),
-            ("GET", re.compile(r"^/v1/inbound$"), self._get_inbound),
-        ]
+        # (method, path template, handler): the templates are the OpenAPI document's paths.
+        routes: list[tuple[str, str, Handler]] = [
+            ("POST", "/v1/messages", self._post_message),
+            ("GET", "/v1/messages/{mid}", self._get_message),
+            ("GET", "/v1/jobs", self._get_jobs),
+            ("POST", "/v1/jobs", self._post_job),
+            ("GET", "/v1/jobs/{jid}", self._get_job),
+            ("GET", "/v1/jobs/{jid}/messages", self._get_job_messages),
+            *(("POST", f"/v1/jobs/{{jid}}/{a}", partial(self._control, action=a)) for a in ("cancel", "pause", "resume")),
+            ("GET", "/v1/suppressions", self._get_suppressions),
+            ("POST", "/v1/suppressions", self._post_suppression),
+            ("DELETE", "/v1/suppressions/{number}", self._delete_suppression),
+            ("GET", "/v1/inbound", self._get_inbound),
+        ]  # fmt: skip
+        self._routes = [(m, _pattern(t), h) for m, t, h in routes]
+        self._templates = [(m, t) for m, t, _ in routes]
+        if missing := openapi.undocumented(self.routes()):  # a route is never served undocumented
+            raise RuntimeError(f"routes missing from the OpenAPI document: {missing}")
+
+    def routes(self) -> list[tuple[str, str]]:
+        """(method, path template) of every route this app serves, its extras and carrier
+        callbacks included: what the OpenAPI document must describe."""
+        out = [("GET", "/openapi.json"), *self._templates, *(("GET", path) for path in self._extra)]
+        if self._callbacks:
+            out += [("POST", "/v1/carriers/{name}/receipts"), ("POST", "/v1/carriers/{name}/inbound")]
+        return out
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -89,20 +105,26 @@ class Api:
         try:
             resp = await self._dispatch(scope, receive)
         except CallerError as exc:
-            resp = _error(exc.status, str(exc), getattr(exc, "field", None), getattr(exc, "index", None))
-            if isinstance(exc, _TooMany):
+            resp = _error(exc.status, str(exc), exc.code, getattr(exc, "field", None), getattr(exc, "index", None),
+                          rejected=getattr(exc, "rejected", None))  # fmt: skip
+            if isinstance(exc, _Unauthorized):  # RFC 9110 §11.6.1: a 401 names the scheme
+                resp.headers.append((b"www-authenticate", b'Bearer realm="sluice"'))
+            elif isinstance(exc, _TooMany):
                 resp.headers.append((b"retry-after", str(exc.retry_after).encode()))
             elif isinstance(exc, (_TooSlow, _TooLarge)):  # the rest of the body is not read: close
                 resp.headers.append((b"connection", b"close"))
         except StorageError as exc:
             log.warning("store.failed error=%s", exc)
-            resp = _error(503, "storage unavailable, retry later", headers=[(b"retry-after", b"1")])
+            resp = _error(503, "storage unavailable, retry later", "storage_unavailable",
+                          headers=[(b"retry-after", b"1")])  # fmt: skip
         except SluiceError as exc:
-            resp = _error(400, str(exc))
+            resp = _error(400, str(exc), "bad_request")
         except Exception:
             log.exception("api.bug method=%s path=%s", scope.get("method"), scope.get("path"))
-            resp = _error(500, "internal error")
-        headers = [(b"content-type", b"application/json"), *resp.headers]
+            resp = _error(500, "internal error", "internal_error")
+        headers = resp.headers
+        if not any(k == b"content-type" for k, _ in headers):
+            headers = [(b"content-type", b"application/json"), *headers]
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": resp.body})
 
@@ -110,13 +132,15 @@ class Api:
         method, path = scope["method"], scope["path"]
         if method == "GET" and path == "/openapi.json":
             return Response(200, openapi.document())
+        if method != "GET" and (path in self._extra or path == "/openapi.json"):
+            return _error(405, "method not allowed; use GET", "method_not_allowed", headers=[(b"allow", b"GET")])
         if method == "GET" and path in self._extra:
             if path.startswith("/v1/"):  # operational (/v1/carriers), but the API's: any tenant's key
                 self._rate_limit(self._authenticate(scope))
             return await self._extra[path]()
         if (hit := _CALLBACK.match(path)) is not None:
             if method != "POST":
-                return _error(405, "method not allowed; use POST", headers=[(b"allow", b"POST")])
+                return _error(405, "method not allowed; use POST", "method_not_allowed", headers=[(b"allow", b"POST")])
             return await self._carrier_callback(scope, _BodyBudget(receive, self._body_timeout), hit["name"])
         allowed = []
         for m, rx, handler in self._routes:
@@ -133,19 +157,25 @@ class Api:
                 return await handler(tenant, scope, body, **hit.groupdict())
         if allowed:
             methods = ", ".join(sorted(set(allowed)))  # RFC 9110 §15.5.6: a 405 lists them in Allow
-            return _error(405, f"method not allowed; use {methods}", headers=[(b"allow", methods.encode())])
-        return _error(404, "no such endpoint")
+            return _error(405, f"method not allowed; use {methods}", "method_not_allowed",
+                          headers=[(b"allow", methods.encode())])  # fmt: skip
+        return _error(404, "no such endpoint", "no_such_endpoint")
 
     def _authenticate(self, scope) -> Tenant:
-        auth = _header(scope, b"authorization")
-        if not auth.startswith("Bearer ") or len(auth) < 8:
-            raise _Unauthorized("missing bearer token")
+        auths = [v for k, v in scope.get("headers", ()) if k.lower() == b"authorization"]
+        if len(auths) > 1:  # which one would count is ambiguous (a proxy may add one): neither
+            raise _Unauthorized("more than one Authorization header", code="ambiguous_credentials")
+        # RFC 9110 §11.1: the scheme is case-insensitive (Bearer, bearer, BEARER), then whitespace.
+        scheme, _, token = (auths[0].decode("latin-1") if auths else "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise _Unauthorized("missing bearer token", code="missing_credentials")
         # A dict lookup of the key's SHA-256, not hmac.compare_digest over every tenant: its
         # timing can reveal at most how much of a digest matched, and a digest (preimage
         # resistant) tells nothing about the key that would match it; keys are long and random.
-        tenant = self._tenants.get(hash_key(auth[7:].strip()))  # compares digests, never keys
+        tenant = self._tenants.get(hash_key(token))  # compares digests, never keys
         if tenant is None:
-            raise _Unauthorized("unknown API key")
+            raise _Unauthorized("unknown API key", code="unknown_key")
         return tenant
 
     def _rate_limit(self, tenant: Tenant) -> None:
@@ -188,18 +218,18 @@ class Api:
     async def _get_job(self, tenant: Tenant, scope, body: bytes, jid: str) -> Response:
         return Response(200, _enc.encode(await self.gw.job_status(tenant.name, jid)))
 
+    async def _get_jobs(self, tenant: Tenant, scope, body: bytes) -> Response:
+        q = _query(scope)
+        status = _one_of(q, "status", JOB_STATUSES)
+        page = await self.gw.jobs(tenant.name, status, q.get("after", [None])[0], _limit(q))
+        return Response(200, _enc.encode(page))
+
     async def _get_job_messages(self, tenant: Tenant, scope, body: bytes, jid: str) -> Response:
         q = _query(scope)
-        try:
-            limit = int(q.get("limit", ["100"])[0])
-        except ValueError:
-            raise InvalidInput("limit must be a whole number", field="limit") from None
-        if not 1 <= limit <= 1000:
-            raise InvalidInput("limit must be 1..1000", field="limit")
-        status = q.get("status", [None])[0]
-        if status is not None and status not in STATES:
-            raise InvalidInput(f"status must be one of {', '.join(STATES)}", field="status")
-        page = await self.gw.job_messages(tenant.name, jid, status, q.get("after", [None])[0], limit)
+        limit = _limit(q)
+        # ``state`` (a message's state) is the name; ``status`` the old one, still taken.
+        state = _one_of(q, "state", STATES) or _one_of(q, "status", STATES)
+        page = await self.gw.job_messages(tenant.name, jid, state, q.get("after", [None])[0], limit)
         return Response(200, _enc.encode(page))
 
     async def _control(self, tenant: Tenant, scope, body: bytes, jid: str, action: str) -> Response:
@@ -218,24 +248,18 @@ class Api:
 
     async def _delete_suppression(self, tenant: Tenant, scope, body: bytes, number: str) -> Response:
         if not await self.gw.unsuppress(tenant.name, number):
-            return _error(404, f"{number} is not on the suppression list")
+            return _error(404, f"{number} is not on the suppression list", "not_found")
         return Response(200, b"{}")
 
 
     async def _get_inbound(self, tenant: Tenant, scope, body: bytes) -> Response:
         q = _query(scope)
-        try:
-            limit = int(q.get("limit", ["100"])[0])
-        except ValueError:
-            raise InvalidInput("limit must be a whole number", field="limit") from None
-        try:
-            after = int(q.get("after", ["0"])[0])
-        except ValueError:
-            raise InvalidInput("after must be a whole number", field="after") from None
-        if not 1 <= limit <= 1000:
-            raise InvalidInput("limit must be 1..1000", field="limit")
-        if not 0 <= after < 2**63:
-            raise InvalidInput("after must be an inbound id (>= 0)", field="after")
+        limit = _limit(q)
+        raw_after = q.get("after", ["0"])[0]
+        # int() takes "٣", "1_0" and " 7": an inbound id is ASCII digits only.
+        if not (raw_after.isascii() and raw_after.isdigit() and len(raw_after) <= 19 and int(raw_after) < 2**63):
+            raise InvalidInput("after must be an inbound id (0 .. 2^63-1)", field="after", code="invalid_cursor")
+        after = int(raw_after)
         kind = q.get("kind", [None])[0]
         if kind is not None and kind not in _INBOUND_KINDS:
             raise InvalidInput(f"kind must be one of {', '.join(_INBOUND_KINDS)}", field="kind")
@@ -253,13 +277,16 @@ class Api:
         handed on: the work happens in the dispatcher and the inbound pipeline."""
         callback = self._callbacks.get(name)
         if callback is None:
-            return _error(404, f"no HTTP carrier {name!r}")
+            return _error(404, f"no HTTP carrier {name!r}", "not_found")
         body = await _read_body(receive, _MAX_CALLBACK)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         status = await callback(_called_url(scope, headers), headers, body)
         if status < 300:
             return Response(status, b"")
-        return _error(status, "bad signature" if status == 401 else "callback refused")
+        if status == 401:  # RFC 9110 §15.5.2: every 401 names a scheme (the carrier's signature)
+            return _error(status, "bad signature", "bad_signature",
+                          headers=[(b"www-authenticate", b'Signature realm="carrier-callback"')])  # fmt: skip
+        return _error(status, "callback refused", "callback_refused")
 
 
 def _called_url(scope, headers: Mapping[str, str]) -> str:
@@ -274,10 +301,12 @@ def _called_url(scope, headers: Mapping[str, str]) -> str:
 
 class _Unauthorized(CallerError):
     status = 401
+    code = "unauthorized"
 
 
 class _TooMany(CallerError):
     status = 429
+    code = "rate_limited"
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"rate limit exceeded; retry after {retry_after} s")
@@ -286,10 +315,12 @@ class _TooMany(CallerError):
 
 class _TooLarge(CallerError):
     status = 413
+    code = "body_too_large"
 
 
 class _TooSlow(CallerError):
     status = 408
+    code = "body_timeout"
 
 
 class _BodyBudget:
@@ -315,11 +346,34 @@ class _Malformed(InvalidInput):
     """The body is not JSON at all (400); JSON of the wrong shape is InvalidInput (422)."""
 
     status = 400
+    code = "malformed_json"
 
 
-def _error(status: int, message: str, field: str | None = None, index: int | None = None,
-           headers: list[tuple[bytes, bytes]] | None = None) -> Response:  # fmt: skip
-    return Response(status, _enc.encode(schemas.ErrorBody(error=message, field=field, index=index)), headers or [])
+def _error(status: int, message: str, code: str, field: str | None = None, index: int | None = None,
+           headers: list[tuple[bytes, bytes]] | None = None, rejected=None) -> Response:  # fmt: skip
+    # A message may quote the request (a path segment): lone surrogates cannot be JSON text.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    body = schemas.ErrorBody(error=message, code=code, field=field, index=index, rejected=rejected)
+    return Response(status, _enc.encode(body), headers or [])
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    """``/v1/jobs/{jid}`` -> a regex with one named group per ``{name}`` (one path segment)."""
+    return re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template)) + "$")
+
+
+def _limit(q: dict[str, list[str]]) -> int:
+    raw = q.get("limit", ["100"])[0]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= 1000):
+        raise InvalidInput("limit must be a whole number 1..1000", field="limit")
+    return int(raw)
+
+
+def _one_of(q: dict[str, list[str]], name: str, allowed: tuple[str, ...]) -> str | None:
+    value = q.get(name, [None])[0]
+    if value is not None and value not in allowed:
+        raise InvalidInput(f"{name} must be one of {', '.join(allowed)}", field=name)
+    return value
 
 
 def _decode(kind: type, body: bytes):

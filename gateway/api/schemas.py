@@ -3,21 +3,26 @@ is generated from them (``msgspec.json.schema_components``), so the two never di
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 __all__ = [
+    "CarrierOut",
     "ErrorBody",
+    "HealthOut",
     "InboundMessageOut",
     "InboundPageOut",
     "JobAccepted",
     "JobIn",
+    "JobPage",
     "JobStatus",
     "MessageAccepted",
     "MessageIn",
     "MessageOut",
     "MessagePage",
+    "MessageSummary",
+    "RecipientError",
     "RecipientIn",
     "StateChangeOut",
     "SuppressionIn",
@@ -33,16 +38,22 @@ CategoryIn = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$", desc
 Validity = Annotated[int, msgspec.Meta(ge=1, le=7 * 86400, description="seconds")]
 Url = Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=2048)]
 Media = Annotated[list[Url], msgspec.Meta(max_length=10, description="MMS: media URLs; only carriers that take media")]
-Reference = Annotated[str, msgspec.Meta(max_length=128)]
+Reference = Annotated[str, msgspec.Meta(max_length=128, description="the client's own reference, returned with every result")]
 Zone = Annotated[str, msgspec.Meta(max_length=64, description="IANA time zone, e.g. America/New_York")]
 Timestamp = Annotated[float, msgspec.Meta(ge=0, description="seconds since the Unix epoch")]
+
+
+#: The category of a message or a job that names none, the same for both: the strictest (quiet
+#: hours, weekly caps, opt-outs apply), so a sender that forgets it never breaks those rules;
+#: an OTP or a transactional message says so (docs/API.md).
+DEFAULT_CATEGORY = "marketing"
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"}):
     to: Number
     body: Body
     sender: Sender
-    category: CategoryIn = "transactional"
+    category: CategoryIn = DEFAULT_CATEGORY
     tz: Zone | None = None
     send_at: Timestamp | None = None
     validity: Validity | None = None
@@ -61,7 +72,7 @@ class JobIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"
     sender: Sender
     template: Body
     recipients: list[RecipientIn] = []
-    category: CategoryIn = "marketing"
+    category: CategoryIn = DEFAULT_CATEGORY
     send_at: Timestamp | None = None
     validity: Validity | None = None
     callback_url: Url | None = None
@@ -70,7 +81,10 @@ class JobIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"
 
 
 class MessageAccepted(msgspec.Struct):
+    """``state``: the message's state; ``status`` is the same value under its old name (deprecated)."""
+
     id: str
+    state: str
     status: str
 
 
@@ -86,11 +100,20 @@ class JobAccepted(msgspec.Struct):
 
 
 class JobStatus(msgspec.Struct):
+    """``status``: active, paused, canceled, or completed (every message final); ``counts``:
+    messages per state."""
+
     id: str
-    status: Literal["active", "paused", "canceled"]
+    status: Literal["active", "paused", "canceled", "completed"]
     size: int
     counts: dict[str, int]
     created_at: float
+    reference: str | None = None
+
+
+class JobPage(msgspec.Struct):
+    jobs: list[JobStatus]
+    next: str | None  # pass as `after` for the next page
 
 
 class StateChangeOut(msgspec.Struct):
@@ -105,6 +128,8 @@ class MessageOut(msgspec.Struct):
     id: str
     job_id: str
     to: str
+    index: int | None  # the recipient's position in the job's request (None: stored before it was kept)
+    reference: str | None  # the job's (or message's) reference as submitted
     state: str
     carrier: str | None
     segments: int  # as dispatch plans it (0 if it cannot be planned)
@@ -115,8 +140,20 @@ class MessageOut(msgspec.Struct):
     error_code: int | None = None  # the carrier's code from its last receipt that gave one
 
 
+class MessageSummary(msgspec.Struct):
+    """One message of a job: its recipient (``to``, ``index`` in the request) and its state.
+    ``status`` is ``state`` under its old name (deprecated)."""
+
+    id: str
+    state: str
+    to: str
+    index: int | None
+    reference: str | None
+    status: str
+
+
 class MessagePage(msgspec.Struct):
-    messages: list[MessageAccepted]
+    messages: list[MessageSummary]
     next: str | None
 
 
@@ -156,6 +193,29 @@ class InboundPageOut(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ErrorBody(msgspec.Struct):
+    """Every error answer. ``code``: stable and machine-readable (docs/API.md, "Errors");
+    ``error``: for people; ``field``/``index``: where in the request; ``rejected``: with
+    ``all_recipients_rejected``, why each recipient was refused."""
+
     error: str
+    code: str
     field: str | None = None
     index: int | None = None
+    rejected: list[RecipientError] | None = None
+
+
+class HealthOut(msgspec.Struct):
+    """``/healthz`` (ok), ``/readyz`` (ready, or starting with 503 and what it waits for)."""
+
+    status: str
+    waiting_for: str | None = None
+
+
+class CarrierOut(msgspec.Struct):
+    """One carrier in ``/v1/carriers``: its health, messages ready for it, its rate bucket and
+    its link's statistics (per connector type)."""
+
+    health: Literal["up", "down"]
+    ready: int
+    bucket: dict[str, Any]
+    link: dict[str, Any] | None

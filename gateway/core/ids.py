@@ -40,12 +40,17 @@ def format_id(value: int) -> str:
 
 
 def parse_id(text: str) -> int:
+    """The id ``format_id`` wrote (either case). ValueError for anything else: another length,
+    a character outside the alphabet, or a value that does not fit a signed 64-bit integer
+    (13 characters hold 65 bits; ids are stored as SQLite INTEGER)."""
     if len(text) != 13:
         raise ValueError(f"not a message id: {text!r}")
     value = 0
-    for ch in text.lower():
-        i = _ALPHABET.find(ch)
+    for ch in text:
+        i = _ALPHABET.find(ch.lower()) if ch.isascii() else -1
         if i < 0:
             raise ValueError(f"not a message id: {text!r}")
         value = value << 5 | i
+    if value >= 1 << 63:
+        raise ValueError(f"not a message id: {text!r}")
     return value

@@ -242,6 +242,7 @@ async def _hypercorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Canc
     # Hypercorn's idle timer runs from the connection (and from each response) until a request's
     # head is complete, and h11 bounds the head at 16 KiB: so this is the head deadline here.
     config.keep_alive_timeout = cfg.api.header_timeout
+    config.h11_max_incomplete_size = cfg.api.max_head_bytes  # the head's bound, as http_guard's
     config.loglevel = "WARNING"
 
     async def started() -> None:

@@ -10,7 +10,9 @@ memory without bound.
 ``guarded_httptools(header_timeout, max_head_bytes)`` is uvicorn's httptools protocol with both:
 from the connection (and from the first byte of each later request) until the end of the
 headers, at most ``header_timeout`` seconds -> 408 and close; at most ``max_head_bytes`` bytes
--> 431 and close (RFC 9110 §15.5.9, RFC 6585 §5). The body has its own budget in the ASGI app
+-> 431 and close (RFC 9110 §15.5.9, RFC 6585 §5). The head counted is the request line, the
+header lines and the empty line that ends them (up to and including its CRLF CRLF), exactly:
+a head of ``max_head_bytes`` is served, one byte more is refused, however the bytes arrive. The body has its own budget in the ASGI app
 (``gateway/api/app.py``). On trio, Hypercorn needs no guard: its idle timer runs until a head is
 complete (``serve`` sets it to ``header_timeout``) and h11 bounds the head at 16 KiB.
 """
@@ -31,7 +33,8 @@ _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
 def _refusal(status: int, message: str) -> bytes:
-    body = msgspec.json.encode({"error": message})
+    code = {408: "header_timeout", 431: "headers_too_large"}[status]
+    body = msgspec.json.encode({"error": message, "code": code})
     head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
     return head % (status, _REASONS[status], len(body)) + body
 
@@ -46,6 +49,7 @@ def guarded_httptools(header_timeout: float, max_head_bytes: int) -> type[asynci
         _head_timer: asyncio.TimerHandle | None = None
         _in_head = True  # between requests and until the end of the headers
         _head_bytes = 0
+        _tail = b""  # the last 3 bytes of the head so far: its end (CRLF CRLF) may span two reads
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -57,11 +61,19 @@ def guarded_httptools(header_timeout: float, max_head_bytes: int) -> type[asynci
 
         def data_received(self, data: bytes) -> None:
             if self._in_head:
+                seen = self._tail + data
+                end = seen.find(b"\r\n\r\n")
+                if end >= 0:  # the head ends in this read: its exact size, before parsing it
+                    if self._head_bytes + end + 4 - len(self._tail) > max_head_bytes:
+                        self._refuse(431, too_big)
+                        return
+                else:
+                    self._tail = seen[-3:]
                 self._head_bytes += len(data)
+                if end < 0 and self._head_bytes > max_head_bytes:  # no end in sight: refuse now
+                    self._refuse(431, too_big)
+                    return
             super().data_received(data)
-            # Still in the head after parsing this read: the bytes so far were all head.
-            if self._in_head and self._head_bytes > max_head_bytes:
-                self._refuse(431, too_big)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -72,7 +84,7 @@ def guarded_httptools(header_timeout: float, max_head_bytes: int) -> type[asynci
             super().on_headers_complete()
 
         def on_response_complete(self) -> None:
-            self._in_head, self._head_bytes = True, 0  # the idle gap is uvicorn's keep-alive timer's
+            self._in_head, self._head_bytes, self._tail = True, 0, b""  # the idle gap: uvicorn's keep-alive timer
             super().on_response_complete()
 
         def _arm(self) -> None:
@@ -81,7 +93,7 @@ def guarded_httptools(header_timeout: float, max_head_bytes: int) -> type[asynci
                 self._head_timer = self.loop.call_later(header_timeout, self._timed_out)
 
         def _disarm(self) -> None:
-            self._in_head, self._head_bytes = False, 0
+            self._in_head, self._head_bytes, self._tail = False, 0, b""
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None

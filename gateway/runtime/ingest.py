@@ -26,7 +26,7 @@ import anyio.to_process
 import msgspec
 
 from gateway.api import schemas
-from gateway.core.model import Job
+from gateway.core.model import Job, Recipient
 from gateway.core.scheduler import Checked, Scheduler
 from gateway.core.settings import CoreSettings
 from gateway.runtime.numbers import NumberCheck
@@ -84,9 +84,13 @@ def check_chunk(core: Scheduler, numbers: NumberCheck, job: Job, chunk: Sequence
     checked = core.check(job, people, portable=portable)  # reads to, vars and tz, as of a Recipient
     order = [row[0] for shard in checked.by_shard for row in shard]  # people, in the order of their ids
     if lines is None:
-        rows = _encode_json([people[k] for k in order])
-    else:  # the text as it came: decoded and checked already, it is a recipient's JSON
-        rows = b"[" + b",".join([_encode_json(people[k]) if k in respelt else lines[index[k] - first_index]
+        rows = _encode_json([Recipient(to=people[k].to, vars=people[k].vars, tz=people[k].tz, index=index[k])
+                             for k in order])  # fmt: skip
+    else:  # the text as it came (decoded and checked already: a JSON object), with its index first;
+        # a number not written canonically is stored re-encoded
+        rows = b"[" + b",".join([_encode_json(Recipient(to=people[k].to, vars=people[k].vars, tz=people[k].tz,
+                                                        index=index[k])) if k in respelt
+                                 else b'{"index":%d,' % index[k] + lines[index[k] - first_index].lstrip()[1:]
                                  for k in order]) + b"]"  # fmt: skip
     return ChunkChecked(index=index, errors=errors, checked=checked, rows=rows)
 

@@ -24,12 +24,31 @@ from gateway.api import schemas
 from gateway.core.ids import format_id, parse_id
 from gateway.core.model import Final, Job, Outcome, Recipient
 from gateway.core.scheduler import Scheduler
-from gateway.errors import InvalidInput, NotFound
+from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.runtime.ingest import POOL_MIN, CheckPool, ChunkChecked, RecipientLines, check_chunk
 from gateway.runtime.numbers import NumberCheck
-from gateway.store.base import AWAITING, Change, InboundPage, InboundRecord, NewJob, RecipientRows, Store
+from gateway.store.base import (
+    AWAITING, JOB_STATUSES, Change, InboundPage, InboundRecord, NewJob, RecipientRows, Store, StoredJob, job_status,
+)  # fmt: skip
 
-__all__ = ["Gateway", "Recovery"]
+__all__ = ["AllRejected", "Gateway", "Recovery"]
+
+
+class AllRejected(InvalidInput):
+    """A job none of whose recipients could be accepted: nothing is stored, no id is given."""
+
+    code = "all_recipients_rejected"
+
+    def __init__(self, rejected: list[schemas.RecipientError]) -> None:
+        super().__init__(f"every recipient was rejected ({len(rejected)})", field="recipients",
+                         index=rejected[0].index if rejected else None)  # fmt: skip
+        self.rejected = rejected
+
+
+class JobFinished(Conflict):
+    """pause/resume/cancel of a job that can no longer change that way (canceled or completed)."""
+
+    code = "job_finished"
 
 _json = msgspec.json.Encoder()
 
@@ -56,6 +75,7 @@ class Gateway:
         self._on_outbox = on_outbox  # a write queued webhooks: wake their sender
         self.on_admitted: Callable[[], None] | None = None  # the dispatcher's wake-up
         self._writes = _GroupCommit(store)
+        self._idem_locks: dict[tuple[str, str], list] = {}  # (tenant, key) -> [lock, users]
 
     @staticmethod
     async def _io(fn, *args):
@@ -67,6 +87,11 @@ class Gateway:
     async def submit_message(self, tenant: str, body: schemas.MessageIn, now: float, *,
                        raw: bytes = b"", idempotency_key: str | None = None) -> tuple[bytes, bool]:  # fmt: skip
         """Returns (response JSON, replayed?). Raises InvalidInput naming the field."""
+        async with self._once(tenant, idempotency_key):
+            return await self._submit_message(tenant, body, now, raw, idempotency_key)
+
+    async def _submit_message(self, tenant: str, body: schemas.MessageIn, now: float, raw: bytes,
+                              idempotency_key: str | None) -> tuple[bytes, bool]:  # fmt: skip
         digest = _digest(raw)
         if idempotency_key and (prev := await self._io(self.store.remembered, tenant, idempotency_key, digest)) is not None:
             return prev, True
@@ -75,27 +100,37 @@ class Gateway:
             raise InvalidInput(err, field="to")
         if to != body.to:
             body = msgspec.structs.replace(body, to=to)
-        job = self._job(tenant, body.sender, body.body, body.category, body.send_at, body.validity, now, body.media)
-        adm = self._admit(job, [Recipient(to=body.to, tz=body.tz)], now, "body")
+        job = self._job(tenant, body.sender, body.body, body.category, body.send_at, body.validity, now, body.media,
+                        body.reference)  # fmt: skip
+        person = Recipient(to=body.to, tz=body.tz, index=0)
+        adm = self._admit(job, [person], now, "body")
         if adm.rejected:
             self.core.cancel_job(job.id, now)
             raise InvalidInput(adm.rejected[0][1], field=_field_of(adm.rejected[0][1], single=True))
         msg_id = format_id(adm.first_id)
-        status = _status_of(adm.outcomes, adm.first_id)
-        response = _json.encode(schemas.MessageAccepted(id=msg_id, status=status))
-        await self._persist(job, adm.first_id, [(0, Recipient(to=body.to, tz=body.tz))], now, body.callback_url,
-                      (idempotency_key, digest, response) if idempotency_key else None)  # fmt: skip
+        state = _status_of(adm.outcomes, adm.first_id)
+        response = _json.encode(schemas.MessageAccepted(id=msg_id, state=state, status=state))
+        if await self._persist(job, adm.first_id, [(0, person)], now, body.callback_url,
+                               (idempotency_key, digest, response) if idempotency_key else None):  # fmt: skip
+            return await self._io(self.store.remembered, tenant, idempotency_key, digest), True
         await self._report(adm.outcomes, now)
         return response, False
 
     async def submit_job(self, tenant: str, body: schemas.JobIn, now: float, *,
                    raw: bytes = b"", idempotency_key: str | None = None) -> tuple[bytes, bool]:  # fmt: skip
+        """Returns (response JSON, replayed?). Raises AllRejected if no recipient is accepted."""
+        async with self._once(tenant, idempotency_key):
+            return await self._submit_job(tenant, body, now, raw, idempotency_key)
+
+    async def _submit_job(self, tenant: str, body: schemas.JobIn, now: float, raw: bytes,
+                          idempotency_key: str | None) -> tuple[bytes, bool]:  # fmt: skip
         digest = _digest(raw)
         if idempotency_key and (prev := await self._io(self.store.remembered, tenant, idempotency_key, digest)) is not None:
             return prev, True
         if not body.recipients:
             raise InvalidInput("a job needs at least one recipient", field="recipients")
-        job = self._job(tenant, body.sender, body.template, body.category, body.send_at, body.validity, now, body.media)
+        job = self._job(tenant, body.sender, body.template, body.category, body.send_at, body.validity, now, body.media,
+                        body.reference)  # fmt: skip
         people: list[Recipient] = []
         pre_rejected: list[schemas.RecipientError] = []
         index: list[int] = []  # position in the request of each recipient handed to the core
@@ -105,16 +140,19 @@ class Gateway:
                 pre_rejected.append(schemas.RecipientError(index=i, error=err))
                 continue
             index.append(i)
-            people.append(Recipient(to=to, vars=r.vars, tz=r.tz))
+            people.append(Recipient(to=to, vars=r.vars, tz=r.tz, index=i))
         adm = self._admit(job, people, now, "template")
         rejected = pre_rejected + [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
         rejected.sort(key=lambda e: e.index)
         kept = _in_id_order(adm.offsets, people)
+        if not kept:
+            self.core.cancel_job(job.id, now)
+            raise AllRejected(rejected)
         response = _json.encode(schemas.JobAccepted(id=job.id, accepted=len(kept), rejected=rejected))
-        if kept:
-            await self._persist(job, adm.first_id, kept, now, body.callback_url,
-                          (idempotency_key, digest, response) if idempotency_key else None)  # fmt: skip
-            await self._report(adm.outcomes, now)
+        if await self._persist(job, adm.first_id, kept, now, body.callback_url,
+                               (idempotency_key, digest, response) if idempotency_key else None):  # fmt: skip
+            return await self._io(self.store.remembered, tenant, idempotency_key, digest), True
+        await self._report(adm.outcomes, now)
         return response, False
 
     async def submit_job_stream(self, tenant: str, head: schemas.JobIn,
@@ -130,7 +168,8 @@ class Gateway:
         store fails) the job is canceled in the core and dropped from the store; if the process
         dies midway, ``recover`` drops the incoming job at the next start. ``digest`` gives the body's
         SHA-256 once the stream has been read (for the idempotency key)."""
-        job = self._job(tenant, head.sender, head.template, head.category, head.send_at, head.validity, now, head.media)
+        job = self._job(tenant, head.sender, head.template, head.category, head.send_at, head.validity, now, head.media,
+                        head.reference)  # fmt: skip
         seen = accepted = 0
         rejected: list[schemas.RecipientError] = []
         outcomes: list[Outcome] = []
@@ -166,16 +205,14 @@ class Gateway:
                 raise failure
             if not seen:
                 raise InvalidInput("a job needs at least one recipient", field="recipients")
+            if not accepted:
+                raise AllRejected(rejected)
             response = _json.encode(schemas.JobAccepted(id=job.id, accepted=accepted, rejected=rejected))
-            idem = None
-            if idempotency_key:
-                prev = await self._io(self.store.remembered, tenant, idempotency_key, digest())
-                if prev is not None:
-                    await self._abandon(job, now, accepted)
-                    return prev, True
-                idem = (idempotency_key, digest(), response)
-            if accepted:
-                await self._io(self.store.commit_job, tenant, job.id, now, idem)
+            async with self._once(tenant, idempotency_key):
+                prev = await self._commit_stream(tenant, job, now, idempotency_key, digest, response)
+            if prev is not None:
+                await self._abandon(job, now, accepted)
+                return prev, True
         except BaseException:
             await self._abandon(job, now, accepted)
             raise
@@ -185,6 +222,40 @@ class Gateway:
                 self.on_admitted()
             await self._report(outcomes, now)
         return response, False
+
+    async def _commit_stream(self, tenant: str, job: Job, now: float, key: str | None,
+                             digest: Callable[[], str], response: bytes) -> bytes | None:  # fmt: skip
+        """Make a streamed job active; or, if its idempotency key has an answer already (the
+        same body, sent concurrently), that answer (the caller drops this job)."""
+        if not key:
+            await self._io(self.store.commit_job, tenant, job.id, now, None)
+            return None
+        if (prev := await self._io(self.store.remembered, tenant, key, digest())) is not None:
+            return prev
+        try:
+            await self._io(self.store.commit_job, tenant, job.id, now, (key, digest(), response))
+        except Conflict:  # another process took the key meanwhile: its answer, or 409 if another body
+            if (prev := await self._io(self.store.remembered, tenant, key, digest())) is None:
+                raise
+            return prev
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _once(self, tenant: str, key: str | None):
+        """Requests with the same idempotency key run one at a time (in this process), so a
+        repeat waits for the first and gets its stored answer instead of racing it to the store."""
+        if not key:
+            yield
+            return
+        entry = self._idem_locks.setdefault((tenant, key), [anyio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._idem_locks[(tenant, key)]
 
     async def _check_ahead(self, tg, job: Job, chunks, send) -> None:
         """Read the chunks and start checking each large one in the pool; hand them on in order.
@@ -258,13 +329,14 @@ class Gateway:
                 await self._io(self.store.drop_job, job.tenant, job.id)
 
     def _job(self, tenant: str, sender: str, template: str, category: str, send_at: float | None,
-             validity: int | None, now: float, media: Sequence[str] = ()) -> Job:  # fmt: skip
+             validity: int | None, now: float, media: Sequence[str] = (), reference: str | None = None) -> Job:  # fmt: skip
         if category not in self.core.settings.categories:
             raise InvalidInput(f"unknown category {category!r}", field="category")
         start = send_at if send_at is not None and send_at > now else now
         return Job(id="job_" + format_id(self.core.reserve_ids(1, now)), tenant=tenant, sender=sender,
                    template=template, category=category, not_before=send_at,
-                   expires_at=None if validity is None else start + validity, media=tuple(media))  # fmt: skip
+                   expires_at=None if validity is None else start + validity, media=tuple(media),
+                   reference=reference)  # fmt: skip
 
     def _admit(self, job: Job, people: Sequence[Recipient], now: float, field: str):
         try:
@@ -272,16 +344,23 @@ class Gateway:
         except ValueError as exc:  # the body itself is wrong (e.g. too long), for every recipient
             raise InvalidInput(str(exc), field=field) from exc
 
-    async def _persist(self, job: Job, first_id: int, kept, now: float, callback_url: str | None, idem) -> None:
+    async def _persist(self, job: Job, first_id: int, kept, now: float, callback_url: str | None, idem) -> bool:
+        """Store the job, then let it go. True if not stored because its idempotency key was
+        taken meanwhile (by another process on the same store) with the same body: the caller
+        answers with the stored answer. Another body: Conflict (409)."""
         try:
             await self._writes.add(NewJob(job=job, first_id=first_id, recipients=kept, now=now,
                                           callback_url=callback_url, idempotency=idem))  # fmt: skip
-        except Exception:
+        except Exception as exc:
             self.core.cancel_job(job.id, now)  # never promised: drop it from the queue
+            if isinstance(exc, Conflict) and idem is not None:
+                if await self._io(self.store.remembered, job.tenant, idem[0], idem[1]) is not None:
+                    return True
             raise
         self.core.resume_job(job.id)
         if self.on_admitted:
             self.on_admitted()
+        return False
 
     async def _report(self, outcomes: Sequence[Outcome], now: float) -> None:
         changes = [_change(o, now) for o in outcomes]
@@ -294,15 +373,26 @@ class Gateway:
     # -- queries and control ------------------------------------------------------------
 
     async def job_status(self, tenant: str, job_id: str) -> schemas.JobStatus:
-        got = await self._io(self.store.job, tenant, job_id)
-        if got is None:
+        got = await self._io(self.store.job, tenant, _job_id(job_id)) if _job_id(job_id) else None
+        if got is None or got.job.status == "incoming":
             raise NotFound(f"no job {job_id!r}")
-        s = got.job
-        return schemas.JobStatus(id=job_id, status=s.status, size=s.size, counts=got.counts, created_at=s.created_at)  # type: ignore[arg-type]
+        return _job_out(got.job, got.counts)
+
+    async def jobs(self, tenant: str, status: str | None, after: str | None, limit: int) -> schemas.JobPage:
+        if status is not None and status not in JOB_STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(JOB_STATUSES)}", field="status")
+        if after is not None and not _job_id(after):
+            raise InvalidInput("after must be a job id", field="after", code="invalid_cursor")
+        page = await self._io(partial(self.store.jobs, tenant, after=after or "", limit=limit, status=status))
+        return schemas.JobPage(jobs=[_job_out(j.job, j.counts) for j in page.jobs], next=page.next_after)
 
     async def control_job(self, tenant: str, job_id: str, action: str, now: float) -> schemas.JobStatus:
-        if await self._io(self.store.job, tenant, job_id) is None:
-            raise NotFound(f"no job {job_id!r}")
+        """cancel, pause or resume. A canceled or completed job cannot be paused or resumed, and
+        a completed one cannot be canceled (409 ``job_finished``, nothing changes); canceling a
+        canceled job, pausing a paused one or resuming an active one is a no-op (200)."""
+        current = await self.job_status(tenant, job_id)
+        if current.status == "completed" or (current.status == "canceled" and action != "cancel"):
+            raise JobFinished(f"job {job_id!r} is {current.status}: it cannot be {_DONE.get(action, action)}")
         if action == "cancel":
             ended = self.core.cancel_job(job_id, now)
             await self._report(ended, now)
@@ -326,6 +416,8 @@ class Gateway:
         if m is None:
             raise NotFound(f"no message {message_id!r}")
         stored = await self._io(self.store.job_info, tenant, m.job_id)
+        if stored is not None and stored.status == "incoming":
+            raise NotFound(f"no message {message_id!r}")
         count, encoding = 0, None
         if stored is not None:
             try:
@@ -335,7 +427,8 @@ class Gateway:
         # A store written before numbers were made canonical at the door may hold other spellings.
         to = self.numbers.canonical(m.recipient.to)[0] or m.recipient.to
         return schemas.MessageOut(
-            id=message_id, job_id=m.job_id, to=to, state=m.state, carrier=m.carrier,
+            id=format_id(mid), job_id=m.job_id, to=to, index=m.recipient.index,
+            reference=stored.job.reference if stored else None, state=m.state, carrier=m.carrier,
             segments=count, encoding=encoding, carrier_ids=list(m.carrier_ids), attempts=m.attempts,
             history=[schemas.StateChangeOut(state=c.state, at=c.at, reason=c.reason, carrier=c.carrier,
                                             error_code=c.error_code) for c in m.history],
@@ -344,17 +437,20 @@ class Gateway:
 
     async def job_messages(self, tenant: str, job_id: str, state: str | None, after: str | None,
                      limit: int) -> schemas.MessagePage:  # fmt: skip
-        if await self._io(self.store.job, tenant, job_id) is None:
+        stored = await self._io(self.store.job_info, tenant, job_id) if _job_id(job_id) else None
+        if stored is None or stored.status == "incoming":
             raise NotFound(f"no job {job_id!r}")
         try:
             start = parse_id(after) if after is not None else 0
         except ValueError:
-            raise InvalidInput("not a message id", field="after") from None
+            raise InvalidInput("after must be a message id", field="after", code="invalid_cursor") from None
         page = await self._io(partial(self.store.messages, tenant, job_id, state=state, after=start, limit=limit))
+        ref = stored.job.reference
         return schemas.MessagePage(
-            messages=[schemas.MessageAccepted(id=format_id(i), status=s) for i, s in page.ids],
+            messages=[schemas.MessageSummary(id=format_id(i), state=s, status=s, to=r.to, index=r.index, reference=ref)
+                      for (i, s), r in zip(page.ids, page.recipients, strict=True)],
             next=format_id(page.next_after) if page.next_after is not None else None,
-        )
+        )  # fmt: skip
 
     async def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> str:
         """Put ``number`` (any accepted spelling) on the tenant's list; returns it as kept."""
@@ -555,6 +651,24 @@ def _in_id_order(offsets: list[int], people: Sequence[Recipient]) -> list[tuple[
         if offset >= 0:
             kept[offset] = (offset, person)
     return kept
+
+
+_DONE = {"pause": "paused", "resume": "resumed", "cancel": "canceled"}
+
+
+def _job_id(text: str) -> str | None:
+    """``text`` if it is shaped like a job id (``job_`` and a message id), else None: a
+    malformed id is simply not found, and never reaches the store."""
+    try:
+        parse_id(text.removeprefix("job_"))
+    except ValueError:
+        return None
+    return text if text.startswith("job_") else None
+
+
+def _job_out(s: StoredJob, counts: dict[str, int]) -> schemas.JobStatus:
+    return schemas.JobStatus(id=s.job.id, status=job_status(s.status, counts), size=s.size, counts=counts,  # type: ignore[arg-type]
+                             created_at=s.created_at, reference=s.job.reference)  # fmt: skip
 
 
 def _digest(raw: bytes) -> str:

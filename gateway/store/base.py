@@ -38,6 +38,7 @@ __all__ = [
     "InboundPage",
     "InboundRecord",
     "JobCounts",
+    "JobsPage",
     "MessageRecord",
     "RecipientRows",
     "NewJob",
@@ -47,6 +48,7 @@ __all__ = [
     "Store",
     "StoredJob",
     "Suppression",
+    "job_status",
 ]
 
 #: Every state a message can be in. The final ones never change again. ``accepted``: an
@@ -72,6 +74,10 @@ class Change(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     carrier: str | None = None
     carrier_ids: tuple[str, ...] = ()
     error_code: int | None = None  # the carrier's code, from a receipt (err:, network_error_code)
+
+
+#: How many jobs a filtered ``Store.jobs`` call looks at, per job it may return.
+JOBS_SCAN = 10
 
 
 class StoredJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,6 +110,28 @@ class JobCounts(msgspec.Struct, frozen=True, kw_only=True):
 class Page(msgspec.Struct, frozen=True, kw_only=True):
     ids: list[tuple[int, str]]  # (message id, state)
     next_after: int | None
+    recipients: list[Recipient] = []  # recipients[k] is the recipient of ids[k]
+
+
+#: A job's status as the API reports it: as stored (active, paused, canceled), or ``completed``.
+JOB_STATUSES = ("active", "paused", "canceled", "completed")
+
+
+def job_status(stored: str, counts: dict[str, int]) -> str:
+    """``completed`` once every message of an active or paused job is final (nothing is left
+    to send or to hear about); a canceled job stays ``canceled``."""
+    if stored in ("active", "paused") and counts and all(s in FINAL for s, n in counts.items() if n > 0):
+        return "completed"
+    return stored
+
+
+class JobsPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of a tenant's jobs, by id (oldest first). ``next_after``: the id to pass as
+    ``after`` for the next page; it may be set on a page shorter than asked for (a filtered
+    listing scans a bounded number of jobs per call), None once the listing is over."""
+
+    jobs: list[JobCounts]
+    next_after: str | None
 
 
 class Suppression(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,6 +155,11 @@ class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
     carrier: str | None
     attempts: int  # failed deliveries so far
     error_code: int | None = None
+    # Whom it is about, filled in by ``outbox_take`` (from the message and its job): the
+    # recipient's number and index in the job's request, and the job's reference.
+    to: str | None = None
+    index: int | None = None
+    reference: str | None = None
 
 
 class OutboxStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -225,6 +258,10 @@ class Store(Protocol):
     def job_info(self, tenant: str, job_id: str) -> StoredJob | None: ...  # without the counts: cheap
     def message(self, tenant: str, message_id: int) -> MessageRecord | None: ...
     def messages(self, tenant: str, job_id: str, *, state: str | None, after: int, limit: int) -> Page: ...
+    # A tenant's jobs with id > ``after`` (incoming ones never), at most ``limit``; with ``status``
+    # (one of JOB_STATUSES, as ``job_status`` derives it) only those, scanning at most
+    # ``JOBS_SCAN * limit`` jobs per call.
+    def jobs(self, tenant: str, *, after: str, limit: int, status: str | None = None) -> JobsPage: ...
     def unfinished(self) -> Iterator[tuple[StoredJob, list[tuple[int, Recipient, str]]]]: ...
     def awaiting_receipts(self) -> list[tuple[int, str, tuple[str, ...]]]: ...
     def remembered(self, tenant: str, key: str, digest: str) -> bytes | None: ...

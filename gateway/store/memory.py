@@ -13,12 +13,14 @@ from gateway.errors import Conflict
 from gateway.store.base import (
     AWAITING,
     FINAL,
+    JOBS_SCAN,
     NOTIFY,
     Change,
     InboundItem,
     InboundPage,
     InboundRecord,
     JobCounts,
+    JobsPage,
     MessageRecord,
     NewJob,
     RecipientRows,
@@ -27,6 +29,7 @@ from gateway.store.base import (
     Page,
     StoredJob,
     Suppression,
+    job_status,
 )
 
 __all__ = ["MemoryStore"]
@@ -156,7 +159,15 @@ class MemoryStore:
                          key=lambda o: (o.next_at, o.item.id))[:limit]  # fmt: skip
             for o in due:
                 o.next_at = now + lease
-            return [msgspec.structs.replace(o.item, attempts=o.attempts) for o in due]
+            return [msgspec.structs.replace(o.item, attempts=o.attempts, **self._whom(o.item)) for o in due]
+
+    def _whom(self, item: OutboxItem) -> dict:
+        """Under the lock: the recipient and the job's reference an outbox item is about."""
+        m = self._msgs.get(item.message_id)
+        stored = self._jobs.get((item.tenant, item.job_id))
+        if m is None:
+            return {}
+        return {"to": m.recipient.to, "index": m.recipient.index, "reference": stored.job.reference if stored else None}
 
     def outbox_done(self, ids: Sequence[int]) -> None:
         with self._lock:
@@ -225,12 +236,28 @@ class MemoryStore:
     def messages(self, tenant: str, job_id: str, *, state: str | None, after: int, limit: int) -> Page:
         with self._lock:
             hits = sorted(
-                (m.id, m.state) for m in self._msgs.values()
+                (m.id, m.state, m.recipient) for m in self._msgs.values()
                 if m.tenant == tenant and m.job_id == job_id and m.id > after and (state is None or m.state == state)
             )  # fmt: skip
         more = len(hits) > limit
         hits = hits[:limit]
-        return Page(ids=hits, next_after=hits[-1][0] if more else None)
+        return Page(ids=[(i, s) for i, s, _ in hits], next_after=hits[-1][0] if more else None,
+                    recipients=[r for _, _, r in hits])  # fmt: skip
+
+    def jobs(self, tenant: str, *, after: str, limit: int, status: str | None = None) -> JobsPage:
+        with self._lock:
+            ids = sorted(j for (t, j), s in self._jobs.items() if t == tenant and j > after and s.status != "incoming")
+        budget = len(ids) if status is None else JOBS_SCAN * limit
+        out: list[JobCounts] = []
+        last = None
+        for n, job_id in enumerate(ids):
+            if len(out) == limit or n == budget:
+                return JobsPage(jobs=out, next_after=last)
+            got = self.job(tenant, job_id)
+            last = job_id
+            if got is not None and (status is None or job_status(got.job.status, got.counts) == status):
+                out.append(got)
+        return JobsPage(jobs=out, next_after=None)
 
     def unfinished(self) -> Iterator[tuple[StoredJob, list[tuple[int, Recipient, str]]]]:
         with self._lock:
@@ -254,7 +281,7 @@ class MemoryStore:
         if hit is None:
             return None
         if hit[0] != digest:
-            raise Conflict(f"idempotency key {key!r} was used with another request body")
+            raise Conflict(f"idempotency key {key!r} was used with another request body", code="idempotency_key_reused")
         return hit[1]
 
     def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None:

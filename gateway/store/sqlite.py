@@ -24,12 +24,14 @@ from gateway.errors import Conflict, StorageError
 from gateway.store.base import (
     AWAITING,
     FINAL,
+    JOBS_SCAN,
     NOTIFY,
     Change,
     InboundItem,
     InboundPage,
     InboundRecord,
     JobCounts,
+    JobsPage,
     MessageRecord,
     NewJob,
     RecipientRows,
@@ -38,6 +40,7 @@ from gateway.store.base import (
     Page,
     StoredJob,
     Suppression,
+    job_status,
 )
 
 __all__ = ["SqliteStore"]
@@ -404,8 +407,11 @@ class SqliteStore:
                 (now, limit),
             ).fetchall()
             _each(db, "UPDATE outbox SET next_at = ? WHERE id IN ({})", [r[0] for r in rows], (now + lease,))
-        return [OutboxItem(id=i, tenant=t, url=u, message_id=m, job_id=j, state=s, at=at, reason=r, carrier=c,
-                           attempts=a, error_code=e) for i, t, u, m, j, s, at, r, c, a, e in rows]  # fmt: skip
+            whom = _whom(db, rows)
+        items = [OutboxItem(id=i, tenant=t, url=u, message_id=m, job_id=j, state=s, at=at, reason=r, carrier=c,
+                            attempts=a, error_code=e) for i, t, u, m, j, s, at, r, c, a, e in rows]  # fmt: skip
+        return [msgspec.structs.replace(x, to=w[0], index=w[1], reference=w[2]) if (w := whom.get(x.message_id)) else x
+                for x in items]  # fmt: skip
 
     def outbox_done(self, ids: Sequence[int]) -> None:
         with self._tx() as db:
@@ -478,7 +484,7 @@ class SqliteStore:
         )  # fmt: skip
 
     def messages(self, tenant: str, job_id: str, *, state: str | None, after: int, limit: int) -> Page:
-        sql = "SELECT id, state FROM messages WHERE tenant = ? AND job_id = ? AND id > ?"
+        sql = "SELECT id, state, recipient FROM messages WHERE tenant = ? AND job_id = ? AND id > ?"
         args: list[object] = [tenant, job_id, after]
         if state is not None:
             sql += " AND state = ?"
@@ -487,7 +493,25 @@ class SqliteStore:
             rows = db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit + 1)).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
-        return Page(ids=[(r[0], r[1]) for r in rows], next_after=rows[-1][0] if more else None)
+        return Page(ids=[(r[0], r[1]) for r in rows], next_after=rows[-1][0] if more else None,
+                    recipients=[_rcpt_dec(r[2]) for r in rows])  # fmt: skip
+
+    def jobs(self, tenant: str, *, after: str, limit: int, status: str | None = None) -> JobsPage:
+        scan = limit if status is None else JOBS_SCAN * limit
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM jobs WHERE tenant = ? AND id > ? AND status != 'incoming' ORDER BY id LIMIT ?",
+                (tenant, after, scan + 1)).fetchall()]  # fmt: skip
+        out: list[JobCounts] = []
+        last = None
+        for n, job_id in enumerate(ids):
+            if len(out) == limit or n == scan:
+                return JobsPage(jobs=out, next_after=last)
+            got = self.job(tenant, job_id)
+            last = job_id
+            if got is not None and (status is None or job_status(got.job.status, got.counts) == status):
+                out.append(got)
+        return JobsPage(jobs=out, next_after=None)
 
     def unfinished(self) -> Iterator[tuple[StoredJob, list[tuple[int, Recipient, str]]]]:
         with self._tx() as db:
@@ -524,7 +548,7 @@ class SqliteStore:
         if row is None:
             return None
         if row[0] != digest:
-            raise Conflict(f"idempotency key {key!r} was used with another request body")
+            raise Conflict(f"idempotency key {key!r} was used with another request body", code="idempotency_key_reused")
         return bytes(row[1])
 
     def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None:
@@ -633,6 +657,23 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _whom(db: sqlite3.Connection, rows: list[tuple]) -> dict[int, tuple[str, int | None, str | None]]:
+    """message id -> (to, index, job's reference) for outbox rows (``_OUTBOX_COLUMNS``)."""
+    out: dict[int, tuple[str, int | None, str | None]] = {}
+    refs: dict[tuple[str, str], str | None] = {}
+    for r in rows:
+        tenant, mid, job_id = r[1], r[3], r[4]
+        if (tenant, job_id) not in refs:
+            body = db.execute("SELECT body FROM jobs WHERE tenant = ? AND id = ?", (tenant, job_id)).fetchone()
+            refs[(tenant, job_id)] = _job_dec.decode(body[0]).reference if body else None
+        if mid not in out:
+            got = db.execute("SELECT recipient FROM messages WHERE id = ?", (mid,)).fetchone()
+            if got is not None:
+                person = _rcpt_dec(got[0])
+                out[mid] = (person.to, person.index, refs[(tenant, job_id)])
+    return out
 
 
 def _each(db: sqlite3.Connection, sql: str, ids: Sequence[int], args: tuple = ()) -> None:

@@ -135,3 +135,32 @@ async def test_rate_limit_is_per_key(tmp_path) -> None:
         assert (await c.get("/healthz")).status_code == 200  # health is not rate limited
         assert gw.proc.returncode is None
 
+
+
+async def test_concurrent_posts_with_one_idempotency_key_over_http_get_one_answer(tmp_path) -> None:
+    """uvicorn + SQLite: 30 connections at once with the same key and body; every one gets the
+    stored answer (never 409 "UNIQUE constraint failed"), one job is stored; and the job that
+    every recipient of is delivered says it is ``completed``."""
+    import anyio
+
+    async with open_served(tmp_path, "--dlr-delay", "0.01") as (_, gw):
+        clients = [client(gw.url) for _ in range(30)]
+        answers: list = [None] * len(clients)
+        body = {**JOB, "reference": "crm-7", "recipients": JOB["recipients"][:5]}
+
+        async def one(k: int) -> None:
+            answers[k] = await clients[k].post("/v1/jobs", json=body, headers={"idempotency-key": "same-key"})
+
+        async with anyio.create_task_group() as tg:
+            for k in range(len(clients)):
+                tg.start_soon(one, k)
+        assert {a.status_code for a in answers} == {202}, {a.text for a in answers}
+        assert len({a.content for a in answers}) == 1
+        c = clients[0]
+        listed = (await c.get("/v1/jobs")).json()["jobs"]
+        assert [j["id"] for j in listed] == [answers[0].json()["id"]] and listed[0]["reference"] == "crm-7"
+        assert await wait_final(c, listed[0]["id"], 5, timeout=20.0) == {"delivered": 5}
+        assert (await c.get(f"/v1/jobs/{listed[0]['id']}")).json()["status"] == "completed"
+        assert (await c.post(f"/v1/jobs/{listed[0]['id']}/pause")).json()["code"] == "job_finished"
+        for x in clients:
+            await x.aclose()

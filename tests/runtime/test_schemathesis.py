@@ -50,7 +50,7 @@ async def schemathesis_run(tmp_path, examples: int, timeout: float) -> dict:
 
 
 async def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path) -> None:
-    result = await schemathesis_run(tmp_path, examples=80, timeout=120)
+    result = await schemathesis_run(tmp_path, examples=80, timeout=240)  # 19 operations: ~95 s on a loaded host
     assert result["test_cases"]["generated"] >= 1000
 
 

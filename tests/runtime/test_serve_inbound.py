@@ -203,7 +203,8 @@ async def test_a_failing_http_carrier_fails_over_and_is_probed_again(tmp_path) -
                 assert counts == {"delivered": total}
                 # half-open: up again after probe_after, then down again when the probe fails
                 await poll(lambda: c.get("/v1/carriers"), lambda r: r.json()["web"]["health"] == "up")
-                await c.post("/v1/messages", json={"to": "+447911100001", "body": "probe", "from": "Shop"})
+                await c.post("/v1/messages", json={"to": "+447911100001", "body": "probe", "from": "Shop",
+                                                   "category": "transactional"})  # sent now, at any hour
                 await poll(lambda: c.get("/v1/carriers"), lambda r: r.json()["web"]["health"] == "down")
                 carriers = (await c.get("/v1/carriers")).json()
     assert carriers["web"]["link"]["submitted"] == 0
