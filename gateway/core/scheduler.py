@@ -27,7 +27,7 @@ the same ``now`` to every call; nothing here sleeps, does I/O, or raises for an 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
@@ -94,8 +94,8 @@ class CoreStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class JobEntry:
     """What all messages of one job share, kept once."""
 
-    __slots__ = ("slot", "job", "tenant_key", "policy", "priority", "template", "expires_at",
-                 "carrier", "live", "paused")  # fmt: skip
+    __slots__ = ("slot", "job", "tenant_key", "policy", "priority", "template", "not_before",
+                 "expires_at", "carrier", "live", "paused")  # fmt: skip
 
     def __init__(self, slot: int, job: Job, tenant_key: int, policy: CategoryPolicy,
                  carrier: int | None) -> None:  # fmt: skip
@@ -105,6 +105,10 @@ class JobEntry:
         self.policy = policy
         self.priority = policy.priority if job.priority is None else job.priority
         self.template = Template(job.template)
+        # The job's due time and its end, kept with the job rather than per row: every path
+        # that puts a row back in a lane (unpark, release, requeue, failover, recovery) meets
+        # them again in ``Shard.drain``, so none of them can lose a row's schedule.
+        self.not_before = -_INF if job.not_before is None else job.not_before
         self.expires_at = _INF if job.expires_at is None else job.expires_at
         self.carrier = carrier
         self.live = 0  # messages of this job still queued or in flight
@@ -148,6 +152,10 @@ class Scheduler:
         self._tenants: dict[str, int] = {}
         self._ids = IdGenerator()
         self._down: dict[int, float] = {}  # carrier index -> since when it is down
+        # Jobs paused by ``pause_job``: their parked rows sit in no timer, so their expiry is
+        # watched here (``_expire_parked``). Not the jobs admitted paused while the store writes
+        # them: those are not on disk yet, so nothing of them may end before ``resume_job``.
+        self._paused: dict[str, JobEntry] = {}
 
     # -- admission ------------------------------------------------------------------------
 
@@ -210,7 +218,7 @@ class Scheduler:
             raise ValueError(f"checked for {len(checked.by_shard)} shards, this core has {len(self._shards)}")
         entry = self._entry_for(job)
         if paused and entry.live == 0:
-            entry.paused = True
+            entry.paused = True  # held while the store writes it: resumed right after
         park = entry.paused
         rejected = list(checked.rejected)
         base = self._ids.reserve(checked.count - len(rejected), now) if first_id is None else first_id
@@ -311,7 +319,15 @@ class Scheduler:
     def _drop(self, entry: JobEntry) -> None:
         if self._jobs.get(entry.job.id) is entry:
             del self._jobs[entry.job.id]
+            self._paused.pop(entry.job.id, None)
             self._free_slots.append(entry.slot)
+
+    def _set_paused(self, entry: JobEntry, paused: bool) -> None:
+        entry.paused = paused
+        if paused:
+            self._paused[entry.job.id] = entry
+        else:
+            self._paused.pop(entry.job.id, None)
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -322,6 +338,7 @@ class Scheduler:
         p, shards = self._p, self._shards
         for shard in shards:
             shard.release(now, p.jobs)
+        expired = self._expire_parked(now) if self._paused else []
         if self._down:
             self._fail_over()
         bucket = self._buckets[c]
@@ -347,8 +364,19 @@ class Scheduler:
             used = sum(d.segments for d in out)
             if used and not bucket.try_take(used, now):
                 raise AssertionError("bucket gave fewer tokens than it said it had")
+        if expired:
+            outcomes[:0] = expired
         self._settle(outcomes)
         return Batch(dispatches=out, outcomes=outcomes)
+
+    def _expire_parked(self, now: float) -> list[Outcome]:
+        """End the parked rows of paused jobs whose validity is over: a paused job keeps its
+        ``validity`` (pausing never extends it), and its messages end ``expired`` on time."""
+        ended: list[Outcome] = []
+        for entry in [e for e in self._paused.values() if now >= e.expires_at]:
+            for shard in self._shards:
+                ended += shard.end_parked(entry, FinalState.EXPIRED, "validity ended", now)
+        return ended
 
     def _settle(self, outcomes: list[Outcome]) -> None:
         """Forget jobs whose last message just ended."""
@@ -384,7 +412,7 @@ class Scheduler:
             shard.cap.refund(entry.tenant_key | shard.number[row], shard.due[row])
         shard.attempt[row] = min(255, shard.attempt[row] + 1)
         if delay > 0:
-            shard.wait(row, now + delay)
+            shard.wait(row, min(now + delay, entry.expires_at))  # a retry never outlives validity
         else:
             shard.state[row] = READY
             shard.lane(shard.carrier[row], entry.priority).push_front(row)
@@ -477,18 +505,20 @@ class Scheduler:
         return ended
 
     def pause_job(self, job_id: str) -> bool:
-        """Hold a job's queued messages (in flight ones go on). False if the job has none."""
+        """Hold a job's queued messages (in flight ones go on). False if the job has none.
+        A paused job keeps its schedule: ``send_at`` and validity still hold when it resumes,
+        and its messages end ``expired`` at the end of their validity, paused or not."""
         entry = self._jobs.get(job_id)
         if entry is None:
             return False
-        entry.paused = True
+        self._set_paused(entry, True)
         return True
 
     def resume_job(self, job_id: str) -> bool:
         entry = self._jobs.get(job_id)
         if entry is None:
             return False
-        entry.paused = False
+        self._set_paused(entry, False)
         for shard in self._shards:
             shard.unpark(entry.slot, self._p.jobs)
         return True
@@ -499,12 +529,30 @@ class Scheduler:
     def unsuppress(self, tenant: str, number: str) -> None:
         self._p.suppressed.discard(self._tenant_key(tenant) | int(number.lstrip("+")))
 
+    def restore_sends(self, sends: Iterable[tuple[str, str, float]]) -> int:
+        """Count (tenant, number, when) sends a carrier took before a restart against the
+        weekly caps, so a restart never resets them. Returns how many were counted."""
+        nshards, counted = len(self._shards), 0
+        for tenant, number, at in sorted(sends, key=lambda s: s[2]):  # each key's times in order
+            digits = number[1:] if number[:1] == "+" else number
+            if not digits.isdigit():
+                continue  # never a number the core could send to
+            n = int(digits)
+            self._shards[shard_of(n, nshards)].cap.record(self._tenant_key(tenant) | n, at)
+            counted += 1
+        return counted
+
+    def capped_categories(self) -> list[str]:
+        return [name for name, policy in self.settings.categories.items() if policy.weekly_cap]
+
     def _tenant_key(self, tenant: str) -> int:
         return self._tenants.setdefault(tenant, len(self._tenants)) << _TENANT_SHIFT
 
     def next_wakeup(self) -> float | None:
         """The earliest instant a deferred message becomes due (for the shell's sleep)."""
         dues = [d for s in self._shards if (d := s.timers.next_due()) is not None]
+        dues += [e.expires_at for e in self._paused.values()
+                 if e.expires_at < _INF and any(e.slot in s.parked for s in self._shards)]  # fmt: skip
         return min(dues) if dues else None
 
     def statistics(self, now: float) -> CoreStatistics:

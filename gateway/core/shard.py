@@ -44,6 +44,7 @@ COUNT, SMART, UCS2 = 0x3F, 0x40, 0x80  # the segments byte: count, smart encodin
 _GROW = 4096
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
+_INF = float("inf")
 
 
 def shard_of(number: int, shards: int) -> int:
@@ -193,8 +194,22 @@ class Shard:
         rows.append(row)
 
     def unpark(self, job_slot: int, jobs: list[JobEntry]) -> None:
-        for row in self.parked.pop(job_slot, ()):
-            self.make_ready(row, jobs)
+        """A resumed job's rows go back to a lane, or to the timers while the job is not due
+        yet (``send_at`` ahead: admission parks every row while the store writes them)."""
+        rows = self.parked.pop(job_slot, None)
+        if rows is None:
+            return
+        due = jobs[job_slot].not_before
+        if due > -_INF:  # a past due time is released by the next ``take``, in id order
+            for row in rows:
+                self.wait(row, due)
+        else:
+            for row in rows:
+                self.make_ready(row, jobs)
+
+    def end_parked(self, entry: JobEntry, state: FinalState, reason: str, now: float) -> list[Final]:
+        """End every parked row of ``entry``'s job (e.g. its validity ran out while paused)."""
+        return [self._end(row, entry, state, reason, now) for row in self.parked.pop(entry.slot, ())]
 
     def wait(self, row: int, until: float) -> None:
         self.state[row] = WAITING
@@ -244,6 +259,9 @@ class Shard:
                 continue
             if entry.paused:
                 self.park(row, entry.slot)
+                continue
+            if now < entry.not_before:  # not due yet, whichever way it came back to a lane
+                outcomes.append(self._hold(row, entry, entry.not_before, "scheduled"))
                 continue
             policy = entry.policy
             key = entry.tenant_key | number[row]

@@ -91,8 +91,12 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         forwarder = await stack.enter_async_context(InboundSender(store, cfg.webhooks, secrets, clock=clock))
 
         gateway = Gateway(core, store, on_outbox=webhooks.poke, pool=_pool(cfg))
-        recovered = await gateway.recover(clock(), carriers={link.name for link in cfg.carriers.smpp})
-        log.info("serve.recovered queued=%d awaiting_receipts=%d", recovered.queued, len(recovered.awaiting))
+        # Every carrier's taken messages wait for their receipts (or their horizon), HTTP as
+        # well as SMPP: both connectors match receipts of an earlier process (expect_receipts).
+        links = [*cfg.carriers.smpp, *cfg.carriers.http]
+        recovered = await gateway.recover(clock(), carriers={link.name for link in links})
+        log.info("serve.recovered queued=%d awaiting_receipts=%d capped_sends=%d", recovered.queued,
+                 len(recovered.awaiting), recovered.capped_sends)  # fmt: skip
         send, receive = anyio.create_memory_object_stream[ConnectorEvent](max_buffer_size=100_000)
         connectors = {}
         for link in cfg.carriers.smpp:

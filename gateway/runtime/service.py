@@ -59,6 +59,7 @@ class Recovery(msgspec.Struct, frozen=True, kw_only=True):
 
     queued: int
     awaiting: list[tuple[int, str, tuple[str, ...]]]
+    capped_sends: int = 0  # sends counted against the weekly caps again
 
 
 class Gateway:
@@ -510,18 +511,23 @@ class Gateway:
     async def recover(self, now: float, *, carriers: Collection[str] = ()) -> Recovery:
         """After a restart: queue again everything accepted and not final (see ``Recovery``).
 
-        A message in state ``submitted`` or ``accepted`` on one of ``carriers`` was taken by that carrier: it is
-        not sent again but handed back (``Recovery.awaiting``) to wait for its receipt. Every
+        A message in state ``submitted`` or ``accepted`` on one of ``carriers`` (SMPP and HTTP
+        alike) was taken by that carrier: it is not sent again but handed back
+        (``Recovery.awaiting``) to wait for its receipt or its horizon. Every
         other unfinished message is queued again with its own id: those that were on the wire
         when the process died cannot be told from those never sent, so they go again (the
         duplicates are bounded by the carriers' windows). A ``submitted`` message whose carrier
-        is gone is sent again and marked retried."""
+        is gone is sent again and marked retried.
+
+        The weekly caps are rebuilt from the store: every capped message a carrier took within
+        the cap's window counts again (except those queued again here: they count when sent)."""
         await self._io(self.store.drop_incoming)  # uploads cut short by the crash: never promised
         for tenant, s in await self._io(self.store.suppressions):
             self.core.suppress(tenant, s.number)
         awaiting = [a for a in await self._io(self.store.awaiting_receipts) if a[1] in carriers]
         waits = {mid for mid, _, _ in awaiting}
-        count, retried = 0, []
+        count, retried, again = 0, [], set()
+        ended: list[Outcome] = []  # expired while we were down, or opted out since: end them now
         for stored, rest in await self._io(lambda: list(self.store.unfinished())):
             self.core.reserve_ids(0, now, floor=stored.first_id + stored.size)
             # Each message keeps its id: admit one by one with its own id (recovery is rare).
@@ -529,16 +535,23 @@ class Gateway:
                 mid = stored.first_id + offset
                 if mid in waits:
                     continue
-                self.core.admit(stored.job, [person], now, first_id=mid,
-                                paused=stored.status == "paused")  # fmt: skip
+                ended += self.core.admit(stored.job, [person], now, first_id=mid,
+                                         paused=stored.status == "paused").outcomes  # fmt: skip
                 count += 1
+                again.add(mid)
                 if state in AWAITING:
                     retried.append(Change(message_id=mid, state="queued", at=now, reason="retried: recovered"))
+            if stored.status == "paused":  # still paused: its validity runs out on time
+                self.core.pause_job(stored.job.id)
             if stored.status == "canceled":
                 await self._report(self.core.cancel_job(stored.job.id, now), now)
         if retried:
             await self._io(self.store.record, retried)
-        return Recovery(queued=count, awaiting=awaiting)
+        await self._report(ended, now)
+        window = self.core.settings.weekly_cap.window_days * 86400.0
+        sends = await self._io(self.store.sends_since, now - window, self.core.capped_categories())
+        capped = self.core.restore_sends((tenant, to, at) for mid, tenant, to, at in sends if mid not in again)
+        return Recovery(queued=count, awaiting=awaiting, capped_sends=capped)
 
 
 class _Checking:

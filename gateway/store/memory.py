@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import msgspec
 
@@ -274,6 +274,17 @@ class MemoryStore:
         with self._lock:
             return [(m.id, m.carrier, tuple(m.carrier_ids)) for m in sorted(self._msgs.values(), key=lambda m: m.id)
                     if m.state in AWAITING and m.carrier and m.carrier_ids]  # fmt: skip
+
+    def sends_since(self, since: float, categories: Collection[str]) -> list[tuple[int, str, str, float]]:
+        with self._lock:
+            out = []
+            for m in self._msgs.values():
+                if not m.attempts or self._jobs[(m.tenant, m.job_id)].job.category not in categories:
+                    continue
+                at = max(c.at for c in m.events if c.state == "submitted")
+                if at > since:
+                    out.append((m.id, m.tenant, m.recipient.to, at))
+        return sorted(out, key=lambda s: (s[3], s[0]))
 
     def remembered(self, tenant: str, key: str, digest: str) -> bytes | None:
         with self._lock:

@@ -15,7 +15,7 @@ import bisect
 import sqlite3
 import threading
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import msgspec
 
@@ -219,6 +219,24 @@ class _Event(msgspec.Struct, array_like=True):
 
 
 _history_dec = msgspec.json.Decoder(list[_Event])
+_SENDS_SINCE = "SELECT id, tenant, job_id, recipient, history FROM messages WHERE attempts > 0 AND updated_at > ?"
+_SUBMITTED = ',"submitted",'  # a history's ``[at,"submitted",...`` (quotes inside JSON strings are escaped)
+
+
+def _last_submit(history: str | None) -> float | None:
+    """The time of the last ``submitted`` change in a message's history (``record``'s
+    comma-separated JSON arrays), found without decoding the whole history."""
+    if not history:
+        return None
+    stop = len(history)
+    while (at := history.rfind(_SUBMITTED, 0, stop)) >= 0:
+        try:  # the state field follows the time; a reason "submitted" follows a state, not a time
+            return float(history[history.rfind("[", 0, at) + 1 : at])
+        except ValueError:
+            stop = at + len(_SUBMITTED) - 1  # matches may overlap: '[t,"submitted","submitted",...'
+    return None
+
+
 
 
 class SqliteStore:
@@ -538,6 +556,31 @@ class SqliteStore:
                 " AND carrier IS NOT NULL AND carrier_ids IS NOT NULL ORDER BY id"
             ).fetchall()
         return [(i, c, tuple(ids.split(","))) for i, c, ids in rows]
+
+    def sends_since(self, since: float, categories: Collection[str]) -> list[tuple[int, str, str, float]]:
+        # A message taken by a carrier has attempts > 0, and its last change is no older than
+        # its last submit: one pass over the messages table at start-up, no index to keep on
+        # the hot path. A job's category is in its (msgpack) body: decoded once per job.
+        with self._tx() as db:
+            rows = db.execute(_SENDS_SINCE, (since,)).fetchall()
+            capped: dict[tuple[str, str], bool] = {}
+            for _, tenant, job_id, _, _ in rows:
+                if (tenant, job_id) not in capped:
+                    body = db.execute("SELECT body FROM jobs WHERE tenant = ? AND id = ?", (tenant, job_id)).fetchone()
+                    capped[(tenant, job_id)] = body is not None and _job_dec.decode(body[0]).category in categories
+            rows = [r for r in rows if capped[(r[1], r[2])]]
+            old: dict[int, float] = {}  # stores written before messages.history keep it in events
+            if rows and db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
+                old = dict(db.execute("SELECT message_id, max(at) FROM events WHERE state = 'submitted'"
+                                      " GROUP BY message_id").fetchall())  # fmt: skip
+        out = []
+        for mid, tenant, _, rcpt, history in rows:
+            at = _last_submit(history)
+            if mid in old:
+                at = old[mid] if at is None else max(at, old[mid])
+            if at is not None and at > since:
+                out.append((mid, tenant, _rcpt_dec(rcpt).to, at))
+        return sorted(out, key=lambda s: (s[3], s[0]))
 
     def remembered(self, tenant: str, key: str, digest: str) -> bytes | None:
         """The answer given before for this idempotency key, or None. Conflict if the body differs."""

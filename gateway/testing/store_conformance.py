@@ -188,6 +188,27 @@ class StoreConformance:
         store.record([Change(message_id=1002, state="submitted", at=13.0, carrier="c2", carrier_ids=("x", "y"))])
         assert store.awaiting_receipts() == [(1000, "c1", ("a1",)), (1002, "c2", ("x", "y"))]
 
+    def test_sends_since_lists_what_carriers_took_of_capped_categories(self, store) -> None:
+        otp = Job(id="j3", tenant="beta", sender="ACME", template="Code", category="otp")
+        store.add_job(JOB, 1000, PEOPLE, 10.0)  # marketing
+        store.add_job(otp, 2000, PEOPLE[:1], 10.0)
+        store.record([
+            Change(message_id=1000, state="submitted", at=20.0, carrier="a", carrier_ids=("x",)),
+            Change(message_id=1001, state="submitted", at=30.0, carrier="a", carrier_ids=("y",)),
+            Change(message_id=1002, state="submitted", at=5.0, carrier="a", carrier_ids=("z",)),  # before `since`
+            Change(message_id=1003, state="deferred", at=31.0, reason="quiet_hours"),  # never taken
+            Change(message_id=2000, state="submitted", at=25.0, carrier="a", carrier_ids=("o",)),  # otp: not capped
+        ])  # fmt: skip
+        store.record([Change(message_id=1000, state="delivered", at=40.0, carrier="a"),
+                      Change(message_id=1001, state="queued", at=41.0, reason="retried"),
+                      Change(message_id=1002, state="delivered", at=42.0)])  # fmt: skip
+        store.record([Change(message_id=1001, state="submitted", at=45.0, carrier="a", carrier_ids=("y2",))])
+        assert store.sends_since(10.0, ["marketing"]) == [(1000, "acme", "+12125550000", 20.0),
+                                                         (1001, "acme", "+12125550001", 45.0)]  # its last submit
+        assert store.sends_since(10.0, ["marketing", "otp"])[1] == (2000, "beta", "+12125550000", 25.0)
+        assert store.sends_since(44.0, ["marketing"]) == [(1001, "acme", "+12125550001", 45.0)]
+        assert store.sends_since(10.0, []) == []
+
     def test_job_status(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE, 10.0)
         assert store.set_job_status("acme", "j1", "paused")

@@ -120,7 +120,7 @@ class CoreMachine(RuleBasedStateMachine):
         for i, r in enumerate(people):
             self.msgs[adm.first_id + adm.offsets[i]] = dict(
                 state="queued", job=job.id, category=category, to=r.to, tz=r.tz,
-                ready_at=ready, expires=job.expires_at or math.inf,
+                ready_at=ready, expires=job.expires_at or math.inf, not_before=job.not_before or -math.inf,
             )  # fmt: skip
         self._outcomes(adm.outcomes)
 
@@ -140,6 +140,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert m["job"] not in self.paused, "a paused job sent a message"
             assert d.carrier == carrier
             assert self.now < m["expires"], "(4) dispatched after its validity"
+            assert self.now >= m["not_before"], "(4) dispatched before its send_at"
             m["state"] = "inflight"
             self.inflight[d.ref] = d.message_id
             self.sends[carrier].append((self.now, d.segments))
