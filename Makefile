@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-slow bench-core lint clean
+.PHONY: run test test-slow bench-core lint clean postgresql
 
 $(BIN)/python:
 	@$(PY) -m venv --help >/dev/null 2>&1 && $(PY) -c 'import ensurepip' 2>/dev/null || \
@@ -20,7 +20,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/sluice demo
 
-test: $(VENV)/.installed
+# The campaign store's conformance suite runs on PostgreSQL too: tests start a real server from
+# Debian's `postgresql` package (initdb/pg_ctl on a free loopback port), installed here if missing.
+PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+
+postgresql:
+	@[ -n "$(PG_INITDB)" ] || { $(SUDO) apt-get update && $(SUDO) apt-get install -y postgresql; }
+
+test: $(VENV)/.installed postgresql
 	$(BIN)/lint-imports --config pyproject.toml
 	$(BIN)/python -m pytest
 

@@ -1,0 +1,424 @@
+"""`sluice bench audience`: segment counts over a shop's audience, on SQLite or PostgreSQL.
+
+1. Import: N subscribers (profiles, tags, custom attributes), M orders with one item each,
+   N/4 checkouts, 2N activities (clicks, replies, messages), and the per-subscriber aggregates
+   computed from them, bulk-loaded into a fresh store (executemany in one transaction on SQLite,
+   COPY on PostgreSQL), then ANALYZE. ``import_s`` is all of that.
+2. Counts: a fixed mix of segment trees (``MIX``: profile/aggregate trees, and trees with windowed
+   event conditions), each compiled by ``campaigns.store.segment_sql`` and counted through the
+   store's ``count_where``; every tree runs ``--runs`` times, its median is its figure.
+   ``count_p50_s`` is the median over profile/aggregate trees, ``count_windowed_p50_s`` over
+   windowed trees, ``count_p95_s`` the 95th percentile over all.
+3. Events: order events through the store's ``apply_event`` (aggregates updated in the same
+   transaction), then, per event, every segment whose ``dependencies`` the event changed is
+   re-evaluated for that subscriber (``view`` + ``evaluate``) and its membership written.
+   ``events_per_s`` is the ingest alone; ``membership_update_p99_s`` the 99th percentile from
+   the event's arrival to its membership changes being stored.
+
+PostgreSQL: ``--pg-url`` names a server, or (without it) the bench starts a throwaway one with
+``initdb``/``pg_ctl`` on a free loopback port (Debian's ``postgresql`` package), as the tests do.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import glob
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench.machine import describe
+from bench.output import out_option, save
+from campaigns.core.events import Item, OrderEvent
+from campaigns.core.segments import Segment, affected_by, dependencies, evaluate, parse_segment
+from campaigns.store import open_store
+from campaigns.store.segment_sql import compile_segment
+
+TENANT = "bench"
+DAY = 86_400.0
+NOW = 1_800_000_000.0
+COUNTRIES = ["US", "US", "US", "CA", "GB", "FR", "RO", "DE", "CN", "TW", "AU", "BR"]
+CITIES = ["Springfield", "Bucuresti", "Paris", "Toronto", "Taipei", "Berlin", "Sydney", "Shanghai"]
+SOURCES = ["keyword", "popup", "social", "checkout", "in_store", "import"]
+CATEGORIES = ["shoes", "hats", "bags", "dresses", "shirts", "jeans", "socks", "jewelry", "watches", "beauty",
+              "home", "gifts"]  # fmt: skip
+PAYMENT = ["paid"] * 8 + ["pending", "refunded"]
+
+# The fixed mix: (name, tree); a tree is windowed when time alone moves its answer (`windowed`). At least 20 trees, the seeds' segments among them.
+MIX: list[tuple[str, dict]] = [
+    ("high_value", {"all": [{"field": "orders_count", "op": "gt", "value": 2},
+                            {"field": "total_spent", "op": "gt", "value": 10000}]}),
+    ("women_in_us", {"all": [{"field": "gender", "op": "eq", "value": "female"},
+                             {"field": "country", "op": "eq", "value": "US"}]}),
+    ("marketable", {"field": "consent", "op": "eq", "value": "confirmed"}),
+    ("popup_or_social", {"field": "signup_source", "op": "in", "value": ["popup", "social"]}),
+    ("city_contains", {"field": "city", "op": "contains", "value": "pring"}),
+    ("never_ordered", {"field": "orders_count", "op": "eq", "value": 0}),
+    ("pending_last_order", {"field": "last_order_payment_status", "op": "eq", "value": "pending"}),
+    ("champions", {"rfm": "champions"}),
+    ("at_risk", {"rfm": "at_risk"}),
+    ("engaged_4_5", {"field": "engagement", "op": "gte", "value": 4}),
+    ("vip_tag", {"tag": "vip"}),
+    ("gold_plan", {"attribute": "plan", "op": "eq", "value": "gold"}),
+    ("aov_over_50", {"all": [{"field": "avg_order_value", "op": "gt", "value": 5000},
+                             {"not": {"field": "country", "op": "in", "value": ["CN", "TW"]}}]}),
+    ("bought_shoes", {"event": "item", "where": {"category": ["shoes"]}}),
+    ("spent_100_last_year", {"event": "order", "within_days": 365, "measure": "sum", "op": "gt", "value": 10000}),
+    ("ordered_last_30", {"event": "order", "within_days": 30}),
+    ("abandoned_last_day", {"event": "checkout", "state": "abandoned", "within_days": 1}),
+    ("clicked_last_30", {"event": "activity", "kind": "clicked", "within_days": 30}),
+    ("clicked_or_replied_30", {"any": [{"event": "activity", "kind": "clicked", "within_days": 30},
+                                       {"event": "activity", "kind": "replied", "within_days": 30}]}),
+    ("story", {"all": [{"field": "orders_count", "op": "gt", "value": 2},
+                       {"field": "total_spent", "op": "gt", "value": 10000},
+                       {"not": {"event": "activity", "kind": "clicked", "within_days": 30}}]}),
+    ("no_click_90_marketable", {"all": [{"field": "consent", "op": "eq", "value": "confirmed"},
+                                        {"not": {"field": "last_click_at", "op": "within_days", "value": 90}}]}),
+    ("shoes_last_90", {"event": "item", "within_days": 90, "where": {"category": ["shoes", "bags"]},
+                       "measure": "sum", "op": "gte", "value": 5000}),
+    ("birthday_week", {"field": "birthday", "op": "in_next_days", "value": 7}),
+]  # fmt: skip
+
+
+def windowed(seg: Segment) -> bool:
+    """Trees whose answer moves with time (windows): the 3 s target rather than the 1 s one."""
+    return "clock" in dependencies(seg)
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+SUB_COLS = ("tenant", "id", "phone", "first_name", "gender", "birthday", "country", "city", "signup_source",
+            "created_at", "consent", "consent_at", "attributes")  # fmt: skip
+ORDER_COLS = ("tenant", "order_id", "subscriber_id", "total", "currency", "payment_status", "created_at", "updated_at")
+ITEM_COLS = ("tenant", "order_id", "product", "category", "price", "quantity")
+CHECKOUT_COLS = ("tenant", "checkout_id", "subscriber_id", "value", "started_at", "completed_at", "abandoned_at",
+                 "updated_at")  # fmt: skip
+ACTIVITY_COLS = ("tenant", "subscriber_id", "kind", "at")
+STATS_COLS = ("tenant", "subscriber_id", "orders_count", "total_spent", "first_order_at", "last_order_at",
+              "avg_order_value", "last_order_payment_status", "last_abandoned_checkout_at", "last_click_at",
+              "last_reply_at", "rfm_r", "rfm_f", "rfm_m", "engagement")  # fmt: skip
+
+
+def _score(value: float, bounds: tuple[float, ...], higher_is_better: bool) -> int:
+    for i, b in enumerate(bounds):
+        if (value >= b) if higher_is_better else (value <= b):
+            return 5 - i
+    return 1
+
+
+class Audience:
+    """A seeded, streamed generator: rows in chunks, aggregates kept in flat arrays."""
+
+    def __init__(self, n: int, m: int, seed: int) -> None:
+        self.n, self.m, self.rng = n, m, random.Random(seed)
+        self.count = array.array("q", bytes(8 * (n + 1)))
+        self.spent = array.array("q", bytes(8 * (n + 1)))
+        self.first = array.array("d", [0.0]) * (n + 1)
+        self.last = array.array("d", [0.0]) * (n + 1)
+        self.last_status: dict[int, str] = {}
+        self.last_any = array.array("d", [0.0]) * (n + 1)
+        self.last_click = array.array("d", [0.0]) * (n + 1)
+        self.last_reply = array.array("d", [0.0]) * (n + 1)
+        self.abandoned = array.array("d", [0.0]) * (n + 1)
+
+    def subscribers(self) -> Iterator[tuple]:
+        r = self.rng
+        for i in range(1, self.n + 1):
+            created = NOW - r.random() * 900 * DAY
+            consent = r.choices(["confirmed", "pending", "none", "revoked"], (70, 10, 15, 5))[0]
+            attrs = '{"plan": "gold"}' if r.random() < 0.1 else '{"plan": "basic", "size": 42}'
+            yield (TENANT, i, f"+1555{i:08d}", "Ana", r.choice(["female", "male", "other", None]),
+                   f"19{r.randint(50, 99)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}", r.choice(COUNTRIES),
+                   r.choice(CITIES), r.choice(SOURCES), created, consent, created if consent != "none" else None,
+                   attrs)  # fmt: skip
+
+    def tags(self) -> Iterator[tuple]:
+        r = self.rng
+        for i in range(1, self.n + 1):
+            if r.random() < 0.2:
+                yield (TENANT, i, r.choice(["vip", "loyal", "birthday_club"]))
+
+    def orders(self) -> Iterator[tuple[tuple, tuple]]:
+        r = self.rng
+        for k in range(self.m):
+            sid = min(self.n, int(r.paretovariate(1.2) * self.n / 6) or 1)  # a few buy often
+            sid = r.randint(1, self.n) if r.random() < 0.5 else sid
+            total, status, at = r.randint(500, 30000), r.choice(PAYMENT), NOW - r.random() * 730 * DAY
+            oid = f"o{k}"
+            if status != "refunded":
+                self.count[sid] += 1
+                self.spent[sid] += total
+                self.first[sid] = at if not self.first[sid] else min(self.first[sid], at)
+                self.last[sid] = max(self.last[sid], at)
+            if at >= self.last_any[sid]:  # the latest order's status, whatever it is
+                self.last_any[sid], self.last_status[sid] = at, status
+            yield ((TENANT, oid, sid, total, "USD", status, at, at),
+                   (TENANT, oid, f"p{r.randint(1, 500)}", r.choice(CATEGORIES), total, 1))  # fmt: skip
+
+    def checkouts(self) -> Iterator[tuple]:
+        r = self.rng
+        for k in range(self.n // 4):
+            sid, started = r.randint(1, self.n), NOW - r.random() * 60 * DAY
+            done = r.random() < 0.6
+            abandoned = None if done else started + 3600
+            if abandoned is not None:
+                self.abandoned[sid] = max(self.abandoned[sid], abandoned)
+            yield (TENANT, f"c{k}", sid, r.randint(1000, 40000), started, started + 600 if done else None, abandoned,
+                   started)  # fmt: skip
+
+    def activities(self) -> Iterator[tuple]:
+        r = self.rng
+        for _ in range(2 * self.n):
+            sid, kind, at = r.randint(1, self.n), r.choice(["clicked", "replied", "message_sent"]), NOW - r.random() * 180 * DAY
+            if kind == "clicked":
+                self.last_click[sid] = max(self.last_click[sid], at)
+            elif kind == "replied":
+                self.last_reply[sid] = max(self.last_reply[sid], at)
+            yield (TENANT, sid, kind, at)
+
+    def stats(self) -> Iterator[tuple]:
+        for i in range(1, self.n + 1):
+            c, s = self.count[i], self.spent[i]
+            last = self.last[i] or None
+            recency = (NOW - last) / DAY if last else 10_000.0
+            engaged = max(self.last[i], self.last_click[i], self.last_reply[i])
+            yield (TENANT, i, c, s, self.first[i] or None, last, s // c if c else 0, self.last_status.get(i),
+                   self.abandoned[i] or None, self.last_click[i] or None, self.last_reply[i] or None,
+                   _score(recency, (30, 90, 180, 365), False), _score(c, (10, 5, 3, 2), True),
+                   _score(s, (100_000, 50_000, 20_000, 5_000), True),
+                   _score((NOW - engaged) / DAY if engaged else 10_000.0, (7, 30, 90, 180), False))  # fmt: skip
+
+
+def _chunks(rows: Iterator[Any], size: int = 50_000) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _load_sqlite(path: str, gen: Audience) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("BEGIN")
+
+    def put(table: str, cols: tuple[str, ...], rows: Iterator[tuple]) -> None:
+        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        for chunk in _chunks(rows):
+            conn.executemany(sql, chunk)
+
+    put("subscribers", SUB_COLS, gen.subscribers())
+    put("subscriber_tags", ("tenant", "subscriber_id", "tag"), gen.tags())
+    orders, items = [], []
+    for o, i in gen.orders():
+        orders.append(o)
+        items.append(i)
+        if len(orders) >= 50_000:
+            put("orders", ORDER_COLS, iter(orders))
+            put("order_items", ITEM_COLS, iter(items))
+            orders, items = [], []
+    put("orders", ORDER_COLS, iter(orders))
+    put("order_items", ITEM_COLS, iter(items))
+    put("checkouts", CHECKOUT_COLS, gen.checkouts())
+    put("activities", ACTIVITY_COLS, gen.activities())
+    put("subscriber_stats", STATS_COLS, gen.stats())
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    conn.close()
+
+
+def _load_postgres(url: str, gen: Audience) -> None:
+    import psycopg
+
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+
+        def put(table: str, cols: tuple[str, ...], rows: Iterator[tuple]) -> None:
+            with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+
+        put("subscribers", SUB_COLS, gen.subscribers())
+        put("subscriber_tags", ("tenant", "subscriber_id", "tag"), gen.tags())
+        items: list[tuple] = []
+
+        def orders() -> Iterator[tuple]:
+            for o, i in gen.orders():
+                items.append(i)
+                yield o
+
+        put("orders", ORDER_COLS, orders())
+        put("order_items", ITEM_COLS, iter(items))
+        put("checkouts", CHECKOUT_COLS, gen.checkouts())
+        put("activities", ACTIVITY_COLS, gen.activities())
+        put("subscriber_stats", STATS_COLS, gen.stats())
+        cur.execute(f"SELECT setval(pg_get_serial_sequence('subscribers', 'id'), {gen.n})")
+        conn.commit()
+        conn.autocommit = True
+        cur.execute("VACUUM ANALYZE")
+
+
+# ---- a throwaway PostgreSQL ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if not found:
+        raise click.ClickException("PostgreSQL binaries not found (Debian package `postgresql`), or pass --pg-url")
+    bindir = Path(found[-1]).parent
+    as_user = (lambda c: ["runuser", "-u", "postgres", "--", *c]) if os.geteuid() == 0 else (lambda c: c)
+    root = Path(tempfile.mkdtemp(prefix="sluice-bench-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    user = "postgres" if os.geteuid() == 0 else os.environ.get("USER", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = lambda c: subprocess.run(as_user(c), check=True, capture_output=True, timeout=300)  # noqa: E731
+    run([str(bindir / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", user, "-E", "UTF8", "--no-sync"])
+    opts = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+            "-c shared_buffers=512MB -c work_mem=64MB")  # fmt: skip
+    run([str(bindir / "pg_ctl"), "-D", str(root / "data"), "-o", opts, "-l", str(root / "log"), "-w", "start"])
+    try:
+        run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "sluice"])
+        yield f"postgresql://{user}@127.0.0.1:{port}/sluice"
+    finally:
+        subprocess.run(as_user([str(bindir / "pg_ctl"), "-D", str(root / "data"), "stop", "-m", "immediate"]),
+                       capture_output=True, timeout=120)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---- the measurement ----------------------------------------------------------------------------
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _counts(store: Any, runs: int) -> list[dict[str, Any]]:
+    out = []
+    for name, tree in MIX:
+        seg = parse_segment(tree)
+        where, params = compile_segment(seg, store.engine, TENANT, NOW)
+        times, count = [], 0
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            count = store.count_where(TENANT, where, params)
+            times.append(time.perf_counter() - t0)
+        out.append({"name": name, "windowed": windowed(seg), "count": count, "seconds": statistics.median(times)})
+    return out
+
+
+def _events(store: Any, n: int, events: int, seed: int) -> tuple[float, list[float]]:
+    r = random.Random(seed + 1)
+    segments = []
+    for name, tree in MIX:
+        seg = parse_segment(tree)
+        row = store.put_segment(TENANT, name, tree, now=NOW)
+        segments.append((row.id, seg, dependencies(seg)))
+    evs = [OrderEvent(id=f"bench-{k}", at=NOW + k * 0.001, order_id=f"bench-o{k}", phone=f"+1555{r.randint(1, n):08d}",
+                      total=r.randint(500, 30000), currency="USD", payment_status="paid",
+                      items=(Item(product="p1", category=r.choice(CATEGORIES), price=1000),))
+           for k in range(events)]  # fmt: skip
+    half = events // 2
+    t0 = time.perf_counter()
+    for e in evs[:half]:  # ingest alone
+        store.apply_event(TENANT, e, phone=e.phone, now=NOW)
+    ingest_s = time.perf_counter() - t0
+    latencies = []
+    for e in evs[half:]:  # ingest, then the membership it changes
+        t0 = time.perf_counter()
+        applied = store.apply_event(TENANT, e, phone=e.phone, now=NOW)
+        sid = applied.subscriber_id
+        touched = [(i, seg) for i, seg, deps in segments if affected_by(deps, applied.changed)]
+        if sid is not None and touched:
+            view = store.view(TENANT, sid)
+            for seg_id, seg in touched:
+                store.set_member(TENANT, seg_id, sid, evaluate(seg, view, NOW), now=NOW)
+        latencies.append(time.perf_counter() - t0)
+    return half / ingest_s, latencies
+
+
+def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: str | None, workdir: str | None) -> dict:
+    with contextlib.ExitStack() as stack:
+        if engine == "postgres":
+            url = pg_url or stack.enter_context(throwaway_postgres())
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-bench-aud-", dir=workdir))
+            url = f"sqlite:///{tmp}/campaigns.db"
+        store = open_store(url)  # the store's own schema (and the segments' indexes)
+        stack.callback(store.close)
+        gen = Audience(n, m, seed)
+        t0 = time.perf_counter()
+        if engine == "postgres":
+            _load_postgres(url, gen)
+        else:
+            _load_sqlite(url.removeprefix("sqlite:///"), gen)
+        import_s = time.perf_counter() - t0
+        counts = _counts(store, runs)
+        events_per_s, latencies = _events(store, n, events, seed)
+    plain = [c["seconds"] for c in counts if not c["windowed"]]
+    win = [c["seconds"] for c in counts if c["windowed"]]
+    return {
+        "scenario": "audience",
+        "engine": engine,
+        "subscribers": n,
+        "orders": m,
+        "trees": len(counts),
+        "import_s": import_s,
+        "events_per_s": events_per_s,
+        "count_p50_s": statistics.median(plain),
+        "count_p95_s": _pct(plain + win, 0.95),
+        "count_max_s": max(plain + win),
+        "count_windowed_p50_s": statistics.median(win),
+        "membership_update_p99_s": _pct(latencies, 0.99),
+        "membership_update_p50_s": _pct(latencies, 0.50),
+        "per_tree": counts,
+        "machine": describe(),
+    }
+
+
+@click.command("audience")
+@click.option("--subscribers", "n", default=100_000, show_default=True, help="Subscribers to import.")
+@click.option("--orders", "m", default=1_000_000, show_default=True, help="Orders to import (one item each).")
+@click.option("--engine", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
+@click.option("--pg-url", default=None, help="PostgreSQL to use (an empty database); default: start a throwaway one.")
+@click.option("--runs", default=3, show_default=True, help="Counts per tree; its figure is the median.")
+@click.option("--events", default=2000, show_default=True, help="Order events applied after the import.")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--workdir", default=None, type=click.Path(file_okay=False), help="Where the SQLite file goes.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
+@out_option
+def bench_audience(n: int, m: int, engine: str, pg_url: str | None, runs: int, events: int, seed: int,
+                   workdir: str | None, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
+    """Segment counts, event ingest and live membership over N subscribers and M orders."""
+    if n < 1 or m < 0 or events < 2 or runs < 1:
+        raise click.BadParameter("--subscribers >= 1, --orders >= 0, --events >= 2, --runs >= 1")
+    r = run(engine, n, m, runs, events, seed, pg_url, workdir)
+    click.echo(f"sluice bench audience: {engine}, {n:,} subscribers, {m:,} orders, {r['trees']} segment trees")
+    for c in r["per_tree"]:
+        click.echo(f"  {c['name']:<26} {'windowed' if c['windowed'] else '':<9} {c['count']:>10,} {c['seconds']:>8.3f} s")
+    for key in ("import_s", "events_per_s", "count_p50_s", "count_p95_s", "count_windowed_p50_s",
+                "membership_update_p99_s"):  # fmt: skip
+        click.echo(f"  {key:<36} {r[key]:>12,.3f}")
+    save(r, json_path, out_dir)
+

@@ -1,0 +1,266 @@
+"""`sluice campaigns ...`, and the `sluice` entry point that composes the two layers.
+
+The ``sluice`` script points here (pyproject ``[project.scripts]``): this module takes the gateway's
+click group (``gateway.cli.main``, which knows nothing of campaigns), adds the ``campaigns`` group,
+and wraps ``serve`` so that a config with a ``[campaigns]`` table hosts both in one process
+(``campaigns.host``). ``python -m gateway.cli`` stays the gateway alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from campaigns.errors import CampaignError, ConfigError
+from gateway.cli import main
+
+__all__ = ["main"]
+
+
+@click.group("campaigns")
+def campaigns() -> None:
+    """The campaign layer: subscribers, consent, shop events, segments."""
+
+
+def _settings(config_path: str | None):  # type: ignore[no-untyped-def]
+    from campaigns import config
+
+    try:
+        settings = config.load(config_path) if config_path else None
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if settings is None:
+        click.echo("error: the config has no [campaigns] table", err=True)
+        sys.exit(2)
+    return settings
+
+
+def _check_env(settings, gateway_cfg=None) -> None:  # type: ignore[no-untyped-def]
+    """Exit 2 naming every ``*_env`` key whose variable is unset (what serving would meet later)."""
+    import os
+
+    from campaigns.config import missing_environment
+
+    missing: list[Exception] = list(missing_environment(settings, os.environ))
+    if gateway_cfg is not None:
+        from gateway.config import missing_environment as gateway_missing
+
+        missing = [*gateway_missing(gateway_cfg, os.environ), *missing]
+    for exc in missing:
+        click.echo(f"error: {exc}", err=True)
+    if missing:
+        sys.exit(2)
+
+
+@campaigns.command("check-config")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--skip-env", is_flag=True, help="Do not check the environment variables the *_env keys name.")
+def check_config(path: str, skip_env: bool) -> None:
+    """Validate the [campaigns] table of a config file (and that its *_env variables are set)."""
+    settings = _settings(path)
+    if not skip_env:
+        _check_env(settings)
+    click.echo(f"{path}: ok ({len(settings.tenants)} tenants, store {settings.store_url.split(':', 1)[0]})")
+
+
+@campaigns.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--port", type=int, default=None, help="HTTP port (overrides campaigns.port; 0 picks a free one).")
+def serve_alone(config_path: str, port: int | None) -> None:
+    """Run the campaign layer alone (the gateway elsewhere, at campaigns.gateway_url).
+
+    When it is ready it prints one JSON line on stdout, {"campaigns": PORT}."""
+    import anyio
+
+    from campaigns.service.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = _settings(config_path)
+    _check_env(settings)
+    anyio.run(lambda: serve(settings, port=port, on_ready=lambda p: print(json.dumps({"campaigns": p}), flush=True)),
+              backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+
+
+@campaigns.command("abandon")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", default=None, help="one shop (default: all)")
+def abandon(config_path: str, tenant: str | None) -> None:
+    """Mark checkouts older than campaigns.abandon_after as abandoned now (the server does it itself)."""
+    import time
+
+    from campaigns.store import open_store
+
+    settings = _settings(config_path)
+    store = open_store(settings.store_url)
+    try:
+        for name in [tenant] if tenant else [t.name for t in settings.tenants]:
+            ids = store.abandon_checkouts(name, after_s=settings.abandon_after, now=time.time())
+            click.echo(f"{name}: {len(ids)} subscribers with newly abandoned checkouts")
+    except CampaignError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        store.close()
+
+
+def _audience(config_path: str):  # type: ignore[no-untyped-def]
+    import time
+
+    from campaigns.service.audience import Audience
+    from campaigns.store import open_store
+
+    settings = _settings(config_path)
+    return Audience(open_store(settings.store_url), settings, time.time)
+
+
+def _run(fn):  # type: ignore[no-untyped-def]
+    """Run ``fn`` (async) and turn the layer's errors into a message and exit code 1."""
+    import anyio
+
+    try:
+        return anyio.run(fn)
+    except CampaignError as exc:
+        field = getattr(exc, "field", None)
+        click.echo(f"error: {exc}" + (f" (field {field})" if field else ""), err=True)
+        sys.exit(1)
+
+
+@campaigns.command("import")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.argument("csv_path", type=click.Path(dir_okay=False, exists=True))
+def import_csv(config_path: str, tenant: str, csv_path: str) -> None:
+    """Import subscribers from a CSV file with consent columns (docs/CAMPAIGNS.md): all rows or none."""
+    from pathlib import Path
+
+    audience = _audience(config_path)
+    text = Path(csv_path).read_text(encoding="utf-8-sig")
+    res = _run(lambda: audience.import_csv(tenant, text, file_name=Path(csv_path).name))
+    click.echo(json.dumps({f: getattr(res, f) for f in res.__struct_fields__}))
+
+
+@campaigns.command("events")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.argument("ndjson_path", type=click.Path(dir_okay=False, exists=True))
+def events(config_path: str, tenant: str, ndjson_path: str) -> None:
+    """Apply shop events from an NDJSON file (one per line; idempotent by id: safe to run again)."""
+    from pathlib import Path
+
+    from campaigns.core.events import decode_event
+    from campaigns.errors import InvalidInput
+
+    audience = _audience(config_path)
+    parsed = []
+    for i, line in enumerate(Path(ndjson_path).read_bytes().splitlines()):
+        if line.strip():
+            try:
+                ev = decode_event(line)
+                parsed.append((ev, audience.check_event(tenant, ev, prefix=f"lines[{i}].")))
+            except InvalidInput as exc:
+                click.echo(f"error: line {i}: {exc} (field {exc.field})", err=True)
+                sys.exit(1)
+    results = _run(lambda: audience.apply_many(tenant, parsed))
+    outcomes = [r.outcome for r in results]
+    click.echo(json.dumps({k: outcomes.count(k) for k in ("applied", "duplicate", "stale")}))
+
+
+@campaigns.command("proof")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.option("--phone", required=True)
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
+def proof(config_path: str, tenant: str, phone: str, fmt: str) -> None:
+    """Print a subscriber's consent proof (every ledger entry, disclosure text and hash, evidence)."""
+    from campaigns.core import proof as proofs
+    from campaigns.errors import NotFound
+
+    audience = _audience(config_path)
+
+    async def run():  # type: ignore[no-untyped-def]
+        sub = audience.store.subscriber_by_phone(tenant, audience.phone(tenant, phone))
+        if sub is None:
+            raise NotFound(f"no subscriber {phone}", code="subscriber_not_found")
+        return await audience.proof(tenant, sub.id)
+
+    p = _run(run)
+    click.echo(proofs.to_csv(p) if fmt == "csv" else proofs.to_json(p).decode(), nl=fmt == "json")
+
+
+@campaigns.command("count")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.argument("segment_json")
+def count(config_path: str, tenant: str, segment_json: str) -> None:
+    """Count a segment now: SEGMENT_JSON is the tree, or @file.json."""
+    from pathlib import Path
+
+    import msgspec
+
+    raw = Path(segment_json[1:]).read_text() if segment_json.startswith("@") else segment_json
+    audience = _audience(config_path)
+
+    async def run() -> int:
+        try:
+            tree = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"not JSON: {exc}") from None
+        return await audience.count(tenant, audience.parse(tree))
+
+    click.echo(json.dumps({"count": _run(run)}))
+
+
+_gateway_serve = main.commands["serve"]
+
+
+@click.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file (default: the embedded config/sluice.toml).")
+@click.option("--port", type=int, default=None, help="HTTP port (overrides api.port; 0 picks a free one).")
+@click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True,
+              help="Event loop: asyncio with uvloop (HTTP by uvicorn), or trio (HTTP by Hypercorn).")
+@click.pass_context
+def serve(ctx: click.Context, config_path: str | None, port: int | None, backend: str) -> None:
+    """Run the gateway (and the campaign layer too when the config has a [campaigns] table).
+
+    When ready it prints {"listening": PORT} (and {"campaigns": PORT}) on stdout, one JSON line each."""
+    from campaigns import host
+
+    try:
+        gateway_cfg, settings = host.read(config_path)
+    except (CampaignError, Exception) as exc:  # the gateway's ConfigError too: shown, exit 2
+        if not isinstance(exc, (CampaignError,)) and type(exc).__name__ != "ConfigError":
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    if settings is None:
+        ctx.invoke(_gateway_serve, config_path=config_path, port=port, backend=backend)
+        return
+    if backend != "asyncio":
+        click.echo("error: with [campaigns], serve runs on asyncio", err=True)
+        sys.exit(2)
+    _check_env(settings, gateway_cfg)
+    import anyio
+    import msgspec
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if port is not None:
+        gateway_cfg = msgspec.structs.replace(gateway_cfg, api=msgspec.structs.replace(gateway_cfg.api, port=port))  # type: ignore[type-var, attr-defined]
+    from gateway.errors import ConfigError as GatewayConfigError
+
+    try:
+        anyio.run(lambda: host.serve_both(gateway_cfg, settings, on_ready=lambda k, p: print(json.dumps({k: p}), flush=True)),
+                  backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+    except (GatewayConfigError, ConfigError) as exc:  # found at start-up: one line, no traceback
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+main.add_command(campaigns)
+main.add_command(serve)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The ``[campaigns]`` tree of Sluice's TOML config, typed (msgspec, unknown keys refused, errors name
+the key path). Secrets are never in the file: ``*_env`` keys name environment variables. Nothing is
+read at import time; ``loads``/``load`` read a whole Sluice config file and take its ``[campaigns]``
+table (the rest is the gateway's)::
+
+    [campaigns]
+    store_url = "sqlite:///campaigns.db"      # or "postgresql://user@host/db"
+    port = 8090
+    gateway_url = "http://127.0.0.1:8080"      # the gateway's public HTTP API
+    public_url = "https://sms.shop.example"    # where forms and the pop-up script are served from
+
+    [[campaigns.tenants]]
+    name = "acme"                               # the gateway's tenant of the same shop
+    key_env = "CAMPAIGNS_KEY_ACME"              # or key_sha256 = "<hex sha256 of the key>"
+    gateway_key_env = "SLUICE_KEY_ACME"         # this shop's key for the gateway's API
+    webhook_secret_env = "SLUICE_WEBHOOK_ACME"  # verifies what the gateway POSTs to us
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import msgspec
+
+from campaigns.errors import ConfigError
+
+__all__ = ["CampaignSettings", "SignupSettings", "TenantSettings", "from_table", "load", "loads", "missing_environment"]
+
+
+class SignupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Keyword and double opt-in texts of one shop (seed 002: keywords; seed 001: welcome series)."""
+
+    keywords: list[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{2,20}$")]] = msgspec.field(default_factory=lambda: ["JOIN"])
+    confirm_words: list[Annotated[str, msgspec.Meta(min_length=1, max_length=20)]] = msgspec.field(
+        default_factory=lambda: ["Y", "YES", "OUI", "SI", "JA"])
+    shop_name: Annotated[str, msgspec.Meta(min_length=1, max_length=60)] = "our shop"
+    # The double opt-in request: the disclosure the subscriber sees by SMS (recorded with its hash).
+    confirm_text: Annotated[str, msgspec.Meta(min_length=1, max_length=640)] = (
+        "{shop}: reply Y to confirm you want recurring marketing texts. Msg & data rates may apply. "
+        "Msg frequency varies. Reply STOP to cancel, HELP for help."
+    )
+    disclosure_version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "sms-1"
+    welcome_text: Annotated[str, msgspec.Meta(min_length=1, max_length=640)] = (
+        "{shop}: you're in! Welcome. Reply STOP to cancel."
+    )
+    welcome_media_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None  # an MMS welcome
+    sender: str | None = None  # the short code / number people text the keyword to (for sms: links)
+
+
+Colour = Annotated[str, msgspec.Meta(pattern=r"^#[0-9a-fA-F]{6}$")]
+
+
+class FormSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The hosted sign-up form and the embeddable pop-up (seed 002 "pop-ups"): text, look, legal text
+    (recorded as the disclosure of every opt-in through them), and when/how often the pop-up shows."""
+
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=120)] = "Get 10% off your first order"
+    text: Annotated[str, msgspec.Meta(max_length=500)] = "Join our text club for offers and early access."
+    button: Annotated[str, msgspec.Meta(min_length=1, max_length=40)] = "Sign me up"
+    legal_text: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)] = (
+        "By submitting this form, you agree to receive recurring automated marketing text messages from {shop} "
+        "at the number provided. Consent is not a condition of purchase. Msg & data rates may apply. "
+        "Msg frequency varies. Reply HELP for help and STOP to cancel."
+    )
+    legal_version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "form-1"
+    background: Colour = "#ffffff"
+    foreground: Colour = "#1a1a1a"
+    accent: Colour = "#0b6e4f"
+    font: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9 ,'-]{1,100}$")] = "system-ui, sans-serif"
+    # The pop-up: shown on the first trigger that fires, at most once every `every_days` per visitor.
+    trigger_scroll_percent: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = 50
+    trigger_delay_s: Annotated[float, msgspec.Meta(ge=0, le=600)] | None = 8.0
+    trigger_exit_intent: bool = True
+    every_days: Annotated[float, msgspec.Meta(ge=0, le=365)] = 7.0
+    ask_email: bool = False
+    # Submissions per client IP per hour (each may text a confirmation: SMS pumping protection).
+    max_per_ip_per_hour: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 10
+
+
+class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    key_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    key_env: str | None = None
+    gateway_key_env: str | None = None
+    webhook_secret_env: str | None = None
+    default_region: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")] | None = None  # numbers without '+'
+    signup: SignupSettings = msgspec.field(default_factory=SignupSettings)
+    form: FormSettings = msgspec.field(default_factory=FormSettings)
+
+    def __post_init__(self) -> None:
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError(f"tenant {self.name!r}: give exactly one of key_sha256 and key_env")
+
+
+class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    store_url: str = "sqlite:///campaigns.db"
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8090
+    gateway_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = "http://127.0.0.1:8080"
+    public_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None
+    abandon_after: Annotated[float, msgspec.Meta(gt=0)] = 3600.0  # seconds until a checkout is abandoned
+    sync_interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 2.0  # gateway link rounds (push, pull)
+    # Segments with time windows are also recomputed whole this often (events and per-subscriber
+    # timers move people in and out at once; this catches everyone no event touched).
+    segment_rebuild_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    scores_refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0  # RFM recency / engagement as of now
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    tenants: list[TenantSettings] = []
+
+    def __post_init__(self) -> None:
+        if not self.store_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError(f"store_url {self.store_url!r}: use sqlite:///path or postgresql://...")
+        names = [t.name for t in self.tenants]
+        if len(set(names)) != len(names):
+            raise ValueError("tenants: a name appears twice")
+
+
+_AT = re.compile(r" - at `\$(.*)`$")
+
+
+def from_table(table: Any, *, path: str | None = None) -> CampaignSettings:
+    try:
+        return msgspec.convert(table, CampaignSettings)
+    except msgspec.ValidationError as exc:
+        m = _AT.search(str(exc))
+        key = "campaigns" + ("." + m.group(1).lstrip(".") if m and m.group(1) else "") if m else "campaigns"
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{_AT.sub('', str(exc))}", key=key) from exc
+
+
+def loads(text: str, *, path: str | None = None) -> CampaignSettings | None:
+    """The ``[campaigns]`` table of a Sluice config text, or None when it has none."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from exc
+    return from_table(raw["campaigns"], path=path) if "campaigns" in raw else None
+
+
+def load(path: str | Path) -> CampaignSettings | None:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    return loads(text, path=str(path))
+
+
+def missing_environment(settings: CampaignSettings, environ: Mapping[str, str]) -> list[ConfigError]:
+    """One error per ``*_env`` key whose variable is unset or empty (``campaigns.tenants[0].key_env``),
+    as the gateway's ``missing_environment`` does for its own tree."""
+    errors = []
+    for i, t in enumerate(settings.tenants):
+        for name in ("key_env", "gateway_key_env", "webhook_secret_env"):
+            var = getattr(t, name)
+            if var is not None and not environ.get(var):
+                errors.append(ConfigError(f"environment variable {var!r} is not set", key=f"campaigns.tenants[{i}].{name}"))
+    return errors

@@ -1,0 +1,279 @@
+"""Per-recipient short links, UTM merging, and telling a person's click from a preview fetcher's.
+
+Pure: no clock, no store. The shell passes ``exists`` (is this code already taken on this domain?) and
+the instants.
+
+**URLs in a text** (``find_urls``): ``http://`` or ``https://`` followed by non-space characters, or a
+bare ``www.`` host. The match stops at white space, at ``<>"`` and at full-width/CJK punctuation
+(``。，、！？；：）」』】`` ...) and at CJK ideographs, so "点击https://x.cn/a领取。" gives
+``https://x.cn/a`` (a Chinese path must be percent-encoded). Trailing ``.,;:!?'``
+and ``…`` are sentence punctuation, not part of the URL; a trailing ``)`` or ``]`` is dropped only when
+the URL holds no matching opener ("(see https://w.org/wiki/Foo_(bar))" keeps ``Foo_(bar)``). Unicode
+hosts and paths are kept as written.
+
+**Short links**: ``https://{domain}/{code}``, at most ``max_length`` (default 22) characters in all.
+The code alphabet is base62 (``0-9A-Za-z``); its length is what the limit leaves after the domain,
+at most 8 and at least 5 (62**5 is about 9.2e8 codes per domain). A domain too long to leave 5 is a
+``LinkError("domain_too_long")``. Codes come from a keyed hash (HMAC-SHA256 of the tenant's secret
+key and the link's scope: campaign, recipient, URL position), so a relaunch after a crash mints the
+same codes again (idempotent), and nobody can guess a neighbour's code. On a collision with a code
+already taken (``exists(code)``), the attempt counter in the hashed message is bumped, up to 16
+times, then ``LinkError("code_space_exhausted")``.
+
+**Clicks**: a hit is a click only if it is a GET (a HEAD is a preview), its user agent is not a known
+link-preview fetcher or bot, and it comes at least ``min_delay`` seconds (default 10 s) after the
+message was delivered, on either side (previews are fetched by the phone or the chat app right on
+arrival, and a receipt's time can trail that by a little). Unique
+clicks count each (message, link) once; total clicks count every human hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Literal
+from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
+
+import msgspec
+
+from campaigns.errors import InvalidInput
+
+__all__ = ["ALPHABET", "BOT_MARKERS", "ClickTally", "Hit", "HitVerdict", "LinkError", "ShortLink",
+           "Shortened", "classify_hit", "code_length", "find_urls", "mint_code", "shorten", "with_utm"]  # fmt: skip
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+MIN_CODE = 5
+MAX_CODE = 8
+MAX_ATTEMPTS = 16
+SCHEME = "https://"
+
+
+class LinkError(InvalidInput):
+    """A short link cannot be made as asked; ``code`` says why (``domain_too_long``, ...)."""
+
+    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
+        super().__init__(message, code=code, field=field)
+
+
+# ---- finding URLs ---------------------------------------------------------------------------
+
+# Characters that end a URL: white space, quotes/brackets that never appear raw in one, CJK
+# ideographs ("点击https://x.cn/a领取": Chinese texts run words into URLs; an IRI with a Chinese path
+# must be percent-encoded), full-width / CJK punctuation (U+3000-U+303F, full-width forms), curly
+# quotes and guillemets, and zero-width spaces/joiners (invisible, but not part of a URL).
+_STOP = r"\s<>\"\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff01\uff08\uff09\uff0c\uff1a\uff1b\uff1f\uff3b\uff3d\uff5b\uff5d\u2018\u2019\u201c\u201d\u00ab\u00bb\u2039\u203a\u200b-\u200d\u2060\ufeff"
+_URL = re.compile(rf"(?:https?://|(?<![\w.@/])www\.)[^{_STOP}]+", re.IGNORECASE)
+_TRAILING = ".,;:!?'…"
+_PAIRS = {")": "(", "]": "[", "}": "{"}
+
+
+def _trim(url: str) -> str:
+    while url:
+        last = url[-1]
+        if last in _TRAILING:
+            url = url[:-1]
+        elif last in _PAIRS and url.count(_PAIRS[last]) < url.count(last):
+            url = url[:-1]
+        else:
+            break
+    return url
+
+
+def find_urls(text: str) -> list[tuple[int, int, str]]:
+    """Each URL in ``text`` as ``(start, end, url)``, in order; ``text[start:end] == url``."""
+    found = []
+    for m in _URL.finditer(text):
+        url = _trim(m.group())
+        host = url.split("://", 1)[-1]
+        if len(host) < 4 or "." not in host.split("/", 1)[0]:
+            continue  # "https://" alone, or no dotted host
+        found.append((m.start(), m.start() + len(url), url))
+    return found
+
+
+# ---- short codes ----------------------------------------------------------------------------
+
+
+def code_length(domain: str, max_length: int = 22) -> int:
+    """How many code characters fit in ``https://{domain}/{code}`` within ``max_length``."""
+    room = max_length - len(SCHEME) - len(domain) - 1
+    if room < MIN_CODE:
+        raise LinkError(
+            "domain_too_long",
+            f"https://{domain}/ leaves {max(room, 0)} characters for a code within {max_length}; "
+            f"at least {MIN_CODE} are needed",
+            field="domain",
+        )
+    return min(room, MAX_CODE)
+
+
+def _base62(digest: bytes, length: int) -> str:
+    n = int.from_bytes(digest, "big")
+    out = []
+    for _ in range(length):
+        n, r = divmod(n, 62)
+        out.append(ALPHABET[r])
+    return "".join(out)
+
+
+def mint_code(key: bytes, scope: str, length: int, exists: Callable[[str], bool] = lambda _c: False) -> str:
+    """A code for ``scope`` (e.g. ``"camp-7:sub-42:0"``), the first free one of the keyed sequence."""
+    for attempt in range(MAX_ATTEMPTS):
+        digest = hmac.new(key, f"{scope}#{attempt}".encode(), hashlib.sha256).digest()
+        code = _base62(digest, length)
+        if not exists(code):
+            return code
+    raise LinkError("code_space_exhausted", f"{MAX_ATTEMPTS} codes for {scope!r} were all taken")
+
+
+def _check_url(url: str, position: int) -> None:
+    try:
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError as exc:
+        raise LinkError("bad_url", f"{url!r} at {position} is not a valid URL: {exc}", field=str(position)) from exc
+
+
+class ShortLink(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    url: str  # https://{domain}/{code}
+    target: str  # the original URL (UTM parameters are added at redirect time)
+    position: int  # which URL of the text, from 0
+
+
+class Shortened(msgspec.Struct, frozen=True, kw_only=True):
+    text: str
+    links: tuple[ShortLink, ...]
+
+
+def shorten(
+    text: str,
+    *,
+    domain: str,
+    key: bytes,
+    scope: str,
+    exists: Callable[[str], bool] = lambda _c: False,
+    max_length: int = 22,
+) -> Shortened:
+    """Replace every URL of ``text`` with a short link unique to ``scope`` (campaign + recipient)."""
+    length = code_length(domain, max_length)
+    taken: set[str] = set()
+    links: list[ShortLink] = []
+    parts: list[str] = []
+    cursor = 0
+    for i, (start, end, url) in enumerate(find_urls(text)):
+        _check_url(url, start)
+        code = mint_code(key, f"{scope}:{i}", length, lambda c: c in taken or exists(c))
+        taken.add(code)
+        short = f"{SCHEME}{domain}/{code}"
+        target = url if "://" in url else f"https://{url}"
+        links.append(ShortLink(code=code, url=short, target=target, position=i))
+        parts += [text[cursor:start], short]
+        cursor = end
+    parts.append(text[cursor:])
+    return Shortened(text="".join(parts), links=tuple(links))
+
+
+# ---- UTM ------------------------------------------------------------------------------------
+
+
+def with_utm(url: str, utm: Mapping[str, str]) -> str:
+    """``url`` with the campaign's UTM parameters added where the URL has none of that name.
+
+    Existing query parameters keep their order and values (a merchant's own ``utm_source`` wins); a
+    ``utm_*`` name never appears twice (a URL that already repeats one keeps its first). The fragment
+    is kept. Keys of ``utm`` must start with ``utm_``."""
+    for k in utm:
+        if not k.startswith("utm_"):
+            raise LinkError("bad_utm_key", f"{k!r} is not a utm_ parameter", field=k)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise LinkError("bad_url", f"{url!r} is not a valid URL: {exc}") from exc
+    seen: set[str] = set()
+    kept: list[str] = []
+    for raw in parts.query.split("&") if parts.query else ():
+        # Each existing parameter is kept byte for byte (its own encoding, "a" without "=", ...).
+        name = unquote_plus(raw.split("=", 1)[0])
+        if name.startswith("utm_"):
+            if name in seen:
+                continue
+            seen.add(name)
+        kept.append(raw)
+    added = [(k, v) for k, v in utm.items() if k not in seen and v]
+    if added:
+        kept.append(urlencode(added))
+    return urlunsplit(parts._replace(query="&".join(kept)))
+
+
+# ---- clicks ---------------------------------------------------------------------------------
+
+# Lower-case substrings of user agents that fetch links without a person (link previews, crawlers,
+# scripts). iMessage previews announce themselves as facebookexternalhit + Twitterbot.
+BOT_MARKERS = (
+    "bot", "crawler", "spider", "slurp", "preview", "facebookexternalhit", "facebookcatalog",
+    "whatsapp", "telegram", "slack", "discord", "skypeuripreview", "linkedinshare", "pinterest",
+    "embedly", "quora link preview", "vkshare", "w3c_validator", "redditbot", "applebot", "google-",
+    "googleother", "bingpreview", "yahoo", "yandex", "baiduspider", "duckduckgo", "petalbot",
+    "bytespider", "headlesschrome", "phantomjs", "lighthouse", "curl/", "wget/", "python-requests",
+    "python-urllib", "python-httpx", "aiohttp", "go-http-client", "okhttp", "java/", "libwww",
+    "httpclient", "axios/", "node-fetch", "postmanruntime", "insomnia", "scrapy", "feedfetcher",
+    "mediapartners", "validator", "monitor", "uptime", "outlook", "microsoft office", "ms-office",
+    "proofpoint", "mimecast", "barracuda",
+)  # fmt: skip
+
+HitVerdict = Literal["click", "head", "bot", "too_soon"]
+
+
+class Hit(msgspec.Struct, frozen=True, kw_only=True):
+    """One request to a short link, as the redirect endpoint saw it."""
+
+    code: str
+    method: str
+    user_agent: str | None
+    at: float
+
+
+def classify_hit(hit: Hit, delivered_at: float | None, *, min_delay: float = 10.0) -> HitVerdict:
+    """Whether a hit counts as a click. An absent user agent is a script, hence a bot.
+
+    ``delivered_at`` is when the message was delivered (None when unknown: then only the method and
+    user agent decide). A hit within ``min_delay`` of it, on either side (a receipt's time can trail
+    the handset's preview fetch), is ``too_soon``; one exactly ``min_delay`` away is a click, and so
+    is one long before a late receipt."""
+    if hit.method.upper() != "GET":
+        return "head"
+    ua = (hit.user_agent or "").strip().lower()
+    if not ua or any(marker in ua for marker in BOT_MARKERS):
+        return "bot"
+    if delivered_at is not None and abs(hit.at - delivered_at) < min_delay:
+        return "too_soon"
+    return "click"
+
+
+class ClickTally(msgspec.Struct, kw_only=True):
+    """Human clicks per code: ``total`` counts every click, ``unique`` each code once."""
+
+    total: int = 0
+    unique: int = 0
+    bots: int = 0
+    clicked: set[str] = msgspec.field(default_factory=set)
+
+    def add(self, code: str, verdict: HitVerdict) -> bool:
+        """Count one hit; True when it is the first human click on ``code``."""
+        if verdict != "click":
+            self.bots += 1
+            return False
+        self.total += 1
+        if code in self.clicked:
+            return False
+        self.clicked.add(code)
+        self.unique += 1
+        return True
+
+    def add_all(self, hits: Iterable[tuple[str, HitVerdict]]) -> ClickTally:
+        for code, verdict in hits:
+            self.add(code, verdict)
+        return self

@@ -1,0 +1,64 @@
+"""The campaign layer's errors, split by whose fault they are.
+
+    CampaignError
+    ├── CallerError          the request was wrong: fix the input (HTTP 4xx); ``code`` is stable
+    │   ├── InvalidInput     a field is malformed; ``field`` names it (``items[2].price``)
+    │   ├── NotFound         no such subscriber/segment for this tenant (404)
+    │   └── Conflict         the request contradicts stored state (409), e.g. a consent step out of order
+    ├── ConfigError          the ``[campaigns]`` configuration is wrong; ``key`` is its path
+    ├── StorageError         the store failed; the request may be retried (HTTP 503)
+    └── GatewayError         the gateway's API answered badly or not at all
+
+Expected outcomes (a duplicate event, an older event that changes nothing) are return values.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CallerError", "CampaignError", "ConfigError", "Conflict", "GatewayError", "InvalidInput",
+           "NotFound", "StorageError"]  # fmt: skip
+
+
+class CampaignError(Exception):
+    """The root of every error the campaign layer raises on purpose."""
+
+
+class CallerError(CampaignError):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.field = field
+
+
+class InvalidInput(CallerError):
+    status = 422
+    code = "invalid_input"
+
+
+class NotFound(CallerError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(CallerError):
+    status = 409
+    code = "conflict"
+
+
+class ConfigError(CampaignError):
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(f"{message} (at {key})" if key else message)
+        self.key = key
+
+
+class StorageError(CampaignError):
+    status = 503
+    code = "storage_unavailable"
+
+
+class GatewayError(CampaignError):
+    status = 502
+    code = "gateway_error"

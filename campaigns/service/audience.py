@@ -1,0 +1,323 @@
+"""The audience service: the async shell around the store and the pure core. The HTTP API
+(``app.py``) and the gateway link (``link.py``) call it; it reads the clock once per call and hands
+that ``now`` to the core and the store (which runs in a worker thread)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Annotated, Any, TypeVar
+
+import anyio.to_thread
+import msgspec
+
+from campaigns.config import CampaignSettings, TenantSettings
+from campaigns.core import proof
+from campaigns.core.forms import legal_text
+from campaigns.core.imports import parse_csv
+from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State, needs_disclosure
+from campaigns.core.events import CheckoutEvent, CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone, event_phone
+from campaigns.core.model import Stats, Subscriber
+from campaigns.core.segments import Segment, affected_by, dependencies, dump_segment, evaluate, next_change, parse_segment
+from campaigns.errors import Conflict, InvalidInput, NotFound
+from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, Store
+from campaigns.store.segment_sql import compile_segment
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ConsentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A consent action given through the API (in store, an import, a form the shop hosts itself)."""
+
+    action: Action
+    source: Source = "api"
+    disclosure_text: str | None = None
+    disclosure_version: str | None = None
+    evidence: Evidence = Evidence()
+    at: float | None = None  # when it happened (default: now); never in the future
+
+
+class SubscriberIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    profile: Profile
+    consent: ConsentIn | None = None
+
+
+class FormIn(msgspec.Struct, frozen=True, kw_only=True):
+    """What the hosted form and the pop-up post (JSON, or a urlencoded form)."""
+
+    phone: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+    email: Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)] | None = None
+    form_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "hosted"
+    legal_version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    page_url: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+
+
+class SubscriberOut(msgspec.Struct, frozen=True, kw_only=True):
+    subscriber: Subscriber
+    tags: list[str]
+    stats: Stats
+    marketable: bool
+
+
+class Audience:
+    def __init__(self, store: Store, settings: CampaignSettings, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.tenants: dict[str, TenantSettings] = {t.name: t for t in settings.tenants}
+        self._segments: dict[str, list[tuple[int, Segment, frozenset[str]]]] = {}  # per tenant, parsed
+        self._last_rebuild: dict[str, float] = {}
+        self._last_scores: dict[str, float] = {}
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        return await anyio.to_thread.run_sync(partial(fn, *args, **kw))
+
+    def phone(self, tenant: str, raw: str, *, field: str = "phone", country: str | None = None) -> str:
+        t = self.tenants.get(tenant)
+        return canonical_phone(raw, region=country or (t.default_region if t else None), field=field)
+
+    async def store_call(self, name: str, *args: Any, **kw: Any) -> Any:
+        """A store method by name, in a worker thread (for the API's plain reads and deletes)."""
+        return await self._run(getattr(self.store, name), *args, **kw)
+
+    # ---- subscribers ---------------------------------------------------------------------------
+    async def put_subscriber(self, tenant: str, body: SubscriberIn) -> tuple[SubscriberOut, bool]:
+        now = self.clock()
+        phone = self.phone(tenant, body.profile.phone, field="profile.phone", country=body.profile.country)
+        new = self._consent(phone, body.consent, now, field="consent") if body.consent else None
+        try:  # one transaction: a refused consent stores nothing
+            sub, created = await self._run(self.store.put_subscriber, tenant, body.profile, phone=phone, at=now, now=now,
+                                           consent=new)  # fmt: skip
+        except Conflict as exc:
+            raise Conflict(str(exc), code=exc.code, field=f"consent.{exc.field}" if exc.field else "consent") from None
+        await self.refresh_membership(tenant, sub.id, frozenset({"subscribers", "subscriber_tags"}), now)
+        return await self.subscriber_out(tenant, sub.id), created
+
+    def _consent(self, phone: str, c: ConsentIn, now: float, *, field: str) -> NewConsent:
+        at = now if c.at is None else c.at
+        prefix = f"{field}." if field else ""
+        if at > now + 300:
+            raise InvalidInput("consent time is in the future", code="invalid_field", field=f"{prefix}at")
+        if needs_disclosure(c.action, c.source) and not c.disclosure_text:
+            raise InvalidInput(f"an opt-in from {c.source} must record the disclosure text shown",
+                               code="disclosure_required", field=f"{prefix}disclosure_text")  # fmt: skip
+        return NewConsent(phone=phone, action=c.action, source=c.source, at=at, disclosure_text=c.disclosure_text,
+                          disclosure_version=c.disclosure_version, evidence=c.evidence)  # fmt: skip
+
+    async def subscriber_out(self, tenant: str, subscriber_id: int) -> SubscriberOut:
+        def read() -> SubscriberOut:
+            sub = self.store.subscriber(tenant, subscriber_id)
+            if sub is None:
+                raise NotFound(f"no subscriber {subscriber_id}", code="subscriber_not_found")
+            return SubscriberOut(subscriber=sub, tags=sorted(self.store.tags(tenant, subscriber_id)),
+                                 stats=self.store.stats(tenant, subscriber_id), marketable=sub.consent == "confirmed")
+        return await self._run(read)
+
+    async def subscribers(self, tenant: str, *, after: int, limit: int) -> list[Subscriber]:
+        return await self._run(self.store.subscribers, tenant, after=after, limit=limit)
+
+    async def set_tags(self, tenant: str, subscriber_id: int, add: Sequence[str], remove: Sequence[str]) -> list[str]:
+        tags = sorted(await self._run(self.store.set_tags, tenant, subscriber_id, add=add, remove=remove))
+        await self.refresh_membership(tenant, subscriber_id, frozenset({"subscriber_tags"}), self.clock())
+        return tags
+
+    # ---- consent -------------------------------------------------------------------------------
+    async def record_consent(self, tenant: str, subscriber_id: int, body: ConsentIn) -> tuple[ConsentEntry, State]:
+        sub = await self._subscriber(tenant, subscriber_id)
+        entry, state = await self._run(self.store.record_consent, tenant,
+                                       self._consent(sub.phone, body, self.clock(), field=""), now=self.clock())
+        assert entry is not None
+        await self.refresh_membership(tenant, subscriber_id, frozenset({"subscribers"}), self.clock())
+        return entry, state
+
+    async def _subscriber(self, tenant: str, subscriber_id: int) -> Subscriber:
+        sub = await self._run(self.store.subscriber, tenant, subscriber_id)
+        if sub is None:
+            raise NotFound(f"no subscriber {subscriber_id}", code="subscriber_not_found")
+        return sub
+
+    async def ledger(self, tenant: str, subscriber_id: int) -> list[ConsentEntry]:
+        await self._subscriber(tenant, subscriber_id)
+        return await self._run(self.store.ledger, tenant, subscriber_id)
+
+    async def proof(self, tenant: str, subscriber_id: int) -> proof.Proof:
+        sub = await self._subscriber(tenant, subscriber_id)
+        return proof.build(sub, await self._run(self.store.ledger, tenant, subscriber_id), self.clock())
+
+    async def import_csv(self, tenant: str, text: str, *, file_name: str = "") -> ImportResult:
+        t = self.tenants.get(tenant)
+        rows = parse_csv(text, file_name=file_name, region=t.default_region if t else None)  # all checked first
+        return await self._run(self.store.import_rows, tenant, rows, now=self.clock())
+
+    async def subscribe_form(self, tenant: str, body: FormIn, evidence: Evidence) -> tuple[str, ConsentEntry | None]:
+        """An opt-in through the hosted form or the pop-up: the disclosure recorded is the shop's own
+        legal text for the version the page showed. Returns (state, the new entry or None)."""
+        t = self.tenants.get(tenant)
+        if t is None:
+            raise NotFound(f"no shop {tenant!r}", code="shop_not_found")
+        if body.legal_version != t.form.legal_version:
+            raise InvalidInput("the form is out of date: reload the page", code="stale_form", field="legal_version")
+        phone = self.phone(tenant, body.phone)
+        now = self.clock()
+        profile = Profile(phone=phone, email=body.email, signup_source="popup" if body.form_id == "popup" else "form")
+
+        def run() -> tuple[str, ConsentEntry | None]:
+            sub = self.store.subscriber_by_phone(tenant, phone)
+            state = sub.consent if sub else "none"
+            if state in ("pending", "confirmed"):
+                self.store.put_subscriber(tenant, msgspec.structs.replace(profile, signup_source=None), phone=phone,
+                                          at=now, now=now)  # fmt: skip
+                return state, None
+            entry = NewConsent(phone=phone, action="re_opt_in" if state == "revoked" else "opt_in",
+                               source="popup" if body.form_id == "popup" else "form", at=now,
+                               disclosure_text=legal_text(t.form, t.signup.shop_name),
+                               disclosure_version=t.form.legal_version, evidence=evidence)  # fmt: skip
+            self.store.put_subscriber(tenant, profile if sub is None else msgspec.structs.replace(profile, signup_source=None),
+                                      phone=phone, at=now, now=now, consent=entry)  # fmt: skip
+            return "pending", self.store.ledger(tenant, self.store.subscriber_by_phone(tenant, phone).id)[-1]  # type: ignore[union-attr]
+        return await self._run(run)
+
+    # ---- shop events ---------------------------------------------------------------------------
+    def check_event(self, tenant: str, event: ShopEvent, prefix: str = "") -> str | None:
+        """The event's canonical phone (None for a fulfilment), or InvalidInput naming the field."""
+        grant = getattr(event, "consent", None)
+        if isinstance(event, CheckoutEvent) and grant is not None and grant.accepted and not grant.disclosure_text:
+            raise InvalidInput("a checkout opt-in must record the disclosure text shown", code="disclosure_required",
+                               field=f"{prefix}consent.disclosure_text")  # fmt: skip
+        raw = event_phone(event)
+        if raw is None:
+            return None
+        field = "profile.phone" if isinstance(event, CustomerEvent) else "phone"
+        country = event.profile.country if isinstance(event, CustomerEvent) else None
+        return self.phone(tenant, raw, field=prefix + field, country=country)
+
+    async def apply(self, tenant: str, event: ShopEvent, phone: str | None) -> Applied:
+        now = self.clock()
+        if event.at > now + 300:
+            raise InvalidInput("event time is in the future", code="invalid_field", field="at")
+        applied = await self._run(self.store.apply_event, tenant, event, phone=phone, now=now)
+        if applied.subscriber_id is not None and applied.outcome != "duplicate":
+            await self.refresh_membership(tenant, applied.subscriber_id, applied.changed, now)
+        return applied
+
+    async def apply_many(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]]) -> list[Applied]:
+        now = self.clock()
+        for i, (e, _) in enumerate(events):
+            if e.at > now + 300:
+                raise InvalidInput("event time is in the future", code="invalid_field", field=f"lines[{i}].at")
+
+        results: list[Applied] = []
+        for i in range(0, len(events), 1000):  # one transaction per thousand events
+            results += await self._run(self.store.apply_events, tenant, events[i:i + 1000], now=now)
+        touched: dict[int, set[str]] = {}
+        for r in results:
+            if r.subscriber_id is not None and r.outcome != "duplicate":
+                touched.setdefault(r.subscriber_id, set()).update(r.changed)
+        for sid, changed in touched.items():
+            await self.refresh_membership(tenant, sid, frozenset(changed), now)
+        return results
+
+    async def tick(self, tenant: str | None = None) -> list[int]:
+        """The periodic work: checkouts past ``abandon_after`` become abandoned, due segment timers
+        move people in or out, time-windowed segments are rebuilt every ``segment_rebuild_s`` and the
+        time-relative scores refreshed every ``scores_refresh_s``. Returns the subscribers whose
+        checkouts were abandoned."""
+        now, out = self.clock(), []
+        for name in [tenant] if tenant else list(self.tenants):
+            sids = await self._run(self.store.abandon_checkouts, name, after_s=self.settings.abandon_after, now=now)
+            for sid in sids:
+                await self.refresh_membership(name, sid, frozenset({"checkouts", "subscriber_stats"}), now)
+            out += sids
+            if now - self._last_scores.get(name, now - self.settings.scores_refresh_s - 1) >= self.settings.scores_refresh_s:
+                self._last_scores[name] = now
+                await self._run(self.store.refresh_scores, name, now=now)
+                await self.rebuild(name, lambda deps: True)
+            elif now - self._last_rebuild.get(name, 0.0) >= self.settings.segment_rebuild_s:
+                self._last_rebuild[name] = now
+                await self.rebuild(name, lambda deps: "clock" in deps)
+        for t, seg_id, sid in await self._run(self.store.due_timers, now):
+            if tenant is None or t == tenant:
+                await self.refresh_membership(t, sid, None, now, only=seg_id)
+        return out
+
+    # ---- live membership (segments' dependencies decide what an event re-evaluates) ----------
+    async def segments_of(self, tenant: str) -> list[tuple[int, Segment, frozenset[str]]]:
+        if tenant not in self._segments:
+            rows, after = [], 0
+            while page := await self._run(self.store.segments, tenant, after=after, limit=500):
+                rows += page
+                after = page[-1].id
+            parsed = []
+            for r in rows:
+                seg = parse_segment(r.definition)
+                parsed.append((r.id, seg, dependencies(seg)))
+            self._segments[tenant] = parsed
+        return self._segments[tenant]
+
+    async def refresh_membership(self, tenant: str, sid: int, changed: frozenset[str] | None, now: float,
+                                 *, only: int | None = None) -> None:  # fmt: skip
+        """Re-evaluate, for one subscriber, the segments that depend on what changed (``None``: all, or
+        ``only`` that one), write their membership, and set the timer for when time alone changes it."""
+        touched = [(i, seg, deps) for i, seg, deps in await self.segments_of(tenant)
+                   if (only is None or i == only) and (changed is None or affected_by(deps, changed))]  # fmt: skip
+        if not touched:
+            return
+
+        def run() -> None:
+            view = self.store.view(tenant, sid)
+            if view is None:
+                return
+            for i, seg, deps in touched:
+                self.store.set_member(tenant, i, sid, evaluate(seg, view, now), now=now)
+                if "clock" in deps:
+                    self.store.set_timer(tenant, i, sid, next_change(seg, view, now))
+        await self._run(run)
+
+    async def rebuild(self, tenant: str, which: Callable[[frozenset[str]], bool]) -> None:
+        now = self.clock()
+        for i, seg, deps in await self.segments_of(tenant):
+            if which(deps):
+                where, params = compile_segment(seg, self.store.engine, tenant, now)  # type: ignore[arg-type]
+                await self._run(self.store.rebuild_members, tenant, i, where, params, now=now)
+
+    async def member_segments(self, tenant: str, subscriber_id: int) -> list[tuple[int, float]]:
+        await self._subscriber(tenant, subscriber_id)
+        return await self._run(self.store.member_segments, tenant, subscriber_id)
+
+    # ---- segments (the language and its SQL: campaigns.core.segments, campaigns.store.segment_sql) ---
+    @staticmethod
+    def parse(definition: Any) -> Segment:
+        return parse_segment(definition)
+
+    async def put_segment(self, tenant: str, name: str, definition: Any, segment_id: int | None = None) -> SegmentRow:
+        seg = parse_segment(definition)
+        now = self.clock()
+        row = await self._run(self.store.put_segment, tenant, name, dump_segment(seg), now=now, segment_id=segment_id)
+        self._segments.pop(tenant, None)
+        where, params = compile_segment(seg, self.store.engine, tenant, now)  # type: ignore[arg-type]
+        await self._run(self.store.rebuild_members, tenant, row.id, where, params, now=now)
+        return row
+
+    async def delete_segment(self, tenant: str, segment_id: int) -> None:
+        await self._run(self.store.delete_segment, tenant, segment_id)
+        self._segments.pop(tenant, None)
+
+    async def segment(self, tenant: str, segment_id: int) -> tuple[SegmentRow, Segment]:
+        row = await self._run(self.store.segment, tenant, segment_id)
+        if row is None:
+            raise NotFound(f"no segment {segment_id}", code="segment_not_found")
+        return row, parse_segment(row.definition)
+
+    async def count(self, tenant: str, seg: Segment) -> int:
+        where, params = compile_segment(seg, self.store.engine, tenant, self.clock())  # type: ignore[arg-type]
+        return await self._run(self.store.count_where, tenant, where, params)
+
+    async def members(self, tenant: str, seg: Segment, *, after: int, limit: int) -> list[int]:
+        where, params = compile_segment(seg, self.store.engine, tenant, self.clock())  # type: ignore[arg-type]
+        return await self._run(self.store.ids_where, tenant, where, params, after=after, limit=limit)
+
+
+def is_fulfillment(event: ShopEvent) -> bool:
+    return isinstance(event, FulfillmentEvent)

@@ -1,0 +1,83 @@
+"""The gateway, as the campaign layer sees it: its public HTTP API only (httpx), with one tenant's key.
+
+Sends carry an ``Idempotency-Key`` (retrying a send never sends twice); suppressions are added with
+``POST /v1/suppressions`` and lifted with ``DELETE /v1/suppressions/{number}``; inbound messages
+(including the STOP family the gateway acts on itself) are read with ``GET /v1/inbound?after=``."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from campaigns.errors import GatewayError
+
+
+class Inbound(msgspec.Struct, frozen=True, kw_only=True, rename={"sender": "from", "recipient": "to"}):
+    id: int
+    sender: str
+    recipient: str
+    text: str
+    at: float
+    carrier: str = ""
+    kind: str = "message"
+    keyword: str | None = None
+
+
+class InboundPage(msgspec.Struct, frozen=True, kw_only=True):
+    inbound: list[Inbound]
+    next: int | None = None
+
+
+class Suppression(msgspec.Struct, frozen=True, kw_only=True):
+    number: str
+    at: float
+    source: str = ""
+
+
+_pages = msgspec.json.Decoder(InboundPage)
+_supps = msgspec.json.Decoder(list[Suppression])
+
+
+class GatewayClient:
+    def __init__(self, base_url: str, key: str, *, transport: httpx.AsyncBaseTransport | None = None,
+                 timeout: float = 10.0) -> None:  # fmt: skip
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), transport=transport, timeout=timeout,
+                                       headers={"authorization": f"Bearer {key}"})  # fmt: skip
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, *, ok: tuple[int, ...], **kw: Any) -> httpx.Response:
+        try:
+            resp = await self._http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise GatewayError(f"gateway {method} {path}: {exc!r}") from exc
+        if resp.status_code not in ok:
+            raise GatewayError(f"gateway {method} {path}: HTTP {resp.status_code} {resp.text[:200]}")
+        return resp
+
+    async def suppress(self, number: str) -> None:
+        await self._call("POST", "/v1/suppressions", ok=(200, 201), content=msgspec.json.encode({"number": number}))
+
+    async def unsuppress(self, number: str) -> None:
+        await self._call("DELETE", f"/v1/suppressions/{quote(number, safe='')}", ok=(200, 404))
+
+    async def suppressions(self) -> list[Suppression]:
+        return _supps.decode((await self._call("GET", "/v1/suppressions", ok=(200,))).content)
+
+    async def inbound(self, *, after: int, limit: int = 500) -> InboundPage:
+        resp = await self._call("GET", "/v1/inbound", ok=(200,), params={"after": after, "limit": limit})
+        return _pages.decode(resp.content)
+
+    async def send(self, *, to: str, body: str, sender: str, key: str, media: list[str] | None = None,
+                   category: str = "transactional") -> str:  # fmt: skip
+        """One message (a confirmation request, a welcome); ``key`` makes retries safe."""
+        payload: dict[str, Any] = {"to": to, "body": body, "from": sender, "category": category}
+        if media:
+            payload["media"] = media
+        resp = await self._call("POST", "/v1/messages", ok=(200, 201, 202), content=msgspec.json.encode(payload),
+                                headers={"idempotency-key": key})  # fmt: skip
+        return str(msgspec.json.decode(resp.content).get("id", ""))

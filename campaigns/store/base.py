@@ -1,0 +1,117 @@
+"""The campaign store seam: one small synchronous interface, two engines (``sqlite``, ``postgres``),
+chosen by URL (``campaigns.store.open_store``). Every method is one transaction: nothing is half
+stored. The async shell calls it from a worker thread (``anyio.to_thread.run_sync``).
+
+Every implementation passes ``campaigns.store.conformance`` (run on both engines by tests/campaigns)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
+from campaigns.core.events import Profile, ShopEvent
+from campaigns.core.imports import ImportRow
+from campaigns.core.model import Stats, Subscriber, SubscriberView
+
+Outcome = Literal["applied", "duplicate", "stale"]
+
+
+class Applied(msgspec.Struct, frozen=True, kw_only=True):
+    """What an event did: ``duplicate`` (its id was seen), ``stale`` (older than the state it would
+    change: recorded, nothing changed) or ``applied``. ``changed`` names the tables it changed (the
+    segments that depend on them are re-evaluated for ``subscriber_id``)."""
+
+    outcome: Outcome
+    subscriber_id: int | None = None
+    changed: frozenset[str] = frozenset()
+    consent: ConsentEntry | None = None  # a consent box ticked in the event, as recorded
+
+
+class NewConsent(msgspec.Struct, frozen=True, kw_only=True):
+    """A consent action to append to the ledger for ``phone`` (canonical E.164)."""
+
+    phone: str
+    action: Action
+    source: Source
+    at: float
+    disclosure_text: str | None = None
+    disclosure_version: str | None = None
+    evidence: Evidence = Evidence()
+
+
+class SegmentRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    tenant: str
+    name: str
+    definition: Any  # the segment tree as JSON (decoded)
+    created_at: float
+    updated_at: float
+
+
+class ImportResult(msgspec.Struct, frozen=True, kw_only=True):
+    rows: int
+    created: int  # new subscribers (the others were updated)
+    consented: int  # rows whose proven consent was recorded in the ledger
+    unproven: int  # rows claiming consent without proof: imported as not marketable
+    skipped_revoked: int  # rows whose number had opted out: an import never re-subscribes
+
+
+class SyncItem(msgspec.Struct, frozen=True, kw_only=True):
+    """A consent change the gateway must hear (``suppress`` / ``unsuppress`` a number)."""
+
+    tenant: str
+    phone: str
+    action: Literal["suppress", "unsuppress"]
+    at: float
+
+
+class Store(Protocol):
+    engine: str
+
+    def close(self) -> None: ...
+
+    # subscribers -----------------------------------------------------------------------------
+    def put_subscriber(self, tenant: str, profile: Profile, *, phone: str, at: float, now: float,
+                       consent: NewConsent | None = None) -> tuple[Subscriber, bool]: ...  # (row, created?) one tx
+    def subscriber(self, tenant: str, subscriber_id: int) -> Subscriber | None: ...
+    def subscriber_by_phone(self, tenant: str, phone: str) -> Subscriber | None: ...
+    def subscribers(self, tenant: str, *, after: int, limit: int) -> list[Subscriber]: ...
+    def tags(self, tenant: str, subscriber_id: int) -> frozenset[str]: ...
+    def set_tags(self, tenant: str, subscriber_id: int, *, add: Sequence[str] = (), remove: Sequence[str] = ()) -> frozenset[str]: ...  # noqa: E501
+
+    # consent ---------------------------------------------------------------------------------
+    def record_consent(self, tenant: str, entry: NewConsent, *, now: float,
+                       event_id: str | None = None) -> tuple[ConsentEntry | None, State]: ...  # None: event_id seen
+    def ledger(self, tenant: str, subscriber_id: int) -> list[ConsentEntry]: ...
+    def import_rows(self, tenant: str, rows: Sequence[ImportRow], *, now: float) -> ImportResult: ...  # one tx
+
+    # shop events -----------------------------------------------------------------------------
+    def apply_event(self, tenant: str, event: ShopEvent, *, phone: str | None, now: float) -> Applied: ...
+    def apply_events(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], *, now: float) -> list[Applied]: ...  # one tx
+    def abandon_checkouts(self, tenant: str, *, after_s: float, now: float) -> list[int]: ...
+    def refresh_scores(self, tenant: str, *, now: float) -> int: ...
+    def stats(self, tenant: str, subscriber_id: int) -> Stats: ...
+    def view(self, tenant: str, subscriber_id: int) -> SubscriberView | None: ...
+
+    # segments (the SQL comes from campaigns.store.segment_sql for this store's ``engine``) -------
+    def count_where(self, tenant: str, where: str, params: Sequence[Any]) -> int: ...
+    def ids_where(self, tenant: str, where: str, params: Sequence[Any], *, after: int, limit: int) -> list[int]: ...
+    def put_segment(self, tenant: str, name: str, definition: Any, *, now: float, segment_id: int | None = None) -> SegmentRow: ...  # noqa: E501
+    def segment(self, tenant: str, segment_id: int) -> SegmentRow | None: ...
+    def segments(self, tenant: str, *, after: int = 0, limit: int = 100) -> list[SegmentRow]: ...
+    def delete_segment(self, tenant: str, segment_id: int) -> bool: ...
+    def set_member(self, tenant: str, segment_id: int, subscriber_id: int, member: bool, *, now: float) -> bool: ...
+    def members(self, tenant: str, segment_id: int, *, after: int, limit: int) -> list[int]: ...
+    def rebuild_members(self, tenant: str, segment_id: int, where: str, params: Sequence[Any], *, now: float) -> int: ...
+    def member_segments(self, tenant: str, subscriber_id: int) -> list[tuple[int, float]]: ...
+    def set_timer(self, tenant: str, segment_id: int, subscriber_id: int, at: float | None) -> None: ...
+    def due_timers(self, now: float, limit: int = 1000) -> list[tuple[str, int, int]]: ...  # taken when read
+
+    # the gateway link ------------------------------------------------------------------------
+    def sync_pending(self, tenant: str | None = None, limit: int = 500) -> list[SyncItem]: ...
+    def sync_done(self, item: SyncItem) -> None: ...
+    def cursor(self, tenant: str, name: str) -> int: ...  # e.g. the last gateway inbound id read
+    def set_cursor(self, tenant: str, name: str, value: int) -> None: ...

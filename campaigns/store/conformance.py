@@ -1,0 +1,252 @@
+"""The conformance suite every campaign store passes (``CHECKS``; tests/campaigns runs it on SQLite and
+PostgreSQL). Each check takes a fresh store and uses its own tenants."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+from campaigns.core.consent import Evidence, disclosure_sha256
+from campaigns.core.events import (ActivityEvent, CheckoutEvent, ConsentGrant, CustomerEvent, CustomEvent,
+                                   FulfillmentEvent, Item, OrderEvent, Profile)  # fmt: skip
+from campaigns.errors import Conflict, InvalidInput, NotFound
+from campaigns.store.base import NewConsent, Store
+
+A, B = "+33612345678", "+33612345679"
+DAY = 86_400.0
+T0 = 1_760_000_000.0
+
+
+def _raises(exc: type[BaseException], fn: Callable[[], object]) -> BaseException:
+    try:
+        fn()
+    except exc as e:
+        return e
+    raise AssertionError(f"expected {exc.__name__}")
+
+
+def check_subscribers(store: Store) -> None:
+    s, created = store.put_subscriber("acme", Profile(phone=A, first_name="Ana", country="FR", tags=("vip",),
+                                                      attributes={"size": "M"}), phone=A, at=T0, now=T0)  # fmt: skip
+    assert created and s.phone == A and s.first_name == "Ana" and s.consent == "none" and s.created_at == T0
+    s2, created = store.put_subscriber("acme", Profile(phone=A, last_name="Lopez", attributes={"pet": "cat"}),
+                                       phone=A, at=T0 + 10, now=T0 + 10)  # fmt: skip
+    assert not created and s2.id == s.id and s2.first_name == "Ana" and s2.last_name == "Lopez"
+    assert s2.attributes == {"size": "M", "pet": "cat"}
+    # An older profile change never overwrites a newer one.
+    s3, _ = store.put_subscriber("acme", Profile(phone=A, first_name="Old"), phone=A, at=T0 + 5, now=T0 + 20)
+    assert s3.first_name == "Ana"
+    assert store.tags("acme", s.id) == {"vip"}
+    assert store.set_tags("acme", s.id, add=["a", "b"], remove=["vip"]) == {"a", "b"}
+    # Tenants are isolated: another shop neither sees nor touches this subscriber.
+    assert store.subscriber("beta", s.id) is None and store.subscriber_by_phone("beta", A) is None
+    _raises(NotFound, lambda: store.set_tags("beta", s.id, add=["x"]))
+    other, created = store.put_subscriber("beta", Profile(phone=A), phone=A, at=T0, now=T0)
+    assert created and other.id != s.id
+    for i in range(5):
+        store.put_subscriber("acme", Profile(phone=f"+3361234500{i}"), phone=f"+3361234500{i}", at=T0, now=T0)
+    first = store.subscribers("acme", after=0, limit=3)
+    rest = store.subscribers("acme", after=first[-1].id, limit=10)
+    assert len(first) == 3 and len(rest) == 3 and first[-1].id < rest[0].id
+    assert {x.tenant for x in first + rest} == {"acme"}
+
+
+def check_consent_ledger(store: Store) -> None:
+    text = "Yes, text me offers. Msg & data rates may apply. Reply STOP to cancel."
+    ev = Evidence(ip="203.0.113.9", user_agent="UA", page_url="https://shop.example/", form_id="f1")
+    e1, state = store.record_consent("acme", NewConsent(phone=A, action="opt_in", source="form", at=T0,
+                                     disclosure_text=text, disclosure_version="v3", evidence=ev), now=T0)  # fmt: skip
+    assert state == "pending" and e1.disclosure_sha256 == disclosure_sha256(text) and e1.evidence == ev
+    sid = e1.subscriber_id
+    assert store.subscriber("acme", sid).consent == "pending"  # type: ignore[union-attr]
+    # A form opt-in without its disclosure text is refused, and nothing is stored.
+    err = _raises(InvalidInput, lambda: store.record_consent("acme", NewConsent(phone=B, action="opt_in", source="popup",
+                                                                                at=T0), now=T0))  # fmt: skip
+    assert err.field == "disclosure_text" and store.subscriber_by_phone("acme", B) is None  # type: ignore[attr-defined]
+    _, state = store.record_consent("acme", NewConsent(phone=A, action="confirm", source="reply", at=T0 + 60,
+                                    evidence=Evidence(mo_id="mo-1")), now=T0 + 60)  # fmt: skip
+    assert state == "confirmed" and store.sync_pending("acme") == []
+    _, state = store.record_consent("acme", NewConsent(phone=A, action="opt_out", source="reply", at=T0 + 120), now=T0 + 120)
+    assert state == "revoked"
+    [item] = store.sync_pending("acme")
+    assert (item.phone, item.action) == (A, "suppress")
+    # After an opt-out, a confirmation alone is out of order: refused, the ledger unchanged.
+    err = _raises(Conflict, lambda: store.record_consent("acme", NewConsent(phone=A, action="confirm", source="reply",
+                                                                            at=T0 + 180), now=T0 + 180))  # fmt: skip
+    assert err.code == "consent_out_of_order" and len(store.ledger("acme", sid)) == 3  # type: ignore[attr-defined]
+    store.record_consent("acme", NewConsent(phone=A, action="re_opt_in", source="keyword", at=T0 + 200,
+                                            evidence=Evidence(keyword="JOIN", mo_id="mo-2")), now=T0 + 200)  # fmt: skip
+    _, state = store.record_consent("acme", NewConsent(phone=A, action="confirm", source="reply", at=T0 + 260), now=T0 + 260)
+    assert state == "confirmed"
+    [item] = store.sync_pending("acme")  # the newest wish for the number replaces the older one
+    assert item.action == "unsuppress"
+    store.sync_done(item)
+    assert store.sync_pending("acme") == []
+    ledger = store.ledger("acme", sid)
+    assert [e.action for e in ledger] == ["opt_in", "confirm", "opt_out", "re_opt_in", "confirm"]
+    assert [e.at for e in ledger] == sorted(e.at for e in ledger)
+    assert store.ledger("beta", sid) == []
+    # A STOP the gateway heard is recorded without echoing it back to the gateway.
+    store.record_consent("acme", NewConsent(phone=B, action="opt_out", source="gateway", at=T0), now=T0)
+    assert store.sync_pending("acme") == []
+    assert store.subscriber_by_phone("acme", B).consent == "revoked"  # type: ignore[union-attr]
+    # With an event id (an inbound message's), the same action is recorded once.
+    n = len(store.ledger("acme", sid))
+    first, _ = store.record_consent("acme", NewConsent(phone=A, action="opt_out", source="reply", at=T0 + 300),
+                                    now=T0 + 300, event_id="mo:7")  # fmt: skip
+    again, state = store.record_consent("acme", NewConsent(phone=A, action="opt_out", source="reply", at=T0 + 300),
+                                        now=T0 + 300, event_id="mo:7")  # fmt: skip
+    assert first is not None and again is None and state == "revoked" and len(store.ledger("acme", sid)) == n + 1
+    assert store.cursor("acme", "inbound") == 0
+    store.set_cursor("acme", "inbound", 9)
+    store.set_cursor("acme", "inbound", 4)  # never backwards
+    assert store.cursor("acme", "inbound") == 9 and store.cursor("beta", "inbound") == 0
+
+
+def _order(eid: str, at: float, order_id: str = "o1", total: int = 5000, status: str = "paid", **kw: object) -> OrderEvent:
+    return OrderEvent(id=eid, at=at, order_id=order_id, phone=A, total=total, currency="EUR", payment_status=status,  # type: ignore[arg-type]
+                      **kw)  # fmt: skip
+
+
+def check_events_idempotent_and_aggregates(store: Store) -> None:
+    e = _order("e1", T0, items=(Item(product="Tee", category="shirts", price=2500, quantity=2),))
+    first = store.apply_event("acme", e, phone=A, now=T0)
+    assert first.outcome == "applied" and "subscriber_stats" in first.changed
+    assert store.apply_event("acme", e, phone=A, now=T0).outcome == "duplicate"
+    store.apply_event("acme", _order("e2", T0 + DAY, "o2", 12000), phone=A, now=T0 + DAY)
+    store.apply_event("acme", _order("e3", T0 + 2 * DAY, "o3", 999, "refunded"), phone=A, now=T0 + 2 * DAY)
+    st = store.stats("acme", first.subscriber_id)  # type: ignore[arg-type]
+    assert (st.orders_count, st.total_spent, st.avg_order_value) == (2, 17000, 8500)
+    assert (st.first_order_at, st.last_order_at, st.last_order_payment_status) == (T0, T0 + DAY, "refunded")
+    assert st.rfm_r == 5 and st.rfm_f == 2 and st.engagement == 5
+    # The order's newer update (paid -> refunded) applies; an older one arriving late does not.
+    store.apply_event("acme", _order("e4", T0 + 3 * DAY, "o2", 12000, "refunded"), phone=A, now=T0 + 3 * DAY)
+    late = store.apply_event("acme", _order("e5", T0 + DAY + 1, "o2", 12000, "paid"), phone=A, now=T0 + 3 * DAY)
+    assert late.outcome == "stale"
+    st = store.stats("acme", first.subscriber_id)  # type: ignore[arg-type]
+    assert (st.orders_count, st.total_spent) == (1, 5000)
+    assert store.stats("beta", first.subscriber_id).orders_count == 0  # type: ignore[arg-type]
+    view = store.view("acme", first.subscriber_id)  # type: ignore[arg-type]
+    assert view is not None and [o.order_id for o in view.orders] == ["o1", "o2", "o3"]
+    assert view.orders[0].items[0].category == "shirts" and view.orders[0].items[0].quantity == 2
+    assert store.view("beta", first.subscriber_id) is None  # type: ignore[arg-type]
+
+
+def check_events_out_of_order(store: Store) -> None:
+    """Every arrival order of the same events leaves the same state."""
+    events = [
+        _order("a", T0, "o1", 4000, "pending", checkout_id="c1"),
+        _order("b", T0 + 50, "o1", 4000, "paid"),
+        FulfillmentEvent(id="c", at=T0 + 100, order_id="o1", status="shipped", tracking_url="https://t/1"),
+        FulfillmentEvent(id="d", at=T0 + 200, order_id="o1", status="delivered"),
+        CheckoutEvent(id="e", at=T0 - 100, checkout_id="c1", phone=A, url="https://shop/c1", value=4000),
+        ActivityEvent(id="f", at=T0 + 300, phone=A, kind="clicked"),
+        ActivityEvent(id="g", at=T0 + 10, phone=A, kind="clicked"),
+    ]
+    results = set()
+    for n, perm in enumerate(itertools.islice(itertools.permutations(events), 0, 5040, 97)):
+        tenant = f"shop{n}"
+        for ev in perm:
+            store.apply_event(tenant, ev, phone=getattr(ev, "phone", None), now=T0 + 1000)
+        sub = store.subscriber_by_phone(tenant, A)
+        assert sub is not None
+        view = store.view(tenant, sub.id)
+        assert view is not None
+        o, c = view.orders[0], view.checkouts[0]
+        results.add((o.payment_status, o.fulfillment_status, c.url, c.completed_at, view.stats.last_click_at,
+                     view.stats.total_spent, view.stats.last_abandoned_checkout_at))  # fmt: skip
+    assert results == {("paid", "delivered", "https://shop/c1", T0, T0 + 300, 4000, None)}, results
+
+
+def check_checkouts(store: Store) -> None:
+    grant = ConsentGrant(accepted=True, disclosure_text="Text me", disclosure_version="c1",
+                         evidence=Evidence(checkout_id="k1"))  # fmt: skip
+    r = store.apply_event("acme", CheckoutEvent(id="s1", at=T0, checkout_id="k1", phone=A, value=15000, consent=grant),
+                          phone=A, now=T0)  # fmt: skip
+    assert r.consent is not None and r.consent.source == "checkout" and r.consent.evidence.checkout_id == "k1"
+    sid = r.subscriber_id
+    assert store.subscriber("acme", sid).consent == "pending"  # type: ignore[arg-type, union-attr]
+    store.apply_event("acme", CheckoutEvent(id="s2", at=T0 + 10, checkout_id="k2", phone=A, value=100), phone=A, now=T0)
+    assert store.abandon_checkouts("acme", after_s=3600, now=T0 + 3599) == []
+    assert store.abandon_checkouts("acme", after_s=3600, now=T0 + 3605) == [sid]
+    assert store.stats("acme", sid).last_abandoned_checkout_at == T0 + 3600  # type: ignore[arg-type]
+    assert store.abandon_checkouts("acme", after_s=3600, now=T0 + 9000) == [sid]  # k2 now too
+    assert store.stats("acme", sid).last_abandoned_checkout_at == T0 + 3610  # type: ignore[arg-type]
+    # Recovered: an order completing k2, then k1 completed: nothing abandoned is left.
+    store.apply_event("acme", _order("o", T0 + 9100, "o9", 100, checkout_id="k2"), phone=A, now=T0 + 9100)
+    assert store.stats("acme", sid).last_abandoned_checkout_at == T0 + 3600  # type: ignore[arg-type]
+    store.apply_event("acme", CheckoutEvent(id="s3", at=T0 + 9200, checkout_id="k1", phone=A, status="completed"),
+                      phone=A, now=T0 + 9200)  # fmt: skip
+    assert store.stats("acme", sid).last_abandoned_checkout_at is None  # type: ignore[arg-type]
+    # An explicit abandoned event counts as well.
+    store.apply_event("acme", CheckoutEvent(id="s4", at=T0 + 9300, checkout_id="k3", phone=A, status="abandoned"),
+                      phone=A, now=T0 + 9300)  # fmt: skip
+    assert store.stats("acme", sid).last_abandoned_checkout_at == T0 + 9300  # type: ignore[arg-type]
+
+
+def check_activities_and_customers(store: Store) -> None:
+    r = store.apply_event("acme", CustomerEvent(id="c1", at=T0, profile=Profile(phone=A, first_name="Zoe", tags=("new",)),
+                          consent=ConsentGrant(accepted=False)), phone=A, now=T0)  # fmt: skip
+    sid = r.subscriber_id
+    assert r.consent is None and store.subscriber("acme", sid).first_name == "Zoe"  # type: ignore[arg-type, union-attr]
+    for i, kind in enumerate(["message_sent", "replied", "clicked", "delivered"]):
+        store.apply_event("acme", ActivityEvent(id=f"a{i}", at=T0 + i, phone=A, kind=kind), phone=A, now=T0 + 10)  # type: ignore[arg-type]
+    store.apply_event("acme", CustomEvent(id="q", at=T0 + 5, phone=A, name="quiz.answered", properties={"score": 2}),
+                      phone=A, now=T0 + 10)  # fmt: skip
+    st = store.stats("acme", sid)  # type: ignore[arg-type]
+    assert (st.last_message_at, st.last_reply_at, st.last_click_at) == (T0, T0 + 1, T0 + 2)
+    view = store.view("acme", sid)  # type: ignore[arg-type]
+    assert view is not None and view.tags == {"new"}
+    assert [(a.kind, a.properties) for a in view.activities][-1] == ("quiz.answered", {"score": 2})
+
+
+def check_segments_storage(store: Store) -> None:
+    ph = "?" if store.engine == "sqlite" else "%s"
+    ids = [store.put_subscriber("acme", Profile(phone=p, country=c), phone=p, at=T0, now=T0)[0].id
+           for p, c in ((A, "FR"), (B, "DE"), ("+33612345670", "FR"))]  # fmt: skip
+    store.put_subscriber("beta", Profile(phone=A, country="FR"), phone=A, at=T0, now=T0)
+    where, params = f"s.tenant = {ph} AND s.country = {ph}", ["acme", "FR"]
+    assert store.count_where("acme", where, params) == 2
+    assert store.ids_where("acme", where, params, after=0, limit=1) == [ids[0]]
+    assert store.ids_where("acme", where, params, after=ids[0], limit=5) == [ids[2]]
+    seg = store.put_segment("acme", "French", {"all": []}, now=T0)
+    assert store.segment("acme", seg.id) == seg and store.segment("beta", seg.id) is None
+    assert store.set_member("acme", seg.id, ids[0], True, now=T0) is True
+    assert store.set_member("acme", seg.id, ids[0], True, now=T0) is False
+    store.set_member("acme", seg.id, ids[2], True, now=T0)
+    assert store.members("acme", seg.id, after=0, limit=10) == [ids[0], ids[2]]
+    assert store.set_member("acme", seg.id, ids[0], False, now=T0) is True
+    assert store.members("acme", seg.id, after=0, limit=10) == [ids[2]]
+    upd = store.put_segment("acme", "FR", {"any": []}, now=T0 + 1, segment_id=seg.id)
+    assert upd.name == "FR" and upd.created_at == T0 and store.members("acme", seg.id, after=0, limit=10) == []
+    _raises(NotFound, lambda: store.put_segment("beta", "x", {}, now=T0, segment_id=seg.id))
+    assert [s.id for s in store.segments("acme")] == [seg.id] and store.segments("beta") == []
+    assert store.delete_segment("beta", seg.id) is False and store.delete_segment("acme", seg.id) is True
+
+
+def check_import(store: Store) -> None:
+    from campaigns.core.imports import parse_csv
+
+    store.record_consent("acme", NewConsent(phone="+33612345603", action="opt_out", source="reply", at=T0), now=T0)
+    text = ("phone,first_name,tags,consent,consent_at,disclosure_text,ip\n"
+            "+33612345601,Ana,vip;club,confirmed,2025-01-02T03:04:05Z,Join us,198.51.100.1\n"
+            "+33612345602,Bo,,confirmed,,,\n"  # claimed without proof: not marketable
+            "+33612345603,Cy,,confirmed,1700000000,Join us,\n")  # opted out earlier: never re-subscribed
+    res = store.import_rows("acme", parse_csv(text, file_name="shop.csv"), now=T0)
+    assert (res.rows, res.created, res.consented, res.unproven, res.skipped_revoked) == (3, 2, 1, 1, 1)
+    a, b, c = (store.subscriber_by_phone("acme", f"+3361234560{i}") for i in (1, 2, 3))
+    assert a is not None and b is not None and c is not None
+    assert (a.consent, b.consent, c.consent) == ("confirmed", "none", "revoked")
+    assert store.tags("acme", a.id) == {"vip", "club"}
+    ledger = store.ledger("acme", a.id)
+    assert [(e.action, e.source, e.evidence.import_file, e.evidence.ip) for e in ledger] == [
+        ("opt_in", "import", "shop.csv", "198.51.100.1"), ("confirm", "import", "shop.csv", "198.51.100.1")]
+    assert ledger[0].at == 1735787045.0 and ledger[0].disclosure_text == "Join us"
+    # Importing the same file again changes nothing in the ledger.
+    store.import_rows("acme", parse_csv(text, file_name="shop.csv"), now=T0 + 1)
+    assert len(store.ledger("acme", a.id)) == 2
+
+
+CHECKS: list[Callable[[Store], None]] = [check_subscribers, check_consent_ledger, check_events_idempotent_and_aggregates,
+                                         check_events_out_of_order, check_checkouts, check_activities_and_customers,
+                                         check_segments_storage, check_import]  # fmt: skip

@@ -1,0 +1,50 @@
+"""The PostgreSQL engine (psycopg 3, synchronous; the shell calls it from worker threads). One
+connection serialised by a lock, each operation one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from campaigns.errors import StorageError
+from campaigns.store.schema import statements
+from campaigns.store.sql import SqlStore, Tx
+
+
+class PostgresStore(SqlStore):
+    engine = "postgres"
+    _least = "LEAST"
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self._url = url
+        try:
+            self._conn = psycopg.connect(url, autocommit=True)
+            with self._conn.transaction():
+                # Two processes creating the schema at once would race on the catalog.
+                self._conn.execute("SELECT pg_advisory_xact_lock(717017)")
+                for stmt in statements("postgres"):
+                    self._conn.execute(stmt)
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot open the PostgreSQL store: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[Tx]:
+        with self._lock:
+            if self._conn.closed or self._conn.broken:  # the server restarted, or the link broke: a new one
+                try:
+                    self._conn = psycopg.connect(self._url, autocommit=True)
+                except psycopg.OperationalError as exc:
+                    raise StorageError(f"PostgreSQL unreachable: {exc}") from exc
+            try:
+                with self._conn.transaction(), self._conn.cursor() as cur:
+                    yield Tx(cur, "%s")
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                # The transaction did not commit; the caller may retry (503), and the next call reconnects.
+                raise StorageError(str(exc)) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,160 @@
+"""The campaign store's tables, as DDL for both engines (SQLite, PostgreSQL).
+
+One text, two dialects: ``{ID}`` is the auto-increment key (``INTEGER PRIMARY KEY`` on SQLite,
+``BIGSERIAL PRIMARY KEY`` on PostgreSQL), ``{REAL}`` a double, ``{INT}`` a 64-bit integer. Amounts are
+integer minor units (cents); times are epoch seconds (UTC) as doubles, so SQL and Python agree exactly.
+
+Columns beyond the shared plan (docs: campaigns_shared.md), for the store's own bookkeeping:
+- ``subscribers.profile_at``: the ``at`` of the newest profile change applied (older ones are ignored);
+- ``orders.updated_at`` / ``fulfillment_at`` / ``tracking_url``, ``checkouts.updated_at``: the same,
+  per order and checkout, so an older event never overwrites newer state;
+- ``consent_ledger.seq``-like ordering is the ``id`` column (ties of ``at``);
+- ``early_fulfillments``: a fulfilment that arrived before its order, applied when the order comes;
+- ``cursors``: how far the gateway's inbound messages were read (per tenant);
+- ``segment_timers``: when time alone may change a subscriber's membership of a segment (windows);
+- ``gateway_sync``: opt-outs to push to the gateway's suppressions (an outbox: survives restarts).
+
+The segments helper may append tables or indexes in the block marked at the end (SEGMENTS_DDL).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Dialect = Literal["sqlite", "postgres"]
+
+_TYPES = {
+    "sqlite": {"ID": "INTEGER PRIMARY KEY", "REAL": "REAL", "INT": "INTEGER"},
+    "postgres": {"ID": "BIGSERIAL PRIMARY KEY", "REAL": "DOUBLE PRECISION", "INT": "BIGINT"},
+}
+
+DDL = """
+CREATE TABLE IF NOT EXISTS subscribers (
+    tenant TEXT NOT NULL,
+    id {ID},
+    phone TEXT NOT NULL,
+    first_name TEXT, last_name TEXT, email TEXT,
+    gender TEXT CHECK (gender IN ('female', 'male', 'other')),
+    birthday TEXT, country TEXT, region TEXT, city TEXT, time_zone TEXT, language TEXT,
+    signup_source TEXT,
+    created_at {REAL} NOT NULL,
+    consent TEXT NOT NULL DEFAULT 'none' CHECK (consent IN ('none', 'pending', 'confirmed', 'revoked')),
+    consent_at {REAL},
+    attributes TEXT NOT NULL DEFAULT '{{}}',
+    profile_at {REAL} NOT NULL DEFAULT 0,
+    UNIQUE (tenant, phone)
+);
+CREATE INDEX IF NOT EXISTS subscribers_consent ON subscribers (tenant, consent);
+CREATE TABLE IF NOT EXISTS subscriber_tags (
+    tenant TEXT NOT NULL, subscriber_id {INT} NOT NULL, tag TEXT NOT NULL,
+    PRIMARY KEY (tenant, subscriber_id, tag)
+);
+CREATE INDEX IF NOT EXISTS subscriber_tags_tag ON subscriber_tags (tenant, tag);
+CREATE TABLE IF NOT EXISTS subscriber_stats (
+    tenant TEXT NOT NULL,
+    subscriber_id {INT} PRIMARY KEY,
+    orders_count {INT} NOT NULL DEFAULT 0,
+    total_spent {INT} NOT NULL DEFAULT 0,
+    first_order_at {REAL}, last_order_at {REAL},
+    avg_order_value {INT} NOT NULL DEFAULT 0,
+    last_order_payment_status TEXT,
+    last_abandoned_checkout_at {REAL},
+    last_click_at {REAL}, last_message_at {REAL}, last_reply_at {REAL},
+    rfm_r {INT}, rfm_f {INT}, rfm_m {INT}, engagement {INT}
+);
+CREATE INDEX IF NOT EXISTS subscriber_stats_tenant ON subscriber_stats (tenant);
+CREATE TABLE IF NOT EXISTS orders (
+    tenant TEXT NOT NULL, order_id TEXT NOT NULL, subscriber_id {INT} NOT NULL,
+    total {INT} NOT NULL, currency TEXT NOT NULL,
+    payment_status TEXT NOT NULL CHECK (payment_status IN ('paid', 'pending', 'refunded')),
+    fulfillment_status TEXT, discount_code TEXT, created_at {REAL} NOT NULL,
+    checkout_id TEXT, tracking_url TEXT,
+    updated_at {REAL} NOT NULL, fulfillment_at {REAL} NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, order_id)
+);
+CREATE INDEX IF NOT EXISTS orders_subscriber ON orders (tenant, subscriber_id, created_at);
+CREATE INDEX IF NOT EXISTS orders_created ON orders (tenant, created_at);
+CREATE TABLE IF NOT EXISTS order_items (
+    tenant TEXT NOT NULL, order_id TEXT NOT NULL, product TEXT NOT NULL, category TEXT,
+    price {INT} NOT NULL, quantity {INT} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS order_items_order ON order_items (tenant, order_id);
+CREATE INDEX IF NOT EXISTS order_items_category ON order_items (tenant, category);
+CREATE TABLE IF NOT EXISTS checkouts (
+    tenant TEXT NOT NULL, checkout_id TEXT NOT NULL, subscriber_id {INT} NOT NULL,
+    url TEXT, value {INT} NOT NULL DEFAULT 0,
+    started_at {REAL} NOT NULL, completed_at {REAL}, abandoned_at {REAL},
+    updated_at {REAL} NOT NULL,
+    PRIMARY KEY (tenant, checkout_id)
+);
+CREATE INDEX IF NOT EXISTS checkouts_subscriber ON checkouts (tenant, subscriber_id);
+CREATE INDEX IF NOT EXISTS checkouts_open ON checkouts (tenant, started_at) WHERE completed_at IS NULL AND abandoned_at IS NULL;
+CREATE TABLE IF NOT EXISTS activities (
+    tenant TEXT NOT NULL, subscriber_id {INT} NOT NULL, kind TEXT NOT NULL, at {REAL} NOT NULL,
+    properties TEXT NOT NULL DEFAULT '{{}}'
+);
+CREATE INDEX IF NOT EXISTS activities_subscriber ON activities (tenant, subscriber_id, kind, at);
+CREATE INDEX IF NOT EXISTS activities_kind ON activities (tenant, kind, at);
+CREATE TABLE IF NOT EXISTS consent_ledger (
+    tenant TEXT NOT NULL,
+    id {ID},
+    subscriber_id {INT} NOT NULL,
+    phone TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('opt_in', 'confirm', 'opt_out', 're_opt_in')),
+    source TEXT NOT NULL,
+    disclosure_text TEXT, disclosure_version TEXT, disclosure_sha256 TEXT,
+    evidence TEXT NOT NULL DEFAULT '{{}}',
+    at {REAL} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS consent_ledger_subscriber ON consent_ledger (tenant, subscriber_id, at);
+CREATE TABLE IF NOT EXISTS segments (
+    tenant TEXT NOT NULL, id {ID}, name TEXT NOT NULL, definition TEXT NOT NULL,
+    created_at {REAL} NOT NULL, updated_at {REAL} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segments_tenant ON segments (tenant, id);
+CREATE TABLE IF NOT EXISTS segment_members (
+    tenant TEXT NOT NULL, segment_id {INT} NOT NULL, subscriber_id {INT} NOT NULL, since {REAL} NOT NULL,
+    PRIMARY KEY (tenant, segment_id, subscriber_id)
+);
+CREATE INDEX IF NOT EXISTS segment_members_subscriber ON segment_members (tenant, subscriber_id);
+CREATE TABLE IF NOT EXISTS segment_timers (
+    tenant TEXT NOT NULL, segment_id {INT} NOT NULL, subscriber_id {INT} NOT NULL, at {REAL} NOT NULL,
+    PRIMARY KEY (tenant, segment_id, subscriber_id)
+);
+CREATE INDEX IF NOT EXISTS segment_timers_due ON segment_timers (at);
+CREATE TABLE IF NOT EXISTS processed_events (
+    tenant TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (tenant, event_id)
+);
+CREATE TABLE IF NOT EXISTS early_fulfillments (
+    tenant TEXT NOT NULL, order_id TEXT NOT NULL, status TEXT NOT NULL, tracking_url TEXT, at {REAL} NOT NULL,
+    PRIMARY KEY (tenant, order_id)
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    tenant TEXT NOT NULL, name TEXT NOT NULL, value {INT} NOT NULL, PRIMARY KEY (tenant, name)
+);
+CREATE TABLE IF NOT EXISTS gateway_sync (
+    tenant TEXT NOT NULL, phone TEXT NOT NULL, action TEXT NOT NULL, at {REAL} NOT NULL,
+    PRIMARY KEY (tenant, phone)
+);
+"""
+
+# ---- SEGMENTS_DDL: tables/indexes the segments work adds (owned by helper "segments") ----
+# Covering indexes for compiled segments (campaigns/store/segment_sql.py): each event condition is an
+# uncorrelated `subscriber_id IN (SELECT ... WHERE tenant = ? AND <time> >= ? ...)`, so these let
+# both engines answer it from the index alone (no table lookups): windows on orders and activities,
+# the items of a category joined to their order's owner and time, open abandoned checkouts.
+SEGMENTS_DDL = """
+CREATE INDEX IF NOT EXISTS orders_segment_spend ON orders (tenant, subscriber_id, created_at, total, payment_status);
+CREATE INDEX IF NOT EXISTS orders_segment_window ON orders (tenant, created_at, subscriber_id, total, payment_status);
+CREATE INDEX IF NOT EXISTS orders_segment_owner ON orders (tenant, order_id, subscriber_id, created_at, payment_status);
+CREATE INDEX IF NOT EXISTS order_items_segment ON order_items (tenant, category, order_id, price, quantity);
+CREATE INDEX IF NOT EXISTS activities_segment ON activities (tenant, kind, at, subscriber_id);
+CREATE INDEX IF NOT EXISTS checkouts_segment_abandoned ON checkouts (tenant, abandoned_at, subscriber_id) WHERE completed_at IS NULL;
+"""
+# ---- end of SEGMENTS_DDL ----
+
+
+def statements(dialect: Dialect) -> list[str]:
+    """The DDL for ``dialect``, one statement each (idempotent: IF NOT EXISTS)."""
+    text = (DDL + SEGMENTS_DDL).format(**_TYPES[dialect])
+    return [s.strip() for s in text.split(";") if s.strip()]

@@ -1,0 +1,303 @@
+"""A segment tree -> a SQL ``WHERE`` clause over ``subscribers s``, for SQLite and PostgreSQL.
+
+``compile_segment(seg, dialect, tenant, now)`` returns ``(where, params)``: ``where`` already
+includes ``s.tenant = ?``; ``params`` is a list bound by position in the engine's own style
+(``?`` on SQLite, ``%s`` on PostgreSQL/psycopg). Every value of the tree is a bound parameter; the only text
+spliced into the SQL comes from this module's own tables (column names, operators).
+
+Agreement with ``campaigns.core.segments.evaluate`` is the contract (tests/campaigns/
+test_segment_agreement.py checks it on random data and random trees, on both engines):
+
+- Every leaf compiles to a two-valued expression (``COALESCE(..., FALSE)`` or ``s.id [NOT] IN
+  (subquery)`` over non-null ids), so ``NOT`` and ``OR`` behave as in Python, never as SQL's
+  three-valued logic.
+- Aggregates and event conditions are *uncorrelated* ``IN`` subqueries: each runs once per
+  count (SQLite builds an ephemeral index, PostgreSQL a hashed subplan), not once per subscriber.
+  When the condition holds for a subscriber with no row at all (``orders_count < 3``, "no click in
+  30 days" as ``count eq 0``), it compiles to ``NOT IN`` (the rows for which it fails), because
+  a missing aggregates row reads as ``Stats()`` and a missing event as a count/sum of 0.
+- Numbers are compared as doubles (PostgreSQL ``DOUBLE PRECISION``, as Python's ``float``), text
+  by code point (``COLLATE "C"`` on PostgreSQL; SQLite's BINARY), ``contains`` is case-sensitive
+  (``instr`` / ``strpos``; ``LIKE`` would fold ASCII case on SQLite only).
+- Time windows: the cutoff ``now - days * 86400`` is computed here in Python once and bound,
+  exactly as ``evaluate`` computes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from campaigns.core.segments import (
+    FIELD_DEFAULTS,
+    FIELDS,
+    NEGATED,
+    AllOf,
+    AnyOf,
+    Attribute,
+    Event,
+    Field,
+    Not,
+    RfmTier,
+    Segment,
+    Tag,
+    aggregate_holds,
+    birthday_keys,
+    DAY,
+    expand_rfm,
+    field_op_holds,
+)
+
+__all__ = ["Dialect", "compile_segment"]
+
+Dialect = Literal["sqlite", "postgres"]
+
+_CMP = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+_EVENT_FROM = {
+    "order": ("orders o", "o"),
+    # CROSS JOIN: SQLite keeps the order written (see `event`); left to itself it may walk every
+    # order, or every item, to avoid a sort.
+    "item": ("order_items i CROSS JOIN orders o", "i"),
+    "checkout": ("checkouts c", "c"),
+    "activity": ("activities a", "a"),
+}
+_ITEM_COLUMNS = frozenset({"product", "category"})
+_SHORT_LIST = 32  # longer `in` lists are one JSON (SQLite) or array (PostgreSQL) parameter
+
+
+class _Compiler:
+    def __init__(self, dialect: Dialect, tenant: str, now: float) -> None:
+        if dialect not in ("sqlite", "postgres"):
+            raise ValueError(f"unknown SQL dialect {dialect!r}")
+        self.pg = dialect == "postgres"
+        self.now = now
+        self.params: dict[str, Any] = {}
+        self.tenant = self.p(tenant)
+
+    def p(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return f"%({name})s" if self.pg else f":{name}"
+
+    def num(self, value: Any) -> str:
+        return self.p(float(value))
+
+    def text_list(self, values: Any) -> str:
+        values = [str(v) for v in values]
+        return f"{self.p(values)}::text[]" if self.pg else f"(SELECT value FROM json_each({self.p(json.dumps(values))}))"
+
+    def num_list(self, values: Any) -> str:
+        values = [float(v) for v in values]
+        return f"{self.p(values)}::float8[]" if self.pg else f"(SELECT value FROM json_each({self.p(json.dumps(values))}))"
+
+    def in_list(self, expr: str, values: Any, numeric: bool) -> str:
+        if not self.pg and len(values) <= _SHORT_LIST:  # SQLite: faster than json_each
+            return f"{expr} IN ({', '.join(self.num(v) if numeric else self.p(str(v)) for v in values)})"
+        lst = self.num_list(values) if numeric else self.text_list(values)
+        return f"{expr} = ANY({lst})" if self.pg else f"{expr} IN {lst}"
+
+    def contains(self, expr: str, value: str) -> str:
+        return f"strpos({expr}, {self.p(value)}) > 0" if self.pg else f"instr({expr}, {self.p(value)}) > 0"
+
+    # ---- nodes ----
+
+    def node(self, seg: Segment) -> str:
+        match seg:
+            case AllOf(items=items):
+                return "(" + " AND ".join(self.siblings(items, " AND ")) + ")" if items else "(1 = 1)"
+            case AnyOf(items=items):
+                return "(" + " OR ".join(self.siblings(items, " OR ")) + ")" if items else "(1 = 0)"
+            case Not(item=item):
+                return f"(NOT {self.node(item)})"
+            case Field():
+                return self.field(seg)
+            case Attribute():
+                return self.attribute(seg)
+            case Tag(tag=tag):
+                return self.semi(f"subscriber_tags tg WHERE tg.tenant = {self.tenant} AND tg.tag = {self.p(tag)}",
+                                 "tg.subscriber_id")  # fmt: skip
+            case RfmTier(tier=tier):
+                return self.node(expand_rfm(tier))
+            case Event():
+                return self.event(seg)
+        raise TypeError(f"not a segment node: {seg!r}")
+
+    def semi(self, from_where: str, sub: str, *, negate: bool = False) -> str:
+        """Whether ``s`` has a row in ``FROM <from_where>`` (``sub``: its never-NULL subscriber id).
+        SQLite: an uncorrelated ``IN``, run once into an ephemeral index. PostgreSQL: ``EXISTS``,
+        which it turns into a hash semi/anti join at the top of the WHERE and otherwise into a
+        hashed subplan *or* an index probe per subscriber; ``NOT IN``/``IN`` there only has the
+        hashed subplan, and without enough ``work_mem`` falls back to a rescan per subscriber."""
+        if self.pg:
+            return f"({'NOT ' if negate else ''}EXISTS (SELECT 1 FROM {from_where} AND {sub} = s.id))"
+        return f"s.id {'NOT ' if negate else ''}IN (SELECT {sub} FROM {from_where})"
+
+    def siblings(self, items: tuple[Segment, ...], joiner: str) -> list[str]:
+        """The children of one all/any. Aggregate conditions that a subscriber without a value
+        fails are merged into one subquery over ``subscriber_stats`` (one row per subscriber, so
+        "a row where p and a row where q" is "a row where p and q"): one scan instead of one each,
+        which is what RFM tiers and "orders > 2 and spent > $100" are made of."""
+        flat: list[Segment] = []
+        for item in items:  # an RFM tier inside an `all` is more of the same `all`
+            flat.extend(expand_rfm(item.tier).items if isinstance(item, RfmTier) and joiner == " AND " else (item,))
+        stats = [i for i in flat if isinstance(i, Field) and FIELDS[i.field].table == "subscriber_stats"
+                 and not field_op_holds(i.op, FIELD_DEFAULTS.get(i.field), i.value, self.now)]  # fmt: skip
+        if len(stats) < 2:
+            return [self.node(i) for i in flat]
+        parts = [self.node(i) for i in flat if not any(i is f for f in stats)]
+        preds = [f"(st.{f.field} IS NOT NULL AND {self.field_pred(f, f'st.{f.field}', FIELDS[f.field].kind)})"
+                 for f in stats]  # fmt: skip
+        parts.append(self.semi(f"subscriber_stats st WHERE st.tenant = {self.tenant} AND ({joiner.join(preds)})",
+                               "st.subscriber_id"))  # fmt: skip
+        return parts
+
+    def field(self, seg: Field) -> str:
+        spec = FIELDS[seg.field]
+        default = FIELD_DEFAULTS.get(seg.field)
+        if spec.table == "subscribers":
+            expr = f"s.{seg.field}" if default is None else f"COALESCE(s.{seg.field}, {self.p(default)})"
+            return f"COALESCE({self.field_pred(seg, expr, spec.kind)}, FALSE)"
+        # An aggregate: a subscriber without a stats row (or with NULL there) reads the default, so
+        # only rows with a value can differ from it. The predicate sees a non-NULL column: it is
+        # two-valued, and stays a plain comparison the engines can run off an index.
+        col = f"st.{seg.field}"
+        rows = f"subscriber_stats st WHERE st.tenant = {self.tenant} AND {col} IS NOT NULL"
+        pred = self.field_pred(seg, col, spec.kind)
+        if field_op_holds(seg.op, default, seg.value, self.now):  # so does everyone without a value
+            return self.semi(f"{rows} AND NOT ({pred})", "st.subscriber_id", negate=True)
+        return self.semi(f"{rows} AND {pred}", "st.subscriber_id")
+
+    def field_pred(self, seg: Field, expr: str, kind: str) -> str:
+        op, value = seg.op, seg.value
+        base = NEGATED.get(op, op)
+        if base != op:
+            return f"NOT COALESCE({self.field_pred(Field(field=seg.field, op=base, value=value), expr, kind)}, FALSE)"
+        numeric = kind in ("number", "time")
+        match op:
+            case "exists":
+                return f"{expr} IS NOT NULL"
+            case "in":
+                return self.in_list(expr, value, numeric)
+            case "contains":
+                return self.contains(expr, value)
+            case "within_days":
+                return f"{expr} >= {self.num(self.now - value * DAY)}"
+            case "before_days":
+                return f"{expr} < {self.num(self.now - value * DAY)}"
+            case "in_next_days":
+                return self.in_list(f"substr({expr}, 6, 5)", sorted(birthday_keys(self.now, value)), False)
+        if numeric:
+            return f"{expr} {_CMP[op]} {self.num(value)}"
+        collate = ' COLLATE "C"' if self.pg and op != "eq" else ""  # ordering by code point, as Python
+        return f"{expr}{collate} {_CMP[op]} {self.p(value)}"
+
+    def attribute(self, seg: Attribute) -> str:
+        base = NEGATED.get(seg.op, seg.op)
+        if base != seg.op:
+            return f"(NOT {self.attribute(Attribute(name=seg.name, op=base, value=seg.value))})"
+        return f"COALESCE({self.attribute_pred(seg)}, FALSE)"
+
+    def attribute_pred(self, seg: Attribute) -> str:
+        if self.pg:
+            key = self.p(seg.name)
+            typ, val = f"jsonb_typeof(s.attributes::jsonb -> {key}::text)", f"(s.attributes::jsonb ->> {key}::text)"
+            string, number = "'string'", "'number'"
+        else:
+            path = self.p(f"$.{seg.name}")
+            typ, val = f"json_type(s.attributes, {path})", f"json_extract(s.attributes, {path})"
+            string, number = "'text'", "'integer', 'real'"
+        as_number = f"CAST({val} AS {'DOUBLE PRECISION' if self.pg else 'REAL'})"
+
+        def eq(v: Any) -> str:
+            if isinstance(v, bool):
+                lit = "'true'" if v else "'false'"
+                return f"({typ} = 'boolean' AND {val} = {lit})" if self.pg else f"({typ} = {lit})"
+            if isinstance(v, str):
+                return f"(CASE WHEN {typ} = {string} THEN {val} = {self.p(v)} ELSE FALSE END)"
+            return f"(CASE WHEN {typ} IN ({number}) THEN {as_number} = {self.num(v)} ELSE FALSE END)"
+
+        match seg.op:
+            case "exists":
+                return f"({typ} IS NOT NULL AND {typ} <> 'null')"
+            case "eq":
+                return eq(seg.value)
+            case "in":
+                return "(" + " OR ".join(eq(v) for v in seg.value) + ")"
+            case "contains":
+                return f"(CASE WHEN {typ} = {string} THEN {self.contains(val, seg.value)} ELSE FALSE END)"
+        return f"(CASE WHEN {typ} IN ({number}) THEN {as_number} {_CMP[seg.op]} {self.num(seg.value)} ELSE FALSE END)"
+
+    def event(self, seg: Event) -> str:
+        table, a = _EVENT_FROM[seg.source]
+        if seg.source == "item" and not any(col in _ITEM_COLUMNS for col, _ in seg.where):
+            table = "orders o CROSS JOIN order_items i"  # no product/category: the orders' window first
+        conds = [f"{a}.tenant = {self.tenant}"]
+        if seg.source == "item":
+            conds.append("o.tenant = i.tenant AND o.order_id = i.order_id")
+        sub = "o.subscriber_id" if seg.source == "item" else f"{a}.subscriber_id"
+        conds.append(f"{sub} IS NOT NULL")
+        time = {"order": "o.created_at", "item": "o.created_at", "activity": "a.at",
+                "checkout": {"abandoned": "c.abandoned_at", "completed": "c.completed_at"}.get(seg.state or "", "c.started_at")}[seg.source]  # fmt: skip
+        if seg.source == "activity":
+            conds.append(f"a.kind = {self.p(seg.kind)}")
+        if seg.state == "abandoned":
+            conds.append("c.abandoned_at IS NOT NULL AND c.completed_at IS NULL")
+        elif seg.state == "completed":
+            conds.append("c.completed_at IS NOT NULL")
+        if seg.within_days is not None:
+            conds.append(f"{time} >= {self.num(self.now - seg.within_days * DAY)}")
+        for column, allowed in seg.where:
+            owner = "i" if column in _ITEM_COLUMNS else "o"
+            conds.append(self.in_list(f"{owner}.{column}", allowed, False))
+        from_where = f"{table} WHERE " + " AND ".join(conds)
+        rows = f"SELECT {sub} FROM {from_where}"
+        zero, one = aggregate_holds(seg, 0), aggregate_holds(seg, 1)
+        if seg.measure == "count" and _same_for_every_positive_count(seg, one):
+            if zero == one:  # `count >= 0`: everyone (or no one), rows or not
+                return "(1 = 1)" if zero else "(1 = 0)"
+            return self.semi(from_where, sub, negate=zero)
+        if seg.measure == "count":
+            measure = "COUNT(*)"
+        else:
+            measure = f"COALESCE(SUM({'i.quantity' if seg.measure == 'quantity' else _SUM[seg.source]}), 0)"
+        if self.pg:
+            measure = f"CAST({measure} AS DOUBLE PRECISION)"
+        having = f"{measure} {_CMP[seg.op]} {self.num(seg.value)}"
+        # SQLite would rather walk every order in owner order than sort a window's rows; `+` keeps
+        # the grouping off that index, so a window reads only its own rows (30 days of 2 years: 5x).
+        group = f"+{sub}" if seg.within_days is not None and not self.pg else sub
+        if zero:  # no rows at all (count/sum 0) holds: exclude the subscribers whose rows fail it
+            return f"s.id NOT IN ({rows} GROUP BY {group} HAVING NOT ({having}))"
+        return f"s.id IN ({rows} GROUP BY {group} HAVING {having})"
+
+
+_SUM = {"order": "o.total", "item": "i.price * i.quantity", "checkout": "c.value"}
+
+
+def _same_for_every_positive_count(seg: Event, one: bool) -> bool:
+    """Whether the comparison has the same answer for every count >= 1 (so: any row at all)."""
+    if seg.op in ("gt", "gte"):
+        return one
+    if seg.op in ("lt", "lte"):
+        return not one
+    return seg.value == 0
+
+
+def compile_segment(seg: Segment, dialect: Dialect, tenant: str, now: float) -> tuple[str, list[Any]]:
+    """``(where, params)`` selecting the tenant's subscribers in ``seg`` at ``now``:
+    ``SELECT count(*) FROM subscribers s WHERE <where>``."""
+    c = _Compiler(dialect, tenant, now)
+    where = f"s.tenant = {c.tenant} AND {c.node(seg)}"
+    # Named while compiling (a subquery's parameters are made before the text around them), then
+    # positional in textual order: the engine's own style (`?` / `%s`), for any DB-API cursor.
+    params: list[Any] = []
+
+    def positional(m: re.Match[str]) -> str:
+        params.append(c.params[m.group(1)])
+        return "%s" if c.pg else "?"
+
+    return _PLACEHOLDER[c.pg].sub(positional, where), params
+
+
+_PLACEHOLDER = {True: re.compile(r"%\((p\d+)\)s"), False: re.compile(r":(p\d+)\b")}

@@ -1,0 +1,54 @@
+"""The embedded default engine: SQLite (WAL), one connection serialised by a lock."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from campaigns.errors import StorageError
+from campaigns.store.schema import statements
+from campaigns.store.sql import SqlStore, Tx
+
+
+class SQLiteStore(SqlStore):
+    engine = "sqlite"
+    _least = "MIN"
+
+    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+        super().__init__()
+        try:
+            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._conn.execute("PRAGMA foreign_keys=OFF")
+            for stmt in statements("sqlite"):
+                self._conn.execute(stmt)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open {path}: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[Tx]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StorageError(str(exc)) from exc
+            try:
+                yield Tx(cur, "?")
+            except BaseException:
+                self._conn.rollback()
+                raise
+            else:
+                try:
+                    cur.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._conn.rollback()
+                    raise StorageError(str(exc)) from exc
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
