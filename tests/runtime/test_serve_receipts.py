@@ -110,9 +110,10 @@ async def test_receipt_variants_through_serve(tmp_path) -> None:
                 assert [h["state"] for h in first["history"]][-3:] == ["submitted", "accepted", "undelivered"]
                 assert first["error_code"] == 7 and first["history"][-1]["error_code"] == 7
                 assert [h["state"] for h in second["history"]][-2:] == ["submitted", "delivered"]  # not backwards
+                async with client_for(gw.url, "ops") as ops:  # /metrics is the operator's
+                    text = (await ops.get("/metrics")).text
                 metrics = {(x.name, tuple(sorted(x.labels.items()))): x.value
-                           for f in text_string_to_metric_families((await client.get("/metrics")).text)
-                           for x in f.samples}  # fmt: skip
+                           for f in text_string_to_metric_families(text) for x in f.samples}  # fmt: skip
 
                 def receipts(outcome: str) -> float:
                     return metrics[("sluice_receipts_total", (("carrier", "alpha"), ("outcome", outcome)))]
