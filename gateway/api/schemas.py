@@ -143,6 +143,7 @@ class StateChangeOut(msgspec.Struct):
     at: float
     reason: str
     carrier: str | None = None
+    error_code: int | None = None  # the carrier's code this change came with (receipt err:, network_error_code)
 
 
 class MessageOut(msgspec.Struct):
@@ -158,6 +159,7 @@ class MessageOut(msgspec.Struct):
     carrier_ids: list[str]
     attempts: int
     history: list[StateChangeOut]
+    error_code: int | None = None  # the carrier's code from its last receipt that gave one
 
 
 class MessageSummary(msgspec.Struct):

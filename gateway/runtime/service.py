@@ -30,7 +30,7 @@ from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.runtime.ingest import POOL_MIN, CheckPool, ChunkChecked, RecipientLines, check_chunk
 from gateway.runtime.numbers import NumberCheck
 from gateway.store.base import (
-    JOB_STATUSES, Change, InboundPage, InboundRecord, NewJob, RecipientRows, Store, StoredJob, job_status,
+    AWAITING, JOB_STATUSES, Change, InboundPage, InboundRecord, NewJob, RecipientRows, Store, StoredJob, job_status,
 )  # fmt: skip
 
 __all__ = ["AllRejected", "Gateway", "Recovery"]
@@ -457,8 +457,9 @@ class Gateway:
             id=format_id(mid), job_id=m.job_id, to=to, index=m.recipient.index,
             reference=stored.job.reference if stored else None, state=m.state, carrier=m.carrier,
             segments=count, encoding=encoding, carrier_ids=list(m.carrier_ids), attempts=m.attempts,
-            history=[schemas.StateChangeOut(state=c.state, at=c.at, reason=c.reason, carrier=c.carrier)
-                     for c in m.history],
+            history=[schemas.StateChangeOut(state=c.state, at=c.at, reason=c.reason, carrier=c.carrier,
+                                            error_code=c.error_code) for c in m.history],
+            error_code=m.error_code,
         )  # fmt: skip
 
     async def job_messages(self, tenant: str, job_id: str, state: str | None, after: str | None,
@@ -536,9 +537,9 @@ class Gateway:
     async def recover(self, now: float, *, carriers: Collection[str] = ()) -> Recovery:
         """After a restart: queue again everything accepted and not final (see ``Recovery``).
 
-        A message in state ``submitted`` on one of ``carriers`` (SMPP and HTTP alike) was taken
-        by that carrier: it is not sent again but handed back (``Recovery.awaiting``) to wait
-        for its receipt or its horizon. Every
+        A message in state ``submitted`` or ``accepted`` on one of ``carriers`` (SMPP and HTTP
+        alike) was taken by that carrier: it is not sent again but handed back
+        (``Recovery.awaiting``) to wait for its receipt or its horizon. Every
         other unfinished message is queued again with its own id: those that were on the wire
         when the process died cannot be told from those never sent, so they go again (the
         duplicates are bounded by the carriers' windows). A ``submitted`` message whose carrier
@@ -564,7 +565,7 @@ class Gateway:
                                          paused=stored.status == "paused").outcomes  # fmt: skip
                 count += 1
                 again.add(mid)
-                if state == "submitted":
+                if state in AWAITING:
                     retried.append(Change(message_id=mid, state="queued", at=now, reason="retried: recovered"))
             if stored.status == "paused":  # still paused: its validity runs out on time
                 self.core.pause_job(stored.job.id)
