@@ -213,16 +213,20 @@ class Api:
         if not bucket.try_take(1, now):
             raise _TooMany(max(1, round(bucket.wait_time(1, now) + 0.5)))
 
-    def _check_target(self, url: str | None) -> None:
-        """The SSRF rule at submission (gateway/core/targets.py); again at connect time."""
+    def _check_callback(self, body: schemas.MessageIn | schemas.JobIn) -> None:
+        """The SSRF rule at submission (gateway/core/targets.py; again at connect time), and
+        callback_states only with a callback_url to hear them."""
+        url = body.callback_url
         if url is not None and (problem := url_problem(url, self._targets)) is not None:
             raise _UnsafeUrl(f"callback_url refused: {problem}", field="callback_url")
+        if url is None and body.callback_states is not None:
+            raise InvalidInput("callback_states needs a callback_url", field="callback_states")
 
     # -- handlers -----------------------------------------------------------------------
 
     async def _post_message(self, tenant: Tenant, scope, body: bytes) -> Response:
         msg = _decode(schemas.MessageIn, body)
-        self._check_target(msg.callback_url)
+        self._check_callback(msg)
         out, _ = await self.gw.submit_message(tenant.name, msg, self._clock(), raw=body,
                                               idempotency_key=_idem(scope))  # fmt: skip
         return Response(202, out)
@@ -231,7 +235,7 @@ class Api:
         if len(body) >= _PIECES_FROM and (pieces := await _cut(body, self._traffic.give_way)) is not None:
             return await self._post_job_pieces(tenant, scope, body, pieces)
         job = _decode(schemas.JobIn, body)
-        self._check_target(job.callback_url)
+        self._check_callback(job)
         out, _ = await self.gw.submit_job(tenant.name, job, self._clock(), raw=body, idempotency_key=_idem(scope))
         return Response(202, out)
 
@@ -245,7 +249,7 @@ class Api:
         head = _decode(schemas.JobIn, pieces.head)
         if head.recipients:
             raise InvalidInput("recipients given twice", field="recipients")
-        self._check_target(head.callback_url)
+        self._check_callback(head)
         idem = _idem(scope)
         digest = await anyio.to_thread.run_sync(_sha256, body) if idem else ""  # hashlib lets go of the GIL
 
@@ -266,7 +270,7 @@ class Api:
         idem = _idem(scope)
         body = NdjsonBody(receive, max_line=self._max_body, digest=idem is not None, chunk=_CHUNK)
         head = await body.head()
-        self._check_target(head.callback_url)
+        self._check_callback(head)
 
         async def recipients():
             if head.recipients:  # the job line may carry some recipients itself

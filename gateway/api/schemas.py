@@ -43,6 +43,13 @@ Reference = Annotated[str, msgspec.Meta(max_length=128, description="the client'
 Zone = Annotated[str, msgspec.Meta(max_length=64, description=(
     "the recipient's IANA time zone, e.g. America/New_York: wins over the zones of the number for quiet hours "
     "(the number still gives the region whose rules apply)"))]
+# The states a callback_url may ask for: gateway/store/base.py NOTIFY (checked by a test), in the
+# order a message goes through them.
+CallbackState = Literal["accepted", "deferred", "submitted", "delivered", "undelivered", "expired", "rejected",
+                        "failed", "unknown", "capped", "suppressed", "canceled"]  # fmt: skip
+CallbackStates = Annotated[list[CallbackState], msgspec.Meta(min_length=1, max_length=12, description=(
+    "the states the callback_url hears about (default: all of them); e.g. only the final ones. "
+    "Needs callback_url"))]
 Timestamp = Annotated[float, msgspec.Meta(ge=0, description="seconds since the Unix epoch")]
 
 
@@ -62,6 +69,7 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "f
     send_at: Timestamp | None = None
     validity: Validity | None = None
     callback_url: Url | None = None
+    callback_states: CallbackStates | None = None
     reference: Reference | None = None
     media: Media = []
 
@@ -90,6 +98,7 @@ class JobIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"
     send_at: Timestamp | None = None
     validity: Validity | None = None
     callback_url: Url | None = None
+    callback_states: CallbackStates | None = None
     reference: Reference | None = None
     media: Media = []
 

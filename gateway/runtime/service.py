@@ -121,7 +121,7 @@ class Gateway:
         msg_id = format_id(adm.first_id)
         state = _status_of(adm.outcomes, adm.first_id)
         response = _json.encode(schemas.MessageAccepted(id=msg_id, state=state, status=state))
-        if await self._persist(job, adm.first_id, [(0, person)], now, body.callback_url,
+        if await self._persist(job, adm.first_id, [(0, person)], now, body,
                                (idempotency_key, digest, response) if idempotency_key else None):  # fmt: skip
             return await self._io(self.store.remembered, tenant, idempotency_key, digest), True
         await self._report(adm.outcomes, now)
@@ -166,7 +166,7 @@ class Gateway:
             self.core.cancel_job(job.id, now)
             raise AllRejected(rejections)
         response = _json.encode(rejections.answer(job.id, len(kept)))
-        if await self._persist(job, adm.first_id, kept, now, body.callback_url,
+        if await self._persist(job, adm.first_id, kept, now, body,
                                (idempotency_key, digest, response) if idempotency_key else None):  # fmt: skip
             return await self._io(self.store.remembered, tenant, idempotency_key, digest), True
         await self._report(adm.outcomes, now)
@@ -190,7 +190,8 @@ class Gateway:
         seen = accepted = 0
         rejected = Rejections()  # the first ones in full, then counted: the answer stays small
         outcomes: list[Outcome] = []
-        writer = _ChunkWriter(partial(self.store.add_job, job, now=now, callback_url=head.callback_url, incoming=True))
+        writer = _ChunkWriter(partial(self.store.add_job, job, now=now, callback_url=head.callback_url,
+                                      callback_states=_states(head), incoming=True))  # fmt: skip
         try:
             failure: Exception | None = None
             async with anyio.create_task_group() as tg:
@@ -371,13 +372,15 @@ class Gateway:
         except ValueError as exc:  # the body itself is wrong (e.g. too long), for every recipient
             raise InvalidInput(str(exc), field=field) from exc
 
-    async def _persist(self, job: Job, first_id: int, kept, now: float, callback_url: str | None, idem) -> bool:
+    async def _persist(self, job: Job, first_id: int, kept, now: float,
+                       body: schemas.MessageIn | schemas.JobIn, idem) -> bool:  # fmt: skip
         """Store the job, then let it go. True if not stored because its idempotency key was
         taken meanwhile (by another process on the same store) with the same body: the caller
         answers with the stored answer. Another body: Conflict (409)."""
         try:
             await self._writes.add(NewJob(job=job, first_id=first_id, recipients=kept, now=now,
-                                          callback_url=callback_url, idempotency=idem))  # fmt: skip
+                                          callback_url=body.callback_url, callback_states=_states(body),
+                                          idempotency=idem))  # fmt: skip
         except Exception as exc:
             self.core.cancel_job(job.id, now)  # never promised: drop it from the queue
             if isinstance(exc, Conflict) and idem is not None:
@@ -767,3 +770,8 @@ def _field_of(reason: str, *, single: bool) -> str:
     if "zone" in reason:
         return "tz"
     return "to"
+
+
+def _states(body: schemas.MessageIn | schemas.JobIn) -> frozenset[str] | None:
+    """The states the body's callback_url hears about, as the store keeps them (None: all)."""
+    return None if body.callback_states is None else frozenset(body.callback_states)

@@ -11,7 +11,8 @@ hot path of every message. Implementations: ``MemoryStore`` (the fake for tests)
 Backends are chosen by URL (``memory://``, ``sqlite:///path/to.db``) with ``open_store``.
 
 The webhook outbox lives here too: ``record`` writes an ``OutboxItem`` for each change a job's
-``callback_url`` must hear about, in the same transaction as the change, so a committed change
+``callback_url`` must hear about (a state of ``NOTIFY``, and of the job's ``callback_states`` if it
+chose some), in the same transaction as the change, so a committed change
 is never without its webhook (``gateway/runtime/webhooks.py`` drains it with the ``outbox_*``
 calls, each one batch in one transaction).
 
@@ -33,6 +34,7 @@ from gateway.core.model import Job, Recipient
 
 __all__ = [
     "AWAITING",
+    "CALLBACK_STATES",
     "Change",
     "InboundItem",
     "InboundPage",
@@ -60,6 +62,8 @@ STATES = (
 FINAL = frozenset(STATES[4:])
 #: The states a job's ``callback_url`` hears about: handed to a carrier, held, and every final one.
 NOTIFY = FINAL | {"submitted", "accepted", "deferred"}
+#: ``NOTIFY`` in a fixed order: the names a job's ``callback_states`` may list (docs/WEBHOOKS.md).
+CALLBACK_STATES = tuple(s for s in STATES if s in NOTIFY)
 #: Taken by a carrier, waiting for its final receipt (recovered as such after a restart).
 AWAITING = ("submitted", "accepted")
 
@@ -87,6 +91,8 @@ class StoredJob(msgspec.Struct, frozen=True, kw_only=True):
     status: str  # active | paused | canceled
     created_at: float
     callback_url: str | None = None
+    # The states the callback_url hears about (a subset of NOTIFY); None: all of NOTIFY.
+    callback_states: frozenset[str] | None = None
 
 
 class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -232,6 +238,7 @@ class NewJob(msgspec.Struct, frozen=True, kw_only=True):
     recipients: Sequence[tuple[int, Recipient]] | RecipientRows
     now: float
     callback_url: str | None = None
+    callback_states: frozenset[str] | None = None  # None: every state of NOTIFY
     idempotency: tuple[str, str, bytes] | None = None
     incoming: bool = False
 
@@ -243,8 +250,8 @@ class Store(Protocol):
     inline_record: int
 
     def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]] | RecipientRows,
-                now: float, *, callback_url: str | None = None, idempotency: tuple[str, str, bytes] | None = None,
-                incoming: bool = False) -> None: ...  # fmt: skip
+                now: float, *, callback_url: str | None = None, callback_states: frozenset[str] | None = None,
+                idempotency: tuple[str, str, bytes] | None = None, incoming: bool = False) -> None: ...  # fmt: skip
     # Several add_job in one transaction (group commit of concurrent requests): each commits or
     # fails alone (its error in its place, None if stored), the disk is synced once.
     def add_jobs(self, items: Sequence[NewJob]) -> list[Exception | None]: ...

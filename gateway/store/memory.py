@@ -62,7 +62,8 @@ class MemoryStore:
         self._supp: dict[tuple[str, str], Suppression] = {}
         self._inbound_keys: dict[str, tuple[int, float]] = {}  # MO key -> (record id, at)
         self._questions: dict[tuple[str, str], float] = {}  # (tenant, number) -> asked at
-        self._callbacks: dict[tuple[str, str], str] = {}  # only jobs that have a callback_url
+        # only jobs that have a callback_url: (url, the states it hears about)
+        self._callbacks: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}
         self._outbox: dict[int, _Outbox] = {}
         self._outbox_seq = 0
         self._inbound: dict[int, InboundRecord] = {}
@@ -73,7 +74,8 @@ class MemoryStore:
         for it in items:
             try:
                 self.add_job(it.job, it.first_id, it.recipients, it.now, callback_url=it.callback_url,
-                             idempotency=it.idempotency, incoming=it.incoming)  # fmt: skip
+                             callback_states=it.callback_states, idempotency=it.idempotency,
+                             incoming=it.incoming)  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - handed back in its place
                 errors.append(exc)
             else:
@@ -81,7 +83,7 @@ class MemoryStore:
         return errors
 
     def add_job(self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]] | RecipientRows,
-                now: float, *, callback_url: str | None = None,
+                now: float, *, callback_url: str | None = None, callback_states: frozenset[str] | None = None,
                 idempotency: tuple[str, str, bytes] | None = None, incoming: bool = False) -> None:  # fmt: skip
         if isinstance(recipients, RecipientRows):
             recipients = recipients.decode()
@@ -96,13 +98,15 @@ class MemoryStore:
             if old is None:
                 self._jobs[key] = StoredJob(job=job, first_id=first_id, size=len(recipients),
                                             status="incoming" if incoming else "active",
-                                            created_at=now, callback_url=callback_url)  # fmt: skip
+                                            created_at=now, callback_url=callback_url,
+                                            callback_states=callback_states)  # fmt: skip
                 if callback_url:
-                    self._callbacks[key] = callback_url
+                    self._callbacks[key] = (callback_url, NOTIFY if callback_states is None else callback_states)
             else:
                 self._jobs[key] = StoredJob(job=old.job, first_id=old.first_id, size=old.size + len(recipients),
                                             status=old.status, created_at=old.created_at,
-                                            callback_url=old.callback_url)  # fmt: skip
+                                            callback_url=old.callback_url,
+                                            callback_states=old.callback_states)  # fmt: skip
             for (_, r), mid in zip(recipients, ids):
                 self._msgs[mid] = _Msg(mid, job, r)
             if idempotency is not None:
@@ -144,7 +148,8 @@ class MemoryStore:
                 m.carrier_ids = c.carrier_ids or m.carrier_ids
                 m.attempts += c.state == "submitted"
                 m.events.append(c)
-                if callbacks and c.state in NOTIFY and (url := callbacks.get((m.tenant, m.job_id))):
+                if callbacks and (hook := callbacks.get((m.tenant, m.job_id))) and c.state in hook[1]:
+                    url = hook[0]
                     self._outbox_seq += 1
                     queued += 1
                     self._outbox[self._outbox_seq] = _Outbox(OutboxItem(
@@ -200,9 +205,7 @@ class MemoryStore:
             old = self._jobs.get((tenant, job_id))
             if old is None:
                 return False
-            self._jobs[(tenant, job_id)] = StoredJob(job=old.job, first_id=old.first_id, size=old.size,
-                                                     status=status, created_at=old.created_at,
-                                                     callback_url=old.callback_url)  # fmt: skip
+            self._jobs[(tenant, job_id)] = msgspec.structs.replace(old, status=status)
             return True
 
     def job(self, tenant: str, job_id: str) -> JobCounts | None:

@@ -49,6 +49,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     tenant TEXT NOT NULL, id TEXT NOT NULL, body BLOB NOT NULL, first_id INTEGER NOT NULL,
     size INTEGER NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL, callback_url TEXT,
+    callback_states TEXT, -- the states callback_url hears about, comma-separated; NULL: all (NOTIFY)
     PRIMARY KEY (tenant, id));
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, job_id TEXT NOT NULL, recipient BLOB NOT NULL,
@@ -254,6 +255,8 @@ class SqliteStore:
             self._db.executescript(_SCHEMA)
             if not any(col[1] == "history" for col in self._db.execute("PRAGMA table_info(messages)")):
                 self._db.execute("ALTER TABLE messages ADD COLUMN history TEXT")  # a store made before it
+            if not any(col[1] == "callback_states" for col in self._db.execute("PRAGMA table_info(jobs)")):
+                self._db.execute("ALTER TABLE jobs ADD COLUMN callback_states TEXT")  # a store made before it
             if not any(col[1] == "error_code" for col in self._db.execute("PRAGMA table_info(outbox)")):
                 self._db.execute("ALTER TABLE outbox ADD COLUMN error_code INTEGER")  # a store made before it
             have = {col[1] for col in self._db.execute("PRAGMA table_info(inbound)")}
@@ -264,7 +267,7 @@ class SqliteStore:
                 self._db.executescript(f"BEGIN IMMEDIATE; {_COUNTS} COMMIT;")
             self._db.executescript(_BATCH)
             hooked = self._db.execute(
-                "SELECT j.tenant, j.id, j.callback_url, j.first_id, max(m.id), count(*) FROM jobs j"
+                "SELECT j.tenant, j.id, j.callback_url, j.first_id, max(m.id), count(*), j.callback_states FROM jobs j"
                 " JOIN messages m ON m.tenant = j.tenant AND m.job_id = j.id"
                 " WHERE j.callback_url IS NOT NULL AND m.final = 0 GROUP BY j.tenant, j.id"
             ).fetchall()
@@ -272,19 +275,19 @@ class SqliteStore:
             raise StorageError(f"cannot open store {path!r}: {exc}") from exc
         self._lock = threading.Lock()
         self._hooks = _Hooks()
-        for tenant, job_id, url, first_id, last_id, open_count in hooked:
-            self._hooks.add(tenant, job_id, url, first_id, last_id, open_count)
+        for tenant, job_id, url, first_id, last_id, open_count, states in hooked:
+            self._hooks.add(tenant, job_id, url, first_id, last_id, open_count, _states_dec(states))
 
     def _tx(self):
         return _Transaction(self._db, self._lock)
 
     def add_job(
         self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
-        *, callback_url: str | None = None, idempotency: tuple[str, str, bytes] | None = None,
-        incoming: bool = False,
+        *, callback_url: str | None = None, callback_states: frozenset[str] | None = None,
+        idempotency: tuple[str, str, bytes] | None = None, incoming: bool = False,
     ) -> None:  # fmt: skip
         item = NewJob(job=job, first_id=first_id, recipients=recipients, now=now, callback_url=callback_url,
-                      idempotency=idempotency, incoming=incoming)  # fmt: skip
+                      callback_states=callback_states, idempotency=idempotency, incoming=incoming)  # fmt: skip
         with self._tx() as db:
             hook = self._insert_job(db, item)
         if hook is not None:
@@ -329,16 +332,18 @@ class SqliteStore:
             key, digest, response = item.idempotency
             db.execute("INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)", (job.tenant, key, digest, response, now))
         # A later chunk of the same job keeps the job's first callback_url: ask which it is.
-        stored_url, stored_first = db.execute(
-            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, id)"
-            " DO UPDATE SET size = size + excluded.size RETURNING callback_url, first_id",
+        stored_url, stored_first, stored_states = db.execute(
+            "INSERT INTO jobs (tenant, id, body, first_id, size, status, created_at, callback_url, callback_states)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, id)"
+            " DO UPDATE SET size = size + excluded.size RETURNING callback_url, first_id, callback_states",
             (job.tenant, job.id, _job_enc.encode(job), first_id, len(recipients),
-             "incoming" if item.incoming else "active", now, item.callback_url),  # fmt: skip
+             "incoming" if item.incoming else "active", now, item.callback_url,
+             _states_enc(item.callback_states)),  # fmt: skip
         ).fetchone()
         db.execute(insert, (first_id, job.tenant, job.id, now, rows))
         if stored_url and recipients:
             last = first_id + (len(recipients) - 1 if insert is _INSERT_ROWS else max(i for i, _ in recipients))
-            return (job.tenant, job.id, stored_url, stored_first, last, len(recipients))
+            return (job.tenant, job.id, stored_url, stored_first, last, len(recipients), _states_dec(stored_states))
         return None
 
     def commit_job(self, tenant: str, job_id: str, now: float, idempotency: tuple[str, str, bytes] | None = None) -> None:
@@ -398,7 +403,10 @@ class SqliteStore:
         transaction, before its updates, so the rows commit or roll back with the changes.
         Appends to ``ended`` the block of each message this batch ends."""
         hooks = self._hooks
-        hooked = [(c, b) for c in changes if c.state in NOTIFY and (b := hooks.find(c.message_id)) is not None]
+        # Every final change of a hooked message counts (it ends the message's block), even one
+        # the job does not hear about; only the states it chose become rows.
+        hooked = [(c, b) for c in changes if c.state in NOTIFY and (b := hooks.find(c.message_id)) is not None
+                  and (c.state in b.states or c.state in FINAL)]  # fmt: skip
         if not hooked:
             return []
         ids = list({c.message_id for c, _ in hooked})
@@ -412,7 +420,8 @@ class SqliteStore:
         for c, b in hooked:
             if c.message_id not in still_open:
                 continue
-            rows.append((b.tenant, b.url, c.message_id, b.job_id, c.state, c.at, c.reason, c.carrier, c.error_code))
+            if c.state in b.states:
+                rows.append((b.tenant, b.url, c.message_id, b.job_id, c.state, c.at, c.reason, c.carrier, c.error_code))
             if c.state in FINAL:
                 still_open.discard(c.message_id)
                 ended.append(b)
@@ -726,11 +735,21 @@ def _each(db: sqlite3.Connection, sql: str, ids: Sequence[int], args: tuple = ()
         db.execute(sql.format(",".join("?" * len(part))), (*args, *part))
 
 
-class _Block:
-    __slots__ = ("tenant", "job_id", "url", "lo", "hi", "open")
+def _states_enc(states: frozenset[str] | None) -> str | None:
+    return None if states is None else ",".join(sorted(states))
 
-    def __init__(self, tenant: str, job_id: str, url: str, lo: int, hi: int, open_count: int) -> None:
+
+def _states_dec(text: str | None) -> frozenset[str] | None:
+    return None if text is None else frozenset(text.split(",")) if text else frozenset()
+
+
+class _Block:
+    __slots__ = ("tenant", "job_id", "url", "lo", "hi", "open", "states")
+
+    def __init__(self, tenant: str, job_id: str, url: str, lo: int, hi: int, open_count: int,
+                 states: frozenset[str] | None = None) -> None:  # fmt: skip
         self.tenant, self.job_id, self.url, self.lo, self.hi, self.open = tenant, job_id, url, lo, hi, open_count
+        self.states = NOTIFY if states is None else states  # what the callback_url hears about
 
 
 class _Hooks:
@@ -751,12 +770,13 @@ class _Hooks:
     def __bool__(self) -> bool:
         return bool(self._by_job)
 
-    def add(self, tenant: str, job_id: str, url: str, first_id: int, last_id: int, open_count: int) -> None:
+    def add(self, tenant: str, job_id: str, url: str, first_id: int, last_id: int, open_count: int,
+            states: frozenset[str] | None = None) -> None:  # fmt: skip
         b = self._by_job.get((tenant, job_id))
         if b is not None:  # another chunk of a running job
             b.hi, b.open = max(b.hi, last_id), b.open + open_count
             return
-        b = self._by_job[(tenant, job_id)] = _Block(tenant, job_id, url, first_id, last_id, open_count)
+        b = self._by_job[(tenant, job_id)] = _Block(tenant, job_id, url, first_id, last_id, open_count, states)
         if not self._starts or first_id >= self._starts[-1]:  # ids grow: the usual case
             self._starts.append(first_id)
             self._blocks.append(b)
@@ -793,9 +813,9 @@ def _inbound_record(row: tuple) -> InboundRecord:
 
 
 def _stored_job(row: tuple) -> StoredJob:
-    _tenant, _id, body, first_id, size, status, created_at, callback_url = row
+    _tenant, _id, body, first_id, size, status, created_at, callback_url, states = row
     return StoredJob(job=_job_dec.decode(body), first_id=first_id, size=size, status=status,
-                     created_at=created_at, callback_url=callback_url)  # fmt: skip
+                     created_at=created_at, callback_url=callback_url, callback_states=_states_dec(states))  # fmt: skip
 
 
 class _Transaction:
