@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import random
+
 import msgspec
 import pytest
 
 from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict
-from gateway.store.base import JOBS_SCAN, Change, InboundRecord, NewJob, OutboxStats, RecipientRows, job_status
+from gateway.store.base import CALLBACK_STATES, JOBS_SCAN, STATES, Change, InboundRecord, NewJob, OutboxStats, RecipientRows, job_status
 
 JOB = Job(id="j1", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
 PLAIN = Job(id="j2", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
@@ -295,6 +297,40 @@ class StoreConformance:
         got = [(i.message_id, i.state, i.reason) for i in store.outbox_take(20.0, 100, 30.0)]
         assert got == [(1000, "deferred", "quiet hours"), (1000, "submitted", ""), (1000, "delivered", "DELIVRD"),
                        (1001, "capped", "weekly cap")]  # fmt: skip
+
+    def test_callback_states_filter_exactly_what_all_states_would_write(self, store) -> None:
+        """A job with ``callback_states`` S gets the outbox rows a job hearing every state would
+        get, restricted to S: the same changes replayed on two jobs, for many random S and
+        change sequences (repeated states, changes after a final one, several batches)."""
+        rng = random.Random(16)
+        for k in range(40):
+            chosen = frozenset(rng.sample(CALLBACK_STATES, rng.randint(1, len(CALLBACK_STATES))))
+            some, every = 10_000 * (2 * k + 1), 10_000 * (2 * k + 2)
+            store.add_job(msgspec.structs.replace(JOB, id=f"s{k}"), some, PEOPLE, 10.0, callback_url=HOOK,
+                          callback_states=chosen)  # fmt: skip
+            store.add_job(msgspec.structs.replace(JOB, id=f"e{k}"), every, PEOPLE, 10.0, callback_url=HOOK)
+            for _ in range(rng.randint(1, 4)):
+                batch = [(rng.randrange(len(PEOPLE)), rng.choice(STATES), 11.0 + rng.random()) for _ in range(8)]
+                store.record([Change(message_id=some + i, state=st, at=at) for i, st, at in batch])
+                store.record([Change(message_id=every + i, state=st, at=at) for i, st, at in batch])
+            got = [(i.message_id, i.state, i.at) for i in store.outbox_take(1e9, 10_000, 30.0)]
+            for i in got:
+                assert some <= i[0] < some + len(PEOPLE) or every <= i[0] < every + len(PEOPLE)
+            mine = [(m - some, s, at) for m, s, at in got if m < every]
+            all_of = [(m - every, s, at) for m, s, at in got if m >= every]
+            assert mine == [x for x in all_of if x[1] in chosen], (k, sorted(chosen))
+            store.outbox_done([i.id for i in store.outbox_take(2e9, 10_000, 30.0)])  # leased above: taken again later
+            assert store.job_info("acme", f"s{k}").callback_states == chosen
+            assert store.job_info("acme", f"e{k}").callback_states is None
+
+    def test_callback_states_final_only_and_a_later_chunk_keeps_them(self, store) -> None:
+        store.add_job(JOB, 1000, PEOPLE[:2], 10.0, callback_url=HOOK, callback_states=frozenset({"delivered"}))
+        store.add_job(JOB, 1000, PEOPLE[2:], 11.0, callback_url=HOOK)  # a later chunk: the job's choice stays
+        store.record([Change(message_id=1000 + i, state="submitted", at=12.0) for i in range(5)])
+        store.record([Change(message_id=1000 + i, state="delivered" if i % 2 else "undelivered", at=13.0)
+                      for i in range(5)])  # fmt: skip
+        got = [(i.message_id, i.state) for i in store.outbox_take(20.0, 100, 30.0)]
+        assert got == [(1001, "delivered"), (1003, "delivered")]
 
     def test_outbox_a_later_chunk_keeps_the_jobs_callback(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE[:2], 10.0, callback_url=HOOK)

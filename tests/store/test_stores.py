@@ -131,3 +131,40 @@ def test_sqlite_history_of_an_older_store_is_kept(tmp_path):
     assert [(c.state, c.at, c.reason, c.carrier) for c in m.history] == [
         ("queued", 10.0, "accepted", None), ("submitted", 11.0, "", "alpha"), ("delivered", 12.0, "receipt", "alpha")]
     again.close()
+
+
+def test_sqlite_callback_states_survive_reopen_and_finals_outside_them_end_the_job(tmp_path):
+    """The job's choice is on disk (the cache is rebuilt from it), and a final state the job
+    did not ask for still ends its messages: the cache forgets the job all the same."""
+    path = str(tmp_path / "sluice.db")
+    s = SqliteStore(path)
+    s.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK, callback_states=frozenset({"submitted", "delivered"}))
+    s.record([Change(message_id=1000, state="submitted", at=11.0), Change(message_id=1001, state="undelivered", at=11.0)])
+    s.close()
+    again = SqliteStore(path)
+    assert again.job_info("acme", "j1").callback_states == frozenset({"submitted", "delivered"})
+    again.record([Change(message_id=1000, state="delivered", at=12.0), Change(message_id=1002, state="expired", at=12.0),
+                  Change(message_id=1003, state="accepted", at=12.0)])  # fmt: skip
+    assert [(i.message_id, i.state) for i in again.outbox_take(20.0, 10, 30.0)] == [
+        (1000, "submitted"), (1000, "delivered")]  # fmt: skip
+    assert again._hooks
+    again.record([Change(message_id=1003, state="failed", at=13.0), Change(message_id=1004, state="canceled", at=13.0)])
+    assert not again._hooks  # every message final: nothing left to hear about
+    again.close()
+
+
+def test_sqlite_store_made_before_callback_states_opens_and_hears_every_state(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "old.db")
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE jobs DROP COLUMN callback_states")  # as a store written before the column
+    db.commit()
+    db.close()
+    s = SqliteStore(path)
+    s.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
+    s.record([Change(message_id=1000, state="submitted", at=11.0)])
+    assert [i.state for i in s.outbox_take(20.0, 10, 30.0)] == ["submitted"]
+    assert s.job_info("acme", "j1").callback_states is None
+    s.close()
