@@ -38,11 +38,31 @@ def _settings(config_path: str | None):  # type: ignore[no-untyped-def]
     return settings
 
 
+def _check_env(settings, gateway_cfg=None) -> None:  # type: ignore[no-untyped-def]
+    """Exit 2 naming every ``*_env`` key whose variable is unset (what serving would meet later)."""
+    import os
+
+    from campaigns.config import missing_environment
+
+    missing: list[Exception] = list(missing_environment(settings, os.environ))
+    if gateway_cfg is not None:
+        from gateway.config import missing_environment as gateway_missing
+
+        missing = [*gateway_missing(gateway_cfg, os.environ), *missing]
+    for exc in missing:
+        click.echo(f"error: {exc}", err=True)
+    if missing:
+        sys.exit(2)
+
+
 @campaigns.command("check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
-def check_config(path: str) -> None:
-    """Validate the [campaigns] table of a config file; errors name the key."""
+@click.option("--skip-env", is_flag=True, help="Do not check the environment variables the *_env keys name.")
+def check_config(path: str, skip_env: bool) -> None:
+    """Validate the [campaigns] table of a config file (and that its *_env variables are set)."""
     settings = _settings(path)
+    if not skip_env:
+        _check_env(settings)
     click.echo(f"{path}: ok ({len(settings.tenants)} tenants, store {settings.store_url.split(':', 1)[0]})")
 
 
@@ -59,6 +79,7 @@ def serve_alone(config_path: str, port: int | None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings(config_path)
+    _check_env(settings)
     anyio.run(lambda: serve(settings, port=port, on_ready=lambda p: print(json.dumps({"campaigns": p}), flush=True)),
               backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
 
@@ -221,14 +242,21 @@ def serve(ctx: click.Context, config_path: str | None, port: int | None, backend
     if backend != "asyncio":
         click.echo("error: with [campaigns], serve runs on asyncio", err=True)
         sys.exit(2)
+    _check_env(settings, gateway_cfg)
     import anyio
     import msgspec
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if port is not None:
         gateway_cfg = msgspec.structs.replace(gateway_cfg, api=msgspec.structs.replace(gateway_cfg.api, port=port))  # type: ignore[type-var, attr-defined]
-    anyio.run(lambda: host.serve_both(gateway_cfg, settings, on_ready=lambda k, p: print(json.dumps({k: p}), flush=True)),
-              backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+    from gateway.errors import ConfigError as GatewayConfigError
+
+    try:
+        anyio.run(lambda: host.serve_both(gateway_cfg, settings, on_ready=lambda k, p: print(json.dumps({k: p}), flush=True)),
+                  backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+    except (GatewayConfigError, ConfigError) as exc:  # found at start-up: one line, no traceback
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 main.add_command(campaigns)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
 
 from campaigns.errors import ConfigError
 
-__all__ = ["CampaignSettings", "SignupSettings", "TenantSettings", "load", "loads", "from_table"]
+__all__ = ["CampaignSettings", "SignupSettings", "TenantSettings", "from_table", "load", "loads", "missing_environment"]
 
 
 class SignupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -146,3 +147,15 @@ def load(path: str | Path) -> CampaignSettings | None:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
     return loads(text, path=str(path))
+
+
+def missing_environment(settings: CampaignSettings, environ: Mapping[str, str]) -> list[ConfigError]:
+    """One error per ``*_env`` key whose variable is unset or empty (``campaigns.tenants[0].key_env``),
+    as the gateway's ``missing_environment`` does for its own tree."""
+    errors = []
+    for i, t in enumerate(settings.tenants):
+        for name in ("key_env", "gateway_key_env", "webhook_secret_env"):
+            var = getattr(t, name)
+            if var is not None and not environ.get(var):
+                errors.append(ConfigError(f"environment variable {var!r} is not set", key=f"campaigns.tenants[{i}].{name}"))
+    return errors

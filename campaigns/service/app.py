@@ -24,7 +24,7 @@ from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.openapi import OpenAPIConfig
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, PathParameter, QueryParameter
 
 from campaigns.config import CampaignSettings
 from campaigns.core import proof as proofs
@@ -43,7 +43,9 @@ from campaigns.store.base import Applied, ImportResult, SegmentRow
 log = logging.getLogger(__name__)
 
 Limit = Annotated[int, QueryParameter(ge=1, le=1000)]
-After = Annotated[int, QueryParameter(ge=0)]
+MAX_ID = 2**63 - 1  # ids are 64-bit in both engines: larger ones cannot exist (404 by validation: 422)
+After = Annotated[int, QueryParameter(ge=0, le=MAX_ID)]
+Id = Annotated[int, PathParameter(ge=1, le=MAX_ID)]
 Tenant = NamedDependency[str]  # the shop the API key names (``create_app.tenant``)
 
 
@@ -189,6 +191,11 @@ def _on_storage(_: Request, exc: StorageError) -> Response[ErrorOut]:
     return _error(503, exc.code, "storage unavailable, retry later")
 
 
+def _on_unexpected(_: Request, exc: Exception) -> Response[ErrorOut]:
+    log.exception("campaigns.internal_error")
+    return _error(500, "internal", "internal error (logged)")
+
+
 def _on_other(_: Request, exc: CampaignError) -> Response[ErrorOut]:
     log.warning("campaigns.failed error=%r", exc)
     return _error(getattr(exc, "status", 500), getattr(exc, "code", "internal"), str(exc))
@@ -235,35 +242,40 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
         return Response(out, status_code=201 if created else 200)
 
     @get("/v1/subscribers")
-    async def list_subscribers(tenant: Tenant, after: After = 0, limit: Limit = 100) -> SubscriberPage:
+    async def list_subscribers(tenant: Tenant, after: After = 0, limit: Limit = 100,
+                               phone: Annotated[str | None, QueryParameter(max_length=40)] = None) -> SubscriberPage:
+        """Page through the shop's subscribers by id, or find one by ``phone`` (any spelling)."""
+        if phone is not None:
+            sub = await audience.store_call("subscriber_by_phone", tenant, audience.phone(tenant, phone))
+            return SubscriberPage(items=[sub] if sub is not None else [])
         items = await audience.subscribers(tenant, after=after, limit=limit)
         return SubscriberPage(items=items, next=_next([s.id for s in items], limit))
 
     @get("/v1/subscribers/{subscriber_id:int}")
-    async def get_subscriber(tenant: Tenant, subscriber_id: FromPath[int]) -> SubscriberOut:
+    async def get_subscriber(tenant: Tenant, subscriber_id: Id) -> SubscriberOut:
         return await audience.subscriber_out(tenant, subscriber_id)
 
     @get("/v1/subscribers/{subscriber_id:int}/segments")
-    async def get_member_segments(tenant: Tenant, subscriber_id: FromPath[int]) -> MembershipOut:
+    async def get_member_segments(tenant: Tenant, subscriber_id: Id) -> MembershipOut:
         """The segments the subscriber is in now (kept current as events arrive), with since when."""
         rows = await audience.member_segments(tenant, subscriber_id)
         return MembershipOut(items=[Membership(segment_id=i, since=t) for i, t in rows])
 
     @post("/v1/subscribers/{subscriber_id:int}/tags", status_code=200)
-    async def post_tags(tenant: Tenant, subscriber_id: FromPath[int], data: JSONBody[TagsIn]) -> TagsOut:
+    async def post_tags(tenant: Tenant, subscriber_id: Id, data: JSONBody[TagsIn]) -> TagsOut:
         return TagsOut(tags=await audience.set_tags(tenant, subscriber_id, data.add, data.remove))
 
     @post("/v1/subscribers/{subscriber_id:int}/consent", status_code=201)
-    async def post_consent(tenant: Tenant, subscriber_id: FromPath[int], data: JSONBody[ConsentIn]) -> ConsentOut:
+    async def post_consent(tenant: Tenant, subscriber_id: Id, data: JSONBody[ConsentIn]) -> ConsentOut:
         entry, state = await audience.record_consent(tenant, subscriber_id, data)
         return ConsentOut(entry=entry, state=state, marketable=state == "confirmed")
 
     @get("/v1/subscribers/{subscriber_id:int}/consent")
-    async def get_ledger(tenant: Tenant, subscriber_id: FromPath[int]) -> LedgerOut:
+    async def get_ledger(tenant: Tenant, subscriber_id: Id) -> LedgerOut:
         return LedgerOut(entries=await audience.ledger(tenant, subscriber_id))
 
     @get("/v1/subscribers/{subscriber_id:int}/consent/proof")
-    async def get_proof(tenant: Tenant, subscriber_id: FromPath[int], format: FromQuery[Literal["json", "csv"]] = "json") -> Response[Any]:
+    async def get_proof(tenant: Tenant, subscriber_id: Id, format: FromQuery[Literal["json", "csv"]] = "json") -> Response[Any]:
         """The subscriber's consent proof for a dispute: every entry, the disclosure text, hashes re-checked."""
         p = await audience.proof(tenant, subscriber_id)
         if format == "csv":
@@ -306,7 +318,7 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
         return await audience.put_segment(tenant, data.name, data.definition)
 
     @put("/v1/segments/{segment_id:int}")
-    async def put_segment(tenant: Tenant, segment_id: FromPath[int], data: JSONBody[SegmentIn]) -> SegmentRow:
+    async def put_segment(tenant: Tenant, segment_id: Id, data: JSONBody[SegmentIn]) -> SegmentRow:
         await audience.segment(tenant, segment_id)
         return await audience.put_segment(tenant, data.name, data.definition, segment_id)
 
@@ -324,27 +336,27 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
         return SegmentPage(items=rows, next=_next([r.id for r in rows], limit))
 
     @get("/v1/segments/{segment_id:int}")
-    async def get_segment(tenant: Tenant, segment_id: FromPath[int]) -> SegmentRow:
+    async def get_segment(tenant: Tenant, segment_id: Id) -> SegmentRow:
         return (await audience.segment(tenant, segment_id))[0]
 
     @delete("/v1/segments/{segment_id:int}", status_code=204)
-    async def delete_segment(tenant: Tenant, segment_id: FromPath[int]) -> None:
+    async def delete_segment(tenant: Tenant, segment_id: Id) -> None:
         await audience.segment(tenant, segment_id)
         await audience.delete_segment(tenant, segment_id)
 
     @get("/v1/segments/{segment_id:int}/count")
-    async def count_segment(tenant: Tenant, segment_id: FromPath[int]) -> CountOut:
+    async def count_segment(tenant: Tenant, segment_id: Id) -> CountOut:
         _, seg = await audience.segment(tenant, segment_id)
         return CountOut(count=await audience.count(tenant, seg), at=audience.clock())
 
     @get("/v1/segments/{segment_id:int}/members")
-    async def segment_members(tenant: Tenant, segment_id: FromPath[int], after: After = 0, limit: Limit = 100) -> MembersOut:
+    async def segment_members(tenant: Tenant, segment_id: Id, after: After = 0, limit: Limit = 100) -> MembersOut:
         _, seg = await audience.segment(tenant, segment_id)
         ids = await audience.members(tenant, seg, after=after, limit=limit)
         return MembersOut(items=ids, next=_next(ids, limit))
 
     @get("/v1/segments/{segment_id:int}/sample")
-    async def segment_sample(tenant: Tenant, segment_id: FromPath[int], limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10) -> SampleOut:
+    async def segment_sample(tenant: Tenant, segment_id: Id, limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10) -> SampleOut:
         _, seg = await audience.segment(tenant, segment_id)
         ids = await audience.members(tenant, seg, after=0, limit=limit)
         subs = [(await audience.subscriber_out(tenant, i)).subscriber for i in ids]
@@ -463,7 +475,7 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
         route_handlers=handlers,
         dependencies={"tenant": Provide(tenant)},
         exception_handlers={CallerError: _on_caller, ValidationException: _on_validation, HTTPException: _on_http,
-                            StorageError: _on_storage, CampaignError: _on_other},  # fmt: skip
+                            StorageError: _on_storage, CampaignError: _on_other, Exception: _on_unexpected},  # fmt: skip
         openapi_config=OpenAPIConfig(title="Sluice campaigns API", version="0.1.0"),
         request_max_body_size=audience.settings.max_body_bytes,
         logging_config=None,

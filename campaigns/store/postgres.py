@@ -19,6 +19,7 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str) -> None:
         super().__init__()
+        self._url = url
         try:
             self._conn = psycopg.connect(url, autocommit=True)
             with self._conn.transaction():
@@ -32,10 +33,16 @@ class PostgresStore(SqlStore):
     @contextmanager
     def _tx(self) -> Iterator[Tx]:
         with self._lock:
+            if self._conn.closed or self._conn.broken:  # the server restarted, or the link broke: a new one
+                try:
+                    self._conn = psycopg.connect(self._url, autocommit=True)
+                except psycopg.OperationalError as exc:
+                    raise StorageError(f"PostgreSQL unreachable: {exc}") from exc
             try:
                 with self._conn.transaction(), self._conn.cursor() as cur:
                     yield Tx(cur, "%s")
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                # The transaction did not commit; the caller may retry (503), and the next call reconnects.
                 raise StorageError(str(exc)) from exc
 
     def close(self) -> None:

@@ -115,13 +115,23 @@ class _Compiler:
             case Attribute():
                 return self.attribute(seg)
             case Tag(tag=tag):
-                return (f"s.id IN (SELECT tg.subscriber_id FROM subscriber_tags tg WHERE tg.tenant = {self.tenant} "
-                        f"AND tg.tag = {self.p(tag)})")  # fmt: skip
+                return self.semi(f"subscriber_tags tg WHERE tg.tenant = {self.tenant} AND tg.tag = {self.p(tag)}",
+                                 "tg.subscriber_id")  # fmt: skip
             case RfmTier(tier=tier):
                 return self.node(expand_rfm(tier))
             case Event():
                 return self.event(seg)
         raise TypeError(f"not a segment node: {seg!r}")
+
+    def semi(self, from_where: str, sub: str, *, negate: bool = False) -> str:
+        """Whether ``s`` has a row in ``FROM <from_where>`` (``sub``: its never-NULL subscriber id).
+        SQLite: an uncorrelated ``IN``, run once into an ephemeral index. PostgreSQL: ``EXISTS``,
+        which it turns into a hash semi/anti join at the top of the WHERE and otherwise into a
+        hashed subplan *or* an index probe per subscriber; ``NOT IN``/``IN`` there only has the
+        hashed subplan, and without enough ``work_mem`` falls back to a rescan per subscriber."""
+        if self.pg:
+            return f"({'NOT ' if negate else ''}EXISTS (SELECT 1 FROM {from_where} AND {sub} = s.id))"
+        return f"s.id {'NOT ' if negate else ''}IN (SELECT {sub} FROM {from_where})"
 
     def siblings(self, items: tuple[Segment, ...], joiner: str) -> list[str]:
         """The children of one all/any. Aggregate conditions that a subscriber without a value
@@ -138,8 +148,8 @@ class _Compiler:
         parts = [self.node(i) for i in flat if not any(i is f for f in stats)]
         preds = [f"(st.{f.field} IS NOT NULL AND {self.field_pred(f, f'st.{f.field}', FIELDS[f.field].kind)})"
                  for f in stats]  # fmt: skip
-        parts.append(f"s.id IN (SELECT st.subscriber_id FROM subscriber_stats st WHERE st.tenant = {self.tenant} "
-                     f"AND ({joiner.join(preds)}))")  # fmt: skip
+        parts.append(self.semi(f"subscriber_stats st WHERE st.tenant = {self.tenant} AND ({joiner.join(preds)})",
+                               "st.subscriber_id"))  # fmt: skip
         return parts
 
     def field(self, seg: Field) -> str:
@@ -152,11 +162,11 @@ class _Compiler:
         # only rows with a value can differ from it. The predicate sees a non-NULL column: it is
         # two-valued, and stays a plain comparison the engines can run off an index.
         col = f"st.{seg.field}"
-        rows = f"SELECT st.subscriber_id FROM subscriber_stats st WHERE st.tenant = {self.tenant} AND {col} IS NOT NULL"
+        rows = f"subscriber_stats st WHERE st.tenant = {self.tenant} AND {col} IS NOT NULL"
         pred = self.field_pred(seg, col, spec.kind)
         if field_op_holds(seg.op, default, seg.value, self.now):  # so does everyone without a value
-            return f"s.id NOT IN ({rows} AND NOT ({pred}))"
-        return f"s.id IN ({rows} AND {pred})"
+            return self.semi(f"{rows} AND NOT ({pred})", "st.subscriber_id", negate=True)
+        return self.semi(f"{rows} AND {pred}", "st.subscriber_id")
 
     def field_pred(self, seg: Field, expr: str, kind: str) -> str:
         op, value = seg.op, seg.value
@@ -240,12 +250,13 @@ class _Compiler:
         for column, allowed in seg.where:
             owner = "i" if column in _ITEM_COLUMNS else "o"
             conds.append(self.in_list(f"{owner}.{column}", allowed, False))
-        rows = f"SELECT {sub} FROM {table} WHERE " + " AND ".join(conds)
+        from_where = f"{table} WHERE " + " AND ".join(conds)
+        rows = f"SELECT {sub} FROM {from_where}"
         zero, one = aggregate_holds(seg, 0), aggregate_holds(seg, 1)
         if seg.measure == "count" and _same_for_every_positive_count(seg, one):
             if zero == one:  # `count >= 0`: everyone (or no one), rows or not
                 return "(1 = 1)" if zero else "(1 = 0)"
-            return f"s.id NOT IN ({rows})" if zero else f"s.id IN ({rows})"
+            return self.semi(from_where, sub, negate=zero)
         if seg.measure == "count":
             measure = "COUNT(*)"
         else:

@@ -339,9 +339,9 @@ def check(sqlite_db: sqlite3.Connection, pg_db: Any, views: list[tuple[Subscribe
 
 
 @st.composite
-def population(draw: st.DrawFn, max_subscribers: int) -> tuple[float, list[tuple[SubscriberView, bool]]]:
+def population(draw: st.DrawFn, max_subscribers: int, min_subscribers: int = 0) -> tuple[float, list[tuple[SubscriberView, bool]]]:
     now = draw(st.sampled_from(NOWS))
-    n = draw(st.integers(0, max_subscribers))
+    n = draw(st.integers(min_subscribers, max_subscribers))
     return now, [draw(subscriber_view(sid, now)) for sid in range(1, n + 1)]
 
 

@@ -106,8 +106,12 @@ async def test_serve_hosts_both(tmp_path: Path) -> None:
 def test_campaigns_check_config(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text('[campaigns]\n[[campaigns.tenants]]\nname = "acme"\nkey_env = "CK"\n')
-    r = CliRunner().invoke(main, ["campaigns", "check-config", str(good)])
+    r = CliRunner().invoke(main, ["campaigns", "check-config", str(good)], env={"CK": ""})
+    assert r.exit_code == 2 and "campaigns.tenants[0].key_env" in r.output and "'CK'" in r.output
+    r = CliRunner().invoke(main, ["campaigns", "check-config", str(good)], env={"CK": "k"})
     assert r.exit_code == 0 and "1 tenants" in r.output
+    r = CliRunner().invoke(main, ["campaigns", "check-config", "--skip-env", str(good)], env={"CK": ""})
+    assert r.exit_code == 0
     bad = tmp_path / "bad.toml"
     bad.write_text('[campaigns]\nstore_url = "mysql://x"\n[[campaigns.tenants]]\nname = "acme"\nkey_env = "CK"\nport = 1\n')
     r = CliRunner().invoke(main, ["campaigns", "check-config", str(bad)])
