@@ -57,6 +57,10 @@ key_env = "SLUICE_BENCH_KEY"
 requests_per_second = 1e9
 burst = 1000000000
 
+[[api.operators]]  # the same key reads the full /v1/carriers and /metrics
+name = "bench"
+key_env = "SLUICE_BENCH_KEY"
+
 [store]
 url = "{url}"
 synchronous = "{synchronous}"

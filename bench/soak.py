@@ -57,6 +57,10 @@ key_env = "SLUICE_SOAK_KEY"
 requests_per_second = 2000.0
 burst = 2000
 
+[[api.operators]]  # the same key reads /metrics
+name = "soak"
+key_env = "SLUICE_SOAK_KEY"
+
 [store]
 url = "sqlite:///{directory / 'sluice.db'}"
 

@@ -37,6 +37,7 @@ def _config(directory: Path, ports: dict[str, int]) -> Path:
     lines = [
         '[api]\nhost = "127.0.0.1"\n',
         '[[api.tenants]]\nname = "bench"\nkey_env = "SLUICE_BENCH_KEY"\nrequests_per_second = 1000.0\nburst = 1000\n',
+        '[[api.operators]]\nname = "bench"\nkey_env = "SLUICE_BENCH_KEY"\n',  # reads the full /v1/carriers
         f'[store]\nurl = "sqlite:///{directory / "sluice.db"}"\n',
     ]
     for name, (rate, burst) in LIMITS.items():

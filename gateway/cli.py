@@ -111,6 +111,7 @@ def _register() -> None:
     from bench.audience import bench_audience
     from bench.core import bench_core
     from bench.e2e import bench_e2e
+    from bench.fairness import bench_fairness
     from bench.ingest import bench_ingest
     from bench.kannel import bench_kannel
     from bench.priority import bench_priority
@@ -124,7 +125,8 @@ def _register() -> None:
     from carriers.smpp.simulator import sim_smsc
 
     for command in (bench_core, bench_smpp, bench_ingest, bench_e2e, bench_kannel, bench_throttle, bench_priority,
-                    bench_quiet_hours, bench_soak, bench_scaling, bench_report, bench_audience):  # fmt: skip
+                    bench_quiet_hours, bench_soak, bench_scaling, bench_report, bench_audience,
+                    bench_fairness):  # fmt: skip
         bench.add_command(command)
     sim.add_command(sim_smsc)
     sim.add_command(sim_http)

@@ -8,11 +8,14 @@ names the environment variable that holds the secret.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import re
 import tomllib
 from importlib import resources
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Literal
 
 import msgspec
@@ -21,9 +24,10 @@ from carriers.http.settings import HttpSettings
 from carriers.smpp.connector import SmppSettings
 from gateway.core.keywords import KeywordSettings
 from gateway.core.settings import CoreSettings
+from gateway.core.targets import TargetPolicy, url_problem
 from gateway.errors import ConfigError
 
-__all__ = ["Config", "default_text", "load", "loads", "missing_environment"]
+__all__ = ["Config", "default_text", "load", "loads", "missing_environment", "target_policy"]
 
 
 class Tenant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -50,6 +54,20 @@ class Tenant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             raise ValueError(f"tenant {self.name!r}: give exactly one of key_sha256 and key_env")
 
 
+class Operator(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Who runs the gateway: an operator's key reads ``/metrics`` and the full ``/v1/carriers``
+    (every carrier's queues and links: all tenants' traffic), which tenants' keys cannot. The key,
+    as for tenants: ``key_sha256`` (hex SHA-256 of the key) or ``key_env`` (a variable holding it)."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    key_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    key_env: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError(f"operator {self.name!r}: give exactly one of key_sha256 and key_env")
+
+
 class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"  # loopback unless configured otherwise
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
@@ -65,6 +83,8 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # in the event loop's process.
     ingest_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] | Literal["auto"] = "auto"
     tenants: list[Tenant] = []
+    # Operators' keys: /metrics and the full /v1/carriers need one (none: nobody reads them).
+    operators: list[Operator] = []
 
 
 class StoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -83,6 +103,16 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 30
     max_age: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0  # seconds after the change: then dead
     poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # outbox check when nothing wakes us
+    # Networks (CIDRs) that callback_url and inbound_url may reach although they are not public
+    # (loopback, private, link-local...): for tests and private deployments. gateway/core/targets.py
+    allow_private: list[str] = []
+
+    def __post_init__(self) -> None:
+        for cidr in self.allow_private:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"allow_private: {cidr!r} is not a network (e.g. 127.0.0.0/8, 10.1.0.0/16)") from None
 
 
 class InboundSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -123,6 +153,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 key = sender.lstrip("+").casefold()
                 if owner.setdefault(key, t.name) != t.name:
                     raise ValueError(f"sender {sender!r} belongs to both tenants {owner[key]!r} and {t.name!r}")
+        policy = target_policy(self)
+        for i, t in enumerate(self.api.tenants):
+            if t.inbound_url is not None and (problem := url_problem(t.inbound_url, policy)) is not None:
+                raise ValueError(f"api.tenants[{i}].inbound_url: {problem}")
         for c in self.core.carriers:
             if c.default_region is not None and c.default_region not in _regions():
                 raise ValueError(f"core.carriers: {c.name!r} default_region {c.default_region!r} is not a region phonenumbers knows")
@@ -135,6 +169,16 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 raise ValueError(f"carriers.http: {http.name!r} is not one of core.carriers {sorted(known)}")
 
 
+def target_policy(cfg: Config) -> TargetPolicy:
+    """Where callback_url and inbound_url may point: public addresses, the networks of
+    ``webhooks.allow_private``, and never the gateway's own API nor its carriers' ports."""
+    own = [(cfg.api.host, cfg.api.port)] + [(link.host, link.port) for link in cfg.carriers.smpp]
+    for http in cfg.carriers.http:
+        parts = urlsplit(http.url)
+        if parts.hostname:
+            with contextlib.suppress(ValueError):
+                own.append((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)))
+    return TargetPolicy(cfg.webhooks.allow_private, own)
 def _regions() -> frozenset[str]:
     import phonenumbers  # only when a region is configured
 

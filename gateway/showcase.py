@@ -139,6 +139,7 @@ def local_config(base: str, ports: dict[str, int], store: Path) -> str:
                     for name, port in ports.items())  # fmt: skip
     text = (f'{base}\n\n# -- added by `sluice demo` for a local run --\n[api]\nhost = "127.0.0.1"\n\n'
             f'[[api.tenants]]\nname = "{TENANT}"\nkey_env = "{KEY_ENV}"\n\n'
+            f'[[api.operators]]\nname = "demo"\nkey_env = "{KEY_ENV}"\n\n'  # reads the full /v1/carriers
             f'[store]\nurl = "sqlite:///{store.as_posix()}"\nsynchronous = "NORMAL"\n{links}')  # fmt: skip
     loads(text)
     return text

@@ -119,3 +119,19 @@ def test_bench_e2e_without_a_disk(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["store"] == "memory" and data["per_run"][0]["delivered"] == data["per_run"][0]["accepted"] > 1500
+
+
+def test_bench_fairness_measures_small_requests_during_each_large_one(tmp_path):
+    out = tmp_path / "fairness.json"
+    args = ["bench", "fairness", "--recipients", "3000", "--rate", "20", "--scenario", "ndjson",
+            "--scenario", "json_invalid", "--json", str(out)]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    assert [r["scenario"] for r in figures["results"]] == ["ndjson", "json_invalid"]
+    for r in figures["results"]:
+        assert r["small_requests"] > 0 and r["small_errors"] == 0
+        assert r["small_ms_p50"] <= r["small_ms_p99"] <= r["small_ms_max"]
+    ndjson, invalid = figures["results"]
+    assert ndjson["status"] == 202 and invalid["status"] == 422  # every recipient rejected
+    assert invalid["answer_bytes"] < 150_000  # 3,000 rejections: the first 1,000 and counts

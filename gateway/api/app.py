@@ -8,6 +8,7 @@ bug and is logged with its traceback, never with the request's secrets.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -16,12 +17,15 @@ from functools import partial
 from urllib.parse import parse_qs
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from gateway.api import openapi, schemas
-from gateway.config import Tenant
+from gateway.config import Operator, Tenant
 from gateway.core.bucket import TokenBucket
+from gateway.core.targets import TargetPolicy, url_problem
 from gateway.errors import CallerError, InvalidInput, NotFound, SluiceError, StorageError
+from gateway.api.json_pieces import Pieces, elements, recipient_pieces
 from gateway.runtime.ingest import RecipientLines
 from gateway.runtime.service import Gateway
 from gateway.store.base import JOB_STATUSES, STATES
@@ -58,16 +62,28 @@ class Api:
     def __init__(self, gateway: Gateway, tenants: dict[str, Tenant], *, clock: Callable[[], float],
                  max_body: int = 64 * 1024 * 1024, body_timeout: float = 60.0,
                  extra: dict[str, Handler] | None = None,
-                 callbacks: Mapping[str, CarrierCallback] | None = None) -> None:  # fmt: skip
+                 callbacks: Mapping[str, CarrierCallback] | None = None,
+                 targets: TargetPolicy | None = None, operators: dict[str, Operator] | None = None,
+                 ) -> None:  # fmt: skip
         """``tenants`` maps the hex SHA-256 of each API key to its tenant: keys are never kept.
-        ``body_timeout``: the most time spent waiting for one request's body, in all (408)."""
+        ``body_timeout``: the most time spent waiting for one request's body, in all (408).
+        ``targets``: where a ``callback_url`` may point (default: public addresses only).
+        ``operators``: SHA-256 of each operator's key -> operator (``/metrics``, full ``/v1/carriers``)."""
+        self._operators = operators or {}
+        # Large jobs are admitted at a lower priority than every other request (``Traffic``).
+        self._traffic = Traffic()
+        if gateway.give_way is None:
+            gateway.give_way = self._traffic.give_way
+        self._targets = targets if targets is not None else TargetPolicy()
         self.gw = gateway
         self._tenants = tenants
         self._clock = clock
         self._max_body = max_body
         self._body_timeout = body_timeout
         self._limits: dict[str, TokenBucket] = {}
-        self._extra = extra or {}  # GETs: /metrics, /healthz, /readyz (open), /v1/carriers (any key)
+        # GETs: /healthz, /readyz (open); /metrics (operators); /v1/carriers (operators: all of it,
+        # tenants: a reduced view). Handlers of keyed paths take ``operator: bool``.
+        self._extra = extra or {}
         self._callbacks = callbacks or {}  # HTTP carrier name -> its callback (signed, not by tenant key)
         # (method, path template, handler): the templates are the OpenAPI document's paths.
         routes: list[tuple[str, str, Handler]] = [
@@ -102,11 +118,13 @@ class Api:
             return
         if scope["type"] != "http":
             return
+        self._traffic.begin()
         try:
             resp = await self._dispatch(scope, receive)
         except CallerError as exc:
             resp = _error(exc.status, str(exc), exc.code, getattr(exc, "field", None), getattr(exc, "index", None),
-                          rejected=getattr(exc, "rejected", None))  # fmt: skip
+                          rejected=getattr(exc, "rejected", None), rejected_count=getattr(exc, "rejected_count", None),
+                          rejected_by_reason=getattr(exc, "rejected_by_reason", None))  # fmt: skip
             if isinstance(exc, _Unauthorized):  # RFC 9110 §11.6.1: a 401 names the scheme
                 resp.headers.append((b"www-authenticate", b'Bearer realm="sluice"'))
             elif isinstance(exc, _TooMany):
@@ -122,6 +140,8 @@ class Api:
         except Exception:
             log.exception("api.bug method=%s path=%s", scope.get("method"), scope.get("path"))
             resp = _error(500, "internal error", "internal_error")
+        finally:
+            self._traffic.end()
         headers = resp.headers
         if not any(k == b"content-type" for k, _ in headers):
             headers = [(b"content-type", b"application/json"), *headers]
@@ -135,9 +155,9 @@ class Api:
         if method != "GET" and (path in self._extra or path == "/openapi.json"):
             return _error(405, "method not allowed; use GET", "method_not_allowed", headers=[(b"allow", b"GET")])
         if method == "GET" and path in self._extra:
-            if path.startswith("/v1/"):  # operational (/v1/carriers), but the API's: any tenant's key
-                self._rate_limit(self._authenticate(scope))
-            return await self._extra[path]()
+            if path in _OPEN:
+                return await self._extra[path]()
+            return await self._operational(scope, path)
         if (hit := _CALLBACK.match(path)) is not None:
             if method != "POST":
                 return _error(405, "method not allowed; use POST", "method_not_allowed", headers=[(b"allow", b"POST")])
@@ -161,15 +181,22 @@ class Api:
                           headers=[(b"allow", methods.encode())])  # fmt: skip
         return _error(404, "no such endpoint", "no_such_endpoint")
 
+    async def _operational(self, scope, path: str) -> Response:
+        """/metrics and /v1/carriers: an operator's key sees everything; a tenant's key gets the
+        reduced /v1/carriers (no other tenants' volumes) and 403 on /metrics."""
+        if (operator := self._operators.get(hash_key(_token(scope)))) is not None:
+            log.debug("api.operator name=%s path=%s", operator.name, path)
+            return await self._extra[path](operator=True)
+        tenant = self._authenticate(scope)
+        self._rate_limit(tenant)
+        if tenant.operator:  # a tenant's key marked as an operator's (api.tenants[].operator)
+            return await self._extra[path](operator=True)
+        if path not in _TENANT_VIEWS:
+            raise _Forbidden(f"{path} needs an operator's key (api.operators)")
+        return await self._extra[path](operator=False)
+
     def _authenticate(self, scope) -> Tenant:
-        auths = [v for k, v in scope.get("headers", ()) if k.lower() == b"authorization"]
-        if len(auths) > 1:  # which one would count is ambiguous (a proxy may add one): neither
-            raise _Unauthorized("more than one Authorization header", code="ambiguous_credentials")
-        # RFC 9110 §11.1: the scheme is case-insensitive (Bearer, bearer, BEARER), then whitespace.
-        scheme, _, token = (auths[0].decode("latin-1") if auths else "").strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise _Unauthorized("missing bearer token", code="missing_credentials")
+        token = _token(scope)
         # A dict lookup of the key's SHA-256, not hmac.compare_digest over every tenant: its
         # timing can reveal at most how much of a digest matched, and a digest (preimage
         # resistant) tells nothing about the key that would match it; keys are long and random.
@@ -186,24 +213,60 @@ class Api:
         if not bucket.try_take(1, now):
             raise _TooMany(max(1, round(bucket.wait_time(1, now) + 0.5)))
 
+    def _check_target(self, url: str | None) -> None:
+        """The SSRF rule at submission (gateway/core/targets.py); again at connect time."""
+        if url is not None and (problem := url_problem(url, self._targets)) is not None:
+            raise _UnsafeUrl(f"callback_url refused: {problem}", field="callback_url")
+
     # -- handlers -----------------------------------------------------------------------
 
     async def _post_message(self, tenant: Tenant, scope, body: bytes) -> Response:
         msg = _decode(schemas.MessageIn, body)
+        self._check_target(msg.callback_url)
         out, _ = await self.gw.submit_message(tenant.name, msg, self._clock(), raw=body,
                                               idempotency_key=_idem(scope))  # fmt: skip
         return Response(202, out)
 
     async def _post_job(self, tenant: Tenant, scope, body: bytes) -> Response:
+        if len(body) >= _PIECES_FROM and (pieces := await _cut(body, self._traffic.give_way)) is not None:
+            return await self._post_job_pieces(tenant, scope, body, pieces)
         job = _decode(schemas.JobIn, body)
+        self._check_target(job.callback_url)
         out, _ = await self.gw.submit_job(tenant.name, job, self._clock(), raw=body, idempotency_key=_idem(scope))
         return Response(202, out)
 
+    async def _post_job_pieces(self, tenant: Tenant, scope, body: bytes, pieces: Pieces) -> Response:
+        with self._traffic.bulk():
+            return await self._admit_pieces(tenant, scope, body, pieces)
+
+    async def _admit_pieces(self, tenant: Tenant, scope, body: bytes, pieces: Pieces) -> Response:
+        """A large JSON job: admitted piece by piece as a streamed job is (the loop is never
+        held for the whole body: gateway/api/json_pieces.py), all or nothing as well."""
+        head = _decode(schemas.JobIn, pieces.head)
+        if head.recipients:
+            raise InvalidInput("recipients given twice", field="recipients")
+        self._check_target(head.callback_url)
+        idem = _idem(scope)
+        digest = await anyio.to_thread.run_sync(_sha256, body) if idem else ""  # hashlib lets go of the GIL
+
+        async def recipients():
+            for span in pieces.spans:
+                yield RecipientLines(elements(body, span), decode_elements)
+
+        out, _ = await self.gw.submit_job_stream(tenant.name, head, recipients(), self._clock(),
+                                                 digest=lambda: digest, idempotency_key=idem)  # fmt: skip
+        return Response(202, out)
+
     async def _post_job_stream(self, tenant: Tenant, scope, receive) -> Response:
+        with self._traffic.bulk():
+            return await self._admit_stream(tenant, scope, receive)
+
+    async def _admit_stream(self, tenant: Tenant, scope, receive) -> Response:
         """NDJSON: the job line, then one recipient per line, read and admitted in chunks."""
         idem = _idem(scope)
-        body = NdjsonBody(receive, max_line=self._max_body, digest=idem is not None)
+        body = NdjsonBody(receive, max_line=self._max_body, digest=idem is not None, chunk=_CHUNK)
         head = await body.head()
+        self._check_target(head.callback_url)
 
         async def recipients():
             if head.recipients:  # the job line may carry some recipients itself
@@ -304,6 +367,28 @@ class _Unauthorized(CallerError):
     code = "unauthorized"
 
 
+class _Forbidden(CallerError):
+    status = 403
+    code = "operator_only"
+
+
+_OPEN = frozenset({"/healthz", "/readyz"})  # for load balancers and orchestrators: no key
+_TENANT_VIEWS = frozenset({"/v1/carriers"})  # keyed paths a tenant may read (a reduced view)
+
+
+def _token(scope) -> str:
+    """The request's bearer token (tenant or operator), or 401."""
+    auths = [v for k, v in scope.get("headers", ()) if k.lower() == b"authorization"]
+    if len(auths) > 1:  # which one would count is ambiguous (a proxy may add one): neither
+        raise _Unauthorized("more than one Authorization header", code="ambiguous_credentials")
+    # RFC 9110 §11.1: the scheme is case-insensitive (Bearer, bearer, BEARER), then whitespace.
+    scheme, _, token = (auths[0].decode("latin-1") if auths else "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _Unauthorized("missing bearer token", code="missing_credentials")
+    return token
+
+
 class _TooMany(CallerError):
     status = 429
     code = "rate_limited"
@@ -311,6 +396,12 @@ class _TooMany(CallerError):
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"rate limit exceeded; retry after {retry_after} s")
         self.retry_after = retry_after
+
+
+class _UnsafeUrl(InvalidInput):
+    """A callback_url the gateway must not call (loopback, private, its own ports...): 422."""
+
+    code = "unsafe_url"
 
 
 class _TooLarge(CallerError):
@@ -350,10 +441,12 @@ class _Malformed(InvalidInput):
 
 
 def _error(status: int, message: str, code: str, field: str | None = None, index: int | None = None,
-           headers: list[tuple[bytes, bytes]] | None = None, rejected=None) -> Response:  # fmt: skip
+           headers: list[tuple[bytes, bytes]] | None = None, rejected=None, rejected_count: int | None = None,
+           rejected_by_reason: dict[str, int] | None = None) -> Response:  # fmt: skip
     # A message may quote the request (a path segment): lone surrogates cannot be JSON text.
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    body = schemas.ErrorBody(error=message, code=code, field=field, index=index, rejected=rejected)
+    body = schemas.ErrorBody(error=message, code=code, field=field, index=index, rejected=rejected,
+                             rejected_count=rejected_count, rejected_by_reason=rejected_by_reason)
     return Response(status, _enc.encode(body), headers or [])
 
 
@@ -451,6 +544,85 @@ class NdjsonBody:
             lines = list(filter(bytes.strip, lines))  # blank lines are allowed and skipped
             if lines:
                 yield RecipientLines(lines, decode_lines)
+
+
+#: Recipients admitted at a time from a large job (NDJSON lines, or a piece of a JSON array): the
+#: event loop admits one chunk between other requests (1,000 recipients: ~5 ms on an idle core),
+#: so a small request waits for one chunk at most, not for the job (`sluice bench fairness`).
+_CHUNK = 1_000
+_PIECES_FROM = 1 << 20  # a JSON job body this large is admitted in pieces (~1,000 recipients each)
+
+
+async def _cut(body: bytes, give_way: Callable[[], Awaitable[None]]) -> Pieces | None:
+    """``recipient_pieces``, giving way to other requests between pieces."""
+    found = None
+    for item in recipient_pieces(body, piece=64 * 1024):
+        if item is None:
+            await give_way()
+        else:
+            found = item
+    return found
+
+
+class Traffic:
+    """How many requests are being served, large jobs left out, so that a large job's admission
+    gives way to them: between two chunks it waits until none is in flight, for ``patience``
+    seconds at most (so it always progresses, at one chunk per ``patience`` under a flood).
+    Fair queueing of chunks alone is not enough: a small request takes several turns of the
+    event loop (read, authenticate, a store write in a thread, answer), each one behind a chunk."""
+
+    def __init__(self, patience: float = 0.05) -> None:
+        self._patience = patience
+        self._active = 0
+        self._quiet: anyio.Event | None = None
+
+    def begin(self) -> None:
+        self._active += 1
+
+    def end(self) -> None:
+        self._active -= 1
+        if self._active <= 0 and self._quiet is not None:
+            self._quiet.set()
+            self._quiet = None
+
+    @contextlib.contextmanager
+    def bulk(self):
+        """This request is a large job's: it does not count as traffic to give way to."""
+        self.end()
+        try:
+            yield
+        finally:
+            self.begin()
+
+    async def give_way(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self._active <= 0:
+            return
+        if self._quiet is None:
+            self._quiet = anyio.Event()
+        with anyio.move_on_after(self._patience):
+            await self._quiet.wait()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_elements(items: list[bytes], first_index: int) -> list[schemas.RecipientIn]:
+    """Elements of a JSON job's recipients array; a bad one raises ``InvalidInput`` naming it."""
+    try:
+        return _RECIPIENTS.decode(b"[" + b",".join(items) + b"]")
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass
+    people = []
+    for k, item in enumerate(items):
+        try:
+            people.append(_RECIPIENT.decode(item))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            i = first_index + k
+            text, field = _split(str(exc))
+            raise InvalidInput(text, field=f"recipients[{i}]" + (f".{field}" if field else ""), index=i) from None
+    return people
 
 
 def decode_lines(lines: list[bytes], first_index: int) -> list[schemas.RecipientIn]:

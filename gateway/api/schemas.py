@@ -96,7 +96,15 @@ class RecipientError(msgspec.Struct, gc=False):
 class JobAccepted(msgspec.Struct):
     id: str
     accepted: int
+    # The first REJECTED_IN_FULL rejected recipients in full (by index); all of them counted in
+    # rejected_count and, by reason (the reason without the number itself), in rejected_by_reason.
     rejected: list[RecipientError]
+    rejected_count: int = 0
+    rejected_by_reason: dict[str, int] = {}
+
+
+#: How many rejected recipients a job's answer lists one by one (the rest are counted by reason).
+REJECTED_IN_FULL = 1000
 
 
 class JobStatus(msgspec.Struct):
@@ -199,7 +207,9 @@ class ErrorBody(msgspec.Struct):
     code: str
     field: str | None = None
     index: int | None = None
-    rejected: list[RecipientError] | None = None
+    rejected: list[RecipientError] | None = None  # the first REJECTED_IN_FULL
+    rejected_count: int | None = None  # with ``rejected``: how many in all
+    rejected_by_reason: dict[str, int] | None = None
 
 
 class HealthOut(msgspec.Struct):
@@ -211,9 +221,10 @@ class HealthOut(msgspec.Struct):
 
 class CarrierOut(msgspec.Struct):
     """One carrier in ``/v1/carriers``: its health, messages ready for it, its rate bucket and
-    its link's statistics (per connector type)."""
+    its link's statistics (per connector type). A tenant's key sees ``health`` only (the rest
+    counts every tenant's traffic); an operator's key sees all of it."""
 
     health: Literal["up", "down"]
-    ready: int
-    bucket: dict[str, Any]
-    link: dict[str, Any] | None
+    ready: int | None = None
+    bucket: dict[str, Any] | None = None
+    link: dict[str, Any] | None = None

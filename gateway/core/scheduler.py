@@ -514,14 +514,30 @@ class Scheduler:
         self._set_paused(entry, True)
         return True
 
-    def resume_job(self, job_id: str) -> bool:
+    def resume_job(self, job_id: str, *, limit: int | None = None) -> bool:
+        """Let a paused job's messages go. ``limit``: make at most that many ready now, and the
+        rest with ``resume_more`` in steps (a job of a million: its caller serves others between
+        steps). False if the job has no queued messages."""
         entry = self._jobs.get(job_id)
         if entry is None:
             return False
         self._set_paused(entry, False)
-        for shard in self._shards:
-            shard.unpark(entry.slot, self._p.jobs)
+        self.resume_more(job_id, limit)
         return True
+
+    def resume_more(self, job_id: str, limit: int | None = None) -> int:
+        """Up to ``limit`` more parked messages of a resumed job made ready; returns how many
+        are still parked (0: done; also 0 if it was paused again meanwhile: they stay parked)."""
+        entry = self._jobs.get(job_id)
+        if entry is None or entry.paused:
+            return 0
+        left, remaining = limit, 0
+        for shard in self._shards:
+            if left is None or left > 0:
+                n = shard.unpark(entry.slot, self._p.jobs, left)
+                left = None if left is None else left - n
+            remaining += shard.parked_count(entry.slot)
+        return remaining
 
     def suppress(self, tenant: str, number: str) -> None:
         self._p.suppressed.add(self._tenant_key(tenant) | int(number.lstrip("+")))

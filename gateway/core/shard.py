@@ -193,19 +193,30 @@ class Shard:
             rows = self.parked[job_slot] = array("q")
         rows.append(row)
 
-    def unpark(self, job_slot: int, jobs: list[JobEntry]) -> None:
+    def unpark(self, job_slot: int, jobs: list[JobEntry], limit: int | None = None) -> int:
         """A resumed job's rows go back to a lane, or to the timers while the job is not due
-        yet (``send_at`` ahead: admission parks every row while the store writes them)."""
-        rows = self.parked.pop(job_slot, None)
+        yet (``send_at`` ahead: admission parks every row while the store writes them); at most
+        ``limit`` of them (oldest first: a large job is resumed in steps). Returns how many."""
+        rows = self.parked.get(job_slot)
         if rows is None:
-            return
+            return 0
+        if limit is None or limit >= len(rows):
+            del self.parked[job_slot]
+            take = rows
+        else:
+            take = rows[:limit]
+            del rows[:limit]
         due = jobs[job_slot].not_before
         if due > -_INF:  # a past due time is released by the next ``take``, in id order
-            for row in rows:
+            for row in take:
                 self.wait(row, due)
         else:
-            for row in rows:
+            for row in take:
                 self.make_ready(row, jobs)
+        return len(take)
+
+    def parked_count(self, job_slot: int) -> int:
+        return len(self.parked.get(job_slot, ()))
 
     def end_parked(self, entry: JobEntry, state: FinalState, reason: str, now: float) -> list[Final]:
         """End every parked row of ``entry``'s job (e.g. its validity ran out while paused)."""

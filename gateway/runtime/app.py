@@ -29,7 +29,7 @@ from carriers.base import ConnectorEvent
 from carriers.http.connector import HttpConnector
 from carriers.smpp.connector import SmppConnector
 from gateway.api.app import Api, Response, hash_key
-from gateway.config import Config, Tenant
+from gateway.config import Config, Operator, Tenant, target_policy
 from gateway.core.scheduler import Scheduler
 from gateway.errors import ConfigError
 from gateway.runtime.dispatcher import Dispatcher
@@ -42,7 +42,7 @@ from gateway.runtime.webhooks import WebhookSender
 from gateway.store import open_store
 from gateway.store.sqlite import SqliteStore
 
-__all__ = ["serve", "tenant_table", "webhook_secrets"]
+__all__ = ["operator_table", "serve", "tenant_table", "webhook_secrets"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,21 @@ def tenant_table(cfg: Config, environ: dict[str, str] | None = None) -> dict[str
                 raise ConfigError(f"environment variable {t.key_env!r} is not set", key=f"api.tenants[{i}].key_env")
             digest = hash_key(key)
         table[digest] = t
+    return table
+
+
+def operator_table(cfg: Config, environ: dict[str, str] | None = None) -> dict[str, Operator]:
+    """SHA-256 of each operator's key -> operator (as ``tenant_table``)."""
+    env = os.environ if environ is None else environ
+    table: dict[str, Operator] = {}
+    for i, o in enumerate(cfg.api.operators):
+        digest = o.key_sha256
+        if digest is None:
+            key = env.get(o.key_env or "")
+            if not key:
+                raise ConfigError(f"environment variable {o.key_env!r} is not set", key=f"api.operators[{i}].key_env")
+            digest = hash_key(key)
+        table[digest] = o
     return table
 
 
@@ -82,13 +97,17 @@ def webhook_secrets(cfg: Config, environ: dict[str, str] | None = None) -> dict[
 async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -> None:
     clock = time.time
     tenants = tenant_table(cfg)
+    operators = operator_table(cfg)
     secrets = webhook_secrets(cfg)
     store = open_store(cfg.store.url) if not cfg.store.url.startswith("sqlite:///") else \
         SqliteStore(cfg.store.url.removeprefix("sqlite:///"), synchronous=cfg.store.synchronous)  # fmt: skip
     core = Scheduler(cfg.core, clock())
+    targets = target_policy(cfg)  # where callback_url and inbound_url may point (SSRF)
     async with contextlib.AsyncExitStack() as stack:
-        webhooks = await stack.enter_async_context(WebhookSender(store, cfg.webhooks, secrets, clock=clock))
-        forwarder = await stack.enter_async_context(InboundSender(store, cfg.webhooks, secrets, clock=clock))
+        webhooks = await stack.enter_async_context(WebhookSender(store, cfg.webhooks, secrets, clock=clock,
+                                                                 targets=targets))  # fmt: skip
+        forwarder = await stack.enter_async_context(InboundSender(store, cfg.webhooks, secrets, clock=clock,
+                                                                  targets=targets))  # fmt: skip
 
         gateway = Gateway(core, store, on_outbox=webhooks.poke, pool=_pool(cfg))
         # Every carrier's taken messages wait for their receipts (or their horizon), HTTP as
@@ -129,15 +148,25 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         }
         callbacks = {name: c.callback for name, c in connectors.items() if isinstance(c, HttpConnector)}
         api = Api(gateway, tenants, clock=clock, max_body=cfg.api.max_body_bytes, body_timeout=cfg.api.body_timeout,
-                  extra=extra, callbacks=callbacks)  # fmt: skip
+                  extra=extra, callbacks=callbacks, targets=targets, operators=operators)  # fmt: skip
         probe = {name: c.settings.probe_after for name, c in connectors.items() if isinstance(c, HttpConnector)}
         background = [inbound.run, forwarder.run, partial(watch_carriers, core, connectors, clock=clock,
                                                           on_change=dispatcher.poke, probe_after=probe)]  # fmt: skip
         if gateway.pool is not None:
             background.append(gateway.pool.warm)  # the ingest workers start while we wait
-        await _run(api, dispatcher, webhooks, cfg, on_ready, background)
+        await _run(api, dispatcher, webhooks, cfg, _own_port(targets, cfg, on_ready), background)
         await dispatcher.flush()
     store.close()
+
+
+def _own_port(targets, cfg: Config, on_ready: Callable[[int], None] | None) -> Callable[[int], None]:
+    """Once bound (``--port 0`` picks one): the API's port is one of our own endpoints too."""
+    def ready(port: int) -> None:
+        targets.add_own(cfg.api.host, port)
+        if on_ready:
+            on_ready(port)
+
+    return ready
 
 
 def _pool(cfg: Config) -> CheckPool | None:
@@ -259,7 +288,7 @@ async def _hypercorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Canc
 
 
 def _metrics(metrics: Metrics):
-    async def handler() -> Response:
+    async def handler(operator: bool = True) -> Response:
         body, content_type = metrics.render()
         return Response(200, body, [(b"content-type", content_type.encode())])
 
@@ -284,11 +313,16 @@ def _ready(pool: CheckPool | None):
 
 
 def _carriers(core: Scheduler, connectors, clock):
-    async def handler() -> Response:
+    """An operator sees every carrier's queue, bucket and links; a tenant only whether each is
+    up (queues and links count every tenant's traffic)."""
+    async def handler(operator: bool = True) -> Response:
         now = clock()
         stats = core.statistics(now)
         out = {}
         for name, bucket in stats.buckets.items():
+            if not operator:
+                out[name] = {"health": "down" if name in stats.down else "up"}
+                continue
             conn = connectors.get(name)
             out[name] = {"health": "down" if name in stats.down else "up", "ready": stats.ready.get(name, 0),
                          "bucket": bucket, "link": conn.statistics() if conn is not None else None}  # fmt: skip

@@ -7,7 +7,8 @@ a connection open for ever. llhttp sets no limit on the size of a head either (h
 ``h11_max_incomplete_event_size`` applies only to the h11 protocol), so one endless header grows
 memory without bound.
 
-``guarded_httptools(header_timeout, max_head_bytes)`` is uvicorn's httptools protocol with both:
+``guarded_httptools(header_timeout, max_head_bytes)`` is uvicorn's httptools protocol with both
+(and an answer for a client that half-closes after its request, ``eof_received``):
 from the connection (and from the first byte of each later request) until the end of the
 headers, at most ``header_timeout`` seconds -> 408 and close; at most ``max_head_bytes`` bytes
 -> 431 and close (RFC 9110 §15.5.9, RFC 6585 §5). The head counted is the request line, the
@@ -49,6 +50,7 @@ def guarded_httptools(header_timeout: float, max_head_bytes: int) -> type[asynci
         _head_timer: asyncio.TimerHandle | None = None
         _in_head = True  # between requests and until the end of the headers
         _head_bytes = 0
+        _eof = False  # the client half-closed: close once the answer is out
         _tail = b""  # the last 3 bytes of the head so far: its end (CRLF CRLF) may span two reads
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -86,6 +88,19 @@ def guarded_httptools(header_timeout: float, max_head_bytes: int) -> type[asynci
         def on_response_complete(self) -> None:
             self._in_head, self._head_bytes, self._tail = True, 0, b""  # the idle gap: uvicorn's keep-alive timer
             super().on_response_complete()
+            if self._eof and not self.transport.is_closing():
+                self.transport.close()  # the client said it sends nothing more: it has its answer
+
+        def eof_received(self) -> bool | None:
+            """The client shut its side (``shutdown(SHUT_WR)``) after sending a whole request:
+            keep ours open to answer it (RFC 9112 §9.6 leaves that to us; uvicorn closed, so the
+            request was done, stored and sent, and the client never heard). An EOF mid-body or
+            between requests closes as before."""
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and not cycle.more_body:
+                self._eof = True
+                return True
+            return None
 
         def _arm(self) -> None:
             self._in_head = True

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from functools import partial
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 
 import anyio
+import anyio.lowlevel
 from anyio import BrokenWorkerProcess
 import msgspec
 
@@ -39,10 +41,12 @@ class AllRejected(InvalidInput):
 
     code = "all_recipients_rejected"
 
-    def __init__(self, rejected: list[schemas.RecipientError]) -> None:
-        super().__init__(f"every recipient was rejected ({len(rejected)})", field="recipients",
-                         index=rejected[0].index if rejected else None)  # fmt: skip
-        self.rejected = rejected
+    def __init__(self, rejected: Rejections) -> None:
+        super().__init__(f"every recipient was rejected ({rejected.count})", field="recipients",
+                         index=rejected.first[0].index if rejected.first else None)  # fmt: skip
+        self.rejected = rejected.first  # the first ones in full; all of them counted
+        self.rejected_count = rejected.count
+        self.rejected_by_reason = rejected.by_reason
 
 
 class JobFinished(Conflict):
@@ -75,6 +79,8 @@ class Gateway:
         self._on_changes = on_changes
         self._on_outbox = on_outbox  # a write queued webhooks: wake their sender
         self.on_admitted: Callable[[], None] | None = None  # the dispatcher's wake-up
+        # Awaited between the chunks of a large job: other requests go first (the API's ``Traffic``).
+        self.give_way: Callable[[], Awaitable[None]] | None = None
         self._writes = _GroupCommit(store)
         self._idem_locks: dict[tuple[str, str], list] = {}  # (tenant, key) -> [lock, users]
 
@@ -146,10 +152,11 @@ class Gateway:
         rejected = pre_rejected + [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
         rejected.sort(key=lambda e: e.index)
         kept = _in_id_order(adm.offsets, people)
+        rejections = Rejections().add(rejected)
         if not kept:
             self.core.cancel_job(job.id, now)
-            raise AllRejected(rejected)
-        response = _json.encode(schemas.JobAccepted(id=job.id, accepted=len(kept), rejected=rejected))
+            raise AllRejected(rejections)
+        response = _json.encode(rejections.answer(job.id, len(kept)))
         if await self._persist(job, adm.first_id, kept, now, body.callback_url,
                                (idempotency_key, digest, response) if idempotency_key else None):  # fmt: skip
             return await self._io(self.store.remembered, tenant, idempotency_key, digest), True
@@ -172,7 +179,7 @@ class Gateway:
         job = self._job(tenant, head.sender, head.template, head.category, head.send_at, head.validity, now, head.media,
                         head.reference)  # fmt: skip
         seen = accepted = 0
-        rejected: list[schemas.RecipientError] = []
+        rejected = Rejections()  # the first ones in full, then counted: the answer stays small
         outcomes: list[Outcome] = []
         writer = _ChunkWriter(partial(self.store.add_job, job, now=now, callback_url=head.callback_url, incoming=True))
         try:
@@ -186,11 +193,12 @@ class Gateway:
                     async with receive:
                         async for item in receive:
                             await item.done.wait()
+                            await self._give_way()
                             if item.error is not None:
                                 raise item.error
                             kept, errors, adm_outcomes = self._admit_checked(job, self._checked(job, item), now)
                             seen += len(item.chunk)
-                            rejected += errors
+                            rejected.add(errors)
                             outcomes += adm_outcomes
                             if kept[1]:
                                 # The store writes this chunk in a worker thread while the next one
@@ -208,7 +216,7 @@ class Gateway:
                 raise InvalidInput("a job needs at least one recipient", field="recipients")
             if not accepted:
                 raise AllRejected(rejected)
-            response = _json.encode(schemas.JobAccepted(id=job.id, accepted=accepted, rejected=rejected))
+            response = _json.encode(rejected.answer(job.id, accepted))
             async with self._once(tenant, idempotency_key):
                 prev = await self._commit_stream(tenant, job, now, idempotency_key, digest, response)
             if prev is not None:
@@ -218,11 +226,20 @@ class Gateway:
             await self._abandon(job, now, accepted)
             raise
         if accepted:
-            self.core.resume_job(job.id)
+            # A million parked messages made ready in steps: other requests are served between.
+            self.core.resume_job(job.id, limit=_RESUME_STEP)
+            while self.core.resume_more(job.id, _RESUME_STEP):
+                await self._give_way()
             if self.on_admitted:
                 self.on_admitted()
             await self._report(outcomes, now)
         return response, False
+
+    async def _give_way(self) -> None:
+        if self.give_way is not None:
+            await self.give_way()
+        else:
+            await anyio.lowlevel.checkpoint()
 
     async def _commit_stream(self, tenant: str, job: Job, now: float, key: str | None,
                              digest: Callable[[], str], response: bytes) -> bytes | None:  # fmt: skip
@@ -551,6 +568,38 @@ class Gateway:
         sends = await self._io(self.store.sends_since, now - window, self.core.capped_categories())
         capped = self.core.restore_sends((tenant, to, at) for mid, tenant, to, at in sends if mid not in again)
         return Recovery(queued=count, awaiting=awaiting, capped_sends=capped)
+
+
+_RESUME_STEP = 10_000  # parked messages made ready at a time (~5 ms)
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+class Rejections:
+    """A job's rejected recipients as its answer carries them: the first ``REJECTED_IN_FULL`` in
+    full (by index), every one counted by reason (the reason with quoted values, such as the
+    number itself, left out). A job of a million bad numbers answers a few kB, not 100 MB."""
+
+    def __init__(self, in_full: int = schemas.REJECTED_IN_FULL) -> None:
+        self._in_full = in_full
+        self.first: list[schemas.RecipientError] = []
+        self.count = 0
+        self.by_reason: dict[str, int] = {}
+
+    def add(self, errors: Sequence[schemas.RecipientError]) -> Rejections:
+        """Errors in index order (one chunk after the other)."""
+        room = self._in_full - len(self.first)
+        if room > 0:
+            self.first += errors[:room]
+        self.count += len(errors)
+        by = self.by_reason
+        for e in errors:
+            key = _QUOTED.sub("…", e.error)
+            by[key] = by.get(key, 0) + 1
+        return self
+
+    def answer(self, job_id: str, accepted: int) -> schemas.JobAccepted:
+        return schemas.JobAccepted(id=job_id, accepted=accepted, rejected=self.first, rejected_count=self.count,
+                                   rejected_by_reason=self.by_reason)  # fmt: skip
 
 
 class _Checking:

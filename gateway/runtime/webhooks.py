@@ -29,7 +29,6 @@ import email.utils
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -37,6 +36,8 @@ import msgspec
 
 from gateway.config import WebhookSettings
 from gateway.core.ids import format_id
+from gateway.core.targets import TargetPolicy
+from gateway.runtime.guarded_http import Resolver, TargetRefused, guarded_transport, quiet_http_logs, redact_url, resolve
 from gateway.store.base import OutboxItem, Store
 from gateway.webhook_signature import HEADER, sign
 
@@ -158,8 +159,7 @@ async def _drain(r: httpx.Response, limit: int = 64 * 1024) -> None:
 
 def _where(url: str) -> str:
     """The URL as logged: scheme and host only (paths and queries may carry receivers' tokens)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}"
+    return redact_url(url)
 
 
 class WebhookSender:
@@ -174,15 +174,26 @@ class WebhookSender:
         clock: Callable[[], float],
         transport: httpx.AsyncBaseTransport | None = None,
         jitter: Callable[[], float] = random.random,
+        targets: TargetPolicy | None = None,
+        resolver: Resolver = resolve,
     ) -> None:
+        """``targets``: where POSTs may go (default: public addresses only, ``webhooks.allow_private``
+        as configured); checked at connect time, after resolving (``guarded_http``). A test's
+        ``transport`` replaces the network, and with it that check."""
         self._store, self._s, self._secrets, self._clock, self._jitter = store, settings, secrets, clock, jitter
         self._limit = settings.batch_size * settings.concurrency
         self._lease = settings.timeout * 2 + 30.0  # longer than any round can last
+        limits = httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency)
+        if transport is None:
+            policy = targets if targets is not None else TargetPolicy(settings.allow_private)
+            transport = guarded_transport(policy, limits, resolver=resolver)
+        quiet_http_logs()  # httpx logs each request's full URL at INFO: scheme and host only
         self._client = httpx.AsyncClient(
             transport=transport,
             timeout=settings.timeout,
-            limits=httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency),
+            limits=limits,
             follow_redirects=False,
+            trust_env=False,  # no proxy from the environment: it would connect in our stead, unchecked
             headers={"user-agent": "sluice-webhooks/1", "content-type": "application/json"},
         )
         self._limiter = anyio.CapacityLimiter(settings.concurrency)
@@ -299,6 +310,8 @@ class WebhookSender:
                         await _drain(r)
                 except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
                     answer = Answer(status=None, error=type(exc).__name__, permanent=True)
+                except TargetRefused as exc:  # the SSRF rule, at connect time: never sent, never again
+                    answer = Answer(status=None, error=f"target refused: {exc}", permanent=True)
                 except httpx.HTTPError as exc:
                     answer = Answer(status=None, error=type(exc).__name__)
         answers.append((batch, answer))

@@ -15,7 +15,7 @@ import httpx
 
 from gateway.testing.processes import Child, gateway, simulator
 
-__all__ = ["ENV", "FINAL", "KEYS", "client", "job_counts", "open_served", "wait_final", "write_config"]
+__all__ = ["ENV", "FINAL", "KEYS", "LOOPBACK_HOOKS", "OPERATOR_KEY", "client", "job_counts", "open_served", "wait_final", "write_config"]
 
 #: The states a message never leaves (gateway.store.base.FINAL, as the API names them).
 FINAL = frozenset({"delivered", "undelivered", "expired", "rejected", "failed", "unknown", "capped",
@@ -23,14 +23,20 @@ FINAL = frozenset({"delivered", "undelivered", "expired", "rejected", "failed", 
 
 #: Test-only API keys, handed to the child in its environment (never in the config file).
 KEYS = {"acme": "acme-serve-key-0123456789", "beta": "beta-serve-key-9876543210"}
-ENV = {"SLUICE_KEY_ACME": KEYS["acme"], "SLUICE_KEY_BETA": KEYS["beta"]}
+#: The operator's key (``api.operators``): /metrics and the full /v1/carriers. ``client(url, "ops")``.
+OPERATOR_KEY = "ops-serve-key-5647382910"
+ENV = {"SLUICE_KEY_ACME": KEYS["acme"], "SLUICE_KEY_BETA": KEYS["beta"], "SLUICE_KEY_OPS": OPERATOR_KEY}
+#: Webhook receivers in tests listen on loopback: open it (webhooks.allow_private).
+LOOPBACK_HOOKS = '[webhooks]\nallow_private = ["127.0.0.0/8", "::1/128"]\n'
 
 
 def write_config(tmp_path: Path, sim_port: int, *, rate: float = 2000.0, window: int = 50, binds: int = 2,
                  horizon: float = 72 * 3600.0, rps: float = 1000.0, burst: int = 1000,
-                 max_body: int = 64 * 1024 * 1024, api_extra: str = "", smpp_extra: str = "") -> str:  # fmt: skip
-    """Two tenants (acme, beta), the store in tmp_path, carrier "alpha" at the simulator.
-    ``api_extra`` / ``smpp_extra``: more TOML lines for ``[api]`` / the ``[[carriers.smpp]]`` link."""
+                 max_body: int = 64 * 1024 * 1024, api_extra: str = "", smpp_extra: str = "",
+                 webhooks: str = LOOPBACK_HOOKS) -> str:  # fmt: skip
+    """Two tenants (acme, beta) and an operator (ops), the store in tmp_path, carrier "alpha" at
+    the simulator. ``api_extra`` / ``smpp_extra``: more TOML lines for ``[api]`` / the
+    ``[[carriers.smpp]]`` link; ``webhooks``: the ``[webhooks]`` table (loopback receivers allowed)."""
     path = tmp_path / "sluice.toml"
     tenants = "".join(
         f'\n[[api.tenants]]\nname = "{name}"\nkey_env = "SLUICE_KEY_{name.upper()}"\n'
@@ -43,6 +49,11 @@ host = "127.0.0.1"
 max_body_bytes = {max_body}
 {api_extra}
 {tenants}
+[[api.operators]]
+name = "ops"
+key_env = "SLUICE_KEY_OPS"
+
+{webhooks}
 [store]
 url = "sqlite:///{tmp_path / 'sluice.db'}"
 synchronous = "NORMAL"
@@ -68,7 +79,9 @@ receipt_horizon_s = {horizon}
 
 
 def client(url: str, tenant: str = "acme") -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {KEYS[tenant]}"}, timeout=30.0)
+    """A tenant's client (``"ops"``: the operator's)."""
+    key = OPERATOR_KEY if tenant == "ops" else KEYS[tenant]
+    return httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {key}"}, timeout=30.0)
 
 
 async def job_counts(c: httpx.AsyncClient, job_id: str) -> dict[str, int]:

@@ -216,7 +216,7 @@ async def test_a_job_checked_in_a_worker_process_is_answered_and_stored_as_in_th
         answers = [await c.post("/v1/jobs", content=body, headers={"content-type": "application/x-ndjson"})
                    for c in (client, local)]  # fmt: skip
     assert answers[0].status_code == answers[1].status_code == 202, answers[0].text
-    assert gateway.pool.chunks == 1  # 7,000 lines: one chunk, checked in the worker
+    assert gateway.pool.chunks == 7  # 7,000 lines: chunks of 1,000, checked in the worker
     pooled, loop = (a.json() for a in answers)
     assert pooled["accepted"] == loop["accepted"] and pooled["rejected"] == loop["rejected"]
     bad = [i for i in range(7000) if i % 97 == 0 or i % 89 == 0 or i % 83 == 0]

@@ -37,14 +37,15 @@ async def test_a_job_goes_through_serve_and_the_simulator(tmp_path, backend) -> 
                 msg = (await client.get(f"/v1/messages/{page['messages'][0]['id']}")).json()
                 assert msg["state"] == "delivered" and msg["carrier"] == "alpha" and msg["carrier_ids"]
                 assert [h["state"] for h in msg["history"]][-2:] == ["submitted", "delivered"]
-                carriers = (await client.get("/v1/carriers")).json()
+            async with client_for(gw.url, "ops") as ops:  # queues and links: the operator's view
+                carriers = (await ops.get("/v1/carriers")).json()
                 assert carriers["alpha"]["link"]["bound"] == 2
                 links = carriers["alpha"]["link"]["links"]  # per bind
                 assert [(x["index"], x["mode"], x["up"]) for x in links] == [(0, "transceiver", True),
                                                                               (1, "transceiver", True)]
                 assert {"rate", "tokens", "throttles"} <= set(carriers["alpha"]["bucket"])
                 metrics = {(x.name, tuple(sorted(x.labels.items()))): x.value
-                           for f in text_string_to_metric_families((await client.get("/metrics")).text)
+                           for f in text_string_to_metric_families((await ops.get("/metrics")).text)
                            for x in f.samples}  # fmt: skip
                 assert metrics[("sluice_receipt_latency_seconds_count", ())] == 500
                 assert metrics[("sluice_messages_total", (("event", "submitted"),))] == 500

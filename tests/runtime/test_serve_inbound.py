@@ -39,6 +39,9 @@ key_env = "SLUICE_KEY"
 senders = ["12345"]
 requests_per_second = 1000.0
 burst = 1000
+[[api.operators]]
+name = "ops"
+key_env = "SLUICE_KEY"
 [store]
 url = "sqlite:///{tmp_path / 'sluice.db'}"
 synchronous = "NORMAL"

@@ -32,7 +32,7 @@ HOOK = "https://hooks.example.invalid/sluice"
 JOB = Job(id="job_1", tenant="acme", sender="ACME", template="Hi", category="transactional")
 BASE = 1 << 40
 SETTINGS = WebhookSettings(batch_size=100, concurrency=4, timeout=5.0, backoff_initial=2.0, backoff_max=60.0,
-                           max_attempts=100, max_age=3600.0)  # fmt: skip
+                           max_attempts=100, max_age=3600.0, allow_private=["127.0.0.0/8"])  # fmt: skip
 _events = msgspec.json.Decoder(dict)
 
 
