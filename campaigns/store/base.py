@@ -15,7 +15,7 @@ from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
 from campaigns.core.events import Profile, ShopEvent
 from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
-from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, LinkRow,
+from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, LinkRow, Outcomes,
                                            PlannedRecipient, RecipientRow)  # fmt: skip
 
 Outcome = Literal["applied", "duplicate", "stale"]
@@ -142,3 +142,6 @@ class Store(Protocol):
     def record_pattern_code(self, tenant: str, pool: str, code: str, campaign_id: int, subscriber_id: int, *,
                             now: float) -> None: ...
     def last_marketing_at(self, tenant: str, subscriber_ids: Sequence[int]) -> dict[int, float | None]: ...
+    def campaign_outcomes(self, tenant: str, campaign_id: int, *, since: float) -> Outcomes: ...
+    def release_held(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
+                     links: Sequence[LinkRow]) -> int: ...

@@ -65,9 +65,19 @@ class LinkRow(msgspec.Struct, frozen=True, kw_only=True):
     target: str
     created_at: float
     expires_at: float | None = None
+    # Read with the link (not stored in short_links): the recipient's number and delivery time.
+    phone: str | None = None
+    delivered_at: float | None = None
 
 
 class ClickCounts(msgspec.Struct, frozen=True, kw_only=True):
     unique: int  # codes with at least one human click
     total: int  # human clicks
     ignored: int  # bots, HEAD, too soon after delivery
+
+
+class Outcomes(msgspec.Struct, frozen=True, kw_only=True):
+    """What the campaign's recipients did since it was sent (for attribution)."""
+
+    orders: list[tuple[str, int, float, int, str | None]]  # (order id, subscriber, at, total, discount code)
+    opt_outs: list[tuple[int, float]]  # (subscriber, at)

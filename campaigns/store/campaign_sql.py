@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from campaigns.errors import Conflict, NotFound
-from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, LinkRow,
+from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, LinkRow, Outcomes,
                                            PlannedRecipient, RecipientRow)  # fmt: skip
 
 _json = msgspec.json.Encoder()
@@ -156,9 +156,14 @@ class CampaignSql:
 
     # ---- short links and clicks -----------------------------------------------------------------
     def link(self, code: str) -> LinkRow | None:
+        """The link, with its recipient's number and delivery time (one indexed read: redirects are hot)."""
+        cols = ", ".join(f"l.{c.strip()}" for c in _LINK_COLS.split(","))
         with self._tx() as tx:
-            row = tx.one(f"SELECT {_LINK_COLS} FROM short_links WHERE code = ?", (code,))
-        names = [c.strip() for c in _LINK_COLS.split(",")]
+            row = tx.one(f"SELECT {cols}, r.phone, CASE WHEN r.state = 'delivered' THEN r.state_at END "
+                         "FROM short_links l LEFT JOIN campaign_recipients r ON r.tenant = l.tenant AND "
+                         "r.campaign_id = l.campaign_id AND r.subscriber_id = l.subscriber_id WHERE l.code = ?",
+                         (code,))  # fmt: skip
+        names = [c.strip() for c in _LINK_COLS.split(",")] + ["phone", "delivered_at"]
         return LinkRow(**dict(zip(names, row, strict=True))) if row else None
 
     def link_exists(self, code: str) -> bool:
@@ -243,3 +248,41 @@ class CampaignSql:
                                        (tenant, *chunk)):  # fmt: skip
                     out[int(sid)] = max(float(at), out.get(int(sid)) or 0.0)
         return out
+
+    def campaign_outcomes(self, tenant: str, campaign_id: int, *, since: float) -> Outcomes:
+        """Orders and opt-outs of the campaign's recipients at or after ``since``."""
+        with self._tx() as tx:
+            orders = tx.rows("SELECT o.order_id, o.subscriber_id, o.created_at, o.total, o.discount_code FROM orders o "
+                             "JOIN campaign_recipients r ON r.tenant = o.tenant AND r.subscriber_id = o.subscriber_id "
+                             "WHERE r.tenant = ? AND r.campaign_id = ? AND o.created_at >= ? ORDER BY o.created_at",
+                             (tenant, campaign_id, since))  # fmt: skip
+            outs = tx.rows("SELECT c.subscriber_id, c.at FROM consent_ledger c JOIN campaign_recipients r ON "
+                           "r.tenant = c.tenant AND r.subscriber_id = c.subscriber_id WHERE r.tenant = ? AND "
+                           "r.campaign_id = ? AND c.action = 'opt_out' AND c.at >= ? ORDER BY c.at",
+                           (tenant, campaign_id, since))  # fmt: skip
+        return Outcomes(orders=[(str(o), int(s), float(a), int(t), d) for o, s, a, t, d in orders],
+                        opt_outs=[(int(s), float(a)) for s, a in outs])  # fmt: skip
+
+    def release_held(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
+                     links: Sequence[LinkRow]) -> int:  # fmt: skip
+        """Give held recipients (batch -1) their text, batch and slot, in one transaction; how many moved
+        (0 when they were released already: a retried winner decision sends nobody twice)."""
+        moved = 0
+        with self._tx() as tx:
+            sizes: dict[int, tuple[float, int]] = {}
+            for r in recipients:
+                n = tx.run("UPDATE campaign_recipients SET variant = ?, text = ?, batch = ?, idx = ?, send_at = ? "
+                           "WHERE tenant = ? AND campaign_id = ? AND subscriber_id = ? AND batch = -1",
+                           (r.variant, r.text, r.batch, r.idx, r.send_at, tenant, campaign_id, r.subscriber_id))
+                if n:
+                    moved += 1
+                    at, k = sizes.get(r.batch, (r.send_at, 0))
+                    sizes[r.batch] = (at, k + 1)
+            for batch, (at, n) in sorted(sizes.items()):
+                tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size) VALUES (?, ?, ?, ?, ?)",
+                       (tenant, campaign_id, batch, at, n))  # fmt: skip
+            for link in links:
+                tx.run(f"INSERT INTO short_links ({_LINK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                       (link.code, tenant, link.campaign_id, link.subscriber_id, link.target, link.created_at,
+                        link.expires_at))  # fmt: skip
+        return moved

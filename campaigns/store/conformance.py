@@ -280,12 +280,49 @@ def check_campaigns(store: Store) -> None:
     assert store.recipient_state("acme", "job-1", 7, state="sent", message_id=None, at=T0) is None
     assert store.recipient_state("beta", "job-1", 0, state="sent", message_id=None, at=T0) is None
     assert len(store.campaign_recipients("acme", c.id, after=11, limit=10)) == 3
+    # A link reads its recipient's number and delivery time with it (the redirect's one read).
+    got = store.link("code2")
+    assert got is not None and (got.phone, got.delivered_at) == ("+33612345012", T0 + 50)
+    got = store.link("code3")
+    assert got is not None and (got.phone, got.delivered_at) == ("+33612345013", None)
     # Smart sending reads the frozen sends.
     assert store.last_marketing_at("acme", [10, 12, 99]) == {10: T0, 12: T0 + 100}
     # An empty audience is frozen as well.
     e = store.put_campaign("acme", "Empty", {}, now=T0)
     assert store.freeze_audience("acme", e.id, [], [], now=T0) and not store.freeze_audience("acme", e.id, [], [], now=T0)
     assert store.batches("acme", e.id) == []
+
+
+def check_held_and_outcomes(store: Store) -> None:
+    c = store.put_campaign("acme", "AB", {}, now=T0)
+    held = [PlannedRecipient(subscriber_id=s, phone=f"+3361234502{s}", variant=None, send_at=T0, tz="UTC", text="",
+                             batch=-1, idx=s) for s in (1, 2)]  # fmt: skip
+    test = [PlannedRecipient(subscriber_id=3, phone="+33612345023", variant="a", send_at=T0, tz="UTC", text="A",
+                             batch=0, idx=0)]  # fmt: skip
+    assert store.freeze_audience("acme", c.id, held + test, [], now=T0)
+    assert [b.batch for b in store.batches("acme", c.id)] == [0]
+    released = [PlannedRecipient(subscriber_id=s, phone="", variant="a", send_at=T0 + 10, tz="UTC", text="won",
+                                 batch=1, idx=i) for i, s in enumerate((1, 2))]  # fmt: skip
+    link = LinkRow(code="HeLd01", tenant="acme", campaign_id=c.id, subscriber_id=1, target="https://x.io", created_at=T0)
+    assert store.release_held("acme", c.id, released, [link]) == 2
+    assert store.release_held("acme", c.id, released, [link]) == 0  # released once
+    assert [(b.batch, b.size) for b in store.batches("acme", c.id)] == [(0, 1), (1, 2)]
+    assert [r.text for r in store.batch_recipients("acme", c.id, 1)] == ["won", "won"]
+    assert store.batch_recipients("acme", c.id, -1) == [] and store.link_exists("HeLd01")
+    # Outcomes: the recipients' orders and opt-outs since the send, not before, not other people's.
+    for phone, sid_at in ((A, T0 + 5), (B, T0 - 5)):
+        store.apply_event("acme", OrderEvent(id=f"o-{phone}", at=sid_at, order_id=f"o-{phone}", phone=phone, total=1500,
+                                             currency="EUR", payment_status="paid"), phone=phone, now=T0 + 20)  # fmt: skip
+    a = store.subscriber_by_phone("acme", A)
+    assert a is not None
+    c2 = store.put_campaign("acme", "Out", {}, now=T0)
+    store.freeze_audience("acme", c2.id, [PlannedRecipient(subscriber_id=a.id, phone=A, variant=None, send_at=T0,
+                                                            tz="UTC", text="x", batch=0, idx=0)], [], now=T0)  # fmt: skip
+    store.record_consent("acme", NewConsent(phone=A, action="opt_in", source="api", at=T0 + 1), now=T0 + 1)
+    store.record_consent("acme", NewConsent(phone=A, action="opt_out", source="api", at=T0 + 30), now=T0 + 30)
+    out = store.campaign_outcomes("acme", c2.id, since=T0)
+    assert out.orders == [(f"o-{A}", a.id, T0 + 5, 1500, None)] and out.opt_outs == [(a.id, T0 + 30)]
+    assert store.campaign_outcomes("acme", c2.id, since=T0 + 6).orders == []
 
 
 def check_links_and_clicks(store: Store) -> None:
@@ -318,4 +355,4 @@ def check_discount_pools(store: Store) -> None:
 CHECKS: list[Callable[[Store], None]] = [check_subscribers, check_consent_ledger, check_events_idempotent_and_aggregates,
                                          check_events_out_of_order, check_checkouts, check_activities_and_customers,
                                          check_segments_storage, check_import, check_campaigns,
-                                         check_links_and_clicks, check_discount_pools]  # fmt: skip
+                                         check_held_and_outcomes, check_links_and_clicks, check_discount_pools]  # fmt: skip
