@@ -111,7 +111,8 @@ def test_launch_states_clicks_orders_report(world: World) -> None:
     assert c.head(f"/l/{code}", headers={"user-agent": UA}, follow_redirects=False).status_code == 302
     assert c.get(f"/l/{code}", headers={"user-agent": "facebookexternalhit/1.1"}, follow_redirects=False).status_code == 302
     assert c.get("/v1/campaigns/%d/clicks" % cid, headers=H).json() == {"unique": 0, "total": 0, "ignored": 3}
-    for _ in range(2):
+    for k in range(2):
+        world.clock.now = T0 + 100 + k
         r = c.get(f"/l/{code}", headers={"user-agent": UA}, follow_redirects=False)
     loc = urlsplit(r.headers["location"])
     assert (loc.netloc, loc.path) == ("shop.example", "/p")
