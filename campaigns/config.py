@@ -90,6 +90,12 @@ class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     default_region: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")] | None = None  # numbers without '+'
     signup: SignupSettings = msgspec.field(default_factory=SignupSettings)
     form: FormSettings = msgspec.field(default_factory=FormSettings)
+    # Campaigns (issue 18): short links on this domain (https://{short_domain}/{code}, at most 22
+    # characters: the domain leaves 5 to 8 for the code), keyed with the secret in link_key_env
+    # (short-link and discount codes are HMACs of it: unguessable, and the same on a relaunch).
+    short_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]{3,16}$")] | None = None
+    link_key_env: str | None = None
+    time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"  # the shop's clock (reports, schedule)
 
     def __post_init__(self) -> None:
         if (self.key_sha256 is None) == (self.key_env is None):
@@ -154,7 +160,7 @@ def missing_environment(settings: CampaignSettings, environ: Mapping[str, str]) 
     as the gateway's ``missing_environment`` does for its own tree."""
     errors = []
     for i, t in enumerate(settings.tenants):
-        for name in ("key_env", "gateway_key_env", "webhook_secret_env"):
+        for name in ("key_env", "gateway_key_env", "webhook_secret_env", "link_key_env"):
             var = getattr(t, name)
             if var is not None and not environ.get(var):
                 errors.append(ConfigError(f"environment variable {var!r} is not set", key=f"campaigns.tenants[{i}].{name}"))
