@@ -21,7 +21,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, PathParameter
 from campaigns.core import attribution
 from campaigns.errors import InvalidInput
 from campaigns.service.app import Tenant
-from campaigns.service.launch import LaunchOut, Launcher
+from campaigns.service.launch import LaunchOut, Launcher, PreviewOut
 from campaigns.service.signature import HEADER, verify
 from campaigns.service.tracking import StateBatch, Tracker, WinnerOut
 from campaigns.store.campaign_rows import CampaignRow, ClickCounts
@@ -62,6 +62,11 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
             return await launcher.control(tenant, campaign_id, action)
 
         return handler
+
+    @get("/v1/campaigns/{campaign_id:int}/preview")
+    async def campaign_preview(tenant: Tenant, campaign_id: Id, subscriber: FromQuery[int]) -> list[PreviewOut]:
+        """Each variant's text for one subscriber, measured by the gateway (``POST /v1/preview``)."""
+        return await launcher.preview(tenant, campaign_id, subscriber)
 
     @post("/v1/campaigns/{campaign_id:int}/winner", status_code=200)
     async def campaign_winner(tenant: Tenant, campaign_id: Id) -> WinnerOut:
@@ -109,5 +114,5 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
         return StatesOut(moved=await tracker.states(shop, batch))
 
     return [create_campaign, get_campaign, launch_campaign, control("pause"), control("resume"),
-            control("cancel"), campaign_winner, campaign_report,
+            control("cancel"), campaign_winner, campaign_preview, campaign_report,
             campaign_clicks, short_link, short_link_head, gateway_events]  # fmt: skip

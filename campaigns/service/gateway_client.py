@@ -52,9 +52,10 @@ class JobAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Preview(msgspec.Struct, frozen=True, kw_only=True):
+    text: str
     encoding: str
     segments: int
-    characters: int
+    units: int
     prices: dict[str, int | None] = {}
 
 
@@ -122,8 +123,10 @@ class GatewayClient:
         """``pause``, ``resume`` or ``cancel`` a job (a finished job's 409 ``job_finished`` is fine)."""
         await self._call("POST", f"/v1/jobs/{quote(job_id, safe='')}/{action}", ok=(200, 204, 409))
 
-    async def preview(self, text: str, *, vars: dict[str, str] | None = None) -> Preview:
-        """The gateway's own measure of a text: encoding, segments and price per carrier."""
-        resp = await self._call("POST", "/v1/preview", ok=(200,),
-                                content=msgspec.json.encode({"text": text, "vars": vars or {}}))  # fmt: skip
+    async def preview(self, text: str) -> Preview:
+        """The gateway's own measure of a final text: encoding, segments and price per carrier. It is
+        measured as a campaign sends it (template ``{body}``, the text as the variable), so braces in
+        the text are never read as placeholders."""
+        payload = {"text": "{body}", "vars": {"body": text}}
+        resp = await self._call("POST", "/v1/preview", ok=(200,), content=msgspec.json.encode(payload))
         return _preview.decode(resp.content)

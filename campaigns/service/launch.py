@@ -129,6 +129,18 @@ class TenantLinks(msgspec.Struct, frozen=True, kw_only=True):
     zone: str = "UTC"
 
 
+class PreviewOut(msgspec.Struct, frozen=True, kw_only=True):
+    """One subscriber's text per variant, measured by the gateway (``POST /v1/preview``)."""
+
+    subscriber: int
+    variant: str | None
+    text: str
+    encoding: str
+    segments: int
+    units: int
+    prices: dict[str, int | None]
+
+
 class LaunchOut(msgspec.Struct, frozen=True, kw_only=True):
     campaign: int
     status: str
@@ -342,6 +354,23 @@ class Launcher:
         return LaunchOut(campaign=campaign_id, status=camp.status, recipients=size, held=len(held),
                          batches=len(batches), accepted=accepted, rejected=done - accepted)  # fmt: skip
 
+    async def preview(self, tenant: str, campaign_id: int, subscriber_id: int) -> list[PreviewOut]:
+        """Each variant's text for one subscriber, measured by the gateway's own rules."""
+        camp = await self.campaign(tenant, campaign_id)
+        spec, tl, client = parse_spec(camp.definition), self.tenants.get(tenant), self._client(tenant)
+        if tl is None:
+            raise Conflict(f"tenant {tenant!r} has no short-link settings", code="no_link_settings")
+        sub = await self._run(self.store.subscriber, tenant, subscriber_id)
+        if sub is None:
+            raise NotFound(f"no subscriber {subscriber_id}", code="subscriber_not_found", field="subscriber")
+        out = []
+        for name, source in spec.texts().items():
+            text = await self._run(preview_text, self.store, tenant, spec, camp.id, sub, templates.compile_template(source), tl)
+            p = await client.preview(text)
+            out.append(PreviewOut(subscriber=sub.id, variant=name, text=text, encoding=p.encoding, segments=p.segments,
+                                  units=p.units, prices=p.prices))  # fmt: skip
+        return out
+
     async def control(self, tenant: str, campaign_id: int, action: Literal["pause", "resume", "cancel"]) -> CampaignRow:
         """Pause, resume or cancel the campaign and every gateway job it has."""
         await self.campaign(tenant, campaign_id)
@@ -352,6 +381,25 @@ class Launcher:
             if b.job_id:
                 await client.job_action(b.job_id, action)
         return camp
+
+
+def preview_text(store: Store, tenant: str, spec: CampaignSpec, cid: int, sub: Subscriber, template: templates.Template,
+                 tl: TenantLinks) -> str:  # fmt: skip
+    """The text ``sub`` would get, nothing reserved or stored: a pattern's code is the one the send
+    mints (keyed); a pool's code is shown as its longest free code would be, by a same-length stand-in."""
+    d = spec.discount
+    code = None
+    if d is not None and d.pattern is not None:
+        code = discounts.discount_code(d.pattern, key=tl.key, scope=f"{cid}:{sub.id}")
+    elif d is not None:
+        code = "X" * 12
+    try:
+        rendered = templates.render(template, _values(spec, sub, code), rules=spec.rules, locale=sub.language,
+                                    first_message=store.last_marketing_at(tenant, [sub.id]).get(sub.id) is None)  # fmt: skip
+    except templates.TemplateError as exc:
+        raise InvalidInput(f"subscriber {sub.id}: {exc}", code=exc.code, field="template") from exc
+    # Any key gives a link of the same length and alphabet as the send's (docs/CAMPAIGNS-SENDING.md).
+    return links.shorten(rendered.text, domain=spec.link_domain or tl.domain, key=tl.key, scope=f"{cid}:{sub.id}").text
 
 
 def held_recipients(rows: Iterable[RecipientRow]) -> list[RecipientRow]:
