@@ -91,11 +91,13 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
             return Response({"error": "no such link", "code": "link_not_found"}, status_code=404, headers=_NO_STORE)
         return Response(None, status_code=302, headers={**_NO_STORE, "location": hit.location})
 
-    @get("/l/{code:str}", include_in_schema=False, status_code=302)
+    # Short links are https://{short_domain}/{code}: the domain points here, so the code is served at
+    # the root as well as under /l/ (static routes such as /healthz win over the root pattern).
+    @get(["/l/{code:str}", "/{code:str}"], include_in_schema=False, status_code=302)
     async def short_link(code: FromPath[str], request: Request) -> Response[Any]:
         return await _hit(code, request, "GET")
 
-    @head("/l/{code:str}", include_in_schema=False, status_code=302)
+    @head(["/l/{code:str}", "/{code:str}"], include_in_schema=False, status_code=302)
     async def short_link_head(code: FromPath[str], request: Request) -> Response[None]:
         resp = await _hit(code, request, "HEAD")
         return Response(None, status_code=resp.status_code, headers=dict(resp.headers))

@@ -121,7 +121,14 @@ def test_launch_states_clicks_orders_report(world: World) -> None:
     assert c.get("/v1/campaigns/%d/clicks" % cid, headers=H).json() == {"unique": 1, "total": 2, "ignored": 3}
     view = world.store.view("acme", a)
     assert view is not None and sorted(x.kind for x in view.activities) == ["clicked", "clicked", "delivered"]
+    world.clock.now = T0 + 102
     assert c.get("/l/ZZZZZZZZ", follow_redirects=False).status_code == 404
+    # At the root of the short domain too (the link as sent); the API's own routes are unaffected.
+    r = c.get(f"/{code}", headers={"user-agent": UA}, follow_redirects=False)
+    assert r.status_code == 302 and r.headers["location"].startswith("https://shop.example/p?ref=x")
+    world.clock.now = T0 + 103
+    assert c.get("/healthz").json() == {"status": "ok"}
+    assert c.get("/ZZZZZZZZ", follow_redirects=False).status_code == 404
     assert c.get("/l/../../etc", follow_redirects=False).status_code == 404
 
     # An order two hours after the click is attributed to it.
