@@ -212,8 +212,8 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
     if store.batches(tenant, camp.id) or store.campaign_recipients(tenant, camp.id, limit=1):
         return False
     spec = parse_spec(camp.definition)
-    subs = [s for i in resolve_audience(store, tenant, spec.audience)
-            if (s := store.subscriber(tenant, i)) is not None and s.consent == "confirmed"]  # fmt: skip
+    subs = [s for s in store.subscribers_by_ids(tenant, resolve_audience(store, tenant, spec.audience))
+            if s.consent == "confirmed"]  # fmt: skip
     by_id = {s.id: s for s in subs}
     planned = [p for p in schedule.send_times(spec.schedule, [(s.id, s.time_zone) for s in subs], now=now,
                                               default_zone=tl.zone) if p.send_at is not None]  # fmt: skip
@@ -235,18 +235,43 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
                                          tz=p.zone, text="", batch=HELD, idx=sub.id))  # fmt: skip
             continue
         text, new_links = render_for(store, tenant, spec, camp.id, sub, compiled[variant], tl, now,
-                                     first=last.get(sub.id) is None, taken=taken)  # fmt: skip
+                                     first=last.get(sub.id) is None, taken=taken, exists=taken.__contains__)  # fmt: skip
         if idx >= spec.batch_size or p.send_at != batch_at:
             batch, idx, batch_at = batch + 1, 0, p.send_at
         rows.append(PlannedRecipient(subscriber_id=sub.id, phone=sub.phone, variant=variant, send_at=p.send_at or now,
                                      tz=p.zone, text=text, batch=batch, idx=idx))  # fmt: skip
         link_rows += new_links
         idx += 1
+    rows, link_rows = _resolve_clashes(store, tenant, spec, camp.id, rows, link_rows, compiled, by_id, last, tl, now, taken)
     return store.freeze_audience(tenant, camp.id, rows, link_rows, now=now)
 
 
+def _resolve_clashes(store: Store, tenant: str, spec: CampaignSpec, cid: int, rows: list[PlannedRecipient],
+                     link_rows: list[LinkRow], compiled: Mapping[str | None, templates.Template],
+                     by_id: Mapping[int, Subscriber], last: Mapping[int, float | None], tl: TenantLinks, now: float,
+                     taken: set[str]) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
+    """Codes were minted against this launch's own codes only; the store's are checked in bulk, and
+    the rare recipient whose code another campaign holds is rendered again with the full check."""
+    clashes = store.existing_links([link.code for link in link_rows])
+    if not clashes:
+        return rows, link_rows
+    redo = {link.subscriber_id for link in link_rows if link.code in clashes}
+    kept = [link for link in link_rows if link.subscriber_id not in redo]
+    out = []
+    for r in rows:
+        if r.subscriber_id in redo:
+            text, new_links = render_for(store, tenant, spec, cid, by_id[r.subscriber_id], compiled[r.variant], tl, now,
+                                         first=last.get(r.subscriber_id) is None, taken=taken,
+                                         exists=lambda c: c in taken or store.link_exists(c))  # fmt: skip
+            r = msgspec.structs.replace(r, text=text)
+            kept += new_links
+        out.append(r)
+    return out, kept
+
+
 def render_for(store: Store, tenant: str, spec: CampaignSpec, cid: int, sub: Subscriber, template: templates.Template,
-               tl: TenantLinks, now: float, *, first: bool, taken: set[str]) -> tuple[str, list[LinkRow]]:  # fmt: skip
+               tl: TenantLinks, now: float, *, first: bool, taken: set[str],
+               exists: Callable[[str], bool] | None = None) -> tuple[str, list[LinkRow]]:  # fmt: skip
     """One recipient's final text (signature, footer, discount code, short links) and its links."""
     code = _discount(store, tenant, spec, cid, sub.id, tl.key, now)
     try:
@@ -255,7 +280,7 @@ def render_for(store: Store, tenant: str, spec: CampaignSpec, cid: int, sub: Sub
     except templates.TemplateError as exc:
         raise InvalidInput(f"subscriber {sub.id}: {exc}", code=exc.code, field="template") from exc
     short = links.shorten(rendered.text, domain=spec.link_domain or tl.domain, key=tl.key, scope=f"{cid}:{sub.id}",
-                          exists=lambda c: c in taken or store.link_exists(c))  # fmt: skip
+                          exists=exists or (lambda c: c in taken or store.link_exists(c)))  # fmt: skip
     taken.update(link.code for link in short.links)
     rows = [LinkRow(code=link.code, tenant=tenant, campaign_id=cid, subscriber_id=sub.id, target=link.target,
                     created_at=now) for link in short.links]  # fmt: skip

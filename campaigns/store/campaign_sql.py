@@ -166,6 +166,16 @@ class CampaignSql:
         names = [c.strip() for c in _LINK_COLS.split(",")] + ["phone", "delivered_at"]
         return LinkRow(**dict(zip(names, row, strict=True))) if row else None
 
+    def existing_links(self, codes: Sequence[str]) -> set[str]:
+        """Which of ``codes`` are taken (one query per 500: a launch checks its new links in bulk)."""
+        out: set[str] = set()
+        with self._tx() as tx:
+            for i in range(0, len(codes), 500):
+                chunk = list(codes[i:i + 500])
+                marks = ", ".join("?" * len(chunk))
+                out.update(r[0] for r in tx.rows(f"SELECT code FROM short_links WHERE code IN ({marks})", chunk))
+        return out
+
     def link_exists(self, code: str) -> bool:
         with self._tx() as tx:
             return tx.one("SELECT 1 FROM short_links WHERE code = ?", (code,)) is not None

@@ -50,6 +50,9 @@ def check_subscribers(store: Store) -> None:
     rest = store.subscribers("acme", after=first[-1].id, limit=10)
     assert len(first) == 3 and len(rest) == 3 and first[-1].id < rest[0].id
     assert {x.tenant for x in first + rest} == {"acme"}
+    ids = [x.id for x in first + rest]
+    assert [x.id for x in store.subscribers_by_ids("acme", [*reversed(ids), 10**9] + list(range(10**6, 10**6 + 600)))] == ids
+    assert store.subscribers_by_ids("beta", ids[:2]) == []
 
 
 def check_consent_ledger(store: Store) -> None:
@@ -332,6 +335,7 @@ def check_links_and_clicks(store: Store) -> None:
     store.freeze_audience("acme", c.id, [], [link], now=T0)
     assert store.link("Ab3dE9") == link and store.link("ab3dE9") is None  # codes are case-sensitive
     assert store.link_exists("Ab3dE9") and not store.link_exists("nope")
+    assert store.existing_links(["nope", "Ab3dE9", "ab3dE9"] + [f"x{i}" for i in range(600)]) == {"Ab3dE9"}
     assert not store.record_click("Ab3dE9", at=T0 + 1, user_agent="Slackbot", verdict="bot")
     assert store.record_click("Ab3dE9", at=T0 + 60, user_agent="Mozilla/5.0", verdict="click")
     assert not store.record_click("Ab3dE9", at=T0 + 70, user_agent="Mozilla/5.0", verdict="click")

@@ -218,3 +218,26 @@ def test_spec_round_trips() -> None:
     spec = parse_spec({"sender": "A", "template": "x", "schedule": {"kind": "at", "at": T0}})
     assert spec.schedule.at == T0  # type: ignore[union-attr]
     assert json.loads(json.dumps({"sender": "A", "template": "x"})) == {"sender": "A", "template": "x"}
+
+
+async def test_a_code_another_campaign_holds_is_never_reused(store: Store) -> None:
+    """Codes are checked against the store in bulk after minting: a clash gets the next code."""
+    from campaigns.core.links import code_length, mint_code
+    from campaigns.store.campaign_rows import LinkRow
+
+    sid = subscriber(store, 1)
+    gw = FakeGateway()
+    la = launcher(store, gw)
+    camp = await la.create("acme", "Clash", {"sender": "A", "template": "x https://s.io/a", "audience": {"subscribers": [sid]}})
+    squatted = mint_code(TL.key, f"{camp.id}:{sid}:0", code_length(TL.domain))
+    other = store.put_campaign("acme", "Other", {}, now=T0)
+    store.freeze_audience("acme", other.id, [], [LinkRow(code=squatted, tenant="acme", campaign_id=other.id,
+                                                         subscriber_id=99, target="https://other.io", created_at=T0)], now=T0)
+    await la.launch("acme", camp.id)
+    [row] = store.campaign_recipients("acme", camp.id)
+    code = row.text.split("https://sl.ui/")[1].split()[0]
+    assert code != squatted
+    link = store.link(code)
+    assert link is not None and link.campaign_id == camp.id and link.target == "https://s.io/a"
+    squat = store.link(squatted)
+    assert squat is not None and squat.campaign_id == other.id  # untouched
