@@ -100,6 +100,13 @@ def test_launch_states_clicks_orders_report(world: World) -> None:
     world.webhook([ev])
     view = world.store.view("acme", a)
     assert view is not None and [x.kind for x in view.activities] == ["delivered"]  # once, for segments
+    # Events of jobs that are not a campaign's, unknown slots and states, are ignored; junk is a 422.
+    other = [{**ev, "job_id": "job-404"}, {**ev, "index": 9}, {**ev, "state": "deferred"}, {**ev, "job_id": None}]
+    assert world.webhook(other).json() == {"moved": 0}  # type: ignore[attr-defined]
+    body = b"{not json"
+    r = c.post("/v1/gateway/acme/events", content=body, headers={HEADER: sign(SECRET, body, int(world.clock()))})
+    assert r.status_code == 422 and r.json()["code"] == "invalid_json"
+    assert c.post("/v1/gateway/beta/events", content=body, headers={HEADER: sign(SECRET, body, int(world.clock()))}).status_code == 401
     [rec] = [x for x in world.store.campaign_recipients("acme", cid) if x.subscriber_id == a]
     assert (rec.state, rec.message_id, rec.state_at) == ("delivered", "m1", T0 + 5)
 

@@ -241,3 +241,59 @@ async def test_a_code_another_campaign_holds_is_never_reused(store: Store) -> No
     assert link is not None and link.campaign_id == camp.id and link.target == "https://s.io/a"
     squat = store.link(squatted)
     assert squat is not None and squat.campaign_id == other.id  # untouched
+
+
+ZONES = [None, "Europe/Paris", "Asia/Tokyo", "America/New_York", "Not/AZone"]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(people=st.lists(st.tuples(st.sampled_from(["none", "pending", "confirmed", "revoked"]), st.sampled_from(ZONES),
+                                 st.sampled_from([None, 1.0, 15.99, 16.0, 40.0]), st.booleans()), min_size=1, max_size=12),
+       local=st.booleans(), batch_size=st.integers(1, 5))  # fmt: skip
+def test_the_frozen_audience_obeys_every_rule(tmp_path_factory: pytest.TempPathFactory, people: list, local: bool,
+                                              batch_size: int) -> None:  # fmt: skip
+    """Whatever the mix: only confirmed subscribers of the audience, smart sending by each one's own
+    send_at, one slot each, one send_at per batch, slots numbered from 0 in order."""
+    import anyio
+
+    from campaigns.core.events import ActivityEvent
+
+    store = open_store(f"sqlite:///{tmp_path_factory.mktemp('rules') / 'c.db'}")
+    try:
+        audience, expected_ok = [], {}
+        for n, (consent, zone, hours_ago, listed) in enumerate(people, start=1):
+            sid = subscriber(store, n, consent=consent, zone=zone)
+            if hours_ago is not None:
+                phone = f"+4479111{n:05d}"
+                store.apply_event("acme", ActivityEvent(id=f"m{n}", at=T0 - hours_ago * 3600, phone=phone, kind="message_sent"),
+                                  phone=phone, now=T0)  # fmt: skip
+            if listed:
+                audience.append(sid)
+                expected_ok[sid] = (consent, hours_ago)
+        gw = FakeGateway()
+        schedule = {"kind": "local", "date": "2025-12-29", "time": "10:00"} if local else {"kind": "now"}
+
+        async def run() -> None:
+            la = launcher(store, gw)
+            camp = await la.create("acme", "R", {"sender": "A", "template": "x", "schedule": schedule,
+                                                 "batch_size": batch_size, "audience": {"subscribers": audience}})
+            await la.launch("acme", camp.id)
+
+        anyio.run(run)
+        rows = store.campaign_recipients("acme", 1)
+        for r in rows:
+            consent, hours_ago = expected_ok[r.subscriber_id]
+            assert consent == "confirmed" and r.send_at >= T0
+            assert hours_ago is None or r.send_at - (T0 - hours_ago * 3600) >= 16 * 3600
+        kept = {r.subscriber_id for r in rows}
+        for sid, (consent, hours_ago) in expected_ok.items():
+            if consent == "confirmed" and sid not in kept:  # skipped: only by smart sending
+                assert hours_ago is not None
+        assert len({(r.batch, r.idx) for r in rows}) == len(rows)
+        for b in store.batches("acme", 1):
+            members = store.batch_recipients("acme", 1, b.batch)
+            assert {m.send_at for m in members} == {b.send_at} and [m.idx for m in members] == list(range(len(members)))
+            assert 0 < len(members) <= batch_size
+        assert Counter(gw.sent()) == Counter(r.phone for r in rows)
+    finally:
+        store.close()
