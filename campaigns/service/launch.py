@@ -367,7 +367,11 @@ class Launcher:
                             accepted=answer.accepted, rejected=rejected, now=self.clock())  # fmt: skip
             log.info("campaign.batch.submitted tenant=%s campaign=%d batch=%d job=%s accepted=%d", tenant, camp.id,
                      b.batch, answer.id, answer.accepted)  # fmt: skip
-        await self._run(self.store.set_campaign_status, tenant, camp.id, "launched", now=self.clock())
+            if answer.id and (await self.campaign(tenant, camp.id)).status == "canceled":
+                await client.job_action(answer.id, "cancel")  # canceled while this batch was in flight
+                return
+        if (await self.campaign(tenant, camp.id)).status == "launching":
+            await self._run(self.store.set_campaign_status, tenant, camp.id, "launched", now=self.clock())
 
     async def launch_state(self, tenant: str, campaign_id: int) -> LaunchOut:
         camp = await self.campaign(tenant, campaign_id)

@@ -297,3 +297,23 @@ def test_the_frozen_audience_obeys_every_rule(tmp_path_factory: pytest.TempPathF
         assert Counter(gw.sent()) == Counter(r.phone for r in rows)
     finally:
         store.close()
+
+
+async def test_a_cancel_during_the_launch_stops_it_and_cancels_the_batch_in_flight(store: Store) -> None:
+    ids = [subscriber(store, n) for n in range(1, 7)]
+    gw = FakeGateway()
+    la = launcher(store, gw)
+    camp = await la.create("acme", "C", {"sender": "A", "template": "x", "batch_size": 2, "audience": {"subscribers": ids}})
+    inner = gw.handle
+
+    def cancel_on_first_job(request):  # the operator cancels while batch 0 is being answered
+        resp = inner(request)
+        if request.url.path == "/v1/jobs" and len(gw.jobs) == 1:
+            store.set_campaign_status("acme", camp.id, "canceled", now=T0)
+        return resp
+
+    gw.handle = cancel_on_first_job  # type: ignore[method-assign]
+    la = launcher(store, gw)
+    out = await la.launch("acme", camp.id)
+    assert out.status == "canceled" and len(gw.jobs) == 1
+    assert gw.actions == [("job-1", "cancel")]
