@@ -36,6 +36,11 @@ class CampaignIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     definition: dict[str, Any]
 
 
+class SendTimesOut(msgspec.Struct, frozen=True, kw_only=True):
+    clock: str
+    hours: list[int]  # 24 counts, hour 0 first
+
+
 class StatesOut(msgspec.Struct, frozen=True, kw_only=True):
     moved: int
 
@@ -80,6 +85,11 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
             raise InvalidInput("by: one to four of campaign, variant, step, hour", code="unknown_dimension", field="by")
         return await tracker.report(tenant, campaign_id, dims, zone)
 
+    @get("/v1/campaigns/{campaign_id:int}/send-times")
+    async def campaign_send_times(tenant: Tenant, campaign_id: Id, clock: FromQuery[str] = "tenant") -> SendTimesOut:
+        """The planned sends by hour of day (0-23), on the shop's clock or each recipient's."""
+        return SendTimesOut(clock=clock, hours=await tracker.send_times(tenant, campaign_id, clock))
+
     @get("/v1/campaigns/{campaign_id:int}/clicks")
     async def campaign_clicks(tenant: Tenant, campaign_id: Id) -> ClickCounts:
         await launcher.campaign(tenant, campaign_id)
@@ -116,5 +126,5 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
         return StatesOut(moved=await tracker.states(shop, batch))
 
     return [create_campaign, get_campaign, launch_campaign, control("pause"), control("resume"),
-            control("cancel"), campaign_winner, campaign_preview, campaign_report,
+            control("cancel"), campaign_winner, campaign_preview, campaign_report, campaign_send_times,
             campaign_clicks, short_link, short_link_head, gateway_events]  # fmt: skip

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from campaigns.core import abtest, attribution, links, templates
+from campaigns.core import abtest, attribution, links, schedule, templates
 from campaigns.core.events import ActivityEvent
 from campaigns.errors import Conflict, InvalidInput
 from campaigns.service.launch import HELD, Launcher, parse_spec, render_for
@@ -140,6 +140,17 @@ class Tracker:
         tl = self.la.tenants.get(tenant)
         return attribution.report(await self.events(tenant, camp), by=by,  # type: ignore[arg-type]
                                   zone=zone or (tl.zone if tl else "UTC"))  # fmt: skip
+
+    async def send_times(self, tenant: str, campaign_id: int, clock: str = "tenant") -> list[int]:
+        """24 counts: the campaign's planned sends by hour of day (seed 003's 时段分布), on the shop's
+        clock or each recipient's own."""
+        if clock not in ("tenant", "recipient"):
+            raise InvalidInput("clock: tenant or recipient", code="invalid_field", field="clock")
+        await self.la.campaign(tenant, campaign_id)
+        rows = [r for r in await self._recipients(tenant, campaign_id) if r.batch != HELD and r.state != "rejected"]
+        tl = self.la.tenants.get(tenant)
+        planned = [schedule.SendTime(subscriber=r.subscriber_id, send_at=r.send_at, zone=r.tz) for r in rows]
+        return schedule.send_time_report(planned, clock=clock, tenant_zone_name=tl.zone if tl else "UTC")  # type: ignore[arg-type]
 
     # ---- A/B winner ------------------------------------------------------------------------------
     async def decide(self, tenant: str, camp: CampaignRow) -> abtest.Decision:

@@ -92,6 +92,9 @@ def test_launch_states_clicks_orders_report(world: World) -> None:
     [job] = world.gw.jobs.values()
     assert job["head"]["callback_url"] == "https://c.example/v1/gateway/acme/events"
     code = job["recipients"][0]["vars"]["body"].split("https://sl.ui/")[1].split()[0]
+    hours = c.get(f"/v1/campaigns/{cid}/send-times", headers=H).json()
+    assert hours["hours"][9] == 2 and sum(hours["hours"]) == 2  # T0 is 09:20 UTC (the shop's clock: UTC)
+    assert c.get(f"/v1/campaigns/{cid}/send-times?clock=moon", headers=H).status_code == 422
 
     # States by webhook: signed, matched by job + index; a forged one is refused, a repeat changes nothing.
     ev = {"message_id": "m1", "job_id": "job-1", "state": "delivered", "at": T0 + 5, "index": 0, "reference": "x"}
