@@ -6,8 +6,10 @@ Virtual time then jumps from one core wake-up to the next for two days, dispatch
 core hands out at once (carriers with no rate limit: any pacing seen is the core's own).
 
 Checked against an oracle that shares no code with the core (phonenumbers' zones and geocoder,
-zoneinfo): no message is dispatched outside 08:00-21:00 (20:00 in Florida and Oklahoma) in *any*
-zone of its number; every held message is dispatched in the end (held, not dropped). Reported:
+zoneinfo, the holidays package): no message is dispatched outside the shipped window in *any*
+zone of its number (08:00-21:00; 20:00 in Florida and Oklahoma; France 08:00-20:00 and nothing
+on Sundays or public holidays; India 10:00-21:00; Texas 09:00-21:00, Sundays from 12:00); every
+held message is dispatched in the end (held, not dropped). Reported:
 how many were held, how long each opening's release lasted (the configured spread is 1800 s) and
 the largest number released in any one second, against the even rate the spread allows.
 """
@@ -49,15 +51,46 @@ def oracle(number: str) -> tuple[tuple[ZoneInfo, ...], int]:
     zones = tuple(ZoneInfo(z) for z in timezone.time_zones_for_number(n) if z != "Etc/Unknown")
     place = geocoder.description_for_number(n, "en")
     close = 20 if place in ("Florida", "Oklahoma") or place.endswith((", FL", ", OK")) else 21
+    if phonenumbers.region_code_for_number(n) == "FR":
+        close = 20
     return zones or (ZoneInfo("UTC"),), close
+
+
+@cache
+def _rule(number: str) -> tuple[int, str]:
+    """(opening minute, special days) for the shipped rules: "FR" (no Sundays nor holidays),
+    "TX" (Sundays from 12:00), else ""."""
+    from phonenumbers import geocoder
+
+    n = phonenumbers.parse(number)
+    region = phonenumbers.region_code_for_number(n)
+    place = geocoder.description_for_number(n, "en")
+    if region == "FR":
+        return 8 * 60, "FR"
+    if region == "IN":
+        return 10 * 60, ""
+    if place == "Texas" or place.endswith(", TX"):
+        return 9 * 60, "TX"
+    return 8 * 60, ""
+
+
+@cache
+def _french_holidays():
+    import holidays
+
+    return holidays.country_holidays("FR")
 
 
 def open_everywhere(number: str, at: float) -> bool:
     zones, close = oracle(number)
+    start, special = _rule(number)
     for z in zones:
         local = datetime.fromtimestamp(at, z)
         minutes = local.hour * 60 + local.minute
-        if not 8 * 60 <= minutes < close * 60:
+        if special == "FR" and (local.weekday() == 6 or local.date() in _french_holidays()):
+            return False
+        opens = 12 * 60 if special == "TX" and local.weekday() == 6 else start
+        if not opens <= minutes < close * 60:
             return False
     return True
 

@@ -13,7 +13,8 @@ and never raises for a per-message outcome; every dispatch it accepted ends in e
 
 and, later, for a submitted one (or one given back with ``expect_receipts`` after a restart), at
 most one ``ReceiptMatched`` (its final state from receipts, or
-``unknown`` when none came within the horizon). ``Throttled`` asks the core to slow the carrier
+``unknown`` when none came within the horizon), before it at most one ``ReceiptProgress`` (an
+intermediate receipt: the carrier's network took it, state ``accepted``). ``Throttled`` asks the core to slow the carrier
 down, ``LinkChanged`` reports binds going up and down, ``Inbound`` is an MO message.
 """
 
@@ -33,7 +34,9 @@ __all__ = [
     "Inbound",
     "LinkChanged",
     "LinkStats",
+    "ReceiptCounts",
     "ReceiptMatched",
+    "ReceiptProgress",
     "Requeue",
     "SubmitFailed",
     "Submitted",
@@ -96,6 +99,20 @@ class ReceiptMatched(msgspec.Struct, frozen=True, kw_only=True, tag="receipt"):
     acks: tuple[int, ...] = ()
 
 
+class ReceiptProgress(msgspec.Struct, frozen=True, kw_only=True, tag="receipt_progress"):
+    """Message ``message_id`` is ``accepted``: its first intermediate receipt came (ENROUTE,
+    ACCEPTD, or one with no state; ``reason`` says which). Not final: a ``ReceiptMatched`` follows.
+    ``acks`` as in ``ReceiptMatched``."""
+
+    message_id: int
+    carrier: str
+    error_code: int | None
+    reason: str
+    at: float
+    state: Literal["accepted"] = "accepted"
+    acks: tuple[int, ...] = ()
+
+
 class Inbound(msgspec.Struct, frozen=True, kw_only=True, tag="inbound"):
     """An MO message, reassembled if it came in parts."""
 
@@ -123,7 +140,9 @@ class LinkChanged(msgspec.Struct, frozen=True, kw_only=True, tag="link"):
     at: float
 
 
-ConnectorEvent = Submitted | SubmitFailed | Requeue | Throttled | ReceiptMatched | Inbound | LinkChanged
+ConnectorEvent = (
+    Submitted | SubmitFailed | Requeue | Throttled | ReceiptMatched | ReceiptProgress | Inbound | LinkChanged
+)
 
 
 class LinkStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,6 +153,17 @@ class LinkStats(msgspec.Struct, frozen=True, kw_only=True):
     up: bool
     in_flight: int  # sent, not yet answered on this link
     paused_for: float  # seconds this link still waits after a throttle (0: sending)
+
+
+class ReceiptCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """A carrier's receipts since start, each counted once by what became of it."""
+
+    matched: int = 0  # a final receipt applied to a message waiting for it
+    intermediate: int = 0  # an intermediate one (or one with no state) for a waiting message
+    duplicate: int = 0  # for a part or message already final (a late intermediate too)
+    unmatched: int = 0  # held ``hold_unmatched_s`` for a message that never showed up
+    unparsable: int = 0  # named no message (no id): logged with its text
+    stateless: int = 0  # of the above, those that stated nothing we know (``stateless_state``)
 
 
 class ConnectorStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,6 +183,7 @@ class ConnectorStats(msgspec.Struct, frozen=True, kw_only=True):
     receipts_pending: int
     inbound: int
     links: list[LinkStats] = []  # per bind, where the connector has several
+    receipts: ReceiptCounts = ReceiptCounts()
 
 
 @runtime_checkable

@@ -22,9 +22,9 @@ from typing import Any
 
 import anyio
 
-from carriers.base import ReceiptMatched, SubmitFailed
+from carriers.base import ReceiptCounts, ReceiptMatched, ReceiptProgress, SubmitFailed
 from gateway.core.model import Dispatch
-from gateway.core.receipts import Answer, Receipted, Result
+from gateway.core.receipts import Answer, Progressed, Receipted, ReconcilerStatistics, Result
 
 __all__ = ["MEDIA_UNSUPPORTED", "ConnectorShell"]
 
@@ -90,11 +90,21 @@ class ConnectorShell:
                                reason=result.reason, at=result.at, submitted_at=result.submitted_at,
                                acks=result.acks)  # fmt: skip
             )
+        elif kind is Progressed:
+            self._outbox.append(
+                ReceiptProgress(message_id=result.ref, carrier=result.carrier, error_code=result.error_code,
+                                reason=result.reason, at=result.at, acks=result.acks)  # fmt: skip
+            )
         elif kind is Answer:
             self.acknowledge(result.acks)
         else:
             self._counts["unmatched"] += 1
-            log.warning("receipt.unmatched carrier=%s id=%s state=%s", result.carrier, result.message_id, result.state)
+            log.warning("receipt.unmatched carrier=%s id=%.64r state=%s", result.carrier, result.message_id, result.state)
+
+    def _receipt_counts(self, rs: ReconcilerStatistics) -> ReceiptCounts:
+        return ReceiptCounts(matched=rs.matched, intermediate=rs.intermediate, duplicate=rs.duplicates,
+                             unmatched=rs.unmatched, unparsable=self._counts.get("unparsable", 0),
+                             stateless=rs.stateless)  # fmt: skip
 
     # -- receipt answers ---------------------------------------------------------------
 

@@ -107,9 +107,10 @@ def scenario(n: int, cfg: Config, now: float, seed: int = 11) -> Scenario:
     whose zone is open *now* (else their earlier sends would be held, not counted)."""
     rnd = random.Random(seed)
     numbers = list(workload.numbers(n, seed=seed))
-    resolver = ZoneResolver(default_zone=cfg.core.quiet_hours.default_zone)
+    resolver = ZoneResolver(default_zone=cfg.core.quiet_hours.default_zone,
+                            country_zones=dict(cfg.core.quiet_hours.country_zones))
     qh = cfg.core.quiet_hours
-    quiet = QuietHours(resolver, start=qh.start, end=qh.end, overrides=dict(qh.overrides))
+    quiet = QuietHours(resolver, start=qh.start, end=qh.end, overrides=dict(qh.overrides), rules=dict(qh.rules))
     check = NumberCheck()
     valid = [t for t in numbers if check.error(t) is None]
     want = max(5, n // 100)

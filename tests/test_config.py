@@ -87,3 +87,20 @@ def test_the_example_explains_every_key():
 
     walk(Config, "")
     assert not missing, f"not in config/example.toml: {missing}"
+
+
+def test_receipt_id_formats_and_the_old_key():
+    """receipt_id_formats covers every id a receipt carries; the old receipt_id_format (text
+    ids only) still loads, as [it, id_format]; both at once is an error naming the new key."""
+    base = '[[core.carriers]]\nname = "a"\n[[core.routes]]\nprefix = ""\ncarriers = ["a"]\n[[carriers.smpp]]\nname = "a"\nid_format = "hex"\n'
+    assert loads(base).carriers.smpp[0].receipt_formats() == ("hex",)
+    assert loads(base + 'receipt_id_formats = ["dec", "hex"]').carriers.smpp[0].receipt_formats() == ("dec", "hex")
+    old = loads(base + 'receipt_id_format = "dec"').carriers.smpp[0]
+    assert old.receipt_formats() == ("dec", "hex") and old.tlv_in_submit_format
+    with pytest.raises(ConfigError, match="receipt_id_formats") as info:
+        loads(base + 'receipt_id_format = "dec"\nreceipt_id_formats = ["dec"]')
+    assert info.value.key == "carriers.smpp[0]"
+    for bad in ('receipt_id_formats = []', 'receipt_id_formats = ["octal"]'):
+        with pytest.raises(ConfigError) as info:
+            loads(base + bad)
+        assert info.value.key.startswith("carriers.smpp[0].receipt_id_formats")

@@ -137,7 +137,7 @@ class HttpConnector(ConnectorShell):
         self._up = True
         self._closing = False
         self._counts = dict.fromkeys(
-            ("submitted", "failed", "requeued", "throttles", "matched", "unmatched", "inbound", "requests"), 0
+            ("submitted", "failed", "requeued", "throttles", "matched", "unmatched", "inbound", "requests", "unparsable"), 0
         )
         self._errors: dict[str, int] = {}
         # Made in __aenter__: they belong to an event loop.
@@ -225,6 +225,7 @@ class HttpConnector(ConnectorShell):
             receipts_matched=self._counts["matched"],
             receipts_unmatched=rs.unmatched,
             receipts_pending=rs.pending,
+            receipts=self._receipt_counts(rs),
             inbound=self._counts["inbound"],
         )
 
@@ -240,7 +241,8 @@ class HttpConnector(ConnectorShell):
         try:
             items = profile.parse_callback(headers, body)
         except (msgspec.DecodeError, ValueError, UnicodeDecodeError) as exc:
-            log.warning("callback.unreadable carrier=%s error=%s", self.name, exc)
+            self._counts["unparsable"] += 1
+            log.warning("callback.unreadable carrier=%s error=%s body=%.200r", self.name, exc, body)
             return 400
         now = anyio.current_time()
         waiter = _Waiter() if self.deferred_acks else None
@@ -253,9 +255,13 @@ class HttpConnector(ConnectorShell):
 
         for item in items:
             if type(item) is CallbackReceipt:
+                if not item.carrier_id:  # names no message
+                    self._counts["unparsable"] += 1
+                    log.warning("receipt.unparsable carrier=%s state=%s body=%.200r", self.name, item.state, body)
+                    continue
                 ack = owe()
                 for result in self._reconciler.receipt(self.name, item.carrier_id, item.state, item.error_code, now,
-                                                       ack=ack):  # fmt: skip
+                                                       ack=ack, word=item.word):  # fmt: skip
                     self._on_result(result)
             elif type(item) is CallbackInbound:
                 ack = owe()  # answered once stored (the inbound pipeline acknowledges)

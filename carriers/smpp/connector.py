@@ -25,8 +25,9 @@ What happens to a message (``carriers.base`` lists the events):
   with capped exponential backoff and jitter;
 - no bind up for ``carrier_down_after`` seconds -> the queue goes back, ``Requeue(carrier_down)``.
 
-Every deliver_sm / data_sm is answered. Receipts go to the reconciler (-> ``ReceiptMatched``),
-other deliver_sm are MO (-> ``Inbound``, reassembled when in parts).
+Every deliver_sm / data_sm is answered. Receipts go to the reconciler (-> ``ReceiptMatched``,
+and ``ReceiptProgress`` for the first intermediate one of a message; a receipt that names no
+message is counted as unparsable and logged with its text, bounded), other deliver_sm are MO (-> ``Inbound``, reassembled when in parts).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from carriers.errors import BindError, CarrierError, ConnectError
 from carriers.shell import ConnectorShell
 from carriers.smpp import pdu as P
 from carriers.smpp.pdu import CommandId as C
-from carriers.smpp.receipts import MoAssembler, is_receipt, parse_receipt
+from carriers.smpp.receipts import MoAssembler, is_receipt, parse_receipt, receipt_excerpt
 from carriers.smpp.session import (
     BindRefused,
     Bound,
@@ -120,7 +121,13 @@ class SmppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     service_type: Annotated[str, msgspec.Meta(max_length=5)] = ""
     registered_delivery: Annotated[int, msgspec.Meta(ge=0, le=255)] = 1
     id_format: IdFormat = "str"  # how submit_sm_resp ids compare
-    receipt_id_format: IdFormat | None = None  # ids in receipt text, if they differ
+    # The bases the ids a receipt carries may be in (its receipted_message_id TLV and its text's
+    # ``id:``, either may differ from the submit_sm_resp id), tried in this order (a receipt with
+    # two ids matches first the message both agree on); default [id_format]. Decimal strings are
+    # hex strings too: list "dec" before "hex" when receipts may be decimal.
+    receipt_id_formats: Annotated[tuple[IdFormat, ...], msgspec.Meta(min_length=1, max_length=3)] | None = None
+    # Deprecated (it covered only the text's id): means receipt_id_formats = [it, id_format].
+    receipt_id_format: IdFormat | None = None
     hold_unmatched_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     receipt_horizon_s: Positive = 72 * 3600.0
     horizon_state: Literal["unknown", "expired"] = "unknown"
@@ -131,6 +138,26 @@ class SmppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     answer_receipts: Literal["after_write", "on_arrival"] = "after_write"
     mo_hold_s: Positive = 300.0
     tick_interval: Positive = 1.0
+
+    def __post_init__(self) -> None:
+        if self.receipt_id_format is not None and self.receipt_id_formats is not None:
+            raise ValueError("receipt_id_format is replaced by receipt_id_formats (the bases of every id a "
+                             "receipt carries, TLV and text): give only receipt_id_formats")  # fmt: skip
+
+    @property
+    def tlv_in_submit_format(self) -> bool:
+        """Whether a receipt's TLV id is tried in ``id_format`` first: what the deprecated
+        receipt_id_format meant (it covered the text's id only); receipt_id_formats is tried in
+        the order given, for every id."""
+        return self.receipt_id_formats is None
+
+    def receipt_formats(self) -> tuple[IdFormat, ...]:
+        """The bases tried on every id a receipt carries, in order."""
+        if self.receipt_id_formats is not None:
+            return self.receipt_id_formats
+        if self.receipt_id_format is not None and self.receipt_id_format != self.id_format:
+            return (self.receipt_id_format, self.id_format)
+        return (self.id_format,)
 
 
 class _Work:
@@ -193,9 +220,10 @@ class SmppConnector(ConnectorShell):
         self._reconciler = reconciler or Reconciler(
             s.hold_unmatched_s,
             s.receipt_horizon_s,
-            id_formats={s.name: (s.id_format, s.receipt_id_format or s.id_format)},
+            id_formats={s.name: (s.id_format, s.receipt_formats())},
             on_horizon=FinalState(s.horizon_state),
         )
+        self._tlv_in_submit_format = s.tlv_in_submit_format
         self._mo = MoAssembler(s.mo_hold_s)
         self._rng = rng or random.Random()
         modes = ["transceiver"] if s.bind_mode == "transceiver" else ["transmitter", "receiver"]
@@ -214,7 +242,7 @@ class SmppConnector(ConnectorShell):
         self._scope: anyio.CancelScope = None  # type: ignore[assignment]
         self._down_since: float | None = None
         self._counts = dict.fromkeys(
-            ("submitted", "failed", "requeued", "throttles", "matched", "unmatched", "inbound"), 0
+            ("submitted", "failed", "requeued", "throttles", "matched", "unmatched", "inbound", "unparsable"), 0
         )
         self._errors: dict[str, int] = {}
         self._sources: dict[str, tuple[int, int, bytes]] = {}
@@ -302,6 +330,7 @@ class SmppConnector(ConnectorShell):
             receipts_matched=self._counts["matched"],
             receipts_unmatched=rs.unmatched,
             receipts_pending=rs.pending,
+            receipts=self._receipt_counts(rs),
             inbound=self._counts["inbound"],
             links=[LinkStats(index=b.index, mode=b.mode, up=b.up, in_flight=len(b.inflight),
                              paused_for=max(0.0, b.paused_until - now)) for b in self._binds],  # fmt: skip
@@ -694,17 +723,21 @@ class SmppConnector(ConnectorShell):
             ack = self._owe(payload) if self.deferred_acks else 0
             if not ack:
                 self._answer(payload)
-            s = self.settings
-            fmt = s.id_format if receipt.id_from_tlv else (s.receipt_id_format or s.id_format)
+            if receipt.state is None:  # kept and decided by rule (stateless_state): say what came
+                log.info("receipt.without_state carrier=%s id=%.64r text=%s", self.name, receipt.message_id,
+                         receipt_excerpt(pdu))  # fmt: skip
             for result in self._reconciler.receipt(
-                self.name, receipt.message_id, receipt.state, receipt.error_code, now, id_format=fmt, ack=ack
+                self.name, receipt.ids, receipt.state, receipt.error_code, now, ack=ack, word=receipt.word,
+                tlv_first=receipt.id_from_tlv and self._tlv_in_submit_format,
             ):
                 self._on_result(result)
             return
         if receipt_pdu or data_sm:
             self._answer(payload)
-            if receipt_pdu:
-                log.warning("receipt.unparsable carrier=%s bind=%d seq=%d", self.name, b.index, pdu.sequence)
+            if receipt_pdu:  # it names no message: nothing to match, but the operator sees what came
+                self._counts["unparsable"] += 1
+                log.warning("receipt.unparsable carrier=%s bind=%d seq=%d text=%s", self.name, b.index,
+                            pdu.sequence, receipt_excerpt(pdu))  # fmt: skip
             return
         mo = self._mo.add(pdu, now)
         # A complete MO is answered once stored (acknowledge); a part of a longer one at once:

@@ -35,6 +35,7 @@ __all__ = [
     "is_receipt",
     "parse_receipt",
     "parse_receipt_date",
+    "receipt_excerpt",
     "receipt_text",
 ]
 
@@ -74,6 +75,7 @@ MESSAGE_STATES: dict[int, ReceiptState] = {
 }
 STATE_CODES: dict[ReceiptState, int] = {v: k for k, v in MESSAGE_STATES.items()}
 
+_STATE_WORDS = {code: f"message_state={code}" for code in MESSAGE_STATES}
 _RECEIPT_TYPES = (0x04, 0x20)  # esm_class bits 2-5: SMSC delivery receipt, intermediate notification
 _TAG_ID = P.TLV.receipted_message_id
 _TAG_STATE = P.TLV.message_state
@@ -95,15 +97,29 @@ _FIELDS = {
 
 
 class Receipt(msgspec.Struct, frozen=True, kw_only=True):
-    """One receipt. ``id_from_tlv`` says whether ``message_id`` came from receipted_message_id
-    (formatted like submit_sm_resp's) or from the text (often formatted otherwise)."""
+    """One receipt. ``message_id`` is the id it names: the ``receipted_message_id`` TLV's if there
+    is one (``id_from_tlv``), else the text's ``id:``. ``text_id`` is the text's id when it differs
+    from the TLV's: the reconciler tries every id with every configured normalisation, since
+    either may be in another base than the submit_sm_resp id.
+
+    ``state`` is None when the receipt says no state we know (no ``stat:`` word and no valid
+    ``message_state`` TLV, or a word we do not know): ``gateway.core.receipts.stateless_state``
+    decides what it means. ``word`` is what it said (``"DELIVRD"``, ``"message_state=5"``, or
+    ``None``), for the message's history."""
 
     message_id: str
-    state: ReceiptState
+    state: ReceiptState | None
     error_code: int | None
     id_from_tlv: bool
     submit_date: str | None = None
     done_date: str | None = None
+    text_id: str | None = None
+    word: str | None = None
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Every id it carries, the TLV's first."""
+        return (self.message_id,) if self.text_id is None else (self.message_id, self.text_id)
 
 
 class Inbound(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,26 +156,31 @@ def _err(word: bytes | None) -> int | None:
 
 
 def parse_receipt(pdu: P.DeliverSm | P.DataSm) -> Receipt | None:
-    """The receipt in ``pdu``, or None if it carries no usable id and state."""
+    """The receipt in ``pdu``, or None if it names no message (no id TLV and no ``id:`` in the
+    text): that one is unparsable. A receipt with an id but no state is kept (state None).
+
+    Where the TLVs and the text disagree, the TLVs win (SMPP 3.4 §5.3.2.35: they are the
+    receipt; the text is informational): the TLV state, then the TLV ``network_error_code``."""
     tlvs = pdu.tlvs
+    text = _payload(pdu)
     raw_id = tlvs.get(_TAG_ID)
-    raw_state = tlvs.get(_TAG_STATE)
+    tlv_id = _cstr(raw_id) if raw_id is not None else None
     err = None
     neterr = tlvs.get(_TAG_NETERR)
     if neterr is not None and len(neterr) == 3:
         err = int.from_bytes(neterr[1:], "big")  # §5.3.2.31: network type, then the error code
-    if raw_id is not None and raw_state is not None and len(raw_state) == 1:
-        state = MESSAGE_STATES.get(raw_state[0])
-        if state is not None:
-            if err is None:
-                m = _FIELDS["err"].search(_payload(pdu))
-                err = _err(m.group(1)) if m else None
-            mid = raw_id[:-1] if raw_id.endswith(b"\0") else raw_id
-            return Receipt(message_id=mid.decode("latin-1"), state=state, error_code=err, id_from_tlv=True)
-    return _parse_text(_payload(pdu), raw_id, err)
-
-
-def _parse_text(text: bytes, raw_id: bytes | None, err: int | None) -> Receipt | None:
+    raw_state = tlvs.get(_TAG_STATE)
+    tlv_state = MESSAGE_STATES.get(raw_state[0]) if raw_state is not None and len(raw_state) == 1 else None
+    if tlv_id and tlv_state is not None:
+        # The TLVs say it all (the common case, on the hot path): from the text only its id (one
+        # more id to try) and, without a network_error_code, its err.
+        m = _FIELDS["id"].search(text) if text else None
+        text_id = m.group(1).decode("latin-1") if m else None
+        if err is None and text:
+            m = _FIELDS["err"].search(text)
+            err = _err(m.group(1)) if m else None
+        return Receipt(message_id=tlv_id, state=tlv_state, error_code=err, id_from_tlv=True,
+                       text_id=text_id if text_id != tlv_id else None, word=_STATE_WORDS[raw_state[0]])  # type: ignore[index]  # fmt: skip
     m = _COMMON.search(text)
     if m is not None:
         mid, submit, done, stat, err_word = m.groups()
@@ -168,21 +189,40 @@ def _parse_text(text: bytes, raw_id: bytes | None, err: int | None) -> Receipt |
         mid, submit, done, stat, err_word = (
             (f.group(1) if f else None) for f in (found[k] for k in ("id", "submit", "done", "stat", "err"))
         )
-    state = STAT_WORDS.get(stat.upper()) if stat else None
-    from_tlv = False
-    if raw_id is not None:  # an id TLV with a text state: trust the TLV's id
-        mid = raw_id[:-1] if raw_id.endswith(b"\0") else raw_id
-        from_tlv = True
-    if not mid or state is None:
+    text_id = mid.decode("latin-1") if mid else None
+    if not tlv_id and not text_id:
         return None
+    state = STAT_WORDS.get(stat.upper()) if stat else None
+    word = stat.decode("latin-1")[:16] if stat else None
+    if err is None:
+        err = _err(err_word)
+    if tlv_id:
+        message_id, other = tlv_id, (text_id if text_id and text_id != tlv_id else None)
+    else:
+        message_id, other = text_id, None  # type: ignore[assignment]
     return Receipt(
-        message_id=mid.decode("latin-1"),
+        message_id=message_id,  # type: ignore[arg-type]
         state=state,
-        error_code=err if err is not None else _err(err_word),
-        id_from_tlv=from_tlv,
+        error_code=err,
+        id_from_tlv=bool(tlv_id),
         submit_date=submit.decode() if submit else None,
         done_date=done.decode() if done else None,
+        text_id=other,
+        word=word,
     )
+
+
+def _cstr(raw: bytes) -> str:
+    return (raw[:-1] if raw.endswith(b"\0") else raw).decode("latin-1").strip()
+
+
+def receipt_excerpt(pdu: P.DeliverSm | P.DataSm, limit: int = 200) -> str:
+    """What a receipt said, for a log line: its text and TLVs, printable and at most ``limit``
+    characters (a carrier's bytes go to our logs: never unbounded, never control characters)."""
+    text = _payload(pdu).decode("latin-1")
+    tlvs = " ".join(f"0x{tag:04x}={value.hex()}" for tag, value in sorted(pdu.tlvs.items()) if tag != _TAG_PAYLOAD)
+    whole = (text + (" tlvs:" + tlvs if tlvs else "")).encode("unicode_escape").decode("ascii")
+    return whole if len(whole) <= limit else whole[: limit - 3] + "..."
 
 
 def parse_receipt_date(value: str) -> float | None:

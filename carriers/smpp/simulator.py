@@ -52,6 +52,41 @@ _SUBMIT_RESP = C.SUBMIT_SM_RESP
 _SYSERR = P.Status.ESME_RSYSERR
 
 
+class ReceiptVariant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One receipt as a real carrier may shape it, for ``SimSettings.receipt_script``. The text
+    and the TLV id are templates on the message's number n: ``{dec}`` (31), ``{dec10}``
+    (0000000031), ``{hex}`` (1f), ``{HEX}`` (1F), ``{hex8}`` (0000001f). Each TLV is sent only
+    if given. ``pdu`` "data_sm" sends it as a data_sm (text in message_payload); ``payload`` puts
+    a deliver_sm's text in message_payload. Dates in the text are the carrier's business: write
+    them as wanted (10 or 12 digits)."""
+
+    text: str = ""
+    tlv_id: str | None = None
+    tlv_state: int | None = None
+    tlv_neterr: int | None = None  # network_error_code: GSM (3) + this code
+    esm_class: int = 0x04
+    pdu: Literal["deliver_sm", "data_sm"] = "deliver_sm"
+    payload: bool = False
+
+    def render(self, n: int, src: bytes = b"", dst: bytes = b"") -> P.DeliverSm | P.DataSm:
+        ids = {"dec": str(n), "dec10": "%010d" % n, "hex": "%x" % n, "HEX": "%X" % n, "hex8": "%08x" % n}
+        text = self.text.format(**ids).encode("latin-1")
+        tlvs: dict[int, bytes] = {}
+        if self.tlv_id is not None:
+            tlvs[P.TLV.receipted_message_id] = self.tlv_id.format(**ids).encode("latin-1") + b"\0"
+        if self.tlv_state is not None:
+            tlvs[P.TLV.message_state] = bytes((self.tlv_state,))
+        if self.tlv_neterr is not None:
+            tlvs[P.TLV.network_error_code] = b"\x03" + self.tlv_neterr.to_bytes(2, "big")
+        if self.pdu == "data_sm" or self.payload:
+            tlvs[P.TLV.message_payload] = text
+            text = b""
+        if self.pdu == "data_sm":
+            return P.DataSm(source_addr=dst, destination_addr=src, esm_class=self.esm_class, tlvs=tlvs)
+        return P.DeliverSm(source_addr=dst, destination_addr=src, esm_class=self.esm_class, short_message=text,
+                           tlvs=tlvs)  # fmt: skip
+
+
 class SimSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 2775
@@ -66,6 +101,9 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     receipts: Literal["both", "tlv", "text", "none"] = "both"
     receipt_first: bool = False  # the receipt goes out before the submit_sm_resp
     duplicate_receipts: bool = False
+    # The receipts of the n-th accepted submit are ``receipt_script[(n - 1) % len]`` instead of the
+    # standard one: each a list of variants, sent ``dlr_delay`` apart (e.g. ENROUTE, then DELIVRD).
+    receipt_script: tuple[tuple[ReceiptVariant, ...], ...] = ()
     nack_rate: float = 0.0  # generic_nack (ESME_RSYSERR) instead of submit_sm_resp
     drop_after: int | None = None  # PDUs received per connection, then close abruptly
     mute_after: int | None = None  # PDUs received per connection, then answer nothing
@@ -119,7 +157,7 @@ class _Counters:
 
 
 class _Receipt:
-    __slots__ = ("due", "system_id", "message_id", "text_id", "src", "dst", "submitted", "kind", "body")
+    __slots__ = ("due", "system_id", "message_id", "text_id", "src", "dst", "submitted", "kind", "body", "variant")
 
     def __init__(self, due: float, system_id: bytes, message_id: bytes, text_id: bytes, src: bytes, dst: bytes, submitted: float) -> None:
         self.due = due
@@ -130,7 +168,8 @@ class _Receipt:
         self.dst = dst
         self.submitted = submitted
         self.kind = "receipt"
-        self.body: P.DeliverSm | None = None  # filled for MOs, and for receipts once built
+        self.body: P.DeliverSm | P.DataSm | None = None  # filled for MOs, and for receipts once built
+        self.variant: tuple[int, ReceiptVariant] | None = None  # (n, variant) of a scripted receipt
 
 
 class _Conn:
@@ -328,7 +367,7 @@ class SmscSimulator:
             t = type(ev)
             if t is submit:
                 self._on_submit(conn, ev, now)
-            elif t is P.DeliverSmResp or t is P.GenericNack:
+            elif t is P.DeliverSmResp or t is P.DataSmResp or t is P.GenericNack:
                 self._on_deliver_resp(conn, ev)
             elif isinstance(ev, P.Bind):
                 self._on_bind(conn, ev)
@@ -408,7 +447,16 @@ class SmscSimulator:
         per_second[second] += 1
         mid, text_id = self._new_id()
         wants_receipt = req.registered_delivery & 0x03 and s.receipts != "none"
-        if wants_receipt:
+        if wants_receipt and s.receipt_script:
+            n = self._next_id
+            for k, variant in enumerate(s.receipt_script[(n - 1) % len(s.receipt_script)]):
+                item = _Receipt(now + s.dlr_delay * (k + 1), conn.system_id, mid, text_id, req.source_addr,
+                                req.destination_addr, now)  # fmt: skip
+                item.variant = (n, variant)
+                if not self._due:
+                    self._wake.set()
+                self._due.append(item)
+        elif wants_receipt:
             item = _Receipt(now + s.dlr_delay, conn.system_id, mid, text_id, req.source_addr, req.destination_addr, now)
             if s.receipt_first:
                 self._send_receipt_now(item, now)
@@ -447,7 +495,7 @@ class SmscSimulator:
         item = conn.inflight.pop(resp.sequence, None)
         if item is None:
             return
-        ok = resp.status == 0 and type(resp) is P.DeliverSmResp
+        ok = resp.status == 0 and (type(resp) is P.DeliverSmResp or type(resp) is P.DataSmResp)
         if item.kind == "receipt":
             if ok:
                 self._c.receipts_acked += 1
@@ -507,10 +555,12 @@ class SmscSimulator:
 
     def _deliver(self, conn: _Conn, item: _Receipt, now: float) -> None:
         if item.body is None:
-            item.body = self._receipt_pdu(item, now)
+            item.body = self._receipt_pdu(item, now) if item.variant is None else item.variant[1].render(
+                item.variant[0], item.src, item.dst)  # fmt: skip
         copies = 2 if self.settings.duplicate_receipts and item.kind == "receipt" else 1
+        command = C.DATA_SM if type(item.body) is P.DataSm else C.DELIVER_SM
         for _ in range(copies):
-            seq = conn.session.send_request(C.DELIVER_SM, P.encode_body(item.body), now=now)
+            seq = conn.session.send_request(command, P.encode_body(item.body), now=now)
             conn.inflight[seq] = item
             if item.kind == "receipt":
                 self._c.receipts_sent += 1
@@ -632,6 +682,8 @@ def _schedule(value: str | None) -> tuple[tuple[float, float], ...]:
 @click.option("--receipts", type=click.Choice(["both", "tlv", "text", "none"]), default="both", show_default=True)
 @click.option("--receipt-first", is_flag=True, help="send each receipt before its submit_sm_resp")
 @click.option("--duplicate-receipts", is_flag=True)
+@click.option("--receipt-script", "receipt_script_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON list (one item per message, in turn) of lists of receipt variants (ReceiptVariant)")
 @click.option("--nack-rate", default=0.0, show_default=True, help="fraction of submits answered generic_nack")
 @click.option("--drop-after", type=int, default=None, help="close each connection after N PDUs")
 @click.option("--mute-after", type=int, default=None, help="stop answering after N PDUs per connection")
@@ -653,9 +705,17 @@ def _schedule(value: str | None) -> tuple[tuple[float, float], ...]:
 @click.option("--stats-file", type=click.Path(dir_okay=False), default=None, help="write counters JSON here on exit")
 @click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio", show_default=True)
 def sim_smsc(stats_file: str | None, backend: str, throttle_burst: str | None, tps_schedule: str | None,
-             **options: Any) -> None:  # fmt: skip
+             receipt_script_file: str | None, **options: Any) -> None:  # fmt: skip
     """An SMSC simulator: SMPP 3.4 server with TPS limits, receipts, MOs and misbehaviour."""
-    settings = SimSettings(throttle_burst=parse_burst(throttle_burst), tps_schedule=_schedule(tps_schedule), **options)
+    script: tuple[tuple[ReceiptVariant, ...], ...] = ()
+    if receipt_script_file:
+        try:
+            with open(receipt_script_file, "rb") as f:
+                script = msgspec.json.decode(f.read(), type=tuple[tuple[ReceiptVariant, ...], ...])
+        except msgspec.ValidationError as exc:
+            raise click.BadParameter(f"{receipt_script_file}: {exc}", param_hint="--receipt-script") from None
+    settings = SimSettings(throttle_burst=parse_burst(throttle_burst), tps_schedule=_schedule(tps_schedule),
+                           receipt_script=script, **options)  # fmt: skip
     backend_options = {"use_uvloop": True} if backend == "asyncio" else {}
     anyio.run(lambda: run_simulator(settings, stats_file=stats_file), backend=backend, backend_options=backend_options)
 

@@ -27,6 +27,7 @@ __all__ = [
     "StateChangeOut",
     "SuppressionIn",
     "SuppressionOut",
+    "local_zone",
 ]
 
 Number = Annotated[str, msgspec.Meta(min_length=2, max_length=32, description=(
@@ -39,7 +40,9 @@ Validity = Annotated[int, msgspec.Meta(ge=1, le=7 * 86400, description="seconds"
 Url = Annotated[str, msgspec.Meta(pattern=r"^https?://", max_length=2048)]
 Media = Annotated[list[Url], msgspec.Meta(max_length=10, description="MMS: media URLs; only carriers that take media")]
 Reference = Annotated[str, msgspec.Meta(max_length=128, description="the client's own reference, returned with every result")]
-Zone = Annotated[str, msgspec.Meta(max_length=64, description="IANA time zone, e.g. America/New_York")]
+Zone = Annotated[str, msgspec.Meta(max_length=64, description=(
+    "the recipient's IANA time zone, e.g. America/New_York: wins over the zones of the number for quiet hours "
+    "(the number still gives the region whose rules apply)"))]
 Timestamp = Annotated[float, msgspec.Meta(ge=0, description="seconds since the Unix epoch")]
 
 
@@ -55,6 +58,7 @@ class MessageIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "f
     sender: Sender
     category: CategoryIn = DEFAULT_CATEGORY
     tz: Zone | None = None
+    zone: Zone | None = None  # the same as tz (either name; both: they must agree)
     send_at: Timestamp | None = None
     validity: Validity | None = None
     callback_url: Url | None = None
@@ -66,6 +70,16 @@ class RecipientIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     to: Number
     vars: dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=640)]] = {}
     tz: Zone | None = None
+    zone: Zone | None = None  # the same as tz (either name; both: they must agree)
+
+
+def local_zone(r: MessageIn | RecipientIn) -> str | None:
+    """The recipient's own zone, given as ``tz`` or ``zone``; ValueError if both, differing."""
+    if r.zone is None or r.zone == r.tz:
+        return r.tz
+    if r.tz is not None:
+        raise ValueError(f"tz {r.tz!r} and zone {r.zone!r} differ: give one zone")
+    return r.zone
 
 
 class JobIn(msgspec.Struct, forbid_unknown_fields=True, rename={"sender": "from"}):
@@ -129,6 +143,7 @@ class StateChangeOut(msgspec.Struct):
     at: float
     reason: str
     carrier: str | None = None
+    error_code: int | None = None  # the carrier's code this change came with (receipt err:, network_error_code)
 
 
 class MessageOut(msgspec.Struct):
@@ -144,6 +159,7 @@ class MessageOut(msgspec.Struct):
     carrier_ids: list[str]
     attempts: int
     history: list[StateChangeOut]
+    error_code: int | None = None  # the carrier's code from its last receipt that gave one
 
 
 class MessageSummary(msgspec.Struct):

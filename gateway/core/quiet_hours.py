@@ -8,7 +8,14 @@ Semantics
   **every** one of its zones at that instant; a number that may be in Perth or in Sydney waits
   until it is 08:00 in Perth and closes at 21:00 in Sydney.
 - Per-region windows: ``overrides`` maps a region ("US-FL") or a country ("US", "FR") to its
-  window; the most specific one that matches the zone set's region wins, else the default.
+  window; ``rules`` maps one to a ``WindowRule``: a window, other windows on some weekdays, days
+  with no window, and optionally none on the region's public holidays (``holidays`` package:
+  the country's, plus the state's or province's when the region names one the package knows).
+  The most specific key that has a rule or an override wins (a rule before an override at the
+  same key), else the default window.
+- Days are local: a window belongs to the local day it starts on (a 22:00-06:00 window of a
+  Saturday runs into Sunday even if Sunday is closed), and whether that day is a weekday or a
+  holiday is decided in each zone of the set by its own calendar date.
 - Local time is what a wall clock shows, so DST is handled by construction: the night the clocks
   spring forward, 08:00 comes an hour sooner in UTC; a window start inside the skipped hour opens
   at the jump (02:30 does not exist in New York on 2025-03-09: a 02:30 window opens at 03:00 EDT);
@@ -16,8 +23,10 @@ Semantics
 
 Theory of operation
 -------------------
-Within a stretch where a zone's UTC offset ``u`` is constant, the zone is open at ``t`` iff
-``(t + u - start) mod 86400 < length``: plain UTC arithmetic, no naive local times. The offsets
+Within a stretch where a zone's UTC offset ``u`` is constant, local day ``d`` (days since
+1970-01-01 on the wall clock) starts at the instant ``d * 86400 - u``, and that day's window is
+``[that + start, that + start + length)``: plain UTC arithmetic, no naive local times. Each
+day's window (or none: a closed weekday, a holiday) is looked up once per zone set and cached. The offsets
 and the instants where they change come from ``zoneinfo`` (probed every 3 hours, each change
 then found to the second by bisection; tzdata never changes a zone's offset twice within 3
 hours). Each zone's open intervals over a few days are intersected across the set; that gives
@@ -39,6 +48,10 @@ import re
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from datetime import date
+from functools import lru_cache
+
+from gateway.core.settings import WEEKDAYS, WindowRule
 from gateway.core.zones import ZoneResolver
 
 __all__ = ["HORIZON", "QuietHours"]
@@ -48,7 +61,7 @@ HORIZON = 400 * DAY
 _PROBE = 3 * 3600  # seconds between offset probes; tzdata changes are months apart
 _SPAN = 2 * DAY  # computed on each side of `now`, then further in chunks of this size
 _HHMM = re.compile(r"^(?:([01][0-9]|2[0-3]):([0-5][0-9])|24:00)$")
-_NEVER = (math.inf, -math.inf, False)  # an empty cached interval: always recomputed
+_NEVER = (math.inf, -math.inf, False, math.inf)  # an empty cached interval: always recomputed
 
 Interval = tuple[float, float]
 
@@ -63,23 +76,35 @@ class QuietHours:
         start: str = "08:00",
         end: str = "21:00",
         overrides: dict[str, tuple[str, str]] | None = None,
+        rules: dict[str, WindowRule] | None = None,
     ) -> None:
         self.resolver = resolver
         self._window = _window(start, end)
         self._overrides = {region: _window(s, e) for region, (s, e) in (overrides or {}).items()}
-        self._plans: dict[int, tuple[tuple[ZoneInfo, ...], int, int]] = {}
-        self._cache: list[tuple[float, float, bool]] = []
+        self._rules = dict(rules or {})
+        self._calendars: dict[tuple[str | None, str | None], _Calendar] = {}
+        self._plans: dict[int, tuple[tuple[ZoneInfo, ...], _Calendar]] = {}
+        # per key: (lo, hi, open, end of the opening at hi): the answer for [lo, hi)
+        self._cache: list[tuple[float, float, bool, float]] = []
 
     def next_open(self, key: int, now: float) -> float:
         """``now`` if the window is open in every zone of the set; else the first instant after
         ``now`` when it is; ``math.inf`` if it never is."""
         try:
-            lo, hi, is_open = self._cache[key]
+            lo, hi, is_open, _ = self._cache[key]
         except IndexError:
-            lo, hi, is_open = _NEVER
+            lo, hi, is_open, _ = _NEVER
         if lo <= now < hi:
             return now if is_open else hi
         return self._refresh(key, now)
+
+    def next_window(self, key: int, now: float) -> tuple[float, float]:
+        """(opens, closes): the next open interval from ``now`` (``opens`` is ``next_open``);
+        ``closes`` may be an early bound when the interval runs on past the days computed, and
+        is ``math.inf`` when it never closes or never opens."""
+        opens = self.next_open(key, now)
+        lo, hi, is_open, after = self._cache[key]
+        return opens, (hi if is_open else after)
 
     def open_until(self, key: int, now: float) -> float:
         """When open at ``now``: the instant it closes (the earliest close across the zones).
@@ -89,13 +114,36 @@ class QuietHours:
         return self._cache[key][1]
 
     def window_for(self, region: str | None) -> tuple[int, int]:
-        """The (start, length) in seconds of the window for a region: the region's own, else its
-        country's ("US" for "US-FL"), else the default."""
+        """The (start, length) in seconds of the daily window for a region: the region's own,
+        else its country's ("US" for "US-FL"), else the default (a rule's days may differ)."""
         if region is not None:
             for r in (region, region.partition("-")[0]):
+                if r in self._rules:
+                    return _window(self._rules[r].start, self._rules[r].end)
                 if r in self._overrides:
                     return self._overrides[r]
         return self._window
+
+    def rule_for(self, region: str | None) -> str | None:
+        """The key ("US-FL", "US") of the rule or override that applies to a region, or None
+        for the default window."""
+        if region is not None:
+            for r in (region, region.partition("-")[0]):
+                if r in self._rules or r in self._overrides:
+                    return r
+        return None
+
+    def calendar(self, region: str | None) -> _Calendar:
+        """Which window each local day has, for numbers of ``region``."""
+        key = self.rule_for(region)
+        cal = self._calendars.get((key, region))
+        if cal is None:
+            if key in self._rules:
+                cal = _Calendar.of_rule(self._rules[key], region)
+            else:
+                cal = _Calendar((self.window_for(region),) * 7, None)
+            self._calendars[(key, region)] = cal
+        return cal
 
     # -- behind the cache ------------------------------------------------------------------
 
@@ -103,13 +151,13 @@ class QuietHours:
         plan = self._plans.get(key)
         if plan is None:
             zs = self.resolver.zone_set(key)
-            plan = self._plans[key] = (tuple(ZoneInfo(z) for z in zs.zones), *self.window_for(zs.region))
-        lo, hi, is_open = _solve(*plan, now)
+            plan = self._plans[key] = (tuple(ZoneInfo(z) for z in zs.zones), self.calendar(zs.region))
+        answer = _solve(*plan, now)
         cache = self._cache
         if key >= len(cache):
             cache.extend([_NEVER] * (key + 1 - len(cache)))
-        cache[key] = (lo, hi, is_open)
-        return now if is_open else hi
+        cache[key] = answer
+        return now if answer[2] else answer[1]
 
 
 def _window(start: str, end: str) -> tuple[int, int]:
@@ -127,54 +175,114 @@ def _seconds(hhmm: str) -> int:
     return DAY if m.group(1) is None else int(m.group(1)) * 3600 + int(m.group(2)) * 60
 
 
-def _solve(zones: tuple[ZoneInfo, ...], start: int, length: int, now: float) -> tuple[float, float, bool]:
-    """(lo, hi, open): the answer is the same for every instant in [lo, hi) that holds ``now``."""
-    if length >= DAY:
-        return -math.inf, math.inf, True
+class _Calendar:
+    """The window of each local day (days since 1970-01-01): a weekly pattern, minus holidays.
+    ``always``: open at every instant (a 24-hour window every day, no holidays)."""
+
+    __slots__ = ("always", "_days", "_holidays", "_weekly")
+
+    def __init__(self, weekly: tuple[tuple[int, int] | None, ...], holidays: object | None) -> None:
+        self._weekly = weekly  # Monday first
+        self._holidays = holidays
+        self._days: dict[int, tuple[int, int] | None] = {}
+        self.always = holidays is None and all(w is not None and w[1] >= DAY for w in weekly)
+
+    @classmethod
+    def of_rule(cls, rule: WindowRule, region: str | None) -> _Calendar:
+        weekly = tuple(
+            None if day in rule.closed else _window(*rule.days.get(day, (rule.start, rule.end))) for day in WEEKDAYS
+        )
+        return cls(weekly, _holidays_of(region) if rule.closed_on_holidays else None)
+
+    def on(self, day: int) -> tuple[int, int] | None:
+        """(start, length) of local day ``day``'s window, or None: no window that day."""
+        try:
+            return self._days[day]
+        except KeyError:
+            pass
+        w = self._weekly[(day + 3) % 7]  # 1970-01-01 was a Thursday
+        if w is not None and self._holidays is not None and date.fromordinal(_EPOCH_ORDINAL + day) in self._holidays:
+            w = None
+        if len(self._days) > 4096:  # a long-running process: forget, never grow without bound
+            self._days.clear()
+        self._days[day] = w
+        return w
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+@lru_cache(maxsize=256)
+def _holidays_of(region: str | None) -> object | None:
+    """The public holidays of a region ("US-TX": federal and Texan; "FR"), or None if the
+    ``holidays`` package knows none (the rule's key was checked; a number's state may not be)."""
+    import holidays
+
+    if region is None:
+        return None
+    country, _, sub = region.partition("-")
+    supported = holidays.list_supported_countries()
+    if country not in supported:
+        return None
+    return holidays.country_holidays(country, subdiv=sub if sub in supported[country] else None)
+
+
+def _solve(zones: tuple[ZoneInfo, ...], days: _Calendar, now: float) -> tuple[float, float, bool, float]:
+    """(lo, hi, open, after): the answer is the same for every instant in [lo, hi) that holds
+    ``now``; when closed, ``after`` is when the opening at ``hi`` closes (or an early bound)."""
+    if days.always:
+        return -math.inf, math.inf, True, math.inf
     a, b = now - _SPAN, now + _SPAN
     closed_since = a
-    for x, y in _open_in(zones, start, length, a, b):
+    for x, y in _open_in(zones, days, a, b):
         if y <= now:
             closed_since = y
         elif x <= now:  # open now; an interval cut at b may go on in the next chunk
             while y == b and b - now < HORIZON:
-                more = _open_in(zones, start, length, b, b + _SPAN)
+                more = _open_in(zones, days, b, b + _SPAN)
                 b += _SPAN
                 if more and more[0][0] == y:
                     y = more[0][1]
-            return x, y, True
+            return x, y, True, math.inf
         else:
-            return closed_since, x, False
+            return closed_since, x, False, y
     while b - now < HORIZON:  # closed for the rest of the span: look further ahead
-        more = _open_in(zones, start, length, b, b + _SPAN)
+        more = _open_in(zones, days, b, b + _SPAN)
         if more:
-            return closed_since, more[0][0], False
+            return closed_since, more[0][0], False, more[0][1]
         b += _SPAN
-    return closed_since, math.inf, False
+    return closed_since, math.inf, False, math.inf
 
 
-def _open_in(zones: tuple[ZoneInfo, ...], start: int, length: int, a: float, b: float) -> list[Interval]:
+def _open_in(zones: tuple[ZoneInfo, ...], days: _Calendar, a: float, b: float) -> list[Interval]:
     """The intervals of [a, b) when the window is open in all ``zones``, sorted and merged."""
     result: list[Interval] = [(a, b)]
     for zone in zones:
-        result = _intersect(result, _zone_open(zone, start, length, a, b))
+        result = _intersect(result, _zone_open(zone, days, a, b))
         if not result:
             break
     return result
 
 
-def _zone_open(zone: ZoneInfo, start: int, length: int, a: float, b: float) -> list[Interval]:
-    out: list[Interval] = []
+def _zone_open(zone: ZoneInfo, days: _Calendar, a: float, b: float) -> list[Interval]:
+    found: list[Interval] = []
     for sa, sb, offset in _segments(zone, a, b):
-        first = start - offset  # the window opens at first + k * DAY while the offset holds
-        k = math.floor((sa - first - length) / DAY)
-        while (x := first + k * DAY) < sb:
-            x, y = max(x, sa), min(x + length, sb)
-            if x < y:
-                if out and out[-1][1] == x:
-                    x = out.pop()[0]  # same window across an offset change
-                out.append((x, y))
-            k += 1
+        day = math.floor((sa + offset) / DAY) - 1  # the day before may have a window running past midnight
+        while (midnight := day * DAY - offset) < sb:
+            w = days.on(day)
+            if w is not None:
+                x, y = max(midnight + w[0], sa), min(midnight + w[0] + w[1], sb)
+                if x < y:
+                    found.append((x, y))
+            day += 1
+    found.sort()
+    out: list[Interval] = []
+    for x, y in found:  # merged: the same window across an offset change, or days' windows that meet
+        if out and out[-1][1] >= x:
+            if y > out[-1][1]:
+                out[-1] = (out[-1][0], y)
+        else:
+            out.append((x, y))
     return out
 
 

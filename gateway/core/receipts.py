@@ -13,7 +13,11 @@ Ids are compared after normalisation per carrier (``id_format``): ``"dec"`` and 
 numbers (so ``"000123"`` is ``"123"``, ``"0x1F"``/``"1f"``/``"1F"`` are 31), ``"str"`` compares
 case-folded strings without leading zeros. A carrier that answers submit_sm in hex and reports in
 decimal is ``("hex", "dec")``: the first format is for submit responses, the second for receipts.
-Ids are scoped by carrier, never by bind, so a receipt on another bind of the carrier matches.
+The receipt side may be several formats, ``("hex", ("dec", "hex"))``: every id a receipt carries
+(an SMPP receipt may carry two, the ``receipted_message_id`` TLV and the text's ``id:``, each in
+either base) is tried with each format in order, and the first key that names a message waiting
+for receipts wins (then one already finished: a duplicate; else the receipt is held under all of
+its keys). Ids are scoped by carrier, never by bind, so a receipt on another bind matches.
 
 A receipt whose id is not (yet) known is *held*: it may have overtaken its submit_sm_resp. When
 the id is submitted within ``hold_unmatched_s`` the held receipt is applied; otherwise ``tick``
@@ -22,7 +26,12 @@ a duplicate and is counted, not reported.
 
 A message of several parts is final when every part has a final receipt: ``delivered`` only if
 all were delivered; otherwise the worst of them (undelivered > rejected > expired > unknown).
-Intermediate states (ENROUTE, ACCEPTED) change nothing. A message with no final answer
+An intermediate receipt (ENROUTE, ACCEPTED: the carrier's network took it) moves a waiting
+message to ``accepted`` once (``Progressed``); it is not final, and a later final receipt still
+ends the message. States never go backwards: an intermediate receipt for a finished message is a
+duplicate and changes nothing. A receipt that states nothing we know (no ``stat:``, no valid
+``message_state``; ``state=None``) follows ``stateless_state``: a non-zero error code makes it
+``undeliverable``, otherwise it counts as intermediate. A message with no final answer
 ``horizon_s`` after it was submitted ends as ``on_horizon`` (``unknown`` by default), or as the
 worst failure among the parts that did answer.
 
@@ -31,7 +40,7 @@ lose one answers only after the message's final state is on disk. It passes an o
 token with each receipt; the reconciler keeps the token with whatever remembers the receipt (a
 part of a pending message) and hands it back: on ``Receipted.acks`` (every part's receipt of the
 finished message: answer after writing the state), or at once in ``Answer`` when the receipt is
-remembered by nothing that a write will make durable (intermediate, duplicate, and held: a
+remembered by nothing that a write will make durable (a repeated intermediate, duplicate, and held: a
 receipt whose id is unknown may wait ``hold_unmatched_s`` for a match that never comes, e.g.
 for a copy of a message sent twice, and the carrier's window of unanswered receipts must not fill
 with those). Without tokens (``ack=0``) nothing of this is reported.
@@ -51,6 +60,7 @@ from gateway.core.model import FinalState
 __all__ = [
     "Answer",
     "IdFormat",
+    "Progressed",
     "ReceiptState",
     "Receipted",
     "Reconciler",
@@ -58,6 +68,7 @@ __all__ = [
     "Result",
     "Unmatched",
     "normalise_id",
+    "stateless_state",
 ]
 
 IdFormat = Literal["dec", "hex", "str"]
@@ -108,12 +119,24 @@ class Receipted(msgspec.Struct, frozen=True, kw_only=True, tag="receipted"):
     acks: tuple[int, ...] = ()  # tokens of the receipts that made this state (see the module doc)
 
 
+class Progressed(msgspec.Struct, frozen=True, kw_only=True, tag="progressed"):
+    """Message ``ref`` is ``accepted``: an intermediate receipt came (the first one for it).
+    Not final: its final state comes later (from a receipt, or the horizon)."""
+
+    ref: int
+    carrier: str
+    reason: str  # what the receipt said: "receipt ENROUTE", "receipt without state (err:0)"
+    error_code: int | None
+    at: float
+    acks: tuple[int, ...] = ()
+
+
 class Unmatched(msgspec.Struct, frozen=True, kw_only=True, tag="unmatched"):
     """A receipt held ``hold_unmatched_s`` that matched no submitted message."""
 
     carrier: str
     message_id: str
-    state: ReceiptState
+    state: ReceiptState | None  # None: it stated nothing we know
     at: float
 
 
@@ -123,7 +146,7 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True, tag="answer"):
     acks: tuple[int, ...]
 
 
-Result = Receipted | Unmatched | Answer
+Result = Receipted | Progressed | Unmatched | Answer
 
 
 class ReconcilerStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -135,7 +158,15 @@ class ReconcilerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     horizon_expired: int  # messages ended because no receipt came
     unmatched: int  # receipts dropped after being held
     duplicates: int
-    intermediate: int
+    intermediate: int  # intermediate receipts (and ones without a state) for a waiting message
+    stateless: int  # receipts that stated nothing we know (decided by ``stateless_state``)
+
+
+def stateless_state(error_code: int | None) -> ReceiptState | None:
+    """What a receipt with no state we know means. A non-zero error code is the carrier saying it
+    failed: ``undeliverable``. Otherwise it only says the carrier knows the message: intermediate
+    (None here; the message moves to ``accepted`` and waits for a final receipt or its horizon)."""
+    return ReceiptState.UNDELIVERABLE if error_code else None
 
 
 def _answered(ack: int) -> list[Result]:
@@ -159,7 +190,8 @@ def normalise_id(raw: str, fmt: IdFormat) -> int | str:
 
 
 class _Pending:
-    __slots__ = ("ref", "keys", "states", "errors", "remaining", "deadline", "submitted", "acks")
+    __slots__ = ("ref", "keys", "states", "errors", "remaining", "deadline", "submitted", "acks", "accepted",
+                 "reason")  # fmt: skip
 
     def __init__(self, ref: int, keys: list[int | str], deadline: float, submitted: float) -> None:
         self.ref = ref
@@ -170,22 +202,83 @@ class _Pending:
         self.remaining = len(keys)
         self.deadline = deadline
         self.acks: list[int] | None = None  # tokens of the receipts applied so far
+        self.accepted = False  # an intermediate receipt moved it to ``accepted``
+        self.reason = "receipt"
+
+
+class _Held:
+    """A receipt waiting for its message, filed under every key it may mean."""
+
+    __slots__ = ("raw", "state", "err", "at", "keys", "live", "reason")
+
+    def __init__(self, raw: str, state: ReceiptState | None, err: int | None, at: float,
+                 keys: list[int | str], reason: str) -> None:  # fmt: skip
+        self.raw, self.state, self.err, self.at, self.keys, self.reason = raw, state, err, at, keys, reason
+        self.live = True
+
+
+_FORMATS = ("dec", "hex", "str")
 
 
 class _Carrier:
-    __slots__ = ("submit_format", "receipt_format", "by_id", "held", "done")
+    __slots__ = ("submit_format", "receipt_formats", "by_id", "held", "done")
 
-    def __init__(self, fmt: IdFormat | tuple[IdFormat, IdFormat]) -> None:
+    def __init__(self, fmt: IdFormat | tuple[IdFormat, IdFormat | Sequence[IdFormat]]) -> None:
         if isinstance(fmt, tuple):
-            self.submit_format, self.receipt_format = fmt
+            self.submit_format, receipt = fmt
+            self.receipt_formats: tuple[IdFormat, ...] = (receipt,) if isinstance(receipt, str) else tuple(receipt)
         else:
-            self.submit_format = self.receipt_format = fmt
-        for f in (self.submit_format, self.receipt_format):
-            if f not in ("dec", "hex", "str"):
+            self.submit_format, self.receipt_formats = fmt, (fmt,)
+        for f in (self.submit_format, *self.receipt_formats):
+            if f not in _FORMATS:
                 raise ValueError(f"id_format must be 'dec', 'hex' or 'str', got {f!r}")
+        if not self.receipt_formats:
+            raise ValueError("at least one receipt id format is needed")
         self.by_id: dict[int | str, tuple[_Pending, int]] = {}
-        self.held: dict[int | str, list[tuple[str, ReceiptState, int | None, float]]] = {}
+        self.held: dict[int | str, list[_Held]] = {}
         self.done: dict[int | str, float] = {}  # finished id -> until when a repeat is a duplicate
+
+    def keys(self, ids: Sequence[str], formats: Sequence[IdFormat], tlv_first: bool = False) -> list[int | str]:
+        """Every key the ids may mean, in the order to try them. With ``tlv_first`` the first id is
+        SMPP's ``receipted_message_id``, tried in the submit's own format first (SMPP 3.4
+        §5.3.2.35 says it is the submit_sm_resp id). Keys that every id agrees on come first: a
+        TLV "10" and a text "16" (formats hex and dec) both mean 16, and nothing else."""
+        if len(ids) == 1 and len(formats) == 1:
+            return [normalise_id(ids[0], formats[0])]
+        per_id: list[list[int | str]] = []
+        for n, raw in enumerate(ids):
+            fs = formats
+            if n == 0 and tlv_first and self.submit_format in formats:
+                fs = (self.submit_format, *(f for f in formats if f != self.submit_format))
+            ks: list[int | str] = []
+            for f in fs:
+                k = normalise_id(raw, f)
+                if k not in ks:
+                    ks.append(k)
+            per_id.append(ks)
+        keys = [k for k in per_id[0] if all(k in other for other in per_id[1:])] if len(per_id) > 1 else []
+        for ks in per_id:
+            keys += [k for k in ks if k not in keys]
+        return keys
+
+    def unhold(self, h: _Held) -> None:
+        h.live = False
+        for k in h.keys:
+            waiting = self.held.get(k)
+            if waiting is not None:
+                if h in waiting:
+                    waiting.remove(h)
+                if not waiting:
+                    del self.held[k]
+
+
+def _reason(state: ReceiptState | None, word: str | None, error_code: int | None) -> str:
+    """The history's reason: "receipt ENROUTE", "receipt without state (stat:BOGUS) err:11"."""
+    said = word or ""
+    if state is None:
+        said = f"without state (stat:{said})" if said else "without state"
+    err = f" err:{error_code}" if error_code else ""
+    return f"receipt {said}{err}"
 
 
 class Reconciler:
@@ -196,8 +289,8 @@ class Reconciler:
         hold_unmatched_s: float = 60.0,
         horizon_s: float = 72 * 3600.0,
         *,
-        id_formats: Mapping[str, IdFormat | tuple[IdFormat, IdFormat]] | None = None,
-        default_id_format: IdFormat | tuple[IdFormat, IdFormat] = "str",
+        id_formats: Mapping[str, IdFormat | tuple[IdFormat, IdFormat | Sequence[IdFormat]]] | None = None,
+        default_id_format: IdFormat | tuple[IdFormat, IdFormat | Sequence[IdFormat]] = "str",
         on_horizon: FinalState = FinalState.UNKNOWN,
     ) -> None:
         if hold_unmatched_s < 0 or horizon_s <= 0:
@@ -206,17 +299,18 @@ class Reconciler:
         self.horizon_s = horizon_s
         self.on_horizon = on_horizon
         self._default_format = default_id_format
+        _Carrier(default_id_format)  # checked now, not at the first receipt of an unnamed carrier
         self._carriers: dict[str, _Carrier] = {}
         for name, fmt in (id_formats or {}).items():
             self._carriers[name] = _Carrier(fmt)
         self._horizon: deque[tuple[float, str, _Pending]] = deque()
         self._horizon_done = 0  # entries of ``_horizon`` already finished (swept by ``_compact``)
-        self._held_expiry: deque[tuple[float, str, int | str]] = deque()
+        self._held_expiry: deque[tuple[float, str, _Held]] = deque()
         self._done_expiry: deque[tuple[float, str, int | str]] = deque()
         self._pending = 0
         self._held = 0
         self._matched = self._finished = self._horizon_expired = self._early = 0
-        self._unmatched = self._duplicates = self._intermediate = 0
+        self._unmatched = self._duplicates = self._intermediate = self._stateless = 0
 
     def _carrier(self, name: str) -> _Carrier:
         c = self._carriers.get(name)
@@ -250,61 +344,104 @@ class Reconciler:
         results: list[Result] = []
         for part, key in enumerate(keys):
             c.by_id[key] = (entry, part)
-            held = c.held.pop(key, None) if c.held else None
-            if held:
-                self._held -= len(held)
-                for raw, state, err, _at in held:
-                    if key not in c.by_id:  # an earlier held receipt already finished it
-                        self._duplicates += 1
-                        continue
-                    self._early += 1
-                    self._apply(c, carrier, key, state, err, now, results)
+        for part, key in enumerate(keys):
+            held = c.held.get(key) if c.held else None
+            if not held:
+                continue
+            for h in list(held):
+                c.unhold(h)
+                self._held -= 1
+                if key not in c.by_id:  # an earlier held receipt already finished it
+                    self._duplicates += 1
+                    continue
+                self._early += 1
+                self._apply(c, carrier, key, h.state, h.err, now, results, reason=h.reason)
         return results
 
     def receipt(
         self,
         carrier: str,
-        raw_id: str,
-        state: ReceiptState,
+        raw_id: str | Sequence[str],
+        state: ReceiptState | None,
         error_code: int | None,
         now: float,
         *,
         id_format: IdFormat | None = None,
         ack: int = 0,
+        word: str | None = None,
+        tlv_first: bool = False,
     ) -> list[Result]:
-        """A receipt arrived. Returns the message's final state when this completes it.
-        ``id_format`` overrides the carrier's receipt format for this id (SMPP's
-        receipted_message_id TLV carries the id as submit_sm_resp gave it, the text often not).
+        """A receipt arrived. Returns the message's final state when this completes it, or its
+        move to ``accepted`` when this is its first intermediate receipt.
+        ``raw_id``: the id it names, or every id it carries (tried in order, each with every
+        receipt format of the carrier; ``id_format`` instead forces one format; ``tlv_first``:
+        the first is SMPP's receipted_message_id, see ``_Carrier.keys``).
+        ``state`` None: it stated nothing we know (see ``stateless_state``); ``word`` is what it
+        said, for the reason in the message's history.
         ``ack``: the receipt's token, if its answer waits (see the module docstring)."""
         c = self._carrier(carrier)
-        key = normalise_id(raw_id, id_format or c.receipt_format)
-        if state not in _FINAL:
-            self._intermediate += 1
+        if isinstance(raw_id, str):
+            ids: Sequence[str] = (raw_id,)
+        else:
+            ids = raw_id if all(raw_id) else tuple(i for i in raw_id if i)
+        if not ids:
+            raise ValueError("a receipt needs an id (one naming no message is unparsable, not a receipt)")
+        formats = (id_format,) if id_format else c.receipt_formats
+        if len(formats) == 1 and state is not None and ids:
+            # The common case first: one format, the first id names a waiting message (with one
+            # format, every other key is tried after it anyway).
+            key = normalise_id(ids[0], formats[0])
+            if key in c.by_id:
+                results: list[Result] = []
+                reason = "receipt" if state in _FINAL else _reason(state, word or state.name, error_code)
+                self._apply(c, carrier, key, state, error_code, now, results, ack, reason)
+                return results
+        keys = c.keys(ids, formats, tlv_first)
+        if state is None:
+            self._stateless += 1
+            reason = _reason(None, word, error_code)
+            state = stateless_state(error_code)
+        else:  # the history of a final state says "receipt" (the code is beside it); an intermediate says which
+            reason = "receipt" if state in _FINAL else _reason(state, word or state.name, error_code)
+        by_id = c.by_id
+        for key in keys:
+            if key in by_id:
+                results = []
+                self._apply(c, carrier, key, state, error_code, now, results, ack, reason)
+                return results
+        if any(key in c.done for key in keys):
+            self._duplicates += 1
             return _answered(ack)
-        if key not in c.by_id:
-            if key in c.done:
-                self._duplicates += 1
-                return _answered(ack)
-            c.held.setdefault(key, []).append((raw_id, state, error_code, now))
-            self._held += 1
-            self._held_expiry.append((now + self.hold_unmatched_s, carrier, key))
-            return _answered(ack)
-        results: list[Result] = []
-        self._apply(c, carrier, key, state, error_code, now, results, ack)
-        return results
+        h = _Held(ids[0] if ids else "", state, error_code, now, keys, reason)
+        for key in keys:
+            c.held.setdefault(key, []).append(h)
+        self._held += 1
+        self._held_expiry.append((now + self.hold_unmatched_s, carrier, h))
+        return _answered(ack)
 
     def _apply(
         self,
         c: _Carrier,
         carrier: str,
         key: int | str,
-        state: ReceiptState,
+        state: ReceiptState | None,
         err: int | None,
         now: float,
         results: list[Result],
         ack: int = 0,
+        reason: str = "receipt",
     ) -> None:
         entry, part = c.by_id[key]
+        if state not in _FINAL:  # intermediate: ``accepted`` once, never after a final state
+            self._intermediate += 1
+            if entry.accepted or entry.states[part] is not None:
+                if ack:
+                    results.append(Answer(acks=(ack,)))
+                return
+            entry.accepted = True
+            results.append(Progressed(ref=entry.ref, carrier=carrier, reason=reason, error_code=err, at=now,
+                                      acks=(ack,) if ack else ()))  # fmt: skip
+            return
         if entry.states[part] is not None:
             self._duplicates += 1
             if ack:
@@ -318,9 +455,11 @@ class Reconciler:
         self._matched += 1
         entry.states[part] = _FINAL[state]
         entry.errors[part] = err
+        if reason != "receipt":
+            entry.reason = reason
         entry.remaining -= 1
         if entry.remaining == 0:
-            self._finish(c, carrier, entry, now, results, reason="receipt")
+            self._finish(c, carrier, entry, now, results, reason=entry.reason if len(entry.keys) == 1 else "receipt")
 
     def _finish(
         self, c: _Carrier, carrier: str, entry: _Pending, now: float, results: list[Result], *, reason: str
@@ -373,17 +512,13 @@ class Reconciler:
         results: list[Result] = []
         held = self._held_expiry
         while held and held[0][0] <= now:
-            _, carrier, key = held.popleft()
-            c = self._carriers[carrier]
-            waiting = c.held.get(key)
-            if not waiting or waiting[0][3] + self.hold_unmatched_s > now:
-                continue  # already matched (or a newer receipt with its own expiry)
-            raw, state, _err, at = waiting.pop(0)
-            if not waiting:
-                del c.held[key]
+            _, carrier, h = held.popleft()
+            if not h.live:
+                continue  # matched meanwhile
+            self._carriers[carrier].unhold(h)
             self._held -= 1
             self._unmatched += 1
-            results.append(Unmatched(carrier=carrier, message_id=raw, state=state, at=at))
+            results.append(Unmatched(carrier=carrier, message_id=h.raw, state=h.state, at=h.at))
         done = self._done_expiry
         while done and done[0][0] <= now:
             until, carrier, key = done.popleft()
@@ -417,4 +552,5 @@ class Reconciler:
             unmatched=self._unmatched,
             duplicates=self._duplicates,
             intermediate=self._intermediate,
+            stateless=self._stateless,
         )

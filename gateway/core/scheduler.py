@@ -136,8 +136,8 @@ class Scheduler:
     ) -> None:
         self.settings = settings
         qh = settings.quiet_hours
-        self.resolver = resolver or ZoneResolver(default_zone=qh.default_zone)
-        quiet = QuietHours(self.resolver, start=qh.start, end=qh.end, overrides=dict(qh.overrides))
+        self.resolver = resolver or ZoneResolver(default_zone=qh.default_zone, country_zones=dict(qh.country_zones))
+        quiet = QuietHours(self.resolver, start=qh.start, end=qh.end, overrides=dict(qh.overrides), rules=dict(qh.rules))
         self._p = Policies(settings, quiet)
         self._carrier_index = {c.name: i for i, c in enumerate(settings.carriers)}
         self._buckets = [TokenBucket(c.rate, c.burst, now) for c in settings.carriers]

@@ -282,7 +282,8 @@ class Shard:
             if policy.quiet_hours:
                 opens = quiet.next_open(self.zone[row], now)
                 if opens > now:
-                    outcomes.append(self._hold_quiet(row, entry, opens, now, p.spread))
+                    window = quiet.next_window(self.zone[row], now)
+                    outcomes.append(self._hold_quiet(row, entry, window, now, p.spread))
                     continue
             seg = seg_col[row] & COUNT
             if seg > budget and (out or seg > tokens):
@@ -340,12 +341,16 @@ class Shard:
         )
 
     def _hold_quiet(
-        self, row: int, entry: JobEntry, opens: float, now: float, spread: float
+        self, row: int, entry: JobEntry, window: tuple[float, float], now: float, spread: float
     ) -> Deferred | Final:
+        opens, closes = window
         if opens == float("inf"):  # the windows of the recipient's zones never overlap
             if entry.expires_at == float("inf"):
                 return self._end(row, entry, FinalState.REJECTED, "quiet hours never open", now)
             return self._hold(row, entry, entry.expires_at, "quiet_hours")
+        # Spread over at most half the opening: a short window (a 30-minute overlap of a
+        # multi-zone number's windows) must not see its messages released after it closed.
+        spread = min(spread, (closes - opens) / 2)
         return self._hold(
             row, entry, opens + spread_offset(self.ids[row], spread), "quiet_hours"
         )

@@ -37,6 +37,13 @@ Choices that differ from a bare ``time_zones_for_number``:
   place names ("Miami, FL", "Florida" -> "US-FL"); an area code spanning several (867: Yukon,
   NWT, Nunavut) gets the country ("CA"). Other numbers get their ISO country.
 
+Corrections (``gateway.core.zone_overrides``): ranges phonenumbers gets wrong (Kaliningrad,
+Saratov, Kazakhstan, Indonesian mobiles) have their own zones; an exchange the table does not list, in an
+area code whose listed exchanges span several zones, gets all of those zones, not the area
+code's first; a number known only by its country gets every zone of the country (phonenumbers'
+list and tzdata's ``zone.tab``). Per country, the operator may choose "main" (the zone most of
+the country lives in, among the number's zones) instead of "all" (``country_zones``).
+
 An explicit zone (``key_for(number, tz="Asia/Kolkata")``) replaces the number's zones but keeps
 its region, so a per-state window still applies to a Florida number with an explicit zone.
 """
@@ -51,13 +58,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata, PhoneNumberType
-from phonenumbers.timezone import time_zones_for_geographical_number
 from phonenumbers.tzdata import TIMEZONE_DATA
+
+from gateway.core import zone_overrides
 
 __all__ = ["ZoneResolver", "ZoneSet"]
 
 UNKNOWN_ZONE = "Etc/Unknown"  # what phonenumbers answers when it knows no zone
 START_DEPTH = 4  # first prefix length tried: "1" + area code for NANP numbers
+_TZ_LONGEST = max(map(len, TIMEZONE_DATA))
 _P10 = [10**i for i in range(40)]
 # Digits of the smallest int with b bits; an int with b bits has that many digits or one more.
 _DIGITS_FOR_BITS = [1] + [len(str(1 << (b - 1))) for b in range(1, 130)]
@@ -73,8 +82,11 @@ class ZoneSet(msgspec.Struct, frozen=True):
 class ZoneResolver:
     """Maps E.164 numbers (as ints) to interned ``ZoneSet`` keys. Pure; caches by prefix class."""
 
-    def __init__(self, *, default_zone: str = "UTC") -> None:
+    def __init__(self, *, default_zone: str = "UTC", country_zones: dict[str, str] | None = None) -> None:
+        """``country_zones``: country -> "all" (the default), "main" or an IANA zone, for numbers
+        that may be in several of the country's zones (``zone_overrides.main_zone``)."""
         self.default_zone = _check_zone(default_zone)
+        self._choice = dict(country_zones or {})
         self._sets: list[ZoneSet] = []
         self._ids: dict[ZoneSet, int] = {}
         self._nodes: dict[int, int] = {}  # class (prefix * 16 + digits) -> key, or -(deeper length)
@@ -149,8 +161,11 @@ class ZoneResolver:
         zones, region, depth = _DATA.answer(digits, k)
         # Validated here, once per class, so a zone this machine's tzdata lacks is refused at
         # admission (ValueError naming it), not found missing at dispatch.
-        names = {self._valid(self.default_zone if z == UNKNOWN_ZONE else z) for z in zones}
-        zs = ZoneSet(tuple(sorted(names)), region)
+        names = tuple(sorted({self._valid(self.default_zone if z == UNKNOWN_ZONE else z) for z in zones}))
+        country = region.partition("-")[0] if region else None
+        if country in self._choice:  # the operator's choice for the country's multi-zone numbers
+            names = zone_overrides.main_zone(country, names, self._choice[country])
+        zs = ZoneSet(names, region)
         key = self._intern(zs)
         self._nodes[number // _P10[nd - depth] * 16 + nd] = key
         if depth > k:
@@ -189,15 +204,22 @@ class _PrefixData:
         try:
             num = phonenumbers.parse("+" + digits)
         except phonenumbers.NumberParseException:
-            return country.zones, country.main_region, len(digits)  # decided per number
+            return country.all_zones, country.main_region, len(digits)  # decided per number
         nsn = phonenumbers.national_significant_number(num)
         ntype = phonenumbers.number_type(num)
         geo = phonenumbers.is_number_type_geographical(ntype, num.country_code)
-        if ntype == PhoneNumberType.UNKNOWN or not geo:
-            zones = country.zones  # invalid numbers too: see the module docstring
-        else:
-            zones = tuple(time_zones_for_geographical_number(num))
         region = self._region(digits, cc, num)
+        override = zone_overrides.prefix_zones(cc + nsn)
+        if override is not None:  # a range phonenumbers gets wrong (zone_overrides.PREFIX_ZONES)
+            zones = override[1]
+            if zone_overrides.COUNTRY in zones:
+                zones = country.wide(region)
+        elif ntype == PhoneNumberType.UNKNOWN:
+            zones = country.all_zones  # invalid numbers: see the module docstring
+        elif not geo:
+            zones = country.wide(region)
+        else:
+            zones = self._geographic(cc + nsn, country, region)
         if nsn != digits[len(cc):]:  # a number phonenumbers rewrites (e.g. +44 0...): no class
             return zones, region, len(digits)
         for depth in range(k, len(digits)):
@@ -205,9 +227,29 @@ class _PrefixData:
                 return zones, region, depth
         return zones, region, len(digits)
 
+    def _geographic(self, e164: str, country: _Country, region: str | None) -> tuple[str, ...]:
+        """The zones of the longest table key ``e164`` starts with; a key the country's own list
+        (its calling code's entry, or one as wide) means the whole country; a key with longer
+        keys under it (an area code with some exchanges listed, this one not) means every zone
+        listed under it, never only the key's own (zone_overrides, class 2)."""
+        key = next((e164[:n] for n in range(min(len(e164), _TZ_LONGEST), 0, -1) if e164[:n] in TIMEZONE_DATA), None)
+        if key is None:
+            return country.wide(region)
+        zones = tuple(TIMEZONE_DATA[key])
+        if key == country.cc or zones == country.zones:
+            return country.wide(region)
+        self._zones_under(key)  # builds the index of longer keys
+        assert self._deeper is not None
+        under = self._deeper.get(key, frozenset())
+        return zone_overrides.fix_zones(country.cc, tuple({z for zs in under for z in zs} | set(zones)))
+
     def _decides(self, prefix: str, nd: int, country: _Country, geo: bool) -> bool:
         if prefix[:1] == "1" and len(prefix) < 4:
             return False  # NANP regions come from the area code
+        if zone_overrides.extends_an_override(prefix):
+            return False  # an override starts deeper: numbers under the prefix differ
+        if zone_overrides.prefix_zones(prefix) is not None:  # one override for every number under it
+            return not country.shared or country.type_decided(prefix[len(country.cc):], nd - len(country.cc))
         longest, below = self._zones_under(prefix)
         if not country.shared and below <= {country.zones} and longest == country.zones:
             return True  # every number under the prefix gets the country's zones, whatever its type
@@ -250,6 +292,13 @@ class _Country:
         regions = COUNTRY_CODE_TO_REGION_CODE[int(cc)]
         self.shared = len(regions) > 1 or cc == "1"
         self.main_region = None if regions[0] == "001" else regions[0]
+        # Every zone a number of this calling code may be in: phonenumbers' list (fixed) and,
+        # outside NANP, every zone tzdata lists for each of its countries (zone_overrides, class 3).
+        known = set(zone_overrides.fix_zones(cc, self.zones)) - {UNKNOWN_ZONE}
+        if cc != "1":
+            for r in regions:
+                known = zone_overrides.merge_zones(known, zone_overrides.country_zones(r))
+        self.all_zones = tuple(sorted(known)) or (UNKNOWN_ZONE,)
         self._regions: list[tuple[_Pattern | None, _Pattern | None, list[_Pattern]]] = []
         for r in regions:
             meta = PhoneMetadata.metadata_for_nongeo_region(int(cc)) if r == "001" else PhoneMetadata.metadata_for_region(r)
@@ -259,6 +308,14 @@ class _Country:
             general = _Pattern.of(meta.general_desc)
             types = [p for p in map(_Pattern.of, _type_descs(meta)) if p is not None]
             self._regions.append((leading, general, types))
+
+    def wide(self, region: str | None) -> tuple[str, ...]:
+        """The zones of a number known only to be in its country (``region``): every zone of the
+        calling code (``all_zones``). For a shared code that is wider than the one country (+7
+        mobiles of Russia also get Kazakhstan's zones, +61 mobiles Christmas Island's): the safe
+        side, since the number's region does not say where a mobile is. NANP non-geographic
+        ranges (toll-free 8XX, 5XX) are NANP-wide anyway."""
+        return self.all_zones
 
     def type_decided(self, head: str, length: int) -> bool:
         """Whether every national number of ``length`` digits starting with ``head`` has the same

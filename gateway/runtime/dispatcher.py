@@ -35,6 +35,7 @@ from carriers.base import (
     Inbound,
     LinkChanged,
     ReceiptMatched,
+    ReceiptProgress,
     Requeue,
     SubmitFailed,
     Submitted,
@@ -204,16 +205,10 @@ class Dispatcher:
             self.stats.receipts += 1
             if event.submitted_at is not None:
                 self.receipt_latency.observe(event.at - event.submitted_at)
-            if event.acks:
-                acks = self._acks.get(event.carrier)
-                if acks is None:
-                    self._acks[event.carrier] = list(event.acks)
-                else:
-                    acks.extend(event.acks)
-            if not self._pending:
-                self._queued.set()
-            self._pending.append(Change(message_id=event.message_id, state=str(event.state), at=now,
-                                        reason=event.reason, carrier=event.carrier))  # fmt: skip
+            self._receipt_change(event, str(event.state), now)
+            return
+        if kind is ReceiptProgress:  # an intermediate receipt: ``accepted``, answered once written
+            self._receipt_change(event, event.state, now)
             return
         match event:
             case SubmitFailed(ref=ref, carrier=carrier, command_status=code, name=name, permanent=permanent,
@@ -241,6 +236,18 @@ class Dispatcher:
                     self._on_inbound(inbound)
             case LinkChanged(carrier=carrier, bind=bind, up=up, reason=reason):
                 log.info("link.%s carrier=%s bind=%d reason=%s", "up" if up else "down", carrier, bind, reason)
+
+    def _receipt_change(self, event: ReceiptMatched | ReceiptProgress, state: str, now: float) -> None:
+        if event.acks:
+            acks = self._acks.get(event.carrier)
+            if acks is None:
+                self._acks[event.carrier] = list(event.acks)
+            else:
+                acks.extend(event.acks)
+        if not self._pending:
+            self._queued.set()
+        self._pending.append(Change(message_id=event.message_id, state=state, at=now, reason=event.reason,
+                                    carrier=event.carrier, error_code=event.error_code))  # fmt: skip
 
     def _requeue(self, ref: int, now: float, *, delay: float, why: str) -> None:
         d = self._inflight.pop(ref, None)

@@ -74,12 +74,19 @@ def check_chunk(core: Scheduler, numbers: NumberCheck, job: Job, chunk: Sequence
     index: list[int] = []
     errors: list[tuple[int, str]] = []
     canonical = numbers.canonical
-    respelt: set[int] = set()  # people whose number was not written canonically: their rows re-encoded
+    respelt: set[int] = set()  # people not written as stored (number not canonical, `zone`): rows re-encoded
     for i, r in enumerate(chunk, first_index):
         to, err = canonical(r.to)
         if err is not None:
             errors.append((i, err))
             continue
+        if r.zone is not None:  # given as `zone`: stored as `tz`, so its row is encoded, not copied
+            try:
+                r = msgspec.structs.replace(r, tz=schemas.local_zone(r), zone=None)
+            except ValueError as exc:
+                errors.append((i, str(exc)))
+                continue
+            respelt.add(len(people))
         if to != r.to:
             r = msgspec.structs.replace(r, to=to)
             respelt.add(len(people))

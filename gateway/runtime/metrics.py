@@ -83,15 +83,26 @@ class _Collector(Collector):
         bound = GaugeMetricFamily("sluice_binds_up", "SMPP binds (or links) up", labels=["carrier"])
         window = GaugeMetricFamily("sluice_window_in_use", "Submits awaiting a response", labels=["carrier"])
         errors = CounterMetricFamily("sluice_carrier_errors", "Carrier errors by code name", labels=["carrier", "code"])
+        receipts = CounterMetricFamily(
+            "sluice_receipts", "Receipts by carrier and what became of each: matched, intermediate, duplicate, "
+            "unmatched, unparsable (and stateless: of those, the ones that stated no state we know)",
+            labels=["carrier", "outcome"])  # fmt: skip
+        held = GaugeMetricFamily("sluice_receipts_awaited", "Messages taken by the carrier awaiting their receipts",
+                                 labels=["carrier"])  # fmt: skip
         for name, conn in m.connectors.items():
             s = conn.statistics()
             bound.add_metric([name], s.bound)
             window.add_metric([name], s.in_flight)
             for code, n in s.errors.items():
                 errors.add_metric([name, code], n)
+            for outcome, n in msgspec.structs.asdict(s.receipts).items():
+                receipts.add_metric([name, outcome], n)
+            held.add_metric([name], s.receipts_pending)
         yield bound
         yield window
         yield errors
+        yield receipts
+        yield held
         if m.webhooks is not None:
             hooks = CounterMetricFamily("sluice_webhooks", "Webhook requests, and events delivered/retried/dead",
                                         labels=["what"])  # fmt: skip

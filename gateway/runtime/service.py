@@ -30,7 +30,7 @@ from gateway.errors import Conflict, InvalidInput, NotFound
 from gateway.runtime.ingest import POOL_MIN, CheckPool, ChunkChecked, RecipientLines, check_chunk
 from gateway.runtime.numbers import NumberCheck
 from gateway.store.base import (
-    JOB_STATUSES, Change, InboundPage, InboundRecord, NewJob, RecipientRows, Store, StoredJob, job_status,
+    AWAITING, JOB_STATUSES, Change, InboundPage, InboundRecord, NewJob, RecipientRows, Store, StoredJob, job_status,
 )  # fmt: skip
 
 __all__ = ["AllRejected", "Gateway", "Recovery"]
@@ -107,9 +107,13 @@ class Gateway:
             raise InvalidInput(err, field="to")
         if to != body.to:
             body = msgspec.structs.replace(body, to=to)
+        try:
+            tz = schemas.local_zone(body)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="zone") from None
         job = self._job(tenant, body.sender, body.body, body.category, body.send_at, body.validity, now, body.media,
                         body.reference)  # fmt: skip
-        person = Recipient(to=body.to, tz=body.tz, index=0)
+        person = Recipient(to=body.to, tz=tz, index=0)
         adm = self._admit(job, [person], now, "body")
         if adm.rejected:
             self.core.cancel_job(job.id, now)
@@ -143,11 +147,16 @@ class Gateway:
         index: list[int] = []  # position in the request of each recipient handed to the core
         for i, r in enumerate(body.recipients):
             to, err = self.numbers.canonical(r.to)
+            if err is None:
+                try:
+                    tz = schemas.local_zone(r)
+                except ValueError as exc:
+                    err = str(exc)
             if err is not None:
                 pre_rejected.append(schemas.RecipientError(index=i, error=err))
                 continue
             index.append(i)
-            people.append(Recipient(to=to, vars=r.vars, tz=r.tz, index=i))
+            people.append(Recipient(to=to, vars=r.vars, tz=tz, index=i))
         adm = self._admit(job, people, now, "template")
         rejected = pre_rejected + [schemas.RecipientError(index=index[k], error=e) for k, e in adm.rejected]
         rejected.sort(key=lambda e: e.index)
@@ -448,8 +457,9 @@ class Gateway:
             id=format_id(mid), job_id=m.job_id, to=to, index=m.recipient.index,
             reference=stored.job.reference if stored else None, state=m.state, carrier=m.carrier,
             segments=count, encoding=encoding, carrier_ids=list(m.carrier_ids), attempts=m.attempts,
-            history=[schemas.StateChangeOut(state=c.state, at=c.at, reason=c.reason, carrier=c.carrier)
-                     for c in m.history],
+            history=[schemas.StateChangeOut(state=c.state, at=c.at, reason=c.reason, carrier=c.carrier,
+                                            error_code=c.error_code) for c in m.history],
+            error_code=m.error_code,
         )  # fmt: skip
 
     async def job_messages(self, tenant: str, job_id: str, state: str | None, after: str | None,
@@ -527,9 +537,9 @@ class Gateway:
     async def recover(self, now: float, *, carriers: Collection[str] = ()) -> Recovery:
         """After a restart: queue again everything accepted and not final (see ``Recovery``).
 
-        A message in state ``submitted`` on one of ``carriers`` (SMPP and HTTP alike) was taken
-        by that carrier: it is not sent again but handed back (``Recovery.awaiting``) to wait
-        for its receipt or its horizon. Every
+        A message in state ``submitted`` or ``accepted`` on one of ``carriers`` (SMPP and HTTP
+        alike) was taken by that carrier: it is not sent again but handed back
+        (``Recovery.awaiting``) to wait for its receipt or its horizon. Every
         other unfinished message is queued again with its own id: those that were on the wire
         when the process died cannot be told from those never sent, so they go again (the
         duplicates are bounded by the carriers' windows). A ``submitted`` message whose carrier
@@ -555,7 +565,7 @@ class Gateway:
                                          paused=stored.status == "paused").outcomes  # fmt: skip
                 count += 1
                 again.add(mid)
-                if state == "submitted":
+                if state in AWAITING:
                     retried.append(Change(message_id=mid, state="queued", at=now, reason="retried: recovered"))
             if stored.status == "paused":  # still paused: its validity runs out on time
                 self.core.pause_job(stored.job.id)

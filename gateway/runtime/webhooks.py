@@ -58,6 +58,7 @@ class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True):
     at: float  # Unix seconds
     reason: str
     carrier: str | None
+    error_code: int | None = None  # the carrier's code, where the change came from a receipt with one
     # The recipient (its number and index in the job's request) and the job's reference, so a
     # receiver can match results to what it sent; None only for messages stored before them.
     to: str | None = None
@@ -284,7 +285,8 @@ class WebhookSender:
     def body(self, batch: Sequence[OutboxItem]) -> bytes:
         return _encode(WebhookBody(events=[
             WebhookEvent(message_id=format_id(i.message_id), job_id=i.job_id, state=i.state, at=i.at,
-                         reason=i.reason, carrier=i.carrier, to=i.to, index=i.index, reference=i.reference)
+                         reason=i.reason, carrier=i.carrier, error_code=i.error_code, to=i.to, index=i.index,
+                         reference=i.reference)
             for i in batch]))  # fmt: skip
 
     def _headers(self, tenant: str, body: bytes) -> dict[str, str]:

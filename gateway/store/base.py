@@ -32,6 +32,7 @@ import msgspec
 from gateway.core.model import Job, Recipient
 
 __all__ = [
+    "AWAITING",
     "Change",
     "InboundItem",
     "InboundPage",
@@ -50,14 +51,17 @@ __all__ = [
     "job_status",
 ]
 
-#: Every state a message can be in. The final ones never change again.
+#: Every state a message can be in. The final ones never change again. ``accepted``: an
+#: intermediate receipt said the carrier's network took it (after ``submitted``, not final).
 STATES = (
     "accepted", "queued", "deferred", "submitted", "delivered", "undelivered", "expired",
     "rejected", "failed", "unknown", "capped", "suppressed", "canceled",
 )  # fmt: skip
 FINAL = frozenset(STATES[4:])
 #: The states a job's ``callback_url`` hears about: handed to a carrier, held, and every final one.
-NOTIFY = FINAL | {"submitted", "deferred"}
+NOTIFY = FINAL | {"submitted", "accepted", "deferred"}
+#: Taken by a carrier, waiting for its final receipt (recovered as such after a restart).
+AWAITING = ("submitted", "accepted")
 
 
 class Change(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -69,6 +73,7 @@ class Change(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     reason: str = ""
     carrier: str | None = None
     carrier_ids: tuple[str, ...] = ()
+    error_code: int | None = None  # the carrier's code, from a receipt (err:, network_error_code)
 
 
 #: How many jobs a filtered ``Store.jobs`` call looks at, per job it may return.
@@ -94,6 +99,7 @@ class MessageRecord(msgspec.Struct, frozen=True, kw_only=True):
     carrier_ids: tuple[str, ...]
     attempts: int
     history: list[Change]
+    error_code: int | None = None  # the carrier's code from the last change that carried one
 
 
 class JobCounts(msgspec.Struct, frozen=True, kw_only=True):
@@ -148,6 +154,7 @@ class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     carrier: str | None
     attempts: int  # failed deliveries so far
+    error_code: int | None = None
     # Whom it is about, filled in by ``outbox_take`` (from the message and its job): the
     # recipient's number and index in the job's request, and the job's reference.
     to: str | None = None

@@ -11,6 +11,7 @@ import msgspec
 from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict
 from gateway.store.base import (
+    AWAITING,
     FINAL,
     JOBS_SCAN,
     NOTIFY,
@@ -148,7 +149,8 @@ class MemoryStore:
                     queued += 1
                     self._outbox[self._outbox_seq] = _Outbox(OutboxItem(
                         id=self._outbox_seq, tenant=m.tenant, url=url, message_id=m.id, job_id=m.job_id,
-                        state=c.state, at=c.at, reason=c.reason, carrier=c.carrier, attempts=0))  # fmt: skip
+                        state=c.state, at=c.at, reason=c.reason, carrier=c.carrier, attempts=0,
+                        error_code=c.error_code))  # fmt: skip
         return queued
 
     def outbox_take(self, now: float, limit: int, lease: float) -> list[OutboxItem]:
@@ -227,7 +229,9 @@ class MemoryStore:
             history = [Change(message_id=m.id, state="queued", at=created, reason="accepted"), *m.events]
             return MessageRecord(id=m.id, job_id=m.job_id, tenant=m.tenant, recipient=m.recipient,
                                  state=m.state, carrier=m.carrier, carrier_ids=tuple(m.carrier_ids),
-                                 attempts=m.attempts, history=history)  # fmt: skip
+                                 attempts=m.attempts, history=history,
+                                 error_code=next((c.error_code for c in reversed(m.events) if c.error_code is not None),
+                                                 None))  # fmt: skip
 
     def messages(self, tenant: str, job_id: str, *, state: str | None, after: int, limit: int) -> Page:
         with self._lock:
@@ -269,7 +273,7 @@ class MemoryStore:
     def awaiting_receipts(self) -> list[tuple[int, str, tuple[str, ...]]]:
         with self._lock:
             return [(m.id, m.carrier, tuple(m.carrier_ids)) for m in sorted(self._msgs.values(), key=lambda m: m.id)
-                    if m.state == "submitted" and m.carrier and m.carrier_ids]  # fmt: skip
+                    if m.state in AWAITING and m.carrier and m.carrier_ids]  # fmt: skip
 
     def sends_since(self, since: float, categories: Collection[str]) -> list[tuple[int, str, str, float]]:
         with self._lock:

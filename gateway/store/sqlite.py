@@ -22,6 +22,7 @@ import msgspec
 from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict, StorageError
 from gateway.store.base import (
+    AWAITING,
     FINAL,
     JOBS_SCAN,
     NOTIFY,
@@ -70,7 +71,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, url TEXT NOT NULL, message_id INTEGER NOT NULL,
     job_id TEXT NOT NULL, state TEXT NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL, carrier TEXT,
     attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0,
-    error TEXT);
+    error TEXT, error_code INTEGER);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_at, id) WHERE dead = 0;
 CREATE TABLE IF NOT EXISTS inbound (
     id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, carrier TEXT NOT NULL, sender TEXT NOT NULL,
@@ -110,9 +111,10 @@ INSERT INTO job_counts SELECT tenant, id, 'queued', -size + (SELECT count(*) FRO
     ON CONFLICT (tenant, job_id, state) DO UPDATE SET n = n + excluded.n;
 """
 _OUTBOX_INSERT = (
-    "INSERT INTO outbox (tenant, url, message_id, job_id, state, at, reason, carrier) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO outbox (tenant, url, message_id, job_id, state, at, reason, carrier, error_code)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_OUTBOX_COLUMNS = "id, tenant, url, message_id, job_id, state, at, reason, carrier, attempts"
+_OUTBOX_COLUMNS = "id, tenant, url, message_id, job_id, state, at, reason, carrier, attempts, error_code"
 _IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parameters
 
 _job_enc = msgspec.msgpack.Encoder()
@@ -154,7 +156,7 @@ def _legacy_rcpt(stored: str | bytes) -> Recipient:
 _json_enc = msgspec.json.Encoder()
 # ``record``: a row inserted into this temp table applies a batch in that statement, so SQLite
 # runs the whole batch in one step. ``updates``: the rows of ``_coalesce`` ([id, state, final,
-# at, carrier, carrier_ids, attempts, [[at, state, reason, carrier], ...]]). A message's history
+# at, carrier, carrier_ids, attempts, [[at, state, reason, carrier(, error_code)], ...]]). A message's history
 # is appended to its own row (``history``: its changes as JSON arrays, comma-separated), in the
 # UPDATE the batch makes anyway: a table of events with its index cost as much again as the
 # rest of the write together (`python -m bench.store_record`).
@@ -183,7 +185,7 @@ def _coalesce(changes: Sequence[Change]) -> list[list]:
         if row is None:
             rows[c.message_id] = [c.message_id, c.state, int(c.state in FINAL), c.at, c.carrier,
                                   ",".join(c.carrier_ids) or None, int(c.state == "submitted"),
-                                  [(c.at, c.state, c.reason, c.carrier)]]  # fmt: skip
+                                  [_event(c)]]  # fmt: skip
         elif not row[2]:
             row[1], row[2], row[3] = c.state, int(c.state in FINAL), c.at
             if c.carrier is not None:
@@ -192,7 +194,7 @@ def _coalesce(changes: Sequence[Change]) -> list[list]:
                 row[5] = ",".join(c.carrier_ids)
             if c.state == "submitted":
                 row[6] += 1
-            row[7].append((c.at, c.state, c.reason, c.carrier))
+            row[7].append(_event(c))
     out = list(rows.values())
     encode = _json_enc.encode
     for row in out:
@@ -200,7 +202,23 @@ def _coalesce(changes: Sequence[Change]) -> list[list]:
     return out
 
 
-_history_dec = msgspec.json.Decoder(list[tuple[float, str, str, str | None]])
+def _event(c: Change) -> tuple:
+    # The carrier's error code only where there is one: most changes have none, and every byte of
+    # the history is written on the hot path.
+    if c.error_code is None:
+        return (c.at, c.state, c.reason, c.carrier)
+    return (c.at, c.state, c.reason, c.carrier, c.error_code)
+
+
+class _Event(msgspec.Struct, array_like=True):
+    at: float
+    state: str
+    reason: str
+    carrier: str | None
+    error_code: int | None = None  # absent from changes without one, and from older stores
+
+
+_history_dec = msgspec.json.Decoder(list[_Event])
 _SENDS_SINCE = "SELECT id, tenant, job_id, recipient, history FROM messages WHERE attempts > 0 AND updated_at > ?"
 _SUBMITTED = ',"submitted",'  # a history's ``[at,"submitted",...`` (quotes inside JSON strings are escaped)
 
@@ -236,6 +254,8 @@ class SqliteStore:
             self._db.executescript(_SCHEMA)
             if not any(col[1] == "history" for col in self._db.execute("PRAGMA table_info(messages)")):
                 self._db.execute("ALTER TABLE messages ADD COLUMN history TEXT")  # a store made before it
+            if not any(col[1] == "error_code" for col in self._db.execute("PRAGMA table_info(outbox)")):
+                self._db.execute("ALTER TABLE outbox ADD COLUMN error_code INTEGER")  # a store made before it
             have = {col[1] for col in self._db.execute("PRAGMA table_info(inbound)")}
             for column, decl in _INBOUND_ADDED.items():
                 if column not in have:
@@ -392,7 +412,7 @@ class SqliteStore:
         for c, b in hooked:
             if c.message_id not in still_open:
                 continue
-            rows.append((b.tenant, b.url, c.message_id, b.job_id, c.state, c.at, c.reason, c.carrier))
+            rows.append((b.tenant, b.url, c.message_id, b.job_id, c.state, c.at, c.reason, c.carrier, c.error_code))
             if c.state in FINAL:
                 still_open.discard(c.message_id)
                 ended.append(b)
@@ -407,7 +427,7 @@ class SqliteStore:
             _each(db, "UPDATE outbox SET next_at = ? WHERE id IN ({})", [r[0] for r in rows], (now + lease,))
             whom = _whom(db, rows)
         items = [OutboxItem(id=i, tenant=t, url=u, message_id=m, job_id=j, state=s, at=at, reason=r, carrier=c,
-                           attempts=a) for i, t, u, m, j, s, at, r, c, a in rows]  # fmt: skip
+                            attempts=a, error_code=e) for i, t, u, m, j, s, at, r, c, a, e in rows]  # fmt: skip
         return [msgspec.structs.replace(x, to=w[0], index=w[1], reference=w[2]) if (w := whom.get(x.message_id)) else x
                 for x in items]  # fmt: skip
 
@@ -470,14 +490,15 @@ class SqliteStore:
                 "SELECT at, state, reason, carrier FROM events WHERE message_id = ? ORDER BY rowid", (message_id,)
             ).fetchall()
         mid, job_id, rcpt, state, carrier, cids, attempts, created, kept = row
-        if kept:
-            events += _history_dec.decode(f"[{kept}]")
         history = [Change(message_id=mid, state="queued", at=created, reason="accepted")]
         history += [Change(message_id=mid, state=s, at=at, reason=r, carrier=c) for at, s, r, c in events]
+        if kept:
+            history += [Change(message_id=mid, state=e.state, at=e.at, reason=e.reason, carrier=e.carrier,
+                               error_code=e.error_code) for e in _history_dec.decode(f"[{kept}]")]  # fmt: skip
         return MessageRecord(
             id=mid, job_id=job_id, tenant=tenant, recipient=_rcpt_dec(rcpt), state=state,
             carrier=carrier, carrier_ids=tuple(cids.split(",")) if cids else (), attempts=attempts,
-            history=history,
+            history=history, error_code=next((c.error_code for c in reversed(history) if c.error_code is not None), None),
         )  # fmt: skip
 
     def messages(self, tenant: str, job_id: str, *, state: str | None, after: int, limit: int) -> Page:
@@ -531,7 +552,7 @@ class SqliteStore:
         on: after a restart these wait for their receipts, they are not sent again."""
         with self._tx() as db:
             rows = db.execute(
-                "SELECT id, carrier, carrier_ids FROM messages WHERE final = 0 AND state = 'submitted'"
+                f"SELECT id, carrier, carrier_ids FROM messages WHERE final = 0 AND state IN {AWAITING!r}"
                 " AND carrier IS NOT NULL AND carrier_ids IS NOT NULL ORDER BY id"
             ).fetchall()
         return [(i, c, tuple(ids.split(","))) for i, c, ids in rows]

@@ -256,6 +256,32 @@ class StoreConformance:
         assert (item.tenant, item.url, item.message_id, item.job_id) == ("acme", HOOK, 1000, "j1")
         assert (item.state, item.at, item.carrier, item.attempts) == ("submitted", 11.0, "alpha", 0)
 
+    def test_accepted_waits_for_its_receipt_and_error_codes_are_kept(self, store) -> None:
+        """An intermediate receipt's ``accepted``: in the history, in the webhook outbox, still
+        awaiting its receipt (recovered as such), never after a final state; the carrier's error
+        code beside each change that had one, and on the message (its last)."""
+        store.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
+        store.record([Change(message_id=1000, state="submitted", at=11.0, carrier="c1", carrier_ids=("a1",)),
+                      Change(message_id=1001, state="submitted", at=11.0, carrier="c1", carrier_ids=("b1",))])
+        store.record([Change(message_id=1000, state="accepted", at=12.0, reason="receipt ENROUTE", carrier="c1",
+                             error_code=0)])  # fmt: skip
+        assert store.awaiting_receipts() == [(1000, "c1", ("a1",)), (1001, "c1", ("b1",))]
+        assert store.message("acme", 1000).state == "accepted"
+        assert store.job("acme", "j1").counts == {"queued": 3, "submitted": 1, "accepted": 1}
+        store.record([Change(message_id=1000, state="undelivered", at=13.0, reason="receipt", carrier="c1",
+                             error_code=11),
+                      Change(message_id=1000, state="accepted", at=14.0, reason="receipt ENROUTE", carrier="c1")])
+        store.record([Change(message_id=1000, state="accepted", at=15.0, reason="late", carrier="c1")])  # fmt: skip
+        m = store.message("acme", 1000)
+        assert m.state == "undelivered" and m.error_code == 11
+        assert [(c.state, c.error_code) for c in m.history] == [("queued", None), ("submitted", None),
+                                                                ("accepted", 0), ("undelivered", 11)]  # fmt: skip
+        assert store.message("acme", 1001).error_code is None
+        assert store.awaiting_receipts() == [(1001, "c1", ("b1",))]
+        got = [(i.message_id, i.state, i.error_code) for i in store.outbox_take(20.0, 100, 30.0)]
+        assert got == [(1000, "submitted", None), (1001, "submitted", None), (1000, "accepted", 0),
+                       (1000, "undelivered", 11)]  # fmt: skip
+
     def test_outbox_states_upstream_cares_about(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
         store.record([Change(message_id=1000, state="deferred", at=11.0, reason="quiet hours"),

@@ -22,7 +22,7 @@ def core() -> Scheduler:
                 Route(prefix="33", carriers=["c"])],  # fmt: skip
         shards=4,
         # Quiet hours and caps have their own tests: here every message may go at once.
-        quiet_hours=QuietHoursSettings(start="00:00", end="24:00", overrides={}),
+        quiet_hours=QuietHoursSettings(start="00:00", end="24:00", overrides={}, rules={}),
         weekly_cap=CapSettings(limit=1000),
     )
     return Scheduler(s, NOW)

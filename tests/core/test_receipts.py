@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from gateway.core.model import FinalState
 from gateway.core.receipts import (
     Answer,
+    Progressed,
     ReceiptState,
     Receipted,
     Reconciler,
@@ -117,12 +118,17 @@ def test_one_part_arrives_before_the_response() -> None:
     assert final(rc.receipt("c", "a", R.DELIVERED, 0, now=2), 1).state is FinalState.DELIVERED
 
 
-def test_intermediate_states_change_nothing() -> None:
+def test_intermediate_receipts_move_the_message_to_accepted_once() -> None:
     rc = Reconciler(horizon_s=10)
     rc.submitted(1, "c", ["a"], 1, now=0)
-    assert rc.receipt("c", "a", R.ENROUTE, None, now=1) == []
-    assert rc.receipt("c", "a", R.ACCEPTED, None, now=2) == []
+    assert rc.receipt("c", "a", R.ENROUTE, None, now=1) == [
+        Progressed(ref=1, carrier="c", reason="receipt ENROUTE", error_code=None, at=1)]
+    assert rc.receipt("c", "a", R.ACCEPTED, None, now=2) == []  # already accepted: nothing new
     assert rc.statistics().intermediate == 2 and rc.statistics().pending == 1
+    (r,) = rc.receipt("c", "a", R.DELIVERED, 0, now=3)  # a final receipt still ends it
+    assert r.state is FinalState.DELIVERED
+    assert rc.receipt("c", "a", R.ENROUTE, None, now=4) == []  # late: never backwards
+    assert rc.statistics().duplicates == 1
 
 
 def test_duplicate_receipts_are_counted_not_reported() -> None:
@@ -264,7 +270,9 @@ def test_a_final_receipt_hands_back_the_tokens_of_every_part() -> None:
 def test_tokens_of_receipts_that_change_nothing_come_back_at_once() -> None:
     rc = Reconciler(hold_unmatched_s=10, horizon_s=100)
     rc.submitted(1, "c", ["a"], 1, now=0.0)
-    assert rc.receipt("c", "a", R.ENROUTE, None, now=0.5, ack=1) == [Answer(acks=(1,))]
+    (p,) = rc.receipt("c", "a", R.ENROUTE, None, now=0.5, ack=1)
+    assert p.acks == (1,)  # answered once ``accepted`` is written
+    assert rc.receipt("c", "a", R.ENROUTE, None, now=0.6, ack=4) == [Answer(acks=(4,))]  # changes nothing
     (r,) = rc.receipt("c", "a", R.DELIVERED, 0, now=1.0, ack=2)
     assert r.acks == (2,)
     assert rc.receipt("c", "a", R.DELIVERED, 0, now=1.5, ack=3) == [Answer(acks=(3,))]  # duplicate
@@ -282,7 +290,7 @@ def test_a_held_receipt_is_answered_at_once() -> None:
 def test_without_tokens_nothing_changes() -> None:
     rc = Reconciler(hold_unmatched_s=10, horizon_s=100)
     rc.submitted(1, "c", ["a"], 1, now=0.0)
-    assert rc.receipt("c", "a", R.ENROUTE, None, now=0.5) == []
+    assert [type(x) for x in rc.receipt("c", "a", R.ENROUTE, None, now=0.5)] == [Progressed]
     (r,) = rc.receipt("c", "a", R.DELIVERED, 0, now=1.0)
     assert r.acks == () and rc.receipt("c", "a", R.DELIVERED, 0, now=1.5) == []
 
@@ -333,3 +341,78 @@ def test_finished_messages_leave_the_horizon_queue_as_they_finish():
         late.submitted(i, "a", (str(i),), 1, 1.0)
         late.receipt("a", str(i), ReceiptState.DELIVERED, None, 1.1)
     assert len(late._horizon) < 2 * 1024 + 10 and late.statistics().pending == 1
+
+
+# -- intermediate receipts, receipts without a state, ids in several bases ---------------------------
+
+_STATES = st.one_of(st.sampled_from(list(ReceiptState)), st.none())  # None: a receipt with no state we know
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 2), _STATES, st.sampled_from([None, 0, 11]),
+                          st.floats(0, 3), st.booleans()), max_size=40),
+       st.lists(st.integers(1, 3), min_size=6, max_size=6))  # fmt: skip
+def test_a_message_is_accepted_at_most_once_and_never_after_its_end(events, parts) -> None:
+    """Whatever comes in whatever order: per message at most one ``Progressed``, exactly one
+    ``Receipted``, and no ``Progressed`` after it (states never go backwards)."""
+    rc = Reconciler(hold_unmatched_s=2, horizon_s=10)
+    now = 0.0
+    said: dict[int, list[str]] = {}
+    submitted: set[int] = set()
+
+    def collect(results) -> None:
+        for r in results:
+            if isinstance(r, (Progressed, Receipted)):
+                said.setdefault(r.ref, []).append("accepted" if isinstance(r, Progressed) else "final")
+
+    for msg, part, state, err, step, is_receipt in events:
+        now += step
+        if is_receipt:
+            collect(rc.receipt("c", f"{msg}-{part}", state, err, now))
+        elif msg not in submitted:
+            submitted.add(msg)
+            collect(rc.submitted(msg, "c", [f"{msg}-{p}" for p in range(parts[msg])], parts[msg], now))
+        collect(rc.tick(now))
+    collect(rc.tick(now + 11))
+    assert set(said) == submitted
+    for seq in said.values():
+        assert seq in (["final"], ["accepted", "final"]), seq
+
+
+def test_receipts_without_a_state_follow_the_rule() -> None:
+    rc = Reconciler()
+    rc.submitted(1, "c", ["a"], 1, now=0)
+    rc.submitted(2, "c", ["b"], 1, now=0)
+    (p,) = rc.receipt("c", "a", None, 0, now=1, word="SENT")
+    assert isinstance(p, Progressed) and p.reason == "receipt without state (stat:SENT)"
+    (r,) = rc.receipt("c", "b", None, 11, now=1)
+    assert (r.state, r.error_code, r.reason) == (FinalState.UNDELIVERED, 11, "receipt without state err:11")
+    assert rc.statistics().stateless == 2
+
+
+_BASES = {"dec": lambda n: str(n), "hex": lambda n: "%x" % n}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["dec", "hex"]), st.sampled_from(["dec", "hex"]), st.sampled_from(["dec", "hex"]),
+       st.integers(1, 300), st.integers(0, 4), st.booleans(), st.booleans())  # fmt: skip
+def test_a_receipt_finds_its_message_whatever_base_each_id_is_in(submit, tlv, text, n, zeros, upper, both) -> None:
+    """The submit id in one base, the receipt's TLV id and text id each in one of the configured
+    bases (zero-padded, any case), while every other message 1..300 waits too: a receipt with
+    both ids always ends the right message; with one id, when only its base is configured."""
+    def render(base: str, k: int) -> str:
+        s = "0" * zeros + _BASES[base](k)
+        return s.upper() if upper else s
+
+    formats = tuple(dict.fromkeys((tlv, text))) if both else (tlv,)
+    rc = Reconciler(hold_unmatched_s=10, id_formats={"c": (submit, formats)})  # type: ignore[dict-item]
+    for k in range(1, 301):
+        rc.submitted(k, "c", [_BASES[submit](k)], 1, now=0)
+    ids = [render(tlv, n), render(text, n)] if both else [render(tlv, n)]
+    (r,) = rc.receipt("c", ids, R.DELIVERED, 0, now=1, tlv_first=False)
+    assert r.ref == n
+
+
+def test_a_receipt_without_an_id_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Reconciler().receipt("c", ["", ""], R.DELIVERED, 0, now=1)

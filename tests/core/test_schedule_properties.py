@@ -44,7 +44,7 @@ def make_settings() -> CoreSettings:
         shards=3,
         carriers=[CarrierSettings(name=c, rate=100_000.0, burst=100_000) for c in CARRIERS],
         routes=[Route(prefix="", carriers=["a", "b"])],  # a down: its ready rows fail over to b
-        quiet_hours=QuietHoursSettings(start="00:00", end="23:59", overrides={}),
+        quiet_hours=QuietHoursSettings(start="00:00", end="24:00", overrides={}, rules={}),  # no day rules either
     )
 
 

@@ -22,6 +22,7 @@ import math
 from zoneinfo import ZoneInfo
 
 import phonenumbers
+import holidays
 import phonenumbers.timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -70,12 +71,20 @@ def zones_of(number: str, tz: str | None) -> list[str]:
     return [z for z in zs if z != "Etc/Unknown"] or ["UTC"]
 
 
+FR_HOLIDAYS = holidays.country_holidays("FR")
+
+
 def open_everywhere(number: str, tz: str | None, now: float) -> bool:
-    start, end = WINDOWS.get(number, (8 * 60, 21 * 60))
+    # French numbers (an explicit zone too: the region is the number's) follow the shipped FR
+    # rule: 08:00-20:00, nothing on Sundays and public holidays, on the local calendar.
+    french = number.startswith("+33")
+    start, end = (8 * 60, 20 * 60) if french else WINDOWS.get(number, (8 * 60, 21 * 60))
     for z in zones_of(number, tz):
         local = dt.datetime.fromtimestamp(now, ZoneInfo(z))
         minute = local.hour * 60 + local.minute
         if not start <= minute < end:
+            return False
+        if french and (local.weekday() == 6 or local.date() in FR_HOLIDAYS):
             return False
     return True
 

@@ -203,3 +203,44 @@ async def test_deferred_callbacks_answer_once_written() -> None:
         assert answers == [204, 503]
         await post(bodies[1])  # posted again: a duplicate, nothing to wait for
         assert answers == [204, 503, 204]
+
+
+@pytest.mark.parametrize(("profile", "status"), [("generic", "sent"), ("generic", "accepted"),
+                                                 ("twilio", "sending"), ("twilio", "accepted")])  # fmt: skip
+async def test_intermediate_callbacks_make_the_message_accepted_then_final(profile: str, status: str) -> None:
+    """An HTTP carrier's "sent"/"queued"/"accepted": ``ReceiptProgress`` once, then the final
+    receipt still ends the message, with the carrier's error code; a late intermediate after it
+    changes nothing."""
+    from urllib.parse import urlencode
+
+    from carriers.base import ReceiptProgress
+    from carriers.http.profiles import twilio
+
+    kw = {"profile": "twilio", "account": "AC1", "auth_token": "k"} if profile == "twilio" else {"receipt_secret": "k"}
+    conn = settings(profile="twilio", account="AC1") if profile == "twilio" else settings()
+    async with in_process(HttpSimSettings(receipt_delay=3600.0, **kw), conn, callback_secret="k") as h:
+        final = await h.drive([make_dispatch(1, message_id=701)])
+        (cid,) = final[1].carrier_ids
+
+        def body(state: str, code: int | None) -> tuple[dict, bytes]:
+            if profile == "twilio":
+                form = {"MessageSid": cid, "MessageStatus": state, **({"ErrorCode": str(code)} if code else {})}
+                raw = urlencode(form).encode()
+                return twilio.sign("http://x/receipts", raw, "k", 0), raw
+            raw = b'{"receipts": [{"id": "%s", "status": "%s", "error_code": %s}]}' % (
+                cid.encode(), state.encode(), b"null" if code is None else b"%d" % code)
+            return generic.sign("", raw, "k", __import__("time").time()), raw
+
+        for state, code in ((status, None), (status, None), ("undelivered", 30003), (status, None)):
+            headers, raw = body(state, code)
+            assert await h.connector.callback("http://x/receipts", headers, raw) == 204
+        while True:
+            try:
+                h.seen.append(h.events.receive_nowait())
+            except anyio.WouldBlock:
+                break
+        said = [(type(e).__name__, e.message_id, str(e.state), e.error_code) for e in h.seen
+                if isinstance(e, (ReceiptMatched, ReceiptProgress))]  # fmt: skip
+        assert said == [("ReceiptProgress", 701, "accepted", None), ("ReceiptMatched", 701, "undelivered", 30003)]
+        counts = h.connector.statistics().receipts
+        assert (counts.intermediate, counts.matched, counts.duplicate) == (2, 1, 1)

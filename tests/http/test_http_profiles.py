@@ -161,3 +161,20 @@ def test_profiles_are_sans_io() -> None:
             else:
                 continue
             assert not names & forbidden, f"{path.name}:{node.lineno} imports {names & forbidden}"
+
+
+def test_a_status_the_profile_does_not_know_is_kept_for_the_stateless_rule() -> None:
+    from gateway.core.model import FinalState
+    from gateway.core.receipts import Progressed, Reconciler
+
+    (r,) = generic.parse_callback({}, b'{"receipts": [{"id": "a", "status": "Bounced", "error_code": 7}]}')
+    assert (r.state, r.word, r.error_code) == (None, "Bounced", 7)
+    (t,) = twilio.parse_callback({}, b"MessageSid=SM1&MessageStatus=teleported")
+    assert (t.state, t.word, t.error_code) == (None, "teleported", None)
+    rc = Reconciler()
+    rc.submitted(1, "h", ["a"], 1, now=0)
+    rc.submitted(2, "h", ["SM1"], 1, now=0)
+    (end,) = rc.receipt("h", r.carrier_id, r.state, r.error_code, 1.0, word=r.word)
+    assert (end.state, end.error_code, end.reason) == (FinalState.UNDELIVERED, 7, "receipt without state (stat:Bounced) err:7")
+    (p,) = rc.receipt("h", t.carrier_id, t.state, t.error_code, 1.0, word=t.word)
+    assert isinstance(p, Progressed)

@@ -152,8 +152,8 @@ async def test_batches_signed_per_tenant_and_url() -> None:
             assert verify(SECRET, r.headers[HEADER], r.content, now=clock())
     [first] = [e for e in rx.events() if e["message_id"] == format_id(BASE)]
     assert first == {"message_id": format_id(BASE), "job_id": "job_1", "state": "delivered", "at": clock(),
-                     "reason": "DELIVRD", "carrier": "alpha", "to": "+12125550000", "index": first["index"],
-                     "reference": None}  # fmt: skip
+                     "reason": "DELIVRD", "carrier": "alpha", "error_code": None, "to": "+12125550000",
+                     "index": first["index"], "reference": None}  # fmt: skip
     assert first["index"] is not None  # the recipient's index in the request, not its id's offset
     assert store.outbox_statistics().pending == 0
 

@@ -62,9 +62,16 @@ def test_text_variants(text: bytes, expected) -> None:
     assert (r.message_id, r.state, r.error_code) == expected
 
 
-@pytest.mark.parametrize("text", [b"", b"hello", b"id: stat:DELIVRD", b"id:5 stat:BOGUS"])
-def test_unusable_receipts(text: bytes) -> None:
+@pytest.mark.parametrize("text", [b"", b"hello", b"id: stat:DELIVRD", b"sub:001 stat:DELIVRD err:000"])
+def test_receipts_naming_no_message_are_unparsable(text: bytes) -> None:
     assert parse_receipt(dlr(text)) is None
+
+
+@pytest.mark.parametrize(("text", "word", "err"), [(b"id:5 stat:BOGUS", "BOGUS", None), (b"id:5 err:011", None, 11),
+                                                  (b"id:5 sub:001 dlvrd:001", None, None)])  # fmt: skip
+def test_receipts_without_a_known_state_are_kept(text: bytes, word, err) -> None:
+    r = parse_receipt(dlr(text))
+    assert (r.message_id, r.state, r.word, r.error_code) == ("5", None, word, err)
 
 
 def test_receipt_text_in_message_payload() -> None:
@@ -165,3 +172,14 @@ def test_decode_text() -> None:
     assert decode_text(b"abc", 1) == "abc"
     assert decode_text("é".encode("latin-1"), 3) == "é"
     assert decode_text("☃".encode("utf-16-be"), 8) == "☃"
+
+
+def test_the_log_excerpt_of_a_receipt_is_bounded_and_printable() -> None:
+    from carriers.smpp.receipts import receipt_excerpt
+
+    pdu = dlr(b"stat:DELIVRD \x1b[31m\r\nforged log line " + b"x" * 500, network_error_code=b"\x03\x00\x0b")
+    line = receipt_excerpt(pdu)
+    assert len(line) <= 200 and line.endswith("...")
+    assert line.isprintable() and "\n" not in line and "\x1b" not in line
+    assert line.startswith("stat:DELIVRD \\x1b[31m\\r\\nforged")
+    assert receipt_excerpt(dlr(b"", receipted_message_id=b"7b")).endswith("tlvs:0x001e=376200")

@@ -13,7 +13,8 @@ TEXT = st.lists(st.sampled_from([*'ab,"[]\\ {}:', "submitted", '"submitted",', '
                 max_size=12).map("".join)
 CHANGES = st.lists(
     st.builds(Change, message_id=st.just(1), state=st.sampled_from(["queued", "submitted", "deferred", "submitted"]),
-              at=st.floats(0, 2e9, allow_nan=False), reason=TEXT, carrier=st.none() | TEXT),
+              at=st.floats(0, 2e9, allow_nan=False), reason=TEXT, carrier=st.none() | TEXT,
+              error_code=st.none() | st.integers(0, 65535)),
     min_size=1, max_size=8,
 )  # fmt: skip
 
@@ -22,5 +23,5 @@ CHANGES = st.lists(
 @given(CHANGES)
 def test_last_submit_agrees_with_decoding_the_history(changes) -> None:
     history = _coalesce(changes)[0][7]  # what ``record`` appends to messages.history
-    decoded = [at for at, state, _, _ in _history_dec.decode(f"[{history}]") if state == "submitted"]
+    decoded = [e.at for e in _history_dec.decode(f"[{history}]") if e.state == "submitted"]
     assert _last_submit(history) == (decoded[-1] if decoded else None)

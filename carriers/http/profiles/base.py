@@ -74,9 +74,13 @@ Answer = Results | Throttle | Retry
 
 
 class CallbackReceipt(msgspec.Struct, frozen=True, kw_only=True, tag="receipt"):
+    """``state`` None: a status the profile does not know, decided like an SMPP receipt without
+    a state (``gateway.core.receipts.stateless_state``); ``word`` is the status as posted."""
+
     carrier_id: str
-    state: ReceiptState
+    state: ReceiptState | None
     error_code: int | None = None
+    word: str | None = None
 
 
 class CallbackInbound(msgspec.Struct, frozen=True, kw_only=True, tag="inbound"):

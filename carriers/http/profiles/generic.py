@@ -146,8 +146,8 @@ def parse_callback(headers: Mapping[str, str], body: bytes) -> list[CallbackRece
     """Receipts and inbound messages in one posted body. Raises ``msgspec.DecodeError`` if unreadable."""
     doc = _callback.decode(body)
     out: list[CallbackReceipt | CallbackInbound] = [
-        CallbackReceipt(carrier_id=r.id, state=_STATES.get(r.status.lower(), ReceiptState.UNKNOWN),
-                        error_code=r.error_code)  # fmt: skip
+        CallbackReceipt(carrier_id=r.id, state=_STATES.get(r.status.lower()), error_code=r.error_code,
+                        word=r.status[:32])  # fmt: skip
         for r in doc.receipts
     ]
     out.extend(

@@ -123,7 +123,7 @@ def parse_callback(headers: Mapping[str, str], body: bytes) -> list[CallbackRece
     if status and status != "received":
         code = form.get("ErrorCode") or ""
         return [CallbackReceipt(carrier_id=form.get("MessageSid", ""),
-                                state=_STATES.get(status.lower(), ReceiptState.UNKNOWN),
+                                state=_STATES.get(status.lower()), word=status[:32],
                                 error_code=int(code) if code.isdigit() else None)]  # fmt: skip
     if "From" not in form:
         raise ValueError("neither a receipt nor an inbound message")
