@@ -82,6 +82,7 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     rules: templates.MessageRules = templates.MessageRules()
     link_domain: str | None = None  # short links on this domain (default: the tenant's short_domain)
     utm: dict[str, str] = {}
+    link_ttl_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] | None = None  # None: links never expire
     discount: DiscountSpec | None = None
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
 
@@ -282,8 +283,9 @@ def render_for(store: Store, tenant: str, spec: CampaignSpec, cid: int, sub: Sub
     short = links.shorten(rendered.text, domain=spec.link_domain or tl.domain, key=tl.key, scope=f"{cid}:{sub.id}",
                           exists=exists or (lambda c: c in taken or store.link_exists(c)))  # fmt: skip
     taken.update(link.code for link in short.links)
+    expires = now + spec.link_ttl_days * 86_400 if spec.link_ttl_days is not None else None
     rows = [LinkRow(code=link.code, tenant=tenant, campaign_id=cid, subscriber_id=sub.id, target=link.target,
-                    created_at=now) for link in short.links]  # fmt: skip
+                    created_at=now, expires_at=expires) for link in short.links]  # fmt: skip
     return short.text, rows
 
 

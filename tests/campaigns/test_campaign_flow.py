@@ -181,3 +181,22 @@ def test_ab_winner_goes_to_the_held_rest_once(world: World) -> None:
     assert sorted(sent) == sorted(f"+4479111{i:05d}" for i in range(1, 31))  # everyone once
     rest = [x for x in world.store.campaign_recipients("acme", cid) if x.variant == "a" and x.text.startswith("A ")]
     assert len(rest) >= out["held"]
+
+
+def test_links_expire_only_when_configured(world: World) -> None:
+    c = world.client
+    a = world.subscriber(1)
+    codes = {}
+    for ttl in (None, 1):
+        definition = {"sender": "A", "template": "see https://s.io/x", "audience": {"subscribers": [a]},
+                      "smart_sending_hours": 0, **({"link_ttl_days": ttl} if ttl else {})}  # fmt: skip
+        cid = c.post("/v1/campaigns", headers=H, json={"name": "T", "definition": definition}).json()["id"]
+        c.post(f"/v1/campaigns/{cid}/launch", headers=H)
+        [row] = world.store.campaign_recipients("acme", cid)
+        codes[ttl] = row.text.split("https://sl.ui/")[1].split()[0]
+    world.clock.now = T0 + 86_400 - 1
+    assert c.get(f"/{codes[1]}", headers={"user-agent": UA}, follow_redirects=False).status_code == 302
+    world.clock.now = T0 + 86_400
+    assert c.get(f"/{codes[1]}", headers={"user-agent": UA}, follow_redirects=False).status_code == 404
+    world.clock.now = T0 + 3650 * 86_400
+    assert c.get(f"/{codes[None]}", headers={"user-agent": UA}, follow_redirects=False).status_code == 302
