@@ -14,6 +14,9 @@ table (the rest is the gateway's)::
     key_env = "CAMPAIGNS_KEY_ACME"              # or key_sha256 = "<hex sha256 of the key>"
     gateway_key_env = "SLUICE_KEY_ACME"         # this shop's key for the gateway's API
     webhook_secret_env = "SLUICE_WEBHOOK_ACME"  # verifies what the gateway POSTs to us
+    short_domain = "sl.ui"                      # campaign short links: https://sl.ui/<code>
+    link_key_env = "CAMPAIGNS_LINKS_ACME"       # the secret link and discount codes are minted with
+    time_zone = "Europe/Paris"                  # the shop's clock
 """
 
 from __future__ import annotations
