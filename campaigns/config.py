@@ -14,6 +14,9 @@ table (the rest is the gateway's)::
     key_env = "CAMPAIGNS_KEY_ACME"              # or key_sha256 = "<hex sha256 of the key>"
     gateway_key_env = "SLUICE_KEY_ACME"         # this shop's key for the gateway's API
     webhook_secret_env = "SLUICE_WEBHOOK_ACME"  # verifies what the gateway POSTs to us
+    short_domain = "sl.ui"                      # campaign short links: https://sl.ui/<code>
+    link_key_env = "CAMPAIGNS_LINKS_ACME"       # the secret link and discount codes are minted with
+    time_zone = "Europe/Paris"                  # the shop's clock
 """
 
 from __future__ import annotations
@@ -90,6 +93,12 @@ class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     default_region: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")] | None = None  # numbers without '+'
     signup: SignupSettings = msgspec.field(default_factory=SignupSettings)
     form: FormSettings = msgspec.field(default_factory=FormSettings)
+    # Campaigns (issue 18): short links on this domain (https://{short_domain}/{code}, at most 22
+    # characters: the domain leaves 5 to 8 for the code), keyed with the secret in link_key_env
+    # (short-link and discount codes are HMACs of it: unguessable, and the same on a relaunch).
+    short_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]{3,16}$")] | None = None
+    link_key_env: str | None = None
+    time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"  # the shop's clock (reports, schedule)
 
     def __post_init__(self) -> None:
         if (self.key_sha256 is None) == (self.key_env is None):
@@ -154,7 +163,7 @@ def missing_environment(settings: CampaignSettings, environ: Mapping[str, str]) 
     as the gateway's ``missing_environment`` does for its own tree."""
     errors = []
     for i, t in enumerate(settings.tenants):
-        for name in ("key_env", "gateway_key_env", "webhook_secret_env"):
+        for name in ("key_env", "gateway_key_env", "webhook_secret_env", "link_key_env"):
             var = getattr(t, name)
             if var is not None and not environ.get(var):
                 errors.append(ConfigError(f"environment variable {var!r} is not set", key=f"campaigns.tenants[{i}].{name}"))

@@ -37,7 +37,31 @@ class Suppression(msgspec.Struct, frozen=True, kw_only=True):
     source: str = ""
 
 
+class Rejected(msgspec.Struct, frozen=True, kw_only=True):
+    index: int
+    error: str = ""
+
+
+class JobAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The gateway's answer to a job: ``id`` is empty when no recipient was accepted (no job made)."""
+
+    id: str = ""
+    accepted: int = 0
+    rejected: list[Rejected] = []
+    rejected_count: int = 0
+
+
+class Preview(msgspec.Struct, frozen=True, kw_only=True):
+    text: str
+    encoding: str
+    segments: int
+    units: int
+    prices: dict[str, int | None] = {}
+
+
 _pages = msgspec.json.Decoder(InboundPage)
+_job = msgspec.json.Decoder(JobAnswer)
+_preview = msgspec.json.Decoder(Preview)
 _supps = msgspec.json.Decoder(list[Suppression])
 
 
@@ -81,3 +105,28 @@ class GatewayClient:
         resp = await self._call("POST", "/v1/messages", ok=(200, 201, 202), content=msgspec.json.encode(payload),
                                 headers={"idempotency-key": key})  # fmt: skip
         return str(msgspec.json.decode(resp.content).get("id", ""))
+
+    async def submit_job(self, body: bytes, *, key: str) -> JobAnswer:
+        """An NDJSON job. ``key`` (the Idempotency-Key) makes a retry return the first answer: a job
+        whose every recipient was refused (422 ``all_recipients_rejected``) is an answer too."""
+        resp = await self._call("POST", "/v1/jobs", ok=(200, 202, 422), content=body,
+                                headers={"idempotency-key": key, "content-type": "application/x-ndjson"})  # fmt: skip
+        if resp.status_code == 422:
+            err = msgspec.json.decode(resp.content)
+            if err.get("code") != "all_recipients_rejected":
+                raise GatewayError(f"gateway POST /v1/jobs: HTTP 422 {resp.text[:200]}")
+            return JobAnswer(rejected=[Rejected(index=r["index"], error=r.get("error", "")) for r in err.get("rejected", [])],
+                             rejected_count=err.get("rejected_count", 0))  # fmt: skip
+        return _job.decode(resp.content)
+
+    async def job_action(self, job_id: str, action: str) -> None:
+        """``pause``, ``resume`` or ``cancel`` a job (a finished job's 409 ``job_finished`` is fine)."""
+        await self._call("POST", f"/v1/jobs/{quote(job_id, safe='')}/{action}", ok=(200, 204, 409))
+
+    async def preview(self, text: str) -> Preview:
+        """The gateway's own measure of a final text: encoding, segments and price per carrier. It is
+        measured as a campaign sends it (template ``{body}``, the text as the variable), so braces in
+        the text are never read as placeholders."""
+        payload = {"text": "{body}", "vars": {"body": text}}
+        resp = await self._call("POST", "/v1/preview", ok=(200,), content=msgspec.json.encode(payload))
+        return _preview.decode(resp.content)

@@ -17,6 +17,9 @@ import uvicorn
 from campaigns.config import CampaignSettings
 from campaigns.service.app import create_app, tenant_keys, webhook_secrets
 from campaigns.service.audience import Audience
+from campaigns.service.campaign_api import campaign_handlers
+from campaigns.service.launch import Launcher, TenantLinks
+from campaigns.service.tracking import Tracker
 from campaigns.service.gateway_client import GatewayClient
 from campaigns.service.link import GatewayLink
 from campaigns.store import open_store
@@ -35,6 +38,26 @@ def gateway_clients(settings: CampaignSettings, gateway_url: str, environ: Mappi
     return out
 
 
+def tenant_links(settings: CampaignSettings, environ: Mapping[str, str]) -> dict[str, TenantLinks]:
+    """Tenants that can send campaigns with links: a short domain and the key their codes are minted with."""
+    out = {}
+    for t in settings.tenants:
+        key = environ.get(t.link_key_env or "")
+        if t.short_domain and key:
+            out[t.name] = TenantLinks(domain=t.short_domain, key=key.encode(), zone=t.time_zone)
+        else:
+            log.warning("campaigns.tenant.no_short_links tenant=%s (set short_domain and link_key_env)", t.name)
+    return out
+
+
+def callback_urls(settings: CampaignSettings) -> dict[str, str]:
+    """Where the gateway posts each tenant's message states (needs ``public_url``)."""
+    if not settings.public_url:
+        return {}
+    base = settings.public_url.rstrip("/")
+    return {t.name: f"{base}/v1/gateway/{t.name}/events" for t in settings.tenants}
+
+
 async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, port: int | None = None,
                 on_ready: Callable[[int], None] | None = None,
                 environ: Mapping[str, str] | None = None) -> None:  # fmt: skip
@@ -43,7 +66,10 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     audience = Audience(store, settings, time.time)
     clients = gateway_clients(settings, gateway_url or settings.gateway_url, env)
     link = GatewayLink(audience, clients)
-    app = create_app(audience, tenant_keys(settings, env), link=link, secrets=webhook_secrets(settings, env))
+    secrets = webhook_secrets(settings, env)
+    launcher = Launcher(store, clients, tenant_links(settings, env), time.time, callback_urls=callback_urls(settings))
+    app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets,
+                     extra_handlers=campaign_handlers(launcher, Tracker(launcher), secrets))  # fmt: skip
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False))  # fmt: skip
     try:

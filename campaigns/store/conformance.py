@@ -11,6 +11,7 @@ from campaigns.core.events import (ActivityEvent, CheckoutEvent, ConsentGrant, C
                                    FulfillmentEvent, Item, OrderEvent, Profile)  # fmt: skip
 from campaigns.errors import Conflict, InvalidInput, NotFound
 from campaigns.store.base import NewConsent, Store
+from campaigns.store.campaign_rows import LinkRow, PlannedRecipient
 
 A, B = "+33612345678", "+33612345679"
 DAY = 86_400.0
@@ -49,6 +50,9 @@ def check_subscribers(store: Store) -> None:
     rest = store.subscribers("acme", after=first[-1].id, limit=10)
     assert len(first) == 3 and len(rest) == 3 and first[-1].id < rest[0].id
     assert {x.tenant for x in first + rest} == {"acme"}
+    ids = [x.id for x in first + rest]
+    assert [x.id for x in store.subscribers_by_ids("acme", [*reversed(ids), 10**9] + list(range(10**6, 10**6 + 600)))] == ids
+    assert store.subscribers_by_ids("beta", ids[:2]) == []
 
 
 def check_consent_ledger(store: Store) -> None:
@@ -247,6 +251,112 @@ def check_import(store: Store) -> None:
     assert len(store.ledger("acme", a.id)) == 2
 
 
+def check_campaigns(store: Store) -> None:
+    c = store.put_campaign("acme", "Spring", {"template": "Hi"}, now=T0)
+    assert c.status == "draft" and c.definition == {"template": "Hi"} and c.launched_at is None
+    assert store.campaign("beta", c.id) is None  # tenants are isolated
+    _raises(NotFound, lambda: store.set_campaign_status("beta", c.id, "launching", now=T0))
+    c = store.set_campaign_status("acme", c.id, "launching", now=T0 + 1)
+    assert c.status == "launching" and c.launched_at == T0 + 1
+    assert store.set_campaign_status("acme", c.id, "launching", now=T0 + 2).launched_at == T0 + 1
+    _raises(Conflict, lambda: store.set_campaign_status("acme", c.id, "draft", now=T0 + 2))
+    recs = [PlannedRecipient(subscriber_id=10 + i, phone=f"+3361234501{i}", variant="a" if i % 2 else "b",
+                             send_at=T0 + 100 * (i // 2), tz="Europe/Paris", text=f"hello {i}", batch=i // 2,
+                             idx=i % 2) for i in range(5)]  # fmt: skip
+    links = [LinkRow(code=f"code{i}", tenant="acme", campaign_id=c.id, subscriber_id=10 + i, target="https://s.io/p",
+                     created_at=T0) for i in range(5)]  # fmt: skip
+    assert store.freeze_audience("acme", c.id, recs, links, now=T0)
+    # A relaunch keeps the first frozen audience: nothing is written twice.
+    assert not store.freeze_audience("acme", c.id, recs[:1], [], now=T0 + 5)
+    batches = store.batches("acme", c.id)
+    assert [(b.batch, b.size, b.send_at, b.job_id) for b in batches] == [(0, 2, T0, None), (1, 2, T0 + 100, None),
+                                                                          (2, 1, T0 + 200, None)]  # fmt: skip
+    assert [r.text for r in store.batch_recipients("acme", c.id, 1)] == ["hello 2", "hello 3"]
+    store.batch_submitted("acme", c.id, 1, job_id="job-1", accepted=1, rejected=[1], now=T0 + 3)
+    assert [r.state for r in store.batch_recipients("acme", c.id, 1)] == ["submitted", "rejected"]
+    assert store.batches("acme", c.id)[1].job_id == "job-1"
+    # States from the gateway: by job and slot, forward only; unknown jobs/slots are None.
+    r = store.recipient_state("acme", "job-1", 0, state="delivered", message_id="m-9", at=T0 + 50)
+    assert r is not None and r.subscriber_id == 12 and r.state == "delivered" and r.message_id == "m-9"
+    r = store.recipient_state("acme", "job-1", 0, state="sent", message_id=None, at=T0 + 60)
+    assert r is not None and r.state == "delivered" and r.state_at == T0 + 50
+    assert store.recipient_state("acme", "job-1", 7, state="sent", message_id=None, at=T0) is None
+    assert store.recipient_state("beta", "job-1", 0, state="sent", message_id=None, at=T0) is None
+    assert len(store.campaign_recipients("acme", c.id, after=11, limit=10)) == 3
+    # A link reads its recipient's number and delivery time with it (the redirect's one read).
+    got = store.link("code2")
+    assert got is not None and (got.phone, got.delivered_at) == ("+33612345012", T0 + 50)
+    got = store.link("code3")
+    assert got is not None and (got.phone, got.delivered_at) == ("+33612345013", None)
+    # Smart sending reads the frozen sends.
+    assert store.last_marketing_at("acme", [10, 12, 99]) == {10: T0, 12: T0 + 100}
+    # An empty audience is frozen as well.
+    e = store.put_campaign("acme", "Empty", {}, now=T0)
+    assert store.freeze_audience("acme", e.id, [], [], now=T0) and not store.freeze_audience("acme", e.id, [], [], now=T0)
+    assert store.batches("acme", e.id) == []
+
+
+def check_held_and_outcomes(store: Store) -> None:
+    c = store.put_campaign("acme", "AB", {}, now=T0)
+    held = [PlannedRecipient(subscriber_id=s, phone=f"+3361234502{s}", variant=None, send_at=T0, tz="UTC", text="",
+                             batch=-1, idx=s) for s in (1, 2)]  # fmt: skip
+    test = [PlannedRecipient(subscriber_id=3, phone="+33612345023", variant="a", send_at=T0, tz="UTC", text="A",
+                             batch=0, idx=0)]  # fmt: skip
+    assert store.freeze_audience("acme", c.id, held + test, [], now=T0)
+    assert [b.batch for b in store.batches("acme", c.id)] == [0]
+    released = [PlannedRecipient(subscriber_id=s, phone="", variant="a", send_at=T0 + 10, tz="UTC", text="won",
+                                 batch=1, idx=i) for i, s in enumerate((1, 2))]  # fmt: skip
+    link = LinkRow(code="HeLd01", tenant="acme", campaign_id=c.id, subscriber_id=1, target="https://x.io", created_at=T0)
+    assert store.release_held("acme", c.id, released, [link]) == 2
+    assert store.release_held("acme", c.id, released, [link]) == 0  # released once
+    assert [(b.batch, b.size) for b in store.batches("acme", c.id)] == [(0, 1), (1, 2)]
+    assert [r.text for r in store.batch_recipients("acme", c.id, 1)] == ["won", "won"]
+    assert store.batch_recipients("acme", c.id, -1) == [] and store.link_exists("HeLd01")
+    # Outcomes: the recipients' orders and opt-outs since the send, not before, not other people's.
+    for phone, sid_at in ((A, T0 + 5), (B, T0 - 5)):
+        store.apply_event("acme", OrderEvent(id=f"o-{phone}", at=sid_at, order_id=f"o-{phone}", phone=phone, total=1500,
+                                             currency="EUR", payment_status="paid"), phone=phone, now=T0 + 20)  # fmt: skip
+    a = store.subscriber_by_phone("acme", A)
+    assert a is not None
+    c2 = store.put_campaign("acme", "Out", {}, now=T0)
+    store.freeze_audience("acme", c2.id, [PlannedRecipient(subscriber_id=a.id, phone=A, variant=None, send_at=T0,
+                                                            tz="UTC", text="x", batch=0, idx=0)], [], now=T0)  # fmt: skip
+    store.record_consent("acme", NewConsent(phone=A, action="opt_in", source="api", at=T0 + 1), now=T0 + 1)
+    store.record_consent("acme", NewConsent(phone=A, action="opt_out", source="api", at=T0 + 30), now=T0 + 30)
+    out = store.campaign_outcomes("acme", c2.id, since=T0)
+    assert out.orders == [(f"o-{A}", a.id, T0 + 5, 1500, None)] and out.opt_outs == [(a.id, T0 + 30)]
+    assert store.campaign_outcomes("acme", c2.id, since=T0 + 6).orders == []
+
+
+def check_links_and_clicks(store: Store) -> None:
+    c = store.put_campaign("acme", "Links", {}, now=T0)
+    link = LinkRow(code="Ab3dE9", tenant="acme", campaign_id=c.id, subscriber_id=5, target="https://s.io/x?a=1",
+                   created_at=T0)  # fmt: skip
+    store.freeze_audience("acme", c.id, [], [link], now=T0)
+    assert store.link("Ab3dE9") == link and store.link("ab3dE9") is None  # codes are case-sensitive
+    assert store.link_exists("Ab3dE9") and not store.link_exists("nope")
+    assert store.existing_links(["nope", "Ab3dE9", "ab3dE9"] + [f"x{i}" for i in range(600)]) == {"Ab3dE9"}
+    assert not store.record_click("Ab3dE9", at=T0 + 1, user_agent="Slackbot", verdict="bot")
+    assert store.record_click("Ab3dE9", at=T0 + 60, user_agent="Mozilla/5.0", verdict="click")
+    assert not store.record_click("Ab3dE9", at=T0 + 70, user_agent="Mozilla/5.0", verdict="click")
+    counts = store.click_counts("acme", c.id)
+    assert (counts.unique, counts.total, counts.ignored) == (1, 2, 1)
+    assert store.human_clicks("acme", c.id) == [(5, T0 + 60), (5, T0 + 70)]
+    assert store.click_counts("beta", c.id).total == 0
+
+
+def check_discount_pools(store: Store) -> None:
+    assert store.add_discount_codes("acme", "spring", ["B-2", "A-1", "A-1"]) == 2
+    assert store.reserve_discount("acme", "spring", 1, 10, now=T0) == "A-1"
+    assert store.reserve_discount("acme", "spring", 1, 10, now=T0 + 1) == "A-1"  # idempotent per recipient
+    assert store.reserve_discount("acme", "spring", 1, 11, now=T0) == "B-2"
+    assert store.reserve_discount("acme", "spring", 1, 12, now=T0) is None  # the pool is empty
+    assert store.reserve_discount("beta", "spring", 1, 10, now=T0) is None  # pools are per tenant
+    store.record_pattern_code("acme", "pattern", "SAVE-XYZ", 1, 13, now=T0)
+    assert store.discount_code_taken("acme", "SAVE-XYZ") and not store.discount_code_taken("beta", "SAVE-XYZ")
+
+
 CHECKS: list[Callable[[Store], None]] = [check_subscribers, check_consent_ledger, check_events_idempotent_and_aggregates,
                                          check_events_out_of_order, check_checkouts, check_activities_and_customers,
-                                         check_segments_storage, check_import]  # fmt: skip
+                                         check_segments_storage, check_import, check_campaigns,
+                                         check_held_and_outcomes, check_links_and_clicks, check_discount_pools]  # fmt: skip

@@ -14,6 +14,13 @@ Columns beyond the shared plan (docs: campaigns_shared.md), for the store's own 
 - ``segment_timers``: when time alone may change a subscriber's membership of a segment (windows);
 - ``gateway_sync``: opt-outs to push to the gateway's suppressions (an outbox: survives restarts).
 
+Campaigns (issue 18, ``campaigns/store/campaign_sql.py``): ``campaigns`` (definition JSON, status),
+``campaign_recipients`` (the audience frozen at launch: variant, ``send_at``, zone, the rendered text,
+its batch and index in the gateway job, the gateway message id and state), ``campaign_batches`` (one
+gateway job per batch: its ``job_id`` once accepted), ``short_links`` (code -> target, campaign,
+subscriber), ``clicks`` (every hit, with its verdict and whether it was the code's first human click),
+``discount_codes`` (imported pools, one row reserved per recipient).
+
 The segments helper may append tables or indexes in the block marked at the end (SEGMENTS_DDL).
 """
 
@@ -132,6 +139,43 @@ CREATE TABLE IF NOT EXISTS early_fulfillments (
 CREATE TABLE IF NOT EXISTS cursors (
     tenant TEXT NOT NULL, name TEXT NOT NULL, value {INT} NOT NULL, PRIMARY KEY (tenant, name)
 );
+CREATE TABLE IF NOT EXISTS campaigns (
+    tenant TEXT NOT NULL, id {ID}, name TEXT NOT NULL, definition TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'draft'
+        CHECK (status IN ('draft', 'launching', 'launched', 'paused', 'canceled')),
+    created_at {REAL} NOT NULL, updated_at {REAL} NOT NULL, launched_at {REAL}
+);
+CREATE INDEX IF NOT EXISTS campaigns_tenant ON campaigns (tenant, id);
+CREATE TABLE IF NOT EXISTS campaign_recipients (
+    tenant TEXT NOT NULL, campaign_id {INT} NOT NULL, subscriber_id {INT} NOT NULL,
+    phone TEXT NOT NULL, variant TEXT, send_at {REAL} NOT NULL, tz TEXT NOT NULL, text TEXT NOT NULL,
+    batch {INT} NOT NULL, idx {INT} NOT NULL, message_id TEXT,
+    state TEXT NOT NULL DEFAULT 'planned', state_at {REAL},
+    PRIMARY KEY (tenant, campaign_id, subscriber_id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS campaign_recipients_slot ON campaign_recipients (tenant, campaign_id, batch, idx);
+CREATE TABLE IF NOT EXISTS campaign_batches (
+    tenant TEXT NOT NULL, campaign_id {INT} NOT NULL, batch {INT} NOT NULL, send_at {REAL} NOT NULL,
+    size {INT} NOT NULL, job_id TEXT, accepted {INT},
+    PRIMARY KEY (tenant, campaign_id, batch)
+);
+CREATE INDEX IF NOT EXISTS campaign_batches_job ON campaign_batches (tenant, job_id);
+CREATE TABLE IF NOT EXISTS short_links (
+    code TEXT PRIMARY KEY, tenant TEXT NOT NULL, campaign_id {INT} NOT NULL, subscriber_id {INT} NOT NULL,
+    target TEXT NOT NULL, created_at {REAL} NOT NULL, expires_at {REAL}
+);
+CREATE INDEX IF NOT EXISTS short_links_campaign ON short_links (tenant, campaign_id);
+CREATE TABLE IF NOT EXISTS clicks (
+    code TEXT NOT NULL, at {REAL} NOT NULL, user_agent TEXT NOT NULL DEFAULT '',
+    verdict TEXT NOT NULL, is_bot {INT} NOT NULL, is_unique {INT} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS clicks_code ON clicks (code, at);
+CREATE TABLE IF NOT EXISTS discount_codes (
+    tenant TEXT NOT NULL, pool TEXT NOT NULL, code TEXT NOT NULL,
+    campaign_id {INT}, subscriber_id {INT}, reserved_at {REAL},
+    PRIMARY KEY (tenant, pool, code)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS discount_codes_owner ON discount_codes (tenant, pool, campaign_id, subscriber_id);
 CREATE TABLE IF NOT EXISTS gateway_sync (
     tenant TEXT NOT NULL, phone TEXT NOT NULL, action TEXT NOT NULL, at {REAL} NOT NULL,
     PRIMARY KEY (tenant, phone)

@@ -18,6 +18,7 @@ from campaigns.core.model import Activity, Checkout, Order, OrderItem, Stats, Su
 from campaigns.errors import Conflict, InvalidInput, NotFound
 from campaigns.core.imports import ImportRow
 from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, SyncItem
+from campaigns.store.campaign_sql import CampaignSql
 
 _json = msgspec.json.Encoder()
 _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country, region, city, time_zone, "
@@ -72,7 +73,7 @@ def _entry(tenant: str, row: tuple) -> ConsentEntry:
     return ConsentEntry(tenant=tenant, **values)
 
 
-class SqlStore:
+class SqlStore(CampaignSql):
     engine = "sql"
     _least = "MIN"  # the two-argument minimum: MIN on SQLite, LEAST on PostgreSQL
 
@@ -145,6 +146,17 @@ class SqlStore:
             rows = tx.rows(f"SELECT {_SUB_COLS} FROM subscribers WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?",
                            (tenant, after, limit))  # fmt: skip
         return [_subscriber(tenant, r) for r in rows]
+
+    def subscribers_by_ids(self, tenant: str, ids: Sequence[int]) -> list[Subscriber]:
+        """The subscribers of ``ids`` that exist, in id order (500 a query)."""
+        out: list[Subscriber] = []
+        with self._tx() as tx:
+            for i in range(0, len(ids), 500):
+                chunk = list(ids[i:i + 500])
+                marks = ", ".join("?" * len(chunk))
+                out += [_subscriber(tenant, r) for r in tx.rows(
+                    f"SELECT {_SUB_COLS} FROM subscribers WHERE tenant = ? AND id IN ({marks})", (tenant, *chunk))]
+        return sorted(out, key=lambda s: s.id)
 
     def tags(self, tenant: str, subscriber_id: int) -> frozenset[str]:
         with self._tx() as tx:

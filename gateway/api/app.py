@@ -22,8 +22,10 @@ import msgspec
 
 from gateway.api import openapi, schemas
 from gateway.config import Operator, Tenant
+from gateway.core import segments
 from gateway.core.bucket import TokenBucket
 from gateway.core.targets import TargetPolicy, url_problem
+from gateway.core.template import MissingVariable, Template
 from gateway.errors import CallerError, InvalidInput, NotFound, SluiceError, StorageError
 from gateway.api.json_pieces import Pieces, elements, recipient_pieces
 from gateway.runtime.ingest import RecipientLines
@@ -34,7 +36,7 @@ __all__ = ["Api", "hash_key"]
 
 log = logging.getLogger(__name__)
 _enc = msgspec.json.Encoder()
-_decoders = {t: msgspec.json.Decoder(t) for t in (schemas.MessageIn, schemas.JobIn, schemas.SuppressionIn)}
+_decoders = {t: msgspec.json.Decoder(t) for t in (schemas.MessageIn, schemas.JobIn, schemas.SuppressionIn, schemas.PreviewIn)}
 _JOB_HEAD = msgspec.json.Decoder(schemas.JobIn)
 _RECIPIENT = msgspec.json.Decoder(schemas.RecipientIn)
 
@@ -88,6 +90,7 @@ class Api:
         # (method, path template, handler): the templates are the OpenAPI document's paths.
         routes: list[tuple[str, str, Handler]] = [
             ("POST", "/v1/messages", self._post_message),
+            ("POST", "/v1/preview", self._post_preview),
             ("GET", "/v1/messages/{mid}", self._get_message),
             ("GET", "/v1/jobs", self._get_jobs),
             ("POST", "/v1/jobs", self._post_job),
@@ -230,6 +233,26 @@ class Api:
         out, _ = await self.gw.submit_message(tenant.name, msg, self._clock(), raw=body,
                                               idempotency_key=_idem(scope))  # fmt: skip
         return Response(202, out)
+
+    async def _post_preview(self, tenant: Tenant, scope, body: bytes) -> Response:
+        """The gateway's own segment rules on a text (``Scheduler.segments_of``, what dispatch plans),
+        so a campaign's preview and its send never disagree. Stores nothing."""
+        req = _decode(schemas.PreviewIn, body)
+        core = self.gw.core
+        try:
+            filled, _ = Template(req.text).fill(req.vars)
+            count, encoding = core.segments_of(req.text, req.vars)
+        except MissingVariable as exc:
+            raise InvalidInput(str(exc), field=f"vars.{exc.name}", code="missing_variable") from None
+        except ValueError as exc:  # over max_segments, or a NUL in a value
+            raise InvalidInput(str(exc), field="text", code="too_long" if "segment" in str(exc) else "invalid_field") from None
+        # Dispatch sends a UCS-2 text as GSM-7 when smart encoding makes it fit (look-alikes replaced).
+        sent = filled if encoding == "ucs2" or segments.is_gsm7(filled) else segments.smart(filled)
+        units = segments.plan(sent).units
+        prices = {c.name: (None if c.price_per_segment is None else c.price_per_segment * count)
+                  for c in core.settings.carriers}  # fmt: skip
+        out = schemas.PreviewOut(text=filled, encoding=encoding, segments=count, units=units, prices=prices)
+        return Response(200, _enc.encode(out))
 
     async def _post_job(self, tenant: Tenant, scope, body: bytes) -> Response:
         if len(body) >= _PIECES_FROM and (pieces := await _cut(body, self._traffic.give_way)) is not None:

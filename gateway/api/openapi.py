@@ -66,13 +66,15 @@ def _callback(kind: str) -> dict:
 def document() -> bytes:
     types = (schemas.MessageIn, schemas.JobIn, schemas.MessageAccepted, schemas.JobAccepted, schemas.JobStatus,
              schemas.JobPage, schemas.MessageOut, schemas.MessagePage, schemas.SuppressionIn, schemas.SuppressionOut,
-             schemas.ErrorBody, schemas.InboundPageOut, schemas.HealthOut, schemas.CarrierOut,
+             schemas.ErrorBody, schemas.PreviewIn, schemas.PreviewOut, schemas.InboundPageOut, schemas.HealthOut, schemas.CarrierOut,
              list[schemas.SuppressionOut], dict[str, schemas.CarrierOut])  # fmt: skip
     (*_, supp_list, carriers), components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     components["SuppressionList"] = supp_list
     components["Carriers"] = carriers
     paths = {
         "/v1/messages": {"post": _op("Send one message", (202, "MessageAccepted"), "MessageIn", params=[_IDEM])},
+        "/v1/preview": {"post": _op("Measure a text as it would be sent: encoding, segments, price per carrier",
+                                    (200, "PreviewOut"), "PreviewIn")},
         "/v1/messages/{mid}": {"get": _op("A message's state and history", (200, "MessageOut"), params=[_path("mid")])},
         "/v1/jobs": {
             "post": _op("Submit a bulk job", (202, "JobAccepted"), "JobIn", params=[_IDEM], ndjson=True),

@@ -223,6 +223,25 @@ class InboundPageOut(msgspec.Struct, frozen=True, kw_only=True):
     next: int | None = None  # pass as `after` for the next page
 
 
+class PreviewIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A text to measure: ``text`` is a template like a job's (placeholders filled from ``vars``)."""
+
+    text: Body
+    vars: dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=640)]] = {}
+
+
+class PreviewOut(msgspec.Struct):
+    """How the gateway will send ``text``: the same planning as dispatch (smart encoding included).
+    ``units``: GSM-7 septets or UTF-16 code units; ``prices``: carrier -> segments x its
+    ``price_per_segment`` (minor units), null where none is configured."""
+
+    text: str
+    encoding: str
+    segments: int
+    units: int
+    prices: dict[str, int | None]
+
+
 class ErrorBody(msgspec.Struct):
     """Every error answer. ``code``: stable and machine-readable (docs/API.md, "Errors");
     ``error``: for people; ``field``/``index``: where in the request; ``rejected``: with

@@ -156,6 +156,9 @@ class CarrierSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # numbers ("2125550191", SMPP TON 2) are read in this ISO region ("US"). None: only
     # international numbers are understood (docs/COMPLIANCE.md, "One canonical number per person").
     default_region: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")] | None = None
+    # What one segment costs on this carrier, in minor units of the operator's currency (cents);
+    # ``POST /v1/preview`` prices a text with it. None: not configured (the preview says null).
+    price_per_segment: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] | None = None
 
 
 class Route(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,0 +1,441 @@
+"""Launching a campaign: the audience frozen, each text rendered, and the gateway sent NDJSON jobs.
+
+Theory of operation (a crash at any point never sends a recipient twice):
+
+1. ``freeze`` (one store transaction, in a worker thread): resolve the audience (segments included
+   minus excluded, a list of ids, a CSV of phones), keep only marketable subscribers (confirmed
+   opt-in), plan one ``send_at`` each (``core.schedule``), drop who got marketing in the last N hours
+   (smart sending), assign A/B variants (``core.abtest``), render each text (``core.templates``) with
+   its discount code and short links (``core.links``), and store all of it with its batch and slot.
+   A campaign whose audience is already frozen is not planned again: a relaunch reads the same rows.
+2. ``submit``: each batch not yet answered is posted as one NDJSON job with
+   ``Idempotency-Key: campaign-{id}-batch-{n}``. The body is rebuilt from the frozen rows, so it is
+   the same bytes each time, and the gateway answers a retried key with its stored answer instead of
+   sending again. A batch's job id is stored once the gateway answers.
+3. The campaign is ``launched`` when every batch has its job. Pause, resume and cancel are posted to
+   every job of the campaign.
+
+Recipients outside an A/B test's share are frozen as ``held`` (batch -1): ``send_winner`` renders the
+winner's text for them later (``campaigns/service/campaign_api.py``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Annotated, Any, Literal, TypeVar
+
+import anyio.to_thread
+import msgspec
+
+from campaigns.core import abtest, discounts, links, schedule, templates
+from campaigns.core.imports import parse_csv
+from campaigns.core.model import Subscriber
+from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound
+from campaigns.service.gateway_client import GatewayClient
+from campaigns.store.base import Store
+from campaigns.store.campaign_rows import CampaignRow, LinkRow, PlannedRecipient, RecipientRow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+HELD = -1  # the batch of recipients kept for an A/B test's winner
+
+
+class AudienceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    include: list[int] = []  # segment ids (union)
+    exclude: list[int] = []  # segment ids (removed)
+    subscribers: list[int] = []  # explicit subscriber ids
+    csv: str | None = None  # a CSV with a `phone` column (numbers of existing subscribers)
+
+
+class VariantSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+    template: Annotated[str, msgspec.Meta(min_length=1, max_length=1600)]
+    weight: Annotated[float, msgspec.Meta(gt=0, le=1e6)] = 1.0
+
+
+class AbSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    test_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
+    metric: abtest.Metric = "ctr"
+    period_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86400)] = 4 * 3600.0
+    alpha: Annotated[float, msgspec.Meta(gt=0, lt=0.5)] = 0.05
+    min_per_variant: Annotated[int, msgspec.Meta(ge=1)] = 100
+    fallback: Literal["control", "best", "none"] = "control"
+
+
+class DiscountSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pool: str | None = None  # an imported pool: one code reserved per recipient
+    pattern: str | None = None  # or minted per recipient: SAVE10-######
+
+
+class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A campaign's definition (stored as JSON with the campaign)."""
+
+    sender: Annotated[str, msgspec.Meta(min_length=1, max_length=20)]
+    template: Annotated[str, msgspec.Meta(min_length=1, max_length=1600)] | None = None
+    variants: list[VariantSpec] = []  # A/B: two or more (then ``template`` is unused)
+    ab: AbSpec | None = None
+    audience: AudienceSpec = AudienceSpec()
+    schedule: schedule.Schedule = schedule.Now()
+    smart_sending_hours: Annotated[float, msgspec.Meta(ge=0, le=24 * 30)] = 16.0  # 0: off
+    values: dict[str, str] = {}  # shop-wide shortcode values: shop_name, product_offered, discount_url ...
+    rules: templates.MessageRules = templates.MessageRules()
+    link_domain: str | None = None  # short links on this domain (default: the tenant's short_domain)
+    utm: dict[str, str] = {}
+    link_ttl_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] | None = None  # None: links never expire
+    discount: DiscountSpec | None = None
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+
+    def __post_init__(self) -> None:
+        if self.variants and len(self.variants) < 2:
+            raise InvalidInput("give two or more variants, or one template", code="too_few_variants", field="variants")
+        if not self.variants and self.template is None:
+            raise InvalidInput("a campaign needs a template", code="template_required", field="template")
+        if self.discount is not None and (self.discount.pool is None) == (self.discount.pattern is None):
+            raise InvalidInput("a discount needs exactly one of pool and pattern", code="bad_discount", field="discount")
+        if self.discount is not None and self.discount.pattern is not None:
+            discounts.check_pattern(self.discount.pattern)
+        for i, text in enumerate(self.texts().values()):
+            try:
+                templates.compile_template(text)
+            except templates.TemplateError as exc:
+                raise InvalidInput(str(exc), code=exc.code, field=f"variants[{i}].template" if self.variants else "template") from exc
+
+    def texts(self) -> dict[str | None, str]:
+        """variant name (None without A/B) -> template source."""
+        return {v.name: v.template for v in self.variants} if self.variants else {None: self.template or ""}
+
+    def test(self, campaign_id: int, launched_at: float) -> abtest.AbTest | None:
+        if not self.variants:
+            return None
+        ab = self.ab or AbSpec()
+        return abtest.AbTest(campaign=str(campaign_id), variants=tuple(abtest.Variant(name=v.name, weight=v.weight)
+                                                                        for v in self.variants),
+                             test_share=ab.test_share, metric=ab.metric, decide_at=launched_at + ab.period_s,
+                             alpha=ab.alpha, min_per_variant=ab.min_per_variant, fallback=ab.fallback)  # fmt: skip
+
+
+def parse_spec(definition: Any) -> CampaignSpec:
+    try:
+        return msgspec.convert(definition, CampaignSpec)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(str(exc), code="invalid_campaign") from None
+
+
+class TenantLinks(msgspec.Struct, frozen=True, kw_only=True):
+    """What a tenant's short links and codes need: the domain and the secret the codes are keyed with."""
+
+    domain: str
+    key: bytes
+    zone: str = "UTC"
+
+
+class PreviewOut(msgspec.Struct, frozen=True, kw_only=True):
+    """One subscriber's text per variant, measured by the gateway (``POST /v1/preview``)."""
+
+    subscriber: int
+    variant: str | None
+    text: str
+    encoding: str
+    segments: int
+    units: int
+    prices: dict[str, int | None]
+
+
+class LaunchOut(msgspec.Struct, frozen=True, kw_only=True):
+    campaign: int
+    status: str
+    recipients: int  # frozen, to be sent now (held A/B recipients not counted)
+    held: int
+    batches: int
+    accepted: int
+    rejected: int
+
+
+# ---- step 1: freeze (sync, runs in a worker thread) -----------------------------------------------
+
+
+def resolve_audience(store: Store, tenant: str, spec: AudienceSpec) -> list[int]:
+    """The subscriber ids of the audience, in id order (before consent and smart sending)."""
+    ids: set[int] = set(spec.subscribers)
+    for seg in spec.include:
+        ids |= _members(store, tenant, seg)
+    if spec.csv is not None:
+        for row in parse_csv(spec.csv):
+            sub = store.subscriber_by_phone(tenant, row.phone)
+            if sub is not None:
+                ids.add(sub.id)
+    for seg in spec.exclude:
+        ids -= _members(store, tenant, seg)
+    return sorted(ids)
+
+
+def _members(store: Store, tenant: str, segment_id: int) -> set[int]:
+    if store.segment(tenant, segment_id) is None:
+        raise NotFound(f"no segment {segment_id}", code="segment_not_found", field="audience")
+    out: set[int] = set()
+    after = 0
+    while page := store.members(tenant, segment_id, after=after, limit=5000):
+        out.update(page)
+        after = page[-1]
+    return out
+
+
+def _values(spec: CampaignSpec, sub: Subscriber, discount: str | None) -> dict[str, object]:
+    values: dict[str, object] = dict(spec.values)
+    if sub.first_name:
+        values["first_name"] = sub.first_name
+    for name, value in sub.attributes.items():
+        values[f"attr.{name}"] = value
+    if discount is not None:
+        values["discount_code"] = discount
+    return values
+
+
+def _discount(store: Store, tenant: str, spec: CampaignSpec, cid: int, sid: int, key: bytes, now: float) -> str | None:
+    d = spec.discount
+    if d is None:
+        return None
+    if d.pool is not None:
+        code = store.reserve_discount(tenant, d.pool, cid, sid, now=now)
+        if code is None:
+            raise Conflict(f"discount pool {d.pool!r} has no code left", code="discount_pool_empty", field="discount.pool")
+        return code
+    assert d.pattern is not None
+    code = discounts.discount_code(d.pattern, key=key, scope=f"{cid}:{sid}",
+                                   exists=lambda c: store.discount_code_taken(tenant, c))  # fmt: skip
+    store.record_pattern_code(tenant, "pattern", code, cid, sid, now=now)
+    return code
+
+
+def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: float) -> bool:
+    """Plan and store the campaign's recipients (False: they were frozen by an earlier launch)."""
+    if store.batches(tenant, camp.id) or store.campaign_recipients(tenant, camp.id, limit=1):
+        return False
+    spec = parse_spec(camp.definition)
+    subs = [s for s in store.subscribers_by_ids(tenant, resolve_audience(store, tenant, spec.audience))
+            if s.consent == "confirmed"]  # fmt: skip
+    by_id = {s.id: s for s in subs}
+    planned = [p for p in schedule.send_times(spec.schedule, [(s.id, s.time_zone) for s in subs], now=now,
+                                              default_zone=tl.zone) if p.send_at is not None]  # fmt: skip
+    last = store.last_marketing_at(tenant, [p.subscriber for p in planned])
+    if spec.smart_sending_hours > 0:
+        planned, _skipped = schedule.smart_send(planned, last, hours=spec.smart_sending_hours)
+    test = spec.test(camp.id, camp.launched_at or now)
+    compiled = {name: templates.compile_template(src) for name, src in spec.texts().items()}
+    planned.sort(key=lambda p: (p.send_at, p.subscriber))
+    rows: list[PlannedRecipient] = []
+    link_rows: list[LinkRow] = []
+    taken: set[str] = set()
+    batch, idx, batch_at = -1, spec.batch_size, None
+    for p in planned:
+        sub = by_id[p.subscriber]
+        variant = abtest.assign(test, sub.id) if test is not None else None
+        if test is not None and variant is None:  # the rest: sent the winner later
+            rows.append(PlannedRecipient(subscriber_id=sub.id, phone=sub.phone, variant=None, send_at=p.send_at or now,
+                                         tz=p.zone, text="", batch=HELD, idx=sub.id))  # fmt: skip
+            continue
+        text, new_links = render_for(store, tenant, spec, camp.id, sub, compiled[variant], tl, now,
+                                     first=last.get(sub.id) is None, taken=taken, exists=taken.__contains__)  # fmt: skip
+        if idx >= spec.batch_size or p.send_at != batch_at:
+            batch, idx, batch_at = batch + 1, 0, p.send_at
+        rows.append(PlannedRecipient(subscriber_id=sub.id, phone=sub.phone, variant=variant, send_at=p.send_at or now,
+                                     tz=p.zone, text=text, batch=batch, idx=idx))  # fmt: skip
+        link_rows += new_links
+        idx += 1
+    rows, link_rows = _resolve_clashes(store, tenant, spec, camp.id, rows, link_rows, compiled, by_id, last, tl, now, taken)
+    return store.freeze_audience(tenant, camp.id, rows, link_rows, now=now)
+
+
+def _resolve_clashes(store: Store, tenant: str, spec: CampaignSpec, cid: int, rows: list[PlannedRecipient],
+                     link_rows: list[LinkRow], compiled: Mapping[str | None, templates.Template],
+                     by_id: Mapping[int, Subscriber], last: Mapping[int, float | None], tl: TenantLinks, now: float,
+                     taken: set[str]) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
+    """Codes were minted against this launch's own codes only; the store's are checked in bulk, and
+    the rare recipient whose code another campaign holds is rendered again with the full check."""
+    clashes = store.existing_links([link.code for link in link_rows])
+    if not clashes:
+        return rows, link_rows
+    redo = {link.subscriber_id for link in link_rows if link.code in clashes}
+    kept = [link for link in link_rows if link.subscriber_id not in redo]
+    out = []
+    for r in rows:
+        if r.subscriber_id in redo:
+            text, new_links = render_for(store, tenant, spec, cid, by_id[r.subscriber_id], compiled[r.variant], tl, now,
+                                         first=last.get(r.subscriber_id) is None, taken=taken,
+                                         exists=lambda c: c in taken or store.link_exists(c))  # fmt: skip
+            r = msgspec.structs.replace(r, text=text)
+            kept += new_links
+        out.append(r)
+    return out, kept
+
+
+def render_for(store: Store, tenant: str, spec: CampaignSpec, cid: int, sub: Subscriber, template: templates.Template,
+               tl: TenantLinks, now: float, *, first: bool, taken: set[str],
+               exists: Callable[[str], bool] | None = None) -> tuple[str, list[LinkRow]]:  # fmt: skip
+    """One recipient's final text (signature, footer, discount code, short links) and its links."""
+    code = _discount(store, tenant, spec, cid, sub.id, tl.key, now)
+    try:
+        rendered = templates.render(template, _values(spec, sub, code), rules=spec.rules, locale=sub.language,
+                                    first_message=first)  # fmt: skip
+    except templates.TemplateError as exc:
+        raise InvalidInput(f"subscriber {sub.id}: {exc}", code=exc.code, field="template") from exc
+    short = links.shorten(rendered.text, domain=spec.link_domain or tl.domain, key=tl.key, scope=f"{cid}:{sub.id}",
+                          exists=exists or (lambda c: c in taken or store.link_exists(c)))  # fmt: skip
+    taken.update(link.code for link in short.links)
+    expires = now + spec.link_ttl_days * 86_400 if spec.link_ttl_days is not None else None
+    rows = [LinkRow(code=link.code, tenant=tenant, campaign_id=cid, subscriber_id=sub.id, target=link.target,
+                    created_at=now, expires_at=expires) for link in short.links]  # fmt: skip
+    return short.text, rows
+
+
+# ---- step 2: submit -------------------------------------------------------------------------------
+
+_line = msgspec.json.Encoder()
+
+
+def job_body(camp: CampaignRow, spec: CampaignSpec, batch: int, send_at: float, recipients: Sequence[RecipientRow],
+             callback_url: str | None) -> bytes:  # fmt: skip
+    """The batch's NDJSON job: the same bytes for the same frozen rows (the Idempotency-Key's body)."""
+    head: dict[str, Any] = {"from": spec.sender, "template": "{body}", "category": "marketing", "send_at": send_at,
+                            "reference": f"campaign:{camp.id}:batch:{batch}"}  # fmt: skip
+    if callback_url:
+        head["callback_url"] = callback_url
+    lines = [_line.encode(head)]
+    lines += [_line.encode({"to": r.phone, "vars": {"body": r.text}, "tz": r.tz}) for r in recipients]
+    return b"\n".join(lines) + b"\n"
+
+
+def idempotency_key(campaign_id: int, batch: int) -> str:
+    return f"campaign-{campaign_id}-batch-{batch}"
+
+
+class Launcher:
+    """The campaign service's sending side: launch, pause/resume/cancel, states back from the gateway."""
+
+    def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantLinks],
+                 clock: Callable[[], float], *, callback_urls: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        self.store, self.clients, self.tenants, self.clock = store, clients, tenants, clock
+        self.callback_urls = dict(callback_urls or {})
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        return await anyio.to_thread.run_sync(partial(fn, *args, **kw))
+
+    async def campaign(self, tenant: str, campaign_id: int) -> CampaignRow:
+        camp = await self._run(self.store.campaign, tenant, campaign_id)
+        if camp is None:
+            raise NotFound(f"no campaign {campaign_id}", code="campaign_not_found")
+        return camp
+
+    async def create(self, tenant: str, name: str, definition: Any) -> CampaignRow:
+        parse_spec(definition)
+        return await self._run(self.store.put_campaign, tenant, name, definition, now=self.clock())
+
+    def _client(self, tenant: str) -> GatewayClient:
+        client = self.clients.get(tenant)
+        if client is None:
+            raise Conflict(f"tenant {tenant!r} has no gateway key", code="no_gateway_link")
+        return client
+
+    async def launch(self, tenant: str, campaign_id: int) -> LaunchOut:
+        """Freeze (once) and submit every batch not yet answered: safe to call again after a crash."""
+        camp = await self.campaign(tenant, campaign_id)
+        client, tl = self._client(tenant), self.tenants.get(tenant)
+        if tl is None:
+            raise Conflict(f"tenant {tenant!r} has no short-link settings", code="no_link_settings")
+        if camp.status in ("canceled", "paused"):
+            raise Conflict(f"the campaign is {camp.status}", code="campaign_status", field="status")
+        if camp.status == "launched":  # every batch answered: nothing to do (a retried launch request)
+            return await self.launch_state(tenant, campaign_id)
+        now = self.clock()
+        camp = await self._run(self.store.set_campaign_status, tenant, campaign_id, "launching", now=now)
+        await self._run(freeze, self.store, tenant, camp, tl, now)
+        await self._submit(client, tenant, camp)
+        return await self.launch_state(tenant, campaign_id)
+
+    async def _submit(self, client: GatewayClient, tenant: str, camp: CampaignRow) -> None:
+        spec = parse_spec(camp.definition)
+        for b in await self._run(self.store.batches, tenant, camp.id):
+            if b.job_id is not None:
+                continue
+            current = await self.campaign(tenant, camp.id)
+            if current.status == "canceled":  # canceled during the launch: send no more batches
+                return
+            rows = await self._run(self.store.batch_recipients, tenant, camp.id, b.batch)
+            body = job_body(camp, spec, b.batch, b.send_at, rows, self.callback_urls.get(tenant))
+            answer = await client.submit_job(body, key=idempotency_key(camp.id, b.batch))
+            rejected = [r.index for r in answer.rejected]
+            await self._run(self.store.batch_submitted, tenant, camp.id, b.batch, job_id=answer.id,
+                            accepted=answer.accepted, rejected=rejected, now=self.clock())  # fmt: skip
+            log.info("campaign.batch.submitted tenant=%s campaign=%d batch=%d job=%s accepted=%d", tenant, camp.id,
+                     b.batch, answer.id, answer.accepted)  # fmt: skip
+            if answer.id and (await self.campaign(tenant, camp.id)).status == "canceled":
+                await client.job_action(answer.id, "cancel")  # canceled while this batch was in flight
+                return
+        if (await self.campaign(tenant, camp.id)).status == "launching":
+            await self._run(self.store.set_campaign_status, tenant, camp.id, "launched", now=self.clock())
+
+    async def launch_state(self, tenant: str, campaign_id: int) -> LaunchOut:
+        camp = await self.campaign(tenant, campaign_id)
+        batches = await self._run(self.store.batches, tenant, campaign_id)
+        held = await self._run(self.store.batch_recipients, tenant, campaign_id, HELD)
+        size = sum(b.size for b in batches)
+        accepted = sum(b.accepted or 0 for b in batches)
+        done = sum(b.size for b in batches if b.job_id is not None)
+        return LaunchOut(campaign=campaign_id, status=camp.status, recipients=size, held=len(held),
+                         batches=len(batches), accepted=accepted, rejected=done - accepted)  # fmt: skip
+
+    async def preview(self, tenant: str, campaign_id: int, subscriber_id: int) -> list[PreviewOut]:
+        """Each variant's text for one subscriber, measured by the gateway's own rules."""
+        camp = await self.campaign(tenant, campaign_id)
+        spec, tl, client = parse_spec(camp.definition), self.tenants.get(tenant), self._client(tenant)
+        if tl is None:
+            raise Conflict(f"tenant {tenant!r} has no short-link settings", code="no_link_settings")
+        sub = await self._run(self.store.subscriber, tenant, subscriber_id)
+        if sub is None:
+            raise NotFound(f"no subscriber {subscriber_id}", code="subscriber_not_found", field="subscriber")
+        out = []
+        for name, source in spec.texts().items():
+            text = await self._run(preview_text, self.store, tenant, spec, camp.id, sub, templates.compile_template(source), tl)
+            p = await client.preview(text)
+            out.append(PreviewOut(subscriber=sub.id, variant=name, text=text, encoding=p.encoding, segments=p.segments,
+                                  units=p.units, prices=p.prices))  # fmt: skip
+        return out
+
+    async def control(self, tenant: str, campaign_id: int, action: Literal["pause", "resume", "cancel"]) -> CampaignRow:
+        """Pause, resume or cancel the campaign and every gateway job it has."""
+        await self.campaign(tenant, campaign_id)
+        status = {"pause": "paused", "resume": "launched", "cancel": "canceled"}[action]
+        camp = await self._run(self.store.set_campaign_status, tenant, campaign_id, status, now=self.clock())
+        client = self._client(tenant)
+        for b in await self._run(self.store.batches, tenant, campaign_id):
+            if b.job_id:
+                await client.job_action(b.job_id, action)
+        return camp
+
+
+def preview_text(store: Store, tenant: str, spec: CampaignSpec, cid: int, sub: Subscriber, template: templates.Template,
+                 tl: TenantLinks) -> str:  # fmt: skip
+    """The text ``sub`` would get, nothing reserved or stored: a pattern's code is the one the send
+    mints (keyed); a pool's code is shown as its longest free code would be, by a same-length stand-in."""
+    d = spec.discount
+    code = None
+    if d is not None and d.pattern is not None:
+        code = discounts.discount_code(d.pattern, key=tl.key, scope=f"{cid}:{sub.id}")
+    elif d is not None:
+        code = "X" * 12
+    try:
+        rendered = templates.render(template, _values(spec, sub, code), rules=spec.rules, locale=sub.language,
+                                    first_message=store.last_marketing_at(tenant, [sub.id]).get(sub.id) is None)  # fmt: skip
+    except templates.TemplateError as exc:
+        raise InvalidInput(f"subscriber {sub.id}: {exc}", code=exc.code, field="template") from exc
+    # Any key gives a link of the same length and alphabet as the send's (docs/CAMPAIGNS-SENDING.md).
+    return links.shorten(rendered.text, domain=spec.link_domain or tl.domain, key=tl.key, scope=f"{cid}:{sub.id}").text
+
+
+def held_recipients(rows: Iterable[RecipientRow]) -> list[RecipientRow]:
+    return [r for r in rows if r.batch == HELD]
+
+
+__all__ = ["AbSpec", "AudienceSpec", "CampaignSpec", "DiscountSpec", "GatewayError", "LaunchOut", "Launcher",
+           "TenantLinks", "VariantSpec", "freeze", "idempotency_key", "job_body", "parse_spec", "resolve_audience"]

@@ -1,0 +1,83 @@
+"""The rows of the campaign tables (issue 18), shared by the store seam and the service."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+CampaignStatus = Literal["draft", "launching", "launched", "paused", "canceled"]
+
+
+class CampaignRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    tenant: str
+    name: str
+    definition: Any  # the campaign definition as JSON (decoded): audience, template(s), schedule, A/B
+    status: CampaignStatus
+    created_at: float
+    updated_at: float
+    launched_at: float | None = None
+
+
+class PlannedRecipient(msgspec.Struct, frozen=True, kw_only=True):
+    """One recipient of a launch, frozen: what the gateway will be sent, in which batch and slot."""
+
+    subscriber_id: int
+    phone: str
+    variant: str | None
+    send_at: float
+    tz: str
+    text: str
+    batch: int
+    idx: int  # the recipient's line in the batch's NDJSON job (the gateway's ``index``)
+
+
+class RecipientRow(msgspec.Struct, frozen=True, kw_only=True):
+    campaign_id: int
+    subscriber_id: int
+    phone: str
+    variant: str | None
+    send_at: float
+    tz: str
+    text: str
+    batch: int
+    idx: int
+    message_id: str | None
+    state: str
+    state_at: float | None
+
+
+class BatchRow(msgspec.Struct, frozen=True, kw_only=True):
+    campaign_id: int
+    batch: int
+    send_at: float
+    size: int
+    job_id: str | None
+    accepted: int | None
+
+
+class LinkRow(msgspec.Struct, frozen=True, kw_only=True):
+    code: str
+    tenant: str
+    campaign_id: int
+    subscriber_id: int
+    target: str
+    created_at: float
+    expires_at: float | None = None
+    # Read with the link (not stored in short_links): the recipient's number and delivery time.
+    phone: str | None = None
+    delivered_at: float | None = None
+
+
+class ClickCounts(msgspec.Struct, frozen=True, kw_only=True):
+    unique: int  # codes with at least one human click
+    total: int  # human clicks
+    ignored: int  # bots, HEAD, too soon after delivery
+
+
+class Outcomes(msgspec.Struct, frozen=True, kw_only=True):
+    """What the campaign's recipients did since it was sent (for attribution)."""
+
+    orders: list[tuple[str, int, float, int, str | None]]  # (order id, subscriber, at, total, discount code)
+    opt_outs: list[tuple[int, float]]  # (subscriber, at)

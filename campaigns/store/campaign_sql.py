@@ -1,0 +1,298 @@
+"""The campaign tables' SQL (issue 18), shared by both engines: a mixin of ``SqlStore``.
+
+Launch is two steps, each its own transaction: ``freeze_audience`` stores every recipient (text,
+batch, slot) and its short links at once, so a relaunch after a crash re-reads the same frozen rows
+and re-submits the same bytes; ``batch_submitted`` records the gateway job of one batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from campaigns.errors import Conflict, NotFound
+from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, LinkRow, Outcomes,
+                                           PlannedRecipient, RecipientRow)  # fmt: skip
+
+_json = msgspec.json.Encoder()
+_CAMP_COLS = "id, name, definition, status, created_at, updated_at, launched_at"
+_REC_COLS = ("campaign_id, subscriber_id, phone, variant, send_at, tz, text, batch, idx, message_id, state, "
+             "state_at")  # fmt: skip
+_LINK_COLS = "code, tenant, campaign_id, subscriber_id, target, created_at, expires_at"
+#: Which status a campaign may move to from which (a missing pair is a Conflict).
+_MOVES = {("draft", "launching"), ("launching", "launched"), ("launched", "paused"), ("paused", "launched"),
+          ("draft", "canceled"), ("launching", "canceled"), ("launched", "canceled"), ("paused", "canceled"),
+          ("launching", "launching"), ("launched", "launched"), ("paused", "paused"), ("canceled", "canceled")}
+#: A recipient's state only moves forward (a late "sent" never overwrites "delivered").
+_RANK = {"planned": 0, "submitted": 1, "rejected": 2, "queued": 2, "sent": 3, "delivered": 4, "failed": 4,
+         "expired": 4, "canceled": 4}  # fmt: skip
+
+
+def _camp(tenant: str, row: tuple) -> CampaignRow:
+    i, name, definition, status, created, updated, launched = row
+    return CampaignRow(id=int(i), tenant=tenant, name=name, definition=msgspec.json.decode(definition),
+                       status=status, created_at=created, updated_at=updated, launched_at=launched)  # fmt: skip
+
+
+def _rec(row: tuple) -> RecipientRow:
+    names = [c.strip() for c in _REC_COLS.split(",")]
+    return RecipientRow(**dict(zip(names, row, strict=True)))
+
+
+class CampaignSql:
+    """Needs ``self._tx()`` (the engine's transaction)."""
+
+    _tx: Any
+
+    # ---- campaigns -----------------------------------------------------------------------------
+    def put_campaign(self, tenant: str, name: str, definition: Any, *, now: float) -> CampaignRow:
+        with self._tx() as tx:
+            row = tx.one(f"INSERT INTO campaigns (tenant, name, definition, created_at, updated_at) "
+                         f"VALUES (?, ?, ?, ?, ?) RETURNING {_CAMP_COLS}",
+                         (tenant, name, _json.encode(definition).decode(), now, now))  # fmt: skip
+        return _camp(tenant, row)
+
+    def campaign(self, tenant: str, campaign_id: int) -> CampaignRow | None:
+        with self._tx() as tx:
+            row = tx.one(f"SELECT {_CAMP_COLS} FROM campaigns WHERE tenant = ? AND id = ?", (tenant, campaign_id))
+        return _camp(tenant, row) if row else None
+
+    def set_campaign_status(self, tenant: str, campaign_id: int, status: CampaignStatus, *, now: float) -> CampaignRow:
+        with self._tx() as tx:
+            row = tx.one("SELECT status FROM campaigns WHERE tenant = ? AND id = ?", (tenant, campaign_id))
+            if row is None:
+                raise NotFound(f"no campaign {campaign_id}", code="campaign_not_found")
+            if (row[0], status) not in _MOVES:
+                raise Conflict(f"a {row[0]} campaign cannot become {status}", code="campaign_status", field="status")
+            launched = ", launched_at = COALESCE(launched_at, ?)" if status == "launching" else ""
+            params = (status, now, now) if status == "launching" else (status, now)
+            row = tx.one(f"UPDATE campaigns SET status = ?, updated_at = ?{launched} "
+                         f"WHERE tenant = ? AND id = ? RETURNING {_CAMP_COLS}", (*params, tenant, campaign_id))
+        return _camp(tenant, row)
+
+    # ---- the frozen audience -------------------------------------------------------------------
+    def freeze_audience(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
+                        links: Sequence[LinkRow], *, now: float) -> bool:  # fmt: skip
+        """Store the audience, its batches and links in one transaction; False (nothing written) if the
+        campaign's audience was already frozen (a relaunch keeps the first one)."""
+        with self._tx() as tx:
+            if tx.one("SELECT 1 FROM campaign_batches WHERE tenant = ? AND campaign_id = ? LIMIT 1",
+                      (tenant, campaign_id)) is not None:  # fmt: skip
+                return False
+            sizes: dict[int, tuple[float, int]] = {}
+            for r in recipients:
+                tx.run("INSERT INTO campaign_recipients (tenant, campaign_id, subscriber_id, phone, variant, send_at, "
+                       "tz, text, batch, idx) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (tenant, campaign_id, r.subscriber_id, r.phone, r.variant, r.send_at, r.tz, r.text, r.batch,
+                        r.idx))  # fmt: skip
+                at, n = sizes.get(r.batch, (r.send_at, 0))
+                sizes[r.batch] = (at, n + 1)
+            for batch, (at, n) in sorted(sizes.items()):
+                tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size) VALUES (?, ?, ?, ?, ?)",
+                       (tenant, campaign_id, batch, at, n))  # fmt: skip
+            if not sizes:  # an empty audience is frozen too: a marker batch of size 0
+                tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size, job_id, accepted) "
+                       "VALUES (?, ?, -1, ?, 0, '', 0)", (tenant, campaign_id, now))  # fmt: skip
+            for link in links:
+                tx.run(f"INSERT INTO short_links ({_LINK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                       (link.code, tenant, link.campaign_id, link.subscriber_id, link.target, link.created_at,
+                        link.expires_at))  # fmt: skip
+        return True
+
+    def batches(self, tenant: str, campaign_id: int) -> list[BatchRow]:
+        with self._tx() as tx:
+            rows = tx.rows("SELECT campaign_id, batch, send_at, size, job_id, accepted FROM campaign_batches "
+                           "WHERE tenant = ? AND campaign_id = ? AND batch >= 0 ORDER BY batch",
+                           (tenant, campaign_id))  # fmt: skip
+        return [BatchRow(campaign_id=r[0], batch=r[1], send_at=r[2], size=r[3], job_id=r[4], accepted=r[5])
+                for r in rows]  # fmt: skip
+
+    def batch_recipients(self, tenant: str, campaign_id: int, batch: int) -> list[RecipientRow]:
+        with self._tx() as tx:
+            rows = tx.rows(f"SELECT {_REC_COLS} FROM campaign_recipients WHERE tenant = ? AND campaign_id = ? "
+                           "AND batch = ? ORDER BY idx", (tenant, campaign_id, batch))  # fmt: skip
+        return [_rec(r) for r in rows]
+
+    def campaign_recipients(self, tenant: str, campaign_id: int, *, after: int = 0, limit: int = 1000) -> list[RecipientRow]:
+        with self._tx() as tx:
+            rows = tx.rows(f"SELECT {_REC_COLS} FROM campaign_recipients WHERE tenant = ? AND campaign_id = ? "
+                           "AND subscriber_id > ? ORDER BY subscriber_id LIMIT ?",
+                           (tenant, campaign_id, after, limit))  # fmt: skip
+        return [_rec(r) for r in rows]
+
+    def batch_submitted(self, tenant: str, campaign_id: int, batch: int, *, job_id: str, accepted: int,
+                        rejected: Sequence[int], now: float) -> None:  # fmt: skip
+        with self._tx() as tx:
+            tx.run("UPDATE campaign_batches SET job_id = ?, accepted = ? WHERE tenant = ? AND campaign_id = ? AND batch = ?",
+                   (job_id, accepted, tenant, campaign_id, batch))  # fmt: skip
+            tx.run("UPDATE campaign_recipients SET state = 'submitted', state_at = ? WHERE tenant = ? AND "
+                   "campaign_id = ? AND batch = ? AND state = 'planned'", (now, tenant, campaign_id, batch))
+            for idx in rejected:
+                tx.run("UPDATE campaign_recipients SET state = 'rejected', state_at = ? WHERE tenant = ? AND "
+                       "campaign_id = ? AND batch = ? AND idx = ?", (now, tenant, campaign_id, batch, idx))
+
+    def recipient_state(self, tenant: str, job_id: str, idx: int, *, state: str, message_id: str | None,
+                        at: float) -> RecipientRow | None:  # fmt: skip
+        """Move the recipient in slot ``idx`` of gateway job ``job_id`` to ``state`` (forward only);
+        the row after the change, or None when no campaign recipient holds that slot."""
+        with self._tx() as tx:
+            row = tx.one("SELECT campaign_id, batch FROM campaign_batches WHERE tenant = ? AND job_id = ?",
+                         (tenant, job_id))  # fmt: skip
+            if row is None:
+                return None
+            cid, batch = row
+            cur = tx.one(f"SELECT {_REC_COLS} FROM campaign_recipients WHERE tenant = ? AND campaign_id = ? AND "
+                         "batch = ? AND idx = ?", (tenant, cid, batch, idx))  # fmt: skip
+            if cur is None:
+                return None
+            rec = _rec(cur)
+            if _RANK.get(state, 0) > _RANK.get(rec.state, 0):
+                tx.run("UPDATE campaign_recipients SET state = ?, state_at = ?, message_id = COALESCE(?, message_id) "
+                       "WHERE tenant = ? AND campaign_id = ? AND subscriber_id = ?",
+                       (state, at, message_id, tenant, cid, rec.subscriber_id))  # fmt: skip
+                return msgspec.structs.replace(rec, state=state, state_at=at, message_id=message_id or rec.message_id)
+            return rec
+
+    # ---- short links and clicks -----------------------------------------------------------------
+    def link(self, code: str) -> LinkRow | None:
+        """The link, with its recipient's number and delivery time (one indexed read: redirects are hot)."""
+        cols = ", ".join(f"l.{c.strip()}" for c in _LINK_COLS.split(","))
+        with self._tx() as tx:
+            row = tx.one(f"SELECT {cols}, r.phone, CASE WHEN r.state = 'delivered' THEN r.state_at END "
+                         "FROM short_links l LEFT JOIN campaign_recipients r ON r.tenant = l.tenant AND "
+                         "r.campaign_id = l.campaign_id AND r.subscriber_id = l.subscriber_id WHERE l.code = ?",
+                         (code,))  # fmt: skip
+        names = [c.strip() for c in _LINK_COLS.split(",")] + ["phone", "delivered_at"]
+        return LinkRow(**dict(zip(names, row, strict=True))) if row else None
+
+    def existing_links(self, codes: Sequence[str]) -> set[str]:
+        """Which of ``codes`` are taken (one query per 500: a launch checks its new links in bulk)."""
+        out: set[str] = set()
+        with self._tx() as tx:
+            for i in range(0, len(codes), 500):
+                chunk = list(codes[i:i + 500])
+                marks = ", ".join("?" * len(chunk))
+                out.update(r[0] for r in tx.rows(f"SELECT code FROM short_links WHERE code IN ({marks})", chunk))
+        return out
+
+    def link_exists(self, code: str) -> bool:
+        with self._tx() as tx:
+            return tx.one("SELECT 1 FROM short_links WHERE code = ?", (code,)) is not None
+
+    def record_click(self, code: str, *, at: float, user_agent: str, verdict: str) -> bool:
+        """Store a hit; True when it is the code's first human click (a unique click)."""
+        human = verdict == "click"
+        with self._tx() as tx:
+            first = human and tx.one("SELECT 1 FROM clicks WHERE code = ? AND verdict = 'click' LIMIT 1",
+                                     (code,)) is None  # fmt: skip
+            tx.run("INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES (?, ?, ?, ?, ?, ?)",
+                   (code, at, user_agent[:512], verdict, 0 if human else 1, 1 if first else 0))  # fmt: skip
+        return bool(first)
+
+    def click_counts(self, tenant: str, campaign_id: int) -> ClickCounts:
+        with self._tx() as tx:
+            row = tx.one("SELECT COALESCE(SUM(c.is_unique), 0), COALESCE(SUM(1 - c.is_bot), 0), "
+                         "COALESCE(SUM(c.is_bot), 0) FROM clicks c JOIN short_links l ON l.code = c.code "
+                         "WHERE l.tenant = ? AND l.campaign_id = ?", (tenant, campaign_id))  # fmt: skip
+        assert row is not None
+        return ClickCounts(unique=int(row[0]), total=int(row[1]), ignored=int(row[2]))
+
+    def human_clicks(self, tenant: str, campaign_id: int) -> list[tuple[int, float]]:
+        """(subscriber, at) of every human click on the campaign's links (for attribution)."""
+        with self._tx() as tx:
+            rows = tx.rows("SELECT l.subscriber_id, c.at FROM clicks c JOIN short_links l ON l.code = c.code "
+                           "WHERE l.tenant = ? AND l.campaign_id = ? AND c.verdict = 'click' ORDER BY c.at",
+                           (tenant, campaign_id))  # fmt: skip
+        return [(int(s), float(a)) for s, a in rows]
+
+    # ---- discount pools --------------------------------------------------------------------------
+    def add_discount_codes(self, tenant: str, pool: str, codes: Sequence[str]) -> int:
+        with self._tx() as tx:
+            return sum(tx.run("INSERT INTO discount_codes (tenant, pool, code) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                              (tenant, pool, c)) for c in codes)  # fmt: skip
+
+    def discount_code_taken(self, tenant: str, code: str) -> bool:
+        with self._tx() as tx:
+            return tx.one("SELECT 1 FROM discount_codes WHERE tenant = ? AND code = ?", (tenant, code)) is not None
+
+    def reserve_discount(self, tenant: str, pool: str, campaign_id: int, subscriber_id: int, *,
+                         now: float) -> str | None:  # fmt: skip
+        """The recipient's code from ``pool``: the one already reserved for them, else a free one
+        (None when the pool is empty). Idempotent: a relaunch reserves nothing twice."""
+        with self._tx() as tx:
+            row = tx.one("SELECT code FROM discount_codes WHERE tenant = ? AND pool = ? AND campaign_id = ? AND "
+                         "subscriber_id = ?", (tenant, pool, campaign_id, subscriber_id))  # fmt: skip
+            if row is not None:
+                return str(row[0])
+            row = tx.one("SELECT code FROM discount_codes WHERE tenant = ? AND pool = ? AND campaign_id IS NULL "
+                         "ORDER BY code LIMIT 1", (tenant, pool))  # fmt: skip
+            if row is None:
+                return None
+            tx.run("UPDATE discount_codes SET campaign_id = ?, subscriber_id = ?, reserved_at = ? WHERE tenant = ? "
+                   "AND pool = ? AND code = ?", (campaign_id, subscriber_id, now, tenant, pool, row[0]))  # fmt: skip
+            return str(row[0])
+
+    def record_pattern_code(self, tenant: str, pool: str, code: str, campaign_id: int, subscriber_id: int, *,
+                            now: float) -> None:  # fmt: skip
+        """Keep a code minted from a pattern, reserved (so later mints see it as taken)."""
+        with self._tx() as tx:
+            tx.run("INSERT INTO discount_codes (tenant, pool, code, campaign_id, subscriber_id, reserved_at) "
+                   "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                   (tenant, pool, code, campaign_id, subscriber_id, now))  # fmt: skip
+
+    # ---- smart sending ---------------------------------------------------------------------------
+    def last_marketing_at(self, tenant: str, subscriber_ids: Sequence[int]) -> dict[int, float | None]:
+        """When each subscriber was last sent marketing (a campaign send planned or done)."""
+        out: dict[int, float | None] = {}
+        with self._tx() as tx:
+            for i in range(0, len(subscriber_ids), 500):
+                chunk = list(subscriber_ids[i:i + 500])
+                marks = ", ".join("?" * len(chunk))
+                for sid, at in tx.rows(f"SELECT subscriber_id, MAX(send_at) FROM campaign_recipients WHERE tenant = ? "
+                                       f"AND subscriber_id IN ({marks}) AND state NOT IN ('rejected', 'canceled', "
+                                       f"'failed') GROUP BY subscriber_id", (tenant, *chunk)):  # fmt: skip
+                    out[int(sid)] = float(at)
+                for sid, at in tx.rows(f"SELECT subscriber_id, last_message_at FROM subscriber_stats WHERE tenant = ? "
+                                       f"AND subscriber_id IN ({marks}) AND last_message_at IS NOT NULL",
+                                       (tenant, *chunk)):  # fmt: skip
+                    out[int(sid)] = max(float(at), out.get(int(sid)) or 0.0)
+        return out
+
+    def campaign_outcomes(self, tenant: str, campaign_id: int, *, since: float) -> Outcomes:
+        """Orders and opt-outs of the campaign's recipients at or after ``since``."""
+        with self._tx() as tx:
+            orders = tx.rows("SELECT o.order_id, o.subscriber_id, o.created_at, o.total, o.discount_code FROM orders o "
+                             "JOIN campaign_recipients r ON r.tenant = o.tenant AND r.subscriber_id = o.subscriber_id "
+                             "WHERE r.tenant = ? AND r.campaign_id = ? AND o.created_at >= ? ORDER BY o.created_at",
+                             (tenant, campaign_id, since))  # fmt: skip
+            outs = tx.rows("SELECT c.subscriber_id, c.at FROM consent_ledger c JOIN campaign_recipients r ON "
+                           "r.tenant = c.tenant AND r.subscriber_id = c.subscriber_id WHERE r.tenant = ? AND "
+                           "r.campaign_id = ? AND c.action = 'opt_out' AND c.at >= ? ORDER BY c.at",
+                           (tenant, campaign_id, since))  # fmt: skip
+        return Outcomes(orders=[(str(o), int(s), float(a), int(t), d) for o, s, a, t, d in orders],
+                        opt_outs=[(int(s), float(a)) for s, a in outs])  # fmt: skip
+
+    def release_held(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
+                     links: Sequence[LinkRow]) -> int:  # fmt: skip
+        """Give held recipients (batch -1) their text, batch and slot, in one transaction; how many moved
+        (0 when they were released already: a retried winner decision sends nobody twice)."""
+        moved = 0
+        with self._tx() as tx:
+            sizes: dict[int, tuple[float, int]] = {}
+            for r in recipients:
+                n = tx.run("UPDATE campaign_recipients SET variant = ?, text = ?, batch = ?, idx = ?, send_at = ? "
+                           "WHERE tenant = ? AND campaign_id = ? AND subscriber_id = ? AND batch = -1",
+                           (r.variant, r.text, r.batch, r.idx, r.send_at, tenant, campaign_id, r.subscriber_id))
+                if n:
+                    moved += 1
+                    at, k = sizes.get(r.batch, (r.send_at, 0))
+                    sizes[r.batch] = (at, k + 1)
+            for batch, (at, n) in sorted(sizes.items()):
+                tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size) VALUES (?, ?, ?, ?, ?)",
+                       (tenant, campaign_id, batch, at, n))  # fmt: skip
+            for link in links:
+                tx.run(f"INSERT INTO short_links ({_LINK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                       (link.code, tenant, link.campaign_id, link.subscriber_id, link.target, link.created_at,
+                        link.expires_at))  # fmt: skip
+        return moved

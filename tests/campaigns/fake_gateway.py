@@ -1,0 +1,57 @@
+"""A fake of the gateway's jobs API for campaign tests (httpx MockTransport): it keeps each
+Idempotency-Key's answer as the real gateway does (same key + same bytes -> the stored answer, nothing
+new; same key + other bytes -> 409), and can fail *after* storing a job (the answer lost on the way)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import httpx
+
+
+class FakeGateway:
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}  # job id -> {"head", "recipients", "status"}
+        self.keys: dict[str, tuple[str, dict[str, Any]]] = {}  # key -> (body sha256, answer)
+        self.lose_answer_of: set[int] = set()  # the n-th POST /v1/jobs (from 1): stored, then the link breaks
+        self.posts = 0
+        self.actions: list[tuple[str, str]] = []
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST" and path == "/v1/jobs":
+            return self._job(request)
+        if request.method == "POST" and path.startswith("/v1/jobs/"):
+            _, _, _, job_id, action = path.split("/")
+            self.actions.append((job_id, action))
+            self.jobs[job_id]["status"] = action
+            return httpx.Response(200, json={"id": job_id})
+        return httpx.Response(404, json={"code": "not_found"})
+
+    def _job(self, request: httpx.Request) -> httpx.Response:
+        self.posts += 1
+        body, key = request.content, request.headers["idempotency-key"]
+        digest = hashlib.sha256(body).hexdigest()
+        if key in self.keys:
+            stored_digest, answer = self.keys[key]
+            if stored_digest != digest:
+                return httpx.Response(409, json={"code": "idempotency_key_reused"})
+        else:
+            head, *lines = [json.loads(x) for x in body.decode().splitlines() if x.strip()]
+            job_id = f"job-{len(self.jobs) + 1}"
+            rejected = [{"index": i, "error": "bad number"} for i, r in enumerate(lines) if r["to"].endswith("000")]
+            self.jobs[job_id] = {"head": head, "recipients": lines, "status": "active"}
+            answer = {"id": job_id, "accepted": len(lines) - len(rejected), "rejected": rejected}
+            self.keys[key] = (digest, answer)
+        if self.posts in self.lose_answer_of:
+            raise httpx.ReadError("connection reset after the job was stored")
+        return httpx.Response(202, json=answer)
+
+    def sent(self) -> list[str]:
+        """Every recipient number the gateway accepted, once per acceptance."""
+        return [r["to"] for j in self.jobs.values() for r in j["recipients"] if not r["to"].endswith("000")]
