@@ -61,7 +61,7 @@ async def _post_job(url: str, pieces: list[bytes]) -> tuple[float, dict]:
             raise click.ClickException(f"job POST answered {r.status_code}: {r.text[:300]}")
         accepted = r.json()
         stored = (await client.get(f"/v1/jobs/{accepted['id']}")).json()
-    return elapsed, {"accepted": accepted["accepted"], "rejected": len(accepted["rejected"]), "stored": stored["size"]}
+    return elapsed, {"accepted": accepted["accepted"], "rejected": accepted.get("rejected_count", len(accepted["rejected"])), "stored": stored["size"]}
 
 
 def _cpu(pid: int) -> tuple[float, float, float]:
