@@ -598,7 +598,7 @@ class Traffic:
     Fair queueing of chunks alone is not enough: a small request takes several turns of the
     event loop (read, authenticate, a store write in a thread, answer), each one behind a chunk."""
 
-    def __init__(self, patience: float = 0.05) -> None:
+    def __init__(self, patience: float = 0.005) -> None:
         self._patience = patience
         self._active = 0
         self._quiet: anyio.Event | None = None
