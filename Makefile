@@ -33,7 +33,7 @@ test: $(VENV)/.installed postgresql
 
 # The long runs (pytest marker `slow`): 10 kill -9s during a 100,000-message job, a large
 # schemathesis run. Each test bounds its own time; `timeout` bounds the whole command.
-test-slow: $(VENV)/.installed
+test-slow: $(VENV)/.installed postgresql
 	timeout 900 $(BIN)/python -m pytest -m slow -s
 
 bench-core: $(VENV)/.installed
