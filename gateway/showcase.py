@@ -241,7 +241,7 @@ async def _scenario(client: httpx.AsyncClient, sc: Scenario, sims: dict[str, Chi
         facts.append(SimFacts(carrier=name, limit=limits[name], accepted=c["accepted"], throttled=c["throttled"],
                               max_submits_1s=c["max_submits_1s"], max_accepted_1s=c["max_accepted_1s"],
                               receipts=c["receipts_acked"], messages=links[name]))  # fmt: skip
-    return Report(recipients=n, rejected_at_submission=len(big["rejected"]), jobs=counts, carriers=facts,
+    return Report(recipients=n, rejected_at_submission=big.get("rejected_count", len(big["rejected"])), jobs=counts, carriers=facts,
                   send_seconds=sent_at - t0, sent_in_phase=sum(after[c] - before[c] for c in before),
                   otp_latency_ms=latency, deferred_sample=sample, deferred_total=deferred,
                   wall_seconds=time.monotonic() - started)  # fmt: skip
