@@ -25,7 +25,7 @@ A record given a ``url`` (the tenant's inbound webhook) is due for forwarding un
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Protocol
 
 import msgspec
@@ -138,6 +138,22 @@ class JobsPage(msgspec.Struct, frozen=True, kw_only=True):
 
     jobs: list[JobCounts]
     next_after: str | None
+
+
+def page_of_jobs(ids: Sequence[str], *, limit: int, scan: int, status: str | None,
+                 job: Callable[[str], JobCounts | None]) -> JobsPage:  # fmt: skip
+    """The page both stores answer from ``ids`` (the tenant's job ids after the cursor, in
+    order): at most ``limit`` jobs of ``status`` (any if None), looking at ``scan`` ids at most."""
+    out: list[JobCounts] = []
+    last = None
+    for n, job_id in enumerate(ids):
+        if len(out) == limit or n == scan:
+            return JobsPage(jobs=out, next_after=last)
+        got = job(job_id)
+        last = job_id
+        if got is not None and (status is None or job_status(got.job.status, got.counts) == status):
+            out.append(got)
+    return JobsPage(jobs=out, next_after=None)
 
 
 class Suppression(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+
 import threading
 from collections.abc import Collection, Iterator, Sequence
+from functools import partial
 
 import msgspec
 
@@ -29,7 +31,7 @@ from gateway.store.base import (
     Page,
     StoredJob,
     Suppression,
-    job_status,
+    page_of_jobs,
 )
 
 __all__ = ["MemoryStore"]
@@ -251,16 +253,7 @@ class MemoryStore:
         with self._lock:
             ids = sorted(j for (t, j), s in self._jobs.items() if t == tenant and j > after and s.status != "incoming")
         budget = len(ids) if status is None else JOBS_SCAN * limit
-        out: list[JobCounts] = []
-        last = None
-        for n, job_id in enumerate(ids):
-            if len(out) == limit or n == budget:
-                return JobsPage(jobs=out, next_after=last)
-            got = self.job(tenant, job_id)
-            last = job_id
-            if got is not None and (status is None or job_status(got.job.status, got.counts) == status):
-                out.append(got)
-        return JobsPage(jobs=out, next_after=None)
+        return page_of_jobs(ids, limit=limit, scan=budget, status=status, job=partial(self.job, tenant))
 
     def unfinished(self) -> Iterator[tuple[StoredJob, list[tuple[int, Recipient, str]]]]:
         with self._lock:

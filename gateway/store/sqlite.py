@@ -11,11 +11,13 @@ One connection, guarded by a lock, so the store is safe to call from several thr
 
 from __future__ import annotations
 
+
 import bisect
 import sqlite3
 import threading
 import unicodedata
 from collections.abc import Collection, Iterator, Sequence
+from functools import partial
 
 import msgspec
 
@@ -40,7 +42,7 @@ from gateway.store.base import (
     Page,
     StoredJob,
     Suppression,
-    job_status,
+    page_of_jobs,
 )
 
 __all__ = ["SqliteStore"]
@@ -529,16 +531,7 @@ class SqliteStore:
             ids = [r[0] for r in db.execute(
                 "SELECT id FROM jobs WHERE tenant = ? AND id > ? AND status != 'incoming' ORDER BY id LIMIT ?",
                 (tenant, after, scan + 1)).fetchall()]  # fmt: skip
-        out: list[JobCounts] = []
-        last = None
-        for n, job_id in enumerate(ids):
-            if len(out) == limit or n == scan:
-                return JobsPage(jobs=out, next_after=last)
-            got = self.job(tenant, job_id)
-            last = job_id
-            if got is not None and (status is None or job_status(got.job.status, got.counts) == status):
-                out.append(got)
-        return JobsPage(jobs=out, next_after=None)
+        return page_of_jobs(ids, limit=limit, scan=scan, status=status, job=partial(self.job, tenant))
 
     def unfinished(self) -> Iterator[tuple[StoredJob, list[tuple[int, Recipient, str]]]]:
         with self._tx() as db:
