@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from typing import TypeVar
 
 import anyio
 import anyio.abc
@@ -46,34 +47,30 @@ __all__ = ["operator_table", "serve", "tenant_table", "webhook_secrets"]
 
 log = logging.getLogger(__name__)
 
+_Keyed = TypeVar("_Keyed", Tenant, Operator)  # a config entry with key_sha256 / key_env
+
 
 def tenant_table(cfg: Config, environ: dict[str, str] | None = None) -> dict[str, Tenant]:
     """SHA-256 of each tenant's key -> tenant. Keys from the environment are hashed at once."""
-    env = os.environ if environ is None else environ
-    table: dict[str, Tenant] = {}
-    for i, t in enumerate(cfg.api.tenants):
-        digest = t.key_sha256
-        if digest is None:
-            key = env.get(t.key_env or "")
-            if not key:
-                raise ConfigError(f"environment variable {t.key_env!r} is not set", key=f"api.tenants[{i}].key_env")
-            digest = hash_key(key)
-        table[digest] = t
-    return table
+    return _key_table(cfg.api.tenants, "api.tenants", environ)
 
 
 def operator_table(cfg: Config, environ: dict[str, str] | None = None) -> dict[str, Operator]:
     """SHA-256 of each operator's key -> operator (as ``tenant_table``)."""
+    return _key_table(cfg.api.operators, "api.operators", environ)
+
+
+def _key_table(entries: Sequence[_Keyed], section: str, environ: dict[str, str] | None) -> dict[str, _Keyed]:
     env = os.environ if environ is None else environ
-    table: dict[str, Operator] = {}
-    for i, o in enumerate(cfg.api.operators):
-        digest = o.key_sha256
+    table: dict[str, _Keyed] = {}
+    for i, entry in enumerate(entries):
+        digest = entry.key_sha256
         if digest is None:
-            key = env.get(o.key_env or "")
+            key = env.get(entry.key_env or "")
             if not key:
-                raise ConfigError(f"environment variable {o.key_env!r} is not set", key=f"api.operators[{i}].key_env")
+                raise ConfigError(f"environment variable {entry.key_env!r} is not set", key=f"{section}[{i}].key_env")
             digest = hash_key(key)
-        table[digest] = o
+        table[digest] = entry
     return table
 
 
