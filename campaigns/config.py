@@ -99,6 +99,9 @@ class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     short_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]{3,16}$")] | None = None
     link_key_env: str | None = None
     time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"  # the shop's clock (reports, schedule)
+    # A short-link hit this close to the message's delivery (either side) is a link-preview fetch,
+    # not a person: redirected, not counted (core.links.classify_hit).
+    click_min_delay_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
 
     def __post_init__(self) -> None:
         if (self.key_sha256 is None) == (self.key_env is None):

@@ -128,6 +128,7 @@ class TenantLinks(msgspec.Struct, frozen=True, kw_only=True):
     domain: str
     key: bytes
     zone: str = "UTC"
+    click_min_delay: float = 10.0  # seconds around delivery when a hit is a preview fetch (TenantSettings)
 
 
 class PreviewOut(msgspec.Struct, frozen=True, kw_only=True):

@@ -44,7 +44,8 @@ def tenant_links(settings: CampaignSettings, environ: Mapping[str, str]) -> dict
     for t in settings.tenants:
         key = environ.get(t.link_key_env or "")
         if t.short_domain and key:
-            out[t.name] = TenantLinks(domain=t.short_domain, key=key.encode(), zone=t.time_zone)
+            out[t.name] = TenantLinks(domain=t.short_domain, key=key.encode(), zone=t.time_zone,
+                                      click_min_delay=t.click_min_delay_s)  # fmt: skip
         else:
             log.warning("campaigns.tenant.no_short_links tenant=%s (set short_domain and link_key_env)", t.name)
     return out
