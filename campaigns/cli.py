@@ -213,6 +213,37 @@ def count(config_path: str, tenant: str, segment_json: str) -> None:
     click.echo(json.dumps({"count": _run(run)}))
 
 
+@click.command("demo")
+@click.option("--recipients", default=50_000, show_default=True, help="recipients of the gateway showcase's marketing job")
+@click.option("--timeout", default=110.0, show_default=True, help="hard limit for the gateway showcase, in seconds")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="the gateway showcase's facts")
+@click.option("--part", type=click.Choice(["all", "gateway", "shop"]), default="all", show_default=True,
+              help="the gateway showcase, the shop's story (campaigns), or both in turn")
+@click.option("--story-json", type=click.Path(dir_okay=False), default=None, help="the shop's story's figures")
+@click.option("--story-timeout", default=90.0, show_default=True, help="hard limit for the shop's story, in seconds")
+@click.option("--virtual", is_flag=True, help="instead: the delivery core alone, one day on virtual time")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="with --virtual only")
+def demo(recipients: int, timeout: float, json_path: str | None, part: str, story_json: str | None,
+         story_timeout: float, virtual: bool, config_path: str | None) -> None:  # fmt: skip
+    """What `make run` runs: the gateway showcase (two SMSC simulators and `sluice serve`, a 50,000-recipient
+    job over HTTP), then the shop's story (`sluice serve` hosting both layers: sign-ups, segments, an A/B
+    campaign with short links, clicks, orders and its analytics). Exits 0 when all went as it should."""
+    if virtual:
+        from gateway.demo import run_demo
+
+        run_demo(recipients, config_path)
+        return
+    if part in ("all", "gateway"):
+        from gateway.showcase import main as showcase
+
+        if code := showcase(recipients, json_path, timeout):
+            sys.exit(code)
+    if part in ("all", "shop"):
+        from campaigns.story.runner import main as story
+
+        sys.exit(story(story_json, story_timeout))
+
+
 _gateway_serve = main.commands["serve"]
 
 
@@ -261,6 +292,7 @@ def serve(ctx: click.Context, config_path: str | None, port: int | None, backend
 
 main.add_command(campaigns)
 main.add_command(serve)
+main.add_command(demo)
 
 if __name__ == "__main__":
     main()

@@ -29,3 +29,33 @@ def test_the_run_command_shows_the_product_end_to_end(tmp_path):
     for sim in report["carriers"]:
         assert sim["max_submits_1s"] <= sim["limit"] and sim["throttled"] == 0, sim
     assert report["carriers"][0]["limit"] != report["carriers"][1]["limit"]
+
+
+def test_the_run_command_tells_the_shops_story(tmp_path):
+    """`sluice demo --part shop` (the second half of `make run`): what the story did from outside (imports,
+    sign-ups, clicks, orders, a STOP) is what the campaigns API reports back (the JSON summary)."""
+    from campaigns.cli import main as sluice
+
+    out = tmp_path / "story.json"
+    result = CliRunner().invoke(sluice, ["demo", "--part", "shop", "--story-json", str(out), "--story-timeout", "80"])
+    assert result.exit_code == 0, result.output
+    for text in ("consent ledger", "consent/proof", "Segments", "Preview", "/winner", "Analytics", "stopped"):
+        assert text in result.output
+    facts = json.loads(out.read_text())["facts"]
+    a, c = facts["audience"], facts["campaign"]
+    assert (a["imported"], a["consented"], a["unproven"], a["unproven_marketable"]) == (150, 135, 15, False)
+    assert a["orders"] > 0 and a["orders_duplicate"] == a["orders"]  # the retried bulk applied nothing twice
+    assert a["keyword_ledger"] == ["opt_in", "confirm"] and a["form_status"] == "pending"
+    assert (a["proof_actions"], a["proof_sources"]) == (["opt_in", "confirm"], ["form", "reply"])
+    assert a["proof_verified"] and a["proof_has_ip"] and a["proof_has_user_agent"]
+    loyal = a["segments"]["Loyal, not clicked in 30 days"]
+    assert loyal["count"] == loyal["before"] + 1  # the live order moved one customer in
+    assert c["smart_skipped"] == c["smart_skipped_expected"] == 6
+    assert c["accepted"] == c["relaunch_accepted"] == c["test_recipients"] > 0  # the relaunch sent nothing new
+    assert c["clicks"] == {"unique": c["clickers"], "total": c["clickers"] + c["double_clicks"], "ignored": 2}
+    assert c["winner"] == "b" and c["released"] == c["held"]
+    t = c["totals"]
+    assert t["sent"] == t["delivered"] == c["test_recipients"] + c["released"]
+    assert (t["unique_clicks"], t["conversions"], t["revenue"]) == (c["clickers"], c["orders"], c["order_revenue"])
+    assert c["attributed_via"] == {"click": c["buyers_after_click"], "view": c["buyers_after_view"]}
+    assert t["opt_outs"] == 1 and c["report"]["a"]["ctr"] < c["report"]["b"]["ctr"]

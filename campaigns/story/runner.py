@@ -81,11 +81,12 @@ def free_port() -> int:
 def story_config(tmp: Path, *, sim_ports: tuple[int, int], campaigns_port: int, zone: str) -> str:
     """The embedded gateway config plus the story's additions, checked by parsing it before use."""
     c = f"http://127.0.0.1:{campaigns_port}"
-    text = f"""{default_text()}
+    text = f"""{_priced(default_text())}
 
 # -- added by the shop's story (`sluice demo`) --
 [api]
 host = "127.0.0.1"
+ingest_workers = 0  # the shop's jobs are small: their recipients are checked in-process (no worker start-up)
 
 [[api.tenants]]
 name = "{SHOP}"
@@ -138,7 +139,7 @@ link_key_env = "{ENV['links']}"
 short_domain = "mm.sl"
 time_zone = "{zone}"
 default_region = "GB"
-click_min_delay_s = 2
+click_min_delay_s = 1
 
 [campaigns.tenants.signup]
 sender = "{SHORT_CODE}"
@@ -149,6 +150,19 @@ welcome_text = "{{shop}}: you're in! Here is 10% off your next order: WELCOME10.
     return text
 
 
+PRICES = {"alpha": 4, "beta": 5}  # the carriers' price per segment, minor units (the preview and the cost)
+
+
+def _priced(base: str) -> str:
+    """The embedded config with each carrier's ``price_per_segment`` (inserted after its name; checked)."""
+    for name, price in PRICES.items():
+        line = f'name = "{name}"\n'
+        if base.count(line) != 1:
+            raise StoryError(f"the embedded config has no single carrier {name!r} to price")
+        base = base.replace(line, f"{line}price_per_segment = {price}\n")
+    return base
+
+
 class Summary(msgspec.Struct, kw_only=True):
     """What the run saw, written as JSON (``--json``): each chapter's figures, and the wall time."""
 
@@ -156,6 +170,7 @@ class Summary(msgspec.Struct, kw_only=True):
     zone: str
     chapters: list[str]
     facts: dict[str, dict[str, Any]]
+    seconds: dict[str, float]  # start-up, then each chapter
     wall_seconds: float
 
 
@@ -191,8 +206,8 @@ async def _run(console: Console, tmp: Path, chapters: list[tuple[str, Chapter]],
     console.rule("[bold]The shop's story: Maple & Moss on Sluice's campaign layer")
     async with contextlib.AsyncExitStack() as stack:
         # One SMSC simulator per carrier of the embedded config (each carrier's receipts come back on its own binds).
-        sims: list[Child] = [await stack.enter_async_context(simulator("--tps", "2000", "--dlr-delay", "0.2", "--seed", str(i)))
-                             for i in (1, 2)]  # fmt: skip
+        sims = await _enter_together(stack, [simulator("--tps", "2000", "--dlr-delay", "0.2", "--seed", str(i)) for i in (1, 2)])
+        t_sims = time.monotonic() - started
         cport = free_port()
         path = tmp / "sluice.toml"
         path.write_text(story_config(tmp, sim_ports=(sims[0].port, sims[1].port), campaigns_port=cport, zone=zone))
@@ -200,6 +215,7 @@ async def _run(console: Console, tmp: Path, chapters: list[tuple[str, Chapter]],
         cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", str(path), "--port", "0"]
         try:
             sluice = await stack.enter_async_context(start(cmd, name="sluice serve", env=env, cwd=tmp, stderr=log))
+            t_gateway = time.monotonic() - started
             announced = (await sluice.line(30.0)).get("campaigns")
         except (RuntimeError, TimeoutError, anyio.EndOfStream) as exc:
             raise StoryError(f"`sluice serve` did not start: {exc}\n{_tail(tmp / 'sluice.log')}") from None
@@ -216,15 +232,34 @@ async def _run(console: Console, tmp: Path, chapters: list[tuple[str, Chapter]],
         story = Story(console=console, campaigns=cc, gateway=gw, shop=SHOP, short_code=SHORT_CODE,
                       mo_carrier=MO_CARRIER, mo_secret=env[ENV["mo"]])  # fmt: skip
         story.facts["setup"] = {"zone": zone}
+        seconds = {"start_simulators": round(t_sims, 2), "start_gateway": round(t_gateway, 2),
+                   "start": round(time.monotonic() - started, 2)}
         try:
             for name, chapter in chapters:
                 console.rule(f"[bold]{name}")
+                t0 = time.monotonic()
                 await chapter(story)
+                seconds[name] = round(time.monotonic() - t0, 2)
         except StoryError as exc:
             raise StoryError(f"{exc}\n(last lines of the server's log)\n{_tail(tmp / 'sluice.log')}") from None
-        return Summary(shop=SHOP, zone=zone, chapters=[n for n, _ in chapters], facts=story.facts,
+        return Summary(shop=SHOP, zone=zone, chapters=[n for n, _ in chapters], facts=story.facts, seconds=seconds,
                        wall_seconds=round(time.monotonic() - started, 2))  # fmt: skip
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _enter_together(stack: contextlib.AsyncExitStack, managers: list[Any]) -> list[Child]:
+    """Enter child-process context managers at once (each child's start-up is mostly its imports);
+    each one entered is left by ``stack``, also when another failed to start."""
+    children: list[Child | None] = [None] * len(managers)
+
+    async def enter(i: int) -> None:
+        children[i] = await managers[i].__aenter__()
+        stack.push_async_exit(managers[i].__aexit__)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(managers)):
+            tg.start_soon(enter, i)
+    return [c for c in children if c is not None]
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -245,7 +280,7 @@ def main(json_path: str | None, timeout: float) -> int:
     except StoryError as exc:
         console.print(f"[red]error:[/] the shop's story: {exc}")
         return 1
-    console.print(f"The shop's story done in {summary.wall_seconds:.1f} s; `sluice serve` and the simulator stopped.")
+    console.print(f"The shop's story done in {summary.wall_seconds:.1f} s; `sluice serve` and the simulators stopped.")
     if json_path:
         Path(json_path).write_bytes(msgspec.json.encode(summary))
     return 0
