@@ -52,6 +52,8 @@ def test_the_run_command_tells_the_shops_story(tmp_path):
     assert loyal["count"] == loyal["before"] + 1  # the live order moved one customer in
     assert c["smart_skipped"] == c["smart_skipped_expected"] == 6
     assert c["accepted"] == c["relaunch_accepted"] == c["test_recipients"] > 0  # the relaunch sent nothing new
+    # sent now, in each recipient's own zone, where the story made it daytime
+    assert sum(c["send_hours"].values()) == c["test_recipients"] and all(10 <= int(h) < 18 for h in c["send_hours"])
     assert c["clicks"] == {"unique": c["clickers"], "total": c["clickers"] + c["double_clicks"], "ignored": 2}
     assert c["winner"] == "b" and c["released"] == c["held"]
     t = c["totals"]

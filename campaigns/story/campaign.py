@@ -102,7 +102,7 @@ async def _create(story: Story, segment: int, facts: dict[str, Any]) -> int:
     story.table(f"Preview for subscriber {first} (GET /v1/campaigns/{cid}/preview: the gateway's own rules)",
                 ["variant", "text", "encoding", "segments", "price per carrier"],
                 [[p["variant"], p["text"], p["encoding"], p["segments"],
-                  ", ".join(f"{c} {v}" for c, v in sorted(p["prices"].items())) or "–"] for p in preview])  # fmt: skip
+                  ", ".join(f"{c} {v}" for c, v in sorted(p["prices"].items()) if v is not None) or "–"] for p in preview])  # fmt: skip
     facts.update(id=cid, preview_segments={p["variant"]: p["segments"] for p in preview})
     return cid
 
@@ -115,11 +115,14 @@ async def _launch(story: Story, cid: int, segment: int, skipped: int, facts: dic
               f"(texted {SMART_SKIPPED and 3} h ago, within 16 h); {out['recipients']} in the test "
               f"({DEFINITION['ab']['test_share']:.0%}), {out['held']} held for the winner; {out['batches']} NDJSON "
               f"job(s) with an Idempotency-Key, {out['accepted']} accepted by the gateway")  # fmt: skip
+    hours = (await story.api("GET", f"/v1/campaigns/{cid}/send-times", params={"clock": "recipient"}))["hours"]
+    story.say("Send times in the recipients' own zones (GET .../send-times, seed 003's 时段分布): "
+              + ", ".join(f"{n} at {h:02d}:00" for h, n in enumerate(hours) if n))  # fmt: skip
     again = await story.api("POST", f"/v1/campaigns/{cid}/launch")
     story.say(f"Launching again (a retry) sends nothing new: status {again['status']!r}, {again['accepted']} accepted in all")
     facts.update(segment_count=count, smart_skipped=count - frozen, smart_skipped_expected=skipped,
                  test_recipients=out["recipients"], held=out["held"], accepted=out["accepted"],
-                 relaunch_accepted=again["accepted"])  # fmt: skip
+                 relaunch_accepted=again["accepted"], send_hours={h: n for h, n in enumerate(hours) if n})  # fmt: skip
 
 
 async def _recipients(story: Story, cid: int) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ def anyio_backend() -> str:
 @given(st.floats(min_value=1.5e9, max_value=2.5e9))
 def test_the_story_always_finds_a_zone_in_daytime(now: float) -> None:
     zone = daytime_zone(now)
-    assert 10 <= dt.datetime.fromtimestamp(now, zoneinfo.ZoneInfo(zone)).hour < 18
+    assert 10 <= dt.datetime.fromtimestamp(now, zoneinfo.ZoneInfo(zone)).hour < 17
 
 
 def test_the_story_config_hosts_both_layers_with_priced_carriers(tmp_path: Path) -> None:
