@@ -28,13 +28,13 @@ CATEGORIES = {"plants": ("Monstera", "Fiddle leaf fig", "Snake plant"), "pots": 
 DISCLOSURE = ("By ticking this box you agree to receive recurring automated marketing texts from Maple & Moss. "
               "Consent is not a condition of purchase. Msg & data rates may apply. Reply STOP to cancel.")  # fmt: skip
 SEGMENTS = {
-    # seed 002's "more than 2 orders and more than $100 spent", not clicked lately, textable: the campaign's audience
+    # seed 002's "more than 2 orders and more than $100 spent" (here £, minor units), not clicked lately, textable: the campaign's audience
     "Loyal, not clicked in 30 days": {"all": [
         {"field": "orders_count", "op": "gt", "value": 2}, {"field": "total_spent", "op": "gt", "value": 10000},
         {"not": {"event": "activity", "kind": "clicked", "within_days": 30}},
         {"field": "consent", "op": "eq", "value": "confirmed"}]},
-    # seed 003's preferred category, with a windowed sum: over $60 on plants in the last year
-    "Plant lovers (> $60 on plants, 365 days)": {"event": "item", "within_days": 365, "where": {"category": ["plants"]},
+    # seed 003's preferred category, with a windowed sum: over £60 on plants in the last year
+    "Plant lovers (> £60 on plants, 365 days)": {"event": "item", "within_days": 365, "where": {"category": ["plants"]},
                                                   "measure": "sum", "op": "gt", "value": 6000},
     # seed 002's order payment status
     "Last order's payment pending": {"field": "last_order_payment_status", "op": "eq", "value": "pending"},
@@ -198,8 +198,8 @@ async def _segments(story: Story, facts: dict[str, Any]) -> None:
     for name, tree in SEGMENTS.items():
         ids[name] = (await story.api("POST", "/v1/segments", json={"name": name, "definition": tree}))["id"]
         before[name] = (await story.api("GET", f"/v1/segments/{ids[name]}/count"))["count"]
-    story.say("Shop events stream in: the keyword subscriber starts a $120 checkout; a customer with two orders "
-              "places a third (now over $100)")  # fmt: skip
+    story.say("Shop events stream in: the keyword subscriber starts a £120 checkout; a customer with two orders "
+              "places a third (now over £100)")  # fmt: skip
     joiner = phone(CUSTOMERS + 1)
     now = time.time()
     await story.api("POST", "/v1/events", json={"type": "checkout", "id": "live-checkout-1", "at": now,
@@ -225,13 +225,13 @@ async def _segments(story: Story, facts: dict[str, Any]) -> None:
 
 
 async def _two_order_customer(story: Story) -> str | None:
-    """A marketable customer with exactly two orders and at most $100 spent (so a third moves them in)."""
+    """A marketable customer with exactly two orders and at most £100 spent (so a third moves them in)."""
     seg = {"all": [{"field": "orders_count", "op": "eq", "value": 2}, {"field": "total_spent", "op": "lte", "value": 10000},
                    {"field": "consent", "op": "eq", "value": "confirmed"}]}  # fmt: skip
     res = await story.api("POST", "/v1/segments/validate", json={"definition": seg})
     if not res["count"]:
         return None
-    sid = (await story.api("POST", "/v1/segments", json={"name": "two orders, up to $100", "definition": seg}))["id"]
+    sid = (await story.api("POST", "/v1/segments", json={"name": "two orders, up to £100", "definition": seg}))["id"]
     members = (await story.api("GET", f"/v1/segments/{sid}/sample", params={"limit": 1}))["items"]
     await story.api("DELETE", f"/v1/segments/{sid}", expect=(204,))
     return members[0]["phone"] if members else None

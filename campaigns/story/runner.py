@@ -224,7 +224,7 @@ async def _run(console: Console, tmp: Path, chapters: list[tuple[str, Chapter]],
             raise StoryError(f"the campaign service announced port {announced}, configured {cport}")
         console.print(f"  `sluice serve` (pid {sluice.pid}) hosts the gateway on {sluice.url} and the campaign layer on "
                       f"http://127.0.0.1:{cport}; two SMSC simulators (pids {sims[0].pid}, {sims[1].pid}) deliver; the shop's customers "
-                      f"live in {zone}, where it is daytime now")  # fmt: skip
+                      f"live in {zone} (their time_zone, which the gateway's quiet hours use), where it is daytime now")  # fmt: skip
         gw = await stack.enter_async_context(httpx.AsyncClient(
             base_url=sluice.url, headers={"authorization": f"Bearer {env[ENV['gateway_key']]}"}, timeout=30.0))  # fmt: skip
         cc = await stack.enter_async_context(httpx.AsyncClient(
