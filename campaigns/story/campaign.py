@@ -112,7 +112,7 @@ async def _launch(story: Story, cid: int, segment: int, skipped: int, facts: dic
     out = await story.api("POST", f"/v1/campaigns/{cid}/launch")
     frozen = out["recipients"] + out["held"]
     story.say(f"Launched: the segment's {count} textable members frozen; {count - frozen} left out by smart sending "
-              f"(texted {SMART_SKIPPED and 3} h ago, within 16 h); {out['recipients']} in the test "
+              f"(texted 3 h ago by the old tool, within 16 h); {out['recipients']} in the test "
               f"({DEFINITION['ab']['test_share']:.0%}), {out['held']} held for the winner; {out['batches']} NDJSON "
               f"job(s) with an Idempotency-Key, {out['accepted']} accepted by the gateway")  # fmt: skip
     hours = (await story.api("GET", f"/v1/campaigns/{cid}/send-times", params={"clock": "recipient"}))["hours"]
