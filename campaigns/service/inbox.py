@@ -42,6 +42,7 @@ from typing import Annotated, Any, Literal, Protocol
 import anyio.to_thread
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 
 from campaigns.config import CampaignSettings
@@ -321,13 +322,14 @@ Limit = Annotated[int, QueryParameter(ge=1, le=1000)]
 StatusQ = Literal["open", "needs_reply", "closed"]
 
 
-def inbox_handlers(inbox: Inbox) -> list[Any]:
-    from campaigns.service.app import Tenant
+Tenant = NamedDependency[str]  # the shop the API key names (as in campaigns.service.app)
 
+
+def inbox_handlers(inbox: Inbox) -> list[Any]:
     async def _history(tenant: str, conversation_id: int, after: str | None, limit: int) -> HistoryPage:
         cur = None
         if after is not None:
-            at, src, k = _uncursor(after, (float | int, int, str))  # type: ignore[arg-type]
+            at, src, k = _uncursor(after, (float | int, int, int))  # type: ignore[arg-type]
             cur = (float(at), src, k)
         rows = await inbox._run(inbox.store.conversation_history, tenant, conversation_id, after=cur, limit=limit)
         nxt = _cursor(list(rows[-1][0])) if len(rows) == limit else None

@@ -260,19 +260,19 @@ class InboxSql:
                            (*params, limit))  # fmt: skip
         return [_conv_row(tenant, r) for r in rows]
 
-    def conversation_history(self, tenant: str, conversation_id: int, *, after: tuple[float, int, str] | None = None,
-                             limit: int = 100) -> list[tuple[tuple[float, int, str], HistoryItem]]:  # fmt: skip
+    def conversation_history(self, tenant: str, conversation_id: int, *, after: tuple[float, int, int] | None = None,
+                             limit: int = 100) -> list[tuple[tuple[float, int, int], HistoryItem]]:  # fmt: skip
         """The conversation's messages and the subscriber's campaign sends, oldest first, each with
         its cursor ``(at, source, key)`` (pass the last one as ``after`` for the next page)."""
         real = "DOUBLE PRECISION" if self.engine == "postgres" else "REAL"
-        since = after or (float("-inf"), -1, "")
+        since = after or (float("-inf"), -1, -1)
         sql = f"""
 SELECT * FROM (
-  SELECT m.at AS at, 0 AS src, m.message_id AS k, m.message_id, m.direction, m.kind, m.text, m.at AS at2,
+  SELECT m.at AS at, 0 AS src, m.seq AS k, m.message_id, m.direction, m.kind, m.text, m.at AS at2,
          m.by_whom, m.route, m.gateway_id, m.state, m.state_at, m.error, m.response_s
     FROM conversation_messages m WHERE m.tenant = ? AND m.conversation_id = ?
   UNION ALL
-  SELECT r.send_at, 1, 'campaign:' || CAST(r.campaign_id AS TEXT), 'campaign:' || CAST(r.campaign_id AS TEXT), 'out',
+  SELECT r.send_at, 1, r.campaign_id, 'campaign:' || CAST(r.campaign_id AS TEXT), 'out',
          'campaign', r.text, r.send_at, 'campaign:' || CAST(r.campaign_id AS TEXT), CAST(NULL AS TEXT), r.message_id,
          r.state, r.state_at, CAST(NULL AS TEXT), CAST(NULL AS {real})
     FROM campaign_recipients r JOIN conversations c ON c.tenant = r.tenant AND c.id = ?
