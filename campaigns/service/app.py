@@ -477,7 +477,7 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
     if inbox is not None:
         from campaigns.service.inbox import inbox_handlers
 
-        handlers += inbox_handlers(inbox)
+        handlers += inbox_handlers(inbox, lambda t, raw: audience.phone(t, raw))
     app = Litestar(
         route_handlers=handlers,
         dependencies={"tenant": Provide(tenant)},

@@ -325,7 +325,8 @@ StatusQ = Literal["open", "needs_reply", "closed"]
 Tenant = NamedDependency[str]  # the shop the API key names (as in campaigns.service.app)
 
 
-def inbox_handlers(inbox: Inbox) -> list[Any]:
+def inbox_handlers(inbox: Inbox, canonical: Callable[[str, str], str] | None = None) -> list[Any]:
+    """The routes; ``canonical(tenant, raw)`` reads a ``phone`` filter as the shop reads numbers."""
     async def _history(tenant: str, conversation_id: int, after: str | None, limit: int) -> HistoryPage:
         cur = None
         if after is not None:
@@ -340,9 +341,15 @@ def inbox_handlers(inbox: Inbox) -> list[Any]:
                                  needs_reply: FromQuery[bool | None] = None,
                                  assignee: Annotated[str | None, QueryParameter(min_length=1, max_length=100)] = None,
                                  after: Annotated[str | None, QueryParameter(max_length=500)] = None,
+                                 phone: Annotated[str | None, QueryParameter(max_length=40)] = None,
                                  limit: Limit = 100) -> ConversationPage:  # fmt: skip
         """The shop's conversations by id; ``status=needs_reply`` (or ``needs_reply=true``) is the queue,
-        the longest wait first. ``needs_reply=false``: the others (open and closed)."""
+        the longest wait first. ``needs_reply=false``: the others (open and closed). ``phone``: the
+        conversation with that number (any spelling), if there is one."""
+        if phone is not None:
+            number = canonical(tenant, phone) if canonical is not None else phone
+            found = await inbox._run(inbox.store.conversation_by_phone, tenant, number)
+            return ConversationPage(items=[found] if found is not None else [])
         if needs_reply is True:
             if status not in (None, "needs_reply"):
                 raise InvalidInput("needs_reply=true contradicts status", code="invalid_field", field="needs_reply")

@@ -23,6 +23,7 @@ class FakeGateway:
         self.down = False  # every call fails (the gateway unreachable)
         self.lose_message_answers = 0  # the next n POST /v1/messages are stored, then the link breaks
         self.refuse_messages: dict[str, Any] | None = None  # answer POST /v1/messages with this 422 body
+        self.deliver_on_read = False  # a message read with GET /v1/messages/{id} has been delivered
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -35,6 +36,8 @@ class FakeGateway:
             return self._message(request)
         if request.method == "GET" and path.startswith("/v1/messages/"):
             m = self.messages.get(path.rsplit("/", 1)[1])
+            if m is not None and self.deliver_on_read:
+                m["state"] = "delivered"
             return httpx.Response(200, json={"id": path.rsplit("/", 1)[1], **m}) if m else httpx.Response(404, json={"code": "not_found"})
         if request.method == "POST" and path == "/v1/jobs":
             return self._job(request)
