@@ -360,3 +360,25 @@ async def test_any_mix_of_redeliveries_retries_and_failures_sends_each_answer_on
     ids = [m.message_id for m in history]
     assert len(ids) == len(set(ids)) and sum(m.direction == "in" for m in history) == len(set(bodies))
     assert all(m.gateway_id is not None and m.state == "queued" for m in history if m.kind == "answer")
+
+
+def test_cli_lists_the_queue_and_the_figures(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from campaigns.cli import campaigns as cli
+    from campaigns.core import conversations as C
+
+    db = tmp_path / "c.db"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[campaigns]\nstore_url = "sqlite:///{db.as_posix()}"\n[[campaigns.tenants]]\nname = "acme"\n'
+                   f'key_sha256 = "{"0" * 64}"\n')  # fmt: skip
+    store = open_store(f"sqlite:///{db.as_posix()}")
+    for i, p in enumerate(P):
+        store.conversation_apply("acme", p, lambda c, i=i: (C.receive(c, f"mo:{i}", "?", T0 - 10 * i, C.ToInbox()), []),
+                                 now=T0, message_id=f"mo:{i}")  # fmt: skip
+    store.close()
+    out = CliRunner().invoke(cli, ["inbox", "--config", str(cfg), "--tenant", "acme"])
+    assert out.exit_code == 0, out.output
+    assert [json.loads(line)["phone"] for line in out.output.splitlines()] == list(reversed(P))
+    out = CliRunner().invoke(cli, ["inbox-figures", "--config", str(cfg), "--tenant", "acme"])
+    assert out.exit_code == 0 and json.loads(out.output)["needs_reply"] == 3
