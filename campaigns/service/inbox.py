@@ -10,7 +10,9 @@ Theory of operation
    nobody is asked to reply. ``opt_in``/``help`` and sign-up keywords (JOIN, Y): history only.
 2. Any other text of a subscriber is offered to the flow runtime (``ReplyRouter.offer_reply``):
    True means a waiting run took it (``ToFlow``); False, or a sender who is not a subscriber
-   (no run can wait for them), puts the conversation in the queue (``ToInbox``).
+   (no run can wait for them), puts the conversation in the queue (``ToInbox``). The flow
+   runtime is offered ``message_id = str(<the gateway's inbound id>)``: the same id whichever
+   path the message came by, so the runtime's own dedupe holds.
 3. The conversation (one per phone per shop: senders who are not subscribers get one too) gets
    the message in one store transaction (``Store.conversation_apply`` with the pure
    ``conversations.receive``), idempotent by ``mo:<gateway inbound id>``: a redelivered webhook
@@ -39,6 +41,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, Protocol
 
+import anyio
 import anyio.to_thread
 import msgspec
 from litestar import Request, Response, get, post
@@ -152,6 +155,7 @@ class Inbox:
         self.settings = settings
         self.clock = clock
         self.state: Any = None  # the app's state (``bind``): its ``reply_router``
+        self._locks: dict[tuple[str, int], anyio.Lock] = {}  # per inbound message being handled
 
     def bind(self, state: Any) -> None:
         """Read the flow runtime from ``state.reply_router`` (set to ``NoRunWaits`` unless already set)."""
@@ -169,7 +173,20 @@ class Inbox:
     # ---- replies -----------------------------------------------------------------------------------
     async def receive(self, tenant: str, msg: Inbound, phone: str, subscriber_id: int | None, decision: Decision,
                       replied: str | None = None) -> C.Route:  # fmt: skip
-        """Route one inbound message and store it in its conversation (once, by its id)."""
+        """Route one inbound message and store it in its conversation (once, by its id). Two
+        deliveries of one message at once (a webhook retried while the first is handled, or the
+        webhook and the inbound catch-up) are handled one after the other, so it is offered once."""
+        key = (tenant, msg.id)
+        lock = self._locks.setdefault(key, anyio.Lock())
+        try:
+            async with lock:
+                return await self._receive(tenant, msg, phone, subscriber_id, decision, replied)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(key, None)
+
+    async def _receive(self, tenant: str, msg: Inbound, phone: str, subscriber_id: int | None, decision: Decision,
+                       replied: str | None) -> C.Route:  # fmt: skip
         mid = f"mo:{msg.id}"
         route: C.Route
         if msg.kind == "opt_out":
@@ -182,7 +199,8 @@ class Inbox:
             route = C.Handled(intent="other")  # a sign-up keyword: the link answered it
         elif await self._run(self.store.conversation_message, tenant, mid) is not None:
             return C.Handled(intent="other")  # stored before: not offered to the flows again
-        elif subscriber_id is not None and await self.router.offer_reply(tenant, subscriber_id, mid, msg.text, msg.at):
+        elif subscriber_id is not None and await self.router.offer_reply(tenant, subscriber_id, str(msg.id), msg.text,
+                                                                         self.clock()):  # fmt: skip
             route = C.ToFlow()
         else:
             route = C.ToInbox()
@@ -288,6 +306,10 @@ class Inbox:
                 continue
             try:
                 now_state = await self.clients[tenant].message(p.gateway_id)
+            except GatewayRefused as exc:  # the gateway does not know it (another store?): stop asking
+                moved += await self._run(self.store.answer_state, tenant, p.message_id, state="unknown",
+                                         at=self.clock(), error=exc.gateway_code or f"HTTP {exc.http_status}")  # fmt: skip
+                continue
             except GatewayError as exc:
                 log.info("inbox.answer.state_unknown tenant=%s id=%s error=%s", tenant, p.message_id, exc)
                 continue

@@ -123,7 +123,7 @@ async def test_a_question_is_answered_once_and_its_state_comes_back() -> None:
     body = w.mo(P[0], "Do you have the linen shirt in M?")
     for _ in range(2):  # the gateway redelivers the webhook: stored once
         assert (await w.webhook(body)).status_code == 204
-    assert router.offers == [("acme", sub, "mo:1", "Do you have the linen shirt in M?")]  # offered once
+    assert router.offers == [("acme", sub, "1", "Do you have the linen shirt in M?")]  # offered once
     [conv] = await w.queue()
     assert conv["subscriber_id"] == sub and conv["status"] == "needs_reply" and conv["waiting_since"] == T0
     assert [(m["kind"], m["route"]) for m in await w.history(conv["id"])] == [("reply", "inbox")]
@@ -177,7 +177,7 @@ async def test_opt_outs_and_keywords_never_reach_a_flow_or_the_queue() -> None:
     other = w.subscribe("acme", P[2])
     await w.webhook(w.mo(P[2], "2"))
     await w.webhook(w.mo(P[2], "what about returns?"))
-    assert [o[2:] for o in router.offers] == [("mo:2", "2"), ("mo:3", "what about returns?")]
+    assert [o[2:] for o in router.offers] == [("2", "2"), ("3", "what about returns?")]
     [queued] = await w.queue()
     assert queued["subscriber_id"] == other
     assert [m["route"] for m in await w.history(queued["id"])] == ["flow", "inbox"]
@@ -382,3 +382,41 @@ def test_cli_lists_the_queue_and_the_figures(tmp_path) -> None:  # type: ignore[
     assert [json.loads(line)["phone"] for line in out.output.splitlines()] == list(reversed(P))
     out = CliRunner().invoke(cli, ["inbox-figures", "--config", str(cfg), "--tenant", "acme"])
     assert out.exit_code == 0 and json.loads(out.output)["needs_reply"] == 3
+
+
+async def test_a_message_delivered_twice_at_once_is_offered_once() -> None:
+    import anyio
+    import anyio.lowlevel
+
+    w = World()
+    w.subscribe("acme", P[0])
+
+    class Slow(Router):
+        async def offer_reply(self, tenant: str, subscriber_id: int, message_id: str, text: str, now: float) -> bool:
+            for _ in range(20):  # the other delivery runs meanwhile
+                await anyio.lowlevel.checkpoint()
+            return await super().offer_reply(tenant, subscriber_id, message_id, text, now)
+
+    w.inbox.state.reply_router = router = Slow()
+    body = w.mo(P[0], "is it in stock?")
+    statuses: list[int] = []
+
+    async def deliver() -> None:
+        statuses.append((await w.webhook(body)).status_code)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(deliver)
+        tg.start_soon(deliver)
+    assert statuses == [204, 204] and len(router.offers) == 1 and len(await w.queue()) == 1
+
+
+async def test_an_answer_the_gateway_does_not_know_is_no_longer_asked_about() -> None:
+    w = World()
+    w.subscribe("acme", P[0])
+    await w.webhook(w.mo(P[0], "hello?"))
+    [conv] = await w.queue()
+    assert (await w.answer(conv["id"], "Hi", "k")).status_code == 202
+    w.gw.messages.clear()  # e.g. the gateway's store was replaced
+    assert await w.inbox.settle("acme") == 1 and await w.inbox.settle("acme") == 0
+    [answer] = [m for m in await w.history(conv["id"]) if m["kind"] == "answer"]
+    assert (answer["state"], answer["error"]) == ("unknown", "not_found")
