@@ -15,7 +15,7 @@ from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
 from campaigns.core.events import Profile, ShopEvent
 from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
-from campaigns.store.inbox_sql import Applied as ConversationApplied, Change, ConversationRow, HistoryItem, InboxFigures, PendingAnswer
+from campaigns.store.inbox_sql import Change, ConversationApplied, ConversationRow, HistoryItem, InboxFigures, PendingAnswer
 from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, LinkRow, Outcomes,
                                            PlannedRecipient, RecipientRow)  # fmt: skip
 

@@ -228,7 +228,6 @@ CREATE INDEX IF NOT EXISTS conversation_messages_history ON conversation_message
 CREATE INDEX IF NOT EXISTS conversation_messages_gateway ON conversation_messages (tenant, gateway_id);
 CREATE INDEX IF NOT EXISTS conversation_messages_answered ON conversation_messages (tenant, at) WHERE response_s IS NOT NULL;
 CREATE INDEX IF NOT EXISTS conversation_messages_unsettled ON conversation_messages (tenant, seq) WHERE kind = 'answer' AND state IN ('sending', 'queued', 'submitted', 'accepted');
-CREATE INDEX IF NOT EXISTS campaign_recipients_subscriber ON campaign_recipients (tenant, subscriber_id, send_at);
 """
 # ---- end of INBOX_DDL ----
 
