@@ -217,6 +217,17 @@ class Inbox:
                  mid, type(route).__name__, applied.new)  # fmt: skip
         return route
 
+    async def record_sent(self, tenant: str, phone: str, message_id: str, text: str, at: float, by: str,
+                          kind: Literal["flow", "campaign", "system"] = "flow") -> bool:  # fmt: skip
+        """An automated message sent to ``phone`` (a flow's send: ``message_id = flow-<run>-<visit>``,
+        its Idempotency-Key), in the history only. Idempotent by ``message_id``: the flow runtime calls
+        it in its at-least-once send path (before or after the gateway call), so nothing is lost and
+        nothing is recorded twice. True if it was new."""
+        applied = await self._run(self.store.conversation_apply, tenant, phone,
+                                  lambda c: (C.record_sent(c, message_id, text, at, by, kind=kind), []),
+                                  now=self.clock(), message_id=message_id)  # fmt: skip
+        return applied.new
+
     # ---- people's actions --------------------------------------------------------------------------
     async def conversation(self, tenant: str, conversation_id: int) -> ConversationRow:
         conv = await self._run(self.store.conversation, tenant, conversation_id)

@@ -426,3 +426,14 @@ async def test_an_answer_the_gateway_does_not_know_is_no_longer_asked_about() ->
     assert await w.inbox.settle("acme") == 1 and await w.inbox.settle("acme") == 0
     [answer] = [m for m in await w.history(conv["id"]) if m["kind"] == "answer"]
     assert (answer["state"], answer["error"]) == ("unknown", "not_found")
+
+
+async def test_flow_sends_recorded_once_in_the_history_and_answer_nobody() -> None:
+    w = World()
+    w.subscribe("acme", P[0])
+    for _ in range(2):  # the flow runtime's at-least-once send path records it again after a crash
+        await w.inbox.record_sent("acme", P[0], "flow-7-1", "Your cart misses you", T0, "flow:abandoned_cart")
+    conv = w.store.conversation_by_phone("acme", P[0])
+    assert conv is not None and conv.status == "open"
+    assert [(m["kind"], m["by"]) for m in await w.history(conv.id)] == [("flow", "flow:abandoned_cart")]
+    assert await w.queue() == []
