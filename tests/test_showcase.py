@@ -61,3 +61,5 @@ def test_the_run_command_tells_the_shops_story(tmp_path):
     assert (t["unique_clicks"], t["conversions"], t["revenue"]) == (c["clickers"], c["orders"], c["order_revenue"])
     assert c["attributed_via"] == {"click": c["buyers_after_click"], "view": c["buyers_after_view"]}
     assert t["opt_outs"] == 1 and c["report"]["a"]["ctr"] < c["report"]["b"]["ctr"]
+    i = facts["inbox"]  # a question no flow takes, answered once through the API, delivered
+    assert (i["answered"], i["answer_state"], i["needs_reply"]) == (1, "delivered", 0)
