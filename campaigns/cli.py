@@ -256,10 +256,11 @@ def inbox_figures(config_path: str, tenant: str, since_days: float) -> None:
               help="the gateway showcase, the shop's story (campaigns), or both in turn")
 @click.option("--story-json", type=click.Path(dir_okay=False), default=None, help="the shop's story's figures")
 @click.option("--story-timeout", default=90.0, show_default=True, help="hard limit for the shop's story, in seconds")
+@click.option("--story-chapters", default=None, help="only these chapters, comma-separated (default: all, in order)")
 @click.option("--virtual", is_flag=True, help="instead: the delivery core alone, one day on virtual time")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="with --virtual only")
 def demo(recipients: int, timeout: float, json_path: str | None, part: str, story_json: str | None,
-         story_timeout: float, virtual: bool, config_path: str | None) -> None:  # fmt: skip
+         story_timeout: float, story_chapters: str | None, virtual: bool, config_path: str | None) -> None:  # fmt: skip
     """What `make run` runs: the gateway showcase (two SMSC simulators and `sluice serve`, a 50,000-recipient
     job over HTTP), then the shop's story (`sluice serve` hosting both layers: sign-ups, segments, an A/B
     campaign with short links, clicks, orders and its analytics). Exits 0 when all went as it should."""
@@ -276,7 +277,7 @@ def demo(recipients: int, timeout: float, json_path: str | None, part: str, stor
     if part in ("all", "shop"):
         from campaigns.story.runner import main as story
 
-        sys.exit(story(story_json, story_timeout))
+        sys.exit(story(story_json, story_timeout, story_chapters))
 
 
 _gateway_serve = main.commands["serve"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
@@ -33,11 +34,13 @@ def test_the_run_command_shows_the_product_end_to_end(tmp_path):
 
 def test_the_run_command_tells_the_shops_story(tmp_path):
     """`sluice demo --part shop` (the second half of `make run`): what the story did from outside (imports,
-    sign-ups, clicks, orders, a STOP) is what the campaigns API reports back (the JSON summary)."""
+    sign-ups, clicks, orders, a STOP) is what the campaigns API reports back (the JSON summary). The
+    chapters this test checks; the whole story (with the flows' waits) is the slow test below."""
     from campaigns.cli import main as sluice
 
     out = tmp_path / "story.json"
-    result = CliRunner().invoke(sluice, ["demo", "--part", "shop", "--story-json", str(out), "--story-timeout", "80"])
+    result = CliRunner().invoke(sluice, ["demo", "--part", "shop", "--story-json", str(out), "--story-timeout", "80",
+                                         "--story-chapters", "audience,campaign,inbox"])  # fmt: skip
     assert result.exit_code == 0, result.output
     for text in ("consent ledger", "consent/proof", "Segments", "Preview", "/winner", "Analytics", "stopped"):
         assert text in result.output
@@ -63,3 +66,16 @@ def test_the_run_command_tells_the_shops_story(tmp_path):
     assert t["opt_outs"] == 1 and c["report"]["a"]["ctr"] < c["report"]["b"]["ctr"]
     i = facts["inbox"]  # a question no flow takes, answered once through the API, delivered
     assert (i["answered"], i["answer_state"], i["needs_reply"]) == (1, "delivered", 0)
+
+
+@pytest.mark.slow  # every chapter, the flows' waits included (~30 s)
+def test_the_whole_shops_story_runs(tmp_path):
+    from campaigns.cli import main as sluice
+    from campaigns.story.runner import CHAPTERS
+
+    out = tmp_path / "story.json"
+    result = CliRunner().invoke(sluice, ["demo", "--part", "shop", "--story-json", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    assert summary["chapters"] == [name for name, _ in CHAPTERS]
+    assert all(summary["facts"].get(name) for name in summary["chapters"]), summary["facts"].keys()

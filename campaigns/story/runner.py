@@ -130,7 +130,7 @@ store_url = "sqlite:///{(tmp / 'campaigns.db').as_posix()}"
 port = {campaigns_port}
 public_url = "{c}"
 sync_interval = 0.2
-abandon_after = 5
+abandon_after = 2
 
 [[campaigns.tenants]]
 name = "{SHOP}"
@@ -273,11 +273,23 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def main(json_path: str | None, timeout: float) -> int:
+def select(names: str | None) -> list[tuple[str, Chapter]]:
+    """The chapters named (comma-separated, told in the story's order), or all; StoryError naming an unknown one."""
+    if names is None:
+        return list(CHAPTERS)
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = dict(CHAPTERS)
+    if unknown := [n for n in wanted if n not in known]:
+        raise StoryError(f"no chapter {', '.join(unknown)} (the chapters: {', '.join(known)})")
+    return [(n, c) for n, c in CHAPTERS if n in wanted]
+
+
+def main(json_path: str | None, timeout: float, chapters: str | None = None) -> int:
     """The CLI's body: tell the story, write its JSON; 0 on success, 1 with a message on failure."""
     console = Console(width=max(120, shutil.get_terminal_size().columns))
     try:
-        summary = anyio.run(lambda: run_story(console, timeout=timeout), backend="asyncio",
+        todo = select(chapters)
+        summary = anyio.run(lambda: run_story(console, timeout=timeout, chapters=todo), backend="asyncio",
                             backend_options={"use_uvloop": True})  # fmt: skip
     except StoryError as exc:
         console.print(f"[red]error:[/] the shop's story: {exc}")

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from campaigns.host import split_config
 from campaigns.story.context import Story, StoryError
-from campaigns.story.runner import PRICES, daytime_zone, story_config
+from campaigns.story.runner import CHAPTERS, PRICES, daytime_zone, select, story_config
 from carriers.http.profiles import generic
 
 pytestmark = pytest.mark.anyio
@@ -80,3 +80,17 @@ async def test_a_refused_reply_and_a_wait_that_gives_up_name_what_failed() -> No
 
         with pytest.raises(StoryError, match="waiting for the moon"):
             await story.wait_for("the moon", never, timeout=0.05)
+
+
+def test_chapters_are_chosen_by_name_in_the_storys_order() -> None:
+    from click.testing import CliRunner
+
+    from campaigns.cli import main
+
+    names = [n for n, _ in CHAPTERS]
+    assert [n for n, _ in select(None)] == names
+    assert [n for n, _ in select(f" {names[-1]},{names[0]} ")] == [names[0], names[-1]]
+    with pytest.raises(StoryError, match="no chapter nope"):
+        select("audience,nope")
+    r = CliRunner().invoke(main, ["demo", "--part", "shop", "--story-chapters", "audience,nope"])  # nothing started
+    assert r.exit_code == 1 and "no chapter nope" in r.output
