@@ -4,6 +4,7 @@
 - ``POST /v1/campaigns/{id}/launch`` (safe to repeat: a relaunch resumes, never sends twice),
   ``/pause``, ``/resume``, ``/cancel`` (reach every gateway job of the campaign);
 - ``GET /v1/campaigns/{id}/report?by=variant,hour`` (JSON for charts), ``/clicks``;
+- ``GET /v1/reports?by=campaign,step&since=`` (every campaign and flow step of the shop);
 - ``POST /v1/campaigns/{id}/winner`` (A/B decision; the held rest is sent the winner);
 - ``GET|HEAD /l/{code}``: the short-link redirect (302 with UTM parameters; 404 unknown);
 - ``POST /v1/gateway/{shop}/events``: the gateway's signed message-state webhooks."""
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, get, head, post
 from litestar.exceptions import NotAuthorizedException
-from litestar.params import FromPath, FromQuery, JSONBody, PathParameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, PathParameter
 
 from campaigns.core import attribution
 from campaigns.errors import InvalidInput
@@ -77,13 +78,22 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
     async def campaign_winner(tenant: Tenant, campaign_id: Id) -> WinnerOut:
         return await tracker.send_winner(tenant, campaign_id)
 
-    @get("/v1/campaigns/{campaign_id:int}/report")
-    async def campaign_report(tenant: Tenant, campaign_id: Id, by: FromQuery[str] = "campaign",
-                              zone: FromQuery[str | None] = None) -> attribution.Report:  # fmt: skip
+    def dimensions(by: str) -> list[str]:
         dims = [d.strip() for d in by.split(",") if d.strip()]
         if not dims or len(dims) > 4:
             raise InvalidInput("by: one to four of campaign, variant, step, hour", code="unknown_dimension", field="by")
-        return await tracker.report(tenant, campaign_id, dims, zone)
+        return dims
+
+    @get("/v1/campaigns/{campaign_id:int}/report")
+    async def campaign_report(tenant: Tenant, campaign_id: Id, by: FromQuery[str] = "campaign",
+                              zone: FromQuery[str | None] = None) -> attribution.Report:  # fmt: skip
+        return await tracker.report(tenant, campaign_id, dimensions(by), zone)
+
+    @get("/v1/reports")
+    async def tenant_report(tenant: Tenant, by: FromQuery[str] = "campaign,step", zone: FromQuery[str | None] = None,
+                            since: Annotated[float, Parameter(ge=0, le=1e11)] = 0.0) -> attribution.Report:  # fmt: skip
+        """Every campaign and flow step of the shop (orders and opt-outs at or after ``since``)."""
+        return await tracker.report(tenant, None, dimensions(by), zone, since=since)
 
     @get("/v1/campaigns/{campaign_id:int}/send-times")
     async def campaign_send_times(tenant: Tenant, campaign_id: Id, clock: FromQuery[str] = "tenant") -> SendTimesOut:
@@ -93,6 +103,7 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
     @get("/v1/campaigns/{campaign_id:int}/clicks")
     async def campaign_clicks(tenant: Tenant, campaign_id: Id) -> ClickCounts:
         await launcher.campaign(tenant, campaign_id)
+        await tracker.flush()
         return await launcher._run(launcher.store.click_counts, tenant, campaign_id)
 
     async def _hit(code: str, request: Request, method: Literal["GET", "HEAD"]) -> Response[Any]:
@@ -126,5 +137,5 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
         return StatesOut(moved=await tracker.states(shop, batch))
 
     return [create_campaign, get_campaign, launch_campaign, control("pause"), control("resume"),
-            control("cancel"), campaign_winner, campaign_preview, campaign_report, campaign_send_times,
+            control("cancel"), campaign_winner, campaign_preview, campaign_report, tenant_report, campaign_send_times,
             campaign_clicks, short_link, short_link_head, gateway_events]  # fmt: skip

@@ -68,8 +68,9 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     link = GatewayLink(audience, clients)
     secrets = webhook_secrets(settings, env)
     launcher = Launcher(store, clients, tenant_links(settings, env), time.time, callback_urls=callback_urls(settings))
+    tracker = Tracker(launcher)
     app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets,
-                     extra_handlers=campaign_handlers(launcher, Tracker(launcher), secrets))  # fmt: skip
+                     extra_handlers=campaign_handlers(launcher, tracker, secrets))  # fmt: skip
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False))  # fmt: skip
     try:
@@ -87,6 +88,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             if on_ready is not None:
                 on_ready(bound)
             tg.start_soon(lambda: link.run(interval=settings.sync_interval))
+            tg.start_soon(tracker.run_flusher)  # buffered clicks: written every few ms (tracking.py)
             await anyio.sleep_forever()
     finally:
         for c in clients.values():
