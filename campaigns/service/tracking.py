@@ -1,8 +1,9 @@
 """What happens after a launch: clicks on short links, message states from the gateway's webhooks,
 the analytics report, and the A/B winner sent to the rest of the audience.
 
-The redirect is the hot path: one indexed read (the link with its recipient's delivery time), the
-verdict from ``core.links.classify_hit``, and the hit appended to an in-memory buffer. The buffer is
+The redirect is the hot path: one indexed read (the link with its recipient's delivery time; kept in
+memory once the message is delivered, as nothing about it can change after), the verdict from
+``core.links.classify_hit``, and the hit appended to an in-memory buffer. The buffer is
 written in one transaction (the clicks, then the ``clicked`` activities of human clicks) every
 ``flush_interval`` (5 ms) by ``run_flusher``. **What is promised**: a click is stored within the
 flush interval plus one write after its 302 was answered; a crash loses at most the clicks of that
@@ -79,8 +80,10 @@ class WinnerOut(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Tracker:
-    def __init__(self, launcher: Launcher, *, flush_interval: float = 0.005) -> None:
+    def __init__(self, launcher: Launcher, *, flush_interval: float = 0.005, link_cache: int = 200_000) -> None:
         self.la = launcher
+        self.link_cache = link_cache
+        self._links: dict[str, LinkRow] = {}  # code -> link, for delivered messages only (oldest evicted first)
         self.store = launcher.store
         self.flush_interval = flush_interval
         self._utm: dict[tuple[str, int], dict[str, str]] = {}
@@ -94,7 +97,15 @@ class Tracker:
         """Where ``code`` leads (None: unknown or expired), the hit buffered with its verdict."""
         if not (5 <= len(code) <= 16) or not code.isalnum():
             return None
-        link = await self.la._run(self.store.link, code)
+        link = self._links.get(code)
+        if link is None:
+            link = await self.la._run(self.store.link, code)
+            if link is not None and link.delivered_at is not None:
+                # A delivered message's link never changes again (states only move forward, and
+                # delivered is final): keep it, so the hot links of a campaign cost no store read.
+                if len(self._links) >= self.link_cache:
+                    del self._links[next(iter(self._links))]
+                self._links[code] = link
         now = self.la.clock()
         if link is None or (link.expires_at is not None and now >= link.expires_at):
             return None
