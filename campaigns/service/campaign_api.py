@@ -139,3 +139,35 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
     return [create_campaign, get_campaign, launch_campaign, control("pause"), control("resume"),
             control("cancel"), campaign_winner, campaign_preview, campaign_report, tenant_report, campaign_send_times,
             campaign_clicks, short_link, short_link_head, gateway_events]  # fmt: skip
+
+
+_REDIRECT_HEADERS = [(b"cache-control", b"no-store"), (b"referrer-policy", b"no-referrer"), (b"content-length", b"0")]
+
+
+def redirect_front(app: Any, tracker: Tracker) -> Any:
+    """The ASGI app with short-link hits answered in front of it: ``GET|HEAD /{code}`` and
+    ``/l/{code}`` go straight to ``Tracker.redirect`` and a bare 302, without the framework's routing,
+    signature parsing and response machinery (most of a redirect's cost; docs/BENCHMARKS.md). Anything
+    else, an unknown code (the 404 body) and any error fall through to ``app``, whose routes answer
+    exactly as before (the same handlers serve the same paths)."""
+
+    async def front(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            path: str = scope["path"]
+            code = path[3:] if path.startswith("/l/") else path[1:]
+            if 5 <= len(code) <= 16 and code.isascii() and code.isalnum():
+                ua = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"user-agent"), None)
+                try:
+                    hit = await tracker.redirect(code, method=scope["method"], user_agent=ua)
+                except Exception:  # noqa: BLE001 - the framework's path maps it (503 for storage)
+                    hit = None
+                    tracker.log_front_error(code)
+                else:
+                    if hit is not None:
+                        await send({"type": "http.response.start", "status": 302,
+                                    "headers": [(b"location", hit.location.encode()), *_REDIRECT_HEADERS]})  # fmt: skip
+                        await send({"type": "http.response.body", "body": b""})
+                        return
+        await app(scope, receive, send)
+
+    return front

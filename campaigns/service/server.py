@@ -17,7 +17,7 @@ import uvicorn
 from campaigns.config import CampaignSettings
 from campaigns.service.app import create_app, tenant_keys, webhook_secrets
 from campaigns.service.audience import Audience
-from campaigns.service.campaign_api import campaign_handlers
+from campaigns.service.campaign_api import campaign_handlers, redirect_front
 from campaigns.service.launch import Launcher, TenantLinks
 from campaigns.service.tracking import Tracker
 from campaigns.service.gateway_client import GatewayClient
@@ -71,7 +71,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     tracker = Tracker(launcher)
     app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets,
                      extra_handlers=campaign_handlers(launcher, tracker, secrets))  # fmt: skip
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port if port is None else port,
+    server = uvicorn.Server(uvicorn.Config(redirect_front(app, tracker), host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False))  # fmt: skip
     try:
         async with anyio.create_task_group() as tg:

@@ -99,7 +99,9 @@ class Tracker:
             return None
         link = self._links.get(code)
         if link is None:
-            link = await self.la._run(self.store.link, code)
+            done, link = self.store.link_nowait(code)  # SQLite, connection free: no thread hop
+            if not done:
+                link = await self.la._run(self.store.link, code)
             if link is not None and link.delivered_at is not None:
                 # A delivered message's link never changes again (states only move forward, and
                 # delivered is final): keep it, so the hot links of a campaign cost no store read.
@@ -110,12 +112,16 @@ class Tracker:
         if link is None or (link.expires_at is not None and now >= link.expires_at):
             return None
         verdict = links.classify_hit(links.Hit(code=code, method=method, user_agent=user_agent, at=now), link.delivered_at)
+        location = links.with_utm(link.target, await self._utm_of(link))  # before the hit is kept: a failure keeps nothing
         self._clicks.append(ClickIn(code=code, at=now, user_agent=user_agent or "", verdict=verdict))
         if verdict == "click" and link.phone:
             self._activities.append((link.tenant, ActivityEvent(
                 id=f"click:{code}:{now!r}", at=now, phone=link.phone, kind="clicked",
                 properties={"campaign": link.campaign_id, "code": code})))  # fmt: skip
-        return Redirect(location=links.with_utm(link.target, await self._utm_of(link)), verdict=verdict)
+        return Redirect(location=location, verdict=verdict)
+
+    def log_front_error(self, code: str) -> None:
+        log.warning("redirect.front_failed code=%s (answered by the API's own route)", code, exc_info=True)
 
     async def flush(self) -> int:
         """Write the buffered hits (one transaction) and their activities; how many hits. Flushes

@@ -21,6 +21,10 @@ _CAMP_COLS = "id, name, definition, status, created_at, updated_at, launched_at"
 _REC_COLS = ("campaign_id, subscriber_id, phone, variant, send_at, tz, text, batch, idx, message_id, state, "
              "state_at")  # fmt: skip
 _LINK_COLS = "code, tenant, campaign_id, subscriber_id, target, created_at, expires_at"
+_LINK_READ = (f"SELECT {', '.join(f'l.{c.strip()}' for c in _LINK_COLS.split(','))}, r.phone, CASE WHEN r.state = "
+              "'delivered' THEN r.state_at END FROM short_links l LEFT JOIN campaign_recipients r ON r.tenant = "
+              "l.tenant AND r.campaign_id = l.campaign_id AND r.subscriber_id = l.subscriber_id WHERE l.code = ?")
+_LINK_NAMES = [c.strip() for c in _LINK_COLS.split(",")] + ["phone", "delivered_at"]
 #: Which status a campaign may move to from which (a missing pair is a Conflict).
 _MOVES = {("draft", "launching"), ("launching", "launched"), ("launched", "paused"), ("paused", "launched"),
           ("draft", "canceled"), ("launching", "canceled"), ("launched", "canceled"), ("paused", "canceled"),
@@ -157,14 +161,18 @@ class CampaignSql(ReportSql):
     # ---- short links and clicks -----------------------------------------------------------------
     def link(self, code: str) -> LinkRow | None:
         """The link, with its recipient's number and delivery time (one indexed read: redirects are hot)."""
-        cols = ", ".join(f"l.{c.strip()}" for c in _LINK_COLS.split(","))
         with self._tx() as tx:
-            row = tx.one(f"SELECT {cols}, r.phone, CASE WHEN r.state = 'delivered' THEN r.state_at END "
-                         "FROM short_links l LEFT JOIN campaign_recipients r ON r.tenant = l.tenant AND "
-                         "r.campaign_id = l.campaign_id AND r.subscriber_id = l.subscriber_id WHERE l.code = ?",
-                         (code,))  # fmt: skip
-        names = [c.strip() for c in _LINK_COLS.split(",")] + ["phone", "delivered_at"]
-        return LinkRow(**dict(zip(names, row, strict=True))) if row else None
+            row = tx.one(_LINK_READ, (code,))
+        return LinkRow(**dict(zip(_LINK_NAMES, row, strict=True))) if row else None
+
+    def link_nowait(self, code: str) -> tuple[bool, LinkRow | None]:
+        """``(True, link)`` read on the calling thread when the engine can do it without waiting (SQLite
+        with its connection free), else ``(False, None)``: then call ``link`` from a worker thread."""
+        read = getattr(self, "read_nowait", None)
+        rows = read(_LINK_READ, (code,)) if read is not None else None
+        if rows is None:
+            return False, None
+        return True, (LinkRow(**dict(zip(_LINK_NAMES, rows[0], strict=True))) if rows else None)
 
     def existing_links(self, codes: Sequence[str]) -> set[str]:
         """Which of ``codes`` are taken (one query per 500: a launch checks its new links in bulk)."""
