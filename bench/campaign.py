@@ -112,11 +112,12 @@ def load_audience(url: str, n: int, now: float, seed: int, m: int) -> int:
     return seg.id
 
 
-def write_config(tmp: Path, store_url: str) -> Path:
+def write_config(tmp: Path, store_url: str, workers: int = 0) -> Path:
     path = tmp / "sluice.toml"
     path.write_text(f"""
 [api]
 host = "127.0.0.1"
+ingest_workers = {workers}
 [[api.tenants]]
 name = "{TENANT}"
 key_env = "BENCH_GW_KEY"
@@ -261,7 +262,8 @@ def _redirects(port: int, codes_file: Path, seconds: float, concurrency: int, se
     cpu0 = _cpu_s(server_pid)
     cmd = [sys.executable, "-m", "bench.redirect_load", "--port", str(port), "--codes", str(codes_file),
            "--seconds", str(seconds), "--concurrency", str(concurrency)]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True, env=env)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     # The server's CPU per redirect: what a loaded machine cannot hide (capacity = 1e6 / it per core).
     res["server_cpu_us"] = (_cpu_s(server_pid) - cpu0) * 1e6 / max(1, res["requests"])
@@ -269,10 +271,10 @@ def _redirects(port: int, codes_file: Path, seconds: float, concurrency: int, se
 
 
 async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs: int, seconds: float,
-                   concurrency: int, seed: int) -> dict[str, Any]:  # fmt: skip
+                   concurrency: int, workers: int, seed: int) -> dict[str, Any]:  # fmt: skip
     env = {"BENCH_GW_KEY": GW_KEY, "BENCH_C_KEY": C_KEY, "BENCH_LINK_KEY": LINK_KEY,
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # fmt: skip
-    cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", str(write_config(tmp, store_url)), "--port", "0"]
+    cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", str(write_config(tmp, store_url, workers)), "--port", "0"]
     out: dict[str, Any] = {}
     async with start(cmd, name="sluice", env=env, timeout=120) as serve:
         cport = int((await serve.line(120))["campaigns"])
@@ -319,7 +321,7 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
     return out
 
 
-def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, concurrency: int, seed: int,
+def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, concurrency: int, workers: int, seed: int,
         pg_url: str | None) -> dict:  # fmt: skip
     now = time.time()
     with contextlib.ExitStack() as stack:
@@ -332,7 +334,7 @@ def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, co
         seg = load_audience(url, n, now, seed, launch_n or n)
         setup_s = time.perf_counter() - t0
         big = launch_n is not None and launch_n < n
-        out = anyio.run(_measure, tmp, url, seg, n, big, runs, seconds, concurrency, seed)
+        out = anyio.run(_measure, tmp, url, seg, n, big, runs, seconds, concurrency, workers, seed)
     return {"scenario": "campaign", "engine": engine, "subscribers": n, "launched": launch_n or n, "setup_s": setup_s, **out,
             "load": os.getloadavg(), "machine": describe()}  # fmt: skip
 
@@ -351,15 +353,18 @@ TARGETS = {"launch_to_accepted_s": ("<=", 15.0), "redirects_per_s": (">=", 5000.
 @click.option("--runs", default=3, show_default=True, help="Redirect loads and reports; each figure is the median.")
 @click.option("--redirect-seconds", default=5.0, show_default=True, help="Length of one redirect load (at most 120).")
 @click.option("--concurrency", default=8, show_default=True, help="Keep-alive connections of the load generator.")
+@click.option("--ingest-workers", default=0, show_default=True,
+              help="The gateway's api.ingest_workers (its default, auto, spawns them at the first job: ~10 s under load).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
-def bench_campaign(n: int, launch_n: int | None, engine: str, pg_url: str | None, runs: int, redirect_seconds: float, concurrency: int,
-                   seed: int, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
+def bench_campaign(n: int, launch_n: int | None, engine: str, pg_url: str | None, runs: int, redirect_seconds: float,
+                   concurrency: int, ingest_workers: int, seed: int, json_path: str | None,
+                   out_dir: str | None) -> None:  # fmt: skip
     """Launch to the gateway's 202s, redirects per second and their p99, attribution of orders."""
     if n < 10 or runs < 1 or not 0 < redirect_seconds <= 120 or concurrency < 1:
         raise click.BadParameter("--recipients >= 10, --runs >= 1, 0 < --redirect-seconds <= 120, --concurrency >= 1")
-    r = run(engine, n, launch_n, runs, redirect_seconds, concurrency, seed, pg_url)
+    r = run(engine, n, launch_n, runs, redirect_seconds, concurrency, ingest_workers, seed, pg_url)
     click.echo(f"sluice bench campaign: {engine}, {n:,} subscribers, {r['recipients']:,} recipients, "
                f"{r['batches']} batches, load {r['load'][0]:.2f}")  # fmt: skip
     for key, (op, target) in TARGETS.items():
