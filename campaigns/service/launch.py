@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio.to_thread
 import msgspec
 
-from campaigns.core import abtest, discounts, links, schedule, templates
+from campaigns.core import abtest, attribution, discounts, links, schedule, templates
 from campaigns.core.imports import parse_csv
 from campaigns.core.model import Subscriber
 from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound
@@ -128,6 +128,7 @@ class TenantLinks(msgspec.Struct, frozen=True, kw_only=True):
     domain: str
     key: bytes
     zone: str = "UTC"
+    windows: attribution.Windows = attribution.Windows()  # the tenant's attribution windows
 
 
 class PreviewOut(msgspec.Struct, frozen=True, kw_only=True):

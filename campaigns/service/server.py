@@ -15,6 +15,7 @@ import anyio
 import uvicorn
 
 from campaigns.config import CampaignSettings
+from campaigns.core.attribution import Windows
 from campaigns.service.app import create_app, tenant_keys, webhook_secrets
 from campaigns.service.audience import Audience
 from campaigns.service.campaign_api import campaign_handlers, redirect_front
@@ -44,7 +45,9 @@ def tenant_links(settings: CampaignSettings, environ: Mapping[str, str]) -> dict
     for t in settings.tenants:
         key = environ.get(t.link_key_env or "")
         if t.short_domain and key:
-            out[t.name] = TenantLinks(domain=t.short_domain, key=key.encode(), zone=t.time_zone)
+            windows = Windows(click=t.click_window_s, view=t.view_window_s, opt_out=t.opt_out_window_s,
+                              opt_out_alert=t.opt_out_alert)  # fmt: skip
+            out[t.name] = TenantLinks(domain=t.short_domain, key=key.encode(), zone=t.time_zone, windows=windows)
         else:
             log.warning("campaigns.tenant.no_short_links tenant=%s (set short_domain and link_key_env)", t.name)
     return out

@@ -240,6 +240,7 @@ class Tracker:
         await self.flush()
         facts = await self.la._run(self.store.report_facts, tenant, scope)
         return attribution.tally(facts.groups, facts.history, by=by, in_scope=in_scope,  # type: ignore[arg-type]
+                                 windows=tl.windows if tl else attribution.Windows(),
                                  zone=zone or (tl.zone if tl else "UTC"))  # fmt: skip
 
     async def send_times(self, tenant: str, campaign_id: int, clock: str = "tenant") -> list[int]:
@@ -260,21 +261,29 @@ class Tracker:
         test = spec.test(camp.id, camp.launched_at or camp.created_at)
         if test is None:
             raise InvalidInput("this campaign has no A/B test", code="no_ab_test")
-        events = await self.events(tenant, camp)
-        rep = attribution.report(events, by=("variant",))
+        # The same facts and rules as the report: an order another campaign's later click earned is
+        # not this test's revenue.
+        tl = self.la.tenants.get(tenant)
+        mine = str(camp.id)
+        facts = await self.la._run(self.store.report_facts, tenant, Scope(campaign=camp.id, since=camp.launched_at or camp.created_at))
+        rep = attribution.tally(facts.groups, facts.history, by=("variant",), in_scope=lambda s: s.campaign == mine,
+                                windows=tl.windows if tl else attribution.Windows())  # fmt: skip
+        sent = {e.message: e for e in facts.history if isinstance(e, attribution.Sent) and e.campaign == mine}
+        delivered = {e.message for e in facts.history if isinstance(e, attribution.Delivered)}
+        totals = {e.order: e.total for e in facts.history if isinstance(e, attribution.Ordered)}
+        per_variant: dict[str | None, list[int]] = {}
         per_message: dict[str, int] = {}
-        totals = {e.order: e.total for e in events if isinstance(e, attribution.Ordered)}
         for a in rep.attributions:
-            if a.message is not None:
-                per_message[a.message] = per_message.get(a.message, 0) + totals.get(a.order, 0)
-        variant_of = {e.message: e.variant for e in events if isinstance(e, attribution.Sent)}
-        delivered = {e.message for e in events if isinstance(e, attribution.Delivered)}
+            if a.message in sent and a.message in delivered:
+                per_message[a.message] = per_message.get(a.message, 0) + totals[a.order]
+        for m, revenue in per_message.items():
+            per_variant.setdefault(sent[m].variant, []).append(revenue)  # the others of the variant: 0
         results = {}
         for row in rep.rows:
             name = row.key.get("variant")
             if not isinstance(name, str):
                 continue
-            revenues = [per_message.get(m, 0) for m in delivered if variant_of.get(m) == name]
+            revenues = per_variant.get(name, [])
             results[name] = abtest.VariantResult(delivered=row.delivered, unique_clicks=min(row.unique_clicks, row.delivered),
                                                  conversions=min(row.conversions, row.delivered), revenue=sum(revenues),
                                                  revenue_sq=float(sum(r * r for r in revenues)))  # fmt: skip

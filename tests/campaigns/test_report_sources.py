@@ -202,3 +202,24 @@ def test_cross_campaign_attribution_at_the_window_edges(store_url: str) -> None:
     assert sum(r.conversions for r in c2.rows) == 2 and sum(r.revenue for r in c2.rows) == 250
     check(store, msgs, orders, outs)
     store.close()
+
+
+def test_a_tenants_windows_come_from_its_config() -> None:
+    from campaigns.config import loads
+    from campaigns.service.server import tenant_links
+
+    settings = loads('[campaigns]\n[[campaigns.tenants]]\nname = "acme"\nkey_env = "K"\nshort_domain = "sl.ui"\n'
+                     'link_key_env = "L"\nclick_window_s = 86400\nview_window_s = 0\nopt_out_alert = 0.01\n')  # fmt: skip
+    assert settings is not None
+    tl = tenant_links(settings, {"L": "secret"})["acme"]
+    assert tl.windows == A.Windows(click=86400.0, view=0.0, opt_out=3 * 86400.0, opt_out_alert=0.01)
+    with pytest.raises(Exception, match="click_window_s"):
+        loads('[campaigns]\n[[campaigns.tenants]]\nname = "acme"\nkey_env = "K"\nclick_window_s = -1\n')
+    # The windows decide: with a one-day click window, campaign 2's click no longer earns "last-instant".
+    store = open_store(f"sqlite:///{tempfile.mkdtemp()}/c.db")
+    msgs, orders, outs = edge_history()
+    store_history(store, msgs, orders, outs)
+    facts = store.report_facts(TENANT, Scope())
+    got = {a.order: a.via for a in A.tally(facts.groups, facts.history, windows=tl.windows).attributions}
+    assert got["at-click"] == "click" and got["last-instant"] is None and got["view-in"] is None
+    store.close()
