@@ -278,7 +278,7 @@ def render_for(store: Store, tenant: str, spec: CampaignSpec, cid: int, sub: Sub
     code = _discount(store, tenant, spec, cid, sub.id, tl.key, now)
     try:
         rendered = templates.render(template, _values(spec, sub, code), rules=spec.rules, locale=sub.language,
-                                    first_message=first)  # fmt: skip
+                                    first_message=first, find=False)  # fmt: skip
     except templates.TemplateError as exc:
         raise InvalidInput(f"subscriber {sub.id}: {exc}", code=exc.code, field="template") from exc
     short = links.shorten(rendered.text, domain=spec.link_domain or tl.domain, key=tl.key, scope=f"{cid}:{sub.id}",
