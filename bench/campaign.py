@@ -175,8 +175,11 @@ def seed_frozen(url: str, n: int, now: float, seed: int) -> int:
     with _conn(url) as (conn, ph):
         cur = conn.cursor()
         for table, cols, rows in tables:
-            if ph == "?":
-                cur.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows)
+            if ph == "?":  # in slices, each its own transaction: the running service shares the file
+                for i in range(0, len(rows), 50_000):
+                    cur.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES "
+                                    f"({', '.join('?' * len(cols))})", rows[i:i + 50_000])  # fmt: skip
+                    conn.commit()
             else:
                 with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
                     for row in rows:
@@ -196,12 +199,15 @@ def seed_outcomes(url: str, campaign_id: int, n: int, seed: int) -> dict[str, in
         cur.execute(f"SELECT subscriber_id, send_at FROM campaign_recipients WHERE tenant = {ph} AND campaign_id = {ph} "
                     f"AND batch >= 0", (TENANT, campaign_id))  # fmt: skip
         sent = cur.fetchall()
-        cur.execute(f"UPDATE campaign_recipients SET state = 'delivered', state_at = send_at + 5, message_id = "
-                    f"'m' || CAST(subscriber_id AS TEXT) WHERE tenant = {ph} AND campaign_id = {ph} AND batch >= 0",
-                    (TENANT, campaign_id))  # fmt: skip
-        cur.execute(f"INSERT INTO message_costs (tenant, message_id, carrier, segments, cost) SELECT tenant, message_id, "
-                    f"'alpha', 1, 4 FROM campaign_recipients WHERE tenant = {ph} AND campaign_id = {ph} AND batch >= 0",
-                    (TENANT, campaign_id))  # fmt: skip
+        for lo in range(0, n + 1, 50_000):  # in slices, each its own transaction (the service shares the store)
+            rng = (TENANT, campaign_id, lo, lo + 50_000)
+            cur.execute(f"UPDATE campaign_recipients SET state = 'delivered', state_at = send_at + 5, message_id = "
+                        f"'m{campaign_id}-' || CAST(subscriber_id AS TEXT) WHERE tenant = {ph} AND campaign_id = {ph} "
+                        f"AND batch >= 0 AND subscriber_id >= {ph} AND subscriber_id < {ph}", rng)  # fmt: skip
+            cur.execute(f"INSERT INTO message_costs (tenant, message_id, carrier, segments, cost) SELECT tenant, "
+                        f"message_id, 'alpha', 1, 4 FROM campaign_recipients WHERE tenant = {ph} AND campaign_id = {ph} "
+                        f"AND batch >= 0 AND subscriber_id >= {ph} AND subscriber_id < {ph}", rng)  # fmt: skip
+            conn.commit()
         cur.execute(f"SELECT code, subscriber_id FROM short_links WHERE tenant = {ph} AND campaign_id = {ph}",
                     (TENANT, campaign_id))  # fmt: skip
         codes = cur.fetchall()

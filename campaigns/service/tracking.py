@@ -131,13 +131,21 @@ class Tracker:
         async with self._flushing:
             clicks, self._clicks = self._clicks, []
             activities, self._activities = self._activities, []
-            if clicks:
-                await self.la._run(self.store.record_clicks, clicks)
+            try:
+                if clicks:
+                    await self.la._run(self.store.record_clicks, clicks)
+            except BaseException:
+                self._clicks[:0], self._activities[:0] = clicks, activities  # kept for the next flush
+                raise
             by_tenant: dict[str, list[tuple[ActivityEvent, str | None]]] = {}
             for tenant, ev in activities:
                 by_tenant.setdefault(tenant, []).append((ev, ev.phone))
-            for tenant, evs in by_tenant.items():
-                await self.la._run(self.store.apply_events, tenant, evs, now=self.la.clock())
+            for i, (tenant, evs) in enumerate(by_tenant.items()):
+                try:
+                    await self.la._run(self.store.apply_events, tenant, evs, now=self.la.clock())
+                except BaseException:  # the clicks are stored; their activities wait (idempotent by id)
+                    self._activities[:0] = [(t, e) for t, group in list(by_tenant.items())[i:] for e, _p in group]
+                    raise
             return len(clicks)
 
     async def run_flusher(self) -> None:
@@ -146,10 +154,17 @@ class Tracker:
             while True:
                 await anyio.sleep(self.flush_interval)
                 if self._clicks or self._activities:
-                    await self.flush()
+                    try:
+                        await self.flush()
+                    except CampaignError as exc:  # the store busy or down: kept, tried again next round
+                        log.warning("clicks.flush_failed pending=%d error=%s", len(self._clicks), exc)
+                        await anyio.sleep(min(1.0, 100 * self.flush_interval))
         finally:
             with anyio.CancelScope(shield=True):
-                await self.flush()
+                try:
+                    await self.flush()
+                except CampaignError as exc:
+                    log.error("clicks.lost_at_stop count=%d error=%s", len(self._clicks), exc)
 
     async def _utm_of(self, link: LinkRow) -> dict[str, str]:
         key = (link.tenant, link.campaign_id)

@@ -71,3 +71,30 @@ async def test_front_answers_as_the_routes_do(tmp_path) -> None:
         assert (await f.get(f"/v1/campaigns/{camp.id}/clicks", headers={"authorization": f"Bearer {KEY}"})).json() == \
             {"unique": 1, "total": 4, "ignored": 2}  # fmt: skip
     store.close()
+
+
+async def test_a_failed_flush_keeps_the_clicks_for_the_next(tmp_path) -> None:
+    from campaigns.errors import StorageError
+    from campaigns.store.campaign_rows import LinkRow
+
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    la = Launcher(store, {}, {}, lambda: T0 + 100)
+    tracker = Tracker(la)
+    store.freeze_audience("acme", 1, [], [LinkRow(code="AbCdE123", tenant="acme", campaign_id=1, subscriber_id=1,
+                                                  target="https://x.example/", created_at=T0)], now=T0)  # fmt: skip
+    assert await tracker.redirect("AbCdE123", method="GET", user_agent=UA) is not None
+    real, calls = store.record_clicks, []
+
+    def flaky(clicks):  # type: ignore[no-untyped-def]
+        calls.append(len(clicks))
+        if len(calls) == 1:
+            raise StorageError("database is locked")
+        return real(clicks)
+
+    store.record_clicks = flaky  # type: ignore[method-assign]
+    with pytest.raises(StorageError):
+        await tracker.flush()
+    assert await tracker.redirect("AbCdE123", method="GET", user_agent=UA) is not None
+    assert await tracker.flush() == 2 and calls == [1, 2]  # the first hit was kept, in order, not lost
+    assert store.click_counts("acme", 1).total == 2
+    store.close()
