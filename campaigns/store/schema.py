@@ -221,6 +221,7 @@ CREATE TABLE IF NOT EXISTS message_costs (
     PRIMARY KEY (tenant, message_id)
 );
 CREATE INDEX IF NOT EXISTS campaign_recipients_subscriber ON campaign_recipients (tenant, subscriber_id, send_at);
+CREATE INDEX IF NOT EXISTS campaign_recipients_report ON campaign_recipients (tenant, campaign_id, variant, send_at, state, batch, message_id);
 CREATE INDEX IF NOT EXISTS short_links_subscriber ON short_links (tenant, subscriber_id);
 CREATE INDEX IF NOT EXISTS discount_codes_code ON discount_codes (tenant, code);
 CREATE INDEX IF NOT EXISTS consent_ledger_action ON consent_ledger (tenant, action, at);
