@@ -70,6 +70,14 @@ async def test_front_answers_as_the_routes_do(tmp_path) -> None:
         assert (await f.get("/healthz")).json() == {"status": "ok"}
         assert (await f.get(f"/v1/campaigns/{camp.id}/clicks", headers={"authorization": f"Bearer {KEY}"})).json() == \
             {"unique": 1, "total": 4, "ignored": 2}  # fmt: skip
+        auth = {"authorization": f"Bearer {KEY}"}
+        rep = (await f.get("/v1/reports?by=campaign,step", headers=auth)).json()  # the shop's report, every source
+        assert [(r["key"], r["sent"], r["unique_clicks"]) for r in rep["rows"]] == [({"campaign": str(camp.id), "step": None}, 1, 1)]
+        r = await f.get("/v1/reports?by=planet", headers=auth)
+        assert r.status_code == 422 and r.json()["code"] == "unknown_dimension"
+        bad = await f.get("/v1/reports?since=-1", headers=auth)
+        assert bad.status_code == 422 and bad.json()["field"] == "since"
+        assert (await f.get("/v1/reports")).status_code == 401
     store.close()
 
 

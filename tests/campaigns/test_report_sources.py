@@ -163,7 +163,7 @@ def fresh_store() -> Iterator[callable]:  # type: ignore[valid-type]
         s.close()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(h=histories())
 def test_store_report_equals_the_core_over_every_source(fresh_store, h) -> None:  # type: ignore[no-untyped-def]
     msgs, orders, outs = h
