@@ -213,24 +213,6 @@ class Tracker:
                            cost=p.prices.get(carrier))  # fmt: skip
 
     # ---- analytics -------------------------------------------------------------------------------
-    async def events(self, tenant: str, camp: CampaignRow) -> list[attribution.Event]:
-        rows = await self._recipients(tenant, camp.id)
-        since = camp.launched_at or camp.created_at
-        clicks = await self.la._run(self.store.human_clicks, tenant, camp.id)
-        outcomes = await self.la._run(self.store.campaign_outcomes, tenant, camp.id, since=since)
-        sent = {r.subscriber_id: r for r in rows if r.batch != HELD and r.state not in ("planned", "rejected", "canceled")}
-        ev: list[attribution.Event] = []
-        for r in sent.values():
-            mid = f"{camp.id}:{r.subscriber_id}"
-            ev.append(attribution.Sent(message=mid, subscriber=r.subscriber_id, at=r.send_at, campaign=str(camp.id),
-                                       variant=r.variant))  # fmt: skip
-            if r.state == "delivered" and r.state_at is not None:
-                ev.append(attribution.Delivered(message=mid, at=r.state_at))
-        ev += [attribution.Clicked(message=f"{camp.id}:{s}", at=at) for s, at in clicks if s in sent]
-        ev += [attribution.Ordered(order=o, subscriber=s, at=at, total=t, discount_code=d) for o, s, at, t, d in outcomes.orders]
-        ev += [attribution.OptedOut(subscriber=s, at=at) for s, at in outcomes.opt_outs]
-        return ev
-
     async def _recipients(self, tenant: str, campaign_id: int) -> list[RecipientRow]:
         out: list[RecipientRow] = []
         after = 0
