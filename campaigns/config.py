@@ -102,6 +102,13 @@ class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # A short-link hit this close to the message's delivery (either side) is a link-preview fetch,
     # not a person: redirected, not counted (core.links.classify_hit).
     click_min_delay_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
+    # Attribution (docs/CAMPAIGNS-SENDING.md): an order goes to the last click within click_window_s,
+    # else the last delivery within view_window_s; a STOP within opt_out_window_s of a send is charged
+    # to it, and a campaign's opt-out rate at or over opt_out_alert raises its alert.
+    click_window_s: Annotated[float, msgspec.Meta(gt=0, le=90 * 86400)] = 5 * 86400.0
+    view_window_s: Annotated[float, msgspec.Meta(ge=0, le=90 * 86400)] = 86400.0
+    opt_out_window_s: Annotated[float, msgspec.Meta(gt=0, le=90 * 86400)] = 3 * 86400.0
+    opt_out_alert: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.005
 
     def __post_init__(self) -> None:
         if (self.key_sha256 is None) == (self.key_env is None):
