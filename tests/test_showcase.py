@@ -64,6 +64,8 @@ def test_the_run_command_tells_the_shops_story(tmp_path):
     assert (t["unique_clicks"], t["conversions"], t["revenue"]) == (c["clickers"], c["orders"], c["order_revenue"])
     assert c["attributed_via"] == {"click": c["buyers_after_click"], "view": c["buyers_after_view"]}
     assert t["opt_outs"] == 1 and c["report"]["a"]["ctr"] < c["report"]["b"]["ctr"]
+    # one segment each, priced by the carrier that took it (the story's config: alpha 4, beta 5)
+    assert 4 * t["sent"] <= t["cost"] <= 5 * t["sent"] and t["roi"] == (t["revenue"] - t["cost"]) / t["cost"]
     i = facts["inbox"]  # a question no flow takes, answered once through the API, delivered
     assert (i["answered"], i["answer_state"], i["needs_reply"]) == (1, "delivered", 0)
 
