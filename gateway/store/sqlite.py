@@ -276,6 +276,7 @@ class SqliteStore:
     inline_record = 512
 
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        self.path = path  # the webhook delivery process opens the same file
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -793,7 +794,7 @@ def _migrate_outbox(db: sqlite3.Connection) -> None:
                                                  (tenant, url)).fetchone()[0]  # fmt: skip
             event = (at, state, reason, carrier) if code is None else (at, state, reason, carrier, code)
             out.append((subs[(tenant, url)], (n << _SEQ_BITS) + k % (1 << _SEQ_BITS), mid,
-                        _json_enc.encode(event)[1:-1].decode()))  # fmt: skip
+                        _json_enc.encode(event).decode()))  # fmt: skip
         db.executemany("INSERT INTO hook_log (sub, seq, message_id, events) VALUES (?, ?, ?, ?)", out)
         db.execute("DELETE FROM outbox WHERE dead = 0")
         db.execute("COMMIT")
