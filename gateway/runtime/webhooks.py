@@ -381,6 +381,7 @@ class WebhookSender(_Sender):
     def _apply(self, work, fate: dict[int, Settlement]) -> None:
         """Runs in a worker thread: the store calls of one round, per subscriber."""
         acks: list[tuple[int, int]] = []
+        retries: list[tuple[int, float, str]] = []  # after the acks: an ack forgets the backoff
         for sub, events, batches in work:
             settled: set[int] = set()
             dead: list[HookEvent] = []
@@ -402,8 +403,10 @@ class WebhookSender(_Sender):
             elif upto is not None:
                 acks.append((sub.id, upto))
             if retry_at is not None:
-                self._store.hook_retry(sub.id, retry_at, error)
+                retries.append((sub.id, retry_at, error))
         self._store.hook_ack(acks)
+        for sub_id, retry_at, error in retries:
+            self._store.hook_retry(sub_id, retry_at, error)
 
 
 def _error(batches, fate: dict[int, Settlement]) -> str:
