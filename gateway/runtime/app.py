@@ -163,7 +163,8 @@ async def _webhooks(stack: contextlib.AsyncExitStack, cfg: Config, store, secret
     if cfg.webhooks.delivery == "process" and isinstance(store, SqliteStore) and store.path != ":memory:":
         process = DeliveryProcess(Start(store_path=store.path, settings=cfg.webhooks, secrets=secrets, own=[]),
                                   own=lambda: sorted(targets.own))  # the API's port once bound  # fmt: skip
-        process.spawn()
+        if store.hook_next_at() is not None:  # events left by an earlier process: start at once
+            process.spawn()
         stack.push_async_callback(process.aclose)  # never left behind, whatever happens next
         return process
     return await stack.enter_async_context(WebhookSender(store, cfg.webhooks, secrets, clock=clock, targets=targets))

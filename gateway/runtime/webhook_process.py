@@ -63,6 +63,7 @@ class DeliveryProcess:
         """``own``: the gateway's own endpoints, asked at each start (the API's port is known
         only once bound); else ``start.own``."""
         self._start, self._own = start, own
+        self._wanted = anyio.Event()  # set by the first poke (or spawn): no webhooks, no process
         self._proc: subprocess.Popen[bytes] | None = None
         self._spawned: subprocess.Popen[bytes] | None = None
         self._base = WebhookStats(requests=0, delivered=0, retried=0, dead=0)  # processes that ended
@@ -77,6 +78,8 @@ class DeliveryProcess:
     def poke(self) -> None:
         """New sequence rows: tell the process to look now. Never blocks: a full pipe already
         holds a poke, and a process that is gone is being restarted (it reads from the start)."""
+        if not self._wanted.is_set():
+            self._wanted.set()
         proc = self._proc
         if proc is None or proc.stdin is None:
             return
@@ -91,6 +94,7 @@ class DeliveryProcess:
     async def run(self) -> None:
         """Start the process; when it dies, start another (after a backoff that grows while
         they die young). Canceled: close its stdin (it stops), then make sure it is gone."""
+        await self._wanted.wait()  # a server whose jobs have no callback_url never starts one
         delay = self._restart_initial
         while True:
             began = time.monotonic()
@@ -102,7 +106,9 @@ class DeliveryProcess:
 
     def spawn(self) -> None:
         """Start the process ahead of ``run`` (it imports its modules, about a second, while the
-        server recovers and binds); ``run`` then tells it where to deliver."""
+        server recovers and binds); ``run`` then tells it where to deliver. Without it, ``run``
+        starts one at the first ``poke`` (the first sequence row written)."""
+        self._wanted.set()
         if self._spawned is None:
             self._spawned = subprocess.Popen([sys.executable, "-m", "gateway.runtime.webhook_process"],  # noqa: S603
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
@@ -161,7 +167,7 @@ async def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 async def _deliver(start: Start, stdin: int, report: Callable[[WebhookStats], None]) -> None:
     from gateway.store.sqlite import SqliteStore  # noqa: PLC0415 - the child's own imports
 
-    store = SqliteStore(start.store_path, synchronous="NORMAL")
+    store = SqliteStore(start.store_path, synchronous="NORMAL", writes_changes=False)
     targets = TargetPolicy(start.settings.allow_private, start.own)
     try:
         async with WebhookSender(store, start.settings, start.secrets, clock=time.time, targets=targets) as sender:

@@ -275,7 +275,9 @@ class SqliteStore:
     # (a job's expiry, a backlog after a stall) still go to a worker thread.
     inline_record = 512
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", writes_changes: bool = True) -> None:
+        """``writes_changes=False``: a connection that never calls ``record`` (the webhook
+        delivery process) skips rebuilding the cache of jobs with a callback."""
         self.path = path  # the webhook delivery process opens the same file
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -303,7 +305,7 @@ class SqliteStore:
                 " FROM jobs j JOIN hook_subscribers s ON s.tenant = j.tenant AND s.url = j.callback_url"
                 " JOIN messages m ON m.tenant = j.tenant AND m.job_id = j.id"
                 " WHERE j.callback_url IS NOT NULL AND m.final = 0 GROUP BY j.tenant, j.id"
-            ).fetchall()
+            ).fetchall() if writes_changes else []
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open store {path!r}: {exc}") from exc
         self._lock = threading.Lock()
@@ -455,9 +457,12 @@ class SqliteStore:
 
     # -- webhooks: the change sequence, read by a cursor per subscriber --------------------
 
+    # The reads below take no write lock (no BEGIN IMMEDIATE): in WAL mode a read sees the last
+    # commit and never holds up ``record`` in the server process.
+
     def hook_due(self, now: float) -> list[Subscriber]:
-        with self._tx() as db:
-            rows = db.execute(
+        with self._lock:
+            rows = self._db.execute(
                 "SELECT id, tenant, url, attempts, next_at FROM hook_subscribers s WHERE next_at <= ?"
                 " AND EXISTS (SELECT 1 FROM hook_log l WHERE l.sub = s.id AND l.seq > s.cursor) ORDER BY id", (now,)
             ).fetchall()  # fmt: skip
@@ -522,12 +527,13 @@ class SqliteStore:
                 db.execute("DELETE FROM hook_log WHERE sub = ? AND seq <= ?", (sub, upto))
 
     def hook_next_at(self) -> float | None:
-        with self._tx() as db:
-            return db.execute("SELECT min(next_at) FROM hook_subscribers s WHERE EXISTS"
+        with self._lock:
+            return self._db.execute("SELECT min(next_at) FROM hook_subscribers s WHERE EXISTS"
                               " (SELECT 1 FROM hook_log l WHERE l.sub = s.id AND l.seq > s.cursor)").fetchone()[0]  # fmt: skip
 
     def outbox_statistics(self) -> OutboxStats:
-        with self._tx() as db:
+        with self._lock:
+            db = self._db
             dead = db.execute("SELECT count(*) FROM outbox WHERE dead = 1").fetchone()[0]
             pending = db.execute("SELECT count(*) FROM hook_log l JOIN hook_subscribers s ON s.id = l.sub"
                                  " WHERE l.seq > s.cursor").fetchone()[0]  # fmt: skip
