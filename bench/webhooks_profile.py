@@ -128,7 +128,7 @@ def _delivery_cpu(pid: int) -> float:
 async def _warm(client: httpx.AsyncClient, url: str, heard: dict) -> None:
     """One message to ``url``, its final event awaited (then forgotten): whatever delivers
     webhooks is up before the clock starts."""
-    r = await client.post("/v1/messages", json={"to": "+447700900999", "from": "Shop", "body": "warm",
+    r = await client.post("/v1/messages", json={"to": "+447911123456", "from": "Shop", "body": "warm",
                                                 "category": "transactional", "callback_url": url})  # fmt: skip
     if r.status_code != 202:
         raise click.ClickException(f"warm-up message answered {r.status_code}: {r.text[:300]}")

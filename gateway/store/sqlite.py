@@ -184,14 +184,16 @@ _json_enc = msgspec.json.Encoder()
 # message's history fragment] for the messages a webhook subscriber hears about. The same
 # statement numbers the batch (``hook_seq``) and appends a sequence row for each of them that is
 # not final yet (the state change and its webhook commit together; a change to a final message
-# is ignored by both), before the UPDATE below applies the changes.
+# is ignored by both), before the UPDATE below applies the changes. CROSS JOIN and ``+m.final``
+# fix the plan: one primary-key lookup per hooked row (left to itself, SQLite scanned every open
+# message through ``messages_open`` for each write: 2.8 ms of CPU per message at 3,000 open).
 _BATCH = """
 CREATE TEMP TABLE IF NOT EXISTS batch (updates TEXT NOT NULL, hooked TEXT);
 CREATE TEMP TRIGGER IF NOT EXISTS batch_apply AFTER INSERT ON batch BEGIN
     UPDATE hook_seq SET n = n + 1 WHERE NEW.hooked IS NOT NULL;
     INSERT INTO hook_log (sub, seq, message_id, events)
         SELECT h.value ->> 1, ((SELECT n FROM hook_seq) << 24) + h.key, h.value ->> 0, h.value ->> 2
-        FROM json_each(NEW.hooked) AS h JOIN messages m ON m.id = h.value ->> 0 WHERE m.final = 0;
+        FROM json_each(NEW.hooked) AS h CROSS JOIN messages m ON m.id = h.value ->> 0 WHERE +m.final = 0;
     UPDATE messages SET state = u.value ->> 1, final = u.value ->> 2, updated_at = u.value ->> 3,
         carrier = coalesce(u.value ->> 4, carrier), carrier_ids = coalesce(u.value ->> 5, carrier_ids),
         attempts = attempts + (u.value ->> 6),

@@ -216,3 +216,29 @@ def test_sqlite_a_repeated_final_change_does_not_make_the_cache_forget_a_running
     assert [(e.message_id, e.state) for e in drain(s)] == [(1000, "delivered"), (1001, "delivered")]
     assert not s._hooks
     s.close()
+
+
+def test_sqlite_a_write_with_webhooks_costs_the_same_however_many_messages_are_open(tmp_path):
+    """The sequence rows are written per changed message (a primary-key lookup each), never by
+    a pass over the open messages: the same 50 changes cost the same number of SQLite VM steps
+    with 500 or 40,000 messages open (a bad plan once scanned them all for every write)."""
+
+    def steps(open_count: int) -> int:
+        s = SqliteStore(str(tmp_path / f"steps{open_count}.db"), synchronous="NORMAL")
+        people = [(i, PEOPLE[0][1]) for i in range(open_count)]
+        s.add_job(JOB, 1 << 30, people, 10.0, callback_url=HOOK)
+        n = [0]
+
+        def count() -> int:
+            n[0] += 1
+            return 0
+
+        s._db.set_progress_handler(count, 100)
+        s.record([Change(message_id=(1 << 30) + i, state="submitted", at=11.0) for i in range(50)])
+        s._db.set_progress_handler(None, 0)
+        assert len(drain(s)) == 50
+        s.close()
+        return n[0]
+
+    small, large = steps(500), steps(40_000)
+    assert large <= small * 1.5 + 10, (small, large)
