@@ -187,17 +187,18 @@ async def _pokes(stdin: int, sender: WebhookSender, scope: anyio.CancelScope) ->
 
 
 async def _rounds(sender: WebhookSender, report: Callable[[WebhookStats], None], every: float = 0.25) -> None:
-    """``WebhookSender.run``, reporting the counters when they changed: at most every
-    ``every`` seconds while busy, and before each wait (so an idle process's are current)."""
+    """``sender.run``, reporting the counters when they changed: at most every ``every``
+    seconds while busy, and before each wait (so an idle process's are current)."""
     last, reported = sender.statistics(), time.monotonic()
-    while True:
-        busy = await sender.run_once() >= sender._limit  # noqa: SLF001 - the same rule as WebhookSender.run
+
+    def on_round(busy: bool) -> None:
+        nonlocal last, reported
         now = sender.statistics()
         if now != last and (not busy or time.monotonic() - reported >= every):
             report(now)
             last, reported = now, time.monotonic()
-        if not busy:
-            await sender._wait()  # noqa: SLF001
+
+    await sender.run(on_round)
 
 
 def _read_start(stdin: int) -> Start:
