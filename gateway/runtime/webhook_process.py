@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -213,6 +214,9 @@ def _read_start(stdin: int) -> Start:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # A Ctrl-C at the terminal reaches the whole process group: serve stops in order and closes
+    # our stdin, which is what stops us (as it does when serve dies).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, out = sys.stdin.fileno(), sys.stdout.buffer
     start = _read_start(stdin)
 

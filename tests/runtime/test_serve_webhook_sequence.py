@@ -173,6 +173,14 @@ async def test_every_state_once_in_order_retries_and_dead_letters_through_serve(
     assert rx.requests["/flaky"] > fails and "/refuse" not in rx.events and rx.requests["/refuse"] >= 1
 
 
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 async def kill_delivery(serve_pid: int) -> None:
     """SIGKILL the delivery process of ``serve_pid``; return once serve has started another."""
     [old] = children(serve_pid)
@@ -208,7 +216,13 @@ async def crash_run(tmp_path, *, size: int, kills: int, rate: float, seed: int, 
                             assert sum(n for s, n in counts.items() if s in FINAL) < size, "job ended before the kill"
                             done += 1
                             if done % 2 == 1:
+                                orphans = children(gw.pid)
                                 await gw.kill()
+
+                                async def gone() -> bool:  # end of file on its stdin stops it
+                                    return not any(alive(k) for k in orphans)
+
+                                await until(gone, 30, "the killed serve's delivery process to stop")
                                 break
                             await kill_delivery(gw.pid)  # serve starts another one
                         else:
