@@ -24,19 +24,27 @@ dies (backing off), ``poke`` writes to its stdin without ever blocking, ``statis
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    # The delivery process runs on asyncio only: httpcore imports trio when it can (~0.4 s of
+    # the process's start, before its first webhook). A None entry makes that import fail.
+    # Likewise httpx's command line (pygments, rich): httpx only imports it if it can.
+    for _unused in ("trio", "pygments"):
+        sys.modules.setdefault(_unused, None)  # type: ignore[arg-type]
+
 import contextlib
 import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 import msgspec
 
-from gateway.config import WebhookSettings
+from gateway.webhook_settings import WebhookSettings
 from gateway.core.targets import TargetPolicy
 from gateway.runtime.webhooks import WebhookSender, WebhookStats
 
@@ -209,7 +217,11 @@ def _read_start(stdin: int) -> Start:
         if not chunk:
             raise SystemExit(0)  # the server went away before telling us anything
         line += chunk
-    return msgspec.json.decode(line, type=Start)
+    try:
+        return msgspec.json.decode(line, type=Start)
+    except msgspec.MsgspecError as exc:  # not started by serve: say so, no traceback
+        log.error("webhook.process_bad_start error=%s", exc)
+        raise SystemExit(2) from None
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:

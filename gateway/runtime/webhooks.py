@@ -42,7 +42,7 @@ import anyio
 import httpx
 import msgspec
 
-from gateway.config import WebhookSettings
+from gateway.webhook_settings import WebhookSettings
 from gateway.core.ids import format_id
 from gateway.core.targets import TargetPolicy
 from gateway.runtime.guarded_http import Resolver, TargetRefused, guarded_transport, quiet_http_logs, redact_url, resolve
