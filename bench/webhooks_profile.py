@@ -28,22 +28,12 @@ import httpx
 import msgspec
 
 from bench.e2e import _bound, _until_final
-from bench.service import AUTH, ENV, config, cpu_seconds, ndjson_job, until_ready
+from bench.service import AUTH, WEBHOOK_ENV, config, cpu_seconds, ndjson_job, until_ready, with_callback, with_webhooks
 from gateway.store.base import FINAL
 from gateway.testing import http_receiver
 from gateway.testing.processes import gateway, simulator
 
-_SECRET_ENV = "SLUICE_BENCH_HOOKS"
-
-
-def _with_webhooks(text: str) -> str:
-    """The bench config, its tenant signing webhooks, loopback receivers allowed."""
-    tenant = 'key_env = "SLUICE_BENCH_KEY"\nrequests_per_second'
-    signed = f'key_env = "SLUICE_BENCH_KEY"\nwebhook_secret_env = "{_SECRET_ENV}"\nrequests_per_second'
-    return text.replace(tenant, signed, 1) + '\n[webhooks]\nallow_private = ["127.0.0.0/8"]\n'
-
-
-async def profile(n: int, dlr_delay: float, callback: bool, spy_out: str | None) -> dict:
+async def profile(n: int, dlr_delay: float, callback: bool, spy_out: str | None, idle: bool = False) -> dict:
     heard = {"events": 0, "posts": 0, "final": 0, "last": 0.0}
 
     def answer(request, body):
@@ -59,24 +49,20 @@ async def profile(n: int, dlr_delay: float, callback: bool, spy_out: str | None)
         with tempfile.TemporaryDirectory(prefix="sluice-hooks-") as tmp:
             d = Path(tmp)
             async with simulator("--dlr-delay", str(dlr_delay), stderr=subprocess.DEVNULL) as sim:
-                cfg = config(d, smpp_port=sim.port)
-                cfg.write_text(_with_webhooks(cfg.read_text()))
-                env = {**ENV, _SECRET_ENV: "bench-webhook-secret-0123456789"}
-                async with gateway(cfg, env=env, stderr=subprocess.DEVNULL) as gw, \
+                cfg = with_webhooks(config(d, smpp_port=sim.port))
+                async with gateway(cfg, env=WEBHOOK_ENV, stderr=subprocess.DEVNULL) as gw, \
                         httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=300) as client:  # fmt: skip
                     await until_ready(gw.url)
                     await _bound(client, 2)
                     pieces = ndjson_job(n, category="transactional")
                     if callback:
-                        head, rest = pieces[0].split(b"\n", 1)
-                        line = {**json.loads(head), "callback_url": f"http://127.0.0.1:{port}/hooks"}
-                        pieces[0] = json.dumps(line).encode() + b"\n" + rest
+                        pieces = with_callback(pieces, f"http://127.0.0.1:{port}/hooks")
                     spy = None
                     if spy_out:
                         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
                         spy = subprocess.Popen([exe, "record", "-p", str(gw.pid), "-r", "50", "-f", "raw", "-o", spy_out,
-                                                "--nonblocking", "-t"], stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL)  # fmt: skip
+                                                "--nonblocking", "-t", *(["--idle"] if idle else [])],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
                     async def body():
                         for p in pieces:
@@ -109,8 +95,10 @@ async def profile(n: int, dlr_delay: float, callback: bool, spy_out: str | None)
 @click.option("--dlr-delay", default=0.0, show_default=True, help="Simulator: seconds from submit to receipt.")
 @click.option("--callback/--no-callback", default=True, show_default=True, help="Every state to a loopback receiver.")
 @click.option("--py-spy", "spy_out", type=click.Path(dir_okay=False), help="Sample the server into this file.")
-def main(n: int, dlr_delay: float, callback: bool, spy_out: str | None) -> None:
-    r = anyio.run(profile, n, dlr_delay, callback, spy_out, backend="asyncio", backend_options={"use_uvloop": True})
+@click.option("--idle", is_flag=True, help="py-spy: sample waiting threads too (where the wall-clock time goes).")
+def main(n: int, dlr_delay: float, callback: bool, spy_out: str | None, idle: bool) -> None:
+    r = anyio.run(profile, n, dlr_delay, callback, spy_out, idle, backend="asyncio",
+                  backend_options={"use_uvloop": True})  # fmt: skip
     click.echo(json.dumps(r))
 
 
