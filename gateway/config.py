@@ -102,7 +102,10 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     backoff_max: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 30
     max_age: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0  # seconds after the change: then dead
-    poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # outbox check when nothing wakes us
+    poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # sequence check when nothing wakes us
+    # "process": delivered by a process of their own that serve starts and restarts (SQLite
+    # store); "task": by a task of serve's event loop (always so for the memory store).
+    delivery: Literal["process", "task"] = "process"
     # Networks (CIDRs) that callback_url and inbound_url may reach although they are not public
     # (loopback, private, link-local...): for tests and private deployments. gateway/core/targets.py
     allow_private: list[str] = []
