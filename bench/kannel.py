@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -492,8 +493,8 @@ def _ratios(row: dict) -> dict[str, float]:
 
 async def _measure(sides: Sequence[str], runs: int, msgs: list[tuple[str, str]], n: int, pieces: list[bytes],
                    dlr_delay: float, binds: int, window: int, clients: int, deadline: float,
-                   ceiling_seconds: float) -> tuple[dict | None, list[dict]]:  # fmt: skip
-    rows = []
+                   ceiling_seconds: float, on_run=None) -> tuple[dict | None, list[dict]]:  # fmt: skip
+    rows: list[dict] = []
     async with open_receiver() as receiver:
         ceiling = await receiver_ceiling(receiver, ceiling_seconds, clients) if ceiling_seconds > 0 else None
         for k in range(runs):
@@ -508,26 +509,36 @@ async def _measure(sides: Sequence[str], runs: int, msgs: list[tuple[str, str]],
                                                   hooks="hooks" in side)  # fmt: skip
                 click.echo(f"  run {k + 1} {side:<22} {row[side]['messages_per_s']:>10,.0f} messages/s", err=True)
             rows.append({"order": order, **row, "ratios": _ratios(row)})
+            if on_run is not None:
+                on_run(ceiling, rows)
     return ceiling, rows
 
 
 def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, clients: int, seed: int,
-        sides: Sequence[str] = SIDES, deadline: float | None = None, ceiling_seconds: float = 2.0) -> dict[str, object]:  # fmt: skip
+        sides: Sequence[str] = SIDES, deadline: float | None = None, ceiling_seconds: float = 2.0,
+        on_run=None) -> dict[str, object]:  # fmt: skip
+    """``on_run(partial result)`` after each run (so a long measurement keeps what it has)."""
     sides = [s for s in SIDES if s in sides]
     if "kannel" in sides and not (shutil.which("bearerbox") and shutil.which("smsbox")):
         raise click.ClickException("Kannel is not installed (bearerbox, smsbox): apt-get install kannel")
     msgs = messages(n, seed)
     pieces = ndjson_job(n, seed=seed, category="transactional")
     deadline = deadline or max(120.0, n / 400)
+    settings = {"runs": runs, "messages": len(msgs), "recipients": n, "dlr_delay": dlr_delay, "binds": binds,
+                "window": window, "clients": clients, "deadline": deadline, "sides": sides}  # fmt: skip
+    partial = None if on_run is None else (lambda c, rows: on_run(_summary(settings, c, rows)))
     ceiling, rows = anyio.run(_measure, sides, runs, msgs, n, pieces, dlr_delay, binds, window, clients, deadline,
-                              ceiling_seconds, backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+                              ceiling_seconds, partial, backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+    return _summary(settings, ceiling, rows)
+
+
+def _summary(settings: dict, ceiling: dict | None, rows: list[dict]) -> dict[str, object]:
+    sides = settings["sides"]
     rates = {side: statistics.median(r[side]["messages_per_s"] for r in rows) for side in sides}
     ratios = {name: statistics.median(r["ratios"][name] for r in rows) for name in rows[0]["ratios"]}
     peak = [r[s]["server_peak_rss"] for r in rows for s in sides if s != "kannel"]
-    return {"scenario": "kannel", "runs": runs, "messages": len(msgs), "recipients": n, "dlr_delay": dlr_delay,
-            "binds": binds, "window": window, "clients": clients, "deadline": deadline, "sides": sides,
-            "messages_per_s": rates, "ratios": ratios, "server_peak_rss_max": max(peak, default=None),
-            "receiver_ceiling": ceiling, "per_run": rows, "machine": describe(),
+    return {"scenario": "kannel", **settings, "runs_done": len(rows), "messages_per_s": rates, "ratios": ratios,
+            "server_peak_rss_max": max(peak, default=None), "receiver_ceiling": ceiling, "per_run": rows, "machine": describe(),
             "load_average": list(os.getloadavg())}  # fmt: skip
 
 
@@ -567,7 +578,12 @@ def bench_kannel(n: int, runs: int, dlr_delay: float, sides: tuple[str, ...], bi
                  deadline: float | None, ceiling_seconds: float, seed: int, json_path: str | None,
                  out_dir: str | None) -> None:  # fmt: skip
     """Kannel and Sluice through the same SMPP simulator, to the same HTTP receiver, same run."""
-    r = run(n, runs, dlr_delay, binds, window, clients, seed, sides, deadline, ceiling_seconds)
+    keep = None
+    if json_path:
+        def keep(partial: dict) -> None:  # every run's figures on disk as soon as it ends
+            Path(json_path).write_text(json.dumps(partial, indent=2))
+
+    r = run(n, runs, dlr_delay, binds, window, clients, seed, sides, deadline, ceiling_seconds, keep)
     click.echo(f"sluice bench kannel: {r['messages']:,} messages, {binds} binds x window {window}, "
                f"dlr-delay {dlr_delay}s, median of {runs} runs (first byte -> last final state received)")  # fmt: skip
     last = r["per_run"][-1]
