@@ -360,3 +360,7 @@ CHECKS: list[Callable[[Store], None]] = [check_subscribers, check_consent_ledger
                                          check_events_out_of_order, check_checkouts, check_activities_and_customers,
                                          check_segments_storage, check_import, check_campaigns,
                                          check_held_and_outcomes, check_links_and_clicks, check_discount_pools]  # fmt: skip
+
+from campaigns.store.conformance_inbox import INBOX_CHECKS  # noqa: E402  (the inbox's checks, issue 19)
+
+CHECKS += INBOX_CHECKS
