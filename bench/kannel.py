@@ -17,7 +17,8 @@ Sluice accepts, its template rendered):
   rejected: every final state).
 - ``sluice-hooks``: one NDJSON job with a ``callback_url`` to the receiver, webhooks for every
   state (signed, batched), SQLite with ``synchronous=FULL``, receipts answered after their state
-  is written.
+  is written. Before the clock one message goes to the same receiver and its final event is
+  awaited, so whatever delivers webhooks is up (as Kannel's boxes are before its clock starts).
 - ``sluice-poll``: the same job without a ``callback_url``; the final states are read where they
   are, in the store (the job's counts over the API, polled every 50 ms).
 - ``sluice-poll-at-once`` and ``sluice-hooks-at-once``: the same with receipts right behind the
@@ -25,8 +26,8 @@ Sluice accepts, its template rendered):
   seen by difference.
 
 Per run: the ratios Sluice (every state reported) / Kannel, webhooks on / off, receipts later /
-at once; the figures are medians of the runs. Each side has a deadline (``--deadline``); one
-that misses it is reported with what arrived, not waited for. The server's peak RSS (VmHWM,
+at once; the figures are medians of the runs. Each side has a deadline (``--deadline``) and
+stops waiting once nothing came for 15 s; one that misses either is reported with what arrived. The server's peak RSS (VmHWM,
 and its child processes') and CPU per message are read from /proc. Before the runs the
 receiver's own ceiling is measured (``ceiling``: both kinds of request, as fast as this
 process can send them) so it can be seen not to be the limit. Needs ``bearerbox`` and
