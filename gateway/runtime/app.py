@@ -163,7 +163,9 @@ async def _webhooks(stack: contextlib.AsyncExitStack, cfg: Config, store, secret
     if cfg.webhooks.delivery == "process" and isinstance(store, SqliteStore) and store.path != ":memory:":
         process = DeliveryProcess(Start(store_path=store.path, settings=cfg.webhooks, secrets=secrets, own=[]),
                                   own=lambda: sorted(targets.own))  # the API's port once bound  # fmt: skip
-        if store.hook_next_at() is not None:  # events left by an earlier process: start at once
+        # At once when webhooks are expected (events left by an earlier process, or a tenant that
+        # signs them); else at the first event written (a server without webhooks runs none).
+        if secrets or store.hook_next_at() is not None:
             process.spawn()
         stack.push_async_callback(process.aclose)  # never left behind, whatever happens next
         return process

@@ -24,18 +24,27 @@ dies (backing off), ``poke`` writes to its stdin without ever blocking, ``statis
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":
+    # The delivery process runs on asyncio only: httpcore imports trio when it can (~0.4 s of
+    # the process's start, before its first webhook). A None entry makes that import fail.
+    # Likewise httpx's command line (pygments, rich): httpx only imports it if it can.
+    for _unused in ("trio", "pygments"):
+        sys.modules.setdefault(_unused, None)  # type: ignore[arg-type]
+
 import contextlib
 import logging
 import os
+import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 import msgspec
 
-from gateway.config import WebhookSettings
+from gateway.webhook_settings import WebhookSettings
 from gateway.core.targets import TargetPolicy
 from gateway.runtime.webhooks import WebhookSender, WebhookStats
 
@@ -187,17 +196,18 @@ async def _pokes(stdin: int, sender: WebhookSender, scope: anyio.CancelScope) ->
 
 
 async def _rounds(sender: WebhookSender, report: Callable[[WebhookStats], None], every: float = 0.25) -> None:
-    """``WebhookSender.run``, reporting the counters when they changed: at most every
-    ``every`` seconds while busy, and before each wait (so an idle process's are current)."""
+    """``sender.run``, reporting the counters when they changed: at most every ``every``
+    seconds while busy, and before each wait (so an idle process's are current)."""
     last, reported = sender.statistics(), time.monotonic()
-    while True:
-        busy = await sender.run_once() >= sender._limit  # noqa: SLF001 - the same rule as WebhookSender.run
+
+    def on_round(busy: bool) -> None:
+        nonlocal last, reported
         now = sender.statistics()
         if now != last and (not busy or time.monotonic() - reported >= every):
             report(now)
             last, reported = now, time.monotonic()
-        if not busy:
-            await sender._wait()  # noqa: SLF001
+
+    await sender.run(on_round)
 
 
 def _read_start(stdin: int) -> Start:
@@ -207,11 +217,18 @@ def _read_start(stdin: int) -> Start:
         if not chunk:
             raise SystemExit(0)  # the server went away before telling us anything
         line += chunk
-    return msgspec.json.decode(line, type=Start)
+    try:
+        return msgspec.json.decode(line, type=Start)
+    except msgspec.MsgspecError as exc:  # not started by serve: say so, no traceback
+        log.error("webhook.process_bad_start error=%s", exc)
+        raise SystemExit(2) from None
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # A Ctrl-C at the terminal reaches the whole process group: serve stops in order and closes
+    # our stdin, which is what stops us (as it does when serve dies).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, out = sys.stdin.fileno(), sys.stdout.buffer
     start = _read_start(stdin)
 

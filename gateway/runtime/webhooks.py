@@ -42,7 +42,7 @@ import anyio
 import httpx
 import msgspec
 
-from gateway.config import WebhookSettings
+from gateway.webhook_settings import WebhookSettings
 from gateway.core.ids import format_id
 from gateway.core.targets import TargetPolicy
 from gateway.runtime.guarded_http import Resolver, TargetRefused, guarded_transport, quiet_http_logs, redact_url, resolve
@@ -265,11 +265,14 @@ class _Sender:
         return WebhookStats(requests=self._requests, delivered=self._delivered, retried=self._retried,
                             dead=self._dead)  # fmt: skip
 
-    async def run(self) -> None:
+    async def run(self, on_round: Callable[[bool], None] | None = None) -> None:
+        """Rounds until canceled; ``on_round(busy)`` after each (busy: another follows at once)."""
         while True:
-            if await self.run_once() >= self._limit:
-                continue  # more may be due at once
-            await self._wait()
+            busy = await self.run_once() >= self._limit  # more may be due at once
+            if on_round is not None:
+                on_round(busy)
+            if not busy:
+                await self._wait()
 
     async def run_once(self) -> int:
         raise NotImplementedError

@@ -13,6 +13,7 @@ import anyio
 import httpx
 import msgspec
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from gateway.config import WebhookSettings, default_text, loads
 from gateway.core.ids import format_id
@@ -343,3 +344,48 @@ def test_config_webhook_defaults_are_the_documented_ones() -> None:
 
     example = (Path(__file__).parents[2] / "config" / "example.toml").read_text()
     assert loads(example).webhooks == loads(default_text()).webhooks == WebhookSettings()
+
+
+# -- properties of the pure decisions ---------------------------------------------------------
+
+
+@st.composite
+def reads(draw):
+    """A read: sequence rows in order, each one message's 1-3 events (ids are positions)."""
+    rows = draw(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 3)), min_size=1, max_size=25))
+    events, seq = [], 100
+    for message, n in rows:
+        seq += draw(st.integers(1, 3))
+        for _ in range(n):
+            events.append(item(len(events), seq=seq, message=message))
+    return events
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(reads(), st.integers(1, 8), st.integers(1, 6), st.data())
+def test_property_batches_keep_messages_whole_and_the_cursor_never_passes_an_unsettled_event(
+        events, batch_size, most, data) -> None:  # fmt: skip
+    batches = plan_by_message(events, batch_size, most)
+    assert 1 <= len(batches) <= most
+    sent = [e for b in batches for e in b]
+    assert len({e.id for e in sent}) == len(sent)  # nothing twice
+    for b in batches:
+        assert len(b) <= batch_size or len({e.message_id for e in b}) == 1
+        for m in {e.message_id for e in b}:
+            mine = [e.id for e in b if e.message_id == m]
+            assert mine == [e.id for e in events if e.message_id == m and e.id in mine] == sorted(mine)
+            assert all(e.message_id != m for other in batches if other is not b for e in other)  # in one batch
+    # Any set of batches settled: the cursor stops before the first event not settled.
+    ok = data.draw(st.lists(st.booleans(), min_size=len(batches), max_size=len(batches)))
+    settled = {e.id for b, fine in zip(batches, ok) if fine for e in b}
+    upto = advance(events, settled)
+    first_open = next((e.seq for e in events if e.id not in settled), None)
+    if upto is not None:
+        assert all(e.id in settled for e in events if e.seq <= upto)
+        assert first_open is None or upto < first_open
+    if first_open is None:
+        assert upto == events[-1].seq
+    elif upto is not None:  # as far as it can: the last row before the first open one
+        assert upto == max(e.seq for e in events if e.seq < first_open)
+    else:
+        assert all(e.seq >= first_open for e in events)
