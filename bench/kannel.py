@@ -430,8 +430,9 @@ async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver
         d = Path(tmp)
         with open(d / "sim.log", "wb") as sim_log, open(d / "serve.log", "wb") as log:
             async with simulator("--dlr-delay", str(dlr_delay), stderr=sim_log) as sim:
-                cfg = with_webhooks(config(d, smpp_port=sim.port, binds=binds, window=window))
-                if hooks:
+                cfg = config(d, smpp_port=sim.port, binds=binds, window=window)
+                if hooks:  # webhooks off: no tenant signs them either (serve then runs no delivery process)
+                    with_webhooks(cfg)
                     pieces = with_callback(pieces, f"{receiver.url}/hooks")
                 async with gateway(cfg, env=WEBHOOK_ENV, stderr=log) as gw, \
                         httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=300) as client:  # fmt: skip
