@@ -27,8 +27,9 @@ Sluice accepts, its template rendered):
 
 Per run: the ratios Sluice (every state reported) / Kannel, webhooks on / off, receipts later /
 at once; the figures are medians of the runs. Each side has a deadline (``--deadline``) and
-stops waiting once nothing came for 15 s; one that misses either is reported with what arrived. The server's peak RSS (VmHWM,
-and its child processes') and CPU per message are read from /proc. Before the runs the
+stops waiting once nothing came for 15 s; one that misses either is reported with what
+arrived. The server's peak RSS (VmHWM, and its child processes') and CPU per message are read
+from /proc. Before the runs the
 receiver's own ceiling is measured (``ceiling``: both kinds of request, as fast as this
 process can send them) so it can be seen not to be the limit. Needs ``bearerbox`` and
 ``smsbox`` on the PATH for the Kannel side (``apt-get install kannel``).
@@ -547,8 +548,8 @@ def _summary(settings: dict, ceiling: dict | None, rows: list[dict]) -> dict[str
     ratios = {name: statistics.median(r["ratios"][name] for r in rows) for name in rows[0]["ratios"]}
     peak = [r[s]["server_peak_rss"] for r in rows for s in sides if s != "kannel"]
     return {"scenario": "kannel", **settings, "runs_done": len(rows), "messages_per_s": rates, "ratios": ratios,
-            "server_peak_rss_max": max(peak, default=None), "receiver_ceiling": ceiling, "per_run": rows, "machine": describe(),
-            "load_average": list(os.getloadavg())}  # fmt: skip
+            "server_peak_rss_max": max(peak, default=None), "receiver_ceiling": ceiling, "per_run": rows,
+            "machine": describe(), "load_average": list(os.getloadavg())}  # fmt: skip
 
 
 _LABELS = {
