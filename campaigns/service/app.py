@@ -376,6 +376,21 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
             raise InvalidInput(f"not an inbound batch: {exc}", code="invalid_json") from None
         for msg in batch.inbound:
             await link.handle(shop, msg)
+            await _offer_to_flows(request, shop, msg)
+
+    async def _offer_to_flows(request: Request, shop: str, msg: Inbound) -> bool:
+        """A plain reply (the gateway forwards only ``kind == "message"``: never an opt-out word) goes
+        to the subscriber's run that waits for it (``state.reply_router``, the flow runtime)."""
+        router = getattr(request.app.state, "reply_router", None)
+        if router is None or msg.kind != "message":
+            return False
+        try:
+            sub = await audience.store_call("subscriber_by_phone", shop, audience.phone(shop, msg.sender, field="from"))
+        except CallerError:
+            return False
+        if sub is None:
+            return False
+        return bool(await router.offer_reply(shop, sub.id, str(msg.id), msg.text, audience.clock()))
 
     # ---- sign-up tools (public pages: the shop's visitors have no key) -------------------------------
     limits: dict[str, WindowLimit] = {}  # per shop, per client IP

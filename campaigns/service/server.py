@@ -18,6 +18,8 @@ from campaigns.config import CampaignSettings
 from campaigns.service.app import create_app, tenant_keys, webhook_secrets
 from campaigns.service.audience import Audience
 from campaigns.service.campaign_api import campaign_handlers
+from campaigns.service.flow_api import FlowService, flow_handlers
+from campaigns.service.flow_runtime import FlowRuntime, install_state, runtime_tenants
 from campaigns.service.launch import Launcher, TenantLinks
 from campaigns.service.tracking import Tracker
 from campaigns.service.gateway_client import GatewayClient
@@ -67,9 +69,13 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     clients = gateway_clients(settings, gateway_url or settings.gateway_url, env)
     link = GatewayLink(audience, clients)
     secrets = webhook_secrets(settings, env)
-    launcher = Launcher(store, clients, tenant_links(settings, env), time.time, callback_urls=callback_urls(settings))
+    links = tenant_links(settings, env)
+    launcher = Launcher(store, clients, links, time.time, callback_urls=callback_urls(settings))
+    flows = FlowRuntime(store, clients, runtime_tenants(settings, links), time.time)
     app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets,
-                     extra_handlers=campaign_handlers(launcher, Tracker(launcher), secrets))  # fmt: skip
+                     extra_handlers=[*campaign_handlers(launcher, Tracker(launcher), secrets),
+                                     *flow_handlers(FlowService(store, time.time))])  # fmt: skip
+    install_state(app, flows)  # the inbound handler offers replies to waiting runs (ReplyRouter)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False))  # fmt: skip
     try:
@@ -87,8 +93,10 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             if on_ready is not None:
                 on_ready(bound)
             tg.start_soon(lambda: link.run(interval=settings.sync_interval))
+            tg.start_soon(lambda: flows.run(interval=settings.flows_interval))
             await anyio.sleep_forever()
     finally:
+        await flows.aclose()
         for c in clients.values():
             await c.aclose()
         store.close()

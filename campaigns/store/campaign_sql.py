@@ -11,7 +11,9 @@ from typing import Any
 
 import msgspec
 
+from campaigns.core import flows as F
 from campaigns.errors import Conflict, NotFound
+from campaigns.store.flow_sql import enqueue_inputs
 from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, LinkRow, Outcomes,
                                            PlannedRecipient, RecipientRow)  # fmt: skip
 
@@ -188,6 +190,11 @@ class CampaignSql:
                                      (code,)) is None  # fmt: skip
             tx.run("INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES (?, ?, ?, ?, ?, ?)",
                    (code, at, user_agent[:512], verdict, 0 if human else 1, 1 if first else 0))  # fmt: skip
+            if first:  # a flow's link: the run hears the click (clicked / not clicked branches)
+                row = tx.one("SELECT l.tenant, r.subscriber_id, l.send_key FROM flow_links l JOIN flow_runs r ON "
+                             "r.id = l.run_id WHERE l.code = ?", (code,))  # fmt: skip
+                if row is not None:
+                    enqueue_inputs(tx, row[0], int(row[1]), [F.Click(id=f"click:{code}", key=row[2])])
         return bool(first)
 
     def click_counts(self, tenant: str, campaign_id: int) -> ClickCounts:

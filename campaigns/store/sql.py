@@ -19,6 +19,8 @@ from campaigns.errors import Conflict, InvalidInput, NotFound
 from campaigns.core.imports import ImportRow
 from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, SyncItem
 from campaigns.store.campaign_sql import CampaignSql
+from campaigns.core import flow_inputs
+from campaigns.store.flow_sql import FlowSql, enqueue_inputs
 
 _json = msgspec.json.Encoder()
 _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country, region, city, time_zone, "
@@ -73,7 +75,7 @@ def _entry(tenant: str, row: tuple) -> ConsentEntry:
     return ConsentEntry(tenant=tenant, **values)
 
 
-class SqlStore(CampaignSql):
+class SqlStore(CampaignSql, FlowSql):
     engine = "sql"
     _least = "MIN"  # the two-argument minimum: MIN on SQLite, LEAST on PostgreSQL
 
@@ -219,6 +221,8 @@ class SqlStore(CampaignSql):
         state, since = consent.fold([*((a, i, act) for a, i, act in history), (e.at, entry.id, e.action)])
         tx.run("UPDATE subscribers SET consent = ?, consent_at = ? WHERE tenant = ? AND id = ?", (state, since, tenant, sid))
         self._queue_sync(tx, tenant, e, old[0] if old else "none", state)
+        change = flow_inputs.consent_change(entry.id, e.source, old[0] if old else "none", state)
+        enqueue_inputs(tx, tenant, sid, [change] if change is not None else [])
         return entry, state
 
     def _queue_sync(self, tx: Tx, tenant: str, e: NewConsent, old: str, state: str) -> None:
@@ -272,12 +276,18 @@ class SqlStore(CampaignSql):
     # ---- shop events -------------------------------------------------------------------------
     def apply_event(self, tenant: str, event: ShopEvent, *, phone: str | None, now: float) -> Applied:
         with self._tx() as tx:
-            return self._apply(tx, tenant, event, phone, now)
+            return self._apply_and_queue(tx, tenant, event, phone, now)
 
     def apply_events(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], *, now: float) -> list[Applied]:
         """Many events in one transaction (bulk ingestion: all or none)."""
         with self._tx() as tx:
-            return [self._apply(tx, tenant, e, phone, now) for e, phone in events]
+            return [self._apply_and_queue(tx, tenant, e, phone, now) for e, phone in events]
+
+    def _apply_and_queue(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
+        applied = self._apply(tx, tenant, event, phone, now)
+        if applied.outcome != "duplicate":  # the flow runtime hears it in this same transaction
+            enqueue_inputs(tx, tenant, applied.subscriber_id, flow_inputs.from_shop_event(event))
+        return applied
 
     def _apply(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
         if tx.run("INSERT INTO processed_events (tenant, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -464,12 +474,13 @@ class SqlStore(CampaignSql):
         """Checkouts started ``after_s`` seconds ago or more and neither completed nor abandoned become
         abandoned (at started_at + after_s). Returns the subscribers whose aggregates changed."""
         with self._tx() as tx:
-            rows = tx.rows("SELECT checkout_id, subscriber_id, started_at FROM checkouts WHERE tenant = ? "
+            rows = tx.rows("SELECT checkout_id, subscriber_id, started_at, value, url FROM checkouts WHERE tenant = ? "
                            "AND completed_at IS NULL AND abandoned_at IS NULL AND started_at <= ?",
                            (tenant, now - after_s))  # fmt: skip
-            for checkout_id, _sid, started in rows:
+            for checkout_id, sid_, started, value, url in rows:
                 tx.run("UPDATE checkouts SET abandoned_at = ? WHERE tenant = ? AND checkout_id = ?",
                        (started + after_s, tenant, checkout_id))  # fmt: skip
+                enqueue_inputs(tx, tenant, int(sid_), [flow_inputs.abandoned(checkout_id, int(value or 0), url)])
             sids = sorted({int(r[1]) for r in rows})
             for sid in sids:
                 self._restat(tx, tenant, sid, now, frozenset({"checkouts"}))
@@ -577,8 +588,11 @@ class SqlStore(CampaignSql):
     def set_member(self, tenant: str, segment_id: int, subscriber_id: int, member: bool, *, now: float) -> bool:
         with self._tx() as tx:
             if member:
-                return tx.run("INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) VALUES (?, ?, ?, ?) "
-                              "ON CONFLICT DO NOTHING", (tenant, segment_id, subscriber_id, now)) > 0  # fmt: skip
+                added = tx.run("INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) VALUES (?, ?, ?, ?) "
+                               "ON CONFLICT DO NOTHING", (tenant, segment_id, subscriber_id, now)) > 0  # fmt: skip
+                if added:
+                    enqueue_inputs(tx, tenant, subscriber_id, [flow_inputs.segment_entered(segment_id, subscriber_id, now)])
+                return added
             return tx.run("DELETE FROM segment_members WHERE tenant = ? AND segment_id = ? AND subscriber_id = ?",
                           (tenant, segment_id, subscriber_id)) > 0  # fmt: skip
 
@@ -596,9 +610,11 @@ class SqlStore(CampaignSql):
             tx.raw_rows(f"DELETE FROM segment_members WHERE tenant = {ph} AND segment_id = {ph} AND subscriber_id NOT IN "
                         f"(SELECT s.id FROM subscribers s WHERE {where}) RETURNING subscriber_id",
                         [tenant, segment_id, *params])  # fmt: skip
-            tx.raw_rows(f"INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) SELECT {ph}, {ph}, s.id, {ph} "
-                        f"FROM subscribers s WHERE {where} ON CONFLICT DO NOTHING RETURNING subscriber_id",
-                        [tenant, segment_id, now, *params])  # fmt: skip
+            added = tx.raw_rows(f"INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) SELECT {ph}, {ph}, "
+                                f"s.id, {ph} FROM subscribers s WHERE {where} ON CONFLICT DO NOTHING RETURNING subscriber_id",
+                                [tenant, segment_id, now, *params])  # fmt: skip
+            for (sid,) in added:
+                enqueue_inputs(tx, tenant, int(sid), [flow_inputs.segment_entered(segment_id, int(sid), now)])
             row = tx.one("SELECT COUNT(*) FROM segment_members WHERE tenant = ? AND segment_id = ?", (tenant, segment_id))
         return int(row[0]) if row else 0
 

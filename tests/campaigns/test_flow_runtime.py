@@ -1,0 +1,198 @@
+"""The flow runtime through the store seam (both engines), on virtual time, against the fake gateway
+that keeps Idempotency-Keys like the real one: triggers and exits from real inputs (events, consent,
+abandoned checkouts, segment entries, clicks, scans), due timers claimed in batches, the outbox of
+sends (rendered once, posted with ``flow-{run}-{visit}``), replies, opt-outs, versions."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from campaigns.core import flow_library
+from campaigns.core.events import CheckoutEvent, CustomEvent, FulfillmentEvent, OrderEvent, Profile
+from campaigns.service.flow_api import FlowService, InstallIn
+from campaigns.service.flow_runtime import FlowRuntime, TenantFlows
+from campaigns.service.gateway_client import GatewayClient
+from campaigns.service.launch import TenantLinks
+from campaigns.store import Store, open_store
+from campaigns.store.base import NewConsent
+from fake_gateway import FakeGateway
+
+pytestmark = pytest.mark.anyio
+T0 = 1_767_000_000.0
+HOUR, DAY = 3600.0, 86_400.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def subscriber(store: Store, i: int, *, consent: str = "confirmed", tenant: str = "acme", name: str = "Ana") -> int:
+    phone = f"+4479111{i:05d}"
+    sub, _ = store.put_subscriber(tenant, Profile(phone=phone, first_name=name), phone=phone, at=T0 - 1000, now=T0 - 1000)
+    for k, action in enumerate({"none": [], "confirmed": ["opt_in", "confirm"]}[consent]):
+        store.record_consent(tenant, NewConsent(phone=phone, action=action, source="api", at=T0 - 900 + k), now=T0 - 900)  # type: ignore[arg-type]
+    return sub.id
+
+
+def phone(i: int) -> str:
+    return f"+4479111{i:05d}"
+
+
+def runtime(store: Store, gw: FakeGateway, clock: Clock, links: TenantLinks | None = None) -> FlowRuntime:
+    client = GatewayClient("http://gateway.test", "key", transport=gw.transport())
+    return FlowRuntime(store, {"acme": client}, {"acme": TenantFlows(sender="ACME", shop_name="Acme", links=links)},
+                       clock, batch=50)  # fmt: skip
+
+
+async def install(store: Store, clock: Clock, flow: str, **overrides: object) -> None:
+    svc = FlowService(store, clock)
+    await svc.install("acme", InstallIn(flow=flow, overrides=dict(overrides)))
+    await svc.enable("acme", flow, True)
+
+
+def checkout(cid: str, i: int, value: int, status: str = "abandoned", at: float = T0) -> CheckoutEvent:
+    return CheckoutEvent(id=f"ev-{cid}-{status}", at=at, checkout_id=cid, phone=phone(i), status=status,  # type: ignore[arg-type]
+                         value=value, url=f"https://shop.example/c/{cid}")  # fmt: skip
+
+
+async def test_abandoned_cart_value_branch_exit_on_order_and_one_send_each(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock)
+    await install(store, clock, "abandoned_cart")
+    big, small, buyer, unconsented = (subscriber(store, 1), subscriber(store, 2), subscriber(store, 3),
+                                      subscriber(store, 4, consent="none"))  # fmt: skip
+    for cid, i, value in [("c1", 1, 25_000), ("c2", 2, 4_000), ("c3", 3, 9_000), ("c4", 4, 9_000)]:
+        store.apply_event("acme", checkout(cid, i, value), phone=phone(i), now=T0)
+    store.apply_event("acme", checkout("c1", 1, 25_000), phone=phone(1), now=T0)  # a redelivery: nothing new
+    await rt.round()
+    runs = {r.subscriber_id: r for r in store.flow_run_rows("acme", flow_id="abandoned_cart")}
+    assert set(runs) == {big, small, buyer}  # not the subscriber without consent
+    assert all(r.node == "wait1h" and r.due == T0 + HOUR for r in runs.values())
+    # An order 1 ms before the reminder is due ends that run: it is never sent.
+    clock.now = T0 + HOUR - 0.001
+    store.apply_event("acme", OrderEvent(id="o3", at=clock.now, order_id="o3", phone=phone(3), total=9000, currency="USD",
+                                         payment_status="paid", checkout_id="c3"), phone=phone(3), now=clock.now)  # fmt: skip
+    await rt.round()
+    assert gw.messages == []  # nothing is due yet: timers never fire early
+    clock.now = T0 + HOUR
+    await rt.round()
+    by_to = {m["to"]: m for m in gw.messages}
+    assert set(by_to) == {phone(1), phone(2)}
+    assert "media" in by_to[phone(1)] and "SAVE20" in by_to[phone(1)]["body"] and "shop.example/c/c1" in by_to[phone(1)]["body"]
+    assert "media" not in by_to[phone(2)] and "SAVE10" in by_to[phone(2)]["body"]
+    assert all(m["category"] == "marketing" and m["from"] == "ACME" for m in gw.messages)
+    rows = {r.subscriber_id: r for r in store.flow_run_rows("acme", flow_id="abandoned_cart")}
+    assert rows[buyer].state == "ended" and rows[buyer].ended == "exit:order_placed"
+    assert {m["key"] for m in gw.messages} == {f"flow-{rows[big].id}-3", f"flow-{rows[small].id}-3"}
+    # Not clicked in a day: the last call; then the runs complete.
+    clock.now = T0 + HOUR + DAY
+    await rt.round()
+    assert Counter(m["to"] for m in gw.messages) == {phone(1): 2, phone(2): 2}
+    assert {r.state for r in store.flow_run_rows("acme", flow_id="abandoned_cart")} == {"ended"}
+    counts = {(c.node): c for c in store.flow_node_counts("acme", "abandoned_cart")}
+    assert counts["big"].sent == 1 and counts["small"].sent == 1 and counts["last"].sent == 2
+    msgs = store.flow_messages("acme", flow_id="abandoned_cart")
+    assert all(m.state == "sent" and m.message_id for m in msgs) and {m.step for m in msgs} == {"big", "small", "last"}
+
+
+async def test_a_send_recorded_but_not_answered_is_posted_again_with_the_same_key_and_bytes(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    await install(store, clock, "shipping_notice")
+    subscriber(store, 1, consent="none")  # transactional: no marketing consent needed
+    store.apply_event("acme", OrderEvent(id="o1", at=T0, order_id="o1", phone=phone(1), total=100, currency="USD",
+                                         payment_status="paid"), phone=phone(1), now=T0)  # fmt: skip
+    store.apply_event("acme", FulfillmentEvent(id="f1", at=T0 + 5, order_id="o1", status="shipped",
+                                               tracking_url="https://track.example/1"), phone=None, now=T0 + 5)  # fmt: skip
+    gw.fail_messages = 1
+    rt = runtime(store, gw, clock)
+    await rt.round()  # the gateway is away: the send stays pending
+    assert gw.messages == [] and [m.state for m in store.flow_messages("acme")] == ["pending"]
+    await rt.round()
+    assert len(gw.messages) == 1 and gw.messages[0]["category"] == "transactional"
+    assert "track.example/1" in gw.messages[0]["body"] and "o1" in gw.messages[0]["body"]
+    # The answer was lost after the gateway stored it: the same key and bytes again -> its stored answer.
+    store.flow_messages_done([], now=T0)
+    with store.flow_tx("acme") as ftx:
+        ftx.tx.run("UPDATE flow_messages SET state = 'pending'")
+    await runtime(store, gw, clock).round()
+    assert len(gw.messages) == 1 and gw.message_posts == 3
+    assert [m.state for m in store.flow_messages("acme")] == ["sent"]
+
+
+async def test_survey_reply_goes_to_the_waiting_run_and_opt_out_ends_every_run(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock)
+    await install(store, clock, "post_delivery_survey")
+    await install(store, clock, "win_back")
+    sid = subscriber(store, 1)
+    store.apply_event("acme", OrderEvent(id="o1", at=T0, order_id="o1", phone=phone(1), total=100, currency="USD",
+                                         payment_status="paid", fulfillment_status="delivered"), phone=phone(1), now=T0)  # fmt: skip
+    await rt.round()
+    for clock.now in (T0 + DAY, T0 + 2 * DAY):  # a day, then noon (the subscriber's zone: UTC)
+        await rt.round()
+    assert [m["body"] for m in gw.messages] == [flow_library.STARTER_TEXTS["survey_q1_score"].replace("{shop_name}", "Acme")
+                                                + " Reply STOP to opt out"]  # fmt: skip
+    assert not await rt.offer_reply("acme", sid, "mo-0", "what is this?", clock.now)  # not an answer: the inbox's
+    assert await rt.offer_reply("acme", sid, "mo-1", "😍😍", clock.now)
+    assert await rt.offer_reply("acme", sid, "mo-1", "😍😍", clock.now)  # a redelivery: still taken, once
+    await rt.round()
+    assert len(gw.messages) == 2  # q1, then q2
+    assert store.subscriber("acme", sid).attributes["survey_score"] == "5"  # type: ignore[union-attr]
+    # A win-back run too (90 days without an order), found by the periodic scan.
+    clock.now = T0 + 91 * DAY
+    await rt.scan(clock.now)
+    assert {r.flow_id for r in store.flow_run_rows("acme", subscriber_id=sid) if r.state == "active"} >= {"win_back"}
+    # The opt-out recorded from the gateway's STOP ends every run of the subscriber at once.
+    store.record_consent("acme", NewConsent(phone=phone(1), action="opt_out", source="gateway", at=clock.now), now=clock.now)
+    before = len(gw.messages)
+    await rt.round()
+    rows = store.flow_run_rows("acme", subscriber_id=sid)
+    assert rows and all(r.state == "ended" for r in rows)
+    assert {r.ended for r in rows if r.flow_id in ("post_delivery_survey",)} <= {"opted_out", "completed"}
+    assert any(r.ended == "opted_out" for r in rows)
+    assert len(gw.messages) == before  # nothing after the opt-out
+    assert not await rt.offer_reply("acme", sid, "mo-9", "2", clock.now)
+
+
+async def test_custom_event_segment_and_keyword_triggers_and_tenant_isolation(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock)
+    svc = FlowService(store, clock)
+    await svc.put_template("acme", "hello", "Hi {first_name|there} from {shop_name}")
+    flow = {"id": "vip", "version": 1, "name": "VIP", "trigger": {"type": "custom", "name": "became_vip"},
+            "entry": "s", "nodes": {"s": {"type": "send", "template": "hello", "next": "t"},
+                                    "t": {"type": "update", "add_tags": ["vip_welcomed"]}}}  # fmt: skip
+    await svc.publish("acme", flow, new=True)
+    await svc.enable("acme", "vip", True)
+    await install(store, clock, "sms_quiz")
+    sid = subscriber(store, 1)
+    other = subscriber(store, 1, tenant="beta")
+    store.apply_event("acme", CustomEvent(id="x1", at=T0, phone=phone(1), name="became_vip"), phone=phone(1), now=T0)
+    await rt.round()
+    assert [m["body"] for m in gw.messages] == ["Hi Ana from Acme Reply STOP to opt out"]
+    assert "vip_welcomed" in store.tags("acme", sid)
+    assert await rt.offer_reply("acme", sid, "mo-q", "quiz", clock.now)  # a keyword flow starts
+    await rt.round()
+    assert any(m["body"].startswith("Quiz") for m in gw.messages)
+    assert store.flow_run_rows("beta") == [] and store.flow_head("beta", "vip") is None
+    assert not await rt.offer_reply("beta", other, "mo-b", "quiz", clock.now)
