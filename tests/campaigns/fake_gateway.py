@@ -85,6 +85,8 @@ class FakeGateway:
             body = b""
             while True:
                 event = await receive()
+                if event["type"] == "http.disconnect":  # the client died mid-request (kill -9): nothing stored
+                    return
                 body += event.get("body", b"")
                 if not event.get("more_body"):
                     break
