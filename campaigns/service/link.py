@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import anyio
 
@@ -38,6 +39,7 @@ class GatewayLink:
     def __init__(self, audience: Audience, clients: Mapping[str, GatewayClient]) -> None:
         self.audience = audience
         self.clients = dict(clients)
+        self.reply_router: Any = None  # the flow runtime (campaigns/service/flow_runtime.py), once started
 
     async def push(self, tenant: str) -> int:
         """Send the tenant's queued suppress/unsuppress to the gateway; returns how many went."""
@@ -63,12 +65,28 @@ class GatewayLink:
             page = await client.inbound(after=after, limit=limit)
             for msg in page.inbound:
                 await self.handle(tenant, msg)
+                await self.offer_reply(tenant, msg)
                 handled += 1
             if page.inbound:
                 after = max(m.id for m in page.inbound)
                 await anyio.to_thread.run_sync(store.set_cursor, tenant, "inbound", after)
             if page.next is None or not page.inbound:
                 return handled
+
+    async def offer_reply(self, tenant: str, msg: Inbound) -> bool:
+        """A plain reply read from the gateway (not an opt-out, opt-in or help word: ``kind`` says)
+        goes to the subscriber's run waiting for it (``reply_router``: the flow runtime); the
+        webhook path asks the same router from the inbound handler. Idempotent by message id."""
+        if self.reply_router is None or msg.kind != "message":
+            return False
+        try:
+            phone = self.audience.phone(tenant, msg.sender, field="from")
+        except CallerError:
+            return False
+        sub = await anyio.to_thread.run_sync(self.audience.store.subscriber_by_phone, tenant, phone)
+        if sub is None or sub.consent == "revoked":
+            return False
+        return bool(await self.reply_router.offer_reply(tenant, sub.id, str(msg.id), msg.text, self.audience.clock()))
 
     async def reconcile(self, tenant: str) -> int:
         """Every number suppressed at the gateway is revoked here; returns how many were added."""

@@ -76,6 +76,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
                      extra_handlers=[*campaign_handlers(launcher, Tracker(launcher), secrets),
                                      *flow_handlers(FlowService(store, time.time))])  # fmt: skip
     install_state(app, flows)  # the inbound handler offers replies to waiting runs (ReplyRouter)
+    link.reply_router = flows  # and so do inbound messages read with GET /v1/inbound
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False))  # fmt: skip
     try:
