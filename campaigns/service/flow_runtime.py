@@ -28,6 +28,7 @@ are the gateway's job; transactional flows are sent with ``category: transaction
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -271,6 +272,11 @@ class FlowWorker:
         self._record(ftx, FlowMessage(**base, recipient=sub.phone, body=text))
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled(source: str) -> templates.Template:
+    return templates.compile_template(source)
+
+
 def _render(source: str, send: F.Send, first_name: str | None, tf: TenantFlows) -> str:
     """The final text: shortcodes from the subscriber's snapshot and the trigger's payload (the
     checkout URL, the order id, the tracking URL), the signature and footer for marketing sends."""
@@ -285,7 +291,7 @@ def _render(source: str, send: F.Send, first_name: str | None, tf: TenantFlows) 
                         ("tracking_url", "tracking_url"), ("discount_code", "discount_code")):  # fmt: skip
         if trigger.get(field) and name not in values:
             values[name] = trigger[field]
-    rendered = templates.render(templates.compile_template(source), values, rules=tf.rules,
+    rendered = templates.render(_compiled(source), values, rules=tf.rules,
                                 locale=snap.get("language"), marketing=not send.transactional)  # fmt: skip
     return rendered.text
 

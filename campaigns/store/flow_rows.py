@@ -25,7 +25,7 @@ class FlowRunRow(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     subscriber_id: int
     object_id: str | None
-    node: str | None  # where it waits (the last node once ended)
+    node: str | None  # where it waits; once ended, the node it ended at
     visit: int
     state: Literal["active", "ended"]
     ended: str | None  # completed | opted_out | exit:<kind>

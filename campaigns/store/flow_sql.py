@@ -54,6 +54,10 @@ class FlowTx:
 
     def __init__(self, tx: Any, tenant: str, engine: str) -> None:
         self.tx, self.tenant, self.engine = tx, tenant, engine
+        # Read once per transaction (a start and its first send read the same subscriber); writes
+        # through ``update_subscriber`` drop the entry.
+        self._subs: dict[int, tuple[Subscriber, tuple[str, ...], dict[str, Any]] | None] = {}
+        self._templates: dict[str, str | None] = {}
 
     # ---- inputs ------------------------------------------------------------------------------
     def first_time(self, event_id: str) -> bool:
@@ -72,6 +76,11 @@ class FlowTx:
 
     def subscriber(self, subscriber_id: int) -> tuple[Subscriber, tuple[str, ...], dict[str, Any]] | None:
         """The subscriber, their tags and their stats (a run's snapshot)."""
+        if subscriber_id not in self._subs:
+            self._subs[subscriber_id] = self._read_subscriber(subscriber_id)
+        return self._subs[subscriber_id]
+
+    def _read_subscriber(self, subscriber_id: int) -> tuple[Subscriber, tuple[str, ...], dict[str, Any]] | None:
         row = self.tx.one(f"SELECT {_SUB_COLS} FROM subscribers WHERE tenant = ? AND id = ?", (self.tenant, subscriber_id))
         if row is None:
             return None
@@ -110,7 +119,7 @@ class FlowTx:
         return None if row is None else int(row[0])
 
     def save_run(self, run_id: int, run: F.Run, now: float) -> None:
-        self.tx.run("UPDATE flow_runs SET node = ?, visit = ?, state = ?, ended = ?, updated_at = ?, due = ?, run = ? "
+        self.tx.run("UPDATE flow_runs SET node = COALESCE(?, node), visit = ?, state = ?, ended = ?, updated_at = ?, due = ?, run = ? "
                     "WHERE id = ?", (run.node, run.visit, "active" if run.node is not None else "ended", run.ended, now,
                                      run.timer_due, _json.encode(run).decode(), run_id))  # fmt: skip
 
@@ -145,8 +154,11 @@ class FlowTx:
 
     # ---- actions -----------------------------------------------------------------------------
     def template(self, template_id: str) -> str | None:
-        row = self.tx.one("SELECT text FROM flow_templates WHERE tenant = ? AND template_id = ?", (self.tenant, template_id))
-        return None if row is None else str(row[0])
+        if template_id not in self._templates:
+            row = self.tx.one("SELECT text FROM flow_templates WHERE tenant = ? AND template_id = ?",
+                              (self.tenant, template_id))  # fmt: skip
+            self._templates[template_id] = None if row is None else str(row[0])
+        return self._templates[template_id]
 
     def add_message(self, m: FlowMessage) -> bool:
         """Record a send or webhook call; False when its key was recorded before (never twice)."""
@@ -154,6 +166,10 @@ class FlowTx:
             f"INSERT INTO flow_messages (tenant, {_MSG_COLS}) VALUES ({', '.join('?' * 19)}) ON CONFLICT DO NOTHING",
             (self.tenant, m.key, m.run_id, m.flow_id, m.version, m.step, m.visit, m.subscriber_id, m.kind, m.category,
              m.recipient, m.sender, m.body, m.media_url, m.state, m.detail, m.message_id, m.created_at, m.sent_at)) > 0  # fmt: skip
+
+    def forget(self, subscriber_id: int) -> None:
+        """Read the subscriber again (their consent changed in this transaction)."""
+        self._subs.pop(subscriber_id, None)
 
     def cancel_pending(self, subscriber_id: int, reason: str) -> int:
         """Marketing sends of the subscriber recorded but not posted yet become ``skipped``."""
@@ -174,6 +190,7 @@ class FlowTx:
 
     def update_subscriber(self, subscriber_id: int, add_tags: Sequence[str], remove_tags: Sequence[str],
                           set_attributes: dict[str, Any]) -> None:  # fmt: skip
+        self._subs.pop(subscriber_id, None)
         for tag in add_tags:
             self.tx.run("INSERT INTO subscriber_tags (tenant, subscriber_id, tag) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                         (self.tenant, subscriber_id, tag))  # fmt: skip
