@@ -41,10 +41,13 @@ from campaigns.store import Store, open_store
 
 TENANT = "bench"
 CRASH_FLOW: dict[str, Any] = {
-    "id": "crash", "version": 1, "name": "Two sends a second apart", "trigger": {"type": "custom", "name": "go"},
-    "entry": "one", "nodes": {"one": {"type": "send", "template": "one", "next": "wait"},
-                              "wait": {"type": "wait", "seconds": 1, "next": "two"},
-                              "two": {"type": "send", "template": "two"}},
+    "id": "crash", "version": 1, "name": "Two sends a second apart (tagged subscribers), a timer for all",
+    "trigger": {"type": "custom", "name": "go"}, "entry": "pick",
+    "nodes": {"pick": {"type": "branch", "condition": {"op": "has_tag", "tag": "sends"}, "then": "one", "else": "wait"},
+              "one": {"type": "send", "template": "one", "next": "wait"},
+              "wait": {"type": "wait", "seconds": 1, "next": "pick2"},
+              "pick2": {"type": "branch", "condition": {"op": "has_tag", "tag": "sends"}, "then": "two", "else": None},
+              "two": {"type": "send", "template": "two"}},
     "reentry": {"rule": "always"},
 }  # fmt: skip
 EVENTS_FLOW: dict[str, Any] = {
@@ -99,13 +102,67 @@ def serve_http(app: Any) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def bulk_subscribers(store: Store, n: int, now: float) -> None:
-    """N confirmed subscribers (ids 1..N) and their stats rows, in one transaction."""
+class RemoteGateway:
+    """The fake gateway in its own process (a server thread in the measuring process would share its
+    GIL: every request would wait for thread switches). ``messages()`` / ``count()`` read its record."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def count(self) -> int:
+        import httpx
+
+        return int(httpx.get(f"{self.url}/_count", timeout=30).json()["messages"])
+
+    def record(self) -> tuple[list[dict[str, Any]], int]:
+        import httpx
+
+        data = httpx.get(f"{self.url}/_messages", timeout=120).json()
+        return data["messages"], int(data["posts"])
+
+
+@contextlib.contextmanager
+def gateway_process() -> Iterator[RemoteGateway]:
+    """``python -m bench.flows fake-gateway`` on a free loopback port; stopped (by its PID) on exit."""
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.flows", "fake-gateway", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/_count", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the fake gateway process did not start") from None
+                time.sleep(0.05)
+        yield RemoteGateway(url)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def bulk_subscribers(store: Store, n: int, now: float, *, tag_every: int = 0) -> None:
+    """N confirmed subscribers (ids 1..N) and their stats rows, in one transaction; every
+    ``tag_every``-th is tagged ``sends``."""
     with store._tx() as tx:  # type: ignore[attr-defined]
         sql = tx._sql("INSERT INTO subscribers (tenant, id, phone, created_at, consent, consent_at) VALUES (?, ?, ?, ?, 'confirmed', ?)")
         tx._cur.executemany(sql, [(TENANT, i, phone(i), now, now) for i in range(1, n + 1)])
         tx._cur.executemany(tx._sql("INSERT INTO subscriber_stats (tenant, subscriber_id) VALUES (?, ?)"),
                             [(TENANT, i) for i in range(1, n + 1)])  # fmt: skip
+        if tag_every:
+            tx._cur.executemany(tx._sql("INSERT INTO subscriber_tags (tenant, subscriber_id, tag) VALUES (?, ?, 'sends')"),
+                                [(TENANT, i) for i in range(tag_every, n + 1, tag_every)])  # fmt: skip
         if store.engine == "postgres":
             tx.run("SELECT setval(pg_get_serial_sequence('subscribers', 'id'), ?)", (n,))
 
@@ -126,10 +183,10 @@ def queue_go(store: Store, n: int) -> None:
         tx._cur.executemany(tx._sql("INSERT INTO flow_inputs (tenant, subscriber_id, event) VALUES (?, ?, ?)"), rows)
 
 
-def crash_store(url: str, n: int, now: float) -> None:
+def crash_store(url: str, n: int, now: float, *, send_every: int = 1) -> None:
     store = open_store(url)
     try:
-        bulk_subscribers(store, n, now)
+        bulk_subscribers(store, n, now, tag_every=send_every)
         install(store, CRASH_FLOW, {"one": "step one", "two": "step two"}, now)
         queue_go(store, n)
     finally:
@@ -165,7 +222,7 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def events_phase(url: str, n: int, gateway_url: str, gw: Any) -> dict[str, Any]:
+def events_phase(url: str, n: int, gw: RemoteGateway) -> dict[str, Any]:
     import anyio
 
     from campaigns.service.flow_runtime import FlowRuntime, TenantFlows
@@ -185,7 +242,7 @@ def events_phase(url: str, n: int, gateway_url: str, gw: Any) -> dict[str, Any]:
     ingest_s = time.perf_counter() - t0
 
     async def flows() -> tuple[Any, float, float]:
-        client = GatewayClient(gateway_url, "bench-key")
+        client = GatewayClient(gw.url, "bench-key")
         rt = FlowRuntime(store, {TENANT: client}, {TENANT: TenantFlows(sender="BENCH")}, time.time, batch=2000,
                          send_concurrency=64)  # fmt: skip
         t1 = time.perf_counter()
@@ -203,10 +260,11 @@ def events_phase(url: str, n: int, gateway_url: str, gw: Any) -> dict[str, Any]:
 
     stats, drain_s, total_s = anyio.run(flows)
     store.close()
-    keys = [m["key"] for m in gw.messages]
+    messages, _posts = gw.record()
+    keys = [m["key"] for m in messages]
     processed = stats.inputs + stats.advanced + stats.sent
     return {"events": n + len(exits), "inputs": stats.inputs, "runs_started": stats.started,
-            "runs_advanced": stats.advanced, "sends": stats.sent, "gateway_messages": len(gw.messages),
+            "runs_advanced": stats.advanced, "sends": stats.sent, "gateway_messages": len(messages),
             "gateway_duplicate_keys": len(keys) - len(set(keys)), "ingest_s": ingest_s,
             "engine_phase_s": drain_s, "events_phase_s": total_s,
             "events_per_s": processed / total_s, "inputs_per_s": stats.inputs / drain_s,
@@ -273,12 +331,11 @@ def _engine_url(engine: str, workdir: str | None, name: str) -> Iterator[str]:
 
 def run(engine: str, n: int, timers: int, due: int, window: float, workdir: str | None,
         crash: str | None) -> dict[str, Any]:  # fmt: skip
-    gw = fake_gateway()
-    with serve_http(gw.asgi()) as gateway_url, _engine_url(engine, workdir, "events") as url:
-        ev = events_phase(url, n, gateway_url, gw)
+    with gateway_process() as gw, _engine_url(engine, workdir, "events") as url:
+        ev = events_phase(url, n, gw)
     with _engine_url(engine, workdir, "timers") as url:
         tm = timers_phase(url, timers, due, window)
-    out: dict[str, Any] = {"scenario": "flows", "engine": engine, "subscribers": n, "gateway": "fake (HTTP, loopback)",
+    out: dict[str, Any] = {"scenario": "flows", "engine": engine, "subscribers": n, "gateway": "fake (tests/campaigns/fake_gateway.py, own process, HTTP on loopback)",
                            **ev, **tm, "load": os.getloadavg()[0], "machine": describe()}  # fmt: skip
     if crash:  # the crash test's figures (tests/campaigns/test_flow_crash.py writes them)
         data = msgspec.json.decode(Path(crash).read_bytes())
@@ -311,6 +368,15 @@ def bench_flows(ctx: click.Context, n: int, engine: str, timers: int, due: int, 
                 "gateway_duplicate_keys", "timer_lag_p50_s", "timer_lag_p99_s", "timers_fired"):  # fmt: skip
         click.echo(f"  {key:<28} {r[key]:>14,.3f}")
     save(r, json_path, out_dir)
+
+
+@bench_flows.command("fake-gateway")
+@click.option("--port", type=int, required=True)
+def fake_gateway_cmd(port: int) -> None:
+    """Serve tests/campaigns/fake_gateway.py over HTTP on 127.0.0.1:PORT until killed."""
+    import uvicorn
+
+    uvicorn.run(fake_gateway().asgi(), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off")
 
 
 @bench_flows.command("worker")

@@ -31,6 +31,10 @@ class FakeGateway:
         path = request.url.path
         if request.method == "POST" and path == "/v1/jobs":
             return self._job(request)
+        if request.method == "GET" and path == "/_count":  # for a test or bench in another process
+            return httpx.Response(200, json={"messages": len(self.messages), "posts": self.message_posts})
+        if request.method == "GET" and path == "/_messages":
+            return httpx.Response(200, json={"messages": self.messages, "posts": self.message_posts})
         if request.method == "POST" and path == "/v1/messages":
             return self._message(request.content, request.headers.get("idempotency-key", ""))
         if request.method == "POST" and path.startswith("/v1/jobs/"):
