@@ -126,13 +126,27 @@ class FlowWorker:
                 self._input(ftx, enabled, sid, event, now)
 
     def fire(self, tenant: str, now: float, limit: int = 1000) -> list[float]:
-        """Fire up to ``limit`` due timers; returns their due times (the caller measures the lag)."""
+        """Fire up to ``limit`` due timers; returns their due times (the caller measures the lag).
+        Inputs already queued for those subscribers are applied first, in the same transaction: an
+        exit that arrived before the timer is acted on ends the run before it can send."""
         with self.store.flow_tx(tenant) as ftx:
             claimed = ftx.claim_due(now, limit)
+            if not claimed:
+                return []
+            queued = ftx.take_inputs_of([r.subscriber_id for _, r in claimed])
+            if queued:
+                enabled = self._enabled(ftx)
+                for _id, sid, event in queued:
+                    self._input(ftx, enabled, sid, event, now)
             dues = []
             for rid, run in claimed:
                 assert run.timer_due is not None
                 dues.append(run.timer_due)
+                if queued:
+                    current = ftx.run_by_id(rid)
+                    if current is None or current.visit != run.visit or current.timer_due is None:
+                        continue  # the queued input moved or ended it
+                    run = current
                 flow = self._flow(ftx, run.flow_id, run.version)
                 new, actions = F.step(flow, run, F.TimerFired(id=f"timer:{run.visit}", due=run.timer_due,
                                                               visit=run.visit), now)  # fmt: skip

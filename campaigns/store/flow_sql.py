@@ -144,6 +144,27 @@ class FlowTx:
                 self.tx.run(f"DELETE FROM flow_inputs WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
         return [(int(i), int(s), _event_decoder.decode(e)) for i, s, e in rows]
 
+    def take_inputs_of(self, subscriber_ids: Sequence[int]) -> list[tuple[int, int, F.Event]]:
+        """The queued inputs of these subscribers, oldest first, deleted with this transaction (the
+        timer worker applies them before their runs' timers: an exit queued before a due send wins)."""
+        out: list[tuple[int, int, F.Event]] = []
+        ids = sorted(set(subscriber_ids))
+        lock = " FOR UPDATE SKIP LOCKED" if self.engine == "postgres" else ""
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            rows = self.tx.rows(f"SELECT id, subscriber_id, event FROM flow_inputs WHERE tenant = ? AND subscriber_id IN "
+                                f"({', '.join('?' * len(chunk))}) ORDER BY id{lock}", (self.tenant, *chunk))  # fmt: skip
+            out += [(int(r[0]), int(r[1]), _event_decoder.decode(r[2])) for r in rows]
+        for i in range(0, len(out), 500):
+            chunk_ids = [r[0] for r in out[i:i + 500]]
+            self.tx.run(f"DELETE FROM flow_inputs WHERE id IN ({', '.join('?' * len(chunk_ids))})", chunk_ids)
+        out.sort(key=lambda r: r[0])
+        return out
+
+    def run_by_id(self, run_id: int) -> F.Run | None:
+        row = self.tx.one("SELECT run FROM flow_runs WHERE id = ? AND tenant = ?", (run_id, self.tenant))
+        return None if row is None else _run_decoder.decode(row[0])
+
     def queue(self, subscriber_id: int, events: Sequence[F.Event]) -> None:
         enqueue_inputs(self.tx, self.tenant, subscriber_id, events)
 

@@ -255,6 +255,7 @@ CREATE INDEX IF NOT EXISTS flow_messages_subscriber ON flow_messages (tenant, su
 CREATE TABLE IF NOT EXISTS flow_inputs (
     id {ID}, tenant TEXT NOT NULL, subscriber_id {INT} NOT NULL, event TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS flow_inputs_subscriber ON flow_inputs (tenant, subscriber_id, id);
 CREATE TABLE IF NOT EXISTS flow_links (
     code TEXT PRIMARY KEY, tenant TEXT NOT NULL, run_id {INT} NOT NULL, send_key TEXT NOT NULL
 );

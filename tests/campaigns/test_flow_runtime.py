@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from campaigns.core import flow_library
 from campaigns.core.events import CheckoutEvent, CustomEvent, FulfillmentEvent, OrderEvent, Profile
@@ -196,3 +198,32 @@ async def test_custom_event_segment_and_keyword_triggers_and_tenant_isolation(st
     assert any(m["body"].startswith("Quiz") for m in gw.messages)
     assert store.flow_run_rows("beta") == [] and store.flow_head("beta", "vip") is None
     assert not await rt.offer_reply("beta", other, "mo-b", "quiz", clock.now)
+
+
+@settings(max_examples=10, deadline=None)
+@given(early=st.floats(min_value=0.001, max_value=3599), drained=st.booleans(), fire_late=st.floats(min_value=0, max_value=600))
+def test_an_exit_that_arrives_before_the_timer_is_acted_on_prevents_the_send(early: float, drained: bool,
+                                                                         fire_late: float) -> None:  # fmt: skip
+    """Whether or not the worker drained the queue in between, and however late it fires the timer."""
+    import anyio
+
+    store = open_store("sqlite:///:memory:")
+    try:
+        clock, gw = Clock(), FakeGateway()
+        rt = runtime(store, gw, clock)
+        anyio.run(lambda: install(store, clock, "abandoned_cart"))
+        subscriber(store, 1)
+        store.apply_event("acme", checkout("c1", 1, 5000), phone=phone(1), now=T0)
+        rt.worker.drain("acme", T0)
+        due = T0 + HOUR
+        at = due - early  # the order comes before the reminder is due (from 1 ms to 2 h before)
+        store.apply_event("acme", OrderEvent(id="o1", at=at, order_id="o1", phone=phone(1), total=1, currency="USD",
+                                             payment_status="paid"), phone=phone(1), now=at)  # fmt: skip
+        if drained:
+            rt.worker.drain("acme", at)
+        assert rt.worker.fire("acme", due + fire_late) == ([] if drained else [due])
+        assert store.flow_messages("acme") == []
+        [run] = store.flow_run_rows("acme")
+        assert run.ended == "exit:order_placed" and run.due is None
+    finally:
+        store.close()
