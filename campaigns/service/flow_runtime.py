@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -324,6 +323,7 @@ class FlowRuntime:
         self.batch, self.send_concurrency, self.scan_interval = batch, send_concurrency, scan_interval
         self.lags: list[float] = []  # due -> acted, seconds (kept for the bench; bounded)
         self._wake = anyio.Event()
+        self._sends = anyio.Event()
         self._last_scan: float | None = None
         self._webhooks = httpx.AsyncClient(transport=webhook_transport, timeout=10.0)
 
@@ -355,7 +355,7 @@ class FlowRuntime:
                 dues = await anyio.to_thread.run_sync(self.worker.fire, tenant, self.clock(), self.batch)
                 if not dues:
                     break
-                acted = time.time() if self.clock is time.time else self.clock()
+                acted = self.clock()
                 if len(self.lags) < 2_000_000:
                     self.lags.extend(acted - d for d in dues)
                 done += len(dues)
@@ -446,20 +446,53 @@ class FlowRuntime:
         return len(inputs)
 
     async def run(self, *, interval: float = 0.5) -> None:
-        """Forever: a round, then wait ``interval`` s (or less when woken); the scans every
-        ``scan_interval`` s."""
+        """Forever, two tasks: the engine (a batch of inputs, then a batch of due timers, per tenant,
+        again while there is work; the scans every ``scan_interval`` s) and the sender (the outbox
+        to the gateway), so a backlog of one never starves the other. Idle: wait ``interval`` s, or
+        less when woken (a reply, a recorded send)."""
+        self._sends = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._sender, interval)
+            while True:
+                try:
+                    now = self.clock()
+                    if self._last_scan is None or now - self._last_scan >= self.scan_interval:
+                        self._last_scan = now
+                        await self.scan(now)
+                    busy = await self._engine_batch()
+                except CampaignError as exc:
+                    log.warning("flow.round.failed error=%s", exc)
+                    busy = False
+                if not busy:
+                    with anyio.move_on_after(interval):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+
+    async def _engine_batch(self) -> bool:
+        busy = False
+        recorded = self.stats.recorded
+        for tenant in self.tenant_names:
+            if await anyio.to_thread.run_sync(self.worker.drain, tenant, self.clock(), self.batch):
+                busy = True
+            dues = await anyio.to_thread.run_sync(self.worker.fire, tenant, self.clock(), self.batch)
+            if dues:
+                busy = True
+                acted = self.clock()
+                if len(self.lags) < 2_000_000:
+                    self.lags.extend(acted - d for d in dues)
+        if self.stats.recorded != recorded:
+            self._sends.set()
+        return busy
+
+    async def _sender(self, interval: float) -> None:
         while True:
             try:
-                now = self.clock()
-                if self._last_scan is None or now - self._last_scan >= self.scan_interval:
-                    self._last_scan = now
-                    await self.scan(now)
-                await self.round()
+                await self.send_pending()
             except CampaignError as exc:
-                log.warning("flow.round.failed error=%s", exc)
+                log.warning("flow.send_round.failed error=%s", exc)
             with anyio.move_on_after(interval):
-                await self._wake.wait()
-            self._wake = anyio.Event()
+                await self._sends.wait()
+            self._sends = anyio.Event()
 
 
 def runtime_tenants(settings: Any, links_by_tenant: Mapping[str, TenantLinks]) -> dict[str, TenantFlows]:
