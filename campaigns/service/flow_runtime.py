@@ -29,9 +29,11 @@ are the gateway's job; transactional flows are sent with ``category: transaction
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -315,7 +317,8 @@ class FlowRuntime:
 
     def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantFlows],
                  clock: Callable[[], float], *, batch: int = 1000, send_concurrency: int = 32,
-                 scan_interval: float = 3600.0, webhook_transport: httpx.AsyncBaseTransport | None = None) -> None:  # fmt: skip
+                 scan_interval: float = 3600.0, webhook_transport: httpx.AsyncBaseTransport | None = None,
+                 allow_private_webhooks: bool = False) -> None:  # fmt: skip
         self.store, self.clients, self.clock = store, dict(clients), clock
         self.tenant_names = sorted(set(tenants) | set(clients))
         self.stats = Statistics()
@@ -325,7 +328,8 @@ class FlowRuntime:
         self._wake = anyio.Event()
         self._sends = anyio.Event()
         self._last_scan: float | None = None
-        self._webhooks = httpx.AsyncClient(transport=webhook_transport, timeout=10.0)
+        self._webhooks = httpx.AsyncClient(transport=webhook_transport, timeout=10.0, follow_redirects=False)
+        self.allow_private_webhooks = allow_private_webhooks  # tests only: a webhook node may not reach our network
 
     def statistics(self) -> Statistics:
         return msgspec.structs.replace(self.stats)
@@ -391,6 +395,8 @@ class FlowRuntime:
         """(state, message id, detail), or None to retry later."""
         try:
             if m.kind == "webhook":
+                if not self.allow_private_webhooks and not await _public_target(m.recipient):
+                    return "failed", None, "unsafe_target: the URL resolves to a loopback, private or link-local address"
                 resp = await self._webhooks.post(m.recipient, content=m.body.encode(),
                                                  headers={"idempotency-key": m.key, "content-type": "application/json"})  # fmt: skip
                 if resp.status_code < 300:
@@ -493,6 +499,24 @@ class FlowRuntime:
             with anyio.move_on_after(interval):
                 await self._sends.wait()
             self._sends = anyio.Event()
+
+
+async def _public_target(url: str) -> bool:
+    """A flow's webhook URL must be http(s) and resolve to public addresses only (a shop's flow must
+    not make this server call its own network: SSRF). Checked when posting; redirects are not followed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    try:
+        infos = await anyio.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except OSError:
+        return False
+    for info in infos:
+        addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if addr.is_loopback or addr.is_private or addr.is_link_local or addr.is_multicast or addr.is_reserved \
+                or addr.is_unspecified or (addr.version == 6 and addr.ipv4_mapped is not None and not addr.ipv4_mapped.is_global):  # fmt: skip
+            return False
+    return bool(infos)
 
 
 def runtime_tenants(settings: Any, links_by_tenant: Mapping[str, TenantLinks]) -> dict[str, TenantFlows]:

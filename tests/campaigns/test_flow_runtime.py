@@ -227,3 +227,34 @@ def test_an_exit_that_arrives_before_the_timer_is_acted_on_prevents_the_send(ear
         assert run.ended == "exit:order_placed" and run.due is None
     finally:
         store.close()
+
+
+async def test_webhook_nodes_post_once_with_their_key_and_never_to_our_own_network(store: Store) -> None:
+    import httpx
+
+    clock, gw = Clock(), FakeGateway()
+    hits: list[tuple[str, str]] = []
+
+    def hook(request: httpx.Request) -> httpx.Response:
+        hits.append((str(request.url), request.headers["idempotency-key"]))
+        return httpx.Response(200 if len(hits) > 1 else 503)
+
+    client = GatewayClient("http://gateway.test", "key", transport=gw.transport())
+    rt = FlowRuntime(store, {"acme": client}, {"acme": TenantFlows(sender="ACME")}, clock,
+                     webhook_transport=httpx.MockTransport(hook))  # fmt: skip
+    svc = FlowService(store, clock)
+    for fid, url in (("public", "https://93.184.215.14/hook"), ("private", "http://127.0.0.1:9/hook"),
+                     ("metadata", "http://169.254.169.254/latest")):  # fmt: skip
+        flow = {"id": fid, "name": fid, "trigger": {"type": "custom", "name": "go"}, "entry": "w",
+                "nodes": {"w": {"type": "webhook", "url": url}}}  # fmt: skip
+        await svc.publish("acme", flow, new=True)
+        await svc.enable("acme", fid, True)
+    subscriber(store, 1)
+    store.apply_event("acme", CustomEvent(id="g", at=T0, phone=phone(1), name="go"), phone=phone(1), now=T0)
+    await rt.round()  # the public hook answers 503: kept pending
+    await rt.round()
+    states = {m.flow_id: (m.state, m.detail or "") for m in store.flow_messages("acme")}
+    assert states["public"] == ("sent", "")
+    assert states["private"][0] == states["metadata"][0] == "failed" and states["private"][1].startswith("unsafe_target")
+    assert [h[0] for h in hits] == ["https://93.184.215.14/hook"] * 2 and hits[0][1] == hits[1][1]
+    await rt.aclose()
