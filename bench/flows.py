@@ -23,7 +23,6 @@ import contextlib
 import os
 import sys
 import socket
-import statistics
 import tempfile
 import threading
 import time

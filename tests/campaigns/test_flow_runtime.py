@@ -5,12 +5,11 @@ sends (rendered once, posted with ``flow-{run}-{visit}``), replies, opt-outs, ve
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaigns.core import flow_library
