@@ -257,3 +257,28 @@ async def test_webhook_nodes_post_once_with_their_key_and_never_to_our_own_netwo
     assert states["private"][0] == states["metadata"][0] == "failed" and states["private"][1].startswith("unsafe_target")
     assert [h[0] for h in hits] == ["https://93.184.215.14/hook"] * 2 and hits[0][1] == hits[1][1]
     await rt.aclose()
+
+
+async def test_a_new_version_leaves_waiting_runs_on_theirs_and_new_runs_start_on_it(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock)
+    svc = FlowService(store, clock)
+    for tid, text in (("a", "version one"), ("b", "version two")):
+        await svc.put_template("acme", tid, text)
+    flow = {"id": "v", "name": "V", "trigger": {"type": "custom", "name": "go"}, "entry": "w", "reentry": {"rule": "always"},
+            "nodes": {"w": {"type": "wait", "seconds": 60, "next": "s"}, "s": {"type": "send", "template": "a"}}}  # fmt: skip
+    await svc.publish("acme", flow, new=True)
+    await svc.enable("acme", "v", True)
+    subscriber(store, 1)
+    store.apply_event("acme", CustomEvent(id="g1", at=T0, phone=phone(1), name="go"), phone=phone(1), now=T0)
+    await rt.round()
+    # v2 renames the wait node and sends another template: the waiting v1 run must not read it
+    flow2 = {**flow, "entry": "pause", "nodes": {"pause": {"type": "wait", "seconds": 10, "next": "s2"},
+                                                 "s2": {"type": "send", "template": "b"}}}  # fmt: skip
+    assert (await svc.publish("acme", flow2, new=False, flow_id="v")).version == 2
+    store.apply_event("acme", CustomEvent(id="g2", at=T0, phone=phone(1), name="go"), phone=phone(1), now=T0)
+    await rt.round()
+    clock.now = T0 + 60
+    await rt.round()
+    assert sorted(m["body"].split(" Reply")[0] for m in gw.messages) == ["version one", "version two"]
+    assert sorted((r.version, r.ended) for r in store.flow_run_rows("acme", flow_id="v")) == [(1, "completed"), (2, "completed")]
