@@ -221,7 +221,12 @@ class SqlStore(CampaignSql, FlowSql):
         state, since = consent.fold([*((a, i, act) for a, i, act in history), (e.at, entry.id, e.action)])
         tx.run("UPDATE subscribers SET consent = ?, consent_at = ? WHERE tenant = ? AND id = ?", (state, since, tenant, sid))
         self._queue_sync(tx, tenant, e, old[0] if old else "none", state)
-        change = flow_inputs.consent_change(entry.id, e.source, old[0] if old else "none", state)
+        source = e.source
+        if e.action == "confirm":  # a flow's "subscribed by source" means the sign-up's source, not the Y's
+            row = tx.one("SELECT source FROM consent_ledger WHERE tenant = ? AND subscriber_id = ? AND action IN "
+                         "('opt_in', 're_opt_in') ORDER BY at DESC, id DESC LIMIT 1", (tenant, sid))  # fmt: skip
+            source = row[0] if row else source
+        change = flow_inputs.consent_change(entry.id, source, old[0] if old else "none", state)
         enqueue_inputs(tx, tenant, sid, [change] if change is not None else [])
         return entry, state
 

@@ -282,3 +282,33 @@ async def test_a_new_version_leaves_waiting_runs_on_theirs_and_new_runs_start_on
     await rt.round()
     assert sorted(m["body"].split(" Reply")[0] for m in gw.messages) == ["version one", "version two"]
     assert sorted((r.version, r.ended) for r in store.flow_run_rows("acme", flow_id="v")) == [(1, "completed"), (2, "completed")]
+
+
+async def test_subscribed_by_source_and_segment_entered_triggers(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock)
+    await install(store, clock, "welcome", trigger={"type": "subscribed", "source": "keyword"})
+    svc = FlowService(store, clock)
+    await svc.put_template("acme", "seg", "You are in!")
+    seg = store.put_segment("acme", "vips", {"field": "country", "op": "eq", "value": "FR"}, now=T0)
+    flow = {"id": "segflow", "name": "S", "trigger": {"type": "segment_entered", "segment": str(seg.id)}, "entry": "s",
+            "nodes": {"s": {"type": "send", "template": "seg"}}}  # fmt: skip
+    await svc.publish("acme", flow, new=True)
+    await svc.enable("acme", "segflow", True)
+    kw, form = phone(1), phone(2)
+    for p, source in ((kw, "keyword"), (form, "form")):
+        store.put_subscriber("acme", Profile(phone=p), phone=p, at=T0, now=T0)
+        store.record_consent("acme", NewConsent(phone=p, action="opt_in", source=source, at=T0,  # type: ignore[arg-type]
+                                                disclosure_text="Reply Y to confirm"), now=T0)  # fmt: skip
+    await rt.round()
+    assert gw.messages == []  # pending: nobody is subscribed before their Y
+    for p in (kw, form):  # the Y comes by SMS: the ledger's source is "reply", the sign-up's is kept
+        store.record_consent("acme", NewConsent(phone=p, action="confirm", source="reply", at=T0 + 1), now=T0 + 1)
+    await rt.round()
+    assert [m["to"] for m in gw.messages] == [kw]  # the welcome of keyword sign-ups only
+    sid = store.subscriber_by_phone("acme", kw).id  # type: ignore[union-attr]
+    assert store.set_member("acme", seg.id, sid, True, now=T0 + 2)
+    assert not store.set_member("acme", seg.id, sid, True, now=T0 + 3)  # already in: not entered again
+    await rt.round()
+    assert [m["body"].split(" Reply")[0] for m in gw.messages if m["to"] == kw][-1] == "You are in!"
+    assert len(gw.messages) == 2
