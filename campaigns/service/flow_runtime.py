@@ -96,8 +96,12 @@ def _visit(send_key: str) -> int:
 class FlowWorker:
     """The synchronous part (worker threads): each public method is one store transaction."""
 
-    def __init__(self, store: Store, tenants: Mapping[str, TenantFlows], stats: Statistics | None = None) -> None:
+    def __init__(self, store: Store, tenants: Mapping[str, TenantFlows], stats: Statistics | None = None, *,
+                 part: int = 0, parts: int = 1) -> None:  # fmt: skip
         self.store, self.tenants = store, dict(tenants)
+        # Several workers (PostgreSQL): worker ``part`` of ``parts`` drains the inputs of subscribers
+        # ``id % parts == part`` (one subscriber's inputs in order); due timers go to whoever claims them.
+        self.part, self.parts = part, parts
         self.stats = stats or Statistics()
         self._flows: dict[tuple[str, str, int], F.Flow] = {}  # published versions never change: cached
 
@@ -111,9 +115,9 @@ class FlowWorker:
 
     # ---- the three kinds of work ---------------------------------------------------------------
     def drain(self, tenant: str, now: float, limit: int = 1000) -> int:
-        """Apply up to ``limit`` queued inputs; returns how many were taken."""
+        """Apply up to ``limit`` queued inputs (this worker's share); returns how many were taken."""
         with self.store.flow_tx(tenant) as ftx:
-            taken = ftx.take_inputs(limit)
+            taken = ftx.take_inputs(limit, part=self.part, parts=self.parts)
             enabled = self._enabled(ftx)
             for _id, sid, event in taken:
                 self._input(ftx, enabled, sid, event, now)
@@ -318,11 +322,11 @@ class FlowRuntime:
     def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantFlows],
                  clock: Callable[[], float], *, batch: int = 1000, send_concurrency: int = 32,
                  scan_interval: float = 3600.0, webhook_transport: httpx.AsyncBaseTransport | None = None,
-                 allow_private_webhooks: bool = False) -> None:  # fmt: skip
+                 allow_private_webhooks: bool = False, part: int = 0, parts: int = 1) -> None:  # fmt: skip
         self.store, self.clients, self.clock = store, dict(clients), clock
         self.tenant_names = sorted(set(tenants) | set(clients))
         self.stats = Statistics()
-        self.worker = FlowWorker(store, tenants, self.stats)
+        self.worker = FlowWorker(store, tenants, self.stats, part=part, parts=parts)
         self.batch, self.send_concurrency, self.scan_interval = batch, send_concurrency, scan_interval
         self.lags: list[float] = []  # due -> acted, seconds (kept for the bench; bounded)
         self._wake = anyio.Event()

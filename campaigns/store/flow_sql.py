@@ -131,12 +131,18 @@ class FlowTx:
                             f"ORDER BY due LIMIT ?{lock}", (now, self.tenant, limit))  # fmt: skip
         return [(int(i), _run_decoder.decode(r)) for i, r in rows]
 
-    def take_inputs(self, limit: int) -> list[tuple[int, int, F.Event]]:
+    def take_inputs(self, limit: int, *, part: int = 0, parts: int = 1) -> list[tuple[int, int, F.Event]]:
         """The oldest queued inputs of this tenant (id, subscriber, event), deleted with this
-        transaction's commit (locked against other workers on PostgreSQL)."""
+        transaction's commit (locked against other workers on PostgreSQL). With ``parts`` > 1 only
+        the subscribers ``id % parts == part``: each worker drains its own share, so one
+        subscriber's inputs are always applied in order, by one worker."""
         lock = " FOR UPDATE SKIP LOCKED" if self.engine == "postgres" else ""
-        rows = self.tx.rows(f"SELECT id, subscriber_id, event FROM flow_inputs WHERE tenant = ? ORDER BY id LIMIT ?{lock}",
-                            (self.tenant, limit))  # fmt: skip
+        share, params = "", [self.tenant]
+        if parts > 1:
+            share = " AND subscriber_id %% ? = ?" if self.engine == "postgres" else " AND subscriber_id % ? = ?"
+            params += [parts, part]
+        rows = self.tx.rows(f"SELECT id, subscriber_id, event FROM flow_inputs WHERE tenant = ?{share} ORDER BY id "
+                            f"LIMIT ?{lock}", (*params, limit))  # fmt: skip
         if rows:
             ids = [int(r[0]) for r in rows]
             for i in range(0, len(ids), 500):

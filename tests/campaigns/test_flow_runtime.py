@@ -312,3 +312,42 @@ async def test_subscribed_by_source_and_segment_entered_triggers(store: Store) -
     await rt.round()
     assert [m["body"].split(" Reply")[0] for m in gw.messages if m["to"] == kw][-1] == "You are in!"
     assert len(gw.messages) == 2
+
+
+def test_postgres_workers_claim_disjoint_timer_batches_and_own_input_shares(pg_url: str) -> None:
+    """Two connections (workers): while one holds its claimed batch, the other skips it (SKIP LOCKED)
+    and takes the next due runs; each drains only its share of the subscribers' inputs."""
+    import threading
+
+    from campaigns.core import flows as F
+
+    a, b = open_store(pg_url), open_store(pg_url)
+    try:
+        a.put_flow_version("acme", "f", "F", {"id": "f", "name": "F"}, now=T0, new=True)
+        with a.flow_tx("acme") as ftx:
+            for i in range(6):
+                ftx.insert_run(F.Run(id=f"f:{i}:e", flow_id="f", version=1, subscriber_id=i, started_at=T0, node="w",
+                                     visit=1, timer_due=T0 + i), T0)  # fmt: skip
+                ftx.queue(i, [F.ShopEvent(id=f"x{i}", kind="custom", name="x")])
+        held, release, seen = threading.Event(), threading.Event(), {}
+
+        def first() -> None:
+            with a.flow_tx("acme") as ftx:
+                seen["a"] = [r.subscriber_id for _, r in ftx.claim_due(T0 + 100, 3)]
+                seen["a_in"] = sorted(s for _, s, _ in ftx.take_inputs(10, part=0, parts=2))
+                held.set()
+                release.wait(10)
+
+        t = threading.Thread(target=first)
+        t.start()
+        assert held.wait(10)
+        with b.flow_tx("acme") as ftx:
+            seen["b"] = [r.subscriber_id for _, r in ftx.claim_due(T0 + 100, 10)]
+            seen["b_in"] = sorted(s for _, s, _ in ftx.take_inputs(10, part=1, parts=2))
+        release.set()
+        t.join(10)
+        assert (seen["a"], seen["b"]) == ([0, 1, 2], [3, 4, 5])
+        assert (seen["a_in"], seen["b_in"]) == ([0, 2, 4], [1, 3, 5])
+    finally:
+        a.close()
+        b.close()
