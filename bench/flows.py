@@ -133,7 +133,7 @@ class LocalGateway:
         return len(self.fake.messages)
 
     def record(self) -> tuple[list[dict[str, Any]], int]:
-        return list(self.fake.messages), int(self.fake.message_posts)
+        return self.fake.sent_messages(), int(self.fake.message_posts)
 
 
 @contextlib.contextmanager

@@ -322,7 +322,7 @@ class FlowRuntime:
     def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantFlows],
                  clock: Callable[[], float], *, batch: int = 1000, send_concurrency: int = 32,
                  scan_interval: float = 3600.0, webhook_transport: httpx.AsyncBaseTransport | None = None,
-                 allow_private_webhooks: bool = False, part: int = 0, parts: int = 1) -> None:  # fmt: skip
+                 allow_private_webhooks: bool = False, part: int = 0, parts: int = 1, inbox: Any = None) -> None:  # fmt: skip
         self.store, self.clients, self.clock = store, dict(clients), clock
         self.tenant_names = sorted(set(tenants) | set(clients))
         self.stats = Statistics()
@@ -334,6 +334,7 @@ class FlowRuntime:
         self._last_scan: float | None = None
         self._webhooks = httpx.AsyncClient(transport=webhook_transport, timeout=10.0, follow_redirects=False)
         self.allow_private_webhooks = allow_private_webhooks  # tests only: a webhook node may not reach our network
+        self.inbox = inbox  # campaigns.service.inbox.Inbox: each send goes into the conversation's history
 
     def statistics(self) -> Statistics:
         return msgspec.structs.replace(self.stats)
@@ -383,6 +384,8 @@ class FlowRuntime:
             async def one(m: FlowMessage) -> None:
                 async with limiter:
                     outcome = await self._post(m)
+                    if outcome is not None and outcome[0] == "sent" and m.kind != "webhook":
+                        await self._to_history(m)  # before the row is marked: a crash re-posts and re-records
                 if outcome is not None:
                     results.append((m.tenant, m.key, *outcome))
 
@@ -394,6 +397,15 @@ class FlowRuntime:
             total += len(results)
             if len(results) < len(pending):
                 return total  # some could not go (the gateway is away): next round
+
+    async def _to_history(self, m: FlowMessage) -> None:
+        """The send in the subscriber's conversation (the inbox's history; idempotent by the key)."""
+        if self.inbox is None:
+            return
+        try:
+            await self.inbox.record_sent(m.tenant, m.recipient, m.key, m.body, self.clock(), f"flow:{m.flow_id}")
+        except CampaignError as exc:
+            log.warning("flow.history.failed key=%s error=%s", m.key, exc)
 
     async def _post(self, m: FlowMessage) -> tuple[str, str | None, str | None] | None:
         """(state, message id, detail), or None to retry later."""

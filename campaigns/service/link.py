@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -32,14 +32,17 @@ from campaigns.service.audience import Audience
 from campaigns.service.gateway_client import GatewayClient, Inbound
 from campaigns.store.base import NewConsent
 
+if TYPE_CHECKING:
+    from campaigns.service.inbox import Inbox
+
 log = logging.getLogger(__name__)
 
 
 class GatewayLink:
-    def __init__(self, audience: Audience, clients: Mapping[str, GatewayClient]) -> None:
+    def __init__(self, audience: Audience, clients: Mapping[str, GatewayClient], *, inbox: Inbox | None = None) -> None:
         self.audience = audience
         self.clients = dict(clients)
-        self.reply_router: Any = None  # the flow runtime (campaigns/service/flow_runtime.py), once started
+        self.inbox = inbox  # replies that are not consent go there (campaigns/service/inbox.py)
 
     async def push(self, tenant: str) -> int:
         """Send the tenant's queued suppress/unsuppress to the gateway; returns how many went."""
@@ -65,28 +68,12 @@ class GatewayLink:
             page = await client.inbound(after=after, limit=limit)
             for msg in page.inbound:
                 await self.handle(tenant, msg)
-                await self.offer_reply(tenant, msg)
                 handled += 1
             if page.inbound:
                 after = max(m.id for m in page.inbound)
                 await anyio.to_thread.run_sync(store.set_cursor, tenant, "inbound", after)
             if page.next is None or not page.inbound:
                 return handled
-
-    async def offer_reply(self, tenant: str, msg: Inbound) -> bool:
-        """A plain reply read from the gateway (not an opt-out, opt-in or help word: ``kind`` says)
-        goes to the subscriber's run waiting for it (``reply_router``: the flow runtime); the
-        webhook path asks the same router from the inbound handler. Idempotent by message id."""
-        if self.reply_router is None or msg.kind != "message":
-            return False
-        try:
-            phone = self.audience.phone(tenant, msg.sender, field="from")
-        except CallerError:
-            return False
-        sub = await anyio.to_thread.run_sync(self.audience.store.subscriber_by_phone, tenant, phone)
-        if sub is None or sub.consent == "revoked":
-            return False
-        return bool(await self.reply_router.offer_reply(tenant, sub.id, str(msg.id), msg.text, self.audience.clock()))
 
     async def reconcile(self, tenant: str) -> int:
         """Every number suppressed at the gateway is revoked here; returns how many were added."""
@@ -119,13 +106,20 @@ class GatewayLink:
         decision = decide_inbound(kind=msg.kind, text=msg.text, state=sub.consent if sub else "none",  # type: ignore[arg-type]
                                   keywords=signup.keywords, confirm_words=signup.confirm_words)  # fmt: skip
         confirm_text = signup.confirm_text.format(shop=signup.shop_name)
+        replied = None
         if decision.reply is not None:
             text = confirm_text if decision.reply == "confirm" else signup.welcome_text.format(shop=signup.shop_name)
             media = [signup.welcome_media_url] if decision.reply == "welcome" and signup.welcome_media_url else None
             await self.clients[tenant].send(to=phone, body=text, sender=signup.sender or msg.recipient, media=media,
                                             key=f"campaigns:{tenant}:{decision.reply}:{msg.id}")  # fmt: skip
-        if decision.action is None:
-            return
+            replied = text
+        if decision.action is not None:
+            await self._record(tenant, msg, phone, decision, confirm_text)
+        if self.inbox is not None:  # after the consent: an opt-out is in the ledger before the history
+            await self.inbox.receive(tenant, msg, phone, sub.id if sub is not None else None, decision, replied)
+
+    async def _record(self, tenant: str, msg: Inbound, phone: str, decision, confirm_text: str) -> None:  # type: ignore[no-untyped-def]
+        store, signup = self.audience.store, self.audience.tenants[tenant].signup
         source = "keyword" if decision.action in ("opt_in", "re_opt_in") else (
             "gateway" if msg.kind == "opt_out" else "reply")  # fmt: skip
         disclosure = confirm_text if decision.action != "opt_out" else None
@@ -171,6 +165,8 @@ class GatewayLink:
                 try:
                     await self.push(tenant)
                     await self.pull(tenant)
+                    if self.inbox is not None:
+                        await self.inbox.settle(tenant)
                 except CampaignError as exc:
                     log.warning("gateway.link.round_failed tenant=%s error=%s", tenant, exc)
             await self.audience.tick()

@@ -23,6 +23,7 @@ from campaigns.service.flow_runtime import FlowRuntime, install_state, runtime_t
 from campaigns.service.launch import Launcher, TenantLinks
 from campaigns.service.tracking import Tracker
 from campaigns.service.gateway_client import GatewayClient
+from campaigns.service.inbox import Inbox
 from campaigns.service.link import GatewayLink
 from campaigns.store import open_store
 
@@ -67,16 +68,16 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     store = await anyio.to_thread.run_sync(open_store, settings.store_url)
     audience = Audience(store, settings, time.time)
     clients = gateway_clients(settings, gateway_url or settings.gateway_url, env)
-    link = GatewayLink(audience, clients)
+    inbox = Inbox(store, clients, settings, time.time)
+    link = GatewayLink(audience, clients, inbox=inbox)
     secrets = webhook_secrets(settings, env)
     links = tenant_links(settings, env)
     launcher = Launcher(store, clients, links, time.time, callback_urls=callback_urls(settings))
-    flows = FlowRuntime(store, clients, runtime_tenants(settings, links), time.time)
-    app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets,
-                     extra_handlers=[*campaign_handlers(launcher, Tracker(launcher), secrets),
+    flows = FlowRuntime(store, clients, runtime_tenants(settings, links), time.time, inbox=inbox)
+    app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets, inbox=inbox,
+                     extra_handlers=[*campaign_handlers(launcher, Tracker(launcher), secrets, inbox=inbox),
                                      *flow_handlers(FlowService(store, time.time))])  # fmt: skip
-    install_state(app, flows)  # the inbound handler offers replies to waiting runs (ReplyRouter)
-    link.reply_router = flows  # and so do inbound messages read with GET /v1/inbound
+    install_state(app, flows)  # the inbox offers each reply to the runs waiting for one (ReplyRouter)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False))  # fmt: skip
     try:

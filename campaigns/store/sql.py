@@ -21,6 +21,7 @@ from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, 
 from campaigns.store.campaign_sql import CampaignSql
 from campaigns.core import flow_inputs
 from campaigns.store.flow_sql import FlowSql, enqueue_inputs
+from campaigns.store.inbox_sql import InboxSql
 
 _json = msgspec.json.Encoder()
 _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country, region, city, time_zone, "
@@ -75,7 +76,7 @@ def _entry(tenant: str, row: tuple) -> ConsentEntry:
     return ConsentEntry(tenant=tenant, **values)
 
 
-class SqlStore(CampaignSql, FlowSql):
+class SqlStore(CampaignSql, InboxSql, FlowSql):
     engine = "sql"
     _least = "MIN"  # the two-argument minimum: MIN on SQLite, LEAST on PostgreSQL
 

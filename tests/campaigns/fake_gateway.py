@@ -18,25 +18,35 @@ class FakeGateway:
         self.lose_answer_of: set[int] = set()  # the n-th POST /v1/jobs (from 1): stored, then the link breaks
         self.posts = 0
         self.actions: list[tuple[str, str]] = []
-        # POST /v1/messages, idempotent by key as the real gateway: key -> (body sha256, answer)
-        self.message_keys: dict[str, tuple[str, dict[str, Any]]] = {}
-        self.messages: list[dict[str, Any]] = []  # each message accepted (once per new key)
-        self.message_posts = 0
-        self.fail_messages = 0  # answer the next N POST /v1/messages with a 503 (nothing stored)
+        # POST /v1/messages (people's answers): id -> the request's JSON and its state
+        self.messages: dict[str, dict[str, Any]] = {}
+        self.down = False  # every call fails (the gateway unreachable)
+        self.lose_message_answers = 0  # the next n POST /v1/messages are stored, then the link breaks
+        self.refuse_messages: dict[str, Any] | None = None  # answer POST /v1/messages with this 422 body
+        self.deliver_on_read = False  # a message read with GET /v1/messages/{id} has been delivered
+        self.message_posts = 0  # every POST /v1/messages that reached the fake (re-posts of a key included)
+        self.fail_messages = 0  # answer the next n POST /v1/messages with a 503 (nothing stored)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
-        if request.method == "POST" and path == "/v1/jobs":
-            return self._job(request)
+        if self.down:
+            raise httpx.ConnectError("the gateway is down")
+        if request.method == "POST" and path == "/v1/messages":
+            return self._message(request)
         if request.method == "GET" and path == "/_count":  # for a test or bench in another process
             return httpx.Response(200, json={"messages": len(self.messages), "posts": self.message_posts})
         if request.method == "GET" and path == "/_messages":
-            return httpx.Response(200, json={"messages": self.messages, "posts": self.message_posts})
-        if request.method == "POST" and path == "/v1/messages":
-            return self._message(request.content, request.headers.get("idempotency-key", ""))
+            return httpx.Response(200, json={"messages": self.sent_messages(), "posts": self.message_posts})
+        if request.method == "GET" and path.startswith("/v1/messages/"):
+            m = self.messages.get(path.rsplit("/", 1)[1])
+            if m is not None and self.deliver_on_read:
+                m["state"] = "delivered"
+            return httpx.Response(200, json={"id": path.rsplit("/", 1)[1], **m}) if m else httpx.Response(404, json={"code": "not_found"})
+        if request.method == "POST" and path == "/v1/jobs":
+            return self._job(request)
         if request.method == "POST" and path.startswith("/v1/jobs/"):
             _, _, _, job_id, action = path.split("/")
             self.actions.append((job_id, action))
@@ -63,22 +73,32 @@ class FakeGateway:
             raise httpx.ReadError("connection reset after the job was stored")
         return httpx.Response(202, json=answer)
 
-    def _message(self, body: bytes, key: str) -> httpx.Response:
+    def _message(self, request: httpx.Request) -> httpx.Response:
+        body, key = request.content, request.headers.get("idempotency-key", "")
         self.message_posts += 1
         if self.fail_messages > 0:
             self.fail_messages -= 1
             return httpx.Response(503, json={"code": "unavailable"})
         digest = hashlib.sha256(body).hexdigest()
-        if key in self.message_keys:
-            stored, answer = self.message_keys[key]
-            if stored != digest:
+        if self.refuse_messages is not None:
+            return httpx.Response(422, json=self.refuse_messages)
+        if key in self.keys:
+            stored_digest, answer = self.keys[key]
+            if stored_digest != digest:
                 return httpx.Response(409, json={"code": "idempotency_key_reused"})
-            return httpx.Response(202, json=answer)
-        msg = json.loads(body)
-        answer = {"id": f"msg-{len(self.messages) + 1}", "state": "queued"}
-        self.message_keys[key] = (digest, answer)
-        self.messages.append({**msg, "key": key})
+        else:
+            mid = f"M{len(self.messages) + 1:012d}"
+            self.messages[mid] = {"request": json.loads(body), "state": "queued", "key": key}
+            answer = {"id": mid, "state": "queued", "status": "queued"}
+            self.keys[key] = (digest, answer)
+        if self.lose_message_answers:
+            self.lose_message_answers -= 1
+            raise httpx.ReadError("connection reset after the message was stored")
         return httpx.Response(202, json=answer)
+
+    def sent_messages(self) -> list[dict[str, Any]]:
+        """Each message accepted (once per new key), in order: its request's JSON and its ``key``."""
+        return [{**m["request"], "key": m["key"]} for m in self.messages.values()]
 
     def asgi(self) -> Any:
         """The same fake as an ASGI app (to serve it over real HTTP, e.g. with uvicorn)."""
@@ -102,6 +122,9 @@ class FakeGateway:
             await send({"type": "http.response.body", "body": resp.content})
 
         return app
+
+    def set_state(self, message_id: str, state: str) -> None:
+        self.messages[message_id]["state"] = state
 
     def sent(self) -> list[str]:
         """Every recipient number the gateway accepted, once per acceptance."""

@@ -94,21 +94,21 @@ async def test_abandoned_cart_value_branch_exit_on_order_and_one_send_each(store
     store.apply_event("acme", OrderEvent(id="o3", at=clock.now, order_id="o3", phone=phone(3), total=9000, currency="USD",
                                          payment_status="paid", checkout_id="c3"), phone=phone(3), now=clock.now)  # fmt: skip
     await rt.round()
-    assert gw.messages == []  # nothing is due yet: timers never fire early
+    assert gw.sent_messages() == []  # nothing is due yet: timers never fire early
     clock.now = T0 + HOUR
     await rt.round()
-    by_to = {m["to"]: m for m in gw.messages}
+    by_to = {m["to"]: m for m in gw.sent_messages()}
     assert set(by_to) == {phone(1), phone(2)}
     assert "media" in by_to[phone(1)] and "SAVE20" in by_to[phone(1)]["body"] and "shop.example/c/c1" in by_to[phone(1)]["body"]
     assert "media" not in by_to[phone(2)] and "SAVE10" in by_to[phone(2)]["body"]
-    assert all(m["category"] == "marketing" and m["from"] == "ACME" for m in gw.messages)
+    assert all(m["category"] == "marketing" and m["from"] == "ACME" for m in gw.sent_messages())
     rows = {r.subscriber_id: r for r in store.flow_run_rows("acme", flow_id="abandoned_cart")}
     assert rows[buyer].state == "ended" and rows[buyer].ended == "exit:order_placed"
-    assert {m["key"] for m in gw.messages} == {f"flow-{rows[big].id}-3", f"flow-{rows[small].id}-3"}
+    assert {m["key"] for m in gw.sent_messages()} == {f"flow-{rows[big].id}-3", f"flow-{rows[small].id}-3"}
     # Not clicked in a day: the last call; then the runs complete.
     clock.now = T0 + HOUR + DAY
     await rt.round()
-    assert Counter(m["to"] for m in gw.messages) == {phone(1): 2, phone(2): 2}
+    assert Counter(m["to"] for m in gw.sent_messages()) == {phone(1): 2, phone(2): 2}
     assert {r.state for r in store.flow_run_rows("acme", flow_id="abandoned_cart")} == {"ended"}
     counts = {(c.node): c for c in store.flow_node_counts("acme", "abandoned_cart")}
     assert counts["big"].sent == 1 and counts["small"].sent == 1 and counts["last"].sent == 2
@@ -127,16 +127,16 @@ async def test_a_send_recorded_but_not_answered_is_posted_again_with_the_same_ke
     gw.fail_messages = 1
     rt = runtime(store, gw, clock)
     await rt.round()  # the gateway is away: the send stays pending
-    assert gw.messages == [] and [m.state for m in store.flow_messages("acme")] == ["pending"]
+    assert gw.sent_messages() == [] and [m.state for m in store.flow_messages("acme")] == ["pending"]
     await rt.round()
-    assert len(gw.messages) == 1 and gw.messages[0]["category"] == "transactional"
-    assert "track.example/1" in gw.messages[0]["body"] and "o1" in gw.messages[0]["body"]
+    assert len(gw.sent_messages()) == 1 and gw.sent_messages()[0]["category"] == "transactional"
+    assert "track.example/1" in gw.sent_messages()[0]["body"] and "o1" in gw.sent_messages()[0]["body"]
     # The answer was lost after the gateway stored it: the same key and bytes again -> its stored answer.
     store.flow_messages_done([], now=T0)
     with store.flow_tx("acme") as ftx:
         ftx.tx.run("UPDATE flow_messages SET state = 'pending'")
     await runtime(store, gw, clock).round()
-    assert len(gw.messages) == 1 and gw.message_posts == 3
+    assert len(gw.sent_messages()) == 1 and gw.message_posts == 3
     assert [m.state for m in store.flow_messages("acme")] == ["sent"]
 
 
@@ -151,13 +151,13 @@ async def test_survey_reply_goes_to_the_waiting_run_and_opt_out_ends_every_run(s
     await rt.round()
     for clock.now in (T0 + DAY, T0 + 2 * DAY):  # a day, then noon (the subscriber's zone: UTC)
         await rt.round()
-    assert [m["body"] for m in gw.messages] == [flow_library.STARTER_TEXTS["survey_q1_score"].replace("{shop_name}", "Acme")
+    assert [m["body"] for m in gw.sent_messages()] == [flow_library.STARTER_TEXTS["survey_q1_score"].replace("{shop_name}", "Acme")
                                                 + " Reply STOP to opt out"]  # fmt: skip
     assert not await rt.offer_reply("acme", sid, "mo-0", "what is this?", clock.now)  # not an answer: the inbox's
     assert await rt.offer_reply("acme", sid, "mo-1", "😍😍", clock.now)
     assert await rt.offer_reply("acme", sid, "mo-1", "😍😍", clock.now)  # a redelivery: still taken, once
     await rt.round()
-    assert len(gw.messages) == 2  # q1, then q2
+    assert len(gw.sent_messages()) == 2  # q1, then q2
     assert store.subscriber("acme", sid).attributes["survey_score"] == "5"  # type: ignore[union-attr]
     # A win-back run too (90 days without an order), found by the periodic scan.
     clock.now = T0 + 91 * DAY
@@ -165,13 +165,13 @@ async def test_survey_reply_goes_to_the_waiting_run_and_opt_out_ends_every_run(s
     assert {r.flow_id for r in store.flow_run_rows("acme", subscriber_id=sid) if r.state == "active"} >= {"win_back"}
     # The opt-out recorded from the gateway's STOP ends every run of the subscriber at once.
     store.record_consent("acme", NewConsent(phone=phone(1), action="opt_out", source="gateway", at=clock.now), now=clock.now)
-    before = len(gw.messages)
+    before = len(gw.sent_messages())
     await rt.round()
     rows = store.flow_run_rows("acme", subscriber_id=sid)
     assert rows and all(r.state == "ended" for r in rows)
     assert {r.ended for r in rows if r.flow_id in ("post_delivery_survey",)} <= {"opted_out", "completed"}
     assert any(r.ended == "opted_out" for r in rows)
-    assert len(gw.messages) == before  # nothing after the opt-out
+    assert len(gw.sent_messages()) == before  # nothing after the opt-out
     assert not await rt.offer_reply("acme", sid, "mo-9", "2", clock.now)
 
 
@@ -190,11 +190,11 @@ async def test_custom_event_segment_and_keyword_triggers_and_tenant_isolation(st
     other = subscriber(store, 1, tenant="beta")
     store.apply_event("acme", CustomEvent(id="x1", at=T0, phone=phone(1), name="became_vip"), phone=phone(1), now=T0)
     await rt.round()
-    assert [m["body"] for m in gw.messages] == ["Hi Ana from Acme Reply STOP to opt out"]
+    assert [m["body"] for m in gw.sent_messages()] == ["Hi Ana from Acme Reply STOP to opt out"]
     assert "vip_welcomed" in store.tags("acme", sid)
     assert await rt.offer_reply("acme", sid, "mo-q", "quiz", clock.now)  # a keyword flow starts
     await rt.round()
-    assert any(m["body"].startswith("Quiz") for m in gw.messages)
+    assert any(m["body"].startswith("Quiz") for m in gw.sent_messages())
     assert store.flow_run_rows("beta") == [] and store.flow_head("beta", "vip") is None
     assert not await rt.offer_reply("beta", other, "mo-b", "quiz", clock.now)
 
@@ -280,7 +280,7 @@ async def test_a_new_version_leaves_waiting_runs_on_theirs_and_new_runs_start_on
     await rt.round()
     clock.now = T0 + 60
     await rt.round()
-    assert sorted(m["body"].split(" Reply")[0] for m in gw.messages) == ["version one", "version two"]
+    assert sorted(m["body"].split(" Reply")[0] for m in gw.sent_messages()) == ["version one", "version two"]
     assert sorted((r.version, r.ended) for r in store.flow_run_rows("acme", flow_id="v")) == [(1, "completed"), (2, "completed")]
 
 
@@ -301,17 +301,17 @@ async def test_subscribed_by_source_and_segment_entered_triggers(store: Store) -
         store.record_consent("acme", NewConsent(phone=p, action="opt_in", source=source, at=T0,  # type: ignore[arg-type]
                                                 disclosure_text="Reply Y to confirm"), now=T0)  # fmt: skip
     await rt.round()
-    assert gw.messages == []  # pending: nobody is subscribed before their Y
+    assert gw.sent_messages() == []  # pending: nobody is subscribed before their Y
     for p in (kw, form):  # the Y comes by SMS: the ledger's source is "reply", the sign-up's is kept
         store.record_consent("acme", NewConsent(phone=p, action="confirm", source="reply", at=T0 + 1), now=T0 + 1)
     await rt.round()
-    assert [m["to"] for m in gw.messages] == [kw]  # the welcome of keyword sign-ups only
+    assert [m["to"] for m in gw.sent_messages()] == [kw]  # the welcome of keyword sign-ups only
     sid = store.subscriber_by_phone("acme", kw).id  # type: ignore[union-attr]
     assert store.set_member("acme", seg.id, sid, True, now=T0 + 2)
     assert not store.set_member("acme", seg.id, sid, True, now=T0 + 3)  # already in: not entered again
     await rt.round()
-    assert [m["body"].split(" Reply")[0] for m in gw.messages if m["to"] == kw][-1] == "You are in!"
-    assert len(gw.messages) == 2
+    assert [m["body"].split(" Reply")[0] for m in gw.sent_messages() if m["to"] == kw][-1] == "You are in!"
+    assert len(gw.sent_messages()) == 2
 
 
 def test_postgres_workers_claim_disjoint_timer_batches_and_own_input_shares(pg_url: str) -> None:
