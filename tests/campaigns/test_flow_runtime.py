@@ -351,3 +351,25 @@ def test_postgres_workers_claim_disjoint_timer_batches_and_own_input_shares(pg_u
     finally:
         a.close()
         b.close()
+
+
+async def test_flow_sends_enter_the_conversation_history_once(store: Store) -> None:
+    from campaigns.config import CampaignSettings
+    from campaigns.service.inbox import Inbox
+
+    clock, gw = Clock(), FakeGateway()
+    client = GatewayClient("http://gateway.test", "key", transport=gw.transport())
+    inbox = Inbox(store, {"acme": client}, CampaignSettings(), clock)
+    rt = FlowRuntime(store, {"acme": client}, {"acme": TenantFlows(sender="ACME", shop_name="Acme")}, clock, inbox=inbox)
+    await install(store, clock, "shipping_notice")
+    subscriber(store, 1)
+    store.apply_event("acme", OrderEvent(id="o1", at=T0, order_id="o1", phone=phone(1), total=100, currency="USD",
+                                         payment_status="paid", fulfillment_status="shipped"), phone=phone(1), now=T0)  # fmt: skip
+    await rt.round()
+    [sent] = gw.sent_messages()
+    await inbox.record_sent("acme", phone(1), sent["key"], sent["body"], T0, "flow:shipping_notice")  # a re-record: once
+    conv = store.conversation_by_phone("acme", phone(1))
+    assert conv is not None
+    items = [h for _, h in store.conversation_history("acme", conv.id)]
+    assert [(h.message_id, h.kind, h.direction) for h in items] == [(sent["key"], "flow", "out")]
+    assert items[0].text == sent["body"] and items[0].by == "flow:shipping_notice"
