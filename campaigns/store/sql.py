@@ -461,9 +461,12 @@ class SqlStore(CampaignSql, InboxSql, FlowSql):
                 "SELECT order_id, total, payment_status, created_at FROM orders WHERE tenant = ? AND subscriber_id = ?",
                 (tenant, sid))))  # fmt: skip
         if "checkouts" in parts:
-            abandoned = tx.one("SELECT MAX(abandoned_at) FROM checkouts WHERE tenant = ? AND subscriber_id = ? "
-                               "AND completed_at IS NULL", (tenant, sid))  # fmt: skip
-            fields["last_abandoned_checkout_at"] = abandoned[0] if abandoned else None
+            # Not MAX() in SQL: SQLite would answer it from the partial index on (tenant, abandoned_at),
+            # walking the whole shop's abandoned checkouts down to this subscriber's (20 ms per order
+            # at 100,000 checkouts); the subscriber's own rows are a few.
+            abandoned = [r[0] for r in tx.rows("SELECT abandoned_at FROM checkouts WHERE tenant = ? AND subscriber_id = ? "
+                                               "AND completed_at IS NULL", (tenant, sid)) if r[0] is not None]  # fmt: skip
+            fields["last_abandoned_checkout_at"] = max(abandoned) if abandoned else None
         if "activities" in parts:
             for kind, name in _ACTIVITY_STAT.items():
                 last = tx.one("SELECT MAX(at) FROM activities WHERE tenant = ? AND subscriber_id = ? AND kind = ?",
