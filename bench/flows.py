@@ -301,26 +301,31 @@ def timers_phase(url: str, timers: int, due: int, window: float) -> dict[str, An
     store = open_store(url)
     now = time.time()
     install(store, TIMER_FLOW, {}, now)
-    start = now + 3.0  # loading takes a while: the first timers fall due after it
     t0 = time.perf_counter()
-    with store._tx() as tx:  # type: ignore[attr-defined]
-        sql = tx._sql("INSERT INTO flow_runs (tenant, run_key, flow_id, version, subscriber_id, node, visit, state, "
-                      "started_at, updated_at, due, run) VALUES (?, ?, 'timer', 1, ?, 'w', 1, 'active', ?, ?, ?, ?)")
-        batch = []
-        for i in range(timers):
-            d = start + (i % due) * window / due if i < due else now + 86_400 + i
-            run = F.Run(id=f"timer:{i}:t", flow_id="timer", version=1, subscriber_id=i, started_at=now, node="w",
-                        visit=1, timer_due=d, waiting_since=now)  # fmt: skip
-            batch.append((TENANT, run.id, i, now, now, d, _enc.encode(run).decode()))
-            if len(batch) == 20_000:
+    sql_text = ("INSERT INTO flow_runs (tenant, run_key, flow_id, version, subscriber_id, node, visit, state, "
+                "started_at, updated_at, due, run) VALUES (?, ?, 'timer', 1, ?, 'w', 1, 'active', ?, ?, ?, ?)")
+
+    def load(ids: range, due_of: Any) -> None:
+        with store._tx() as tx:  # type: ignore[attr-defined]
+            sql, batch = tx._sql(sql_text), []
+            for i in ids:
+                d = due_of(i)
+                run = F.Run(id=f"timer:{i}:t", flow_id="timer", version=1, subscriber_id=i, started_at=now, node="w",
+                            visit=1, timer_due=d, waiting_since=now)  # fmt: skip
+                batch.append((TENANT, run.id, i, now, now, d, _enc.encode(run).decode()))
+                if len(batch) == 20_000:
+                    tx._cur.executemany(sql, batch)
+                    batch = []
+            if batch:
                 tx._cur.executemany(sql, batch)
-                batch = []
-        if batch:
-            tx._cur.executemany(sql, batch)
-    load_s = time.perf_counter() - t0
+
+    load(range(due, timers), lambda i: now + 86_400 + i)  # the pending mass: due tomorrow and later
     if store.engine == "postgres":
         with store._tx() as tx:  # type: ignore[attr-defined]
             tx.run("ANALYZE flow_runs")
+    start = time.time() + 3.0  # then the ones that fall due during the run, from 3 s after loading
+    load(range(due), lambda i: start + i * window / due)
+    load_s = time.perf_counter() - t0
 
     async def fire() -> list[float]:
         rt = FlowRuntime(store, {}, {TENANT: TenantFlows(sender="BENCH")}, time.time, batch=1000)
@@ -352,11 +357,15 @@ def _engine_url(engine: str, workdir: str | None, name: str) -> Iterator[str]:
 
 
 def run(engine: str, n: int, timers: int, due: int, window: float, workdir: str | None,
-        crash: str | None) -> dict[str, Any]:  # fmt: skip
-    with gateway_process() as gw, _engine_url(engine, workdir, "events") as url:
-        ev = events_phase(url, n, gw)
-    with _engine_url(engine, workdir, "timers") as url:
-        tm = timers_phase(url, timers, due, window)
+        crash: str | None, phase: str = "all") -> dict[str, Any]:  # fmt: skip
+    ev: dict[str, Any] = {}
+    tm: dict[str, Any] = {}
+    if phase in ("all", "events"):
+        with gateway_process() as gw, _engine_url(engine, workdir, "events") as url:
+            ev = events_phase(url, n, gw)
+    if phase in ("all", "timers"):
+        with _engine_url(engine, workdir, "timers") as url:
+            tm = timers_phase(url, timers, due, window)
     out: dict[str, Any] = {"scenario": "flows", "engine": engine, "subscribers": n, "gateway": "fake (tests/campaigns/fake_gateway.py, own process, HTTP on loopback)",
                            **ev, **tm, "load": os.getloadavg()[0], "machine": describe()}  # fmt: skip
     if crash:  # the crash test's figures (tests/campaigns/test_flow_crash.py writes them)
@@ -371,24 +380,26 @@ def run(engine: str, n: int, timers: int, due: int, window: float, workdir: str 
 @click.option("--timers", default=1_000_000, show_default=True, help="Pending timers in the due-time index.")
 @click.option("--due", default=10_000, show_default=True, help="How many of them fall due during the run.")
 @click.option("--window", default=20.0, show_default=True, help="Seconds over which those fall due.")
+@click.option("--phase", type=click.Choice(["all", "events", "timers"]), default="all", show_default=True)
 @click.option("--crash-json", "crash", default=None, type=click.Path(dir_okay=False),
               help="The crash test's result (lost, duplicates) to include.")
 @click.option("--workdir", default=None, type=click.Path(file_okay=False), help="Where the SQLite files go.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
 @click.pass_context
-def bench_flows(ctx: click.Context, n: int, engine: str, timers: int, due: int, window: float, crash: str | None,
-                workdir: str | None, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
+def bench_flows(ctx: click.Context, n: int, engine: str, timers: int, due: int, window: float, phase: str,
+                crash: str | None, workdir: str | None, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
     """Flow runtime: events/s through triggers, exits and sends; timer lag with 1M pending timers."""
     if ctx.invoked_subcommand is not None:
         return
     if n < 1 or timers < 1 or not 1 <= due <= timers or window <= 0:
         raise click.BadParameter("--subscribers >= 1, --timers >= 1, 1 <= --due <= --timers, --window > 0")
-    r = run(engine, n, timers, due, window, workdir, crash)
+    r = run(engine, n, timers, due, window, workdir, crash, phase)
     click.echo(f"sluice bench flows: {engine}, {n:,} subscribers, {timers:,} timers ({due:,} due in {window:g} s)")
     for key in ("events_per_s", "inputs_per_s", "sends_per_s", "runs_started", "runs_advanced", "sends",
                 "gateway_duplicate_keys", "timer_lag_p50_s", "timer_lag_p99_s", "timers_fired"):  # fmt: skip
-        click.echo(f"  {key:<28} {r[key]:>14,.3f}")
+        if key in r:
+            click.echo(f"  {key:<28} {r[key]:>14,.3f}")
     save(r, json_path, out_dir)
 
 

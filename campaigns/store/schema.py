@@ -268,7 +268,7 @@ CREATE TABLE IF NOT EXISTS flow_runs (
     started_at {REAL} NOT NULL, updated_at {REAL} NOT NULL, due {REAL}, run TEXT NOT NULL,
     UNIQUE (tenant, run_key)
 );
-CREATE INDEX IF NOT EXISTS flow_runs_due ON flow_runs (due) WHERE due IS NOT NULL;
+CREATE INDEX IF NOT EXISTS flow_runs_tenant_due ON flow_runs (tenant, due) WHERE due IS NOT NULL;
 CREATE INDEX IF NOT EXISTS flow_runs_subscriber ON flow_runs (tenant, subscriber_id, state);
 CREATE INDEX IF NOT EXISTS flow_runs_flow ON flow_runs (tenant, flow_id, subscriber_id);
 CREATE TABLE IF NOT EXISTS flow_events (
