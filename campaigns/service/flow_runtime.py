@@ -16,7 +16,7 @@ next timers and the records of their actions are written together:
    ``ReplyRouter``): a subscriber's reply goes to the run that waits for it, or starts a keyword flow.
 
 A ``Send`` action is rendered at once (the tenant's template, the subscriber's values, short links)
-and recorded in ``flow_messages`` as ``pending`` with key ``flow-{run id}-{visit}``; the sender
+and recorded in ``flow_outbox`` as ``pending`` with key ``flow-{run id}-{visit}``; the sender
 (``FlowRuntime.send_pending``) posts each pending row to the gateway's ``POST /v1/messages`` with
 that ``Idempotency-Key`` and the same bytes every time, then marks it ``sent``. A kill -9 anywhere
 loses nothing (the run, its timer and its outbox row commit together; an uncommitted step is
@@ -286,7 +286,7 @@ class FlowWorker:
             short = links.shorten(text, domain=tf.links.domain, key=tf.links.key, scope=f"flow:{rid}:{visit}",
                                   exists=ftx.link_taken)  # fmt: skip
             for link in short.links:
-                ftx.add_link(link.code, rid, send.key, link.target, now)
+                ftx.add_link(link.code, rid, send.key, link.target, now, message_key=key)
             text = short.text
         self._record(ftx, FlowMessage(**base, recipient=sub.phone, body=text))
 

@@ -9,7 +9,7 @@ Two kinds of operations:
   calls the pure engine (``campaigns.core.flows.step``) and writes the new run, its next timer and
   the actions' records together. Nothing is half stored: a kill -9 before the commit leaves the run
   as it was (its timer still due, the event not marked applied), after it leaves the run advanced
-  and its sends recorded as ``pending`` in ``flow_messages`` (the sender's outbox).
+  and its sends recorded as ``pending`` in ``flow_outbox`` (the sender's outbox).
 
 Claiming due timers: ``FlowTx.claim_due(now, limit)`` reads the due-time index in due order; on
 PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so several workers (processes, or connections) take
@@ -175,7 +175,7 @@ class FlowTx:
         enqueue_inputs(self.tx, self.tenant, subscriber_id, events)
 
     def run_of_link(self, code: str) -> tuple[int, F.Run, str] | None:
-        row = self.tx.one("SELECT r.id, r.run, l.send_key FROM flow_links l JOIN flow_runs r ON r.id = l.run_id "
+        row = self.tx.one("SELECT r.id, r.run, l.send_key FROM flow_run_links l JOIN flow_runs r ON r.id = l.run_id "
                           "WHERE l.code = ? AND l.tenant = ?", (code, self.tenant))  # fmt: skip
         return None if row is None else (int(row[0]), _run_decoder.decode(row[1]), str(row[2]))
 
@@ -190,7 +190,7 @@ class FlowTx:
     def add_message(self, m: FlowMessage) -> bool:
         """Record a send or webhook call; False when its key was recorded before (never twice)."""
         return self.tx.run(
-            f"INSERT INTO flow_messages (tenant, {_MSG_COLS}) VALUES ({', '.join('?' * 19)}) ON CONFLICT DO NOTHING",
+            f"INSERT INTO flow_outbox (tenant, {_MSG_COLS}) VALUES ({', '.join('?' * 19)}) ON CONFLICT DO NOTHING",
             (self.tenant, m.key, m.run_id, m.flow_id, m.version, m.step, m.visit, m.subscriber_id, m.kind, m.category,
              m.recipient, m.sender, m.body, m.media_url, m.state, m.detail, m.message_id, m.created_at, m.sent_at)) > 0  # fmt: skip
 
@@ -200,20 +200,20 @@ class FlowTx:
 
     def cancel_pending(self, subscriber_id: int, reason: str) -> int:
         """Marketing sends of the subscriber recorded but not posted yet become ``skipped``."""
-        return self.tx.run("UPDATE flow_messages SET state = 'skipped', detail = ? WHERE tenant = ? AND subscriber_id = ? "
+        return self.tx.run("UPDATE flow_outbox SET state = 'skipped', detail = ? WHERE tenant = ? AND subscriber_id = ? "
                            "AND state = 'pending' AND category = 'marketing'", (reason, self.tenant, subscriber_id))  # fmt: skip
 
     def link_taken(self, code: str) -> bool:
-        return self.tx.one("SELECT 1 FROM short_links WHERE code = ? UNION ALL SELECT 1 FROM flow_links WHERE code = ?",
+        return self.tx.one("SELECT 1 FROM short_links WHERE code = ? UNION ALL SELECT 1 FROM flow_run_links WHERE code = ?",
                            (code, code)) is not None  # fmt: skip
 
-    def add_link(self, code: str, run_id: int, send_key: str, target: str, now: float) -> None:
+    def add_link(self, code: str, run_id: int, send_key: str, target: str, now: float, message_key: str = "") -> None:
         """A flow's short link: the redirect table (campaign 0) and which run and send it belongs to."""
         self.tx.run("INSERT INTO short_links (code, tenant, campaign_id, subscriber_id, target, created_at) "
                     "SELECT ?, ?, 0, subscriber_id, ?, ? FROM flow_runs WHERE id = ? ON CONFLICT DO NOTHING",
                     (code, self.tenant, target, now, run_id))  # fmt: skip
-        self.tx.run("INSERT INTO flow_links (code, tenant, run_id, send_key) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (code, self.tenant, run_id, send_key))  # fmt: skip
+        self.tx.run("INSERT INTO flow_run_links (code, tenant, run_id, send_key, message_key) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING", (code, self.tenant, run_id, send_key, message_key))  # fmt: skip
 
     def update_subscriber(self, subscriber_id: int, add_tags: Sequence[str], remove_tags: Sequence[str],
                           set_attributes: dict[str, Any]) -> None:  # fmt: skip
@@ -347,7 +347,7 @@ class FlowSql:
                 key = "waiting" if state == "active" else ("exited" if ended and ended != "completed" else "completed")
                 c[key] = c.get(key, 0) + int(n)
             for version, step, state, n in tx.rows(
-                    "SELECT version, step, state, COUNT(*) FROM flow_messages WHERE tenant = ? AND flow_id = ? "
+                    "SELECT version, step, state, COUNT(*) FROM flow_outbox WHERE tenant = ? AND flow_id = ? "
                     "GROUP BY version, step, state", (tenant, flow_id)):  # fmt: skip
                 c = out.setdefault((int(version), step), {})
                 c[state] = c.get(state, 0) + int(n)
@@ -359,7 +359,7 @@ class FlowSql:
     def pending_flow_messages(self, limit: int = 500, *, tenant: str | None = None) -> list[FlowMessage]:
         with self._tx() as tx:
             if tenant is None:
-                rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_messages WHERE state = 'pending' "
+                rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_outbox WHERE state = 'pending' "
                                f"ORDER BY created_at LIMIT ?", (limit,))  # fmt: skip
             else:
                 rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_messages WHERE state = 'pending' AND tenant = ? "
@@ -370,8 +370,25 @@ class FlowSql:
         """Mark sends answered: (tenant, key, state 'sent'|'failed', message id, detail), one transaction."""
         with self._tx() as tx:
             for tenant, key, state, message_id, detail in done:
-                tx.run("UPDATE flow_messages SET state = ?, message_id = ?, detail = ?, sent_at = ? WHERE tenant = ? "
-                       "AND key = ? AND state = 'pending'", (state, message_id, detail, now, tenant, key))  # fmt: skip
+                moved = tx.run("UPDATE flow_outbox SET state = ?, message_id = ?, detail = ?, sent_at = ? WHERE tenant = ? "
+                               "AND key = ? AND state = 'pending'", (state, message_id, detail, now, tenant, key))  # fmt: skip
+                if moved and state == "sent":
+                    self._report_source(tx, tenant, key, now)
+
+    @staticmethod
+    def _report_source(tx: Any, tenant: str, key: str, now: float) -> None:
+        """A send the gateway took becomes a message source of the reports (``flow_messages`` and its
+        short links in ``flow_links``, REPORT_DDL: campaigns/store/report_sql.py), in the transaction
+        that marks it sent: attribution and the report by flow step see every flow send once."""
+        row = tx.one("SELECT flow_id, step, subscriber_id, message_id, kind FROM flow_outbox WHERE tenant = ? AND key = ?",
+                     (tenant, key))  # fmt: skip
+        if row is None or row[4] == "webhook":
+            return
+        tx.run("INSERT INTO flow_messages (tenant, id, flow_id, step, subscriber_id, sent_at, message_id) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (tenant, key, row[0], row[1], row[2], now, row[3]))  # fmt: skip
+        for (code,) in tx.rows("SELECT code FROM flow_run_links WHERE tenant = ? AND message_key = ?", (tenant, key)):
+            tx.run("INSERT INTO flow_links (code, tenant, flow_message) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                   (code, tenant, key))  # fmt: skip
 
     def flow_messages(self, tenant: str, *, flow_id: str | None = None, subscriber_id: int | None = None,
                       limit: int = 1000) -> list[FlowMessage]:  # fmt: skip
@@ -383,7 +400,7 @@ class FlowSql:
             where.append("subscriber_id = ?")
             params.append(subscriber_id)
         with self._tx() as tx:
-            rows = tx.rows(f"SELECT {_MSG_COLS} FROM flow_messages WHERE {' AND '.join(where)} ORDER BY created_at, key "
+            rows = tx.rows(f"SELECT {_MSG_COLS} FROM flow_outbox WHERE {' AND '.join(where)} ORDER BY created_at, key "
                            f"LIMIT ?", (*params, limit))  # fmt: skip
         return [_msg_row(tenant, r) for r in rows]
 

@@ -197,6 +197,37 @@ CREATE INDEX IF NOT EXISTS checkouts_segment_abandoned ON checkouts (tenant, aba
 """
 # ---- end of SEGMENTS_DDL ----
 
+# ---- REPORT_DDL: campaign report, cost and cross-campaign attribution (owned by helper "cbench") ----
+# docs/CAMPAIGNS-SENDING.md, "Message sources": a message is either a campaign recipient
+# (campaign_recipients) or a flow step's send (flow_messages, written by the flow runtime); both
+# carry the gateway's message_id, whose cost (segments x the carrier's price per segment, read back
+# from the gateway) is kept in message_costs. flow_links ties a flow message's short links (rows of
+# short_links with campaign_id 0) to it. The indexes serve the report's per-subscriber histories.
+REPORT_DDL = """
+CREATE TABLE IF NOT EXISTS flow_messages (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, flow_id TEXT NOT NULL, step TEXT NOT NULL,
+    subscriber_id {INT} NOT NULL, sent_at {REAL} NOT NULL, message_id TEXT,
+    state TEXT NOT NULL DEFAULT 'submitted', state_at {REAL}, discount_code TEXT,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX IF NOT EXISTS flow_messages_subscriber ON flow_messages (tenant, subscriber_id, sent_at);
+CREATE INDEX IF NOT EXISTS flow_messages_gateway ON flow_messages (tenant, message_id);
+CREATE TABLE IF NOT EXISTS flow_links (
+    code TEXT PRIMARY KEY, tenant TEXT NOT NULL, flow_message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flow_links_message ON flow_links (tenant, flow_message);
+CREATE TABLE IF NOT EXISTS message_costs (
+    tenant TEXT NOT NULL, message_id TEXT NOT NULL, carrier TEXT, segments {INT} NOT NULL, cost {INT},
+    PRIMARY KEY (tenant, message_id)
+);
+CREATE INDEX IF NOT EXISTS campaign_recipients_subscriber ON campaign_recipients (tenant, subscriber_id, send_at);
+CREATE INDEX IF NOT EXISTS campaign_recipients_report ON campaign_recipients (tenant, campaign_id, variant, send_at, state, batch, message_id);
+CREATE INDEX IF NOT EXISTS short_links_subscriber ON short_links (tenant, subscriber_id);
+CREATE INDEX IF NOT EXISTS discount_codes_code ON discount_codes (tenant, code);
+CREATE INDEX IF NOT EXISTS consent_ledger_action ON consent_ledger (tenant, action, at);
+"""
+# ---- end of REPORT_DDL ----
+
 # ---- INBOX_DDL: two-way conversations (owned by helper "inbox"; campaigns/store/inbox_sql.py) ----
 # ``conversations``: one per phone per tenant (a sender who is not a subscriber gets one too; the
 # subscriber is found by phone when read), its queue state and assignee. ``conversation_messages``:
@@ -243,10 +274,12 @@ CREATE INDEX IF NOT EXISTS conversation_messages_unsettled ON conversation_messa
 #   checkout abandoned, a segment entered, a flow link clicked), queued in the transaction that
 #   recorded the change (so a crash cannot lose one), drained by the runtime in order;
 # - ``flow_events``: input event ids applied (a redelivered event changes nothing);
-# - ``flow_messages``: the record of actions done, one row per send or webhook call, keyed by
+# - ``flow_outbox``: the record of actions done, one row per send or webhook call, keyed by
 #   ``flow-{run id}-{visit}`` and written in the transaction that advanced the run (an outbox: the
 #   sender posts ``pending`` rows to the gateway with that key and marks them ``sent``);
-# - ``flow_links``: short link code -> the run and send that carried it (clicks feed ``clicked``).
+# - ``flow_run_links``: short link code -> the run and send that carried it (clicks feed ``clicked``).
+# A send the gateway took is also written, in the transaction that marks it sent, to the reports'
+# ``flow_messages`` / ``flow_links`` (REPORT_DDL above): the message sources attribution reads.
 FLOWS_DDL = """
 CREATE TABLE IF NOT EXISTS flow_heads (
     tenant TEXT NOT NULL, flow_id TEXT NOT NULL, name TEXT NOT NULL, latest {INT} NOT NULL,
@@ -274,7 +307,7 @@ CREATE INDEX IF NOT EXISTS flow_runs_flow ON flow_runs (tenant, flow_id, subscri
 CREATE TABLE IF NOT EXISTS flow_events (
     tenant TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (tenant, event_id)
 );
-CREATE TABLE IF NOT EXISTS flow_messages (
+CREATE TABLE IF NOT EXISTS flow_outbox (
     tenant TEXT NOT NULL, key TEXT NOT NULL, run_id {INT} NOT NULL, flow_id TEXT NOT NULL,
     version {INT} NOT NULL, step TEXT NOT NULL, visit {INT} NOT NULL, subscriber_id {INT} NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('sms', 'mms', 'webhook')), category TEXT NOT NULL,
@@ -283,21 +316,23 @@ CREATE TABLE IF NOT EXISTS flow_messages (
     message_id TEXT, created_at {REAL} NOT NULL, sent_at {REAL},
     PRIMARY KEY (tenant, key)
 );
-CREATE INDEX IF NOT EXISTS flow_messages_pending ON flow_messages (created_at) WHERE state = 'pending';
-CREATE INDEX IF NOT EXISTS flow_messages_flow ON flow_messages (tenant, flow_id, step);
-CREATE INDEX IF NOT EXISTS flow_messages_subscriber ON flow_messages (tenant, subscriber_id, created_at);
+CREATE INDEX IF NOT EXISTS flow_outbox_pending ON flow_outbox (created_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS flow_outbox_flow ON flow_outbox (tenant, flow_id, step);
+CREATE INDEX IF NOT EXISTS flow_outbox_subscriber ON flow_outbox (tenant, subscriber_id, created_at);
 CREATE TABLE IF NOT EXISTS flow_inputs (
     id {ID}, tenant TEXT NOT NULL, subscriber_id {INT} NOT NULL, event TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS flow_inputs_subscriber ON flow_inputs (tenant, subscriber_id, id);
-CREATE TABLE IF NOT EXISTS flow_links (
-    code TEXT PRIMARY KEY, tenant TEXT NOT NULL, run_id {INT} NOT NULL, send_key TEXT NOT NULL
+CREATE TABLE IF NOT EXISTS flow_run_links (
+    code TEXT PRIMARY KEY, tenant TEXT NOT NULL, run_id {INT} NOT NULL, send_key TEXT NOT NULL,
+    message_key TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS flow_run_links_message ON flow_run_links (tenant, message_key);
 """
 # ---- end of FLOWS_DDL ----
 
 
 def statements(dialect: Dialect) -> list[str]:
     """The DDL for ``dialect``, one statement each (idempotent: IF NOT EXISTS)."""
-    text = (DDL + SEGMENTS_DDL + INBOX_DDL + FLOWS_DDL).format(**_TYPES[dialect])
+    text = (DDL + SEGMENTS_DDL + REPORT_DDL + INBOX_DDL + FLOWS_DDL).format(**_TYPES[dialect])
     return [s.strip() for s in text.split(";") if s.strip()]

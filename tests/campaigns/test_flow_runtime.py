@@ -134,7 +134,7 @@ async def test_a_send_recorded_but_not_answered_is_posted_again_with_the_same_ke
     # The answer was lost after the gateway stored it: the same key and bytes again -> its stored answer.
     store.flow_messages_done([], now=T0)
     with store.flow_tx("acme") as ftx:
-        ftx.tx.run("UPDATE flow_messages SET state = 'pending'")
+        ftx.tx.run("UPDATE flow_outbox SET state = 'pending'")
     await runtime(store, gw, clock).round()
     assert len(gw.sent_messages()) == 1 and gw.message_posts == 3
     assert [m.state for m in store.flow_messages("acme")] == ["sent"]
@@ -373,3 +373,21 @@ async def test_flow_sends_enter_the_conversation_history_once(store: Store) -> N
     items = [h for _, h in store.conversation_history("acme", conv.id)]
     assert [(h.message_id, h.kind, h.direction) for h in items] == [(sent["key"], "flow", "out")]
     assert items[0].text == sent["body"] and items[0].by == "flow:shipping_notice"
+
+
+async def test_a_sent_flow_message_becomes_a_report_source_once(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock, links=TenantLinks(domain="sl.ui", key=b"k" * 32))
+    await install(store, clock, "abandoned_cart")
+    subscriber(store, 1)
+    store.apply_event("acme", checkout("c1", 1, 25_000), phone=phone(1), now=T0)
+    await rt.round()
+    clock.now = T0 + HOUR
+    await rt.round()
+    [sent] = gw.sent_messages()
+    assert "https://sl.ui/" in sent["body"] and "shop.example" not in sent["body"]  # the cart URL shortened
+    with store.flow_tx("acme") as ftx:
+        rows = ftx.tx.rows("SELECT id, flow_id, step, message_id FROM flow_messages WHERE tenant = ?", ("acme",))
+        links = ftx.tx.rows("SELECT flow_message FROM flow_links WHERE tenant = ?", ("acme",))
+    assert [(r[0], r[1], r[2]) for r in rows] == [(sent["key"], "abandoned_cart", "big")] and rows[0][3]
+    assert [r[0] for r in links] == [sent["key"]]
