@@ -391,3 +391,26 @@ async def test_a_sent_flow_message_becomes_a_report_source_once(store: Store) ->
         links = ftx.tx.rows("SELECT flow_message FROM flow_links WHERE tenant = ?", ("acme",))
     assert [(r[0], r[1], r[2]) for r in rows] == [(sent["key"], "abandoned_cart", "big")] and rows[0][3]
     assert [r[0] for r in links] == [sent["key"]]
+
+
+async def test_a_click_on_a_flow_link_takes_the_clicked_branch(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock, links=TenantLinks(domain="sl.ui", key=b"k" * 32))
+    await install(store, clock, "abandoned_cart")
+    subscriber(store, 1)
+    subscriber(store, 2)
+    for cid, i in (("c1", 1), ("c2", 2)):
+        store.apply_event("acme", checkout(cid, i, 25_000), phone=phone(i), now=T0)
+    await rt.round()
+    clock.now = T0 + HOUR
+    await rt.round()
+    first = next(m for m in gw.sent_messages() if m["to"] == phone(1))
+    code = first["body"].split("https://sl.ui/")[1].split()[0].rstrip(".")
+    assert store.record_click(code, at=clock.now + 60, user_agent="Mozilla/5.0", verdict="click")
+    await rt.round()
+    clock.now = T0 + HOUR + 86_400
+    await rt.round()
+    sent = Counter(m["to"] for m in gw.sent_messages())
+    assert sent == {phone(1): 1, phone(2): 2}  # the clicker gets no last call
+    ended = {r.subscriber_id: r.ended for r in store.flow_run_rows("acme")}
+    assert set(ended.values()) == {"completed"}
