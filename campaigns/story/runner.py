@@ -34,7 +34,7 @@ import msgspec
 from rich.console import Console
 
 from campaigns.host import split_config
-from campaigns.story import audience, campaign, inbox
+from campaigns.story import audience, campaign, flows, inbox
 from campaigns.story.context import Story, StoryError
 from gateway.config import default_text
 from gateway.testing.processes import Child, simulator, start
@@ -43,10 +43,11 @@ __all__ = ["CHAPTERS", "main", "run_story"]
 
 Chapter = Callable[[Story], Awaitable[None]]
 
-#: The story, in order (``flows`` goes before ``inbox`` when it is merged).
+#: The story, in order.
 CHAPTERS: list[tuple[str, Chapter]] = [
     ("audience", audience.chapter),
     ("campaign", campaign.chapter),
+    ("flows", flows.chapter),
     ("inbox", inbox.chapter),
 ]
 
