@@ -118,17 +118,14 @@ class FlowWorker:
         """Apply up to ``limit`` queued inputs (this worker's share); returns how many were taken."""
         with self.store.flow_tx(tenant) as ftx:
             taken = ftx.take_inputs(limit, part=self.part, parts=self.parts)
-            enabled = self._enabled(ftx)
-            for _id, sid, event in taken:
-                self._input(ftx, enabled, sid, event, now)
+            if taken:
+                self._inputs(ftx, [(sid, event) for _id, sid, event in taken], now)
         return len(taken)
 
     def feed(self, tenant: str, inputs: Sequence[tuple[int, F.Event]], now: float) -> None:
         """Apply inputs directly (the periodic scans), in one transaction."""
         with self.store.flow_tx(tenant) as ftx:
-            enabled = self._enabled(ftx)
-            for sid, event in inputs:
-                self._input(ftx, enabled, sid, event, now)
+            self._inputs(ftx, inputs, now)
 
     def fire(self, tenant: str, now: float, limit: int = 1000) -> list[float]:
         """Fire up to ``limit`` due timers; returns their due times (the caller measures the lag).
@@ -140,9 +137,7 @@ class FlowWorker:
                 return []
             queued = ftx.take_inputs_of([r.subscriber_id for _, r in claimed])
             if queued:
-                enabled = self._enabled(ftx)
-                for _id, sid, event in queued:
-                    self._input(ftx, enabled, sid, event, now)
+                self._inputs(ftx, [(sid, event) for _id, sid, event in queued], now)
             dues = []
             for rid, run in claimed:
                 assert run.timer_due is not None
@@ -192,9 +187,22 @@ class FlowWorker:
     def _enabled(self, ftx: FlowTx) -> list[F.Flow]:
         return [self._flow(ftx, fid, v) for fid, v in ftx.enabled_flows()]
 
-    def _input(self, ftx: FlowTx, enabled: Sequence[F.Flow], sid: int, event: F.Event, now: float) -> None:
-        if not ftx.first_time(f"{sid}:{event.id}"):
+    def _inputs(self, ftx: FlowTx, inputs: Sequence[tuple[int, F.Event]], now: float) -> None:
+        """Apply a batch of inputs in their order (so each subscriber's in order): their ids marked
+        applied and their subscribers' runs and values read up front, one statement each per chunk;
+        the run updates are written together when the transaction ends (``FlowTx.flush``)."""
+        if not inputs:
             return
+        enabled = self._enabled(ftx)
+        fresh = ftx.first_times([f"{sid}:{event.id}" for sid, event in inputs])
+        ftx.prefetch([sid for sid, _ in inputs])
+        for sid, event in inputs:
+            marker = f"{sid}:{event.id}"
+            if marker in fresh:  # applied before (a redelivery), or earlier in this batch: nothing to do
+                fresh.discard(marker)
+                self._input(ftx, enabled, sid, event, now)
+
+    def _input(self, ftx: FlowTx, enabled: Sequence[F.Flow], sid: int, event: F.Event, now: float) -> None:
         self.stats.inputs += 1
         if isinstance(event, F.OptOut):  # nothing marketing goes to them any more, even what is queued
             ftx.cancel_pending(sid, "opted_out")

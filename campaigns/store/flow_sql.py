@@ -58,6 +58,66 @@ class FlowTx:
         # through ``update_subscriber`` drop the entry.
         self._subs: dict[int, tuple[Subscriber, tuple[str, ...], dict[str, Any]] | None] = {}
         self._templates: dict[str, str | None] = {}
+        # The batch path (``prefetch``): the runs of a batch's subscribers, read in one query and kept
+        # current by ``insert_run`` / ``save_run``; run updates are written together by ``flush``
+        # (before any read of ``flow_runs`` that the cache does not answer, and before the commit).
+        self._runs: dict[int, list[tuple[int, F.Run]]] = {}  # subscriber -> active runs, by id
+        self._entries: dict[int, dict[str, list[F.Entry]]] = {}  # subscriber -> flow -> every run's entry
+        self._dirty: dict[int, tuple[Any, ...]] = {}  # run id -> the UPDATE's parameters
+
+    # ---- the batch path ---------------------------------------------------------------------
+    def first_times(self, event_ids: Sequence[str]) -> set[str]:
+        """Mark many input events applied at once; returns those that were not before (``first_time``
+        for a batch: one multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per 400 ids)."""
+        fresh: set[str] = set()
+        ids = list(dict.fromkeys(event_ids))
+        for i in range(0, len(ids), 400):
+            chunk = ids[i:i + 400]
+            rows = self.tx.rows(f"INSERT INTO flow_events (tenant, event_id) VALUES {', '.join(['(?, ?)'] * len(chunk))} "
+                                f"ON CONFLICT DO NOTHING RETURNING event_id", [v for e in chunk for v in (self.tenant, e)])  # fmt: skip
+            fresh.update(str(r[0]) for r in rows)
+        return fresh
+
+    def prefetch(self, subscriber_ids: Sequence[int]) -> None:
+        """Read the runs (locked on PostgreSQL), the subscribers, their tags and stats of a batch: one
+        query each per 500 subscribers, instead of five per input."""
+        self.flush()
+        ids = sorted(set(subscriber_ids) - self._runs.keys())
+        lock = " FOR UPDATE" if self.engine == "postgres" else ""
+        names = [c.strip() for c in _SUB_COLS.split(",")]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks, params = ", ".join("?" * len(chunk)), (self.tenant, *chunk)
+            runs: dict[int, list[tuple[int, F.Run]]] = {sid: [] for sid in chunk}
+            entries: dict[int, dict[str, list[F.Entry]]] = {sid: {} for sid in chunk}
+            for rid, sid, fid, started, obj, run in self.tx.rows(
+                    f"SELECT id, subscriber_id, flow_id, started_at, object_id, CASE WHEN state = 'active' THEN run END "
+                    f"FROM flow_runs WHERE tenant = ? AND subscriber_id IN ({marks}) ORDER BY id{lock}", params):  # fmt: skip
+                entries[int(sid)].setdefault(str(fid), []).append(F.Entry(started_at=float(started), object_id=obj))
+                if run is not None:
+                    runs[int(sid)].append((int(rid), _run_decoder.decode(run)))
+            tags: dict[int, list[str]] = {}
+            for sid, tag in self.tx.rows(f"SELECT subscriber_id, tag FROM subscriber_tags WHERE tenant = ? AND "
+                                         f"subscriber_id IN ({marks})", params):  # fmt: skip
+                tags.setdefault(int(sid), []).append(str(tag))
+            stats = {int(r[0]): {"orders_count": r[1], "total_spent": r[2], "last_order_at": r[3]} for r in self.tx.rows(
+                f"SELECT subscriber_id, orders_count, total_spent, last_order_at FROM subscriber_stats WHERE tenant = ? "
+                f"AND subscriber_id IN ({marks})", params)}  # fmt: skip
+            subs = dict.fromkeys(chunk)
+            for row in self.tx.rows(f"SELECT {_SUB_COLS} FROM subscribers WHERE tenant = ? AND id IN ({marks})", params):
+                sid = int(row[0])
+                subs[sid] = (self._subscriber_of(names, row), tuple(sorted(tags.get(sid, ()))), stats.get(sid, {}))
+            for sid in chunk:
+                self._subs.setdefault(sid, subs[sid])
+            self._runs.update(runs)
+            self._entries.update(entries)
+
+    def flush(self) -> None:
+        """Write the run updates held since the last flush (one ``executemany``)."""
+        if self._dirty:
+            rows, self._dirty = list(self._dirty.values()), {}
+            self.tx.many("UPDATE flow_runs SET node = COALESCE(?, node), visit = ?, state = ?, ended = ?, updated_at = ?, "
+                         "due = ?, run = ? WHERE id = ?", rows)  # fmt: skip
 
     # ---- inputs ------------------------------------------------------------------------------
     def first_time(self, event_id: str) -> bool:
@@ -84,10 +144,7 @@ class FlowTx:
         row = self.tx.one(f"SELECT {_SUB_COLS} FROM subscribers WHERE tenant = ? AND id = ?", (self.tenant, subscriber_id))
         if row is None:
             return None
-        names = [c.strip() for c in _SUB_COLS.split(",")]
-        values = dict(zip(names, row, strict=True))
-        values["attributes"] = msgspec.json.decode(values["attributes"] or "{}")
-        sub = Subscriber(tenant=self.tenant, **values)
+        sub = self._subscriber_of([c.strip() for c in _SUB_COLS.split(",")], row)
         tags = tuple(sorted(r[0] for r in self.tx.rows(
             "SELECT tag FROM subscriber_tags WHERE tenant = ? AND subscriber_id = ?", (self.tenant, subscriber_id))))
         st = self.tx.one("SELECT orders_count, total_spent, last_order_at FROM subscriber_stats WHERE tenant = ? "
@@ -95,14 +152,25 @@ class FlowTx:
         stats = {} if st is None else {"orders_count": st[0], "total_spent": st[1], "last_order_at": st[2]}
         return sub, tags, stats
 
+    def _subscriber_of(self, names: list[str], row: tuple) -> Subscriber:
+        values = dict(zip(names, row, strict=True))
+        values["attributes"] = msgspec.json.decode(values["attributes"] or "{}")
+        return Subscriber(tenant=self.tenant, **values)
+
     # ---- runs --------------------------------------------------------------------------------
     def active_runs(self, subscriber_id: int) -> list[tuple[int, F.Run]]:
+        if subscriber_id in self._runs:
+            return list(self._runs[subscriber_id])
+        self.flush()
         lock = " FOR UPDATE" if self.engine == "postgres" else ""
         rows = self.tx.rows(f"SELECT id, run FROM flow_runs WHERE tenant = ? AND subscriber_id = ? AND state = 'active' "
                             f"ORDER BY id{lock}", (self.tenant, subscriber_id))  # fmt: skip
         return [(int(i), _run_decoder.decode(r)) for i, r in rows]
 
     def entries(self, flow_id: str, subscriber_id: int) -> list[F.Entry]:
+        if subscriber_id in self._entries:
+            return list(self._entries[subscriber_id].get(flow_id, ()))
+        self.flush()
         rows = self.tx.rows("SELECT started_at, object_id FROM flow_runs WHERE tenant = ? AND flow_id = ? AND "
                             "subscriber_id = ?", (self.tenant, flow_id, subscriber_id))  # fmt: skip
         return [F.Entry(started_at=float(a), object_id=o) for a, o in rows]
@@ -116,16 +184,31 @@ class FlowTx:
             (self.tenant, run.id, run.flow_id, run.version, run.subscriber_id, run.object_id, run.node, run.visit,
              "active" if run.node is not None else "ended", run.ended, run.started_at, now, run.timer_due,
              _json.encode(run).decode()))  # fmt: skip
-        return None if row is None else int(row[0])
+        if row is None:
+            return None
+        rid, sid = int(row[0]), run.subscriber_id
+        if sid in self._runs:
+            if run.node is not None:
+                self._runs[sid].append((rid, run))
+            self._entries[sid].setdefault(run.flow_id, []).append(F.Entry(started_at=run.started_at, object_id=run.object_id))
+        return rid
 
     def save_run(self, run_id: int, run: F.Run, now: float) -> None:
-        self.tx.run("UPDATE flow_runs SET node = COALESCE(?, node), visit = ?, state = ?, ended = ?, updated_at = ?, due = ?, run = ? "
-                    "WHERE id = ?", (run.node, run.visit, "active" if run.node is not None else "ended", run.ended, now,
-                                     run.timer_due, _json.encode(run).decode(), run_id))  # fmt: skip
+        """Held until ``flush`` (the end of the transaction, or the next uncached read of runs)."""
+        self._dirty[run_id] = (run.node, run.visit, "active" if run.node is not None else "ended", run.ended, now,
+                               run.timer_due, _json.encode(run).decode(), run_id)  # fmt: skip
+        cached = self._runs.get(run.subscriber_id)
+        if cached is not None:
+            kept = [(i, r) for i, r in cached if i != run_id]
+            if run.node is not None:
+                kept.append((run_id, run))
+                kept.sort(key=lambda x: x[0])
+            self._runs[run.subscriber_id] = kept
 
     def claim_due(self, now: float, limit: int) -> list[tuple[int, F.Run]]:
         """Up to ``limit`` runs of this tenant whose timer is due at ``now``, earliest first (locked on
         PostgreSQL; other workers skip them)."""
+        self.flush()
         lock = " FOR UPDATE SKIP LOCKED" if self.engine == "postgres" else ""
         rows = self.tx.rows(f"SELECT id, run FROM flow_runs WHERE due IS NOT NULL AND due <= ? AND tenant = ? "
                             f"ORDER BY due LIMIT ?{lock}", (now, self.tenant, limit))  # fmt: skip
@@ -168,6 +251,7 @@ class FlowTx:
         return out
 
     def run_by_id(self, run_id: int) -> F.Run | None:
+        self.flush()
         row = self.tx.one("SELECT run FROM flow_runs WHERE id = ? AND tenant = ?", (run_id, self.tenant))
         return None if row is None else _run_decoder.decode(row[0])
 
@@ -175,6 +259,7 @@ class FlowTx:
         enqueue_inputs(self.tx, self.tenant, subscriber_id, events)
 
     def run_of_link(self, code: str) -> tuple[int, F.Run, str] | None:
+        self.flush()
         row = self.tx.one("SELECT r.id, r.run, l.send_key FROM flow_run_links l JOIN flow_runs r ON r.id = l.run_id "
                           "WHERE l.code = ? AND l.tenant = ?", (code, self.tenant))  # fmt: skip
         return None if row is None else (int(row[0]), _run_decoder.decode(row[1]), str(row[2]))
@@ -256,7 +341,9 @@ class FlowSql:
     @contextmanager
     def flow_tx(self, tenant: str) -> Iterator[FlowTx]:
         with self._tx() as tx:
-            yield FlowTx(tx, tenant, self.engine)
+            ftx = FlowTx(tx, tenant, self.engine)
+            yield ftx
+            ftx.flush()
 
     # ---- definitions -------------------------------------------------------------------------
     def put_flow_version(self, tenant: str, flow_id: str, name: str, definition: Any, *, now: float,
