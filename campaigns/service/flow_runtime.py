@@ -9,7 +9,10 @@ next timers and the records of their actions are written together:
    a segment entry or a flow link's click (``campaigns/core/flow_inputs.py``). Each input is first
    applied to the subscriber's active runs (exits end them at once; an opt-out ends them all;
    ``wait_event`` nodes move on), then starts the enabled flows whose trigger it matches (re-entry
-   rules read the subscriber's past runs). An input id is applied once (``flow_events``).
+   rules read the subscriber's past runs). An input id is applied once (``flow_events``). A batch
+   is applied as one: its ids marked and its subscribers' runs, values, tags and stats read with
+   one statement each (``FlowTx.first_times``, ``FlowTx.prefetch``), the engine called per input in
+   queue order, the run updates written together at the commit (``FlowTx.flush``).
 2. **timers** (``FlowWorker.fire``): runs whose ``due`` is past, claimed in batches, earliest
    first (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: several workers take disjoint batches).
 3. **replies** (``FlowWorker.reply``, behind ``FlowRuntime.offer_reply``, the inbox's
