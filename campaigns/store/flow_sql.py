@@ -26,7 +26,7 @@ import msgspec
 from campaigns.core import flow_inputs
 from campaigns.core import flows as F
 from campaigns.core.model import Subscriber
-from campaigns.errors import Conflict, NotFound
+from campaigns.errors import Conflict, NotFound, StorageError
 from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
 
 _json = msgspec.json.Encoder()
@@ -64,6 +64,10 @@ class FlowTx:
         self._runs: dict[int, list[tuple[int, F.Run]]] = {}  # subscriber -> active runs, by id
         self._entries: dict[int, dict[str, list[F.Entry]]] = {}  # subscriber -> flow -> every run's entry
         self._dirty: dict[int, tuple[Any, ...]] = {}  # run id -> the UPDATE's parameters
+        self._keys: dict[int, set[str]] = {}  # subscriber -> the keys of all their runs
+        self._new: list[tuple[Any, ...]] = []  # runs started, written by ``flush`` (ids given out up front)
+        self._ids: list[int] = []  # PostgreSQL: ids taken from the sequence, not yet given out
+        self._top: int | None = None  # SQLite (one writer): the highest id given out
 
     # ---- the batch path ---------------------------------------------------------------------
     def first_times(self, event_ids: Sequence[str]) -> set[str]:
@@ -90,9 +94,11 @@ class FlowTx:
             marks, params = ", ".join("?" * len(chunk)), (self.tenant, *chunk)
             runs: dict[int, list[tuple[int, F.Run]]] = {sid: [] for sid in chunk}
             entries: dict[int, dict[str, list[F.Entry]]] = {sid: {} for sid in chunk}
-            for rid, sid, fid, started, obj, run in self.tx.rows(
-                    f"SELECT id, subscriber_id, flow_id, started_at, object_id, CASE WHEN state = 'active' THEN run END "
-                    f"FROM flow_runs WHERE tenant = ? AND subscriber_id IN ({marks}) ORDER BY id{lock}", params):  # fmt: skip
+            keys: dict[int, set[str]] = {sid: set() for sid in chunk}
+            for rid, sid, key, fid, started, obj, run in self.tx.rows(
+                    f"SELECT id, subscriber_id, run_key, flow_id, started_at, object_id, CASE WHEN state = 'active' THEN run "
+                    f"END FROM flow_runs WHERE tenant = ? AND subscriber_id IN ({marks}) ORDER BY id{lock}", params):  # fmt: skip
+                keys[int(sid)].add(str(key))
                 entries[int(sid)].setdefault(str(fid), []).append(F.Entry(started_at=float(started), object_id=obj))
                 if run is not None:
                     runs[int(sid)].append((int(rid), _run_decoder.decode(run)))
@@ -111,9 +117,20 @@ class FlowTx:
                 self._subs.setdefault(sid, subs[sid])
             self._runs.update(runs)
             self._entries.update(entries)
+            self._keys.update(keys)
 
     def flush(self) -> None:
-        """Write the run updates held since the last flush (one ``executemany``)."""
+        """Write the runs started (multi-row inserts) and the run updates (one ``executemany``) held
+        since the last flush."""
+        while self._new:
+            chunk, self._new = self._new[:200], self._new[200:]
+            got = self.tx.rows(f"INSERT INTO flow_runs (id, tenant, run_key, flow_id, version, subscriber_id, object_id, "
+                               f"node, visit, state, ended, started_at, updated_at, due, run) VALUES "
+                               f"{', '.join(['(' + ', '.join('?' * 15) + ')'] * len(chunk))} "
+                               f"ON CONFLICT (tenant, run_key) DO NOTHING RETURNING id", [v for r in chunk for v in r])  # fmt: skip
+            if len(got) != len(chunk):  # another transaction started one of these runs: redo the batch
+                self._new = []
+                raise StorageError("flow_run_race: a run of this batch was started concurrently; the batch is retried")
         if self._dirty:
             rows, self._dirty = list(self._dirty.values()), {}
             self.tx.many("UPDATE flow_runs SET node = COALESCE(?, node), visit = ?, state = ?, ended = ?, updated_at = ?, "
@@ -176,7 +193,21 @@ class FlowTx:
         return [F.Entry(started_at=float(a), object_id=o) for a, o in rows]
 
     def insert_run(self, run: F.Run, now: float) -> int | None:
-        """Store a new run; None when a run with its key exists (a replayed trigger)."""
+        """Store a new run; None when a run with its key exists (a replayed trigger). For a prefetched
+        subscriber the run gets its id now and is written by ``flush``."""
+        sid = run.subscriber_id
+        if sid in self._keys:
+            if run.id in self._keys[sid]:
+                return None
+            rid = self._run_id()
+            self._keys[sid].add(run.id)
+            self._new.append((rid, self.tenant, run.id, run.flow_id, run.version, sid, run.object_id, run.node, run.visit,
+                              "active" if run.node is not None else "ended", run.ended, run.started_at, now,
+                              run.timer_due, _json.encode(run).decode()))  # fmt: skip
+            self._cache_started(rid, run)
+            return rid
+        self.flush()
+        self._top = None  # SQLite picks this one's id
         row = self.tx.one(
             "INSERT INTO flow_runs (tenant, run_key, flow_id, version, subscriber_id, object_id, node, visit, state, "
             "ended, started_at, updated_at, due, run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -184,14 +215,27 @@ class FlowTx:
             (self.tenant, run.id, run.flow_id, run.version, run.subscriber_id, run.object_id, run.node, run.visit,
              "active" if run.node is not None else "ended", run.ended, run.started_at, now, run.timer_due,
              _json.encode(run).decode()))  # fmt: skip
-        if row is None:
-            return None
-        rid, sid = int(row[0]), run.subscriber_id
-        if sid in self._runs:
-            if run.node is not None:
-                self._runs[sid].append((rid, run))
-            self._entries[sid].setdefault(run.flow_id, []).append(F.Entry(started_at=run.started_at, object_id=run.object_id))
-        return rid
+        return None if row is None else int(row[0])
+
+    def _cache_started(self, rid: int, run: F.Run) -> None:
+        sid = run.subscriber_id
+        if run.node is not None:
+            self._runs[sid].append((rid, run))
+        self._entries[sid].setdefault(run.flow_id, []).append(F.Entry(started_at=run.started_at, object_id=run.object_id))
+
+    def _run_id(self) -> int:
+        """A new run's id before its row is written: from the sequence on PostgreSQL (taken 100 at a
+        time; unused ones are gaps), after the highest id on SQLite (this transaction is the only writer)."""
+        if self.engine == "postgres":
+            if not self._ids:
+                self._ids = [int(r[0]) for r in self.tx.rows(
+                    "SELECT nextval(pg_get_serial_sequence('flow_runs', 'id')) FROM generate_series(1, 100)")][::-1]
+            return self._ids.pop()
+        if self._top is None:
+            row = self.tx.one("SELECT COALESCE(MAX(id), 0) FROM flow_runs")
+            self._top = int(row[0]) if row is not None else 0
+        self._top += 1
+        return self._top
 
     def save_run(self, run_id: int, run: F.Run, now: float) -> None:
         """Held until ``flush`` (the end of the transaction, or the next uncached read of runs)."""
@@ -294,6 +338,7 @@ class FlowTx:
 
     def add_link(self, code: str, run_id: int, send_key: str, target: str, now: float, message_key: str = "") -> None:
         """A flow's short link: the redirect table (campaign 0) and which run and send it belongs to."""
+        self.flush()  # the run's row is read below
         self.tx.run("INSERT INTO short_links (code, tenant, campaign_id, subscriber_id, target, created_at) "
                     "SELECT ?, ?, 0, subscriber_id, ?, ? FROM flow_runs WHERE id = ? ON CONFLICT DO NOTHING",
                     (code, self.tenant, target, now, run_id))  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -496,3 +497,33 @@ def test_a_batch_of_inputs_ends_as_the_same_inputs_applied_one_at_a_time(acts: l
     finally:
         one.close()
         many.close()
+
+
+def test_a_batch_whose_run_was_started_meanwhile_stores_nothing_and_can_be_redone(store: Store) -> None:
+    """A run held for the batch's insert whose key another transaction wrote meanwhile (a race only
+    PostgreSQL allows): the commit is refused with a retryable StorageError and nothing of the batch
+    is stored (the run, the update, the input ids); the batch redone sees the run and takes it."""
+    from campaigns.core import flows as F
+    from campaigns.errors import StorageError
+
+    store.put_flow_version("acme", "f", "F", {"id": "f", "name": "F"}, now=T0, new=True)
+    run = F.Run(id="f:1:e", flow_id="f", version=1, subscriber_id=1, started_at=T0, node="w", visit=1, timer_due=T0)
+    with store.flow_tx("acme") as ftx:
+        ftx.insert_run(msgspec.structs.replace(run, id="f:1:old"), T0)
+    with pytest.raises(StorageError):
+        with store.flow_tx("acme") as ftx:
+            assert ftx.first_times(["1:e"]) == {"1:e"}
+            ftx.prefetch([1])
+            [(old_id, old)] = ftx.active_runs(1)
+            ftx.save_run(old_id, msgspec.structs.replace(old, node=None, timer_due=None, ended="completed"), T0 + 1)
+            ftx.tx.run("INSERT INTO flow_runs (tenant, run_key, flow_id, version, subscriber_id, node, visit, state, "
+                       "started_at, updated_at, run) VALUES ('acme', 'f:1:e', 'f', 1, 1, 'w', 1, 'active', ?, ?, '{}')",
+                       (T0, T0))  # the other transaction's run, unseen by the cache  # fmt: skip
+            assert ftx.insert_run(run, T0) is not None
+    rows = store.flow_run_rows("acme")
+    assert [(r.run_key, r.state) for r in rows] == [("f:1:old", "active")]
+    with store.flow_tx("acme") as ftx:
+        assert ftx.first_times(["1:e"]) == {"1:e"}  # not marked by the refused batch
+        ftx.prefetch([1])
+        assert ftx.insert_run(run, T0) is not None
+    assert [r.run_key for r in store.flow_run_rows("acme")] == ["f:1:old", "f:1:e"]
