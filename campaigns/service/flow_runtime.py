@@ -12,7 +12,7 @@ next timers and the records of their actions are written together:
    rules read the subscriber's past runs). An input id is applied once (``flow_events``). A batch
    is applied as one: its ids marked and its subscribers' runs, values, tags and stats read with
    one statement each (``FlowTx.first_times``, ``FlowTx.prefetch``), the engine called per input in
-   queue order, the run updates written together at the commit (``FlowTx.flush``).
+   queue order, the new runs and run updates written together at the commit (``FlowTx.flush``).
 2. **timers** (``FlowWorker.fire``): runs whose ``due`` is past, claimed in batches, earliest
    first (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: several workers take disjoint batches).
 3. **replies** (``FlowWorker.reply``, behind ``FlowRuntime.offer_reply``, the inbox's

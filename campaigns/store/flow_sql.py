@@ -9,7 +9,9 @@ Two kinds of operations:
   calls the pure engine (``campaigns.core.flows.step``) and writes the new run, its next timer and
   the actions' records together. Nothing is half stored: a kill -9 before the commit leaves the run
   as it was (its timer still due, the event not marked applied), after it leaves the run advanced
-  and its sends recorded as ``pending`` in ``flow_outbox`` (the sender's outbox).
+  and its sends recorded as ``pending`` in ``flow_outbox`` (the sender's outbox). A batch of inputs
+  is read up front (``first_times``, ``prefetch``: one statement per chunk, not per input) and its
+  new runs and run updates are held in the ``FlowTx`` and written by ``flush`` before the commit.
 
 Claiming due timers: ``FlowTx.claim_due(now, limit)`` reads the due-time index in due order; on
 PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so several workers (processes, or connections) take
