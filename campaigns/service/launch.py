@@ -228,6 +228,7 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
     rows: list[PlannedRecipient] = []
     link_rows: list[LinkRow] = []
     taken: set[str] = set()
+    cache = TextCache(spec)
     batch, idx, batch_at = -1, spec.batch_size, None
     for p in planned:
         sub = by_id[p.subscriber]
@@ -237,21 +238,22 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
                                          tz=p.zone, text="", batch=HELD, idx=sub.id))  # fmt: skip
             continue
         text, new_links = render_for(store, tenant, spec, camp.id, sub, compiled[variant], tl, now,
-                                     first=last.get(sub.id) is None, taken=taken, exists=taken.__contains__)  # fmt: skip
+                                     first=last.get(sub.id) is None, taken=taken, exists=taken.__contains__, cache=cache)  # fmt: skip
         if idx >= spec.batch_size or p.send_at != batch_at:
             batch, idx, batch_at = batch + 1, 0, p.send_at
         rows.append(PlannedRecipient(subscriber_id=sub.id, phone=sub.phone, variant=variant, send_at=p.send_at or now,
                                      tz=p.zone, text=text, batch=batch, idx=idx))  # fmt: skip
         link_rows += new_links
         idx += 1
-    rows, link_rows = _resolve_clashes(store, tenant, spec, camp.id, rows, link_rows, compiled, by_id, last, tl, now, taken)
+    rows, link_rows = _resolve_clashes(store, tenant, spec, camp.id, rows, link_rows, compiled, by_id, last, tl, now, taken,
+                                       cache)  # fmt: skip
     return store.freeze_audience(tenant, camp.id, rows, link_rows, now=now)
 
 
 def _resolve_clashes(store: Store, tenant: str, spec: CampaignSpec, cid: int, rows: list[PlannedRecipient],
                      link_rows: list[LinkRow], compiled: Mapping[str | None, templates.Template],
                      by_id: Mapping[int, Subscriber], last: Mapping[int, float | None], tl: TenantLinks, now: float,
-                     taken: set[str]) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
+                     taken: set[str], cache: TextCache | None = None) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
     """Codes were minted against this launch's own codes only; the store's are checked in bulk, and
     the rare recipient whose code another campaign holds is rendered again with the full check."""
     clashes = store.existing_links([link.code for link in link_rows])
@@ -264,25 +266,59 @@ def _resolve_clashes(store: Store, tenant: str, spec: CampaignSpec, cid: int, ro
         if r.subscriber_id in redo:
             text, new_links = render_for(store, tenant, spec, cid, by_id[r.subscriber_id], compiled[r.variant], tl, now,
                                          first=last.get(r.subscriber_id) is None, taken=taken,
-                                         exists=lambda c: c in taken or store.link_exists(c))  # fmt: skip
+                                         exists=lambda c: c in taken or store.link_exists(c), cache=cache)  # fmt: skip
             r = msgspec.structs.replace(r, text=text)
             kept += new_links
         out.append(r)
     return out, kept
 
 
+class TextCache:
+    """Each distinct rendering of one campaign's texts, split around its URLs, kept for the launch.
+
+    A text depends only on its template, the values its shortcodes read (``templates.values_key``),
+    the locale and whether it is the subscriber's first marketing message; recipients who share
+    those (most of an audience: the same shop values, a few thousand first names) share one
+    ``links.Skeleton``, so the template is rendered and its URLs found and checked once, and each
+    recipient costs only its codes and a join (``links.splice``). Exact by construction: a miss is
+    rendered by the same ``templates.render``. Bounded: cleared when it holds ``limit`` texts."""
+
+    def __init__(self, spec: CampaignSpec, *, limit: int = 100_000) -> None:
+        self.spec, self.limit = spec, limit
+        self._texts: dict[tuple[Any, ...], links.Skeleton] = {}
+
+    def skeleton(self, template: templates.Template, values: Mapping[str, object], locale: str | None,
+                 first: bool) -> links.Skeleton:  # fmt: skip
+        key = (template.source, locale, first, templates.values_key(template, values))
+        sk = self._texts.get(key)
+        if sk is None:
+            rendered = templates.render(template, values, rules=self.spec.rules, locale=locale, first_message=first,
+                                        find=False)  # fmt: skip
+            sk = links.skeleton(rendered.text)
+            if len(self._texts) >= self.limit:
+                self._texts.clear()
+            self._texts[key] = sk
+        return sk
+
+
 def render_for(store: Store, tenant: str, spec: CampaignSpec, cid: int, sub: Subscriber, template: templates.Template,
                tl: TenantLinks, now: float, *, first: bool, taken: set[str],
-               exists: Callable[[str], bool] | None = None) -> tuple[str, list[LinkRow]]:  # fmt: skip
-    """One recipient's final text (signature, footer, discount code, short links) and its links."""
+               exists: Callable[[str], bool] | None = None, cache: TextCache | None = None) -> tuple[str, list[LinkRow]]:  # fmt: skip
+    """One recipient's final text (signature, footer, discount code, short links) and its links
+    (``cache``: the launch's rendered texts, reused across recipients; same result as without)."""
     code = _discount(store, tenant, spec, cid, sub.id, tl.key, now)
+    values = _values(spec, sub, code)
+    links.code_length(spec.link_domain or tl.domain)  # a domain too long is the first error, before a bad URL
     try:
-        rendered = templates.render(template, _values(spec, sub, code), rules=spec.rules, locale=sub.language,
-                                    first_message=first, find=False)  # fmt: skip
+        if cache is not None and cache.spec is spec:
+            sk = cache.skeleton(template, values, sub.language, first)
+        else:
+            sk = links.skeleton(templates.render(template, values, rules=spec.rules, locale=sub.language,
+                                                 first_message=first, find=False).text)  # fmt: skip
     except templates.TemplateError as exc:
         raise InvalidInput(f"subscriber {sub.id}: {exc}", code=exc.code, field="template") from exc
-    short = links.shorten(rendered.text, domain=spec.link_domain or tl.domain, key=tl.key, scope=f"{cid}:{sub.id}",
-                          exists=exists or (lambda c: c in taken or store.link_exists(c)))  # fmt: skip
+    short = links.splice(sk, domain=spec.link_domain or tl.domain, key=tl.key, scope=f"{cid}:{sub.id}",
+                         exists=exists or (lambda c: c in taken or store.link_exists(c)))  # fmt: skip
     taken.update(link.code for link in short.links)
     expires = now + spec.link_ttl_days * 86_400 if spec.link_ttl_days is not None else None
     rows = [LinkRow(code=link.code, tenant=tenant, campaign_id=cid, subscriber_id=sub.id, target=link.target,

@@ -65,10 +65,13 @@ class Tx:
         return list(self._cur.fetchall())
 
 
+_SUB_NAMES = tuple(c.strip() for c in _SUB_COLS.split(","))
+
+
 def _subscriber(tenant: str, row: tuple) -> Subscriber:
-    names = [c.strip() for c in _SUB_COLS.split(",")]
-    values = dict(zip(names, row, strict=True))
-    values["attributes"] = msgspec.json.decode(values["attributes"] or "{}")
+    values = dict(zip(_SUB_NAMES, row, strict=True))
+    raw = values["attributes"]
+    values["attributes"] = msgspec.json.decode(raw) if raw and raw != "{}" else {}
     return Subscriber(tenant=tenant, **values)
 
 
