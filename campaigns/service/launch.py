@@ -25,7 +25,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
 import anyio.to_thread
+from anyio.streams.memory import MemoryObjectSendStream
 import msgspec
 
 from campaigns.core import abtest, attribution, discounts, links, schedule, templates
@@ -34,7 +36,7 @@ from campaigns.core.model import Subscriber
 from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound
 from campaigns.service.gateway_client import GatewayClient
 from campaigns.store.base import Store
-from campaigns.store.campaign_rows import CampaignRow, LinkRow, PlannedRecipient, RecipientRow
+from campaigns.store.campaign_rows import BatchRow, CampaignRow, LinkRow, PlannedRecipient, RecipientRow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -391,26 +393,62 @@ class Launcher:
         return await self.launch_state(tenant, campaign_id)
 
     async def _submit(self, client: GatewayClient, tenant: str, camp: CampaignRow) -> None:
+        """Post every batch not yet answered, in order. The next batch's rows are read and its body
+        built in a worker thread while the gateway answers this one (a pipeline of one: the bodies
+        are the same bytes as built one by one, and nothing is posted out of order)."""
         spec = parse_spec(camp.definition)
-        for b in await self._run(self.store.batches, tenant, camp.id):
-            if b.job_id is not None:
-                continue
-            current = await self.campaign(tenant, camp.id)
-            if current.status == "canceled":  # canceled during the launch: send no more batches
-                return
-            rows = await self._run(self.store.batch_recipients, tenant, camp.id, b.batch)
-            body = job_body(camp, spec, b.batch, b.send_at, rows, self.callback_urls.get(tenant))
-            answer = await client.submit_job(body, key=idempotency_key(camp.id, b.batch))
-            rejected = [r.index for r in answer.rejected]
-            await self._run(self.store.batch_submitted, tenant, camp.id, b.batch, job_id=answer.id,
-                            accepted=answer.accepted, rejected=rejected, now=self.clock())  # fmt: skip
-            log.info("campaign.batch.submitted tenant=%s campaign=%d batch=%d job=%s accepted=%d", tenant, camp.id,
-                     b.batch, answer.id, answer.accepted)  # fmt: skip
-            if answer.id and (await self.campaign(tenant, camp.id)).status == "canceled":
-                await client.job_action(answer.id, "cancel")  # canceled while this batch was in flight
-                return
+        todo = [b for b in await self._run(self.store.batches, tenant, camp.id) if b.job_id is None]
+        send, receive = anyio.create_memory_object_stream[tuple[BatchRow, bytes | BaseException]](1)
+        failed: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._bodies, send, tenant, camp, spec, todo)
+            async with receive:
+                try:
+                    async for b, body in receive:
+                        if not isinstance(body, bytes):
+                            raise body
+                        if not await self._post(client, tenant, camp, b, body):
+                            tg.cancel_scope.cancel()
+                            return
+                except Exception as exc:  # raised as itself, not inside the task group's ExceptionGroup
+                    failed = exc
+                    tg.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
         if (await self.campaign(tenant, camp.id)).status == "launching":
             await self._run(self.store.set_campaign_status, tenant, camp.id, "launched", now=self.clock())
+
+    async def _bodies(self, send: MemoryObjectSendStream[tuple[BatchRow, bytes | BaseException]], tenant: str, camp: CampaignRow,
+                      spec: CampaignSpec, todo: Sequence[BatchRow]) -> None:  # fmt: skip
+        """Build the bodies in order; a failure is handed on to ``_submit`` (raised there as itself)."""
+        async with send:
+            for b in todo:
+                try:
+                    body: bytes | BaseException = await self._run(self._body, tenant, camp, spec, b)
+                except Exception as exc:
+                    body = exc
+                await send.send((b, body))
+                if not isinstance(body, bytes):
+                    return
+
+    def _body(self, tenant: str, camp: CampaignRow, spec: CampaignSpec, b: BatchRow) -> bytes:
+        rows = self.store.batch_recipients(tenant, camp.id, b.batch)
+        return job_body(camp, spec, b.batch, b.send_at, rows, self.callback_urls.get(tenant))
+
+    async def _post(self, client: GatewayClient, tenant: str, camp: CampaignRow, b: BatchRow, body: bytes) -> bool:
+        """Post one batch and store its answer; False when the campaign was canceled (send no more)."""
+        if (await self.campaign(tenant, camp.id)).status == "canceled":  # canceled during the launch
+            return False
+        answer = await client.submit_job(body, key=idempotency_key(camp.id, b.batch))
+        rejected = [r.index for r in answer.rejected]
+        await self._run(self.store.batch_submitted, tenant, camp.id, b.batch, job_id=answer.id,
+                        accepted=answer.accepted, rejected=rejected, now=self.clock())  # fmt: skip
+        log.info("campaign.batch.submitted tenant=%s campaign=%d batch=%d job=%s accepted=%d", tenant, camp.id,
+                 b.batch, answer.id, answer.accepted)  # fmt: skip
+        if answer.id and (await self.campaign(tenant, camp.id)).status == "canceled":
+            await client.job_action(answer.id, "cancel")  # canceled while this batch was in flight
+            return False
+        return True
 
     async def launch_state(self, tenant: str, campaign_id: int) -> LaunchOut:
         camp = await self.campaign(tenant, campaign_id)
