@@ -72,7 +72,12 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     inbox = Inbox(store, clients, settings, time.time)
     link = GatewayLink(audience, clients, inbox=inbox)
     secrets = webhook_secrets(settings, env)
-    launcher = Launcher(store, clients, tenant_links(settings, env), time.time, callback_urls=callback_urls(settings))
+    # On PostgreSQL the launcher (launches, redirects, clicks, message states) has a connection of
+    # its own: on the shared one a launch waited behind the gateway link's rounds and the segment
+    # rebuilds (docs/BENCHMARKS.md). SQLite has one writer whatever the connections: it shares.
+    own = getattr(store, "engine", "sqlite") != "sqlite"
+    launch_store = await anyio.to_thread.run_sync(open_store, settings.store_url) if own else store
+    launcher = Launcher(launch_store, clients, tenant_links(settings, env), time.time, callback_urls=callback_urls(settings))
     tracker = Tracker(launcher)
     app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets, inbox=inbox,
                      extra_handlers=campaign_handlers(launcher, tracker, secrets, inbox=inbox))  # fmt: skip
@@ -98,4 +103,6 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     finally:
         for c in clients.values():
             await c.aclose()
+        if launch_store is not store:
+            launch_store.close()
         store.close()
