@@ -18,7 +18,9 @@ at most 8 and at least 5 (62**5 is about 9.2e8 codes per domain). A domain too l
 key and the link's scope: campaign, recipient, URL position), so a relaunch after a crash mints the
 same codes again (idempotent), and nobody can guess a neighbour's code. On a collision with a code
 already taken (``exists(code)``), the attempt counter in the hashed message is bumped, up to 16
-times, then ``LinkError("code_space_exhausted")``.
+times, then ``LinkError("code_space_exhausted")``. ``shorten`` is ``splice(skeleton(text))``: a
+launch splits each distinct text around its URLs once (``skeleton``, URLs found and checked) and
+only mints and splices codes per recipient (``splice``).
 
 **Clicks**: a hit is a click only if it is a GET (a HEAD is a preview), its user agent is not a known
 link-preview fetcher or bot, and it comes at least ``min_delay`` seconds (default 10 s) after the
@@ -40,7 +42,8 @@ import msgspec
 from campaigns.errors import InvalidInput
 
 __all__ = ["ALPHABET", "BOT_MARKERS", "ClickTally", "Hit", "HitVerdict", "LinkError", "ShortLink",
-           "Shortened", "Skeleton", "classify_hit", "code_length", "find_urls", "mint_code", "shorten", "skeleton", "splice", "with_utm"]  # fmt: skip
+           "Shortened", "Skeleton", "classify_hit", "code_length", "find_urls", "mint_code", "shorten", "skeleton",
+           "splice", "with_utm"]  # fmt: skip
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 MIN_CODE = 5

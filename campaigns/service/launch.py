@@ -8,10 +8,13 @@ Theory of operation (a crash at any point never sends a recipient twice):
    (smart sending), assign A/B variants (``core.abtest``), render each text (``core.templates``) with
    its discount code and short links (``core.links``), and store all of it with its batch and slot.
    A campaign whose audience is already frozen is not planned again: a relaunch reads the same rows.
+   Rendering is the launch's hot loop: ``TextCache`` renders each distinct text once and a recipient
+   costs its codes and a join (exactly what rendering from scratch gives).
 2. ``submit``: each batch not yet answered is posted as one NDJSON job with
    ``Idempotency-Key: campaign-{id}-batch-{n}``. The body is rebuilt from the frozen rows, so it is
    the same bytes each time, and the gateway answers a retried key with its stored answer instead of
-   sending again. A batch's job id is stored once the gateway answers.
+   sending again. A batch's job id is stored once the gateway answers. The next batch's body is
+   built (in a worker thread) while the gateway answers this one; batches are still posted in order.
 3. The campaign is ``launched`` when every batch has its job. Pause, resume and cancel are posted to
    every job of the campaign.
 
@@ -418,8 +421,8 @@ class Launcher:
         if (await self.campaign(tenant, camp.id)).status == "launching":
             await self._run(self.store.set_campaign_status, tenant, camp.id, "launched", now=self.clock())
 
-    async def _bodies(self, send: MemoryObjectSendStream[tuple[BatchRow, bytes | BaseException]], tenant: str, camp: CampaignRow,
-                      spec: CampaignSpec, todo: Sequence[BatchRow]) -> None:  # fmt: skip
+    async def _bodies(self, send: MemoryObjectSendStream[tuple[BatchRow, bytes | BaseException]], tenant: str,
+                      camp: CampaignRow, spec: CampaignSpec, todo: Sequence[BatchRow]) -> None:  # fmt: skip
         """Build the bodies in order; a failure is handed on to ``_submit`` (raised there as itself)."""
         async with send:
             for b in todo:
