@@ -19,6 +19,7 @@ from campaigns.errors import Conflict, InvalidInput, NotFound
 from campaigns.core.imports import ImportRow
 from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, SyncItem
 from campaigns.store.campaign_sql import CampaignSql
+from campaigns.store.event_batch import EventBatch
 
 _json = msgspec.json.Encoder()
 _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country, region, city, time_zone, "
@@ -58,6 +59,42 @@ class Tx:
         self._cur.execute(sql, tuple(params))
         return list(self._cur.fetchall())
 
+    def raw_run(self, sql: str, params: Sequence[Any]) -> int:
+        self._cur.execute(sql, tuple(params))
+        return self._cur.rowcount
+
+    @property
+    def pg(self) -> bool:
+        return self._ph != "?"
+
+    def each(self, kind: str = "text") -> str:
+        """A set of values bound as ONE parameter (``tx.array(values)``: a JSON array on SQLite, an array
+        on PostgreSQL), as a table of one column ``value``: ``SELECT value FROM {tx.each()}``."""
+        return f"unnest(?::{kind}[]) AS value" if self.pg else "json_each(?)"
+
+    def values(self, kind: str = "text") -> str:
+        """The same as a subquery: ``x IN {tx.values()}``."""
+        return f"(SELECT value FROM {self.each(kind)})"
+
+    def array(self, values: Sequence[Any]) -> Any:
+        return list(values) if self.pg else _json.encode(list(values)).decode()
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement over many rows (psycopg pipelines them: one round trip, not one per row)."""
+        if rows:
+            self._cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+
+    def insert_many(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Plain inserts of many rows: ``executemany`` on SQLite, ``COPY`` on PostgreSQL."""
+        if not rows:
+            return
+        if self.pg:
+            with self._cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(r)
+        else:
+            self._cur.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows)
+
 
 def _subscriber(tenant: str, row: tuple) -> Subscriber:
     names = [c.strip() for c in _SUB_COLS.split(",")]
@@ -73,7 +110,7 @@ def _entry(tenant: str, row: tuple) -> ConsentEntry:
     return ConsentEntry(tenant=tenant, **values)
 
 
-class SqlStore(CampaignSql):
+class SqlStore(EventBatch, CampaignSql):
     engine = "sql"
     _least = "MIN"  # the two-argument minimum: MIN on SQLite, LEAST on PostgreSQL
 
@@ -275,14 +312,20 @@ class SqlStore(CampaignSql):
             return self._apply(tx, tenant, event, phone, now)
 
     def apply_events(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], *, now: float) -> list[Applied]:
-        """Many events in one transaction (bulk ingestion: all or none)."""
+        """Many events in one transaction (bulk ingestion and group commit: all or none), set-based
+        where it counts (``campaigns.store.event_batch``); the same outcomes and state as ``apply_event``
+        on each in turn."""
         with self._tx() as tx:
-            return [self._apply(tx, tenant, e, phone, now) for e, phone in events]
+            return self._apply_batch(tx, tenant, events, now)
 
     def _apply(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
         if tx.run("INSERT INTO processed_events (tenant, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                   (tenant, event.id)) == 0:  # fmt: skip
             return Applied(outcome="duplicate")
+        return self._apply_new(tx, tenant, event, phone, now)
+
+    def _apply_new(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
+        """One event whose id was just claimed (``processed_events``), in ``tx``."""
         match event:
             case CustomerEvent():
                 assert phone is not None
