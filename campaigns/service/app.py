@@ -295,18 +295,7 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
     async def post_events_bulk(tenant: Tenant, request: Request) -> BulkOut:
         """NDJSON, one event per line. Every line is checked first: one bad line -> 422 naming it
         (``lines[3].total``) and nothing is stored. Safe to retry: events are idempotent by id."""
-        body = await request.body()
-        events: list[tuple[ShopEvent, str | None]] = []
-        for i, line in enumerate(body.splitlines()):
-            if not line.strip():
-                continue
-            try:
-                ev = decode_event(line)
-            except InvalidInput as exc:
-                field = f"lines[{i}]" + (f".{exc.field}" if exc.field else "")
-                raise InvalidInput(f"line {i}: {exc}", code=exc.code, field=field) from None
-            events.append((ev, audience.check_event(tenant, ev, prefix=f"lines[{i}].")))
-        results = await audience.apply_many(tenant, events)
+        results = await audience.ingest_ndjson(tenant, await request.body())
         outcomes = [r.outcome for r in results]
         return BulkOut(applied=outcomes.count("applied"), duplicate=outcomes.count("duplicate"),
                        stale=outcomes.count("stale"))  # fmt: skip

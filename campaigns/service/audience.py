@@ -17,12 +17,14 @@ from campaigns.core import proof
 from campaigns.core.forms import legal_text
 from campaigns.core.imports import parse_csv
 from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State, needs_disclosure
-from campaigns.core.events import CheckoutEvent, CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone, event_phone
+from campaigns.core.events import (CheckoutEvent, CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone,
+                                   decode_event, event_phone, looks_canonical)  # fmt: skip
 from campaigns.core.model import Stats, Subscriber
 from campaigns.core.segments import Segment, affected_by, dependencies, dump_segment, evaluate, next_change, parse_segment
-from campaigns.errors import Conflict, InvalidInput, NotFound
-from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, Store
-from campaigns.store.segment_sql import compile_segment
+from campaigns.errors import CampaignError, Conflict, InvalidInput, NotFound
+from campaigns.service.batching import GroupCommit
+from campaigns.store.base import Applied, ImportResult, MemberPlan, NewConsent, SegmentRow, Store
+from campaigns.store.segment_sql import compile_edges, compile_segment
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,6 +72,8 @@ class Audience:
         self._segments: dict[str, list[tuple[int, Segment, frozenset[str]]]] = {}  # per tenant, parsed
         self._last_rebuild: dict[str, float] = {}
         self._last_scores: dict[str, float] = {}
+        self._groups: dict[str, GroupCommit[tuple[ShopEvent, str | None], Applied]] = {}
+        self.batch_size = 1000  # events per transaction (bulk ingest, group commit)
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         return await anyio.to_thread.run_sync(partial(fn, *args, **kw))
@@ -193,30 +197,74 @@ class Audience:
         country = event.profile.country if isinstance(event, CustomerEvent) else None
         return self.phone(tenant, raw, field=prefix + field, country=country)
 
+    def check_events(self, tenant: str, events: Sequence[ShopEvent], prefixes: Sequence[str]) -> list[str | None]:
+        """``check_event`` for many (the store answers in one query which numbers, already canonical
+        E.164, belong to a subscriber: those need no phonenumbers check). Sync: run it in a thread."""
+        raws = [event_phone(e) for e in events]
+        known = self.store.known_phones(tenant, [r for r in raws if r is not None and looks_canonical(r)])
+        out = []
+        for e, raw, prefix in zip(events, raws, prefixes, strict=True):
+            if raw is not None and raw in known and not (isinstance(e, CheckoutEvent) and e.consent is not None):
+                out.append(raw)
+            else:
+                out.append(self.check_event(tenant, e, prefix))
+        return out
+
+    def _check_time(self, events: Sequence[ShopEvent], now: float, prefixes: Sequence[str]) -> None:
+        for e, prefix in zip(events, prefixes, strict=True):
+            if e.at > now + 300:
+                raise InvalidInput("event time is in the future", code="invalid_field", field=f"{prefix}at")
+
     async def apply(self, tenant: str, event: ShopEvent, phone: str | None) -> Applied:
-        now = self.clock()
-        if event.at > now + 300:
-            raise InvalidInput("event time is in the future", code="invalid_field", field="at")
-        applied = await self._run(self.store.apply_event, tenant, event, phone=phone, now=now)
-        if applied.subscriber_id is not None and applied.outcome != "duplicate":
-            await self.refresh_membership(tenant, applied.subscriber_id, applied.changed, now)
-        return applied
+        """One event, through the tenant's group commit: events arriving while a transaction runs share
+        the next one; answered once its transaction and the membership changes it causes are stored."""
+        self._check_time([event], self.clock(), [""])
+        group = self._groups.get(tenant)
+        if group is None:
+            group = self._groups[tenant] = GroupCommit(partial(self._flush_group, tenant), max_items=self.batch_size)
+        return await group.submit((event, phone))
+
+    async def _flush_group(self, tenant: str, items: list[tuple[ShopEvent, str | None]]) -> list[Applied | BaseException]:
+        try:
+            return list(await self.apply_many(tenant, items))
+        except CampaignError:
+            if len(items) == 1:
+                raise
+        out: list[Applied | BaseException] = []  # one event failed the batch: each alone, so only it fails
+        for item in items:
+            try:
+                out += await self.apply_many(tenant, [item])
+            except CampaignError as exc:
+                out.append(exc)
+        return out
+
+    async def ingest_ndjson(self, tenant: str, body: bytes) -> list[Applied]:
+        """``POST /v1/events/bulk``: NDJSON, one event per line. Every line is checked first: a bad line
+        raises InvalidInput naming it (``lines[3].total``) and nothing is stored."""
+        events, prefixes = [], []
+        for i, line in enumerate(body.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                events.append(decode_event(line))
+            except InvalidInput as exc:
+                field = f"lines[{i}]" + (f".{exc.field}" if exc.field else "")
+                raise InvalidInput(f"line {i}: {exc}", code=exc.code, field=field) from None
+            prefixes.append(f"lines[{i}].")
+        self._check_time(events, self.clock(), prefixes)
+        phones = await self._run(self.check_events, tenant, events, prefixes)
+        return await self.apply_many(tenant, list(zip(events, phones, strict=True)))
 
     async def apply_many(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]]) -> list[Applied]:
+        """Checked events, ``batch_size`` per transaction (``Store.apply_events``); after each, the
+        membership of the segments whose dependencies it touched, for the subscribers it touched."""
         now = self.clock()
-        for i, (e, _) in enumerate(events):
-            if e.at > now + 300:
-                raise InvalidInput("event time is in the future", code="invalid_field", field=f"lines[{i}].at")
-
+        self._check_time([e for e, _ in events], now, [f"lines[{i}]." for i in range(len(events))])
         results: list[Applied] = []
-        for i in range(0, len(events), 1000):  # one transaction per thousand events
-            results += await self._run(self.store.apply_events, tenant, events[i:i + 1000], now=now)
-        touched: dict[int, set[str]] = {}
-        for r in results:
-            if r.subscriber_id is not None and r.outcome != "duplicate":
-                touched.setdefault(r.subscriber_id, set()).update(r.changed)
-        for sid, changed in touched.items():
-            await self.refresh_membership(tenant, sid, frozenset(changed), now)
+        for i in range(0, len(events), self.batch_size):
+            done = await self._run(self.store.apply_events, tenant, events[i:i + self.batch_size], now=now)
+            results += done
+            await self.refresh_batch(tenant, done, now)
         return results
 
     async def tick(self, tenant: str | None = None) -> list[int]:
@@ -255,6 +303,30 @@ class Audience:
                 parsed.append((r.id, seg, dependencies(seg)))
             self._segments[tenant] = parsed
         return self._segments[tenant]
+
+    async def refresh_batch(self, tenant: str, applied: Sequence[Applied], now: float) -> int:
+        """Membership after a batch, set-based: per segment whose dependencies the batch touched, its SQL
+        restricted to the subscribers whose changes touch them (``compile_segment(..., only=...)``), the
+        difference written, timers set to the next window edge. Returns the memberships changed."""
+        touched: dict[int, set[str]] = {}
+        for r in applied:
+            if r.subscriber_id is not None and r.outcome != "duplicate":
+                touched.setdefault(r.subscriber_id, set()).update(r.changed)
+        if not touched:
+            return 0
+        by_change: dict[frozenset[str], list[int]] = {}
+        for sid, changed in touched.items():
+            by_change.setdefault(frozenset(changed), []).append(sid)
+        engine = self.store.engine
+        plans = []
+        for seg_id, seg, deps in await self.segments_of(tenant):
+            ids = sorted(sid for changed, sids in by_change.items() if affected_by(deps, changed) for sid in sids)
+            if not ids:
+                continue
+            where, params = compile_segment(seg, engine, tenant, now, only=ids)  # type: ignore[arg-type]
+            edges = compile_edges(seg, engine, tenant, now, ids) if "clock" in deps else None  # type: ignore[arg-type]
+            plans.append(MemberPlan(segment_id=seg_id, ids=ids, where=where, params=params, edges=edges))
+        return await self._run(self.store.refresh_members, tenant, plans, now=now) if plans else 0
 
     async def refresh_membership(self, tenant: str, sid: int, changed: frozenset[str] | None, now: float,
                                  *, only: int | None = None) -> None:  # fmt: skip

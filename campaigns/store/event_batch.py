@@ -11,9 +11,10 @@ event that is 6 to 10 statements; in a batch the common events share a handful:
    fulfilment, nor named by another event of the batch, and that completes no checkout) and *activities*
    (``activity``, ``custom``) take the set-based path: their subscribers are found or created with two
    statements, the rows inserted with ``executemany`` (SQLite) or ``COPY`` (PostgreSQL), and the
-   aggregates of every subscriber they touched recomputed from one read of those subscribers' orders
-   and stats, by the same pure functions (``campaigns.core.aggregates``), then written back in one
-   ``executemany``. A new order is always ``applied``: there is no newer state it could be stale to.
+   aggregates of every subscriber they touched read once, updated by the pure functions of
+   ``campaigns.core.aggregates`` and written back in one statement (``executemany`` on SQLite, ``COPY``
+   into a staging table then one ``INSERT ... ON CONFLICT DO UPDATE`` on PostgreSQL). A new order is
+   always ``applied``: there is no newer state it could be stale to.
 3. Every other event (customers, checkouts, fulfilments, updates of stored orders) then goes through
    the per-event code, in arrival order, in the same transaction.
 
@@ -76,7 +77,7 @@ class EventBatch:
             out_sid = {i: sids[events[i][1]] for i in orders + acts}  # type: ignore[index]
             self._insert_orders(tx, tenant, [(events[i][0], out_sid[i]) for i in orders])  # type: ignore[misc]
             self._insert_activities(tx, tenant, [(events[i][0], out_sid[i]) for i in acts])  # type: ignore[misc]
-            self._restat_many(tx, tenant, {out_sid[i] for i in orders}, [(events[i][0], out_sid[i]) for i in acts], now)  # type: ignore[misc]
+            self._restat_many(tx, tenant, [(events[i][0], out_sid[i]) for i in orders], [(events[i][0], out_sid[i]) for i in acts], now)  # type: ignore[misc]
             for i in orders:
                 out[i] = Applied(outcome="applied", subscriber_id=out_sid[i], changed=_ORDER_CHANGED)
             for i in acts:
@@ -143,9 +144,16 @@ class EventBatch:
             (tenant, sid, e.kind if isinstance(e, ActivityEvent) else e.name, e.at, _json.encode(e.properties).decode())
             for e, sid in acts])  # fmt: skip
 
-    def _restat_many(self, tx: Tx, tenant: str, order_sids: set[int], acts: list[tuple[Any, int]], now: float) -> None:
-        """The aggregates of every subscriber touched: order figures recomputed from their stored orders
-        (``aggregates.order_stats``, as ``_restat``), activity instants the later of stored and new."""
+    def _restat_many(self, tx: Tx, tenant: str, orders: list[tuple[OrderEvent, int]], acts: list[tuple[Any, int]],
+                     now: float) -> None:  # fmt: skip
+        """The aggregates of every subscriber touched. A new order was counted nowhere (its id was not
+        stored), so it adds to the stored order figures exactly as ``aggregates.order_stats`` would
+        count it; the latest order's status is read back with one index seek per subscriber (the new
+        order may be older than one stored). Activity instants: the later of stored and new."""
+        added: dict[int, list[tuple[str, int, str, float]]] = {}
+        for e, sid in orders:
+            added.setdefault(sid, []).append((e.order_id, e.total, e.payment_status,
+                                              e.created_at if e.created_at is not None else e.at))  # fmt: skip
         latest: dict[int, dict[str, float]] = {}
         for e, sid in acts:
             kind = e.kind if isinstance(e, ActivityEvent) else e.name
@@ -153,28 +161,23 @@ class EventBatch:
                 field = _ACTIVITY_STAT[kind]
                 mine = latest.setdefault(sid, {})
                 mine[field] = max(mine.get(field, e.at), e.at)
-        sids = order_sids | set(latest)
+        sids = sorted(set(added) | set(latest))
         if not sids:
             return
-        arr = tx.array(sorted(sids))
         stored = {int(r[0]): dict(zip(_STATS, r[1:], strict=True)) for r in tx.rows(
             f"SELECT subscriber_id, {', '.join(_STATS)} FROM subscriber_stats WHERE tenant = ? AND subscriber_id IN "
-            f"{tx.values('bigint')}", (tenant, arr))}  # fmt: skip
-        by_sid: dict[int, list[tuple[str, int, str, float]]] = {sid: [] for sid in order_sids}
-        if order_sids:
-            for sid, oid, total, status, created in tx.rows(
-                    f"SELECT subscriber_id, order_id, total, payment_status, created_at FROM orders WHERE tenant = ? "
-                    f"AND subscriber_id IN {tx.values('bigint')}", (tenant, tx.array(sorted(order_sids)))):  # fmt: skip
-                by_sid[int(sid)].append((oid, total, status, created))
+            f"{tx.values('bigint')}", (tenant, tx.array(sids)))}  # fmt: skip
+        status = {int(r[0]): r[1] for r in tx.rows(
+            f"SELECT value, (SELECT l.payment_status FROM orders l WHERE l.tenant = ? AND l.subscriber_id = value "
+            f"ORDER BY l.created_at DESC, l.order_id DESC LIMIT 1) FROM {tx.each('bigint')}",
+            (tenant, tx.array(sorted(added))))} if added else {}  # fmt: skip
         rows = []
-        for sid in sorted(sids):
+        for sid in sids:
             fields: dict[str, Any] = stored.get(sid) or msgspec.structs.asdict(Stats())
-            if sid in by_sid:
-                fields.update(aggregates.order_stats(by_sid[sid]))
+            if sid in added:
+                fields.update(aggregates.add_orders(Stats(**fields), added[sid], status[sid]))
             for field, at in latest.get(sid, {}).items():
                 fields[field] = aggregates.latest(fields[field], at)
             stats = aggregates.scores(Stats(**fields), now)
             rows.append((tenant, sid, *(getattr(stats, f) for f in _STATS)))
-        sets = ", ".join(f"{f} = excluded.{f}" for f in _STATS)
-        tx.many(f"INSERT INTO subscriber_stats (tenant, subscriber_id, {', '.join(_STATS)}) VALUES "
-                f"(?, ?, {', '.join('?' for _ in _STATS)}) ON CONFLICT (subscriber_id) DO UPDATE SET {sets}", rows)
+        tx.upsert_many("subscriber_stats", ("tenant", "subscriber_id", *_STATS), ("subscriber_id",), rows)

@@ -17,7 +17,7 @@ from campaigns.core.events import (ActivityEvent, CheckoutEvent, ConsentGrant, C
 from campaigns.core.model import Activity, Checkout, Order, OrderItem, Stats, Subscriber, SubscriberView
 from campaigns.errors import Conflict, InvalidInput, NotFound
 from campaigns.core.imports import ImportRow
-from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, SyncItem
+from campaigns.store.base import Applied, ImportResult, MemberPlan, NewConsent, SegmentRow, SyncItem
 from campaigns.store.campaign_sql import CampaignSql
 from campaigns.store.event_batch import EventBatch
 
@@ -83,6 +83,22 @@ class Tx:
         """One statement over many rows (psycopg pipelines them: one round trip, not one per row)."""
         if rows:
             self._cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+
+    def upsert_many(self, table: str, cols: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert or update many rows by ``key``: ``executemany`` on SQLite; on PostgreSQL ``COPY`` into a
+        temporary staging table, then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``."""
+        if not rows:
+            return
+        sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
+        conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
+        if not self.pg:
+            self._cur.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                                  f"{conflict}", rows)  # fmt: skip
+            return
+        stage = f"stage_{table}"
+        self._cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
+        self.insert_many(stage, cols, rows)
+        self._cur.execute(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage} {conflict}")
 
     def insert_many(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Plain inserts of many rows: ``executemany`` on SQLite, ``COPY`` on PostgreSQL."""
@@ -644,6 +660,37 @@ class SqlStore(EventBatch, CampaignSql):
                         [tenant, segment_id, now, *params])  # fmt: skip
             row = tx.one("SELECT COUNT(*) FROM segment_members WHERE tenant = ? AND segment_id = ?", (tenant, segment_id))
         return int(row[0]) if row else 0
+
+    def refresh_members(self, tenant: str, plans: Sequence[MemberPlan], *, now: float) -> int:
+        """Live membership after a batch of events, in one transaction: per plan, who of ``ids`` is in
+        the segment now (its compiled SQL, restricted to them), the difference with what is stored
+        written (joiners ``since`` now), and, for segments time alone can change, their timers set to the
+        next window edge (``compile_edges``). Returns how many memberships changed."""
+        changes = 0
+        with self._tx() as tx:
+            for p in plans:
+                inside = {int(r[0]) for r in tx.raw_rows(f"SELECT s.id FROM subscribers s WHERE {p.where}", p.params)}
+                ids = tx.array(p.ids)
+                stored = {int(r[0]) for r in tx.rows(
+                    f"SELECT subscriber_id FROM segment_members WHERE tenant = ? AND segment_id = ? AND subscriber_id IN "
+                    f"{tx.values('bigint')}", (tenant, p.segment_id, ids))}  # fmt: skip
+                tx.many("INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT DO NOTHING", [(tenant, p.segment_id, sid, now) for sid in sorted(inside - stored)])
+                tx.many("DELETE FROM segment_members WHERE tenant = ? AND segment_id = ? AND subscriber_id = ?",
+                        [(tenant, p.segment_id, sid) for sid in sorted(stored - inside)])  # fmt: skip
+                changes += len(inside ^ stored)
+                if p.edges is not None:
+                    edges = tx.raw_rows(*p.edges)
+                    tx.run(f"DELETE FROM segment_timers WHERE tenant = ? AND segment_id = ? AND subscriber_id IN "
+                           f"{tx.values('bigint')}", (tenant, p.segment_id, ids))  # fmt: skip
+                    tx.insert_many("segment_timers", ("tenant", "segment_id", "subscriber_id", "at"),
+                                   [(tenant, p.segment_id, int(sid), float(at)) for sid, at in edges])  # fmt: skip
+        return changes
+
+    def known_phones(self, tenant: str, phones: Sequence[str]) -> set[str]:
+        with self._tx() as tx:
+            return {r[0] for r in tx.rows(f"SELECT phone FROM subscribers WHERE tenant = ? AND phone IN {tx.values()}",
+                                          (tenant, tx.array(sorted(set(phones)))))}  # fmt: skip
 
     def member_segments(self, tenant: str, subscriber_id: int) -> list[tuple[int, float]]:
         """(segment id, member since) of every segment the subscriber is in."""
