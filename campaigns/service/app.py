@@ -288,7 +288,7 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
     async def post_event(tenant: Tenant, data: JSONBody[ShopEvent]) -> EventOut:  # type: ignore[valid-type]
         """One shop event (customer, order, checkout, fulfillment, activity, custom); idempotent by ``id``."""
         event = decode_event(msgspec.json.encode(data))  # the layer's own checks (reserved names)
-        applied: Applied = await audience.apply(tenant, event, audience.check_event(tenant, event))
+        applied: Applied = await audience.post_event(tenant, event)
         return EventOut(outcome=applied.outcome, subscriber_id=applied.subscriber_id)
 
     @post("/v1/events/bulk", status_code=202)

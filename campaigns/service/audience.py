@@ -216,27 +216,60 @@ class Audience:
                 raise InvalidInput("event time is in the future", code="invalid_field", field=f"{prefix}at")
 
     async def apply(self, tenant: str, event: ShopEvent, phone: str | None) -> Applied:
-        """One event, through the tenant's group commit: events arriving while a transaction runs share
-        the next one; answered once its transaction and the membership changes it causes are stored."""
+        """One event whose phone was checked (``check_event``), through the tenant's group commit."""
+        return await self._submit(tenant, event, phone, checked=True)
+
+    async def post_event(self, tenant: str, event: ShopEvent) -> Applied:
+        """``POST /v1/events``: one event, checked with the others of its group (a number a subscriber
+        already has needs no phonenumbers check: one query for the group), then group-committed."""
+        return await self._submit(tenant, event, None, checked=False)
+
+    async def _submit(self, tenant: str, event: ShopEvent, phone: str | None, *, checked: bool) -> Applied:
+        """Events arriving while a transaction runs share the next one; each caller is answered once its
+        transaction and the membership changes it causes are stored (``GroupCommit``)."""
         self._check_time([event], self.clock(), [""])
         group = self._groups.get(tenant)
         if group is None:
             group = self._groups[tenant] = GroupCommit(partial(self._flush_group, tenant), max_items=self.batch_size)
-        return await group.submit((event, phone))
+        return await group.submit((event, phone, checked))
 
-    async def _flush_group(self, tenant: str, items: list[tuple[ShopEvent, str | None]]) -> list[Applied | BaseException]:
+    async def _flush_group(self, tenant: str, items: list[tuple[ShopEvent, str | None, bool]]) -> list[Applied | BaseException]:
+        out: list[Applied | BaseException | None] = [None] * len(items)
+        todo = [i for i, (_, _, checked) in enumerate(items) if not checked]
+        phones = dict(zip(todo, await self._run(self._check_each, tenant, [items[i][0] for i in todo]), strict=True))
+        ready: list[tuple[int, tuple[ShopEvent, str | None]]] = []
+        for i, (event, phone, checked) in enumerate(items):
+            p = phone if checked else phones[i]
+            if isinstance(p, BaseException):
+                out[i] = p
+            else:
+                ready.append((i, (event, p)))
         try:
-            return list(await self.apply_many(tenant, items))
-        except CampaignError:
-            if len(items) == 1:
-                raise
-        out: list[Applied | BaseException] = []  # one event failed the batch: each alone, so only it fails
-        for item in items:
-            try:
-                out += await self.apply_many(tenant, [item])
-            except CampaignError as exc:
-                out.append(exc)
-        return out
+            for (i, _), r in zip(ready, await self.apply_many(tenant, [e for _, e in ready]), strict=True):
+                out[i] = r
+        except CampaignError as exc:
+            if len(ready) == 1:
+                out[ready[0][0]] = exc
+            else:  # one event failed the batch: each alone, so only it fails
+                for i, e in ready:
+                    try:
+                        out[i] = (await self.apply_many(tenant, [e]))[0]
+                    except CampaignError as exc1:
+                        out[i] = exc1
+        return out  # type: ignore[return-value]
+
+    def _check_each(self, tenant: str, events: list[ShopEvent]) -> list[str | None | BaseException]:
+        """``check_events``, with each bad event's error in its place."""
+        try:
+            return list(self.check_events(tenant, events, [""] * len(events)))
+        except InvalidInput:
+            out: list[str | None | BaseException] = []
+            for e in events:
+                try:
+                    out.append(self.check_event(tenant, e))
+                except InvalidInput as exc:
+                    out.append(exc)
+            return out
 
     async def ingest_ndjson(self, tenant: str, body: bytes) -> list[Applied]:
         """``POST /v1/events/bulk``: NDJSON, one event per line. Every line is checked first: a bad line
