@@ -5,10 +5,13 @@ that ``now`` to the core and the store (which runs in a worker thread)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.abc
 import anyio.to_thread
 import msgspec
 
@@ -74,6 +77,13 @@ class Audience:
         self._last_scores: dict[str, float] = {}
         self._groups: dict[str, GroupCommit[tuple[ShopEvent, str | None], Applied]] = {}
         self.batch_size = 1000  # events per transaction (bulk ingest, group commit)
+        self.membership_chunk = 2000  # subscribers per membership transaction (the membership loop)
+        self.on_membership: Callable[[list[float]], None] | None = None  # lags, for the bench
+        self._pending: dict[str, dict[int, tuple[set[str], float]]] = {}
+        self._wake: anyio.Event | None = None  # made in the loop (an Event belongs to one event loop)
+        self._settled: anyio.Event | None = None
+        self._membership_live = False
+        self._busy = 0  # membership passes running
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         return await anyio.to_thread.run_sync(partial(fn, *args, **kw))
@@ -273,7 +283,9 @@ class Audience:
 
     async def ingest_ndjson(self, tenant: str, body: bytes) -> list[Applied]:
         """``POST /v1/events/bulk``: NDJSON, one event per line. Every line is checked first: a bad line
-        raises InvalidInput naming it (``lines[3].total``) and nothing is stored."""
+        raises InvalidInput naming it (``lines[3].total``) and nothing is stored. Answered once every
+        event is committed with its aggregates; the membership changes follow from the membership
+        loop (``run_membership``) when it runs, else before answering."""
         events, prefixes = [], []
         for i, line in enumerate(body.splitlines()):
             if not line.strip():
@@ -286,19 +298,85 @@ class Audience:
             prefixes.append(f"lines[{i}].")
         self._check_time(events, self.clock(), prefixes)
         phones = await self._run(self.check_events, tenant, events, prefixes)
-        return await self.apply_many(tenant, list(zip(events, phones, strict=True)))
+        return await self.apply_many(tenant, list(zip(events, phones, strict=True)), defer=self._membership_live)
 
-    async def apply_many(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]]) -> list[Applied]:
+    async def apply_many(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], *,
+                         defer: bool = False) -> list[Applied]:  # fmt: skip
         """Checked events, ``batch_size`` per transaction (``Store.apply_events``); after each, the
-        membership of the segments whose dependencies it touched, for the subscribers it touched."""
+        membership of the segments whose dependencies it touched, for the subscribers it touched (or,
+        ``defer``, handed to the membership loop)."""
         now = self.clock()
         self._check_time([e for e, _ in events], now, [f"lines[{i}]." for i in range(len(events))])
         results: list[Applied] = []
         for i in range(0, len(events), self.batch_size):
             done = await self._run(self.store.apply_events, tenant, events[i:i + self.batch_size], now=now)
             results += done
-            await self.refresh_batch(tenant, done, now)
+            if defer:
+                self._defer(tenant, done)
+            else:
+                await self.refresh_batch(tenant, done, now)
         return results
+
+    # ---- the membership loop: bulk ingest answers at its commit, membership follows ---------------
+    def _defer(self, tenant: str, applied: Sequence[Applied]) -> None:
+        pending = self._pending.setdefault(tenant, {})
+        arrived = time.monotonic()
+        for sid, changed in _touched(applied).items():
+            if sid in pending:
+                pending[sid][0].update(changed)
+            else:
+                pending[sid] = (changed, arrived)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run_membership(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Keep membership current after bulk ingest, until cancelled (``serve`` runs it): whatever was
+        ingested while a pass ran is done in the next, ``membership_chunk`` subscribers a transaction."""
+        self._membership_live = True
+        task_status.started()
+        try:
+            while True:
+                self._wake = anyio.Event()
+                if not self._pending:
+                    await self._wake.wait()
+                await self.settle_membership()
+        finally:
+            self._membership_live = False
+            self._wake = None
+
+    async def settle_membership(self) -> int:
+        """Refresh now the membership of every subscriber deferred so far. Returns the changes made; the
+        lag of each subscriber (its first deferred event to now, seconds) goes to ``on_membership``."""
+        changes = 0
+        self._busy += 1
+        try:
+            changes = await self._settle()
+        finally:
+            self._busy -= 1
+        if self._settled is not None and not self._busy:
+            self._settled.set()
+            self._settled = None
+        return changes
+
+    async def _settle(self) -> int:
+        changes = 0
+        while self._pending:
+            tenant, pending = self._pending.popitem()
+            items = list(pending.items())
+            for i in range(0, len(items), self.membership_chunk):
+                chunk = items[i:i + self.membership_chunk]
+                changes += await self._refresh_touched(tenant, {sid: changed for sid, (changed, _) in chunk}, self.clock())
+                if self.on_membership is not None:
+                    done = time.monotonic()
+                    self.on_membership([done - arrived for _, (_, arrived) in chunk])
+        return changes
+
+    async def wait_membership(self) -> None:
+        """Until nothing deferred is left (the membership loop caught up)."""
+        while self._pending or self._busy:
+            if self._settled is None:
+                self._settled = anyio.Event()
+            await self._settled.wait()
 
     async def tick(self, tenant: str | None = None) -> list[int]:
         """The periodic work: checkouts past ``abandon_after`` become abandoned, due segment timers
@@ -341,10 +419,9 @@ class Audience:
         """Membership after a batch, set-based: per segment whose dependencies the batch touched, its SQL
         restricted to the subscribers whose changes touch them (``compile_segment(..., only=...)``), the
         difference written, timers set to the next window edge. Returns the memberships changed."""
-        touched: dict[int, set[str]] = {}
-        for r in applied:
-            if r.subscriber_id is not None and r.outcome != "duplicate":
-                touched.setdefault(r.subscriber_id, set()).update(r.changed)
+        return await self._refresh_touched(tenant, _touched(applied), now)
+
+    async def _refresh_touched(self, tenant: str, touched: dict[int, set[str]], now: float) -> int:
         if not touched:
             return 0
         by_change: dict[frozenset[str], list[int]] = {}
@@ -422,6 +499,15 @@ class Audience:
     async def members(self, tenant: str, seg: Segment, *, after: int, limit: int) -> list[int]:
         where, params = compile_segment(seg, self.store.engine, tenant, self.clock())  # type: ignore[arg-type]
         return await self._run(self.store.ids_where, tenant, where, params, after=after, limit=limit)
+
+
+def _touched(applied: Sequence[Applied]) -> dict[int, set[str]]:
+    """subscriber -> what the batch changed of it (duplicates changed nothing)."""
+    touched: dict[int, set[str]] = {}
+    for r in applied:
+        if r.subscriber_id is not None and r.outcome != "duplicate":
+            touched.setdefault(r.subscriber_id, set()).update(r.changed)
+    return touched
 
 
 def is_fulfillment(event: ShopEvent) -> bool:

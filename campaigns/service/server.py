@@ -87,6 +87,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             if on_ready is not None:
                 on_ready(bound)
             tg.start_soon(lambda: link.run(interval=settings.sync_interval))
+            tg.start_soon(audience.run_membership)  # bulk ingest answers at commit; membership follows
             await anyio.sleep_forever()
     finally:
         for c in clients.values():
