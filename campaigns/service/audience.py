@@ -235,8 +235,9 @@ class Audience:
         return await self._submit(tenant, event, None, checked=False)
 
     async def _submit(self, tenant: str, event: ShopEvent, phone: str | None, *, checked: bool) -> Applied:
-        """Events arriving while a transaction runs share the next one; each caller is answered once its
-        transaction and the membership changes it causes are stored (``GroupCommit``)."""
+        """Events arriving while a transaction runs share the next one (``GroupCommit``); each caller is
+        answered once its transaction is committed and, unless the membership loop runs (then it
+        follows from there, as for bulk), the membership changes it causes are stored."""
         self._check_time([event], self.clock(), [""])
         group = self._groups.get(tenant)
         if group is None:
@@ -255,7 +256,8 @@ class Audience:
             else:
                 ready.append((i, (event, p)))
         try:
-            for (i, _), r in zip(ready, await self.apply_many(tenant, [e for _, e in ready]), strict=True):
+            done = await self.apply_many(tenant, [e for _, e in ready], defer=self._membership_live)
+            for (i, _), r in zip(ready, done, strict=True):
                 out[i] = r
         except CampaignError as exc:
             if len(ready) == 1:

@@ -149,8 +149,14 @@ def test_bulk_membership_follows_from_the_loop(audience: Audience) -> None:
             assert [r.outcome for r in results] == ["applied"] * 120
             with anyio.fail_after(30):
                 await audience.wait_membership()
+            assert len(audience.store.members("acme", seg.id, after=0, limit=1000)) == len(PHONES)  # 3 orders each
+            assert len(lags) == len(PHONES)
+            new = OrderEvent(id="s1", at=T0, order_id="s1", phone="+33610009999", total=5000, currency="EUR",
+                             payment_status="paid")  # fmt: skip
+            assert (await audience.post_event("acme", new)).outcome == "applied"  # answered at commit
+            with anyio.fail_after(30):
+                await audience.wait_membership()
             tg.cancel_scope.cancel()
-        assert len(audience.store.members("acme", seg.id, after=0, limit=1000)) == len(PHONES)  # 3 orders each
-        assert len(lags) == len(PHONES)
+        assert len(audience.store.members("acme", seg.id, after=0, limit=1000)) == len(PHONES) + 1
 
     anyio.run(main)
