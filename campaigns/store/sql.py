@@ -662,30 +662,48 @@ class SqlStore(EventBatch, CampaignSql):
         return int(row[0]) if row else 0
 
     def refresh_members(self, tenant: str, plans: Sequence[MemberPlan], *, now: float) -> int:
-        """Live membership after a batch of events, in one transaction: per plan, who of ``ids`` is in
-        the segment now (its compiled SQL, restricted to them), the difference with what is stored
-        written (joiners ``since`` now), and, for segments time alone can change, their timers set to the
-        next window edge (``compile_edges``). Returns how many memberships changed."""
+        """Live membership after a batch, in one transaction: per plan, who of ``ids`` is in the segment
+        now (its compiled SQL, restricted to them), the difference with what is stored written (joiners
+        ``since`` now), and, for segments time alone can change, their timers set to the next window
+        edge (``compile_edges``). Plans over the same ids are answered by one statement (a column per
+        segment) and one read of their stored members. Returns how many memberships changed."""
+        groups: dict[tuple[int, ...], list[MemberPlan]] = {}
+        for p in plans:
+            groups.setdefault(tuple(p.ids), []).append(p)
         changes = 0
         with self._tx() as tx:
-            for p in plans:
-                inside = {int(r[0]) for r in tx.raw_rows(f"SELECT s.id FROM subscribers s WHERE {p.where}", p.params)}
-                ids = tx.array(p.ids)
-                stored = {int(r[0]) for r in tx.rows(
-                    f"SELECT subscriber_id FROM segment_members WHERE tenant = ? AND segment_id = ? AND subscriber_id IN "
-                    f"{tx.values('bigint')}", (tenant, p.segment_id, ids))}  # fmt: skip
-                tx.many("INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT DO NOTHING", [(tenant, p.segment_id, sid, now) for sid in sorted(inside - stored)])
-                tx.many("DELETE FROM segment_members WHERE tenant = ? AND segment_id = ? AND subscriber_id = ?",
-                        [(tenant, p.segment_id, sid) for sid in sorted(stored - inside)])  # fmt: skip
-                changes += len(inside ^ stored)
-                if p.edges is not None:
-                    edges = tx.raw_rows(*p.edges)
-                    tx.run(f"DELETE FROM segment_timers WHERE tenant = ? AND segment_id = ? AND subscriber_id IN "
-                           f"{tx.values('bigint')}", (tenant, p.segment_id, ids))  # fmt: skip
-                    tx.insert_many("segment_timers", ("tenant", "segment_id", "subscriber_id", "at"),
-                                   [(tenant, p.segment_id, int(sid), float(at)) for sid, at in edges])  # fmt: skip
+            for ids, group in groups.items():
+                changes += self._refresh_group(tx, tenant, list(ids), group, now)
         return changes
+
+    def _refresh_group(self, tx: Tx, tenant: str, ids: list[int], plans: list[MemberPlan], now: float) -> int:
+        arr = tx.array(ids)
+        ph = "%s" if tx.pg else "?"
+        cols = ", ".join(f"CASE WHEN {p.where} THEN 1 ELSE 0 END" for p in plans)
+        only = f"s.id = ANY({ph}::bigint[])" if tx.pg else f"s.id IN (SELECT value FROM json_each({ph}))"
+        params = [x for p in plans for x in p.params]
+        inside: dict[int, set[int]] = {p.segment_id: set() for p in plans}
+        for row in tx.raw_rows(f"SELECT s.id, {cols} FROM subscribers s WHERE s.tenant = {ph} AND {only}",
+                               [*params, tenant, arr]):  # fmt: skip
+            for p, hit in zip(plans, row[1:], strict=True):
+                if hit:
+                    inside[p.segment_id].add(int(row[0]))
+        stored: dict[int, set[int]] = {p.segment_id: set() for p in plans}
+        for seg, sid in tx.rows(f"SELECT segment_id, subscriber_id FROM segment_members WHERE tenant = ? AND "
+                                f"subscriber_id IN {tx.values('bigint')}", (tenant, arr)):  # fmt: skip
+            if int(seg) in stored:
+                stored[int(seg)].add(int(sid))
+        tx.many("INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING", [(tenant, seg, sid, now) for seg in inside for sid in sorted(inside[seg] - stored[seg])])
+        tx.many("DELETE FROM segment_members WHERE tenant = ? AND segment_id = ? AND subscriber_id = ?",
+                [(tenant, seg, sid) for seg in inside for sid in sorted(stored[seg] - inside[seg])])  # fmt: skip
+        timed = [p for p in plans if p.edges is not None]
+        if timed:
+            tx.run(f"DELETE FROM segment_timers WHERE tenant = ? AND segment_id IN {tx.values('bigint')} AND subscriber_id IN "
+                   f"{tx.values('bigint')}", (tenant, tx.array([p.segment_id for p in timed]), arr))  # fmt: skip
+            rows = [(tenant, p.segment_id, int(sid), float(at)) for p in timed for sid, at in tx.raw_rows(*p.edges)]  # type: ignore[misc]
+            tx.insert_many("segment_timers", ("tenant", "segment_id", "subscriber_id", "at"), rows)
+        return sum(len(inside[seg] ^ stored[seg]) for seg in inside)
 
     def known_phones(self, tenant: str, phones: Sequence[str]) -> set[str]:
         with self._tx() as tx:
