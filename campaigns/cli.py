@@ -213,6 +213,41 @@ def count(config_path: str, tenant: str, segment_json: str) -> None:
     click.echo(json.dumps({"count": _run(run)}))
 
 
+@campaigns.command("inbox")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.option("--status", type=click.Choice(["needs_reply", "open", "closed"]), default="needs_reply", show_default=True)
+@click.option("--assignee", default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+def inbox(config_path: str, tenant: str, status: str, assignee: str | None, limit: int) -> None:
+    """The shop's conversations, one JSON per line (needs_reply: the queue, the longest wait first)."""
+    import msgspec
+
+    audience = _audience(config_path)
+
+    async def run():  # type: ignore[no-untyped-def]
+        return await audience.store_call("conversations", tenant, status=status, assignee=assignee, limit=limit)
+
+    for row in _run(run):
+        click.echo(msgspec.json.encode(row).decode())
+
+
+@campaigns.command("inbox-figures")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.option("--since-days", type=click.FloatRange(min=0, min_open=True, max=366), default=30.0, show_default=True)
+def inbox_figures(config_path: str, tenant: str, since_days: float) -> None:
+    """First-response times (p50, p90, ...) and the open / needs-reply / closed counts, as JSON."""
+    import msgspec
+
+    from campaigns.service.inbox import Inbox
+
+    audience = _audience(config_path)
+    inbox = Inbox(audience.store, {}, audience.settings, audience.clock)
+    figures = _run(lambda: inbox.figures(tenant, audience.clock() - since_days * 86400))
+    click.echo(msgspec.json.encode(figures).decode())
+
+
 _gateway_serve = main.commands["serve"]
 
 

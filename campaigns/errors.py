@@ -8,13 +8,14 @@
     ├── ConfigError          the ``[campaigns]`` configuration is wrong; ``key`` is its path
     ├── StorageError         the store failed; the request may be retried (HTTP 503)
     └── GatewayError         the gateway's API answered badly or not at all
+        └── GatewayRefused   it answered 4xx (not 408/429): this request will never be taken
 
 Expected outcomes (a duplicate event, an older event that changes nothing) are return values.
 """
 
 from __future__ import annotations
 
-__all__ = ["CallerError", "CampaignError", "ConfigError", "Conflict", "GatewayError", "InvalidInput",
+__all__ = ["CallerError", "CampaignError", "ConfigError", "Conflict", "GatewayError", "GatewayRefused", "InvalidInput",
            "NotFound", "StorageError"]  # fmt: skip
 
 
@@ -62,3 +63,14 @@ class StorageError(CampaignError):
 class GatewayError(CampaignError):
     status = 502
     code = "gateway_error"
+
+
+class GatewayRefused(GatewayError):
+    """The gateway refused the request itself (4xx other than 408 and 429): retrying it is useless."""
+
+    code = "gateway_refused"
+
+    def __init__(self, message: str, *, http_status: int, gateway_code: str | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.gateway_code = gateway_code

@@ -12,8 +12,13 @@ not import the gateway) decides first, so an opt-out word is never a flow's answ
                      -> StartFlow if a keyword flow's keyword is the whole text (``QUIZ``)
                      -> ToInbox otherwise: the conversation needs a reply from a person
 
+The service (``campaigns/service/inbox.py``) routes with the flow runtime's own answer instead of
+``runs``: ``ToFlow`` when a waiting run took the reply (``ReplyRouter.offer_reply`` returned True).
+
 Inbox: one ``Conversation`` per subscriber with its whole history (in and out), a needs-reply
-flag and since when, an assignee, and the response times of people's answers. Transitions are
+flag and since when, an assignee, the response times of people's answers, and whether a person
+closed it. Its ``status`` is ``needs_reply`` (waiting for a person), ``closed`` (a person closed it:
+a new question reopens it) or ``open``. Transitions are
 functions returning a new value; a message id seen before changes nothing (webhook replays).
 
 Errors: ``ConversationError`` (an ``InvalidInput``): ``conversation.empty_answer``,
@@ -33,8 +38,8 @@ from campaigns.errors import InvalidInput
 
 __all__ = [
     "Conversation", "ConversationError", "EndRuns", "Handled", "Intent", "Message", "ResponseStats", "StartFlow",
-    "ToInbox", "ToRun", "answer", "assign", "close", "needs_reply_queue", "record_sent", "receive",
-    "response_stats", "route_reply",
+    "Status", "ToFlow", "ToInbox", "ToRun", "answer", "assign", "close", "needs_reply_queue", "record_sent",
+    "receive", "reopen", "response_stats", "route_reply", "status",
 ]  # fmt: skip
 
 Intent = Literal["opt_out", "opt_in", "help", "other"]
@@ -73,7 +78,12 @@ class ToInbox(msgspec.Struct, frozen=True, kw_only=True, tag="to_inbox"):
     pass
 
 
-Route = Union[ToRun, EndRuns, Handled, StartFlow, ToInbox]
+class ToFlow(msgspec.Struct, frozen=True, kw_only=True, tag="to_flow"):
+    """A waiting run took the reply (the flow runtime decided which, through ``ReplyRouter``)."""
+
+
+Route = Union[ToRun, EndRuns, Handled, StartFlow, ToInbox, ToFlow]
+Status = Literal["open", "needs_reply", "closed"]
 
 
 def takes_reply(flow: F.Flow, run: F.Run, text: str) -> bool:
@@ -114,7 +124,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     at: float
     by: str | None = None  # an agent for answers, "flow:<id>" / "campaign:<id>" for sends
-    kind: Literal["reply", "answer", "flow", "campaign", "opt_out", "keyword"] = "reply"
+    kind: Literal["reply", "answer", "flow", "campaign", "opt_out", "keyword", "system"] = "reply"
 
 
 class Conversation(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,6 +135,11 @@ class Conversation(msgspec.Struct, frozen=True, kw_only=True):
     assignee: str | None = None
     opted_out: bool = False
     response_times: tuple[float, ...] = ()  # seconds, one per answered wait
+    closed: bool = False  # a person closed it; a new question (ToInbox) or an answer reopens it
+
+
+def status(conv: Conversation) -> Status:
+    return "needs_reply" if conv.needs_reply else ("closed" if conv.closed else "open")
 
 
 class AnswerSend(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,12 +173,12 @@ def receive(conv: Conversation, message_id: str, text: str, now: float, route: R
     if isinstance(route, Handled) and route.intent == "opt_in":
         return msgspec.structs.replace(conv, opted_out=False)
     if isinstance(route, ToInbox) and not conv.needs_reply:
-        return msgspec.structs.replace(conv, needs_reply=True, waiting_since=now)
+        return msgspec.structs.replace(conv, needs_reply=True, waiting_since=now, closed=False)
     return conv
 
 
 def record_sent(conv: Conversation, message_id: str, text: str, now: float, by: str,
-                kind: Literal["flow", "campaign"] = "flow") -> Conversation:  # fmt: skip
+                kind: Literal["flow", "campaign", "system"] = "flow") -> Conversation:  # fmt: skip
     """An automated message sent to the subscriber: history only (it answers nobody's question)."""
     if _seen(conv, message_id):
         return conv
@@ -186,7 +201,7 @@ def answer(conv: Conversation, message_id: str, text: str, agent: str, now: floa
         times = times + (max(0.0, now - conv.waiting_since),)
     msg = Message(id=message_id, direction="out", text=text, at=now, by=agent, kind="answer")
     conv = msgspec.structs.replace(conv, messages=conv.messages + (msg,), needs_reply=False, waiting_since=None,
-                                   response_times=times, assignee=conv.assignee or agent)  # fmt: skip
+                                   response_times=times, assignee=conv.assignee or agent, closed=False)  # fmt: skip
     return conv, [AnswerSend(key=f"answer:{conv.subscriber_id}:{message_id}", subscriber_id=conv.subscriber_id,
                              text=text)]  # fmt: skip
 
@@ -197,7 +212,12 @@ def assign(conv: Conversation, agent: str | None) -> Conversation:
 
 def close(conv: Conversation) -> Conversation:
     """Nothing to answer (a "thanks!"): leaves the queue without counting a response time."""
-    return msgspec.structs.replace(conv, needs_reply=False, waiting_since=None)
+    return msgspec.structs.replace(conv, needs_reply=False, waiting_since=None, closed=True)
+
+
+def reopen(conv: Conversation) -> Conversation:
+    """Back to ``open`` (not to the queue: nobody asked anything new)."""
+    return msgspec.structs.replace(conv, closed=False)
 
 
 def needs_reply_queue(convs: Iterable[Conversation], assignee: str | None = None) -> list[Conversation]:

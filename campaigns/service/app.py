@@ -220,9 +220,12 @@ _inbound_decoder = msgspec.json.Decoder(InboundIn)
 
 
 def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink | None = None,
-               secrets: Mapping[str, str] | None = None, extra_handlers: list[Any] | None = None) -> Litestar:  # fmt: skip
+               secrets: Mapping[str, str] | None = None, extra_handlers: list[Any] | None = None,
+               inbox: Any = None) -> Litestar:  # fmt: skip
     """The API over ``audience``; ``keys`` maps key SHA-256 -> tenant (``tenant_keys``). With ``link``,
-    ``POST /v1/gateway/{tenant}/inbound`` takes the gateway's signed inbound webhooks (``secrets``)."""
+    ``POST /v1/gateway/{tenant}/inbound`` takes the gateway's signed inbound webhooks (``secrets``).
+    With ``inbox`` (``campaigns.service.inbox.Inbox``), the inbox routes; it reads the flow runtime
+    from the app's ``state.reply_router`` (``NoRunWaits`` until one is registered)."""
 
     async def tenant(request: Request) -> str:
         auth = request.headers.get("authorization", "")
@@ -460,7 +463,11 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
                 post_event, post_events_bulk, post_segment, put_segment, validate_segment, list_segments, get_segment,
                 delete_segment, count_segment, segment_members, segment_sample, healthz, gateway_inbound, signup_form, signup_popup, signup_qr,
                 signup_subscribe, signup_tools, import_subscribers, *(extra_handlers or [])]  # fmt: skip
-    return Litestar(
+    if inbox is not None:
+        from campaigns.service.inbox import inbox_handlers
+
+        handlers += inbox_handlers(inbox, lambda t, raw: audience.phone(t, raw))
+    app = Litestar(
         route_handlers=handlers,
         dependencies={"tenant": Provide(tenant)},
         exception_handlers={CallerError: _on_caller, ValidationException: _on_validation, HTTPException: _on_http,
@@ -469,3 +476,6 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
         request_max_body_size=audience.settings.max_body_bytes,
         logging_config=None,
     )
+    if inbox is not None:
+        inbox.bind(app.state)
+    return app

@@ -45,7 +45,10 @@ class StatesOut(msgspec.Struct, frozen=True, kw_only=True):
     moved: int
 
 
-def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str, str] | None = None) -> list[Any]:
+def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str, str] | None = None,
+                      inbox: Any = None) -> list[Any]:  # fmt: skip
+    """``inbox`` (``campaigns.service.inbox.Inbox``): the state webhook's events of single messages
+    (people's answers) go to it too."""
     secrets = dict(secrets or {})
 
     @post("/v1/campaigns", status_code=201)
@@ -123,7 +126,10 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
             batch = _states.decode(body)
         except msgspec.DecodeError as exc:
             raise InvalidInput(f"not a state batch: {exc}", code="invalid_json") from None
-        return StatesOut(moved=await tracker.states(shop, batch))
+        moved = await tracker.states(shop, batch)
+        if inbox is not None:
+            moved += await inbox.states(shop, batch.events)
+        return StatesOut(moved=moved)
 
     return [create_campaign, get_campaign, launch_campaign, control("pause"), control("resume"),
             control("cancel"), campaign_winner, campaign_preview, campaign_report, campaign_send_times,

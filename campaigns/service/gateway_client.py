@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from campaigns.errors import GatewayError
+from campaigns.errors import GatewayError, GatewayRefused
 
 
 class Inbound(msgspec.Struct, frozen=True, kw_only=True, rename={"sender": "from", "recipient": "to"}):
@@ -59,6 +59,12 @@ class Preview(msgspec.Struct, frozen=True, kw_only=True):
     prices: dict[str, int | None] = {}
 
 
+class SentMessage(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    state: str = "queued"
+
+
+_sent = msgspec.json.Decoder(SentMessage)
 _pages = msgspec.json.Decoder(InboundPage)
 _job = msgspec.json.Decoder(JobAnswer)
 _preview = msgspec.json.Decoder(Preview)
@@ -80,7 +86,14 @@ class GatewayClient:
         except httpx.HTTPError as exc:
             raise GatewayError(f"gateway {method} {path}: {exc!r}") from exc
         if resp.status_code not in ok:
-            raise GatewayError(f"gateway {method} {path}: HTTP {resp.status_code} {resp.text[:200]}")
+            message = f"gateway {method} {path}: HTTP {resp.status_code} {resp.text[:200]}"
+            if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
+                try:
+                    code = msgspec.json.decode(resp.content).get("code")
+                except (msgspec.DecodeError, AttributeError):
+                    code = None
+                raise GatewayRefused(message, http_status=resp.status_code, gateway_code=code)
+            raise GatewayError(message)
         return resp
 
     async def suppress(self, number: str) -> None:
@@ -105,6 +118,18 @@ class GatewayClient:
         resp = await self._call("POST", "/v1/messages", ok=(200, 201, 202), content=msgspec.json.encode(payload),
                                 headers={"idempotency-key": key})  # fmt: skip
         return str(msgspec.json.decode(resp.content).get("id", ""))
+
+    async def send_body(self, body: bytes, *, key: str) -> SentMessage:
+        """``POST /v1/messages`` with a body built (and stored) by the caller: a retry after a crash
+        sends the very same bytes with the same key, so the gateway answers it without sending again."""
+        resp = await self._call("POST", "/v1/messages", ok=(200, 201, 202), content=body,
+                                headers={"idempotency-key": key, "content-type": "application/json"})  # fmt: skip
+        return _sent.decode(resp.content)
+
+    async def message(self, message_id: str) -> SentMessage:
+        """``GET /v1/messages/{id}``: the message's state now."""
+        resp = await self._call("GET", f"/v1/messages/{quote(message_id, safe='')}", ok=(200,))
+        return _sent.decode(resp.content)
 
     async def submit_job(self, body: bytes, *, key: str) -> JobAnswer:
         """An NDJSON job. ``key`` (the Idempotency-Key) makes a retry return the first answer: a job

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -31,13 +32,17 @@ from campaigns.service.audience import Audience
 from campaigns.service.gateway_client import GatewayClient, Inbound
 from campaigns.store.base import NewConsent
 
+if TYPE_CHECKING:
+    from campaigns.service.inbox import Inbox
+
 log = logging.getLogger(__name__)
 
 
 class GatewayLink:
-    def __init__(self, audience: Audience, clients: Mapping[str, GatewayClient]) -> None:
+    def __init__(self, audience: Audience, clients: Mapping[str, GatewayClient], *, inbox: Inbox | None = None) -> None:
         self.audience = audience
         self.clients = dict(clients)
+        self.inbox = inbox  # replies that are not consent go there (campaigns/service/inbox.py)
 
     async def push(self, tenant: str) -> int:
         """Send the tenant's queued suppress/unsuppress to the gateway; returns how many went."""
@@ -101,13 +106,20 @@ class GatewayLink:
         decision = decide_inbound(kind=msg.kind, text=msg.text, state=sub.consent if sub else "none",  # type: ignore[arg-type]
                                   keywords=signup.keywords, confirm_words=signup.confirm_words)  # fmt: skip
         confirm_text = signup.confirm_text.format(shop=signup.shop_name)
+        replied = None
         if decision.reply is not None:
             text = confirm_text if decision.reply == "confirm" else signup.welcome_text.format(shop=signup.shop_name)
             media = [signup.welcome_media_url] if decision.reply == "welcome" and signup.welcome_media_url else None
             await self.clients[tenant].send(to=phone, body=text, sender=signup.sender or msg.recipient, media=media,
                                             key=f"campaigns:{tenant}:{decision.reply}:{msg.id}")  # fmt: skip
-        if decision.action is None:
-            return
+            replied = text
+        if decision.action is not None:
+            await self._record(tenant, msg, phone, decision, confirm_text)
+        if self.inbox is not None:  # after the consent: an opt-out is in the ledger before the history
+            await self.inbox.receive(tenant, msg, phone, sub.id if sub is not None else None, decision, replied)
+
+    async def _record(self, tenant: str, msg: Inbound, phone: str, decision, confirm_text: str) -> None:  # type: ignore[no-untyped-def]
+        store, signup = self.audience.store, self.audience.tenants[tenant].signup
         source = "keyword" if decision.action in ("opt_in", "re_opt_in") else (
             "gateway" if msg.kind == "opt_out" else "reply")  # fmt: skip
         disclosure = confirm_text if decision.action != "opt_out" else None
@@ -153,6 +165,8 @@ class GatewayLink:
                 try:
                     await self.push(tenant)
                     await self.pull(tenant)
+                    if self.inbox is not None:
+                        await self.inbox.settle(tenant)
                 except CampaignError as exc:
                     log.warning("gateway.link.round_failed tenant=%s error=%s", tenant, exc)
             await self.audience.tick()

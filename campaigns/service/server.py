@@ -21,6 +21,7 @@ from campaigns.service.campaign_api import campaign_handlers
 from campaigns.service.launch import Launcher, TenantLinks
 from campaigns.service.tracking import Tracker
 from campaigns.service.gateway_client import GatewayClient
+from campaigns.service.inbox import Inbox
 from campaigns.service.link import GatewayLink
 from campaigns.store import open_store
 
@@ -65,11 +66,12 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     store = await anyio.to_thread.run_sync(open_store, settings.store_url)
     audience = Audience(store, settings, time.time)
     clients = gateway_clients(settings, gateway_url or settings.gateway_url, env)
-    link = GatewayLink(audience, clients)
+    inbox = Inbox(store, clients, settings, time.time)
+    link = GatewayLink(audience, clients, inbox=inbox)
     secrets = webhook_secrets(settings, env)
     launcher = Launcher(store, clients, tenant_links(settings, env), time.time, callback_urls=callback_urls(settings))
-    app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets,
-                     extra_handlers=campaign_handlers(launcher, Tracker(launcher), secrets))  # fmt: skip
+    app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets, inbox=inbox,
+                     extra_handlers=campaign_handlers(launcher, Tracker(launcher), secrets, inbox=inbox))  # fmt: skip
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False))  # fmt: skip
     try:

@@ -15,6 +15,7 @@ from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
 from campaigns.core.events import Profile, ShopEvent
 from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
+from campaigns.store.inbox_sql import Change, ConversationApplied, ConversationRow, HistoryItem, InboxFigures, PendingAnswer
 from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, LinkRow, Outcomes,
                                            PlannedRecipient, RecipientRow)  # fmt: skip
 
@@ -160,3 +161,21 @@ class Store(Protocol):
     def campaign_outcomes(self, tenant: str, campaign_id: int, *, since: float) -> Outcomes: ...
     def release_held(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
                      links: Sequence[LinkRow]) -> int: ...
+
+    # the inbox (issue 19: campaigns/store/inbox_sql.py) ------------------------------------------
+    def conversation_apply(self, tenant: str, key: int | str, change: Change, *, now: float,
+                           message_id: str | None = None, route: Any = None, our_number: str | None = None,
+                           answer_request: bytes | None = None) -> ConversationApplied: ...  # fmt: skip
+    def answer_state(self, tenant: str, message_id: str, *, state: str, at: float, gateway_id: str | None = None,
+                     error: str | None = None) -> bool: ...  # fmt: skip
+    def answer_state_by_gateway_id(self, tenant: str, gateway_id: str, *, state: str, at: float) -> bool: ...
+    def conversation(self, tenant: str, conversation_id: int) -> ConversationRow | None: ...
+    def conversation_message(self, tenant: str, message_id: str) -> HistoryItem | None: ...
+    def conversation_by_phone(self, tenant: str, phone: str) -> ConversationRow | None: ...
+    def conversations(self, tenant: str, *, status: Any = None, assignee: str | None = None,
+                      after: tuple[float, int] | int = 0, limit: int = 100) -> list[ConversationRow]: ...  # fmt: skip
+    def conversation_history(self, tenant: str, conversation_id: int, *, after: tuple[float, int, int] | None = None,
+                             limit: int = 100) -> list[tuple[tuple[float, int, int], HistoryItem]]: ...  # fmt: skip
+    def answers_unsettled(self, tenant: str, *, limit: int = 100) -> list[PendingAnswer]: ...
+    def answer_pending(self, tenant: str, message_id: str) -> PendingAnswer | None: ...
+    def inbox_figures(self, tenant: str, *, since: float) -> InboxFigures: ...

@@ -423,3 +423,7 @@ CHECKS: list[Callable[[Store], None]] = [check_subscribers, check_consent_ledger
                                          check_segments_storage, check_import, check_campaigns,
                                          check_held_and_outcomes, check_links_and_clicks, check_discount_pools,
                                          check_event_batches, check_refresh_members]  # fmt: skip
+
+from campaigns.store.conformance_inbox import INBOX_CHECKS  # noqa: E402  (the inbox's checks, issue 19)
+
+CHECKS += INBOX_CHECKS

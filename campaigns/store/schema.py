@@ -194,6 +194,40 @@ CREATE INDEX IF NOT EXISTS checkouts_segment_abandoned ON checkouts (tenant, aba
 """
 # ---- end of SEGMENTS_DDL ----
 
+# ---- INBOX_DDL: two-way conversations (owned by helper "inbox"; campaigns/store/inbox_sql.py) ----
+# ``conversations``: one per phone per tenant (a sender who is not a subscriber gets one too; the
+# subscriber is found by phone when read), its queue state and assignee. ``conversation_messages``:
+# its history written by this layer (replies received, answers by people, sign-up replies, flow
+# sends recorded by the flow runtime), unique per tenant by ``message_id`` (``mo:<gateway id>``:
+# a redelivered webhook is stored once). Answers keep the exact request sent to the gateway
+# (``request``) and its Idempotency-Key (``gateway_key``), so a resend after a crash is the same
+# bytes. Campaign sends are not copied here: the history reads ``campaign_recipients`` (nothing to
+# keep in step, nothing lost). ``response_s``: on an answer that ended a wait, how long it was.
+INBOX_DDL = """
+CREATE TABLE IF NOT EXISTS conversations (
+    tenant TEXT NOT NULL, id {ID}, phone TEXT NOT NULL, our_number TEXT,
+    needs_reply {INT} NOT NULL DEFAULT 0, waiting_since {REAL}, closed {INT} NOT NULL DEFAULT 0,
+    assignee TEXT, opted_out {INT} NOT NULL DEFAULT 0,
+    created_at {REAL} NOT NULL, last_at {REAL} NOT NULL,
+    UNIQUE (tenant, phone)
+);
+CREATE INDEX IF NOT EXISTS conversations_queue ON conversations (tenant, needs_reply, waiting_since, id);
+CREATE INDEX IF NOT EXISTS conversations_assignee ON conversations (tenant, assignee, id);
+CREATE TABLE IF NOT EXISTS conversation_messages (
+    tenant TEXT NOT NULL, seq {ID}, conversation_id {INT} NOT NULL, message_id TEXT NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')), kind TEXT NOT NULL, text TEXT NOT NULL,
+    at {REAL} NOT NULL, by_whom TEXT, route TEXT,
+    gateway_key TEXT, request TEXT, gateway_id TEXT, state TEXT, state_at {REAL}, error TEXT,
+    response_s {REAL},
+    UNIQUE (tenant, message_id)
+);
+CREATE INDEX IF NOT EXISTS conversation_messages_history ON conversation_messages (tenant, conversation_id, at, seq);
+CREATE INDEX IF NOT EXISTS conversation_messages_gateway ON conversation_messages (tenant, gateway_id);
+CREATE INDEX IF NOT EXISTS conversation_messages_answered ON conversation_messages (tenant, at) WHERE response_s IS NOT NULL;
+CREATE INDEX IF NOT EXISTS conversation_messages_unsettled ON conversation_messages (tenant, seq) WHERE kind = 'answer' AND state IN ('sending', 'queued', 'submitted', 'accepted');
+"""
+# ---- end of INBOX_DDL ----
+
 # ---- AUDIENCE_DDL: the event ingest path (owned by helper "audience") ----
 # Every index on a hot table is paid on every insert (a random b-tree page per row and index, written
 # again at each commit): orders and order_items keep only what a lookup or a segment reads. These
@@ -209,5 +243,5 @@ DROP INDEX IF EXISTS order_items_category;
 
 def statements(dialect: Dialect) -> list[str]:
     """The DDL for ``dialect``, one statement each (idempotent: IF NOT EXISTS)."""
-    text = (DDL + SEGMENTS_DDL + AUDIENCE_DDL).format(**_TYPES[dialect])
+    text = (DDL + SEGMENTS_DDL + INBOX_DDL + AUDIENCE_DDL).format(**_TYPES[dialect])
     return [s.strip() for s in text.split(";") if s.strip()]

@@ -20,6 +20,7 @@ from campaigns.core.imports import ImportRow
 from campaigns.store.base import Applied, ImportResult, MemberPlan, NewConsent, SegmentRow, SyncItem
 from campaigns.store.campaign_sql import CampaignSql
 from campaigns.store.event_batch import EventBatch
+from campaigns.store.inbox_sql import InboxSql
 
 _json = msgspec.json.Encoder()
 _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country, region, city, time_zone, "
@@ -126,7 +127,7 @@ def _entry(tenant: str, row: tuple) -> ConsentEntry:
     return ConsentEntry(tenant=tenant, **values)
 
 
-class SqlStore(EventBatch, CampaignSql):
+class SqlStore(EventBatch, CampaignSql, InboxSql):
     engine = "sql"
     _least = "MIN"  # the two-argument minimum: MIN on SQLite, LEAST on PostgreSQL
 

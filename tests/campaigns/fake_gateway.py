@@ -18,12 +18,27 @@ class FakeGateway:
         self.lose_answer_of: set[int] = set()  # the n-th POST /v1/jobs (from 1): stored, then the link breaks
         self.posts = 0
         self.actions: list[tuple[str, str]] = []
+        # POST /v1/messages (people's answers): id -> the request's JSON and its state
+        self.messages: dict[str, dict[str, Any]] = {}
+        self.down = False  # every call fails (the gateway unreachable)
+        self.lose_message_answers = 0  # the next n POST /v1/messages are stored, then the link breaks
+        self.refuse_messages: dict[str, Any] | None = None  # answer POST /v1/messages with this 422 body
+        self.deliver_on_read = False  # a message read with GET /v1/messages/{id} has been delivered
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
+        if self.down:
+            raise httpx.ConnectError("the gateway is down")
+        if request.method == "POST" and path == "/v1/messages":
+            return self._message(request)
+        if request.method == "GET" and path.startswith("/v1/messages/"):
+            m = self.messages.get(path.rsplit("/", 1)[1])
+            if m is not None and self.deliver_on_read:
+                m["state"] = "delivered"
+            return httpx.Response(200, json={"id": path.rsplit("/", 1)[1], **m}) if m else httpx.Response(404, json={"code": "not_found"})
         if request.method == "POST" and path == "/v1/jobs":
             return self._job(request)
         if request.method == "POST" and path.startswith("/v1/jobs/"):
@@ -51,6 +66,28 @@ class FakeGateway:
         if self.posts in self.lose_answer_of:
             raise httpx.ReadError("connection reset after the job was stored")
         return httpx.Response(202, json=answer)
+
+    def _message(self, request: httpx.Request) -> httpx.Response:
+        body, key = request.content, request.headers.get("idempotency-key", "")
+        digest = hashlib.sha256(body).hexdigest()
+        if self.refuse_messages is not None:
+            return httpx.Response(422, json=self.refuse_messages)
+        if key in self.keys:
+            stored_digest, answer = self.keys[key]
+            if stored_digest != digest:
+                return httpx.Response(409, json={"code": "idempotency_key_reused"})
+        else:
+            mid = f"M{len(self.messages) + 1:012d}"
+            self.messages[mid] = {"request": json.loads(body), "state": "queued", "key": key}
+            answer = {"id": mid, "state": "queued", "status": "queued"}
+            self.keys[key] = (digest, answer)
+        if self.lose_message_answers:
+            self.lose_message_answers -= 1
+            raise httpx.ReadError("connection reset after the message was stored")
+        return httpx.Response(202, json=answer)
+
+    def set_state(self, message_id: str, state: str) -> None:
+        self.messages[message_id]["state"] = state
 
     def sent(self) -> list[str]:
         """Every recipient number the gateway accepted, once per acceptance."""

@@ -194,3 +194,15 @@ def test_inbox_model(ops) -> None:
         assert conv.waiting_since == first_unanswered
         assert list(conv.response_times) == expected_times
         assert len({m.id for m in conv.messages}) == len(conv.messages)
+
+
+def test_status_closed_reopened_by_a_new_question_or_an_answer_not_by_a_flow_reply() -> None:
+    conv = C.receive(C.Conversation(subscriber_id=1), "m1", "thanks!", T0, C.ToInbox())
+    assert C.status(conv) == "needs_reply"
+    closed = C.close(conv)
+    assert C.status(closed) == "closed" and not closed.needs_reply and closed.response_times == ()
+    assert C.status(C.receive(closed, "m2", "2", T0 + 1, C.ToFlow())) == "closed"  # a flow's answer: nobody asked us
+    assert C.status(C.receive(closed, "m3", "one more thing", T0 + 2, C.ToInbox())) == "needs_reply"
+    answered, _ = C.answer(closed, "a1", "anything else?", "ann", T0 + 3)
+    assert C.status(answered) == "open" and answered.response_times == ()  # no wait was open: no time counted
+    assert C.status(C.reopen(closed)) == "open" and not C.reopen(closed).needs_reply

@@ -1,0 +1,321 @@
+"""The inbox's SQL (issue 19, two-way conversations), shared by both engines (mixed into ``SqlStore``).
+
+Every change to a conversation is one transaction that loads the conversation's *head* (its queue
+state, plus the one stored message with the id being applied, if any), hands it to a pure
+transition of ``campaigns.core.conversations`` (``receive``, ``answer``, ``assign``...), and writes
+what changed: the new messages and the new head. The core never sees the whole history (it only
+needs to know whether this id was seen), so a conversation's cost does not grow with its length;
+the unique ``(tenant, message_id)`` makes a redelivered message a no-op even across processes.
+
+The history (``conversation_history``) is the conversation's own messages merged, by time, with
+the subscriber's campaign sends read from ``campaign_recipients`` (submitted or later): a campaign
+send is never copied, so it cannot be lost or double-counted. They are found through the shop's
+campaigns (one primary-key lookup per campaign: ``batch + 0`` keeps SQLite off the slot index,
+which would read every recipient of a campaign), so launches pay for no extra index."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from campaigns.core import conversations as C
+from campaigns.errors import NotFound
+
+Change = Callable[[C.Conversation], tuple[C.Conversation, Sequence[Any]]]
+#: Answer states in order: ``sending`` (stored, the gateway has not answered yet), the gateway's
+#: states, and ``refused`` (the gateway answered 4xx: never retried). States only move forward.
+ANSWER_RANK = {"sending": 0, "queued": 1, "deferred": 1, "submitted": 2, "accepted": 3, "delivered": 4,
+               "undelivered": 4, "rejected": 4, "failed": 4, "expired": 4, "canceled": 4, "unknown": 4,
+               "capped": 4, "suppressed": 4, "refused": 4}  # fmt: skip
+UNSETTLED = ("sending", "queued", "deferred", "submitted", "accepted")
+_CONV_COLS = ("c.id, c.phone, c.our_number, c.needs_reply, c.waiting_since, c.closed, c.assignee, c.opted_out, "
+              "c.created_at, c.last_at, s.id, s.consent")  # fmt: skip
+_JOIN = "FROM conversations c LEFT JOIN subscribers s ON s.tenant = c.tenant AND s.phone = c.phone"
+_MSG_COLS = "message_id, direction, kind, text, at, by_whom, route, gateway_id, state, state_at, error, response_s"
+_json = msgspec.json.Encoder()
+
+
+class ConversationRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    tenant: str
+    phone: str
+    subscriber_id: int | None  # None: the sender is not a subscriber (yet)
+    status: C.Status
+    needs_reply: bool
+    waiting_since: float | None
+    assignee: str | None
+    opted_out: bool
+    our_number: str | None  # the number they texted: answers go from it
+    created_at: float
+    last_at: float
+
+
+class HistoryItem(msgspec.Struct, frozen=True, kw_only=True):
+    message_id: str
+    direction: Literal["in", "out"]
+    kind: str  # reply, opt_out, keyword, answer, flow, campaign, system
+    text: str
+    at: float
+    by: str | None = None
+    route: str | None = None  # inbound: inbox, flow, keyword, opt_out, handled
+    gateway_id: str | None = None
+    state: str | None = None  # outbound: sending, then the gateway's states (or refused)
+    state_at: float | None = None
+    error: str | None = None
+    response_s: float | None = None  # an answer that ended a wait: how long the wait was
+
+
+class PendingAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """An answer to (re)send or to ask the gateway about."""
+
+    conversation_id: int
+    message_id: str
+    gateway_key: str
+    request: bytes  # the exact body sent (a resend must be the same bytes for the gateway's idempotency)
+    gateway_id: str | None
+    state: str
+
+
+class ConversationApplied(msgspec.Struct, frozen=True, kw_only=True):
+    conversation: ConversationRow
+    actions: list[Any]
+    new: bool  # False: the message id was seen before (nothing changed)
+    message: HistoryItem | None = None  # the stored message with the applied id, if any
+
+
+class InboxFigures(msgspec.Struct, frozen=True, kw_only=True):
+    response_times: list[float]  # of answers since ``since``
+    waiting_since: list[float]  # of every conversation in the queue
+    open: int
+    needs_reply: int
+    closed: int
+
+
+def _route_name(route: C.Route | None) -> str | None:
+    match route:
+        case None:
+            return None
+        case C.EndRuns():
+            return "opt_out"
+        case C.ToInbox():
+            return "inbox"
+        case C.ToFlow() | C.ToRun():
+            return "flow"
+        case C.StartFlow():
+            return "keyword"
+        case _:
+            return "handled"
+
+
+def _opted_out(flag: int, subscriber_id: int | None, consent: str | None) -> bool:
+    """A subscriber's consent ledger decides (revoked: no answers); for a sender who is not a
+    subscriber, the conversation's own flag (set by their opt-out, cleared by their opt-in)."""
+    return consent == "revoked" if subscriber_id is not None else bool(flag)
+
+
+def _conv_row(tenant: str, r: tuple) -> ConversationRow:
+    cid, phone, ours, needs, since, closed, assignee, opted, created, last, sid, consent = r
+    conv = C.Conversation(subscriber_id=sid or 0, needs_reply=bool(needs), closed=bool(closed))
+    return ConversationRow(id=cid, tenant=tenant, phone=phone, subscriber_id=sid, status=C.status(conv),
+                           needs_reply=bool(needs), waiting_since=since, assignee=assignee, opted_out=_opted_out(opted, sid, consent),
+                           our_number=ours, created_at=created, last_at=last)  # fmt: skip
+
+
+def _item(r: Sequence[Any]) -> HistoryItem:
+    mid, d, kind, text, at, by, route, gid, state, state_at, error, resp = r
+    return HistoryItem(message_id=mid, direction=d, kind=kind, text=text, at=at, by=by, route=route, gateway_id=gid,
+                       state=state, state_at=state_at, error=error, response_s=resp)  # fmt: skip
+
+
+class InboxSql:
+    """Mixed into ``SqlStore``: ``_tx`` and ``engine`` come from there."""
+
+    engine: str
+
+    def _tx(self) -> Any: ...  # provided by SqlStore
+
+    # ---- changing a conversation -----------------------------------------------------------------
+    def conversation_apply(self, tenant: str, key: int | str, change: Change, *, now: float,
+                           message_id: str | None = None, route: C.Route | None = None,
+                           our_number: str | None = None, answer_request: bytes | None = None) -> ConversationApplied:  # fmt: skip
+        """Apply the pure ``change`` to the conversation ``key`` (an id: it must exist; a canonical
+        phone: created if new) in one transaction. ``message_id``: the message the change may add
+        (its stored row, if any, is in the head the change sees). ``answer_request``: for an answer,
+        the gateway request body to keep with it (``AnswerSend.key`` becomes its ``gateway_key``)."""
+        lock = " FOR UPDATE OF c" if self.engine == "postgres" else ""
+        with self._tx() as tx:
+            if isinstance(key, str):
+                tx.run("INSERT INTO conversations (tenant, phone, our_number, created_at, last_at) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (tenant, phone) DO NOTHING", (tenant, key, our_number, now, now))  # fmt: skip
+                row = tx.one(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = ? AND c.phone = ?{lock}", (tenant, key))
+            else:
+                row = tx.one(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = ? AND c.id = ?{lock}", (tenant, key))
+            if row is None:
+                raise NotFound(f"no conversation {key}", code="conversation_not_found")
+            cid = row[0]
+            seen = None
+            if message_id is not None:
+                seen = tx.one(f"SELECT {_MSG_COLS} FROM conversation_messages WHERE tenant = ? AND message_id = ?",
+                              (tenant, message_id))  # fmt: skip
+            head = C.Conversation(subscriber_id=row[10] or 0, needs_reply=bool(row[3]), waiting_since=row[4],
+                                  closed=bool(row[5]), assignee=row[6],
+                                  opted_out=_opted_out(row[7], row[10], row[11]),
+                                  messages=(C.Message(id=message_id, direction=seen[1], text=seen[3], at=seen[4]),)
+                                  if seen is not None and message_id is not None else ())  # fmt: skip
+            after, actions = change(head)
+            added = after.messages[len(head.messages):]
+            keys = {a.key for a in actions if isinstance(a, C.AnswerSend)}
+            for m in added:
+                answer = m.kind == "answer"
+                tx.run("INSERT INTO conversation_messages (tenant, conversation_id, message_id, direction, kind, text, at, "
+                       "by_whom, route, gateway_key, request, state, state_at, response_s) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (tenant, cid, m.id, m.direction, m.kind, m.text, m.at, m.by,
+                        _route_name(route) if m.direction == "in" else None,
+                        next(iter(keys), None) if answer else None,
+                        answer_request.decode() if answer and answer_request is not None else None,
+                        "sending" if answer else None, now if answer else None,
+                        after.response_times[-1] if answer and len(after.response_times) > len(head.response_times)
+                        else None))  # fmt: skip
+            tx.run("UPDATE conversations SET needs_reply = ?, waiting_since = ?, closed = ?, assignee = ?, opted_out = ?, "
+                   "our_number = COALESCE(?, our_number), last_at = ? WHERE tenant = ? AND id = ?",
+                   (int(after.needs_reply), after.waiting_since, int(after.closed), after.assignee,
+                    int(after.opted_out) if after.opted_out != head.opted_out else int(row[7]), our_number, max(row[9], now) if added else row[9], tenant, cid))  # fmt: skip
+            row = tx.one(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = ? AND c.id = ?", (tenant, cid))
+            stored = None
+            if message_id is not None:
+                one = tx.one(f"SELECT {_MSG_COLS} FROM conversation_messages WHERE tenant = ? AND message_id = ?",
+                             (tenant, message_id))  # fmt: skip
+                stored = _item(one) if one is not None else None
+        assert row is not None
+        return ConversationApplied(conversation=_conv_row(tenant, row), actions=list(actions), new=bool(added), message=stored)
+
+    def answer_state(self, tenant: str, message_id: str, *, state: str, at: float, gateway_id: str | None = None,
+                     error: str | None = None) -> bool:  # fmt: skip
+        """Move an answer forward (``sending`` -> the gateway's states); False if it did not move."""
+        rank = ANSWER_RANK.get(state)
+        if rank is None:
+            return False
+        with self._tx() as tx:
+            cur = tx.one("SELECT state FROM conversation_messages WHERE tenant = ? AND message_id = ? AND kind = 'answer'",
+                         (tenant, message_id))  # fmt: skip
+            if cur is None:
+                return False
+            moved = rank > ANSWER_RANK.get(cur[0] or "sending", 0)
+            tx.run("UPDATE conversation_messages SET gateway_id = COALESCE(gateway_id, ?), "
+                   + ("state = ?, state_at = ?, error = COALESCE(?, error) " if moved else "state = state ")
+                   + "WHERE tenant = ? AND message_id = ?",
+                   ((gateway_id, state, at, error) if moved else (gateway_id,)) + (tenant, message_id))  # fmt: skip
+        return moved
+
+    def answer_state_by_gateway_id(self, tenant: str, gateway_id: str, *, state: str, at: float) -> bool:
+        """A state webhook's event for a message the gateway knows as ``gateway_id``."""
+        with self._tx() as tx:
+            row = tx.one("SELECT message_id FROM conversation_messages WHERE tenant = ? AND gateway_id = ?",
+                         (tenant, gateway_id))  # fmt: skip
+        return row is not None and self.answer_state(tenant, row[0], state=state, at=at)
+
+    # ---- reading ---------------------------------------------------------------------------------
+    def conversation_message(self, tenant: str, message_id: str) -> HistoryItem | None:
+        with self._tx() as tx:
+            row = tx.one(f"SELECT {_MSG_COLS} FROM conversation_messages WHERE tenant = ? AND message_id = ?",
+                         (tenant, message_id))  # fmt: skip
+        return _item(row) if row is not None else None
+
+    def conversation(self, tenant: str, conversation_id: int) -> ConversationRow | None:
+        with self._tx() as tx:
+            row = tx.one(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = ? AND c.id = ?", (tenant, conversation_id))
+        return _conv_row(tenant, row) if row is not None else None
+
+    def conversation_by_phone(self, tenant: str, phone: str) -> ConversationRow | None:
+        with self._tx() as tx:
+            row = tx.one(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = ? AND c.phone = ?", (tenant, phone))
+        return _conv_row(tenant, row) if row is not None else None
+
+    def conversations(self, tenant: str, *, status: C.Status | None = None, assignee: str | None = None,
+                      after: tuple[float, int] | int = 0, limit: int = 100) -> list[ConversationRow]:  # fmt: skip
+        """A page of the tenant's conversations. ``status="needs_reply"`` is the queue, longest wait
+        first, paged by ``after=(waiting_since, id)``; any other listing is by id (``after=id``)."""
+        where, params = ["c.tenant = ?"], [tenant]
+        if status == "needs_reply":
+            where.append("c.needs_reply = 1")
+        elif status == "closed":
+            where.append("c.needs_reply = 0 AND c.closed = 1")
+        elif status == "open":
+            where.append("c.needs_reply = 0 AND c.closed = 0")
+        if assignee is not None:
+            where.append("c.assignee = ?")
+            params.append(assignee)
+        if status == "needs_reply":
+            since, last = after if isinstance(after, tuple) else (float("-inf"), 0)
+            where.append("(c.waiting_since > ? OR (c.waiting_since = ? AND c.id > ?))")
+            params += [since, since, last]
+            order = "c.waiting_since, c.id"
+        else:
+            where.append("c.id > ?")
+            params.append(after if isinstance(after, int) else after[1])
+            order = "c.id"
+        with self._tx() as tx:
+            rows = tx.rows(f"SELECT {_CONV_COLS} {_JOIN} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?",
+                           (*params, limit))  # fmt: skip
+        return [_conv_row(tenant, r) for r in rows]
+
+    def conversation_history(self, tenant: str, conversation_id: int, *, after: tuple[float, int, int] | None = None,
+                             limit: int = 100) -> list[tuple[tuple[float, int, int], HistoryItem]]:  # fmt: skip
+        """The conversation's messages and the subscriber's campaign sends, oldest first, each with
+        its cursor ``(at, source, key)`` (pass the last one as ``after`` for the next page)."""
+        real = "DOUBLE PRECISION" if self.engine == "postgres" else "REAL"
+        since = after or (float("-inf"), -1, -1)
+        sql = f"""
+SELECT * FROM (
+  SELECT m.at AS at, 0 AS src, m.seq AS k, m.message_id, m.direction, m.kind, m.text, m.at AS at2,
+         m.by_whom, m.route, m.gateway_id, m.state, m.state_at, m.error, m.response_s
+    FROM conversation_messages m WHERE m.tenant = ? AND m.conversation_id = ?
+  UNION ALL
+  SELECT r.send_at, 1, r.campaign_id, 'campaign:' || CAST(r.campaign_id AS TEXT), 'out',
+         'campaign', r.text, r.send_at, 'campaign:' || CAST(r.campaign_id AS TEXT), CAST(NULL AS TEXT), r.message_id,
+         r.state, r.state_at, CAST(NULL AS TEXT), CAST(NULL AS {real})
+    FROM conversations c JOIN subscribers s ON s.tenant = c.tenant AND s.phone = c.phone
+    JOIN campaign_recipients r ON r.tenant = c.tenant AND r.subscriber_id = s.id
+     AND r.campaign_id IN (SELECT k.id FROM campaigns k WHERE k.tenant = ?)
+   WHERE c.tenant = ? AND c.id = ? AND r.batch + 0 >= 0 AND r.state NOT IN ('planned', 'rejected')
+) h WHERE (h.at > ? OR (h.at = ? AND (h.src > ? OR (h.src = ? AND h.k > ?))))
+ORDER BY h.at, h.src, h.k LIMIT ?"""
+        with self._tx() as tx:
+            rows = tx.rows(sql, (tenant, conversation_id, tenant, tenant, conversation_id, since[0], since[0], since[1],
+                                 since[1], since[2], limit))  # fmt: skip
+        return [((r[0], r[1], r[2]), _item(r[3:])) for r in rows]
+
+    def answers_unsettled(self, tenant: str, *, limit: int = 100) -> list[PendingAnswer]:
+        """Answers not yet final: ``sending`` ones to (re)send, the others to ask the gateway about."""
+        marks = ", ".join("?" for _ in UNSETTLED)
+        with self._tx() as tx:
+            rows = tx.rows("SELECT conversation_id, message_id, gateway_key, request, gateway_id, state FROM "
+                           f"conversation_messages WHERE tenant = ? AND kind = 'answer' AND state IN ({marks}) "
+                           "ORDER BY seq LIMIT ?", (tenant, *UNSETTLED, limit))  # fmt: skip
+        return [PendingAnswer(conversation_id=r[0], message_id=r[1], gateway_key=r[2], request=(r[3] or "").encode(),
+                              gateway_id=r[4], state=r[5]) for r in rows]  # fmt: skip
+
+    def answer_pending(self, tenant: str, message_id: str) -> PendingAnswer | None:
+        with self._tx() as tx:
+            r = tx.one("SELECT conversation_id, message_id, gateway_key, request, gateway_id, state FROM "
+                       "conversation_messages WHERE tenant = ? AND message_id = ? AND kind = 'answer'",
+                       (tenant, message_id))  # fmt: skip
+        return None if r is None else PendingAnswer(conversation_id=r[0], message_id=r[1], gateway_key=r[2],
+                                                    request=(r[3] or "").encode(), gateway_id=r[4], state=r[5])  # fmt: skip
+
+    def inbox_figures(self, tenant: str, *, since: float) -> InboxFigures:
+        with self._tx() as tx:
+            times = tx.rows("SELECT response_s FROM conversation_messages WHERE tenant = ? AND response_s IS NOT NULL "
+                            "AND at >= ?", (tenant, since))  # fmt: skip
+            waits = tx.rows("SELECT waiting_since FROM conversations WHERE tenant = ? AND needs_reply = 1", (tenant,))
+            counts = tx.one("SELECT COALESCE(SUM(CASE WHEN needs_reply = 0 AND closed = 0 THEN 1 ELSE 0 END), 0), "
+                            "COALESCE(SUM(CASE WHEN needs_reply = 1 THEN 1 ELSE 0 END), 0), "
+                            "COALESCE(SUM(CASE WHEN needs_reply = 0 AND closed = 1 THEN 1 ELSE 0 END), 0) "
+                            "FROM conversations WHERE tenant = ?", (tenant,))  # fmt: skip
+        assert counts is not None
+        return InboxFigures(response_times=[float(t[0]) for t in times],
+                            waiting_since=[float(w[0]) for w in waits if w[0] is not None],
+                            open=int(counts[0]), needs_reply=int(counts[1]), closed=int(counts[2]))  # fmt: skip
