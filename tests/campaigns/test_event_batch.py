@@ -78,7 +78,7 @@ def store(store_url: str) -> Iterator[Store]:
 _n = iter(range(10**9))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(evs=events(), cuts=st.lists(st.integers(0, 30), max_size=3))
 def test_a_batch_is_the_same_as_its_events_one_by_one(store: Store, evs: list[ShopEvent], cuts: list[int]) -> None:
     k = next(_n)

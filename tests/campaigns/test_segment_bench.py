@@ -79,11 +79,11 @@ def test_live_membership_after_batches_is_what_python_finds(store_url):
         applied = anyio.run(audience.apply_many, TENANT, [(e, e.phone) for e in events])
         touched = sorted({a.subscriber_id for a in applied})
         assert len(touched) > 100
+        views = {sid: store.view(TENANT, sid) for sid in touched}
         for seg_id, seg in segs:
             members = set(store.members(TENANT, seg_id, after=0, limit=10_000))
             for sid in touched:
-                view = store.view(TENANT, sid)
-                assert (sid in members) == evaluate(seg, view, NOW), (seg_id, sid)
+                assert (sid in members) == evaluate(seg, views[sid], NOW), (seg_id, sid)
         timers = {(seg, sub): None for _, seg, sub in store.due_timers(NOW + 10**9, limit=10**6)}
         changed: dict[int, frozenset[str]] = {}
         for a in applied:
@@ -92,7 +92,7 @@ def test_live_membership_after_batches_is_what_python_finds(store_url):
             if not windowed(seg):
                 continue
             for sid in [t for t in touched if affected_by(dependencies(seg), changed[t])]:
-                change = next_change(seg, store.view(TENANT, sid), NOW)
+                change = next_change(seg, views[sid], NOW)
                 if change is not None:
                     assert (seg_id, sid) in timers, (seg_id, sid)
     finally:
