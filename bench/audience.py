@@ -410,8 +410,35 @@ def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed:
             "memberships_after": members, "segments_create_s": segments_s}  # fmt: skip
 
 
+def _store_ratio(store: Any, n: int, seed: int, rounds: int = 3) -> dict[str, float]:
+    """The store alone, in the same run: order events for known subscribers through ``apply_event`` (one
+    transaction each, as the old path) and through ``apply_events`` (1,000 a transaction); medians of
+    ``rounds`` (aggregates updated, no membership, no parsing)."""
+    from campaigns.core.events import Item, OrderEvent
+
+    r = random.Random(seed + 2)
+
+    def ev(k: int) -> OrderEvent:
+        return OrderEvent(id=f"ratio-{k}", at=NOW - k, order_id=f"ratio-o{k}", phone=_phone(r.randint(1, n)), total=1000,
+                          currency="USD", payment_status="paid", items=(Item(product="p", category="shoes", price=1000),))
+
+    one_by_one, batched = [], []
+    for i in range(rounds):
+        singles = [ev(k) for k in range(i * 100_000, i * 100_000 + 1000)]
+        t = time.perf_counter()
+        for e in singles:
+            store.apply_event(TENANT, e, phone=e.phone, now=NOW)
+        one_by_one.append(len(singles) / (time.perf_counter() - t))
+        many = [(e, e.phone) for e in (ev(k) for k in range(i * 100_000 + 50_000, i * 100_000 + 60_000))]
+        t = time.perf_counter()
+        for j in range(0, len(many), 1000):
+            store.apply_events(TENANT, many[j : j + 1000], now=NOW)
+        batched.append(len(many) / (time.perf_counter() - t))
+    return {"store_apply_event_per_s": statistics.median(one_by_one), "store_apply_events_per_s": statistics.median(batched)}
+
+
 def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: str | None, workdir: str | None,
-        batch: int = 1000, concurrency: int = 64) -> dict:  # fmt: skip
+        batch: int = 1000, concurrency: int = 64, store_ratio: bool = False) -> dict:  # fmt: skip
     with contextlib.ExitStack() as stack:
         if engine == "postgres":
             url = pg_url or stack.enter_context(throwaway_postgres())
@@ -429,6 +456,8 @@ def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: 
         import_s = time.perf_counter() - t0
         counts = _counts(store, runs)
         ev = _events(store, n, events, batch, concurrency, seed)
+        if store_ratio:
+            ev.update(_store_ratio(store, n, seed))
     plain = [c["seconds"] for c in counts if not c["windowed"]]
     win = [c["seconds"] for c in counts if c["windowed"]]
     return {
@@ -460,21 +489,22 @@ def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: 
               help="Order events after the import: half as bulk NDJSON bodies, half as concurrent single events.")
 @click.option("--batch", default=1000, show_default=True, help="Events per bulk body (and per transaction).")
 @click.option("--concurrency", default=64, show_default=True, help="Concurrent single-event senders.")
+@click.option("--store-ratio", is_flag=True, help="Also time the store alone: apply_event one by one vs apply_events.")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--workdir", default=None, type=click.Path(file_okay=False), help="Where the SQLite file goes.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
 def bench_audience(n: int, m: int, engine: str, pg_url: str | None, runs: int, events: int, batch: int, concurrency: int,
-                   seed: int, workdir: str | None, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
+                   store_ratio: bool, seed: int, workdir: str | None, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
     """Segment counts, event ingest and live membership over N subscribers and M orders."""
     if n < 1 or m < 0 or events < 2 or runs < 1:
         raise click.BadParameter("--subscribers >= 1, --orders >= 0, --events >= 2, --runs >= 1")
-    r = run(engine, n, m, runs, events, seed, pg_url, workdir, batch, concurrency)
+    r = run(engine, n, m, runs, events, seed, pg_url, workdir, batch, concurrency, store_ratio)
     click.echo(f"sluice bench audience: {engine}, {n:,} subscribers, {m:,} orders, {r['trees']} segment trees")
     for c in r["per_tree"]:
         click.echo(f"  {c['name']:<26} {'windowed' if c['windowed'] else '':<9} {c['count']:>10,} {c['seconds']:>8.3f} s")
     for key in ("import_s", "events_per_s", "membership_update_p99_s", "single_events_per_s", "single_p99_s",
-                "single_membership_p99_s",
+                "single_membership_p99_s", *(["store_apply_event_per_s", "store_apply_events_per_s"] if store_ratio else []),
                 "single_events_per_commit", "count_p50_s", "count_p95_s", "count_windowed_p50_s"):  # fmt: skip
         click.echo(f"  {key:<36} {r[key]:>12,.3f}")
     save(r, json_path, out_dir)
