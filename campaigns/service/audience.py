@@ -289,15 +289,20 @@ class Audience:
         event is committed with its aggregates; the membership changes follow from the membership
         loop (``run_membership``) when it runs, else before answering."""
         events, prefixes = [], []
+        bad: list[tuple[int, InvalidInput]] = []
         for i, line in enumerate(body.splitlines()):
             if not line.strip():
                 continue
             try:
                 events.append(decode_event(line))
             except InvalidInput as exc:
-                field = f"lines[{i}]" + (f".{exc.field}" if exc.field else "")
-                raise InvalidInput(f"line {i}: {exc}", code=exc.code, field=field) from None
+                bad.append((i, exc))
             prefixes.append(f"lines[{i}].")
+        if bad:  # the first names its field; the message lists every bad line
+            i, exc = bad[0]
+            more = f" ({len(bad)} bad lines: {', '.join(str(j) for j, _ in bad[:20])}{', ...' if len(bad) > 20 else ''})"
+            field = f"lines[{i}]" + (f".{exc.field}" if exc.field else "")
+            raise InvalidInput(f"line {i}: {exc}{more if len(bad) > 1 else ''}", code=exc.code, field=field)
         self._check_time(events, self.clock(), prefixes)
         phones = await self._run(self.check_events, tenant, events, prefixes)
         return await self.apply_many(tenant, list(zip(events, phones, strict=True)), defer=self._membership_live)
