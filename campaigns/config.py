@@ -99,6 +99,13 @@ class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     short_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]{3,16}$")] | None = None
     link_key_env: str | None = None
     time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"  # the shop's clock (reports, schedule)
+    # Attribution (docs/CAMPAIGNS-SENDING.md): an order goes to the last click within click_window_s,
+    # else the last delivery within view_window_s; a STOP within opt_out_window_s of a send is charged
+    # to it, and a campaign's opt-out rate at or over opt_out_alert raises its alert.
+    click_window_s: Annotated[float, msgspec.Meta(gt=0, le=90 * 86400)] = 5 * 86400.0
+    view_window_s: Annotated[float, msgspec.Meta(ge=0, le=90 * 86400)] = 86400.0
+    opt_out_window_s: Annotated[float, msgspec.Meta(gt=0, le=90 * 86400)] = 3 * 86400.0
+    opt_out_alert: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.005
 
     def __post_init__(self) -> None:
         if (self.key_sha256 is None) == (self.key_env is None):

@@ -109,6 +109,7 @@ def sim() -> None:
 def _register() -> None:
     # Direct imports: a broken benchmark or simulator is an error here, not a missing command.
     from bench.audience import bench_audience
+    from bench.campaign import bench_campaign
     from bench.core import bench_core
     from bench.e2e import bench_e2e
     from bench.fairness import bench_fairness
@@ -126,7 +127,7 @@ def _register() -> None:
 
     for command in (bench_core, bench_smpp, bench_ingest, bench_e2e, bench_kannel, bench_throttle, bench_priority,
                     bench_quiet_hours, bench_soak, bench_scaling, bench_report, bench_audience,
-                    bench_fairness):  # fmt: skip
+                    bench_fairness, bench_campaign):  # fmt: skip
         bench.add_command(command)
     sim.add_command(sim_smsc)
     sim.add_command(sim_http)

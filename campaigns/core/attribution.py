@@ -38,7 +38,6 @@ from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from operator import attrgetter
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -47,8 +46,8 @@ import msgspec
 from campaigns.core.schedule import tenant_zone
 from campaigns.errors import InvalidInput
 
-__all__ = ["Attribution", "Clicked", "Delivered", "Event", "Metrics", "OptedOut", "Ordered", "Report",
-           "Sent", "Windows", "attribute_orders", "report"]  # fmt: skip
+__all__ = ["Attribution", "Clicked", "Delivered", "Event", "Group", "Metrics", "OptedOut", "Ordered", "Report",
+           "Sent", "Windows", "attribute_orders", "groups_of", "report", "tally"]  # fmt: skip
 
 DAY = 86_400.0
 
@@ -218,35 +217,68 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
-def _key_function(by: Sequence[str], zone: ZoneInfo) -> Callable[[Sent], tuple[str | int | None, ...]]:
+class Group(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """Pre-aggregated sends (the store's GROUP BY): messages of one campaign, variant and flow step
+    sent in one 15-minute slice of UTC (``slice = floor(sent_at / 900)``). Every UTC offset in use is
+    a multiple of 15 minutes, so a slice has one local hour whatever the zone."""
+
+    campaign: str | None
+    variant: str | None
+    step: str | None
+    slice: int
+    sent: int
+    delivered: int
+    cost: int
+    clicked: int  # messages with at least one human click
+
+
+def _hour_function(zone: ZoneInfo) -> Callable[[float], int]:
     hours: dict[int, int] = {}
 
     def hour(at: float) -> int:
-        # Every UTC offset in use is a multiple of 15 minutes, so the local hour is constant within
-        # each 15-minute slice of UTC: compute it once per slice.
         q = int(at // 900)
         h = hours.get(q)
         if h is None:
             h = hours[q] = datetime.fromtimestamp(q * 900, zone).hour
         return h
 
-    names = [d for d in by if d != "hour"]
-    plain = attrgetter(*names) if names else (lambda _s: ())
-    if len(names) == 1:
-        plain = (lambda g: lambda s: (g(s),))(plain)
-    if "hour" not in by:
-        return plain  # type: ignore[return-value]
-    where = by.index("hour")
+    return hour
 
-    def key(s: Sent) -> tuple[str | int | None, ...]:
-        k = plain(s)
-        return (*k[:where], hour(s.at), *k[where:])
+
+def _key_function(by: Sequence[str], zone: ZoneInfo) -> Callable[[str | None, str | None, str | None, float], tuple]:
+    hour = _hour_function(zone)
+    picks = tuple(by)
+
+    def key(campaign: str | None, variant: str | None, step: str | None, at: float) -> tuple[str | int | None, ...]:
+        values = {"campaign": campaign, "variant": variant, "step": step}
+        return tuple(hour(at) if d == "hour" else values[d] for d in picks)
 
     return key
 
 
+def _check_by(by: Sequence[str]) -> None:
+    for d in by:
+        if d not in ("campaign", "variant", "step", "hour"):
+            raise InvalidInput(f"unknown dimension {d!r} (campaign, variant, step, hour)", code="unknown_dimension", field="by")
+
+
 def _opted_message(ix: _Index, e: OptedOut, window: float) -> str | None:
     return _latest(ix.sends.get(e.subscriber), e.at, window)
+
+
+def groups_of(events: Iterable[Event]) -> list[Group]:
+    """The ``Group`` rows of a list of events (what the store computes in SQL)."""
+    ix = _Index(events)
+    acc: dict[tuple, list[int]] = {}
+    for m, s in ix.sent.items():
+        k = (s.campaign, s.variant, s.step, int(s.at // 900))
+        a = acc.setdefault(k, [0, 0, 0, 0])
+        a[0] += 1
+        a[1] += m in ix.delivered_ids
+        a[2] += s.cost
+        a[3] += m in ix.clicked_ids
+    return [Group(campaign=k[0], variant=k[1], step=k[2], slice=k[3], sent=a[0], delivered=a[1], cost=a[2], clicked=a[3])
+            for k, a in acc.items()]  # fmt: skip
 
 
 def report(
@@ -257,34 +289,50 @@ def report(
     zone: str = "UTC",
 ) -> Report:
     """The figures per group of ``by`` (any of campaign, variant, step, hour), sorted by key."""
-    for d in by:
-        if d not in ("campaign", "variant", "step", "hour"):
-            raise InvalidInput(f"unknown dimension {d!r} (campaign, variant, step, hour)", code="unknown_dimension", field="by")
-    tz = tenant_zone(zone)
-    ix = _Index(events)
-    key_of = _key_function(by, tz)
+    events = list(events)
+    return tally(groups_of(events), events, by=by, windows=windows, zone=zone)
+
+
+def tally(
+    groups: Iterable[Group],
+    history: Iterable[Event],
+    *,
+    by: Sequence[Dimension] = ("campaign",),
+    windows: Windows = Windows(),
+    zone: str = "UTC",
+    in_scope: Callable[[Sent], bool] | None = None,
+) -> Report:
+    """The report from the sends already counted (``groups``, the messages in scope) and the full
+    history (every source: campaigns and flow steps) of the subscribers who ordered or opted out.
+    Orders and opt-outs go to the message the rules pick among *all* of a subscriber's messages;
+    only those landing on a message in scope (``in_scope``, default: all) count here. Each order
+    counts for at most one message, each message loses at most one subscriber."""
+    _check_by(by)
+    key_of = _key_function(by, tenant_zone(zone))
     acc: dict[tuple[str | int | None, ...], _Acc] = defaultdict(_Acc)
-    of: dict[str, _Acc] = {}  # message -> its group's accumulator
-    delivered_ids = ix.delivered_ids
-    for m, s in ix.sent.items():
-        a = of[m] = acc[key_of(s)]
-        a.sent += 1
-        a.cost += s.cost
-        if m in delivered_ids:
-            a.delivered += 1
-    for m in ix.clicked_ids:
-        of[m].clicked += 1
+    for g in groups:
+        a = acc[key_of(g.campaign, g.variant, g.step, g.slice * 900.0)]
+        a.sent += g.sent
+        a.delivered += g.delivered
+        a.cost += g.cost
+        a.clicked += g.clicked
+    ix = _Index(history)
+
+    def group_of(message: str | None) -> _Acc | None:
+        s = ix.sent.get(message) if message is not None else None
+        if s is None or (in_scope is not None and not in_scope(s)):
+            return None
+        return acc[key_of(s.campaign, s.variant, s.step, s.at)]
+
     attributions = [_attribute(ix, o, windows) for o in ix.orders]
     totals = {o.order: o.total for o in ix.orders}
     for at in attributions:
-        if at.message is not None:
-            a = of[at.message]
+        if (a := group_of(at.message)) is not None:
             a.conversions += 1
             a.revenue += totals[at.order]
-    charged = {_opted_message(ix, e, windows.opt_out) for e in ix.opt_outs}  # a message loses one subscriber at most
-    for m in charged:
-        if m is not None:
-            of[m].opt_outs += 1
+    for m in {_opted_message(ix, e, windows.opt_out) for e in ix.opt_outs}:  # a message loses one subscriber at most
+        if (a := group_of(m)) is not None:
+            a.opt_outs += 1
     rows = [_metrics(dict(zip(by, k)), a, windows) for k, a in sorted(acc.items(), key=lambda kv: repr(kv[0]))]
     return Report(by=tuple(by), rows=tuple(rows), attributions=tuple(attributions))
 

@@ -29,7 +29,6 @@ clicks count each (message, link) once; total clicks count every human hit.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -121,7 +120,7 @@ def _base62(digest: bytes, length: int) -> str:
 def mint_code(key: bytes, scope: str, length: int, exists: Callable[[str], bool] = lambda _c: False) -> str:
     """A code for ``scope`` (e.g. ``"camp-7:sub-42:0"``), the first free one of the keyed sequence."""
     for attempt in range(MAX_ATTEMPTS):
-        digest = hmac.new(key, f"{scope}#{attempt}".encode(), hashlib.sha256).digest()
+        digest = hmac.digest(key, f"{scope}#{attempt}".encode(), "sha256")  # one-shot: the launch's hot loop
         code = _base62(digest, length)
         if not exists(code):
             return code

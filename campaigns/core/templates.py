@@ -221,8 +221,10 @@ def render(
     locale: str | None = None,
     marketing: bool = True,
     first_message: bool = False,
+    find: bool = True,
 ) -> Rendered:
-    """The full text for one subscriber, as the gateway's preview will measure it."""
+    """The full text for one subscriber, as the gateway's preview will measure it (``find=False``:
+    ``urls`` left empty, for a caller that shortens the text, which finds them itself)."""
     body = render_body(template, values)
     text = body
     sig = foot = None
@@ -236,7 +238,7 @@ def render(
             foot = candidate
             sep = "" if not text or text[-1].isspace() else ("" if _cjk(text[-1]) else " ")
             text = text + sep + foot
-    urls = tuple(u for _s, _e, u in find_urls(text))
+    urls = tuple(u for _s, _e, u in find_urls(text)) if find else ()
     return Rendered(text=text, body=body, signature=sig, footer=foot, urls=urls)
 
 

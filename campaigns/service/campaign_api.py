@@ -4,6 +4,7 @@
 - ``POST /v1/campaigns/{id}/launch`` (safe to repeat: a relaunch resumes, never sends twice),
   ``/pause``, ``/resume``, ``/cancel`` (reach every gateway job of the campaign);
 - ``GET /v1/campaigns/{id}/report?by=variant,hour`` (JSON for charts), ``/clicks``;
+- ``GET /v1/reports?by=campaign,step&since=`` (every campaign and flow step of the shop);
 - ``POST /v1/campaigns/{id}/winner`` (A/B decision; the held rest is sent the winner);
 - ``GET|HEAD /l/{code}``: the short-link redirect (302 with UTM parameters; 404 unknown);
 - ``POST /v1/gateway/{shop}/events``: the gateway's signed message-state webhooks."""
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, get, head, post
 from litestar.exceptions import NotAuthorizedException
-from litestar.params import FromPath, FromQuery, JSONBody, PathParameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, PathParameter
 
 from campaigns.core import attribution
 from campaigns.errors import InvalidInput
@@ -80,13 +81,22 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
     async def campaign_winner(tenant: Tenant, campaign_id: Id) -> WinnerOut:
         return await tracker.send_winner(tenant, campaign_id)
 
-    @get("/v1/campaigns/{campaign_id:int}/report")
-    async def campaign_report(tenant: Tenant, campaign_id: Id, by: FromQuery[str] = "campaign",
-                              zone: FromQuery[str | None] = None) -> attribution.Report:  # fmt: skip
+    def dimensions(by: str) -> list[str]:
         dims = [d.strip() for d in by.split(",") if d.strip()]
         if not dims or len(dims) > 4:
             raise InvalidInput("by: one to four of campaign, variant, step, hour", code="unknown_dimension", field="by")
-        return await tracker.report(tenant, campaign_id, dims, zone)
+        return dims
+
+    @get("/v1/campaigns/{campaign_id:int}/report")
+    async def campaign_report(tenant: Tenant, campaign_id: Id, by: FromQuery[str] = "campaign",
+                              zone: FromQuery[str | None] = None) -> attribution.Report:  # fmt: skip
+        return await tracker.report(tenant, campaign_id, dimensions(by), zone)
+
+    @get("/v1/reports")
+    async def tenant_report(tenant: Tenant, by: FromQuery[str] = "campaign,step", zone: FromQuery[str | None] = None,
+                            since: Annotated[float, Parameter(ge=0, le=1e11)] = 0.0) -> attribution.Report:  # fmt: skip
+        """Every campaign and flow step of the shop (orders and opt-outs at or after ``since``)."""
+        return await tracker.report(tenant, None, dimensions(by), zone, since=since)
 
     @get("/v1/campaigns/{campaign_id:int}/send-times")
     async def campaign_send_times(tenant: Tenant, campaign_id: Id, clock: FromQuery[str] = "tenant") -> SendTimesOut:
@@ -96,6 +106,7 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
     @get("/v1/campaigns/{campaign_id:int}/clicks")
     async def campaign_clicks(tenant: Tenant, campaign_id: Id) -> ClickCounts:
         await launcher.campaign(tenant, campaign_id)
+        await tracker.flush()
         return await launcher._run(launcher.store.click_counts, tenant, campaign_id)
 
     async def _hit(code: str, request: Request, method: Literal["GET", "HEAD"]) -> Response[Any]:
@@ -132,5 +143,37 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
         return StatesOut(moved=moved)
 
     return [create_campaign, get_campaign, launch_campaign, control("pause"), control("resume"),
-            control("cancel"), campaign_winner, campaign_preview, campaign_report, campaign_send_times,
+            control("cancel"), campaign_winner, campaign_preview, campaign_report, tenant_report, campaign_send_times,
             campaign_clicks, short_link, short_link_head, gateway_events]  # fmt: skip
+
+
+_REDIRECT_HEADERS = [(b"cache-control", b"no-store"), (b"referrer-policy", b"no-referrer"), (b"content-length", b"0")]
+
+
+def redirect_front(app: Any, tracker: Tracker) -> Any:
+    """The ASGI app with short-link hits answered in front of it: ``GET|HEAD /{code}`` and
+    ``/l/{code}`` go straight to ``Tracker.redirect`` and a bare 302, without the framework's routing,
+    signature parsing and response machinery (most of a redirect's cost; docs/BENCHMARKS.md). Anything
+    else, an unknown code (the 404 body) and any error fall through to ``app``, whose routes answer
+    exactly as before (the same handlers serve the same paths)."""
+
+    async def front(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            path: str = scope["path"]
+            code = path[3:] if path.startswith("/l/") else path[1:]
+            if 5 <= len(code) <= 16 and code.isascii() and code.isalnum():
+                ua = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"user-agent"), None)
+                try:
+                    hit = await tracker.redirect(code, method=scope["method"], user_agent=ua)
+                except Exception:  # noqa: BLE001 - the framework's path maps it (503 for storage)
+                    hit = None
+                    tracker.log_front_error(code)
+                else:
+                    if hit is not None:
+                        await send({"type": "http.response.start", "status": 302,
+                                    "headers": [(b"location", hit.location.encode()), *_REDIRECT_HEADERS]})  # fmt: skip
+                        await send({"type": "http.response.body", "body": b""})
+                        return
+        await app(scope, receive, send)
+
+    return front

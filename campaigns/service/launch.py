@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio.to_thread
 import msgspec
 
-from campaigns.core import abtest, discounts, links, schedule, templates
+from campaigns.core import abtest, attribution, discounts, links, schedule, templates
 from campaigns.core.imports import parse_csv
 from campaigns.core.model import Subscriber
 from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound
@@ -128,6 +128,7 @@ class TenantLinks(msgspec.Struct, frozen=True, kw_only=True):
     domain: str
     key: bytes
     zone: str = "UTC"
+    windows: attribution.Windows = attribution.Windows()  # the tenant's attribution windows
 
 
 class PreviewOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -277,7 +278,7 @@ def render_for(store: Store, tenant: str, spec: CampaignSpec, cid: int, sub: Sub
     code = _discount(store, tenant, spec, cid, sub.id, tl.key, now)
     try:
         rendered = templates.render(template, _values(spec, sub, code), rules=spec.rules, locale=sub.language,
-                                    first_message=first)  # fmt: skip
+                                    first_message=first, find=False)  # fmt: skip
     except templates.TemplateError as exc:
         raise InvalidInput(f"subscriber {sub.id}: {exc}", code=exc.code, field="template") from exc
     short = links.shorten(rendered.text, domain=spec.link_domain or tl.domain, key=tl.key, scope=f"{cid}:{sub.id}",

@@ -169,5 +169,8 @@ class GatewayLink:
                         await self.inbox.settle(tenant)
                 except CampaignError as exc:
                     log.warning("gateway.link.round_failed tenant=%s error=%s", tenant, exc)
-            await self.audience.tick()
+            try:
+                await self.audience.tick()
+            except CampaignError as exc:  # the store busy or down: the next round tries again, serve keeps running
+                log.warning("audience.tick_failed error=%s", exc)
             await anyio.sleep(interval)

@@ -15,9 +15,10 @@ import anyio
 import uvicorn
 
 from campaigns.config import CampaignSettings
+from campaigns.core.attribution import Windows
 from campaigns.service.app import create_app, tenant_keys, webhook_secrets
 from campaigns.service.audience import Audience
-from campaigns.service.campaign_api import campaign_handlers
+from campaigns.service.campaign_api import campaign_handlers, redirect_front
 from campaigns.service.launch import Launcher, TenantLinks
 from campaigns.service.tracking import Tracker
 from campaigns.service.gateway_client import GatewayClient
@@ -45,7 +46,9 @@ def tenant_links(settings: CampaignSettings, environ: Mapping[str, str]) -> dict
     for t in settings.tenants:
         key = environ.get(t.link_key_env or "")
         if t.short_domain and key:
-            out[t.name] = TenantLinks(domain=t.short_domain, key=key.encode(), zone=t.time_zone)
+            windows = Windows(click=t.click_window_s, view=t.view_window_s, opt_out=t.opt_out_window_s,
+                              opt_out_alert=t.opt_out_alert)  # fmt: skip
+            out[t.name] = TenantLinks(domain=t.short_domain, key=key.encode(), zone=t.time_zone, windows=windows)
         else:
             log.warning("campaigns.tenant.no_short_links tenant=%s (set short_domain and link_key_env)", t.name)
     return out
@@ -70,9 +73,10 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     link = GatewayLink(audience, clients, inbox=inbox)
     secrets = webhook_secrets(settings, env)
     launcher = Launcher(store, clients, tenant_links(settings, env), time.time, callback_urls=callback_urls(settings))
+    tracker = Tracker(launcher)
     app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets, inbox=inbox,
-                     extra_handlers=campaign_handlers(launcher, Tracker(launcher), secrets, inbox=inbox))  # fmt: skip
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port if port is None else port,
+                     extra_handlers=campaign_handlers(launcher, tracker, secrets, inbox=inbox))  # fmt: skip
+    server = uvicorn.Server(uvicorn.Config(redirect_front(app, tracker), host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False))  # fmt: skip
     try:
         async with anyio.create_task_group() as tg:
@@ -90,6 +94,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
                 on_ready(bound)
             tg.start_soon(lambda: link.run(interval=settings.sync_interval))
             tg.start_soon(audience.run_membership)  # bulk ingest answers at commit; membership follows
+            tg.start_soon(tracker.run_flusher)  # buffered clicks: written every few ms (tracking.py)
             await anyio.sleep_forever()
     finally:
         for c in clients.values():

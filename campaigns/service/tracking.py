@@ -1,23 +1,39 @@
 """What happens after a launch: clicks on short links, message states from the gateway's webhooks,
 the analytics report, and the A/B winner sent to the rest of the audience.
 
-The redirect is the hot path: one indexed read (the link with its recipient's delivery time), the
-verdict from ``core.links.classify_hit``, one write (the click) and, for a human click, the
-``clicked`` activity. The campaign's UTM parameters are cached per campaign (definitions do not
-change after launch)."""
+The redirect is the hot path: one indexed read (the link with its recipient's delivery time; kept in
+memory once the message is delivered, as nothing about it can change after), the verdict from
+``core.links.classify_hit``, and the hit appended to an in-memory buffer. The buffer is
+written in one transaction (the clicks, then the ``clicked`` activities of human clicks) every
+``flush_interval`` (5 ms) by ``run_flusher``. **What is promised**: a click is stored within the
+flush interval plus one write after its 302 was answered; a crash loses at most the clicks of that
+window (never a click already stored); a clean stop flushes; and every read of click figures (the
+report, ``/clicks``, the A/B decision) flushes first, so a figure never misses a click answered
+before the read. The campaign's UTM parameters are cached per campaign (definitions do not change
+after launch).
+
+**Cost** is read back from the gateway: a state event naming the carrier prices the message with the
+gateway's own preview of its text (``POST /v1/preview``: segments x that carrier's
+``price_per_segment``). Previews are cached by the text's *shape* (ASCII letters and digits mapped to
+``a``): those characters are single GSM-7 septets and single UTF-16 units that smart encoding never
+touches, so two texts of one shape have the same encoding and segments (a few previews per campaign)."""
 
 from __future__ import annotations
 
 import logging
+import string
 from collections.abc import Sequence
 
+import anyio
 import msgspec
 
 from campaigns.core import abtest, attribution, links, schedule, templates
 from campaigns.core.events import ActivityEvent
-from campaigns.errors import Conflict, InvalidInput
+from campaigns.errors import CampaignError, Conflict, InvalidInput
+from campaigns.service.gateway_client import Preview
 from campaigns.service.launch import HELD, Launcher, parse_spec, render_for
-from campaigns.store.campaign_rows import CampaignRow, LinkRow, PlannedRecipient, RecipientRow
+from campaigns.store.campaign_rows import CampaignRow, ClickIn, LinkRow, PlannedRecipient, RecipientRow
+from campaigns.store.report_sql import Scope
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +63,15 @@ class StateBatch(msgspec.Struct, frozen=True, kw_only=True):
 class Redirect(msgspec.Struct, frozen=True, kw_only=True):
     location: str
     verdict: links.HitVerdict
-    unique: bool
+    unique: bool | None = None  # decided when the buffered click is written (see the module docstring)
+
+
+_SHAPE = str.maketrans({c: "a" for c in string.ascii_letters + string.digits})
+
+
+def text_shape(text: str) -> str:
+    """``text`` with ASCII letters and digits as ``a``: the same encoding, length and segments."""
+    return text.translate(_SHAPE)
 
 
 class WinnerOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,27 +80,91 @@ class WinnerOut(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Tracker:
-    def __init__(self, launcher: Launcher) -> None:
+    def __init__(self, launcher: Launcher, *, flush_interval: float = 0.005, link_cache: int = 200_000) -> None:
         self.la = launcher
+        self.link_cache = link_cache
+        self._links: dict[str, LinkRow] = {}  # code -> link, for delivered messages only (oldest evicted first)
         self.store = launcher.store
+        self.flush_interval = flush_interval
         self._utm: dict[tuple[str, int], dict[str, str]] = {}
+        self._clicks: list[ClickIn] = []
+        self._activities: list[tuple[str, ActivityEvent]] = []  # (tenant, the human click's activity)
+        self._flushing: anyio.Lock | None = None
+        self._shapes: dict[tuple[str, str], Preview] = {}
 
     # ---- short links -----------------------------------------------------------------------------
     async def redirect(self, code: str, *, method: str, user_agent: str | None) -> Redirect | None:
-        """Where ``code`` leads (None: unknown or expired), the hit recorded with its verdict."""
+        """Where ``code`` leads (None: unknown or expired), the hit buffered with its verdict."""
         if not (5 <= len(code) <= 16) or not code.isalnum():
             return None
-        link = await self.la._run(self.store.link, code)
+        link = self._links.get(code)
+        if link is None:
+            done, link = self.store.link_nowait(code)  # SQLite, connection free: no thread hop
+            if not done:
+                link = await self.la._run(self.store.link, code)
+            if link is not None and link.delivered_at is not None:
+                # A delivered message's link never changes again (states only move forward, and
+                # delivered is final): keep it, so the hot links of a campaign cost no store read.
+                if len(self._links) >= self.link_cache:
+                    del self._links[next(iter(self._links))]
+                self._links[code] = link
         now = self.la.clock()
         if link is None or (link.expires_at is not None and now >= link.expires_at):
             return None
         verdict = links.classify_hit(links.Hit(code=code, method=method, user_agent=user_agent, at=now), link.delivered_at)
-        unique = await self.la._run(self.store.record_click, code, at=now, user_agent=user_agent or "", verdict=verdict)
+        location = links.with_utm(link.target, await self._utm_of(link))  # before the hit is kept: a failure keeps nothing
+        self._clicks.append(ClickIn(code=code, at=now, user_agent=user_agent or "", verdict=verdict))
         if verdict == "click" and link.phone:
-            event = ActivityEvent(id=f"click:{code}:{now!r}", at=now, phone=link.phone, kind="clicked",
-                                  properties={"campaign": link.campaign_id, "code": code})  # fmt: skip
-            await self.la._run(self.store.apply_event, link.tenant, event, phone=link.phone, now=now)
-        return Redirect(location=links.with_utm(link.target, await self._utm_of(link)), verdict=verdict, unique=unique)
+            self._activities.append((link.tenant, ActivityEvent(
+                id=f"click:{code}:{now!r}", at=now, phone=link.phone, kind="clicked",
+                properties={"campaign": link.campaign_id, "code": code})))  # fmt: skip
+        return Redirect(location=location, verdict=verdict)
+
+    def log_front_error(self, code: str) -> None:
+        log.warning("redirect.front_failed code=%s (answered by the API's own route)", code, exc_info=True)
+
+    async def flush(self) -> int:
+        """Write the buffered hits (one transaction) and their activities; how many hits. Flushes
+        run one at a time, so a reader that flushed has seen every hit answered before it."""
+        if self._flushing is None:
+            self._flushing = anyio.Lock()
+        async with self._flushing:
+            clicks, self._clicks = self._clicks, []
+            activities, self._activities = self._activities, []
+            try:
+                if clicks:
+                    await self.la._run(self.store.record_clicks, clicks)
+            except BaseException:
+                self._clicks[:0], self._activities[:0] = clicks, activities  # kept for the next flush
+                raise
+            by_tenant: dict[str, list[tuple[ActivityEvent, str | None]]] = {}
+            for tenant, ev in activities:
+                by_tenant.setdefault(tenant, []).append((ev, ev.phone))
+            for i, (tenant, evs) in enumerate(by_tenant.items()):
+                try:
+                    await self.la._run(self.store.apply_events, tenant, evs, now=self.la.clock())
+                except BaseException:  # the clicks are stored; their activities wait (idempotent by id)
+                    self._activities[:0] = [(t, e) for t, group in list(by_tenant.items())[i:] for e, _p in group]
+                    raise
+            return len(clicks)
+
+    async def run_flusher(self) -> None:
+        """Flush every ``flush_interval`` while there is something to write; a last flush on the way out."""
+        try:
+            while True:
+                await anyio.sleep(self.flush_interval)
+                if self._clicks or self._activities:
+                    try:
+                        await self.flush()
+                    except CampaignError as exc:  # the store busy or down: kept, tried again next round
+                        log.warning("clicks.flush_failed pending=%d error=%s", len(self._clicks), exc)
+                        await anyio.sleep(min(1.0, 100 * self.flush_interval))
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.flush()
+                except CampaignError as exc:
+                    log.error("clicks.lost_at_stop count=%d error=%s", len(self._clicks), exc)
 
     async def _utm_of(self, link: LinkRow) -> dict[str, str]:
         key = (link.tenant, link.campaign_id)
@@ -102,31 +190,29 @@ class Tracker:
             if row is None or row.state != state or row.state_at != e.at:
                 continue
             moved += 1
+            if e.carrier is not None:
+                await self._price(tenant, e.message_id, e.carrier, row.text)
             if state in _ACTIVITY:
                 event = ActivityEvent(id=f"msg:{e.message_id}:{state}", at=e.at, phone=row.phone, kind=_ACTIVITY[state],  # type: ignore[arg-type]
                                       properties={"campaign": row.campaign_id, "variant": row.variant})  # fmt: skip
                 await self.la._run(self.store.apply_event, tenant, event, phone=row.phone, now=self.la.clock())
         return moved
 
-    # ---- analytics -------------------------------------------------------------------------------
-    async def events(self, tenant: str, camp: CampaignRow) -> list[attribution.Event]:
-        rows = await self._recipients(tenant, camp.id)
-        since = camp.launched_at or camp.created_at
-        clicks = await self.la._run(self.store.human_clicks, tenant, camp.id)
-        outcomes = await self.la._run(self.store.campaign_outcomes, tenant, camp.id, since=since)
-        sent = {r.subscriber_id: r for r in rows if r.batch != HELD and r.state not in ("planned", "rejected", "canceled")}
-        ev: list[attribution.Event] = []
-        for r in sent.values():
-            mid = f"{camp.id}:{r.subscriber_id}"
-            ev.append(attribution.Sent(message=mid, subscriber=r.subscriber_id, at=r.send_at, campaign=str(camp.id),
-                                       variant=r.variant))  # fmt: skip
-            if r.state == "delivered" and r.state_at is not None:
-                ev.append(attribution.Delivered(message=mid, at=r.state_at))
-        ev += [attribution.Clicked(message=f"{camp.id}:{s}", at=at) for s, at in clicks if s in sent]
-        ev += [attribution.Ordered(order=o, subscriber=s, at=at, total=t, discount_code=d) for o, s, at, t, d in outcomes.orders]
-        ev += [attribution.OptedOut(subscriber=s, at=at) for s, at in outcomes.opt_outs]
-        return ev
+    async def _price(self, tenant: str, message_id: str, carrier: str, text: str) -> None:
+        """The message's cost as the gateway prices it (its preview of this text's shape, per carrier)."""
+        key = (tenant, text_shape(text))
+        p = self._shapes.get(key)
+        if p is None:
+            try:
+                p = await self.la._client(tenant).preview(key[1])
+            except CampaignError as exc:  # the cost stays unknown; the next event of the message retries
+                log.warning("campaign.cost.unknown tenant=%s message=%s error=%s", tenant, message_id, exc)
+                return
+            self._shapes[key] = p
+        await self.la._run(self.store.record_cost, tenant, message_id, carrier=carrier, segments=p.segments,
+                           cost=p.prices.get(carrier))  # fmt: skip
 
+    # ---- analytics -------------------------------------------------------------------------------
     async def _recipients(self, tenant: str, campaign_id: int) -> list[RecipientRow]:
         out: list[RecipientRow] = []
         after = 0
@@ -135,11 +221,24 @@ class Tracker:
             after = page[-1].subscriber_id
         return out
 
-    async def report(self, tenant: str, campaign_id: int, by: Sequence[str], zone: str | None = None) -> attribution.Report:
-        camp = await self.la.campaign(tenant, campaign_id)
+    async def report(self, tenant: str, campaign_id: int | None, by: Sequence[str], zone: str | None = None,
+                     *, since: float = 0.0) -> attribution.Report:  # fmt: skip
+        """The campaign's figures (``campaign_id`` None: every campaign and flow step of the tenant).
+        Orders and opt-outs go to the message the rules pick among *all* the tenant's messages, so an
+        order counts once across every report. Counts in SQL, attribution in ``core.attribution``."""
+        if campaign_id is not None:
+            camp = await self.la.campaign(tenant, campaign_id)
+            scope = Scope(campaign=camp.id, since=camp.launched_at or camp.created_at)
+            mine = str(camp.id)
+            in_scope = lambda s: s.campaign == mine  # noqa: E731
+        else:
+            scope, in_scope = Scope(since=since), None
         tl = self.la.tenants.get(tenant)
-        return attribution.report(await self.events(tenant, camp), by=by,  # type: ignore[arg-type]
-                                  zone=zone or (tl.zone if tl else "UTC"))  # fmt: skip
+        await self.flush()
+        facts = await self.la._run(self.store.report_facts, tenant, scope)
+        return attribution.tally(facts.groups, facts.history, by=by, in_scope=in_scope,  # type: ignore[arg-type]
+                                 windows=tl.windows if tl else attribution.Windows(),
+                                 zone=zone or (tl.zone if tl else "UTC"))  # fmt: skip
 
     async def send_times(self, tenant: str, campaign_id: int, clock: str = "tenant") -> list[int]:
         """24 counts: the campaign's planned sends by hour of day (seed 003's 时段分布), on the shop's
@@ -154,25 +253,34 @@ class Tracker:
 
     # ---- A/B winner ------------------------------------------------------------------------------
     async def decide(self, tenant: str, camp: CampaignRow) -> abtest.Decision:
+        await self.flush()
         spec = parse_spec(camp.definition)
         test = spec.test(camp.id, camp.launched_at or camp.created_at)
         if test is None:
             raise InvalidInput("this campaign has no A/B test", code="no_ab_test")
-        events = await self.events(tenant, camp)
-        rep = attribution.report(events, by=("variant",))
+        # The same facts and rules as the report: an order another campaign's later click earned is
+        # not this test's revenue.
+        tl = self.la.tenants.get(tenant)
+        mine = str(camp.id)
+        facts = await self.la._run(self.store.report_facts, tenant, Scope(campaign=camp.id, since=camp.launched_at or camp.created_at))
+        rep = attribution.tally(facts.groups, facts.history, by=("variant",), in_scope=lambda s: s.campaign == mine,
+                                windows=tl.windows if tl else attribution.Windows())  # fmt: skip
+        sent = {e.message: e for e in facts.history if isinstance(e, attribution.Sent) and e.campaign == mine}
+        delivered = {e.message for e in facts.history if isinstance(e, attribution.Delivered)}
+        totals = {e.order: e.total for e in facts.history if isinstance(e, attribution.Ordered)}
+        per_variant: dict[str | None, list[int]] = {}
         per_message: dict[str, int] = {}
-        totals = {e.order: e.total for e in events if isinstance(e, attribution.Ordered)}
         for a in rep.attributions:
-            if a.message is not None:
-                per_message[a.message] = per_message.get(a.message, 0) + totals.get(a.order, 0)
-        variant_of = {e.message: e.variant for e in events if isinstance(e, attribution.Sent)}
-        delivered = {e.message for e in events if isinstance(e, attribution.Delivered)}
+            if a.message in sent and a.message in delivered:
+                per_message[a.message] = per_message.get(a.message, 0) + totals[a.order]
+        for m, revenue in per_message.items():
+            per_variant.setdefault(sent[m].variant, []).append(revenue)  # the others of the variant: 0
         results = {}
         for row in rep.rows:
             name = row.key.get("variant")
             if not isinstance(name, str):
                 continue
-            revenues = [per_message.get(m, 0) for m in delivered if variant_of.get(m) == name]
+            revenues = per_variant.get(name, [])
             results[name] = abtest.VariantResult(delivered=row.delivered, unique_clicks=min(row.unique_clicks, row.delivered),
                                                  conversions=min(row.conversions, row.delivered), revenue=sum(revenues),
                                                  revenue_sq=float(sum(r * r for r in revenues)))  # fmt: skip

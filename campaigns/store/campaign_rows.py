@@ -81,3 +81,12 @@ class Outcomes(msgspec.Struct, frozen=True, kw_only=True):
 
     orders: list[tuple[str, int, float, int, str | None]]  # (order id, subscriber, at, total, discount code)
     opt_outs: list[tuple[int, float]]  # (subscriber, at)
+
+
+class ClickIn(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
+    """One hit on a short link, as the redirect saw it (buffered, then written in a batch)."""
+
+    code: str
+    at: float
+    user_agent: str
+    verdict: str

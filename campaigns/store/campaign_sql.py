@@ -12,7 +12,8 @@ from typing import Any
 import msgspec
 
 from campaigns.errors import Conflict, NotFound
-from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, LinkRow, Outcomes,
+from campaigns.store.report_sql import ReportSql
+from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRow, Outcomes,
                                            PlannedRecipient, RecipientRow)  # fmt: skip
 
 _json = msgspec.json.Encoder()
@@ -20,6 +21,10 @@ _CAMP_COLS = "id, name, definition, status, created_at, updated_at, launched_at"
 _REC_COLS = ("campaign_id, subscriber_id, phone, variant, send_at, tz, text, batch, idx, message_id, state, "
              "state_at")  # fmt: skip
 _LINK_COLS = "code, tenant, campaign_id, subscriber_id, target, created_at, expires_at"
+_LINK_READ = (f"SELECT {', '.join(f'l.{c.strip()}' for c in _LINK_COLS.split(','))}, r.phone, CASE WHEN r.state = "
+              "'delivered' THEN r.state_at END FROM short_links l LEFT JOIN campaign_recipients r ON r.tenant = "
+              "l.tenant AND r.campaign_id = l.campaign_id AND r.subscriber_id = l.subscriber_id WHERE l.code = ?")
+_LINK_NAMES = [c.strip() for c in _LINK_COLS.split(",")] + ["phone", "delivered_at"]
 #: Which status a campaign may move to from which (a missing pair is a Conflict).
 _MOVES = {("draft", "launching"), ("launching", "launched"), ("launched", "paused"), ("paused", "launched"),
           ("draft", "canceled"), ("launching", "canceled"), ("launched", "canceled"), ("paused", "canceled"),
@@ -40,7 +45,7 @@ def _rec(row: tuple) -> RecipientRow:
     return RecipientRow(**dict(zip(names, row, strict=True)))
 
 
-class CampaignSql:
+class CampaignSql(ReportSql):
     """Needs ``self._tx()`` (the engine's transaction)."""
 
     _tx: Any
@@ -82,22 +87,21 @@ class CampaignSql:
                 return False
             sizes: dict[int, tuple[float, int]] = {}
             for r in recipients:
-                tx.run("INSERT INTO campaign_recipients (tenant, campaign_id, subscriber_id, phone, variant, send_at, "
-                       "tz, text, batch, idx) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (tenant, campaign_id, r.subscriber_id, r.phone, r.variant, r.send_at, r.tz, r.text, r.batch,
-                        r.idx))  # fmt: skip
                 at, n = sizes.get(r.batch, (r.send_at, 0))
                 sizes[r.batch] = (at, n + 1)
+            tx.many("INSERT INTO campaign_recipients (tenant, campaign_id, subscriber_id, phone, variant, send_at, "
+                    "tz, text, batch, idx) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(tenant, campaign_id, r.subscriber_id, r.phone, r.variant, r.send_at, r.tz, r.text, r.batch,
+                      r.idx) for r in recipients])  # fmt: skip
             for batch, (at, n) in sorted(sizes.items()):
                 tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size) VALUES (?, ?, ?, ?, ?)",
                        (tenant, campaign_id, batch, at, n))  # fmt: skip
             if not sizes:  # an empty audience is frozen too: a marker batch of size 0
                 tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size, job_id, accepted) "
                        "VALUES (?, ?, -1, ?, 0, '', 0)", (tenant, campaign_id, now))  # fmt: skip
-            for link in links:
-                tx.run(f"INSERT INTO short_links ({_LINK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                       (link.code, tenant, link.campaign_id, link.subscriber_id, link.target, link.created_at,
-                        link.expires_at))  # fmt: skip
+            tx.many(f"INSERT INTO short_links ({_LINK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(link.code, tenant, link.campaign_id, link.subscriber_id, link.target, link.created_at,
+                      link.expires_at) for link in links])  # fmt: skip
         return True
 
     def batches(self, tenant: str, campaign_id: int) -> list[BatchRow]:
@@ -157,14 +161,18 @@ class CampaignSql:
     # ---- short links and clicks -----------------------------------------------------------------
     def link(self, code: str) -> LinkRow | None:
         """The link, with its recipient's number and delivery time (one indexed read: redirects are hot)."""
-        cols = ", ".join(f"l.{c.strip()}" for c in _LINK_COLS.split(","))
         with self._tx() as tx:
-            row = tx.one(f"SELECT {cols}, r.phone, CASE WHEN r.state = 'delivered' THEN r.state_at END "
-                         "FROM short_links l LEFT JOIN campaign_recipients r ON r.tenant = l.tenant AND "
-                         "r.campaign_id = l.campaign_id AND r.subscriber_id = l.subscriber_id WHERE l.code = ?",
-                         (code,))  # fmt: skip
-        names = [c.strip() for c in _LINK_COLS.split(",")] + ["phone", "delivered_at"]
-        return LinkRow(**dict(zip(names, row, strict=True))) if row else None
+            row = tx.one(_LINK_READ, (code,))
+        return LinkRow(**dict(zip(_LINK_NAMES, row, strict=True))) if row else None
+
+    def link_nowait(self, code: str) -> tuple[bool, LinkRow | None]:
+        """``(True, link)`` read on the calling thread when the engine can do it without waiting (SQLite
+        with its connection free), else ``(False, None)``: then call ``link`` from a worker thread."""
+        read = getattr(self, "read_nowait", None)
+        rows = read(_LINK_READ, (code,)) if read is not None else None
+        if rows is None:
+            return False, None
+        return True, (LinkRow(**dict(zip(_LINK_NAMES, rows[0], strict=True))) if rows else None)
 
     def existing_links(self, codes: Sequence[str]) -> set[str]:
         """Which of ``codes`` are taken (one query per 500: a launch checks its new links in bulk)."""
@@ -182,13 +190,29 @@ class CampaignSql:
 
     def record_click(self, code: str, *, at: float, user_agent: str, verdict: str) -> bool:
         """Store a hit; True when it is the code's first human click (a unique click)."""
-        human = verdict == "click"
+        return self.record_clicks([ClickIn(code=code, at=at, user_agent=user_agent, verdict=verdict)]) > 0
+
+    def record_clicks(self, clicks: Sequence[ClickIn]) -> int:
+        """Store hits in one transaction (the redirect's buffer, flushed every few ms); how many were
+        their code's first human click (unique clicks), decided against the stored ones in one query."""
+        if not clicks:
+            return 0
         with self._tx() as tx:
-            first = human and tx.one("SELECT 1 FROM clicks WHERE code = ? AND verdict = 'click' LIMIT 1",
-                                     (code,)) is None  # fmt: skip
-            tx.run("INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES (?, ?, ?, ?, ?, ?)",
-                   (code, at, user_agent[:512], verdict, 0 if human else 1, 1 if first else 0))  # fmt: skip
-        return bool(first)
+            human = sorted({c.code for c in clicks if c.verdict == "click"})
+            seen: set[str] = set()
+            for i in range(0, len(human), 500):
+                chunk = human[i:i + 500]
+                marks = ", ".join("?" * len(chunk))
+                seen.update(r[0] for r in tx.rows(f"SELECT DISTINCT code FROM clicks WHERE code IN ({marks}) AND "
+                                                  f"verdict = 'click'", chunk))  # fmt: skip
+            rows = []
+            for c in sorted(clicks, key=lambda c: c.at):
+                first = c.verdict == "click" and c.code not in seen
+                if first:
+                    seen.add(c.code)
+                rows.append((c.code, c.at, c.user_agent[:512], c.verdict, 0 if c.verdict == "click" else 1, int(first)))
+            tx.many("INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        return sum(r[5] for r in rows)
 
     def click_counts(self, tenant: str, campaign_id: int) -> ClickCounts:
         with self._tx() as tx:

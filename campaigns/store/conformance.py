@@ -11,7 +11,7 @@ from campaigns.core.events import (ActivityEvent, CheckoutEvent, ConsentGrant, C
                                    FulfillmentEvent, Item, OrderEvent, Profile)  # fmt: skip
 from campaigns.errors import Conflict, InvalidInput, NotFound
 from campaigns.store.base import NewConsent, Store
-from campaigns.store.campaign_rows import LinkRow, PlannedRecipient
+from campaigns.store.campaign_rows import ClickIn, LinkRow, PlannedRecipient
 
 A, B = "+33612345678", "+33612345679"
 DAY = 86_400.0
@@ -343,6 +343,20 @@ def check_links_and_clicks(store: Store) -> None:
     assert (counts.unique, counts.total, counts.ignored) == (1, 2, 1)
     assert store.human_clicks("acme", c.id) == [(5, T0 + 60), (5, T0 + 70)]
     assert store.click_counts("beta", c.id).total == 0
+    # A batch (the redirect's buffer): a code's first human click is unique, whatever the order the
+    # batch holds them in; one already stored makes none of the batch unique; bots never are.
+    link2 = LinkRow(code="Zz9yX8", tenant="acme", campaign_id=c.id, subscriber_id=6, target="https://s.io/y",
+                    created_at=T0)  # fmt: skip
+    store.freeze_audience("acme", c.id + 1000, [], [link2], now=T0)
+    batch = [ClickIn(code="Zz9yX8", at=T0 + 90, user_agent="M", verdict="click"),
+             ClickIn(code="Zz9yX8", at=T0 + 80, user_agent="M", verdict="click"),
+             ClickIn(code="Zz9yX8", at=T0 + 70, user_agent="bot", verdict="bot"),
+             ClickIn(code="Ab3dE9", at=T0 + 95, user_agent="M", verdict="click")]  # fmt: skip
+    assert store.record_clicks(batch) == 1 and store.record_clicks([]) == 0
+    assert store.human_clicks("acme", c.id) == [(5, T0 + 60), (5, T0 + 70), (6, T0 + 80), (6, T0 + 90), (5, T0 + 95)]
+    assert (store.click_counts("acme", c.id).unique, store.click_counts("acme", c.id).ignored) == (2, 2)
+    assert store.link_nowait("Zz9yX8") in ((True, link2), (False, None))  # SQLite reads at once; others say "use link()"
+    assert store.link_nowait("nope") in ((True, None), (False, None))
 
 
 def check_discount_pools(store: Store) -> None:

@@ -194,6 +194,37 @@ CREATE INDEX IF NOT EXISTS checkouts_segment_abandoned ON checkouts (tenant, aba
 """
 # ---- end of SEGMENTS_DDL ----
 
+# ---- REPORT_DDL: campaign report, cost and cross-campaign attribution (owned by helper "cbench") ----
+# docs/CAMPAIGNS-SENDING.md, "Message sources": a message is either a campaign recipient
+# (campaign_recipients) or a flow step's send (flow_messages, written by the flow runtime); both
+# carry the gateway's message_id, whose cost (segments x the carrier's price per segment, read back
+# from the gateway) is kept in message_costs. flow_links ties a flow message's short links (rows of
+# short_links with campaign_id 0) to it. The indexes serve the report's per-subscriber histories.
+REPORT_DDL = """
+CREATE TABLE IF NOT EXISTS flow_messages (
+    tenant TEXT NOT NULL, id TEXT NOT NULL, flow_id TEXT NOT NULL, step TEXT NOT NULL,
+    subscriber_id {INT} NOT NULL, sent_at {REAL} NOT NULL, message_id TEXT,
+    state TEXT NOT NULL DEFAULT 'submitted', state_at {REAL}, discount_code TEXT,
+    PRIMARY KEY (tenant, id)
+);
+CREATE INDEX IF NOT EXISTS flow_messages_subscriber ON flow_messages (tenant, subscriber_id, sent_at);
+CREATE INDEX IF NOT EXISTS flow_messages_gateway ON flow_messages (tenant, message_id);
+CREATE TABLE IF NOT EXISTS flow_links (
+    code TEXT PRIMARY KEY, tenant TEXT NOT NULL, flow_message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flow_links_message ON flow_links (tenant, flow_message);
+CREATE TABLE IF NOT EXISTS message_costs (
+    tenant TEXT NOT NULL, message_id TEXT NOT NULL, carrier TEXT, segments {INT} NOT NULL, cost {INT},
+    PRIMARY KEY (tenant, message_id)
+);
+CREATE INDEX IF NOT EXISTS campaign_recipients_subscriber ON campaign_recipients (tenant, subscriber_id, send_at);
+CREATE INDEX IF NOT EXISTS campaign_recipients_report ON campaign_recipients (tenant, campaign_id, variant, send_at, state, batch, message_id);
+CREATE INDEX IF NOT EXISTS short_links_subscriber ON short_links (tenant, subscriber_id);
+CREATE INDEX IF NOT EXISTS discount_codes_code ON discount_codes (tenant, code);
+CREATE INDEX IF NOT EXISTS consent_ledger_action ON consent_ledger (tenant, action, at);
+"""
+# ---- end of REPORT_DDL ----
+
 # ---- INBOX_DDL: two-way conversations (owned by helper "inbox"; campaigns/store/inbox_sql.py) ----
 # ``conversations``: one per phone per tenant (a sender who is not a subscriber gets one too; the
 # subscriber is found by phone when read), its queue state and assignee. ``conversation_messages``:
@@ -243,5 +274,5 @@ DROP INDEX IF EXISTS order_items_category;
 
 def statements(dialect: Dialect) -> list[str]:
     """The DDL for ``dialect``, one statement each (idempotent: IF NOT EXISTS)."""
-    text = (DDL + SEGMENTS_DDL + INBOX_DDL + AUDIENCE_DDL).format(**_TYPES[dialect])
+    text = (DDL + SEGMENTS_DDL + REPORT_DDL + INBOX_DDL + AUDIENCE_DDL).format(**_TYPES[dialect])
     return [s.strip() for s in text.split(";") if s.strip()]

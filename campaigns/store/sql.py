@@ -47,6 +47,11 @@ class Tx:
         self._cur.execute(self._sql(sql), tuple(params))
         return self._cur.rowcount
 
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement over many rows (executemany: one round trip per batch on PostgreSQL)."""
+        if rows:
+            self._cur.executemany(self._sql(sql), rows)
+
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         self._cur.execute(self._sql(sql), tuple(params))
         return list(self._cur.fetchall())

@@ -56,6 +56,18 @@ class SQLiteStore(SqlStore):
             finally:
                 cur.close()
 
+    def read_nowait(self, sql: str, params: tuple) -> list[tuple] | None:
+        """One read on the calling thread if the connection is free this instant, else None (the
+        caller then goes through a worker thread). Never waits: safe on an event loop (the redirect)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._conn.execute(sql, params).fetchall()  # autocommit: a read sees the last commit
+        except sqlite3.Error as exc:
+            raise StorageError(str(exc)) from exc
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()

@@ -1,0 +1,385 @@
+"""`sluice bench campaign`: a campaign launched, its links clicked and its orders attributed, through a
+real `sluice serve` hosting both layers (the path a shop sees), on SQLite or PostgreSQL.
+
+1. Setup (not timed): N subscribers bulk-loaded into the campaign store (95 % with a confirmed
+   opt-in, 5 % revoked; 5 % sent marketing an hour ago, so smart sending skips them), one segment
+   holding all of them. Then `sluice serve` starts (the gateway and the campaign layer, one process).
+2. ``launch_to_accepted_s``: ``POST /v1/campaigns`` + ``POST /v1/campaigns/{id}/launch`` over HTTP,
+   until the launch answers, i.e. the gateway answered 202 to every batch: the audience resolved
+   from the segment, consent and smart-send filtering, one ``send_at`` each, every text rendered
+   (first name with a fallback, shop name) with its per-recipient short link, all of it frozen in the
+   store, then NDJSON jobs with an Idempotency-Key each. The send is scheduled a day ahead, so the
+   gateway's dispatch does not compete with the rest of the bench.
+3. Outcomes (not timed): every recipient delivered (and priced), N/10 human clicks, N/50 orders and
+   N/1000 opt-outs written straight into the store, then ANALYZE (a live store has its statistics).
+4. ``redirects_per_s`` / ``redirect_p99_ms``: ``bench.redirect_load`` in its own process, keep-alive
+   connections sending ``GET /{code}`` for random codes of the campaign's (delivered) messages against
+   the running service, closed loop, ``--redirect-seconds`` per run (bounded); the medians over
+   ``--runs``. ``redirect_server_cpu_us``: the server's CPU time per redirect (from /proc).
+5. ``attribution_s``: ``GET /v1/campaigns/{id}/report?by=variant,hour`` over HTTP, timed; the median
+   over ``--runs``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import httpx
+
+from bench.audience import throwaway_postgres
+from bench.machine import describe
+from bench.output import out_option, save
+from campaigns.store import open_store
+from gateway.testing.processes import start
+
+TENANT = "shop"
+GW_KEY, C_KEY, LINK_KEY = "bench-gateway-key-0123456789", "bench-campaigns-key-0123456789", "bench-link-key-0123456789"
+TEMPLATE = "Hi {first_name|there}, {shop_name} spring sale: 20% off today only https://shop.example/sale?c=spring"
+NAMES = ["Ana", "Bob", "Chloé", "Dan", "Eve", "Farid", "Grace", "Hugo", None]
+SUB_COLS = ("tenant", "id", "phone", "first_name", "created_at", "consent", "consent_at", "attributes")
+DAY = 86_400.0
+
+
+# ---- setup ----------------------------------------------------------------------------------------
+
+
+def phone(i: int) -> str:
+    """A valid UK mobile number per subscriber (the gateway refuses numbers that cannot exist)."""
+    return f"+4479{11 + i // 1_000_000}{i % 1_000_000:06d}"
+
+
+def _subscribers(n: int, now: float, seed: int) -> Iterator[tuple]:
+    r = random.Random(seed)
+    for i in range(1, n + 1):
+        consent = "revoked" if r.random() < 0.05 else "confirmed"
+        yield (TENANT, i, phone(i), r.choice(NAMES), now - 400 * DAY, consent, now - 300 * DAY, "{}")
+
+
+def _recent(n: int, now: float, seed: int) -> Iterator[tuple]:
+    r = random.Random(seed + 1)
+    for i in range(1, n + 1):
+        if r.random() < 0.05:
+            yield (TENANT, i, now - 3600.0)
+
+
+def load_audience(url: str, n: int, now: float, seed: int, m: int) -> int:
+    """N subscribers and one segment of the first M of them; the segment's id."""
+    store = open_store(url)  # the schema
+    seg = store.put_segment(TENANT, "spring", {"tag": "spring"}, now=now)
+    store.close()
+    members = ((TENANT, seg.id, i, now) for i in range(1, min(n, m) + 1))
+    tags = ((TENANT, i, "spring") for i in range(1, min(n, m) + 1))
+    stats = _recent(n, now, seed)
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN")
+        conn.executemany(f"INSERT INTO subscribers ({', '.join(SUB_COLS)}) VALUES ({', '.join('?' * len(SUB_COLS))})",
+                         _subscribers(n, now, seed))  # fmt: skip
+        conn.executemany("INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) VALUES (?, ?, ?, ?)", members)
+        conn.executemany("INSERT INTO subscriber_tags (tenant, subscriber_id, tag) VALUES (?, ?, ?)", tags)
+        conn.executemany("INSERT INTO subscriber_stats (tenant, subscriber_id, last_message_at) VALUES (?, ?, ?)", stats)
+        conn.execute("COMMIT")
+        conn.execute("ANALYZE")
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(url) as conn, conn.cursor() as cur:
+            for table, cols, rows in (("subscribers", SUB_COLS, _subscribers(n, now, seed)),
+                                      ("segment_members", ("tenant", "segment_id", "subscriber_id", "since"), members),
+                                      ("subscriber_tags", ("tenant", "subscriber_id", "tag"), tags),
+                                      ("subscriber_stats", ("tenant", "subscriber_id", "last_message_at"), stats)):  # fmt: skip
+                with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            cur.execute(f"SELECT setval(pg_get_serial_sequence('subscribers', 'id'), {n})")
+            conn.commit()
+            conn.autocommit = True
+            cur.execute("VACUUM ANALYZE")
+    return seg.id
+
+
+def write_config(tmp: Path, store_url: str, workers: int = 0) -> Path:
+    path = tmp / "sluice.toml"
+    path.write_text(f"""
+[api]
+host = "127.0.0.1"
+ingest_workers = {workers}
+[[api.tenants]]
+name = "{TENANT}"
+key_env = "BENCH_GW_KEY"
+senders = ["SHOP"]
+requests_per_second = 100000.0
+burst = 100000
+[store]
+url = "sqlite:///{tmp / 'gateway.db'}"
+synchronous = "NORMAL"
+[[core.carriers]]
+name = "alpha"
+price_per_segment = 4
+[[core.routes]]
+prefix = ""
+carriers = ["alpha"]
+[[carriers.http]]
+name = "alpha"
+url = "http://127.0.0.1:9/never-sent-to"
+
+[campaigns]
+store_url = "{store_url}"
+port = 0
+sync_interval = 5.0
+[[campaigns.tenants]]
+name = "{TENANT}"
+key_env = "BENCH_C_KEY"
+gateway_key_env = "BENCH_GW_KEY"
+short_domain = "sl.ui"
+link_key_env = "BENCH_LINK_KEY"
+""")
+    return path
+
+
+def seed_frozen(url: str, n: int, now: float, seed: int) -> int:
+    """A launched campaign of all N subscribers written straight into the store, as ``freeze`` and the
+    gateway's answers leave it (recipients submitted, batches with jobs, one short link each): for the
+    redirect and attribution phases when ``--launch-recipients`` launches fewer. Its id."""
+    r = random.Random(seed + 3)
+    store = open_store(url)
+    camp = store.put_campaign(TENANT, "seeded", {"sender": "SHOP", "template": TEMPLATE}, now=now)
+    for status in ("launching", "launched"):
+        store.set_campaign_status(TENANT, camp.id, status, now=now)
+    store.close()
+    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    send_at = now + DAY
+    recipients = [(TENANT, camp.id, i, phone(i), None, send_at, "UTC", "Hi, spring sale", i // 5000, i % 5000,
+                   "submitted", now) for i in range(1, n + 1)]  # fmt: skip
+    batches = [(TENANT, camp.id, b, send_at, 5000, f"job-{b}", 5000) for b in range(n // 5000 + 1)]
+    links = [("".join(r.choices(alphabet, k=8)), TENANT, camp.id, i, "https://shop.example/sale?c=spring", now)
+             for i in range(1, n + 1)]  # fmt: skip
+    tables = (("campaign_recipients", ("tenant", "campaign_id", "subscriber_id", "phone", "variant", "send_at", "tz",
+                                       "text", "batch", "idx", "state", "state_at"), recipients),
+              ("campaign_batches", ("tenant", "campaign_id", "batch", "send_at", "size", "job_id", "accepted"), batches),
+              ("short_links", ("code", "tenant", "campaign_id", "subscriber_id", "target", "created_at"), links))  # fmt: skip
+    with _conn(url) as (conn, ph):
+        cur = conn.cursor()
+        for table, cols, rows in tables:
+            if ph == "?":  # in slices, each its own transaction: the running service shares the file
+                for i in range(0, len(rows), 50_000):
+                    cur.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) VALUES "
+                                    f"({', '.join('?' * len(cols))})", rows[i:i + 50_000])  # fmt: skip
+                    conn.commit()
+            else:
+                with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        conn.commit()
+    return camp.id
+
+
+# ---- the outcomes the report attributes (written straight into the store, not timed) --------------
+
+
+def seed_outcomes(url: str, campaign_id: int, n: int, seed: int) -> dict[str, int]:
+    """Every recipient delivered and priced; N/10 human clicks, N/50 orders, N/1000 opt-outs."""
+    r = random.Random(seed + 2)
+    with _conn(url) as (conn, ph):
+        cur = conn.cursor()
+        cur.execute(f"SELECT subscriber_id, send_at FROM campaign_recipients WHERE tenant = {ph} AND campaign_id = {ph} "
+                    f"AND batch >= 0", (TENANT, campaign_id))  # fmt: skip
+        sent = cur.fetchall()
+        for lo in range(0, n + 1, 50_000):  # in slices, each its own transaction (the service shares the store)
+            rng = (TENANT, campaign_id, lo, lo + 50_000)
+            cur.execute(f"UPDATE campaign_recipients SET state = 'delivered', state_at = send_at + 5, message_id = "
+                        f"'m{campaign_id}-' || CAST(subscriber_id AS TEXT) WHERE tenant = {ph} AND campaign_id = {ph} "
+                        f"AND batch >= 0 AND subscriber_id >= {ph} AND subscriber_id < {ph}", rng)  # fmt: skip
+            cur.execute(f"INSERT INTO message_costs (tenant, message_id, carrier, segments, cost) SELECT tenant, "
+                        f"message_id, 'alpha', 1, 4 FROM campaign_recipients WHERE tenant = {ph} AND campaign_id = {ph} "
+                        f"AND batch >= 0 AND subscriber_id >= {ph} AND subscriber_id < {ph}", rng)  # fmt: skip
+            conn.commit()
+        cur.execute(f"SELECT code, subscriber_id FROM short_links WHERE tenant = {ph} AND campaign_id = {ph}",
+                    (TENANT, campaign_id))  # fmt: skip
+        codes = cur.fetchall()
+        at = {s: a for s, a in sent}
+        clicks = [(c, at[s] + 60 + r.random() * 2 * DAY, "Mozilla/5.0", "click", 0, 1)
+                  for c, s in r.sample(codes, min(len(codes), n // 10)) if s in at]  # fmt: skip
+        cur.executemany(f"INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES "
+                        f"({ph}, {ph}, {ph}, {ph}, {ph}, {ph})", clicks)  # fmt: skip
+        buyers = r.sample(sent, min(len(sent), n // 50))
+        orders = [(TENANT, f"o{k}", s, r.randint(500, 20000), "USD", "paid", a + r.random() * 6 * DAY,
+                   a + 6 * DAY) for k, (s, a) in enumerate(buyers)]  # fmt: skip
+        cur.executemany(f"INSERT INTO orders (tenant, order_id, subscriber_id, total, currency, payment_status, "
+                        f"created_at, updated_at) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph}, {ph})", orders)  # fmt: skip
+        outs = [(TENANT, s, phone(s), "opt_out", "keyword", a + r.random() * 4 * DAY)
+                for s, a in r.sample(sent, min(len(sent), max(1, n // 1000)))]  # fmt: skip
+        cur.executemany(f"INSERT INTO consent_ledger (tenant, subscriber_id, phone, action, source, at) VALUES "
+                        f"({ph}, {ph}, {ph}, {ph}, {ph}, {ph})", outs)  # fmt: skip
+        conn.commit()
+        cur.execute("ANALYZE")  # as a live store would have its statistics (autovacuum lags a bulk load)
+        conn.commit()
+    return {"deliveries": len(sent), "clicks": len(clicks), "orders": len(orders), "opt_outs": len(outs)}
+
+
+@contextlib.contextmanager
+def _conn(url: str) -> Iterator[tuple[Any, str]]:
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60)
+        try:
+            yield conn, "?"
+        finally:
+            conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            yield conn, "%s"
+
+
+def codes_of(url: str, campaign_id: int, limit: int) -> list[str]:
+    with _conn(url) as (conn, ph):
+        cur = conn.cursor()
+        cur.execute(f"SELECT code FROM short_links WHERE tenant = {ph} AND campaign_id = {ph} LIMIT {int(limit)}",
+                    (TENANT, campaign_id))  # fmt: skip
+        return [c for (c,) in cur.fetchall()]
+
+
+# ---- the measurement ------------------------------------------------------------------------------
+
+
+def _cpu_s(pid: int) -> float:
+    """A process's CPU time so far (user + system), from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _redirects(port: int, codes_file: Path, seconds: float, concurrency: int, server_pid: int) -> dict[str, Any]:
+    cpu0 = _cpu_s(server_pid)
+    cmd = [sys.executable, "-m", "bench.redirect_load", "--port", str(port), "--codes", str(codes_file),
+           "--seconds", str(seconds), "--concurrency", str(concurrency)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True, env=env)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    # The server's CPU per redirect: what a loaded machine cannot hide (capacity = 1e6 / it per core).
+    res["server_cpu_us"] = (_cpu_s(server_pid) - cpu0) * 1e6 / max(1, res["requests"])
+    return res
+
+
+async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs: int, seconds: float,
+                   concurrency: int, workers: int, seed: int) -> dict[str, Any]:  # fmt: skip
+    env = {"BENCH_GW_KEY": GW_KEY, "BENCH_C_KEY": C_KEY, "BENCH_LINK_KEY": LINK_KEY,
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # fmt: skip
+    cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", str(write_config(tmp, store_url, workers)), "--port", "0"]
+    out: dict[str, Any] = {}
+    async with start(cmd, name="sluice", env=env, timeout=120) as serve:
+        cport = int((await serve.line(120))["campaigns"])
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cport}", timeout=None,
+                                     headers={"authorization": f"Bearer {C_KEY}"}) as c:  # fmt: skip
+            definition = {"sender": "SHOP", "template": TEMPLATE, "values": {"shop_name": "CommerceCo"},
+                          "audience": {"include": [seg]}, "schedule": {"kind": "at", "at": time.time() + DAY},
+                          "batch_size": 5000}  # fmt: skip
+            t0 = time.perf_counter()
+            r = await c.post("/v1/campaigns", json={"name": "spring", "definition": definition})
+            r.raise_for_status()
+            cid = r.json()["id"]
+            r = await c.post(f"/v1/campaigns/{cid}/launch")
+            out["launch_to_accepted_s"] = time.perf_counter() - t0
+            r.raise_for_status()
+            launched = r.json()
+            if launched["status"] != "launched" or launched["accepted"] != launched["recipients"]:
+                raise click.ClickException(f"launch: {launched}")
+            out.update(recipients=launched["recipients"], accepted=launched["accepted"], batches=launched["batches"])
+            if big:  # the redirect and attribution phases on a campaign of all N, written straight in
+                cid = await anyio.to_thread.run_sync(seed_frozen, store_url, n, time.time(), seed)
+            out["outcomes"] = await anyio.to_thread.run_sync(seed_outcomes, store_url, cid, n, seed)
+            codes_file = tmp / "codes.txt"
+            codes_file.write_text("\n".join(codes_of(store_url, cid, 100_000)) + "\n")
+            loads = [await anyio.to_thread.run_sync(_redirects, cport, codes_file, seconds, concurrency, serve.pid)
+                     for _ in range(runs)]  # fmt: skip
+            out["redirect_runs"] = loads
+            out["redirects_per_s"] = statistics.median(x["per_s"] for x in loads)
+            out["redirect_p99_ms"] = statistics.median(x["p99_ms"] for x in loads)
+            out["redirect_p50_ms"] = statistics.median(x["p50_ms"] for x in loads)
+            out["redirect_errors"] = sum(x["errors"] for x in loads)
+            out["redirect_server_cpu_us"] = statistics.median(x["server_cpu_us"] for x in loads)
+            times, rows = [], None
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                r = await c.get(f"/v1/campaigns/{cid}/report", params={"by": "variant,hour"})
+                times.append(time.perf_counter() - t0)
+                r.raise_for_status()
+                rows = r.json()["rows"]
+            out["attribution_runs_s"] = times
+            out["attribution_s"] = statistics.median(times)
+            out["report_totals"] = {k: sum(x[k] for x in rows or []) for k in
+                                    ("sent", "delivered", "unique_clicks", "conversions", "revenue", "cost", "opt_outs")}  # fmt: skip
+    return out
+
+
+def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, concurrency: int, workers: int, seed: int,
+        pg_url: str | None) -> dict:  # fmt: skip
+    now = time.time()
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-bench-campaign-")))
+        if engine == "postgres":
+            url = pg_url or stack.enter_context(throwaway_postgres())
+        else:
+            url = f"sqlite:///{tmp / 'campaigns.db'}"
+        t0 = time.perf_counter()
+        seg = load_audience(url, n, now, seed, launch_n or n)
+        setup_s = time.perf_counter() - t0
+        big = launch_n is not None and launch_n < n
+        out = anyio.run(_measure, tmp, url, seg, n, big, runs, seconds, concurrency, workers, seed)
+    return {"scenario": "campaign", "engine": engine, "subscribers": n, "launched": launch_n or n, "setup_s": setup_s, **out,
+            "load": os.getloadavg(), "machine": describe()}  # fmt: skip
+
+
+TARGETS = {"launch_to_accepted_s": ("<=", 15.0), "redirects_per_s": (">=", 5000.0), "redirect_p99_ms": ("<=", 5.0),
+           "attribution_s": ("<=", 10.0)}  # fmt: skip
+
+
+@click.command("campaign")
+@click.option("--recipients", "n", default=100_000, show_default=True, help="Subscribers in the audience.")
+@click.option("--launch-recipients", "launch_n", type=int, default=None,
+              help="Launch only the first M (default: all); redirects and attribution then run on a campaign of "
+                   "all N written straight into the store.")
+@click.option("--engine", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
+@click.option("--pg-url", default=None, help="PostgreSQL to use (an empty database); default: start a throwaway one.")
+@click.option("--runs", default=3, show_default=True, help="Redirect loads and reports; each figure is the median.")
+@click.option("--redirect-seconds", default=5.0, show_default=True, help="Length of one redirect load (at most 120).")
+@click.option("--concurrency", default=8, show_default=True, help="Keep-alive connections of the load generator.")
+@click.option("--ingest-workers", default=0, show_default=True,
+              help="The gateway's api.ingest_workers (its default, auto, spawns them at the first job: ~10 s under load).")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
+@out_option
+def bench_campaign(n: int, launch_n: int | None, engine: str, pg_url: str | None, runs: int, redirect_seconds: float,
+                   concurrency: int, ingest_workers: int, seed: int, json_path: str | None,
+                   out_dir: str | None) -> None:  # fmt: skip
+    """Launch to the gateway's 202s, redirects per second and their p99, attribution of orders."""
+    if n < 10 or runs < 1 or not 0 < redirect_seconds <= 120 or concurrency < 1:
+        raise click.BadParameter("--recipients >= 10, --runs >= 1, 0 < --redirect-seconds <= 120, --concurrency >= 1")
+    r = run(engine, n, launch_n, runs, redirect_seconds, concurrency, ingest_workers, seed, pg_url)
+    click.echo(f"sluice bench campaign: {engine}, {n:,} subscribers, {r['recipients']:,} recipients, "
+               f"{r['batches']} batches, load {r['load'][0]:.2f}")  # fmt: skip
+    for key, (op, target) in TARGETS.items():
+        ok = r[key] <= target if op == "<=" else r[key] >= target
+        click.echo(f"  {key:<24} {r[key]:>12,.3f}   target {op} {target:g}  {'ok' if ok else 'MISSED'}")
+    click.echo(f"  server CPU per redirect {r['redirect_server_cpu_us']:.0f} us (p50 {r['redirect_p50_ms']:.2f} ms)")
+    click.echo(f"  outcomes {r['outcomes']}  report totals {r['report_totals']}")
+    save(r, json_path, out_dir)

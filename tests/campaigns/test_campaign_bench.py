@@ -1,0 +1,32 @@
+"""`sluice bench campaign` at a tiny size: a real `sluice serve` (both layers) launches the campaign
+to the gateway's 202s, a load generator in its own process follows short links, and the report
+attributes the seeded outcomes; every figure the issue names is written (this checks the bench, it
+measures nothing)."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from gateway.cli import main
+
+
+def test_bench_campaign_writes_its_figures(tmp_path) -> None:
+    out = tmp_path / "campaign.json"
+    r = CliRunner().invoke(main, ["bench", "campaign", "--recipients", "300", "--runs", "1", "--redirect-seconds", "0.5",
+                                  "--concurrency", "2", "--json", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    for key in ("launch_to_accepted_s", "redirects_per_s", "redirect_p99_ms", "attribution_s"):
+        assert data[key] > 0, key
+    # Consent (5 % revoked) and smart sending (5 % sent an hour ago) left out about a tenth.
+    assert 230 <= data["recipients"] == data["accepted"] < 300
+    [load] = data["redirect_runs"]
+    assert load["requests"] > 0 and load["errors"] == 0
+    totals, seeded = data["report_totals"], data["outcomes"]
+    assert totals["sent"] == totals["delivered"] == seeded["deliveries"] == data["recipients"]
+    assert totals["cost"] == 4 * totals["sent"]  # the seeded price: 1 segment x 4
+    assert 0 < totals["conversions"] <= seeded["orders"] and totals["opt_outs"] <= seeded["opt_outs"]
+    assert totals["unique_clicks"] >= seeded["clicks"]
+    assert data["command"].startswith("sluice bench campaign --recipients 300")
