@@ -49,7 +49,7 @@ def _with_webhooks(text: str) -> str:
     return text.replace(tenant, signed, 1) + '\n[webhooks]\nallow_private = ["127.0.0.0/8"]\n'
 
 
-async def profile(n: int, dlr_delay: float, callback: bool, spy_out: str | None) -> dict:
+async def profile(n: int, dlr_delay: float, callback: bool, spy_out: str | None, idle: bool = False) -> dict:
     heard = {"events": 0, "posts": 0, "final": 0, "last": 0.0}
 
     def answer(request, body):
@@ -82,8 +82,8 @@ async def profile(n: int, dlr_delay: float, callback: bool, spy_out: str | None)
                     if spy_out:
                         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
                         spy = subprocess.Popen([exe, "record", "-p", str(gw.pid), "-r", "50", "-f", "raw", "-o", spy_out,
-                                                "--nonblocking", "-t"], stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL)  # fmt: skip
+                                                "--nonblocking", "-t", *(["--idle"] if idle else [])],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
                     async def body():
                         for p in pieces:
@@ -143,8 +143,10 @@ async def _warm(client: httpx.AsyncClient, url: str, heard: dict) -> None:
 @click.option("--dlr-delay", default=0.0, show_default=True, help="Simulator: seconds from submit to receipt.")
 @click.option("--callback/--no-callback", default=True, show_default=True, help="Every state to a loopback receiver.")
 @click.option("--py-spy", "spy_out", type=click.Path(dir_okay=False), help="Sample the server into this file.")
-def main(n: int, dlr_delay: float, callback: bool, spy_out: str | None) -> None:
-    r = anyio.run(profile, n, dlr_delay, callback, spy_out, backend="asyncio", backend_options={"use_uvloop": True})
+@click.option("--idle", is_flag=True, help="py-spy: sample waiting threads too (where the wall-clock time goes).")
+def main(n: int, dlr_delay: float, callback: bool, spy_out: str | None, idle: bool) -> None:
+    r = anyio.run(profile, n, dlr_delay, callback, spy_out, idle, backend="asyncio",
+                  backend_options={"use_uvloop": True})  # fmt: skip
     click.echo(json.dumps(r))
 
 

@@ -7,7 +7,8 @@ Every implementation passes ``campaigns.store.conformance`` (run on both engines
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
@@ -15,10 +16,14 @@ from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
 from campaigns.core.events import Profile, ShopEvent
 from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
+from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
 from campaigns.store.inbox_sql import Change, ConversationApplied, ConversationRow, HistoryItem, InboxFigures, PendingAnswer
 from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRow, Outcomes,
                                            PlannedRecipient, RecipientRow)  # fmt: skip
 from campaigns.store.report_sql import ReportFacts, Scope
+
+if TYPE_CHECKING:
+    from campaigns.store.flow_sql import FlowTx
 
 Outcome = Literal["applied", "duplicate", "stale"]
 
@@ -172,6 +177,23 @@ class Store(Protocol):
     def release_held(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
                      links: Sequence[LinkRow]) -> int: ...
 
+    # flows (issue 19: campaigns/store/flow_sql.py) -------------------------------------------------
+    def flow_tx(self, tenant: str) -> AbstractContextManager[FlowTx]: ...  # one transaction of the runtime
+    def put_flow_version(self, tenant: str, flow_id: str, name: str, definition: Any, *, now: float, new: bool) -> FlowHead: ...
+    def flow_head(self, tenant: str, flow_id: str) -> FlowHead | None: ...
+    def flow_heads(self, tenant: str) -> list[FlowHead]: ...
+    def flow_version(self, tenant: str, flow_id: str, version: int) -> Any: ...
+    def set_flow_enabled(self, tenant: str, flow_id: str, enabled: bool, *, now: float) -> FlowHead: ...
+    def put_flow_template(self, tenant: str, template_id: str, text: str, *, now: float) -> None: ...
+    def flow_templates(self, tenant: str) -> dict[str, str]: ...
+    def flow_run_rows(self, tenant: str, *, flow_id: str | None = None, subscriber_id: int | None = None,
+                      after: int = 0, limit: int = 100) -> list[FlowRunRow]: ...
+    def flow_node_counts(self, tenant: str, flow_id: str) -> list[NodeCount]: ...
+    def pending_flow_messages(self, limit: int = 500, *, tenant: str | None = None) -> list[FlowMessage]: ...
+    def flow_messages_done(self, done: Sequence[tuple[str, str, str, str | None, str | None]], *, now: float) -> None: ...
+    def flow_messages(self, tenant: str, *, flow_id: str | None = None, subscriber_id: int | None = None,
+                      limit: int = 1000) -> list[FlowMessage]: ...
+    def next_flow_due(self) -> float | None: ...
     # the inbox (issue 19: campaigns/store/inbox_sql.py) ------------------------------------------
     def conversation_apply(self, tenant: str, key: int | str, change: Change, *, now: float,
                            message_id: str | None = None, route: Any = None, our_number: str | None = None,

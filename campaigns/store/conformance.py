@@ -4,6 +4,8 @@ PostgreSQL). Each check takes a fresh store and uses its own tenants."""
 from __future__ import annotations
 
 import itertools
+
+import msgspec
 from collections.abc import Callable
 
 from campaigns.core.consent import Evidence, disclosure_sha256
@@ -430,13 +432,84 @@ def check_refresh_members(store: Store) -> None:
     assert store.refresh_members("acme", [plan], now=T0 + 20) == 0  # nothing left to change
     due = store.due_timers(T0 + DAY + 100)  # each order leaves the window a day after it was placed
     assert sorted(sub for t, seg_id, sub in due if t == "acme" and seg_id == row.id) == sorted(sids)
+def check_flow_definitions(store: Store) -> None:
+    """Versions are kept for ever, the head names the latest, tenants are isolated."""
+    d = {"id": "f", "version": 1, "name": "F", "trigger": {"type": "custom", "name": "x"}, "entry": "e",
+         "nodes": {"e": {"type": "end"}}}  # fmt: skip
+    head = store.put_flow_version("acme", "f", "F", d, now=T0, new=True)
+    assert (head.latest, head.enabled) == (1, False)
+    _raises(Conflict, lambda: store.put_flow_version("acme", "f", "F", d, now=T0, new=True))
+    _raises(NotFound, lambda: store.put_flow_version("beta", "f", "F", d, now=T0, new=False))
+    head = store.put_flow_version("acme", "f", "F2", {**d, "name": "F2"}, now=T0 + 1, new=False)
+    assert head.latest == 2 and head.name == "F2"
+    assert store.flow_version("acme", "f", 1)["name"] == "F" and store.flow_version("acme", "f", 2)["version"] == 2
+    assert store.flow_head("beta", "f") is None and store.flow_heads("beta") == []
+    _raises(NotFound, lambda: store.set_flow_enabled("beta", "f", True, now=T0))
+    assert store.set_flow_enabled("acme", "f", True, now=T0).enabled
+    store.put_flow_template("acme", "t", "hello", now=T0)
+    store.put_flow_template("acme", "t", "hi", now=T0)
+    assert store.flow_templates("acme") == {"t": "hi"} and store.flow_templates("beta") == {}
+
+
+def check_flow_runs_timers_and_outbox(store: Store) -> None:
+    """Runs insert once by key; due timers come earliest first, at most ``limit``, only due ones, only
+    the tenant's; inputs come in order and leave the queue with the transaction; a message key is
+    recorded once."""
+    from campaigns.core import flows as F
+    from campaigns.store.flow_rows import FlowMessage
+
+    store.put_flow_version("acme", "f", "F", {"id": "f", "name": "F"}, now=T0, new=True)
+    store.put_flow_version("beta", "f", "F", {"id": "f", "name": "F"}, now=T0, new=True)
+    ids = []
+    with store.flow_tx("acme") as ftx:
+        for i, due in enumerate([T0 + 30, T0 + 10, T0 + 20, None]):
+            run = F.Run(id=f"f:{i}:e", flow_id="f", version=1, subscriber_id=i, started_at=T0, node="w", visit=1,
+                        timer_due=due)  # fmt: skip
+            ids.append(ftx.insert_run(run, T0))
+        assert ftx.insert_run(F.Run(id="f:0:e", flow_id="f", version=1, subscriber_id=0, started_at=T0, node="w"), T0) is None
+        assert ftx.first_time("e1") and not ftx.first_time("e1")
+        ftx.queue(1, [F.ShopEvent(id="a", kind="custom", name="x"), F.OptOut(id="b")])
+    with store.flow_tx("beta") as ftx:
+        ftx.insert_run(F.Run(id="f:9:e", flow_id="f", version=1, subscriber_id=9, started_at=T0, node="w",
+                             timer_due=T0), T0)  # fmt: skip
+        assert ftx.first_time("e1")  # ids are per tenant
+    with store.flow_tx("acme") as ftx:
+        assert [r.timer_due for _, r in ftx.claim_due(T0 + 25, 10)] == [T0 + 10, T0 + 20]
+        assert [r.timer_due for _, r in ftx.claim_due(T0 + 100, 1)] == [T0 + 10]
+        assert [e.id for _, _, e in ftx.take_inputs(10)] == ["a", "b"]
+    with store.flow_tx("acme") as ftx:
+        assert ftx.take_inputs(10) == []
+        _, run = ftx.claim_due(T0 + 100, 1)[0]
+        ftx.save_run(ids[1], msgspec.structs.replace(run, node=None, timer_due=None, ended="completed"), T0 + 11)
+        assert [r.timer_due for _, r in ftx.claim_due(T0 + 100, 10)] == [T0 + 20, T0 + 30]
+        assert [e.started_at for e in ftx.entries("f", 1)] == [T0]
+        m = FlowMessage(tenant="acme", key="flow-1-1", run_id=ids[0], flow_id="f", version=1, step="s", visit=1,
+                        subscriber_id=0, kind="sms", category="marketing", recipient=A, sender="S", body="hi",
+                        created_at=T0)  # fmt: skip
+        assert ftx.add_message(m) and not ftx.add_message(m)
+        ftx.add_message(msgspec.structs.replace(m, key="flow-1-2", subscriber_id=5))
+        assert ftx.cancel_pending(5, "opted_out") == 1
+    try:  # an exception inside the transaction stores nothing of it
+        with store.flow_tx("acme") as ftx:
+            ftx.add_message(msgspec.structs.replace(m, key="flow-1-3"))
+            raise RuntimeError("crash")
+    except RuntimeError:
+        pass
+    assert [x.key for x in store.pending_flow_messages()] == ["flow-1-1"]
+    store.flow_messages_done([("acme", "flow-1-1", "sent", "m1", None)], now=T0 + 2)
+    assert store.pending_flow_messages() == [] and store.flow_messages("beta") == []
+    assert {(x.key, x.state) for x in store.flow_messages("acme")} == {("flow-1-1", "sent"), ("flow-1-2", "skipped")}
+    rows = store.flow_run_rows("acme", flow_id="f")
+    assert [r.subscriber_id for r in rows] == [0, 1, 2, 3] and rows[1].state == "ended"
+    assert store.flow_run_rows("beta", subscriber_id=0) == []
 
 
 CHECKS: list[Callable[[Store], None]] = [check_subscribers, check_consent_ledger, check_events_idempotent_and_aggregates,
                                          check_events_out_of_order, check_checkouts, check_activities_and_customers,
                                          check_segments_storage, check_import, check_campaigns,
                                          check_held_and_outcomes, check_links_and_clicks, check_discount_pools,
-                                         check_event_batches, check_refresh_members]  # fmt: skip
+                                         check_event_batches, check_refresh_members,
+                                         check_flow_definitions, check_flow_runs_timers_and_outbox]  # fmt: skip
 
 from campaigns.store.conformance_inbox import INBOX_CHECKS  # noqa: E402  (the inbox's checks, issue 19)
 

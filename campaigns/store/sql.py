@@ -20,6 +20,8 @@ from campaigns.core.imports import ImportRow
 from campaigns.store.base import Applied, ImportResult, MemberPlan, NewConsent, SegmentRow, SyncItem
 from campaigns.store.campaign_sql import CampaignSql
 from campaigns.store.event_batch import EventBatch
+from campaigns.core import flow_inputs
+from campaigns.store.flow_sql import FlowSql, enqueue_inputs
 from campaigns.store.inbox_sql import InboxSql
 
 _json = msgspec.json.Encoder()
@@ -132,7 +134,7 @@ def _entry(tenant: str, row: tuple) -> ConsentEntry:
     return ConsentEntry(tenant=tenant, **values)
 
 
-class SqlStore(EventBatch, CampaignSql, InboxSql):
+class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
     engine = "sql"
     _least = "MIN"  # the two-argument minimum: MIN on SQLite, LEAST on PostgreSQL
 
@@ -278,6 +280,13 @@ class SqlStore(EventBatch, CampaignSql, InboxSql):
         state, since = consent.fold([*((a, i, act) for a, i, act in history), (e.at, entry.id, e.action)])
         tx.run("UPDATE subscribers SET consent = ?, consent_at = ? WHERE tenant = ? AND id = ?", (state, since, tenant, sid))
         self._queue_sync(tx, tenant, e, old[0] if old else "none", state)
+        source = e.source
+        if e.action == "confirm":  # a flow's "subscribed by source" means the sign-up's source, not the Y's
+            row = tx.one("SELECT source FROM consent_ledger WHERE tenant = ? AND subscriber_id = ? AND action IN "
+                         "('opt_in', 're_opt_in') ORDER BY at DESC, id DESC LIMIT 1", (tenant, sid))  # fmt: skip
+            source = row[0] if row else source
+        change = flow_inputs.consent_change(entry.id, source, old[0] if old else "none", state)
+        enqueue_inputs(tx, tenant, sid, [change] if change is not None else [])
         return entry, state
 
     def _queue_sync(self, tx: Tx, tenant: str, e: NewConsent, old: str, state: str) -> None:
@@ -331,14 +340,25 @@ class SqlStore(EventBatch, CampaignSql, InboxSql):
     # ---- shop events -------------------------------------------------------------------------
     def apply_event(self, tenant: str, event: ShopEvent, *, phone: str | None, now: float) -> Applied:
         with self._tx() as tx:
-            return self._apply(tx, tenant, event, phone, now)
+            return self._apply_and_queue(tx, tenant, event, phone, now)
 
     def apply_events(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], *, now: float) -> list[Applied]:
         """Many events in one transaction (bulk ingestion and group commit: all or none), set-based
         where it counts (``campaigns.store.event_batch``); the same outcomes and state as ``apply_event``
         on each in turn."""
         with self._tx() as tx:
-            return self._apply_batch(tx, tenant, events, now)
+            results = self._apply_batch(tx, tenant, events, now)
+            if tx.one("SELECT 1 FROM flow_heads WHERE tenant = ? LIMIT 1", (tenant,)) is not None:
+                for (e, _), r in zip(events, results, strict=True):  # the flow runtime hears them, in arrival order
+                    if r.outcome != "duplicate":
+                        enqueue_inputs(tx, tenant, r.subscriber_id, flow_inputs.from_shop_event(e))
+            return results
+
+    def _apply_and_queue(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
+        applied = self._apply(tx, tenant, event, phone, now)
+        if applied.outcome != "duplicate":  # the flow runtime hears it in this same transaction
+            enqueue_inputs(tx, tenant, applied.subscriber_id, flow_inputs.from_shop_event(event))
+        return applied
 
     def _apply(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
         if tx.run("INSERT INTO processed_events (tenant, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -510,9 +530,12 @@ class SqlStore(EventBatch, CampaignSql, InboxSql):
                 "SELECT order_id, total, payment_status, created_at FROM orders WHERE tenant = ? AND subscriber_id = ?",
                 (tenant, sid))))  # fmt: skip
         if "checkouts" in parts:
-            abandoned = tx.one("SELECT MAX(abandoned_at) FROM checkouts WHERE tenant = ? AND subscriber_id = ? "
-                               "AND completed_at IS NULL", (tenant, sid))  # fmt: skip
-            fields["last_abandoned_checkout_at"] = abandoned[0] if abandoned else None
+            # Not MAX() in SQL: SQLite would answer it from the partial index on (tenant, abandoned_at),
+            # walking the whole shop's abandoned checkouts down to this subscriber's (20 ms per order
+            # at 100,000 checkouts); the subscriber's own rows are a few.
+            abandoned = [r[0] for r in tx.rows("SELECT abandoned_at FROM checkouts WHERE tenant = ? AND subscriber_id = ? "
+                                               "AND completed_at IS NULL", (tenant, sid)) if r[0] is not None]  # fmt: skip
+            fields["last_abandoned_checkout_at"] = max(abandoned) if abandoned else None
         if "activities" in parts:
             for kind, name in _ACTIVITY_STAT.items():
                 last = tx.one("SELECT MAX(at) FROM activities WHERE tenant = ? AND subscriber_id = ? AND kind = ?",
@@ -529,12 +552,13 @@ class SqlStore(EventBatch, CampaignSql, InboxSql):
         """Checkouts started ``after_s`` seconds ago or more and neither completed nor abandoned become
         abandoned (at started_at + after_s). Returns the subscribers whose aggregates changed."""
         with self._tx() as tx:
-            rows = tx.rows("SELECT checkout_id, subscriber_id, started_at FROM checkouts WHERE tenant = ? "
+            rows = tx.rows("SELECT checkout_id, subscriber_id, started_at, value, url FROM checkouts WHERE tenant = ? "
                            "AND completed_at IS NULL AND abandoned_at IS NULL AND started_at <= ?",
                            (tenant, now - after_s))  # fmt: skip
-            for checkout_id, _sid, started in rows:
+            for checkout_id, sid_, started, value, url in rows:
                 tx.run("UPDATE checkouts SET abandoned_at = ? WHERE tenant = ? AND checkout_id = ?",
                        (started + after_s, tenant, checkout_id))  # fmt: skip
+                enqueue_inputs(tx, tenant, int(sid_), [flow_inputs.abandoned(checkout_id, int(value or 0), url)])
             sids = sorted({int(r[1]) for r in rows})
             for sid in sids:
                 self._restat(tx, tenant, sid, now, frozenset({"checkouts"}))
@@ -642,8 +666,11 @@ class SqlStore(EventBatch, CampaignSql, InboxSql):
     def set_member(self, tenant: str, segment_id: int, subscriber_id: int, member: bool, *, now: float) -> bool:
         with self._tx() as tx:
             if member:
-                return tx.run("INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) VALUES (?, ?, ?, ?) "
-                              "ON CONFLICT DO NOTHING", (tenant, segment_id, subscriber_id, now)) > 0  # fmt: skip
+                added = tx.run("INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) VALUES (?, ?, ?, ?) "
+                               "ON CONFLICT DO NOTHING", (tenant, segment_id, subscriber_id, now)) > 0  # fmt: skip
+                if added:
+                    enqueue_inputs(tx, tenant, subscriber_id, [flow_inputs.segment_entered(segment_id, subscriber_id, now)])
+                return added
             return tx.run("DELETE FROM segment_members WHERE tenant = ? AND segment_id = ? AND subscriber_id = ?",
                           (tenant, segment_id, subscriber_id)) > 0  # fmt: skip
 
@@ -661,9 +688,11 @@ class SqlStore(EventBatch, CampaignSql, InboxSql):
             tx.raw_rows(f"DELETE FROM segment_members WHERE tenant = {ph} AND segment_id = {ph} AND subscriber_id NOT IN "
                         f"(SELECT s.id FROM subscribers s WHERE {where}) RETURNING subscriber_id",
                         [tenant, segment_id, *params])  # fmt: skip
-            tx.raw_rows(f"INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) SELECT {ph}, {ph}, s.id, {ph} "
-                        f"FROM subscribers s WHERE {where} ON CONFLICT DO NOTHING RETURNING subscriber_id",
-                        [tenant, segment_id, now, *params])  # fmt: skip
+            added = tx.raw_rows(f"INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) SELECT {ph}, {ph}, "
+                                f"s.id, {ph} FROM subscribers s WHERE {where} ON CONFLICT DO NOTHING RETURNING subscriber_id",
+                                [tenant, segment_id, now, *params])  # fmt: skip
+            for (sid,) in added:
+                enqueue_inputs(tx, tenant, int(sid), [flow_inputs.segment_entered(segment_id, int(sid), now)])
             row = tx.one("SELECT COUNT(*) FROM segment_members WHERE tenant = ? AND segment_id = ?", (tenant, segment_id))
         return int(row[0]) if row else 0
 
