@@ -1,47 +1,86 @@
-"""`sluice bench kannel`: Kannel, the C gateway, and Sluice on the same path in the same run.
+"""`sluice bench kannel`: Kannel, the C gateway, and Sluice on the path a user sees, same run.
 
-Each run measures Kannel (Debian's ``kannel`` package: ``bearerbox`` + ``smsbox``), then Sluice
-(the e2e scenario of `sluice bench e2e`), each against a fresh ``sluice sim smsc`` with no TPS
-limit and receipts right after the submit (``--dlr-delay``), two binds with a window of 100. The
-same messages go to both: the e2e job's recipients that Sluice accepts, its template rendered.
+What is measured is how fast an upstream system learns each message's fate: messages / (first
+byte of the submission -> last final state *received by an HTTP receiver*). The receiver
+(``bench/status_receiver.py``) runs in its own process on loopback, counts each message's final
+event once (duplicates and missing ones are reported) and keeps the time the last one arrived.
 
-Kannel, set up the way it is fastest: its queue and its receipt (DLR) store in memory
-(``dlr-storage = internal``, no ``store-file``), the sendsms HTTP interface one message per
-request (it has no bulk API), from 16 keep-alive clients; each receipt is reported by a request
-to a ``dlr-url`` on a local sink. Its time is from the first sendsms request to the last
-delivered report at the sink.
+Each run measures these sides, interleaved (the order rotates from run to run), each against a
+fresh ``sluice sim smsc`` (no TPS limit, two binds with a window of 100, receipts
+``--dlr-delay`` seconds after the submit), on the same messages (the e2e job's recipients that
+Sluice accepts, its template rendered):
 
-Sluice, as in `sluice bench e2e`: one NDJSON job, SQLite with ``synchronous=FULL``, receipts
-answered after their state is written. Its time here is from the start of the job POST to every
-message final in the store (the job's upload and validation included, as Kannel's submissions
-are), so the two are compared on the same span: messages / (first byte in -> last fate known).
+- ``kannel``: Debian's ``kannel`` (``bearerbox`` + ``smsbox``) set up as it is fastest: its queue
+  and receipt (DLR) store in memory (``dlr-storage = internal``, no ``store-file``), the sendsms
+  HTTP interface one message per request (it has no bulk API) from ``--clients`` keep-alive
+  clients, each with a ``dlr-url`` to the receiver and ``dlr-mask`` 19 (delivered, failed,
+  rejected: every final state).
+- ``sluice-hooks``: one NDJSON job with a ``callback_url`` to the receiver, webhooks for every
+  state (signed, batched), SQLite with ``synchronous=FULL``, receipts answered after their state
+  is written. Before the clock one message goes to the same receiver and its final event is
+  awaited, so whatever delivers webhooks is up (as Kannel's boxes are before its clock starts).
+- ``sluice-poll``: the same job without a ``callback_url``; the final states are read where they
+  are, in the store (the job's counts over the API, polled every 50 ms).
+- ``sluice-poll-at-once`` and ``sluice-hooks-at-once``: the same with receipts right behind the
+  submit (``--dlr-delay 0``), so the cost of receipts that come later, as at a real carrier, is
+  seen by difference.
 
-The ratio (Sluice / Kannel) is per run, both measured minutes apart on the same machine; the
-figures are medians. Needs ``bearerbox`` and ``smsbox`` on the PATH (``apt-get install kannel``).
+Per run: the ratios Sluice (every state reported) / Kannel, webhooks on / off, receipts later /
+at once; the figures are medians of the runs. Each side has a deadline (``--deadline``) and
+stops waiting once nothing came for 15 s; one that misses either is reported with what
+arrived. The server's peak RSS (VmHWM, and its child processes') and CPU per message are read
+from /proc. Before the runs the
+receiver's own ceiling is measured (``ceiling``: both kinds of request, as fast as this
+process can send them) so it can be seen not to be the limit. Needs ``bearerbox`` and
+``smsbox`` on the PATH for the Kannel side (``apt-get install kannel``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
 import shutil
 import socket
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
 import anyio
+import anyio.abc
 import click
+import httpx
+import msgspec
 
-from bench.e2e import one_run as sluice_run
+from bench.e2e import _bound
 from bench.machine import describe
 from bench.output import out_option, save
-from bench.service import _response, ndjson_job
+from bench.service import (
+    AUTH,
+    WEBHOOK_ENV,
+    _response,
+    children,
+    cpu_seconds,
+    config,
+    memory,
+    ndjson_job,
+    until_ready,
+    with_callback,
+    with_webhooks,
+)
+from bench.status_receiver import KANNEL_FINAL
 from gateway.core.template import Template
 from gateway.runtime.numbers import NumberCheck
+from gateway.store.base import FINAL
 from gateway.testing import workload
-from gateway.testing.processes import simulator
+from gateway.testing.processes import Child, gateway, simulator, start
+
+SIDES = ("kannel", "sluice-hooks", "sluice-poll", "sluice-poll-at-once", "sluice-hooks-at-once")
 
 _SMSC = """
 group = smsc
@@ -100,71 +139,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class _Sink:
-    """The dlr-url's server: counts delivered reports (``t=1``) and the others."""
-
-    def __init__(self) -> None:
-        self.delivered = 0
-        self.other = 0
-        self.enough = asyncio.Event()
-        self.want = 0
-        self.last_at = time.perf_counter()
-
-    async def settle(self, quiet: float = 5.0) -> float:
-        """When the last report came: once all are in, or none came for ``quiet`` seconds."""
-        while not self.enough.is_set():
-            with anyio.move_on_after(1.0):
-                await self.enough.wait()
-            if time.perf_counter() - self.last_at > quiet:
-                break
-        return self.last_at
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                line = head.split(b"\r\n", 1)[0]
-                if b"t=1 " in line or line.endswith(b"t=1"):
-                    self.delivered += 1
-                else:
-                    self.other += 1
-                self.last_at = time.perf_counter()
-                if self.delivered >= self.want:
-                    self.enough.set()
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
-async def _send_all(port: int, msgs: list[tuple[str, str]], dlr_url: str, clients: int) -> tuple[int, int]:
-    """Every message as one sendsms GET, ``clients`` keep-alive connections at once."""
-    accepted = refused = 0
-    queue = iter(range(len(msgs)))
-
-    async def one() -> None:
-        nonlocal accepted, refused
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            for i in queue:
-                to, text = msgs[i]
-                url = quote(dlr_url + f"?id={i}&t=%d", safe="")
-                writer.write(f"GET /cgi-bin/sendsms?username=bench&password=bench&from=SLUICE&to={quote(to)}"
-                             f"&text={quote(text)}&dlr-mask=1&dlr-url={url} HTTP/1.1\r\nhost: bench\r\n\r\n"
-                             .encode())  # fmt: skip
-                status, _ = await _response(reader)
-                if status == 202:
-                    accepted += 1
-                else:
-                    refused += 1
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(one() for _ in range(clients)))
-    return accepted, refused
-
-
 async def _wait_ready(admin: int, sendsms: int, binds: int, timeout: float = 30.0) -> None:
     """Until every bind is online, smsbox connected and its sendsms port open."""
     with anyio.fail_after(timeout):
@@ -193,14 +167,160 @@ async def _stop(proc: anyio.abc.Process) -> None:
             await proc.wait()
 
 
-async def kannel_run(msgs: list[tuple[str, str]], dlr_delay: float, binds: int, window: int, clients: int,
-                     timeout: float) -> dict:  # fmt: skip
+
+# -- the receiver ---------------------------------------------------------------------------
+
+
+class Receiver:
+    """``bench/status_receiver.py`` in its own process, driven over its own port."""
+
+    def __init__(self, child: Child, client: httpx.AsyncClient) -> None:
+        self.child = child
+        self._client = client
+
+    @property
+    def port(self) -> int:
+        return self.child.port
+
+    @property
+    def url(self) -> str:
+        return self.child.url
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.child.pid)
+
+    async def reset(self, keys: int, want: int) -> None:
+        (await self._client.post("/reset", json={"keys": keys, "want": want})).raise_for_status()
+
+    async def stats(self) -> dict:
+        return (await self._client.get("/stats")).json()
+
+    async def wait_done(self, quiet: float = 15.0) -> dict:
+        """Until every wanted key was heard final, or nothing came for ``quiet`` seconds (a
+        report that never comes: Kannel loses some, see docs/BENCHMARKS.md); the caller bounds
+        the wait as a whole."""
+        last, since = None, time.monotonic()
+        while True:
+            stats = await self.stats()
+            if stats["done_at"] is not None:
+                return stats
+            if stats["events"] != last:
+                last, since = stats["events"], time.monotonic()
+            elif time.monotonic() - since > quiet:
+                return stats
+            await anyio.sleep(0.05)
+
+    async def settle(self, quiet: float = 0.5, bound: float = 5.0) -> dict:
+        """The counts once nothing more came for ``quiet`` seconds (late duplicates, retries)."""
+        stats = await self.stats()
+        with anyio.move_on_after(bound):
+            while True:
+                await anyio.sleep(quiet)
+                now = await self.stats()
+                if now["events"] == stats["events"] and now["requests"] == stats["requests"]:
+                    break
+                stats = now
+        return await self.stats()
+
+
+@contextlib.asynccontextmanager
+async def open_receiver():
+    cmd = [sys.executable, "-m", "bench.status_receiver", "--port", "0"]
+    async with start(cmd, name="receiver") as child, \
+            httpx.AsyncClient(base_url=child.url, timeout=30) as client:  # fmt: skip
+        yield Receiver(child, client)
+
+
+async def _hammer(port: int, requests: Sequence[bytes], clients: int, seconds: float) -> int:
+    """``clients`` keep-alive connections send ``requests`` (cycled) one after another for
+    ``seconds``; returns how many were answered."""
+    done = 0
+    stop_at = time.monotonic() + seconds
+
+    async def one(k: int) -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = k
+        try:
+            while time.monotonic() < stop_at:
+                writer.write(requests[i % len(requests)])
+                i += clients
+                await _response(reader)
+                done += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one(k) for k in range(clients)))
+    return done
+
+
+def _hook_event(i: int) -> dict:
+    return {"message_id": f"01jf3k5x9n{i:05d}", "job_id": "job_01jf3k5x9n2qq", "state": "delivered",
+            "at": 1795532398.52, "reason": "receipt", "carrier": "alpha", "error_code": None,
+            "to": "+14155550123", "index": i, "reference": None}  # fmt: skip
+
+
+async def receiver_ceiling(receiver: Receiver, seconds: float, clients: int) -> dict:
+    """The receiver's ceiling for both kinds of request: Kannel's (one GET per report, from
+    ``clients`` connections) and Sluice's (POSTs of 100 events, signed-size bodies, from 16
+    connections, as `webhooks.concurrency`). The sender runs in this process on the same cores,
+    so the rates are lower bounds (``receiver_cpu_share`` under 1: the sender was the limit);
+    ``*_events_per_receiver_cpu_s`` is what the receiver answers per second of its own CPU."""
+    out: dict[str, float] = {}
+    keys = 1 << 22
+    dlr = [f"GET /dlr?id={i}&t=1 HTTP/1.1\r\nhost: bench\r\n\r\n".encode() for i in range(4096)]
+    hooks = []
+    for k in range(256):
+        body = msgspec.json.encode({"events": [_hook_event(k * 100 + j) for j in range(100)]})
+        hooks.append(b"POST /hooks HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+                     b"sluice-signature: t=1795532400,v1=%s\r\ncontent-length: %d\r\n\r\n%s"
+                     % (b"0" * 64, len(body), body))  # fmt: skip
+    for kind, requests, conns, per in (("dlr", dlr, clients, 1), ("hooks", hooks, 16, 100)):
+        await receiver.reset(keys, keys)
+        cpu0, t0 = receiver.cpu(), time.monotonic()
+        answered = await _hammer(receiver.port, requests, conns, seconds)
+        wall, cpu = time.monotonic() - t0, receiver.cpu() - cpu0
+        out[f"{kind}_requests_per_s"] = answered / wall
+        out[f"{kind}_events_per_s"] = answered * per / wall
+        out[f"{kind}_receiver_cpu_share"] = cpu / wall
+        # what it would answer with a core to itself: the sender here shares the cores with it
+        out[f"{kind}_events_per_receiver_cpu_s"] = answered * per / max(cpu, 1e-9)
+    return out
+
+
+# -- Kannel ---------------------------------------------------------------------------------
+
+
+async def _send_all(port: int, msgs: list[tuple[str, str]], dlr_url: str, clients: int, tally: dict) -> None:
+    """Every message as one sendsms GET, ``clients`` keep-alive connections at once; its report
+    (final states only: ``dlr-mask`` 19) to ``dlr_url?id=<index>&t=<type>``."""
+    queue = iter(range(len(msgs)))
+    mask = KANNEL_FINAL
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in queue:
+                to, text = msgs[i]
+                url = quote(dlr_url + f"?id={i}&t=%d", safe="")
+                writer.write(f"GET /cgi-bin/sendsms?username=bench&password=bench&from=SLUICE&to={quote(to)}"
+                             f"&text={quote(text)}&dlr-mask={mask}&dlr-url={url} HTTP/1.1\r\nhost: bench\r\n\r\n"
+                             .encode())  # fmt: skip
+                status, _ = await _response(reader)
+                tally["accepted" if status == 202 else "refused"] += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one() for _ in range(clients)))
+
+
+async def kannel_side(msgs: list[tuple[str, str]], receiver: Receiver, dlr_delay: float, binds: int, window: int,
+                      clients: int, deadline: float) -> dict:  # fmt: skip
+    await receiver.reset(len(msgs), len(msgs))
+    tally = {"accepted": 0, "refused": 0}
+    sent_at = None
     with tempfile.TemporaryDirectory(prefix="sluice-kannel-") as tmp:
         d = Path(tmp)
-        sink = _Sink()
-        sink.want = len(msgs)
-        server = await asyncio.start_server(sink.serve, "127.0.0.1", 0)
-        sink_port = server.sockets[0].getsockname()[1]
         with open(d / "sim.log", "wb") as sim_log:
             async with simulator("--dlr-delay", str(dlr_delay), stderr=sim_log) as sim:
                 ports = {"admin": _free_port(), "box": _free_port(), "sendsms": _free_port()}
@@ -214,80 +334,283 @@ async def kannel_run(msgs: list[tuple[str, str]], dlr_delay: float, binds: int, 
                         await anyio.sleep(0.5)
                         box = await anyio.open_process(["smsbox", str(conf)], stdout=so, stderr=so)
                         await _wait_ready(ports["admin"], ports["sendsms"], binds)
-                        with anyio.fail_after(timeout):
-                            t0 = time.perf_counter()
-                            accepted, refused = await _send_all(ports["sendsms"], msgs,
-                                                                f"http://127.0.0.1:{sink_port}/dlr", clients)  # fmt: skip
-                            sent_at = time.perf_counter()
-                            if accepted < len(msgs):
-                                raise click.ClickException(f"Kannel refused {refused} of {len(msgs)} messages")
-                            done_at = await sink.settle()
+                        cpu0 = receiver.cpu()
+                        t0 = time.monotonic()
+                        with anyio.move_on_after(deadline) as scope:
+                            await _send_all(ports["sendsms"], msgs, f"{receiver.url}/dlr", clients, tally)
+                            sent_at = time.monotonic()
+                            await receiver.wait_done()
+                        end = time.monotonic()
+                        stats = await receiver.settle()
+                        receiver_cpu = receiver.cpu() - cpu0
+                        peaks = {"bearerbox": memory(bearer.pid)["peak_rss"], "smsbox": memory(box.pid)["peak_rss"]}
                     finally:
                         if box is not None:
                             await _stop(box)
                         await _stop(bearer)
                 counters = await sim.counters()
-        server.close()
-    return {
-        "messages": len(msgs),
-        "seconds": done_at - t0,
-        "messages_per_s": sink.delivered / (done_at - t0),
-        "reports_missing": len(msgs) - sink.delivered - sink.other,
-        "submit_seconds": sent_at - t0,
-        "delivered_reports": sink.delivered,
-        "other_reports": sink.other,
-        "sim_accepted": counters["accepted"],
-    }
+    result = _heard(stats, t0, end, scope.cancelled_caught, receiver_cpu)
+    return {**result, "messages": len(msgs), "submit_seconds": None if sent_at is None else sent_at - t0,
+            "sendsms_accepted": tally["accepted"], "sendsms_refused": tally["refused"],
+            "sim_accepted": counters["accepted"], "peak_rss": peaks}  # fmt: skip
 
 
-def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, clients: int, seed: int) -> dict[str, object]:
-    if not (shutil.which("bearerbox") and shutil.which("smsbox")):
+def _heard(stats: dict, t0: float, end: float, timed_out: bool, receiver_cpu: float) -> dict:
+    """A side's figures from what the receiver heard: the clock stops at the last final state
+    received (all of them; or, past the deadline, the last one that came)."""
+    done = stats["done_at"] or stats["last_final_at"] or end
+    seconds = done - t0
+    return {"seconds": seconds, "messages_per_s": stats["final"] / seconds, "timed_out": timed_out,
+            "final_heard": stats["final"], "missing": stats["missing"], "duplicates": stats["duplicates"],
+            "out_of_range": stats["out_of_range"], "events_heard": stats["events"], "requests": stats["requests"],
+            "bad_requests": stats["bad"], "receiver_cpu_us": receiver_cpu / max(1, stats["final"]) * 1e6,
+            "receiver_cpu_share": receiver_cpu / max(seconds, 1e-9)}  # fmt: skip
+
+
+# -- Sluice ---------------------------------------------------------------------------------
+
+
+async def _until_final(client: httpx.AsyncClient, job_id: str, total: int) -> tuple[float, dict]:
+    """Polls the job's counts (kept by the store, a few rows) until every message is final."""
+    while True:
+        counts = (await client.get(f"/v1/jobs/{job_id}")).json()["counts"]
+        if sum(n for s, n in counts.items() if s in FINAL) >= total:
+            return time.monotonic(), counts
+        await anyio.sleep(0.05)
+
+
+def _kids(pid: int) -> list[tuple[int, str]]:
+    """``sluice serve``'s live child processes: (pid, what: "webhooks" for the webhook delivery
+    process, "ingest" for an ingest worker, else "other")."""
+    out = []
+    for kid in children(pid):
+        with contextlib.suppress(OSError):
+            cmd = Path(f"/proc/{kid}/cmdline").read_bytes()
+            out.append((kid, "webhooks" if b"webhook_process" in cmd else "ingest" if b"to_process" in cmd else "other"))
+    return out
+
+
+def _peaks(pid: int) -> tuple[int, list[tuple[str, int]]]:
+    """Peak RSS (VmHWM) of ``sluice serve`` and of each of its live child processes."""
+    kids = []
+    for kid, what in _kids(pid):
+        with contextlib.suppress(FileNotFoundError, KeyError):
+            kids.append((what, memory(kid)["peak_rss"]))
+    return memory(pid)["peak_rss"], kids
+
+
+def _delivery_cpu(pid: int) -> float:
+    """CPU seconds of serve's webhook delivery process so far (0 where there is none)."""
+    total = 0.0
+    for kid, what in _kids(pid):
+        if what == "webhooks":
+            with contextlib.suppress(OSError):
+                total += cpu_seconds(kid)
+    return total
+
+
+async def _warm(client: httpx.AsyncClient, receiver: Receiver) -> None:
+    """One message with a callback to the receiver, its final event awaited before the clock
+    starts: whatever delivers webhooks is up (a server in service has it running already), as
+    Kannel's boxes are before its clock starts."""
+    await receiver.reset(1, 1)
+    r = await client.post("/v1/messages", json={"to": "+447911123456", "from": "SLUICE", "body": "warm",
+                                                "category": "transactional", "callback_url": f"{receiver.url}/hooks"})  # fmt: skip
+    if r.status_code != 202:
+        raise click.ClickException(f"warm-up message answered {r.status_code}: {r.text[:300]}")
+    with anyio.fail_after(120):
+        await receiver.wait_done(quiet=120)
+
+
+async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver, dlr_delay: float, binds: int,
+                      window: int, deadline: float, hooks: bool) -> dict:  # fmt: skip
+    """One NDJSON job; ``hooks``: with a ``callback_url`` to the receiver (every state), else
+    the final states polled from the store."""
+    job, counts, done = None, {}, None
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
+        d = Path(tmp)
+        with open(d / "sim.log", "wb") as sim_log, open(d / "serve.log", "wb") as log:
+            async with simulator("--dlr-delay", str(dlr_delay), stderr=sim_log) as sim:
+                cfg = config(d, smpp_port=sim.port, binds=binds, window=window)
+                if hooks:  # webhooks off: no tenant signs them either (serve then runs no delivery process)
+                    with_webhooks(cfg)
+                    pieces = with_callback(pieces, f"{receiver.url}/hooks")
+                async with gateway(cfg, env=WEBHOOK_ENV, stderr=log) as gw, \
+                        httpx.AsyncClient(base_url=gw.url, headers=AUTH, timeout=300) as client:  # fmt: skip
+                    await until_ready(gw.url)
+                    await _bound(client, binds)
+                    if hooks:
+                        await _warm(client, receiver)
+                    await receiver.reset(n, want)  # keys: the recipients' index in the job
+
+                    async def body():
+                        for p in pieces:
+                            yield p
+
+                    cpu0 = (cpu_seconds(gw.pid, main_thread=True), cpu_seconds(gw.pid), receiver.cpu(),
+                            _delivery_cpu(gw.pid))  # fmt: skip
+                    t0 = time.monotonic()
+                    with anyio.move_on_after(deadline) as scope:
+                        r = await client.post("/v1/jobs", content=body(), headers={"content-type": "application/x-ndjson"})
+                        accepted_at = time.monotonic()
+                        if r.status_code != 202:
+                            raise click.ClickException(f"job POST answered {r.status_code}: {r.text[:300]}")
+                        job = r.json()
+                        if job["accepted"] != want:
+                            raise click.ClickException(f"Sluice accepted {job['accepted']} of {want} messages")
+                        if hooks:
+                            await receiver.wait_done()
+                        else:
+                            done, counts = await _until_final(client, job["id"], job["accepted"])
+                    end = time.monotonic()
+                    cpu1 = (cpu_seconds(gw.pid, main_thread=True), cpu_seconds(gw.pid), receiver.cpu(),
+                            _delivery_cpu(gw.pid))  # fmt: skip
+                    if job is not None:
+                        counts = (await client.get(f"/v1/jobs/{job['id']}")).json()["counts"]
+                    stats = await receiver.settle() if hooks else None
+                    peak, kid_peaks = _peaks(gw.pid)
+                sim_counters = await sim.counters()
+    if job is None:
+        raise click.ClickException(f"Sluice: the job was not accepted within {deadline:.0f} s")
+    final = sum(v for s, v in counts.items() if s in FINAL)
+    if hooks:
+        result = _heard(stats, t0, end, scope.cancelled_caught, cpu1[2] - cpu0[2])
+    else:
+        seconds = (done or end) - t0
+        result = {"seconds": seconds, "messages_per_s": final / seconds, "timed_out": scope.cancelled_caught}
+    return {**result, "accepted": job["accepted"], "ingest_seconds": accepted_at - t0, "final_in_store": final,
+            "delivered": counts.get("delivered", 0), "counts": counts,
+            "server_loop_cpu_us": (cpu1[0] - cpu0[0]) / want * 1e6, "server_cpu_us": (cpu1[1] - cpu0[1]) / want * 1e6,
+            "delivery_cpu_us": (cpu1[3] - cpu0[3]) / want * 1e6,
+            "server_peak_rss": peak, "children_peak_rss": kid_peaks, "sim_accepted": sim_counters["accepted"],
+            "sim_receipts_acked": sim_counters["receipts_acked"]}  # fmt: skip
+
+
+# -- the runs -------------------------------------------------------------------------------
+
+
+def _ratios(row: dict) -> dict[str, float]:
+    rate = {side: r["messages_per_s"] for side, r in row.items()}
+    out = {}
+    for name, a, b in (("hooks_vs_kannel", "sluice-hooks", "kannel"), ("poll_vs_kannel", "sluice-poll", "kannel"),
+                       ("hooks_vs_poll", "sluice-hooks", "sluice-poll"),
+                       ("delayed_vs_at_once", "sluice-poll", "sluice-poll-at-once"),
+                       ("delayed_vs_at_once_hooks", "sluice-hooks", "sluice-hooks-at-once")):  # fmt: skip
+        if a in rate and b in rate and rate[b] > 0:
+            out[name] = rate[a] / rate[b]
+    return out
+
+
+async def _measure(sides: Sequence[str], runs: int, msgs: list[tuple[str, str]], n: int, pieces: list[bytes],
+                   dlr_delay: float, binds: int, window: int, clients: int, deadline: float,
+                   ceiling_seconds: float, on_run=None) -> tuple[dict | None, list[dict]]:  # fmt: skip
+    rows: list[dict] = []
+    async with open_receiver() as receiver:
+        ceiling = await receiver_ceiling(receiver, ceiling_seconds, clients) if ceiling_seconds > 0 else None
+        for k in range(runs):
+            order = [*sides[k % len(sides) :], *sides[: k % len(sides)]]  # interleaved: each run starts elsewhere
+            row: dict[str, dict] = {}
+            for side in order:
+                if side == "kannel":
+                    row[side] = await kannel_side(msgs, receiver, dlr_delay, binds, window, clients, deadline)
+                else:
+                    delay = 0.0 if side.endswith("at-once") else dlr_delay
+                    row[side] = await sluice_side(n, pieces, len(msgs), receiver, delay, binds, window, deadline,
+                                                  hooks="hooks" in side)  # fmt: skip
+                click.echo(f"  run {k + 1} {side:<22} {row[side]['messages_per_s']:>10,.0f} messages/s", err=True)
+            rows.append({"order": order, **row, "ratios": _ratios(row)})
+            if on_run is not None:
+                on_run(ceiling, rows)
+    return ceiling, rows
+
+
+def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, clients: int, seed: int,
+        sides: Sequence[str] = SIDES, deadline: float | None = None, ceiling_seconds: float = 2.0,
+        on_run=None) -> dict[str, object]:  # fmt: skip
+    """``on_run(partial result)`` after each run (so a long measurement keeps what it has)."""
+    sides = [s for s in SIDES if s in sides]
+    if "kannel" in sides and not (shutil.which("bearerbox") and shutil.which("smsbox")):
         raise click.ClickException("Kannel is not installed (bearerbox, smsbox): apt-get install kannel")
     msgs = messages(n, seed)
     pieces = ndjson_job(n, seed=seed, category="transactional")
-    timeout = max(120.0, n / 1000)
-    rows = []
-    for _ in range(runs):
-        k = anyio.run(kannel_run, msgs, dlr_delay, binds, window, clients, timeout, backend="asyncio",
-                      backend_options={"use_uvloop": True})  # fmt: skip
-        s = anyio.run(sluice_run, n, pieces, dlr_delay, binds, window, timeout, "after_write", backend="asyncio",
-                      backend_options={"use_uvloop": True})  # fmt: skip
-        if s["accepted"] != len(msgs) or s["delivered"] != s["accepted"]:
-            raise click.ClickException(f"Sluice accepted {s['accepted']}, delivered {s['delivered']} of {len(msgs)}")
-        sluice_rate = s["accepted"] / (s["ingest_seconds"] + s["seconds"])
-        rows.append({"kannel": k, "sluice": s, "kannel_per_s": k["messages_per_s"], "sluice_per_s": sluice_rate,
-                     "sluice_after_202_per_s": s["messages_per_s"], "ratio": sluice_rate / k["messages_per_s"]})  # fmt: skip
-    med = {key: statistics.median(r[key] for r in rows)
-           for key in ("kannel_per_s", "sluice_per_s", "sluice_after_202_per_s", "ratio")}  # fmt: skip
-    return {"scenario": "kannel", "runs": runs, "messages": len(msgs), "dlr_delay": dlr_delay, "binds": binds,
-            "window": window, "clients": clients, **med, "per_run": rows, "machine": describe()}  # fmt: skip
+    deadline = deadline or max(120.0, n / 400)
+    settings = {"runs": runs, "messages": len(msgs), "recipients": n, "dlr_delay": dlr_delay, "binds": binds,
+                "window": window, "clients": clients, "deadline": deadline, "sides": sides}  # fmt: skip
+    partial = None if on_run is None else (lambda c, rows: on_run(_summary(settings, c, rows)))
+    ceiling, rows = anyio.run(_measure, sides, runs, msgs, n, pieces, dlr_delay, binds, window, clients, deadline,
+                              ceiling_seconds, partial, backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+    return _summary(settings, ceiling, rows)
+
+
+def _summary(settings: dict, ceiling: dict | None, rows: list[dict]) -> dict[str, object]:
+    sides = settings["sides"]
+    rates = {side: statistics.median(r[side]["messages_per_s"] for r in rows) for side in sides}
+    ratios = {name: statistics.median(r["ratios"][name] for r in rows) for name in rows[0]["ratios"]}
+    peak = [r[s]["server_peak_rss"] for r in rows for s in sides if s != "kannel"]
+    return {"scenario": "kannel", **settings, "runs_done": len(rows), "messages_per_s": rates, "ratios": ratios,
+            "server_peak_rss_max": max(peak, default=None), "receiver_ceiling": ceiling, "per_run": rows,
+            "machine": describe(), "load_average": list(os.getloadavg())}  # fmt: skip
+
+
+_LABELS = {
+    "kannel": "Kannel 1.4.5, sendsms + dlr-url per message (memory DLRs)",
+    "sluice-hooks": "Sluice, NDJSON job + callback_url (every state)",
+    "sluice-poll": "Sluice, same job, no callback_url (final state in the store)",
+    "sluice-poll-at-once": "  same, receipts at once (--dlr-delay 0)",
+    "sluice-hooks-at-once": "  with callback_url, receipts at once",
+}
+_RATIO_LABELS = {
+    "hooks_vs_kannel": "Sluice (every state reported) / Kannel",
+    "poll_vs_kannel": "Sluice (store) / Kannel",
+    "hooks_vs_poll": "webhooks on / off (cost = 1 - this)",
+    "delayed_vs_at_once": "receipts later / at once, no callback (cost = 1 - this)",
+    "delayed_vs_at_once_hooks": "receipts later / at once, with callback",
+}
 
 
 @click.command("kannel")
-@click.option("--messages", "n", default=200_000, show_default=True, help="Recipients in the e2e job (the valid ones are sent).")
-@click.option("--runs", default=3, show_default=True, help="Runs (Kannel then Sluice each); figures are medians.")
-@click.option("--dlr-delay", default=0.2, show_default=True,
-              help="Simulator: seconds from submit to receipt (at 0, Kannel loses the receipts that overtake "
-                   "its DLR entry).")  # fmt: skip
+@click.option("--messages", "n", default=100_000, show_default=True, help="Recipients in the job (the valid ones are sent).")
+@click.option("--runs", default=3, show_default=True, help="Runs (every side each, interleaved); figures are medians.")
+@click.option("--dlr-delay", default=0.1, show_default=True,
+              help="Simulator: seconds from submit to receipt (the at-once sides use 0; at 0 Kannel loses the "
+                   "receipts that overtake its DLR entry).")  # fmt: skip
+@click.option("--side", "sides", multiple=True, type=click.Choice(SIDES), default=SIDES, show_default=True,
+              help="What to measure (repeat the option); all by default.")  # fmt: skip
 @click.option("--binds", default=2, show_default=True)
 @click.option("--window", default=100, show_default=True)
 @click.option("--clients", default=16, show_default=True, help="Kannel: concurrent sendsms connections.")
+@click.option("--deadline", type=float, default=None, help="Seconds per side at most [default: max(120, messages/400)].")
+@click.option("--ceiling-seconds", default=2.0, show_default=True, help="Receiver ceiling: seconds per kind (0: skip).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
-def bench_kannel(n: int, runs: int, dlr_delay: float, binds: int, window: int, clients: int, seed: int,
-                 json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
-    """Kannel and Sluice through the same SMPP simulator, same run: messages/s and the ratio."""
-    r = run(n, runs, dlr_delay, binds, window, clients, seed)
+def bench_kannel(n: int, runs: int, dlr_delay: float, sides: tuple[str, ...], binds: int, window: int, clients: int,
+                 deadline: float | None, ceiling_seconds: float, seed: int, json_path: str | None,
+                 out_dir: str | None) -> None:  # fmt: skip
+    """Kannel and Sluice through the same SMPP simulator, to the same HTTP receiver, same run."""
+    keep = None
+    if json_path:
+        def keep(partial: dict) -> None:  # every run's figures on disk as soon as it ends
+            Path(json_path).write_text(json.dumps(partial, indent=2))
+
+    r = run(n, runs, dlr_delay, binds, window, clients, seed, sides, deadline, ceiling_seconds, keep)
     click.echo(f"sluice bench kannel: {r['messages']:,} messages, {binds} binds x window {window}, "
-               f"dlr-delay {dlr_delay}s, median of {runs} runs")  # fmt: skip
-    for label, value in (
-        ("Kannel 1.4 (memory DLRs): first sendsms -> last report, messages/s", f"{r['kannel_per_s']:,.0f}"),
-        ("Sluice (SQLite, FULL): first byte of the job -> all final, messages/s", f"{r['sluice_per_s']:,.0f}"),
-        ("  Sluice from the 202 (as in bench e2e), messages/s", f"{r['sluice_after_202_per_s']:,.0f}"),
-        ("  Kannel: reports that never came (last run)", f"{r['per_run'][-1]['kannel']['reports_missing']:,}"),
-        ("Sluice / Kannel (per-run ratio, median)", f"{r['ratio']:.2f}"),
-        ("  per run", " ".join(f"{x['ratio']:.2f}" for x in r["per_run"])),
-    ):
-        click.echo(f"  {label:<72} {value:>10}")
+               f"dlr-delay {dlr_delay}s, median of {runs} runs (first byte -> last final state received)")  # fmt: skip
+    last = r["per_run"][-1]
+    for side, rate in r["messages_per_s"].items():
+        x = last[side]
+        heard = (f"missing {x['missing']:,}, duplicates {x['duplicates']:,}" if "missing" in x
+                 else f"final in store {x['final_in_store']:,}")  # fmt: skip
+        click.echo(f"  {_LABELS[side]:<64} {rate:>10,.0f} /s   (last run: {heard})")
+    for name, value in r["ratios"].items():
+        per = " ".join(f"{x['ratios'][name]:.2f}" for x in r["per_run"])
+        click.echo(f"  {_RATIO_LABELS[name]:<64} {value:>10.2f}    (per run: {per})")
+    if r["server_peak_rss_max"]:
+        click.echo(f"  {'sluice serve peak RSS, largest of all runs (MB)':<64} {r['server_peak_rss_max'] / (1 << 20):>10,.0f}")
+    if r["receiver_ceiling"]:
+        c = r["receiver_ceiling"]
+        click.echo(f"  {'receiver, per second of its CPU: Kannel reports | webhook events':<64} "
+                   f"{c['dlr_events_per_receiver_cpu_s']:>10,.0f} | {c['hooks_events_per_receiver_cpu_s']:,.0f}")
+        share = max(x[s].get("receiver_cpu_share", 0.0) for x in r["per_run"] for s in r["sides"])
+        click.echo(f"  {'receiver CPU share during a side, highest':<64} {share:>10.0%}")  # fmt: skip
     save(r, json_path, out_dir)

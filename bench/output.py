@@ -27,7 +27,10 @@ def _command() -> str:
         if name in ("json_path", "out_dir") or value is None or value is False:
             continue
         flag = flags.get(name, "--" + name.replace("_", "-"))
-        args.append(flag if value is True else f"{flag} {value}")
+        if isinstance(value, (tuple, list)):  # a repeated option: the flag once per value
+            args.extend(f"{flag} {v}" for v in value)
+        else:
+            args.append(flag if value is True else f"{flag} {value}")
     return " ".join(["sluice", *ctx.command_path.split()[1:], *args])
 
 

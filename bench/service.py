@@ -77,6 +77,26 @@ carriers = ["alpha"]
     return path
 
 
+WEBHOOK_SECRET_ENV = "SLUICE_BENCH_HOOKS"
+WEBHOOK_ENV = {**ENV, WEBHOOK_SECRET_ENV: "bench-webhook-secret-0123456789"}
+
+
+def with_webhooks(path: Path) -> Path:
+    """The bench config at ``path``, its tenant signing webhooks (secret in ``WEBHOOK_ENV``),
+    loopback receivers allowed. Returns ``path``."""
+    tenant = 'key_env = "SLUICE_BENCH_KEY"\nrequests_per_second'
+    signed = f'key_env = "SLUICE_BENCH_KEY"\nwebhook_secret_env = "{WEBHOOK_SECRET_ENV}"\nrequests_per_second'
+    path.write_text(path.read_text().replace(tenant, signed, 1) + '\n[webhooks]\nallow_private = ["127.0.0.0/8"]\n')
+    return path
+
+
+def with_callback(pieces: list[bytes], url: str) -> list[bytes]:
+    """An NDJSON job (``ndjson_job``) whose job line names ``callback_url`` (every state)."""
+    head, rest = pieces[0].split(b"\n", 1)
+    line = {**msgspec.json.decode(head), "callback_url": url}
+    return [_line.encode(line) + b"\n" + rest, *pieces[1:]]
+
+
 _line = msgspec.json.Encoder()
 
 

@@ -3,6 +3,7 @@
     python -m bench.store_record [--changes N] [--runs N]
     python -m bench.store_record --contend [--batch N] [--switch SECONDS]
     python -m bench.store_record --pages [--changes N]
+    python -m bench.store_record --later LAG [--changes N]
 
 Each run: a fresh SQLite file, one job of N recipients (with or without a ``callback_url``),
 then ``record`` of N ``submitted`` changes and of N ``delivered`` changes, one batch each.
@@ -21,6 +22,13 @@ limit) and stored; then the core hands its messages out (``take``, 100 at a time
 ids the core gives (grouped by shard within each 10,000-recipient chunk), and with ids in
 recipient order (what it gave before). Prints WAL frames (pages written) per write, from
 ``PRAGMA wal_checkpoint``, and microseconds of ``record`` per message.
+
+``--later LAG``: what receipts that come later cost the store (issue 16). The same job and core
+ids (default 50,000 recipients), writes of 100 messages' ``submitted``: with each message's
+receipt in the same write (receipts at once), and with the receipts of the messages submitted
+LAG writes before (receipts 100 ms later at a few thousand messages/s are several writes later),
+so that each message's row is written twice. Both with and without a ``callback_url``; WAL frames,
+wall and CPU microseconds of ``record`` per message; alternated, twice.
 """
 
 from __future__ import annotations
@@ -95,8 +103,11 @@ def contended(batch: int, switch: float, writes: int = 150) -> dict:
             "median_ms": round(statistics.median(times) * 1e3, 2), "p90_ms": round(times[int(len(times) * 0.9)] * 1e3, 2)}  # fmt: skip
 
 
-def pages(n: int, ids: str) -> dict:
-    """WAL frames and time per write of 100 messages' results; ``ids``: "core" or "recipient"."""
+def pages(n: int, ids: str, lag: int = 0, callback: str | None = None) -> dict:
+    """WAL frames and time per write of 100 messages' results; ``ids``: "core" or "recipient".
+    ``lag``: each write holds 100 ``submitted`` and the receipts of the messages submitted
+    ``lag`` writes before (receipts that come later than the next write, as at a real carrier);
+    0: a message's ``submitted`` and its receipt in the same write (receipts at once)."""
     from gateway.core.scheduler import Scheduler
     from gateway.core.settings import CarrierSettings, CoreSettings, Route
     from gateway.testing import workload
@@ -118,31 +129,41 @@ def pages(n: int, ids: str) -> dict:
                     rename[adm.first_id + o] = adm.first_id + rank
                 kept = [(rank, r) for rank, (_, r) in enumerate(kept)]
             kept.sort(key=lambda item: item[0])
-            store.add_job(job, adm.first_id, kept, now)
+            store.add_job(job, adm.first_id, kept, now, callback_url=callback)
         db = store._db
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("PRAGMA wal_autocheckpoint=0")  # counted here instead, between writes
         frames = writes = messages = 0
-        elapsed = 0.0
+        elapsed = cpu = 0.0
+        sent: list[list[int]] = []  # the ids of each write's submits, for the receipts ``lag`` writes later
+        answered = 0  # writes whose receipts are in
         while True:
             batch = core.take("a", 100, now).dispatches
-            if not batch:
-                break
             mids = [rename.get(d.message_id, d.message_id) for d in batch]
+            if mids:
+                sent.append(mids)
+            due = len(sent) - lag if mids else len(sent)  # at the end, the receipts still out come in
+            later = sent[answered] if answered < due else []
+            answered += bool(later)
+            if not mids and not later:
+                break
             changes = [Change(message_id=m, state="submitted", at=now, carrier="a", carrier_ids=(str(m),)) for m in mids]
-            changes += [Change(message_id=m, state="delivered", at=now, carrier="a", reason="receipt") for m in mids]
+            changes += [Change(message_id=m, state="delivered", at=now, carrier="a", reason="receipt") for m in later]
             for d in batch:
                 core.complete(d.ref)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             store.record(changes)
             elapsed += time.perf_counter() - t0
+            cpu += time.thread_time() - c0
             frames += db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]  # frames in the WAL
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             writes += 1
             messages += len(batch)
         store.close()
-    return {"bench": "store.record pages", "ids": ids, "messages": messages, "writes": writes,
-            "wal_frames_per_write": round(frames / writes, 1), "record_us_per_message": round(elapsed / messages * 1e6, 1)}  # fmt: skip
+    return {"bench": "store.record pages", "ids": ids, "lag": lag, "callback": callback is not None,
+            "messages": messages, "writes": writes, "wal_frames_per_write": round(frames / writes, 1),
+            "record_us_per_message": round(elapsed / messages * 1e6, 1),
+            "record_cpu_us_per_message": round(cpu / messages * 1e6, 1)}  # fmt: skip
 
 
 def main() -> None:
@@ -154,7 +175,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--switch", type=float, default=0.0005, help="the interpreter's switch interval (s)")
     ap.add_argument("--pages", action="store_true", help="WAL frames per write: ids by shard vs in recipient order")
+    ap.add_argument("--later", type=int, default=0, metavar="LAG",
+                    help="WAL frames and CPU per write, receipts at once vs LAG writes later (issue 16)")
     args = ap.parse_args()
+    if args.later:
+        n = args.changes if args.changes != 10_000 else 50_000
+        for _ in range(2):  # alternated, twice
+            for lag in (0, args.later):
+                for url in (None, "https://example.invalid/hook"):
+                    print(json.dumps(pages(n, "core", lag, url)))
+        return
     if args.pages:
         n = args.changes if args.changes != 10_000 else 200_000
         for ids in ("core", "recipient"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -248,7 +249,123 @@ def inbox_figures(config_path: str, tenant: str, since_days: float) -> None:
     click.echo(msgspec.json.encode(figures).decode())
 
 
+@click.command("demo")
+@click.option("--recipients", default=50_000, show_default=True, help="recipients of the gateway showcase's marketing job")
+@click.option("--timeout", default=110.0, show_default=True, help="hard limit for the gateway showcase, in seconds")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="the gateway showcase's facts")
+@click.option("--part", type=click.Choice(["all", "gateway", "shop"]), default="all", show_default=True,
+              help="the gateway showcase, the shop's story (campaigns), or both in turn")
+@click.option("--story-json", type=click.Path(dir_okay=False), default=None, help="the shop's story's figures")
+@click.option("--story-timeout", default=90.0, show_default=True, help="hard limit for the shop's story, in seconds")
+@click.option("--story-chapters", default=None, help="only these chapters, comma-separated (default: all, in order)")
+@click.option("--virtual", is_flag=True, help="instead: the delivery core alone, one day on virtual time")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="with --virtual only")
+def demo(recipients: int, timeout: float, json_path: str | None, part: str, story_json: str | None,
+         story_timeout: float, story_chapters: str | None, virtual: bool, config_path: str | None) -> None:  # fmt: skip
+    """What `make run` runs: the gateway showcase (two SMSC simulators and `sluice serve`, a 50,000-recipient
+    job over HTTP), then the shop's story (`sluice serve` hosting both layers: sign-ups, segments, an A/B
+    campaign with short links, clicks, orders and its analytics). Exits 0 when all went as it should."""
+    if virtual:
+        from gateway.demo import run_demo
+
+        run_demo(recipients, config_path)
+        return
+    if part in ("all", "gateway"):
+        from gateway.showcase import main as showcase
+
+        if code := showcase(recipients, json_path, timeout):
+            sys.exit(code)
+    if part in ("all", "shop"):
+        from campaigns.story.runner import main as story
+
+        sys.exit(story(story_json, story_timeout, story_chapters))
+
+
 _gateway_serve = main.commands["serve"]
+
+
+@campaigns.group("flows")
+def flows_cli() -> None:
+    """Flows (automations): create, install from the library, switch on/off, simulate, list."""
+
+
+def _flow_service(config_path: str):  # type: ignore[no-untyped-def]
+    import time
+
+    from campaigns.service.flow_api import FlowService
+    from campaigns.store import open_store
+
+    return FlowService(open_store(_settings(config_path).store_url), time.time)
+
+
+def _echo_json(value: object) -> None:
+    import msgspec
+
+    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2).decode())
+
+
+@flows_cli.command("list")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+def flows_list(config_path: str, tenant: str) -> None:
+    svc = _flow_service(config_path)
+    _echo_json(svc.store.flow_heads(tenant))
+
+
+@flows_cli.command("create")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.option("--new-version", is_flag=True, help="Publish as the next version of an existing flow.")
+@click.argument("json_path", type=click.Path(dir_okay=False, exists=True))
+def flows_create(config_path: str, tenant: str, new_version: bool, json_path: str) -> None:
+    """Store a flow definition (JSON file); errors name the JSON path (``$.nodes.n1.next``)."""
+    import msgspec
+
+    svc = _flow_service(config_path)
+    definition = msgspec.json.decode(Path(json_path).read_bytes())
+    out = _run(lambda: svc.publish(tenant, definition, new=not new_version,
+                                   flow_id=definition.get("id") if new_version else None))  # fmt: skip
+    click.echo(f"{out.flow.id}: version {out.version} stored ({'on' if out.flow.enabled else 'off'})")
+
+
+@flows_cli.command("install")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.option("--as", "as_id", default=None, help="Install under another flow id.")
+@click.argument("library_id")
+def flows_install(config_path: str, tenant: str, as_id: str | None, library_id: str) -> None:
+    """Install a ready-made flow (abandoned_cart, welcome, ...) and its starter templates."""
+    from campaigns.service.flow_api import InstallIn
+
+    svc = _flow_service(config_path)
+    out = _run(lambda: svc.install(tenant, InstallIn(flow=library_id, id=as_id)))
+    click.echo(f"{out.flow.id}: version {out.version} installed (off: `sluice campaigns flows enable`)")
+
+
+@flows_cli.command("enable")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.option("--off", is_flag=True, help="Switch the flow off instead.")
+@click.argument("flow_id")
+def flows_enable(config_path: str, tenant: str, off: bool, flow_id: str) -> None:
+    svc = _flow_service(config_path)
+    head = _run(lambda: svc.enable(tenant, flow_id, not off))
+    click.echo(f"{head.id}: {'on' if head.enabled else 'off'} (version {head.latest})")
+
+
+@flows_cli.command("simulate")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--tenant", required=True)
+@click.option("--history", is_flag=True, help="Over the shop's past 30 days instead of generated events.")
+@click.option("--subscribers", default=1000, show_default=True, help="Generated traffic: how many subscribers.")
+@click.argument("flow_id")
+def flows_simulate(config_path: str, tenant: str, history: bool, subscribers: int, flow_id: str) -> None:
+    """What the flow would do: entered, sends and per-node counts (JSON)."""
+    from campaigns.service.flow_api import SimulateIn
+
+    svc = _flow_service(config_path)
+    body = SimulateIn(source="history" if history else "generated", subscribers=subscribers)
+    _echo_json(_run(lambda: svc.simulate(tenant, flow_id, body)))
 
 
 @click.command("serve")
@@ -296,6 +413,7 @@ def serve(ctx: click.Context, config_path: str | None, port: int | None, backend
 
 main.add_command(campaigns)
 main.add_command(serve)
+main.add_command(demo)
 
 if __name__ == "__main__":
     main()

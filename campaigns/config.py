@@ -99,6 +99,9 @@ class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     short_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]{3,16}$")] | None = None
     link_key_env: str | None = None
     time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"  # the shop's clock (reports, schedule)
+    # A short-link hit this close to the message's delivery (either side) is a link-preview fetch,
+    # not a person: redirected, not counted (core.links.classify_hit).
+    click_min_delay_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
     # Attribution (docs/CAMPAIGNS-SENDING.md): an order goes to the last click within click_window_s,
     # else the last delivery within view_window_s; a STOP within opt_out_window_s of a send is charged
     # to it, and a campaign's opt-out rate at or over opt_out_alert raises its alert.
@@ -125,6 +128,9 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     segment_rebuild_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     scores_refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0  # RFM recency / engagement as of now
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    # Flows (issue 19): how often the runtime looks for queued inputs and due timers when nothing
+    # woke it (a reply or an event wakes it at once).
+    flows_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
     tenants: list[TenantSettings] = []
 
     def __post_init__(self) -> None:

@@ -113,6 +113,7 @@ def _register() -> None:
     from bench.core import bench_core
     from bench.e2e import bench_e2e
     from bench.fairness import bench_fairness
+    from bench.flows import bench_flows
     from bench.ingest import bench_ingest
     from bench.kannel import bench_kannel
     from bench.priority import bench_priority
@@ -127,7 +128,7 @@ def _register() -> None:
 
     for command in (bench_core, bench_smpp, bench_ingest, bench_e2e, bench_kannel, bench_throttle, bench_priority,
                     bench_quiet_hours, bench_soak, bench_scaling, bench_report, bench_audience,
-                    bench_fairness, bench_campaign):  # fmt: skip
+                    bench_flows, bench_fairness, bench_campaign):  # fmt: skip
         bench.add_command(command)
     sim.add_command(sim_smsc)
     sim.add_command(sim_http)

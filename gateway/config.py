@@ -9,7 +9,6 @@ names the environment variable that holds the secret.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import re
 import tomllib
 from importlib import resources
@@ -26,6 +25,7 @@ from gateway.core.keywords import KeywordSettings
 from gateway.core.settings import CoreSettings
 from gateway.core.targets import TargetPolicy, url_problem
 from gateway.errors import ConfigError
+from gateway.webhook_settings import WebhookSettings  # its own module: the delivery process imports only it
 
 __all__ = ["Config", "default_text", "load", "loads", "missing_environment", "target_policy"]
 
@@ -90,29 +90,6 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 class StoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = "sqlite:///sluice.db"
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
-
-
-class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How state changes reach each job's ``callback_url`` (gateway/runtime/webhooks.py)."""
-
-    batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100  # events per POST at most
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16  # POSTs in flight (and connections)
-    timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # a whole POST, connect to last byte
-    backoff_initial: Annotated[float, msgspec.Meta(gt=0)] = 1.0
-    backoff_max: Annotated[float, msgspec.Meta(gt=0)] = 600.0
-    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 30
-    max_age: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0  # seconds after the change: then dead
-    poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # outbox check when nothing wakes us
-    # Networks (CIDRs) that callback_url and inbound_url may reach although they are not public
-    # (loopback, private, link-local...): for tests and private deployments. gateway/core/targets.py
-    allow_private: list[str] = []
-
-    def __post_init__(self) -> None:
-        for cidr in self.allow_private:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"allow_private: {cidr!r} is not a network (e.g. 127.0.0.0/8, 10.1.0.0/16)") from None
 
 
 class InboundSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["LIBRARY_TEMPLATES", "library"]
+__all__ = ["LIBRARY_TEMPLATES", "STARTER_TEXTS", "library"]
 
 HOUR = 3600
 DAY = 86_400
@@ -37,6 +37,32 @@ LIBRARY_TEMPLATES = frozenset({
     "survey_q1_score", "survey_q2_improve", "survey_q3_recommend", "survey_thanks",
     "quiz_q1", "quiz_q2", "quiz_reco_short", "quiz_reco_long", "quiz_reco_sensitive",
 })  # fmt: skip
+
+
+#: Starter texts of those templates (installing a library flow installs the missing ones; edit them).
+STARTER_TEXTS: dict[str, str] = {
+    "welcome_thanks_code": "Thanks for joining {shop_name}, {first_name|friend}! Here is 10% off: WELCOME10",
+    "welcome_brand_story": "{shop_name}: a little about us, and why we make what we make.",
+    "welcome_recommendation": "{first_name|Hi}, picked for you at {shop_name}: {product_offered|our bestsellers}",
+    "cart_reminder_sms": "{first_name|Hi}, you left something in your cart: {checkout_url|our shop}. Use SAVE10 for 10% off.",
+    "cart_big_mms": "{first_name|Hi}, your cart is waiting: {checkout_url|our shop}. Take 20% off with SAVE20.",
+    "cart_last_call": "Last call: your cart at {shop_name} expires soon.",
+    "upsell_recommendation": "{first_name|Hi}, customers who bought that also love {product_offered|our new arrivals}.",
+    "shipping_update": "{shop_name}: your order {order_id|} has shipped. Track it: {tracking_url|in your account}",
+    "delivery_confirmation": "{shop_name}: your order {order_id|} was delivered. Enjoy!",
+    "winback_offer": "We miss you at {shop_name}! 15% off with BACK15.",
+    "winback_last_chance": "Last chance: BACK15 expires tonight at {shop_name}.",
+    "birthday_offer": "Happy birthday from {shop_name}, {first_name|friend}! A gift: BDAY20 for 20% off.",
+    "survey_q1_score": "{shop_name}: how did we do? Reply 1-5 or an emoji (😍 🙂 😐 🙁 😞).",
+    "survey_q2_improve": "What should we improve? A) speed B) packaging C) product D) nothing",
+    "survey_q3_recommend": "Would you recommend us to a friend? Y/N",
+    "survey_thanks": "Thank you for your answers!",
+    "quiz_q1": "Quiz: short or long hair? Reply 1 (short) or 2 (long).",
+    "quiz_q2": "Normal or sensitive skin? Reply 1 (normal) or 2 (sensitive).",
+    "quiz_reco_short": "Our pick for you: the Light Cream.",
+    "quiz_reco_long": "Our pick for you: the Rich Oil.",
+    "quiz_reco_sensitive": "Our pick for you: the Gentle Balm.",
+}
 
 
 def _send(template: str, next_: str | None = None, **extra: Any) -> dict[str, Any]:

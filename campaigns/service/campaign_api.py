@@ -3,7 +3,7 @@
 - ``POST /v1/campaigns`` (name + definition, validated), ``GET /v1/campaigns/{id}``;
 - ``POST /v1/campaigns/{id}/launch`` (safe to repeat: a relaunch resumes, never sends twice),
   ``/pause``, ``/resume``, ``/cancel`` (reach every gateway job of the campaign);
-- ``GET /v1/campaigns/{id}/report?by=variant,hour`` (JSON for charts), ``/clicks``;
+- ``GET /v1/campaigns/{id}/report?by=variant,hour`` (JSON for charts), ``/clicks``, ``/recipients``;
 - ``GET /v1/reports?by=campaign,step&since=`` (every campaign and flow step of the shop);
 - ``POST /v1/campaigns/{id}/winner`` (A/B decision; the held rest is sent the winner);
 - ``GET|HEAD /l/{code}``: the short-link redirect (302 with UTM parameters; 404 unknown);
@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, get, head, post
 from litestar.exceptions import NotAuthorizedException
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter, PathParameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, PathParameter, QueryParameter
 
 from campaigns.core import attribution
 from campaigns.errors import InvalidInput
@@ -25,7 +25,7 @@ from campaigns.service.app import Tenant
 from campaigns.service.launch import LaunchOut, Launcher, PreviewOut
 from campaigns.service.signature import HEADER, verify
 from campaigns.service.tracking import StateBatch, Tracker, WinnerOut
-from campaigns.store.campaign_rows import CampaignRow, ClickCounts
+from campaigns.store.campaign_rows import CampaignRow, ClickCounts, RecipientRow
 
 Id = Annotated[int, PathParameter(ge=1, le=2**62)]
 _states = msgspec.json.Decoder(StateBatch)
@@ -44,6 +44,14 @@ class SendTimesOut(msgspec.Struct, frozen=True, kw_only=True):
 
 class StatesOut(msgspec.Struct, frozen=True, kw_only=True):
     moved: int
+
+
+class RecipientPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A campaign's frozen recipients by subscriber id: each one's variant, final text (with their own
+    short links and discount code), batch (-1: held for the A/B winner, text still empty) and state."""
+
+    items: list[RecipientRow]
+    next: int | None = None
 
 
 def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str, str] | None = None,
@@ -103,6 +111,15 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
         """The planned sends by hour of day (0-23), on the shop's clock or each recipient's."""
         return SendTimesOut(clock=clock, hours=await tracker.send_times(tenant, campaign_id, clock))
 
+    @get("/v1/campaigns/{campaign_id:int}/recipients")
+    async def campaign_recipients(tenant: Tenant, campaign_id: Id,
+                                  after: Annotated[int, QueryParameter(ge=0, le=2**62)] = 0,
+                                  limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100) -> RecipientPage:  # fmt: skip
+        """Who the campaign went (or goes) to, with what text and in which state; cursor = subscriber id."""
+        await launcher.campaign(tenant, campaign_id)
+        rows = await launcher._run(launcher.store.campaign_recipients, tenant, campaign_id, after=after, limit=limit)
+        return RecipientPage(items=rows, next=rows[-1].subscriber_id if len(rows) == limit else None)
+
     @get("/v1/campaigns/{campaign_id:int}/clicks")
     async def campaign_clicks(tenant: Tenant, campaign_id: Id) -> ClickCounts:
         await launcher.campaign(tenant, campaign_id)
@@ -144,7 +161,7 @@ def campaign_handlers(launcher: Launcher, tracker: Tracker, secrets: Mapping[str
 
     return [create_campaign, get_campaign, launch_campaign, control("pause"), control("resume"),
             control("cancel"), campaign_winner, campaign_preview, campaign_report, tenant_report, campaign_send_times,
-            campaign_clicks, short_link, short_link_head, gateway_events]  # fmt: skip
+            campaign_recipients, campaign_clicks, short_link, short_link_head, gateway_events]  # fmt: skip
 
 
 _REDIRECT_HEADERS = [(b"cache-control", b"no-store"), (b"referrer-policy", b"no-referrer"), (b"content-length", b"0")]

@@ -134,6 +134,7 @@ class TenantLinks(msgspec.Struct, frozen=True, kw_only=True):
     key: bytes
     zone: str = "UTC"
     windows: attribution.Windows = attribution.Windows()  # the tenant's attribution windows
+    click_min_delay: float = 10.0  # seconds around delivery when a hit is a preview fetch (TenantSettings)
 
 
 class PreviewOut(msgspec.Struct, frozen=True, kw_only=True):

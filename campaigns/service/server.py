@@ -19,6 +19,8 @@ from campaigns.core.attribution import Windows
 from campaigns.service.app import create_app, tenant_keys, webhook_secrets
 from campaigns.service.audience import Audience
 from campaigns.service.campaign_api import campaign_handlers, redirect_front
+from campaigns.service.flow_api import FlowService, flow_handlers
+from campaigns.service.flow_runtime import FlowRuntime, install_state, runtime_tenants
 from campaigns.service.launch import Launcher, TenantLinks
 from campaigns.service.tracking import Tracker
 from campaigns.service.gateway_client import GatewayClient
@@ -48,7 +50,8 @@ def tenant_links(settings: CampaignSettings, environ: Mapping[str, str]) -> dict
         if t.short_domain and key:
             windows = Windows(click=t.click_window_s, view=t.view_window_s, opt_out=t.opt_out_window_s,
                               opt_out_alert=t.opt_out_alert)  # fmt: skip
-            out[t.name] = TenantLinks(domain=t.short_domain, key=key.encode(), zone=t.time_zone, windows=windows)
+            out[t.name] = TenantLinks(domain=t.short_domain, key=key.encode(), zone=t.time_zone, windows=windows,
+                                      click_min_delay=t.click_min_delay_s)  # fmt: skip
         else:
             log.warning("campaigns.tenant.no_short_links tenant=%s (set short_domain and link_key_env)", t.name)
     return out
@@ -77,10 +80,14 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     # rebuilds (docs/BENCHMARKS.md). SQLite has one writer whatever the connections: it shares.
     own = getattr(store, "engine", "sqlite") != "sqlite"
     launch_store = await anyio.to_thread.run_sync(open_store, settings.store_url) if own else store
-    launcher = Launcher(launch_store, clients, tenant_links(settings, env), time.time, callback_urls=callback_urls(settings))
+    links = tenant_links(settings, env)
+    launcher = Launcher(launch_store, clients, links, time.time, callback_urls=callback_urls(settings))
     tracker = Tracker(launcher)
+    flows = FlowRuntime(store, clients, runtime_tenants(settings, links), time.time, inbox=inbox)
     app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets, inbox=inbox,
-                     extra_handlers=campaign_handlers(launcher, tracker, secrets, inbox=inbox))  # fmt: skip
+                     extra_handlers=[*campaign_handlers(launcher, tracker, secrets, inbox=inbox),
+                                     *flow_handlers(FlowService(store, time.time))])  # fmt: skip
+    install_state(app, flows)  # the inbox offers each reply to the runs waiting for one (ReplyRouter)
     server = uvicorn.Server(uvicorn.Config(redirect_front(app, tracker), host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False))  # fmt: skip
     try:
@@ -98,9 +105,12 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             if on_ready is not None:
                 on_ready(bound)
             tg.start_soon(lambda: link.run(interval=settings.sync_interval))
+            tg.start_soon(audience.run_membership)  # bulk ingest answers at commit; membership follows
+            tg.start_soon(lambda: flows.run(interval=settings.flows_interval))
             tg.start_soon(tracker.run_flusher)  # buffered clicks: written every few ms (tracking.py)
             await anyio.sleep_forever()
     finally:
+        await flows.aclose()
         for c in clients.values():
             await c.aclose()
         if launch_store is not store:

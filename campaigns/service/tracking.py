@@ -111,7 +111,9 @@ class Tracker:
         now = self.la.clock()
         if link is None or (link.expires_at is not None and now >= link.expires_at):
             return None
-        verdict = links.classify_hit(links.Hit(code=code, method=method, user_agent=user_agent, at=now), link.delivered_at)
+        tl = self.la.tenants.get(link.tenant)
+        verdict = links.classify_hit(links.Hit(code=code, method=method, user_agent=user_agent, at=now), link.delivered_at,
+                                     min_delay=tl.click_min_delay if tl is not None else 10.0)  # fmt: skip
         location = links.with_utm(link.target, await self._utm_of(link))  # before the hit is kept: a failure keeps nothing
         self._clicks.append(ClickIn(code=code, at=now, user_agent=user_agent or "", verdict=verdict))
         if verdict == "click" and link.phone:

@@ -7,7 +7,8 @@ Every implementation passes ``campaigns.store.conformance`` (run on both engines
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
@@ -15,10 +16,14 @@ from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
 from campaigns.core.events import Profile, ShopEvent
 from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
+from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
 from campaigns.store.inbox_sql import Change, ConversationApplied, ConversationRow, HistoryItem, InboxFigures, PendingAnswer
 from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRow, Outcomes,
                                            PlannedRecipient, RecipientRow)  # fmt: skip
 from campaigns.store.report_sql import ReportFacts, Scope
+
+if TYPE_CHECKING:
+    from campaigns.store.flow_sql import FlowTx
 
 Outcome = Literal["applied", "duplicate", "stale"]
 
@@ -44,6 +49,17 @@ class NewConsent(msgspec.Struct, frozen=True, kw_only=True):
     disclosure_text: str | None = None
     disclosure_version: str | None = None
     evidence: Evidence = Evidence()
+
+
+class MemberPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """One segment's membership to refresh for ``ids``: ``where``/``params`` from ``compile_segment(...,
+    only=ids)``; ``edges`` from ``compile_edges`` (segments that time alone can change), else None."""
+
+    segment_id: int
+    ids: list[int]
+    where: str
+    params: list[Any]
+    edges: tuple[str, list[Any]] | None = None
 
 
 class SegmentRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +112,7 @@ class Store(Protocol):
     # shop events -----------------------------------------------------------------------------
     def apply_event(self, tenant: str, event: ShopEvent, *, phone: str | None, now: float) -> Applied: ...
     def apply_events(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], *, now: float) -> list[Applied]: ...  # one tx
+    def known_phones(self, tenant: str, phones: Sequence[str]) -> set[str]: ...  # those a subscriber has
     def abandon_checkouts(self, tenant: str, *, after_s: float, now: float) -> list[int]: ...
     def refresh_scores(self, tenant: str, *, now: float) -> int: ...
     def stats(self, tenant: str, subscriber_id: int) -> Stats: ...
@@ -111,6 +128,7 @@ class Store(Protocol):
     def set_member(self, tenant: str, segment_id: int, subscriber_id: int, member: bool, *, now: float) -> bool: ...
     def members(self, tenant: str, segment_id: int, *, after: int, limit: int) -> list[int]: ...
     def rebuild_members(self, tenant: str, segment_id: int, where: str, params: Sequence[Any], *, now: float) -> int: ...
+    def refresh_members(self, tenant: str, plans: Sequence[MemberPlan], *, now: float) -> int: ...  # one tx; changes made
     def member_segments(self, tenant: str, subscriber_id: int) -> list[tuple[int, float]]: ...
     def set_timer(self, tenant: str, segment_id: int, subscriber_id: int, at: float | None) -> None: ...
     def due_timers(self, now: float, limit: int = 1000) -> list[tuple[str, int, int]]: ...  # taken when read
@@ -159,6 +177,23 @@ class Store(Protocol):
     def release_held(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
                      links: Sequence[LinkRow]) -> int: ...
 
+    # flows (issue 19: campaigns/store/flow_sql.py) -------------------------------------------------
+    def flow_tx(self, tenant: str) -> AbstractContextManager[FlowTx]: ...  # one transaction of the runtime
+    def put_flow_version(self, tenant: str, flow_id: str, name: str, definition: Any, *, now: float, new: bool) -> FlowHead: ...
+    def flow_head(self, tenant: str, flow_id: str) -> FlowHead | None: ...
+    def flow_heads(self, tenant: str) -> list[FlowHead]: ...
+    def flow_version(self, tenant: str, flow_id: str, version: int) -> Any: ...
+    def set_flow_enabled(self, tenant: str, flow_id: str, enabled: bool, *, now: float) -> FlowHead: ...
+    def put_flow_template(self, tenant: str, template_id: str, text: str, *, now: float) -> None: ...
+    def flow_templates(self, tenant: str) -> dict[str, str]: ...
+    def flow_run_rows(self, tenant: str, *, flow_id: str | None = None, subscriber_id: int | None = None,
+                      after: int = 0, limit: int = 100) -> list[FlowRunRow]: ...
+    def flow_node_counts(self, tenant: str, flow_id: str) -> list[NodeCount]: ...
+    def pending_flow_messages(self, limit: int = 500, *, tenant: str | None = None) -> list[FlowMessage]: ...
+    def flow_messages_done(self, done: Sequence[tuple[str, str, str, str | None, str | None]], *, now: float) -> None: ...
+    def flow_messages(self, tenant: str, *, flow_id: str | None = None, subscriber_id: int | None = None,
+                      limit: int = 1000) -> list[FlowMessage]: ...
+    def next_flow_due(self) -> float | None: ...
     # the inbox (issue 19: campaigns/store/inbox_sql.py) ------------------------------------------
     def conversation_apply(self, tenant: str, key: int | str, change: Change, *, now: float,
                            message_id: str | None = None, route: Any = None, our_number: str | None = None,

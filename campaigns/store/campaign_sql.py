@@ -11,7 +11,9 @@ from typing import Any
 
 import msgspec
 
+from campaigns.core import flows as F
 from campaigns.errors import Conflict, NotFound
+from campaigns.store.flow_sql import enqueue_inputs
 from campaigns.store.report_sql import ReportSql
 from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRow, Outcomes,
                                            PlannedRecipient, RecipientRow)  # fmt: skip
@@ -214,7 +216,18 @@ class CampaignSql(ReportSql):
                     seen.add(c.code)
                 rows.append((c.code, c.at, c.user_agent[:512], c.verdict, 0 if c.verdict == "click" else 1, int(first)))
             tx.many("INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._clicks_to_flows(tx, [r[0] for r in rows if r[5]])
         return sum(r[5] for r in rows)
+
+    @staticmethod
+    def _clicks_to_flows(tx: Any, first_codes: Sequence[str]) -> None:
+        """A flow's link clicked (first human click): its run hears it (clicked / not clicked branches),
+        queued in this same transaction."""
+        for code in first_codes:
+            row = tx.one("SELECT l.tenant, r.subscriber_id, l.send_key FROM flow_run_links l JOIN flow_runs r ON "
+                         "r.id = l.run_id WHERE l.code = ?", (code,))  # fmt: skip
+            if row is not None:
+                enqueue_inputs(tx, row[0], int(row[1]), [F.Click(id=f"click:{code}", key=row[2])])
 
     def click_counts(self, tenant: str, campaign_id: int) -> ClickCounts:
         with self._tx() as tx:

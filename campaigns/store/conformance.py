@@ -4,6 +4,8 @@ PostgreSQL). Each check takes a fresh store and uses its own tenants."""
 from __future__ import annotations
 
 import itertools
+
+import msgspec
 from collections.abc import Callable
 
 from campaigns.core.consent import Evidence, disclosure_sha256
@@ -370,10 +372,144 @@ def check_discount_pools(store: Store) -> None:
     assert store.discount_code_taken("acme", "SAVE-XYZ") and not store.discount_code_taken("beta", "SAVE-XYZ")
 
 
+def check_event_batches(store: Store) -> None:
+    """``apply_events``: one transaction with the outcomes and the state of ``apply_event`` on each in
+    turn: an id twice in a batch or seen before is a duplicate; a fulfilment before its order in the
+    same batch, updates of a stored order, an older event after a newer one; aggregates included."""
+    events = [
+        _order("b1", T0, "p1", 4000, items=(Item(product="Tee", category="shirts", price=2000, quantity=2),)),
+        FulfillmentEvent(id="b2", at=T0 + 50, order_id="p2", status="shipped"),
+        _order("b3", T0 + 10, "p2", 6000, "pending"),
+        _order("b1", T0, "p1", 4000),  # the same id again in the batch
+        ActivityEvent(id="b4", at=T0 + 20, phone=B, kind="clicked"),
+        ActivityEvent(id="b5", at=T0 + 5, phone=B, kind="clicked"),
+        CustomEvent(id="b6", at=T0 + 6, phone=B, name="quiz.answered"),
+    ]
+    one = [store.apply_event("one", e, phone=getattr(e, "phone", None), now=T0 + 100) for e in events]
+    many = store.apply_events("many", [(e, getattr(e, "phone", None)) for e in events], now=T0 + 100)
+    assert [(r.outcome, r.changed) for r in many] == [(r.outcome, r.changed) for r in one]
+    assert [r.outcome for r in many] == ["applied", "applied", "applied", "duplicate", "applied", "applied", "applied"]
+    again = store.apply_events("many", [(events[0], A), (_order("b7", T0 + 1, "p2", 6000, "paid"), A)], now=T0 + 100)
+    assert [r.outcome for r in again] == ["duplicate", "stale"]  # p2's newer state (T0 + 10) stays
+    for tenant in ("one", "many"):
+        if tenant == "one":
+            store.apply_event("one", _order("b7", T0 + 1, "p2", 6000, "paid"), phone=A, now=T0 + 100)
+        a = store.subscriber_by_phone(tenant, A)
+        b = store.subscriber_by_phone(tenant, B)
+        assert a is not None and b is not None
+        va, vb = store.view(tenant, a.id), store.view(tenant, b.id)
+        assert va is not None and vb is not None
+        assert [(o.order_id, o.payment_status, o.fulfillment_status) for o in va.orders] == [("p1", "paid", None),
+                                                                                             ("p2", "pending", "shipped")]
+        assert (va.stats.orders_count, va.stats.total_spent, va.stats.last_order_payment_status) == (2, 10000, "pending")
+        assert va.orders[0].items[0].quantity == 2
+        assert vb.stats.last_click_at == T0 + 20 and [x.kind for x in vb.activities].count("clicked") == 2
+    assert store.known_phones("many", [A, B, "+33699999999"]) == {A, B}
+    assert store.known_phones("nobody", [A]) == set()
+
+
+def check_refresh_members(store: Store) -> None:
+    """``refresh_members``: the stored membership of ``ids`` becomes what the plan's SQL selects
+    (joiners since ``now``, leavers removed, others untouched); timers replaced for those ids."""
+    from campaigns.core.segments import parse_segment
+    from campaigns.store.base import MemberPlan
+    from campaigns.store.segment_sql import compile_edges, compile_segment
+
+    sids = [store.apply_event("acme", _order(f"r{i}", T0 + i, f"r{i}", 1000 * (i + 1)), phone=p, now=T0).subscriber_id
+            for i, p in enumerate((A, B, "+33612345670"))]  # fmt: skip
+    seg = parse_segment({"event": "order", "within_days": 1, "measure": "sum", "op": "gte", "value": 2000})
+    row = store.put_segment("acme", "two", {"x": 1}, now=T0)
+    store.set_member("acme", row.id, sids[0], True, now=T0 - 5)  # stale: must leave
+    store.set_member("acme", row.id, sids[2], True, now=T0 - 5)  # stays, keeps its since
+    ids = [sids[0], sids[1]] + [sids[2]]
+    where, params = compile_segment(seg, store.engine, "acme", T0 + 10, only=ids)  # type: ignore[arg-type]
+    edges = compile_edges(seg, store.engine, "acme", T0 + 10, ids)  # type: ignore[arg-type]
+    plan = MemberPlan(segment_id=row.id, ids=ids, where=where, params=params, edges=edges)
+    assert store.refresh_members("acme", [plan], now=T0 + 10) == 2
+    assert store.members("acme", row.id, after=0, limit=10) == sorted([sids[1], sids[2]])
+    assert dict(store.member_segments("acme", sids[2]))[row.id] == T0 - 5
+    assert dict(store.member_segments("acme", sids[1]))[row.id] == T0 + 10
+    assert store.refresh_members("acme", [plan], now=T0 + 20) == 0  # nothing left to change
+    due = store.due_timers(T0 + DAY + 100)  # each order leaves the window a day after it was placed
+    assert sorted(sub for t, seg_id, sub in due if t == "acme" and seg_id == row.id) == sorted(sids)
+def check_flow_definitions(store: Store) -> None:
+    """Versions are kept for ever, the head names the latest, tenants are isolated."""
+    d = {"id": "f", "version": 1, "name": "F", "trigger": {"type": "custom", "name": "x"}, "entry": "e",
+         "nodes": {"e": {"type": "end"}}}  # fmt: skip
+    head = store.put_flow_version("acme", "f", "F", d, now=T0, new=True)
+    assert (head.latest, head.enabled) == (1, False)
+    _raises(Conflict, lambda: store.put_flow_version("acme", "f", "F", d, now=T0, new=True))
+    _raises(NotFound, lambda: store.put_flow_version("beta", "f", "F", d, now=T0, new=False))
+    head = store.put_flow_version("acme", "f", "F2", {**d, "name": "F2"}, now=T0 + 1, new=False)
+    assert head.latest == 2 and head.name == "F2"
+    assert store.flow_version("acme", "f", 1)["name"] == "F" and store.flow_version("acme", "f", 2)["version"] == 2
+    assert store.flow_head("beta", "f") is None and store.flow_heads("beta") == []
+    _raises(NotFound, lambda: store.set_flow_enabled("beta", "f", True, now=T0))
+    assert store.set_flow_enabled("acme", "f", True, now=T0).enabled
+    store.put_flow_template("acme", "t", "hello", now=T0)
+    store.put_flow_template("acme", "t", "hi", now=T0)
+    assert store.flow_templates("acme") == {"t": "hi"} and store.flow_templates("beta") == {}
+
+
+def check_flow_runs_timers_and_outbox(store: Store) -> None:
+    """Runs insert once by key; due timers come earliest first, at most ``limit``, only due ones, only
+    the tenant's; inputs come in order and leave the queue with the transaction; a message key is
+    recorded once."""
+    from campaigns.core import flows as F
+    from campaigns.store.flow_rows import FlowMessage
+
+    store.put_flow_version("acme", "f", "F", {"id": "f", "name": "F"}, now=T0, new=True)
+    store.put_flow_version("beta", "f", "F", {"id": "f", "name": "F"}, now=T0, new=True)
+    ids = []
+    with store.flow_tx("acme") as ftx:
+        for i, due in enumerate([T0 + 30, T0 + 10, T0 + 20, None]):
+            run = F.Run(id=f"f:{i}:e", flow_id="f", version=1, subscriber_id=i, started_at=T0, node="w", visit=1,
+                        timer_due=due)  # fmt: skip
+            ids.append(ftx.insert_run(run, T0))
+        assert ftx.insert_run(F.Run(id="f:0:e", flow_id="f", version=1, subscriber_id=0, started_at=T0, node="w"), T0) is None
+        assert ftx.first_time("e1") and not ftx.first_time("e1")
+        ftx.queue(1, [F.ShopEvent(id="a", kind="custom", name="x"), F.OptOut(id="b")])
+    with store.flow_tx("beta") as ftx:
+        ftx.insert_run(F.Run(id="f:9:e", flow_id="f", version=1, subscriber_id=9, started_at=T0, node="w",
+                             timer_due=T0), T0)  # fmt: skip
+        assert ftx.first_time("e1")  # ids are per tenant
+    with store.flow_tx("acme") as ftx:
+        assert [r.timer_due for _, r in ftx.claim_due(T0 + 25, 10)] == [T0 + 10, T0 + 20]
+        assert [r.timer_due for _, r in ftx.claim_due(T0 + 100, 1)] == [T0 + 10]
+        assert [e.id for _, _, e in ftx.take_inputs(10)] == ["a", "b"]
+    with store.flow_tx("acme") as ftx:
+        assert ftx.take_inputs(10) == []
+        _, run = ftx.claim_due(T0 + 100, 1)[0]
+        ftx.save_run(ids[1], msgspec.structs.replace(run, node=None, timer_due=None, ended="completed"), T0 + 11)
+        assert [r.timer_due for _, r in ftx.claim_due(T0 + 100, 10)] == [T0 + 20, T0 + 30]
+        assert [e.started_at for e in ftx.entries("f", 1)] == [T0]
+        m = FlowMessage(tenant="acme", key="flow-1-1", run_id=ids[0], flow_id="f", version=1, step="s", visit=1,
+                        subscriber_id=0, kind="sms", category="marketing", recipient=A, sender="S", body="hi",
+                        created_at=T0)  # fmt: skip
+        assert ftx.add_message(m) and not ftx.add_message(m)
+        ftx.add_message(msgspec.structs.replace(m, key="flow-1-2", subscriber_id=5))
+        assert ftx.cancel_pending(5, "opted_out") == 1
+    try:  # an exception inside the transaction stores nothing of it
+        with store.flow_tx("acme") as ftx:
+            ftx.add_message(msgspec.structs.replace(m, key="flow-1-3"))
+            raise RuntimeError("crash")
+    except RuntimeError:
+        pass
+    assert [x.key for x in store.pending_flow_messages()] == ["flow-1-1"]
+    store.flow_messages_done([("acme", "flow-1-1", "sent", "m1", None)], now=T0 + 2)
+    assert store.pending_flow_messages() == [] and store.flow_messages("beta") == []
+    assert {(x.key, x.state) for x in store.flow_messages("acme")} == {("flow-1-1", "sent"), ("flow-1-2", "skipped")}
+    rows = store.flow_run_rows("acme", flow_id="f")
+    assert [r.subscriber_id for r in rows] == [0, 1, 2, 3] and rows[1].state == "ended"
+    assert store.flow_run_rows("beta", subscriber_id=0) == []
+
+
 CHECKS: list[Callable[[Store], None]] = [check_subscribers, check_consent_ledger, check_events_idempotent_and_aggregates,
                                          check_events_out_of_order, check_checkouts, check_activities_and_customers,
                                          check_segments_storage, check_import, check_campaigns,
-                                         check_held_and_outcomes, check_links_and_clicks, check_discount_pools]  # fmt: skip
+                                         check_held_and_outcomes, check_links_and_clicks, check_discount_pools,
+                                         check_event_batches, check_refresh_members,
+                                         check_flow_definitions, check_flow_runs_timers_and_outbox]  # fmt: skip
 
 from campaigns.store.conformance_inbox import INBOX_CHECKS  # noqa: E402  (the inbox's checks, issue 19)
 

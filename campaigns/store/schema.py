@@ -79,14 +79,11 @@ CREATE TABLE IF NOT EXISTS orders (
     updated_at {REAL} NOT NULL, fulfillment_at {REAL} NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, order_id)
 );
-CREATE INDEX IF NOT EXISTS orders_subscriber ON orders (tenant, subscriber_id, created_at);
-CREATE INDEX IF NOT EXISTS orders_created ON orders (tenant, created_at);
 CREATE TABLE IF NOT EXISTS order_items (
     tenant TEXT NOT NULL, order_id TEXT NOT NULL, product TEXT NOT NULL, category TEXT,
     price {INT} NOT NULL, quantity {INT} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS order_items_order ON order_items (tenant, order_id);
-CREATE INDEX IF NOT EXISTS order_items_category ON order_items (tenant, category);
 CREATE TABLE IF NOT EXISTS checkouts (
     tenant TEXT NOT NULL, checkout_id TEXT NOT NULL, subscriber_id {INT} NOT NULL,
     url TEXT, value {INT} NOT NULL DEFAULT 0,
@@ -262,8 +259,89 @@ CREATE INDEX IF NOT EXISTS conversation_messages_unsettled ON conversation_messa
 """
 # ---- end of INBOX_DDL ----
 
+# ---- AUDIENCE_DDL: the event ingest path (owned by helper "audience") ----
+# Every index on a hot table is paid on every insert (a random b-tree page per row and index, written
+# again at each commit): orders and order_items keep only what a lookup or a segment reads. These
+# three were prefixes of the segments' covering indexes above (orders_segment_spend,
+# orders_segment_window, order_items_segment), so they cost inserts and served nothing those do not.
+AUDIENCE_DDL = """
+DROP INDEX IF EXISTS orders_subscriber;
+DROP INDEX IF EXISTS orders_created;
+DROP INDEX IF EXISTS order_items_category;
+"""
+# ---- end of AUDIENCE_DDL ----
+
+
+# ---- FLOWS_DDL: the flow runtime's tables (owned by helper "flows"; campaigns/store/flow_sql.py) ----
+# - ``flow_heads``: one row per flow (name, latest version, enabled); ``flow_versions``: every
+#   published definition, kept for ever (a run keeps its version);
+# - ``flow_templates``: the texts the flows' send nodes name (``template`` ids);
+# - ``flow_runs``: one row per run (``run_key`` = the engine's run id, ``id`` the short numeric id of
+#   the Idempotency-Key), the run as JSON plus the columns queries need; ``due`` is the due-time
+#   index of the run's one timer (NULL: no timer);
+# - ``flow_inputs``: the engine's input events (an order placed, a consent confirmed or revoked, a
+#   checkout abandoned, a segment entered, a flow link clicked), queued in the transaction that
+#   recorded the change (so a crash cannot lose one), drained by the runtime in order;
+# - ``flow_events``: input event ids applied (a redelivered event changes nothing);
+# - ``flow_outbox``: the record of actions done, one row per send or webhook call, keyed by
+#   ``flow-{run id}-{visit}`` and written in the transaction that advanced the run (an outbox: the
+#   sender posts ``pending`` rows to the gateway with that key and marks them ``sent``);
+# - ``flow_run_links``: short link code -> the run and send that carried it (clicks feed ``clicked``).
+# A send the gateway took is also written, in the transaction that marks it sent, to the reports'
+# ``flow_messages`` / ``flow_links`` (REPORT_DDL above): the message sources attribution reads.
+FLOWS_DDL = """
+CREATE TABLE IF NOT EXISTS flow_heads (
+    tenant TEXT NOT NULL, flow_id TEXT NOT NULL, name TEXT NOT NULL, latest {INT} NOT NULL,
+    enabled {INT} NOT NULL DEFAULT 0, created_at {REAL} NOT NULL, updated_at {REAL} NOT NULL,
+    PRIMARY KEY (tenant, flow_id)
+);
+CREATE TABLE IF NOT EXISTS flow_versions (
+    tenant TEXT NOT NULL, flow_id TEXT NOT NULL, version {INT} NOT NULL, definition TEXT NOT NULL,
+    created_at {REAL} NOT NULL, PRIMARY KEY (tenant, flow_id, version)
+);
+CREATE TABLE IF NOT EXISTS flow_templates (
+    tenant TEXT NOT NULL, template_id TEXT NOT NULL, text TEXT NOT NULL, updated_at {REAL} NOT NULL,
+    PRIMARY KEY (tenant, template_id)
+);
+CREATE TABLE IF NOT EXISTS flow_runs (
+    id {ID}, tenant TEXT NOT NULL, run_key TEXT NOT NULL, flow_id TEXT NOT NULL, version {INT} NOT NULL,
+    subscriber_id {INT} NOT NULL, object_id TEXT, node TEXT, visit {INT} NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('active', 'ended')), ended TEXT,
+    started_at {REAL} NOT NULL, updated_at {REAL} NOT NULL, due {REAL}, run TEXT NOT NULL,
+    UNIQUE (tenant, run_key)
+);
+CREATE INDEX IF NOT EXISTS flow_runs_tenant_due ON flow_runs (tenant, due) WHERE due IS NOT NULL;
+CREATE INDEX IF NOT EXISTS flow_runs_subscriber ON flow_runs (tenant, subscriber_id, state);
+CREATE INDEX IF NOT EXISTS flow_runs_flow ON flow_runs (tenant, flow_id, subscriber_id);
+CREATE TABLE IF NOT EXISTS flow_events (
+    tenant TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (tenant, event_id)
+);
+CREATE TABLE IF NOT EXISTS flow_outbox (
+    tenant TEXT NOT NULL, key TEXT NOT NULL, run_id {INT} NOT NULL, flow_id TEXT NOT NULL,
+    version {INT} NOT NULL, step TEXT NOT NULL, visit {INT} NOT NULL, subscriber_id {INT} NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('sms', 'mms', 'webhook')), category TEXT NOT NULL,
+    recipient TEXT NOT NULL, sender TEXT NOT NULL, body TEXT NOT NULL, media_url TEXT,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'failed', 'skipped')), detail TEXT,
+    message_id TEXT, created_at {REAL} NOT NULL, sent_at {REAL},
+    PRIMARY KEY (tenant, key)
+);
+CREATE INDEX IF NOT EXISTS flow_outbox_pending ON flow_outbox (created_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS flow_outbox_flow ON flow_outbox (tenant, flow_id, step);
+CREATE INDEX IF NOT EXISTS flow_outbox_subscriber ON flow_outbox (tenant, subscriber_id, created_at);
+CREATE TABLE IF NOT EXISTS flow_inputs (
+    id {ID}, tenant TEXT NOT NULL, subscriber_id {INT} NOT NULL, event TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flow_inputs_subscriber ON flow_inputs (tenant, subscriber_id, id);
+CREATE TABLE IF NOT EXISTS flow_run_links (
+    code TEXT PRIMARY KEY, tenant TEXT NOT NULL, run_id {INT} NOT NULL, send_key TEXT NOT NULL,
+    message_key TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS flow_run_links_message ON flow_run_links (tenant, message_key);
+"""
+# ---- end of FLOWS_DDL ----
+
 
 def statements(dialect: Dialect) -> list[str]:
     """The DDL for ``dialect``, one statement each (idempotent: IF NOT EXISTS)."""
-    text = (DDL + SEGMENTS_DDL + REPORT_DDL + INBOX_DDL).format(**_TYPES[dialect])
+    text = (DDL + SEGMENTS_DDL + REPORT_DDL + INBOX_DDL + FLOWS_DDL + AUDIENCE_DDL).format(**_TYPES[dialect])
     return [s.strip() for s in text.split(";") if s.strip()]

@@ -39,6 +39,7 @@ from gateway.runtime.inbound import InboundPipeline, InboundSender
 from gateway.runtime.ingest import CheckPool
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.service import Gateway
+from gateway.runtime.webhook_process import DeliveryProcess, Start
 from gateway.runtime.webhooks import WebhookSender
 from gateway.store import open_store
 from gateway.store.sqlite import SqliteStore
@@ -101,8 +102,7 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
     core = Scheduler(cfg.core, clock())
     targets = target_policy(cfg)  # where callback_url and inbound_url may point (SSRF)
     async with contextlib.AsyncExitStack() as stack:
-        webhooks = await stack.enter_async_context(WebhookSender(store, cfg.webhooks, secrets, clock=clock,
-                                                                 targets=targets))  # fmt: skip
+        webhooks = await _webhooks(stack, cfg, store, secrets, clock, targets)
         forwarder = await stack.enter_async_context(InboundSender(store, cfg.webhooks, secrets, clock=clock,
                                                                   targets=targets))  # fmt: skip
 
@@ -156,6 +156,22 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
     store.close()
 
 
+async def _webhooks(stack: contextlib.AsyncExitStack, cfg: Config, store, secrets: dict[str, str],
+                    clock: Callable[[], float], targets) -> WebhookSender | DeliveryProcess:  # fmt: skip
+    """Webhook delivery: its own process for a SQLite file (``webhooks.delivery = "process"``,
+    the default; gateway/runtime/webhook_process.py), else a task of this event loop."""
+    if cfg.webhooks.delivery == "process" and isinstance(store, SqliteStore) and store.path != ":memory:":
+        process = DeliveryProcess(Start(store_path=store.path, settings=cfg.webhooks, secrets=secrets, own=[]),
+                                  own=lambda: sorted(targets.own))  # the API's port once bound  # fmt: skip
+        # At once when webhooks are expected (events left by an earlier process, or a tenant that
+        # signs them); else at the first event written (a server without webhooks runs none).
+        if secrets or store.hook_next_at() is not None:
+            process.spawn()
+        stack.push_async_callback(process.aclose)  # never left behind, whatever happens next
+        return process
+    return await stack.enter_async_context(WebhookSender(store, cfg.webhooks, secrets, clock=clock, targets=targets))
+
+
 def _own_port(targets, cfg: Config, on_ready: Callable[[int], None] | None) -> Callable[[int], None]:
     """Once bound (``--port 0`` picks one): the API's port is one of our own endpoints too."""
     def ready(port: int) -> None:
@@ -207,16 +223,13 @@ def _tuned_interpreter():
         sys.setswitchinterval(switch)
 
 
-async def _run(api: Api, dispatcher: Dispatcher, webhooks: WebhookSender, cfg: Config, on_ready,
+async def _run(api: Api, dispatcher: Dispatcher, webhooks: WebhookSender | DeliveryProcess, cfg: Config, on_ready,
                background: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:  # fmt: skip
     """Dispatcher and HTTP server side by side until SIGTERM/SIGINT, then stop the server first
     (no new work), then everything else. uvicorn on asyncio (with uvloop), Hypercorn on trio."""
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(dispatcher.run)
-        # Its own task: a slow receiver never holds up dispatch. Canceled with the rest at
-        # shutdown; a round cut short is sent again after its lease (at least once).
-        tg.start_soon(webhooks.run)
         for task in background:  # the inbound pipeline, its forwarder, the carrier health watch
             tg.start_soon(task)
         web = _hypercorn if sniffio.current_async_library() == "trio" else _uvicorn
@@ -224,6 +237,10 @@ async def _run(api: Api, dispatcher: Dispatcher, webhooks: WebhookSender, cfg: C
         log.info("serve.listening host=%s port=%d", cfg.api.host, port)
         if on_ready:
             on_ready(port)
+        # Its own process (or task): a slow receiver never holds up dispatch. Started once the
+        # API's port is known (never a webhook's target); stopped with the rest at shutdown; a
+        # round cut short is sent again (the cursors move only on a 2xx).
+        tg.start_soon(webhooks.run)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for sig in signals:
                 log.info("serve.stopping signal=%s", sig)

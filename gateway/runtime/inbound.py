@@ -55,7 +55,7 @@ from gateway.config import InboundSettings, Tenant
 from gateway.core.keywords import Help, Keywords, OptIn, OptOut, Other, Yes
 from gateway.errors import SluiceError
 from gateway.runtime.service import Gateway
-from gateway.runtime.webhooks import WebhookSender
+from gateway.runtime.webhooks import LeasedSender
 from gateway.store.base import InboundItem, InboundRecord
 
 __all__ = ["InboundPipeline", "InboundSender", "InboundStats"]
@@ -303,7 +303,7 @@ def message_out(r: InboundRecord) -> schemas.InboundMessageOut:
                                      sender_canonical=r.sender_canonical, certain=r.certain)  # fmt: skip
 
 
-class InboundSender(WebhookSender):
+class InboundSender(LeasedSender):
     """The webhook sender over the store's inbound queue: same batching per (tenant, url),
     signature (``Sluice-Signature``), retries and dead-lettering; body ``{"inbound": [...]}``."""
 

@@ -1,26 +1,33 @@
-"""Webhooks: deliver the store's outbox to each job's ``callback_url``, batched, signed, retried.
+"""Webhooks: deliver each subscriber's change sequence to its ``callback_url``, batched, signed, retried.
 
-Theory of operation. ``Store.record`` writes an outbox row for every change a job's callback
-must hear about, in the same transaction as the change (so nothing committed is ever without
-its webhook, and a crash loses nothing). ``WebhookSender`` drains the outbox in rounds:
+Theory of operation. ``Store.record`` appends, in the very statement that applies a batch of
+state changes, one sequence row per message of a job with a ``callback_url`` (that batch's
+changes of the message): nothing committed is ever without its webhook, and no event is written
+twice. Each subscriber (tenant, url) has a durable cursor. ``WebhookSender`` delivers in rounds:
 
-1. ``outbox_take(now, limit, lease)``: the rows due now, leased so that if this process dies
-   mid-round they become due again after the lease (at-least-once, never at-most-once);
-2. ``plan``: group them by (tenant, url) into batches of at most ``batch_size`` events;
+1. ``hook_due(now)``: the subscribers with events after their cursor, not backing off;
+2. ``hook_events``: their events in sequence order (whom each is about joined in the same
+   query; ``callback_states`` applied on read), and ``plan``: batches of at most ``batch_size``
+   events, every event of one message in the same batch (so a message's events arrive in order
+   even though batches are POSTed side by side), at most ``concurrency`` batches per round;
 3. POST each batch (``concurrency`` at a time, each bounded by ``timeout`` as a whole),
    signed with the tenant's secret (``gateway/webhook_signature.py``);
-4. ``settle``: 2xx -> done (deleted); 408/425/429/5xx/network error -> retried after a capped
-   exponential backoff with jitter, or after ``Retry-After`` when the receiver gives one; any
-   other answer, or an event older than ``max_age`` or past ``max_attempts`` -> dead (kept,
-   counted, logged, never sent again).
+4. ``settle`` each batch: 2xx -> done; 408/425/429/5xx/network error -> retried after a capped
+   exponential backoff with jitter, or after ``Retry-After``; any other answer, or an event older
+   than ``max_age`` or past ``max_attempts`` -> dead (kept as a dead letter, counted, logged,
+   never sent again). ``advance`` then moves the subscriber's cursor over the longest run of
+   its events, in sequence order, that are settled: only after the receiver's 2xx (or a dead
+   letter). Events after an unsettled one are sent again later (at least once).
 
-The sender is its own task and touches the store only in worker threads, so it never blocks
-dispatch. Each POST lasts at most ``timeout`` and ``concurrency`` run at once, so a slow
-receiver delays a round by one ``timeout`` per wave of POSTs at most, and once it fails it backs
-off and stops taking part in rounds.
+For SQLite the sender runs in its own process (``gateway/runtime/webhook_process.py``, started
+and restarted by ``sluice serve``) on its own connection to the store file: the event loop that
+drives the carriers never encodes, signs or POSTs a webhook, and WAL lets it read while
+``record`` writes. The memory store's sender is a task of ``serve``.
 
-Decisions (``plan``, ``settle``) are pure functions of their inputs and ``now``; the clock is
-injected, so tests drive rounds with ``run_once`` on virtual time.
+``LeasedSender`` is the same machinery over a leased queue (``InboundSender``: MOs to a
+tenant's ``inbound_url``). Decisions (``plan``, ``settle``, ``advance``) are pure functions of
+their inputs and ``now``; the clock is injected, so tests drive rounds with ``run_once`` on
+virtual time.
 """
 
 from __future__ import annotations
@@ -29,19 +36,21 @@ import email.utils
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 import httpx
 import msgspec
 
-from gateway.config import WebhookSettings
+from gateway.webhook_settings import WebhookSettings
 from gateway.core.ids import format_id
 from gateway.core.targets import TargetPolicy
 from gateway.runtime.guarded_http import Resolver, TargetRefused, guarded_transport, quiet_http_logs, redact_url, resolve
-from gateway.store.base import OutboxItem, Store
+from gateway.store.base import HookEvent, Store, Subscriber
 from gateway.webhook_signature import HEADER, sign
 
-__all__ = ["Answer", "Settlement", "WebhookEvent", "WebhookSender", "WebhookStats", "plan", "settle"]
+__all__ = ["Answer", "LeasedSender", "Settlement", "WebhookEvent", "WebhookSender", "WebhookStats", "advance", "plan",
+           "plan_by_message", "settle"]
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +106,54 @@ class WebhookStats(msgspec.Struct, frozen=True, kw_only=True):
     dead: int  # events
 
 
-def plan(items: Sequence[OutboxItem], batch_size: int) -> list[list[OutboxItem]]:
-    """Batches of at most ``batch_size`` events, each for one (tenant, url), in take order."""
-    groups: dict[tuple[str, str], list[OutboxItem]] = {}
+def plan(items: Sequence[Any], batch_size: int) -> list[list[Any]]:
+    """Batches of at most ``batch_size`` items, each for one (tenant, url), in take order."""
+    groups: dict[tuple[str, str], list[Any]] = {}
     for item in items:
         groups.setdefault((item.tenant, item.url), []).append(item)
     return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
 
-def settle(batch: Sequence[OutboxItem], answer: Answer, now: float, s: WebhookSettings, jitter: float) -> Settlement:
+def plan_by_message(events: Sequence[HookEvent], batch_size: int, most: int) -> list[list[HookEvent]]:
+    """At most ``most`` batches of one subscriber's ``events`` (in sequence order): every event
+    of one message in the same batch, in order, so batches POSTed side by side never reorder a
+    message's events; a batch holds at most ``batch_size`` events unless one message has more."""
+    by_message: dict[int, list[HookEvent]] = {}
+    for e in events:
+        by_message.setdefault(e.message_id, []).append(e)
+    batches: list[list[HookEvent]] = []
+    current: list[HookEvent] = []
+    for mine in by_message.values():
+        if current and len(current) + len(mine) > batch_size:
+            batches.append(current)
+            if len(batches) == most:
+                return batches
+            current = []
+        current.extend(mine)
+    if current:
+        batches.append(current)
+    return batches[:most]
+
+
+def advance(events: Sequence[HookEvent], settled: set[int]) -> int | None:
+    """The seq to move the cursor to: the last of the longest run of ``events`` (a read, in
+    sequence order) whose ids are all ``settled`` (delivered or dead), None if the first is not.
+    A sequence row's events share its seq and its fate (they are one message's, one batch)."""
+    upto = None
+    for e in events:
+        if e.id not in settled:
+            return upto if upto is None or upto < e.seq else _before(events, e.seq, upto)
+        upto = e.seq
+    return upto
+
+
+def _before(events: Sequence[HookEvent], seq: int, upto: int) -> int | None:
+    """The last seq below ``seq`` (a row partly settled: never move past any of it)."""
+    below = [e.seq for e in events if e.seq < seq]
+    return max(below) if below else None
+
+
+def settle(batch: Sequence[Any], answer: Answer, now: float, s: WebhookSettings, jitter: float) -> Settlement:
     """What to do with a batch after its POST. ``jitter`` in [0, 1) spreads retries over the
     upper half of the backoff, so receivers coming back up are not hit all at once."""
     ids = [i.id for i in batch]
@@ -163,8 +211,9 @@ def _where(url: str) -> str:
     return redact_url(url)
 
 
-class WebhookSender:
-    """``async with WebhookSender(...) as sender: await sender.run()``. Owns its HTTP client."""
+class _Sender:
+    """What both senders share: the HTTP client (SSRF-guarded), signing, POSTing, counting.
+    ``async with Sender(...) as sender: await sender.run()``."""
 
     def __init__(
         self,
@@ -183,7 +232,6 @@ class WebhookSender:
         ``transport`` replaces the network, and with it that check."""
         self._store, self._s, self._secrets, self._clock, self._jitter = store, settings, secrets, clock, jitter
         self._limit = settings.batch_size * settings.concurrency
-        self._lease = settings.timeout * 2 + 30.0  # longer than any round can last
         limits = httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency)
         if transport is None:
             policy = targets if targets is not None else TargetPolicy(settings.allow_private)
@@ -202,7 +250,7 @@ class WebhookSender:
         self._warned: set[str] = set()
         self._requests = self._delivered = self._retried = self._dead = 0
 
-    async def __aenter__(self) -> WebhookSender:
+    async def __aenter__(self):
         await self._client.__aenter__()
         return self
 
@@ -210,18 +258,27 @@ class WebhookSender:
         await self._client.aclose()
 
     def poke(self) -> None:
-        """New outbox rows may be there: look now rather than at the next poll."""
+        """New events may be there: look now rather than at the next poll."""
         self._wake.set()
 
     def statistics(self) -> WebhookStats:
         return WebhookStats(requests=self._requests, delivered=self._delivered, retried=self._retried,
                             dead=self._dead)  # fmt: skip
 
-    async def run(self) -> None:
+    async def run(self, on_round: Callable[[bool], None] | None = None) -> None:
+        """Rounds until canceled; ``on_round(busy)`` after each (busy: another follows at once)."""
         while True:
-            if await self.run_once() >= self._limit:
-                continue  # more may be due at once
-            await self._wait()
+            busy = await self.run_once() >= self._limit  # more may be due at once
+            if on_round is not None:
+                on_round(busy)
+            if not busy:
+                await self._wait()
+
+    async def run_once(self) -> int:
+        raise NotImplementedError
+
+    def _next_at(self) -> float | None:
+        raise NotImplementedError
 
     async def _wait(self) -> None:
         next_at = await anyio.to_thread.run_sync(self._next_at)
@@ -236,53 +293,18 @@ class WebhookSender:
         if self._wake.is_set():
             self._wake = anyio.Event()
 
-    async def run_once(self) -> int:
-        """One round: take what is due, POST it, settle every batch. Returns how many events."""
-        items = await anyio.to_thread.run_sync(self._take, self._clock(), self._limit, self._lease)
-        if not items:
-            return 0
-        answers: list[tuple[list[OutboxItem], Answer]] = []
-        async with anyio.create_task_group() as tg:
-            for batch in plan(items, self._s.batch_size):
-                tg.start_soon(self._post, batch, answers)
-        now = self._clock()
-        settled = [settle(batch, answer, now, self._s, self._jitter()) for batch, answer in answers]
-        await anyio.to_thread.run_sync(self._apply, settled)
-        for (batch, answer), st in zip(answers, settled):
-            self._account(batch[0], answer, st)
-        return len(items)
-
-    # The queue this sender drains: the store's outbox (``InboundSender`` drains inbound messages).
-
-    def _take(self, now: float, limit: int, lease: float) -> Sequence[OutboxItem]:
-        return self._store.outbox_take(now, limit, lease)
-
-    def _next_at(self) -> float | None:
-        return self._store.outbox_next_at()
-
-    def _apply(self, settled: list[Settlement]) -> None:
-        """Runs in a worker thread: the store calls of one round."""
-        done = [i for st in settled for i in st.done]
-        if done:
-            self._store.outbox_done(done)
-        for st in settled:
-            if st.retry:
-                self._store.outbox_retry(st.retry, st.retry_at, st.error)
-            if st.dead:
-                self._store.outbox_dead(st.dead, st.error)
-
-    def _account(self, first: OutboxItem, answer: Answer, st: Settlement) -> None:
+    def _count(self, tenant: str, url: str, st: Settlement) -> None:
         self._delivered += len(st.done)
         self._retried += len(st.retry)
         self._dead += len(st.dead)
-        where = _where(first.url)
+        where = _where(url)
         if st.dead:
-            log.warning("webhook.dead tenant=%s url=%s events=%d error=%s", first.tenant, where, len(st.dead), st.error)
+            log.warning("webhook.dead tenant=%s url=%s events=%d error=%s", tenant, where, len(st.dead), st.error)
         if st.retry:
-            log.info("webhook.retry tenant=%s url=%s events=%d error=%s in=%.1fs", first.tenant, where,
+            log.info("webhook.retry tenant=%s url=%s events=%d error=%s in=%.1fs", tenant, where,
                      len(st.retry), st.error, st.retry_at - self._clock())  # fmt: skip
 
-    def body(self, batch: Sequence[OutboxItem]) -> bytes:
+    def body(self, batch: Sequence[Any]) -> bytes:
         return _encode(WebhookBody(events=[
             WebhookEvent(message_id=format_id(i.message_id), job_id=i.job_id, state=i.state, at=i.at,
                          reason=i.reason, carrier=i.carrier, error_code=i.error_code, to=i.to, index=i.index,
@@ -298,7 +320,7 @@ class WebhookSender:
             return {}
         return {HEADER: sign(secret, body, int(self._clock()))}
 
-    async def _post(self, batch: list[OutboxItem], answers: list[tuple[list[OutboxItem], Answer]]) -> None:
+    async def _post(self, batch: list[Any], answers: list[tuple[list[Any], Answer]]) -> None:
         body = self.body(batch)
         headers = self._headers(batch[0].tenant, body)
         answer = Answer(status=None, error="timeout")
@@ -317,3 +339,113 @@ class WebhookSender:
                 except httpx.HTTPError as exc:
                     answer = Answer(status=None, error=type(exc).__name__)
         answers.append((batch, answer))
+
+
+class WebhookSender(_Sender):
+    """Delivers each subscriber's change sequence (module docstring), moving its cursor."""
+
+    async def __aenter__(self) -> WebhookSender:
+        await super().__aenter__()
+        return self
+
+    async def run_once(self) -> int:
+        """One round: read what is due, POST it, settle every batch, move the cursors.
+        Returns how many events it POSTed."""
+        work = await anyio.to_thread.run_sync(self._read, self._clock())
+        if not work:
+            return 0
+        answers: list[tuple[list[HookEvent], Answer]] = []
+        async with anyio.create_task_group() as tg:
+            for _, _, batches in work:
+                for batch in batches:
+                    tg.start_soon(self._post, batch, answers)
+        now = self._clock()
+        fate = {id(batch): settle(batch, answer, now, self._s, self._jitter()) for batch, answer in answers}
+        await anyio.to_thread.run_sync(self._apply, work, fate)
+        return sum(len(b) for _, _, batches in work for b in batches)
+
+    def _read(self, now: float) -> list[tuple[Subscriber, list[HookEvent], list[list[HookEvent]]]]:
+        """Runs in a worker thread: each due subscriber's events and their batches, at most
+        ``concurrency`` batches in all."""
+        budget, work = self._s.concurrency, []
+        for sub in self._store.hook_due(now):
+            if budget == 0:
+                break
+            events = self._store.hook_events(sub.id, self._s.batch_size * budget)
+            if events:
+                batches = plan_by_message(events, self._s.batch_size, budget)
+                budget -= len(batches)
+                work.append((sub, events, batches))
+        return work
+
+    def _next_at(self) -> float | None:
+        return self._store.hook_next_at()
+
+    def _apply(self, work, fate: dict[int, Settlement]) -> None:
+        """Runs in a worker thread: the store calls of one round, per subscriber."""
+        acks: list[tuple[int, int]] = []
+        retries: list[tuple[int, float, str]] = []  # after the acks: an ack forgets the backoff
+        for sub, events, batches in work:
+            settled: set[int] = set()
+            dead: list[HookEvent] = []
+            retry_at, error = None, ""
+            for batch in batches:
+                st = fate[id(batch)]
+                settled.update(st.done)
+                settled.update(st.dead)
+                dead_ids = set(st.dead)
+                dead.extend(e for e in batch if e.id in dead_ids)
+                if st.retry:
+                    retry_at = st.retry_at if retry_at is None else min(retry_at, st.retry_at)
+                    error = st.error
+                self._count(sub.tenant, sub.url, st)
+            upto = advance(events, settled)
+            kept = [e for e in dead if upto is not None and e.seq <= upto]  # the rest is judged again
+            if kept:
+                self._store.hook_dead(sub.id, kept, _error(batches, fate), upto)
+            elif upto is not None:
+                acks.append((sub.id, upto))
+            if retry_at is not None:
+                retries.append((sub.id, retry_at, error))
+        self._store.hook_ack(acks)
+        for sub_id, retry_at, error in retries:
+            self._store.hook_retry(sub_id, retry_at, error)
+
+
+def _error(batches, fate: dict[int, Settlement]) -> str:
+    return next((fate[id(b)].error for b in batches if fate[id(b)].dead), "")
+
+
+class LeasedSender(_Sender):
+    """The same delivery over a leased queue (``InboundSender``): ``_take`` leases the rows due
+    now, so that if this process dies mid-round they become due again (at least once)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lease = self._s.timeout * 2 + 30.0  # longer than any round can last
+
+    async def __aenter__(self) -> LeasedSender:
+        await super().__aenter__()
+        return self
+
+    async def run_once(self) -> int:
+        """One round: take what is due, POST it, settle every batch. Returns how many items."""
+        items = await anyio.to_thread.run_sync(self._take, self._clock(), self._limit, self._lease)
+        if not items:
+            return 0
+        answers: list[tuple[list[Any], Answer]] = []
+        async with anyio.create_task_group() as tg:
+            for batch in plan(items, self._s.batch_size):
+                tg.start_soon(self._post, batch, answers)
+        now = self._clock()
+        settled = [settle(batch, answer, now, self._s, self._jitter()) for batch, answer in answers]
+        await anyio.to_thread.run_sync(self._apply, settled)
+        for (batch, _), st in zip(answers, settled):
+            self._count(batch[0].tenant, batch[0].url, st)
+        return len(items)
+
+    def _take(self, now: float, limit: int, lease: float) -> Sequence[Any]:
+        raise NotImplementedError
+
+    def _apply(self, settled: list[Settlement]) -> None:
+        raise NotImplementedError

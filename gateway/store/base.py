@@ -10,11 +10,15 @@ hot path of every message. Implementations: ``MemoryStore`` (the fake for tests)
 ``SqliteStore`` (the embedded default); both pass ``gateway.testing.store_conformance``.
 Backends are chosen by URL (``memory://``, ``sqlite:///path/to.db``) with ``open_store``.
 
-The webhook outbox lives here too: ``record`` writes an ``OutboxItem`` for each change a job's
-``callback_url`` must hear about (a state of ``NOTIFY``, and of the job's ``callback_states`` if it
-chose some), in the same transaction as the change, so a committed change
-is never without its webhook (``gateway/runtime/webhooks.py`` drains it with the ``outbox_*``
-calls, each one batch in one transaction).
+Webhook events are derived from the changes ``record`` makes (the change sequence): for a
+message of a job with a ``callback_url``, the same statement that changes the message appends
+its changes of the batch to that job's subscriber's sequence (one row per message and batch,
+keyed by an increasing ``seq``), so a committed change is never without its webhook and there is
+no second write per event. Each subscriber (tenant, ``callback_url``) has a durable cursor: a
+reader (``gateway/runtime/webhooks.py``, in its own process for SQLite) reads the events after it
+in order with ``hook_events`` (whom each is about and the job's ``callback_states`` filter
+applied on read), and moves it with ``hook_ack`` only after the receiver's 2xx. Events given up
+on are kept as dead letters (``hook_dead``; counted by ``outbox_statistics``).
 
 Inbound (MO) messages are kept too, one ``InboundRecord`` each, whatever they were: keywords
 (the opt-out audit: keyword, time, carrier, raw text) and messages for the tenant. An opt-out or
@@ -44,8 +48,9 @@ __all__ = [
     "MessageRecord",
     "RecipientRows",
     "NewJob",
-    "OutboxItem",
+    "HookEvent",
     "OutboxStats",
+    "Subscriber",
     "Page",
     "Store",
     "StoredJob",
@@ -162,11 +167,14 @@ class Suppression(msgspec.Struct, frozen=True, kw_only=True):
     source: str = "api"
 
 
-class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
-    """One webhook event waiting to be delivered: a state change of a message whose job has a
-    ``callback_url``. Written by ``record`` in the same transaction as the change itself."""
+class HookEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One webhook event read from a subscriber's change sequence: a state change of a message
+    whose job has a ``callback_url``, with whom it is about (the recipient's number and index in
+    the job's request, the job's reference; None only for messages stored before them)."""
 
-    id: int
+    id: int  # its position in the read that returned it (what ``settle`` names it by)
+    seq: int  # the sequence row it came from: the cursor moves past it once delivered
+    sub: int  # its subscriber
     tenant: str
     url: str
     message_id: int
@@ -175,18 +183,26 @@ class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
     at: float
     reason: str
     carrier: str | None
-    attempts: int  # failed deliveries so far
+    attempts: int  # failed deliveries of the subscriber's head so far
     error_code: int | None = None
-    # Whom it is about, filled in by ``outbox_take`` (from the message and its job): the
-    # recipient's number and index in the job's request, and the job's reference.
     to: str | None = None
     index: int | None = None
     reference: str | None = None
 
 
+class Subscriber(msgspec.Struct, frozen=True, kw_only=True):
+    """A (tenant, callback_url) with events after its cursor."""
+
+    id: int
+    tenant: str
+    url: str
+    attempts: int  # failed deliveries of its head since the cursor last moved
+    next_at: float  # not before (backing off)
+
+
 class OutboxStats(msgspec.Struct, frozen=True, kw_only=True):
-    pending: int  # still to deliver (due now, backing off, or leased to a sender)
-    dead: int  # given up on: kept, never sent again
+    pending: int  # sequence rows not yet delivered (a row: one message's changes of one batch)
+    dead: int  # events given up on: kept, never sent again
 
 
 class InboundRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -217,7 +233,7 @@ class InboundPage(msgspec.Struct, frozen=True, kw_only=True):
 
 class InboundItem(msgspec.Struct, frozen=True, kw_only=True):
     """An inbound record due for its tenant's inbound webhook. ``id``, ``tenant``, ``url``,
-    ``at`` and ``attempts`` as in ``OutboxItem`` (the webhook sender plans and settles both)."""
+    ``at`` and ``attempts`` as in ``HookEvent`` (the webhook sender's ``settle`` decides both)."""
 
     id: int
     tenant: str
@@ -275,7 +291,7 @@ class Store(Protocol):
                    idempotency: tuple[str, str, bytes] | None = None) -> None: ...  # fmt: skip
     def drop_job(self, tenant: str, job_id: str) -> None: ...
     def drop_incoming(self) -> int: ...  # uploads a dead process left unfinished; returns how many
-    def record(self, changes: Sequence[Change]) -> int: ...  # returns the webhook (outbox) rows it queued
+    def record(self, changes: Sequence[Change]) -> int: ...  # returns the webhook sequence rows it added
     def set_job_status(self, tenant: str, job_id: str, status: str) -> bool: ...
     def job(self, tenant: str, job_id: str) -> JobCounts | None: ...
     def job_info(self, tenant: str, job_id: str) -> StoredJob | None: ...  # without the counts: cheap
@@ -296,15 +312,24 @@ class Store(Protocol):
     def suppress(self, tenant: str, number: str, now: float, source: str = "api") -> None: ...
     def unsuppress(self, tenant: str, number: str) -> bool: ...
     def suppressions(self, tenant: str | None = None) -> list[tuple[str, Suppression]]: ...
-    # The webhook outbox. ``record`` fills it; a sender drains it in batches:
-    def outbox_take(self, now: float, limit: int, lease: float) -> list[OutboxItem]:
-        """Up to ``limit`` items due at ``now``, oldest due first. They are leased: not due again
-        until ``now + lease``, so a sender that dies mid-delivery has them sent again (at least once)."""
+    # Webhooks: ``record`` appends to each subscriber's change sequence; a reader delivers it.
+    def hook_due(self, now: float) -> list[Subscriber]:
+        """Subscribers with events after their cursor and not backing off at ``now``."""
         ...
-    def outbox_done(self, ids: Sequence[int]) -> None: ...  # delivered: forget them
-    def outbox_retry(self, ids: Sequence[int], next_at: float, error: str) -> None: ...  # attempts += 1
-    def outbox_dead(self, ids: Sequence[int], error: str) -> None: ...  # given up: kept, never due again
-    def outbox_next_at(self) -> float | None: ...  # when the next pending item is due, if any
+    def hook_events(self, sub: int, limit: int) -> list[HookEvent]:
+        """The events after ``sub``'s cursor, in sequence order (so in order per message), from
+        at most ``limit`` sequence rows; only the states the job's ``callback_states`` chose."""
+        ...
+    def hook_ack(self, acks: Sequence[tuple[int, int]]) -> None:
+        """(subscriber, seq) pairs: delivered up to ``seq``; its cursor moves there (never back)
+        and its failed attempts are forgotten. One transaction."""
+        ...
+    def hook_retry(self, sub: int, next_at: float, error: str) -> None: ...  # attempts += 1, not before next_at
+    def hook_dead(self, sub: int, events: Sequence[HookEvent], error: str, upto: int | None) -> None:
+        """Keep ``events`` as dead letters (never sent again) and, with ``upto``, move the
+        cursor there, in one transaction."""
+        ...
+    def hook_next_at(self) -> float | None: ...  # when the first subscriber with events is due, if any
     def outbox_statistics(self) -> OutboxStats: ...
     # Inbound messages:
     def add_inbound(self, record: InboundRecord, *, url: str | None = None) -> int:

@@ -26,10 +26,11 @@ from gateway.store.base import (
     MessageRecord,
     NewJob,
     RecipientRows,
-    OutboxItem,
+    HookEvent,
     OutboxStats,
     Page,
     StoredJob,
+    Subscriber,
     Suppression,
     page_of_jobs,
 )
@@ -46,11 +47,15 @@ class _Msg:
         self.events: list[Change] = []
 
 
-class _Outbox:
-    __slots__ = ("item", "next_at", "attempts", "dead", "error")
+class _Sub:
+    """A webhook subscriber (tenant, url): its change sequence after the cursor, and backoff."""
 
-    def __init__(self, item: OutboxItem) -> None:
-        self.item, self.next_at, self.attempts, self.dead, self.error = item, 0.0, 0, False, ""
+    __slots__ = ("id", "tenant", "url", "log", "attempts", "next_at", "error")
+
+    def __init__(self, sid: int, tenant: str, url: str) -> None:
+        self.id, self.tenant, self.url = sid, tenant, url
+        self.log: list[tuple[int, int, list[Change]]] = []  # (seq, message id, that batch's changes)
+        self.attempts, self.next_at, self.error = 0, 0.0, ""
 
 
 class MemoryStore:
@@ -66,8 +71,10 @@ class MemoryStore:
         self._questions: dict[tuple[str, str], float] = {}  # (tenant, number) -> asked at
         # only jobs that have a callback_url: (url, the states it hears about)
         self._callbacks: dict[tuple[str, str], tuple[str, frozenset[str]]] = {}
-        self._outbox: dict[int, _Outbox] = {}
-        self._outbox_seq = 0
+        self._subs: dict[tuple[str, str], _Sub] = {}
+        self._subs_by_id: dict[int, _Sub] = {}
+        self._seq = 0  # record batches with webhook rows so far (a row's seq: batch << 24 | place)
+        self._dead: list[HookEvent] = []
         self._inbound: dict[int, InboundRecord] = {}
         self._forward: dict[int, _Forward] = {}  # inbound id -> its webhook delivery, until done
 
@@ -104,6 +111,9 @@ class MemoryStore:
                                             callback_states=callback_states)  # fmt: skip
                 if callback_url:
                     self._callbacks[key] = (callback_url, NOTIFY if callback_states is None else callback_states)
+                    if (job.tenant, callback_url) not in self._subs:
+                        sub = _Sub(len(self._subs) + 1, job.tenant, callback_url)
+                        self._subs[(job.tenant, callback_url)] = self._subs_by_id[sub.id] = sub
             else:
                 self._jobs[key] = StoredJob(job=old.job, first_id=old.first_id, size=old.size + len(recipients),
                                             status=old.status, created_at=old.created_at,
@@ -138,7 +148,8 @@ class MemoryStore:
         return len(left)
 
     def record(self, changes: Sequence[Change]) -> int:
-        queued = 0
+        rows: dict[int, tuple[_Sub, list[Change]]] = {}  # message id -> its subscriber, its changes here
+        wanted: set[int] = set()
         with self._lock:
             callbacks = self._callbacks
             for c in changes:
@@ -150,57 +161,70 @@ class MemoryStore:
                 m.carrier_ids = c.carrier_ids or m.carrier_ids
                 m.attempts += c.state == "submitted"
                 m.events.append(c)
-                if callbacks and (hook := callbacks.get((m.tenant, m.job_id))) and c.state in hook[1]:
-                    url = hook[0]
-                    self._outbox_seq += 1
-                    queued += 1
-                    self._outbox[self._outbox_seq] = _Outbox(OutboxItem(
-                        id=self._outbox_seq, tenant=m.tenant, url=url, message_id=m.id, job_id=m.job_id,
-                        state=c.state, at=c.at, reason=c.reason, carrier=c.carrier, attempts=0,
-                        error_code=c.error_code))  # fmt: skip
-        return queued
+                if callbacks and (hook := callbacks.get((m.tenant, m.job_id))):
+                    rows.setdefault(m.id, (self._subs[(m.tenant, hook[0])], []))[1].append(c)
+                    if c.state in hook[1]:
+                        wanted.add(m.id)
+            if wanted:  # one sequence row per message of the batch, as SqliteStore writes them
+                self._seq += 1
+                for k, mid in enumerate(m for m in rows if m in wanted):
+                    sub, mine = rows[mid]
+                    sub.log.append(((self._seq << 24) + k, mid, mine))
+        return len(wanted)
 
-    def outbox_take(self, now: float, limit: int, lease: float) -> list[OutboxItem]:
+    def hook_due(self, now: float) -> list[Subscriber]:
         with self._lock:
-            due = sorted((o for o in self._outbox.values() if not o.dead and o.next_at <= now),
-                         key=lambda o: (o.next_at, o.item.id))[:limit]  # fmt: skip
-            for o in due:
-                o.next_at = now + lease
-            return [msgspec.structs.replace(o.item, attempts=o.attempts, **self._whom(o.item)) for o in due]
+            return [Subscriber(id=s.id, tenant=s.tenant, url=s.url, attempts=s.attempts, next_at=s.next_at)
+                    for s in sorted(self._subs.values(), key=lambda s: s.id) if s.log and s.next_at <= now]  # fmt: skip
 
-    def _whom(self, item: OutboxItem) -> dict:
-        """Under the lock: the recipient and the job's reference an outbox item is about."""
-        m = self._msgs.get(item.message_id)
-        stored = self._jobs.get((item.tenant, item.job_id))
-        if m is None:
-            return {}
-        return {"to": m.recipient.to, "index": m.recipient.index, "reference": stored.job.reference if stored else None}
-
-    def outbox_done(self, ids: Sequence[int]) -> None:
+    def hook_events(self, sub: int, limit: int) -> list[HookEvent]:
+        out: list[HookEvent] = []
         with self._lock:
-            for i in ids:
-                self._outbox.pop(i, None)
+            s = self._subs_by_id.get(sub)
+            for seq, mid, mine in s.log[:limit] if s is not None else ():
+                m = self._msgs.get(mid)
+                if m is None:
+                    continue
+                stored = self._jobs.get((m.tenant, m.job_id))
+                chosen = NOTIFY if stored is None or stored.callback_states is None else stored.callback_states
+                for c in mine:
+                    if c.state in NOTIFY and c.state in chosen:
+                        out.append(HookEvent(
+                            id=len(out), seq=seq, sub=sub, tenant=s.tenant, url=s.url, message_id=mid, job_id=m.job_id,
+                            state=c.state, at=c.at, reason=c.reason, carrier=c.carrier, attempts=s.attempts,
+                            error_code=c.error_code, to=m.recipient.to, index=m.recipient.index,
+                            reference=stored.job.reference if stored else None))  # fmt: skip
+        return out
 
-    def outbox_retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
-        with self._lock:
-            for i in ids:
-                if (o := self._outbox.get(i)) is not None and not o.dead:
-                    o.next_at, o.attempts, o.error = next_at, o.attempts + 1, error
+    def _ack(self, sub: int, seq: int) -> None:
+        s = self._subs_by_id.get(sub)
+        if s is not None:
+            s.log = [row for row in s.log if row[0] > seq]
+            s.attempts, s.next_at, s.error = 0, 0.0, ""
 
-    def outbox_dead(self, ids: Sequence[int], error: str) -> None:
+    def hook_ack(self, acks: Sequence[tuple[int, int]]) -> None:
         with self._lock:
-            for i in ids:
-                if (o := self._outbox.get(i)) is not None:
-                    o.dead, o.error = True, error
+            for sub, seq in acks:
+                self._ack(sub, seq)
 
-    def outbox_next_at(self) -> float | None:
+    def hook_retry(self, sub: int, next_at: float, error: str) -> None:
         with self._lock:
-            return min((o.next_at for o in self._outbox.values() if not o.dead), default=None)
+            if (s := self._subs_by_id.get(sub)) is not None:
+                s.attempts, s.next_at, s.error = s.attempts + 1, next_at, error
+
+    def hook_dead(self, sub: int, events: Sequence[HookEvent], error: str, upto: int | None) -> None:
+        with self._lock:
+            self._dead.extend(events)
+            if upto is not None:
+                self._ack(sub, upto)
+
+    def hook_next_at(self) -> float | None:
+        with self._lock:
+            return min((s.next_at for s in self._subs.values() if s.log), default=None)
 
     def outbox_statistics(self) -> OutboxStats:
         with self._lock:
-            dead = sum(o.dead for o in self._outbox.values())
-            return OutboxStats(pending=len(self._outbox) - dead, dead=dead)
+            return OutboxStats(pending=sum(len(s.log) for s in self._subs.values()), dead=len(self._dead))
 
     def set_job_status(self, tenant: str, job_id: str, status: str) -> bool:
         with self._lock:

@@ -37,10 +37,11 @@ from gateway.store.base import (
     MessageRecord,
     NewJob,
     RecipientRows,
-    OutboxItem,
+    HookEvent,
     OutboxStats,
     Page,
     StoredJob,
+    Subscriber,
     Suppression,
     page_of_jobs,
 )
@@ -76,6 +77,20 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0,
     error TEXT, error_code INTEGER);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_at, id) WHERE dead = 0;
+-- Webhooks (issue 16). The outbox above now holds only dead letters (dead = 1); pending rows of a
+-- store made before are moved into the sequence at open (_migrate_outbox). A subscriber is a
+-- (tenant, callback_url) with its durable cursor and backoff; hook_log its change sequence: one
+-- row per message and record batch (that batch's changes of the message, as its history has
+-- them), keyed by (subscriber, seq), written by record's own statement (_BATCH), trimmed as the
+-- cursor moves.
+CREATE TABLE IF NOT EXISTS hook_subscribers (
+    id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, url TEXT NOT NULL, cursor INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL DEFAULT 0, error TEXT, UNIQUE (tenant, url));
+CREATE TABLE IF NOT EXISTS hook_log (
+    sub INTEGER NOT NULL, seq INTEGER NOT NULL, message_id INTEGER NOT NULL, events TEXT NOT NULL,
+    PRIMARY KEY (sub, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hook_seq (n INTEGER NOT NULL);
+INSERT INTO hook_seq SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM hook_seq);
 CREATE TABLE IF NOT EXISTS inbound (
     id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, carrier TEXT NOT NULL, sender TEXT NOT NULL,
     recipient TEXT NOT NULL, text TEXT NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, keyword TEXT,
@@ -113,11 +128,12 @@ INSERT INTO job_counts SELECT tenant, id, 'queued', -size + (SELECT count(*) FRO
     WHERE m.tenant = jobs.tenant AND m.job_id = jobs.id AND m.state = 'queued') FROM jobs WHERE true
     ON CONFLICT (tenant, job_id, state) DO UPDATE SET n = n + excluded.n;
 """
-_OUTBOX_INSERT = (
-    "INSERT INTO outbox (tenant, url, message_id, job_id, state, at, reason, carrier, error_code)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_DEAD_INSERT = (
+    "INSERT INTO outbox (tenant, url, message_id, job_id, state, at, reason, carrier, attempts, dead, error,"
+    " error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
 )
-_OUTBOX_COLUMNS = "id, tenant, url, message_id, job_id, state, at, reason, carrier, attempts, error_code"
+#: A batch's sequence rows are numbered (batch << _SEQ_BITS) + their place in it.
+_SEQ_BITS = 24
 _IN_CHUNK = 500  # ids per "IN (...)": well under SQLite's limit on bound parameters
 
 _job_enc = msgspec.msgpack.Encoder()
@@ -163,9 +179,21 @@ _json_enc = msgspec.json.Encoder()
 # is appended to its own row (``history``: its changes as JSON arrays, comma-separated), in the
 # UPDATE the batch makes anyway: a table of events with its index cost as much again as the
 # rest of the write together (`python -m bench.store_record`).
+#
+# ``hooked`` (NULL for a batch that touches no job with a callback_url): [id, subscriber, that
+# message's history fragment] for the messages a webhook subscriber hears about. The same
+# statement numbers the batch (``hook_seq``) and appends a sequence row for each of them that is
+# not final yet (the state change and its webhook commit together; a change to a final message
+# is ignored by both), before the UPDATE below applies the changes. CROSS JOIN and ``+m.final``
+# fix the plan: one primary-key lookup per hooked row (left to itself, SQLite scanned every open
+# message through ``messages_open`` for each write: 2.8 ms of CPU per message at 3,000 open).
 _BATCH = """
-CREATE TEMP TABLE IF NOT EXISTS batch (updates TEXT NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS batch (updates TEXT NOT NULL, hooked TEXT);
 CREATE TEMP TRIGGER IF NOT EXISTS batch_apply AFTER INSERT ON batch BEGIN
+    UPDATE hook_seq SET n = n + 1 WHERE NEW.hooked IS NOT NULL;
+    INSERT INTO hook_log (sub, seq, message_id, events)
+        SELECT h.value ->> 1, ((SELECT n FROM hook_seq) << 24) + h.key, h.value ->> 0, h.value ->> 2
+        FROM json_each(NEW.hooked) AS h CROSS JOIN messages m ON m.id = h.value ->> 0 WHERE +m.final = 0;
     UPDATE messages SET state = u.value ->> 1, final = u.value ->> 2, updated_at = u.value ->> 3,
         carrier = coalesce(u.value ->> 4, carrier), carrier_ids = coalesce(u.value ->> 5, carrier_ids),
         attempts = attempts + (u.value ->> 6),
@@ -174,7 +202,7 @@ CREATE TEMP TRIGGER IF NOT EXISTS batch_apply AFTER INSERT ON batch BEGIN
     DELETE FROM batch;
 END;
 """
-_RECORD = "INSERT INTO temp.batch VALUES (?)"
+_RECORD = "INSERT INTO temp.batch VALUES (?, ?)"
 
 
 def _coalesce(changes: Sequence[Change]) -> list[list]:
@@ -249,7 +277,10 @@ class SqliteStore:
     # (a job's expiry, a backlog after a stall) still go to a worker thread.
     inline_record = 512
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", writes_changes: bool = True) -> None:
+        """``writes_changes=False``: a connection that never calls ``record`` (the webhook
+        delivery process) skips rebuilding the cache of jobs with a callback."""
+        self.path = path  # the webhook delivery process opens the same file
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -268,17 +299,22 @@ class SqliteStore:
             if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_counts'").fetchone() is None:
                 self._db.executescript(f"BEGIN IMMEDIATE; {_COUNTS} COMMIT;")
             self._db.executescript(_BATCH)
+            _migrate_outbox(self._db)
+            self._db.execute("INSERT OR IGNORE INTO hook_subscribers (tenant, url) SELECT DISTINCT tenant, callback_url"
+                             " FROM jobs WHERE callback_url IS NOT NULL")  # jobs of a store made before them
             hooked = self._db.execute(
-                "SELECT j.tenant, j.id, j.callback_url, j.first_id, max(m.id), count(*), j.callback_states FROM jobs j"
+                "SELECT j.tenant, j.id, j.callback_url, s.id, j.first_id, max(m.id), count(*), j.callback_states"
+                " FROM jobs j JOIN hook_subscribers s ON s.tenant = j.tenant AND s.url = j.callback_url"
                 " JOIN messages m ON m.tenant = j.tenant AND m.job_id = j.id"
                 " WHERE j.callback_url IS NOT NULL AND m.final = 0 GROUP BY j.tenant, j.id"
-            ).fetchall()
+            ).fetchall() if writes_changes else []
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open store {path!r}: {exc}") from exc
         self._lock = threading.Lock()
         self._hooks = _Hooks()
-        for tenant, job_id, url, first_id, last_id, open_count, states in hooked:
-            self._hooks.add(tenant, job_id, url, first_id, last_id, open_count, _states_dec(states))
+        self._refs: dict[tuple[str, str], str | None] = {}  # job -> its reference (hook_events)
+        for tenant, job_id, url, sub, first_id, last_id, open_count, states in hooked:
+            self._hooks.add(tenant, job_id, url, sub, first_id, last_id, open_count, _states_dec(states))
 
     def _tx(self):
         return _Transaction(self._db, self._lock)
@@ -345,7 +381,11 @@ class SqliteStore:
         db.execute(insert, (first_id, job.tenant, job.id, now, rows))
         if stored_url and recipients:
             last = first_id + (len(recipients) - 1 if insert is _INSERT_ROWS else max(i for i, _ in recipients))
-            return (job.tenant, job.id, stored_url, stored_first, last, len(recipients), _states_dec(stored_states))
+            db.execute("INSERT OR IGNORE INTO hook_subscribers (tenant, url) VALUES (?, ?)", (job.tenant, stored_url))
+            (sub,) = db.execute("SELECT id FROM hook_subscribers WHERE tenant = ? AND url = ?",
+                                (job.tenant, stored_url)).fetchone()  # fmt: skip
+            return (job.tenant, job.id, stored_url, sub, stored_first, last, len(recipients),
+                    _states_dec(stored_states))  # fmt: skip
         return None
 
     def commit_job(self, tenant: str, job_id: str, now: float, idempotency: tuple[str, str, bytes] | None = None) -> None:
@@ -377,92 +417,129 @@ class SqliteStore:
         # per row, which under a busy event loop cost more than the writing (`python -m
         # bench.store_record --contend`). A message's changes in one batch become one UPDATE: its
         # last state (none after the first final one), with the carrier and ids it was last given.
-        params = (_json_enc.encode(_coalesce(changes)),)
-        if not self._hooks:
-            # The common case (no job with a callback_url open): the statement is its own
-            # transaction, so one GIL hand-back per write instead of four (BEGIN ... COMMIT).
-            with self._lock:
-                try:
-                    self._db.execute(_RECORD, params)
-                except sqlite3.Error as exc:
-                    raise StorageError(str(exc)) from exc
-            return 0
-        ended: list[_Block] = []
-        with self._tx() as db:
-            outbox = self._outbox_rows(db, changes, ended)
-            db.execute(_RECORD, params)
-            if outbox:
-                db.executemany(_OUTBOX_INSERT, outbox)
-        if ended:  # only once committed: a rolled-back batch leaves the cache as it was
-            with self._lock:
-                for b in ended:
-                    self._hooks.ended(b)
-        return len(outbox)
+        # The statement is its own transaction (one GIL hand-back per write instead of four).
+        rows = _coalesce(changes)
+        hooked, ended = self._hooked(changes, rows) if self._hooks else (None, ())
+        with self._lock:
+            try:
+                self._db.execute(_RECORD, (_json_enc.encode(rows), hooked and _json_enc.encode(hooked)))
+            except sqlite3.Error as exc:
+                raise StorageError(str(exc)) from exc
+            for b in ended:  # only once committed: a failed batch leaves the cache as it was
+                if self._hooks.ended(b) and not self._still_open(b):
+                    self._hooks.drop(b)
+        return len(hooked or ())
 
-    def _outbox_rows(self, db: sqlite3.Connection, changes: Sequence[Change], ended: list[_Block]) -> list[tuple]:
-        """The outbox rows for the changes that will apply (the message is not final yet, or not
-        at that point of the batch) to messages of jobs with a callback_url. Called in ``record``'s
-        transaction, before its updates, so the rows commit or roll back with the changes.
-        Appends to ``ended`` the block of each message this batch ends."""
-        hooks = self._hooks
-        # Every final change of a hooked message counts (it ends the message's block), even one
-        # the job does not hear about; only the states it chose become rows.
-        hooked = [(c, b) for c in changes if c.state in NOTIFY and (b := hooks.find(c.message_id)) is not None
-                  and (c.state in b.states or c.state in FINAL)]  # fmt: skip
-        if not hooked:
-            return []
-        ids = list({c.message_id for c, _ in hooked})
-        still_open: set[int] = set()
-        for i in range(0, len(ids), _IN_CHUNK):
-            part = ids[i : i + _IN_CHUNK]
-            still_open.update(r[0] for r in db.execute(
-                f"SELECT id FROM messages WHERE final = 0 AND id IN ({','.join('?' * len(part))})", part
-            ))  # fmt: skip
-        rows = []
-        for c, b in hooked:
-            if c.message_id not in still_open:
+    def _hooked(self, changes: Sequence[Change], rows: list[list]) -> tuple[list[list] | None, list[_Block]]:
+        """The webhook part of a batch (kept apart from the write itself): ``_BATCH``'s
+        ``hooked`` rows for the messages whose subscriber hears about at least one of their
+        changes (``callback_states`` is applied again on read), and the block of each message
+        the batch makes final (a final state outside the choice ends the message too)."""
+        find = self._hooks.find
+        blocks: dict[int, _Block] = {}
+        wanted: set[int] = set()
+        for c in changes:
+            if c.state in NOTIFY and (b := find(c.message_id)) is not None:
+                blocks[c.message_id] = b
+                if c.state in b.states:
+                    wanted.add(c.message_id)
+        if not blocks:
+            return None, []
+        hooked = [[row[0], blocks[row[0]].sub, row[7]] for row in rows if row[0] in wanted]
+        ended = [blocks[row[0]] for row in rows if row[2] and row[0] in blocks]
+        return hooked or None, ended
+
+    def _still_open(self, b: _Block) -> bool:
+        """Under the lock: a block counted down to zero may have counted a final change to a
+        message that was final already (the write ignored it): ask the file, and count again."""
+        (n,) = self._db.execute("SELECT count(*) FROM messages WHERE final = 0 AND job_id = ? AND tenant = ?",
+                                (b.job_id, b.tenant)).fetchone()  # fmt: skip
+        b.open = n
+        return n > 0
+
+    # -- webhooks: the change sequence, read by a cursor per subscriber --------------------
+
+    # The reads below take no write lock (no BEGIN IMMEDIATE): in WAL mode a read sees the last
+    # commit and never holds up ``record`` in the server process.
+
+    def hook_due(self, now: float) -> list[Subscriber]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, tenant, url, attempts, next_at FROM hook_subscribers s WHERE next_at <= ?"
+                " AND EXISTS (SELECT 1 FROM hook_log l WHERE l.sub = s.id AND l.seq > s.cursor) ORDER BY id", (now,)
+            ).fetchall()  # fmt: skip
+        return [Subscriber(id=i, tenant=t, url=u, attempts=a, next_at=n) for i, t, u, a, n in rows]
+
+    def hook_events(self, sub: int, limit: int) -> list[HookEvent]:
+        # One query: the sequence rows after the cursor with the message's recipient and its
+        # job (reference, callback_states) joined, not a query per message. A read: in WAL mode
+        # it never waits for the writer, nor the writer for it.
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT l.seq, l.message_id, l.events, m.recipient, m.job_id, j.callback_states, s.tenant, s.url,"
+                " s.attempts, CASE WHEN j.id IS NULL THEN NULL ELSE j.body END"
+                " FROM hook_subscribers s JOIN hook_log l ON l.sub = s.id AND l.seq > s.cursor"
+                " LEFT JOIN messages m ON m.id = l.message_id LEFT JOIN jobs j ON j.tenant = m.tenant AND j.id = m.job_id"
+                " WHERE s.id = ? ORDER BY l.seq LIMIT ?", (sub, limit)
+            ).fetchall()  # fmt: skip
+        out: list[HookEvent] = []
+        for seq, mid, events, rcpt, job_id, states, tenant, url, attempts, body in rows:
+            if rcpt is None:  # its message is gone (a dropped upload): nobody to tell about
                 continue
-            if c.state in b.states:
-                rows.append((b.tenant, b.url, c.message_id, b.job_id, c.state, c.at, c.reason, c.carrier, c.error_code))
-            if c.state in FINAL:
-                still_open.discard(c.message_id)
-                ended.append(b)
-        return rows
+            chosen = NOTIFY if states is None else _states_dec(states)
+            person = _rcpt_dec(rcpt)
+            ref = self._reference(tenant, job_id, body)
+            for e in _history_dec.decode(f"[{events}]"):
+                if e.state in NOTIFY and e.state in chosen:
+                    out.append(HookEvent(id=len(out), seq=seq, sub=sub, tenant=tenant, url=url, message_id=mid,
+                                         job_id=job_id, state=e.state, at=e.at, reason=e.reason, carrier=e.carrier,
+                                         attempts=attempts, error_code=e.error_code, to=person.to,
+                                         index=person.index, reference=ref))  # fmt: skip
+        return out
 
-    def outbox_take(self, now: float, limit: int, lease: float) -> list[OutboxItem]:
-        with self._tx() as db:
-            rows = db.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE dead = 0 AND next_at <= ? ORDER BY next_at, id LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            _each(db, "UPDATE outbox SET next_at = ? WHERE id IN ({})", [r[0] for r in rows], (now + lease,))
-            whom = _whom(db, rows)
-        items = [OutboxItem(id=i, tenant=t, url=u, message_id=m, job_id=j, state=s, at=at, reason=r, carrier=c,
-                            attempts=a, error_code=e) for i, t, u, m, j, s, at, r, c, a, e in rows]  # fmt: skip
-        return [msgspec.structs.replace(x, to=w[0], index=w[1], reference=w[2]) if (w := whom.get(x.message_id)) else x
-                for x in items]  # fmt: skip
+    def _reference(self, tenant: str, job_id: str, body: bytes | None) -> str | None:
+        key = (tenant, job_id)
+        if key not in self._refs:
+            if len(self._refs) > 4096:
+                self._refs.clear()
+            self._refs[key] = _job_dec.decode(body).reference if body is not None else None
+        return self._refs[key]
 
-    def outbox_done(self, ids: Sequence[int]) -> None:
+    def hook_ack(self, acks: Sequence[tuple[int, int]]) -> None:
+        if not acks:
+            return
         with self._tx() as db:
-            _each(db, "DELETE FROM outbox WHERE id IN ({})", ids)
+            for sub, seq in acks:
+                db.execute("UPDATE hook_subscribers SET cursor = max(cursor, ?), attempts = 0, next_at = 0, error = NULL"
+                           " WHERE id = ?", (seq, sub))  # fmt: skip
+                db.execute("DELETE FROM hook_log WHERE sub = ? AND seq <= ?", (sub, seq))
 
-    def outbox_retry(self, ids: Sequence[int], next_at: float, error: str) -> None:
+    def hook_retry(self, sub: int, next_at: float, error: str) -> None:
         with self._tx() as db:
-            _each(db, "UPDATE outbox SET next_at = ?, attempts = attempts + 1, error = ? WHERE dead = 0 AND id IN ({})",
-                  ids, (next_at, error))  # fmt: skip
+            db.execute("UPDATE hook_subscribers SET attempts = attempts + 1, next_at = ?, error = ? WHERE id = ?",
+                       (next_at, error, sub))  # fmt: skip
 
-    def outbox_dead(self, ids: Sequence[int], error: str) -> None:
+    def hook_dead(self, sub: int, events: Sequence[HookEvent], error: str, upto: int | None) -> None:
         with self._tx() as db:
-            _each(db, "UPDATE outbox SET dead = 1, error = ? WHERE id IN ({})", ids, (error,))
+            db.executemany(_DEAD_INSERT, [(e.tenant, e.url, e.message_id, e.job_id, e.state, e.at, e.reason, e.carrier,
+                                           e.attempts + 1, error, e.error_code) for e in events])  # fmt: skip
+            if upto is not None:
+                db.execute("UPDATE hook_subscribers SET cursor = max(cursor, ?), attempts = 0, next_at = 0, error = ?"
+                           " WHERE id = ?", (upto, error, sub))  # fmt: skip
+                db.execute("DELETE FROM hook_log WHERE sub = ? AND seq <= ?", (sub, upto))
 
-    def outbox_next_at(self) -> float | None:
-        with self._tx() as db:
-            return db.execute("SELECT min(next_at) FROM outbox WHERE dead = 0").fetchone()[0]
+    def hook_next_at(self) -> float | None:
+        with self._lock:
+            return self._db.execute("SELECT min(next_at) FROM hook_subscribers s WHERE EXISTS"
+                              " (SELECT 1 FROM hook_log l WHERE l.sub = s.id AND l.seq > s.cursor)").fetchone()[0]  # fmt: skip
 
     def outbox_statistics(self) -> OutboxStats:
-        with self._tx() as db:
-            counts = dict(db.execute("SELECT dead, count(*) FROM outbox GROUP BY dead").fetchall())
-        return OutboxStats(pending=counts.get(0, 0), dead=counts.get(1, 0))
+        with self._lock:
+            db = self._db
+            dead = db.execute("SELECT count(*) FROM outbox WHERE dead = 1").fetchone()[0]
+            pending = db.execute("SELECT count(*) FROM hook_log l JOIN hook_subscribers s ON s.id = l.sub"
+                                 " WHERE l.seq > s.cursor").fetchone()[0]  # fmt: skip
+        return OutboxStats(pending=pending, dead=dead)
 
     def set_job_status(self, tenant: str, job_id: str, status: str) -> bool:
         with self._tx() as db:
@@ -704,21 +781,34 @@ class SqliteStore:
             self._db.close()
 
 
-def _whom(db: sqlite3.Connection, rows: list[tuple]) -> dict[int, tuple[str, int | None, str | None]]:
-    """message id -> (to, index, job's reference) for outbox rows (``_OUTBOX_COLUMNS``)."""
-    out: dict[int, tuple[str, int | None, str | None]] = {}
-    refs: dict[tuple[str, str], str | None] = {}
-    for r in rows:
-        tenant, mid, job_id = r[1], r[3], r[4]
-        if (tenant, job_id) not in refs:
-            body = db.execute("SELECT body FROM jobs WHERE tenant = ? AND id = ?", (tenant, job_id)).fetchone()
-            refs[(tenant, job_id)] = _job_dec.decode(body[0]).reference if body else None
-        if mid not in out:
-            got = db.execute("SELECT recipient FROM messages WHERE id = ?", (mid,)).fetchone()
-            if got is not None:
-                person = _rcpt_dec(got[0])
-                out[mid] = (person.to, person.index, refs[(tenant, job_id)])
-    return out
+def _migrate_outbox(db: sqlite3.Connection) -> None:
+    """A store made before the change sequence may hold outbox rows not yet delivered: they
+    become sequence rows of their subscribers (in their order, before anything recorded from
+    now on), and leave the outbox, in one transaction. Dead rows stay (the dead letters)."""
+    rows = db.execute("SELECT tenant, url, message_id, at, state, reason, carrier, error_code FROM outbox"
+                      " WHERE dead = 0 ORDER BY id").fetchall()  # fmt: skip
+    if not rows:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        subs: dict[tuple[str, str], int] = {}
+        out = []
+        for k, (tenant, url, mid, at, state, reason, carrier, code) in enumerate(rows):
+            if k % (1 << _SEQ_BITS) == 0:
+                (n,) = db.execute("UPDATE hook_seq SET n = n + 1 RETURNING n").fetchone()
+            if (tenant, url) not in subs:
+                db.execute("INSERT OR IGNORE INTO hook_subscribers (tenant, url) VALUES (?, ?)", (tenant, url))
+                subs[(tenant, url)] = db.execute("SELECT id FROM hook_subscribers WHERE tenant = ? AND url = ?",
+                                                 (tenant, url)).fetchone()[0]  # fmt: skip
+            event = (at, state, reason, carrier) if code is None else (at, state, reason, carrier, code)
+            out.append((subs[(tenant, url)], (n << _SEQ_BITS) + k % (1 << _SEQ_BITS), mid,
+                        _json_enc.encode(event).decode()))  # fmt: skip
+        db.executemany("INSERT INTO hook_log (sub, seq, message_id, events) VALUES (?, ?, ?, ?)", out)
+        db.execute("DELETE FROM outbox WHERE dead = 0")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _each(db: sqlite3.Connection, sql: str, ids: Sequence[int], args: tuple = ()) -> None:
@@ -737,11 +827,12 @@ def _states_dec(text: str | None) -> frozenset[str] | None:
 
 
 class _Block:
-    __slots__ = ("tenant", "job_id", "url", "lo", "hi", "open", "states")
+    __slots__ = ("tenant", "job_id", "url", "sub", "lo", "hi", "open", "states")
 
-    def __init__(self, tenant: str, job_id: str, url: str, lo: int, hi: int, open_count: int,
+    def __init__(self, tenant: str, job_id: str, url: str, sub: int, lo: int, hi: int, open_count: int,
                  states: frozenset[str] | None = None) -> None:  # fmt: skip
-        self.tenant, self.job_id, self.url, self.lo, self.hi, self.open = tenant, job_id, url, lo, hi, open_count
+        self.tenant, self.job_id, self.url, self.sub = tenant, job_id, url, sub
+        self.lo, self.hi, self.open = lo, hi, open_count
         self.states = NOTIFY if states is None else states  # what the callback_url hears about
 
 
@@ -763,13 +854,13 @@ class _Hooks:
     def __bool__(self) -> bool:
         return bool(self._by_job)
 
-    def add(self, tenant: str, job_id: str, url: str, first_id: int, last_id: int, open_count: int,
+    def add(self, tenant: str, job_id: str, url: str, sub: int, first_id: int, last_id: int, open_count: int,
             states: frozenset[str] | None = None) -> None:  # fmt: skip
         b = self._by_job.get((tenant, job_id))
         if b is not None:  # another chunk of a running job
             b.hi, b.open = max(b.hi, last_id), b.open + open_count
             return
-        b = self._by_job[(tenant, job_id)] = _Block(tenant, job_id, url, first_id, last_id, open_count, states)
+        b = self._by_job[(tenant, job_id)] = _Block(tenant, job_id, url, sub, first_id, last_id, open_count, states)
         if not self._starts or first_id >= self._starts[-1]:  # ids grow: the usual case
             self._starts.append(first_id)
             self._blocks.append(b)
@@ -785,11 +876,13 @@ class _Hooks:
         b = self._blocks[i]
         return b if b.open > 0 and message_id <= b.hi else None
 
-    def ended(self, b: _Block) -> None:
-        """One message of ``b`` reached a final state."""
+    def ended(self, b: _Block) -> bool:
+        """One message of ``b`` reached a final state: True when none is left by this count
+        (the caller checks the file before ``drop``: a repeated final change counts too)."""
         b.open -= 1
-        if b.open > 0:
-            return
+        return b.open <= 0 and self._by_job.get((b.tenant, b.job_id)) is b
+
+    def drop(self, b: _Block) -> None:
         del self._by_job[(b.tenant, b.job_id)]
         self._dropped += 1
         if self._dropped * 2 > len(self._blocks):

@@ -10,12 +10,25 @@ import pytest
 
 from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict
-from gateway.store.base import CALLBACK_STATES, JOBS_SCAN, STATES, Change, InboundRecord, NewJob, OutboxStats, RecipientRows, job_status
+from gateway.store.base import (CALLBACK_STATES, JOBS_SCAN, NOTIFY, STATES, Change, HookEvent, InboundRecord, NewJob,
+                                OutboxStats, RecipientRows, job_status)  # fmt: skip
 
 JOB = Job(id="j1", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
 PLAIN = Job(id="j2", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
 HOOK = "https://example.invalid/cb"
 PEOPLE = [(i, Recipient(to=f"+1212555{i:04d}", vars={"name": f"n{i}"})) for i in range(5)]
+
+
+def drain(store) -> list[HookEvent]:
+    """Every webhook event after its subscriber's cursor (subscribers in order, each in sequence
+    order), acknowledged: what a reader that always gets a 2xx delivers next."""
+    out: list[HookEvent] = []
+    for sub in store.hook_due(float("inf")):
+        events = store.hook_events(sub.id, 1 << 30)
+        out += events
+        if events:
+            store.hook_ack([(sub.id, events[-1].seq)])
+    return out
 
 
 class StoreConformance:
@@ -36,7 +49,7 @@ class StoreConformance:
         assert [i for i, _ in page.ids] == [1000, 1001, 1002]
         assert [r.index for r in page.recipients] == [4, 3, 2] and page.recipients[0].to == "+12125550000"
         store.record([Change(message_id=1003, state="delivered", at=11.0)])
-        (item,) = store.outbox_take(12.0, 10, 30.0)  # the webhook says whom it is about
+        (item,) = drain(store)  # the webhook says whom it is about
         assert (item.to, item.index, item.reference) == ("+12125550003", 1, "order-7")
 
     def test_jobs_listed_paged_and_filtered_by_status(self, store) -> None:
@@ -115,7 +128,7 @@ class StoreConformance:
             assert store.message("acme", 1000 + k).recipient == store.message("acme", 2000 + k).recipient == person
         assert store.job("acme", "j1").job.size == 2 and store.message("acme", 1002) is None
         store.record([Change(message_id=1001, state="failed", at=12.0)])  # the last row has the callback too
-        assert [item.message_id for item in store.outbox_take(20.0, 100, 30.0)] == [1001]
+        assert [item.message_id for item in drain(store)] == [1001]
 
     def test_changes_history_and_final_states_stick(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE, 10.0)
@@ -246,7 +259,7 @@ class StoreConformance:
         assert not store.unsuppress("acme", "+12125550000")
         assert store.suppressions("acme") == []
 
-    # -- the webhook outbox ---------------------------------------------------------------
+    # -- webhooks: the change sequence ---------------------------------------------------------------
 
     def test_outbox_rows_only_for_jobs_with_a_callback(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
@@ -254,7 +267,7 @@ class StoreConformance:
         store.record([Change(message_id=1000, state="submitted", at=11.0, carrier="alpha"),
                       Change(message_id=2000, state="submitted", at=11.0, carrier="alpha"),
                       Change(message_id=2001, state="delivered", at=11.0)])  # fmt: skip
-        [item] = store.outbox_take(20.0, 100, 30.0)
+        [item] = drain(store)
         assert (item.tenant, item.url, item.message_id, item.job_id) == ("acme", HOOK, 1000, "j1")
         assert (item.state, item.at, item.carrier, item.attempts) == ("submitted", 11.0, "alpha", 0)
 
@@ -280,7 +293,7 @@ class StoreConformance:
                                                                 ("accepted", 0), ("undelivered", 11)]  # fmt: skip
         assert store.message("acme", 1001).error_code is None
         assert store.awaiting_receipts() == [(1001, "c1", ("b1",))]
-        got = [(i.message_id, i.state, i.error_code) for i in store.outbox_take(20.0, 100, 30.0)]
+        got = [(i.message_id, i.state, i.error_code) for i in drain(store)]
         assert got == [(1000, "submitted", None), (1001, "submitted", None), (1000, "accepted", 0),
                        (1000, "undelivered", 11)]  # fmt: skip
 
@@ -294,7 +307,7 @@ class StoreConformance:
                       Change(message_id=1000, state="expired", at=16.0),  # final already: ignored
                       Change(message_id=1001, state="capped", at=17.0, reason="weekly cap")])  # fmt: skip
         store.record([Change(message_id=1000, state="undelivered", at=18.0)])  # still final: no row
-        got = [(i.message_id, i.state, i.reason) for i in store.outbox_take(20.0, 100, 30.0)]
+        got = [(i.message_id, i.state, i.reason) for i in drain(store)]
         assert got == [(1000, "deferred", "quiet hours"), (1000, "submitted", ""), (1000, "delivered", "DELIVRD"),
                        (1001, "capped", "weekly cap")]  # fmt: skip
 
@@ -313,13 +326,12 @@ class StoreConformance:
                 batch = [(rng.randrange(len(PEOPLE)), rng.choice(STATES), 11.0 + rng.random()) for _ in range(8)]
                 store.record([Change(message_id=some + i, state=st, at=at) for i, st, at in batch])
                 store.record([Change(message_id=every + i, state=st, at=at) for i, st, at in batch])
-            got = [(i.message_id, i.state, i.at) for i in store.outbox_take(1e9, 10_000, 30.0)]
+            got = [(i.message_id, i.state, i.at) for i in drain(store)]
             for i in got:
                 assert some <= i[0] < some + len(PEOPLE) or every <= i[0] < every + len(PEOPLE)
             mine = [(m - some, s, at) for m, s, at in got if m < every]
             all_of = [(m - every, s, at) for m, s, at in got if m >= every]
             assert mine == [x for x in all_of if x[1] in chosen], (k, sorted(chosen))
-            store.outbox_done([i.id for i in store.outbox_take(2e9, 10_000, 30.0)])  # leased above: taken again later
             assert store.job_info("acme", f"s{k}").callback_states == chosen
             assert store.job_info("acme", f"e{k}").callback_states is None
 
@@ -329,37 +341,83 @@ class StoreConformance:
         store.record([Change(message_id=1000 + i, state="submitted", at=12.0) for i in range(5)])
         store.record([Change(message_id=1000 + i, state="delivered" if i % 2 else "undelivered", at=13.0)
                       for i in range(5)])  # fmt: skip
-        got = [(i.message_id, i.state) for i in store.outbox_take(20.0, 100, 30.0)]
+        got = [(i.message_id, i.state) for i in drain(store)]
         assert got == [(1001, "delivered"), (1003, "delivered")]
 
     def test_outbox_a_later_chunk_keeps_the_jobs_callback(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE[:2], 10.0, callback_url=HOOK)
         store.add_job(JOB, 1000, PEOPLE[2:], 11.0, callback_url="https://example.invalid/other")
         store.record([Change(message_id=1004, state="failed", at=12.0)])
-        [item] = store.outbox_take(20.0, 100, 30.0)
+        [item] = drain(store)
         assert (item.message_id, item.url) == (1004, HOOK)
 
-    def test_outbox_lease_retry_done_dead(self, store) -> None:
+    def test_cursor_moves_only_when_acknowledged_retry_and_dead_letters(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
-        store.record([Change(message_id=1000 + i, state="submitted", at=11.0) for i in range(5)])
-        assert store.outbox_next_at() is not None and store.outbox_next_at() <= 20.0
-        first = store.outbox_take(20.0, 2, 30.0)
+        store.add_job(PLAIN, 2000, PEOPLE, 10.0, callback_url="https://example.invalid/other")
+        store.record([Change(message_id=1000 + i, state="submitted", at=11.0) for i in range(5)]
+                     + [Change(message_id=2000, state="submitted", at=11.0)])  # fmt: skip
+        assert store.hook_next_at() == 0.0
+        one, other = store.hook_due(20.0)
+        assert (one.tenant, one.url, one.attempts, other.url) == ("acme", HOOK, 0, "https://example.invalid/other")
+        first = store.hook_events(one.id, 2)
         assert [i.message_id for i in first] == [1000, 1001]
-        rest = store.outbox_take(20.0, 100, 30.0)  # the first two are leased until 50
-        assert [i.message_id for i in rest] == [1002, 1003, 1004]
-        assert store.outbox_take(49.0, 100, 30.0) == []
-        store.outbox_done([first[0].id])
-        store.outbox_retry([first[1].id], 100.0, "HTTP 500")
-        store.outbox_dead([i.id for i in rest], "gave up")
-        assert store.outbox_statistics() == OutboxStats(pending=1, dead=3)
-        assert store.outbox_next_at() == 100.0
-        assert store.outbox_take(99.0, 100, 30.0) == []
-        [again] = store.outbox_take(100.0, 100, 30.0)
-        assert (again.id, again.message_id, again.attempts) == (first[1].id, 1001, 1)
-        store.outbox_done([again.id])
-        assert store.outbox_statistics() == OutboxStats(pending=0, dead=3)
-        assert store.outbox_next_at() is None
-        assert store.outbox_take(1e12, 100, 30.0) == []  # dead rows are kept, never due again
+        assert [i.message_id for i in store.hook_events(one.id, 100)] == [1000, 1001, 1002, 1003, 1004]  # not leased
+        store.hook_ack([(one.id, first[-1].seq)])
+        assert [i.message_id for i in store.hook_events(one.id, 100)] == [1002, 1003, 1004]
+        store.hook_ack([(one.id, first[0].seq)])  # a cursor never goes back
+        assert [i.message_id for i in store.hook_events(one.id, 100)] == [1002, 1003, 1004]
+        assert store.outbox_statistics() == OutboxStats(pending=4, dead=0)
+        store.hook_retry(one.id, 100.0, "HTTP 500")
+        assert [s.id for s in store.hook_due(99.0)] == [other.id] and store.hook_next_at() == 0.0
+        [again] = store.hook_due(100.0)[:1]
+        assert (again.id, again.attempts) == (one.id, 1)
+        rest = store.hook_events(one.id, 100)
+        assert {i.attempts for i in rest} == {1}
+        store.hook_dead(one.id, rest[:2], "gave up", rest[1].seq)
+        assert [i.message_id for i in store.hook_events(one.id, 100)] == [1004]
+        assert store.outbox_statistics() == OutboxStats(pending=2, dead=2)
+        assert [s.attempts for s in store.hook_due(100.0)] == [0, 0]  # the cursor moved: attempts forgotten
+        drain(store)
+        assert store.outbox_statistics() == OutboxStats(pending=0, dead=2)
+        assert store.hook_due(1e9) == [] and store.hook_next_at() is None
+
+    def test_sequence_delivers_every_state_in_order_once_whatever_the_acks(self, store) -> None:
+        """Model check: random batches of changes (repeats, changes after a final one) for
+        messages of two jobs on one subscriber, read in random chunks, acknowledged up to a
+        random point of each read: the events delivered, deduplicated by the cursor, are every
+        change that applied (the message's history) of a state it hears, in order per message,
+        each exactly once."""
+        rng = random.Random(1616)
+        store.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
+        store.add_job(msgspec.structs.replace(JOB, id="j9"), 3000, PEOPLE, 10.0, callback_url=HOOK,
+                      callback_states=frozenset({"submitted", "delivered", "undelivered"}))  # fmt: skip
+        ids = [1000 + i for i in range(len(PEOPLE))] + [3000 + i for i in range(len(PEOPLE))]
+        got: dict[int, list[tuple[str, float]]] = {i: [] for i in ids}
+        at = 11.0
+        for _ in range(60):
+            batch = []
+            for _ in range(rng.randint(1, 6)):
+                at += 1.0
+                batch.append(Change(message_id=rng.choice(ids), state=rng.choice(STATES), at=at))
+            store.record(batch)
+            for sub in store.hook_due(at) if rng.random() < 0.5 else ():
+                read = store.hook_events(sub.id, rng.randint(1, 4))
+                if not read:
+                    continue
+                upto = read[rng.randrange(len(read))].seq
+                for e in read:
+                    if e.seq <= upto:
+                        got[e.message_id].append((e.state, e.at))
+                store.hook_ack([(sub.id, upto)])
+        for sub in store.hook_due(1e9):
+            for e in store.hook_events(sub.id, 10_000):
+                got[e.message_id].append((e.state, e.at))
+        for mid in ids:
+            hears = NOTIFY if mid < 3000 else {"submitted", "delivered", "undelivered"}
+            want = [(c.state, c.at) for c in store.message("acme", mid).history[1:] if c.state in hears]
+            assert got[mid] == want, mid
+
+
 
     # -- inbound messages -------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ class FakeGateway:
         self.lose_message_answers = 0  # the next n POST /v1/messages are stored, then the link breaks
         self.refuse_messages: dict[str, Any] | None = None  # answer POST /v1/messages with this 422 body
         self.deliver_on_read = False  # a message read with GET /v1/messages/{id} has been delivered
+        self.message_posts = 0  # every POST /v1/messages that reached the fake (re-posts of a key included)
+        self.fail_messages = 0  # answer the next n POST /v1/messages with a 503 (nothing stored)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -34,6 +36,10 @@ class FakeGateway:
             raise httpx.ConnectError("the gateway is down")
         if request.method == "POST" and path == "/v1/messages":
             return self._message(request)
+        if request.method == "GET" and path == "/_count":  # for a test or bench in another process
+            return httpx.Response(200, json={"messages": len(self.messages), "posts": self.message_posts})
+        if request.method == "GET" and path == "/_messages":
+            return httpx.Response(200, json={"messages": self.sent_messages(), "posts": self.message_posts})
         if request.method == "GET" and path.startswith("/v1/messages/"):
             m = self.messages.get(path.rsplit("/", 1)[1])
             if m is not None and self.deliver_on_read:
@@ -69,6 +75,10 @@ class FakeGateway:
 
     def _message(self, request: httpx.Request) -> httpx.Response:
         body, key = request.content, request.headers.get("idempotency-key", "")
+        self.message_posts += 1
+        if self.fail_messages > 0:
+            self.fail_messages -= 1
+            return httpx.Response(503, json={"code": "unavailable"})
         digest = hashlib.sha256(body).hexdigest()
         if self.refuse_messages is not None:
             return httpx.Response(422, json=self.refuse_messages)
@@ -85,6 +95,33 @@ class FakeGateway:
             self.lose_message_answers -= 1
             raise httpx.ReadError("connection reset after the message was stored")
         return httpx.Response(202, json=answer)
+
+    def sent_messages(self) -> list[dict[str, Any]]:
+        """Each message accepted (once per new key), in order: its request's JSON and its ``key``."""
+        return [{**m["request"], "key": m["key"]} for m in self.messages.values()]
+
+    def asgi(self) -> Any:
+        """The same fake as an ASGI app (to serve it over real HTTP, e.g. with uvicorn)."""
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            body = b""
+            while True:
+                event = await receive()
+                if event["type"] == "http.disconnect":  # the client died mid-request (kill -9): nothing stored
+                    return
+                body += event.get("body", b"")
+                if not event.get("more_body"):
+                    break
+            headers = [(k.decode(), v.decode()) for k, v in scope["headers"]]
+            request = httpx.Request(scope["method"], f"http://fake{scope['path']}", headers=headers, content=body)
+            resp = self.handle(request)
+            await send({"type": "http.response.start", "status": resp.status_code,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": resp.content})
+
+        return app
 
     def set_state(self, message_id: str, state: str) -> None:
         self.messages[message_id]["state"] = state

@@ -74,7 +74,9 @@ def world(store_url: str) -> Iterator[World]:
     app = create_app(Audience(store, settings, clock), tenant_keys(settings, {}),
                      extra_handlers=campaign_handlers(launcher, Tracker(launcher), {"acme": SECRET}))  # fmt: skip
     with TestClient(app) as c:
-        yield World(c, store, clock, gw)
+        world = World(c, store, clock, gw)
+        world.launcher = launcher  # type: ignore[attr-defined]
+        yield world
     store.close()
 
 
@@ -200,3 +202,55 @@ def test_links_expire_only_when_configured(world: World) -> None:
     assert c.get(f"/{codes[1]}", headers={"user-agent": UA}, follow_redirects=False).status_code == 404
     world.clock.now = T0 + 3650 * 86_400
     assert c.get(f"/{codes[None]}", headers={"user-agent": UA}, follow_redirects=False).status_code == 302
+
+
+def test_recipients_are_listed_with_their_texts_and_states(world: World) -> None:
+    c = world.client
+    ids = [world.subscriber(n) for n in range(1, 6)]
+    cid = c.post("/v1/campaigns", headers=H, json={"name": "R", "definition": {
+        "sender": "ACME", "template": "Hi {first_name}: https://shop.example/new", "audience": {"subscribers": ids}}}).json()["id"]
+    assert c.get(f"/v1/campaigns/{cid}/recipients", headers=H).json() == {"items": [], "next": None}  # not launched
+    c.post(f"/v1/campaigns/{cid}/launch", headers=H)
+    page = c.get(f"/v1/campaigns/{cid}/recipients?limit=3", headers=H).json()
+    assert [r["subscriber_id"] for r in page["items"]] == ids[:3] and page["next"] == ids[2]
+    rest = c.get(f"/v1/campaigns/{cid}/recipients?limit=3&after={page['next']}", headers=H).json()
+    assert [r["subscriber_id"] for r in rest["items"]] == ids[3:] and rest["next"] is None
+    row = page["items"][0]
+    assert row["phone"] == "+447911100001" and row["state"] == "submitted" and row["batch"] == 0
+    assert row["text"].startswith("Hi Ana: https://sl.ui/")  # the recipient's own short link, as sent
+    assert c.get(f"/v1/campaigns/{cid + 99}/recipients", headers=H).json()["code"] == "campaign_not_found"
+    assert c.get(f"/v1/campaigns/{cid}/recipients?limit=0", headers=H).status_code in (400, 422)
+    assert c.get(f"/v1/campaigns/{cid}/recipients").status_code == 401
+
+
+@pytest.mark.parametrize(("min_delay", "after_delivery", "counted"), [(2.0, 1.9, False), (2.0, 2.0, True),
+                                                                      (2.0, -1.9, False), (0.0, 0.0, True),
+                                                                      (10.0, 9.0, False)])  # fmt: skip
+def test_the_preview_fetch_window_is_the_tenants(world: World, min_delay: float, after_delivery: float,
+                                                 counted: bool) -> None:  # fmt: skip
+    """``click_min_delay_s`` (a tenant setting) is the window around delivery in which a hit is a
+    link-preview fetch: at its edge a hit counts, inside it does not."""
+    world.launcher.tenants["acme"] = TenantLinks(domain="sl.ui", key=b"s" * 32, click_min_delay=min_delay)  # type: ignore[attr-defined]
+    c = world.client
+    a = world.subscriber(1)
+    cid = c.post("/v1/campaigns", headers=H, json={"name": "W", "definition": {
+        "sender": "ACME", "template": "New in: https://shop.example/new", "audience": {"subscribers": [a]}}}).json()["id"]
+    c.post(f"/v1/campaigns/{cid}/launch", headers=H)
+    [row] = c.get(f"/v1/campaigns/{cid}/recipients", headers=H).json()["items"]
+    code = row["text"].split("https://sl.ui/")[1].split()[0]
+    [job_id] = world.gw.jobs
+    world.webhook([{"message_id": "m1", "job_id": job_id, "state": "delivered", "at": T0 + 5, "index": 0}])
+    world.clock.now = T0 + 5 + after_delivery
+    assert c.get(f"/{code}", headers={"user-agent": UA}, follow_redirects=False).status_code == 302
+    assert c.get(f"/v1/campaigns/{cid}/clicks", headers=H).json()["total"] == int(counted)
+
+
+def test_click_min_delay_is_checked_in_the_config() -> None:
+    from campaigns.errors import ConfigError
+
+    base = '[campaigns]\n[[campaigns.tenants]]\nname = "acme"\nkey_env = "K"\n'
+    assert loads(base + "click_min_delay_s = 2.5\n").tenants[0].click_min_delay_s == 2.5  # type: ignore[union-attr]
+    assert loads(base).tenants[0].click_min_delay_s == 10.0  # type: ignore[union-attr]
+    with pytest.raises(ConfigError) as err:
+        loads(base + "click_min_delay_s = -1\n")
+    assert err.value.key == "campaigns.tenants[0].click_min_delay_s"

@@ -13,12 +13,13 @@ import anyio
 import httpx
 import msgspec
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from gateway.config import WebhookSettings, default_text, loads
 from gateway.core.ids import format_id
 from gateway.core.model import Job, Recipient
-from gateway.runtime.webhooks import Answer, WebhookSender, plan, retry_after_seconds, settle
-from gateway.store.base import Change, OutboxItem
+from gateway.runtime.webhooks import Answer, WebhookSender, advance, plan, plan_by_message, retry_after_seconds, settle
+from gateway.store.base import Change, HookEvent
 from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SqliteStore
 from gateway.testing import http_receiver
@@ -90,9 +91,30 @@ def test_signature_verifies_and_rejects_forgeries_and_replays() -> None:
 # -- pure decisions ------------------------------------------------------------------------
 
 
-def item(i: int, *, tenant: str = "acme", url: str = HOOK, attempts: int = 0, at: float = 0.0) -> OutboxItem:
-    return OutboxItem(id=i, tenant=tenant, url=url, message_id=BASE + i, job_id="job_1", state="delivered",
-                      at=at, reason="", carrier=None, attempts=attempts)  # fmt: skip
+def item(i: int, *, tenant: str = "acme", url: str = HOOK, attempts: int = 0, at: float = 0.0, seq: int | None = None,
+         message: int | None = None) -> HookEvent:  # fmt: skip
+    return HookEvent(id=i, seq=i if seq is None else seq, sub=1, tenant=tenant, url=url,
+                     message_id=BASE + (i if message is None else message), job_id="job_1", state="delivered", at=at,
+                     reason="", carrier=None, attempts=attempts)  # fmt: skip
+
+
+def test_plan_by_message_keeps_a_messages_events_in_one_batch_in_order() -> None:
+    # message 0 has events in rows 0, 3 and 6: they travel together, in that order
+    events = [item(k, message=0 if k % 3 == 0 else k) for k in range(8)]
+    batches = plan_by_message(events, 3, 10)
+    assert [[e.id for e in b] for b in batches] == [[0, 3, 6], [1, 2, 4], [5, 7]]
+    assert [[e.id for e in b] for b in plan_by_message(events, 3, 2)] == [[0, 3, 6], [1, 2, 4]]  # at most 2
+    big = [item(k, message=0) for k in range(5)]
+    assert [len(b) for b in plan_by_message(big, 3, 10)] == [5]  # one message's events are never split
+
+
+def test_advance_moves_over_the_settled_run_only() -> None:
+    events = [item(0, seq=10), item(1, seq=11), item(2, seq=11), item(3, seq=12), item(4, seq=13)]
+    assert advance(events, set()) is None
+    assert advance(events, {0, 1, 2, 3, 4}) == 13
+    assert advance(events, {0, 1, 2, 4}) == 11  # 12 not settled: 13 is sent again later
+    assert advance(events, {0, 1}) == 10  # row 11 only half settled: never move into it
+    assert advance(events, {1, 2, 3, 4}) is None
 
 
 def test_plan_groups_by_tenant_and_url_and_caps_batches() -> None:
@@ -138,7 +160,8 @@ async def test_batches_signed_per_tenant_and_url() -> None:
     outbox_with(store, 3, url="https://other.invalid/x", job=msgspec.structs.replace(JOB, id="job_2"), base=BASE * 2)
     outbox_with(store, 2, job=Job(id="job_3", tenant="beta", sender="B", template="x"), base=BASE * 3)
     async with sender(store, clock, rx, secrets={"acme": SECRET}) as s:
-        assert await s.run_once() == 255
+        assert await s.run_once() == 253  # at most `concurrency` (4) batches a round
+        assert await s.run_once() == 2
         assert await s.run_once() == 0
     sizes = sorted((str(r.url), len(_events.decode(r.content)["events"])) for r in rx.requests)
     assert sizes == [("https://hooks.example.invalid/sluice", 2), ("https://hooks.example.invalid/sluice", 50),
@@ -158,26 +181,31 @@ async def test_batches_signed_per_tenant_and_url() -> None:
     assert store.outbox_statistics().pending == 0
 
 
-async def test_retry_after_500_then_success_delivers_every_event() -> None:
+async def test_a_failed_batch_holds_the_cursor_until_a_2xx_and_nothing_is_lost() -> None:
+    """Two batches side by side, the first to arrive gets a 500: the cursor stays before it,
+    so it and everything after it go again after the backoff (at least once; the events of a
+    later batch that had its 2xx may arrive twice), until every event had a 2xx."""
     store, clock = MemoryStore(), FakeClock()
     rx = Receiver(httpx.Response(500), httpx.Response(200), httpx.Response(503))
     outbox_with(store, 150, at=clock())
+    everything = [format_id(BASE + i) for i in range(150)]
     async with sender(store, clock, rx) as s:
         assert await s.run_once() == 150  # two batches: the first to arrive gets the 500
-        failed = {e["message_id"] for e in rx.events(0)}
+        failed = [e["message_id"] for e in rx.events(0)]
         assert s.statistics().retried == len(failed) and s.statistics().delivered == 150 - len(failed)
+        again = 150 if failed == everything[:100] else 50  # the failed batch and what follows it
         assert await s.run_once() == 0  # backing off: nothing due yet
         clock.advance(1.4)
         assert await s.run_once() == 0  # 2 s backoff, jitter 0.5 -> 1.5 s
         clock.advance(0.1)
-        assert await s.run_once() == len(failed)  # 503 this time
+        assert await s.run_once() == again  # one of them gets a 503
         clock.advance(2.99)
         assert await s.run_once() == 0
         clock.advance(0.01)
-        assert await s.run_once() == len(failed)
-    assert {e["message_id"] for e in rx.events(3)} == failed
-    delivered = rx.events(1) + rx.events(3)
-    assert sorted(e["message_id"] for e in delivered) == sorted(format_id(BASE + i) for i in range(150))
+        assert await s.run_once() == again
+        assert await s.run_once() == 0
+    ok = [e["message_id"] for k, r in enumerate(rx.requests) if k not in (0, 2) for e in rx.events(k)]
+    assert set(ok) == set(everything)  # every event had a 2xx
     assert store.outbox_statistics().pending == 0 and store.outbox_statistics().dead == 0
 
 
@@ -202,7 +230,7 @@ async def test_gives_up_after_max_age_and_keeps_the_rows_dead() -> None:
     async with sender(store, clock, rx, settings=settings) as s:
         for _ in range(100):
             await s.run_once()
-            next_at = store.outbox_next_at()
+            next_at = store.hook_next_at()
             if next_at is None:
                 break
             clock.now = next_at
@@ -232,7 +260,7 @@ async def test_network_errors_and_timeouts_are_retried() -> None:
                              jitter=lambda: 0.0) as s:  # fmt: skip
         for _ in range(3):
             await s.run_once()
-            clock.now = store.outbox_next_at() or clock.now
+            clock.now = store.hook_next_at() or clock.now
     assert len(calls) == 3 and s.statistics().delivered == 1 and s.statistics().retried == 2
 
 
@@ -316,3 +344,48 @@ def test_config_webhook_defaults_are_the_documented_ones() -> None:
 
     example = (Path(__file__).parents[2] / "config" / "example.toml").read_text()
     assert loads(example).webhooks == loads(default_text()).webhooks == WebhookSettings()
+
+
+# -- properties of the pure decisions ---------------------------------------------------------
+
+
+@st.composite
+def reads(draw):
+    """A read: sequence rows in order, each one message's 1-3 events (ids are positions)."""
+    rows = draw(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 3)), min_size=1, max_size=25))
+    events, seq = [], 100
+    for message, n in rows:
+        seq += draw(st.integers(1, 3))
+        for _ in range(n):
+            events.append(item(len(events), seq=seq, message=message))
+    return events
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(reads(), st.integers(1, 8), st.integers(1, 6), st.data())
+def test_property_batches_keep_messages_whole_and_the_cursor_never_passes_an_unsettled_event(
+        events, batch_size, most, data) -> None:  # fmt: skip
+    batches = plan_by_message(events, batch_size, most)
+    assert 1 <= len(batches) <= most
+    sent = [e for b in batches for e in b]
+    assert len({e.id for e in sent}) == len(sent)  # nothing twice
+    for b in batches:
+        assert len(b) <= batch_size or len({e.message_id for e in b}) == 1
+        for m in {e.message_id for e in b}:
+            mine = [e.id for e in b if e.message_id == m]
+            assert mine == [e.id for e in events if e.message_id == m and e.id in mine] == sorted(mine)
+            assert all(e.message_id != m for other in batches if other is not b for e in other)  # in one batch
+    # Any set of batches settled: the cursor stops before the first event not settled.
+    ok = data.draw(st.lists(st.booleans(), min_size=len(batches), max_size=len(batches)))
+    settled = {e.id for b, fine in zip(batches, ok) if fine for e in b}
+    upto = advance(events, settled)
+    first_open = next((e.seq for e in events if e.id not in settled), None)
+    if upto is not None:
+        assert all(e.id in settled for e in events if e.seq <= upto)
+        assert first_open is None or upto < first_open
+    if first_open is None:
+        assert upto == events[-1].seq
+    elif upto is not None:  # as far as it can: the last row before the first open one
+        assert upto == max(e.seq for e in events if e.seq < first_open)
+    else:
+        assert all(e.seq >= first_open for e in events)

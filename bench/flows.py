@@ -1,0 +1,424 @@
+"""`sluice bench flows`: the flow runtime's throughput and timer lag, on SQLite or PostgreSQL, sending
+to the fake gateway of tests/campaigns/fake_gateway.py served over real HTTP (loopback, uvicorn):
+it keeps each Idempotency-Key's answer as the real gateway does.
+
+1. Events: N subscribers (bulk-loaded, consent confirmed), a flow "checkout abandoned -> carts over
+   $200 (1 in 20) get a send at once -> wait a day -> send" with the exit "order placed"; N
+   checkout-abandoned events and N/5 orders
+   go through the store's ``apply_events`` (which queues the flow inputs in the same transaction),
+   then the runtime drains them (triggers and exits processed, runs started and advanced) and posts
+   every send to the gateway. ``events_per_s`` = (inputs processed + runs advanced + sends answered)
+   / the wall time of that whole phase; each part's own rate is reported too.
+2. Timer lag: ``--timers`` runs waiting (default 1,000,000), of which ``--due`` fall due over the
+   next ``--window`` seconds (the rest later); one worker on the real clock fires them;
+   ``timer_lag_p99_s`` is the 99th percentile of (acted - due), "acted" being the commit of the
+   transaction that fired the timer.
+
+``python -m bench.flows worker --store URL --gateway URL`` runs only the runtime (the crash test's
+process, killed with SIGKILL and restarted)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from bench.machine import describe
+from bench.output import out_option, save
+from campaigns.core import flows as F
+from campaigns.core.events import CheckoutEvent, OrderEvent
+from campaigns.store import Store, open_store
+
+TENANT = "bench"
+CRASH_FLOW: dict[str, Any] = {
+    "id": "crash", "version": 1, "name": "Two sends a second apart (tagged subscribers), a timer for all",
+    "trigger": {"type": "custom", "name": "go"}, "entry": "pick",
+    "nodes": {"pick": {"type": "branch", "condition": {"op": "has_tag", "tag": "sends"}, "then": "one", "else": "wait"},
+              "one": {"type": "send", "template": "one", "next": "wait"},
+              "wait": {"type": "wait", "seconds": 1, "next": "pick2"},
+              "pick2": {"type": "branch", "condition": {"op": "has_tag", "tag": "sends"}, "then": "two", "else": None},
+              "two": {"type": "send", "template": "two"}},
+    "reentry": {"rule": "always"},
+}  # fmt: skip
+EVENTS_FLOW: dict[str, Any] = {
+    "id": "cart", "version": 1, "name": "Cart", "trigger": {"type": "checkout_abandoned"}, "entry": "value",
+    "nodes": {"value": {"type": "branch", "condition": {"op": "gt", "field": "trigger.value", "value": 20_000},
+                        "then": "now", "else": "day"},
+              "now": {"type": "send", "template": "one", "next": "day"},
+              "day": {"type": "wait", "seconds": 86_400, "next": "last"},
+              "last": {"type": "send", "template": "two"}},
+    "exits": [{"event": "order_placed"}],
+}  # fmt: skip
+TIMER_FLOW: dict[str, Any] = {
+    "id": "timer", "version": 1, "name": "Timer", "trigger": {"type": "custom", "name": "t"},
+    "entry": "w", "nodes": {"w": {"type": "wait", "seconds": 1, "next": "e"}, "e": {"type": "end"}},
+}  # fmt: skip
+_enc = msgspec.json.Encoder()
+
+
+def phone(i: int) -> str:
+    return f"+1555{i:07d}"
+
+
+def fake_gateway() -> Any:
+    """The tests' fake gateway (tests/campaigns/fake_gateway.py)."""
+    here = Path(__file__).resolve().parent.parent / "tests" / "campaigns"
+    if str(here) not in sys.path:
+        sys.path.insert(0, str(here))
+    from fake_gateway import FakeGateway  # type: ignore[import-not-found]
+
+    return FakeGateway()
+
+
+@contextlib.contextmanager
+def serve_http(app: Any) -> Iterator[str]:
+    """Serve an ASGI app on a free loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
+                                           lifespan="off"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the fake gateway did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+class RemoteGateway:
+    """The fake gateway in its own process (a server thread in the measuring process would share its
+    GIL: every request would wait for thread switches). ``messages()`` / ``count()`` read its record."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def count(self) -> int:
+        import httpx
+
+        return int(httpx.get(f"{self.url}/_count", timeout=30).json()["messages"])
+
+    def record(self) -> tuple[list[dict[str, Any]], int]:
+        import httpx
+
+        data = httpx.get(f"{self.url}/_messages", timeout=120).json()
+        return data["messages"], int(data["posts"])
+
+
+class LocalGateway:
+    """The fake gateway served from a thread of this process (fine for a few hundred messages)."""
+
+    def __init__(self, fake: Any, url: str) -> None:
+        self.fake, self.url = fake, url
+
+    def count(self) -> int:
+        return len(self.fake.messages)
+
+    def record(self) -> tuple[list[dict[str, Any]], int]:
+        return self.fake.sent_messages(), int(self.fake.message_posts)
+
+
+@contextlib.contextmanager
+def gateway_thread() -> Iterator[LocalGateway]:
+    fake = fake_gateway()
+    with serve_http(fake.asgi()) as url:
+        yield LocalGateway(fake, url)
+
+
+@contextlib.contextmanager
+def gateway_process() -> Iterator[RemoteGateway]:
+    """``python -m bench.flows fake-gateway`` on a free loopback port; stopped (by its PID) on exit."""
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.flows", "fake-gateway", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/_count", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the fake gateway process did not start") from None
+                time.sleep(0.05)
+        yield RemoteGateway(url)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def bulk_subscribers(store: Store, n: int, now: float, *, tag_every: int = 0) -> None:
+    """N confirmed subscribers (ids 1..N) and their stats rows, in one transaction; every
+    ``tag_every``-th is tagged ``sends``."""
+    with store._tx() as tx:  # type: ignore[attr-defined]
+        sql = tx._sql("INSERT INTO subscribers (tenant, id, phone, created_at, consent, consent_at) VALUES (?, ?, ?, ?, 'confirmed', ?)")
+        tx._cur.executemany(sql, [(TENANT, i, phone(i), now, now) for i in range(1, n + 1)])
+        tx._cur.executemany(tx._sql("INSERT INTO subscriber_stats (tenant, subscriber_id) VALUES (?, ?)"),
+                            [(TENANT, i) for i in range(1, n + 1)])  # fmt: skip
+        if tag_every:
+            tx._cur.executemany(tx._sql("INSERT INTO subscriber_tags (tenant, subscriber_id, tag) VALUES (?, ?, 'sends')"),
+                                [(TENANT, i) for i in range(tag_every, n + 1, tag_every)])  # fmt: skip
+        if store.engine == "postgres":
+            tx.run("SELECT setval(pg_get_serial_sequence('subscribers', 'id'), ?)", (n,))
+
+
+def install(store: Store, flow: dict[str, Any], templates: dict[str, str], now: float) -> None:
+    F.parse_flow(flow, templates=templates.keys())
+    for tid, text in templates.items():
+        store.put_flow_template(TENANT, tid, text, now=now)
+    store.put_flow_version(TENANT, flow["id"], flow["name"], flow, now=now, new=True)
+    store.set_flow_enabled(TENANT, flow["id"], True, now=now)
+
+
+def queue_go(store: Store, n: int) -> None:
+    """One ``custom go`` input per subscriber, queued as the store's hooks queue them."""
+    with store._tx() as tx:  # type: ignore[attr-defined]
+        rows = [(TENANT, i, _enc.encode(F.ShopEvent(id=f"go:{i}", kind="custom", name="go")).decode())
+                for i in range(1, n + 1)]  # fmt: skip
+        tx._cur.executemany(tx._sql("INSERT INTO flow_inputs (tenant, subscriber_id, event) VALUES (?, ?, ?)"), rows)
+
+
+def crash_store(url: str, n: int, now: float, *, send_every: int = 1) -> None:
+    store = open_store(url)
+    try:
+        bulk_subscribers(store, n, now, tag_every=send_every)
+        install(store, CRASH_FLOW, {"one": "step one", "two": "step two"}, now)
+        queue_go(store, n)
+    finally:
+        store.close()
+
+
+# ---- the worker process (crash test) -----------------------------------------------------------
+
+
+def worker_main(store_url: str, gateway_url: str) -> None:
+    import anyio
+
+    from campaigns.service.flow_runtime import FlowRuntime, TenantFlows
+    from campaigns.service.gateway_client import GatewayClient
+
+    async def main() -> None:
+        store = open_store(store_url)
+        client = GatewayClient(gateway_url, "bench-key")
+        rt = FlowRuntime(store, {TENANT: client}, {TENANT: TenantFlows(sender="BENCH")}, time.time, batch=500,
+                         send_concurrency=32)  # fmt: skip
+        await rt.run(interval=0.05)
+
+    anyio.run(main)
+
+
+# ---- the bench ------------------------------------------------------------------------------------
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def events_phase(url: str, n: int, gw: RemoteGateway) -> dict[str, Any]:
+    import anyio
+
+    from campaigns.service.flow_runtime import FlowRuntime, TenantFlows
+    from campaigns.service.gateway_client import GatewayClient
+
+    now = time.time()
+    store = open_store(url)
+    bulk_subscribers(store, n, now - 100)
+    install(store, EVENTS_FLOW, {"one": "Your cart: {checkout_url|our shop}", "two": "Last call"}, now)
+    events = [(CheckoutEvent(id=f"c{i}", at=now - 50, checkout_id=f"c{i}", phone=phone(i), status="abandoned",
+                             value=1000 + i % 20_000, url=f"https://shop.example/c/{i}"), phone(i)) for i in range(1, n + 1)]
+    exits = [(OrderEvent(id=f"o{i}", at=now - 10, order_id=f"o{i}", phone=phone(i), total=100, currency="USD",
+                         payment_status="paid", checkout_id=f"c{i}"), phone(i)) for i in range(1, n + 1, 5)]  # fmt: skip
+    t0 = time.perf_counter()
+    for chunk in range(0, n, 2000):  # the events API's bulk path: applied, and flow inputs queued, per transaction
+        store.apply_events(TENANT, events[chunk:chunk + 2000], now=now)
+    ingest_s = time.perf_counter() - t0
+
+    async def flows() -> tuple[Any, float, float]:
+        client = GatewayClient(gw.url, "bench-key")
+        rt = FlowRuntime(store, {TENANT: client}, {TENANT: TenantFlows(sender="BENCH")}, time.time, batch=2000,
+                         send_concurrency=64)  # fmt: skip
+        t1 = time.perf_counter()
+        while await anyio.to_thread.run_sync(rt.worker.drain, TENANT, time.time(), 2000):
+            pass
+        for chunk in range(0, len(exits), 2000):
+            store.apply_events(TENANT, exits[chunk:chunk + 2000], now=time.time())
+        while await anyio.to_thread.run_sync(rt.worker.drain, TENANT, time.time(), 2000):
+            pass
+        drain_s = time.perf_counter() - t1
+        await rt.send_pending()
+        total_s = time.perf_counter() - t1
+        await client.aclose()
+        return rt.statistics(), drain_s, total_s
+
+    stats, drain_s, total_s = anyio.run(flows)
+    store.close()
+    messages, _posts = gw.record()
+    keys = [m["key"] for m in messages]
+    processed = stats.inputs + stats.advanced + stats.sent
+    return {"events": n + len(exits), "inputs": stats.inputs, "runs_started": stats.started,
+            "runs_advanced": stats.advanced, "sends": stats.sent, "gateway_messages": len(messages),
+            "gateway_duplicate_keys": len(keys) - len(set(keys)), "ingest_s": ingest_s,
+            "engine_phase_s": drain_s, "events_phase_s": total_s,
+            "events_per_s": processed / total_s, "inputs_per_s": stats.inputs / drain_s,
+            "sends_per_s": stats.sent / max(total_s - drain_s, 1e-9)}  # fmt: skip
+
+
+def timers_phase(url: str, timers: int, due: int, window: float) -> dict[str, Any]:
+    import anyio
+
+    from campaigns.service.flow_runtime import FlowRuntime, TenantFlows
+
+    store = open_store(url)
+    now = time.time()
+    install(store, TIMER_FLOW, {}, now)
+    t0 = time.perf_counter()
+    sql_text = ("INSERT INTO flow_runs (tenant, run_key, flow_id, version, subscriber_id, node, visit, state, "
+                "started_at, updated_at, due, run) VALUES (?, ?, 'timer', 1, ?, 'w', 1, 'active', ?, ?, ?, ?)")
+
+    def load(ids: range, due_of: Any) -> None:
+        with store._tx() as tx:  # type: ignore[attr-defined]
+            sql, batch = tx._sql(sql_text), []
+            for i in ids:
+                d = due_of(i)
+                run = F.Run(id=f"timer:{i}:t", flow_id="timer", version=1, subscriber_id=i, started_at=now, node="w",
+                            visit=1, timer_due=d, waiting_since=now)  # fmt: skip
+                batch.append((TENANT, run.id, i, now, now, d, _enc.encode(run).decode()))
+                if len(batch) == 20_000:
+                    tx._cur.executemany(sql, batch)
+                    batch = []
+            if batch:
+                tx._cur.executemany(sql, batch)
+
+    load(range(due, timers), lambda i: now + 86_400 + i)  # the pending mass: due tomorrow and later
+    if store.engine == "postgres":
+        with store._tx() as tx:  # type: ignore[attr-defined]
+            tx.run("ANALYZE flow_runs")
+    start = time.time() + 3.0  # then the ones that fall due during the run, from 3 s after loading
+    load(range(due), lambda i: start + i * window / due)
+    load_s = time.perf_counter() - t0
+
+    async def fire() -> list[float]:
+        rt = FlowRuntime(store, {}, {TENANT: TenantFlows(sender="BENCH")}, time.time, batch=1000)
+        rt.tenant_names = [TENANT]
+        deadline = time.time() + window + 3.0 + max(0.0, start - time.time())
+        while time.time() < deadline:
+            did = await rt.round()
+            if not did:
+                await anyio.sleep(0.02)
+        return rt.lags
+
+    lags = anyio.run(fire)
+    store.close()
+    return {"timers": timers, "timers_due": due, "timers_fired": len(lags), "window_s": window, "load_s": load_s,
+            "timer_lag_p99_s": _pct(lags, 0.99), "timer_lag_p50_s": _pct(lags, 0.50),
+            "timer_lag_max_s": max(lags) if lags else 0.0}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _engine_url(engine: str, workdir: str | None, name: str) -> Iterator[str]:
+    if engine == "postgres":
+        from bench.audience import throwaway_postgres
+
+        with throwaway_postgres() as url:
+            yield url
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"sluice-bench-flows-{name}-", dir=workdir) as tmp:
+            yield f"sqlite:///{tmp}/campaigns.db"
+
+
+def run(engine: str, n: int, timers: int, due: int, window: float, workdir: str | None,
+        crash: str | None, phase: str = "all") -> dict[str, Any]:  # fmt: skip
+    ev: dict[str, Any] = {}
+    tm: dict[str, Any] = {}
+    if phase in ("all", "events"):
+        with gateway_process() as gw, _engine_url(engine, workdir, "events") as url:
+            ev = events_phase(url, n, gw)
+    if phase in ("all", "timers"):
+        with _engine_url(engine, workdir, "timers") as url:
+            tm = timers_phase(url, timers, due, window)
+    out: dict[str, Any] = {"scenario": "flows", "engine": engine, "subscribers": n, "gateway": "fake (tests/campaigns/fake_gateway.py, own process, HTTP on loopback)",
+                           **ev, **tm, "load": os.getloadavg()[0], "machine": describe()}  # fmt: skip
+    if crash:  # the crash test's figures (tests/campaigns/test_flow_crash.py writes them)
+        data = msgspec.json.decode(Path(crash).read_bytes())
+        out.update({k: data[k] for k in ("lost", "duplicates", "kills", "runs") if k in data})
+    return out
+
+
+@click.group("flows", invoke_without_command=True)
+@click.option("--subscribers", "n", default=100_000, show_default=True, help="Subscribers (one checkout each).")
+@click.option("--engine", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
+@click.option("--timers", default=1_000_000, show_default=True, help="Pending timers in the due-time index.")
+@click.option("--due", default=10_000, show_default=True, help="How many of them fall due during the run.")
+@click.option("--window", default=20.0, show_default=True, help="Seconds over which those fall due.")
+@click.option("--phase", type=click.Choice(["all", "events", "timers"]), default="all", show_default=True)
+@click.option("--crash-json", "crash", default=None, type=click.Path(dir_okay=False),
+              help="The crash test's result (lost, duplicates) to include.")
+@click.option("--workdir", default=None, type=click.Path(file_okay=False), help="Where the SQLite files go.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
+@out_option
+@click.pass_context
+def bench_flows(ctx: click.Context, n: int, engine: str, timers: int, due: int, window: float, phase: str,
+                crash: str | None, workdir: str | None, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
+    """Flow runtime: events/s through triggers, exits and sends; timer lag with 1M pending timers."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if n < 1 or timers < 1 or not 1 <= due <= timers or window <= 0:
+        raise click.BadParameter("--subscribers >= 1, --timers >= 1, 1 <= --due <= --timers, --window > 0")
+    r = run(engine, n, timers, due, window, workdir, crash, phase)
+    click.echo(f"sluice bench flows: {engine}, {n:,} subscribers, {timers:,} timers ({due:,} due in {window:g} s)")
+    for key in ("events_per_s", "inputs_per_s", "sends_per_s", "runs_started", "runs_advanced", "sends",
+                "gateway_duplicate_keys", "timer_lag_p50_s", "timer_lag_p99_s", "timers_fired"):  # fmt: skip
+        if key in r:
+            click.echo(f"  {key:<28} {r[key]:>14,.3f}")
+    save(r, json_path, out_dir)
+
+
+@bench_flows.command("fake-gateway")
+@click.option("--port", type=int, required=True)
+def fake_gateway_cmd(port: int) -> None:
+    """Serve tests/campaigns/fake_gateway.py over HTTP on 127.0.0.1:PORT until killed."""
+    import uvicorn
+
+    uvicorn.run(fake_gateway().asgi(), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off")
+
+
+@bench_flows.command("worker")
+@click.option("--store", "store_url", required=True)
+@click.option("--gateway", "gateway_url", required=True)
+def worker(store_url: str, gateway_url: str) -> None:
+    """Run the flow runtime alone until killed (the crash test's process)."""
+    worker_main(store_url, gateway_url)
+
+
+if __name__ == "__main__":
+    bench_flows()

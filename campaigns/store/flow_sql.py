@@ -1,0 +1,451 @@
+"""The flow runtime's tables (FLOWS_DDL in ``schema.py``), shared by both engines: a mixin of ``SqlStore``.
+
+Two kinds of operations:
+
+- plain ones, one transaction each (``put_flow_version``, ``flow_heads``, ``set_flow_enabled``,
+  ``put_flow_template``, ``flow_run_rows``, ``flow_node_counts``, ``pending_flow_messages``,
+  ``flow_message_done`` ...);
+- ``flow_tx(tenant)``: one transaction handed to the runtime as a ``FlowTx``, in which it reads runs,
+  calls the pure engine (``campaigns.core.flows.step``) and writes the new run, its next timer and
+  the actions' records together. Nothing is half stored: a kill -9 before the commit leaves the run
+  as it was (its timer still due, the event not marked applied), after it leaves the run advanced
+  and its sends recorded as ``pending`` in ``flow_outbox`` (the sender's outbox).
+
+Claiming due timers: ``FlowTx.claim_due(now, limit)`` reads the due-time index in due order; on
+PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so several workers (processes, or connections) take
+disjoint batches; on SQLite the transaction is ``BEGIN IMMEDIATE``: one writer at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+
+from campaigns.core import flow_inputs
+from campaigns.core import flows as F
+from campaigns.core.model import Subscriber
+from campaigns.errors import Conflict, NotFound
+from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
+
+_json = msgspec.json.Encoder()
+_run_decoder = msgspec.json.Decoder(F.Run)
+_RUN_COLS = "id, run_key, flow_id, version, subscriber_id, object_id, node, visit, state, ended, started_at, updated_at, due"
+_MSG_COLS = ("key, run_id, flow_id, version, step, visit, subscriber_id, kind, category, recipient, sender, body, media_url, "
+             "state, detail, message_id, created_at, sent_at")  # fmt: skip
+_SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country, region, city, time_zone, "
+             "language, signup_source, created_at, consent, consent_at, attributes")  # fmt: skip
+
+
+def _run_row(tenant: str, row: tuple) -> FlowRunRow:
+    names = [c.strip() for c in _RUN_COLS.split(",")]
+    return FlowRunRow(tenant=tenant, **dict(zip(names, row, strict=True)))
+
+
+def _msg_row(tenant: str, row: tuple) -> FlowMessage:
+    names = [c.strip() for c in _MSG_COLS.split(",")]
+    values = dict(zip(names, row, strict=True))
+    return FlowMessage(tenant=tenant, **values)
+
+
+class FlowTx:
+    """One transaction of the flow runtime (see the module docstring). ``tenant`` scopes every read."""
+
+    def __init__(self, tx: Any, tenant: str, engine: str) -> None:
+        self.tx, self.tenant, self.engine = tx, tenant, engine
+        # Read once per transaction (a start and its first send read the same subscriber); writes
+        # through ``update_subscriber`` drop the entry.
+        self._subs: dict[int, tuple[Subscriber, tuple[str, ...], dict[str, Any]] | None] = {}
+        self._templates: dict[str, str | None] = {}
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def first_time(self, event_id: str) -> bool:
+        """Mark the input event applied; False when it was already (a redelivery: do nothing)."""
+        return self.tx.run("INSERT INTO flow_events (tenant, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                           (self.tenant, event_id)) > 0  # fmt: skip
+
+    def enabled_flows(self) -> list[tuple[str, int]]:
+        return [(str(f), int(v)) for f, v in self.tx.rows(
+            "SELECT flow_id, latest FROM flow_heads WHERE tenant = ? AND enabled = 1 ORDER BY flow_id", (self.tenant,))]
+
+    def definition(self, flow_id: str, version: int) -> Any:
+        row = self.tx.one("SELECT definition FROM flow_versions WHERE tenant = ? AND flow_id = ? AND version = ?",
+                          (self.tenant, flow_id, version))  # fmt: skip
+        return None if row is None else msgspec.json.decode(row[0])
+
+    def subscriber(self, subscriber_id: int) -> tuple[Subscriber, tuple[str, ...], dict[str, Any]] | None:
+        """The subscriber, their tags and their stats (a run's snapshot)."""
+        if subscriber_id not in self._subs:
+            self._subs[subscriber_id] = self._read_subscriber(subscriber_id)
+        return self._subs[subscriber_id]
+
+    def _read_subscriber(self, subscriber_id: int) -> tuple[Subscriber, tuple[str, ...], dict[str, Any]] | None:
+        row = self.tx.one(f"SELECT {_SUB_COLS} FROM subscribers WHERE tenant = ? AND id = ?", (self.tenant, subscriber_id))
+        if row is None:
+            return None
+        names = [c.strip() for c in _SUB_COLS.split(",")]
+        values = dict(zip(names, row, strict=True))
+        values["attributes"] = msgspec.json.decode(values["attributes"] or "{}")
+        sub = Subscriber(tenant=self.tenant, **values)
+        tags = tuple(sorted(r[0] for r in self.tx.rows(
+            "SELECT tag FROM subscriber_tags WHERE tenant = ? AND subscriber_id = ?", (self.tenant, subscriber_id))))
+        st = self.tx.one("SELECT orders_count, total_spent, last_order_at FROM subscriber_stats WHERE tenant = ? "
+                         "AND subscriber_id = ?", (self.tenant, subscriber_id))  # fmt: skip
+        stats = {} if st is None else {"orders_count": st[0], "total_spent": st[1], "last_order_at": st[2]}
+        return sub, tags, stats
+
+    # ---- runs --------------------------------------------------------------------------------
+    def active_runs(self, subscriber_id: int) -> list[tuple[int, F.Run]]:
+        lock = " FOR UPDATE" if self.engine == "postgres" else ""
+        rows = self.tx.rows(f"SELECT id, run FROM flow_runs WHERE tenant = ? AND subscriber_id = ? AND state = 'active' "
+                            f"ORDER BY id{lock}", (self.tenant, subscriber_id))  # fmt: skip
+        return [(int(i), _run_decoder.decode(r)) for i, r in rows]
+
+    def entries(self, flow_id: str, subscriber_id: int) -> list[F.Entry]:
+        rows = self.tx.rows("SELECT started_at, object_id FROM flow_runs WHERE tenant = ? AND flow_id = ? AND "
+                            "subscriber_id = ?", (self.tenant, flow_id, subscriber_id))  # fmt: skip
+        return [F.Entry(started_at=float(a), object_id=o) for a, o in rows]
+
+    def insert_run(self, run: F.Run, now: float) -> int | None:
+        """Store a new run; None when a run with its key exists (a replayed trigger)."""
+        row = self.tx.one(
+            "INSERT INTO flow_runs (tenant, run_key, flow_id, version, subscriber_id, object_id, node, visit, state, "
+            "ended, started_at, updated_at, due, run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (tenant, run_key) DO NOTHING RETURNING id",
+            (self.tenant, run.id, run.flow_id, run.version, run.subscriber_id, run.object_id, run.node, run.visit,
+             "active" if run.node is not None else "ended", run.ended, run.started_at, now, run.timer_due,
+             _json.encode(run).decode()))  # fmt: skip
+        return None if row is None else int(row[0])
+
+    def save_run(self, run_id: int, run: F.Run, now: float) -> None:
+        self.tx.run("UPDATE flow_runs SET node = COALESCE(?, node), visit = ?, state = ?, ended = ?, updated_at = ?, due = ?, run = ? "
+                    "WHERE id = ?", (run.node, run.visit, "active" if run.node is not None else "ended", run.ended, now,
+                                     run.timer_due, _json.encode(run).decode(), run_id))  # fmt: skip
+
+    def claim_due(self, now: float, limit: int) -> list[tuple[int, F.Run]]:
+        """Up to ``limit`` runs of this tenant whose timer is due at ``now``, earliest first (locked on
+        PostgreSQL; other workers skip them)."""
+        lock = " FOR UPDATE SKIP LOCKED" if self.engine == "postgres" else ""
+        rows = self.tx.rows(f"SELECT id, run FROM flow_runs WHERE due IS NOT NULL AND due <= ? AND tenant = ? "
+                            f"ORDER BY due LIMIT ?{lock}", (now, self.tenant, limit))  # fmt: skip
+        return [(int(i), _run_decoder.decode(r)) for i, r in rows]
+
+    def take_inputs(self, limit: int, *, part: int = 0, parts: int = 1) -> list[tuple[int, int, F.Event]]:
+        """The oldest queued inputs of this tenant (id, subscriber, event), deleted with this
+        transaction's commit (locked against other workers on PostgreSQL). With ``parts`` > 1 only
+        the subscribers ``id % parts == part``: each worker drains its own share, so one
+        subscriber's inputs are always applied in order, by one worker."""
+        lock = " FOR UPDATE SKIP LOCKED" if self.engine == "postgres" else ""
+        share, params = "", [self.tenant]
+        if parts > 1:
+            share = " AND subscriber_id %% ? = ?" if self.engine == "postgres" else " AND subscriber_id % ? = ?"
+            params += [parts, part]
+        rows = self.tx.rows(f"SELECT id, subscriber_id, event FROM flow_inputs WHERE tenant = ?{share} ORDER BY id "
+                            f"LIMIT ?{lock}", (*params, limit))  # fmt: skip
+        if rows:
+            ids = [int(r[0]) for r in rows]
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                self.tx.run(f"DELETE FROM flow_inputs WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+        return [(int(i), int(s), _event_decoder.decode(e)) for i, s, e in rows]
+
+    def take_inputs_of(self, subscriber_ids: Sequence[int]) -> list[tuple[int, int, F.Event]]:
+        """The queued inputs of these subscribers, oldest first, deleted with this transaction (the
+        timer worker applies them before their runs' timers: an exit queued before a due send wins)."""
+        out: list[tuple[int, int, F.Event]] = []
+        ids = sorted(set(subscriber_ids))
+        lock = " FOR UPDATE SKIP LOCKED" if self.engine == "postgres" else ""
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            rows = self.tx.rows(f"SELECT id, subscriber_id, event FROM flow_inputs WHERE tenant = ? AND subscriber_id IN "
+                                f"({', '.join('?' * len(chunk))}) ORDER BY id{lock}", (self.tenant, *chunk))  # fmt: skip
+            out += [(int(r[0]), int(r[1]), _event_decoder.decode(r[2])) for r in rows]
+        for i in range(0, len(out), 500):
+            chunk_ids = [r[0] for r in out[i:i + 500]]
+            self.tx.run(f"DELETE FROM flow_inputs WHERE id IN ({', '.join('?' * len(chunk_ids))})", chunk_ids)
+        out.sort(key=lambda r: r[0])
+        return out
+
+    def run_by_id(self, run_id: int) -> F.Run | None:
+        row = self.tx.one("SELECT run FROM flow_runs WHERE id = ? AND tenant = ?", (run_id, self.tenant))
+        return None if row is None else _run_decoder.decode(row[0])
+
+    def queue(self, subscriber_id: int, events: Sequence[F.Event]) -> None:
+        enqueue_inputs(self.tx, self.tenant, subscriber_id, events)
+
+    def run_of_link(self, code: str) -> tuple[int, F.Run, str] | None:
+        row = self.tx.one("SELECT r.id, r.run, l.send_key FROM flow_run_links l JOIN flow_runs r ON r.id = l.run_id "
+                          "WHERE l.code = ? AND l.tenant = ?", (code, self.tenant))  # fmt: skip
+        return None if row is None else (int(row[0]), _run_decoder.decode(row[1]), str(row[2]))
+
+    # ---- actions -----------------------------------------------------------------------------
+    def template(self, template_id: str) -> str | None:
+        if template_id not in self._templates:
+            row = self.tx.one("SELECT text FROM flow_templates WHERE tenant = ? AND template_id = ?",
+                              (self.tenant, template_id))  # fmt: skip
+            self._templates[template_id] = None if row is None else str(row[0])
+        return self._templates[template_id]
+
+    def add_message(self, m: FlowMessage) -> bool:
+        """Record a send or webhook call; False when its key was recorded before (never twice)."""
+        return self.tx.run(
+            f"INSERT INTO flow_outbox (tenant, {_MSG_COLS}) VALUES ({', '.join('?' * 19)}) ON CONFLICT DO NOTHING",
+            (self.tenant, m.key, m.run_id, m.flow_id, m.version, m.step, m.visit, m.subscriber_id, m.kind, m.category,
+             m.recipient, m.sender, m.body, m.media_url, m.state, m.detail, m.message_id, m.created_at, m.sent_at)) > 0  # fmt: skip
+
+    def forget(self, subscriber_id: int) -> None:
+        """Read the subscriber again (their consent changed in this transaction)."""
+        self._subs.pop(subscriber_id, None)
+
+    def cancel_pending(self, subscriber_id: int, reason: str) -> int:
+        """Marketing sends of the subscriber recorded but not posted yet become ``skipped``."""
+        return self.tx.run("UPDATE flow_outbox SET state = 'skipped', detail = ? WHERE tenant = ? AND subscriber_id = ? "
+                           "AND state = 'pending' AND category = 'marketing'", (reason, self.tenant, subscriber_id))  # fmt: skip
+
+    def link_taken(self, code: str) -> bool:
+        return self.tx.one("SELECT 1 FROM short_links WHERE code = ? UNION ALL SELECT 1 FROM flow_run_links WHERE code = ?",
+                           (code, code)) is not None  # fmt: skip
+
+    def add_link(self, code: str, run_id: int, send_key: str, target: str, now: float, message_key: str = "") -> None:
+        """A flow's short link: the redirect table (campaign 0) and which run and send it belongs to."""
+        self.tx.run("INSERT INTO short_links (code, tenant, campaign_id, subscriber_id, target, created_at) "
+                    "SELECT ?, ?, 0, subscriber_id, ?, ? FROM flow_runs WHERE id = ? ON CONFLICT DO NOTHING",
+                    (code, self.tenant, target, now, run_id))  # fmt: skip
+        self.tx.run("INSERT INTO flow_run_links (code, tenant, run_id, send_key, message_key) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING", (code, self.tenant, run_id, send_key, message_key))  # fmt: skip
+
+    def update_subscriber(self, subscriber_id: int, add_tags: Sequence[str], remove_tags: Sequence[str],
+                          set_attributes: dict[str, Any]) -> None:  # fmt: skip
+        self._subs.pop(subscriber_id, None)
+        for tag in add_tags:
+            self.tx.run("INSERT INTO subscriber_tags (tenant, subscriber_id, tag) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                        (self.tenant, subscriber_id, tag))  # fmt: skip
+        for tag in remove_tags:
+            self.tx.run("DELETE FROM subscriber_tags WHERE tenant = ? AND subscriber_id = ? AND tag = ?",
+                        (self.tenant, subscriber_id, tag))  # fmt: skip
+        if set_attributes:
+            row = self.tx.one("SELECT attributes FROM subscribers WHERE tenant = ? AND id = ?", (self.tenant, subscriber_id))
+            if row is not None:
+                merged = {**msgspec.json.decode(row[0] or "{}"), **set_attributes}
+                self.tx.run("UPDATE subscribers SET attributes = ? WHERE tenant = ? AND id = ?",
+                            (_json.encode(merged).decode(), self.tenant, subscriber_id))  # fmt: skip
+
+
+_event_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(F.Event)
+
+
+def enqueue_inputs(tx: Any, tenant: str, subscriber_id: int | None, events: Sequence[F.Event]) -> None:
+    """Queue flow input events in the caller's transaction (a no-op for a shop that has no flow)."""
+    if not events or subscriber_id is None:
+        return
+    if tx.one("SELECT 1 FROM flow_heads WHERE tenant = ? LIMIT 1", (tenant,)) is None:
+        return
+    for e in events:
+        tx.run("INSERT INTO flow_inputs (tenant, subscriber_id, event) VALUES (?, ?, ?)",
+               (tenant, subscriber_id, _event_encoder.encode(e).decode()))  # fmt: skip
+
+
+class FlowSql:
+    """Needs ``self._tx()`` (the engine's transaction) and ``self.engine``."""
+
+    _tx: Any
+    engine: str
+
+    @contextmanager
+    def flow_tx(self, tenant: str) -> Iterator[FlowTx]:
+        with self._tx() as tx:
+            yield FlowTx(tx, tenant, self.engine)
+
+    # ---- definitions -------------------------------------------------------------------------
+    def put_flow_version(self, tenant: str, flow_id: str, name: str, definition: Any, *, now: float,
+                         new: bool) -> FlowHead:  # fmt: skip
+        """Publish ``definition`` as the flow's next version (``new``: the flow must not exist yet,
+        else it must). The definition's ``version`` is set here; returns the head."""
+        with self._tx() as tx:
+            head = tx.one("SELECT latest FROM flow_heads WHERE tenant = ? AND flow_id = ?", (tenant, flow_id))
+            if new and head is not None:
+                raise Conflict(f"flow {flow_id!r} exists: publish a new version instead", code="flow_exists", field="id")
+            if not new and head is None:
+                raise NotFound(f"no flow {flow_id!r}", code="flow_not_found")
+            version = 1 if head is None else int(head[0]) + 1
+            body = _json.encode({**definition, "version": version}).decode()
+            tx.run("INSERT INTO flow_versions (tenant, flow_id, version, definition, created_at) VALUES (?, ?, ?, ?, ?)",
+                   (tenant, flow_id, version, body, now))  # fmt: skip
+            if head is None:
+                tx.run("INSERT INTO flow_heads (tenant, flow_id, name, latest, enabled, created_at, updated_at) "
+                       "VALUES (?, ?, ?, ?, 0, ?, ?)", (tenant, flow_id, name, version, now, now))  # fmt: skip
+            else:
+                tx.run("UPDATE flow_heads SET name = ?, latest = ?, updated_at = ? WHERE tenant = ? AND flow_id = ?",
+                       (name, version, now, tenant, flow_id))  # fmt: skip
+        head_row = self.flow_head(tenant, flow_id)
+        assert head_row is not None
+        return head_row
+
+    def flow_head(self, tenant: str, flow_id: str) -> FlowHead | None:
+        with self._tx() as tx:
+            row = tx.one("SELECT flow_id, name, latest, enabled, created_at, updated_at FROM flow_heads WHERE tenant = ? "
+                         "AND flow_id = ?", (tenant, flow_id))  # fmt: skip
+        return None if row is None else FlowHead(tenant=tenant, id=row[0], name=row[1], latest=int(row[2]),
+                                                 enabled=bool(row[3]), created_at=row[4], updated_at=row[5])  # fmt: skip
+
+    def flow_heads(self, tenant: str) -> list[FlowHead]:
+        with self._tx() as tx:
+            rows = tx.rows("SELECT flow_id, name, latest, enabled, created_at, updated_at FROM flow_heads WHERE tenant = ? "
+                           "ORDER BY flow_id", (tenant,))  # fmt: skip
+        return [FlowHead(tenant=tenant, id=r[0], name=r[1], latest=int(r[2]), enabled=bool(r[3]), created_at=r[4],
+                         updated_at=r[5]) for r in rows]  # fmt: skip
+
+    def flow_version(self, tenant: str, flow_id: str, version: int) -> Any:
+        with self._tx() as tx:
+            return FlowTx(tx, tenant, self.engine).definition(flow_id, version)
+
+    def set_flow_enabled(self, tenant: str, flow_id: str, enabled: bool, *, now: float) -> FlowHead:
+        with self._tx() as tx:
+            if tx.run("UPDATE flow_heads SET enabled = ?, updated_at = ? WHERE tenant = ? AND flow_id = ?",
+                      (int(enabled), now, tenant, flow_id)) == 0:  # fmt: skip
+                raise NotFound(f"no flow {flow_id!r}", code="flow_not_found")
+        head = self.flow_head(tenant, flow_id)
+        assert head is not None
+        return head
+
+    def put_flow_template(self, tenant: str, template_id: str, text: str, *, now: float) -> None:
+        with self._tx() as tx:
+            tx.run("INSERT INTO flow_templates (tenant, template_id, text, updated_at) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT (tenant, template_id) DO UPDATE SET text = excluded.text, updated_at = excluded.updated_at",
+                   (tenant, template_id, text, now))  # fmt: skip
+
+    def flow_templates(self, tenant: str) -> dict[str, str]:
+        with self._tx() as tx:
+            return {str(k): str(v) for k, v in tx.rows(
+                "SELECT template_id, text FROM flow_templates WHERE tenant = ? ORDER BY template_id", (tenant,))}
+
+    # ---- runs and messages -------------------------------------------------------------------
+    def flow_run_rows(self, tenant: str, *, flow_id: str | None = None, subscriber_id: int | None = None,
+                      after: int = 0, limit: int = 100) -> list[FlowRunRow]:  # fmt: skip
+        where, params = ["tenant = ?", "id > ?"], [tenant, after]
+        if flow_id is not None:
+            where.append("flow_id = ?")
+            params.append(flow_id)
+        if subscriber_id is not None:
+            where.append("subscriber_id = ?")
+            params.append(subscriber_id)
+        with self._tx() as tx:
+            rows = tx.rows(f"SELECT {_RUN_COLS} FROM flow_runs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                           (*params, limit))  # fmt: skip
+        return [_run_row(tenant, r) for r in rows]
+
+    def flow_node_counts(self, tenant: str, flow_id: str) -> list[NodeCount]:
+        """Per version and node: runs waiting there now, runs that ended there, messages recorded there."""
+        out: dict[tuple[int, str], dict[str, int]] = {}
+        with self._tx() as tx:
+            for version, node, state, ended, n in tx.rows(
+                    "SELECT version, node, state, ended, COUNT(*) FROM flow_runs WHERE tenant = ? AND flow_id = ? "
+                    "GROUP BY version, node, state, ended", (tenant, flow_id)):  # fmt: skip
+                c = out.setdefault((int(version), node or ""), {})
+                key = "waiting" if state == "active" else ("exited" if ended and ended != "completed" else "completed")
+                c[key] = c.get(key, 0) + int(n)
+            for version, step, state, n in tx.rows(
+                    "SELECT version, step, state, COUNT(*) FROM flow_outbox WHERE tenant = ? AND flow_id = ? "
+                    "GROUP BY version, step, state", (tenant, flow_id)):  # fmt: skip
+                c = out.setdefault((int(version), step), {})
+                c[state] = c.get(state, 0) + int(n)
+        return [NodeCount(version=v, node=node, waiting=c.get("waiting", 0), completed=c.get("completed", 0),
+                          exited=c.get("exited", 0), pending=c.get("pending", 0), sent=c.get("sent", 0),
+                          failed=c.get("failed", 0), skipped=c.get("skipped", 0))
+                for (v, node), c in sorted(out.items())]  # fmt: skip
+
+    def pending_flow_messages(self, limit: int = 500, *, tenant: str | None = None) -> list[FlowMessage]:
+        with self._tx() as tx:
+            if tenant is None:
+                rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_outbox WHERE state = 'pending' "
+                               f"ORDER BY created_at LIMIT ?", (limit,))  # fmt: skip
+            else:
+                rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_messages WHERE state = 'pending' AND tenant = ? "
+                               f"ORDER BY created_at LIMIT ?", (tenant, limit))  # fmt: skip
+        return [_msg_row(r[0], r[1:]) for r in rows]
+
+    def flow_messages_done(self, done: Sequence[tuple[str, str, str, str | None, str | None]], *, now: float) -> None:
+        """Mark sends answered: (tenant, key, state 'sent'|'failed', message id, detail), one transaction."""
+        with self._tx() as tx:
+            for tenant, key, state, message_id, detail in done:
+                moved = tx.run("UPDATE flow_outbox SET state = ?, message_id = ?, detail = ?, sent_at = ? WHERE tenant = ? "
+                               "AND key = ? AND state = 'pending'", (state, message_id, detail, now, tenant, key))  # fmt: skip
+                if moved and state == "sent":
+                    self._report_source(tx, tenant, key, now)
+
+    @staticmethod
+    def _report_source(tx: Any, tenant: str, key: str, now: float) -> None:
+        """A send the gateway took becomes a message source of the reports (``flow_messages`` and its
+        short links in ``flow_links``, REPORT_DDL: campaigns/store/report_sql.py), in the transaction
+        that marks it sent: attribution and the report by flow step see every flow send once."""
+        row = tx.one("SELECT flow_id, step, subscriber_id, message_id, kind FROM flow_outbox WHERE tenant = ? AND key = ?",
+                     (tenant, key))  # fmt: skip
+        if row is None or row[4] == "webhook":
+            return
+        tx.run("INSERT INTO flow_messages (tenant, id, flow_id, step, subscriber_id, sent_at, message_id) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", (tenant, key, row[0], row[1], row[2], now, row[3]))  # fmt: skip
+        for (code,) in tx.rows("SELECT code FROM flow_run_links WHERE tenant = ? AND message_key = ?", (tenant, key)):
+            tx.run("INSERT INTO flow_links (code, tenant, flow_message) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                   (code, tenant, key))  # fmt: skip
+
+    def flow_messages(self, tenant: str, *, flow_id: str | None = None, subscriber_id: int | None = None,
+                      limit: int = 1000) -> list[FlowMessage]:  # fmt: skip
+        where, params = ["tenant = ?"], [tenant]
+        if flow_id is not None:
+            where.append("flow_id = ?")
+            params.append(flow_id)
+        if subscriber_id is not None:
+            where.append("subscriber_id = ?")
+            params.append(subscriber_id)
+        with self._tx() as tx:
+            rows = tx.rows(f"SELECT {_MSG_COLS} FROM flow_outbox WHERE {' AND '.join(where)} ORDER BY created_at, key "
+                           f"LIMIT ?", (*params, limit))  # fmt: skip
+        return [_msg_row(tenant, r) for r in rows]
+
+    def next_flow_due(self) -> float | None:
+        with self._tx() as tx:
+            row = tx.one("SELECT MIN(due) FROM flow_runs WHERE due IS NOT NULL")
+        return None if row is None or row[0] is None else float(row[0])
+
+    def flow_history(self, tenant: str, *, since: float, until: float, limit: int = 200_000) -> list[tuple[float, int, F.Event]]:
+        """The shop's past inputs in ``[since, until]`` as flow events (for the simulation): orders
+        placed / paid / fulfilled / delivered, checkouts abandoned, consents confirmed and revoked,
+        custom events. Time order; at most ``limit``."""
+        out: list[tuple[float, int, F.Event]] = []
+        with self._tx() as tx:
+            for oid, sid, total, paid, fstatus, created, fat, cid in tx.rows(
+                    "SELECT order_id, subscriber_id, total, payment_status, fulfillment_status, created_at, fulfillment_at, "
+                    "checkout_id FROM orders WHERE tenant = ? AND created_at >= ? AND created_at <= ? ORDER BY created_at "
+                    "LIMIT ?", (tenant, since, until, limit)):  # fmt: skip
+                payload = {"order_id": oid, "total": total, "value": total, "checkout_id": cid}
+                out.append((created, int(sid), F.ShopEvent(id=f"order_placed:{oid}", kind="order_placed", object_id=oid,
+                                                           payload=payload)))  # fmt: skip
+                if paid == "paid":
+                    out.append((created, int(sid), F.ShopEvent(id=f"order_paid:{oid}", kind="order_paid", object_id=oid,
+                                                               payload=payload)))  # fmt: skip
+                kind = {"shipped": "order_fulfilled", "fulfilled": "order_fulfilled",
+                        "delivered": "order_delivered"}.get((fstatus or "").lower())  # fmt: skip
+                if kind is not None:
+                    out.append((max(fat or created, created), int(sid),
+                                F.ShopEvent(id=f"{kind}:{oid}", kind=kind, object_id=oid, payload=payload)))  # type: ignore[arg-type]
+            for cid, sid, value, url, at in tx.rows(
+                    "SELECT checkout_id, subscriber_id, value, url, abandoned_at FROM checkouts WHERE tenant = ? AND "
+                    "abandoned_at >= ? AND abandoned_at <= ? ORDER BY abandoned_at LIMIT ?", (tenant, since, until, limit)):  # fmt: skip
+                out.append((at, int(sid), flow_inputs.abandoned(cid, int(value or 0), url)))
+            for eid, sid, action, source, at in tx.rows(
+                    "SELECT id, subscriber_id, action, source, at FROM consent_ledger WHERE tenant = ? AND at >= ? AND "
+                    "at <= ? ORDER BY at LIMIT ?", (tenant, since, until, limit)):  # fmt: skip
+                if action == "opt_out":
+                    out.append((at, int(sid), F.OptOut(id=f"consent:{eid}")))
+                elif action in ("confirm", "re_opt_in", "opt_in"):
+                    out.append((at, int(sid), F.ShopEvent(id=f"consent:{eid}", kind="subscribed", name=source)))
+            for sid, kind, at, props in tx.rows(
+                    "SELECT subscriber_id, kind, at, properties FROM activities WHERE tenant = ? AND at >= ? AND at <= ? "
+                    "AND kind NOT IN ('clicked', 'replied', 'message_sent', 'delivered') ORDER BY at LIMIT ?",
+                    (tenant, since, until, limit)):  # fmt: skip
+                out.append((at, int(sid), F.ShopEvent(id=f"custom:{sid}:{kind}:{at!r}", kind="custom", name=kind,
+                                                      payload=msgspec.json.decode(props or "{}"))))  # fmt: skip
+        out.sort(key=lambda x: x[0])
+        return out[:limit]

@@ -1,0 +1,416 @@
+"""The flow runtime through the store seam (both engines), on virtual time, against the fake gateway
+that keeps Idempotency-Keys like the real one: triggers and exits from real inputs (events, consent,
+abandoned checkouts, segment entries, clicks, scans), due timers claimed in batches, the outbox of
+sends (rendered once, posted with ``flow-{run}-{visit}``), replies, opt-outs, versions."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from campaigns.core import flow_library
+from campaigns.core.events import CheckoutEvent, CustomEvent, FulfillmentEvent, OrderEvent, Profile
+from campaigns.service.flow_api import FlowService, InstallIn
+from campaigns.service.flow_runtime import FlowRuntime, TenantFlows
+from campaigns.service.gateway_client import GatewayClient
+from campaigns.service.launch import TenantLinks
+from campaigns.store import Store, open_store
+from campaigns.store.base import NewConsent
+from fake_gateway import FakeGateway
+
+pytestmark = pytest.mark.anyio
+T0 = 1_767_000_000.0
+HOUR, DAY = 3600.0, 86_400.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def subscriber(store: Store, i: int, *, consent: str = "confirmed", tenant: str = "acme", name: str = "Ana") -> int:
+    phone = f"+4479111{i:05d}"
+    sub, _ = store.put_subscriber(tenant, Profile(phone=phone, first_name=name), phone=phone, at=T0 - 1000, now=T0 - 1000)
+    for k, action in enumerate({"none": [], "confirmed": ["opt_in", "confirm"]}[consent]):
+        store.record_consent(tenant, NewConsent(phone=phone, action=action, source="api", at=T0 - 900 + k), now=T0 - 900)  # type: ignore[arg-type]
+    return sub.id
+
+
+def phone(i: int) -> str:
+    return f"+4479111{i:05d}"
+
+
+def runtime(store: Store, gw: FakeGateway, clock: Clock, links: TenantLinks | None = None) -> FlowRuntime:
+    client = GatewayClient("http://gateway.test", "key", transport=gw.transport())
+    return FlowRuntime(store, {"acme": client}, {"acme": TenantFlows(sender="ACME", shop_name="Acme", links=links)},
+                       clock, batch=50)  # fmt: skip
+
+
+async def install(store: Store, clock: Clock, flow: str, **overrides: object) -> None:
+    svc = FlowService(store, clock)
+    await svc.install("acme", InstallIn(flow=flow, overrides=dict(overrides)))
+    await svc.enable("acme", flow, True)
+
+
+def checkout(cid: str, i: int, value: int, status: str = "abandoned", at: float = T0) -> CheckoutEvent:
+    return CheckoutEvent(id=f"ev-{cid}-{status}", at=at, checkout_id=cid, phone=phone(i), status=status,  # type: ignore[arg-type]
+                         value=value, url=f"https://shop.example/c/{cid}")  # fmt: skip
+
+
+async def test_abandoned_cart_value_branch_exit_on_order_and_one_send_each(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock)
+    await install(store, clock, "abandoned_cart")
+    big, small, buyer, unconsented = (subscriber(store, 1), subscriber(store, 2), subscriber(store, 3),
+                                      subscriber(store, 4, consent="none"))  # fmt: skip
+    for cid, i, value in [("c1", 1, 25_000), ("c2", 2, 4_000), ("c3", 3, 9_000), ("c4", 4, 9_000)]:
+        store.apply_event("acme", checkout(cid, i, value), phone=phone(i), now=T0)
+    store.apply_event("acme", checkout("c1", 1, 25_000), phone=phone(1), now=T0)  # a redelivery: nothing new
+    await rt.round()
+    runs = {r.subscriber_id: r for r in store.flow_run_rows("acme", flow_id="abandoned_cart")}
+    assert set(runs) == {big, small, buyer}  # not the subscriber without consent
+    assert all(r.node == "wait1h" and r.due == T0 + HOUR for r in runs.values())
+    # An order 1 ms before the reminder is due ends that run: it is never sent.
+    clock.now = T0 + HOUR - 0.001
+    store.apply_event("acme", OrderEvent(id="o3", at=clock.now, order_id="o3", phone=phone(3), total=9000, currency="USD",
+                                         payment_status="paid", checkout_id="c3"), phone=phone(3), now=clock.now)  # fmt: skip
+    await rt.round()
+    assert gw.sent_messages() == []  # nothing is due yet: timers never fire early
+    clock.now = T0 + HOUR
+    await rt.round()
+    by_to = {m["to"]: m for m in gw.sent_messages()}
+    assert set(by_to) == {phone(1), phone(2)}
+    assert "media" in by_to[phone(1)] and "SAVE20" in by_to[phone(1)]["body"] and "shop.example/c/c1" in by_to[phone(1)]["body"]
+    assert "media" not in by_to[phone(2)] and "SAVE10" in by_to[phone(2)]["body"]
+    assert all(m["category"] == "marketing" and m["from"] == "ACME" for m in gw.sent_messages())
+    rows = {r.subscriber_id: r for r in store.flow_run_rows("acme", flow_id="abandoned_cart")}
+    assert rows[buyer].state == "ended" and rows[buyer].ended == "exit:order_placed"
+    assert {m["key"] for m in gw.sent_messages()} == {f"flow-{rows[big].id}-3", f"flow-{rows[small].id}-3"}
+    # Not clicked in a day: the last call; then the runs complete.
+    clock.now = T0 + HOUR + DAY
+    await rt.round()
+    assert Counter(m["to"] for m in gw.sent_messages()) == {phone(1): 2, phone(2): 2}
+    assert {r.state for r in store.flow_run_rows("acme", flow_id="abandoned_cart")} == {"ended"}
+    counts = {(c.node): c for c in store.flow_node_counts("acme", "abandoned_cart")}
+    assert counts["big"].sent == 1 and counts["small"].sent == 1 and counts["last"].sent == 2
+    msgs = store.flow_messages("acme", flow_id="abandoned_cart")
+    assert all(m.state == "sent" and m.message_id for m in msgs) and {m.step for m in msgs} == {"big", "small", "last"}
+
+
+async def test_a_send_recorded_but_not_answered_is_posted_again_with_the_same_key_and_bytes(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    await install(store, clock, "shipping_notice")
+    subscriber(store, 1, consent="none")  # transactional: no marketing consent needed
+    store.apply_event("acme", OrderEvent(id="o1", at=T0, order_id="o1", phone=phone(1), total=100, currency="USD",
+                                         payment_status="paid"), phone=phone(1), now=T0)  # fmt: skip
+    store.apply_event("acme", FulfillmentEvent(id="f1", at=T0 + 5, order_id="o1", status="shipped",
+                                               tracking_url="https://track.example/1"), phone=None, now=T0 + 5)  # fmt: skip
+    gw.fail_messages = 1
+    rt = runtime(store, gw, clock)
+    await rt.round()  # the gateway is away: the send stays pending
+    assert gw.sent_messages() == [] and [m.state for m in store.flow_messages("acme")] == ["pending"]
+    await rt.round()
+    assert len(gw.sent_messages()) == 1 and gw.sent_messages()[0]["category"] == "transactional"
+    assert "track.example/1" in gw.sent_messages()[0]["body"] and "o1" in gw.sent_messages()[0]["body"]
+    # The answer was lost after the gateway stored it: the same key and bytes again -> its stored answer.
+    store.flow_messages_done([], now=T0)
+    with store.flow_tx("acme") as ftx:
+        ftx.tx.run("UPDATE flow_outbox SET state = 'pending'")
+    await runtime(store, gw, clock).round()
+    assert len(gw.sent_messages()) == 1 and gw.message_posts == 3
+    assert [m.state for m in store.flow_messages("acme")] == ["sent"]
+
+
+async def test_survey_reply_goes_to_the_waiting_run_and_opt_out_ends_every_run(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock)
+    await install(store, clock, "post_delivery_survey")
+    await install(store, clock, "win_back")
+    sid = subscriber(store, 1)
+    store.apply_event("acme", OrderEvent(id="o1", at=T0, order_id="o1", phone=phone(1), total=100, currency="USD",
+                                         payment_status="paid", fulfillment_status="delivered"), phone=phone(1), now=T0)  # fmt: skip
+    await rt.round()
+    for clock.now in (T0 + DAY, T0 + 2 * DAY):  # a day, then noon (the subscriber's zone: UTC)
+        await rt.round()
+    assert [m["body"] for m in gw.sent_messages()] == [flow_library.STARTER_TEXTS["survey_q1_score"].replace("{shop_name}", "Acme")
+                                                + " Reply STOP to opt out"]  # fmt: skip
+    assert not await rt.offer_reply("acme", sid, "mo-0", "what is this?", clock.now)  # not an answer: the inbox's
+    assert await rt.offer_reply("acme", sid, "mo-1", "😍😍", clock.now)
+    assert await rt.offer_reply("acme", sid, "mo-1", "😍😍", clock.now)  # a redelivery: still taken, once
+    await rt.round()
+    assert len(gw.sent_messages()) == 2  # q1, then q2
+    assert store.subscriber("acme", sid).attributes["survey_score"] == "5"  # type: ignore[union-attr]
+    # A win-back run too (90 days without an order), found by the periodic scan.
+    clock.now = T0 + 91 * DAY
+    await rt.scan(clock.now)
+    assert {r.flow_id for r in store.flow_run_rows("acme", subscriber_id=sid) if r.state == "active"} >= {"win_back"}
+    # The opt-out recorded from the gateway's STOP ends every run of the subscriber at once.
+    store.record_consent("acme", NewConsent(phone=phone(1), action="opt_out", source="gateway", at=clock.now), now=clock.now)
+    before = len(gw.sent_messages())
+    await rt.round()
+    rows = store.flow_run_rows("acme", subscriber_id=sid)
+    assert rows and all(r.state == "ended" for r in rows)
+    assert {r.ended for r in rows if r.flow_id in ("post_delivery_survey",)} <= {"opted_out", "completed"}
+    assert any(r.ended == "opted_out" for r in rows)
+    assert len(gw.sent_messages()) == before  # nothing after the opt-out
+    assert not await rt.offer_reply("acme", sid, "mo-9", "2", clock.now)
+
+
+async def test_custom_event_segment_and_keyword_triggers_and_tenant_isolation(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock)
+    svc = FlowService(store, clock)
+    await svc.put_template("acme", "hello", "Hi {first_name|there} from {shop_name}")
+    flow = {"id": "vip", "version": 1, "name": "VIP", "trigger": {"type": "custom", "name": "became_vip"},
+            "entry": "s", "nodes": {"s": {"type": "send", "template": "hello", "next": "t"},
+                                    "t": {"type": "update", "add_tags": ["vip_welcomed"]}}}  # fmt: skip
+    await svc.publish("acme", flow, new=True)
+    await svc.enable("acme", "vip", True)
+    await install(store, clock, "sms_quiz")
+    sid = subscriber(store, 1)
+    other = subscriber(store, 1, tenant="beta")
+    store.apply_event("acme", CustomEvent(id="x1", at=T0, phone=phone(1), name="became_vip"), phone=phone(1), now=T0)
+    await rt.round()
+    assert [m["body"] for m in gw.sent_messages()] == ["Hi Ana from Acme Reply STOP to opt out"]
+    assert "vip_welcomed" in store.tags("acme", sid)
+    assert await rt.offer_reply("acme", sid, "mo-q", "quiz", clock.now)  # a keyword flow starts
+    await rt.round()
+    assert any(m["body"].startswith("Quiz") for m in gw.sent_messages())
+    assert store.flow_run_rows("beta") == [] and store.flow_head("beta", "vip") is None
+    assert not await rt.offer_reply("beta", other, "mo-b", "quiz", clock.now)
+
+
+@settings(max_examples=10, deadline=None)
+@given(early=st.floats(min_value=0.001, max_value=3599), drained=st.booleans(), fire_late=st.floats(min_value=0, max_value=600))
+def test_an_exit_that_arrives_before_the_timer_is_acted_on_prevents_the_send(early: float, drained: bool,
+                                                                         fire_late: float) -> None:  # fmt: skip
+    """Whether or not the worker drained the queue in between, and however late it fires the timer."""
+    import anyio
+
+    store = open_store("sqlite:///:memory:")
+    try:
+        clock, gw = Clock(), FakeGateway()
+        rt = runtime(store, gw, clock)
+        anyio.run(lambda: install(store, clock, "abandoned_cart"))
+        subscriber(store, 1)
+        store.apply_event("acme", checkout("c1", 1, 5000), phone=phone(1), now=T0)
+        rt.worker.drain("acme", T0)
+        due = T0 + HOUR
+        at = due - early  # the order comes before the reminder is due (from 1 ms to 2 h before)
+        store.apply_event("acme", OrderEvent(id="o1", at=at, order_id="o1", phone=phone(1), total=1, currency="USD",
+                                             payment_status="paid"), phone=phone(1), now=at)  # fmt: skip
+        if drained:
+            rt.worker.drain("acme", at)
+        assert rt.worker.fire("acme", due + fire_late) == ([] if drained else [due])
+        assert store.flow_messages("acme") == []
+        [run] = store.flow_run_rows("acme")
+        assert run.ended == "exit:order_placed" and run.due is None
+    finally:
+        store.close()
+
+
+async def test_webhook_nodes_post_once_with_their_key_and_never_to_our_own_network(store: Store) -> None:
+    import httpx
+
+    clock, gw = Clock(), FakeGateway()
+    hits: list[tuple[str, str]] = []
+
+    def hook(request: httpx.Request) -> httpx.Response:
+        hits.append((str(request.url), request.headers["idempotency-key"]))
+        return httpx.Response(200 if len(hits) > 1 else 503)
+
+    client = GatewayClient("http://gateway.test", "key", transport=gw.transport())
+    rt = FlowRuntime(store, {"acme": client}, {"acme": TenantFlows(sender="ACME")}, clock,
+                     webhook_transport=httpx.MockTransport(hook))  # fmt: skip
+    svc = FlowService(store, clock)
+    for fid, url in (("public", "https://93.184.215.14/hook"), ("private", "http://127.0.0.1:9/hook"),
+                     ("metadata", "http://169.254.169.254/latest")):  # fmt: skip
+        flow = {"id": fid, "name": fid, "trigger": {"type": "custom", "name": "go"}, "entry": "w",
+                "nodes": {"w": {"type": "webhook", "url": url}}}  # fmt: skip
+        await svc.publish("acme", flow, new=True)
+        await svc.enable("acme", fid, True)
+    subscriber(store, 1)
+    store.apply_event("acme", CustomEvent(id="g", at=T0, phone=phone(1), name="go"), phone=phone(1), now=T0)
+    await rt.round()  # the public hook answers 503: kept pending
+    await rt.round()
+    states = {m.flow_id: (m.state, m.detail or "") for m in store.flow_messages("acme")}
+    assert states["public"] == ("sent", "")
+    assert states["private"][0] == states["metadata"][0] == "failed" and states["private"][1].startswith("unsafe_target")
+    assert [h[0] for h in hits] == ["https://93.184.215.14/hook"] * 2 and hits[0][1] == hits[1][1]
+    await rt.aclose()
+
+
+async def test_a_new_version_leaves_waiting_runs_on_theirs_and_new_runs_start_on_it(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock)
+    svc = FlowService(store, clock)
+    for tid, text in (("a", "version one"), ("b", "version two")):
+        await svc.put_template("acme", tid, text)
+    flow = {"id": "v", "name": "V", "trigger": {"type": "custom", "name": "go"}, "entry": "w", "reentry": {"rule": "always"},
+            "nodes": {"w": {"type": "wait", "seconds": 60, "next": "s"}, "s": {"type": "send", "template": "a"}}}  # fmt: skip
+    await svc.publish("acme", flow, new=True)
+    await svc.enable("acme", "v", True)
+    subscriber(store, 1)
+    store.apply_event("acme", CustomEvent(id="g1", at=T0, phone=phone(1), name="go"), phone=phone(1), now=T0)
+    await rt.round()
+    # v2 renames the wait node and sends another template: the waiting v1 run must not read it
+    flow2 = {**flow, "entry": "pause", "nodes": {"pause": {"type": "wait", "seconds": 10, "next": "s2"},
+                                                 "s2": {"type": "send", "template": "b"}}}  # fmt: skip
+    assert (await svc.publish("acme", flow2, new=False, flow_id="v")).version == 2
+    store.apply_event("acme", CustomEvent(id="g2", at=T0, phone=phone(1), name="go"), phone=phone(1), now=T0)
+    await rt.round()
+    clock.now = T0 + 60
+    await rt.round()
+    assert sorted(m["body"].split(" Reply")[0] for m in gw.sent_messages()) == ["version one", "version two"]
+    assert sorted((r.version, r.ended) for r in store.flow_run_rows("acme", flow_id="v")) == [(1, "completed"), (2, "completed")]
+
+
+async def test_subscribed_by_source_and_segment_entered_triggers(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock)
+    await install(store, clock, "welcome", trigger={"type": "subscribed", "source": "keyword"})
+    svc = FlowService(store, clock)
+    await svc.put_template("acme", "seg", "You are in!")
+    seg = store.put_segment("acme", "vips", {"field": "country", "op": "eq", "value": "FR"}, now=T0)
+    flow = {"id": "segflow", "name": "S", "trigger": {"type": "segment_entered", "segment": str(seg.id)}, "entry": "s",
+            "nodes": {"s": {"type": "send", "template": "seg"}}}  # fmt: skip
+    await svc.publish("acme", flow, new=True)
+    await svc.enable("acme", "segflow", True)
+    kw, form = phone(1), phone(2)
+    for p, source in ((kw, "keyword"), (form, "form")):
+        store.put_subscriber("acme", Profile(phone=p), phone=p, at=T0, now=T0)
+        store.record_consent("acme", NewConsent(phone=p, action="opt_in", source=source, at=T0,  # type: ignore[arg-type]
+                                                disclosure_text="Reply Y to confirm"), now=T0)  # fmt: skip
+    await rt.round()
+    assert gw.sent_messages() == []  # pending: nobody is subscribed before their Y
+    for p in (kw, form):  # the Y comes by SMS: the ledger's source is "reply", the sign-up's is kept
+        store.record_consent("acme", NewConsent(phone=p, action="confirm", source="reply", at=T0 + 1), now=T0 + 1)
+    await rt.round()
+    assert [m["to"] for m in gw.sent_messages()] == [kw]  # the welcome of keyword sign-ups only
+    sid = store.subscriber_by_phone("acme", kw).id  # type: ignore[union-attr]
+    assert store.set_member("acme", seg.id, sid, True, now=T0 + 2)
+    assert not store.set_member("acme", seg.id, sid, True, now=T0 + 3)  # already in: not entered again
+    await rt.round()
+    assert [m["body"].split(" Reply")[0] for m in gw.sent_messages() if m["to"] == kw][-1] == "You are in!"
+    assert len(gw.sent_messages()) == 2
+
+
+def test_postgres_workers_claim_disjoint_timer_batches_and_own_input_shares(pg_url: str) -> None:
+    """Two connections (workers): while one holds its claimed batch, the other skips it (SKIP LOCKED)
+    and takes the next due runs; each drains only its share of the subscribers' inputs."""
+    import threading
+
+    from campaigns.core import flows as F
+
+    a, b = open_store(pg_url), open_store(pg_url)
+    try:
+        a.put_flow_version("acme", "f", "F", {"id": "f", "name": "F"}, now=T0, new=True)
+        with a.flow_tx("acme") as ftx:
+            for i in range(6):
+                ftx.insert_run(F.Run(id=f"f:{i}:e", flow_id="f", version=1, subscriber_id=i, started_at=T0, node="w",
+                                     visit=1, timer_due=T0 + i), T0)  # fmt: skip
+                ftx.queue(i, [F.ShopEvent(id=f"x{i}", kind="custom", name="x")])
+        held, release, seen = threading.Event(), threading.Event(), {}
+
+        def first() -> None:
+            with a.flow_tx("acme") as ftx:
+                seen["a"] = [r.subscriber_id for _, r in ftx.claim_due(T0 + 100, 3)]
+                seen["a_in"] = sorted(s for _, s, _ in ftx.take_inputs(10, part=0, parts=2))
+                held.set()
+                release.wait(10)
+
+        t = threading.Thread(target=first)
+        t.start()
+        assert held.wait(10)
+        with b.flow_tx("acme") as ftx:
+            seen["b"] = [r.subscriber_id for _, r in ftx.claim_due(T0 + 100, 10)]
+            seen["b_in"] = sorted(s for _, s, _ in ftx.take_inputs(10, part=1, parts=2))
+        release.set()
+        t.join(10)
+        assert (seen["a"], seen["b"]) == ([0, 1, 2], [3, 4, 5])
+        assert (seen["a_in"], seen["b_in"]) == ([0, 2, 4], [1, 3, 5])
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_flow_sends_enter_the_conversation_history_once(store: Store) -> None:
+    from campaigns.config import CampaignSettings
+    from campaigns.service.inbox import Inbox
+
+    clock, gw = Clock(), FakeGateway()
+    client = GatewayClient("http://gateway.test", "key", transport=gw.transport())
+    inbox = Inbox(store, {"acme": client}, CampaignSettings(), clock)
+    rt = FlowRuntime(store, {"acme": client}, {"acme": TenantFlows(sender="ACME", shop_name="Acme")}, clock, inbox=inbox)
+    await install(store, clock, "shipping_notice")
+    subscriber(store, 1)
+    store.apply_event("acme", OrderEvent(id="o1", at=T0, order_id="o1", phone=phone(1), total=100, currency="USD",
+                                         payment_status="paid", fulfillment_status="shipped"), phone=phone(1), now=T0)  # fmt: skip
+    await rt.round()
+    [sent] = gw.sent_messages()
+    await inbox.record_sent("acme", phone(1), sent["key"], sent["body"], T0, "flow:shipping_notice")  # a re-record: once
+    conv = store.conversation_by_phone("acme", phone(1))
+    assert conv is not None
+    items = [h for _, h in store.conversation_history("acme", conv.id)]
+    assert [(h.message_id, h.kind, h.direction) for h in items] == [(sent["key"], "flow", "out")]
+    assert items[0].text == sent["body"] and items[0].by == "flow:shipping_notice"
+
+
+async def test_a_sent_flow_message_becomes_a_report_source_once(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock, links=TenantLinks(domain="sl.ui", key=b"k" * 32))
+    await install(store, clock, "abandoned_cart")
+    subscriber(store, 1)
+    store.apply_event("acme", checkout("c1", 1, 25_000), phone=phone(1), now=T0)
+    await rt.round()
+    clock.now = T0 + HOUR
+    await rt.round()
+    [sent] = gw.sent_messages()
+    assert "https://sl.ui/" in sent["body"] and "shop.example" not in sent["body"]  # the cart URL shortened
+    with store.flow_tx("acme") as ftx:
+        rows = ftx.tx.rows("SELECT id, flow_id, step, message_id FROM flow_messages WHERE tenant = ?", ("acme",))
+        links = ftx.tx.rows("SELECT flow_message FROM flow_links WHERE tenant = ?", ("acme",))
+    assert [(r[0], r[1], r[2]) for r in rows] == [(sent["key"], "abandoned_cart", "big")] and rows[0][3]
+    assert [r[0] for r in links] == [sent["key"]]
+
+
+async def test_a_click_on_a_flow_link_takes_the_clicked_branch(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock, links=TenantLinks(domain="sl.ui", key=b"k" * 32))
+    await install(store, clock, "abandoned_cart")
+    subscriber(store, 1)
+    subscriber(store, 2)
+    for cid, i in (("c1", 1), ("c2", 2)):
+        store.apply_event("acme", checkout(cid, i, 25_000), phone=phone(i), now=T0)
+    await rt.round()
+    clock.now = T0 + HOUR
+    await rt.round()
+    first = next(m for m in gw.sent_messages() if m["to"] == phone(1))
+    code = first["body"].split("https://sl.ui/")[1].split()[0].rstrip(".")
+    assert store.record_click(code, at=clock.now + 60, user_agent="Mozilla/5.0", verdict="click")
+    await rt.round()
+    clock.now = T0 + HOUR + 86_400
+    await rt.round()
+    sent = Counter(m["to"] for m in gw.sent_messages())
+    assert sent == {phone(1): 1, phone(2): 2}  # the clicker gets no last call
+    ended = {r.subscriber_id: r.ended for r in store.flow_run_rows("acme")}
+    assert set(ended.values()) == {"completed"}
