@@ -24,6 +24,7 @@ from __future__ import annotations
 import array
 import contextlib
 import glob
+import json
 import os
 import random
 import shutil
@@ -36,12 +37,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import click
 
 from bench.machine import describe
 from bench.output import out_option, save
-from campaigns.core.events import Item, OrderEvent
-from campaigns.core.segments import Segment, affected_by, dependencies, evaluate, parse_segment
+from campaigns.config import loads
+from campaigns.core.events import decode_event
+from campaigns.core.segments import Segment, dependencies, parse_segment
+from campaigns.service.audience import Audience as AudienceService
 from campaigns.store import open_store
 from campaigns.store.segment_sql import compile_segment
 
@@ -138,7 +142,7 @@ class Audience:
             created = NOW - r.random() * 900 * DAY
             consent = r.choices(["confirmed", "pending", "none", "revoked"], (70, 10, 15, 5))[0]
             attrs = '{"plan": "gold"}' if r.random() < 0.1 else '{"plan": "basic", "size": 42}'
-            yield (TENANT, i, f"+1555{i:08d}", "Ana", r.choice(["female", "male", "other", None]),
+            yield (TENANT, i, _phone(i), "Ana", r.choice(["female", "male", "other", None]),
                    f"19{r.randint(50, 99)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}", r.choice(COUNTRIES),
                    r.choice(CITIES), r.choice(SOURCES), created, consent, created if consent != "none" else None,
                    attrs)  # fmt: skip
@@ -328,37 +332,113 @@ def _counts(store: Any, runs: int) -> list[dict[str, Any]]:
     return out
 
 
-def _events(store: Any, n: int, events: int, seed: int) -> tuple[float, list[float]]:
+def _phone(i: int) -> str:
+    """Subscriber ``i``'s number: a valid French mobile (+33 6 1x xx xx xx), canonical E.164."""
+    return f"+3361{i:07d}"
+
+
+def _order_line(k: int, r: random.Random, n: int) -> bytes:
+    # 2% of orders come from numbers the shop has not seen (a new subscriber, checked by phonenumbers)
+    phone = _phone(r.randint(1, n)) if r.random() >= 0.02 else f"+3362{r.randint(0, 9_999_999):07d}"
+    return json.dumps({"type": "order", "id": f"bench-{k}", "at": NOW - r.random() * 3600, "order_id": f"bench-o{k}",
+                       "phone": phone, "total": r.randint(500, 30000), "currency": "USD", "payment_status": "paid",
+                       "items": [{"product": f"p{r.randint(1, 500)}", "category": r.choice(CATEGORIES),
+                                  "price": r.randint(500, 30000)}]}).encode()  # fmt: skip
+
+
+def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed: int) -> dict[str, Any]:
+    """Order events through the service functions the HTTP routes call, with the membership loop running
+    as ``serve`` runs it. Bulk: ``Audience.ingest_ndjson`` (``POST /v1/events/bulk``), one body of
+    ``batch`` lines after another: parsing and checking, the store's batch transaction with the
+    aggregates (``events_per_s``: answered at commit); membership follows from the loop, its lag per
+    subscriber from the commit of its event to its memberships stored (``membership_update_*``);
+    ``events_with_membership_per_s`` counts until the loop caught up. Single: ``Audience.post_event``
+    (``POST /v1/events``) from ``concurrency`` concurrent senders, group-committed, each answered after
+    its commit (``single_p99_s``), membership from the loop (``single_membership_p99_s``)."""
     r = random.Random(seed + 1)
-    segments = []
-    for name, tree in MIX:
-        seg = parse_segment(tree)
-        row = store.put_segment(TENANT, name, tree, now=NOW)
-        segments.append((row.id, seg, dependencies(seg)))
-    evs = [OrderEvent(id=f"bench-{k}", at=NOW + k * 0.001, order_id=f"bench-o{k}", phone=f"+1555{r.randint(1, n):08d}",
-                      total=r.randint(500, 30000), currency="USD", payment_status="paid",
-                      items=(Item(product="p1", category=r.choice(CATEGORIES), price=1000),))
-           for k in range(events)]  # fmt: skip
-    half = events // 2
+    settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "{TENANT}"\nkey_env = "BENCH_KEY"\n')
+    assert settings is not None
+    audience = AudienceService(store, settings, lambda: NOW)
+    audience.batch_size = batch
     t0 = time.perf_counter()
-    for e in evs[:half]:  # ingest alone
-        store.apply_event(TENANT, e, phone=e.phone, now=NOW)
-    ingest_s = time.perf_counter() - t0
-    latencies = []
-    for e in evs[half:]:  # ingest, then the membership it changes
-        t0 = time.perf_counter()
-        applied = store.apply_event(TENANT, e, phone=e.phone, now=NOW)
-        sid = applied.subscriber_id
-        touched = [(i, seg) for i, seg, deps in segments if affected_by(deps, applied.changed)]
-        if sid is not None and touched:
-            view = store.view(TENANT, sid)
-            for seg_id, seg in touched:
-                store.set_member(TENANT, seg_id, sid, evaluate(seg, view, NOW), now=NOW)
-        latencies.append(time.perf_counter() - t0)
-    return half / ingest_s, latencies
+    for name, tree in MIX:  # as a live service has them: created, their members filled from their SQL
+        anyio.run(audience.put_segment, TENANT, name, tree)
+    segments_s = time.perf_counter() - t0
+    lines = [_order_line(k, r, n) for k in range(events)]
+    bulk, singles = lines[: events // 2], [decode_event(x) for x in lines[events // 2 :]]
+    latencies: list[float] = []
+    audience.on_membership = latencies.extend
+
+    single_members: list[float] = []
+
+    async def main() -> tuple[float, float, float, list[float]]:
+        single_lat: list[float] = []
+        it = iter(singles)
+
+        async def client() -> None:
+            for e in it:
+                t = time.perf_counter()
+                await audience.post_event(TENANT, e)
+                single_lat.append(time.perf_counter() - t)
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(audience.run_membership)
+            t0 = time.perf_counter()
+            for i in range(0, len(bulk), batch):
+                await audience.ingest_ndjson(TENANT, b"\n".join(bulk[i : i + batch]))
+            bulk_s = time.perf_counter() - t0
+            await audience.wait_membership()
+            settled_s = time.perf_counter() - t0
+            audience.on_membership = single_members.extend
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as clients:
+                for _ in range(concurrency):
+                    clients.start_soon(client)
+            single_s = time.perf_counter() - t0
+            await audience.wait_membership()
+            tg.cancel_scope.cancel()
+        return bulk_s, settled_s, single_s, single_lat
+
+    bulk_s, settled_s, single_s, single_lat = anyio.run(main)
+    members = sum(len(store.members(TENANT, seg.id, after=0, limit=10**9)) for seg in store.segments(TENANT, limit=100))
+    group = audience._groups[TENANT]
+    return {"events_per_s": len(bulk) / bulk_s, "events_with_membership_per_s": len(bulk) / settled_s,
+            "membership_update_p99_s": _pct(latencies, 0.99),
+            "membership_update_p50_s": _pct(latencies, 0.50), "single_events_per_s": len(singles) / single_s,
+            "single_p99_s": _pct(single_lat, 0.99),
+            "single_membership_p99_s": _pct(single_members, 0.99), "single_events_per_commit": group.items / max(1, group.flushes),
+            "memberships_after": members, "segments_create_s": segments_s}  # fmt: skip
 
 
-def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: str | None, workdir: str | None) -> dict:
+def _store_ratio(store: Any, n: int, seed: int, rounds: int = 3) -> dict[str, float]:
+    """The store alone, in the same run: order events for known subscribers through ``apply_event`` (one
+    transaction each, as the old path) and through ``apply_events`` (1,000 a transaction); medians of
+    ``rounds`` (aggregates updated, no membership, no parsing)."""
+    from campaigns.core.events import Item, OrderEvent
+
+    r = random.Random(seed + 2)
+
+    def ev(k: int) -> OrderEvent:
+        return OrderEvent(id=f"ratio-{k}", at=NOW - k, order_id=f"ratio-o{k}", phone=_phone(r.randint(1, n)), total=1000,
+                          currency="USD", payment_status="paid", items=(Item(product="p", category="shoes", price=1000),))
+
+    one_by_one, batched = [], []
+    for i in range(rounds):
+        singles = [ev(k) for k in range(i * 100_000, i * 100_000 + 1000)]
+        t = time.perf_counter()
+        for e in singles:
+            store.apply_event(TENANT, e, phone=e.phone, now=NOW)
+        one_by_one.append(len(singles) / (time.perf_counter() - t))
+        many = [(e, e.phone) for e in (ev(k) for k in range(i * 100_000 + 50_000, i * 100_000 + 60_000))]
+        t = time.perf_counter()
+        for j in range(0, len(many), 1000):
+            store.apply_events(TENANT, many[j : j + 1000], now=NOW)
+        batched.append(len(many) / (time.perf_counter() - t))
+    return {"store_apply_event_per_s": statistics.median(one_by_one), "store_apply_events_per_s": statistics.median(batched)}
+
+
+def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: str | None, workdir: str | None,
+        batch: int = 1000, concurrency: int = 64, store_ratio: bool = False) -> dict:  # fmt: skip
     with contextlib.ExitStack() as stack:
         if engine == "postgres":
             url = pg_url or stack.enter_context(throwaway_postgres())
@@ -375,7 +455,9 @@ def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: 
             _load_sqlite(url.removeprefix("sqlite:///"), gen)
         import_s = time.perf_counter() - t0
         counts = _counts(store, runs)
-        events_per_s, latencies = _events(store, n, events, seed)
+        ev = _events(store, n, events, batch, concurrency, seed)
+        if store_ratio:
+            ev.update(_store_ratio(store, n, seed))
     plain = [c["seconds"] for c in counts if not c["windowed"]]
     win = [c["seconds"] for c in counts if c["windowed"]]
     return {
@@ -385,13 +467,13 @@ def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: 
         "orders": m,
         "trees": len(counts),
         "import_s": import_s,
-        "events_per_s": events_per_s,
+        **{k: v for k, v in ev.items() if not k.startswith("membership")},
         "count_p50_s": statistics.median(plain),
         "count_p95_s": _pct(plain + win, 0.95),
         "count_max_s": max(plain + win),
         "count_windowed_p50_s": statistics.median(win),
-        "membership_update_p99_s": _pct(latencies, 0.99),
-        "membership_update_p50_s": _pct(latencies, 0.50),
+        "membership_update_p99_s": ev["membership_update_p99_s"],
+        "membership_update_p50_s": ev["membership_update_p50_s"],
         "per_tree": counts,
         "machine": describe(),
     }
@@ -403,22 +485,27 @@ def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: 
 @click.option("--engine", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
 @click.option("--pg-url", default=None, help="PostgreSQL to use (an empty database); default: start a throwaway one.")
 @click.option("--runs", default=3, show_default=True, help="Counts per tree; its figure is the median.")
-@click.option("--events", default=2000, show_default=True, help="Order events applied after the import.")
+@click.option("--events", default=40_000, show_default=True,
+              help="Order events after the import: half as bulk NDJSON bodies, half as concurrent single events.")
+@click.option("--batch", default=1000, show_default=True, help="Events per bulk body (and per transaction).")
+@click.option("--concurrency", default=64, show_default=True, help="Concurrent single-event senders.")
+@click.option("--store-ratio", is_flag=True, help="Also time the store alone: apply_event one by one vs apply_events.")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--workdir", default=None, type=click.Path(file_okay=False), help="Where the SQLite file goes.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
-def bench_audience(n: int, m: int, engine: str, pg_url: str | None, runs: int, events: int, seed: int,
-                   workdir: str | None, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
+def bench_audience(n: int, m: int, engine: str, pg_url: str | None, runs: int, events: int, batch: int, concurrency: int,
+                   store_ratio: bool, seed: int, workdir: str | None, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
     """Segment counts, event ingest and live membership over N subscribers and M orders."""
     if n < 1 or m < 0 or events < 2 or runs < 1:
         raise click.BadParameter("--subscribers >= 1, --orders >= 0, --events >= 2, --runs >= 1")
-    r = run(engine, n, m, runs, events, seed, pg_url, workdir)
+    r = run(engine, n, m, runs, events, seed, pg_url, workdir, batch, concurrency, store_ratio)
     click.echo(f"sluice bench audience: {engine}, {n:,} subscribers, {m:,} orders, {r['trees']} segment trees")
     for c in r["per_tree"]:
         click.echo(f"  {c['name']:<26} {'windowed' if c['windowed'] else '':<9} {c['count']:>10,} {c['seconds']:>8.3f} s")
-    for key in ("import_s", "events_per_s", "count_p50_s", "count_p95_s", "count_windowed_p50_s",
-                "membership_update_p99_s"):  # fmt: skip
+    for key in ("import_s", "events_per_s", "membership_update_p99_s", "single_events_per_s", "single_p99_s",
+                "single_membership_p99_s", *(["store_apply_event_per_s", "store_apply_events_per_s"] if store_ratio else []),
+                "single_events_per_commit", "count_p50_s", "count_p95_s", "count_windowed_p50_s"):  # fmt: skip
         click.echo(f"  {key:<36} {r[key]:>12,.3f}")
     save(r, json_path, out_dir)
 

@@ -68,6 +68,22 @@ def order_stats(orders: Iterable[tuple[str, int, str, float]]) -> dict[str, obje
             "avg_order_value": spent // count if count else 0, "last_order_payment_status": latest_status}  # fmt: skip
 
 
+def add_orders(stats: Stats, orders: Iterable[tuple[str, int, str, float]], latest_status: str | None) -> dict[str, object]:
+    """The order fields of ``stats`` once ``orders`` (``(order_id, total, payment_status, created_at)``,
+    none of them counted in ``stats`` yet) are added: what ``order_stats`` over all of them gives.
+    ``latest_status`` is the status of the latest order of all (greatest ``(created_at, order_id)``)."""
+    count, spent, first, last = stats.orders_count, stats.total_spent, stats.first_order_at, stats.last_order_at
+    for _, total, status, created in orders:
+        if status == "refunded":
+            continue
+        count += 1
+        spent += total
+        first = created if first is None else min(first, created)
+        last = created if last is None else max(last, created)
+    return {"orders_count": count, "total_spent": spent, "first_order_at": first, "last_order_at": last,
+            "avg_order_value": spent // count if count else 0, "last_order_payment_status": latest_status}  # fmt: skip
+
+
 def scores(stats: Stats, now: float, scale: RfmScale = DEFAULT_SCALE) -> Stats:
     """``stats`` with its RFM and engagement scores as of ``now`` (None when there is nothing to score)."""
     if stats.orders_count and stats.last_order_at is not None:

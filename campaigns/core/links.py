@@ -18,7 +18,9 @@ at most 8 and at least 5 (62**5 is about 9.2e8 codes per domain). A domain too l
 key and the link's scope: campaign, recipient, URL position), so a relaunch after a crash mints the
 same codes again (idempotent), and nobody can guess a neighbour's code. On a collision with a code
 already taken (``exists(code)``), the attempt counter in the hashed message is bumped, up to 16
-times, then ``LinkError("code_space_exhausted")``.
+times, then ``LinkError("code_space_exhausted")``. ``shorten`` is ``splice(skeleton(text))``: a
+launch splits each distinct text around its URLs once (``skeleton``, URLs found and checked) and
+only mints and splices codes per recipient (``splice``).
 
 **Clicks**: a hit is a click only if it is a GET (a HEAD is a preview), its user agent is not a known
 link-preview fetcher or bot, and it comes at least ``min_delay`` seconds (default 10 s) after the
@@ -40,7 +42,8 @@ import msgspec
 from campaigns.errors import InvalidInput
 
 __all__ = ["ALPHABET", "BOT_MARKERS", "ClickTally", "Hit", "HitVerdict", "LinkError", "ShortLink",
-           "Shortened", "classify_hit", "code_length", "find_urls", "mint_code", "shorten", "with_utm"]  # fmt: skip
+           "Shortened", "Skeleton", "classify_hit", "code_length", "find_urls", "mint_code", "shorten", "skeleton",
+           "splice", "with_utm"]  # fmt: skip
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 MIN_CODE = 5
@@ -109,7 +112,9 @@ def code_length(domain: str, max_length: int = 22) -> int:
 
 
 def _base62(digest: bytes, length: int) -> str:
-    n = int.from_bytes(digest, "big")
+    # Only the low ``length`` base-62 digits are used: reduce the 256-bit number once, then the
+    # digits come from a machine-sized int (same code as digit by digit from the full number).
+    n = int.from_bytes(digest, "big") % 62**length
     out = []
     for _ in range(length):
         n, r = divmod(n, 62)
@@ -147,6 +152,55 @@ class Shortened(msgspec.Struct, frozen=True, kw_only=True):
     links: tuple[ShortLink, ...]
 
 
+class Skeleton(msgspec.Struct, frozen=True, kw_only=True):
+    """A text split around its URLs, checked once: ``pieces[i]`` precede ``targets[i]`` (as written)
+    and ``pieces[-1]`` ends the text. Texts that render alike share one skeleton; only the codes
+    differ per recipient (``splice``)."""
+
+    pieces: tuple[str, ...]
+    urls: tuple[str, ...]
+
+
+def skeleton(text: str) -> Skeleton:
+    """``text`` split around every URL (``find_urls``); a malformed URL is a ``LinkError("bad_url")``."""
+    pieces: list[str] = []
+    urls: list[str] = []
+    cursor = 0
+    for start, end, url in find_urls(text):
+        _check_url(url, start)
+        pieces.append(text[cursor:start])
+        urls.append(url)
+        cursor = end
+    pieces.append(text[cursor:])
+    return Skeleton(pieces=tuple(pieces), urls=tuple(urls))
+
+
+def splice(
+    sk: Skeleton,
+    *,
+    domain: str,
+    key: bytes,
+    scope: str,
+    exists: Callable[[str], bool] = lambda _c: False,
+    max_length: int = 22,
+) -> Shortened:
+    """The skeleton's text with every URL replaced by a short link unique to ``scope``."""
+    length = code_length(domain, max_length)
+    if not sk.urls:
+        return Shortened(text=sk.pieces[0], links=())
+    taken: set[str] = set()
+    links: list[ShortLink] = []
+    parts: list[str] = []
+    for i, url in enumerate(sk.urls):
+        code = mint_code(key, f"{scope}:{i}", length, lambda c: c in taken or exists(c))
+        taken.add(code)
+        short = f"{SCHEME}{domain}/{code}"
+        links.append(ShortLink(code=code, url=short, target=url if "://" in url else f"https://{url}", position=i))
+        parts += [sk.pieces[i], short]
+    parts.append(sk.pieces[-1])
+    return Shortened(text="".join(parts), links=tuple(links))
+
+
 def shorten(
     text: str,
     *,
@@ -157,22 +211,8 @@ def shorten(
     max_length: int = 22,
 ) -> Shortened:
     """Replace every URL of ``text`` with a short link unique to ``scope`` (campaign + recipient)."""
-    length = code_length(domain, max_length)
-    taken: set[str] = set()
-    links: list[ShortLink] = []
-    parts: list[str] = []
-    cursor = 0
-    for i, (start, end, url) in enumerate(find_urls(text)):
-        _check_url(url, start)
-        code = mint_code(key, f"{scope}:{i}", length, lambda c: c in taken or exists(c))
-        taken.add(code)
-        short = f"{SCHEME}{domain}/{code}"
-        target = url if "://" in url else f"https://{url}"
-        links.append(ShortLink(code=code, url=short, target=target, position=i))
-        parts += [text[cursor:start], short]
-        cursor = end
-    parts.append(text[cursor:])
-    return Shortened(text="".join(parts), links=tuple(links))
+    code_length(domain, max_length)  # a domain too long is the first error, as before a bad URL
+    return splice(skeleton(text), domain=domain, key=key, scope=scope, exists=exists, max_length=max_length)
 
 
 # ---- UTM ------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ __all__ = [
     "AllOf",
     "AnyOf",
     "affected_by",
+    "walk",
     "Attribute",
     "Event",
     "Field",
@@ -722,16 +723,16 @@ def evaluate(seg: Segment, view: SubscriberView, now: float) -> bool:
 # ---- incremental membership -----------------------------------------------------------------
 
 
-def _walk(seg: Segment) -> Iterator[Segment]:
+def walk(seg: Segment) -> Iterator[Segment]:
     yield seg
     match seg:
         case AllOf(items=items) | AnyOf(items=items):
             for i in items:
-                yield from _walk(i)
+                yield from walk(i)
         case Not(item=item):
-            yield from _walk(item)
+            yield from walk(item)
         case RfmTier(tier=tier):
-            yield from _walk(expand_rfm(tier))
+            yield from walk(expand_rfm(tier))
 
 
 def dependencies(seg: Segment) -> frozenset[str]:
@@ -740,7 +741,7 @@ def dependencies(seg: Segment) -> frozenset[str]:
     ``subscriber_tags``, ``orders``, ``order_items``, ``checkouts``, ``activities.<kind>``, and
     ``clock`` when time alone can change membership (a window, ``within_days``, a birthday)."""
     deps: set[str] = set()
-    for node in _walk(seg):
+    for node in walk(seg):
         match node:
             case Field(field=f, op=op):
                 deps.add(f"{FIELDS[f].table}.{f}")
@@ -775,7 +776,7 @@ EDGE = 1e-3  # seconds past a window's edge: far above the rounding of `now - da
 
 def _candidates(seg: Segment, view: SubscriberView, now: float) -> set[float]:
     out: set[float] = set()
-    for node in _walk(seg):
+    for node in walk(seg):
         match node:
             case Field(field=f, op=op, value=days) if NEGATED.get(op, op) in ("within_days", "before_days"):
                 v = field_value(view, f)

@@ -42,7 +42,7 @@ from campaigns.errors import InvalidInput
 
 __all__ = ["AudienceCheck", "DEFAULT_FOOTERS", "DEFAULT_SIGNATURES", "KNOWN", "Literal_", "MessageRules", "Rendered",
            "Shortcode", "Template", "TemplateError", "check_audience", "compile_template", "footer_for", "render", "render_body",
-           "signature_for"]  # fmt: skip
+           "signature_for", "values_key"]  # fmt: skip
 
 KNOWN = frozenset({
     "first_name", "shop_name", "product_bought", "product_offered", "product_offered_url",
@@ -132,6 +132,12 @@ def _value(values: Mapping[str, object], name: str) -> str | None:
         return None
     text = raw if isinstance(raw, str) else str(raw).lower() if isinstance(raw, bool) else str(raw)
     return text if text.strip() else None
+
+
+def values_key(template: Template, values: Mapping[str, object]) -> tuple[str | None, ...]:
+    """Everything of ``values`` that ``render_body`` reads, in shortcode order: two value maps with the
+    same key render the same body (a launch renders each distinct key once)."""
+    return tuple(_value(values, p.name) for p in template.parts if isinstance(p, Shortcode))
 
 
 def render_body(template: Template, values: Mapping[str, object]) -> str:

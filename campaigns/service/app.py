@@ -289,27 +289,19 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
     # ---- shop events -------------------------------------------------------------------------
     @post("/v1/events", status_code=202)
     async def post_event(tenant: Tenant, data: JSONBody[ShopEvent]) -> EventOut:  # type: ignore[valid-type]
-        """One shop event (customer, order, checkout, fulfillment, activity, custom); idempotent by ``id``."""
+        """One shop event (customer, order, checkout, fulfillment, activity, custom); idempotent by ``id``.
+        Concurrent events share a transaction (group commit); answered after the commit."""
         event = decode_event(msgspec.json.encode(data))  # the layer's own checks (reserved names)
-        applied: Applied = await audience.apply(tenant, event, audience.check_event(tenant, event))
+        applied: Applied = await audience.post_event(tenant, event)
         return EventOut(outcome=applied.outcome, subscriber_id=applied.subscriber_id)
 
     @post("/v1/events/bulk", status_code=202)
     async def post_events_bulk(tenant: Tenant, request: Request) -> BulkOut:
         """NDJSON, one event per line. Every line is checked first: one bad line -> 422 naming it
-        (``lines[3].total``) and nothing is stored. Safe to retry: events are idempotent by id."""
-        body = await request.body()
-        events: list[tuple[ShopEvent, str | None]] = []
-        for i, line in enumerate(body.splitlines()):
-            if not line.strip():
-                continue
-            try:
-                ev = decode_event(line)
-            except InvalidInput as exc:
-                field = f"lines[{i}]" + (f".{exc.field}" if exc.field else "")
-                raise InvalidInput(f"line {i}: {exc}", code=exc.code, field=field) from None
-            events.append((ev, audience.check_event(tenant, ev, prefix=f"lines[{i}].")))
-        results = await audience.apply_many(tenant, events)
+        (``lines[3].total``; the message lists every bad line) and nothing is stored. Answered once
+        the events are committed with their aggregates; segment membership follows (within about a
+        second under ``sluice serve``). Safe to retry: events are idempotent by id."""
+        results = await audience.ingest_ndjson(tenant, await request.body())
         outcomes = [r.outcome for r in results]
         return BulkOut(applied=outcomes.count("applied"), duplicate=outcomes.count("duplicate"),
                        stale=outcomes.count("stale"))  # fmt: skip

@@ -5,10 +5,13 @@ that ``now`` to the core and the store (which runs in a worker thread)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.abc
 import anyio.to_thread
 import msgspec
 
@@ -17,12 +20,14 @@ from campaigns.core import proof
 from campaigns.core.forms import legal_text
 from campaigns.core.imports import parse_csv
 from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State, needs_disclosure
-from campaigns.core.events import CheckoutEvent, CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone, event_phone
+from campaigns.core.events import (CheckoutEvent, CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone,
+                                   decode_event, event_phone, looks_canonical)  # fmt: skip
 from campaigns.core.model import Stats, Subscriber
 from campaigns.core.segments import Segment, affected_by, dependencies, dump_segment, evaluate, next_change, parse_segment
-from campaigns.errors import Conflict, InvalidInput, NotFound
-from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, Store
-from campaigns.store.segment_sql import compile_segment
+from campaigns.errors import CampaignError, Conflict, InvalidInput, NotFound
+from campaigns.service.batching import GroupCommit
+from campaigns.store.base import Applied, ImportResult, MemberPlan, NewConsent, SegmentRow, Store
+from campaigns.store.segment_sql import compile_edges, compile_segment
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,6 +75,15 @@ class Audience:
         self._segments: dict[str, list[tuple[int, Segment, frozenset[str]]]] = {}  # per tenant, parsed
         self._last_rebuild: dict[str, float] = {}
         self._last_scores: dict[str, float] = {}
+        self._groups: dict[str, GroupCommit[tuple[ShopEvent, str | None], Applied]] = {}
+        self.batch_size = 1000  # events per transaction (bulk ingest, group commit)
+        self.membership_chunk = 2000  # subscribers per membership transaction (the membership loop)
+        self.on_membership: Callable[[list[float]], None] | None = None  # lags, for the bench
+        self._pending: dict[str, dict[int, tuple[set[str], float]]] = {}
+        self._wake: anyio.Event | None = None  # made in the loop (an Event belongs to one event loop)
+        self._settled: anyio.Event | None = None
+        self._membership_live = False
+        self._busy = 0  # membership passes running
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         return await anyio.to_thread.run_sync(partial(fn, *args, **kw))
@@ -193,31 +207,183 @@ class Audience:
         country = event.profile.country if isinstance(event, CustomerEvent) else None
         return self.phone(tenant, raw, field=prefix + field, country=country)
 
-    async def apply(self, tenant: str, event: ShopEvent, phone: str | None) -> Applied:
-        now = self.clock()
-        if event.at > now + 300:
-            raise InvalidInput("event time is in the future", code="invalid_field", field="at")
-        applied = await self._run(self.store.apply_event, tenant, event, phone=phone, now=now)
-        if applied.subscriber_id is not None and applied.outcome != "duplicate":
-            await self.refresh_membership(tenant, applied.subscriber_id, applied.changed, now)
-        return applied
+    def check_events(self, tenant: str, events: Sequence[ShopEvent], prefixes: Sequence[str]) -> list[str | None]:
+        """``check_event`` for many (the store answers in one query which numbers, already canonical
+        E.164, belong to a subscriber: those need no phonenumbers check). Sync: run it in a thread."""
+        raws = [event_phone(e) for e in events]
+        known = self.store.known_phones(tenant, [r for r in raws if r is not None and looks_canonical(r)])
+        out = []
+        for e, raw, prefix in zip(events, raws, prefixes, strict=True):
+            if raw is not None and raw in known and not (isinstance(e, CheckoutEvent) and e.consent is not None):
+                out.append(raw)
+            else:
+                out.append(self.check_event(tenant, e, prefix))
+        return out
 
-    async def apply_many(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]]) -> list[Applied]:
-        now = self.clock()
-        for i, (e, _) in enumerate(events):
+    def _check_time(self, events: Sequence[ShopEvent], now: float, prefixes: Sequence[str]) -> None:
+        for e, prefix in zip(events, prefixes, strict=True):
             if e.at > now + 300:
-                raise InvalidInput("event time is in the future", code="invalid_field", field=f"lines[{i}].at")
+                raise InvalidInput("event time is in the future", code="invalid_field", field=f"{prefix}at")
 
+    async def apply(self, tenant: str, event: ShopEvent, phone: str | None) -> Applied:
+        """One event whose phone was checked (``check_event``), through the tenant's group commit."""
+        return await self._submit(tenant, event, phone, checked=True)
+
+    async def post_event(self, tenant: str, event: ShopEvent) -> Applied:
+        """``POST /v1/events``: one event, checked with the others of its group (a number a subscriber
+        already has needs no phonenumbers check: one query for the group), then group-committed."""
+        return await self._submit(tenant, event, None, checked=False)
+
+    async def _submit(self, tenant: str, event: ShopEvent, phone: str | None, *, checked: bool) -> Applied:
+        """Events arriving while a transaction runs share the next one (``GroupCommit``); each caller is
+        answered once its transaction is committed and, unless the membership loop runs (then it
+        follows from there, as for bulk), the membership changes it causes are stored."""
+        self._check_time([event], self.clock(), [""])
+        group = self._groups.get(tenant)
+        if group is None:
+            group = self._groups[tenant] = GroupCommit(partial(self._flush_group, tenant), max_items=self.batch_size)
+        return await group.submit((event, phone, checked))
+
+    async def _flush_group(self, tenant: str, items: list[tuple[ShopEvent, str | None, bool]]) -> list[Applied | BaseException]:
+        out: list[Applied | BaseException | None] = [None] * len(items)
+        todo = [i for i, (_, _, checked) in enumerate(items) if not checked]
+        phones = dict(zip(todo, await self._run(self._check_each, tenant, [items[i][0] for i in todo]), strict=True))
+        ready: list[tuple[int, tuple[ShopEvent, str | None]]] = []
+        for i, (event, phone, checked) in enumerate(items):
+            p = phone if checked else phones[i]
+            if isinstance(p, BaseException):
+                out[i] = p
+            else:
+                ready.append((i, (event, p)))
+        try:
+            done = await self.apply_many(tenant, [e for _, e in ready], defer=self._membership_live)
+            for (i, _), r in zip(ready, done, strict=True):
+                out[i] = r
+        except CampaignError as exc:
+            if len(ready) == 1:
+                out[ready[0][0]] = exc
+            else:  # one event failed the batch: each alone, so only it fails
+                for i, e in ready:
+                    try:
+                        out[i] = (await self.apply_many(tenant, [e]))[0]
+                    except CampaignError as exc1:
+                        out[i] = exc1
+        return out  # type: ignore[return-value]
+
+    def _check_each(self, tenant: str, events: list[ShopEvent]) -> list[str | None | BaseException]:
+        """``check_events``, with each bad event's error in its place."""
+        try:
+            return list(self.check_events(tenant, events, [""] * len(events)))
+        except InvalidInput:
+            out: list[str | None | BaseException] = []
+            for e in events:
+                try:
+                    out.append(self.check_event(tenant, e))
+                except InvalidInput as exc:
+                    out.append(exc)
+            return out
+
+    async def ingest_ndjson(self, tenant: str, body: bytes) -> list[Applied]:
+        """``POST /v1/events/bulk``: NDJSON, one event per line. Every line is checked first: a bad line
+        raises InvalidInput naming it (``lines[3].total``) and nothing is stored. Answered once every
+        event is committed with its aggregates; the membership changes follow from the membership
+        loop (``run_membership``) when it runs, else before answering."""
+        events, prefixes = [], []
+        bad: list[tuple[int, InvalidInput]] = []
+        for i, line in enumerate(body.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                events.append(decode_event(line))
+            except InvalidInput as exc:
+                bad.append((i, exc))
+            prefixes.append(f"lines[{i}].")
+        if bad:  # the first names its field; the message lists every bad line
+            i, exc = bad[0]
+            more = f" ({len(bad)} bad lines: {', '.join(str(j) for j, _ in bad[:20])}{', ...' if len(bad) > 20 else ''})"
+            field = f"lines[{i}]" + (f".{exc.field}" if exc.field else "")
+            raise InvalidInput(f"line {i}: {exc}{more if len(bad) > 1 else ''}", code=exc.code, field=field)
+        self._check_time(events, self.clock(), prefixes)
+        phones = await self._run(self.check_events, tenant, events, prefixes)
+        return await self.apply_many(tenant, list(zip(events, phones, strict=True)), defer=self._membership_live)
+
+    async def apply_many(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], *,
+                         defer: bool = False) -> list[Applied]:  # fmt: skip
+        """Checked events, ``batch_size`` per transaction (``Store.apply_events``); after each, the
+        membership of the segments whose dependencies it touched, for the subscribers it touched (or,
+        ``defer``, handed to the membership loop)."""
+        now = self.clock()
+        self._check_time([e for e, _ in events], now, [f"lines[{i}]." for i in range(len(events))])
         results: list[Applied] = []
-        for i in range(0, len(events), 1000):  # one transaction per thousand events
-            results += await self._run(self.store.apply_events, tenant, events[i:i + 1000], now=now)
-        touched: dict[int, set[str]] = {}
-        for r in results:
-            if r.subscriber_id is not None and r.outcome != "duplicate":
-                touched.setdefault(r.subscriber_id, set()).update(r.changed)
-        for sid, changed in touched.items():
-            await self.refresh_membership(tenant, sid, frozenset(changed), now)
+        for i in range(0, len(events), self.batch_size):
+            done = await self._run(self.store.apply_events, tenant, events[i:i + self.batch_size], now=now)
+            results += done
+            if defer:
+                self._defer(tenant, done)
+            else:
+                await self.refresh_batch(tenant, done, now)
         return results
+
+    # ---- the membership loop: bulk ingest answers at its commit, membership follows ---------------
+    def _defer(self, tenant: str, applied: Sequence[Applied]) -> None:
+        pending = self._pending.setdefault(tenant, {})
+        arrived = time.monotonic()
+        for sid, changed in _touched(applied).items():
+            if sid in pending:
+                pending[sid][0].update(changed)
+            else:
+                pending[sid] = (changed, arrived)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def run_membership(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Keep membership current after bulk ingest, until cancelled (``serve`` runs it): whatever was
+        ingested while a pass ran is done in the next, ``membership_chunk`` subscribers a transaction."""
+        self._membership_live = True
+        task_status.started()
+        try:
+            while True:
+                self._wake = anyio.Event()
+                if not self._pending:
+                    await self._wake.wait()
+                await self.settle_membership()
+        finally:
+            self._membership_live = False
+            self._wake = None
+
+    async def settle_membership(self) -> int:
+        """Refresh now the membership of every subscriber deferred so far. Returns the changes made; the
+        lag of each subscriber (its first deferred event to now, seconds) goes to ``on_membership``."""
+        changes = 0
+        self._busy += 1
+        try:
+            changes = await self._settle()
+        finally:
+            self._busy -= 1
+        if self._settled is not None and not self._busy:
+            self._settled.set()
+            self._settled = None
+        return changes
+
+    async def _settle(self) -> int:
+        changes = 0
+        while self._pending:
+            tenant, pending = self._pending.popitem()
+            items = list(pending.items())
+            for i in range(0, len(items), self.membership_chunk):
+                chunk = items[i:i + self.membership_chunk]
+                changes += await self._refresh_touched(tenant, {sid: changed for sid, (changed, _) in chunk}, self.clock())
+                if self.on_membership is not None:
+                    done = time.monotonic()
+                    self.on_membership([done - arrived for _, (_, arrived) in chunk])
+        return changes
+
+    async def wait_membership(self) -> None:
+        """Until nothing deferred is left (the membership loop caught up)."""
+        while self._pending or self._busy:
+            if self._settled is None:
+                self._settled = anyio.Event()
+            await self._settled.wait()
 
     async def tick(self, tenant: str | None = None) -> list[int]:
         """The periodic work: checkouts past ``abandon_after`` become abandoned, due segment timers
@@ -255,6 +421,29 @@ class Audience:
                 parsed.append((r.id, seg, dependencies(seg)))
             self._segments[tenant] = parsed
         return self._segments[tenant]
+
+    async def refresh_batch(self, tenant: str, applied: Sequence[Applied], now: float) -> int:
+        """Membership after a batch, set-based: per segment whose dependencies the batch touched, its SQL
+        restricted to the subscribers whose changes touch them (``compile_segment(..., only=...)``), the
+        difference written, timers set to the next window edge. Returns the memberships changed."""
+        return await self._refresh_touched(tenant, _touched(applied), now)
+
+    async def _refresh_touched(self, tenant: str, touched: dict[int, set[str]], now: float) -> int:
+        if not touched:
+            return 0
+        by_change: dict[frozenset[str], list[int]] = {}
+        for sid, changed in touched.items():
+            by_change.setdefault(frozenset(changed), []).append(sid)
+        engine = self.store.engine
+        plans = []
+        for seg_id, seg, deps in await self.segments_of(tenant):
+            ids = sorted(sid for changed, sids in by_change.items() if affected_by(deps, changed) for sid in sids)
+            if not ids:
+                continue
+            where, params = compile_segment(seg, engine, tenant, now, only=ids)  # type: ignore[arg-type]
+            edges = compile_edges(seg, engine, tenant, now, ids) if "clock" in deps else None  # type: ignore[arg-type]
+            plans.append(MemberPlan(segment_id=seg_id, ids=ids, where=where, params=params, edges=edges))
+        return await self._run(self.store.refresh_members, tenant, plans, now=now) if plans else 0
 
     async def refresh_membership(self, tenant: str, sid: int, changed: frozenset[str] | None, now: float,
                                  *, only: int | None = None) -> None:  # fmt: skip
@@ -317,6 +506,15 @@ class Audience:
     async def members(self, tenant: str, seg: Segment, *, after: int, limit: int) -> list[int]:
         where, params = compile_segment(seg, self.store.engine, tenant, self.clock())  # type: ignore[arg-type]
         return await self._run(self.store.ids_where, tenant, where, params, after=after, limit=limit)
+
+
+def _touched(applied: Sequence[Applied]) -> dict[int, set[str]]:
+    """subscriber -> what the batch changed of it (duplicates changed nothing)."""
+    touched: dict[int, set[str]] = {}
+    for r in applied:
+        if r.subscriber_id is not None and r.outcome != "duplicate":
+            touched.setdefault(r.subscriber_id, set()).update(r.changed)
+    return touched
 
 
 def is_fulfillment(event: ShopEvent) -> bool:

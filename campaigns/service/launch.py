@@ -8,10 +8,13 @@ Theory of operation (a crash at any point never sends a recipient twice):
    (smart sending), assign A/B variants (``core.abtest``), render each text (``core.templates``) with
    its discount code and short links (``core.links``), and store all of it with its batch and slot.
    A campaign whose audience is already frozen is not planned again: a relaunch reads the same rows.
+   Rendering is the launch's hot loop: ``TextCache`` renders each distinct text once and a recipient
+   costs its codes and a join (exactly what rendering from scratch gives).
 2. ``submit``: each batch not yet answered is posted as one NDJSON job with
    ``Idempotency-Key: campaign-{id}-batch-{n}``. The body is rebuilt from the frozen rows, so it is
    the same bytes each time, and the gateway answers a retried key with its stored answer instead of
-   sending again. A batch's job id is stored once the gateway answers.
+   sending again. A batch's job id is stored once the gateway answers. The next batch's body is
+   built (in a worker thread) while the gateway answers this one; batches are still posted in order.
 3. The campaign is ``launched`` when every batch has its job. Pause, resume and cancel are posted to
    every job of the campaign.
 
@@ -25,7 +28,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
 import anyio.to_thread
+from anyio.streams.memory import MemoryObjectSendStream
 import msgspec
 
 from campaigns.core import abtest, attribution, discounts, links, schedule, templates
@@ -34,7 +39,7 @@ from campaigns.core.model import Subscriber
 from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound
 from campaigns.service.gateway_client import GatewayClient
 from campaigns.store.base import Store
-from campaigns.store.campaign_rows import CampaignRow, LinkRow, PlannedRecipient, RecipientRow
+from campaigns.store.campaign_rows import BatchRow, CampaignRow, LinkRow, PlannedRecipient, RecipientRow
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -229,6 +234,7 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
     rows: list[PlannedRecipient] = []
     link_rows: list[LinkRow] = []
     taken: set[str] = set()
+    cache = TextCache(spec)
     batch, idx, batch_at = -1, spec.batch_size, None
     for p in planned:
         sub = by_id[p.subscriber]
@@ -238,21 +244,22 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
                                          tz=p.zone, text="", batch=HELD, idx=sub.id))  # fmt: skip
             continue
         text, new_links = render_for(store, tenant, spec, camp.id, sub, compiled[variant], tl, now,
-                                     first=last.get(sub.id) is None, taken=taken, exists=taken.__contains__)  # fmt: skip
+                                     first=last.get(sub.id) is None, taken=taken, exists=taken.__contains__, cache=cache)  # fmt: skip
         if idx >= spec.batch_size or p.send_at != batch_at:
             batch, idx, batch_at = batch + 1, 0, p.send_at
         rows.append(PlannedRecipient(subscriber_id=sub.id, phone=sub.phone, variant=variant, send_at=p.send_at or now,
                                      tz=p.zone, text=text, batch=batch, idx=idx))  # fmt: skip
         link_rows += new_links
         idx += 1
-    rows, link_rows = _resolve_clashes(store, tenant, spec, camp.id, rows, link_rows, compiled, by_id, last, tl, now, taken)
+    rows, link_rows = _resolve_clashes(store, tenant, spec, camp.id, rows, link_rows, compiled, by_id, last, tl, now, taken,
+                                       cache)  # fmt: skip
     return store.freeze_audience(tenant, camp.id, rows, link_rows, now=now)
 
 
 def _resolve_clashes(store: Store, tenant: str, spec: CampaignSpec, cid: int, rows: list[PlannedRecipient],
                      link_rows: list[LinkRow], compiled: Mapping[str | None, templates.Template],
                      by_id: Mapping[int, Subscriber], last: Mapping[int, float | None], tl: TenantLinks, now: float,
-                     taken: set[str]) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
+                     taken: set[str], cache: TextCache | None = None) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
     """Codes were minted against this launch's own codes only; the store's are checked in bulk, and
     the rare recipient whose code another campaign holds is rendered again with the full check."""
     clashes = store.existing_links([link.code for link in link_rows])
@@ -265,25 +272,59 @@ def _resolve_clashes(store: Store, tenant: str, spec: CampaignSpec, cid: int, ro
         if r.subscriber_id in redo:
             text, new_links = render_for(store, tenant, spec, cid, by_id[r.subscriber_id], compiled[r.variant], tl, now,
                                          first=last.get(r.subscriber_id) is None, taken=taken,
-                                         exists=lambda c: c in taken or store.link_exists(c))  # fmt: skip
+                                         exists=lambda c: c in taken or store.link_exists(c), cache=cache)  # fmt: skip
             r = msgspec.structs.replace(r, text=text)
             kept += new_links
         out.append(r)
     return out, kept
 
 
+class TextCache:
+    """Each distinct rendering of one campaign's texts, split around its URLs, kept for the launch.
+
+    A text depends only on its template, the values its shortcodes read (``templates.values_key``),
+    the locale and whether it is the subscriber's first marketing message; recipients who share
+    those (most of an audience: the same shop values, a few thousand first names) share one
+    ``links.Skeleton``, so the template is rendered and its URLs found and checked once, and each
+    recipient costs only its codes and a join (``links.splice``). Exact by construction: a miss is
+    rendered by the same ``templates.render``. Bounded: cleared when it holds ``limit`` texts."""
+
+    def __init__(self, spec: CampaignSpec, *, limit: int = 100_000) -> None:
+        self.spec, self.limit = spec, limit
+        self._texts: dict[tuple[Any, ...], links.Skeleton] = {}
+
+    def skeleton(self, template: templates.Template, values: Mapping[str, object], locale: str | None,
+                 first: bool) -> links.Skeleton:  # fmt: skip
+        key = (template.source, locale, first, templates.values_key(template, values))
+        sk = self._texts.get(key)
+        if sk is None:
+            rendered = templates.render(template, values, rules=self.spec.rules, locale=locale, first_message=first,
+                                        find=False)  # fmt: skip
+            sk = links.skeleton(rendered.text)
+            if len(self._texts) >= self.limit:
+                self._texts.clear()
+            self._texts[key] = sk
+        return sk
+
+
 def render_for(store: Store, tenant: str, spec: CampaignSpec, cid: int, sub: Subscriber, template: templates.Template,
                tl: TenantLinks, now: float, *, first: bool, taken: set[str],
-               exists: Callable[[str], bool] | None = None) -> tuple[str, list[LinkRow]]:  # fmt: skip
-    """One recipient's final text (signature, footer, discount code, short links) and its links."""
+               exists: Callable[[str], bool] | None = None, cache: TextCache | None = None) -> tuple[str, list[LinkRow]]:  # fmt: skip
+    """One recipient's final text (signature, footer, discount code, short links) and its links
+    (``cache``: the launch's rendered texts, reused across recipients; same result as without)."""
     code = _discount(store, tenant, spec, cid, sub.id, tl.key, now)
+    values = _values(spec, sub, code)
+    links.code_length(spec.link_domain or tl.domain)  # a domain too long is the first error, before a bad URL
     try:
-        rendered = templates.render(template, _values(spec, sub, code), rules=spec.rules, locale=sub.language,
-                                    first_message=first, find=False)  # fmt: skip
+        if cache is not None and cache.spec is spec:
+            sk = cache.skeleton(template, values, sub.language, first)
+        else:
+            sk = links.skeleton(templates.render(template, values, rules=spec.rules, locale=sub.language,
+                                                 first_message=first, find=False).text)  # fmt: skip
     except templates.TemplateError as exc:
         raise InvalidInput(f"subscriber {sub.id}: {exc}", code=exc.code, field="template") from exc
-    short = links.shorten(rendered.text, domain=spec.link_domain or tl.domain, key=tl.key, scope=f"{cid}:{sub.id}",
-                          exists=exists or (lambda c: c in taken or store.link_exists(c)))  # fmt: skip
+    short = links.splice(sk, domain=spec.link_domain or tl.domain, key=tl.key, scope=f"{cid}:{sub.id}",
+                         exists=exists or (lambda c: c in taken or store.link_exists(c)))  # fmt: skip
     taken.update(link.code for link in short.links)
     expires = now + spec.link_ttl_days * 86_400 if spec.link_ttl_days is not None else None
     rows = [LinkRow(code=link.code, tenant=tenant, campaign_id=cid, subscriber_id=sub.id, target=link.target,
@@ -356,26 +397,62 @@ class Launcher:
         return await self.launch_state(tenant, campaign_id)
 
     async def _submit(self, client: GatewayClient, tenant: str, camp: CampaignRow) -> None:
+        """Post every batch not yet answered, in order. The next batch's rows are read and its body
+        built in a worker thread while the gateway answers this one (a pipeline of one: the bodies
+        are the same bytes as built one by one, and nothing is posted out of order)."""
         spec = parse_spec(camp.definition)
-        for b in await self._run(self.store.batches, tenant, camp.id):
-            if b.job_id is not None:
-                continue
-            current = await self.campaign(tenant, camp.id)
-            if current.status == "canceled":  # canceled during the launch: send no more batches
-                return
-            rows = await self._run(self.store.batch_recipients, tenant, camp.id, b.batch)
-            body = job_body(camp, spec, b.batch, b.send_at, rows, self.callback_urls.get(tenant))
-            answer = await client.submit_job(body, key=idempotency_key(camp.id, b.batch))
-            rejected = [r.index for r in answer.rejected]
-            await self._run(self.store.batch_submitted, tenant, camp.id, b.batch, job_id=answer.id,
-                            accepted=answer.accepted, rejected=rejected, now=self.clock())  # fmt: skip
-            log.info("campaign.batch.submitted tenant=%s campaign=%d batch=%d job=%s accepted=%d", tenant, camp.id,
-                     b.batch, answer.id, answer.accepted)  # fmt: skip
-            if answer.id and (await self.campaign(tenant, camp.id)).status == "canceled":
-                await client.job_action(answer.id, "cancel")  # canceled while this batch was in flight
-                return
+        todo = [b for b in await self._run(self.store.batches, tenant, camp.id) if b.job_id is None]
+        send, receive = anyio.create_memory_object_stream[tuple[BatchRow, bytes | BaseException]](1)
+        failed: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._bodies, send, tenant, camp, spec, todo)
+            async with receive:
+                try:
+                    async for b, body in receive:
+                        if not isinstance(body, bytes):
+                            raise body
+                        if not await self._post(client, tenant, camp, b, body):
+                            tg.cancel_scope.cancel()
+                            return
+                except Exception as exc:  # raised as itself, not inside the task group's ExceptionGroup
+                    failed = exc
+                    tg.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
         if (await self.campaign(tenant, camp.id)).status == "launching":
             await self._run(self.store.set_campaign_status, tenant, camp.id, "launched", now=self.clock())
+
+    async def _bodies(self, send: MemoryObjectSendStream[tuple[BatchRow, bytes | BaseException]], tenant: str,
+                      camp: CampaignRow, spec: CampaignSpec, todo: Sequence[BatchRow]) -> None:  # fmt: skip
+        """Build the bodies in order; a failure is handed on to ``_submit`` (raised there as itself)."""
+        async with send:
+            for b in todo:
+                try:
+                    body: bytes | BaseException = await self._run(self._body, tenant, camp, spec, b)
+                except Exception as exc:
+                    body = exc
+                await send.send((b, body))
+                if not isinstance(body, bytes):
+                    return
+
+    def _body(self, tenant: str, camp: CampaignRow, spec: CampaignSpec, b: BatchRow) -> bytes:
+        rows = self.store.batch_recipients(tenant, camp.id, b.batch)
+        return job_body(camp, spec, b.batch, b.send_at, rows, self.callback_urls.get(tenant))
+
+    async def _post(self, client: GatewayClient, tenant: str, camp: CampaignRow, b: BatchRow, body: bytes) -> bool:
+        """Post one batch and store its answer; False when the campaign was canceled (send no more)."""
+        if (await self.campaign(tenant, camp.id)).status == "canceled":  # canceled during the launch
+            return False
+        answer = await client.submit_job(body, key=idempotency_key(camp.id, b.batch))
+        rejected = [r.index for r in answer.rejected]
+        await self._run(self.store.batch_submitted, tenant, camp.id, b.batch, job_id=answer.id,
+                        accepted=answer.accepted, rejected=rejected, now=self.clock())  # fmt: skip
+        log.info("campaign.batch.submitted tenant=%s campaign=%d batch=%d job=%s accepted=%d", tenant, camp.id,
+                 b.batch, answer.id, answer.accepted)  # fmt: skip
+        if answer.id and (await self.campaign(tenant, camp.id)).status == "canceled":
+            await client.job_action(answer.id, "cancel")  # canceled while this batch was in flight
+            return False
+        return True
 
     async def launch_state(self, tenant: str, campaign_id: int) -> LaunchOut:
         camp = await self.campaign(tenant, campaign_id)

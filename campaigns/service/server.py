@@ -75,8 +75,13 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     inbox = Inbox(store, clients, settings, time.time)
     link = GatewayLink(audience, clients, inbox=inbox)
     secrets = webhook_secrets(settings, env)
+    # On PostgreSQL the launcher (launches, redirects, clicks, message states) has a connection of
+    # its own: on the shared one a launch waited behind the gateway link's rounds and the segment
+    # rebuilds (docs/BENCHMARKS.md). SQLite has one writer whatever the connections: it shares.
+    own = getattr(store, "engine", "sqlite") != "sqlite"
+    launch_store = await anyio.to_thread.run_sync(open_store, settings.store_url) if own else store
     links = tenant_links(settings, env)
-    launcher = Launcher(store, clients, links, time.time, callback_urls=callback_urls(settings))
+    launcher = Launcher(launch_store, clients, links, time.time, callback_urls=callback_urls(settings))
     tracker = Tracker(launcher)
     flows = FlowRuntime(store, clients, runtime_tenants(settings, links), time.time, inbox=inbox)
     app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets, inbox=inbox,
@@ -100,6 +105,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             if on_ready is not None:
                 on_ready(bound)
             tg.start_soon(lambda: link.run(interval=settings.sync_interval))
+            tg.start_soon(audience.run_membership)  # bulk ingest answers at commit; membership follows
             tg.start_soon(lambda: flows.run(interval=settings.flows_interval))
             tg.start_soon(tracker.run_flusher)  # buffered clicks: written every few ms (tracking.py)
             await anyio.sleep_forever()
@@ -107,4 +113,6 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
         await flows.aclose()
         for c in clients.values():
             await c.aclose()
+        if launch_store is not store:
+            launch_store.close()
         store.close()

@@ -51,6 +51,17 @@ class NewConsent(msgspec.Struct, frozen=True, kw_only=True):
     evidence: Evidence = Evidence()
 
 
+class MemberPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """One segment's membership to refresh for ``ids``: ``where``/``params`` from ``compile_segment(...,
+    only=ids)``; ``edges`` from ``compile_edges`` (segments that time alone can change), else None."""
+
+    segment_id: int
+    ids: list[int]
+    where: str
+    params: list[Any]
+    edges: tuple[str, list[Any]] | None = None
+
+
 class SegmentRow(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     tenant: str
@@ -101,6 +112,7 @@ class Store(Protocol):
     # shop events -----------------------------------------------------------------------------
     def apply_event(self, tenant: str, event: ShopEvent, *, phone: str | None, now: float) -> Applied: ...
     def apply_events(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], *, now: float) -> list[Applied]: ...  # one tx
+    def known_phones(self, tenant: str, phones: Sequence[str]) -> set[str]: ...  # those a subscriber has
     def abandon_checkouts(self, tenant: str, *, after_s: float, now: float) -> list[int]: ...
     def refresh_scores(self, tenant: str, *, now: float) -> int: ...
     def stats(self, tenant: str, subscriber_id: int) -> Stats: ...
@@ -116,6 +128,7 @@ class Store(Protocol):
     def set_member(self, tenant: str, segment_id: int, subscriber_id: int, member: bool, *, now: float) -> bool: ...
     def members(self, tenant: str, segment_id: int, *, after: int, limit: int) -> list[int]: ...
     def rebuild_members(self, tenant: str, segment_id: int, where: str, params: Sequence[Any], *, now: float) -> int: ...
+    def refresh_members(self, tenant: str, plans: Sequence[MemberPlan], *, now: float) -> int: ...  # one tx; changes made
     def member_segments(self, tenant: str, subscriber_id: int) -> list[tuple[int, float]]: ...
     def set_timer(self, tenant: str, segment_id: int, subscriber_id: int, at: float | None) -> None: ...
     def due_timers(self, now: float, limit: int = 1000) -> list[tuple[str, int, int]]: ...  # taken when read

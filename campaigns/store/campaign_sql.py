@@ -42,9 +42,11 @@ def _camp(tenant: str, row: tuple) -> CampaignRow:
                        status=status, created_at=created, updated_at=updated, launched_at=launched)  # fmt: skip
 
 
+_REC_NAMES = tuple(c.strip() for c in _REC_COLS.split(","))
+
+
 def _rec(row: tuple) -> RecipientRow:
-    names = [c.strip() for c in _REC_COLS.split(",")]
-    return RecipientRow(**dict(zip(names, row, strict=True)))
+    return RecipientRow(**dict(zip(_REC_NAMES, row, strict=True)))
 
 
 class CampaignSql(ReportSql):

@@ -372,6 +372,66 @@ def check_discount_pools(store: Store) -> None:
     assert store.discount_code_taken("acme", "SAVE-XYZ") and not store.discount_code_taken("beta", "SAVE-XYZ")
 
 
+def check_event_batches(store: Store) -> None:
+    """``apply_events``: one transaction with the outcomes and the state of ``apply_event`` on each in
+    turn: an id twice in a batch or seen before is a duplicate; a fulfilment before its order in the
+    same batch, updates of a stored order, an older event after a newer one; aggregates included."""
+    events = [
+        _order("b1", T0, "p1", 4000, items=(Item(product="Tee", category="shirts", price=2000, quantity=2),)),
+        FulfillmentEvent(id="b2", at=T0 + 50, order_id="p2", status="shipped"),
+        _order("b3", T0 + 10, "p2", 6000, "pending"),
+        _order("b1", T0, "p1", 4000),  # the same id again in the batch
+        ActivityEvent(id="b4", at=T0 + 20, phone=B, kind="clicked"),
+        ActivityEvent(id="b5", at=T0 + 5, phone=B, kind="clicked"),
+        CustomEvent(id="b6", at=T0 + 6, phone=B, name="quiz.answered"),
+    ]
+    one = [store.apply_event("one", e, phone=getattr(e, "phone", None), now=T0 + 100) for e in events]
+    many = store.apply_events("many", [(e, getattr(e, "phone", None)) for e in events], now=T0 + 100)
+    assert [(r.outcome, r.changed) for r in many] == [(r.outcome, r.changed) for r in one]
+    assert [r.outcome for r in many] == ["applied", "applied", "applied", "duplicate", "applied", "applied", "applied"]
+    again = store.apply_events("many", [(events[0], A), (_order("b7", T0 + 1, "p2", 6000, "paid"), A)], now=T0 + 100)
+    assert [r.outcome for r in again] == ["duplicate", "stale"]  # p2's newer state (T0 + 10) stays
+    for tenant in ("one", "many"):
+        if tenant == "one":
+            store.apply_event("one", _order("b7", T0 + 1, "p2", 6000, "paid"), phone=A, now=T0 + 100)
+        a = store.subscriber_by_phone(tenant, A)
+        b = store.subscriber_by_phone(tenant, B)
+        assert a is not None and b is not None
+        va, vb = store.view(tenant, a.id), store.view(tenant, b.id)
+        assert va is not None and vb is not None
+        assert [(o.order_id, o.payment_status, o.fulfillment_status) for o in va.orders] == [("p1", "paid", None),
+                                                                                             ("p2", "pending", "shipped")]
+        assert (va.stats.orders_count, va.stats.total_spent, va.stats.last_order_payment_status) == (2, 10000, "pending")
+        assert va.orders[0].items[0].quantity == 2
+        assert vb.stats.last_click_at == T0 + 20 and [x.kind for x in vb.activities].count("clicked") == 2
+    assert store.known_phones("many", [A, B, "+33699999999"]) == {A, B}
+    assert store.known_phones("nobody", [A]) == set()
+
+
+def check_refresh_members(store: Store) -> None:
+    """``refresh_members``: the stored membership of ``ids`` becomes what the plan's SQL selects
+    (joiners since ``now``, leavers removed, others untouched); timers replaced for those ids."""
+    from campaigns.core.segments import parse_segment
+    from campaigns.store.base import MemberPlan
+    from campaigns.store.segment_sql import compile_edges, compile_segment
+
+    sids = [store.apply_event("acme", _order(f"r{i}", T0 + i, f"r{i}", 1000 * (i + 1)), phone=p, now=T0).subscriber_id
+            for i, p in enumerate((A, B, "+33612345670"))]  # fmt: skip
+    seg = parse_segment({"event": "order", "within_days": 1, "measure": "sum", "op": "gte", "value": 2000})
+    row = store.put_segment("acme", "two", {"x": 1}, now=T0)
+    store.set_member("acme", row.id, sids[0], True, now=T0 - 5)  # stale: must leave
+    store.set_member("acme", row.id, sids[2], True, now=T0 - 5)  # stays, keeps its since
+    ids = [sids[0], sids[1]] + [sids[2]]
+    where, params = compile_segment(seg, store.engine, "acme", T0 + 10, only=ids)  # type: ignore[arg-type]
+    edges = compile_edges(seg, store.engine, "acme", T0 + 10, ids)  # type: ignore[arg-type]
+    plan = MemberPlan(segment_id=row.id, ids=ids, where=where, params=params, edges=edges)
+    assert store.refresh_members("acme", [plan], now=T0 + 10) == 2
+    assert store.members("acme", row.id, after=0, limit=10) == sorted([sids[1], sids[2]])
+    assert dict(store.member_segments("acme", sids[2]))[row.id] == T0 - 5
+    assert dict(store.member_segments("acme", sids[1]))[row.id] == T0 + 10
+    assert store.refresh_members("acme", [plan], now=T0 + 20) == 0  # nothing left to change
+    due = store.due_timers(T0 + DAY + 100)  # each order leaves the window a day after it was placed
+    assert sorted(sub for t, seg_id, sub in due if t == "acme" and seg_id == row.id) == sorted(sids)
 def check_flow_definitions(store: Store) -> None:
     """Versions are kept for ever, the head names the latest, tenants are isolated."""
     d = {"id": "f", "version": 1, "name": "F", "trigger": {"type": "custom", "name": "x"}, "entry": "e",
@@ -448,6 +508,7 @@ CHECKS: list[Callable[[Store], None]] = [check_subscribers, check_consent_ledger
                                          check_events_out_of_order, check_checkouts, check_activities_and_customers,
                                          check_segments_storage, check_import, check_campaigns,
                                          check_held_and_outcomes, check_links_and_clicks, check_discount_pools,
+                                         check_event_batches, check_refresh_members,
                                          check_flow_definitions, check_flow_runs_timers_and_outbox]  # fmt: skip
 
 from campaigns.store.conformance_inbox import INBOX_CHECKS  # noqa: E402  (the inbox's checks, issue 19)

@@ -79,14 +79,11 @@ CREATE TABLE IF NOT EXISTS orders (
     updated_at {REAL} NOT NULL, fulfillment_at {REAL} NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, order_id)
 );
-CREATE INDEX IF NOT EXISTS orders_subscriber ON orders (tenant, subscriber_id, created_at);
-CREATE INDEX IF NOT EXISTS orders_created ON orders (tenant, created_at);
 CREATE TABLE IF NOT EXISTS order_items (
     tenant TEXT NOT NULL, order_id TEXT NOT NULL, product TEXT NOT NULL, category TEXT,
     price {INT} NOT NULL, quantity {INT} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS order_items_order ON order_items (tenant, order_id);
-CREATE INDEX IF NOT EXISTS order_items_category ON order_items (tenant, category);
 CREATE TABLE IF NOT EXISTS checkouts (
     tenant TEXT NOT NULL, checkout_id TEXT NOT NULL, subscriber_id {INT} NOT NULL,
     url TEXT, value {INT} NOT NULL DEFAULT 0,
@@ -262,6 +259,18 @@ CREATE INDEX IF NOT EXISTS conversation_messages_unsettled ON conversation_messa
 """
 # ---- end of INBOX_DDL ----
 
+# ---- AUDIENCE_DDL: the event ingest path (owned by helper "audience") ----
+# Every index on a hot table is paid on every insert (a random b-tree page per row and index, written
+# again at each commit): orders and order_items keep only what a lookup or a segment reads. These
+# three were prefixes of the segments' covering indexes above (orders_segment_spend,
+# orders_segment_window, order_items_segment), so they cost inserts and served nothing those do not.
+AUDIENCE_DDL = """
+DROP INDEX IF EXISTS orders_subscriber;
+DROP INDEX IF EXISTS orders_created;
+DROP INDEX IF EXISTS order_items_category;
+"""
+# ---- end of AUDIENCE_DDL ----
+
 
 # ---- FLOWS_DDL: the flow runtime's tables (owned by helper "flows"; campaigns/store/flow_sql.py) ----
 # - ``flow_heads``: one row per flow (name, latest version, enabled); ``flow_versions``: every
@@ -334,5 +343,5 @@ CREATE INDEX IF NOT EXISTS flow_run_links_message ON flow_run_links (tenant, mes
 
 def statements(dialect: Dialect) -> list[str]:
     """The DDL for ``dialect``, one statement each (idempotent: IF NOT EXISTS)."""
-    text = (DDL + SEGMENTS_DDL + REPORT_DDL + INBOX_DDL + FLOWS_DDL).format(**_TYPES[dialect])
+    text = (DDL + SEGMENTS_DDL + REPORT_DDL + INBOX_DDL + FLOWS_DDL + AUDIENCE_DDL).format(**_TYPES[dialect])
     return [s.strip() for s in text.split(";") if s.strip()]

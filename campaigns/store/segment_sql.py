@@ -26,6 +26,7 @@ test_segment_agreement.py checks it on random data and random trees, on both eng
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Literal
 
@@ -45,11 +46,13 @@ from campaigns.core.segments import (
     aggregate_holds,
     birthday_keys,
     DAY,
+    EDGE,
     expand_rfm,
     field_op_holds,
+    walk,
 )
 
-__all__ = ["Dialect", "compile_segment"]
+__all__ = ["Dialect", "compile_edges", "compile_segment"]
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -67,13 +70,22 @@ _SHORT_LIST = 32  # longer `in` lists are one JSON (SQLite) or array (PostgreSQL
 
 
 class _Compiler:
-    def __init__(self, dialect: Dialect, tenant: str, now: float) -> None:
+    def __init__(self, dialect: Dialect, tenant: str, now: float, only: list[int] | None = None) -> None:
         if dialect not in ("sqlite", "postgres"):
             raise ValueError(f"unknown SQL dialect {dialect!r}")
         self.pg = dialect == "postgres"
         self.now = now
         self.params: dict[str, Any] = {}
         self.tenant = self.p(tenant)
+        self.only = only
+
+    def within(self, sub: str) -> str:
+        """`` AND <sub> IN (the subscribers of only)`` when the compile is restricted, else nothing."""
+        if self.only is None:
+            return ""
+        if self.pg:  # a join on the ids (an index probe each); `= ANY(array)` would scan the table
+            return f" AND {sub} IN (SELECT unnest({self.p(self.only)}::bigint[]))"
+        return f" AND {sub} IN (SELECT value FROM json_each({self.p(json.dumps(self.only))}))"
 
     def p(self, value: Any) -> str:
         name = f"p{len(self.params)}"
@@ -131,7 +143,7 @@ class _Compiler:
         hashed subplan, and without enough ``work_mem`` falls back to a rescan per subscriber."""
         if self.pg:
             return f"({'NOT ' if negate else ''}EXISTS (SELECT 1 FROM {from_where} AND {sub} = s.id))"
-        return f"s.id {'NOT ' if negate else ''}IN (SELECT {sub} FROM {from_where})"
+        return f"s.id {'NOT ' if negate else ''}IN (SELECT {sub} FROM {from_where}{self.within(sub)})"
 
     def siblings(self, items: tuple[Segment, ...], joiner: str) -> list[str]:
         """The children of one all/any. Aggregate conditions that a subscriber without a value
@@ -230,13 +242,14 @@ class _Compiler:
 
     def event(self, seg: Event) -> str:
         table, a = _EVENT_FROM[seg.source]
-        if seg.source == "item" and not any(col in _ITEM_COLUMNS for col, _ in seg.where):
-            table = "orders o CROSS JOIN order_items i"  # no product/category: the orders' window first
+        if seg.source == "item" and (self.only is not None or not any(col in _ITEM_COLUMNS for col, _ in seg.where)):
+            # no product/category, or a few subscribers: their orders first, then those orders' items
+            table = "orders o CROSS JOIN order_items i"
         conds = [f"{a}.tenant = {self.tenant}"]
         if seg.source == "item":
             conds.append("o.tenant = i.tenant AND o.order_id = i.order_id")
         sub = "o.subscriber_id" if seg.source == "item" else f"{a}.subscriber_id"
-        conds.append(f"{sub} IS NOT NULL")
+        conds.append(f"{sub} IS NOT NULL{self.within(sub)}")
         time = {"order": "o.created_at", "item": "o.created_at", "activity": "a.at",
                 "checkout": {"abandoned": "c.abandoned_at", "completed": "c.completed_at"}.get(seg.state or "", "c.started_at")}[seg.source]  # fmt: skip
         if seg.source == "activity":
@@ -246,7 +259,10 @@ class _Compiler:
         elif seg.state == "completed":
             conds.append("c.completed_at IS NOT NULL")
         if seg.within_days is not None:
-            conds.append(f"{time} >= {self.num(self.now - seg.within_days * DAY)}")
+            # Restricted to a few subscribers (`only`), SQLite must probe their rows by owner, not range
+            # over the tenant's window by time: `+` keeps the time index out of the choice.
+            plus = "+" if self.only is not None and not self.pg else ""
+            conds.append(f"{plus}{time} >= {self.num(self.now - seg.within_days * DAY)}")
         for column, allowed in seg.where:
             owner = "i" if column in _ITEM_COLUMNS else "o"
             conds.append(self.in_list(f"{owner}.{column}", allowed, False))
@@ -284,11 +300,17 @@ def _same_for_every_positive_count(seg: Event, one: bool) -> bool:
     return seg.value == 0
 
 
-def compile_segment(seg: Segment, dialect: Dialect, tenant: str, now: float) -> tuple[str, list[Any]]:
+def compile_segment(seg: Segment, dialect: Dialect, tenant: str, now: float,
+                    only: list[int] | None = None) -> tuple[str, list[Any]]:  # fmt: skip
     """``(where, params)`` selecting the tenant's subscribers in ``seg`` at ``now``:
-    ``SELECT count(*) FROM subscribers s WHERE <where>``."""
-    c = _Compiler(dialect, tenant, now)
-    where = f"s.tenant = {c.tenant} AND {c.node(seg)}"
+    ``SELECT count(*) FROM subscribers s WHERE <where>``.
+
+    ``only``: the answer for these subscriber ids alone (live membership after a batch of events).
+    Every subquery is then restricted to them too, so it reads their rows through the per-subscriber
+    indexes instead of the tenant's whole window; for a subscriber of ``only`` the answer is the same
+    (a subquery's rows for other subscribers never decide it)."""
+    c = _Compiler(dialect, tenant, now, only)
+    where = f"s.tenant = {c.tenant}{c.within('s.id')} AND {c.node(seg)}"
     # Named while compiling (a subquery's parameters are made before the text around them), then
     # positional in textual order: the engine's own style (`?` / `%s`), for any DB-API cursor.
     params: list[Any] = []
@@ -298,6 +320,56 @@ def compile_segment(seg: Segment, dialect: Dialect, tenant: str, now: float) -> 
         return "%s" if c.pg else "?"
 
     return _PLACEHOLDER[c.pg].sub(positional, where), params
+
+
+def compile_edges(seg: Segment, dialect: Dialect, tenant: str, now: float, only: list[int]) -> tuple[str, list[Any]] | None:
+    """SQL answering ``(subscriber_id, at)``: for each subscriber of ``only``, the earliest instant after
+    ``now`` at which time alone *may* change its membership of ``seg`` (a window edge passing one of
+    its rows: the instants ``segments.next_change`` checks; the next UTC midnight for birthdays); none
+    when time alone cannot. A timer set then re-evaluates exactly (``next_change``) and sets the next
+    one, so an early edge costs one re-evaluation and never a missed change. None if ``seg`` has no
+    clock."""
+    c = _Compiler(dialect, tenant, now, only)
+    parts: list[str] = []
+    for node in walk(seg):
+        match node:
+            case Field(field=f, op=op, value=days) if NEGATED.get(op, op) in ("within_days", "before_days"):
+                table, key = ("subscribers x", "x.id") if FIELDS[f].table == "subscribers" else (
+                    "subscriber_stats x", "x.subscriber_id")  # fmt: skip
+                shift = c.num(days * DAY + EDGE)
+                parts.append(f"SELECT {key} AS sid, x.{f} + {shift} AS at FROM {table} WHERE x.tenant = {c.tenant}"
+                             f"{c.within(key)} AND x.{f} + {c.num(days * DAY + EDGE)} > {c.num(now)}")  # fmt: skip
+            case Field(op=op) if NEGATED.get(op, op) == "in_next_days":
+                midnight = (math.floor(now / DAY) + 1) * DAY
+                parts.append(f"SELECT s.id AS sid, {c.num(midnight)} AS at FROM subscribers s WHERE s.tenant = {c.tenant}"
+                             f"{c.within('s.id')}")  # fmt: skip
+            case Event(source=source, state=state, kind=kind, within_days=w) if w is not None:
+                table, sub, time = _EDGE_ROWS[source if source != "checkout" else f"checkout.{state}"]
+                extra = f" AND a.kind = {c.p(kind)}" if source == "activity" else ""
+                parts.append(f"SELECT {sub} AS sid, {time} + {c.num(w * DAY + EDGE)} AS at FROM {table} "
+                             f"WHERE {sub[0]}.tenant = {c.tenant}{c.within(sub)}{extra} AND {time} + "
+                             f"{c.num(w * DAY + EDGE)} > {c.num(now)}")  # fmt: skip
+    if not parts:
+        return None
+    sql = f"SELECT sid, MIN(at) FROM ({' UNION ALL '.join(parts)}) e GROUP BY sid"
+    params: list[Any] = []
+
+    def positional(m: re.Match[str]) -> str:
+        params.append(c.params[m.group(1)])
+        return "%s" if c.pg else "?"
+
+    return _PLACEHOLDER[c.pg].sub(positional, sql), params
+
+
+# (rows, their subscriber, their instant) whose window edges may move a windowed event condition
+_EDGE_ROWS = {
+    "order": ("orders o", "o.subscriber_id", "o.created_at"),
+    "item": ("orders o", "o.subscriber_id", "o.created_at"),
+    "activity": ("activities a", "a.subscriber_id", "a.at"),
+    "checkout.started": ("checkouts c", "c.subscriber_id", "c.started_at"),
+    "checkout.abandoned": ("checkouts c", "c.subscriber_id", "c.abandoned_at"),
+    "checkout.completed": ("checkouts c", "c.subscriber_id", "c.completed_at"),
+}
 
 
 _PLACEHOLDER = {True: re.compile(r"%\((p\d+)\)s"), False: re.compile(r":(p\d+)\b")}

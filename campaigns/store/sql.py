@@ -17,8 +17,9 @@ from campaigns.core.events import (ActivityEvent, CheckoutEvent, ConsentGrant, C
 from campaigns.core.model import Activity, Checkout, Order, OrderItem, Stats, Subscriber, SubscriberView
 from campaigns.errors import Conflict, InvalidInput, NotFound
 from campaigns.core.imports import ImportRow
-from campaigns.store.base import Applied, ImportResult, NewConsent, SegmentRow, SyncItem
+from campaigns.store.base import Applied, ImportResult, MemberPlan, NewConsent, SegmentRow, SyncItem
 from campaigns.store.campaign_sql import CampaignSql
+from campaigns.store.event_batch import EventBatch
 from campaigns.core import flow_inputs
 from campaigns.store.flow_sql import FlowSql, enqueue_inputs
 from campaigns.store.inbox_sql import InboxSql
@@ -66,11 +67,66 @@ class Tx:
         self._cur.execute(sql, tuple(params))
         return list(self._cur.fetchall())
 
+    def raw_run(self, sql: str, params: Sequence[Any]) -> int:
+        self._cur.execute(sql, tuple(params))
+        return self._cur.rowcount
+
+    @property
+    def pg(self) -> bool:
+        return self._ph != "?"
+
+    def each(self, kind: str = "text") -> str:
+        """A set of values bound as ONE parameter (``tx.array(values)``: a JSON array on SQLite, an array
+        on PostgreSQL), as a table of one column ``value``: ``SELECT value FROM {tx.each()}``."""
+        return f"unnest(?::{kind}[]) AS value" if self.pg else "json_each(?)"
+
+    def values(self, kind: str = "text") -> str:
+        """The same as a subquery: ``x IN {tx.values()}``."""
+        return f"(SELECT value FROM {self.each(kind)})"
+
+    def array(self, values: Sequence[Any]) -> Any:
+        return list(values) if self.pg else _json.encode(list(values)).decode()
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement over many rows (psycopg pipelines them: one round trip, not one per row)."""
+        if rows:
+            self._cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+
+    def upsert_many(self, table: str, cols: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert or update many rows by ``key``: ``executemany`` on SQLite; on PostgreSQL ``COPY`` into a
+        temporary staging table, then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``."""
+        if not rows:
+            return
+        sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
+        conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
+        if not self.pg:
+            self._cur.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                                  f"{conflict}", rows)  # fmt: skip
+            return
+        stage = f"stage_{table}"
+        self._cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
+        self.insert_many(stage, cols, rows)
+        self._cur.execute(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage} {conflict}")
+
+    def insert_many(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Plain inserts of many rows: ``executemany`` on SQLite, ``COPY`` on PostgreSQL."""
+        if not rows:
+            return
+        if self.pg:
+            with self._cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(r)
+        else:
+            self._cur.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows)
+
+
+_SUB_NAMES = tuple(c.strip() for c in _SUB_COLS.split(","))
+
 
 def _subscriber(tenant: str, row: tuple) -> Subscriber:
-    names = [c.strip() for c in _SUB_COLS.split(",")]
-    values = dict(zip(names, row, strict=True))
-    values["attributes"] = msgspec.json.decode(values["attributes"] or "{}")
+    values = dict(zip(_SUB_NAMES, row, strict=True))
+    raw = values["attributes"]
+    values["attributes"] = msgspec.json.decode(raw) if raw and raw != "{}" else {}
     return Subscriber(tenant=tenant, **values)
 
 
@@ -81,7 +137,7 @@ def _entry(tenant: str, row: tuple) -> ConsentEntry:
     return ConsentEntry(tenant=tenant, **values)
 
 
-class SqlStore(CampaignSql, InboxSql, FlowSql):
+class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
     engine = "sql"
     _least = "MIN"  # the two-argument minimum: MIN on SQLite, LEAST on PostgreSQL
 
@@ -290,9 +346,16 @@ class SqlStore(CampaignSql, InboxSql, FlowSql):
             return self._apply_and_queue(tx, tenant, event, phone, now)
 
     def apply_events(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], *, now: float) -> list[Applied]:
-        """Many events in one transaction (bulk ingestion: all or none)."""
+        """Many events in one transaction (bulk ingestion and group commit: all or none), set-based
+        where it counts (``campaigns.store.event_batch``); the same outcomes and state as ``apply_event``
+        on each in turn."""
         with self._tx() as tx:
-            return [self._apply_and_queue(tx, tenant, e, phone, now) for e, phone in events]
+            results = self._apply_batch(tx, tenant, events, now)
+            if tx.one("SELECT 1 FROM flow_heads WHERE tenant = ? LIMIT 1", (tenant,)) is not None:
+                for (e, _), r in zip(events, results, strict=True):  # the flow runtime hears them, in arrival order
+                    if r.outcome != "duplicate":
+                        enqueue_inputs(tx, tenant, r.subscriber_id, flow_inputs.from_shop_event(e))
+            return results
 
     def _apply_and_queue(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
         applied = self._apply(tx, tenant, event, phone, now)
@@ -304,6 +367,10 @@ class SqlStore(CampaignSql, InboxSql, FlowSql):
         if tx.run("INSERT INTO processed_events (tenant, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
                   (tenant, event.id)) == 0:  # fmt: skip
             return Applied(outcome="duplicate")
+        return self._apply_new(tx, tenant, event, phone, now)
+
+    def _apply_new(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
+        """One event whose id was just claimed (``processed_events``), in ``tx``."""
         match event:
             case CustomerEvent():
                 assert phone is not None
@@ -631,6 +698,55 @@ class SqlStore(CampaignSql, InboxSql, FlowSql):
                 enqueue_inputs(tx, tenant, int(sid), [flow_inputs.segment_entered(segment_id, int(sid), now)])
             row = tx.one("SELECT COUNT(*) FROM segment_members WHERE tenant = ? AND segment_id = ?", (tenant, segment_id))
         return int(row[0]) if row else 0
+
+    def refresh_members(self, tenant: str, plans: Sequence[MemberPlan], *, now: float) -> int:
+        """Live membership after a batch, in one transaction: per plan, who of ``ids`` is in the segment
+        now (its compiled SQL, restricted to them), the difference with what is stored written (joiners
+        ``since`` now), and, for segments time alone can change, their timers set to the next window
+        edge (``compile_edges``). Plans over the same ids are answered by one statement (a column per
+        segment) and one read of their stored members. Returns how many memberships changed."""
+        groups: dict[tuple[int, ...], list[MemberPlan]] = {}
+        for p in plans:
+            groups.setdefault(tuple(p.ids), []).append(p)
+        changes = 0
+        with self._tx() as tx:
+            for ids, group in groups.items():
+                changes += self._refresh_group(tx, tenant, list(ids), group, now)
+        return changes
+
+    def _refresh_group(self, tx: Tx, tenant: str, ids: list[int], plans: list[MemberPlan], now: float) -> int:
+        arr = tx.array(ids)
+        ph = "%s" if tx.pg else "?"
+        cols = ", ".join(f"CASE WHEN {p.where} THEN 1 ELSE 0 END" for p in plans)
+        only = f"s.id = ANY({ph}::bigint[])" if tx.pg else f"s.id IN (SELECT value FROM json_each({ph}))"
+        params = [x for p in plans for x in p.params]
+        inside: dict[int, set[int]] = {p.segment_id: set() for p in plans}
+        for row in tx.raw_rows(f"SELECT s.id, {cols} FROM subscribers s WHERE s.tenant = {ph} AND {only}",
+                               [*params, tenant, arr]):  # fmt: skip
+            for p, hit in zip(plans, row[1:], strict=True):
+                if hit:
+                    inside[p.segment_id].add(int(row[0]))
+        stored: dict[int, set[int]] = {p.segment_id: set() for p in plans}
+        for seg, sid in tx.rows(f"SELECT segment_id, subscriber_id FROM segment_members WHERE tenant = ? AND "
+                                f"subscriber_id IN {tx.values('bigint')}", (tenant, arr)):  # fmt: skip
+            if int(seg) in stored:
+                stored[int(seg)].add(int(sid))
+        tx.many("INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING", [(tenant, seg, sid, now) for seg in inside for sid in sorted(inside[seg] - stored[seg])])
+        tx.many("DELETE FROM segment_members WHERE tenant = ? AND segment_id = ? AND subscriber_id = ?",
+                [(tenant, seg, sid) for seg in inside for sid in sorted(stored[seg] - inside[seg])])  # fmt: skip
+        timed = [p for p in plans if p.edges is not None]
+        if timed:
+            tx.run(f"DELETE FROM segment_timers WHERE tenant = ? AND segment_id IN {tx.values('bigint')} AND subscriber_id IN "
+                   f"{tx.values('bigint')}", (tenant, tx.array([p.segment_id for p in timed]), arr))  # fmt: skip
+            rows = [(tenant, p.segment_id, int(sid), float(at)) for p in timed for sid, at in tx.raw_rows(*p.edges)]  # type: ignore[misc]
+            tx.insert_many("segment_timers", ("tenant", "segment_id", "subscriber_id", "at"), rows)
+        return sum(len(inside[seg] ^ stored[seg]) for seg in inside)
+
+    def known_phones(self, tenant: str, phones: Sequence[str]) -> set[str]:
+        with self._tx() as tx:
+            return {r[0] for r in tx.rows(f"SELECT phone FROM subscribers WHERE tenant = ? AND phone IN {tx.values()}",
+                                          (tenant, tx.array(sorted(set(phones)))))}  # fmt: skip
 
     def member_segments(self, tenant: str, subscriber_id: int) -> list[tuple[int, float]]:
         """(segment id, member since) of every segment the subscriber is in."""

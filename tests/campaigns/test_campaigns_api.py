@@ -190,6 +190,8 @@ def test_events_single_and_bulk(client: TestClient, clock: Clock) -> None:
     ndjson = b"\n".join(msgspec.json.encode(x) for x in lines)
     r = client.post("/v1/events/bulk", content=ndjson, headers={**h("acme"), "content-type": "application/x-ndjson"})
     assert r.status_code == 422 and r.json()["field"] == "lines[2].currency"
+    r = client.post("/v1/events/bulk", content=ndjson + b"\n" + ndjson, headers=h("acme"))  # every bad line listed
+    assert r.status_code == 422 and r.json()["field"] == "lines[2].currency" and "2 bad lines: 2, 5" in r.json()["message"]
     assert client.get(f"/v1/subscribers/{sid}", headers=h("acme")).json()["stats"]["orders_count"] == 1  # nothing stored
     ndjson = b"\n".join(msgspec.json.encode(x) for x in lines[:2] + [order("e1", "o1", 5000)]) + b"\n"
     r = client.post("/v1/events/bulk", content=ndjson, headers=h("acme"))

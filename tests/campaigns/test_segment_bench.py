@@ -5,11 +5,16 @@ Python over the store's own ``view`` of each subscriber."""
 from __future__ import annotations
 
 import json
+import random
 
+import anyio
 from click.testing import CliRunner
 
-from bench.audience import MIX, NOW, TENANT, Audience, _load_postgres, _load_sqlite, windowed
-from campaigns.core.segments import evaluate, parse_segment
+from bench.audience import MIX, NOW, TENANT, Audience, _load_postgres, _load_sqlite, _phone, windowed
+from campaigns.config import loads
+from campaigns.core.events import ActivityEvent, Item, OrderEvent
+from campaigns.core.segments import affected_by, dependencies, evaluate, next_change, parse_segment
+from campaigns.service.audience import Audience as Service
 from campaigns.store import open_store
 from campaigns.store.segment_sql import compile_segment
 from gateway.cli import main
@@ -45,5 +50,50 @@ def test_the_mix_counts_what_python_finds(store_url):
             where, params = compile_segment(seg, store.engine, TENANT, NOW)
             want = sum(evaluate(seg, v, NOW) for v in views)
             assert store.count_where(TENANT, where, params) == want, (name, windowed(seg))
+    finally:
+        store.close()
+
+
+def test_live_membership_after_batches_is_what_python_finds(store_url):
+    """The set-based membership refresh after a batch (``Audience.refresh_batch``: each segment's SQL
+    restricted to the subscribers the batch touched, timers at the next window edge) gives, for every
+    tree of the mix, the members ``evaluate`` finds; and no timer is later than ``next_change``."""
+    store = open_store(store_url)
+    try:
+        gen = Audience(150, 1500, seed=4)
+        if store.engine == "sqlite":
+            _load_sqlite(store_url.removeprefix("sqlite:///"), gen)
+        else:
+            _load_postgres(store_url, gen)
+        settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "{TENANT}"\nkey_env = "K"\n')
+        audience = Service(store, settings, lambda: NOW)
+        audience.batch_size = 40
+        segs = [(anyio.run(audience.put_segment, TENANT, name, tree).id, parse_segment(tree)) for name, tree in MIX]
+        r = random.Random(5)
+        events = [OrderEvent(id=f"x{k}", at=NOW - r.random() * 400 * 86400, order_id=f"x{k}", phone=_phone(r.randint(1, 160)),
+                             total=r.randint(100, 30000), currency="USD", payment_status=r.choice(["paid", "pending", "refunded"]),
+                             items=(Item(product="p", category=r.choice(["shoes", "bags", "hats"]), price=r.randint(100, 9000)),))
+                  if k % 3 else ActivityEvent(id=f"x{k}", at=NOW - r.random() * 40 * 86400, phone=_phone(r.randint(1, 160)),
+                                              kind=r.choice(["clicked", "replied"]))
+                  for k in range(200)]  # fmt: skip
+        applied = anyio.run(audience.apply_many, TENANT, [(e, e.phone) for e in events])
+        touched = sorted({a.subscriber_id for a in applied})
+        assert len(touched) > 100
+        views = {sid: store.view(TENANT, sid) for sid in touched}
+        for seg_id, seg in segs:
+            members = set(store.members(TENANT, seg_id, after=0, limit=10_000))
+            for sid in touched:
+                assert (sid in members) == evaluate(seg, views[sid], NOW), (seg_id, sid)
+        timers = {(seg, sub): None for _, seg, sub in store.due_timers(NOW + 10**9, limit=10**6)}
+        changed: dict[int, frozenset[str]] = {}
+        for a in applied:
+            changed[a.subscriber_id] = changed.get(a.subscriber_id, frozenset()) | a.changed
+        for seg_id, seg in segs:
+            if not windowed(seg):
+                continue
+            for sid in [t for t in touched if affected_by(dependencies(seg), changed[t])]:
+                change = next_change(seg, views[sid], NOW)
+                if change is not None:
+                    assert (seg_id, sid) in timers, (seg_id, sid)
     finally:
         store.close()

@@ -58,7 +58,8 @@ async def first_submit(c: httpx.AsyncClient, message_id: str) -> float | None:
 
 async def canary(c: httpx.AsyncClient) -> None:
     """An immediate message, delivered: the dispatcher has been over the queue since."""
-    r = await c.post("/v1/messages", json={"to": "+447911000999", "body": "canary", "from": "Shop"})
+    r = await c.post("/v1/messages", json={"to": "+447911000999", "body": "canary", "from": "Shop",
+                                               "category": "transactional"})  # any hour: no quiet hours
     assert r.status_code == 202, r.text
     msg_id = r.json()["id"]
     await until(lambda: c.get(f"/v1/messages/{msg_id}"), lambda r: r.json()["state"] == "delivered")
@@ -105,7 +106,8 @@ async def test_send_at_holds_for_single_messages_json_and_ndjson_jobs_and_pause_
     async with simulator("--dlr-delay", "0.05") as sim:
         async with gateway(write_config(tmp_path, sim.port), env=ENV) as gw, client(gw.url) as c:
             due = time.time() + 4.0
-            r = await c.post("/v1/messages", json={"to": "+447911100000", "body": "Hi", "from": "Shop", "send_at": due})
+            r = await c.post("/v1/messages", json={"to": "+447911100000", "body": "Hi", "from": "Shop", "send_at": due,
+                                                   "category": "transactional"})  # any hour of the day
             assert r.status_code == 202 and r.json()["status"] == "queued", r.text
             single = r.json()["id"]
             as_json = await post_job(c, job_body(due, 3, prefix="11"))

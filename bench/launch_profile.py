@@ -1,0 +1,53 @@
+"""A launch's own work without `serve`: ``freeze`` and every batch's NDJSON body on a seeded SQLite
+store (the audience of `sluice bench campaign`), timed; ``--profile`` prints cProfile's top entries.
+
+    python -m bench.launch_profile 100000 [--profile]
+"""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import campaign as bc
+from campaigns.service import launch
+from campaigns.store import open_store
+
+
+def main(n: int, profile: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="sluice-launch-profile-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'campaigns.db'}"
+        now = time.time()
+        seg = bc.load_audience(url, n, now, 1, n)
+        store = open_store(url)
+        definition = {"sender": "SHOP", "template": bc.TEMPLATE, "values": {"shop_name": "CommerceCo"},
+                      "audience": {"include": [seg]}, "schedule": {"kind": "at", "at": now + bc.DAY}, "batch_size": 5000}  # fmt: skip
+        camp = store.put_campaign(bc.TENANT, "spring", definition, now=now)
+        camp = store.set_campaign_status(bc.TENANT, camp.id, "launching", now=now)
+        tl = launch.TenantLinks(domain="sl.ui", key=bc.LINK_KEY.encode())
+        prof = cProfile.Profile() if profile else None
+        t0 = time.perf_counter()
+        if prof:
+            prof.enable()
+        launch.freeze(store, bc.TENANT, camp, tl, now)
+        t1 = time.perf_counter()
+        spec, sent = launch.parse_spec(camp.definition), 0
+        for b in store.batches(bc.TENANT, camp.id):
+            rows = store.batch_recipients(bc.TENANT, camp.id, b.batch)
+            launch.job_body(camp, spec, b.batch, b.send_at, rows, None)
+            sent += len(rows)
+        t2 = time.perf_counter()
+        if prof:
+            prof.disable()
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
+        store.close()
+    print(f"n={n} freeze={t1 - t0:.2f}s bodies={t2 - t1:.2f}s recipients={sent} load={os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000, "--profile" in sys.argv)

@@ -1,0 +1,96 @@
+"""Batches (``apply_events``: bulk NDJSON, group commit) as a property: a batch leaves exactly the state,
+and answers exactly the outcomes, that ``apply_event`` on each of its events in turn does, on both
+engines, whatever the mix (new and updated orders, fulfilments before their orders, checkouts, clicks,
+custom events, customers, ids repeated inside a batch and across batches)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from campaigns.core.events import (ActivityEvent, CheckoutEvent, CustomerEvent, CustomEvent, FulfillmentEvent, Item,
+                                   OrderEvent, Profile, ShopEvent)  # fmt: skip
+from campaigns.store import Store, open_store
+
+PHONES = ("+33612345678", "+33612345679", "+33612345670")
+T0 = 1_760_000_000.0
+
+
+@st.composite
+def events(draw: st.DrawFn) -> list[ShopEvent]:
+    n = draw(st.integers(1, 25))
+    times = draw(st.lists(st.integers(0, 100_000), min_size=n, max_size=n, unique=True))
+    out: list[ShopEvent] = []
+    for i, t in enumerate(times):
+        at, phone = T0 + t, draw(st.sampled_from(PHONES))
+        eid = f"e{draw(st.integers(0, n + 3))}" if draw(st.booleans()) else f"u{i}"  # some ids repeat
+        kind = draw(st.sampled_from(["order", "order", "order", "fulfillment", "checkout", "click", "custom", "customer"]))
+        oid, cid = draw(st.sampled_from(["o1", "o2", "o3", "o4", "o5"])), draw(st.sampled_from(["c1", "c2"]))
+        if kind == "order":
+            items = tuple(Item(product=f"p{k}", category=draw(st.sampled_from(["shoes", "hats", None])),
+                               price=draw(st.integers(0, 9000)), quantity=draw(st.integers(1, 3)))
+                          for k in range(draw(st.integers(0, 2))))  # fmt: skip
+            out.append(OrderEvent(id=eid, at=at, order_id=oid, phone=phone, total=draw(st.integers(0, 50_000)),
+                                  currency="EUR", payment_status=draw(st.sampled_from(["paid", "pending", "refunded"])),
+                                  fulfillment_status=draw(st.none() | st.just("unfulfilled")), items=items,
+                                  created_at=draw(st.none() | st.just(at - 500)),
+                                  checkout_id=draw(st.none() | st.none() | st.just(cid))))  # fmt: skip
+        elif kind == "fulfillment":
+            out.append(FulfillmentEvent(id=eid, at=at, order_id=oid, status=draw(st.sampled_from(["shipped", "delivered"]))))
+        elif kind == "checkout":
+            out.append(CheckoutEvent(id=eid, at=at, checkout_id=cid, phone=phone, value=draw(st.integers(0, 9999)),
+                                     status=draw(st.sampled_from(["started", "completed", "abandoned"]))))  # fmt: skip
+        elif kind == "click":
+            out.append(ActivityEvent(id=eid, at=at, phone=phone, kind=draw(st.sampled_from(["clicked", "replied", "delivered"]))))
+        elif kind == "custom":
+            out.append(CustomEvent(id=eid, at=at, phone=phone, name="quiz.answered", properties={"n": i}))
+        else:
+            out.append(CustomerEvent(id=eid, at=at, profile=Profile(phone=phone, first_name=f"N{i}", tags=(f"t{i % 2}",))))
+    return out
+
+
+def state(store: Store, tenant: str) -> dict[str, tuple]:
+    out = {}
+    for phone in PHONES:
+        sub = store.subscriber_by_phone(tenant, phone)
+        if sub is None:
+            continue
+        v = store.view(tenant, sub.id)
+        assert v is not None
+        out[phone] = (sub.first_name, sub.consent, v.tags, v.stats,
+                      tuple((o.order_id, o.total, o.payment_status, o.fulfillment_status, o.created_at,
+                             tuple(sorted((i.product, i.category, i.price, i.quantity) for i in o.items))) for o in v.orders),
+                      tuple((c.checkout_id, c.value, c.url, c.started_at, c.completed_at, c.abandoned_at) for c in v.checkouts),
+                      tuple(sorted((a.kind, a.at) for a in v.activities)))  # fmt: skip
+    return out
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+_n = iter(range(10**9))
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(evs=events(), cuts=st.lists(st.integers(0, 30), max_size=3))
+def test_a_batch_is_the_same_as_its_events_one_by_one(store: Store, evs: list[ShopEvent], cuts: list[int]) -> None:
+    k = next(_n)
+    one, many = f"one{k}", f"many{k}"
+    now = T0 + 200_000
+    singles = [store.apply_event(one, e, phone=getattr(e, "phone", None) or getattr(getattr(e, "profile", None), "phone", None),
+                                 now=now) for e in evs]  # fmt: skip
+    pairs = [(e, getattr(e, "phone", None) or getattr(getattr(e, "profile", None), "phone", None)) for e in evs]
+    bounds = sorted({0, len(pairs), *(c for c in cuts if c < len(pairs))})
+    batched = []
+    for a, b in zip(bounds, bounds[1:]):
+        batched += store.apply_events(many, pairs[a:b], now=now)
+    assert [(r.outcome, r.changed) for r in batched] == [(r.outcome, r.changed) for r in singles]
+    assert [r.subscriber_id is None for r in batched] == [r.subscriber_id is None for r in singles]
+    assert state(store, many) == state(store, one)
