@@ -51,21 +51,9 @@ def _score_at_least(value: float, bounds: Sequence[float]) -> int:
 
 def order_stats(orders: Iterable[tuple[str, int, str, float]]) -> dict[str, object]:
     """``(order_id, total, payment_status, created_at)`` -> the order fields of ``Stats``."""
-    count = spent = 0
-    first = last = None
-    latest: tuple[float, str] | None = None
-    latest_status = None
-    for order_id, total, status, created in orders:
-        if latest is None or (created, order_id) > latest:
-            latest, latest_status = (created, order_id), status
-        if status == "refunded":
-            continue
-        count += 1
-        spent += total
-        first = created if first is None else min(first, created)
-        last = created if last is None else max(last, created)
-    return {"orders_count": count, "total_spent": spent, "first_order_at": first, "last_order_at": last,
-            "avg_order_value": spent // count if count else 0, "last_order_payment_status": latest_status}  # fmt: skip
+    orders = list(orders)
+    latest = max(orders, key=lambda o: (o[3], o[0]), default=None)
+    return add_orders(Stats(), orders, latest[2] if latest is not None else None)
 
 
 def add_orders(stats: Stats, orders: Iterable[tuple[str, int, str, float]], latest_status: str | None) -> dict[str, object]:
