@@ -458,13 +458,7 @@ class FlowSql:
     # ---- runs and messages -------------------------------------------------------------------
     def flow_run_rows(self, tenant: str, *, flow_id: str | None = None, subscriber_id: int | None = None,
                       after: int = 0, limit: int = 100) -> list[FlowRunRow]:  # fmt: skip
-        where, params = ["tenant = ?", "id > ?"], [tenant, after]
-        if flow_id is not None:
-            where.append("flow_id = ?")
-            params.append(flow_id)
-        if subscriber_id is not None:
-            where.append("subscriber_id = ?")
-            params.append(subscriber_id)
+        where, params = _where_flow(["tenant = ?", "id > ?"], [tenant, after], flow_id, subscriber_id)
         with self._tx() as tx:
             rows = tx.rows(f"SELECT {_RUN_COLS} FROM flow_runs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
                            (*params, limit))  # fmt: skip
@@ -526,13 +520,7 @@ class FlowSql:
 
     def flow_messages(self, tenant: str, *, flow_id: str | None = None, subscriber_id: int | None = None,
                       limit: int = 1000) -> list[FlowMessage]:  # fmt: skip
-        where, params = ["tenant = ?"], [tenant]
-        if flow_id is not None:
-            where.append("flow_id = ?")
-            params.append(flow_id)
-        if subscriber_id is not None:
-            where.append("subscriber_id = ?")
-            params.append(subscriber_id)
+        where, params = _where_flow(["tenant = ?"], [tenant], flow_id, subscriber_id)
         with self._tx() as tx:
             rows = tx.rows(f"SELECT {_MSG_COLS} FROM flow_outbox WHERE {' AND '.join(where)} ORDER BY created_at, key "
                            f"LIMIT ?", (*params, limit))  # fmt: skip
@@ -583,3 +571,15 @@ class FlowSql:
                                                       payload=msgspec.json.decode(props or "{}"))))  # fmt: skip
         out.sort(key=lambda x: x[0])
         return out[:limit]
+
+
+def _where_flow(where: list[str], params: list[object], flow_id: str | None,
+                subscriber_id: int | None) -> tuple[list[str], list[object]]:  # fmt: skip
+    """``where``/``params`` narrowed to a flow and/or a subscriber when given."""
+    if flow_id is not None:
+        where.append("flow_id = ?")
+        params.append(flow_id)
+    if subscriber_id is not None:
+        where.append("subscriber_id = ?")
+        params.append(subscriber_id)
+    return where, params
