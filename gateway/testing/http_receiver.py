@@ -21,6 +21,15 @@ async def serve(answer: Callable[[h11.Request, bytes], Answer], *,
 
 
 async def _connection(stream: anyio.abc.ByteStream, answer: Callable[[h11.Request, bytes], Answer]) -> None:
+    """One client connection. A client that goes away mid-request (a sender killed with -9, as the
+    crash tests do) ends its connection only, never the server: its partial request is not answered."""
+    try:
+        await _exchange(stream, answer)
+    except (h11.RemoteProtocolError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return
+
+
+async def _exchange(stream: anyio.abc.ByteStream, answer: Callable[[h11.Request, bytes], Answer]) -> None:
     conn = h11.Connection(h11.SERVER)
     request, body = None, b""
     async with stream:
