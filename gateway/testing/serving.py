@@ -78,6 +78,38 @@ receipt_horizon_s = {horizon}
     return str(path)
 
 
+
+def shop_config(tmp_path: Path, sim_port: int, *, sender: str, rps: float | None = None,
+                http_carrier: bool = False, extra: str = "") -> str:  # fmt: skip
+    """One shop (tenant "acme", key in ``SLUICE_KEY``, sending as ``sender``), the store in
+    tmp_path, carrier "alpha" at the SMSC simulator; ``http_carrier`` adds carrier "beta" (HTTP,
+    never sent to: routes go to alpha) whose inbound callbacks are signed with ``BETA_CB``;
+    ``extra``: more TOML (e.g. a ``[campaigns]`` table)."""
+    path = tmp_path / "sluice.toml"
+    limits = f"requests_per_second = {rps}\nburst = {int(rps)}\n" if rps is not None else ""
+    beta = ('[[core.carriers]]\nname = "beta"\n', '[[carriers.http]]\nname = "beta"\n'
+            'url = "http://127.0.0.1:9/never-sent-to"\ncallback_secret_env = "BETA_CB"\n') if http_carrier else ("", "")
+    path.write_text(f"""
+[api]
+host = "127.0.0.1"
+[[api.tenants]]
+name = "acme"
+key_env = "SLUICE_KEY"
+senders = ["{sender}"]
+{limits}[store]
+url = "sqlite:///{tmp_path / 'sluice.db'}"
+synchronous = "NORMAL"
+[[core.carriers]]
+name = "alpha"
+{beta[0]}[[core.routes]]
+prefix = ""
+carriers = ["alpha"]
+[[carriers.smpp]]
+name = "alpha"
+port = {sim_port}
+{beta[1]}{extra}""")
+    return str(path)
+
 def client(url: str, tenant: str = "acme") -> httpx.AsyncClient:
     """A tenant's client (``"ops"``: the operator's)."""
     key = OPERATOR_KEY if tenant == "ops" else KEYS[tenant]

@@ -24,6 +24,7 @@ from campaigns.service.signature import HEADER, sign
 from campaigns.store import open_store
 from campaigns.store.base import NewConsent
 from carriers.http.profiles import generic
+from gateway.testing.serving import shop_config
 from gateway.testing.processes import gateway, simulator
 
 pytestmark = pytest.mark.anyio
@@ -51,35 +52,7 @@ def anyio_backend() -> tuple[str, dict]:
 
 
 def gateway_config(tmp_path: Path, sim_port: int) -> str:
-    path = tmp_path / "sluice.toml"
-    path.write_text(f"""
-[api]
-host = "127.0.0.1"
-[[api.tenants]]
-name = "acme"
-key_env = "SLUICE_KEY"
-senders = ["12345"]
-requests_per_second = 1000.0
-burst = 1000
-[store]
-url = "sqlite:///{tmp_path / 'sluice.db'}"
-synchronous = "NORMAL"
-[[core.carriers]]
-name = "alpha"
-[[core.carriers]]
-name = "beta"
-[[core.routes]]
-prefix = ""
-carriers = ["alpha"]
-[[carriers.smpp]]
-name = "alpha"
-port = {sim_port}
-[[carriers.http]]
-name = "beta"
-url = "http://127.0.0.1:9/never-sent-to"
-callback_secret_env = "BETA_CB"
-""")
-    return str(path)
+    return shop_config(tmp_path, sim_port, sender="12345", rps=1000.0, http_carrier=True)
 
 
 async def poll(get, until, timeout: float = 20.0):  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from campaigns.service.gateway_client import GatewayClient
 from campaigns.service.launch import Launcher, TenantLinks
 from campaigns.store import open_store
 from campaigns.store.base import NewConsent
+from gateway.testing.serving import shop_config
 from gateway.testing.processes import gateway, simulator
 
 pytestmark = pytest.mark.anyio
@@ -29,29 +30,7 @@ def anyio_backend() -> str:
 
 
 def config(tmp_path: Path, sim_port: int) -> str:
-    path = tmp_path / "sluice.toml"
-    path.write_text(f"""
-[api]
-host = "127.0.0.1"
-[[api.tenants]]
-name = "acme"
-key_env = "SLUICE_KEY"
-senders = ["ACME"]
-requests_per_second = 1000.0
-burst = 1000
-[store]
-url = "sqlite:///{tmp_path / 'sluice.db'}"
-synchronous = "NORMAL"
-[[core.carriers]]
-name = "alpha"
-[[core.routes]]
-prefix = ""
-carriers = ["alpha"]
-[[carriers.smpp]]
-name = "alpha"
-port = {sim_port}
-""")
-    return str(path)
+    return shop_config(tmp_path, sim_port, sender="ACME", rps=1000.0)
 
 
 class LoseAnswer(httpx.AsyncBaseTransport):

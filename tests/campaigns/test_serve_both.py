@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from campaigns.cli import main
 from carriers.http.profiles import generic
+from gateway.testing.serving import shop_config
 from gateway.testing.processes import simulator, start
 
 pytestmark = pytest.mark.anyio
@@ -31,32 +32,7 @@ def anyio_backend() -> tuple[str, dict]:
 
 
 def config(tmp_path: Path, sim_port: int) -> str:
-    path = tmp_path / "sluice.toml"
-    path.write_text(f"""
-[api]
-host = "127.0.0.1"
-[[api.tenants]]
-name = "acme"
-key_env = "SLUICE_KEY"
-senders = ["12345"]
-[store]
-url = "sqlite:///{tmp_path / 'sluice.db'}"
-synchronous = "NORMAL"
-[[core.carriers]]
-name = "alpha"
-[[core.carriers]]
-name = "beta"
-[[core.routes]]
-prefix = ""
-carriers = ["alpha"]
-[[carriers.smpp]]
-name = "alpha"
-port = {sim_port}
-[[carriers.http]]
-name = "beta"
-url = "http://127.0.0.1:9/never-sent-to"
-callback_secret_env = "BETA_CB"
-
+    return shop_config(tmp_path, sim_port, sender="12345", http_carrier=True, extra=f"""
 [campaigns]
 store_url = "sqlite:///{tmp_path / 'campaigns.db'}"
 port = 0
@@ -66,7 +42,6 @@ name = "acme"
 key_env = "CK"
 gateway_key_env = "SLUICE_KEY"
 """)
-    return str(path)
 
 
 async def poll(get, until, timeout: float = 20.0):  # type: ignore[no-untyped-def]
