@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import cProfile
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,7 @@ async def drain(path: str, settings: WebhookSettings, profile: str | None) -> di
     targets = TargetPolicy(settings.allow_private, [])
     prof = cProfile.Profile() if profile else None
     async with WebhookSender(store, settings, {"acme": "whsec_bench"}, clock=time.time, targets=targets) as sender:
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
         cpu0, t0 = time.process_time(), time.perf_counter()
         if prof:
             prof.enable()
@@ -68,9 +70,10 @@ async def drain(path: str, settings: WebhookSettings, profile: str | None) -> di
             prof.disable()
             prof.dump_stats(profile)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
         stats = sender.statistics()
     store.close()
-    return {"cpu_s": cpu, "wall_s": wall, "rounds": rounds, "requests": stats.requests,
+    return {"cpu_s": cpu, "user_s": ru1.ru_utime - ru0.ru_utime, "sys_s": ru1.ru_stime - ru0.ru_stime, "wall_s": wall, "rounds": rounds, "requests": stats.requests,
             "delivered": stats.delivered, "retried": stats.retried, "dead": stats.dead}  # fmt: skip
 
 

@@ -221,7 +221,7 @@ class HookRow(msgspec.Struct, frozen=True, kw_only=True):
     id: int  # its position in the read that returned it
     seq: int  # the cursor moves past it once its events are delivered (or dead)
     message_id: int
-    events: tuple[dict, ...]  # empty: nothing to send (its message is gone, or no state is heard)
+    events: list[dict]  # empty: nothing to send (its message is gone, or no state is heard)
 
 
 def hook_wire(e: HookEvent) -> dict:
@@ -240,7 +240,7 @@ def hook_rows_of(events: Sequence[HookEvent]) -> list[HookRow]:
         if k == len(events) or events[k].seq != events[start].seq:
             mine = events[start:k]
             rows.append(HookRow(id=len(rows), seq=mine[0].seq, message_id=mine[0].message_id,
-                                events=tuple(hook_wire(e) for e in mine)))  # fmt: skip
+                                events=[hook_wire(e) for e in mine]))  # fmt: skip
             start = k
     return rows
 
