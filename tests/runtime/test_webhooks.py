@@ -281,6 +281,18 @@ async def test_a_tenant_without_secret_is_sent_unsigned(caplog: pytest.LogCaptur
     assert SECRET not in caplog.text
 
 
+async def test_httpxs_request_lines_carry_no_path_or_query(caplog: pytest.LogCaptureFixture) -> None:
+    """https:// webhooks are POSTed by httpx, which logs each request's URL at INFO: the line
+    is there, cut to scheme and host."""
+    store, clock, rx = MemoryStore(), FakeClock(), Receiver()
+    outbox_with(store, 1, url="https://hooks.example.invalid/p/canary-path?token=canary-query", at=clock())
+    with caplog.at_level("INFO"):
+        async with sender(store, clock, rx) as s:
+            assert await s.run_once() == 1
+    assert "HTTP Request: POST https://hooks.example.invalid" in caplog.text
+    assert "canary" not in caplog.text and str(rx.requests[0].url).endswith("canary-query")
+
+
 # -- over real loopback, after a restart -----------------------------------------------------
 
 
