@@ -275,3 +275,22 @@ def test_decided_means_all_completions_agree(pat: tuple[str, bool], head_len: in
 )
 def test_place_names_to_subdivisions(description: str, expected: set) -> None:
     assert zones_mod._subdivisions(description) == expected
+
+
+def test_prepare_builds_now_what_the_first_numbers_would(monkeypatch) -> None:
+    """``serve`` calls ``zones.prepare`` before it listens: afterwards, resolving a US number (the
+    NANP regions, from phonenumbers' geocoder: seconds on a loaded machine) and a geographic one
+    (the zone table's prefix index) builds nothing more on the event loop."""
+    data = zones_mod._PrefixData()
+    data.prepare()
+    built = (data._nanp, data._deeper)
+    assert built[0] and built[1]
+
+    def rebuilt() -> dict:
+        raise AssertionError("built again at the first number")
+
+    monkeypatch.setattr(zones_mod, "_nanp_regions", rebuilt)
+    zones, region, _ = data.answer("12125550194", 4)
+    assert region == "US-NY" and "America/New_York" in zones
+    data.answer("441632960123", 4)
+    assert (data._nanp, data._deeper) == built
