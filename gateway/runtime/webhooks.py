@@ -6,23 +6,29 @@ changes of the message): nothing committed is ever without its webhook, and no e
 twice. Each subscriber (tenant, url) has a durable cursor. ``WebhookSender`` delivers in rounds:
 
 1. ``hook_due(now)``: the subscribers with events after their cursor, not backing off;
-2. ``hook_events``: their events in sequence order (whom each is about joined in the same
-   query; ``callback_states`` applied on read), and ``plan``: batches of at most ``batch_size``
-   events, every event of one message in the same batch (so a message's events arrive in order
-   even though batches are POSTed side by side), at most ``concurrency`` batches per round;
-3. POST each batch (``concurrency`` at a time, each bounded by ``timeout`` as a whole),
-   signed with the tenant's secret (``gateway/webhook_signature.py``);
+2. ``hook_rows``: their sequence rows in order, each with its events already in the wire's
+   form (whom each is about, ``callback_states`` applied on read), and ``plan_by_message``:
+   batches of at most ``batch_size`` events, every event of one message in the same batch (so a
+   message's events arrive in order even though batches are POSTed side by side), at most
+   ``concurrency`` batches per round;
+3. POST each batch (``concurrency`` at a time, each bounded by ``timeout`` as a whole; its body
+   one msgspec call), signed with the tenant's secret (``gateway/webhook_signature.py``), by
+   ``gateway/runtime/hook_http.py`` for ``http://`` URLs and httpx for ``https://`` (both
+   through the SSRF guard);
 4. ``settle`` each batch: 2xx -> done; 408/425/429/5xx/network error -> retried after a capped
    exponential backoff with jitter, or after ``Retry-After``; any other answer, or an event older
    than ``max_age`` or past ``max_attempts`` -> dead (kept as a dead letter, counted, logged,
-   never sent again). ``advance`` then moves the subscriber's cursor over the longest run of
-   its events, in sequence order, that are settled: only after the receiver's 2xx (or a dead
-   letter). Events after an unsettled one are sent again later (at least once).
+   never sent again). A 2xx settles a batch's rows whole; only a failed batch is looked at
+   event by event. ``advance`` then moves the subscriber's cursor over the longest run of its
+   rows, in sequence order, that are settled: only after the receiver's 2xx (or a dead letter;
+   a row with nothing to send is settled at once). Rows after an unsettled one are sent again
+   later (at least once). One cursor write per subscriber and round.
 
 For SQLite the sender runs in its own process (``gateway/runtime/webhook_process.py``, started
 and restarted by ``sluice serve``) on its own connection to the store file: the event loop that
 drives the carriers never encodes, signs or POSTs a webhook, and WAL lets it read while
-``record`` writes. The memory store's sender is a task of ``serve``.
+``record`` writes; there it calls the store inline (``store_inline``: its loop has nothing else
+to do meanwhile). The memory store's sender is a task of ``serve`` (store calls in threads).
 
 ``LeasedSender`` is the same machinery over a leased queue (``InboundSender``: MOs to a
 tenant's ``inbound_url``). Decisions (``plan``, ``settle``, ``advance``) are pure functions of
