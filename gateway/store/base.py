@@ -17,7 +17,8 @@ keyed by an increasing ``seq``), so a committed change is never without its webh
 no second write per event. Each subscriber (tenant, ``callback_url``) has a durable cursor: a
 reader (``gateway/runtime/webhooks.py``, in its own process for SQLite) reads the events after it
 in order with ``hook_events`` (whom each is about and the job's ``callback_states`` filter
-applied on read), and moves it with ``hook_ack`` only after the receiver's 2xx. Events given up
+applied on read; ``hook_rows`` is the same read row by row, each event already in the wire's
+form, which is what the sender uses), and moves it with ``hook_ack`` only after the receiver's 2xx. Events given up
 on are kept as dead letters (``hook_dead``; counted by ``outbox_statistics``).
 
 Inbound (MO) messages are kept too, one ``InboundRecord`` each, whatever they were: keywords
