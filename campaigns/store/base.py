@@ -18,7 +18,7 @@ from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
 from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
 from campaigns.store.inbox_sql import Change, ConversationApplied, ConversationRow, HistoryItem, InboxFigures, PendingAnswer
-from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRow, Outcomes,
+from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRow, Outcomes,
                                            PlannedRecipient, RecipientRow)  # fmt: skip
 from campaigns.store.report_sql import ReportFacts, Scope
 
@@ -165,6 +165,7 @@ class Store(Protocol):
     def record_pattern_code(self, tenant: str, pool: str, code: str, campaign_id: int, subscriber_id: int, *,
                             now: float) -> None: ...
     def last_marketing_at(self, tenant: str, subscriber_ids: Sequence[int]) -> dict[int, float | None]: ...
+    def audience_rows(self, tenant: str, subscriber_ids: Sequence[int]) -> list[AudienceRow]: ...  # confirmed, by id
     def campaign_outcomes(self, tenant: str, campaign_id: int, *, since: float) -> Outcomes: ...
     # The report (campaigns/store/report_sql.py): counts in SQL, histories of who ordered or opted out.
     def report_facts(self, tenant: str, scope: Scope) -> ReportFacts: ...

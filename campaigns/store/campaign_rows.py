@@ -20,6 +20,18 @@ class CampaignRow(msgspec.Struct, frozen=True, kw_only=True):
     launched_at: float | None = None
 
 
+class AudienceRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What a launch reads of a marketable subscriber (``Store.audience_rows``): only what its send
+    and its text need, the attributes as stored (JSON text, decoded only when a text reads one)."""
+
+    id: int
+    phone: str
+    first_name: str | None
+    time_zone: str | None
+    language: str | None
+    attributes: str | None
+
+
 class PlannedRecipient(msgspec.Struct, frozen=True, kw_only=True):
     """One recipient of a launch, frozen: what the gateway will be sent, in which batch and slot."""
 
