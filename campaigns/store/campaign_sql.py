@@ -16,7 +16,7 @@ from campaigns.errors import Conflict, NotFound
 from campaigns.store.flow_sql import enqueue_inputs
 from campaigns.store.report_sql import ReportSql
 from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRow, Outcomes,
-                                           PlannedRecipient, RecipientRow)  # fmt: skip
+                                           PlannedRecipient, RecipientRow, STATE)  # fmt: skip
 
 _json = msgspec.json.Encoder()
 _CAMP_COLS = "id, name, definition, status, created_at, updated_at, launched_at"
@@ -44,6 +44,8 @@ def _camp(tenant: str, row: tuple) -> CampaignRow:
 
 
 _REC_NAMES = tuple(c.strip() for c in _REC_COLS.split(","))
+#: The recipient columns as read (``r``): ``state`` as its readers see it (``campaign_rows.STATE``).
+_REC_READ = ", ".join(STATE if c == "state" else f"r.{c}" for c in _REC_NAMES)
 
 
 def _rec(row: tuple) -> RecipientRow:
@@ -120,14 +122,14 @@ class CampaignSql(ReportSql):
 
     def batch_recipients(self, tenant: str, campaign_id: int, batch: int) -> list[RecipientRow]:
         with self._tx() as tx:
-            rows = tx.rows(f"SELECT {_REC_COLS} FROM campaign_recipients WHERE tenant = ? AND campaign_id = ? "
-                           "AND batch = ? ORDER BY idx", (tenant, campaign_id, batch))  # fmt: skip
+            rows = tx.rows(f"SELECT {_REC_READ} FROM campaign_recipients r WHERE r.tenant = ? AND r.campaign_id = ? "
+                           "AND r.batch = ? ORDER BY r.idx", (tenant, campaign_id, batch))  # fmt: skip
         return [_rec(r) for r in rows]
 
     def campaign_recipients(self, tenant: str, campaign_id: int, *, after: int = 0, limit: int = 1000) -> list[RecipientRow]:
         with self._tx() as tx:
-            rows = tx.rows(f"SELECT {_REC_COLS} FROM campaign_recipients WHERE tenant = ? AND campaign_id = ? "
-                           "AND subscriber_id > ? ORDER BY subscriber_id LIMIT ?",
+            rows = tx.rows(f"SELECT {_REC_READ} FROM campaign_recipients r WHERE r.tenant = ? AND r.campaign_id = ? "
+                           "AND r.subscriber_id > ? ORDER BY r.subscriber_id LIMIT ?",
                            (tenant, campaign_id, after, limit))  # fmt: skip
         return [_rec(r) for r in rows]
 
@@ -136,8 +138,7 @@ class CampaignSql(ReportSql):
         with self._tx() as tx:
             tx.run("UPDATE campaign_batches SET job_id = ?, accepted = ? WHERE tenant = ? AND campaign_id = ? AND batch = ?",
                    (job_id, accepted, tenant, campaign_id, batch))  # fmt: skip
-            tx.run("UPDATE campaign_recipients SET state = 'submitted', state_at = ? WHERE tenant = ? AND "
-                   "campaign_id = ? AND batch = ? AND state = 'planned'", (now, tenant, campaign_id, batch))
+            # No state written per recipient: the batch's job id says they were submitted (``STATE``).
             for idx in rejected:
                 tx.run("UPDATE campaign_recipients SET state = 'rejected', state_at = ? WHERE tenant = ? AND "
                        "campaign_id = ? AND batch = ? AND idx = ?", (now, tenant, campaign_id, batch, idx))
@@ -152,8 +153,8 @@ class CampaignSql(ReportSql):
             if row is None:
                 return None
             cid, batch = row
-            cur = tx.one(f"SELECT {_REC_COLS} FROM campaign_recipients WHERE tenant = ? AND campaign_id = ? AND "
-                         "batch = ? AND idx = ?", (tenant, cid, batch, idx))  # fmt: skip
+            cur = tx.one(f"SELECT {_REC_READ} FROM campaign_recipients r WHERE r.tenant = ? AND r.campaign_id = ? AND "
+                         "r.batch = ? AND r.idx = ?", (tenant, cid, batch, idx))  # fmt: skip
             if cur is None:
                 return None
             rec = _rec(cur)
