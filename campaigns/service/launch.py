@@ -420,9 +420,8 @@ def job_body(camp: CampaignRow, spec: CampaignSpec, batch: int, send_at: float, 
                             "reference": f"campaign:{camp.id}:batch:{batch}"}  # fmt: skip
     if callback_url:
         head["callback_url"] = callback_url
-    lines = [_line.encode(head)]
-    lines += [_line.encode({"to": r.phone, "vars": {"body": r.text}, "tz": r.tz}) for r in recipients]
-    return b"\n".join(lines) + b"\n"
+    return _line.encode(head) + b"\n" + _line.encode_lines([{"to": r.phone, "vars": {"body": r.text}, "tz": r.tz}
+                                                            for r in recipients])  # fmt: skip
 
 
 def idempotency_key(campaign_id: int, batch: int) -> str:

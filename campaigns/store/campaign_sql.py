@@ -122,9 +122,13 @@ class CampaignSql(ReportSql):
 
     def batch_recipients(self, tenant: str, campaign_id: int, batch: int) -> list[RecipientRow]:
         with self._tx() as tx:
-            rows = tx.rows(f"SELECT {_REC_READ} FROM campaign_recipients r WHERE r.tenant = ? AND r.campaign_id = ? "
-                           "AND r.batch = ? ORDER BY r.idx", (tenant, campaign_id, batch))  # fmt: skip
-        return [_rec(r) for r in rows]
+            job = tx.one("SELECT job_id FROM campaign_batches WHERE tenant = ? AND campaign_id = ? AND batch = ?",
+                         (tenant, campaign_id, batch))  # fmt: skip
+            rows = tx.rows(f"SELECT {_REC_COLS} FROM campaign_recipients WHERE tenant = ? AND campaign_id = ? "
+                           "AND batch = ? ORDER BY idx", (tenant, campaign_id, batch))  # fmt: skip
+        if job is None or not job[0]:  # not accepted yet (or the held ones): the states as stored
+            return [_rec(r) for r in rows]
+        return [_rec(r[:10] + ("submitted" if r[10] == "planned" else r[10],) + r[11:]) for r in rows]  # ``STATE``
 
     def campaign_recipients(self, tenant: str, campaign_id: int, *, after: int = 0, limit: int = 1000) -> list[RecipientRow]:
         with self._tx() as tx:
