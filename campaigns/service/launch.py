@@ -254,7 +254,8 @@ def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, plan
     test = spec.test(camp.id, camp.launched_at or now)
     compiled = {name: templates.compile_template(src) for name, src in spec.texts().items()}
     domain = spec.link_domain or tl.domain
-    length = links.code_length(domain)  # a domain too long is the first error, before a bad URL
+    # A domain too long is the first error (before a bad URL or a missing value), as soon as anyone is sent.
+    length = links.code_length(domain) if planned else 0
     expires = now + spec.link_ttl_days * 86_400 if spec.link_ttl_days is not None else None
     rows: list[PlannedRecipient] = []
     link_rows: list[LinkRow] = []
@@ -283,19 +284,17 @@ def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, plan
         return rows, link_rows
     clashes = store.existing_links([link.code for link in link_rows])
     if clashes:
-        rows, link_rows = _resolve_clashes(store, spec, rows, link_rows, clashes, compiled, by_id, last, key, taken,
-                                           cache, domain, length)  # fmt: skip
+        rows, link_rows = _resolve_clashes(store, rows, link_rows, clashes, key, taken, domain, length)
     return rows, link_rows
 
 
-def _resolve_clashes(store: Store, spec: CampaignSpec, rows: list[PlannedRecipient], link_rows: list[LinkRow],
-                     clashes: set[str], compiled: Mapping[str | None, templates.Template],
-                     by_id: Mapping[int, AudienceRow], last: Mapping[int, float | None], key: bytes, taken: set[str],
-                     cache: TextCache, domain: str,
+def _resolve_clashes(store: Store, rows: list[PlannedRecipient], link_rows: list[LinkRow], clashes: set[str],
+                     key: bytes, taken: set[str], domain: str,
                      length: int) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
     """Codes were minted against this launch's own codes only; the store's are checked in bulk, and
-    the rare recipient whose code another campaign holds gets codes again with the full check (the
-    same text: its discount code is read back from its first text's values, kept by the cache)."""
+    the rare recipient whose code another campaign holds gets its codes again with the full check
+    (the same text around them: its skeleton is recovered from the text and the links it was
+    filled with, so nothing is rendered or reserved twice)."""
     redo = {link.subscriber_id for link in link_rows if link.code in clashes}
     mine: dict[int, list[LinkRow]] = {}
     kept = []
