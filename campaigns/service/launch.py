@@ -415,12 +415,32 @@ _line = msgspec.json.Encoder()
 def job_body(camp: CampaignRow, spec: CampaignSpec, batch: int, send_at: float, recipients: Sequence[RecipientRow],
              callback_url: str | None) -> bytes:  # fmt: skip
     """The batch's NDJSON job: the same bytes for the same frozen rows (the Idempotency-Key's body)."""
+    return job_body_of(head_line(camp, spec, batch, send_at, callback_url), [(r.phone, r.text, r.tz) for r in recipients])
+
+
+class _Vars(msgspec.Struct, gc=False):
+    body: str
+
+
+class _Line(msgspec.Struct, gc=False):
+    """One recipient's NDJSON line (``{"to", "vars": {"body"}, "tz"}``: the order a dict gave)."""
+
+    to: str
+    vars: _Vars
+    tz: str
+
+
+def head_line(camp: CampaignRow, spec: CampaignSpec, batch: int, send_at: float, callback_url: str | None) -> bytes:
     head: dict[str, Any] = {"from": spec.sender, "template": "{body}", "category": "marketing", "send_at": send_at,
                             "reference": f"campaign:{camp.id}:batch:{batch}"}  # fmt: skip
     if callback_url:
         head["callback_url"] = callback_url
-    return _line.encode(head) + b"\n" + _line.encode_lines([{"to": r.phone, "vars": {"body": r.text}, "tz": r.tz}
-                                                            for r in recipients])  # fmt: skip
+    return _line.encode(head)
+
+
+def job_body_of(head: bytes, lines: Sequence[tuple[str, str, str]]) -> bytes:
+    """The job's bytes from its head line and its recipients' ``(phone, text, tz)`` in slot order."""
+    return head + b"\n" + _line.encode_lines([_Line(to, _Vars(text), tz) for to, text, tz in lines])
 
 
 def idempotency_key(campaign_id: int, batch: int) -> str:
@@ -510,8 +530,9 @@ class Launcher:
                     return
 
     def _body(self, tenant: str, camp: CampaignRow, spec: CampaignSpec, b: BatchRow) -> bytes:
-        rows = self.store.batch_recipients(tenant, camp.id, b.batch)
-        return job_body(camp, spec, b.batch, b.send_at, rows, self.callback_urls.get(tenant))
+        # Only what the body holds, read as tuples (``job_body`` of the batch's rows, the same bytes).
+        lines = self.store.batch_lines(tenant, camp.id, b.batch)
+        return job_body_of(head_line(camp, spec, b.batch, b.send_at, self.callback_urls.get(tenant)), lines)
 
     async def _post(self, client: GatewayClient, tenant: str, camp: CampaignRow, b: BatchRow, body: bytes) -> bool:
         """Post one batch and store its answer; False when the campaign was canceled (send no more)."""

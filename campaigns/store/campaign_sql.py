@@ -130,6 +130,13 @@ class CampaignSql(ReportSql):
             return [_rec(r) for r in rows]
         return [_rec(r[:10] + ("submitted" if r[10] == "planned" else r[10],) + r[11:]) for r in rows]  # ``STATE``
 
+    def batch_lines(self, tenant: str, campaign_id: int, batch: int) -> list[tuple[str, str, str]]:
+        """The batch's ``(phone, text, tz)`` in slot order: what its NDJSON job holds, nothing more."""
+        with self._tx() as tx:
+            return [(p, t, z) for p, t, z in tx.rows("SELECT phone, text, tz FROM campaign_recipients WHERE tenant = ? "
+                                                     "AND campaign_id = ? AND batch = ? ORDER BY idx",
+                                                     (tenant, campaign_id, batch))]  # fmt: skip
+
     def campaign_recipients(self, tenant: str, campaign_id: int, *, after: int = 0, limit: int = 1000) -> list[RecipientRow]:
         with self._tx() as tx:
             rows = tx.rows(f"SELECT {_REC_READ} FROM campaign_recipients r WHERE r.tenant = ? AND r.campaign_id = ? "

@@ -285,6 +285,8 @@ def check_campaigns(store: Store) -> None:
     assert [(b.batch, b.size, b.send_at, b.job_id) for b in batches] == [(0, 2, T0, None), (1, 2, T0 + 100, None),
                                                                           (2, 1, T0 + 200, None)]  # fmt: skip
     assert [r.text for r in store.batch_recipients("acme", c.id, 1)] == ["hello 2", "hello 3"]
+    assert store.batch_lines("acme", c.id, 1) == [(r.phone, r.text, r.tz) for r in store.batch_recipients("acme", c.id, 1)]
+    assert store.batch_lines("beta", c.id, 1) == [] and store.batch_lines("acme", c.id, 9) == []
     assert {r.state for r in store.campaign_recipients("acme", c.id)} == {"planned"}
     store.batch_submitted("acme", c.id, 1, job_id="job-1", accepted=1, rejected=[1], now=T0 + 3)
     assert [r.state for r in store.batch_recipients("acme", c.id, 1)] == ["submitted", "rejected"]

@@ -376,18 +376,18 @@ async def test_a_store_failure_building_the_next_body_stops_the_launch_and_a_rel
     gw = FakeGateway()
     definition = {"sender": "ACME", "template": "Sale at https://s.io/x", "batch_size": 3, "audience": {"subscribers": ids}}
     camp = await launcher(store, gw).create("acme", "Broken store", definition)
-    real = store.batch_recipients
+    real = store.batch_lines  # what a body is built from
 
     def flaky(tenant: str, campaign_id: int, batch: int) -> list:
         if batch == 1:
             raise StorageError("disk I/O error")
         return real(tenant, campaign_id, batch)
 
-    monkeypatch.setattr(store, "batch_recipients", flaky)
+    monkeypatch.setattr(store, "batch_lines", flaky)
     with pytest.raises(StorageError):
         await launcher(store, gw).launch("acme", camp.id)
     assert len(gw.jobs) == 1  # batch 0 only: never batch 2 before batch 1
-    monkeypatch.setattr(store, "batch_recipients", real)
+    monkeypatch.setattr(store, "batch_lines", real)
     out = await launcher(store, gw, now=T0 + 60).launch("acme", camp.id)
     assert out.status == "launched" and out.batches == 3 and out.accepted == 9
     assert Counter(gw.sent()) == Counter({f"+4479111{i:05d}": 1 for i in range(1, 10)})

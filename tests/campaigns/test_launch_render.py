@@ -158,3 +158,25 @@ def test_mint_codes_are_the_codes_splice_mints(text: str, taken: set[str]) -> No
     codes = links.mint_codes(sk, b"s", "1:2", 8, set(blocked))
     assert codes == [link.code for link in ref.links]
     assert links.fill(sk, "sl.ui", codes) == ref.text
+
+
+@settings(max_examples=50, deadline=None)
+@given(lines=st.lists(st.tuples(st.text(max_size=16), st.text(max_size=40), st.text(max_size=20)), max_size=6),
+       callback=st.sampled_from([None, "https://c.example/hook"]))  # fmt: skip
+def test_a_job_body_is_the_same_bytes_as_lines_of_dicts(lines: list[tuple[str, str, str]], callback: str | None) -> None:
+    """The body's bytes are what the Idempotency-Key stands for: built from the frozen rows or from
+    their (phone, text, tz), they are the NDJSON of plain dicts, as they always were."""
+    from campaigns.service.launch import head_line, job_body, job_body_of
+    from campaigns.store.campaign_rows import CampaignRow, RecipientRow
+
+    camp = CampaignRow(id=7, tenant="acme", name="c", definition={}, status="launching", created_at=0.0, updated_at=0.0)
+    spec = CampaignSpec(sender="SHOP", template="x")
+    rows = [RecipientRow(campaign_id=7, subscriber_id=i, phone=p, variant=None, send_at=1.5, tz=z, text=t, batch=3,
+                         idx=i, message_id=None, state="planned", state_at=None) for i, (p, t, z) in enumerate(lines)]
+    head = {"from": "SHOP", "template": "{body}", "category": "marketing", "send_at": 1.5, "reference": "campaign:7:batch:3"}
+    if callback:
+        head["callback_url"] = callback
+    enc = msgspec.json.encode
+    reference = b"\n".join([enc(head)] + [enc({"to": p, "vars": {"body": t}, "tz": z}) for p, t, z in lines]) + b"\n"
+    assert job_body(camp, spec, 3, 1.5, rows, callback) == reference
+    assert job_body_of(head_line(camp, spec, 3, 1.5, callback), lines) == reference
