@@ -586,7 +586,7 @@ def _batch_items(body: bytes) -> list[msgspec.Raw]:
     return raws
 
 
-_MISSING = re.compile(r"missing required field `(\w+)`")
+_NAMED = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 
 
 def _batch_item(raw: msgspec.Raw) -> _BatchItem:
@@ -594,14 +594,15 @@ def _batch_item(raw: msgspec.Raw) -> _BatchItem:
         return _BATCH_ITEM.decode(raw)
     except msgspec.ValidationError as exc:
         text, field = _split(str(exc))
-        if field is None and (m := _MISSING.search(text)) is not None:
-            field = m.group(1)
         raise InvalidInput(text, field=field) from None
 
 
 def _batch_error(i: int, exc: CallerError, within: str) -> schemas.BatchResult:
-    """Message ``i``'s error; ``field`` says where in the item (``message.to``, ``idempotency_key``)."""
+    """Message ``i``'s error; ``field`` says where in the item (``message.to``, ``idempotency_key``;
+    a missing or unknown field is named too)."""
     field = getattr(exc, "field", None)
+    if field is None and (m := _NAMED.search(str(exc))) is not None:
+        field = m.group(1)
     if within:
         field = f"{within}.{field}" if field else within
     return schemas.BatchResult(index=i, status=exc.status, code=exc.code, error=str(exc), field=field)

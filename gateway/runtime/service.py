@@ -154,10 +154,10 @@ class Gateway:
                         out[i] = prev
                     elif key in firsts:
                         continue  # answered below, as its first occurrence is
-                    else:
-                        firsts[key] = i
+                    else:  # as if alone: a key whose message was refused is free for the next one
                         try:
                             fresh.append((i, self._admit_message(tenant, body, now)))
+                            firsts[key] = i
                         except InvalidInput as exc:
                             out[i] = exc
             except BaseException:
