@@ -238,23 +238,18 @@ class Api:
     async def _post_batch(self, tenant: Tenant, scope, body: bytes) -> Response:
         """Up to ``schemas.MAX_BATCH`` messages, each with its own idempotency key, answered one by
         one in order (``schemas.BatchOut``): each goes through what ``POST /v1/messages`` does
-        for it alone (``Gateway.submit_messages``); only a body that is not a batch fails whole."""
-        raws = _batch_items(body)
-        results: list[schemas.BatchResult | None] = [None] * len(raws)
+        for it alone (``Gateway.submit_messages``). As in a job: a message that breaks the schema
+        fails the whole batch (nothing stored), one that cannot be sent fails alone."""
+        items = _batch_messages(_batch_items(body))
+        results: list[schemas.BatchResult | None] = [None] * len(items)
         valid: list[tuple[int, tuple[schemas.MessageIn, bytes, str]]] = []
-        for i, raw in enumerate(raws):
+        for i, (key, msg, raw) in enumerate(items):
             try:
-                item = _batch_item(raw)
-            except CallerError as exc:
-                results[i] = _batch_error(i, exc, "")
-                continue
-            try:
-                msg = _decode(schemas.MessageIn, bytes(item.message))
                 self._check_callback(msg)
             except CallerError as exc:
                 results[i] = _batch_error(i, exc, "message")
                 continue
-            valid.append((i, (msg, bytes(item.message), item.idempotency_key)))
+            valid.append((i, (msg, raw, key)))
         answers = await self.gw.submit_messages(tenant.name, [v for _, v in valid], self._clock()) if valid else []
         for (i, _), answer in zip(valid, answers):
             if isinstance(answer, bytes):
@@ -561,6 +556,7 @@ class _BatchItem(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _BATCH_ITEM = msgspec.json.Decoder(_BatchItem)
+_MESSAGE = msgspec.json.Decoder(schemas.MessageIn)
 
 
 class _BatchTooLarge(CallerError):
@@ -589,20 +585,29 @@ def _batch_items(body: bytes) -> list[msgspec.Raw]:
 _NAMED = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 
 
-def _batch_item(raw: msgspec.Raw) -> _BatchItem:
-    try:
-        return _BATCH_ITEM.decode(raw)
-    except msgspec.ValidationError as exc:
-        text, field = _split(str(exc))
-        raise InvalidInput(text, field=field) from None
+def _batch_messages(raws: list[msgspec.Raw]) -> list[tuple[str, schemas.MessageIn, bytes]]:
+    """Each item's (key, message, the message's bytes as sent); the first item that breaks the
+    schema fails the batch, named (``messages[3].message.to``, ``index`` 3)."""
+    out = []
+    for i, raw in enumerate(raws):
+        where = "item"
+        try:
+            item = _BATCH_ITEM.decode(raw)
+            where, data = "message", bytes(item.message)
+            out.append((item.idempotency_key, _MESSAGE.decode(data), data))
+        except msgspec.ValidationError as exc:
+            text, field = _split(str(exc))
+            if field is None and (m := _NAMED.search(text)) is not None:
+                field = m.group(1)
+            path = f"messages[{i}]" + (".message" if where == "message" else "") + (f".{field}" if field else "")
+            raise InvalidInput(f"message {i}: {text}", field=path, index=i) from None
+    return out
 
 
 def _batch_error(i: int, exc: CallerError, within: str) -> schemas.BatchResult:
     """Message ``i``'s error; ``field`` says where in the item (``message.to``, ``idempotency_key``;
     a missing or unknown field is named too)."""
     field = getattr(exc, "field", None)
-    if field is None and (m := _NAMED.search(str(exc))) is not None:
-        field = m.group(1)
     if within:
         field = f"{within}.{field}" if field else within
     return schemas.BatchResult(index=i, status=exc.status, code=exc.code, error=str(exc), field=field)

@@ -33,6 +33,7 @@ class FakeGateway:
         self.message_posts = 0  # every POST /v1/messages that reached the fake (re-posts of a key included)
         self.fail_messages = 0  # answer the next n POST /v1/messages (or batches) with a 503 (nothing stored)
         self.batch_posts = 0  # POST /v1/messages/batch requests
+        self.no_batch = False  # a gateway from before POST /v1/messages/batch (404)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -43,7 +44,7 @@ class FakeGateway:
             raise httpx.ConnectError("the gateway is down")
         if request.method == "POST" and path == "/v1/messages":
             return self._message(request)
-        if request.method == "POST" and path == "/v1/messages/batch":
+        if request.method == "POST" and path == "/v1/messages/batch" and not self.no_batch:
             return self._batch(request)
         if request.method == "GET" and path == "/_count":  # for a test or bench in another process
             return httpx.Response(200, json={"messages": len(self.messages), "posts": self.message_posts})
