@@ -103,7 +103,7 @@ class Api:
             ("DELETE", "/v1/suppressions/{number}", self._delete_suppression),
             ("GET", "/v1/inbound", self._get_inbound),
         ]  # fmt: skip
-        self._routes = [(m, _pattern(t), h) for m, t, h in routes]
+        self._routes = [(m, _pattern(t), h, "{" not in t) for m, t, h in routes]
         self._templates = [(m, t) for m, t, _ in routes]
         if missing := openapi.undocumented(self.routes()):  # a route is never served undocumented
             raise RuntimeError(f"routes missing from the OpenAPI document: {missing}")
@@ -167,18 +167,20 @@ class Api:
                 return _error(405, "method not allowed; use POST", "method_not_allowed", headers=[(b"allow", b"POST")])
             return await self._carrier_callback(scope, _BodyBudget(receive, self._body_timeout), hit["name"])
         allowed = []
-        for m, rx, handler in self._routes:
-            if (hit := rx.match(path)) is not None:
-                if m != method:
-                    allowed.append(m)
-                    continue
-                tenant = self._authenticate(scope)
-                self._rate_limit(tenant)
-                receive = _BodyBudget(receive, self._body_timeout)
-                if handler == self._post_job and _header(scope, b"content-type").startswith("application/x-ndjson"):
-                    return await self._post_job_stream(tenant, scope, receive)
-                body = await _read_body(receive, self._max_body) if method in ("POST", "DELETE") else b""
-                return await handler(tenant, scope, body, **hit.groupdict())
+        hits = [(m, hit, handler, literal) for m, rx, handler, literal in self._routes if (hit := rx.match(path))]
+        if any(literal for *_, literal in hits):  # /v1/messages/batch is not /v1/messages/{mid}
+            hits = [h for h in hits if h[3]]
+        for m, hit, handler, _ in hits:
+            if m != method:
+                allowed.append(m)
+                continue
+            tenant = self._authenticate(scope)
+            self._rate_limit(tenant)
+            receive = _BodyBudget(receive, self._body_timeout)
+            if handler == self._post_job and _header(scope, b"content-type").startswith("application/x-ndjson"):
+                return await self._post_job_stream(tenant, scope, receive)
+            body = await _read_body(receive, self._max_body) if method in ("POST", "DELETE") else b""
+            return await handler(tenant, scope, body, **hit.groupdict())
         if allowed:
             methods = ", ".join(sorted(set(allowed)))  # RFC 9110 §15.5.6: a 405 lists them in Allow
             return _error(405, f"method not allowed; use {methods}", "method_not_allowed",

@@ -155,3 +155,10 @@ async def test_a_batch_answers_as_its_messages_posted_one_by_one(client, make_ap
                     got.append((r.status_code, j.get("state"), j.get("code"), j.get("field")))
             answers.append(got)
     assert answers[0] == answers[1]
+
+
+async def test_the_batch_route_is_not_a_message_id(client) -> None:
+    for method in ("GET", "OPTIONS", "DELETE"):
+        r = await client.request(method, "/v1/messages/batch")
+        assert (r.status_code, r.headers["allow"], r.json()["code"]) == (405, "POST", "method_not_allowed")
+    assert (await client.get("/v1/messages/0000000000001")).json()["code"] == "not_found"
