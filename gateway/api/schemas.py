@@ -130,7 +130,10 @@ class BatchItemIn(msgspec.Struct, forbid_unknown_fields=True):
     message: MessageIn
 
 
-BatchIn = Annotated[list[BatchItemIn], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+# The bound is said, not stated as maxItems: more is refused with 413 batch_too_large (RFC 9110
+# §15.5.14: content larger than the server will process), not 422 as a schema violation.
+BatchIn = Annotated[list[BatchItemIn], msgspec.Meta(min_length=1, description=(
+    f"1 to {MAX_BATCH} messages; more: 413 batch_too_large"))]
 
 
 class BatchResult(msgspec.Struct, omit_defaults=True):
