@@ -7,8 +7,11 @@ it keeps each Idempotency-Key's answer as the real gateway does.
    checkout-abandoned events and N/5 orders
    go through the store's ``apply_events`` (which queues the flow inputs in the same transaction),
    then the runtime drains them (triggers and exits processed, runs started and advanced) and posts
-   every send to the gateway. ``events_per_s`` = (inputs processed + runs advanced + sends answered)
-   / the wall time of that whole phase; each part's own rate is reported too.
+   every send to the gateway (``POST /v1/messages/batch``, a key per message). ``events_per_s`` =
+   (inputs processed + runs advanced + sends answered) / the wall time of that whole phase; each
+   part's own rate is reported too, and the CPU time per unit of work (``*_cpu_us``: this process,
+   and the gateway process's for the sends), which a loaded machine does not inflate as it does
+   wall time.
 2. Timer lag: ``--timers`` runs waiting (default 1,000,000), of which ``--due`` fall due over the
    next ``--window`` seconds (the rest later); one worker on the real clock fires them;
    ``timer_lag_p99_s`` is the 99th percentile of (acted - due), "acted" being the commit of the
