@@ -42,9 +42,11 @@ _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country
 
 _NEW_RUN_COLS = ("id, tenant, run_key, flow_id, version, subscriber_id, object_id, node, visit, state, ended, "
                  "started_at, updated_at, due, run")  # fmt: skip
-_PG_INSERT_RUNS = (f"INSERT INTO flow_runs ({_NEW_RUN_COLS}) SELECT * FROM unnest(?::bigint[], ?::text[], ?::text[], "
-                   "?::text[], ?::bigint[], ?::bigint[], ?::text[], ?::text[], ?::bigint[], ?::text[], ?::text[], "
-                   "?::double precision[], ?::double precision[], ?::double precision[], ?::text[]) "
+# %b: arrays go to PostgreSQL in binary (psycopg's text format escapes every element with a regex:
+# 1.2 s for 2,000 runs' JSON, 17 ms in binary).
+_PG_INSERT_RUNS = (f"INSERT INTO flow_runs ({_NEW_RUN_COLS}) SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], "
+                   "%b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[], "
+                   "%b::double precision[], %b::double precision[], %b::double precision[], %b::text[]) "
                    "ON CONFLICT (tenant, run_key) DO NOTHING RETURNING id")  # fmt: skip
 
 
@@ -86,7 +88,7 @@ class FlowTx:
         fresh: set[str] = set()
         ids = list(dict.fromkeys(event_ids))
         if self.engine == "postgres" and ids:  # one array parameter: psycopg parses no 800-placeholder text
-            rows = self.tx.rows("INSERT INTO flow_events (tenant, event_id) SELECT ?, unnest(?::text[]) "
+            rows = self.tx.rows("INSERT INTO flow_events (tenant, event_id) SELECT %b, unnest(%b::text[]) "
                                 "ON CONFLICT DO NOTHING RETURNING event_id", (self.tenant, ids))  # fmt: skip
             return {str(r[0]) for r in rows}
         for i in range(0, len(ids), 400):
@@ -141,10 +143,10 @@ class FlowTx:
             self._keys.update(keys)
 
     def _ids_in(self, ids: Sequence[int]) -> tuple[str, tuple]:
-        """``IN (?, ...)`` on SQLite, ``= ANY(?)`` with one array on PostgreSQL (whose driver would
-        parse a text of hundreds of placeholders on every call); params start with the tenant."""
+        """``IN (?, ...)`` on SQLite, ``= ANY(%b)`` with one binary array on PostgreSQL (whose driver
+        would parse a text of hundreds of placeholders on every call); params start with the tenant."""
         if self.engine == "postgres":
-            return "= ANY(?::bigint[])", (self.tenant, list(ids))
+            return "= ANY(%b::bigint[])", (self.tenant, list(ids))
         return f"IN ({', '.join('?' * len(ids))})", (self.tenant, *ids)
 
     def flush(self) -> None:
