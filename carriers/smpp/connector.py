@@ -786,16 +786,17 @@ class SmppConnector(ConnectorShell):
 
 
 _GSM7_TABLE: dict[int, str] | None = None
+_GSM7_ASCII: bytes | None = None
+_GSM7_EXTENDED = 0x80  # what an ASCII extension character becomes in ``_GSM7_ASCII``: not ASCII
 
 
-def _gsm7_septets(text: str) -> bytes:
-    """``segments.encode_gsm7(text)`` for a text known to be GSM-7, via one ``str.translate``.
-    The table is built from ``segments.decode_gsm7`` (so the two agree by construction; a test
-    checks it over the whole alphabet)."""
-    global _GSM7_TABLE
-    table = _GSM7_TABLE
-    if table is None:
-        table = {}
+def _gsm7_tables() -> tuple[dict[int, str], bytes]:
+    """``str.translate``'s table, built from ``segments.decode_gsm7`` (so the two agree by
+    construction; a test checks it over the whole alphabet), and ``bytes.translate``'s for ASCII
+    texts: each ASCII character's septet where it is one, ``_GSM7_EXTENDED`` where it needs ESC."""
+    global _GSM7_TABLE, _GSM7_ASCII
+    if _GSM7_TABLE is None or _GSM7_ASCII is None:
+        table: dict[int, str] = {}
         for code in range(128):
             if code != 0x1B:
                 table[ord(segments.decode_gsm7(bytes((code,))))] = chr(code)
@@ -803,8 +804,26 @@ def _gsm7_septets(text: str) -> bytes:
             ch = segments.decode_gsm7(bytes((0x1B, code)))
             if ord(ch) not in table:  # extension characters: ESC + code
                 table[ord(ch)] = "\x1b" + chr(code)
-        _GSM7_TABLE = table
-    return text.translate(table).encode("latin-1")
+        ascii_table = bytearray(range(256))
+        for c in range(128):
+            mapped = table.get(c)
+            if mapped is not None:
+                ascii_table[c] = ord(mapped) if len(mapped) == 1 else _GSM7_EXTENDED
+        _GSM7_TABLE, _GSM7_ASCII = table, bytes(ascii_table)
+    return _GSM7_TABLE, _GSM7_ASCII
+
+
+def _gsm7_septets(text: str) -> bytes:
+    """``segments.encode_gsm7(text)`` for a text known to be GSM-7. Most texts are ASCII without
+    an extension character: one ``bytes.translate`` over a 256-octet table (a copy in C, ~5x
+    faster than ``str.translate``'s dictionary lookup per character, which was a few percent of
+    ``serve``'s CPU per message); the others one ``str.translate``."""
+    table, ascii_table = _gsm7_tables() if _GSM7_ASCII is None else (_GSM7_TABLE, _GSM7_ASCII)
+    if text.isascii():
+        septets = text.encode("ascii").translate(ascii_table)
+        if septets.isascii():  # no ``_GSM7_EXTENDED``: every character was one septet
+            return septets
+    return text.translate(table).encode("latin-1")  # type: ignore[arg-type]
 
 
 def _password_from_env(s: SmppSettings) -> str:

@@ -124,3 +124,20 @@ def test_fast_gsm7_path_covers_the_whole_alphabet() -> None:
 @given(st.text(alphabet=GSM_ALPHABET, max_size=200))
 def test_fast_gsm7_path_agrees_with_segments(text: str) -> None:
     assert _gsm7_septets(text) == segments.encode_gsm7(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=[c for c in GSM_ALPHABET if c.isascii()] + ["`"], max_size=200))
+def test_fast_gsm7_path_agrees_with_segments_on_ascii_texts(text: str) -> None:
+    # ASCII texts take the bytes.translate path unless they hold an extension character (ESC + code)
+    # "`" is not GSM-7 (the core never sends it this way): it must still go out as before, unmapped
+    if "`" not in text:
+        assert _gsm7_septets(text) == segments.encode_gsm7(text)
+    assert _gsm7_septets(text) == text.translate(_slow_gsm7_table()).encode("latin-1")
+
+
+def _slow_gsm7_table() -> dict[int, str]:
+    table = {ord(segments.decode_gsm7(bytes((c,)))): chr(c) for c in range(128) if c != 0x1B}
+    for c in range(128):
+        table.setdefault(ord(segments.decode_gsm7(bytes((0x1B, c)))), "\x1b" + chr(c))
+    return table
