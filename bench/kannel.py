@@ -334,7 +334,7 @@ async def kannel_side(msgs: list[tuple[str, str]], receiver: Receiver, dlr_delay
                         await anyio.sleep(0.5)
                         box = await anyio.open_process(["smsbox", str(conf)], stdout=so, stderr=so)
                         await _wait_ready(ports["admin"], ports["sendsms"], binds)
-                        cpu0 = receiver.cpu()
+                        cpu0, sim_cpu0 = receiver.cpu(), cpu_seconds(sim.pid)
                         t0 = time.monotonic()
                         with anyio.move_on_after(deadline) as scope:
                             await _send_all(ports["sendsms"], msgs, f"{receiver.url}/dlr", clients, tally)
@@ -342,7 +342,7 @@ async def kannel_side(msgs: list[tuple[str, str]], receiver: Receiver, dlr_delay
                             await receiver.wait_done()
                         end = time.monotonic()
                         stats = await receiver.settle()
-                        receiver_cpu = receiver.cpu() - cpu0
+                        receiver_cpu, sim_cpu = receiver.cpu() - cpu0, cpu_seconds(sim.pid) - sim_cpu0
                         peaks = {"bearerbox": memory(bearer.pid)["peak_rss"], "smsbox": memory(box.pid)["peak_rss"]}
                     finally:
                         if box is not None:
@@ -352,7 +352,8 @@ async def kannel_side(msgs: list[tuple[str, str]], receiver: Receiver, dlr_delay
     result = _heard(stats, t0, end, scope.cancelled_caught, receiver_cpu)
     return {**result, "messages": len(msgs), "submit_seconds": None if sent_at is None else sent_at - t0,
             "sendsms_accepted": tally["accepted"], "sendsms_refused": tally["refused"],
-            "sim_accepted": counters["accepted"], "peak_rss": peaks}  # fmt: skip
+            "sim_accepted": counters["accepted"], "peak_rss": peaks,
+            "simulator_cpu_us": sim_cpu / len(msgs) * 1e6}  # fmt: skip
 
 
 def _heard(stats: dict, t0: float, end: float, timed_out: bool, receiver_cpu: float) -> dict:
@@ -399,14 +400,22 @@ def _peaks(pid: int) -> tuple[int, list[tuple[str, int]]]:
     return memory(pid)["peak_rss"], kids
 
 
-def _delivery_cpu(pid: int) -> float:
-    """CPU seconds of serve's webhook delivery process so far (0 where there is none)."""
+def _kids_cpu(pid: int, kind: str) -> float:
+    """CPU seconds so far of serve's live child processes of one ``kind`` (``_kids``): "webhooks"
+    (the delivery process) or "ingest" (the workers that check a job's recipients); 0 if none."""
     total = 0.0
     for kid, what in _kids(pid):
-        if what == "webhooks":
+        if what == kind:
             with contextlib.suppress(OSError):
                 total += cpu_seconds(kid)
     return total
+
+
+def _sluice_cpu(gw_pid: int, sim_pid: int, receiver: Receiver) -> tuple[float, ...]:
+    """CPU seconds so far of every process of a Sluice side: serve's event loop, serve (all
+    threads), the receiver, the webhook delivery process, the ingest workers, the simulator."""
+    return (cpu_seconds(gw_pid, main_thread=True), cpu_seconds(gw_pid), receiver.cpu(), _kids_cpu(gw_pid, "webhooks"),
+            _kids_cpu(gw_pid, "ingest"), cpu_seconds(sim_pid))  # fmt: skip
 
 
 async def _warm(client: httpx.AsyncClient, receiver: Receiver) -> None:
@@ -447,8 +456,7 @@ async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver
                         for p in pieces:
                             yield p
 
-                    cpu0 = (cpu_seconds(gw.pid, main_thread=True), cpu_seconds(gw.pid), receiver.cpu(),
-                            _delivery_cpu(gw.pid))  # fmt: skip
+                    cpu0 = _sluice_cpu(gw.pid, sim.pid, receiver)
                     t0 = time.monotonic()
                     with anyio.move_on_after(deadline) as scope:
                         r = await client.post("/v1/jobs", content=body(), headers={"content-type": "application/x-ndjson"})
@@ -463,8 +471,7 @@ async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver
                         else:
                             done, counts = await _until_final(client, job["id"], job["accepted"])
                     end = time.monotonic()
-                    cpu1 = (cpu_seconds(gw.pid, main_thread=True), cpu_seconds(gw.pid), receiver.cpu(),
-                            _delivery_cpu(gw.pid))  # fmt: skip
+                    cpu1 = _sluice_cpu(gw.pid, sim.pid, receiver)
                     if job is not None:
                         counts = (await client.get(f"/v1/jobs/{job['id']}")).json()["counts"]
                     stats = await receiver.settle() if hooks else None
@@ -481,7 +488,8 @@ async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver
     return {**result, "accepted": job["accepted"], "ingest_seconds": accepted_at - t0, "final_in_store": final,
             "delivered": counts.get("delivered", 0), "counts": counts,
             "server_loop_cpu_us": (cpu1[0] - cpu0[0]) / want * 1e6, "server_cpu_us": (cpu1[1] - cpu0[1]) / want * 1e6,
-            "delivery_cpu_us": (cpu1[3] - cpu0[3]) / want * 1e6,
+            "delivery_cpu_us": (cpu1[3] - cpu0[3]) / want * 1e6, "ingest_cpu_us": (cpu1[4] - cpu0[4]) / want * 1e6,
+            "simulator_cpu_us": (cpu1[5] - cpu0[5]) / want * 1e6,
             "server_peak_rss": peak, "children_peak_rss": kid_peaks, "sim_accepted": sim_counters["accepted"],
             "sim_receipts_acked": sim_counters["receipts_acked"]}  # fmt: skip
 
@@ -559,6 +567,8 @@ _LABELS = {
     "sluice-poll-at-once": "  same, receipts at once (--dlr-delay 0)",
     "sluice-hooks-at-once": "  with callback_url, receipts at once",
 }
+_CPU_KEYS = ("server_loop_cpu_us", "server_cpu_us", "delivery_cpu_us", "ingest_cpu_us", "simulator_cpu_us",
+             "receiver_cpu_us")
 _RATIO_LABELS = {
     "hooks_vs_kannel": "Sluice (every state reported) / Kannel",
     "poll_vs_kannel": "Sluice (store) / Kannel",
@@ -605,6 +615,11 @@ def bench_kannel(n: int, runs: int, dlr_delay: float, sides: tuple[str, ...], bi
     for name, value in r["ratios"].items():
         per = " ".join(f"{x['ratios'][name]:.2f}" for x in r["per_run"])
         click.echo(f"  {_RATIO_LABELS[name]:<64} {value:>10.2f}    (per run: {per})")
+    click.echo(f"  CPU per message, median (µs): {'serve loop':>10} {'serve':>7} {'webhooks':>9} {'ingest':>7} "
+               f"{'simulator':>10} {'receiver':>9}")  # fmt: skip
+    for side in r["messages_per_s"]:
+        cpu = {k: statistics.median(x[side].get(k, 0.0) for x in r["per_run"]) for k in _CPU_KEYS}
+        click.echo(f"    {side:<26} " + " ".join(f"{cpu[k]:>{w},.1f}" for k, w in zip(_CPU_KEYS, (10, 7, 9, 7, 10, 9))))
     if r["server_peak_rss_max"]:
         click.echo(f"  {'sluice serve peak RSS, largest of all runs (MB)':<64} {r['server_peak_rss_max'] / (1 << 20):>10,.0f}")
     if r["receiver_ceiling"]:

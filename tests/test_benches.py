@@ -113,6 +113,10 @@ def test_bench_kannel_hears_every_final_state_once_from_both(tmp_path):
     hooks = run["sluice-hooks"]
     assert hooks["accepted"] == hooks["final_in_store"] == hooks["delivered"] == sent
     assert hooks["server_peak_rss"] > 10 << 20
+    # every process of a side is charged: the simulator's CPU on both sides, serve's children on Sluice's
+    assert run["kannel"]["simulator_cpu_us"] > 0 and hooks["simulator_cpu_us"] > 0
+    assert hooks["server_cpu_us"] > 0 and hooks["delivery_cpu_us"] > 0 and "ingest_cpu_us" in hooks
+    assert "CPU per message" in result.output
     assert run["sluice-hooks"]["events_heard"] == 2 * sent  # submitted + delivered: every state
     assert set(run["ratios"]) == {"hooks_vs_kannel"} and data["ratios"]["hooks_vs_kannel"] > 0
     assert data["receiver_ceiling"]["dlr_events_per_s"] > 0 and data["receiver_ceiling"]["hooks_events_per_s"] > 0

@@ -246,6 +246,7 @@ class SmppConnector(ConnectorShell):
         )
         self._errors: dict[str, int] = {}
         self._sources: dict[str, tuple[int, int, bytes]] = {}
+        self._submit_heads: dict[str, tuple[bytes, bytes]] = {}  # sender -> a one-part submit_sm's fixed parts
         self._service_type = s.service_type.encode()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -342,9 +343,14 @@ class SmppConnector(ConnectorShell):
         s = self.settings
         ref16 = s.long_messages == "udh16"
         if d.segments == 1 and d.encoding == "gsm7" and s.gsm_alphabet == "gsm7":
-            # The common case (one GSM part, decided by the core already): one C-level
-            # str.translate instead of a per-character loop, ~10x faster.
-            dc, parts = s.data_coding_gsm, [_gsm7_septets(d.body)]
+            # The common case (one GSM part, decided by the core already): the septets by one
+            # C-level translate, and the submit_sm from the sender's prebuilt parts.
+            sm = _gsm7_septets(d.body)
+            dst = d.recipient.lstrip("+").encode()
+            if len(sm) <= 254 and len(dst) <= 20 and 0 not in dst:  # else the checks of the full encoder
+                head, tail = self._submit_parts(d.sender)
+                return _Work(d, [b"%b%b%b%c%b" % (head, dst, tail, len(sm), sm)])
+            dc, parts = s.data_coding_gsm, [sm]
         else:
             split = segments.split(d.body, ref16=ref16)
             if split.encoding == "ucs2":
@@ -380,6 +386,24 @@ class SmppConnector(ConnectorShell):
             else:
                 bodies.append(submit_sm(segments.udh_concat(ref, total, seq, ref16=ref16) + part, esm_class=0x40))
         return _Work(d, bodies)
+
+    def _submit_parts(self, sender: str) -> tuple[bytes, bytes]:
+        """A one-part GSM submit_sm from ``sender`` is ``head + destination_addr + tail +
+        sm_length + short_message`` (SMPP 3.4 §4.4.1): everything but the recipient and the text
+        is the same for every message of a sender, so it is encoded once, by the full encoder
+        (with its checks), instead of a 20-field struct and a 19-field format per message."""
+        parts = self._submit_heads.get(sender)
+        if parts is None:
+            if len(self._submit_heads) > 10_000:
+                self._submit_heads.clear()
+            s = self.settings
+            src_ton, src_npi, src = self._source(sender)
+            empty = P.encode_body(P.SubmitSm(0, 0, self._service_type, src_ton, src_npi, src, s.dest_ton, s.dest_npi,
+                                             b"", 0, 0, 0, b"", b"", s.registered_delivery, 0, s.data_coding_gsm, 0,
+                                             b"", {}))  # fmt: skip
+            cut = len(self._service_type) + 1 + 2 + len(src) + 1 + 2  # where destination_addr goes
+            parts = self._submit_heads[sender] = (empty[:cut], empty[cut:-1])  # less sm_length (0)
+        return parts
 
     def _source(self, sender: str) -> tuple[int, int, bytes]:
         cached = self._sources.get(sender)
@@ -786,16 +810,17 @@ class SmppConnector(ConnectorShell):
 
 
 _GSM7_TABLE: dict[int, str] | None = None
+_GSM7_ASCII: bytes | None = None
+_GSM7_EXTENDED = 0x80  # what an ASCII extension character becomes in ``_GSM7_ASCII``: not ASCII
 
 
-def _gsm7_septets(text: str) -> bytes:
-    """``segments.encode_gsm7(text)`` for a text known to be GSM-7, via one ``str.translate``.
-    The table is built from ``segments.decode_gsm7`` (so the two agree by construction; a test
-    checks it over the whole alphabet)."""
-    global _GSM7_TABLE
-    table = _GSM7_TABLE
-    if table is None:
-        table = {}
+def _gsm7_tables() -> tuple[dict[int, str], bytes]:
+    """``str.translate``'s table, built from ``segments.decode_gsm7`` (so the two agree by
+    construction; a test checks it over the whole alphabet), and ``bytes.translate``'s for ASCII
+    texts: each ASCII character's septet where it is one, ``_GSM7_EXTENDED`` where it needs ESC."""
+    global _GSM7_TABLE, _GSM7_ASCII
+    if _GSM7_TABLE is None or _GSM7_ASCII is None:
+        table: dict[int, str] = {}
         for code in range(128):
             if code != 0x1B:
                 table[ord(segments.decode_gsm7(bytes((code,))))] = chr(code)
@@ -803,8 +828,26 @@ def _gsm7_septets(text: str) -> bytes:
             ch = segments.decode_gsm7(bytes((0x1B, code)))
             if ord(ch) not in table:  # extension characters: ESC + code
                 table[ord(ch)] = "\x1b" + chr(code)
-        _GSM7_TABLE = table
-    return text.translate(table).encode("latin-1")
+        ascii_table = bytearray(range(256))
+        for c in range(128):
+            mapped = table.get(c)
+            if mapped is not None:
+                ascii_table[c] = ord(mapped) if len(mapped) == 1 else _GSM7_EXTENDED
+        _GSM7_TABLE, _GSM7_ASCII = table, bytes(ascii_table)
+    return _GSM7_TABLE, _GSM7_ASCII
+
+
+def _gsm7_septets(text: str) -> bytes:
+    """``segments.encode_gsm7(text)`` for a text known to be GSM-7. Most texts are ASCII without
+    an extension character: one ``bytes.translate`` over a 256-octet table (a copy in C, ~5x
+    faster than ``str.translate``'s dictionary lookup per character, which was a few percent of
+    ``serve``'s CPU per message); the others one ``str.translate``."""
+    table, ascii_table = _gsm7_tables() if _GSM7_ASCII is None else (_GSM7_TABLE, _GSM7_ASCII)
+    if text.isascii():
+        septets = text.encode("ascii").translate(ascii_table)
+        if septets.isascii():  # no ``_GSM7_EXTENDED``: every character was one septet
+            return septets
+    return text.translate(table).encode("latin-1")  # type: ignore[arg-type]
 
 
 def _password_from_env(s: SmppSettings) -> str:

@@ -14,6 +14,7 @@ from carriers.smpp import pdu as P
 from carriers.smpp.connector import SmppConnector, SmppSettings, _gsm7_septets
 from gateway.core import segments
 from carriers.smpp.receipts import MoAssembler
+from tests.smpp.conftest import make_dispatch_fn
 from gateway.errors import ConfigError
 
 LONG = "a long message that needs several parts " * 8  # 320 GSM characters: 3 parts
@@ -124,3 +125,60 @@ def test_fast_gsm7_path_covers_the_whole_alphabet() -> None:
 @given(st.text(alphabet=GSM_ALPHABET, max_size=200))
 def test_fast_gsm7_path_agrees_with_segments(text: str) -> None:
     assert _gsm7_septets(text) == segments.encode_gsm7(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=[c for c in GSM_ALPHABET if c.isascii()] + ["`"], max_size=200))
+def test_fast_gsm7_path_agrees_with_segments_on_ascii_texts(text: str) -> None:
+    # ASCII texts take the bytes.translate path unless they hold an extension character (ESC + code)
+    # "`" is not GSM-7 (the core never sends it this way): it must still go out as before, unmapped
+    if "`" not in text:
+        assert _gsm7_septets(text) == segments.encode_gsm7(text)
+    assert _gsm7_septets(text) == text.translate(_slow_gsm7_table()).encode("latin-1")
+
+
+def _slow_gsm7_table() -> dict[int, str]:
+    table = {ord(segments.decode_gsm7(bytes((c,)))): chr(c) for c in range(128) if c != 0x1B}
+    for c in range(128):
+        table.setdefault(ord(segments.decode_gsm7(bytes((0x1B, c)))), "\x1b" + chr(c))
+    return table
+
+
+_GSM_ONE_PART = st.text(alphabet=GSM_ALPHABET, max_size=160).filter(lambda t: len(segments.split(t).parts) == 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=_GSM_ONE_PART,
+    sender=st.one_of(st.text(alphabet="ABCxyz09 +", min_size=1, max_size=14), st.from_regex(r"\+?[0-9]{1,16}", fullmatch=True)),
+    recipient=st.from_regex(r"\+[0-9]{1,22}", fullmatch=True),
+    service_type=st.sampled_from(["", "CMT", "WAP"]),
+    registered_delivery=st.integers(0, 255),
+    data_coding_gsm=st.sampled_from([0, 1, 3]),
+    dest=st.tuples(st.integers(0, 6), st.integers(0, 18)),
+)
+def test_one_part_submit_sm_from_prebuilt_parts_is_what_the_full_encoder_makes(
+    body, sender, recipient, service_type, registered_delivery, data_coding_gsm, dest
+) -> None:
+    # The connector encodes a sender's fixed fields once; every message must still be exactly
+    # the full encoder's submit_sm, and what the full encoder refuses is still refused.
+    import msgspec
+
+    send, _ = anyio.create_memory_object_stream(math.inf)
+    s = SmppSettings(name="c", service_type=service_type, registered_delivery=registered_delivery,
+                     data_coding_gsm=data_coding_gsm, dest_ton=dest[0], dest_npi=dest[1])  # fmt: skip
+    c = SmppConnector(s, send, password="pw")
+    d = msgspec.structs.replace(make_dispatch_fn(1, body), sender=sender, recipient=recipient)
+    src_ton, src_npi, src = c._source(sender)
+    dst = recipient.lstrip("+").encode()
+    full = P.SubmitSm(0, 0, service_type.encode(), src_ton, src_npi, src, dest[0], dest[1], dst, 0, 0, 0, b"", b"",
+                      registered_delivery, 0, data_coding_gsm, 0, segments.encode_gsm7(body), {})  # fmt: skip
+    try:
+        expected = P.encode_body(full)
+    except P.LocalProtocolError:
+        with pytest.raises(P.LocalProtocolError):
+            c._encode(d)
+        return
+    for _ in range(2):  # the second from the cache
+        (got,) = c._encode(d).bodies
+        assert got == expected
