@@ -727,8 +727,11 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
                 if hit:
                     inside[p.segment_id].add(int(row[0]))
         stored: dict[int, set[int]] = {p.segment_id: set() for p in plans}
-        for seg, sid in tx.rows(f"SELECT segment_id, subscriber_id FROM segment_members WHERE tenant = ? AND "
-                                f"subscriber_id IN {tx.values('bigint')}", (tenant, arr)):  # fmt: skip
+        # Driven by the ids (CROSS JOIN: SQLite keeps that order), one index probe each: with
+        # `subscriber_id IN (ids)` SQLite may take the primary key on `tenant` alone and walk every
+        # membership of the shop (the single-event path grew with the audience: 571/s at 20k, 35/s at 1M).
+        for seg, sid in tx.rows(f"SELECT m.segment_id, m.subscriber_id FROM {tx.each('bigint')} CROSS JOIN "
+                                "segment_members m WHERE m.tenant = ? AND m.subscriber_id = value", (arr, tenant)):  # fmt: skip
             if int(seg) in stored:
                 stored[int(seg)].add(int(sid))
         tx.many("INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) VALUES (?, ?, ?, ?) "
