@@ -88,14 +88,18 @@ class SQLiteStore(SqlStore):
         """``_PLAN_STATS`` for every index of the audience's tables that has no statistics row."""
         c = self._conn
         c.execute("ANALYZE sqlite_schema")  # creates sqlite_stat1 if missing (and analyses nothing else)
-        have = {(t, i) for t, i in c.execute("SELECT tbl, idx FROM sqlite_stat1")}
-        names = {r[0] for r in c.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
-        rows = [(t, i, stat) for t, idx in _PLAN_STATS.items() for i, stat in idx.items()
-                if (t, i) not in have and i in names]  # fmt: skip
-        if rows:
-            c.execute("BEGIN IMMEDIATE")
+        c.execute("BEGIN IMMEDIATE")  # read and written under the write lock: two processes opening at once
+        try:
+            have = {(t, i) for t, i in c.execute("SELECT tbl, idx FROM sqlite_stat1")}
+            names = {r[0] for r in c.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
+            rows = [(t, i, stat) for t, idx in _PLAN_STATS.items() for i, stat in idx.items()
+                    if (t, i) not in have and i in names]  # fmt: skip
             c.executemany("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", rows)
-            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+        if rows:
             c.execute("ANALYZE sqlite_schema")  # reloads the statistics into the planner
 
     def analyze(self) -> None:
