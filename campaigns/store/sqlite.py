@@ -87,20 +87,24 @@ class SQLiteStore(SqlStore):
     def _plan_statistics(self) -> None:
         """``_PLAN_STATS`` for every index of the audience's tables that has no statistics row."""
         c = self._conn
-        c.execute("ANALYZE sqlite_schema")  # creates sqlite_stat1 if missing (and analyses nothing else)
-        c.execute("BEGIN IMMEDIATE")  # read and written under the write lock: two processes opening at once
-        try:
+
+        def missing() -> list[tuple[str, str, str]]:
             have = {(t, i) for t, i in c.execute("SELECT tbl, idx FROM sqlite_stat1")}
             names = {r[0] for r in c.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
-            rows = [(t, i, stat) for t, idx in _PLAN_STATS.items() for i, stat in idx.items()
+            return [(t, i, stat) for t, idx in _PLAN_STATS.items() for i, stat in idx.items()
                     if (t, i) not in have and i in names]  # fmt: skip
-            c.executemany("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", rows)
+
+        if c.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_stat1'").fetchone() is not None and not missing():
+            return  # the usual open: nothing to write, no write lock taken
+        c.execute("ANALYZE sqlite_schema")  # creates sqlite_stat1 if missing (and analyses nothing else)
+        c.execute("BEGIN IMMEDIATE")  # checked again under the write lock: two processes opening at once
+        try:
+            c.executemany("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", missing())
         except BaseException:
             c.execute("ROLLBACK")
             raise
         c.execute("COMMIT")
-        if rows:
-            c.execute("ANALYZE sqlite_schema")  # reloads the statistics into the planner
+        c.execute("ANALYZE sqlite_schema")  # reloads the statistics into the planner
 
     def analyze(self) -> None:
         """Statistics from the data (``ANALYZE``, after a bulk load), then ``_PLAN_STATS`` for the tables
