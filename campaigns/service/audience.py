@@ -82,6 +82,7 @@ class Audience:
         self._pending: dict[str, dict[int, tuple[set[str], float]]] = {}
         self._wake: anyio.Event | None = None  # made in the loop (an Event belongs to one event loop)
         self._settled: anyio.Event | None = None
+        self._taken: anyio.Event | None = None  # set when the loop takes a tenant's deferred subscribers
         self._membership_live = False
         self._busy = 0  # membership passes running
 
@@ -316,6 +317,8 @@ class Audience:
         self._check_time([e for e, _ in events], now, [f"lines[{i}]." for i in range(len(events))])
         results: list[Applied] = []
         for i in range(0, len(events), self.batch_size):
+            if defer:
+                await self._wait_taken(tenant)
             done = await self._run(self.store.apply_events, tenant, events[i:i + self.batch_size], now=now)
             results += done
             if defer:
@@ -323,6 +326,16 @@ class Audience:
             else:
                 await self.refresh_batch(tenant, done, now)
         return results
+
+    async def _wait_taken(self, tenant: str) -> None:
+        """Pipelined, not unbounded: a batch's transaction may run while the membership loop refreshes
+        the previous batch (PostgreSQL: on another connection), not while earlier batches still wait
+        for the loop to take them. Without this an ingest flood runs ahead of the membership and its
+        lag grows with the flood (PostgreSQL, 20k subscribers: membership p99 44 s)."""
+        while self._membership_live and tenant in self._pending:
+            if self._taken is None:
+                self._taken = anyio.Event()
+            await self._taken.wait()
 
     # ---- the membership loop: bulk ingest answers at its commit, membership follows ---------------
     def _defer(self, tenant: str, applied: Sequence[Applied]) -> None:
@@ -350,6 +363,12 @@ class Audience:
         finally:
             self._membership_live = False
             self._wake = None
+            self._release_taken()
+
+    def _release_taken(self) -> None:
+        if self._taken is not None:
+            self._taken.set()
+            self._taken = None
 
     async def settle_membership(self) -> int:
         """Refresh now the membership of every subscriber deferred so far. Returns the changes made; the
@@ -369,6 +388,7 @@ class Audience:
         changes = 0
         while self._pending:
             tenant, pending = self._pending.popitem()
+            self._release_taken()  # the next batch of that tenant may commit while this one is refreshed
             items = list(pending.items())
             for i in range(0, len(items), self.membership_chunk):
                 chunk = items[i:i + self.membership_chunk]

@@ -1,8 +1,11 @@
-"""The PostgreSQL engine (psycopg 3, synchronous; the shell calls it from worker threads). One
-connection serialised by a lock, each operation one transaction."""
+"""The PostgreSQL engine (psycopg 3, synchronous; the shell calls it from worker threads). Two
+connections, each serialised by a lock, each operation one transaction: the store's, and one for
+the membership writers (``_member_tx``), so the live membership of one batch runs in the server while
+the next batch's events commit on the other."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,6 +23,8 @@ class PostgresStore(SqlStore):
     def __init__(self, url: str) -> None:
         super().__init__()
         self._url = url
+        self._member_lock = threading.Lock()
+        self._member_conn: psycopg.Connection | None = None  # made at its first use
         try:
             self._conn = psycopg.connect(url, autocommit=True)
             with self._conn.transaction():
@@ -33,18 +38,38 @@ class PostgresStore(SqlStore):
     @contextmanager
     def _tx(self) -> Iterator[Tx]:
         with self._lock:
-            if self._conn.closed or self._conn.broken:  # the server restarted, or the link broke: a new one
-                try:
-                    self._conn = psycopg.connect(self._url, autocommit=True)
-                except psycopg.OperationalError as exc:
-                    raise StorageError(f"PostgreSQL unreachable: {exc}") from exc
-            try:
-                with self._conn.transaction(), self._conn.cursor() as cur:
-                    yield Tx(cur, "%s")
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                # The transaction did not commit; the caller may retry (503), and the next call reconnects.
-                raise StorageError(str(exc)) from exc
+            self._conn = self._connected(self._conn)
+            with self._in_tx(self._conn) as tx:
+                yield tx
+
+    @contextmanager
+    def _member_tx(self) -> Iterator[Tx]:
+        with self._member_lock:
+            self._member_conn = self._connected(self._member_conn)
+            with self._in_tx(self._member_conn) as tx:
+                yield tx
+
+    def _connected(self, conn: psycopg.Connection | None) -> psycopg.Connection:
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        try:  # the first use, or the server restarted, or the link broke: a new one
+            return psycopg.connect(self._url, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise StorageError(f"PostgreSQL unreachable: {exc}") from exc
+
+    @staticmethod
+    @contextmanager
+    def _in_tx(conn: psycopg.Connection) -> Iterator[Tx]:
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                yield Tx(cur, "%s")
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # The transaction did not commit; the caller may retry (503), and the next call reconnects.
+            raise StorageError(str(exc)) from exc
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        with self._member_lock:
+            if self._member_conn is not None:
+                self._member_conn.close()

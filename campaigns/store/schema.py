@@ -120,7 +120,7 @@ CREATE TABLE IF NOT EXISTS segment_members (
     tenant TEXT NOT NULL, segment_id {INT} NOT NULL, subscriber_id {INT} NOT NULL, since {REAL} NOT NULL,
     PRIMARY KEY (tenant, segment_id, subscriber_id)
 );
-CREATE INDEX IF NOT EXISTS segment_members_subscriber ON segment_members (tenant, subscriber_id);
+CREATE INDEX IF NOT EXISTS segment_members_by_subscriber ON segment_members (tenant, subscriber_id, segment_id);
 CREATE TABLE IF NOT EXISTS segment_timers (
     tenant TEXT NOT NULL, segment_id {INT} NOT NULL, subscriber_id {INT} NOT NULL, at {REAL} NOT NULL,
     PRIMARY KEY (tenant, segment_id, subscriber_id)
@@ -264,10 +264,14 @@ CREATE INDEX IF NOT EXISTS conversation_messages_unsettled ON conversation_messa
 # again at each commit): orders and order_items keep only what a lookup or a segment reads. These
 # three were prefixes of the segments' covering indexes above (orders_segment_spend,
 # orders_segment_window, order_items_segment), so they cost inserts and served nothing those do not.
+# segment_members_subscriber (tenant, subscriber_id) became segment_members_by_subscriber with the
+# segment id in it: not covering, SQLite (without statistics, or with stale ones) preferred the
+# covering primary key on `tenant` alone and read every membership of the shop per batch.
 AUDIENCE_DDL = """
 DROP INDEX IF EXISTS orders_subscriber;
 DROP INDEX IF EXISTS orders_created;
 DROP INDEX IF EXISTS order_items_category;
+DROP INDEX IF EXISTS segment_members_subscriber;
 """
 # ---- end of AUDIENCE_DDL ----
 

@@ -10,6 +10,33 @@ from campaigns.errors import StorageError
 from campaigns.store.schema import statements
 from campaigns.store.sql import SqlStore, Tx
 
+# What SQLite plans the audience's statements with when a table has no statistics (a new store, an
+# index added later, or a table empty when ANALYZE last ran): the shape of a shop of 1M subscribers
+# and 10M orders, as ``sqlite_stat1`` rows (https://sqlite.org/optoverview.html#manctrl: the number of
+# rows, then the rows per distinct prefix of the index's columns). Without them SQLite assumes the
+# first column of an index is selective (about ten rows a value), but every index here leads with
+# the tenant: it took a covering index on ``tenant`` alone over a per-subscriber one and read the
+# whole shop for a few subscribers (the single-event path fell from 571/s at 20k subscribers to 35/s
+# at 1M; tests/campaigns/test_event_scaling.py). Real statistics, where a table has them, stay.
+_PLAN_STATS: dict[str, dict[str, str]] = {
+    "subscribers": {"subscribers_consent": "1000000 1000000 250000", "sqlite_autoindex_subscribers_1": "1000000 1000000 1"},
+    "subscriber_tags": {"subscriber_tags_tag": "300000 300000 100000", "sqlite_autoindex_subscriber_tags_1": "300000 300000 2 1"},
+    "subscriber_stats": {"subscriber_stats_tenant": "1000000 1000000"},
+    "orders": {"orders_segment_owner": "10000000 10000000 1 1 1 1", "orders_segment_window": "10000000 10000000 2 2 1 1",
+               "orders_segment_spend": "10000000 10000000 10 1 1 1", "sqlite_autoindex_orders_1": "10000000 10000000 1"},
+    "order_items": {"order_items_segment": "10000000 10000000 1000000 1 1 1", "order_items_order": "10000000 10000000 1"},
+    "checkouts": {"checkouts_segment_abandoned": "250000 250000 2 1", "checkouts_open": "250000 250000 2",
+                  "checkouts_subscriber": "250000 250000 2", "sqlite_autoindex_checkouts_1": "250000 250000 1"},
+    "activities": {"activities_segment": "2000000 2000000 500000 1 1", "activities_kind": "2000000 2000000 500000 1",
+                   "activities_subscriber": "2000000 2000000 2 1 1"},
+    "consent_ledger": {"consent_ledger_action": "2000000 2000000 500000 1", "consent_ledger_subscriber": "2000000 2000000 2 1"},
+    "segment_members": {"segment_members_by_subscriber": "10000000 10000000 10 1",
+                        "sqlite_autoindex_segment_members_1": "10000000 10000000 500000 1"},
+    "segment_timers": {"segment_timers_due": "1000000 1", "sqlite_autoindex_segment_timers_1": "1000000 1000000 100000 1"},
+    "processed_events": {"sqlite_autoindex_processed_events_1": "10000000 10000000 1"},
+    "early_fulfillments": {"sqlite_autoindex_early_fulfillments_1": "1000 1000 1"},
+}  # fmt: skip
+
 
 class SQLiteStore(SqlStore):
     engine = "sqlite"
@@ -31,6 +58,7 @@ class SQLiteStore(SqlStore):
             self._conn.execute("PRAGMA foreign_keys=OFF")
             for stmt in statements("sqlite"):
                 self._conn.execute(stmt)
+            self._plan_statistics()
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open {path}: {exc}") from exc
 
@@ -55,6 +83,35 @@ class SQLiteStore(SqlStore):
                     raise StorageError(str(exc)) from exc
             finally:
                 cur.close()
+
+    def _plan_statistics(self) -> None:
+        """``_PLAN_STATS`` for every index of the audience's tables that has no statistics row."""
+        c = self._conn
+
+        def missing() -> list[tuple[str, str, str]]:
+            have = {(t, i) for t, i in c.execute("SELECT tbl, idx FROM sqlite_stat1")}
+            names = {r[0] for r in c.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
+            return [(t, i, stat) for t, idx in _PLAN_STATS.items() for i, stat in idx.items()
+                    if (t, i) not in have and i in names]  # fmt: skip
+
+        if c.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_stat1'").fetchone() is not None and not missing():
+            return  # the usual open: nothing to write, no write lock taken
+        c.execute("ANALYZE sqlite_schema")  # creates sqlite_stat1 if missing (and analyses nothing else)
+        c.execute("BEGIN IMMEDIATE")  # checked again under the write lock: two processes opening at once
+        try:
+            c.executemany("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)", missing())
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+        c.execute("ANALYZE sqlite_schema")  # reloads the statistics into the planner
+
+    def analyze(self) -> None:
+        """Statistics from the data (``ANALYZE``, after a bulk load), then ``_PLAN_STATS`` for the tables
+        that were empty (ANALYZE leaves them without a row)."""
+        with self._lock:
+            self._conn.execute("ANALYZE")
+            self._plan_statistics()
 
     def read_nowait(self, sql: str, params: tuple) -> list[tuple] | None:
         """One read on the calling thread if the connection is free this instant, else None (the

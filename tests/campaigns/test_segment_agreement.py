@@ -319,23 +319,46 @@ def members_sql(cur: Any, dialect: str, seg: Segment, now: float) -> set[int]:
     return ids
 
 
+def members_restricted(cur: Any, dialect: str, segs: list[Segment], now: float, only: list[int]) -> list[set[int]]:
+    """Live membership's statement (``SqlStore.refresh_members``): every segment compiled restricted to
+    ``only`` (``compile_segment(..., only=...)``), one ``CASE`` column each, over those subscribers."""
+    parts = [compile_segment(seg, dialect, TENANT, now, only=only) for seg in segs]
+    cols = ", ".join(f"CASE WHEN {where} THEN 1 ELSE 0 END" for where, _ in parts)
+    ph = "%s" if dialect == "postgres" else "?"
+    cur.execute(f"SELECT s.id, {cols} FROM subscribers s WHERE s.tenant = {ph}",
+                [*(x for _, params in parts for x in params), TENANT])  # fmt: skip
+    got: list[set[int]] = [set() for _ in segs]
+    for row in cur.fetchall():
+        for k, hit in enumerate(row[1:]):
+            if hit:
+                got[k].add(int(row[0]))
+    return got
+
+
 def check(sqlite_db: sqlite3.Connection, pg_db: Any, views: list[tuple[SubscriberView, bool]], raw_trees: list[dict],
           now: float) -> None:  # fmt: skip
     segs = [parse_segment(t) for t in raw_trees]
     expected = [{v.subscriber.id for v, _ in views if evaluate(seg, v, now)} for seg in segs]
+    # Live membership asks about some subscribers only (every other one, and an id no one has).
+    only = sorted({v.subscriber.id for v, _ in views[::2]} | {99_999})
     cur = sqlite_db.cursor()
     cur.execute("BEGIN")
     try:
         load(cur, "?", views)
         got_sqlite = [members_sql(cur, "sqlite", seg, now) for seg in segs]
+        live_sqlite = members_restricted(cur, "sqlite", segs, now, only)
     finally:
         sqlite_db.execute("ROLLBACK")
     with pg_db.transaction(force_rollback=True), pg_db.cursor() as pcur:
         load(pcur, "%s", views)
         got_pg = [members_sql(pcur, "postgres", seg, now) for seg in segs]
-    for tree, seg, want, lite, pg in zip(raw_trees, segs, expected, got_sqlite, got_pg, strict=True):
+        live_pg = members_restricted(pcur, "postgres", segs, now, only)
+    for tree, seg, want, lite, pg, l_lite, l_pg in zip(raw_trees, segs, expected, got_sqlite, got_pg, live_sqlite,
+                                                       live_pg, strict=True):  # fmt: skip
         assert lite == want, f"SQLite disagrees with Python on {tree} (canonical {dump_segment(seg)})"
         assert pg == want, f"PostgreSQL disagrees with Python on {tree} (canonical {dump_segment(seg)})"
+        assert l_lite == want & set(only), f"SQLite's live membership disagrees on {tree} ({dump_segment(seg)})"
+        assert l_pg == want & set(only), f"PostgreSQL's live membership disagrees on {tree} ({dump_segment(seg)})"
 
 
 @st.composite
