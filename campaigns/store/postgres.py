@@ -3,12 +3,15 @@ connection serialised by a lock, each operation one transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
 
 from campaigns.errors import StorageError
+from campaigns.store.campaign_rows import LinkRow
+from campaigns.store.campaign_sql import link_read_many, link_rows
 from campaigns.store.schema import statements
 from campaigns.store.sql import SqlStore, Tx
 
@@ -45,6 +48,40 @@ class PostgresStore(SqlStore):
                 # The transaction did not commit; the caller may retry (503), and the next call reconnects.
                 raise StorageError(str(exc)) from exc
 
+    def open_link_reader(self) -> PgLinkReader:
+        return PgLinkReader(self._url)
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+class PgLinkReader:
+    """Links by code on a connection of their own (autocommit reads: never queued behind the store's
+    writes, the click flushes or a launch). A network round trip: callers run ``read`` in a worker
+    thread with every code waiting at that moment (one query for all of them)."""
+
+    on_loop = False
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+
+    def read(self, codes: Sequence[str]) -> dict[str, LinkRow]:
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._conn = psycopg.connect(self._url, autocommit=True)
+                out: dict[str, LinkRow] = {}
+                for i in range(0, len(codes), 500):
+                    chunk = list(codes[i:i + 500])
+                    out.update(link_rows(self._conn.execute(link_read_many(len(chunk), "%s"), chunk).fetchall()))
+                return out
+            except psycopg.Error as exc:
+                raise StorageError(f"link read: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()

@@ -1,0 +1,290 @@
+"""The short-link listener: a small HTTP/1.1 server that answers ``GET|HEAD /{code}`` (and ``/l/{code}``)
+and nothing else, on a port of its own (the tenants' short domains point at it).
+
+Why not the API's server: a redirect is one dictionary lookup and a 302, and through uvicorn, ASGI
+and the framework most of its CPU went to the machinery around it (docs/BENCHMARKS.md). Here the
+request head is parsed by llhttp (``httptools``, the parser uvicorn uses), the answer is a few
+bytes built at once, and a connection is one task reading and writing an anyio byte stream.
+
+``RequestReader`` is the sans-I/O half: bytes in, complete request heads out, or ``BadRequest``
+(with the status to answer before closing). Its bounds, so that hostile input costs little and
+never grows memory:
+
+- a request head (request line and headers) bigger than ``max_head`` bytes: 431 and close
+  (counted on what was fed while the head was incomplete: at most one read, ``READ_BYTES``, over);
+- a request target longer than ``max_target``: 414 and close;
+- a body (a GET need not have one): more than ``max_body`` bytes: 413 and close;
+- anything llhttp rejects (garbage, an Upgrade): 400 and close.
+
+The shell (``serve_short_links``) adds the time bounds: a head must be complete within
+``head_timeout`` of its first byte (slowloris), an idle keep-alive connection is closed after
+``idle_timeout``, and at most ``max_connections`` are open (more are closed at once). One reaper task
+checks the deadlines every ``reap_interval``: a request costs no timer of its own.
+
+Answers: 302 with ``Location`` (the link's target with its UTM parameters), ``Cache-Control:
+no-store`` and ``Referrer-Policy: no-referrer``, exactly the API route's; 404 ``link_not_found``
+(the route's JSON body); 405 for other methods; 503 ``storage_unavailable`` when the store cannot
+be read (the hit is not kept). Every answer is HTTP/1.1 with a ``Content-Length``; a request that
+asks to close (or HTTP/1.0 without keep-alive) is answered with ``Connection: close``, then closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import anyio
+import httptools
+from anyio.abc import ByteStream, SocketAttribute
+
+from campaigns.errors import CampaignError
+
+log = logging.getLogger(__name__)
+
+READ_BYTES = 16 * 1024
+
+
+class BadRequest(Exception):
+    """The request cannot be answered: answer ``status`` and close the connection."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class RequestHead:
+    __slots__ = ("method", "target", "user_agent", "keep_alive")
+
+    def __init__(self, method: bytes, target: bytes, user_agent: bytes | None, keep_alive: bool) -> None:
+        self.method = method
+        self.target = target
+        self.user_agent = user_agent
+        self.keep_alive = keep_alive
+
+
+class RequestReader:
+    """Bytes in, complete request heads out (HTTP/1.1 pipelining included), bounded (module docstring)."""
+
+    def __init__(self, *, max_head: int = 8 * 1024, max_target: int = 2048, max_body: int = 16 * 1024) -> None:
+        self.max_head, self.max_target, self.max_body = max_head, max_target, max_body
+        self._parser = httptools.HttpRequestParser(self)
+        self._done: list[RequestHead] = []
+        self.in_head = False  # a request's head has begun and is not complete
+        self._head_fed = 0
+        self._url: list[bytes] = []
+        self._url_len = 0
+        self._ua: bytes | None = None
+        self._body = 0
+
+    def receive_data(self, data: bytes) -> list[RequestHead]:
+        """Feed what was read; the requests now complete (raises ``BadRequest``)."""
+        was_in_head = self.in_head
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            raise BadRequest(400, "upgrade not supported") from exc
+        except httptools.HttpParserError as exc:
+            raise BadRequest(400, f"malformed request: {exc}") from exc
+        if self.in_head:
+            self._head_fed = self._head_fed + len(data) if was_in_head else min(len(data), READ_BYTES)
+            if self._head_fed > self.max_head:
+                raise BadRequest(431, "request head too large")
+        out, self._done = self._done, []
+        return out
+
+    # httptools callbacks ---------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.in_head, self._head_fed = True, 0
+        self._url, self._url_len, self._ua, self._body = [], 0, None, 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url_len += len(url)
+        if self._url_len > self.max_target:
+            raise BadRequest(414, "request target too long")
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 10 and name.lower() == b"user-agent":
+            self._ua = value
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+
+    def on_body(self, body: bytes) -> None:
+        self._body += len(body)
+        if self._body > self.max_body:
+            raise BadRequest(413, "body too large")
+
+    def on_message_complete(self) -> None:
+        p = self._parser
+        self._done.append(RequestHead(p.get_method(), b"".join(self._url), self._ua, p.should_keep_alive()))
+
+
+class Redirector(Protocol):
+    """What the listener asks (``Tracker``): where a code leads, the hit kept; None: no such link."""
+
+    async def redirect(self, code: str, *, method: str, user_agent: str | None) -> Any: ...
+
+
+_FIXED = b"cache-control: no-store\r\nreferrer-policy: no-referrer\r\n"
+_NOT_FOUND = b'{"error":"no such link","code":"link_not_found"}'
+_UNAVAILABLE = b'{"error":"storage unavailable, try again","code":"storage_unavailable"}'
+_REASONS = {302: b"Found", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 413: b"Content Too Large",
+            414: b"URI Too Long", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+            503: b"Service Unavailable"}  # fmt: skip
+
+
+def response(status: int, *, location: bytes | None = None, body: bytes = b"", head_only: bool = False,
+             close: bool = False, extra: bytes = b"") -> bytes:  # fmt: skip
+    """One HTTP/1.1 answer (RFC 9112 §4, §6.3: a Content-Length always, so keep-alive is unambiguous)."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status]), _FIXED, extra]
+    if location is not None:
+        parts.append(b"location: " + location + b"\r\n")
+    if body:
+        parts.append(b"content-type: application/json\r\n")
+    parts.append(b"content-length: %d\r\n" % len(body))
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def code_of(target: bytes) -> str | None:
+    """The short code a request target names (``/{code}`` or ``/l/{code}``, query ignored), or None."""
+    path = target.split(b"?", 1)[0]
+    code = path[3:] if path.startswith(b"/l/") else path[1:]
+    if 5 <= len(code) <= 16 and code.isalnum():  # bytes.isalnum: ASCII letters and digits only
+        return code.decode("ascii")
+    return None
+
+
+async def answer(redirector: Redirector, req: RequestHead) -> tuple[bytes, bool]:
+    """The bytes answering one request (the hit kept by the redirector when it answers 302), and
+    whether the connection stays open."""
+    keep = req.keep_alive
+    head_only = req.method == b"HEAD"
+    if req.method not in (b"GET", b"HEAD"):
+        return response(405, close=not keep, extra=b"allow: GET, HEAD\r\n"), keep
+    code = code_of(req.target)
+    if code is None:
+        return response(404, body=_NOT_FOUND, head_only=head_only, close=not keep), keep
+    ua = req.user_agent.decode("latin-1") if req.user_agent is not None else None
+    try:
+        hit = await redirector.redirect(code, method="HEAD" if head_only else "GET", user_agent=ua)
+    except CampaignError as exc:  # the store unreachable: nothing kept, the browser may retry
+        log.warning("redirect.unavailable code=%s error=%s", code, exc)
+        return response(503, body=_UNAVAILABLE, head_only=head_only, close=not keep, extra=b"retry-after: 1\r\n"), keep
+    if hit is None:
+        return response(404, body=_NOT_FOUND, head_only=head_only, close=not keep), keep
+    location = hit.location.encode("utf-8")
+    if b"\r" in location or b"\n" in location:  # never a header split, whatever a target holds
+        log.error("redirect.bad_location code=%s", code)
+        return response(500, close=True), False
+    return response(302, location=location, head_only=head_only, close=not keep), keep
+
+
+class _Conn:
+    """A connection's cancel scope, parser, and since when its deadline runs: the first byte of the
+    head being read, else the last answer (idle)."""
+
+    __slots__ = ("scope", "reader", "since")
+
+    def __init__(self, scope: anyio.CancelScope, reader: RequestReader, now: float) -> None:
+        self.scope, self.reader, self.since = scope, reader, now
+
+
+class ShortLinkServer:
+    """Connections of the short-link listener, with their deadlines (module docstring)."""
+
+    def __init__(self, redirector: Redirector, *, head_timeout: float = 10.0, idle_timeout: float = 60.0,
+                 max_connections: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.redirector = redirector
+        self.head_timeout, self.idle_timeout, self.max_connections = head_timeout, idle_timeout, max_connections
+        self.clock = clock
+        self._conns: set[_Conn] = set()
+        self.refused = 0  # connections closed at once (over max_connections)
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    async def handle(self, stream: ByteStream) -> None:
+        """One connection: read, answer every complete request in order, until it closes or a bound says so."""
+        async with stream:
+            if len(self._conns) >= self.max_connections:
+                self.refused += 1
+                return
+            with anyio.CancelScope() as scope:
+                conn = _Conn(scope, RequestReader(), self.clock())
+                self._conns.add(conn)
+                try:
+                    await self._serve(stream, conn)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    pass  # the peer went away
+                finally:
+                    self._conns.discard(conn)
+
+    async def _serve(self, stream: ByteStream, conn: _Conn) -> None:
+        reader = conn.reader
+        while True:
+            data = await stream.receive(READ_BYTES)
+            now = self.clock()
+            if not reader.in_head:
+                conn.since = now  # a head begins with these bytes
+            try:
+                reqs = reader.receive_data(data)
+            except BadRequest as exc:
+                await stream.send(response(exc.status, close=True))
+                return
+            if not reqs:
+                continue
+            keep = True
+            out = []
+            for r in reqs:
+                data, keep = await answer(self.redirector, r)
+                out.append(data)
+                if not keep:
+                    break
+            await stream.send(out[0] if len(out) == 1 else b"".join(out))
+            if not keep:
+                return
+            if not reader.in_head:
+                conn.since = now  # idle from here
+
+    def reap(self, now: float) -> int:
+        """Close the connections past a deadline: a head begun more than ``head_timeout`` ago, or idle
+        for ``idle_timeout``. How many."""
+        n = 0
+        for c in list(self._conns):
+            limit = self.head_timeout if c.reader.in_head else self.idle_timeout
+            if now - c.since > limit:
+                c.scope.cancel()
+                self._conns.discard(c)
+                n += 1
+        return n
+
+    async def run_reaper(self, interval: float = 1.0) -> None:
+        while True:
+            await anyio.sleep(interval)
+            self.reap(self.clock())
+
+
+async def serve_short_links(server: ShortLinkServer, *, host: str, port: int,
+                            on_ready: Callable[[int], None] | None = None, reap_interval: float = 1.0) -> None:  # fmt: skip
+    """Listen until cancelled; ``on_ready(port)`` once bound."""
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    async with listener, anyio.create_task_group() as tg:
+        bound = listener.extra(SocketAttribute.local_port)
+        log.info("shortlinks.listening host=%s port=%d", host, bound)
+        if on_ready is not None:
+            on_ready(bound)
+        tg.start_soon(server.run_reaper, reap_interval)
+        await listener.serve(server.handle, task_group=tg)
+
+
+__all__ = ["BadRequest", "RequestHead", "RequestReader", "ShortLinkServer", "answer", "code_of", "response",
+           "serve_short_links"]  # fmt: skip
