@@ -86,6 +86,8 @@ class RequestReader:
         except httptools.HttpParserUpgrade as exc:
             raise BadRequest(400, "upgrade not supported") from exc
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, BadRequest):  # a bound raised in a callback (llhttp wraps it)
+                raise exc.__context__ from None
             raise BadRequest(400, f"malformed request: {exc}") from exc
         if self.in_head:
             self._head_fed = self._head_fed + len(data) if was_in_head else min(len(data), READ_BYTES)
