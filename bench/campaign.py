@@ -196,7 +196,8 @@ def seed_frozen(url: str, n: int, now: float, seed: int) -> int:
 
 
 def seed_outcomes(url: str, campaign_id: int, n: int, seed: int) -> dict[str, int]:
-    """Every recipient delivered and priced; N/10 human clicks, N/50 orders, N/1000 opt-outs."""
+    """Every recipient delivered and priced (its cost on its row and in message_costs, as the state
+    webhook's ``record_cost`` leaves them); N/10 human clicks, N/50 orders, N/1000 opt-outs."""
     r = random.Random(seed + 2)
     with _conn(url) as (conn, ph):
         cur = conn.cursor()
@@ -205,7 +206,7 @@ def seed_outcomes(url: str, campaign_id: int, n: int, seed: int) -> dict[str, in
         sent = cur.fetchall()
         for lo in range(0, n + 1, 50_000):  # in slices, each its own transaction (the service shares the store)
             rng = (TENANT, campaign_id, lo, lo + 50_000)
-            cur.execute(f"UPDATE campaign_recipients SET state = 'delivered', state_at = send_at + 5, message_id = "
+            cur.execute(f"UPDATE campaign_recipients SET state = 'delivered', state_at = send_at + 5, cost = 4, message_id = "
                         f"'m{campaign_id}-' || CAST(subscriber_id AS TEXT) WHERE tenant = {ph} AND campaign_id = {ph} "
                         f"AND batch >= 0 AND subscriber_id >= {ph} AND subscriber_id < {ph}", rng)  # fmt: skip
             cur.execute(f"INSERT INTO message_costs (tenant, message_id, carrier, segments, cost) SELECT tenant, "

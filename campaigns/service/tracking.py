@@ -249,14 +249,14 @@ class Tracker:
                 continue
             moved += 1
             if e.carrier is not None:
-                await self._price(tenant, e.message_id, e.carrier, row.text)
+                await self._price(tenant, e.message_id, e.carrier, row.text, (row.campaign_id, row.subscriber_id))
             if state in _ACTIVITY:
                 event = ActivityEvent(id=f"msg:{e.message_id}:{state}", at=e.at, phone=row.phone, kind=_ACTIVITY[state],  # type: ignore[arg-type]
                                       properties={"campaign": row.campaign_id, "variant": row.variant})  # fmt: skip
                 await self.la._run(self.store.apply_event, tenant, event, phone=row.phone, now=self.la.clock())
         return moved
 
-    async def _price(self, tenant: str, message_id: str, carrier: str, text: str) -> None:
+    async def _price(self, tenant: str, message_id: str, carrier: str, text: str, recipient: tuple[int, int]) -> None:
         """The message's cost as the gateway prices it (its preview of this text's shape, per carrier)."""
         key = (tenant, text_shape(text))
         p = self._shapes.get(key)
@@ -268,7 +268,7 @@ class Tracker:
                 return
             self._shapes[key] = p
         await self.la._run(self.store.record_cost, tenant, message_id, carrier=carrier, segments=p.segments,
-                           cost=p.prices.get(carrier))  # fmt: skip
+                           cost=p.prices.get(carrier), recipient=recipient)  # fmt: skip
 
     # ---- analytics -------------------------------------------------------------------------------
     async def _recipients(self, tenant: str, campaign_id: int) -> list[RecipientRow]:

@@ -188,9 +188,11 @@ class CampaignSql(ReportSql):
                 return None
             rec = _rec(cur)
             if _RANK.get(state, 0) > _RANK.get(rec.state, 0):
-                tx.run("UPDATE campaign_recipients SET state = ?, state_at = ?, message_id = COALESCE(?, message_id) "
-                       "WHERE tenant = ? AND campaign_id = ? AND subscriber_id = ?",
-                       (state, at, message_id, tenant, cid, rec.subscriber_id))  # fmt: skip
+                mid = message_id or rec.message_id  # its cost, if the price came first (report_sql._COST_OF)
+                tx.run("UPDATE campaign_recipients SET state = ?, state_at = ?, message_id = COALESCE(?, message_id), "
+                       "cost = COALESCE(cost, (SELECT mc.cost FROM message_costs mc WHERE mc.tenant = ? AND "
+                       "mc.message_id = ?)) WHERE tenant = ? AND campaign_id = ? AND subscriber_id = ?",
+                       (state, at, message_id, tenant, mid, tenant, cid, rec.subscriber_id))  # fmt: skip
                 return msgspec.structs.replace(rec, state=state, state_at=at, message_id=message_id or rec.message_id)
             return rec
 

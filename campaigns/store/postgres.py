@@ -12,7 +12,7 @@ import psycopg
 from campaigns.errors import StorageError
 from campaigns.store.campaign_rows import LinkRow
 from campaigns.store.campaign_sql import link_read_many, link_rows
-from campaigns.store.schema import statements
+from campaigns.store.schema import statements, upgrades
 from campaigns.store.sql import SqlStore, Tx
 
 
@@ -30,8 +30,15 @@ class PostgresStore(SqlStore):
                 self._conn.execute("SELECT pg_advisory_xact_lock(717017)")
                 for stmt in statements("postgres"):
                     self._conn.execute(stmt)
+                for stmt in upgrades("postgres", self._columns):
+                    self._conn.execute(stmt)
         except psycopg.Error as exc:
             raise StorageError(f"cannot open the PostgreSQL store: {exc}") from exc
+
+    def _columns(self, table: str) -> set[str]:
+        rows = self._conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                                  "current_schema() AND table_name = %s", (table,)).fetchall()  # fmt: skip
+        return {r[0] for r in rows}
 
     @contextmanager
     def _tx(self) -> Iterator[Tx]:

@@ -20,6 +20,9 @@ from campaigns.core import attribution as A
 _SENT = "batch <> -1 AND state NOT IN ('planned', 'rejected', 'canceled')"
 _FLOW_SENT = "state NOT IN ('planned', 'rejected', 'canceled')"
 _CHUNK = 500
+#: A message's cost as message_costs holds it (params: tenant, message id): copied onto the message's
+#: row whenever its gateway id or its price arrives, whichever comes last.
+_COST_OF = "(SELECT mc.cost FROM message_costs mc WHERE mc.tenant = ? AND mc.message_id = ?)"
 
 
 class Scope(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,8 +64,8 @@ class ReportSql:
         sl = self._slice("r.send_at")
         for c, v, s, n, d, cost in tx.rows(
                 f"SELECT r.campaign_id, r.variant, {sl}, COUNT(*), SUM(CASE WHEN r.state = 'delivered' THEN 1 ELSE 0 END), "
-                f"COALESCE(SUM(mc.cost), 0) FROM campaign_recipients r LEFT JOIN message_costs mc ON mc.tenant = r.tenant "
-                f"AND mc.message_id = r.message_id WHERE r.tenant = ? {where} AND r.{_SENT.replace(' AND ', ' AND r.')} "
+                f"COALESCE(SUM(r.cost), 0) FROM campaign_recipients r "
+                f"WHERE r.tenant = ? {where} AND r.{_SENT.replace(' AND ', ' AND r.')} "
                 f"GROUP BY r.campaign_id, r.variant, {sl}", (tenant, *params)):  # fmt: skip
             counts[(str(c), v, None, int(s))] = [int(n), int(d), int(cost), 0]
         # Driven from the clicks (far fewer than the sends): each human click's link by its key, the
@@ -79,8 +82,7 @@ class ReportSql:
             fl = self._slice("f.sent_at")
             for fid, step, s, n, d, cost in tx.rows(
                     f"SELECT f.flow_id, f.step, {fl}, COUNT(*), SUM(CASE WHEN f.state = 'delivered' THEN 1 ELSE 0 END), "
-                    f"COALESCE(SUM(mc.cost), 0) FROM flow_messages f LEFT JOIN message_costs mc ON mc.tenant = f.tenant "
-                    f"AND mc.message_id = f.message_id WHERE f.tenant = ? AND f.{_FLOW_SENT} "
+                    f"COALESCE(SUM(f.cost), 0) FROM flow_messages f WHERE f.tenant = ? AND f.{_FLOW_SENT} "
                     f"GROUP BY f.flow_id, f.step, {fl}", (tenant,)):  # fmt: skip
                 counts[(None, None, f"{fid}/{step}", int(s))] = [int(n), int(d), int(cost), 0]
             for fid, step, s, k in tx.rows(
@@ -162,8 +164,9 @@ class ReportSql:
         """A flow step's send as a message source (idempotent by ``id``: False when already known)."""
         with self._tx() as tx:
             n = tx.run("INSERT INTO flow_messages (tenant, id, flow_id, step, subscriber_id, sent_at, message_id, "
-                       "discount_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                       (tenant, id, flow_id, step, subscriber_id, sent_at, message_id, discount_code))  # fmt: skip
+                       f"discount_code, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {_COST_OF}) ON CONFLICT DO NOTHING",
+                       (tenant, id, flow_id, step, subscriber_id, sent_at, message_id, discount_code, tenant,
+                        message_id))  # fmt: skip
             for code in link_codes:
                 tx.run("INSERT INTO flow_links (code, tenant, flow_message) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                        (code, tenant, id))  # fmt: skip
@@ -176,13 +179,22 @@ class ReportSql:
         with self._tx() as tx:
             row = tx.one("SELECT state FROM flow_messages WHERE tenant = ? AND id = ?", (tenant, id))
             if row is not None and _RANK.get(state, 0) > _RANK.get(row[0], 0):
-                tx.run("UPDATE flow_messages SET state = ?, state_at = ?, message_id = COALESCE(?, message_id) "
-                       "WHERE tenant = ? AND id = ?", (state, at, message_id, tenant, id))  # fmt: skip
+                tx.run("UPDATE flow_messages SET state = ?, state_at = ?, message_id = COALESCE(?, message_id), "
+                       f"cost = COALESCE(cost, {_COST_OF}) WHERE tenant = ? AND id = ?",
+                       (state, at, message_id, tenant, message_id, tenant, id))  # fmt: skip
 
-    def record_cost(self, tenant: str, message_id: str, *, carrier: str | None, segments: int, cost: int | None) -> None:
-        """What the gateway says a message cost (the first answer with a carrier and a price wins)."""
+    def record_cost(self, tenant: str, message_id: str, *, carrier: str | None, segments: int, cost: int | None,
+                    recipient: tuple[int, int] | None = None) -> None:  # fmt: skip
+        """What the gateway says a message cost (the first answer with a carrier and a price wins),
+        also set on the message's own row (``recipient``: the campaign recipient's (campaign id,
+        subscriber id); a flow message is found by its gateway id), where the report sums it."""
         with self._tx() as tx:
             tx.run("INSERT INTO message_costs (tenant, message_id, carrier, segments, cost) VALUES (?, ?, ?, ?, ?) "
                    "ON CONFLICT (tenant, message_id) DO UPDATE SET carrier = excluded.carrier, segments = "
                    "excluded.segments, cost = excluded.cost WHERE message_costs.cost IS NULL",
                    (tenant, message_id, carrier, segments, cost))  # fmt: skip
+            if recipient is not None:
+                tx.run(f"UPDATE campaign_recipients SET cost = {_COST_OF} WHERE tenant = ? AND campaign_id = ? AND "
+                       "subscriber_id = ? AND message_id = ?", (tenant, message_id, tenant, *recipient, message_id))  # fmt: skip
+            tx.run(f"UPDATE flow_messages SET cost = {_COST_OF} WHERE tenant = ? AND message_id = ?",
+                   (tenant, message_id, tenant, message_id))  # fmt: skip

@@ -9,7 +9,7 @@ from typing import Any
 
 from campaigns.errors import StorageError
 from campaigns.store.campaign_sql import SharedLinkReader, link_read_many, link_rows
-from campaigns.store.schema import statements
+from campaigns.store.schema import statements, upgrades
 from campaigns.store.campaign_rows import LinkRow
 from campaigns.store.sql import SqlStore, Tx
 
@@ -34,6 +34,8 @@ class SQLiteStore(SqlStore):
             self._conn.execute(f"PRAGMA mmap_size={mmap_bytes}")
             self._conn.execute("PRAGMA foreign_keys=OFF")
             for stmt in statements("sqlite"):
+                self._conn.execute(stmt)
+            for stmt in upgrades("sqlite", lambda t: {c[1] for c in self._conn.execute(f"PRAGMA table_info({t})")}):
                 self._conn.execute(stmt)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open {path}: {exc}") from exc
