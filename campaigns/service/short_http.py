@@ -227,6 +227,8 @@ class ShortLinkServer:
                     await self._serve(stream, conn)
                 except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                     pass  # the peer went away
+                except Exception:  # noqa: BLE001 - a bug answering one connection never stops the listener
+                    log.exception("shortlinks.connection_failed")
                 finally:
                     self._conns.discard(conn)
 

@@ -1,16 +1,20 @@
 """What happens after a launch: clicks on short links, message states from the gateway's webhooks,
 the analytics report, and the A/B winner sent to the rest of the audience.
 
-The redirect is the hot path: one indexed read (the link with its recipient's delivery time; kept in
-memory once the message is delivered, as nothing about it can change after), the verdict from
-``core.links.classify_hit``, and the hit appended to an in-memory buffer. The buffer is
-written in one transaction (the clicks, then the ``clicked`` activities of human clicks) every
-``flush_interval`` (5 ms) by ``run_flusher``. **What is promised**: a click is stored within the
-flush interval plus one write after its 302 was answered; a crash loses at most the clicks of that
-window (never a click already stored); a clean stop flushes; and every read of click figures (the
-report, ``/clicks``, the A/B decision) flushes first, so a figure never misses a click answered
-before the read. The campaign's UTM parameters are cached per campaign (definitions do not change
-after launch).
+The redirect is the hot path (served by ``short_http``'s listener, or ``redirect_front`` on the API's
+port). A delivered message's link is kept in memory with its ``Location`` (a bounded LRU: nothing
+about it changes once delivered); any other is read on the store's ``LinkReader``, a connection of
+its own that never waits behind the store's writes: on the event loop for SQLite (WAL readers do not
+wait for the writer), in rounds off the loop for PostgreSQL (every code missed while a read is in
+flight is read by the next one, one query). Then the verdict from ``core.links.classify_hit``, and
+the hit appended to an in-memory buffer. ``run_flusher`` writes the buffer every ``flush_interval``
+(5 ms) in one transaction: the hits, then the ``clicked`` activities of human clicks through the
+events batch path (``record_hits``). **What is promised**: a hit is stored within the flush interval
+plus one write after its 302 was answered; a kill -9 loses at most the hits answered since the last
+committed flush began (never a hit already stored; tests/campaigns/test_click_crash.py); a clean stop
+flushes; and every read of click figures (the report, ``/clicks``, the A/B decision) flushes first,
+so a figure never misses a click answered before the read. The campaign's UTM parameters are cached
+per campaign (definitions do not change after launch).
 
 **Cost** is read back from the gateway: a state event naming the carrier prices the message with the
 gateway's own preview of its text (``POST /v1/preview``: segments x that carrier's

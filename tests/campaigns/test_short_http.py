@@ -240,3 +240,21 @@ async def test_hostile_clients_are_cut_off_and_the_listener_serves_on() -> None:
             await s.send(_req("GET", "/KnownAA5", UA))
             assert (await _read_response(s))[0] == 302
         tg.cancel_scope.cancel()
+
+
+async def test_a_failing_redirector_closes_one_connection_not_the_listener() -> None:
+    class Buggy(FakeRedirector):
+        async def redirect(self, code: str, *, method: str, user_agent: str | None):  # type: ignore[no-untyped-def]
+            if code == "Buggy12":
+                raise ZeroDivisionError("a bug")
+            return await super().redirect(code, method=method, user_agent=user_agent)
+
+    async with anyio.create_task_group() as tg:
+        port = await _serving(tg, ShortLinkServer(Buggy()))
+        async with await anyio.connect_tcp("127.0.0.1", port) as s:
+            await s.send(_req("GET", "/Buggy12", UA))
+            assert await _eof_within(s, 5)
+        async with await anyio.connect_tcp("127.0.0.1", port) as s:
+            await s.send(_req("GET", "/KnownAA1", UA))
+            assert (await _read_response(s))[0] == 302
+        tg.cancel_scope.cancel()
