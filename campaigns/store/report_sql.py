@@ -52,9 +52,8 @@ class ReportSql:
             groups = self._groups(tx, tenant, scope)
             orders, opt_outs, wanted = self._outcomes(tx, tenant, scope)
             history: list[A.Event] = [*orders, *opt_outs]
-            ids = sorted(wanted)
-            for i in range(0, len(ids), _CHUNK):
-                history += self._history(tx, tenant, ids[i:i + _CHUNK])
+            if wanted:
+                history += self._history(tx, tenant, sorted(wanted))
         return ReportFacts(groups=groups, history=history)
 
     # ---- the sends in scope, counted -------------------------------------------------------------
@@ -103,14 +102,17 @@ class ReportSql:
                            (tenant, scope.since))  # fmt: skip
         else:
             # Orders of the campaign's recipients, and orders carrying one of its discount codes.
+            # A recipient is probed by primary key per order (EXISTS), not listed: the orders since the
+            # launch are far fewer than the recipients (an IN list materialised all 1M of them: 5x slower).
             rows = tx.rows("SELECT o.order_id, o.subscriber_id, o.created_at, o.total, o.discount_code FROM orders o "
-                           "WHERE o.tenant = ? AND o.created_at >= ? AND (o.subscriber_id IN (SELECT subscriber_id FROM "
-                           "campaign_recipients WHERE tenant = ? AND campaign_id = ?) OR o.discount_code IN (SELECT code "
-                           "FROM discount_codes WHERE tenant = ? AND campaign_id = ?))",
-                           (tenant, scope.since, tenant, scope.campaign, tenant, scope.campaign))  # fmt: skip
+                           "WHERE o.tenant = ? AND o.created_at >= ? AND (EXISTS (SELECT 1 FROM campaign_recipients r "
+                           "WHERE r.tenant = o.tenant AND r.campaign_id = ? AND r.subscriber_id = o.subscriber_id) OR "
+                           "o.discount_code IN (SELECT code FROM discount_codes WHERE tenant = ? AND campaign_id = ?))",
+                           (tenant, scope.since, scope.campaign, tenant, scope.campaign))  # fmt: skip
             outs = tx.rows("SELECT c.subscriber_id, c.at FROM consent_ledger c WHERE c.tenant = ? AND c.action = 'opt_out' "
-                           "AND c.at >= ? AND c.subscriber_id IN (SELECT subscriber_id FROM campaign_recipients WHERE "
-                           "tenant = ? AND campaign_id = ?)", (tenant, scope.since, tenant, scope.campaign))  # fmt: skip
+                           "AND c.at >= ? AND EXISTS (SELECT 1 FROM campaign_recipients r WHERE r.tenant = c.tenant AND "
+                           "r.campaign_id = ? AND r.subscriber_id = c.subscriber_id)",
+                           (tenant, scope.since, scope.campaign))  # fmt: skip
         orders = [A.Ordered(order=str(o), subscriber=int(s), at=float(at), total=int(t), discount_code=d)
                   for o, s, at, t, d in rows]  # fmt: skip
         opt_outs = [A.OptedOut(subscriber=int(s), at=float(at)) for s, at in outs]
@@ -126,34 +128,35 @@ class ReportSql:
         return orders, opt_outs, wanted
 
     def _history(self, tx: Any, tenant: str, ids: Sequence[int]) -> list[A.Event]:
-        """Every message (any campaign, any flow step) of ``ids``: sends, deliveries, human clicks."""
-        marks = ", ".join("?" * len(ids))
+        """Every message (any campaign, any flow step) of ``ids``: sends, deliveries, human clicks. One
+        query per kind for all of them (the ids bound as one array parameter, ``Tx.values``)."""
+        marks, arr = tx.values("bigint"), tx.array(ids)
         out: list[A.Event] = []
         for c, s, v, at, state, state_at, code in tx.rows(
                 f"SELECT r.campaign_id, r.subscriber_id, r.variant, r.send_at, r.state, r.state_at, d.code FROM "
                 f"campaign_recipients r LEFT JOIN discount_codes d ON d.tenant = r.tenant AND d.subscriber_id = "
-                f"r.subscriber_id AND d.campaign_id = r.campaign_id WHERE r.tenant = ? AND r.subscriber_id IN ({marks}) "
-                f"AND r.{_SENT.replace(' AND ', ' AND r.')}", (tenant, *ids)):  # fmt: skip
+                f"r.subscriber_id AND d.campaign_id = r.campaign_id WHERE r.tenant = ? AND r.subscriber_id IN {marks} "
+                f"AND r.{_SENT.replace(' AND ', ' AND r.')}", (tenant, arr)):  # fmt: skip
             m = f"{c}:{s}"
             out.append(A.Sent(message=m, subscriber=int(s), at=float(at), campaign=str(c), variant=v, discount_code=code))
             if state == "delivered" and state_at is not None:
                 out.append(A.Delivered(message=m, at=float(state_at)))
         for c, s, at in tx.rows(
                 f"SELECT l.campaign_id, l.subscriber_id, c.at FROM short_links l JOIN clicks c ON c.code = l.code WHERE "
-                f"l.tenant = ? AND l.subscriber_id IN ({marks}) AND l.campaign_id <> 0 AND c.verdict = 'click'",
-                (tenant, *ids)):  # fmt: skip
+                f"l.tenant = ? AND l.subscriber_id IN {marks} AND l.campaign_id <> 0 AND c.verdict = 'click'",
+                (tenant, arr)):  # fmt: skip
             out.append(A.Clicked(message=f"{c}:{s}", at=float(at)))
         for i, fid, step, s, at, state, state_at, code in tx.rows(
                 f"SELECT id, flow_id, step, subscriber_id, sent_at, state, state_at, discount_code FROM flow_messages "
-                f"WHERE tenant = ? AND subscriber_id IN ({marks}) AND {_FLOW_SENT}", (tenant, *ids)):  # fmt: skip
+                f"WHERE tenant = ? AND subscriber_id IN {marks} AND {_FLOW_SENT}", (tenant, arr)):  # fmt: skip
             m = f"flow:{i}"
             out.append(A.Sent(message=m, subscriber=int(s), at=float(at), step=f"{fid}/{step}", discount_code=code))
             if state == "delivered" and state_at is not None:
                 out.append(A.Delivered(message=m, at=float(state_at)))
         for i, at in tx.rows(
                 f"SELECT f.id, c.at FROM flow_messages f JOIN flow_links fl ON fl.tenant = f.tenant AND fl.flow_message = "
-                f"f.id JOIN clicks c ON c.code = fl.code WHERE f.tenant = ? AND f.subscriber_id IN ({marks}) AND "
-                f"c.verdict = 'click'", (tenant, *ids)):  # fmt: skip
+                f"f.id JOIN clicks c ON c.code = fl.code WHERE f.tenant = ? AND f.subscriber_id IN {marks} AND "
+                f"c.verdict = 'click'", (tenant, arr)):  # fmt: skip
             out.append(A.Clicked(message=f"flow:{i}", at=float(at)))
         return out
 
