@@ -30,6 +30,7 @@ asks to close (or HTTP/1.0 without keep-alive) is answered with ``Connection: cl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -37,7 +38,6 @@ from typing import Any, Protocol
 
 import anyio
 import httptools
-from anyio.abc import ByteStream, SocketAttribute
 
 from campaigns.errors import CampaignError
 
@@ -164,131 +164,229 @@ def code_of(target: bytes) -> str | None:
     return None
 
 
-async def answer(redirector: Redirector, req: RequestHead) -> tuple[bytes, bool]:
-    """The bytes answering one request (the hit kept by the redirector when it answers 302), and
-    whether the connection stays open."""
-    keep = req.keep_alive
-    head_only = req.method == b"HEAD"
-    if req.method not in (b"GET", b"HEAD"):
-        return response(405, close=not keep, extra=b"allow: GET, HEAD\r\n"), keep
-    code = code_of(req.target)
-    if code is None:
-        return response(404, body=_NOT_FOUND, head_only=head_only, close=not keep), keep
-    ua = req.user_agent.decode("latin-1") if req.user_agent is not None else None
-    try:
-        hit = await redirector.redirect(code, method="HEAD" if head_only else "GET", user_agent=ua)
-    except CampaignError as exc:  # the store unreachable: nothing kept, the browser may retry
-        log.warning("redirect.unavailable code=%s error=%s", code, exc)
-        return response(503, body=_UNAVAILABLE, head_only=head_only, close=not keep, extra=b"retry-after: 1\r\n"), keep
+def _finish(req: RequestHead, hit: Any) -> tuple[bytes, bool]:
+    """The answer to ``req`` once the redirector said where its code leads (``hit``; None: nowhere)."""
+    keep, head_only = req.keep_alive, req.method == b"HEAD"
     if hit is None:
         return response(404, body=_NOT_FOUND, head_only=head_only, close=not keep), keep
     location = hit.location.encode("utf-8")
     if b"\r" in location or b"\n" in location:  # never a header split, whatever a target holds
-        log.error("redirect.bad_location code=%s", code)
+        log.error("redirect.bad_location location=%r", hit.location[:200])
         return response(500, close=True), False
     return response(302, location=location, head_only=head_only, close=not keep), keep
 
 
-class _Conn:
-    """A connection's cancel scope, parser, and since when its deadline runs: the first byte of the
-    head being read, else the last answer (idle)."""
+def _early(req: RequestHead) -> tuple[bytes, bool] | str:
+    """The answer when the request needs no redirector (a wrong method, no code), else its code."""
+    if req.method not in (b"GET", b"HEAD"):
+        return response(405, close=not req.keep_alive, extra=b"allow: GET, HEAD\r\n"), req.keep_alive
+    code = code_of(req.target)
+    if code is None:
+        return response(404, body=_NOT_FOUND, head_only=req.method == b"HEAD", close=not req.keep_alive), req.keep_alive
+    return code
 
-    __slots__ = ("scope", "reader", "since")
 
-    def __init__(self, scope: anyio.CancelScope, reader: RequestReader, now: float) -> None:
-        self.scope, self.reader, self.since = scope, reader, now
+def _ua(req: RequestHead) -> str | None:
+    return req.user_agent.decode("latin-1") if req.user_agent is not None else None
+
+
+async def answer(redirector: Redirector, req: RequestHead) -> tuple[bytes, bool]:
+    """The bytes answering one request (the hit kept by the redirector when it answers 302), and
+    whether the connection stays open."""
+    early = _early(req)
+    if not isinstance(early, str):
+        return early
+    try:
+        hit = await redirector.redirect(early, method="HEAD" if req.method == b"HEAD" else "GET", user_agent=_ua(req))
+    except CampaignError as exc:  # the store unreachable: nothing kept, the browser may retry
+        log.warning("redirect.unavailable code=%s error=%s", early, exc)
+        return response(503, body=_UNAVAILABLE, head_only=req.method == b"HEAD", close=not req.keep_alive,
+                        extra=b"retry-after: 1\r\n"), req.keep_alive  # fmt: skip
+    return _finish(req, hit)
+
+
+def answer_nowait(redirector: Any, req: RequestHead) -> tuple[bytes, bool] | None:
+    """``answer`` without waiting when the redirector can (``redirect_nowait``: a link in memory or
+    read on the loop); None: call ``answer``."""
+    early = _early(req)
+    if not isinstance(early, str):
+        return early
+    nowait = getattr(redirector, "redirect_nowait", None)
+    if nowait is None:
+        return None
+    try:
+        done, hit = nowait(early, method="HEAD" if req.method == b"HEAD" else "GET", user_agent=_ua(req))
+    except CampaignError:
+        return None  # the waiting path answers it (503 if the store is really down)
+    return _finish(req, hit) if done else None
+
+
+class ShortLinkProtocol(asyncio.Protocol):
+    """One connection (asyncio's protocol callbacks, not a task: see the module docstring). Requests
+    are answered in order; one that must wait (a link read off the loop) holds the later ones of
+    the connection in ``_queue`` until it is answered, reading paused beyond ``MAX_QUEUED``."""
+
+    MAX_QUEUED = 64
+
+    def __init__(self, server: ShortLinkServer) -> None:
+        self.server = server
+        self.reader = RequestReader()
+        self.since = server.clock()  # the first byte of the head being read, else the last answer (idle)
+        self.transport: asyncio.Transport | None = None
+        self._queue: list[RequestHead] = []
+        self._busy = False  # a task answers the queue
+        self._closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if len(self.server.conns) >= self.server.max_connections:
+            self.server.refused += 1
+            transport.close()
+            self._closing = True
+            return
+        self.server.conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.server.conns.discard(self)
+
+    def close(self) -> None:
+        if not self._closing and self.transport is not None:
+            self._closing = True
+            self.transport.close()
+        self.server.conns.discard(self)
+
+    def pause_writing(self) -> None:  # the peer does not read: stop reading its requests
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if not self.reader.in_head:
+            self.since = self.server.clock()  # a head begins with these bytes
+        try:
+            reqs = self.reader.receive_data(data)
+        except BadRequest as exc:
+            self.transport.write(response(exc.status, close=True))  # type: ignore[union-attr]
+            self.close()
+            return
+        if not reqs:
+            return
+        if self._busy:
+            self._queue += reqs
+        else:
+            self._answer(reqs)
+        if not self.reader.in_head:
+            self.since = self.server.clock()  # idle from here
+
+    def _answer(self, reqs: list[RequestHead]) -> None:
+        out = []
+        for i, req in enumerate(reqs):
+            try:
+                got = answer_nowait(self.server.redirector, req)
+            except Exception:  # noqa: BLE001 - a bug answering one connection never stops the listener
+                log.exception("shortlinks.connection_failed")
+                got = (b"", False)
+            if got is None:  # must wait: a task answers it and the rest, in order
+                self._queue = reqs[i:] + self._queue
+                self._busy = True
+                if len(self._queue) > self.MAX_QUEUED:
+                    self.transport.pause_reading()  # type: ignore[union-attr]
+                self.server.spawn(self._drain())
+                break
+            out.append(got[0])
+            if not got[1]:
+                self.transport.write(b"".join(out))  # type: ignore[union-attr]
+                self.close()
+                return
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue and not self._closing:
+                req = self._queue.pop(0)
+                data, keep = await answer(self.server.redirector, req)
+                if self._closing:
+                    return
+                self.transport.write(data)  # type: ignore[union-attr]
+                if not keep:
+                    self.close()
+                    return
+        except Exception:  # noqa: BLE001 - as in _answer
+            log.exception("shortlinks.connection_failed")
+            self.close()
+        finally:
+            self._busy = False
+            if not self._closing and self.transport is not None:
+                self.transport.resume_reading()
+                self.since = self.server.clock()
 
 
 class ShortLinkServer:
-    """Connections of the short-link listener, with their deadlines (module docstring)."""
+    """The listener's connections and their deadlines (module docstring)."""
 
     def __init__(self, redirector: Redirector, *, head_timeout: float = 10.0, idle_timeout: float = 60.0,
                  max_connections: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.redirector = redirector
         self.head_timeout, self.idle_timeout, self.max_connections = head_timeout, idle_timeout, max_connections
         self.clock = clock
-        self._conns: set[_Conn] = set()
+        self.conns: set[ShortLinkProtocol] = set()
         self.refused = 0  # connections closed at once (over max_connections)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def connections(self) -> int:
-        return len(self._conns)
+        return len(self.conns)
 
-    async def handle(self, stream: ByteStream) -> None:
-        """One connection: read, answer every complete request in order, until it closes or a bound says so."""
-        async with stream:
-            if len(self._conns) >= self.max_connections:
-                self.refused += 1
-                return
-            with anyio.CancelScope() as scope:
-                conn = _Conn(scope, RequestReader(), self.clock())
-                self._conns.add(conn)
-                try:
-                    await self._serve(stream, conn)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    pass  # the peer went away
-                except Exception:  # noqa: BLE001 - a bug answering one connection never stops the listener
-                    log.exception("shortlinks.connection_failed")
-                finally:
-                    self._conns.discard(conn)
-
-    async def _serve(self, stream: ByteStream, conn: _Conn) -> None:
-        reader = conn.reader
-        while True:
-            data = await stream.receive(READ_BYTES)
-            now = self.clock()
-            if not reader.in_head:
-                conn.since = now  # a head begins with these bytes
-            try:
-                reqs = reader.receive_data(data)
-            except BadRequest as exc:
-                await stream.send(response(exc.status, close=True))
-                return
-            if not reqs:
-                continue
-            keep = True
-            out = []
-            for r in reqs:
-                data, keep = await answer(self.redirector, r)
-                out.append(data)
-                if not keep:
-                    break
-            await stream.send(out[0] if len(out) == 1 else b"".join(out))
-            if not keep:
-                return
-            if not reader.in_head:
-                conn.since = now  # idle from here
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def reap(self, now: float) -> int:
         """Close the connections past a deadline: a head begun more than ``head_timeout`` ago, or idle
-        for ``idle_timeout``. How many."""
+        for ``idle_timeout`` (a connection whose answer is being waited for is neither). How many."""
         n = 0
-        for c in list(self._conns):
+        for c in list(self.conns):
+            if c._busy:
+                continue
             limit = self.head_timeout if c.reader.in_head else self.idle_timeout
             if now - c.since > limit:
-                c.scope.cancel()
-                self._conns.discard(c)
+                c.close()
                 n += 1
         return n
 
-    async def run_reaper(self, interval: float = 1.0) -> None:
-        while True:
-            await anyio.sleep(interval)
-            self.reap(self.clock())
+    async def aclose(self) -> None:
+        for c in list(self.conns):
+            c.close()
+        for t in list(self._tasks):
+            t.cancel()
 
 
 async def serve_short_links(server: ShortLinkServer, *, host: str, port: int,
                             on_ready: Callable[[int], None] | None = None, reap_interval: float = 1.0) -> None:  # fmt: skip
-    """Listen until cancelled; ``on_ready(port)`` once bound."""
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
-    async with listener, anyio.create_task_group() as tg:
-        bound = listener.extra(SocketAttribute.local_port)
+    """Listen until cancelled; ``on_ready(port)`` once bound. asyncio only (the service runs on it)."""
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(lambda: ShortLinkProtocol(server), host, port, reuse_address=True)
+    try:
+        bound = listener.sockets[0].getsockname()[1]
         log.info("shortlinks.listening host=%s port=%d", host, bound)
         if on_ready is not None:
             on_ready(bound)
-        tg.start_soon(server.run_reaper, reap_interval)
-        await listener.serve(server.handle, task_group=tg)
+        while True:
+            await anyio.sleep(reap_interval)
+            server.reap(server.clock())
+    finally:
+        listener.close()
+        with anyio.CancelScope(shield=True):
+            await server.aclose()
 
 
-__all__ = ["BadRequest", "RequestHead", "RequestReader", "ShortLinkServer", "answer", "code_of", "response",
-           "serve_short_links"]  # fmt: skip
+__all__ = ["BadRequest", "RequestHead", "RequestReader", "ShortLinkProtocol", "ShortLinkServer", "answer",
+           "answer_nowait", "code_of", "response", "serve_short_links"]  # fmt: skip

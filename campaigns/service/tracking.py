@@ -117,23 +117,48 @@ class Tracker:
     # ---- short links -----------------------------------------------------------------------------
     async def redirect(self, code: str, *, method: str, user_agent: str | None) -> Redirect | None:
         """Where ``code`` leads (None: unknown or expired), the hit buffered with its verdict."""
-        if not (5 <= len(code) <= 16) or not code.isalnum():
+        done, hit = self.redirect_nowait(code, method=method, user_agent=user_agent)
+        if done:
+            return hit
+        link = await self._link(code)
+        if link is None:
             return None
+        await self._utm_of(link)  # before the hit is kept: a failure keeps nothing
+        return self._keep_hit(code, link, None, method, user_agent)
+
+    def redirect_nowait(self, code: str, *, method: str, user_agent: str | None) -> tuple[bool, Redirect | None]:
+        """``redirect`` when it needs no wait (the link in memory, or read on the loop: SQLite):
+        ``(True, hit or None)``; ``(False, None)``: call ``redirect``. Raises nothing a wait would fix."""
+        if not (5 <= len(code) <= 16) or not code.isalnum():
+            return True, None
         known = self._links.pop(code, None)
         if known is not None:
             self._links[code] = known  # most recently used last: the oldest is evicted first
-            link, location = known
-        else:
-            link = await self._link(code)
-            location = None
+            return True, self._keep_hit(code, known[0], known[1], method, user_agent)
+        reader = self._open_reader()
+        if not reader.on_loop:
+            return False, None
+        try:
+            link = reader.read((code,)).get(code)
+        except CampaignError:  # its connection busy for a moment: the waiting path reads it off the loop
+            return False, None
+        if link is None:
+            return True, None
+        if (link.tenant, link.campaign_id) not in self._utm:  # the campaign's UTM not read yet: a store read
+            return False, None
+        return True, self._keep_hit(code, link, None, method, user_agent)
+
+    def _keep_hit(self, code: str, link: LinkRow, location: str | None, method: str,
+                  user_agent: str | None) -> Redirect | None:  # fmt: skip
+        """The hit's verdict, buffered (with its ``clicked`` activity when human); the redirect."""
         now = self.la.clock()
-        if link is None or (link.expires_at is not None and now >= link.expires_at):
+        if link.expires_at is not None and now >= link.expires_at:
             return None
         tl = self.la.tenants.get(link.tenant)
         verdict = links.classify_hit(links.Hit(code=code, method=method, user_agent=user_agent, at=now), link.delivered_at,
                                      min_delay=tl.click_min_delay if tl is not None else 10.0)  # fmt: skip
-        if location is None:  # before the hit is kept: a failure keeps nothing
-            location = links.with_utm(link.target, await self._utm_of(link))
+        if location is None:
+            location = links.with_utm(link.target, self._utm[(link.tenant, link.campaign_id)])
             if link.delivered_at is not None:
                 # A delivered message's link never changes again (states only move forward, and
                 # delivered is final): keep it, so the hot links of a campaign cost no store read.
@@ -147,16 +172,20 @@ class Tracker:
                 properties={"campaign": link.campaign_id, "code": code})))  # fmt: skip
         return Redirect(location=location, verdict=verdict)
 
+    def _open_reader(self) -> LinkReader:
+        if self._reader is None:
+            opener = getattr(self.store, "open_link_reader", None)
+            self._reader = opener() if opener is not None else SharedLinkReader(self.store)
+        return self._reader
+
     async def _link(self, code: str) -> LinkRow | None:
         """The link of a code not in memory: read on the loop when the reader never waits (SQLite's
         connection of its own), else in a round: every code missed while a read is in flight waits for
         the next one, read together in one query off the loop (PostgreSQL: one round trip for all)."""
-        if self._reader is None:
-            opener = getattr(self.store, "open_link_reader", None)
-            self._reader = opener() if opener is not None else SharedLinkReader(self.store)
-        if self._reader.on_loop:
+        reader = self._open_reader()
+        if reader.on_loop:
             try:
-                return self._reader.read((code,)).get(code)
+                return reader.read((code,)).get(code)
             except CampaignError:  # its connection busy for a moment: the store's own read, off the loop
                 return await self.la._run(self.store.link, code)
         rnd = self._collecting
@@ -169,7 +198,7 @@ class Tracker:
                 assert cur is rnd
                 self._in_flight = cur
                 try:  # not abandoned on cancel: the round always ends, its other waiters are answered
-                    cur.found = await anyio.to_thread.run_sync(self._reader.read, list(cur.codes))
+                    cur.found = await anyio.to_thread.run_sync(reader.read, list(cur.codes))
                 except Exception as exc:  # noqa: BLE001 - every waiter of the round sees it
                     cur.error = exc
                 finally:
