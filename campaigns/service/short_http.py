@@ -3,8 +3,14 @@ and nothing else, on a port of its own (the tenants' short domains point at it).
 
 Why not the API's server: a redirect is one dictionary lookup and a 302, and through uvicorn, ASGI
 and the framework most of its CPU went to the machinery around it (docs/BENCHMARKS.md). Here the
-request head is parsed by llhttp (``httptools``, the parser uvicorn uses), the answer is a few
-bytes built at once, and a connection is one task reading and writing an anyio byte stream.
+request head is parsed by llhttp (``httptools``, the parser uvicorn uses) and the answer is a few
+bytes built at once. The shell is asyncio's protocol callbacks, not a task per connection on anyio
+streams: measured, a stream's ``receive``/``send`` (a checkpoint each, a task switch per request)
+cost as much CPU as uvicorn and ``redirect_front`` together, so a first version on anyio streams
+saved nothing. A request whose link is in memory, or read on the loop (SQLite), is answered inside
+``data_received`` (``Tracker.redirect_nowait``); one that must wait (a read off the loop) is answered
+by a task, the connection's later requests queued behind it, in order. The service runs on asyncio
+(uvicorn), so this costs no portability it had.
 
 ``RequestReader`` is the sans-I/O half: bytes in, complete request heads out, or ``BadRequest``
 (with the status to answer before closing). Its bounds, so that hostile input costs little and
@@ -18,8 +24,9 @@ never grows memory:
 
 The shell (``serve_short_links``) adds the time bounds: a head must be complete within
 ``head_timeout`` of its first byte (slowloris), an idle keep-alive connection is closed after
-``idle_timeout``, and at most ``max_connections`` are open (more are closed at once). One reaper task
-checks the deadlines every ``reap_interval``: a request costs no timer of its own.
+``idle_timeout``, and at most ``max_connections`` are open (more are closed at once). The listener's
+loop checks the deadlines every ``reap_interval`` (``ShortLinkServer.reap(now)``): a request costs
+no timer of its own. A peer that does not read its answers stops being read (``pause_writing``).
 
 Answers: 302 with ``Location`` (the link's target with its UTM parameters), ``Cache-Control:
 no-store`` and ``Referrer-Policy: no-referrer``, exactly the API route's; 404 ``link_not_found``
