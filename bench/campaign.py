@@ -9,7 +9,9 @@ real `sluice serve` hosting both layers (the path a shop sees), on SQLite or Pos
    from the segment, consent and smart-send filtering, one ``send_at`` each, every text rendered
    (first name with a fallback, shop name) with its per-recipient short link, all of it frozen in the
    store, then NDJSON jobs with an Idempotency-Key each. The send is scheduled a day ahead, so the
-   gateway's dispatch does not compete with the rest of the bench.
+   gateway's dispatch does not compete with the rest of the bench. ``launch_server_cpu_s``: the
+   `serve` process's CPU time over the launch (both layers; /proc), ``launch_cpu_us_per_recipient``
+   the same per recipient launched: the figures a loaded machine cannot inflate.
 3. Outcomes (not timed): every recipient delivered (and priced), N/10 human clicks, N/50 orders and
    N/1000 opt-outs written straight into the store, then ANALYZE (a live store has its statistics).
 4. ``redirects_per_s`` / ``redirect_p99_ms``: ``bench.redirect_load`` in its own process, keep-alive
@@ -309,17 +311,19 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
             definition = {"sender": "SHOP", "template": TEMPLATE, "values": {"shop_name": "CommerceCo"},
                           "audience": {"include": [seg]}, "schedule": {"kind": "at", "at": time.time() + DAY},
                           "batch_size": 5000}  # fmt: skip
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), _cpu_s(serve.pid)
             r = await c.post("/v1/campaigns", json={"name": "spring", "definition": definition})
             r.raise_for_status()
             cid = r.json()["id"]
             r = await c.post(f"/v1/campaigns/{cid}/launch")
             out["launch_to_accepted_s"] = time.perf_counter() - t0
+            out["launch_server_cpu_s"] = _cpu_s(serve.pid) - cpu0  # both layers: what a loaded machine cannot hide
             r.raise_for_status()
             launched = r.json()
             if launched["status"] != "launched" or launched["accepted"] != launched["recipients"]:
                 raise click.ClickException(f"launch: {launched}")
             out.update(recipients=launched["recipients"], accepted=launched["accepted"], batches=launched["batches"])
+            out["launch_cpu_us_per_recipient"] = out["launch_server_cpu_s"] * 1e6 / max(1, launched["recipients"])
             if big:  # the redirect and attribution phases on a campaign of all N, written straight in
                 cid = await anyio.to_thread.run_sync(seed_frozen, store_url, n, time.time(), seed)
             out["outcomes"] = await anyio.to_thread.run_sync(seed_outcomes, store_url, cid, n, seed)
@@ -399,6 +403,7 @@ def bench_campaign(n: int, launch_n: int | None, engine: str, pg_url: str | None
     for key, (op, target) in TARGETS.items():
         ok = r[key] <= target if op == "<=" else r[key] >= target
         click.echo(f"  {key:<24} {r[key]:>12,.3f}   target {op} {target:g}  {'ok' if ok else 'MISSED'}")
+    click.echo(f"  server CPU for the launch {r['launch_server_cpu_s']:.2f} s ({r['launch_cpu_us_per_recipient']:.0f} us a recipient)")
     click.echo(f"  server CPU per redirect {r['redirect_server_cpu_us']:.0f} us (p50 {r['redirect_p50_ms']:.2f} ms; "
                f"via {r['redirects_via']}); load generator {r['redirect_load_cpu_us']:.0f} us")
     click.echo(f"  outcomes {r['outcomes']}  report totals {r['report_totals']}")

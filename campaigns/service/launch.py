@@ -39,7 +39,8 @@ from campaigns.core.model import Subscriber
 from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound
 from campaigns.service.gateway_client import GatewayClient
 from campaigns.store.base import Store
-from campaigns.store.campaign_rows import BatchRow, CampaignRow, LinkRow, PlannedRecipient, RecipientRow
+from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, LinkRow, PlannedRecipient,
+                                           RecipientRow)  # fmt: skip
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -189,10 +190,19 @@ def _members(store: Store, tenant: str, segment_id: int) -> set[int]:
 
 
 def _values(spec: CampaignSpec, sub: Subscriber, discount: str | None) -> dict[str, object]:
+    return _values_of(spec, sub.first_name, sub.attributes, discount)
+
+
+def _values_of(spec: CampaignSpec, first_name: str | None, attributes: Mapping[str, Any],
+               discount: str | None) -> dict[str, object]:  # fmt: skip
+    """The values a recipient's shortcodes read: the shop's, then the subscriber's own (``attr.NAME``
+    reads ``attributes``, as ``templates.render_body`` looks it up), then the discount code."""
     values: dict[str, object] = dict(spec.values)
-    if sub.first_name:
-        values["first_name"] = sub.first_name
-    for name, value in sub.attributes.items():
+    if first_name:
+        values["first_name"] = first_name
+    if attributes:
+        values["attributes"] = dict(attributes)
+    for name, value in attributes.items():
         values[f"attr.{name}"] = value
     if discount is not None:
         values["discount_code"] = discount
@@ -216,67 +226,104 @@ def _discount(store: Store, tenant: str, spec: CampaignSpec, cid: int, sid: int,
 
 
 def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: float) -> bool:
-    """Plan and store the campaign's recipients (False: they were frozen by an earlier launch)."""
+    """Plan and store the campaign's recipients (False: they were frozen by an earlier launch).
+
+    Set-based where it can be: the audience's marketable subscribers are read in one query (only
+    the columns a launch needs, consent filtered in SQL), their last marketing sends in another;
+    per recipient remains what Python must do: its variant, its text (``TextCache``: one render per
+    distinct text) and its codes (``links.mint_codes``)."""
     if store.batches(tenant, camp.id) or store.campaign_recipients(tenant, camp.id, limit=1):
         return False
     spec = parse_spec(camp.definition)
-    subs = [s for s in store.subscribers_by_ids(tenant, resolve_audience(store, tenant, spec.audience))
-            if s.consent == "confirmed"]  # fmt: skip
-    by_id = {s.id: s for s in subs}
-    planned = [p for p in schedule.send_times(spec.schedule, [(s.id, s.time_zone) for s in subs], now=now,
+    audience = store.audience_rows(tenant, resolve_audience(store, tenant, spec.audience))
+    by_id = {a.id: a for a in audience}
+    planned = [p for p in schedule.send_times(spec.schedule, [(a.id, a.time_zone) for a in audience], now=now,
                                               default_zone=tl.zone) if p.send_at is not None]  # fmt: skip
     last = store.last_marketing_at(tenant, [p.subscriber for p in planned])
     if spec.smart_sending_hours > 0:
         planned, _skipped = schedule.smart_send(planned, last, hours=spec.smart_sending_hours)
+    planned.sort(key=lambda p: (p.send_at, p.subscriber))
+    rows, link_rows = _plan(store, tenant, spec, camp, planned, by_id, last, tl, now)
+    return store.freeze_audience(tenant, camp.id, rows, link_rows, now=now)
+
+
+def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, planned: Sequence[schedule.SendTime],
+          by_id: Mapping[int, AudienceRow], last: Mapping[int, float | None], tl: TenantLinks,
+          now: float) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
+    """Each recipient's variant, batch, slot, text and links (the launch's hot loop)."""
     test = spec.test(camp.id, camp.launched_at or now)
     compiled = {name: templates.compile_template(src) for name, src in spec.texts().items()}
-    planned.sort(key=lambda p: (p.send_at, p.subscriber))
+    domain = spec.link_domain or tl.domain
+    # A domain too long is the first error (before a bad URL or a missing value), as soon as anyone is sent.
+    length = links.code_length(domain) if planned else 0
+    expires = now + spec.link_ttl_days * 86_400 if spec.link_ttl_days is not None else None
     rows: list[PlannedRecipient] = []
     link_rows: list[LinkRow] = []
     taken: set[str] = set()
     cache = TextCache(spec)
-    batch, idx, batch_at = -1, spec.batch_size, None
+    cid, key, batch_size = camp.id, tl.key, spec.batch_size
+    batch, idx, batch_at = -1, batch_size, None
     for p in planned:
-        sub = by_id[p.subscriber]
-        variant = abtest.assign(test, sub.id) if test is not None else None
+        a = by_id[p.subscriber]
+        variant = abtest.assign(test, a.id) if test is not None else None
         if test is not None and variant is None:  # the rest: sent the winner later
-            rows.append(PlannedRecipient(subscriber_id=sub.id, phone=sub.phone, variant=None, send_at=p.send_at or now,
-                                         tz=p.zone, text="", batch=HELD, idx=sub.id))  # fmt: skip
+            rows.append(PlannedRecipient(subscriber_id=a.id, phone=a.phone, variant=None, send_at=p.send_at or now,
+                                         tz=p.zone, text="", batch=HELD, idx=a.id))  # fmt: skip
             continue
-        text, new_links = render_for(store, tenant, spec, camp.id, sub, compiled[variant], tl, now,
-                                     first=last.get(sub.id) is None, taken=taken, exists=taken.__contains__, cache=cache)  # fmt: skip
-        if idx >= spec.batch_size or p.send_at != batch_at:
+        code = _discount(store, tenant, spec, cid, a.id, key, now)
+        sk, targets = cache.for_recipient(compiled[variant], a, code, last.get(a.id) is None)
+        codes = links.mint_codes(sk, key, f"{cid}:{a.id}", length, taken) if targets else []
+        if idx >= batch_size or p.send_at != batch_at:
             batch, idx, batch_at = batch + 1, 0, p.send_at
-        rows.append(PlannedRecipient(subscriber_id=sub.id, phone=sub.phone, variant=variant, send_at=p.send_at or now,
-                                     tz=p.zone, text=text, batch=batch, idx=idx))  # fmt: skip
-        link_rows += new_links
+        rows.append(PlannedRecipient(subscriber_id=a.id, phone=a.phone, variant=variant, send_at=p.send_at or now,
+                                     tz=p.zone, text=links.fill(sk, domain, codes), batch=batch, idx=idx))  # fmt: skip
+        link_rows += [LinkRow(code=c, tenant=tenant, campaign_id=cid, subscriber_id=a.id, target=t, created_at=now,
+                              expires_at=expires) for c, t in zip(codes, targets, strict=True)]  # fmt: skip
         idx += 1
-    rows, link_rows = _resolve_clashes(store, tenant, spec, camp.id, rows, link_rows, compiled, by_id, last, tl, now, taken,
-                                       cache)  # fmt: skip
-    return store.freeze_audience(tenant, camp.id, rows, link_rows, now=now)
-
-
-def _resolve_clashes(store: Store, tenant: str, spec: CampaignSpec, cid: int, rows: list[PlannedRecipient],
-                     link_rows: list[LinkRow], compiled: Mapping[str | None, templates.Template],
-                     by_id: Mapping[int, Subscriber], last: Mapping[int, float | None], tl: TenantLinks, now: float,
-                     taken: set[str], cache: TextCache | None = None) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
-    """Codes were minted against this launch's own codes only; the store's are checked in bulk, and
-    the rare recipient whose code another campaign holds is rendered again with the full check."""
-    clashes = store.existing_links([link.code for link in link_rows])
-    if not clashes:
+    if not link_rows:
         return rows, link_rows
+    clashes = store.existing_links([link.code for link in link_rows])
+    if clashes:
+        rows, link_rows = _resolve_clashes(store, rows, link_rows, clashes, key, taken, domain, length)
+    return rows, link_rows
+
+
+def _resolve_clashes(store: Store, rows: list[PlannedRecipient], link_rows: list[LinkRow], clashes: set[str],
+                     key: bytes, taken: set[str], domain: str,
+                     length: int) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
+    """Codes were minted against this launch's own codes only; the store's are checked in bulk, and
+    the rare recipient whose code another campaign holds gets its codes again with the full check
+    (the same text around them: its skeleton is recovered from the text and the links it was
+    filled with, so nothing is rendered or reserved twice)."""
     redo = {link.subscriber_id for link in link_rows if link.code in clashes}
-    kept = [link for link in link_rows if link.subscriber_id not in redo]
+    mine: dict[int, list[LinkRow]] = {}
+    kept = []
+    for link in link_rows:  # a recipient's links are in the order of its URLs
+        if link.subscriber_id in redo:
+            mine.setdefault(link.subscriber_id, []).append(link)
+        else:
+            kept.append(link)
     out = []
     for r in rows:
         if r.subscriber_id in redo:
-            text, new_links = render_for(store, tenant, spec, cid, by_id[r.subscriber_id], compiled[r.variant], tl, now,
-                                         first=last.get(r.subscriber_id) is None, taken=taken,
-                                         exists=lambda c: c in taken or store.link_exists(c), cache=cache)  # fmt: skip
-            r = msgspec.structs.replace(r, text=text)
-            kept += new_links
+            old = mine[r.subscriber_id]
+            sk = _skeleton_of(r.text, domain, old)
+            codes = links.mint_codes(sk, key, f"{old[0].campaign_id}:{r.subscriber_id}", length, taken,
+                                     exists=lambda c: c in clashes or store.link_exists(c))  # fmt: skip
+            r = msgspec.structs.replace(r, text=links.fill(sk, domain, codes))
+            kept += [msgspec.structs.replace(link, code=c) for link, c in zip(old, codes, strict=True)]
         out.append(r)
     return out, kept
+
+
+def _skeleton_of(text: str, domain: str, filled: Sequence[LinkRow]) -> links.Skeleton:
+    """The skeleton a text was filled from, given the links it was filled with (in URL order)."""
+    pieces, rest = [], text
+    for link in filled:
+        head, _sep, rest = rest.partition(f"{links.SCHEME}{domain}/{link.code}")
+        pieces.append(head)
+    pieces.append(rest)
+    return links.Skeleton(pieces=tuple(pieces), urls=tuple(link.target for link in filled))
 
 
 class TextCache:
@@ -292,6 +339,34 @@ class TextCache:
     def __init__(self, spec: CampaignSpec, *, limit: int = 100_000) -> None:
         self.spec, self.limit = spec, limit
         self._texts: dict[tuple[Any, ...], links.Skeleton] = {}
+        self._fast: dict[tuple[Any, ...], tuple[links.Skeleton, tuple[str, ...]]] = {}
+        self._reads: dict[str, tuple[bool, bool, bool]] = {}
+
+    def for_recipient(self, template: templates.Template, a: AudienceRow, discount: str | None,
+                      first: bool) -> tuple[links.Skeleton, tuple[str, ...]]:  # fmt: skip
+        """The recipient's skeleton and its URLs' targets, keyed by what its values are made of (the
+        raw first name, attributes and discount code, where the template reads them: the rest of
+        the values are the campaign's own), so a hit costs no values dict."""
+        reads = self._reads.get(template.source)
+        if reads is None:
+            names = {p.name for p in template.shortcodes}
+            reads = self._reads[template.source] = ("first_name" in names, any(n.startswith("attr.") for n in names),
+                                                    "discount_code" in names)  # fmt: skip
+        key = (template.source, a.language, first, a.first_name if reads[0] else None,
+               a.attributes if reads[1] else None, discount if reads[2] else None)  # fmt: skip
+        hit = self._fast.get(key)
+        if hit is None:
+            attrs = msgspec.json.decode(a.attributes) if a.attributes and a.attributes != "{}" else {}
+            values = _values_of(self.spec, a.first_name, attrs, discount)
+            try:
+                sk = self.skeleton(template, values, a.language, first)
+            except templates.TemplateError as exc:
+                raise InvalidInput(f"subscriber {a.id}: {exc}", code=exc.code, field="template") from exc
+            hit = (sk, tuple(u if "://" in u else f"https://{u}" for u in sk.urls))
+            if len(self._fast) >= self.limit:
+                self._fast.clear()
+            self._fast[key] = hit
+        return hit
 
     def skeleton(self, template: templates.Template, values: Mapping[str, object], locale: str | None,
                  first: bool) -> links.Skeleton:  # fmt: skip
@@ -340,13 +415,32 @@ _line = msgspec.json.Encoder()
 def job_body(camp: CampaignRow, spec: CampaignSpec, batch: int, send_at: float, recipients: Sequence[RecipientRow],
              callback_url: str | None) -> bytes:  # fmt: skip
     """The batch's NDJSON job: the same bytes for the same frozen rows (the Idempotency-Key's body)."""
+    return job_body_of(head_line(camp, spec, batch, send_at, callback_url), [(r.phone, r.text, r.tz) for r in recipients])
+
+
+class _Vars(msgspec.Struct, gc=False):
+    body: str
+
+
+class _Line(msgspec.Struct, gc=False):
+    """One recipient's NDJSON line (``{"to", "vars": {"body"}, "tz"}``: the order a dict gave)."""
+
+    to: str
+    vars: _Vars
+    tz: str
+
+
+def head_line(camp: CampaignRow, spec: CampaignSpec, batch: int, send_at: float, callback_url: str | None) -> bytes:
     head: dict[str, Any] = {"from": spec.sender, "template": "{body}", "category": "marketing", "send_at": send_at,
                             "reference": f"campaign:{camp.id}:batch:{batch}"}  # fmt: skip
     if callback_url:
         head["callback_url"] = callback_url
-    lines = [_line.encode(head)]
-    lines += [_line.encode({"to": r.phone, "vars": {"body": r.text}, "tz": r.tz}) for r in recipients]
-    return b"\n".join(lines) + b"\n"
+    return _line.encode(head)
+
+
+def job_body_of(head: bytes, lines: Sequence[tuple[str, str, str]]) -> bytes:
+    """The job's bytes from its head line and its recipients' ``(phone, text, tz)`` in slot order."""
+    return head + b"\n" + _line.encode_lines([_Line(to, _Vars(text), tz) for to, text, tz in lines])
 
 
 def idempotency_key(campaign_id: int, batch: int) -> str:
@@ -436,8 +530,9 @@ class Launcher:
                     return
 
     def _body(self, tenant: str, camp: CampaignRow, spec: CampaignSpec, b: BatchRow) -> bytes:
-        rows = self.store.batch_recipients(tenant, camp.id, b.batch)
-        return job_body(camp, spec, b.batch, b.send_at, rows, self.callback_urls.get(tenant))
+        # Only what the body holds, read as tuples (``job_body`` of the batch's rows, the same bytes).
+        lines = self.store.batch_lines(tenant, camp.id, b.batch)
+        return job_body_of(head_line(camp, spec, b.batch, b.send_at, self.callback_urls.get(tenant)), lines)
 
     async def _post(self, client: GatewayClient, tenant: str, camp: CampaignRow, b: BatchRow, body: bytes) -> bool:
         """Post one batch and store its answer; False when the campaign was canceled (send no more)."""

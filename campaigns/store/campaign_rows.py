@@ -8,6 +8,16 @@ import msgspec
 
 CampaignStatus = Literal["draft", "launching", "launched", "paused", "canceled"]
 
+#: A recipient ``r`` whose batch the gateway accepted (its job id is stored): its ``submitted``,
+#: which is not written per recipient (a launch stores one job id per batch, not a state per row).
+ACCEPTED = ("EXISTS (SELECT 1 FROM campaign_batches b WHERE b.tenant = r.tenant AND b.campaign_id = r.campaign_id "
+            "AND b.batch = r.batch AND b.job_id <> '')")
+#: A recipient ``r`` as its readers see its state: ``planned`` in an accepted batch reads ``submitted``.
+STATE = f"CASE WHEN r.state = 'planned' AND {ACCEPTED} THEN 'submitted' ELSE r.state END"
+#: A recipient ``r`` that was sent: a state past ``planned`` (reported by the gateway), or ``planned``
+#: in an accepted batch; not held, rejected or canceled.
+SENT = f"r.batch <> -1 AND r.state NOT IN ('rejected', 'canceled') AND (r.state <> 'planned' OR {ACCEPTED})"
+
 
 class CampaignRow(msgspec.Struct, frozen=True, kw_only=True):
     id: int
@@ -18,6 +28,18 @@ class CampaignRow(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     updated_at: float
     launched_at: float | None = None
+
+
+class AudienceRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What a launch reads of a marketable subscriber (``Store.audience_rows``): only what its send
+    and its text need, the attributes as stored (JSON text, decoded only when a text reads one)."""
+
+    id: int
+    phone: str
+    first_name: str | None
+    time_zone: str | None
+    language: str | None
+    attributes: str | None
 
 
 class PlannedRecipient(msgspec.Struct, frozen=True, kw_only=True):

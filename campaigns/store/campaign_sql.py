@@ -16,8 +16,8 @@ from campaigns.core.events import ShopEvent
 from campaigns.errors import Conflict, NotFound
 from campaigns.store.flow_sql import enqueue_inputs
 from campaigns.store.report_sql import ReportSql
-from campaigns.store.campaign_rows import (BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRow, Outcomes,
-                                           PlannedRecipient, RecipientRow)  # fmt: skip
+from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRow, Outcomes,
+                                           PlannedRecipient, RecipientRow, STATE)  # fmt: skip
 
 _json = msgspec.json.Encoder()
 _CAMP_COLS = "id, name, definition, status, created_at, updated_at, launched_at"
@@ -28,6 +28,7 @@ _LINK_READ = (f"SELECT {', '.join(f'l.{c.strip()}' for c in _LINK_COLS.split(','
               "'delivered' THEN r.state_at END FROM short_links l LEFT JOIN campaign_recipients r ON r.tenant = "
               "l.tenant AND r.campaign_id = l.campaign_id AND r.subscriber_id = l.subscriber_id WHERE l.code = ?")
 _LINK_NAMES = [c.strip() for c in _LINK_COLS.split(",")] + ["phone", "delivered_at"]
+_FREEZE_COLS = ("tenant", "campaign_id", "subscriber_id", "phone", "variant", "send_at", "tz", "text", "batch", "idx")
 
 
 def link_read_many(n: int, placeholder: str = "?") -> str:
@@ -75,6 +76,8 @@ def _camp(tenant: str, row: tuple) -> CampaignRow:
 
 
 _REC_NAMES = tuple(c.strip() for c in _REC_COLS.split(","))
+#: The recipient columns as read (``r``): ``state`` as its readers see it (``campaign_rows.STATE``).
+_REC_READ = ", ".join(STATE if c == "state" else f"r.{c}" for c in _REC_NAMES)
 
 
 def _rec(row: tuple) -> RecipientRow:
@@ -125,19 +128,20 @@ class CampaignSql(ReportSql):
             for r in recipients:
                 at, n = sizes.get(r.batch, (r.send_at, 0))
                 sizes[r.batch] = (at, n + 1)
-            tx.many("INSERT INTO campaign_recipients (tenant, campaign_id, subscriber_id, phone, variant, send_at, "
-                    "tz, text, batch, idx) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(tenant, campaign_id, r.subscriber_id, r.phone, r.variant, r.send_at, r.tz, r.text, r.batch,
-                      r.idx) for r in recipients])  # fmt: skip
+            # Each in key order (the recipients by subscriber, the links by code): inserts walk their
+            # indexes in order instead of at random pages. COPY on PostgreSQL.
+            tx.insert_many("campaign_recipients", _FREEZE_COLS,
+                           sorted(((tenant, campaign_id, r.subscriber_id, r.phone, r.variant, r.send_at, r.tz, r.text,
+                                    r.batch, r.idx) for r in recipients), key=lambda row: row[2]))  # fmt: skip
             for batch, (at, n) in sorted(sizes.items()):
                 tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size) VALUES (?, ?, ?, ?, ?)",
                        (tenant, campaign_id, batch, at, n))  # fmt: skip
             if not sizes:  # an empty audience is frozen too: a marker batch of size 0
                 tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size, job_id, accepted) "
                        "VALUES (?, ?, -1, ?, 0, '', 0)", (tenant, campaign_id, now))  # fmt: skip
-            tx.many(f"INSERT INTO short_links ({_LINK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    [(link.code, tenant, link.campaign_id, link.subscriber_id, link.target, link.created_at,
-                      link.expires_at) for link in links])  # fmt: skip
+            tx.insert_new("short_links", _LINK_NAMES[:7],
+                          sorted((link.code, tenant, link.campaign_id, link.subscriber_id, link.target, link.created_at,
+                                  link.expires_at) for link in links))  # fmt: skip
         return True
 
     def batches(self, tenant: str, campaign_id: int) -> list[BatchRow]:
@@ -150,14 +154,25 @@ class CampaignSql(ReportSql):
 
     def batch_recipients(self, tenant: str, campaign_id: int, batch: int) -> list[RecipientRow]:
         with self._tx() as tx:
+            job = tx.one("SELECT job_id FROM campaign_batches WHERE tenant = ? AND campaign_id = ? AND batch = ?",
+                         (tenant, campaign_id, batch))  # fmt: skip
             rows = tx.rows(f"SELECT {_REC_COLS} FROM campaign_recipients WHERE tenant = ? AND campaign_id = ? "
                            "AND batch = ? ORDER BY idx", (tenant, campaign_id, batch))  # fmt: skip
-        return [_rec(r) for r in rows]
+        if job is None or not job[0]:  # not accepted yet (or the held ones): the states as stored
+            return [_rec(r) for r in rows]
+        return [_rec(r[:10] + ("submitted" if r[10] == "planned" else r[10],) + r[11:]) for r in rows]  # ``STATE``
+
+    def batch_lines(self, tenant: str, campaign_id: int, batch: int) -> list[tuple[str, str, str]]:
+        """The batch's ``(phone, text, tz)`` in slot order: what its NDJSON job holds, nothing more."""
+        with self._tx() as tx:
+            return [(p, t, z) for p, t, z in tx.rows("SELECT phone, text, tz FROM campaign_recipients WHERE tenant = ? "
+                                                     "AND campaign_id = ? AND batch = ? ORDER BY idx",
+                                                     (tenant, campaign_id, batch))]  # fmt: skip
 
     def campaign_recipients(self, tenant: str, campaign_id: int, *, after: int = 0, limit: int = 1000) -> list[RecipientRow]:
         with self._tx() as tx:
-            rows = tx.rows(f"SELECT {_REC_COLS} FROM campaign_recipients WHERE tenant = ? AND campaign_id = ? "
-                           "AND subscriber_id > ? ORDER BY subscriber_id LIMIT ?",
+            rows = tx.rows(f"SELECT {_REC_READ} FROM campaign_recipients r WHERE r.tenant = ? AND r.campaign_id = ? "
+                           "AND r.subscriber_id > ? ORDER BY r.subscriber_id LIMIT ?",
                            (tenant, campaign_id, after, limit))  # fmt: skip
         return [_rec(r) for r in rows]
 
@@ -166,8 +181,7 @@ class CampaignSql(ReportSql):
         with self._tx() as tx:
             tx.run("UPDATE campaign_batches SET job_id = ?, accepted = ? WHERE tenant = ? AND campaign_id = ? AND batch = ?",
                    (job_id, accepted, tenant, campaign_id, batch))  # fmt: skip
-            tx.run("UPDATE campaign_recipients SET state = 'submitted', state_at = ? WHERE tenant = ? AND "
-                   "campaign_id = ? AND batch = ? AND state = 'planned'", (now, tenant, campaign_id, batch))
+            # No state written per recipient: the batch's job id says they were submitted (``STATE``).
             for idx in rejected:
                 tx.run("UPDATE campaign_recipients SET state = 'rejected', state_at = ? WHERE tenant = ? AND "
                        "campaign_id = ? AND batch = ? AND idx = ?", (now, tenant, campaign_id, batch, idx))
@@ -182,8 +196,8 @@ class CampaignSql(ReportSql):
             if row is None:
                 return None
             cid, batch = row
-            cur = tx.one(f"SELECT {_REC_COLS} FROM campaign_recipients WHERE tenant = ? AND campaign_id = ? AND "
-                         "batch = ? AND idx = ?", (tenant, cid, batch, idx))  # fmt: skip
+            cur = tx.one(f"SELECT {_REC_READ} FROM campaign_recipients r WHERE r.tenant = ? AND r.campaign_id = ? AND "
+                         "r.batch = ? AND r.idx = ?", (tenant, cid, batch, idx))  # fmt: skip
             if cur is None:
                 return None
             rec = _rec(cur)
@@ -341,21 +355,35 @@ class CampaignSql(ReportSql):
 
     # ---- smart sending ---------------------------------------------------------------------------
     def last_marketing_at(self, tenant: str, subscriber_ids: Sequence[int]) -> dict[int, float | None]:
-        """When each subscriber was last sent marketing (a campaign send planned or done)."""
+        """When each subscriber was last sent marketing (a campaign send planned or done): two
+        set-based reads, the ids bound as one array."""
         out: dict[int, float | None] = {}
+        if not subscriber_ids:
+            return out
         with self._tx() as tx:
-            for i in range(0, len(subscriber_ids), 500):
-                chunk = list(subscriber_ids[i:i + 500])
-                marks = ", ".join("?" * len(chunk))
-                for sid, at in tx.rows(f"SELECT subscriber_id, MAX(send_at) FROM campaign_recipients WHERE tenant = ? "
-                                       f"AND subscriber_id IN ({marks}) AND state NOT IN ('rejected', 'canceled', "
-                                       f"'failed') GROUP BY subscriber_id", (tenant, *chunk)):  # fmt: skip
-                    out[int(sid)] = float(at)
-                for sid, at in tx.rows(f"SELECT subscriber_id, last_message_at FROM subscriber_stats WHERE tenant = ? "
-                                       f"AND subscriber_id IN ({marks}) AND last_message_at IS NOT NULL",
-                                       (tenant, *chunk)):  # fmt: skip
-                    out[int(sid)] = max(float(at), out.get(int(sid)) or 0.0)
+            ids = tx.array(list(subscriber_ids))
+            for sid, at in tx.rows(f"SELECT subscriber_id, MAX(send_at) FROM campaign_recipients WHERE tenant = ? "
+                                   f"AND subscriber_id IN {tx.values('bigint')} AND state NOT IN ('rejected', "
+                                   f"'canceled', 'failed') GROUP BY subscriber_id", (tenant, ids)):  # fmt: skip
+                out[int(sid)] = float(at)
+            for sid, at in tx.rows(f"SELECT subscriber_id, last_message_at FROM subscriber_stats WHERE tenant = ? "
+                                   f"AND subscriber_id IN {tx.values('bigint')} AND last_message_at IS NOT NULL",
+                                   (tenant, ids)):  # fmt: skip
+                out[int(sid)] = max(float(at), out.get(int(sid)) or 0.0)
         return out
+
+    def audience_rows(self, tenant: str, subscriber_ids: Sequence[int]) -> list[AudienceRow]:
+        """The subscribers of ``subscriber_ids`` with a confirmed marketing opt-in, in id order: one
+        query, consent filtered in SQL, only the columns a launch reads."""
+        if not subscriber_ids:
+            return []
+        with self._tx() as tx:
+            ids = "unnest(?::bigint[]) AS v(value)" if tx.pg else "json_each(?) AS v"  # probed by id, not scanned
+            rows = tx.rows(f"SELECT s.id, s.phone, s.first_name, s.time_zone, s.language, s.attributes FROM {ids} "
+                           f"JOIN subscribers s ON s.tenant = ? AND s.id = v.value WHERE s.consent = 'confirmed' "
+                           f"ORDER BY s.id", (tx.array(sorted(set(subscriber_ids))), tenant))  # fmt: skip
+        return [AudienceRow(id=int(i), phone=p, first_name=f, time_zone=z, language=lang, attributes=attrs)
+                for i, p, f, z, lang, attrs in rows]  # fmt: skip
 
     def campaign_outcomes(self, tenant: str, campaign_id: int, *, since: float) -> Outcomes:
         """Orders and opt-outs of the campaign's recipients at or after ``since``."""

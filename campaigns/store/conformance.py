@@ -14,6 +14,7 @@ from campaigns.core.events import (ActivityEvent, CheckoutEvent, ConsentGrant, C
 from campaigns.errors import Conflict, InvalidInput, NotFound
 from campaigns.store.base import NewConsent, Store
 from campaigns.store.campaign_rows import ClickIn, LinkRow, PlannedRecipient
+from campaigns.store.report_sql import Scope
 
 A, B = "+33612345678", "+33612345679"
 DAY = 86_400.0
@@ -55,6 +56,16 @@ def check_subscribers(store: Store) -> None:
     ids = [x.id for x in first + rest]
     assert [x.id for x in store.subscribers_by_ids("acme", [*reversed(ids), 10**9] + list(range(10**6, 10**6 + 600)))] == ids
     assert store.subscribers_by_ids("beta", ids[:2]) == []
+    # A launch's read of its audience: confirmed opt-ins only, in id order, each once, this tenant's.
+    assert store.audience_rows("acme", []) == []
+    for sub, actions in ((rest[0], ("opt_in", "confirm")), (rest[1], ("opt_in", "confirm", "opt_out")), (rest[2], ("opt_in",))):
+        for k, action in enumerate(actions):
+            store.record_consent("acme", NewConsent(phone=sub.phone, action=action, source="reply" if k else "form",
+                                                    at=T0 + 30 + k, disclosure_text="Texts? Reply STOP to cancel."),
+                                 now=T0 + 30 + k)  # fmt: skip
+    got = store.audience_rows("acme", [rest[2].id, rest[1].id, rest[0].id, rest[0].id, first[0].id, 10**9])
+    assert [(a.id, a.phone) for a in got] == [(rest[0].id, rest[0].phone)]
+    assert store.audience_rows("beta", [rest[0].id]) == []
 
 
 def check_consent_ledger(store: Store) -> None:
@@ -274,8 +285,15 @@ def check_campaigns(store: Store) -> None:
     assert [(b.batch, b.size, b.send_at, b.job_id) for b in batches] == [(0, 2, T0, None), (1, 2, T0 + 100, None),
                                                                           (2, 1, T0 + 200, None)]  # fmt: skip
     assert [r.text for r in store.batch_recipients("acme", c.id, 1)] == ["hello 2", "hello 3"]
+    assert store.batch_lines("acme", c.id, 1) == [(r.phone, r.text, r.tz) for r in store.batch_recipients("acme", c.id, 1)]
+    assert store.batch_lines("beta", c.id, 1) == [] and store.batch_lines("acme", c.id, 9) == []
+    assert {r.state for r in store.campaign_recipients("acme", c.id)} == {"planned"}
     store.batch_submitted("acme", c.id, 1, job_id="job-1", accepted=1, rejected=[1], now=T0 + 3)
     assert [r.state for r in store.batch_recipients("acme", c.id, 1)] == ["submitted", "rejected"]
+    # Submitted is the batch's job id, read with every row (not written per recipient).
+    assert [(r.subscriber_id, r.state) for r in store.campaign_recipients("acme", c.id)] == [
+        (10, "planned"), (11, "planned"), (12, "submitted"), (13, "rejected"), (14, "planned")]
+    assert sum(g.sent for g in store.report_facts("acme", Scope(campaign=c.id)).groups) == 1
     assert store.batches("acme", c.id)[1].job_id == "job-1"
     # States from the gateway: by job and slot, forward only; unknown jobs/slots are None.
     r = store.recipient_state("acme", "job-1", 0, state="delivered", message_id="m-9", at=T0 + 50)

@@ -22,6 +22,7 @@ import msgspec
 
 from campaigns.core import conversations as C
 from campaigns.errors import NotFound
+from campaigns.store.campaign_rows import ACCEPTED, STATE
 
 Change = Callable[[C.Conversation], tuple[C.Conversation, Sequence[Any]]]
 #: Answer states in order: ``sending`` (stored, the gateway has not answered yet), the gateway's
@@ -276,11 +277,12 @@ SELECT * FROM (
   UNION ALL
   SELECT r.send_at, 1, r.campaign_id, 'campaign:' || CAST(r.campaign_id AS TEXT), 'out',
          'campaign', r.text, r.send_at, 'campaign:' || CAST(r.campaign_id AS TEXT), CAST(NULL AS TEXT), r.message_id,
-         r.state, r.state_at, CAST(NULL AS TEXT), CAST(NULL AS {real})
+         {STATE}, r.state_at, CAST(NULL AS TEXT), CAST(NULL AS {real})
     FROM conversations c JOIN subscribers s ON s.tenant = c.tenant AND s.phone = c.phone
     JOIN campaign_recipients r ON r.tenant = c.tenant AND r.subscriber_id = s.id
      AND r.campaign_id IN (SELECT k.id FROM campaigns k WHERE k.tenant = ?)
-   WHERE c.tenant = ? AND c.id = ? AND r.batch + 0 >= 0 AND r.state NOT IN ('planned', 'rejected')
+   WHERE c.tenant = ? AND c.id = ? AND r.batch + 0 >= 0 AND r.state <> 'rejected'
+     AND (r.state <> 'planned' OR {ACCEPTED})
 ) h WHERE (h.at > ? OR (h.at = ? AND (h.src > ? OR (h.src = ? AND h.k > ?))))
 ORDER BY h.at, h.src, h.k LIMIT ?"""
         with self._tx() as tx:

@@ -15,9 +15,10 @@ from typing import Any
 import msgspec
 
 from campaigns.core import attribution as A
+from campaigns.store.campaign_rows import SENT
 
-#: A campaign recipient that was sent (the store's rule; the same for flow messages).
-_SENT = "batch <> -1 AND state NOT IN ('planned', 'rejected', 'canceled')"
+#: A campaign recipient that was sent (the store's rule, ``campaign_sql.SENT``; the same for flow messages).
+_SENT = SENT
 _FLOW_SENT = "state NOT IN ('planned', 'rejected', 'canceled')"
 _CHUNK = 500
 #: A message's cost as message_costs holds it (params: tenant, message id): copied onto the message's
@@ -64,7 +65,7 @@ class ReportSql:
         for c, v, s, n, d, cost in tx.rows(
                 f"SELECT r.campaign_id, r.variant, {sl}, COUNT(*), SUM(CASE WHEN r.state = 'delivered' THEN 1 ELSE 0 END), "
                 f"COALESCE(SUM(r.cost), 0) FROM campaign_recipients r "
-                f"WHERE r.tenant = ? {where} AND r.{_SENT.replace(' AND ', ' AND r.')} "
+                f"WHERE r.tenant = ? {where} AND {_SENT} "
                 f"GROUP BY r.campaign_id, r.variant, {sl}", (tenant, *params)):  # fmt: skip
             counts[(str(c), v, None, int(s))] = [int(n), int(d), int(cost), 0]
         # Driven from the clicks (far fewer than the sends): each human click's link by its key, the
@@ -74,7 +75,7 @@ class ReportSql:
                 f"SELECT r.campaign_id, r.variant, {sl}, COUNT(*) FROM (SELECT DISTINCT l.campaign_id AS cid, "
                 f"l.subscriber_id AS sid FROM clicks c CROSS JOIN short_links l WHERE l.code = c.code AND "
                 f"c.verdict = 'click' AND l.tenant = ? {lwhere}) k CROSS JOIN campaign_recipients r WHERE r.tenant = ? "
-                f"AND r.campaign_id = k.cid AND r.subscriber_id = k.sid AND r.{_SENT.replace(' AND ', ' AND r.')} "
+                f"AND r.campaign_id = k.cid AND r.subscriber_id = k.sid AND {_SENT} "
                 f"GROUP BY r.campaign_id, r.variant, {sl}", (tenant, *params, tenant)):  # fmt: skip
             counts[(str(c), v, None, int(s))][3] = int(k)
         if scope.campaign is None:
@@ -136,7 +137,7 @@ class ReportSql:
                 f"SELECT r.campaign_id, r.subscriber_id, r.variant, r.send_at, r.state, r.state_at, d.code FROM "
                 f"campaign_recipients r LEFT JOIN discount_codes d ON d.tenant = r.tenant AND d.subscriber_id = "
                 f"r.subscriber_id AND d.campaign_id = r.campaign_id WHERE r.tenant = ? AND r.subscriber_id IN {marks} "
-                f"AND r.{_SENT.replace(' AND ', ' AND r.')}", (tenant, arr)):  # fmt: skip
+                f"AND {_SENT}", (tenant, arr)):  # fmt: skip
             m = f"{c}:{s}"
             out.append(A.Sent(message=m, subscriber=int(s), at=float(at), campaign=str(c), variant=v, discount_code=code))
             if state == "delivered" and state_at is not None:

@@ -108,6 +108,21 @@ class Tx:
         self.insert_many(stage, cols, rows)
         self._cur.execute(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage} {conflict}")
 
+    def insert_new(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows, skipping those whose key is taken: ``executemany`` on SQLite; on PostgreSQL
+        ``COPY`` into a temporary staging table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``."""
+        if not rows:
+            return
+        if not self.pg:
+            self._cur.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                                  f"ON CONFLICT DO NOTHING", rows)  # fmt: skip
+            return
+        stage = f"stage_{table}"
+        self._cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
+        self.insert_many(stage, cols, rows)
+        self._cur.execute(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage} "
+                          f"ON CONFLICT DO NOTHING")  # fmt: skip
+
     def insert_many(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Plain inserts of many rows: ``executemany`` on SQLite, ``COPY`` on PostgreSQL."""
         if not rows:

@@ -35,7 +35,9 @@ Choices that differ from a bare ``time_zones_for_number``:
   unknown calling code, +800...) is ``default_zone`` used;
 - region: for NANP numbers the state or province comes from the area code, through the geocoder's
   place names ("Miami, FL", "Florida" -> "US-FL"); an area code spanning several (867: Yukon,
-  NWT, Nunavut) gets the country ("CA"). Other numbers get their ISO country.
+  NWT, Nunavut) gets the country ("CA"). Other numbers get their ISO country. That table ships
+  as ``nanp_regions`` (the geocoder is ~100 MB); under another phonenumbers release than the one
+  it names, it is derived again (``prepare``, before a server takes traffic).
 
 Corrections (``gateway.core.zone_overrides``): ranges phonenumbers gets wrong (Kaliningrad,
 Saratov, Kazakhstan, Indonesian mobiles) have their own zones; an exchange the table does not list, in an
@@ -60,12 +62,13 @@ import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata, PhoneNumberType
 from phonenumbers.tzdata import TIMEZONE_DATA
 
-from gateway.core import zone_overrides
+from gateway.core import nanp_regions, zone_overrides
 
-__all__ = ["ZoneResolver", "ZoneSet"]
+__all__ = ["ZoneResolver", "ZoneSet", "nanp_table_source", "prepare"]
 
 UNKNOWN_ZONE = "Etc/Unknown"  # what phonenumbers answers when it knows no zone
 START_DEPTH = 4  # first prefix length tried: "1" + area code for NANP numbers
+_NANP_SHIPPED = nanp_regions.PHONENUMBERS == phonenumbers.__version__
 _TZ_LONGEST = max(map(len, TIMEZONE_DATA))
 _P10 = [10**i for i in range(40)]
 # Digits of the smallest int with b bits; an int with b bits has that many digits or one more.
@@ -194,6 +197,12 @@ class _PrefixData:
         self._deeper: dict[str, frozenset[tuple[str, ...]]] | None = None
         self._nanp: dict[str, str | None] | None = None
 
+    def prepare(self) -> None:
+        """Build now what is otherwise built at the first number that needs it."""
+        if self._nanp is None and not _NANP_SHIPPED:
+            self._nanp = _nanp_regions()
+        self._zones_under("1")
+
     def answer(self, digits: str, k: int) -> tuple[tuple[str, ...], str | None, int]:
         cc = next((digits[:n] for n in (1, 2, 3) if int(digits[:n]) in COUNTRY_CODE_TO_REGION_CODE), None)
         if cc is None:  # no such calling code: nothing to learn from the rest of the number
@@ -274,9 +283,12 @@ class _PrefixData:
 
     def _region(self, digits: str, cc: str, num: phonenumbers.PhoneNumber) -> str | None:
         if cc == "1":
-            if self._nanp is None:
-                self._nanp = _nanp_regions()
-            region = self._nanp.get(digits[1:4])
+            if _NANP_SHIPPED:  # the table derived from this phonenumbers release, shipped
+                region = nanp_regions.REGIONS.get(digits[1:4])
+            else:  # another release: derive it from its geocoder (loads ~100 MB, once)
+                if self._nanp is None:
+                    self._nanp = _nanp_regions()
+                region = self._nanp.get(digits[1:4])
             if region is not None:
                 return region
         region = phonenumbers.region_code_for_number(num) or phonenumbers.region_code_for_country_code(int(cc))
@@ -419,6 +431,15 @@ def _rewrite(pattern: str, marker: str) -> str:
 _DATA = _PrefixData()
 
 
+def prepare() -> None:
+    """Build the derived tables every resolver shares (the zone table's prefix index; the NANP
+    regions too if ``nanp_regions`` was made from another phonenumbers release than the one
+    installed) now rather than at the first number that needs them: a server calls this before
+    it takes traffic, so its event loop is never held by them (deriving the NANP regions takes
+    ~0.3 s on a quiet machine, several seconds on a loaded one, and ~100 MB)."""
+    _DATA.prepare()
+
+
 # -- NANP area code -> state or province --------------------------------------------------------
 
 US_STATES = {
@@ -465,8 +486,9 @@ def _subdivisions(description: str) -> set[str]:
 def _nanp_regions() -> dict[str, str | None]:
     """Area code -> "US-XX"/"CA-XX", from the geocoder's English place names. The area code's own
     entry wins; without one, the state of at least 90 % of its places (e.g. 201 lists one
-    New York place among 98 in New Jersey). Several states or none: None."""
-    from phonenumbers.geodata import GEOCODE_DATA  # ~0.3 s, once, on the first NANP number
+    New York place among 98 in New Jersey). Several states or none: None. Shipped, for the
+    phonenumbers release it was made from, as ``nanp_regions`` (``nanp_table_source``)."""
+    from phonenumbers.geodata import GEOCODE_DATA  # ~0.3 s and ~100 MB, once
 
     places: dict[str, Counter[str]] = {}
     own: dict[str, set[str]] = {}
@@ -489,3 +511,15 @@ def _nanp_regions() -> dict[str, str | None]:
             (best, n), total = counts.most_common(1)[0], sum(counts.values())
             regions[area] = best if n >= 0.9 * total else None
     return regions
+
+
+def nanp_table_source() -> str:
+    """The source of ``gateway/core/nanp_regions.py`` for the installed phonenumbers:
+    ``python -c 'from gateway.core.zones import nanp_table_source as s; print(s(), end="")' >
+    gateway/core/nanp_regions.py`` after upgrading it (a test says when)."""
+    rows = "".join(f"    {area!r}: {region!r},\n" for area, region in sorted(_nanp_regions().items()))
+    return (f'"""NANP area code -> state or province, derived by ``zones._nanp_regions`` from the geocoder\n'
+            f'of phonenumbers {phonenumbers.__version__} (generated by ``zones.nanp_table_source``: do not edit). Shipped\n'
+            f'so a server never loads the geocoder (~100 MB) to learn a US number\'s state."""\n\n'
+            f"PHONENUMBERS = {phonenumbers.__version__!r}\n\n"
+            f"REGIONS: dict[str, str | None] = {{\n{rows}}}\n")

@@ -31,6 +31,7 @@ from carriers.http.connector import HttpConnector
 from carriers.smpp.connector import SmppConnector
 from gateway.api.app import Api, Response, hash_key
 from gateway.config import Config, Operator, Tenant, target_policy
+from gateway.core import zones
 from gateway.core.scheduler import Scheduler
 from gateway.errors import ConfigError
 from gateway.runtime.dispatcher import Dispatcher
@@ -151,6 +152,8 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
                                                           on_change=dispatcher.poke, probe_after=probe)]  # fmt: skip
         if gateway.pool is not None:
             background.append(gateway.pool.warm)  # the ingest workers start while we wait
+        # Built before we listen, not on the event loop at the first US number (seconds, loaded).
+        await anyio.to_thread.run_sync(zones.prepare)
         await _run(api, dispatcher, webhooks, cfg, _own_port(targets, cfg, on_ready), background)
         await dispatcher.flush()
     store.close()

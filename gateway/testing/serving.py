@@ -15,7 +15,8 @@ import httpx
 
 from gateway.testing.processes import Child, gateway, simulator
 
-__all__ = ["ENV", "FINAL", "KEYS", "LOOPBACK_HOOKS", "OPERATOR_KEY", "client", "job_counts", "open_served", "wait_final", "write_config"]
+__all__ = ["BETA_CALLBACKS", "ENV", "FINAL", "KEYS", "LOOPBACK_HOOKS", "OPERATOR_KEY", "client", "config_file", "job_counts",
+           "open_served", "operator", "shop_config", "tenant", "wait_final", "write_config"]
 
 #: The states a message never leaves (gateway.store.base.FINAL, as the API names them).
 FINAL = frozenset({"delivered", "undelivered", "expired", "rejected", "failed", "unknown", "capped",
@@ -30,6 +31,39 @@ ENV = {"SLUICE_KEY_ACME": KEYS["acme"], "SLUICE_KEY_BETA": KEYS["beta"], "SLUICE
 LOOPBACK_HOOKS = '[webhooks]\nallow_private = ["127.0.0.0/8", "::1/128"]\n'
 
 
+def tenant(name: str, key_env: str, *, senders: tuple[str, ...] = (), rps: float | None = None,
+           burst: int | None = None, extra: str = "") -> str:  # fmt: skip
+    """One ``[[api.tenants]]`` table; ``extra``: its own sub-tables (e.g. ``[api.tenants.keywords]``)."""
+    lines = [f'[[api.tenants]]\nname = "{name}"\nkey_env = "{key_env}"\n']
+    if senders:
+        lines.append("senders = [" + ", ".join(f'"{s}"' for s in senders) + "]\n")
+    if rps is not None:
+        lines.append(f"requests_per_second = {rps}\nburst = {burst if burst is not None else int(rps)}\n")
+    return "".join(lines) + extra
+
+
+def operator(name: str, key_env: str) -> str:
+    """One ``[[api.operators]]`` table (reads /metrics and the full /v1/carriers)."""
+    return f'[[api.operators]]\nname = "{name}"\nkey_env = "{key_env}"\n'
+
+
+def config_file(tmp_path: Path, *, api: str, body: str, api_options: str = "") -> str:
+    """Write ``tmp_path/sluice.toml``: ``[api]`` on loopback (``api_options``: more keys of it),
+    then ``api`` (tenant and operator tables: ``tenant``, ``operator``), the SQLite store beside
+    it, then ``body`` (carriers, routes, webhooks ...). Returns the path."""
+    path = tmp_path / "sluice.toml"
+    path.write_text(f"""
+[api]
+host = "127.0.0.1"
+{api_options}
+{api}
+[store]
+url = "sqlite:///{(tmp_path / 'sluice.db').as_posix()}"
+synchronous = "NORMAL"
+{body}""")
+    return str(path)
+
+
 def write_config(tmp_path: Path, sim_port: int, *, rate: float = 2000.0, window: int = 50, binds: int = 2,
                  horizon: float = 72 * 3600.0, rps: float = 1000.0, burst: int = 1000,
                  max_body: int = 64 * 1024 * 1024, api_extra: str = "", smpp_extra: str = "",
@@ -37,27 +71,9 @@ def write_config(tmp_path: Path, sim_port: int, *, rate: float = 2000.0, window:
     """Two tenants (acme, beta) and an operator (ops), the store in tmp_path, carrier "alpha" at
     the simulator. ``api_extra`` / ``smpp_extra``: more TOML lines for ``[api]`` / the
     ``[[carriers.smpp]]`` link; ``webhooks``: the ``[webhooks]`` table (loopback receivers allowed)."""
-    path = tmp_path / "sluice.toml"
-    tenants = "".join(
-        f'\n[[api.tenants]]\nname = "{name}"\nkey_env = "SLUICE_KEY_{name.upper()}"\n'
-        f"requests_per_second = {rps}\nburst = {burst}\n"
-        for name in KEYS
-    )
-    path.write_text(f"""
-[api]
-host = "127.0.0.1"
-max_body_bytes = {max_body}
-{api_extra}
-{tenants}
-[[api.operators]]
-name = "ops"
-key_env = "SLUICE_KEY_OPS"
-
-{webhooks}
-[store]
-url = "sqlite:///{tmp_path / 'sluice.db'}"
-synchronous = "NORMAL"
-
+    tenants = "".join(tenant(name, f"SLUICE_KEY_{name.upper()}", rps=rps, burst=burst) for name in KEYS)
+    return config_file(tmp_path, api_options=f"max_body_bytes = {max_body}\n{api_extra}",
+                       api=tenants + operator("ops", "SLUICE_KEY_OPS") + "\n" + webhooks, body=f"""
 [[core.carriers]]
 name = "alpha"
 rate = {rate}
@@ -75,31 +91,24 @@ binds = {binds}
 receipt_horizon_s = {horizon}
 {smpp_extra}
 """)
-    return str(path)
 
+
+#: Carrier "beta" over HTTP, never sent to (routes go elsewhere): only its inbound/receipt
+#: callbacks are used, signed with the secret in ``BETA_CB``.
+BETA_CALLBACKS = ('[[carriers.http]]\nname = "beta"\nurl = "http://127.0.0.1:9/never-sent-to"\n'
+                  'callback_secret_env = "BETA_CB"\n')  # fmt: skip
 
 
 def shop_config(tmp_path: Path, sim_port: int, *, sender: str, rps: float | None = None,
-                http_carrier: bool = False, extra: str = "") -> str:  # fmt: skip
+                http_carrier: bool = False, beta_extra: str = "", tenant_extra: str = "",
+                extra: str = "") -> str:  # fmt: skip
     """One shop (tenant "acme", key in ``SLUICE_KEY``, sending as ``sender``), the store in
-    tmp_path, carrier "alpha" at the SMSC simulator; ``http_carrier`` adds carrier "beta" (HTTP,
-    never sent to: routes go to alpha) whose inbound callbacks are signed with ``BETA_CB``;
-    ``extra``: more TOML (e.g. a ``[campaigns]`` table)."""
-    path = tmp_path / "sluice.toml"
-    limits = f"requests_per_second = {rps}\nburst = {int(rps)}\n" if rps is not None else ""
-    beta = ('[[core.carriers]]\nname = "beta"\n', '[[carriers.http]]\nname = "beta"\n'
-            'url = "http://127.0.0.1:9/never-sent-to"\ncallback_secret_env = "BETA_CB"\n') if http_carrier else ("", "")
-    path.write_text(f"""
-[api]
-host = "127.0.0.1"
-[[api.tenants]]
-name = "acme"
-key_env = "SLUICE_KEY"
-senders = ["{sender}"]
-{limits}[store]
-url = "sqlite:///{tmp_path / 'sluice.db'}"
-synchronous = "NORMAL"
-[[core.carriers]]
+    tmp_path, carrier "alpha" at the SMSC simulator; ``http_carrier`` adds carrier "beta"
+    (``BETA_CALLBACKS``; ``beta_extra``: more keys of its ``[[core.carriers]]`` table);
+    ``tenant_extra``: the tenant's sub-tables; ``extra``: more TOML (e.g. a ``[campaigns]`` table)."""
+    beta = (f'[[core.carriers]]\nname = "beta"\n{beta_extra}', BETA_CALLBACKS) if http_carrier else ("", "")
+    return config_file(tmp_path, api=tenant("acme", "SLUICE_KEY", senders=(sender,), rps=rps, extra=tenant_extra),
+                       body=f"""[[core.carriers]]
 name = "alpha"
 {beta[0]}[[core.routes]]
 prefix = ""
@@ -108,7 +117,7 @@ carriers = ["alpha"]
 name = "alpha"
 port = {sim_port}
 {beta[1]}{extra}""")
-    return str(path)
+
 
 def client(url: str, tenant: str = "acme") -> httpx.AsyncClient:
     """A tenant's client (``"ops"``: the operator's)."""

@@ -105,6 +105,53 @@ async def test_a_crash_mid_launch_sends_nobody_twice(store: Store) -> None:
     assert [r.phone for r in rejected] == ["+447911101000"]
 
 
+async def test_a_batch_is_submitted_by_its_job_id_across_a_crash(store: Store) -> None:
+    """No state is written per recipient at submit: a batch whose answer was lost reads ``planned``
+    and counts as not sent until the relaunch stores its job id (the gateway's stored answer to the
+    same key), then every recipient of it reads ``submitted`` and counts as sent, once."""
+    from campaigns.store.report_sql import Scope
+
+    ids = [subscriber(store, n) for n in range(1, 7)]
+    gw = FakeGateway()
+    gw.lose_answer_of = {2}  # batch 1: stored by the gateway, the answer lost
+    camp = await launcher(store, gw).create("acme", "Crash", {"sender": "ACME", "template": "Sale https://s.io/x",
+                                                             "batch_size": 2, "audience": {"subscribers": ids}})
+    with pytest.raises(GatewayError):
+        await launcher(store, gw).launch("acme", camp.id)
+
+    def states() -> list[str]:
+        return [r.state for r in sorted(store.campaign_recipients("acme", camp.id), key=lambda r: (r.batch, r.idx))]
+
+    def sent() -> int:
+        return sum(g.sent for g in store.report_facts("acme", Scope(campaign=camp.id)).groups)
+
+    assert states() == ["submitted", "submitted", "planned", "planned", "planned", "planned"] and sent() == 2
+    out = await launcher(store, gw, now=T0 + 60).launch("acme", camp.id)
+    assert out.status == "launched" and out.accepted == 6
+    assert states() == ["submitted"] * 6 and sent() == 6
+    assert Counter(gw.sent()) == Counter({f"+4479111{i:05d}": 1 for i in range(1, 7)})
+    # A state from the gateway moves a recipient on from the derived ``submitted``.
+    job = store.batches("acme", camp.id)[0].job_id
+    assert job is not None
+    moved = store.recipient_state("acme", job, 1, state="delivered", message_id="m-1", at=T0 + 90)
+    assert moved is not None and moved.state == "delivered" and states()[:2] == ["submitted", "delivered"]
+
+
+async def test_custom_attributes_reach_the_launched_text(store: Store) -> None:
+    gold = subscriber(store, 1)
+    plain = subscriber(store, 2)
+    store.put_subscriber("acme", Profile(phone="+447911100001", attributes={"tier": "gold"}), phone="+447911100001",
+                         at=T0 - 500, now=T0 - 500)  # fmt: skip
+    gw = FakeGateway()
+    la = launcher(store, gw)
+    camp = await la.create("acme", "Tiers", {"sender": "ACME", "template": "Your {attr.tier|member} perks",
+                                            "audience": {"subscribers": [gold, plain]}})
+    await la.launch("acme", camp.id)
+    [job] = gw.jobs.values()
+    texts = {r["to"]: r["vars"]["body"] for r in job["recipients"]}
+    assert texts["+447911100001"].startswith("Your gold perks") and texts["+447911100002"].startswith("Your member perks")
+
+
 async def test_smart_sending_skips_who_got_marketing_within_16_hours(store: Store) -> None:
     a, b = subscriber(store, 1), subscriber(store, 2)
     gw = FakeGateway()
@@ -329,18 +376,18 @@ async def test_a_store_failure_building_the_next_body_stops_the_launch_and_a_rel
     gw = FakeGateway()
     definition = {"sender": "ACME", "template": "Sale at https://s.io/x", "batch_size": 3, "audience": {"subscribers": ids}}
     camp = await launcher(store, gw).create("acme", "Broken store", definition)
-    real = store.batch_recipients
+    real = store.batch_lines  # what a body is built from
 
     def flaky(tenant: str, campaign_id: int, batch: int) -> list:
         if batch == 1:
             raise StorageError("disk I/O error")
         return real(tenant, campaign_id, batch)
 
-    monkeypatch.setattr(store, "batch_recipients", flaky)
+    monkeypatch.setattr(store, "batch_lines", flaky)
     with pytest.raises(StorageError):
         await launcher(store, gw).launch("acme", camp.id)
     assert len(gw.jobs) == 1  # batch 0 only: never batch 2 before batch 1
-    monkeypatch.setattr(store, "batch_recipients", real)
+    monkeypatch.setattr(store, "batch_lines", real)
     out = await launcher(store, gw, now=T0 + 60).launch("acme", camp.id)
     assert out.status == "launched" and out.batches == 3 and out.accepted == 9
     assert Counter(gw.sent()) == Counter({f"+4479111{i:05d}": 1 for i in range(1, 10)})

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from phonenumbers import PhoneMetadata, PhoneNumberType
 
 from gateway.core import zone_overrides as overrides
+from gateway.core import nanp_regions
 from gateway.core import zones as zones_mod
 from gateway.core.zones import ZoneResolver, ZoneSet
 
@@ -275,3 +276,38 @@ def test_decided_means_all_completions_agree(pat: tuple[str, bool], head_len: in
 )
 def test_place_names_to_subdivisions(description: str, expected: set) -> None:
     assert zones_mod._subdivisions(description) == expected
+
+
+def test_prepare_builds_now_what_the_first_numbers_would(monkeypatch) -> None:
+    """``serve`` calls ``zones.prepare`` before it listens: afterwards, resolving a US number (its
+    state: the shipped table, or for another phonenumbers release the geocoder's, seconds on a
+    loaded machine) and a geographic one (the zone table's prefix index) builds nothing more on
+    the event loop."""
+    data = zones_mod._PrefixData()
+    data.prepare()
+    built = (data._nanp, data._deeper)
+    assert built[1] and (built[0] is not None) != zones_mod._NANP_SHIPPED
+
+    def rebuilt() -> dict:
+        raise AssertionError("built again at the first number")
+
+    monkeypatch.setattr(zones_mod, "_nanp_regions", rebuilt)
+    zones, region, _ = data.answer("12125550194", 4)
+    assert region == "US-NY" and "America/New_York" in zones
+    data.answer("441632960123", 4)
+    assert (data._nanp, data._deeper) == built
+
+
+def test_the_shipped_nanp_table_is_the_installed_geocoders() -> None:
+    """``nanp_regions`` is what ``_nanp_regions`` derives from the phonenumbers it names; under
+    another release the resolver derives it itself. If this fails after upgrading phonenumbers,
+    regenerate the table (``zones.nanp_table_source``)."""
+    derived = zones_mod._nanp_regions()
+    if zones_mod._NANP_SHIPPED:
+        assert nanp_regions.REGIONS == derived, "regenerate gateway/core/nanp_regions.py"
+        assert zones_mod.nanp_table_source().endswith("}\n")
+    else:
+        data = zones_mod._PrefixData()
+        data.prepare()
+        assert data._nanp == derived
+    assert {derived[a] for a in ("212", "305", "416", "604")} == {"US-NY", "US-FL", "CA-ON", "CA-BC"}

@@ -14,6 +14,7 @@ import pytest
 
 from carriers.http.profiles import generic
 from gateway.testing.processes import gateway, simulator
+from gateway.testing.serving import shop_config
 
 pytestmark = pytest.mark.anyio
 
@@ -28,38 +29,9 @@ def anyio_backend() -> tuple[str, dict]:
 
 
 def config(tmp_path, sim_port: int) -> str:
-    path = tmp_path / "sluice.toml"
-    path.write_text(f"""
-[api]
-host = "127.0.0.1"
-[[api.tenants]]
-name = "acme"
-key_env = "SLUICE_KEY"
-senders = ["12345"]
-requests_per_second = 1000.0
-burst = 1000
-[api.tenants.keywords]
-opt_out_uncertain = "ask"
-[store]
-url = "sqlite:///{tmp_path / 'sluice.db'}"
-synchronous = "NORMAL"
-[[core.carriers]]
-name = "alpha"
-[[core.carriers]]
-name = "beta"
-default_region = "GB"
-[[core.routes]]
-prefix = ""
-carriers = ["alpha"]
-[[carriers.smpp]]
-name = "alpha"
-port = {sim_port}
-[[carriers.http]]
-name = "beta"
-url = "http://127.0.0.1:9/never-sent-to"
-callback_secret_env = "BETA_CB"
-""")
-    return str(path)
+    return shop_config(tmp_path, sim_port, sender="12345", rps=1000.0, http_carrier=True,
+                       beta_extra='default_region = "GB"\n',
+                       tenant_extra='[api.tenants.keywords]\nopt_out_uncertain = "ask"\n')  # fmt: skip
 
 
 async def post(c: httpx.AsyncClient, **item) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from carriers.http.profiles import generic
 from gateway.testing.processes import gateway, http_simulator, simulator
-from gateway.testing.serving import FINAL, wait_final
+from gateway.testing.serving import BETA_CALLBACKS, FINAL, config_file, operator, tenant, wait_final
 
 pytestmark = pytest.mark.anyio
 
@@ -29,24 +29,8 @@ def anyio_backend() -> tuple[str, dict]:
 
 
 def write(tmp_path, body: str) -> str:
-    path = tmp_path / "sluice.toml"
-    path.write_text(f"""
-[api]
-host = "127.0.0.1"
-[[api.tenants]]
-name = "acme"
-key_env = "SLUICE_KEY"
-senders = ["12345"]
-requests_per_second = 1000.0
-burst = 1000
-[[api.operators]]
-name = "ops"
-key_env = "SLUICE_KEY"
-[store]
-url = "sqlite:///{tmp_path / 'sluice.db'}"
-synchronous = "NORMAL"
-{body}""")
-    return str(path)
+    return config_file(tmp_path, api=tenant("acme", "SLUICE_KEY", senders=("12345",), rps=1000.0)
+                       + operator("ops", "SLUICE_KEY"), body=body)  # fmt: skip
 
 
 def callbacks_config(tmp_path, sim_port: int) -> str:
@@ -61,11 +45,7 @@ carriers = ["alpha"]
 [[carriers.smpp]]
 name = "alpha"
 port = {sim_port}
-[[carriers.http]]
-name = "beta"
-url = "http://127.0.0.1:9/never-sent-to"
-callback_secret_env = "BETA_CB"
-""")
+{BETA_CALLBACKS}""")
 
 
 async def poll(get, until, timeout: float = 20.0):

@@ -6,11 +6,8 @@ receipt counters from /metrics."""
 from __future__ import annotations
 
 import json
-import tomllib
-from pathlib import Path
 
 import anyio
-import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,33 +15,10 @@ from carriers.smpp.simulator import ReceiptVariant
 from gateway.testing.processes import gateway, simulator
 from gateway.testing.serving import ENV, job_counts, write_config
 from gateway.testing.serving import client as client_for
+from tests.smpp.test_receipt_corpus import load
 
 
-class Case(msgspec.Struct, frozen=True, kw_only=True):
-    """A corpus entry (tests/smpp/test_receipt_corpus.py reads it whole; this, what serve needs)."""
-
-    name: str
-    parsed: str
-    expect: str
-    error_code: int | None = None
-    submit_id: str = "{dec}"
-    id_format: str = "dec"
-    formats: tuple[str, ...] | None = None
-    legacy: str | None = None
-    text: str = ""
-    tlv_id: str | None = None
-    tlv_state: int | None = None
-    tlv_neterr: int | None = None
-    esm_class: int = 0x04
-    pdu: str = "deliver_sm"
-    payload: bool = False
-
-    def variant(self) -> ReceiptVariant:
-        return ReceiptVariant(**{f: getattr(self, f) for f in ReceiptVariant.__struct_fields__})
-
-
-with (Path(__file__).parent.parent / "data" / "receipt_corpus.toml").open("rb") as _f:
-    CASES = msgspec.convert(tomllib.load(_f)["receipt"], list[Case])
+CASES = load()  # the corpus as tests/smpp/test_receipt_corpus.py reads it
 
 pytestmark = pytest.mark.anyio
 

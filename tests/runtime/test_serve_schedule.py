@@ -20,7 +20,7 @@ import pytest
 
 from carriers.http.profiles import generic
 from gateway.testing.processes import gateway, http_simulator, simulator
-from gateway.testing.serving import ENV, KEYS, client, job_counts, wait_final, write_config
+from gateway.testing.serving import ENV, KEYS, client, config_file, job_counts, tenant, wait_final, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -132,15 +132,8 @@ async def test_send_at_holds_for_single_messages_json_and_ndjson_jobs_and_pause_
 
 def two_carrier_config(tmp_path, smpp_port: int, http_port: int, horizon: float) -> str:
     """SMPP carrier "alpha" for everything, but +447911131... go to HTTP carrier "web"."""
-    path = tmp_path / "sluice.toml"
-    tenants = "".join(f'\n[[api.tenants]]\nname = "{name}"\nkey_env = "SLUICE_KEY_{name.upper()}"\n' for name in KEYS)
-    path.write_text(f"""
-[api]
-host = "127.0.0.1"
-{tenants}
-[store]
-url = "sqlite:///{tmp_path / 'sluice.db'}"
-synchronous = "NORMAL"
+    tenants = "".join(tenant(name, f"SLUICE_KEY_{name.upper()}") for name in KEYS)
+    return config_file(tmp_path, api=tenants, body=f"""
 [[core.carriers]]
 name = "alpha"
 [[core.carriers]]
@@ -160,7 +153,6 @@ url = "http://127.0.0.1:{http_port}/messages"
 callback_secret_env = "WEB_CB"
 receipt_horizon_s = {horizon}
 """)
-    return str(path)
 
 
 async def test_restart_promises_hold_across_sigterm_and_kill_9(tmp_path) -> None:
