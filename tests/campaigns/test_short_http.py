@@ -83,9 +83,12 @@ def test_a_head_that_never_ends_is_cut_at_the_bound(chunk: int, name_heavy: bool
     piece = b"X-A: " + b"b" * 40 + b"\r\n" if not name_heavy else b"c" * 64
     if name_heavy:
         reader.receive_data(b"X-Long: ")
+    stream = piece * (chunk // len(piece) + 2)
+    at = 0
     with pytest.raises(BadRequest) as err:
-        while True:
-            data = (piece * (chunk // len(piece) + 1))[:chunk]
+        while True:  # one continuous stream of headers, cut into reads of ``chunk`` bytes
+            data = stream[at:at + chunk]
+            at = (at + chunk) % len(piece)
             reader.receive_data(data)
             fed += len(data)
             assert fed <= 8192 + 16 * 1024 + chunk
