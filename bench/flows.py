@@ -7,8 +7,11 @@ it keeps each Idempotency-Key's answer as the real gateway does.
    checkout-abandoned events and N/5 orders
    go through the store's ``apply_events`` (which queues the flow inputs in the same transaction),
    then the runtime drains them (triggers and exits processed, runs started and advanced) and posts
-   every send to the gateway. ``events_per_s`` = (inputs processed + runs advanced + sends answered)
-   / the wall time of that whole phase; each part's own rate is reported too.
+   every send to the gateway (``POST /v1/messages/batch``, a key per message). ``events_per_s`` =
+   (inputs processed + runs advanced + sends answered) / the wall time of that whole phase; each
+   part's own rate is reported too, and the CPU time per unit of work (``*_cpu_us``: this process,
+   and the gateway process's for the sends), which a loaded machine does not inflate as it does
+   wall time.
 2. Timer lag: ``--timers`` runs waiting (default 1,000,000), of which ``--due`` fall due over the
    next ``--window`` seconds (the rest later); one worker on the real clock fires them;
    ``timer_lag_p99_s`` is the 99th percentile of (acted - due), "acted" being the commit of the
@@ -108,8 +111,12 @@ class RemoteGateway:
     """The fake gateway in its own process (a server thread in the measuring process would share its
     GIL: every request would wait for thread switches). ``messages()`` / ``count()`` read its record."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, pid: int | None = None) -> None:
+        self.url, self.pid = url, pid
+
+    def cpu_s(self) -> float:
+        """The gateway process's CPU time so far (user + system, /proc/PID/stat), 0 if unknown."""
+        return _proc_cpu_s(self.pid) if self.pid else 0.0
 
     def count(self) -> int:
         import httpx
@@ -168,10 +175,18 @@ def gateway_process() -> Iterator[RemoteGateway]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("the fake gateway process did not start") from None
                 time.sleep(0.05)
-        yield RemoteGateway(url)
+        yield RemoteGateway(url, proc.pid)
     finally:
         proc.kill()
         proc.wait()
+
+
+def _proc_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
 def bulk_subscribers(store: Store, n: int, now: float, *, tag_every: int = 0) -> None:
@@ -267,19 +282,21 @@ def events_phase(url: str, n: int, gw: RemoteGateway) -> dict[str, Any]:
         client = GatewayClient(gw.url, "bench-key")
         rt = FlowRuntime(store, {TENANT: client}, {TENANT: TenantFlows(sender="BENCH")}, time.time, batch=2000,
                          send_concurrency=64)  # fmt: skip
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         while await anyio.to_thread.run_sync(rt.worker.drain, TENANT, time.time(), 2000):
             pass
         for chunk in range(0, len(exits), 2000):
             store.apply_events(TENANT, exits[chunk:chunk + 2000], now=time.time())
         while await anyio.to_thread.run_sync(rt.worker.drain, TENANT, time.time(), 2000):
             pass
-        drain_s = time.perf_counter() - t1
+        drain_s, c2, g2 = time.perf_counter() - t1, time.process_time(), gw.cpu_s()
         await rt.send_pending()
-        total_s = time.perf_counter() - t1
+        total_s, c3, g3 = time.perf_counter() - t1, time.process_time(), gw.cpu_s()
         await client.aclose()
+        cpu.update(engine_cpu_s=c2 - c1, send_cpu_s=c3 - c2, gateway_send_cpu_s=g3 - g2)
         return rt.statistics(), drain_s, total_s
 
+    cpu: dict[str, float] = {}
     stats, drain_s, total_s = anyio.run(flows)
     store.close()
     messages, _posts = gw.record()
@@ -290,7 +307,12 @@ def events_phase(url: str, n: int, gw: RemoteGateway) -> dict[str, Any]:
             "gateway_duplicate_keys": len(keys) - len(set(keys)), "ingest_s": ingest_s,
             "engine_phase_s": drain_s, "events_phase_s": total_s,
             "events_per_s": processed / total_s, "inputs_per_s": stats.inputs / drain_s,
-            "sends_per_s": stats.sent / max(total_s - drain_s, 1e-9)}  # fmt: skip
+            "sends_per_s": stats.sent / max(total_s - drain_s, 1e-9), **cpu,
+            # CPU per unit of work (this process: the runtime and the store; the gateway's apart)
+            "events_cpu_us": (cpu["engine_cpu_s"] + cpu["send_cpu_s"]) / max(processed, 1) * 1e6,
+            "input_cpu_us": cpu["engine_cpu_s"] / max(stats.inputs, 1) * 1e6,
+            "send_cpu_us": cpu["send_cpu_s"] / max(stats.sent, 1) * 1e6,
+            "gateway_send_cpu_us": cpu["gateway_send_cpu_s"] / max(stats.sent, 1) * 1e6}  # fmt: skip
 
 
 def timers_phase(url: str, timers: int, due: int, window: float) -> dict[str, Any]:
@@ -396,7 +418,8 @@ def bench_flows(ctx: click.Context, n: int, engine: str, timers: int, due: int, 
         raise click.BadParameter("--subscribers >= 1, --timers >= 1, 1 <= --due <= --timers, --window > 0")
     r = run(engine, n, timers, due, window, workdir, crash, phase)
     click.echo(f"sluice bench flows: {engine}, {n:,} subscribers, {timers:,} timers ({due:,} due in {window:g} s)")
-    for key in ("events_per_s", "inputs_per_s", "sends_per_s", "runs_started", "runs_advanced", "sends",
+    for key in ("events_per_s", "inputs_per_s", "sends_per_s", "events_cpu_us", "input_cpu_us", "send_cpu_us",
+                "gateway_send_cpu_us", "runs_started", "runs_advanced", "sends",
                 "gateway_duplicate_keys", "timer_lag_p50_s", "timer_lag_p99_s", "timers_fired"):  # fmt: skip
         if key in r:
             click.echo(f"  {key:<28} {r[key]:>14,.3f}")

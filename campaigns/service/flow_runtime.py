@@ -46,8 +46,8 @@ import msgspec
 from campaigns.core import flow_inputs, links, templates
 from campaigns.core import flows as F
 from campaigns.core.conversations import StartFlow, ToRun, route_reply
-from campaigns.errors import CampaignError, GatewayError
-from campaigns.service.gateway_client import GatewayClient
+from campaigns.errors import CampaignError, GatewayError, GatewayRefused
+from campaigns.service.gateway_client import BatchResult, GatewayClient, message_bytes
 from campaigns.service.launch import TenantLinks
 from campaigns.store.base import Store
 from campaigns.store.flow_rows import FlowMessage
@@ -331,7 +331,7 @@ class FlowRuntime:
     win-backs, and answers ``offer_reply`` (the ``ReplyRouter`` on the app's state)."""
 
     def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantFlows],
-                 clock: Callable[[], float], *, batch: int = 1000, send_concurrency: int = 32,
+                 clock: Callable[[], float], *, batch: int = 1000, send_concurrency: int = 32, send_batch: int = 500,
                  scan_interval: float = 3600.0, webhook_transport: httpx.AsyncBaseTransport | None = None,
                  allow_private_webhooks: bool = False, part: int = 0, parts: int = 1, inbox: Any = None) -> None:  # fmt: skip
         self.store, self.clients, self.clock = store, dict(clients), clock
@@ -339,6 +339,7 @@ class FlowRuntime:
         self.stats = Statistics()
         self.worker = FlowWorker(store, tenants, self.stats, part=part, parts=parts)
         self.batch, self.send_concurrency, self.scan_interval = batch, send_concurrency, scan_interval
+        self.send_batch = max(1, min(send_batch, 1000))  # messages per POST /v1/messages/batch (the gateway's most: 1,000)
         self.lags: list[float] = []  # due -> acted, seconds (kept for the bench; bounded)
         self._wake = anyio.Event()
         self._sends = anyio.Event()
@@ -383,7 +384,8 @@ class FlowRuntime:
         return done
 
     async def send_pending(self) -> int:
-        """Post pending sends to the gateway (each with its Idempotency-Key), mark them answered."""
+        """Post pending sends to the gateway, ``send_batch`` messages per ``POST /v1/messages/batch``
+        (each with its own Idempotency-Key), webhooks one by one; mark them answered."""
         total = 0
         while True:
             pending = await anyio.to_thread.run_sync(lambda: self.store.pending_flow_messages(self.batch))
@@ -400,14 +402,65 @@ class FlowRuntime:
                 if outcome is not None:
                     results.append((m.tenant, m.key, *outcome))
 
+            async def batch(ms: list[FlowMessage]) -> None:
+                async with limiter:
+                    outcomes = await self._post_batch(ms)
+                    if outcomes is None:  # the gateway refused the batch itself (an older one): one by one
+                        for m in ms:
+                            tg.start_soon(one, m)
+                        return
+                    for m, outcome in zip(ms, outcomes):
+                        if outcome is not None and outcome[0] == "sent":
+                            await self._to_history(m)
+                for m, outcome in zip(ms, outcomes):
+                    if outcome is not None:
+                        results.append((m.tenant, m.key, *outcome))
+
             async with anyio.create_task_group() as tg:
+                by_tenant: dict[str, list[FlowMessage]] = {}
                 for m in pending:
-                    tg.start_soon(one, m)
+                    if m.kind == "webhook" or m.tenant not in self.clients:
+                        tg.start_soon(one, m)
+                    else:
+                        by_tenant.setdefault(m.tenant, []).append(m)
+                for ms in by_tenant.values():
+                    for i in range(0, len(ms), self.send_batch):
+                        tg.start_soon(batch, ms[i:i + self.send_batch])
             if results:
                 await anyio.to_thread.run_sync(lambda: self.store.flow_messages_done(results, now=self.clock()))
             total += len(results)
             if len(results) < len(pending):
                 return total  # some could not go (the gateway is away): next round
+
+    async def _post_batch(self, ms: Sequence[FlowMessage]) -> list[tuple[str, str | None, str | None] | None] | None:
+        """Each message's (state, message id, detail), or None to retry it later; None for all of
+        them if the gateway refused the batch request itself (then they go one by one)."""
+        client = self.clients[ms[0].tenant]
+        items = [(m.key, message_bytes(to=m.recipient, body=m.body, sender=m.sender, category=m.category,
+                                       media=[m.media_url] if m.kind == "mms" and m.media_url else None))
+                 for m in ms]  # fmt: skip
+        try:
+            answers = await client.send_batch(items)
+        except GatewayRefused as exc:
+            log.warning("flow.send_batch.refused status=%s code=%s: one by one", exc.http_status, exc.gateway_code)
+            return None
+        except GatewayError as exc:
+            log.warning("flow.send_batch.retry messages=%d error=%s", len(ms), str(exc)[:200])
+            return [None] * len(ms)
+        return [self._outcome(m, r) for m, r in zip(ms, answers)]
+
+    def _outcome(self, m: FlowMessage, r: BatchResult) -> tuple[str, str | None, str | None] | None:
+        """A batch result as ``_post`` reads a single answer."""
+        if r.status < 300:
+            self.stats.sent += 1
+            return "sent", r.id, None
+        if r.code == "idempotency_key_reused":  # the key was stored with this send before: it went
+            return "sent", None, "idempotency_key_reused"
+        if 400 <= r.status < 500 and r.status not in (408, 429):
+            self.stats.failed += 1
+            return "failed", None, f"gateway POST /v1/messages/batch: HTTP {r.status} {r.code}: {r.error}"[-300:]
+        log.warning("flow.send.retry key=%s status=%s code=%s", m.key, r.status, r.code)
+        return None
 
     async def _to_history(self, m: FlowMessage) -> None:
         """The send in the subscriber's conversation (the inbox's history; idempotent by the key)."""

@@ -40,6 +40,16 @@ _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country
              "language, signup_source, created_at, consent, consent_at, attributes")  # fmt: skip
 
 
+_NEW_RUN_COLS = ("id, tenant, run_key, flow_id, version, subscriber_id, object_id, node, visit, state, ended, "
+                 "started_at, updated_at, due, run")  # fmt: skip
+# %b: arrays go to PostgreSQL in binary (psycopg's text format escapes every element with a regex:
+# 1.2 s for 2,000 runs' JSON, 17 ms in binary).
+_PG_INSERT_RUNS = (f"INSERT INTO flow_runs ({_NEW_RUN_COLS}) SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], "
+                   "%b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[], "
+                   "%b::double precision[], %b::double precision[], %b::double precision[], %b::text[]) "
+                   "ON CONFLICT (tenant, run_key) DO NOTHING RETURNING id")  # fmt: skip
+
+
 def _run_row(tenant: str, row: tuple) -> FlowRunRow:
     names = [c.strip() for c in _RUN_COLS.split(",")]
     return FlowRunRow(tenant=tenant, **dict(zip(names, row, strict=True)))
@@ -77,6 +87,10 @@ class FlowTx:
         for a batch: one multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` per 400 ids)."""
         fresh: set[str] = set()
         ids = list(dict.fromkeys(event_ids))
+        if self.engine == "postgres" and ids:  # one array parameter: psycopg parses no 800-placeholder text
+            rows = self.tx.rows("INSERT INTO flow_events (tenant, event_id) SELECT %b, unnest(%b::text[]) "
+                                "ON CONFLICT DO NOTHING RETURNING event_id", (self.tenant, ids))  # fmt: skip
+            return {str(r[0]) for r in rows}
         for i in range(0, len(ids), 400):
             chunk = ids[i:i + 400]
             rows = self.tx.rows(f"INSERT INTO flow_events (tenant, event_id) VALUES {', '.join(['(?, ?)'] * len(chunk))} "
@@ -91,28 +105,35 @@ class FlowTx:
         ids = sorted(set(subscriber_ids) - self._runs.keys())
         lock = " FOR UPDATE" if self.engine == "postgres" else ""
         names = [c.strip() for c in _SUB_COLS.split(",")]
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            marks, params = ", ".join("?" * len(chunk)), (self.tenant, *chunk)
+        step = (len(ids) or 1) if self.engine == "postgres" else 500
+        for i in range(0, len(ids), step):
+            chunk = ids[i:i + step]
+            marks, params = self._ids_in(chunk)
             runs: dict[int, list[tuple[int, F.Run]]] = {sid: [] for sid in chunk}
             entries: dict[int, dict[str, list[F.Entry]]] = {sid: {} for sid in chunk}
             keys: dict[int, set[str]] = {sid: set() for sid in chunk}
             for rid, sid, key, fid, started, obj, run in self.tx.rows(
                     f"SELECT id, subscriber_id, run_key, flow_id, started_at, object_id, CASE WHEN state = 'active' THEN run "
-                    f"END FROM flow_runs WHERE tenant = ? AND subscriber_id IN ({marks}) ORDER BY id{lock}", params):  # fmt: skip
+                    f"END FROM flow_runs WHERE tenant = ? AND subscriber_id {marks} ORDER BY id{lock}", params):  # fmt: skip
                 keys[int(sid)].add(str(key))
                 entries[int(sid)].setdefault(str(fid), []).append(F.Entry(started_at=float(started), object_id=obj))
                 if run is not None:
                     runs[int(sid)].append((int(rid), _run_decoder.decode(run)))
             tags: dict[int, list[str]] = {}
             for sid, tag in self.tx.rows(f"SELECT subscriber_id, tag FROM subscriber_tags WHERE tenant = ? AND "
-                                         f"subscriber_id IN ({marks})", params):  # fmt: skip
+                                         f"subscriber_id {marks}", params):  # fmt: skip
                 tags.setdefault(int(sid), []).append(str(tag))
             stats = {int(r[0]): {"orders_count": r[1], "total_spent": r[2], "last_order_at": r[3]} for r in self.tx.rows(
                 f"SELECT subscriber_id, orders_count, total_spent, last_order_at FROM subscriber_stats WHERE tenant = ? "
-                f"AND subscriber_id IN ({marks})", params)}  # fmt: skip
+                f"AND subscriber_id {marks}", params)}  # fmt: skip
             subs = dict.fromkeys(chunk)
-            for row in self.tx.rows(f"SELECT {_SUB_COLS} FROM subscribers WHERE tenant = ? AND id IN ({marks})", params):
+            # By id alone (the primary key; ids are unique across tenants), the tenant checked here:
+            # with ``tenant = ?`` in the WHERE, SQLite answered from the (tenant, consent) index,
+            # reading every subscriber of the tenant for each chunk (O(N) per batch: 53 ms per 500 ids at
+            # 20,000 subscribers, 13 ms by the key).
+            for tenant, *row in self.tx.rows(f"SELECT tenant, {_SUB_COLS} FROM subscribers WHERE id {marks}", params[1:]):
+                if tenant != self.tenant:
+                    continue
                 sid = int(row[0])
                 subs[sid] = (self._subscriber_of(names, row), tuple(sorted(tags.get(sid, ()))), stats.get(sid, {}))
             for sid in chunk:
@@ -121,15 +142,25 @@ class FlowTx:
             self._entries.update(entries)
             self._keys.update(keys)
 
+    def _ids_in(self, ids: Sequence[int]) -> tuple[str, tuple]:
+        """``IN (?, ...)`` on SQLite, ``= ANY(%b)`` with one binary array on PostgreSQL (whose driver
+        would parse a text of hundreds of placeholders on every call); params start with the tenant."""
+        if self.engine == "postgres":
+            return "= ANY(%b::bigint[])", (self.tenant, list(ids))
+        return f"IN ({', '.join('?' * len(ids))})", (self.tenant, *ids)
+
     def flush(self) -> None:
         """Write the runs started (multi-row inserts) and the run updates (one ``executemany``) held
         since the last flush."""
         while self._new:
-            chunk, self._new = self._new[:200], self._new[200:]
-            got = self.tx.rows(f"INSERT INTO flow_runs (id, tenant, run_key, flow_id, version, subscriber_id, object_id, "
-                               f"node, visit, state, ended, started_at, updated_at, due, run) VALUES "
-                               f"{', '.join(['(' + ', '.join('?' * 15) + ')'] * len(chunk))} "
-                               f"ON CONFLICT (tenant, run_key) DO NOTHING RETURNING id", [v for r in chunk for v in r])  # fmt: skip
+            if self.engine == "postgres":  # one statement of 15 array parameters, its text always the same
+                chunk, self._new = self._new, []
+                got = self.tx.rows(_PG_INSERT_RUNS, [list(col) for col in zip(*chunk)])
+            else:
+                chunk, self._new = self._new[:200], self._new[200:]
+                got = self.tx.rows(f"INSERT INTO flow_runs ({_NEW_RUN_COLS}) VALUES "
+                                   f"{', '.join(['(' + ', '.join('?' * 15) + ')'] * len(chunk))} "
+                                   f"ON CONFLICT (tenant, run_key) DO NOTHING RETURNING id", [v for r in chunk for v in r])  # fmt: skip
             if len(got) != len(chunk):  # another transaction started one of these runs: redo the batch
                 self._new = []
                 raise StorageError("flow_run_race: a run of this batch was started concurrently; the batch is retried")
@@ -226,12 +257,12 @@ class FlowTx:
         self._entries[sid].setdefault(run.flow_id, []).append(F.Entry(started_at=run.started_at, object_id=run.object_id))
 
     def _run_id(self) -> int:
-        """A new run's id before its row is written: from the sequence on PostgreSQL (taken 100 at a
+        """A new run's id before its row is written: from the sequence on PostgreSQL (taken 1,000 at a
         time; unused ones are gaps), after the highest id on SQLite (this transaction is the only writer)."""
         if self.engine == "postgres":
             if not self._ids:
                 self._ids = [int(r[0]) for r in self.tx.rows(
-                    "SELECT nextval(pg_get_serial_sequence('flow_runs', 'id')) FROM generate_series(1, 100)")][::-1]
+                    "SELECT nextval(pg_get_serial_sequence('flow_runs', 'id')) FROM generate_series(1, 1000)")][::-1]
             return self._ids.pop()
         if self._top is None:
             row = self.tx.one("SELECT COALESCE(MAX(id), 0) FROM flow_runs")
@@ -274,9 +305,10 @@ class FlowTx:
                             f"LIMIT ?{lock}", (*params, limit))  # fmt: skip
         if rows:
             ids = [int(r[0]) for r in rows]
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                self.tx.run(f"DELETE FROM flow_inputs WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+            step = len(ids) if self.engine == "postgres" else 500
+            for i in range(0, len(ids), step):
+                marks, params = self._ids_in(ids[i:i + step])
+                self.tx.run(f"DELETE FROM flow_inputs WHERE id {marks}", params[1:])
         return [(int(i), int(s), _event_decoder.decode(e)) for i, s, e in rows]
 
     def take_inputs_of(self, subscriber_ids: Sequence[int]) -> list[tuple[int, int, F.Event]]:

@@ -26,7 +26,7 @@ from gateway.core import segments
 from gateway.core.bucket import TokenBucket
 from gateway.core.targets import TargetPolicy, url_problem
 from gateway.core.template import MissingVariable, Template
-from gateway.errors import CallerError, InvalidInput, NotFound, SluiceError, StorageError
+from gateway.errors import CallerError, Conflict, InvalidInput, NotFound, SluiceError, StorageError
 from gateway.api.json_pieces import Pieces, elements, recipient_pieces
 from gateway.runtime.ingest import RecipientLines
 from gateway.runtime.service import Gateway
@@ -90,6 +90,7 @@ class Api:
         # (method, path template, handler): the templates are the OpenAPI document's paths.
         routes: list[tuple[str, str, Handler]] = [
             ("POST", "/v1/messages", self._post_message),
+            ("POST", "/v1/messages/batch", self._post_batch),
             ("POST", "/v1/preview", self._post_preview),
             ("GET", "/v1/messages/{mid}", self._get_message),
             ("GET", "/v1/jobs", self._get_jobs),
@@ -102,7 +103,7 @@ class Api:
             ("DELETE", "/v1/suppressions/{number}", self._delete_suppression),
             ("GET", "/v1/inbound", self._get_inbound),
         ]  # fmt: skip
-        self._routes = [(m, _pattern(t), h) for m, t, h in routes]
+        self._routes = [(m, _pattern(t), h, "{" not in t) for m, t, h in routes]
         self._templates = [(m, t) for m, t, _ in routes]
         if missing := openapi.undocumented(self.routes()):  # a route is never served undocumented
             raise RuntimeError(f"routes missing from the OpenAPI document: {missing}")
@@ -166,18 +167,20 @@ class Api:
                 return _error(405, "method not allowed; use POST", "method_not_allowed", headers=[(b"allow", b"POST")])
             return await self._carrier_callback(scope, _BodyBudget(receive, self._body_timeout), hit["name"])
         allowed = []
-        for m, rx, handler in self._routes:
-            if (hit := rx.match(path)) is not None:
-                if m != method:
-                    allowed.append(m)
-                    continue
-                tenant = self._authenticate(scope)
-                self._rate_limit(tenant)
-                receive = _BodyBudget(receive, self._body_timeout)
-                if handler == self._post_job and _header(scope, b"content-type").startswith("application/x-ndjson"):
-                    return await self._post_job_stream(tenant, scope, receive)
-                body = await _read_body(receive, self._max_body) if method in ("POST", "DELETE") else b""
-                return await handler(tenant, scope, body, **hit.groupdict())
+        hits = [(m, hit, handler, literal) for m, rx, handler, literal in self._routes if (hit := rx.match(path))]
+        if any(literal for *_, literal in hits):  # /v1/messages/batch is not /v1/messages/{mid}
+            hits = [h for h in hits if h[3]]
+        for m, hit, handler, _ in hits:
+            if m != method:
+                allowed.append(m)
+                continue
+            tenant = self._authenticate(scope)
+            self._rate_limit(tenant)
+            receive = _BodyBudget(receive, self._body_timeout)
+            if handler == self._post_job and _header(scope, b"content-type").startswith("application/x-ndjson"):
+                return await self._post_job_stream(tenant, scope, receive)
+            body = await _read_body(receive, self._max_body) if method in ("POST", "DELETE") else b""
+            return await handler(tenant, scope, body, **hit.groupdict())
         if allowed:
             methods = ", ".join(sorted(set(allowed)))  # RFC 9110 §15.5.6: a 405 lists them in Allow
             return _error(405, f"method not allowed; use {methods}", "method_not_allowed",
@@ -233,6 +236,39 @@ class Api:
         out, _ = await self.gw.submit_message(tenant.name, msg, self._clock(), raw=body,
                                               idempotency_key=_idem(scope))  # fmt: skip
         return Response(202, out)
+
+    async def _post_batch(self, tenant: Tenant, scope, body: bytes) -> Response:
+        """Up to ``schemas.MAX_BATCH`` messages, each with its own idempotency key, answered one by
+        one in order (``schemas.BatchOut``): each goes through what ``POST /v1/messages`` does
+        for it alone (``Gateway.submit_messages``). As in a job: a message that breaks the schema
+        fails the whole batch (nothing stored), one that cannot be sent fails alone."""
+        items = _batch_messages(_batch_items(body))
+        results: list[schemas.BatchResult | None] = [None] * len(items)
+        valid: list[tuple[int, tuple[schemas.MessageIn, bytes, str]]] = []
+        for i, (key, msg, raw) in enumerate(items):
+            try:
+                self._check_callback(msg)
+            except CallerError as exc:
+                results[i] = _batch_error(i, exc, "message")
+                continue
+            valid.append((i, (msg, raw, key)))
+        answers = await self.gw.submit_messages(tenant.name, [v for _, v in valid], self._clock()) if valid else []
+        for (i, _), answer in zip(valid, answers):
+            if isinstance(answer, bytes):
+                try:
+                    ok = _ACCEPTED.decode(answer)
+                except msgspec.ValidationError:  # the key answers a job: another body, surely
+                    answer = Conflict("idempotency key was used with another request body", code="idempotency_key_reused")
+                else:
+                    results[i] = schemas.BatchResult(index=i, status=202, id=ok.id, state=ok.state)
+                    continue
+            if isinstance(answer, CallerError):
+                results[i] = _batch_error(i, answer, "message" if isinstance(answer, InvalidInput) else "")
+            else:  # the store failed for this one message (the others of the transaction are kept)
+                results[i] = schemas.BatchResult(index=i, status=503, code="storage_unavailable", error=str(answer))
+        done = [r for r in results if r is not None]
+        accepted = sum(r.status == 202 for r in done)
+        return Response(200, _enc.encode(schemas.BatchOut(results=done, accepted=accepted, rejected=len(done) - accepted)))
 
     async def _post_preview(self, tenant: Tenant, scope, body: bytes) -> Response:
         """The gateway's own segment rules on a text (``Scheduler.segments_of``, what dispatch plans),
@@ -509,6 +545,74 @@ def _decode(kind: type, body: bytes):
 
 
 _RECIPIENTS = msgspec.json.Decoder(list[schemas.RecipientIn])
+_ACCEPTED = msgspec.json.Decoder(schemas.MessageAccepted)
+_BATCH = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+class _BatchItem(msgspec.Struct, forbid_unknown_fields=True):
+    """``schemas.BatchItemIn`` with the message kept as its bytes: their SHA-256 is the key's
+    digest, as the body's is for ``POST /v1/messages``."""
+
+    idempotency_key: schemas.IdempotencyKey
+    message: msgspec.Raw
+
+
+_BATCH_ITEM = msgspec.json.Decoder(_BatchItem)
+_MESSAGE = msgspec.json.Decoder(schemas.MessageIn)
+
+
+class _BatchTooLarge(CallerError):
+    status = 413
+    code = "batch_too_large"
+
+
+def _batch_items(body: bytes) -> list[msgspec.Raw]:
+    """The batch's elements, not decoded yet (a bad one fails alone); the batch itself must be a
+    JSON array of 1..MAX_BATCH elements."""
+    if not body:
+        raise _Malformed("empty body: a JSON array of messages is expected")
+    try:
+        raws = _BATCH.decode(body)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"a batch is a JSON array of messages: {exc}", field="messages") from None
+    except msgspec.DecodeError as exc:
+        raise _Malformed(f"malformed JSON: {exc}") from None
+    if not raws:
+        raise InvalidInput("the batch is empty: give 1 to %d messages" % schemas.MAX_BATCH, field="messages")
+    if len(raws) > schemas.MAX_BATCH:
+        raise _BatchTooLarge(f"{len(raws)} messages in one batch: at most {schemas.MAX_BATCH}")
+    return raws
+
+
+_NAMED = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
+
+
+def _batch_messages(raws: list[msgspec.Raw]) -> list[tuple[str, schemas.MessageIn, bytes]]:
+    """Each item's (key, message, the message's bytes as sent); the first item that breaks the
+    schema fails the batch, named (``messages[3].message.to``, ``index`` 3)."""
+    out = []
+    for i, raw in enumerate(raws):
+        where = "item"
+        try:
+            item = _BATCH_ITEM.decode(raw)
+            where, data = "message", bytes(item.message)
+            out.append((item.idempotency_key, _MESSAGE.decode(data), data))
+        except msgspec.ValidationError as exc:
+            text, field = _split(str(exc))
+            if field is None and (m := _NAMED.search(text)) is not None:
+                field = m.group(1)
+            path = f"messages[{i}]" + (".message" if where == "message" else "") + (f".{field}" if field else "")
+            raise InvalidInput(f"message {i}: {text}", field=path, index=i) from None
+    return out
+
+
+def _batch_error(i: int, exc: CallerError, within: str) -> schemas.BatchResult:
+    """Message ``i``'s error; ``field`` says where in the item (``message.to``, ``idempotency_key``;
+    a missing or unknown field is named too)."""
+    field = getattr(exc, "field", None)
+    if within:
+        field = f"{within}.{field}" if field else within
+    return schemas.BatchResult(index=i, status=exc.status, code=exc.code, error=str(exc), field=field)
 
 
 class NdjsonBody:

@@ -67,12 +67,16 @@ def document() -> bytes:
     types = (schemas.MessageIn, schemas.JobIn, schemas.MessageAccepted, schemas.JobAccepted, schemas.JobStatus,
              schemas.JobPage, schemas.MessageOut, schemas.MessagePage, schemas.SuppressionIn, schemas.SuppressionOut,
              schemas.ErrorBody, schemas.PreviewIn, schemas.PreviewOut, schemas.InboundPageOut, schemas.HealthOut, schemas.CarrierOut,
-             list[schemas.SuppressionOut], dict[str, schemas.CarrierOut])  # fmt: skip
-    (*_, supp_list, carriers), components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+             schemas.BatchOut, list[schemas.SuppressionOut], dict[str, schemas.CarrierOut], schemas.BatchIn)  # fmt: skip
+    (*_, supp_list, carriers, batch_in), components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     components["SuppressionList"] = supp_list
     components["Carriers"] = carriers
+    components["BatchIn"] = batch_in
     paths = {
         "/v1/messages": {"post": _op("Send one message", (202, "MessageAccepted"), "MessageIn", params=[_IDEM])},
+        "/v1/messages/batch": {"post": _op(
+            "Send up to 1,000 messages, each with its own idempotency key; answered one by one, in order",
+            (200, "BatchOut"), "BatchIn")},
         "/v1/preview": {"post": _op("Measure a text as it would be sent: encoding, segments, price per carrier",
                                     (200, "PreviewOut"), "PreviewIn")},
         "/v1/messages/{mid}": {"get": _op("A message's state and history", (200, "MessageOut"), params=[_path("mid")])},

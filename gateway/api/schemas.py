@@ -17,6 +17,9 @@ __all__ = [
     "JobIn",
     "JobPage",
     "JobStatus",
+    "BatchItemIn",
+    "BatchOut",
+    "BatchResult",
     "MessageAccepted",
     "MessageIn",
     "MessageOut",
@@ -109,6 +112,50 @@ class MessageAccepted(msgspec.Struct):
     id: str
     state: str
     status: str
+
+
+#: The most messages one ``POST /v1/messages/batch`` may hold (more: 413 ``batch_too_large``).
+MAX_BATCH = 1000
+
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200, description=(
+    "this message's own Idempotency-Key: as the header of POST /v1/messages, per message"))]
+
+
+class BatchItemIn(msgspec.Struct, forbid_unknown_fields=True):
+    """One message of a batch: its key and the message exactly as ``POST /v1/messages`` takes it.
+    The key's stored answer is compared with the SHA-256 of the ``message`` value's bytes as sent,
+    the same bytes the single endpoint would hash: either endpoint answers a key the other stored."""
+
+    idempotency_key: IdempotencyKey
+    message: MessageIn
+
+
+# The bound is said, not stated as maxItems: more is refused with 413 batch_too_large (RFC 9110
+# §15.5.14: content larger than the server will process), not 422 as a schema violation.
+BatchIn = Annotated[list[BatchItemIn], msgspec.Meta(min_length=1, description=(
+    f"1 to {MAX_BATCH} messages; more: 413 batch_too_large"))]
+
+
+class BatchResult(msgspec.Struct, omit_defaults=True):
+    """A batch message's answer, at its ``index``: ``status`` is what ``POST /v1/messages`` would
+    have answered for it alone (202 with ``id`` and ``state``; 409 or 422 with ``code``, ``error``
+    and ``field``)."""
+
+    index: int
+    status: int
+    id: str | None = None
+    state: str | None = None
+    code: str | None = None
+    error: str | None = None
+    field: str | None = None
+
+
+class BatchOut(msgspec.Struct):
+    """The answer to a batch: one result per message, in the request's order."""
+
+    results: list[BatchResult]
+    accepted: int  # results with an id (new or answered before under their key)
+    rejected: int
 
 
 class RecipientError(msgspec.Struct, gc=False):

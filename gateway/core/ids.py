@@ -13,6 +13,7 @@ __all__ = ["IdGenerator", "format_id", "parse_id"]
 _COUNTER_BITS = 22  # 4M ids per millisecond before borrowing from the next one
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits -> two characters
 
 
 class IdGenerator:
@@ -31,12 +32,11 @@ class IdGenerator:
 
 
 def format_id(value: int) -> str:
-    """13 base32 characters; string order equals numeric order."""
-    chars = []
-    for _ in range(13):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    """13 base32 characters; string order equals numeric order. (Two characters a lookup: a
+    webhook event carries one, and a loop of 13 was its costliest field.)"""
+    p = _PAIRS
+    return (_ALPHABET[value >> 60 & 31] + p[value >> 50 & 1023] + p[value >> 40 & 1023] + p[value >> 30 & 1023]
+            + p[value >> 20 & 1023] + p[value >> 10 & 1023] + p[value & 1023])  # fmt: skip
 
 
 def parse_id(text: str) -> int:

@@ -16,6 +16,7 @@ import hashlib
 import re
 from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from typing import NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -26,7 +27,7 @@ from gateway.api import schemas
 from gateway.core.ids import format_id, parse_id
 from gateway.core.model import Final, Job, Outcome, Recipient
 from gateway.core.scheduler import Scheduler
-from gateway.errors import Conflict, InvalidInput, NotFound
+from gateway.errors import Conflict, InvalidInput, NotFound, SluiceError
 from gateway.runtime.ingest import POOL_MIN, CheckPool, ChunkChecked, RecipientLines, check_chunk
 from gateway.runtime.numbers import NumberCheck
 from gateway.store.base import (
@@ -102,6 +103,16 @@ class Gateway:
         digest = _digest(raw)
         if idempotency_key and (prev := await self._io(self.store.remembered, tenant, idempotency_key, digest)) is not None:
             return prev, True
+        one = self._admit_message(tenant, body, now)
+        if await self._persist(one.job, one.first_id, [(0, one.person)], now, one.body,
+                               (idempotency_key, digest, one.response) if idempotency_key else None):  # fmt: skip
+            return await self._io(self.store.remembered, tenant, idempotency_key, digest), True
+        await self._report(one.outcomes, now)
+        return one.response, False
+
+    def _admit_message(self, tenant: str, body: schemas.MessageIn, now: float) -> _Admitted:
+        """The checks of one message (number, zone, category, then the core's: opt-outs, quiet
+        hours, caps, segments), admitted *paused* to the core; InvalidInput naming the field."""
         to, err = self.numbers.canonical(body.to)
         if err is not None:
             raise InvalidInput(err, field="to")
@@ -118,14 +129,95 @@ class Gateway:
         if adm.rejected:
             self.core.cancel_job(job.id, now)
             raise InvalidInput(adm.rejected[0][1], field=_field_of(adm.rejected[0][1], single=True))
-        msg_id = format_id(adm.first_id)
         state = _status_of(adm.outcomes, adm.first_id)
-        response = _json.encode(schemas.MessageAccepted(id=msg_id, state=state, status=state))
-        if await self._persist(job, adm.first_id, [(0, person)], now, body,
-                               (idempotency_key, digest, response) if idempotency_key else None):  # fmt: skip
-            return await self._io(self.store.remembered, tenant, idempotency_key, digest), True
-        await self._report(adm.outcomes, now)
-        return response, False
+        response = _json.encode(schemas.MessageAccepted(id=format_id(adm.first_id), state=state, status=state))
+        return _Admitted(job, adm.first_id, person, body, adm.outcomes, response)
+
+    async def submit_messages(self, tenant: str, items: Sequence[tuple[schemas.MessageIn, bytes, str]],
+                              now: float) -> list[bytes | SluiceError]:  # fmt: skip
+        """A batch of messages, each (body, its raw bytes, its idempotency key): answered one by
+        one as ``submit_message`` answers each alone (the stored answer of a key seen before; the
+        same checks; a CallerError of its own), but their keys looked up in one store call and
+        the new ones written in one transaction (``_GroupCommit.add_all``). In the batch's order:
+        the core admits them in that order. A key given twice in a batch is one message."""
+        out: list[bytes | SluiceError | None] = [None] * len(items)
+        async with contextlib.AsyncExitStack() as stack:
+            for key in sorted({k for _, _, k in items}):  # one order for every request: no deadlock
+                await stack.enter_async_context(self._once(tenant, key))
+            digests = [_digest(raw) for _, raw, _ in items]
+            stored = await self._io(self._remembered_all, tenant, [(k, d) for (_, _, k), d in zip(items, digests)])
+            firsts: dict[str, int] = {}
+            fresh: list[tuple[int, _Admitted]] = []
+            try:
+                for i, ((body, _, key), prev) in enumerate(zip(items, stored)):
+                    if prev is not None:
+                        out[i] = prev
+                    elif key in firsts:
+                        continue  # answered below, as its first occurrence is
+                    else:  # as if alone: a key whose message was refused is free for the next one
+                        try:
+                            fresh.append((i, self._admit_message(tenant, body, now)))
+                            firsts[key] = i
+                        except InvalidInput as exc:
+                            out[i] = exc
+            except BaseException:
+                for _, a in fresh:  # admitted paused, never stored: never promised
+                    self.core.cancel_job(a.job.id, now)
+                raise
+            await self._persist_all(tenant, fresh, [(items[i][2], digests[i]) for i, _ in fresh], out, now)
+        for i, (_, _, key) in enumerate(items):
+            if out[i] is None:  # the same key earlier in this batch: its answer, if the same bytes
+                j = firsts[key]
+                same = digests[i] == digests[j]
+                out[i] = out[j] if same else Conflict(f"idempotency key {key!r} was used with another request body",
+                                                      code="idempotency_key_reused")  # fmt: skip
+        return out  # type: ignore[return-value]
+
+    def _remembered_all(self, tenant: str, pairs: Sequence[tuple[str, str]]) -> list[bytes | Conflict | None]:
+        found: list[bytes | Conflict | None] = []
+        for key, digest in pairs:
+            try:
+                found.append(self.store.remembered(tenant, key, digest))
+            except Conflict as exc:
+                found.append(exc)
+        return found
+
+    async def _persist_all(self, tenant: str, fresh: Sequence[tuple[int, _Admitted]],
+                           idems: Sequence[tuple[str, str]], out: list, now: float) -> None:  # fmt: skip
+        """``_persist`` for a batch's new messages, all in one store transaction; each answer
+        (or a Conflict of its own) at its index of ``out``. A failed transaction raises."""
+        if not fresh:
+            return
+        items = [NewJob(job=a.job, first_id=a.first_id, recipients=[(0, a.person)], now=now,
+                        callback_url=a.body.callback_url, callback_states=_states(a.body),
+                        idempotency=(key, digest, a.response)) for (_, a), (key, digest) in zip(fresh, idems)]  # fmt: skip
+        errors = await self._writes.add_all(items)  # shielded; a failed transaction fails every item
+        outcomes: list[Outcome] = []
+        taken: list[tuple[int, str, str]] = []
+        bug: Exception | None = None
+        for (i, a), (key, digest), err in zip(fresh, idems, errors):
+            if err is None:
+                self.core.resume_job(a.job.id)
+                out[i] = a.response
+                outcomes += a.outcomes
+                continue
+            self.core.cancel_job(a.job.id, now)  # not stored: never promised
+            if isinstance(err, Conflict):
+                taken.append((i, key, digest))  # another process stored this key meanwhile
+            elif isinstance(err, SluiceError):
+                out[i] = err  # a StorageError: this message alone answers 503
+            else:
+                bug = err
+        if taken:
+            answers = await self._io(self._remembered_all, tenant, [(k, d) for _, k, d in taken])
+            for (i, key, _), answer in zip(taken, answers):
+                out[i] = answer if answer is not None else Conflict(f"idempotency key {key!r} is taken",
+                                                                    code="idempotency_key_reused")  # fmt: skip
+        if self.on_admitted:
+            self.on_admitted()
+        await self._report(outcomes, now)
+        if bug is not None:
+            raise bug
 
     async def submit_job(self, tenant: str, body: schemas.JobIn, now: float, *,
                    raw: bytes = b"", idempotency_key: str | None = None) -> tuple[bytes, bool]:  # fmt: skip
@@ -639,6 +731,17 @@ class _Slot:
         self.error: Exception | None = None
 
 
+class _Admitted(NamedTuple):
+    """A message admitted (paused) to the core, not stored yet, and its answer once stored."""
+
+    job: Job
+    first_id: int
+    person: Recipient
+    body: schemas.MessageIn
+    outcomes: Sequence[Outcome]
+    response: bytes
+
+
 class _GroupCommit:
     """Concurrent POSTs share one transaction and one sync to disk (``Store.add_jobs``).
 
@@ -666,6 +769,21 @@ class _GroupCommit:
                 await self._write()
         if slot.error is not None:
             raise slot.error
+
+    async def add_all(self, items: Sequence[NewJob]) -> list[Exception | None]:
+        """``add`` for several items that go in the same transaction (queued together: whoever
+        writes next writes them all); each one's error, None where written. An item never waits
+        for more than the write going on and its own."""
+        slots = [_Slot(item) for item in items]
+        self._queue += slots
+        with anyio.CancelScope(shield=True):
+            if self._busy:
+                await slots[0].ready.wait()
+            if not slots[0].done:
+                self._busy = True
+                await self._write()
+        assert all(s.done for s in slots)
+        return [s.error for s in slots]
 
     async def _write(self) -> None:
         batch, self._queue = self._queue, []

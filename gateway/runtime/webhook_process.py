@@ -179,7 +179,8 @@ async def _deliver(start: Start, stdin: int, report: Callable[[WebhookStats], No
     store = SqliteStore(start.store_path, synchronous="NORMAL", writes_changes=False)
     targets = TargetPolicy(start.settings.allow_private, start.own)
     try:
-        async with WebhookSender(store, start.settings, start.secrets, clock=time.time, targets=targets) as sender:
+        async with WebhookSender(store, start.settings, start.secrets, clock=time.time, targets=targets,
+                                 store_inline=True) as sender:  # fmt: skip
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_pokes, stdin, sender, tg.cancel_scope)
                 tg.start_soon(_rounds, sender, report)
@@ -188,8 +189,12 @@ async def _deliver(start: Start, stdin: int, report: Callable[[WebhookStats], No
 
 
 async def _pokes(stdin: int, sender: WebhookSender, scope: anyio.CancelScope) -> None:
-    """Each read from the server wakes the sender; end of file (the server is gone) stops all."""
-    while await anyio.to_thread.run_sync(os.read, stdin, 4096, abandon_on_cancel=True):
+    """Each read from the server wakes the sender; end of file (the server is gone) stops all.
+    The pipe is watched by the event loop (no thread hop per poke: the server pokes per write)."""
+    while True:
+        await anyio.wait_readable(stdin)
+        if not os.read(stdin, 4096):
+            break
         sender.poke()
     log.info("webhook.process_stopping reason=server gone")
     scope.cancel()

@@ -6,23 +6,29 @@ changes of the message): nothing committed is ever without its webhook, and no e
 twice. Each subscriber (tenant, url) has a durable cursor. ``WebhookSender`` delivers in rounds:
 
 1. ``hook_due(now)``: the subscribers with events after their cursor, not backing off;
-2. ``hook_events``: their events in sequence order (whom each is about joined in the same
-   query; ``callback_states`` applied on read), and ``plan``: batches of at most ``batch_size``
-   events, every event of one message in the same batch (so a message's events arrive in order
-   even though batches are POSTed side by side), at most ``concurrency`` batches per round;
-3. POST each batch (``concurrency`` at a time, each bounded by ``timeout`` as a whole),
-   signed with the tenant's secret (``gateway/webhook_signature.py``);
+2. ``hook_rows``: their sequence rows in order, each with its events already in the wire's
+   form (whom each is about, ``callback_states`` applied on read), and ``plan_by_message``:
+   batches of at most ``batch_size`` events, every event of one message in the same batch (so a
+   message's events arrive in order even though batches are POSTed side by side), at most
+   ``concurrency`` batches per round;
+3. POST each batch (``concurrency`` at a time, each bounded by ``timeout`` as a whole; its body
+   one msgspec call), signed with the tenant's secret (``gateway/webhook_signature.py``), by
+   ``gateway/runtime/hook_http.py`` for ``http://`` URLs and httpx for ``https://`` (both
+   through the SSRF guard);
 4. ``settle`` each batch: 2xx -> done; 408/425/429/5xx/network error -> retried after a capped
    exponential backoff with jitter, or after ``Retry-After``; any other answer, or an event older
    than ``max_age`` or past ``max_attempts`` -> dead (kept as a dead letter, counted, logged,
-   never sent again). ``advance`` then moves the subscriber's cursor over the longest run of
-   its events, in sequence order, that are settled: only after the receiver's 2xx (or a dead
-   letter). Events after an unsettled one are sent again later (at least once).
+   never sent again). A 2xx settles a batch's rows whole; only a failed batch is looked at
+   event by event. ``advance`` then moves the subscriber's cursor over the longest run of its
+   rows, in sequence order, that are settled: only after the receiver's 2xx (or a dead letter;
+   a row with nothing to send is settled at once). Rows after an unsettled one are sent again
+   later (at least once). One cursor write per subscriber and round.
 
 For SQLite the sender runs in its own process (``gateway/runtime/webhook_process.py``, started
 and restarted by ``sluice serve``) on its own connection to the store file: the event loop that
 drives the carriers never encodes, signs or POSTs a webhook, and WAL lets it read while
-``record`` writes. The memory store's sender is a task of ``serve``.
+``record`` writes; there it calls the store inline (``store_inline``: its loop has nothing else
+to do meanwhile). The memory store's sender is a task of ``serve`` (store calls in threads).
 
 ``LeasedSender`` is the same machinery over a leased queue (``InboundSender``: MOs to a
 tenant's ``inbound_url``). Decisions (``plan``, ``settle``, ``advance``) are pure functions of
@@ -39,14 +45,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
+import httpcore
 import httpx
 import msgspec
 
 from gateway.webhook_settings import WebhookSettings
-from gateway.core.ids import format_id
 from gateway.core.targets import TargetPolicy
 from gateway.runtime.guarded_http import Resolver, TargetRefused, guarded_transport, quiet_http_logs, redact_url, resolve
-from gateway.store.base import HookEvent, Store, Subscriber
+from gateway.runtime.hook_http import HookClient, HookHTTPError, UnusableURL
+from gateway.store.base import HookEvent, HookRow, Store, Subscriber, WebhookEvent, hook_wire
 from gateway.webhook_signature import HEADER, sign
 
 __all__ = ["Answer", "LeasedSender", "Settlement", "WebhookEvent", "WebhookSender", "WebhookStats", "advance", "plan",
@@ -58,28 +65,14 @@ log = logging.getLogger(__name__)
 _RETRY_STATUS = frozenset({408, 425, 429})
 
 
-class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One state change as a receiver sees it. Receivers dedupe by (message_id, state)."""
-
-    message_id: str  # as the API formats it (gateway.core.ids.format_id)
-    job_id: str
-    state: str
-    at: float  # Unix seconds
-    reason: str
-    carrier: str | None
-    error_code: int | None = None  # the carrier's code, where the change came from a receipt with one
-    # The recipient (its number and index in the job's request) and the job's reference, so a
-    # receiver can match results to what it sent; None only for messages stored before them.
-    to: str | None = None
-    index: int | None = None
-    reference: str | None = None
-
-
 class WebhookBody(msgspec.Struct, frozen=True, kw_only=True):
+    """A request's body (what ``_encode`` writes from the rows' dicts, and receivers decode)."""
+
     events: list[WebhookEvent]
 
 
 _encode = msgspec.json.Encoder().encode
+_HEADERS = (("user-agent", "sluice-webhooks/1"), ("content-type", "application/json"))
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,22 +107,27 @@ def plan(items: Sequence[Any], batch_size: int) -> list[list[Any]]:
     return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
 
-def plan_by_message(events: Sequence[HookEvent], batch_size: int, most: int) -> list[list[HookEvent]]:
+def plan_by_message(events: Sequence[Any], batch_size: int, most: int,
+                    weight: Callable[[Any], int] | None = None) -> list[list[Any]]:  # fmt: skip
     """At most ``most`` batches of one subscriber's ``events`` (in sequence order): every event
     of one message in the same batch, in order, so batches POSTed side by side never reorder a
-    message's events; a batch holds at most ``batch_size`` events unless one message has more."""
-    by_message: dict[int, list[HookEvent]] = {}
+    message's events; a batch holds at most ``batch_size`` events unless one message has more.
+    ``weight``: how many events an item stands for (a ``HookRow``: its events), default 1."""
+    by_message: dict[int, list[Any]] = {}
     for e in events:
         by_message.setdefault(e.message_id, []).append(e)
-    batches: list[list[HookEvent]] = []
-    current: list[HookEvent] = []
+    batches: list[list[Any]] = []
+    current: list[Any] = []
+    size = 0
     for mine in by_message.values():
-        if current and len(current) + len(mine) > batch_size:
+        n = len(mine) if weight is None else sum(weight(e) for e in mine)
+        if current and size + n > batch_size:
             batches.append(current)
             if len(batches) == most:
                 return batches
-            current = []
+            current, size = [], 0
         current.extend(mine)
+        size += n
     if current:
         batches.append(current)
     return batches[:most]
@@ -226,16 +224,23 @@ class _Sender:
         jitter: Callable[[], float] = random.random,
         targets: TargetPolicy | None = None,
         resolver: Resolver = resolve,
+        store_inline: bool = False,
     ) -> None:
         """``targets``: where POSTs may go (default: public addresses only, ``webhooks.allow_private``
         as configured); checked at connect time, after resolving (``guarded_http``). A test's
-        ``transport`` replaces the network, and with it that check."""
+        ``transport`` replaces the network, and with it that check. ``store_inline``: call the
+        store on the event loop rather than in a worker thread (the delivery process, whose loop
+        has nothing else to do while a round reads or settles: a thread hop per call cost more
+        than the calls)."""
+        self._inline = store_inline
         self._store, self._s, self._secrets, self._clock, self._jitter = store, settings, secrets, clock, jitter
         self._limit = settings.batch_size * settings.concurrency
         limits = httpx.Limits(max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency)
+        self._lean: HookClient | None = None  # http:// URLs (hook_http.py); httpx for https:// and tests' transports
         if transport is None:
             policy = targets if targets is not None else TargetPolicy(settings.allow_private)
             transport = guarded_transport(policy, limits, resolver=resolver)
+            self._lean = HookClient(policy, keep=settings.concurrency, resolver=resolver, headers=_HEADERS)
         quiet_http_logs()  # httpx logs each request's full URL at INFO: scheme and host only
         self._client = httpx.AsyncClient(
             transport=transport,
@@ -243,7 +248,7 @@ class _Sender:
             limits=limits,
             follow_redirects=False,
             trust_env=False,  # no proxy from the environment: it would connect in our stead, unchecked
-            headers={"user-agent": "sluice-webhooks/1", "content-type": "application/json"},
+            headers=dict(_HEADERS),
         )
         self._limiter = anyio.CapacityLimiter(settings.concurrency)
         self._wake = anyio.Event()
@@ -255,6 +260,8 @@ class _Sender:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._lean is not None:
+            await self._lean.aclose()
         await self._client.aclose()
 
     def poke(self) -> None:
@@ -280,8 +287,14 @@ class _Sender:
     def _next_at(self) -> float | None:
         raise NotImplementedError
 
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` (store calls): inline, or in a worker thread (module docstring)."""
+        if self._inline:
+            return fn(*args)
+        return await anyio.to_thread.run_sync(fn, *args)
+
     async def _wait(self) -> None:
-        next_at = await anyio.to_thread.run_sync(self._next_at)
+        next_at = await self._call(self._next_at)
         delay = self._s.poll_interval
         if next_at is not None:
             delay = min(delay, next_at - self._clock())
@@ -305,11 +318,8 @@ class _Sender:
                      len(st.retry), st.error, st.retry_at - self._clock())  # fmt: skip
 
     def body(self, batch: Sequence[Any]) -> bytes:
-        return _encode(WebhookBody(events=[
-            WebhookEvent(message_id=format_id(i.message_id), job_id=i.job_id, state=i.state, at=i.at,
-                         reason=i.reason, carrier=i.carrier, error_code=i.error_code, to=i.to, index=i.index,
-                         reference=i.reference)
-            for i in batch]))  # fmt: skip
+        """A request's body for ``batch`` (``HookEvent``s; ``InboundSender`` has its own)."""
+        return _encode({"events": [hook_wire(i) for i in batch]})
 
     def _headers(self, tenant: str, body: bytes) -> dict[str, str]:
         secret = self._secrets.get(tenant)
@@ -321,28 +331,53 @@ class _Sender:
         return {HEADER: sign(secret, body, int(self._clock()))}
 
     async def _post(self, batch: list[Any], answers: list[tuple[list[Any], Answer]]) -> None:
-        body = self.body(batch)
-        headers = self._headers(batch[0].tenant, body)
-        answer = Answer(status=None, error="timeout")
+        answers.append((batch, await self._send(batch[0].tenant, batch[0].url, self.body(batch))))
+
+    async def _send(self, tenant: str, url: str, body: bytes) -> Answer:
+        """POST ``body`` signed for ``tenant``, within ``webhooks.timeout`` as a whole."""
+        headers = self._headers(tenant, body)
         async with self._limiter:
             self._requests += 1
             with anyio.move_on_after(self._s.timeout):
-                try:
-                    async with self._client.stream("POST", batch[0].url, content=body, headers=headers) as r:
-                        answer = Answer(status=r.status_code,
-                                        retry_after=retry_after_seconds(r.headers.get("retry-after"), self._clock()))  # fmt: skip
-                        await _drain(r)
-                except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-                    answer = Answer(status=None, error=type(exc).__name__, permanent=True)
-                except TargetRefused as exc:  # the SSRF rule, at connect time: never sent, never again
-                    answer = Answer(status=None, error=f"target refused: {exc}", permanent=True)
-                except httpx.HTTPError as exc:
-                    answer = Answer(status=None, error=type(exc).__name__)
-        answers.append((batch, answer))
+                if self._lean is not None and url[:7].lower() == "http://":
+                    return await self._send_lean(url, body, headers)
+                return await self._send_httpx(url, body, headers)
+        return Answer(status=None, error="timeout")
+
+    async def _send_lean(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
+        assert self._lean is not None
+        try:
+            reply = await self._lean.post(url, body, tuple(headers.items()))
+        except UnusableURL as exc:
+            return Answer(status=None, error=f"UnusableURL: {exc}", permanent=True)
+        except TargetRefused as exc:  # the SSRF rule, at connect time: never sent, never again
+            return Answer(status=None, error=f"target refused: {exc}", permanent=True)
+        except (HookHTTPError, httpcore.ConnectError) as exc:
+            return Answer(status=None, error=type(exc).__name__)
+        return Answer(status=reply.status, retry_after=retry_after_seconds(reply.retry_after, self._clock()))
+
+    async def _send_httpx(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
+        try:
+            async with self._client.stream("POST", url, content=body, headers=headers) as r:
+                answer = Answer(status=r.status_code,
+                                retry_after=retry_after_seconds(r.headers.get("retry-after"), self._clock()))  # fmt: skip
+                await _drain(r)
+                return answer
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            return Answer(status=None, error=type(exc).__name__, permanent=True)
+        except TargetRefused as exc:  # the SSRF rule, at connect time: never sent, never again
+            return Answer(status=None, error=f"target refused: {exc}", permanent=True)
+        except httpx.HTTPError as exc:
+            return Answer(status=None, error=type(exc).__name__)
 
 
 class WebhookSender(_Sender):
-    """Delivers each subscriber's change sequence (module docstring), moving its cursor."""
+    """Delivers each subscriber's change sequence (module docstring), moving its cursor.
+
+    It works on sequence rows (``Store.hook_rows``: one message's events of one write, each
+    event already the wire's dict), not on an object per event: a batch's body is one msgspec
+    call over its rows' events, and a 2xx settles its rows whole. Only a batch that failed is
+    looked at event by event (``settle``: each event ages on its own), as ``HookEvent``s."""
 
     async def __aenter__(self) -> WebhookSender:
         await super().__aenter__()
@@ -351,69 +386,90 @@ class WebhookSender(_Sender):
     async def run_once(self) -> int:
         """One round: read what is due, POST it, settle every batch, move the cursors.
         Returns how many events it POSTed."""
-        work = await anyio.to_thread.run_sync(self._read, self._clock())
+        work = await self._call(self._read, self._clock())
         if not work:
             return 0
-        answers: list[tuple[list[HookEvent], Answer]] = []
+        answers: list[tuple[Subscriber, list[HookRow], Answer]] = []
         async with anyio.create_task_group() as tg:
-            for _, _, batches in work:
+            for sub, _, batches in work:
                 for batch in batches:
-                    tg.start_soon(self._post, batch, answers)
-        now = self._clock()
-        fate = {id(batch): settle(batch, answer, now, self._s, self._jitter()) for batch, answer in answers}
-        await anyio.to_thread.run_sync(self._apply, work, fate)
-        return sum(len(b) for _, _, batches in work for b in batches)
+                    tg.start_soon(self._post_rows, sub, batch, answers)
+        await self._call(self._apply, work, answers, self._clock())
+        return sum(len(r.events) for _, _, batches in work for b in batches for r in b)
 
-    def _read(self, now: float) -> list[tuple[Subscriber, list[HookEvent], list[list[HookEvent]]]]:
-        """Runs in a worker thread: each due subscriber's events and their batches, at most
-        ``concurrency`` batches in all."""
+    async def _post_rows(self, sub: Subscriber, batch: list[HookRow],
+                         answers: list[tuple[Subscriber, list[HookRow], Answer]]) -> None:  # fmt: skip
+        body = _encode({"events": [e for r in batch for e in r.events]})
+        answers.append((sub, batch, await self._send(sub.tenant, sub.url, body)))
+
+    def _read(self, now: float) -> list[tuple[Subscriber, list[HookRow], list[list[HookRow]]]]:
+        """Runs in a worker thread: each due subscriber's rows and their batches, at most
+        ``concurrency`` batches in all (rows without events are sent in none)."""
         budget, work = self._s.concurrency, []
         for sub in self._store.hook_due(now):
             if budget == 0:
                 break
-            events = self._store.hook_events(sub.id, self._s.batch_size * budget)
-            if events:
-                batches = plan_by_message(events, self._s.batch_size, budget)
+            rows = self._store.hook_rows(sub.id, self._s.batch_size * budget)
+            if rows:
+                batches = plan_by_message([r for r in rows if r.events], self._s.batch_size, budget, _weight)
                 budget -= len(batches)
-                work.append((sub, events, batches))
+                work.append((sub, rows, batches))
         return work
 
     def _next_at(self) -> float | None:
         return self._store.hook_next_at()
 
-    def _apply(self, work, fate: dict[int, Settlement]) -> None:
-        """Runs in a worker thread: the store calls of one round, per subscriber."""
+    def _apply(self, work, answers: list[tuple[Subscriber, list[HookRow], Answer]], now: float) -> None:
+        """Runs in a worker thread: settle each batch, then the store calls of one round, per
+        subscriber: the cursor moves over the rows settled (2xx, dead, or nothing to send)."""
+        settled: dict[int, set[int]] = {sub.id: {r.id for r in rows if not r.events} for sub, rows, _ in work}
+        dead: dict[int, list[HookEvent]] = {}
+        retry: dict[int, tuple[float, str]] = {}
+        errors: dict[int, str] = {}
+        for sub, batch, answer in answers:
+            if answer.status is not None and 200 <= answer.status < 300:
+                settled[sub.id].update(r.id for r in batch)
+                self._delivered += sum(len(r.events) for r in batch)
+                continue
+            events = _events_of(sub, batch)
+            st = settle(events, answer, now, self._s, self._jitter())
+            self._count(sub.tenant, sub.url, st)
+            over = set(st.done) | set(st.dead)
+            owner = [r.id for r in batch for _ in r.events]
+            settled[sub.id].update(r.id for r in batch)
+            settled[sub.id].difference_update(owner[e.id] for e in events if e.id not in over)
+            dead_ids = set(st.dead)
+            dead.setdefault(sub.id, []).extend(e for e in events if e.id in dead_ids)
+            if st.dead:
+                errors[sub.id] = st.error
+            if st.retry:
+                at, _ = retry.get(sub.id, (st.retry_at, ""))
+                retry[sub.id] = (min(at, st.retry_at), st.error)
         acks: list[tuple[int, int]] = []
-        retries: list[tuple[int, float, str]] = []  # after the acks: an ack forgets the backoff
-        for sub, events, batches in work:
-            settled: set[int] = set()
-            dead: list[HookEvent] = []
-            retry_at, error = None, ""
-            for batch in batches:
-                st = fate[id(batch)]
-                settled.update(st.done)
-                settled.update(st.dead)
-                dead_ids = set(st.dead)
-                dead.extend(e for e in batch if e.id in dead_ids)
-                if st.retry:
-                    retry_at = st.retry_at if retry_at is None else min(retry_at, st.retry_at)
-                    error = st.error
-                self._count(sub.tenant, sub.url, st)
-            upto = advance(events, settled)
-            kept = [e for e in dead if upto is not None and e.seq <= upto]  # the rest is judged again
+        for sub, rows, _ in work:
+            upto = advance(rows, settled[sub.id])
+            kept = [e for e in dead.get(sub.id, ()) if upto is not None and e.seq <= upto]  # the rest: judged again
             if kept:
-                self._store.hook_dead(sub.id, kept, _error(batches, fate), upto)
+                self._store.hook_dead(sub.id, kept, errors.get(sub.id, ""), upto)
             elif upto is not None:
                 acks.append((sub.id, upto))
-            if retry_at is not None:
-                retries.append((sub.id, retry_at, error))
-        self._store.hook_ack(acks)
-        for sub_id, retry_at, error in retries:
+        self._store.hook_ack(acks)  # after the acks: an ack forgets the backoff
+        for sub_id, (retry_at, error) in retry.items():
             self._store.hook_retry(sub_id, retry_at, error)
 
 
-def _error(batches, fate: dict[int, Settlement]) -> str:
-    return next((fate[id(b)].error for b in batches if fate[id(b)].dead), "")
+def _weight(row: HookRow) -> int:
+    return len(row.events)
+
+
+def _events_of(sub: Subscriber, batch: Sequence[HookRow]) -> list[HookEvent]:
+    """A batch's events as ``HookEvent``s (ids: their place in the batch), for ``settle`` and
+    the dead letters."""
+    return [HookEvent(id=k, seq=r.seq, sub=sub.id, tenant=sub.tenant, url=sub.url, message_id=r.message_id,
+                      job_id=e["job_id"], state=e["state"], at=e["at"], reason=e["reason"], carrier=e["carrier"],
+                      attempts=sub.attempts, error_code=e["error_code"], to=e["to"], index=e["index"],
+                      reference=e["reference"])
+            for k, (r, e) in enumerate((r, e) for r in batch for e in r.events)]  # fmt: skip
 
 
 class LeasedSender(_Sender):

@@ -17,7 +17,8 @@ keyed by an increasing ``seq``), so a committed change is never without its webh
 no second write per event. Each subscriber (tenant, ``callback_url``) has a durable cursor: a
 reader (``gateway/runtime/webhooks.py``, in its own process for SQLite) reads the events after it
 in order with ``hook_events`` (whom each is about and the job's ``callback_states`` filter
-applied on read), and moves it with ``hook_ack`` only after the receiver's 2xx. Events given up
+applied on read; ``hook_rows`` is the same read row by row, each event already in the wire's
+form, which is what the sender uses), and moves it with ``hook_ack`` only after the receiver's 2xx. Events given up
 on are kept as dead letters (``hook_dead``; counted by ``outbox_statistics``).
 
 Inbound (MO) messages are kept too, one ``InboundRecord`` each, whatever they were: keywords
@@ -34,6 +35,7 @@ from typing import Protocol
 
 import msgspec
 
+from gateway.core.ids import format_id
 from gateway.core.model import Job, Recipient
 
 __all__ = [
@@ -49,6 +51,10 @@ __all__ = [
     "RecipientRows",
     "NewJob",
     "HookEvent",
+    "HookRow",
+    "WebhookEvent",
+    "hook_wire",
+    "hook_rows_of",
     "OutboxStats",
     "Subscriber",
     "Page",
@@ -190,6 +196,56 @@ class HookEvent(msgspec.Struct, frozen=True, kw_only=True):
     reference: str | None = None
 
 
+class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One state change as a receiver sees it (docs/WEBHOOKS.md). Receivers dedupe by
+    (message_id, state, at)."""
+
+    message_id: str  # as the API formats it (gateway.core.ids.format_id)
+    job_id: str
+    state: str
+    at: float  # Unix seconds
+    reason: str
+    carrier: str | None
+    error_code: int | None = None  # the carrier's code, where the change came from a receipt with one
+    # The recipient (its number and index in the job's request) and the job's reference, so a
+    # receiver can match results to what it sent; None only for messages stored before them.
+    to: str | None = None
+    index: int | None = None
+    reference: str | None = None
+
+
+class HookRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One sequence row as webhooks carry it (``hook_rows``): one message's events of one
+    write, those its subscriber hears about, each already the wire's ``WebhookEvent`` as a dict
+    (same keys, same order), so a batch's body is one msgspec call over them."""
+
+    id: int  # its position in the read that returned it
+    seq: int  # the cursor moves past it once its events are delivered (or dead)
+    message_id: int
+    events: list[dict]  # empty: nothing to send (its message is gone, or no state is heard)
+
+
+def hook_wire(e: HookEvent) -> dict:
+    """``e`` as a webhook carries it (``WebhookEvent``'s fields, in its order)."""
+    return {"message_id": format_id(e.message_id), "job_id": e.job_id, "state": e.state, "at": e.at,
+            "reason": e.reason, "carrier": e.carrier, "error_code": e.error_code, "to": e.to, "index": e.index,
+            "reference": e.reference}  # fmt: skip
+
+
+def hook_rows_of(events: Sequence[HookEvent]) -> list[HookRow]:
+    """``hook_events``' read as rows (one per seq, in order): what a store without its own
+    ``hook_rows`` returns."""
+    rows: list[HookRow] = []
+    start = 0
+    for k in range(1, len(events) + 1):
+        if k == len(events) or events[k].seq != events[start].seq:
+            mine = events[start:k]
+            rows.append(HookRow(id=len(rows), seq=mine[0].seq, message_id=mine[0].message_id,
+                                events=[hook_wire(e) for e in mine]))  # fmt: skip
+            start = k
+    return rows
+
+
 class Subscriber(msgspec.Struct, frozen=True, kw_only=True):
     """A (tenant, callback_url) with events after its cursor."""
 
@@ -319,6 +375,11 @@ class Store(Protocol):
     def hook_events(self, sub: int, limit: int) -> list[HookEvent]:
         """The events after ``sub``'s cursor, in sequence order (so in order per message), from
         at most ``limit`` sequence rows; only the states the job's ``callback_states`` chose."""
+        ...
+    def hook_rows(self, sub: int, limit: int) -> list[HookRow]:
+        """What ``hook_events`` reads, as rows: at most ``limit`` sequence rows after ``sub``'s
+        cursor, in order, each with its events in the wire's form (``HookRow``). A row whose
+        message is gone or whose states the job does not hear may be there with no events."""
         ...
     def hook_ack(self, acks: Sequence[tuple[int, int]]) -> None:
         """(subscriber, seq) pairs: delivered up to ``seq``; its cursor moves there (never back)

@@ -17,6 +17,8 @@ from gateway.store.base import (
     FINAL,
     JOBS_SCAN,
     NOTIFY,
+    HookRow,
+    hook_rows_of,
     Change,
     InboundItem,
     InboundPage,
@@ -195,6 +197,9 @@ class MemoryStore:
                             error_code=c.error_code, to=m.recipient.to, index=m.recipient.index,
                             reference=stored.job.reference if stored else None))  # fmt: skip
         return out
+
+    def hook_rows(self, sub: int, limit: int) -> list[HookRow]:
+        return hook_rows_of(self.hook_events(sub, limit))
 
     def _ack(self, sub: int, seq: int) -> None:
         s = self._subs_by_id.get(sub)

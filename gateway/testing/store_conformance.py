@@ -11,7 +11,7 @@ import pytest
 from gateway.core.model import Job, Recipient
 from gateway.errors import Conflict
 from gateway.store.base import (CALLBACK_STATES, JOBS_SCAN, NOTIFY, STATES, Change, HookEvent, InboundRecord, NewJob,
-                                OutboxStats, RecipientRows, job_status)  # fmt: skip
+                                OutboxStats, RecipientRows, hook_rows_of, job_status)  # fmt: skip
 
 JOB = Job(id="j1", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
 PLAIN = Job(id="j2", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
@@ -417,6 +417,52 @@ class StoreConformance:
             want = [(c.state, c.at) for c in store.message("acme", mid).history[1:] if c.state in hears]
             assert got[mid] == want, mid
 
+
+    def test_rows_are_the_events_in_the_wires_form_whatever_the_reads(self, store) -> None:
+        """``hook_rows`` (what the sender reads) against ``hook_events``: random batches with
+        awkward text (quotes, backslashes, non-ASCII, error codes), a job hearing only some
+        states, read in random chunks and acknowledged at random points: each read's rows with
+        events are ``hook_events``' events, in the wire's form, row by row; rows without events
+        (a state nobody hears) hold nothing; and delivered through rows, every heard change
+        arrives once, in order per message."""
+        rng = random.Random(1617)
+        people = [(i, Recipient(to=f"+1212555{i:04d}", index=i * 7)) for i in range(4)]
+        store.add_job(msgspec.structs.replace(JOB, reference='ref "q" \\ é'), 1000, people, 10.0, callback_url=HOOK)
+        store.add_job(msgspec.structs.replace(JOB, id="j9"), 3000, people, 10.0, callback_url=HOOK,
+                      callback_states=frozenset({"delivered", "undelivered"}))  # fmt: skip
+        ids = [1000 + i for i, _ in people] + [3000 + i for i, _ in people]
+        got: dict[int, list[tuple[str, float]]] = {i: [] for i in ids}
+        reasons = ["DELIVRD", 'say "hi"', "back\\slash", "ünïcode ✓", "ctl\x01"]
+        at = 11.0
+        for _ in range(50):
+            batch = []
+            for _ in range(rng.randint(1, 5)):
+                at += 0.25
+                batch.append(Change(message_id=rng.choice(ids), state=rng.choice(STATES), at=at,
+                                    reason=rng.choice(reasons), carrier=rng.choice([None, "alpha"]),
+                                    error_code=rng.choice([None, 0, 11])))  # fmt: skip
+            store.record(batch)
+            for sub in store.hook_due(at) if rng.random() < 0.5 else ():
+                limit = rng.randint(1, 4)
+                rows = store.hook_rows(sub.id, limit)
+                want = hook_rows_of(store.hook_events(sub.id, limit))
+                assert [(r.seq, r.message_id, r.events) for r in rows if r.events] == \
+                       [(r.seq, r.message_id, r.events) for r in want]  # fmt: skip
+                assert [r.id for r in rows] == list(range(len(rows)))
+                if not rows:
+                    continue
+                upto = rows[rng.randrange(len(rows))].seq
+                for r in rows:
+                    if r.seq <= upto:
+                        got[r.message_id] += [(e["state"], e["at"]) for e in r.events]
+                store.hook_ack([(sub.id, upto)])
+        for sub in store.hook_due(1e9):
+            for r in store.hook_rows(sub.id, 10_000):
+                got[r.message_id] += [(e["state"], e["at"]) for e in r.events]
+        for mid in ids:
+            hears = NOTIFY if mid < 3000 else {"delivered", "undelivered"}
+            want_events = [(c.state, c.at) for c in store.message("acme", mid).history[1:] if c.state in hears]
+            assert got[mid] == want_events, mid
 
 
     # -- inbound messages -------------------------------------------------------------------

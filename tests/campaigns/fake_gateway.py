@@ -9,6 +9,12 @@ import json
 from typing import Any
 
 import httpx
+import msgspec
+
+
+class _Item(msgspec.Struct):
+    idempotency_key: str
+    message: msgspec.Raw
 
 
 class FakeGateway:
@@ -25,7 +31,9 @@ class FakeGateway:
         self.refuse_messages: dict[str, Any] | None = None  # answer POST /v1/messages with this 422 body
         self.deliver_on_read = False  # a message read with GET /v1/messages/{id} has been delivered
         self.message_posts = 0  # every POST /v1/messages that reached the fake (re-posts of a key included)
-        self.fail_messages = 0  # answer the next n POST /v1/messages with a 503 (nothing stored)
+        self.fail_messages = 0  # answer the next n POST /v1/messages (or batches) with a 503 (nothing stored)
+        self.batch_posts = 0  # POST /v1/messages/batch requests
+        self.no_batch = False  # a gateway from before POST /v1/messages/batch (404)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -36,6 +44,8 @@ class FakeGateway:
             raise httpx.ConnectError("the gateway is down")
         if request.method == "POST" and path == "/v1/messages":
             return self._message(request)
+        if request.method == "POST" and path == "/v1/messages/batch" and not self.no_batch:
+            return self._batch(request)
         if request.method == "GET" and path == "/_count":  # for a test or bench in another process
             return httpx.Response(200, json={"messages": len(self.messages), "posts": self.message_posts})
         if request.method == "GET" and path == "/_messages":
@@ -74,27 +84,50 @@ class FakeGateway:
         return httpx.Response(202, json=answer)
 
     def _message(self, request: httpx.Request) -> httpx.Response:
-        body, key = request.content, request.headers.get("idempotency-key", "")
         self.message_posts += 1
         if self.fail_messages > 0:
             self.fail_messages -= 1
             return httpx.Response(503, json={"code": "unavailable"})
+        status, answer = self._one(request.content, request.headers.get("idempotency-key", ""))
+        if self.lose_message_answers:
+            self.lose_message_answers -= 1
+            raise httpx.ReadError("connection reset after the message was stored")
+        return httpx.Response(status, json=answer)
+
+    def _one(self, body: bytes, key: str) -> tuple[int, dict[str, Any]]:
+        """One message, alone or in a batch: the same key and bytes answer what was stored."""
         digest = hashlib.sha256(body).hexdigest()
         if self.refuse_messages is not None:
-            return httpx.Response(422, json=self.refuse_messages)
+            return 422, self.refuse_messages
         if key in self.keys:
             stored_digest, answer = self.keys[key]
             if stored_digest != digest:
-                return httpx.Response(409, json={"code": "idempotency_key_reused"})
+                return 409, {"code": "idempotency_key_reused", "error": "key used with another body"}
         else:
             mid = f"M{len(self.messages) + 1:012d}"
             self.messages[mid] = {"request": json.loads(body), "state": "queued", "key": key}
             answer = {"id": mid, "state": "queued", "status": "queued"}
             self.keys[key] = (digest, answer)
+        return 202, answer
+
+    def _batch(self, request: httpx.Request) -> httpx.Response:
+        """``POST /v1/messages/batch``: each message's key and bytes as ``POST /v1/messages``'s."""
+        items = msgspec.json.decode(request.content, type=list[_Item])
+        self.message_posts += len(items)
+        self.batch_posts += 1
+        if self.fail_messages > 0:
+            self.fail_messages -= 1
+            return httpx.Response(503, json={"code": "unavailable"})
+        results = []
+        for i, item in enumerate(items):
+            status, answer = self._one(bytes(item.message), item.idempotency_key)
+            results.append({"index": i, "status": status, **({"id": answer["id"], "state": answer["state"]}
+                                                              if status == 202 else answer)})  # fmt: skip
         if self.lose_message_answers:
             self.lose_message_answers -= 1
-            raise httpx.ReadError("connection reset after the message was stored")
-        return httpx.Response(202, json=answer)
+            raise httpx.ReadError("connection reset after the batch was stored")
+        accepted = sum(r["status"] == 202 for r in results)
+        return httpx.Response(200, json={"results": results, "accepted": accepted, "rejected": len(results) - accepted})
 
     def sent_messages(self) -> list[dict[str, Any]]:
         """Each message accepted (once per new key), in order: its request's JSON and its ``key``."""

@@ -527,3 +527,80 @@ def test_a_batch_whose_run_was_started_meanwhile_stores_nothing_and_can_be_redon
         ftx.prefetch([1])
         assert ftx.insert_run(run, T0) is not None
     assert [r.run_key for r in store.flow_run_rows("acme")] == ["f:1:old", "f:1:e"]
+
+
+# ---- sends in batches (POST /v1/messages/batch) ---------------------------------------------------
+async def _shipped(store: Store, clock: Clock, n: int) -> None:
+    """``n`` subscribers whose order ships: one transactional send each."""
+    await install(store, clock, "shipping_notice")
+    for i in range(1, n + 1):
+        subscriber(store, i)
+        store.apply_event("acme", OrderEvent(id=f"o{i}", at=T0, order_id=f"o{i}", phone=phone(i), total=100, currency="USD",
+                                             payment_status="paid", fulfillment_status="shipped"), phone=phone(i), now=T0)  # fmt: skip
+
+
+def _batched(store: Store, gw: FakeGateway, clock: Clock, send_batch: int) -> FlowRuntime:
+    client = GatewayClient("http://gateway.test", "key", transport=gw.transport())
+    return FlowRuntime(store, {"acme": client}, {"acme": TenantFlows(sender="ACME", shop_name="Acme")}, clock,
+                       batch=50, send_batch=send_batch)  # fmt: skip
+
+
+@pytest.mark.parametrize(("n", "send_batch"), [(7, 3), (12, 500)])
+async def test_sends_go_in_batches_each_with_its_own_key(store: Store, n: int, send_batch: int) -> None:
+    clock, gw = Clock(), FakeGateway()
+    await _shipped(store, clock, n)
+    await _batched(store, gw, clock, send_batch).round()
+    assert gw.batch_posts == -(-n // send_batch) and gw.message_posts == n
+    rows = {m.key: m for m in store.flow_messages("acme")}
+    assert len(rows) == n and all(m.state == "sent" for m in rows.values())
+    assert {m["key"] for m in gw.sent_messages()} == set(rows)
+    ids = {m["key"]: mid for mid, m in zip(gw.messages, gw.sent_messages())}
+    assert all(rows[k].message_id == ids[k] for k in rows)  # each row has its own message's id
+
+
+async def test_a_batch_answered_but_not_marked_is_sent_again_with_the_same_keys_and_gets_the_same_ids(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    await _shipped(store, clock, 5)
+    gw.lose_message_answers = 1  # stored by the gateway, the answer lost (as a kill -9 before the mark)
+    await _batched(store, gw, clock, 2).round()
+    first = {m.key: m for m in store.flow_messages("acme")}
+    assert len(gw.sent_messages()) == 5 and 0 < sum(m.state == "pending" for m in first.values()) <= 2
+    await _batched(store, gw, clock, 2).round()  # a new worker: the pending rows again, same keys and bytes
+    rows = {m.key: m for m in store.flow_messages("acme")}
+    assert len(gw.sent_messages()) == 5 and all(m.state == "sent" for m in rows.values())
+    ids = {m["key"]: mid for mid, m in zip(gw.messages, gw.sent_messages())}
+    assert {k: m.message_id for k, m in rows.items()} == ids  # the ids of the first post
+
+
+async def test_a_send_posted_alone_before_is_answered_with_its_id_in_a_batch(store: Store) -> None:
+    """A row posted by ``POST /v1/messages`` (a worker of the version before batches) and still
+    pending: the batch carries the very same bytes under its key, so the gateway answers that id."""
+    clock, gw = Clock(), FakeGateway()
+    await _shipped(store, clock, 3)
+    rt = _batched(store, gw, clock, 10)
+    assert rt.worker.drain("acme", clock(), 50) > 0  # the sends recorded, not posted
+    pending = store.pending_flow_messages(10)
+    m = pending[0]
+    client = GatewayClient("http://gateway.test", "key", transport=gw.transport())
+    alone = await client.send(to=m.recipient, body=m.body, sender=m.sender, key=m.key, category=m.category)
+    await rt.round()
+    rows = {r.key: r for r in store.flow_messages("acme")}
+    assert rows[m.key].message_id == alone and len(gw.sent_messages()) == 3
+
+
+async def test_a_gateway_without_batches_gets_the_sends_one_by_one(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    gw.no_batch = True
+    await _shipped(store, clock, 4)
+    await _batched(store, gw, clock, 10).round()
+    assert gw.batch_posts == 0 and len(gw.sent_messages()) == 4
+    assert all(m.state == "sent" and m.message_id for m in store.flow_messages("acme"))
+
+
+async def test_a_message_the_gateway_refuses_in_a_batch_fails_alone(store: Store) -> None:
+    clock, gw = Clock(), FakeGateway()
+    await _shipped(store, clock, 3)
+    gw.refuse_messages = {"code": "invalid_field", "error": "invalid number", "field": "message.to"}
+    await _batched(store, gw, clock, 10).round()
+    rows = store.flow_messages("acme")
+    assert [m.state for m in rows] == ["failed"] * 3 and all("invalid_field" in (m.detail or "") for m in rows)

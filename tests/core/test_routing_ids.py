@@ -1,4 +1,5 @@
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from gateway.core.ids import IdGenerator, format_id, parse_id
 from gateway.core.routing import NoRoute, Router
@@ -32,3 +33,17 @@ def test_ids_sortable_unique_and_formatted():
     assert parse_id(format_id(c)) == c
     with pytest.raises(ValueError):
         parse_id("not-an-id")
+
+
+def _format_id_by_loop(value: int) -> str:
+    """The definition: 13 base32 digits, most significant first."""
+    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+    return "".join(alphabet[(value >> (5 * k)) & 31] for k in range(12, -1, -1))
+
+
+@hsettings(max_examples=300)
+@given(st.integers(0, (1 << 63) - 1), st.integers(0, (1 << 63) - 1))
+def test_property_format_id_is_base32_of_the_id_ordered_and_parsed_back(a: int, b: int) -> None:
+    assert format_id(a) == _format_id_by_loop(a) and len(format_id(a)) == 13
+    assert (format_id(a) < format_id(b)) == (a < b)
+    assert parse_id(format_id(a)) == a

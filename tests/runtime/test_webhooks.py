@@ -145,6 +145,22 @@ def test_settle_backoff_retry_after_and_give_up() -> None:
     assert tired.dead == [1]  # max_attempts
 
 
+def test_a_body_from_rows_is_byte_for_byte_the_structs_encoding() -> None:
+    """The sender encodes rows' dicts (``hook_wire``); receivers were promised ``WebhookEvent``'s
+    JSON: the same bytes, field order included, for awkward values too."""
+    from gateway.runtime.webhooks import WebhookBody, WebhookEvent, _encode
+    from gateway.store.base import hook_wire
+
+    events = [HookEvent(id=k, seq=k, sub=1, tenant="acme", url=HOOK, message_id=BASE + k, job_id="job_1",
+                        state="undelivered", at=1795532398.5212345 + k, reason='r "q" \\ é\x01', carrier=c,
+                        attempts=0, error_code=code, to="+12125550123", index=idx, reference=ref)
+              for k, (c, code, idx, ref) in enumerate([(None, None, None, None), ("alpha", 11, 17, "ü\"x")])]  # fmt: skip
+    structs = WebhookBody(events=[WebhookEvent(
+        message_id=format_id(e.message_id), job_id=e.job_id, state=e.state, at=e.at, reason=e.reason, carrier=e.carrier,
+        error_code=e.error_code, to=e.to, index=e.index, reference=e.reference) for e in events])  # fmt: skip
+    assert _encode({"events": [hook_wire(e) for e in events]}) == msgspec.json.encode(structs)
+
+
 def test_retry_after_forms() -> None:
     assert retry_after_seconds("120", 0.0) == 120.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", 1445412420.0) == 60.0
@@ -279,6 +295,18 @@ async def test_a_tenant_without_secret_is_sent_unsigned(caplog: pytest.LogCaptur
     assert [r.getMessage() for r in caplog.records].count(
         "webhook.unsigned tenant=acme reason=no webhook_secret_env for this tenant") == 1  # fmt: skip
     assert SECRET not in caplog.text
+
+
+async def test_httpxs_request_lines_carry_no_path_or_query(caplog: pytest.LogCaptureFixture) -> None:
+    """https:// webhooks are POSTed by httpx, which logs each request's URL at INFO: the line
+    is there, cut to scheme and host."""
+    store, clock, rx = MemoryStore(), FakeClock(), Receiver()
+    outbox_with(store, 1, url="https://hooks.example.invalid/p/canary-path?token=canary-query", at=clock())
+    with caplog.at_level("INFO"):
+        async with sender(store, clock, rx) as s:
+            assert await s.run_once() == 1
+    assert "HTTP Request: POST https://hooks.example.invalid" in caplog.text
+    assert "canary" not in caplog.text and str(rx.requests[0].url).endswith("canary-query")
 
 
 # -- over real loopback, after a restart -----------------------------------------------------

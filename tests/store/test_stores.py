@@ -242,3 +242,25 @@ def test_sqlite_a_write_with_webhooks_costs_the_same_however_many_messages_are_o
 
     small, large = steps(500), steps(40_000)
     assert large <= small * 1.5 + 10, (small, large)
+
+
+def test_sqlite_rows_of_recipients_stored_by_older_versions_read_as_hook_events_does(tmp_path):
+    """``hook_rows`` reads recipients its fast path does not vouch for (msgpack from before JSON
+    text, a number not canonical, an index that is not a number) the way ``hook_events`` does."""
+    from gateway.store.base import hook_rows_of
+
+    store = SqliteStore(str(tmp_path / "s.db"))
+    people = [(i, Recipient(to=f"+1212555{i:04d}", index=i)) for i in range(4)]
+    store.add_job(JOB, 1000, people, 10.0, callback_url=HOOK)
+    db = store._db  # noqa: SLF001 - writing rows as an older version left them
+    db.execute("UPDATE messages SET recipient = ? WHERE id = 1000",
+               (msgspec.msgpack.encode({"to": "+12125550000", "index": 0}),))  # fmt: skip
+    db.execute("UPDATE messages SET recipient = ? WHERE id = 1001", ('{"to": "+1212555\u0661\u0662\u0663\u0664"}',))
+    db.execute("UPDATE messages SET recipient = ? WHERE id = 1002", ('{"to": "+12125550002", "index": "2"}',))
+    store.record([Change(message_id=1000 + i, state="delivered", at=11.0, reason="DELIVRD") for i in range(4)])
+    [sub] = store.hook_due(1e9)
+    rows = store.hook_rows(sub.id, 100)
+    assert [(r.seq, r.message_id, r.events) for r in rows] == [
+        (r.seq, r.message_id, r.events) for r in hook_rows_of(store.hook_events(sub.id, 100))]  # fmt: skip
+    assert [r.events[0]["to"] for r in rows] == ["+12125550000", "+12125551234", "+12125550002", "+12125550003"]
+    store.close()
