@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def load_audience(url: str, n: int, now: float, seed: int, m: int) -> int:
     return seg.id
 
 
-def write_config(tmp: Path, store_url: str, workers: int = 0) -> Path:
+def write_config(tmp: Path, store_url: str, workers: int = 0, short_port: bool = True) -> Path:
     path = tmp / "sluice.toml"
     path.write_text(f"""
 [api]
@@ -145,6 +146,7 @@ url = "http://127.0.0.1:9/never-sent-to"
 store_url = "{store_url}"
 port = 0
 sync_interval = 5.0
+{"short_link_port = 0" if short_port else ""}
 [[campaigns.tenants]]
 name = "{TENANT}"
 key_env = "BENCH_C_KEY"
@@ -196,7 +198,8 @@ def seed_frozen(url: str, n: int, now: float, seed: int) -> int:
 
 
 def seed_outcomes(url: str, campaign_id: int, n: int, seed: int) -> dict[str, int]:
-    """Every recipient delivered and priced; N/10 human clicks, N/50 orders, N/1000 opt-outs."""
+    """Every recipient delivered and priced (its cost on its row and in message_costs, as the state
+    webhook's ``record_cost`` leaves them); N/10 human clicks, N/50 orders, N/1000 opt-outs."""
     r = random.Random(seed + 2)
     with _conn(url) as (conn, ph):
         cur = conn.cursor()
@@ -205,7 +208,7 @@ def seed_outcomes(url: str, campaign_id: int, n: int, seed: int) -> dict[str, in
         sent = cur.fetchall()
         for lo in range(0, n + 1, 50_000):  # in slices, each its own transaction (the service shares the store)
             rng = (TENANT, campaign_id, lo, lo + 50_000)
-            cur.execute(f"UPDATE campaign_recipients SET state = 'delivered', state_at = send_at + 5, message_id = "
+            cur.execute(f"UPDATE campaign_recipients SET state = 'delivered', state_at = send_at + 5, cost = 4, message_id = "
                         f"'m{campaign_id}-' || CAST(subscriber_id AS TEXT) WHERE tenant = {ph} AND campaign_id = {ph} "
                         f"AND batch >= 0 AND subscriber_id >= {ph} AND subscriber_id < {ph}", rng)  # fmt: skip
             cur.execute(f"INSERT INTO message_costs (tenant, message_id, carrier, segments, cost) SELECT tenant, "
@@ -270,8 +273,13 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _redirects(port: int, codes_file: Path, seconds: float, concurrency: int, server_pid: int) -> dict[str, Any]:
-    cpu0 = _cpu_s(server_pid)
+    cpu0, load0 = _cpu_s(server_pid), _children_cpu_s()
     cmd = [sys.executable, "-m", "bench.redirect_load", "--port", str(port), "--codes", str(codes_file),
            "--seconds", str(seconds), "--concurrency", str(concurrency)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -279,17 +287,25 @@ def _redirects(port: int, codes_file: Path, seconds: float, concurrency: int, se
     res = json.loads(out.stdout.strip().splitlines()[-1])
     # The server's CPU per redirect: what a loaded machine cannot hide (capacity = 1e6 / it per core).
     res["server_cpu_us"] = (_cpu_s(server_pid) - cpu0) * 1e6 / max(1, res["requests"])
+    # The load generator's own CPU per request: it must stay well under the server's (else it is the limit).
+    res["load_cpu_us"] = (_children_cpu_s() - load0) * 1e6 / max(1, res["requests"])
     return res
 
 
 async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs: int, seconds: float,
-                   concurrency: int, workers: int, seed: int) -> dict[str, Any]:  # fmt: skip
+                   concurrency: int, workers: int, seed: int, via: str) -> dict[str, Any]:  # fmt: skip
     env = {"BENCH_GW_KEY": GW_KEY, "BENCH_C_KEY": C_KEY, "BENCH_LINK_KEY": LINK_KEY,
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # fmt: skip
-    cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", str(write_config(tmp, store_url, workers)), "--port", "0"]
-    out: dict[str, Any] = {}
+    config = write_config(tmp, store_url, workers, short_port=via == "short")
+    cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", str(config), "--port", "0"]
+    out: dict[str, Any] = {"redirects_via": via}
     async with start(cmd, name="sluice", env=env, timeout=120) as serve:
         cport = int((await serve.line(120))["campaigns"])
+        rport = cport
+        if via == "short":  # the short domains' own listener (campaigns/service/short_http.py)
+            while "short_links" not in (ready := await serve.line(120)):
+                pass
+            rport = int(ready["short_links"])
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cport}", timeout=None,
                                      headers={"authorization": f"Bearer {C_KEY}"}) as c:  # fmt: skip
             definition = {"sender": "SHOP", "template": TEMPLATE, "values": {"shop_name": "CommerceCo"},
@@ -313,7 +329,7 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
             out["outcomes"] = await anyio.to_thread.run_sync(seed_outcomes, store_url, cid, n, seed)
             codes_file = tmp / "codes.txt"
             codes_file.write_text("\n".join(codes_of(store_url, cid, 100_000)) + "\n")
-            loads = [await anyio.to_thread.run_sync(_redirects, cport, codes_file, seconds, concurrency, serve.pid)
+            loads = [await anyio.to_thread.run_sync(_redirects, rport, codes_file, seconds, concurrency, serve.pid)
                      for _ in range(runs)]  # fmt: skip
             out["redirect_runs"] = loads
             out["redirects_per_s"] = statistics.median(x["per_s"] for x in loads)
@@ -321,6 +337,7 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
             out["redirect_p50_ms"] = statistics.median(x["p50_ms"] for x in loads)
             out["redirect_errors"] = sum(x["errors"] for x in loads)
             out["redirect_server_cpu_us"] = statistics.median(x["server_cpu_us"] for x in loads)
+            out["redirect_load_cpu_us"] = statistics.median(x["load_cpu_us"] for x in loads)
             times, rows = [], None
             for _ in range(runs):
                 t0 = time.perf_counter()
@@ -336,7 +353,7 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
 
 
 def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, concurrency: int, workers: int, seed: int,
-        pg_url: str | None) -> dict:  # fmt: skip
+        pg_url: str | None, via: str = "short") -> dict:  # fmt: skip
     now = time.time()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-bench-campaign-")))
@@ -348,7 +365,7 @@ def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, co
         seg = load_audience(url, n, now, seed, launch_n or n)
         setup_s = time.perf_counter() - t0
         big = launch_n is not None and launch_n < n
-        out = anyio.run(_measure, tmp, url, seg, n, big, runs, seconds, concurrency, workers, seed)
+        out = anyio.run(_measure, tmp, url, seg, n, big, runs, seconds, concurrency, workers, seed, via)
     return {"scenario": "campaign", "engine": engine, "subscribers": n, "launched": launch_n or n, "setup_s": setup_s, **out,
             "load": os.getloadavg(), "machine": describe()}  # fmt: skip
 
@@ -369,22 +386,25 @@ TARGETS = {"launch_to_accepted_s": ("<=", 15.0), "redirects_per_s": (">=", 5000.
 @click.option("--concurrency", default=8, show_default=True, help="Keep-alive connections of the load generator.")
 @click.option("--ingest-workers", default=0, show_default=True,
               help="The gateway's api.ingest_workers (its default, auto, spawns them at the first job: ~10 s under load).")
+@click.option("--redirects-via", "via", type=click.Choice(["short", "api"]), default="short", show_default=True,
+              help="Redirects on the short-link listener (short_link_port) or on the API's port (/{code} there).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
 def bench_campaign(n: int, launch_n: int | None, engine: str, pg_url: str | None, runs: int, redirect_seconds: float,
-                   concurrency: int, ingest_workers: int, seed: int, json_path: str | None,
+                   concurrency: int, ingest_workers: int, via: str, seed: int, json_path: str | None,
                    out_dir: str | None) -> None:  # fmt: skip
     """Launch to the gateway's 202s, redirects per second and their p99, attribution of orders."""
     if n < 10 or runs < 1 or not 0 < redirect_seconds <= 120 or concurrency < 1:
         raise click.BadParameter("--recipients >= 10, --runs >= 1, 0 < --redirect-seconds <= 120, --concurrency >= 1")
-    r = run(engine, n, launch_n, runs, redirect_seconds, concurrency, ingest_workers, seed, pg_url)
+    r = run(engine, n, launch_n, runs, redirect_seconds, concurrency, ingest_workers, seed, pg_url, via)
     click.echo(f"sluice bench campaign: {engine}, {n:,} subscribers, {r['recipients']:,} recipients, "
                f"{r['batches']} batches, load {r['load'][0]:.2f}")  # fmt: skip
     for key, (op, target) in TARGETS.items():
         ok = r[key] <= target if op == "<=" else r[key] >= target
         click.echo(f"  {key:<24} {r[key]:>12,.3f}   target {op} {target:g}  {'ok' if ok else 'MISSED'}")
     click.echo(f"  server CPU for the launch {r['launch_server_cpu_s']:.2f} s ({r['launch_cpu_us_per_recipient']:.0f} us a recipient)")
-    click.echo(f"  server CPU per redirect {r['redirect_server_cpu_us']:.0f} us (p50 {r['redirect_p50_ms']:.2f} ms)")
+    click.echo(f"  server CPU per redirect {r['redirect_server_cpu_us']:.0f} us (p50 {r['redirect_p50_ms']:.2f} ms; "
+               f"via {r['redirects_via']}); load generator {r['redirect_load_cpu_us']:.0f} us")
     click.echo(f"  outcomes {r['outcomes']}  report totals {r['report_totals']}")
     save(r, json_path, out_dir)

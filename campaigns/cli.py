@@ -73,7 +73,8 @@ def check_config(path: str, skip_env: bool) -> None:
 def serve_alone(config_path: str, port: int | None) -> None:
     """Run the campaign layer alone (the gateway elsewhere, at campaigns.gateway_url).
 
-    When it is ready it prints one JSON line on stdout, {"campaigns": PORT}."""
+    When it is ready it prints one JSON line on stdout, {"campaigns": PORT} (then {"short_links": PORT}
+    when ``short_link_port`` is set)."""
     import anyio
 
     from campaigns.service.server import serve
@@ -81,7 +82,8 @@ def serve_alone(config_path: str, port: int | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings(config_path)
     _check_env(settings)
-    anyio.run(lambda: serve(settings, port=port, on_ready=lambda p: print(json.dumps({"campaigns": p}), flush=True)),
+    anyio.run(lambda: serve(settings, port=port, on_ready=lambda p: print(json.dumps({"campaigns": p}), flush=True),
+                            on_short_links=lambda p: print(json.dumps({"short_links": p}), flush=True)),
               backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
 
 
@@ -378,7 +380,8 @@ def flows_simulate(config_path: str, tenant: str, history: bool, subscribers: in
 def serve(ctx: click.Context, config_path: str | None, port: int | None, backend: str) -> None:
     """Run the gateway (and the campaign layer too when the config has a [campaigns] table).
 
-    When ready it prints {"listening": PORT} (and {"campaigns": PORT}) on stdout, one JSON line each."""
+    When ready it prints {"listening": PORT} (and {"campaigns": PORT}, then {"short_links": PORT} when
+    ``campaigns.short_link_port`` is set) on stdout, one JSON line each."""
     from campaigns import host
 
     try:

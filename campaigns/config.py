@@ -131,6 +131,11 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # Flows (issue 19): how often the runtime looks for queued inputs and due timers when nothing
     # woke it (a reply or an event wakes it at once).
     flows_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
+    # The short domains' own listener (campaigns/service/short_http.py): GET|HEAD /{code} only, without
+    # the API's framework. None: off (the API's port still answers /{code} and /l/{code}); 0: any port.
+    short_link_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    short_link_head_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0  # a request head's first byte to its end
+    short_link_max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     tenants: list[TenantSettings] = []
 
     def __post_init__(self) -> None:

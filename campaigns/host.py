@@ -67,4 +67,5 @@ async def serve_both(gateway_cfg: object, settings: CampaignSettings, *, on_read
         host = getattr(getattr(gateway_cfg, "api", None), "host", "127.0.0.1")
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         tg.start_soon(lambda: serve_campaigns(settings, gateway_url=f"http://{host}:{port[0]}",
-                                              on_ready=lambda p: on_ready("campaigns", p)))  # fmt: skip
+                                              on_ready=lambda p: on_ready("campaigns", p),
+                                              on_short_links=lambda p: on_ready("short_links", p)))  # fmt: skip

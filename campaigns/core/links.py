@@ -31,6 +31,8 @@ clicks count each (message, link) once; total clicks count every human hit.
 
 from __future__ import annotations
 
+import functools
+
 import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -42,7 +44,7 @@ import msgspec
 from campaigns.errors import InvalidInput
 
 __all__ = ["ALPHABET", "BOT_MARKERS", "ClickTally", "Hit", "HitVerdict", "LinkError", "ShortLink",
-           "Shortened", "Skeleton", "classify_hit", "code_length", "fill", "find_urls", "mint_code", "mint_codes", "shorten", "skeleton",
+           "Shortened", "Skeleton", "classify_hit", "code_length", "fill", "is_bot_agent", "find_urls", "mint_code", "mint_codes", "shorten", "skeleton",
            "splice", "with_utm"]  # fmt: skip
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -321,6 +323,14 @@ class Hit(msgspec.Struct, frozen=True, kw_only=True):
     at: float
 
 
+@functools.lru_cache(maxsize=4096)
+def is_bot_agent(user_agent: str) -> bool:
+    """An empty user agent, or one naming a known bot or link-preview fetcher (``BOT_MARKERS``).
+    Cached: the user agents of a campaign's clicks are a few hundred strings, scanned once each."""
+    ua = user_agent.strip().lower()
+    return not ua or any(marker in ua for marker in BOT_MARKERS)
+
+
 def classify_hit(hit: Hit, delivered_at: float | None, *, min_delay: float = 10.0) -> HitVerdict:
     """Whether a hit counts as a click. An absent user agent is a script, hence a bot.
 
@@ -330,8 +340,7 @@ def classify_hit(hit: Hit, delivered_at: float | None, *, min_delay: float = 10.
     is one long before a late receipt."""
     if hit.method.upper() != "GET":
         return "head"
-    ua = (hit.user_agent or "").strip().lower()
-    if not ua or any(marker in ua for marker in BOT_MARKERS):
+    if is_bot_agent(hit.user_agent or ""):
         return "bot"
     if delivered_at is not None and abs(hit.at - delivered_at) < min_delay:
         return "too_soon"

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import anyio
+import anyio.abc
 import uvicorn
 
 from campaigns.config import CampaignSettings
@@ -22,6 +23,7 @@ from campaigns.service.campaign_api import campaign_handlers, redirect_front
 from campaigns.service.flow_api import FlowService, flow_handlers
 from campaigns.service.flow_runtime import FlowRuntime, install_state, runtime_tenants
 from campaigns.service.launch import Launcher, TenantLinks
+from campaigns.service.short_http import ShortLinkServer, serve_short_links
 from campaigns.service.tracking import Tracker
 from campaigns.service.gateway_client import GatewayClient
 from campaigns.service.inbox import Inbox
@@ -65,9 +67,21 @@ def callback_urls(settings: CampaignSettings) -> dict[str, str]:
     return {t.name: f"{base}/v1/gateway/{t.name}/events" for t in settings.tenants}
 
 
+async def _short_links(short: ShortLinkServer, settings: CampaignSettings, on_ready: Callable[[int], None] | None,
+                       *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
+    def ready(port: int) -> None:
+        log.info("campaigns.short_links host=%s port=%d", settings.host, port)
+        if on_ready is not None:
+            on_ready(port)
+        task_status.started()
+
+    await serve_short_links(short, host=settings.host, port=settings.short_link_port or 0, on_ready=ready)
+
+
 async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, port: int | None = None,
                 on_ready: Callable[[int], None] | None = None,
-                environ: Mapping[str, str] | None = None) -> None:  # fmt: skip
+                environ: Mapping[str, str] | None = None,
+                on_short_links: Callable[[int], None] | None = None) -> None:  # fmt: skip
     env = os.environ if environ is None else environ
     store = await anyio.to_thread.run_sync(open_store, settings.store_url)
     audience = Audience(store, settings, time.time)
@@ -108,8 +122,13 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             tg.start_soon(audience.run_membership)  # bulk ingest answers at commit; membership follows
             tg.start_soon(lambda: flows.run(interval=settings.flows_interval))
             tg.start_soon(tracker.run_flusher)  # buffered clicks: written every few ms (tracking.py)
+            if settings.short_link_port is not None:  # the short domains' own listener (short_http.py)
+                short = ShortLinkServer(tracker, head_timeout=settings.short_link_head_timeout_s,
+                                        max_connections=settings.short_link_max_connections)  # fmt: skip
+                await tg.start(_short_links, short, settings, on_short_links)
             await anyio.sleep_forever()
     finally:
+        tracker.close()
         await flows.aclose()
         for c in clients.values():
             await c.aclose()

@@ -1,16 +1,20 @@
 """What happens after a launch: clicks on short links, message states from the gateway's webhooks,
 the analytics report, and the A/B winner sent to the rest of the audience.
 
-The redirect is the hot path: one indexed read (the link with its recipient's delivery time; kept in
-memory once the message is delivered, as nothing about it can change after), the verdict from
-``core.links.classify_hit``, and the hit appended to an in-memory buffer. The buffer is
-written in one transaction (the clicks, then the ``clicked`` activities of human clicks) every
-``flush_interval`` (5 ms) by ``run_flusher``. **What is promised**: a click is stored within the
-flush interval plus one write after its 302 was answered; a crash loses at most the clicks of that
-window (never a click already stored); a clean stop flushes; and every read of click figures (the
-report, ``/clicks``, the A/B decision) flushes first, so a figure never misses a click answered
-before the read. The campaign's UTM parameters are cached per campaign (definitions do not change
-after launch).
+The redirect is the hot path (served by ``short_http``'s listener, or ``redirect_front`` on the API's
+port). A delivered message's link is kept in memory with its ``Location`` (a bounded LRU: nothing
+about it changes once delivered); any other is read on the store's ``LinkReader``, a connection of
+its own that never waits behind the store's writes: on the event loop for SQLite (WAL readers do not
+wait for the writer), in rounds off the loop for PostgreSQL (every code missed while a read is in
+flight is read by the next one, one query). Then the verdict from ``core.links.classify_hit``, and
+the hit appended to an in-memory buffer. ``run_flusher`` writes the buffer every ``flush_interval``
+(5 ms) in one transaction: the hits, then the ``clicked`` activities of human clicks through the
+events batch path (``record_hits``). **What is promised**: a hit is stored within the flush interval
+plus one write after its 302 was answered; a kill -9 loses at most the hits answered since the last
+committed flush began (never a hit already stored; tests/campaigns/test_click_crash.py); a clean stop
+flushes; and every read of click figures (the report, ``/clicks``, the A/B decision) flushes first,
+so a figure never misses a click answered before the read. The campaign's UTM parameters are cached
+per campaign (definitions do not change after launch).
 
 **Cost** is read back from the gateway: a state event naming the carrier prices the message with the
 gateway's own preview of its text (``POST /v1/preview``: segments x that carrier's
@@ -28,11 +32,13 @@ import anyio
 import msgspec
 
 from campaigns.core import abtest, attribution, links, schedule, templates
-from campaigns.core.events import ActivityEvent
+from campaigns.core.events import ActivityEvent, ShopEvent
 from campaigns.errors import CampaignError, Conflict, InvalidInput
 from campaigns.service.gateway_client import Preview
 from campaigns.service.launch import HELD, Launcher, parse_spec, render_for
 from campaigns.store.campaign_rows import CampaignRow, ClickIn, LinkRow, PlannedRecipient, RecipientRow
+from campaigns.store.base import LinkReader
+from campaigns.store.campaign_sql import SharedLinkReader
 from campaigns.store.report_sql import Scope
 
 log = logging.getLogger(__name__)
@@ -74,6 +80,18 @@ def text_shape(text: str) -> str:
     return text.translate(_SHAPE)
 
 
+class _Round:
+    """Codes missed together, read in one query (``Tracker._link``)."""
+
+    __slots__ = ("codes", "done", "found", "error")
+
+    def __init__(self) -> None:
+        self.codes: set[str] = set()
+        self.done = anyio.Event()
+        self.found: dict[str, LinkRow] = {}
+        self.error: Exception | None = None
+
+
 class WinnerOut(msgspec.Struct, frozen=True, kw_only=True):
     decision: abtest.Decision
     released: int  # held recipients now sent the winner (0 when pending, or already released)
@@ -83,7 +101,11 @@ class Tracker:
     def __init__(self, launcher: Launcher, *, flush_interval: float = 0.005, link_cache: int = 200_000) -> None:
         self.la = launcher
         self.link_cache = link_cache
-        self._links: dict[str, LinkRow] = {}  # code -> link, for delivered messages only (oldest evicted first)
+        # code -> (link, its Location): delivered messages only, least recently used evicted first
+        self._links: dict[str, tuple[LinkRow, str]] = {}
+        self._reader: LinkReader | None = None  # opened at the first miss (a connection of its own)
+        self._collecting: _Round | None = None  # misses waiting for the next read
+        self._in_flight: _Round | None = None
         self.store = launcher.store
         self.flush_interval = flush_interval
         self._utm: dict[tuple[str, int], dict[str, str]] = {}
@@ -95,26 +117,54 @@ class Tracker:
     # ---- short links -----------------------------------------------------------------------------
     async def redirect(self, code: str, *, method: str, user_agent: str | None) -> Redirect | None:
         """Where ``code`` leads (None: unknown or expired), the hit buffered with its verdict."""
-        if not (5 <= len(code) <= 16) or not code.isalnum():
-            return None
-        link = self._links.get(code)
+        done, hit = self.redirect_nowait(code, method=method, user_agent=user_agent)
+        if done:
+            return hit
+        link = await self._link(code)
         if link is None:
-            done, link = self.store.link_nowait(code)  # SQLite, connection free: no thread hop
-            if not done:
-                link = await self.la._run(self.store.link, code)
-            if link is not None and link.delivered_at is not None:
-                # A delivered message's link never changes again (states only move forward, and
-                # delivered is final): keep it, so the hot links of a campaign cost no store read.
-                if len(self._links) >= self.link_cache:
-                    del self._links[next(iter(self._links))]
-                self._links[code] = link
+            return None
+        await self._utm_of(link)  # before the hit is kept: a failure keeps nothing
+        return self._keep_hit(code, link, None, method, user_agent)
+
+    def redirect_nowait(self, code: str, *, method: str, user_agent: str | None) -> tuple[bool, Redirect | None]:
+        """``redirect`` when it needs no wait (the link in memory, or read on the loop: SQLite):
+        ``(True, hit or None)``; ``(False, None)``: call ``redirect``. Raises nothing a wait would fix."""
+        if not (5 <= len(code) <= 16) or not code.isalnum():
+            return True, None
+        known = self._links.pop(code, None)
+        if known is not None:
+            self._links[code] = known  # most recently used last: the oldest is evicted first
+            return True, self._keep_hit(code, known[0], known[1], method, user_agent)
+        reader = self._open_reader()
+        if not reader.on_loop:
+            return False, None
+        try:
+            link = reader.read((code,)).get(code)
+        except CampaignError:  # its connection busy for a moment: the waiting path reads it off the loop
+            return False, None
+        if link is None:
+            return True, None
+        if (link.tenant, link.campaign_id) not in self._utm:  # the campaign's UTM not read yet: a store read
+            return False, None
+        return True, self._keep_hit(code, link, None, method, user_agent)
+
+    def _keep_hit(self, code: str, link: LinkRow, location: str | None, method: str,
+                  user_agent: str | None) -> Redirect | None:  # fmt: skip
+        """The hit's verdict, buffered (with its ``clicked`` activity when human); the redirect."""
         now = self.la.clock()
-        if link is None or (link.expires_at is not None and now >= link.expires_at):
+        if link.expires_at is not None and now >= link.expires_at:
             return None
         tl = self.la.tenants.get(link.tenant)
         verdict = links.classify_hit(links.Hit(code=code, method=method, user_agent=user_agent, at=now), link.delivered_at,
                                      min_delay=tl.click_min_delay if tl is not None else 10.0)  # fmt: skip
-        location = links.with_utm(link.target, await self._utm_of(link))  # before the hit is kept: a failure keeps nothing
+        if location is None:
+            location = links.with_utm(link.target, self._utm[(link.tenant, link.campaign_id)])
+            if link.delivered_at is not None:
+                # A delivered message's link never changes again (states only move forward, and
+                # delivered is final): keep it, so the hot links of a campaign cost no store read.
+                if len(self._links) >= self.link_cache:
+                    del self._links[next(iter(self._links))]
+                self._links[code] = (link, location)
         self._clicks.append(ClickIn(code=code, at=now, user_agent=user_agent or "", verdict=verdict))
         if verdict == "click" and link.phone:
             self._activities.append((link.tenant, ActivityEvent(
@@ -122,32 +172,71 @@ class Tracker:
                 properties={"campaign": link.campaign_id, "code": code})))  # fmt: skip
         return Redirect(location=location, verdict=verdict)
 
+    def _open_reader(self) -> LinkReader:
+        if self._reader is None:
+            opener = getattr(self.store, "open_link_reader", None)
+            self._reader = opener() if opener is not None else SharedLinkReader(self.store)
+        return self._reader
+
+    async def _link(self, code: str) -> LinkRow | None:
+        """The link of a code not in memory: read on the loop when the reader never waits (SQLite's
+        connection of its own), else in a round: every code missed while a read is in flight waits for
+        the next one, read together in one query off the loop (PostgreSQL: one round trip for all)."""
+        reader = self._open_reader()
+        if reader.on_loop:
+            try:
+                return reader.read((code,)).get(code)
+            except CampaignError:  # its connection busy for a moment: the store's own read, off the loop
+                return await self.la._run(self.store.link, code)
+        rnd = self._collecting
+        if rnd is None:
+            rnd = self._collecting = _Round()
+        rnd.codes.add(code)
+        while not rnd.done.is_set():
+            if self._in_flight is None:  # nobody reads: this task reads the round it is in (still collecting)
+                cur, self._collecting = self._collecting, None
+                assert cur is rnd
+                self._in_flight = cur
+                try:  # not abandoned on cancel: the round always ends, its other waiters are answered
+                    cur.found = await anyio.to_thread.run_sync(reader.read, list(cur.codes))
+                except Exception as exc:  # noqa: BLE001 - every waiter of the round sees it
+                    cur.error = exc
+                finally:
+                    self._in_flight = None
+                    cur.done.set()
+            else:
+                await self._in_flight.done.wait()
+        if rnd.error is not None:
+            raise rnd.error
+        return rnd.found.get(code)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
     def log_front_error(self, code: str) -> None:
         log.warning("redirect.front_failed code=%s (answered by the API's own route)", code, exc_info=True)
 
     async def flush(self) -> int:
-        """Write the buffered hits (one transaction) and their activities; how many hits. Flushes
-        run one at a time, so a reader that flushed has seen every hit answered before it."""
+        """Write the buffered hits and their ``clicked`` activities in one transaction (all or none:
+        on a failure both stay buffered, in order, for the next); how many hits. Flushes run one at a
+        time, so a reader that flushed has seen every hit answered before it."""
         if self._flushing is None:
             self._flushing = anyio.Lock()
         async with self._flushing:
             clicks, self._clicks = self._clicks, []
             activities, self._activities = self._activities, []
+            if not clicks and not activities:
+                return 0
+            by_tenant: dict[str, list[tuple[ShopEvent, str | None]]] = {}
+            for tenant, ev in activities:
+                by_tenant.setdefault(tenant, []).append((ev, ev.phone))
             try:
-                if clicks:
-                    await self.la._run(self.store.record_clicks, clicks)
+                await self.la._run(self.store.record_hits, clicks, by_tenant, now=self.la.clock())
             except BaseException:
                 self._clicks[:0], self._activities[:0] = clicks, activities  # kept for the next flush
                 raise
-            by_tenant: dict[str, list[tuple[ActivityEvent, str | None]]] = {}
-            for tenant, ev in activities:
-                by_tenant.setdefault(tenant, []).append((ev, ev.phone))
-            for i, (tenant, evs) in enumerate(by_tenant.items()):
-                try:
-                    await self.la._run(self.store.apply_events, tenant, evs, now=self.la.clock())
-                except BaseException:  # the clicks are stored; their activities wait (idempotent by id)
-                    self._activities[:0] = [(t, e) for t, group in list(by_tenant.items())[i:] for e, _p in group]
-                    raise
             return len(clicks)
 
     async def run_flusher(self) -> None:
@@ -193,14 +282,14 @@ class Tracker:
                 continue
             moved += 1
             if e.carrier is not None:
-                await self._price(tenant, e.message_id, e.carrier, row.text)
+                await self._price(tenant, e.message_id, e.carrier, row.text, (row.campaign_id, row.subscriber_id))
             if state in _ACTIVITY:
                 event = ActivityEvent(id=f"msg:{e.message_id}:{state}", at=e.at, phone=row.phone, kind=_ACTIVITY[state],  # type: ignore[arg-type]
                                       properties={"campaign": row.campaign_id, "variant": row.variant})  # fmt: skip
                 await self.la._run(self.store.apply_event, tenant, event, phone=row.phone, now=self.la.clock())
         return moved
 
-    async def _price(self, tenant: str, message_id: str, carrier: str, text: str) -> None:
+    async def _price(self, tenant: str, message_id: str, carrier: str, text: str, recipient: tuple[int, int]) -> None:
         """The message's cost as the gateway prices it (its preview of this text's shape, per carrier)."""
         key = (tenant, text_shape(text))
         p = self._shapes.get(key)
@@ -212,7 +301,7 @@ class Tracker:
                 return
             self._shapes[key] = p
         await self.la._run(self.store.record_cost, tenant, message_id, carrier=carrier, segments=p.segments,
-                           cost=p.prices.get(carrier))  # fmt: skip
+                           cost=p.prices.get(carrier), recipient=recipient)  # fmt: skip
 
     # ---- analytics -------------------------------------------------------------------------------
     async def _recipients(self, tenant: str, campaign_id: int) -> list[RecipientRow]:

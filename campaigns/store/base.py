@@ -6,7 +6,7 @@ Every implementation passes ``campaigns.store.conformance`` (run on both engines
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -88,6 +88,18 @@ class SyncItem(msgspec.Struct, frozen=True, kw_only=True):
     at: float
 
 
+class LinkReader(Protocol):
+    """Short links by code for the redirect, on a connection of their own (never behind the store's
+    writes). ``on_loop``: ``read`` of a few codes never waits on another connection (SQLite in WAL:
+    readers do not wait for the writer), so the event loop calls it directly; otherwise the caller
+    runs it in a worker thread, many codes per call."""
+
+    on_loop: bool
+
+    def read(self, codes: Sequence[str]) -> dict[str, LinkRow]: ...  # raises StorageError
+    def close(self) -> None: ...
+
+
 class Store(Protocol):
     engine: str
 
@@ -155,6 +167,7 @@ class Store(Protocol):
                         at: float) -> RecipientRow | None: ...
     def link(self, code: str) -> LinkRow | None: ...
     def link_nowait(self, code: str) -> tuple[bool, LinkRow | None]: ...  # (False, None): use link() in a thread
+    def open_link_reader(self) -> LinkReader: ...  # the redirect's misses, off the store's shared connection
     def link_exists(self, code: str) -> bool: ...
     def existing_links(self, codes: Sequence[str]) -> set[str]: ...
     def record_click(self, code: str, *, at: float, user_agent: str, verdict: str) -> bool: ...  # True: unique
@@ -174,8 +187,11 @@ class Store(Protocol):
                             message_id: str | None = None, discount_code: str | None = None,
                             link_codes: Sequence[str] = ()) -> bool: ...  # fmt: skip
     def flow_message_state(self, tenant: str, id: str, *, state: str, at: float, message_id: str | None = None) -> None: ...
-    def record_cost(self, tenant: str, message_id: str, *, carrier: str | None, segments: int, cost: int | None) -> None: ...
+    def record_cost(self, tenant: str, message_id: str, *, carrier: str | None, segments: int, cost: int | None,
+                    recipient: tuple[int, int] | None = None) -> None: ...
     def record_clicks(self, clicks: Sequence[ClickIn]) -> int: ...
+    def record_hits(self, clicks: Sequence[ClickIn], activities: Mapping[str, Sequence[tuple[ShopEvent, str | None]]],
+                    *, now: float) -> int: ...  # the redirect's buffer: hits + clicked activities, one transaction
     def release_held(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
                      links: Sequence[LinkRow]) -> int: ...
 

@@ -6,12 +6,13 @@ and re-submits the same bytes; ``batch_submitted`` records the gateway job of on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from campaigns.core import flows as F
+from campaigns.core.events import ShopEvent
 from campaigns.errors import Conflict, NotFound
 from campaigns.store.flow_sql import enqueue_inputs
 from campaigns.store.report_sql import ReportSql
@@ -28,6 +29,37 @@ _LINK_READ = (f"SELECT {', '.join(f'l.{c.strip()}' for c in _LINK_COLS.split(','
               "l.tenant AND r.campaign_id = l.campaign_id AND r.subscriber_id = l.subscriber_id WHERE l.code = ?")
 _LINK_NAMES = [c.strip() for c in _LINK_COLS.split(",")] + ["phone", "delivered_at"]
 _FREEZE_COLS = ("tenant", "campaign_id", "subscriber_id", "phone", "variant", "send_at", "tz", "text", "batch", "idx")
+
+
+def link_read_many(n: int, placeholder: str = "?") -> str:
+    """The link read of ``n`` codes at once (a ``LinkReader``'s round; same columns as ``_LINK_READ``)."""
+    return _LINK_READ.replace("l.code = ?", f"l.code IN ({', '.join([placeholder] * n)})")
+
+
+def link_rows(rows: Sequence[Sequence[Any]]) -> dict[str, LinkRow]:
+    """Rows of ``_LINK_READ`` by code."""
+    return {r[0]: LinkRow(**dict(zip(_LINK_NAMES, r, strict=True))) for r in rows}
+
+
+class SharedLinkReader:
+    """The default ``LinkReader``: the store's own connection (SQLite ``:memory:``, test doubles).
+    ``read`` may wait for the connection: callers run it in a worker thread."""
+
+    on_loop = False
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def read(self, codes: Sequence[str]) -> dict[str, LinkRow]:
+        out = {}
+        for code in codes:
+            link = self._store.link(code)
+            if link is not None:
+                out[code] = link
+        return out
+
+    def close(self) -> None:
+        pass
 #: Which status a campaign may move to from which (a missing pair is a Conflict).
 _MOVES = {("draft", "launching"), ("launching", "launched"), ("launched", "paused"), ("paused", "launched"),
           ("draft", "canceled"), ("launching", "canceled"), ("launched", "canceled"), ("paused", "canceled"),
@@ -170,9 +202,11 @@ class CampaignSql(ReportSql):
                 return None
             rec = _rec(cur)
             if _RANK.get(state, 0) > _RANK.get(rec.state, 0):
-                tx.run("UPDATE campaign_recipients SET state = ?, state_at = ?, message_id = COALESCE(?, message_id) "
-                       "WHERE tenant = ? AND campaign_id = ? AND subscriber_id = ?",
-                       (state, at, message_id, tenant, cid, rec.subscriber_id))  # fmt: skip
+                mid = message_id or rec.message_id  # its cost, if the price came first (report_sql._COST_OF)
+                tx.run("UPDATE campaign_recipients SET state = ?, state_at = ?, message_id = COALESCE(?, message_id), "
+                       "cost = COALESCE(cost, (SELECT mc.cost FROM message_costs mc WHERE mc.tenant = ? AND "
+                       "mc.message_id = ?)) WHERE tenant = ? AND campaign_id = ? AND subscriber_id = ?",
+                       (state, at, message_id, tenant, mid, tenant, cid, rec.subscriber_id))  # fmt: skip
                 return msgspec.structs.replace(rec, state=state, state_at=at, message_id=message_id or rec.message_id)
             return rec
 
@@ -191,6 +225,10 @@ class CampaignSql(ReportSql):
         if rows is None:
             return False, None
         return True, (LinkRow(**dict(zip(_LINK_NAMES, rows[0], strict=True))) if rows else None)
+
+    def open_link_reader(self) -> Any:
+        """A ``LinkReader`` for the redirect's misses (engines with a connection of its own override this)."""
+        return SharedLinkReader(self)
 
     def existing_links(self, codes: Sequence[str]) -> set[str]:
         """Which of ``codes`` are taken (one query per 500: a launch checks its new links in bulk)."""
@@ -211,37 +249,58 @@ class CampaignSql(ReportSql):
         return self.record_clicks([ClickIn(code=code, at=at, user_agent=user_agent, verdict=verdict)]) > 0
 
     def record_clicks(self, clicks: Sequence[ClickIn]) -> int:
-        """Store hits in one transaction (the redirect's buffer, flushed every few ms); how many were
-        their code's first human click (unique clicks), decided against the stored ones in one query."""
+        """Store hits in one transaction; how many were their code's first human click (unique clicks),
+        decided against the stored ones in one query."""
         if not clicks:
             return 0
         with self._tx() as tx:
-            human = sorted({c.code for c in clicks if c.verdict == "click"})
-            seen: set[str] = set()
-            for i in range(0, len(human), 500):
-                chunk = human[i:i + 500]
-                marks = ", ".join("?" * len(chunk))
-                seen.update(r[0] for r in tx.rows(f"SELECT DISTINCT code FROM clicks WHERE code IN ({marks}) AND "
-                                                  f"verdict = 'click'", chunk))  # fmt: skip
-            rows = []
-            for c in sorted(clicks, key=lambda c: c.at):
-                first = c.verdict == "click" and c.code not in seen
-                if first:
-                    seen.add(c.code)
-                rows.append((c.code, c.at, c.user_agent[:512], c.verdict, 0 if c.verdict == "click" else 1, int(first)))
-            tx.many("INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES (?, ?, ?, ?, ?, ?)", rows)
-            self._clicks_to_flows(tx, [r[0] for r in rows if r[5]])
+            return self._record_clicks(tx, clicks)
+
+    def record_hits(self, clicks: Sequence[ClickIn], activities: Mapping[str, Sequence[tuple[ShopEvent, str | None]]],
+                    *, now: float) -> int:  # fmt: skip
+        """The redirect's buffer in one transaction (all or none): the hits, then each tenant's
+        ``clicked`` activities through the events batch path (``apply_events``). Unique clicks, as
+        ``record_clicks``."""
+        with self._tx() as tx:
+            unique = self._record_clicks(tx, clicks) if clicks else 0
+            for tenant, events in activities.items():
+                if events:
+                    self._apply_events(tx, tenant, events, now)  # type: ignore[attr-defined]
+        return unique
+
+    def _record_clicks(self, tx: Any, clicks: Sequence[ClickIn]) -> int:
+        human = sorted({c.code for c in clicks if c.verdict == "click"})
+        seen: set[str] = set()
+        for i in range(0, len(human), 500):
+            chunk = human[i:i + 500]
+            marks = ", ".join("?" * len(chunk))
+            seen.update(r[0] for r in tx.rows(f"SELECT DISTINCT code FROM clicks WHERE code IN ({marks}) AND "
+                                              f"verdict = 'click'", chunk))  # fmt: skip
+        rows = []
+        for c in sorted(clicks, key=lambda c: c.at):
+            first = c.verdict == "click" and c.code not in seen
+            if first:
+                seen.add(c.code)
+            rows.append((c.code, c.at, c.user_agent[:512], c.verdict, 0 if c.verdict == "click" else 1, int(first)))
+        tx.many("INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        self._clicks_to_flows(tx, [r[0] for r in rows if r[5]])
         return sum(r[5] for r in rows)
 
     @staticmethod
     def _clicks_to_flows(tx: Any, first_codes: Sequence[str]) -> None:
         """A flow's link clicked (first human click): its run hears it (clicked / not clicked branches),
-        queued in this same transaction."""
+        queued in this same transaction, in click order (one query per 500 codes)."""
+        found: dict[str, tuple] = {}
+        for i in range(0, len(first_codes), 500):
+            chunk = list(first_codes[i:i + 500])
+            marks = ", ".join("?" * len(chunk))
+            for row in tx.rows(f"SELECT l.code, l.tenant, r.subscriber_id, l.send_key FROM flow_run_links l JOIN "
+                               f"flow_runs r ON r.id = l.run_id WHERE l.code IN ({marks})", chunk):  # fmt: skip
+                found[row[0]] = row
         for code in first_codes:
-            row = tx.one("SELECT l.tenant, r.subscriber_id, l.send_key FROM flow_run_links l JOIN flow_runs r ON "
-                         "r.id = l.run_id WHERE l.code = ?", (code,))  # fmt: skip
+            row = found.get(code)
             if row is not None:
-                enqueue_inputs(tx, row[0], int(row[1]), [F.Click(id=f"click:{code}", key=row[2])])
+                enqueue_inputs(tx, row[1], int(row[2]), [F.Click(id=f"click:{code}", key=row[3])])
 
     def click_counts(self, tenant: str, campaign_id: int) -> ClickCounts:
         with self._tx() as tx:

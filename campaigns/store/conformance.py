@@ -377,6 +377,23 @@ def check_links_and_clicks(store: Store) -> None:
     assert (store.click_counts("acme", c.id).unique, store.click_counts("acme", c.id).ignored) == (2, 2)
     assert store.link_nowait("Zz9yX8") in ((True, link2), (False, None))  # SQLite reads at once; others say "use link()"
     assert store.link_nowait("nope") in ((True, None), (False, None))
+    # The redirect's reader (a connection of its own): the same rows as link(), many codes at once.
+    reader = store.open_link_reader()
+    try:
+        many = [f"q{i}" for i in range(700)] + ["Zz9yX8", "Ab3dE9"]
+        assert reader.read(many) == {"Zz9yX8": store.link("Zz9yX8"), "Ab3dE9": store.link("Ab3dE9")}
+        assert reader.read(["Zz9yX8"]) == {"Zz9yX8": link2} and reader.read(["nope"]) == {}
+    finally:
+        reader.close()
+    # The redirect's flush: hits and their clicked activities in one transaction.
+    act = ActivityEvent(id="click:Zz9yX8:1", at=T0 + 99, phone="+447911100999", kind="clicked", properties={"code": "Zz9yX8"})
+    stored = store.click_counts("acme", c.id).total
+    assert store.record_hits([ClickIn(code="Zz9yX8", at=T0 + 100, user_agent="M", verdict="click")],
+                             {"acme": [(act, act.phone)]}, now=T0 + 100) == 0  # fmt: skip
+    assert store.click_counts("acme", c.id).total == stored + 1
+    assert store.record_hits([], {"acme": [(act, act.phone)]}, now=T0 + 100) == 0  # the same activity: a duplicate
+    sub = store.subscriber_by_phone("acme", "+447911100999")
+    assert sub is not None and store.stats("acme", sub.id).last_click_at == T0 + 99
 
 
 def check_discount_pools(store: Store) -> None:

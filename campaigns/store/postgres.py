@@ -6,13 +6,15 @@ the next batch's events commit on the other."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
 
 from campaigns.errors import StorageError
-from campaigns.store.schema import statements
+from campaigns.store.campaign_rows import LinkRow
+from campaigns.store.campaign_sql import link_read_many, link_rows
+from campaigns.store.schema import statements, upgrades
 from campaigns.store.sql import SqlStore, Tx
 
 
@@ -32,8 +34,15 @@ class PostgresStore(SqlStore):
                 self._conn.execute("SELECT pg_advisory_xact_lock(717017)")
                 for stmt in statements("postgres"):
                     self._conn.execute(stmt)
+                for stmt in upgrades("postgres", self._columns):
+                    self._conn.execute(stmt)
         except psycopg.Error as exc:
             raise StorageError(f"cannot open the PostgreSQL store: {exc}") from exc
+
+    def _columns(self, table: str) -> set[str]:
+        rows = self._conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                                  "current_schema() AND table_name = %s", (table,)).fetchall()  # fmt: skip
+        return {r[0] for r in rows}
 
     @contextmanager
     def _tx(self) -> Iterator[Tx]:
@@ -67,9 +76,43 @@ class PostgresStore(SqlStore):
             # The transaction did not commit; the caller may retry (503), and the next call reconnects.
             raise StorageError(str(exc)) from exc
 
+    def open_link_reader(self) -> PgLinkReader:
+        return PgLinkReader(self._url)
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
         with self._member_lock:
             if self._member_conn is not None:
                 self._member_conn.close()
+
+
+class PgLinkReader:
+    """Links by code on a connection of their own (autocommit reads: never queued behind the store's
+    writes, the click flushes or a launch). A network round trip: callers run ``read`` in a worker
+    thread with every code waiting at that moment (one query for all of them)."""
+
+    on_loop = False
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+
+    def read(self, codes: Sequence[str]) -> dict[str, LinkRow]:
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._conn = psycopg.connect(self._url, autocommit=True)
+                out: dict[str, LinkRow] = {}
+                for i in range(0, len(codes), 500):
+                    chunk = list(codes[i:i + 500])
+                    out.update(link_rows(self._conn.execute(link_read_many(len(chunk), "%s"), chunk).fetchall()))
+                return out
+            except psycopg.Error as exc:
+                raise StorageError(f"link read: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()

@@ -21,6 +21,9 @@ from campaigns.store.campaign_rows import SENT
 _SENT = SENT
 _FLOW_SENT = "state NOT IN ('planned', 'rejected', 'canceled')"
 _CHUNK = 500
+#: A message's cost as message_costs holds it (params: tenant, message id): copied onto the message's
+#: row whenever its gateway id or its price arrives, whichever comes last.
+_COST_OF = "(SELECT mc.cost FROM message_costs mc WHERE mc.tenant = ? AND mc.message_id = ?)"
 
 
 class Scope(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,9 +53,8 @@ class ReportSql:
             groups = self._groups(tx, tenant, scope)
             orders, opt_outs, wanted = self._outcomes(tx, tenant, scope)
             history: list[A.Event] = [*orders, *opt_outs]
-            ids = sorted(wanted)
-            for i in range(0, len(ids), _CHUNK):
-                history += self._history(tx, tenant, ids[i:i + _CHUNK])
+            if wanted:
+                history += self._history(tx, tenant, sorted(wanted))
         return ReportFacts(groups=groups, history=history)
 
     # ---- the sends in scope, counted -------------------------------------------------------------
@@ -62,26 +64,31 @@ class ReportSql:
         sl = self._slice("r.send_at")
         for c, v, s, n, d, cost in tx.rows(
                 f"SELECT r.campaign_id, r.variant, {sl}, COUNT(*), SUM(CASE WHEN r.state = 'delivered' THEN 1 ELSE 0 END), "
-                f"COALESCE(SUM(mc.cost), 0) FROM campaign_recipients r LEFT JOIN message_costs mc ON mc.tenant = r.tenant "
-                f"AND mc.message_id = r.message_id WHERE r.tenant = ? {where} AND {_SENT} "
+                f"COALESCE(SUM(r.cost), 0) FROM campaign_recipients r "
+                f"WHERE r.tenant = ? {where} AND {_SENT} "
                 f"GROUP BY r.campaign_id, r.variant, {sl}", (tenant, *params)):  # fmt: skip
             counts[(str(c), v, None, int(s))] = [int(n), int(d), int(cost), 0]
         # Driven from the clicks (far fewer than the sends): each human click's link by its key, the
         # distinct messages, then their recipients by primary key. CROSS JOIN fixes that order on SQLite.
+        # PostgreSQL's planner hashes all the recipients instead (a sequential scan of 1M rows: 4-5 s at
+        # 1M, docs/BENCHMARKS.md); a LATERAL subquery it cannot pull up (OFFSET 0) keeps the probes.
         lwhere = "AND l.campaign_id = ?" if scope.campaign is not None else "AND l.campaign_id <> 0"
+        rec = (f"CROSS JOIN LATERAL (SELECT r.campaign_id, r.variant, r.send_at FROM campaign_recipients r WHERE "
+               f"r.tenant = ? AND r.campaign_id = k.cid AND r.subscriber_id = k.sid AND {_SENT} OFFSET 0) r"
+               if self.engine == "postgres" else
+               f"CROSS JOIN campaign_recipients r WHERE r.tenant = ? AND r.campaign_id = k.cid AND "
+               f"r.subscriber_id = k.sid AND {_SENT}")  # fmt: skip
         for c, v, s, k in tx.rows(
                 f"SELECT r.campaign_id, r.variant, {sl}, COUNT(*) FROM (SELECT DISTINCT l.campaign_id AS cid, "
                 f"l.subscriber_id AS sid FROM clicks c CROSS JOIN short_links l WHERE l.code = c.code AND "
-                f"c.verdict = 'click' AND l.tenant = ? {lwhere}) k CROSS JOIN campaign_recipients r WHERE r.tenant = ? "
-                f"AND r.campaign_id = k.cid AND r.subscriber_id = k.sid AND {_SENT} "
+                f"c.verdict = 'click' AND l.tenant = ? {lwhere}) k {rec} "
                 f"GROUP BY r.campaign_id, r.variant, {sl}", (tenant, *params, tenant)):  # fmt: skip
             counts[(str(c), v, None, int(s))][3] = int(k)
         if scope.campaign is None:
             fl = self._slice("f.sent_at")
             for fid, step, s, n, d, cost in tx.rows(
                     f"SELECT f.flow_id, f.step, {fl}, COUNT(*), SUM(CASE WHEN f.state = 'delivered' THEN 1 ELSE 0 END), "
-                    f"COALESCE(SUM(mc.cost), 0) FROM flow_messages f LEFT JOIN message_costs mc ON mc.tenant = f.tenant "
-                    f"AND mc.message_id = f.message_id WHERE f.tenant = ? AND f.{_FLOW_SENT} "
+                    f"COALESCE(SUM(f.cost), 0) FROM flow_messages f WHERE f.tenant = ? AND f.{_FLOW_SENT} "
                     f"GROUP BY f.flow_id, f.step, {fl}", (tenant,)):  # fmt: skip
                 counts[(None, None, f"{fid}/{step}", int(s))] = [int(n), int(d), int(cost), 0]
             for fid, step, s, k in tx.rows(
@@ -102,14 +109,17 @@ class ReportSql:
                            (tenant, scope.since))  # fmt: skip
         else:
             # Orders of the campaign's recipients, and orders carrying one of its discount codes.
+            # A recipient is probed by primary key per order (EXISTS), not listed: the orders since the
+            # launch are far fewer than the recipients (an IN list materialised all 1M of them: 5x slower).
             rows = tx.rows("SELECT o.order_id, o.subscriber_id, o.created_at, o.total, o.discount_code FROM orders o "
-                           "WHERE o.tenant = ? AND o.created_at >= ? AND (o.subscriber_id IN (SELECT subscriber_id FROM "
-                           "campaign_recipients WHERE tenant = ? AND campaign_id = ?) OR o.discount_code IN (SELECT code "
-                           "FROM discount_codes WHERE tenant = ? AND campaign_id = ?))",
-                           (tenant, scope.since, tenant, scope.campaign, tenant, scope.campaign))  # fmt: skip
+                           "WHERE o.tenant = ? AND o.created_at >= ? AND (EXISTS (SELECT 1 FROM campaign_recipients r "
+                           "WHERE r.tenant = o.tenant AND r.campaign_id = ? AND r.subscriber_id = o.subscriber_id) OR "
+                           "o.discount_code IN (SELECT code FROM discount_codes WHERE tenant = ? AND campaign_id = ?))",
+                           (tenant, scope.since, scope.campaign, tenant, scope.campaign))  # fmt: skip
             outs = tx.rows("SELECT c.subscriber_id, c.at FROM consent_ledger c WHERE c.tenant = ? AND c.action = 'opt_out' "
-                           "AND c.at >= ? AND c.subscriber_id IN (SELECT subscriber_id FROM campaign_recipients WHERE "
-                           "tenant = ? AND campaign_id = ?)", (tenant, scope.since, tenant, scope.campaign))  # fmt: skip
+                           "AND c.at >= ? AND EXISTS (SELECT 1 FROM campaign_recipients r WHERE r.tenant = c.tenant AND "
+                           "r.campaign_id = ? AND r.subscriber_id = c.subscriber_id)",
+                           (tenant, scope.since, scope.campaign))  # fmt: skip
         orders = [A.Ordered(order=str(o), subscriber=int(s), at=float(at), total=int(t), discount_code=d)
                   for o, s, at, t, d in rows]  # fmt: skip
         opt_outs = [A.OptedOut(subscriber=int(s), at=float(at)) for s, at in outs]
@@ -125,34 +135,35 @@ class ReportSql:
         return orders, opt_outs, wanted
 
     def _history(self, tx: Any, tenant: str, ids: Sequence[int]) -> list[A.Event]:
-        """Every message (any campaign, any flow step) of ``ids``: sends, deliveries, human clicks."""
-        marks = ", ".join("?" * len(ids))
+        """Every message (any campaign, any flow step) of ``ids``: sends, deliveries, human clicks. One
+        query per kind for all of them (the ids bound as one array parameter, ``Tx.values``)."""
+        marks, arr = tx.values("bigint"), tx.array(ids)
         out: list[A.Event] = []
         for c, s, v, at, state, state_at, code in tx.rows(
                 f"SELECT r.campaign_id, r.subscriber_id, r.variant, r.send_at, r.state, r.state_at, d.code FROM "
                 f"campaign_recipients r LEFT JOIN discount_codes d ON d.tenant = r.tenant AND d.subscriber_id = "
-                f"r.subscriber_id AND d.campaign_id = r.campaign_id WHERE r.tenant = ? AND r.subscriber_id IN ({marks}) "
-                f"AND {_SENT}", (tenant, *ids)):  # fmt: skip
+                f"r.subscriber_id AND d.campaign_id = r.campaign_id WHERE r.tenant = ? AND r.subscriber_id IN {marks} "
+                f"AND {_SENT}", (tenant, arr)):  # fmt: skip
             m = f"{c}:{s}"
             out.append(A.Sent(message=m, subscriber=int(s), at=float(at), campaign=str(c), variant=v, discount_code=code))
             if state == "delivered" and state_at is not None:
                 out.append(A.Delivered(message=m, at=float(state_at)))
         for c, s, at in tx.rows(
                 f"SELECT l.campaign_id, l.subscriber_id, c.at FROM short_links l JOIN clicks c ON c.code = l.code WHERE "
-                f"l.tenant = ? AND l.subscriber_id IN ({marks}) AND l.campaign_id <> 0 AND c.verdict = 'click'",
-                (tenant, *ids)):  # fmt: skip
+                f"l.tenant = ? AND l.subscriber_id IN {marks} AND l.campaign_id <> 0 AND c.verdict = 'click'",
+                (tenant, arr)):  # fmt: skip
             out.append(A.Clicked(message=f"{c}:{s}", at=float(at)))
         for i, fid, step, s, at, state, state_at, code in tx.rows(
                 f"SELECT id, flow_id, step, subscriber_id, sent_at, state, state_at, discount_code FROM flow_messages "
-                f"WHERE tenant = ? AND subscriber_id IN ({marks}) AND {_FLOW_SENT}", (tenant, *ids)):  # fmt: skip
+                f"WHERE tenant = ? AND subscriber_id IN {marks} AND {_FLOW_SENT}", (tenant, arr)):  # fmt: skip
             m = f"flow:{i}"
             out.append(A.Sent(message=m, subscriber=int(s), at=float(at), step=f"{fid}/{step}", discount_code=code))
             if state == "delivered" and state_at is not None:
                 out.append(A.Delivered(message=m, at=float(state_at)))
         for i, at in tx.rows(
                 f"SELECT f.id, c.at FROM flow_messages f JOIN flow_links fl ON fl.tenant = f.tenant AND fl.flow_message = "
-                f"f.id JOIN clicks c ON c.code = fl.code WHERE f.tenant = ? AND f.subscriber_id IN ({marks}) AND "
-                f"c.verdict = 'click'", (tenant, *ids)):  # fmt: skip
+                f"f.id JOIN clicks c ON c.code = fl.code WHERE f.tenant = ? AND f.subscriber_id IN {marks} AND "
+                f"c.verdict = 'click'", (tenant, arr)):  # fmt: skip
             out.append(A.Clicked(message=f"flow:{i}", at=float(at)))
         return out
 
@@ -163,8 +174,9 @@ class ReportSql:
         """A flow step's send as a message source (idempotent by ``id``: False when already known)."""
         with self._tx() as tx:
             n = tx.run("INSERT INTO flow_messages (tenant, id, flow_id, step, subscriber_id, sent_at, message_id, "
-                       "discount_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                       (tenant, id, flow_id, step, subscriber_id, sent_at, message_id, discount_code))  # fmt: skip
+                       f"discount_code, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {_COST_OF}) ON CONFLICT DO NOTHING",
+                       (tenant, id, flow_id, step, subscriber_id, sent_at, message_id, discount_code, tenant,
+                        message_id))  # fmt: skip
             for code in link_codes:
                 tx.run("INSERT INTO flow_links (code, tenant, flow_message) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                        (code, tenant, id))  # fmt: skip
@@ -177,13 +189,22 @@ class ReportSql:
         with self._tx() as tx:
             row = tx.one("SELECT state FROM flow_messages WHERE tenant = ? AND id = ?", (tenant, id))
             if row is not None and _RANK.get(state, 0) > _RANK.get(row[0], 0):
-                tx.run("UPDATE flow_messages SET state = ?, state_at = ?, message_id = COALESCE(?, message_id) "
-                       "WHERE tenant = ? AND id = ?", (state, at, message_id, tenant, id))  # fmt: skip
+                tx.run("UPDATE flow_messages SET state = ?, state_at = ?, message_id = COALESCE(?, message_id), "
+                       f"cost = COALESCE(cost, {_COST_OF}) WHERE tenant = ? AND id = ?",
+                       (state, at, message_id, tenant, message_id, tenant, id))  # fmt: skip
 
-    def record_cost(self, tenant: str, message_id: str, *, carrier: str | None, segments: int, cost: int | None) -> None:
-        """What the gateway says a message cost (the first answer with a carrier and a price wins)."""
+    def record_cost(self, tenant: str, message_id: str, *, carrier: str | None, segments: int, cost: int | None,
+                    recipient: tuple[int, int] | None = None) -> None:  # fmt: skip
+        """What the gateway says a message cost (the first answer with a carrier and a price wins),
+        also set on the message's own row (``recipient``: the campaign recipient's (campaign id,
+        subscriber id); a flow message is found by its gateway id), where the report sums it."""
         with self._tx() as tx:
             tx.run("INSERT INTO message_costs (tenant, message_id, carrier, segments, cost) VALUES (?, ?, ?, ?, ?) "
                    "ON CONFLICT (tenant, message_id) DO UPDATE SET carrier = excluded.carrier, segments = "
                    "excluded.segments, cost = excluded.cost WHERE message_costs.cost IS NULL",
                    (tenant, message_id, carrier, segments, cost))  # fmt: skip
+            if recipient is not None:
+                tx.run(f"UPDATE campaign_recipients SET cost = {_COST_OF} WHERE tenant = ? AND campaign_id = ? AND "
+                       "subscriber_id = ? AND message_id = ?", (tenant, message_id, tenant, *recipient, message_id))  # fmt: skip
+            tx.run(f"UPDATE flow_messages SET cost = {_COST_OF} WHERE tenant = ? AND message_id = ?",
+                   (tenant, message_id, tenant, message_id))  # fmt: skip

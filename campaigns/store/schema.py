@@ -26,6 +26,8 @@ The segments helper may append tables or indexes in the block marked at the end 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from typing import Literal
 
 Dialect = Literal["sqlite", "postgres"]
@@ -218,7 +220,6 @@ CREATE TABLE IF NOT EXISTS message_costs (
     PRIMARY KEY (tenant, message_id)
 );
 CREATE INDEX IF NOT EXISTS campaign_recipients_subscriber ON campaign_recipients (tenant, subscriber_id, send_at);
-CREATE INDEX IF NOT EXISTS campaign_recipients_report ON campaign_recipients (tenant, campaign_id, variant, send_at, state, batch, message_id);
 CREATE INDEX IF NOT EXISTS short_links_subscriber ON short_links (tenant, subscriber_id);
 CREATE INDEX IF NOT EXISTS discount_codes_code ON discount_codes (tenant, code);
 CREATE INDEX IF NOT EXISTS consent_ledger_action ON consent_ledger (tenant, action, at);
@@ -343,6 +344,25 @@ CREATE TABLE IF NOT EXISTS flow_run_links (
 CREATE INDEX IF NOT EXISTS flow_run_links_message ON flow_run_links (tenant, message_key);
 """
 # ---- end of FLOWS_DDL ----
+
+
+#: Columns added after a table was first shipped: (table, column, type). A store made before them is
+#: altered at open (``upgrades``). ``cost``: the message's price, set when the gateway's state event
+#: prices it (``record_cost``), so the report sums it from the row (no join to message_costs).
+ADDED_COLUMNS = [("campaign_recipients", "cost", "{INT}"), ("flow_messages", "cost", "{INT}")]
+#: After the added columns: the report's covering index (the GROUP BY reads it alone, cost included).
+_AFTER_COLUMNS = """
+DROP INDEX IF EXISTS campaign_recipients_report;
+CREATE INDEX IF NOT EXISTS campaign_recipients_report_cost ON campaign_recipients (tenant, campaign_id, variant, send_at, state, batch, cost)
+"""
+
+
+def upgrades(dialect: Dialect, columns: Callable[[str], set[str]]) -> list[str]:
+    """What a store opened after ``statements`` runs: the ``ADDED_COLUMNS`` its tables lack
+    (``columns(table)``: the names they have), then what needs them. Idempotent."""
+    out = [f"ALTER TABLE {t} ADD COLUMN {c} {d.format(**_TYPES[dialect])}" for t, c, d in ADDED_COLUMNS
+           if c not in columns(t)]  # fmt: skip
+    return out + [x.strip() for x in _AFTER_COLUMNS.split(";") if x.strip()]
 
 
 def statements(dialect: Dialect) -> list[str]:

@@ -375,12 +375,15 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         where it counts (``campaigns.store.event_batch``); the same outcomes and state as ``apply_event``
         on each in turn."""
         with self._tx() as tx:
-            results = self._apply_batch(tx, tenant, events, now)
-            if tx.one("SELECT 1 FROM flow_heads WHERE tenant = ? LIMIT 1", (tenant,)) is not None:
-                for (e, _), r in zip(events, results, strict=True):  # the flow runtime hears them, in arrival order
-                    if r.outcome != "duplicate":
-                        enqueue_inputs(tx, tenant, r.subscriber_id, flow_inputs.from_shop_event(e))
-            return results
+            return self._apply_events(tx, tenant, events, now)
+
+    def _apply_events(self, tx: Tx, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], now: float) -> list[Applied]:
+        results = self._apply_batch(tx, tenant, events, now)
+        if tx.one("SELECT 1 FROM flow_heads WHERE tenant = ? LIMIT 1", (tenant,)) is not None:
+            for (e, _), r in zip(events, results, strict=True):  # the flow runtime hears them, in arrival order
+                if r.outcome != "duplicate":
+                    enqueue_inputs(tx, tenant, r.subscriber_id, flow_inputs.from_shop_event(e))
+        return results
 
     def _apply_and_queue(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
         applied = self._apply(tx, tenant, event, phone, now)

@@ -112,6 +112,9 @@ def store_history(store: Store, msgs: list[Msg], orders: list[tuple], outs: list
             tx.run("INSERT INTO consent_ledger (tenant, subscriber_id, phone, action, source, at) VALUES "
                    "(?, ?, 'p', 'opt_out', 'keyword', ?)", (TENANT, s, T0 + h * H))  # fmt: skip
     for i, m in enumerate(msgs):
+        if m.source != "f":  # the price, as the state webhook records it (the flow messages' below)
+            store.record_cost(TENANT, f"gw{i}", carrier="alpha", segments=1, cost=m.cost,
+                              recipient=(int(m.source[1]), m.subscriber))  # fmt: skip
         if m.source == "f":
             assert store.record_flow_message(TENANT, id=f"m{i}", flow_id="welcome", step="2", subscriber_id=m.subscriber,
                                              sent_at=T0 + m.sent * H, message_id=f"gw{i}", discount_code=m.code,

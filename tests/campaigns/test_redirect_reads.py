@@ -1,0 +1,169 @@
+"""Where a redirect finds its link: in memory (delivered messages, least recently used evicted), else
+on the link reader's connection: on the loop when it never waits (SQLite), else in rounds (every code
+missed while a read is in flight read together, one query): each waiter gets its own link, an error
+reaches every waiter of its round and nothing else, and the listener answers as the API's route does."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import anyio
+import httpx
+import pytest
+
+from campaigns.config import loads
+from campaigns.core.events import Profile
+from campaigns.errors import StorageError
+from campaigns.service.app import create_app, tenant_keys
+from campaigns.service.audience import Audience
+from campaigns.service.campaign_api import campaign_handlers
+from campaigns.service.gateway_client import GatewayClient
+from campaigns.service.launch import Launcher, TenantLinks
+from campaigns.service.short_http import ShortLinkServer, serve_short_links
+from campaigns.service.tracking import Tracker
+from campaigns.store import open_store
+from campaigns.store.base import NewConsent
+from campaigns.store.campaign_rows import LinkRow
+from fake_gateway import FakeGateway
+
+pytestmark = pytest.mark.anyio
+T0 = 1_767_000_000.0
+UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"
+KEY = "acme-campaigns-key-0123456789"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class SlowReader:
+    """A reader that must be called off the loop (as PostgreSQL's), counting its rounds."""
+
+    on_loop = False
+
+    def __init__(self, links: dict[str, LinkRow], fail_first: bool = False) -> None:
+        self.links, self.calls, self.fail_first = links, [], fail_first
+        self.gate = anyio.Event()
+
+    def read(self, codes: Sequence[str]) -> dict[str, LinkRow]:
+        self.calls.append(sorted(codes))
+        anyio.from_thread.run(self.gate.wait)  # the first round stays in flight until the test opens it
+        if self.fail_first and len(self.calls) == 1:
+            raise StorageError("connection lost")
+        return {c: self.links[c] for c in codes if c in self.links}
+
+    def close(self) -> None:
+        pass
+
+
+def _links(n: int, delivered: bool = True) -> dict[str, LinkRow]:
+    return {f"Code{i:04d}": LinkRow(code=f"Code{i:04d}", tenant="acme", campaign_id=1, subscriber_id=i,
+                                    target=f"https://x.example/{i}", created_at=T0, phone=f"+44791110{i:04d}",
+                                    delivered_at=T0 if delivered else None) for i in range(n)}  # fmt: skip
+
+
+@pytest.mark.parametrize("fail_first", [False, True])
+async def test_misses_are_read_in_rounds(tmp_path, fail_first: bool) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    la = Launcher(store, {}, {}, lambda: T0 + 100)
+    tracker = Tracker(la, link_cache=8)
+    reader = SlowReader(_links(30), fail_first=fail_first)
+    tracker._reader = reader
+    results: dict[str, object] = {}
+
+    async def one(code: str) -> None:
+        try:
+            hit = await tracker.redirect(code, method="GET", user_agent=UA)
+            results[code] = hit.location if hit is not None else None
+        except StorageError as exc:
+            results[code] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "Code0000")
+        while not reader.calls:  # the first round is in flight (its thread waits on the gate)
+            await anyio.sleep(0.001)
+        for i in range(1, 21):  # these miss while it is: they wait for the next round, together
+            tg.start_soon(one, f"Code{i:04d}")
+        tg.start_soon(one, "Missing1")
+        for _ in range(50):
+            await anyio.sleep(0)
+        reader.gate.set()
+    assert len(reader.calls) == 2 and reader.calls[0] == ["Code0000"]
+    assert reader.calls[1] == sorted([f"Code{i:04d}" for i in range(1, 21)] + ["Missing1"])
+    if fail_first:
+        assert isinstance(results.pop("Code0000"), StorageError)
+    else:
+        assert results.pop("Code0000").startswith("https://x.example/0?")  # type: ignore[union-attr]
+    assert results.pop("Missing1") is None
+    assert all(loc.startswith(f"https://x.example/{int(c[4:])}?") for c, loc in results.items())  # type: ignore[union-attr]
+    # delivered links are kept, at most link_cache of them, the least recently used evicted first
+    assert len(tracker._links) == 8
+    calls = len(reader.calls)
+    kept = list(tracker._links)
+    await tracker.redirect(kept[0], method="GET", user_agent=UA)  # now the most recent
+    assert len(reader.calls) == calls and list(tracker._links)[-1] == kept[0]
+    await tracker.redirect("Code0025", method="GET", user_agent=UA)  # a miss: evicts kept[1], not kept[0]
+    assert kept[0] in tracker._links and kept[1] not in tracker._links
+    store.close()
+
+
+async def test_an_undelivered_link_is_read_again_until_delivered(tmp_path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    la = Launcher(store, {}, {}, lambda: T0 + 100)
+    tracker = Tracker(la)
+    links = _links(1, delivered=False)
+    reader = SlowReader(links)
+    reader.gate.set()
+    tracker._reader = reader
+    assert (await tracker.redirect("Code0000", method="GET", user_agent=UA)).verdict == "click"  # type: ignore[union-attr]
+    assert (await tracker.redirect("Code0000", method="GET", user_agent=UA)) is not None and len(reader.calls) == 2
+    links["Code0000"] = LinkRow(**{**{f: getattr(links["Code0000"], f) for f in LinkRow.__struct_fields__},
+                                   "delivered_at": T0 + 95})  # fmt: skip
+    assert (await tracker.redirect("Code0000", method="GET", user_agent=UA)).verdict == "too_soon"  # type: ignore[union-attr]
+    await tracker.redirect("Code0000", method="GET", user_agent=UA)
+    assert len(reader.calls) == 3  # delivered: kept from then on
+    store.close()
+
+
+async def test_listener_answers_as_the_api_route(tmp_path) -> None:
+    settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "acme"\nkey_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n')
+    assert settings is not None
+    store, now = open_store(f"sqlite:///{tmp_path / 'c.db'}"), [T0]
+    clock = lambda: now[0]  # noqa: E731
+    gw = FakeGateway()
+    la = Launcher(store, {"acme": GatewayClient("http://g", "k", transport=gw.transport())},
+                  {"acme": TenantLinks(domain="sl.ui", key=b"s" * 32)}, clock)  # fmt: skip
+    tracker = Tracker(la)
+    app = create_app(Audience(store, settings, clock), tenant_keys(settings, {}), extra_handlers=campaign_handlers(la, tracker, {}))
+    phone = "+447911100001"
+    sub, _ = store.put_subscriber("acme", Profile(phone=phone), phone=phone, at=T0 - 99, now=T0 - 99)
+    for action in ("opt_in", "confirm"):
+        store.record_consent("acme", NewConsent(phone=phone, action=action, source="api", at=T0 - 50), now=T0 - 50)
+    camp = await la.create("acme", "S", {"sender": "ACME", "template": "Sale https://shop.example/p?ref=x#top",
+                                         "utm": {"utm_campaign": "spring"}, "audience": {"subscribers": [sub.id]}})
+    await la.launch("acme", camp.id)
+    [job] = gw.jobs.values()
+    code = job["recipients"][0]["vars"]["body"].split("https://sl.ui/")[1].split()[0]
+    now[0] = T0 + 100
+    ready, port = anyio.Event(), []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: serve_short_links(ShortLinkServer(tracker), host="127.0.0.1", port=0,
+                                                on_ready=lambda p: (port.append(p), ready.set())))  # fmt: skip
+        await ready.wait()
+        hdr = {"user-agent": UA}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port[0]}") as short, \
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as api:  # fmt: skip
+            for path in (f"/{code}", f"/l/{code}", "/ZZZZZZZZ", "/l/ZZZZZZZZ"):
+                a, b = await short.get(path, headers=hdr), await api.get(path, headers=hdr)
+                assert (a.status_code, a.headers.get("location"), a.headers["cache-control"]) == \
+                    (b.status_code, b.headers.get("location"), b.headers["cache-control"])  # fmt: skip
+                assert a.json() == b.json() if a.status_code == 404 else a.content == b""  # (the route's 302 says "null")
+            assert (await short.head(f"/{code}", headers=hdr)).status_code == 302
+            assert (await short.get(f"/{code}", headers={"user-agent": "Slackbot-LinkExpanding 1.0"})).status_code == 302
+            counts = (await api.get(f"/v1/campaigns/{camp.id}/clicks", headers={"authorization": f"Bearer {KEY}"})).json()
+        assert counts == {"unique": 1, "total": 4, "ignored": 2}
+        tg.cancel_scope.cancel()
+    tracker.close()
+    store.close()
