@@ -54,7 +54,9 @@ def recipient_pieces(body: bytes, *, piece: int = 128 * 1024, max_tries: int = 6
         found, tries, want = None, 0, min(len(body), pos + piece)
         # The array's end is taken wherever it is; a cut between elements only past ``want``.
         early = [c for c in _END.finditer(body, pos, want)]
-        for cut in itertools.chain(early, _CUT.finditer(body, want)):
+        # Candidates past ``want`` start at the last "}" before it: its "," or "]" may lie past it.
+        last = body.rfind(b"}", pos, want)
+        for cut in itertools.chain(early, _CUT.finditer(body, want if last < 0 else last)):
             end = cut.start() + 1
             try:
                 _RAW_LIST.decode(b"[" + body[pos:end] + b"]")
