@@ -98,7 +98,17 @@ class Tx:
         if not rows:
             return
         sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in key)
-        conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
+        self._insert_on_conflict(table, cols, rows, f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}")
+
+    def insert_new(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows, skipping those whose key is taken: ``executemany`` on SQLite; on PostgreSQL
+        ``COPY`` into a temporary staging table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``."""
+        if rows:
+            self._insert_on_conflict(table, cols, rows, "ON CONFLICT DO NOTHING")
+
+    def _insert_on_conflict(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]], conflict: str) -> None:
+        """``INSERT ... {conflict}`` of many rows: ``executemany`` on SQLite; on PostgreSQL ``COPY`` into a
+        temporary staging table, then one ``INSERT ... SELECT``."""
         if not self.pg:
             self._cur.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
                                   f"{conflict}", rows)  # fmt: skip
@@ -107,21 +117,6 @@ class Tx:
         self._cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
         self.insert_many(stage, cols, rows)
         self._cur.execute(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage} {conflict}")
-
-    def insert_new(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """Insert many rows, skipping those whose key is taken: ``executemany`` on SQLite; on PostgreSQL
-        ``COPY`` into a temporary staging table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``."""
-        if not rows:
-            return
-        if not self.pg:
-            self._cur.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                                  f"ON CONFLICT DO NOTHING", rows)  # fmt: skip
-            return
-        stage = f"stage_{table}"
-        self._cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
-        self.insert_many(stage, cols, rows)
-        self._cur.execute(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage} "
-                          f"ON CONFLICT DO NOTHING")  # fmt: skip
 
     def insert_many(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Plain inserts of many rows: ``executemany`` on SQLite, ``COPY`` on PostgreSQL."""

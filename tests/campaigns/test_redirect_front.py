@@ -5,6 +5,7 @@ counted, unknown codes and every other path left to the framework (its 404 body,
 from __future__ import annotations
 
 import hashlib
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -32,7 +33,18 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def test_front_answers_as_the_routes_do(tmp_path) -> None:
+class Launched(NamedTuple):
+    store: Any
+    tracker: Tracker
+    app: Any
+    campaign_id: int
+    code: str
+
+
+async def one_launched_link(tmp_path) -> Launched:
+    """A shop with one confirmed subscriber, a campaign launched to them through a fake gateway
+    (a link with UTM and a fragment), the API app, and the code of the link their text holds; the
+    clock then 100 s after the launch."""
     settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "acme"\nkey_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n')
     assert settings is not None
     store, now = open_store(f"sqlite:///{tmp_path / 'c.db'}"), [T0]
@@ -53,6 +65,11 @@ async def test_front_answers_as_the_routes_do(tmp_path) -> None:
     [job] = gw.jobs.values()
     code = job["recipients"][0]["vars"]["body"].split("https://sl.ui/")[1].split()[0]
     now[0] = T0 + 100
+    return Launched(store, tracker, app, camp.id, code)
+
+
+async def test_front_answers_as_the_routes_do(tmp_path) -> None:
+    store, tracker, app, campaign_id, code = await one_launched_link(tmp_path)
     hdr = {"user-agent": UA}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=redirect_front(app, tracker)), base_url="http://s") as f, \
             httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as plain:  # fmt: skip
@@ -68,11 +85,11 @@ async def test_front_answers_as_the_routes_do(tmp_path) -> None:
             a, b = await f.get(path), await plain.get(path)
             assert a.status_code == b.status_code == 404 and a.json() == b.json()
         assert (await f.get("/healthz")).json() == {"status": "ok"}
-        assert (await f.get(f"/v1/campaigns/{camp.id}/clicks", headers={"authorization": f"Bearer {KEY}"})).json() == \
+        assert (await f.get(f"/v1/campaigns/{campaign_id}/clicks", headers={"authorization": f"Bearer {KEY}"})).json() == \
             {"unique": 1, "total": 4, "ignored": 2}  # fmt: skip
         auth = {"authorization": f"Bearer {KEY}"}
         rep = (await f.get("/v1/reports?by=campaign,step", headers=auth)).json()  # the shop's report, every source
-        assert [(r["key"], r["sent"], r["unique_clicks"]) for r in rep["rows"]] == [({"campaign": str(camp.id), "step": None}, 1, 1)]
+        assert [(r["key"], r["sent"], r["unique_clicks"]) for r in rep["rows"]] == [({"campaign": str(campaign_id), "step": None}, 1, 1)]
         r = await f.get("/v1/reports?by=planet", headers=auth)
         assert r.status_code == 422 and r.json()["code"] == "unknown_dimension"
         bad = await f.get("/v1/reports?since=-1", headers=auth)

@@ -5,27 +5,19 @@ reaches every waiter of its round and nothing else, and the listener answers as 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import anyio
 import httpx
 import pytest
 
-from campaigns.config import loads
-from campaigns.core.events import Profile
 from campaigns.errors import StorageError
-from campaigns.service.app import create_app, tenant_keys
-from campaigns.service.audience import Audience
-from campaigns.service.campaign_api import campaign_handlers
-from campaigns.service.gateway_client import GatewayClient
-from campaigns.service.launch import Launcher, TenantLinks
+from campaigns.service.launch import Launcher
 from campaigns.service.short_http import ShortLinkServer, serve_short_links
 from campaigns.service.tracking import Tracker
 from campaigns.store import open_store
-from campaigns.store.base import NewConsent
 from campaigns.store.campaign_rows import LinkRow
-from fake_gateway import FakeGateway
+from test_redirect_front import one_launched_link
 
 pytestmark = pytest.mark.anyio
 T0 = 1_767_000_000.0
@@ -128,25 +120,7 @@ async def test_an_undelivered_link_is_read_again_until_delivered(tmp_path) -> No
 
 
 async def test_listener_answers_as_the_api_route(tmp_path) -> None:
-    settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "acme"\nkey_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n')
-    assert settings is not None
-    store, now = open_store(f"sqlite:///{tmp_path / 'c.db'}"), [T0]
-    clock = lambda: now[0]  # noqa: E731
-    gw = FakeGateway()
-    la = Launcher(store, {"acme": GatewayClient("http://g", "k", transport=gw.transport())},
-                  {"acme": TenantLinks(domain="sl.ui", key=b"s" * 32)}, clock)  # fmt: skip
-    tracker = Tracker(la)
-    app = create_app(Audience(store, settings, clock), tenant_keys(settings, {}), extra_handlers=campaign_handlers(la, tracker, {}))
-    phone = "+447911100001"
-    sub, _ = store.put_subscriber("acme", Profile(phone=phone), phone=phone, at=T0 - 99, now=T0 - 99)
-    for action in ("opt_in", "confirm"):
-        store.record_consent("acme", NewConsent(phone=phone, action=action, source="api", at=T0 - 50), now=T0 - 50)
-    camp = await la.create("acme", "S", {"sender": "ACME", "template": "Sale https://shop.example/p?ref=x#top",
-                                         "utm": {"utm_campaign": "spring"}, "audience": {"subscribers": [sub.id]}})
-    await la.launch("acme", camp.id)
-    [job] = gw.jobs.values()
-    code = job["recipients"][0]["vars"]["body"].split("https://sl.ui/")[1].split()[0]
-    now[0] = T0 + 100
+    store, tracker, app, campaign_id, code = await one_launched_link(tmp_path)
     ready, port = anyio.Event(), []
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve_short_links(ShortLinkServer(tracker), host="127.0.0.1", port=0,
@@ -162,7 +136,7 @@ async def test_listener_answers_as_the_api_route(tmp_path) -> None:
                 assert a.json() == b.json() if a.status_code == 404 else a.content == b""  # (the route's 302 says "null")
             assert (await short.head(f"/{code}", headers=hdr)).status_code == 302
             assert (await short.get(f"/{code}", headers={"user-agent": "Slackbot-LinkExpanding 1.0"})).status_code == 302
-            counts = (await api.get(f"/v1/campaigns/{camp.id}/clicks", headers={"authorization": f"Bearer {KEY}"})).json()
+            counts = (await api.get(f"/v1/campaigns/{campaign_id}/clicks", headers={"authorization": f"Bearer {KEY}"})).json()
         assert counts == {"unique": 1, "total": 4, "ignored": 2}
         tg.cancel_scope.cancel()
     tracker.close()
