@@ -161,21 +161,26 @@ def test_revenue_per_message_winner_with_welch() -> None:
     assert same.status == "no_winner"
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.sampled_from(["ctr", "conversion"]), st.floats(0.02, 0.3))
-def test_a_doubled_rate_is_always_found(seed: int, metric: str, p: float) -> None:
+def test_a_doubled_rate_is_found_with_high_power() -> None:
     """Simulated arms decided at the end of the period (virtual time): a doubled rate with 3000 per
-    arm is found, and every interval holds its point estimate."""
-    rnd = random.Random(seed)
-    n = 3000
+    arm (rates 2 % to 30 %) is found in at least 99 % of 400 simulated tests, and every interval
+    holds its point estimate. (Not "always": at a 2 % rate a draw 3.5 sigma off the mean is a tie,
+    and a property test searching seeds finds one, so the power is what is checked, over fixed
+    seeds, as the A/A test below checks the false-winner rate.)"""
+    rnd = random.Random(2026)
+    n, runs, found = 3000, 400, 0
     draw = lambda q: sum(rnd.random() < q for _ in range(n))  # noqa: E731
-    field = "unique_clicks" if metric == "ctr" else "conversions"
-    t = ab(metric=metric)
-    lift = {"A": VariantResult(delivered=n, **{field: draw(p)}), "B": VariantResult(delivered=n, **{field: draw(min(1.0, 2 * p))})}
-    d = decide(t, lift, now=t.decide_at)
-    assert (d.status, d.winner) == ("winner", "B")
-    for e in d.estimates:
-        assert 0 <= e.low <= e.value <= e.high <= 1
+    for i in range(runs):
+        metric = ("ctr", "conversion")[i % 2]
+        p = 0.02 + 0.28 * (i // 2) / (runs // 2 - 1)
+        field = "unique_clicks" if metric == "ctr" else "conversions"
+        t = ab(metric=metric)
+        lift = {"A": VariantResult(delivered=n, **{field: draw(p)}), "B": VariantResult(delivered=n, **{field: draw(min(1.0, 2 * p))})}
+        d = decide(t, lift, now=t.decide_at)
+        found += (d.status, d.winner) == ("winner", "B")
+        for e in d.estimates:
+            assert 0 <= e.low <= e.value <= e.high <= 1
+    assert found / runs >= 0.99, found
 
 
 def test_aa_false_winner_rate_is_near_alpha() -> None:
