@@ -311,15 +311,19 @@ def compile_segment(seg: Segment, dialect: Dialect, tenant: str, now: float,
     (a subquery's rows for other subscribers never decide it)."""
     c = _Compiler(dialect, tenant, now, only)
     where = f"s.tenant = {c.tenant}{c.within('s.id')} AND {c.node(seg)}"
-    # Named while compiling (a subquery's parameters are made before the text around them), then
-    # positional in textual order: the engine's own style (`?` / `%s`), for any DB-API cursor.
+    return _positional(c, where)
+
+
+def _positional(c: _Compiler, text: str) -> tuple[str, list[Any]]:
+    """Parameters are named while compiling (a subquery's are made before the text around them),
+    then made positional in textual order: the engine's own style (`?` / `%s`), for any DB-API cursor."""
     params: list[Any] = []
 
     def positional(m: re.Match[str]) -> str:
         params.append(c.params[m.group(1)])
         return "%s" if c.pg else "?"
 
-    return _PLACEHOLDER[c.pg].sub(positional, where), params
+    return _PLACEHOLDER[c.pg].sub(positional, text), params
 
 
 def compile_edges(seg: Segment, dialect: Dialect, tenant: str, now: float, only: list[int]) -> tuple[str, list[Any]] | None:
@@ -351,14 +355,7 @@ def compile_edges(seg: Segment, dialect: Dialect, tenant: str, now: float, only:
                              f"{c.num(w * DAY + EDGE)} > {c.num(now)}")  # fmt: skip
     if not parts:
         return None
-    sql = f"SELECT sid, MIN(at) FROM ({' UNION ALL '.join(parts)}) e GROUP BY sid"
-    params: list[Any] = []
-
-    def positional(m: re.Match[str]) -> str:
-        params.append(c.params[m.group(1)])
-        return "%s" if c.pg else "?"
-
-    return _PLACEHOLDER[c.pg].sub(positional, sql), params
+    return _positional(c, f"SELECT sid, MIN(at) FROM ({' UNION ALL '.join(parts)}) e GROUP BY sid")
 
 
 # (rows, their subscriber, their instant) whose window edges may move a windowed event condition
