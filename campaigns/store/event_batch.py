@@ -34,6 +34,7 @@ import msgspec
 from campaigns.core import aggregates
 from campaigns.core.events import ActivityEvent, CustomEvent, FulfillmentEvent, OrderEvent, ShopEvent
 from campaigns.core.model import Stats
+from campaigns.store import rollups
 from campaigns.store.base import Applied
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ class EventBatch:
             self._insert_orders(tx, tenant, [(events[i][0], out_sid[i]) for i in orders])  # type: ignore[misc]
             self._insert_activities(tx, tenant, [(events[i][0], out_sid[i]) for i in acts])  # type: ignore[misc]
             self._restat_many(tx, tenant, [(events[i][0], out_sid[i]) for i in orders], [(events[i][0], out_sid[i]) for i in acts], now)  # type: ignore[misc]
+            rollups.upkeep(tx, tenant, added=[(events[i][0], out_sid[i]) for i in orders])  # type: ignore[misc]
             for i in orders:
                 out[i] = Applied(outcome="applied", subscriber_id=out_sid[i], changed=_ORDER_CHANGED)
             for i in acts:

@@ -14,6 +14,7 @@ import psycopg
 from campaigns.errors import StorageError
 from campaigns.store.campaign_rows import LinkRow
 from campaigns.store.campaign_sql import link_read_many, link_rows
+from campaigns.store import rollups
 from campaigns.store.schema import statements, upgrades
 from campaigns.store.sql import SqlStore, Tx
 
@@ -36,6 +37,8 @@ class PostgresStore(SqlStore):
                     self._conn.execute(stmt)
                 for stmt in upgrades("postgres", self._columns):
                     self._conn.execute(stmt)
+            with self._tx() as tx:
+                rollups.ensure(tx)
         except psycopg.Error as exc:
             raise StorageError(f"cannot open the PostgreSQL store: {exc}") from exc
 

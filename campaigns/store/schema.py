@@ -33,8 +33,8 @@ from typing import Literal
 Dialect = Literal["sqlite", "postgres"]
 
 _TYPES = {
-    "sqlite": {"ID": "INTEGER PRIMARY KEY", "REAL": "REAL", "INT": "INTEGER"},
-    "postgres": {"ID": "BIGSERIAL PRIMARY KEY", "REAL": "DOUBLE PRECISION", "INT": "BIGINT"},
+    "sqlite": {"ID": "INTEGER PRIMARY KEY", "REAL": "REAL", "INT": "INTEGER", "CLUSTERED": " WITHOUT ROWID"},
+    "postgres": {"ID": "BIGSERIAL PRIMARY KEY", "REAL": "DOUBLE PRECISION", "INT": "BIGINT", "CLUSTERED": ""},
 }
 
 DDL = """
@@ -276,6 +276,22 @@ DROP INDEX IF EXISTS segment_members_subscriber;
 """
 # ---- end of AUDIENCE_DDL ----
 
+# ---- ROLLUPS_DDL: per-subscriber rollups of orders and items (owned by helper "counts") ----
+# campaigns/store/rollups.py: one row per (tenant, key, bucket, subscriber) with n >= 1, key ``o``
+# (orders: count, sum of totals) or ``i:<category>`` / ``i`` (items: count, sum of price x quantity,
+# quantity), bucket = floor(created_at / 2^22 s). The primary key is the order a count reads (a key,
+# buckets from the window's first whole one, their subscribers); on SQLite the table is that key
+# (WITHOUT ROWID: the sums are in the b-tree's leaves). The second index serves upkeep per subscriber.
+ROLLUPS_DDL = """
+CREATE TABLE IF NOT EXISTS order_rollups (
+    tenant TEXT NOT NULL, key TEXT NOT NULL, bucket {INT} NOT NULL, subscriber_id {INT} NOT NULL,
+    n {INT} NOT NULL, amount {INT} NOT NULL, quantity {INT} NOT NULL,
+    PRIMARY KEY (tenant, key, bucket, subscriber_id)
+){CLUSTERED};
+CREATE INDEX IF NOT EXISTS order_rollups_subscriber ON order_rollups (tenant, subscriber_id);
+"""
+# ---- end of ROLLUPS_DDL ----
+
 
 # ---- FLOWS_DDL: the flow runtime's tables (owned by helper "flows"; campaigns/store/flow_sql.py) ----
 # - ``flow_heads``: one row per flow (name, latest version, enabled); ``flow_versions``: every
@@ -367,5 +383,5 @@ def upgrades(dialect: Dialect, columns: Callable[[str], set[str]]) -> list[str]:
 
 def statements(dialect: Dialect) -> list[str]:
     """The DDL for ``dialect``, one statement each (idempotent: IF NOT EXISTS)."""
-    text = (DDL + SEGMENTS_DDL + REPORT_DDL + INBOX_DDL + FLOWS_DDL + AUDIENCE_DDL).format(**_TYPES[dialect])
+    text = (DDL + SEGMENTS_DDL + REPORT_DDL + INBOX_DDL + FLOWS_DDL + AUDIENCE_DDL + ROLLUPS_DDL).format(**_TYPES[dialect])
     return [s.strip() for s in text.split(";") if s.strip()]

@@ -30,6 +30,7 @@ import math
 import re
 from typing import Any, Literal
 
+from campaigns.store import rollups
 from campaigns.core.segments import (
     FIELD_DEFAULTS,
     FIELDS,
@@ -241,6 +242,8 @@ class _Compiler:
         return f"(CASE WHEN {typ} IN ({number}) THEN {as_number} {_CMP[seg.op]} {self.num(seg.value)} ELSE FALSE END)"
 
     def event(self, seg: Event) -> str:
+        if self.only is None and _rolled_up(seg):
+            return self.rolled_up(seg)
         table, a = _EVENT_FROM[seg.source]
         if seg.source == "item" and (self.only is not None or not any(col in _ITEM_COLUMNS for col, _ in seg.where)):
             # no product/category, or a few subscribers: their orders first, then those orders' items
@@ -286,6 +289,61 @@ class _Compiler:
         if zero:  # no rows at all (count/sum 0) holds: exclude the subscribers whose rows fail it
             return f"s.id NOT IN ({rows} GROUP BY {group} HAVING NOT ({having}))"
         return f"s.id IN ({rows} GROUP BY {group} HAVING {having})"
+
+
+    def rolled_up(self, seg: Event) -> str:
+        """An order or item condition (no filter but the items' category) over a whole audience, from
+        ``order_rollups`` (campaigns/store/rollups.py): the buckets wholly inside the window (all of
+        them without one) from the rollups, the rest of the window (the part of the bucket straddling
+        its edge, ``cutoff <= created_at < first whole bucket``) from the orders and items themselves."""
+        t = self.tenant
+        if seg.source == "order":
+            key = "r.key = 'o'"
+        elif seg.where:
+            key = self.in_list("r.key", [rollups.item_key(c) for c in dict(seg.where)["category"]], False)
+        else:
+            key = "r.key <> 'o'"
+        rolled = {"count": "r.n", "sum": "r.amount", "quantity": "r.quantity"}[seg.measure]
+        parts = [f"SELECT r.subscriber_id AS sid, {rolled} AS v FROM order_rollups r WHERE r.tenant = {t} AND {key}"]
+        if seg.within_days is not None:
+            cutoff = self.now - seg.within_days * DAY
+            first = math.ceil(cutoff / rollups.BUCKET_S)  # the first bucket wholly inside the window
+            parts[0] += f" AND r.bucket >= {self.p(first)}"
+            edge = first * rollups.BUCKET_S  # exact: BUCKET_S is a power of two
+            if cutoff < edge:
+                if seg.source == "order":
+                    raw, frm = ("1" if seg.measure == "count" else "o.total"), "orders o WHERE"
+                else:
+                    raw = {"count": "1", "sum": "i.price * i.quantity", "quantity": "i.quantity"}[seg.measure]
+                    frm = "orders o CROSS JOIN order_items i WHERE i.tenant = o.tenant AND i.order_id = o.order_id AND"
+                    if seg.where:
+                        frm += " " + self.in_list("i.category", dict(seg.where)["category"], False) + " AND"
+                parts.append(f"SELECT o.subscriber_id AS sid, {raw} AS v FROM {frm} o.tenant = {t} AND o.created_at >= "
+                             f"{self.num(cutoff)} AND o.created_at < {self.num(edge)}")  # fmt: skip
+        zero, one = aggregate_holds(seg, 0), aggregate_holds(seg, 1)
+        if seg.measure == "count" and _same_for_every_positive_count(seg, one):  # any row at all (rows have n >= 1)
+            if zero == one:
+                return "(1 = 1)" if zero else "(1 = 0)"
+            if self.pg:  # EXISTS each: anti joins when negated, hashed or probed subplans otherwise
+                exists = [f"EXISTS (SELECT 1 FROM ({p}) x WHERE x.sid = s.id)" for p in parts]
+                return f"(NOT ({' OR '.join(exists)}))" if zero else f"({' OR '.join(exists)})"
+            return f"s.id {'NOT ' if zero else ''}IN ({' UNION ALL '.join(f'SELECT sid FROM ({p})' for p in parts)})"
+        measure = "COALESCE(SUM(u.v), 0)"
+        if self.pg:
+            measure = f"CAST({measure} AS DOUBLE PRECISION)"
+        having = f"{measure} {_CMP[seg.op]} {self.num(seg.value)}"
+        rows = f"SELECT u.sid FROM ({' UNION ALL '.join(parts)}) u GROUP BY u.sid"
+        if zero:
+            return f"s.id NOT IN ({rows} HAVING NOT ({having}))"
+        return f"s.id IN ({rows} HAVING {having})"
+
+
+def _rolled_up(seg: Event) -> bool:
+    """Whether ``order_rollups`` answers the condition: orders without a filter, items filtered by
+    category at most (the rollups keep no other column)."""
+    if seg.source == "order":
+        return not seg.where
+    return seg.source == "item" and all(col == "category" for col, _ in seg.where)
 
 
 _SUM = {"order": "o.total", "item": "i.price * i.quantity", "checkout": "c.value"}

@@ -23,6 +23,7 @@ from campaigns.store.event_batch import EventBatch
 from campaigns.core import flow_inputs
 from campaigns.store.flow_sql import FlowSql, enqueue_inputs
 from campaigns.store.inbox_sql import InboxSql
+from campaigns.store import rollups
 
 _json = msgspec.json.Encoder()
 _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country, region, city, time_zone, "
@@ -443,6 +444,7 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
                        (e.checkout_id, tenant, e.order_id))  # fmt: skip
                 self._complete_checkout(tx, tenant, e.checkout_id, int(row[1]), created)
             self._restat(tx, tenant, int(row[1]), now, _ORDER_PARTS[e.checkout_id is not None])
+            rollups.upkeep(tx, tenant, recompute=[int(row[1])])
             return Applied(outcome="stale", subscriber_id=int(row[1]),
                            changed=frozenset({"orders", "checkouts", "subscriber_stats"}))  # fmt: skip
         if row is None:
@@ -473,6 +475,7 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         self._restat(tx, tenant, sid, now, _ORDER_PARTS[e.checkout_id is not None])
         if stale_owner is not None:
             self._restat(tx, tenant, stale_owner, now, _ORDER_PARTS[True])
+        rollups.upkeep(tx, tenant, recompute=[sid] if stale_owner is None else [sid, stale_owner])
         return Applied(outcome="applied", subscriber_id=sid, changed=frozenset(changed))
 
     def _early_fulfillment(self, tx: Tx, tenant: str, order_id: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from campaigns.errors import StorageError
 from campaigns.store.campaign_sql import SharedLinkReader, link_read_many, link_rows
+from campaigns.store import rollups
 from campaigns.store.schema import statements, upgrades
 from campaigns.store.campaign_rows import LinkRow
 from campaigns.store.sql import SqlStore, Tx
@@ -38,6 +39,7 @@ _PLAN_STATS: dict[str, dict[str, str]] = {
     "segment_timers": {"segment_timers_due": "1000000 1", "sqlite_autoindex_segment_timers_1": "1000000 1000000 100000 1"},
     "processed_events": {"sqlite_autoindex_processed_events_1": "10000000 10000000 1"},
     "early_fulfillments": {"sqlite_autoindex_early_fulfillments_1": "1000 1000 1"},
+    "order_rollups": {"sqlite_autoindex_order_rollups_1": "15000000 15000000 1000000 70000 1", "order_rollups_subscriber": "15000000 15000000 15"},
 }  # fmt: skip
 
 
@@ -65,6 +67,8 @@ class SQLiteStore(SqlStore):
             for stmt in upgrades("sqlite", lambda t: {c[1] for c in self._conn.execute(f"PRAGMA table_info({t})")}):
                 self._conn.execute(stmt)
             self._plan_statistics()
+            with self._tx() as tx:
+                rollups.ensure(tx)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open {path}: {exc}") from exc
 

@@ -13,6 +13,7 @@ its tenant would count them and disagree. Each example runs in a transaction tha
 from __future__ import annotations
 
 import datetime as dt
+import math
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -36,7 +37,9 @@ from campaigns.core.segments import (
     evaluate,
     parse_segment,
 )
+from campaigns.store import rollups
 from campaigns.store.schema import statements
+from campaigns.store.sql import Tx
 from campaigns.store.segment_sql import compile_segment
 
 psycopg = pytest.importorskip("psycopg")
@@ -74,7 +77,18 @@ SOURCES = ["keyword", "popup", "checkout", "social"]
 
 def times(now: float) -> st.SearchStrategy[float]:
     on_edge = st.sampled_from([now - w * DAY for w in WINDOWS])
-    return st.one_of(st.sampled_from([now + d * DAY for d in OFFSETS_DAYS]), on_edge)
+    return st.one_of(st.sampled_from([now + d * DAY for d in OFFSETS_DAYS]), on_edge, st.sampled_from(bucket_edges(now)))
+
+
+def bucket_edges(now: float) -> list[float]:
+    """Instants on and beside the rollups' bucket edges next to each window's cutoff (the first whole
+    bucket of the window starts there: before it the orders are read, from it the rollups)."""
+    out = []
+    for w in WINDOWS:
+        edge = math.ceil((now - w * DAY) / rollups.BUCKET_S) * rollups.BUCKET_S
+        out += [edge, math.nextafter(edge, -math.inf), math.nextafter(edge, math.inf), edge - rollups.BUCKET_S,
+                math.nextafter(edge - rollups.BUCKET_S, -math.inf)]
+    return out
 
 
 @st.composite
@@ -286,6 +300,7 @@ def load(cur: Any, ph: str, views: list[tuple[SubscriberView, bool]]) -> None:
             # The other tenant's rows point at *this* tenant's subscriber ids.
             for table, rows in _rows(view, tenant, has_stats).items():
                 run(table, rows)
+    rollups.rebuild(Tx(cur, ph))  # the store keeps them with every order it stores
 
 
 @pytest.fixture(scope="module")
