@@ -24,14 +24,14 @@ computes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from campaigns.core.events import OrderEvent
     from campaigns.store.sql import Tx
 
-__all__ = ["BUCKET_S", "bucket", "ensure", "item_key", "rebuild", "upkeep"]
+__all__ = ["BUCKET_S", "bucket", "ensure", "item_key", "missing", "rebuild", "upkeep"]
 
 BUCKET_S = float(2**22)
 ORDER_KEY = "o"
@@ -114,8 +114,14 @@ def rebuild(tx: Tx, tenant: str | None = None) -> None:
            f"AND o.order_id = i.order_id {where} GROUP BY o.tenant, {cat}, {b}, o.subscriber_id", params)  # fmt: skip
 
 
+def missing(one: Callable[[str], Any]) -> bool:
+    """Whether the store has orders but no rollups (every order has an ``o`` row, so that means they
+    were never built: a store made before them). ``one(sql)``: the first row of a query, or None."""
+    return one("SELECT 1 FROM order_rollups LIMIT 1") is None and one("SELECT 1 FROM orders LIMIT 1") is not None
+
+
 def ensure(tx: Tx) -> None:
-    """A store whose orders predate the rollups gets them once (every order has an ``o`` row, so
-    orders without any rollup row mean they were never built)."""
-    if tx.one("SELECT 1 FROM order_rollups LIMIT 1") is None and tx.one("SELECT 1 FROM orders LIMIT 1") is not None:
+    """A store whose orders predate the rollups gets them once (checked again in the transaction:
+    two processes opening the store at once build them once)."""
+    if missing(tx.one):
         rebuild(tx)

@@ -67,8 +67,9 @@ class SQLiteStore(SqlStore):
             for stmt in upgrades("sqlite", lambda t: {c[1] for c in self._conn.execute(f"PRAGMA table_info({t})")}):
                 self._conn.execute(stmt)
             self._plan_statistics()
-            with self._tx() as tx:
-                rollups.ensure(tx)
+            if rollups.missing(lambda sql: self._conn.execute(sql).fetchone()):  # the usual open takes no write lock
+                with self._tx() as tx:
+                    rollups.ensure(tx)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open {path}: {exc}") from exc
 
