@@ -324,9 +324,8 @@ class _Compiler:
         if seg.measure == "count" and _same_for_every_positive_count(seg, one):  # any row at all (rows have n >= 1)
             if zero == one:
                 return "(1 = 1)" if zero else "(1 = 0)"
-            if self.pg:  # EXISTS each: anti joins when negated, hashed or probed subplans otherwise
-                exists = [f"EXISTS (SELECT 1 FROM ({p}) x WHERE x.sid = s.id)" for p in parts]
-                return f"(NOT ({' OR '.join(exists)}))" if zero else f"({' OR '.join(exists)})"
+            if self.pg:  # one EXISTS over the union: a semi (anti) join; `EXISTS a OR EXISTS b` was 8x slower
+                return f"({'NOT ' if zero else ''}EXISTS (SELECT 1 FROM ({' UNION ALL '.join(parts)}) x WHERE x.sid = s.id))"
             return f"s.id {'NOT ' if zero else ''}IN ({' UNION ALL '.join(f'SELECT sid FROM ({p})' for p in parts)})"
         measure = "COALESCE(SUM(u.v), 0)"
         if self.pg:

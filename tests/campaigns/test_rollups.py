@@ -70,7 +70,7 @@ def _check(store, history, batches) -> None:
     assert _rollup_rows(store, tenant) == want
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(history=events, batches=st.lists(st.tuples(st.integers(1, 5), st.booleans()), max_size=6))
 def test_rollups_stay_exact_on_every_order_path(store_url, history, batches):
     store = open_store(store_url)
