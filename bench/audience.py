@@ -1,9 +1,11 @@
 """`sluice bench audience`: segment counts over a shop's audience, on SQLite or PostgreSQL.
 
-1. Import: N subscribers (profiles, tags, custom attributes), M orders with one item each,
-   N/4 checkouts, 2N activities (clicks, replies, messages), and the per-subscriber aggregates
-   computed from them, bulk-loaded into a fresh store (executemany in one transaction on SQLite,
-   COPY on PostgreSQL), then ANALYZE. ``import_s`` is all of that.
+1. Import: N subscribers (profiles, tags, custom attributes), M orders with one item each (drawn
+   with numpy, in order id order), N/4 checkouts, 2N activities (clicks, replies, messages), and
+   the per-subscriber aggregates computed from them, bulk-loaded into a fresh store (SQLite: the
+   store closed, executemany in one transaction without a journal; PostgreSQL: COPY; both with
+   the secondary indexes built after the rows), the order rollups built in SQL, then ANALYZE.
+   ``import_s`` is all of that. ``--events 0`` stops after the counts (the issue's 1M / 10M size).
 2. Counts: a fixed mix of segment trees (``MIX``: profile/aggregate trees, and trees with windowed
    event conditions), each compiled by ``campaigns.store.segment_sql`` and counted through the
    store's ``count_where``; every tree runs ``--runs`` times, its median is its figure.
