@@ -21,6 +21,10 @@ test_segment_agreement.py checks it on random data and random trees, on both eng
   (``instr`` / ``strpos``; ``LIKE`` would fold ASCII case on SQLite only).
 - Time windows: the cutoff ``now - days * 86400`` is computed here in Python once and bound,
   exactly as ``evaluate`` computes it.
+- Order conditions without a filter and item conditions filtered by category at most, over a
+  whole audience (not ``only``), read ``order_rollups`` (campaigns/store/rollups.py) for the
+  buckets wholly inside the window and the orders for the part straddling its edge: the same rows,
+  summed ahead (buckets are a power of two of seconds, so the edge is exact).
 """
 
 from __future__ import annotations
@@ -289,7 +293,6 @@ class _Compiler:
         if zero:  # no rows at all (count/sum 0) holds: exclude the subscribers whose rows fail it
             return f"s.id NOT IN ({rows} GROUP BY {group} HAVING NOT ({having}))"
         return f"s.id IN ({rows} GROUP BY {group} HAVING {having})"
-
 
     def rolled_up(self, seg: Event) -> str:
         """An order or item condition (no filter but the items' category) over a whole audience, from
