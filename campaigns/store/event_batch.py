@@ -11,10 +11,10 @@ event that is 6 to 10 statements; in a batch the common events share a handful:
    fulfilment, nor named by another event of the batch, and that completes no checkout) and *activities*
    (``activity``, ``custom``) take the set-based path: their subscribers are found or created with two
    statements, the rows inserted with ``executemany`` (SQLite) or ``COPY`` (PostgreSQL), and the
-   aggregates of every subscriber they touched read once, updated by the pure functions of
-   ``campaigns.core.aggregates`` and written back in one statement (``executemany`` on SQLite, ``COPY``
-   into a staging table then one ``INSERT ... ON CONFLICT DO UPDATE`` on PostgreSQL). A new order is
-   always ``applied``: there is no newer state it could be stale to.
+   aggregates of every subscriber they touched updated by one grouped upsert computed in SQL from
+   the batch's rows, then one scoring ``UPDATE`` (``aggregate_sql``: the arithmetic of
+   ``campaigns.core.aggregates``, which stays the definition). A new order is always ``applied``:
+   there is no newer state it could be stale to.
 3. Every other event (customers, checkouts, fulfilments, updates of stored orders) then goes through
    the per-event code, in arrival order, in the same transaction.
 
@@ -217,6 +217,8 @@ def _rowset(tx: Tx, rows: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
     """The batch's rows as a table ``b`` bound as one parameter per column (PostgreSQL: ``unnest`` of
     arrays) or one in all (SQLite: a JSON array of arrays read by ``json_each``)."""
     names = ", ".join(n for n, _ in _ROW_KINDS)
+    # SQLite reads back the numbers msgspec writes (shortest round-trip) as the same doubles: checked
+    # over 800,000 random doubles, and by the hypothesis tests through the per-event path's binds.
     if tx.pg:
         cols = ", ".join(f"?::{k}[]" for _, k in _ROW_KINDS)
         return f"unnest({cols}) AS b ({names})", [list(c) for c in zip(*rows, strict=True)]
