@@ -785,8 +785,8 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
                                 "segment_members m WHERE m.tenant = ? AND m.subscriber_id = value", (arr, tenant)):  # fmt: skip
             if int(seg) in stored:
                 stored[int(seg)].add(int(sid))
-        tx.many("INSERT INTO segment_members (tenant, segment_id, subscriber_id, since) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING", [(tenant, seg, sid, now) for seg in inside for sid in sorted(inside[seg] - stored[seg])])
+        tx.insert_new("segment_members", ("tenant", "segment_id", "subscriber_id", "since"),
+                      [(tenant, seg, sid, now) for seg in inside for sid in sorted(inside[seg] - stored[seg])])
         tx.many("DELETE FROM segment_members WHERE tenant = ? AND segment_id = ? AND subscriber_id = ?",
                 [(tenant, seg, sid) for seg in inside for sid in sorted(stored[seg] - inside[seg])])  # fmt: skip
         if edges:
@@ -853,5 +853,5 @@ def _write_timers(tx: Tx, tenant: str, ids: list[int], edges: dict[int, dict[int
     gone = [(tenant, seg, sid) for (seg, sid) in stored if (seg, sid) not in want]
     put = [(tenant, seg, sid, at) for (seg, sid), at in want.items() if stored.get((seg, sid)) != at]
     tx.many("DELETE FROM segment_timers WHERE tenant = ? AND segment_id = ? AND subscriber_id = ?", sorted(gone))
-    tx.many("INSERT INTO segment_timers (tenant, segment_id, subscriber_id, at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (tenant, segment_id, subscriber_id) DO UPDATE SET at = excluded.at", sorted(put))
+    tx.upsert_many("segment_timers", ("tenant", "segment_id", "subscriber_id", "at"), ("tenant", "segment_id", "subscriber_id"),
+                   sorted(put))  # PostgreSQL: COPY into a staging table, then one upsert (not a bind per row)
