@@ -98,8 +98,8 @@ def _record(r: dict[str, int], engine: str) -> None:
 
 def test_kill_9_of_either_of_two_workers_fast(sqlite_url: str) -> None:
     """Two workers, each its share of the subscribers; each is killed once mid-run and restarted."""
-    r = crash_run(sqlite_url, 80, 2, send_every=2, deadline_s=90, life_s=2, local=True, workers=2)
-    assert (r["lost"], r["duplicates"], r["accepted"], r["runs_ended"]) == (0, 0, 80, 80), r
+    r = crash_run(sqlite_url, 40, 2, send_every=2, deadline_s=90, life_s=1.5, local=True, workers=2)
+    assert (r["lost"], r["duplicates"], r["accepted"], r["runs_ended"]) == (0, 0, 40, 40), r
 
 
 def test_kill_9_loses_nothing_and_sends_nothing_twice_fast(sqlite_url: str) -> None:
