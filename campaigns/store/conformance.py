@@ -537,6 +537,8 @@ def check_flow_runs_timers_and_outbox(store: Store) -> None:
     assert [x.key for x in store.pending_flow_messages()] == ["flow-1-1"]
     assert [x.key for x in store.pending_flow_messages(part=0, parts=3)] == ["flow-1-1"]  # subscriber 0
     assert store.pending_flow_messages(part=1, parts=3) == []
+    assert [x.key for x in store.pending_flow_messages(tenant="acme")] == ["flow-1-1"]
+    assert store.pending_flow_messages(tenant="beta") == [] == store.pending_flow_messages(tenant="beta", part=0, parts=3)
     store.flow_messages_done([("acme", "flow-1-1", "sent", "m1", None)], now=T0 + 2)
     assert store.pending_flow_messages() == [] and store.flow_messages("beta") == []
     assert {(x.key, x.state) for x in store.flow_messages("acme")} == {("flow-1-1", "sent"), ("flow-1-2", "skipped")}

@@ -539,13 +539,10 @@ class FlowSql:
         """The oldest pending sends; with ``parts`` > 1 only those of subscribers ``id % parts == part``
         (each worker posts what it recorded; a send posted twice would still go once: its key)."""
         with self._tx() as tx:
-            if tenant is None:
-                share, params = FlowTx(tx, "", self.engine)._share(part, parts)
-                rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_outbox WHERE state = 'pending'{share} "
-                               f"ORDER BY created_at LIMIT ?", (*params, limit))  # fmt: skip
-            else:
-                rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_messages WHERE state = 'pending' AND tenant = ? "
-                               f"ORDER BY created_at LIMIT ?", (tenant, limit))  # fmt: skip
+            share, params = FlowTx(tx, "", self.engine)._share(part, parts)
+            of_tenant = ("", ()) if tenant is None else (" AND tenant = ?", (tenant,))
+            rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_outbox WHERE state = 'pending'{share}{of_tenant[0]} "
+                           f"ORDER BY created_at LIMIT ?", (*params, *of_tenant[1], limit))  # fmt: skip
         return [_msg_row(r[0], r[1:]) for r in rows]
 
     def flow_messages_done(self, done: Sequence[tuple[str, str, str, str | None, str | None]], *, now: float) -> None:
