@@ -120,7 +120,7 @@ def orders_and_touches(draw: st.DrawFn) -> list[ShopEvent]:
 NOW_WIDE = T0 + 400 * 86_400.0
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(evs=orders_and_touches(), data=st.data())
 def test_a_batch_in_any_order_with_resent_events_is_its_events_one_by_one(store: Store, evs: list[ShopEvent],
                                                                           data: st.DataObject) -> None:  # fmt: skip

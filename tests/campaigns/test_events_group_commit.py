@@ -185,7 +185,7 @@ def test_membership_passes_overlapping_the_ingest_end_where_python_does(audience
                                             currency="EUR", payment_status=r.choice(["paid", "paid", "refunded"])))
              if k % 4 else msgspec.json.encode(ActivityEvent(id=f"p{k}", at=T0 - r.random() * 60 * 86400,
                                                                phone=PHONES[r.randrange(len(PHONES))], kind="clicked"))
-             for k in range(300)]  # fmt: skip
+             for k in range(200)]  # fmt: skip
     audience.batch_size = 25
 
     async def main() -> dict[str, int]:
