@@ -173,9 +173,14 @@ def _compile(pattern: str | None) -> re.Pattern[str] | None:
 
 
 class NumberCheck:
-    __slots__ = ("_plans", "_heads", "_sure", "_tables")
+    """``canonical`` for one number at a time; with ``tables``, also ``sure`` for many at once
+    (in ingest's worker processes: a country's table takes 0.05-0.3 s to compile, once, which
+    an event loop serving single messages should not spend)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_plans", "_heads", "_sure", "_tables", "_use_tables")
+
+    def __init__(self, *, tables: bool = False) -> None:
+        self._use_tables = tables
         # country code -> (main region's metadata, regions in phonenumbers' order), or None when
         # numbers of that code always go to phonenumbers
         self._plans: dict[str, tuple[PhoneMetadata, re.Pattern[str] | None, list[_Region]] | None] = {}
@@ -193,6 +198,8 @@ class NumberCheck:
         (``canonical(text) == (text, None)``): one match of its country's table, the form
         that the campaign layer and most upstreams send, a million times a job. False: not
         certain, ask ``canonical`` (invalid, formatted, or a number only phonenumbers decides)."""
+        if not self._use_tables:
+            return [False] * len(texts)
         sure = self._sure
         for head in set(map(_HEAD, texts)).difference(sure):
             self._table_for(head)
@@ -203,11 +210,6 @@ class NumberCheck:
         """(phonenumbers' E.164 of ``text``, None), or (None, why not). ``region``: the ISO
         region national numbers are read in (a carrier's ``default_region``); None: ``text``
         must be international ('+' or '00' and the country code). See the module docstring."""
-        rx = self._sure.get(text[1:4], False)
-        if rx is False:
-            rx = self._table_for(text[1:4])
-        if rx is not None and rx.fullmatch(text) is not None:
-            return text, None  # E.164 as it should be, and valid: one regex
         if text[:1] == "+" and 8 <= len(text) <= 16 and text.isascii() and text[1:].isdigit() and text[1] != "0":
             verdict = self._fast(text)  # the usual case, a million times a job: E.164 as it should be
             if verdict is not None:
