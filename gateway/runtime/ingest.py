@@ -6,8 +6,9 @@ needs nothing but the job and the configuration, so a job of a million recipient
 chunks by ``CheckPool``'s worker processes (``anyio.to_process``: asyncio or trio alike) while
 the event loop admits the previous chunk to the core and the store writes the one before.
 
-A worker decodes the chunk's NDJSON lines itself, checks the numbers (``NumberCheck``) and asks
-a scheduler of the same settings (``Scheduler.check``, pure) for the rest; it answers with one
+A worker decodes the chunk's NDJSON lines itself, checks the numbers (``NumberCheck.sure``: one
+match of the country's table a number; the others one by one) and asks a scheduler of the same
+settings (``Scheduler.check``, pure, column by column for an ordinary chunk) for the rest; it answers with one
 msgpack ``ChunkChecked``: the core's columns, and the accepted recipients' own JSON lines in the
 order of their ids, which the store writes as they are. Zone keys are numbered per resolver, so its answer names the zone
 sets (``Checked.zones``) and the loop's scheduler maps them to its own keys. A chunk that does

@@ -10,6 +10,16 @@ it, length and pattern. That is one regex match a number: the general pattern (a
 and the patterns of every type allowed at the number's length, joined into one and compiled
 once per (region, length).
 
+A chunk of a large job asks it of all its numbers at once (``sure``, in ingest's worker
+processes): per calling code, the same questions in the same order (region by leading digits,
+then the general pattern and the types of the number's length) are compiled into one regex of
+the whole E.164 text, a *country table*; a number is certainly valid and canonical iff it
+matches, one C-level match instead of ~3 µs of Python. A number that does not match (invalid,
+formatted, or one ``_fast`` leaves to phonenumbers) is asked of ``canonical``. Tables are
+compiled from the installed phonenumbers' metadata on first use (0.05-0.3 s a country, so not
+in an event loop: ``NumberCheck(tables=True)``), and a test checks them against ``_fast`` and
+phonenumbers on a corpus of every country's numbers.
+
 Anything unusual goes to phonenumbers itself, so the verdict is always phonenumbers' own: an
 unknown country code, a non-geographic one (+800 ...), a national number with a leading zero
 (Italy), or one from which the region's national prefix would be stripped. A test compares both
