@@ -69,8 +69,9 @@ class Template:
 
     def measure_all(self, values: Sequence[dict[str, str]]) -> tuple[list[bytes], list[int]] | None:
         """``measure`` of many recipients at once (a chunk of a large job), when every recipient
-        has its values: the packed values and the bodies' lengths (-1: not plain GSM-7, as
-        ``measure`` says). None otherwise: ask ``measure`` one by one (which says who is wrong
+        has its values: the packed values and the bodies' lengths in septets when every
+        character is one GSM-7 septet ("Chloé" too, which ``measure`` leaves to ``plan``), else
+        -1 (render and plan it). None otherwise: ask ``measure`` one by one (which says who is wrong
         and why)."""
         if not self.fields or self._plain < 0:
             return None
@@ -86,7 +87,7 @@ class Template:
         flat = text.replace(_SEP, "") if len(self.fields) > 1 else text
         if not segments.no_ascii_special(flat):  # some value has an ASCII special: ask each
             units = [len(j) + fixed if segments.is_plain(j.replace(_SEP, "")) else -1 for j in joined]
-        elif flat.isascii():  # the usual case: every body plain
+        elif flat.isascii() or segments.one_septet_each(flat):  # the usual case: one septet a character
             units = [len(j) + fixed for j in joined]
         else:  # plain iff ASCII
             units = [len(j) + fixed if j.isascii() else -1 for j in joined]
