@@ -6,14 +6,14 @@ the next batch's events commit on the other."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import psycopg
 
 from campaigns.errors import StorageError
 from campaigns.store.campaign_rows import LinkRow
-from campaigns.store.campaign_sql import link_read_many, link_rows
+from campaigns.store.campaign_sql import resolve_codes
 from campaigns.store.schema import statements, upgrades
 from campaigns.store.sql import SqlStore, Tx
 
@@ -77,7 +77,7 @@ class PostgresStore(SqlStore):
             raise StorageError(str(exc)) from exc
 
     def open_link_reader(self) -> PgLinkReader:
-        return PgLinkReader(self._url)
+        return PgLinkReader(self._url, self.link_keys)
 
     def close(self) -> None:
         with self._lock:
@@ -94,8 +94,9 @@ class PgLinkReader:
 
     on_loop = False
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, keys: Mapping[str, bytes] | None = None) -> None:
         self._url = url
+        self._keys: Mapping[str, bytes] = keys if keys is not None else {}  # the store's (range codes)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
 
@@ -104,11 +105,8 @@ class PgLinkReader:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
                     self._conn = psycopg.connect(self._url, autocommit=True)
-                out: dict[str, LinkRow] = {}
-                for i in range(0, len(codes), 500):
-                    chunk = list(codes[i:i + 500])
-                    out.update(link_rows(self._conn.execute(link_read_many(len(chunk), "%s"), chunk).fetchall()))
-                return out
+                conn = self._conn
+                return resolve_codes(lambda sql, params: conn.execute(sql, params).fetchall(), codes, self._keys, "%s")
             except psycopg.Error as exc:
                 raise StorageError(f"link read: {exc}") from exc
 
