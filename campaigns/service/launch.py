@@ -178,6 +178,21 @@ def resolve_audience(store: Store, tenant: str, spec: AudienceSpec) -> list[int]
     return sorted(ids)
 
 
+def _audience(store: Store, tenant: str, spec: AudienceSpec) -> tuple[list[AudienceRow], dict[int, float | None]]:
+    """The marketable audience (``resolve_audience``'s, consent confirmed) and each one's last
+    marketing send, read in one set-based query (``Store.launch_audience``)."""
+    for seg in [*spec.include, *spec.exclude]:
+        if store.segment(tenant, seg) is None:
+            raise NotFound(f"no segment {seg}", code="segment_not_found", field="audience")
+    ids = list(spec.subscribers)
+    if spec.csv is not None:
+        for row in parse_csv(spec.csv):
+            sub = store.subscriber_by_phone(tenant, row.phone)
+            if sub is not None:
+                ids.append(sub.id)
+    return store.launch_audience(tenant, spec.include, spec.exclude, ids)
+
+
 def _members(store: Store, tenant: str, segment_id: int) -> set[int]:
     if store.segment(tenant, segment_id) is None:
         raise NotFound(f"no segment {segment_id}", code="segment_not_found", field="audience")
@@ -225,21 +240,23 @@ def _discount(store: Store, tenant: str, spec: CampaignSpec, cid: int, sid: int,
     return code
 
 
-def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: float) -> bool:
+def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: float, *,
+           lines: dict[int, list[tuple[str, str, str]]] | None = None) -> bool:  # fmt: skip
     """Plan and store the campaign's recipients (False: they were frozen by an earlier launch).
 
     Set-based where it can be: the audience's marketable subscribers are read in one query (only
     the columns a launch needs, consent filtered in SQL), their last marketing sends in another;
     per recipient remains what Python must do: its variant, its text (``TextCache``: one render per
-    distinct text) and its codes (``links.mint_codes``)."""
+    distinct text) and its codes (a batch at a time: ``links.LinkCipher``). ``lines``: filled with
+    each batch's ``(phone, text, tz)`` in slot order when this call froze them (the bodies are then
+    built from memory: the same values ``Store.batch_lines`` reads back)."""
     if store.batches(tenant, camp.id) or store.campaign_recipients(tenant, camp.id, limit=1):
         return False
     spec = parse_spec(camp.definition)
-    audience = store.audience_rows(tenant, resolve_audience(store, tenant, spec.audience))
+    audience, last = _audience(store, tenant, spec.audience)
     by_id = {a.id: a for a in audience}
     planned = [p for p in schedule.send_times(spec.schedule, [(a.id, a.time_zone) for a in audience], now=now,
                                               default_zone=tl.zone) if p.send_at is not None]  # fmt: skip
-    last = store.last_marketing_at(tenant, [p.subscriber for p in planned])
     if spec.smart_sending_hours > 0:
         planned, _skipped = schedule.smart_send(planned, last, hours=spec.smart_sending_hours)
     planned.sort(key=lambda p: (p.send_at, p.subscriber))
@@ -248,11 +265,17 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
     for _attempt in range(3):
         rows, link_rows, rng = _plan(store, tenant, spec, camp, planned, by_id, last, tl, now, start)
         try:
-            return store.freeze_audience(tenant, camp.id, rows, link_rows, now=now, link_range=rng)
+            frozen = store.freeze_audience(tenant, camp.id, rows, link_rows, now=now, link_range=rng)
         except Conflict as exc:  # another launch of the tenant took these numbers meanwhile: plan again
             if exc.code != "link_range_taken" or rng is None:
                 raise
             start = store.link_range_end(tenant, rng.length)
+            continue
+        if frozen and lines is not None:  # what each batch's body holds, as just stored (``batch_lines``)
+            for r in rows:
+                if r.batch != HELD:
+                    lines.setdefault(r.batch, []).append((r.phone, r.text, r.tz))
+        return frozen
     raise Conflict("link numbers kept being taken by other launches", code="link_range_taken")
 
 
@@ -533,11 +556,13 @@ class Launcher:
             return await self.launch_state(tenant, campaign_id)
         now = self.clock()
         camp = await self._run(self.store.set_campaign_status, tenant, campaign_id, "launching", now=now)
-        await self._run(freeze, self.store, tenant, camp, tl, now)
-        await self._submit(client, tenant, camp)
+        lines: dict[int, list[tuple[str, str, str]]] = {}
+        await self._run(partial(freeze, lines=lines), self.store, tenant, camp, tl, now)
+        await self._submit(client, tenant, camp, lines)
         return await self.launch_state(tenant, campaign_id)
 
-    async def _submit(self, client: GatewayClient, tenant: str, camp: CampaignRow) -> None:
+    async def _submit(self, client: GatewayClient, tenant: str, camp: CampaignRow,
+                      lines: dict[int, list[tuple[str, str, str]]] | None = None) -> None:  # fmt: skip
         """Post every batch not yet answered, in order. The next batch's rows are read and its body
         built in a worker thread while the gateway answers this one (a pipeline of one: the bodies
         are the same bytes as built one by one, and nothing is posted out of order)."""
@@ -546,7 +571,7 @@ class Launcher:
         send, receive = anyio.create_memory_object_stream[tuple[BatchRow, bytes | BaseException]](1)
         failed: BaseException | None = None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._bodies, send, tenant, camp, spec, todo)
+            tg.start_soon(self._bodies, send, tenant, camp, spec, todo, lines or {})
             async with receive:
                 try:
                     async for b, body in receive:
@@ -564,21 +589,25 @@ class Launcher:
             await self._run(self.store.set_campaign_status, tenant, camp.id, "launched", now=self.clock())
 
     async def _bodies(self, send: MemoryObjectSendStream[tuple[BatchRow, bytes | BaseException]], tenant: str,
-                      camp: CampaignRow, spec: CampaignSpec, todo: Sequence[BatchRow]) -> None:  # fmt: skip
-        """Build the bodies in order; a failure is handed on to ``_submit`` (raised there as itself)."""
+                      camp: CampaignRow, spec: CampaignSpec, todo: Sequence[BatchRow],
+                      lines: dict[int, list[tuple[str, str, str]]]) -> None:  # fmt: skip
+        """Build the bodies in order (from ``lines`` when this launch just froze them, else read back);
+        a failure is handed on to ``_submit`` (raised there as itself)."""
         async with send:
             for b in todo:
                 try:
-                    body: bytes | BaseException = await self._run(self._body, tenant, camp, spec, b)
+                    body: bytes | BaseException = await self._run(self._body, tenant, camp, spec, b, lines.pop(b.batch, None))
                 except Exception as exc:
                     body = exc
                 await send.send((b, body))
                 if not isinstance(body, bytes):
                     return
 
-    def _body(self, tenant: str, camp: CampaignRow, spec: CampaignSpec, b: BatchRow) -> bytes:
+    def _body(self, tenant: str, camp: CampaignRow, spec: CampaignSpec, b: BatchRow,
+              lines: list[tuple[str, str, str]] | None = None) -> bytes:  # fmt: skip
         # Only what the body holds, read as tuples (``job_body`` of the batch's rows, the same bytes).
-        lines = self.store.batch_lines(tenant, camp.id, b.batch)
+        if lines is None:
+            lines = self.store.batch_lines(tenant, camp.id, b.batch)
         return job_body_of(head_line(camp, spec, b.batch, b.send_at, self.callback_urls.get(tenant)), lines)
 
     async def _post(self, client: GatewayClient, tenant: str, camp: CampaignRow, b: BatchRow, body: bytes) -> bool:

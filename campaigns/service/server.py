@@ -97,6 +97,8 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     links = tenant_links(settings, env)
     launcher = Launcher(launch_store, clients, links, time.time, callback_urls=callback_urls(settings))
     tracker = Tracker(launcher)
+    if launch_store is not store:  # range codes resolve on either connection (launch.py sets the launcher's)
+        store.set_link_keys({name: t.key for name, t in links.items()})
     flows = FlowRuntime(store, clients, runtime_tenants(settings, links), time.time, inbox=inbox)
     app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets, inbox=inbox,
                      extra_handlers=[*campaign_handlers(launcher, tracker, secrets, inbox=inbox),

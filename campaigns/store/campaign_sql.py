@@ -503,6 +503,43 @@ class CampaignSql(ReportSql):
         return [AudienceRow(id=int(i), phone=p, first_name=f, time_zone=z, language=lang, attributes=attrs)
                 for i, p, f, z, lang, attrs in rows]  # fmt: skip
 
+    def launch_audience(self, tenant: str, include: Sequence[int], exclude: Sequence[int],
+                        ids: Sequence[int]) -> tuple[list[AudienceRow], dict[int, float | None]]:  # fmt: skip
+        """A launch's audience in one query: the members of the ``include`` segments and ``ids``, minus
+        the members of the ``exclude`` segments, with a confirmed opt-in, in id order (only the
+        columns a launch reads); and when each was last sent marketing (``last_marketing_at``'s
+        rule, read per row by index). Driven by the segment's members (its primary key) and
+        the ids, each subscriber probed by id: nothing ranges over the rest of the shop."""
+        parts, params = [], []
+        with self._tx() as tx:
+            if include:
+                parts.append(f"SELECT m.subscriber_id AS sid FROM {tx.each('bigint')} CROSS JOIN segment_members m "
+                             "WHERE m.tenant = ? AND m.segment_id = value")  # fmt: skip
+                params += [tx.array(sorted(set(include))), tenant]
+            if ids:
+                parts.append(f"SELECT value AS sid FROM {tx.each('bigint')}")
+                params.append(tx.array(sorted(set(ids))))
+            if not parts:
+                return [], {}
+            aud = " UNION ".join(parts) if len(parts) > 1 or len(set(include)) > 1 else parts[0]
+            skip = ""
+            if exclude:
+                skip = (f" AND NOT EXISTS (SELECT 1 FROM {tx.each('bigint')} CROSS JOIN segment_members x WHERE x.tenant = "
+                        "s.tenant AND x.segment_id = value AND x.subscriber_id = s.id)")  # fmt: skip
+            rows = tx.rows(f"SELECT s.id, s.phone, s.first_name, s.time_zone, s.language, s.attributes, (SELECT "
+                           "MAX(r.send_at) FROM campaign_recipients r WHERE r.tenant = s.tenant AND r.subscriber_id = "
+                           "s.id AND r.state NOT IN ('rejected', 'canceled', 'failed')), (SELECT st.last_message_at FROM "
+                           "subscriber_stats st WHERE st.subscriber_id = s.id AND st.tenant = s.tenant) "
+                           f"FROM ({aud}) a CROSS JOIN subscribers s WHERE s.id = a.sid AND s.tenant = ? AND "
+                           f"s.consent = 'confirmed'{skip} ORDER BY s.id",
+                           (*params, tenant, *([tx.array(sorted(set(exclude)))] if exclude else [])))  # fmt: skip
+        out, last = [], {}
+        for i, p, f, z, lang, attrs, sent, stat in rows:
+            out.append(AudienceRow(id=int(i), phone=p, first_name=f, time_zone=z, language=lang, attributes=attrs))
+            if sent is not None or stat is not None:
+                last[int(i)] = max(float(sent) if sent is not None else 0.0, float(stat) if stat is not None else 0.0)
+        return out, last
+
     def campaign_outcomes(self, tenant: str, campaign_id: int, *, since: float) -> Outcomes:
         """Orders and opt-outs of the campaign's recipients at or after ``since``."""
         with self._tx() as tx:
