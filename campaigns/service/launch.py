@@ -303,6 +303,7 @@ def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, plan
     range_targets: tuple[str, ...] | None = None  # the URLs range codes stand for
     stride, last_range_batch = 0, -1
     bcodes: list[str] = []  # the range codes of the current batch, computed ahead in chunks
+    joined: dict[int, tuple[links.Skeleton, str, str]] = {}  # id(skeleton) -> (it, text before the code, after)
     batch, idx, batch_at = -1, batch_size, None
     for p in planned:
         a = by_id[p.subscriber]
@@ -337,8 +338,15 @@ def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, plan
                 codes = links.mint_codes(sk, key, f"{cid}:{a.id}", length, taken)
                 link_rows += [LinkRow(code=c, tenant=tenant, campaign_id=cid, subscriber_id=a.id, target=t,
                                       created_at=now, expires_at=expires) for c, t in zip(codes, targets, strict=True)]  # fmt: skip
+        if len(codes) == 1:  # the usual text, one link: its two halves joined once per skeleton
+            halves = joined.get(id(sk))
+            if halves is None or halves[0] is not sk:
+                halves = joined[id(sk)] = (sk, f"{sk.pieces[0]}{links.SCHEME}{domain}/", sk.pieces[1])
+            text = halves[1] + codes[0] + halves[2]
+        else:
+            text = links.fill(sk, domain, codes)
         rows.append(PlannedRecipient(subscriber_id=a.id, phone=a.phone, variant=variant, send_at=p.send_at or now,
-                                     tz=p.zone, text=links.fill(sk, domain, codes), batch=batch, idx=idx))  # fmt: skip
+                                     tz=p.zone, text=text, batch=batch, idx=idx))  # fmt: skip
         idx += 1
     rng = None
     if range_targets is not None and last_range_batch >= 0:
