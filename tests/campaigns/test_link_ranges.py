@@ -194,3 +194,65 @@ async def test_a_crash_mid_launch_keeps_the_range_and_its_codes(store: Store) ->
     assert len(sent) == 7 and sum(len(j["recipients"]) for j in gw.jobs.values()) == 7
     found = store.links([codes_of(t)[0] for t in sent.values()])
     assert {link.phone for link in found.values()} == set(sent)
+
+
+ZONES = [None, "Europe/Paris", "Asia/Tokyo", "America/New_York"]
+
+
+@settings(max_examples=8, deadline=None)
+@given(people=st.lists(st.tuples(st.sampled_from(ZONES), st.booleans()), min_size=1, max_size=10),
+       batch_size=st.integers(1, 4), urls=st.integers(1, 3), local=st.booleans())  # fmt: skip
+def test_every_code_of_any_launch_resolves_to_its_recipient_and_url(tmp_path_factory: pytest.TempPathFactory,
+                                                                    people: list, batch_size: int, urls: int,
+                                                                    local: bool) -> None:  # fmt: skip
+    """Whatever the mix of zones (batches cut short by their send_at), batch sizes, URLs per text and
+    recipients whose URL is their own (HMAC codes and rows): two launches in a row give distinct
+    codes, and each code resolves, by the store and by a link reader, to its own recipient and the
+    URL at its position; only the recipients whose URLs are not the range's have rows."""
+    import anyio
+
+    store = open_store(f"sqlite:///{tmp_path_factory.mktemp('ranges') / 'c.db'}")
+    try:
+        ids, own = [], {}
+        for n, (zone, personal) in enumerate(people, start=1):
+            sid = subscriber(store, n, zone=zone)
+            if personal:
+                own[sid] = f"https://odd.io/{n}"
+                store.put_subscriber("acme", Profile(phone=f"+4479111{n:05d}", attributes={"url": own[sid]}),
+                                     phone=f"+4479111{n:05d}", at=T0 - 500, now=T0 - 500)  # fmt: skip
+            ids.append(sid)
+        fixed = [f"https://s.io/{k}" for k in range(urls - 1)]
+        template = " ".join(["Hi", *fixed, "{attr.url|https://s.io/z}", "bye"])
+        schedule = {"kind": "local", "date": "2025-12-29", "time": "10:00"} if local else {"kind": "now"}
+
+        async def run() -> list[int]:
+            la, out = launcher(store, FakeGateway()), []
+            for name in ("one", "two"):
+                camp = await la.create("acme", name, {"sender": "A", "template": template, "batch_size": batch_size,
+                                                      "smart_sending_hours": 0, "schedule": schedule,
+                                                      "audience": {"subscribers": ids}})  # fmt: skip
+                await la.launch("acme", camp.id)
+                out.append(camp.id)
+            return out
+
+        camps = anyio.run(run)
+        reader = store.open_link_reader()
+        seen: set[str] = set()
+        try:
+            for cid in camps:
+                rng = store.link_range("acme", cid)
+                assert rng is not None
+                for r in store.campaign_recipients("acme", cid):
+                    codes = codes_of(r.text)
+                    targets = [*fixed, own.get(r.subscriber_id, "https://s.io/z")]
+                    assert len(codes) == urls and not seen & set(codes)
+                    seen.update(codes)
+                    for via in (store.links(codes), reader.read(codes)):
+                        assert [(via[c].campaign_id, via[c].subscriber_id, via[c].phone, via[c].target) for c in codes] \
+                            == [(cid, r.subscriber_id, r.phone, t) for t in targets]
+                    has_rows = store.existing_links(codes) == set(codes)
+                    assert has_rows == (tuple(targets) != rng.targets) and (has_rows or not store.existing_links(codes))
+        finally:
+            reader.close()
+    finally:
+        store.close()
