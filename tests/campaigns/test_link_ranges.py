@@ -38,7 +38,7 @@ def store(store_url: str) -> Iterator[Store]:
 # ---- the permutation (pure) ------------------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(key=st.binary(min_size=1, max_size=40), length=st.integers(5, 8), data=st.data())
 def test_codes_and_numbers_are_one_to_one(key: bytes, length: int, data: st.DataObject) -> None:
     c = LinkCipher(key, length)
