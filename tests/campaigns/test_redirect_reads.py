@@ -141,3 +141,48 @@ async def test_listener_answers_as_the_api_route(tmp_path) -> None:
         tg.cancel_scope.cancel()
     tracker.close()
     store.close()
+
+
+async def test_the_listener_answers_waiting_requests_in_order_without_a_task_each(tmp_path) -> None:
+    """Off-loop reads (PostgreSQL's): a request whose link must be read waits as a callback of the
+    next round (no task, no event per request); the connection's later requests wait behind it and
+    are answered in order; a failed round answers its waiters 503 and the connection serves on."""
+    from test_short_http import _read_response, _req, _serving
+
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    la = Launcher(store, {}, {}, lambda: T0 + 100)
+    tracker = Tracker(la)
+    reader = SlowReader(_links(30), fail_first=True)
+    tracker._reader = reader
+    server = ShortLinkServer(tracker)
+    spawned: list[object] = []
+    server.spawn = spawned.append  # type: ignore[method-assign]  # the task fallback: must not be taken
+    ua = UA.encode()
+    async with anyio.create_task_group() as tg:
+        port = await _serving(tg, server)
+        conns = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(3)]
+        await conns[0].send(_req("GET", "/Code0000", ua))
+        while not reader.calls:  # the first round is in flight (its thread waits on the gate)
+            await anyio.sleep(0.001)
+        await conns[0].send(_req("GET", "/Code0005", ua))  # behind Code0000 on its connection
+        await conns[1].send(_req("GET", "/Code0001", ua) + _req("GET", "/Missing1", ua) + _req("HEAD", "/Code0002", ua)
+                            + _req("GET", "/Code0001", ua))  # fmt: skip
+        await conns[2].send(_req("GET", "/Code0003", ua) + _req("GET", "/Code0004", ua, close=True))
+        for _ in range(50):
+            await anyio.sleep(0)
+        reader.gate.set()
+        with anyio.fail_after(10):  # (the task fallback is a no-op here: it would never answer)
+            got = [[await _read_response(c) for _ in range(k)] for c, k in zip(conns, (2, 4, 2), strict=True)]
+        for c in conns:
+            await c.aclose()
+        tg.cancel_scope.cancel()
+    loc = lambda i: f"https://x.example/{i}?utm_source=sms&utm_medium=sms&utm_campaign=campaign-1"  # noqa: E731
+    assert [(s, h.get("location")) for s, h, _ in got[0]] == [(503, None), (302, loc(5))]
+    assert [(s, h.get("location")) for s, h, _ in got[1]] == [(302, loc(1)), (404, None), (302, loc(2)), (302, loc(1))]
+    assert [(s, h.get("location"), h.get("connection")) for s, h, _ in got[2]] == [(302, loc(3), None), (302, loc(4), "close")]
+    assert spawned == [] and reader.calls[0] == ["Code0000"]
+    assert max(len(c) for c in reader.calls) > 1 and len(reader.calls) < 7  # misses read together
+    assert sum(1 for c in reader.calls for code in c if code == "Code0001") == 1  # then from memory
+    assert sorted(h[0] for h in tracker._hits) == ["Code0001", "Code0001", "Code0002", "Code0003", "Code0004", "Code0005"]
+    tracker.close()
+    store.close()
