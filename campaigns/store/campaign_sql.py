@@ -28,6 +28,7 @@ _LINK_READ = (f"SELECT {', '.join(f'l.{c.strip()}' for c in _LINK_COLS.split(','
               "'delivered' THEN r.state_at END FROM short_links l LEFT JOIN campaign_recipients r ON r.tenant = "
               "l.tenant AND r.campaign_id = l.campaign_id AND r.subscriber_id = l.subscriber_id WHERE l.code = ?")
 _LINK_NAMES = [c.strip() for c in _LINK_COLS.split(",")] + ["phone", "delivered_at"]
+_CLICK_COLS = ("code", "at", "user_agent", "verdict", "is_bot", "is_unique")
 _FREEZE_COLS = ("tenant", "campaign_id", "subscriber_id", "phone", "variant", "send_at", "tz", "text", "batch", "idx")
 
 
@@ -282,7 +283,7 @@ class CampaignSql(ReportSql):
             if first:
                 seen.add(c.code)
             rows.append((c.code, c.at, c.user_agent[:512], c.verdict, 0 if c.verdict == "click" else 1, int(first)))
-        tx.many("INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        tx.insert_many("clicks", _CLICK_COLS, rows)  # COPY on PostgreSQL
         self._clicks_to_flows(tx, [r[0] for r in rows if r[5]])
         return sum(r[5] for r in rows)
 

@@ -179,5 +179,5 @@ class EventBatch:
             for field, at in latest.get(sid, {}).items():
                 fields[field] = aggregates.latest(fields[field], at)
             stats = aggregates.scores(Stats(**fields), now)
-            rows.append((tenant, sid, *(getattr(stats, f) for f in _STATS)))
+            rows.append((tenant, sid, *msgspec.structs.astuple(stats)))  # in _STATS order
         tx.upsert_many("subscriber_stats", ("tenant", "subscriber_id", *_STATS), ("subscriber_id",), rows)
