@@ -39,7 +39,14 @@ def link_read_many(n: int, placeholder: str = "?") -> str:
 
 def link_rows(rows: Sequence[Sequence[Any]]) -> dict[str, LinkRow]:
     """Rows of ``_LINK_READ`` by code."""
-    return {r[0]: LinkRow(**dict(zip(_LINK_NAMES, r, strict=True))) for r in rows}
+    return {r[0]: _link_row(*r) for r in rows}
+
+
+def _link_row(code: str, tenant: str, campaign_id: int, subscriber_id: int, target: str, created_at: float,
+              expires_at: float | None, phone: str | None, delivered_at: float | None) -> LinkRow:  # fmt: skip
+    """One row of ``_LINK_READ`` (its columns in order: ``_LINK_NAMES``); keywords, not a dict per row."""
+    return LinkRow(code=code, tenant=tenant, campaign_id=campaign_id, subscriber_id=subscriber_id, target=target,
+                   created_at=created_at, expires_at=expires_at, phone=phone, delivered_at=delivered_at)
 
 
 class SharedLinkReader:

@@ -87,6 +87,9 @@ class PostgresStore(SqlStore):
                 self._member_conn.close()
 
 
+_LINK_READ_ANY = link_read_many(1, "%s").replace("l.code IN (%s)", "l.code = ANY(%s::text[])")
+
+
 class PgLinkReader:
     """Links by code on a connection of their own (autocommit reads: never queued behind the store's
     writes, the click flushes or a launch). A network round trip: callers run ``read`` in a worker
@@ -104,11 +107,9 @@ class PgLinkReader:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
                     self._conn = psycopg.connect(self._url, autocommit=True)
-                out: dict[str, LinkRow] = {}
-                for i in range(0, len(codes), 500):
-                    chunk = list(codes[i:i + 500])
-                    out.update(link_rows(self._conn.execute(link_read_many(len(chunk), "%s"), chunk).fetchall()))
-                return out
+                # One statement shape whatever the round's size (codes bound as one array): prepared
+                # once by psycopg, not once per count of codes.
+                return link_rows(self._conn.execute(_LINK_READ_ANY, (list(codes),)).fetchall())
             except psycopg.Error as exc:
                 raise StorageError(f"link read: {exc}") from exc
 
