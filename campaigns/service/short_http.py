@@ -9,7 +9,9 @@ streams: measured, a stream's ``receive``/``send`` (a checkpoint each, a task sw
 cost as much CPU as uvicorn and ``redirect_front`` together, so a first version on anyio streams
 saved nothing. A request whose link is in memory, or read on the loop (SQLite), is answered inside
 ``data_received`` (``Tracker.redirect_nowait``); one that must wait (a read off the loop) is answered
-by a task, the connection's later requests queued behind it, in order. The service runs on asyncio
+by a callback when its round of reads ends (``answer_later``, ``Tracker.redirect_later``; a task only
+for a redirector without it), the connection's later requests queued behind it, in order. A 302's
+bytes are built once per ``Location``. The service runs on asyncio
 (uvicorn), so this costs no portability it had.
 
 ``RequestReader`` is the sans-I/O half: bytes in, complete request heads out, or ``BadRequest``

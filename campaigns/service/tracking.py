@@ -2,12 +2,15 @@
 the analytics report, and the A/B winner sent to the rest of the audience.
 
 The redirect is the hot path (served by ``short_http``'s listener, or ``redirect_front`` on the API's
-port). A delivered message's link is kept in memory with its ``Location`` (a bounded LRU: nothing
-about it changes once delivered); any other is read on the store's ``LinkReader``, a connection of
-its own that never waits behind the store's writes: on the event loop for SQLite (WAL readers do not
-wait for the writer), in rounds off the loop for PostgreSQL (every code missed while a read is in
-flight is read by the next one, one query). Then the verdict from ``core.links.classify_hit``, and
-the hit appended to an in-memory buffer. ``run_flusher`` writes the buffer every ``flush_interval``
+port). A delivered message's link is kept in memory with its ``Location`` (a bounded LRU of atomic
+tuples: nothing about it changes once delivered, and the collector has nothing in it to walk); any
+other is read on the store's ``LinkReader``, a connection of its own that never waits behind the
+store's writes: on the event loop for SQLite (WAL readers do not wait for the writer), in rounds off
+the loop for PostgreSQL (every code missed while a read is in flight is read by the next one, one
+query; a waiting request is a callback of its round, ``redirect_later``: no task or event per
+request). A ``Location`` (target + the campaign's UTM) is built once per campaign and URL, not per
+hit. Then the verdict from ``core.links.verdict``, and the hit appended to an in-memory buffer as a
+tuple (its store rows and ``clicked`` activity are built when the buffer is written, off the loop). ``run_flusher`` writes the buffer every ``flush_interval``
 (5 ms) in one transaction: the hits, then the ``clicked`` activities of human clicks through the
 events batch path (``record_hits``). **What is promised**: a hit is stored within the flush interval
 plus one write after its 302 was answered; a kill -9 loses at most the hits answered since the last

@@ -186,3 +186,40 @@ async def test_the_listener_answers_waiting_requests_in_order_without_a_task_eac
     assert sorted(h[0] for h in tracker._hits) == ["Code0001", "Code0001", "Code0002", "Code0003", "Code0004", "Code0005"]
     tracker.close()
     store.close()
+
+
+class OnLoopReader(SlowReader):
+    on_loop = True
+
+    def read(self, codes: Sequence[str]) -> dict[str, LinkRow]:
+        self.calls.append(sorted(codes))
+        return {c: self.links[c] for c in codes if c in self.links}
+
+
+async def test_a_kept_link_answers_as_a_fresh_read(tmp_path) -> None:
+    """The hot path keeps a link as a tuple with its Location built once per (campaign, URL), and
+    classifies from it: every answer equals ``with_utm`` of the link's target and ``classify_hit`` of
+    the link, whatever was kept, evicted or rebuilt (caches far smaller than the links)."""
+    from campaigns.core.links import Hit, classify_hit, with_utm
+
+    targets = ["https://x.example/a", "https://x.example/b?utm_source=shop&q=1", "https://x.example/c#top",
+               "https://y.example/", "https://x.example/a?k=%20v"]  # fmt: skip
+    delivered = [T0, T0 + 95, None]  # a click, too soon (now is T0 + 100), unknown
+    links = {f"Code{i:04d}": LinkRow(code=f"Code{i:04d}", tenant="acme", campaign_id=1 + i % 2, subscriber_id=i,
+                                     target=targets[i % 5], created_at=T0, phone=f"+44791110{i:04d}",
+                                     delivered_at=delivered[i % 3]) for i in range(40)}  # fmt: skip
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    la = Launcher(store, {}, {}, lambda: T0 + 100)
+    tracker = Tracker(la, link_cache=5, location_cache=3)
+    tracker._reader = OnLoopReader(links)
+    asks = [(code, method, ua) for code in links for method, ua in (("GET", UA), ("HEAD", UA), ("GET", "Slackbot 1.0"), ("GET", None))]
+    for _ in range(2):
+        for code, method, ua in asks:
+            link = links[code]
+            hit = await tracker.redirect(code, method=method, user_agent=ua)
+            utm = {"utm_source": "sms", "utm_medium": "sms", "utm_campaign": f"campaign-{link.campaign_id}"}
+            assert hit is not None and hit.location == with_utm(link.target, utm)
+            assert hit.verdict == classify_hit(Hit(code=code, method=method, user_agent=ua, at=T0 + 100), link.delivered_at)
+    assert len(tracker._links) <= 5 and len(tracker._locations) <= 3
+    assert len(tracker._hits) == 2 * len(asks)
+    store.close()
