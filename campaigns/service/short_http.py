@@ -264,8 +264,7 @@ def answer_later(redirector: Any, req: RequestHead, done: Callable[[tuple[bytes,
             log.error("shortlinks.connection_failed", exc_info=error)
             done((b"", False))
 
-    later(code, method="HEAD" if req.method == b"HEAD" else "GET", user_agent=_ua(req), done=got)
-    return True
+    return bool(later(code, method="HEAD" if req.method == b"HEAD" else "GET", user_agent=_ua(req), done=got))
 
 
 class ShortLinkProtocol(asyncio.Protocol):

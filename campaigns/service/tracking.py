@@ -170,11 +170,14 @@ class Tracker:
         return True, self._keep_link(code, link, method, user_agent)
 
     def redirect_later(self, code: str, *, method: str, user_agent: str | None,
-                       done: Callable[[Redirect | None, Exception | None], None]) -> None:  # fmt: skip
+                       done: Callable[[Redirect | None, Exception | None], None]) -> bool:  # fmt: skip
         """``redirect`` for a caller that cannot wait (the listener's protocol callbacks): the code
         joins the next round of reads (``want_link``) and ``done(hit, None)`` or ``done(None, error)``
         is called on the loop when it is read: no task per request. Call after ``redirect_nowait``
-        said it must wait."""
+        said it must wait. False (nothing started): the reader reads on the loop (SQLite), so what
+        made it wait was rare (its connection busy, a campaign's first hit): call ``redirect``."""
+        if self._open_reader().on_loop:  # its connection is the loop's: never read from a thread
+            return False
 
         def got(link: LinkRow | None, error: Exception | None) -> None:
             if error is not None or link is None:
@@ -185,6 +188,7 @@ class Tracker:
                 self._spawn(self._later_with_utm(code, link, method, user_agent, done))
 
         self.want_link(code, got)
+        return True
 
     async def _later_with_utm(self, code: str, link: LinkRow, method: str, user_agent: str | None,
                               done: Callable[[Redirect | None, Exception | None], None]) -> None:  # fmt: skip
