@@ -11,7 +11,10 @@ it keeps each Idempotency-Key's answer as the real gateway does.
    (inputs processed + runs advanced + sends answered) / the wall time of that whole phase; each
    part's own rate is reported too, and the CPU time per unit of work (``*_cpu_us``: this process,
    and the gateway process's for the sends), which a loaded machine does not inflate as it does
-   wall time.
+   wall time. The orders' ingest between the two drains (``apply_events``: the events API's work)
+   is inside that phase; ``flow_events_per_s`` / ``flow_events_cpu_us`` / ``drain_*`` leave it out.
+   ``--workers N`` (N > 1): N drain processes, worker ``p`` draining the subscribers
+   ``id % N == p``; each reports its CPU per input (``worker_input_cpu_us``) and busy time.
 2. Timer lag: ``--timers`` runs waiting (default 1,000,000), of which ``--due`` fall due over the
    next ``--window`` seconds (the rest later); one worker on the real clock fires them;
    ``timer_lag_p99_s`` is the 99th percentile of (acted - due), "acted" being the commit of the
@@ -233,7 +236,7 @@ def crash_store(url: str, n: int, now: float, *, send_every: int = 1) -> None:
 # ---- the worker process (crash test) -----------------------------------------------------------
 
 
-def worker_main(store_url: str, gateway_url: str) -> None:
+def worker_main(store_url: str, gateway_url: str, part: int = 0, parts: int = 1) -> None:
     import anyio
 
     from campaigns.service.flow_runtime import FlowRuntime, TenantFlows
@@ -243,7 +246,7 @@ def worker_main(store_url: str, gateway_url: str) -> None:
         store = open_store(store_url)
         client = GatewayClient(gateway_url, "bench-key")
         rt = FlowRuntime(store, {TENANT: client}, {TENANT: TenantFlows(sender="BENCH")}, time.time, batch=500,
-                         send_concurrency=32)  # fmt: skip
+                         send_concurrency=32, part=part, parts=parts)  # fmt: skip
         await rt.run(interval=0.05)
 
     anyio.run(main)
@@ -259,7 +262,68 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def events_phase(url: str, n: int, gw: RemoteGateway) -> dict[str, Any]:
+class DrainWorkers:
+    """``workers`` processes (``python -m bench.flows drain-worker``), worker ``p`` draining the inputs
+    of the subscribers ``id % workers == p`` (``FlowWorker(part=p, parts=workers)``). Started and
+    connected before the clock starts; ``drain()`` has each drain its share until empty, at once, and
+    returns what they did and the CPU time each spent (``time.process_time`` in the worker)."""
+
+    def __init__(self, url: str, workers: int) -> None:
+        import subprocess
+
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.procs = [subprocess.Popen([sys.executable, "-m", "bench.flows", "drain-worker", "--store", url, "--part",
+                                        str(p), "--parts", str(workers)], env=env, stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True)  # fmt: skip
+                      for p in range(workers)]
+        for proc in self.procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", "a drain worker did not start"
+
+    def drain(self) -> list[dict[str, float]]:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write("drain\n")
+            proc.stdin.flush()
+        return [msgspec.json.decode(proc.stdout.readline()) for proc in self.procs if proc.stdout is not None]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
+def drain_worker_main(store_url: str, part: int, parts: int) -> None:
+    """The drain worker's loop: a line ``drain`` on stdin -> drain this share until empty -> one JSON line."""
+    from campaigns.service.flow_runtime import FlowWorker, TenantFlows
+
+    store = open_store(store_url)
+    worker = FlowWorker(store, {TENANT: TenantFlows(sender="BENCH")}, part=part, parts=parts)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "drain":
+            continue
+        before = msgspec.structs.replace(worker.stats)
+        c0, t0 = time.process_time(), time.perf_counter()
+        while worker.drain(TENANT, time.time(), 2000):
+            pass
+        s = worker.stats
+        print(_enc.encode({"part": part, "cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0,
+                           "inputs": s.inputs - before.inputs, "started": s.started - before.started,
+                           "advanced": s.advanced - before.advanced}).decode(), flush=True)  # fmt: skip
+    store.close()
+
+
+def _analyze(store: Store) -> None:
+    """PostgreSQL: planner statistics for what was just bulk-loaded (autovacuum would take them a
+    minute later; without them the orders' ingest between the drains was planned for empty tables:
+    134 s for 4,000 orders at 20,000 subscribers, load 16)."""
+    if store.engine == "postgres":
+        with store._tx() as tx:  # type: ignore[attr-defined]
+            tx.run("ANALYZE")
+
+
+def events_phase(url: str, n: int, gw: RemoteGateway, workers: int = 1) -> dict[str, Any]:
     import anyio
 
     from campaigns.service.flow_runtime import FlowRuntime, TenantFlows
@@ -273,22 +337,39 @@ def events_phase(url: str, n: int, gw: RemoteGateway) -> dict[str, Any]:
                              value=1000 + i % 20_000, url=f"https://shop.example/c/{i}"), phone(i)) for i in range(1, n + 1)]
     exits = [(OrderEvent(id=f"o{i}", at=now - 10, order_id=f"o{i}", phone=phone(i), total=100, currency="USD",
                          payment_status="paid", checkout_id=f"c{i}"), phone(i)) for i in range(1, n + 1, 5)]  # fmt: skip
+    _analyze(store)
     t0 = time.perf_counter()
     for chunk in range(0, n, 2000):  # the events API's bulk path: applied, and flow inputs queued, per transaction
         store.apply_events(TENANT, events[chunk:chunk + 2000], now=now)
     ingest_s = time.perf_counter() - t0
+    _analyze(store)
+
+    pool = DrainWorkers(url, workers) if workers > 1 else None
+    reports: list[dict[str, float]] = []
+
+    async def drain(rt: FlowRuntime) -> None:
+        if pool is None:
+            while await anyio.to_thread.run_sync(rt.worker.drain, TENANT, time.time(), 2000):
+                pass
+            return
+        done = await anyio.to_thread.run_sync(pool.drain)
+        reports.extend(done)
+        for r in done:
+            rt.stats.inputs += int(r["inputs"])
+            rt.stats.started += int(r["started"])
+            rt.stats.advanced += int(r["advanced"])
 
     async def flows() -> tuple[Any, float, float]:
         client = GatewayClient(gw.url, "bench-key")
         rt = FlowRuntime(store, {TENANT: client}, {TENANT: TenantFlows(sender="BENCH")}, time.time, batch=2000,
                          send_concurrency=64)  # fmt: skip
         t1, c1 = time.perf_counter(), time.process_time()
-        while await anyio.to_thread.run_sync(rt.worker.drain, TENANT, time.time(), 2000):
-            pass
+        await drain(rt)
+        t2, c2 = time.perf_counter(), time.process_time()
         for chunk in range(0, len(exits), 2000):
             store.apply_events(TENANT, exits[chunk:chunk + 2000], now=time.time())
-        while await anyio.to_thread.run_sync(rt.worker.drain, TENANT, time.time(), 2000):
-            pass
+        cpu.update(exits_ingest_s=time.perf_counter() - t2, exits_ingest_cpu_s=time.process_time() - c2)
+        await drain(rt)
         drain_s, c2, g2 = time.perf_counter() - t1, time.process_time(), gw.cpu_s()
         await rt.send_pending()
         total_s, c3, g3 = time.perf_counter() - t1, time.process_time(), gw.cpu_s()
@@ -297,11 +378,30 @@ def events_phase(url: str, n: int, gw: RemoteGateway) -> dict[str, Any]:
         return rt.statistics(), drain_s, total_s
 
     cpu: dict[str, float] = {}
-    stats, drain_s, total_s = anyio.run(flows)
+    try:
+        stats, drain_s, total_s = anyio.run(flows)
+    finally:
+        if pool is not None:
+            pool.close()
     store.close()
+    # With workers the engine's CPU is theirs (each process's own figure below) plus this process's
+    # (the orders' ingest between the drains, as in the one-process run).
+    per_worker: dict[int, dict[str, float]] = {}
+    for r in reports:
+        w = per_worker.setdefault(int(r["part"]), {"cpu_s": 0.0, "inputs": 0, "wall_s": 0.0})
+        w["cpu_s"] += r["cpu_s"]
+        w["inputs"] += r["inputs"]
+        w["wall_s"] += r["wall_s"]
+    if per_worker:
+        cpu["bench_engine_cpu_s"] = cpu["engine_cpu_s"]
+        cpu["engine_cpu_s"] += sum(w["cpu_s"] for w in per_worker.values())
     messages, _posts = gw.record()
     keys = [m["key"] for m in messages]
     processed = stats.inputs + stats.advanced + stats.sent
+    # The same without the orders' ingest between the drains (the events API's work, not the flows'):
+    # the drains and the sends alone, and the CPU of the drains alone (every process's).
+    flow_s = total_s - cpu["exits_ingest_s"]
+    drain_cpu_s = cpu["engine_cpu_s"] - cpu["exits_ingest_cpu_s"]
     return {"events": n + len(exits), "inputs": stats.inputs, "runs_started": stats.started,
             "runs_advanced": stats.advanced, "sends": stats.sent, "gateway_messages": len(messages),
             "gateway_duplicate_keys": len(keys) - len(set(keys)), "ingest_s": ingest_s,
@@ -312,7 +412,14 @@ def events_phase(url: str, n: int, gw: RemoteGateway) -> dict[str, Any]:
             "events_cpu_us": (cpu["engine_cpu_s"] + cpu["send_cpu_s"]) / max(processed, 1) * 1e6,
             "input_cpu_us": cpu["engine_cpu_s"] / max(stats.inputs, 1) * 1e6,
             "send_cpu_us": cpu["send_cpu_s"] / max(stats.sent, 1) * 1e6,
-            "gateway_send_cpu_us": cpu["gateway_send_cpu_s"] / max(stats.sent, 1) * 1e6}  # fmt: skip
+            "flow_events_per_s": processed / flow_s, "drain_inputs_per_s": stats.inputs / (drain_s - cpu["exits_ingest_s"]),
+            "flow_events_cpu_us": (drain_cpu_s + cpu["send_cpu_s"]) / max(processed, 1) * 1e6,
+            "drain_input_cpu_us": drain_cpu_s / max(stats.inputs, 1) * 1e6,
+            "gateway_send_cpu_us": cpu["gateway_send_cpu_s"] / max(stats.sent, 1) * 1e6, "workers": workers,
+            # each drain worker's CPU per input it applied (its own process), and its busy wall time
+            "worker_input_cpu_us": [w["cpu_s"] / max(w["inputs"], 1) * 1e6 for _, w in sorted(per_worker.items())],
+            "worker_inputs": [int(w["inputs"]) for _, w in sorted(per_worker.items())],
+            "worker_busy_s": [w["wall_s"] for _, w in sorted(per_worker.items())]}  # fmt: skip
 
 
 def timers_phase(url: str, timers: int, due: int, window: float) -> dict[str, Any]:
@@ -379,12 +486,12 @@ def _engine_url(engine: str, workdir: str | None, name: str) -> Iterator[str]:
 
 
 def run(engine: str, n: int, timers: int, due: int, window: float, workdir: str | None,
-        crash: str | None, phase: str = "all") -> dict[str, Any]:  # fmt: skip
+        crash: str | None, phase: str = "all", workers: int = 1) -> dict[str, Any]:  # fmt: skip
     ev: dict[str, Any] = {}
     tm: dict[str, Any] = {}
     if phase in ("all", "events"):
         with gateway_process() as gw, _engine_url(engine, workdir, "events") as url:
-            ev = events_phase(url, n, gw)
+            ev = events_phase(url, n, gw, workers)
     if phase in ("all", "timers"):
         with _engine_url(engine, workdir, "timers") as url:
             tm = timers_phase(url, timers, due, window)
@@ -403,26 +510,31 @@ def run(engine: str, n: int, timers: int, due: int, window: float, workdir: str 
 @click.option("--due", default=10_000, show_default=True, help="How many of them fall due during the run.")
 @click.option("--window", default=20.0, show_default=True, help="Seconds over which those fall due.")
 @click.option("--phase", type=click.Choice(["all", "events", "timers"]), default="all", show_default=True)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Drain worker processes (each its share of the subscribers); 1: the drain runs in the bench process.")
 @click.option("--crash-json", "crash", default=None, type=click.Path(dir_okay=False),
               help="The crash test's result (lost, duplicates) to include.")
 @click.option("--workdir", default=None, type=click.Path(file_okay=False), help="Where the SQLite files go.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
 @click.pass_context
-def bench_flows(ctx: click.Context, n: int, engine: str, timers: int, due: int, window: float, phase: str,
+def bench_flows(ctx: click.Context, n: int, engine: str, timers: int, due: int, window: float, phase: str, workers: int,
                 crash: str | None, workdir: str | None, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
     """Flow runtime: events/s through triggers, exits and sends; timer lag with 1M pending timers."""
     if ctx.invoked_subcommand is not None:
         return
     if n < 1 or timers < 1 or not 1 <= due <= timers or window <= 0:
         raise click.BadParameter("--subscribers >= 1, --timers >= 1, 1 <= --due <= --timers, --window > 0")
-    r = run(engine, n, timers, due, window, workdir, crash, phase)
+    r = run(engine, n, timers, due, window, workdir, crash, phase, workers)
     click.echo(f"sluice bench flows: {engine}, {n:,} subscribers, {timers:,} timers ({due:,} due in {window:g} s)")
     for key in ("events_per_s", "inputs_per_s", "sends_per_s", "events_cpu_us", "input_cpu_us", "send_cpu_us",
+                "flow_events_per_s", "drain_inputs_per_s", "flow_events_cpu_us", "drain_input_cpu_us",
                 "gateway_send_cpu_us", "runs_started", "runs_advanced", "sends",
                 "gateway_duplicate_keys", "timer_lag_p50_s", "timer_lag_p99_s", "timers_fired"):  # fmt: skip
         if key in r:
             click.echo(f"  {key:<28} {r[key]:>14,.3f}")
+    if r.get("worker_input_cpu_us"):
+        click.echo(f"  {'worker_input_cpu_us':<28} {' / '.join(f'{v:,.1f}' for v in r['worker_input_cpu_us'])}")
     save(r, json_path, out_dir)
 
 
@@ -435,12 +547,23 @@ def fake_gateway_cmd(port: int) -> None:
     uvicorn.run(fake_gateway().asgi(), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off")
 
 
+@bench_flows.command("drain-worker")
+@click.option("--store", "store_url", required=True)
+@click.option("--part", type=int, required=True)
+@click.option("--parts", type=int, required=True)
+def drain_worker(store_url: str, part: int, parts: int) -> None:
+    """Drain this share of the inputs whenever a line ``drain`` arrives on stdin (``--workers``)."""
+    drain_worker_main(store_url, part, parts)
+
+
 @bench_flows.command("worker")
 @click.option("--store", "store_url", required=True)
 @click.option("--gateway", "gateway_url", required=True)
-def worker(store_url: str, gateway_url: str) -> None:
-    """Run the flow runtime alone until killed (the crash test's process)."""
-    worker_main(store_url, gateway_url)
+@click.option("--part", type=int, default=0, show_default=True)
+@click.option("--parts", type=int, default=1, show_default=True)
+def worker(store_url: str, gateway_url: str, part: int, parts: int) -> None:
+    """Run the flow runtime alone until killed (the crash test's process; worker ``part`` of ``parts``)."""
+    worker_main(store_url, gateway_url, part, parts)
 
 
 if __name__ == "__main__":

@@ -102,8 +102,10 @@ class FlowWorker:
     def __init__(self, store: Store, tenants: Mapping[str, TenantFlows], stats: Statistics | None = None, *,
                  part: int = 0, parts: int = 1) -> None:  # fmt: skip
         self.store, self.tenants = store, dict(tenants)
-        # Several workers (PostgreSQL): worker ``part`` of ``parts`` drains the inputs of subscribers
-        # ``id % parts == part`` (one subscriber's inputs in order); due timers go to whoever claims them.
+        # Several workers: worker ``part`` of ``parts`` drains the inputs and fires the timers of the
+        # subscribers ``id % parts == part`` (a stable hash): one subscriber's inputs and timers are
+        # applied by one worker, in order, as with a single worker; an exit queued before a due timer
+        # is applied before it (``fire``). Every part needs its worker (a killed one is restarted).
         self.part, self.parts = part, parts
         self.stats = stats or Statistics()
         self._flows: dict[tuple[str, str, int], F.Flow] = {}  # published versions never change: cached
@@ -135,7 +137,7 @@ class FlowWorker:
         Inputs already queued for those subscribers are applied first, in the same transaction: an
         exit that arrived before the timer is acted on ends the run before it can send."""
         with self.store.flow_tx(tenant) as ftx:
-            claimed = ftx.claim_due(now, limit)
+            claimed = ftx.claim_due(now, limit, part=self.part, parts=self.parts)
             if not claimed:
                 return []
             queued = ftx.take_inputs_of([r.subscriber_id for _, r in claimed])
@@ -220,15 +222,13 @@ class FlowWorker:
                     self._start(ftx, flow, sid, event, now)
 
     def _start(self, ftx: FlowTx, flow: F.Flow, sid: int, event: F.Event, now: float) -> bool:
-        found = ftx.subscriber(sid)
+        found = ftx.subscriber_fields(sid)
         if found is None:
             return False
         sub, tags, stats = found
-        if not flow.transactional and sub.consent != "confirmed":
+        if not flow.transactional and sub["consent"] != "confirmed":
             return False  # marketing flows take marketable subscribers only
-        fields = msgspec.structs.asdict(sub) | stats
-        fields.pop("tenant", None)
-        fsub = F.FlowSubscriber(id=sid, time_zone=sub.time_zone, tags=tags, fields=fields)
+        fsub = F.FlowSubscriber(id=sid, time_zone=sub["time_zone"], tags=tags, fields=sub | stats)
         run, actions = F.start(flow, fsub, event, now, ftx.entries(flow.id, sid))
         if run is None:
             return False
@@ -388,7 +388,8 @@ class FlowRuntime:
         (each with its own Idempotency-Key), webhooks one by one; mark them answered."""
         total = 0
         while True:
-            pending = await anyio.to_thread.run_sync(lambda: self.store.pending_flow_messages(self.batch))
+            pending = await anyio.to_thread.run_sync(lambda: self.store.pending_flow_messages(
+                self.batch, part=self.worker.part, parts=self.worker.parts))
             if not pending:
                 return total
             results: list[tuple[str, str, str, str | None, str | None]] = []

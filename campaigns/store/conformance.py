@@ -511,6 +511,10 @@ def check_flow_runs_timers_and_outbox(store: Store) -> None:
     with store.flow_tx("acme") as ftx:
         assert [r.timer_due for _, r in ftx.claim_due(T0 + 25, 10)] == [T0 + 10, T0 + 20]
         assert [r.timer_due for _, r in ftx.claim_due(T0 + 100, 1)] == [T0 + 10]
+        # several workers: each claims the timers of its share of the subscribers (id % parts)
+        assert [r.subscriber_id for _, r in ftx.claim_due(T0 + 100, 10, part=0, parts=2)] == [2, 0]
+        assert [r.subscriber_id for _, r in ftx.claim_due(T0 + 100, 10, part=1, parts=2)] == [1]
+        assert ftx.take_inputs(10, part=0, parts=2) == []
         assert [e.id for _, _, e in ftx.take_inputs(10)] == ["a", "b"]
     with store.flow_tx("acme") as ftx:
         assert ftx.take_inputs(10) == []
@@ -531,6 +535,10 @@ def check_flow_runs_timers_and_outbox(store: Store) -> None:
     except RuntimeError:
         pass
     assert [x.key for x in store.pending_flow_messages()] == ["flow-1-1"]
+    assert [x.key for x in store.pending_flow_messages(part=0, parts=3)] == ["flow-1-1"]  # subscriber 0
+    assert store.pending_flow_messages(part=1, parts=3) == []
+    assert [x.key for x in store.pending_flow_messages(tenant="acme")] == ["flow-1-1"]
+    assert store.pending_flow_messages(tenant="beta") == [] == store.pending_flow_messages(tenant="beta", part=0, parts=3)
     store.flow_messages_done([("acme", "flow-1-1", "sent", "m1", None)], now=T0 + 2)
     assert store.pending_flow_messages() == [] and store.flow_messages("beta") == []
     assert {(x.key, x.state) for x in store.flow_messages("acme")} == {("flow-1-1", "sent"), ("flow-1-2", "skipped")}

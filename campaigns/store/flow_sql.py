@@ -38,6 +38,7 @@ _MSG_COLS = ("key, run_id, flow_id, version, step, visit, subscriber_id, kind, c
              "state, detail, message_id, created_at, sent_at")  # fmt: skip
 _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country, region, city, time_zone, "
              "language, signup_source, created_at, consent, consent_at, attributes")  # fmt: skip
+_SUB_NAMES = tuple(c.strip() for c in _SUB_COLS.split(","))
 
 
 _NEW_RUN_COLS = ("id, tenant, run_key, flow_id, version, subscriber_id, object_id, node, visit, state, ended, "
@@ -68,7 +69,10 @@ class FlowTx:
         self.tx, self.tenant, self.engine = tx, tenant, engine
         # Read once per transaction (a start and its first send read the same subscriber); writes
         # through ``update_subscriber`` drop the entry.
-        self._subs: dict[int, tuple[Subscriber, tuple[str, ...], dict[str, Any]] | None] = {}
+        # subscriber -> (their fields as a dict: a Subscriber's without the tenant, attributes decoded;
+        # their tags; their stats), or None. A dict, not a Subscriber: a run's snapshot is a dict, and
+        # a struct built and taken apart again per start was 5 % of a drain (py-spy).
+        self._subs: dict[int, tuple[dict[str, Any], tuple[str, ...], dict[str, Any]] | None] = {}
         self._templates: dict[str, str | None] = {}
         # The batch path (``prefetch``): the runs of a batch's subscribers, read in one query and kept
         # current by ``insert_run`` / ``save_run``; run updates are written together by ``flush``
@@ -104,7 +108,7 @@ class FlowTx:
         self.flush()
         ids = sorted(set(subscriber_ids) - self._runs.keys())
         lock = " FOR UPDATE" if self.engine == "postgres" else ""
-        names = [c.strip() for c in _SUB_COLS.split(",")]
+        names = _SUB_NAMES
         step = (len(ids) or 1) if self.engine == "postgres" else 500
         for i in range(0, len(ids), step):
             chunk = ids[i:i + step]
@@ -135,7 +139,7 @@ class FlowTx:
                 if tenant != self.tenant:
                     continue
                 sid = int(row[0])
-                subs[sid] = (self._subscriber_of(names, row), tuple(sorted(tags.get(sid, ()))), stats.get(sid, {}))
+                subs[sid] = (self._fields_of(names, row), tuple(sorted(tags.get(sid, ()))), stats.get(sid, {}))
             for sid in chunk:
                 self._subs.setdefault(sid, subs[sid])
             self._runs.update(runs)
@@ -186,15 +190,20 @@ class FlowTx:
 
     def subscriber(self, subscriber_id: int) -> tuple[Subscriber, tuple[str, ...], dict[str, Any]] | None:
         """The subscriber, their tags and their stats (a run's snapshot)."""
+        found = self.subscriber_fields(subscriber_id)
+        return None if found is None else (Subscriber(tenant=self.tenant, **found[0]), found[1], found[2])
+
+    def subscriber_fields(self, subscriber_id: int) -> tuple[dict[str, Any], tuple[str, ...], dict[str, Any]] | None:
+        """``subscriber`` with the subscriber as a dict of their fields (no tenant); not to be mutated."""
         if subscriber_id not in self._subs:
             self._subs[subscriber_id] = self._read_subscriber(subscriber_id)
         return self._subs[subscriber_id]
 
-    def _read_subscriber(self, subscriber_id: int) -> tuple[Subscriber, tuple[str, ...], dict[str, Any]] | None:
+    def _read_subscriber(self, subscriber_id: int) -> tuple[dict[str, Any], tuple[str, ...], dict[str, Any]] | None:
         row = self.tx.one(f"SELECT {_SUB_COLS} FROM subscribers WHERE tenant = ? AND id = ?", (self.tenant, subscriber_id))
         if row is None:
             return None
-        sub = self._subscriber_of([c.strip() for c in _SUB_COLS.split(",")], row)
+        sub = self._fields_of(_SUB_NAMES, row)
         tags = tuple(sorted(r[0] for r in self.tx.rows(
             "SELECT tag FROM subscriber_tags WHERE tenant = ? AND subscriber_id = ?", (self.tenant, subscriber_id))))
         st = self.tx.one("SELECT orders_count, total_spent, last_order_at FROM subscriber_stats WHERE tenant = ? "
@@ -202,10 +211,11 @@ class FlowTx:
         stats = {} if st is None else {"orders_count": st[0], "total_spent": st[1], "last_order_at": st[2]}
         return sub, tags, stats
 
-    def _subscriber_of(self, names: list[str], row: tuple) -> Subscriber:
+    @staticmethod
+    def _fields_of(names: Sequence[str], row: tuple) -> dict[str, Any]:
         values = dict(zip(names, row, strict=True))
         values["attributes"] = msgspec.json.decode(values["attributes"] or "{}")
-        return Subscriber(tenant=self.tenant, **values)
+        return values
 
     # ---- runs --------------------------------------------------------------------------------
     def active_runs(self, subscriber_id: int) -> list[tuple[int, F.Run]]:
@@ -282,14 +292,25 @@ class FlowTx:
                 kept.sort(key=lambda x: x[0])
             self._runs[run.subscriber_id] = kept
 
-    def claim_due(self, now: float, limit: int) -> list[tuple[int, F.Run]]:
+    def claim_due(self, now: float, limit: int, *, part: int = 0, parts: int = 1) -> list[tuple[int, F.Run]]:
         """Up to ``limit`` runs of this tenant whose timer is due at ``now``, earliest first (locked on
-        PostgreSQL; other workers skip them)."""
+        PostgreSQL; other workers skip them). With ``parts`` > 1 only the runs of subscribers
+        ``id % parts == part``: the worker that applies a subscriber's inputs also fires their timers,
+        so an exit queued before a due timer is applied first (``FlowWorker.fire``), never raced."""
         self.flush()
         lock = " FOR UPDATE SKIP LOCKED" if self.engine == "postgres" else ""
-        rows = self.tx.rows(f"SELECT id, run FROM flow_runs WHERE due IS NOT NULL AND due <= ? AND tenant = ? "
-                            f"ORDER BY due LIMIT ?{lock}", (now, self.tenant, limit))  # fmt: skip
+        share, params = self._share(part, parts)
+        rows = self.tx.rows(f"SELECT id, run FROM flow_runs WHERE due IS NOT NULL AND due <= ? AND tenant = ?{share} "
+                            f"ORDER BY due LIMIT ?{lock}", (now, self.tenant, *params, limit))  # fmt: skip
         return [(int(i), _run_decoder.decode(r)) for i, r in rows]
+
+    def _share(self, part: int, parts: int) -> tuple[str, tuple[int, ...]]:
+        """The SQL filter of worker ``part`` of ``parts`` (subscriber id modulo ``parts``: a stable hash)."""
+        if parts <= 1:
+            return "", ()
+        if not 0 <= part < parts:
+            raise ValueError(f"part {part} is not in 0..{parts - 1}")
+        return (" AND subscriber_id %% ? = ?" if self.engine == "postgres" else " AND subscriber_id % ? = ?"), (parts, part)
 
     def take_inputs(self, limit: int, *, part: int = 0, parts: int = 1) -> list[tuple[int, int, F.Event]]:
         """The oldest queued inputs of this tenant (id, subscriber, event), deleted with this
@@ -297,12 +318,9 @@ class FlowTx:
         the subscribers ``id % parts == part``: each worker drains its own share, so one
         subscriber's inputs are always applied in order, by one worker."""
         lock = " FOR UPDATE SKIP LOCKED" if self.engine == "postgres" else ""
-        share, params = "", [self.tenant]
-        if parts > 1:
-            share = " AND subscriber_id %% ? = ?" if self.engine == "postgres" else " AND subscriber_id % ? = ?"
-            params += [parts, part]
+        share, params = self._share(part, parts)
         rows = self.tx.rows(f"SELECT id, subscriber_id, event FROM flow_inputs WHERE tenant = ?{share} ORDER BY id "
-                            f"LIMIT ?{lock}", (*params, limit))  # fmt: skip
+                            f"LIMIT ?{lock}", (self.tenant, *params, limit))  # fmt: skip
         if rows:
             ids = [int(r[0]) for r in rows]
             step = len(ids) if self.engine == "postgres" else 500
@@ -516,14 +534,15 @@ class FlowSql:
                           failed=c.get("failed", 0), skipped=c.get("skipped", 0))
                 for (v, node), c in sorted(out.items())]  # fmt: skip
 
-    def pending_flow_messages(self, limit: int = 500, *, tenant: str | None = None) -> list[FlowMessage]:
+    def pending_flow_messages(self, limit: int = 500, *, tenant: str | None = None, part: int = 0,
+                              parts: int = 1) -> list[FlowMessage]:  # fmt: skip
+        """The oldest pending sends; with ``parts`` > 1 only those of subscribers ``id % parts == part``
+        (each worker posts what it recorded; a send posted twice would still go once: its key)."""
         with self._tx() as tx:
-            if tenant is None:
-                rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_outbox WHERE state = 'pending' "
-                               f"ORDER BY created_at LIMIT ?", (limit,))  # fmt: skip
-            else:
-                rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_messages WHERE state = 'pending' AND tenant = ? "
-                               f"ORDER BY created_at LIMIT ?", (tenant, limit))  # fmt: skip
+            share, params = FlowTx(tx, "", self.engine)._share(part, parts)
+            of_tenant = ("", ()) if tenant is None else (" AND tenant = ?", (tenant,))
+            rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_outbox WHERE state = 'pending'{share}{of_tenant[0]} "
+                           f"ORDER BY created_at LIMIT ?", (*params, *of_tenant[1], limit))  # fmt: skip
         return [_msg_row(r[0], r[1:]) for r in rows]
 
     def flow_messages_done(self, done: Sequence[tuple[str, str, str, str | None, str | None]], *, now: float) -> None:

@@ -25,7 +25,6 @@ class PostgresStore(SqlStore):
     def __init__(self, url: str) -> None:
         super().__init__()
         self._url = url
-        self._member_lock = threading.Lock()
         self._member_conn: psycopg.Connection | None = None  # made at its first use
         try:
             self._conn = psycopg.connect(url, autocommit=True)

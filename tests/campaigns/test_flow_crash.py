@@ -30,9 +30,10 @@ from campaigns.store import open_store
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _worker(store_url: str, gateway_url: str) -> subprocess.Popen[bytes]:
+def _worker(store_url: str, gateway_url: str, part: int = 0, parts: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "bench.flows", "worker", "--store", store_url, "--gateway", gateway_url],
+    return subprocess.Popen([sys.executable, "-m", "bench.flows", "worker", "--store", store_url, "--gateway", gateway_url,
+                             "--part", str(part), "--parts", str(parts)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
 
 
@@ -47,29 +48,39 @@ def _ended(store_url: str) -> int:
 
 
 def crash_run(store_url: str, runs: int, kills: int, *, send_every: int, deadline_s: float,
-              life_s: float, local: bool = False) -> dict[str, int]:  # fmt: skip
-    """Each of the ``kills`` workers is killed once the gateway has its share of the sends, or after
-    ``life_s`` seconds (whichever first: so kills also land while inputs and timers are worked)."""
+              life_s: float, local: bool = False, workers: int = 1) -> dict[str, int]:  # fmt: skip
+    """``workers`` processes, worker ``p`` of them running the subscribers ``id % workers == p``
+    (inputs, timers, sends). Kill ``k`` hits worker ``k % workers`` once the gateway has its share
+    of the sends, or after ``life_s`` seconds (whichever first: so kills also land while inputs and
+    timers are worked); the killed one is restarted at once, the others run on."""
     crash_store(store_url, runs, time.time(), send_every=send_every)
     senders = list(range(send_every, runs + 1, send_every))
     expected = 2 * len(senders)
     with (gateway_thread() if local else gateway_process()) as gw:
         stop_at = time.monotonic() + deadline_s
+        procs = [_worker(store_url, gw.url, p, workers) for p in range(workers)]
+
+        def check_alive() -> None:
+            for proc in procs:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+
         for k in range(kills):
-            proc = _worker(store_url, gw.url)
             target = expected * (k + 1) // (kills + 2)  # kills spread over the run, the first one early
             die_at = min(stop_at, time.monotonic() + life_s)
-            while gw.count() < target and time.monotonic() < die_at and proc.poll() is None:
+            while gw.count() < target and time.monotonic() < die_at and all(p.poll() is None for p in procs):
                 time.sleep(0.05)
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc = _worker(store_url, gw.url)
+            check_alive()
+            victim = k % workers
+            os.kill(procs[victim].pid, signal.SIGKILL)
+            procs[victim].wait()
+            procs[victim] = _worker(store_url, gw.url, victim, workers)
         while (gw.count() < expected or _ended(store_url) < runs) and time.monotonic() < stop_at:
             time.sleep(0.2)
         time.sleep(0.3)  # a duplicate would show after the counts are reached: a few more rounds
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        check_alive()
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
         messages, posts = gw.record()
     ended = _ended(store_url)
     steps = Counter((m["to"], m["body"].split(" Reply STOP")[0]) for m in messages)
@@ -83,6 +94,12 @@ def _record(r: dict[str, int], engine: str) -> None:
     out = os.environ.get("SLUICE_FLOW_CRASH_JSON")
     if out:
         Path(f"{out}.{engine}").write_text(json.dumps({**r, "engine": engine}))
+
+
+def test_kill_9_of_either_of_two_workers_fast(sqlite_url: str) -> None:
+    """Two workers, each its share of the subscribers; each is killed once mid-run and restarted."""
+    r = crash_run(sqlite_url, 40, 2, send_every=2, deadline_s=90, life_s=1.5, local=True, workers=2)
+    assert (r["lost"], r["duplicates"], r["accepted"], r["runs_ended"]) == (0, 0, 40, 40), r
 
 
 def test_kill_9_loses_nothing_and_sends_nothing_twice_fast(sqlite_url: str) -> None:
@@ -101,4 +118,18 @@ def test_five_kill_9s_during_a_100000_run_flow_sqlite(sqlite_url: str) -> None:
 def test_five_kill_9s_during_a_flow_postgres(pg_url: str) -> None:
     r = crash_run(pg_url, 5_000, 5, send_every=10, deadline_s=200, life_s=8)
     _record(r, "postgres")
+    assert (r["lost"], r["duplicates"]) == (0, 0), r
+
+
+@pytest.mark.slow
+def test_five_kill_9s_two_workers_sqlite(sqlite_url: str) -> None:
+    r = crash_run(sqlite_url, 20_000, 5, send_every=20, deadline_s=400, life_s=15, workers=2)
+    _record(r, "sqlite-2-workers")
+    assert (r["lost"], r["duplicates"]) == (0, 0), r
+
+
+@pytest.mark.slow
+def test_five_kill_9s_two_workers_postgres(pg_url: str) -> None:
+    r = crash_run(pg_url, 5_000, 5, send_every=10, deadline_s=300, life_s=8, workers=2)
+    _record(r, "postgres-2-workers")
     assert (r["lost"], r["duplicates"]) == (0, 0), r

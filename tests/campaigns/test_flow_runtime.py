@@ -604,3 +604,74 @@ async def test_a_message_the_gateway_refuses_in_a_batch_fails_alone(store: Store
     await _batched(store, gw, clock, 10).round()
     rows = store.flow_messages("acme")
     assert [m.state for m in rows] == ["failed"] * 3 and all("invalid_field" in (m.detail or "") for m in rows)
+
+
+_SHARE_FLOW = {"id": "two", "name": "Two sends a minute apart, exit on order", "trigger": {"type": "custom", "name": "go"},
+               "entry": "one", "nodes": {"one": {"type": "send", "template": "one", "next": "wait"},
+                                         "wait": {"type": "wait", "seconds": 60, "next": "two"},
+                                         "two": {"type": "send", "template": "two"}},
+               "exits": [{"event": "order_placed"}]}  # fmt: skip
+
+
+def _share_outcome(store_url: str, parts: int, order: list[int]) -> tuple[dict[int, tuple], list[tuple]]:
+    """Six subscribers through ``_SHARE_FLOW`` with ``parts`` workers, run in the order ``order``
+    (worker indexes, each turn a drain then a fire); an order arrives for the even ones after the
+    first send, and for subscriber 3 *before* its timer's due time but after it, unfired, fell due."""
+    from campaigns.core import flows as F
+    from campaigns.service.flow_runtime import FlowWorker
+
+    s = open_store(store_url)
+    try:
+        s.put_flow_template("acme", "one", "one", now=T0)
+        s.put_flow_template("acme", "two", "two", now=T0)
+        s.put_flow_version("acme", "two", "Two", _SHARE_FLOW, now=T0, new=True)
+        s.set_flow_enabled("acme", "two", True, now=T0)
+        sids = [subscriber(s, i) for i in range(1, 7)]
+        workers = [FlowWorker(s, {"acme": TenantFlows(sender="ACME")}, part=p, parts=parts) for p in range(parts)]
+
+        def turns(now: float) -> None:
+            for w in order:
+                workers[w % parts].drain("acme", now, 2)  # small batches: the turns interleave
+                workers[w % parts].fire("acme", now, 2)
+            for w in workers:
+                while w.drain("acme", now, 2) or w.fire("acme", now, 2):
+                    pass
+
+        def queue(sid: int, event: F.Event) -> None:
+            with s.flow_tx("acme") as ftx:
+                ftx.queue(sid, [event])
+
+        for sid in sids:
+            queue(sid, F.ShopEvent(id=f"go:{sid}", kind="custom", name="go"))
+        turns(T0)
+        for sid in sids[1::2]:
+            queue(sid, F.ShopEvent(id=f"order_placed:o{sid}", kind="order_placed", object_id=f"o{sid}"))
+        turns(T0 + 30)
+        queue(sids[2], F.ShopEvent(id="order_placed:late", kind="order_placed", object_id="late"))  # queued, then due
+        turns(T0 + 61)
+        runs = {r.subscriber_id - sids[0]: (r.state, r.ended, r.node) for r in s.flow_run_rows("acme", limit=100)}
+        sent = sorted((m.subscriber_id - sids[0], m.step, m.state) for m in s.flow_messages("acme"))
+        return runs, sent
+    finally:
+        s.close()
+
+
+@settings(max_examples=4, deadline=None)
+@given(order=st.lists(st.integers(0, 3), min_size=1, max_size=6))
+def test_workers_each_with_their_share_end_every_run_as_one_worker_does(order: list[int]) -> None:
+    """Inputs and timers are split by subscriber (``id % parts``): whatever order two or three workers
+    take turns in, every run ends as with one worker, each send is recorded once, and an exit queued
+    before a timer is fired (even after its due time) ends the run before the second send. (SQLite,
+    a store per example; PostgreSQL's concurrent workers: the two-worker crash tests.)"""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sluice-share-") as tmp:
+        one = _share_outcome(f"sqlite:///{tmp}/one.db", 1, [0])
+        # 0 and 4 complete (both sends); the others end on their order, 2 on the one queued before
+        # its timer fired: one send each
+        assert one[0] == {0: ("ended", "completed", "wait"), 1: ("ended", "exit:order_placed", "wait"),
+                          2: ("ended", "exit:order_placed", "wait"), 3: ("ended", "exit:order_placed", "wait"),
+                          4: ("ended", "completed", "wait"), 5: ("ended", "exit:order_placed", "wait")}, one
+        assert one[1] == sorted([(i, "one", "pending") for i in range(6)] + [(0, "two", "pending"), (4, "two", "pending")])
+        parts = 2 + len(order) % 2  # two or three workers
+        assert _share_outcome(f"sqlite:///{tmp}/{parts}.db", parts, order) == one
