@@ -46,7 +46,7 @@ from campaigns.errors import InvalidInput
 
 __all__ = ["ALPHABET", "BOT_MARKERS", "ClickTally", "Hit", "HitVerdict", "LinkCipher", "LinkError", "ShortLink",
            "Shortened", "Skeleton", "cipher_for", "classify_hit", "code_length", "fill", "is_bot_agent", "find_urls", "mint_code", "mint_codes", "shorten", "skeleton",
-           "splice", "with_utm"]  # fmt: skip
+           "splice", "verdict", "with_utm"]  # fmt: skip
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 MIN_CODE = 5
@@ -444,11 +444,16 @@ def classify_hit(hit: Hit, delivered_at: float | None, *, min_delay: float = 10.
     user agent decide). A hit within ``min_delay`` of it, on either side (a receipt's time can trail
     the handset's preview fetch), is ``too_soon``; one exactly ``min_delay`` away is a click, and so
     is one long before a late receipt."""
-    if hit.method.upper() != "GET":
+    return verdict(hit.method, hit.user_agent, hit.at, delivered_at, min_delay)
+
+
+def verdict(method: str, user_agent: str | None, at: float, delivered_at: float | None, min_delay: float) -> HitVerdict:
+    """``classify_hit`` without the ``Hit``: the redirect's hot path calls it once per request."""
+    if method != "GET" and method.upper() != "GET":
         return "head"
-    if is_bot_agent(hit.user_agent or ""):
+    if not user_agent or is_bot_agent(user_agent):
         return "bot"
-    if delivered_at is not None and abs(hit.at - delivered_at) < min_delay:
+    if delivered_at is not None and abs(at - delivered_at) < min_delay:
         return "too_soon"
     return "click"
 

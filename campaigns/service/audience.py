@@ -456,8 +456,11 @@ class Audience:
             by_change.setdefault(frozenset(changed), []).append(sid)
         engine = self.store.engine
         plans = []
+        ids_of: dict[frozenset[str], list[int]] = {}  # segments with the same dependencies share one id list
         for seg_id, seg, deps in await self.segments_of(tenant):
-            ids = sorted(sid for changed, sids in by_change.items() if affected_by(deps, changed) for sid in sids)
+            if deps not in ids_of:
+                ids_of[deps] = sorted(sid for changed, sids in by_change.items() if affected_by(deps, changed) for sid in sids)
+            ids = ids_of[deps]
             if not ids:
                 continue
             where, params = compile_segment(seg, engine, tenant, now, only=ids)  # type: ignore[arg-type]

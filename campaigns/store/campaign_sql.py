@@ -29,6 +29,7 @@ _LINK_READ = (f"SELECT {', '.join(f'l.{c.strip()}' for c in _LINK_COLS.split(','
               "'delivered' THEN r.state_at END FROM short_links l LEFT JOIN campaign_recipients r ON r.tenant = "
               "l.tenant AND r.campaign_id = l.campaign_id AND r.subscriber_id = l.subscriber_id WHERE l.code = ?")
 _LINK_NAMES = [c.strip() for c in _LINK_COLS.split(",")] + ["phone", "delivered_at"]
+_CLICK_COLS = ("code", "at", "user_agent", "verdict", "is_bot", "is_unique")
 _FREEZE_COLS = ("tenant", "campaign_id", "subscriber_id", "phone", "variant", "send_at", "tz", "text", "batch", "idx")
 
 
@@ -39,7 +40,14 @@ def link_read_many(n: int, placeholder: str = "?") -> str:
 
 def link_rows(rows: Sequence[Sequence[Any]]) -> dict[str, LinkRow]:
     """Rows of ``_LINK_READ`` by code."""
-    return {r[0]: LinkRow(**dict(zip(_LINK_NAMES, r, strict=True))) for r in rows}
+    return {r[0]: _link_row(*r) for r in rows}
+
+
+def _link_row(code: str, tenant: str, campaign_id: int, subscriber_id: int, target: str, created_at: float,
+              expires_at: float | None, phone: str | None, delivered_at: float | None) -> LinkRow:  # fmt: skip
+    """One row of ``_LINK_READ`` (its columns in order: ``_LINK_NAMES``); keywords, not a dict per row."""
+    return LinkRow(code=code, tenant=tenant, campaign_id=campaign_id, subscriber_id=subscriber_id, target=target,
+                   created_at=created_at, expires_at=expires_at, phone=phone, delivered_at=delivered_at)
 
 
 #: A range code's link: its range (by tenant, code length and link number) and the recipient in the
@@ -63,11 +71,18 @@ def resolve_codes(query: Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]]
     for i in range(0, len(codes), 500):
         chunk = list(codes[i:i + 500])
         out.update(link_rows(query(link_read_many(len(chunk), placeholder), chunk)))
-    if not keys:
-        return out
+    if keys:
+        out.update(resolve_ranges(query, [c for c in codes if c not in out], keys, placeholder))
+    return out
+
+
+def resolve_ranges(query: Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]], codes: Sequence[str],
+                   keys: Mapping[str, bytes], placeholder: str = "?") -> dict[str, LinkRow]:  # fmt: skip
+    """``resolve_codes``'s second half: the range links of ``codes`` that have no ``short_links`` row."""
+    out: dict[str, LinkRow] = {}
     sql = _RANGE_READ if placeholder == "?" else _RANGE_READ.replace("?", placeholder)
     for code in codes:
-        if code in out or not core_links.MIN_CODE <= len(code) <= core_links.MAX_CODE:
+        if not core_links.MIN_CODE <= len(code) <= core_links.MAX_CODE:
             continue
         for tenant in sorted(keys):
             n = core_links.cipher_for(keys[tenant], len(code)).decode(code)
@@ -400,7 +415,7 @@ class CampaignSql(ReportSql):
             if first:
                 seen.add(c.code)
             rows.append((c.code, c.at, c.user_agent[:512], c.verdict, 0 if c.verdict == "click" else 1, int(first)))
-        tx.many("INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        tx.insert_many("clicks", _CLICK_COLS, rows)  # COPY on PostgreSQL
         self._clicks_to_flows(tx, [r[0] for r in rows if r[5]])
         return sum(r[5] for r in rows)
 

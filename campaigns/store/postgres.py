@@ -13,7 +13,7 @@ import psycopg
 
 from campaigns.errors import StorageError
 from campaigns.store.campaign_rows import LinkRow
-from campaigns.store.campaign_sql import resolve_codes
+from campaigns.store.campaign_sql import link_read_many, link_rows, resolve_codes, resolve_ranges
 from campaigns.store.schema import statements, upgrades
 from campaigns.store.sql import SqlStore, Tx
 
@@ -25,7 +25,6 @@ class PostgresStore(SqlStore):
     def __init__(self, url: str) -> None:
         super().__init__()
         self._url = url
-        self._member_lock = threading.Lock()
         self._member_conn: psycopg.Connection | None = None  # made at its first use
         try:
             self._conn = psycopg.connect(url, autocommit=True)
@@ -87,6 +86,9 @@ class PostgresStore(SqlStore):
                 self._member_conn.close()
 
 
+_LINK_READ_ANY = link_read_many(1, "%s").replace("l.code IN (%s)", "l.code = ANY(%s::text[])")
+
+
 class PgLinkReader:
     """Links by code on a connection of their own (autocommit reads: never queued behind the store's
     writes, the click flushes or a launch). A network round trip: callers run ``read`` in a worker
@@ -105,8 +107,15 @@ class PgLinkReader:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
                     self._conn = psycopg.connect(self._url, autocommit=True)
+                # One statement shape whatever the round's size (codes bound as one array): prepared
+                # once by psycopg, not once per count of codes. Codes without a row: range codes.
                 conn = self._conn
-                return resolve_codes(lambda sql, params: conn.execute(sql, params).fetchall(), codes, self._keys, "%s")
+                found = link_rows(conn.execute(_LINK_READ_ANY, (list(codes),)).fetchall())
+                missing = [c for c in codes if c not in found]
+                if missing and self._keys:
+                    found.update(resolve_ranges(lambda sql, params: conn.execute(sql, params).fetchall(), missing,
+                                                self._keys, "%s"))  # fmt: skip
+                return found
             except psycopg.Error as exc:
                 raise StorageError(f"link read: {exc}") from exc
 

@@ -30,6 +30,8 @@ import math
 import re
 from typing import Any, Literal
 
+import msgspec
+
 from campaigns.core.segments import (
     FIELD_DEFAULTS,
     FIELDS,
@@ -78,6 +80,7 @@ class _Compiler:
         self.params: dict[str, Any] = {}
         self.tenant = self.p(tenant)
         self.only = only
+        self._only_json: str | None = None
 
     def within(self, sub: str) -> str:
         """`` AND <sub> IN (the subscribers of only)`` when the compile is restricted, else nothing."""
@@ -85,7 +88,9 @@ class _Compiler:
             return ""
         if self.pg:  # a join on the ids (an index probe each); `= ANY(array)` would scan the table
             return f" AND {sub} IN (SELECT unnest({self.p(self.only)}::bigint[]))"
-        return f" AND {sub} IN (SELECT value FROM json_each({self.p(json.dumps(self.only))}))"
+        if self._only_json is None:  # encoded once per compile: a segment restricts many subqueries
+            self._only_json = msgspec.json.encode(self.only).decode()
+        return f" AND {sub} IN (SELECT value FROM json_each({self.p(self._only_json)}))"
 
     def p(self, value: Any) -> str:
         name = f"p{len(self.params)}"

@@ -49,6 +49,8 @@ class SQLiteStore(SqlStore):
                  mmap_bytes: int = 1 << 30) -> None:  # fmt: skip
         super().__init__()
         self._path = path
+        self._pragmas = (cache_kib, mmap_bytes)
+        self._reader: sqlite3.Connection | None = None  # the membership's snapshot reads, made at first use
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -90,6 +92,44 @@ class SQLiteStore(SqlStore):
             finally:
                 cur.close()
 
+    @contextmanager
+    def _member_read(self) -> Iterator[Tx]:
+        """A membership pass's reads on a connection of its own: a WAL snapshot (``BEGIN``, read, end),
+        off the write lock, so they run while the next batch of events commits on the store's
+        connection (the sqlite3 module lets go of the GIL while SQLite steps: the two use two cores).
+        Held under ``_member_lock`` (the pass's). A database in memory has one connection: the store's."""
+        reader = self._open_reader()
+        if reader is None:
+            with self._member_tx() as tx:
+                yield tx
+            return
+        cur = reader.cursor()
+        try:
+            cur.execute("BEGIN")
+            yield Tx(cur, "?")
+        except sqlite3.Error as exc:
+            raise StorageError(str(exc)) from exc
+        finally:
+            if reader.in_transaction:
+                reader.rollback()  # read only: nothing to commit
+            cur.close()
+
+    def _open_reader(self) -> sqlite3.Connection | None:
+        if self._reader is None and self._path not in ("", ":memory:") and not self._path.startswith("file:"):
+            cache_kib, mmap_bytes = self._pragmas
+            self._reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            self._reader.execute(f"PRAGMA cache_size={-cache_kib}")
+            self._reader.execute(f"PRAGMA mmap_size={mmap_bytes}")
+            self._reader.execute("PRAGMA query_only=ON")
+        return self._reader
+
+    def _close_reader(self) -> None:
+        """Dropped when the planning statistics change: a connection loads them when it opens."""
+        with self._member_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
     def _plan_statistics(self) -> None:
         """``_PLAN_STATS`` for every index of the audience's tables that has no statistics row."""
         c = self._conn
@@ -118,6 +158,7 @@ class SQLiteStore(SqlStore):
         with self._lock:
             self._conn.execute("ANALYZE")
             self._plan_statistics()
+        self._close_reader()
 
     def read_nowait(self, sql: str, params: tuple) -> list[tuple] | None:
         """One read on the calling thread if the connection is free this instant, else None (the
@@ -139,6 +180,7 @@ class SQLiteStore(SqlStore):
         return SQLiteLinkReader(self._path, keys=self.link_keys)
 
     def close(self) -> None:
+        self._close_reader()
         with self._lock:
             self._conn.close()
 

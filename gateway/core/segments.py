@@ -109,6 +109,18 @@ def is_plain(text: str) -> bool:
     return text.isascii() and _ASCII_SPECIAL.search(text) is None
 
 
+def one_septet_each(text: str) -> bool:
+    """Every character of ``text`` is one GSM-7 septet of the basic set (no extension, nothing
+    outside GSM-7): its length is its septets, as ``plan`` counts them ("Chloé")."""
+    return _NON_GSM.search(text) is None and _EXT_RE.search(text) is None
+
+
+def no_ascii_special(text: str) -> bool:
+    """No ASCII character of ``text`` is other than one plain septet (``is_plain`` of its ASCII
+    part): with it, each ASCII piece of ``text`` is plain GSM-7."""
+    return _ASCII_SPECIAL.search(text) is None
+
+
 def plain_segments(text: str) -> int:
     """How many segments (8-bit reference) a plain GSM-7 text takes; 0 if it is not one (ask
     ``plan``)."""

@@ -28,6 +28,7 @@ caller's lists; nothing raises.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from gateway.core.caps import WeeklyCap
@@ -50,6 +51,11 @@ _INF = float("inf")
 def shard_of(number: int, shards: int) -> int:
     """Stable across processes and runs (unlike ``hash(str)``, which is salted)."""
     return (((number * _GOLDEN) & _MASK64) >> 32) % shards
+
+
+def shards_of(numbers: Sequence[int], shards: int) -> list[int]:
+    """``shard_of`` of many numbers (a chunk of a large job)."""
+    return [(((n * _GOLDEN) & _MASK64) >> 32) % shards for n in numbers]
 
 
 def spread_offset(message_id: int, spread: float) -> float:
@@ -146,6 +152,54 @@ class Shard:
         else:
             self.wait(row, not_before)
         return row
+
+    def add_parked(self, job_slot: int, first_id: int, numbers: Sequence[int], packed: Sequence[bytes],
+                   segs: Sequence[int], zones: Sequence[int], carriers: Sequence[int]) -> None:  # fmt: skip
+        """``add(..., park=True)`` of many messages of one job at once, ids ``first_id``,
+        ``first_id + 1``...: a chunk of a large job. Fresh rows are consecutive, so each column
+        is then written with one slice assignment."""
+        k = len(numbers)
+        lengths = list(map(len, packed))
+        if k and max(lengths) > 0xFFFF:
+            raise ValueError("a recipient's variables may take at most 65535 bytes")
+        free = self.free_rows
+        if len(free) < k:  # grown at the bottom: rows already free are taken first, as by add
+            start = len(self.state)
+            grow = -(-(k - len(free)) // _GROW) * _GROW
+            for col in self._columns:
+                col.frombytes(bytes(grow * col.itemsize))
+            free[0:0] = array("q", range(start + grow - 1, start - 1, -1))
+        rows = free[len(free) - k :]
+        del free[len(free) - k :]
+        rows.reverse()  # the order add pops them in
+        offset = len(self.arena)
+        at = []
+        for n in lengths:
+            at.append(offset << 16 | n)
+            offset += n
+        self.arena += b"".join(packed)
+        columns = ((self.number, numbers), (self.ids, range(first_id, first_id + k)), (self.vars_at, at),
+                   (self.zone, zones), (self.carrier, carriers), (self.segments, segs))  # fmt: skip
+        if k and rows[-1] - rows[0] == k - 1 and rows == array("q", range(rows[0], rows[0] + k)):
+            lo, hi = rows[0], rows[0] + k
+            for col, values in columns:
+                col[lo:hi] = array(col.typecode, values)
+            self.job[lo:hi] = array(self.job.typecode, [job_slot]) * k
+            self.attempt[lo:hi] = array("B", bytes(k))
+            self.state[lo:hi] = array("B", [PARKED]) * k
+        else:
+            for col, values in columns:
+                for row, v in zip(rows, values):
+                    col[row] = v
+            job, attempt, state = self.job, self.attempt, self.state
+            for row in rows:
+                job[row] = job_slot
+                attempt[row] = 0
+                state[row] = PARKED
+        parked = self.parked.get(job_slot)
+        if parked is None:
+            parked = self.parked[job_slot] = array("q")
+        parked.extend(rows)
 
     def store_vars(self, row: int, packed: bytes) -> None:
         n = len(packed)

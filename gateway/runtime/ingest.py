@@ -6,8 +6,9 @@ needs nothing but the job and the configuration, so a job of a million recipient
 chunks by ``CheckPool``'s worker processes (``anyio.to_process``: asyncio or trio alike) while
 the event loop admits the previous chunk to the core and the store writes the one before.
 
-A worker decodes the chunk's NDJSON lines itself, checks the numbers (``NumberCheck``) and asks
-a scheduler of the same settings (``Scheduler.check``, pure) for the rest; it answers with one
+A worker decodes the chunk's NDJSON lines itself, checks the numbers (``NumberCheck.sure``: one
+match of the country's table a number; the others one by one) and asks a scheduler of the same
+settings (``Scheduler.check``, pure, column by column for an ordinary chunk) for the rest; it answers with one
 msgpack ``ChunkChecked``: the core's columns, and the accepted recipients' own JSON lines in the
 order of their ids, which the store writes as they are. Zone keys are numbered per resolver, so its answer names the zone
 sets (``Checked.zones``) and the loop's scheduler maps them to its own keys. A chunk that does
@@ -70,12 +71,41 @@ def check_chunk(core: Scheduler, numbers: NumberCheck, job: Job, chunk: Sequence
                 ) -> ChunkChecked:  # fmt: skip
     """Check one chunk (recipient k is the job's ``first_index + k``); admits nothing.
     ``lines``: the chunk's JSON text, one recipient each, kept as the stored rows (else encoded)."""
+    errors: list[tuple[int, str]] = []
+    respelt: set[int] = set()  # people not written as stored (number not canonical, `zone`): rows re-encoded
+    sure = numbers.sure([r.to for r in chunk])  # valid E.164 as written: one regex each
+    if all(sure) and [r.zone for r in chunk].count(None) == len(chunk):  # the usual chunk: all of it
+        people = list(chunk)
+        index = list(range(first_index, first_index + len(chunk)))
+    else:
+        people, index = _numbers_checked(numbers, chunk, first_index, sure, errors, respelt)
+    checked = core.check(job, people, portable=portable)  # reads to, vars and tz, as of a Recipient
+    order = [row[0] for shard in checked.by_shard for row in shard]  # people, in the order of their ids
+    if lines is None:
+        rows = _encode_json([Recipient(to=people[k].to, vars=people[k].vars, tz=people[k].tz, index=index[k])
+                             for k in order])  # fmt: skip
+    else:  # the text as it came (decoded and checked already: a JSON object), with its index first;
+        # a number not written canonically is stored re-encoded
+        rows = b"[" + b",".join([_encode_json(Recipient(to=people[k].to, vars=people[k].vars, tz=people[k].tz,
+                                                        index=index[k])) if k in respelt
+                                 else b'{"index":%d,' % index[k] + lines[index[k] - first_index].lstrip()[1:]
+                                 for k in order]) + b"]"  # fmt: skip
+    return ChunkChecked(index=index, errors=errors, checked=checked, rows=rows)
+
+
+def _numbers_checked(numbers: NumberCheck, chunk: Sequence[schemas.RecipientIn], first_index: int,
+                     sure: list[bool], errors: list[tuple[int, str]], respelt: set[int],
+                     ) -> tuple[list[schemas.RecipientIn], list[int]]:  # fmt: skip
+    """The chunk's recipients whose number (made canonical) and ``zone`` are good, and their
+    indexes in the job; the others' reasons added to ``errors``, the respelt ones to ``respelt``."""
     people: list[schemas.RecipientIn] = []
     index: list[int] = []
-    errors: list[tuple[int, str]] = []
     canonical = numbers.canonical
-    respelt: set[int] = set()  # people not written as stored (number not canonical, `zone`): rows re-encoded
-    for i, r in enumerate(chunk, first_index):
+    for i, r, ok in zip(range(first_index, first_index + len(chunk)), chunk, sure):
+        if ok and r.zone is None:
+            index.append(i)
+            people.append(r)
+            continue
         to, err = canonical(r.to)
         if err is not None:
             errors.append((i, err))
@@ -92,18 +122,7 @@ def check_chunk(core: Scheduler, numbers: NumberCheck, job: Job, chunk: Sequence
             respelt.add(len(people))
         index.append(i)
         people.append(r)
-    checked = core.check(job, people, portable=portable)  # reads to, vars and tz, as of a Recipient
-    order = [row[0] for shard in checked.by_shard for row in shard]  # people, in the order of their ids
-    if lines is None:
-        rows = _encode_json([Recipient(to=people[k].to, vars=people[k].vars, tz=people[k].tz, index=index[k])
-                             for k in order])  # fmt: skip
-    else:  # the text as it came (decoded and checked already: a JSON object), with its index first;
-        # a number not written canonically is stored re-encoded
-        rows = b"[" + b",".join([_encode_json(Recipient(to=people[k].to, vars=people[k].vars, tz=people[k].tz,
-                                                        index=index[k])) if k in respelt
-                                 else b'{"index":%d,' % index[k] + lines[index[k] - first_index].lstrip()[1:]
-                                 for k in order]) + b"]"  # fmt: skip
-    return ChunkChecked(index=index, errors=errors, checked=checked, rows=rows)
+    return people, index
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -127,7 +146,7 @@ def _check_in_worker(settings: bytes, job: Job, lines: list[bytes], first_index:
         with contextlib.suppress(OSError):
             os.nice(_NICE)
     if _worker is None or _worker[0] != settings:
-        _worker = (settings, Scheduler(_decode_settings(settings), 0.0), NumberCheck())
+        _worker = (settings, Scheduler(_decode_settings(settings), 0.0), NumberCheck(tables=True))
         for number in _WARM:  # phonenumbers loads its data lazily (NANP's zones: ~0.4 s): now
             _worker[2].error(number)
             _worker[1].resolver.key_for(int(number[1:]))

@@ -94,3 +94,49 @@ def test_a_batch_is_the_same_as_its_events_one_by_one(store: Store, evs: list[Sh
     assert [(r.outcome, r.changed) for r in batched] == [(r.outcome, r.changed) for r in singles]
     assert [r.subscriber_id is None for r in batched] == [r.subscriber_id is None for r in singles]
     assert state(store, many) == state(store, one)
+
+
+@st.composite
+def orders_and_touches(draw: st.DrawFn) -> list[ShopEvent]:
+    """New orders and activities over two years before ``now`` (every RFM and engagement band), for a
+    few subscribers, each with its own id and time: what the set-based path (one grouped upsert of the
+    aggregates per batch) takes."""
+    n = draw(st.integers(1, 30))
+    out: list[ShopEvent] = []
+    for i in range(n):
+        at = NOW_WIDE - draw(st.integers(0, 800)) * 86_400.0 - draw(st.floats(0, 86_399, allow_nan=False))
+        phone = draw(st.sampled_from(PHONES))
+        if draw(st.integers(0, 3)):
+            out.append(OrderEvent(id=f"w{i}", at=at, order_id=f"wo{i}", phone=phone, total=draw(st.integers(0, 120_000)),
+                                  currency="EUR", payment_status=draw(st.sampled_from(["paid", "paid", "pending", "refunded"])),
+                                  created_at=draw(st.none() | st.just(at - 30)),
+                                  items=(Item(product="p", category="shoes", price=100),)))  # fmt: skip
+        else:
+            out.append(ActivityEvent(id=f"w{i}", at=at, phone=phone,
+                                     kind=draw(st.sampled_from(["clicked", "replied", "message_sent", "delivered"]))))  # fmt: skip
+    return out
+
+
+NOW_WIDE = T0 + 400 * 86_400.0
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(evs=orders_and_touches(), data=st.data())
+def test_a_batch_in_any_order_with_resent_events_is_its_events_one_by_one(store: Store, evs: list[ShopEvent],
+                                                                          data: st.DataObject) -> None:  # fmt: skip
+    """The aggregates of a batch are computed in SQL from its rows (count, total, first/last, AOV, the
+    latest order's status, RFM, engagement): the same figures as the events applied one by one in their
+    own order, whatever order the batches bring them in, cut anywhere, with events sent again."""
+    k = next(_n)
+    one, many = f"wone{k}", f"wmany{k}"
+    for e in evs:
+        store.apply_event(one, e, phone=e.phone, now=NOW_WIDE)  # type: ignore[union-attr]
+    resent = data.draw(st.lists(st.sampled_from(evs), max_size=8))
+    shuffled = data.draw(st.permutations([*evs, *resent]))
+    cuts = data.draw(st.lists(st.integers(0, len(shuffled)), max_size=3))
+    bounds = sorted({0, len(shuffled), *cuts})
+    applied = []
+    for a, b in zip(bounds, bounds[1:]):
+        applied += store.apply_events(many, [(e, e.phone) for e in shuffled[a:b]], now=NOW_WIDE)  # type: ignore[union-attr]
+    assert sum(r.outcome == "applied" for r in applied) == len(evs)
+    assert state(store, many) == state(store, one)
