@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import resource
 import statistics
 import subprocess
@@ -60,8 +61,10 @@ DAY = 86_400.0
 
 
 def phone(i: int) -> str:
-    """A valid UK mobile number per subscriber (the gateway refuses numbers that cannot exist)."""
-    return f"+4479{11 + i // 1_000_000}{i % 1_000_000:06d}"
+    """A valid UK mobile number per subscriber (the gateway refuses numbers that cannot exist):
+    +44 74{10+}: every number of those ranges is valid (+44 7911 4xxxxx is not: a 1M launch had
+    half its recipients refused)."""
+    return f"+4474{10 + i // 1_000_000}{i % 1_000_000:06d}"
 
 
 def _subscribers(n: int, now: float, seed: int) -> Iterator[tuple]:
@@ -215,12 +218,19 @@ def seed_outcomes(url: str, campaign_id: int, n: int, seed: int) -> dict[str, in
                         f"message_id, 'alpha', 1, 4 FROM campaign_recipients WHERE tenant = {ph} AND campaign_id = {ph} "
                         f"AND batch >= 0 AND subscriber_id >= {ph} AND subscriber_id < {ph}", rng)  # fmt: skip
             conn.commit()
-        cur.execute(f"SELECT code, subscriber_id FROM short_links WHERE tenant = {ph} AND campaign_id = {ph}",
-                    (TENANT, campaign_id))  # fmt: skip
-        codes = cur.fetchall()
+        codes = _campaign_codes(cur, ph, campaign_id)
         at = {s: a for s, a in sent}
         clicks = [(c, at[s] + 60 + r.random() * 2 * DAY, "Mozilla/5.0", "click", 0, 1)
                   for c, s in r.sample(codes, min(len(codes), n // 10)) if s in at]  # fmt: skip
+        # A range code's short_links row is written by its first hit (``record_hits``): so here too.
+        cur.execute(f"SELECT targets FROM link_ranges WHERE tenant = {ph} AND campaign_id = {ph}", (TENANT, campaign_id))
+        rng = cur.fetchone()
+        if rng is not None:
+            target = json.loads(rng[0])[0]
+            sid_of = dict(codes)
+            cur.executemany(f"INSERT INTO short_links (code, tenant, campaign_id, subscriber_id, target, created_at) "
+                            f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}) ON CONFLICT DO NOTHING",
+                            [(c, TENANT, campaign_id, sid_of[c], target, a) for c, a, *_ in clicks])  # fmt: skip
         cur.executemany(f"INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES "
                         f"({ph}, {ph}, {ph}, {ph}, {ph}, {ph})", clicks)  # fmt: skip
         buyers = r.sample(sent, min(len(sent), n // 50))
@@ -255,12 +265,26 @@ def _conn(url: str) -> Iterator[tuple[Any, str]]:
             yield conn, "%s"
 
 
+_CODE = re.compile(r"https://[^/\s]+/([0-9A-Za-z]{5,8})")
+
+
+def _campaign_codes(cur: Any, ph: str, campaign_id: int, limit: int | None = None) -> list[tuple[str, int]]:
+    """(code, subscriber) of the campaign's links: its ``short_links`` rows (HMAC codes, a seeded
+    campaign's), else the codes its recipients' texts carry (range codes have no row)."""
+    lim = f" LIMIT {int(limit)}" if limit is not None else ""
+    cur.execute(f"SELECT code, subscriber_id FROM short_links WHERE tenant = {ph} AND campaign_id = {ph}{lim}",
+                (TENANT, campaign_id))  # fmt: skip
+    rows = [(c, int(s)) for c, s in cur.fetchall()]
+    if rows:
+        return rows
+    cur.execute(f"SELECT text, subscriber_id FROM campaign_recipients WHERE tenant = {ph} AND campaign_id = {ph} AND "
+                f"batch >= 0{lim}", (TENANT, campaign_id))  # fmt: skip
+    return [(m, int(s)) for t, s in cur.fetchall() for m in _CODE.findall(t)]
+
+
 def codes_of(url: str, campaign_id: int, limit: int) -> list[str]:
     with _conn(url) as (conn, ph):
-        cur = conn.cursor()
-        cur.execute(f"SELECT code FROM short_links WHERE tenant = {ph} AND campaign_id = {ph} LIMIT {int(limit)}",
-                    (TENANT, campaign_id))  # fmt: skip
-        return [c for (c,) in cur.fetchall()]
+        return [c for c, _s in _campaign_codes(conn.cursor(), ph, campaign_id, limit)]
 
 
 # ---- the measurement ------------------------------------------------------------------------------

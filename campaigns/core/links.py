@@ -32,20 +32,21 @@ clicks count each (message, link) once; total clicks count every human hit.
 from __future__ import annotations
 
 import functools
-
+import hashlib
 import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
 
 import msgspec
+import numpy as np
 
 from campaigns.errors import InvalidInput
 
-__all__ = ["ALPHABET", "BOT_MARKERS", "ClickTally", "Hit", "HitVerdict", "LinkError", "ShortLink",
-           "Shortened", "Skeleton", "classify_hit", "code_length", "fill", "is_bot_agent", "find_urls", "mint_code", "mint_codes", "shorten", "skeleton",
-           "splice", "with_utm"]  # fmt: skip
+__all__ = ["ALPHABET", "BOT_MARKERS", "ClickTally", "Hit", "HitVerdict", "LinkCipher", "LinkError", "ShortLink",
+           "Shortened", "Skeleton", "cipher_for", "classify_hit", "code_length", "fill", "is_bot_agent", "find_urls", "mint_code", "mint_codes", "shorten", "skeleton",
+           "splice", "verdict", "with_utm"]  # fmt: skip
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 MIN_CODE = 5
@@ -178,6 +179,111 @@ def mint_code(key: bytes, scope: str, length: int, exists: Callable[[str], bool]
         if not exists(code):
             return code
     raise LinkError("code_space_exhausted", f"{MAX_ATTEMPTS} codes for {scope!r} were all taken")
+
+
+# ---- range codes: a keyed permutation of link numbers (docs/ARCHITECTURE.md) --------------------
+
+_ROUNDS = 8
+_INDEX = {c: i for i, c in enumerate(ALPHABET)}
+_ALPHABET_BYTES = np.frombuffer(ALPHABET.encode("ascii"), dtype=np.uint8)
+
+
+class LinkCipher:
+    """A keyed permutation of ``[0, 62**length)`` and its inverse, written as base62 codes.
+
+    A Feistel network on the mixed-radix pair ``(n // 62**h, n % 62**h)`` (``h = length // 2``):
+    each round replaces the pair ``(x, y)`` by ``(y, (x + F(y)) mod |x's half|)``, so after an even
+    number of rounds the pair is back in the same halves and the domain is exactly ``62**length``.
+    ``F`` is two dependent lookups in tables drawn from SHAKE-256 of the key (one pair per round):
+    distinct numbers give distinct codes by construction, and without the key the code of a
+    neighbouring number cannot be told. Pure and deterministic: the same key gives the same codes."""
+
+    def __init__(self, key: bytes, length: int) -> None:
+        if not MIN_CODE <= length <= MAX_CODE:
+            raise LinkError("bad_code_length", f"a code has {MIN_CODE} to {MAX_CODE} characters, not {length}")
+        self.length = length
+        self.size = 62**length
+        self.low = 62 ** (length // 2)  # the size of the low half
+        self.high = self.size // self.low  # and of the high half
+        raw = hashlib.shake_256(b"sluice-link-cipher:" + length.to_bytes(1, "big") + key).digest(_ROUNDS * 2 * 4096 * 4)
+        words = memoryview(raw).cast("I")
+        self._np: list[tuple[Any, Any]] | None = None  # the tables as arrays, made on first use
+        self._tables = [(tuple(words[(2 * r) * 4096:(2 * r + 1) * 4096]),
+                         tuple(words[(2 * r + 1) * 4096:(2 * r + 2) * 4096])) for r in range(_ROUNDS)]  # fmt: skip
+
+    def number_space(self) -> int:
+        return self.size
+
+    def _permute(self, n: int) -> int:
+        x, y = divmod(n, self.low)  # x in the high half, y in the low one
+        mods = (self.high, self.low)
+        for r, (t1, t2) in enumerate(self._tables):
+            h = t1[y & 4095]
+            x, y = y, (x + (t2[((y >> 12) ^ h) & 4095] ^ h)) % mods[r & 1]
+        return x * self.low + y
+
+    def _unpermute(self, n: int) -> int:
+        x, y = divmod(n, self.low)
+        mods = (self.high, self.low)
+        for r in range(_ROUNDS - 1, -1, -1):
+            t1, t2 = self._tables[r]
+            h = t1[x & 4095]
+            x, y = (y - (t2[((x >> 12) ^ h) & 4095] ^ h)) % mods[r & 1], x
+        return x * self.low + y
+
+    def encode(self, n: int) -> str:
+        """The code of link number ``n`` (``0 <= n < 62**length``)."""
+        if not 0 <= n < self.size:
+            raise LinkError("link_number_out_of_range", f"link number {n} is outside [0, 62**{self.length})")
+        m = self._permute(n)
+        out = []
+        for _ in range(self.length >> 1):
+            m, r = divmod(m, 3844)
+            out.append(_DIGIT_PAIRS[r])
+        if self.length & 1:
+            out.append(ALPHABET[m])
+        return "".join(out)
+
+    def encode_range(self, start: int, count: int) -> list[str]:
+        """``[encode(n) for n in range(start, start + count)]`` (a launch's codes, in number order),
+        computed as arrays: the same rounds, a few numpy operations per round for the whole range."""
+        if count <= 0:
+            return []
+        if start < 0 or start + count > self.size:
+            raise LinkError("link_number_out_of_range", f"link numbers {start}..{start + count} exceed 62**{self.length}")
+        if self._np is None:
+            self._np = [(np.asarray(t1, dtype=np.int64), np.asarray(t2, dtype=np.int64)) for t1, t2 in self._tables]
+        x, y = np.divmod(np.arange(start, start + count, dtype=np.int64), self.low)
+        mods = (self.high, self.low)
+        for r, (t1, t2) in enumerate(self._np):
+            h = t1[y & 4095]
+            x, y = y, (x + (t2[((y >> 12) ^ h) & 4095] ^ h)) % mods[r & 1]
+        m = x * self.low + y
+        digits = np.empty((count, self.length), dtype=np.uint8)
+        for i in range(self.length):  # least significant first, as ``encode`` writes them
+            m, d = np.divmod(m, 62)
+            digits[:, i] = _ALPHABET_BYTES[d]
+        flat = digits.tobytes().decode("ascii")
+        n = self.length
+        return [flat[i:i + n] for i in range(0, count * n, n)]
+
+    def decode(self, code: str) -> int | None:
+        """The link number of ``code``; None when it is not a code of this length and alphabet."""
+        if len(code) != self.length:
+            return None
+        m = 0
+        for ch in reversed(code):  # least significant digit first, as ``encode`` writes them
+            d = _INDEX.get(ch)
+            if d is None:
+                return None
+            m = m * 62 + d
+        return self._unpermute(m)
+
+
+@functools.lru_cache(maxsize=64)
+def cipher_for(key: bytes, length: int) -> LinkCipher:
+    """The key's permutation for codes of ``length``, its tables built once per process."""
+    return LinkCipher(key, length)
 
 
 def _check_url(url: str, position: int) -> None:
@@ -338,11 +444,16 @@ def classify_hit(hit: Hit, delivered_at: float | None, *, min_delay: float = 10.
     user agent decide). A hit within ``min_delay`` of it, on either side (a receipt's time can trail
     the handset's preview fetch), is ``too_soon``; one exactly ``min_delay`` away is a click, and so
     is one long before a late receipt."""
-    if hit.method.upper() != "GET":
+    return verdict(hit.method, hit.user_agent, hit.at, delivered_at, min_delay)
+
+
+def verdict(method: str, user_agent: str | None, at: float, delivered_at: float | None, min_delay: float) -> HitVerdict:
+    """``classify_hit`` without the ``Hit``: the redirect's hot path calls it once per request."""
+    if method != "GET" and method.upper() != "GET":
         return "head"
-    if is_bot_agent(hit.user_agent or ""):
+    if not user_agent or is_bot_agent(user_agent):
         return "bot"
-    if delivered_at is not None and abs(hit.at - delivered_at) < min_delay:
+    if delivered_at is not None and abs(at - delivered_at) < min_delay:
         return "too_soon"
     return "click"
 

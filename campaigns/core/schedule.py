@@ -123,11 +123,20 @@ def send_times(
 ) -> list[SendTime]:
     """One ``send_at`` per ``(subscriber, time_zone)``; never earlier than ``now``."""
     fallback = tenant_zone(default_zone)
+    names: dict[str | None, str] = {}  # a subscriber's zone name -> the zone it resolves to (once per name)
+
+    def zone_of(z: str | None) -> str:
+        name = names.get(z)
+        if name is None:
+            name = names[z] = str(_zone(z, fallback))
+        return name
+
     match spec:
         case Now():
-            return [SendTime(subscriber=s, send_at=now, zone=str(_zone(z, fallback))) for s, z in recipients]
+            return [SendTime(subscriber=s, send_at=now, zone=zone_of(z)) for s, z in recipients]
         case At(at=at):
-            return [SendTime(subscriber=s, send_at=max(at, now), zone=str(_zone(z, fallback))) for s, z in recipients]
+            send_at = max(at, now)
+            return [SendTime(subscriber=s, send_at=send_at, zone=zone_of(z)) for s, z in recipients]
         case Local():
             day, wall = _parse(spec)
             cache: dict[str, float | None] = {}

@@ -39,7 +39,7 @@ from campaigns.core.model import Subscriber
 from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound
 from campaigns.service.gateway_client import GatewayClient
 from campaigns.store.base import Store
-from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, LinkRow, PlannedRecipient,
+from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, LinkRange, LinkRow, PlannedRecipient,
                                            RecipientRow)  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,21 @@ def resolve_audience(store: Store, tenant: str, spec: AudienceSpec) -> list[int]
     return sorted(ids)
 
 
+def _audience(store: Store, tenant: str, spec: AudienceSpec) -> tuple[list[AudienceRow], dict[int, float | None]]:
+    """The marketable audience (``resolve_audience``'s, consent confirmed) and each one's last
+    marketing send, read in one set-based query (``Store.launch_audience``)."""
+    for seg in [*spec.include, *spec.exclude]:
+        if store.segment(tenant, seg) is None:
+            raise NotFound(f"no segment {seg}", code="segment_not_found", field="audience")
+    ids = list(spec.subscribers)
+    if spec.csv is not None:
+        for row in parse_csv(spec.csv):
+            sub = store.subscriber_by_phone(tenant, row.phone)
+            if sub is not None:
+                ids.append(sub.id)
+    return store.launch_audience(tenant, spec.include, spec.exclude, ids)
+
+
 def _members(store: Store, tenant: str, segment_id: int) -> set[int]:
     if store.segment(tenant, segment_id) is None:
         raise NotFound(f"no segment {segment_id}", code="segment_not_found", field="audience")
@@ -225,32 +240,54 @@ def _discount(store: Store, tenant: str, spec: CampaignSpec, cid: int, sid: int,
     return code
 
 
-def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: float) -> bool:
+def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: float, *,
+           lines: dict[int, list[tuple[str, str, str]]] | None = None) -> bool:  # fmt: skip
     """Plan and store the campaign's recipients (False: they were frozen by an earlier launch).
 
     Set-based where it can be: the audience's marketable subscribers are read in one query (only
     the columns a launch needs, consent filtered in SQL), their last marketing sends in another;
     per recipient remains what Python must do: its variant, its text (``TextCache``: one render per
-    distinct text) and its codes (``links.mint_codes``)."""
+    distinct text) and its codes (a batch at a time: ``links.LinkCipher``). ``lines``: filled with
+    each batch's ``(phone, text, tz)`` in slot order when this call froze them (the bodies are then
+    built from memory: the same values ``Store.batch_lines`` reads back)."""
     if store.batches(tenant, camp.id) or store.campaign_recipients(tenant, camp.id, limit=1):
         return False
     spec = parse_spec(camp.definition)
-    audience = store.audience_rows(tenant, resolve_audience(store, tenant, spec.audience))
+    audience, last = _audience(store, tenant, spec.audience)
     by_id = {a.id: a for a in audience}
     planned = [p for p in schedule.send_times(spec.schedule, [(a.id, a.time_zone) for a in audience], now=now,
                                               default_zone=tl.zone) if p.send_at is not None]  # fmt: skip
-    last = store.last_marketing_at(tenant, [p.subscriber for p in planned])
     if spec.smart_sending_hours > 0:
         planned, _skipped = schedule.smart_send(planned, last, hours=spec.smart_sending_hours)
     planned.sort(key=lambda p: (p.send_at, p.subscriber))
-    rows, link_rows = _plan(store, tenant, spec, camp, planned, by_id, last, tl, now)
-    return store.freeze_audience(tenant, camp.id, rows, link_rows, now=now)
+    domain = spec.link_domain or tl.domain
+    start = store.link_range_end(tenant, links.code_length(domain)) if planned else 0
+    for _attempt in range(3):
+        rows, link_rows, rng = _plan(store, tenant, spec, camp, planned, by_id, last, tl, now, start)
+        try:
+            frozen = store.freeze_audience(tenant, camp.id, rows, link_rows, now=now, link_range=rng)
+        except Conflict as exc:  # another launch of the tenant took these numbers meanwhile: plan again
+            if exc.code != "link_range_taken" or rng is None:
+                raise
+            start = store.link_range_end(tenant, rng.length)
+            continue
+        if frozen and lines is not None:  # what each batch's body holds, as just stored (``batch_lines``)
+            for r in rows:
+                if r.batch != HELD:
+                    lines.setdefault(r.batch, []).append((r.phone, r.text, r.tz))
+        return frozen
+    raise Conflict("link numbers kept being taken by other launches", code="link_range_taken")
 
 
 def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, planned: Sequence[schedule.SendTime],
-          by_id: Mapping[int, AudienceRow], last: Mapping[int, float | None], tl: TenantLinks,
-          now: float) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
-    """Each recipient's variant, batch, slot, text and links (the launch's hot loop)."""
+          by_id: Mapping[int, AudienceRow], last: Mapping[int, float | None], tl: TenantLinks, now: float,
+          start: int = 0) -> tuple[list[PlannedRecipient], list[LinkRow], LinkRange | None]:  # fmt: skip
+    """Each recipient's variant, batch, slot, text and links (the launch's hot loop).
+
+    Links: recipients whose URLs are the campaign's (the first recipient's, as is usual: URLs from
+    the campaign's values) get range codes, ``LinkCipher`` of link numbers from ``start`` (computed a
+    batch at a time, no row, no collision check: docs/ARCHITECTURE.md); a recipient whose URLs differ
+    (a per-subscriber attribute) gets HMAC codes and ``short_links`` rows as before."""
     test = spec.test(camp.id, camp.launched_at or now)
     compiled = {name: templates.compile_template(src) for name, src in spec.texts().items()}
     domain = spec.link_domain or tl.domain
@@ -262,6 +299,11 @@ def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, plan
     taken: set[str] = set()
     cache = TextCache(spec)
     cid, key, batch_size = camp.id, tl.key, spec.batch_size
+    cipher = links.cipher_for(key, length) if planned else None
+    range_targets: tuple[str, ...] | None = None  # the URLs range codes stand for
+    stride, last_range_batch = 0, -1
+    bcodes: list[str] = []  # the range codes of the current batch, computed ahead in chunks
+    joined: dict[int, tuple[links.Skeleton, str, str]] = {}  # id(skeleton) -> (it, text before the code, after)
     batch, idx, batch_at = -1, batch_size, None
     for p in planned:
         a = by_id[p.subscriber]
@@ -272,25 +314,58 @@ def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, plan
             continue
         code = _discount(store, tenant, spec, cid, a.id, key, now)
         sk, targets = cache.for_recipient(compiled[variant], a, code, last.get(a.id) is None)
-        codes = links.mint_codes(sk, key, f"{cid}:{a.id}", length, taken) if targets else []
         if idx >= batch_size or p.send_at != batch_at:
             batch, idx, batch_at = batch + 1, 0, p.send_at
+            bcodes = []
+        if not targets:
+            codes: list[str] = []
+        else:
+            if range_targets is None:
+                range_targets, stride = targets, len(targets)
+            if targets is range_targets or targets == range_targets:
+                assert cipher is not None
+                need = (idx + 1) * stride
+                if len(bcodes) < need:
+                    base = start + batch * batch_size * stride
+                    if base + batch_size * stride > cipher.size:
+                        raise links.LinkError("code_space_exhausted", f"the {length}-character codes of {domain} "
+                                              f"are used up (link number {base + batch_size * stride})")  # fmt: skip
+                    more = min(batch_size * stride - len(bcodes), max(need - len(bcodes), 2048 * stride))
+                    bcodes += cipher.encode_range(base + len(bcodes), more)
+                codes = bcodes[idx * stride:need]
+                last_range_batch = batch
+            else:
+                codes = links.mint_codes(sk, key, f"{cid}:{a.id}", length, taken)
+                link_rows += [LinkRow(code=c, tenant=tenant, campaign_id=cid, subscriber_id=a.id, target=t,
+                                      created_at=now, expires_at=expires) for c, t in zip(codes, targets, strict=True)]  # fmt: skip
+        if len(codes) == 1:  # the usual text, one link: its two halves joined once per skeleton
+            halves = joined.get(id(sk))
+            if halves is None or halves[0] is not sk:
+                halves = joined[id(sk)] = (sk, f"{sk.pieces[0]}{links.SCHEME}{domain}/", sk.pieces[1])
+            text = halves[1] + codes[0] + halves[2]
+        else:
+            text = links.fill(sk, domain, codes)
         rows.append(PlannedRecipient(subscriber_id=a.id, phone=a.phone, variant=variant, send_at=p.send_at or now,
-                                     tz=p.zone, text=links.fill(sk, domain, codes), batch=batch, idx=idx))  # fmt: skip
-        link_rows += [LinkRow(code=c, tenant=tenant, campaign_id=cid, subscriber_id=a.id, target=t, created_at=now,
-                              expires_at=expires) for c, t in zip(codes, targets, strict=True)]  # fmt: skip
+                                     tz=p.zone, text=text, batch=batch, idx=idx))  # fmt: skip
         idx += 1
+    rng = None
+    if range_targets is not None and last_range_batch >= 0:
+        rng = LinkRange(tenant=tenant, campaign_id=cid, length=length, start=start,
+                        count=(last_range_batch + 1) * batch_size * stride, stride=stride, batch_size=batch_size,
+                        targets=range_targets, created_at=now, expires_at=expires)  # fmt: skip
     if not link_rows:
-        return rows, link_rows
-    clashes = store.existing_links([link.code for link in link_rows])
+        return rows, link_rows, rng
+    # The HMAC codes: free in the store, and not a range code of this launch (the row would win).
+    in_range = (lambda c: rng.start <= (cipher.decode(c) or -1) < rng.start + rng.count) if rng and cipher else (lambda c: False)  # noqa: E731
+    clashes = store.existing_links([link.code for link in link_rows]) | {k.code for k in link_rows if in_range(k.code)}
     if clashes:
-        rows, link_rows = _resolve_clashes(store, rows, link_rows, clashes, key, taken, domain, length)
-    return rows, link_rows
+        rows, link_rows = _resolve_clashes(store, rows, link_rows, clashes, key, taken, domain, length, in_range)
+    return rows, link_rows, rng
 
 
 def _resolve_clashes(store: Store, rows: list[PlannedRecipient], link_rows: list[LinkRow], clashes: set[str],
-                     key: bytes, taken: set[str], domain: str,
-                     length: int) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
+                     key: bytes, taken: set[str], domain: str, length: int,
+                     in_range: Callable[[str], bool] = lambda _c: False) -> tuple[list[PlannedRecipient], list[LinkRow]]:  # fmt: skip
     """Codes were minted against this launch's own codes only; the store's are checked in bulk, and
     the rare recipient whose code another campaign holds gets its codes again with the full check
     (the same text around them: its skeleton is recovered from the text and the links it was
@@ -309,7 +384,7 @@ def _resolve_clashes(store: Store, rows: list[PlannedRecipient], link_rows: list
             old = mine[r.subscriber_id]
             sk = _skeleton_of(r.text, domain, old)
             codes = links.mint_codes(sk, key, f"{old[0].campaign_id}:{r.subscriber_id}", length, taken,
-                                     exists=lambda c: c in clashes or store.link_exists(c))  # fmt: skip
+                                     exists=lambda c: c in clashes or in_range(c) or store.link_exists(c))  # fmt: skip
             r = msgspec.structs.replace(r, text=links.fill(sk, domain, codes))
             kept += [msgspec.structs.replace(link, code=c) for link, c in zip(old, codes, strict=True)]
         out.append(r)
@@ -453,6 +528,9 @@ class Launcher:
     def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantLinks],
                  clock: Callable[[], float], *, callback_urls: Mapping[str, str] | None = None) -> None:  # fmt: skip
         self.store, self.clients, self.tenants, self.clock = store, clients, tenants, clock
+        set_keys = getattr(store, "set_link_keys", None)  # range codes are decoded with the tenants' keys
+        if set_keys is not None:
+            set_keys({name: t.key for name, t in tenants.items()})
         self.callback_urls = dict(callback_urls or {})
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
@@ -486,11 +564,13 @@ class Launcher:
             return await self.launch_state(tenant, campaign_id)
         now = self.clock()
         camp = await self._run(self.store.set_campaign_status, tenant, campaign_id, "launching", now=now)
-        await self._run(freeze, self.store, tenant, camp, tl, now)
-        await self._submit(client, tenant, camp)
+        lines: dict[int, list[tuple[str, str, str]]] = {}
+        await self._run(partial(freeze, lines=lines), self.store, tenant, camp, tl, now)
+        await self._submit(client, tenant, camp, lines)
         return await self.launch_state(tenant, campaign_id)
 
-    async def _submit(self, client: GatewayClient, tenant: str, camp: CampaignRow) -> None:
+    async def _submit(self, client: GatewayClient, tenant: str, camp: CampaignRow,
+                      lines: dict[int, list[tuple[str, str, str]]] | None = None) -> None:  # fmt: skip
         """Post every batch not yet answered, in order. The next batch's rows are read and its body
         built in a worker thread while the gateway answers this one (a pipeline of one: the bodies
         are the same bytes as built one by one, and nothing is posted out of order)."""
@@ -499,7 +579,7 @@ class Launcher:
         send, receive = anyio.create_memory_object_stream[tuple[BatchRow, bytes | BaseException]](1)
         failed: BaseException | None = None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._bodies, send, tenant, camp, spec, todo)
+            tg.start_soon(self._bodies, send, tenant, camp, spec, todo, lines or {})
             async with receive:
                 try:
                     async for b, body in receive:
@@ -517,21 +597,25 @@ class Launcher:
             await self._run(self.store.set_campaign_status, tenant, camp.id, "launched", now=self.clock())
 
     async def _bodies(self, send: MemoryObjectSendStream[tuple[BatchRow, bytes | BaseException]], tenant: str,
-                      camp: CampaignRow, spec: CampaignSpec, todo: Sequence[BatchRow]) -> None:  # fmt: skip
-        """Build the bodies in order; a failure is handed on to ``_submit`` (raised there as itself)."""
+                      camp: CampaignRow, spec: CampaignSpec, todo: Sequence[BatchRow],
+                      lines: dict[int, list[tuple[str, str, str]]]) -> None:  # fmt: skip
+        """Build the bodies in order (from ``lines`` when this launch just froze them, else read back);
+        a failure is handed on to ``_submit`` (raised there as itself)."""
         async with send:
             for b in todo:
                 try:
-                    body: bytes | BaseException = await self._run(self._body, tenant, camp, spec, b)
+                    body: bytes | BaseException = await self._run(self._body, tenant, camp, spec, b, lines.pop(b.batch, None))
                 except Exception as exc:
                     body = exc
                 await send.send((b, body))
                 if not isinstance(body, bytes):
                     return
 
-    def _body(self, tenant: str, camp: CampaignRow, spec: CampaignSpec, b: BatchRow) -> bytes:
+    def _body(self, tenant: str, camp: CampaignRow, spec: CampaignSpec, b: BatchRow,
+              lines: list[tuple[str, str, str]] | None = None) -> bytes:  # fmt: skip
         # Only what the body holds, read as tuples (``job_body`` of the batch's rows, the same bytes).
-        lines = self.store.batch_lines(tenant, camp.id, b.batch)
+        if lines is None:
+            lines = self.store.batch_lines(tenant, camp.id, b.batch)
         return job_body_of(head_line(camp, spec, b.batch, b.send_at, self.callback_urls.get(tenant)), lines)
 
     async def _post(self, client: GatewayClient, tenant: str, camp: CampaignRow, b: BatchRow, body: bytes) -> bool:

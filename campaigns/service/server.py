@@ -6,6 +6,7 @@ here at start (never at import)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -97,6 +98,8 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     links = tenant_links(settings, env)
     launcher = Launcher(launch_store, clients, links, time.time, callback_urls=callback_urls(settings))
     tracker = Tracker(launcher)
+    if launch_store is not store:  # range codes resolve on either connection (launch.py sets the launcher's)
+        store.set_link_keys({name: t.key for name, t in links.items()})
     flows = FlowRuntime(store, clients, runtime_tenants(settings, links), time.time, inbox=inbox)
     app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets, inbox=inbox,
                      extra_handlers=[*campaign_handlers(launcher, tracker, secrets, inbox=inbox),
@@ -126,8 +129,14 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
                 short = ShortLinkServer(tracker, head_timeout=settings.short_link_head_timeout_s,
                                         max_connections=settings.short_link_max_connections)  # fmt: skip
                 await tg.start(_short_links, short, settings, on_short_links)
+            # What start-up made (modules, settings, the stores, the apps) never becomes garbage: kept
+            # out of every later full collection, which would otherwise walk it while the redirects
+            # wait (the loop's longest stalls; the gateway's own start-up does the same, app.py).
+            gc.collect()
+            gc.freeze()
             await anyio.sleep_forever()
     finally:
+        gc.unfreeze()
         tracker.close()
         await flows.aclose()
         for c in clients.values():

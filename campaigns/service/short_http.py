@@ -9,7 +9,9 @@ streams: measured, a stream's ``receive``/``send`` (a checkpoint each, a task sw
 cost as much CPU as uvicorn and ``redirect_front`` together, so a first version on anyio streams
 saved nothing. A request whose link is in memory, or read on the loop (SQLite), is answered inside
 ``data_received`` (``Tracker.redirect_nowait``); one that must wait (a read off the loop) is answered
-by a task, the connection's later requests queued behind it, in order. The service runs on asyncio
+by a callback when its round of reads ends (``answer_later``, ``Tracker.redirect_later``; a task only
+for a redirector without it), the connection's later requests queued behind it, in order. A 302's
+bytes are built once per ``Location``. The service runs on asyncio
 (uvicorn), so this costs no portability it had.
 
 ``RequestReader`` is the sans-I/O half: bytes in, complete request heads out, or ``BadRequest``
@@ -38,6 +40,7 @@ asks to close (or HTTP/1.0 without keep-alive) is answered with ``Connection: cl
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -171,16 +174,31 @@ def code_of(target: bytes) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _found(location: str, close: bool) -> bytes | None:
+    """The 302 to ``location`` (the same bytes for GET and HEAD: it has no body), built once per
+    Location (a campaign's URL with its UTM); None when it would split a header."""
+    loc = location.encode("utf-8")
+    if b"\r" in loc or b"\n" in loc:  # never a header split, whatever a target holds
+        return None
+    return response(302, location=loc, close=close)
+
+
 def _finish(req: RequestHead, hit: Any) -> tuple[bytes, bool]:
     """The answer to ``req`` once the redirector said where its code leads (``hit``; None: nowhere)."""
-    keep, head_only = req.keep_alive, req.method == b"HEAD"
+    keep = req.keep_alive
     if hit is None:
-        return response(404, body=_NOT_FOUND, head_only=head_only, close=not keep), keep
-    location = hit.location.encode("utf-8")
-    if b"\r" in location or b"\n" in location:  # never a header split, whatever a target holds
+        return response(404, body=_NOT_FOUND, head_only=req.method == b"HEAD", close=not keep), keep
+    data = _found(hit.location, not keep)
+    if data is None:
         log.error("redirect.bad_location location=%r", hit.location[:200])
         return response(500, close=True), False
-    return response(302, location=location, head_only=head_only, close=not keep), keep
+    return data, keep
+
+
+def _unavailable(req: RequestHead) -> tuple[bytes, bool]:
+    return response(503, body=_UNAVAILABLE, head_only=req.method == b"HEAD", close=not req.keep_alive,
+                    extra=b"retry-after: 1\r\n"), req.keep_alive  # fmt: skip
 
 
 def _early(req: RequestHead) -> tuple[bytes, bool] | str:
@@ -207,8 +225,7 @@ async def answer(redirector: Redirector, req: RequestHead) -> tuple[bytes, bool]
         hit = await redirector.redirect(early, method="HEAD" if req.method == b"HEAD" else "GET", user_agent=_ua(req))
     except CampaignError as exc:  # the store unreachable: nothing kept, the browser may retry
         log.warning("redirect.unavailable code=%s error=%s", early, exc)
-        return response(503, body=_UNAVAILABLE, head_only=req.method == b"HEAD", close=not req.keep_alive,
-                        extra=b"retry-after: 1\r\n"), req.keep_alive  # fmt: skip
+        return _unavailable(req)
     return _finish(req, hit)
 
 
@@ -228,6 +245,28 @@ def answer_nowait(redirector: Any, req: RequestHead) -> tuple[bytes, bool] | Non
     return _finish(req, hit) if done else None
 
 
+def answer_later(redirector: Any, req: RequestHead, done: Callable[[tuple[bytes, bool]], None]) -> bool:
+    """After ``answer_nowait`` said the request must wait: start answering it without a task
+    (``redirect_later``: the code joins the next round of link reads) and call ``done(answer)`` on
+    the loop when it is known. False when the redirector cannot (then ``answer`` in a task)."""
+    later = getattr(redirector, "redirect_later", None)
+    code = code_of(req.target)
+    if later is None or code is None:
+        return False
+
+    def got(hit: Any, error: Exception | None) -> None:
+        if error is None:
+            done(_finish(req, hit))
+        elif isinstance(error, CampaignError):  # as ``answer``: nothing kept, the browser may retry
+            log.warning("redirect.unavailable code=%s error=%s", code, error)
+            done(_unavailable(req))
+        else:
+            log.error("shortlinks.connection_failed", exc_info=error)
+            done((b"", False))
+
+    return bool(later(code, method="HEAD" if req.method == b"HEAD" else "GET", user_agent=_ua(req), done=got))
+
+
 class ShortLinkProtocol(asyncio.Protocol):
     """One connection (asyncio's protocol callbacks, not a task: see the module docstring). Requests
     are answered in order; one that must wait (a link read off the loop) holds the later ones of
@@ -241,7 +280,8 @@ class ShortLinkProtocol(asyncio.Protocol):
         self.since = server.clock()  # the first byte of the head being read, else the last answer (idle)
         self.transport: asyncio.Transport | None = None
         self._queue: list[RequestHead] = []
-        self._busy = False  # a task answers the queue
+        self._busy = False  # a request waits for its link: the later ones wait in ``_queue``
+        self._held = False  # reading paused because too many requests wait
         self._closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -286,6 +326,9 @@ class ShortLinkProtocol(asyncio.Protocol):
             return
         if self._busy:
             self._queue += reqs
+            if len(self._queue) > self.MAX_QUEUED and not self._held:
+                self._held = True
+                self.transport.pause_reading()  # type: ignore[union-attr]
         else:
             self._answer(reqs)
         if not self.reader.in_head:
@@ -299,13 +342,11 @@ class ShortLinkProtocol(asyncio.Protocol):
             except Exception:  # noqa: BLE001 - a bug answering one connection never stops the listener
                 log.exception("shortlinks.connection_failed")
                 got = (b"", False)
-            if got is None:  # must wait: a task answers it and the rest, in order
-                self._queue = reqs[i:] + self._queue
-                self._busy = True
-                if len(self._queue) > self.MAX_QUEUED:
-                    self.transport.pause_reading()  # type: ignore[union-attr]
-                self.server.spawn(self._drain())
-                break
+            if got is None:  # must wait: answered when its link is read, the rest queued behind it
+                if out:
+                    self.transport.write(b"".join(out))  # type: ignore[union-attr]
+                self._wait(req, reqs[i + 1:])
+                return
             out.append(got[0])
             if not got[1]:
                 self.transport.write(b"".join(out))  # type: ignore[union-attr]
@@ -313,6 +354,45 @@ class ShortLinkProtocol(asyncio.Protocol):
                 return
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+
+    def _wait(self, req: RequestHead, rest: list[RequestHead]) -> None:
+        """``req`` waits for its link (a callback, else a task); the connection's later requests wait
+        behind it, in order, reading paused beyond ``MAX_QUEUED``."""
+        self._queue = rest + self._queue
+        self._busy = True
+        if len(self._queue) > self.MAX_QUEUED and not self._held:
+            self._held = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        try:
+            started = answer_later(self.server.redirector, req, self._resume)
+        except Exception:  # noqa: BLE001 - as in _answer
+            log.exception("shortlinks.connection_failed")
+            self._busy = False
+            self.close()
+            return
+        if not started:
+            self._queue.insert(0, req)
+            self.server.spawn(self._drain())
+
+    def _resume(self, got: tuple[bytes, bool]) -> None:
+        """The waiting request's answer: sent, then the requests queued behind it answered."""
+        self._busy = False
+        if self._closing:
+            return
+        data, keep = got
+        if data:
+            self.transport.write(data)  # type: ignore[union-attr]
+        if not keep:
+            self.close()
+            return
+        reqs, self._queue = self._queue, []
+        if reqs:
+            self._answer(reqs)
+        if not self._busy and not self._closing:
+            self.since = self.server.clock()
+            if self._held:
+                self._held = False
+                self.transport.resume_reading()  # type: ignore[union-attr]
 
     async def _drain(self) -> None:
         try:
@@ -331,7 +411,9 @@ class ShortLinkProtocol(asyncio.Protocol):
         finally:
             self._busy = False
             if not self._closing and self.transport is not None:
-                self.transport.resume_reading()
+                if self._held:
+                    self._held = False
+                    self.transport.resume_reading()
                 self.since = self.server.clock()
 
 
@@ -396,4 +478,4 @@ async def serve_short_links(server: ShortLinkServer, *, host: str, port: int,
 
 
 __all__ = ["BadRequest", "RequestHead", "RequestReader", "ShortLinkProtocol", "ShortLinkServer", "answer",
-           "answer_nowait", "code_of", "response", "serve_short_links"]  # fmt: skip
+           "answer_later", "answer_nowait", "code_of", "response", "serve_short_links"]  # fmt: skip

@@ -2,12 +2,15 @@
 the analytics report, and the A/B winner sent to the rest of the audience.
 
 The redirect is the hot path (served by ``short_http``'s listener, or ``redirect_front`` on the API's
-port). A delivered message's link is kept in memory with its ``Location`` (a bounded LRU: nothing
-about it changes once delivered); any other is read on the store's ``LinkReader``, a connection of
-its own that never waits behind the store's writes: on the event loop for SQLite (WAL readers do not
-wait for the writer), in rounds off the loop for PostgreSQL (every code missed while a read is in
-flight is read by the next one, one query). Then the verdict from ``core.links.classify_hit``, and
-the hit appended to an in-memory buffer. ``run_flusher`` writes the buffer every ``flush_interval``
+port). A delivered message's link is kept in memory with its ``Location`` (a bounded LRU of atomic
+tuples: nothing about it changes once delivered, and the collector has nothing in it to walk); any
+other is read on the store's ``LinkReader``, a connection of its own that never waits behind the
+store's writes: on the event loop for SQLite (WAL readers do not wait for the writer), in rounds off
+the loop for PostgreSQL (every code missed while a read is in flight is read by the next one, one
+query; a waiting request is a callback of its round, ``redirect_later``: no task or event per
+request). A ``Location`` (target + the campaign's UTM) is built once per campaign and URL, not per
+hit. Then the verdict from ``core.links.verdict``, and the hit appended to an in-memory buffer as a
+tuple (its store rows and ``clicked`` activity are built when the buffer is written, off the loop). ``run_flusher`` writes the buffer every ``flush_interval``
 (5 ms) in one transaction: the hits, then the ``clicked`` activities of human clicks through the
 events batch path (``record_hits``). **What is promised**: a hit is stored within the flush interval
 plus one write after its 302 was answered; a kill -9 loses at most the hits answered since the last
@@ -24,16 +27,17 @@ touches, so two texts of one shape have the same encoding and segments (a few pr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
 import msgspec
 
 from campaigns.core import abtest, attribution, links, schedule, templates
 from campaigns.core.events import ActivityEvent, ShopEvent
-from campaigns.errors import CampaignError, Conflict, InvalidInput
+from campaigns.errors import CampaignError, Conflict, InvalidInput, StorageError
 from campaigns.service.gateway_client import Preview
 from campaigns.service.launch import HELD, Launcher, parse_spec, render_for
 from campaigns.store.campaign_rows import CampaignRow, ClickIn, LinkRow, PlannedRecipient, RecipientRow
@@ -80,16 +84,17 @@ def text_shape(text: str) -> str:
     return text.translate(_SHAPE)
 
 
-class _Round:
-    """Codes missed together, read in one query (``Tracker._link``)."""
+#: What a round's waiter is told: the link (None: no such code), or the error that ended the read.
+LinkCallback = Callable[[LinkRow | None, Exception | None], None]
 
-    __slots__ = ("codes", "done", "found", "error")
+
+class _Round:
+    """Codes missed together, read in one query (``Tracker.want_link``): each code's waiters."""
+
+    __slots__ = ("waiters",)
 
     def __init__(self) -> None:
-        self.codes: set[str] = set()
-        self.done = anyio.Event()
-        self.found: dict[str, LinkRow] = {}
-        self.error: Exception | None = None
+        self.waiters: dict[str, list[LinkCallback]] = {}
 
 
 class WinnerOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,20 +102,35 @@ class WinnerOut(msgspec.Struct, frozen=True, kw_only=True):
     released: int  # held recipients now sent the winner (0 when pending, or already released)
 
 
+#: A delivered message's link as the redirect keeps it in memory: only what a hit reads, all atomic
+#: values (so the cache adds nothing for the cyclic GC to walk): tenant, campaign, the recipient's
+#: number, delivered_at, expires_at, and the ``Location`` (UTM'd target, built once per campaign
+#: and URL).
+_Known = tuple[str, int, "str | None", "float | None", "float | None", str]
+#: A buffered hit: code, at, user agent, verdict, and for a human click its tenant, number and
+#: campaign (the ``clicked`` activity is built when the buffer is written, not per request).
+_Buffered = tuple[str, float, str, str, str, "str | None", int]
+
+
 class Tracker:
-    def __init__(self, launcher: Launcher, *, flush_interval: float = 0.005, link_cache: int = 200_000) -> None:
+    def __init__(self, launcher: Launcher, *, flush_interval: float = 0.005, link_cache: int = 200_000,
+                 location_cache: int = 100_000) -> None:  # fmt: skip
         self.la = launcher
         self.link_cache = link_cache
-        # code -> (link, its Location): delivered messages only, least recently used evicted first
-        self._links: dict[str, tuple[LinkRow, str]] = {}
+        # code -> _Known: delivered messages only, least recently used evicted first
+        self._links: dict[str, _Known] = {}
+        # (tenant, campaign, target) -> Location: with_utm once per URL of a campaign, not per hit
+        self._locations: dict[tuple[str, int, str], str] = {}
+        self.location_cache = location_cache
         self._reader: LinkReader | None = None  # opened at the first miss (a connection of its own)
         self._collecting: _Round | None = None  # misses waiting for the next read
         self._in_flight: _Round | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.store = launcher.store
         self.flush_interval = flush_interval
         self._utm: dict[tuple[str, int], dict[str, str]] = {}
-        self._clicks: list[ClickIn] = []
-        self._activities: list[tuple[str, ActivityEvent]] = []  # (tenant, the human click's activity)
+        self._min_delay: dict[str, float] = {}
+        self._hits: list[_Buffered] = []
         self._flushing: anyio.Lock | None = None
         self._shapes: dict[tuple[str, str], Preview] = {}
 
@@ -124,17 +144,18 @@ class Tracker:
         if link is None:
             return None
         await self._utm_of(link)  # before the hit is kept: a failure keeps nothing
-        return self._keep_hit(code, link, None, method, user_agent)
+        return self._keep_link(code, link, method, user_agent)
 
     def redirect_nowait(self, code: str, *, method: str, user_agent: str | None) -> tuple[bool, Redirect | None]:
         """``redirect`` when it needs no wait (the link in memory, or read on the loop: SQLite):
-        ``(True, hit or None)``; ``(False, None)``: call ``redirect``. Raises nothing a wait would fix."""
-        if not (5 <= len(code) <= 16) or not code.isalnum():
-            return True, None
+        ``(True, hit or None)``; ``(False, None)``: call ``redirect`` (or ``redirect_later``).
+        Raises nothing a wait would fix."""
         known = self._links.pop(code, None)
         if known is not None:
             self._links[code] = known  # most recently used last: the oldest is evicted first
-            return True, self._keep_hit(code, known[0], known[1], method, user_agent)
+            return True, self._keep(code, known, method, user_agent)
+        if not (5 <= len(code) <= 16) or not code.isalnum():
+            return True, None
         reader = self._open_reader()
         if not reader.on_loop:
             return False, None
@@ -146,30 +167,67 @@ class Tracker:
             return True, None
         if (link.tenant, link.campaign_id) not in self._utm:  # the campaign's UTM not read yet: a store read
             return False, None
-        return True, self._keep_hit(code, link, None, method, user_agent)
+        return True, self._keep_link(code, link, method, user_agent)
 
-    def _keep_hit(self, code: str, link: LinkRow, location: str | None, method: str,
-                  user_agent: str | None) -> Redirect | None:  # fmt: skip
-        """The hit's verdict, buffered (with its ``clicked`` activity when human); the redirect."""
-        now = self.la.clock()
-        if link.expires_at is not None and now >= link.expires_at:
-            return None
-        tl = self.la.tenants.get(link.tenant)
-        verdict = links.classify_hit(links.Hit(code=code, method=method, user_agent=user_agent, at=now), link.delivered_at,
-                                     min_delay=tl.click_min_delay if tl is not None else 10.0)  # fmt: skip
+    def redirect_later(self, code: str, *, method: str, user_agent: str | None,
+                       done: Callable[[Redirect | None, Exception | None], None]) -> bool:  # fmt: skip
+        """``redirect`` for a caller that cannot wait (the listener's protocol callbacks): the code
+        joins the next round of reads (``want_link``) and ``done(hit, None)`` or ``done(None, error)``
+        is called on the loop when it is read: no task per request. Call after ``redirect_nowait``
+        said it must wait. False (nothing started): the reader reads on the loop (SQLite), so what
+        made it wait was rare (its connection busy, a campaign's first hit): call ``redirect``."""
+        if self._open_reader().on_loop:  # its connection is the loop's: never read from a thread
+            return False
+
+        def got(link: LinkRow | None, error: Exception | None) -> None:
+            if error is not None or link is None:
+                done(None, error)
+            elif (link.tenant, link.campaign_id) in self._utm:
+                done(self._keep_link(code, link, method, user_agent), None)
+            else:  # the campaign's first hit: its UTM read from the store (once per campaign)
+                self._spawn(self._later_with_utm(code, link, method, user_agent, done))
+
+        self.want_link(code, got)
+        return True
+
+    async def _later_with_utm(self, code: str, link: LinkRow, method: str, user_agent: str | None,
+                              done: Callable[[Redirect | None, Exception | None], None]) -> None:  # fmt: skip
+        try:
+            await self._utm_of(link)
+        except Exception as exc:  # noqa: BLE001 - the waiter answers it (503 for storage)
+            done(None, exc)
+            return
+        done(self._keep_link(code, link, method, user_agent), None)
+
+    def _keep_link(self, code: str, link: LinkRow, method: str, user_agent: str | None) -> Redirect | None:
+        """A link read from the store: its ``Location`` (built once per campaign and URL), kept in
+        memory when delivered (a delivered message's link never changes again: states only move
+        forward, and delivered is final), then the hit."""
+        key = (link.tenant, link.campaign_id, link.target)
+        location = self._locations.get(key)
         if location is None:
-            location = links.with_utm(link.target, self._utm[(link.tenant, link.campaign_id)])
-            if link.delivered_at is not None:
-                # A delivered message's link never changes again (states only move forward, and
-                # delivered is final): keep it, so the hot links of a campaign cost no store read.
-                if len(self._links) >= self.link_cache:
-                    del self._links[next(iter(self._links))]
-                self._links[code] = (link, location)
-        self._clicks.append(ClickIn(code=code, at=now, user_agent=user_agent or "", verdict=verdict))
-        if verdict == "click" and link.phone:
-            self._activities.append((link.tenant, ActivityEvent(
-                id=f"click:{code}:{now!r}", at=now, phone=link.phone, kind="clicked",
-                properties={"campaign": link.campaign_id, "code": code})))  # fmt: skip
+            if len(self._locations) >= self.location_cache:  # per-recipient targets: bounded
+                self._locations.clear()
+            location = self._locations[key] = links.with_utm(link.target, self._utm[key[:2]])
+        known = (link.tenant, link.campaign_id, link.phone, link.delivered_at, link.expires_at, location)
+        if link.delivered_at is not None:
+            if len(self._links) >= self.link_cache:
+                del self._links[next(iter(self._links))]
+            self._links[code] = known
+        return self._keep(code, known, method, user_agent)
+
+    def _keep(self, code: str, known: _Known, method: str, user_agent: str | None) -> Redirect | None:
+        """The hit's verdict (``links.verdict``), buffered as a tuple; the redirect."""
+        tenant, campaign_id, phone, delivered_at, expires_at, location = known
+        now = self.la.clock()
+        if expires_at is not None and now >= expires_at:
+            return None
+        min_delay = self._min_delay.get(tenant)
+        if min_delay is None:
+            tl = self.la.tenants.get(tenant)
+            min_delay = self._min_delay[tenant] = tl.click_min_delay if tl is not None else 10.0
+        verdict = links.verdict(method, user_agent, now, delivered_at, min_delay)
+        self._hits.append((code, now, user_agent or "", verdict, tenant, phone, campaign_id))
         return Redirect(location=location, verdict=verdict)
 
     def _open_reader(self) -> LinkReader:
@@ -180,82 +238,133 @@ class Tracker:
 
     async def _link(self, code: str) -> LinkRow | None:
         """The link of a code not in memory: read on the loop when the reader never waits (SQLite's
-        connection of its own), else in a round: every code missed while a read is in flight waits for
-        the next one, read together in one query off the loop (PostgreSQL: one round trip for all)."""
+        connection of its own), else in the next round (``want_link``)."""
         reader = self._open_reader()
         if reader.on_loop:
             try:
                 return reader.read((code,)).get(code)
             except CampaignError:  # its connection busy for a moment: the store's own read, off the loop
                 return await self.la._run(self.store.link, code)
+        fut: asyncio.Future[LinkRow | None] = asyncio.get_running_loop().create_future()
+
+        def got(link: LinkRow | None, error: Exception | None) -> None:
+            if not fut.done():  # (the waiter may have been cancelled)
+                fut.set_exception(error) if error is not None else fut.set_result(link)
+
+        self.want_link(code, got)
+        return await fut
+
+    def want_link(self, code: str, got: LinkCallback) -> None:
+        """Read ``code``'s link off the loop, in a round: every code missed while a read is in flight
+        waits for the next one, read together in one query (PostgreSQL: one round trip for all, one
+        thread hop per round, no task or event per request). ``got(link, error)`` is called on the
+        loop; an error reaches every waiter of its round and nothing else."""
         rnd = self._collecting
         if rnd is None:
             rnd = self._collecting = _Round()
-        rnd.codes.add(code)
-        while not rnd.done.is_set():
-            if self._in_flight is None:  # nobody reads: this task reads the round it is in (still collecting)
-                cur, self._collecting = self._collecting, None
-                assert cur is rnd
-                self._in_flight = cur
-                try:  # not abandoned on cancel: the round always ends, its other waiters are answered
-                    cur.found = await anyio.to_thread.run_sync(reader.read, list(cur.codes))
-                except Exception as exc:  # noqa: BLE001 - every waiter of the round sees it
-                    cur.error = exc
-                finally:
-                    self._in_flight = None
-                    cur.done.set()
-            else:
-                await self._in_flight.done.wait()
-        if rnd.error is not None:
-            raise rnd.error
-        return rnd.found.get(code)
+        rnd.waiters.setdefault(code, []).append(got)
+        if self._in_flight is None:
+            self._next_round()
+
+    def _next_round(self) -> None:
+        rnd, self._collecting = self._collecting, None
+        if rnd is not None:
+            self._in_flight = rnd
+            self._spawn(self._read_round(rnd))
+
+    async def _read_round(self, rnd: _Round) -> None:
+        found: dict[str, LinkRow] = {}
+        error: Exception | None = None
+        rounds = [rnd]
+        try:  # not abandoned on cancel: the round always ends, its waiters are answered
+            found = await anyio.to_thread.run_sync(self._open_reader().read, list(rnd.waiters))
+        except Exception as exc:  # noqa: BLE001 - every waiter of the round sees it
+            error = exc
+        except BaseException:  # cancelled (shutting down): every waiter hears it, no next round
+            error = StorageError("the link read was cancelled")
+            if self._collecting is not None:
+                rounds.append(self._collecting)
+                self._collecting = None
+            raise
+        finally:
+            self._in_flight = None
+            for r in rounds:
+                for code, waiters in r.waiters.items():
+                    link = found.get(code)
+                    for got in waiters:
+                        try:
+                            got(link, error)
+                        except Exception:  # noqa: BLE001 - one waiter's failure never strands the others
+                            log.exception("redirect.waiter_failed code=%s", code)
+            if self._collecting is not None and self._in_flight is None:  # (a waiter may have started it)
+                self._next_round()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        for t in list(self._tasks):
+            t.cancel()
 
     def log_front_error(self, code: str) -> None:
         log.warning("redirect.front_failed code=%s (answered by the API's own route)", code, exc_info=True)
 
+    @staticmethod
+    def _rows(hits: Sequence[_Buffered]) -> tuple[list[ClickIn], dict[str, list[tuple[ShopEvent, str | None]]]]:
+        """The buffered hits as the store's rows: each hit, and each human click's ``clicked`` activity."""
+        clicks = [ClickIn(code=h[0], at=h[1], user_agent=h[2], verdict=h[3]) for h in hits]
+        by_tenant: dict[str, list[tuple[ShopEvent, str | None]]] = {}
+        for code, at, _ua, verdict, tenant, phone, campaign_id in hits:
+            if verdict == "click" and phone:
+                by_tenant.setdefault(tenant, []).append((ActivityEvent(
+                    id=f"click:{code}:{at!r}", at=at, phone=phone, kind="clicked",
+                    properties={"campaign": campaign_id, "code": code}), phone))  # fmt: skip
+        return clicks, by_tenant
+
+    def _write(self, hits: Sequence[_Buffered], now: float) -> None:
+        clicks, by_tenant = self._rows(hits)
+        self.store.record_hits(clicks, by_tenant, now=now)
+
     async def flush(self) -> int:
         """Write the buffered hits and their ``clicked`` activities in one transaction (all or none:
-        on a failure both stay buffered, in order, for the next); how many hits. Flushes run one at a
-        time, so a reader that flushed has seen every hit answered before it."""
+        on a failure they stay buffered, in order, for the next); how many hits. Flushes run one at a
+        time, so a reader that flushed has seen every hit answered before it. The rows are built in
+        the worker thread, off the loop."""
         if self._flushing is None:
             self._flushing = anyio.Lock()
         async with self._flushing:
-            clicks, self._clicks = self._clicks, []
-            activities, self._activities = self._activities, []
-            if not clicks and not activities:
+            hits, self._hits = self._hits, []
+            if not hits:
                 return 0
-            by_tenant: dict[str, list[tuple[ShopEvent, str | None]]] = {}
-            for tenant, ev in activities:
-                by_tenant.setdefault(tenant, []).append((ev, ev.phone))
             try:
-                await self.la._run(self.store.record_hits, clicks, by_tenant, now=self.la.clock())
+                await self.la._run(self._write, hits, self.la.clock())
             except BaseException:
-                self._clicks[:0], self._activities[:0] = clicks, activities  # kept for the next flush
+                self._hits[:0] = hits  # kept for the next flush
                 raise
-            return len(clicks)
+            return len(hits)
 
     async def run_flusher(self) -> None:
         """Flush every ``flush_interval`` while there is something to write; a last flush on the way out."""
         try:
             while True:
                 await anyio.sleep(self.flush_interval)
-                if self._clicks or self._activities:
+                if self._hits:
                     try:
                         await self.flush()
                     except CampaignError as exc:  # the store busy or down: kept, tried again next round
-                        log.warning("clicks.flush_failed pending=%d error=%s", len(self._clicks), exc)
+                        log.warning("clicks.flush_failed pending=%d error=%s", len(self._hits), exc)
                         await anyio.sleep(min(1.0, 100 * self.flush_interval))
         finally:
             with anyio.CancelScope(shield=True):
                 try:
                     await self.flush()
                 except CampaignError as exc:
-                    log.error("clicks.lost_at_stop count=%d error=%s", len(self._clicks), exc)
+                    log.error("clicks.lost_at_stop count=%d error=%s", len(self._hits), exc)
 
     async def _utm_of(self, link: LinkRow) -> dict[str, str]:
         key = (link.tenant, link.campaign_id)

@@ -18,8 +18,8 @@ from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
 from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
 from campaigns.store.inbox_sql import Change, ConversationApplied, ConversationRow, HistoryItem, InboxFigures, PendingAnswer
-from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRow, Outcomes,
-                                           PlannedRecipient, RecipientRow)  # fmt: skip
+from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRange,
+                                           LinkRow, Outcomes, PlannedRecipient, RecipientRow)  # fmt: skip
 from campaigns.store.report_sql import ReportFacts, Scope
 
 if TYPE_CHECKING:
@@ -156,7 +156,12 @@ class Store(Protocol):
     def campaign(self, tenant: str, campaign_id: int) -> CampaignRow | None: ...
     def set_campaign_status(self, tenant: str, campaign_id: int, status: CampaignStatus, *, now: float) -> CampaignRow: ...
     def freeze_audience(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
-                        links: Sequence[LinkRow], *, now: float) -> bool: ...  # False: already frozen
+                        links: Sequence[LinkRow], *, now: float,
+                        link_range: LinkRange | None = None) -> bool: ...  # False: already frozen
+    def launch_audience(self, tenant: str, include: Sequence[int], exclude: Sequence[int],
+                        ids: Sequence[int]) -> tuple[list[AudienceRow], dict[int, float | None]]: ...
+    def link_range_end(self, tenant: str, length: int) -> int: ...  # a new link range's first number
+    def link_range(self, tenant: str, campaign_id: int) -> LinkRange | None: ...
     def batches(self, tenant: str, campaign_id: int) -> list[BatchRow]: ...
     def batch_recipients(self, tenant: str, campaign_id: int, batch: int) -> list[RecipientRow]: ...
     def batch_lines(self, tenant: str, campaign_id: int, batch: int) -> list[tuple[str, str, str]]: ...  # (phone, text, tz)
@@ -165,6 +170,8 @@ class Store(Protocol):
                         rejected: Sequence[int], now: float) -> None: ...
     def recipient_state(self, tenant: str, job_id: str, idx: int, *, state: str, message_id: str | None,
                         at: float) -> RecipientRow | None: ...
+    def set_link_keys(self, keys: Mapping[str, bytes]) -> None: ...  # tenant -> link key (range codes)
+    def links(self, codes: Sequence[str]) -> dict[str, LinkRow]: ...  # campaign_sql.resolve_codes
     def link(self, code: str) -> LinkRow | None: ...
     def link_nowait(self, code: str) -> tuple[bool, LinkRow | None]: ...  # (False, None): use link() in a thread
     def open_link_reader(self) -> LinkReader: ...  # the redirect's misses, off the store's shared connection

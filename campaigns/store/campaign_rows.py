@@ -92,6 +92,26 @@ class LinkRow(msgspec.Struct, frozen=True, kw_only=True):
     delivered_at: float | None = None
 
 
+class LinkRange(msgspec.Struct, frozen=True, kw_only=True):
+    """A launch's short-link numbers (docs/ARCHITECTURE.md, "Campaign short links without a row per
+    recipient"): the recipient in batch ``b``, slot ``i`` has URL ``p`` at link number
+    ``start + (b * batch_size + i) * stride + p``, its code ``links.LinkCipher(key, length)``'s."""
+
+    tenant: str
+    campaign_id: int
+    length: int
+    start: int
+    count: int
+    stride: int  # URLs per recipient
+    batch_size: int
+    targets: tuple[str, ...]  # the URLs, in text order
+    created_at: float
+    expires_at: float | None = None
+
+    def number(self, batch: int, idx: int, position: int) -> int:
+        return self.start + (batch * self.batch_size + idx) * self.stride + position
+
+
 class ClickCounts(msgspec.Struct, frozen=True, kw_only=True):
     unique: int  # codes with at least one human click
     total: int  # human clicks

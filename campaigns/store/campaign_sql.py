@@ -6,18 +6,19 @@ and re-submits the same bytes; ``batch_submitted`` records the gateway job of on
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from campaigns.core import flows as F
+from campaigns.core import links as core_links
 from campaigns.core.events import ShopEvent
 from campaigns.errors import Conflict, NotFound
 from campaigns.store.flow_sql import enqueue_inputs
 from campaigns.store.report_sql import ReportSql
-from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRow, Outcomes,
-                                           PlannedRecipient, RecipientRow, STATE)  # fmt: skip
+from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRange,
+                                           LinkRow, Outcomes, PlannedRecipient, RecipientRow, STATE)  # fmt: skip
 
 _json = msgspec.json.Encoder()
 _CAMP_COLS = "id, name, definition, status, created_at, updated_at, launched_at"
@@ -28,6 +29,7 @@ _LINK_READ = (f"SELECT {', '.join(f'l.{c.strip()}' for c in _LINK_COLS.split(','
               "'delivered' THEN r.state_at END FROM short_links l LEFT JOIN campaign_recipients r ON r.tenant = "
               "l.tenant AND r.campaign_id = l.campaign_id AND r.subscriber_id = l.subscriber_id WHERE l.code = ?")
 _LINK_NAMES = [c.strip() for c in _LINK_COLS.split(",")] + ["phone", "delivered_at"]
+_CLICK_COLS = ("code", "at", "user_agent", "verdict", "is_bot", "is_unique")
 _FREEZE_COLS = ("tenant", "campaign_id", "subscriber_id", "phone", "variant", "send_at", "tz", "text", "batch", "idx")
 
 
@@ -38,7 +40,65 @@ def link_read_many(n: int, placeholder: str = "?") -> str:
 
 def link_rows(rows: Sequence[Sequence[Any]]) -> dict[str, LinkRow]:
     """Rows of ``_LINK_READ`` by code."""
-    return {r[0]: LinkRow(**dict(zip(_LINK_NAMES, r, strict=True))) for r in rows}
+    return {r[0]: _link_row(*r) for r in rows}
+
+
+def _link_row(code: str, tenant: str, campaign_id: int, subscriber_id: int, target: str, created_at: float,
+              expires_at: float | None, phone: str | None, delivered_at: float | None) -> LinkRow:  # fmt: skip
+    """One row of ``_LINK_READ`` (its columns in order: ``_LINK_NAMES``); keywords, not a dict per row."""
+    return LinkRow(code=code, tenant=tenant, campaign_id=campaign_id, subscriber_id=subscriber_id, target=target,
+                   created_at=created_at, expires_at=expires_at, phone=phone, delivered_at=delivered_at)
+
+
+#: A range code's link: its range (by tenant, code length and link number) and the recipient in the
+#: slot the number names (one indexed read each; integer division on both engines).
+_RANGE_READ = ("SELECT g.campaign_id, g.targets, g.created_at, g.expires_at, r.subscriber_id, r.phone, CASE WHEN "
+               "r.state = 'delivered' THEN r.state_at END, r.text, (? - g.start) - ((? - g.start) / g.stride) * "
+               "g.stride FROM link_ranges g JOIN campaign_recipients r ON r.tenant = g.tenant AND r.campaign_id = "
+               "g.campaign_id AND r.batch = ((? - g.start) / g.stride) / g.batch_size AND r.idx = ((? - g.start) / "
+               "g.stride) - (((? - g.start) / g.stride) / g.batch_size) * g.batch_size WHERE g.tenant = ? AND "
+               "g.length = ? AND g.start <= ? AND ? < g.start + g.count")
+
+
+def resolve_codes(query: Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]], codes: Sequence[str],
+                  keys: Mapping[str, bytes], placeholder: str = "?") -> dict[str, LinkRow]:  # fmt: skip
+    """THE code -> link resolution (docs/ARCHITECTURE.md): each code's ``short_links`` row (old codes,
+    flows' links, held and per-recipient-target recipients), else its range link: the code decoded
+    with each tenant's key (in name order) to a link number, that number's range and the recipient in
+    the slot it names, whose text must carry the code (a slot given HMAC codes resolves nothing).
+    ``query(sql, params)`` runs on the caller's connection (``placeholder``: its parameter mark)."""
+    out: dict[str, LinkRow] = {}
+    for i in range(0, len(codes), 500):
+        chunk = list(codes[i:i + 500])
+        out.update(link_rows(query(link_read_many(len(chunk), placeholder), chunk)))
+    if keys:
+        out.update(resolve_ranges(query, [c for c in codes if c not in out], keys, placeholder))
+    return out
+
+
+def resolve_ranges(query: Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]], codes: Sequence[str],
+                   keys: Mapping[str, bytes], placeholder: str = "?") -> dict[str, LinkRow]:  # fmt: skip
+    """``resolve_codes``'s second half: the range links of ``codes`` that have no ``short_links`` row."""
+    out: dict[str, LinkRow] = {}
+    sql = _RANGE_READ if placeholder == "?" else _RANGE_READ.replace("?", placeholder)
+    for code in codes:
+        if not core_links.MIN_CODE <= len(code) <= core_links.MAX_CODE:
+            continue
+        for tenant in sorted(keys):
+            n = core_links.cipher_for(keys[tenant], len(code)).decode(code)
+            if n is None:
+                break  # not base62: no tenant's code
+            rows = query(sql, (n, n, n, n, n, tenant, len(code), n, n))
+            if not rows:
+                continue
+            cid, targets, created, expires, sid, phone, delivered, text, position = rows[0]
+            if f"/{code}" not in text:
+                continue
+            out[code] = LinkRow(code=code, tenant=tenant, campaign_id=int(cid), subscriber_id=int(sid),
+                                target=msgspec.json.decode(targets)[int(position)], created_at=created,
+                                expires_at=expires, phone=phone, delivered_at=delivered)  # fmt: skip
+            break
+    return out
 
 
 class SharedLinkReader:
@@ -51,12 +111,7 @@ class SharedLinkReader:
         self._store = store
 
     def read(self, codes: Sequence[str]) -> dict[str, LinkRow]:
-        out = {}
-        for code in codes:
-            link = self._store.link(code)
-            if link is not None:
-                out[code] = link
-        return out
+        return self._store.links(codes)
 
     def close(self) -> None:
         pass
@@ -116,14 +171,43 @@ class CampaignSql(ReportSql):
         return _camp(tenant, row)
 
     # ---- the frozen audience -------------------------------------------------------------------
+    def link_range_end(self, tenant: str, length: int) -> int:
+        """The first link number no range of the tenant's codes of ``length`` holds (a new range's start)."""
+        with self._tx() as tx:
+            row = tx.one("SELECT MAX(start + count) FROM link_ranges WHERE tenant = ? AND length = ?", (tenant, length))
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def link_range(self, tenant: str, campaign_id: int) -> LinkRange | None:
+        with self._tx() as tx:
+            row = tx.one("SELECT length, start, count, stride, batch_size, targets, created_at, expires_at FROM "
+                         "link_ranges WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))  # fmt: skip
+        if row is None:
+            return None
+        length, start, count, stride, size, targets, created, expires = row
+        return LinkRange(tenant=tenant, campaign_id=campaign_id, length=int(length), start=int(start), count=int(count),
+                         stride=int(stride), batch_size=int(size), targets=tuple(msgspec.json.decode(targets)),
+                         created_at=created, expires_at=expires)  # fmt: skip
+
     def freeze_audience(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
-                        links: Sequence[LinkRow], *, now: float) -> bool:  # fmt: skip
-        """Store the audience, its batches and links in one transaction; False (nothing written) if the
-        campaign's audience was already frozen (a relaunch keeps the first one)."""
+                        links: Sequence[LinkRow], *, now: float, link_range: LinkRange | None = None) -> bool:  # fmt: skip
+        """Store the audience, its batches, its links (rows for HMAC codes, one ``link_ranges`` row for
+        the range codes) in one transaction; False (nothing written) if the campaign's audience was
+        already frozen (a relaunch keeps the first one). A range that another launch took meanwhile
+        is a ``Conflict("link_range_taken")`` with nothing written (plan again from a new start)."""
         with self._tx() as tx:
             if tx.one("SELECT 1 FROM campaign_batches WHERE tenant = ? AND campaign_id = ? LIMIT 1",
                       (tenant, campaign_id)) is not None:  # fmt: skip
                 return False
+            if link_range is not None:
+                end = tx.one("SELECT MAX(start + count) FROM link_ranges WHERE tenant = ? AND length = ?",
+                             (tenant, link_range.length))  # fmt: skip
+                if end is not None and end[0] is not None and int(end[0]) > link_range.start:
+                    raise Conflict("another launch took these link numbers", code="link_range_taken")
+                g = link_range
+                tx.run("INSERT INTO link_ranges (tenant, campaign_id, length, start, count, stride, batch_size, targets, "
+                       "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (tenant, campaign_id, g.length, g.start, g.count, g.stride, g.batch_size,
+                        _json.encode(list(g.targets)).decode(), g.created_at, g.expires_at))  # fmt: skip
             sizes: dict[int, tuple[float, int]] = {}
             for r in recipients:
                 at, n = sizes.get(r.batch, (r.send_at, 0))
@@ -211,11 +295,26 @@ class CampaignSql(ReportSql):
             return rec
 
     # ---- short links and clicks -----------------------------------------------------------------
-    def link(self, code: str) -> LinkRow | None:
-        """The link, with its recipient's number and delivery time (one indexed read: redirects are hot)."""
+    @property
+    def link_keys(self) -> dict[str, bytes]:
+        """tenant -> link key: what range codes are decoded with (``resolve_codes``). One dict for the
+        store's life, shared with its link readers (``set_link_keys`` fills it in place)."""
+        keys = self.__dict__.get("_link_keys")
+        if keys is None:
+            keys = self.__dict__["_link_keys"] = {}
+        return keys
+
+    def set_link_keys(self, keys: Mapping[str, bytes]) -> None:
+        self.link_keys.update(keys)
+
+    def links(self, codes: Sequence[str]) -> dict[str, LinkRow]:
+        """The links of ``codes`` (``resolve_codes``), with their recipients' numbers and delivery times."""
         with self._tx() as tx:
-            row = tx.one(_LINK_READ, (code,))
-        return LinkRow(**dict(zip(_LINK_NAMES, row, strict=True))) if row else None
+            return resolve_codes(tx.rows, codes, self.link_keys)
+
+    def link(self, code: str) -> LinkRow | None:
+        """The link, with its recipient's number and delivery time (indexed reads: redirects are hot)."""
+        return self.links((code,)).get(code)
 
     def link_nowait(self, code: str) -> tuple[bool, LinkRow | None]:
         """``(True, link)`` read on the calling thread when the engine can do it without waiting (SQLite
@@ -224,7 +323,21 @@ class CampaignSql(ReportSql):
         rows = read(_LINK_READ, (code,)) if read is not None else None
         if rows is None:
             return False, None
-        return True, (LinkRow(**dict(zip(_LINK_NAMES, rows[0], strict=True))) if rows else None)
+        if rows:
+            return True, LinkRow(**dict(zip(_LINK_NAMES, rows[0], strict=True)))
+        if not self.link_keys:
+            return True, None
+        waited: list[bool] = []
+
+        def query(sql: str, params: Sequence[Any]) -> Sequence[Sequence[Any]]:
+            got = read(sql, params)
+            if got is None:
+                waited.append(True)
+                return []
+            return got
+
+        found = resolve_codes(query, (code,), self.link_keys).get(code)
+        return (False, None) if waited else (True, found)
 
     def open_link_reader(self) -> Any:
         """A ``LinkReader`` for the redirect's misses (engines with a connection of its own override this)."""
@@ -268,7 +381,27 @@ class CampaignSql(ReportSql):
                     self._apply_events(tx, tenant, events, now)  # type: ignore[attr-defined]
         return unique
 
+    def _materialise_links(self, tx: Any, codes: Sequence[str]) -> None:
+        """Write the ``short_links`` row of each range code among ``codes`` that has none yet (its first
+        hit), so what joins ``clicks`` to ``short_links`` (reports, attribution, flows) finds it."""
+        if not self.link_keys:
+            return
+        have: set[str] = set()
+        for i in range(0, len(codes), 500):
+            chunk = list(codes[i:i + 500])
+            marks = ", ".join("?" * len(chunk))
+            have.update(r[0] for r in tx.rows(f"SELECT code FROM short_links WHERE code IN ({marks})", chunk))
+        missing = [c for c in codes if c not in have]
+        if not missing:
+            return
+        found = resolve_codes(tx.rows, missing, self.link_keys)
+        if found:
+            tx.insert_new("short_links", _LINK_NAMES[:7], sorted((k.code, k.tenant, k.campaign_id, k.subscriber_id,
+                                                                  k.target, k.created_at, k.expires_at)
+                                                                 for k in found.values()))  # fmt: skip
+
     def _record_clicks(self, tx: Any, clicks: Sequence[ClickIn]) -> int:
+        self._materialise_links(tx, sorted({c.code for c in clicks}))
         human = sorted({c.code for c in clicks if c.verdict == "click"})
         seen: set[str] = set()
         for i in range(0, len(human), 500):
@@ -282,7 +415,7 @@ class CampaignSql(ReportSql):
             if first:
                 seen.add(c.code)
             rows.append((c.code, c.at, c.user_agent[:512], c.verdict, 0 if c.verdict == "click" else 1, int(first)))
-        tx.many("INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        tx.insert_many("clicks", _CLICK_COLS, rows)  # COPY on PostgreSQL
         self._clicks_to_flows(tx, [r[0] for r in rows if r[5]])
         return sum(r[5] for r in rows)
 
@@ -384,6 +517,43 @@ class CampaignSql(ReportSql):
                            f"ORDER BY s.id", (tx.array(sorted(set(subscriber_ids))), tenant))  # fmt: skip
         return [AudienceRow(id=int(i), phone=p, first_name=f, time_zone=z, language=lang, attributes=attrs)
                 for i, p, f, z, lang, attrs in rows]  # fmt: skip
+
+    def launch_audience(self, tenant: str, include: Sequence[int], exclude: Sequence[int],
+                        ids: Sequence[int]) -> tuple[list[AudienceRow], dict[int, float | None]]:  # fmt: skip
+        """A launch's audience in one query: the members of the ``include`` segments and ``ids``, minus
+        the members of the ``exclude`` segments, with a confirmed opt-in, in id order (only the
+        columns a launch reads); and when each was last sent marketing (``last_marketing_at``'s
+        rule, read per row by index). Driven by the segment's members (its primary key) and
+        the ids, each subscriber probed by id: nothing ranges over the rest of the shop."""
+        parts, params = [], []
+        with self._tx() as tx:
+            if include:
+                parts.append(f"SELECT m.subscriber_id AS sid FROM {tx.each('bigint')} CROSS JOIN segment_members m "
+                             "WHERE m.tenant = ? AND m.segment_id = value")  # fmt: skip
+                params += [tx.array(sorted(set(include))), tenant]
+            if ids:
+                parts.append(f"SELECT value AS sid FROM {tx.each('bigint')}")
+                params.append(tx.array(sorted(set(ids))))
+            if not parts:
+                return [], {}
+            aud = " UNION ".join(parts) if len(parts) > 1 or len(set(include)) > 1 else parts[0]
+            skip = ""
+            if exclude:
+                skip = (f" AND NOT EXISTS (SELECT 1 FROM {tx.each('bigint')} CROSS JOIN segment_members x WHERE x.tenant = "
+                        "s.tenant AND x.segment_id = value AND x.subscriber_id = s.id)")  # fmt: skip
+            rows = tx.rows(f"SELECT s.id, s.phone, s.first_name, s.time_zone, s.language, s.attributes, (SELECT "
+                           "MAX(r.send_at) FROM campaign_recipients r WHERE r.tenant = s.tenant AND r.subscriber_id = "
+                           "s.id AND r.state NOT IN ('rejected', 'canceled', 'failed')), (SELECT st.last_message_at FROM "
+                           "subscriber_stats st WHERE st.subscriber_id = s.id AND st.tenant = s.tenant) "
+                           f"FROM ({aud}) a CROSS JOIN subscribers s WHERE s.id = a.sid AND s.tenant = ? AND "
+                           f"s.consent = 'confirmed'{skip} ORDER BY s.id",
+                           (*params, tenant, *([tx.array(sorted(set(exclude)))] if exclude else [])))  # fmt: skip
+        out, last = [], {}
+        for i, p, f, z, lang, attrs, sent, stat in rows:
+            out.append(AudienceRow(id=int(i), phone=p, first_name=f, time_zone=z, language=lang, attributes=attrs))
+            if sent is not None or stat is not None:
+                last[int(i)] = max(float(sent) if sent is not None else 0.0, float(stat) if stat is not None else 0.0)
+        return out, last
 
     def campaign_outcomes(self, tenant: str, campaign_id: int, *, since: float) -> Outcomes:
         """Orders and opt-outs of the campaign's recipients at or after ``since``."""

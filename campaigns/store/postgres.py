@@ -6,14 +6,14 @@ the next batch's events commit on the other."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import psycopg
 
 from campaigns.errors import StorageError
 from campaigns.store.campaign_rows import LinkRow
-from campaigns.store.campaign_sql import link_read_many, link_rows
+from campaigns.store.campaign_sql import link_read_many, link_rows, resolve_codes, resolve_ranges
 from campaigns.store import rollups
 from campaigns.store.schema import statements, upgrades
 from campaigns.store.sql import SqlStore, Tx
@@ -79,7 +79,7 @@ class PostgresStore(SqlStore):
             raise StorageError(str(exc)) from exc
 
     def open_link_reader(self) -> PgLinkReader:
-        return PgLinkReader(self._url)
+        return PgLinkReader(self._url, self.link_keys)
 
     def close(self) -> None:
         with self._lock:
@@ -89,6 +89,9 @@ class PostgresStore(SqlStore):
                 self._member_conn.close()
 
 
+_LINK_READ_ANY = link_read_many(1, "%s").replace("l.code IN (%s)", "l.code = ANY(%s::text[])")
+
+
 class PgLinkReader:
     """Links by code on a connection of their own (autocommit reads: never queued behind the store's
     writes, the click flushes or a launch). A network round trip: callers run ``read`` in a worker
@@ -96,8 +99,9 @@ class PgLinkReader:
 
     on_loop = False
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, keys: Mapping[str, bytes] | None = None) -> None:
         self._url = url
+        self._keys: Mapping[str, bytes] = keys if keys is not None else {}  # the store's (range codes)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
 
@@ -106,11 +110,15 @@ class PgLinkReader:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
                     self._conn = psycopg.connect(self._url, autocommit=True)
-                out: dict[str, LinkRow] = {}
-                for i in range(0, len(codes), 500):
-                    chunk = list(codes[i:i + 500])
-                    out.update(link_rows(self._conn.execute(link_read_many(len(chunk), "%s"), chunk).fetchall()))
-                return out
+                # One statement shape whatever the round's size (codes bound as one array): prepared
+                # once by psycopg, not once per count of codes. Codes without a row: range codes.
+                conn = self._conn
+                found = link_rows(conn.execute(_LINK_READ_ANY, (list(codes),)).fetchall())
+                missing = [c for c in codes if c not in found]
+                if missing and self._keys:
+                    found.update(resolve_ranges(lambda sql, params: conn.execute(sql, params).fetchall(), missing,
+                                                self._keys, "%s"))  # fmt: skip
+                return found
             except psycopg.Error as exc:
                 raise StorageError(f"link read: {exc}") from exc
 

@@ -15,7 +15,8 @@ Columns beyond the shared plan (docs: campaigns_shared.md), for the store's own 
 - ``gateway_sync``: opt-outs to push to the gateway's suppressions (an outbox: survives restarts).
 
 Campaigns (issue 18, ``campaigns/store/campaign_sql.py``): ``campaigns`` (definition JSON, status),
-``campaign_recipients`` (the audience frozen at launch: variant, ``send_at``, zone, the rendered text,
+``link_ranges`` (a launch's short-link numbers: codes are a keyed permutation of them, no row per
+recipient; docs/ARCHITECTURE.md), ``campaign_recipients`` (the audience frozen at launch: variant, ``send_at``, zone, the rendered text,
 its batch and index in the gateway job, the gateway message id and state), ``campaign_batches`` (one
 gateway job per batch: its ``job_id`` once accepted), ``short_links`` (code -> target, campaign,
 subscriber), ``clicks`` (every hit, with its verdict and whether it was the code's first human click),
@@ -164,6 +165,13 @@ CREATE TABLE IF NOT EXISTS short_links (
     target TEXT NOT NULL, created_at {REAL} NOT NULL, expires_at {REAL}
 );
 CREATE INDEX IF NOT EXISTS short_links_campaign ON short_links (tenant, campaign_id);
+CREATE TABLE IF NOT EXISTS link_ranges (
+    tenant TEXT NOT NULL, campaign_id {INT} NOT NULL, length {INT} NOT NULL, start {INT} NOT NULL,
+    count {INT} NOT NULL, stride {INT} NOT NULL, batch_size {INT} NOT NULL, targets TEXT NOT NULL,
+    created_at {REAL} NOT NULL, expires_at {REAL},
+    PRIMARY KEY (tenant, length, start)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS link_ranges_campaign ON link_ranges (tenant, campaign_id);
 CREATE TABLE IF NOT EXISTS clicks (
     code TEXT NOT NULL, at {REAL} NOT NULL, user_agent TEXT NOT NULL DEFAULT '',
     verdict TEXT NOT NULL, is_bot {INT} NOT NULL, is_unique {INT} NOT NULL

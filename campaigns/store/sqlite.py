@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from campaigns.errors import StorageError
-from campaigns.store.campaign_sql import SharedLinkReader, link_read_many, link_rows
+from campaigns.store.campaign_sql import SharedLinkReader, resolve_codes
 from campaigns.store import rollups
 from campaigns.store.schema import statements, upgrades
 from campaigns.store.campaign_rows import LinkRow
@@ -182,7 +182,7 @@ class SQLiteStore(SqlStore):
         ``:memory:`` has no second connection to the same data, so it shares the store's."""
         if self._path in ("", ":memory:") or self._path.startswith("file:"):
             return SharedLinkReader(self)
-        return SQLiteLinkReader(self._path)
+        return SQLiteLinkReader(self._path, keys=self.link_keys)
 
     def close(self) -> None:
         self._close_reader()
@@ -198,24 +198,21 @@ class SQLiteLinkReader:
 
     on_loop = True
 
-    def __init__(self, path: str, *, busy_s: float = 0.05) -> None:
+    def __init__(self, path: str, *, busy_s: float = 0.05, keys: Mapping[str, bytes] | None = None) -> None:
+        self._keys: Mapping[str, bytes] = keys if keys is not None else {}  # the store's (range codes)
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_s)
             self._conn.execute("PRAGMA query_only=1")
             self._conn.execute("PRAGMA mmap_size=1073741824")  # pages read from the OS cache without a syscall
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open {path} for reading: {exc}") from exc
-        self._one = link_read_many(1)
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        return self._conn.execute(sql, params).fetchall()
 
     def read(self, codes: Sequence[str]) -> dict[str, LinkRow]:
         try:
-            if len(codes) == 1:
-                return link_rows(self._conn.execute(self._one, (codes[0],)).fetchall())
-            out: dict[str, LinkRow] = {}
-            for i in range(0, len(codes), 500):
-                chunk = list(codes[i:i + 500])
-                out.update(link_rows(self._conn.execute(link_read_many(len(chunk)), chunk).fetchall()))
-            return out
+            return resolve_codes(self._query, codes, self._keys)
         except sqlite3.Error as exc:
             raise StorageError(str(exc)) from exc
 

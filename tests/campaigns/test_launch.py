@@ -384,10 +384,49 @@ async def test_a_store_failure_building_the_next_body_stops_the_launch_and_a_rel
         return real(tenant, campaign_id, batch)
 
     monkeypatch.setattr(store, "batch_lines", flaky)
+    # Frozen by an earlier launch that stopped there: the bodies are read back from the store (a
+    # launch that froze them itself builds them from what it stored: the test below).
+    from campaigns.service.launch import freeze
+
+    freeze(store, "acme", store.set_campaign_status("acme", camp.id, "launching", now=T0), TL, T0)
     with pytest.raises(StorageError):
         await launcher(store, gw).launch("acme", camp.id)
     assert len(gw.jobs) == 1  # batch 0 only: never batch 2 before batch 1
     monkeypatch.setattr(store, "batch_lines", real)
     out = await launcher(store, gw, now=T0 + 60).launch("acme", camp.id)
     assert out.status == "launched" and out.batches == 3 and out.accepted == 9
+    assert Counter(gw.sent()) == Counter({f"+4479111{i:05d}": 1 for i in range(1, 10)})
+
+
+async def test_a_failure_building_a_body_from_the_just_frozen_rows_stops_the_launch_too(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A launch that froze the audience builds its bodies from the rows it stored (not read back): a
+    failure building the second body stops it there, and the relaunch (bodies read back from the
+    store, the same bytes: the fake gateway answers other bytes under a key with a 409) sends the rest once."""
+    from campaigns.service import launch as launch_mod
+
+    ids = [subscriber(store, n) for n in range(1, 10)]
+    gw = FakeGateway()
+    definition = {"sender": "ACME", "template": "Sale at https://s.io/x", "batch_size": 3, "audience": {"subscribers": ids}}
+    camp = await launcher(store, gw).create("acme", "Broken body", definition)
+    real, calls = launch_mod.job_body_of, []
+
+    def flaky(head: bytes, lines: list) -> bytes:
+        calls.append(len(lines))
+        if len(calls) == 2:
+            raise MemoryError("no room for the body")
+        return real(head, lines)
+
+    def unread(*_a: object) -> list:
+        raise AssertionError("the rows just frozen are not read back")
+
+    monkeypatch.setattr(launch_mod, "job_body_of", flaky)
+    monkeypatch.setattr(store, "batch_lines", unread)
+    with pytest.raises(MemoryError):
+        await launcher(store, gw).launch("acme", camp.id)
+    assert len(gw.jobs) == 1
+    monkeypatch.setattr(launch_mod, "job_body_of", real)
+    monkeypatch.undo()
+    out = await launcher(store, gw, now=T0 + 60).launch("acme", camp.id)
+    assert out.status == "launched" and out.accepted == 9 and len(gw.jobs) == 3
     assert Counter(gw.sent()) == Counter({f"+4479111{i:05d}": 1 for i in range(1, 10)})

@@ -141,3 +141,85 @@ async def test_listener_answers_as_the_api_route(tmp_path) -> None:
         tg.cancel_scope.cancel()
     tracker.close()
     store.close()
+
+
+async def test_the_listener_answers_waiting_requests_in_order_without_a_task_each(tmp_path) -> None:
+    """Off-loop reads (PostgreSQL's): a request whose link must be read waits as a callback of the
+    next round (no task, no event per request); the connection's later requests wait behind it and
+    are answered in order; a failed round answers its waiters 503 and the connection serves on."""
+    from test_short_http import _read_response, _req, _serving
+
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    la = Launcher(store, {}, {}, lambda: T0 + 100)
+    tracker = Tracker(la)
+    reader = SlowReader(_links(30), fail_first=True)
+    tracker._reader = reader
+    server = ShortLinkServer(tracker)
+    spawned: list[object] = []
+    server.spawn = spawned.append  # type: ignore[method-assign]  # the task fallback: must not be taken
+    ua = UA.encode()
+    async with anyio.create_task_group() as tg:
+        port = await _serving(tg, server)
+        conns = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(3)]
+        await conns[0].send(_req("GET", "/Code0000", ua))
+        while not reader.calls:  # the first round is in flight (its thread waits on the gate)
+            await anyio.sleep(0.001)
+        await conns[0].send(_req("GET", "/Code0005", ua))  # behind Code0000 on its connection
+        await conns[1].send(_req("GET", "/Code0001", ua) + _req("GET", "/Missing1", ua) + _req("HEAD", "/Code0002", ua)
+                            + _req("GET", "/Code0001", ua))  # fmt: skip
+        await conns[2].send(_req("GET", "/Code0003", ua) + _req("GET", "/Code0004", ua, close=True))
+        for _ in range(50):
+            await anyio.sleep(0)
+        reader.gate.set()
+        with anyio.fail_after(10):  # (the task fallback is a no-op here: it would never answer)
+            got = [[await _read_response(c) for _ in range(k)] for c, k in zip(conns, (2, 4, 2), strict=True)]
+        for c in conns:
+            await c.aclose()
+        tg.cancel_scope.cancel()
+    loc = lambda i: f"https://x.example/{i}?utm_source=sms&utm_medium=sms&utm_campaign=campaign-1"  # noqa: E731
+    assert [(s, h.get("location")) for s, h, _ in got[0]] == [(503, None), (302, loc(5))]
+    assert [(s, h.get("location")) for s, h, _ in got[1]] == [(302, loc(1)), (404, None), (302, loc(2)), (302, loc(1))]
+    assert [(s, h.get("location"), h.get("connection")) for s, h, _ in got[2]] == [(302, loc(3), None), (302, loc(4), "close")]
+    assert spawned == [] and reader.calls[0] == ["Code0000"]
+    assert max(len(c) for c in reader.calls) > 1 and len(reader.calls) < 7  # misses read together
+    assert sum(1 for c in reader.calls for code in c if code == "Code0001") == 1  # then from memory
+    assert sorted(h[0] for h in tracker._hits) == ["Code0001", "Code0001", "Code0002", "Code0003", "Code0004", "Code0005"]
+    tracker.close()
+    store.close()
+
+
+class OnLoopReader(SlowReader):
+    on_loop = True
+
+    def read(self, codes: Sequence[str]) -> dict[str, LinkRow]:
+        self.calls.append(sorted(codes))
+        return {c: self.links[c] for c in codes if c in self.links}
+
+
+async def test_a_kept_link_answers_as_a_fresh_read(tmp_path) -> None:
+    """The hot path keeps a link as a tuple with its Location built once per (campaign, URL), and
+    classifies from it: every answer equals ``with_utm`` of the link's target and ``classify_hit`` of
+    the link, whatever was kept, evicted or rebuilt (caches far smaller than the links)."""
+    from campaigns.core.links import Hit, classify_hit, with_utm
+
+    targets = ["https://x.example/a", "https://x.example/b?utm_source=shop&q=1", "https://x.example/c#top",
+               "https://y.example/", "https://x.example/a?k=%20v"]  # fmt: skip
+    delivered = [T0, T0 + 95, None]  # a click, too soon (now is T0 + 100), unknown
+    links = {f"Code{i:04d}": LinkRow(code=f"Code{i:04d}", tenant="acme", campaign_id=1 + i % 2, subscriber_id=i,
+                                     target=targets[i % 5], created_at=T0, phone=f"+44791110{i:04d}",
+                                     delivered_at=delivered[i % 3]) for i in range(40)}  # fmt: skip
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    la = Launcher(store, {}, {}, lambda: T0 + 100)
+    tracker = Tracker(la, link_cache=5, location_cache=3)
+    tracker._reader = OnLoopReader(links)
+    asks = [(code, method, ua) for code in links for method, ua in (("GET", UA), ("HEAD", UA), ("GET", "Slackbot 1.0"), ("GET", None))]
+    for _ in range(2):
+        for code, method, ua in asks:
+            link = links[code]
+            hit = await tracker.redirect(code, method=method, user_agent=ua)
+            utm = {"utm_source": "sms", "utm_medium": "sms", "utm_campaign": f"campaign-{link.campaign_id}"}
+            assert hit is not None and hit.location == with_utm(link.target, utm)
+            assert hit.verdict == classify_hit(Hit(code=code, method=method, user_agent=ua, at=T0 + 100), link.delivered_at)
+    assert len(tracker._links) <= 5 and len(tracker._locations) <= 3
+    assert len(tracker._hits) == 2 * len(asks)
+    store.close()
