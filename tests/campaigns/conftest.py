@@ -32,6 +32,8 @@ from urllib.parse import quote
 
 import pytest
 
+from campaigns.store import Store, open_store
+
 
 @dataclass(frozen=True)
 class PgServer:
@@ -116,3 +118,17 @@ def store_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The campaign tests run on asyncio (a file that wants uvloop defines its own)."""
+    return "asyncio"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """An open store of ``store_url``'s engine (each test its own schema or file), closed after."""
+    s = open_store(store_url)
+    yield s
+    s.close()

@@ -24,11 +24,6 @@ pytestmark = pytest.mark.anyio
 KEY = "acme-secret-key-1"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def gateway_api(clock: FakeClock) -> Api:
     cfg = loads(default_text())
     carriers = [msgspec.structs.replace(c, price_per_segment=5) for c in cfg.core.carriers]

@@ -5,15 +5,12 @@ custom events, customers, ids repeated inside a batch and across batches)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaigns.core.events import (ActivityEvent, CheckoutEvent, CustomerEvent, CustomEvent, FulfillmentEvent, Item,
                                    OrderEvent, Profile, ShopEvent)  # fmt: skip
-from campaigns.store import Store, open_store
+from campaigns.store import Store
 
 PHONES = ("+33612345678", "+33612345679", "+33612345670")
 T0 = 1_760_000_000.0
@@ -66,13 +63,6 @@ def state(store: Store, tenant: str) -> dict[str, tuple]:
                       tuple((c.checkout_id, c.value, c.url, c.started_at, c.completed_at, c.abandoned_at) for c in v.checkouts),
                       tuple(sorted((a.kind, a.at) for a in v.activities)))  # fmt: skip
     return out
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 _n = iter(range(10**9))

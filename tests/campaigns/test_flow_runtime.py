@@ -6,7 +6,6 @@ sends (rendered once, posted with ``flow-{run}-{visit}``), replies, opt-outs, ve
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -26,18 +25,6 @@ from fake_gateway import FakeGateway
 pytestmark = pytest.mark.anyio
 T0 = 1_767_000_000.0
 HOUR, DAY = 3600.0, 86_400.0
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 class Clock:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,18 +22,6 @@ from fake_gateway import FakeGateway
 pytestmark = pytest.mark.anyio
 T0 = 1_767_000_000.0  # 2025-12-29 09:20 UTC
 TL = TenantLinks(domain="sl.ui", key=b"k" * 32, zone="Europe/Paris")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 def subscriber(store: Store, i: int, *, consent: str = "confirmed", zone: str | None = None, name: str | None = "Ana",

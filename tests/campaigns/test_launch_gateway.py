@@ -24,11 +24,6 @@ pytestmark = pytest.mark.anyio
 KEY = "launch-gateway-key-0123456789"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def config(tmp_path: Path, sim_port: int) -> str:
     return shop_config(tmp_path, sim_port, sender="ACME", rps=1000.0)
 

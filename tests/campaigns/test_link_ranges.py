@@ -5,7 +5,6 @@ permutation of link numbers, one ``link_ranges`` row per launch, resolved throug
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -21,18 +20,6 @@ from test_launch import T0, TL, launcher, subscriber
 
 pytestmark = pytest.mark.anyio
 CODE = re.compile(r"https://sl\.ui/([0-9A-Za-z]+)")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 # ---- the permutation (pure) ------------------------------------------------------------------------

@@ -28,11 +28,6 @@ T0 = 1_767_000_000.0
 UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Launched(NamedTuple):
     store: Any
     tracker: Tracker

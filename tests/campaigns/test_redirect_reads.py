@@ -25,11 +25,6 @@ UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"
 KEY = "acme-campaigns-key-0123456789"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class SlowReader:
     """A reader that must be called off the loop (as PostgreSQL's), counting its rounds."""
 

@@ -28,11 +28,6 @@ KEY = "acme-secret-key-1"
 UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def gateway_api(clock: FakeClock) -> tuple[Api, dict[str, int]]:
     cfg = loads(default_text())
     prices = {c.name: 7 + i for i, c in enumerate(cfg.core.carriers)}  # a different price per carrier

@@ -18,11 +18,6 @@ pytestmark = pytest.mark.anyio
 UA = b"Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # ---- the parser (sans-I/O) -------------------------------------------------------------------------
 
 _CODES = st.text(alphabet="ABCDEFGHJKabcdefgh0123456789", min_size=5, max_size=16)

@@ -1,18 +1,11 @@
 """The campaign store conformance suite, on SQLite and on a real PostgreSQL."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from campaigns.store import Store, open_store
 from campaigns.store.conformance import CHECKS
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)

@@ -23,11 +23,6 @@ from carriers.http.profiles import generic
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.floats(min_value=1.5e9, max_value=2.5e9))
 def test_the_story_always_finds_a_zone_in_daytime(now: float) -> None:
