@@ -211,9 +211,6 @@ class LinkCipher:
         self._tables = [(tuple(words[(2 * r) * 4096:(2 * r + 1) * 4096]),
                          tuple(words[(2 * r + 1) * 4096:(2 * r + 2) * 4096])) for r in range(_ROUNDS)]  # fmt: skip
 
-    def number_space(self) -> int:
-        return self.size
-
     def _permute(self, n: int) -> int:
         x, y = divmod(n, self.low)  # x in the high half, y in the low one
         mods = (self.high, self.low)
