@@ -310,7 +310,8 @@ def drain_worker_main(store_url: str, part: int, parts: int) -> None:
         s = worker.stats
         print(_enc.encode({"part": part, "cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0,
                            "inputs": s.inputs - before.inputs, "started": s.started - before.started,
-                           "advanced": s.advanced - before.advanced}).decode(), flush=True)  # fmt: skip
+                           "advanced": s.advanced - before.advanced, "planned": s.planned - before.planned,
+                           "redone": s.redone - before.redone}).decode(), flush=True)  # fmt: skip
     store.close()
 
 
@@ -358,6 +359,8 @@ def events_phase(url: str, n: int, gw: RemoteGateway, workers: int = 1) -> dict[
             rt.stats.inputs += int(r["inputs"])
             rt.stats.started += int(r["started"])
             rt.stats.advanced += int(r["advanced"])
+            rt.stats.planned += int(r.get("planned", 0))
+            rt.stats.redone += int(r.get("redone", 0))
 
     async def flows() -> tuple[Any, float, float]:
         client = GatewayClient(gw.url, "bench-key")
@@ -416,6 +419,8 @@ def events_phase(url: str, n: int, gw: RemoteGateway, workers: int = 1) -> dict[
             "flow_events_cpu_us": (drain_cpu_s + cpu["send_cpu_s"]) / max(processed, 1) * 1e6,
             "drain_input_cpu_us": drain_cpu_s / max(stats.inputs, 1) * 1e6,
             "gateway_send_cpu_us": cpu["gateway_send_cpu_s"] / max(stats.sent, 1) * 1e6, "workers": workers,
+            # SQLite: batches decided in a read snapshot and written as planned / found stale and redone
+            "batches_planned": getattr(stats, "planned", 0), "batches_redone": getattr(stats, "redone", 0),
             # each drain worker's CPU per input it applied (its own process), and its busy wall time
             "worker_input_cpu_us": [w["cpu_s"] / max(w["inputs"], 1) * 1e6 for _, w in sorted(per_worker.items())],
             "worker_inputs": [int(w["inputs"]) for _, w in sorted(per_worker.items())],

@@ -51,7 +51,7 @@ from campaigns.service.gateway_client import BatchResult, GatewayClient, message
 from campaigns.service.launch import TenantLinks
 from campaigns.store.base import Store
 from campaigns.store.flow_rows import FlowMessage
-from campaigns.store.flow_sql import FlowTx
+from campaigns.store.flow_sql import FlowStale, FlowTx
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -84,6 +84,8 @@ class Statistics(msgspec.Struct, kw_only=True):
     advanced: int = 0  # run steps that changed a run (timers included)
     timers: int = 0  # due timers fired
     recorded: int = 0  # sends / webhook calls recorded
+    planned: int = 0  # batches of inputs decided in a read snapshot and written as planned (SQLite)
+    redone: int = 0  # planned batches found stale at the write (a run of theirs changed): redone under the lock
     sent: int = 0  # handed to the gateway and answered
     failed: int = 0
 
@@ -120,12 +122,39 @@ class FlowWorker:
 
     # ---- the three kinds of work ---------------------------------------------------------------
     def drain(self, tenant: str, now: float, limit: int = 1000) -> int:
-        """Apply up to ``limit`` queued inputs (this worker's share); returns how many were taken."""
+        """Apply up to ``limit`` queued inputs (this worker's share); returns how many were taken.
+
+        On SQLite the batch is decided in a read snapshot and only written under the write lock
+        (``Store.flow_plan``), so several workers decide at once; if what it read changed before the
+        write (``FlowStale``: nothing of it stored), it is redone the old way, all under the lock."""
+        if self.store.flow_plan_supported():
+            counts = self._counts()
+            try:
+                with self.store.flow_plan(tenant, part=self.part, parts=self.parts) as ftx:
+                    taken = ftx.take_inputs(limit, part=self.part, parts=self.parts)
+                    if taken:
+                        self._inputs(ftx, [(sid, event) for _id, sid, event in taken], now)
+                if taken:
+                    self.stats.planned += 1
+                return len(taken)
+            except FlowStale as exc:
+                self._restore(counts)
+                self.stats.redone += 1
+                log.info("flow.batch.redo tenant=%s reason=%s", tenant, exc)
         with self.store.flow_tx(tenant) as ftx:
             taken = ftx.take_inputs(limit, part=self.part, parts=self.parts)
             if taken:
                 self._inputs(ftx, [(sid, event) for _id, sid, event in taken], now)
         return len(taken)
+
+    _COUNTS = ("inputs", "started", "advanced", "recorded")  # what a batch counts (the sender's own are apart)
+
+    def _counts(self) -> tuple[int, ...]:
+        return tuple(getattr(self.stats, f) for f in self._COUNTS)
+
+    def _restore(self, counts: tuple[int, ...]) -> None:
+        for f, v in zip(self._COUNTS, counts):
+            setattr(self.stats, f, v)
 
     def feed(self, tenant: str, inputs: Sequence[tuple[int, F.Event]], now: float) -> None:
         """Apply inputs directly (the periodic scans), in one transaction."""
