@@ -86,6 +86,9 @@ class Statistics(msgspec.Struct, kw_only=True):
     recorded: int = 0  # sends / webhook calls recorded
     planned: int = 0  # batches of inputs decided in a read snapshot and written as planned (SQLite)
     redone: int = 0  # planned batches found stale at the write (a run of theirs changed): redone under the lock
+    write_wait_s: float = 0.0  # planned batches: time waiting for the write lock (another worker writing)
+    write_hold_s: float = 0.0  # ... holding it (checks, writes, commit)
+    write_cpu_s: float = 0.0  # ... and the CPU this process spent holding it
     sent: int = 0  # handed to the gateway and answered
     failed: int = 0
 
@@ -136,6 +139,10 @@ class FlowWorker:
                         self._inputs(ftx, [(sid, event) for _id, sid, event in taken], now)
                 if taken:
                     self.stats.planned += 1
+                    wait, hold, cpu = ftx.write_times
+                    self.stats.write_wait_s += wait
+                    self.stats.write_hold_s += hold
+                    self.stats.write_cpu_s += cpu
                 return len(taken)
             except FlowStale as exc:
                 self._restore(counts)

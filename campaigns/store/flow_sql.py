@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 import functools
+import time
 from contextlib import contextmanager
 from typing import Any
 
@@ -106,6 +107,8 @@ class FlowTx:
         self.planned, self.part, self.parts = planned, part, parts
         self._log: list[Callable[[Any], None]] = []
         self._codes: set[str] = set()  # short link codes this planned batch added
+        # ``flow_plan``: seconds waiting for the write lock, holding it, and this thread's CPU holding it
+        self.write_times = (0.0, 0.0, 0.0)
         # Read once per transaction (a start and its first send read the same subscriber); writes
         # through ``update_subscriber`` drop the entry.
         # subscriber -> (their fields as a dict: a Subscriber's without the tenant, attributes decoded;
@@ -590,9 +593,12 @@ class FlowSql:
             yield ftx
             ftx.flush()
         if ftx._log:
+            t0 = time.perf_counter()
             with self._tx() as tx:
+                t1, c1 = time.perf_counter(), time.thread_time()
                 for op in ftx._log:
                     op(tx)
+            ftx.write_times = (t1 - t0, time.perf_counter() - t1, time.thread_time() - c1)
 
     # ---- definitions -------------------------------------------------------------------------
     def put_flow_version(self, tenant: str, flow_id: str, name: str, definition: Any, *, now: float,
