@@ -15,6 +15,9 @@ next timers and the records of their actions are written together:
    queue order, the new runs and run updates written together at the commit (``FlowTx.flush``).
 2. **timers** (``FlowWorker.fire``): runs whose ``due`` is past, claimed in batches, earliest
    first (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: several workers take disjoint batches).
+   On SQLite a batch of inputs is planned in a read snapshot and written under the write lock after
+   checks (``Store.flow_plan``; a stale batch is redone under the lock): several workers decide at
+   once, only their writes take turns.
 3. **replies** (``FlowWorker.reply``, behind ``FlowRuntime.offer_reply``, the inbox's
    ``ReplyRouter``): a subscriber's reply goes to the run that waits for it, or starts a keyword flow.
 
