@@ -13,11 +13,11 @@ next timers and the records of their actions are written together:
    is applied as one: its ids marked and its subscribers' runs, values, tags and stats read with
    one statement each (``FlowTx.first_times``, ``FlowTx.prefetch``), the engine called per input in
    queue order, the new runs and run updates written together at the commit (``FlowTx.flush``).
-2. **timers** (``FlowWorker.fire``): runs whose ``due`` is past, claimed in batches, earliest
-   first (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: several workers take disjoint batches).
    On SQLite a batch of inputs is planned in a read snapshot and written under the write lock after
    checks (``Store.flow_plan``; a stale batch is redone under the lock): several workers decide at
    once, only their writes take turns.
+2. **timers** (``FlowWorker.fire``): runs whose ``due`` is past, claimed in batches, earliest
+   first (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: several workers take disjoint batches).
 3. **replies** (``FlowWorker.reply``, behind ``FlowRuntime.offer_reply``, the inbox's
    ``ReplyRouter``): a subscriber's reply goes to the run that waits for it, or starts a keyword flow.
 
