@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import operator
 import re
 import unicodedata
 import zoneinfo
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
@@ -43,7 +44,7 @@ from campaigns.errors import InvalidInput
 __all__ = [
     "Action", "CallWebhook", "Click", "Ended", "Entry", "Event", "Flow", "FlowError", "FlowSubscriber",
     "NotEntered", "OptOut", "Reply", "Run", "Send", "SetTimer", "ShopEvent", "TimerFired", "UpdateSubscriber",
-    "dump_flow", "match_reply", "matches_trigger", "next_local_time", "parse_flow", "start", "step",
+    "Compiled", "compile_condition", "compile_trigger", "compiled", "dump_flow", "match_reply", "matches_trigger", "next_local_time", "parse_flow", "start", "step",
 ]  # fmt: skip
 
 DAY = 86_400.0
@@ -619,7 +620,7 @@ def start(flow: Flow, subscriber: FlowSubscriber, trigger_event: Event, now: flo
     The run id is derived from the flow, subscriber and trigger event id, so a replayed trigger
     yields the same run (the shell's insert is idempotent on it). ``trace``, when given, collects
     the node ids visited (the simulation counts them)."""
-    if not matches_trigger(flow.trigger, trigger_event):
+    if not compiled(flow).trigger(trigger_event):
         return None, [NotEntered(reason="trigger_mismatch")]
     object_id = trigger_event.object_id if isinstance(trigger_event, ShopEvent) else None
     refusal = _reentry_refusal(flow, object_id, now, past)
@@ -659,7 +660,7 @@ def step(flow: Flow, run: Run, event: Event, now: float, *, trace: list[str] | N
     match event:
         case OptOut():
             return _end(run, "opted_out", actions), actions
-        case ShopEvent() if _exits(flow, run, event):
+        case ShopEvent() if compiled(flow).exits(run, event):
             return _end(run, f"exit:{event.kind}", actions), actions
         case TimerFired():
             target = _on_timeout(node)
@@ -773,7 +774,7 @@ def _advance(flow: Flow, run: Run, nid: str, now: float, actions: list[Action], 
             case ClickedNode():
                 due = now + node.wait_seconds
             case BranchNode():
-                target = node.then if holds(node.condition, run.context) else node.otherwise
+                target = node.then if compiled(flow).conditions[nid](run.context) else node.otherwise
             case SplitNode():
                 target = _pick_arm(node, f"{run.id}:{nid}")
             case UpdateNode():
@@ -868,6 +869,163 @@ def holds(cond: Condition, context: dict[str, Any]) -> bool:
         case Lte():
             return v <= cond.value
     return False  # pragma: no cover
+
+
+# ---- a flow version compiled once -------------------------------------------------------------
+# A published version never changes, and a drain steps thousands of runs of the same few versions:
+# its trigger, exit rules and branch conditions are turned into closures once (``compiled``), so a
+# step walks no condition tree, splits no dotted field and matches no trigger class per event. The
+# closures have the interpreted forms' exact semantics (``matches_trigger``, ``_exits``, ``holds``;
+# the property tests compare them on generated conditions, contexts and events).
+
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+class Compiled:
+    """A flow version's decisions as closures (``compiled(flow)``)."""
+
+    __slots__ = ("conditions", "exits", "trigger")
+
+    def __init__(self, flow: Flow) -> None:
+        self.trigger: Callable[[Event], bool] = compile_trigger(flow.trigger)
+        self.exits: Callable[[Run, ShopEvent], bool] = _compile_exits(flow.exits)
+        self.conditions: dict[str, Predicate] = {nid: compile_condition(n.condition) for nid, n in flow.nodes.items()
+                                                 if isinstance(n, BranchNode)}  # fmt: skip
+
+
+_COMPILED: dict[int, tuple[Flow, Compiled]] = {}  # id(flow) -> (that flow, held so its id is not reused; compiled)
+_COMPILED_MAX = 1024
+
+
+def compiled(flow: Flow) -> Compiled:
+    """The flow's compiled form, made once per ``Flow`` object (the runtime caches one per version)."""
+    hit = _COMPILED.get(id(flow))
+    if hit is not None and hit[0] is flow:
+        return hit[1]
+    if len(_COMPILED) >= _COMPILED_MAX:  # bounded: flows parsed ad hoc (tests, the simulation, the API)
+        _COMPILED.clear()
+    made = Compiled(flow)
+    _COMPILED[id(flow)] = (flow, made)
+    return made
+
+
+def compile_trigger(trigger: Trigger) -> Callable[[Event], bool]:
+    """``matches_trigger(trigger, ·)`` as a closure."""
+    match trigger:
+        case KeywordTrigger():
+            keys = frozenset(_norm(k) for k in trigger.keywords)
+            if not keys:
+                return lambda e: isinstance(e, Reply)
+            return lambda e: isinstance(e, Reply) and _norm(e.text) in keys
+        case Subscribed():
+            source = trigger.source
+            return lambda e: isinstance(e, ShopEvent) and e.kind == "subscribed" and source in (None, e.name)
+        case CheckoutAbandoned():
+            return lambda e: isinstance(e, ShopEvent) and e.kind == "checkout_abandoned"
+        case OrderStatus():
+            kind = f"order_{trigger.status}"
+            return lambda e: isinstance(e, ShopEvent) and e.kind == kind
+        case Birthday():
+            before = trigger.days_before
+            return lambda e: isinstance(e, ShopEvent) and e.kind == "birthday" and e.payload.get("days_before", 0) == before
+        case NoOrder():
+            days = trigger.days
+            return lambda e: isinstance(e, ShopEvent) and e.kind == "no_order" and e.payload.get("days") == days
+        case SegmentEntered():
+            segment = trigger.segment
+            return lambda e: isinstance(e, ShopEvent) and e.kind == "segment_entered" and e.name == segment
+        case CustomTrigger():
+            name = trigger.name
+            return lambda e: isinstance(e, ShopEvent) and e.kind == "custom" and e.name == name
+    return lambda e: False  # pragma: no cover - every trigger type is above
+
+
+def _compile_exits(rules: Sequence[ExitRule]) -> Callable[[Run, ShopEvent], bool]:
+    """``_exits(flow, ·, ·)`` as a closure: the rules by event kind, one dict lookup for most events."""
+    by_kind: dict[str, list[tuple[str | None, bool]]] = {}
+    for r in rules:
+        by_kind.setdefault(r.event, []).append((r.name, r.same_object))
+
+    def exits(run: Run, event: ShopEvent) -> bool:
+        found = by_kind.get(event.kind)
+        if not found:
+            return False
+        return any(name in (None, event.name) and (not same or event.object_id == run.object_id) for name, same in found)
+
+    return exits
+
+
+def _compile_lookup(dotted: str) -> Callable[[dict[str, Any]], Any]:
+    """``_lookup(·, dotted)`` as a closure (the path split once)."""
+    head, *rest_ = dotted.split(".")
+    rest = tuple(rest_)
+    sub = head == "subscriber"
+    if len(rest) == 1 and not sub:  # "trigger.value": the common case
+        key = rest[0]
+
+        def one(context: dict[str, Any]) -> Any:
+            value = context.get(head, _MISSING)
+            if not isinstance(value, dict) or key not in value:
+                return _MISSING
+            return value[key]
+
+        return one
+
+    def get(context: dict[str, Any]) -> Any:
+        value: Any = context.get(head, _MISSING)
+        for i, key in enumerate(rest):
+            if sub and i == 0 and key not in value and key in value.get("attributes", {}):
+                value = value["attributes"]
+            if not isinstance(value, dict) or key not in value:
+                return _MISSING
+            value = value[key]
+        return value
+
+    return get
+
+
+def compile_condition(cond: Condition) -> Predicate:
+    """``holds(cond, ·)`` as a closure: the tree walked once, here."""
+    match cond:
+        case All():
+            alls = tuple(compile_condition(c) for c in cond.items)
+            return lambda ctx: all(f(ctx) for f in alls)
+        case AnyOf():
+            anys = tuple(compile_condition(c) for c in cond.items)
+            return lambda ctx: any(f(ctx) for f in anys)
+        case Not():
+            inner = compile_condition(cond.item)
+            return lambda ctx: not inner(ctx)
+        case HasTag():
+            tag = cond.tag
+            return lambda ctx: tag in ctx.get("subscriber", {}).get("tags", ())
+    get = _compile_lookup(cond.field)
+    want, want_num = cond.value, _num(cond.value)
+    match cond:
+        case Exists():
+            def exists(ctx: dict[str, Any]) -> bool:
+                v = get(ctx)
+                return v is not _MISSING and v is not None
+            return exists
+        case Eq():
+            def eq(ctx: dict[str, Any]) -> bool:
+                v = get(ctx)
+                return v is not _MISSING and v == want and _num(v) == want_num
+            return eq
+        case Ne():
+            def ne(ctx: dict[str, Any]) -> bool:
+                v = get(ctx)
+                return not (v is not _MISSING and v == want and _num(v) == want_num)
+            return ne
+    op = {Gt: operator.gt, Gte: operator.ge, Lt: operator.lt, Lte: operator.le}.get(type(cond))
+    if op is None:  # pragma: no cover - every condition type is above
+        return lambda ctx: False
+
+    def order(ctx: dict[str, Any]) -> bool:
+        v = get(ctx)
+        return _num(v) and op(v, want)
+
+    return order
 
 
 # ---- local time of day --------------------------------------------------------------------------

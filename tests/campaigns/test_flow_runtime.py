@@ -790,3 +790,52 @@ def test_a_planned_batch_writes_as_planned_or_is_redone_under_the_lock(tmp_path:
     assert len(sends) == len(set(sends))  # a node visit sends once
     if interfere == "reply":  # subscriber 1 answered before the order: thanked, then nothing to exit
         assert ("ask:" in got[1][0][0]) and any(s[2] == "thanks" for s in got[1])
+
+
+# ---- a batch's memory: freed by reference counting, the cyclic collector paused per batch ----------
+@pytest.mark.parametrize("planned", [True, False])
+def test_a_drained_batch_is_freed_without_the_cyclic_collector_and_gc_is_resumed(planned: bool, monkeypatch) -> None:
+    """A batch's ``FlowTx`` (its runs, subscribers and rows) is freed when the drain returns, by
+    reference counting alone: a planned batch's log of closures held it in a cycle, kept alive until
+    the cyclic collector walked it. The drain pauses the collector for the batch and resumes it
+    after (and leaves it off if it was off)."""
+    import gc
+    import tempfile
+    import weakref
+
+    from campaigns.store import flow_sql
+
+    made: list[weakref.ref] = []
+    init = flow_sql.FlowTx.__init__
+
+    def spy(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        init(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(flow_sql.FlowTx, "__init__", spy)
+    acts = [("checkout", 1, 1, 25_000), ("checkout", 2, 1, 4_000), ("order", 1, 1, True), ("opt_out", 3, 0, 0),
+            ("custom", 2, 1, 0), ("checkout", 3, 2, 30_000)]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="sluice-gc-") as tmp:
+        store = _flows_world(acts, f"sqlite:///{tmp}/f.db" if planned else "sqlite:///:memory:")
+        try:
+            rt = runtime(store, FakeGateway(), Clock())
+            assert gc.isenabled()
+            gc.disable()
+            try:
+                made.clear()
+                assert rt.worker.drain("acme", T0 + 100, limit=100) > 0
+                assert not gc.isenabled()  # it was off: left off
+                assert made and all(r() is None for r in made), "a batch's FlowTx outlived its drain"
+                assert (rt.worker.stats.planned == 1) == planned
+            finally:
+                gc.enable()
+            store.apply_event("acme", checkout("c9", 1, 50_000, at=T0 + 200), phone=phone(1), now=T0 + 200)
+            gc_seen: list[bool] = []
+            monkeypatch.setattr(flow_sql.FlowTx, "flush", lambda self, f=flow_sql.FlowTx.flush: (gc_seen.append(gc.isenabled()), f(self))[1])
+            assert rt.worker.drain("acme", T0 + 300, limit=100) == 1
+            assert gc_seen and not any(gc_seen)  # paused during the batch
+            assert gc.isenabled()  # and resumed after it
+            assert rt.worker.fire("acme", T0 + 40 * DAY, limit=100)
+            assert gc.isenabled()
+        finally:
+            store.close()
