@@ -107,6 +107,7 @@ class FlowTx:
         self.planned, self.part, self.parts = planned, part, parts
         self._log: list[Callable[[Any], None]] = []
         self._codes: set[str] = set()  # short link codes this planned batch added
+        self._msgs: list[tuple[Any, ...]] = []  # a planned batch's sends, not logged yet (``_log_messages``)
         # ``flow_plan``: seconds waiting for the write lock, holding it, and this thread's CPU holding it
         self.write_times = (0.0, 0.0, 0.0)
         # Read once per transaction (a start and its first send read the same subscriber); writes
@@ -242,6 +243,7 @@ class FlowTx:
             if len(got) != len(chunk):  # another transaction started one of these runs: redo the batch
                 self._new = []
                 raise StorageError("flow_run_race: a run of this batch was started concurrently; the batch is retried")
+        self._log_messages()
         if self._dirty:
             rows, self._dirty = list(self._dirty.values()), {}
             if self.planned:  # the runs were checked unchanged (``_same_runs``) before this replays
@@ -481,10 +483,17 @@ class FlowTx:
         planned batch's key is new (its run id is), which the replay checks."""
         row = (self.tenant, m.key, m.run_id, m.flow_id, m.version, m.step, m.visit, m.subscriber_id, m.kind, m.category,
                m.recipient, m.sender, m.body, m.media_url, m.state, m.detail, m.message_id, m.created_at, m.sent_at)  # fmt: skip
-        if self.planned:
-            self._log.append(lambda tx: _expect(tx.run(_INSERT_MESSAGE, row), 1, f"send {m.key} recorded meanwhile"))
+        if self.planned:  # written together, one ``executemany`` (``_log_messages``)
+            self._msgs.append(row)
             return True
         return self.tx.run(_INSERT_MESSAGE, row) > 0
+
+    def _log_messages(self) -> None:
+        """A planned batch's sends recorded since the last call, logged as one ``executemany`` whose
+        row count must be all of them (a key recorded meanwhile makes the batch stale)."""
+        if self._msgs:
+            rows, self._msgs = self._msgs, []
+            self._log.append(lambda tx: _expect(tx.many(_INSERT_MESSAGE, rows), len(rows), "sends recorded meanwhile"))
 
     def forget(self, subscriber_id: int) -> None:
         """Read the subscriber again (their consent changed in this transaction)."""
@@ -493,6 +502,7 @@ class FlowTx:
     def cancel_pending(self, subscriber_id: int, reason: str) -> int:
         """Marketing sends of the subscriber recorded but not posted yet become ``skipped``."""
         if self.planned:  # replayed in order, after this batch's own earlier sends (0: not counted here)
+            self._log_messages()
             self._log.append(lambda tx: self._cancel(tx, subscriber_id, reason))
             return 0
         return self._cancel(self.tx, subscriber_id, reason)

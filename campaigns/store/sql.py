@@ -88,10 +88,13 @@ class Tx:
     def array(self, values: Sequence[Any]) -> Any:
         return list(values) if self.pg else _json.encode(list(values)).decode()
 
-    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """One statement over many rows (psycopg pipelines them: one round trip, not one per row)."""
-        if rows:
-            self._cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """One statement over many rows (psycopg pipelines them: one round trip, not one per row);
+        returns the driver's row count (SQLite: the rows changed, summed over the parameter rows)."""
+        if not rows:
+            return 0
+        self._cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+        return self._cur.rowcount
 
     def upsert_many(self, table: str, cols: Sequence[str], key: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Insert or update many rows by ``key``: ``executemany`` on SQLite; on PostgreSQL ``COPY`` into a
