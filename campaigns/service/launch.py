@@ -8,8 +8,11 @@ Theory of operation (a crash at any point never sends a recipient twice):
    (smart sending), assign A/B variants (``core.abtest``), render each text (``core.templates``) with
    its discount code and short links (``core.links``), and store all of it with its batch and slot.
    A campaign whose audience is already frozen is not planned again: a relaunch reads the same rows.
-   Rendering is the launch's hot loop: ``TextCache`` renders each distinct text once and a recipient
-   costs its codes and a join (exactly what rendering from scratch gives).
+   The usual campaign (``set_based``: one text, no discount, no ``attr.NAME``) is frozen set-based
+   (``Store.freeze_set``: planned and written in SQL, Python once per distinct zone and text; the
+   same rows). Otherwise rendering is the launch's hot loop (``_plan``): ``TextCache`` renders each
+   distinct text once and a recipient costs its codes and a join (exactly what rendering from
+   scratch gives).
 2. ``submit``: each batch not yet answered is posted as one NDJSON job with
    ``Idempotency-Key: campaign-{id}-batch-{n}``. The body is rebuilt from the frozen rows, so it is
    the same bytes each time, and the gateway answers a retried key with its stored answer instead of

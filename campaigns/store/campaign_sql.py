@@ -445,10 +445,9 @@ class CampaignSql(ReportSql):
 
     def batch_lines(self, tenant: str, campaign_id: int, batch: int) -> list[tuple[str, str, str]]:
         """The batch's ``(phone, text, tz)`` in slot order: what its NDJSON job holds, nothing more."""
-        with self._tx() as tx:
-            return [(p, t, z) for p, t, z in tx.rows("SELECT phone, text, tz FROM campaign_recipients WHERE tenant = ? "
-                                                     "AND campaign_id = ? AND batch = ? ORDER BY idx",
-                                                     (tenant, campaign_id, batch))]  # fmt: skip
+        with self._tx() as tx:  # the rows as the driver gives them: tuples already
+            return tx.rows("SELECT phone, text, tz FROM campaign_recipients WHERE tenant = ? AND campaign_id = ? AND "
+                           "batch = ? ORDER BY idx", (tenant, campaign_id, batch))  # fmt: skip
 
     def campaign_recipients(self, tenant: str, campaign_id: int, *, after: int = 0, limit: int = 1000) -> list[RecipientRow]:
         with self._tx() as tx:
