@@ -416,7 +416,10 @@ class CampaignSql(ReportSql):
     def _take_link_range(self, tx: Any, tenant: str, campaign_id: int, plan: SetTexts, slots: int, batch_size: int,
                          now: float, expires_at: float | None) -> int:  # fmt: skip
         """Store the launch's link range at the end of the tenant's numbers of its code length (read in
-        this transaction: a concurrent launch's range at the same start fails on the primary key); its start."""
+        this transaction; on PostgreSQL the tenant's launches take their ranges one at a time, by a
+        transaction-scoped advisory lock, so two concurrent launches get consecutive ranges); its start."""
+        if tx.pg:
+            tx.one("SELECT pg_advisory_xact_lock(hashtext(?))", (f"sluice:link_ranges:{tenant}",))
         end = tx.one("SELECT MAX(start + count) FROM link_ranges WHERE tenant = ? AND length = ?", (tenant, plan.length))
         start = int(end[0]) if end and end[0] is not None else 0
         tx.run("INSERT INTO link_ranges (tenant, campaign_id, length, start, count, stride, batch_size, targets, "

@@ -190,3 +190,43 @@ def test_a_launch_that_qualifies_is_frozen_set_based(store: Store, monkeypatch: 
         code = text.split("https://sl.ui/")[1].split()[0]
         link = store.link(code)
         assert link is not None and link.target == "https://shop.example/sale?c=1" and link.phone == phone
+
+
+def test_concurrent_set_based_launches_take_consecutive_link_ranges(store_url: str) -> None:
+    """Two launches of one tenant frozen at once (two connections, started together): both succeed,
+    their link ranges do not overlap and each recipient's code resolves to that recipient."""
+    import threading
+
+    stores = [open_store(store_url) for _ in range(2)]
+    try:
+        for s in stores:
+            s.set_link_keys({"acme": TL.key})
+        ids = [_put(stores[0], "acme", i, ("Ana", "en", "UTC", "confirmed", None)) for i in range(12)]
+        camps = [stores[0].set_campaign_status("acme", stores[0].put_campaign(
+            "acme", f"c{k}", {**_definition(TEMPLATES[0], {"kind": "now"}, 0.0, 5, {}, None),
+                              "audience": {"subscribers": ids}}, now=T0).id, "launching", now=T0) for k in range(2)]  # fmt: skip
+        go, errors = threading.Barrier(2), []
+
+        def run(k: int) -> None:
+            go.wait(timeout=10)
+            try:
+                freeze(stores[k], "acme", camps[k], TL, T0)
+            except Exception as exc:  # noqa: BLE001  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == []
+        ranges = sorted((r.start, r.start + r.count) for c in camps if (r := stores[0].link_range("acme", c.id)))
+        assert len(ranges) == 2 and ranges[0][1] <= ranges[1][0]
+        for c in camps:
+            for b in stores[0].batches("acme", c.id):
+                for phone, text, _z in stores[0].batch_lines("acme", c.id, b.batch):
+                    link = stores[0].link(text.split("https://sl.ui/")[1].split()[0])
+                    assert link is not None and link.campaign_id == c.id and link.phone == phone
+    finally:
+        for s in stores:
+            s.close()
