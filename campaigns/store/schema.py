@@ -289,14 +289,18 @@ DROP INDEX IF EXISTS segment_members_subscriber;
 # (orders: count, sum of totals) or ``i:<category>`` / ``i`` (items: count, sum of price x quantity,
 # quantity), bucket = floor(created_at / 2^22 s). The primary key is the order a count reads (a key,
 # buckets from the window's first whole one, their subscribers); on SQLite the table is that key
-# (WITHOUT ROWID: the sums are in the b-tree's leaves). The second index serves upkeep per subscriber.
+# (WITHOUT ROWID: the sums are in the b-tree's leaves). The second index serves upkeep per subscriber
+# and live membership (segment_sql with ``only``: "bought shoes", "shoes in 90 days" for the subscribers
+# a batch touched): one seek per subscriber and key to its buckets, so it carries the key and bucket
+# (SQLite does not seek on the primary key's columns a WITHOUT ROWID table appends to an index).
 ROLLUPS_DDL = """
 CREATE TABLE IF NOT EXISTS order_rollups (
     tenant TEXT NOT NULL, key TEXT NOT NULL, bucket {INT} NOT NULL, subscriber_id {INT} NOT NULL,
     n {INT} NOT NULL, amount {INT} NOT NULL, quantity {INT} NOT NULL,
     PRIMARY KEY (tenant, key, bucket, subscriber_id)
 ){CLUSTERED};
-CREATE INDEX IF NOT EXISTS order_rollups_subscriber ON order_rollups (tenant, subscriber_id);
+DROP INDEX IF EXISTS order_rollups_subscriber;
+CREATE INDEX IF NOT EXISTS order_rollups_by_subscriber ON order_rollups (tenant, subscriber_id, key, bucket);
 """
 # ---- end of ROLLUPS_DDL ----
 
