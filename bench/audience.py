@@ -52,6 +52,7 @@ from campaigns.core.events import decode_event
 from campaigns.core.segments import Segment, dependencies, parse_segment
 from campaigns.service.audience import Audience as AudienceService
 from campaigns.store import open_store, rollups
+from campaigns.store.schema import latest_order_fill
 from campaigns.store.segment_sql import compile_segment
 from campaigns.store.sql import Tx
 
@@ -301,6 +302,7 @@ def _load_sqlite(path: str, gen: Audience) -> None:
     rollups.rebuild(Tx(conn.cursor(), "?"), TENANT)
     for _, sql in indexes:
         conn.execute(sql)
+    conn.execute(latest_order_fill("sqlite"))  # the latest order's key, after the orders' indexes
     conn.execute("COMMIT")
     if journal:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -343,6 +345,7 @@ def _load_postgres(url: str, gen: Audience) -> None:
         cur.execute("SET maintenance_work_mem = '1GB'")
         for _, sql in indexes:
             cur.execute(sql)
+        cur.execute(latest_order_fill("postgres"))  # the latest order's key, after the orders' indexes
         cur.execute(f"SELECT setval(pg_get_serial_sequence('subscribers', 'id'), {gen.n})")
         conn.commit()
         conn.autocommit = True

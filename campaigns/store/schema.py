@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS subscriber_stats (
     first_order_at {REAL}, last_order_at {REAL},
     avg_order_value {INT} NOT NULL DEFAULT 0,
     last_order_payment_status TEXT,
+    latest_order_at {REAL}, latest_order_id TEXT,
     last_abandoned_checkout_at {REAL},
     last_click_at {REAL}, last_message_at {REAL}, last_reply_at {REAL},
     rfm_r {INT}, rfm_f {INT}, rfm_m {INT}, engagement {INT}
@@ -377,7 +378,12 @@ CREATE INDEX IF NOT EXISTS flow_run_links_message ON flow_run_links (tenant, mes
 #: Columns added after a table was first shipped: (table, column, type). A store made before them is
 #: altered at open (``upgrades``). ``cost``: the message's price, set when the gateway's state event
 #: prices it (``record_cost``), so the report sums it from the row (no join to message_costs).
-ADDED_COLUMNS = [("campaign_recipients", "cost", "{INT}"), ("flow_messages", "cost", "{INT}")]
+#: ``subscriber_stats.latest_order_at`` / ``latest_order_id``: the key (``created_at``, ``order_id``) of
+#: the order whose status is ``last_order_payment_status`` (the latest of all), so a batch's aggregate
+#: upsert compares its own latest order with it instead of seeking the subscriber's orders
+#: (campaigns/store/event_batch.py); filled from the orders when the columns are added.
+ADDED_COLUMNS = [("campaign_recipients", "cost", "{INT}"), ("flow_messages", "cost", "{INT}"),
+                 ("subscriber_stats", "latest_order_at", "{REAL}"), ("subscriber_stats", "latest_order_id", "TEXT")]
 #: After the added columns: the report's covering index (the GROUP BY reads it alone, cost included).
 _AFTER_COLUMNS = """
 DROP INDEX IF EXISTS campaign_recipients_report;
@@ -388,9 +394,23 @@ CREATE INDEX IF NOT EXISTS campaign_recipients_report_cost ON campaign_recipient
 def upgrades(dialect: Dialect, columns: Callable[[str], set[str]]) -> list[str]:
     """What a store opened after ``statements`` runs: the ``ADDED_COLUMNS`` its tables lack
     (``columns(table)``: the names they have), then what needs them. Idempotent."""
+    had = columns("subscriber_stats")
     out = [f"ALTER TABLE {t} ADD COLUMN {c} {d.format(**_TYPES[dialect])}" for t, c, d in ADDED_COLUMNS
            if c not in columns(t)]  # fmt: skip
+    if "latest_order_id" not in had:
+        out.append(latest_order_fill(dialect))
     return out + [x.strip() for x in _AFTER_COLUMNS.split(";") if x.strip()]
+
+
+def latest_order_fill(dialect: Dialect) -> str:
+    """An ``UPDATE`` setting every aggregates row's latest order key from the stored orders (after
+    a bulk load, or when the columns are added): greatest ``(created_at, order_id)``, the ids by
+    code point as Python compares them."""
+    collate = ' COLLATE "C"' if dialect == "postgres" else ""
+    latest = ("FROM orders o WHERE o.tenant = subscriber_stats.tenant AND o.subscriber_id = subscriber_stats.subscriber_id "
+              f"ORDER BY o.created_at DESC, o.order_id{collate} DESC LIMIT 1")  # fmt: skip
+    return (f"UPDATE subscriber_stats SET latest_order_at = (SELECT o.created_at {latest}), "
+            f"latest_order_id = (SELECT o.order_id {latest}) WHERE last_order_payment_status IS NOT NULL")
 
 
 def statements(dialect: Dialect) -> list[str]:

@@ -31,6 +31,7 @@ _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country
 _PROFILE = ("first_name", "last_name", "email", "gender", "birthday", "country", "region", "city", "time_zone",
             "language", "signup_source")  # fmt: skip
 _STATS = tuple(f for f in Stats.__struct_fields__)
+_LATEST_KEY = ("latest_order_at", "latest_order_id")  # the store's own: which order `last_order_payment_status` is
 _LEDGER_COLS = ("id, subscriber_id, phone, action, source, disclosure_text, disclosure_version, "
                 "disclosure_sha256, evidence, at")  # fmt: skip
 _ORDER_PARTS = {False: frozenset({"orders"}), True: frozenset({"orders", "checkouts"})}  # by "names a checkout"
@@ -565,10 +566,14 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         """Recompute ``sid``'s aggregates from the stored rows (order-independent by construction):
         the ``parts`` an event changed, the rest as stored; then the scores as of ``now``."""
         fields: dict[str, Any] = msgspec.structs.asdict(self._stats(tx, tenant, sid))
+        key: tuple[Any, ...] = ()
         if "orders" in parts:
-            fields.update(aggregates.order_stats(tx.rows(
-                "SELECT order_id, total, payment_status, created_at FROM orders WHERE tenant = ? AND subscriber_id = ?",
-                (tenant, sid))))  # fmt: skip
+            orders = tx.rows("SELECT order_id, total, payment_status, created_at FROM orders WHERE tenant = ? AND "
+                             "subscriber_id = ?", (tenant, sid))  # fmt: skip
+            fields.update(aggregates.order_stats(orders))
+            # the latest order's key, kept for the batch path (event_batch.aggregate_sql compares with it)
+            latest = max(orders, key=lambda o: (o[3], o[0]), default=None)
+            key = (None, None) if latest is None else (latest[3], latest[0])
         if "checkouts" in parts:
             # Not MAX() in SQL: SQLite would answer it from the partial index on (tenant, abandoned_at),
             # walking the whole shop's abandoned checkouts down to this subscriber's (20 ms per order
@@ -582,11 +587,12 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
                               (tenant, sid, kind))  # fmt: skip
                 fields[name] = last[0] if last else None
         stats = aggregates.scores(Stats(**fields), now)
+        cols = _STATS + (_LATEST_KEY if key else ())
         values = [getattr(stats, f) for f in _STATS]
-        sets = ", ".join(f"{f} = excluded.{f}" for f in _STATS)
-        tx.run(f"INSERT INTO subscriber_stats (tenant, subscriber_id, {', '.join(_STATS)}) VALUES "
-               f"(?, ?, {', '.join('?' for _ in _STATS)}) ON CONFLICT (subscriber_id) DO UPDATE SET {sets}",
-               (tenant, sid, *values))  # fmt: skip
+        sets = ", ".join(f"{f} = excluded.{f}" for f in cols)
+        tx.run(f"INSERT INTO subscriber_stats (tenant, subscriber_id, {', '.join(cols)}) VALUES "
+               f"(?, ?, {', '.join('?' for _ in cols)}) ON CONFLICT (subscriber_id) DO UPDATE SET {sets}",
+               (tenant, sid, *values, *key))  # fmt: skip
 
     def abandon_checkouts(self, tenant: str, *, after_s: float, now: float) -> list[int]:
         """Checkouts started ``after_s`` seconds ago or more and neither completed nor abandoned become
