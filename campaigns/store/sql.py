@@ -4,8 +4,8 @@ into its own style (``_q``). Subclasses provide the connection and the transacti
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import msgspec
@@ -158,6 +158,9 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         # Membership writers are serialised among themselves (a pass reads, then writes what it read):
         # re-entrant, so a pass holds it across its read and its write transactions.
         self._member_lock = threading.RLock()
+        # Entered before a membership pass's write transaction: nothing in-process; a pass run for
+        # another process (service/member_process.py) waits there for that process's write turn.
+        self.write_turn: Callable[[], AbstractContextManager[object]] = nullcontext
 
     @contextmanager
     def _tx(self) -> Iterator[Tx]:  # pragma: no cover - each engine provides it
@@ -760,7 +763,7 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         with self._member_lock:
             with self._member_read() as rx:
                 found = [(list(ids), group, *self._read_group(rx, tenant, list(ids), group)) for ids, group in groups.items()]
-            with self._member_tx() as tx:
+            with self.write_turn(), self._member_tx() as tx:
                 return sum(self._write_group(tx, tenant, ids, group, inside, edges, now)
                            for ids, group, inside, edges in found)  # fmt: skip
 

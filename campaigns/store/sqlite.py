@@ -119,6 +119,13 @@ class SQLiteStore(SqlStore):
                 reader.rollback()  # read only: nothing to commit
             cur.close()
 
+    @property
+    def process_url(self) -> str | None:
+        """The URL another process opens this store by (None for a database in memory)."""
+        if self._path in ("", ":memory:") or self._path.startswith("file:"):
+            return None
+        return f"sqlite:///{self._path}"
+
     def _open_reader(self) -> sqlite3.Connection | None:
         if self._reader is None and self._path not in ("", ":memory:") and not self._path.startswith("file:"):
             cache_kib, mmap_bytes = self._pragmas
