@@ -132,7 +132,7 @@ CREATE TABLE IF NOT EXISTS segment_timers (
 CREATE INDEX IF NOT EXISTS segment_timers_due ON segment_timers (at);
 CREATE TABLE IF NOT EXISTS processed_events (
     tenant TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (tenant, event_id)
-);
+){CLUSTERED};
 CREATE TABLE IF NOT EXISTS early_fulfillments (
     tenant TEXT NOT NULL, order_id TEXT NOT NULL, status TEXT NOT NULL, tracking_url TEXT, at {REAL} NOT NULL,
     PRIMARY KEY (tenant, order_id)
@@ -277,6 +277,10 @@ CREATE INDEX IF NOT EXISTS conversation_messages_unsettled ON conversation_messa
 # segment_members_subscriber (tenant, subscriber_id) became segment_members_by_subscriber with the
 # segment id in it: not covering, SQLite (without statistics, or with stale ones) preferred the
 # covering primary key on `tenant` alone and read every membership of the shop per batch.
+# processed_events (every event's id, claimed once) is WITHOUT ROWID on SQLite in a store made since
+# 2026-12-07 (issue 17, third pass): its one lookup is the whole key, so the key's b-tree is the table,
+# one b-tree insert per event instead of two (a rowid table and its key's index). An older store keeps
+# its table (the same answers).
 AUDIENCE_DDL = """
 DROP INDEX IF EXISTS orders_subscriber;
 DROP INDEX IF EXISTS orders_created;
