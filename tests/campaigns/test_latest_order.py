@@ -53,7 +53,7 @@ def _latest(store: Store, tenant: str) -> dict[str, tuple]:
     return out
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(evs=orders(), data=st.data())
 def test_the_latest_orders_key_and_status_whatever_the_path_and_order(store: Store, evs: list[ShopEvent],
                                                                        data: st.DataObject) -> None:  # fmt: skip
