@@ -5,8 +5,8 @@ for the subscribers a batch touched, their window edges: most of a pass's CPU) i
 a short write transaction of the differences with what is stored. SQLite's work releases the GIL,
 but the reads' Python half (binding, stepping, reading rows) shared the GIL with the ingest's: in
 one process the two cores were never both busy with Python. Here the reads run in a child process
-that opened the same store by URL (``SqlStore.read_members``: SQLite, a WAL snapshot of the same
-file; PostgreSQL, a connection of its own) and the parent writes what it found
+that opened the same store by URL (``SqlStore.read_members``: a WAL snapshot of the same SQLite
+file; PostgreSQL keeps its passes in-process, see ``start``) and the parent writes what it found
 (``SqlStore.write_members``) on its own connection, as in-process. Writing in the parent, not the
 child, is deliberate: on SQLite a write by another connection empties this connection's page cache
 (WAL), so a child that wrote would make every next batch of the ingest read its pages again, and
@@ -95,10 +95,13 @@ class MemberProcess:
 
     @classmethod
     def start(cls, store: Any) -> MemberProcess | None:
-        """A child for ``store`` when another process can open it (``process_url``: not an in-memory
-        database), else None (the passes stay in-process)."""
+        """A child for a SQLite ``store`` another process can open (``process_url``: not a database in
+        memory), else None (the passes stay in-process). PostgreSQL keeps its passes in-process: their
+        reads are the server's work (a connection of their own already), and a child only added its
+        round trip and this process's share of the writes (measured: docs/BENCHMARKS.md, issue 17
+        fourth pass)."""
         url = getattr(store, "process_url", None)
-        if not url:
+        if not url or getattr(store, "engine", None) != "sqlite":
             return None
         try:
             return cls(store, url)
