@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
 from gateway.core.caps import WeeklyCap
@@ -172,11 +173,7 @@ class Shard:
         rows = free[len(free) - k :]
         del free[len(free) - k :]
         rows.reverse()  # the order add pops them in
-        offset = len(self.arena)
-        at = []
-        for n in lengths:
-            at.append(offset << 16 | n)
-            offset += n
+        at = [offset << 16 | n for offset, n in zip(accumulate(lengths, initial=len(self.arena)), lengths)]
         self.arena += b"".join(packed)
         columns = ((self.number, numbers), (self.ids, range(first_id, first_id + k)), (self.vars_at, at),
                    (self.zone, zones), (self.carrier, carriers), (self.segments, segs))  # fmt: skip
