@@ -62,6 +62,15 @@ class MemberPlan(msgspec.Struct, frozen=True, kw_only=True):
     edges: tuple[str, list[Any]] | None = None
 
 
+class MembersFound(msgspec.Struct, frozen=True, kw_only=True):
+    """A membership pass's reads for one group of ``ids`` (``SqlStore.read_members``): segment -> who of
+    ``ids`` is in it, segment -> subscriber -> next window edge."""
+
+    ids: list[int]
+    inside: dict[int, list[int]]
+    edges: dict[int, dict[int, float]]
+
+
 class SegmentRow(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     tenant: str
