@@ -25,15 +25,10 @@ from __future__ import annotations
 
 import array
 import contextlib
-import glob
 import json
 import math
-import os
 import random
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -45,6 +40,7 @@ import anyio
 import click
 import numpy as np
 
+from bench import postgres
 from bench.machine import describe
 from bench.output import out_option, save
 from campaigns.config import loads
@@ -355,32 +351,10 @@ def _load_postgres(url: str, gen: Audience) -> None:
 # ---- a throwaway PostgreSQL ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    if not found:
-        raise click.ClickException("PostgreSQL binaries not found (Debian package `postgresql`), or pass --pg-url")
-    bindir = Path(found[-1]).parent
-    as_user = (lambda c: ["runuser", "-u", "postgres", "--", *c]) if os.geteuid() == 0 else (lambda c: c)
-    root = Path(tempfile.mkdtemp(prefix="sluice-bench-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    user = "postgres" if os.geteuid() == 0 else os.environ.get("USER", "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run = lambda c: subprocess.run(as_user(c), check=True, capture_output=True, timeout=300)  # noqa: E731
-    run([str(bindir / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", user, "-E", "UTF8", "--no-sync"])
-    opts = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-            "-c shared_buffers=512MB -c work_mem=64MB")  # fmt: skip
-    run([str(bindir / "pg_ctl"), "-D", str(root / "data"), "-o", opts, "-l", str(root / "log"), "-w", "start"])
-    try:
-        run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "sluice"])
-        yield f"postgresql://{user}@127.0.0.1:{port}/sluice"
-    finally:
-        subprocess.run(as_user([str(bindir / "pg_ctl"), "-D", str(root / "data"), "stop", "-m", "immediate"]),
-                       capture_output=True, timeout=120)  # fmt: skip
-        shutil.rmtree(root, ignore_errors=True)
+def throwaway_postgres() -> contextlib.AbstractContextManager[str]:
+    """The benches' server: bench/postgres.py with a larger cache and sort memory."""
+    settings = {"fsync": "off", "synchronous_commit": "off", "shared_buffers": "512MB", "work_mem": "64MB"}
+    return postgres.throwaway_postgres(settings, prefix="sluice-bench-pg-")
 
 
 # ---- the measurement ----------------------------------------------------------------------------
