@@ -1,0 +1,84 @@
+"""The redirect's click flush on PostgreSQL as ONE statement (``record_link_hits``).
+
+A flush is the hits of the last few milliseconds, each with the link it resolved to (``HitIn``).
+On PostgreSQL every statement is a network round trip and a turn of psycopg's wait loop, so the
+flush is one ``WITH`` of data-modifying parts over the hits bound as arrays (``unnest``), all seeing
+the same snapshot taken before it:
+
+- ``short_links``: a range code's row, written by its first hit (``ON CONFLICT DO NOTHING``);
+- ``clicks``: every hit; a human click is unique when it is the first of its code in the batch (by
+  instant, then arrival) and no human click of the code was stored before (``record_clicks``' rule);
+- ``activities``: each human click of a link with a recipient, a ``clicked`` activity of the
+  subscriber the link names (what ``apply_event`` wrote for the event the flush used to build);
+- ``subscriber_stats``: ``last_click_at`` moved forward and the scores recomputed as of ``now``
+  (``event_batch._scores``: the arithmetic of ``campaigns.core.aggregates``), or a new row;
+- and it answers the unique clicks with the flow send their link came from, if any (the caller
+  queues the flow's ``Click`` input in the same transaction).
+
+What each part writes is the same as the per-table statements of SQLite (``CampaignSql``), and as
+the events path before (tests/campaigns/test_click_flush.py compares the tables)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from campaigns.store.campaign_rows import HitIn
+from campaigns.store.event_batch import _scores
+
+_SCORED = ("avg_order_value", "rfm_r", "rfm_f", "rfm_m", "engagement")
+_NULL = "CAST(NULL AS DOUBLE PRECISION)"
+#: A new aggregates row (the subscriber had none): nothing but this click.
+_FRESH = {"last_click_at": "MAX(h.at)", "last_reply_at": _NULL, "last_order_at": _NULL, "orders_count": "0",
+          "total_spent": "0"}  # fmt: skip
+_COLUMN = re.compile(r"\b(last_click_at|last_reply_at|last_order_at|orders_count|total_spent)\b")
+
+
+def _score_exprs(now: float, column: dict[str, str]) -> dict[str, str]:
+    """``_scores``' expressions (score column -> SQL) with the stored columns it reads replaced."""
+    text = _COLUMN.sub(lambda m: column.get(m.group(1), m.group(1)), _scores(_Pg(), now))
+    parts = re.split(r"(?:^|, )(" + "|".join(_SCORED) + r") = ", text)[1:]
+    return dict(zip(parts[0::2], parts[1::2], strict=True))
+
+
+class _Pg:
+    pg = True
+
+
+def flush_sql(now: float) -> str:
+    fresh = _score_exprs(now, _FRESH)
+    merged = _score_exprs(now, {"last_click_at": "GREATEST(x.last_click_at, excluded.last_click_at)",
+                                **{c: f"x.{c}" for c in ("last_reply_at", "last_order_at", "orders_count", "total_spent")}})  # fmt: skip
+    upd = ", ".join(f"{c} = {merged[c]}" for c in _SCORED)
+    return (
+        "WITH h AS (SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
+        "%s::bigint[], %s::text[], %s::text[], %s::float8[], %s::float8[]) WITH ORDINALITY AS h (code, at, ua, verdict, "
+        "tenant, cid, sid, phone, target, created, expires, ord)), "
+        "l AS (INSERT INTO short_links (code, tenant, campaign_id, subscriber_id, target, created_at, expires_at) "
+        "SELECT DISTINCT ON (code) code, tenant, cid, sid, target, created, expires FROM h ORDER BY code, ord "
+        "ON CONFLICT DO NOTHING), "
+        "r AS (SELECT h.code, h.at, h.ord, h.ua, h.verdict, h.verdict = 'click' AND row_number() OVER (PARTITION BY "
+        "h.code, h.verdict = 'click' ORDER BY h.at, h.ord) = 1 AND NOT EXISTS (SELECT 1 FROM clicks c WHERE c.code = "
+        "h.code AND c.verdict = 'click') AS first FROM h), "
+        "c AS (INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) SELECT code, at, left(ua, 512), "
+        "verdict, CASE WHEN verdict = 'click' THEN 0 ELSE 1 END, CASE WHEN first THEN 1 ELSE 0 END FROM r), "
+        "a AS (INSERT INTO activities (tenant, subscriber_id, kind, at, properties) SELECT tenant, sid, 'clicked', at, "
+        "'{\"campaign\":' || cid || ',\"code\":' || to_json(code)::text || '}' FROM h WHERE verdict = 'click' AND "
+        "phone <> ''), "
+        f"s AS (INSERT INTO subscriber_stats AS x (tenant, subscriber_id, last_click_at, {', '.join(_SCORED)}) "
+        f"SELECT h.tenant, h.sid, MAX(h.at), {', '.join(fresh[c] for c in _SCORED)} FROM h WHERE h.verdict = 'click' "
+        f"AND h.phone <> '' GROUP BY h.tenant, h.sid ON CONFLICT (subscriber_id) DO UPDATE SET last_click_at = "
+        f"GREATEST(x.last_click_at, excluded.last_click_at), {upd}) "
+        "SELECT r.code, f.tenant, fr.subscriber_id, f.send_key FROM r LEFT JOIN flow_run_links f ON f.code = r.code "
+        "LEFT JOIN flow_runs fr ON fr.id = f.run_id WHERE r.first ORDER BY r.at, r.ord"
+    )  # fmt: skip
+
+
+def flush_params(hits: Sequence[HitIn]) -> list[list[Any]]:
+    cols: list[list[Any]] = [[] for _ in range(11)]
+    for h in hits:
+        for col, v in zip(cols, (h.code, h.at, h.user_agent, h.verdict, h.tenant, h.campaign_id, h.subscriber_id,
+                                 h.phone, h.target, h.created_at, h.expires_at), strict=True):  # fmt: skip
+            col.append(v)
+    return cols
