@@ -20,6 +20,7 @@ the events path before (tests/campaigns/test_click_flush.py compares the tables)
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -35,9 +36,16 @@ _FRESH = {"last_click_at": "MAX(h.at)", "last_reply_at": _NULL, "last_order_at":
 _COLUMN = re.compile(r"\b(last_click_at|last_reply_at|last_order_at|orders_count|total_spent)\b")
 
 
-def _score_exprs(now: float, column: dict[str, str]) -> dict[str, str]:
-    """``_scores``' expressions (score column -> SQL) with the stored columns it reads replaced."""
-    text = _COLUMN.sub(lambda m: column.get(m.group(1), m.group(1)), _scores(_Pg(), now))
+#: ``now`` as ``_scores`` writes it, replaced by a parameter: the statement's text is the same for
+#: every flush (psycopg converts it once and prepares it; the server plans it once).
+_NOW = 1_234_567_890.0625
+
+
+def _score_exprs(column: dict[str, str]) -> dict[str, str]:
+    """``_scores``' expressions (score column -> SQL) with the stored columns it reads replaced and
+    ``now`` a parameter."""
+    text = _COLUMN.sub(lambda m: column.get(m.group(1), m.group(1)), _scores(_Pg(), _NOW))
+    text = text.replace(f"CAST({_NOW!r} AS DOUBLE PRECISION)", "%s::float8")
     parts = re.split(r"(?:^|, )(" + "|".join(_SCORED) + r") = ", text)[1:]
     return dict(zip(parts[0::2], parts[1::2], strict=True))
 
@@ -46,10 +54,12 @@ class _Pg:
     pg = True
 
 
-def flush_sql(now: float) -> str:
-    fresh = _score_exprs(now, _FRESH)
-    merged = _score_exprs(now, {"last_click_at": "GREATEST(x.last_click_at, excluded.last_click_at)",
-                                **{c: f"x.{c}" for c in ("last_reply_at", "last_order_at", "orders_count", "total_spent")}})  # fmt: skip
+@functools.cache
+def flush_sql() -> str:
+    """The statement (its parameters: ``flush_params``)."""
+    fresh = _score_exprs(_FRESH)
+    merged = _score_exprs({"last_click_at": "GREATEST(x.last_click_at, excluded.last_click_at)",
+                           **{c: f"x.{c}" for c in ("last_reply_at", "last_order_at", "orders_count", "total_spent")}})  # fmt: skip
     upd = ", ".join(f"{c} = {merged[c]}" for c in _SCORED)
     return (
         "WITH h AS (SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
@@ -75,10 +85,10 @@ def flush_sql(now: float) -> str:
     )  # fmt: skip
 
 
-def flush_params(hits: Sequence[HitIn]) -> list[list[Any]]:
-    cols: list[list[Any]] = [[] for _ in range(11)]
+def flush_params(hits: Sequence[HitIn], now: float) -> list[Any]:
+    cols: list[Any] = [[] for _ in range(11)]
     for h in hits:
         for col, v in zip(cols, (h.code, h.at, h.user_agent, h.verdict, h.tenant, h.campaign_id, h.subscriber_id,
                                  h.phone, h.target, h.created_at, h.expires_at), strict=True):  # fmt: skip
             col.append(v)
-    return cols
+    return cols + [now] * (flush_sql().count("%s") - 11)
