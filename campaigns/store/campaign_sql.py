@@ -421,7 +421,8 @@ class CampaignSql(ReportSql):
         themselves (each carries the link it resolved to): the range codes' ``short_links`` rows, the
         hits (unique clicks as ``record_clicks``), each human click's ``clicked`` activity, and the
         aggregates (``last_click_at``, engagement as of ``now``) of the subscribers who clicked, one
-        statement per table, whatever the number of hits or tenants. The same rows as ``record_hits``
+        statement per table whatever the number of hits or tenants (PostgreSQL: one in all,
+        ``click_sql``). The same rows as ``record_hits``
         given each human click's ``clicked`` activity (tests/campaigns/test_click_flush.py), without
         the events path's per-event work: no id claim (a click's activity is written in its click
         row's transaction, once), no subscriber looked up by number (the link names it)."""
