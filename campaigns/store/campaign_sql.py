@@ -16,7 +16,6 @@ from campaigns.core import links as core_links
 from campaigns.core.events import ShopEvent
 from campaigns.errors import Conflict, NotFound
 from campaigns.store import click_sql
-from campaigns.store.event_batch import aggregate_sql
 from campaigns.store.flow_sql import enqueue_inputs
 from campaigns.store.report_sql import ReportSql
 from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, HitIn, LinkRange,
@@ -457,12 +456,8 @@ class CampaignSql(ReportSql):
             tx.insert_many("activities", ("tenant", "subscriber_id", "kind", "at", "properties"), [
                 (h.tenant, h.subscriber_id, "clicked", h.at, f'{{"campaign":{int(h.campaign_id)},"code":{_json.encode(h.code).decode()}}}')
                 for h in clicked])  # fmt: skip
-            by_tenant: dict[str, list[tuple[int, str, int, str, float]]] = {}
-            for h in clicked:
-                by_tenant.setdefault(h.tenant, []).append((h.subscriber_id, "clicked", 0, "", h.at))
-            for tenant, stat_rows in sorted(by_tenant.items()):
-                for sql, params in aggregate_sql(tx, tenant, stat_rows, now):
-                    tx.run(sql, params)
+            # one upsert for every clicker of every tenant, its text the same for every flush
+            tx.run(click_sql.stats_sql()[0], click_sql.stats_params([(h.tenant, h.subscriber_id, h.at) for h in clicked], now))
         return unique
 
     def _record_clicks(self, tx: Any, clicks: Sequence[ClickIn], *, materialise: bool = True) -> int:

@@ -25,9 +25,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from campaigns.store.campaign_rows import HitIn
 from campaigns.store.event_batch import _scores
 
+_json = msgspec.json.Encoder()
 _SCORED = ("avg_order_value", "rfm_r", "rfm_f", "rfm_m", "engagement")
 _NULL = "CAST(NULL AS DOUBLE PRECISION)"
 #: A new aggregates row (the subscriber had none): nothing but this click.
@@ -41,25 +44,49 @@ _COLUMN = re.compile(r"\b(last_click_at|last_reply_at|last_order_at|orders_count
 _NOW = 1_234_567_890.0625
 
 
-def _score_exprs(column: dict[str, str]) -> dict[str, str]:
+def _score_exprs(column: dict[str, str], pg: bool = True) -> dict[str, str]:
     """``_scores``' expressions (score column -> SQL) with the stored columns it reads replaced and
     ``now`` a parameter."""
-    text = _COLUMN.sub(lambda m: column.get(m.group(1), m.group(1)), _scores(_Pg(), _NOW))
-    text = text.replace(f"CAST({_NOW!r} AS DOUBLE PRECISION)", "%s::float8")
+    text = _COLUMN.sub(lambda m: column.get(m.group(1), m.group(1)), _scores(_Dialect(pg), _NOW))
+    text = text.replace(f"CAST({_NOW!r} AS DOUBLE PRECISION)", "%s::float8" if pg else "CAST(? AS DOUBLE PRECISION)")
     parts = re.split(r"(?:^|, )(" + "|".join(_SCORED) + r") = ", text)[1:]
     return dict(zip(parts[0::2], parts[1::2], strict=True))
 
 
-class _Pg:
-    pg = True
+class _Dialect:
+    def __init__(self, pg: bool) -> None:
+        self.pg = pg
+
+
+_LATER = {"last_click_at": "COALESCE(MAX(x.last_click_at, excluded.last_click_at), x.last_click_at, excluded.last_click_at)",
+          **{c: f"x.{c}" for c in ("last_reply_at", "last_order_at", "orders_count", "total_spent")}}  # fmt: skip
+
+
+@functools.cache
+def stats_sql() -> tuple[str, int, int]:
+    """SQLite: the clickers' aggregates in one upsert over the rowset ``(tenant, subscriber, at)``
+    bound as one JSON parameter: ``last_click_at`` moved forward, the scores as of ``now``; the
+    statement and how many ``now`` parameters come before and after the rowset."""
+    fresh = _score_exprs(_FRESH, pg=False)
+    merged = _score_exprs(_LATER, pg=False)
+    head = (f"INSERT INTO subscriber_stats AS x (tenant, subscriber_id, last_click_at, {', '.join(_SCORED)}) "
+            f"SELECT h.tenant, h.sid, MAX(h.at), {', '.join(fresh[c] for c in _SCORED)} FROM (SELECT value ->> 0 AS "
+            f"tenant, value ->> 1 AS sid, value ->> 2 AS at FROM json_each(?)) AS h WHERE true GROUP BY h.tenant, h.sid ")  # fmt: skip
+    tail = (f"ON CONFLICT (subscriber_id) DO UPDATE SET last_click_at = {_LATER['last_click_at']}, "
+            f"{', '.join(f'{c} = {merged[c]}' for c in _SCORED)}")  # fmt: skip
+    return head + tail, head.count("?") - 1, tail.count("?")
+
+
+def stats_params(rows: Sequence[tuple[str, int, float]], now: float) -> list[Any]:
+    _sql, before, after = stats_sql()
+    return [now] * before + [_json.encode(rows).decode()] + [now] * after
 
 
 @functools.cache
 def flush_sql() -> str:
     """The statement (its parameters: ``flush_params``)."""
     fresh = _score_exprs(_FRESH)
-    merged = _score_exprs({"last_click_at": "GREATEST(x.last_click_at, excluded.last_click_at)",
-                           **{c: f"x.{c}" for c in ("last_reply_at", "last_order_at", "orders_count", "total_spent")}})  # fmt: skip
+    merged = _score_exprs({**_LATER, "last_click_at": "GREATEST(x.last_click_at, excluded.last_click_at)"})
     upd = ", ".join(f"{c} = {merged[c]}" for c in _SCORED)
     return (
         "WITH h AS (SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
