@@ -431,12 +431,8 @@ class CampaignSql(ReportSql):
             return self._record_link_hits(tx, hits, now)
 
     def _record_link_hits(self, tx: Any, hits: Sequence[HitIn], now: float) -> int:
-        if tx.pg:  # the same rows in one statement: one round trip (campaigns/store/click_sql.py)
-            firsts = tx.rows(click_sql.flush_sql(), click_sql.flush_params(hits, now))
-            for code, tenant, sid, send_key in firsts:
-                if tenant is not None:  # a flow's link: its run hears the click (as ``_clicks_to_flows``)
-                    enqueue_inputs(tx, tenant, int(sid), [F.Click(id=f"click:{code}", key=send_key)])
-            return len(firsts)
+        if tx.pg:  # the same rows in one statement (campaigns/store/click_sql.py)
+            return int(tx.rows(click_sql.flush_sql(), click_sql.flush_params(hits, now))[0][0])
         links: dict[str, HitIn] = {}
         for h in hits:
             links.setdefault(h.code, h)

@@ -12,8 +12,12 @@ the same snapshot taken before it:
   subscriber the link names (what ``apply_event`` wrote for the event the flush used to build);
 - ``subscriber_stats``: ``last_click_at`` moved forward and the scores recomputed as of ``now``
   (``event_batch._scores``: the arithmetic of ``campaigns.core.aggregates``), or a new row;
-- and it answers the unique clicks with the flow send their link came from, if any (the caller
-  queues the flow's ``Click`` input in the same transaction).
+- ``flow_inputs``: a flow link's first human click, the run's ``Click`` input (clicked / not
+  clicked branches), when the tenant has flows (``flow_sql.enqueue_inputs``' rule);
+- and it answers how many clicks were unique.
+
+One statement is atomic on its own: the store runs it on its autocommit connection without
+``BEGIN``/``COMMIT`` (``PostgresStore.record_link_hits``): one round trip a flush.
 
 What each part writes is the same as the per-table statements of SQLite (``CampaignSql``), and as
 the events path before (tests/campaigns/test_click_flush.py compares the tables)."""
@@ -106,9 +110,14 @@ def flush_sql() -> str:
         f"s AS (INSERT INTO subscriber_stats AS x (tenant, subscriber_id, last_click_at, {', '.join(_SCORED)}) "
         f"SELECT h.tenant, h.sid, MAX(h.at), {', '.join(fresh[c] for c in _SCORED)} FROM h WHERE h.verdict = 'click' "
         f"AND h.phone <> '' GROUP BY h.tenant, h.sid ON CONFLICT (subscriber_id) DO UPDATE SET last_click_at = "
-        f"GREATEST(x.last_click_at, excluded.last_click_at), {upd}) "
-        "SELECT r.code, f.tenant, fr.subscriber_id, f.send_key FROM r LEFT JOIN flow_run_links f ON f.code = r.code "
-        "LEFT JOIN flow_runs fr ON fr.id = f.run_id WHERE r.first ORDER BY r.at, r.ord"
+        f"GREATEST(x.last_click_at, excluded.last_click_at), {upd}), "
+        # a flow's link clicked (its first human click): the run hears it (``flow_sql.enqueue_inputs``'s
+        # row: the ``Click`` input as ``flow_sql._event_encoder`` writes it), in click order
+        "fi AS (INSERT INTO flow_inputs (tenant, subscriber_id, event) SELECT f.tenant, fr.subscriber_id, "
+        "'{\"type\":\"click\",\"id\":' || to_json('click:' || r.code)::text || ',\"key\":' || to_json(f.send_key)::text "
+        "|| '}' FROM r JOIN flow_run_links f ON f.code = r.code JOIN flow_runs fr ON fr.id = f.run_id WHERE r.first AND "
+        "EXISTS (SELECT 1 FROM flow_heads WHERE tenant = f.tenant) ORDER BY r.at, r.ord) "
+        "SELECT count(*) FROM r WHERE r.first"
     )  # fmt: skip
 
 
