@@ -5,6 +5,9 @@ package: ``initdb`` into a temporary directory, ``pg_ctl start`` on a free loopb
 directory inside the temporary directory), one database ``sluice``; it is stopped with
 ``pg_ctl stop -m immediate`` at the end of the session. initdb refuses to run as root, so as root
 the server runs as the ``postgres`` system user (``runuser``), the data directory owned by it.
+The stop is a reaper's job: a small child process blocked on a pipe from the test process; it
+stops the server and removes its directory when the pipe closes, which happens at the end of the
+session and also when the test process is killed (a timeout's SIGKILL), so no server outlives it.
 
 ``pg_url`` (function scope) hands each test a fresh, empty schema in that database (a
 ``postgresql://`` URL whose ``options`` set the ``search_path``), so tests never see each
@@ -23,6 +26,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -85,13 +89,26 @@ def pg_server() -> Iterator[PgServer]:
     opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
     run([str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "-t", "60", "start"])
+    stop = _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate"])
+    reaper = subprocess.Popen([sys.executable, "-c", _REAPER, repr(stop), str(root)], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "sluice"])
         yield PgServer(host="127.0.0.1", port=port, user=user, database="sluice")
     finally:
-        subprocess.run(_as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate"]),
-                       capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+        assert reaper.stdin is not None
+        reaper.stdin.close()  # the reaper stops the server and removes its directory
+        reaper.wait(timeout=120)
+
+
+# Runs in its own session (so a signal to the test's process group does not stop it first): waits
+# for EOF on stdin, i.e. the test process closed the pipe or died, then stops the server.
+_REAPER = """
+import ast, shutil, subprocess, sys
+sys.stdin.buffer.read()
+subprocess.run(ast.literal_eval(sys.argv[1]), capture_output=True, timeout=60)
+shutil.rmtree(sys.argv[2], ignore_errors=True)
+"""
 
 
 @pytest.fixture
