@@ -20,9 +20,9 @@ from campaigns.store.campaign_rows import ClickIn, HitIn
 from campaigns.core.events import ActivityEvent
 
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 100_000
-engine = sys.argv[1]
+engine = sys.argv[1] if len(sys.argv) > 1 else "sqlite"
 
-def cpu_of(pid):
+def cpu_of(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         x = f.read().rsplit(")", 1)[1].split()
     return (int(x[11]) + int(x[12])) / os.sysconf("SC_CLK_TCK")
@@ -59,10 +59,13 @@ def main(url):
                 for _ in range(max(20, 3000 // batch)):
                     hits = []
                     for _ in range(batch):
-                        L = r.choice(pool); t += 0.001; k += 1
-                        hits.append(HitIn(code=L.code, at=t, user_agent="Mozilla", verdict="click", tenant=L.tenant,
-                                          campaign_id=L.campaign_id, subscriber_id=L.subscriber_id, phone=L.phone,
-                                          target=L.target, created_at=L.created_at, expires_at=L.expires_at))
+                        link = r.choice(pool)
+                        t += 0.001
+                        k += 1
+                        hits.append(HitIn(code=link.code, at=t, user_agent="Mozilla", verdict="click",
+                                          tenant=link.tenant, campaign_id=link.campaign_id,
+                                          subscriber_id=link.subscriber_id, phone=link.phone, target=link.target,
+                                          created_at=link.created_at, expires_at=link.expires_at))
                     fn(store, hits, t)
                 res.setdefault((batch, name), []).append(((time.process_time() - c0) * 1e6 / k,
                                                           ((cpu_of(bpid) - b0) * 1e6 / k) if bpid else 0,
@@ -73,10 +76,10 @@ def main(url):
               f"server {statistics.median(x[1] for x in v):6.1f} us, wall {statistics.median(x[2] for x in v):6.1f} us")
     store.close()
 
-if engine == "postgres":
+if __name__ == "__main__" and engine == "postgres":
     with throwaway_postgres() as url:
         main(url)
-else:
+elif __name__ == "__main__":
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         main(f"sqlite:///{d}/c.db")

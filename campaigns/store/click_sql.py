@@ -127,4 +127,9 @@ def flush_params(hits: Sequence[HitIn], now: float) -> list[Any]:
         for col, v in zip(cols, (h.code, h.at, h.user_agent, h.verdict, h.tenant, h.campaign_id, h.subscriber_id,
                                  h.phone, h.target, h.created_at, h.expires_at), strict=True):  # fmt: skip
             col.append(v)
-    return cols + [now] * (flush_sql().count("%s") - 11)
+    return cols + [now] * _now_params()
+
+
+@functools.cache
+def _now_params() -> int:
+    return flush_sql().count("%s") - 11
