@@ -10,10 +10,11 @@ the loop for PostgreSQL (every code missed while a read is in flight is read by 
 query; a waiting request is a callback of its round, ``redirect_later``: no task or event per
 request). A ``Location`` (target + the campaign's UTM) is built once per campaign and URL, not per
 hit. Then the verdict from ``core.links.verdict``, and the hit appended to an in-memory buffer as a
-tuple (its store rows and ``clicked`` activity are built when the buffer is written, off the loop). ``run_flusher`` writes the buffer every ``flush_interval``
-(5 ms) in one transaction: the hits, each human click's ``clicked`` activity and its subscriber's aggregates,
-derived from the hits themselves, one statement per table (``record_link_hits``). **What is promised**: a hit is stored within the flush interval
-plus one write after its 302 was answered; a kill -9 loses at most the hits answered since the last
+tuple with its link (the store's rows are built when the buffer is written, off the loop).
+``run_flusher`` writes the buffer every ``flush_interval`` (5 ms) in one transaction: the hits, each
+human click's ``clicked`` activity and its subscriber's aggregates, derived from the hits and their
+links (``record_link_hits``: one statement per table; PostgreSQL one in all). **What is promised**:
+a hit is stored within the flush interval plus one write after its 302 was answered; a kill -9 loses at most the hits answered since the last
 committed flush began (never a hit already stored; tests/campaigns/test_click_crash.py); a clean stop
 flushes; and every read of click figures (the report, ``/clicks``, the A/B decision) flushes first,
 so a figure never misses a click answered before the read. The campaign's UTM parameters are cached
