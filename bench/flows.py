@@ -310,7 +310,10 @@ def drain_worker_main(store_url: str, part: int, parts: int) -> None:
         s = worker.stats
         print(_enc.encode({"part": part, "cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0,
                            "inputs": s.inputs - before.inputs, "started": s.started - before.started,
-                           "advanced": s.advanced - before.advanced}).decode(), flush=True)  # fmt: skip
+                           "advanced": s.advanced - before.advanced,
+                           **{f: getattr(s, f, 0) - getattr(before, f, 0)  # (a runtime before planned batches: 0)
+                              for f in ("planned", "redone", "write_wait_s", "write_hold_s", "write_cpu_s")}}).decode(),
+              flush=True)  # fmt: skip
     store.close()
 
 
@@ -358,6 +361,9 @@ def events_phase(url: str, n: int, gw: RemoteGateway, workers: int = 1) -> dict[
             rt.stats.inputs += int(r["inputs"])
             rt.stats.started += int(r["started"])
             rt.stats.advanced += int(r["advanced"])
+            for f in ("planned", "redone", "write_wait_s", "write_hold_s", "write_cpu_s"):
+                if hasattr(rt.stats, f):
+                    setattr(rt.stats, f, getattr(rt.stats, f) + r.get(f, 0))
 
     async def flows() -> tuple[Any, float, float]:
         client = GatewayClient(gw.url, "bench-key")
@@ -416,6 +422,12 @@ def events_phase(url: str, n: int, gw: RemoteGateway, workers: int = 1) -> dict[
             "flow_events_cpu_us": (drain_cpu_s + cpu["send_cpu_s"]) / max(processed, 1) * 1e6,
             "drain_input_cpu_us": drain_cpu_s / max(stats.inputs, 1) * 1e6,
             "gateway_send_cpu_us": cpu["gateway_send_cpu_s"] / max(stats.sent, 1) * 1e6, "workers": workers,
+            # SQLite: batches decided in a read snapshot and written as planned / found stale and redone
+            "batches_planned": getattr(stats, "planned", 0), "batches_redone": getattr(stats, "redone", 0),
+            # ... and of the drains' CPU, the share spent holding the write lock: with N workers at most
+            # 1 / that share of them can run at once (the rest of a batch is decided outside the lock)
+            "write_lock_cpu_share": getattr(stats, "write_cpu_s", 0.0) / max(drain_cpu_s, 1e-9),
+            "write_wait_s": getattr(stats, "write_wait_s", 0.0), "write_hold_s": getattr(stats, "write_hold_s", 0.0),
             # each drain worker's CPU per input it applied (its own process), and its busy wall time
             "worker_input_cpu_us": [w["cpu_s"] / max(w["inputs"], 1) * 1e6 for _, w in sorted(per_worker.items())],
             "worker_inputs": [int(w["inputs"]) for _, w in sorted(per_worker.items())],

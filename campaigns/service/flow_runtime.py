@@ -13,6 +13,9 @@ next timers and the records of their actions are written together:
    is applied as one: its ids marked and its subscribers' runs, values, tags and stats read with
    one statement each (``FlowTx.first_times``, ``FlowTx.prefetch``), the engine called per input in
    queue order, the new runs and run updates written together at the commit (``FlowTx.flush``).
+   On SQLite a batch of inputs is planned in a read snapshot and written under the write lock after
+   checks (``Store.flow_plan``; a stale batch is redone under the lock): several workers decide at
+   once, only their writes take turns.
 2. **timers** (``FlowWorker.fire``): runs whose ``due`` is past, claimed in batches, earliest
    first (``FOR UPDATE SKIP LOCKED`` on PostgreSQL: several workers take disjoint batches).
 3. **replies** (``FlowWorker.reply``, behind ``FlowRuntime.offer_reply``, the inbox's
@@ -51,7 +54,7 @@ from campaigns.service.gateway_client import BatchResult, GatewayClient, message
 from campaigns.service.launch import TenantLinks
 from campaigns.store.base import Store
 from campaigns.store.flow_rows import FlowMessage
-from campaigns.store.flow_sql import FlowTx
+from campaigns.store.flow_sql import FlowStale, FlowTx
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -84,6 +87,11 @@ class Statistics(msgspec.Struct, kw_only=True):
     advanced: int = 0  # run steps that changed a run (timers included)
     timers: int = 0  # due timers fired
     recorded: int = 0  # sends / webhook calls recorded
+    planned: int = 0  # batches of inputs decided in a read snapshot and written as planned (SQLite)
+    redone: int = 0  # planned batches found stale at the write (a run of theirs changed): redone under the lock
+    write_wait_s: float = 0.0  # planned batches: time waiting for the write lock (another worker writing)
+    write_hold_s: float = 0.0  # ... holding it (checks, writes, commit)
+    write_cpu_s: float = 0.0  # ... and the CPU this process spent holding it
     sent: int = 0  # handed to the gateway and answered
     failed: int = 0
 
@@ -120,12 +128,43 @@ class FlowWorker:
 
     # ---- the three kinds of work ---------------------------------------------------------------
     def drain(self, tenant: str, now: float, limit: int = 1000) -> int:
-        """Apply up to ``limit`` queued inputs (this worker's share); returns how many were taken."""
+        """Apply up to ``limit`` queued inputs (this worker's share); returns how many were taken.
+
+        On SQLite the batch is decided in a read snapshot and only written under the write lock
+        (``Store.flow_plan``), so several workers decide at once; if what it read changed before the
+        write (``FlowStale``: nothing of it stored), it is redone the old way, all under the lock."""
+        if self.store.flow_plan_supported():
+            counts = self._counts()
+            try:
+                with self.store.flow_plan(tenant, part=self.part, parts=self.parts) as ftx:
+                    taken = ftx.take_inputs(limit, part=self.part, parts=self.parts)
+                    if taken:
+                        self._inputs(ftx, [(sid, event) for _id, sid, event in taken], now)
+                if taken:
+                    self.stats.planned += 1
+                    wait, hold, cpu = ftx.write_times
+                    self.stats.write_wait_s += wait
+                    self.stats.write_hold_s += hold
+                    self.stats.write_cpu_s += cpu
+                return len(taken)
+            except FlowStale as exc:
+                self._restore(counts)
+                self.stats.redone += 1
+                log.info("flow.batch.redo tenant=%s reason=%s", tenant, exc)
         with self.store.flow_tx(tenant) as ftx:
             taken = ftx.take_inputs(limit, part=self.part, parts=self.parts)
             if taken:
                 self._inputs(ftx, [(sid, event) for _id, sid, event in taken], now)
         return len(taken)
+
+    _COUNTS = ("inputs", "started", "advanced", "recorded")  # what a batch counts (the sender's own are apart)
+
+    def _counts(self) -> tuple[int, ...]:
+        return tuple(getattr(self.stats, f) for f in self._COUNTS)
+
+    def _restore(self, counts: tuple[int, ...]) -> None:
+        for f, v in zip(self._COUNTS, counts):
+            setattr(self.stats, f, v)
 
     def feed(self, tenant: str, inputs: Sequence[tuple[int, F.Event]], now: float) -> None:
         """Apply inputs directly (the periodic scans), in one transaction."""

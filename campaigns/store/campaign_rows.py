@@ -150,3 +150,26 @@ class HitIn(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False
     target: str
     created_at: float
     expires_at: float | None
+
+
+class TextKey(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One distinct text of a set-based launch (``Store.freeze_set``): the recipients who share what
+    their text is made of (the first name where the template reads it, the language, and whether it
+    is their first marketing message) share one rendering."""
+
+    key: str  # as the store's SQL builds it (opaque to the caller)
+    first_name: str | None
+    language: str | None
+    first: bool
+
+
+class SetTexts(msgspec.Struct, frozen=True, kw_only=True):
+    """What a set-based freeze writes into each recipient's text: per key, the pieces between its
+    short links (each piece before a link ends with ``https://{domain}/``), the URLs the links
+    stand for (the same for every key), and the codes of link numbers (``codes(start, count)``: the
+    ASCII bytes of ``count`` codes of ``length`` characters, in number order)."""
+
+    pieces: dict[str, tuple[str, ...]]
+    targets: tuple[str, ...]
+    length: int
+    codes: Any  # Callable[[int, int], bytes]

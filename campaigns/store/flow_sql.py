@@ -13,13 +13,30 @@ Two kinds of operations:
   is read up front (``first_times``, ``prefetch``: one statement per chunk, not per input) and its
   new runs and run updates are held in the ``FlowTx`` and written by ``flush`` before the commit.
 
+Planned batches (SQLite, ``flow_plan``): SQLite has one writer, so a batch decided inside its
+``BEGIN IMMEDIATE`` transaction keeps every other worker waiting while it reads and runs the pure
+steps. ``flow_plan(tenant, part=, parts=)`` hands the runtime a ``FlowTx`` over a WAL read snapshot
+(a connection of its own, no lock): the same reads, the same decisions, but every write is logged
+instead of made (``FlowTx._log``: statements in program order, each with the row count it must
+have). Then, under ``BEGIN IMMEDIATE``, the log is checked and replayed: the batch's inputs still
+queued (the ``DELETE`` removes them all), its events not applied meanwhile (``flow_events``), the
+runs of its subscribers exactly as the snapshot read them (ids and active runs' JSON), its new run
+ids and short links still free. Any difference raises ``FlowStale``: the transaction is rolled
+back (nothing of the batch stored) and the runtime redoes the batch the old way, under the lock.
+Run ids of a planned batch are ``id % parts == part`` above the snapshot's highest id, so two
+workers' batches never pick the same one. What cannot be replayed blind (an ``update`` node's
+read-modify-write of a subscriber, a read of runs the batch did not prefetch) raises ``FlowStale``
+at once, and the batch goes under the lock.
+
 Claiming due timers: ``FlowTx.claim_due(now, limit)`` reads the due-time index in due order; on
 PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so several workers (processes, or connections) take
 disjoint batches; on SQLite the transaction is ``BEGIN IMMEDIATE``: one writer at a time."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+import functools
+import time
 from contextlib import contextmanager
 from typing import Any
 
@@ -51,6 +68,23 @@ _PG_INSERT_RUNS = (f"INSERT INTO flow_runs ({_NEW_RUN_COLS}) SELECT * FROM unnes
                    "ON CONFLICT (tenant, run_key) DO NOTHING RETURNING id")  # fmt: skip
 
 
+class FlowStale(StorageError):
+    """A planned batch (``flow_plan``) cannot be written as decided: what its snapshot read changed
+    before the write lock was taken, or it needs a read of its own writes. Redo it under the lock."""
+
+    code = "flow_stale"
+
+
+def _expect(n: int, want: int, what: str) -> None:
+    if n != want:
+        raise FlowStale(f"flow_stale: {what}: {n} rows, planned {want}")
+
+
+_INSERT_MESSAGE = f"INSERT INTO flow_outbox (tenant, {_MSG_COLS}) VALUES ({', '.join('?' * 19)}) ON CONFLICT DO NOTHING"
+_UPDATE_RUNS = ("UPDATE flow_runs SET node = COALESCE(?, node), visit = ?, state = ?, ended = ?, updated_at = ?, due = ?, "
+                "run = ? WHERE id = ?")  # fmt: skip
+
+
 def _run_row(tenant: str, row: tuple) -> FlowRunRow:
     names = [c.strip() for c in _RUN_COLS.split(",")]
     return FlowRunRow(tenant=tenant, **dict(zip(names, row, strict=True)))
@@ -65,8 +99,16 @@ def _msg_row(tenant: str, row: tuple) -> FlowMessage:
 class FlowTx:
     """One transaction of the flow runtime (see the module docstring). ``tenant`` scopes every read."""
 
-    def __init__(self, tx: Any, tenant: str, engine: str) -> None:
+    def __init__(self, tx: Any, tenant: str, engine: str, *, planned: bool = False, part: int = 0,
+                 parts: int = 1) -> None:  # fmt: skip
         self.tx, self.tenant, self.engine = tx, tenant, engine
+        # ``planned``: ``tx`` is a read snapshot; writes go to ``_log`` (``flow_plan``), replayed under the
+        # write lock, each a function of the write transaction that raises ``FlowStale`` on a mismatch.
+        self.planned, self.part, self.parts = planned, part, parts
+        self._log: list[Callable[[Any], None]] = []
+        self._codes: set[str] = set()  # short link codes this planned batch added
+        # ``flow_plan``: seconds waiting for the write lock, holding it, and this thread's CPU holding it
+        self.write_times = (0.0, 0.0, 0.0)
         # Read once per transaction (a start and its first send read the same subscriber); writes
         # through ``update_subscriber`` drop the entry.
         # subscriber -> (their fields as a dict: a Subscriber's without the tenant, attributes decoded;
@@ -95,12 +137,28 @@ class FlowTx:
             rows = self.tx.rows("INSERT INTO flow_events (tenant, event_id) SELECT %b, unnest(%b::text[]) "
                                 "ON CONFLICT DO NOTHING RETURNING event_id", (self.tenant, ids))  # fmt: skip
             return {str(r[0]) for r in rows}
+        if self.planned:  # read which are new; mark them at the replay, which must mark exactly those
+            for i in range(0, len(ids), 400):
+                chunk = ids[i:i + 400]
+                seen = {str(r[0]) for r in self.tx.rows(
+                    f"SELECT event_id FROM flow_events WHERE tenant = ? AND event_id IN ({', '.join('?' * len(chunk))})",
+                    (self.tenant, *chunk))}  # fmt: skip
+                new = [e for e in chunk if e not in seen]
+                fresh.update(new)
+                if new:
+                    self._log.append(functools.partial(self._mark_events, new))
+            return fresh
         for i in range(0, len(ids), 400):
             chunk = ids[i:i + 400]
             rows = self.tx.rows(f"INSERT INTO flow_events (tenant, event_id) VALUES {', '.join(['(?, ?)'] * len(chunk))} "
                                 f"ON CONFLICT DO NOTHING RETURNING event_id", [v for e in chunk for v in (self.tenant, e)])  # fmt: skip
             fresh.update(str(r[0]) for r in rows)
         return fresh
+
+    def _mark_events(self, ids: Sequence[str], tx: Any) -> None:
+        got = tx.rows(f"INSERT INTO flow_events (tenant, event_id) VALUES {', '.join(['(?, ?)'] * len(ids))} "
+                      f"ON CONFLICT DO NOTHING RETURNING event_id", [v for e in ids for v in (self.tenant, e)])  # fmt: skip
+        _expect(len(got), len(ids), "input events applied meanwhile")
 
     def prefetch(self, subscriber_ids: Sequence[int]) -> None:
         """Read the runs (locked on PostgreSQL), the subscribers, their tags and stats of a batch: one
@@ -116,9 +174,12 @@ class FlowTx:
             runs: dict[int, list[tuple[int, F.Run]]] = {sid: [] for sid in chunk}
             entries: dict[int, dict[str, list[F.Entry]]] = {sid: {} for sid in chunk}
             keys: dict[int, set[str]] = {sid: set() for sid in chunk}
-            for rid, sid, key, fid, started, obj, run in self.tx.rows(
-                    f"SELECT id, subscriber_id, run_key, flow_id, started_at, object_id, CASE WHEN state = 'active' THEN run "
-                    f"END FROM flow_runs WHERE tenant = ? AND subscriber_id {marks} ORDER BY id{lock}", params):  # fmt: skip
+            found = self.tx.rows(
+                f"SELECT id, subscriber_id, run_key, flow_id, started_at, object_id, CASE WHEN state = 'active' THEN run "
+                f"END FROM flow_runs WHERE tenant = ? AND subscriber_id {marks} ORDER BY id{lock}", params)  # fmt: skip
+            if self.planned:  # at the replay, these subscribers' runs must be exactly what was read here
+                self._log.append(functools.partial(self._same_runs, marks, params, [(r[0], r[6]) for r in found]))
+            for rid, sid, key, fid, started, obj, run in found:
                 keys[int(sid)].add(str(key))
                 entries[int(sid)].setdefault(str(fid), []).append(F.Entry(started_at=float(started), object_id=obj))
                 if run is not None:
@@ -146,6 +207,15 @@ class FlowTx:
             self._entries.update(entries)
             self._keys.update(keys)
 
+    @staticmethod
+    def _same_runs(marks: str, params: tuple, seen: list[tuple[Any, Any]], tx: Any) -> None:
+        """The check of a planned batch: no run of its subscribers started, ended or moved since its
+        snapshot (by a reply, a scan, another worker's misrouted share): ids and active runs' JSON."""
+        now = [tuple(r) for r in tx.rows(f"SELECT id, CASE WHEN state = 'active' THEN run END FROM flow_runs WHERE "
+                                          f"tenant = ? AND subscriber_id {marks} ORDER BY id", params)]  # fmt: skip
+        if now != [tuple(r) for r in seen]:
+            raise FlowStale("flow_stale: a run of this batch's subscribers changed since its snapshot")
+
     def _ids_in(self, ids: Sequence[int]) -> tuple[str, tuple]:
         """``IN (?, ...)`` on SQLite, ``= ANY(%b)`` with one binary array on PostgreSQL (whose driver
         would parse a text of hundreds of placeholders on every call); params start with the tenant."""
@@ -160,6 +230,10 @@ class FlowTx:
             if self.engine == "postgres":  # one statement of 15 array parameters, its text always the same
                 chunk, self._new = self._new, []
                 got = self.tx.rows(_PG_INSERT_RUNS, [list(col) for col in zip(*chunk)])
+            elif self.planned:  # logged; any conflict (a run key, or an id taken since) makes the batch stale
+                chunk, self._new = self._new[:200], self._new[200:]
+                self._log.append(functools.partial(self._insert_runs, chunk))
+                continue
             else:
                 chunk, self._new = self._new[:200], self._new[200:]
                 got = self.tx.rows(f"INSERT INTO flow_runs ({_NEW_RUN_COLS}) VALUES "
@@ -170,8 +244,21 @@ class FlowTx:
                 raise StorageError("flow_run_race: a run of this batch was started concurrently; the batch is retried")
         if self._dirty:
             rows, self._dirty = list(self._dirty.values()), {}
-            self.tx.many("UPDATE flow_runs SET node = COALESCE(?, node), visit = ?, state = ?, ended = ?, updated_at = ?, "
-                         "due = ?, run = ? WHERE id = ?", rows)  # fmt: skip
+            if self.planned:  # the runs were checked unchanged (``_same_runs``) before this replays
+                self._log.append(lambda tx: tx.many(_UPDATE_RUNS, rows))
+                return
+            self.tx.many(_UPDATE_RUNS, rows)
+
+    @staticmethod
+    def _insert_runs(chunk: list[tuple[Any, ...]], tx: Any) -> None:
+        got = tx.rows(f"INSERT INTO flow_runs ({_NEW_RUN_COLS}) VALUES {', '.join(['(' + ', '.join('?' * 15) + ')'] * len(chunk))} "
+                      f"ON CONFLICT DO NOTHING RETURNING id", [v for r in chunk for v in r])  # fmt: skip
+        _expect(len(got), len(chunk), "runs started (a run key or id taken meanwhile)")
+
+    def _unplanned(self, what: str) -> None:
+        """Reads of this batch's own writes, and read-modify-writes, are not planned: under the lock."""
+        if self.planned:
+            raise FlowStale(f"flow_stale: {what} is not planned in a snapshot")
 
     # ---- inputs ------------------------------------------------------------------------------
     def first_time(self, event_id: str) -> bool:
@@ -221,6 +308,7 @@ class FlowTx:
     def active_runs(self, subscriber_id: int) -> list[tuple[int, F.Run]]:
         if subscriber_id in self._runs:
             return list(self._runs[subscriber_id])
+        self._unplanned("the runs of a subscriber not prefetched")
         self.flush()
         lock = " FOR UPDATE" if self.engine == "postgres" else ""
         rows = self.tx.rows(f"SELECT id, run FROM flow_runs WHERE tenant = ? AND subscriber_id = ? AND state = 'active' "
@@ -230,6 +318,7 @@ class FlowTx:
     def entries(self, flow_id: str, subscriber_id: int) -> list[F.Entry]:
         if subscriber_id in self._entries:
             return list(self._entries[subscriber_id].get(flow_id, ()))
+        self._unplanned("the past runs of a subscriber not prefetched")
         self.flush()
         rows = self.tx.rows("SELECT started_at, object_id FROM flow_runs WHERE tenant = ? AND flow_id = ? AND "
                             "subscriber_id = ?", (self.tenant, flow_id, subscriber_id))  # fmt: skip
@@ -249,6 +338,7 @@ class FlowTx:
                               run.timer_due, _json.encode(run).decode()))  # fmt: skip
             self._cache_started(rid, run)
             return rid
+        self._unplanned("a run of a subscriber not prefetched")
         self.flush()
         self._top = None  # SQLite picks this one's id
         row = self.tx.one(
@@ -269,6 +359,13 @@ class FlowTx:
     def _run_id(self) -> int:
         """A new run's id before its row is written: from the sequence on PostgreSQL (taken 1,000 at a
         time; unused ones are gaps), after the highest id on SQLite (this transaction is the only writer)."""
+        if self.planned:  # above the snapshot's highest id, in this worker's class: never another worker's
+            if self._top is None:
+                row = self.tx.one("SELECT COALESCE(MAX(id), 0) FROM flow_runs")
+                self._top = int(row[0]) if row is not None else 0
+            self._top += 1
+            self._top += (self.part - self._top) % self.parts
+            return self._top
         if self.engine == "postgres":
             if not self._ids:
                 self._ids = [int(r[0]) for r in self.tx.rows(
@@ -297,6 +394,7 @@ class FlowTx:
         PostgreSQL; other workers skip them). With ``parts`` > 1 only the runs of subscribers
         ``id % parts == part``: the worker that applies a subscriber's inputs also fires their timers,
         so an exit queued before a due timer is applied first (``FlowWorker.fire``), never raced."""
+        self._unplanned("claiming timers")
         self.flush()
         lock = " FOR UPDATE SKIP LOCKED" if self.engine == "postgres" else ""
         share, params = self._share(part, parts)
@@ -321,7 +419,13 @@ class FlowTx:
         share, params = self._share(part, parts)
         rows = self.tx.rows(f"SELECT id, subscriber_id, event FROM flow_inputs WHERE tenant = ?{share} ORDER BY id "
                             f"LIMIT ?{lock}", (self.tenant, *params, limit))  # fmt: skip
-        if rows:
+        if rows and self.planned:  # the replay must delete every one: else another worker took them
+            ids = [int(r[0]) for r in rows]
+            for i in range(0, len(ids), 500):
+                marks, params = self._ids_in(ids[i:i + 500])
+                self._log.append(lambda tx, m=marks, p=params[1:]: _expect(
+                    tx.run(f"DELETE FROM flow_inputs WHERE id {m}", p), len(p), "inputs taken meanwhile"))
+        elif rows:
             ids = [int(r[0]) for r in rows]
             step = len(ids) if self.engine == "postgres" else 500
             for i in range(0, len(ids), step):
@@ -332,6 +436,7 @@ class FlowTx:
     def take_inputs_of(self, subscriber_ids: Sequence[int]) -> list[tuple[int, int, F.Event]]:
         """The queued inputs of these subscribers, oldest first, deleted with this transaction (the
         timer worker applies them before their runs' timers: an exit queued before a due send wins)."""
+        self._unplanned("the inputs of claimed timers")
         out: list[tuple[int, int, F.Event]] = []
         ids = sorted(set(subscriber_ids))
         lock = " FOR UPDATE SKIP LOCKED" if self.engine == "postgres" else ""
@@ -347,14 +452,17 @@ class FlowTx:
         return out
 
     def run_by_id(self, run_id: int) -> F.Run | None:
+        self._unplanned("a run by id")
         self.flush()
         row = self.tx.one("SELECT run FROM flow_runs WHERE id = ? AND tenant = ?", (run_id, self.tenant))
         return None if row is None else _run_decoder.decode(row[0])
 
     def queue(self, subscriber_id: int, events: Sequence[F.Event]) -> None:
+        self._unplanned("queueing inputs")
         enqueue_inputs(self.tx, self.tenant, subscriber_id, events)
 
     def run_of_link(self, code: str) -> tuple[int, F.Run, str] | None:
+        self._unplanned("a run by its link")
         self.flush()
         row = self.tx.one("SELECT r.id, r.run, l.send_key FROM flow_run_links l JOIN flow_runs r ON r.id = l.run_id "
                           "WHERE l.code = ? AND l.tenant = ?", (code, self.tenant))  # fmt: skip
@@ -369,11 +477,14 @@ class FlowTx:
         return self._templates[template_id]
 
     def add_message(self, m: FlowMessage) -> bool:
-        """Record a send or webhook call; False when its key was recorded before (never twice)."""
-        return self.tx.run(
-            f"INSERT INTO flow_outbox (tenant, {_MSG_COLS}) VALUES ({', '.join('?' * 19)}) ON CONFLICT DO NOTHING",
-            (self.tenant, m.key, m.run_id, m.flow_id, m.version, m.step, m.visit, m.subscriber_id, m.kind, m.category,
-             m.recipient, m.sender, m.body, m.media_url, m.state, m.detail, m.message_id, m.created_at, m.sent_at)) > 0  # fmt: skip
+        """Record a send or webhook call; False when its key was recorded before (never twice). A
+        planned batch's key is new (its run id is), which the replay checks."""
+        row = (self.tenant, m.key, m.run_id, m.flow_id, m.version, m.step, m.visit, m.subscriber_id, m.kind, m.category,
+               m.recipient, m.sender, m.body, m.media_url, m.state, m.detail, m.message_id, m.created_at, m.sent_at)  # fmt: skip
+        if self.planned:
+            self._log.append(lambda tx: _expect(tx.run(_INSERT_MESSAGE, row), 1, f"send {m.key} recorded meanwhile"))
+            return True
+        return self.tx.run(_INSERT_MESSAGE, row) > 0
 
     def forget(self, subscriber_id: int) -> None:
         """Read the subscriber again (their consent changed in this transaction)."""
@@ -381,24 +492,43 @@ class FlowTx:
 
     def cancel_pending(self, subscriber_id: int, reason: str) -> int:
         """Marketing sends of the subscriber recorded but not posted yet become ``skipped``."""
-        return self.tx.run("UPDATE flow_outbox SET state = 'skipped', detail = ? WHERE tenant = ? AND subscriber_id = ? "
+        if self.planned:  # replayed in order, after this batch's own earlier sends (0: not counted here)
+            self._log.append(lambda tx: self._cancel(tx, subscriber_id, reason))
+            return 0
+        return self._cancel(self.tx, subscriber_id, reason)
+
+    def _cancel(self, tx: Any, subscriber_id: int, reason: str) -> int:
+        return tx.run("UPDATE flow_outbox SET state = 'skipped', detail = ? WHERE tenant = ? AND subscriber_id = ? "
                            "AND state = 'pending' AND category = 'marketing'", (reason, self.tenant, subscriber_id))  # fmt: skip
 
     def link_taken(self, code: str) -> bool:
+        if code in self._codes:
+            return True
         return self.tx.one("SELECT 1 FROM short_links WHERE code = ? UNION ALL SELECT 1 FROM flow_run_links WHERE code = ?",
                            (code, code)) is not None  # fmt: skip
 
     def add_link(self, code: str, run_id: int, send_key: str, target: str, now: float, message_key: str = "") -> None:
         """A flow's short link: the redirect table (campaign 0) and which run and send it belongs to."""
         self.flush()  # the run's row is read below
-        self.tx.run("INSERT INTO short_links (code, tenant, campaign_id, subscriber_id, target, created_at) "
-                    "SELECT ?, ?, 0, subscriber_id, ?, ? FROM flow_runs WHERE id = ? ON CONFLICT DO NOTHING",
-                    (code, self.tenant, target, now, run_id))  # fmt: skip
-        self.tx.run("INSERT INTO flow_run_links (code, tenant, run_id, send_key, message_key) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT DO NOTHING", (code, self.tenant, run_id, send_key, message_key))  # fmt: skip
+        if self.planned:  # the code must still be free at the replay (``link_taken`` read the snapshot)
+            self._codes.add(code)
+            self._log.append(lambda tx: self._link(tx, code, run_id, send_key, target, now, message_key, 1))
+            return
+        self._link(self.tx, code, run_id, send_key, target, now, message_key, None)
+
+    def _link(self, tx: Any, code: str, run_id: int, send_key: str, target: str, now: float, message_key: str,
+              want: int | None) -> None:  # fmt: skip
+        a = tx.run("INSERT INTO short_links (code, tenant, campaign_id, subscriber_id, target, created_at) "
+                   "SELECT ?, ?, 0, subscriber_id, ?, ? FROM flow_runs WHERE id = ? ON CONFLICT DO NOTHING",
+                   (code, self.tenant, target, now, run_id))  # fmt: skip
+        b = tx.run("INSERT INTO flow_run_links (code, tenant, run_id, send_key, message_key) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT DO NOTHING", (code, self.tenant, run_id, send_key, message_key))  # fmt: skip
+        if want is not None:
+            _expect(a + b, 2 * want, f"short link {code} taken meanwhile")
 
     def update_subscriber(self, subscriber_id: int, add_tags: Sequence[str], remove_tags: Sequence[str],
                           set_attributes: dict[str, Any]) -> None:  # fmt: skip
+        self._unplanned("an update of a subscriber (read, merged, written)")
         self._subs.pop(subscriber_id, None)
         for tag in add_tags:
             self.tx.run("INSERT INTO subscriber_tags (tenant, subscriber_id, tag) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
@@ -441,6 +571,34 @@ class FlowSql:
             ftx = FlowTx(tx, tenant, self.engine)
             yield ftx
             ftx.flush()
+
+    def flow_plan_supported(self) -> bool:
+        """Whether ``flow_plan`` can plan in a snapshot (SQLite on a file: a second connection)."""
+        return self.engine == "sqlite" and self._flow_snapshot_ok()
+
+    def _flow_snapshot_ok(self) -> bool:
+        return False
+
+    @contextmanager
+    def _flow_snapshot(self) -> Iterator[Any]:  # a read transaction of the engine (SQLite: sqlite.py)
+        raise NotImplementedError
+        yield
+
+    @contextmanager
+    def flow_plan(self, tenant: str, *, part: int = 0, parts: int = 1) -> Iterator[FlowTx]:
+        """A batch decided in a WAL read snapshot, written under the write lock after its checks (the
+        module docstring, "Planned batches"); raises ``FlowStale`` (nothing stored) when they fail."""
+        with self._flow_snapshot() as rtx:
+            ftx = FlowTx(rtx, tenant, self.engine, planned=True, part=part, parts=parts)
+            yield ftx
+            ftx.flush()
+        if ftx._log:
+            t0 = time.perf_counter()
+            with self._tx() as tx:
+                t1, c1 = time.perf_counter(), time.thread_time()
+                for op in ftx._log:
+                    op(tx)
+            ftx.write_times = (t1 - t0, time.perf_counter() - t1, time.thread_time() - c1)
 
     # ---- definitions -------------------------------------------------------------------------
     def put_flow_version(self, tenant: str, flow_id: str, name: str, definition: Any, *, now: float,

@@ -42,6 +42,11 @@ class PostgresStore(SqlStore):
         except psycopg.Error as exc:
             raise StorageError(f"cannot open the PostgreSQL store: {exc}") from exc
 
+    @property
+    def process_url(self) -> str:
+        """The URL another process opens this store by."""
+        return self._url
+
     def _columns(self, table: str) -> set[str]:
         rows = self._conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "
                                   "current_schema() AND table_name = %s", (table,)).fetchall()  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -39,7 +40,7 @@ _PLAN_STATS: dict[str, dict[str, str]] = {
     "segment_timers": {"segment_timers_due": "1000000 1", "sqlite_autoindex_segment_timers_1": "1000000 1000000 100000 1"},
     "processed_events": {"sqlite_autoindex_processed_events_1": "10000000 10000000 1"},
     "early_fulfillments": {"sqlite_autoindex_early_fulfillments_1": "1000 1000 1"},
-    "order_rollups": {"sqlite_autoindex_order_rollups_1": "15000000 15000000 1000000 70000 1", "order_rollups_subscriber": "15000000 15000000 15"},
+    "order_rollups": {"sqlite_autoindex_order_rollups_1": "15000000 15000000 1000000 70000 1", "order_rollups_by_subscriber": "15000000 15000000 15 2 1"},
 }  # fmt: skip
 
 
@@ -53,6 +54,8 @@ class SQLiteStore(SqlStore):
         self._path = path
         self._pragmas = (cache_kib, mmap_bytes)
         self._reader: sqlite3.Connection | None = None  # the membership's snapshot reads, made at first use
+        self._flow_reader: sqlite3.Connection | None = None  # the flow runtime's planned batches (flow_plan)
+        self._flow_lock = threading.Lock()
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -118,6 +121,39 @@ class SQLiteStore(SqlStore):
             if reader.in_transaction:
                 reader.rollback()  # read only: nothing to commit
             cur.close()
+
+    @property
+    def process_url(self) -> str | None:
+        """The URL another process opens this store by (None for a database in memory)."""
+        if self._path in ("", ":memory:") or self._path.startswith("file:"):
+            return None
+        return f"sqlite:///{self._path}"
+
+    def _flow_snapshot_ok(self) -> bool:
+        return self._path not in ("", ":memory:") and not self._path.startswith("file:")
+
+    @contextmanager
+    def _flow_snapshot(self) -> Iterator[Tx]:
+        """The flow runtime's planned batches (``FlowSql.flow_plan``): a WAL read snapshot on a
+        connection of its own, off the write lock, so a worker decides its batch while another
+        writes. One connection per store, used by one batch at a time (``_flow_lock``)."""
+        with self._flow_lock:
+            if self._flow_reader is None:
+                cache_kib, mmap_bytes = self._pragmas
+                self._flow_reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
+                self._flow_reader.execute(f"PRAGMA cache_size={-cache_kib}")
+                self._flow_reader.execute(f"PRAGMA mmap_size={mmap_bytes}")
+                self._flow_reader.execute("PRAGMA query_only=ON")
+            cur = self._flow_reader.cursor()
+            try:
+                cur.execute("BEGIN")
+                yield Tx(cur, "?")
+            except sqlite3.Error as exc:
+                raise StorageError(str(exc)) from exc
+            finally:
+                if self._flow_reader.in_transaction:
+                    self._flow_reader.rollback()  # read only: nothing to commit
+                cur.close()
 
     def _open_reader(self) -> sqlite3.Connection | None:
         if self._reader is None and self._path not in ("", ":memory:") and not self._path.startswith("file:"):
@@ -186,6 +222,10 @@ class SQLiteStore(SqlStore):
 
     def close(self) -> None:
         self._close_reader()
+        with self._flow_lock:
+            if self._flow_reader is not None:
+                self._flow_reader.close()
+                self._flow_reader = None
         with self._lock:
             self._conn.close()
 

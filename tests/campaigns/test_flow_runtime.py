@@ -427,11 +427,11 @@ _ACT = st.one_of(
 )
 
 
-def _flows_world(acts: list[tuple[str, int, int, object]]) -> Store:
+def _flows_world(acts: list[tuple[str, int, int, object]], url: str = "sqlite:///:memory:") -> Store:
     """A store with three library flows and the inputs ``acts`` queued (one second apart)."""
     import anyio
 
-    store = open_store("sqlite:///:memory:")
+    store = open_store(url)
     clock = Clock()
     for name in ("abandoned_cart", "post_purchase_upsell", "shipping_notice"):
         anyio.run(lambda n=name: install(store, clock, n))  # type: ignore[misc]
@@ -478,7 +478,26 @@ def test_a_batch_of_inputs_ends_as_the_same_inputs_applied_one_at_a_time(acts: l
     leaves the runs, timers and outbox exactly as applying each input alone does: per-subscriber
     order, redeliveries inside one batch, exits and opt-outs after a start in the same batch, re-entry
     rules that read runs started earlier in the batch; then the timers fire the same way."""
-    one, many = _flows_world(acts), _flows_world(acts)
+    _batch_as_one_at_a_time(acts, batch, _flows_world(acts), _flows_world(acts), planned=False)
+
+
+@settings(max_examples=8, deadline=None)
+@given(acts=st.lists(_ACT, min_size=1, max_size=30), batch=st.integers(2, 40))
+@example(acts=[("order", 1, 1, True), ("checkout", 1, 2, 25_000), ("order", 1, 2, True), ("opt_out", 2, 0, 0),
+               ("checkout", 2, 1, 4_000), ("again", 1, 0, 0)], batch=40)
+def test_a_planned_batch_ends_as_the_same_inputs_applied_one_at_a_time(acts: list[tuple[str, int, int, object]],
+                                                                      batch: int) -> None:  # fmt: skip
+    """The same, the batches planned in a read snapshot and written after their checks (SQLite on a
+    file, ``flow_plan``), against inputs applied one at a time in the single transaction."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sluice-batch-") as tmp:
+        _batch_as_one_at_a_time(acts, batch, _flows_world(acts), _flows_world(acts, f"sqlite:///{tmp}/many.db"),
+                                planned=True)  # fmt: skip
+
+
+def _batch_as_one_at_a_time(acts: list[tuple[str, int, int, object]], batch: int, one: Store, many: Store, *,
+                            planned: bool) -> None:  # fmt: skip
     try:
         rt1, rtn = runtime(one, FakeGateway(), Clock()), runtime(many, FakeGateway(), Clock())
         now = T0 + 100
@@ -486,7 +505,10 @@ def test_a_batch_of_inputs_ends_as_the_same_inputs_applied_one_at_a_time(acts: l
             pass
         while rtn.worker.drain("acme", now, limit=batch):
             pass
-        assert rt1.worker.stats == rtn.worker.stats
+        assert rtn.worker.stats.redone == 0  # one worker: nothing changes under a planned batch
+        assert (rtn.worker.stats.planned > 0) == (planned and rt1.worker.stats.inputs > 0)
+        assert rt1.worker.stats == msgspec.structs.replace(rtn.worker.stats, planned=0, write_wait_s=0.0, write_hold_s=0.0,
+                                                           write_cpu_s=0.0)  # fmt: skip
         assert _outcome(one) == _outcome(many)
         for later in (T0 + HOUR, T0 + DAY, T0 + 40 * DAY):
             rt1.worker.fire("acme", later, limit=1000)
@@ -675,3 +697,109 @@ def test_workers_each_with_their_share_end_every_run_as_one_worker_does(order: l
         assert one[1] == sorted([(i, "one", "pending") for i in range(6)] + [(0, "two", "pending"), (4, "two", "pending")])
         parts = 2 + len(order) % 2  # two or three workers
         assert _share_outcome(f"sqlite:///{tmp}/{parts}.db", parts, order) == one
+
+
+# ---- planned batches (SQLite: decided in a read snapshot, written under the lock) ------------------
+_ASK_FLOW = {"id": "ask", "name": "Ask, thank a yes, exit on order", "trigger": {"type": "custom", "name": "go"},
+             "entry": "q", "nodes": {"q": {"type": "send", "template": "q", "next": "a"},
+                                     "a": {"type": "reply", "timeout_seconds": 3600,
+                                           "choices": [{"keywords": ["yes"], "next": "thanks"}]},
+                                     "thanks": {"type": "send", "template": "thanks"}},
+             "exits": [{"event": "order_placed"}]}  # fmt: skip
+_JOIN_FLOW = {"id": "join", "name": "Keyword JOIN", "trigger": {"type": "keyword", "keywords": ["JOIN"]},
+              "entry": "hi", "nodes": {"hi": {"type": "send", "template": "q"}}}  # fmt: skip
+
+
+def _planned_world(url: str, interfere: str) -> tuple[list[tuple], list[tuple], tuple[int, int]]:
+    """Subscribers 1-3 in ``ask`` (waiting for a reply); then their orders (exits) and ``go`` for 4-6
+    are queued, and worker A (part 0) drains them in one planned batch while, between its snapshot and
+    its write, another writer does ``interfere`` (``-first``: the same, serially, before A's drain: the
+    reference). Returns the runs and sends (by run key, ids left out) and A's (planned, redone)."""
+    from campaigns.core import flows as F
+    from campaigns.service.flow_runtime import FlowWorker
+
+    kind, first = interfere.removesuffix("-first"), interfere.endswith("-first")
+    parts = 2 if kind == "other_part" else 1
+    s, other = open_store(url), open_store(url)  # two connections, as two processes
+    try:
+        for tid in ("q", "thanks"):
+            s.put_flow_template("acme", tid, tid, now=T0)
+        for flow in (_ASK_FLOW, _JOIN_FLOW):
+            s.put_flow_version("acme", flow["id"], flow["id"], flow, now=T0, new=True)  # type: ignore[arg-type]
+            s.set_flow_enabled("acme", flow["id"], True, now=T0)
+        sids = [subscriber(s, i) for i in range(1, 10)]
+        tenants = {"acme": TenantFlows(sender="ACME")}
+
+        def queue(sid: int, event: F.Event) -> None:
+            with s.flow_tx("acme") as ftx:
+                ftx.queue(sid, [event])
+
+        def go(sid: int) -> F.Event:
+            return F.ShopEvent(id=f"go:{sid}", kind="custom", name="go")
+
+        for sid in sids[:3] + sids[6:]:
+            queue(sid, go(sid))
+        while FlowWorker(s, tenants).drain("acme", T0, 100):
+            pass
+        for sid in sids[:3]:
+            queue(sid, F.ShopEvent(id=f"order_placed:o{sid}", kind="order_placed", object_id=f"o{sid}"))
+        for sid in sids[3:6]:
+            queue(sid, go(sid))
+        b = FlowWorker(other, tenants, part=1 if kind == "other_part" else 0, parts=parts)
+
+        def act() -> None:
+            match kind:
+                case "other_part":  # the other share (subscribers 7-9 get an order too): disjoint, no conflict
+                    for sid in sids[6:]:
+                        with other.flow_tx("acme") as ftx:
+                            ftx.queue(sid, [F.ShopEvent(id=f"order_placed:o{sid}", kind="order_placed", object_id=f"o{sid}")])
+                    while b.drain("acme", T0 + 10, 100):
+                        pass
+                case "reply":  # subscriber 1's run answered (and moved on) after A read it
+                    assert b.reply("acme", sids[0], "m1", "yes", T0 + 10)
+                case "keyword":  # a run started elsewhere takes the next id A planned to give out
+                    assert b.reply("acme", sids[8], "m9", "JOIN", T0 + 10)
+                case "same_part":  # a second worker of the same share drains A's inputs
+                    while b.drain("acme", T0 + 10, 100):
+                        pass
+
+        class Interleaved(FlowWorker):
+            def _inputs(self, ftx, inputs, now):  # type: ignore[no-untyped-def]
+                super()._inputs(ftx, inputs, now)
+                if ftx.planned and not first and self.stats.planned + self.stats.redone == 0:
+                    act()  # between A's snapshot and its write
+
+        a = Interleaved(s, tenants, part=0, parts=parts)
+        if first:
+            act()
+        while a.drain("acme", T0 + 20, 100):
+            pass
+        while FlowWorker(s, tenants).drain("acme", T0 + 20, 100):  # whatever is left (the other share)
+            pass
+        rows = s.flow_run_rows("acme", limit=100)
+        key = {r.id: r.run_key for r in rows}
+        runs = sorted((r.run_key, r.state, r.ended, r.node, r.visit, r.due) for r in rows)
+        sends = sorted((key[m.run_id], m.visit, m.step, m.state, m.body) for m in s.flow_messages("acme"))
+        return runs, sends, (a.stats.planned, a.stats.redone)
+    finally:
+        other.close()
+        s.close()
+
+
+@pytest.mark.parametrize(("interfere", "redone"), [("other_part", 0), ("reply", 1), ("keyword", 1), ("same_part", 1)])
+def test_a_planned_batch_writes_as_planned_or_is_redone_under_the_lock(tmp_path: object, interfere: str,
+                                                                       redone: int) -> None:  # fmt: skip
+    """A batch decided in a read snapshot (``flow_plan``) is written only if what it read is unchanged
+    at the write: another share's worker writing meanwhile does not disturb it (disjoint runs, run ids
+    of its own class), while a reply that moved one of its runs, a run started elsewhere on the id it
+    planned to give out, or a second worker that took its inputs makes it stale: nothing of it is
+    stored and it is redone under the lock. Either way the outcome is that of the other writer's
+    work done first and the batch after it: every run and send the same, each send once."""
+    got = _planned_world(f"sqlite:///{tmp_path}/a.db", interfere)
+    want = _planned_world(f"sqlite:///{tmp_path}/b.db", f"{interfere}-first")
+    assert got[:2] == want[:2]
+    assert got[2][1] == redone and want[2][1] == 0
+    sends = [s[:2] for s in got[1]]
+    assert len(sends) == len(set(sends))  # a node visit sends once
+    if interfere == "reply":  # subscriber 1 answered before the order: thanked, then nothing to exit
+        assert ("ask:" in got[1][0][0]) and any(s[2] == "thanks" for s in got[1])
