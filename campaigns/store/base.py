@@ -18,7 +18,7 @@ from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
 from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
 from campaigns.store.inbox_sql import Change, ConversationApplied, ConversationRow, HistoryItem, InboxFigures, PendingAnswer
-from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRange,
+from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, HitIn, LinkRange,
                                            LinkRow, Outcomes, PlannedRecipient, RecipientRow, SetTexts, TextKey)  # fmt: skip
 from campaigns.store.report_sql import ReportFacts, Scope
 
@@ -213,6 +213,7 @@ class Store(Protocol):
     def record_clicks(self, clicks: Sequence[ClickIn]) -> int: ...
     def record_hits(self, clicks: Sequence[ClickIn], activities: Mapping[str, Sequence[tuple[ShopEvent, str | None]]],
                     *, now: float) -> int: ...  # the redirect's buffer: hits + clicked activities, one transaction
+    def record_link_hits(self, hits: Sequence[HitIn], *, now: float) -> int: ...  # the same, derived from the hits' links
     def release_held(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
                      links: Sequence[LinkRow]) -> int: ...
 

@@ -134,6 +134,24 @@ class ClickIn(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=Fal
     verdict: str
 
 
+class HitIn(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
+    """One hit with the link it resolved to, as the redirect knows it (``record_link_hits``): what the
+    click's ``short_links`` row, its ``clicked`` activity and the aggregates are derived from, with
+    no read (``phone`` None: a link without a campaign recipient, e.g. a flow's: no activity)."""
+
+    code: str
+    at: float
+    user_agent: str
+    verdict: str
+    tenant: str
+    campaign_id: int
+    subscriber_id: int
+    phone: str | None
+    target: str
+    created_at: float
+    expires_at: float | None
+
+
 class TextKey(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One distinct text of a set-based launch (``Store.freeze_set``): the recipients who share what
     their text is made of (the first name where the template reads it, the language, and whether it

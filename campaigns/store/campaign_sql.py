@@ -15,9 +15,10 @@ from campaigns.core import flows as F
 from campaigns.core import links as core_links
 from campaigns.core.events import ShopEvent
 from campaigns.errors import Conflict, NotFound
+from campaigns.store import click_sql
 from campaigns.store.flow_sql import enqueue_inputs
 from campaigns.store.report_sql import ReportSql
-from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRange,
+from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, HitIn, LinkRange,
                                            LinkRow, Outcomes, PlannedRecipient, RecipientRow, SetTexts, STATE,
                                            TextKey)  # fmt: skip
 
@@ -51,14 +52,19 @@ def _link_row(code: str, tenant: str, campaign_id: int, subscriber_id: int, targ
                    created_at=created_at, expires_at=expires_at, phone=phone, delivered_at=delivered_at)
 
 
-#: A range code's link: its range (by tenant, code length and link number) and the recipient in the
-#: slot the number names (one indexed read each; integer division on both engines).
-_RANGE_READ = ("SELECT g.campaign_id, g.targets, g.created_at, g.expires_at, r.subscriber_id, r.phone, CASE WHEN "
-               "r.state = 'delivered' THEN r.state_at END, r.text, (? - g.start) - ((? - g.start) / g.stride) * "
-               "g.stride FROM link_ranges g JOIN campaign_recipients r ON r.tenant = g.tenant AND r.campaign_id = "
-               "g.campaign_id AND r.batch = ((? - g.start) / g.stride) / g.batch_size AND r.idx = ((? - g.start) / "
-               "g.stride) - (((? - g.start) / g.stride) / g.batch_size) * g.batch_size WHERE g.tenant = ? AND "
-               "g.length = ? AND g.start <= ? AND ? < g.start + g.count")
+#: Range codes' links, many at once: each candidate (code, tenant, code length, link number) of the
+#: rowset ``b`` joined to its range (by tenant, code length and link number) and to the recipient in
+#: the slot the number names (one indexed read each; integer division on both engines).
+_SLOT = "((b.n - g.start) / g.stride)"
+_RANGE_READ_MANY = (f"SELECT b.code, b.tenant, g.campaign_id, g.targets, g.created_at, g.expires_at, r.subscriber_id, "
+                    f"r.phone, CASE WHEN r.state = 'delivered' THEN r.state_at END, r.text, (b.n - g.start) - {_SLOT} * "
+                    f"g.stride FROM {{rowset}} JOIN link_ranges g ON g.tenant = b.tenant AND g.length = b.length AND "
+                    f"g.start <= b.n AND b.n < g.start + g.count JOIN campaign_recipients r ON r.tenant = g.tenant AND "
+                    f"r.campaign_id = g.campaign_id AND r.batch = {_SLOT} / g.batch_size AND r.idx = {_SLOT} - "
+                    f"({_SLOT} / g.batch_size) * g.batch_size")  # fmt: skip
+_RANGE_ROWSET = {"?": "(SELECT value ->> 0 AS code, value ->> 1 AS tenant, value ->> 2 AS length, value ->> 3 AS n "
+                      "FROM json_each(?)) AS b",
+                 "%s": "unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS b (code, tenant, length, n)"}  # fmt: skip
 
 
 def resolve_codes(query: Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]], codes: Sequence[str],
@@ -79,9 +85,11 @@ def resolve_codes(query: Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]]
 
 def resolve_ranges(query: Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]], codes: Sequence[str],
                    keys: Mapping[str, bytes], placeholder: str = "?") -> dict[str, LinkRow]:  # fmt: skip
-    """``resolve_codes``'s second half: the range links of ``codes`` that have no ``short_links`` row."""
-    out: dict[str, LinkRow] = {}
-    sql = _RANGE_READ if placeholder == "?" else _RANGE_READ.replace("?", placeholder)
+    """``resolve_codes``'s second half: the range links of ``codes`` that have no ``short_links`` row.
+    Every code is decoded in memory with every tenant's key (a keyed permutation: no read), then one
+    statement per 500 candidates reads their ranges and slots; a code's link is its first tenant (in
+    name order) whose slot's text carries the code."""
+    candidates: list[tuple[str, str, int, int]] = []
     for code in codes:
         if not core_links.MIN_CODE <= len(code) <= core_links.MAX_CODE:
             continue
@@ -89,16 +97,23 @@ def resolve_ranges(query: Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]
             n = core_links.cipher_for(keys[tenant], len(code)).decode(code)
             if n is None:
                 break  # not base62: no tenant's code
-            rows = query(sql, (n, n, n, n, n, tenant, len(code), n, n))
-            if not rows:
-                continue
-            cid, targets, created, expires, sid, phone, delivered, text, position = rows[0]
-            if f"/{code}" not in text:
-                continue
-            out[code] = LinkRow(code=code, tenant=tenant, campaign_id=int(cid), subscriber_id=int(sid),
-                                target=msgspec.json.decode(targets)[int(position)], created_at=created,
-                                expires_at=expires, phone=phone, delivered_at=delivered)  # fmt: skip
-            break
+            candidates.append((code, tenant, len(code), n))
+    found: dict[tuple[str, str], tuple] = {}
+    sql = _RANGE_READ_MANY.replace("{rowset}", _RANGE_ROWSET[placeholder])
+    for i in range(0, len(candidates), 500):
+        chunk = candidates[i:i + 500]
+        params = [list(c) for c in zip(*chunk, strict=True)] if placeholder != "?" else [_json.encode(chunk).decode()]
+        for row in query(sql, params):
+            found[(row[0], row[1])] = row
+    out: dict[str, LinkRow] = {}
+    for code, tenant, _length, _n in candidates:
+        row = found.get((code, tenant))
+        if code in out or row is None or f"/{code}" not in row[9]:
+            continue
+        _c, _t, cid, targets, created, expires, sid, phone, delivered, _text, position = row
+        out[code] = LinkRow(code=code, tenant=tenant, campaign_id=int(cid), subscriber_id=int(sid),
+                            target=msgspec.json.decode(targets)[int(position)], created_at=created,
+                            expires_at=expires, phone=phone, delivered_at=delivered)  # fmt: skip
     return out
 
 
@@ -507,7 +522,7 @@ class CampaignSql(ReportSql):
     def links(self, codes: Sequence[str]) -> dict[str, LinkRow]:
         """The links of ``codes`` (``resolve_codes``), with their recipients' numbers and delivery times."""
         with self._tx() as tx:
-            return resolve_codes(tx.rows, codes, self.link_keys)
+            return resolve_codes(tx.rows, codes, self.link_keys, "%s" if tx.pg else "?")
 
     def link(self, code: str) -> LinkRow | None:
         """The link, with its recipient's number and delivery time (indexed reads: redirects are hot)."""
@@ -591,14 +606,56 @@ class CampaignSql(ReportSql):
         missing = [c for c in codes if c not in have]
         if not missing:
             return
-        found = resolve_codes(tx.rows, missing, self.link_keys)
+        found = resolve_codes(tx.rows, missing, self.link_keys, "%s" if tx.pg else "?")
         if found:
             tx.insert_new("short_links", _LINK_NAMES[:7], sorted((k.code, k.tenant, k.campaign_id, k.subscriber_id,
                                                                   k.target, k.created_at, k.expires_at)
                                                                  for k in found.values()))  # fmt: skip
 
-    def _record_clicks(self, tx: Any, clicks: Sequence[ClickIn]) -> int:
-        self._materialise_links(tx, sorted({c.code for c in clicks}))
+    def record_link_hits(self, hits: Sequence[HitIn], *, now: float) -> int:
+        """The redirect's buffer in one transaction (all or none), set-based and derived from the hits
+        themselves (each carries the link it resolved to): the range codes' ``short_links`` rows, the
+        hits (unique clicks as ``record_clicks``), each human click's ``clicked`` activity, and the
+        aggregates (``last_click_at``, engagement as of ``now``) of the subscribers who clicked, one
+        statement per table whatever the number of hits or tenants (PostgreSQL: one in all,
+        ``click_sql``). The same rows as ``record_hits``
+        given each human click's ``clicked`` activity (tests/campaigns/test_click_flush.py), without
+        the events path's per-event work: no id claim (a click's activity is written in its click
+        row's transaction, once), no subscriber looked up by number (the link names it)."""
+        if not hits:
+            return 0
+        with self._tx() as tx:
+            return self._record_link_hits(tx, hits, now)
+
+    def _record_link_hits(self, tx: Any, hits: Sequence[HitIn], now: float) -> int:
+        if tx.pg:  # the same rows in one statement (campaigns/store/click_sql.py)
+            return int(tx.rows(click_sql.flush_sql(), click_sql.flush_params(hits, now))[0][0])
+        links: dict[str, HitIn] = {}
+        for h in hits:
+            links.setdefault(h.code, h)
+        rows = [(h.code, h.tenant, h.campaign_id, h.subscriber_id, h.target, h.created_at, h.expires_at)
+                for _, h in sorted(links.items())]  # fmt: skip
+        if tx.pg:  # one statement, the columns bound as arrays (no staging table)
+            tx.run("INSERT INTO short_links (code, tenant, campaign_id, subscriber_id, target, created_at, expires_at) "
+                   "SELECT * FROM unnest(?::text[], ?::text[], ?::bigint[], ?::bigint[], ?::text[], "
+                   "?::double precision[], ?::double precision[]) WHERE true ON CONFLICT DO NOTHING",
+                   [list(c) for c in zip(*rows, strict=True)])  # fmt: skip
+        else:
+            tx.insert_new("short_links", _LINK_NAMES[:7], rows)
+        unique = self._record_clicks(tx, [ClickIn(code=h.code, at=h.at, user_agent=h.user_agent, verdict=h.verdict)
+                                          for h in hits], materialise=False)  # fmt: skip
+        clicked = [h for h in hits if h.verdict == "click" and h.phone]
+        if clicked:
+            tx.insert_many("activities", ("tenant", "subscriber_id", "kind", "at", "properties"), [
+                (h.tenant, h.subscriber_id, "clicked", h.at, f'{{"campaign":{int(h.campaign_id)},"code":{_json.encode(h.code).decode()}}}')
+                for h in clicked])  # fmt: skip
+            # one upsert for every clicker of every tenant, its text the same for every flush
+            tx.run(click_sql.stats_sql()[0], click_sql.stats_params([(h.tenant, h.subscriber_id, h.at) for h in clicked], now))
+        return unique
+
+    def _record_clicks(self, tx: Any, clicks: Sequence[ClickIn], *, materialise: bool = True) -> int:
+        if materialise:
+            self._materialise_links(tx, sorted({c.code for c in clicks}))
         human = sorted({c.code for c in clicks if c.verdict == "click"})
         seen: set[str] = set()
         for i in range(0, len(human), 500):
