@@ -25,15 +25,10 @@ from __future__ import annotations
 
 import array
 import contextlib
-import glob
 import json
 import math
-import os
 import random
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -45,6 +40,7 @@ import anyio
 import click
 import numpy as np
 
+from bench import postgres
 from bench.machine import describe
 from bench.output import out_option, save
 from campaigns.config import loads
@@ -52,6 +48,7 @@ from campaigns.core.events import decode_event
 from campaigns.core.segments import Segment, dependencies, parse_segment
 from campaigns.service.audience import Audience as AudienceService
 from campaigns.store import open_store, rollups
+from campaigns.store.schema import latest_order_fill
 from campaigns.store.segment_sql import compile_segment
 from campaigns.store.sql import Tx
 
@@ -301,6 +298,7 @@ def _load_sqlite(path: str, gen: Audience) -> None:
     rollups.rebuild(Tx(conn.cursor(), "?"), TENANT)
     for _, sql in indexes:
         conn.execute(sql)
+    conn.execute(latest_order_fill("sqlite"))  # the latest order's key, after the orders' indexes
     conn.execute("COMMIT")
     if journal:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -343,6 +341,7 @@ def _load_postgres(url: str, gen: Audience) -> None:
         cur.execute("SET maintenance_work_mem = '1GB'")
         for _, sql in indexes:
             cur.execute(sql)
+        cur.execute(latest_order_fill("postgres"))  # the latest order's key, after the orders' indexes
         cur.execute(f"SELECT setval(pg_get_serial_sequence('subscribers', 'id'), {gen.n})")
         conn.commit()
         conn.autocommit = True
@@ -352,32 +351,10 @@ def _load_postgres(url: str, gen: Audience) -> None:
 # ---- a throwaway PostgreSQL ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    if not found:
-        raise click.ClickException("PostgreSQL binaries not found (Debian package `postgresql`), or pass --pg-url")
-    bindir = Path(found[-1]).parent
-    as_user = (lambda c: ["runuser", "-u", "postgres", "--", *c]) if os.geteuid() == 0 else (lambda c: c)
-    root = Path(tempfile.mkdtemp(prefix="sluice-bench-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    user = "postgres" if os.geteuid() == 0 else os.environ.get("USER", "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    run = lambda c: subprocess.run(as_user(c), check=True, capture_output=True, timeout=300)  # noqa: E731
-    run([str(bindir / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", user, "-E", "UTF8", "--no-sync"])
-    opts = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-            "-c shared_buffers=512MB -c work_mem=64MB")  # fmt: skip
-    run([str(bindir / "pg_ctl"), "-D", str(root / "data"), "-o", opts, "-l", str(root / "log"), "-w", "start"])
-    try:
-        run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "sluice"])
-        yield f"postgresql://{user}@127.0.0.1:{port}/sluice"
-    finally:
-        subprocess.run(as_user([str(bindir / "pg_ctl"), "-D", str(root / "data"), "stop", "-m", "immediate"]),
-                       capture_output=True, timeout=120)  # fmt: skip
-        shutil.rmtree(root, ignore_errors=True)
+def throwaway_postgres() -> contextlib.AbstractContextManager[str]:
+    """The benches' server: bench/postgres.py with a larger cache and sort memory."""
+    settings = {"fsync": "off", "synchronous_commit": "off", "shared_buffers": "512MB", "work_mem": "64MB"}
+    return postgres.throwaway_postgres(settings, prefix="sluice-bench-pg-")
 
 
 # ---- the measurement ----------------------------------------------------------------------------
@@ -446,6 +423,7 @@ def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed:
     assert settings is not None
     audience = AudienceService(store, settings, lambda: NOW)
     audience.batch_size = batch
+    audience.membership_process = True  # as ``serve`` runs it: the loop's passes in a child process
     t0 = time.perf_counter()
     for name, tree in MIX:  # as a live service has them: created, their members filled from their SQL
         anyio.run(audience.put_segment, TENANT, name, tree)
@@ -473,13 +451,15 @@ def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed:
             await tg.start(audience.run_membership)
             t0, c0 = time.perf_counter(), time.process_time()
             threads.reset()
+            threads.audience = audience  # the loop's child (started by run_membership): its CPU counts
+            threads.reset()
             for i in range(0, len(bulk), batch):
                 await audience.ingest_ndjson(TENANT, b"\n".join(bulk[i : i + batch]))
             bulk_s = time.perf_counter() - t0
             await audience.wait_membership()
             settled_s = time.perf_counter() - t0
-            cpu["bulk"] = time.process_time() - c0
             cpu.update(threads.reset())
+            cpu["bulk"] = time.process_time() - c0 + cpu["child"]  # the membership child's CPU too
             audience.on_membership = single_members.extend
             t0, c0 = time.perf_counter(), time.process_time()
             async with anyio.create_task_group() as clients:
@@ -487,7 +467,7 @@ def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed:
                     clients.start_soon(client)
             single_s = time.perf_counter() - t0
             await audience.wait_membership()
-            cpu["single"] = time.process_time() - c0
+            cpu["single"] = time.process_time() - c0 + threads.reset()["child"]
             tg.cancel_scope.cancel()
         return bulk_s, settled_s, single_s, single_lat
 
@@ -502,22 +482,36 @@ def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed:
             "memberships_after": members, "segments_create_s": segments_s,
             "bulk_cpu_us_per_event": cpu["bulk"] / len(bulk) * 1e6, "single_cpu_us_per_event": cpu["single"] / len(singles) * 1e6,
             "bulk_ingest_cpu_us_per_event": cpu["ingest"] / len(bulk) * 1e6,
-            "bulk_membership_cpu_us_per_event": cpu["membership"] / len(bulk) * 1e6}  # fmt: skip
+            "bulk_membership_cpu_us_per_event": cpu["membership"] / len(bulk) * 1e6,
+            "bulk_membership_child_cpu_us_per_event": cpu["child"] / len(bulk) * 1e6}  # fmt: skip
 
 
 class _ThreadCpu:
     """CPU of the bulk path's two kinds of work, each measured in the worker thread that does it
     (``time.thread_time``): ``ingest`` is the numbers' check and the store's batch transaction
     (``check_events``, ``apply_events``), ``membership`` the membership loop's passes
-    (``refresh_members``: the segments' restricted SQL, SQLite's included, and the writes). The NDJSON
-    parse and the compiles run on the event loop and count in neither (they are in ``bulk_cpu``)."""
+    (``refresh_members``: the segments' restricted SQL, SQLite's included, and the writes), in this
+    process's thread and, when the passes run in the loop's child process (``member_process``), the
+    child's CPU (``child``, counted in ``membership`` too). The NDJSON parse and the compiles run on
+    the event loop and count in neither (they are in ``bulk_cpu``)."""
 
     def __init__(self, store: Any, audience: Any) -> None:
         self.spent = {"ingest": 0.0, "membership": 0.0}
         self._lock = threading.Lock()
+        self.audience: Any = None
+        self._child_seen = 0.0
         for obj, name, kind in ((store, "apply_events", "ingest"), (audience, "check_events", "ingest"),
                                 (store, "refresh_members", "membership")):  # fmt: skip
             setattr(obj, name, self._timed(getattr(obj, name), kind))
+        import campaigns.service.member_process as mp  # the child's passes: timed in this thread too
+
+        mp.MemberProcess.refresh_members = self._timed(mp.MemberProcess.refresh_members, "membership")  # type: ignore[method-assign]
+
+    def _child(self) -> float:
+        proc = getattr(self.audience, "member_process", None)
+        total = proc.cpu_s if proc is not None else self._child_seen
+        spent, self._child_seen = max(0.0, total - self._child_seen), total
+        return spent
 
     def _timed(self, fn: Any, kind: str) -> Any:
         def run(*args: Any, **kw: Any) -> Any:
@@ -532,6 +526,8 @@ class _ThreadCpu:
     def reset(self) -> dict[str, float]:
         with self._lock:
             spent, self.spent = self.spent, {"ingest": 0.0, "membership": 0.0}
+        spent["child"] = self._child()
+        spent["membership"] += spent["child"]
         return spent
 
 

@@ -1,5 +1,5 @@
-"""A launch's own work without `serve`: ``freeze`` and every batch's NDJSON body (built from the rows
-it froze, as a first launch does) on a seeded SQLite store (the audience of `sluice bench campaign`),
+"""A launch's own work without `serve`: ``freeze`` and every batch's NDJSON body (built as a first
+launch builds it: from the rows it planned, or read back when it froze set-based) on a seeded SQLite store (the audience of `sluice bench campaign`),
 timed; ``--profile`` prints cProfile's top entries.
 
     python -m bench.launch_profile 100000 [--profile]
@@ -39,8 +39,10 @@ def main(n: int, profile: bool) -> None:
         launch.freeze(store, bc.TENANT, camp, tl, now, lines=lines)
         t1, c1 = time.perf_counter(), time.process_time()
         spec, sent = launch.parse_spec(camp.definition), 0
-        for b in store.batches(bc.TENANT, camp.id):  # as a first launch builds them: from the rows it froze
-            batch = lines.pop(b.batch)
+        for b in store.batches(bc.TENANT, camp.id):  # as a first launch builds them (``Launcher._body``)
+            batch = lines.pop(b.batch, None)
+            if batch is None:  # frozen set-based: the texts are in the rows only
+                batch = store.batch_lines(bc.TENANT, camp.id, b.batch)
             launch.job_body_of(launch.head_line(camp, spec, b.batch, b.send_at, None), batch)
             sent += len(batch)
         t2, c2 = time.perf_counter(), time.process_time()

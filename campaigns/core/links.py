@@ -246,6 +246,15 @@ class LinkCipher:
         computed as arrays: the same rounds, a few numpy operations per round for the whole range."""
         if count <= 0:
             return []
+        flat = self.encode_block(start, count).decode("ascii")
+        n = self.length
+        return [flat[i:i + n] for i in range(0, count * n, n)]
+
+    def encode_block(self, start: int, count: int) -> bytes:
+        """``encode_range(start, count)`` as one ASCII string of ``count * length`` bytes (code ``k`` at
+        ``[k * length, (k + 1) * length)``): what a set-based freeze hands its SQL."""
+        if count <= 0:
+            return b""
         if start < 0 or start + count > self.size:
             raise LinkError("link_number_out_of_range", f"link numbers {start}..{start + count} exceed 62**{self.length}")
         if self._np is None:
@@ -260,9 +269,7 @@ class LinkCipher:
         for i in range(self.length):  # least significant first, as ``encode`` writes them
             m, d = np.divmod(m, 62)
             digits[:, i] = _ALPHABET_BYTES[d]
-        flat = digits.tobytes().decode("ascii")
-        n = self.length
-        return [flat[i:i + n] for i in range(0, count * n, n)]
+        return digits.tobytes()
 
     def decode(self, code: str) -> int | None:
         """The link number of ``code``; None when it is not a code of this length and alphabet."""

@@ -26,6 +26,7 @@ from campaigns.core.model import Stats, Subscriber
 from campaigns.core.segments import Segment, affected_by, dependencies, dump_segment, evaluate, next_change, parse_segment
 from campaigns.errors import CampaignError, Conflict, InvalidInput, NotFound
 from campaigns.service.batching import GroupCommit
+from campaigns.service.member_process import MemberProcess
 from campaigns.store.base import Applied, ImportResult, MemberPlan, NewConsent, SegmentRow, Store
 from campaigns.store.segment_sql import compile_edges, compile_segment
 
@@ -85,6 +86,10 @@ class Audience:
         self._taken: anyio.Event | None = None  # set when the loop takes a tenant's deferred subscribers
         self._membership_live = False
         self._busy = 0  # membership passes running
+        # The loop's passes in a child process (``member_process``: both cores busy); ``serve`` and the
+        # bench turn it on, tests of the loop run passes in-process unless they ask for it.
+        self.membership_process = False
+        self.member_process: MemberProcess | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         return await anyio.to_thread.run_sync(partial(fn, *args, **kw))
@@ -352,6 +357,8 @@ class Audience:
     async def run_membership(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep membership current after bulk ingest, until cancelled (``serve`` runs it): whatever was
         ingested while a pass ran is done in the next, ``membership_chunk`` subscribers a transaction."""
+        if self.membership_process and self.member_process is None:
+            self.member_process = await anyio.to_thread.run_sync(MemberProcess.start, self.store)
         self._membership_live = True
         task_status.started()
         try:
@@ -364,6 +371,10 @@ class Audience:
             self._membership_live = False
             self._wake = None
             self._release_taken()
+            proc, self.member_process = self.member_process, None
+            if proc is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(proc.close)
 
     def _release_taken(self) -> None:
         if self._taken is not None:
@@ -466,7 +477,8 @@ class Audience:
             where, params = compile_segment(seg, engine, tenant, now, only=ids)  # type: ignore[arg-type]
             edges = compile_edges(seg, engine, tenant, now, ids) if "clock" in deps else None  # type: ignore[arg-type]
             plans.append(MemberPlan(segment_id=seg_id, ids=ids, where=where, params=params, edges=edges))
-        return await self._run(self.store.refresh_members, tenant, plans, now=now) if plans else 0
+        writer = self.member_process or self.store
+        return await self._run(writer.refresh_members, tenant, plans, now=now) if plans else 0
 
     async def refresh_membership(self, tenant: str, sid: int, changed: frozenset[str] | None, now: float,
                                  *, only: int | None = None) -> None:  # fmt: skip

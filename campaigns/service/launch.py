@@ -8,8 +8,11 @@ Theory of operation (a crash at any point never sends a recipient twice):
    (smart sending), assign A/B variants (``core.abtest``), render each text (``core.templates``) with
    its discount code and short links (``core.links``), and store all of it with its batch and slot.
    A campaign whose audience is already frozen is not planned again: a relaunch reads the same rows.
-   Rendering is the launch's hot loop: ``TextCache`` renders each distinct text once and a recipient
-   costs its codes and a join (exactly what rendering from scratch gives).
+   The usual campaign (``set_based``: one text, no discount, no ``attr.NAME``) is frozen set-based
+   (``Store.freeze_set``: planned and written in SQL, Python once per distinct zone and text; the
+   same rows). Otherwise rendering is the launch's hot loop (``_plan``): ``TextCache`` renders each
+   distinct text once and a recipient costs its codes and a join (exactly what rendering from
+   scratch gives).
 2. ``submit``: each batch not yet answered is posted as one NDJSON job with
    ``Idempotency-Key: campaign-{id}-batch-{n}``. The body is rebuilt from the frozen rows, so it is
    the same bytes each time, and the gateway answers a retried key with its stored answer instead of
@@ -40,7 +43,7 @@ from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound
 from campaigns.service.gateway_client import GatewayClient
 from campaigns.store.base import Store
 from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, LinkRange, LinkRow, PlannedRecipient,
-                                           RecipientRow)  # fmt: skip
+                                           RecipientRow, SetTexts, TextKey)  # fmt: skip
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -253,6 +256,11 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
     if store.batches(tenant, camp.id) or store.campaign_recipients(tenant, camp.id, limit=1):
         return False
     spec = parse_spec(camp.definition)
+    if set_based(spec) and hasattr(store, "freeze_set"):
+        try:
+            return _freeze_set(store, tenant, camp, spec, tl, now)
+        except _NotSetBased:  # recipients' URLs differ: each gets its own codes (planned below)
+            pass
     audience, last = _audience(store, tenant, spec.audience)
     by_id = {a.id: a for a in audience}
     planned = [p for p in schedule.send_times(spec.schedule, [(a.id, a.time_zone) for a in audience], now=now,
@@ -277,6 +285,80 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
                     lines.setdefault(r.batch, []).append((r.phone, r.text, r.tz))
         return frozen
     raise Conflict("link numbers kept being taken by other launches", code="link_range_taken")
+
+
+class _NotSetBased(Exception):
+    """The texts of a set-based freeze do not all link the same URLs (the planned path handles it)."""
+
+
+def set_based(spec: CampaignSpec) -> bool:
+    """Whether a launch of ``spec`` is frozen set-based (``Store.freeze_set``): one text (no A/B
+    test), no discount code per recipient, no ``attr.NAME`` shortcode, so that a recipient's text
+    depends only on its first name, language and whether it is its first marketing message."""
+    if spec.variants or spec.discount is not None or spec.template is None:
+        return False
+    return not any(p.name.startswith("attr.") for p in templates.compile_template(spec.template).shortcodes)
+
+
+def _freeze_set(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec, tl: TenantLinks, now: float) -> bool:
+    """``freeze`` set-based: the store plans and writes every recipient in SQL; this asks Python
+    only once per distinct time zone (its send time: ``schedule.send_times``) and per distinct text
+    (rendered by ``TextCache``, the codes by ``links.LinkCipher``): the rows ``_plan`` would write."""
+    aud = spec.audience
+    for seg in [*aud.include, *aud.exclude]:
+        if store.segment(tenant, seg) is None:
+            raise NotFound(f"no segment {seg}", code="segment_not_found", field="audience")
+    ids = list(aud.subscribers)
+    if aud.csv is not None:
+        for row in parse_csv(aud.csv):
+            sub = store.subscriber_by_phone(tenant, row.phone)
+            if sub is not None:
+                ids.append(sub.id)
+    template = templates.compile_template(spec.template or "")
+    domain = spec.link_domain or tl.domain
+    expires = now + spec.link_ttl_days * 86_400 if spec.link_ttl_days is not None else None
+
+    def zones(names: list[str | None]) -> dict[str | None, tuple[str, float | None]]:
+        times = schedule.send_times(spec.schedule, list(enumerate(names)), now=now, default_zone=tl.zone)
+        return {names[t.subscriber]: (t.zone, t.send_at) for t in times}
+
+    def texts(keys: list[TextKey], first: Callable[[Sequence[TextKey]], tuple[TextKey, int]]) -> SetTexts:
+        length = links.code_length(domain)  # a domain too long is the first error, as soon as anyone is sent
+        cache = TextCache(spec)
+        pieces: dict[str, tuple[str, ...]] = {}
+        targets: tuple[str, ...] | None = None
+        failed: dict[str, templates.TemplateError] = {}
+        base = f"{links.SCHEME}{domain}/"
+        for k in keys:
+            try:
+                sk = cache.skeleton(template, _values_of(spec, k.first_name, {}, None), k.language, k.first)
+            except templates.TemplateError as exc:
+                failed[k.key] = exc
+                continue
+            urls = tuple(u if "://" in u else f"https://{u}" for u in sk.urls)
+            if targets is None:
+                targets = urls
+            elif urls != targets:
+                raise _NotSetBased
+            pieces[k.key] = (*(piece + base for piece in sk.pieces[:-1]), sk.pieces[-1])
+        if failed:  # the first recipient in send order whose text cannot be rendered, as ``_plan`` names it
+            k, sid = first([k for k in keys if k.key in failed])
+            exc = failed[k.key]
+            raise InvalidInput(f"subscriber {sid}: {exc}", code=exc.code, field="template") from exc
+        cipher = links.cipher_for(tl.key, length)
+
+        def codes(start: int, count: int) -> bytes:
+            if start + count > cipher.size:
+                raise links.LinkError("code_space_exhausted", f"the {length}-character codes of {domain} are used up "
+                                      f"(link number {start + count})")  # fmt: skip
+            return cipher.encode_block(start, count)
+
+        return SetTexts(pieces=pieces, targets=targets or (), length=length, codes=codes)
+
+    return store.freeze_set(tenant, camp.id, aud.include, aud.exclude, ids, batch_size=spec.batch_size,
+                            smart_window_s=spec.smart_sending_hours * schedule.HOUR, reads_name=any(
+                                p.name == "first_name" for p in template.shortcodes),
+                            zones=zones, texts=texts, now=now, expires_at=expires)  # fmt: skip
 
 
 def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, planned: Sequence[schedule.SendTime],

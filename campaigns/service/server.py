@@ -86,6 +86,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     env = os.environ if environ is None else environ
     store = await anyio.to_thread.run_sync(open_store, settings.store_url)
     audience = Audience(store, settings, time.time)
+    audience.membership_process = True  # the membership loop's passes in a process of their own
     clients = gateway_clients(settings, gateway_url or settings.gateway_url, env)
     inbox = Inbox(store, clients, settings, time.time)
     link = GatewayLink(audience, clients, inbox=inbox)

@@ -10,10 +10,11 @@ the loop for PostgreSQL (every code missed while a read is in flight is read by 
 query; a waiting request is a callback of its round, ``redirect_later``: no task or event per
 request). A ``Location`` (target + the campaign's UTM) is built once per campaign and URL, not per
 hit. Then the verdict from ``core.links.verdict``, and the hit appended to an in-memory buffer as a
-tuple (its store rows and ``clicked`` activity are built when the buffer is written, off the loop). ``run_flusher`` writes the buffer every ``flush_interval``
-(5 ms) in one transaction: the hits, then the ``clicked`` activities of human clicks through the
-events batch path (``record_hits``). **What is promised**: a hit is stored within the flush interval
-plus one write after its 302 was answered; a kill -9 loses at most the hits answered since the last
+tuple with its link (the store's rows are built when the buffer is written, off the loop).
+``run_flusher`` writes the buffer every ``flush_interval`` (5 ms) in one transaction: the hits, each
+human click's ``clicked`` activity and its subscriber's aggregates, derived from the hits and their
+links (``record_link_hits``: one statement per table; PostgreSQL one in all). **What is promised**:
+a hit is stored within the flush interval plus one write after its 302 was answered; a kill -9 loses at most the hits answered since the last
 committed flush began (never a hit already stored; tests/campaigns/test_click_crash.py); a clean stop
 flushes; and every read of click figures (the report, ``/clicks``, the A/B decision) flushes first,
 so a figure never misses a click answered before the read. The campaign's UTM parameters are cached
@@ -36,11 +37,11 @@ import anyio
 import msgspec
 
 from campaigns.core import abtest, attribution, links, schedule, templates
-from campaigns.core.events import ActivityEvent, ShopEvent
+from campaigns.core.events import ActivityEvent
 from campaigns.errors import CampaignError, Conflict, InvalidInput, StorageError
 from campaigns.service.gateway_client import Preview
 from campaigns.service.launch import HELD, Launcher, parse_spec, render_for
-from campaigns.store.campaign_rows import CampaignRow, ClickIn, LinkRow, PlannedRecipient, RecipientRow
+from campaigns.store.campaign_rows import CampaignRow, HitIn, LinkRow, PlannedRecipient, RecipientRow
 from campaigns.store.base import LinkReader
 from campaigns.store.campaign_sql import SharedLinkReader
 from campaigns.store.report_sql import Scope
@@ -102,14 +103,15 @@ class WinnerOut(msgspec.Struct, frozen=True, kw_only=True):
     released: int  # held recipients now sent the winner (0 when pending, or already released)
 
 
-#: A delivered message's link as the redirect keeps it in memory: only what a hit reads, all atomic
-#: values (so the cache adds nothing for the cyclic GC to walk): tenant, campaign, the recipient's
-#: number, delivered_at, expires_at, and the ``Location`` (UTM'd target, built once per campaign
-#: and URL).
-_Known = tuple[str, int, "str | None", "float | None", "float | None", str]
-#: A buffered hit: code, at, user agent, verdict, and for a human click its tenant, number and
-#: campaign (the ``clicked`` activity is built when the buffer is written, not per request).
-_Buffered = tuple[str, float, str, str, str, "str | None", int]
+#: A delivered message's link as the redirect keeps it in memory: only what a hit reads and what
+#: its click writes, all atomic values (so the cache adds nothing for the cyclic GC to walk): tenant,
+#: campaign, the recipient's number, delivered_at, expires_at, the ``Location`` (UTM'd target, built
+#: once per campaign and URL), then the subscriber, target and created_at (the link's
+#: ``short_links`` row and the click's activity are derived from them when the buffer is written).
+_Known = tuple[str, int, "str | None", "float | None", "float | None", str, int, str, float]
+#: A buffered hit: code, at, user agent, verdict, and its link (``_Known``): the click's rows are
+#: built when the buffer is written (``HitIn``, off the loop), not per request.
+_Buffered = tuple[str, float, str, str, _Known]
 
 
 class Tracker:
@@ -209,7 +211,8 @@ class Tracker:
             if len(self._locations) >= self.location_cache:  # per-recipient targets: bounded
                 self._locations.clear()
             location = self._locations[key] = links.with_utm(link.target, self._utm[key[:2]])
-        known = (link.tenant, link.campaign_id, link.phone, link.delivered_at, link.expires_at, location)
+        known = (link.tenant, link.campaign_id, link.phone, link.delivered_at, link.expires_at, location,
+                 link.subscriber_id, link.target, link.created_at)
         if link.delivered_at is not None:
             if len(self._links) >= self.link_cache:
                 del self._links[next(iter(self._links))]
@@ -218,7 +221,7 @@ class Tracker:
 
     def _keep(self, code: str, known: _Known, method: str, user_agent: str | None) -> Redirect | None:
         """The hit's verdict (``links.verdict``), buffered as a tuple; the redirect."""
-        tenant, campaign_id, phone, delivered_at, expires_at, location = known
+        tenant, _campaign_id, _phone, delivered_at, expires_at, location = known[:6]
         now = self.la.clock()
         if expires_at is not None and now >= expires_at:
             return None
@@ -227,7 +230,7 @@ class Tracker:
             tl = self.la.tenants.get(tenant)
             min_delay = self._min_delay[tenant] = tl.click_min_delay if tl is not None else 10.0
         verdict = links.verdict(method, user_agent, now, delivered_at, min_delay)
-        self._hits.append((code, now, user_agent or "", verdict, tenant, phone, campaign_id))
+        self._hits.append((code, now, user_agent or "", verdict, known))
         return Redirect(location=location, verdict=verdict)
 
     def _open_reader(self) -> LinkReader:
@@ -315,20 +318,14 @@ class Tracker:
         log.warning("redirect.front_failed code=%s (answered by the API's own route)", code, exc_info=True)
 
     @staticmethod
-    def _rows(hits: Sequence[_Buffered]) -> tuple[list[ClickIn], dict[str, list[tuple[ShopEvent, str | None]]]]:
-        """The buffered hits as the store's rows: each hit, and each human click's ``clicked`` activity."""
-        clicks = [ClickIn(code=h[0], at=h[1], user_agent=h[2], verdict=h[3]) for h in hits]
-        by_tenant: dict[str, list[tuple[ShopEvent, str | None]]] = {}
-        for code, at, _ua, verdict, tenant, phone, campaign_id in hits:
-            if verdict == "click" and phone:
-                by_tenant.setdefault(tenant, []).append((ActivityEvent(
-                    id=f"click:{code}:{at!r}", at=at, phone=phone, kind="clicked",
-                    properties={"campaign": campaign_id, "code": code}), phone))  # fmt: skip
-        return clicks, by_tenant
+    def _rows(hits: Sequence[_Buffered]) -> list[HitIn]:
+        """The buffered hits as the store's rows, each with the link it resolved to."""
+        return [HitIn(code=code, at=at, user_agent=ua, verdict=verdict, tenant=k[0], campaign_id=k[1], phone=k[2],
+                      subscriber_id=k[6], target=k[7], created_at=k[8], expires_at=k[4])
+                for code, at, ua, verdict, k in hits]  # fmt: skip
 
     def _write(self, hits: Sequence[_Buffered], now: float) -> None:
-        clicks, by_tenant = self._rows(hits)
-        self.store.record_hits(clicks, by_tenant, now=now)
+        self.store.record_link_hits(self._rows(hits), now=now)
 
     async def flush(self) -> int:
         """Write the buffered hits and their ``clicked`` activities in one transaction (all or none:

@@ -6,7 +6,7 @@ Every implementation passes ``campaigns.store.conformance`` (run on both engines
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -18,8 +18,8 @@ from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
 from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
 from campaigns.store.inbox_sql import Change, ConversationApplied, ConversationRow, HistoryItem, InboxFigures, PendingAnswer
-from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, LinkRange,
-                                           LinkRow, Outcomes, PlannedRecipient, RecipientRow)  # fmt: skip
+from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, HitIn, LinkRange,
+                                           LinkRow, Outcomes, PlannedRecipient, RecipientRow, SetTexts, TextKey)  # fmt: skip
 from campaigns.store.report_sql import ReportFacts, Scope
 
 if TYPE_CHECKING:
@@ -60,6 +60,15 @@ class MemberPlan(msgspec.Struct, frozen=True, kw_only=True):
     where: str
     params: list[Any]
     edges: tuple[str, list[Any]] | None = None
+
+
+class MembersFound(msgspec.Struct, frozen=True, kw_only=True):
+    """A membership pass's reads for one group of ``ids`` (``SqlStore.read_members``): segment -> who of
+    ``ids`` is in it, segment -> subscriber -> next window edge."""
+
+    ids: list[int]
+    inside: dict[int, list[int]]
+    edges: dict[int, dict[int, float]]
 
 
 class SegmentRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,6 +167,11 @@ class Store(Protocol):
     def freeze_audience(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
                         links: Sequence[LinkRow], *, now: float,
                         link_range: LinkRange | None = None) -> bool: ...  # False: already frozen
+    def freeze_set(self, tenant: str, campaign_id: int, include: Sequence[int], exclude: Sequence[int],
+                   ids: Sequence[int], *, batch_size: int, smart_window_s: float, reads_name: bool,
+                   zones: Callable[[list[str | None]], Mapping[str | None, tuple[str, float | None]]],
+                   texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts],
+                   now: float, expires_at: float | None = None) -> bool: ...  # freeze_audience, planned in SQL
     def launch_audience(self, tenant: str, include: Sequence[int], exclude: Sequence[int],
                         ids: Sequence[int]) -> tuple[list[AudienceRow], dict[int, float | None]]: ...
     def link_range_end(self, tenant: str, length: int) -> int: ...  # a new link range's first number
@@ -199,6 +213,7 @@ class Store(Protocol):
     def record_clicks(self, clicks: Sequence[ClickIn]) -> int: ...
     def record_hits(self, clicks: Sequence[ClickIn], activities: Mapping[str, Sequence[tuple[ShopEvent, str | None]]],
                     *, now: float) -> int: ...  # the redirect's buffer: hits + clicked activities, one transaction
+    def record_link_hits(self, hits: Sequence[HitIn], *, now: float) -> int: ...  # the same, derived from the hits' links
     def release_held(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
                      links: Sequence[LinkRow]) -> int: ...
 

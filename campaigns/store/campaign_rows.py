@@ -132,3 +132,44 @@ class ClickIn(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=Fal
     at: float
     user_agent: str
     verdict: str
+
+
+class HitIn(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
+    """One hit with the link it resolved to, as the redirect knows it (``record_link_hits``): what the
+    click's ``short_links`` row, its ``clicked`` activity and the aggregates are derived from, with
+    no read (``phone`` None: a link without a campaign recipient, e.g. a flow's: no activity)."""
+
+    code: str
+    at: float
+    user_agent: str
+    verdict: str
+    tenant: str
+    campaign_id: int
+    subscriber_id: int
+    phone: str | None
+    target: str
+    created_at: float
+    expires_at: float | None
+
+
+class TextKey(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One distinct text of a set-based launch (``Store.freeze_set``): the recipients who share what
+    their text is made of (the first name where the template reads it, the language, and whether it
+    is their first marketing message) share one rendering."""
+
+    key: str  # as the store's SQL builds it (opaque to the caller)
+    first_name: str | None
+    language: str | None
+    first: bool
+
+
+class SetTexts(msgspec.Struct, frozen=True, kw_only=True):
+    """What a set-based freeze writes into each recipient's text: per key, the pieces between its
+    short links (each piece before a link ends with ``https://{domain}/``), the URLs the links
+    stand for (the same for every key), and the codes of link numbers (``codes(start, count)``: the
+    ASCII bytes of ``count`` codes of ``length`` characters, in number order)."""
+
+    pieces: dict[str, tuple[str, ...]]
+    targets: tuple[str, ...]
+    length: int
+    codes: Any  # Callable[[int, int], bytes]

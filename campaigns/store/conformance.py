@@ -13,7 +13,7 @@ from campaigns.core.events import (ActivityEvent, CheckoutEvent, ConsentGrant, C
                                    FulfillmentEvent, Item, OrderEvent, Profile)  # fmt: skip
 from campaigns.errors import Conflict, InvalidInput, NotFound
 from campaigns.store.base import NewConsent, Store
-from campaigns.store.campaign_rows import ClickIn, LinkRow, PlannedRecipient
+from campaigns.store.campaign_rows import ClickIn, HitIn, LinkRow, PlannedRecipient
 from campaigns.store.report_sql import Scope
 
 A, B = "+33612345678", "+33612345679"
@@ -394,6 +394,12 @@ def check_links_and_clicks(store: Store) -> None:
     assert store.record_hits([], {"acme": [(act, act.phone)]}, now=T0 + 100) == 0  # the same activity: a duplicate
     sub = store.subscriber_by_phone("acme", "+447911100999")
     assert sub is not None and store.stats("acme", sub.id).last_click_at == T0 + 99
+    # The redirect's flush derived from the hits' links: the click, its activity, the aggregates.
+    hit = HitIn(code="Zz9yX8", at=T0 + 200, user_agent="M", verdict="click", tenant="acme", campaign_id=c.id,
+                subscriber_id=sub.id, phone=sub.phone, target="https://s.io/y", created_at=T0, expires_at=None)  # fmt: skip
+    assert store.record_link_hits([hit, msgspec.structs.replace(hit, at=T0 + 150, verdict="bot")], now=T0 + 200) == 0
+    assert store.click_counts("acme", c.id).total == stored + 2
+    assert store.stats("acme", sub.id).last_click_at == T0 + 200 and store.record_link_hits([], now=T0) == 0
 
 
 def check_discount_pools(store: Store) -> None:

@@ -149,14 +149,15 @@ class EventBatch:
         """The aggregates of every subscriber touched, in one grouped upsert computed in SQL from the
         batch's rows (``aggregate_sql``). A new order was counted nowhere (its id was not stored), so it
         adds to the stored order figures exactly as ``aggregates.order_stats`` would count it; the
-        latest order's status is read back with one index seek per subscriber inside the statement (the
-        new order may be older than one stored); activity instants: the later of stored and new."""
-        rows = [(sid, "order", e.total, e.payment_status, e.created_at if e.created_at is not None else e.at)
+        latest order's status is the batch's latest order's where its key (``created_at``, ``order_id``)
+        is greater than the stored ``latest_order_at`` / ``latest_order_id`` (the new order may be older
+        than one stored); activity instants: the later of stored and new."""
+        rows = [(sid, "order", e.total, e.payment_status, e.created_at if e.created_at is not None else e.at, e.order_id)
                 for e, sid in orders]  # fmt: skip
         for e, sid in acts:
             kind = e.kind if isinstance(e, ActivityEvent) else e.name
             if kind in _ACTIVITY_STAT:
-                rows.append((sid, kind, 0, "", e.at))
+                rows.append((sid, kind, 0, "", e.at, ""))
         if rows:
             for sql, params in aggregate_sql(tx, tenant, rows, now):
                 tx.run(sql, params)
@@ -168,7 +169,8 @@ class EventBatch:
 # read, a Python pass and a write per subscriber. The agreement is tested on both engines
 # (tests/campaigns/test_event_batch.py: a batch, in any order and with re-sent events, leaves the
 # state of its events applied one by one; RFM and engagement over two years of instants).
-_ROW_KINDS = (("sid", "bigint"), ("kind", "text"), ("total", "bigint"), ("status", "text"), ("at", "float8"))
+_ROW_KINDS = (("sid", "bigint"), ("kind", "text"), ("total", "bigint"), ("status", "text"), ("at", "float8"),
+              ("oid", "text"), ("top", "bigint"))
 _DOUBLE = "DOUBLE PRECISION"  # REAL affinity on SQLite, float8 on PostgreSQL
 
 
@@ -228,35 +230,55 @@ def _rowset(tx: Tx, rows: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
     return f"(SELECT {cols} FROM json_each(?)) AS b", [_json.encode(rows).decode()]
 
 
-def aggregate_sql(tx: Tx, tenant: str, rows: Sequence[tuple[int, str, int, str, float]],
+def _latest_in_batch(rows: Sequence[tuple[int, str, int, str, float, str]]) -> list[tuple[Any, ...]]:
+    """``rows`` with a last column ``top``: 1 on each subscriber's latest order of the batch (greatest
+    ``(created_at, order_id)``, as ``aggregates.order_stats`` picks it), else 0."""
+    top: dict[int, int] = {}
+    for i, (sid, kind, _, _, at, oid) in enumerate(rows):
+        if kind == "order":
+            j = top.get(sid)
+            if j is None or (at, oid) > (rows[j][4], rows[j][5]):
+                top[sid] = i
+    chosen = set(top.values())
+    return [(*r, 1 if i in chosen else 0) for i, r in enumerate(rows)]
+
+
+def aggregate_sql(tx: Tx, tenant: str, rows: Sequence[tuple[int, str, int, str, float, str]],
                   now: float) -> list[tuple[str, list[Any]]]:  # fmt: skip
     """Two statements: one ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` that adds the
     batch's new orders and activity instants (``rows``: subscriber, kind ``order`` or an activity kind,
-    total, payment status, instant) to ``subscriber_stats``, then one ``UPDATE`` scoring the rows it
-    touched as of ``now``."""
-    table, params = _rowset(tx, rows)
+    total, payment status, instant, order id) to ``subscriber_stats``, then one ``UPDATE`` scoring the
+    rows it touched as of ``now``. The latest order's status needs no read of the orders: the batch's
+    latest order of a subscriber replaces the stored one when its key is greater than the stored
+    ``latest_order_at`` / ``latest_order_id`` (kept by both paths; schema.ADDED_COLUMNS)."""
+    table, params = _rowset(tx, _latest_in_batch(rows))
     kept = "b.kind = 'order' AND b.status <> 'refunded'"
     last_of = {f: f"MAX(CASE WHEN b.kind = '{k}' THEN b.at END)" for k, f in _ACTIVITY_STAT.items()}
     grouped = (f"SELECT b.sid AS sid, CAST(SUM(CASE WHEN {kept} THEN 1 ELSE 0 END) AS BIGINT) AS n, "
                f"CAST(SUM(CASE WHEN {kept} THEN b.total ELSE 0 END) AS BIGINT) AS spent, "
                f"MIN(CASE WHEN {kept} THEN b.at END) AS first, MAX(CASE WHEN {kept} THEN b.at END) AS last, "
-               f"MAX(CASE WHEN b.kind = 'order' THEN 1 ELSE 0 END) AS has_order, "
+               f"MAX(CASE WHEN b.top = 1 THEN b.at END) AS top_at, MAX(CASE WHEN b.top = 1 THEN b.oid END) AS top_id, "
+               f"MAX(CASE WHEN b.top = 1 THEN b.status END) AS top_status, "
                f"{', '.join(f'{e} AS {f}' for f, e in last_of.items())} FROM {table} GROUP BY b.sid")  # fmt: skip
-    status = ("CASE WHEN g.has_order = 1 THEN (SELECT l.payment_status FROM orders l WHERE l.tenant = ? AND "
-              "l.subscriber_id = g.sid ORDER BY l.created_at DESC, l.order_id DESC LIMIT 1) END")  # fmt: skip
     fresh = {"orders_count": "g.n", "total_spent": "g.spent", "first_order_at": "g.first", "last_order_at": "g.last",
-             "last_order_payment_status": status, **{f: f"g.{f}" for f in _ACTIVITY_STAT.values()}}  # fmt: skip
+             "last_order_payment_status": "g.top_status", "latest_order_at": "g.top_at", "latest_order_id": "g.top_id",
+             **{f: f"g.{f}" for f in _ACTIVITY_STAT.values()}}  # fmt: skip
+    collate = ' COLLATE "C"' if tx.pg else ""  # order ids by code point, as Python compares them
+    newer = ("excluded.latest_order_at IS NOT NULL AND (x.latest_order_at IS NULL OR excluded.latest_order_at > "
+             "x.latest_order_at OR (excluded.latest_order_at = x.latest_order_at AND "
+             f"excluded.latest_order_id{collate} > x.latest_order_id{collate}))")  # fmt: skip
     merged = {"orders_count": "x.orders_count + excluded.orders_count",
               "total_spent": "x.total_spent + excluded.total_spent",
               "first_order_at": _least(tx, "x.first_order_at", "excluded.first_order_at"),
               "last_order_at": _greatest(tx, "x.last_order_at", "excluded.last_order_at"),
-              "last_order_payment_status": "COALESCE(excluded.last_order_payment_status, x.last_order_payment_status)",
+              **{c: f"CASE WHEN {newer} THEN excluded.{c} ELSE x.{c} END"
+                 for c in ("last_order_payment_status", "latest_order_at", "latest_order_id")},
               **{f: _greatest(tx, f"x.{f}", f"excluded.{f}") for f in _ACTIVITY_STAT.values()}}  # fmt: skip
     cols = list(fresh)
     upsert = (f"INSERT INTO subscriber_stats AS x (tenant, subscriber_id, {', '.join(cols)}) "
               f"SELECT ?, g.sid, {', '.join(fresh[c] for c in cols)} FROM ({grouped}) AS g WHERE true "
               f"ON CONFLICT (subscriber_id) DO UPDATE SET {', '.join(f'{c} = {merged[c]}' for c in cols)}")  # fmt: skip
-    # placeholders in text order: the SELECT's tenant, the status seek's tenant, then the rows
+    # placeholders in text order: the SELECT's tenant, then the rows
     sids = sorted({r[0] for r in rows})
     score = f"UPDATE subscriber_stats SET {_scores(tx, now)} WHERE tenant = ? AND subscriber_id IN {tx.values('bigint')}"
-    return [(upsert, [tenant, tenant, *params]), (score, [tenant, tx.array(sids)])]
+    return [(upsert, [tenant, *params]), (score, [tenant, tx.array(sids)])]

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 import psycopg
 
 from campaigns.errors import StorageError
-from campaigns.store.campaign_rows import LinkRow
+from campaigns.store import click_sql
+from campaigns.store.campaign_rows import HitIn, LinkRow
 from campaigns.store.campaign_sql import link_read_many, link_rows, resolve_codes, resolve_ranges
 from campaigns.store import rollups
 from campaigns.store.schema import statements, upgrades
@@ -40,6 +41,11 @@ class PostgresStore(SqlStore):
                 rollups.ensure(tx)
         except psycopg.Error as exc:
             raise StorageError(f"cannot open the PostgreSQL store: {exc}") from exc
+
+    @property
+    def process_url(self) -> str:
+        """The URL another process opens this store by."""
+        return self._url
 
     def _columns(self, table: str) -> set[str]:
         rows = self._conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "
@@ -77,6 +83,20 @@ class PostgresStore(SqlStore):
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             # The transaction did not commit; the caller may retry (503), and the next call reconnects.
             raise StorageError(str(exc)) from exc
+
+    def record_link_hits(self, hits: Sequence[HitIn], *, now: float) -> int:
+        """``CampaignSql.record_link_hits`` as one statement (``click_sql``), atomic on its own: run on
+        the autocommit connection, no ``BEGIN``/``COMMIT`` round trips (one round trip a flush)."""
+        if not hits:
+            return 0
+        with self._lock:
+            self._conn = self._connected(self._conn)
+            try:
+                row = self._conn.execute(click_sql.flush_sql(), click_sql.flush_params(hits, now)).fetchone()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:  # not stored; the caller keeps them
+                raise StorageError(str(exc)) from exc
+        assert row is not None
+        return int(row[0])
 
     def open_link_reader(self) -> PgLinkReader:
         return PgLinkReader(self._url, self.link_keys)

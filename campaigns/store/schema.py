@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS subscriber_stats (
     first_order_at {REAL}, last_order_at {REAL},
     avg_order_value {INT} NOT NULL DEFAULT 0,
     last_order_payment_status TEXT,
+    latest_order_at {REAL}, latest_order_id TEXT,
     last_abandoned_checkout_at {REAL},
     last_click_at {REAL}, last_message_at {REAL}, last_reply_at {REAL},
     rfm_r {INT}, rfm_f {INT}, rfm_m {INT}, engagement {INT}
@@ -131,7 +132,7 @@ CREATE TABLE IF NOT EXISTS segment_timers (
 CREATE INDEX IF NOT EXISTS segment_timers_due ON segment_timers (at);
 CREATE TABLE IF NOT EXISTS processed_events (
     tenant TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (tenant, event_id)
-);
+){CLUSTERED};
 CREATE TABLE IF NOT EXISTS early_fulfillments (
     tenant TEXT NOT NULL, order_id TEXT NOT NULL, status TEXT NOT NULL, tracking_url TEXT, at {REAL} NOT NULL,
     PRIMARY KEY (tenant, order_id)
@@ -276,6 +277,10 @@ CREATE INDEX IF NOT EXISTS conversation_messages_unsettled ON conversation_messa
 # segment_members_subscriber (tenant, subscriber_id) became segment_members_by_subscriber with the
 # segment id in it: not covering, SQLite (without statistics, or with stale ones) preferred the
 # covering primary key on `tenant` alone and read every membership of the shop per batch.
+# processed_events (every event's id, claimed once) is WITHOUT ROWID on SQLite in a store made since
+# 2026-12-07 (issue 17, third pass): its one lookup is the whole key, so the key's b-tree is the table,
+# one b-tree insert per event instead of two (a rowid table and its key's index). An older store keeps
+# its table (the same answers).
 AUDIENCE_DDL = """
 DROP INDEX IF EXISTS orders_subscriber;
 DROP INDEX IF EXISTS orders_created;
@@ -289,14 +294,18 @@ DROP INDEX IF EXISTS segment_members_subscriber;
 # (orders: count, sum of totals) or ``i:<category>`` / ``i`` (items: count, sum of price x quantity,
 # quantity), bucket = floor(created_at / 2^22 s). The primary key is the order a count reads (a key,
 # buckets from the window's first whole one, their subscribers); on SQLite the table is that key
-# (WITHOUT ROWID: the sums are in the b-tree's leaves). The second index serves upkeep per subscriber.
+# (WITHOUT ROWID: the sums are in the b-tree's leaves). The second index serves upkeep per subscriber
+# and live membership (segment_sql with ``only``: "bought shoes", "shoes in 90 days" for the subscribers
+# a batch touched): one seek per subscriber and key to its buckets, so it carries the key and bucket
+# (SQLite does not seek on the primary key's columns a WITHOUT ROWID table appends to an index).
 ROLLUPS_DDL = """
 CREATE TABLE IF NOT EXISTS order_rollups (
     tenant TEXT NOT NULL, key TEXT NOT NULL, bucket {INT} NOT NULL, subscriber_id {INT} NOT NULL,
     n {INT} NOT NULL, amount {INT} NOT NULL, quantity {INT} NOT NULL,
     PRIMARY KEY (tenant, key, bucket, subscriber_id)
 ){CLUSTERED};
-CREATE INDEX IF NOT EXISTS order_rollups_subscriber ON order_rollups (tenant, subscriber_id);
+DROP INDEX IF EXISTS order_rollups_subscriber;
+CREATE INDEX IF NOT EXISTS order_rollups_by_subscriber ON order_rollups (tenant, subscriber_id, key, bucket);
 """
 # ---- end of ROLLUPS_DDL ----
 
@@ -373,7 +382,12 @@ CREATE INDEX IF NOT EXISTS flow_run_links_message ON flow_run_links (tenant, mes
 #: Columns added after a table was first shipped: (table, column, type). A store made before them is
 #: altered at open (``upgrades``). ``cost``: the message's price, set when the gateway's state event
 #: prices it (``record_cost``), so the report sums it from the row (no join to message_costs).
-ADDED_COLUMNS = [("campaign_recipients", "cost", "{INT}"), ("flow_messages", "cost", "{INT}")]
+#: ``subscriber_stats.latest_order_at`` / ``latest_order_id``: the key (``created_at``, ``order_id``) of
+#: the order whose status is ``last_order_payment_status`` (the latest of all), so a batch's aggregate
+#: upsert compares its own latest order with it instead of seeking the subscriber's orders
+#: (campaigns/store/event_batch.py); filled from the orders when the columns are added.
+ADDED_COLUMNS = [("campaign_recipients", "cost", "{INT}"), ("flow_messages", "cost", "{INT}"),
+                 ("subscriber_stats", "latest_order_at", "{REAL}"), ("subscriber_stats", "latest_order_id", "TEXT")]
 #: After the added columns: the report's covering index (the GROUP BY reads it alone, cost included).
 _AFTER_COLUMNS = """
 DROP INDEX IF EXISTS campaign_recipients_report;
@@ -384,9 +398,23 @@ CREATE INDEX IF NOT EXISTS campaign_recipients_report_cost ON campaign_recipient
 def upgrades(dialect: Dialect, columns: Callable[[str], set[str]]) -> list[str]:
     """What a store opened after ``statements`` runs: the ``ADDED_COLUMNS`` its tables lack
     (``columns(table)``: the names they have), then what needs them. Idempotent."""
+    had = columns("subscriber_stats")
     out = [f"ALTER TABLE {t} ADD COLUMN {c} {d.format(**_TYPES[dialect])}" for t, c, d in ADDED_COLUMNS
            if c not in columns(t)]  # fmt: skip
+    if "latest_order_id" not in had:
+        out.append(latest_order_fill(dialect))
     return out + [x.strip() for x in _AFTER_COLUMNS.split(";") if x.strip()]
+
+
+def latest_order_fill(dialect: Dialect) -> str:
+    """An ``UPDATE`` setting every aggregates row's latest order key from the stored orders (after
+    a bulk load, or when the columns are added): greatest ``(created_at, order_id)``, the ids by
+    code point as Python compares them."""
+    collate = ' COLLATE "C"' if dialect == "postgres" else ""
+    latest = ("FROM orders o WHERE o.tenant = subscriber_stats.tenant AND o.subscriber_id = subscriber_stats.subscriber_id "
+              f"ORDER BY o.created_at DESC, o.order_id{collate} DESC LIMIT 1")  # fmt: skip
+    return (f"UPDATE subscriber_stats SET latest_order_at = (SELECT o.created_at {latest}), "
+            f"latest_order_id = (SELECT o.order_id {latest}) WHERE last_order_payment_status IS NOT NULL")
 
 
 def statements(dialect: Dialect) -> list[str]:

@@ -93,9 +93,14 @@ class _Compiler:
             return ""
         if self.pg:  # a join on the ids (an index probe each); `= ANY(array)` would scan the table
             return f" AND {sub} IN (SELECT unnest({self.p(self.only)}::bigint[]))"
-        if self._only_json is None:  # encoded once per compile: a segment restricts many subqueries
+        # encoded once per compile: a segment restricts many subqueries
+        return f" AND {sub} IN (SELECT value FROM {self.only_table()})"
+
+    def only_table(self) -> str:
+        """SQLite: the subscribers of ``only`` as a table (``value``), to drive a join from."""
+        if self._only_json is None:
             self._only_json = msgspec.json.encode(self.only).decode()
-        return f" AND {sub} IN (SELECT value FROM json_each({self.p(self._only_json)}))"
+        return f"json_each({self.p(self._only_json)})"
 
     def p(self, value: Any) -> str:
         name = f"p{len(self.params)}"
@@ -251,7 +256,11 @@ class _Compiler:
         return f"(CASE WHEN {typ} IN ({number}) THEN {as_number} {_CMP[seg.op]} {self.num(seg.value)} ELSE FALSE END)"
 
     def event(self, seg: Event) -> str:
-        if self.only is None and _rolled_up(seg):
+        if _rolled_up(seg) and (self.only is None or seg.source == "item"):
+            # Restricted to a few subscribers, an item condition reads their category's buckets (one
+            # seek each) instead of every order of theirs and its items; an order condition reads
+            # their orders through a covering index already (as few rows as buckets, at a few orders
+            # a bucket).
             return self.rolled_up(seg)
         table, a = _EVENT_FROM[seg.source]
         if seg.source == "item" and (self.only is not None or not any(col in _ITEM_COLUMNS for col, _ in seg.where)):
@@ -312,7 +321,15 @@ class _Compiler:
         else:
             key = "r.key <> 'o'"
         rolled = {"count": "r.n", "sum": "r.amount", "quantity": "r.quantity"}[seg.measure]
-        parts = [f"SELECT r.subscriber_id AS sid, {rolled} AS v FROM order_rollups r WHERE r.tenant = {t} AND {key}"]
+        if self.only is not None and not self.pg:
+            # driven by the ids (CROSS JOIN: SQLite keeps the order written), so each is one seek to
+            # (subscriber, key, first bucket); with `subscriber_id IN (...)` SQLite seeks on the
+            # subscriber alone and reads every key and bucket of theirs (4x the CPU)
+            rollup_rows = f"{self.only_table()} j CROSS JOIN order_rollups r WHERE r.subscriber_id = j.value AND"
+        else:
+            rollup_rows = "order_rollups r WHERE"
+        parts = [f"SELECT r.subscriber_id AS sid, {rolled} AS v FROM {rollup_rows} r.tenant = {t} AND {key}"
+                 f"{self.within('r.subscriber_id') if self.pg else ''}"]
         if seg.within_days is not None:
             cutoff = self.now - seg.within_days * DAY
             first = math.ceil(cutoff / rollups.BUCKET_S)  # the first bucket wholly inside the window
@@ -326,8 +343,9 @@ class _Compiler:
                     frm = "orders o CROSS JOIN order_items i WHERE i.tenant = o.tenant AND i.order_id = o.order_id AND"
                     if seg.where:
                         frm += " " + self.in_list("i.category", dict(seg.where)["category"], False) + " AND"
-                parts.append(f"SELECT o.subscriber_id AS sid, {raw} AS v FROM {frm} o.tenant = {t} AND o.created_at >= "
-                             f"{self.num(cutoff)} AND o.created_at < {self.num(edge)}")  # fmt: skip
+                parts.append(f"SELECT o.subscriber_id AS sid, {raw} AS v FROM {frm} o.tenant = {t}"
+                             f"{self.within('o.subscriber_id')} AND o.created_at >= {self.num(cutoff)} "
+                             f"AND o.created_at < {self.num(edge)}")  # fmt: skip
         zero, one = aggregate_holds(seg, 0), aggregate_holds(seg, 1)
         if seg.measure == "count" and _same_for_every_positive_count(seg, one):  # any row at all (rows have n >= 1)
             if zero == one:
@@ -407,7 +425,7 @@ def compile_edges(seg: Segment, dialect: Dialect, tenant: str, now: float, only:
                     "subscriber_stats x", "x.subscriber_id")  # fmt: skip
                 shift = c.num(days * DAY + EDGE)
                 parts.append(f"SELECT {key} AS sid, x.{f} + {shift} AS at FROM {table} WHERE x.tenant = {c.tenant}"
-                             f"{c.within(key)} AND x.{f} + {c.num(days * DAY + EDGE)} > {c.num(now)}")  # fmt: skip
+                             f"{c.within(key)} AND {_after(c, f'x.{f}', days * DAY + EDGE, now)}")  # fmt: skip
             case Field(op=op) if NEGATED.get(op, op) == "in_next_days":
                 midnight = (math.floor(now / DAY) + 1) * DAY
                 parts.append(f"SELECT s.id AS sid, {c.num(midnight)} AS at FROM subscribers s WHERE s.tenant = {c.tenant}"
@@ -416,11 +434,19 @@ def compile_edges(seg: Segment, dialect: Dialect, tenant: str, now: float, only:
                 table, sub, time = _EDGE_ROWS[source if source != "checkout" else f"checkout.{state}"]
                 extra = f" AND a.kind = {c.p(kind)}" if source == "activity" else ""
                 parts.append(f"SELECT {sub} AS sid, {time} + {c.num(w * DAY + EDGE)} AS at FROM {table} "
-                             f"WHERE {sub[0]}.tenant = {c.tenant}{c.within(sub)}{extra} AND {time} + "
-                             f"{c.num(w * DAY + EDGE)} > {c.num(now)}")  # fmt: skip
+                             f"WHERE {sub[0]}.tenant = {c.tenant}{c.within(sub)}{extra} AND "
+                             f"{_after(c, time, w * DAY + EDGE, now)}")  # fmt: skip
     if not parts:
         return None
     return _positional(c, f"SELECT sid, MIN(at) FROM ({' UNION ALL '.join(parts)}) e GROUP BY sid")
+
+
+def _after(c: _Compiler, time: str, shift: float, now: float) -> str:
+    """``time + shift > now``, exactly as before (the double sum), behind a range on ``time`` alone that
+    holds for every row it keeps (a second of slack is far more than the sum's rounding), so the
+    engines read only the window's rows through the per-subscriber time indexes, not every row of the
+    subscriber (``time + shift`` is an expression no index answers)."""
+    return f"{time} > {c.num(now - shift - 1.0)} AND {time} + {c.num(shift)} > {c.num(now)}"
 
 
 # (rows, their subscriber, their instant) whose window edges may move a windowed event condition

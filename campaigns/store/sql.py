@@ -17,7 +17,7 @@ from campaigns.core.events import (ActivityEvent, CheckoutEvent, ConsentGrant, C
 from campaigns.core.model import Activity, Checkout, Order, OrderItem, Stats, Subscriber, SubscriberView
 from campaigns.errors import Conflict, InvalidInput, NotFound
 from campaigns.core.imports import ImportRow
-from campaigns.store.base import Applied, ImportResult, MemberPlan, NewConsent, SegmentRow, SyncItem
+from campaigns.store.base import Applied, ImportResult, MemberPlan, MembersFound, NewConsent, SegmentRow, SyncItem
 from campaigns.store.campaign_sql import CampaignSql
 from campaigns.store.event_batch import EventBatch
 from campaigns.core import flow_inputs
@@ -31,6 +31,7 @@ _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country
 _PROFILE = ("first_name", "last_name", "email", "gender", "birthday", "country", "region", "city", "time_zone",
             "language", "signup_source")  # fmt: skip
 _STATS = tuple(f for f in Stats.__struct_fields__)
+_LATEST_KEY = ("latest_order_at", "latest_order_id")  # the store's own: which order `last_order_payment_status` is
 _LEDGER_COLS = ("id, subscriber_id, phone, action, source, disclosure_text, disclosure_version, "
                 "disclosure_sha256, evidence, at")  # fmt: skip
 _ORDER_PARTS = {False: frozenset({"orders"}), True: frozenset({"orders", "checkouts"})}  # by "names a checkout"
@@ -568,10 +569,14 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         """Recompute ``sid``'s aggregates from the stored rows (order-independent by construction):
         the ``parts`` an event changed, the rest as stored; then the scores as of ``now``."""
         fields: dict[str, Any] = msgspec.structs.asdict(self._stats(tx, tenant, sid))
+        key: tuple[Any, ...] = ()
         if "orders" in parts:
-            fields.update(aggregates.order_stats(tx.rows(
-                "SELECT order_id, total, payment_status, created_at FROM orders WHERE tenant = ? AND subscriber_id = ?",
-                (tenant, sid))))  # fmt: skip
+            orders = tx.rows("SELECT order_id, total, payment_status, created_at FROM orders WHERE tenant = ? AND "
+                             "subscriber_id = ?", (tenant, sid))  # fmt: skip
+            fields.update(aggregates.order_stats(orders))
+            # the latest order's key, kept for the batch path (event_batch.aggregate_sql compares with it)
+            latest = max(orders, key=lambda o: (o[3], o[0]), default=None)
+            key = (None, None) if latest is None else (latest[3], latest[0])
         if "checkouts" in parts:
             # Not MAX() in SQL: SQLite would answer it from the partial index on (tenant, abandoned_at),
             # walking the whole shop's abandoned checkouts down to this subscriber's (20 ms per order
@@ -585,11 +590,12 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
                               (tenant, sid, kind))  # fmt: skip
                 fields[name] = last[0] if last else None
         stats = aggregates.scores(Stats(**fields), now)
+        cols = _STATS + (_LATEST_KEY if key else ())
         values = [getattr(stats, f) for f in _STATS]
-        sets = ", ".join(f"{f} = excluded.{f}" for f in _STATS)
-        tx.run(f"INSERT INTO subscriber_stats (tenant, subscriber_id, {', '.join(_STATS)}) VALUES "
-               f"(?, ?, {', '.join('?' for _ in _STATS)}) ON CONFLICT (subscriber_id) DO UPDATE SET {sets}",
-               (tenant, sid, *values))  # fmt: skip
+        sets = ", ".join(f"{f} = excluded.{f}" for f in cols)
+        tx.run(f"INSERT INTO subscriber_stats (tenant, subscriber_id, {', '.join(cols)}) VALUES "
+               f"(?, ?, {', '.join('?' for _ in cols)}) ON CONFLICT (subscriber_id) DO UPDATE SET {sets}",
+               (tenant, sid, *values, *key))  # fmt: skip
 
     def abandon_checkouts(self, tenant: str, *, after_s: float, now: float) -> list[int]:
         """Checkouts started ``after_s`` seconds ago or more and neither completed nor abandoned become
@@ -751,39 +757,50 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         (``_member_lock``) and a subscriber whose rows commit after the snapshot was handed to a later
         pass by that commit, which reads them: the last pass over a subscriber reads after its last
         commit."""
+        with self._member_lock:
+            return self.write_members(tenant, self.read_members(tenant, plans), now=now)
+
+    def read_members(self, tenant: str, plans: Sequence[MemberPlan]) -> list[MembersFound]:
+        """A pass's reads (``refresh_members``' first half), in one snapshot: per group of plans over the
+        same ids, who of them is in each segment and the next window edges. Another process may run
+        it (service/member_process.py) while this one holds ``_member_lock`` and writes the result."""
         groups: dict[tuple[int, ...], list[MemberPlan]] = {}
         for p in plans:
             groups.setdefault(tuple(p.ids), []).append(p)
-        with self._member_lock:
-            with self._member_read() as rx:
-                found = [(list(ids), group, *self._read_group(rx, tenant, list(ids), group)) for ids, group in groups.items()]
-            with self._member_tx() as tx:
-                return sum(self._write_group(tx, tenant, ids, group, inside, edges, now)
-                           for ids, group, inside, edges in found)  # fmt: skip
+        with self._member_read() as rx:
+            return [MembersFound(ids=list(ids), inside=inside, edges=edges)
+                    for ids, group in groups.items() for inside, edges in [self._read_group(rx, tenant, list(ids), group)]]  # fmt: skip
+
+    def write_members(self, tenant: str, found: Sequence[MembersFound], *, now: float) -> int:
+        """A pass's writes (``refresh_members``' second half): the differences with the stored members
+        and timers, in one short transaction. Returns how many memberships changed."""
+        with self._member_lock, self._member_tx() as tx:
+            return sum(self._write_group(tx, tenant, f.ids, f.inside, f.edges, now) for f in found)
 
     @staticmethod
     def _read_group(tx: Tx, tenant: str, ids: list[int], plans: list[MemberPlan]
-                    ) -> tuple[dict[int, set[int]], dict[int, dict[int, float]]]:  # fmt: skip
+                    ) -> tuple[dict[int, list[int]], dict[int, dict[int, float]]]:  # fmt: skip
         """(segment -> who of ``ids`` is in it, segment -> subscriber -> next window edge)."""
         ph = "%s" if tx.pg else "?"
         cols = ", ".join(f"CASE WHEN {p.where} THEN 1 ELSE 0 END" for p in plans)
         only = f"s.id = ANY({ph}::bigint[])" if tx.pg else f"s.id IN (SELECT value FROM json_each({ph}))"
         params = [x for p in plans for x in p.params]
-        inside: dict[int, set[int]] = {p.segment_id: set() for p in plans}
+        inside: dict[int, list[int]] = {p.segment_id: [] for p in plans}
         for row in tx.raw_rows(f"SELECT s.id, {cols} FROM subscribers s WHERE s.tenant = {ph} AND {only}",
                                [*params, tenant, tx.array(ids)]):  # fmt: skip
             for p, hit in zip(plans, row[1:], strict=True):
                 if hit:
-                    inside[p.segment_id].add(int(row[0]))
+                    inside[p.segment_id].append(int(row[0]))
         edges = {p.segment_id: {int(sid): float(at) for sid, at in tx.raw_rows(*p.edges)}
                  for p in plans if p.edges is not None}  # fmt: skip
         return inside, edges
 
     @staticmethod
-    def _write_group(tx: Tx, tenant: str, ids: list[int], plans: list[MemberPlan], inside: dict[int, set[int]],
+    def _write_group(tx: Tx, tenant: str, ids: list[int], found: dict[int, list[int]],
                      edges: dict[int, dict[int, float]], now: float) -> int:  # fmt: skip
         arr = tx.array(ids)
-        stored: dict[int, set[int]] = {p.segment_id: set() for p in plans}
+        inside = {seg: set(sids) for seg, sids in found.items()}
+        stored: dict[int, set[int]] = {seg: set() for seg in inside}
         # Driven by the ids (CROSS JOIN: SQLite keeps that order), one index probe each: with
         # `subscriber_id IN (ids)` SQLite may take the primary key on `tenant` alone and walk every
         # membership of the shop (the single-event path grew with the audience: 571/s at 20k, 35/s at 1M).

@@ -40,7 +40,7 @@ _PLAN_STATS: dict[str, dict[str, str]] = {
     "segment_timers": {"segment_timers_due": "1000000 1", "sqlite_autoindex_segment_timers_1": "1000000 1000000 100000 1"},
     "processed_events": {"sqlite_autoindex_processed_events_1": "10000000 10000000 1"},
     "early_fulfillments": {"sqlite_autoindex_early_fulfillments_1": "1000 1000 1"},
-    "order_rollups": {"sqlite_autoindex_order_rollups_1": "15000000 15000000 1000000 70000 1", "order_rollups_subscriber": "15000000 15000000 15"},
+    "order_rollups": {"sqlite_autoindex_order_rollups_1": "15000000 15000000 1000000 70000 1", "order_rollups_by_subscriber": "15000000 15000000 15 2 1"},
 }  # fmt: skip
 
 
@@ -121,6 +121,13 @@ class SQLiteStore(SqlStore):
             if reader.in_transaction:
                 reader.rollback()  # read only: nothing to commit
             cur.close()
+
+    @property
+    def process_url(self) -> str | None:
+        """The URL another process opens this store by (None for a database in memory)."""
+        if self._path in ("", ":memory:") or self._path.startswith("file:"):
+            return None
+        return f"sqlite:///{self._path}"
 
     def _flow_snapshot_ok(self) -> bool:
         return self._path not in ("", ":memory:") and not self._path.startswith("file:")

@@ -37,6 +37,10 @@ class Lane:
     def push(self, row: int) -> None:
         self._items.append(row)
 
+    def extend(self, rows: array) -> None:
+        """``push`` of each of ``rows``, in order."""
+        self._items.extend(rows)
+
     def push_front(self, row: int) -> None:
         self._retry.append(row)  # retries keep their relative order among themselves
 

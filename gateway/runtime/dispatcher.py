@@ -7,8 +7,9 @@ One ``listen`` task turns the connectors' events back into core calls (``complet
 in batches (group commit: a write starts once the previous one ended, at once if a carrier
 waits for it, else within ``flush_every``; never one transaction per message).
 
-Every core call happens on the event loop's thread; store writes too when they are short
-(``Store.inline_record``), else in a worker thread.
+Every core call happens on the event loop's thread; store writes in a worker thread (a store
+whose writes are a few dict updates, up to ``Store.inline_record`` changes, on the loop), so the
+loop keeps reading the carriers while SQLite writes and syncs.
 The clock is read once per pump round and the same instant passed to every decision.
 
 What a crash can cost is bounded here. A message handed to a connector stays *unconfirmed*

@@ -145,15 +145,35 @@ class DeliveryProcess:
             pass
         log.info("webhook.process_started pid=%d", proc.pid)
         try:
-            while line := await anyio.to_thread.run_sync(proc.stdout.readline, abandon_on_cancel=True):
-                with contextlib.suppress(msgspec.DecodeError):
-                    self._last = _stats_dec(line)
+            await self._read_stats(proc.stdout.fileno())
             return await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
         finally:
             self._proc = None
             self._base, self._last = self.statistics(), WebhookStats(requests=0, delivered=0, retried=0, dead=0)
             with anyio.CancelScope(shield=True):
                 await _stop(proc)
+
+    async def _read_stats(self, fd: int) -> None:
+        """The process's ``WebhookStats`` lines until end of file, read on the event loop: the
+        pipe is watched by the loop (a worker thread's hop per line, several a second, cost the
+        server's loop more than reading them). Only the last whole line of a read counts."""
+        os.set_blocking(fd, False)
+        tail = b""
+        while True:
+            await anyio.wait_readable(fd)
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if not chunk:
+                return
+            *lines, tail = (tail + chunk).split(b"\n")
+            for line in reversed(lines):
+                with contextlib.suppress(msgspec.DecodeError):
+                    self._last = _stats_dec(line)
+                    break
 
 
 async def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:

@@ -3,11 +3,8 @@
 PostgreSQL: ``pg_server`` (session scope) starts a real server from Debian's ``postgresql``
 package: ``initdb`` into a temporary directory, ``pg_ctl start`` on a free loopback port (socket
 directory inside the temporary directory), one database ``sluice``; it is stopped with
-``pg_ctl stop -m immediate`` at the end of the session. initdb refuses to run as root, so as root
-the server runs as the ``postgres`` system user (``runuser``), the data directory owned by it.
-The stop is a reaper's job: a small child process blocked on a pipe from the test process; it
-stops the server and removes its directory when the pipe closes, which happens at the end of the
-session and also when the test process is killed (a timeout's SIGKILL), so no server outlives it.
+``pg_ctl stop -m immediate`` at the end of the session, or by a reaper process if pytest is killed
+(``bench/postgres.py``, shared with the benches).
 
 ``pg_url`` (function scope) hands each test a fresh, empty schema in that database (a
 ``postgresql://`` URL whose ``options`` set the ``search_path``), so tests never see each
@@ -21,13 +18,6 @@ e.g. not ``test_segments.py`` (tests/core has one): use ``test_segment_*.py``.
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,79 +26,20 @@ from urllib.parse import quote
 
 import pytest
 
+from bench.postgres import throwaway_postgres
 from campaigns.store import Store, open_store
 
 
 @dataclass(frozen=True)
 class PgServer:
-    host: str
-    port: int
-    user: str
-    database: str
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
-
-
-def _pg_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    if not found:
-        which = shutil.which("initdb")
-        if which is None:
-            raise RuntimeError("PostgreSQL binaries not found: `make test` installs Debian's `postgresql` package")
-        return Path(which).parent
-    return Path(found[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_server_user(cmd: list[str]) -> list[str]:
-    # initdb and postgres refuse to run as root.
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+    url: str
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    bindir = _pg_bin()
-    root = Path(tempfile.mkdtemp(prefix="sluice-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-        shutil.chown(sock, "postgres", "postgres")
-        os.chmod(root, 0o755)
-    user = "postgres" if os.geteuid() == 0 else os.environ.get("USER") or "postgres"
-    run = lambda cmd: subprocess.run(_as_server_user(cmd), check=True, capture_output=True, timeout=120)  # noqa: E731
-    run([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", user, "-E", "UTF8", "--no-sync"])
-    port = _free_port()
-    opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-    run([str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "-t", "60", "start"])
-    stop = _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate"])
-    reaper = subprocess.Popen([sys.executable, "-c", _REAPER, repr(stop), str(root)], stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", user, "sluice"])
-        yield PgServer(host="127.0.0.1", port=port, user=user, database="sluice")
-    finally:
-        assert reaper.stdin is not None
-        reaper.stdin.close()  # the reaper stops the server and removes its directory
-        reaper.wait(timeout=120)
-
-
-# Runs in its own session (so a signal to the test's process group does not stop it first): waits
-# for EOF on stdin, i.e. the test process closed the pipe or died, then stops the server.
-_REAPER = """
-import ast, shutil, subprocess, sys
-sys.stdin.buffer.read()
-subprocess.run(ast.literal_eval(sys.argv[1]), capture_output=True, timeout=60)
-shutil.rmtree(sys.argv[2], ignore_errors=True)
-"""
+    settings = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", "max_connections": "200"}
+    with throwaway_postgres(settings) as url:
+        yield PgServer(url=url)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from campaigns.service.gateway_client import GatewayClient
 from campaigns.service.launch import TenantLinks
 from campaigns.store import Store, open_store
 from campaigns.store.base import NewConsent
+from campaigns.store.campaign_rows import HitIn
 from fake_gateway import FakeGateway
 
 pytestmark = pytest.mark.anyio
@@ -381,7 +382,8 @@ async def test_a_sent_flow_message_becomes_a_report_source_once(store: Store) ->
     assert [r[0] for r in links] == [sent["key"]]
 
 
-async def test_a_click_on_a_flow_link_takes_the_clicked_branch(store: Store) -> None:
+@pytest.mark.parametrize("via", ["record_click", "record_link_hits"])
+async def test_a_click_on_a_flow_link_takes_the_clicked_branch(store: Store, via: str) -> None:
     clock, gw = Clock(), FakeGateway()
     rt = runtime(store, gw, clock, links=TenantLinks(domain="sl.ui", key=b"k" * 32))
     await install(store, clock, "abandoned_cart")
@@ -394,7 +396,18 @@ async def test_a_click_on_a_flow_link_takes_the_clicked_branch(store: Store) -> 
     await rt.round()
     first = next(m for m in gw.sent_messages() if m["to"] == phone(1))
     code = first["body"].split("https://sl.ui/")[1].split()[0].rstrip(".")
-    assert store.record_click(code, at=clock.now + 60, user_agent="Mozilla/5.0", verdict="click")
+    if via == "record_click":
+        assert store.record_click(code, at=clock.now + 60, user_agent="Mozilla/5.0", verdict="click")
+    else:  # the redirect's flush: the hit with the link it resolved to
+        link = store.link(code)
+        assert link is not None
+        hit = HitIn(code=code, at=clock.now + 60, user_agent="Mozilla/5.0", verdict="click", tenant="acme",
+                    campaign_id=link.campaign_id, subscriber_id=link.subscriber_id, phone=link.phone,
+                    target=link.target, created_at=link.created_at, expires_at=link.expires_at)  # fmt: skip
+        assert store.record_link_hits([hit, msgspec.structs.replace(hit, at=clock.now + 70)], now=clock.now + 70) == 1
+        with store.flow_tx("acme") as ftx:
+            events = [r[0] for r in ftx.tx.rows("SELECT event FROM flow_inputs WHERE tenant = ?", ("acme",))]
+        assert sum('"type":"click"' in e for e in events) == 1
     await rt.round()
     clock.now = T0 + HOUR + 86_400
     await rt.round()

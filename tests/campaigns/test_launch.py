@@ -385,16 +385,19 @@ async def test_a_store_failure_building_the_next_body_stops_the_launch_and_a_rel
     assert Counter(gw.sent()) == Counter({f"+4479111{i:05d}": 1 for i in range(1, 10)})
 
 
+@pytest.mark.parametrize("template", ["Sale {attr.tier|at} https://s.io/x", "Sale at https://s.io/x"])
 async def test_a_failure_building_a_body_from_the_just_frozen_rows_stops_the_launch_too(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    """A launch that froze the audience builds its bodies from the rows it stored (not read back): a
-    failure building the second body stops it there, and the relaunch (bodies read back from the
-    store, the same bytes: the fake gateway answers other bytes under a key with a 409) sends the rest once."""
+        store: Store, monkeypatch: pytest.MonkeyPatch, template: str) -> None:  # fmt: skip
+    """A launch that planned the audience in Python builds its bodies from the rows it stored (not
+    read back; a set-based freeze, the second template, writes the texts in SQL: its bodies are read
+    back): a failure building the second body stops it there, and the relaunch (bodies read back
+    from the store, the same bytes: the fake gateway answers other bytes under a key with a 409)
+    sends the rest once."""
     from campaigns.service import launch as launch_mod
 
     ids = [subscriber(store, n) for n in range(1, 10)]
     gw = FakeGateway()
-    definition = {"sender": "ACME", "template": "Sale at https://s.io/x", "batch_size": 3, "audience": {"subscribers": ids}}
+    definition = {"sender": "ACME", "template": template, "batch_size": 3, "audience": {"subscribers": ids}}
     camp = await launcher(store, gw).create("acme", "Broken body", definition)
     real, calls = launch_mod.job_body_of, []
 
@@ -407,8 +410,10 @@ async def test_a_failure_building_a_body_from_the_just_frozen_rows_stops_the_lau
     def unread(*_a: object) -> list:
         raise AssertionError("the rows just frozen are not read back")
 
+    assert launch_mod.set_based(parse_spec(definition)) == ("attr." not in template)
     monkeypatch.setattr(launch_mod, "job_body_of", flaky)
-    monkeypatch.setattr(store, "batch_lines", unread)
+    if "attr." in template:
+        monkeypatch.setattr(store, "batch_lines", unread)
     with pytest.raises(MemoryError):
         await launcher(store, gw).launch("acme", camp.id)
     assert len(gw.jobs) == 1

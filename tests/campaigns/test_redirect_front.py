@@ -103,15 +103,15 @@ async def test_a_failed_flush_keeps_the_clicks_for_the_next(tmp_path) -> None:
     store.freeze_audience("acme", 1, [], [LinkRow(code="AbCdE123", tenant="acme", campaign_id=1, subscriber_id=1,
                                                   target="https://x.example/", created_at=T0)], now=T0)  # fmt: skip
     assert await tracker.redirect("AbCdE123", method="GET", user_agent=UA) is not None
-    real, calls = store.record_hits, []
+    real, calls = store.record_link_hits, []
 
-    def flaky(clicks, activities, *, now):  # type: ignore[no-untyped-def]
+    def flaky(clicks, *, now):  # type: ignore[no-untyped-def]
         calls.append(len(clicks))
         if len(calls) == 1:
             raise StorageError("database is locked")
-        return real(clicks, activities, now=now)
+        return real(clicks, now=now)
 
-    store.record_hits = flaky  # type: ignore[method-assign]
+    store.record_link_hits = flaky  # type: ignore[method-assign]
     with pytest.raises(StorageError):
         await tracker.flush()
     assert await tracker.redirect("AbCdE123", method="GET", user_agent=UA) is not None

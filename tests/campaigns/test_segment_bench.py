@@ -8,6 +8,7 @@ import json
 import random
 
 import anyio
+import pytest
 from click.testing import CliRunner
 
 from bench.audience import MIX, NOW, TENANT, Audience, _load_postgres, _load_sqlite, _phone, windowed
@@ -95,5 +96,78 @@ def test_live_membership_after_batches_is_what_python_finds(store_url):
                 change = next_change(seg, views[sid], NOW)
                 if change is not None:
                     assert (seg_id, sid) in timers, (seg_id, sid)
+    finally:
+        store.close()
+
+
+def test_the_membership_loop_in_a_process_of_its_own_keeps_what_python_finds(sqlite_url):
+    """``serve``'s membership loop with its passes in a child process (service/member_process.py): bulk
+    bodies ingested while it runs leave, once it caught up, for every tree of the mix and every
+    subscriber the bodies touched, the members ``evaluate`` finds; the child did the passes and is
+    gone once the loop ends."""
+    _loop_in_a_process(sqlite_url)
+
+
+@pytest.mark.slow
+def test_on_postgresql_the_membership_loop_keeps_its_passes_in_process(pg_url):
+    """PostgreSQL's passes are the server's work: no child (measured: it only added a round trip)."""
+    store = open_store(pg_url)
+    try:
+        settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "{TENANT}"\nkey_env = "K"\n')
+        audience = Service(store, settings, lambda: NOW)
+        audience.membership_process = True
+        seen: dict[str, object] = {}
+
+        async def main() -> None:
+            async with anyio.create_task_group() as tg:
+                await tg.start(audience.run_membership)
+                seen["proc"] = audience.member_process
+                tg.cancel_scope.cancel()
+
+        anyio.run(main)
+        assert seen["proc"] is None
+    finally:
+        store.close()
+
+
+def _loop_in_a_process(store_url: str) -> None:
+    from bench.audience import _order_line
+
+    store = open_store(store_url)
+    try:
+        gen = Audience(150, 1500, seed=6)
+        if store.engine == "sqlite":
+            _load_sqlite(store_url.removeprefix("sqlite:///"), gen)
+        else:
+            _load_postgres(store_url, gen)
+        settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "{TENANT}"\nkey_env = "K"\n')
+        audience = Service(store, settings, lambda: NOW)
+        audience.batch_size = 50
+        audience.membership_process = True
+        segs = [(anyio.run(audience.put_segment, TENANT, name, tree).id, parse_segment(tree)) for name, tree in MIX]
+        r = random.Random(7)
+        lines = [_order_line(k, r, 150) for k in range(300)]
+        seen: dict[str, object] = {}
+
+        async def main() -> None:
+            async with anyio.create_task_group() as tg:
+                await tg.start(audience.run_membership)
+                seen["proc"] = audience.member_process
+                for i in range(0, len(lines), 50):
+                    await audience.ingest_ndjson(TENANT, b"\n".join(lines[i : i + 50]))
+                await audience.wait_membership()
+                tg.cancel_scope.cancel()
+
+        anyio.run(main)
+        proc = seen["proc"]
+        assert proc is not None and proc.cpu_s > 0  # the passes ran in the child
+        assert not proc._proc.is_alive()  # and it was stopped with the loop
+        touched = sorted({s.id for s in (store.subscriber_by_phone(TENANT, json.loads(x)["phone"]) for x in lines) if s})
+        assert len(touched) > 100
+        views = {sid: store.view(TENANT, sid) for sid in touched}
+        for seg_id, seg in segs:
+            members = set(store.members(TENANT, seg_id, after=0, limit=10_000))
+            for sid in touched:
+                assert (sid in members) == evaluate(seg, views[sid], NOW), (seg_id, sid)
     finally:
         store.close()

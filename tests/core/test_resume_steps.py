@@ -62,3 +62,48 @@ def test_a_scheduled_job_resumed_in_steps_waits_for_its_time() -> None:
         pass
     assert c.take("a", 1000, NOW).dispatches == []  # not due yet: on the timers, not in a lane
     assert len(c.take("a", 1000, NOW + 61).dispatches) == 50
+
+
+def _two_carriers() -> Scheduler:
+    s = CoreSettings(carriers=[CarrierSettings(name="a", rate=1e6, burst=100_000),
+                               CarrierSettings(name="b", rate=1e6, burst=100_000)],
+                     routes=[Route(prefix="44", carriers=["b"]), Route(carriers=["a"])], shards=2)  # fmt: skip
+    return Scheduler(s, NOW)
+
+
+def _one_by_one(shard, job_slot: int, jobs) -> None:
+    """What ``Shard.unpark`` did before it made rows ready a lane at a time: a call a row."""
+    for row in shard.parked.pop(job_slot, ()):
+        shard.make_ready(row, jobs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(people=st.lists(st.sampled_from(["+1212555", "+4420794", "+1415555"]).flatmap(
+           lambda p: st.integers(0, 9999).map(lambda i: f"{p}{i:04d}")), min_size=1, max_size=120),
+       gap=st.integers(0, 40), cancel_first=st.booleans())  # fmt: skip
+def test_a_resumed_job_fills_each_lane_as_a_row_at_a_time_would(people, gap, cancel_first) -> None:
+    """Lanes, row states and what ``take`` sends are the same as with ``make_ready`` a row at
+    a time, whether the job's rows are consecutive (fresh) or scattered among freed rows, on
+    one carrier or several."""
+    cores = []
+    for _ in range(2):
+        c = _two_carriers()
+        first = Job(id="first", tenant="t", sender="S", template="x", category="transactional")
+        c.admit(first, [Recipient(to=f"+1646555{i:04d}") for i in range(gap)], NOW, paused=True)
+        if cancel_first:
+            c.cancel_job("first", NOW)  # its rows freed: the next job's rows are taken from them
+        job = Job(id="j", tenant="t", sender="S", template="x", category="transactional")
+        c.admit(job, [Recipient(to=p) for p in people], NOW, paused=True)
+        cores.append(c)
+    bulk, reference = cores
+    bulk.resume_job("j")
+    entry = reference._jobs["j"]
+    reference._set_paused(entry, False)
+    for shard in reference._shards:
+        _one_by_one(shard, entry.slot, reference._p.jobs)
+    for a, b in zip(bulk._shards, reference._shards):
+        assert a.state == b.state
+        assert {k: list(v) for k, v in a.lanes.items()} == {k: list(v) for k, v in b.lanes.items()}
+    for carrier in ("a", "b"):
+        assert [d.message_id for d in bulk.take(carrier, 100_000, NOW).dispatches] == \
+               [d.message_id for d in reference.take(carrier, 100_000, NOW).dispatches]  # fmt: skip
