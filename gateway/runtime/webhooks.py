@@ -112,7 +112,13 @@ def plan_by_message(events: Sequence[Any], batch_size: int, most: int,
     """At most ``most`` batches of one subscriber's ``events`` (in sequence order): every event
     of one message in the same batch, in order, so batches POSTed side by side never reorder a
     message's events; a batch holds at most ``batch_size`` events unless one message has more.
-    ``weight``: how many events an item stands for (a ``HookRow``: its events), default 1."""
+    ``weight``: how many events an item stands for (a ``HookRow``: its events), default 1.
+
+    What is planned is a prefix of ``events``: when ``most`` batches cannot hold them all, nothing
+    at or after the first event left out is sent (a message's later event, gathered into an early
+    batch, waits for a later round). The cursor can only move up to the first event not settled
+    (``advance``), so an event sent beyond it would be read and sent again by the next round even
+    though its batch succeeded: a duplicate in a clean run."""
     by_message: dict[int, list[Any]] = {}
     for e in events:
         by_message.setdefault(e.message_id, []).append(e)
@@ -124,13 +130,23 @@ def plan_by_message(events: Sequence[Any], batch_size: int, most: int,
         if current and size + n > batch_size:
             batches.append(current)
             if len(batches) == most:
-                return batches
+                return _prefix(events, batches)
             current, size = [], 0
         current.extend(mine)
         size += n
     if current:
         batches.append(current)
-    return batches[:most]
+    return _prefix(events, batches[:most])
+
+
+def _prefix(events: Sequence[Any], batches: list[list[Any]]) -> list[list[Any]]:
+    """``batches`` without what lies at or after the first of ``events`` they leave out."""
+    planned = {id(e) for b in batches for e in b}
+    cut = next((e.seq for e in events if id(e) not in planned), None)
+    if cut is None:
+        return batches
+    kept = [[e for e in b if e.seq < cut] for b in batches]
+    return [b for b in kept if b]
 
 
 def advance(events: Sequence[HookEvent], settled: set[int]) -> int | None:
