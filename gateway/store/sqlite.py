@@ -310,13 +310,13 @@ def _ref_json(reference: str | None) -> str:
 
 
 class SqliteStore:
-    # Every write goes to a worker thread (issue 16, 2026-12-07): the write (the statement, its
-    # Python around it and the sync to disk) was ~40 % of the event loop's CPU per message, and
-    # SQLite steps without the GIL, so off the loop it overlaps with the loop's own work (the
-    # carriers' PDUs, receipts, the next batch) instead of stopping it. Until then a write of a
-    # window's worth ran on the loop, because a worker thread's hand-off once cost more time than
-    # the write (docs/BENCHMARKS.md, "The write path", and "The write off the event loop").
-    inline_record = 0
+    # A window's worth of changes (~200) is ~1-2 ms with its sync to disk. From a worker thread
+    # the same write waited to be scheduled and for the GIL, before and after SQLite ran, and that
+    # latency capped the rate (docs/BENCHMARKS.md, "The write path"). Every write in a worker
+    # thread was tried again on 2026-12-07: the loop's CPU fell, `serve`'s rose 7-11 % and the
+    # rates did not rise (docs/ARCHITECTURE.md, "The write off the event loop"). Larger writes (a
+    # job's expiry, a backlog after a stall) still go to a worker thread.
+    inline_record = 512
 
     def __init__(self, path: str, *, synchronous: str = "FULL", writes_changes: bool = True) -> None:
         """``writes_changes=False``: a connection that never calls ``record`` (the webhook
