@@ -184,6 +184,12 @@ def resolve_audience(store: Store, tenant: str, spec: AudienceSpec) -> list[int]
 def _audience(store: Store, tenant: str, spec: AudienceSpec) -> tuple[list[AudienceRow], dict[int, float | None]]:
     """The marketable audience (``resolve_audience``'s, consent confirmed) and each one's last
     marketing send, read in one set-based query (``Store.launch_audience``)."""
+    return store.launch_audience(tenant, spec.include, spec.exclude, _listed(store, tenant, spec))
+
+
+def _listed(store: Store, tenant: str, spec: AudienceSpec) -> list[int]:
+    """The ids an audience names outright (its subscribers and its CSV's known numbers), once its
+    segments are known to exist."""
     for seg in [*spec.include, *spec.exclude]:
         if store.segment(tenant, seg) is None:
             raise NotFound(f"no segment {seg}", code="segment_not_found", field="audience")
@@ -193,7 +199,7 @@ def _audience(store: Store, tenant: str, spec: AudienceSpec) -> tuple[list[Audie
             sub = store.subscriber_by_phone(tenant, row.phone)
             if sub is not None:
                 ids.append(sub.id)
-    return store.launch_audience(tenant, spec.include, spec.exclude, ids)
+    return ids
 
 
 def _members(store: Store, tenant: str, segment_id: int) -> set[int]:
@@ -305,15 +311,7 @@ def _freeze_set(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec
     only once per distinct time zone (its send time: ``schedule.send_times``) and per distinct text
     (rendered by ``TextCache``, the codes by ``links.LinkCipher``): the rows ``_plan`` would write."""
     aud = spec.audience
-    for seg in [*aud.include, *aud.exclude]:
-        if store.segment(tenant, seg) is None:
-            raise NotFound(f"no segment {seg}", code="segment_not_found", field="audience")
-    ids = list(aud.subscribers)
-    if aud.csv is not None:
-        for row in parse_csv(aud.csv):
-            sub = store.subscriber_by_phone(tenant, row.phone)
-            if sub is not None:
-                ids.append(sub.id)
+    ids = _listed(store, tenant, aud)
     template = templates.compile_template(spec.template or "")
     domain = spec.link_domain or tl.domain
     expires = now + spec.link_ttl_days * 86_400 if spec.link_ttl_days is not None else None

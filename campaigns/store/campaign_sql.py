@@ -292,12 +292,7 @@ class CampaignSql(ReportSql):
             tx.insert_many("campaign_recipients", _FREEZE_COLS,
                            sorted(((tenant, campaign_id, r.subscriber_id, r.phone, r.variant, r.send_at, r.tz, r.text,
                                     r.batch, r.idx) for r in recipients), key=lambda row: row[2]))  # fmt: skip
-            for batch, (at, n) in sorted(sizes.items()):
-                tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size) VALUES (?, ?, ?, ?, ?)",
-                       (tenant, campaign_id, batch, at, n))  # fmt: skip
-            if not sizes:  # an empty audience is frozen too: a marker batch of size 0
-                tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size, job_id, accepted) "
-                       "VALUES (?, ?, -1, ?, 0, '', 0)", (tenant, campaign_id, now))  # fmt: skip
+            _write_batches(tx, tenant, campaign_id, sizes, now)
             tx.insert_new("short_links", _LINK_NAMES[:7],
                           sorted((link.code, tenant, link.campaign_id, link.subscriber_id, link.target, link.created_at,
                                   link.expires_at) for link in links))  # fmt: skip
@@ -327,12 +322,7 @@ class CampaignSql(ReportSql):
                        f"FROM ({q[0]}) u", q[1])  # fmt: skip
                 sizes = self._freeze_set_rows(tx, tenant, campaign_id, batch_size, smart_window_s, reads_name, zones,
                                               texts, now, expires_at)  # fmt: skip
-            for batch, (at, n) in sorted(sizes.items()):
-                tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size) VALUES (?, ?, ?, ?, ?)",
-                       (tenant, campaign_id, batch, at, n))  # fmt: skip
-            if not sizes:  # an empty audience is frozen too: a marker batch of size 0
-                tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size, job_id, accepted) "
-                       "VALUES (?, ?, -1, ?, 0, '', 0)", (tenant, campaign_id, now))  # fmt: skip
+            _write_batches(tx, tenant, campaign_id, sizes, now)
             _drop_launch_temps(tx)
         return True
 
@@ -828,3 +818,14 @@ class CampaignSql(ReportSql):
                        (link.code, tenant, link.campaign_id, link.subscriber_id, link.target, link.created_at,
                         link.expires_at))  # fmt: skip
         return moved
+
+
+def _write_batches(tx: Any, tenant: str, campaign_id: int, sizes: Mapping[int, tuple[float, int]], now: float) -> None:
+    """A frozen audience's batches (send time, size); an empty audience is frozen too: a marker
+    batch of size 0."""
+    for batch, (at, n) in sorted(sizes.items()):
+        tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size) VALUES (?, ?, ?, ?, ?)",
+               (tenant, campaign_id, batch, at, n))  # fmt: skip
+    if not sizes:
+        tx.run("INSERT INTO campaign_batches (tenant, campaign_id, batch, send_at, size, job_id, accepted) "
+               "VALUES (?, ?, -1, ?, 0, '', 0)", (tenant, campaign_id, now))  # fmt: skip

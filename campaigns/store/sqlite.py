@@ -111,16 +111,8 @@ class SQLiteStore(SqlStore):
             with self._member_tx() as tx:
                 yield tx
             return
-        cur = reader.cursor()
-        try:
-            cur.execute("BEGIN")
-            yield Tx(cur, "?")
-        except sqlite3.Error as exc:
-            raise StorageError(str(exc)) from exc
-        finally:
-            if reader.in_transaction:
-                reader.rollback()  # read only: nothing to commit
-            cur.close()
+        with self._snapshot(reader) as tx:
+            yield tx
 
     @property
     def process_url(self) -> str | None:
@@ -139,30 +131,38 @@ class SQLiteStore(SqlStore):
         writes. One connection per store, used by one batch at a time (``_flow_lock``)."""
         with self._flow_lock:
             if self._flow_reader is None:
-                cache_kib, mmap_bytes = self._pragmas
-                self._flow_reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
-                self._flow_reader.execute(f"PRAGMA cache_size={-cache_kib}")
-                self._flow_reader.execute(f"PRAGMA mmap_size={mmap_bytes}")
-                self._flow_reader.execute("PRAGMA query_only=ON")
-            cur = self._flow_reader.cursor()
-            try:
-                cur.execute("BEGIN")
-                yield Tx(cur, "?")
-            except sqlite3.Error as exc:
-                raise StorageError(str(exc)) from exc
-            finally:
-                if self._flow_reader.in_transaction:
-                    self._flow_reader.rollback()  # read only: nothing to commit
-                cur.close()
+                self._flow_reader = self._read_only_connection()
+            with self._snapshot(self._flow_reader) as tx:
+                yield tx
 
     def _open_reader(self) -> sqlite3.Connection | None:
-        if self._reader is None and self._path not in ("", ":memory:") and not self._path.startswith("file:"):
-            cache_kib, mmap_bytes = self._pragmas
-            self._reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            self._reader.execute(f"PRAGMA cache_size={-cache_kib}")
-            self._reader.execute(f"PRAGMA mmap_size={mmap_bytes}")
-            self._reader.execute("PRAGMA query_only=ON")
+        if self._reader is None and self._flow_snapshot_ok():
+            self._reader = self._read_only_connection()
         return self._reader
+
+    def _read_only_connection(self) -> sqlite3.Connection:
+        """A connection of its own to the store's file, for WAL read snapshots (``_snapshot``)."""
+        cache_kib, mmap_bytes = self._pragmas
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.execute(f"PRAGMA cache_size={-cache_kib}")
+        conn.execute(f"PRAGMA mmap_size={mmap_bytes}")
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    @staticmethod
+    @contextmanager
+    def _snapshot(conn: sqlite3.Connection) -> Iterator[Tx]:
+        """A read transaction on ``conn`` (``BEGIN``, read, rolled back: nothing to commit)."""
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN")
+            yield Tx(cur, "?")
+        except sqlite3.Error as exc:
+            raise StorageError(str(exc)) from exc
+        finally:
+            if conn.in_transaction:
+                conn.rollback()
+            cur.close()
 
     def _close_reader(self) -> None:
         """Dropped when the planning statistics change: a connection loads them when it opens."""
