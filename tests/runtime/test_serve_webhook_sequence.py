@@ -153,7 +153,10 @@ async def test_every_state_once_in_order_retries_and_dead_letters_through_serve(
                     r = await c.post("/v1/jobs", json=job(size, f"http://127.0.0.1:{port}{path}?token=t"))
                     assert r.status_code == 202, r.text
                     ids[path] = r.json()["id"]
-                assert children(gw.pid), "the delivery process runs beside serve"
+                async def delivering() -> bool:  # serve starts it once it listens: it may still be starting
+                    return bool(children(gw.pid))
+
+                await until(delivering, 30, "the delivery process beside serve")
                 for path, size in sizes.items():
                     await wait_final(c, ids[path], size, timeout=60)
                 stored = {path: histories(str(tmp_path / "sluice.db"), ids[path]) for path in sizes}
