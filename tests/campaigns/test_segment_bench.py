@@ -36,14 +36,23 @@ def test_bench_audience_writes_its_figures(tmp_path):
     assert sum(1 for t in r["per_tree"] if 0 < t["count"] < 300) >= 15  # the data hits the trees
 
 
+def _load(store, store_url: str, gen: Audience) -> None:
+    if store.engine == "sqlite":
+        _load_sqlite(store_url.removeprefix("sqlite:///"), gen)
+    else:
+        _load_postgres(store_url, gen)
+
+
+def _service(store) -> Service:
+    settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "{TENANT}"\nkey_env = "K"\n')
+    return Service(store, settings, lambda: NOW)
+
+
 def test_the_mix_counts_what_python_finds(store_url):
     store = open_store(store_url)
     try:
         gen = Audience(150, 1500, seed=3)
-        if store.engine == "sqlite":
-            _load_sqlite(store_url.removeprefix("sqlite:///"), gen)
-        else:
-            _load_postgres(store_url, gen)
+        _load(store, store_url, gen)
         views = [store.view(TENANT, sid) for sid in range(1, 151)]
         assert sum(len(v.orders) for v in views) == 1500
         for name, tree in MIX:
@@ -62,12 +71,8 @@ def test_live_membership_after_batches_is_what_python_finds(store_url):
     store = open_store(store_url)
     try:
         gen = Audience(150, 1500, seed=4)
-        if store.engine == "sqlite":
-            _load_sqlite(store_url.removeprefix("sqlite:///"), gen)
-        else:
-            _load_postgres(store_url, gen)
-        settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "{TENANT}"\nkey_env = "K"\n')
-        audience = Service(store, settings, lambda: NOW)
+        _load(store, store_url, gen)
+        audience = _service(store)
         audience.batch_size = 40
         segs = [(anyio.run(audience.put_segment, TENANT, name, tree).id, parse_segment(tree)) for name, tree in MIX]
         r = random.Random(5)
@@ -113,8 +118,7 @@ def test_on_postgresql_the_membership_loop_keeps_its_passes_in_process(pg_url):
     """PostgreSQL's passes are the server's work: no child (measured: it only added a round trip)."""
     store = open_store(pg_url)
     try:
-        settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "{TENANT}"\nkey_env = "K"\n')
-        audience = Service(store, settings, lambda: NOW)
+        audience = _service(store)
         audience.membership_process = True
         seen: dict[str, object] = {}
 
@@ -136,12 +140,8 @@ def _loop_in_a_process(store_url: str) -> None:
     store = open_store(store_url)
     try:
         gen = Audience(150, 1500, seed=6)
-        if store.engine == "sqlite":
-            _load_sqlite(store_url.removeprefix("sqlite:///"), gen)
-        else:
-            _load_postgres(store_url, gen)
-        settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "{TENANT}"\nkey_env = "K"\n')
-        audience = Service(store, settings, lambda: NOW)
+        _load(store, store_url, gen)
+        audience = _service(store)
         audience.batch_size = 50
         audience.membership_process = True
         segs = [(anyio.run(audience.put_segment, TENANT, name, tree).id, parse_segment(tree)) for name, tree in MIX]
