@@ -418,6 +418,46 @@ def _sluice_cpu(gw_pid: int, sim_pid: int, receiver: Receiver) -> tuple[float, .
             _kids_cpu(gw_pid, "ingest"), cpu_seconds(sim_pid))  # fmt: skip
 
 
+def _machine_idle() -> tuple[float, float]:
+    """(idle, total) jiffies of the whole machine so far (/proc/stat's first line)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])
+
+
+async def _sample(gw_pid: int, sim: Child, receiver: Receiver, into: list[dict], every: float = 0.1) -> None:
+    """Every ``every`` seconds until canceled: the CPU seconds so far of each process of a
+    Sluice side (``_sluice_cpu``), the simulator's submits accepted and receipts answered, what
+    the receiver heard, and the machine's idle jiffies: one side's timeline (``--timeline``)."""
+    t0 = time.monotonic()
+    while True:
+        cpu = _sluice_cpu(gw_pid, sim.pid, receiver)
+        sim_c = await sim.counters()
+        heard = await receiver.stats()
+        idle, total = _machine_idle()
+        into.append({"t": round(time.monotonic() - t0, 3), "cpu": [round(c, 3) for c in cpu],
+                     "accepted": sim_c["accepted"], "receipts_acked": sim_c["receipts_acked"],
+                     "events": heard["events"], "final": heard["final"], "idle": idle, "jiffies": total})  # fmt: skip
+        await anyio.sleep(every)
+
+
+def timeline_per_second(samples: list[dict]) -> list[dict]:
+    """A timeline's rates and CPU shares per second (from the 100 ms samples): submits accepted,
+    receipts answered, events and final events heard, each process's share of a core (serve's
+    loop, serve, receiver, webhooks, ingest, simulator), and the machine's idle share."""
+    out, k = [], 0
+    while k + 10 < len(samples):
+        a, b = samples[k], samples[k + 10]
+        dt = b["t"] - a["t"]
+        out.append({"t": round(b["t"], 1), "accepted": round((b["accepted"] - a["accepted"]) / dt),
+                    "receipts": round((b["receipts_acked"] - a["receipts_acked"]) / dt),
+                    "events": round((b["events"] - a["events"]) / dt), "final": round((b["final"] - a["final"]) / dt),
+                    "cpu": [round((y - x) / dt, 2) for x, y in zip(a["cpu"], b["cpu"])],
+                    "machine_idle": round((b["idle"] - a["idle"]) / max(1.0, b["jiffies"] - a["jiffies"]), 2)})  # fmt: skip
+        k += 10
+    return out
+
+
 async def _warm(client: httpx.AsyncClient, receiver: Receiver) -> None:
     """One message with a callback to the receiver, its final event awaited before the clock
     starts: whatever delivers webhooks is up (a server in service has it running already), as
@@ -431,8 +471,21 @@ async def _warm(client: httpx.AsyncClient, receiver: Receiver) -> None:
         await receiver.wait_done(quiet=120)
 
 
+@contextlib.asynccontextmanager
+async def _sampling(on: bool, gw_pid: int, sim: Child, receiver: Receiver, into: list[dict]):
+    if not on:
+        yield
+        return
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_sample, gw_pid, sim, receiver, into)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
+
+
 async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver, dlr_delay: float, binds: int,
-                      window: int, deadline: float, hooks: bool) -> dict:  # fmt: skip
+                      window: int, deadline: float, hooks: bool, timeline: bool = False) -> dict:  # fmt: skip
     """One NDJSON job; ``hooks``: with a ``callback_url`` to the receiver (every state), else
     the final states polled from the store."""
     job, counts, done = None, {}, None
@@ -457,21 +510,25 @@ async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver
                             yield p
 
                     cpu0 = _sluice_cpu(gw.pid, sim.pid, receiver)
+                    idle0 = _machine_idle()
+                    samples: list[dict] = []
                     t0 = time.monotonic()
                     with anyio.move_on_after(deadline) as scope:
-                        r = await client.post("/v1/jobs", content=body(), headers={"content-type": "application/x-ndjson"})
-                        accepted_at = time.monotonic()
-                        if r.status_code != 202:
-                            raise click.ClickException(f"job POST answered {r.status_code}: {r.text[:300]}")
-                        job = r.json()
-                        if job["accepted"] != want:
-                            raise click.ClickException(f"Sluice accepted {job['accepted']} of {want} messages")
-                        if hooks:
-                            await receiver.wait_done()
-                        else:
-                            done, counts = await _until_final(client, job["id"], job["accepted"])
+                        async with _sampling(timeline, gw.pid, sim, receiver, samples):
+                            r = await client.post("/v1/jobs", content=body(), headers={"content-type": "application/x-ndjson"})
+                            accepted_at = time.monotonic()
+                            if r.status_code != 202:
+                                raise click.ClickException(f"job POST answered {r.status_code}: {r.text[:300]}")
+                            job = r.json()
+                            if job["accepted"] != want:
+                                raise click.ClickException(f"Sluice accepted {job['accepted']} of {want} messages")
+                            if hooks:
+                                await receiver.wait_done()
+                            else:
+                                done, counts = await _until_final(client, job["id"], job["accepted"])
                     end = time.monotonic()
                     cpu1 = _sluice_cpu(gw.pid, sim.pid, receiver)
+                    idle1 = _machine_idle()
                     if job is not None:
                         counts = (await client.get(f"/v1/jobs/{job['id']}")).json()["counts"]
                     stats = await receiver.settle() if hooks else None
@@ -490,8 +547,11 @@ async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver
             "server_loop_cpu_us": (cpu1[0] - cpu0[0]) / want * 1e6, "server_cpu_us": (cpu1[1] - cpu0[1]) / want * 1e6,
             "delivery_cpu_us": (cpu1[3] - cpu0[3]) / want * 1e6, "ingest_cpu_us": (cpu1[4] - cpu0[4]) / want * 1e6,
             "simulator_cpu_us": (cpu1[5] - cpu0[5]) / want * 1e6,
+            "cores_busy": (sum(cpu1[1:]) - sum(cpu0[1:])) / max(end - t0, 1e-9),
+            "machine_idle": (idle1[0] - idle0[0]) / max(1.0, idle1[1] - idle0[1]),
             "server_peak_rss": peak, "children_peak_rss": kid_peaks, "sim_accepted": sim_counters["accepted"],
-            "sim_receipts_acked": sim_counters["receipts_acked"]}  # fmt: skip
+            "sim_receipts_acked": sim_counters["receipts_acked"],
+            **({"timeline": timeline_per_second(samples)} if timeline else {})}  # fmt: skip
 
 
 # -- the runs -------------------------------------------------------------------------------
@@ -511,7 +571,7 @@ def _ratios(row: dict) -> dict[str, float]:
 
 async def _measure(sides: Sequence[str], runs: int, msgs: list[tuple[str, str]], n: int, pieces: list[bytes],
                    dlr_delay: float, binds: int, window: int, clients: int, deadline: float,
-                   ceiling_seconds: float, on_run=None) -> tuple[dict | None, list[dict]]:  # fmt: skip
+                   ceiling_seconds: float, on_run=None, timeline: bool = False) -> tuple[dict | None, list[dict]]:  # fmt: skip
     rows: list[dict] = []
     async with open_receiver() as receiver:
         ceiling = await receiver_ceiling(receiver, ceiling_seconds, clients) if ceiling_seconds > 0 else None
@@ -524,7 +584,7 @@ async def _measure(sides: Sequence[str], runs: int, msgs: list[tuple[str, str]],
                 else:
                     delay = 0.0 if side.endswith("at-once") else dlr_delay
                     row[side] = await sluice_side(n, pieces, len(msgs), receiver, delay, binds, window, deadline,
-                                                  hooks="hooks" in side)  # fmt: skip
+                                                  hooks="hooks" in side, timeline=timeline)  # fmt: skip
                 click.echo(f"  run {k + 1} {side:<22} {row[side]['messages_per_s']:>10,.0f} messages/s", err=True)
             rows.append({"order": order, **row, "ratios": _ratios(row)})
             if on_run is not None:
@@ -534,8 +594,9 @@ async def _measure(sides: Sequence[str], runs: int, msgs: list[tuple[str, str]],
 
 def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, clients: int, seed: int,
         sides: Sequence[str] = SIDES, deadline: float | None = None, ceiling_seconds: float = 2.0,
-        on_run=None) -> dict[str, object]:  # fmt: skip
-    """``on_run(partial result)`` after each run (so a long measurement keeps what it has)."""
+        on_run=None, timeline: bool = False) -> dict[str, object]:  # fmt: skip
+    """``on_run(partial result)`` after each run (so a long measurement keeps what it has);
+    ``timeline``: each Sluice side's per-second timeline in its figures (``_sample``)."""
     sides = [s for s in SIDES if s in sides]
     if "kannel" in sides and not (shutil.which("bearerbox") and shutil.which("smsbox")):
         raise click.ClickException("Kannel is not installed (bearerbox, smsbox): apt-get install kannel")
@@ -546,7 +607,7 @@ def run(n: int, runs: int, dlr_delay: float, binds: int, window: int, clients: i
                 "window": window, "clients": clients, "deadline": deadline, "sides": sides}  # fmt: skip
     partial = None if on_run is None else (lambda c, rows: on_run(_summary(settings, c, rows)))
     ceiling, rows = anyio.run(_measure, sides, runs, msgs, n, pieces, dlr_delay, binds, window, clients, deadline,
-                              ceiling_seconds, partial, backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+                              ceiling_seconds, partial, timeline, backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
     return _summary(settings, ceiling, rows)
 
 
@@ -592,10 +653,12 @@ _RATIO_LABELS = {
 @click.option("--deadline", type=float, default=None, help="Seconds per side at most [default: max(120, messages/400)].")
 @click.option("--ceiling-seconds", default=2.0, show_default=True, help="Receiver ceiling: seconds per kind (0: skip).")
 @click.option("--seed", default=1, show_default=True)
+@click.option("--timeline", is_flag=True, help="Sample each Sluice side every 100 ms (CPU of each process, submits, "
+              "receipts, events heard, the machine's idle) and keep it per second in the JSON.")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
 def bench_kannel(n: int, runs: int, dlr_delay: float, sides: tuple[str, ...], binds: int, window: int, clients: int,
-                 deadline: float | None, ceiling_seconds: float, seed: int, json_path: str | None,
+                 deadline: float | None, ceiling_seconds: float, seed: int, timeline: bool, json_path: str | None,
                  out_dir: str | None) -> None:  # fmt: skip
     """Kannel and Sluice through the same SMPP simulator, to the same HTTP receiver, same run."""
     keep = None
@@ -603,7 +666,7 @@ def bench_kannel(n: int, runs: int, dlr_delay: float, sides: tuple[str, ...], bi
         def keep(partial: dict) -> None:  # every run's figures on disk as soon as it ends
             Path(json_path).write_text(json.dumps(partial, indent=2))
 
-    r = run(n, runs, dlr_delay, binds, window, clients, seed, sides, deadline, ceiling_seconds, keep)
+    r = run(n, runs, dlr_delay, binds, window, clients, seed, sides, deadline, ceiling_seconds, keep, timeline)
     click.echo(f"sluice bench kannel: {r['messages']:,} messages, {binds} binds x window {window}, "
                f"dlr-delay {dlr_delay}s, median of {runs} runs (first byte -> last final state received)")  # fmt: skip
     last = r["per_run"][-1]
@@ -620,6 +683,12 @@ def bench_kannel(n: int, runs: int, dlr_delay: float, sides: tuple[str, ...], bi
     for side in r["messages_per_s"]:
         cpu = {k: statistics.median(x[side].get(k, 0.0) for x in r["per_run"]) for k in _CPU_KEYS}
         click.echo(f"    {side:<26} " + " ".join(f"{cpu[k]:>{w},.1f}" for k, w in zip(_CPU_KEYS, (10, 7, 9, 7, 10, 9))))
+    for side in r["messages_per_s"]:
+        if side != "kannel":
+            busy = statistics.median(x[side]["cores_busy"] for x in r["per_run"])
+            idle = statistics.median(x[side]["machine_idle"] for x in r["per_run"])
+            click.echo(f"  {side + ': cores busy with its processes, machine idle share':<64} {busy:>10.2f}    "
+                       f"{idle:.0%}")  # fmt: skip
     if r["server_peak_rss_max"]:
         click.echo(f"  {'sluice serve peak RSS, largest of all runs (MB)':<64} {r['server_peak_rss_max'] / (1 << 20):>10,.0f}")
     if r["receiver_ceiling"]:

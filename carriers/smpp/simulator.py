@@ -126,6 +126,69 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     tls_key: str | None = None
 
 
+# A standard receipt's deliver_sm body (SMPP 3.4 §4.6.1), what ``P.encode_body`` makes of
+# ``DeliverSm(source_addr=dst, destination_addr=src, esm_class=0x04, short_message=text, tlvs=...)``
+# with the TLVs receipted_message_id (§5.3.2.12), message_state (§5.3.2.35), network_error_code
+# (§5.3.2.31: GSM, then the code), in that order, spliced into one format: building the struct and
+# encoding it field by field was a third of the simulator's CPU, and the simulator shares the
+# cores with the gateway it is measuring (docs/BENCHMARKS.md). Every field but the addresses, the
+# text and the TLVs' values is constant. ``tests/smpp/test_simulator_receipts.py`` holds it to the
+# struct's encoding.
+_HEAD = b"\0\0\0%b\0\0\0%b\0\x04\0\0\0\0\0\0\0\0"  # service_type..sm_default_msg_id
+_WITH_TLVS = _HEAD + b"%c%b\x00\x1e%b%b\0\x04\x27\x00\x01%c\x04\x23\x00\x03\x03%b"  # "tlv": text b""
+
+
+def encode_receipt(mode: str, message_id: bytes, text: bytes, source_addr: bytes, destination_addr: bytes,
+                   state_code: int, error_code: int) -> bytes:  # fmt: skip
+    """The body of a receipt's deliver_sm (``mode``: ``SimSettings.receipts``, not "none")."""
+    if len(source_addr) > 20 or len(destination_addr) > 20 or len(text) > 254 or len(message_id) > 64:
+        # out of the template's reach: the struct's checks raise, or encode it as it may
+        return P.encode_body(_receipt_struct(mode, message_id, text, source_addr, destination_addr, state_code,
+                                             error_code))  # fmt: skip
+    if mode == "text":
+        return _HEAD % (source_addr, destination_addr) + bytes((len(text),)) + text
+    return _WITH_TLVS % (source_addr, destination_addr, len(text), text,
+                         (len(message_id) + 1).to_bytes(2, "big"), message_id, state_code,
+                         error_code.to_bytes(2, "big"))  # fmt: skip
+
+
+def _receipt_struct(mode: str, message_id: bytes, text: bytes, source_addr: bytes, destination_addr: bytes,
+                    state_code: int, error_code: int) -> P.DeliverSm:  # fmt: skip
+    """The same receipt as a struct (the reference ``encode_receipt`` is held to)."""
+    tlvs = {}
+    if mode != "text":
+        tlvs = {
+            P.TLV.receipted_message_id: message_id + b"\0",
+            P.TLV.message_state: bytes((state_code,)),
+            P.TLV.network_error_code: b"\x03" + error_code.to_bytes(2, "big"),
+        }
+    return P.DeliverSm(source_addr=source_addr, destination_addr=destination_addr, esm_class=0x04,
+                       short_message=text, tlvs=tlvs)  # fmt: skip
+
+
+class _ReceiptDates:
+    """A receipt's dates (``format_receipt_date``), the last of each kind kept: receipts come
+    in order of time, so nearly every one has the same two as the one before."""
+
+    __slots__ = ("_m", "_mb", "_s", "_sb")
+
+    def __init__(self) -> None:
+        self._m = self._s = -1
+        self._mb = self._sb = b""
+
+    def minute(self, epoch: float) -> bytes:
+        second = int(epoch // 1)
+        if second != self._m:
+            self._m, self._mb = second, format_receipt_date(epoch)
+        return self._mb
+
+    def second(self, epoch: float) -> bytes:
+        second = int(epoch // 1)
+        if second != self._s:
+            self._s, self._sb = second, format_receipt_date(epoch, seconds=True)
+        return self._sb
+
+
 class _Counters:
     FIELDS = (
         "connections",
@@ -157,7 +220,8 @@ class _Counters:
 
 
 class _Receipt:
-    __slots__ = ("due", "system_id", "message_id", "text_id", "src", "dst", "submitted", "kind", "body", "variant")
+    __slots__ = ("due", "system_id", "message_id", "text_id", "src", "dst", "submitted", "kind", "body", "variant",
+                 "wire", "command")
 
     def __init__(self, due: float, system_id: bytes, message_id: bytes, text_id: bytes, src: bytes, dst: bytes, submitted: float) -> None:
         self.due = due
@@ -170,6 +234,8 @@ class _Receipt:
         self.kind = "receipt"
         self.body: P.DeliverSm | P.DataSm | None = None  # filled for MOs, and for receipts once built
         self.variant: tuple[int, ReceiptVariant] | None = None  # (n, variant) of a scripted receipt
+        self.wire: bytes | None = None  # the PDU's body as sent, once built
+        self.command = C.DELIVER_SM
 
 
 class _Conn:
@@ -213,6 +279,7 @@ class SmscSimulator:
         self._t0 = 0.0
         self._wall = 0.0
         self._per_second: list[int] = []
+        self._dates = _ReceiptDates()
 
     def counters(self) -> dict[str, Any]:
         out: dict[str, Any] = self._c.as_dict()
@@ -509,34 +576,18 @@ class SmscSimulator:
 
     # -- what the SMSC sends --------------------------------------------------------------------
 
-    def _receipt_pdu(self, item: _Receipt, now: float) -> P.DeliverSm:
+    def _receipt_wire(self, item: _Receipt, now: float) -> bytes:
+        """A standard receipt's deliver_sm body, encoded (``encode_receipt``)."""
         s = self.settings
         failed = s.undeliv_rate > 0 and self._rng.random() < s.undeliv_rate
         state = ReceiptState.UNDELIVERABLE if failed else ReceiptState.DELIVERED
         err = 1 if failed else 0
         text = b""
         if s.receipts != "tlv":
-            text = receipt_text(
-                item.text_id,
-                state,
-                err,
-                format_receipt_date(item.submitted + self._wall),
-                format_receipt_date(now + self._wall, seconds=True),
-            )
-        tlvs = {}
-        if s.receipts != "text":
-            tlvs = {
-                P.TLV.receipted_message_id: item.message_id + b"\0",
-                P.TLV.message_state: bytes((STATE_CODES[state],)),
-                P.TLV.network_error_code: b"\x03" + err.to_bytes(2, "big"),
-            }
-        return P.DeliverSm(
-            source_addr=item.dst,
-            destination_addr=item.src,
-            esm_class=0x04,
-            short_message=text,
-            tlvs=tlvs,
-        )
+            dates = self._dates
+            text = receipt_text(item.text_id, state, err, dates.minute(item.submitted + self._wall),
+                                dates.second(now + self._wall))  # fmt: skip
+        return encode_receipt(s.receipts, item.message_id, text, item.dst, item.src, STATE_CODES[state], err)
 
     def _receiver_for(self, system_id: bytes) -> _Conn | None | Literal[False]:
         """A bound receiver of ``system_id`` with window to spare; None if there is none at all,
@@ -554,13 +605,21 @@ class SmscSimulator:
         return False
 
     def _deliver(self, conn: _Conn, item: _Receipt, now: float) -> None:
-        if item.body is None:
-            item.body = self._receipt_pdu(item, now) if item.variant is None else item.variant[1].render(
-                item.variant[0], item.src, item.dst)  # fmt: skip
+        wire = item.wire
+        if wire is None:  # built once: a redelivery (after a drop) sends the same bytes
+            if item.body is None and item.variant is None:
+                wire = self._receipt_wire(item, now)
+            else:
+                if item.body is None:
+                    assert item.variant is not None
+                    item.body = item.variant[1].render(item.variant[0], item.src, item.dst)
+                wire = P.encode_body(item.body)
+                item.command = C.DATA_SM if type(item.body) is P.DataSm else C.DELIVER_SM
+            item.wire = wire
         copies = 2 if self.settings.duplicate_receipts and item.kind == "receipt" else 1
-        command = C.DATA_SM if type(item.body) is P.DataSm else C.DELIVER_SM
+        command = item.command
         for _ in range(copies):
-            seq = conn.session.send_request(command, P.encode_body(item.body), now=now)
+            seq = conn.session.send_request(command, wire, now=now)
             conn.inflight[seq] = item
             if item.kind == "receipt":
                 self._c.receipts_sent += 1
