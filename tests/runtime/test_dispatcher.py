@@ -245,3 +245,97 @@ async def test_short_writes_run_on_the_loops_thread_long_ones_in_a_worker() -> N
         disp._pending *= n
         await disp.flush()
     assert store.writes == [(3, True), (10, True), (11, False), (40, False)]
+
+
+class _SlowDisk(MemoryStore):
+    """A store whose commits reach the disk only when ``sync`` returns (``SqliteStore``'s
+    ``record_unsynced``/``sync``). Its sync lasts until the next commit comes in, or 50 ms: a
+    dispatcher that commits while a sync runs overlaps them; one that waits for each sync first
+    pays the 50 ms each time, and is caught by ``overlapped``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits = 0
+        self.synced = 0  # every commit up to this one is on disk
+        self.overlapped = 0  # commits made while a sync was running
+        self.syncing = False
+        self.written_in: dict[tuple[int, str], int] = {}  # (message, state) -> its commit
+        self._next = threading.Condition()
+
+    def record_unsynced(self, changes) -> int:
+        queued = self.record(changes)
+        with self._next:
+            self.commits += 1
+            self.overlapped += self.syncing
+            for c in changes:
+                self.written_in.setdefault((c.message_id, "final" if c.state in FINAL else c.state), self.commits)
+            self._next.notify_all()
+        return queued
+
+    def sync(self) -> None:
+        with self._next:
+            upto = self.commits
+            self.syncing = True
+            self._next.wait_for(lambda: self.commits > upto, timeout=0.05)
+            self.syncing = False
+        self.synced = max(self.synced, upto)
+
+    def on_disk(self, mid: int, state: str) -> bool:
+        k = self.written_in.get((mid, state))
+        return k is not None and k <= self.synced
+
+
+class _SyncWatched(MockConnector):
+    """Counts messages handed out whose ``submitted`` is not synced yet (at most the window),
+    and receipts answered before the sync that holds their final state (none). Its receipts come
+    later than the submits, while a sync runs (or when none is due), as a carrier's receipts come
+    while the gateway writes: released when the pump asks for the window (``statistics``)."""
+
+    store: _SlowDisk
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.given: list[int] = []
+        self.worst = 0
+        self.token = 0
+        self.owed: dict[int, int] = {}
+        self.early: list[int] = []
+        self.held: list[ReceiptMatched] = []
+
+    async def submit(self, batch) -> None:
+        self.given += [d.message_id for d in batch]
+        self.worst = max(self.worst, sum(not self.store.on_disk(mid, "submitted") for mid in self.given))
+        await super().submit(batch)
+
+    def _answer(self, d, outcome, now):
+        out = []
+        for e in super()._answer(d, outcome, now):
+            if isinstance(e, ReceiptMatched):
+                self.token += 1
+                self.owed[self.token] = e.message_id
+                self.held.append(msgspec.structs.replace(e, acks=(self.token,)))
+            else:
+                out.append(e)
+        return out
+
+    def statistics(self):
+        if self.held and (self.store.syncing or self.store.synced == self.store.commits):
+            for e in self.held:
+                self._events.send_nowait(e)
+            self.held.clear()
+        return super().statistics()
+
+    def acknowledge(self, acks) -> None:
+        super().acknowledge(acks)
+        self.early += [a for a in acks if not self.store.on_disk(self.owed.pop(a), "final")]
+
+
+@pytest.mark.anyio
+async def test_a_write_overlaps_the_sync_before_it_and_nothing_is_let_go_before_its_own_sync() -> None:
+    state, store, disp, conn = await run_job(lambda d: "deliver", recipients=600, connector=_SyncWatched,
+                                             store_class=_SlowDisk)  # fmt: skip
+    assert len(state) == 600 and set(state.values()) == {"delivered"}
+    assert conn.early == [] and not conn.owed  # every receipt answered, none before its state was synced
+    assert 0 < conn.worst <= 50, conn.worst  # the window counts what is not synced yet
+    assert store.overlapped > 0  # commits made while a sync ran: the two stages overlap
+    assert store.synced == store.commits and disp.unconfirmed("alpha") == 0

@@ -264,3 +264,70 @@ def test_sqlite_rows_of_recipients_stored_by_older_versions_read_as_hook_events_
         (r.seq, r.message_id, r.events) for r in hook_rows_of(store.hook_events(sub.id, 100))]  # fmt: skip
     assert [r.events[0]["to"] for r in rows] == ["+12125550000", "+12125551234", "+12125550002", "+12125550003"]
     store.close()
+
+
+def _synced_fds(monkeypatch) -> list[str]:
+    """What ``SqliteStore.sync`` hands to fdatasync (the file each descriptor names)."""
+    import os
+
+    import gateway.store.sqlite as sqlite_module
+
+    seen: list[str] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(sqlite_module.os, "fdatasync", fdatasync)
+    return seen
+
+
+def test_sqlite_a_write_unsynced_is_committed_and_synced_by_the_wal_alone(tmp_path, monkeypatch):
+    """``record_unsynced`` commits (another connection reads it, as the webhook process does)
+    without syncing, and leaves the connection syncing every other write (``synchronous=FULL``);
+    ``sync`` is one fdatasync of the WAL file, whatever was written before it."""
+    seen = _synced_fds(monkeypatch)
+    path = str(tmp_path / "s.db")
+    s = SqliteStore(path)
+    s.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
+    assert s.record_unsynced([Change(message_id=1000, state="submitted", at=11.0, carrier="alpha")]) == 1
+    assert s._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL again for every other write
+    other = SqliteStore(path, writes_changes=False)
+    assert other.message("acme", 1000).state == "submitted"
+    assert seen == []
+    s.record_unsynced([Change(message_id=1001, state="submitted", at=11.0, carrier="alpha")])
+    s.sync()
+    s.sync()
+    assert seen == [path + "-wal", path + "-wal"]
+    assert [r.message_id for r in other.hook_rows(1, 10)] == [1000, 1001]
+    other.close()
+    s.close()
+
+
+def test_sqlite_a_store_that_does_not_sync_its_writes_does_not_sync_them_later(tmp_path, monkeypatch):
+    seen = _synced_fds(monkeypatch)
+    s = SqliteStore(str(tmp_path / "n.db"), synchronous="NORMAL")
+    s.add_job(JOB, 1000, PEOPLE, 10.0)
+    s.record_unsynced([Change(message_id=1000, state="submitted", at=11.0)])
+    s.sync()
+    assert seen == [] and s._db.execute("PRAGMA synchronous").fetchone() == (1,)
+    s.close()
+
+
+@pytest.mark.parametrize("make", [lambda p: MemoryStore(), lambda p: SqliteStore(str(p / "c.db"))])
+def test_a_write_unsynced_then_synced_is_the_same_write(tmp_path, make):
+    stores = []
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        stores.append(make(tmp_path / sub))
+    changes = [Change(message_id=1000 + i, state=st, at=11.0 + i, carrier="alpha") for i in range(5)
+               for st in ("submitted", "delivered") if i % 2 or st == "submitted"]  # fmt: skip
+    for s in stores:
+        s.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
+    assert stores[0].record(changes) == stores[1].record_unsynced(changes)
+    stores[1].sync()
+    assert stores[0].job("acme", "j1").counts == stores[1].job("acme", "j1").counts
+    assert drain(stores[0]) == drain(stores[1])
+    for s in stores:
+        s.close()
