@@ -138,7 +138,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             await anyio.sleep_forever()
     finally:
         gc.unfreeze()
-        tracker.close()
+        await tracker.aclose()
         await flows.aclose()
         for c in clients.values():
             await c.aclose()

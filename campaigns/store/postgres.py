@@ -1,12 +1,19 @@
 """The PostgreSQL engine (psycopg 3, synchronous; the shell calls it from worker threads). Two
 connections, each serialised by a lock, each operation one transaction: the store's, and one for
 the membership writers (``_member_tx``), so the live membership of one batch runs in the server while
-the next batch's events commit on the other."""
+the next batch's events commit on the other.
+
+The redirect's two round trips are the exception: they run on the event loop, on psycopg's async
+connections of their own (no worker-thread hop a round): ``PgLinkReader.aread`` (a round of missed
+codes: the ``short_links`` read and the range read pipelined, one round trip) and ``PgClickWriter``
+(the click flush, one statement)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 from contextlib import contextmanager
 
 import psycopg
@@ -14,7 +21,8 @@ import psycopg
 from campaigns.errors import StorageError
 from campaigns.store import click_sql
 from campaigns.store.campaign_rows import HitIn, LinkRow
-from campaigns.store.campaign_sql import link_read_many, link_rows, resolve_codes, resolve_ranges
+from campaigns.store.campaign_sql import (link_read_many, link_rows, range_candidates, range_links, range_reads, resolve_codes,
+                                         resolve_ranges)
 from campaigns.store import rollups
 from campaigns.store.schema import statements, upgrades
 from campaigns.store.sql import SqlStore, Tx
@@ -101,6 +109,10 @@ class PostgresStore(SqlStore):
     def open_link_reader(self) -> PgLinkReader:
         return PgLinkReader(self._url, self.link_keys)
 
+    def open_click_writer(self) -> PgClickWriter:
+        """The click flush on the event loop (``Tracker.flush``): an async connection of its own."""
+        return PgClickWriter(self._url)
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -114,8 +126,9 @@ _LINK_READ_ANY = link_read_many(1, "%s").replace("l.code IN (%s)", "l.code = ANY
 
 class PgLinkReader:
     """Links by code on a connection of their own (autocommit reads: never queued behind the store's
-    writes, the click flushes or a launch). A network round trip: callers run ``read`` in a worker
-    thread with every code waiting at that moment (one query for all of them)."""
+    writes, the click flushes or a launch). A network round trip: the redirect awaits ``aread`` on the
+    event loop with every code waiting at that moment (one round trip for all of them); ``read`` is
+    the same for callers in a worker thread."""
 
     on_loop = False
 
@@ -124,6 +137,8 @@ class PgLinkReader:
         self._keys: Mapping[str, bytes] = keys if keys is not None else {}  # the store's (range codes)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
+        self._aconn: psycopg.AsyncConnection | None = None  # ``aread``'s, made at its first use
+        self._alock: asyncio.Lock | None = None
 
     def read(self, codes: Sequence[str]) -> dict[str, LinkRow]:
         with self._lock:
@@ -142,7 +157,88 @@ class PgLinkReader:
             except psycopg.Error as exc:
                 raise StorageError(f"link read: {exc}") from exc
 
+    async def aread(self, codes: Sequence[str]) -> dict[str, LinkRow]:
+        """``read`` on the event loop (psycopg's async connection, a second one of this reader's): the
+        ``short_links`` read and every candidate's range read pipelined, one round trip a round, no
+        worker thread. A code's ``short_links`` row wins over its range, as in ``resolve_codes``. The
+        caller runs one round at a time (``Tracker``'s rounds); a lock makes sure of it."""
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        async with self._alock:
+            try:
+                conn = self._aconn
+                if conn is None or conn.closed or conn.broken:
+                    conn = self._aconn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+                codes = list(codes)
+                candidates = range_candidates(codes, self._keys) if self._keys else []
+                if not candidates:
+                    cur = await conn.execute(_LINK_READ_ANY, (codes,))
+                    return link_rows(await cur.fetchall())
+                async with conn.pipeline():
+                    first = await conn.execute(_LINK_READ_ANY, (codes,))
+                    rest = [await conn.execute(sql, params) for sql, params in range_reads(candidates, "%s")]
+                found = link_rows(await first.fetchall())
+                rows: list[Any] = []
+                for cur in rest:
+                    rows += await cur.fetchall()
+                for code, link in range_links([c for c in candidates if c[0] not in found], rows).items():
+                    found[code] = link
+                return found
+            except psycopg.Error as exc:
+                raise StorageError(f"link read: {exc}") from exc
+            except BaseException:  # cancelled mid-round (shutting down): the connection's state is unknown
+                _drop(self._aconn)
+                self._aconn = None
+                raise
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
+        _drop(self._aconn)
+        self._aconn = None
+
+    async def aclose(self) -> None:
+        conn, self._aconn = self._aconn, None
+        if conn is not None:
+            await conn.close()
+        self.close()
+
+
+class PgClickWriter:
+    """The click flush (``PostgresStore.record_link_hits``' statement, ``click_sql``) on the event loop:
+    psycopg's async connection of its own, autocommit (one statement is atomic on its own): one round
+    trip a flush and no worker-thread hop. The caller runs one flush at a time (``Tracker.flush``)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn: psycopg.AsyncConnection | None = None
+
+    async def write(self, hits: Sequence[HitIn], *, now: float) -> int:
+        if not hits:
+            return 0
+        try:
+            conn = self._conn
+            if conn is None or conn.closed or conn.broken:
+                conn = self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
+            cur = await conn.execute(click_sql.flush_sql(), click_sql.flush_params(hits, now))
+            row = await cur.fetchone()
+        except psycopg.Error as exc:  # not stored (one statement: all or none); the caller keeps them
+            raise StorageError(f"click flush: {exc}") from exc
+        assert row is not None
+        return int(row[0])
+
+    def close(self) -> None:
+        _drop(self._conn)
+        self._conn = None
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+
+def _drop(conn: psycopg.AsyncConnection | None) -> None:
+    """An async connection closed from synchronous code (no loop to await on): its socket closed."""
+    if conn is not None and not conn.closed:
+        conn.pgconn.finish()
