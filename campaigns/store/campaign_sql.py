@@ -90,7 +90,7 @@ def resolve_ranges(query: Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]
     statement per 500 candidates reads their ranges and slots; a code's link is its first tenant (in
     name order) whose slot's text carries the code. (In three parts, ``range_candidates``,
     ``range_reads`` and ``range_links``, so a caller can send the reads with others: the PostgreSQL
-    reader's async round pipelines them with the ``short_links`` read.)"""
+    reader's async round sends them in one statement with the ``short_links`` read.)"""
     candidates = range_candidates(codes, keys)
     rows: list[Sequence[Any]] = []
     for sql, params in range_reads(candidates, placeholder):

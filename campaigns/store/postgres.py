@@ -5,7 +5,7 @@ the next batch's events commit on the other.
 
 The redirect's two round trips are the exception: they run on the event loop, on psycopg's async
 connections of their own (no worker-thread hop a round): ``PgLinkReader.aread`` (a round of missed
-codes: the ``short_links`` read and the range read pipelined, one round trip) and ``PgClickWriter``
+codes: the ``short_links`` rows and the range slots in one statement, one round trip) and ``PgClickWriter``
 (the click flush, one statement)."""
 
 from __future__ import annotations
@@ -122,6 +122,14 @@ class PostgresStore(SqlStore):
 
 
 _LINK_READ_ANY = link_read_many(1, "%s").replace("l.code IN (%s)", "l.code = ANY(%s::text[])")
+#: A round's codes in ONE statement (``PgLinkReader.aread``): their ``short_links`` rows (kind 0, in
+#: the range read's column order, padded) and every candidate's range slot (kind 1, ``range_reads``'
+#: statement): one round trip whether the codes are rows or ranges.
+_ROUND_READ = ("SELECT 0, l.code, l.tenant, l.campaign_id, l.target, l.created_at, l.expires_at, l.subscriber_id, "
+               "r.phone, CASE WHEN r.state = 'delivered' THEN r.state_at END, NULL::text, NULL::bigint FROM "
+               "short_links l LEFT JOIN campaign_recipients r ON r.tenant = l.tenant AND r.campaign_id = l.campaign_id "
+               "AND r.subscriber_id = l.subscriber_id WHERE l.code = ANY(%s::text[]) UNION ALL SELECT 1, "
+               + range_reads([("", "", 0, 0)], "%s")[0][0].removeprefix("SELECT "))  # fmt: skip
 
 
 class PgLinkReader:
@@ -159,8 +167,8 @@ class PgLinkReader:
 
     async def aread(self, codes: Sequence[str]) -> dict[str, LinkRow]:
         """``read`` on the event loop (psycopg's async connection, a second one of this reader's): the
-        ``short_links`` read and every candidate's range read pipelined, one round trip a round, no
-        worker thread. A code's ``short_links`` row wins over its range, as in ``resolve_codes``. The
+        ``short_links`` rows and every candidate's range slot in one statement (``_ROUND_READ``), one
+        round trip a round, no worker thread. A code's ``short_links`` row wins over its range, as in ``resolve_codes``. The
         caller runs one round at a time (``Tracker``'s rounds); a lock makes sure of it."""
         if self._alock is None:
             self._alock = asyncio.Lock()
@@ -174,15 +182,13 @@ class PgLinkReader:
                 if not candidates:
                     cur = await conn.execute(_LINK_READ_ANY, (codes,))
                     return link_rows(await cur.fetchall())
-                async with conn.pipeline():
-                    first = await conn.execute(_LINK_READ_ANY, (codes,))
-                    rest = [await conn.execute(sql, params) for sql, params in range_reads(candidates, "%s")]
-                found = link_rows(await first.fetchall())
-                rows: list[Any] = []
-                for cur in rest:
-                    rows += await cur.fetchall()
-                for code, link in range_links([c for c in candidates if c[0] not in found], rows).items():
-                    found[code] = link
+                cur = await conn.execute(_ROUND_READ, [codes, *(list(c) for c in zip(*candidates, strict=True))])
+                rows = await cur.fetchall()
+                found = {r[1]: LinkRow(code=r[1], tenant=r[2], campaign_id=r[3], subscriber_id=r[7], target=r[4],
+                                       created_at=r[5], expires_at=r[6], phone=r[8], delivered_at=r[9])
+                         for r in rows if r[0] == 0}  # fmt: skip
+                ranged = range_links([c for c in candidates if c[0] not in found], [r[1:] for r in rows if r[0] == 1])
+                found.update(ranged)
                 return found
             except psycopg.Error as exc:
                 raise StorageError(f"link read: {exc}") from exc
