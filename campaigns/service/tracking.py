@@ -138,6 +138,7 @@ class Tracker:
         self.flush_batch = flush_batch
         self._since = 0.0  # when the oldest buffered hit was buffered (time.monotonic: the loop's clock)
         self._wake: asyncio.Event | None = None  # set by the first hit buffered, or the flush_batch-th
+        self._flushed_at = 0.0  # when the last write ended (time.monotonic)
         self._writer: Any = None  # the store's click writer on the loop (PostgreSQL); False: none (a thread)
         self._flushing: anyio.Lock | None = None
         self._shapes: dict[tuple[str, str], Preview] = {}
@@ -386,20 +387,24 @@ class Tracker:
                 self._hits[:0] = hits  # kept for the next flush
                 self._since = since
                 raise
+            finally:
+                self._flushed_at = time.monotonic()
             return len(hits)
 
     async def run_flusher(self) -> None:
-        """Write the buffer when its oldest hit has waited ``flush_interval``, or as soon as
-        ``flush_batch`` hits are buffered, whichever comes first (so a hit is stored within the
-        interval plus one write: docs/CAMPAIGNS.md); asleep while nothing is buffered; a last flush on
-        the way out."""
+        """Write the buffer when its oldest hit has waited ``flush_interval`` and the last write
+        ended that long ago, or as soon as ``flush_batch`` hits are buffered, whichever comes first
+        (so a hit is stored within the interval plus the write under way and its own: docs/CAMPAIGNS.md;
+        while writes are slow, each carries what came during the previous one and the interval after
+        it, instead of one write right after another); asleep while nothing is buffered; a last
+        flush on the way out."""
         try:
             while True:
                 self._wake = asyncio.Event()
                 if not self._hits:
                     await self._wake.wait()
                     continue
-                wait = self._since + self.flush_interval - time.monotonic()
+                wait = max(self._since, self._flushed_at) + self.flush_interval - time.monotonic()
                 if wait > 0 and len(self._hits) < self.flush_batch:
                     with anyio.move_on_after(wait):
                         await self._wake.wait()
