@@ -100,7 +100,8 @@ class PostgresStore(SqlStore):
         with self._lock:
             self._conn = self._connected(self._conn)
             try:
-                row = self._conn.execute(click_sql.flush_sql(), click_sql.flush_params(hits, now)).fetchone()
+                cur = psycopg.RawCursor(self._conn)
+                row = cur.execute(click_sql.flush_raw_sql(), click_sql.flush_raw_params(hits, now)).fetchone()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:  # not stored; the caller keeps them
                 raise StorageError(str(exc)) from exc
         assert row is not None
@@ -227,7 +228,8 @@ class PgClickWriter:
             conn = self._conn
             if conn is None or conn.closed or conn.broken:
                 conn = self._conn = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
-            cur = await conn.execute(click_sql.flush_sql(), click_sql.flush_params(hits, now))
+            cur = psycopg.AsyncRawCursor(conn)  # the same statement as ``PostgresStore.record_link_hits``
+            await cur.execute(click_sql.flush_raw_sql(), click_sql.flush_raw_params(hits, now))
             row = await cur.fetchone()
         except psycopg.Error as exc:  # not stored (one statement: all or none); the caller keeps them
             raise StorageError(f"click flush: {exc}") from exc
