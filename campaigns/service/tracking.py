@@ -401,15 +401,19 @@ class Tracker:
         it, instead of one write right after another); asleep while nothing is buffered; a last
         flush on the way out."""
         try:
+            loop = asyncio.get_running_loop()
             while True:
-                self._wake = asyncio.Event()
+                wake = self._wake = asyncio.Event()
                 if not self._hits:
-                    await self._wake.wait()
+                    await wake.wait()
                     continue
                 wait = max(self._since, self._flushed_at) + self.flush_interval - time.monotonic()
                 if wait > 0 and len(self._hits) < self.flush_batch:
-                    with anyio.move_on_after(wait):
-                        await self._wake.wait()
+                    timer = loop.call_later(wait, wake.set)  # (a timer handle: no cancel scope per wait)
+                    try:
+                        await wake.wait()
+                    finally:
+                        timer.cancel()
                     continue  # (the deadline, a full batch, or a reader's flush emptied the buffer: look again)
                 self._wake = None
                 if self._hits:
