@@ -120,8 +120,9 @@ _Buffered = tuple[str, float, str, str, _Known]
 
 class Tracker:
     def __init__(self, launcher: Launcher, *, flush_interval: float = 0.005, flush_batch: int = 512,
-                 link_cache: int = 200_000, location_cache: int = 100_000) -> None:  # fmt: skip
+                 link_cache: int = 200_000, location_cache: int = 100_000, store_io: str = "threads") -> None:  # fmt: skip
         self.la = launcher
+        self.store_io = store_io  # "loop": a reader's ``aread`` and the store's click writer, when they exist
         self.link_cache = link_cache
         # code -> _Known: delivered messages only, least recently used evicted first
         self._links: dict[str, _Known] = {}
@@ -296,7 +297,7 @@ class Tracker:
         error: Exception | None = None
         rounds = [rnd]
         reader = self._open_reader()
-        aread = getattr(reader, "aread", None)
+        aread = getattr(reader, "aread", None) if self.store_io == "loop" else None
         try:  # not abandoned on cancel: the round always ends, its waiters are answered
             if aread is not None:  # PostgreSQL: on the loop, psycopg's async connection (no thread hop)
                 found = await aread(list(rnd.waiters))
@@ -376,7 +377,7 @@ class Tracker:
                 return 0
             since, self._since = self._since, time.monotonic()  # hits buffered from now on: their own deadline
             if self._writer is None:
-                opener = getattr(self.store, "open_click_writer", None)
+                opener = getattr(self.store, "open_click_writer", None) if self.store_io == "loop" else None
                 self._writer = opener() if opener is not None else False
             try:
                 if self._writer:  # PostgreSQL: one statement on the loop's async connection, no thread hop

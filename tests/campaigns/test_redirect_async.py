@@ -38,7 +38,7 @@ async def _until(cond, seconds: float = 10.0) -> None:  # type: ignore[no-untype
 
 async def test_misses_read_and_clicks_flushed_on_the_loop(store) -> None:  # type: ignore[no-untyped-def]
     codes = _links(store, 12)
-    tracker = Tracker(Launcher(store, {}, {}, lambda: T0 + 100))
+    tracker = Tracker(Launcher(store, {}, {}, lambda: T0 + 100), store_io="loop")
     got: dict[str, object] = {}
 
     async def one(code: str) -> None:
@@ -95,7 +95,7 @@ async def test_the_flusher_writes_at_the_oldest_hits_deadline_or_a_full_batch(sq
     store = open_store(sqlite_url)
     codes = _links(store, 8)
     interval = 0.2
-    tracker = Tracker(Launcher(store, {}, {}, lambda: T0 + 100), flush_interval=interval, flush_batch=4)
+    tracker = Tracker(Launcher(store, {}, {}, lambda: T0 + 100), flush_interval=interval, flush_batch=4, store_io="loop")
     writer = tracker._writer = _Writer(store, fail=1)
     for c in codes:  # read once (the links then kept in memory)
         await tracker.redirect(c, method="GET", user_agent=UA)
