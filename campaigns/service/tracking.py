@@ -6,16 +6,18 @@ port). A delivered message's link is kept in memory with its ``Location`` (a bou
 tuples: nothing about it changes once delivered, and the collector has nothing in it to walk); any
 other is read on the store's ``LinkReader``, a connection of its own that never waits behind the
 store's writes: on the event loop for SQLite (WAL readers do not wait for the writer), in rounds for
-PostgreSQL (every code missed while a read is in flight is read by the next one, one statement
-awaited on the loop's async connection, ``PgLinkReader.aread``; a waiting request is a callback of
-its round, ``redirect_later``: no task or event per request). A ``Location`` (target + the campaign's UTM) is built once per campaign and URL, not per
+PostgreSQL (every code missed while a read is in flight is read by the next one, one query, in a
+worker thread, or awaited on the loop's async connection with ``store_io="loop"``,
+``PgLinkReader.aread``; a waiting request is a callback of its round, ``redirect_later``: no task
+or event per request). A ``Location`` (target + the campaign's UTM) is built once per campaign and URL, not per
 hit. Then the verdict from ``core.links.verdict``, and the hit appended to an in-memory buffer as a
 tuple with its link (the store's rows are built when the buffer is written, off the loop).
 ``run_flusher`` writes the buffer when its oldest hit has waited ``flush_interval`` (5 ms) and the
 last write ended that long ago (or ``flush_batch`` hits are buffered), in one transaction: the hits,
 each human click's ``clicked`` activity and its subscriber's aggregates, derived from the hits and
 their links (``record_link_hits``: one statement per table, in a worker thread; PostgreSQL one in
-all, awaited on the loop's async connection, ``PgClickWriter``). **What is promised**:
+all, in a worker thread or, with ``store_io="loop"``, on the loop's async connection,
+``PgClickWriter``). **What is promised**:
 a hit is stored within the flush interval plus one write after its 302 was answered; a kill -9 loses at most the hits answered since the last
 committed flush began (never a hit already stored; tests/campaigns/test_click_crash.py); a clean stop
 flushes; and every read of click figures (the report, ``/clicks``, the A/B decision) flushes first,

@@ -3,8 +3,8 @@ connections, each serialised by a lock, each operation one transaction: the stor
 the membership writers (``_member_tx``), so the live membership of one batch runs in the server while
 the next batch's events commit on the other.
 
-The redirect's two round trips are the exception: they run on the event loop, on psycopg's async
-connections of their own (no worker-thread hop a round): ``PgLinkReader.aread`` (a round of missed
+The redirect's two round trips may be the exception (``short_link_store_io = "loop"``): on the
+event loop, on psycopg's async connections of their own (no worker-thread hop a round): ``PgLinkReader.aread`` (a round of missed
 codes: the ``short_links`` rows and the range slots in one statement, one round trip) and ``PgClickWriter``
 (the click flush, one statement)."""
 
