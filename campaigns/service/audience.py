@@ -23,7 +23,6 @@ from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
 from campaigns.core.events import (CheckoutEvent, CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone,
                                    decode_event, event_phone, looks_canonical)  # fmt: skip
 from campaigns.core.model import Stats, Subscriber
-from campaigns.core.segment_pass import decidable
 from campaigns.core.segments import Segment, affected_by, dependencies, dump_segment, evaluate, next_change, parse_segment
 from campaigns.errors import CampaignError, Conflict, InvalidInput, NotFound
 from campaigns.service.batching import GroupCommit
@@ -90,10 +89,6 @@ class Audience:
         # The loop's passes in a child process (``member_process``: both cores busy); ``serve`` and the
         # bench turn it on, tests of the loop run passes in-process unless they ask for it.
         self.membership_process = False
-        # A pass evaluates the trees it can in Python over facts read once (campaigns/core/segment_pass.py),
-        # the others by their restricted SQL; False: every tree by its SQL (the agreement tests compare both).
-        self.membership_python = True
-        self._dumped: dict[int, tuple[Segment, Any]] = {}
         self.member_process: MemberProcess | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
@@ -467,14 +462,6 @@ class Audience:
     async def _refresh_touched(self, tenant: str, touched: dict[int, set[str]], now: float) -> int:
         if not touched:
             return 0
-        plans = await self.member_plans(tenant, touched, now)
-        writer = self.member_process or self.store
-        return await self._run(writer.refresh_members, tenant, plans, now=now) if plans else 0
-
-    async def member_plans(self, tenant: str, touched: dict[int, set[str]], now: float) -> list[MemberPlan]:
-        """A pass's plans: per segment whose dependencies the changes touch, the subscribers to refresh,
-        and how: over the facts read once (``membership_python``, a tree ``decidable`` from them) or
-        by its restricted SQL; its window edges by ``compile_edges``."""
         by_change: dict[frozenset[str], list[int]] = {}
         for sid, changed in touched.items():
             by_change.setdefault(frozenset(changed), []).append(sid)
@@ -487,20 +474,11 @@ class Audience:
             ids = ids_of[deps]
             if not ids:
                 continue
-            edges = compile_edges(seg, engine, tenant, now, ids) if "clock" in deps else None  # type: ignore[arg-type]
-            if self.membership_python and decidable(seg):  # evaluated over the facts read once a pass
-                plans.append(MemberPlan(segment_id=seg_id, ids=ids, where="", params=[], edges=edges,
-                                        definition=self._definition(seg_id, seg), now=now))  # fmt: skip
-                continue
             where, params = compile_segment(seg, engine, tenant, now, only=ids)  # type: ignore[arg-type]
+            edges = compile_edges(seg, engine, tenant, now, ids) if "clock" in deps else None  # type: ignore[arg-type]
             plans.append(MemberPlan(segment_id=seg_id, ids=ids, where=where, params=params, edges=edges))
-        return plans
-
-    def _definition(self, seg_id: int, seg: Segment) -> Any:
-        hit = self._dumped.get(seg_id)
-        if hit is None or hit[0] is not seg:
-            hit = self._dumped[seg_id] = (seg, dump_segment(seg))
-        return hit[1]
+        writer = self.member_process or self.store
+        return await self._run(writer.refresh_members, tenant, plans, now=now) if plans else 0
 
     async def refresh_membership(self, tenant: str, sid: int, changed: frozenset[str] | None, now: float,
                                  *, only: int | None = None) -> None:  # fmt: skip

@@ -53,18 +53,13 @@ class NewConsent(msgspec.Struct, frozen=True, kw_only=True):
 
 class MemberPlan(msgspec.Struct, frozen=True, kw_only=True):
     """One segment's membership to refresh for ``ids``: ``where``/``params`` from ``compile_segment(...,
-    only=ids)`` (or ``definition``: evaluated in Python); ``edges`` from ``compile_edges`` (segments
-    that time alone can change), else None."""
+    only=ids)``; ``edges`` from ``compile_edges`` (segments that time alone can change), else None."""
 
     segment_id: int
     ids: list[int]
     where: str
     params: list[Any]
     edges: tuple[str, list[Any]] | None = None
-    # A tree the pass evaluates in Python (campaigns/core/segment_pass.py) instead of ``where``: its
-    # JSON (``dump_segment``), compiled once per process, and the pass's ``now``. ``where`` is then "".
-    definition: Any = None
-    now: float = 0.0
 
 
 class MembersFound(msgspec.Struct, frozen=True, kw_only=True):

@@ -23,10 +23,9 @@ computes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
-
-from campaigns.core import segment_pass
 
 if TYPE_CHECKING:
     from campaigns.core.events import OrderEvent
@@ -34,12 +33,18 @@ if TYPE_CHECKING:
 
 __all__ = ["BUCKET_S", "bucket", "ensure", "item_key", "missing", "rebuild", "upkeep"]
 
-# The bucket arithmetic is the pure evaluator's too (campaigns/core/segment_pass.py): one definition.
-BUCKET_S = segment_pass.BUCKET_S
-ORDER_KEY = segment_pass.ORDER_KEY
-bucket = segment_pass.bucket
-item_key = segment_pass.item_key
+BUCKET_S = float(2**22)
+ORDER_KEY = "o"
 _COLS = ("tenant", "key", "bucket", "subscriber_id", "n", "amount", "quantity")
+
+
+def bucket(t: float) -> int:
+    """The bucket of instant ``t`` (exact: ``BUCKET_S`` is a power of two)."""
+    return math.floor(t / BUCKET_S)
+
+
+def item_key(category: str | None) -> str:
+    return "i" if category is None else f"i:{category}"
 
 
 def _rows(tenant: str, orders: Iterable[tuple[int, float, int, Sequence[tuple[str | None, int, int]]]]) -> list[tuple]:

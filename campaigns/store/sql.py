@@ -23,7 +23,7 @@ from campaigns.store.event_batch import EventBatch
 from campaigns.core import flow_inputs
 from campaigns.store.flow_sql import FlowSql, enqueue_inputs
 from campaigns.store.inbox_sql import InboxSql
-from campaigns.store import member_facts, rollups
+from campaigns.store import rollups
 
 _json = msgspec.json.Encoder()
 _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country, region, city, time_zone, "
@@ -766,13 +766,10 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         it (service/member_process.py) while this one holds ``_member_lock`` and writes the result."""
         groups: dict[tuple[int, ...], list[MemberPlan]] = {}
         for p in plans:
-            if p.definition is None:
-                groups.setdefault(tuple(p.ids), []).append(p)
+            groups.setdefault(tuple(p.ids), []).append(p)
         with self._member_read() as rx:
-            found = [MembersFound(ids=list(ids), inside=inside, edges=edges)
-                     for ids, group in groups.items() for inside, edges in [self._read_group(rx, tenant, list(ids), group)]]  # fmt: skip
-            # the trees evaluated in Python: their facts read once, in the same snapshot
-            return found + member_facts.evaluate_plans(rx, tenant, [p for p in plans if p.definition is not None])
+            return [MembersFound(ids=list(ids), inside=inside, edges=edges)
+                    for ids, group in groups.items() for inside, edges in [self._read_group(rx, tenant, list(ids), group)]]  # fmt: skip
 
     def write_members(self, tenant: str, found: Sequence[MembersFound], *, now: float) -> int:
         """A pass's writes (``refresh_members``' second half): the differences with the stored members

@@ -4,9 +4,7 @@ Hypothesis draws subscribers with profiles, tags, custom attributes, aggregates,
 checkouts and activities, and a batch of random segment trees (every node kind and operator, values
 drawn from the same small pools as the data so conditions do hit, times on window edges); the data
 is loaded into both engines (with the store's own DDL, campaigns/store/schema.py), and for each tree
-the members selected by ``compile_segment``'s WHERE must equal those for which ``evaluate`` holds,
-and so must a membership pass's Python evaluation (``campaigns.core.segment_pass`` over the facts
-``campaigns.store.member_facts`` reads from each engine) for the subscribers it is asked about.
+the members selected by ``compile_segment``'s WHERE must equal those for which ``evaluate`` holds.
 
 Another tenant's rows are loaded too, pointing at the same subscriber ids: a subquery that forgot
 its tenant would count them and disagree. Each example runs in a transaction that is rolled back.
@@ -39,9 +37,7 @@ from campaigns.core.segments import (
     evaluate,
     parse_segment,
 )
-from campaigns.core.segment_pass import compile_tree, decidable
-from campaigns.store import member_facts, rollups
-from campaigns.store.base import MemberPlan
+from campaigns.store import rollups
 from campaigns.store.schema import statements
 from campaigns.store.sql import Tx
 from campaigns.store.segment_sql import compile_segment
@@ -354,21 +350,6 @@ def members_restricted(cur: Any, dialect: str, segs: list[Segment], now: float, 
     return got
 
 
-def members_pass(cur: Any, ph: str, segs: list[Segment], now: float, only: list[int]) -> list[set[int] | None]:
-    """Live membership's Python pass (``member_facts.evaluate_plans``): the facts of ``only`` read once
-    set-based, every tree the facts decide run as its compiled closure; None for a tree they cannot
-    decide (the pass runs its SQL instead: ``members_restricted`` covers that)."""
-    plans = [MemberPlan(segment_id=k, ids=only, where="", params=[], definition=dump_segment(seg), now=now)
-             for k, seg in enumerate(segs) if decidable(seg)]  # fmt: skip
-    got: list[set[int] | None] = [None] * len(segs)
-    for found in member_facts.evaluate_plans(Tx(cur, ph), TENANT, plans):
-        for k, inside in found.inside.items():
-            got[k] = set(inside)
-    for k, seg in enumerate(segs):
-        assert (got[k] is None) == (not decidable(seg)) == (compile_tree(seg) is None)
-    return got
-
-
 def check(sqlite_db: sqlite3.Connection, pg_db: Any, views: list[tuple[SubscriberView, bool]], raw_trees: list[dict],
           now: float) -> None:  # fmt: skip
     segs = [parse_segment(t) for t in raw_trees]
@@ -381,24 +362,18 @@ def check(sqlite_db: sqlite3.Connection, pg_db: Any, views: list[tuple[Subscribe
         load(cur, "?", views)
         got_sqlite = [members_sql(cur, "sqlite", seg, now) for seg in segs]
         live_sqlite = members_restricted(cur, "sqlite", segs, now, only)
-        pass_sqlite = members_pass(cur, "?", segs, now, only)
     finally:
         sqlite_db.execute("ROLLBACK")
     with pg_db.transaction(force_rollback=True), pg_db.cursor() as pcur:
         load(pcur, "%s", views)
         got_pg = [members_sql(pcur, "postgres", seg, now) for seg in segs]
         live_pg = members_restricted(pcur, "postgres", segs, now, only)
-        pass_pg = members_pass(pcur, "%s", segs, now, only)
     for tree, seg, want, lite, pg, l_lite, l_pg in zip(raw_trees, segs, expected, got_sqlite, got_pg, live_sqlite,
                                                        live_pg, strict=True):  # fmt: skip
         assert lite == want, f"SQLite disagrees with Python on {tree} (canonical {dump_segment(seg)})"
         assert pg == want, f"PostgreSQL disagrees with Python on {tree} (canonical {dump_segment(seg)})"
         assert l_lite == want & set(only), f"SQLite's live membership disagrees on {tree} ({dump_segment(seg)})"
         assert l_pg == want & set(only), f"PostgreSQL's live membership disagrees on {tree} ({dump_segment(seg)})"
-    for tree, seg, want, p_lite, p_pg in zip(raw_trees, segs, expected, pass_sqlite, pass_pg, strict=True):
-        if p_lite is not None:  # the Python pass over the facts read from each engine
-            assert p_lite == want & set(only), f"the pass over SQLite's facts disagrees on {tree} ({dump_segment(seg)})"
-            assert p_pg == want & set(only), f"the pass over PostgreSQL's facts disagrees on {tree} ({dump_segment(seg)})"
 
 
 @st.composite
