@@ -86,7 +86,8 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     env = os.environ if environ is None else environ
     store = await anyio.to_thread.run_sync(open_store, settings.store_url)
     audience = Audience(store, settings, time.time)
-    audience.membership_process = True  # the membership loop's passes in a process of their own
+    # The membership loop's passes stay in this process: the child process (service/member_process.py)
+    # measured no gain on a quiet machine and a loss on a loaded one (docs/BENCHMARKS.md, issue 17, fifth pass).
     clients = gateway_clients(settings, gateway_url or settings.gateway_url, env)
     inbox = Inbox(store, clients, settings, time.time)
     link = GatewayLink(audience, clients, inbox=inbox)
