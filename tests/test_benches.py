@@ -98,7 +98,7 @@ def test_bench_ingest_and_e2e_write_their_figures(tmp_path):
 def test_bench_kannel_hears_every_final_state_once_from_both(tmp_path):
     out = tmp_path / "kannel.json"
     args = ["bench", "kannel", "--messages", "300", "--runs", "1", "--ceiling-seconds", "0.2", "--side", "kannel",
-            "--side", "sluice-hooks", "--json", str(out)]  # fmt: skip
+            "--side", "sluice-hooks", "--timeline", "--json", str(out)]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
@@ -120,6 +120,18 @@ def test_bench_kannel_hears_every_final_state_once_from_both(tmp_path):
     assert run["sluice-hooks"]["events_heard"] == 2 * sent  # submitted + delivered: every state
     assert set(run["ratios"]) == {"hooks_vs_kannel"} and data["ratios"]["hooks_vs_kannel"] > 0
     assert data["receiver_ceiling"]["dlr_events_per_s"] > 0 and data["receiver_ceiling"]["hooks_events_per_s"] > 0
+    # where the cores went: the side's processes in all, the machine's idle share, and (--timeline) per second
+    assert hooks["cores_busy"] > 0 and 0 <= hooks["machine_idle"] <= 1 and isinstance(hooks["timeline"], list)
+    assert "cores busy" in result.output
+
+
+def test_sim_cost_bench_charges_the_simulator_alone():
+    from bench.sim_cost import one_pass
+    import asyncio
+
+    r = asyncio.run(one_pass(2000, 2, 100, 0.0))
+    assert r["accepted"] == r["receipts"] == 2000
+    assert 5 < r["simulator_cpu_us"] < 2000 and r["driver_cpu_us"] > 0
 
 
 def test_store_pages_bench_finds_fewer_pages_with_the_cores_ids():
