@@ -54,7 +54,14 @@ class EventBatch:
     def _apply_new(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
         raise NotImplementedError  # pragma: no cover - SqlStore's
 
-    def _apply_batch(self, tx: Tx, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], now: float) -> list[Applied]:
+    def _apply_batch(self, tx: Tx, tenant: str, events: Sequence[tuple[ShopEvent, str | None]],
+                     now: float) -> tuple[list[Applied], bool]:  # fmt: skip
+        """The outcomes, and False: the flow inputs are left to the caller (``SqlStore._apply_events``).
+        PostgreSQL overrides it (``event_batch_pg``: two statements); this stays its reference."""
+        return self._apply_batch_steps(tx, tenant, events, now), False
+
+    def _apply_batch_steps(self, tx: Tx, tenant: str, events: Sequence[tuple[ShopEvent, str | None]],
+                           now: float) -> list[Applied]:  # fmt: skip
         out: list[Applied | None] = [None] * len(events)
         first: dict[str, int] = {}
         for i, (e, _) in enumerate(events):
