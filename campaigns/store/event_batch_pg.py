@@ -11,11 +11,12 @@ aggregates' upsert, then their scoring ``UPDATE``; the rollups through a staging
    claimed set-based candidates created (consent ``none``, an empty aggregates row); and, read in the
    same snapshot, every candidate phone's subscriber id, the candidate order and checkout ids already
    stored (or waiting as an early fulfilment), and whether the shop has flows.
-2. Python splits the claimed events exactly as the stepwise path does (``_split``), with one more
-   set-based kind: a *new checkout* (a checkout id neither stored nor named by another event of the
-   batch, no consent box ticked).
+2. Python splits the claimed events as the stepwise path does (``_split``), with two more set-based
+   kinds: a *new checkout* (a checkout id neither stored nor named by another event of the batch, no
+   consent box ticked), and a new order that *completes a checkout* named by no other event of the
+   batch (the checkout completed as ``SqlStore._complete_checkout`` does).
 3. ``WRITE``: one ``WITH`` of data-modifying parts over the set-based events bound as arrays: the
-   orders, their items, the activities, the new checkouts, the rollups (added per bucket) and the
+   orders, their items, the activities, the new checkouts, the checkouts the orders complete, the rollups (added per bucket) and the
    aggregates with their scores in ONE upsert (``campaigns.core.aggregates``' arithmetic as SQL:
    ``event_batch.aggregate_sql``'s merge, and ``event_batch._scores`` written over the merged
    values, so each aggregates row gets one new version, not two) and, when the shop has flows and no
@@ -95,7 +96,7 @@ def claim_sql() -> str:
 
 
 _ORDERS = ("%(o_id)s::text[], %(o_sid)s::bigint[], %(o_total)s::bigint[], %(o_cur)s::text[], %(o_pay)s::text[], "
-           "%(o_fs)s::text[], %(o_disc)s::text[], %(o_created)s::float8[], %(o_at)s::float8[]")  # fmt: skip
+           "%(o_fs)s::text[], %(o_disc)s::text[], %(o_created)s::float8[], %(o_at)s::float8[], %(o_cid)s::text[]")  # fmt: skip
 _ITEMS = "%(i_oid)s::text[], %(i_product)s::text[], %(i_category)s::text[], %(i_price)s::bigint[], %(i_qty)s::bigint[]"
 _ACTS = "%(a_sid)s::bigint[], %(a_kind)s::text[], %(a_at)s::float8[], %(a_props)s::text[]"
 _CHECKOUTS = ("%(c_id)s::text[], %(c_sid)s::bigint[], %(c_url)s::text[], %(c_value)s::bigint[], %(c_at)s::float8[], "
@@ -126,7 +127,7 @@ def _stats_part() -> str:
                  for c in ("last_order_payment_status", "latest_order_at", "latest_order_id")},
               **{f: _greatest(pg, f"x.{f}", f"excluded.{f}") for f in _ACTIVITY_STAT.values()},
               # recomputed from the stored rows and the new ones, for the subscribers with a new checkout
-              "last_abandoned_checkout_at": "CASE WHEN x.subscriber_id = ANY(%(c_sid)s::bigint[]) THEN "
+              "last_abandoned_checkout_at": "CASE WHEN x.subscriber_id = ANY(%(r_sid)s::bigint[]) THEN "
                                             "excluded.last_abandoned_checkout_at ELSE x.last_abandoned_checkout_at END"}  # fmt: skip
     fresh_scores = _score_sets(fresh)
     merged_scores = _score_sets(merged)
@@ -138,7 +139,8 @@ def _stats_part() -> str:
             "LEFT JOIN (SELECT DISTINCT ON (sid) sid, at, oid, status FROM b WHERE kind = 'order' "
             'ORDER BY sid, at DESC, oid COLLATE "C" DESC) AS t ON t.sid = g.sid '
             "LEFT JOIN (SELECT subscriber_id AS sid, MAX(abandoned_at) AS abandoned FROM checkouts WHERE tenant = %(t)s "
-            "AND subscriber_id = ANY(%(c_sid)s::bigint[]) AND completed_at IS NULL GROUP BY subscriber_id) AS k "
+            "AND subscriber_id = ANY(%(r_sid)s::bigint[]) AND completed_at IS NULL AND checkout_id <> ALL(%(done)s::text[]) "
+            "GROUP BY subscriber_id) AS k "
             f"ON k.sid = g.sid ON CONFLICT (subscriber_id) DO UPDATE SET {', '.join(sets)}")  # fmt: skip
 
 
@@ -150,13 +152,18 @@ def write_sql(flows: bool) -> str:
     adds = "n = r.n + excluded.n, amount = r.amount + excluded.amount, quantity = r.quantity + excluded.quantity"
     stat_kinds = ", ".join(f"'{k}'" for k in _ACTIVITY_STAT)
     parts = [
-        f"o AS (SELECT * FROM unnest({_ORDERS}) AS o (order_id, sid, total, currency, pay, fs, disc, created, at))",
+        f"o AS (SELECT * FROM unnest({_ORDERS}) AS o (order_id, sid, total, currency, pay, fs, disc, created, at, cid))",
         f"i AS (SELECT * FROM unnest({_ITEMS}) AS i (order_id, product, category, price, quantity))",
         f"a AS (SELECT * FROM unnest({_ACTS}) AS a (sid, kind, at, props))",
         f"k AS (SELECT * FROM unnest({_CHECKOUTS}) AS k (checkout_id, sid, url, value, at, status))",
         "io AS (INSERT INTO orders (tenant, order_id, subscriber_id, total, currency, payment_status, fulfillment_status, "
         "discount_code, created_at, checkout_id, updated_at, fulfillment_at) SELECT %(t)s, order_id, sid, total, currency, "
-        "pay, fs, disc, created, NULL, at, CASE WHEN fs IS NOT NULL THEN at ELSE 0 END FROM o)",
+        "pay, fs, disc, created, cid, at, CASE WHEN fs IS NOT NULL THEN at ELSE 0 END FROM o)",
+        # an order completes its checkout (``SqlStore._complete_checkout``: final, instants are minima)
+        "ic AS (INSERT INTO checkouts AS c (tenant, checkout_id, subscriber_id, started_at, completed_at, updated_at) "
+        "SELECT %(t)s, cid, sid, created, created, 0.0 FROM o WHERE cid IS NOT NULL ON CONFLICT (tenant, checkout_id) "
+        "DO UPDATE SET completed_at = LEAST(COALESCE(c.completed_at, excluded.completed_at), excluded.completed_at), "
+        "started_at = LEAST(c.started_at, excluded.started_at))",
         "ii AS (INSERT INTO order_items (tenant, order_id, product, category, price, quantity) SELECT %(t)s, order_id, "
         "product, category, price, quantity FROM i)",
         "ia AS (INSERT INTO activities (tenant, subscriber_id, kind, at, properties) SELECT %(t)s, sid, kind, at, props FROM a)",
@@ -188,7 +195,7 @@ def _candidate_phone(e: ShopEvent, phone: str | None) -> str:
     """The phone whose subscriber statement 1 makes (the set-based kinds'; the rest make their own)."""
     if phone is None:
         return ""
-    if isinstance(e, (ActivityEvent, CustomEvent)) or (isinstance(e, OrderEvent) and e.checkout_id is None):
+    if isinstance(e, (ActivityEvent, CustomEvent, OrderEvent)):
         return phone
     if isinstance(e, CheckoutEvent) and (e.consent is None or not e.consent.accepted):
         return phone
@@ -270,7 +277,8 @@ def _split(events: Sequence[tuple[ShopEvent, str | None]], fresh: list[int], kno
         e, phone = events[i]
         if phone is None:
             slow.append(i)
-        elif isinstance(e, OrderEvent) and e.checkout_id is None and named[e.order_id] == 1 and e.order_id not in known_orders:
+        elif (isinstance(e, OrderEvent) and named[e.order_id] == 1 and e.order_id not in known_orders
+              and (e.checkout_id is None or carts[e.checkout_id] == 1)):  # fmt: skip
             orders.append(i)
         elif isinstance(e, (ActivityEvent, CustomEvent)):
             acts.append(i)
@@ -294,6 +302,11 @@ def _write_params(events: Sequence[tuple[ShopEvent, str | None]], orders: list[i
         "o_total": [e.total for e in os_], "o_cur": [e.currency for e in os_], "o_pay": [e.payment_status for e in os_],
         "o_fs": [e.fulfillment_status for e in os_], "o_disc": [e.discount_code for e in os_],
         "o_created": [e.created_at if e.created_at is not None else e.at for e in os_], "o_at": [e.at for e in os_],
+        "o_cid": [e.checkout_id for e in os_],
+        # last_abandoned_checkout_at recomputed: a new checkout's subscriber, an order's that completes one
+        "r_sid": sorted({sid_of[events[i][1]] for i in checkouts}  # type: ignore[index]
+                        | {sid_of[events[i][1]] for i in orders if events[i][0].checkout_id is not None}),  # type: ignore[index,union-attr]
+        "done": [e.checkout_id for e in os_ if e.checkout_id is not None],
         "i_oid": [o for o, _ in items], "i_product": [it.product for _, it in items],
         "i_category": [it.category for _, it in items], "i_price": [it.price for _, it in items],
         "i_qty": [it.quantity for _, it in items],
@@ -325,7 +338,8 @@ def _flow_params(events: Sequence[tuple[ShopEvent, str | None]], fresh: list[int
 def _fast_outcomes(out: list[Applied | None], events: Sequence[tuple[ShopEvent, str | None]], orders: list[int],
                    acts: list[int], checkouts: list[int], sid_of: dict[str, int]) -> None:  # fmt: skip
     for i in orders:
-        out[i] = Applied(outcome="applied", subscriber_id=sid_of[events[i][1]], changed=_ORDER_CHANGED)  # type: ignore[index]
+        changed = _ORDER_CHANGED if events[i][0].checkout_id is None else _ORDER_CHANGED | {"checkouts"}  # type: ignore[union-attr]
+        out[i] = Applied(outcome="applied", subscriber_id=sid_of[events[i][1]], changed=changed)  # type: ignore[index]
     for i in acts:
         e: Any = events[i][0]
         kind = e.kind if isinstance(e, ActivityEvent) else e.name

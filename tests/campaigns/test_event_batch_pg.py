@@ -195,3 +195,29 @@ def test_a_new_checkout_recomputes_the_last_abandoned_one_from_the_rows(stores: 
     assert sub is not None and new.stats("xa", sub.id).last_abandoned_checkout_at is None
     other = new.subscriber_by_phone("xa", PHONES[1])
     assert other is not None and new.stats("xa", other.id).last_abandoned_checkout_at == T0 + 8
+
+
+def test_an_order_completing_a_stored_checkout_takes_it_out_of_the_abandoned(stores: tuple[PostgresStore, PostgresStore]) -> None:
+    """A new order that completes a stored abandoned checkout (set-based): the checkout is completed
+    and no longer the subscriber's last abandoned one, in the batch as one by one."""
+    new, _ = stores
+    a, b = PHONES[0], PHONES[1]
+    first = [CheckoutEvent(id="y1", at=T0, checkout_id="y-k1", phone=a, status="abandoned", value=5),
+             CheckoutEvent(id="y2", at=T0 - 9, checkout_id="y-k2", phone=a, status="abandoned", value=6),
+             CheckoutEvent(id="y3", at=T0 + 1, checkout_id="y-k3", phone=b, status="abandoned", value=7)]
+    later = [OrderEvent(id="y4", at=T0 + 5, order_id="y-o1", phone=a, total=10, currency="EUR", payment_status="paid",
+                        checkout_id="y-k1"),
+             OrderEvent(id="y5", at=T0 + 6, order_id="y-o2", phone=a, total=10, currency="EUR", payment_status="paid",
+                        checkout_id="y-k3")]  # fmt: skip
+    got = {}
+    for tenant in ("ya", "yb"):
+        for batch in (first, later):
+            if tenant == "ya":
+                got[tenant] = new.apply_events(tenant, [(e, _phone(e)) for e in batch], now=NOW)
+            else:
+                got[tenant] = [new.apply_event(tenant, e, phone=_phone(e), now=NOW) for e in batch]
+    assert [(r.outcome, r.changed) for r in got["ya"]] == [(r.outcome, r.changed) for r in got["yb"]]
+    assert state(new, "ya") == state(new, "yb")
+    sa, sb = new.subscriber_by_phone("ya", a), new.subscriber_by_phone("ya", b)
+    assert sa is not None and new.stats("ya", sa.id).last_abandoned_checkout_at == T0 - 9
+    assert sb is not None and new.stats("ya", sb.id).last_abandoned_checkout_at == T0 + 1  # another's: as one by one
