@@ -1,5 +1,8 @@
 """Shop events in batches: one transaction, set-based statements for the common events.
 
+This is SQLite's batch, and the reference PostgreSQL's is tested against: on PostgreSQL
+``campaigns.store.event_batch_pg`` does the same in two statements (``PostgresStore._apply_batch``).
+
 ``apply_events`` must leave exactly the state, and answer exactly the outcomes, that ``apply_event``
 on each event in turn would (a hypothesis test in tests/campaigns checks it on both engines). Per
 event that is 6 to 10 statements; in a batch the common events share a handful:
