@@ -126,14 +126,14 @@ def _compare(stores: tuple[PostgresStore, PostgresStore], evs: list[ShopEvent], 
     assert state(new, a) == state(new, one) and _tables(new, a) == _tables(new, one)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(evs=set_based(), cuts=st.lists(st.integers(0, 25), max_size=3), flows=st.booleans())
 def test_the_two_statements_are_the_stepwise_batch_and_the_events_one_by_one(
         stores: tuple[PostgresStore, PostgresStore], evs: list[ShopEvent], cuts: list[int], flows: bool) -> None:  # fmt: skip
     _compare(stores, evs, cuts, flows)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(evs=events(), data=st.data(), flows=st.booleans())
 def test_any_mix_in_any_order_with_resent_events(stores: tuple[PostgresStore, PostgresStore], evs: list[ShopEvent],
                                                  data: st.DataObject, flows: bool) -> None:  # fmt: skip
