@@ -189,7 +189,7 @@ class Scheduler:
 
     def _check_columns(self, entry: JobEntry, fixed: int, recipients: Sequence[Recipient]) -> list[list[tuple]] | None:
         """``check`` of a chunk in which every recipient is accepted and ordinary (E.164 in ASCII
-        digits, no explicit zone, plain GSM-7 values, a route): column by column, each a C-level
+        digits, known zones if explicit, plain GSM-7 values, a route): column by column, each a C-level
         ``map`` or one comprehension, not a Python loop per recipient calling a dozen functions.
         The same answer as ``_check_rows``, which decides every other chunk (and says who is
         wrong); None: not such a chunk."""
@@ -198,8 +198,7 @@ class Scheduler:
         text = "\n".join(tos)
         if not n or _NUMBERS.fullmatch(text) is None or text.count("\n") != n - 1:
             return None  # a number that is not '+' and 7-15 ASCII digits
-        if [r.tz for r in recipients].count(None) != n:
-            return None
+        tzs = [r.tz for r in recipients]  # explicit zones (a campaign's, each recipient's own) map as a column too
         numbers = [int(to[1:]) for to in tos]
         if fixed:
             packed, segs = [b""] * n, [fixed] * n
@@ -220,7 +219,8 @@ class Scheduler:
                 if max(segs) > self.settings.max_segments:
                     return None
         try:
-            zones = list(map(self.resolver.key_for, numbers))
+            zones = list(map(self.resolver.key_for, numbers) if tzs.count(None) == n else
+                         map(self.resolver.key_for, numbers, tzs))  # a zone not known: ValueError, the rows say who
             if entry.carrier is None:
                 route = self._router.carriers_for
                 carriers = [route(to[1:])[0] for to in tos]
