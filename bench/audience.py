@@ -437,6 +437,9 @@ def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed:
     single_members: list[float] = []
     cpu: dict[str, float] = {}  # this process's CPU per phase, membership included (SQLite: all of it)
     threads = _ThreadCpu(store, audience)  # the same, split: ingest's and membership's worker threads
+    # PostgreSQL: the server's processes' CPU too (the store's backends, the membership child's, WAL ...)
+    pg = getattr(store, "engine", "") == "postgres"
+    server = (lambda: postgres.server_cpu(store._conn.info.backend_pid)) if pg else (lambda: {})
 
     async def main() -> tuple[float, float, float, list[float]]:
         single_lat: list[float] = []
@@ -450,7 +453,7 @@ def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed:
 
         async with anyio.create_task_group() as tg:
             await tg.start(audience.run_membership)
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, s0 = time.perf_counter(), time.process_time(), server()
             threads.reset()
             threads.audience = audience  # the loop's child (started by run_membership): its CPU counts
             threads.reset()
@@ -461,6 +464,10 @@ def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed:
             settled_s = time.perf_counter() - t0
             cpu.update(threads.reset())
             cpu["bulk"] = time.process_time() - c0 + cpu["child"]  # the membership child's CPU too
+            s1 = server()
+            cpu["server"] = postgres.cpu_spent(s0, s1) if s0 else 0.0
+            ingest = store._conn.info.backend_pid if pg else 0  # the store's connection: the batches' backend
+            cpu["server_ingest"] = s1.get(ingest, 0.0) - s0.get(ingest, 0.0)
             audience.on_membership = single_members.extend
             t0, c0 = time.perf_counter(), time.process_time()
             async with anyio.create_task_group() as clients:
@@ -484,7 +491,9 @@ def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed:
             "bulk_cpu_us_per_event": cpu["bulk"] / len(bulk) * 1e6, "single_cpu_us_per_event": cpu["single"] / len(singles) * 1e6,
             "bulk_ingest_cpu_us_per_event": cpu["ingest"] / len(bulk) * 1e6,
             "bulk_membership_cpu_us_per_event": cpu["membership"] / len(bulk) * 1e6,
-            "bulk_membership_child_cpu_us_per_event": cpu["child"] / len(bulk) * 1e6}  # fmt: skip
+            "bulk_membership_child_cpu_us_per_event": cpu["child"] / len(bulk) * 1e6,
+            "bulk_server_cpu_us_per_event": cpu["server"] / len(bulk) * 1e6,
+            "bulk_server_ingest_cpu_us_per_event": cpu["server_ingest"] / len(bulk) * 1e6}  # fmt: skip
 
 
 class _ThreadCpu:
@@ -647,6 +656,7 @@ def bench_audience(n: int, m: int, engine: str, pg_url: str | None, runs: int, e
             math.inf if max_seconds is None else max_seconds, lambda line: click.echo(line), membership_process)
     keys = ["import_s"] if not events else ["import_s", "events_per_s", "bulk_cpu_us_per_event",
                                             "bulk_ingest_cpu_us_per_event", "bulk_membership_cpu_us_per_event",
+                                            "bulk_server_cpu_us_per_event", "bulk_server_ingest_cpu_us_per_event",
                                             "membership_update_p99_s", "single_events_per_s", "single_cpu_us_per_event",
                                             "single_p99_s", "single_membership_p99_s", "single_events_per_commit"]  # fmt: skip
     for key in (*keys,

@@ -78,3 +78,32 @@ def throwaway_postgres(settings: dict[str, str], prefix: str = "sluice-pg-") -> 
             assert reaper.stdin is not None
             reaper.stdin.close()  # the reaper stops the server and removes its directory
             reaper.wait(timeout=180)
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def server_cpu(backend_pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of every process of the server that runs ``backend_pid``: its
+    postmaster and the postmaster's children (backends, WAL writer, checkpointer ...), by pid. Two
+    readings subtracted pid by pid (``cpu_spent``) give the server's CPU in between (a process that
+    ended in between, an autovacuum worker, is not counted)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    master = int(_stat(backend_pid)[1])
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            f = _stat(int(d))
+        except OSError:
+            continue
+        if int(d) == master or int(f[1]) == master:
+            out[int(d)] = (int(f[11]) + int(f[12])) / tick
+    return out
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())

@@ -1,5 +1,8 @@
 """Shop events in batches: one transaction, set-based statements for the common events.
 
+This is SQLite's batch, and the reference PostgreSQL's is tested against: on PostgreSQL
+``campaigns.store.event_batch_pg`` does the same in two statements (``PostgresStore._apply_batch``).
+
 ``apply_events`` must leave exactly the state, and answer exactly the outcomes, that ``apply_event``
 on each event in turn would (a hypothesis test in tests/campaigns checks it on both engines). Per
 event that is 6 to 10 statements; in a batch the common events share a handful:
@@ -54,7 +57,14 @@ class EventBatch:
     def _apply_new(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
         raise NotImplementedError  # pragma: no cover - SqlStore's
 
-    def _apply_batch(self, tx: Tx, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], now: float) -> list[Applied]:
+    def _apply_batch(self, tx: Tx, tenant: str, events: Sequence[tuple[ShopEvent, str | None]],
+                     now: float) -> tuple[list[Applied], bool]:  # fmt: skip
+        """The outcomes, and False: the flow inputs are left to the caller (``SqlStore._apply_events``).
+        PostgreSQL overrides it (``event_batch_pg``: two statements); this stays its reference."""
+        return self._apply_batch_steps(tx, tenant, events, now), False
+
+    def _apply_batch_steps(self, tx: Tx, tenant: str, events: Sequence[tuple[ShopEvent, str | None]],
+                           now: float) -> list[Applied]:  # fmt: skip
         out: list[Applied | None] = [None] * len(events)
         first: dict[str, int] = {}
         for i, (e, _) in enumerate(events):

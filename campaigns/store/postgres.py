@@ -20,6 +20,7 @@ import psycopg
 
 from campaigns.errors import StorageError
 from campaigns.store import click_sql
+from campaigns.store.event_batch_pg import PgEventBatch
 from campaigns.store.campaign_rows import HitIn, LinkRow
 from campaigns.store.campaign_sql import (link_read_many, link_rows, range_candidates, range_links, range_reads, resolve_codes,
                                          resolve_ranges)
@@ -28,7 +29,7 @@ from campaigns.store.schema import statements, upgrades
 from campaigns.store.sql import SqlStore, Tx
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(PgEventBatch, SqlStore):
     engine = "postgres"
     _least = "LEAST"
 

@@ -69,6 +69,15 @@ class Tx:
         self._cur.execute(sql, tuple(params))
         return list(self._cur.fetchall())
 
+    def named_rows(self, sql: str, params: dict[str, Any]) -> list[tuple]:
+        """SQL with psycopg's ``%(name)s`` parameters (PostgreSQL only: a parameter used many times)."""
+        self._cur.execute(sql, params)
+        return list(self._cur.fetchall())
+
+    def named_run(self, sql: str, params: dict[str, Any]) -> int:
+        self._cur.execute(sql, params)
+        return self._cur.rowcount
+
     def raw_run(self, sql: str, params: Sequence[Any]) -> int:
         self._cur.execute(sql, tuple(params))
         return self._cur.rowcount
@@ -389,8 +398,8 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
             return self._apply_events(tx, tenant, events, now)
 
     def _apply_events(self, tx: Tx, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], now: float) -> list[Applied]:
-        results = self._apply_batch(tx, tenant, events, now)
-        if tx.one("SELECT 1 FROM flow_heads WHERE tenant = ? LIMIT 1", (tenant,)) is not None:
+        results, queued = self._apply_batch(tx, tenant, events, now)
+        if not queued and tx.one("SELECT 1 FROM flow_heads WHERE tenant = ? LIMIT 1", (tenant,)) is not None:
             for (e, _), r in zip(events, results, strict=True):  # the flow runtime hears them, in arrival order
                 if r.outcome != "duplicate":
                     enqueue_inputs(tx, tenant, r.subscriber_id, flow_inputs.from_shop_event(e))

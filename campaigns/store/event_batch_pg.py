@@ -1,0 +1,349 @@
+"""A batch of shop events on PostgreSQL in two statements (``PostgresStore``'s ``_apply_batch``).
+
+On PostgreSQL every statement is a round trip, a parse/bind in the server and a turn of psycopg's
+wait loop, and every table written once more is index maintenance paid again. The stepwise batch
+(``event_batch.EventBatch._apply_batch_steps``, kept as the reference and for SQLite) costs 14
+statements for 1,000 new orders, three of them writing rows the batch had just written (the
+aggregates' upsert, then their scoring ``UPDATE``; the rollups through a staging table). Here:
+
+1. ``CLAIM``: one ``WITH`` over the batch's first occurrences bound as arrays (``unnest``): the ids
+   claimed in ``processed_events`` (``ON CONFLICT DO NOTHING RETURNING``); the subscribers of the
+   claimed set-based candidates created (consent ``none``, an empty aggregates row); and, read in the
+   same snapshot, every candidate phone's subscriber id, the candidate order and checkout ids already
+   stored (or waiting as an early fulfilment), and whether the shop has flows.
+2. Python splits the claimed events as the stepwise path does (``_split``), with two more set-based
+   kinds: a *new checkout* (a checkout id neither stored nor named by another event of the batch, no
+   consent box ticked), and a new order that *completes a checkout* named by no other event of the
+   batch (the checkout completed as ``SqlStore._complete_checkout`` does).
+3. ``WRITE``: one ``WITH`` of data-modifying parts over the set-based events bound as arrays: the
+   orders, their items, the activities, the new checkouts, the checkouts the orders complete, the rollups (added per bucket) and the
+   aggregates with their scores in ONE upsert (``campaigns.core.aggregates``' arithmetic as SQL:
+   ``event_batch.aggregate_sql``'s merge, and ``event_batch._scores`` written over the merged
+   values, so each aggregates row gets one new version, not two) and, when the shop has flows and no
+   event is left to the per-event code, the flow inputs in arrival order.
+4. The other events go through the per-event code, in arrival order, in the same transaction; then
+   (flows only) their flow inputs with every other event's, in arrival order, as one ``INSERT``.
+
+The statements' texts are constant (``now`` and the tenant are parameters): psycopg prepares them,
+the server plans them once. tests/campaigns/test_event_batch_pg.py compares this path with the
+stepwise one and with the events one by one on random batches (re-sent ids, any order, cuts).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from campaigns.core import flow_inputs
+from campaigns.core.events import ActivityEvent, CheckoutEvent, CustomEvent, FulfillmentEvent, OrderEvent, ShopEvent
+from campaigns.store import rollups
+from campaigns.store.base import Applied
+from campaigns.store.event_batch import _ACTIVITY_STAT, _ORDER_CHANGED, _greatest, _least, _scores
+
+if TYPE_CHECKING:
+    from campaigns.store.sql import Tx
+
+_json = msgspec.json.Encoder()
+_NOW = 1_234_567_890.0625  # ``now`` as ``_scores`` writes it, replaced by the parameter
+_SCORED = ("avg_order_value", "rfm_r", "rfm_f", "rfm_m", "engagement")
+_READ = re.compile(r"\b(last_click_at|last_reply_at|last_order_at|orders_count|total_spent)\b")
+_CHECKOUT_CHANGED = frozenset({"checkouts", "subscriber_stats"})
+
+
+class _Pg:
+    pg = True
+
+
+def _score_sets(column: dict[str, str]) -> dict[str, str]:
+    """``_scores``' expressions (score column -> SQL), the stored columns they read replaced by
+    ``column``'s expressions and ``now`` the parameter ``%(now)s``."""
+    text = _READ.sub(lambda m: f"({column[m.group(1)]})", _scores(_Pg(), _NOW))  # type: ignore[arg-type]
+    text = text.replace(f"CAST({_NOW!r} AS DOUBLE PRECISION)", "%(now)s::float8")
+    parts = re.split(r"(?:^|, )(" + "|".join(_SCORED) + r") = ", text)[1:]
+    return dict(zip(parts[0::2], parts[1::2], strict=True))
+
+
+@functools.cache
+def claim_sql() -> str:
+    """Statement 1. Rows ``(what, text, id)``: 0 a claimed event id; 1 a phone and its subscriber;
+    2 a stored (or early-fulfilled) order id; 3 a stored checkout id; 4 the shop has flows."""
+    return (
+        "WITH e AS (SELECT * FROM unnest(%(ids)s::text[], %(phones)s::text[], %(oids)s::text[], %(cids)s::text[]) "
+        "AS e (id, phone, oid, cid)), "
+        "c AS (INSERT INTO processed_events (tenant, event_id) SELECT %(t)s, id FROM e ON CONFLICT DO NOTHING "
+        "RETURNING event_id), "
+        "n AS (INSERT INTO subscribers (tenant, phone, created_at) SELECT DISTINCT %(t)s::text, e.phone, %(now)s::float8 "
+        "FROM e JOIN c ON c.event_id = e.id WHERE e.phone <> '' ORDER BY 2 ON CONFLICT (tenant, phone) DO NOTHING "
+        "RETURNING id, phone), "
+        "s AS (INSERT INTO subscriber_stats (tenant, subscriber_id) SELECT %(t)s, id FROM n ON CONFLICT DO NOTHING) "
+        "SELECT 0, event_id, NULL::bigint FROM c "
+        "UNION ALL SELECT 1, phone, id FROM n "
+        "UNION ALL SELECT 1, phone, id FROM subscribers WHERE tenant = %(t)s AND phone IN "
+        "(SELECT phone FROM e WHERE phone <> '') "
+        "UNION ALL SELECT 2, order_id, NULL FROM orders WHERE tenant = %(t)s AND order_id IN "
+        "(SELECT oid FROM e WHERE oid <> '') "
+        "UNION ALL SELECT 2, order_id, NULL FROM early_fulfillments WHERE tenant = %(t)s AND order_id IN "
+        "(SELECT oid FROM e WHERE oid <> '') "
+        "UNION ALL SELECT 3, checkout_id, NULL FROM checkouts WHERE tenant = %(t)s AND checkout_id IN "
+        "(SELECT cid FROM e WHERE cid <> '') "
+        "UNION ALL SELECT 4, NULL, NULL WHERE EXISTS (SELECT 1 FROM flow_heads WHERE tenant = %(t)s)"
+    )  # fmt: skip
+
+
+_ORDERS = ("%(o_id)s::text[], %(o_sid)s::bigint[], %(o_total)s::bigint[], %(o_cur)s::text[], %(o_pay)s::text[], "
+           "%(o_fs)s::text[], %(o_disc)s::text[], %(o_created)s::float8[], %(o_at)s::float8[], %(o_cid)s::text[]")  # fmt: skip
+_ITEMS = "%(i_oid)s::text[], %(i_product)s::text[], %(i_category)s::text[], %(i_price)s::bigint[], %(i_qty)s::bigint[]"
+_ACTS = "%(a_sid)s::bigint[], %(a_kind)s::text[], %(a_at)s::float8[], %(a_props)s::text[]"
+_CHECKOUTS = ("%(c_id)s::text[], %(c_sid)s::bigint[], %(c_url)s::text[], %(c_value)s::bigint[], %(c_at)s::float8[], "
+              "%(c_status)s::text[]")  # fmt: skip
+
+
+def _stats_part() -> str:
+    """The aggregates of every subscriber the batch touched: one upsert, scores included."""
+    kept = "b.kind = 'order' AND b.status <> 'refunded'"
+    last_of = ", ".join(f"MAX(CASE WHEN b.kind = '{k}' THEN b.at END) AS {f}" for k, f in _ACTIVITY_STAT.items())
+    grouped = (f"SELECT b.sid, SUM(CASE WHEN {kept} THEN 1 ELSE 0 END)::bigint AS n, "
+               f"SUM(CASE WHEN {kept} THEN b.total ELSE 0 END)::bigint AS spent, MIN(CASE WHEN {kept} THEN b.at END) "
+               f"AS first, MAX(CASE WHEN {kept} THEN b.at END) AS last, {last_of}, "
+               f"MAX(CASE WHEN b.kind = 'checkout' THEN b.at END) AS abandoned FROM b GROUP BY b.sid")  # fmt: skip
+    fresh = {"orders_count": "g.n", "total_spent": "g.spent", "first_order_at": "g.first", "last_order_at": "g.last",
+             "last_order_payment_status": "t.status", "latest_order_at": "t.at", "latest_order_id": "t.oid",
+             **{f: f"g.{f}" for f in _ACTIVITY_STAT.values()},
+             "last_abandoned_checkout_at": _greatest(_Pg(), "g.abandoned", "k.abandoned")}  # type: ignore[arg-type] # fmt: skip
+    newer = ("excluded.latest_order_at IS NOT NULL AND (x.latest_order_at IS NULL OR excluded.latest_order_at > "
+             "x.latest_order_at OR (excluded.latest_order_at = x.latest_order_at AND "
+             'excluded.latest_order_id COLLATE "C" > x.latest_order_id COLLATE "C"))')  # fmt: skip
+    pg: Any = _Pg()
+    merged = {"orders_count": "x.orders_count + excluded.orders_count",
+              "total_spent": "x.total_spent + excluded.total_spent",
+              "first_order_at": _least(pg, "x.first_order_at", "excluded.first_order_at"),
+              "last_order_at": _greatest(pg, "x.last_order_at", "excluded.last_order_at"),
+              **{c: f"CASE WHEN {newer} THEN excluded.{c} ELSE x.{c} END"
+                 for c in ("last_order_payment_status", "latest_order_at", "latest_order_id")},
+              **{f: _greatest(pg, f"x.{f}", f"excluded.{f}") for f in _ACTIVITY_STAT.values()},
+              # recomputed from the stored rows and the new ones, for the subscribers with a new checkout
+              "last_abandoned_checkout_at": "CASE WHEN x.subscriber_id = ANY(%(r_sid)s::bigint[]) THEN "
+                                            "excluded.last_abandoned_checkout_at ELSE x.last_abandoned_checkout_at END"}  # fmt: skip
+    fresh_scores = _score_sets(fresh)
+    merged_scores = _score_sets(merged)
+    cols = [*fresh, *_SCORED]
+    values = [*fresh.values(), *(fresh_scores[c] for c in _SCORED)]
+    sets = [*(f"{c} = {merged[c]}" for c in fresh), *(f"{c} = {merged_scores[c]}" for c in _SCORED)]
+    return (f"INSERT INTO subscriber_stats AS x (tenant, subscriber_id, {', '.join(cols)}) "
+            f"SELECT %(t)s, g.sid, {', '.join(values)} FROM ({grouped}) AS g "
+            "LEFT JOIN (SELECT DISTINCT ON (sid) sid, at, oid, status FROM b WHERE kind = 'order' "
+            'ORDER BY sid, at DESC, oid COLLATE "C" DESC) AS t ON t.sid = g.sid '
+            "LEFT JOIN (SELECT subscriber_id AS sid, MAX(abandoned_at) AS abandoned FROM checkouts WHERE tenant = %(t)s "
+            "AND subscriber_id = ANY(%(r_sid)s::bigint[]) AND completed_at IS NULL AND checkout_id <> ALL(%(done)s::text[]) "
+            "GROUP BY subscriber_id) AS k "
+            f"ON k.sid = g.sid ON CONFLICT (subscriber_id) DO UPDATE SET {', '.join(sets)}")  # fmt: skip
+
+
+@functools.cache
+def write_sql(flows: bool) -> str:
+    """Statement 2 (``flows``: the flow inputs too, ``%(f_sid)s`` / ``%(f_event)s`` in arrival order)."""
+    bucket = "floor({} / CAST({!r} AS DOUBLE PRECISION))::bigint"
+    ob = ib = bucket.format("o.created", rollups.BUCKET_S)  # ``rollups.bucket``: exact, a power of two
+    adds = "n = r.n + excluded.n, amount = r.amount + excluded.amount, quantity = r.quantity + excluded.quantity"
+    stat_kinds = ", ".join(f"'{k}'" for k in _ACTIVITY_STAT)
+    parts = [
+        f"o AS (SELECT * FROM unnest({_ORDERS}) AS o (order_id, sid, total, currency, pay, fs, disc, created, at, cid))",
+        f"i AS (SELECT * FROM unnest({_ITEMS}) AS i (order_id, product, category, price, quantity))",
+        f"a AS (SELECT * FROM unnest({_ACTS}) AS a (sid, kind, at, props))",
+        f"k AS (SELECT * FROM unnest({_CHECKOUTS}) AS k (checkout_id, sid, url, value, at, status))",
+        "io AS (INSERT INTO orders (tenant, order_id, subscriber_id, total, currency, payment_status, fulfillment_status, "
+        "discount_code, created_at, checkout_id, updated_at, fulfillment_at) SELECT %(t)s, order_id, sid, total, currency, "
+        "pay, fs, disc, created, cid, at, CASE WHEN fs IS NOT NULL THEN at ELSE 0 END FROM o)",
+        # an order completes its checkout (``SqlStore._complete_checkout``: final, instants are minima)
+        "ic AS (INSERT INTO checkouts AS c (tenant, checkout_id, subscriber_id, started_at, completed_at, updated_at) "
+        "SELECT %(t)s, cid, sid, created, created, 0.0 FROM o WHERE cid IS NOT NULL ON CONFLICT (tenant, checkout_id) "
+        "DO UPDATE SET completed_at = LEAST(COALESCE(c.completed_at, excluded.completed_at), excluded.completed_at), "
+        "started_at = LEAST(c.started_at, excluded.started_at))",
+        "ii AS (INSERT INTO order_items (tenant, order_id, product, category, price, quantity) SELECT %(t)s, order_id, "
+        "product, category, price, quantity FROM i)",
+        "ia AS (INSERT INTO activities (tenant, subscriber_id, kind, at, properties) SELECT %(t)s, sid, kind, at, props FROM a)",
+        "ik AS (INSERT INTO checkouts (tenant, checkout_id, subscriber_id, url, value, started_at, completed_at, abandoned_at, "
+        "updated_at) SELECT %(t)s, checkout_id, sid, url, value, at, CASE WHEN status = 'completed' THEN at END, "
+        "CASE WHEN status = 'abandoned' THEN at END, at FROM k)",
+        f"ir AS (INSERT INTO order_rollups AS r (tenant, key, bucket, subscriber_id, n, amount, quantity) SELECT %(t)s, key, "
+        f"bucket, sid, COUNT(*), SUM(amount), SUM(qty) FROM (SELECT '{rollups.ORDER_KEY}' AS key, {ob} AS bucket, o.sid, "
+        f"o.total AS amount, 0 AS qty FROM o UNION ALL SELECT CASE WHEN i.category IS NULL THEN 'i' ELSE 'i:' || "
+        f"i.category END, {ib}, o.sid, i.price * i.quantity, i.quantity FROM i JOIN o ON o.order_id = i.order_id) AS x "
+        f"GROUP BY key, bucket, sid ON CONFLICT (tenant, key, bucket, subscriber_id) DO UPDATE SET {adds})",
+        # the aggregates' rows: an order, an activity kind that has an instant, a new checkout (abandoned, not completed)
+        f"b AS (SELECT sid, 'order' AS kind, total, pay AS status, created AS at, order_id AS oid FROM o UNION ALL "
+        f"SELECT sid, kind, 0, '', at, '' FROM a WHERE kind IN ({stat_kinds}) UNION ALL "
+        f"SELECT sid, 'checkout', 0, '', CASE WHEN status = 'abandoned' THEN at END, '' FROM k)",
+    ]
+    if flows:
+        parts.append("fi AS (INSERT INTO flow_inputs (tenant, subscriber_id, event) SELECT %(t)s, sid, event FROM "
+                     "unnest(%(f_sid)s::bigint[], %(f_event)s::text[]) WITH ORDINALITY AS f (sid, event, ord) ORDER BY ord)")  # fmt: skip
+    return "WITH " + ", ".join(parts) + " " + _stats_part()
+
+
+def flow_inputs_sql() -> str:
+    return ("INSERT INTO flow_inputs (tenant, subscriber_id, event) SELECT %(t)s, sid, event FROM "
+            "unnest(%(f_sid)s::bigint[], %(f_event)s::text[]) WITH ORDINALITY AS f (sid, event, ord) ORDER BY ord")
+
+
+def _candidate_phone(e: ShopEvent, phone: str | None) -> str:
+    """The phone whose subscriber statement 1 makes (the set-based kinds'; the rest make their own)."""
+    if phone is None:
+        return ""
+    if isinstance(e, (ActivityEvent, CustomEvent, OrderEvent)):
+        return phone
+    if isinstance(e, CheckoutEvent) and (e.consent is None or not e.consent.accepted):
+        return phone
+    return ""
+
+
+class PgEventBatch:
+    """Mixed into ``PostgresStore``: ``_apply_batch`` in two statements (plus the per-event rest)."""
+
+    if TYPE_CHECKING:
+        def _apply_new(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied: ...
+
+    def _apply_batch(self, tx: Tx, tenant: str, events: Sequence[tuple[ShopEvent, str | None]],
+                     now: float) -> tuple[list[Applied], bool]:  # fmt: skip
+        """The outcomes, and True: the flow inputs are queued here (``SqlStore._apply_events``)."""
+        out: list[Applied | None] = [None] * len(events)
+        first: dict[str, int] = {}
+        for i, (e, _) in enumerate(events):
+            if e.id in first:
+                out[i] = Applied(outcome="duplicate")
+            else:
+                first[e.id] = i
+        idx = list(first.values())
+        phones = [_candidate_phone(*events[i]) for i in idx]
+        oids = [e.order_id if isinstance(e := events[i][0], OrderEvent) and phones[k] else "" for k, i in enumerate(idx)]
+        cids = [e.checkout_id if isinstance(e := events[i][0], CheckoutEvent) and phones[k] else "" for k, i in enumerate(idx)]
+        claimed: set[str] = set()
+        sid_of: dict[str, int] = {}
+        known_orders: set[str] = set()
+        known_checkouts: set[str] = set()
+        flows = False
+        for what, text, sid in tx.named_rows(claim_sql(), {"ids": list(first), "phones": phones, "oids": oids, "cids": cids,
+                                                         "t": tenant, "now": now}):  # fmt: skip
+            if what == 0:
+                claimed.add(text)
+            elif what == 1:
+                sid_of[text] = int(sid)
+            elif what == 2:
+                known_orders.add(text)
+            elif what == 3:
+                known_checkouts.add(text)
+            else:
+                flows = True
+        fresh = sorted(i for i in idx if events[i][0].id in claimed)
+        for eid, i in first.items():
+            if eid not in claimed:
+                out[i] = Applied(outcome="duplicate")
+        orders, acts, checkouts, slow = _split(events, fresh, known_orders, known_checkouts)
+        missing = {events[i][1] for i in orders + acts + checkouts} - sid_of.keys()
+        if missing:  # made by another transaction that committed while statement 1 ran (not in its snapshot)
+            sid_of.update((p, int(s)) for p, s in tx.rows(
+                "SELECT phone, id FROM subscribers WHERE tenant = ? AND phone = ANY(?::text[])", (tenant, sorted(missing))))  # type: ignore[arg-type] # fmt: skip
+        inline_flows = flows and not slow
+        if orders or acts or checkouts:
+            params = _write_params(events, orders, acts, checkouts, sid_of, tenant, now)
+            if inline_flows:
+                params.update(_flow_params(events, fresh, {i: sid_of[events[i][1]] for i in orders + acts + checkouts}))  # type: ignore[index]
+            tx.named_run(write_sql(inline_flows), params)
+            _fast_outcomes(out, events, orders, acts, checkouts, sid_of)
+        for i in slow:
+            e, phone = events[i]
+            out[i] = self._apply_new(tx, tenant, e, phone, now)
+        if flows and not (inline_flows and (orders or acts or checkouts)):
+            sids = {i: out[i].subscriber_id for i in fresh}  # type: ignore[union-attr]
+            fparams = _flow_params(events, fresh, sids)
+            if fparams["f_sid"]:
+                tx.named_run(flow_inputs_sql(), {"t": tenant, **fparams})
+        return out, True  # type: ignore[return-value]
+
+
+def _split(events: Sequence[tuple[ShopEvent, str | None]], fresh: list[int], known_orders: set[str],
+           known_checkouts: set[str]) -> tuple[list[int], list[int], list[int], list[int]]:  # fmt: skip
+    """(new orders, activities, new checkouts, the rest) among the claimed events, each in arrival order:
+    ``EventBatch._split``'s rule, and a checkout whose id is neither stored nor named by another event."""
+    named = Counter(events[i][0].order_id for i in fresh if isinstance(events[i][0], (OrderEvent, FulfillmentEvent)))  # type: ignore[union-attr]
+    carts = Counter(c for i in fresh if (c := getattr(events[i][0], "checkout_id", None)) is not None)
+    orders, acts, checkouts, slow = [], [], [], []
+    for i in fresh:
+        e, phone = events[i]
+        if phone is None:
+            slow.append(i)
+        elif (isinstance(e, OrderEvent) and named[e.order_id] == 1 and e.order_id not in known_orders
+              and (e.checkout_id is None or carts[e.checkout_id] == 1)):  # fmt: skip
+            orders.append(i)
+        elif isinstance(e, (ActivityEvent, CustomEvent)):
+            acts.append(i)
+        elif (isinstance(e, CheckoutEvent) and (e.consent is None or not e.consent.accepted) and carts[e.checkout_id] == 1
+              and e.checkout_id not in known_checkouts):  # fmt: skip
+            checkouts.append(i)
+        else:
+            slow.append(i)
+    return orders, acts, checkouts, slow
+
+
+def _write_params(events: Sequence[tuple[ShopEvent, str | None]], orders: list[int], acts: list[int], checkouts: list[int],
+                  sid_of: dict[str, int], tenant: str, now: float) -> dict[str, Any]:  # fmt: skip
+    os_: list[Any] = [events[i][0] for i in orders]
+    items = [(e.order_id, it) for e in os_ for it in e.items]
+    a_ev: list[Any] = [events[i][0] for i in acts]
+    k_ev: list[Any] = [events[i][0] for i in checkouts]
+    return {
+        "t": tenant, "now": now,
+        "o_id": [e.order_id for e in os_], "o_sid": [sid_of[events[i][1]] for i in orders],  # type: ignore[index]
+        "o_total": [e.total for e in os_], "o_cur": [e.currency for e in os_], "o_pay": [e.payment_status for e in os_],
+        "o_fs": [e.fulfillment_status for e in os_], "o_disc": [e.discount_code for e in os_],
+        "o_created": [e.created_at if e.created_at is not None else e.at for e in os_], "o_at": [e.at for e in os_],
+        "o_cid": [e.checkout_id for e in os_],
+        # last_abandoned_checkout_at recomputed: a new checkout's subscriber, an order's that completes one
+        "r_sid": sorted({sid_of[events[i][1]] for i in checkouts}  # type: ignore[index]
+                        | {sid_of[events[i][1]] for i in orders if events[i][0].checkout_id is not None}),  # type: ignore[index,union-attr]
+        "done": [e.checkout_id for e in os_ if e.checkout_id is not None],
+        "i_oid": [o for o, _ in items], "i_product": [it.product for _, it in items],
+        "i_category": [it.category for _, it in items], "i_price": [it.price for _, it in items],
+        "i_qty": [it.quantity for _, it in items],
+        "a_sid": [sid_of[events[i][1]] for i in acts],  # type: ignore[index]
+        "a_kind": [e.kind if isinstance(e, ActivityEvent) else e.name for e in a_ev],
+        "a_at": [e.at for e in a_ev], "a_props": [_json.encode(e.properties).decode() for e in a_ev],
+        "c_id": [e.checkout_id for e in k_ev], "c_sid": [sid_of[events[i][1]] for i in checkouts],  # type: ignore[index]
+        "c_url": [e.url for e in k_ev], "c_value": [e.value for e in k_ev], "c_at": [e.at for e in k_ev],
+        "c_status": [e.status for e in k_ev],
+    }  # fmt: skip
+
+
+def _flow_params(events: Sequence[tuple[ShopEvent, str | None]], fresh: list[int], sids: dict[int, int | None]) -> dict[str, Any]:
+    """Every claimed event's flow inputs, in arrival order (``enqueue_inputs``' rows)."""
+    from campaigns.store.flow_sql import _event_encoder
+
+    f_sid: list[int] = []
+    f_event: list[str] = []
+    for i in fresh:
+        sid = sids.get(i)
+        if sid is None:
+            continue
+        for fe in flow_inputs.from_shop_event(events[i][0]):
+            f_sid.append(sid)
+            f_event.append(_event_encoder.encode(fe).decode())
+    return {"f_sid": f_sid, "f_event": f_event}
+
+
+def _fast_outcomes(out: list[Applied | None], events: Sequence[tuple[ShopEvent, str | None]], orders: list[int],
+                   acts: list[int], checkouts: list[int], sid_of: dict[str, int]) -> None:  # fmt: skip
+    for i in orders:
+        changed = _ORDER_CHANGED if events[i][0].checkout_id is None else _ORDER_CHANGED | {"checkouts"}  # type: ignore[union-attr]
+        out[i] = Applied(outcome="applied", subscriber_id=sid_of[events[i][1]], changed=changed)  # type: ignore[index]
+    for i in acts:
+        e: Any = events[i][0]
+        kind = e.kind if isinstance(e, ActivityEvent) else e.name
+        changed = frozenset({"activities", "subscriber_stats"} if kind in _ACTIVITY_STAT else {"activities"})
+        out[i] = Applied(outcome="applied", subscriber_id=sid_of[events[i][1]], changed=changed)  # type: ignore[index]
+    for i in checkouts:
+        out[i] = Applied(outcome="applied", subscriber_id=sid_of[events[i][1]], changed=_CHECKOUT_CHANGED)  # type: ignore[index]
