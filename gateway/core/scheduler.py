@@ -220,7 +220,7 @@ class Scheduler:
             return None  # a number that is not '+' and 7-15 ASCII digits
         if [r.tz for r in recipients].count(None) != n:
             return None
-        numbers = [int(to[1:]) for to in tos]
+        numbers = list(map(int, tos))  # int() reads the "+" as a sign; _NUMBERS allowed only "+" and digits
         if fixed:
             packed, segs = [b""] * n, [fixed] * n
         else:
