@@ -150,6 +150,7 @@ def _check_in_worker(settings: bytes, job: Job, lines: list[bytes], first_index:
         for number in _WARM:  # phonenumbers loads its data lazily (NANP's zones: ~0.4 s): now
             _worker[2].error(number)
             _worker[1].resolver.key_for(int(number[1:]))
+        _worker[2].sure(_WARM)  # and these countries' tables and prefix patterns (NANP's: ~0.1 s)
     _, core, numbers = _worker
     try:
         chunk = _decode_recipients(b"[" + b",".join(lines) + b"]")

@@ -188,43 +188,53 @@ _MOST_CLASSES = 500_000  # per length; beyond it, numbers are matched against th
 class _Kinds:
     """One calling code's patterns as prefix patterns (``PrefixPattern``), to decide for a prefix
     and a length what its table would answer for every completion: the national prefix rule,
-    then per region its leading digits, general pattern and types (``_Region.source``'s)."""
+    then per region its leading digits, general pattern and types (``_Region.source``'s). A
+    region's general and type patterns are rewritten when a prefix first reaches that region
+    (NANP has 25 regions; a job's numbers reach a few)."""
 
-    __slots__ = ("prefix", "regions", "exact")
+    __slots__ = ("prefix", "regions", "exact", "_bodies")
 
     def __init__(self, prefix: re.Pattern[str] | None, regions: list[_Region]) -> None:
         self.prefix = PrefixPattern(prefix.pattern, None, prefix_match=True) if prefix is not None else None
-        self.regions = []
-        for r in regions:
-            m = r.meta
-            leading = (PrefixPattern(m.leading_digits, None, prefix_match=True)
-                       if m.leading_digits is not None and len(regions) > 1 else None)  # fmt: skip
+        self.regions = [(PrefixPattern(r.meta.leading_digits, None, prefix_match=True)
+                         if r.meta.leading_digits is not None and len(regions) > 1 else None, r.meta)
+                        for r in regions]  # fmt: skip
+        # the prefix rule and leading digits in the subset PrefixPattern rewrites: else the
+        # table decides each number of the country (Japan's prefix rule has a '$')
+        self.exact = all(p.all_of is not None for p in (self.prefix, *(lead for lead, _ in self.regions)) if p is not None)
+        self._bodies: dict[int, tuple[PrefixPattern | None, list[PrefixPattern]] | None] = {}
+
+    def _body(self, i: int) -> tuple[PrefixPattern | None, list[PrefixPattern]] | None:
+        """Region ``i``'s general pattern and types, or None if one cannot be rewritten."""
+        if i not in self._bodies:
+            m = self.regions[i][1]
             names = _TYPES if m.same_mobile_and_fixed_line_pattern else (*_TYPES, "mobile")
-            g = m.general_desc
-            general = PrefixPattern.of(g) if g is not None else None
+            general = PrefixPattern.of(m.general_desc) if m.general_desc is not None else None
             types = [t for t in (PrefixPattern.of(getattr(m, name)) for name in names) if t is not None]
-            self.regions.append((leading, general, types))
-        patterns = [self.prefix] + [p for lead, g, ts in self.regions for p in (lead, g, *ts)]
-        # every pattern in the subset PrefixPattern rewrites: else the table decides each number
-        self.exact = all(p.all_of is not None for p in patterns if p is not None)
+            exact = all(p.all_of is not None for p in (general, *types) if p is not None)
+            self._bodies[i] = (general, types) if exact else None
+        return self._bodies[i]
 
     def verdict(self, head: str, n: int) -> int | None:
         """What the table says of every national number of ``n`` digits starting with ``head``:
-        ``_SURE``, ``_NOT_SURE``, or None (not the same for all of them: look deeper)."""
+        ``_SURE``, ``_NOT_SURE``, ``_ASK_TABLE`` (a pattern not rewritten), or None (not the
+        same for all of them: look deeper)."""
         if head[:1] == "0":
             return _NOT_SURE  # ``_fast`` leaves a leading zero to phonenumbers
         if not head:
             return None
         if self.prefix is not None and not self.prefix.none(head, n):
             return _NOT_SURE if self.prefix.every(head, n) else None
-        for leading, general, types in self.regions:  # region_code_for_number's order
+        for i, (leading, _) in enumerate(self.regions):  # region_code_for_number's order
             if leading is not None:
                 if leading.none(head, n):
                     continue
                 if not leading.every(head, n):
                     return None
-                return _valid(general, types, head, n)
-            v = _valid(general, types, head, n)
+                body = self._body(i)
+                return _ASK_TABLE if body is None else _valid(*body, head, n)
+            body = self._body(i)
+            v = _ASK_TABLE if body is None else _valid(*body, head, n)
             if v != _NOT_SURE:
                 return v
         return _NOT_SURE
