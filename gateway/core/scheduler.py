@@ -201,11 +201,10 @@ class Scheduler:
         entry = self._jobs.get(job.id) or self._describe(job, slot=-1, tenant_key=0)
         fixed = self._fixed_plan(entry)
         columns = self._check_columns(entry, fixed, recipients)
+        by_shard, rejected = self._check_rows(entry, fixed, recipients) if columns is None else ([], [])
+        # after the check, which may have interned new zone sets
         zones = [self.resolver.zone_set(k) for k in range(len(self.resolver))] if portable else None
-        if columns is not None:
-            return Checked(count=len(recipients), rejected=[], by_shard=[], zones=zones, columns=columns)
-        by_shard, rejected = self._check_rows(entry, fixed, recipients)
-        return Checked(count=len(recipients), rejected=rejected, by_shard=by_shard, zones=zones)
+        return Checked(count=len(recipients), rejected=rejected, by_shard=by_shard, zones=zones, columns=columns)
 
     def _check_columns(self, entry: JobEntry, fixed: int, recipients: Sequence[Recipient]) -> list[ShardColumns] | None:
         """``check`` of a chunk in which every recipient is accepted and ordinary (E.164 in ASCII

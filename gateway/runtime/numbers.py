@@ -14,11 +14,21 @@ A chunk of a large job asks it of all its numbers at once (``sure``, in ingest's
 processes): per calling code, the same questions in the same order (region by leading digits,
 then the general pattern and the types of the number's length) are compiled into one regex of
 the whole E.164 text, a *country table*; a number is certainly valid and canonical iff it
-matches, one C-level match instead of ~3 µs of Python. A number that does not match (invalid,
-formatted, or one ``_fast`` leaves to phonenumbers) is asked of ``canonical``. Tables are
-compiled from the installed phonenumbers' metadata on first use (0.05-0.3 s a country, so not
-in an event loop: ``NumberCheck(tables=True)``), and a test checks them against ``_fast`` and
-phonenumbers on a corpus of every country's numbers.
+matches. A number that does not match (invalid, formatted, or one ``_fast`` leaves to
+phonenumbers) is asked of ``canonical``. Tables are compiled from the installed phonenumbers'
+metadata on first use (0.05-0.3 s a country, so not in an event loop:
+``NumberCheck(tables=True)``), and a test checks them against ``_fast`` and phonenumbers on a
+corpus of every country's numbers.
+
+A table match still costs ~2 µs (the regex engine backtracks through the lookaheads and a
+country's type alternatives), so ``sure`` asks it once per *prefix class*, as the zone resolver
+does (``gateway.core.zones``): the shortest prefix of the text (from '+' and 4 digits on) for
+which the table says the same of every number of that length, proven with the resolver's
+rewritten patterns (``PrefixPattern``: "does every completion match?", "does any?"), never by
+sampling. A warm number is one or two dict hits. A class that no prefix shorter than the number
+decides, and every number of a country whose prefix rule or leading digits the rewrite does not
+cover (Japan's prefix rule has a '$'), is matched against the table itself. A test compares the
+classes with the tables on every calling code, in two orders.
 
 Anything unusual goes to phonenumbers itself, so the verdict is always phonenumbers' own: an
 unknown country code, a non-geographic one (+800 ...), a national number with a leading zero
