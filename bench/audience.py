@@ -409,7 +409,8 @@ def _order_line(k: int, r: random.Random, n: int) -> bytes:
                                   "price": r.randint(500, 30000)}]}).encode()  # fmt: skip
 
 
-def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed: int) -> dict[str, Any]:
+def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed: int,
+            membership_process: bool = False) -> dict[str, Any]:  # fmt: skip
     """Order events through the service functions the HTTP routes call, with the membership loop running
     as ``serve`` runs it. Bulk: ``Audience.ingest_ndjson`` (``POST /v1/events/bulk``), one body of
     ``batch`` lines after another: parsing and checking, the store's batch transaction with the
@@ -423,7 +424,7 @@ def _events(store: Any, n: int, events: int, batch: int, concurrency: int, seed:
     assert settings is not None
     audience = AudienceService(store, settings, lambda: NOW)
     audience.batch_size = batch
-    audience.membership_process = True  # as ``serve`` runs it: the loop's passes in a child process
+    audience.membership_process = membership_process  # off, as ``serve`` runs it; on: the loop's reads in a child
     t0 = time.perf_counter()
     for name, tree in MIX:  # as a live service has them: created, their members filled from their SQL
         anyio.run(audience.put_segment, TENANT, name, tree)
@@ -562,7 +563,7 @@ def _store_ratio(store: Any, n: int, seed: int, rounds: int = 3) -> dict[str, fl
 
 def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: str | None, workdir: str | None,
         batch: int = 1000, concurrency: int = 64, store_ratio: bool = False, max_seconds: float = math.inf,
-        echo: Any = None) -> dict:  # fmt: skip
+        echo: Any = None, membership_process: bool = False) -> dict:  # fmt: skip
     """``events`` 0: the import and the counts only (the 1M / 10M size: the events' 23 live segments
     would be filled first). ``max_seconds``: past it (from the start of the counts), each tree left is
     counted once."""
@@ -587,7 +588,7 @@ def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: 
         if echo is not None:
             echo(f"  import_s {import_s:.1f}")
         counts = _counts(store, runs, time.perf_counter() + max_seconds, echo)
-        ev = _events(store, n, events, batch, concurrency, seed) if events else {}
+        ev = _events(store, n, events, batch, concurrency, seed, membership_process) if events else {}
         if store_ratio:
             ev.update(_store_ratio(store, n, seed))
     plain = [c["seconds"] for c in counts if not c["windowed"]]
@@ -631,17 +632,19 @@ def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: 
 @click.option("--store-ratio", is_flag=True, help="Also time the store alone: apply_event one by one vs apply_events.")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--workdir", default=None, type=click.Path(file_okay=False), help="Where the SQLite file goes.")
+@click.option("--membership-process/--no-membership-process", default=False, show_default=True,
+              help="The membership loop's reads in a child process (SQLite; `serve` keeps them in-process).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
 def bench_audience(n: int, m: int, engine: str, pg_url: str | None, runs: int, events: int, batch: int, concurrency: int,
                    store_ratio: bool, seed: int, workdir: str | None, json_path: str | None, out_dir: str | None,
-                   max_seconds: float | None) -> None:  # fmt: skip
+                   max_seconds: float | None, membership_process: bool = False) -> None:  # fmt: skip
     """Segment counts, event ingest and live membership over N subscribers and M orders."""
     if n < 1 or m < 0 or events == 1 or events < 0 or runs < 1:
         raise click.BadParameter("--subscribers >= 1, --orders >= 0, --events 0 or >= 2, --runs >= 1")
     click.echo(f"sluice bench audience: {engine}, {n:,} subscribers, {m:,} orders, {len(MIX)} segment trees")
     r = run(engine, n, m, runs, events, seed, pg_url, workdir, batch, concurrency, store_ratio,
-            math.inf if max_seconds is None else max_seconds, lambda line: click.echo(line))
+            math.inf if max_seconds is None else max_seconds, lambda line: click.echo(line), membership_process)
     keys = ["import_s"] if not events else ["import_s", "events_per_s", "bulk_cpu_us_per_event",
                                             "bulk_ingest_cpu_us_per_event", "bulk_membership_cpu_us_per_event",
                                             "membership_update_p99_s", "single_events_per_s", "single_cpu_us_per_event",

@@ -506,7 +506,10 @@ class OptOut(_E, tag="opt_out", kw_only=True):
 Event = Union[TimerFired, ShopEvent, Reply, Click, OptOut]
 
 
-class Run(msgspec.Struct, frozen=True, gc=False, kw_only=True):
+class Run(msgspec.Struct, frozen=True, gc=False, kw_only=True, omit_defaults=True):
+    """A run, as stored (JSON, in ``flow_runs.run``). ``omit_defaults``: a field at its default is not
+    written (an empty ``sent``, no ``ended`` ...); decoding fills it in, so rows written before decode alike."""
+
     id: str
     flow_id: str
     version: int
@@ -631,7 +634,9 @@ def start(flow: Flow, subscriber: FlowSubscriber, trigger_event: Event, now: flo
         trigger = trigger_event.payload | trigger | {"kind": trigger_event.kind, "name": trigger_event.name}
     elif isinstance(trigger_event, Reply):
         trigger |= {"kind": "reply", "text": trigger_event.text}
-    snap = dict(subscriber.fields) | {"tags": list(subscriber.tags), "time_zone": subscriber.time_zone}
+    keep, fields = compiled(flow).snapshot, subscriber.fields  # only what this version can read (``snapshot_fields``)
+    snap = (dict(fields) if keep is None else {k: fields[k] for k in keep if k in fields}) | {
+        "tags": list(subscriber.tags), "time_zone": subscriber.time_zone}
     snap["attributes"] = dict(snap.get("attributes") or {})
     run = Run(id=f"{flow.id}:{subscriber.id}:{trigger_event.id}", flow_id=flow.id, version=flow.version,
               subscriber_id=subscriber.id, started_at=now, object_id=object_id, node=flow.entry,
@@ -890,13 +895,46 @@ Predicate = Callable[[dict[str, Any]], bool]
 class Compiled:
     """A flow version's decisions as closures (``compiled(flow)``)."""
 
-    __slots__ = ("conditions", "exits", "trigger")
+    __slots__ = ("conditions", "exits", "snapshot", "trigger")
 
     def __init__(self, flow: Flow) -> None:
         self.trigger: Callable[[Event], bool] = compile_trigger(flow.trigger)
         self.exits: Callable[[Run, ShopEvent], bool] = _compile_exits(flow.exits)
         self.conditions: dict[str, Predicate] = {nid: compile_condition(n.condition) for nid, n in flow.nodes.items()
                                                  if isinstance(n, BranchNode)}  # fmt: skip
+        self.snapshot: tuple[str, ...] | None = snapshot_fields(flow)
+
+
+# What a run's snapshot of its subscriber keeps whatever the version: the shell renders a send from
+# ``first_name``, ``language`` and ``attributes`` (``campaigns.service.flow_runtime._render``; the
+# templates may change, so every attribute), a ``wait_until`` reads ``time_zone``, ``has_tag`` and
+# ``update`` nodes ``tags`` (and ``update`` the attributes).
+SNAPSHOT_ALWAYS = ("attributes", "first_name", "language", "tags", "time_zone")
+
+
+def snapshot_fields(flow: Flow) -> tuple[str, ...] | None:
+    """The subscriber fields a run of ``flow`` can read: ``SNAPSHOT_ALWAYS`` and the first name after
+    ``subscriber.`` of every branch condition's field; None (every field) if a condition reads
+    ``subscriber`` itself. A run started on this version snapshots only these (``start``): a version
+    never changes, so nothing else of the snapshot could ever be read, and a run row carried its
+    subscriber's ~20 fields (~450 bytes of its ~900) for the sake of none of them."""
+    names = set(SNAPSHOT_ALWAYS)
+    todo: list[Condition] = [n.condition for n in flow.nodes.values() if isinstance(n, BranchNode)]
+    while todo:
+        match cond := todo.pop():
+            case All() | AnyOf():
+                todo.extend(cond.items)
+            case Not():
+                todo.append(cond.item)
+            case HasTag():
+                pass
+            case _:
+                head, _, rest = cond.field.partition(".")
+                if head == "subscriber":
+                    if not rest:
+                        return None
+                    names.add(rest.partition(".")[0])
+    return tuple(sorted(names))
 
 
 _COMPILED: dict[int, tuple[Flow, Compiled]] = {}  # id(flow) -> (that flow, held so its id is not reused; compiled)

@@ -86,8 +86,8 @@ class Audience:
         self._taken: anyio.Event | None = None  # set when the loop takes a tenant's deferred subscribers
         self._membership_live = False
         self._busy = 0  # membership passes running
-        # The loop's passes in a child process (``member_process``: both cores busy); ``serve`` and the
-        # bench turn it on, tests of the loop run passes in-process unless they ask for it.
+        # The loop's reads in a child process (``member_process``); off by default and in ``serve`` (it
+        # measured no gain: docs/BENCHMARKS.md, issue 17 fifth pass); ``bench audience --membership-process``.
         self.membership_process = False
         self.member_process: MemberProcess | None = None
 

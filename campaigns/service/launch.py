@@ -27,6 +27,7 @@ winner's text for them later (``campaigns/service/campaign_api.py``)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
@@ -645,8 +646,14 @@ class Launcher:
         now = self.clock()
         camp = await self._run(self.store.set_campaign_status, tenant, campaign_id, "launching", now=now)
         lines: dict[int, list[tuple[str, str, str]]] = {}
+        t0, c0 = time.perf_counter(), time.process_time()
         await self._run(partial(freeze, lines=lines), self.store, tenant, camp, tl, now)
+        t1, c1 = time.perf_counter(), time.process_time()
+        log.info("campaign.frozen tenant=%s campaign=%d seconds=%.3f process_cpu_s=%.3f", tenant, campaign_id,
+                 t1 - t0, c1 - c0)  # fmt: skip
         await self._submit(client, tenant, camp, lines)
+        log.info("campaign.submitted tenant=%s campaign=%d seconds=%.3f process_cpu_s=%.3f", tenant, campaign_id,
+                 time.perf_counter() - t1, time.process_time() - c1)  # fmt: skip
         return await self.launch_state(tenant, campaign_id)
 
     async def _submit(self, client: GatewayClient, tenant: str, camp: CampaignRow,

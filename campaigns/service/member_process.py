@@ -1,4 +1,7 @@
-"""The membership loop's reads in a process of their own (issue 17: both cores working).
+"""The membership loop's reads in a process of their own (issue 17: both cores working). Off by
+default and in ``serve`` since the fifth pass: measured against the passes in-process, it gave no
+gain on a quiet machine and a loss on a loaded one (docs/BENCHMARKS.md); kept behind
+``Audience.membership_process`` (``sluice bench audience --membership-process``) for that comparison.
 
 A membership pass (``Store.refresh_members``) is two halves: its reads (the segments' restricted SQL
 for the subscribers a batch touched, their window edges: most of a pass's CPU) in one snapshot, then

@@ -86,7 +86,8 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     env = os.environ if environ is None else environ
     store = await anyio.to_thread.run_sync(open_store, settings.store_url)
     audience = Audience(store, settings, time.time)
-    audience.membership_process = True  # the membership loop's passes in a process of their own
+    # The membership loop's passes stay in this process: the child process (service/member_process.py)
+    # measured no gain on a quiet machine and a loss on a loaded one (docs/BENCHMARKS.md, issue 17, fifth pass).
     clients = gateway_clients(settings, gateway_url or settings.gateway_url, env)
     inbox = Inbox(store, clients, settings, time.time)
     link = GatewayLink(audience, clients, inbox=inbox)
@@ -98,7 +99,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     launch_store = await anyio.to_thread.run_sync(open_store, settings.store_url) if own else store
     links = tenant_links(settings, env)
     launcher = Launcher(launch_store, clients, links, time.time, callback_urls=callback_urls(settings))
-    tracker = Tracker(launcher)
+    tracker = Tracker(launcher, store_io=settings.short_link_store_io)
     if launch_store is not store:  # range codes resolve on either connection (launch.py sets the launcher's)
         store.set_link_keys({name: t.key for name, t in links.items()})
     flows = FlowRuntime(store, clients, runtime_tenants(settings, links), time.time, inbox=inbox)
@@ -138,7 +139,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             await anyio.sleep_forever()
     finally:
         gc.unfreeze()
-        tracker.close()
+        await tracker.aclose()
         await flows.aclose()
         for c in clients.values():
             await c.aclose()

@@ -5,15 +5,19 @@ The redirect is the hot path (served by ``short_http``'s listener, or ``redirect
 port). A delivered message's link is kept in memory with its ``Location`` (a bounded LRU of atomic
 tuples: nothing about it changes once delivered, and the collector has nothing in it to walk); any
 other is read on the store's ``LinkReader``, a connection of its own that never waits behind the
-store's writes: on the event loop for SQLite (WAL readers do not wait for the writer), in rounds off
-the loop for PostgreSQL (every code missed while a read is in flight is read by the next one, one
-query; a waiting request is a callback of its round, ``redirect_later``: no task or event per
-request). A ``Location`` (target + the campaign's UTM) is built once per campaign and URL, not per
+store's writes: on the event loop for SQLite (WAL readers do not wait for the writer), in rounds for
+PostgreSQL (every code missed while a read is in flight is read by the next one, one query, in a
+worker thread, or awaited on the loop's async connection with ``store_io="loop"``,
+``PgLinkReader.aread``; a waiting request is a callback of its round, ``redirect_later``: no task
+or event per request). A ``Location`` (target + the campaign's UTM) is built once per campaign and URL, not per
 hit. Then the verdict from ``core.links.verdict``, and the hit appended to an in-memory buffer as a
 tuple with its link (the store's rows are built when the buffer is written, off the loop).
-``run_flusher`` writes the buffer every ``flush_interval`` (5 ms) in one transaction: the hits, each
-human click's ``clicked`` activity and its subscriber's aggregates, derived from the hits and their
-links (``record_link_hits``: one statement per table; PostgreSQL one in all). **What is promised**:
+``run_flusher`` writes the buffer when its oldest hit has waited ``flush_interval`` (5 ms) and the
+last write ended that long ago (or ``flush_batch`` hits are buffered), in one transaction: the hits,
+each human click's ``clicked`` activity and its subscriber's aggregates, derived from the hits and
+their links (``record_link_hits``: one statement per table, in a worker thread; PostgreSQL one in
+all, in a worker thread or, with ``store_io="loop"``, on the loop's async connection,
+``PgClickWriter``). **What is promised**:
 a hit is stored within the flush interval plus one write after its 302 was answered; a kill -9 loses at most the hits answered since the last
 committed flush began (never a hit already stored; tests/campaigns/test_click_crash.py); a clean stop
 flushes; and every read of click figures (the report, ``/clicks``, the A/B decision) flushes first,
@@ -31,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import string
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import anyio
 import msgspec
@@ -115,9 +121,10 @@ _Buffered = tuple[str, float, str, str, _Known]
 
 
 class Tracker:
-    def __init__(self, launcher: Launcher, *, flush_interval: float = 0.005, link_cache: int = 200_000,
-                 location_cache: int = 100_000) -> None:  # fmt: skip
+    def __init__(self, launcher: Launcher, *, flush_interval: float = 0.005, flush_batch: int = 512,
+                 link_cache: int = 200_000, location_cache: int = 100_000, store_io: str = "threads") -> None:  # fmt: skip
         self.la = launcher
+        self.store_io = store_io  # "loop": a reader's ``aread`` and the store's click writer, when they exist
         self.link_cache = link_cache
         # code -> _Known: delivered messages only, least recently used evicted first
         self._links: dict[str, _Known] = {}
@@ -133,6 +140,11 @@ class Tracker:
         self._utm: dict[tuple[str, int], dict[str, str]] = {}
         self._min_delay: dict[str, float] = {}
         self._hits: list[_Buffered] = []
+        self.flush_batch = flush_batch
+        self._since = 0.0  # when the oldest buffered hit was buffered (time.monotonic: the loop's clock)
+        self._wake: asyncio.Event | None = None  # set by the first hit buffered, or the flush_batch-th
+        self._flushed_at = 0.0  # when the last write ended (time.monotonic)
+        self._writer: Any = None  # the store's click writer on the loop (PostgreSQL); False: none (a thread)
         self._flushing: anyio.Lock | None = None
         self._shapes: dict[tuple[str, str], Preview] = {}
 
@@ -230,7 +242,14 @@ class Tracker:
             tl = self.la.tenants.get(tenant)
             min_delay = self._min_delay[tenant] = tl.click_min_delay if tl is not None else 10.0
         verdict = links.verdict(method, user_agent, now, delivered_at, min_delay)
-        self._hits.append((code, now, user_agent or "", verdict, known))
+        hits = self._hits
+        hits.append((code, now, user_agent or "", verdict, known))
+        if len(hits) == 1:  # the flusher's deadline starts with the oldest hit (``run_flusher``)
+            self._since = time.monotonic()
+            if self._wake is not None:
+                self._wake.set()
+        elif len(hits) == self.flush_batch and self._wake is not None:
+            self._wake.set()
         return Redirect(location=location, verdict=verdict)
 
     def _open_reader(self) -> LinkReader:
@@ -279,8 +298,13 @@ class Tracker:
         found: dict[str, LinkRow] = {}
         error: Exception | None = None
         rounds = [rnd]
+        reader = self._open_reader()
+        aread = getattr(reader, "aread", None) if self.store_io == "loop" else None
         try:  # not abandoned on cancel: the round always ends, its waiters are answered
-            found = await anyio.to_thread.run_sync(self._open_reader().read, list(rnd.waiters))
+            if aread is not None:  # PostgreSQL: on the loop, psycopg's async connection (no thread hop)
+                found = await aread(list(rnd.waiters))
+            else:
+                found = await anyio.to_thread.run_sync(reader.read, list(rnd.waiters))
         except Exception as exc:  # noqa: BLE001 - every waiter of the round sees it
             error = exc
         except BaseException:  # cancelled (shutting down): every waiter hears it, no next round
@@ -311,8 +335,23 @@ class Tracker:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._writer:
+            self._writer.close()
+        self._writer = None
         for t in list(self._tasks):
             t.cancel()
+
+    async def aclose(self) -> None:
+        """``close`` on the loop: the async connections (PostgreSQL's reader and click writer) closed
+        the polite way."""
+        for t in list(self._tasks):
+            t.cancel()
+        reader, self._reader = self._reader, None
+        writer, self._writer = self._writer, None
+        for c in (reader, writer):
+            if c:
+                aclose = getattr(c, "aclose", None)
+                await aclose() if aclose is not None else c.close()
 
     def log_front_error(self, code: str) -> None:
         log.warning("redirect.front_failed code=%s (answered by the API's own route)", code, exc_info=True)
@@ -338,18 +377,48 @@ class Tracker:
             hits, self._hits = self._hits, []
             if not hits:
                 return 0
+            since, self._since = self._since, time.monotonic()  # hits buffered from now on: their own deadline
+            if self._writer is None:
+                opener = getattr(self.store, "open_click_writer", None) if self.store_io == "loop" else None
+                self._writer = opener() if opener is not None else False
             try:
-                await self.la._run(self._write, hits, self.la.clock())
+                if self._writer:  # PostgreSQL: one statement on the loop's async connection, no thread hop
+                    rows = self._rows(hits)
+                    with anyio.CancelScope(shield=True):  # a statement under way is not abandoned
+                        await self._writer.write(rows, now=self.la.clock())
+                else:
+                    await self.la._run(self._write, hits, self.la.clock())
             except BaseException:
                 self._hits[:0] = hits  # kept for the next flush
+                self._since = since
                 raise
+            finally:
+                self._flushed_at = time.monotonic()
             return len(hits)
 
     async def run_flusher(self) -> None:
-        """Flush every ``flush_interval`` while there is something to write; a last flush on the way out."""
+        """Write the buffer when its oldest hit has waited ``flush_interval`` and the last write
+        ended that long ago, or as soon as ``flush_batch`` hits are buffered, whichever comes first
+        (so a hit is stored within the interval plus the write under way and its own: docs/CAMPAIGNS.md;
+        while writes are slow, each carries what came during the previous one and the interval after
+        it, instead of one write right after another); asleep while nothing is buffered; a last
+        flush on the way out."""
         try:
+            loop = asyncio.get_running_loop()
             while True:
-                await anyio.sleep(self.flush_interval)
+                wake = self._wake = asyncio.Event()
+                if not self._hits:
+                    await wake.wait()
+                    continue
+                wait = max(self._since, self._flushed_at) + self.flush_interval - time.monotonic()
+                if wait > 0 and len(self._hits) < self.flush_batch:
+                    timer = loop.call_later(wait, wake.set)  # (a timer handle: no cancel scope per wait)
+                    try:
+                        await wake.wait()
+                    finally:
+                        timer.cancel()
+                    continue  # (the deadline, a full batch, or a reader's flush emptied the buffer: look again)
+                self._wake = None
                 if self._hits:
                     try:
                         await self.flush()

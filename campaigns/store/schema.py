@@ -320,6 +320,9 @@ CREATE INDEX IF NOT EXISTS order_rollups_by_subscriber ON order_rollups (tenant,
 # - ``flow_inputs``: the engine's input events (an order placed, a consent confirmed or revoked, a
 #   checkout abandoned, a segment entered, a flow link clicked), queued in the transaction that
 #   recorded the change (so a crash cannot lose one), drained by the runtime in order;
+#   ``flow_inputs_queue`` (tenant, id) is that order: a batch walks it and reads about ``limit`` x
+#   workers entries whatever the queue's length (without it SQLite read the tenant's whole queue
+#   through ``flow_inputs_subscriber`` and sorted it, for every batch: O(queue) a batch);
 # - ``flow_events``: input event ids applied (a redelivered event changes nothing);
 # - ``flow_outbox``: the record of actions done, one row per send or webhook call, keyed by
 #   ``flow-{run id}-{visit}`` and written in the transaction that advanced the run (an outbox: the
@@ -370,6 +373,7 @@ CREATE TABLE IF NOT EXISTS flow_inputs (
     id {ID}, tenant TEXT NOT NULL, subscriber_id {INT} NOT NULL, event TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS flow_inputs_subscriber ON flow_inputs (tenant, subscriber_id, id);
+CREATE INDEX IF NOT EXISTS flow_inputs_queue ON flow_inputs (tenant, id);
 CREATE TABLE IF NOT EXISTS flow_run_links (
     code TEXT PRIMARY KEY, tenant TEXT NOT NULL, run_id {INT} NOT NULL, send_key TEXT NOT NULL,
     message_key TEXT NOT NULL DEFAULT ''

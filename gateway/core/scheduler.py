@@ -208,7 +208,7 @@ class Scheduler:
 
     def _check_columns(self, entry: JobEntry, fixed: int, recipients: Sequence[Recipient]) -> list[ShardColumns] | None:
         """``check`` of a chunk in which every recipient is accepted and ordinary (E.164 in ASCII
-        digits, no explicit zone, plain GSM-7 values, a route): column by column, each a C-level
+        digits, known zones if explicit, plain GSM-7 values, a route): column by column, each a C-level
         ``map`` or one comprehension, not a Python loop per recipient calling a dozen functions.
         The same answer as ``_check_rows``, which decides every other chunk (and says who is
         wrong); None: not such a chunk."""
@@ -217,8 +217,7 @@ class Scheduler:
         text = "\n".join(tos)
         if not n or _NUMBERS.fullmatch(text) is None or text.count("\n") != n - 1:
             return None  # a number that is not '+' and 7-15 ASCII digits
-        if [r.tz for r in recipients].count(None) != n:
-            return None
+        tzs = [r.tz for r in recipients]  # explicit zones (a campaign's, each recipient's own) map as a column too
         numbers = list(map(int, tos))  # int() reads the "+" as a sign; _NUMBERS allowed only "+" and digits
         if fixed:
             packed, segs = [b""] * n, [fixed] * n
@@ -239,7 +238,10 @@ class Scheduler:
                 if max(segs) > self.settings.max_segments:
                     return None
         try:
-            zones = self.resolver.keys_for(tos)  # by prefix class, as text: no int arithmetic a number
+            if tzs.count(None) == n:  # by prefix class, as text: no int arithmetic a number
+                zones = self.resolver.keys_for(tos)
+            else:  # a zone not known: ValueError, the rows say who
+                zones = list(map(self.resolver.key_for, numbers, tzs))
             if entry.carrier is None:
                 carriers = self._router.primaries(tos)
             else:

@@ -22,6 +22,8 @@ def test_bench_campaign_writes_its_figures(tmp_path) -> None:
         assert data[key] > 0, key
     # Consent (5 % revoked) and smart sending (5 % sent an hour ago) left out about a tenth.
     assert 230 <= data["recipients"] == data["accepted"] < 300
+    # The launch starts on an idle server, and the CPU of serve's own processes is counted apart.
+    assert data["startup_settle_s"] > 0 and data["launch_workers_cpu_s"] >= 0 and data["launch_server_cpu_s"] > 0
     [load] = data["redirect_runs"]
     assert load["requests"] > 0 and load["errors"] == 0
     totals, seeded = data["report_totals"], data["outcomes"]

@@ -111,3 +111,52 @@ def test_one_compiled_form_per_flow_object_and_each_version_its_own() -> None:
     sub = F.FlowSubscriber(id=1)
     assert F.start(v1, sub, event, 0.0)[0].node == "w"
     assert F.start(v2, sub, event, 0.0)[0].node is None
+
+
+# ---- a run's snapshot holds what its version reads ---------------------------------------------
+PROFILE = st.fixed_dictionaries(
+    {"attributes": st.dictionaries(st.sampled_from(["size", "x", "country"]), st.one_of(SCALARS, st.just({"y": 1})))},
+    optional={f: VALUES for f in ("country", "city", "first_name", "language", "orders_count", "size", "email",
+                                  "total_spent", "time_zone")} | {"nested": st.just({"deep": 1})})  # fmt: skip
+SNAP_FIELDS = FIELDS + ["subscriber.city", "subscriber.first_name", "subscriber.email.x"]
+SNAP_CONDITIONS = st.recursive(
+    st.one_of(*[st.builds(op, field=st.sampled_from(SNAP_FIELDS), value=VALUES) for op in (F.Eq, F.Ne, F.Exists)],
+              st.builds(F.HasTag, tag=TAGS)),
+    lambda inner: st.one_of(st.builds(F.All, items=st.lists(inner, max_size=3).map(tuple)),
+                            st.builds(F.Not, item=inner)), max_leaves=6)  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None)
+@given(SNAP_CONDITIONS, PROFILE, st.lists(TAGS, max_size=2, unique=True))
+def test_a_run_snapshots_every_field_its_version_can_read(cond, profile, tags) -> None:
+    """The snapshot a run keeps (``snapshot_fields``) decides every branch as the whole subscriber
+    would, and carries what a send is rendered from."""
+    flow = F.parse_flow({"id": "f", "version": 1, "name": "f", "trigger": {"type": "custom", "name": "go"},
+                         "entry": "b", "nodes": {"b": {"type": "branch", "condition": msgspec.to_builtins(cond),
+                                                       "then": "yes", "else": "no"},
+                                                 "yes": {"type": "send", "template": "y"},
+                                                 "no": {"type": "send", "template": "n"}}})  # fmt: skip
+    sub = F.FlowSubscriber(id=7, time_zone=profile.get("time_zone"), tags=tuple(tags), fields=profile)
+    run, actions = F.start(flow, sub, F.ShopEvent(id="e", kind="custom", name="go"), 1.0)
+    assert run is not None
+    whole = {"subscriber": dict(profile) | {"tags": list(tags), "time_zone": sub.time_zone},
+             "trigger": run.context["trigger"]}
+    send = next(a for a in actions if isinstance(a, F.Send))
+    assert send.template == ("y" if F.holds(cond, whole) else "n")
+    snap = send.context["subscriber"]
+    for name in F.SNAPSHOT_ALWAYS:
+        assert snap.get(name) == whole["subscriber"].get(name)
+    # and a run row is as small as that: nothing of the subscriber that no condition names
+    named = {f.split(".")[1] for f in _fields(cond) if f.startswith("subscriber.")}
+    assert set(snap) <= set(F.SNAPSHOT_ALWAYS) | named
+
+
+def _fields(cond: F.Condition) -> list[str]:
+    match cond:
+        case F.All() | F.AnyOf():
+            return [f for c in cond.items for f in _fields(c)]
+        case F.Not():
+            return _fields(cond.item)
+        case F.HasTag():
+            return []
+    return [cond.field]

@@ -1,0 +1,127 @@
+"""The redirect's store work on the event loop (PostgreSQL: psycopg's async connections, no worker
+thread a round) and the flusher's cadence: a round of misses and a flush give the same links and
+store the same clicks on both engines; a failed or broken flush keeps its hits (no loss, no
+duplicate); the flusher writes when the oldest hit's deadline passes or a batch is full, and not
+before, and sleeps while nothing is buffered."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import psycopg
+import pytest
+
+from campaigns.errors import StorageError
+from campaigns.service.launch import Launcher
+from campaigns.service.tracking import Tracker
+from campaigns.store.campaign_rows import LinkRow
+
+pytestmark = pytest.mark.anyio
+T0 = 1_767_000_000.0
+UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"
+
+
+def _links(store, n: int) -> list[str]:  # type: ignore[no-untyped-def]
+    codes = [f"AbCdE{i:03d}" for i in range(n)]
+    store.freeze_audience("acme", 1, [], [LinkRow(code=c, tenant="acme", campaign_id=1, subscriber_id=1,
+                                                  target=f"https://x.example/{c}", created_at=T0) for c in codes],
+                          now=T0)  # fmt: skip
+    return codes
+
+
+async def _until(cond, seconds: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    with anyio.fail_after(seconds):
+        while not cond():
+            await anyio.sleep(0.001)
+
+
+async def test_misses_read_and_clicks_flushed_on_the_loop(store) -> None:  # type: ignore[no-untyped-def]
+    codes = _links(store, 12)
+    tracker = Tracker(Launcher(store, {}, {}, lambda: T0 + 100), store_io="loop")
+    got: dict[str, object] = {}
+
+    async def one(code: str) -> None:
+        hit = await tracker.redirect(code, method="GET", user_agent=UA)
+        got[code] = hit.location if hit is not None else None
+
+    try:
+        async with anyio.create_task_group() as tg:  # missed together: rounds of reads
+            for c in [*codes, "Nope00000"]:
+                tg.start_soon(one, c)
+        assert got.pop("Nope00000") is None
+        assert all(str(loc).startswith(f"https://x.example/{c}?") for c, loc in got.items()) and len(got) == 12
+        assert await tracker.flush() == 12
+        assert store.click_counts("acme", 1).total == 12
+        if store.engine == "postgres":  # both ran on the loop's async connections
+            assert tracker._writer and hasattr(tracker._reader, "aread")
+        # the connection behind the writer broken (the server ended it): the flush fails, its hits
+        # are kept, in order, and the next flush reconnects and stores them once
+        if store.engine == "postgres":
+            with psycopg.connect(store.process_url, autocommit=True) as admin:
+                pid = tracker._writer._conn.info.backend_pid
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            for c in codes[:3]:
+                assert await tracker.redirect(c, method="GET", user_agent=UA) is not None
+            with pytest.raises(StorageError):
+                await tracker.flush()
+            assert len(tracker._hits) == 3
+            assert await tracker.flush() == 3
+            assert store.click_counts("acme", 1).total == 15
+    finally:
+        await tracker.aclose()
+
+
+class _Writer:
+    """A click writer recording when each flush came and what it held; the first ``fail`` fail."""
+
+    def __init__(self, store, fail: int = 0) -> None:  # type: ignore[no-untyped-def]
+        self.store, self.fail, self.calls = store, fail, []  # type: ignore[var-annotated]
+
+    async def write(self, hits, *, now):  # type: ignore[no-untyped-def]
+        self.calls.append((time.monotonic(), [h.code for h in hits]))
+        if self.fail > 0:
+            self.fail -= 1
+            raise StorageError("connection lost")
+        return self.store.record_link_hits(hits, now=now)
+
+    def close(self) -> None:
+        pass
+
+
+async def test_the_flusher_writes_at_the_oldest_hits_deadline_or_a_full_batch(sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    from campaigns.store import open_store
+
+    store = open_store(sqlite_url)
+    codes = _links(store, 8)
+    interval = 0.2
+    tracker = Tracker(Launcher(store, {}, {}, lambda: T0 + 100), flush_interval=interval, flush_batch=4, store_io="loop")
+    writer = tracker._writer = _Writer(store, fail=1)
+    for c in codes:  # read once (the links then kept in memory)
+        await tracker.redirect(c, method="GET", user_agent=UA)
+    with pytest.raises(StorageError):
+        await tracker.flush()  # fails: kept
+    assert len(tracker._hits) == 8
+    await tracker.flush()
+    assert store.click_counts("acme", 1).total == 8 and [len(c[1]) for c in writer.calls] == [8, 8]
+    writer.calls.clear()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tracker.run_flusher)
+            await _until(lambda: tracker._wake is not None)  # asleep: nothing buffered
+            assert writer.calls == []
+            # a full batch (4) is written at once, without waiting for the deadline
+            t = time.monotonic()
+            for c in codes[:4]:
+                tracker.redirect_nowait(c, method="GET", user_agent=UA)
+            await _until(lambda: len(writer.calls) == 1)
+            assert writer.calls[0][1] == codes[:4]
+            # one hit: written when it has waited the interval, not before (and not lost)
+            t = time.monotonic()
+            tracker.redirect_nowait(codes[4], method="GET", user_agent=UA)
+            await _until(lambda: len(writer.calls) == 2)
+            assert writer.calls[1][1] == [codes[4]] and writer.calls[1][0] - t >= interval * 0.9
+            tg.cancel_scope.cancel()
+        assert store.click_counts("acme", 1).total == 13
+    finally:
+        store.close()
