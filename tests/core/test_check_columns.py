@@ -67,7 +67,7 @@ def test_an_ordinary_chunk_is_decided_by_columns(template: str, people: list[Rec
     entry = core._describe(job, slot=-1, tenant_key=0)
     columns = core._check_columns(entry, core._fixed_plan(entry), people)
     assert columns is not None
-    assert core._check_rows(entry, core._fixed_plan(entry), people) == (columns, [])
+    assert core._check_rows(entry, core._fixed_plan(entry), people) == ([list(zip(*c)) for c in columns], [])
 
 
 @settings(max_examples=25, deadline=None)
