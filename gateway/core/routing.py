@@ -7,6 +7,7 @@ short and numbers many.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 from gateway.core.settings import Route
@@ -39,6 +40,15 @@ class Router:
             if len(digits) >= self._key_digits:
                 self._cache[key] = found
         return found
+
+    def primaries(self, texts: Sequence[str]) -> list[int]:
+        """``carriers_for(t[1:])[0]`` of each E.164 text ('+' and digits): the cache looked up
+        with two C-level ``map``s for a chunk of a large job, the misses one by one."""
+        k = self._key_digits
+        found = list(map(self._cache.get, map(operator.itemgetter(slice(1, 1 + k)), texts)))
+        if None in found:
+            found = [f if f is not None else self.carriers_for(t[1:]) for f, t in zip(found, texts)]
+        return [f[0] for f in found]
 
     def _lookup(self, digits: str) -> tuple[int, ...]:
         table = self._table

@@ -27,8 +27,10 @@ the same ``now`` to every call; nothing here sleeps, does I/O, or raises for an 
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Iterable, Sequence
+from itertools import chain
 
 import msgspec
 
@@ -67,6 +69,9 @@ class Admission(msgspec.Struct, frozen=True, kw_only=True):
     outcomes: list[Outcome]
 
 
+ShardColumns = tuple[list[int], list[int], list[bytes], list[int], list[int], list[int]]
+
+
 class Checked(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Recipients checked for one job, not yet admitted (``check`` -> ``admit_checked``)."""
 
@@ -75,6 +80,22 @@ class Checked(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     # per shard, in id order: (index, number, packed values, segments byte, zone key, carrier)
     by_shard: list[list[tuple]]
     zones: list[ZoneSet] | None = None  # when checked in another process: zone key k is zones[k]
+    # The same as ``by_shard`` (then empty) a column at a time: per shard (indexes, numbers,
+    # packed values, segments, zone keys, carriers), as a chunk checked by columns gives them
+    # and ``Shard.add_parked`` takes them: no tuple a row to build, encode, decode, transpose.
+    columns: list[ShardColumns] | None = None
+
+    def rows(self) -> list[list[tuple]]:
+        """``by_shard``, whichever form this was checked in."""
+        if self.columns is None:
+            return self.by_shard
+        return [list(zip(*c)) for c in self.columns]
+
+    def order(self) -> list[int]:
+        """The accepted recipients' indexes in the order admission gives them ids."""
+        if self.columns is None:
+            return [row[0] for rows in self.by_shard for row in rows]
+        return [i for c in self.columns for i in c[0]]
 
 
 class Batch(msgspec.Struct, frozen=True, kw_only=True):
@@ -179,15 +200,13 @@ class Scheduler:
         keys refer to (keys are numbered per resolver), for a scheduler in another process."""
         entry = self._jobs.get(job.id) or self._describe(job, slot=-1, tenant_key=0)
         fixed = self._fixed_plan(entry)
-        by_shard = self._check_columns(entry, fixed, recipients)
-        if by_shard is not None:
-            rejected: list[tuple[int, str]] = []
-        else:
-            by_shard, rejected = self._check_rows(entry, fixed, recipients)
+        columns = self._check_columns(entry, fixed, recipients)
+        by_shard, rejected = self._check_rows(entry, fixed, recipients) if columns is None else ([], [])
+        # after the check, which may have interned new zone sets
         zones = [self.resolver.zone_set(k) for k in range(len(self.resolver))] if portable else None
-        return Checked(count=len(recipients), rejected=rejected, by_shard=by_shard, zones=zones)
+        return Checked(count=len(recipients), rejected=rejected, by_shard=by_shard, zones=zones, columns=columns)
 
-    def _check_columns(self, entry: JobEntry, fixed: int, recipients: Sequence[Recipient]) -> list[list[tuple]] | None:
+    def _check_columns(self, entry: JobEntry, fixed: int, recipients: Sequence[Recipient]) -> list[ShardColumns] | None:
         """``check`` of a chunk in which every recipient is accepted and ordinary (E.164 in ASCII
         digits, known zones if explicit, plain GSM-7 values, a route): column by column, each a C-level
         ``map`` or one comprehension, not a Python loop per recipient calling a dozen functions.
@@ -199,7 +218,7 @@ class Scheduler:
         if not n or _NUMBERS.fullmatch(text) is None or text.count("\n") != n - 1:
             return None  # a number that is not '+' and 7-15 ASCII digits
         tzs = [r.tz for r in recipients]  # explicit zones (a campaign's, each recipient's own) map as a column too
-        numbers = [int(to[1:]) for to in tos]
+        numbers = list(map(int, tos))  # int() reads the "+" as a sign; _NUMBERS allowed only "+" and digits
         if fixed:
             packed, segs = [b""] * n, [fixed] * n
         else:
@@ -219,22 +238,20 @@ class Scheduler:
                 if max(segs) > self.settings.max_segments:
                     return None
         try:
-            zones = list(map(self.resolver.key_for, numbers) if tzs.count(None) == n else
-                         map(self.resolver.key_for, numbers, tzs))  # a zone not known: ValueError, the rows say who
+            if tzs.count(None) == n:  # by prefix class, as text: no int arithmetic a number
+                zones = self.resolver.keys_for(tos)
+            else:  # a zone not known: ValueError, the rows say who
+                zones = list(map(self.resolver.key_for, numbers, tzs))
             if entry.carrier is None:
-                route = self._router.carriers_for
-                carriers = [route(to[1:])[0] for to in tos]
+                carriers = self._router.primaries(tos)
             else:
                 carriers = [entry.carrier] * n
         except (ValueError, LookupError):
             return None
         if max(zones) > 0xFFFF:
             return None
-        by_shard: list[list[tuple]] = [[] for _ in range(len(self._shards))]
-        add = [rows.append for rows in by_shard]
-        for s, row in zip(shards_of(numbers, len(by_shard)), zip(range(n), numbers, packed, segs, zones, carriers)):
-            add[s](row)
-        return by_shard
+        return _by_shard(shards_of(numbers, len(self._shards)), len(self._shards), numbers, packed, segs, zones,
+                         carriers)  # fmt: skip
 
     def _check_rows(self, entry: JobEntry, fixed: int, recipients: Sequence[Recipient],
                     ) -> tuple[list[list[tuple]], list[tuple[int, str]]]:  # fmt: skip
@@ -275,8 +292,9 @@ class Scheduler:
     def admit_checked(self, job: Job, checked: Checked, now: float, *, first_id: int | None = None,
                       paused: bool = False) -> Admission:  # fmt: skip
         """Admit what ``check`` accepted: ids (grouped by shard), opt-outs and expiry, queues."""
-        if len(checked.by_shard) != len(self._shards):
-            raise ValueError(f"checked for {len(checked.by_shard)} shards, this core has {len(self._shards)}")
+        nshards = len(checked.by_shard if checked.columns is None else checked.columns)
+        if nshards != len(self._shards):
+            raise ValueError(f"checked for {nshards} shards, this core has {len(self._shards)}")
         entry = self._entry_for(job)
         if paused and entry.live == 0:
             entry.paused = True  # held while the store writes it: resumed right after
@@ -291,16 +309,22 @@ class Scheduler:
         keys = None
         if checked.zones is not None:  # checked elsewhere: that resolver's keys -> this one's
             keys = [self.resolver.key_for_set(zs) for zs in checked.zones]
-        if park and not expired and self._admit_parked(entry, checked.by_shard, keys, base):
-            order = [row[0] for rows in checked.by_shard for row in rows]
-            offsets = [-1] * checked.count
-            for offset, i in enumerate(order):
-                offsets[i] = offset
+        columns = checked.columns
+        if park and not expired and columns is None:
+            columns = [tuple(zip(*rows)) if rows else None for rows in checked.by_shard]
+        if park and not expired and self._admit_parked(entry, columns, keys, base):
+            order = checked.order()
+            if len(order) == checked.count:  # every recipient: offsets are order's inverse
+                offsets = sorted(range(len(order)), key=order.__getitem__)
+            else:
+                offsets = [-1] * checked.count
+                for offset, i in enumerate(order):
+                    offsets[i] = offset
             return Admission(job_id=job.id, first_id=base, offsets=offsets, accepted=len(order), rejected=rejected,
                              outcomes=[])  # fmt: skip
         offsets = [-1] * checked.count
         offset = 0
-        for shard, rows in zip(self._shards, checked.by_shard):
+        for shard, rows in zip(self._shards, checked.rows()):
             add = shard.add
             for i, number, packed, seg, zone, carrier in rows:
                 if keys is not None:
@@ -324,12 +348,13 @@ class Scheduler:
         return Admission(job_id=job.id, first_id=base, offsets=offsets, accepted=offset, rejected=rejected,
                          outcomes=outcomes)  # fmt: skip
 
-    def _admit_parked(self, entry: JobEntry, by_shard: list[list[tuple]], keys: list[int] | None, base: int) -> bool:
+    def _admit_parked(self, entry: JobEntry, columns: Sequence[Sequence | None], keys: list[int] | None,
+                      base: int) -> bool:  # fmt: skip
         """``admit_checked``'s loop for a chunk of a paused job in which every row is admitted
         (none opted out, every zone key mapped): shard by shard, a column at a time
-        (``Shard.add_parked``). False, having changed nothing: the loop decides."""
-        columns = [tuple(zip(*rows)) if rows else None for rows in by_shard]
-        if not any(columns):
+        (``Shard.add_parked``; ``columns``: per shard, ``Checked.columns``' six, or None when
+        it has none). False, having changed nothing: the loop decides."""
+        if not any(c and c[1] for c in columns):
             return False
         suppressed = self._p.suppressed
         if suppressed and entry.policy.suppressible:
@@ -339,10 +364,10 @@ class Scheduler:
         if keys is not None:
             if max(keys, default=0) > 0xFFFF:
                 return False
-            columns = [None if c is None else (*c[:4], [keys[z] for z in c[4]], c[5]) for c in columns]
+            columns = [None if not (c and c[1]) else (*c[:4], list(map(keys.__getitem__, c[4])), c[5]) for c in columns]
         offset = 0
         for shard, c in zip(self._shards, columns):
-            if c is not None:
+            if c and c[1]:
                 _, numbers, packed, segs, zones, carriers = c
                 shard.add_parked(entry.slot, base + offset, numbers, packed, segs, zones, carriers)
                 offset += len(numbers)
@@ -683,6 +708,29 @@ class Scheduler:
 
 
 _STATE_NAMES = (("ready", READY), ("waiting", WAITING), ("inflight", INFLIGHT), ("parked", PARKED))
+
+
+def _by_shard(shards: list[int], nshards: int, *columns: list) -> list[ShardColumns]:
+    """Columns (recipient k's values at k) dealt to the shards, each shard's in index order:
+    the indexes dealt (one append each), then each column taken in that order with one
+    ``itemgetter`` call and cut at the shards' bounds."""
+    dealt: list[list[int]] = [[] for _ in range(nshards)]
+    add = [d.append for d in dealt]
+    for s, i in zip(shards, range(len(shards))):
+        add[s](i)
+    order = list(chain.from_iterable(dealt))
+    if len(order) == 1:
+        taken = [order, *([c[0]] for c in columns)]
+    else:
+        get = operator.itemgetter(*order)
+        taken = [order, *(list(get(c)) for c in columns)]
+    out: list[ShardColumns] = []
+    start = 0
+    for d in dealt:
+        end = start + len(d)
+        out.append(tuple(c[start:end] for c in taken))  # type: ignore[arg-type]
+        start = end
+    return out
 
 
 def _too_long(count: int, most: int) -> str:

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -64,10 +64,11 @@ from phonenumbers.tzdata import TIMEZONE_DATA
 
 from gateway.core import nanp_regions, zone_overrides
 
-__all__ = ["ZoneResolver", "ZoneSet", "nanp_table_source", "prepare"]
+__all__ = ["PrefixPattern", "ZoneResolver", "ZoneSet", "nanp_table_source", "prepare"]
 
 UNKNOWN_ZONE = "Etc/Unknown"  # what phonenumbers answers when it knows no zone
 START_DEPTH = 4  # first prefix length tried: "1" + area code for NANP numbers
+_TEXT_START = START_DEPTH + 1  # the same, as E.164 text ('+' first)
 _NANP_SHIPPED = nanp_regions.PHONENUMBERS == phonenumbers.__version__
 _TZ_LONGEST = max(map(len, TIMEZONE_DATA))
 _P10 = [10**i for i in range(40)]
@@ -93,6 +94,8 @@ class ZoneResolver:
         self._sets: list[ZoneSet] = []
         self._ids: dict[ZoneSet, int] = {}
         self._nodes: dict[int, int] = {}  # class (prefix * 16 + digits) -> key, or -(deeper length)
+        # the same classes by text: len('+' digits) -> {'+' prefix: key, or -(deeper prefix's length)}
+        self._text_nodes: dict[int, dict[str, int]] = {}
         self._explicit: dict[tuple[str, str | None], int] = {}
         self._valid_zones: set[str] = {self.default_zone}
 
@@ -116,6 +119,22 @@ class ZoneResolver:
                 return v
             k = -v
 
+    def keys_for(self, texts: Sequence[str]) -> list[int]:
+        """``key_for`` of many numbers written as E.164 text ('+' and 7-15 ASCII digits, checked
+        by the caller), a chunk of a large job: the same classes looked up by the text's prefix,
+        one or two dict hits a number, with no int arithmetic (``_text_nodes`` mirrors every
+        node ``key_for`` walks, a class's digits being the text's characters after '+')."""
+        by_length, walk = self._text_nodes, self._key_for_text
+        out: list[int] = []
+        add = out.append
+        for t in texts:
+            d = by_length.get(len(t))
+            v = d.get(t[:_TEXT_START]) if d is not None else None
+            if v is not None and v < 0:
+                v = d.get(t[:-v])
+            add(v if v is not None and v >= 0 else walk(t))
+        return out
+
     def zone_set(self, key: int) -> ZoneSet:
         return self._sets[key]
 
@@ -136,6 +155,18 @@ class ZoneResolver:
         return len(self._sets)
 
     # -- behind the cache ------------------------------------------------------------------
+
+    def _key_for_text(self, text: str) -> int:
+        """``key_for(int(text[1:]))``, every node it walks copied to ``_text_nodes``."""
+        number, nd = int(text[1:]), len(text) - 1
+        key = self.key_for(number)
+        d = self._text_nodes.setdefault(len(text), {})
+        k = START_DEPTH if nd > START_DEPTH else nd
+        while (v := self._nodes[number // _P10[nd - k] * 16 + nd]) < 0:
+            d[text[: k + 1]] = v - 1  # -(the deeper class's length in characters)
+            k = -v
+        d[text[: k + 1]] = v
+        return key
 
     def _key_for_explicit(self, number: int, tz: str) -> int:
         region = self._sets[self.key_for(number)].region
@@ -390,6 +421,12 @@ class _Pattern:
             return True
         return self.any_of is not None and not self._test(self.any_of, head + "Y" * (length - len(head)))
 
+    def every(self, head: str, length: int) -> bool:
+        """Whether every completion of ``head`` to ``length`` digits matches (False: unknown)."""
+        if self.all_of is None or (self.lengths and length not in self.lengths):
+            return False
+        return self._test(self.all_of, head + "X" * (length - len(head)))
+
     def decided(self, head: str, length: int) -> bool:
         if self.all_of is None or self.any_of is None:
             return False
@@ -398,6 +435,8 @@ class _Pattern:
         rest = length - len(head)
         return self._test(self.all_of, head + "X" * rest) or not self._test(self.any_of, head + "Y" * rest)
 
+
+PrefixPattern = _Pattern  # also decides ``NumberCheck``'s prefix classes (gateway/runtime/numbers.py)
 
 _TOKEN = re.compile(r"\\d|\[[^\]]*\]|\{\d+(?:,\d*)?\}|\(\?:|[()|?*+]|\d")
 

@@ -49,7 +49,7 @@ class ChunkChecked(msgspec.Struct, array_like=True, gc=False):
     index: list[int]  # the core checked people[k] = the job's recipient index[k]
     errors: list[tuple[int, str]]  # (the job's index, why): numbers that failed
     checked: Checked  # the core's check of the rest
-    # Those the core accepted, in the order admission gives them ids (the ``by_shard`` order):
+    # Those the core accepted, in the order admission gives them ids (``Checked.order``):
     # a JSON array of recipients, what the store writes (``RecipientRows``).
     rows: bytes
 
@@ -80,7 +80,7 @@ def check_chunk(core: Scheduler, numbers: NumberCheck, job: Job, chunk: Sequence
     else:
         people, index = _numbers_checked(numbers, chunk, first_index, sure, errors, respelt)
     checked = core.check(job, people, portable=portable)  # reads to, vars and tz, as of a Recipient
-    order = [row[0] for shard in checked.by_shard for row in shard]  # people, in the order of their ids
+    order = checked.order()  # people, in the order of their ids
     if lines is None:
         rows = _encode_json([Recipient(to=people[k].to, vars=people[k].vars, tz=people[k].tz, index=index[k])
                              for k in order])  # fmt: skip
@@ -150,6 +150,7 @@ def _check_in_worker(settings: bytes, job: Job, lines: list[bytes], first_index:
         for number in _WARM:  # phonenumbers loads its data lazily (NANP's zones: ~0.4 s): now
             _worker[2].error(number)
             _worker[1].resolver.key_for(int(number[1:]))
+        _worker[2].sure(_WARM)  # and these countries' tables and prefix patterns (NANP's: ~0.1 s)
     _, core, numbers = _worker
     try:
         chunk = _decode_recipients(b"[" + b",".join(lines) + b"]")

@@ -14,11 +14,21 @@ A chunk of a large job asks it of all its numbers at once (``sure``, in ingest's
 processes): per calling code, the same questions in the same order (region by leading digits,
 then the general pattern and the types of the number's length) are compiled into one regex of
 the whole E.164 text, a *country table*; a number is certainly valid and canonical iff it
-matches, one C-level match instead of ~3 µs of Python. A number that does not match (invalid,
-formatted, or one ``_fast`` leaves to phonenumbers) is asked of ``canonical``. Tables are
-compiled from the installed phonenumbers' metadata on first use (0.05-0.3 s a country, so not
-in an event loop: ``NumberCheck(tables=True)``), and a test checks them against ``_fast`` and
-phonenumbers on a corpus of every country's numbers.
+matches. A number that does not match (invalid, formatted, or one ``_fast`` leaves to
+phonenumbers) is asked of ``canonical``. Tables are compiled from the installed phonenumbers'
+metadata on first use (0.05-0.3 s a country, so not in an event loop:
+``NumberCheck(tables=True)``), and a test checks them against ``_fast`` and phonenumbers on a
+corpus of every country's numbers.
+
+A table match still costs ~2 µs (the regex engine backtracks through the lookaheads and a
+country's type alternatives), so ``sure`` asks it once per *prefix class*, as the zone resolver
+does (``gateway.core.zones``): the shortest prefix of the text (from '+' and 4 digits on) for
+which the table says the same of every number of that length, proven with the resolver's
+rewritten patterns (``PrefixPattern``: "does every completion match?", "does any?"), never by
+sampling. A warm number is one or two dict hits. A class that no prefix shorter than the number
+decides, and every number of a country whose prefix rule or leading digits the rewrite does not
+cover (Japan's prefix rule has a '$'), is matched against the table itself. A test compares the
+classes with the tables on every calling code, in two orders.
 
 Anything unusual goes to phonenumbers itself, so the verdict is always phonenumbers' own: an
 unknown country code, a non-geographic one (+800 ...), a national number with a leading zero
@@ -49,6 +59,8 @@ from collections.abc import Sequence
 import phonenumbers
 from phonenumbers import phonenumberutil as _pnu
 from phonenumbers.phonemetadata import PhoneMetadata
+
+from gateway.core.zones import PrefixPattern
 
 __all__ = ["NumberCheck", "fold"]
 
@@ -175,6 +187,76 @@ def _table(cc: str, main: PhoneMetadata, prefix: re.Pattern[str] | None, regions
 
 
 _PROBES = ("", *"0123456789", "00", "11")
+# A prefix class is first looked up at '+' and 4 digits (a calling code and at least the national
+# number's first digit); a number of the usual form is '+' and 7-15 ASCII digits.
+_START = 5
+_E164_COLUMN = re.compile(r"(?:\+[1-9][0-9]{6,14}\n)*\+[1-9][0-9]{6,14}")
+_SURE, _NOT_SURE, _ASK_TABLE = 1, 0, 2  # a class's verdict; a negative value: look at that depth
+_MOST_CLASSES = 500_000  # per length; beyond it, numbers are matched against their table uncached
+
+
+class _Kinds:
+    """One calling code's patterns as prefix patterns (``PrefixPattern``), to decide for a prefix
+    and a length what its table would answer for every completion: the national prefix rule,
+    then per region its leading digits, general pattern and types (``_Region.source``'s). A
+    region's general and type patterns are rewritten when a prefix first reaches that region
+    (NANP has 25 regions; a job's numbers reach a few)."""
+
+    __slots__ = ("prefix", "regions", "exact", "_bodies")
+
+    def __init__(self, prefix: re.Pattern[str] | None, regions: list[_Region]) -> None:
+        self.prefix = PrefixPattern(prefix.pattern, None, prefix_match=True) if prefix is not None else None
+        self.regions = [(PrefixPattern(r.meta.leading_digits, None, prefix_match=True)
+                         if r.meta.leading_digits is not None and len(regions) > 1 else None, r.meta)
+                        for r in regions]  # fmt: skip
+        # the prefix rule and leading digits in the subset PrefixPattern rewrites: else the
+        # table decides each number of the country (Japan's prefix rule has a '$')
+        self.exact = all(p.all_of is not None for p in (self.prefix, *(lead for lead, _ in self.regions)) if p is not None)
+        self._bodies: dict[int, tuple[PrefixPattern | None, list[PrefixPattern]] | None] = {}
+
+    def _body(self, i: int) -> tuple[PrefixPattern | None, list[PrefixPattern]] | None:
+        """Region ``i``'s general pattern and types, or None if one cannot be rewritten."""
+        if i not in self._bodies:
+            m = self.regions[i][1]
+            names = _TYPES if m.same_mobile_and_fixed_line_pattern else (*_TYPES, "mobile")
+            general = PrefixPattern.of(m.general_desc) if m.general_desc is not None else None
+            types = [t for t in (PrefixPattern.of(getattr(m, name)) for name in names) if t is not None]
+            exact = all(p.all_of is not None for p in (general, *types) if p is not None)
+            self._bodies[i] = (general, types) if exact else None
+        return self._bodies[i]
+
+    def verdict(self, head: str, n: int) -> int | None:
+        """What the table says of every national number of ``n`` digits starting with ``head``:
+        ``_SURE``, ``_NOT_SURE``, ``_ASK_TABLE`` (a pattern not rewritten), or None (not the
+        same for all of them: look deeper)."""
+        if head[:1] == "0":
+            return _NOT_SURE  # ``_fast`` leaves a leading zero to phonenumbers
+        if not head:
+            return None
+        if self.prefix is not None and not self.prefix.none(head, n):
+            return _NOT_SURE if self.prefix.every(head, n) else None
+        for i, (leading, _) in enumerate(self.regions):  # region_code_for_number's order
+            if leading is not None:
+                if leading.none(head, n):
+                    continue
+                if not leading.every(head, n):
+                    return None
+                body = self._body(i)
+                return _ASK_TABLE if body is None else _valid(*body, head, n)
+            body = self._body(i)
+            v = _ASK_TABLE if body is None else _valid(*body, head, n)
+            if v != _NOT_SURE:
+                return v
+        return _NOT_SURE
+
+
+def _valid(general: PrefixPattern | None, types: list[PrefixPattern], head: str, n: int) -> int | None:
+    """``_Region.valid`` for every completion of ``head`` to ``n`` digits, or None: not decided."""
+    if general is None or general.none(head, n) or all(t.none(head, n) for t in types):
+        return _NOT_SURE
+    if general.every(head, n) and any(t.every(head, n) for t in types):
+        return _SURE
+    return None
 _HEAD = operator.itemgetter(slice(1, 4))
 
 
@@ -187,7 +269,7 @@ class NumberCheck:
     (in ingest's worker processes: a country's table takes 0.05-0.3 s to compile, once, which
     an event loop serving single messages should not spend)."""
 
-    __slots__ = ("_plans", "_heads", "_sure", "_tables", "_use_tables")
+    __slots__ = ("_plans", "_heads", "_sure", "_tables", "_use_tables", "_classes", "_kinds")
 
     def __init__(self, *, tables: bool = False) -> None:
         self._use_tables = tables
@@ -198,6 +280,9 @@ class NumberCheck:
         # the 3 characters after '+' -> the country's table (``_table``), or None: ask ``canonical``
         self._sure: dict[str, re.Pattern[str] | None] = {}
         self._tables: dict[str, re.Pattern[str] | None] = {}  # country code -> its table
+        # ``sure``'s prefix classes: text length -> {text prefix: verdict, or -(a deeper prefix's length)}
+        self._classes: dict[int, dict[str, int]] = {}
+        self._kinds: dict[str, _Kinds | None] = {}  # country code -> its patterns as prefix patterns
 
     def error(self, number: str) -> str | None:
         """None if valid, else why not (for the API's error body)."""
@@ -210,11 +295,72 @@ class NumberCheck:
         certain, ask ``canonical`` (invalid, formatted, or a number only phonenumbers decides)."""
         if not self._use_tables:
             return [False] * len(texts)
-        sure = self._sure
-        for head in set(map(_HEAD, texts)).difference(sure):
-            self._table_for(head)
-        get = sure.get
-        return [(rx := get(t[1:4])) is not None and rx.fullmatch(t) is not None for t in texts]
+        column = "\n".join(texts)
+        if _E164_COLUMN.fullmatch(column) is None or column.count("\n") != len(texts) - 1:
+            return [self._sure_one(t) for t in texts]  # not all '+' and 7-15 ASCII digits
+        classes, walk = self._classes, self._walk
+        out: list[bool] = []
+        add = out.append
+        for t in texts:  # the usual case: one or two dict hits a number (its prefix class)
+            d = classes.get(len(t))
+            v = d.get(t[:_START]) if d is not None else None
+            if v is not None and v < 0:
+                v = d.get(t[:-v])
+            add(v == _SURE if v is not None and v != _ASK_TABLE and v >= 0 else walk(t))
+        return out
+
+    def _sure_one(self, text: str) -> bool:
+        if text[:1] == "+" and 8 <= len(text) <= 16 and text.isascii() and text[1:].isdigit() and text[1] != "0":
+            return self._walk(text)
+        return False
+
+    def _matches_table(self, text: str) -> bool:
+        rx = self._sure[text[1:4]] if text[1:4] in self._sure else self._table_for(text[1:4])
+        return rx is not None and rx.fullmatch(text) is not None
+
+    def _walk(self, text: str) -> bool:
+        """``sure`` of one number ('+' and 7-15 ASCII digits) by its prefix class, the class
+        found (and cached) first if it is not known: the shortest prefix, from ``_START``
+        characters on, for which the country's table says the same of every number of this
+        length (``_Kinds.verdict``). A number no shorter prefix decides is matched against the
+        table itself, and so is every number of a country whose patterns ``PrefixPattern``
+        cannot rewrite."""
+        d = self._classes.setdefault(len(text), {})
+        k = _START
+        v = d.get(text[:k])
+        while v is not None and v < 0:
+            k = -v
+            v = d.get(text[:k])
+        if v is not None:
+            return v == _SURE if v != _ASK_TABLE else self._matches_table(text)
+        if len(d) >= _MOST_CLASSES:
+            return self._matches_table(text)
+        depth, v = self._decide(text, k)
+        d[text[:depth]] = v
+        if depth > k:
+            d[text[:k]] = -depth
+        return v == _SURE if v != _ASK_TABLE else self._matches_table(text)
+
+    def _decide(self, text: str, k: int) -> tuple[int, int]:
+        """(depth, verdict): the shortest prefix of ``text``, ``k`` characters or more, whose
+        numbers of this length all get the same answer from the table; ``_ASK_TABLE`` when none
+        shorter than the number does (or the country's patterns cannot be decided by prefix)."""
+        head = text[1:4]
+        if (self._sure[head] if head in self._sure else self._table_for(head)) is None:
+            return k, _NOT_SURE  # no table for this head: never sure
+        cut, plan = self._heads[text[1:4]]
+        cc = text[1:cut]
+        kinds = self._kinds.get(cc, False)
+        if kinds is False:
+            kinds = self._kinds[cc] = _Kinds(plan[1], plan[2]) if plan is not None else None
+        if kinds is None or not kinds.exact:
+            return k, _ASK_TABLE
+        n = len(text) - cut
+        for depth in range(max(k, cut), len(text)):
+            v = kinds.verdict(text[cut:depth], n)
+            if v is not None:
+                return depth, v
+        return len(text) - 1, _ASK_TABLE
 
     def canonical(self, text: str, region: str | None = None) -> tuple[str, None] | tuple[None, str]:
         """(phonenumbers' E.164 of ``text``, None), or (None, why not). ``region``: the ISO

@@ -431,7 +431,7 @@ class Gateway:
         adm = self.core.admit_checked(job, checked, now, paused=True)
         rows = RecipientRows(json=cc.rows, count=adm.accepted)
         if len(adm.rejected) > len(checked.rejected):  # rejected at admission too: rows without them
-            order = [row[0] for shard in checked.by_shard for row in shard]
+            order = checked.order()
             people = msgspec.json.decode(cc.rows, type=list[Recipient])
             kept = [r for i, r in zip(order, people) if adm.offsets[i] >= 0]
             rows = RecipientRows(json=_json.encode(kept), count=len(kept))
