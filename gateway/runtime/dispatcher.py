@@ -7,11 +7,9 @@ One ``listen`` task turns the connectors' events back into core calls (``complet
 in batches (group commit: a write starts once the previous one ended, at once if a carrier
 waits for it, else within ``flush_every``; never one transaction per message).
 
-Every core call happens on the event loop's thread. A write commits on the loop (up to
-``Store.inline_record`` changes; a larger one in a worker thread) without waiting for the disk
-(``Store.record_unsynced``); its sync (``Store.sync``, one ``fdatasync`` covering every commit
-so far) runs in a worker thread while the loop reads the carriers and commits the next write.
-What a write holds back (see below) is let go only once its sync returned.
+Every core call happens on the event loop's thread; store writes in a worker thread (a store
+whose writes are a few dict updates, up to ``Store.inline_record`` changes, on the loop), so the
+loop keeps reading the carriers while SQLite writes and syncs.
 The clock is read once per pump round and the same instant passed to every decision.
 
 What a crash can cost is bounded here. A message handed to a connector stays *unconfirmed*
@@ -20,10 +18,8 @@ or refused. A carrier gets at most its in-flight window (``windows``; default ``
 of unconfirmed messages, so after a crash at most that many are sent again: the ones on the wire
 and the ones the carrier took whose ``submitted`` had not reached the disk. Receipts the same
 way: the carrier's receipts are answered (``Connector.acknowledge``) only after the write that
-holds the states they made is synced, so a crash (or a power cut) before it leaves them with the
-carrier, which sends them again to the next process. The webhook process is poked after the sync
-too, though it may read a commit before it (its rows are seen once committed): only a power cut
-in that millisecond could report a state the store then lost.
+holds the states they made, so a crash before it leaves them with the carrier, which sends them
+again to the next process.
 """
 
 from __future__ import annotations
@@ -101,12 +97,6 @@ class Dispatcher:
         self._wake = anyio.Event()
         self._dirty = anyio.Event()  # set when a write should start now (waiting acks, windows)
         self._queued = anyio.Event()  # set when the first change of the next write comes in
-        # Writes committed, not yet synced (``_write``: each with its number), and the syncs
-        # (``_sync_loop``: one covers every commit numbered up to what it read as it began).
-        self._unsynced: list[tuple[int, list[Change], dict[str, int], dict[str, list[int]], int]] = []
-        self._committed = 0  # commits made so far (read by the sync's worker thread)
-        self._synced = anyio.Event()  # set when a sync returned
-        self._commits = anyio.Event()  # set when a commit waits for its sync
         self.stats = DispatcherStats()
         self.receipt_latency = LatencyHistogram()
 
@@ -116,7 +106,6 @@ class Dispatcher:
                 tg.start_soon(self._pump, name, connector)
             tg.start_soon(self._listen)
             tg.start_soon(self._flush_loop)
-            tg.start_soon(self._sync_loop)
 
     def poke(self) -> None:
         """New work was admitted: wake the pumps now instead of at their next idle tick."""
@@ -293,11 +282,6 @@ class Dispatcher:
         # came in meanwhile goes in the next one. Under load the writes run back to back, each
         # taking what arrived during the last; idle, nothing is written and the loop sleeps
         # until the first change (not a wake-up every ``flush_every``).
-        #
-        # The write and its sync to disk are two stages (``_write``, ``_sync_loop``): a write
-        # commits on the loop, a worker thread syncs, and the next write runs while it does. At
-        # most two commits wait for their sync: the one being synced and the one after it (more
-        # would be smaller writes, each with its own WAL pages, and wait for the same sync).
         while True:
             if not self._pending:
                 await self._queued.wait()
@@ -305,66 +289,19 @@ class Dispatcher:
             with anyio.move_on_after(self._flush_every):
                 await self._dirty.wait()
             self._dirty = anyio.Event()
-            while len(self._unsynced) >= 2:  # both stages busy: this batch grows meanwhile
-                await self._synced.wait()
-            await self._write()
+            await self.flush()
 
-    async def _write(self) -> None:
-        """Commit what is pending (``Store.record_unsynced``) and hand it to ``_sync_loop``:
-        nothing it holds back (windows, receipts' answers, webhook pokes) is let go before the
-        sync that covers it."""
+    async def flush(self) -> None:
         if not self._pending:
             return
         changes, self._pending = self._pending, []
         confirming, self._confirming = self._confirming, {}
         acks, self._acks = self._acks, {}
         if len(changes) <= self._store.inline_record:
-            queued = self._store.record_unsynced(changes)
+            queued = self._store.record(changes)
         else:
-            queued = await anyio.to_thread.run_sync(self._store.record_unsynced, changes)
+            queued = await anyio.to_thread.run_sync(self._store.record, changes)
         self.stats.changes_written += len(changes)
-        self._committed += 1
-        self._unsynced.append((self._committed, changes, confirming, acks, queued))
-        self._commits.set()
-
-    async def _sync_loop(self) -> None:
-        """Sync what was committed (one ``fdatasync`` for every write made so far, in a worker
-        thread: no Python runs there but reading a counter, so no GIL is passed back and forth),
-        then let each write's effects go, in the order of the writes."""
-        while True:
-            await self._commits.wait()
-            self._commits = anyio.Event()
-            if self._unsynced:
-                await self._sync()
-
-    async def _sync(self) -> None:
-        upto = await anyio.to_thread.run_sync(self._sync_now)
-        k = 0
-        while k < len(self._unsynced) and self._unsynced[k][0] <= upto:
-            k += 1
-        done, self._unsynced = self._unsynced[:k], self._unsynced[k:]
-        for _, changes, confirming, acks, queued in done:
-            self._written(changes, confirming, acks, queued)
-        self._synced.set()
-        self._synced = anyio.Event()
-        if self._unsynced:
-            self._commits.set()
-
-    def _sync_now(self) -> int:
-        """In a worker thread: the commits made so far, then on disk (``Store.sync``)."""
-        upto = self._committed
-        self._store.sync()
-        return upto
-
-    async def flush(self) -> None:
-        """Write what is pending and sync every commit not synced yet, here (at shutdown the
-        sync loop may be gone; tests): on return it is on disk and its effects are let go."""
-        await self._write()
-        while self._unsynced:
-            await self._sync()
-
-    def _written(self, changes: list[Change], confirming: dict[str, int], acks: dict[str, list[int]],
-                 queued: int) -> None:  # fmt: skip
         # On disk now: those submits no longer count against their carrier's window, and the
         # carriers may forget the receipts.
         for carrier, n in confirming.items():

@@ -149,13 +149,6 @@ class MemoryStore:
             self.drop_job(tenant, job_id)
         return len(left)
 
-    def record_unsynced(self, changes: Sequence[Change]) -> int:
-        """``record`` (nothing here to sync: see ``SqliteStore.record_unsynced``)."""
-        return self.record(changes)
-
-    def sync(self) -> None:
-        """Nothing to sync (``SqliteStore.sync``)."""
-
     def record(self, changes: Sequence[Change]) -> int:
         rows: dict[int, tuple[_Sub, list[Change]]] = {}  # message id -> its subscriber, its changes here
         wanted: set[int] = set()

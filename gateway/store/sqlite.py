@@ -13,7 +13,6 @@ from __future__ import annotations
 
 
 import bisect
-import os
 import sqlite3
 import threading
 import unicodedata
@@ -326,8 +325,7 @@ class SqliteStore:
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._full = synchronous != "NORMAL"
-            self._db.execute(f"PRAGMA synchronous={'FULL' if self._full else 'NORMAL'}")
+            self._db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
             self._db.executescript(_SCHEMA)
             if not any(col[1] == "history" for col in self._db.execute("PRAGMA table_info(messages)")):
                 self._db.execute("ALTER TABLE messages ADD COLUMN history TEXT")  # a store made before it
@@ -354,8 +352,6 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open store {path!r}: {exc}") from exc
         self._lock = threading.Lock()
-        self._wal: tuple[int, int] | None = None  # (fd, inode) of the WAL file, for ``sync``
-        self._wal_lock = threading.Lock()
         self._hooks = _Hooks()
         self._refs: dict[tuple[str, str], str | None] = {}  # job -> its reference (hook_events)
         for tenant, job_id, url, sub, first_id, last_id, open_count, states in hooked:
@@ -456,41 +452,7 @@ class SqliteStore:
             db.execute("DELETE FROM jobs WHERE status = 'incoming'")
         return len(left)
 
-    def record_unsynced(self, changes: Sequence[Change]) -> int:
-        """``record``, committed without waiting for the disk: every reader sees it at once and a
-        kill -9 of this process loses nothing (the OS holds the WAL's pages), but it survives a
-        power cut only once ``sync`` returned. The dispatcher commits on the event loop and syncs
-        in a worker thread, the next write overlapping the sync (docs/ARCHITECTURE.md, "The
-        sync off the event loop"); every other write keeps syncing as it commits."""
-        if not self._full:
-            return self.record(changes)
-        return self.record(changes, _sync=False)
-
-    def sync(self) -> None:
-        """Every commit made before this call is on disk (one ``fdatasync`` of the WAL file; a
-        checkpoint syncs the WAL before it copies it, so what it took is on disk too). Blocks on
-        the disk, holds no lock a write needs: call it from a worker thread while the next
-        ``record_unsynced`` runs."""
-        if not self._full:
-            return
-        try:
-            with self._wal_lock:
-                os.fdatasync(self._wal_fd())
-        except OSError as exc:
-            raise StorageError(f"cannot sync {self.path}-wal: {exc}") from exc
-
-    def _wal_fd(self) -> int:
-        """The WAL file's descriptor, opened again if the file was made anew (same inode check)."""
-        ino = os.stat(self.path + "-wal").st_ino
-        if self._wal is not None and self._wal[1] == ino:
-            return self._wal[0]
-        if self._wal is not None:
-            os.close(self._wal[0])
-        fd = os.open(self.path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
-        self._wal = (fd, os.fstat(fd).st_ino)
-        return fd
-
-    def record(self, changes: Sequence[Change], *, _sync: bool = True) -> int:
+    def record(self, changes: Sequence[Change]) -> int:
         # The batch goes to SQLite as one JSON parameter of one statement (``_BATCH``'s trigger
         # applies it): no Python per row, and the GIL handed back once per statement rather than
         # per row, which under a busy event loop cost more than the writing (`python -m
@@ -501,14 +463,7 @@ class SqliteStore:
         hooked, ended = self._hooked(changes, rows) if self._hooks else (None, ())
         with self._lock:
             try:
-                if _sync:
-                    self._db.execute(_RECORD, (_json_enc.encode(rows), hooked and _json_enc.encode(hooked)))
-                else:  # this one commit without its fdatasync (``record_unsynced``); the next ones sync again
-                    self._db.execute("PRAGMA synchronous=NORMAL")
-                    try:
-                        self._db.execute(_RECORD, (_json_enc.encode(rows), hooked and _json_enc.encode(hooked)))
-                    finally:
-                        self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute(_RECORD, (_json_enc.encode(rows), hooked and _json_enc.encode(hooked)))
             except sqlite3.Error as exc:
                 raise StorageError(str(exc)) from exc
             for b in ended:  # only once committed: a failed batch leaves the cache as it was
@@ -914,10 +869,6 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-        with self._wal_lock:
-            if self._wal is not None:
-                os.close(self._wal[0])
-                self._wal = None
 
 
 def _migrate_outbox(db: sqlite3.Connection) -> None:
