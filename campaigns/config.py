@@ -25,7 +25,7 @@ import re
 import tomllib
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
@@ -136,10 +136,6 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     short_link_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     short_link_head_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0  # a request head's first byte to its end
     short_link_max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
-    # Where a redirect's round trips to PostgreSQL run (a round of link reads, the click flush):
-    # "threads" (anyio's worker threads) or "loop" (psycopg's async connections on the event loop, no
-    # thread hop; docs/ARCHITECTURE.md "The redirect's round trips on the event loop"). SQLite: unused.
-    short_link_store_io: Literal["threads", "loop"] = "threads"
     tenants: list[TenantSettings] = []
 
     def __post_init__(self) -> None:

@@ -99,7 +99,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     launch_store = await anyio.to_thread.run_sync(open_store, settings.store_url) if own else store
     links = tenant_links(settings, env)
     launcher = Launcher(launch_store, clients, links, time.time, callback_urls=callback_urls(settings))
-    tracker = Tracker(launcher, store_io=settings.short_link_store_io)
+    tracker = Tracker(launcher)
     if launch_store is not store:  # range codes resolve on either connection (launch.py sets the launcher's)
         store.set_link_keys({name: t.key for name, t in links.items()})
     flows = FlowRuntime(store, clients, runtime_tenants(settings, links), time.time, inbox=inbox)
@@ -139,7 +139,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             await anyio.sleep_forever()
     finally:
         gc.unfreeze()
-        await tracker.aclose()
+        tracker.close()
         await flows.aclose()
         for c in clients.values():
             await c.aclose()

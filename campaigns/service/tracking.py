@@ -7,17 +7,15 @@ tuples: nothing about it changes once delivered, and the collector has nothing i
 other is read on the store's ``LinkReader``, a connection of its own that never waits behind the
 store's writes: on the event loop for SQLite (WAL readers do not wait for the writer), in rounds for
 PostgreSQL (every code missed while a read is in flight is read by the next one, one query, in a
-worker thread, or awaited on the loop's async connection with ``store_io="loop"``,
-``PgLinkReader.aread``; a waiting request is a callback of its round, ``redirect_later``: no task
-or event per request). A ``Location`` (target + the campaign's UTM) is built once per campaign and URL, not per
+worker thread; a waiting request is a callback of its round, ``redirect_later``: no task or event
+per request). A ``Location`` (target + the campaign's UTM) is built once per campaign and URL, not per
 hit. Then the verdict from ``core.links.verdict``, and the hit appended to an in-memory buffer as a
 tuple with its link (the store's rows are built when the buffer is written, off the loop).
 ``run_flusher`` writes the buffer when its oldest hit has waited ``flush_interval`` (5 ms) and the
 last write ended that long ago (or ``flush_batch`` hits are buffered), in one transaction: the hits,
 each human click's ``clicked`` activity and its subscriber's aggregates, derived from the hits and
-their links (``record_link_hits``: one statement per table, in a worker thread; PostgreSQL one in
-all, in a worker thread or, with ``store_io="loop"``, on the loop's async connection,
-``PgClickWriter``). **What is promised**:
+their links (``record_link_hits``, in a worker thread: one statement per table; PostgreSQL one in
+all). **What is promised**:
 a hit is stored within the flush interval plus one write after its 302 was answered; a kill -9 loses at most the hits answered since the last
 committed flush began (never a hit already stored; tests/campaigns/test_click_crash.py); a clean stop
 flushes; and every read of click figures (the report, ``/clicks``, the A/B decision) flushes first,
@@ -37,7 +35,6 @@ import logging
 import string
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import anyio
 import msgspec
@@ -122,9 +119,8 @@ _Buffered = tuple[str, float, str, str, _Known]
 
 class Tracker:
     def __init__(self, launcher: Launcher, *, flush_interval: float = 0.005, flush_batch: int = 512,
-                 link_cache: int = 200_000, location_cache: int = 100_000, store_io: str = "threads") -> None:  # fmt: skip
+                 link_cache: int = 200_000, location_cache: int = 100_000) -> None:  # fmt: skip
         self.la = launcher
-        self.store_io = store_io  # "loop": a reader's ``aread`` and the store's click writer, when they exist
         self.link_cache = link_cache
         # code -> _Known: delivered messages only, least recently used evicted first
         self._links: dict[str, _Known] = {}
@@ -144,7 +140,6 @@ class Tracker:
         self._since = 0.0  # when the oldest buffered hit was buffered (time.monotonic: the loop's clock)
         self._wake: asyncio.Event | None = None  # set by the first hit buffered, or the flush_batch-th
         self._flushed_at = 0.0  # when the last write ended (time.monotonic)
-        self._writer: Any = None  # the store's click writer on the loop (PostgreSQL); False: none (a thread)
         self._flushing: anyio.Lock | None = None
         self._shapes: dict[tuple[str, str], Preview] = {}
 
@@ -298,13 +293,8 @@ class Tracker:
         found: dict[str, LinkRow] = {}
         error: Exception | None = None
         rounds = [rnd]
-        reader = self._open_reader()
-        aread = getattr(reader, "aread", None) if self.store_io == "loop" else None
         try:  # not abandoned on cancel: the round always ends, its waiters are answered
-            if aread is not None:  # PostgreSQL: on the loop, psycopg's async connection (no thread hop)
-                found = await aread(list(rnd.waiters))
-            else:
-                found = await anyio.to_thread.run_sync(reader.read, list(rnd.waiters))
+            found = await anyio.to_thread.run_sync(self._open_reader().read, list(rnd.waiters))
         except Exception as exc:  # noqa: BLE001 - every waiter of the round sees it
             error = exc
         except BaseException:  # cancelled (shutting down): every waiter hears it, no next round
@@ -335,23 +325,8 @@ class Tracker:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        if self._writer:
-            self._writer.close()
-        self._writer = None
         for t in list(self._tasks):
             t.cancel()
-
-    async def aclose(self) -> None:
-        """``close`` on the loop: the async connections (PostgreSQL's reader and click writer) closed
-        the polite way."""
-        for t in list(self._tasks):
-            t.cancel()
-        reader, self._reader = self._reader, None
-        writer, self._writer = self._writer, None
-        for c in (reader, writer):
-            if c:
-                aclose = getattr(c, "aclose", None)
-                await aclose() if aclose is not None else c.close()
 
     def log_front_error(self, code: str) -> None:
         log.warning("redirect.front_failed code=%s (answered by the API's own route)", code, exc_info=True)
@@ -378,16 +353,8 @@ class Tracker:
             if not hits:
                 return 0
             since, self._since = self._since, time.monotonic()  # hits buffered from now on: their own deadline
-            if self._writer is None:
-                opener = getattr(self.store, "open_click_writer", None) if self.store_io == "loop" else None
-                self._writer = opener() if opener is not None else False
             try:
-                if self._writer:  # PostgreSQL: one statement on the loop's async connection, no thread hop
-                    rows = self._rows(hits)
-                    with anyio.CancelScope(shield=True):  # a statement under way is not abandoned
-                        await self._writer.write(rows, now=self.la.clock())
-                else:
-                    await self.la._run(self._write, hits, self.la.clock())
+                await self.la._run(self._write, hits, self.la.clock())
             except BaseException:
                 self._hits[:0] = hits  # kept for the next flush
                 self._since = since

@@ -88,46 +88,23 @@ def resolve_ranges(query: Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]
     """``resolve_codes``'s second half: the range links of ``codes`` that have no ``short_links`` row.
     Every code is decoded in memory with every tenant's key (a keyed permutation: no read), then one
     statement per 500 candidates reads their ranges and slots; a code's link is its first tenant (in
-    name order) whose slot's text carries the code. (In three parts, ``range_candidates``,
-    ``range_reads`` and ``range_links``, so a caller can send the reads with others: the PostgreSQL
-    reader's async round sends them in one statement with the ``short_links`` read.)"""
-    candidates = range_candidates(codes, keys)
-    rows: list[Sequence[Any]] = []
-    for sql, params in range_reads(candidates, placeholder):
-        rows += query(sql, params)
-    return range_links(candidates, rows)
-
-
-def range_candidates(codes: Sequence[str], keys: Mapping[str, bytes]) -> list[tuple[str, str, int, int]]:
-    """Each code decoded with each tenant's key (in name order): ``(code, tenant, length, number)``."""
+    name order) whose slot's text carries the code."""
     candidates: list[tuple[str, str, int, int]] = []
-    tenants = sorted(keys)
     for code in codes:
         if not core_links.MIN_CODE <= len(code) <= core_links.MAX_CODE:
             continue
-        for tenant in tenants:
+        for tenant in sorted(keys):
             n = core_links.cipher_for(keys[tenant], len(code)).decode(code)
             if n is None:
                 break  # not base62: no tenant's code
             candidates.append((code, tenant, len(code), n))
-    return candidates
-
-
-def range_reads(candidates: Sequence[tuple[str, str, int, int]], placeholder: str = "?") -> list[tuple[str, list[Any]]]:
-    """The statements (one per 500 candidates) reading the candidates' ranges and slots."""
+    found: dict[tuple[str, str], tuple] = {}
     sql = _RANGE_READ_MANY.replace("{rowset}", _RANGE_ROWSET[placeholder])
-    out: list[tuple[str, list[Any]]] = []
     for i in range(0, len(candidates), 500):
         chunk = candidates[i:i + 500]
         params = [list(c) for c in zip(*chunk, strict=True)] if placeholder != "?" else [_json.encode(chunk).decode()]
-        out.append((sql, params))
-    return out
-
-
-def range_links(candidates: Sequence[tuple[str, str, int, int]], rows: Sequence[Sequence[Any]]) -> dict[str, LinkRow]:
-    """The links ``range_reads``' rows give the candidates: a code's first tenant whose slot's text
-    carries the code."""
-    found: dict[tuple[str, str], Sequence[Any]] = {(row[0], row[1]): row for row in rows}
+        for row in query(sql, params):
+            found[(row[0], row[1])] = row
     out: dict[str, LinkRow] = {}
     for code, tenant, _length, _n in candidates:
         row = found.get((code, tenant))

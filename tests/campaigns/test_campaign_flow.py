@@ -254,3 +254,16 @@ def test_click_min_delay_is_checked_in_the_config() -> None:
     with pytest.raises(ConfigError) as err:
         loads(base + "click_min_delay_s = -1\n")
     assert err.value.key == "campaigns.tenants[0].click_min_delay_s"
+
+
+def test_a_removed_setting_is_an_unknown_key() -> None:
+    """``short_link_store_io`` (the redirect's PostgreSQL round trips on the event loop) was removed:
+    a config that still sets it is refused like any unknown key, naming it, not silently ignored."""
+    from campaigns.errors import ConfigError
+
+    base = '[campaigns]\nstore_url = "sqlite:///c.db"\nshort_link_port = 0\n'
+    assert loads(base) is not None
+    for value in ('"loop"', '"threads"'):
+        with pytest.raises(ConfigError, match="unknown field `short_link_store_io`") as err:
+            loads(base + f"short_link_store_io = {value}\n", path="sluice.toml")
+        assert err.value.key == "campaigns" and str(err.value).startswith("sluice.toml: ")

@@ -1,15 +1,12 @@
-"""The redirect's store work on the event loop (PostgreSQL: psycopg's async connections, no worker
-thread a round) and the flusher's cadence: a round of misses and a flush give the same links and
-store the same clicks on both engines; a failed or broken flush keeps its hits (no loss, no
-duplicate); the flusher writes when the oldest hit's deadline passes or a batch is full, and not
-before, and sleeps while nothing is buffered."""
+"""The click flusher's cadence: it writes when the oldest buffered hit's deadline passes or a batch
+is full, and not before, and sleeps while nothing is buffered; a failed flush keeps its hits, in
+order (no loss, no duplicate)."""
 
 from __future__ import annotations
 
 import time
 
 import anyio
-import psycopg
 import pytest
 
 from campaigns.errors import StorageError
@@ -36,57 +33,19 @@ async def _until(cond, seconds: float = 10.0) -> None:  # type: ignore[no-untype
             await anyio.sleep(0.001)
 
 
-async def test_misses_read_and_clicks_flushed_on_the_loop(store) -> None:  # type: ignore[no-untyped-def]
-    codes = _links(store, 12)
-    tracker = Tracker(Launcher(store, {}, {}, lambda: T0 + 100), store_io="loop")
-    got: dict[str, object] = {}
-
-    async def one(code: str) -> None:
-        hit = await tracker.redirect(code, method="GET", user_agent=UA)
-        got[code] = hit.location if hit is not None else None
-
-    try:
-        async with anyio.create_task_group() as tg:  # missed together: rounds of reads
-            for c in [*codes, "Nope00000"]:
-                tg.start_soon(one, c)
-        assert got.pop("Nope00000") is None
-        assert all(str(loc).startswith(f"https://x.example/{c}?") for c, loc in got.items()) and len(got) == 12
-        assert await tracker.flush() == 12
-        assert store.click_counts("acme", 1).total == 12
-        if store.engine == "postgres":  # both ran on the loop's async connections
-            assert tracker._writer and hasattr(tracker._reader, "aread")
-        # the connection behind the writer broken (the server ended it): the flush fails, its hits
-        # are kept, in order, and the next flush reconnects and stores them once
-        if store.engine == "postgres":
-            with psycopg.connect(store.process_url, autocommit=True) as admin:
-                pid = tracker._writer._conn.info.backend_pid
-                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-            for c in codes[:3]:
-                assert await tracker.redirect(c, method="GET", user_agent=UA) is not None
-            with pytest.raises(StorageError):
-                await tracker.flush()
-            assert len(tracker._hits) == 3
-            assert await tracker.flush() == 3
-            assert store.click_counts("acme", 1).total == 15
-    finally:
-        await tracker.aclose()
-
-
 class _Writer:
-    """A click writer recording when each flush came and what it held; the first ``fail`` fail."""
+    """``Tracker._write`` (run in a worker thread) recording when each flush came and what it held;
+    the first ``fail`` fail."""
 
     def __init__(self, store, fail: int = 0) -> None:  # type: ignore[no-untyped-def]
         self.store, self.fail, self.calls = store, fail, []  # type: ignore[var-annotated]
 
-    async def write(self, hits, *, now):  # type: ignore[no-untyped-def]
-        self.calls.append((time.monotonic(), [h.code for h in hits]))
+    def __call__(self, hits, now):  # type: ignore[no-untyped-def]
+        self.calls.append((time.monotonic(), [h[0] for h in hits]))
         if self.fail > 0:
             self.fail -= 1
             raise StorageError("connection lost")
-        return self.store.record_link_hits(hits, now=now)
-
-    def close(self) -> None:
-        pass
+        return self.store.record_link_hits(Tracker._rows(hits), now=now)
 
 
 async def test_the_flusher_writes_at_the_oldest_hits_deadline_or_a_full_batch(sqlite_url) -> None:  # type: ignore[no-untyped-def]
@@ -95,8 +54,8 @@ async def test_the_flusher_writes_at_the_oldest_hits_deadline_or_a_full_batch(sq
     store = open_store(sqlite_url)
     codes = _links(store, 8)
     interval = 0.2
-    tracker = Tracker(Launcher(store, {}, {}, lambda: T0 + 100), flush_interval=interval, flush_batch=4, store_io="loop")
-    writer = tracker._writer = _Writer(store, fail=1)
+    tracker = Tracker(Launcher(store, {}, {}, lambda: T0 + 100), flush_interval=interval, flush_batch=4)
+    writer = tracker._write = _Writer(store, fail=1)  # type: ignore[method-assign]
     for c in codes:  # read once (the links then kept in memory)
         await tracker.redirect(c, method="GET", user_agent=UA)
     with pytest.raises(StorageError):
