@@ -53,7 +53,7 @@ async def test_the_flusher_writes_at_the_oldest_hits_deadline_or_a_full_batch(sq
 
     store = open_store(sqlite_url)
     codes = _links(store, 8)
-    interval = 0.2
+    interval = 1.0  # long enough that a write at once and one at the deadline are told apart under load
     tracker = Tracker(Launcher(store, {}, {}, lambda: T0 + 100), flush_interval=interval, flush_batch=4)
     writer = tracker._write = _Writer(store, fail=1)  # type: ignore[method-assign]
     for c in codes:  # read once (the links then kept in memory)
@@ -69,12 +69,15 @@ async def test_the_flusher_writes_at_the_oldest_hits_deadline_or_a_full_batch(sq
             tg.start_soon(tracker.run_flusher)
             await _until(lambda: tracker._wake is not None)  # asleep: nothing buffered
             assert writer.calls == []
-            # a full batch (4) is written at once, without waiting for the deadline
+            # a full batch (4) is written at once, without waiting for the deadline: one hit, the
+            # flusher asleep on its deadline (a fresh, unset event), then the batch filled
             t = time.monotonic()
-            for c in codes[:4]:
+            tracker.redirect_nowait(codes[0], method="GET", user_agent=UA)
+            await _until(lambda: tracker._wake is not None and not tracker._wake.is_set())
+            for c in codes[1:4]:
                 tracker.redirect_nowait(c, method="GET", user_agent=UA)
             await _until(lambda: len(writer.calls) == 1)
-            assert writer.calls[0][1] == codes[:4]
+            assert writer.calls[0][1] == codes[:4] and writer.calls[0][0] - t < interval / 2
             # one hit: written when it has waited the interval, not before (and not lost)
             t = time.monotonic()
             tracker.redirect_nowait(codes[4], method="GET", user_agent=UA)
