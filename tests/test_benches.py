@@ -113,8 +113,11 @@ def test_bench_kannel_hears_every_final_state_once_from_both(tmp_path):
     hooks = run["sluice-hooks"]
     assert hooks["accepted"] == hooks["final_in_store"] == hooks["delivered"] == sent
     assert hooks["server_peak_rss"] > 10 << 20
-    # every process of a side is charged: the simulator's CPU on both sides, serve's children on Sluice's
-    assert run["kannel"]["simulator_cpu_us"] > 0 and hooks["simulator_cpu_us"] > 0
+    # every process of a side is charged: the simulator's CPU on both sides, serve's children on Sluice's.
+    # /proc counts CPU in clock ticks (10 ms): the simulator's ~35 µs a message over these ~275 messages
+    # may round to no tick on Sluice's side (a fresh-clone CI run saw 0.0), so there it must be present
+    # and never negative; on Kannel's side (one sendsms at a time, ~200 µs a message) it is always > 0.
+    assert run["kannel"]["simulator_cpu_us"] > 0 and hooks["simulator_cpu_us"] >= 0
     assert hooks["server_cpu_us"] > 0 and hooks["delivery_cpu_us"] > 0 and "ingest_cpu_us" in hooks
     assert "CPU per message" in result.output
     assert run["sluice-hooks"]["events_heard"] == 2 * sent  # submitted + delivered: every state
