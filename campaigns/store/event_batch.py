@@ -65,13 +65,7 @@ class EventBatch:
 
     def _apply_batch_steps(self, tx: Tx, tenant: str, events: Sequence[tuple[ShopEvent, str | None]],
                            now: float) -> list[Applied]:  # fmt: skip
-        out: list[Applied | None] = [None] * len(events)
-        first: dict[str, int] = {}
-        for i, (e, _) in enumerate(events):
-            if e.id in first:
-                out[i] = Applied(outcome="duplicate")
-            else:
-                first[e.id] = i
+        out, first = first_by_id(events)
         claimed = self._claim(tx, tenant, list(first))
         fresh = []
         for eid, i in first.items():
@@ -182,6 +176,19 @@ class EventBatch:
 _ROW_KINDS = (("sid", "bigint"), ("kind", "text"), ("total", "bigint"), ("status", "text"), ("at", "float8"),
               ("oid", "text"), ("top", "bigint"))
 _DOUBLE = "DOUBLE PRECISION"  # REAL affinity on SQLite, float8 on PostgreSQL
+
+
+def first_by_id(events: Sequence[tuple[ShopEvent, str | None]]) -> tuple[list[Applied | None], dict[str, int]]:
+    """A batch's outcomes so far (a repeat of an id earlier in the batch: ``duplicate``) and each id's
+    first index, in the batch's order (both engines' batch paths start here)."""
+    out: list[Applied | None] = [None] * len(events)
+    first: dict[str, int] = {}
+    for i, (e, _) in enumerate(events):
+        if e.id in first:
+            out[i] = Applied(outcome="duplicate")
+        else:
+            first[e.id] = i
+    return out, first
 
 
 def _lit(x: float) -> str:

@@ -43,7 +43,7 @@ from campaigns.core import flow_inputs
 from campaigns.core.events import ActivityEvent, CheckoutEvent, CustomEvent, FulfillmentEvent, OrderEvent, ShopEvent
 from campaigns.store import rollups
 from campaigns.store.base import Applied
-from campaigns.store.event_batch import _ACTIVITY_STAT, _ORDER_CHANGED, _greatest, _least, _scores
+from campaigns.store.event_batch import _ACTIVITY_STAT, _ORDER_CHANGED, _greatest, _least, _scores, first_by_id
 
 if TYPE_CHECKING:
     from campaigns.store.sql import Tx
@@ -211,13 +211,7 @@ class PgEventBatch:
     def _apply_batch(self, tx: Tx, tenant: str, events: Sequence[tuple[ShopEvent, str | None]],
                      now: float) -> tuple[list[Applied], bool]:  # fmt: skip
         """The outcomes, and True: the flow inputs are queued here (``SqlStore._apply_events``)."""
-        out: list[Applied | None] = [None] * len(events)
-        first: dict[str, int] = {}
-        for i, (e, _) in enumerate(events):
-            if e.id in first:
-                out[i] = Applied(outcome="duplicate")
-            else:
-                first[e.id] = i
+        out, first = first_by_id(events)
         idx = list(first.values())
         phones = [_candidate_phone(*events[i]) for i in idx]
         oids = [e.order_id if isinstance(e := events[i][0], OrderEvent) and phones[k] else "" for k, i in enumerate(idx)]
