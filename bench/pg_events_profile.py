@@ -22,17 +22,10 @@ import click
 
 from bench import postgres
 from bench.audience import NOW, TENANT, Audience, _load_postgres, _order_line
+from bench.service import cpu_seconds
 from campaigns.core.events import decode_event
 from campaigns.store import open_store
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int) -> float:
-    """A process's user + system CPU seconds (``/proc/<pid>/stat`` fields 14, 15)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def proc_ns(pid: int) -> int:
@@ -101,7 +94,7 @@ def server_cpu(pids: list[int]) -> float:
     total = 0.0
     for p in pids:
         try:
-            total += proc_cpu(p)
+            total += cpu_seconds(p)
         except OSError:  # a process that ended (an autovacuum worker): its CPU is gone with it
             continue
     return total
@@ -126,7 +119,7 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, fillfactor: int
         spent: dict[str, list[float]] = {}
         store._conn.cursor_factory = _timed_cursor(backend, spent)
         store._conn.execute("SELECT pg_stat_statements_reset()")
-        c0, b0, s0, t0 = time.process_time(), proc_cpu(backend), server_cpu(pids), time.perf_counter()
+        c0, b0, s0, t0 = time.process_time(), cpu_seconds(backend), server_cpu(pids), time.perf_counter()
         walls = []
         for i in range(1, batches):
             chunk = [(e, e.phone) for e in events[i * batch:(i + 1) * batch]]
@@ -134,7 +127,7 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, fillfactor: int
             store.apply_events(TENANT, chunk, now=NOW)
             walls.append(time.perf_counter() - t)
         done = (batches - 1) * batch
-        client, back, server, wall = (time.process_time() - c0, proc_cpu(backend) - b0, server_cpu(pids) - s0,
+        client, back, server, wall = (time.process_time() - c0, cpu_seconds(backend) - b0, server_cpu(pids) - s0,
                                       time.perf_counter() - t0)  # fmt: skip
         rows = store._conn.execute(
             "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 110) FROM "
