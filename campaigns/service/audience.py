@@ -549,6 +549,8 @@ def _touched(applied: Sequence[Applied]) -> dict[int, set[str]]:
     for r in applied:
         if r.subscriber_id is not None and r.outcome != "duplicate":
             touched.setdefault(r.subscriber_id, set()).update(r.changed)
+            for other in r.others:
+                touched.setdefault(other, set()).update(r.changed)
     return touched
 
 

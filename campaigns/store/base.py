@@ -37,6 +37,9 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True):
     subscriber_id: int | None = None
     changed: frozenset[str] = frozenset()
     consent: ConsentEntry | None = None  # a consent box ticked in the event, as recorded
+    # other subscribers whose rows the event changed (the order's former owner, the owner of a
+    # checkout another phone completed or abandoned): their segments are re-evaluated too
+    others: tuple[int, ...] = ()
 
 
 class NewConsent(msgspec.Struct, frozen=True, kw_only=True):

@@ -201,6 +201,47 @@ def check_checkouts(store: Store) -> None:
     assert store.stats("acme", sid).last_abandoned_checkout_at == T0 + 9300  # type: ignore[arg-type]
 
 
+def check_checkout_of_another_phone(store: Store) -> None:
+    """A checkout abandoned under one phone and paid or abandoned under another (the shopper switched
+    numbers): the checkout stays its first subscriber's, and their ``last_abandoned_checkout_at``
+    follows it at once, named in ``Applied.others`` so their segments are re-evaluated; the same
+    whether the events come one by one or in one batch, and whether the order is new or an update."""
+    def owner_abandoned(tenant: str) -> float | None:
+        sub = store.subscriber_by_phone(tenant, A)
+        assert sub is not None
+        return store.stats(tenant, sub.id).last_abandoned_checkout_at
+
+    for tenant, batched in (("sw1", False), ("sw2", True)):
+        def send(*evs: object, now: float = T0 + 100) -> list[object]:
+            pairs = [(e, getattr(e, "phone")) for e in evs]
+            if batched:
+                return store.apply_events(tenant, pairs, now=now)  # type: ignore[arg-type]
+            return [store.apply_event(tenant, e, phone=p, now=now) for e, p in pairs]  # type: ignore[arg-type]
+
+        send(CheckoutEvent(id="k1", at=T0, checkout_id="sk1", phone=A, status="abandoned"))
+        owner = store.subscriber_by_phone(tenant, A)
+        assert owner is not None and owner_abandoned(tenant) == T0
+        paid = send(OrderEvent(id="o1", at=T0 + 5, order_id="so1", phone=B, total=900, currency="EUR",
+                               payment_status="paid", checkout_id="sk1"))[0]  # fmt: skip
+        assert paid.outcome == "applied" and paid.others == (owner.id,), paid  # type: ignore[attr-defined]
+        assert owner_abandoned(tenant) is None
+        payer = store.subscriber_by_phone(tenant, B)
+        assert payer is not None and store.stats(tenant, payer.id).last_abandoned_checkout_at is None
+        # abandoned again under B's phone: the checkout is A's, A's aggregate moves; completed stays final
+        send(CheckoutEvent(id="k2", at=T0 + 9, checkout_id="sk2", phone=A, status="started"),
+             CheckoutEvent(id="k3", at=T0 + 20, checkout_id="sk2", phone=B, status="abandoned"))
+        assert owner_abandoned(tenant) == T0 + 20
+        done = send(CheckoutEvent(id="k4", at=T0 + 30, checkout_id="sk2", phone=B, status="completed"))[0]
+        assert done.others == (owner.id,) and owner_abandoned(tenant) is None  # type: ignore[attr-defined]
+        # an update of a stored order that names A's abandoned checkout late
+        send(CheckoutEvent(id="k5", at=T0 + 40, checkout_id="sk3", phone=A, status="abandoned"),
+             OrderEvent(id="o2", at=T0 + 41, order_id="so2", phone=B, total=1, currency="EUR", payment_status="paid"))
+        assert owner_abandoned(tenant) == T0 + 40
+        late = send(OrderEvent(id="o3", at=T0 + 45, order_id="so2", phone=B, total=1, currency="EUR",
+                               payment_status="paid", checkout_id="sk3"))[0]  # fmt: skip
+        assert late.others == (owner.id,) and owner_abandoned(tenant) is None  # type: ignore[attr-defined]
+
+
 def check_activities_and_customers(store: Store) -> None:
     r = store.apply_event("acme", CustomerEvent(id="c1", at=T0, profile=Profile(phone=A, first_name="Zoe", tags=("new",)),
                           consent=ConsentGrant(accepted=False)), phone=A, now=T0)  # fmt: skip
@@ -554,7 +595,8 @@ def check_flow_runs_timers_and_outbox(store: Store) -> None:
 
 
 CHECKS: list[Callable[[Store], None]] = [check_subscribers, check_consent_ledger, check_events_idempotent_and_aggregates,
-                                         check_events_out_of_order, check_checkouts, check_activities_and_customers,
+                                         check_events_out_of_order, check_checkouts, check_checkout_of_another_phone,
+                                         check_activities_and_customers,
                                          check_segments_storage, check_import, check_campaigns,
                                          check_held_and_outcomes, check_links_and_clicks, check_discount_pools,
                                          check_event_batches, check_refresh_members,

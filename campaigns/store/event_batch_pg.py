@@ -71,7 +71,7 @@ def _score_sets(column: dict[str, str]) -> dict[str, str]:
 @functools.cache
 def claim_sql() -> str:
     """Statement 1. Rows ``(what, text, id)``: 0 a claimed event id; 1 a phone and its subscriber;
-    2 a stored (or early-fulfilled) order id; 3 a stored checkout id; 4 the shop has flows."""
+    2 a stored (or early-fulfilled) order id; 3 a stored checkout id and its subscriber; 4 the shop has flows."""
     return (
         "WITH e AS (SELECT * FROM unnest(%(ids)s::text[], %(phones)s::text[], %(oids)s::text[], %(cids)s::text[]) "
         "AS e (id, phone, oid, cid)), "
@@ -89,7 +89,7 @@ def claim_sql() -> str:
         "(SELECT oid FROM e WHERE oid <> '') "
         "UNION ALL SELECT 2, order_id, NULL FROM early_fulfillments WHERE tenant = %(t)s AND order_id IN "
         "(SELECT oid FROM e WHERE oid <> '') "
-        "UNION ALL SELECT 3, checkout_id, NULL FROM checkouts WHERE tenant = %(t)s AND checkout_id IN "
+        "UNION ALL SELECT 3, checkout_id, subscriber_id FROM checkouts WHERE tenant = %(t)s AND checkout_id IN "
         "(SELECT cid FROM e WHERE cid <> '') "
         "UNION ALL SELECT 4, NULL, NULL WHERE EXISTS (SELECT 1 FROM flow_heads WHERE tenant = %(t)s)"
     )  # fmt: skip
@@ -215,11 +215,12 @@ class PgEventBatch:
         idx = list(first.values())
         phones = [_candidate_phone(*events[i]) for i in idx]
         oids = [e.order_id if isinstance(e := events[i][0], OrderEvent) and phones[k] else "" for k, i in enumerate(idx)]
-        cids = [e.checkout_id if isinstance(e := events[i][0], CheckoutEvent) and phones[k] else "" for k, i in enumerate(idx)]
+        cids = [(e.checkout_id or "") if isinstance(e := events[i][0], (CheckoutEvent, OrderEvent)) and phones[k] else ""
+                for k, i in enumerate(idx)]  # fmt: skip
         claimed: set[str] = set()
         sid_of: dict[str, int] = {}
         known_orders: set[str] = set()
-        known_checkouts: set[str] = set()
+        known_checkouts: dict[str, int] = {}  # stored checkout -> its subscriber
         flows = False
         for what, text, sid in tx.named_rows(claim_sql(), {"ids": list(first), "phones": phones, "oids": oids, "cids": cids,
                                                          "t": tenant, "now": now}):  # fmt: skip
@@ -230,14 +231,14 @@ class PgEventBatch:
             elif what == 2:
                 known_orders.add(text)
             elif what == 3:
-                known_checkouts.add(text)
+                known_checkouts[text] = int(sid)
             else:
                 flows = True
         fresh = sorted(i for i in idx if events[i][0].id in claimed)
         for eid, i in first.items():
             if eid not in claimed:
                 out[i] = Applied(outcome="duplicate")
-        orders, acts, checkouts, slow = _split(events, fresh, known_orders, known_checkouts)
+        orders, acts, checkouts, slow = _split(events, fresh, known_orders, known_checkouts, sid_of)
         missing = {events[i][1] for i in orders + acts + checkouts} - sid_of.keys()
         if missing:  # made by another transaction that committed while statement 1 ran (not in its snapshot)
             sid_of.update((p, int(s)) for p, s in tx.rows(
@@ -261,18 +262,21 @@ class PgEventBatch:
 
 
 def _split(events: Sequence[tuple[ShopEvent, str | None]], fresh: list[int], known_orders: set[str],
-           known_checkouts: set[str]) -> tuple[list[int], list[int], list[int], list[int]]:  # fmt: skip
+           known_checkouts: dict[str, int], sid_of: dict[str, int]) -> tuple[list[int], list[int], list[int], list[int]]:  # fmt: skip
     """(new orders, activities, new checkouts, the rest) among the claimed events, each in arrival order:
-    ``EventBatch._split``'s rule, and a checkout whose id is neither stored nor named by another event."""
+    ``EventBatch._split``'s rule, and a checkout whose id is neither stored nor named by another event.
+    An order completing a stored checkout of another subscriber is left to the per-event code (which
+    recomputes that subscriber's aggregates and names them in ``Applied.others``)."""
     named = Counter(events[i][0].order_id for i in fresh if isinstance(events[i][0], (OrderEvent, FulfillmentEvent)))  # type: ignore[union-attr]
     carts = Counter(c for i in fresh if (c := getattr(events[i][0], "checkout_id", None)) is not None)
     orders, acts, checkouts, slow = [], [], [], []
     for i in fresh:
         e, phone = events[i]
+        cart, sid = getattr(e, "checkout_id", None), sid_of.get(phone or "")
+        own_cart = cart is None or (carts[cart] == 1 and known_checkouts.get(cart, sid) == sid)
         if phone is None:
             slow.append(i)
-        elif (isinstance(e, OrderEvent) and named[e.order_id] == 1 and e.order_id not in known_orders
-              and (e.checkout_id is None or carts[e.checkout_id] == 1)):  # fmt: skip
+        elif isinstance(e, OrderEvent) and named[e.order_id] == 1 and e.order_id not in known_orders and own_cart:
             orders.append(i)
         elif isinstance(e, (ActivityEvent, CustomEvent)):
             acts.append(i)

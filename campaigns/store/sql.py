@@ -463,13 +463,14 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         if row is not None and row[0] > e.at:
             # Older than the order's state: only what stays true whatever came after still counts
             # (when it was placed, which checkout it completed).
+            owner = None
             if e.checkout_id is not None:
                 tx.run("UPDATE orders SET checkout_id = COALESCE(checkout_id, ?) WHERE tenant = ? AND order_id = ?",
                        (e.checkout_id, tenant, e.order_id))  # fmt: skip
-                self._complete_checkout(tx, tenant, e.checkout_id, int(row[1]), created)
+                owner = self._complete_checkout(tx, tenant, e.checkout_id, int(row[1]), created, now)
             self._restat(tx, tenant, int(row[1]), now, _ORDER_PARTS[e.checkout_id is not None])
             rollups.upkeep(tx, tenant, recompute=[int(row[1])])
-            return Applied(outcome="stale", subscriber_id=int(row[1]),
+            return Applied(outcome="stale", subscriber_id=int(row[1]), others=() if owner is None else (owner,),
                            changed=frozenset({"orders", "checkouts", "subscriber_stats"}))  # fmt: skip
         if row is None:
             tx.run("INSERT INTO orders (tenant, order_id, subscriber_id, total, currency, payment_status, "
@@ -492,15 +493,18 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
             tx.run("INSERT INTO order_items (tenant, order_id, product, category, price, quantity) VALUES (?, ?, ?, ?, ?, ?)",
                    (tenant, e.order_id, it.product, it.category, it.price, it.quantity))  # fmt: skip
         changed = {"orders", "order_items", "subscriber_stats"}
+        others: set[int] = set()
         if e.checkout_id is not None:
-            self._complete_checkout(tx, tenant, e.checkout_id, sid, created)
+            if (owner := self._complete_checkout(tx, tenant, e.checkout_id, sid, created, now)) is not None:
+                others.add(owner)
             changed.add("checkouts")
         stale_owner = int(row[1]) if row is not None and int(row[1]) != sid else None
         self._restat(tx, tenant, sid, now, _ORDER_PARTS[e.checkout_id is not None])
         if stale_owner is not None:
             self._restat(tx, tenant, stale_owner, now, _ORDER_PARTS[True])
+            others.add(stale_owner)
         rollups.upkeep(tx, tenant, recompute=[sid] if stale_owner is None else [sid, stale_owner])
-        return Applied(outcome="applied", subscriber_id=sid, changed=frozenset(changed))
+        return Applied(outcome="applied", subscriber_id=sid, changed=frozenset(changed), others=tuple(sorted(others)))
 
     def _early_fulfillment(self, tx: Tx, tenant: str, order_id: str) -> None:
         row = tx.one("SELECT status, tracking_url, at FROM early_fulfillments WHERE tenant = ? AND order_id = ?",
@@ -525,19 +529,27 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
                "WHERE tenant = ? AND order_id = ?", (e.status, e.tracking_url, e.at, tenant, e.order_id))  # fmt: skip
         return Applied(outcome="applied", subscriber_id=int(row[0]), changed=frozenset({"orders"}))
 
-    def _complete_checkout(self, tx: Tx, tenant: str, checkout_id: str, sid: int, at: float) -> None:
-        # Completion is final whatever arrives later; an order may name a checkout not seen yet.
-        # Instants are minima over every event seen, so arrival order never matters.
+    def _complete_checkout(self, tx: Tx, tenant: str, checkout_id: str, sid: int, at: float, now: float) -> int | None:
+        """Completion is final whatever arrives later; an order may name a checkout not seen yet.
+        Instants are minima over every event seen, so arrival order never matters. A stored checkout
+        of another subscriber (the shopper paid under another phone) no longer counts as that
+        subscriber's abandoned one: their aggregates are recomputed, and they are returned."""
+        row = tx.one("SELECT subscriber_id FROM checkouts WHERE tenant = ? AND checkout_id = ?", (tenant, checkout_id))
         tx.run(f"INSERT INTO checkouts (tenant, checkout_id, subscriber_id, started_at, completed_at, updated_at) "
                f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, checkout_id) DO UPDATE SET "
                f"completed_at = {self._least}(COALESCE(checkouts.completed_at, excluded.completed_at), excluded.completed_at), "
                f"started_at = {self._least}(checkouts.started_at, excluded.started_at)",
                (tenant, checkout_id, sid, at, at, 0.0))  # fmt: skip
+        if row is None or int(row[0]) == sid:
+            return None
+        self._restat(tx, tenant, int(row[0]), now, frozenset({"checkouts"}))
+        return int(row[0])
 
     def _checkout(self, tx: Tx, tenant: str, e: CheckoutEvent, phone: str, now: float) -> Applied:
         sid = self._ensure(tx, tenant, phone, now)
         entry = self._grant(tx, tenant, e.consent, phone, "checkout", e.at, now)
-        row = tx.one("SELECT updated_at FROM checkouts WHERE tenant = ? AND checkout_id = ?", (tenant, e.checkout_id))
+        row = tx.one("SELECT updated_at, subscriber_id FROM checkouts WHERE tenant = ? AND checkout_id = ?",
+                     (tenant, e.checkout_id))  # fmt: skip
         if row is None:
             tx.run("INSERT INTO checkouts (tenant, checkout_id, subscriber_id, url, value, started_at, updated_at) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (tenant, e.checkout_id, sid, e.url, e.value, e.at, e.at))  # fmt: skip
@@ -547,14 +559,18 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
                        "WHERE tenant = ? AND checkout_id = ?", (e.url, e.value, e.at, tenant, e.checkout_id))  # fmt: skip
             tx.run(f"UPDATE checkouts SET started_at = {self._least}(started_at, ?) WHERE tenant = ? AND checkout_id = ?",
                    (e.at, tenant, e.checkout_id))  # fmt: skip
+        owner = None if row is None or int(row[1]) == sid else int(row[1])  # the checkout stays its first owner's
         if e.status == "completed":
-            self._complete_checkout(tx, tenant, e.checkout_id, sid, e.at)
+            self._complete_checkout(tx, tenant, e.checkout_id, sid, e.at, now)
         elif e.status == "abandoned":
             tx.run(f"UPDATE checkouts SET abandoned_at = {self._least}(COALESCE(abandoned_at, ?), ?) "
                    "WHERE tenant = ? AND checkout_id = ?", (e.at, e.at, tenant, e.checkout_id))  # fmt: skip
+            if owner is not None:
+                self._restat(tx, tenant, owner, now, frozenset({"checkouts"}))
         self._restat(tx, tenant, sid, now, frozenset({"checkouts"}))
         changed = {"checkouts", "subscriber_stats"} | ({"subscribers"} if entry is not None else set())
-        return Applied(outcome="applied", subscriber_id=sid, consent=entry, changed=frozenset(changed))
+        return Applied(outcome="applied", subscriber_id=sid, consent=entry, changed=frozenset(changed),
+                       others=() if owner is None else (owner,))
 
     def _activity(self, tx: Tx, tenant: str, e: ActivityEvent | CustomEvent, phone: str, now: float) -> Applied:
         sid = self._ensure(tx, tenant, phone, now)

@@ -81,7 +81,7 @@ def test_a_batch_is_the_same_as_its_events_one_by_one(store: Store, evs: list[Sh
     batched = []
     for a, b in zip(bounds, bounds[1:]):
         batched += store.apply_events(many, pairs[a:b], now=now)
-    assert [(r.outcome, r.changed) for r in batched] == [(r.outcome, r.changed) for r in singles]
+    assert [(r.outcome, r.changed, len(r.others)) for r in batched] == [(r.outcome, r.changed, len(r.others)) for r in singles]
     assert [r.subscriber_id is None for r in batched] == [r.subscriber_id is None for r in singles]
     assert state(store, many) == state(store, one)
 

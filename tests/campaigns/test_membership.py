@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from campaigns.config import loads
-from campaigns.core.events import ActivityEvent, OrderEvent
+from campaigns.core.events import ActivityEvent, CheckoutEvent, OrderEvent
 from campaigns.service.audience import Audience
 from campaigns.store import open_store
 
@@ -73,5 +73,44 @@ def test_membership_follows_events_and_time(audience: tuple[Audience, Clock]) ->
         assert await a.member_segments("acme", sid) == [(vip.id, clock.now)]
         await a.delete_segment("acme", vip.id)
         assert await segs() == set()
+
+    anyio.run(main)
+
+
+def test_an_event_under_another_phone_re_evaluates_the_subscriber_it_changed(audience: tuple[Audience, Clock]) -> None:
+    """A's abandoned checkout paid under B's phone takes A out of "abandoned checkout" at once; an order
+    moved from B to A takes B out of "has ordered": both through the event's ``Applied.others``, on both
+    the single-event path and the batch path."""
+    a, clock = audience
+    B = "+33612345679"
+
+    async def main() -> None:
+        lost = await a.put_segment("acme", "lost cart", {"event": "checkout", "state": "abandoned", "within_days": 7})
+        buyer = await a.put_segment("acme", "buyer", {"field": "orders_count", "op": "gte", "value": 1})
+
+        async def segs(phone: str) -> set[int]:
+            sub = await a._run(a.store.subscriber_by_phone, "acme", phone)
+            assert sub is not None
+            return {i for i, _ in await a.member_segments("acme", sub.id)}
+
+        for k, many in enumerate((False, True)):
+            cart, oid = f"k{k}", f"o{k}"
+
+            async def send(e: object, phone: str) -> None:
+                if many:
+                    await a.apply_many("acme", [(e, phone)])  # type: ignore[list-item]
+                else:
+                    await a.apply("acme", e, phone)  # type: ignore[arg-type]
+
+            await send(CheckoutEvent(id=f"c{k}", at=clock.now, checkout_id=cart, phone=A, status="abandoned"), A)
+            assert lost.id in await segs(A)
+            await send(OrderEvent(id=f"p{k}", at=clock.now + 1, order_id=oid, phone=B, total=10, currency="EUR",
+                                  payment_status="paid", checkout_id=cart), B)  # fmt: skip
+            assert lost.id not in await segs(A) and buyer.id in await segs(B)
+            # the shop corrects the order's phone: B bought nothing after all
+            await send(OrderEvent(id=f"q{k}", at=clock.now + 2, order_id=oid, phone=A, total=10, currency="EUR",
+                                  payment_status="paid"), A)  # fmt: skip
+            assert buyer.id in await segs(A) and buyer.id not in await segs(B)
+            clock.now += 10
 
     anyio.run(main)
