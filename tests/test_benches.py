@@ -123,6 +123,11 @@ def test_bench_kannel_hears_every_final_state_once_from_both(tmp_path):
     assert run["kannel"]["simulator_cpu_us"] > 0 and hooks["simulator_cpu_us"] >= 0
     assert hooks["server_cpu_us"] > 0 and hooks["delivery_cpu_us"] > 0 and "ingest_cpu_us" in hooks
     assert "CPU per message" in result.output
+    # where the side waited (DispatcherStats via /metrics, the simulator's counters): shares of its clock
+    assert hooks["writes_per_s"] > 0 and hooks["changes_per_write"] >= 1
+    for share in ("window_wait_share", "wire_wait_share", "write_share", "receipts_window_full_share"):
+        assert 0 <= hooks[share] <= 1.5, share  # a pump's last wait may end just after the clock
+    assert "pump waits window" in result.output
     assert run["sluice-hooks"]["events_heard"] == 2 * sent  # submitted + delivered: every state
     assert set(run["ratios"]) == {"hooks_vs_kannel"} and data["ratios"]["hooks_vs_kannel"] > 0
     assert data["receiver_ceiling"]["dlr_events_per_s"] > 0 and data["receiver_ceiling"]["hooks_events_per_s"] > 0
