@@ -12,11 +12,14 @@ Theory of operation (a crash at any point never sends a recipient twice):
    (``Store.freeze_set``: planned and written in SQL, Python once per distinct zone and text; the
    same rows). Otherwise rendering is the launch's hot loop (``_plan``): ``TextCache`` renders each
    distinct text once and a recipient costs its codes and a join (exactly what rendering from
-   scratch gives).
+   scratch gives). A set-based freeze is *chunked* by ``Launcher`` (``freeze_chunk``): the plan of
+   the whole audience and the first chunk of recipients in one transaction, the rest of the plan
+   stored (``campaign_plan``), then each next chunk its own transaction (``freeze_step``), written
+   while the batches already committed are posted; a relaunch continues from the stored plan.
 2. ``submit``: each batch not yet answered is posted as one NDJSON job with
    ``Idempotency-Key: campaign-{id}-batch-{n}``. The body is rebuilt from the frozen rows, so it is
    the same bytes each time, and the gateway answers a retried key with its stored answer instead of
-   sending again. A batch's job id is stored once the gateway answers. The next batch's body is
+   sending again. A batch is read and posted only once its rows are committed (``_Frozen``). A batch's job id is stored once the gateway answers. The next batch's body is
    built (in a worker thread) while the gateway answers this one; batches are still posted in order.
 3. The campaign is ``launched`` when every batch has its job. Pause, resume and cancel are posted to
    every job of the campaign.
@@ -661,13 +664,14 @@ class Launcher:
 
     ``freeze_chunk``: a set-based freeze writes its recipients this many at a time (whole batches),
     each chunk one transaction, and a batch is posted as soon as its chunk is committed, while the
-    next chunk is written (docs/ARCHITECTURE.md, "A chunked freeze"); None: in one transaction."""
+    next chunk is written (docs/ARCHITECTURE.md, "A chunked freeze"); None: in one transaction.
+    ``freeze_store``: where the chunks are written (a connection of their own; default ``store``)."""
 
     def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantLinks],
                  clock: Callable[[], float], *, callback_urls: Mapping[str, str] | None = None,
-                 freeze_chunk: int | None = 20_000) -> None:  # fmt: skip
+                 freeze_chunk: int | None = 20_000, freeze_store: Store | None = None) -> None:  # fmt: skip
         self.store, self.clients, self.tenants, self.clock = store, clients, tenants, clock
-        self.freeze_chunk = freeze_chunk
+        self.freeze_chunk, self.freeze_store = freeze_chunk, freeze_store or store
         set_keys = getattr(store, "set_link_keys", None)  # range codes are decoded with the tenants' keys
         if set_keys is not None:
             set_keys({name: t.key for name, t in tenants.items()})
@@ -734,7 +738,7 @@ class Launcher:
         t0, own, chunks = time.perf_counter(), 0.0, 0
         try:
             while gate.pending is not None:
-                pending, cpu = await self._run(_timed, freeze_step, self.store, tenant, camp, tl, self.freeze_chunk)
+                pending, cpu = await self._run(_timed, freeze_step, self.freeze_store, tenant, camp, tl, self.freeze_chunk)
                 own, chunks = own + cpu, chunks + 1
                 gate.advance(pending)
         except Exception as exc:  # noqa: BLE001  # raised by the submit side, which waits on it
