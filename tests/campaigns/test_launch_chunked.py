@@ -171,7 +171,7 @@ def _committed_before_posted(store_path: str, gw: FakeGateway) -> list[str]:
     return bad
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 14), batch_size=st.integers(1, 4), chunk=st.integers(1, 7),
        fail_at=st.lists(st.integers(1, 6), max_size=3), lost=st.lists(st.integers(1, 8), max_size=3))  # fmt: skip
 def test_a_launch_stopped_between_any_two_chunks_is_finished_by_a_relaunch_sending_each_once(
