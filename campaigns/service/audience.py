@@ -23,7 +23,6 @@ from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
 from campaigns.core.events import (CheckoutEvent, CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone,
                                    decode_event, event_phone, looks_canonical)  # fmt: skip
 from campaigns.core.model import Stats, Subscriber
-from campaigns.core.segment_delta import DeltaTest
 from campaigns.core.segments import Segment, affected_by, dependencies, dump_segment, evaluate, next_change, parse_segment
 from campaigns.errors import CampaignError, Conflict, InvalidInput, NotFound
 from campaigns.service.batching import GroupCommit
@@ -75,14 +74,13 @@ class Audience:
         self.clock = clock
         self.tenants: dict[str, TenantSettings] = {t.name: t for t in settings.tenants}
         self._segments: dict[str, list[tuple[int, Segment, frozenset[str]]]] = {}  # per tenant, parsed
-        self._deltas: dict[str, dict[int, DeltaTest]] = {}  # per tenant and segment: what a batch can change
         self._last_rebuild: dict[str, float] = {}
         self._last_scores: dict[str, float] = {}
         self._groups: dict[str, GroupCommit[tuple[ShopEvent, str | None], Applied]] = {}
         self.batch_size = 1000  # events per transaction (bulk ingest, group commit)
         self.membership_chunk = 2000  # subscribers per membership transaction (the membership loop)
         self.on_membership: Callable[[list[float]], None] | None = None  # lags, for the bench
-        self._pending: dict[str, dict[int, tuple[Touch, float]]] = {}
+        self._pending: dict[str, dict[int, tuple[set[str], float]]] = {}
         self._wake: anyio.Event | None = None  # made in the loop (an Event belongs to one event loop)
         self._settled: anyio.Event | None = None
         self._taken: anyio.Event | None = None  # set when the loop takes a tenant's deferred subscribers
@@ -114,7 +112,7 @@ class Audience:
                                            consent=new)  # fmt: skip
         except Conflict as exc:
             raise Conflict(str(exc), code=exc.code, field=f"consent.{exc.field}" if exc.field else "consent") from None
-        # a new subscriber: every segment (the delta test takes a stored membership as the answer before)
+        # a new subscriber: every segment (those over the aggregates too: "no orders yet" may hold)
         await self.refresh_membership(tenant, sub.id, None if created else frozenset({"subscribers", "subscriber_tags"}), now)
         return await self.subscriber_out(tenant, sub.id), created
 
@@ -349,11 +347,11 @@ class Audience:
     def _defer(self, tenant: str, applied: Sequence[Applied]) -> None:
         pending = self._pending.setdefault(tenant, {})
         arrived = time.monotonic()
-        for sid, touch in _touched(applied).items():
+        for sid, changed in _touched(applied).items():
             if sid in pending:
-                pending[sid][0].then(touch)
+                pending[sid][0].update(changed)
             else:
-                pending[sid] = (touch, arrived)
+                pending[sid] = (changed, arrived)
         if self._wake is not None:
             self._wake.set()
 
@@ -406,7 +404,7 @@ class Audience:
             items = list(pending.items())
             for i in range(0, len(items), self.membership_chunk):
                 chunk = items[i:i + self.membership_chunk]
-                changes += await self._refresh_touched(tenant, {sid: touch for sid, (touch, _) in chunk}, self.clock())
+                changes += await self._refresh_touched(tenant, {sid: changed for sid, (changed, _) in chunk}, self.clock())
                 if self.on_membership is not None:
                     done = time.monotonic()
                     self.on_membership([done - arrived for _, (_, arrived) in chunk])
@@ -454,7 +452,6 @@ class Audience:
                 seg = parse_segment(r.definition)
                 parsed.append((r.id, seg, dependencies(seg)))
             self._segments[tenant] = parsed
-            self._deltas[tenant] = {i: DeltaTest(seg) for i, seg, _ in parsed}
         return self._segments[tenant]
 
     async def refresh_batch(self, tenant: str, applied: Sequence[Applied], now: float) -> int:
@@ -463,23 +460,19 @@ class Audience:
         difference written, timers set to the next window edge. Returns the memberships changed."""
         return await self._refresh_touched(tenant, _touched(applied), now)
 
-    async def _refresh_touched(self, tenant: str, touched: dict[int, Touch], now: float) -> int:
-        """Per segment, its SQL restricted to the subscribers for which the segment's delta test says
-        the batch may have changed its answer (``campaigns.core.segment_delta``: exact, so a pair not
-        re-read keeps a right membership and a right timer); the rest are not read at all."""
+    async def _refresh_touched(self, tenant: str, touched: dict[int, set[str]], now: float) -> int:
         if not touched:
             return 0
-        by_change: dict[frozenset[str], list[tuple[int, Touch]]] = {}
-        for sid, touch in touched.items():
-            by_change.setdefault(frozenset(touch.changed), []).append((sid, touch))
+        by_change: dict[frozenset[str], list[int]] = {}
+        for sid, changed in touched.items():
+            by_change.setdefault(frozenset(changed), []).append(sid)
         engine = self.store.engine
         plans = []
-        segments = await self.segments_of(tenant)
-        deltas = self._deltas[tenant]
-        for seg_id, seg, deps in segments:
-            test = deltas[seg_id]
-            ids = sorted(sid for changed, group in by_change.items() if affected_by(deps, changed)
-                         for sid, touch in group if test.may_change(changed, touch.stats()))  # fmt: skip
+        ids_of: dict[frozenset[str], list[int]] = {}  # segments with the same dependencies share one id list
+        for seg_id, seg, deps in await self.segments_of(tenant):
+            if deps not in ids_of:
+                ids_of[deps] = sorted(sid for changed, sids in by_change.items() if affected_by(deps, changed) for sid in sids)
+            ids = ids_of[deps]
             if not ids:
                 continue
             where, params = compile_segment(seg, engine, tenant, now, only=ids)  # type: ignore[arg-type]
@@ -528,7 +521,6 @@ class Audience:
         now = self.clock()
         row = await self._run(self.store.put_segment, tenant, name, dump_segment(seg), now=now, segment_id=segment_id)
         self._segments.pop(tenant, None)
-        self._deltas.pop(tenant, None)
         where, params = compile_segment(seg, self.store.engine, tenant, now)  # type: ignore[arg-type]
         await self._run(self.store.rebuild_members, tenant, row.id, where, params, now=now)
         return row
@@ -536,7 +528,6 @@ class Audience:
     async def delete_segment(self, tenant: str, segment_id: int) -> None:
         await self._run(self.store.delete_segment, tenant, segment_id)
         self._segments.pop(tenant, None)
-        self._deltas.pop(tenant, None)
 
     async def segment(self, tenant: str, segment_id: int) -> tuple[SegmentRow, Segment]:
         row = await self._run(self.store.segment, tenant, segment_id)
@@ -553,60 +544,14 @@ class Audience:
         return await self._run(self.store.ids_where, tenant, where, params, after=after, limit=limit)
 
 
-class Touch:
-    """What batches changed of one subscriber not yet refreshed: the tables (``Applied.changed``) and,
-    while every change of its aggregates came with its rows (``Applied.stats``), the row before the
-    first and after the last (the stored membership is the answer for the row before the first)."""
-
-    __slots__ = ("changed", "before", "after", "known")
-
-    def __init__(self) -> None:
-        self.changed: set[str] = set()
-        self.before: Stats | None = None
-        self.after: Stats | None = None
-        self.known = True
-
-    def add(self, changed: frozenset[str], stats: tuple[Stats, Stats] | None) -> None:
-        self.changed |= changed
-        if "subscriber_stats" not in changed:
-            return
-        if stats is None:
-            self.known = False
-        elif self.known:
-            if self.before is None:
-                self.before = stats[0]
-            self.after = stats[1]
-
-    def then(self, later: Touch) -> None:
-        """Followed by ``later`` (a later batch's changes of the same subscriber)."""
-        self.changed |= later.changed
-        self.known = self.known and later.known
-        if self.known and later.after is not None:
-            if self.before is None:
-                self.before = later.before
-            self.after = later.after
-
-    def stats(self) -> tuple[Stats, Stats] | None:
-        if not self.known or self.before is None or self.after is None:
-            return None
-        return (self.before, self.after)
-
-
-def _touched(applied: Sequence[Applied]) -> dict[int, Touch]:
-    """subscriber -> what the batch changed of it (duplicates changed nothing). Every ``Applied`` of one
-    subscriber in a batch carries the same rows (the batch's upsert): the first's before, the last's after."""
-    touched: dict[int, Touch] = {}
+def _touched(applied: Sequence[Applied]) -> dict[int, set[str]]:
+    """subscriber -> what the batch changed of it (duplicates changed nothing)."""
+    touched: dict[int, set[str]] = {}
     for r in applied:
         if r.subscriber_id is not None and r.outcome != "duplicate":
-            t = touched.get(r.subscriber_id)
-            if t is None:
-                t = touched[r.subscriber_id] = Touch()
-            t.add(r.changed, r.stats)
-            for other in r.others:  # another subscriber's rows: their values are not known here
-                o = touched.get(other)
-                if o is None:
-                    o = touched[other] = Touch()
-                o.add(r.changed, None)
+            touched.setdefault(r.subscriber_id, set()).update(r.changed)
+            for other in r.others:
+                touched.setdefault(other, set()).update(r.changed)
     return touched
 
 

@@ -40,10 +40,6 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True):
     # other subscribers whose rows the event changed (the order's former owner, the owner of a
     # checkout another phone completed or abandoned): their segments are re-evaluated too
     others: tuple[int, ...] = ()
-    # the subscriber's aggregates row before and after the batch, where the batch's set-based upsert
-    # returned them (``changed`` has ``subscriber_stats``); None: not known (the membership pass then
-    # re-reads every tree that reads the aggregates: ``campaigns.core.segment_delta``)
-    stats: tuple[Stats, Stats] | None = None
 
 
 class NewConsent(msgspec.Struct, frozen=True, kw_only=True):

@@ -37,7 +37,6 @@ import msgspec
 from campaigns.core import aggregates
 from campaigns.core.events import ActivityEvent, CustomEvent, FulfillmentEvent, OrderEvent, ShopEvent
 from campaigns.store import rollups
-from campaigns.core.model import Stats
 from campaigns.store.base import Applied
 
 if TYPE_CHECKING:
@@ -77,23 +76,19 @@ class EventBatch:
         fresh.sort()
         orders, acts, slow = self._split(tx, tenant, events, fresh)
         if orders or acts:
-            sids, created = self._ensure_many(tx, tenant, {events[i][1] for i in orders + acts}, now)  # type: ignore[misc]
+            sids = self._ensure_many(tx, tenant, {events[i][1] for i in orders + acts}, now)  # type: ignore[misc]
             out_sid = {i: sids[events[i][1]] for i in orders + acts}  # type: ignore[index]
             self._insert_orders(tx, tenant, [(events[i][0], out_sid[i]) for i in orders])  # type: ignore[misc]
             self._insert_activities(tx, tenant, [(events[i][0], out_sid[i]) for i in acts])  # type: ignore[misc]
-            moved = self._restat_many(tx, tenant, [(events[i][0], out_sid[i]) for i in orders], [(events[i][0], out_sid[i]) for i in acts], now)  # type: ignore[misc]
-            for sid in created:  # a new subscriber's membership was never evaluated: no "before" to compare with
-                moved.pop(sid, None)
+            self._restat_many(tx, tenant, [(events[i][0], out_sid[i]) for i in orders], [(events[i][0], out_sid[i]) for i in acts], now)  # type: ignore[misc]
             rollups.upkeep(tx, tenant, added=[(events[i][0], out_sid[i]) for i in orders])  # type: ignore[misc]
             for i in orders:
-                out[i] = Applied(outcome="applied", subscriber_id=out_sid[i], changed=_ORDER_CHANGED,
-                                 stats=moved.get(out_sid[i]))  # fmt: skip
+                out[i] = Applied(outcome="applied", subscriber_id=out_sid[i], changed=_ORDER_CHANGED)
             for i in acts:
                 e = events[i][0]
                 kind = e.kind if isinstance(e, ActivityEvent) else e.name  # type: ignore[union-attr]
                 changed = frozenset({"activities", "subscriber_stats"} if kind in _ACTIVITY_STAT else {"activities"})
-                out[i] = Applied(outcome="applied", subscriber_id=out_sid[i], changed=changed,
-                                 stats=moved.get(out_sid[i]) if kind in _ACTIVITY_STAT else None)  # fmt: skip
+                out[i] = Applied(outcome="applied", subscriber_id=out_sid[i], changed=changed)
         for i in slow:
             e, phone = events[i]
             out[i] = self._apply_new(tx, tenant, e, phone, now)
@@ -126,9 +121,8 @@ class EventBatch:
         fast = set(orders) | set(acts)
         return orders, acts, [i for i in fresh if i not in fast]
 
-    def _ensure_many(self, tx: Tx, tenant: str, phones: set[str], now: float) -> tuple[dict[str, int], list[int]]:
-        """Each phone's subscriber id, created (consent ``none``, an empty aggregates row) if new; and
-        the ids created."""
+    def _ensure_many(self, tx: Tx, tenant: str, phones: set[str], now: float) -> dict[str, int]:
+        """Each phone's subscriber id, created (consent ``none``, an empty aggregates row) if new."""
         arr = tx.array(sorted(phones))
         new = [r[0] for r in tx.rows(
             f"INSERT INTO subscribers (tenant, phone, created_at) SELECT ?, value, ? FROM {tx.each()} "
@@ -137,7 +131,7 @@ class EventBatch:
             tx.run(f"INSERT INTO subscriber_stats (tenant, subscriber_id) SELECT ?, value FROM {tx.each('bigint')} "
                    "WHERE true ON CONFLICT DO NOTHING", (tenant, tx.array(new)))  # fmt: skip
         return {r[0]: int(r[1]) for r in tx.rows(
-            f"SELECT phone, id FROM subscribers WHERE tenant = ? AND phone IN {tx.values()}", (tenant, arr))}, new
+            f"SELECT phone, id FROM subscribers WHERE tenant = ? AND phone IN {tx.values()}", (tenant, arr))}
 
     @staticmethod
     def _insert_orders(tx: Tx, tenant: str, orders: list[tuple[OrderEvent, int]]) -> None:
@@ -155,39 +149,22 @@ class EventBatch:
             for e, sid in acts])  # fmt: skip
 
     def _restat_many(self, tx: Tx, tenant: str, orders: list[tuple[OrderEvent, int]], acts: list[tuple[Any, int]],
-                     now: float) -> dict[int, tuple[Stats, Stats]]:  # fmt: skip
+                     now: float) -> None:  # fmt: skip
         """The aggregates of every subscriber touched, in one grouped upsert computed in SQL from the
         batch's rows (``aggregate_sql``). A new order was counted nowhere (its id was not stored), so it
         adds to the stored order figures exactly as ``aggregates.order_stats`` would count it; the
         latest order's status is the batch's latest order's where its key (``created_at``, ``order_id``)
         is greater than the stored ``latest_order_at`` / ``latest_order_id`` (the new order may be older
-        than one stored); activity instants: the later of stored and new. Returns each subscriber's
-        aggregates row before and after (read before the upsert, returned by the scoring ``UPDATE``):
-        the membership pass's delta test (``campaigns.core.segment_delta``) decides from them."""
+        than one stored); activity instants: the later of stored and new."""
         rows = [(sid, "order", e.total, e.payment_status, e.created_at if e.created_at is not None else e.at, e.order_id)
                 for e, sid in orders]  # fmt: skip
         for e, sid in acts:
             kind = e.kind if isinstance(e, ActivityEvent) else e.name
             if kind in _ACTIVITY_STAT:
                 rows.append((sid, kind, 0, "", e.at, ""))
-        if not rows:
-            return {}
-        (upsert, up_params), (score, score_params) = aggregate_sql(tx, tenant, rows, now)
-        cols = ", ".join(_STATS)
-        before = {r[0]: _stats_row(r) for r in tx.rows(
-            f"SELECT subscriber_id, {cols} FROM subscriber_stats WHERE tenant = ? AND subscriber_id IN "
-            f"{tx.values('bigint')}", score_params)}  # fmt: skip
-        tx.run(upsert, up_params)
-        return {r[0]: (before.get(r[0], Stats()), _stats_row(r))
-                for r in tx.rows(f"{score} RETURNING subscriber_id, {cols}", score_params)}
-
-
-_STATS = tuple(Stats.__struct_fields__)
-
-
-def _stats_row(row: Sequence[Any]) -> Stats:
-    """``subscriber_id, <_STATS>`` as the aggregates (``SqlStore._stats``' reading)."""
-    return Stats(**dict(zip(_STATS, row[1:], strict=True)))
+        if rows:
+            for sql, params in aggregate_sql(tx, tenant, rows, now):
+                tx.run(sql, params)
 
 
 # ---- the batch's aggregates in SQL -------------------------------------------------------------

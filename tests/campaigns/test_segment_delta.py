@@ -111,7 +111,7 @@ def instants(seg, before: SubscriberView, after: SubscriberView, now: float) -> 
     return [now, *edges, now + 0.75 * DAY, now + 40 * DAY, now + 400 * DAY, now + 40_000 * DAY]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=cases())
 def test_unchanged_means_evaluate_agrees_before_and_after(case) -> None:
     now, raw, before, after, changed, stats_known = case
@@ -141,7 +141,7 @@ _BARE = SubscriberView(subscriber=Subscriber(tenant="t", id=1, phone="+155500000
                        stats=Stats(), orders=(), checkouts=(), activities=())  # fmt: skip
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(now=st.sampled_from(NOWS), data=st.data(), raw=stats_trees,
        changed=st.sets(st.sampled_from(["subscriber_tags", "orders", "activities"]), max_size=2))
 def test_unchanged_aggregates_mean_evaluate_agrees(now, data, raw, changed) -> None:
