@@ -141,7 +141,7 @@ _BARE = SubscriberView(subscriber=Subscriber(tenant="t", id=1, phone="+155500000
                        stats=Stats(), orders=(), checkouts=(), activities=())  # fmt: skip
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(now=st.sampled_from(NOWS), data=st.data(), raw=stats_trees,
        changed=st.sets(st.sampled_from(["subscriber_tags", "orders", "activities"]), max_size=2))
 def test_unchanged_aggregates_mean_evaluate_agrees(now, data, raw, changed) -> None:
