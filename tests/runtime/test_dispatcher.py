@@ -275,3 +275,108 @@ async def test_the_writes_time_is_counted_by_the_dispatchers_clock() -> None:
     await disp.flush()  # nothing pending: no write
     assert (disp.stats.writes, disp.stats.write_s, disp.stats.changes_written) == (3, 0.75, 604)
     assert disp.stats.window_wait_s == disp.stats.wire_wait_s == 0
+
+
+class _HeldWrites(MemoryStore):
+    """Notes, at each write, its ``submitted`` changes and how many messages the connector had
+    been given; with ``hold`` the second write blocks (in its worker thread) until ``release``."""
+
+    def __init__(self, *, hold: bool) -> None:
+        super().__init__()
+        self.inline_record = 0 if hold else 1 << 30  # held: in a worker thread, so the loop runs on
+        self.hold = hold
+        self.conn: MockConnector | None = None
+        self.writes: list[tuple[int, int]] = []  # (submitted changes in the write, messages given so far)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def record(self, changes) -> int:
+        assert self.conn is not None
+        self.writes.append((sum(c.state == "submitted" for c in changes), len(self.conn.dispatched)))
+        if self.hold and len(self.writes) == 2:
+            self.entered.set()
+            assert self.release.wait(10), "the test never released the write"
+        return super().record(changes)
+
+
+class _AtOnce(MockConnector):
+    """Puts a batch's answers and receipts in the event stream without yielding in between (as
+    a read of the carrier's socket does): the listener then gets the window's answers in one turn."""
+
+    async def submit(self, batch) -> None:
+        self.batches.append(list(batch))
+        now = anyio.current_time()
+        for d in batch:
+            for event in self._answer(d, self._script(d), now):
+                self._events.send_nowait(event)
+
+
+async def _windowed_run(store: _HeldWrites, recipients: int, while_held=None) -> tuple[dict[int, str], Dispatcher]:
+    # A window of 50 (MockConnector capacity 50, one bind), answers and receipts at once, the
+    # dispatcher's clock standing still (virtual time: nothing here waits on the clock).
+    cfg = loads(default_text().split("[[core.carriers]]")[0] + FAST)
+    now = 1_000_000.0
+    core = Scheduler(cfg.core, now)
+    finals = Finals()
+    gw = Gateway(core, store, on_changes=finals)
+    send, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
+    conn = _AtOnce("alpha", send, script=lambda d: "deliver", capacity=50)
+    store.conn = conn
+    disp = Dispatcher(core, {"alpha": conn}, receive, store, clock=lambda: now, on_changes=finals)
+    gw.on_admitted = disp.poke
+    job = schemas.JobIn(sender="Shop", category="transactional", template="Order {n} shipped",
+                        recipients=[schemas.RecipientIn(to="+4479111%05d" % i, vars={"n": str(i)})
+                                    for i in range(recipients)])  # fmt: skip
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(disp.run)
+        await gw.submit_job("acme", job, now)
+        if while_held is not None:
+            with anyio.fail_after(10):  # a bounded wait for a condition, not a sleep
+                assert await anyio.to_thread.run_sync(store.entered.wait, 10)
+            try:
+                while_held(disp, conn)
+            finally:
+                store.release.set()
+        state = await finals.wait(recipients)
+        await disp.flush()
+        tg.cancel_scope.cancel()
+    return state, disp
+
+
+@pytest.mark.anyio
+async def test_the_window_is_refilled_while_a_write_is_in_progress() -> None:
+    # The carrier's window must not go round as one block (send all, answers, write all, send
+    # all again): a write frees at most half of it, and while the next half is being written the
+    # carrier already has the freed half again.
+    store = _HeldWrites(hold=True)
+    seen: list[tuple[int, int]] = []
+
+    def while_held(disp: Dispatcher, conn: MockConnector) -> None:
+        held, given = store.writes[1]
+        seen.append((disp.unconfirmed("alpha"), len(conn.dispatched)))
+        assert 0 < held <= 25, store.writes  # the write in progress holds at most half the window's submits
+        first = store.writes[0][0]
+        assert 0 < first <= 25, store.writes
+        # ... and the half the first write freed is with the carrier again, window full, no more.
+        assert disp.unconfirmed("alpha") == 50, (disp.unconfirmed("alpha"), store.writes)
+        assert len(conn.dispatched) == 50 + first, (len(conn.dispatched), store.writes)
+
+    state, disp = await _windowed_run(store, 200, while_held)
+    assert seen and len(state) == 200 and set(state.values()) == {"delivered"}
+    assert disp.unconfirmed("alpha") == 0
+    assert all(s <= 25 for s, _ in store.writes), store.writes
+
+
+@pytest.mark.anyio
+async def test_the_freed_half_goes_to_the_carrier_before_the_next_write_holds_the_loop() -> None:
+    # Writes on the loop's thread (a store under ``inline_record``): after a write frees half
+    # the window, the pump hands it to the carrier before the next half's write starts.
+    store = _HeldWrites(hold=False)
+    state, disp = await _windowed_run(store, 200)
+    assert len(state) == 200 and set(state.values()) == {"delivered"}
+    assert all(s <= 25 for s, _ in store.writes), store.writes
+    written = 0
+    for (s, given), nxt in zip(store.writes, store.writes[1:]):
+        written += s
+        if s and nxt[0] and given < 200:  # this write freed slots and the next one writes more
+            assert nxt[1] == min(200, written + 50), store.writes  # the freed slots were refilled first
+    assert disp.unconfirmed("alpha") == 0
