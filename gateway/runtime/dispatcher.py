@@ -8,7 +8,8 @@ in batches (group commit: a write starts once the previous one ended, at once if
 waits for it, else within ``flush_every``; never one transaction per message).
 
 A write frees at most half a carrier's window: the changes are cut into batches as they come,
-a batch closed once it holds half a carrier's window of ``submitted`` changes, and the batches
+a batch closed once it holds half a carrier's window of ``submitted`` changes or of receipts to
+answer (the carrier holds its receipts in a window of unanswered ones too), and the batches
 are written one after the other with the loop let go in between, so the pump hands the carrier
 the half a write freed while the next half is written (the carrier works while we write instead
 of the window going round as one block: send all, answers, write all, send all again).
@@ -267,16 +268,18 @@ class Dispatcher:
                 log.info("link.%s carrier=%s bind=%d reason=%s", "up" if up else "down", carrier, bind, reason)
 
     def _receipt_change(self, event: ReceiptMatched | ReceiptProgress, state: str, now: float) -> None:
-        if event.acks:
-            acks = self._acks.get(event.carrier)
-            if acks is None:
-                self._acks[event.carrier] = list(event.acks)
-            else:
-                acks.extend(event.acks)
         if not self._pending:
             self._queued.set()
         self._pending.append(Change(message_id=event.message_id, state=state, at=now, reason=event.reason,
                                     carrier=event.carrier, error_code=event.error_code))  # fmt: skip
+        if event.acks:
+            acks = self._acks.get(event.carrier)
+            if acks is None:
+                acks = self._acks[event.carrier] = list(event.acks)
+            else:
+                acks.extend(event.acks)
+            if len(acks) >= self._half(event.carrier):  # the carrier's receipts wait in a window too
+                self._close_batch()
 
     def _requeue(self, ref: int, now: float, *, delay: float, why: str) -> None:
         d = self._inflight.pop(ref, None)
@@ -314,8 +317,8 @@ class Dispatcher:
         return half
 
     def _close_batch(self) -> None:
-        """The open batch holds half a carrier's window of submits: it is the next write's whole
-        content; what comes next goes into a new batch (the write after)."""
+        """The open batch holds half a carrier's window of submits (or of receipts to answer):
+        it is the next write's whole content; what comes next goes into a new batch."""
         self._closed.append((self._pending, self._confirming, self._acks))
         self._pending, self._confirming, self._acks = [], {}, {}
         self._dirty.set()

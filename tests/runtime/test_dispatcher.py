@@ -285,7 +285,7 @@ class _HeldWrites(MemoryStore):
         super().__init__()
         self.inline_record = 0 if hold else 1 << 30  # held: in a worker thread, so the loop runs on
         self.hold = hold
-        self.conn: MockConnector | None = None
+        self.conn: _AtOnce | None = None
         self.writes: list[tuple[int, int]] = []  # (submitted changes in the write, messages given so far)
         self.entered, self.release = threading.Event(), threading.Event()
 
@@ -302,12 +302,24 @@ class _AtOnce(MockConnector):
     """Puts a batch's answers and receipts in the event stream without yielding in between (as
     a read of the carrier's socket does): the listener then gets the window's answers in one turn."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.token = 0
+        self.answered: list[int] = []  # receipts answered, per ``acknowledge``
+
     async def submit(self, batch) -> None:
         self.batches.append(list(batch))
         now = anyio.current_time()
         for d in batch:
             for event in self._answer(d, self._script(d), now):
+                if isinstance(event, ReceiptMatched):  # a token to answer, as an SMPP receipt has
+                    self.token += 1
+                    event = msgspec.structs.replace(event, acks=(self.token,))
                 self._events.send_nowait(event)
+
+    def acknowledge(self, acks) -> None:
+        super().acknowledge(acks)
+        self.answered.append(len(acks))
 
 
 async def _windowed_run(store: _HeldWrites, recipients: int, while_held=None) -> tuple[dict[int, str], Dispatcher]:
@@ -374,6 +386,8 @@ async def test_the_freed_half_goes_to_the_carrier_before_the_next_write_holds_th
     state, disp = await _windowed_run(store, 200)
     assert len(state) == 200 and set(state.values()) == {"delivered"}
     assert all(s <= 25 for s, _ in store.writes), store.writes
+    # The carrier's receipts wait in a window of unanswered ones too: a write answers at most half.
+    assert sum(store.conn.answered) == 200 and max(store.conn.answered) <= 25, store.conn.answered
     written = 0
     for (s, given), nxt in zip(store.writes, store.writes[1:]):
         written += s
