@@ -299,8 +299,9 @@ class _HeldWrites(MemoryStore):
 
 
 class _AtOnce(MockConnector):
-    """Puts a batch's answers and receipts in the event stream without yielding in between (as
-    a read of the carrier's socket does): the listener then gets the window's answers in one turn."""
+    """Puts a batch's answers, then its receipts (each with a token to answer), in the event
+    stream without yielding in between (as a read of the carrier's socket does): the listener
+    then gets the window's answers and receipts in one turn."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -310,12 +311,16 @@ class _AtOnce(MockConnector):
     async def submit(self, batch) -> None:
         self.batches.append(list(batch))
         now = anyio.current_time()
+        answers, receipts = [], []  # the batch's answers first, then its receipts
         for d in batch:
             for event in self._answer(d, self._script(d), now):
                 if isinstance(event, ReceiptMatched):  # a token to answer, as an SMPP receipt has
                     self.token += 1
-                    event = msgspec.structs.replace(event, acks=(self.token,))
-                self._events.send_nowait(event)
+                    receipts.append(msgspec.structs.replace(event, acks=(self.token,)))
+                else:
+                    answers.append(event)
+        for event in answers + receipts:
+            self._events.send_nowait(event)
 
     def acknowledge(self, acks) -> None:
         super().acknowledge(acks)
