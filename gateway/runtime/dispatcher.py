@@ -7,13 +7,6 @@ One ``listen`` task turns the connectors' events back into core calls (``complet
 in batches (group commit: a write starts once the previous one ended, at once if a carrier
 waits for it, else within ``flush_every``; never one transaction per message).
 
-A write frees at most half a carrier's window: the changes are cut into batches as they come,
-a batch closed once it holds half a carrier's window of ``submitted`` changes or of receipts to
-answer (the carrier holds its receipts in a window of unanswered ones too), and the batches
-are written one after the other with the loop let go in between, so the pump hands the carrier
-the half a write freed while the next half is written (the carrier works while we write instead
-of the window going round as one block: send all, answers, write all, send all again).
-
 Every core call happens on the event loop's thread; store writes in a worker thread (a store
 whose writes are a few dict updates, up to ``Store.inline_record`` changes, on the loop), so the
 loop keeps reading the carriers while SQLite writes and syncs.
@@ -32,7 +25,6 @@ again to the next process.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Mapping
 
 import anyio
@@ -60,7 +52,6 @@ __all__ = ["Dispatcher", "DispatcherStats"]
 log = logging.getLogger(__name__)
 
 _DRAIN_MAX = 4096  # events handled per turn of the listener before it lets other tasks run
-_HAND_OVER = 2  # turns of the loop between two writes of a cut window: the pump's, then the connector's senders'
 
 
 class DispatcherStats:
@@ -106,14 +97,11 @@ class Dispatcher:
         self._on_inbound = on_inbound
         self._on_outbox = on_outbox  # a write queued webhooks: wake their sender
         self._inflight: dict[int, Dispatch] = {}  # core ref -> what was handed to a connector
-        self._pending: list[Change] = []  # the open batch (its ``_confirming`` and ``_acks`` below)
-        self._closed: deque[tuple[list[Change], dict[str, int], dict[str, list[int]]]] = deque()  # full batches
+        self._pending: list[Change] = []
         self._windows = dict(windows or {})  # carrier -> its in-flight window (see the module doc)
         self._unconfirmed = dict.fromkeys(connectors, 0)  # carrier -> handed out, fate not on disk
         self._confirming: dict[str, int] = {}  # carrier -> Submitted among ``_pending``
-        self._halves: dict[str, int] = {}  # carrier -> submits that close a batch (half its window)
         self._acks: dict[str, list[int]] = {}  # carrier -> receipts to answer once ``_pending`` is written
-        self._writing = anyio.Lock(fast_acquire=True)  # one write at a time, batches in their order (the loop's and ``flush``'s)
         self._wake = anyio.Event()
         self._dirty = anyio.Event()  # set when a write should start now (waiting acks, windows)
         self._queued = anyio.Event()  # set when the first change of the next write comes in
@@ -222,14 +210,11 @@ class Dispatcher:
             self.core.complete(event.ref, now)  # accepted: counts towards the carrier's accepted rate
             self.stats.submitted += 1
             carrier = event.carrier
-            n = self._confirming.get(carrier, 0) + 1
-            self._confirming[carrier] = n
+            self._confirming[carrier] = self._confirming.get(carrier, 0) + 1
             if not self._pending:
                 self._queued.set()
             self._pending.append(Change(message_id=d.message_id, state="submitted", at=now, carrier=event.carrier,
                                         carrier_ids=event.carrier_ids))  # fmt: skip
-            if n >= self._half(carrier):
-                self._close_batch()
             return
         if kind is ReceiptMatched:
             self.stats.receipts += 1
@@ -268,18 +253,16 @@ class Dispatcher:
                 log.info("link.%s carrier=%s bind=%d reason=%s", "up" if up else "down", carrier, bind, reason)
 
     def _receipt_change(self, event: ReceiptMatched | ReceiptProgress, state: str, now: float) -> None:
+        if event.acks:
+            acks = self._acks.get(event.carrier)
+            if acks is None:
+                self._acks[event.carrier] = list(event.acks)
+            else:
+                acks.extend(event.acks)
         if not self._pending:
             self._queued.set()
         self._pending.append(Change(message_id=event.message_id, state=state, at=now, reason=event.reason,
                                     carrier=event.carrier, error_code=event.error_code))  # fmt: skip
-        if event.acks:
-            acks = self._acks.get(event.carrier)
-            if acks is None:
-                acks = self._acks[event.carrier] = list(event.acks)
-            else:
-                acks.extend(event.acks)
-            if len(acks) >= self._half(event.carrier):  # the carrier's receipts wait in a window too
-                self._close_batch()
 
     def _requeue(self, ref: int, now: float, *, delay: float, why: str) -> None:
         d = self._inflight.pop(ref, None)
@@ -307,64 +290,27 @@ class Dispatcher:
 
     # -- writing ------------------------------------------------------------------------
 
-    def _half(self, carrier: str) -> int:
-        half = self._halves.get(carrier)
-        if half is None:
-            window = self._windows.get(carrier)
-            if window is None:  # a submit before the pump's first look (not in practice): not cached
-                return 1 << 30
-            half = self._halves[carrier] = max(1, window // 2)
-        return half
-
-    def _close_batch(self) -> None:
-        """The open batch holds half a carrier's window of submits (or of receipts to answer):
-        it is the next write's whole content; what comes next goes into a new batch."""
-        self._closed.append((self._pending, self._confirming, self._acks))
-        self._pending, self._confirming, self._acks = [], {}, {}
-        self._dirty.set()
-
     async def _flush_loop(self) -> None:
         # Group commit: a write starts as soon as there are changes and the previous write has
         # ended (at most ``flush_every`` after the first change, if no one asks sooner); what
         # came in meanwhile goes in the next one. Under load the writes run back to back, each
-        # taking a batch (at most half a carrier's window of submits, see ``_close_batch``);
-        # idle, nothing is written and the loop sleeps until the first change (not a wake-up
-        # every ``flush_every``).
+        # taking what arrived during the last; idle, nothing is written and the loop sleeps
+        # until the first change (not a wake-up every ``flush_every``).
         while True:
-            if not self._pending and not self._closed:
+            if not self._pending:
                 await self._queued.wait()
             self._queued = anyio.Event()
-            if not self._closed:
-                with anyio.move_on_after(self._flush_every):
-                    await self._dirty.wait()
+            with anyio.move_on_after(self._flush_every):
+                await self._dirty.wait()
             self._dirty = anyio.Event()
-            await self._write_next()
+            await self.flush()
 
     async def flush(self) -> None:
-        """Write every change pending, batch after batch (what came in meanwhile included)."""
-        while self._closed or self._pending:
-            await self._write_next()
-
-    async def _write_next(self) -> None:
-        # The oldest batch: a closed one, else the open one. Then, if it freed window slots, let
-        # the loop go round so the pump hands them to the carrier (and the connector's senders
-        # put them on the wire) before the next batch's write, which may hold the loop's thread
-        # (``inline_record``) or its time.
-        async with self._writing:
-            confirming = await self._write_oldest()
-        if confirming:
-            for _ in range(_HAND_OVER):
-                await anyio.lowlevel.checkpoint()
-
-    async def _write_oldest(self) -> dict[str, int]:
-        if self._closed:
-            changes, confirming, acks = self._closed.popleft()
-        elif self._pending:
-            changes, self._pending = self._pending, []
-            confirming, self._confirming = self._confirming, {}
-            acks, self._acks = self._acks, {}
-        else:
-            return {}
+        if not self._pending:
+            return
+        changes, self._pending = self._pending, []
+        confirming, self._confirming = self._confirming, {}
+        acks, self._acks = self._acks, {}
         began = self._clock()
         if len(changes) <= self._store.inline_record:
             queued = self._store.record(changes)
@@ -385,7 +331,6 @@ class Dispatcher:
             self._on_outbox()
         if self._on_changes:
             self._on_changes(changes)
-        return confirming
 
     def inflight(self) -> int:
         return len(self._inflight)
