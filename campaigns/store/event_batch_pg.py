@@ -167,8 +167,9 @@ def write_sql(flows: bool) -> str:
         "ii AS (INSERT INTO order_items (tenant, order_id, product, category, price, quantity) SELECT %(t)s, order_id, "
         "product, category, price, quantity FROM i)",
         "ia AS (INSERT INTO activities (tenant, subscriber_id, kind, at, properties) SELECT %(t)s, sid, kind, at, props FROM a)",
-        "ik AS (INSERT INTO checkouts (tenant, checkout_id, subscriber_id, url, value, started_at, completed_at, abandoned_at, "
-        "updated_at) SELECT %(t)s, checkout_id, sid, url, value, at, CASE WHEN status = 'completed' THEN at END, "
+        "ik AS (INSERT INTO checkouts (tenant, checkout_id, subscriber_id, url, url_at, value, started_at, completed_at, "
+        "abandoned_at, updated_at) SELECT %(t)s, checkout_id, sid, url, CASE WHEN url IS NOT NULL THEN at END, value, at, "
+        "CASE WHEN status = 'completed' THEN at END, "
         "CASE WHEN status = 'abandoned' THEN at END, at FROM k)",
         f"ir AS (INSERT INTO order_rollups AS r (tenant, key, bucket, subscriber_id, n, amount, quantity) SELECT %(t)s, key, "
         f"bucket, sid, COUNT(*), SUM(amount), SUM(qty) FROM (SELECT '{rollups.ORDER_KEY}' AS key, {ob} AS bucket, o.sid, "

@@ -454,23 +454,31 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
 
     def _order(self, tx: Tx, tenant: str, e: OrderEvent, phone: str, now: float) -> Applied:
         sid = self._ensure(tx, tenant, phone, now)
-        # When the order was placed: as the shop says, else the earliest event seen for it.
+        # When the order was placed: the earliest of what the shop says (``created_at``) and of the
+        # instants of the events seen for it (a minimum: any arrival order gives the same).
         created = e.created_at if e.created_at is not None else e.at
         row = tx.one("SELECT updated_at, subscriber_id FROM orders WHERE tenant = ? AND order_id = ?", (tenant, e.order_id))
-        if row is not None and e.created_at is None:
+        if row is not None:
             tx.run(f"UPDATE orders SET created_at = {self._least}(created_at, ?) WHERE tenant = ? AND order_id = ?",
-                   (e.at, tenant, e.order_id))  # fmt: skip
+                   (created, tenant, e.order_id))  # fmt: skip
         if row is not None and row[0] > e.at:
             # Older than the order's state: only what stays true whatever came after still counts
-            # (when it was placed, which checkout it completed).
-            owner = None
+            # (when it was placed, which checkout it completed, a fulfilment status newer than the
+            # stored one: fulfilments have their own instant).
+            self._order_fulfillment(tx, tenant, e)
+            holder, stale_others = int(row[1]), set()
             if e.checkout_id is not None:
                 tx.run("UPDATE orders SET checkout_id = COALESCE(checkout_id, ?) WHERE tenant = ? AND order_id = ?",
                        (e.checkout_id, tenant, e.order_id))  # fmt: skip
-                owner = self._complete_checkout(tx, tenant, e.checkout_id, int(row[1]), created, now)
-            self._restat(tx, tenant, int(row[1]), now, _ORDER_PARTS[e.checkout_id is not None])
-            rollups.upkeep(tx, tenant, recompute=[int(row[1])])
-            return Applied(outcome="stale", subscriber_id=int(row[1]), others=() if owner is None else (owner,),
+                # the checkout is named under this event's phone (it may become that shopper's)
+                if (owner := self._complete_checkout(tx, tenant, e.checkout_id, sid, created, now)) not in (None, holder):
+                    stale_others.add(owner)  # type: ignore[arg-type]
+                if sid != holder:
+                    self._restat(tx, tenant, sid, now, frozenset({"checkouts"}))
+                    stale_others.add(sid)
+            self._restat(tx, tenant, holder, now, _ORDER_PARTS[e.checkout_id is not None])
+            rollups.upkeep(tx, tenant, recompute=[holder])
+            return Applied(outcome="stale", subscriber_id=holder, others=tuple(sorted(stale_others)),
                            changed=frozenset({"orders", "checkouts", "subscriber_stats"}))  # fmt: skip
         if row is None:
             tx.run("INSERT INTO orders (tenant, order_id, subscriber_id, total, currency, payment_status, "
@@ -481,14 +489,11 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
             self._early_fulfillment(tx, tenant, e.order_id)
         else:
             tx.run("UPDATE orders SET subscriber_id = ?, total = ?, currency = ?, payment_status = ?, discount_code = ?, "
-                   "created_at = COALESCE(?, created_at), checkout_id = COALESCE(?, checkout_id), updated_at = ? "
-                   "WHERE tenant = ? AND order_id = ?",
-                   (sid, e.total, e.currency, e.payment_status, e.discount_code, e.created_at, e.checkout_id, e.at,
+                   "checkout_id = COALESCE(?, checkout_id), updated_at = ? WHERE tenant = ? AND order_id = ?",
+                   (sid, e.total, e.currency, e.payment_status, e.discount_code, e.checkout_id, e.at,
                     tenant, e.order_id))  # fmt: skip
             tx.run("DELETE FROM order_items WHERE tenant = ? AND order_id = ?", (tenant, e.order_id))
-        if e.fulfillment_status is not None:
-            tx.run("UPDATE orders SET fulfillment_status = ?, fulfillment_at = ? WHERE tenant = ? AND order_id = ? "
-                   "AND fulfillment_at <= ?", (e.fulfillment_status, e.at, tenant, e.order_id, e.at))  # fmt: skip
+        self._order_fulfillment(tx, tenant, e)
         for it in e.items:
             tx.run("INSERT INTO order_items (tenant, order_id, product, category, price, quantity) VALUES (?, ?, ?, ?, ?, ?)",
                    (tenant, e.order_id, it.product, it.category, it.price, it.quantity))  # fmt: skip
@@ -505,6 +510,12 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
             others.add(stale_owner)
         rollups.upkeep(tx, tenant, recompute=[sid] if stale_owner is None else [sid, stale_owner])
         return Applied(outcome="applied", subscriber_id=sid, changed=frozenset(changed), others=tuple(sorted(others)))
+
+    def _order_fulfillment(self, tx: Tx, tenant: str, e: OrderEvent) -> None:
+        """The order event's fulfilment status, unless a newer one is stored (newest ``at`` wins)."""
+        if e.fulfillment_status is not None:
+            tx.run("UPDATE orders SET fulfillment_status = ?, fulfillment_at = ? WHERE tenant = ? AND order_id = ? "
+                   "AND fulfillment_at <= ?", (e.fulfillment_status, e.at, tenant, e.order_id, e.at))  # fmt: skip
 
     def _early_fulfillment(self, tx: Tx, tenant: str, order_id: str) -> None:
         row = tx.one("SELECT status, tracking_url, at FROM early_fulfillments WHERE tenant = ? AND order_id = ?",
@@ -533,8 +544,10 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         """Completion is final whatever arrives later; an order may name a checkout not seen yet.
         Instants are minima over every event seen, so arrival order never matters. A stored checkout
         of another subscriber (the shopper paid under another phone) no longer counts as that
-        subscriber's abandoned one: their aggregates are recomputed, and they are returned."""
-        row = tx.one("SELECT subscriber_id FROM checkouts WHERE tenant = ? AND checkout_id = ?", (tenant, checkout_id))
+        subscriber's abandoned one: their aggregates are recomputed, and they are returned. (It
+        becomes ``sid``'s if ``at`` is earlier than every event seen for it: ``_owner``.)"""
+        row = tx.one("SELECT subscriber_id, started_at FROM checkouts WHERE tenant = ? AND checkout_id = ?",
+                     (tenant, checkout_id))  # fmt: skip
         tx.run(f"INSERT INTO checkouts (tenant, checkout_id, subscriber_id, started_at, completed_at, updated_at) "
                f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, checkout_id) DO UPDATE SET "
                f"completed_at = {self._least}(COALESCE(checkouts.completed_at, excluded.completed_at), excluded.completed_at), "
@@ -542,31 +555,48 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
                (tenant, checkout_id, sid, at, at, 0.0))  # fmt: skip
         if row is None or int(row[0]) == sid:
             return None
+        self._owner(tx, tenant, checkout_id, sid, at, row[1])
         self._restat(tx, tenant, int(row[0]), now, frozenset({"checkouts"}))
         return int(row[0])
+
+    def _owner(self, tx: Tx, tenant: str, checkout_id: str, sid: int, at: float, started: float) -> None:
+        """A checkout is the shopper's whose event about it is the earliest (``started_at``, the minimum
+        of their instants; on a tie, the phone first by code point): an older event under another
+        phone, arriving late, moves it to that phone's subscriber, so any arrival order gives the same owner."""
+        if at < started:
+            tx.run("UPDATE checkouts SET subscriber_id = ? WHERE tenant = ? AND checkout_id = ?", (sid, tenant, checkout_id))
+        elif at == started:
+            tx.run("UPDATE checkouts SET subscriber_id = ? WHERE tenant = ? AND checkout_id = ? AND "
+                   "(SELECT phone FROM subscribers WHERE id = ?) < (SELECT phone FROM subscribers WHERE id = checkouts.subscriber_id)",
+                   (sid, tenant, checkout_id, sid))  # fmt: skip
 
     def _checkout(self, tx: Tx, tenant: str, e: CheckoutEvent, phone: str, now: float) -> Applied:
         sid = self._ensure(tx, tenant, phone, now)
         entry = self._grant(tx, tenant, e.consent, phone, "checkout", e.at, now)
-        row = tx.one("SELECT updated_at, subscriber_id FROM checkouts WHERE tenant = ? AND checkout_id = ?",
+        row = tx.one("SELECT updated_at, subscriber_id, started_at FROM checkouts WHERE tenant = ? AND checkout_id = ?",
                      (tenant, e.checkout_id))  # fmt: skip
         if row is None:
-            tx.run("INSERT INTO checkouts (tenant, checkout_id, subscriber_id, url, value, started_at, updated_at) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (tenant, e.checkout_id, sid, e.url, e.value, e.at, e.at))  # fmt: skip
+            tx.run("INSERT INTO checkouts (tenant, checkout_id, subscriber_id, url, url_at, value, started_at, updated_at) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (tenant, e.checkout_id, sid, e.url, None if e.url is None else e.at, e.value, e.at, e.at))  # fmt: skip
         else:
-            if row[0] <= e.at:  # the newest event's url and value
-                tx.run("UPDATE checkouts SET url = COALESCE(?, url), value = ?, updated_at = ? "
-                       "WHERE tenant = ? AND checkout_id = ?", (e.url, e.value, e.at, tenant, e.checkout_id))  # fmt: skip
+            if row[0] <= e.at:  # the newest event's value
+                tx.run("UPDATE checkouts SET value = ?, updated_at = ? WHERE tenant = ? AND checkout_id = ?",
+                       (e.value, e.at, tenant, e.checkout_id))  # fmt: skip
+            if e.url is not None:  # the newest url given (``url_at``: its event's instant), whatever the arrival order
+                tx.run("UPDATE checkouts SET url = ?, url_at = ? WHERE tenant = ? AND checkout_id = ? "
+                       "AND (url_at IS NULL OR url_at <= ?)", (e.url, e.at, tenant, e.checkout_id, e.at))  # fmt: skip
             tx.run(f"UPDATE checkouts SET started_at = {self._least}(started_at, ?) WHERE tenant = ? AND checkout_id = ?",
                    (e.at, tenant, e.checkout_id))  # fmt: skip
-        owner = None if row is None or int(row[1]) == sid else int(row[1])  # the checkout stays its first owner's
+        owner = None if row is None or int(row[1]) == sid else int(row[1])  # the checkout's earliest shopper's
         if e.status == "completed":
             self._complete_checkout(tx, tenant, e.checkout_id, sid, e.at, now)
         elif e.status == "abandoned":
             tx.run(f"UPDATE checkouts SET abandoned_at = {self._least}(COALESCE(abandoned_at, ?), ?) "
                    "WHERE tenant = ? AND checkout_id = ?", (e.at, e.at, tenant, e.checkout_id))  # fmt: skip
-            if owner is not None:
-                self._restat(tx, tenant, owner, now, frozenset({"checkouts"}))
+        if owner is not None:
+            self._owner(tx, tenant, e.checkout_id, sid, e.at, row[2])  # type: ignore[index]
+            self._restat(tx, tenant, owner, now, frozenset({"checkouts"}))
         self._restat(tx, tenant, sid, now, frozenset({"checkouts"}))
         changed = {"checkouts", "subscriber_stats"} | ({"subscribers"} if entry is not None else set())
         return Applied(outcome="applied", subscriber_id=sid, consent=entry, changed=frozenset(changed),

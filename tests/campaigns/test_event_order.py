@@ -14,11 +14,15 @@ from campaigns.core.events import ActivityEvent, CheckoutEvent, FulfillmentEvent
 from campaigns.store import open_store
 
 A = "+33612345678"
+PHONES = (A, "+33612345679")
 T0 = 1_760_000_000.0
 
 
 @st.composite
 def shop_events(draw: st.DrawFn) -> list[ShopEvent]:
+    """Events of two shoppers on two orders and two checkouts (an order or checkout may be named under
+    both phones), with what an event may carry beside its state: when the order was placed
+    (``created_at``, at or before ``at``), a fulfilment status, a checkout's url (not every event)."""
     n = draw(st.integers(1, 12))
     times = draw(st.lists(st.integers(0, 10_000), min_size=n, max_size=n, unique=True))
     out: list[ShopEvent] = []
@@ -27,31 +31,39 @@ def shop_events(draw: st.DrawFn) -> list[ShopEvent]:
         kind = draw(st.sampled_from(["order", "fulfillment", "checkout", "click"]))
         oid = draw(st.sampled_from(["o1", "o2"]))
         cid = draw(st.sampled_from(["c1", "c2"]))
+        phone = draw(st.sampled_from(PHONES))
         if kind == "order":
-            out.append(OrderEvent(id=f"e{i}", at=at, order_id=oid, phone=A, total=draw(st.integers(0, 50_000)),
+            out.append(OrderEvent(id=f"e{i}", at=at, order_id=oid, phone=phone, total=draw(st.integers(0, 50_000)),
                                   currency="EUR", payment_status=draw(st.sampled_from(["paid", "pending", "refunded"])),
+                                  created_at=draw(st.none() | st.integers(0, 20).map(lambda d: at - d)),
+                                  fulfillment_status=draw(st.none() | st.sampled_from(["unfulfilled", "partial"])),
                                   checkout_id=draw(st.none() | st.just(cid))))  # fmt: skip
         elif kind == "fulfillment":
             out.append(FulfillmentEvent(id=f"e{i}", at=at, order_id=oid,
                                         status=draw(st.sampled_from(["shipped", "delivered"]))))  # fmt: skip
         elif kind == "checkout":
-            out.append(CheckoutEvent(id=f"e{i}", at=at, checkout_id=cid, phone=A, value=draw(st.integers(0, 9999)),
+            out.append(CheckoutEvent(id=f"e{i}", at=at, checkout_id=cid, phone=phone, value=draw(st.integers(0, 9999)),
+                                     url=draw(st.none() | st.just(f"https://s/{cid}/{i}")),
                                      status=draw(st.sampled_from(["started", "completed", "abandoned"]))))  # fmt: skip
         else:
-            out.append(ActivityEvent(id=f"e{i}", at=at, phone=A, kind="clicked"))
+            out.append(ActivityEvent(id=f"e{i}", at=at, phone=phone, kind="clicked"))
     return out
 
 
-def final_state(events: list[ShopEvent], tenant: str, store) -> tuple:  # type: ignore[no-untyped-def]
+def final_state(events: list[ShopEvent], tenant: str, store) -> dict:  # type: ignore[no-untyped-def]
     for e in events:
         store.apply_event(tenant, e, phone=getattr(e, "phone", None), now=T0 + 20_000)
-    sub = store.subscriber_by_phone(tenant, A)
-    if sub is None:
-        return ()
-    view = store.view(tenant, sub.id)
-    orders = tuple((o.order_id, o.total, o.payment_status, o.fulfillment_status, o.created_at) for o in view.orders)
-    checkouts = tuple((c.checkout_id, c.value, c.completed_at is not None, c.abandoned_at) for c in view.checkouts)
-    return orders, checkouts, view.stats
+    out = {}
+    for phone in PHONES:
+        sub = store.subscriber_by_phone(tenant, phone)
+        if sub is None:
+            continue
+        view = store.view(tenant, sub.id)
+        orders = tuple((o.order_id, o.total, o.payment_status, o.fulfillment_status, o.created_at) for o in view.orders)
+        checkouts = tuple((c.checkout_id, c.value, c.url, c.started_at, c.completed_at, c.abandoned_at)
+                          for c in view.checkouts)  # fmt: skip
+        out[phone] = orders, checkouts, view.stats
+    return out
 
 
 @settings(max_examples=30, deadline=None)
