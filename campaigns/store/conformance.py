@@ -242,6 +242,50 @@ def check_checkout_of_another_phone(store: Store) -> None:
         assert late.others == (owner.id,) and owner_abandoned(tenant) is None  # type: ignore[attr-defined]
 
 
+def check_details_whatever_the_arrival_order(store: Store) -> None:
+    """What an event carries beside its state, whatever the arrival order, one by one or in a batch:
+    an order's ``created_at`` is the earliest the shop gave or event seen; a fulfilment status in an
+    order event older than the order's state still counts if newer than the stored one; a checkout's
+    url is the newest that was given; a checkout is the shopper's whose event about it is earliest
+    (a tie: the phone first by code point), and the subscriber it leaves is named in ``others``."""
+    order = lambda i, at, phone, **kw: OrderEvent(id=f"d{i}", at=T0 + at, order_id="do1", phone=phone, total=100,  # noqa: E731
+                                                  currency="EUR", payment_status="paid", **kw)  # fmt: skip
+    cart = lambda i, at, phone, **kw: CheckoutEvent(id=f"dk{i}", at=T0 + at, checkout_id="dk1", phone=phone, **kw)  # noqa: E731
+    evs = [order(1, 10, A), order(2, 5, A, created_at=T0 + 3, fulfillment_status="unfulfilled"),
+           cart(1, 20, A, url="https://s/1"), cart(2, 30, A), cart(3, 25, B, status="abandoned"),
+           order(3, 40, B, created_at=T0 + 20, checkout_id="dk2"), order(4, 41, A, created_at=T0 + 20, checkout_id="dk2")]
+    seen = []
+    for k, arrival in enumerate((evs, evs[::-1], [evs[3], evs[1], evs[4], evs[0], evs[6], evs[2], evs[5]])):
+        for batched in (False, True):
+            tenant = f"arrival{k}{int(batched)}"
+            pairs = [(e, e.phone) for e in arrival]
+            if batched:
+                store.apply_events(tenant, pairs, now=T0 + 100)  # type: ignore[arg-type]
+            else:
+                for e, p in pairs:
+                    store.apply_event(tenant, e, phone=p, now=T0 + 100)
+            got = {}
+            for phone in (A, B):
+                sub = store.subscriber_by_phone(tenant, phone)
+                assert sub is not None
+                v = store.view(tenant, sub.id)
+                assert v is not None
+                got[phone] = ([(o.order_id, o.created_at, o.fulfillment_status) for o in v.orders],
+                              [(c.checkout_id, c.url, c.started_at, c.abandoned_at) for c in v.checkouts],
+                              v.stats.last_abandoned_checkout_at)  # fmt: skip
+            seen.append(got)
+    assert seen[0][A][0] == [("do1", T0 + 3, "unfulfilled")] and seen[0][B][0] == [], seen[0]  # the newest event's phone
+    assert seen[0][A][1] == [("dk1", "https://s/1", T0 + 20, T0 + 25), ("dk2", None, T0 + 20, None)], seen[0]
+    assert seen[0][A][2] == T0 + 25 and seen[0][B][1] == [], seen[0]  # dk2: a tie at T0 + 20, A's phone first
+    assert all(s == seen[0] for s in seen), seen
+    # a late older event under another phone moves the checkout, and names the subscriber it leaves
+    first = store.apply_event("arrival-move", cart(9, 50, B, status="abandoned"), phone=B, now=T0 + 100)
+    moved = store.apply_event("arrival-move", cart(8, 45, A), phone=A, now=T0 + 100)
+    assert moved.others == (first.subscriber_id,), moved
+    assert store.stats("arrival-move", first.subscriber_id).last_abandoned_checkout_at is None  # type: ignore[arg-type]
+    assert store.stats("arrival-move", moved.subscriber_id).last_abandoned_checkout_at == T0 + 50  # type: ignore[arg-type]
+
+
 def check_activities_and_customers(store: Store) -> None:
     r = store.apply_event("acme", CustomerEvent(id="c1", at=T0, profile=Profile(phone=A, first_name="Zoe", tags=("new",)),
                           consent=ConsentGrant(accepted=False)), phone=A, now=T0)  # fmt: skip
@@ -596,6 +640,7 @@ def check_flow_runs_timers_and_outbox(store: Store) -> None:
 
 CHECKS: list[Callable[[Store], None]] = [check_subscribers, check_consent_ledger, check_events_idempotent_and_aggregates,
                                          check_events_out_of_order, check_checkouts, check_checkout_of_another_phone,
+                                         check_details_whatever_the_arrival_order,
                                          check_activities_and_customers,
                                          check_segments_storage, check_import, check_campaigns,
                                          check_held_and_outcomes, check_links_and_clicks, check_discount_pools,
