@@ -75,3 +75,31 @@ def test_any_arrival_order_gives_the_same_state(events: list[ShopEvent], rnd: ra
     rnd.shuffle(shuffled)
     assert final_state(shuffled, "shuffled", store) == in_order
     store.close()
+
+
+def test_a_store_made_before_url_at_keeps_the_newest_url(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``checkouts.url_at`` is added at open and filled from ``updated_at``: an older url arriving
+    late does not replace the stored one, a newer one does."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    store = open_store(f"sqlite:///{path}")
+    cart = lambda i, at, url: CheckoutEvent(id=f"k{i}", at=T0 + at, checkout_id="c", phone=A, url=url)  # noqa: E731
+    store.apply_event("acme", cart(1, 10, "https://s/new"), phone=A, now=T0 + 100)
+    store.close()
+    conn = sqlite3.connect(path)  # what a store of before the column looks like
+    conn.execute("ALTER TABLE checkouts DROP COLUMN url_at")
+    conn.commit()
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    try:
+        def url() -> str | None:
+            sub = store.subscriber_by_phone("acme", A)
+            return store.view("acme", sub.id).checkouts[0].url  # type: ignore[union-attr]
+
+        store.apply_event("acme", cart(2, 5, "https://s/old"), phone=A, now=T0 + 100)
+        assert url() == "https://s/new"
+        store.apply_event("acme", cart(3, 20, "https://s/newer"), phone=A, now=T0 + 100)
+        assert url() == "https://s/newer"
+    finally:
+        store.close()
