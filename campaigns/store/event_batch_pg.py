@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from campaigns.core import flow_inputs
 from campaigns.core.events import ActivityEvent, CheckoutEvent, CustomEvent, FulfillmentEvent, OrderEvent, ShopEvent
 from campaigns.store import rollups
 from campaigns.store.base import Applied
@@ -71,7 +70,8 @@ def _score_sets(column: dict[str, str]) -> dict[str, str]:
 @functools.cache
 def claim_sql() -> str:
     """Statement 1. Rows ``(what, text, id)``: 0 a claimed event id; 1 a phone and its subscriber;
-    2 a stored (or early-fulfilled) order id; 3 a stored checkout id and its subscriber; 4 the shop has flows."""
+    2 a stored (or early-fulfilled) order id; 3 a stored checkout id and its subscriber (5: one already
+    completed); 4 the shop has flows."""
     return (
         "WITH e AS (SELECT * FROM unnest(%(ids)s::text[], %(phones)s::text[], %(oids)s::text[], %(cids)s::text[]) "
         "AS e (id, phone, oid, cid)), "
@@ -89,7 +89,8 @@ def claim_sql() -> str:
         "(SELECT oid FROM e WHERE oid <> '') "
         "UNION ALL SELECT 2, order_id, NULL FROM early_fulfillments WHERE tenant = %(t)s AND order_id IN "
         "(SELECT oid FROM e WHERE oid <> '') "
-        "UNION ALL SELECT 3, checkout_id, subscriber_id FROM checkouts WHERE tenant = %(t)s AND checkout_id IN "
+        "UNION ALL SELECT CASE WHEN completed_at IS NULL THEN 3 ELSE 5 END, checkout_id, subscriber_id FROM checkouts "
+        "WHERE tenant = %(t)s AND checkout_id IN "
         "(SELECT cid FROM e WHERE cid <> '') "
         "UNION ALL SELECT 4, NULL, NULL WHERE EXISTS (SELECT 1 FROM flow_heads WHERE tenant = %(t)s)"
     )  # fmt: skip
@@ -221,6 +222,7 @@ class PgEventBatch:
         sid_of: dict[str, int] = {}
         known_orders: set[str] = set()
         known_checkouts: dict[str, int] = {}  # stored checkout -> its subscriber
+        done: set[str] = set()  # stored checkouts already completed
         flows = False
         for what, text, sid in tx.named_rows(claim_sql(), {"ids": list(first), "phones": phones, "oids": oids, "cids": cids,
                                                          "t": tenant, "now": now}):  # fmt: skip
@@ -230,8 +232,10 @@ class PgEventBatch:
                 sid_of[text] = int(sid)
             elif what == 2:
                 known_orders.add(text)
-            elif what == 3:
+            elif what in (3, 5):
                 known_checkouts[text] = int(sid)
+                if what == 5:
+                    done.add(text)
             else:
                 flows = True
         fresh = sorted(i for i in idx if events[i][0].id in claimed)
@@ -245,17 +249,16 @@ class PgEventBatch:
                 "SELECT phone, id FROM subscribers WHERE tenant = ? AND phone = ANY(?::text[])", (tenant, sorted(missing))))  # type: ignore[arg-type] # fmt: skip
         inline_flows = flows and not slow
         if orders or acts or checkouts:
+            _fast_outcomes(out, events, orders, acts, checkouts, sid_of, done)
             params = _write_params(events, orders, acts, checkouts, sid_of, tenant, now)
             if inline_flows:
-                params.update(_flow_params(events, fresh, {i: sid_of[events[i][1]] for i in orders + acts + checkouts}))  # type: ignore[index]
+                params.update(_flow_params(events, fresh, out))
             tx.named_run(write_sql(inline_flows), params)
-            _fast_outcomes(out, events, orders, acts, checkouts, sid_of)
         for i in slow:
             e, phone = events[i]
             out[i] = self._apply_new(tx, tenant, e, phone, now)
         if flows and not (inline_flows and (orders or acts or checkouts)):
-            sids = {i: out[i].subscriber_id for i in fresh}  # type: ignore[union-attr]
-            fparams = _flow_params(events, fresh, sids)
+            fparams = _flow_params(events, fresh, out)
             if fparams["f_sid"]:
                 tx.named_run(flow_inputs_sql(), {"t": tenant, **fparams})
         return out, True  # type: ignore[return-value]
@@ -317,31 +320,39 @@ def _write_params(events: Sequence[tuple[ShopEvent, str | None]], orders: list[i
     }  # fmt: skip
 
 
-def _flow_params(events: Sequence[tuple[ShopEvent, str | None]], fresh: list[int], sids: dict[int, int | None]) -> dict[str, Any]:
-    """Every claimed event's flow inputs, in arrival order (``enqueue_inputs``' rows)."""
-    from campaigns.store.flow_sql import _event_encoder
+def _flow_params(events: Sequence[tuple[ShopEvent, str | None]], fresh: list[int],
+                 out: Sequence[Applied | None]) -> dict[str, Any]:  # fmt: skip
+    """Every claimed event's flow inputs, in arrival order (``flow_sql.applied_inputs``' rows, as the
+    per-event path queues them: a checkout's end goes to the checkout's own subscriber)."""
+    from campaigns.store.flow_sql import _event_encoder, applied_inputs
 
     f_sid: list[int] = []
     f_event: list[str] = []
     for i in fresh:
-        sid = sids.get(i)
-        if sid is None:
-            continue
-        for fe in flow_inputs.from_shop_event(events[i][0]):
+        applied = out[i]
+        assert applied is not None
+        for sid, fe in applied_inputs(events[i][0], applied):
             f_sid.append(sid)
             f_event.append(_event_encoder.encode(fe).decode())
     return {"f_sid": f_sid, "f_event": f_event}
 
 
 def _fast_outcomes(out: list[Applied | None], events: Sequence[tuple[ShopEvent, str | None]], orders: list[int],
-                   acts: list[int], checkouts: list[int], sid_of: dict[str, int]) -> None:  # fmt: skip
+                   acts: list[int], checkouts: list[int], sid_of: dict[str, int], done: set[str]) -> None:  # fmt: skip
+    """The set-based events' outcomes (``done``: the stored checkouts already completed). A set-based
+    order's checkout is its own subscriber's or new (``_split``), so its first completion is heard
+    by the order's subscriber; a new checkout is its event's subscriber's."""
     for i in orders:
-        changed = _ORDER_CHANGED if events[i][0].checkout_id is None else _ORDER_CHANGED | {"checkouts"}  # type: ignore[union-attr]
-        out[i] = Applied(outcome="applied", subscriber_id=sid_of[events[i][1]], changed=changed)  # type: ignore[index]
+        cid, sid = events[i][0].checkout_id, sid_of[events[i][1]]  # type: ignore[union-attr,index]
+        changed = _ORDER_CHANGED if cid is None else _ORDER_CHANGED | {"checkouts"}
+        end = None if cid is None or cid in done else ("completed", sid)
+        out[i] = Applied(outcome="applied", subscriber_id=sid, changed=changed, checkout_end=end)  # type: ignore[arg-type]
     for i in acts:
         e: Any = events[i][0]
         kind = e.kind if isinstance(e, ActivityEvent) else e.name
         changed = frozenset({"activities", "subscriber_stats"} if kind in _ACTIVITY_STAT else {"activities"})
         out[i] = Applied(outcome="applied", subscriber_id=sid_of[events[i][1]], changed=changed)  # type: ignore[index]
-    for i in checkouts:
-        out[i] = Applied(outcome="applied", subscriber_id=sid_of[events[i][1]], changed=_CHECKOUT_CHANGED)  # type: ignore[index]
+    for i in checkouts:  # new checkouts: neither stored nor named by another event of the batch
+        status, sid = events[i][0].status, sid_of[events[i][1]]  # type: ignore[union-attr,index]
+        end = (status, sid) if status in ("abandoned", "completed") else None
+        out[i] = Applied(outcome="applied", subscriber_id=sid, changed=_CHECKOUT_CHANGED, checkout_end=end)  # type: ignore[arg-type]
