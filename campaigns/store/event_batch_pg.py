@@ -99,7 +99,9 @@ def claim_sql() -> str:
 _ORDERS = ("%(o_id)s::text[], %(o_sid)s::bigint[], %(o_total)s::bigint[], %(o_cur)s::text[], %(o_pay)s::text[], "
            "%(o_fs)s::text[], %(o_disc)s::text[], %(o_created)s::float8[], %(o_at)s::float8[], %(o_cid)s::text[]")  # fmt: skip
 _ITEMS = "%(i_oid)s::text[], %(i_product)s::text[], %(i_category)s::text[], %(i_price)s::bigint[], %(i_qty)s::bigint[]"
-_ACTS = "%(a_sid)s::bigint[], %(a_kind)s::text[], %(a_at)s::float8[], %(a_props)s::text[]"
+# properties as one JSON array, split by json_array_elements (``_FLOW_ROWS``' reason: no text[] quoting)
+_ACTS = ("unnest(%(a_sid)s::bigint[]), unnest(%(a_kind)s::text[]), unnest(%(a_at)s::float8[]), "
+         "json_array_elements(%(a_props)s::json)")  # fmt: skip
 _CHECKOUTS = ("%(c_id)s::text[], %(c_sid)s::bigint[], %(c_url)s::text[], %(c_value)s::bigint[], %(c_at)s::float8[], "
               "%(c_status)s::text[]")  # fmt: skip
 
@@ -155,7 +157,7 @@ def write_sql(flows: bool) -> str:
     parts = [
         f"o AS (SELECT * FROM unnest({_ORDERS}) AS o (order_id, sid, total, currency, pay, fs, disc, created, at, cid))",
         f"i AS (SELECT * FROM unnest({_ITEMS}) AS i (order_id, product, category, price, quantity))",
-        f"a AS (SELECT * FROM unnest({_ACTS}) AS a (sid, kind, at, props))",
+        f"a AS (SELECT sid, kind, at, props::text AS props FROM ROWS FROM ({_ACTS}) AS a (sid, kind, at, props))",
         f"k AS (SELECT * FROM unnest({_CHECKOUTS}) AS k (checkout_id, sid, url, value, at, status))",
         "io AS (INSERT INTO orders (tenant, order_id, subscriber_id, total, currency, payment_status, fulfillment_status, "
         "discount_code, created_at, checkout_id, updated_at, fulfillment_at) SELECT %(t)s, order_id, sid, total, currency, "
@@ -320,7 +322,7 @@ def _write_params(events: Sequence[tuple[ShopEvent, str | None]], orders: list[i
         "i_qty": [it.quantity for _, it in items],
         "a_sid": [sid_of[events[i][1]] for i in acts],  # type: ignore[index]
         "a_kind": [e.kind if isinstance(e, ActivityEvent) else e.name for e in a_ev],
-        "a_at": [e.at for e in a_ev], "a_props": [_json.encode(e.properties).decode() for e in a_ev],
+        "a_at": [e.at for e in a_ev], "a_props": _json.encode([e.properties for e in a_ev]).decode(),
         "c_id": [e.checkout_id for e in k_ev], "c_sid": [sid_of[events[i][1]] for i in checkouts],  # type: ignore[index]
         "c_url": [e.url for e in k_ev], "c_value": [e.value for e in k_ev], "c_at": [e.at for e in k_ev],
         "c_status": [e.status for e in k_ev],
