@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-slow bench-core lint clean postgresql
+.PHONY: run test test-slow test-hunt bench-core lint clean postgresql
 
 $(BIN)/python:
 	@$(PY) -m venv --help >/dev/null 2>&1 && $(PY) -c 'import ensurepip' 2>/dev/null || \
@@ -37,6 +37,14 @@ test: $(VENV)/.installed postgresql
 # a 100,000-run flow, a large schemathesis run. Each test bounds its own time; `timeout` bounds the whole command.
 test-slow: $(VENV)/.installed postgresql
 	timeout 1800 $(BIN)/python -m pytest -m slow -s
+
+# The property tests again with fresh random seeds (make test draws the same examples every run):
+# ROUNDS rounds, each cut off after 15 minutes. A failure prints the example and its reproduce blob.
+ROUNDS ?= 3
+test-hunt: $(VENV)/.installed postgresql
+	for i in $$(seq $(ROUNDS)); do \
+	  SLUICE_HYPOTHESIS=hunt timeout 900 $(BIN)/python -m pytest -n 2 --dist loadfile \
+	    $$(grep -rl --include='*.py' 'from hypothesis' tests) || exit 1; done
 
 bench-core: $(VENV)/.installed
 	$(BIN)/sluice bench core

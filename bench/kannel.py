@@ -458,6 +458,39 @@ def timeline_per_second(samples: list[dict]) -> list[dict]:
     return out
 
 
+_WAITS = {"window_wait": 'sluice_dispatcher_seconds_total{what="window_wait"}',
+          "wire_wait": 'sluice_dispatcher_seconds_total{what="wire_wait"}',
+          "write": 'sluice_dispatcher_seconds_total{what="write"}', "writes": 'sluice_messages_total{event="writes"}',
+          "changes": 'sluice_messages_total{event="changes_written"}'}  # fmt: skip
+
+
+async def _waits(client: httpx.AsyncClient) -> dict[str, float]:
+    """Where ``serve``'s dispatcher spent its time so far (``DispatcherStats``, from /metrics):
+    seconds its pumps waited for the unconfirmed window / the connectors' windows, seconds in
+    the store's writes, and the writes and changes written."""
+    text = (await client.get("/metrics")).text
+    out = dict.fromkeys(_WAITS, 0.0)
+    for line in text.splitlines():
+        for key, name in _WAITS.items():
+            if line.startswith(name + " "):
+                out[key] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _critical(w0: dict[str, float], w1: dict[str, float], sim0: dict, sim1: dict, seconds: float) -> dict:
+    """The side's waits as shares of its clock: the pump waiting for the unconfirmed window
+    (``window_wait``; the write's latency holds it) or for the carrier's responses
+    (``wire_wait``), ``serve``'s writes (``write``, wall: CPU and sync), and the simulator's due
+    receipts waiting for a window of unanswered receipts (``receipts_window_full``: answered
+    only after the write); with the writes' count and mean size."""
+    d = {k: w1[k] - w0[k] for k in w1}
+    full = (sim1.get("receipts_window_full_ms", 0) - sim0.get("receipts_window_full_ms", 0)) / 1000
+    s = max(seconds, 1e-9)
+    return {"window_wait_share": d["window_wait"] / s, "wire_wait_share": d["wire_wait"] / s,
+            "write_share": d["write"] / s, "receipts_window_full_share": full / s, "writes_per_s": d["writes"] / s,
+            "changes_per_write": d["changes"] / max(1.0, d["writes"])}  # fmt: skip
+
+
 async def _warm(client: httpx.AsyncClient, receiver: Receiver) -> None:
     """One message with a callback to the receiver, its final event awaited before the clock
     starts: whatever delivers webhooks is up (a server in service has it running already), as
@@ -509,6 +542,7 @@ async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver
                         for p in pieces:
                             yield p
 
+                    w0, sim0 = await _waits(client), await sim.counters()
                     cpu0 = _sluice_cpu(gw.pid, sim.pid, receiver)
                     idle0 = _machine_idle()
                     samples: list[dict] = []
@@ -529,6 +563,7 @@ async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver
                     end = time.monotonic()
                     cpu1 = _sluice_cpu(gw.pid, sim.pid, receiver)
                     idle1 = _machine_idle()
+                    w1, sim1 = await _waits(client), await sim.counters()
                     if job is not None:
                         counts = (await client.get(f"/v1/jobs/{job['id']}")).json()["counts"]
                     stats = await receiver.settle() if hooks else None
@@ -550,7 +585,7 @@ async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver
             "cores_busy": (sum(cpu1[1:]) - sum(cpu0[1:])) / max(end - t0, 1e-9),
             "machine_idle": (idle1[0] - idle0[0]) / max(1.0, idle1[1] - idle0[1]),
             "server_peak_rss": peak, "children_peak_rss": kid_peaks, "sim_accepted": sim_counters["accepted"],
-            "sim_receipts_acked": sim_counters["receipts_acked"],
+            "sim_receipts_acked": sim_counters["receipts_acked"], **_critical(w0, w1, sim0, sim1, end - t0),
             **({"timeline": timeline_per_second(samples)} if timeline else {})}  # fmt: skip
 
 
@@ -689,6 +724,16 @@ def bench_kannel(n: int, runs: int, dlr_delay: float, sides: tuple[str, ...], bi
             idle = statistics.median(x[side]["machine_idle"] for x in r["per_run"])
             click.echo(f"  {side + ': cores busy with its processes, machine idle share':<64} {busy:>10.2f}    "
                        f"{idle:.0%}")  # fmt: skip
+    keys = ("window_wait_share", "wire_wait_share", "write_share", "receipts_window_full_share")
+    sluice = [side for side in r["messages_per_s"] if side != "kannel"]
+    if sluice:
+        click.echo(f"  share of the clock, median: {'pump waits window':>17} {'waits wire':>10} {'writing':>8} "
+                   f"{'receipts held':>13} {'writes/s':>9} {'changes/write':>13}")  # fmt: skip
+    for side in sluice:
+        m = {k: statistics.median(x[side].get(k, 0.0) for x in r["per_run"])
+             for k in (*keys, "writes_per_s", "changes_per_write")}  # fmt: skip
+        click.echo(f"    {side:<26} " + " ".join(f"{m[k]:>{w}.0%}" for k, w in zip(keys, (17, 10, 8, 13)))
+                   + f" {m['writes_per_s']:>9,.0f} {m['changes_per_write']:>13,.0f}")  # fmt: skip
     if r["server_peak_rss_max"]:
         click.echo(f"  {'sluice serve peak RSS, largest of all runs (MB)':<64} {r['server_peak_rss_max'] / (1 << 20):>10,.0f}")
     if r["receiver_ceiling"]:

@@ -136,6 +136,10 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     short_link_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     short_link_head_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0  # a request head's first byte to its end
     short_link_max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    # A set-based launch's recipients are written this many at a time (whole batches), each chunk
+    # one transaction, its batches posted while the next is written (docs/ARCHITECTURE.md, "A
+    # chunked freeze"); None: the whole audience in one transaction before the first post.
+    launch_freeze_chunk: Annotated[int, msgspec.Meta(ge=1)] | None = 20_000
     tenants: list[TenantSettings] = []
 
     def __post_init__(self) -> None:

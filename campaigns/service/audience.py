@@ -112,7 +112,8 @@ class Audience:
                                            consent=new)  # fmt: skip
         except Conflict as exc:
             raise Conflict(str(exc), code=exc.code, field=f"consent.{exc.field}" if exc.field else "consent") from None
-        await self.refresh_membership(tenant, sub.id, frozenset({"subscribers", "subscriber_tags"}), now)
+        # a new subscriber: every segment (those over the aggregates too: "no orders yet" may hold)
+        await self.refresh_membership(tenant, sub.id, None if created else frozenset({"subscribers", "subscriber_tags"}), now)
         return await self.subscriber_out(tenant, sub.id), created
 
     def _consent(self, phone: str, c: ConsentIn, now: float, *, field: str) -> NewConsent:

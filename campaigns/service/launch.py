@@ -12,11 +12,14 @@ Theory of operation (a crash at any point never sends a recipient twice):
    (``Store.freeze_set``: planned and written in SQL, Python once per distinct zone and text; the
    same rows). Otherwise rendering is the launch's hot loop (``_plan``): ``TextCache`` renders each
    distinct text once and a recipient costs its codes and a join (exactly what rendering from
-   scratch gives).
+   scratch gives). A set-based freeze is *chunked* by ``Launcher`` (``freeze_chunk``): the plan of
+   the whole audience and the first chunk of recipients in one transaction, the rest of the plan
+   stored (``campaign_plan``), then each next chunk its own transaction (``freeze_step``), written
+   while the batches already committed are posted; a relaunch continues from the stored plan.
 2. ``submit``: each batch not yet answered is posted as one NDJSON job with
    ``Idempotency-Key: campaign-{id}-batch-{n}``. The body is rebuilt from the frozen rows, so it is
    the same bytes each time, and the gateway answers a retried key with its stored answer instead of
-   sending again. A batch's job id is stored once the gateway answers. The next batch's body is
+   sending again. A batch is read and posted only once its rows are committed (``_Frozen``). A batch's job id is stored once the gateway answers. The next batch's body is
    built (in a worker thread) while the gateway answers this one; batches are still posted in order.
 3. The campaign is ``launched`` when every batch has its job. Pause, resume and cancel are posted to
    every job of the campaign.
@@ -251,7 +254,7 @@ def _discount(store: Store, tenant: str, spec: CampaignSpec, cid: int, sid: int,
 
 
 def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: float, *,
-           lines: dict[int, list[tuple[str, str, str]]] | None = None) -> bool:  # fmt: skip
+           lines: dict[int, list[tuple[str, str, str]]] | None = None, chunk: int | None = None) -> bool:  # fmt: skip
     """Plan and store the campaign's recipients (False: they were frozen by an earlier launch).
 
     Set-based where it can be: the audience's marketable subscribers are read in one query (only
@@ -259,13 +262,18 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
     per recipient remains what Python must do: its variant, its text (``TextCache``: one render per
     distinct text) and its codes (a batch at a time: ``links.LinkCipher``). ``lines``: filled with
     each batch's ``(phone, text, tz)`` in slot order when this call froze them (the bodies are then
-    built from memory: the same values ``Store.batch_lines`` reads back)."""
+    built from memory: the same values ``Store.batch_lines`` reads back).
+
+    ``chunk`` (recipients, rounded up to whole batches): a set-based freeze writes only the first
+    chunk's recipients and stores the rest of the plan (``Store.freeze_set(chunk=...)``); each next
+    chunk is ``freeze_step``. The plan is the whole audience's either way (smart sending, batches,
+    slots, link numbers, texts): the rows are the same as one freeze's."""
     if store.batches(tenant, camp.id) or store.campaign_recipients(tenant, camp.id, limit=1):
         return False
     spec = parse_spec(camp.definition)
     if set_based(spec) and hasattr(store, "freeze_set"):
         try:
-            return _freeze_set(store, tenant, camp, spec, tl, now)
+            return _freeze_set(store, tenant, camp, spec, tl, now, chunk)
         except _NotSetBased:  # recipients' URLs differ: each gets its own codes (planned below)
             pass
     audience, last = _audience(store, tenant, spec.audience)
@@ -307,7 +315,22 @@ def set_based(spec: CampaignSpec) -> bool:
     return not any(p.name.startswith("attr.") for p in templates.compile_template(spec.template).shortcodes)
 
 
-def _freeze_set(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec, tl: TenantLinks, now: float) -> bool:
+def chunk_batches(spec: CampaignSpec, chunk: int) -> int:
+    """A chunk of ``chunk`` recipients in whole batches of ``spec`` (at least one)."""
+    return max(1, -(-chunk // spec.batch_size))
+
+
+def freeze_step(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, chunk: int) -> int | None:
+    """Write the next chunk of a plan stored by ``freeze(chunk=...)`` (one transaction: its rows
+    committed, then postable); the first batch still only planned after it, None when none is."""
+    spec = parse_spec(camp.definition)
+    rng = store.link_range(tenant, camp.id)
+    codes = links.cipher_for(tl.key, rng.length).encode_block if rng is not None and rng.stride else None
+    return store.freeze_next(tenant, camp.id, batches=chunk_batches(spec, chunk), batch_size=spec.batch_size, codes=codes)
+
+
+def _freeze_set(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec, tl: TenantLinks, now: float,
+                chunk: int | None = None) -> bool:  # fmt: skip
     """``freeze`` set-based: the store plans and writes every recipient in SQL; this asks Python
     only once per distinct time zone (its send time: ``schedule.send_times``) and per distinct text
     (rendered by ``TextCache``, the codes by ``links.LinkCipher``): the rows ``_plan`` would write."""
@@ -357,7 +380,8 @@ def _freeze_set(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec
     return store.freeze_set(tenant, camp.id, aud.include, aud.exclude, ids, batch_size=spec.batch_size,
                             smart_window_s=spec.smart_sending_hours * schedule.HOUR, reads_name=any(
                                 p.name == "first_name" for p in template.shortcodes),
-                            zones=zones, texts=texts, now=now, expires_at=expires)  # fmt: skip
+                            zones=zones, texts=texts, now=now, expires_at=expires,
+                            chunk=None if chunk is None else chunk_batches(spec, chunk))  # fmt: skip
 
 
 def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, planned: Sequence[schedule.SendTime],
@@ -603,12 +627,51 @@ def idempotency_key(campaign_id: int, batch: int) -> str:
     return f"campaign-{campaign_id}-batch-{batch}"
 
 
+class _Frozen:
+    """How far a freeze in chunks has written its recipients: ``pending`` is the first batch still
+    only planned (None: every batch is written). ``wait(batch)`` returns once that batch's rows are
+    committed, or raises the freeze's failure."""
+
+    def __init__(self, pending: int | None) -> None:
+        self.pending, self.failed = pending, None
+        self._moved = anyio.Event()
+
+    def advance(self, pending: int | None) -> None:
+        self.pending = pending
+        self._moved.set()
+        self._moved = anyio.Event()
+
+    def fail(self, exc: BaseException) -> None:
+        self.failed = exc
+        self._moved.set()
+
+    async def wait(self, batch: int) -> None:
+        while self.pending is not None and batch >= self.pending:
+            if self.failed is not None:
+                raise self.failed
+            await self._moved.wait()
+
+
+def _timed(fn: Callable[..., T], *args: Any, **kw: Any) -> tuple[T, float]:
+    """``fn(...)`` and the CPU time of the thread that ran it (the freeze's own, apart from the
+    gateway's work in the same process)."""
+    c0 = time.thread_time()
+    return fn(*args, **kw), time.thread_time() - c0
+
+
 class Launcher:
-    """The campaign service's sending side: launch, pause/resume/cancel, states back from the gateway."""
+    """The campaign service's sending side: launch, pause/resume/cancel, states back from the gateway.
+
+    ``freeze_chunk``: a set-based freeze writes its recipients this many at a time (whole batches),
+    each chunk one transaction, and a batch is posted as soon as its chunk is committed, while the
+    next chunk is written (docs/ARCHITECTURE.md, "A chunked freeze"); None: in one transaction.
+    ``freeze_store``: where the chunks are written (a connection of their own; default ``store``)."""
 
     def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantLinks],
-                 clock: Callable[[], float], *, callback_urls: Mapping[str, str] | None = None) -> None:  # fmt: skip
+                 clock: Callable[[], float], *, callback_urls: Mapping[str, str] | None = None,
+                 freeze_chunk: int | None = 20_000, freeze_store: Store | None = None) -> None:  # fmt: skip
         self.store, self.clients, self.tenants, self.clock = store, clients, tenants, clock
+        self.freeze_chunk, self.freeze_store = freeze_chunk, freeze_store or store
         set_keys = getattr(store, "set_link_keys", None)  # range codes are decoded with the tenants' keys
         if set_keys is not None:
             set_keys({name: t.key for name, t in tenants.items()})
@@ -647,26 +710,55 @@ class Launcher:
         camp = await self._run(self.store.set_campaign_status, tenant, campaign_id, "launching", now=now)
         lines: dict[int, list[tuple[str, str, str]]] = {}
         t0, c0 = time.perf_counter(), time.process_time()
-        await self._run(partial(freeze, lines=lines), self.store, tenant, camp, tl, now)
+        _, own = await self._run(_timed, partial(freeze, lines=lines, chunk=self.freeze_chunk), self.store, tenant, camp, tl, now)
+        gate = _Frozen(await self._run(self.store.plan_pending, tenant, campaign_id, parse_spec(camp.definition).batch_size)
+                       if self.freeze_chunk is not None else None)  # fmt: skip
         t1, c1 = time.perf_counter(), time.process_time()
-        log.info("campaign.frozen tenant=%s campaign=%d seconds=%.3f process_cpu_s=%.3f", tenant, campaign_id,
-                 t1 - t0, c1 - c0)  # fmt: skip
-        await self._submit(client, tenant, camp, lines)
+        log.info("campaign.frozen tenant=%s campaign=%d seconds=%.3f process_cpu_s=%.3f thread_cpu_s=%.3f pending_from=%s",
+                 tenant, campaign_id, t1 - t0, c1 - c0, own, gate.pending)  # fmt: skip
+        failed: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            if gate.pending is not None:
+                tg.start_soon(self._freeze_rest, tenant, camp, tl, gate)
+            try:
+                await self._submit(client, tenant, camp, lines, gate)
+            except Exception as exc:  # raised as itself, not inside the task group's ExceptionGroup
+                failed = exc
+                tg.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
         log.info("campaign.submitted tenant=%s campaign=%d seconds=%.3f process_cpu_s=%.3f", tenant, campaign_id,
                  time.perf_counter() - t1, time.process_time() - c1)  # fmt: skip
         return await self.launch_state(tenant, campaign_id)
 
+    async def _freeze_rest(self, tenant: str, camp: CampaignRow, tl: TenantLinks, gate: _Frozen) -> None:
+        """Write the plan's remaining chunks one transaction each, moving ``gate`` on after each commit;
+        a failure is handed to the batches waiting for it (a relaunch continues from the plan)."""
+        assert self.freeze_chunk is not None
+        t0, own, chunks = time.perf_counter(), 0.0, 0
+        try:
+            while gate.pending is not None:
+                pending, cpu = await self._run(_timed, freeze_step, self.freeze_store, tenant, camp, tl, self.freeze_chunk)
+                own, chunks = own + cpu, chunks + 1
+                gate.advance(pending)
+        except Exception as exc:  # noqa: BLE001  # raised by the submit side, which waits on it
+            gate.fail(exc)
+            return
+        log.info("campaign.frozen.chunks tenant=%s campaign=%d chunks=%d seconds=%.3f thread_cpu_s=%.3f", tenant,
+                 camp.id, chunks, time.perf_counter() - t0, own)  # fmt: skip
+
     async def _submit(self, client: GatewayClient, tenant: str, camp: CampaignRow,
-                      lines: dict[int, list[tuple[str, str, str]]] | None = None) -> None:  # fmt: skip
+                      lines: dict[int, list[tuple[str, str, str]]] | None = None, gate: _Frozen | None = None) -> None:  # fmt: skip
         """Post every batch not yet answered, in order. The next batch's rows are read and its body
         built in a worker thread while the gateway answers this one (a pipeline of one: the bodies
-        are the same bytes as built one by one, and nothing is posted out of order)."""
+        are the same bytes as built one by one, and nothing is posted out of order). A batch is read
+        only once its rows are committed (``gate``: a freeze in chunks still writing)."""
         spec = parse_spec(camp.definition)
         todo = [b for b in await self._run(self.store.batches, tenant, camp.id) if b.job_id is None]
         send, receive = anyio.create_memory_object_stream[tuple[BatchRow, bytes | BaseException]](1)
         failed: BaseException | None = None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._bodies, send, tenant, camp, spec, todo, lines or {})
+            tg.start_soon(self._bodies, send, tenant, camp, spec, todo, lines or {}, gate or _Frozen(None))
             async with receive:
                 try:
                     async for b, body in receive:
@@ -685,12 +777,14 @@ class Launcher:
 
     async def _bodies(self, send: MemoryObjectSendStream[tuple[BatchRow, bytes | BaseException]], tenant: str,
                       camp: CampaignRow, spec: CampaignSpec, todo: Sequence[BatchRow],
-                      lines: dict[int, list[tuple[str, str, str]]]) -> None:  # fmt: skip
-        """Build the bodies in order (from ``lines`` when this launch just froze them, else read back);
-        a failure is handed on to ``_submit`` (raised there as itself)."""
+                      lines: dict[int, list[tuple[str, str, str]]], gate: _Frozen) -> None:  # fmt: skip
+        """Build the bodies in order (from ``lines`` when this launch just froze them, else read back
+        once the batch's chunk is committed); a failure is handed on to ``_submit`` (raised there as
+        itself)."""
         async with send:
             for b in todo:
                 try:
+                    await gate.wait(b.batch)
                     body: bytes | BaseException = await self._run(self._body, tenant, camp, spec, b, lines.pop(b.batch, None))
                 except Exception as exc:
                     body = exc

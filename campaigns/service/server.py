@@ -98,7 +98,11 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     own = getattr(store, "engine", "sqlite") != "sqlite"
     launch_store = await anyio.to_thread.run_sync(open_store, settings.store_url) if own else store
     links = tenant_links(settings, env)
-    launcher = Launcher(launch_store, clients, links, time.time, callback_urls=callback_urls(settings))
+    # The chunks of a freeze (PostgreSQL) on a connection of their own too: on the launcher's, each
+    # chunk's transaction held up the batches' reads and answers being posted meanwhile.
+    freeze_store = await anyio.to_thread.run_sync(open_store, settings.store_url) if own else None
+    launcher = Launcher(launch_store, clients, links, time.time, callback_urls=callback_urls(settings),
+                        freeze_chunk=settings.launch_freeze_chunk, freeze_store=freeze_store)  # fmt: skip
     tracker = Tracker(launcher)
     if launch_store is not store:  # range codes resolve on either connection (launch.py sets the launcher's)
         store.set_link_keys({name: t.key for name, t in links.items()})
@@ -145,4 +149,6 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             await c.aclose()
         if launch_store is not store:
             launch_store.close()
+        if freeze_store is not None:
+            freeze_store.close()
         store.close()

@@ -14,6 +14,7 @@ import msgspec
 
 from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
 from campaigns.core.events import Profile, ShopEvent
+from campaigns.core.flow_inputs import CheckoutEnd
 from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
 from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
@@ -40,6 +41,11 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True):
     # other subscribers whose rows the event changed (the order's former owner, the owner of a
     # checkout another phone completed or abandoned): their segments are re-evaluated too
     others: tuple[int, ...] = ()
+    # the event ended its checkout for the flows (``flow_inputs.checkout_end``), and the checkout's own
+    # subscriber, who hears it (may be another than ``subscriber_id``): ``completed`` the first time it
+    # is completed (an order naming it, under any phone; a completed checkout event), ``abandoned``
+    # when a checkout event reports it abandoned and it is not completed
+    checkout_end: tuple[CheckoutEnd, int] | None = None
 
 
 class NewConsent(msgspec.Struct, frozen=True, kw_only=True):
@@ -174,7 +180,11 @@ class Store(Protocol):
                    ids: Sequence[int], *, batch_size: int, smart_window_s: float, reads_name: bool,
                    zones: Callable[[list[str | None]], Mapping[str | None, tuple[str, float | None]]],
                    texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts],
-                   now: float, expires_at: float | None = None) -> bool: ...  # freeze_audience, planned in SQL
+                   now: float, expires_at: float | None = None,
+                   chunk: int | None = None) -> bool: ...  # freeze_audience, planned in SQL (chunk: batches written now)
+    def freeze_next(self, tenant: str, campaign_id: int, *, batches: int, batch_size: int,
+                    codes: Callable[[int, int], bytes] | None) -> int | None: ...  # the next chunk; first batch still planned
+    def plan_pending(self, tenant: str, campaign_id: int, batch_size: int) -> int | None: ...  # first batch still planned
     def launch_audience(self, tenant: str, include: Sequence[int], exclude: Sequence[int],
                         ids: Sequence[int]) -> tuple[list[AudienceRow], dict[int, float | None]]: ...
     def link_range_end(self, tenant: str, length: int) -> int: ...  # a new link range's first number

@@ -155,11 +155,28 @@ def _rec(row: tuple) -> RecipientRow:
     return RecipientRow(**dict(zip(_REC_NAMES, row, strict=True)))
 
 
+def _pending(tx: Any, tenant: str) -> bool:
+    """Whether another launch of the tenant is still being frozen in chunks (``campaign_plan`` rows):
+    then its planned sends, not yet in ``campaign_recipients``, are gathered into ``launch_pending``
+    (one row a subscriber: the latest planned send), which the audience's last send reads too, so a
+    launch planned between another's chunks sees that launch whole, as if frozen in one go."""
+    if tx.one("SELECT 1 FROM campaign_plan WHERE tenant = ? LIMIT 1", (tenant,)) is None:
+        return False
+    tx.run(f"DROP TABLE IF EXISTS {'' if tx.pg else 'temp.'}launch_pending")
+    whole, real = ("BIGINT", "DOUBLE PRECISION") if tx.pg else ("INTEGER", "REAL")
+    tx.run(_temp(tx, "launch_pending", f"(sid {whole} PRIMARY KEY, at {real} NOT NULL)"))
+    tx.run("INSERT INTO launch_pending (sid, at) SELECT subscriber_id, MAX(send_at) FROM campaign_plan WHERE tenant = ? "
+           "GROUP BY subscriber_id", (tenant,))  # fmt: skip
+    return True
+
+
 def _audience_sql(tx: Any, tenant: str, include: Sequence[int], exclude: Sequence[int],
                   ids: Sequence[int]) -> tuple[str, list[Any]] | None:  # fmt: skip
     """``launch_audience``'s query (no ORDER BY) and its parameters; None for an empty audience.
     Its columns: id, phone, first_name, time_zone, language, attributes, the last campaign send
-    (``last_marketing_at``'s rule) and ``subscriber_stats.last_message_at``."""
+    (``last_marketing_at``'s rule, a launch still being frozen counted: ``_pending``) and
+    ``subscriber_stats.last_message_at``."""
+    pending = _pending(tx, tenant)
     parts: list[str] = []
     params: list[Any] = []
     if include:
@@ -176,9 +193,14 @@ def _audience_sql(tx: Any, tenant: str, include: Sequence[int], exclude: Sequenc
     if exclude:
         skip = (f" AND NOT EXISTS (SELECT 1 FROM {tx.each('bigint')} CROSS JOIN segment_members x WHERE x.tenant = "
                 "s.tenant AND x.segment_id = value AND x.subscriber_id = s.id)")  # fmt: skip
-    sql = ("SELECT s.id, s.phone, s.first_name, s.time_zone, s.language, s.attributes, (SELECT MAX(r.send_at) FROM "
-           "campaign_recipients r WHERE r.tenant = s.tenant AND r.subscriber_id = s.id AND r.state NOT IN ('rejected', "
-           "'canceled', 'failed')) AS sent, (SELECT st.last_message_at FROM subscriber_stats st WHERE "
+    sent = ("(SELECT MAX(r.send_at) FROM campaign_recipients r WHERE r.tenant = s.tenant AND r.subscriber_id = s.id "
+            "AND r.state NOT IN ('rejected', 'canceled', 'failed'))")  # fmt: skip
+    if pending:
+        planned = "(SELECT p.at FROM launch_pending p WHERE p.sid = s.id)"
+        sent = (f"GREATEST({sent}, {planned})" if tx.pg
+                else f"max(COALESCE({sent}, {planned}), COALESCE({planned}, {sent}))")  # fmt: skip
+    sql = (f"SELECT s.id, s.phone, s.first_name, s.time_zone, s.language, s.attributes, {sent} AS sent, "
+           "(SELECT st.last_message_at FROM subscriber_stats st WHERE "
            f"st.subscriber_id = s.id AND st.tenant = s.tenant) AS stat FROM ({aud}) a CROSS JOIN subscribers s WHERE s.id = a.sid AND s.tenant = ? AND "
            f"s.consent = 'confirmed'{skip}")  # fmt: skip
     return sql, [*params, tenant, *([tx.array(sorted(set(exclude)))] if exclude else [])]
@@ -190,7 +212,7 @@ def _temp(tx: Any, name: str, columns: str = "") -> str:
 
 
 def _drop_launch_temps(tx: Any) -> None:
-    for name in ("launch_aud", "launch_zones", "launch_plan", "launch_groups", "launch_texts"):
+    for name in ("launch_aud", "launch_zones", "launch_plan", "launch_groups", "launch_texts", "launch_pending"):
         tx.run(f"DROP TABLE IF EXISTS {'' if tx.pg else 'temp.'}{name}")
 
 
@@ -200,14 +222,15 @@ def _last(tx: Any) -> str:
     return "GREATEST(a.sent, a.stat)" if tx.pg else "max(COALESCE(a.sent, a.stat), COALESCE(a.stat, a.sent))"
 
 
-def _text_expr(tx: Any, stride: int, length: int) -> str:
+def _text_expr(tx: Any, stride: int, length: int, base: int = 0) -> str:
     """A recipient's text in SQL: its key's pieces (``t.p0`` ...) around the codes of its link numbers
-    (``(slot * stride + p)``-th code of the bound ASCII bytes, one parameter per link)."""
+    (``((slot - base) * stride + p)``-th code of the bound ASCII bytes, one parameter per link: the
+    codes of the slots from ``base`` on)."""
     if not stride:
         return "t.p0"
     parts = []
     for p in range(stride):
-        at = f"(q.slot * {stride} + {p}) * {length} + 1"
+        at = f"((q.slot - {int(base)}) * {stride} + {p}) * {length} + 1"
         code = (f"convert_from(substring(?::bytea FROM CAST({at} AS INTEGER) FOR {length}), 'UTF8')" if tx.pg
                 else f"CAST(substr(?, {at}, {length}) AS TEXT)")  # fmt: skip
         parts += [f"t.p{p}", code]
@@ -301,14 +324,20 @@ class CampaignSql(ReportSql):
     def freeze_set(self, tenant: str, campaign_id: int, include: Sequence[int], exclude: Sequence[int],
                    ids: Sequence[int], *, batch_size: int, smart_window_s: float, reads_name: bool,
                    zones: Callable[[list[str | None]], Mapping[str | None, tuple[str, float | None]]],
-                   texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts], now: float, expires_at: float | None = None) -> bool:  # fmt: skip
+                   texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts], now: float, expires_at: float | None = None,
+                   chunk: int | None = None) -> bool:  # fmt: skip
         """``freeze_audience`` done set-based (docs/ARCHITECTURE.md, "A set-based freeze"): the
         audience, consent, smart sending, batches, slots, link numbers and texts computed in SQL and
         stored by one ``INSERT INTO campaign_recipients ... SELECT``. Python is asked only once per
         distinct value: ``zones(time zones)`` -> ``{zone: (resolved zone, send_at or None: skip)}``,
         ``texts(keys)`` -> each key's pieces between its links and the link codes. A recipient's text
         is its key's pieces joined with the codes of its slot's link numbers: the bytes ``_plan``
-        gives. False (nothing written) when the audience was frozen already."""
+        gives. False (nothing written) when the audience was frozen already.
+
+        ``chunk`` (batches): only the first ``chunk`` batches' recipients are written now; the rest of
+        the plan is stored as it stands (``campaign_plan``, the texts' pieces in ``campaign_plan_texts``)
+        and written a chunk at a time by ``freeze_next``, each chunk its own transaction (docs/
+        ARCHITECTURE.md, "A chunked freeze"). The plan is the whole audience's either way."""
         with self._tx() as tx:
             if tx.one("SELECT 1 FROM campaign_batches WHERE tenant = ? AND campaign_id = ? LIMIT 1",
                       (tenant, campaign_id)) is not None:  # fmt: skip
@@ -321,7 +350,7 @@ class CampaignSql(ReportSql):
                 tx.run(f"{_temp(tx, 'launch_aud')} AS SELECT id, phone, first_name, time_zone, language, sent, stat "
                        f"FROM ({q[0]}) u", q[1])  # fmt: skip
                 sizes = self._freeze_set_rows(tx, tenant, campaign_id, batch_size, smart_window_s, reads_name, zones,
-                                              texts, now, expires_at)  # fmt: skip
+                                              texts, now, expires_at, chunk)  # fmt: skip
             _write_batches(tx, tenant, campaign_id, sizes, now)
             _drop_launch_temps(tx)
         return True
@@ -329,7 +358,7 @@ class CampaignSql(ReportSql):
     def _freeze_set_rows(self, tx: Any, tenant: str, campaign_id: int, batch_size: int, smart_window_s: float,
                          reads_name: bool, zones: Callable[[list[str | None]], Mapping[str | None, tuple[str, float | None]]],
                          texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts], now: float,
-                         expires_at: float | None) -> dict[int, tuple[float, int]]:  # fmt: skip
+                         expires_at: float | None, chunk: int | None = None) -> dict[int, tuple[float, int]]:  # fmt: skip
         """``freeze_set``'s recipients from ``launch_aud``: each batch's ``(send_at, size)``.
 
         ``launch_plan`` holds the kept recipients in send order (``pos`` from 1: ``(send_at, id)``
@@ -369,7 +398,7 @@ class CampaignSql(ReportSql):
             pos += n
         keys = {(int(f), lang, name) for f, lang, name in tx.rows("SELECT DISTINCT f, lang, name FROM launch_plan")}
         plan = texts(*self._text_keys(tx, keys))
-        self._insert_recipients(tx, tenant, campaign_id, plan, batch, batch_size, now, expires_at)
+        self._insert_recipients(tx, tenant, campaign_id, plan, batch, batch_size, now, expires_at, chunk)
         return sizes
 
     @staticmethod
@@ -393,8 +422,9 @@ class CampaignSql(ReportSql):
         return out, first
 
     def _insert_recipients(self, tx: Any, tenant: str, campaign_id: int, plan: SetTexts, batches: int, batch_size: int,
-                           now: float, expires_at: float | None) -> None:  # fmt: skip
-        """``launch_plan`` into ``campaign_recipients``: one ``INSERT ... SELECT``, the texts joined in SQL."""
+                           now: float, expires_at: float | None, chunk: int | None = None) -> None:  # fmt: skip
+        """``launch_plan`` into ``campaign_recipients``: one ``INSERT ... SELECT``, the texts joined in SQL
+        (with ``chunk``: the first ``chunk`` batches; the rest into ``campaign_plan``)."""
         stride = len(plan.targets)
         width = max(len(p) for p in plan.pieces.values())
         pieces = ", ".join(f"p{i} TEXT NOT NULL" for i in range(width))
@@ -406,15 +436,73 @@ class CampaignSql(ReportSql):
             rows.append((int(f), lang, name, *p))
         tx.many(f"INSERT INTO launch_texts VALUES ({', '.join('?' * (width + 3))})", rows)
         codes = b""
+        slots = batches * batch_size
+        now_slots = slots if chunk is None else min(slots, max(1, chunk) * batch_size)  # written in this transaction
         if stride:
-            slots = batches * batch_size
             start = self._take_link_range(tx, tenant, campaign_id, plan, slots, batch_size, now, expires_at)
-            codes = plan.codes(start, slots * stride)
+            if now_slots < slots:  # the whole range's codes exist (else the error now, before anything is written)
+                plan.codes(start + slots * stride - 1, 1)
+            codes = plan.codes(start, now_slots * stride)
+        cut = f" WHERE q.slot < {now_slots}" if now_slots < slots else ""
+        plan_q = ("(SELECT p.id, p.phone, p.send_at, p.zone, p.f, p.lang, p.name, p.pos + g.delta AS slot FROM launch_plan p "
+                  "JOIN launch_groups g ON g.send_at = p.send_at) q")  # fmt: skip
         tx.run(f"INSERT INTO campaign_recipients ({', '.join(_FREEZE_COLS)}) SELECT ?, ?, q.id, q.phone, NULL, q.send_at, "
                f"q.zone, {_text_expr(tx, stride, plan.length)}, q.slot / {batch_size}, q.slot - (q.slot / {batch_size}) * "
-               f"{batch_size} FROM (SELECT p.id, p.phone, p.send_at, p.zone, p.f, p.lang, p.name, p.pos + g.delta AS slot "
-               "FROM launch_plan p JOIN launch_groups g ON g.send_at = p.send_at) q JOIN launch_texts t ON t.f = q.f AND "
-               "t.lang = q.lang AND t.name = q.name", (tenant, campaign_id, *([codes] * stride)))  # fmt: skip
+               f"{batch_size} FROM {plan_q} JOIN launch_texts t ON t.f = q.f AND t.lang = q.lang AND t.name = q.name{cut}",
+               (tenant, campaign_id, *([codes] * stride)))  # fmt: skip
+        if now_slots < slots:  # the rest of the plan, durable: ``freeze_next`` writes it a chunk at a time
+            tx.run("INSERT INTO campaign_plan (tenant, campaign_id, slot, subscriber_id, phone, send_at, tz, f, lang, name) "
+                   f"SELECT ?, ?, q.slot, q.id, q.phone, q.send_at, q.zone, q.f, q.lang, q.name FROM {plan_q} "
+                   f"WHERE q.slot >= {now_slots} ORDER BY q.slot", (tenant, campaign_id))  # fmt: skip
+            tx.many("INSERT INTO campaign_plan_texts (tenant, campaign_id, f, lang, name, pieces) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(tenant, campaign_id, *r[:3], _json.encode(list(r[3:])).decode()) for r in rows])  # fmt: skip
+
+    def plan_pending(self, tenant: str, campaign_id: int, batch_size: int) -> int | None:
+        """The first batch of the campaign whose recipients are still only planned (``campaign_plan``:
+        a freeze in chunks not finished); None when every recipient is written."""
+        with self._tx() as tx:
+            row = tx.one("SELECT MIN(slot) FROM campaign_plan WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))
+        return None if row is None or row[0] is None else int(row[0]) // batch_size
+
+    def freeze_next(self, tenant: str, campaign_id: int, *, batches: int, batch_size: int,
+                    codes: Callable[[int, int], bytes] | None) -> int | None:  # fmt: skip
+        """Write the next ``batches`` batches of a plan (``freeze_set(chunk=...)``) into
+        ``campaign_recipients``, and take them out of ``campaign_plan``, in one transaction: the rows
+        ``freeze_set`` writes in one go (the same texts: the pieces stored with the plan around the
+        codes of the same link numbers, ``codes(first number, count)`` as ``SetTexts.codes``). The
+        first batch still planned after it; None when none is (then the plan's texts are gone too)."""
+        with self._tx() as tx:
+            row = tx.one("SELECT MIN(slot) FROM campaign_plan WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))
+            if row is None or row[0] is None:
+                return None
+            lo = int(row[0]) // batch_size * batch_size
+            hi = lo + max(1, batches) * batch_size
+            rng = tx.one("SELECT start, stride, length, count FROM link_ranges WHERE tenant = ? AND campaign_id = ?",
+                         (tenant, campaign_id))  # fmt: skip
+            start, stride, length, count = (int(rng[0]), int(rng[1]), int(rng[2]), int(rng[3])) if rng else (0, 0, 0, 0)
+            texts = [(int(f), lang, name, *msgspec.json.decode(pieces)) for f, lang, name, pieces in tx.rows(
+                "SELECT f, lang, name, pieces FROM campaign_plan_texts WHERE tenant = ? AND campaign_id = ?",
+                (tenant, campaign_id))]  # fmt: skip
+            _drop_launch_temps(tx)
+            width = max(len(t) for t in texts) - 3
+            tx.run(_temp(tx, "launch_texts", f"(f {'BIGINT' if tx.pg else 'INTEGER'}, lang TEXT, name TEXT, "
+                                             f"{', '.join(f'p{i} TEXT NOT NULL' for i in range(width))}, PRIMARY KEY (f, lang, name))"))  # fmt: skip
+            tx.many(f"INSERT INTO launch_texts VALUES ({', '.join('?' * (width + 3))})", texts)
+            block = b""
+            if stride:
+                assert codes is not None, "a plan with links needs its codes"
+                block = codes(start + lo * stride, min(hi * stride, count) - lo * stride)  # the range's own numbers
+            tx.run(f"INSERT INTO campaign_recipients ({', '.join(_FREEZE_COLS)}) SELECT ?, ?, q.subscriber_id, q.phone, "
+                   f"NULL, q.send_at, q.tz, {_text_expr(tx, stride, length, lo)}, q.slot / {batch_size}, q.slot - "
+                   f"(q.slot / {batch_size}) * {batch_size} FROM campaign_plan q JOIN launch_texts t ON t.f = q.f AND "
+                   "t.lang = q.lang AND t.name = q.name WHERE q.tenant = ? AND q.campaign_id = ? AND q.slot >= ? AND "
+                   "q.slot < ?", (tenant, campaign_id, *([block] * stride), tenant, campaign_id, lo, hi))  # fmt: skip
+            tx.run("DELETE FROM campaign_plan WHERE tenant = ? AND campaign_id = ? AND slot < ?", (tenant, campaign_id, hi))
+            row = tx.one("SELECT MIN(slot) FROM campaign_plan WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))
+            if row is None or row[0] is None:
+                tx.run("DELETE FROM campaign_plan_texts WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))
+            _drop_launch_temps(tx)
+        return None if row is None or row[0] is None else int(row[0]) // batch_size
 
     def _take_link_range(self, tx: Any, tenant: str, campaign_id: int, plan: SetTexts, slots: int, batch_size: int,
                          now: float, expires_at: float | None) -> int:  # fmt: skip

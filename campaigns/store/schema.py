@@ -161,6 +161,21 @@ CREATE TABLE IF NOT EXISTS campaign_batches (
     PRIMARY KEY (tenant, campaign_id, batch)
 );
 CREATE INDEX IF NOT EXISTS campaign_batches_job ON campaign_batches (tenant, job_id);
+-- A launch frozen in chunks (docs/ARCHITECTURE.md, "A chunked freeze"): the recipients planned but
+-- not yet written to campaign_recipients, each with its slot (batch * batch_size + idx) and what
+-- its text is made of (campaign_plan_texts: each text's pieces around its links, JSON). A chunk's
+-- rows move from here to campaign_recipients in one transaction (empty once the freeze is done).
+CREATE TABLE IF NOT EXISTS campaign_plan (
+    tenant TEXT NOT NULL, campaign_id {INT} NOT NULL, slot {INT} NOT NULL, subscriber_id {INT} NOT NULL,
+    phone TEXT NOT NULL, send_at {REAL} NOT NULL, tz TEXT NOT NULL, f {INT} NOT NULL, lang TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (tenant, campaign_id, slot)
+){CLUSTERED};
+CREATE TABLE IF NOT EXISTS campaign_plan_texts (
+    tenant TEXT NOT NULL, campaign_id {INT} NOT NULL, f {INT} NOT NULL, lang TEXT NOT NULL, name TEXT NOT NULL,
+    pieces TEXT NOT NULL,
+    PRIMARY KEY (tenant, campaign_id, f, lang, name)
+);
 CREATE TABLE IF NOT EXISTS short_links (
     code TEXT PRIMARY KEY, tenant TEXT NOT NULL, campaign_id {INT} NOT NULL, subscriber_id {INT} NOT NULL,
     target TEXT NOT NULL, created_at {REAL} NOT NULL, expires_at {REAL}

@@ -209,6 +209,7 @@ class _Counters:
         "protocol_errors",
         "max_submits_1s",
         "max_accepted_1s",
+        "receipts_window_full_ms",  # due receipts waited this long, every receiver's window full
     )
 
     def __init__(self) -> None:
@@ -276,6 +277,7 @@ class SmscSimulator:
         self._rr = 0
         self._wake = anyio.Event()
         self._blocked = False
+        self._blocked_at = self._blocked_s = 0.0  # since when / how long in all due receipts waited for a window
         self._t0 = 0.0
         self._wall = 0.0
         self._per_second: list[int] = []
@@ -572,6 +574,8 @@ class SmscSimulator:
             self._c.mos_acked += 1
         if self._blocked:
             self._blocked = False
+            self._blocked_s += anyio.current_time() - self._blocked_at
+            self._c.receipts_window_full_ms = round(self._blocked_s * 1000)
             self._wake.set()
 
     # -- what the SMSC sends --------------------------------------------------------------------
@@ -647,7 +651,8 @@ class SmscSimulator:
                     self._backlog.setdefault(item.system_id, deque()).append(due.popleft())
                     continue
                 if conn is False:
-                    self._blocked = True
+                    if not self._blocked:
+                        self._blocked, self._blocked_at = True, now
                     break
                 due.popleft()
                 self._deliver(conn, item, now)

@@ -77,9 +77,16 @@ class _Collector(Collector):
         d = m.dispatcher_stats()
         if d is not None:
             events = CounterMetricFamily("sluice_messages", "Dispatcher events by kind", labels=["event"])
-            for what in ("dispatched", "submitted", "failed", "requeued", "receipts", "throttles", "changes_written"):
+            for what in ("dispatched", "submitted", "failed", "requeued", "receipts", "throttles", "changes_written",
+                         "writes"):  # fmt: skip
                 events.add_metric([what], getattr(d, what))
             yield events
+            waits = CounterMetricFamily("sluice_dispatcher_seconds", "Where the dispatcher's time went: pumps waiting "
+                                        "for the unconfirmed window (window_wait) or the connectors' windows "
+                                        "(wire_wait), the store's writes (write)", labels=["what"])  # fmt: skip
+            for what in ("window_wait", "wire_wait", "write"):
+                waits.add_metric([what], getattr(d, f"{what}_s"))
+            yield waits
         bound = GaugeMetricFamily("sluice_binds_up", "SMPP binds (or links) up", labels=["carrier"])
         window = GaugeMetricFamily("sluice_window_in_use", "Submits awaiting a response", labels=["carrier"])
         errors = CounterMetricFamily("sluice_carrier_errors", "Carrier errors by code name", labels=["carrier", "code"])

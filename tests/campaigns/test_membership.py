@@ -114,3 +114,20 @@ def test_an_event_under_another_phone_re_evaluates_the_subscriber_it_changed(aud
             clock.now += 10
 
     anyio.run(main)
+
+
+def test_a_new_subscriber_is_evaluated_against_every_segment(audience: tuple[Audience, Clock]) -> None:
+    """A subscriber made through the API is at once in the segments over aggregates it meets ("no
+    orders yet"), not only in those over its profile: no event may come to fill them."""
+    a, _ = audience
+
+    async def main() -> None:
+        from campaigns.core.events import Profile
+        from campaigns.service.audience import SubscriberIn
+
+        never = await a.put_segment("acme", "never ordered", {"field": "orders_count", "op": "eq", "value": 0})
+        small = await a.put_segment("acme", "not big", {"not": {"field": "total_spent", "op": "gt", "value": 10000}})
+        out, created = await a.put_subscriber("acme", SubscriberIn(profile=Profile(phone=A)))
+        assert created
+        assert {i for i, _ in await a.member_segments("acme", out.subscriber.id)} == {never.id, small.id}
+    anyio.run(main)

@@ -245,3 +245,33 @@ async def test_short_writes_run_on_the_loops_thread_long_ones_in_a_worker() -> N
         disp._pending *= n
         await disp.flush()
     assert store.writes == [(3, True), (10, True), (11, False), (40, False)]
+
+
+class _SlowWrites(MemoryStore):
+    """Each write takes ``seconds`` of the clock (a list the test reads as the dispatcher's clock)."""
+
+    def __init__(self, clock: list[float], seconds: float) -> None:
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+
+    def record(self, changes) -> int:
+        self.clock[0] += self.seconds
+        return super().record(changes)
+
+
+@pytest.mark.anyio
+async def test_the_writes_time_is_counted_by_the_dispatchers_clock() -> None:
+    # What `sluice bench kannel` reads to tell where a run waited (DispatcherStats): every write,
+    # inline or in a worker thread, and the clock's seconds it took.
+    clock = [11.0]
+    store = _SlowWrites(clock, 0.25)
+    store.add_job(JOB, 1000, PEOPLE, 10.0)
+    _, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
+    disp = Dispatcher(Scheduler(loads(default_text()).core, 10.0), {}, receive, store, clock=lambda: clock[0])
+    for n in (1, 600, 3):  # 600: beyond inline_record, in a worker thread
+        disp._change(1000, "deferred", 11.0, "quiet hours")
+        disp._pending *= n
+        await disp.flush()
+    await disp.flush()  # nothing pending: no write
+    assert (disp.stats.writes, disp.stats.write_s, disp.stats.changes_written) == (3, 0.75, 604)
+    assert disp.stats.window_wait_s == disp.stats.wire_wait_s == 0

@@ -223,3 +223,31 @@ async def test_counters_as_json_fields() -> None:
 
     json.dumps(counters)
     assert math.isfinite(sum(v for v in counters.values() if not isinstance(v, list)))
+
+
+async def test_time_receipts_wait_for_a_full_window_is_counted() -> None:
+    # `sluice bench kannel` reads this to tell whether the ESME's answers (given only once a
+    # receipt's state is on disk) held the simulator's receipts back.
+    async def body(esme: Esme, sim) -> None:
+        await esme.bind()
+        await esme.submit(4)
+        with anyio.fail_after(5):
+            while len(esme.of(P.DeliverSm)) < 2:  # the window (2) full, nothing answered
+                await esme.read()
+            while not sim._blocked:  # the third receipt is due and has no window
+                await anyio.sleep(0.001)
+        assert sim.counters()["receipts_window_full_ms"] == 0  # counted once the window opens
+        await anyio.sleep(0.05)  # the window stays full this long
+        for ev in esme.of(P.DeliverSm):
+            esme.session.send(P.DeliverSmResp(sequence=ev.sequence))
+        await esme.flush()
+        with anyio.fail_after(5):
+            while len(esme.of(P.DeliverSm)) < 4:
+                for ev in await esme.read():
+                    if isinstance(ev, P.DeliverSm):
+                        esme.session.send(P.DeliverSmResp(sequence=ev.sequence))
+                await esme.flush()
+
+    counters = await _with_sim(SimSettings(window=2, dlr_delay=0.01, enquire_link_interval=None), body)
+    assert counters["receipts_acked"] == 4
+    assert counters["receipts_window_full_ms"] >= 50

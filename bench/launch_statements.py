@@ -1,0 +1,72 @@
+"""A launch's freeze statement by statement: the CPU time of the thread running each store
+statement (``Tx`` methods timed), on a seeded SQLite store (the audience of `sluice bench campaign`),
+frozen in one transaction or in chunks (``freeze(chunk=...)`` then ``freeze_step``).
+
+    python -m bench.launch_statements 100000 20000     # chunks of 20,000 recipients
+    python -m bench.launch_statements 100000 none      # one transaction
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import campaign as bc
+from campaigns.service import launch
+from campaigns.store import open_store
+from campaigns.store import sql as sqlmod
+
+
+def _timed_statements() -> dict[str, list[float]]:
+    """Patch ``Tx``'s statement methods to add each statement's thread CPU to the returned table."""
+    acc: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+    for name in ("run", "many", "rows", "one"):
+        real = getattr(sqlmod.Tx, name)
+
+        def wrap(self: Any, sql: str, *a: Any, _real: Any = real, **k: Any) -> Any:
+            c0 = time.thread_time()
+            try:
+                return _real(self, sql, *a, **k)
+            finally:
+                e = acc[" ".join(sql.split())[:110]]
+                e[0] += time.thread_time() - c0
+                e[1] += 1
+
+        setattr(sqlmod.Tx, name, wrap)
+    return acc
+
+
+def main(n: int, chunk: int | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="sluice-launch-statements-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'campaigns.db'}"
+        now = time.time()
+        seg = bc.load_audience(url, n, now, 1, n)
+        store = open_store(url)
+        definition = {"sender": "SHOP", "template": bc.TEMPLATE, "values": {"shop_name": "CommerceCo"},
+                      "audience": {"include": [seg]}, "schedule": {"kind": "at", "at": now + bc.DAY}, "batch_size": 5000}  # fmt: skip
+        camp = store.put_campaign(bc.TENANT, "spring", definition, now=now)
+        camp = store.set_campaign_status(bc.TENANT, camp.id, "launching", now=now)
+        tl = launch.TenantLinks(domain="sl.ui", key=bc.LINK_KEY.encode())
+        acc = _timed_statements()
+        c0 = time.thread_time()
+        launch.freeze(store, bc.TENANT, camp, tl, now, chunk=chunk)
+        c1 = time.thread_time()
+        if chunk is not None:
+            while launch.freeze_step(store, bc.TENANT, camp, tl, chunk) is not None:
+                pass
+        c2 = time.thread_time()
+        r = max(1, sum(b.size for b in store.batches(bc.TENANT, camp.id)))
+        store.close()
+    print(f"recipients={r} first transaction {c1 - c0:.2f} s ({(c1 - c0) * 1e6 / r:.1f} us a recipient), "
+          f"the other chunks {c2 - c1:.2f} s ({(c2 - c1) * 1e6 / r:.1f} us)")
+    for sql, (t, count) in sorted(acc.items(), key=lambda x: -x[1][0])[:12]:
+        print(f"{t * 1e6 / r:6.2f} us  x{int(count):<4d} {sql}")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000,
+         None if len(sys.argv) > 2 and sys.argv[2] == "none" else int(sys.argv[2]) if len(sys.argv) > 2 else 20_000)
