@@ -6,11 +6,17 @@ Each event id is derived from the *object* it is about (``order_placed:<order id
 ``consent:<ledger id>``), not from the delivery, so a shop event sent twice under two ids, or an
 order updated three times, triggers and exits flows once.
 
+A checkout's inputs go to the checkout's *own* subscriber (the first to store it), who may not be
+the phone of the event that ended it (an order paid under another phone): the abandoned-cart run is
+that subscriber's, keyed to the checkout, and must hear the end. The store decides when a checkout
+ends and whose it is (``Applied.checkout_end``); ``checkout_end`` here builds the event.
+
 | input | flow event (kind, name, object_id, payload) |
 |---|---|
 | order event | ``order_placed`` (object: the order); also ``order_paid`` when paid, ``order_fulfilled`` / ``order_delivered`` from its fulfillment status |
 | fulfillment event | ``order_fulfilled`` (shipped), ``order_delivered`` (delivered) |
-| checkout event with status abandoned, or abandoned by the timer | ``checkout_abandoned`` (object: the checkout; payload ``value``, ``url``) |
+| checkout event with status abandoned (the checkout not completed), or abandoned by the timer | ``checkout_abandoned`` (object: the checkout; payload ``value``, ``url``), to the checkout's own subscriber |
+| checkout completed the first time: an order naming it (under any phone), a checkout event with status completed | ``checkout_completed`` (object: the checkout; payload ``checkout_id``), to the checkout's own subscriber |
 | custom event | ``custom`` (name: its name; payload: its properties) |
 | consent now confirmed (from any source) | ``subscribed`` (name: the source: keyword, form, popup, checkout, import, api) |
 | consent now revoked | ``OptOut`` (ends every run of the subscriber) |
@@ -23,17 +29,21 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from typing import Literal
 
 from campaigns.core import flows as F
 from campaigns.core.events import CheckoutEvent, CustomEvent, FulfillmentEvent, OrderEvent, ShopEvent
 
-__all__ = ["abandoned", "birthday_due", "consent_change", "from_shop_event", "no_order_due", "segment_entered"]
+__all__ = ["abandoned", "birthday_due", "checkout_end", "completed", "consent_change", "from_shop_event", "no_order_due",
+           "segment_entered"]  # fmt: skip
 
+CheckoutEnd = Literal["abandoned", "completed"]
 _FULFILLED = {"fulfilled": "order_fulfilled", "shipped": "order_fulfilled", "delivered": "order_delivered"}
 
 
 def from_shop_event(event: ShopEvent) -> list[F.ShopEvent]:
-    """The flow events a shop event carries (none for profiles and activities)."""
+    """The flow events a shop event carries for its own subscriber (none for profiles, activities and
+    checkouts: a checkout's end is ``checkout_end``'s, for the checkout's own subscriber)."""
     match event:
         case OrderEvent():
             payload = {"order_id": event.order_id, "total": event.total, "value": event.total, "currency": event.currency,
@@ -52,8 +62,6 @@ def from_shop_event(event: ShopEvent) -> list[F.ShopEvent]:
             kind = _FULFILLED[event.status]
             return [F.ShopEvent(id=f"{kind}:{event.order_id}", kind=kind, object_id=event.order_id,  # type: ignore[arg-type]
                                 payload={"order_id": event.order_id, "tracking_url": event.tracking_url})]  # fmt: skip
-        case CheckoutEvent() if event.status == "abandoned":
-            return [abandoned(event.checkout_id, event.value, event.url)]
         case CustomEvent():
             return [F.ShopEvent(id=f"custom:{event.id}", kind="custom", name=event.name, payload=dict(event.properties))]
     return []
@@ -62,6 +70,23 @@ def from_shop_event(event: ShopEvent) -> list[F.ShopEvent]:
 def abandoned(checkout_id: str, value: int, url: str | None) -> F.ShopEvent:
     return F.ShopEvent(id=f"checkout_abandoned:{checkout_id}", kind="checkout_abandoned", object_id=checkout_id,
                        payload={"value": value, "url": url, "checkout_url": url})  # fmt: skip
+
+
+def completed(checkout_id: str) -> F.ShopEvent:
+    """The checkout was paid (one id per checkout: an order and a completed checkout event, or an
+    order updated three times, end it once)."""
+    return F.ShopEvent(id=f"checkout_completed:{checkout_id}", kind="checkout_completed", object_id=checkout_id,
+                       payload={"checkout_id": checkout_id})  # fmt: skip
+
+
+def checkout_end(event: OrderEvent | CheckoutEvent, end: CheckoutEnd) -> F.ShopEvent:
+    """The input of a checkout ``event`` ended (the store says ``end``: the order or checkout event
+    completed the checkout the first time, or a checkout event reported it abandoned unpaid)."""
+    assert event.checkout_id is not None
+    if end == "completed":
+        return completed(event.checkout_id)
+    assert isinstance(event, CheckoutEvent)
+    return abandoned(event.checkout_id, event.value, event.url)
 
 
 def consent_change(entry_id: int, source: str, old: str, new: str) -> F.Event | None:

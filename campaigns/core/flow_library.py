@@ -8,7 +8,8 @@ each (tests/campaigns/test_flow_library.py).
 - ``welcome``: thanks + code now; brand story the next day at noon; a recommendation two days later
   (seed 001's three steps).
 - ``abandoned_cart``: wait 1 h; a cart over $100 gets an MMS and the bigger discount, else an SMS
-  reminder; not clicked within a day: one last call. An order placed ends the run; one run per checkout.
+  reminder; not clicked within a day: one last call. An order placed ends the run, and so does the
+  checkout completed (paid under another phone, or a completed checkout event); one run per checkout.
 - ``post_purchase_upsell``: 7 days after a paid order, at noon local time, a recommendation.
 - ``shipping_notice`` / ``delivery_notice``: transactional (the gateway exempts them from caps).
 - ``win_back``: after 90 days without an order; not clicked within 3 days: a last chance. An order ends it.
@@ -102,7 +103,9 @@ _FLOWS: dict[str, dict[str, Any]] = {
             "small_clicked": {"type": "clicked", "send": "small", "wait_seconds": DAY, "yes": None, "no": "last"},
             "last": _send("cart_last_call"),
         },
-        "exits": [{"event": "order_placed"}],
+        # an order ends it; so does this checkout paid (under another phone, or reported completed
+        # by the shop before or instead of the order: flow_inputs.checkout_end)
+        "exits": [{"event": "order_placed"}, {"event": "checkout_completed", "same_object": True}],
         "reentry": {"rule": "once_per_object"},
     },
     "post_purchase_upsell": {

@@ -161,6 +161,8 @@ def _trigger_event(flow: F.Flow, sub: int, n: int, rng: random.Random) -> F.Even
         case F.CheckoutAbandoned():
             return F.ShopEvent(id=eid, kind="checkout_abandoned", object_id=f"c{sub}.{n}",
                                payload={"value": rng.randrange(500, 30_000)})  # fmt: skip
+        case F.CheckoutCompleted():
+            return F.ShopEvent(id=eid, kind="checkout_completed", object_id=f"c{sub}.{n}")
         case F.OrderStatus():
             return F.ShopEvent(id=eid, kind=f"order_{flow.trigger.status}", object_id=f"o{sub}.{n}",  # type: ignore[arg-type]
                                payload={"total": rng.randrange(500, 30_000)})  # fmt: skip

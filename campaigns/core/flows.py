@@ -9,7 +9,7 @@ The engine never reads a clock and does no I/O::
     step(flow, run, event, now)                         -> (Run, [Action])
 
 Events: ``TimerFired`` (the shell's due-time index fired), ``ShopEvent`` (order placed, checkout
-abandoned, custom ...), ``Reply``, ``Click``, ``OptOut``. Actions: ``Send`` (its ``key`` =
+abandoned or completed, custom ...), ``Reply``, ``Click``, ``OptOut``. Actions: ``Send`` (its ``key`` =
 run id + node visit is the gateway Idempotency-Key), ``SetTimer``, ``UpdateSubscriber``,
 ``CallWebhook``, ``Ended``, ``NotEntered``. Rules the property tests hold the engine to:
 
@@ -54,8 +54,8 @@ MAX_SEEN = 64  # event ids a run remembers, for replays
 NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")]
 Seconds = Annotated[int, msgspec.Meta(ge=1, le=366 * 86_400)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-ShopKind = Literal["subscribed", "checkout_abandoned", "order_placed", "order_paid", "order_fulfilled",
-                   "order_delivered", "birthday", "no_order", "segment_entered", "custom"]  # fmt: skip
+ShopKind = Literal["subscribed", "checkout_abandoned", "checkout_completed", "order_placed", "order_paid",
+                   "order_fulfilled", "order_delivered", "birthday", "no_order", "segment_entered", "custom"]  # fmt: skip
 
 
 class FlowError(InvalidInput):
@@ -85,6 +85,10 @@ class CheckoutAbandoned(_S, tag="checkout_abandoned", tag_field="type", kw_only=
     pass
 
 
+class CheckoutCompleted(_S, tag="checkout_completed", tag_field="type", kw_only=True):
+    pass  # the checkout was paid, by an order naming it (under any phone) or a completed checkout event
+
+
 class OrderStatus(_S, tag="order", tag_field="type", kw_only=True):
     status: Literal["placed", "paid", "fulfilled", "delivered"]
 
@@ -109,8 +113,8 @@ class KeywordTrigger(_S, tag="keyword", tag_field="type", kw_only=True):
     keywords: tuple[Name, ...] = ()  # empty: any reply
 
 
-Trigger = Union[Subscribed, CheckoutAbandoned, OrderStatus, Birthday, NoOrder, SegmentEntered, CustomTrigger,
-                KeywordTrigger]  # fmt: skip
+Trigger = Union[Subscribed, CheckoutAbandoned, CheckoutCompleted, OrderStatus, Birthday, NoOrder, SegmentEntered,
+                CustomTrigger, KeywordTrigger]  # fmt: skip
 
 
 # ---- conditions (branch) ------------------------------------------------------------------------
@@ -587,6 +591,8 @@ def matches_trigger(trigger: Trigger, event: Event) -> bool:
             return event.kind == "subscribed" and trigger.source in (None, event.name)
         case CheckoutAbandoned():
             return event.kind == "checkout_abandoned"
+        case CheckoutCompleted():
+            return event.kind == "checkout_completed"
         case OrderStatus():
             return event.kind == f"order_{trigger.status}"
         case Birthday():
@@ -966,6 +972,8 @@ def compile_trigger(trigger: Trigger) -> Callable[[Event], bool]:
             return lambda e: isinstance(e, ShopEvent) and e.kind == "subscribed" and source in (None, e.name)
         case CheckoutAbandoned():
             return lambda e: isinstance(e, ShopEvent) and e.kind == "checkout_abandoned"
+        case CheckoutCompleted():
+            return lambda e: isinstance(e, ShopEvent) and e.kind == "checkout_completed"
         case OrderStatus():
             kind = f"order_{trigger.status}"
             return lambda e: isinstance(e, ShopEvent) and e.kind == kind

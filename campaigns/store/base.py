@@ -14,6 +14,7 @@ import msgspec
 
 from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
 from campaigns.core.events import Profile, ShopEvent
+from campaigns.core.flow_inputs import CheckoutEnd
 from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
 from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
@@ -40,6 +41,11 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True):
     # other subscribers whose rows the event changed (the order's former owner, the owner of a
     # checkout another phone completed or abandoned): their segments are re-evaluated too
     others: tuple[int, ...] = ()
+    # the event ended its checkout for the flows (``flow_inputs.checkout_end``), and the checkout's own
+    # subscriber, who hears it (may be another than ``subscriber_id``): ``completed`` the first time it
+    # is completed (an order naming it, under any phone; a completed checkout event), ``abandoned``
+    # when a checkout event reports it abandoned and it is not completed
+    checkout_end: tuple[CheckoutEnd, int] | None = None
 
 
 class NewConsent(msgspec.Struct, frozen=True, kw_only=True):

@@ -242,6 +242,97 @@ def check_checkout_of_another_phone(store: Store) -> None:
         assert late.others == (owner.id,) and owner_abandoned(tenant) is None  # type: ignore[attr-defined]
 
 
+def check_checkout_ends_reach_flows(store: Store) -> None:
+    """Every end of a checkout reaches the flows of the checkout's *own* subscriber (its first
+    phone), once: an order naming it under another phone, a completed checkout event with no order,
+    either after the other, re-sent, or updated; a paid checkout reported abandoned later starts no
+    flow; an abandonment reported under another phone goes to the owner too (so the run it starts
+    hears the end). The same one by one and in one batch (both engines' batch paths)."""
+    for tenant, batched in (("ce1", False), ("ce2", True)):
+        store.put_flow_version(tenant, "f", "F", {"id": "f", "name": "F"}, now=T0, new=True)  # the shop has a flow
+
+        def send(*evs: object) -> None:
+            pairs = [(e, getattr(e, "phone")) for e in evs]
+            if batched:
+                store.apply_events(tenant, pairs, now=T0 + 100)  # type: ignore[arg-type]
+            else:
+                for e, p in pairs:
+                    store.apply_event(tenant, e, phone=p, now=T0 + 100)  # type: ignore[arg-type]
+
+        def heard() -> list[tuple[str, str]]:
+            phone = {}
+            for ph in (A, B):
+                sub = store.subscriber_by_phone(tenant, ph)
+                if sub is not None:
+                    phone[sub.id] = "A" if ph == A else "B"
+            with store.flow_tx(tenant) as ftx:
+                return [(phone[sid], ev.id) for _, sid, ev in ftx.take_inputs(1000)]
+
+        def order(eid: str, oid: str, phone: str, at: float, cid: str | None) -> OrderEvent:
+            return OrderEvent(id=eid, at=at, order_id=oid, phone=phone, total=900, currency="EUR", payment_status="pending",
+                              checkout_id=cid)  # fmt: skip
+
+        send(CheckoutEvent(id="k1", at=T0, checkout_id="c1", phone=A, status="abandoned", value=5000))
+        assert heard() == [("A", "checkout_abandoned:c1")]
+        # paid under B's phone: B's order, A's checkout ended (A's abandoned-cart run exits on it)
+        send(order("o1", "so1", B, T0 + 5, "c1"))
+        assert heard() == [("B", "order_placed:so1"), ("A", "checkout_completed:c1")]
+        # the order updated, the shop's completed checkout, a late abandoned report: nothing ends twice
+        send(order("o1b", "so1", B, T0 + 6, "c1"),
+             CheckoutEvent(id="k1b", at=T0 + 7, checkout_id="c1", phone=A, status="completed"),
+             CheckoutEvent(id="k1c", at=T0 + 8, checkout_id="c1", phone=A, status="abandoned"))
+        assert heard() == [("B", "order_placed:so1")]
+        # completed by a checkout event alone (no order), then its order: one end
+        send(CheckoutEvent(id="k2", at=T0 + 10, checkout_id="c2", phone=A, status="abandoned"))
+        send(CheckoutEvent(id="k2b", at=T0 + 11, checkout_id="c2", phone=A, status="completed"))
+        send(order("o2", "so2", A, T0 + 12, "c2"))
+        assert heard() == [("A", "checkout_abandoned:c2"), ("A", "checkout_completed:c2"), ("A", "order_placed:so2")]
+        # the same in one call: started under A, abandoned under B, paid under B in one go
+        send(CheckoutEvent(id="k3", at=T0 + 20, checkout_id="c3", phone=A),
+             CheckoutEvent(id="k3b", at=T0 + 21, checkout_id="c3", phone=B, status="abandoned"),
+             order("o3", "so3", B, T0 + 22, "c3"))
+        assert heard() == [("A", "checkout_abandoned:c3"), ("B", "order_placed:so3"), ("A", "checkout_completed:c3")]
+        # an order naming a checkout never seen: the checkout is the order's subscriber's
+        send(order("o4", "so4", B, T0 + 30, "c4"))
+        assert heard() == [("B", "order_placed:so4"), ("B", "checkout_completed:c4")]
+
+
+def check_details_whatever_the_arrival_order(store: Store) -> None:
+    """What an event carries beside its state, whatever the arrival order, one by one or in a batch:
+    an order's ``created_at`` is the earliest the shop gave or event seen; a fulfilment status in an
+    order event older than the order's state still counts if newer than the stored one; a checkout's
+    url is the newest that was given."""
+    order = lambda i, at, phone, **kw: OrderEvent(id=f"d{i}", at=T0 + at, order_id="do1", phone=phone, total=100,  # noqa: E731
+                                                  currency="EUR", payment_status="paid", **kw)  # fmt: skip
+    cart = lambda i, at, phone, **kw: CheckoutEvent(id=f"dk{i}", at=T0 + at, checkout_id="dk1", phone=phone, **kw)  # noqa: E731
+    evs = [order(1, 10, A), order(2, 5, A, created_at=T0 + 3, fulfillment_status="unfulfilled"),
+           cart(1, 20, A, url="https://s/1"), cart(2, 30, A), cart(3, 25, A, status="abandoned"),
+           order(3, 40, B, created_at=T0 + 20), order(4, 41, A, created_at=T0 + 21)]
+    seen = []
+    for k, arrival in enumerate((evs, evs[::-1], [evs[3], evs[1], evs[4], evs[0], evs[6], evs[2], evs[5]])):
+        for batched in (False, True):
+            tenant = f"arrival{k}{int(batched)}"
+            pairs = [(e, e.phone) for e in arrival]
+            if batched:
+                store.apply_events(tenant, pairs, now=T0 + 100)  # type: ignore[arg-type]
+            else:
+                for e, p in pairs:
+                    store.apply_event(tenant, e, phone=p, now=T0 + 100)
+            got = {}
+            for phone in (A, B):
+                sub = store.subscriber_by_phone(tenant, phone)
+                assert sub is not None
+                v = store.view(tenant, sub.id)
+                assert v is not None
+                got[phone] = ([(o.order_id, o.created_at, o.fulfillment_status) for o in v.orders],
+                              [(c.checkout_id, c.url, c.started_at, c.abandoned_at) for c in v.checkouts],
+                              v.stats.last_abandoned_checkout_at)  # fmt: skip
+            seen.append(got)
+    assert seen[0][A][0] == [("do1", T0 + 3, "unfulfilled")] and seen[0][B][0] == [], seen[0]  # the newest event's phone
+    assert seen[0][A][1] == [("dk1", "https://s/1", T0 + 20, T0 + 25)] and seen[0][A][2] == T0 + 25, seen[0]
+    assert all(s == seen[0] for s in seen), seen
+
+
 def check_activities_and_customers(store: Store) -> None:
     r = store.apply_event("acme", CustomerEvent(id="c1", at=T0, profile=Profile(phone=A, first_name="Zoe", tags=("new",)),
                           consent=ConsentGrant(accepted=False)), phone=A, now=T0)  # fmt: skip
@@ -596,6 +687,7 @@ def check_flow_runs_timers_and_outbox(store: Store) -> None:
 
 CHECKS: list[Callable[[Store], None]] = [check_subscribers, check_consent_ledger, check_events_idempotent_and_aggregates,
                                          check_events_out_of_order, check_checkouts, check_checkout_of_another_phone,
+                                         check_checkout_ends_reach_flows, check_details_whatever_the_arrival_order,
                                          check_activities_and_customers,
                                          check_segments_storage, check_import, check_campaigns,
                                          check_held_and_outcomes, check_links_and_clicks, check_discount_pools,

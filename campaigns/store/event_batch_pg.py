@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from campaigns.core import flow_inputs
 from campaigns.core.events import ActivityEvent, CheckoutEvent, CustomEvent, FulfillmentEvent, OrderEvent, ShopEvent
 from campaigns.store import rollups
 from campaigns.store.base import Applied
@@ -71,7 +70,8 @@ def _score_sets(column: dict[str, str]) -> dict[str, str]:
 @functools.cache
 def claim_sql() -> str:
     """Statement 1. Rows ``(what, text, id)``: 0 a claimed event id; 1 a phone and its subscriber;
-    2 a stored (or early-fulfilled) order id; 3 a stored checkout id and its subscriber; 4 the shop has flows."""
+    2 a stored (or early-fulfilled) order id; 3 a stored checkout id and its subscriber (5: one already
+    completed); 4 the shop has flows."""
     return (
         "WITH e AS (SELECT * FROM unnest(%(ids)s::text[], %(phones)s::text[], %(oids)s::text[], %(cids)s::text[]) "
         "AS e (id, phone, oid, cid)), "
@@ -89,7 +89,8 @@ def claim_sql() -> str:
         "(SELECT oid FROM e WHERE oid <> '') "
         "UNION ALL SELECT 2, order_id, NULL FROM early_fulfillments WHERE tenant = %(t)s AND order_id IN "
         "(SELECT oid FROM e WHERE oid <> '') "
-        "UNION ALL SELECT 3, checkout_id, subscriber_id FROM checkouts WHERE tenant = %(t)s AND checkout_id IN "
+        "UNION ALL SELECT CASE WHEN completed_at IS NULL THEN 3 ELSE 5 END, checkout_id, subscriber_id FROM checkouts "
+        "WHERE tenant = %(t)s AND checkout_id IN "
         "(SELECT cid FROM e WHERE cid <> '') "
         "UNION ALL SELECT 4, NULL, NULL WHERE EXISTS (SELECT 1 FROM flow_heads WHERE tenant = %(t)s)"
     )  # fmt: skip
@@ -98,7 +99,9 @@ def claim_sql() -> str:
 _ORDERS = ("%(o_id)s::text[], %(o_sid)s::bigint[], %(o_total)s::bigint[], %(o_cur)s::text[], %(o_pay)s::text[], "
            "%(o_fs)s::text[], %(o_disc)s::text[], %(o_created)s::float8[], %(o_at)s::float8[], %(o_cid)s::text[]")  # fmt: skip
 _ITEMS = "%(i_oid)s::text[], %(i_product)s::text[], %(i_category)s::text[], %(i_price)s::bigint[], %(i_qty)s::bigint[]"
-_ACTS = "%(a_sid)s::bigint[], %(a_kind)s::text[], %(a_at)s::float8[], %(a_props)s::text[]"
+# properties as one JSON array, split by json_array_elements (``_FLOW_ROWS``' reason: no text[] quoting)
+_ACTS = ("unnest(%(a_sid)s::bigint[]), unnest(%(a_kind)s::text[]), unnest(%(a_at)s::float8[]), "
+         "json_array_elements(%(a_props)s::json)")  # fmt: skip
 _CHECKOUTS = ("%(c_id)s::text[], %(c_sid)s::bigint[], %(c_url)s::text[], %(c_value)s::bigint[], %(c_at)s::float8[], "
               "%(c_status)s::text[]")  # fmt: skip
 
@@ -154,7 +157,7 @@ def write_sql(flows: bool) -> str:
     parts = [
         f"o AS (SELECT * FROM unnest({_ORDERS}) AS o (order_id, sid, total, currency, pay, fs, disc, created, at, cid))",
         f"i AS (SELECT * FROM unnest({_ITEMS}) AS i (order_id, product, category, price, quantity))",
-        f"a AS (SELECT * FROM unnest({_ACTS}) AS a (sid, kind, at, props))",
+        f"a AS (SELECT sid, kind, at, props::text AS props FROM ROWS FROM ({_ACTS}) AS a (sid, kind, at, props))",
         f"k AS (SELECT * FROM unnest({_CHECKOUTS}) AS k (checkout_id, sid, url, value, at, status))",
         "io AS (INSERT INTO orders (tenant, order_id, subscriber_id, total, currency, payment_status, fulfillment_status, "
         "discount_code, created_at, checkout_id, updated_at, fulfillment_at) SELECT %(t)s, order_id, sid, total, currency, "
@@ -167,8 +170,9 @@ def write_sql(flows: bool) -> str:
         "ii AS (INSERT INTO order_items (tenant, order_id, product, category, price, quantity) SELECT %(t)s, order_id, "
         "product, category, price, quantity FROM i)",
         "ia AS (INSERT INTO activities (tenant, subscriber_id, kind, at, properties) SELECT %(t)s, sid, kind, at, props FROM a)",
-        "ik AS (INSERT INTO checkouts (tenant, checkout_id, subscriber_id, url, value, started_at, completed_at, abandoned_at, "
-        "updated_at) SELECT %(t)s, checkout_id, sid, url, value, at, CASE WHEN status = 'completed' THEN at END, "
+        "ik AS (INSERT INTO checkouts (tenant, checkout_id, subscriber_id, url, url_at, value, started_at, completed_at, "
+        "abandoned_at, updated_at) SELECT %(t)s, checkout_id, sid, url, CASE WHEN url IS NOT NULL THEN at END, value, at, "
+        "CASE WHEN status = 'completed' THEN at END, "
         "CASE WHEN status = 'abandoned' THEN at END, at FROM k)",
         f"ir AS (INSERT INTO order_rollups AS r (tenant, key, bucket, subscriber_id, n, amount, quantity) SELECT %(t)s, key, "
         f"bucket, sid, COUNT(*), SUM(amount), SUM(qty) FROM (SELECT '{rollups.ORDER_KEY}' AS key, {ob} AS bucket, o.sid, "
@@ -182,13 +186,20 @@ def write_sql(flows: bool) -> str:
     ]
     if flows:
         parts.append("fi AS (INSERT INTO flow_inputs (tenant, subscriber_id, event) SELECT %(t)s, sid, event FROM "
-                     "unnest(%(f_sid)s::bigint[], %(f_event)s::text[]) WITH ORDINALITY AS f (sid, event, ord) ORDER BY ord)")  # fmt: skip
+                     f"{_FLOW_ROWS})")  # fmt: skip
     return "WITH " + ", ".join(parts) + " " + _stats_part()
 
 
+# The events come as ONE JSON array (``%(f_event)s``, msgspec-encoded in one call), split by
+# ``json_array_elements``: a ``json`` (not ``jsonb``) element is its input text, so each row is
+# byte for byte what ``enqueue_inputs`` writes. As a ``text[]`` psycopg quoted every element in
+# Python (a regex substitution per quote of every event: 3/4 of an order's CPU with flows on).
+_FLOW_ROWS = ("(SELECT f.sid, f.event::text AS event, f.ord FROM ROWS FROM (unnest(%(f_sid)s::bigint[]), "
+              "json_array_elements(%(f_event)s::json)) WITH ORDINALITY AS f (sid, event, ord)) AS f ORDER BY f.ord")
+
+
 def flow_inputs_sql() -> str:
-    return ("INSERT INTO flow_inputs (tenant, subscriber_id, event) SELECT %(t)s, sid, event FROM "
-            "unnest(%(f_sid)s::bigint[], %(f_event)s::text[]) WITH ORDINALITY AS f (sid, event, ord) ORDER BY ord")
+    return f"INSERT INTO flow_inputs (tenant, subscriber_id, event) SELECT %(t)s, sid, event FROM {_FLOW_ROWS}"
 
 
 def _candidate_phone(e: ShopEvent, phone: str | None) -> str:
@@ -221,6 +232,7 @@ class PgEventBatch:
         sid_of: dict[str, int] = {}
         known_orders: set[str] = set()
         known_checkouts: dict[str, int] = {}  # stored checkout -> its subscriber
+        done: set[str] = set()  # stored checkouts already completed
         flows = False
         for what, text, sid in tx.named_rows(claim_sql(), {"ids": list(first), "phones": phones, "oids": oids, "cids": cids,
                                                          "t": tenant, "now": now}):  # fmt: skip
@@ -230,8 +242,10 @@ class PgEventBatch:
                 sid_of[text] = int(sid)
             elif what == 2:
                 known_orders.add(text)
-            elif what == 3:
+            elif what in (3, 5):
                 known_checkouts[text] = int(sid)
+                if what == 5:
+                    done.add(text)
             else:
                 flows = True
         fresh = sorted(i for i in idx if events[i][0].id in claimed)
@@ -245,17 +259,16 @@ class PgEventBatch:
                 "SELECT phone, id FROM subscribers WHERE tenant = ? AND phone = ANY(?::text[])", (tenant, sorted(missing))))  # type: ignore[arg-type] # fmt: skip
         inline_flows = flows and not slow
         if orders or acts or checkouts:
+            _fast_outcomes(out, events, orders, acts, checkouts, sid_of, done)
             params = _write_params(events, orders, acts, checkouts, sid_of, tenant, now)
             if inline_flows:
-                params.update(_flow_params(events, fresh, {i: sid_of[events[i][1]] for i in orders + acts + checkouts}))  # type: ignore[index]
+                params.update(_flow_params(events, fresh, out))
             tx.named_run(write_sql(inline_flows), params)
-            _fast_outcomes(out, events, orders, acts, checkouts, sid_of)
         for i in slow:
             e, phone = events[i]
             out[i] = self._apply_new(tx, tenant, e, phone, now)
         if flows and not (inline_flows and (orders or acts or checkouts)):
-            sids = {i: out[i].subscriber_id for i in fresh}  # type: ignore[union-attr]
-            fparams = _flow_params(events, fresh, sids)
+            fparams = _flow_params(events, fresh, out)
             if fparams["f_sid"]:
                 tx.named_run(flow_inputs_sql(), {"t": tenant, **fparams})
         return out, True  # type: ignore[return-value]
@@ -310,38 +323,46 @@ def _write_params(events: Sequence[tuple[ShopEvent, str | None]], orders: list[i
         "i_qty": [it.quantity for _, it in items],
         "a_sid": [sid_of[events[i][1]] for i in acts],  # type: ignore[index]
         "a_kind": [e.kind if isinstance(e, ActivityEvent) else e.name for e in a_ev],
-        "a_at": [e.at for e in a_ev], "a_props": [_json.encode(e.properties).decode() for e in a_ev],
+        "a_at": [e.at for e in a_ev], "a_props": _json.encode([e.properties for e in a_ev]).decode(),
         "c_id": [e.checkout_id for e in k_ev], "c_sid": [sid_of[events[i][1]] for i in checkouts],  # type: ignore[index]
         "c_url": [e.url for e in k_ev], "c_value": [e.value for e in k_ev], "c_at": [e.at for e in k_ev],
         "c_status": [e.status for e in k_ev],
     }  # fmt: skip
 
 
-def _flow_params(events: Sequence[tuple[ShopEvent, str | None]], fresh: list[int], sids: dict[int, int | None]) -> dict[str, Any]:
-    """Every claimed event's flow inputs, in arrival order (``enqueue_inputs``' rows)."""
-    from campaigns.store.flow_sql import _event_encoder
+def _flow_params(events: Sequence[tuple[ShopEvent, str | None]], fresh: list[int],
+                 out: Sequence[Applied | None]) -> dict[str, Any]:  # fmt: skip
+    """Every claimed event's flow inputs, in arrival order (``flow_sql.applied_inputs``' rows, as the
+    per-event path queues them: a checkout's end goes to the checkout's own subscriber)."""
+    from campaigns.store.flow_sql import _event_encoder, applied_inputs
 
     f_sid: list[int] = []
-    f_event: list[str] = []
+    f_event: list[Any] = []
     for i in fresh:
-        sid = sids.get(i)
-        if sid is None:
-            continue
-        for fe in flow_inputs.from_shop_event(events[i][0]):
+        applied = out[i]
+        assert applied is not None
+        for sid, fe in applied_inputs(events[i][0], applied):
             f_sid.append(sid)
-            f_event.append(_event_encoder.encode(fe).decode())
-    return {"f_sid": f_sid, "f_event": f_event}
+            f_event.append(fe)
+    return {"f_sid": f_sid, "f_event": _event_encoder.encode(f_event).decode()}
 
 
 def _fast_outcomes(out: list[Applied | None], events: Sequence[tuple[ShopEvent, str | None]], orders: list[int],
-                   acts: list[int], checkouts: list[int], sid_of: dict[str, int]) -> None:  # fmt: skip
+                   acts: list[int], checkouts: list[int], sid_of: dict[str, int], done: set[str]) -> None:  # fmt: skip
+    """The set-based events' outcomes (``done``: the stored checkouts already completed). A set-based
+    order's checkout is its own subscriber's or new (``_split``), so its first completion is heard
+    by the order's subscriber; a new checkout is its event's subscriber's."""
     for i in orders:
-        changed = _ORDER_CHANGED if events[i][0].checkout_id is None else _ORDER_CHANGED | {"checkouts"}  # type: ignore[union-attr]
-        out[i] = Applied(outcome="applied", subscriber_id=sid_of[events[i][1]], changed=changed)  # type: ignore[index]
+        cid, sid = events[i][0].checkout_id, sid_of[events[i][1]]  # type: ignore[union-attr,index]
+        changed = _ORDER_CHANGED if cid is None else _ORDER_CHANGED | {"checkouts"}
+        end = None if cid is None or cid in done else ("completed", sid)
+        out[i] = Applied(outcome="applied", subscriber_id=sid, changed=changed, checkout_end=end)  # type: ignore[arg-type]
     for i in acts:
         e: Any = events[i][0]
         kind = e.kind if isinstance(e, ActivityEvent) else e.name
         changed = frozenset({"activities", "subscriber_stats"} if kind in _ACTIVITY_STAT else {"activities"})
         out[i] = Applied(outcome="applied", subscriber_id=sid_of[events[i][1]], changed=changed)  # type: ignore[index]
-    for i in checkouts:
-        out[i] = Applied(outcome="applied", subscriber_id=sid_of[events[i][1]], changed=_CHECKOUT_CHANGED)  # type: ignore[index]
+    for i in checkouts:  # new checkouts: neither stored nor named by another event of the batch
+        status, sid = events[i][0].status, sid_of[events[i][1]]  # type: ignore[union-attr,index]
+        end = (status, sid) if status in ("abandoned", "completed") else None
+        out[i] = Applied(outcome="applied", subscriber_id=sid, changed=_CHECKOUT_CHANGED, checkout_end=end)  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 import functools
 import time
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -47,6 +47,10 @@ from campaigns.core import flows as F
 from campaigns.core.model import Subscriber
 from campaigns.errors import Conflict, NotFound, StorageError
 from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
+
+if TYPE_CHECKING:
+    from campaigns.core.events import ShopEvent
+    from campaigns.store.base import Applied
 
 _json = msgspec.json.Encoder()
 _run_decoder = msgspec.json.Decoder(F.Run)
@@ -571,6 +575,33 @@ def enqueue_inputs(tx: Any, tenant: str, subscriber_id: int | None, events: Sequ
                (tenant, subscriber_id, _event_encoder.encode(e).decode()))  # fmt: skip
 
 
+def applied_inputs(event: ShopEvent, applied: Applied) -> list[tuple[int, F.Event]]:
+    """An applied shop event's flow inputs (subscriber, event), in the order they are queued: the
+    event's own subscriber's (``flow_inputs.from_shop_event``), then its checkout's end, for the
+    checkout's own subscriber (``Applied.checkout_end``). Every path (one event, both batches) queues
+    exactly these, so a batch queues what its events one by one would, in the same order."""
+    if applied.outcome == "duplicate":
+        return []
+    sid = applied.subscriber_id
+    out: list[tuple[int, F.Event]] = [] if sid is None else [(sid, fe) for fe in flow_inputs.from_shop_event(event)]
+    if applied.checkout_end is not None:
+        end, owner = applied.checkout_end
+        out.append((owner, flow_inputs.checkout_end(event, end)))  # type: ignore[arg-type]
+    return out
+
+
+def enqueue_applied(tx: Any, tenant: str, pairs: Sequence[tuple[int, F.Event]], *, has_flows: bool | None = None) -> None:
+    """Queue ``applied_inputs``' pairs in the caller's transaction, in order, as one statement
+    (``has_flows``: whether the shop has a flow, when the caller read it; None: read here)."""
+    if not pairs:
+        return
+    if has_flows is None:
+        has_flows = tx.one("SELECT 1 FROM flow_heads WHERE tenant = ? LIMIT 1", (tenant,)) is not None
+    if has_flows:
+        tx.many("INSERT INTO flow_inputs (tenant, subscriber_id, event) VALUES (?, ?, ?)",
+                [(tenant, sid, _event_encoder.encode(e).decode()) for sid, e in pairs])  # fmt: skip
+
+
 class FlowSql:
     """Needs ``self._tx()`` (the engine's transaction) and ``self.engine``."""
 
@@ -763,7 +794,7 @@ class FlowSql:
 
     def flow_history(self, tenant: str, *, since: float, until: float, limit: int = 200_000) -> list[tuple[float, int, F.Event]]:
         """The shop's past inputs in ``[since, until]`` as flow events (for the simulation): orders
-        placed / paid / fulfilled / delivered, checkouts abandoned, consents confirmed and revoked,
+        placed / paid / fulfilled / delivered, checkouts abandoned and completed, consents confirmed and revoked,
         custom events. Time order; at most ``limit``."""
         out: list[tuple[float, int, F.Event]] = []
         with self._tx() as tx:
@@ -786,6 +817,10 @@ class FlowSql:
                     "SELECT checkout_id, subscriber_id, value, url, abandoned_at FROM checkouts WHERE tenant = ? AND "
                     "abandoned_at >= ? AND abandoned_at <= ? ORDER BY abandoned_at LIMIT ?", (tenant, since, until, limit)):  # fmt: skip
                 out.append((at, int(sid), flow_inputs.abandoned(cid, int(value or 0), url)))
+            for cid, sid, at in tx.rows(
+                    "SELECT checkout_id, subscriber_id, completed_at FROM checkouts WHERE tenant = ? AND "
+                    "completed_at >= ? AND completed_at <= ? ORDER BY completed_at LIMIT ?", (tenant, since, until, limit)):  # fmt: skip
+                out.append((at, int(sid), flow_inputs.completed(cid)))
             for eid, sid, action, source, at in tx.rows(
                     "SELECT id, subscriber_id, action, source, at FROM consent_ledger WHERE tenant = ? AND at >= ? AND "
                     "at <= ? ORDER BY at LIMIT ?", (tenant, since, until, limit)):  # fmt: skip

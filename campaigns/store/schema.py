@@ -6,7 +6,7 @@ integer minor units (cents); times are epoch seconds (UTC) as doubles, so SQL an
 
 Columns beyond the shared plan (docs: campaigns_shared.md), for the store's own bookkeeping:
 - ``subscribers.profile_at``: the ``at`` of the newest profile change applied (older ones are ignored);
-- ``orders.updated_at`` / ``fulfillment_at`` / ``tracking_url``, ``checkouts.updated_at``: the same,
+- ``orders.updated_at`` / ``fulfillment_at`` / ``tracking_url``, ``checkouts.updated_at`` / ``url_at``: the same,
   per order and checkout, so an older event never overwrites newer state;
 - ``consent_ledger.seq``-like ordering is the ``id`` column (ties of ``at``);
 - ``early_fulfillments``: a fulfilment that arrived before its order, applied when the order comes;
@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS order_items (
 CREATE INDEX IF NOT EXISTS order_items_order ON order_items (tenant, order_id);
 CREATE TABLE IF NOT EXISTS checkouts (
     tenant TEXT NOT NULL, checkout_id TEXT NOT NULL, subscriber_id {INT} NOT NULL,
-    url TEXT, value {INT} NOT NULL DEFAULT 0,
+    url TEXT, url_at {REAL}, value {INT} NOT NULL DEFAULT 0,
     started_at {REAL} NOT NULL, completed_at {REAL}, abandoned_at {REAL},
     updated_at {REAL} NOT NULL,
     PRIMARY KEY (tenant, checkout_id)
@@ -405,8 +405,11 @@ CREATE INDEX IF NOT EXISTS flow_run_links_message ON flow_run_links (tenant, mes
 #: the order whose status is ``last_order_payment_status`` (the latest of all), so a batch's aggregate
 #: upsert compares its own latest order with it instead of seeking the subscriber's orders
 #: (campaigns/store/event_batch.py); filled from the orders when the columns are added.
+#: ``checkouts.url_at``: the instant of the event whose url is stored (the newest event that gave one
+#: wins, whatever the arrival order); filled with ``updated_at`` where a url is stored when added.
 ADDED_COLUMNS = [("campaign_recipients", "cost", "{INT}"), ("flow_messages", "cost", "{INT}"),
-                 ("subscriber_stats", "latest_order_at", "{REAL}"), ("subscriber_stats", "latest_order_id", "TEXT")]
+                 ("subscriber_stats", "latest_order_at", "{REAL}"), ("subscriber_stats", "latest_order_id", "TEXT"),
+                 ("checkouts", "url_at", "{REAL}")]
 #: After the added columns: the report's covering index (the GROUP BY reads it alone, cost included).
 _AFTER_COLUMNS = """
 DROP INDEX IF EXISTS campaign_recipients_report;
@@ -422,6 +425,8 @@ def upgrades(dialect: Dialect, columns: Callable[[str], set[str]]) -> list[str]:
            if c not in columns(t)]  # fmt: skip
     if "latest_order_id" not in had:
         out.append(latest_order_fill(dialect))
+    if "url_at" not in columns("checkouts"):
+        out.append("UPDATE checkouts SET url_at = updated_at WHERE url IS NOT NULL")
     return out + [x.strip() for x in _AFTER_COLUMNS.split(";") if x.strip()]
 
 

@@ -21,7 +21,8 @@ from campaigns.store.base import Applied, ImportResult, MemberPlan, MembersFound
 from campaigns.store.campaign_sql import CampaignSql
 from campaigns.store.event_batch import EventBatch
 from campaigns.core import flow_inputs
-from campaigns.store.flow_sql import FlowSql, enqueue_inputs
+from campaigns.core.flow_inputs import CheckoutEnd
+from campaigns.store.flow_sql import FlowSql, applied_inputs, enqueue_applied, enqueue_inputs
 from campaigns.store.inbox_sql import InboxSql
 from campaigns.store import rollups
 
@@ -145,6 +146,11 @@ class Tx:
 
 
 _SUB_NAMES = tuple(c.strip() for c in _SUB_COLS.split(","))
+
+
+def _first_end(completion: tuple[bool, int] | None) -> tuple[CheckoutEnd, int] | None:
+    """``Applied.checkout_end`` of ``_complete_checkout``'s answer: the first completion only."""
+    return ("completed", completion[1]) if completion is not None and completion[0] else None
 
 
 def _subscriber(tenant: str, row: tuple) -> Subscriber:
@@ -400,15 +406,14 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
     def _apply_events(self, tx: Tx, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], now: float) -> list[Applied]:
         results, queued = self._apply_batch(tx, tenant, events, now)
         if not queued and tx.one("SELECT 1 FROM flow_heads WHERE tenant = ? LIMIT 1", (tenant,)) is not None:
-            for (e, _), r in zip(events, results, strict=True):  # the flow runtime hears them, in arrival order
-                if r.outcome != "duplicate":
-                    enqueue_inputs(tx, tenant, r.subscriber_id, flow_inputs.from_shop_event(e))
+            # the flow runtime hears them, in arrival order
+            enqueue_applied(tx, tenant, [p for (e, _), r in zip(events, results, strict=True) for p in applied_inputs(e, r)],
+                            has_flows=True)  # fmt: skip
         return results
 
     def _apply_and_queue(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
         applied = self._apply(tx, tenant, event, phone, now)
-        if applied.outcome != "duplicate":  # the flow runtime hears it in this same transaction
-            enqueue_inputs(tx, tenant, applied.subscriber_id, flow_inputs.from_shop_event(event))
+        enqueue_applied(tx, tenant, applied_inputs(event, applied))  # the flow runtime hears it in this same transaction
         return applied
 
     def _apply(self, tx: Tx, tenant: str, event: ShopEvent, phone: str | None, now: float) -> Applied:
@@ -454,23 +459,27 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
 
     def _order(self, tx: Tx, tenant: str, e: OrderEvent, phone: str, now: float) -> Applied:
         sid = self._ensure(tx, tenant, phone, now)
-        # When the order was placed: as the shop says, else the earliest event seen for it.
+        # When the order was placed: the earliest of what the shop says (``created_at``) and of the
+        # instants of the events seen for it (a minimum: any arrival order gives the same).
         created = e.created_at if e.created_at is not None else e.at
         row = tx.one("SELECT updated_at, subscriber_id FROM orders WHERE tenant = ? AND order_id = ?", (tenant, e.order_id))
-        if row is not None and e.created_at is None:
+        if row is not None:
             tx.run(f"UPDATE orders SET created_at = {self._least}(created_at, ?) WHERE tenant = ? AND order_id = ?",
-                   (e.at, tenant, e.order_id))  # fmt: skip
+                   (created, tenant, e.order_id))  # fmt: skip
         if row is not None and row[0] > e.at:
             # Older than the order's state: only what stays true whatever came after still counts
-            # (when it was placed, which checkout it completed).
-            owner = None
+            # (when it was placed, which checkout it completed, a fulfilment status newer than the
+            # stored one: fulfilments have their own instant).
+            self._order_fulfillment(tx, tenant, e)
+            owner, end = int(row[1]), None
             if e.checkout_id is not None:
                 tx.run("UPDATE orders SET checkout_id = COALESCE(checkout_id, ?) WHERE tenant = ? AND order_id = ?",
                        (e.checkout_id, tenant, e.order_id))  # fmt: skip
-                owner = self._complete_checkout(tx, tenant, e.checkout_id, int(row[1]), created, now)
+                end = self._complete_checkout(tx, tenant, e.checkout_id, int(row[1]), created, now)
             self._restat(tx, tenant, int(row[1]), now, _ORDER_PARTS[e.checkout_id is not None])
             rollups.upkeep(tx, tenant, recompute=[int(row[1])])
-            return Applied(outcome="stale", subscriber_id=int(row[1]), others=() if owner is None else (owner,),
+            others = () if end is None or end[1] == owner else (end[1],)
+            return Applied(outcome="stale", subscriber_id=owner, others=others, checkout_end=_first_end(end),
                            changed=frozenset({"orders", "checkouts", "subscriber_stats"}))  # fmt: skip
         if row is None:
             tx.run("INSERT INTO orders (tenant, order_id, subscriber_id, total, currency, payment_status, "
@@ -481,22 +490,21 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
             self._early_fulfillment(tx, tenant, e.order_id)
         else:
             tx.run("UPDATE orders SET subscriber_id = ?, total = ?, currency = ?, payment_status = ?, discount_code = ?, "
-                   "created_at = COALESCE(?, created_at), checkout_id = COALESCE(?, checkout_id), updated_at = ? "
-                   "WHERE tenant = ? AND order_id = ?",
-                   (sid, e.total, e.currency, e.payment_status, e.discount_code, e.created_at, e.checkout_id, e.at,
+                   "checkout_id = COALESCE(?, checkout_id), updated_at = ? WHERE tenant = ? AND order_id = ?",
+                   (sid, e.total, e.currency, e.payment_status, e.discount_code, e.checkout_id, e.at,
                     tenant, e.order_id))  # fmt: skip
             tx.run("DELETE FROM order_items WHERE tenant = ? AND order_id = ?", (tenant, e.order_id))
-        if e.fulfillment_status is not None:
-            tx.run("UPDATE orders SET fulfillment_status = ?, fulfillment_at = ? WHERE tenant = ? AND order_id = ? "
-                   "AND fulfillment_at <= ?", (e.fulfillment_status, e.at, tenant, e.order_id, e.at))  # fmt: skip
+        self._order_fulfillment(tx, tenant, e)
         for it in e.items:
             tx.run("INSERT INTO order_items (tenant, order_id, product, category, price, quantity) VALUES (?, ?, ?, ?, ?, ?)",
                    (tenant, e.order_id, it.product, it.category, it.price, it.quantity))  # fmt: skip
         changed = {"orders", "order_items", "subscriber_stats"}
         others: set[int] = set()
+        end = None
         if e.checkout_id is not None:
-            if (owner := self._complete_checkout(tx, tenant, e.checkout_id, sid, created, now)) is not None:
-                others.add(owner)
+            end = self._complete_checkout(tx, tenant, e.checkout_id, sid, created, now)
+            if end[1] != sid:
+                others.add(end[1])
             changed.add("checkouts")
         stale_owner = int(row[1]) if row is not None and int(row[1]) != sid else None
         self._restat(tx, tenant, sid, now, _ORDER_PARTS[e.checkout_id is not None])
@@ -504,7 +512,14 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
             self._restat(tx, tenant, stale_owner, now, _ORDER_PARTS[True])
             others.add(stale_owner)
         rollups.upkeep(tx, tenant, recompute=[sid] if stale_owner is None else [sid, stale_owner])
-        return Applied(outcome="applied", subscriber_id=sid, changed=frozenset(changed), others=tuple(sorted(others)))
+        return Applied(outcome="applied", subscriber_id=sid, changed=frozenset(changed), others=tuple(sorted(others)),
+                       checkout_end=_first_end(end))  # fmt: skip
+
+    def _order_fulfillment(self, tx: Tx, tenant: str, e: OrderEvent) -> None:
+        """The order event's fulfilment status, unless a newer one is stored (newest ``at`` wins)."""
+        if e.fulfillment_status is not None:
+            tx.run("UPDATE orders SET fulfillment_status = ?, fulfillment_at = ? WHERE tenant = ? AND order_id = ? "
+                   "AND fulfillment_at <= ?", (e.fulfillment_status, e.at, tenant, e.order_id, e.at))  # fmt: skip
 
     def _early_fulfillment(self, tx: Tx, tenant: str, order_id: str) -> None:
         row = tx.one("SELECT status, tracking_url, at FROM early_fulfillments WHERE tenant = ? AND order_id = ?",
@@ -529,48 +544,59 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
                "WHERE tenant = ? AND order_id = ?", (e.status, e.tracking_url, e.at, tenant, e.order_id))  # fmt: skip
         return Applied(outcome="applied", subscriber_id=int(row[0]), changed=frozenset({"orders"}))
 
-    def _complete_checkout(self, tx: Tx, tenant: str, checkout_id: str, sid: int, at: float, now: float) -> int | None:
+    def _complete_checkout(self, tx: Tx, tenant: str, checkout_id: str, sid: int, at: float,
+                           now: float) -> tuple[bool, int]:  # fmt: skip
         """Completion is final whatever arrives later; an order may name a checkout not seen yet.
         Instants are minima over every event seen, so arrival order never matters. A stored checkout
         of another subscriber (the shopper paid under another phone) no longer counts as that
-        subscriber's abandoned one: their aggregates are recomputed, and they are returned."""
-        row = tx.one("SELECT subscriber_id FROM checkouts WHERE tenant = ? AND checkout_id = ?", (tenant, checkout_id))
+        subscriber's abandoned one: their aggregates are recomputed. Returns (whether this completed
+        the checkout the first time, the checkout's own subscriber: ``sid`` if it was not stored)."""
+        row = tx.one("SELECT subscriber_id, completed_at FROM checkouts WHERE tenant = ? AND checkout_id = ?",
+                     (tenant, checkout_id))  # fmt: skip
         tx.run(f"INSERT INTO checkouts (tenant, checkout_id, subscriber_id, started_at, completed_at, updated_at) "
                f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, checkout_id) DO UPDATE SET "
                f"completed_at = {self._least}(COALESCE(checkouts.completed_at, excluded.completed_at), excluded.completed_at), "
                f"started_at = {self._least}(checkouts.started_at, excluded.started_at)",
                (tenant, checkout_id, sid, at, at, 0.0))  # fmt: skip
+        first = row is None or row[1] is None
         if row is None or int(row[0]) == sid:
-            return None
+            return first, sid
         self._restat(tx, tenant, int(row[0]), now, frozenset({"checkouts"}))
-        return int(row[0])
+        return first, int(row[0])
 
     def _checkout(self, tx: Tx, tenant: str, e: CheckoutEvent, phone: str, now: float) -> Applied:
         sid = self._ensure(tx, tenant, phone, now)
         entry = self._grant(tx, tenant, e.consent, phone, "checkout", e.at, now)
-        row = tx.one("SELECT updated_at, subscriber_id FROM checkouts WHERE tenant = ? AND checkout_id = ?",
+        row = tx.one("SELECT updated_at, subscriber_id, completed_at FROM checkouts WHERE tenant = ? AND checkout_id = ?",
                      (tenant, e.checkout_id))  # fmt: skip
         if row is None:
-            tx.run("INSERT INTO checkouts (tenant, checkout_id, subscriber_id, url, value, started_at, updated_at) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (tenant, e.checkout_id, sid, e.url, e.value, e.at, e.at))  # fmt: skip
+            tx.run("INSERT INTO checkouts (tenant, checkout_id, subscriber_id, url, url_at, value, started_at, updated_at) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (tenant, e.checkout_id, sid, e.url, None if e.url is None else e.at, e.value, e.at, e.at))  # fmt: skip
         else:
-            if row[0] <= e.at:  # the newest event's url and value
-                tx.run("UPDATE checkouts SET url = COALESCE(?, url), value = ?, updated_at = ? "
-                       "WHERE tenant = ? AND checkout_id = ?", (e.url, e.value, e.at, tenant, e.checkout_id))  # fmt: skip
+            if row[0] <= e.at:  # the newest event's value
+                tx.run("UPDATE checkouts SET value = ?, updated_at = ? WHERE tenant = ? AND checkout_id = ?",
+                       (e.value, e.at, tenant, e.checkout_id))  # fmt: skip
+            if e.url is not None:  # the newest url given (``url_at``: its event's instant), whatever the arrival order
+                tx.run("UPDATE checkouts SET url = ?, url_at = ? WHERE tenant = ? AND checkout_id = ? "
+                       "AND (url_at IS NULL OR url_at <= ?)", (e.url, e.at, tenant, e.checkout_id, e.at))  # fmt: skip
             tx.run(f"UPDATE checkouts SET started_at = {self._least}(started_at, ?) WHERE tenant = ? AND checkout_id = ?",
                    (e.at, tenant, e.checkout_id))  # fmt: skip
         owner = None if row is None or int(row[1]) == sid else int(row[1])  # the checkout stays its first owner's
+        end: tuple[CheckoutEnd, int] | None = None
         if e.status == "completed":
-            self._complete_checkout(tx, tenant, e.checkout_id, sid, e.at, now)
+            end = _first_end(self._complete_checkout(tx, tenant, e.checkout_id, sid, e.at, now))
         elif e.status == "abandoned":
             tx.run(f"UPDATE checkouts SET abandoned_at = {self._least}(COALESCE(abandoned_at, ?), ?) "
                    "WHERE tenant = ? AND checkout_id = ?", (e.at, e.at, tenant, e.checkout_id))  # fmt: skip
             if owner is not None:
                 self._restat(tx, tenant, owner, now, frozenset({"checkouts"}))
+            if row is None or row[2] is None:  # a paid checkout reported abandoned (late, re-sent) starts no flow
+                end = ("abandoned", sid if owner is None else owner)
         self._restat(tx, tenant, sid, now, frozenset({"checkouts"}))
         changed = {"checkouts", "subscriber_stats"} | ({"subscribers"} if entry is not None else set())
         return Applied(outcome="applied", subscriber_id=sid, consent=entry, changed=frozenset(changed),
-                       others=() if owner is None else (owner,))
+                       others=() if owner is None else (owner,), checkout_end=end)
 
     def _activity(self, tx: Tx, tenant: str, e: ActivityEvent | CustomEvent, phone: str, now: float) -> Applied:
         sid = self._ensure(tx, tenant, phone, now)

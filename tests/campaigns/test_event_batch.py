@@ -19,7 +19,7 @@ T0 = 1_760_000_000.0
 @st.composite
 def events(draw: st.DrawFn) -> list[ShopEvent]:
     n = draw(st.integers(1, 25))
-    times = draw(st.lists(st.integers(0, 100_000), min_size=n, max_size=n, unique=True))
+    times = draw(st.lists(st.integers(0, 100_000) | st.integers(0, 3), min_size=n, max_size=n))  # some instants tie
     out: list[ShopEvent] = []
     for i, t in enumerate(times):
         at, phone = T0 + t, draw(st.sampled_from(PHONES))
@@ -68,12 +68,45 @@ def state(store: Store, tenant: str) -> dict[str, tuple]:
 _n = iter(range(10**9))
 
 
+def ends(store: Store, tenant: str, results: list) -> list[tuple[str, str] | None]:
+    """Each outcome's ``checkout_end``, its subscriber as a phone (ids differ between tenants)."""
+    return [None if r.checkout_end is None else (r.checkout_end[0], store.subscriber(tenant, r.checkout_end[1]).phone)  # type: ignore[union-attr]
+            for r in results]
+
+
+def heard(store: Store, tenant: str) -> list[tuple[str, str]]:
+    """The flow inputs queued, in order: (the subscriber's phone, the event id)."""
+    with store.flow_tx(tenant) as ftx:
+        taken = ftx.take_inputs(10_000)
+    return [(store.subscriber(tenant, sid).phone, ev.id) for _, sid, ev in taken]  # type: ignore[union-attr]
+
+
+def check_checkout_ends(store: Store, tenant: str, inputs: list[tuple[str, str]]) -> None:
+    """Every completed checkout was heard ended once, by its own subscriber; an open one never; no
+    checkout is heard abandoned after it was heard completed."""
+    done: dict[str, str] = {}
+    for phone in PHONES:
+        sub = store.subscriber_by_phone(tenant, phone)
+        v = store.view(tenant, sub.id) if sub is not None else None
+        done |= {c.checkout_id: phone for c in (v.checkouts if v else ()) if c.completed_at is not None}
+    completed = [(p, e.removeprefix("checkout_completed:")) for p, e in inputs if e.startswith("checkout_completed:")]
+    assert sorted((c, p) for p, c in completed) == sorted(done.items())
+    for cid in done:
+        kinds = [e.split(":")[0] for _, e in inputs if e.endswith(f":{cid}") and e.startswith("checkout_")]
+        assert "checkout_abandoned" not in kinds[kinds.index("checkout_completed"):], (cid, kinds)
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(evs=events(), cuts=st.lists(st.integers(0, 30), max_size=3))
-def test_a_batch_is_the_same_as_its_events_one_by_one(store: Store, evs: list[ShopEvent], cuts: list[int]) -> None:
+@given(evs=events(), cuts=st.lists(st.integers(0, 30), max_size=3), flows=st.booleans())
+def test_a_batch_is_the_same_as_its_events_one_by_one(store: Store, evs: list[ShopEvent], cuts: list[int],
+                                                      flows: bool) -> None:  # fmt: skip
+    """... and queues the same flow inputs in the same order (a checkout's end to its own subscriber)."""
     k = next(_n)
     one, many = f"one{k}", f"many{k}"
     now = T0 + 200_000
+    if flows:
+        for tenant in (one, many):
+            store.put_flow_version(tenant, "f", "F", {"id": "f", "name": "F"}, now=T0, new=True)
     singles = [store.apply_event(one, e, phone=getattr(e, "phone", None) or getattr(getattr(e, "profile", None), "phone", None),
                                  now=now) for e in evs]  # fmt: skip
     pairs = [(e, getattr(e, "phone", None) or getattr(getattr(e, "profile", None), "phone", None)) for e in evs]
@@ -84,6 +117,11 @@ def test_a_batch_is_the_same_as_its_events_one_by_one(store: Store, evs: list[Sh
     assert [(r.outcome, r.changed, len(r.others)) for r in batched] == [(r.outcome, r.changed, len(r.others)) for r in singles]
     assert [r.subscriber_id is None for r in batched] == [r.subscriber_id is None for r in singles]
     assert state(store, many) == state(store, one)
+    assert ends(store, many, batched) == ends(store, one, singles)
+    if flows:
+        inputs = heard(store, one)
+        assert heard(store, many) == inputs
+        check_checkout_ends(store, one, inputs)
 
 
 @st.composite

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from campaigns.core.events import (ActivityEvent, CheckoutEvent, ConsentGrant, C
 from campaigns.store import open_store
 from campaigns.store.event_batch import EventBatch
 from campaigns.store.postgres import PostgresStore
-from tests.campaigns.test_event_batch import PHONES, T0, events, state
+from tests.campaigns.test_event_batch import PHONES, T0, check_checkout_ends, ends, events, state
 
 NOW = T0 + 200_000
 
@@ -119,8 +120,12 @@ def _compare(stores: tuple[PostgresStore, PostgresStore], evs: list[ShopEvent], 
     want = [(r.outcome, r.changed, r.subscriber_id is None, r.consent is None, len(r.others)) for r in singles]
     for tenant, got in by.items():
         assert [(r.outcome, r.changed, r.subscriber_id is None, r.consent is None, len(r.others)) for r in got] == want, tenant
+        assert ends(new, tenant, got) == ends(new, one, singles), tenant  # a checkout's end, and whose it is
     assert state(new, a) == state(new, b) == state(new, one)
     assert _tables(new, a) == _tables(new, b) == _tables(new, one)
+    if flows:
+        inputs = [(p, msgspec.json.decode(ev)["id"]) for p, ev in _tables(new, one)["flow_inputs"]]
+        check_checkout_ends(new, one, inputs)
     replay = new.apply_events(a, pairs, now=NOW + 50)  # a replayed batch changes nothing
     assert all(r.outcome == "duplicate" for r in replay)
     assert state(new, a) == state(new, one) and _tables(new, a) == _tables(new, one)

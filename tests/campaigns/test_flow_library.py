@@ -73,7 +73,7 @@ def test_welcome_series_three_steps_at_local_noon() -> None:
 
 def test_abandoned_cart_value_branch_and_exit() -> None:
     f = parsed("abandoned_cart")
-    assert [e.event for e in f.exits] == ["order_placed"]
+    assert [(e.event, e.same_object) for e in f.exits] == [("order_placed", False), ("checkout_completed", True)]
     for value, template, channel in [(10_001, "cart_big_mms", "mms"), (10_000, "cart_reminder_sms", "sms")]:
         run, _ = F.start(f, SUB, F.ShopEvent(id="c", kind="checkout_abandoned", object_id="c", payload={"value": value}), T0)
         assert run.timer_due == T0 + 3600
@@ -81,6 +81,14 @@ def test_abandoned_cart_value_branch_and_exit() -> None:
         assert [(s.template, s.channel) for s in sends(acts)] == [(template, channel)]
         ended, acts = F.step(f, run, F.ShopEvent(id="o", kind="order_placed", object_id="o"), T0 + 7200)
         assert acts == [F.Ended(run_id=run.id, reason="exit:order_placed")]
+        # another checkout paid leaves this run going; this checkout paid (another phone's order,
+        # a completed checkout event) ends it
+        other, acts = F.step(f, run, F.ShopEvent(id="checkout_completed:c2", kind="checkout_completed", object_id="c2"),
+                             T0 + 7200)  # fmt: skip
+        assert acts == [] and other.node == run.node
+        ended, acts = F.step(f, other, F.ShopEvent(id="checkout_completed:c", kind="checkout_completed", object_id="c"),
+                             T0 + 7200)  # fmt: skip
+        assert acts == [F.Ended(run_id=run.id, reason="exit:checkout_completed")]
 
 
 def test_post_delivery_survey_has_at_most_three_questions_with_emoji_scores() -> None:

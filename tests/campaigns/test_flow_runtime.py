@@ -105,6 +105,54 @@ async def test_abandoned_cart_value_branch_exit_on_order_and_one_send_each(store
     assert all(m.state == "sent" and m.message_id for m in msgs) and {m.step for m in msgs} == {"big", "small", "last"}
 
 
+@pytest.mark.parametrize("batched", [False, True])
+async def test_a_cart_paid_under_another_phone_or_completed_by_the_shop_is_never_reminded(store: Store,
+                                                                                       batched: bool) -> None:  # fmt: skip
+    """The abandoned-cart run of a checkout ends (``exit:checkout_completed``) when the checkout is
+    paid by an order under another phone (the shopper switched numbers) or the shop reports it
+    completed with no order; another checkout's completion leaves a run going; a paid checkout
+    reported abandoned late starts no run. One by one and in one batch (both engines)."""
+    clock, gw = Clock(), FakeGateway()
+    rt = runtime(store, gw, clock)
+    await install(store, clock, "abandoned_cart")
+    switched, payer, shop_done, other, late = (subscriber(store, i) for i in range(1, 6))
+
+    def send(*evs: CheckoutEvent | OrderEvent) -> None:
+        if batched:
+            store.apply_events("acme", [(e, e.phone) for e in evs], now=clock.now)
+        else:
+            for e in evs:
+                store.apply_event("acme", e, phone=e.phone, now=clock.now)
+
+    def order(oid: str, i: int, cid: str, at: float) -> OrderEvent:
+        return OrderEvent(id=oid, at=at, order_id=oid, phone=phone(i), total=9000, currency="USD", payment_status="paid",
+                          checkout_id=cid)  # fmt: skip
+
+    send(order("o6", 5, "k6", T0 - 10),  # paid first; the shop's "abandoned" report of it arrives after
+         checkout("k1", 1, 4_000), checkout("k3", 3, 25_000), checkout("k4", 4, 4_000), checkout("k6", 5, 4_000))
+    await rt.round()
+    runs = {r.subscriber_id: r for r in store.flow_run_rows("acme", flow_id="abandoned_cart")}
+    assert set(runs) == {switched, shop_done, other}  # not the paid checkout reported abandoned
+    # 1 ms before the reminders are due: k1 paid under the payer's phone, k3 completed by the shop
+    # (no order), and another checkout of ``other`` completed (its k4 stays abandoned)
+    clock.now = T0 + HOUR - 0.001
+    send(order("o1", 2, "k1", clock.now), checkout("k3", 3, 25_000, "completed", clock.now),
+         checkout("k5", 4, 100, "completed", clock.now))
+    await rt.round()
+    clock.now = T0 + HOUR
+    await rt.round()
+    assert [m["to"] for m in gw.sent_messages()] == [phone(4)]
+    rows = {r.subscriber_id: r for r in store.flow_run_rows("acme", flow_id="abandoned_cart")}
+    assert (rows[switched].state, rows[switched].ended) == ("ended", "exit:checkout_completed")
+    assert (rows[shop_done].state, rows[shop_done].ended) == ("ended", "exit:checkout_completed")
+    assert rows[other].state != "ended" and payer not in rows and late not in rows
+    # the order's own completion of k3 later, re-sent events: nothing more is sent
+    send(order("o3", 3, "k3", clock.now), order("o1", 2, "k1", clock.now))
+    clock.now = T0 + HOUR + DAY
+    await rt.round()
+    assert Counter(m["to"] for m in gw.sent_messages()) == {phone(4): 2}
+
+
 async def test_a_send_recorded_but_not_answered_is_posted_again_with_the_same_key_and_bytes(store: Store) -> None:
     clock, gw = Clock(), FakeGateway()
     await install(store, clock, "shipping_notice")

@@ -129,6 +129,20 @@ def test_bad_values_name_their_path(obj, code, path) -> None:
     refused(obj, code, path)
 
 
+def test_checkout_completed_is_a_kind_of_exits_waits_and_triggers_and_unknown_kinds_are_refused() -> None:
+    ok = F.parse_flow({**flow({"n1": {"type": "wait_event", "event": "checkout_completed", "timeout_seconds": 60}}),
+                       "trigger": {"type": "checkout_completed"},
+                       "exits": [{"event": "checkout_completed", "same_object": True}]}, templates=TEMPLATES)  # fmt: skip
+    assert isinstance(ok.trigger, F.CheckoutCompleted) and ok.exits[0].event == "checkout_completed"
+    paid = F.ShopEvent(id="checkout_completed:c1", kind="checkout_completed", object_id="c1")
+    assert F.matches_trigger(ok.trigger, paid) and not F.matches_trigger(ok.trigger, cart())
+    err = refused(flow({"n1": {"type": "end"}}, exits=[{"event": "checkout_paid"}]), "flow.schema", "$.exits[0].event")
+    assert "checkout_paid" in str(err)
+    refused(flow({"n1": {"type": "wait_event", "event": "cart_paid", "timeout_seconds": 60}}), "flow.schema",
+            "$.nodes.n1.event")  # fmt: skip
+    refused({**flow({"n1": {"type": "end"}}), "trigger": {"type": "checkout_paid"}}, "flow.schema", "$.trigger.type")
+
+
 def test_absurd_nesting_is_refused_not_a_crash() -> None:
     cond: dict = {"op": "has_tag", "tag": "x"}
     for _ in range(100_000):

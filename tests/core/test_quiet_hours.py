@@ -256,7 +256,11 @@ def check(qh: QuietHours, key: int, zones: list[str], window: tuple[str, str], n
     if t == now:
         assert open_everywhere(zones, window, now)
         until = qh.open_until(key, now)
-        assert until > now and not open_everywhere(zones, window, until)
+        assert until > now
+        if until == math.inf:  # a 24-hour window: open everywhere, for ever
+            assert all(open_everywhere(zones, window, now + 86400 * i / 7) for i in range(1, 15))
+            return t
+        assert not open_everywhere(zones, window, until)
         for i in range(1, 11):
             assert open_everywhere(zones, window, now + (until - 1e-3 - now) * i / 10)
     elif t < math.inf:
@@ -269,11 +273,15 @@ def check(qh: QuietHours, key: int, zones: list[str], window: tuple[str, str], n
     return t
 
 
+# Any window the config accepts, to the minute, "24:00" as an end.
+_hhmm = st.integers(0, 24 * 60).map(lambda m: f"{m // 60:02d}:{m % 60:02d}")
+any_window = st.one_of(st.sampled_from(WINDOWS), st.tuples(_hhmm.filter(lambda x: x != "24:00"), _hhmm).filter(
+    lambda w: w[0] != w[1]))
 zone_sets = st.lists(st.sampled_from(ZONES), min_size=1, max_size=4, unique=True)
 
 
 @settings(max_examples=250, deadline=None)
-@given(zone_sets, st.sampled_from(WINDOWS), instants)
+@given(zone_sets, any_window, instants)
 def test_next_open_is_correct_and_cache_agrees(zones: list[str], window: tuple[str, str], now: float) -> None:
     qh, key = make(zones, start=window[0], end=window[1])
     t = check(qh, key, zones, window, now)

@@ -159,7 +159,9 @@ def _transitions() -> list[float]:
 
 
 ANCHORS = _transitions()
-hhmm = st.integers(0, 95).map(lambda q: f"{q // 4:02d}:{q % 4 * 15:02d}")
+# every quarter hour, and "24:00" (the config accepts it; it ends a window at midnight, or as a
+# start is the next day's 00:00)
+hhmm = st.integers(0, 96).map(lambda q: "24:00" if q == 96 else f"{q // 4:02d}:{q % 4 * 15:02d}")
 window = st.tuples(hhmm, hhmm).filter(lambda w: w[0] != w[1])
 
 
