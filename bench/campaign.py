@@ -122,7 +122,8 @@ def load_audience(url: str, n: int, now: float, seed: int, m: int) -> int:
     return seg.id
 
 
-def write_config(tmp: Path, store_url: str, workers: int = 0, short_port: bool = True) -> Path:
+def write_config(tmp: Path, store_url: str, workers: int = 0, short_port: bool = True,
+                 freeze_chunk: int | None = None) -> Path:
     path = tmp / "sluice.toml"
     path.write_text(f"""
 [api]
@@ -152,6 +153,7 @@ store_url = "{store_url}"
 port = 0
 sync_interval = 5.0
 {"short_link_port = 0" if short_port else ""}
+{f"launch_freeze_chunk = {freeze_chunk}" if freeze_chunk else ""}
 [[campaigns.tenants]]
 name = "{TENANT}"
 key_env = "BENCH_C_KEY"
@@ -360,10 +362,10 @@ def _redirects(port: int, codes_file: Path, seconds: float, concurrency: int, se
 
 
 async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs: int, seconds: float,
-                   concurrency: int, workers: int, seed: int, via: str) -> dict[str, Any]:  # fmt: skip
+                   concurrency: int, workers: int, seed: int, via: str, freeze_chunk: int | None = None) -> dict[str, Any]:  # fmt: skip
     env = {"BENCH_GW_KEY": GW_KEY, "BENCH_C_KEY": C_KEY, "BENCH_LINK_KEY": LINK_KEY,
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # fmt: skip
-    config = write_config(tmp, store_url, workers, short_port=via == "short")
+    config = write_config(tmp, store_url, workers, short_port=via == "short", freeze_chunk=freeze_chunk)
     cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", str(config), "--port", "0"]
     out: dict[str, Any] = {"redirects_via": via}
     async with start(cmd, name="sluice", env=env, timeout=120) as serve:
@@ -423,7 +425,7 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
 
 
 def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, concurrency: int, workers: int, seed: int,
-        pg_url: str | None, via: str = "short") -> dict:  # fmt: skip
+        pg_url: str | None, via: str = "short", freeze_chunk: int | None = None) -> dict:  # fmt: skip
     now = time.time()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-bench-campaign-")))
@@ -435,7 +437,7 @@ def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, co
         seg = load_audience(url, n, now, seed, launch_n or n)
         setup_s = time.perf_counter() - t0
         big = launch_n is not None and launch_n < n
-        out = anyio.run(_measure, tmp, url, seg, n, big, runs, seconds, concurrency, workers, seed, via)
+        out = anyio.run(_measure, tmp, url, seg, n, big, runs, seconds, concurrency, workers, seed, via, freeze_chunk)
     return {"scenario": "campaign", "engine": engine, "subscribers": n, "launched": launch_n or n, "setup_s": setup_s, **out,
             "load": os.getloadavg(), "machine": describe()}  # fmt: skip
 
@@ -458,16 +460,18 @@ TARGETS = {"launch_to_accepted_s": ("<=", 15.0), "redirects_per_s": (">=", 5000.
               help="The gateway's api.ingest_workers (its default, auto, spawns them at the first job: ~10 s under load).")
 @click.option("--redirects-via", "via", type=click.Choice(["short", "api"]), default="short", show_default=True,
               help="Redirects on the short-link listener (short_link_port) or on the API's port (/{code} there).")
+@click.option("--freeze-chunk", type=click.IntRange(min=1), default=None,
+              help="serve's campaigns.launch_freeze_chunk (default: its own, 20,000; at least the audience: one transaction).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
 def bench_campaign(n: int, launch_n: int | None, engine: str, pg_url: str | None, runs: int, redirect_seconds: float,
-                   concurrency: int, ingest_workers: int, via: str, seed: int, json_path: str | None,
-                   out_dir: str | None) -> None:  # fmt: skip
+                   concurrency: int, ingest_workers: int, via: str, freeze_chunk: int | None, seed: int,
+                   json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
     """Launch to the gateway's 202s, redirects per second and their p99, attribution of orders."""
     if n < 10 or runs < 1 or not 0 < redirect_seconds <= 120 or concurrency < 1:
         raise click.BadParameter("--recipients >= 10, --runs >= 1, 0 < --redirect-seconds <= 120, --concurrency >= 1")
-    r = run(engine, n, launch_n, runs, redirect_seconds, concurrency, ingest_workers, seed, pg_url, via)
+    r = run(engine, n, launch_n, runs, redirect_seconds, concurrency, ingest_workers, seed, pg_url, via, freeze_chunk)
     click.echo(f"sluice bench campaign: {engine}, {n:,} subscribers, {r['recipients']:,} recipients, "
                f"{r['batches']} batches, load {r['load'][0]:.2f}")  # fmt: skip
     for key, (op, target) in TARGETS.items():

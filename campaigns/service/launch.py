@@ -627,6 +627,17 @@ def idempotency_key(campaign_id: int, batch: int) -> str:
     return f"campaign-{campaign_id}-batch-{batch}"
 
 
+DEFAULT_FREEZE_CHUNK = 20_000  # recipients a chunk of a freeze (serve's default on PostgreSQL)
+
+
+def freeze_chunk_for(setting: int | None, engine: str) -> int | None:
+    """``campaigns.launch_freeze_chunk`` as the launcher takes it (None: one transaction). Unset,
+    chunks on PostgreSQL only: on SQLite's one writer they measured slower (docs/BENCHMARKS.md)."""
+    if setting is None:
+        return None if engine == "sqlite" else DEFAULT_FREEZE_CHUNK
+    return setting or None
+
+
 class _Frozen:
     """How far a freeze in chunks has written its recipients: ``pending`` is the first batch still
     only planned (None: every batch is written). ``wait(batch)`` returns once that batch's rows are
@@ -669,7 +680,7 @@ class Launcher:
 
     def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantLinks],
                  clock: Callable[[], float], *, callback_urls: Mapping[str, str] | None = None,
-                 freeze_chunk: int | None = 20_000, freeze_store: Store | None = None) -> None:  # fmt: skip
+                 freeze_chunk: int | None = DEFAULT_FREEZE_CHUNK, freeze_store: Store | None = None) -> None:  # fmt: skip
         self.store, self.clients, self.tenants, self.clock = store, clients, tenants, clock
         self.freeze_chunk, self.freeze_store = freeze_chunk, freeze_store or store
         set_keys = getattr(store, "set_link_keys", None)  # range codes are decoded with the tenants' keys

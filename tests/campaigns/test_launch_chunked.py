@@ -262,3 +262,18 @@ def test_a_batch_is_posted_while_a_later_chunk_is_still_to_be_written(tmp_path_f
         assert Counter(gw.sent()) == Counter({f"+4479111{i:05d}": 1 for i in range(1, 10)})
     finally:
         store.close()
+
+
+def test_serve_chunks_by_default_on_postgresql_only() -> None:
+    """Unset, ``launch_freeze_chunk`` chunks on PostgreSQL (20,000) and not on SQLite; 0 is one
+    transaction anywhere; a number chunks anywhere. The config accepts 0 and refuses a negative."""
+    from campaigns.config import loads
+    from campaigns.service.launch import DEFAULT_FREEZE_CHUNK, freeze_chunk_for
+
+    assert freeze_chunk_for(None, "sqlite") is None and freeze_chunk_for(None, "postgres") == DEFAULT_FREEZE_CHUNK
+    assert freeze_chunk_for(0, "postgres") is None and freeze_chunk_for(5000, "sqlite") == 5000
+    base = '[campaigns]\nlaunch_freeze_chunk = {}\n[[campaigns.tenants]]\nname = "acme"\nkey_env = "K"\n'
+    settings = loads(base.format(0))
+    assert settings is not None and settings.launch_freeze_chunk == 0
+    with pytest.raises(Exception, match="launch_freeze_chunk"):
+        loads(base.format(-1))
