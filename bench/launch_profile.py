@@ -18,19 +18,27 @@ from pathlib import Path
 from bench import campaign as bc
 from campaigns.service import launch
 from campaigns.store import open_store
+from campaigns.store.base import Store
+from campaigns.store.campaign_rows import CampaignRow
+
+
+def ready_campaign(tmp: str, n: int) -> tuple[Store, CampaignRow, launch.TenantLinks, float]:
+    """A seeded SQLite store in ``tmp`` (the audience of `sluice bench campaign`, ``n`` subscribers)
+    and its campaign, ``launching``: the store, the campaign, the tenant's links and ``now``."""
+    url = f"sqlite:///{Path(tmp) / 'campaigns.db'}"
+    now = time.time()
+    seg = bc.load_audience(url, n, now, 1, n)
+    store = open_store(url)
+    definition = {"sender": "SHOP", "template": bc.TEMPLATE, "values": {"shop_name": "CommerceCo"},
+                  "audience": {"include": [seg]}, "schedule": {"kind": "at", "at": now + bc.DAY}, "batch_size": 5000}  # fmt: skip
+    camp = store.put_campaign(bc.TENANT, "spring", definition, now=now)
+    camp = store.set_campaign_status(bc.TENANT, camp.id, "launching", now=now)
+    return store, camp, launch.TenantLinks(domain="sl.ui", key=bc.LINK_KEY.encode()), now
 
 
 def main(n: int, profile: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="sluice-launch-profile-") as tmp:
-        url = f"sqlite:///{Path(tmp) / 'campaigns.db'}"
-        now = time.time()
-        seg = bc.load_audience(url, n, now, 1, n)
-        store = open_store(url)
-        definition = {"sender": "SHOP", "template": bc.TEMPLATE, "values": {"shop_name": "CommerceCo"},
-                      "audience": {"include": [seg]}, "schedule": {"kind": "at", "at": now + bc.DAY}, "batch_size": 5000}  # fmt: skip
-        camp = store.put_campaign(bc.TENANT, "spring", definition, now=now)
-        camp = store.set_campaign_status(bc.TENANT, camp.id, "launching", now=now)
-        tl = launch.TenantLinks(domain="sl.ui", key=bc.LINK_KEY.encode())
+        store, camp, tl, now = ready_campaign(tmp, n)
         prof = cProfile.Profile() if profile else None
         t0, c0 = time.perf_counter(), time.process_time()
         if prof:

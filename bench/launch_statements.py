@@ -12,12 +12,11 @@ import collections
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from bench import campaign as bc
+from bench.launch_profile import ready_campaign
 from campaigns.service import launch
-from campaigns.store import open_store
 from campaigns.store import sql as sqlmod
 
 
@@ -42,15 +41,7 @@ def _timed_statements() -> dict[str, list[float]]:
 
 def main(n: int, chunk: int | None) -> None:
     with tempfile.TemporaryDirectory(prefix="sluice-launch-statements-") as tmp:
-        url = f"sqlite:///{Path(tmp) / 'campaigns.db'}"
-        now = time.time()
-        seg = bc.load_audience(url, n, now, 1, n)
-        store = open_store(url)
-        definition = {"sender": "SHOP", "template": bc.TEMPLATE, "values": {"shop_name": "CommerceCo"},
-                      "audience": {"include": [seg]}, "schedule": {"kind": "at", "at": now + bc.DAY}, "batch_size": 5000}  # fmt: skip
-        camp = store.put_campaign(bc.TENANT, "spring", definition, now=now)
-        camp = store.set_campaign_status(bc.TENANT, camp.id, "launching", now=now)
-        tl = launch.TenantLinks(domain="sl.ui", key=bc.LINK_KEY.encode())
+        store, camp, tl, now = ready_campaign(tmp, n)
         acc = _timed_statements()
         c0 = time.thread_time()
         launch.freeze(store, bc.TENANT, camp, tl, now, chunk=chunk)
