@@ -22,7 +22,7 @@ import pytest
 from fake_gateway import FakeGateway
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_launch_set_based import RULES, SCHEDULES, TEMPLATES, TL, Sub, _definition, _put, _stored, subs_st
+from test_launch_set_based import RULES, SCHEDULES, TEMPLATES, TL, Sub, _definition, _people, _put, _stored, subs_st
 
 from campaigns.errors import InvalidInput, StorageError
 from campaigns.service import launch
@@ -50,20 +50,6 @@ def _freeze_chunked(store: Store, tenant: str, camp: Any, chunk: int | None, now
 def _plan_rows(store: Store) -> int:
     with store._tx() as tx:  # type: ignore[attr-defined]
         return int(tx.one("SELECT COUNT(*) FROM campaign_plan")[0]) + int(tx.one("SELECT COUNT(*) FROM campaign_plan_texts")[0])
-
-
-def _people(store: Store, subs: list[Sub], tenants: tuple[str, ...]) -> dict[str, list[int]]:
-    ids: dict[str, list[int]] = {t: [] for t in tenants}
-    for i, sub in enumerate(subs):
-        for t in tenants:
-            ids[t].append(_put(store, t, i, sub))
-    with store._tx() as tx:  # type: ignore[attr-defined]  # marketing sent outside campaigns (subscriber_stats)
-        for i, sub in enumerate(subs):
-            if sub[4] is not None:
-                for t in tenants:
-                    tx.run("UPDATE subscriber_stats SET last_message_at = ? WHERE tenant = ? AND subscriber_id = ?",
-                           (T0 - sub[4], t, ids[t][i]))  # fmt: skip
-    return ids
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

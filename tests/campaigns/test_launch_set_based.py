@@ -84,19 +84,25 @@ def _links(store: Store, tenant: str, cid: int) -> list[Any]:
     return list(store.links(codes).values())
 
 
-def _freeze_both(store: Store, subs: list[Sub], definition: dict[str, Any], prior: list[int],
-                 monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:  # fmt: skip
-    """Freeze ``definition`` under each tenant (by its path); what each stored, or the error each raised."""
-    ids: dict[str, list[int]] = {t: [] for t in TENANTS}
+def _people(store: Store, subs: list[Sub], tenants: tuple[str, ...]) -> dict[str, list[int]]:
+    """``subs`` stored under each tenant (the same people, the same ids order); tenant -> ids."""
+    ids: dict[str, list[int]] = {t: [] for t in tenants}
     for i, sub in enumerate(subs):
-        for t in TENANTS:
+        for t in tenants:
             ids[t].append(_put(store, t, i, sub))
     with store._tx() as tx:  # type: ignore[attr-defined]  # marketing sent outside campaigns (subscriber_stats)
         for i, sub in enumerate(subs):
             if sub[4] is not None:
-                for t in TENANTS:
+                for t in tenants:
                     tx.run("UPDATE subscriber_stats SET last_message_at = ? WHERE tenant = ? AND subscriber_id = ?",
                            (T0 - sub[4], t, ids[t][i]))  # fmt: skip
+    return ids
+
+
+def _freeze_both(store: Store, subs: list[Sub], definition: dict[str, Any], prior: list[int],
+                 monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:  # fmt: skip
+    """Freeze ``definition`` under each tenant (by its path); what each stored, or the error each raised."""
+    ids = _people(store, subs, TENANTS)
     out = []
     for t in TENANTS:
         if prior:  # an earlier campaign (smart sending, first message), frozen the planned way in both
