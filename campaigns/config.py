@@ -21,7 +21,6 @@ table (the rest is the gateway's)::
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from campaigns.errors import ConfigError
+from campaigns.errors import ConfigError, schema_field
 
 __all__ = ["CampaignSettings", "SignupSettings", "TenantSettings", "from_table", "load", "loads", "missing_environment"]
 
@@ -151,17 +150,16 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
             raise ValueError("tenants: a name appears twice")
 
 
-_AT = re.compile(r" - at `\$(.*)`$")
 
 
 def from_table(table: Any, *, path: str | None = None) -> CampaignSettings:
     try:
         return msgspec.convert(table, CampaignSettings)
     except msgspec.ValidationError as exc:
-        m = _AT.search(str(exc))
-        key = "campaigns" + ("." + m.group(1).lstrip(".") if m and m.group(1) else "") if m else "campaigns"
+        message, at = schema_field(str(exc))  # a missing or unknown key named too
+        key = "campaigns" + (f".{at}" if at else "")
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{_AT.sub('', str(exc))}", key=key) from exc
+        raise ConfigError(f"{where}{message}", key=key) from exc
 
 
 def loads(text: str, *, path: str | None = None) -> CampaignSettings | None:
