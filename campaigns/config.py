@@ -95,7 +95,8 @@ class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # Campaigns (issue 18): short links on this domain (https://{short_domain}/{code}, at most 22
     # characters: the domain leaves 5 to 8 for the code), keyed with the secret in link_key_env
     # (short-link and discount codes are HMACs of it: unguessable, and the same on a relaunch).
-    short_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]{3,16}$")] | None = None
+    # At most 8 characters (sl.ui, acme.co): a longer one leaves no room for a 5-character code.
+    short_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]{3,8}$")] | None = None
     link_key_env: str | None = None
     time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"  # the shop's clock (reports, schedule)
     # A short-link hit this close to the message's delivery (either side) is a link-preview fetch,
