@@ -272,15 +272,16 @@ def demo(recipients: int, timeout: float, json_path: str | None, part: str, stor
 
         run_demo(recipients, config_path)
         return
+    code = 0
     if part in ("all", "gateway"):
         from gateway.showcase import main as showcase
 
-        if code := showcase(recipients, json_path, timeout):
-            sys.exit(code)
-    if part in ("all", "shop"):
+        code = showcase(recipients, json_path, timeout)
+    if part in ("all", "shop"):  # told even when the showcase failed (its reason is printed above)
         from campaigns.story.runner import main as story
 
-        sys.exit(story(story_json, story_timeout, story_chapters))
+        code = max(code, story(story_json, story_timeout, story_chapters))
+    sys.exit(code)
 
 
 _gateway_serve = main.commands["serve"]
