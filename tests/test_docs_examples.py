@@ -25,6 +25,7 @@ import json
 import re
 import shlex
 import sys
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,12 @@ import click
 import httpx
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from campaigns.cli import main as sluice
 from campaigns.config import CampaignSettings
+from gateway import webhook_signature as signature
 from gateway.config import Config
 from campaigns.story.runner import free_port
 from gateway.testing.processes import simulator, start
@@ -398,3 +402,33 @@ def test_every_documented_command_and_flag_exists() -> None:
 
 def _options(cmd: click.Command) -> set[str]:
     return {o for p in cmd.params for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]} | {"--help"}
+
+
+# -- the signature check docs/WEBHOOKS.md gives receivers to copy ------------------------------------
+
+
+@functools.cache
+def _documented_verify() -> Any:
+    (b,) = marked("doc-test:verify")
+    scope: dict[str, Any] = {}
+    exec(compile(b.text, b.where, "exec"), scope)  # the docs' own code, as a receiver would paste it
+    return scope["verify"]
+
+
+HEADER_TEXT = st.text(st.sampled_from("tv1=,. 0123456789abcdef²٣éx\t"), max_size=60) | st.text(max_size=60)
+
+
+@given(secret=st.binary(min_size=1, max_size=40), body=st.binary(max_size=200), skew=st.integers(-200, 200),
+       junk=HEADER_TEXT)  # fmt: skip
+def test_the_documented_signature_check_accepts_sluices_signatures_and_never_raises(
+        secret: bytes, body: bytes, skew: int, junk: str) -> None:  # fmt: skip
+    verify = _documented_verify()
+    t = int(time.time()) + skew
+    header = signature.sign(secret, body, t)
+    assert verify(secret, header, body)
+    assert verify(secret, f"{header},v1={'0' * 64}", body)  # rotation: any v1 may match
+    assert not verify(secret, header, body + b"!") and not verify(secret + b"!", header, body)
+    assert not verify(secret, signature.sign(secret, body, t - 3600), body)  # a replay an hour later
+    for text in (junk, f"t={t},{junk}", f"t={t},v1={junk}", f"{junk},{header}"):
+        verify(secret, text, body)  # a hostile header answers, never raises
+        signature.verify(secret, text, body, time.time())  # nor does the gateway's own
