@@ -174,8 +174,11 @@ def _on_validation(_: Request, exc: ValidationException) -> Response[ErrorOut]:
     first = extra[0] if extra and isinstance(extra[0], dict) else {}
     key = first.get("key")
     message = str(first.get("message") or exc.detail)
-    if key == "data":  # the body as a whole: a missing or unknown field is named in msgspec's message
-        key = schema_field(message)[1]
+    named = schema_field(message)[1]  # a missing or unknown field is named in msgspec's message only
+    if key == "data":  # the body as a whole
+        key = named
+    elif key and named and " - at `" not in message:  # in an object the key names: `profile` -> `profile.phone`
+        key = f"{key}.{named}"
     return _error(422 if first else 400, "invalid_field" if first else "invalid_json", message, key)
 
 
