@@ -28,6 +28,7 @@ difference (an order id named by two events of the batch) is left to step 3, in 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -122,16 +123,31 @@ class EventBatch:
         return orders, acts, [i for i in fresh if i not in fast]
 
     def _ensure_many(self, tx: Tx, tenant: str, phones: set[str], now: float) -> dict[str, int]:
-        """Each phone's subscriber id, created (consent ``none``, an empty aggregates row) if new."""
-        arr = tx.array(sorted(phones))
-        new = [r[0] for r in tx.rows(
-            f"INSERT INTO subscribers (tenant, phone, created_at) SELECT ?, value, ? FROM {tx.each()} "
-            "WHERE true ON CONFLICT (tenant, phone) DO NOTHING RETURNING id", (tenant, now, arr))]  # fmt: skip
-        if new:
-            tx.run(f"INSERT INTO subscriber_stats (tenant, subscriber_id) SELECT ?, value FROM {tx.each('bigint')} "
-                   "WHERE true ON CONFLICT DO NOTHING", (tenant, tx.array(new)))  # fmt: skip
+        """Each phone's subscriber id, created (consent ``none``, an empty aggregates row) if new.
+        Read first, then only the phones not found are inserted: most of a batch's phones are known,
+        and an ``INSERT ... ON CONFLICT DO NOTHING`` of a known one costs a conflicting probe on top
+        of the read that follows it. A phone another transaction created in between (PostgreSQL) is
+        not returned by the insert and is read again."""
+        sids = self._phone_ids(tx, tenant, phones)
+        missing = sorted(phones - sids.keys())
+        if missing:
+            made = {r[1]: int(r[0]) for r in tx.rows(
+                f"INSERT INTO subscribers (tenant, phone, created_at) SELECT ?, value, ? FROM {tx.each()} "
+                "WHERE true ON CONFLICT (tenant, phone) DO NOTHING RETURNING id, phone",
+                (tenant, now, tx.array(missing)))}  # fmt: skip
+            if made:
+                tx.run(f"INSERT INTO subscriber_stats (tenant, subscriber_id) SELECT ?, value FROM {tx.each('bigint')} "
+                       "WHERE true ON CONFLICT DO NOTHING", (tenant, tx.array(sorted(made.values()))))  # fmt: skip
+            sids.update(made)
+            if len(made) < len(missing):
+                sids.update(self._phone_ids(tx, tenant, set(missing) - made.keys()))
+        return sids
+
+    @staticmethod
+    def _phone_ids(tx: Tx, tenant: str, phones: set[str]) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in tx.rows(
-            f"SELECT phone, id FROM subscribers WHERE tenant = ? AND phone IN {tx.values()}", (tenant, arr))}
+            f"SELECT phone, id FROM subscribers WHERE tenant = ? AND phone IN {tx.values()}",
+            (tenant, tx.array(sorted(phones))))}  # fmt: skip
 
     @staticmethod
     def _insert_orders(tx: Tx, tenant: str, orders: list[tuple[OrderEvent, int]]) -> None:
@@ -260,14 +276,29 @@ def _latest_in_batch(rows: Sequence[tuple[int, str, int, str, float, str]]) -> l
     return [(*r, 1 if i in chosen else 0) for i, r in enumerate(rows)]
 
 
+_SCORED = ("avg_order_value", "rfm_r", "rfm_f", "rfm_m", "engagement")
+_READ = re.compile(r"\b(last_click_at|last_reply_at|last_order_at|orders_count|total_spent)\b")
+
+
+def scores_over(tx: Any, now: float, column: dict[str, str]) -> dict[str, str]:
+    """``_scores``' expressions (score column -> SQL) with each stored column they read replaced by
+    ``column``'s expression of it: the scores of a row as it will be, written in the statement that
+    writes the row (no second ``UPDATE`` of the same rows)."""
+    text = _READ.sub(lambda m: f"({column[m.group(1)]})", _scores(tx, now))
+    parts = re.split(r"(?:^|, )(" + "|".join(_SCORED) + r") = ", text)[1:]
+    return dict(zip(parts[0::2], parts[1::2], strict=True))
+
+
 def aggregate_sql(tx: Tx, tenant: str, rows: Sequence[tuple[int, str, int, str, float, str]],
                   now: float) -> list[tuple[str, list[Any]]]:  # fmt: skip
-    """Two statements: one ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` that adds the
-    batch's new orders and activity instants (``rows``: subscriber, kind ``order`` or an activity kind,
-    total, payment status, instant, order id) to ``subscriber_stats``, then one ``UPDATE`` scoring the
-    rows it touched as of ``now``. The latest order's status needs no read of the orders: the batch's
-    latest order of a subscriber replaces the stored one when its key is greater than the stored
-    ``latest_order_at`` / ``latest_order_id`` (kept by both paths; schema.ADDED_COLUMNS)."""
+    """One ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` that adds the batch's new
+    orders and activity instants (``rows``: subscriber, kind ``order`` or an activity kind, total,
+    payment status, instant, order id) to ``subscriber_stats`` and writes the scores as of ``now`` over
+    the merged values (``scores_over``), so each aggregates row is written once (it was an upsert, then
+    a scoring ``UPDATE`` of the same rows: a second b-tree write of each). The latest order's status
+    needs no read of the orders: the batch's latest order of a subscriber replaces the stored one when
+    its key is greater than the stored ``latest_order_at`` / ``latest_order_id`` (kept by both paths;
+    schema.ADDED_COLUMNS)."""
     table, params = _rowset(tx, _latest_in_batch(rows))
     kept = "b.kind = 'order' AND b.status <> 'refunded'"
     last_of = {f: f"MAX(CASE WHEN b.kind = '{k}' THEN b.at END)" for k, f in _ACTIVITY_STAT.items()}
@@ -291,11 +322,13 @@ def aggregate_sql(tx: Tx, tenant: str, rows: Sequence[tuple[int, str, int, str, 
               **{c: f"CASE WHEN {newer} THEN excluded.{c} ELSE x.{c} END"
                  for c in ("last_order_payment_status", "latest_order_at", "latest_order_id")},
               **{f: _greatest(tx, f"x.{f}", f"excluded.{f}") for f in _ACTIVITY_STAT.values()}}  # fmt: skip
-    cols = list(fresh)
+    fresh_scores = scores_over(tx, now, fresh)
+    merged_scores = scores_over(tx, now, merged)
+    cols = [*fresh, *_SCORED]
+    values = [*fresh.values(), *(fresh_scores[c] for c in _SCORED)]
+    sets = [*(f"{c} = {merged[c]}" for c in fresh), *(f"{c} = {merged_scores[c]}" for c in _SCORED)]
     upsert = (f"INSERT INTO subscriber_stats AS x (tenant, subscriber_id, {', '.join(cols)}) "
-              f"SELECT ?, g.sid, {', '.join(fresh[c] for c in cols)} FROM ({grouped}) AS g WHERE true "
-              f"ON CONFLICT (subscriber_id) DO UPDATE SET {', '.join(f'{c} = {merged[c]}' for c in cols)}")  # fmt: skip
+              f"SELECT ?, g.sid, {', '.join(values)} FROM ({grouped}) AS g WHERE true "
+              f"ON CONFLICT (subscriber_id) DO UPDATE SET {', '.join(sets)}")  # fmt: skip
     # placeholders in text order: the SELECT's tenant, then the rows
-    sids = sorted({r[0] for r in rows})
-    score = f"UPDATE subscriber_stats SET {_scores(tx, now)} WHERE tenant = ? AND subscriber_id IN {tx.values('bigint')}"
-    return [(upsert, [tenant, *params]), (score, [tenant, tx.array(sids)])]
+    return [(upsert, [tenant, *params])]
