@@ -87,7 +87,7 @@ class _Conn:
 
 
 def profile(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | None,
-            checkpoint_apart: bool = False) -> dict[str, Any]:
+            checkpoint_apart: bool = False, checkpoint_every: int = 1) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         path = os.path.join(d, "events.db")
         open_store(f"sqlite:///{path}").close()  # the schema
@@ -99,7 +99,7 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | 
         r = random.Random(seed + 1)
         bodies = [b"\n".join(_order_line(k, r, n) for k in range(i * batch, (i + 1) * batch)) for i in range(batches)]
         step = {"parse": 0.0, "check": 0.0, "store": 0.0, "checkpoint": 0.0}
-        frames = [0]
+        frames, done = [0], [0]
         if checkpoint_apart:  # the WAL's pages copied back by a separate call, timed apart from the commit
             store._conn.execute("PRAGMA wal_autocheckpoint=0")
         spent: dict[str, list[float]] = {}
@@ -115,7 +115,8 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | 
             step["parse"] += c1 - c
             step["check"] += c2 - c1
             step["store"] += c3 - c2
-            if checkpoint_apart:
+            done[0] += 1
+            if checkpoint_apart and done[0] % checkpoint_every == 0:
                 _, log, _ = store._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 step["checkpoint"] += time.thread_time() - c3
                 frames[0] += log
@@ -150,10 +151,11 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | 
 @click.option("--workdir", default=None, help="Where the throwaway database goes (default: the system's temp dir).")
 @click.option("--checkpoint-apart", is_flag=True,
               help="No automatic checkpoint: the WAL copied back after each batch by a call timed apart.")
+@click.option("--checkpoint-every", default=1, show_default=True, help="With --checkpoint-apart: every N batches.")
 @click.option("--json", "json_path", default=None)
 def main(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | None, checkpoint_apart: bool,
-         json_path: str | None) -> None:  # fmt: skip
-    out = profile(n, m, batches, batch, seed, workdir, checkpoint_apart)
+         checkpoint_every: int, json_path: str | None) -> None:  # fmt: skip
+    out = profile(n, m, batches, batch, seed, workdir, checkpoint_apart, checkpoint_every)
     for k, v in out.items():
         if k != "by_statement":
             click.echo(f"  {k:<36} {v:>12,.1f}")
