@@ -180,7 +180,10 @@ class EventBatch:
                 rows.append((sid, kind, 0, "", e.at, ""))
         if rows:
             for sql, params, many in aggregate_sql(tx, tenant, rows, now):
-                tx.many(sql, params) if many else tx.run(sql, params)
+                if many:
+                    tx.many(sql, params)
+                else:
+                    tx.run(sql, params)
 
 
 # ---- the batch's aggregates in SQL -------------------------------------------------------------
