@@ -49,7 +49,8 @@ ROOT = Path(__file__).parent.parent
 DOCS = ["README.md", "docs/API.md", "docs/CAMPAIGNS.md", "docs/CAMPAIGNS-SENDING.md", "docs/CAMPAIGNS-FLOWS.md",
         "docs/WEBHOOKS.md", "docs/COMPLIANCE.md", "docs/RELIABILITY.md"]  # fmt: skip
 KEYS = {"SLUICE_KEY": "docs-gateway-key-0123456789abcdef", "CAMPAIGNS_KEY": "docs-campaigns-key-0123456789ab",
-        "CAMPAIGNS_LINKS": "docs-links-secret-0123456789abcdef", "ALPHA_SMPP_PASSWORD": "sim"}  # fmt: skip
+        "CAMPAIGNS_LINKS": "docs-links-secret-0123456789abcdef", "ALPHA_SMPP_PASSWORD": "sim",
+        "WEBHOOK_SECRET": "docs-webhook-secret-0123456789abcdef"}  # fmt: skip
 ANY = "…"
 
 
