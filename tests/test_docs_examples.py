@@ -165,11 +165,14 @@ async def test_every_documented_request_answers_as_documented(tmp_path: Path) ->
         (tmp_path / "sluice.toml").write_text(text)
         cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", "sluice.toml", "--port", "0"]
         with (tmp_path / "serve.log").open("wb") as log:
-            async with start(cmd, name="sluice serve", env=KEYS, cwd=tmp_path, stderr=log) as gw:
-                ports = {"127.0.0.1:8080": f"127.0.0.1:{gw.port}",
-                         "127.0.0.1:8090": f"127.0.0.1:{(await gw.line(30.0))['campaigns']}"}  # fmt: skip
-                assert (tmp_path / "sluice.db").exists() and (tmp_path / "campaigns.db").exists()
-                failures = await _run(examples, ports)
+            try:
+                async with start(cmd, name="sluice serve", env=KEYS, cwd=tmp_path, stderr=log) as gw:
+                    ports = {"127.0.0.1:8080": f"127.0.0.1:{gw.port}",
+                             "127.0.0.1:8090": f"127.0.0.1:{(await gw.line(30.0))['campaigns']}"}  # fmt: skip
+                    assert (tmp_path / "sluice.db").exists() and (tmp_path / "campaigns.db").exists()
+                    failures = await _run(examples, ports)
+            except RuntimeError as exc:  # did not start: say why (a variable the config names, say)
+                raise AssertionError(f"{exc}\n{(tmp_path / 'serve.log').read_text(errors='replace')[-2000:]}") from None
     assert not failures, "the docs and the product disagree:\n" + "\n".join(failures)
 
 
