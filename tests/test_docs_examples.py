@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import shlex
 import sys
 import time
 import tomllib
@@ -436,3 +435,12 @@ def test_the_documented_signature_check_accepts_sluices_signatures_and_never_rai
     for text in (junk, f"t={t},{junk}", f"t={t},v1={junk}", f"{junk},{header}"):
         verify(secret, text, body)  # a hostile header answers, never raises
         signature.verify(secret, text, body, time.time())  # nor does the gateway's own
+
+
+def test_the_key_lookup_can_fail() -> None:
+    assert lookup("core.carriers[].price_per_segment") is not None and lookup("campaigns.tenants[0].signup.sender")
+    assert lookup("core.quiet_hours.rules.FR.closed") is not None and lookup("webhooks.allow_private") is not None
+    for wrong in ("core.carriers[].price", "campaigns.tenants[].signup.bogus", "api.tenant", "store.path"):
+        assert lookup(wrong) is None, wrong
+    paths = dict(_toml_paths(tomllib.loads('[[campaigns.tenants]]\nname = "a"\n[campaigns.tenants.form]\nfont = "x"')))
+    assert set(paths) == {"campaigns.tenants[].name", "campaigns.tenants[].form.font"}
