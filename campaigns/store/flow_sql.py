@@ -144,6 +144,7 @@ class FlowTx:
         self._new: list[tuple[Any, ...]] = []  # runs started, written by ``flush`` (ids given out up front)
         self._ids: list[int] = []  # PostgreSQL: ids taken from the sequence, not yet given out
         self._top: int | None = None  # SQLite (one writer): the highest id given out
+        self._fresh: set[int] = set()  # run ids this transaction gave out (their sends' keys are new)
 
     # ---- the batch path ---------------------------------------------------------------------
     def first_times(self, event_ids: Sequence[str]) -> set[str]:
@@ -350,6 +351,7 @@ class FlowTx:
             if run.id in self._keys[sid]:
                 return None
             rid = self._run_id()
+            self._fresh.add(rid)
             self._keys[sid].add(run.id)
             self._new.append((rid, self.tenant, run.id, run.flow_id, run.version, sid, run.object_id, run.node, run.visit,
                               "active" if run.node is not None else "ended", run.ended, run.started_at, now,
@@ -501,10 +503,13 @@ class FlowTx:
 
     def add_message(self, m: FlowMessage) -> bool:
         """Record a send or webhook call; False when its key was recorded before (never twice). A
-        planned batch's key is new (its run id is), which the replay checks."""
+        planned batch's key is new (its run id is), which the replay checks; so is, on PostgreSQL, the
+        key of a run this transaction started, written with the batch's other such sends."""
         row = (self.tenant, m.key, m.run_id, m.flow_id, m.version, m.step, m.visit, m.subscriber_id, m.kind, m.category,
                m.recipient, m.sender, m.body, m.media_url, m.state, m.detail, m.message_id, m.created_at, m.sent_at)  # fmt: skip
-        if self.planned or self.engine == "postgres":  # written together by ``flush`` (``_log_messages``)
+        # Written together by ``flush`` (``_log_messages``): a planned batch's; on PostgreSQL those of
+        # the runs this transaction started (a key of a run id it took from the sequence is new).
+        if self.planned or (self.engine == "postgres" and m.run_id in self._fresh):
             self._msgs.append(row)
             return True
         return self.tx.run(_INSERT_MESSAGE, row) > 0
