@@ -198,10 +198,11 @@ _json_enc = msgspec.json.Encoder()
 # of CPU per message at 3,000 open).
 _ROWS = 32
 _MAX_ROWS = 512
-_UPDATE = """UPDATE messages SET state = u.column2, final = u.column3, updated_at = u.column4,
+_UPDATE = """UPDATE messages SET state = u.column2, updated_at = u.column4,
     carrier = coalesce(u.column5, carrier), carrier_ids = coalesce(u.column6, carrier_ids),
     attempts = attempts + u.column7, history = coalesce(history || ',', '') || u.column8
     FROM (VALUES {}) AS u WHERE messages.id = u.column1 AND +messages.final = 0"""
+_UPDATE_FINAL = _UPDATE.replace("SET state = u.column2,", "SET state = u.column2, final = 1,")
 _HOOK_LOG = """INSERT INTO hook_log (sub, seq, message_id, events)
     SELECT h.column2, ((SELECT n FROM hook_seq) << 24) + h.column4, h.column1, h.column3
     FROM (VALUES {}) AS h CROSS JOIN messages m ON m.id = h.column1 WHERE +m.final = 0"""
@@ -482,7 +483,8 @@ class SqliteStore:
                     if hooked:
                         db.execute("UPDATE hook_seq SET n = n + 1")
                         _apply(db, _HOOK_LOG, hooked, 4)
-                    _apply(db, _UPDATE, rows, 8)
+                    _apply(db, _UPDATE, [row for row in rows if not row[2]], 8)
+                    _apply(db, _UPDATE_FINAL, [row for row in rows if row[2]], 8)
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
