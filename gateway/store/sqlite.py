@@ -202,6 +202,9 @@ _UPDATE = """UPDATE messages SET state = u.column2, updated_at = u.column4,
     carrier = coalesce(u.column5, carrier), carrier_ids = coalesce(u.column6, carrier_ids),
     attempts = attempts + u.column7, history = coalesce(history || ',', '') || u.column8
     FROM (VALUES {}) AS u WHERE messages.id = u.column1 AND +messages.final = 0"""
+# Messages that stay open go through ``_UPDATE``, which does not set ``final``, so SQLite leaves
+# their ``messages_open`` entries alone (with ``final`` in the SET it deleted and re-inserted the
+# entry of every one of them); those that end go through ``_UPDATE_FINAL``.
 _UPDATE_FINAL = _UPDATE.replace("SET state = u.column2,", "SET state = u.column2, final = 1,")
 _HOOK_LOG = """INSERT INTO hook_log (sub, seq, message_id, events)
     SELECT h.column2, ((SELECT n FROM hook_seq) << 24) + h.column4, h.column1, h.column3
@@ -469,10 +472,12 @@ class SqliteStore:
         return len(left)
 
     def record(self, changes: Sequence[Change]) -> int:
-        # One transaction: the batch's sequence rows, then one UPDATE per up to ``_MAX_ROWS``
-        # messages, their values bound (see ``_UPDATE``). A message's changes in one batch become
-        # one row of it: its last state (none after the first final one), with the carrier and
-        # ids it was last given.
+        # One transaction: the batch's sequence rows, then the UPDATEs (messages that stay open,
+        # those that end), each of at most ``_MAX_ROWS`` messages, their values bound (see
+        # ``_UPDATE``); 3-5 statements, so a write in a worker thread (beyond ``inline_record``)
+        # still hands the GIL back a few times a write, not once a row (`python -m
+        # bench.store_record --contend`). A message's changes in one batch become one row of it:
+        # its last state (none after the first final one), with the carrier and ids it was last given.
         rows = _coalesce(changes)
         hooked, ended = self._hooked(changes, rows) if self._hooks else (None, ())
         with self._lock:
@@ -499,7 +504,8 @@ class SqliteStore:
 
     def _hooked(self, changes: Sequence[Change], rows: list[list]) -> tuple[list[list] | None, list[_Block]]:
         """The webhook part of a batch (kept apart from the write itself): the hooked rows
-        ([id, subscriber, history fragment, place]) for the messages whose subscriber hears about at least one of their
+        ([id, subscriber, history fragment, place]) for the messages whose subscriber hears
+        about at least one of their
         changes (``callback_states`` is applied again on read), and the block of each message
         the batch makes final (a final state outside the choice ends the message too)."""
         find = self._hooks.find
