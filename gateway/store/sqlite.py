@@ -505,9 +505,8 @@ class SqliteStore:
     def _hooked(self, changes: Sequence[Change], rows: list[list]) -> tuple[list[list] | None, list[_Block]]:
         """The webhook part of a batch (kept apart from the write itself): the hooked rows
         ([id, subscriber, history fragment, place]) for the messages whose subscriber hears
-        about at least one of their
-        changes (``callback_states`` is applied again on read), and the block of each message
-        the batch makes final (a final state outside the choice ends the message too)."""
+        about at least one of their changes (``callback_states`` is applied again on read), and
+        the block of each message the batch makes final (a final state outside the choice ends the message too)."""
         find = self._hooks.find
         blocks: dict[int, _Block] = {}
         wanted: set[int] = set()
