@@ -4,6 +4,7 @@
     python -m bench.store_record --contend [--batch N] [--switch SECONDS]
     python -m bench.store_record --pages [--changes N]
     python -m bench.store_record --later LAG [--changes N]
+    python -m bench.store_record --window [--batch N] [--lag N] [--changes N] [--runs N] [--drop WHAT]
 
 Each run: a fresh SQLite file, one job of N recipients (with or without a ``callback_url``),
 then ``record`` of N ``submitted`` changes and of N ``delivered`` changes, one batch each.
@@ -29,17 +30,30 @@ receipt in the same write (receipts at once), and with the receipts of the messa
 LAG writes before (receipts 100 ms later at a few thousand messages/s are several writes later),
 so that each message's row is written twice. Both with and without a ``callback_url``; WAL frames,
 wall and CPU microseconds of ``record`` per message; alternated, twice.
+
+``--window``: a write at the shape of `sluice bench kannel`'s run (issue 16): ``--batch`` changes
+(default 230), half ``submitted`` for new messages (with a carrier id) and half ``delivered``
+for the messages submitted ``--lag`` writes before (default 3), over a job of ``--changes``
+recipients (default 30,000), with and without a ``callback_url`` (so the change sequence's rows
+are written), ``synchronous=FULL`` as ``serve`` runs it. Per case, the median over every write of
+``--runs`` runs: CPU microseconds of ``record`` a change (the calling thread's), wall milliseconds
+a write (sync included) and WAL frames (pages) a write; and this disk's ``fdatasync`` of an 8 KB
+write alone (median of 200), to compare the write with its floor. ``--drop counts_trigger``,
+``--drop open_index`` (repeatable): the same without that part of the schema, to see what it
+costs (diagnostic: the store is not correct without them).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.core.model import Job, Recipient
@@ -166,6 +180,67 @@ def pages(n: int, ids: str, lag: int = 0, callback: str | None = None) -> dict:
             "record_cpu_us_per_message": round(cpu / messages * 1e6, 1)}  # fmt: skip
 
 
+def window(n: int, batch: int, lag: int, callback: str | None, drop: Sequence[str] = ()) -> dict:
+    """Medians over the writes of one run: see ``--window`` in the module docstring."""
+    per = batch // 2
+    cpu, wall, frames, sizes = [], [], [], []
+    with tempfile.TemporaryDirectory(dir=".") as tmp:  # the disk the store would be on, not a tmpfs
+        store = SqliteStore(str(Path(tmp) / "bench.db"))
+        first = 1 << 40
+        store.add_job(JOB, first, [(i, Recipient(to=f"+1212{i:07d}", vars={"name": "x"})) for i in range(n)], 1.0,
+                      callback_url=callback)  # fmt: skip
+        db = store._db
+        for what in drop:
+            db.execute({"counts_trigger": "DROP TRIGGER messages_count", "open_index": "DROP INDEX messages_open"}[what])
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("PRAGMA wal_autocheckpoint=0")  # checkpointed here instead, after each write
+        sent: list[range] = []
+        for k in range(0, n, per):
+            sent.append(range(first + k, first + min(n, k + per)))
+            later = sent[-1 - lag] if len(sent) > lag else range(0)
+            changes = [Change(message_id=m, state="submitted", at=2.0 + k, carrier="alpha", carrier_ids=(f"c{m}",))
+                       for m in sent[-1]]  # fmt: skip
+            changes += [Change(message_id=m, state="delivered", at=2.1 + k, carrier="alpha", reason="receipt") for m in later]
+            t0, c0 = time.perf_counter(), time.thread_time()
+            store.record(changes)
+            wall.append(time.perf_counter() - t0)
+            cpu.append((time.thread_time() - c0) / len(changes))
+            # A whole checkpoint, so the next write starts the WAL again at its start (the file
+            # overwritten in place, as in ``serve``): the frames in the WAL are this write's.
+            frames.append(db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+            sizes.append(len(changes))
+        store.close()
+    return {"cpu": cpu, "wall": wall, "frames": frames, "sizes": sizes}
+
+
+def fdatasync_ms(writes: int = 200) -> float:
+    """The median ``fdatasync`` of an 8 KB write appended to a file in the current directory."""
+    times = []
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        fd = os.open(Path(tmp) / "sync", os.O_RDWR | os.O_CREAT, 0o644)
+        block = os.urandom(8192)
+        for k in range(writes):
+            os.pwrite(fd, block, k * len(block))
+            t0 = time.perf_counter()
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t0)
+        os.close(fd)
+    return round(statistics.median(times) * 1e3, 2)
+
+
+def windows(args: argparse.Namespace) -> None:
+    n = args.changes if args.changes != 10_000 else 30_000
+    for case, url in (("no_callback", None), ("callback", "https://example.invalid/hook")):
+        runs = [window(n, args.batch, args.lag, url, args.drop) for _ in range(args.runs)]
+        med = {key: statistics.median(v for r in runs for v in r[key]) for key in ("cpu", "wall", "frames", "sizes")}
+        print(json.dumps({"bench": "store.record window", "case": case, "changes_per_write": med["sizes"],
+                          "lag": args.lag, "drop": args.drop, "writes": sum(len(r["cpu"]) for r in runs),
+                          "cpu_us_per_change": round(med["cpu"] * 1e6, 2),
+                          "cpu_ms_per_write": round(med["cpu"] * med["sizes"] * 1e3, 3),
+                          "wall_ms_per_write": round(med["wall"] * 1e3, 2), "wal_frames_per_write": med["frames"]}))  # fmt: skip
+    print(json.dumps({"bench": "fdatasync 8 KB", "median_ms": fdatasync_ms()}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--changes", type=int, default=10_000)
@@ -177,7 +252,16 @@ def main() -> None:
     ap.add_argument("--pages", action="store_true", help="WAL frames per write: ids by shard vs in recipient order")
     ap.add_argument("--later", type=int, default=0, metavar="LAG",
                     help="WAL frames and CPU per write, receipts at once vs LAG writes later (issue 16)")
+    ap.add_argument("--window", action="store_true", help="writes of --batch mixed changes, as in bench kannel's run")
+    ap.add_argument("--lag", type=int, default=3, help="--window: receipts this many writes after their submits")
+    ap.add_argument("--drop", action="append", default=[], choices=["counts_trigger", "open_index"],
+                    help="--window: without this part of the schema (diagnostic)")
     args = ap.parse_args()
+    if args.window:
+        args.batch = args.batch if args.batch != 200 else 230
+        args.runs = args.runs if args.runs != 7 else 3
+        windows(args)
+        return
     if args.later:
         n = args.changes if args.changes != 10_000 else 50_000
         for _ in range(2):  # alternated, twice

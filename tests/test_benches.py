@@ -153,6 +153,18 @@ def test_store_pages_bench_finds_fewer_pages_with_the_cores_ids():
     assert core["wal_frames_per_write"] < recipient["wal_frames_per_write"] / 2
 
 
+def test_store_window_bench_writes_the_runs_shape(tmp_path, monkeypatch):
+    from bench.store_record import window
+
+    monkeypatch.chdir(tmp_path)  # its store goes in the current directory
+    with_hook, plain = window(1150, 230, 1, "https://example.invalid/hook"), window(1150, 230, 1, None)
+    # 10 writes: the first only submits, then 115 submits + the receipts of the write before
+    assert with_hook["sizes"] == plain["sizes"] == [115] + [230] * 9
+    assert min(with_hook["cpu"]) > 0 and min(plain["cpu"]) > 0
+    # the change sequence's rows are pages of their own
+    assert sorted(with_hook["frames"])[5] > sorted(plain["frames"])[5]
+
+
 def test_bench_e2e_without_a_disk(tmp_path):
     out = tmp_path / "e2e.json"
     result = CliRunner().invoke(main, ["bench", "e2e", "--messages", "2000", "--runs", "1", "--store", "memory",

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import unicodedata
 from collections.abc import Collection, Iterator, Sequence
-from functools import partial
+from functools import cache, partial
 
 import msgspec
 
@@ -84,7 +84,7 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_at, id) WHERE dead = 0;
 -- store made before are moved into the sequence at open (_migrate_outbox). A subscriber is a
 -- (tenant, callback_url) with its durable cursor and backoff; hook_log its change sequence: one
 -- row per message and record batch (that batch's changes of the message, as its history has
--- them), keyed by (subscriber, seq), written by record's own statement (_BATCH), trimmed as the
+-- them), keyed by (subscriber, seq), written in record's own transaction (_HOOK_LOG), trimmed as the
 -- cursor moves.
 CREATE TABLE IF NOT EXISTS hook_subscribers (
     id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, url TEXT NOT NULL, cursor INTEGER NOT NULL DEFAULT 0,
@@ -176,36 +176,56 @@ def _legacy_rcpt(stored: str | bytes) -> Recipient:
     to = "+" + "".join(c for c in to if c.isascii() and c.isdigit())
     return Recipient(to=to, vars=loose.vars, tz=loose.tz)
 _json_enc = msgspec.json.Encoder()
-# ``record``: a row inserted into this temp table applies a batch in that statement, so SQLite
-# runs the whole batch in one step. ``updates``: the rows of ``_coalesce`` ([id, state, final,
-# at, carrier, carrier_ids, attempts, [[at, state, reason, carrier(, error_code)], ...]]). A message's history
-# is appended to its own row (``history``: its changes as JSON arrays, comma-separated), in the
-# UPDATE the batch makes anyway: a table of events with its index cost as much again as the
-# rest of the write together (`python -m bench.store_record`).
+# ``record``: a batch's rows go to SQLite as bound parameters of a multi-row VALUES, not as JSON.
+# ``_coalesce``'s rows are [id, state, final, at, carrier, carrier_ids, attempts, history fragment
+# ([at, state, reason, carrier(, error_code)] JSON arrays, comma-separated)]. A message's history
+# is appended to its own row (``history``), in the UPDATE the batch makes anyway: a table of events
+# with its index cost as much again as the rest of the write together (`python -m bench.store_record`).
+# Until 2026-12-07 the batch was one JSON parameter applied by a temp trigger; SQLite 3.40 parses
+# a ``json_each`` row's text again for every ``->>`` (eleven a hooked message), which was ~40 % of
+# SQLite's CPU in a window's write (`python -m bench.store_record --window`, docs/BENCHMARKS.md
+# "A window's write without JSON"); bound values cost nothing to read. A statement's row count is
+# rounded up to a multiple of ``_ROWS`` (the rest padded with NULL rows, which match no message),
+# so each size is prepared once and then found in the connection's statement cache; a batch of
+# more than ``_MAX_ROWS`` messages is several statements in the same transaction.
 #
-# ``hooked`` (NULL for a batch that touches no job with a callback_url): [id, subscriber, that
-# message's history fragment] for the messages a webhook subscriber hears about. The same
-# statement numbers the batch (``hook_seq``) and appends a sequence row for each of them that is
-# not final yet (the state change and its webhook commit together; a change to a final message
-# is ignored by both), before the UPDATE below applies the changes. CROSS JOIN and ``+m.final``
-# fix the plan: one primary-key lookup per hooked row (left to itself, SQLite scanned every open
-# message through ``messages_open`` for each write: 2.8 ms of CPU per message at 3,000 open).
-_BATCH = """
-CREATE TEMP TABLE IF NOT EXISTS batch (updates TEXT NOT NULL, hooked TEXT);
-CREATE TEMP TRIGGER IF NOT EXISTS batch_apply AFTER INSERT ON batch BEGIN
-    UPDATE hook_seq SET n = n + 1 WHERE NEW.hooked IS NOT NULL;
-    INSERT INTO hook_log (sub, seq, message_id, events)
-        SELECT h.value ->> 1, ((SELECT n FROM hook_seq) << 24) + h.key, h.value ->> 0, h.value ->> 2
-        FROM json_each(NEW.hooked) AS h CROSS JOIN messages m ON m.id = h.value ->> 0 WHERE +m.final = 0;
-    UPDATE messages SET state = u.value ->> 1, final = u.value ->> 2, updated_at = u.value ->> 3,
-        carrier = coalesce(u.value ->> 4, carrier), carrier_ids = coalesce(u.value ->> 5, carrier_ids),
-        attempts = attempts + (u.value ->> 6),
-        history = coalesce(history || ',', '') || (u.value ->> 7)
-    FROM json_each(NEW.updates) AS u WHERE messages.id = u.value ->> 0 AND +messages.final = 0;
-    DELETE FROM batch;
-END;
-"""
-_RECORD = "INSERT INTO temp.batch VALUES (?, ?)"
+# Hooked rows ([id, subscriber, history fragment, place in the batch]) are the messages a webhook
+# subscriber hears about. The same transaction numbers the batch (``hook_seq``) and appends a
+# sequence row for each of them that is not final yet (the state change and its webhook commit
+# together; a change to a final message is ignored by both), before the UPDATE applies the
+# changes. CROSS JOIN and ``+m.final`` fix the plan: one primary-key lookup per hooked row (left
+# to itself, SQLite scanned every open message through ``messages_open`` for each write: 2.8 ms
+# of CPU per message at 3,000 open).
+_ROWS = 32
+_MAX_ROWS = 512
+_UPDATE = """UPDATE messages SET state = u.column2, updated_at = u.column4,
+    carrier = coalesce(u.column5, carrier), carrier_ids = coalesce(u.column6, carrier_ids),
+    attempts = attempts + u.column7, history = coalesce(history || ',', '') || u.column8
+    FROM (VALUES {}) AS u WHERE messages.id = u.column1 AND +messages.final = 0"""
+# Messages that stay open go through ``_UPDATE``, which does not set ``final``, so SQLite leaves
+# their ``messages_open`` entries alone (with ``final`` in the SET it deleted and re-inserted the
+# entry of every one of them); those that end go through ``_UPDATE_FINAL``.
+_UPDATE_FINAL = _UPDATE.replace("SET state = u.column2,", "SET state = u.column2, final = 1,")
+_HOOK_LOG = """INSERT INTO hook_log (sub, seq, message_id, events)
+    SELECT h.column2, ((SELECT n FROM hook_seq) << 24) + h.column4, h.column1, h.column3
+    FROM (VALUES {}) AS h CROSS JOIN messages m ON m.id = h.column1 WHERE +m.final = 0"""
+
+
+@cache
+def _statement(template: str, rows: int, width: int) -> str:
+    """``template`` with a VALUES of ``rows`` rows of ``width`` parameters."""
+    return template.format(",".join(["(" + ",".join("?" * width) + ")"] * rows))
+
+
+def _apply(db: sqlite3.Connection, template: str, rows: list[list], width: int) -> None:
+    """``template`` over ``rows`` (each ``width`` values), in statements of at most ``_MAX_ROWS``
+    rows, each rounded up to a multiple of ``_ROWS`` with NULL rows."""
+    for i in range(0, len(rows), _MAX_ROWS):
+        part = rows[i : i + _MAX_ROWS]
+        size = -(-len(part) // _ROWS) * _ROWS
+        params = [v for row in part for v in row]
+        params += [None] * ((size - len(part)) * width)
+        db.execute(_statement(template, size, width), params)
 
 
 def _coalesce(changes: Sequence[Change]) -> list[list]:
@@ -339,7 +359,6 @@ class SqliteStore:
                     self._db.execute(f"ALTER TABLE inbound ADD COLUMN {column} {decl}")
             if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_counts'").fetchone() is None:
                 self._db.executescript(f"BEGIN IMMEDIATE; {_COUNTS} COMMIT;")
-            self._db.executescript(_BATCH)
             _migrate_outbox(self._db)
             self._db.execute("INSERT OR IGNORE INTO hook_subscribers (tenant, url) SELECT DISTINCT tenant, callback_url"
                              " FROM jobs WHERE callback_url IS NOT NULL")  # jobs of a store made before them
@@ -453,17 +472,29 @@ class SqliteStore:
         return len(left)
 
     def record(self, changes: Sequence[Change]) -> int:
-        # The batch goes to SQLite as one JSON parameter of one statement (``_BATCH``'s trigger
-        # applies it): no Python per row, and the GIL handed back once per statement rather than
-        # per row, which under a busy event loop cost more than the writing (`python -m
-        # bench.store_record --contend`). A message's changes in one batch become one UPDATE: its
-        # last state (none after the first final one), with the carrier and ids it was last given.
-        # The statement is its own transaction (one GIL hand-back per write instead of four).
+        # One transaction: the batch's sequence rows, then the UPDATEs (messages that stay open,
+        # those that end), each of at most ``_MAX_ROWS`` messages, their values bound (see
+        # ``_UPDATE``); 3-5 statements, so a write in a worker thread (beyond ``inline_record``)
+        # still hands the GIL back a few times a write, not once a row (`python -m
+        # bench.store_record --contend`). A message's changes in one batch become one row of it:
+        # its last state (none after the first final one), with the carrier and ids it was last given.
         rows = _coalesce(changes)
         hooked, ended = self._hooked(changes, rows) if self._hooks else (None, ())
         with self._lock:
+            db = self._db
             try:
-                self._db.execute(_RECORD, (_json_enc.encode(rows), hooked and _json_enc.encode(hooked)))
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    if hooked:
+                        db.execute("UPDATE hook_seq SET n = n + 1")
+                        _apply(db, _HOOK_LOG, hooked, 4)
+                    _apply(db, _UPDATE, [row for row in rows if not row[2]], 8)
+                    _apply(db, _UPDATE_FINAL, [row for row in rows if row[2]], 8)
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
             except sqlite3.Error as exc:
                 raise StorageError(str(exc)) from exc
             for b in ended:  # only once committed: a failed batch leaves the cache as it was
@@ -472,10 +503,10 @@ class SqliteStore:
         return len(hooked or ())
 
     def _hooked(self, changes: Sequence[Change], rows: list[list]) -> tuple[list[list] | None, list[_Block]]:
-        """The webhook part of a batch (kept apart from the write itself): ``_BATCH``'s
-        ``hooked`` rows for the messages whose subscriber hears about at least one of their
-        changes (``callback_states`` is applied again on read), and the block of each message
-        the batch makes final (a final state outside the choice ends the message too)."""
+        """The webhook part of a batch (kept apart from the write itself): the hooked rows
+        ([id, subscriber, history fragment, place]) for the messages whose subscriber hears
+        about at least one of their changes (``callback_states`` is applied again on read), and
+        the block of each message the batch makes final (a final state outside the choice ends the message too)."""
         find = self._hooks.find
         blocks: dict[int, _Block] = {}
         wanted: set[int] = set()
@@ -487,6 +518,8 @@ class SqliteStore:
         if not blocks:
             return None, []
         hooked = [[row[0], blocks[row[0]].sub, row[7]] for row in rows if row[0] in wanted]
+        for place, row in enumerate(hooked):
+            row.append(place)
         ended = [blocks[row[0]] for row in rows if row[2] and row[0] in blocks]
         return hooked or None, ended
 

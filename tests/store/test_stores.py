@@ -119,7 +119,6 @@ def test_sqlite_history_of_an_older_store_is_kept(tmp_path):
     s = SqliteStore(path)
     s.add_job(JOB, 1000, PEOPLE, 10.0)
     s._db.executescript("""
-        DROP TRIGGER temp.batch_apply;
         ALTER TABLE messages DROP COLUMN history;
         INSERT INTO events VALUES (1000, 11.0, 'submitted', '', 'alpha');
         UPDATE messages SET state = 'submitted', carrier = 'alpha' WHERE id = 1000;
