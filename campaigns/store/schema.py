@@ -188,6 +188,7 @@ CREATE TABLE IF NOT EXISTS link_ranges (
     PRIMARY KEY (tenant, length, start)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS link_ranges_campaign ON link_ranges (tenant, campaign_id);
+CREATE TABLE IF NOT EXISTS link_shadows (code TEXT PRIMARY KEY, tenant TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS clicks (
     code TEXT NOT NULL, at {REAL} NOT NULL, user_agent TEXT NOT NULL DEFAULT '',
     verdict TEXT NOT NULL, is_bot {INT} NOT NULL, is_unique {INT} NOT NULL
@@ -409,7 +410,7 @@ CREATE INDEX IF NOT EXISTS flow_run_links_message ON flow_run_links (tenant, mes
 #: wins, whatever the arrival order); filled with ``updated_at`` where a url is stored when added.
 ADDED_COLUMNS = [("campaign_recipients", "cost", "{INT}"), ("flow_messages", "cost", "{INT}"),
                  ("subscriber_stats", "latest_order_at", "{REAL}"), ("subscriber_stats", "latest_order_id", "TEXT"),
-                 ("checkouts", "url_at", "{REAL}")]
+                 ("checkouts", "url_at", "{REAL}"), ("link_ranges", "holes", "TEXT")]
 #: After the added columns: the report's covering index (the GROUP BY reads it alone, cost included).
 _AFTER_COLUMNS = """
 DROP INDEX IF EXISTS campaign_recipients_report;
