@@ -16,7 +16,8 @@ Columns beyond the shared plan (docs: campaigns_shared.md), for the store's own 
 
 Campaigns (issue 18, ``campaigns/store/campaign_sql.py``): ``campaigns`` (definition JSON, status),
 ``link_ranges`` (a launch's short-link numbers: codes are a keyed permutation of them, no row per
-recipient; docs/ARCHITECTURE.md), ``campaign_recipients`` (the audience frozen at launch: variant, ``send_at``, zone, the rendered text,
+recipient, and ``holes``: the slots whose recipient got other codes; docs/ARCHITECTURE.md),
+``link_shadows`` (row codes that are also some range's code: the row wins), ``campaign_recipients`` (the audience frozen at launch: variant, ``send_at``, zone, the rendered text,
 its batch and index in the gateway job, the gateway message id and state), ``campaign_batches`` (one
 gateway job per batch: its ``job_id`` once accepted), ``short_links`` (code -> target, campaign,
 subscriber), ``clicks`` (every hit, with its verdict and whether it was the code's first human click),
