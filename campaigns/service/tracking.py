@@ -3,8 +3,10 @@ the analytics report, and the A/B winner sent to the rest of the audience.
 
 The redirect is the hot path (served by ``short_http``'s listener, or ``redirect_front`` on the API's
 port). A delivered message's link is kept in memory with its ``Location`` (a bounded LRU of atomic
-tuples: nothing about it changes once delivered, and the collector has nothing in it to walk); any
-other is read on the store's ``LinkReader``, a connection of its own that never waits behind the
+tuples: nothing about it changes once delivered, and the collector has nothing in it to walk); a
+launched campaign's range code is answered from the link table (``core.link_table``: its campaign
+and URL, no read; the recipient and the too-soon verdict are read for the whole buffer when it is
+written, ``_resolve``); any other is read on the store's ``LinkReader``, a connection of its own that never waits behind the
 store's writes: on the event loop for SQLite (WAL readers do not wait for the writer), in rounds for
 PostgreSQL (every code missed while a read is in flight is read by the next one, one query, in a
 worker thread; a waiting request is a callback of its round, ``redirect_later``: no task or event
