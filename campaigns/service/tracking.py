@@ -153,6 +153,9 @@ class Tracker:
         self._table: tuple[int, float, LinkTable] | None = None
         self._table_loading = False
         self.table_ttl = table_ttl
+        # (tenant, campaign, batch, idx) -> (subscriber, phone, delivered_at): delivered slots' recipients,
+        # read by a flush (``_resolve``; only the flush's thread touches it: flushes run one at a time)
+        self._slots: dict[tuple[str, int, int, int], tuple[int, str, float | None]] = {}
 
     # ---- short links -----------------------------------------------------------------------------
     async def redirect(self, code: str, *, method: str, user_agent: str | None) -> Redirect | None:
@@ -420,7 +423,16 @@ class Tracker:
         slots = {(k[0], k[1], k[9], k[10]) for _c, _a, _u, _v, k in hits if len(k) > 9}
         if not slots:
             return list(hits)
-        found = self.store.slot_recipients(sorted(slots))
+        known = self._slots  # delivered recipients seen by earlier flushes (delivered is final)
+        found = {s: known[s] for s in slots if s in known}
+        if len(found) < len(slots):
+            read = self.store.slot_recipients(sorted(s for s in slots if s not in found))
+            found.update(read)
+            for s, r in read.items():
+                if r[2] is not None:
+                    if len(known) >= self.link_cache:
+                        del known[next(iter(known))]
+                    known[s] = r
         out: list[_Buffered] = []
         for code, at, ua, verdict, k in hits:
             if len(k) > 9:
