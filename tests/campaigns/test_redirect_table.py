@@ -275,3 +275,27 @@ def test_a_range_without_its_holes_recorded_is_always_read() -> None:
     known = LinkTable([RangeSlots(**{**{f: getattr(g, f) for f in g.__struct_fields__}, "holes": frozenset({3}),
                                      "pending": 5})], [], {"acme": TL.key})  # fmt: skip
     assert [known.find(cipher.encode(n)) is not None for n in range(10)] == [True] * 3 + [False, True] + [False] * 5
+
+
+async def test_slots_of_a_chunked_freeze_are_answered_once_written(store: Store) -> None:
+    """A freeze in chunks: the slots not written yet are the store's (which knows no recipient there
+    yet), and each chunk's are the table's once it is committed."""
+    from campaigns.service.launch import freeze, freeze_step
+
+    ids = [subscriber(store, n) for n in range(1, 8)]
+    camp = await launcher(store, FakeGateway()).create("acme", "chunks", {
+        "sender": "A", "template": "x https://s.io/a", "batch_size": 2, "smart_sending_hours": 0,
+        "audience": {"subscribers": ids}})  # fmt: skip
+    assert freeze(store, "acme", camp, TL, T0, chunk=2) is True
+    rng = store.link_range("acme", camp.id)
+    assert rng is not None
+    cipher = links.cipher_for(TL.key, rng.length)
+    codes = [cipher.encode(rng.number(b, i, 0)) for b in range(4) for i in range(2)][:7]
+    table = store.link_table()
+    assert [table.find(c) is not None for c in codes] == [True, True] + [False] * 5
+    assert store.links(codes[2:]) == {}  # (the store knows nobody there either)
+    while freeze_step(store, "acme", camp, TL, 2) is not None:
+        pass
+    table = store.link_table()
+    assert all(table.find(c) is not None for c in codes) and table.find(cipher.encode(rng.number(3, 1, 0))) is None
+    assert {link.subscriber_id for link in store.links(codes).values()} == set(ids)
