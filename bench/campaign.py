@@ -48,6 +48,7 @@ import httpx
 from bench.audience import throwaway_postgres
 from bench.machine import describe
 from bench.output import out_option, save
+from campaigns.core.links import cipher_for, code_length
 from campaigns.store import open_store
 from gateway.testing.processes import start
 
@@ -166,25 +167,34 @@ link_key_env = "BENCH_LINK_KEY"
 
 def seed_frozen(url: str, n: int, now: float, seed: int) -> int:
     """A launched campaign of all N subscribers written straight into the store, as ``freeze`` and the
-    gateway's answers leave it (recipients submitted, batches with jobs, one short link each): for the
-    redirect and attribution phases when ``--launch-recipients`` launches fewer. Its id."""
-    r = random.Random(seed + 3)
+    gateway's answers leave it (recipients submitted, batches with jobs, one short link each, from a
+    range of link numbers as a launch now gives them: a ``link_ranges`` row and the codes in the
+    texts, no ``short_links`` row): for the redirect and attribution phases when
+    ``--launch-recipients`` launches fewer. Its id."""
     store = open_store(url)
     camp = store.put_campaign(TENANT, "seeded", {"sender": "SHOP", "template": TEMPLATE}, now=now)
     for status in ("launching", "launched"):
         store.set_campaign_status(TENANT, camp.id, status, now=now)
+    length = code_length("sl.ui")
+    start = store.link_range_end(TENANT, length)
     store.close()
-    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    size = 5000
+    slots = (n // size + 1) * size
+    cipher = cipher_for(LINK_KEY.encode(), length)
+    block = cipher.encode_block(start, n).decode("ascii")  # subscriber i in slot i - 1
+    target = "https://shop.example/sale?c=spring"
     send_at = now + DAY
-    recipients = [(TENANT, camp.id, i, phone(i), None, send_at, "UTC", "Hi, spring sale", i // 5000, i % 5000,
+    recipients = [(TENANT, camp.id, i, phone(i), None, send_at, "UTC",
+                   f"Hi, spring sale https://sl.ui/{block[(i - 1) * length:i * length]}", (i - 1) // size, (i - 1) % size,
                    "submitted", now) for i in range(1, n + 1)]  # fmt: skip
-    batches = [(TENANT, camp.id, b, send_at, 5000, f"job-{b}", 5000) for b in range(n // 5000 + 1)]
-    links = [("".join(r.choices(alphabet, k=8)), TENANT, camp.id, i, "https://shop.example/sale?c=spring", now)
-             for i in range(1, n + 1)]  # fmt: skip
+    batches = [(TENANT, camp.id, b, send_at, min(size, n - b * size), f"job-{b}", min(size, n - b * size))
+               for b in range(-(-n // size))]  # fmt: skip
+    ranges = [(TENANT, camp.id, length, start, slots, 1, size, json.dumps([target]), now, "[]")]
     tables = (("campaign_recipients", ("tenant", "campaign_id", "subscriber_id", "phone", "variant", "send_at", "tz",
                                        "text", "batch", "idx", "state", "state_at"), recipients),
               ("campaign_batches", ("tenant", "campaign_id", "batch", "send_at", "size", "job_id", "accepted"), batches),
-              ("short_links", ("code", "tenant", "campaign_id", "subscriber_id", "target", "created_at"), links))  # fmt: skip
+              ("link_ranges", ("tenant", "campaign_id", "length", "start", "count", "stride", "batch_size", "targets",
+                               "created_at", "holes"), ranges))  # fmt: skip
     with _conn(url) as (conn, ph):
         cur = conn.cursor()
         for table, cols, rows in tables:
@@ -273,14 +283,17 @@ _CODE = re.compile(r"https://[^/\s]+/([0-9A-Za-z]{5,8})")
 
 
 def _campaign_codes(cur: Any, ph: str, campaign_id: int, limit: int | None = None) -> list[tuple[str, int]]:
-    """(code, subscriber) of the campaign's links: its ``short_links`` rows (HMAC codes, a seeded
-    campaign's), else the codes its recipients' texts carry (range codes have no row)."""
+    """(code, subscriber) of the campaign's links: the codes its recipients' texts carry when it has
+    a range (range codes have no row until clicked: reading the rows would give only the clicked
+    ones), else its ``short_links`` rows (HMAC codes)."""
     lim = f" LIMIT {int(limit)}" if limit is not None else ""
-    cur.execute(f"SELECT code, subscriber_id FROM short_links WHERE tenant = {ph} AND campaign_id = {ph}{lim}",
-                (TENANT, campaign_id))  # fmt: skip
-    rows = [(c, int(s)) for c, s in cur.fetchall()]
-    if rows:
-        return rows
+    cur.execute(f"SELECT 1 FROM link_ranges WHERE tenant = {ph} AND campaign_id = {ph}", (TENANT, campaign_id))
+    if cur.fetchone() is None:
+        cur.execute(f"SELECT code, subscriber_id FROM short_links WHERE tenant = {ph} AND campaign_id = {ph}{lim}",
+                    (TENANT, campaign_id))  # fmt: skip
+        rows = [(c, int(s)) for c, s in cur.fetchall()]
+        if rows:
+            return rows
     cur.execute(f"SELECT text, subscriber_id FROM campaign_recipients WHERE tenant = {ph} AND campaign_id = {ph} AND "
                 f"batch >= 0{lim}", (TENANT, campaign_id))  # fmt: skip
     return [(m, int(s)) for t, s in cur.fetchall() for m in _CODE.findall(t)]

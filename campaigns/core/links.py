@@ -17,7 +17,7 @@ at most 8 and at least 5 (62**5 is about 9.2e8 codes per domain). A domain too l
 ``LinkError("domain_too_long")``. Codes come from a keyed hash (HMAC-SHA256 of the tenant's secret
 key and the link's scope: campaign, recipient, URL position), so a relaunch after a crash mints the
 same codes again (idempotent), and nobody can guess a neighbour's code. On a collision with a code
-already taken (``exists(code)``), the attempt counter in the hashed message is bumped, up to 16
+already taken (``exists(code)``), the attempt counter in the hashed message is bumped, up to 64
 times, then ``LinkError("code_space_exhausted")``. ``shorten`` is ``splice(skeleton(text))``: a
 launch splits each distinct text around its URLs once (``skeleton``, URLs found and checked) and
 only mints and splices codes per recipient (``splice``).
@@ -45,13 +45,13 @@ import numpy as np
 from campaigns.errors import InvalidInput
 
 __all__ = ["ALPHABET", "BOT_MARKERS", "ClickTally", "Hit", "HitVerdict", "LinkCipher", "LinkError", "ShortLink",
-           "Shortened", "Skeleton", "cipher_for", "classify_hit", "code_length", "fill", "is_bot_agent", "find_urls", "mint_code", "mint_codes", "shorten", "skeleton",
+           "Shortened", "Skeleton", "cipher_for", "classify_hit", "code_length", "in_range_half", "range_limit", "fill", "is_bot_agent", "find_urls", "mint_code", "mint_codes", "shorten", "skeleton",
            "splice", "verdict", "with_utm"]  # fmt: skip
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 MIN_CODE = 5
 MAX_CODE = 8
-MAX_ATTEMPTS = 16
+MAX_ATTEMPTS = 64  # half of a tenant's codes are its ranges' (``in_range_half``): 2**-64 to fail
 SCHEME = "https://"
 
 
@@ -282,6 +282,22 @@ class LinkCipher:
                 return None
             m = m * 62 + d
         return self._unpermute(m)
+
+
+def range_limit(length: int) -> int:
+    """Range link numbers of ``length``-character codes stay below this (half the code space); a
+    tenant's row codes (HMAC) are minted only among codes its key decodes at or above it
+    (``in_range_half``): within a tenant a code is a range code or a row code, never both."""
+    return 62**length // 2
+
+
+def in_range_half(key: bytes, code: str) -> bool:
+    """Whether ``code`` decodes with ``key`` below ``range_limit``: a code a range of that tenant may
+    hold, so never minted as one of its row codes (pass it as part of ``exists``)."""
+    if not MIN_CODE <= len(code) <= MAX_CODE:
+        return False
+    n = cipher_for(key, len(code)).decode(code)
+    return n is not None and n < range_limit(len(code))
 
 
 @functools.lru_cache(maxsize=64)

@@ -380,7 +380,7 @@ class FlowWorker:
             return
         if tf.links is not None:
             short = links.shorten(text, domain=tf.links.domain, key=tf.links.key, scope=f"flow:{rid}:{visit}",
-                                  exists=ftx.link_taken)  # fmt: skip
+                                  exists=lambda c: links.in_range_half(tf.links.key, c) or ftx.link_taken(c))  # fmt: skip
             for link in short.links:
                 ftx.add_link(link.code, rid, send.key, link.target, now, message_key=key)
             text = short.text

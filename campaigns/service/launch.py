@@ -378,7 +378,7 @@ def _freeze_set(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec
         cipher = links.cipher_for(tl.key, length)
 
         def codes(start: int, count: int) -> bytes:
-            if start + count > cipher.size:
+            if start + count > links.range_limit(length):  # ranges keep to their half (``links.in_range_half``)
                 raise links.LinkError("code_space_exhausted", f"the {length}-character codes of {domain} are used up "
                                       f"(link number {start + count})")  # fmt: skip
             return cipher.encode_block(start, count)
@@ -413,11 +413,13 @@ def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, plan
     cache = TextCache(spec)
     cid, key, batch_size = camp.id, tl.key, spec.batch_size
     cipher = links.cipher_for(key, length) if planned else None
+    row_half = partial(links.in_range_half, key)  # a row code never decodes into the tenant's range half
     range_targets: tuple[str, ...] | None = None  # the URLs range codes stand for
     stride, last_range_batch = 0, -1
     bcodes: list[str] = []  # the range codes of the current batch, computed ahead in chunks
     joined: dict[int, tuple[links.Skeleton, str, str]] = {}  # id(skeleton) -> (it, text before the code, after)
     batch, idx, batch_at = -1, batch_size, None
+    holes: list[int] = []  # slots of recipients without the range's codes (``LinkRange.holes``)
     for p in planned:
         a = by_id[p.subscriber]
         variant = abtest.assign(test, a.id) if test is not None else None
@@ -432,6 +434,7 @@ def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, plan
             bcodes = []
         if not targets:
             codes: list[str] = []
+            holes.append(batch * batch_size + idx)
         else:
             if range_targets is None:
                 range_targets, stride = targets, len(targets)
@@ -440,7 +443,7 @@ def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, plan
                 need = (idx + 1) * stride
                 if len(bcodes) < need:
                     base = start + batch * batch_size * stride
-                    if base + batch_size * stride > cipher.size:
+                    if base + batch_size * stride > links.range_limit(length):
                         raise links.LinkError("code_space_exhausted", f"the {length}-character codes of {domain} "
                                               f"are used up (link number {base + batch_size * stride})")  # fmt: skip
                     more = min(batch_size * stride - len(bcodes), max(need - len(bcodes), 2048 * stride))
@@ -448,7 +451,8 @@ def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, plan
                 codes = bcodes[idx * stride:need]
                 last_range_batch = batch
             else:
-                codes = links.mint_codes(sk, key, f"{cid}:{a.id}", length, taken)
+                holes.append(batch * batch_size + idx)  # this slot's range codes lead nowhere
+                codes = links.mint_codes(sk, key, f"{cid}:{a.id}", length, taken, exists=row_half)
                 link_rows += [LinkRow(code=c, tenant=tenant, campaign_id=cid, subscriber_id=a.id, target=t,
                                       created_at=now, expires_at=expires) for c, t in zip(codes, targets, strict=True)]  # fmt: skip
         if len(codes) == 1:  # the usual text, one link: its two halves joined once per skeleton
@@ -465,7 +469,8 @@ def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, plan
     if range_targets is not None and last_range_batch >= 0:
         rng = LinkRange(tenant=tenant, campaign_id=cid, length=length, start=start,
                         count=(last_range_batch + 1) * batch_size * stride, stride=stride, batch_size=batch_size,
-                        targets=range_targets, created_at=now, expires_at=expires)  # fmt: skip
+                        targets=range_targets, created_at=now, expires_at=expires,
+                        holes=tuple(h for h in holes if h < (last_range_batch + 1) * batch_size))  # fmt: skip
     if not link_rows:
         return rows, link_rows, rng
     # The HMAC codes: free in the store, and not a range code of this launch (the row would win).
@@ -497,7 +502,7 @@ def _resolve_clashes(store: Store, rows: list[PlannedRecipient], link_rows: list
             old = mine[r.subscriber_id]
             sk = _skeleton_of(r.text, domain, old)
             codes = links.mint_codes(sk, key, f"{old[0].campaign_id}:{r.subscriber_id}", length, taken,
-                                     exists=lambda c: c in clashes or in_range(c) or store.link_exists(c))  # fmt: skip
+                                     exists=lambda c: c in clashes or in_range(c) or links.in_range_half(key, c) or store.link_exists(c))  # fmt: skip
             r = msgspec.structs.replace(r, text=links.fill(sk, domain, codes))
             kept += [msgspec.structs.replace(link, code=c) for link, c in zip(old, codes, strict=True)]
         out.append(r)
@@ -587,7 +592,8 @@ def render_for(store: Store, tenant: str, spec: CampaignSpec, cid: int, sub: Sub
     except templates.TemplateError as exc:
         raise InvalidInput(f"subscriber {sub.id}: {exc}", code=exc.code, field="template") from exc
     short = links.splice(sk, domain=spec.link_domain or tl.domain, key=tl.key, scope=f"{cid}:{sub.id}",
-                         exists=exists or (lambda c: c in taken or store.link_exists(c)))  # fmt: skip
+                         exists=lambda c: links.in_range_half(tl.key, c) or (exists(c) if exists is not None else (
+                             c in taken or store.link_exists(c))))  # fmt: skip
     taken.update(link.code for link in short.links)
     expires = now + spec.link_ttl_days * 86_400 if spec.link_ttl_days is not None else None
     rows = [LinkRow(code=link.code, tenant=tenant, campaign_id=cid, subscriber_id=sub.id, target=link.target,

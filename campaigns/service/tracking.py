@@ -3,8 +3,10 @@ the analytics report, and the A/B winner sent to the rest of the audience.
 
 The redirect is the hot path (served by ``short_http``'s listener, or ``redirect_front`` on the API's
 port). A delivered message's link is kept in memory with its ``Location`` (a bounded LRU of atomic
-tuples: nothing about it changes once delivered, and the collector has nothing in it to walk); any
-other is read on the store's ``LinkReader``, a connection of its own that never waits behind the
+tuples: nothing about it changes once delivered, and the collector has nothing in it to walk); a
+launched campaign's range code is answered from the link table (``core.link_table``: its campaign
+and URL, no read; the recipient and the too-soon verdict are read for the whole buffer when it is
+written, ``_resolve``); any other is read on the store's ``LinkReader``, a connection of its own that never waits behind the
 store's writes: on the event loop for SQLite (WAL readers do not wait for the writer), in rounds for
 PostgreSQL (every code missed while a read is in flight is read by the next one, one query, in a
 worker thread; a waiting request is a callback of its round, ``redirect_later``: no task or event
@@ -40,6 +42,7 @@ import anyio
 import msgspec
 
 from campaigns.core import abtest, attribution, links, schedule, templates
+from campaigns.core.link_table import LinkTable
 from campaigns.core.events import ActivityEvent
 from campaigns.errors import CampaignError, Conflict, InvalidInput, StorageError
 from campaigns.service.gateway_client import Preview
@@ -88,6 +91,8 @@ def text_shape(text: str) -> str:
     return text.translate(_SHAPE)
 
 
+_ASK = object()  # ``Tracker._table_hit``: the link table cannot tell, the store decides
+
 #: What a round's waiter is told: the link (None: no such code), or the error that ended the read.
 LinkCallback = Callable[[LinkRow | None, Exception | None], None]
 
@@ -111,7 +116,9 @@ class WinnerOut(msgspec.Struct, frozen=True, kw_only=True):
 #: campaign, the recipient's number, delivered_at, expires_at, the ``Location`` (UTM'd target, built
 #: once per campaign and URL), then the subscriber, target and created_at (the link's
 #: ``short_links`` row and the click's activity are derived from them when the buffer is written).
-_Known = tuple[str, int, "str | None", "float | None", "float | None", str, int, str, float]
+#: A range code answered from the link table (``core.link_table``) carries two more: its batch and
+#: slot (the recipient's phone, delivered_at and subscriber are read when the buffer is written).
+_Known = tuple  # (tenant, campaign, phone, delivered_at, expires_at, Location, subscriber, target, created_at[, batch, idx])
 #: A buffered hit: code, at, user agent, verdict, and its link (``_Known``): the click's rows are
 #: built when the buffer is written (``HitIn``, off the loop), not per request.
 _Buffered = tuple[str, float, str, str, _Known]
@@ -119,7 +126,7 @@ _Buffered = tuple[str, float, str, str, _Known]
 
 class Tracker:
     def __init__(self, launcher: Launcher, *, flush_interval: float = 0.005, flush_batch: int = 512,
-                 link_cache: int = 200_000, location_cache: int = 100_000) -> None:  # fmt: skip
+                 link_cache: int = 200_000, location_cache: int = 100_000, table_ttl: float = 2.0) -> None:  # fmt: skip
         self.la = launcher
         self.link_cache = link_cache
         # code -> _Known: delivered messages only, least recently used evicted first
@@ -142,6 +149,13 @@ class Tracker:
         self._flushed_at = 0.0  # when the last write ended (time.monotonic)
         self._flushing: anyio.Lock | None = None
         self._shapes: dict[tuple[str, str], Preview] = {}
+        # (store version, loaded at (monotonic), table): range codes answered without a read
+        self._table: tuple[int, float, LinkTable] | None = None
+        self._table_loading = False
+        self.table_ttl = table_ttl
+        # (tenant, campaign, batch, idx) -> (subscriber, phone, delivered_at): delivered slots' recipients,
+        # read by a flush (``_resolve``; only the flush's thread touches it: flushes run one at a time)
+        self._slots: dict[tuple[str, int, int, int], tuple[int, str, float | None]] = {}
 
     # ---- short links -----------------------------------------------------------------------------
     async def redirect(self, code: str, *, method: str, user_agent: str | None) -> Redirect | None:
@@ -165,6 +179,9 @@ class Tracker:
             return True, self._keep(code, known, method, user_agent)
         if not (5 <= len(code) <= 16) or not code.isalnum():
             return True, None
+        found = self._table_hit(code, method, user_agent)
+        if found is not _ASK:
+            return True, found  # type: ignore[return-value]
         reader = self._open_reader()
         if not reader.on_loop:
             return False, None
@@ -208,16 +225,75 @@ class Tracker:
             return
         done(self._keep_link(code, link, method, user_agent), None)
 
-    def _keep_link(self, code: str, link: LinkRow, method: str, user_agent: str | None) -> Redirect | None:
-        """A link read from the store: its ``Location`` (built once per campaign and URL), kept in
-        memory when delivered (a delivered message's link never changes again: states only move
-        forward, and delivered is final), then the hit."""
-        key = (link.tenant, link.campaign_id, link.target)
+    def _location(self, tenant: str, campaign_id: int, target: str) -> str:
+        key = (tenant, campaign_id, target)
         location = self._locations.get(key)
         if location is None:
             if len(self._locations) >= self.location_cache:  # per-recipient targets: bounded
                 self._locations.clear()
-            location = self._locations[key] = links.with_utm(link.target, self._utm[key[:2]])
+            location = self._locations[key] = links.with_utm(target, self._utm[key[:2]])
+        return location
+
+    def _table_hit(self, code: str, method: str, user_agent: str | None) -> Redirect | None | object:
+        """A range code answered from the link table (``core.link_table``: its campaign and URL, no
+        read), or ``_ASK``: the table cannot tell (or is not loaded, or older than the store's last
+        change of links in this process): the store decides. The recipient's facts (who, the
+        too-soon verdict) are settled when the hit is written (``_resolve``)."""
+        table = self._table_now()
+        if table is None:
+            return _ASK
+        found = table.find(code)
+        if found is None:
+            return _ASK
+        g, batch, idx, position = found
+        if (g.tenant, g.campaign_id) not in self._utm:  # (its campaign unreadable at the table's load)
+            return _ASK
+        target = g.targets[position]
+        known = (g.tenant, g.campaign_id, None, None, g.expires_at, self._location(g.tenant, g.campaign_id, target), 0,
+                 target, g.created_at, batch, idx)  # fmt: skip
+        return self._keep(code, known, method, user_agent)
+
+    def _table_now(self) -> LinkTable | None:
+        """The link table if current: loaded from this store object's present state (its
+        ``link_table_version``), reloaded in the background once ``table_ttl`` old (what another
+        process changed is seen within that, plus a load), None while none is current."""
+        version = getattr(self.store, "link_table_version", None)
+        if version is None:
+            return None
+        t = self._table
+        if t is None or t[0] != version or time.monotonic() - t[1] > self.table_ttl:
+            self._start_table_load()
+        return t[2] if t is not None and t[0] == version else None
+
+    def _start_table_load(self) -> None:
+        if self._table_loading:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._table_loading = True
+        self._spawn(self.load_link_table())
+
+    async def load_link_table(self) -> None:
+        """Load the link table (``Store.link_table``, in a worker thread) and its campaigns' UTM."""
+        self._table_loading = True
+        try:
+            version = self.store.link_table_version
+            table = await self.la._run(self.store.link_table)
+            for tenant, campaign_id in table.campaigns():
+                await self._utm_for(tenant, campaign_id)
+            self._table = (version, time.monotonic(), table)
+        except CampaignError as exc:  # the store busy or down: codes are read meanwhile, tried again later
+            log.warning("redirect.table_load_failed error=%s", exc)
+        finally:
+            self._table_loading = False
+
+    def _keep_link(self, code: str, link: LinkRow, method: str, user_agent: str | None) -> Redirect | None:
+        """A link read from the store: its ``Location`` (built once per campaign and URL), kept in
+        memory when delivered (a delivered message's link never changes again: states only move
+        forward, and delivered is final), then the hit."""
+        location = self._location(link.tenant, link.campaign_id, link.target)
         known = (link.tenant, link.campaign_id, link.phone, link.delivered_at, link.expires_at, location,
                  link.subscriber_id, link.target, link.created_at)
         if link.delivered_at is not None:
@@ -338,8 +414,41 @@ class Tracker:
                       subscriber_id=k[6], target=k[7], created_at=k[8], expires_at=k[4])
                 for code, at, ua, verdict, k in hits]  # fmt: skip
 
+    def _resolve(self, hits: Sequence[_Buffered]) -> list[_Buffered]:
+        """The hits answered from the link table with their recipients (one read for all of a
+        flush: ``Store.slot_recipients``) and their final verdict: a GET by a person within the
+        tenant's ``click_min_delay`` of the delivery is ``too_soon``, as ``links.verdict`` decides it
+        for a link read before the answer. A slot without a recipient row (cannot be: the table
+        answers only written slots) is logged and dropped."""
+        slots = {(k[0], k[1], k[9], k[10]) for _c, _a, _u, _v, k in hits if len(k) > 9}
+        if not slots:
+            return list(hits)
+        known = self._slots  # delivered recipients seen by earlier flushes (delivered is final)
+        found = {s: known[s] for s in slots if s in known}
+        if len(found) < len(slots):
+            read = self.store.slot_recipients(sorted(s for s in slots if s not in found))
+            found.update(read)
+            for s, r in read.items():
+                if r[2] is not None:
+                    if len(known) >= self.link_cache:
+                        del known[next(iter(known))]
+                    known[s] = r
+        out: list[_Buffered] = []
+        for code, at, ua, verdict, k in hits:
+            if len(k) > 9:
+                r = found.get((k[0], k[1], k[9], k[10]))
+                if r is None:
+                    log.error("clicks.no_recipient code=%s campaign=%s slot=%s/%s", code, k[1], k[9], k[10])
+                    continue
+                sid, phone, delivered = r
+                if verdict == "click" and delivered is not None and abs(at - delivered) < self._min_delay.get(k[0], 10.0):
+                    verdict = "too_soon"
+                k = (k[0], k[1], phone, delivered, k[4], k[5], sid, k[7], k[8])
+            out.append((code, at, ua, verdict, k))
+        return out
+
     def _write(self, hits: Sequence[_Buffered], now: float) -> None:
-        self.store.record_link_hits(self._rows(hits), now=now)
+        self.store.record_link_hits(self._rows(self._resolve(hits)), now=now)
 
     async def flush(self) -> int:
         """Write the buffered hits and their ``clicked`` activities in one transaction (all or none:
@@ -372,6 +481,8 @@ class Tracker:
         flush on the way out."""
         try:
             loop = asyncio.get_running_loop()
+            if getattr(self.store, "link_table_version", None) is not None:
+                self._start_table_load()  # range codes answered from memory from the first hits on
             while True:
                 wake = self._wake = asyncio.Event()
                 if not self._hits:
@@ -400,10 +511,13 @@ class Tracker:
                     log.error("clicks.lost_at_stop count=%d error=%s", len(self._hits), exc)
 
     async def _utm_of(self, link: LinkRow) -> dict[str, str]:
-        key = (link.tenant, link.campaign_id)
+        return await self._utm_for(link.tenant, link.campaign_id)
+
+    async def _utm_for(self, tenant: str, campaign_id: int) -> dict[str, str]:
+        key = (tenant, campaign_id)
         if key not in self._utm:
-            camp = await self.la._run(self.store.campaign, link.tenant, link.campaign_id)
-            utm = {"utm_source": "sms", "utm_medium": "sms", "utm_campaign": f"campaign-{link.campaign_id}"}
+            camp = await self.la._run(self.store.campaign, tenant, campaign_id)
+            utm = {"utm_source": "sms", "utm_medium": "sms", "utm_campaign": f"campaign-{campaign_id}"}
             if camp is not None:
                 utm.update(parse_spec(camp.definition).utm)
             self._utm[key] = utm

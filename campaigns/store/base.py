@@ -17,6 +17,7 @@ from campaigns.core.events import Profile, ShopEvent
 from campaigns.core.flow_inputs import CheckoutEnd
 from campaigns.core.imports import ImportRow
 from campaigns.core.model import Stats, Subscriber, SubscriberView
+from campaigns.core.link_table import LinkTable
 from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
 from campaigns.store.inbox_sql import Change, ConversationApplied, ConversationRow, HistoryItem, InboxFigures, PendingAnswer
 from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, CampaignStatus, ClickCounts, ClickIn, HitIn, LinkRange,
@@ -202,6 +203,10 @@ class Store(Protocol):
     def link(self, code: str) -> LinkRow | None: ...
     def link_nowait(self, code: str) -> tuple[bool, LinkRow | None]: ...  # (False, None): use link() in a thread
     def open_link_reader(self) -> LinkReader: ...  # the redirect's misses, off the store's shared connection
+    def link_table(self) -> LinkTable: ...  # every range, its written slots, the shadowed codes (the redirect's table)
+    @property
+    def link_table_version(self) -> int: ...  # bumped by this object's changes to what link_table reads
+    def slot_recipients(self, slots: Sequence[tuple[str, int, int, int]]) -> dict[tuple[str, int, int, int], tuple[int, str, float | None]]: ...
     def link_exists(self, code: str) -> bool: ...
     def existing_links(self, codes: Sequence[str]) -> set[str]: ...
     def record_click(self, code: str, *, at: float, user_agent: str, verdict: str) -> bool: ...  # True: unique

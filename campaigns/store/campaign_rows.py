@@ -107,6 +107,7 @@ class LinkRange(msgspec.Struct, frozen=True, kw_only=True):
     targets: tuple[str, ...]  # the URLs, in text order
     created_at: float
     expires_at: float | None = None
+    holes: tuple[int, ...] | None = ()  # slots whose recipient has other codes (None: not recorded)
 
     def number(self, batch: int, idx: int, position: int) -> int:
         return self.start + (batch * self.batch_size + idx) * self.stride + position

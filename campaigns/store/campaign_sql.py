@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from campaigns.core import flows as F
+from campaigns.core import link_table
 from campaigns.core import links as core_links
 from campaigns.core.events import ShopEvent
 from campaigns.errors import Conflict, NotFound
@@ -277,14 +278,15 @@ class CampaignSql(ReportSql):
 
     def link_range(self, tenant: str, campaign_id: int) -> LinkRange | None:
         with self._tx() as tx:
-            row = tx.one("SELECT length, start, count, stride, batch_size, targets, created_at, expires_at FROM "
-                         "link_ranges WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))  # fmt: skip
+            row = tx.one("SELECT length, start, count, stride, batch_size, targets, created_at, expires_at, holes "
+                         "FROM link_ranges WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))  # fmt: skip
         if row is None:
             return None
-        length, start, count, stride, size, targets, created, expires = row
+        length, start, count, stride, size, targets, created, expires, holes = row
         return LinkRange(tenant=tenant, campaign_id=campaign_id, length=int(length), start=int(start), count=int(count),
                          stride=int(stride), batch_size=int(size), targets=tuple(msgspec.json.decode(targets)),
-                         created_at=created, expires_at=expires)  # fmt: skip
+                         created_at=created, expires_at=expires,
+                         holes=None if holes is None else tuple(msgspec.json.decode(holes)))  # fmt: skip
 
     def freeze_audience(self, tenant: str, campaign_id: int, recipients: Sequence[PlannedRecipient],
                         links: Sequence[LinkRow], *, now: float, link_range: LinkRange | None = None) -> bool:  # fmt: skip
@@ -303,9 +305,11 @@ class CampaignSql(ReportSql):
                     raise Conflict("another launch took these link numbers", code="link_range_taken")
                 g = link_range
                 tx.run("INSERT INTO link_ranges (tenant, campaign_id, length, start, count, stride, batch_size, targets, "
-                       "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       "created_at, expires_at, holes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (tenant, campaign_id, g.length, g.start, g.count, g.stride, g.batch_size,
-                        _json.encode(list(g.targets)).decode(), g.created_at, g.expires_at))  # fmt: skip
+                        _json.encode(list(g.targets)).decode(), g.created_at, g.expires_at,
+                        None if g.holes is None else _json.encode(sorted(g.holes)).decode()))  # fmt: skip
+                self._shadow_range(tx, tenant, g.length, g.start, g.count)
             sizes: dict[int, tuple[float, int]] = {}
             for r in recipients:
                 at, n = sizes.get(r.batch, (r.send_at, 0))
@@ -319,6 +323,8 @@ class CampaignSql(ReportSql):
             tx.insert_new("short_links", _LINK_NAMES[:7],
                           sorted((link.code, tenant, link.campaign_id, link.subscriber_id, link.target, link.created_at,
                                   link.expires_at) for link in links))  # fmt: skip
+            self._shadow_rows(tx, [link.code for link in links])
+        self._links_changed()
         return True
 
     def freeze_set(self, tenant: str, campaign_id: int, include: Sequence[int], exclude: Sequence[int],
@@ -353,6 +359,7 @@ class CampaignSql(ReportSql):
                                               texts, now, expires_at, chunk)  # fmt: skip
             _write_batches(tx, tenant, campaign_id, sizes, now)
             _drop_launch_temps(tx)
+        self._links_changed()
         return True
 
     def _freeze_set_rows(self, tx: Any, tenant: str, campaign_id: int, batch_size: int, smart_window_s: float,
@@ -502,6 +509,7 @@ class CampaignSql(ReportSql):
             if row is None or row[0] is None:
                 tx.run("DELETE FROM campaign_plan_texts WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))
             _drop_launch_temps(tx)
+        self._links_changed()
         return None if row is None or row[0] is None else int(row[0]) // batch_size
 
     def _take_link_range(self, tx: Any, tenant: str, campaign_id: int, plan: SetTexts, slots: int, batch_size: int,
@@ -514,9 +522,10 @@ class CampaignSql(ReportSql):
         end = tx.one("SELECT MAX(start + count) FROM link_ranges WHERE tenant = ? AND length = ?", (tenant, plan.length))
         start = int(end[0]) if end and end[0] is not None else 0
         tx.run("INSERT INTO link_ranges (tenant, campaign_id, length, start, count, stride, batch_size, targets, "
-               "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               "created_at, expires_at, holes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '[]')",
                (tenant, campaign_id, plan.length, start, slots * len(plan.targets), len(plan.targets), batch_size,
                 _json.encode(list(plan.targets)).decode(), now, expires_at))  # fmt: skip
+        self._shadow_range(tx, tenant, plan.length, start, slots * len(plan.targets))
         return start
 
     def batches(self, tenant: str, campaign_id: int) -> list[BatchRow]:
@@ -596,6 +605,106 @@ class CampaignSql(ReportSql):
 
     def set_link_keys(self, keys: Mapping[str, bytes]) -> None:
         self.link_keys.update(keys)
+        self._links_changed()
+
+    @property
+    def link_table_version(self) -> int:
+        """Bumped by every change this store object makes to what ``link_table`` reads (ranges, their
+        written slots, shadows, keys): a redirect's in-memory table older than it is not used."""
+        return int(self.__dict__.get("_link_table_version", 0))
+
+    def _links_changed(self) -> None:
+        self.__dict__["_link_table_version"] = self.link_table_version + 1
+
+    def link_table(self) -> LinkTable:
+        """Every range with which of its slots hold a recipient with its codes, and the shadowed
+        codes (docs/ARCHITECTURE.md, "A range code answered without a read"): the redirect's table."""
+        keys = dict(self.link_keys)
+        with self._tx() as tx:
+            ranges = tx.rows("SELECT tenant, campaign_id, length, start, count, stride, batch_size, targets, created_at, "
+                             "expires_at, holes FROM link_ranges")  # fmt: skip
+            sizes: dict[tuple[str, int], dict[int, int]] = {}
+            for t, c, b, n in tx.rows("SELECT b.tenant, b.campaign_id, b.batch, b.size FROM campaign_batches b JOIN "
+                                      "link_ranges g ON g.tenant = b.tenant AND g.campaign_id = b.campaign_id "
+                                      "WHERE b.batch >= 0"):  # fmt: skip
+                sizes.setdefault((t, int(c)), {})[int(b)] = int(n)
+            pending = {(t, int(c)): int(m) for t, c, m in tx.rows(
+                "SELECT tenant, campaign_id, MIN(slot) FROM campaign_plan GROUP BY tenant, campaign_id")}  # fmt: skip
+            shadows = [c for (c,) in tx.rows("SELECT code FROM link_shadows")]
+        out = []
+        for t, c, length, start, count, stride, size, targets, created, expires, holes in ranges:
+            by = sizes.get((t, int(c)), {})
+            first = pending.get((t, int(c)))
+            out.append(link_table.RangeSlots(
+                tenant=t, campaign_id=int(c), length=int(length), start=int(start), count=int(count), stride=int(stride),
+                batch_size=int(size), targets=tuple(msgspec.json.decode(targets)), created_at=created, expires_at=expires,
+                sizes=tuple(by.get(b, 0) for b in range(max(by, default=-1) + 1)),
+                holes=None if holes is None else frozenset(msgspec.json.decode(holes)),
+                pending=None if first is None else first // int(size) * int(size)))  # fmt: skip
+        return link_table.LinkTable(out, shadows, keys)
+
+    def slot_recipients(self, slots: Sequence[tuple[str, int, int, int]]) -> dict[tuple[str, int, int, int], tuple[int, str, float | None]]:
+        """``(tenant, campaign, batch, idx)`` -> the recipient in that slot: ``(subscriber, phone,
+        delivered_at or None)``; one statement per 500 slots (what a range hit's click needs)."""
+        out: dict[tuple[str, int, int, int], tuple[int, str, float | None]] = {}
+        with self._tx() as tx:
+            for i in range(0, len(slots), 500):
+                chunk = list(slots[i:i + 500])
+                if tx.pg:
+                    rowset = "unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) AS s (tenant, campaign_id, batch, idx)"
+                    params: list[Any] = [list(c) for c in zip(*chunk, strict=True)]
+                else:
+                    rowset = ("(SELECT value ->> 0 AS tenant, value ->> 1 AS campaign_id, value ->> 2 AS batch, "
+                              "value ->> 3 AS idx FROM json_each(?)) AS s")  # fmt: skip
+                    params = [_json.encode(chunk).decode()]
+                for t, c, b, k, sid, phone, delivered in tx.rows(
+                        f"SELECT s.tenant, s.campaign_id, s.batch, s.idx, r.subscriber_id, r.phone, CASE WHEN r.state = "
+                        f"'delivered' THEN r.state_at END FROM {rowset} JOIN campaign_recipients r ON r.tenant = s.tenant "
+                        "AND r.campaign_id = s.campaign_id AND r.batch = s.batch AND r.idx = s.idx", params):  # fmt: skip
+                    out[(t, int(c), int(b), int(k))] = (int(sid), phone, delivered)
+        return out
+
+    def _link_ends(self, tx: Any) -> dict[tuple[str, int], int]:
+        return {(t, int(n)): int(e) for t, n, e in tx.rows(
+            "SELECT tenant, length, MAX(start + count) FROM link_ranges GROUP BY tenant, length")}  # fmt: skip
+
+    def _shadow_rows(self, tx: Any, codes: Sequence[str]) -> None:
+        """List in ``link_shadows`` every new row code some tenant's key decodes into that tenant's
+        ranges (the row wins: the redirect's table asks the store for it). Row codes minted by the
+        service never do for their own tenant (``links.in_range_half``); another tenant's, or a row
+        written as is, may."""
+        keys = self.link_keys
+        ends = self._link_ends(tx) if codes and keys else {}
+        if not ends:
+            return
+        hit = []
+        for code in codes:
+            for tenant in sorted(keys):
+                end = ends.get((tenant, len(code)))
+                n = core_links.cipher_for(keys[tenant], len(code)).decode(code) if end else None
+                if n is not None and end is not None and n < end:
+                    hit.append((code, tenant))
+                    break
+        if hit:
+            tx.many("INSERT INTO link_shadows (code, tenant) VALUES (?, ?) ON CONFLICT DO NOTHING", hit)
+
+    def _shadow_range(self, tx: Any, tenant: str, length: int, start: int, count: int) -> None:
+        """A new range of ``tenant``: list in ``link_shadows`` the existing rows whose codes fall in it:
+        other tenants' rows, and the tenant's own rows other than its range campaigns' clicked links
+        (which are earlier ranges' own codes); row codes the service mints for the tenant never do
+        (``links.in_range_half``), rows written as is or from before that rule may. O(those rows)."""
+        key = self.link_keys.get(tenant)
+        if key is None or count <= 0:
+            return
+        cipher = core_links.cipher_for(key, length)
+        hit = []
+        for (code,) in tx.rows("SELECT code FROM short_links WHERE length(code) = ? AND (tenant <> ? OR campaign_id NOT IN "
+                               "(SELECT campaign_id FROM link_ranges WHERE tenant = ?))", (length, tenant, tenant)):  # fmt: skip
+            n = cipher.decode(code)
+            if n is not None and start <= n < start + count:
+                hit.append((code, tenant))
+        if hit:
+            tx.many("INSERT INTO link_shadows (code, tenant) VALUES (?, ?) ON CONFLICT DO NOTHING", hit)
 
     def links(self, codes: Sequence[str]) -> dict[str, LinkRow]:
         """The links of ``codes`` (``resolve_codes``), with their recipients' numbers and delivery times."""
@@ -905,6 +1014,8 @@ class CampaignSql(ReportSql):
                 tx.run(f"INSERT INTO short_links ({_LINK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                        (link.code, tenant, link.campaign_id, link.subscriber_id, link.target, link.created_at,
                         link.expires_at))  # fmt: skip
+            self._shadow_rows(tx, [link.code for link in links])
+        self._links_changed()
         return moved
 
 

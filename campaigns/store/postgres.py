@@ -120,6 +120,19 @@ class PostgresStore(PgEventBatch, SqlStore):
         assert row is not None
         return int(row[0])
 
+    def slot_recipients(self, slots: Sequence[tuple[str, int, int, int]]) -> dict[tuple[str, int, int, int], tuple[int, str, float | None]]:
+        """``CampaignSql.slot_recipients`` as one statement on the autocommit connection (a read:
+        no ``BEGIN``/``COMMIT`` round trips), the slots bound as four arrays (one prepared shape)."""
+        if not slots:
+            return {}
+        with self._lock:
+            self._conn = self._connected(self._conn)
+            try:
+                rows = self._conn.execute(_SLOT_READ, [list(c) for c in zip(*slots, strict=True)]).fetchall()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                raise StorageError(str(exc)) from exc
+        return {(t, int(c), int(b), int(k)): (int(sid), phone, delivered) for t, c, b, k, sid, phone, delivered in rows}
+
     def open_link_reader(self) -> PgLinkReader:
         return PgLinkReader(self._url, self.link_keys)
 
@@ -131,6 +144,10 @@ class PostgresStore(PgEventBatch, SqlStore):
                 self._member_conn.close()
 
 
+_SLOT_READ = ("SELECT s.tenant, s.campaign_id, s.batch, s.idx, r.subscriber_id, r.phone, CASE WHEN r.state = 'delivered' "
+              "THEN r.state_at END FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) AS s (tenant, "
+              "campaign_id, batch, idx) JOIN campaign_recipients r ON r.tenant = s.tenant AND r.campaign_id = "
+              "s.campaign_id AND r.batch = s.batch AND r.idx = s.idx")  # fmt: skip
 _LINK_READ_ANY = link_read_many(1, "%s").replace("l.code IN (%s)", "l.code = ANY(%s::text[])")
 
 

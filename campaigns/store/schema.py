@@ -16,7 +16,8 @@ Columns beyond the shared plan (docs: campaigns_shared.md), for the store's own 
 
 Campaigns (issue 18, ``campaigns/store/campaign_sql.py``): ``campaigns`` (definition JSON, status),
 ``link_ranges`` (a launch's short-link numbers: codes are a keyed permutation of them, no row per
-recipient; docs/ARCHITECTURE.md), ``campaign_recipients`` (the audience frozen at launch: variant, ``send_at``, zone, the rendered text,
+recipient, and ``holes``: the slots whose recipient got other codes; docs/ARCHITECTURE.md),
+``link_shadows`` (row codes that are also some range's code: the row wins), ``campaign_recipients`` (the audience frozen at launch: variant, ``send_at``, zone, the rendered text,
 its batch and index in the gateway job, the gateway message id and state), ``campaign_batches`` (one
 gateway job per batch: its ``job_id`` once accepted), ``short_links`` (code -> target, campaign,
 subscriber), ``clicks`` (every hit, with its verdict and whether it was the code's first human click),
@@ -188,6 +189,7 @@ CREATE TABLE IF NOT EXISTS link_ranges (
     PRIMARY KEY (tenant, length, start)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS link_ranges_campaign ON link_ranges (tenant, campaign_id);
+CREATE TABLE IF NOT EXISTS link_shadows (code TEXT PRIMARY KEY, tenant TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS clicks (
     code TEXT NOT NULL, at {REAL} NOT NULL, user_agent TEXT NOT NULL DEFAULT '',
     verdict TEXT NOT NULL, is_bot {INT} NOT NULL, is_unique {INT} NOT NULL
@@ -409,7 +411,7 @@ CREATE INDEX IF NOT EXISTS flow_run_links_message ON flow_run_links (tenant, mes
 #: wins, whatever the arrival order); filled with ``updated_at`` where a url is stored when added.
 ADDED_COLUMNS = [("campaign_recipients", "cost", "{INT}"), ("flow_messages", "cost", "{INT}"),
                  ("subscriber_stats", "latest_order_at", "{REAL}"), ("subscriber_stats", "latest_order_id", "TEXT"),
-                 ("checkouts", "url_at", "{REAL}")]
+                 ("checkouts", "url_at", "{REAL}"), ("link_ranges", "holes", "TEXT")]
 #: After the added columns: the report's covering index (the GROUP BY reads it alone, cost included).
 _AFTER_COLUMNS = """
 DROP INDEX IF EXISTS campaign_recipients_report;

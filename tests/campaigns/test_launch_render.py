@@ -36,7 +36,8 @@ def reference(spec: CampaignSpec, sub: Subscriber, first: bool) -> tuple[str, li
     """Every recipient rendered from scratch: the text and its (code, target) pairs."""
     rendered = templates.render(templates.compile_template(spec.texts()[None]), _values(spec, sub, None), rules=spec.rules,
                                 locale=sub.language, first_message=first)  # fmt: skip
-    short = links.shorten(rendered.text, domain=TL.domain, key=TL.key, scope=f"7:{sub.id}")
+    short = links.shorten(rendered.text, domain=TL.domain, key=TL.key, scope=f"7:{sub.id}",
+                          exists=lambda c: links.in_range_half(TL.key, c))  # row codes: the tenant's row half
     return short.text, [(link.code, link.target) for link in short.links]
 
 
