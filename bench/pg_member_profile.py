@@ -27,6 +27,7 @@ from campaigns.config import loads
 from campaigns.core.events import decode_event
 from campaigns.service.audience import Audience as AudienceService
 from campaigns.store import open_store
+from campaigns.store.segment_sql import members_from
 
 
 def profile(n: int, m: int, batches: int, batch: int, seed: int) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int) -> dict[str, An
             with store._member_tx() as tx:
                 for p in plans:
                     b = proc_ns(backend)
-                    tx.raw_rows(f"SELECT s.id, CASE WHEN {p.where} THEN 1 ELSE 0 END FROM subscribers s "
+                    tx.raw_rows(f"SELECT s.id, CASE WHEN {p.where} THEN 1 ELSE 0 END FROM {members_from('postgres')} "
                                 "WHERE s.tenant = %s AND s.id = ANY(%s::bigint[])", [*p.params, tenant, p.ids])  # fmt: skip
                     per_tree.setdefault(names[p.segment_id], []).append((proc_ns(backend) - b) / 1e6)
                     if p.edges is not None:
