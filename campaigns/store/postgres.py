@@ -133,14 +133,16 @@ class PostgresStore(PgEventBatch, SqlStore):
 # (``since`` now). One snapshot for the parts: they touch disjoint rows. Returns the changes made.
 _MEMBERS_WRITE = """
 WITH found AS (SELECT * FROM unnest(%(fseg)s::bigint[], %(fsid)s::bigint[]) AS f (segment_id, subscriber_id)),
-stored AS (
-    SELECT m.segment_id, m.subscriber_id FROM unnest(%(ids)s::bigint[]) AS i (id)
-    JOIN segment_members m ON m.tenant = %(tenant)s AND m.subscriber_id = i.id
-    WHERE m.segment_id = ANY(%(segs)s::bigint[])),
-gone AS (
-    DELETE FROM segment_members m USING stored s
-    WHERE m.tenant = %(tenant)s AND m.segment_id = s.segment_id AND m.subscriber_id = s.subscriber_id
-      AND NOT EXISTS (SELECT 1 FROM found f WHERE f.segment_id = s.segment_id AND f.subscriber_id = s.subscriber_id)
+stored AS (  -- driven by the ids, an index probe each (OFFSET 0: the planner may not flatten it into a hash
+            -- of every membership of the shop, which grows with the audience, not with the pass)
+    SELECT m.row, m.segment_id, m.subscriber_id FROM unnest(%(ids)s::bigint[]) AS i (id)
+    CROSS JOIN LATERAL (SELECT x.ctid AS row, x.segment_id, x.subscriber_id FROM segment_members x
+                        WHERE x.tenant = %(tenant)s AND x.subscriber_id = i.id
+                          AND x.segment_id = ANY(%(segs)s::bigint[]) OFFSET 0) m),
+gone AS (  -- by the rows' ctids (a TID scan): joined back on the key, the planner hashed the whole table
+    DELETE FROM segment_members m WHERE m.ctid = ANY(ARRAY(
+        SELECT s.row FROM stored s WHERE NOT EXISTS (
+            SELECT 1 FROM found f WHERE f.segment_id = s.segment_id AND f.subscriber_id = s.subscriber_id)))
     RETURNING 1),
 added AS (
     INSERT INTO segment_members (tenant, segment_id, subscriber_id, since)
@@ -155,10 +157,13 @@ SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM added)
 _TIMERS_WRITE = """
 WITH want AS (SELECT * FROM unnest(%(wseg)s::bigint[], %(wsid)s::bigint[], %(wat)s::float8[])
               AS w (segment_id, subscriber_id, at)),
-gone AS (
-    DELETE FROM segment_timers t USING unnest(%(ids)s::bigint[]) AS i (id)
-    WHERE t.tenant = %(tenant)s AND t.subscriber_id = i.id AND t.segment_id = ANY(%(segs)s::bigint[])
-      AND NOT EXISTS (SELECT 1 FROM want w WHERE w.segment_id = t.segment_id AND w.subscriber_id = t.subscriber_id)
+gone AS (  -- as the members' leavers: probes driven by the ids, then a TID scan
+    DELETE FROM segment_timers t WHERE t.ctid = ANY(ARRAY(
+        SELECT x.row FROM unnest(%(ids)s::bigint[]) AS i (id)
+        CROSS JOIN LATERAL (SELECT y.ctid AS row, y.segment_id, y.subscriber_id FROM segment_timers y
+                            WHERE y.tenant = %(tenant)s AND y.segment_id = ANY(%(segs)s::bigint[])
+                              AND y.subscriber_id = i.id OFFSET 0) x
+        WHERE NOT EXISTS (SELECT 1 FROM want w WHERE w.segment_id = x.segment_id AND w.subscriber_id = x.subscriber_id)))
     RETURNING 1)
 INSERT INTO segment_timers AS t (tenant, segment_id, subscriber_id, at)
 SELECT %(tenant)s, w.segment_id, w.subscriber_id, w.at FROM want w
