@@ -43,7 +43,7 @@ def _state(store: Store, tenant: str) -> tuple[dict[tuple[int, int], float], dic
     return members, timers
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=passes())
 def test_a_pass_writes_exactly_the_differences(store: Store, case: tuple) -> None:
     stored, timers, ids, inside, edges = case
