@@ -36,7 +36,7 @@ test: $(VENV)/.installed postgresql
 # The long runs (pytest marker `slow`): kill -9s during a 100,000-message job, a webhook run and
 # a 100,000-run flow, a large schemathesis run. Each test bounds its own time; `timeout` bounds the whole command.
 test-slow: $(VENV)/.installed postgresql
-	timeout 1800 $(BIN)/python -m pytest -m slow -s
+	timeout 3600 $(BIN)/python -m pytest -m slow -s
 
 # The property tests again with fresh random seeds (make test draws the same examples every run):
 # ROUNDS rounds, each cut off after 15 minutes. A failure prints the example and its reproduce blob.

@@ -168,3 +168,41 @@ def test_a_batch_in_any_order_with_resent_events_is_its_events_one_by_one(store:
         applied += store.apply_events(many, [(e, e.phone) for e in shuffled[a:b]], now=NOW_WIDE)  # type: ignore[union-attr]
     assert sum(r.outcome == "applied" for r in applied) == len(evs)
     assert state(store, many) == state(store, one)
+
+
+# ---- SQLite's aggregates grouped in Python: the same groups as the SQL that PostgreSQL runs ----------
+_KINDS = ("order", "order", "order", "clicked", "message_sent", "replied")
+
+
+@st.composite
+def aggregate_rows(draw: st.DrawFn) -> list[tuple[int, str, int, str, float, str]]:
+    """A batch's aggregate rows (``EventBatch._restat_many``'s): few subscribers, instants and order
+    ids that tie, every payment status, activity rows between the orders."""
+    out = []
+    for _ in range(draw(st.integers(1, 30))):
+        kind = draw(st.sampled_from(_KINDS))
+        at = T0 + draw(st.integers(0, 5)) * draw(st.sampled_from([1.0, 0.5, 86_400.25]))
+        if kind == "order":
+            out.append((draw(st.integers(1, 4)), kind, draw(st.integers(0, 50_000)),
+                        draw(st.sampled_from(["paid", "pending", "refunded"])), at, draw(st.sampled_from(["o1", "o2", "O3", "é4"]))))  # fmt: skip
+        else:
+            out.append((draw(st.integers(1, 4)), kind, 0, "", at, ""))
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=aggregate_rows())
+def test_the_aggregates_grouped_in_python_are_the_sql_grouping(rows: list[tuple[int, str, int, str, float, str]]) -> None:
+    """``grouped_in_python`` (SQLite's batch binds its groups) against ``_grouped_sql`` (PostgreSQL's
+    grouping, kept as SQL) run by SQLite over the same rows: counts and sums without refunds, first and
+    last instants, the latest order (by instant, then id by code point) whatever its status, each
+    activity kind's latest instant, None where a subscriber has none."""
+    import sqlite3
+
+    from campaigns.store.event_batch import _grouped_sql, _latest_in_batch, _rowset, grouped_in_python
+    from campaigns.store.sql import Tx
+
+    tx = Tx(sqlite3.connect(":memory:").cursor(), "?")
+    table, params = _rowset(tx, _latest_in_batch(rows))
+    in_sql = [tuple(r) for r in tx.rows(_grouped_sql(tx, table) + " ORDER BY b.sid", params)]
+    assert grouped_in_python(rows) == in_sql

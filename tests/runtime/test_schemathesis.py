@@ -58,5 +58,5 @@ async def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path) -> No
 
 @pytest.mark.slow
 async def test_schemathesis_long_run(tmp_path) -> None:
-    result = await schemathesis_run(tmp_path, examples=1000, timeout=600)
+    result = await schemathesis_run(tmp_path, examples=1000, timeout=1200)
     assert result["test_cases"]["generated"] >= 10_000
