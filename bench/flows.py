@@ -14,7 +14,8 @@ it keeps each Idempotency-Key's answer as the real gateway does.
    wall time. The orders' ingest between the two drains (``apply_events``: the events API's work)
    is inside that phase; ``flow_events_per_s`` / ``flow_events_cpu_us`` / ``drain_*`` leave it out.
    ``--workers N`` (N > 1): N drain processes, worker ``p`` draining the subscribers
-   ``id % N == p``; each reports its CPU per input (``worker_input_cpu_us``) and busy time.
+   ``id % N == p``; each reports its CPU per input (``worker_input_cpu_us``) and busy time, and on
+   PostgreSQL its server process's CPU per input (``worker_server_cpu_us``, from /proc).
 2. Timer lag: ``--timers`` runs waiting (default 1,000,000), of which ``--due`` fall due over the
    next ``--window`` seconds (the rest later); one worker on the real clock fires them;
    ``timer_lag_p99_s`` is the 99th percentile of (acted - due), "acted" being the commit of the
@@ -299,16 +300,23 @@ def drain_worker_main(store_url: str, part: int, parts: int) -> None:
 
     store = open_store(store_url)
     worker = FlowWorker(store, {TENANT: TenantFlows(sender="BENCH")}, part=part, parts=parts)
+    backend = None  # PostgreSQL: the server process of this worker's connection (its CPU is the server's share)
+    if store.engine == "postgres":
+        with store._tx() as tx:  # type: ignore[attr-defined]
+            row = tx.one("SELECT pg_backend_pid()")
+        backend = int(row[0]) if row else None
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() != "drain":
             continue
         before = msgspec.structs.replace(worker.stats)
+        b0 = _proc_cpu_s(backend) if backend else 0.0
         c0, t0 = time.process_time(), time.perf_counter()
         while worker.drain(TENANT, time.time(), 2000):
             pass
         s = worker.stats
         print(_enc.encode({"part": part, "cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0,
+                           "server_cpu_s": (_proc_cpu_s(backend) - b0) if backend else 0.0,
                            "inputs": s.inputs - before.inputs, "started": s.started - before.started,
                            "advanced": s.advanced - before.advanced,
                            **{f: getattr(s, f, 0) - getattr(before, f, 0)  # (a runtime before planned batches: 0)
@@ -394,8 +402,9 @@ def events_phase(url: str, n: int, gw: RemoteGateway, workers: int = 1) -> dict[
     # (the orders' ingest between the drains, as in the one-process run).
     per_worker: dict[int, dict[str, float]] = {}
     for r in reports:
-        w = per_worker.setdefault(int(r["part"]), {"cpu_s": 0.0, "inputs": 0, "wall_s": 0.0})
+        w = per_worker.setdefault(int(r["part"]), {"cpu_s": 0.0, "inputs": 0, "wall_s": 0.0, "server_cpu_s": 0.0})
         w["cpu_s"] += r["cpu_s"]
+        w["server_cpu_s"] += r.get("server_cpu_s", 0.0)
         w["inputs"] += r["inputs"]
         w["wall_s"] += r["wall_s"]
     if per_worker:
@@ -431,6 +440,9 @@ def events_phase(url: str, n: int, gw: RemoteGateway, workers: int = 1) -> dict[
             # each drain worker's CPU per input it applied (its own process), and its busy wall time
             "worker_input_cpu_us": [w["cpu_s"] / max(w["inputs"], 1) * 1e6 for _, w in sorted(per_worker.items())],
             "worker_inputs": [int(w["inputs"]) for _, w in sorted(per_worker.items())],
+            # PostgreSQL: the CPU of each worker's server process (its backend) per input it applied
+            # (/proc; clock ticks of 10 ms): the server's share of a drain, on the same cores
+            "worker_server_cpu_us": [w["server_cpu_s"] / max(w["inputs"], 1) * 1e6 for _, w in sorted(per_worker.items())],
             "worker_busy_s": [w["wall_s"] for _, w in sorted(per_worker.items())]}  # fmt: skip
 
 
@@ -547,6 +559,8 @@ def bench_flows(ctx: click.Context, n: int, engine: str, timers: int, due: int, 
             click.echo(f"  {key:<28} {r[key]:>14,.3f}")
     if r.get("worker_input_cpu_us"):
         click.echo(f"  {'worker_input_cpu_us':<28} {' / '.join(f'{v:,.1f}' for v in r['worker_input_cpu_us'])}")
+    if any(r.get("worker_server_cpu_us") or ()):
+        click.echo(f"  {'worker_server_cpu_us':<28} {' / '.join(f'{v:,.1f}' for v in r['worker_server_cpu_us'])}")
     save(r, json_path, out_dir)
 
 

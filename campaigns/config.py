@@ -21,7 +21,6 @@ table (the rest is the gateway's)::
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from campaigns.errors import ConfigError
+from campaigns.errors import ConfigError, schema_field
 
 __all__ = ["CampaignSettings", "SignupSettings", "TenantSettings", "from_table", "load", "loads", "missing_environment"]
 
@@ -96,7 +95,8 @@ class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # Campaigns (issue 18): short links on this domain (https://{short_domain}/{code}, at most 22
     # characters: the domain leaves 5 to 8 for the code), keyed with the secret in link_key_env
     # (short-link and discount codes are HMACs of it: unguessable, and the same on a relaunch).
-    short_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]{3,16}$")] | None = None
+    # At most 8 characters (sl.ui, acme.co): a longer one leaves no room for a 5-character code.
+    short_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]{3,8}$")] | None = None
     link_key_env: str | None = None
     time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"  # the shop's clock (reports, schedule)
     # A short-link hit this close to the message's delivery (either side) is a link-preview fetch,
@@ -151,17 +151,16 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
             raise ValueError("tenants: a name appears twice")
 
 
-_AT = re.compile(r" - at `\$(.*)`$")
 
 
 def from_table(table: Any, *, path: str | None = None) -> CampaignSettings:
     try:
         return msgspec.convert(table, CampaignSettings)
     except msgspec.ValidationError as exc:
-        m = _AT.search(str(exc))
-        key = "campaigns" + ("." + m.group(1).lstrip(".") if m and m.group(1) else "") if m else "campaigns"
+        message, at = schema_field(str(exc))  # a missing or unknown key named too
+        key = "campaigns" + (f".{at}" if at else "")
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{_AT.sub('', str(exc))}", key=key) from exc
+        raise ConfigError(f"{where}{message}", key=key) from exc
 
 
 def loads(text: str, *, path: str | None = None) -> CampaignSettings | None:

@@ -15,8 +15,27 @@ Expected outcomes (a duplicate event, an older event that changes nothing) are r
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["CallerError", "CampaignError", "ConfigError", "Conflict", "GatewayError", "GatewayRefused", "InvalidInput",
-           "NotFound", "StorageError"]  # fmt: skip
+           "NotFound", "StorageError", "schema_field"]  # fmt: skip
+
+_AT = re.compile(r" - at `\$\.?(.*)`$", re.S)
+_NAMED = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
+
+
+def schema_field(message: str) -> tuple[str, str | None]:
+    """msgspec's validation message -> (the message without its " - at `$...`" tail, the field path).
+
+    A missing or unknown field is named in the message, not in the path (msgspec's path stops at the
+    object that holds it): it is appended, so ``Object missing required field `phone` - at `$.profile```
+    names ``profile.phone`` and a missing top-level ``order_id`` names ``order_id``."""
+    m = _AT.search(message)
+    text, path = (message[: m.start()], m.group(1) or None) if m else (message, None)
+    if (named := _NAMED.search(text)) is not None:
+        name = named.group(1)
+        path = f"{path}.{name}" if path else name
+    return text, path
 
 
 class CampaignError(Exception):

@@ -31,15 +31,22 @@ def split_config(text: str, *, path: str | None = None) -> tuple[object, Campaig
     try:
         gw = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:  # as gateway.config.loads words it: the message, then the key
-        message, _, at = str(exc).partition(" - at `$")
-        raise GatewayConfigError(message, key=at.rstrip("`").lstrip(".") or None, path=path) from exc
+        from gateway.config import _split_path
+
+        message, key = _split_path(str(exc))
+        raise GatewayConfigError(message, key=key, path=path) from exc
     return gw, (from_table(table, path=path) if table is not None else None)
 
 
 def read(path: str | None) -> tuple[object, CampaignSettings | None]:
     from gateway.config import default_text
 
-    text = Path(path).read_text(encoding="utf-8") if path else default_text()
+    if not path:
+        return split_config(default_text())
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:  # as the gateway's load() says it: one line, no traceback
+        raise ConfigError(f"{path}: cannot read config: {getattr(exc, 'strerror', None) or exc}") from exc
     return split_config(text, path=path)
 
 

@@ -222,6 +222,7 @@ def default_text() -> str:
 
 
 _AT = re.compile(r"^(.*?)(?: - at `\$\.?(.*)`)?$", re.S)
+_NAMED = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 
 
 def _split_path(text: str) -> tuple[str, str | None]:
@@ -229,5 +230,7 @@ def _split_path(text: str) -> tuple[str, str | None]:
     m = _AT.match(text)
     if m is None:
         return text, None
-    message, key = m.group(1), m.group(2)
-    return message, (key or None)
+    message, key = m.group(1), m.group(2) or None
+    if (named := _NAMED.search(message)) is not None:  # msgspec's path stops at the table holding it
+        key = f"{key}.{named.group(1)}" if key else named.group(1)
+    return message, key

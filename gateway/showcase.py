@@ -158,7 +158,9 @@ async def run_showcase(n: int, console: Console, *, timeout: float = 110.0, work
         with anyio.fail_after(timeout), _directory(workdir) as tmp:
             return await _run(n, cfg, base, tmp, console, started)
     except TimeoutError:
-        raise ShowcaseError(f"the run did not finish within {timeout:.0f} s; children were stopped") from None
+        raise ShowcaseError(f"the run did not finish within {timeout:.0f} s; children were stopped (on a slow or "
+                            f"busy machine: `sluice demo --timeout {timeout * 3:.0f}`, or fewer recipients with "
+                            f"`--recipients 10000`)") from None
     except RuntimeError as exc:  # a child did not start
         raise ShowcaseError(str(exc)) from exc
 
@@ -225,8 +227,9 @@ async def _scenario(client: httpx.AsyncClient, sc: Scenario, sims: dict[str, Chi
         "from": "SLUICE", "category": "otp", "to": to, "body": f"Your Sluice code is {100000 + k * 7919}."}))["id"]
         for k, to in enumerate(sc.otp)]  # fmt: skip
     console.print(f"[bold]Submitted[/] the winter-sale job as NDJSON in {time.monotonic() - t0:.1f} s: {big['accepted']:,} accepted, "
-                  f"{len(big['rejected']):,} rejected at submission (invalid numbers, reported by index, "
-                  f"e.g. {big['rejected'][0]['index'] if big['rejected'] else '-'}); an order-shipped job of "
+                  f"{big['rejected_count']:,} rejected at submission (invalid numbers, each reported by its index, "
+                  f"e.g. {big['rejected'][0]['index'] if big['rejected'] else '-'}; the answer lists the first "
+                  f"{len(big['rejected']):,} and counts them all); an order-shipped job of "
                   f"{tx['accepted']:,}; {len(otp_ids)} one-time codes behind the backlog")  # fmt: skip
     jobs = {"winter sale (marketing)": (big["id"], big["accepted"]),
             "order shipped (transactional)": (tx["id"], tx["accepted"])}  # fmt: skip

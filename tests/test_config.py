@@ -21,7 +21,9 @@ def test_example_is_the_same_tree():
     "text, key",
     [
         ("[core]\nshards = 'many'", "core.shards"),
-        ("[core]\nshrads = 4", "core"),
+        ("[core]\nshrads = 4", "core.shrads"),  # an unknown key is named itself, not only its table
+        ("shards = 4", "shards"),
+        ("[[core.carriers]]\nrate = 1.0", "core.carriers[0].name"),  # a missing key too
         ("[[core.carriers]]\nname = 'x'\nrate = -1", "core.carriers[0].rate"),
         ("[core.quiet_hours]\nstart = '25:00'", "core.quiet_hours.start"),
         ("[core.weekly_cap]\npolicy = 'sometimes'", "core.weekly_cap.policy"),

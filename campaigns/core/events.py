@@ -18,7 +18,7 @@ import msgspec
 import phonenumbers
 
 from campaigns.core.consent import Evidence
-from campaigns.errors import InvalidInput
+from campaigns.errors import InvalidInput, schema_field
 
 Money = Annotated[int, msgspec.Meta(ge=0, le=10**13)]
 Instant = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
@@ -125,8 +125,7 @@ _AT = re.compile(r" - at `\$(.*)`$")
 
 
 def _field(exc: msgspec.ValidationError) -> str | None:
-    m = _AT.search(str(exc))
-    return m.group(1).lstrip(".") if m else None
+    return schema_field(str(exc))[1]  # a missing or unknown field named too (``order_id``, ``items[0].price``)
 
 
 def _invalid(exc: msgspec.ValidationError, prefix: str = "") -> InvalidInput:

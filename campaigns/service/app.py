@@ -13,7 +13,6 @@ import html
 import io
 import logging
 import os
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
@@ -33,7 +32,7 @@ from campaigns.core.forms import form_page, popup_script, sms_link
 from campaigns.core.limits import WindowLimit
 from campaigns.core.events import ShopEvent, decode_event
 from campaigns.core.model import Subscriber
-from campaigns.errors import CallerError, CampaignError, InvalidInput, NotFound, StorageError
+from campaigns.errors import CallerError, CampaignError, InvalidInput, NotFound, StorageError, schema_field
 from campaigns.service.audience import Audience, ConsentIn, FormIn, SubscriberIn, SubscriberOut
 from campaigns.service.gateway_client import Inbound
 from campaigns.service.link import GatewayLink
@@ -111,8 +110,7 @@ _form_decoder = msgspec.json.Decoder(FormIn)
 
 
 def _invalid(exc: msgspec.ValidationError) -> InvalidInput:
-    m = re.search(r" - at `\$\.?(.*)`$", str(exc))
-    return InvalidInput(str(exc), code="invalid_field", field=m.group(1) if m else None)
+    return InvalidInput(str(exc), code="invalid_field", field=schema_field(str(exc))[1])
 
 
 class SegmentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -176,8 +174,11 @@ def _on_validation(_: Request, exc: ValidationException) -> Response[ErrorOut]:
     first = extra[0] if extra and isinstance(extra[0], dict) else {}
     key = first.get("key")
     message = str(first.get("message") or exc.detail)
-    if key == "data":  # the body as a whole (e.g. an unknown field: msgspec names it in the message)
-        key = None
+    named = schema_field(message)[1]  # a missing or unknown field is named in msgspec's message only
+    if key == "data":  # the body as a whole
+        key = named
+    elif key and named and " - at `" not in message:  # in an object the key names: `profile` -> `profile.phone`
+        key = f"{key}.{named}"
     return _error(422 if first else 400, "invalid_field" if first else "invalid_json", message, key)
 
 

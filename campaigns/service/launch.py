@@ -43,7 +43,7 @@ import msgspec
 from campaigns.core import abtest, attribution, discounts, links, schedule, templates
 from campaigns.core.imports import parse_csv
 from campaigns.core.model import Subscriber
-from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound
+from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound, schema_field
 from campaigns.service.gateway_client import GatewayClient
 from campaigns.store.base import Store
 from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, LinkRange, LinkRow, PlannedRecipient,
@@ -106,8 +106,16 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
             raise InvalidInput("a campaign needs a template", code="template_required", field="template")
         if self.discount is not None and (self.discount.pool is None) == (self.discount.pattern is None):
             raise InvalidInput("a discount needs exactly one of pool and pattern", code="bad_discount", field="discount")
+        if self.link_domain is not None:
+            try:  # a domain that leaves no room for a code is refused when saved, not at launch
+                links.code_length(self.link_domain)
+            except InvalidInput as exc:
+                raise InvalidInput(str(exc), code=exc.code, field="link_domain") from None
         if self.discount is not None and self.discount.pattern is not None:
-            discounts.check_pattern(self.discount.pattern)
+            try:
+                discounts.check_pattern(self.discount.pattern)
+            except InvalidInput as exc:  # named where the definition holds it
+                raise InvalidInput(str(exc), code=exc.code, field="discount.pattern") from None
         for i, text in enumerate(self.texts().values()):
             try:
                 templates.compile_template(text)
@@ -132,7 +140,7 @@ def parse_spec(definition: Any) -> CampaignSpec:
     try:
         return msgspec.convert(definition, CampaignSpec)
     except msgspec.ValidationError as exc:
-        raise InvalidInput(str(exc), code="invalid_campaign") from None
+        raise InvalidInput(str(exc), code="invalid_campaign", field=schema_field(str(exc))[1]) from None
 
 
 class TenantLinks(msgspec.Struct, frozen=True, kw_only=True):
@@ -712,7 +720,7 @@ class Launcher:
         camp = await self.campaign(tenant, campaign_id)
         client, tl = self._client(tenant), self.tenants.get(tenant)
         if tl is None:
-            raise Conflict(f"tenant {tenant!r} has no short-link settings", code="no_link_settings")
+            raise Conflict(_no_links(tenant), code="no_link_settings", field="short_domain")
         if camp.status in ("canceled", "paused"):
             raise Conflict(f"the campaign is {camp.status}", code="campaign_status", field="status")
         if camp.status == "launched":  # every batch answered: nothing to do (a retried launch request)
@@ -840,7 +848,7 @@ class Launcher:
         camp = await self.campaign(tenant, campaign_id)
         spec, tl, client = parse_spec(camp.definition), self.tenants.get(tenant), self._client(tenant)
         if tl is None:
-            raise Conflict(f"tenant {tenant!r} has no short-link settings", code="no_link_settings")
+            raise Conflict(_no_links(tenant), code="no_link_settings", field="short_domain")
         sub = await self._run(self.store.subscriber, tenant, subscriber_id)
         if sub is None:
             raise NotFound(f"no subscriber {subscriber_id}", code="subscriber_not_found", field="subscriber")
@@ -889,3 +897,10 @@ def held_recipients(rows: Iterable[RecipientRow]) -> list[RecipientRow]:
 
 __all__ = ["AbSpec", "AudienceSpec", "CampaignSpec", "DiscountSpec", "GatewayError", "LaunchOut", "Launcher",
            "TenantLinks", "VariantSpec", "freeze", "idempotency_key", "job_body", "parse_spec", "resolve_audience"]
+
+
+def _no_links(tenant: str) -> str:
+    """What to do about ``no_link_settings``: the keys to set (a campaign's short links and discount
+    codes are minted with them; docs/CAMPAIGNS.md, "Setting up a shop")."""
+    return (f"tenant {tenant!r} has no short-link settings: set short_domain and link_key_env in its "
+            "[[campaigns.tenants]] table (docs/CAMPAIGNS.md, \"Setting up a shop\")")

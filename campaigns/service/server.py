@@ -92,6 +92,11 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     inbox = Inbox(store, clients, settings, time.time)
     link = GatewayLink(audience, clients, inbox=inbox)
     secrets = webhook_secrets(settings, env)
+    for t in settings.tenants:  # states and replies come back signed: without a secret every one is refused (401)
+        if settings.public_url and t.name not in secrets:
+            log.warning("campaigns.tenant.no_webhook_secret tenant=%s: the gateway's webhooks to %s are refused "
+                        "(set webhook_secret_env here and on the gateway's tenant, to the same secret)",
+                        t.name, settings.public_url)  # fmt: skip
     # On PostgreSQL the launcher (launches, redirects, clicks, message states) has a connection of
     # its own: on the shared one a launch waited behind the gateway link's rounds and the segment
     # rebuilds (docs/BENCHMARKS.md). SQLite has one writer whatever the connections: it shares.

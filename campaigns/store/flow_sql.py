@@ -62,6 +62,13 @@ _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country
 _SUB_NAMES = tuple(c.strip() for c in _SUB_COLS.split(","))
 
 
+# ``FlowTx.prefetch``: a chunk's subscribers with their stats row (``has_stats`` NULL: none) and tags.
+_PREFETCH_SUBS = {
+    engine: (f"SELECT s.tenant, {', '.join('s.' + c for c in _SUB_NAMES)}, st.subscriber_id, st.orders_count, "
+             f"st.total_spent, st.last_order_at, (SELECT {agg} FROM subscriber_tags t WHERE t.tenant = s.tenant AND "
+             f"t.subscriber_id = s.id) FROM subscribers s LEFT JOIN subscriber_stats st ON st.subscriber_id = s.id "
+             f"AND st.tenant = s.tenant WHERE s.id {{marks}}")
+    for engine, agg in (("sqlite", "json_group_array(t.tag)"), ("postgres", "array_agg(t.tag)"))}  # fmt: skip
 _NEW_RUN_COLS = ("id, tenant, run_key, flow_id, version, subscriber_id, object_id, node, visit, state, ended, "
                  "started_at, updated_at, due, run")  # fmt: skip
 # %b: arrays go to PostgreSQL in binary (psycopg's text format escapes every element with a regex:
@@ -85,6 +92,12 @@ def _expect(n: int, want: int, what: str) -> None:
 
 
 _INSERT_MESSAGE = f"INSERT INTO flow_outbox (tenant, {_MSG_COLS}) VALUES ({', '.join('?' * 19)}) ON CONFLICT DO NOTHING"
+# PostgreSQL: a batch's sends in one statement of 19 array parameters (one per send cost the server
+# ~250 µs of CPU each: a statement's executor start-up and commit bookkeeping for one row).
+_PG_INSERT_MESSAGES = (f"INSERT INTO flow_outbox (tenant, {_MSG_COLS}) SELECT * FROM unnest(%b::text[], %b::text[], "
+                       "%b::bigint[], %b::text[], %b::bigint[], %b::text[], %b::bigint[], %b::bigint[], %b::text[], "
+                       "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], "
+                       "%b::double precision[], %b::double precision[]) ON CONFLICT DO NOTHING")  # fmt: skip
 _UPDATE_RUNS = ("UPDATE flow_runs SET node = COALESCE(?, node), visit = ?, state = ?, ended = ?, updated_at = ?, due = ?, "
                 "run = ? WHERE id = ?")  # fmt: skip
 
@@ -131,6 +144,7 @@ class FlowTx:
         self._new: list[tuple[Any, ...]] = []  # runs started, written by ``flush`` (ids given out up front)
         self._ids: list[int] = []  # PostgreSQL: ids taken from the sequence, not yet given out
         self._top: int | None = None  # SQLite (one writer): the highest id given out
+        self._fresh: set[int] = set()  # run ids this transaction gave out (their sends' keys are new)
 
     # ---- the batch path ---------------------------------------------------------------------
     def first_times(self, event_ids: Sequence[str]) -> set[str]:
@@ -161,13 +175,16 @@ class FlowTx:
         return fresh
 
     def _mark_events(self, ids: Sequence[str], tx: Any) -> None:
-        got = tx.rows(f"INSERT INTO flow_events (tenant, event_id) VALUES {', '.join(['(?, ?)'] * len(ids))} "
-                      f"ON CONFLICT DO NOTHING RETURNING event_id", [v for e in ids for v in (self.tenant, e)])  # fmt: skip
-        _expect(len(got), len(ids), "input events applied meanwhile")
+        # The row count, not ``RETURNING``: SQLite buffers a RETURNING's rows in a temporary table
+        # (~1/3 of such an insert's CPU); the replay only needs how many rows went in.
+        got = tx.run(f"INSERT INTO flow_events (tenant, event_id) VALUES {', '.join(['(?, ?)'] * len(ids))} "
+                     f"ON CONFLICT DO NOTHING", [v for e in ids for v in (self.tenant, e)])  # fmt: skip
+        _expect(got, len(ids), "input events applied meanwhile")
 
     def prefetch(self, subscriber_ids: Sequence[int]) -> None:
-        """Read the runs (locked on PostgreSQL), the subscribers, their tags and stats of a batch: one
-        query each per 500 subscribers, instead of five per input."""
+        """Read the runs (locked on PostgreSQL), the subscribers, their tags and stats of a batch: two
+        queries per 500 subscribers (the runs; the subscribers with their stats and tags), instead of
+        five per input."""
         self.flush()
         ids = sorted(set(subscriber_ids) - self._runs.keys())
         lock = " FOR UPDATE" if self.engine == "postgres" else ""
@@ -189,23 +206,19 @@ class FlowTx:
                 entries[int(sid)].setdefault(str(fid), []).append(F.Entry(started_at=float(started), object_id=obj))
                 if run is not None:
                     runs[int(sid)].append((int(rid), _run_decoder.decode(run)))
-            tags: dict[int, list[str]] = {}
-            for sid, tag in self.tx.rows(f"SELECT subscriber_id, tag FROM subscriber_tags WHERE tenant = ? AND "
-                                         f"subscriber_id {marks}", params):  # fmt: skip
-                tags.setdefault(int(sid), []).append(str(tag))
-            stats = {int(r[0]): {"orders_count": r[1], "total_spent": r[2], "last_order_at": r[3]} for r in self.tx.rows(
-                f"SELECT subscriber_id, orders_count, total_spent, last_order_at FROM subscriber_stats WHERE tenant = ? "
-                f"AND subscriber_id {marks}", params)}  # fmt: skip
             subs = dict.fromkeys(chunk)
-            # By id alone (the primary key; ids are unique across tenants), the tenant checked here:
-            # with ``tenant = ?`` in the WHERE, SQLite answered from the (tenant, consent) index,
-            # reading every subscriber of the tenant for each chunk (O(N) per batch: 53 ms per 500 ids at
-            # 20,000 subscribers, 13 ms by the key).
-            for tenant, *row in self.tx.rows(f"SELECT tenant, {_SUB_COLS} FROM subscribers WHERE id {marks}", params[1:]):
+            # One statement for the subscribers, their stats and their tags (three before): by id alone
+            # (the primary key; ids are unique across tenants), the tenant checked here: with
+            # ``tenant = ?`` in the WHERE, SQLite answered from the (tenant, consent) index, reading
+            # every subscriber of the tenant for each chunk (O(N) per batch).
+            for tenant, *row, has_stats, orders, spent, last, tags in self.tx.rows(
+                    _PREFETCH_SUBS[self.engine].format(marks=marks), params[1:]):  # fmt: skip
                 if tenant != self.tenant:
                     continue
-                sid = int(row[0])
-                subs[sid] = (self._fields_of(names, row), tuple(sorted(tags.get(sid, ()))), stats.get(sid, {}))
+                if isinstance(tags, str):  # SQLite: a JSON array (PostgreSQL: a list, or NULL)
+                    tags = msgspec.json.decode(tags)
+                stats = {} if has_stats is None else {"orders_count": orders, "total_spent": spent, "last_order_at": last}
+                subs[int(row[0])] = (self._fields_of(names, row), tuple(sorted(tags or ())), stats)
             for sid in chunk:
                 self._subs.setdefault(sid, subs[sid])
             self._runs.update(runs)
@@ -257,9 +270,9 @@ class FlowTx:
 
     @staticmethod
     def _insert_runs(chunk: list[tuple[Any, ...]], tx: Any) -> None:
-        got = tx.rows(f"INSERT INTO flow_runs ({_NEW_RUN_COLS}) VALUES {', '.join(['(' + ', '.join('?' * 15) + ')'] * len(chunk))} "
-                      f"ON CONFLICT DO NOTHING RETURNING id", [v for r in chunk for v in r])  # fmt: skip
-        _expect(len(got), len(chunk), "runs started (a run key or id taken meanwhile)")
+        got = tx.run(f"INSERT INTO flow_runs ({_NEW_RUN_COLS}) VALUES {', '.join(['(' + ', '.join('?' * 15) + ')'] * len(chunk))} "
+                     f"ON CONFLICT DO NOTHING", [v for r in chunk for v in r])  # fmt: skip
+        _expect(got, len(chunk), "runs started (a run key or id taken meanwhile)")
 
     def _unplanned(self, what: str) -> None:
         """Reads of this batch's own writes, and read-modify-writes, are not planned: under the lock."""
@@ -338,6 +351,7 @@ class FlowTx:
             if run.id in self._keys[sid]:
                 return None
             rid = self._run_id()
+            self._fresh.add(rid)
             self._keys[sid].add(run.id)
             self._new.append((rid, self.tenant, run.id, run.flow_id, run.version, sid, run.object_id, run.node, run.visit,
                               "active" if run.node is not None else "ended", run.ended, run.started_at, now,
@@ -421,10 +435,14 @@ class FlowTx:
         transaction's commit (locked against other workers on PostgreSQL). With ``parts`` > 1 only
         the subscribers ``id % parts == part``: each worker drains its own share, so one
         subscriber's inputs are always applied in order, by one worker."""
-        lock = " FOR UPDATE SKIP LOCKED" if self.engine == "postgres" else ""
         share, params = self._share(part, parts)
+        if self.engine == "postgres":  # taken and deleted in one statement (one round trip, one probe a row)
+            rows = sorted(self.tx.rows(
+                f"DELETE FROM flow_inputs WHERE id IN (SELECT id FROM flow_inputs WHERE tenant = ?{share} ORDER BY id "
+                f"LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING id, subscriber_id, event", (self.tenant, *params, limit)))  # fmt: skip
+            return [(int(i), int(s), _event_decoder.decode(e)) for i, s, e in rows]
         rows = self.tx.rows(f"SELECT id, subscriber_id, event FROM flow_inputs WHERE tenant = ?{share} ORDER BY id "
-                            f"LIMIT ?{lock}", (self.tenant, *params, limit))  # fmt: skip
+                            f"LIMIT ?", (self.tenant, *params, limit))  # fmt: skip
         if rows and self.planned:  # the replay must delete every one: else another worker took them
             ids = [int(r[0]) for r in rows]
             for i in range(0, len(ids), 500):
@@ -433,9 +451,8 @@ class FlowTx:
                     tx.run(f"DELETE FROM flow_inputs WHERE id {m}", p), len(p), "inputs taken meanwhile"))
         elif rows:
             ids = [int(r[0]) for r in rows]
-            step = len(ids) if self.engine == "postgres" else 500
-            for i in range(0, len(ids), step):
-                marks, params = self._ids_in(ids[i:i + step])
+            for i in range(0, len(ids), 500):
+                marks, params = self._ids_in(ids[i:i + 500])
                 self.tx.run(f"DELETE FROM flow_inputs WHERE id {marks}", params[1:])
         return [(int(i), int(s), _event_decoder.decode(e)) for i, s, e in rows]
 
@@ -486,18 +503,26 @@ class FlowTx:
 
     def add_message(self, m: FlowMessage) -> bool:
         """Record a send or webhook call; False when its key was recorded before (never twice). A
-        planned batch's key is new (its run id is), which the replay checks."""
+        planned batch's key is new (its run id is), which the replay checks; so is, on PostgreSQL, the
+        key of a run this transaction started, written with the batch's other such sends."""
         row = (self.tenant, m.key, m.run_id, m.flow_id, m.version, m.step, m.visit, m.subscriber_id, m.kind, m.category,
                m.recipient, m.sender, m.body, m.media_url, m.state, m.detail, m.message_id, m.created_at, m.sent_at)  # fmt: skip
-        if self.planned:  # written together, one ``executemany`` (``_log_messages``)
+        # Written together by ``flush`` (``_log_messages``): a planned batch's; on PostgreSQL those of
+        # the runs this transaction started (a key of a run id it took from the sequence is new).
+        if self.planned or (self.engine == "postgres" and m.run_id in self._fresh):
             self._msgs.append(row)
             return True
         return self.tx.run(_INSERT_MESSAGE, row) > 0
 
     def _log_messages(self) -> None:
         """A planned batch's sends recorded since the last call, logged as one ``executemany`` whose
-        row count must be all of them (a key recorded meanwhile makes the batch stale)."""
-        if self._msgs:
+        row count must be all of them (a key recorded meanwhile makes the batch stale). On PostgreSQL,
+        a batch's sends held since the last call, written now in one statement (a key recorded
+        before stays as it was: ``ON CONFLICT DO NOTHING``, as one by one)."""
+        if self._msgs and self.engine == "postgres":
+            rows, self._msgs = self._msgs, []
+            self.tx.run(_PG_INSERT_MESSAGES, [list(col) for col in zip(*rows)])
+        elif self._msgs:
             rows, self._msgs = self._msgs, []
             self._log.append(lambda tx: _expect(tx.many(_INSERT_MESSAGE, rows), len(rows), "sends recorded meanwhile"))
 
@@ -507,8 +532,8 @@ class FlowTx:
 
     def cancel_pending(self, subscriber_id: int, reason: str) -> int:
         """Marketing sends of the subscriber recorded but not posted yet become ``skipped``."""
-        if self.planned:  # replayed in order, after this batch's own earlier sends (0: not counted here)
-            self._log_messages()
+        self._log_messages()  # after this batch's own earlier sends (held, or logged)
+        if self.planned:  # replayed in order (0: not counted here)
             self._log.append(lambda tx: self._cancel(tx, subscriber_id, reason))
             return 0
         return self._cancel(self.tx, subscriber_id, reason)

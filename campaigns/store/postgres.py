@@ -5,6 +5,7 @@ the next batch's events commit on the other."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,23 @@ from campaigns.store.schema import statements, upgrades
 from campaigns.store.sql import SqlStore, Tx
 
 
+_CREATE_INDEX = re.compile(r"CREATE (?:UNIQUE )?INDEX IF NOT EXISTS (\w+) ON", re.IGNORECASE)
+
+
+def _index_exists(conn: psycopg.Connection, stmt: str) -> bool:
+    """Whether ``stmt`` creates an index that exists already. PostgreSQL's ``CREATE INDEX IF NOT
+    EXISTS`` takes a SHARE lock on its table before it looks for the name, and the schema is made in
+    one transaction: a process (re)opening a store in use took those locks table after table while a
+    flow worker's transaction held ROW EXCLUSIVE on one and waited for another (a deadlock that
+    killed a restarted worker: tests/campaigns/test_flow_crash.py). An index that exists is skipped:
+    no lock at all."""
+    found = _CREATE_INDEX.match(stmt.strip())
+    if found is None:
+        return False
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (found.group(1),)).fetchone()
+    return bool(row and row[0])
+
+
 class PostgresStore(PgEventBatch, SqlStore):
     engine = "postgres"
     _least = "LEAST"
@@ -35,9 +53,11 @@ class PostgresStore(PgEventBatch, SqlStore):
                 # Two processes creating the schema at once would race on the catalog.
                 self._conn.execute("SELECT pg_advisory_xact_lock(717017)")
                 for stmt in statements("postgres"):
-                    self._conn.execute(stmt)
+                    if not _index_exists(self._conn, stmt):
+                        self._conn.execute(stmt)
                 for stmt in upgrades("postgres", self._columns):
-                    self._conn.execute(stmt)
+                    if not _index_exists(self._conn, stmt):
+                        self._conn.execute(stmt)
             with self._tx() as tx:
                 rollups.ensure(tx)
         except psycopg.Error as exc:

@@ -113,11 +113,12 @@ async def _launch(story: Story, cid: int, segment: int, skipped: int, facts: dic
     frozen = out["recipients"] + out["held"]
     story.say(f"Launched: the segment's {count} textable members frozen; {count - frozen} left out by smart sending "
               f"(texted 3 h ago by the old tool, within 16 h); {out['recipients']} in the test "
-              f"({DEFINITION['ab']['test_share']:.0%}), {out['held']} held for the winner; {out['batches']} NDJSON "
+              f"({out['recipients'] / max(frozen, 1):.0%} of {frozen}: each recipient drawn with the definition's "
+              f"test_share of {DEFINITION['ab']['test_share']:.0%}), {out['held']} held for the winner; {out['batches']} NDJSON "
               f"job(s) with an Idempotency-Key, {out['accepted']} accepted by the gateway")  # fmt: skip
     hours = (await story.api("GET", f"/v1/campaigns/{cid}/send-times", params={"clock": "recipient"}))["hours"]
     story.say("Send times in the recipients' own zones (GET .../send-times, seed 003's 时段分布): "
-              + ", ".join(f"{n} at {h:02d}:00" for h, n in enumerate(hours) if n))  # fmt: skip
+              + ", ".join(f"{n} at {h:02d}:00 their local time" for h, n in enumerate(hours) if n))  # fmt: skip
     again = await story.api("POST", f"/v1/campaigns/{cid}/launch")
     story.say(f"Launching again (a retry) sends nothing new: status {again['status']!r}, {again['accepted']} accepted in all")
     facts.update(segment_count=count, smart_skipped=count - frozen, smart_skipped_expected=skipped,
@@ -149,7 +150,8 @@ async def _delivered(story: Story, cid: int, what: str) -> list[dict[str, Any]]:
     states: dict[str, int] = {}
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
-    story.say(f"Message states back by the gateway's signed webhooks: {states}")
+    story.say("Message states back by the gateway's signed webhooks: "
+              + ", ".join(f"{n} {state}" for state, n in sorted(states.items())))
     return rows
 
 
@@ -263,7 +265,11 @@ async def _analytics(story: Story, cid: int, facts: dict[str, Any]) -> None:
     via: dict[str, int] = {}
     for a in by_variant["attributions"]:
         via[str(a["via"])] = via.get(str(a["via"]), 0) + 1
-    story.say(f"Orders attributed: {via} (last click within 5 days, else last delivery within 24 h)")
+    words = {"click": "by a click (within 5 days)", "view": "by a delivery without a click (within 24 h)",
+             "None": "not attributed (neither in its windows)"}
+    story.say("Orders attributed to the campaign: "
+              + ", ".join(f"{n} {words.get(how, f'by {how}')}" for how, n in sorted(via.items())) + "; the ⚠ marks an "
+              "opt-out rate at or over the tenant's alert line (opt_out_alert, 0.5 % by default)")  # fmt: skip
     keys = ("sent", "delivered", "unique_clicks", "ctr", "conversions", "conversion_rate", "revenue",
             "revenue_per_message", "cost", "roi", "opt_outs", "opt_out_rate")  # fmt: skip
     facts["report"] = {str(m["key"].get("variant")): {k: m.get(k) for k in keys} for m in by_variant["rows"]}

@@ -1,7 +1,7 @@
 """The shop's story, chapter "flows": automations running by themselves, over the campaigns API only.
 
 1. The shop installs two ready-made flows, edits their waits to seconds (a new version each: honest,
-   editable flows, no clock tricks) and switches them on: the abandoned cart (a cart over $100 gets
+   editable flows, no clock tricks) and switches them on: the abandoned cart (a cart over £100 gets
    an MMS and the bigger discount, else an SMS; no click: a last call; an order ends it) and the
    post-delivery survey.
 2. Two customers leave their checkouts; the shop's abandonment logic (``abandon_after``) marks them
@@ -19,7 +19,7 @@ from typing import Any
 
 from campaigns.story.context import Story, StoryError
 
-CART_BIG, CART_SMALL = 18_000, 4_500  # cents: $180 and $45
+CART_BIG, CART_SMALL = 18_000, 4_500  # pence: £180 and £45 (the shop sells in GBP)
 
 
 async def _ok(story: Story, method: str, path: str, **kw: Any) -> Any:
@@ -93,7 +93,7 @@ async def chapter(story: Story) -> None:
     story.step("Flows: the abandoned cart and the post-delivery survey, from the library, edited, switched on")
     cart_v = await _install(story, "abandoned_cart", _cart_edit)
     survey_v = await _install(story, "post_delivery_survey", _survey_edit)
-    story.say(f"abandoned_cart v{cart_v}: wait 2 s (was 1 h); over $100 -> MMS + 20% off, else SMS + 10%; "
+    story.say(f"abandoned_cart v{cart_v}: wait 2 s (was 1 h); over £100 -> MMS + 20% off, else SMS + 10%; "
               f"no click in 4 s -> last call; an order ends it")  # fmt: skip
     story.say(f"post_delivery_survey v{survey_v}: a second after delivery, 3 questions, answers saved on the profile")
     (big, big_id), (small, small_id), (surveyed, surveyed_id) = await _marketable(story, 3)
@@ -105,10 +105,10 @@ async def chapter(story: Story) -> None:
             "type": "checkout", "id": f"story-flow-checkout-{tag}-{int(now)}", "at": now,
             "checkout_id": f"story-cart-{tag}-{int(now)}", "phone": number, "status": "started", "value": value,
             "url": f"https://shop.example/cart/{tag}"})
-    story.say(f"{big}: ${CART_BIG / 100:.0f} cart, {small}: ${CART_SMALL / 100:.0f} cart; "
+    story.say(f"{big}: £{CART_BIG / 100:.0f} cart, {small}: £{CART_SMALL / 100:.0f} cart; "
               "the shop's abandonment logic will mark them abandoned")  # fmt: skip
-    await story.wait_for("the MMS to the $180 cart", lambda: _sent(story, "abandoned_cart", big_id, "big"), timeout=40)
-    await story.wait_for("the SMS to the $45 cart", lambda: _sent(story, "abandoned_cart", small_id, "small"), timeout=40)
+    await story.wait_for("the MMS to the £180 cart", lambda: _sent(story, "abandoned_cart", big_id, "big"), timeout=40)
+    await story.wait_for("the SMS to the £45 cart", lambda: _sent(story, "abandoned_cart", small_id, "small"), timeout=40)
     await _ok(story, "POST", "/v1/events", json={
         "type": "order", "id": f"story-flow-order-{int(now)}", "at": time.time(), "order_id": f"story-order-{int(now)}",
         "phone": small, "total": CART_SMALL, "currency": "USD", "payment_status": "paid",

@@ -186,7 +186,8 @@ async def run_story(console: Console, *, timeout: float = 90.0, chapters: list[t
         with anyio.fail_after(timeout), _directory(workdir) as tmp:
             return await _run(console, tmp, todo, started)
     except TimeoutError:
-        raise StoryError(f"the story did not finish within {timeout:.0f} s; children were stopped") from None
+        raise StoryError(f"the story did not finish within {timeout:.0f} s; children were stopped (on a slow or busy "
+                         f"machine: `sluice demo --part shop --story-timeout {timeout * 3:.0f}`)") from None
     except RuntimeError as exc:  # a child did not start
         raise StoryError(str(exc)) from exc
 

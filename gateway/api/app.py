@@ -598,9 +598,7 @@ def _batch_messages(raws: list[msgspec.Raw]) -> list[tuple[str, schemas.MessageI
             where, data = "message", bytes(item.message)
             out.append((item.idempotency_key, _MESSAGE.decode(data), data))
         except msgspec.ValidationError as exc:
-            text, field = _split(str(exc))
-            if field is None and (m := _NAMED.search(text)) is not None:
-                field = m.group(1)
+            text, field = _split(str(exc))  # a missing or unknown field named too
             path = f"messages[{i}]" + (".message" if where == "message" else "") + (f".{field}" if field else "")
             raise InvalidInput(f"message {i}: {text}", field=path, index=i) from None
     return out
@@ -781,8 +779,14 @@ _IDX = re.compile(r"^recipients\[(\d+)\]")
 
 
 def _split(text: str) -> tuple[str, str | None]:
+    """msgspec's message -> (the message, the field path). A missing or unknown field is named in the
+    message, not in msgspec's path (which stops at the object holding it): it is appended, so a job
+    without ``from`` names ``from`` and a recipient without ``to`` names ``recipients[0].to``."""
     m = _AT.match(text)
-    return (m.group(1), m.group(2) or None) if m else (text, None)
+    message, field = (m.group(1), m.group(2) or None) if m else (text, None)
+    if (named := _NAMED.search(message)) is not None:
+        field = f"{field}.{named.group(1)}" if field else named.group(1)
+    return message, field
 
 
 def _index(field: str | None) -> int | None:

@@ -91,6 +91,18 @@ class Timers:
         bucket.append(row)
         self._count += 1
 
+    def extend(self, rows: array, due: float) -> None:
+        """``add(row, due)`` of each row, in their order (they share one bucket)."""
+        if not rows:
+            return
+        second = math.ceil(due)
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            bucket = self._buckets[second] = array("q")
+            heapq.heappush(self._heap, second)
+        bucket.extend(rows)
+        self._count += len(rows)
+
     def next_due(self) -> float | None:
         return float(self._heap[0]) if self._heap else None
 

@@ -241,7 +241,7 @@ class Scheduler:
             if tzs.count(None) == n:  # by prefix class, as text: no int arithmetic a number
                 zones = self.resolver.keys_for(tos)
             else:  # a zone not known: ValueError, the rows say who
-                zones = list(map(self.resolver.key_for, numbers, tzs))
+                zones = self.resolver.keys_with_zones(tos, tzs)
             if entry.carrier is None:
                 carriers = self._router.primaries(tos)
             else:

@@ -259,8 +259,7 @@ class Shard:
             del rows[:limit]
         due = jobs[job_slot].not_before
         if due > -_INF:  # a past due time is released by the next ``take``, in id order
-            for row in take:
-                self.wait(row, due)
+            self._wait_rows(take, due)
         else:
             self._ready_rows(take, jobs[job_slot].priority)
         return len(take)
@@ -287,6 +286,25 @@ class Shard:
             return
         for c in dict.fromkeys(carriers):  # each carrier's rows, in their order
             self.lane(c, priority).extend(array("q", [row for row, x in zip(rows, carriers) if x == c]))
+
+    def _wait_rows(self, rows: array, until: float) -> None:
+        """``wait(row, until)`` of many rows, in their order: a scheduled job (a campaign's batch,
+        ``send_at`` ahead) is resumed before its 202 is answered, and a Python call a row was
+        ~1 µs of the event loop a recipient. Every row shares ``until``, so one timer bucket
+        takes them all in one ``extend``."""
+        k = len(rows)
+        if not k:
+            return
+        state, due = self.state, self.due
+        lo = rows[0]
+        if rows[-1] - lo == k - 1 and rows == array("q", range(lo, lo + k)):  # fresh rows: consecutive
+            state[lo : lo + k] = array("B", [WAITING]) * k
+            due[lo : lo + k] = array("d", [until]) * k
+        else:
+            for row in rows:
+                state[row] = WAITING
+                due[row] = until
+        self.timers.extend(rows, until)
 
     def parked_count(self, job_slot: int) -> int:
         return len(self.parked.get(job_slot, ()))

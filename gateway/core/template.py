@@ -85,7 +85,9 @@ class Template:
             return None  # a value with a NUL
         fixed = self._plain - (len(self.fields) - 1)  # the literal text, less the separators
         flat = text.replace(_SEP, "") if len(self.fields) > 1 else text
-        if not segments.no_ascii_special(flat):  # some value has an ASCII special: ask each
+        if not flat.isascii() and segments.plain_septets(flat):  # "Chloé": one scan, not three
+            units = [len(j) + fixed for j in joined]
+        elif not segments.no_ascii_special(flat):  # some value has an ASCII special: ask each
             units = [len(j) + fixed if segments.is_plain(j.replace(_SEP, "")) else -1 for j in joined]
         elif flat.isascii() or segments.one_septet_each(flat):  # the usual case: one septet a character
             units = [len(j) + fixed for j in joined]

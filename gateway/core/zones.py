@@ -97,6 +97,7 @@ class ZoneResolver:
         # the same classes by text: len('+' digits) -> {'+' prefix: key, or -(deeper prefix's length)}
         self._text_nodes: dict[int, dict[str, int]] = {}
         self._explicit: dict[tuple[str, str | None], int] = {}
+        self._explicit_by_key: dict[tuple[str, int], int] = {}  # (zone, the number's own key) -> key
         self._valid_zones: set[str] = {self.default_zone}
 
     # -- the hot path ----------------------------------------------------------------------
@@ -135,6 +136,26 @@ class ZoneResolver:
             add(v if v is not None and v >= 0 else walk(t))
         return out
 
+    def keys_with_zones(self, texts: Sequence[str], tzs: Sequence[str | None]) -> list[int]:
+        """``key_for(int(t[1:]), tz)`` of each text and its explicit zone (or None), a chunk of a
+        large job whose recipients give their own zone (a campaign's lines: each subscriber's):
+        the number's own key by ``keys_for``, then one dict hit a recipient on (zone, that key),
+        since an explicit zone's set depends on the number only through the number's region.
+        Raises ValueError naming a zone that is not a known IANA zone, as ``key_for`` does."""
+        base = self.keys_for(texts)
+        pairs = list(zip(tzs, base))
+        out = list(map(self._explicit_by_key.get, pairs))
+        if None in out:  # a recipient without a zone, or a (zone, key) pair not seen yet
+            sets, explicit = self._sets, self._explicit_by_key
+            for i, v in enumerate(out):
+                if v is None:
+                    tz, key = pairs[i]
+                    if tz is None:
+                        out[i] = key
+                    else:
+                        out[i] = explicit[pairs[i]] = self._explicit_key(tz, sets[key].region)
+        return out
+
     def zone_set(self, key: int) -> ZoneSet:
         return self._sets[key]
 
@@ -169,7 +190,9 @@ class ZoneResolver:
         return key
 
     def _key_for_explicit(self, number: int, tz: str) -> int:
-        region = self._sets[self.key_for(number)].region
+        return self._explicit_key(tz, self._sets[self.key_for(number)].region)
+
+    def _explicit_key(self, tz: str, region: str | None) -> int:
         key = self._explicit.get((tz, region))
         if key is None:
             key = self._intern(ZoneSet((self._valid(tz),), region))

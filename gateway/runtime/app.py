@@ -97,6 +97,12 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
     clock = time.time
     tenants = tenant_table(cfg)
     operators = operator_table(cfg)
+    if not cfg.api.tenants:  # the embedded config: nobody can call the API (README, "Try it on your machine")
+        log.warning("serve.no_tenants: the config has no [[api.tenants]]: every /v1/ request is answered 401")
+    unlinked = sorted({c.name for c in cfg.core.carriers} - {link.name for link in [*cfg.carriers.smpp, *cfg.carriers.http]})
+    if unlinked:  # routed to, never sent: their messages wait in the queue
+        log.warning("serve.carriers_without_link carriers=%s: no [[carriers.smpp]] or [[carriers.http]] for them",
+                    ",".join(unlinked))  # fmt: skip
     secrets = webhook_secrets(cfg)
     store = open_store(cfg.store.url) if not cfg.store.url.startswith("sqlite:///") else \
         SqliteStore(cfg.store.url.removeprefix("sqlite:///"), synchronous=cfg.store.synchronous)  # fmt: skip

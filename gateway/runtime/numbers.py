@@ -266,8 +266,8 @@ def _compile(pattern: str | None) -> re.Pattern[str] | None:
 
 class NumberCheck:
     """``canonical`` for one number at a time; with ``tables``, also ``sure`` for many at once
-    (in ingest's worker processes: a country's table takes 0.05-0.3 s to compile, once, which
-    an event loop serving single messages should not spend)."""
+    (in ingest's worker processes, and for a large chunk the event loop checks itself: a
+    country's table takes 0.05-0.3 s to compile, once, which single messages should not spend)."""
 
     __slots__ = ("_plans", "_heads", "_sure", "_tables", "_use_tables", "_classes", "_kinds")
 

@@ -144,7 +144,7 @@ def test_form_opt_in_records_the_shop_legal_text_and_evidence(setup: tuple[TestC
     ({"phone": "+33612345678", "legal_version": "pop-2"}, "stale_form", "legal_version"),
     ({"phone": "123", "legal_version": "pop-3"}, "invalid_phone", "phone"),
     ({"phone": "+33612345678", "legal_version": "pop-3", "email": "nope"}, "invalid_field", "email"),
-    ({"legal_version": "pop-3"}, "invalid_field", None),
+    ({"legal_version": "pop-3"}, "invalid_field", "phone"),  # a missing field is named
 ])  # fmt: skip
 def test_form_bad_input(setup: tuple[TestClient, Audience, FakeGateway], body: dict, code: str, field: str | None) -> None:
     c, audience, gw = setup

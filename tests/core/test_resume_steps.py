@@ -107,3 +107,51 @@ def test_a_resumed_job_fills_each_lane_as_a_row_at_a_time_would(people, gap, can
     for carrier in ("a", "b"):
         assert [d.message_id for d in bulk.take(carrier, 100_000, NOW).dispatches] == \
                [d.message_id for d in reference.take(carrier, 100_000, NOW).dispatches]  # fmt: skip
+
+
+def _waits_one_by_one(shard, job_slot: int, due: float) -> None:
+    """What ``Shard.unpark`` did before a scheduled job's rows went to the timers in one extend."""
+    for row in shard.parked.pop(job_slot, ()):
+        shard.wait(row, due)
+
+
+@settings(max_examples=30, deadline=None)
+@given(people=st.lists(st.sampled_from(["+1212555", "+4420794", "+1415555"]).flatmap(
+           lambda p: st.integers(0, 9999).map(lambda i: f"{p}{i:04d}")), min_size=1, max_size=120),
+       gap=st.integers(0, 40), cancel_first=st.booleans(), ahead=st.floats(0.001, 90_000.0),
+       other_at=st.one_of(st.none(), st.floats(0.001, 90_000.0)), step=st.one_of(st.none(), st.integers(1, 50)))  # fmt: skip
+def test_a_scheduled_job_resumed_waits_as_a_row_at_a_time_would(people, gap, cancel_first, ahead, other_at,
+                                                                step) -> None:  # fmt: skip
+    """A job with ``send_at`` ahead (a campaign's batch) resumed whole or in steps: row states,
+    due times, the timers' buckets and what ``take`` sends when they come due are the same as
+    ``wait`` a row at a time, rows consecutive or scattered among freed rows, with another
+    scheduled job's rows in the timers already (the same second's bucket, or another)."""
+    cores = []
+    for _ in range(2):
+        c = _two_carriers()
+        first = Job(id="first", tenant="t", sender="S", template="x", category="transactional",
+                    not_before=None if other_at is None else NOW + other_at)  # fmt: skip
+        c.admit(first, [Recipient(to=f"+1646555{i:04d}") for i in range(gap)], NOW, paused=True)
+        if cancel_first:
+            c.cancel_job("first", NOW)  # its rows freed: the next job's rows are taken from them
+        else:
+            c.resume_job("first")
+        job = Job(id="j", tenant="t", sender="S", template="x", category="transactional", not_before=NOW + ahead)
+        c.admit(job, [Recipient(to=p) for p in people], NOW, paused=True)
+        cores.append(c)
+    bulk, reference = cores
+    bulk.resume_job("j", limit=step)
+    while step is not None and bulk.resume_more("j", step):
+        pass
+    entry = reference._jobs["j"]
+    reference._set_paused(entry, False)
+    for shard in reference._shards:
+        _waits_one_by_one(shard, entry.slot, entry.not_before)
+    for a, b in zip(bulk._shards, reference._shards):
+        assert a.state == b.state and a.due == b.due
+        assert len(a.timers) == len(b.timers) and list(a.timers) == list(b.timers)
+        assert a.timers.next_due() == b.timers.next_due()
+    later = NOW + max(ahead, other_at or 0.0) + 2
+    for carrier in ("a", "b"):
+        assert [d.message_id for d in bulk.take(carrier, 100_000, later).dispatches] == \
+               [d.message_id for d in reference.take(carrier, 100_000, later).dispatches]  # fmt: skip

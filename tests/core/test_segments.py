@@ -94,3 +94,13 @@ def test_smart_encoding():
 def test_udh():
     assert s.udh_concat(0x42, 3, 1) == bytes([5, 0, 3, 0x42, 3, 1])
     assert s.udh_concat(0x1234, 2, 2, ref16=True) == bytes([6, 8, 4, 0x12, 0x34, 2, 2])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.one_of(st.sampled_from(GSM_BASIC), st.sampled_from(GSM_EXT), st.sampled_from("`\x7f\x1b\x00\t\x0b"),
+                                  st.sampled_from("☃ąłž€"), st.characters()), max_size=60))  # fmt: skip
+def test_plain_septets_is_no_ascii_special_and_one_septet_each(text):
+    """The one scan that a chunk's bodies take first answers what the two scans it replaces
+    answer together (a campaign's texts: "Chloé" is one septet a character)."""
+    assert s.plain_septets(text) == (s.no_ascii_special(text) and s.one_septet_each(text))
+    assert s.plain_septets(text) <= (s.plan(text).encoding == s.GSM7 and s.plan(text).units == len(text))

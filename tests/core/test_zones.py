@@ -311,3 +311,32 @@ def test_the_shipped_nanp_table_is_the_installed_geocoders() -> None:
         data.prepare()
         assert data._nanp == derived
     assert {derived[a] for a in ("212", "305", "416", "604")} == {"US-NY", "US-FL", "CA-ON", "CA-BC"}
+
+
+_ZONE_CHOICES = [None, "Europe/London", "America/New_York", "Asia/Kolkata", "UTC", "Mars/Olympus", "europe/london"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(numbers_st, st.sampled_from(_ZONE_CHOICES)), min_size=1, max_size=40),
+       st.lists(st.tuples(numbers_st, st.sampled_from(_ZONE_CHOICES)), max_size=20))  # fmt: skip
+def test_keys_with_zones_is_key_for_of_each(batch: list[tuple[str, str | None]], before: list) -> None:
+    """The column of (number, explicit zone) keys is ``key_for``'s, one by one, whatever the
+    resolver saw before (its caches by text, by number and by (zone, the number's key)); a
+    zone that is not a known IANA zone is refused as ``key_for`` refuses it."""
+    a, b = ZoneResolver(), ZoneResolver()
+    for digits, tz in before:  # warm one resolver's caches with other numbers and zones first
+        try:
+            a.keys_with_zones(["+" + digits], [tz])
+        except ValueError:
+            pass
+    texts, tzs = ["+" + d for d, _ in batch], [tz for _, tz in batch]
+    try:
+        expected = [b.zone_set(b.key_for(int(d), tz)) for d, tz in batch]
+    except ValueError as exc:
+        with pytest.raises(ValueError, match="unknown time zone") as got_exc:
+            a.keys_with_zones(texts, tzs)
+        assert str(got_exc.value) == str(exc)  # the first unknown zone of the chunk, named
+        return
+    got = a.keys_with_zones(texts, tzs)
+    assert [a.zone_set(k) for k in got] == expected
+    assert a.keys_with_zones(texts, tzs) == got  # cached: the same keys

@@ -4,14 +4,18 @@ import json
 
 import pytest
 from anyio import BrokenWorkerProcess
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.api import schemas
 from gateway.api.app import decode_lines
 from gateway.config import default_text, loads
+from gateway.core.model import Job
 from gateway.core.scheduler import Scheduler
 from gateway.errors import InvalidInput
 from gateway.runtime.app import _ready
-from gateway.runtime.ingest import POOL_MIN, CheckPool, RecipientLines
+from gateway.runtime.ingest import POOL_MIN, CheckPool, RecipientLines, check_chunk
+from gateway.runtime.numbers import NumberCheck
 from gateway.runtime.service import Gateway
 from gateway.store.memory import MemoryStore
 
@@ -71,3 +75,60 @@ async def test_a_body_too_long_for_every_recipient_is_refused_from_the_worker_to
         await gw.submit_job_stream("acme", head, _chunks(_lines(POOL_MIN)), NOW, digest=lambda: "")
     assert caught.value.field == "template"
     assert list(gw.store.unfinished()) == []  # nothing of it kept
+
+
+_REGIONS = ("GB", "US", "DE", "FR", "IN", "BR", "JP", "AU", "AR", "IT", "MG")
+
+
+def _some_numbers(rnd) -> list[str]:
+    """Numbers as senders write them: valid E.164 (example numbers of many countries with their last
+    digits changed, so some are valid and some not), formatted, with a national prefix, garbage."""
+    import phonenumbers
+    from phonenumbers import PhoneNumberType
+
+    out = []
+    for _ in range(POOL_MIN + 44):
+        region = rnd.choice(_REGIONS)
+        ex = phonenumbers.example_number_for_type(region, rnd.choice([PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE]))
+        e164 = phonenumbers.format_number(ex, phonenumbers.PhoneNumberFormat.E164)
+        cut = rnd.randint(0, 5)
+        text = e164[: len(e164) - cut] + "".join(rnd.choice("0123456789") for _ in range(rnd.choice([cut, cut, cut + 1])))
+        form = rnd.random()
+        if form < 0.1:
+            text = phonenumbers.format_number(ex, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        elif form < 0.15:
+            text = text[:3] + "0" + text[3:]  # a national prefix after the country code
+        elif form < 0.18:
+            text = rnd.choice(["+1", "+0123456789", "12125550100", "+44 ", "+٤٤٧٩١١١٢٣٤٥٦"])
+        out.append(text)
+    return out
+
+
+_TABLES = NumberCheck(tables=True)  # compiled once for the module: a country's table takes 0.05-0.3 s
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_a_large_chunk_checked_by_prefix_class_answers_as_canonical_does(rnd) -> None:
+    """A large chunk's numbers decided by prefix class (``sure``, as the loop now does without a
+    pool) and by ``canonical`` one by one (small chunks, single messages): the same recipients
+    accepted in the same order, the same ones rejected for the same reasons, the same rows."""
+    numbers = _some_numbers(rnd)
+    people = [schemas.RecipientIn(to=t, vars={"name": "n"}, tz=rnd.choice([None, "Europe/London"])) for t in numbers]
+    job = Job(id="j", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
+    core = Scheduler(CFG.core, NOW)
+    by_class = check_chunk(core, _TABLES, job, people, 7)
+    one_by_one = check_chunk(core, NumberCheck(), job, people, 7)
+    assert by_class.errors == one_by_one.errors and by_class.index == one_by_one.index
+    assert by_class.rows == one_by_one.rows
+    assert by_class.checked.order() == one_by_one.checked.order()
+
+
+async def test_the_loop_decides_a_large_chunks_numbers_by_prefix_class_only() -> None:
+    """Without a pool, a large job's chunk is checked on the loop by prefix class; a small job's
+    (and a single message's) numbers by ``canonical``: no country table compiled for them."""
+    gw = Gateway(Scheduler(CFG.core, NOW), MemoryStore())
+    assert (await _submit(gw, _lines(POOL_MIN - 1)))["accepted"] == POOL_MIN - 1
+    assert not gw._chunk_numbers._tables
+    assert (await _submit(gw, _lines(POOL_MIN)))["accepted"] == POOL_MIN
+    assert gw._chunk_numbers._tables
