@@ -105,6 +105,23 @@ class PostgresStore(PgEventBatch, SqlStore):
             # The transaction did not commit; the caller may retry (503), and the next call reconnects.
             raise StorageError(str(exc)) from exc
 
+    @staticmethod
+    def _write_group(tx: Tx, tenant: str, ids: list[int], found: dict[int, list[int]],
+                     edges: dict[int, dict[int, float]], now: float) -> int:  # fmt: skip
+        """``SqlStore._write_group`` as one statement for the members and one for the timers: the
+        server compares what a pass found with what is stored and writes only the differences (the
+        stored rows were read into Python, joiners went by COPY into a staging table, and each leaver
+        and each moved timer was a statement of its own: ~100 ms of the server's CPU a pass of 1,000
+        subscribers and 13 trees, a fifth of the pass)."""
+        pairs = [(seg, sid) for seg, sids in found.items() for sid in sids]
+        row = tx.named_rows(_MEMBERS_WRITE, {"tenant": tenant, "now": now, "ids": ids, "segs": sorted(found),
+                                             "fseg": [p[0] for p in pairs], "fsid": [p[1] for p in pairs]})  # fmt: skip
+        if edges:
+            want = [(seg, sid, at) for seg, by_sid in edges.items() for sid, at in by_sid.items()]
+            tx.named_run(_TIMERS_WRITE, {"tenant": tenant, "ids": ids, "segs": sorted(edges), "wseg": [w[0] for w in want],
+                                         "wsid": [w[1] for w in want], "wat": [w[2] for w in want]})  # fmt: skip
+        return int(row[0][0])
+
     def record_link_hits(self, hits: Sequence[HitIn], *, now: float) -> int:
         """``CampaignSql.record_link_hits`` as one statement (``click_sql``), atomic on its own: run on
         the autocommit connection, no ``BEGIN``/``COMMIT`` round trips (one round trip a flush)."""
@@ -148,6 +165,50 @@ _SLOT_READ = ("SELECT s.tenant, s.campaign_id, s.batch, s.idx, r.subscriber_id, 
               "THEN r.state_at END FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[]) AS s (tenant, "
               "campaign_id, batch, idx) JOIN campaign_recipients r ON r.tenant = s.tenant AND r.campaign_id = "
               "s.campaign_id AND r.batch = s.batch AND r.idx = s.idx")  # fmt: skip
+
+# A pass's membership differences for ``ids`` over the segments ``segs``: ``found`` (segment,
+# subscriber) pairs are the members now; stored pairs not found leave, found pairs not stored join
+# (``since`` now). One snapshot for the parts: they touch disjoint rows. Returns the changes made.
+_MEMBERS_WRITE = """
+WITH found AS (SELECT * FROM unnest(%(fseg)s::bigint[], %(fsid)s::bigint[]) AS f (segment_id, subscriber_id)),
+stored AS (  -- driven by the ids, an index probe each (OFFSET 0: the planner may not flatten it into a hash
+            -- of every membership of the shop, which grows with the audience, not with the pass)
+    SELECT m.row, m.segment_id, m.subscriber_id FROM unnest(%(ids)s::bigint[]) AS i (id)
+    CROSS JOIN LATERAL (SELECT x.ctid AS row, x.segment_id, x.subscriber_id FROM segment_members x
+                        WHERE x.tenant = %(tenant)s AND x.subscriber_id = i.id
+                          AND x.segment_id = ANY(%(segs)s::bigint[]) OFFSET 0) m),
+gone AS (  -- by the rows' ctids (a TID scan): joined back on the key, the planner hashed the whole table
+    DELETE FROM segment_members m WHERE m.ctid = ANY(ARRAY(
+        SELECT s.row FROM stored s WHERE NOT EXISTS (
+            SELECT 1 FROM found f WHERE f.segment_id = s.segment_id AND f.subscriber_id = s.subscriber_id)))
+    RETURNING 1),
+added AS (
+    INSERT INTO segment_members (tenant, segment_id, subscriber_id, since)
+    SELECT %(tenant)s, f.segment_id, f.subscriber_id, %(now)s FROM found f
+    WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.segment_id = f.segment_id AND s.subscriber_id = f.subscriber_id)
+    ON CONFLICT DO NOTHING RETURNING 1)
+SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM added)
+"""
+
+# The timers of the segments ``segs`` for ``ids`` become ``want`` (segment, subscriber, at): the others
+# are deleted; a timer whose instant did not move is not rewritten (an order moves few window edges).
+_TIMERS_WRITE = """
+WITH want AS (SELECT * FROM unnest(%(wseg)s::bigint[], %(wsid)s::bigint[], %(wat)s::float8[])
+              AS w (segment_id, subscriber_id, at)),
+gone AS (  -- as the members' leavers: a probe of the whole key per (segment, id), then a TID scan
+    -- (the key has no index by subscriber: with `segment_id = ANY(...)` and no statistics yet, the
+    -- planner probed on (tenant, subscriber) and read every timer of the shop per id: 1.4 s a pass)
+    DELETE FROM segment_timers t WHERE t.ctid = ANY(ARRAY(
+        SELECT x.row FROM unnest(%(ids)s::bigint[]) AS i (id) CROSS JOIN unnest(%(segs)s::bigint[]) AS g (seg)
+        CROSS JOIN LATERAL (SELECT y.ctid AS row FROM segment_timers y WHERE y.tenant = %(tenant)s
+                            AND y.segment_id = g.seg AND y.subscriber_id = i.id OFFSET 0) x
+        WHERE NOT EXISTS (SELECT 1 FROM want w WHERE w.segment_id = g.seg AND w.subscriber_id = i.id)))
+    RETURNING 1)
+INSERT INTO segment_timers AS t (tenant, segment_id, subscriber_id, at)
+SELECT %(tenant)s, w.segment_id, w.subscriber_id, w.at FROM want w
+ON CONFLICT (tenant, segment_id, subscriber_id) DO UPDATE SET at = excluded.at WHERE t.at <> excluded.at
+"""
+
 _LINK_READ_ANY = link_read_many(1, "%s").replace("l.code IN (%s)", "l.code = ANY(%s::text[])")
 
 

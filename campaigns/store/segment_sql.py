@@ -59,7 +59,7 @@ from campaigns.core.segments import (
     walk,
 )
 
-__all__ = ["Dialect", "compile_edges", "compile_segment"]
+__all__ = ["Dialect", "compile_edges", "compile_segment", "members_from"]
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -170,7 +170,7 @@ class _Compiler:
             flat.extend(expand_rfm(item.tier).items if isinstance(item, RfmTier) and joiner == " AND " else (item,))
         stats = [i for i in flat if isinstance(i, Field) and FIELDS[i.field].table == "subscriber_stats"
                  and not field_op_holds(i.op, FIELD_DEFAULTS.get(i.field), i.value, self.now)]  # fmt: skip
-        if len(stats) < 2:
+        if len(stats) < 2 or self.only is not None:  # restricted: each is a test on the joined row
             return [self.node(i) for i in flat]
         parts = [self.node(i) for i in flat if not any(i is f for f in stats)]
         preds = [f"(st.{f.field} IS NOT NULL AND {self.field_pred(f, f'st.{f.field}', FIELDS[f.field].kind)})"
@@ -189,9 +189,19 @@ class _Compiler:
         # only rows with a value can differ from it. The predicate sees a non-NULL column: it is
         # two-valued, and stays a plain comparison the engines can run off an index.
         col = f"st.{seg.field}"
-        rows = f"subscriber_stats st WHERE st.tenant = {self.tenant} AND {col} IS NOT NULL"
         pred = self.field_pred(seg, col, spec.kind)
-        if field_op_holds(seg.op, default, seg.value, self.now):  # so does everyone without a value
+        holds = field_op_holds(seg.op, default, seg.value, self.now)  # so does everyone without a value
+        if self.only is not None:
+            # Restricted to a few subscribers: their own aggregates row, joined once by the pass's
+            # statement (``members_from``), is the whole answer; a subquery here was a hashed subplan
+            # that read every row of ``subscriber_stats`` per tree (PostgreSQL) or probed it per id
+            # per tree (SQLite). The same two-valued rule as the subqueries': a row with a value
+            # decides, no row or NULL reads the default.
+            if holds:
+                return f"(NOT COALESCE({col} IS NOT NULL AND NOT ({pred}), FALSE))"
+            return f"COALESCE({col} IS NOT NULL AND {pred}, FALSE)"
+        rows = f"subscriber_stats st WHERE st.tenant = {self.tenant} AND {col} IS NOT NULL"
+        if holds:
             return self.semi(f"{rows} AND NOT ({pred})", "st.subscriber_id", negate=True)
         return self.semi(f"{rows} AND {pred}", "st.subscriber_id")
 
@@ -383,6 +393,19 @@ def _same_for_every_positive_count(seg: Event, one: bool) -> bool:
     return seg.value == 0
 
 
+def members_from(dialect: Dialect) -> str:
+    """What a restricted compile (``compile_segment(..., only=...)``) is evaluated over: each subscriber
+    with its aggregates row (``st``, NULLs when it has none), so a condition on the aggregates is a
+    column test, not a subquery per tree: ``SELECT s.id, CASE WHEN <where> ... FROM <this> WHERE ...``.
+    PostgreSQL: a lateral probe of the row by its key (``LIMIT 1``: at most one row, and it keeps the
+    planner from turning the join into a hash of every aggregates row of the shop, 20x the pass's
+    subscribers at 20k and growing with the audience, not with the batch)."""
+    if dialect == "postgres":
+        return ("subscribers s LEFT JOIN LATERAL (SELECT * FROM subscriber_stats x WHERE x.subscriber_id = s.id "
+                "AND x.tenant = s.tenant LIMIT 1) st ON TRUE")  # fmt: skip
+    return "subscribers s LEFT JOIN subscriber_stats st ON st.subscriber_id = s.id AND st.tenant = s.tenant"
+
+
 def compile_segment(seg: Segment, dialect: Dialect, tenant: str, now: float,
                     only: list[int] | None = None) -> tuple[str, list[Any]]:  # fmt: skip
     """``(where, params)`` selecting the tenant's subscribers in ``seg`` at ``now``:
@@ -391,7 +414,8 @@ def compile_segment(seg: Segment, dialect: Dialect, tenant: str, now: float,
     ``only``: the answer for these subscriber ids alone (live membership after a batch of events).
     Every subquery is then restricted to them too, so it reads their rows through the per-subscriber
     indexes instead of the tenant's whole window; for a subscriber of ``only`` the answer is the same
-    (a subquery's rows for other subscribers never decide it)."""
+    (a subquery's rows for other subscribers never decide it). The restricted ``where`` is over
+    ``members_from(dialect)`` (the subscriber and its aggregates row ``st``), not ``subscribers s`` alone."""
     c = _Compiler(dialect, tenant, now, only)
     where = f"s.tenant = {c.tenant}{c.within('s.id')} AND {c.node(seg)}"
     return _positional(c, where)

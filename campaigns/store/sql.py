@@ -25,6 +25,7 @@ from campaigns.core.flow_inputs import CheckoutEnd
 from campaigns.store.flow_sql import FlowSql, applied_inputs, enqueue_applied, enqueue_inputs
 from campaigns.store.inbox_sql import InboxSql
 from campaigns.store import rollups
+from campaigns.store.segment_sql import members_from
 
 _json = msgspec.json.Encoder()
 _SUB_COLS = ("id, phone, first_name, last_name, email, gender, birthday, country, region, city, time_zone, "
@@ -837,7 +838,8 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         only = f"s.id = ANY({ph}::bigint[])" if tx.pg else f"s.id IN (SELECT value FROM json_each({ph}))"
         params = [x for p in plans for x in p.params]
         inside: dict[int, list[int]] = {p.segment_id: [] for p in plans}
-        for row in tx.raw_rows(f"SELECT s.id, {cols} FROM subscribers s WHERE s.tenant = {ph} AND {only}",
+        for row in tx.raw_rows(f"SELECT s.id, {cols} FROM {members_from('postgres' if tx.pg else 'sqlite')} "
+                               f"WHERE s.tenant = {ph} AND {only}",
                                [*params, tenant, tx.array(ids)]):  # fmt: skip
             for p, hit in zip(plans, row[1:], strict=True):
                 if hit:

@@ -40,7 +40,7 @@ from campaigns.core.segments import (
 from campaigns.store import rollups
 from campaigns.store.schema import statements
 from campaigns.store.sql import Tx
-from campaigns.store.segment_sql import compile_segment
+from campaigns.store.segment_sql import compile_segment, members_from
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -340,7 +340,7 @@ def members_restricted(cur: Any, dialect: str, segs: list[Segment], now: float, 
     parts = [compile_segment(seg, dialect, TENANT, now, only=only) for seg in segs]
     cols = ", ".join(f"CASE WHEN {where} THEN 1 ELSE 0 END" for where, _ in parts)
     ph = "%s" if dialect == "postgres" else "?"
-    cur.execute(f"SELECT s.id, {cols} FROM subscribers s WHERE s.tenant = {ph}",
+    cur.execute(f"SELECT s.id, {cols} FROM {members_from(dialect)} WHERE s.tenant = {ph}",
                 [*(x for _, params in parts for x in params), TENANT])  # fmt: skip
     got: list[set[int]] = [set() for _ in segs]
     for row in cur.fetchall():

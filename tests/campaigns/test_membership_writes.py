@@ -1,0 +1,69 @@
+"""A membership pass's writes (``Store.write_members``), on both engines: whatever is stored before, the
+members of the pass's segments among its subscribers become exactly what it found (joiners ``since``
+now, those who stay keep theirs), their timers exactly its window edges, and nothing else moves:
+other subscribers, other segments, other tenants. PostgreSQL writes the differences in one statement
+each (``PostgresStore._write_group``), SQLite from Python (``SqlStore._write_group``)."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from campaigns.store.base import MembersFound, Store
+
+T0 = 1_760_000_000.0
+SIDS = range(1, 7)
+SEGS = range(1, 4)
+_tenants = itertools.count()
+
+pairs = st.sets(st.tuples(st.sampled_from(SEGS), st.sampled_from(SIDS)), max_size=18)
+instants = st.sampled_from([T0 + 10.0, T0 + 20.0, T0 + 86_400.5])
+
+
+@st.composite
+def passes(draw: st.DrawFn) -> tuple:
+    stored = draw(pairs)
+    timers = draw(st.dictionaries(st.tuples(st.sampled_from(SEGS), st.sampled_from(SIDS)), instants, max_size=18))
+    ids = sorted(draw(st.sets(st.sampled_from(SIDS), min_size=1)))
+    segs = sorted(draw(st.sets(st.sampled_from(SEGS), min_size=1)))
+    inside = {seg: sorted(draw(st.sets(st.sampled_from(ids)))) for seg in segs}
+    timed = draw(st.sets(st.sampled_from(segs)))
+    edges = {seg: draw(st.dictionaries(st.sampled_from(ids), instants)) for seg in sorted(timed)}
+    return stored, timers, ids, inside, edges
+
+
+def _state(store: Store, tenant: str) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], float]]:
+    with store._tx() as tx:  # type: ignore[attr-defined]
+        members = {(int(g), int(s)): float(t) for g, s, t in tx.rows(
+            "SELECT segment_id, subscriber_id, since FROM segment_members WHERE tenant = ?", (tenant,))}  # fmt: skip
+        timers = {(int(g), int(s)): float(t) for g, s, t in tx.rows(
+            "SELECT segment_id, subscriber_id, at FROM segment_timers WHERE tenant = ?", (tenant,))}  # fmt: skip
+    return members, timers
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=passes())
+def test_a_pass_writes_exactly_the_differences(store: Store, case: tuple) -> None:
+    stored, timers, ids, inside, edges = case
+    tenant, other = f"w{next(_tenants)}", f"o{next(_tenants)}"
+    for t in (tenant, other):  # another shop's rows, the same ids: never touched
+        for seg, sid in sorted(stored):
+            store.set_member(t, seg, sid, True, now=T0 + seg)
+        for (seg, sid), at in sorted(timers.items()):
+            store.set_timer(t, seg, sid, at)
+    members_before, timers_before = _state(store, tenant)
+    changed = store.write_members(tenant, [MembersFound(ids=ids, inside=inside, edges=edges)], now=T0 + 50)
+
+    members, timers_after = _state(store, tenant)
+    want = {k: v for k, v in members_before.items() if not (k[0] in inside and k[1] in ids)}
+    for seg, sids in inside.items():
+        for sid in sids:
+            want[(seg, sid)] = members_before.get((seg, sid), T0 + 50)
+    assert members == want
+    assert changed == sum(1 for seg in inside for sid in ids if ((seg, sid) in members_before) != (sid in inside[seg]))
+    want_timers = {k: v for k, v in timers_before.items() if not (k[0] in edges and k[1] in ids)}
+    want_timers.update({(seg, sid): at for seg, by_sid in edges.items() for sid, at in by_sid.items()})
+    assert timers_after == want_timers
+    assert _state(store, other) == (members_before, timers_before)  # the other shop's rows are the same
