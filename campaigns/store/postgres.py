@@ -19,7 +19,7 @@ from campaigns.store.campaign_rows import HitIn, LinkRow
 from campaigns.store.campaign_sql import link_read_many, link_rows, resolve_codes, resolve_ranges
 from campaigns.store import rollups
 from campaigns.store.schema import statements, upgrades
-from campaigns.store.sql import SqlStore, Tx
+from campaigns.store.sql import SqlStore, Tx, enqueue_entered
 
 
 _CREATE_INDEX = re.compile(r"CREATE (?:UNIQUE )?INDEX IF NOT EXISTS (\w+) ON", re.IGNORECASE)
@@ -120,7 +120,9 @@ class PostgresStore(PgEventBatch, SqlStore):
             want = [(seg, sid, at) for seg, by_sid in edges.items() for sid, at in by_sid.items()]
             tx.named_run(_TIMERS_WRITE, {"tenant": tenant, "ids": ids, "segs": sorted(edges), "wseg": [w[0] for w in want],
                                          "wsid": [w[1] for w in want], "wat": [w[2] for w in want]})  # fmt: skip
-        return int(row[0][0])
+        joined = [(int(seg), int(sid)) for seg, sid, _ in row if seg is not None]
+        enqueue_entered(tx, tenant, joined, now)
+        return sum(int(r[2]) for r in row)
 
     def record_link_hits(self, hits: Sequence[HitIn], *, now: float) -> int:
         """``CampaignSql.record_link_hits`` as one statement (``click_sql``), atomic on its own: run on
@@ -168,7 +170,8 @@ _SLOT_READ = ("SELECT s.tenant, s.campaign_id, s.batch, s.idx, r.subscriber_id, 
 
 # A pass's membership differences for ``ids`` over the segments ``segs``: ``found`` (segment,
 # subscriber) pairs are the members now; stored pairs not found leave, found pairs not stored join
-# (``since`` now). One snapshot for the parts: they touch disjoint rows. Returns the changes made.
+# (``since`` now). One snapshot for the parts: they touch disjoint rows. Returns the leavers' count,
+# then the joiners (segment, subscriber), for their flows' ``segment_entered`` inputs.
 _MEMBERS_WRITE = """
 WITH found AS (SELECT * FROM unnest(%(fseg)s::bigint[], %(fsid)s::bigint[]) AS f (segment_id, subscriber_id)),
 stored AS (  -- driven by the ids, an index probe each (OFFSET 0: the planner may not flatten it into a hash
@@ -186,8 +189,9 @@ added AS (
     INSERT INTO segment_members (tenant, segment_id, subscriber_id, since)
     SELECT %(tenant)s, f.segment_id, f.subscriber_id, %(now)s FROM found f
     WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.segment_id = f.segment_id AND s.subscriber_id = f.subscriber_id)
-    ON CONFLICT DO NOTHING RETURNING 1)
-SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM added)
+    ON CONFLICT DO NOTHING RETURNING segment_id, subscriber_id)
+SELECT NULL::bigint, NULL::bigint, (SELECT count(*) FROM gone)
+UNION ALL SELECT segment_id, subscriber_id, 1 FROM added
 """
 
 # The timers of the segments ``segs`` for ``ids`` become ``want`` (segment, subscriber, at): the others

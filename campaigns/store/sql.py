@@ -40,6 +40,14 @@ _ORDER_PARTS = {False: frozenset({"orders"}), True: frozenset({"orders", "checko
 _ACTIVITY_STAT = {"clicked": "last_click_at", "message_sent": "last_message_at", "replied": "last_reply_at"}
 
 
+def enqueue_entered(tx: Tx, tenant: str, joined: Sequence[tuple[int, int]], now: float) -> None:
+    """The flows' ``segment_entered`` inputs of a membership pass's joiners ((segment, subscriber)
+    pairs), in the pass's transaction, ordered by subscriber then segment: every way into a segment
+    (``set_member``, a rebuild, a pass after an event or a window edge) queues one."""
+    pairs = sorted(joined, key=lambda j: (j[1], j[0]))
+    enqueue_applied(tx, tenant, [(sid, flow_inputs.segment_entered(seg, sid, now)) for seg, sid in pairs])
+
+
 class Tx:
     """One transaction's cursor: ``rows`` / ``one`` / ``run`` with ``?`` placeholders."""
 
@@ -861,12 +869,14 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
                                 "segment_members m WHERE m.tenant = ? AND m.subscriber_id = value", (arr, tenant)):  # fmt: skip
             if int(seg) in stored:
                 stored[int(seg)].add(int(sid))
+        joined = [(seg, sid) for seg in inside for sid in sorted(inside[seg] - stored[seg])]
         tx.insert_new("segment_members", ("tenant", "segment_id", "subscriber_id", "since"),
-                      [(tenant, seg, sid, now) for seg in inside for sid in sorted(inside[seg] - stored[seg])])
+                      [(tenant, seg, sid, now) for seg, sid in joined])
         tx.many("DELETE FROM segment_members WHERE tenant = ? AND segment_id = ? AND subscriber_id = ?",
                 [(tenant, seg, sid) for seg in inside for sid in sorted(stored[seg] - inside[seg])])  # fmt: skip
         if edges:
             _write_timers(tx, tenant, ids, edges)
+        enqueue_entered(tx, tenant, joined, now)
         return sum(len(inside[seg] ^ stored[seg]) for seg in inside)
 
     def known_phones(self, tenant: str, phones: Sequence[str]) -> set[str]:

@@ -131,3 +131,52 @@ def test_a_new_subscriber_is_evaluated_against_every_segment(audience: tuple[Aud
         assert created
         assert {i for i, _ in await a.member_segments("acme", out.subscriber.id)} == {never.id, small.id}
     anyio.run(main)
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_an_event_that_moves_a_subscriber_into_a_segment_starts_its_segment_entered_flow(
+        audience: tuple[Audience, Clock], many: bool) -> None:  # fmt: skip
+    """Every way into a segment queues the flows' ``segment_entered`` input, the live pass after an event
+    too (it wrote the membership and queued nothing: a flow on "entered a segment" never started when an
+    order, rather than ``set_member`` or a rebuild, put the subscriber in), on both the single-event and
+    the batch path; an event that keeps the subscriber in queues nothing more."""
+    from campaigns.service.flow_api import FlowService
+    from campaigns.service.flow_runtime import FlowRuntime, TenantFlows
+    from campaigns.service.gateway_client import GatewayClient
+    from campaigns.store.base import NewConsent
+    from fake_gateway import FakeGateway
+
+    a, clock = audience
+    gw = FakeGateway()
+    rt = FlowRuntime(a.store, {"acme": GatewayClient("http://gateway.test", "key", transport=gw.transport())},
+                     {"acme": TenantFlows(sender="ACME", shop_name="Acme")}, clock, batch=50)  # fmt: skip
+
+    async def send(e: OrderEvent) -> None:
+        if many:
+            await a.apply_many("acme", [(e, A)])
+        else:
+            await a.apply("acme", e, A)
+
+    async def main() -> None:
+        buyer = await a.put_segment("acme", "buyer", {"field": "orders_count", "op": "gte", "value": 1})
+        svc = FlowService(a.store, clock)
+        await svc.put_template("acme", "thanks", "Welcome to our buyers!")
+        await svc.publish("acme", {"id": "buyers", "name": "B", "entry": "s", "trigger": {"type": "segment_entered",
+                          "segment": str(buyer.id)}, "nodes": {"s": {"type": "send", "template": "thanks"}}}, new=True)  # fmt: skip
+        await svc.enable("acme", "buyers", True)
+        for k, action in enumerate(("opt_in", "confirm")):
+            a.store.record_consent("acme", NewConsent(phone=A, action=action, source="api", at=T0 - 900 + k), now=T0 - 900)  # type: ignore[arg-type]
+        await rt.round()
+        assert gw.sent_messages() == []  # a subscriber, in no segment yet
+        await send(order("e1", "o1", 5000, T0 - 10))
+        sub = a.store.subscriber_by_phone("acme", A)
+        assert sub is not None and buyer.id in {i for i, _ in await a.member_segments("acme", sub.id)}
+        await rt.round()
+        assert [m["body"].split(" Reply")[0] for m in gw.sent_messages()] == ["Welcome to our buyers!"]
+        await send(order("e2", "o2", 7000, T0 - 5))  # still a buyer: not entered again
+        clock.now += 3600
+        await rt.round()
+        assert len(gw.sent_messages()) == 1
+        assert [r.ended for r in a.store.flow_run_rows("acme", flow_id="buyers")] == ["completed"]
+
+    anyio.run(main)
