@@ -266,4 +266,4 @@ def test_a_removed_setting_is_an_unknown_key() -> None:
     for value in ('"loop"', '"threads"'):
         with pytest.raises(ConfigError, match="unknown field `short_link_store_io`") as err:
             loads(base + f"short_link_store_io = {value}\n", path="sluice.toml")
-        assert err.value.key == "campaigns" and str(err.value).startswith("sluice.toml: ")
+        assert err.value.key == "campaigns.short_link_store_io" and str(err.value).startswith("sluice.toml: ")
