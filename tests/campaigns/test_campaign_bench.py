@@ -32,3 +32,17 @@ def test_bench_campaign_writes_its_figures(tmp_path) -> None:
     assert 0 < totals["conversions"] <= seeded["orders"] and totals["opt_outs"] <= seeded["opt_outs"]
     assert totals["unique_clicks"] >= seeded["clicks"]
     assert data["command"].startswith("sluice bench campaign --recipients 300")
+    # The report again after the redirect phase's clicks, once serve is idle (twice), with serve's CPU.
+    assert data["attribution_after_redirects_s"] > 0 and data["attribution_settled_s"] > 0
+    assert data["attribution_server_cpu_s"] >= 0 and data["after_redirects_settle_s"] > 0  # (CPU: 10 ms ticks)
+    clicks = data["clicks_after_redirects"]
+    assert clicks["rows"] >= clicks["human"] >= clicks["unique"] >= seeded["clicks"]
+
+
+def test_report_clicks_times_the_report_before_and_after_live_clicks() -> None:
+    from bench.report_clicks import main as report_clicks
+
+    r = CliRunner().invoke(report_clicks, ["--recipients", "400", "--clicks", "30"])
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.output.splitlines() if "plans changed" in x]
+    assert [x.split()[0] for x in lines] == ["seeded,", "+30", "then"], r.output
