@@ -44,9 +44,11 @@ def _server_cpu_s(store: Any) -> float:
         return 0.0
 
 
-def _measure(store: Any, scope: Scope) -> tuple[float, float, dict[str, list[str]]]:
-    """Median wall and CPU seconds of ``report_facts`` over 3 runs, and the plan of each statement."""
+def _measure(store: Any, scope: Scope) -> tuple[float, float, dict[str, list[str]], dict[str, float]]:
+    """Median wall and CPU seconds of ``report_facts`` over 3 runs, the plan of each statement, and
+    each statement's wall seconds (in a fourth run)."""
     plans: dict[str, list[str]] = {}
+    walls_of: dict[str, float] = {}
     orig = S.Tx.rows
 
     def rows(self: Any, q: str, p: Any = ()) -> list[tuple]:
@@ -57,7 +59,10 @@ def _measure(store: Any, scope: Scope) -> tuple[float, float, dict[str, list[str
                 plans[key] = [r[0] for r in self._cur.fetchall()]
             else:
                 plans[key] = [r[-1] for r in self._cur.execute("EXPLAIN QUERY PLAN " + self._sql(q), tuple(p)).fetchall()]
-        return orig(self, q, p)
+        t0 = time.perf_counter()
+        out = orig(self, q, p)
+        walls_of[key] = walls_of.get(key, 0.0) + time.perf_counter() - t0
+        return out
 
     S.Tx.rows = rows  # type: ignore[method-assign]
     try:
@@ -70,7 +75,7 @@ def _measure(store: Any, scope: Scope) -> tuple[float, float, dict[str, list[str
         store.report_facts(TENANT, scope)
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0 + _server_cpu_s(store) - s0)
-    return statistics.median(walls), statistics.median(cpus), plans
+    return statistics.median(walls), statistics.median(cpus), plans, walls_of
 
 
 @click.command()
@@ -111,9 +116,11 @@ def main(n: int, extra: int, engine: str, seed: int) -> None:
         phases.append(("then analyze()", _measure(store, scope)))
     click.echo(f"report_clicks: {engine}, {n:,} recipients, outcomes {outcomes}")
     base_plans = phases[0][1][2]
-    for label, (wall, cpu, plans) in phases:
+    for label, (wall, cpu, plans, each) in phases:
         changed = sorted(k for k in plans if plans[k] != base_plans.get(k))
         click.echo(f"  {label:<22} wall {wall:6.3f} s  cpu {cpu:6.3f} s  plans changed: {len(changed)}")
+        for k, w in sorted(each.items(), key=lambda kv: -kv[1])[:3]:
+            click.echo(f"    {w:6.3f} s  {k[:90]}")
         for k in changed:
             click.echo(f"    {k}\n      before {base_plans.get(k)}\n      now    {plans[k]}")
 
