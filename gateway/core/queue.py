@@ -82,25 +82,23 @@ class Timers:
     def __len__(self) -> int:
         return self._count
 
-    def add(self, row: int, due: float) -> None:
+    def _bucket(self, due: float) -> array:
         second = math.ceil(due)
         bucket = self._buckets.get(second)
         if bucket is None:
             bucket = self._buckets[second] = array("q")
             heapq.heappush(self._heap, second)
-        bucket.append(row)
+        return bucket
+
+    def add(self, row: int, due: float) -> None:
+        self._bucket(due).append(row)
         self._count += 1
 
     def extend(self, rows: array, due: float) -> None:
         """``add(row, due)`` of each row, in their order (they share one bucket)."""
         if not rows:
             return
-        second = math.ceil(due)
-        bucket = self._buckets.get(second)
-        if bucket is None:
-            bucket = self._buckets[second] = array("q")
-            heapq.heappush(self._heap, second)
-        bucket.extend(rows)
+        self._bucket(due).extend(rows)
         self._count += len(rows)
 
     def next_due(self) -> float | None:

@@ -273,7 +273,7 @@ class Shard:
             return
         state, carrier = self.state, self.carrier
         lo = rows[0]
-        if rows[-1] - lo == k - 1 and rows == array("q", range(lo, lo + k)):  # fresh rows: consecutive
+        if _consecutive(rows):  # fresh rows
             state[lo : lo + k] = array("B", [READY]) * k
             carriers = carrier[lo : lo + k]
         else:
@@ -297,7 +297,7 @@ class Shard:
             return
         state, due = self.state, self.due
         lo = rows[0]
-        if rows[-1] - lo == k - 1 and rows == array("q", range(lo, lo + k)):  # fresh rows: consecutive
+        if _consecutive(rows):  # fresh rows
             state[lo : lo + k] = array("B", [WAITING]) * k
             due[lo : lo + k] = array("d", [until]) * k
         else:
@@ -452,3 +452,9 @@ class Shard:
         if wait:
             return self._hold(row, entry, slot, "weekly_cap")
         return self._end(row, entry, FinalState.CAPPED, "weekly cap reached", now)
+
+
+def _consecutive(rows: array) -> bool:
+    """Whether ``rows`` (not empty) are ``rows[0], rows[0] + 1, ...``: a fresh job's rows."""
+    lo, k = rows[0], len(rows)
+    return rows[-1] - lo == k - 1 and rows == array("q", range(lo, lo + k))
