@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 
 import anyio
-import msgspec
 
-from bench.service import config, ndjson_job
+from bench.service import config, ndjson_job, ndjson_pieces
 from gateway.api.app import NdjsonBody
 from gateway.config import load
 from gateway.core.scheduler import Scheduler
@@ -38,27 +37,17 @@ from gateway.runtime.service import Gateway
 from gateway.store.sqlite import SqliteStore
 
 NOW = 1_795_546_800.0
-_line = msgspec.json.Encoder()
 
 
 def campaign_job(n: int) -> list[bytes]:
     """A campaign batch of ``n`` lines as the campaign layer writes it (``launch.job_body_of``)."""
     head = {"from": "SHOP", "template": "{body}", "category": "marketing", "send_at": NOW + 86_400.0,
             "reference": "campaign:1:batch:0"}  # fmt: skip
-    pieces, buf = [], bytearray(_line.encode(head) + b"\n")
     names = ["Ana", "Bob", "Chloé", "Dan", "there"]
-    for i in range(n):
-        text = (f"Hi {names[i % 5]}, CommerceCo spring sale: 20% off today only https://sl.ui/{i * 7919 % 10**7:07d}"
-                " Reply STOP to opt out")
-        buf += _line.encode({"to": f"+4474{10 + i // 1_000_000}{i % 1_000_000:06d}", "vars": {"body": text},
-                             "tz": "Europe/London"})  # fmt: skip
-        buf += b"\n"
-        if len(buf) >= 1 << 20:
-            pieces.append(bytes(buf))
-            buf.clear()
-    if buf:
-        pieces.append(bytes(buf))
-    return pieces
+    return ndjson_pieces(head, ({"to": f"+4474{10 + i // 1_000_000}{i % 1_000_000:06d}", "tz": "Europe/London",
+                                 "vars": {"body": f"Hi {names[i % 5]}, CommerceCo spring sale: 20% off today only "
+                                                  f"https://sl.ui/{i * 7919 % 10**7:07d} Reply STOP to opt out"}}
+                                for i in range(n)))  # fmt: skip
 
 
 async def run(n: int, campaign: bool, profile: bool) -> dict:

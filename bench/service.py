@@ -100,13 +100,11 @@ def with_callback(pieces: list[bytes], url: str) -> list[bytes]:
 _line = msgspec.json.Encoder()
 
 
-def ndjson_job(recipients: int, *, seed: int = 1, category: str = "marketing") -> list[bytes]:
-    """A job as NDJSON, in ~1 MB pieces: the job line, then one line per recipient (numbers
-    spread over 14 countries and time zones, two template variables each)."""
-    head = {"from": "SLUICE", "category": category, "template": workload.TEMPLATES[category]}
+def ndjson_pieces(head: dict, lines: Iterable[dict]) -> list[bytes]:
+    """``head`` then each of ``lines`` as NDJSON, in ~1 MB pieces (a streamed body's chunks)."""
     pieces, buf = [], bytearray(_line.encode(head) + b"\n")
-    for r in workload.recipients(recipients, seed, vars_for=category):
-        buf += _line.encode({"to": r.to, "vars": r.vars})
+    for line in lines:
+        buf += _line.encode(line)
         buf += b"\n"
         if len(buf) >= 1 << 20:
             pieces.append(bytes(buf))
@@ -114,6 +112,14 @@ def ndjson_job(recipients: int, *, seed: int = 1, category: str = "marketing") -
     if buf:
         pieces.append(bytes(buf))
     return pieces
+
+
+def ndjson_job(recipients: int, *, seed: int = 1, category: str = "marketing") -> list[bytes]:
+    """A job as NDJSON, in ~1 MB pieces: the job line, then one line per recipient (numbers
+    spread over 14 countries and time zones, two template variables each)."""
+    head = {"from": "SLUICE", "category": category, "template": workload.TEMPLATES[category]}
+    recipients_ = workload.recipients(recipients, seed, vars_for=category)
+    return ndjson_pieces(head, ({"to": r.to, "vars": r.vars} for r in recipients_))
 
 
 async def until_ready(url: str, *, within: float = 60.0) -> None:

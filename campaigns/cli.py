@@ -371,6 +371,20 @@ def flows_simulate(config_path: str, tenant: str, history: bool, subscribers: in
     _echo_json(_run(lambda: svc.simulate(tenant, flow_id, body)))
 
 
+def _read_or_exit(path: str | None) -> tuple:
+    """``host.read(path)``; a config error of either layer (the gateway's ConfigError too) is shown
+    on one line and exits 2."""
+    from campaigns import host
+
+    try:
+        return host.read(path)
+    except (CampaignError, Exception) as exc:
+        if not isinstance(exc, (CampaignError,)) and type(exc).__name__ != "ConfigError":
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
 @click.command("serve")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Config file (default: the embedded config/sluice.toml).")
@@ -385,13 +399,7 @@ def serve(ctx: click.Context, config_path: str | None, port: int | None, backend
     ``campaigns.short_link_port`` is set) on stdout, one JSON line each."""
     from campaigns import host
 
-    try:
-        gateway_cfg, settings = host.read(config_path)
-    except (CampaignError, Exception) as exc:  # the gateway's ConfigError too: shown, exit 2
-        if not isinstance(exc, (CampaignError,)) and type(exc).__name__ != "ConfigError":
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    gateway_cfg, settings = _read_or_exit(config_path)
     if settings is None:
         ctx.invoke(_gateway_serve, config_path=config_path, port=port, backend=backend)
         return
@@ -426,15 +434,7 @@ _gateway_check_config = main.commands["check-config"]
 def check_config_both(ctx: click.Context, path: str, skip_env: bool) -> None:
     """Validate a config file (its [campaigns] table too, when it has one, as `sluice serve` reads it),
     and that every variable its *_env keys name is set; errors name the key (and the variable)."""
-    from campaigns import host
-
-    try:
-        gateway_cfg, settings = host.read(path)
-    except (CampaignError, Exception) as exc:  # the gateway's ConfigError too: shown, exit 2
-        if not isinstance(exc, (CampaignError,)) and type(exc).__name__ != "ConfigError":
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    gateway_cfg, settings = _read_or_exit(path)
     if settings is None:  # the gateway's own check (its wording, its summary)
         ctx.invoke(_gateway_check_config, path=path, skip_env=skip_env)
         return
