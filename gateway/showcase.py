@@ -331,11 +331,14 @@ async def _watch(client: httpx.AsyncClient, jobs: dict[str, tuple[str, int]], li
 
 
 async def _otp(client: httpx.AsyncClient, ids: list[str]) -> tuple[dict[str, int], list[float]]:
-    """Each code's state, and how long it waited from acceptance to its carrier's answer."""
+    """Each code's final state (waited for: a busy machine may still hold a receipt when the jobs
+    are done; the run's deadline bounds the wait), and how long it waited from acceptance to its
+    carrier's answer."""
     states: dict[str, int] = {}
     latency = []
     for mid in ids:
-        m = await _get(client, f"/v1/messages/{mid}")
+        while (m := await _get(client, f"/v1/messages/{mid}"))["state"] in OPEN:
+            await anyio.sleep(0.1)
         states[m["state"]] = states.get(m["state"], 0) + 1
         hist = m["history"]
         sent = [h["at"] for h in hist if h["state"] == "submitted"]
