@@ -60,10 +60,18 @@ class DispatcherStats:
     ``submitted`` not on disk yet: the crash bound of the module doc), ``wire_wait_s`` with the
     connector's own windows full (responses awaited), ``write_s`` in the store's writes, of which
     ``writes`` were made. Summed over carriers; what ``sluice bench kannel`` reads to tell
-    whether a run waited for the window (the write's latency) or for the loop."""
+    whether a run waited for the window (the write's latency) or for the loop.
+
+    A *round* is a carrier's window going out and coming back when nothing else of that carrier
+    is on the wire (stop-and-wait, as when the window binds): ``answer_s`` from the hand-over to
+    the last answer (the carrier's turn and our reading of it), ``to_write_s`` from that answer
+    to the start of the write that confirms them, ``refill_s`` from the end of that write to the
+    next hand-over (the pump's turn); with ``write_s``, the parts of the window's cycle. Rounds
+    that overlap (a carrier never empty on the wire) are not counted."""
 
     __slots__ = ("dispatched", "submitted", "failed", "requeued", "receipts", "throttles", "changes_written",
-                 "writes", "write_s", "window_wait_s", "wire_wait_s")  # fmt: skip
+                 "writes", "write_s", "window_wait_s", "wire_wait_s", "rounds", "answer_s", "to_write_s",
+                 "refill_s")  # fmt: skip
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -102,6 +110,12 @@ class Dispatcher:
         self._unconfirmed = dict.fromkeys(connectors, 0)  # carrier -> handed out, fate not on disk
         self._confirming: dict[str, int] = {}  # carrier -> Submitted among ``_pending``
         self._acks: dict[str, list[int]] = {}  # carrier -> receipts to answer once ``_pending`` is written
+        # The window's round (``DispatcherStats``): handed over and not answered yet, and when the
+        # round was sent, all answered, and freed by its write, per carrier.
+        self._on_wire = dict.fromkeys(connectors, 0)
+        self._sent_at: dict[str, float] = {}
+        self._answered_at: dict[str, float] = {}
+        self._freed_at: dict[str, float] = {}
         self._wake = anyio.Event()
         self._dirty = anyio.Event()  # set when a write should start now (waiting acks, windows)
         self._queued = anyio.Event()  # set when the first change of the next write comes in
@@ -139,11 +153,29 @@ class Dispatcher:
             if batch.dispatches:
                 for d in batch.dispatches:
                     self._inflight[d.ref] = d
+                if not self._on_wire[carrier]:
+                    self._round_sent(carrier)
+                self._on_wire[carrier] += len(batch.dispatches)
                 self._unconfirmed[carrier] += len(batch.dispatches)
                 self.stats.dispatched += len(batch.dispatches)
                 await connector.submit(batch.dispatches)
                 continue
             await self._sleep_until_work(carrier, now)
+
+    def _round_sent(self, carrier: str) -> None:
+        now = self._sent_at[carrier] = self._clock()
+        freed = self._freed_at.pop(carrier, None)
+        if freed is not None:
+            self.stats.refill_s += now - freed
+
+    def _off_wire(self, carrier: str, now: float) -> None:
+        n = self._on_wire[carrier] = self._on_wire.get(carrier, 1) - 1
+        if not n:
+            sent = self._sent_at.pop(carrier, None)
+            if sent is not None:
+                self.stats.rounds += 1
+                self.stats.answer_s += now - sent
+                self._answered_at[carrier] = now
 
     def _room(self, carrier: str, connector: Connector) -> int:
         s = connector.statistics()
@@ -210,6 +242,7 @@ class Dispatcher:
             self.core.complete(event.ref, now)  # accepted: counts towards the carrier's accepted rate
             self.stats.submitted += 1
             carrier = event.carrier
+            self._off_wire(carrier, now)
             self._confirming[carrier] = self._confirming.get(carrier, 0) + 1
             if not self._pending:
                 self._queued.set()
@@ -234,6 +267,7 @@ class Dispatcher:
                 if permanent:
                     del self._inflight[ref]
                     self._unconfirmed[d.carrier] -= 1
+                    self._off_wire(d.carrier, now)
                     self.core.complete(ref)
                     self.stats.failed += 1
                     self._change(d.message_id, "rejected", now, f"{name} (0x{code:02x})", carrier)
@@ -281,6 +315,7 @@ class Dispatcher:
         if d is None:
             return
         self._unconfirmed[d.carrier] -= 1
+        self._off_wire(d.carrier, now)
         self.core.requeue(ref, now, delay=delay, refund_cap=True)
         self.stats.requeued += 1
         self._change(d.message_id, "queued", now, f"retried: {why}", d.carrier)
@@ -324,17 +359,23 @@ class Dispatcher:
         confirming, self._confirming = self._confirming, {}
         acks, self._acks = self._acks, {}
         began = self._clock()
+        for carrier in confirming:
+            answered = self._answered_at.pop(carrier, None)
+            if answered is not None:
+                self.stats.to_write_s += began - answered
         if len(changes) <= self._store.inline_record:
             queued = self._store.record(changes)
         else:
             queued = await anyio.to_thread.run_sync(self._store.record, changes)
         self.stats.changes_written += len(changes)
         self.stats.writes += 1
-        self.stats.write_s += self._clock() - began
+        ended = self._clock()
+        self.stats.write_s += ended - began
         # On disk now: those submits no longer count against their carrier's window, and the
         # carriers may forget the receipts.
         for carrier, n in confirming.items():
             self._unconfirmed[carrier] -= n
+            self._freed_at[carrier] = ended
         for carrier, tokens in acks.items():
             self.connectors[carrier].acknowledge(tokens)
         if confirming:

@@ -78,13 +78,15 @@ class _Collector(Collector):
         if d is not None:
             events = CounterMetricFamily("sluice_messages", "Dispatcher events by kind", labels=["event"])
             for what in ("dispatched", "submitted", "failed", "requeued", "receipts", "throttles", "changes_written",
-                         "writes"):  # fmt: skip
+                         "writes", "rounds"):  # fmt: skip
                 events.add_metric([what], getattr(d, what))
             yield events
             waits = CounterMetricFamily("sluice_dispatcher_seconds", "Where the dispatcher's time went: pumps waiting "
                                         "for the unconfirmed window (window_wait) or the connectors' windows "
-                                        "(wire_wait), the store's writes (write)", labels=["what"])  # fmt: skip
-            for what in ("window_wait", "wire_wait", "write"):
+                                        "(wire_wait), the store's writes (write); a window's round: out to its last "
+                                        "answer (answer), to its write (to_write), from its write to the next hand-over "
+                                        "(refill)", labels=["what"])  # fmt: skip
+            for what in ("window_wait", "wire_wait", "write", "answer", "to_write", "refill"):
                 waits.add_metric([what], getattr(d, f"{what}_s"))
             yield waits
         bound = GaugeMetricFamily("sluice_binds_up", "SMPP binds (or links) up", labels=["carrier"])

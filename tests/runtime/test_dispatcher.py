@@ -377,3 +377,40 @@ async def test_a_submit_never_answered_holds_the_write_at_most_flush_every(anyio
         assert store.writes == [[(first.message_id, "submitted"), (first.message_id, "delivered")]]
         assert conn.acknowledged == [7] and disp.unconfirmed("alpha") == 1
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_windows_round_is_timed_in_its_parts_by_the_dispatchers_clock() -> None:
+    # What `sluice bench kannel` prints as the window's round (DispatcherStats): out to the last
+    # answer, to the write, the write, and from its end to the next hand-over.
+    base = time.time()
+    clock = [base]
+    store = _SlowWrites(clock, 0.5)
+    cfg = loads(default_text().split("[[core.carriers]]")[0] + FAST)
+    core = Scheduler(cfg.core, base)
+    send, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
+    conn = _Held("alpha", send, capacity=2)  # a window of two
+
+    def later(changes) -> None:  # the pump's turn starts 0.25 after the write's end
+        clock[0] += 0.25
+
+    disp = Dispatcher(core, {"alpha": conn}, receive, store, clock=lambda: clock[0], on_changes=later)
+    gw = Gateway(core, store)
+    gw.on_admitted = disp.poke
+    job = schemas.JobIn(sender="Shop", category="transactional", template="Hello",
+                        recipients=[schemas.RecipientIn(to="+4479111%05d" % i) for i in range(3)])  # fmt: skip
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(disp.run)
+        await gw.submit_job("acme", job, base)
+        with anyio.fail_after(10):
+            while len(conn.dispatched) < 2:
+                await wait_all_tasks_blocked()
+        clock[0] = base + 2.0
+        for d in conn.dispatched:
+            await send.send(Submitted(ref=d.ref, carrier="alpha", carrier_ids=(f"id-{d.ref}",), at=clock[0]))
+        with anyio.fail_after(10):
+            while len(conn.dispatched) < 3:
+                await wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    s = disp.stats
+    assert (s.rounds, s.answer_s, s.to_write_s, s.writes, s.write_s, s.refill_s) == (1, 2.0, 0.0, 1, 0.5, 0.25)
