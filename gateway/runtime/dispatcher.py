@@ -230,7 +230,7 @@ class Dispatcher:
                     return
                 handle(event, now)
             if self._acks or self._confirming:
-                self._write_when_answered()
+                self._dirty.set()  # a carrier's window or its receipts wait for this write
 
     def _handle(self, event: ConnectorEvent, now: float) -> None:
         # The two events of every message first, by exact type (cheaper than ``match``).
@@ -285,18 +285,6 @@ class Dispatcher:
                     self._on_inbound(inbound)
             case LinkChanged(carrier=carrier, bind=bind, up=up, reason=reason):
                 log.info("link.%s carrier=%s bind=%d reason=%s", "up" if up else "down", carrier, bind, reason)
-
-    def _write_when_answered(self) -> None:
-        # A carrier's window or its receipts wait for the next write: start it now, unless that
-        # carrier still has submits on the wire, whose answers come within a round trip and
-        # would otherwise need a write (and a sync) of their own right after this one, while
-        # the loop, blocked in this one, could not read them (docs/ARCHITECTURE.md, "A write
-        # per window"). At most ``flush_every`` later the write starts anyway (``_flush_loop``).
-        confirming = self._confirming
-        for carrier in {*confirming, *self._acks}:
-            if self._unconfirmed.get(carrier, 0) <= confirming.get(carrier, 0):
-                self._dirty.set()
-                return
 
     def _receipt_change(self, event: ReceiptMatched | ReceiptProgress, state: str, now: float) -> None:
         if event.acks:

@@ -10,7 +10,6 @@ import time
 import anyio
 import msgspec
 import pytest
-import trio.testing
 
 from anyio import wait_all_tasks_blocked
 
@@ -18,7 +17,6 @@ from carriers.base import ConnectorEvent, ReceiptMatched, Submitted
 from carriers.testing import MockConnector
 from gateway.api import schemas
 from gateway.config import default_text, loads
-from gateway.core.model import FinalState
 from gateway.core.scheduler import Scheduler
 from gateway.runtime.dispatcher import Dispatcher
 from gateway.runtime.service import Gateway
@@ -288,95 +286,6 @@ class _Held(MockConnector):
     async def submit(self, batch) -> None:
         self.batches.append(list(batch))
         await anyio.lowlevel.checkpoint()
-
-
-class _Writes(MemoryStore):
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[list[tuple[int, str]]] = []
-
-    def record(self, changes) -> int:
-        self.writes.append([(c.message_id, c.state) for c in changes])
-        return super().record(changes)
-
-
-async def _held_window(flush_every: float):
-    """A dispatcher over a ``_Held`` carrier, two messages of a job handed to it."""
-    cfg = loads(default_text().split("[[core.carriers]]")[0] + FAST)
-    store = _Writes()
-    core = Scheduler(cfg.core, time.time())
-    send, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
-    conn = _Held("alpha", send, capacity=50)
-    disp = Dispatcher(core, {"alpha": conn}, receive, store, clock=time.time, flush_every=flush_every)
-    gw = Gateway(core, store)
-    gw.on_admitted = disp.poke
-    job = schemas.JobIn(sender="Shop", category="transactional", template="Hello",
-                        recipients=[schemas.RecipientIn(to="+4479111%05d" % i) for i in range(2)])  # fmt: skip
-    return disp, conn, store, send, gw, job
-
-
-def _answer(d, conn) -> Submitted:
-    return Submitted(ref=d.ref, carrier=conn.name, carrier_ids=(f"id-{d.ref}",), at=time.time())
-
-
-def _receipt(d, conn, token: int) -> ReceiptMatched:
-    return ReceiptMatched(message_id=d.message_id, carrier=conn.name, state=FinalState.DELIVERED, error_code=0,
-                          reason="receipt", at=time.time(), acks=(token,))  # fmt: skip
-
-
-@pytest.mark.anyio
-async def test_a_write_waits_for_the_windows_answers_still_on_the_wire() -> None:
-    # The carrier answered the first submit and sent its receipt; the second submit's answer is
-    # still coming. Writing now would take a write (and a sync) of its own, with the second
-    # answer waiting behind it: the write starts once every submit on the wire is answered,
-    # and holds all three changes; the receipt is answered after it (never before).
-    disp, conn, store, send, gw, job = await _held_window(flush_every=3600.0)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(disp.run)
-        await gw.submit_job("acme", job, time.time())
-        with anyio.fail_after(10):
-            while len(conn.dispatched) < 2:
-                await wait_all_tasks_blocked()
-        first, second = conn.dispatched
-        await send.send(_answer(first, conn))
-        await send.send(_receipt(first, conn, 7))
-        await wait_all_tasks_blocked()
-        assert store.writes == [] and conn.acknowledged == []
-        assert disp.unconfirmed("alpha") == 2
-        await send.send(_answer(second, conn))
-        with anyio.fail_after(10):
-            while not conn.acknowledged:
-                await wait_all_tasks_blocked()
-        assert store.writes == [[(first.message_id, "submitted"), (first.message_id, "delivered"),
-                                 (second.message_id, "submitted")]]  # fmt: skip
-        assert conn.acknowledged == [7] and disp.unconfirmed("alpha") == 0
-        tg.cancel_scope.cancel()
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", [pytest.param(("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)}),
-                                                        id="trio+MockClock")])  # fmt: skip
-async def test_a_submit_never_answered_holds_the_write_at_most_flush_every(anyio_backend) -> None:
-    disp, conn, store, send, gw, job = await _held_window(flush_every=0.05)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(disp.run)
-        await gw.submit_job("acme", job, time.time())
-        with anyio.fail_after(10):
-            while len(conn.dispatched) < 2:
-                await wait_all_tasks_blocked()
-        first, _second = conn.dispatched
-        await send.send(_answer(first, conn))
-        await send.send(_receipt(first, conn, 7))
-        await wait_all_tasks_blocked()
-        assert store.writes == []
-        began = anyio.current_time()
-        with anyio.fail_after(10):  # the second's answer never comes: written after flush_every (virtual time)
-            while not conn.acknowledged:
-                await anyio.sleep(0.01)
-        assert anyio.current_time() - began <= 0.07
-        assert store.writes == [[(first.message_id, "submitted"), (first.message_id, "delivered")]]
-        assert conn.acknowledged == [7] and disp.unconfirmed("alpha") == 1
-        tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
