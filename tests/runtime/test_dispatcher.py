@@ -289,9 +289,10 @@ class _Held(MockConnector):
 
 
 @pytest.mark.anyio
-async def test_a_windows_round_is_timed_in_its_parts_by_the_dispatchers_clock() -> None:
-    # What `sluice bench kannel` prints as the window's round (DispatcherStats): out to the last
-    # answer, to the write, the write, and from its end to the next hand-over.
+async def test_a_window_slots_cycle_is_timed_in_its_parts_by_the_dispatchers_clock() -> None:
+    # What `sluice bench kannel` prints as a window slot's cycle (DispatcherStats), summed over
+    # messages: hand-over to answer, to the write, in the write, and from its end to the next
+    # hand-over in a freed slot.
     base = time.time()
     clock = [base]
     store = _SlowWrites(clock, 0.5)
@@ -322,4 +323,7 @@ async def test_a_windows_round_is_timed_in_its_parts_by_the_dispatchers_clock() 
                 await wait_all_tasks_blocked()
         tg.cancel_scope.cancel()
     s = disp.stats
-    assert (s.rounds, s.answer_s, s.to_write_s, s.writes, s.write_s, s.refill_s) == (1, 2.0, 0.0, 1, 0.5, 0.25)
+    assert (s.answered, s.answer_s) == (2, 4.0)  # two messages, 2 s each at the carrier
+    assert (s.confirmed, s.to_write_s, s.slot_write_s) == (2, 0.0, 1.0)  # written at once, 0.5 s each
+    assert (s.refilled, s.refill_s) == (1, 0.25)  # the third took a freed slot 0.25 s after the write
+    assert (s.writes, s.write_s) == (1, 0.5)
