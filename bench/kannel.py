@@ -458,10 +458,13 @@ def timeline_per_second(samples: list[dict]) -> list[dict]:
     return out
 
 
+_SLOT = ("answer", "to_write", "write", "refill")
 _WAITS = {"window_wait": 'sluice_dispatcher_seconds_total{what="window_wait"}',
           "wire_wait": 'sluice_dispatcher_seconds_total{what="wire_wait"}',
           "write": 'sluice_dispatcher_seconds_total{what="write"}', "writes": 'sluice_messages_total{event="writes"}',
-          "changes": 'sluice_messages_total{event="changes_written"}'}  # fmt: skip
+          "changes": 'sluice_messages_total{event="changes_written"}',
+          **{f"slot_{part}": f'sluice_window_slot_seconds_total{{part="{part}"}}' for part in _SLOT},
+          **{f"slots_{part}": f'sluice_window_slots_total{{part="{part}"}}' for part in _SLOT}}  # fmt: skip
 
 
 async def _waits(client: httpx.AsyncClient) -> dict[str, float]:
@@ -482,13 +485,16 @@ def _critical(w0: dict[str, float], w1: dict[str, float], sim0: dict, sim1: dict
     (``window_wait``; the write's latency holds it) or for the carrier's responses
     (``wire_wait``), ``serve``'s writes (``write``, wall: CPU and sync), and the simulator's due
     receipts waiting for a window of unanswered receipts (``receipts_window_full``: answered
-    only after the write); with the writes' count and mean size."""
+    only after the write); with the writes' count and mean size; and a window slot's cycle, mean
+    milliseconds a message (``DispatcherStats``): hand-over to answer, to its write, in the write,
+    from the write's end to the next hand-over in the freed slot."""
     d = {k: w1[k] - w0[k] for k in w1}
     full = (sim1.get("receipts_window_full_ms", 0) - sim0.get("receipts_window_full_ms", 0)) / 1000
     s = max(seconds, 1e-9)
     return {"window_wait_share": d["window_wait"] / s, "wire_wait_share": d["wire_wait"] / s,
             "write_share": d["write"] / s, "receipts_window_full_share": full / s, "writes_per_s": d["writes"] / s,
-            "changes_per_write": d["changes"] / max(1.0, d["writes"])}  # fmt: skip
+            "changes_per_write": d["changes"] / max(1.0, d["writes"]),
+            **{f"slot_{part}_ms": 1000 * d[f"slot_{part}"] / max(1.0, d[f"slots_{part}"]) for part in _SLOT}}  # fmt: skip
 
 
 async def _warm(client: httpx.AsyncClient, receiver: Receiver) -> None:
@@ -734,6 +740,14 @@ def bench_kannel(n: int, runs: int, dlr_delay: float, sides: tuple[str, ...], bi
              for k in (*keys, "writes_per_s", "changes_per_write")}  # fmt: skip
         click.echo(f"    {side:<26} " + " ".join(f"{m[k]:>{w}.0%}" for k, w in zip(keys, (17, 10, 8, 13)))
                    + f" {m['writes_per_s']:>9,.0f} {m['changes_per_write']:>13,.0f}")  # fmt: skip
+    slot = tuple(f"slot_{part}_ms" for part in _SLOT)
+    if sluice:
+        click.echo(f"  a window slot's cycle, ms, median: {'to answer':>9} {'to write':>8} {'writing':>7} "
+                   f"{'to next send':>12} {'sum':>6}")  # fmt: skip
+    for side in sluice:
+        m = {k: statistics.median(x[side].get(k, 0.0) for x in r["per_run"]) for k in slot}
+        click.echo(f"    {side:<34} " + " ".join(f"{m[k]:>{w}.1f}" for k, w in zip(slot, (9, 8, 7, 12)))
+                   + f" {sum(m.values()):>6.1f}")  # fmt: skip
     if r["server_peak_rss_max"]:
         click.echo(f"  {'sluice serve peak RSS, largest of all runs (MB)':<64} {r['server_peak_rss_max'] / (1 << 20):>10,.0f}")
     if r["receiver_ceiling"]:

@@ -128,6 +128,10 @@ def test_bench_kannel_hears_every_final_state_once_from_both(tmp_path):
     for share in ("window_wait_share", "wire_wait_share", "write_share", "receipts_window_full_share"):
         assert 0 <= hooks[share] <= 1.5, share  # a pump's last wait may end just after the clock
     assert "pump waits window" in result.output
+    # a window slot's cycle in its parts (DispatcherStats), mean milliseconds a message
+    assert hooks["slot_answer_ms"] > 0 and hooks["slot_write_ms"] > 0
+    assert hooks["slot_to_write_ms"] >= 0 and hooks["slot_refill_ms"] >= 0
+    assert "a window slot's cycle" in result.output
     assert run["sluice-hooks"]["events_heard"] == 2 * sent  # submitted + delivered: every state
     assert set(run["ratios"]) == {"hooks_vs_kannel"} and data["ratios"]["hooks_vs_kannel"] > 0
     assert data["receiver_ceiling"]["dlr_events_per_s"] > 0 and data["receiver_ceiling"]["hooks_events_per_s"] > 0

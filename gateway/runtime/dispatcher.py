@@ -25,6 +25,7 @@ again to the next process.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 
 import anyio
@@ -60,10 +61,22 @@ class DispatcherStats:
     ``submitted`` not on disk yet: the crash bound of the module doc), ``wire_wait_s`` with the
     connector's own windows full (responses awaited), ``write_s`` in the store's writes, of which
     ``writes`` were made. Summed over carriers; what ``sluice bench kannel`` reads to tell
-    whether a run waited for the window (the write's latency) or for the loop."""
+    whether a run waited for the window (the write's latency) or for the loop.
+
+    A slot of a carrier's window goes round: a message is handed to the connector, answered by
+    the carrier, its ``submitted`` written, the slot freed, and the next message handed over in
+    it. Summed over messages (seconds x messages): ``answer_s`` from the hand-over to the answer
+    (``answered`` of them: the carrier's turn and our reading of it), ``to_write_s`` from the
+    answer to the start of the write that confirms it and ``slot_write_s`` in that write
+    (``confirmed``), ``refill_s`` from that write's end to the next hand-over in the freed slot
+    (``refilled``; only while the pump has messages to send). When the window binds, the four
+    means add up to the slot's cycle, ``binds x window`` / the rate: what to cut is the largest.
+    Answers are matched to hand-overs in order (a carrier answers out of order only by
+    refusing or dropping some, which moves time between messages, not in or out of the sum)."""
 
     __slots__ = ("dispatched", "submitted", "failed", "requeued", "receipts", "throttles", "changes_written",
-                 "writes", "write_s", "window_wait_s", "wire_wait_s")  # fmt: skip
+                 "writes", "write_s", "window_wait_s", "wire_wait_s", "answered", "answer_s", "confirmed",
+                 "to_write_s", "slot_write_s", "refilled", "refill_s")  # fmt: skip
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -102,6 +115,12 @@ class Dispatcher:
         self._unconfirmed = dict.fromkeys(connectors, 0)  # carrier -> handed out, fate not on disk
         self._confirming: dict[str, int] = {}  # carrier -> Submitted among ``_pending``
         self._acks: dict[str, list[int]] = {}  # carrier -> receipts to answer once ``_pending`` is written
+        # A window slot's cycle (``DispatcherStats``), per carrier: the hand-overs not all answered
+        # yet ([when, how many left]), the answer times of ``_confirming``'s messages summed, and
+        # the slots freed by writes and not taken again yet ([when, how many]).
+        self._out: dict[str, deque[list]] = {c: deque() for c in connectors}
+        self._answered_sum: dict[str, float] = {}
+        self._freed: dict[str, deque[list]] = {c: deque() for c in connectors}
         self._wake = anyio.Event()
         self._dirty = anyio.Event()  # set when a write should start now (waiting acks, windows)
         self._queued = anyio.Event()  # set when the first change of the next write comes in
@@ -139,11 +158,37 @@ class Dispatcher:
             if batch.dispatches:
                 for d in batch.dispatches:
                     self._inflight[d.ref] = d
+                self._handed(carrier, len(batch.dispatches))
                 self._unconfirmed[carrier] += len(batch.dispatches)
                 self.stats.dispatched += len(batch.dispatches)
                 await connector.submit(batch.dispatches)
                 continue
+            self._freed[carrier].clear()  # nothing to send: the freed slots wait for no one
             await self._sleep_until_work(carrier, now)
+
+    def _handed(self, carrier: str, n: int) -> None:
+        now = self._clock()
+        self._out[carrier].append([now, n])
+        freed, stats = self._freed[carrier], self.stats
+        while n and freed:
+            slot = freed[0]
+            m = min(n, slot[1])
+            stats.refill_s += m * (now - slot[0])
+            stats.refilled += m
+            n -= m
+            slot[1] -= m
+            if not slot[1]:
+                freed.popleft()
+
+    def _off_wire(self, carrier: str, now: float) -> None:
+        out = self._out.get(carrier)
+        if out:
+            head = out[0]
+            self.stats.answer_s += now - head[0]
+            self.stats.answered += 1
+            head[1] -= 1
+            if not head[1]:
+                out.popleft()
 
     def _room(self, carrier: str, connector: Connector) -> int:
         s = connector.statistics()
@@ -210,7 +255,9 @@ class Dispatcher:
             self.core.complete(event.ref, now)  # accepted: counts towards the carrier's accepted rate
             self.stats.submitted += 1
             carrier = event.carrier
+            self._off_wire(carrier, now)
             self._confirming[carrier] = self._confirming.get(carrier, 0) + 1
+            self._answered_sum[carrier] = self._answered_sum.get(carrier, 0.0) + now
             if not self._pending:
                 self._queued.set()
             self._pending.append(Change(message_id=d.message_id, state="submitted", at=now, carrier=event.carrier,
@@ -234,6 +281,7 @@ class Dispatcher:
                 if permanent:
                     del self._inflight[ref]
                     self._unconfirmed[d.carrier] -= 1
+                    self._off_wire(d.carrier, now)
                     self.core.complete(ref)
                     self.stats.failed += 1
                     self._change(d.message_id, "rejected", now, f"{name} (0x{code:02x})", carrier)
@@ -269,6 +317,7 @@ class Dispatcher:
         if d is None:
             return
         self._unconfirmed[d.carrier] -= 1
+        self._off_wire(d.carrier, now)
         self.core.requeue(ref, now, delay=delay, refund_cap=True)
         self.stats.requeued += 1
         self._change(d.message_id, "queued", now, f"retried: {why}", d.carrier)
@@ -311,6 +360,7 @@ class Dispatcher:
         changes, self._pending = self._pending, []
         confirming, self._confirming = self._confirming, {}
         acks, self._acks = self._acks, {}
+        answered, self._answered_sum = self._answered_sum, {}
         began = self._clock()
         if len(changes) <= self._store.inline_record:
             queued = self._store.record(changes)
@@ -318,11 +368,18 @@ class Dispatcher:
             queued = await anyio.to_thread.run_sync(self._store.record, changes)
         self.stats.changes_written += len(changes)
         self.stats.writes += 1
-        self.stats.write_s += self._clock() - began
+        ended = self._clock()
+        stats = self.stats
+        stats.write_s += ended - began
         # On disk now: those submits no longer count against their carrier's window, and the
         # carriers may forget the receipts.
         for carrier, n in confirming.items():
             self._unconfirmed[carrier] -= n
+            stats.confirmed += n
+            stats.to_write_s += n * began - answered.get(carrier, 0.0)
+            stats.slot_write_s += n * (ended - began)
+            if carrier in self._freed:
+                self._freed[carrier].append([ended, n])
         for carrier, tokens in acks.items():
             self.connectors[carrier].acknowledge(tokens)
         if confirming:

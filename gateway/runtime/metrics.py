@@ -87,6 +87,17 @@ class _Collector(Collector):
             for what in ("window_wait", "wire_wait", "write"):
                 waits.add_metric([what], getattr(d, f"{what}_s"))
             yield waits
+            slot_s = CounterMetricFamily("sluice_window_slot_seconds", "A window slot's cycle summed over messages: "
+                                         "hand-over to answer (answer), to the write's start (to_write), in the write "
+                                         "(write), from its end to the next hand-over (refill)", labels=["part"])  # fmt: skip
+            slots = CounterMetricFamily("sluice_window_slots", "Messages counted in each part of "
+                                        "sluice_window_slot_seconds", labels=["part"])  # fmt: skip
+            for part, seconds, n in (("answer", d.answer_s, d.answered), ("to_write", d.to_write_s, d.confirmed),
+                                     ("write", d.slot_write_s, d.confirmed), ("refill", d.refill_s, d.refilled)):  # fmt: skip
+                slot_s.add_metric([part], seconds)
+                slots.add_metric([part], n)
+            yield slot_s
+            yield slots
         bound = GaugeMetricFamily("sluice_binds_up", "SMPP binds (or links) up", labels=["carrier"])
         window = GaugeMetricFamily("sluice_window_in_use", "Submits awaiting a response", labels=["carrier"])
         errors = CounterMetricFamily("sluice_carrier_errors", "Carrier errors by code name", labels=["carrier", "code"])

@@ -11,7 +11,9 @@ import anyio
 import msgspec
 import pytest
 
-from carriers.base import ConnectorEvent, ReceiptMatched
+from anyio import wait_all_tasks_blocked
+
+from carriers.base import ConnectorEvent, ReceiptMatched, Submitted
 from carriers.testing import MockConnector
 from gateway.api import schemas
 from gateway.config import default_text, loads
@@ -275,3 +277,53 @@ async def test_the_writes_time_is_counted_by_the_dispatchers_clock() -> None:
     await disp.flush()  # nothing pending: no write
     assert (disp.stats.writes, disp.stats.write_s, disp.stats.changes_written) == (3, 0.75, 604)
     assert disp.stats.window_wait_s == disp.stats.wire_wait_s == 0
+
+
+class _Held(MockConnector):
+    """Takes what it is given and answers nothing by itself: the test says what the carrier
+    sends back, and when."""
+
+    async def submit(self, batch) -> None:
+        self.batches.append(list(batch))
+        await anyio.lowlevel.checkpoint()
+
+
+@pytest.mark.anyio
+async def test_a_window_slots_cycle_is_timed_in_its_parts_by_the_dispatchers_clock() -> None:
+    # What `sluice bench kannel` prints as a window slot's cycle (DispatcherStats), summed over
+    # messages: hand-over to answer, to the write, in the write, and from its end to the next
+    # hand-over in a freed slot.
+    base = time.time()
+    clock = [base]
+    store = _SlowWrites(clock, 0.5)
+    cfg = loads(default_text().split("[[core.carriers]]")[0] + FAST)
+    core = Scheduler(cfg.core, base)
+    send, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
+    conn = _Held("alpha", send, capacity=2)  # a window of two
+
+    def later(changes) -> None:  # the pump's turn starts 0.25 after the write's end
+        clock[0] += 0.25
+
+    disp = Dispatcher(core, {"alpha": conn}, receive, store, clock=lambda: clock[0], on_changes=later)
+    gw = Gateway(core, store)
+    gw.on_admitted = disp.poke
+    job = schemas.JobIn(sender="Shop", category="transactional", template="Hello",
+                        recipients=[schemas.RecipientIn(to="+4479111%05d" % i) for i in range(3)])  # fmt: skip
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(disp.run)
+        await gw.submit_job("acme", job, base)
+        with anyio.fail_after(10):
+            while len(conn.dispatched) < 2:
+                await wait_all_tasks_blocked()
+        clock[0] = base + 2.0
+        for d in conn.dispatched:
+            await send.send(Submitted(ref=d.ref, carrier="alpha", carrier_ids=(f"id-{d.ref}",), at=clock[0]))
+        with anyio.fail_after(10):
+            while len(conn.dispatched) < 3:
+                await wait_all_tasks_blocked()
+        tg.cancel_scope.cancel()
+    s = disp.stats
+    assert (s.answered, s.answer_s) == (2, 4.0)  # two messages, 2 s each at the carrier
+    assert (s.confirmed, s.to_write_s, s.slot_write_s) == (2, 0.0, 1.0)  # written at once, 0.5 s each
+    assert (s.refilled, s.refill_s) == (1, 0.25)  # the third took a freed slot 0.25 s after the write
+    assert (s.writes, s.write_s) == (1, 0.5)
