@@ -219,10 +219,10 @@ def _candidate_phone(e: ShopEvent, phone: str | None) -> str:
 # stored-ids lookup, ``order_id IN (SELECT oid FROM e)``, became a nested loop of the whole table
 # against the batch: the flows bench's 2,000 orders completing checkouts, after 20,000 checkouts (no
 # order stored yet), cost 1.08 s of the server's CPU in that one node (4,000,000 rows compared), 535 ms
-# a batch against ~30 for the same statement planned with its arrays. A custom plan sees the arrays'
-# lengths and the tables' current sizes; planning this statement costs well under a millisecond a
-# batch. (A new shop's first batches meet the same hazard in production, until autovacuum's ANALYZE
-# invalidates the plan.)
+# a batch; planned with its arrays, that lookup is a hash join of ~17 ms. A custom plan sees the
+# arrays' lengths and the tables' current sizes; planning it costs the server ~0.5-0.7 ms an
+# execution (docs/BENCHMARKS.md). (A new install's first batches meet the same hazard in production,
+# until autovacuum's ANALYZE invalidates the plan.)
 
 
 class PgEventBatch:
