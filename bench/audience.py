@@ -351,10 +351,16 @@ def _load_postgres(url: str, gen: Audience) -> None:
 # ---- a throwaway PostgreSQL ---------------------------------------------------------------------
 
 
-def throwaway_postgres() -> contextlib.AbstractContextManager[str]:
-    """The benches' server: bench/postgres.py with a larger cache and sort memory."""
-    settings = {"fsync": "off", "synchronous_commit": "off", "shared_buffers": "512MB", "work_mem": "64MB"}
-    return postgres.throwaway_postgres(settings, prefix="sluice-bench-pg-")
+# The durability a user's server has: ``fsync`` and ``synchronous_commit`` at PostgreSQL's defaults
+# (on; Sluice sets neither), so a commit waits for its WAL on disk as it does in production.
+DURABLE = {"shared_buffers": "512MB", "work_mem": "64MB"}
+FAST = {"fsync": "off", "synchronous_commit": "off", **DURABLE}  # a server that may lose its last commits
+
+
+def throwaway_postgres(durable: bool = False) -> contextlib.AbstractContextManager[str]:
+    """The benches' server: bench/postgres.py with a larger cache and sort memory. ``durable``: as a
+    user's (the audience and flows benches); else ``fsync`` off (the campaign benches, as before)."""
+    return postgres.throwaway_postgres(DURABLE if durable else FAST, prefix="sluice-bench-pg-")
 
 
 # ---- the measurement ----------------------------------------------------------------------------
@@ -578,7 +584,7 @@ def run(engine: str, n: int, m: int, runs: int, events: int, seed: int, pg_url: 
     counted once."""
     with contextlib.ExitStack() as stack:
         if engine == "postgres":
-            url = pg_url or stack.enter_context(throwaway_postgres())
+            url = pg_url or stack.enter_context(throwaway_postgres(durable=True))
         else:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-bench-aud-", dir=workdir))
             url = f"sqlite:///{tmp}/campaigns.db"

@@ -502,7 +502,7 @@ def _engine_url(engine: str, workdir: str | None, name: str) -> Iterator[str]:
     if engine == "postgres":
         from bench.audience import throwaway_postgres
 
-        with throwaway_postgres() as url:
+        with throwaway_postgres(durable=True) as url:  # fsync and commits as a user's server
             yield url
     else:
         with tempfile.TemporaryDirectory(prefix=f"sluice-bench-flows-{name}-", dir=workdir) as tmp:

@@ -213,6 +213,18 @@ def _candidate_phone(e: ShopEvent, phone: str | None) -> str:
     return ""
 
 
+# ``_CLAIM_UNPREPARED``: statement 1 is planned at each execution. psycopg prepares a statement run
+# five times, and the server then keeps one generic plan for the connection's life; a plan made while
+# ``orders`` (or ``checkouts``, ``subscribers``) was empty or small reads that table as free, and its
+# stored-ids lookup, ``order_id IN (SELECT oid FROM e)``, became a nested loop of the whole table
+# against the batch: the flows bench's 2,000 orders completing checkouts, after 20,000 checkouts (no
+# order stored yet), cost 1.08 s of the server's CPU in that one node (4,000,000 rows compared), 535 ms
+# a batch; planned with its arrays, that lookup is a hash join of ~17 ms. A custom plan sees the
+# arrays' lengths and the tables' current sizes; planning it costs the server ~0.5-0.7 ms an
+# execution (docs/BENCHMARKS.md). (A new install's first batches meet the same hazard in production,
+# until autovacuum's ANALYZE invalidates the plan.)
+
+
 class PgEventBatch:
     """Mixed into ``PostgresStore``: ``_apply_batch`` in two statements (plus the per-event rest)."""
 
@@ -234,8 +246,9 @@ class PgEventBatch:
         known_checkouts: dict[str, int] = {}  # stored checkout -> its subscriber
         done: set[str] = set()  # stored checkouts already completed
         flows = False
+        # Planned at each execution, never prepared (``_CLAIM_UNPREPARED``).
         for what, text, sid in tx.named_rows(claim_sql(), {"ids": list(first), "phones": phones, "oids": oids, "cids": cids,
-                                                         "t": tenant, "now": now}):  # fmt: skip
+                                                         "t": tenant, "now": now}, prepare=False):  # fmt: skip
             if what == 0:
                 claimed.add(text)
             elif what == 1:

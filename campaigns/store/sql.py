@@ -79,9 +79,10 @@ class Tx:
         self._cur.execute(sql, tuple(params))
         return list(self._cur.fetchall())
 
-    def named_rows(self, sql: str, params: dict[str, Any]) -> list[tuple]:
-        """SQL with psycopg's ``%(name)s`` parameters (PostgreSQL only: a parameter used many times)."""
-        self._cur.execute(sql, params)
+    def named_rows(self, sql: str, params: dict[str, Any], *, prepare: bool | None = None) -> list[tuple]:
+        """SQL with psycopg's ``%(name)s`` parameters (PostgreSQL only: a parameter used many times).
+        ``prepare=False``: never a server-side prepared statement (planned at each execution)."""
+        self._cur.execute(sql, params, prepare=prepare)
         return list(self._cur.fetchall())
 
     def named_run(self, sql: str, params: dict[str, Any]) -> int:
