@@ -6,8 +6,8 @@ Runs ``bench.ingest_loop``'s job (``Gateway.submit_job_stream`` on a fresh SQLit
 ``synchronous=FULL``, two check workers warmed first, the bench's NDJSON in chunks of 1,000, no
 HTTP) with each stage wrapped to record when it ran: the body read (``NdjsonBody._fill``), the
 check of a chunk in a worker (``CheckPool.check``, from the hand-off to the answer decoded), the
-loop's admission (``Gateway._admit_checked``), the store's write of a chunk (``add_job``, in its
-thread), the loop waiting for that write (``_ChunkWriter.wait``), the commit and the resume.
+loop's admission (``Gateway._admit_checked``), the store's write of a chunk or of the chunks
+queued (``add_job`` / ``add_jobs``, in its thread), the loop waiting for that write (``_ChunkWriter.wait``), the commit and the resume.
 Prints one JSON line: per stage the count, the summed wall time of its intervals, the time
 covered by at least one of them (checks overlap: two workers), and the CPU of the loop's thread
 and of the writer's; then the wall time from the first chunk to the answer. A stage whose covered
@@ -91,6 +91,7 @@ async def run(n: int) -> dict:
     _wrap_async(CheckPool, "check", "check")
     _wrap_sync(Gateway, "_admit_checked", "admit")
     _wrap_sync(gw.store, "add_job", "write")
+    _wrap_sync(gw.store, "add_jobs", "write")
     _wrap_sync(gw.store, "commit_job", "commit")
     _wrap_async(service._ChunkWriter, "wait", "loop waits for the write")
     events = iter([*({"type": "http.request", "body": p, "more_body": True} for p in pieces),

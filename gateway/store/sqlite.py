@@ -404,7 +404,8 @@ class SqliteStore:
         (a repeated idempotency key) fails that item alone."""
         errors: list[Exception | None] = [None] * len(items)
         hooks = []
-        with self._tx() as db:
+        # Chunks of incoming jobs only: synced later by their ``commit_job`` (see ``add_job``).
+        with self._tx(unsynced=all(it.incoming and it.idempotency is None for it in items)) as db:
             for k, item in enumerate(items):
                 db.execute("SAVEPOINT one")
                 try:
