@@ -16,7 +16,7 @@ import hashlib
 import re
 from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -287,8 +287,7 @@ class Gateway:
         seen = accepted = 0
         rejected = Rejections()  # the first ones in full, then counted: the answer stays small
         outcomes: list[Outcome] = []
-        writer = _ChunkWriter(partial(self.store.add_job, job, now=now, callback_url=head.callback_url,
-                                      callback_states=_states(head), incoming=True))  # fmt: skip
+        writer = _ChunkWriter(partial(self._write_chunks, job, now, head))
         try:
             failure: Exception | None = None
             async with anyio.create_task_group() as tg:
@@ -341,6 +340,14 @@ class Gateway:
                 self.on_admitted()
             await self._report(outcomes, now)
         return response, False
+
+    def _write_chunks(self, job: Job, now: float, head: schemas.JobIn, chunks: list[tuple[int, Any]]) -> None:
+        """Chunks of an incoming job in one transaction (a worker thread); the first error raised."""
+        items = [NewJob(job=job, first_id=first_id, recipients=kept, now=now, callback_url=head.callback_url,
+                        callback_states=_states(head), incoming=True) for first_id, kept in chunks]  # fmt: skip
+        for error in self.store.add_jobs(items):
+            if error is not None:
+                raise error
 
     async def _give_way(self) -> None:
         if self.give_way is not None:
@@ -807,38 +814,60 @@ class _GroupCommit:
 
 
 class _ChunkWriter:
-    """At most one chunk being written at a time, in a worker thread; its error is raised by
-    the next ``start`` or ``wait`` (as itself, not inside an exception group)."""
+    """A streamed job's chunks written in order by one task, each write (a worker thread, one
+    transaction) taking every chunk queued meanwhile: the loop goes on admitting the next chunks
+    instead of waiting for the store, and waits only when ``depth`` chunks are queued (memory
+    stays bounded). An error is raised by the next ``start`` or ``wait`` (as itself, not inside
+    an exception group); the chunks queued after it are not written (the job is dropped)."""
 
-    def __init__(self, write: Callable[..., None]) -> None:
-        self._write = write
-        self._done: anyio.Event | None = None
+    def __init__(self, write_all: Callable[[list[tuple[int, Any]]], None], depth: int = 8) -> None:
+        self._write_all = write_all
+        self._depth = depth
+        self._queue: list[tuple[int, Any]] = []
+        self._idle: anyio.Event | None = None  # set when the writing task ends (None: none)
+        self._wrote: anyio.Event = anyio.Event()  # set when a write ends
         self._error: BaseException | None = None
 
     async def start(self, tg, first_id: int, kept) -> None:
-        await self.wait()
-        self._done = done = anyio.Event()
+        self._raise()
+        self._queue.append((first_id, kept))
+        if self._idle is None:
+            self._idle = anyio.Event()
+            tg.start_soon(self._run, self._idle)
+        while len(self._queue) >= self._depth and self._idle is not None:
+            with anyio.CancelScope(shield=True):
+                await self._wrote.wait()
+        self._raise()
 
-        async def run() -> None:
-            try:
-                await anyio.to_thread.run_sync(lambda: self._write(first_id, kept))
-            except Exception as exc:
-                self._error = exc
-            finally:
-                done.set()
+    async def _run(self, idle: anyio.Event) -> None:
+        try:
+            while self._queue and self._error is None:
+                batch, self._queue = self._queue, []
+                try:
+                    await anyio.to_thread.run_sync(self._write_all, batch)
+                except Exception as exc:
+                    self._error = exc
+                finally:
+                    self._wrote.set()
+                    self._wrote = anyio.Event()
+        finally:
+            self._idle = None
+            idle.set()
 
-        tg.start_soon(run)
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     async def wait_quietly(self) -> None:
         with contextlib.suppress(Exception):
             await self.wait()
 
     async def wait(self) -> None:
-        if self._done is not None:
+        """Until every chunk queued is written (or a write failed: raised)."""
+        if self._idle is not None:
             with anyio.CancelScope(shield=True):  # never leave a write running unwatched
-                await self._done.wait()
-        if self._error is not None:
-            raise self._error
+                await self._idle.wait()
+        self._raise()
 
 
 def _in_id_order(offsets: list[int], people: Sequence[Recipient]) -> list[tuple[int, Recipient]]:

@@ -342,10 +342,11 @@ class SqliteStore:
         """``writes_changes=False``: a connection that never calls ``record`` (the webhook
         delivery process) skips rebuilding the cache of jobs with a callback."""
         self.path = path  # the webhook delivery process opens the same file
+        self._sync = "NORMAL" if synchronous == "NORMAL" else "FULL"
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
+            self._db.execute(f"PRAGMA synchronous={self._sync}")
             self._db.executescript(_SCHEMA)
             if not any(col[1] == "history" for col in self._db.execute("PRAGMA table_info(messages)")):
                 self._db.execute("ALTER TABLE messages ADD COLUMN history TEXT")  # a store made before it
@@ -376,8 +377,10 @@ class SqliteStore:
         for tenant, job_id, url, sub, first_id, last_id, open_count, states in hooked:
             self._hooks.add(tenant, job_id, url, sub, first_id, last_id, open_count, _states_dec(states))
 
-    def _tx(self):
-        return _Transaction(self._db, self._lock)
+    def _tx(self, *, unsynced: bool = False):
+        """A write transaction; ``unsynced``: committed without a sync to disk (``NORMAL``:
+        a later synced commit makes it durable), the connection's own setting restored after."""
+        return _Transaction(self._db, self._lock, "NORMAL" if unsynced and self._sync == "FULL" else None)
 
     def add_job(
         self, job: Job, first_id: int, recipients: Sequence[tuple[int, Recipient]], now: float,
@@ -386,7 +389,11 @@ class SqliteStore:
     ) -> None:  # fmt: skip
         item = NewJob(job=job, first_id=first_id, recipients=recipients, now=now, callback_url=callback_url,
                       callback_states=callback_states, idempotency=idempotency, incoming=incoming)  # fmt: skip
-        with self._tx() as db:
+        # An incoming job's chunk is promised nothing (recovery drops it) until ``commit_job``,
+        # whose FULL commit syncs the write-ahead log, and with it every chunk written before
+        # (one file, appended in order; a checkpoint in between syncs what it moved, as NORMAL
+        # does). So a chunk is committed without a sync of its own: one sync a job, not a chunk.
+        with self._tx(unsynced=incoming and idempotency is None) as db:
             hook = self._insert_job(db, item)
         if hook is not None:
             with self._lock:
@@ -397,7 +404,8 @@ class SqliteStore:
         (a repeated idempotency key) fails that item alone."""
         errors: list[Exception | None] = [None] * len(items)
         hooks = []
-        with self._tx() as db:
+        # Chunks of incoming jobs only: synced later by their ``commit_job`` (see ``add_job``).
+        with self._tx(unsynced=all(it.incoming and it.idempotency is None for it in items)) as db:
             for k, item in enumerate(items):
                 db.execute("SAVEPOINT one")
                 try:
@@ -1030,17 +1038,26 @@ def _stored_job(row: tuple) -> StoredJob:
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT under the store's lock; sqlite3 errors become StorageError."""
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
-        self._db, self._lock = db, lock
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock, sync: str | None = None) -> None:
+        self._db, self._lock, self._sync = db, lock, sync
 
     def __enter__(self) -> sqlite3.Connection:
         self._lock.acquire()
         try:
+            if self._sync is not None:  # a pragma of the connection: set outside a transaction
+                self._db.execute(f"PRAGMA synchronous={self._sync}")
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._restore()
             self._lock.release()
             raise StorageError(str(exc)) from exc
         return self._db
+
+    def _restore(self) -> None:
+        if self._sync is not None:
+            if self._db.in_transaction:  # a COMMIT that failed: the chunk is not written
+                self._db.execute("ROLLBACK")
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def __exit__(self, kind, exc, tb) -> bool:
         try:
@@ -1051,7 +1068,10 @@ class _Transaction:
         except sqlite3.Error as err:
             raise StorageError(str(err)) from err
         finally:
-            self._lock.release()
+            try:
+                self._restore()
+            finally:
+                self._lock.release()
         if isinstance(exc, sqlite3.IntegrityError):
             raise Conflict(str(exc)) from exc
         if isinstance(exc, sqlite3.Error):

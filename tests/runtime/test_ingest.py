@@ -1,6 +1,7 @@
 """Large streamed jobs are checked in worker processes (gateway/runtime/ingest.py)."""
 
 import json
+import threading
 
 import pytest
 from anyio import BrokenWorkerProcess
@@ -12,7 +13,7 @@ from gateway.api.app import decode_lines
 from gateway.config import default_text, loads
 from gateway.core.model import Job
 from gateway.core.scheduler import Scheduler
-from gateway.errors import InvalidInput
+from gateway.errors import InvalidInput, StorageError
 from gateway.runtime.app import _ready
 from gateway.runtime.ingest import POOL_MIN, CheckPool, RecipientLines, check_chunk
 from gateway.runtime.numbers import NumberCheck
@@ -48,6 +49,52 @@ async def test_chunks_are_checked_in_a_worker_process_and_admitted_in_order():
     assert answer["accepted"] == 2 * POOL_MIN + 14
     assert [e["index"] for e in answer["rejected"]] == [POOL_MIN + 7]
     assert gw.store.job("acme", answer["id"]).job.size == answer["accepted"]
+
+
+async def test_the_loop_admits_the_next_chunks_while_a_chunk_is_written():
+    """The store's write of a chunk overlaps the loop's admission of the next ones, which are
+    then written together: the loop does not stand still behind the store (branch ingest5)."""
+    writes: list[int] = []
+    released_by_admission: list[bool] = []
+    release = threading.Event()
+
+    class SlowStore(MemoryStore):
+        def add_jobs(self, items):
+            writes.append(len(items))
+            if len(writes) == 1:  # held until the loop has admitted the third chunk (or 2 s: failed)
+                released_by_admission.append(release.wait(2.0))
+            return super().add_jobs(items)
+
+    gw = Gateway(Scheduler(CFG.core, NOW), SlowStore())
+    admit = gw._admit_checked
+
+    def admitting(job, cc, now):
+        out = admit(job, cc, now)
+        if cc.index[0] == 10:  # the third chunk
+            release.set()
+        return out
+
+    gw._admit_checked = admitting
+    lines = _lines(15)
+    answer = await _submit(gw, lines[:5], lines[5:10], lines[10:])
+    assert released_by_admission == [True]
+    assert writes == [1, 2]  # the chunks queued meanwhile, in one transaction
+    assert answer["accepted"] == 15 and gw.store.job("acme", answer["id"]).job.size == 15
+
+
+async def test_a_failed_chunk_write_drops_the_job():
+    class FailingStore(MemoryStore):
+        def add_job(self, *args, **kwargs):
+            raise StorageError("disk full")
+
+        def add_jobs(self, items):
+            raise StorageError("disk full")
+
+    store = FailingStore()
+    gw = Gateway(Scheduler(CFG.core, NOW), store)
+    with pytest.raises(StorageError, match="disk full"):
+        await _submit(gw, _lines(5), _lines(5))
+    assert list(store.unfinished()) == [] and gw.core.statistics(NOW).parked == 0
 
 
 async def test_the_loop_checks_a_chunk_whose_worker_broke():
