@@ -18,7 +18,7 @@ import msgspec
 import phonenumbers
 
 from campaigns.core.consent import Evidence
-from campaigns.errors import InvalidInput, schema_field
+from campaigns.errors import InvalidInput, no_nul, schema_field
 
 Money = Annotated[int, msgspec.Meta(ge=0, le=10**13)]
 Instant = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
@@ -48,6 +48,9 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     tags: tuple[Tag, ...] = ()
     attributes: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
+
 
 class ConsentGrant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A consent box ticked at checkout or on a form: the text shown is the disclosure."""
@@ -57,10 +60,16 @@ class ConsentGrant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     disclosure_version: Annotated[str, msgspec.Meta(max_length=100)] | None = None
     evidence: Evidence = Evidence()
 
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
+
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
     id: EventId
     at: Instant
+
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class CustomerEvent(_Event, tag="customer"):
@@ -73,6 +82,9 @@ class Item(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     category: Name | None = None
     price: Money = 0
     quantity: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1
+
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class OrderEvent(_Event, tag="order"):
@@ -146,6 +158,8 @@ def decode_event(data: bytes | str) -> ShopEvent:
         raise _invalid(exc) from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"not JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise InvalidInput("not JSON: nested too deeply", code="invalid_json") from None
     if isinstance(event, CustomEvent) and event.name in RESERVED_KINDS:
         raise InvalidInput(f"custom event name {event.name!r} is reserved: use type 'activity'",
                            code="reserved_name", field="name")  # fmt: skip

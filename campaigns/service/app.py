@@ -31,8 +31,9 @@ from campaigns.core.consent import ConsentEntry, Evidence, State
 from campaigns.core.forms import form_page, popup_script, sms_link
 from campaigns.core.limits import WindowLimit
 from campaigns.core.events import ShopEvent, decode_event
+from campaigns.core.imports import decode_csv
 from campaigns.core.model import Subscriber
-from campaigns.errors import CallerError, CampaignError, InvalidInput, NotFound, StorageError, schema_field
+from campaigns.errors import CallerError, CampaignError, InvalidInput, NotFound, StorageError, no_nul, schema_field
 from campaigns.service.audience import Audience, ConsentIn, FormIn, SubscriberIn, SubscriberOut
 from campaigns.service.gateway_client import Inbound
 from campaigns.service.link import GatewayLink
@@ -71,6 +72,9 @@ class MembershipOut(msgspec.Struct, frozen=True, kw_only=True):
 class TagsIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     add: list[Annotated[str, msgspec.Meta(min_length=1, max_length=100)]] = []
     remove: list[Annotated[str, msgspec.Meta(min_length=1, max_length=100)]] = []
+
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class TagsOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,6 +120,9 @@ def _invalid(exc: msgspec.ValidationError) -> InvalidInput:
 class SegmentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     definition: Any
+
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class SegmentCheckIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -190,6 +197,11 @@ def _on_http(_: Request, exc: HTTPException) -> Response[ErrorOut]:
 def _on_storage(_: Request, exc: StorageError) -> Response[ErrorOut]:
     log.warning("campaigns.store.failed error=%s", exc)
     return _error(503, exc.code, "storage unavailable, retry later")
+
+
+def _on_deep(_: Request, exc: RecursionError) -> Response[ErrorOut]:
+    """A body nested deeper than the decoder recurses (``[[[[...`` 100,000 deep): the caller's fault."""
+    return _error(400, "invalid_json", "the JSON body nests too deeply")
 
 
 def _on_unexpected(_: Request, exc: Exception) -> Response[ErrorOut]:
@@ -452,12 +464,7 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
     @post("/v1/subscribers/import", status_code=201)
     async def import_subscribers(tenant: Tenant, request: Request, file_name: FromQuery[str] = "") -> ImportResult:
         """CSV with a header row (see docs/CAMPAIGNS.md): all rows or none; a bad row -> 422 naming it."""
-        raw = await request.body()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise InvalidInput("the CSV must be UTF-8", code="invalid_encoding") from None
-        return await audience.import_csv(tenant, text, file_name=file_name)
+        return await audience.import_csv(tenant, decode_csv(await request.body()), file_name=file_name)
 
     @get("/healthz", dependencies={})
     async def healthz() -> dict[str, str]:
@@ -475,7 +482,8 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
         route_handlers=handlers,
         dependencies={"tenant": Provide(tenant)},
         exception_handlers={CallerError: _on_caller, ValidationException: _on_validation, HTTPException: _on_http,
-                            StorageError: _on_storage, CampaignError: _on_other, Exception: _on_unexpected},  # fmt: skip
+                            StorageError: _on_storage, CampaignError: _on_other, RecursionError: _on_deep,
+                            Exception: _on_unexpected},  # fmt: skip
         openapi_config=OpenAPIConfig(title="Sluice campaigns API", version="0.1.0"),
         request_max_body_size=audience.settings.max_body_bytes,
         logging_config=None,

@@ -20,7 +20,7 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter, PathParameter, QueryParameter
 
 from campaigns.core import attribution
-from campaigns.errors import InvalidInput
+from campaigns.errors import InvalidInput, no_nul
 from campaigns.service.app import Tenant
 from campaigns.service.launch import LaunchOut, Launcher, PreviewOut
 from campaigns.service.signature import HEADER, verify
@@ -35,6 +35,9 @@ _NO_STORE = {"cache-control": "no-store", "referrer-policy": "no-referrer"}
 class CampaignIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     definition: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class SendTimesOut(msgspec.Struct, frozen=True, kw_only=True):
