@@ -115,11 +115,13 @@ def _delimiter(text: str) -> str:
     return ";" if header.count(";") >= header.count("\t") and ";" in header else "\t" if "\t" in header else ","
 
 
-def parse_csv(text: str, *, file_name: str = "", region: str | None = None) -> list[ImportRow]:
+def csv_header(text: str) -> list[str]:
+    """The column names of a CSV's header row (trimmed, lower-case), checked: a ``phone`` column, no
+    unknown column, none twice; else InvalidInput naming the column."""
     text = text.removeprefix("\ufeff")
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
     try:
-        header = [h.strip().lower() for h in reader.fieldnames or []]
+        header = [h.strip().lower() for h in next(reader, [])]
     except csv.Error as exc:
         raise InvalidInput(f"header: {exc}", code="invalid_csv", field="header") from None
     if "phone" not in header:
@@ -130,7 +132,14 @@ def parse_csv(text: str, *, file_name: str = "", region: str | None = None) -> l
     if len(set(header)) < len(header):
         twice = sorted({h for h in header if header.count(h) > 1})
         raise InvalidInput(f"columns named twice: {', '.join(twice)}", code="invalid_csv", field=twice[0])
-    reader.fieldnames = header
+    return header
+
+
+def parse_csv(text: str, *, file_name: str = "", region: str | None = None) -> list[ImportRow]:
+    header = csv_header(text)
+    text = text.removeprefix("\ufeff")
+    reader = csv.DictReader(io.StringIO(text, newline=""), fieldnames=header, delimiter=_delimiter(text))
+    next(reader, None)  # the header row, read by csv_header
     rows = []
     i = -1
     try:
