@@ -128,6 +128,9 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     segment_rebuild_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     scores_refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0  # RFM recency / engagement as of now
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    # A request's body must arrive within this many seconds in all (else 408 body_timeout): a slow
+    # client (slowloris) cannot hold a request, its task and its socket for ever (as the gateway's api.body_timeout).
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     # Flows (issue 19): how often the runtime looks for queued inputs and due timers when nothing
     # woke it (a reply or an event wakes it at once).
     flows_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5

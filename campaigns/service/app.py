@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
+import anyio
 import msgspec
 import segno
 from litestar import Litestar, Request, Response, delete, get, post, put
@@ -212,6 +213,40 @@ def _on_unexpected(_: Request, exc: Exception) -> Response[ErrorOut]:
 def _on_other(_: Request, exc: CampaignError) -> Response[ErrorOut]:
     log.warning("campaigns.failed error=%r", exc)
     return _error(getattr(exc, "status", 500), getattr(exc, "code", "internal"), str(exc))
+
+
+class BodyTimeout(CallerError):
+    status = 408
+    code = "body_timeout"
+
+
+def body_deadline(app: Any, timeout: float) -> Any:
+    """``app`` whose requests' bodies must arrive within ``timeout`` seconds in all: the waits for
+    the client add up, the server's own time is not charged. Past it, the read raises
+    ``BodyTimeout`` (408 ``body_timeout``, through the API's error handlers) and the server closes
+    the connection (the rest of the body is never read). A slow client (slowloris) cannot hold a
+    request open for ever."""
+
+    async def bounded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        left, done = timeout, False
+
+        async def timed() -> Any:
+            nonlocal left, done
+            if done:  # the body is in: a wait for the disconnect is not the client's debt
+                return await receive()
+            started = anyio.current_time()
+            with anyio.move_on_after(left):
+                event = await receive()
+                left -= anyio.current_time() - started
+                done = event.get("type") != "http.request" or not event.get("more_body", False)
+                return event
+            raise BodyTimeout(f"request body not received within {timeout:g} s")
+
+        return await app(scope, timed, send)
+
+    return bounded
 
 
 def _next(ids: list[int], limit: int) -> int | None:

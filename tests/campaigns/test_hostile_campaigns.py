@@ -83,3 +83,37 @@ async def test_a_nul_in_a_definition_is_a_422_and_a_bad_csv_row_is_named_at_laun
             "sender": "ACME", "template": "Hi", "audience": {"csv": "\ufeffPhone;First_Name\r\n+14155550100;A\r\n"}}})
         r = await c.post(f"/v1/campaigns/{r.json()['id']}/launch")
         assert r.status_code == 202 and r.json()["recipients"] == 1, r.text
+
+
+@pytest.fixture
+def flow_client(store_url: str) -> Iterator[object]:
+    from litestar.testing import TestClient
+
+    from campaigns.service.flow_api import FlowService, flow_handlers
+
+    settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "acme"\nkey_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n')
+    assert settings is not None
+    store = open_store(store_url)
+    app = create_app(Audience(store, settings, lambda: T0), tenant_keys(settings, {}),
+                     extra_handlers=flow_handlers(FlowService(store, lambda: T0)))  # fmt: skip
+    with TestClient(app) as c:
+        yield c
+    store.close()
+
+
+FLOW = {"id": "hello", "name": "Hello", "trigger": {"type": "custom", "name": "hi"}, "entry": "s",
+        "nodes": {"s": {"type": "send", "template": "hi_text"}}}
+
+
+def test_a_nul_in_a_flow_or_a_template_is_a_422_naming_the_field(flow_client) -> None:
+    c = flow_client
+    for method, path, body, field in [
+        ("put", "/v1/flow-templates/hi_text", {"text": "Hi\u0000"}, "text"),
+        ("post", "/v1/flows", {"definition": {**FLOW, "name": "He\u0000llo"}}, "definition.name"),
+        ("post", "/v1/flows", {"definition": {**FLOW, "nodes": {"s": {"type": "send", "template": "hi\u0000"}}}},
+         "definition.nodes.s.template"),
+        ("post", "/v1/flows/install", {"flow": "welcome", "id": "w2", "overrides": {"name": "W\u0000"}}, "overrides.name"),
+    ]:  # fmt: skip
+        r = c.request(method.upper(), path, json=body, headers=AUTH)
+        assert r.status_code == 422 and r.json()["field"] == field, (path, r.status_code, r.text[:300])
+    assert c.get("/v1/flows", headers=AUTH).json()["items"] == []
