@@ -38,7 +38,7 @@ class SignupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     keywords: list[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{2,20}$")]] = msgspec.field(default_factory=lambda: ["JOIN"])
     confirm_words: list[Annotated[str, msgspec.Meta(min_length=1, max_length=20)]] = msgspec.field(
-        default_factory=lambda: ["Y", "YES", "OUI", "SI", "JA"])
+        default_factory=lambda: ["Y", "YES", "OUI", "SI", "JA", "DA", "是", "是的"])  # + Romanian, Chinese (the seeds')
     shop_name: Annotated[str, msgspec.Meta(min_length=1, max_length=60)] = "our shop"
     # The double opt-in request: the disclosure the subscriber sees by SMS (recorded with its hash).
     confirm_text: Annotated[str, msgspec.Meta(min_length=1, max_length=640)] = (

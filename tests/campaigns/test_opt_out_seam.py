@@ -71,3 +71,28 @@ async def test_opt_out_spellings_reach_the_ledger_and_suppressions_and_others_do
         assert not queued & {p for p, t in zip(phones, texts, strict=True) if t in OPT_OUTS}  # never an answer
         await client.aclose()
         store.close()
+
+
+#: (keyword, confirmation) as people type them: full-width, spaced, with emoji and punctuation.
+SIGNUPS = [("JOIN", "Y"), ("ＪＯＩＮ", "Ｙ"), ("Join 😀", "YES 👍"), ("j o i n!", "yes."), ("join", "Da"), ("JOIN", "是")]
+
+
+async def test_keyword_opt_in_spellings_reach_a_confirmed_consent(tmp_path: Path) -> None:
+    phones = [f"+4479112{i:05d}" for i in range(len(SIGNUPS))]
+    async with simulator("--dlr-delay", "0.01") as sim, gateway(gateway_config(tmp_path, sim.port), env=ENV) as gw:
+        settings = loads(CAMPAIGNS.replace("[campaigns.tenants.signup]", '[campaigns.tenants.signup]\nsender = "12345"'))
+        assert settings is not None
+        store = open_store(f"sqlite:///{tmp_path / 'campaigns.db'}")
+        client = GatewayClient(gw.url, KEY)
+        link = GatewayLink(Audience(store, settings, time.time), {"acme": client})
+        async with httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {KEY}"}, timeout=30) as g:
+            for step in (0, 1):
+                for p, texts in zip(phones, SIGNUPS, strict=True):
+                    await mo(g, p, texts[step])
+                await poll(lambda: g.get("/v1/inbound", params={"limit": 100}),
+                           lambda r, n=(step + 1) * len(SIGNUPS): len(r.json()["inbound"]) == n)  # fmt: skip
+                assert await link.pull("acme") == len(SIGNUPS)
+                states = [getattr(store.subscriber_by_phone("acme", p), "consent", None) for p in phones]
+                assert states == ["pending" if step == 0 else "confirmed"] * len(SIGNUPS), list(zip(SIGNUPS, states))
+        await client.aclose()
+        store.close()
