@@ -18,7 +18,7 @@ import msgspec
 import phonenumbers
 
 from campaigns.core.consent import Evidence
-from campaigns.errors import InvalidInput, no_nul, schema_field
+from campaigns.errors import InvalidInput, nul_path, schema_field
 
 Money = Annotated[int, msgspec.Meta(ge=0, le=10**13)]
 Instant = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
@@ -48,9 +48,6 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     tags: tuple[Tag, ...] = ()
     attributes: dict[str, Any] | None = None
 
-    def __post_init__(self) -> None:
-        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
-
 
 class ConsentGrant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A consent box ticked at checkout or on a form: the text shown is the disclosure."""
@@ -60,16 +57,10 @@ class ConsentGrant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     disclosure_version: Annotated[str, msgspec.Meta(max_length=100)] | None = None
     evidence: Evidence = Evidence()
 
-    def __post_init__(self) -> None:
-        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
-
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
     id: EventId
     at: Instant
-
-    def __post_init__(self) -> None:
-        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class CustomerEvent(_Event, tag="customer"):
@@ -82,9 +73,6 @@ class Item(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     category: Name | None = None
     price: Money = 0
     quantity: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1
-
-    def __post_init__(self) -> None:
-        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class OrderEvent(_Event, tag="order"):
@@ -132,6 +120,7 @@ ShopEvent = CustomerEvent | OrderEvent | CheckoutEvent | FulfillmentEvent | Acti
 RESERVED_KINDS = frozenset({"clicked", "replied", "message_sent", "delivered"})
 
 _event_decoder = msgspec.json.Decoder(ShopEvent)
+_NUL_ESCAPE, _NUL_ESCAPE_B = "\\u0000", b"\\u0000"
 _profile_decoder = msgspec.json.Decoder(Profile)
 _AT = re.compile(r" - at `\$(.*)`$")
 
@@ -160,6 +149,12 @@ def decode_event(data: bytes | str) -> ShopEvent:
         raise InvalidInput(f"not JSON: {exc}", code="invalid_json") from None
     except RecursionError:
         raise InvalidInput("not JSON: nested too deeply", code="invalid_json") from None
+    # A NUL can only come as the escape \u0000 (JSON has no raw control characters): the decoded event
+    # is walked only then, not on every event (the walk costs ~7 µs an event, the decode ~1.3).
+    if (_NUL_ESCAPE_B in data) if isinstance(data, bytes) else (_NUL_ESCAPE in data):
+        hit = nul_path(event)
+        if hit is not None:  # PostgreSQL cannot store one in text and SQLite would: refused alike
+            raise InvalidInput(f"NUL character (U+0000) in {hit}", code="invalid_field", field=hit)
     if isinstance(event, CustomEvent) and event.name in RESERVED_KINDS:
         raise InvalidInput(f"custom event name {event.name!r} is reserved: use type 'activity'",
                            code="reserved_name", field="name")  # fmt: skip
@@ -173,11 +168,14 @@ def convert_event(obj: Any) -> ShopEvent:
 
 def decode_profile(data: bytes | str) -> Profile:
     try:
-        return _profile_decoder.decode(data)
+        profile = _profile_decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"not JSON: {exc}", code="invalid_json") from None
+    if (hit := nul_path(profile)) is not None:
+        raise InvalidInput(f"NUL character (U+0000) in {hit}", code="invalid_field", field=hit)
+    return profile
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -52,6 +52,9 @@ class SubscriberIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     profile: Profile
     consent: ConsentIn | None = None
 
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
+
 
 class FormIn(msgspec.Struct, frozen=True, kw_only=True):
     """What the hosted form and the pop-up post (JSON, or a urlencoded form)."""
