@@ -122,8 +122,9 @@ class SegmentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     definition: Any
 
-    def __post_init__(self) -> None:
-        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
+    def __post_init__(self) -> None:  # the definition's text is the segment validator's (segment.bad_value, $.value)
+        if "\x00" in self.name:  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
+            raise ValueError("NUL character (U+0000) in field `name`")
 
 
 class SegmentCheckIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -73,3 +73,12 @@ def test_an_unhashable_event_source_is_a_422_through_the_api(client: TestClient,
         r = client.post("/v1/segments", json={"name": "s", "definition": {"all": [node]}}, headers=h("acme"))
         assert r.status_code == 422 and r.json()["field"] == f"$.all[0].{key}", (key, r.status_code, r.text)
     assert client.get("/v1/segments", headers=h("acme")).json()["items"] == []
+
+
+def test_a_nul_in_a_segment_is_named_by_the_segment_validator_or_the_body(client: TestClient) -> None:
+    r = client.post("/v1/segments", json={"name": "s", "definition": {"field": "city", "op": "eq", "value": "a\u0000"}},
+                    headers=h("acme"))  # fmt: skip
+    assert r.status_code == 422 and (r.json()["code"], r.json()["field"]) == ("segment.bad_value", "$.value"), r.text
+    r = client.post("/v1/segments", json={"name": "s\u0000", "definition": {"tag": "vip"}}, headers=h("acme"))
+    assert r.status_code == 422 and r.json()["field"] == "name", r.text
+    assert client.get("/v1/segments", headers=h("acme")).json()["items"] == []
