@@ -139,8 +139,15 @@ def import_csv(config_path: str, tenant: str, csv_path: str) -> None:
     """Import subscribers from a CSV file with consent columns (docs/CAMPAIGNS.md): all rows or none."""
     from pathlib import Path
 
+    from campaigns.core.imports import decode_csv
+    from campaigns.errors import InvalidInput
+
     audience = _audience(config_path)
-    text = Path(csv_path).read_text(encoding="utf-8-sig")
+    try:
+        text = decode_csv(Path(csv_path).read_bytes())
+    except InvalidInput as exc:
+        click.echo(f"error: {exc} (field {exc.field})", err=True)
+        sys.exit(1)
     res = _run(lambda: audience.import_csv(tenant, text, file_name=Path(csv_path).name))
     click.echo(json.dumps({f: getattr(res, f) for f in res.__struct_fields__}))
 
@@ -158,7 +165,7 @@ def events(config_path: str, tenant: str, ndjson_path: str) -> None:
 
     audience = _audience(config_path)
     parsed = []
-    for i, line in enumerate(Path(ndjson_path).read_bytes().splitlines()):
+    for i, line in enumerate(Path(ndjson_path).read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines()):
         if line.strip():
             try:
                 ev = decode_event(line)

@@ -38,7 +38,7 @@ class SignupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     keywords: list[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{2,20}$")]] = msgspec.field(default_factory=lambda: ["JOIN"])
     confirm_words: list[Annotated[str, msgspec.Meta(min_length=1, max_length=20)]] = msgspec.field(
-        default_factory=lambda: ["Y", "YES", "OUI", "SI", "JA"])
+        default_factory=lambda: ["Y", "YES", "OUI", "SI", "JA", "DA", "是", "是的"])  # + Romanian, Chinese (the seeds')
     shop_name: Annotated[str, msgspec.Meta(min_length=1, max_length=60)] = "our shop"
     # The double opt-in request: the disclosure the subscriber sees by SMS (recorded with its hash).
     confirm_text: Annotated[str, msgspec.Meta(min_length=1, max_length=640)] = (
@@ -128,6 +128,9 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     segment_rebuild_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     scores_refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0  # RFM recency / engagement as of now
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    # A request's body must arrive within this many seconds in all (else 408 body_timeout): a slow
+    # client (slowloris) cannot hold a request, its task and its socket for ever (as the gateway's api.body_timeout).
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     # Flows (issue 19): how often the runtime looks for queued inputs and due timers when nothing
     # woke it (a reply or an event wakes it at once).
     flows_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5

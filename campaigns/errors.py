@@ -18,10 +18,46 @@ from __future__ import annotations
 import re
 
 __all__ = ["CallerError", "CampaignError", "ConfigError", "Conflict", "GatewayError", "GatewayRefused", "InvalidInput",
-           "NotFound", "StorageError", "schema_field"]  # fmt: skip
+           "NotFound", "StorageError", "no_nul", "nul_path", "schema_field"]  # fmt: skip
 
 _AT = re.compile(r" - at `\$\.?(.*)`$", re.S)
-_NAMED = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
+_NAMED = re.compile(r"(?:missing required|unknown|NUL character \(U\+0000\) in) field `([^`]+)`")
+
+
+def nul_path(value: object, path: str = "") -> str | None:
+    """The path (``first_name``, ``attributes.k``, ``tags[1]``) of the first string in ``value`` (a
+    Struct, dict, list or tuple, nested) that holds a NUL character, else None. PostgreSQL cannot
+    store one in text and SQLite would keep it: both engines refuse it the same way, at decode."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if isinstance(k, str) and "\x00" in k:
+                return sub
+            if (hit := nul_path(v, sub)) is not None:
+                return hit
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            if (hit := nul_path(v, f"{path}[{i}]")) is not None:
+                return hit
+        return None
+    fields = getattr(value, "__struct_fields__", None)
+    if fields is not None:
+        for name in fields:
+            if (hit := nul_path(getattr(value, name), f"{path}.{name}" if path else name)) is not None:
+                return hit
+    return None
+
+
+def no_nul(struct: object) -> None:
+    """A Struct's ``__post_init__``: a NUL character in any of its text is a ValueError naming the
+    field, which msgspec reports as a ValidationError at the Struct's path (HTTP 422 naming
+    ``profile.first_name``)."""
+    hit = nul_path(struct)
+    if hit is not None:
+        raise ValueError(f"NUL character (U+0000) in field `{hit}`")
 
 
 def schema_field(message: str) -> tuple[str, str | None]:

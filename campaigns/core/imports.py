@@ -60,6 +60,9 @@ def _time(raw: str, field: str) -> float:
 def _row(rec: dict[str, str], i: int, file_name: str, region: str | None) -> ImportRow:
     at = f"rows[{i}]"
     vals = {k: v.strip() for k, v in rec.items() if k is not None and v is not None and v.strip()}
+    for k, v in vals.items():
+        if "\x00" in v:  # PostgreSQL cannot store it, SQLite would: refused alike
+            raise InvalidInput(f"{at}: NUL character (U+0000) in {k}", code="invalid_field", field=f"{at}.{k}")
     fields: dict[str, Any] = {k: vals[k] for k in PROFILE_COLUMNS if k in vals}
     if "tags" in vals:
         fields["tags"] = tuple(t.strip() for t in vals["tags"].split(";") if t.strip())
@@ -90,18 +93,63 @@ def _row(rec: dict[str, str], i: int, file_name: str, region: str | None) -> Imp
                      unproven=claimed is not None and not has_proof)  # fmt: skip
 
 
-def parse_csv(text: str, *, file_name: str = "", region: str | None = None) -> list[ImportRow]:
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in reader.fieldnames or []]
+def decode_csv(raw: bytes) -> str:
+    """A CSV file's bytes as text: UTF-8, with or without a byte order mark. Anything else (a
+    spreadsheet's Windows-1252 or UTF-16 export) is refused naming the line and byte, not guessed:
+    a wrong guess would store wrong names and consent texts."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        hint = " (UTF-16: save it as CSV UTF-8)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else " (save it as CSV UTF-8)"
+        raise InvalidInput(f"the CSV must be UTF-8: byte 0x{raw[exc.start]:02x} on line {line} is not{hint}",
+                           code="invalid_encoding", field=f"rows[{max(line - 2, 0)}]" if line > 1 else "header") from None  # fmt: skip
+
+
+def _delimiter(text: str) -> str:
+    """The header row's delimiter: a comma, else a semicolon (spreadsheets in locales whose decimal
+    mark is a comma write those) or a tab, whichever the header holds."""
+    header = text.split("\n", 1)[0]
+    if "," in header:
+        return ","
+    return ";" if header.count(";") >= header.count("\t") and ";" in header else "\t" if "\t" in header else ","
+
+
+def csv_header(text: str) -> list[str]:
+    """The column names of a CSV's header row (trimmed, lower-case), checked: a ``phone`` column, no
+    unknown column, none twice; else InvalidInput naming the column."""
+    text = text.removeprefix("\ufeff")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
+    try:
+        header = [h.strip().lower() for h in next(reader, [])]
+    except csv.Error as exc:
+        raise InvalidInput(f"header: {exc}", code="invalid_csv", field="header") from None
     if "phone" not in header:
         raise InvalidInput("the header row must name a phone column", code="missing_field", field="phone")
     unknown = sorted(set(header) - KNOWN)
     if unknown:
         raise InvalidInput(f"unknown columns: {', '.join(unknown)}", code="unknown_field", field=unknown[0])
-    reader.fieldnames = header
+    if len(set(header)) < len(header):
+        twice = sorted({h for h in header if header.count(h) > 1})
+        raise InvalidInput(f"columns named twice: {', '.join(twice)}", code="invalid_csv", field=twice[0])
+    return header
+
+
+def parse_csv(text: str, *, file_name: str = "", region: str | None = None) -> list[ImportRow]:
+    header = csv_header(text)
+    text = text.removeprefix("\ufeff")
+    reader = csv.DictReader(io.StringIO(text, newline=""), fieldnames=header, delimiter=_delimiter(text))
+    next(reader, None)  # the header row, read by csv_header
     rows = []
-    for i, rec in enumerate(reader):
-        if i >= MAX_ROWS:
-            raise InvalidInput(f"more than {MAX_ROWS} rows: split the file", code="too_large", field="rows")
-        rows.append(_row(rec, i, file_name, region))
+    i = -1
+    try:
+        for i, rec in enumerate(reader):
+            if i >= MAX_ROWS:
+                raise InvalidInput(f"more than {MAX_ROWS} rows: split the file", code="too_large", field="rows")
+            if None in rec:  # more values than the header names: a column shifted, never guessed
+                raise InvalidInput(f"rows[{i}]: {len(header) + len(rec[None])} values for {len(header)} columns",  # type: ignore[index]
+                                   code="invalid_csv", field=f"rows[{i}]")  # fmt: skip
+            rows.append(_row(rec, i, file_name, region))
+    except csv.Error as exc:  # a field over the csv module's limit, a NUL on older Pythons, ...
+        raise InvalidInput(f"rows[{i + 1}]: {exc}", code="invalid_csv", field=f"rows[{i + 1}]") from None
     return rows

@@ -37,7 +37,7 @@ import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
-from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import numpy as np
@@ -397,7 +397,8 @@ def with_utm(url: str, utm: Mapping[str, str]) -> str:
 
     Existing query parameters keep their order and values (a merchant's own ``utm_source`` wins); a
     ``utm_*`` name never appears twice (a URL that already repeats one keeps its first). The fragment
-    is kept. Keys of ``utm`` must start with ``utm_``."""
+    is kept. Keys of ``utm`` must start with ``utm_``. The result is ASCII (``_ascii``): a Unicode host
+    in IDNA, other non-ASCII characters percent-encoded, so it can go in a ``Location`` header."""
     for k in utm:
         if not k.startswith("utm_"):
             raise LinkError("bad_utm_key", f"{k!r} is not a utm_ parameter", field=k)
@@ -418,7 +419,32 @@ def with_utm(url: str, utm: Mapping[str, str]) -> str:
     added = [(k, v) for k, v in utm.items() if k not in seen and v]
     if added:
         kept.append(urlencode(added))
-    return urlunsplit(parts._replace(query="&".join(kept)))
+    return urlunsplit(_ascii(parts._replace(query="&".join(kept))))
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def _pct(text: str) -> str:
+    """Non-ASCII characters percent-encoded as UTF-8; everything else (existing escapes too) kept."""
+    return _NON_ASCII.sub(lambda m: quote(m.group(), safe=""), text) if not text.isascii() else text
+
+
+def _ascii(parts: SplitResult) -> SplitResult:
+    """An IRI as the URI a ``Location`` header may carry (RFC 3987 §3.1, RFC 9110 §10.2.2): the host
+    in IDNA (``bücher.de`` -> ``xn--bcher-kva.de``), the rest percent-encoded as UTF-8. A raw UTF-8
+    ``Location`` is not HTTP; clients and proxies read it as Latin-1 or drop it."""
+    if parts.netloc.isascii() and parts.path.isascii() and parts.query.isascii() and parts.fragment.isascii():
+        return parts
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    host, colon, port = hostport.partition(":") if not hostport.startswith("[") else (hostport, "", "")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            host = _pct(host)
+    netloc = f"{_pct(userinfo)}{at}{host}{colon}{port}"
+    return parts._replace(netloc=netloc, path=_pct(parts.path), query=_pct(parts.query), fragment=_pct(parts.fragment))
 
 
 # ---- clicks ---------------------------------------------------------------------------------

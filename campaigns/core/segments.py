@@ -305,7 +305,7 @@ class _Parser:
         _keys(obj, path, {"event", "kind", "state", "within_days", "where", "measure", "op", "value"},
               required={"event"})  # fmt: skip
         source = obj["event"]
-        if source not in _EVENT_WHERE:
+        if not isinstance(source, str) or source not in _EVENT_WHERE:  # [] or {} is not hashable
             raise SegmentError("segment.bad_value", f"{path}.event", "expected one of order, item, checkout, activity")
         kind = state = None
         if source == "activity":
@@ -317,7 +317,7 @@ class _Parser:
             raise SegmentError("segment.unknown_key", f"{path}.kind", "kind is for activity conditions only")
         if source == "checkout":
             state = obj.get("state", "started")
-            if state not in CHECKOUT_STATES:
+            if not isinstance(state, str) or state not in CHECKOUT_STATES:
                 raise SegmentError("segment.bad_value", f"{path}.state", f"expected one of {', '.join(CHECKOUT_STATES)}")
         elif "state" in obj:
             raise SegmentError("segment.unknown_key", f"{path}.state", "state is for checkout conditions only")
@@ -327,11 +327,11 @@ class _Parser:
             if not 0 < within <= MAX_DAYS:
                 raise SegmentError("segment.bad_value", f"{path}.within_days", f"expected days in (0, {MAX_DAYS:g}]")
         measure = obj.get("measure", "count")
-        if measure not in _EVENT_MEASURES[source]:
+        if not isinstance(measure, str) or measure not in _EVENT_MEASURES[source]:
             raise SegmentError("segment.bad_value", f"{path}.measure",
                                f"expected one of {', '.join(_EVENT_MEASURES[source])} for {source}")  # fmt: skip
         op = obj.get("op", "gte")
-        if op not in AGGREGATE_OPS:
+        if not isinstance(op, str) or op not in AGGREGATE_OPS:
             raise SegmentError("segment.bad_op", f"{path}.op", f"expected one of {', '.join(AGGREGATE_OPS)}")
         value = _number(obj.get("value", 1), f"{path}.value")
         where = _where(obj.get("where", {}), _EVENT_WHERE[source], f"{path}.where")

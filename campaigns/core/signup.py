@@ -11,6 +11,7 @@ confirmation request (a revocation stands until the subscriber confirms again).
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Literal
 
 import msgspec
@@ -27,8 +28,11 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def normalise(text: str) -> str:
-    """Upper case, inner whitespace collapsed, surrounding punctuation dropped ("join!" -> "JOIN")."""
-    return " ".join(text.upper().split()).strip(" .!?,;:'\"")
+    """Folded as the gateway folds its keywords: compatibility forms (full-width ``ＪＯＩＮ``) and
+    accents taken apart (NFKD, marks dropped), only letters and digits kept (spaces, punctuation,
+    emoji: "Join 😀", "J O I N", "Y!" ), upper case: "join!" -> "JOIN"."""
+    folded = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in folded if unicodedata.category(ch)[0] in "LN").upper()
 
 
 def decide_inbound(*, kind: InboundKind, text: str, state: State, keywords: tuple[str, ...] | list[str],

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
+import anyio
 import msgspec
 import segno
 from litestar import Litestar, Request, Response, delete, get, post, put
@@ -31,8 +32,9 @@ from campaigns.core.consent import ConsentEntry, Evidence, State
 from campaigns.core.forms import form_page, popup_script, sms_link
 from campaigns.core.limits import WindowLimit
 from campaigns.core.events import ShopEvent, decode_event
+from campaigns.core.imports import decode_csv
 from campaigns.core.model import Subscriber
-from campaigns.errors import CallerError, CampaignError, InvalidInput, NotFound, StorageError, schema_field
+from campaigns.errors import CallerError, CampaignError, InvalidInput, NotFound, StorageError, no_nul, schema_field
 from campaigns.service.audience import Audience, ConsentIn, FormIn, SubscriberIn, SubscriberOut
 from campaigns.service.gateway_client import Inbound
 from campaigns.service.link import GatewayLink
@@ -71,6 +73,9 @@ class MembershipOut(msgspec.Struct, frozen=True, kw_only=True):
 class TagsIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     add: list[Annotated[str, msgspec.Meta(min_length=1, max_length=100)]] = []
     remove: list[Annotated[str, msgspec.Meta(min_length=1, max_length=100)]] = []
+
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class TagsOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,6 +121,10 @@ def _invalid(exc: msgspec.ValidationError) -> InvalidInput:
 class SegmentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     definition: Any
+
+    def __post_init__(self) -> None:  # the definition's text is the segment validator's (segment.bad_value, $.value)
+        if "\x00" in self.name:  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
+            raise ValueError("NUL character (U+0000) in field `name`")
 
 
 class SegmentCheckIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -192,6 +201,11 @@ def _on_storage(_: Request, exc: StorageError) -> Response[ErrorOut]:
     return _error(503, exc.code, "storage unavailable, retry later")
 
 
+def _on_deep(_: Request, exc: RecursionError) -> Response[ErrorOut]:
+    """A body nested deeper than the decoder recurses (``[[[[...`` 100,000 deep): the caller's fault."""
+    return _error(400, "invalid_json", "the JSON body nests too deeply")
+
+
 def _on_unexpected(_: Request, exc: Exception) -> Response[ErrorOut]:
     log.exception("campaigns.internal_error")
     return _error(500, "internal", "internal error (logged)")
@@ -200,6 +214,40 @@ def _on_unexpected(_: Request, exc: Exception) -> Response[ErrorOut]:
 def _on_other(_: Request, exc: CampaignError) -> Response[ErrorOut]:
     log.warning("campaigns.failed error=%r", exc)
     return _error(getattr(exc, "status", 500), getattr(exc, "code", "internal"), str(exc))
+
+
+class BodyTimeout(CallerError):
+    status = 408
+    code = "body_timeout"
+
+
+def body_deadline(app: Any, timeout: float) -> Any:
+    """``app`` whose requests' bodies must arrive within ``timeout`` seconds in all: the waits for
+    the client add up, the server's own time is not charged. Past it, the read raises
+    ``BodyTimeout`` (408 ``body_timeout``, through the API's error handlers) and the server closes
+    the connection (the rest of the body is never read). A slow client (slowloris) cannot hold a
+    request open for ever."""
+
+    async def bounded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        left, done = timeout, False
+
+        async def timed() -> Any:
+            nonlocal left, done
+            if done:  # the body is in: a wait for the disconnect is not the client's debt
+                return await receive()
+            started = anyio.current_time()
+            with anyio.move_on_after(left):
+                event = await receive()
+                left -= anyio.current_time() - started
+                done = event.get("type") != "http.request" or not event.get("more_body", False)
+                return event
+            raise BodyTimeout(f"request body not received within {timeout:g} s")
+
+        return await app(scope, timed, send)
+
+    return bounded
 
 
 def _next(ids: list[int], limit: int) -> int | None:
@@ -452,12 +500,7 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
     @post("/v1/subscribers/import", status_code=201)
     async def import_subscribers(tenant: Tenant, request: Request, file_name: FromQuery[str] = "") -> ImportResult:
         """CSV with a header row (see docs/CAMPAIGNS.md): all rows or none; a bad row -> 422 naming it."""
-        raw = await request.body()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise InvalidInput("the CSV must be UTF-8", code="invalid_encoding") from None
-        return await audience.import_csv(tenant, text, file_name=file_name)
+        return await audience.import_csv(tenant, decode_csv(await request.body()), file_name=file_name)
 
     @get("/healthz", dependencies={})
     async def healthz() -> dict[str, str]:
@@ -475,7 +518,8 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
         route_handlers=handlers,
         dependencies={"tenant": Provide(tenant)},
         exception_handlers={CallerError: _on_caller, ValidationException: _on_validation, HTTPException: _on_http,
-                            StorageError: _on_storage, CampaignError: _on_other, Exception: _on_unexpected},  # fmt: skip
+                            StorageError: _on_storage, CampaignError: _on_other, RecursionError: _on_deep,
+                            Exception: _on_unexpected},  # fmt: skip
         openapi_config=OpenAPIConfig(title="Sluice campaigns API", version="0.1.0"),
         request_max_body_size=audience.settings.max_body_bytes,
         logging_config=None,

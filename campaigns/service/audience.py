@@ -24,7 +24,7 @@ from campaigns.core.events import (CheckoutEvent, CustomerEvent, FulfillmentEven
                                    decode_event, event_phone, looks_canonical)  # fmt: skip
 from campaigns.core.model import Stats, Subscriber
 from campaigns.core.segments import Segment, affected_by, dependencies, dump_segment, evaluate, next_change, parse_segment
-from campaigns.errors import CampaignError, Conflict, InvalidInput, NotFound
+from campaigns.errors import CampaignError, Conflict, InvalidInput, NotFound, no_nul
 from campaigns.service.batching import GroupCommit
 from campaigns.service.member_process import MemberProcess
 from campaigns.store.base import Applied, ImportResult, MemberPlan, NewConsent, SegmentRow, Store
@@ -44,10 +44,16 @@ class ConsentIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     evidence: Evidence = Evidence()
     at: float | None = None  # when it happened (default: now); never in the future
 
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
+
 
 class SubscriberIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     profile: Profile
     consent: ConsentIn | None = None
+
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class FormIn(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +64,9 @@ class FormIn(msgspec.Struct, frozen=True, kw_only=True):
     form_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "hosted"
     legal_version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     page_url: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class SubscriberOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -297,6 +306,8 @@ class Audience:
         loop (``run_membership``) when it runs, else before answering."""
         events, prefixes = [], []
         bad: list[tuple[int, InvalidInput]] = []
+        if body.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark (a file saved on Windows): not content
+            body = body[3:]
         for i, line in enumerate(body.splitlines()):
             if not line.strip():
                 continue

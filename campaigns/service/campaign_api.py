@@ -36,6 +36,10 @@ class CampaignIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     definition: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        if '\x00' in self.name:  # the definition's own text is checked by CampaignSpec
+            raise ValueError('NUL character (U+0000) in field `name`')
+
 
 class SendTimesOut(msgspec.Struct, frozen=True, kw_only=True):
     clock: str

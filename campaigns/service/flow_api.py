@@ -26,7 +26,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from campaigns.core import flow_library, flow_sim, templates
 from campaigns.core import flows as F
-from campaigns.errors import InvalidInput, NotFound
+from campaigns.errors import InvalidInput, NotFound, no_nul
 from campaigns.service.app import Tenant
 from campaigns.store.base import Store
 from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
@@ -41,6 +41,9 @@ After = Annotated[int, QueryParameter(ge=0, le=2**63 - 1)]
 
 class FlowIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     definition: dict[str, Any]  # the flow JSON (docs/CAMPAIGNS-FLOWS.md); its ``version`` is set by the store
+
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class FlowOut(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,9 +61,15 @@ class InstallIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{1,64}$")] | None = None  # install under another id
     overrides: dict[str, Any] = {}  # top-level keys replacing the library's (nodes, exits, name ...)
 
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
+
 
 class TemplateIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     text: Annotated[str, msgspec.Meta(min_length=1, max_length=1600)]
+
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class TemplatesOut(msgspec.Struct, frozen=True, kw_only=True):

@@ -52,7 +52,7 @@ from campaigns.config import CampaignSettings
 from campaigns.core import conversations as C
 from campaigns.core import flows as F
 from campaigns.core.signup import Decision
-from campaigns.errors import Conflict, GatewayError, GatewayRefused, InvalidInput, NotFound
+from campaigns.errors import Conflict, GatewayError, GatewayRefused, InvalidInput, NotFound, no_nul
 from campaigns.service.gateway_client import GatewayClient, Inbound
 from campaigns.store.base import Store
 from campaigns.store.inbox_sql import ANSWER_RANK, ConversationRow, HistoryItem
@@ -81,9 +81,15 @@ class AnswerIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     text: Annotated[str, msgspec.Meta(min_length=1, max_length=C.MAX_ANSWER)]
     agent: Agent
 
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
+
 
 class AssignIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     agent: Agent | None  # null: unassign
+
+    def __post_init__(self) -> None:
+        no_nul(self)  # PostgreSQL cannot store a NUL: both engines refuse it, naming the field
 
 
 class ConversationPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -41,9 +41,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 import msgspec
 
 from campaigns.core import abtest, attribution, discounts, links, schedule, templates
-from campaigns.core.imports import parse_csv
+from campaigns.core.imports import csv_header, parse_csv
 from campaigns.core.model import Subscriber
-from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound, schema_field
+from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound, nul_path, schema_field
 from campaigns.service.gateway_client import GatewayClient
 from campaigns.store.base import Store
 from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, LinkRange, LinkRow, PlannedRecipient,
@@ -54,11 +54,31 @@ T = TypeVar("T")
 HELD = -1  # the batch of recipients kept for an A/B test's winner
 
 
+# An id the stores can hold (both engines' 64-bit integers): 10**30 is refused when the definition is
+# saved, naming ``audience.include[0]``, not an overflow (500) at launch.
+StoredId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+
+
 class AudienceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    include: list[int] = []  # segment ids (union)
-    exclude: list[int] = []  # segment ids (removed)
-    subscribers: list[int] = []  # explicit subscriber ids
+    include: Annotated[list[StoredId], msgspec.Meta(max_length=1000)] = []  # segment ids (union)
+    exclude: Annotated[list[StoredId], msgspec.Meta(max_length=1000)] = []  # segment ids (removed)
+    subscribers: Annotated[list[StoredId], msgspec.Meta(max_length=1_000_000)] = []  # explicit subscriber ids
     csv: str | None = None  # a CSV with a `phone` column (numbers of existing subscribers)
+
+    def __post_init__(self) -> None:
+        if self.csv is not None:  # the header when saved (a CSV without a phone column never launches)
+            try:
+                csv_header(self.csv)
+            except InvalidInput as exc:
+                raise InvalidInput(str(exc), code=exc.code, field=f"audience.csv.{exc.field}") from None
+
+
+def _csv_rows(spec: AudienceSpec) -> list[Any]:
+    """The audience CSV's rows; a bad row is named where the definition holds it (``audience.csv.rows[3].phone``)."""
+    try:
+        return parse_csv(spec.csv or "")
+    except InvalidInput as exc:
+        raise InvalidInput(str(exc), code=exc.code, field=f"audience.csv.{exc.field}") from None
 
 
 class VariantSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -100,6 +120,8 @@ class CampaignSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
 
     def __post_init__(self) -> None:
+        if (nul := nul_path(self)) is not None:  # PostgreSQL cannot store a NUL: both engines refuse it
+            raise InvalidInput(f"NUL character (U+0000) in {nul}", code="invalid_field", field=nul)
         if self.variants and len(self.variants) < 2:
             raise InvalidInput("give two or more variants, or one template", code="too_few_variants", field="variants")
         if not self.variants and self.template is None:
@@ -184,7 +206,7 @@ def resolve_audience(store: Store, tenant: str, spec: AudienceSpec) -> list[int]
     for seg in spec.include:
         ids |= _members(store, tenant, seg)
     if spec.csv is not None:
-        for row in parse_csv(spec.csv):
+        for row in _csv_rows(spec):
             sub = store.subscriber_by_phone(tenant, row.phone)
             if sub is not None:
                 ids.add(sub.id)
@@ -207,7 +229,7 @@ def _listed(store: Store, tenant: str, spec: AudienceSpec) -> list[int]:
             raise NotFound(f"no segment {seg}", code="segment_not_found", field="audience")
     ids = list(spec.subscribers)
     if spec.csv is not None:
-        for row in parse_csv(spec.csv):
+        for row in _csv_rows(spec):
             sub = store.subscriber_by_phone(tenant, row.phone)
             if sub is not None:
                 ids.append(sub.id)

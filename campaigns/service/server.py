@@ -18,7 +18,7 @@ import uvicorn
 
 from campaigns.config import CampaignSettings
 from campaigns.core.attribution import Windows
-from campaigns.service.app import create_app, tenant_keys, webhook_secrets
+from campaigns.service.app import body_deadline, create_app, tenant_keys, webhook_secrets
 from campaigns.service.audience import Audience
 from campaigns.service.campaign_api import campaign_handlers, redirect_front
 from campaigns.service.flow_api import FlowService, flow_handlers
@@ -117,7 +117,8 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
                      extra_handlers=[*campaign_handlers(launcher, tracker, secrets, inbox=inbox),
                                      *flow_handlers(FlowService(store, time.time))])  # fmt: skip
     install_state(app, flows)  # the inbox offers each reply to the runs waiting for one (ReplyRouter)
-    server = uvicorn.Server(uvicorn.Config(redirect_front(app, tracker), host=settings.host, port=settings.port if port is None else port,
+    front = body_deadline(redirect_front(app, tracker), settings.body_timeout_s)
+    server = uvicorn.Server(uvicorn.Config(front, host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False))  # fmt: skip
     try:
         async with anyio.create_task_group() as tg:

@@ -542,6 +542,8 @@ def _decode(kind: type, body: bytes):
         raise InvalidInput(text, field=field, index=_index(field)) from None
     except msgspec.DecodeError as exc:
         raise _Malformed(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise _Malformed("malformed JSON: nested too deeply") from None
 
 
 _RECIPIENTS = msgspec.json.Decoder(list[schemas.RecipientIn])
@@ -577,6 +579,8 @@ def _batch_items(body: bytes) -> list[msgspec.Raw]:
         raise InvalidInput(f"a batch is a JSON array of messages: {exc}", field="messages") from None
     except msgspec.DecodeError as exc:
         raise _Malformed(f"malformed JSON: {exc}") from None
+    except RecursionError:  # msgspec.Raw walks a nested element to find its end: [[[[... is a 400, not a 500
+        raise _Malformed("malformed JSON: nested too deeply") from None
     if not raws:
         raise InvalidInput("the batch is empty: give 1 to %d messages" % schemas.MAX_BATCH, field="messages")
     if len(raws) > schemas.MAX_BATCH:

@@ -15,7 +15,7 @@ UNSUBSCRIBE as conclusive when sent as a reply. So a message is an opt-out when
 3. it holds a weaker cue (``leave me alone``, ``wrong number``, ``not interested``) — *unsure*:
    the tenant's ``opt_out_uncertain`` decides (treat as opt-out, the default, or ask once).
 
-Languages: en, es, pt, fr, de, it, nl, ru, zh (also ja, ko, pl, tr conclusive words). The lists
+Languages: en, es, pt, fr, de, it, nl, ro, ru, zh (also ja, ko, pl, tr conclusive words). The lists
 are compared after ``fold`` (NFKD, casefold, accents dropped), so they are written naturally
 here and folded once at import. ``tests/core/data/opt_out_corpus.txt`` is the labelled corpus the
 rules are measured on (precision and recall, ``tests/core/test_opt_out_corpus.py``).
@@ -71,6 +71,7 @@ cancella cancellami disiscrivi disiscrivimi disiscrizione annulla smetti smettil
 afmelden uitschrijven opzeggen
 стоп отписаться отписка отписать отпишите отпишись хватит прекратить прекратите отменить отмена
 退订 退訂 取消 退出 停止 td 退 配信停止 停止 解除 수신거부 그만 wypisz rezygnuje iptal dur
+dezabonare dezabonez dezaboneaza dezabonati dezabonatima dezabonează opriti
 """.split()
 _STOP_PAIRS = [("opt", "out"), ("stop", "all"), ("de", "baja"), ("me", "baja"), ("no", "more"), ("no", "mas"),
                ("i", "want", "out")]
@@ -87,9 +88,10 @@ bitte danke sofort jetzt alle nachrichten mich ich will mochte mehr
 per grazie subito messaggi mi tutto tutti voglio vorrei
 alsjeblieft aub dank bedankt nu alles berichten ik wil
 пожалуиста спасибо все уже мне меня смс сообщения сообщении я хочу сеичас срочно рассылка рассылку рассылки
+va rog multumesc ma vreau sa doresc imediat acum mesaje mesajele
 """.split())
 _NEG = frozenset("""dont not never cant cannot wont didnt doesnt shouldnt no nao nunca jamais jamas ne n pas
-nicht nie kein keine non mai не нет 不 不要 别 別 勿""".split())
+nicht nie kein keine non mai nu не нет 不 不要 别 別 勿""".split())
 
 
 def _fold_pattern(pattern: str) -> str:
@@ -177,6 +179,12 @@ _RULES = [_Rule(p, v, n) for p, v, n in [
     (r"\b(?:numero sbagliato|non mi interessa|lasciatemi in pace)\b", _U, False),
     # Dutch
     (r"\b(?:stuur|stuurt|sms) (?:me |mij )?geen (?:berichten|sms|smsjes) meer\b|\bgeen (?:berichten|sms|smsjes|reclame) meer\b|\b(?:afmelden|uitschrijven|meld me af|schrijf me uit)\b", _C, False),
+    # Romanian (seed language; folded: ă â î ș ț are a a i s t; "nu-mi" is "nu mi")
+    (r"\bnu (?:mai )?(?:vreau|doresc) (?:sa (?:mai )?(?:primesc|primim)|mesaje|mesajele|sms|reclame|oferte|notificari)\b", _C, False),
+    (r"\bnu (?:imi |mi |ne )?mai (?:trimiteti|trimite|trimiteti mi|scrieti|scrie|contactati)\b", _C, False),
+    (r"\b(?:opriti|opreste|incetati|stop) (?:mesajele|mesaje|sms urile|smsurile|sms|trimiterea|notificarile|reclamele)\b", _C, True),
+    (r"\b(?:dezabonati ma|dezaboneaza ma|dezabonare|dezabonez|ma dezabonez|scoateti ma de pe lista|scoate ma de pe lista|stergeti ma|sterge ma|stergeti mi numarul|stergeti numarul meu)\b", _C, True),
+    (r"\b(?:numar gresit|nu ma intereseaza|lasati ma in pace)\b", _U, False),
     # Russian (folded: й is и, ё is е)
     (r"\b(?:хватит|прекратите|перестаньте|прекрати|перестань) (?:мне )?(?:присылать|слать|писать|отправлять|спамить|звонить|беспокоить)", _C, True),
     (r"\b(?:хватит|прекратите|прекрати) (?:спама|смс|сообщении|рассылки|рассылку|спамить)\b", _C, True),
@@ -190,6 +198,8 @@ _CJK_CERTAIN = [_fold_pattern(w) for w in """退订 退訂 取消订阅 取消�
 配信停止 配信解除 送らないで 登録解除 수신거부 보내지마 보내지 마""".split()]
 _CJK_UNSURE = [_fold_pattern(w) for w in "打错了 号码错了 不感兴趣 没兴趣".split()]
 _CJK_NEG = ("不要停止", "别停止", "不要取消", "别取消", "不要退订", "別停止")
+# What negates a CJK phrase right before it (folded like the phrases).
+_CJK_NEGATORS = tuple(_fold_pattern(w) for w in "不想 不要 不用 不会 不會 不需要 无需 無需 不必 不 别 別 没 沒".split())
 _YES = _folded("yes y yeah yep yup ya si sí oui ja sim да 是 是的 好的 はい 네".split())
 
 
@@ -213,10 +223,17 @@ def _pure(words: list[str], extra: frozenset[str]) -> bool:
             continue
         if w in _STOP or w in extra:
             found = True
-        elif w not in _FILL:
-            return False
+        elif w not in _FILL or (not found and w in _NEGS):  # "nu" is Dutch filler after ("stop nu")
+            return False  # and a Romanian negation before ("nu dezabonare")
         i += 1
     return found
+
+
+def _cjk_negated(compact: str, start: int) -> bool:
+    """Is the CJK phrase at ``start`` negated by what just precedes it ("我不想退订": I do not want to
+    unsubscribe; "不用退订", "别退订")?"""
+    before = compact[max(0, start - 3) : start]
+    return any(before.endswith(n) for n in _CJK_NEGATORS)
 
 
 def _negated(text: str, start: int) -> bool:
@@ -245,8 +262,11 @@ def classify(text: str, extra: frozenset[str] = frozenset()) -> tuple[OptOutVerd
             best = (rule.verdict, m.group().strip())
     if not any(n in compact for n in _CJK_NEG):
         for w in _CJK_CERTAIN:
-            if w in compact:
-                return OptOutVerdict.CERTAIN, w
+            at = compact.find(w)
+            while at >= 0:
+                if not _cjk_negated(compact, at):
+                    return OptOutVerdict.CERTAIN, w
+                at = compact.find(w, at + 1)
     if best[0] is OptOutVerdict.NO:
         for w in _CJK_UNSURE:
             if w in compact:

@@ -150,3 +150,15 @@ async def test_a_tenant_marked_operator_reads_the_operators_view(gateway, clock)
                                  headers={"authorization": f"Bearer {KEYS['beta']}"}) as beta:  # fmt: skip
         assert (await beta.get("/metrics")).status_code == 200
         assert "link" in (await beta.get("/v1/carriers")).json()["alpha"]
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/batch", "/v1/jobs", "/v1/preview", "/v1/suppressions"])
+async def test_json_nested_too_deeply_is_a_400_not_a_500(client, path) -> None:
+    """``[[[[...]]]]`` 100,000 deep: msgspec raises RecursionError (``/v1/messages/batch``'s
+    ``list[msgspec.Raw]`` walked it: a 500); every body route answers 4xx (400 ``malformed_json``
+    where the decoder has to look inside, 422 where the outer type is already wrong)."""
+    for body in (b"[" * 100_000 + b"]" * 100_000, b"[" + b"[" * 100_000 + b"]" * 100_000 + b"]"):
+        r = await client.post(path, content=body)
+        assert r.status_code in (400, 422), (path, r.status_code, r.text[:200])
+        if path == "/v1/messages/batch":
+            assert r.json()["code"] == "malformed_json"

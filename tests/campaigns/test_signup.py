@@ -31,6 +31,12 @@ KW, YES = ["JOIN"], ["Y", "YES"]
 @pytest.mark.parametrize("kind,text,state,action,reply", [
     ("message", "JOIN", "none", "opt_in", "confirm"),
     ("message", " join! ", "none", "opt_in", "confirm"),
+    ("message", "ＪＯＩＮ", "none", "opt_in", "confirm"),  # full-width, emoji, spaced: folded as the gateway folds
+    ("message", "Join 😀", "none", "opt_in", "confirm"),
+    ("message", "J O I N", "none", "opt_in", "confirm"),
+    ("message", "Ｙ", "pending", "confirm", "welcome"),
+    ("message", "YES 👍", "pending", "confirm", "welcome"),
+    ("message", "join us?", "none", None, None),
     ("message", "JOIN", "revoked", "re_opt_in", "confirm"),
     ("message", "JOIN", "pending", None, "confirm"),
     ("message", "JOIN", "confirmed", None, None),

@@ -1,0 +1,78 @@
+"""Short links made from the URLs real texts hold, launched through a fake gateway and followed through
+the redirect (in front of the framework and through its routes): several links, the same URL twice,
+parentheses, query strings, fragments, trailing punctuation, a Unicode path and host. Each text holds
+one short link per URL, the punctuation stays in the text, and each redirect is a 302 whose Location
+is ASCII (a Unicode host in IDNA, the rest percent-encoded) and is the URL as written plus the UTM."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import httpx
+import pytest
+
+from campaigns.config import loads
+from campaigns.core.events import Profile
+from campaigns.service.app import create_app, tenant_keys
+from campaigns.service.audience import Audience
+from campaigns.service.campaign_api import campaign_handlers, redirect_front
+from campaigns.service.gateway_client import GatewayClient
+from campaigns.service.launch import Launcher, TenantLinks
+from campaigns.service.tracking import Tracker
+from campaigns.store import open_store
+from campaigns.store.base import NewConsent
+from fake_gateway import FakeGateway
+
+pytestmark = pytest.mark.anyio
+KEY = "acme-campaigns-key-0123456789"
+T0 = 1_767_000_000.0
+UA = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"
+
+TEMPLATE = ("New: https://shop.example/wiki/Boot_(2026)), see (https://shop.example/a?b=1&c=x%20y#frag). "
+            "Été: https://shop.example/été/chaussure?taille=é! Also https://bücher.example/ü… "
+            "Again https://shop.example/a?b=1&c=x%20y#frag.")  # fmt: skip
+# The URLs as written, in order (the trailing ")", ".", "!", "…" are the sentence's, not the URL's).
+URLS = ["https://shop.example/wiki/Boot_(2026)", "https://shop.example/a?b=1&c=x%20y#frag",
+        "https://shop.example/été/chaussure?taille=é", "https://bücher.example/ü", "https://shop.example/a?b=1&c=x%20y#frag"]  # fmt: skip
+ASCII = ["https://shop.example/wiki/Boot_(2026)", "https://shop.example/a?b=1&c=x%20y", "https://shop.example/%C3%A9t%C3%A9/chaussure?taille=%C3%A9",
+         "https://xn--bcher-kva.example/%C3%BC", "https://shop.example/a?b=1&c=x%20y"]  # fmt: skip
+
+
+async def test_every_url_of_a_real_text_redirects_to_itself_with_utm(tmp_path) -> None:
+    settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "acme"\nkey_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n')
+    assert settings is not None
+    store, now = open_store(f"sqlite:///{tmp_path / 'c.db'}"), [T0]
+    clock = lambda: now[0]  # noqa: E731
+    gw = FakeGateway()
+    la = Launcher(store, {"acme": GatewayClient("http://g", "k", transport=gw.transport())},
+                  {"acme": TenantLinks(domain="sl.ui", key=b"s" * 32)}, clock)  # fmt: skip
+    tracker = Tracker(la)
+    app = create_app(Audience(store, settings, clock), tenant_keys(settings, {}), extra_handlers=campaign_handlers(la, tracker, {}))
+    phone = "+447911100001"
+    sub, _ = store.put_subscriber("acme", Profile(phone=phone), phone=phone, at=T0 - 99, now=T0 - 99)
+    for action in ("opt_in", "confirm"):
+        store.record_consent("acme", NewConsent(phone=phone, action=action, source="api", at=T0 - 50), now=T0 - 50)
+    camp = await la.create("acme", "S", {"sender": "ACME", "template": TEMPLATE, "utm": {"utm_campaign": "été 26"},
+                                         "audience": {"subscribers": [sub.id]}})  # fmt: skip
+    await la.launch("acme", camp.id)
+    [job] = gw.jobs.values()
+    text = job["recipients"][0]["vars"]["body"]
+    codes = re.findall(r"https://sl\.ui/([0-9A-Za-z]+)", text)
+    assert len(codes) == len(URLS) and len(set(codes)) == len(URLS), text  # the same URL twice: two links
+    assert "(https://sl.ui/" in text and "). " in text and "…" in text and text.endswith(". Reply STOP to opt out")
+    now[0] = T0 + 100
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=redirect_front(app, tracker)), base_url="http://s") as f, \
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as plain:  # fmt: skip
+        for code, url, ascii_ in zip(codes, URLS, ASCII, strict=True):
+            for client in (f, plain):
+                r = await client.get(f"/{code}", headers={"user-agent": UA})
+                assert r.status_code == 302, (url, client is f, r.status_code, r.text[:300])
+                loc = r.headers["location"]
+                assert r.status_code == 302 and loc.isascii(), (url, loc)
+                parts = urlsplit(loc)
+                assert loc.startswith(ascii_ + ("&" if "?" in ascii_ else "?")), (url, loc)
+                assert parse_qsl(parts.query)[-1] == ("utm_campaign", "été 26")
+                assert unquote(parts.fragment) == urlsplit(url).fragment
+    store.close()

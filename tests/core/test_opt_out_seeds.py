@@ -1,0 +1,43 @@
+"""The opt-out replies of the seeds' languages (en, fr, ro, zh) in real-world spellings: each base
+phrase also shouted, lower-cased, punctuated, with emoji, in full-width letters and padded with
+white space. ``Keywords.classify`` (the tenant's whole-message keywords, then the classifier) must
+call every one an opt-out, and none of the non-opt-outs (negated, about an order) one.
+The same corpus goes through a real gateway into the consent ledger in
+``tests/campaigns/test_opt_out_seam.py``."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.core.keywords import Keywords, OptOut
+
+OPT_OUTS = ["stop please", "STOP", "Stop", "arrêt", "ARRET", "dezabonare", "dezabonează-mă", "Dezabonați-mă vă rog",
+            "vreau să mă dezabonez", "Nu mai vreau mesaje", "Nu-mi mai trimiteți mesaje", "Opriți mesajele", "退订",
+            "TD", "拒收", "R", "unsubscribe", "cancel", "回复TD退订", "我要退订", "不要再发了", "Désabonnez-moi",
+            "stop, please", "STOP STOP"]  # fmt: skip
+OTHERS = ["don't stop the deals", "cancel my order please", "where is the bus stop", "我不想退订", "不用退订", "别退订我",
+          "不拒收", "nu vreau să mă dezabonez", "nu mai am comenzi", "Pot să anulez comanda?", "Mai trimiteți oferte",
+          "Should I reply STOP?", "2", "Y", "TDK", "Rd", "😀", "ＴＤＫ"]  # fmt: skip
+
+
+def _fullwidth(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else "\u3000" if c == " " else c for c in text)
+
+
+def _variants(text: str) -> list[str]:
+    return [text, text.upper(), text.lower(), f"{text}.", f"{text}!!!", f"{text} 🛑", f"🙏 {text} 😡", f"  {text}\n ",
+            _fullwidth(text), f"{text}\u200b"]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", OPT_OUTS)
+def test_every_spelling_of_an_opt_out_is_one(text: str) -> None:
+    k = Keywords()
+    wrong = [v for v in _variants(text) if not isinstance(k.classify(v, "+40712345678"), OptOut)]
+    assert not wrong
+
+
+@pytest.mark.parametrize("text", OTHERS)
+def test_a_non_opt_out_stays_a_message_in_every_spelling(text: str) -> None:
+    k = Keywords()
+    wrong = [(v, k.classify(v, "+8613800138000")) for v in _variants(text) if isinstance(k.classify(v, "+8613800138000"), OptOut)]
+    assert not wrong
