@@ -421,7 +421,8 @@ ADDED_COLUMNS = [("campaign_recipients", "cost", "{INT}"), ("flow_messages", "co
 #: After the added columns: the report's covering index. SQLite's GROUP BY reads it alone, cost and
 #: the clicked mark included. PostgreSQL's reads the table (a sequential scan: a campaign is most of
 #: it), so there the index leaves ``clicked`` out: a first click's update of the row then touches no
-#: index when the page has room (a HOT update; docs/BENCHMARKS.md, "Unique clicks on the recipient's row").
+#: index when the page has room (a HOT update; docs/BENCHMARKS.md, "The report's unique clicks from
+#: the recipient's row").
 _AFTER_COLUMNS = {"sqlite": """
 DROP INDEX IF EXISTS campaign_recipients_report;
 DROP INDEX IF EXISTS campaign_recipients_report_cost;
