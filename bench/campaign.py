@@ -50,6 +50,7 @@ from bench.machine import describe
 from bench.output import out_option, save
 from campaigns.core.links import cipher_for, code_length
 from campaigns.store import open_store
+from campaigns.store.schema import CLICKED_FILL
 from gateway.testing.processes import start
 
 TENANT = "shop"
@@ -247,6 +248,7 @@ def seed_outcomes(url: str, campaign_id: int, n: int, seed: int) -> dict[str, in
                             [(c, TENANT, campaign_id, sid_of[c], target, a) for c, a, *_ in clicks])  # fmt: skip
         cur.executemany(f"INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES "
                         f"({ph}, {ph}, {ph}, {ph}, {ph}, {ph})", clicks)  # fmt: skip
+        cur.execute(CLICKED_FILL)  # their recipients marked, as the click's own write marks them
         buyers = r.sample(sent, min(len(sent), n // 50))
         orders = [(TENANT, f"o{k}", s, r.randint(500, 20000), "USD", "paid", a + r.random() * 6 * DAY,
                    a + 6 * DAY) for k, (s, a) in enumerate(buyers)]  # fmt: skip

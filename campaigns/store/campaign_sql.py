@@ -6,7 +6,7 @@ and re-submits the same bytes; ``batch_submitted`` records the gateway job of on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -831,6 +831,7 @@ class CampaignSql(ReportSql):
             tx.insert_new("short_links", _LINK_NAMES[:7], rows)
         unique = self._record_clicks(tx, [ClickIn(code=h.code, at=h.at, user_agent=h.user_agent, verdict=h.verdict)
                                           for h in hits], materialise=False)  # fmt: skip
+        mark_clicked(tx, [(h.tenant, h.campaign_id, h.subscriber_id) for h in hits if h.verdict == "click"])
         clicked = [h for h in hits if h.verdict == "click" and h.phone]
         if clicked:
             tx.insert_many("activities", ("tenant", "subscriber_id", "kind", "at", "properties"), [
@@ -841,9 +842,18 @@ class CampaignSql(ReportSql):
         return unique
 
     def _record_clicks(self, tx: Any, clicks: Sequence[ClickIn], *, materialise: bool = True) -> int:
+        """The hits; with ``materialise`` (hits without their links: ``record_clicks``, ``record_hits``)
+        also the range codes' ``short_links`` rows, and the clicked recipients found by their links
+        and marked (``mark_clicked``; ``record_link_hits`` marks them from its hits)."""
         if materialise:
             self._materialise_links(tx, sorted({c.code for c in clicks}))
         human = sorted({c.code for c in clicks if c.verdict == "click"})
+        if materialise:
+            for i in range(0, len(human), 500):
+                chunk = human[i:i + 500]
+                marks = ", ".join("?" * len(chunk))
+                mark_clicked(tx, tx.rows(f"SELECT tenant, campaign_id, subscriber_id FROM short_links WHERE code IN "
+                                         f"({marks})", chunk))  # fmt: skip
         seen: set[str] = set()
         for i in range(0, len(human), 500):
             chunk = human[i:i + 500]
@@ -1017,6 +1027,16 @@ class CampaignSql(ReportSql):
             self._shadow_rows(tx, [link.code for link in links])
         self._links_changed()
         return moved
+
+
+def mark_clicked(tx: Any, recipients: Iterable[tuple[str, int, int]]) -> None:
+    """Mark each campaign recipient ``(tenant, campaign, subscriber)`` as clicked (``schema``: the
+    ``clicked`` column), in the transaction that stores its human click: the report counts unique
+    clicks from the recipients' own rows (``report_sql``). Flow links (campaign 0) and links without
+    a recipient match no row; a recipient marked already is not written again."""
+    keys = sorted({(t, int(c), int(s)) for t, c, s in recipients if int(c) != 0})
+    tx.many("UPDATE campaign_recipients SET clicked = 1 WHERE tenant = ? AND campaign_id = ? AND subscriber_id = ? "
+            "AND clicked = 0", keys)  # fmt: skip
 
 
 def _write_batches(tx: Any, tenant: str, campaign_id: int, sizes: Mapping[int, tuple[float, int]], now: float) -> None:

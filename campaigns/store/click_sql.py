@@ -8,6 +8,8 @@ the same snapshot taken before it:
 - ``short_links``: a range code's row, written by its first hit (``ON CONFLICT DO NOTHING``);
 - ``clicks``: every hit; a human click is unique when it is the first of its code in the batch (by
   instant, then arrival) and no human click of the code was stored before (``record_clicks``' rule);
+- ``campaign_recipients``: each human click's recipient marked ``clicked`` (``mark_clicked``'s rule:
+  once; the report counts unique clicks from the recipients' rows);
 - ``activities``: each human click of a link with a recipient, a ``clicked`` activity of the
   subscriber the link names (what ``apply_event`` wrote for the event the flush used to build);
 - ``subscriber_stats``: ``last_click_at`` moved forward and the scores recomputed as of ``now``
@@ -104,6 +106,10 @@ def flush_sql() -> str:
         "h.code AND c.verdict = 'click') AS first FROM h), "
         "c AS (INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) SELECT code, at, left(ua, 512), "
         "verdict, CASE WHEN verdict = 'click' THEN 0 ELSE 1 END, CASE WHEN first THEN 1 ELSE 0 END FROM r), "
+        # the clicked recipients marked (``campaign_sql.mark_clicked``), in key order
+        "m AS (UPDATE campaign_recipients x SET clicked = 1 FROM (SELECT DISTINCT tenant, cid, sid FROM h WHERE "
+        "verdict = 'click' AND cid <> 0 ORDER BY tenant, cid, sid) k WHERE x.tenant = k.tenant AND x.campaign_id = "
+        "k.cid AND x.subscriber_id = k.sid AND x.clicked = 0), "
         "a AS (INSERT INTO activities (tenant, subscriber_id, kind, at, properties) SELECT tenant, sid, 'clicked', at, "
         "'{\"campaign\":' || cid || ',\"code\":' || to_json(code)::text || '}' FROM h WHERE verdict = 'click' AND "
         "phone <> ''), "

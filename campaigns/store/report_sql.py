@@ -62,28 +62,16 @@ class ReportSql:
         counts: dict[tuple, list[int]] = {}
         where, params = ("AND r.campaign_id = ?", (scope.campaign,)) if scope.campaign is not None else ("", ())
         sl = self._slice("r.send_at")
-        for c, v, s, n, d, cost in tx.rows(
+        # Unique clicks too, in the same pass: a recipient's row says whether one of its links got a
+        # human click (``clicked``, set by the click's own write: ``campaign_sql.mark_clicked``), so the
+        # count costs nothing per stored click (it was a probe of the recipient per click: the report
+        # grew with the clicks, docs/BENCHMARKS.md, "The report after live clicks").
+        for c, v, s, n, d, cost, k in tx.rows(
                 f"SELECT r.campaign_id, r.variant, {sl}, COUNT(*), SUM(CASE WHEN r.state = 'delivered' THEN 1 ELSE 0 END), "
-                f"COALESCE(SUM(r.cost), 0) FROM campaign_recipients r "
+                f"COALESCE(SUM(r.cost), 0), SUM(r.clicked) FROM campaign_recipients r "
                 f"WHERE r.tenant = ? {where} AND {_SENT} "
                 f"GROUP BY r.campaign_id, r.variant, {sl}", (tenant, *params)):  # fmt: skip
-            counts[(str(c), v, None, int(s))] = [int(n), int(d), int(cost), 0]
-        # Driven from the clicks (far fewer than the sends): each human click's link by its key, the
-        # distinct messages, then their recipients by primary key. CROSS JOIN fixes that order on SQLite.
-        # PostgreSQL's planner hashes all the recipients instead (a sequential scan of 1M rows: 4-5 s at
-        # 1M, docs/BENCHMARKS.md); a LATERAL subquery it cannot pull up (OFFSET 0) keeps the probes.
-        lwhere = "AND l.campaign_id = ?" if scope.campaign is not None else "AND l.campaign_id <> 0"
-        rec = (f"CROSS JOIN LATERAL (SELECT r.campaign_id, r.variant, r.send_at FROM campaign_recipients r WHERE "
-               f"r.tenant = ? AND r.campaign_id = k.cid AND r.subscriber_id = k.sid AND {_SENT} OFFSET 0) r"
-               if self.engine == "postgres" else
-               f"CROSS JOIN campaign_recipients r WHERE r.tenant = ? AND r.campaign_id = k.cid AND "
-               f"r.subscriber_id = k.sid AND {_SENT}")  # fmt: skip
-        for c, v, s, k in tx.rows(
-                f"SELECT r.campaign_id, r.variant, {sl}, COUNT(*) FROM (SELECT DISTINCT l.campaign_id AS cid, "
-                f"l.subscriber_id AS sid FROM clicks c CROSS JOIN short_links l WHERE l.code = c.code AND "
-                f"c.verdict = 'click' AND l.tenant = ? {lwhere}) k {rec} "
-                f"GROUP BY r.campaign_id, r.variant, {sl}", (tenant, *params, tenant)):  # fmt: skip
-            counts[(str(c), v, None, int(s))][3] = int(k)
+            counts[(str(c), v, None, int(s))] = [int(n), int(d), int(cost), int(k)]
         if scope.campaign is None:
             fl = self._slice("f.sent_at")
             for fid, step, s, n, d, cost in tx.rows(

@@ -5,7 +5,8 @@ through ``apply_events`` (an id claim, the subscriber looked up by number, the a
 aggregates). Now the activity and the aggregates are derived from the hit and the link it resolved
 to, one statement per table. The oracle is the old path: two stores given the same history, one
 flushed the old way and one the new, hold the same rows in every table a reader of clicks reads
-(``clicks``, ``short_links``, ``activities``, ``subscriber_stats``, ``flow_inputs``, ``subscribers``),
+(``clicks``, ``short_links``, ``activities``, ``subscriber_stats``, ``flow_inputs``, ``subscribers``, and
+the recipients' ``clicked`` mark the report counts),
 whatever the batches (range codes, ``short_links`` rows, links without a recipient, bots, repeats,
 codes clicked before), on both engines. ``processed_events`` is the one table that differs: the
 new path claims no id for a click's activity (it is written once, with its click row)."""
@@ -31,7 +32,8 @@ CODE = re.compile(r"https://sl\.ui/([0-9A-Za-z]+)")
 TABLES = {"clicks": "code, at, user_agent, verdict, is_bot, is_unique",
           "short_links": "code, tenant, campaign_id, subscriber_id, target, created_at, expires_at",
           "activities": "tenant, subscriber_id, kind, at, properties",
-          "subscriber_stats": "*", "flow_inputs": "tenant, subscriber_id, event", "subscribers": "id, phone"}  # fmt: skip
+          "subscriber_stats": "*", "flow_inputs": "tenant, subscriber_id, event", "subscribers": "id, phone",
+          "campaign_recipients": "tenant, campaign_id, subscriber_id, clicked"}  # fmt: skip
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -44,8 +44,9 @@ def test_a_store_made_before_the_column_is_upgraded(tmp_path) -> None:
     path = tmp_path / "old.db"
     open_store(f"sqlite:///{path}").close()
     conn = sqlite3.connect(path)
-    conn.execute("DROP INDEX campaign_recipients_report_cost")
+    conn.execute("DROP INDEX campaign_recipients_report_clicked")
     conn.execute("ALTER TABLE campaign_recipients DROP COLUMN cost")
+    conn.execute("ALTER TABLE campaign_recipients DROP COLUMN clicked")
     conn.execute("ALTER TABLE flow_messages DROP COLUMN cost")
     conn.execute("CREATE INDEX campaign_recipients_report ON campaign_recipients (tenant, campaign_id, variant, send_at, "
                  "state, batch, message_id)")  # the index as it was
@@ -57,5 +58,6 @@ def test_a_store_made_before_the_column_is_upgraded(tmp_path) -> None:
     assert "cost" in {c[1] for c in conn.execute("PRAGMA table_info(campaign_recipients)")}
     assert "cost" in {c[1] for c in conn.execute("PRAGMA table_info(flow_messages)")}
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert "campaign_recipients_report_cost" in names and "campaign_recipients_report" not in names
+    assert "campaign_recipients_report_clicked" in names
+    assert not names & {"campaign_recipients_report", "campaign_recipients_report_cost"}
     conn.close()

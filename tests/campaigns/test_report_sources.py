@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from campaigns.core import attribution as A
 from campaigns.store import Store, open_store
+from campaigns.store.campaign_rows import ClickIn
 from campaigns.store.report_sql import Scope
 
 T0 = 1_767_000_000.0
@@ -77,6 +78,7 @@ def events_of(msgs: list[Msg], orders: list[tuple], outs: list[tuple]) -> list[A
 
 def store_history(store: Store, msgs: list[Msg], orders: list[tuple], outs: list[tuple]) -> None:
     """The same history as the store keeps it (campaign recipients, flow messages, links, clicks ...)."""
+    hits: list[ClickIn] = []
     with store._tx() as tx:  # type: ignore[attr-defined]
         for s in (1, 2, 3):
             tx.run("INSERT INTO subscribers (tenant, id, phone, created_at) VALUES (?, ?, ?, ?)", (TENANT, s, f"+4479111000{s:02d}", T0))
@@ -97,11 +99,8 @@ def store_history(store: Store, msgs: list[Msg], orders: list[tuple], outs: list
                 if m.code:
                     tx.run("INSERT INTO discount_codes (tenant, pool, code, campaign_id, subscriber_id, reserved_at) "
                            "VALUES (?, 'p', ?, ?, ?, ?)", (TENANT, m.code, cid, m.subscriber, T0))  # fmt: skip
-            for c in m.clicks:
-                tx.run("INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES (?, ?, 'M', 'click', 0, 0)",
-                       (f"L{i}", T0 + c * H))  # fmt: skip
-            tx.run("INSERT INTO clicks (code, at, user_agent, verdict, is_bot, is_unique) VALUES (?, ?, 'bot', 'bot', 1, 0)",
-                   (f"L{i}", T0 + m.sent * H))  # a bot's hit: never a click  # fmt: skip
+            hits += [ClickIn(code=f"L{i}", at=T0 + c * H, user_agent="M", verdict="click") for c in m.clicks]
+            hits.append(ClickIn(code=f"L{i}", at=T0 + m.sent * H, user_agent="bot", verdict="bot"))  # never a click
             tx.run("INSERT INTO message_costs (tenant, message_id, carrier, segments, cost) VALUES (?, ?, 'alpha', 1, ?)",
                    (TENANT, gw, m.cost))  # fmt: skip
         for o, s, h, t, d in orders:
@@ -111,6 +110,7 @@ def store_history(store: Store, msgs: list[Msg], orders: list[tuple], outs: list
         for s, h in outs:
             tx.run("INSERT INTO consent_ledger (tenant, subscriber_id, phone, action, source, at) VALUES "
                    "(?, ?, 'p', 'opt_out', 'keyword', ?)", (TENANT, s, T0 + h * H))  # fmt: skip
+    store.record_clicks(hits)  # through the store: the click's write marks its recipient clicked
     for i, m in enumerate(msgs):
         if m.source != "f":  # the price, as the state webhook records it (the flow messages' below)
             store.record_cost(TENANT, f"gw{i}", carrier="alpha", segments=1, cost=m.cost,
