@@ -192,7 +192,9 @@ def _on_validation(_: Request, exc: ValidationException) -> Response[ErrorOut]:
 
 
 def _on_http(_: Request, exc: HTTPException) -> Response[ErrorOut]:
-    codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+    # The framework's own 400 is a body its decoder refused before any handler ran ("Input data was
+    # truncated", "Number out of range" for 1e999): the caller's JSON, as every other JSON error.
+    codes = {400: "invalid_json", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
     return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
 
 

@@ -113,3 +113,12 @@ def test_ndjson_bad_lines_name_line_and_field_and_nothing_is_stored(client: Test
     ok = [ORDER.format(id="o1", total=100), ORDER.format(id="o1", total=100), ORDER.format(id="o2", total=10**13)]
     r = client.post("/v1/events/bulk", content="\n".join(ok).encode(), headers=h("acme"))
     assert r.status_code == 202 and (r.json()["applied"], r.json()["duplicate"]) == (2, 1), r.text
+
+
+def test_json_the_decoder_refuses_is_a_400_invalid_json(client: TestClient) -> None:
+    """A number beyond a float's range and a truncated body were answered 400 `http_error`: the code
+    every other malformed body gets is `invalid_json`; nothing is stored."""
+    for body in (b'{"profile":{"phone":"+14155550100"},"x":1e999}', b'{"profile":', b'{"profile":{"phone":1e400}}'):
+        r = client.post("/v1/subscribers", content=body, headers={**h("acme"), "content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["code"] == "invalid_json", (body, r.text)
+    assert client.get("/v1/subscribers", headers=h("acme")).json()["items"] == []
