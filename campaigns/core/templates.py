@@ -12,11 +12,12 @@ Syntax (one rule, no nesting)::
   ``tracking_url``, and ``attr.NAME`` for any custom attribute (``NAME``: letters, digits, ``_``, ``-``).
   Spaces around the name and the ``|`` are ignored; the fallback is kept as written except for
   surrounding spaces; it cannot contain ``{``, ``}`` or a line break.
-- ``{{`` and ``}}`` are literal braces.
+- ``{{`` and ``}}`` are literal braces; but ``{{first_name}}`` (a shortcode's name in doubled braces, as
+  Liquid-style tools write it) is the error ``doubled_braces``, not the literal text "{first_name}".
 - A value that is missing, None or only white space, with no fallback, is a ``TemplateError`` with
   code ``missing_value`` at preview (and the same check guards sending: a text is never sent with a
   blank). Other codes: ``unknown_shortcode``, ``unclosed_shortcode``, ``stray_brace``,
-  ``empty_shortcode``, ``bad_fallback``. Every error names the shortcode and its character position.
+  ``empty_shortcode``, ``bad_fallback``, ``doubled_braces``. Every error names the shortcode and its character position.
   ``check_audience`` runs the same rule over a whole audience before launch: how many subscribers
   lack which value, with examples.
 
@@ -49,6 +50,8 @@ KNOWN = frozenset({
     "discount_code", "discount_url", "checkout_url", "order_id", "tracking_url",
 })  # fmt: skip
 _ATTR = re.compile(r"^attr\.[A-Za-z0-9_-]{1,64}$")
+# ``{{first_name}}`` (Liquid's, Klaviyo's, Mailchimp's habit) would be the literal text "{first_name}":
+_DOUBLED = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*(?:\|[^{}\n]*)?\}\}")
 
 
 class TemplateError(InvalidInput):
@@ -100,6 +103,10 @@ def compile_template(source: str) -> Template:
     while i < n:
         c = source[i]
         if c in "{}" and source.startswith(c * 2, i):
+            if c == "{" and (m := _DOUBLED.match(source, i)) and (m[1] in KNOWN or _ATTR.match(m[1])):
+                raise TemplateError("doubled_braces", m[1], i,
+                                    f"{m[0]!r} would send the literal text {m[0][1:-1]!r}: a shortcode takes one "
+                                    f"pair of braces, {{{m[1]}}}")  # fmt: skip
             buf.append(c)
             i += 2
         elif c == "}":

@@ -63,6 +63,7 @@ def test_create_errors_versions_enable_and_isolation(env: tuple[TestClient, Stor
     r = c.post("/v1/flows/hello/enable", headers=h("acme"))
     assert r.status_code == 422 and r.json()["code"] == "flow.unknown_template" and r.json()["field"] == "$.nodes.s.template"
     assert c.put("/v1/flow-templates/hi_text", json={"text": "Hi {nope}"}, headers=h("acme")).json()["code"] == "unknown_shortcode"
+    assert c.put("/v1/flow-templates/hi_text", json={"text": "Hi {{first_name}}"}, headers=h("acme")).json()["code"] == "doubled_braces"
     assert c.put("/v1/flow-templates/hi_text", json={"text": "Hi {first_name|there}"}, headers=h("acme")).status_code == 200
     assert c.post("/v1/flows/hello/enable", headers=h("acme")).json()["enabled"] is True
     r = c.post("/v1/flows/hello/versions", json={"definition": {**FLOW, "name": "Hello 2"}}, headers=h("acme"))

@@ -91,7 +91,18 @@ def test_syntax_errors_name_code_and_position(source: str, code: str, position: 
 
 
 def test_literal_braces() -> None:
-    assert render_body(compile_template("{{first_name}} is {first_name}; }}"), FULL) == "{first_name} is Ana; }"
+    assert render_body(compile_template("{{name}} is {first_name}; }}"), FULL) == "{name} is Ana; }"
+    assert render_body(compile_template("{{ }} {{x|y}} {{}}"), FULL) == "{ } {x|y} {}"
+
+
+@pytest.mark.parametrize("source", ["Hi {{first_name}}!", "Hi {{ first_name }}", "{{attr.tier|VIP}} perks",
+                                    "ok {first_name} then {{ discount_code }}"])  # fmt: skip
+def test_a_shortcode_in_doubled_braces_is_an_error_not_its_literal_text(source: str) -> None:
+    """Liquid-style tools write ``{{first_name}}``: sent as the literal "{first_name}" to every
+    recipient, it is the mistake a preview must catch."""
+    with pytest.raises(TemplateError) as err:
+        compile_template(source)
+    assert err.value.code == "doubled_braces" and err.value.position == source.index("{{")
 
 
 literal_text = st.text(st.characters(blacklist_characters="{}"), max_size=20)
