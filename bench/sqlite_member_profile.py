@@ -63,7 +63,8 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | 
             finally:
                 store._conn = plain
             c2 = time.thread_time()
-            passes.append({"write_wal_frames": frames() - f0, "read_ms": (c1 - c0) * 1e3, "write_ms": (c2 - c1) * 1e3, "pass_ms": (c2 - c0) * 1e3,
+            passes.append({"write_wal_frames": frames() - f0, "read_ms": (c1 - c0) * 1e3, "write_ms": (c2 - c1) * 1e3,
+                           "pass_ms": (c2 - c0) * 1e3,
                            "wall_ms": (time.perf_counter() - t0) * 1e3, "plans": len(plans),
                            "ids": sum(len(p.ids) for p in plans), "changed": changed})  # fmt: skip
             with store._member_read() as tx:
@@ -92,7 +93,8 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | 
             store._conn.execute("PRAGMA wal_autocheckpoint=0")
 
         def frames() -> int:
-            # never checkpointed, the WAL never restarts: its growth is the frames written (a page and a 24-byte header each)
+            # never checkpointed, the WAL never restarts: its growth is the frames written
+            # (a page and a 24-byte header each)
             return os.path.getsize(path + "-wal") // (4096 + 24) if no_checkpoint else 0
 
         store.refresh_members = timed  # type: ignore[method-assign]
@@ -128,7 +130,8 @@ def main(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | Non
     click.echo(f"  sum {sum(out['per_tree_ms'].values()):9.2f}")
     click.echo("  the write transaction's statements (mean a pass, the warm-up included):")
     for w in out["writes"]:
-        click.echo(f"  {w['calls_per_pass']:5.1f} x {w['rows_per_pass']:8.0f} rows {w['cpu_ms_per_pass']:7.2f} ms  {w['statement']}")
+        click.echo(f"  {w['calls_per_pass']:5.1f} x {w['rows_per_pass']:8.0f} rows {w['cpu_ms_per_pass']:7.2f} ms  "
+                   f"{w['statement']}")
 
 
 if __name__ == "__main__":

@@ -183,7 +183,8 @@ class SQLiteStore(SqlStore):
             have = {(t, i) for t, i in c.execute("SELECT tbl, idx FROM sqlite_stat1")}
             names = {r[0] for r in c.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
             # a WITHOUT ROWID table's key has no index of its own: ANALYZE names its row after the table
-            names |= {r[0] for r in c.execute("SELECT name FROM sqlite_schema WHERE type = 'table' AND sql LIKE '%WITHOUT ROWID'")}
+            names |= {r[0] for r in c.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND sql LIKE '%WITHOUT ROWID'")}
             return [(t, i, stat) for t, idx in _PLAN_STATS.items() for i, stat in idx.items()
                     if (t, i) not in have and i in names]  # fmt: skip
 
