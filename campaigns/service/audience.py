@@ -486,7 +486,8 @@ class Audience:
             ids = ids_of[deps]
             if not ids:
                 continue
-            where, params = compile_segment(seg, engine, tenant, now, only=ids)  # type: ignore[arg-type]
+            # the pass's statement restricts the subscribers to `ids` once (SqlStore._read_group)
+            where, params = compile_segment(seg, engine, tenant, now, only=ids, caller_restricts=True)  # type: ignore[arg-type]
             edges = compile_edges(seg, engine, tenant, now, ids) if "clock" in deps else None  # type: ignore[arg-type]
             plans.append(MemberPlan(segment_id=seg_id, ids=ids, where=where, params=params, edges=edges))
         writer = self.member_process or self.store

@@ -124,12 +124,12 @@ CREATE INDEX IF NOT EXISTS segments_tenant ON segments (tenant, id);
 CREATE TABLE IF NOT EXISTS segment_members (
     tenant TEXT NOT NULL, segment_id {INT} NOT NULL, subscriber_id {INT} NOT NULL, since {REAL} NOT NULL,
     PRIMARY KEY (tenant, segment_id, subscriber_id)
-);
+){CLUSTERED};
 CREATE INDEX IF NOT EXISTS segment_members_by_subscriber ON segment_members (tenant, subscriber_id, segment_id);
 CREATE TABLE IF NOT EXISTS segment_timers (
     tenant TEXT NOT NULL, segment_id {INT} NOT NULL, subscriber_id {INT} NOT NULL, at {REAL} NOT NULL,
     PRIMARY KEY (tenant, segment_id, subscriber_id)
-);
+){CLUSTERED};
 CREATE INDEX IF NOT EXISTS segment_timers_due ON segment_timers (at);
 CREATE TABLE IF NOT EXISTS processed_events (
     tenant TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (tenant, event_id)

@@ -35,9 +35,13 @@ _PLAN_STATS: dict[str, dict[str, str]] = {
     "activities": {"activities_segment": "2000000 2000000 500000 1 1", "activities_kind": "2000000 2000000 500000 1",
                    "activities_subscriber": "2000000 2000000 2 1 1"},
     "consent_ledger": {"consent_ledger_action": "2000000 2000000 500000 1", "consent_ledger_subscriber": "2000000 2000000 2 1"},
+    # a store made before 2026-12-07 keeps these two as rowid tables with a key index (the first
+    # name); a newer one has them WITHOUT ROWID, whose key is the table (the row named after it)
     "segment_members": {"segment_members_by_subscriber": "10000000 10000000 10 1",
-                        "sqlite_autoindex_segment_members_1": "10000000 10000000 500000 1"},
-    "segment_timers": {"segment_timers_due": "1000000 1", "sqlite_autoindex_segment_timers_1": "1000000 1000000 100000 1"},
+                        "sqlite_autoindex_segment_members_1": "10000000 10000000 500000 1",
+                        "segment_members": "10000000 10000000 500000 1"},
+    "segment_timers": {"segment_timers_due": "1000000 1", "sqlite_autoindex_segment_timers_1": "1000000 1000000 100000 1",
+                       "segment_timers": "1000000 1000000 100000 1"},
     "processed_events": {"sqlite_autoindex_processed_events_1": "10000000 10000000 1"},
     "early_fulfillments": {"sqlite_autoindex_early_fulfillments_1": "1000 1000 1"},
     "order_rollups": {"sqlite_autoindex_order_rollups_1": "15000000 15000000 1000000 70000 1", "order_rollups_by_subscriber": "15000000 15000000 15 2 1"},
@@ -178,6 +182,9 @@ class SQLiteStore(SqlStore):
         def missing() -> list[tuple[str, str, str]]:
             have = {(t, i) for t, i in c.execute("SELECT tbl, idx FROM sqlite_stat1")}
             names = {r[0] for r in c.execute("SELECT name FROM sqlite_schema WHERE type = 'index'")}
+            # a WITHOUT ROWID table's key has no index of its own: ANALYZE names its row after the table
+            names |= {r[0] for r in c.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND sql LIKE '%WITHOUT ROWID'")}
             return [(t, i, stat) for t, idx in _PLAN_STATS.items() for i, stat in idx.items()
                     if (t, i) not in have and i in names]  # fmt: skip
 

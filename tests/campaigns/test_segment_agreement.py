@@ -334,13 +334,16 @@ def members_sql(cur: Any, dialect: str, seg: Segment, now: float) -> set[int]:
     return ids
 
 
-def members_restricted(cur: Any, dialect: str, segs: list[Segment], now: float, only: list[int]) -> list[set[int]]:
+def members_restricted(cur: Any, dialect: str, segs: list[Segment], now: float, only: list[int],
+                       caller_restricts: bool = False) -> list[set[int]]:  # fmt: skip
     """Live membership's statement (``SqlStore.refresh_members``): every segment compiled restricted to
-    ``only`` (``compile_segment(..., only=...)``), one ``CASE`` column each, over those subscribers."""
-    parts = [compile_segment(seg, dialect, TENANT, now, only=only) for seg in segs]
+    ``only`` (``compile_segment(..., only=...)``), one ``CASE`` column each, over those subscribers
+    (``caller_restricts``: the statement restricts them, as a pass's does, not each ``where``)."""
+    parts = [compile_segment(seg, dialect, TENANT, now, only=only, caller_restricts=caller_restricts) for seg in segs]
     cols = ", ".join(f"CASE WHEN {where} THEN 1 ELSE 0 END" for where, _ in parts)
     ph = "%s" if dialect == "postgres" else "?"
-    cur.execute(f"SELECT s.id, {cols} FROM {members_from(dialect)} WHERE s.tenant = {ph}",
+    ids = f" AND s.id IN ({', '.join(str(int(i)) for i in only)})" if caller_restricts else ""
+    cur.execute(f"SELECT s.id, {cols} FROM {members_from(dialect)} WHERE s.tenant = {ph}{ids}",
                 [*(x for _, params in parts for x in params), TENANT])  # fmt: skip
     got: list[set[int]] = [set() for _ in segs]
     for row in cur.fetchall():
@@ -362,6 +365,7 @@ def check(sqlite_db: sqlite3.Connection, pg_db: Any, views: list[tuple[Subscribe
         load(cur, "?", views)
         got_sqlite = [members_sql(cur, "sqlite", seg, now) for seg in segs]
         live_sqlite = members_restricted(cur, "sqlite", segs, now, only)
+        pass_sqlite = members_restricted(cur, "sqlite", segs, now, only, caller_restricts=True)
     finally:
         sqlite_db.execute("ROLLBACK")
     with pg_db.transaction(force_rollback=True), pg_db.cursor() as pcur:
@@ -374,6 +378,8 @@ def check(sqlite_db: sqlite3.Connection, pg_db: Any, views: list[tuple[Subscribe
         assert pg == want, f"PostgreSQL disagrees with Python on {tree} (canonical {dump_segment(seg)})"
         assert l_lite == want & set(only), f"SQLite's live membership disagrees on {tree} ({dump_segment(seg)})"
         assert l_pg == want & set(only), f"PostgreSQL's live membership disagrees on {tree} ({dump_segment(seg)})"
+    for tree, seg, want, got in zip(raw_trees, segs, expected, pass_sqlite, strict=True):
+        assert got == want & set(only), f"SQLite's pass statement disagrees on {tree} ({dump_segment(seg)})"
 
 
 @st.composite
