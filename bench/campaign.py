@@ -501,7 +501,7 @@ TARGETS = {"launch_to_accepted_s": ("<=", 15.0), "redirects_per_s": (">=", 5000.
 @click.option("--runs", default=3, show_default=True, help="Redirect loads and reports; each figure is the median.")
 @click.option("--redirect-seconds", default=5.0, show_default=True, help="Length of one redirect load (at most 120).")
 @click.option("--concurrency", default=8, show_default=True, help="Keep-alive connections of the load generator.")
-@click.option("--ingest-workers", type=click.Choice(["auto", *map(str, range(9))]), default="auto", show_default=True,
+@click.option("--ingest-workers", type=click.Choice(["auto", *map(str, range(9))]), default="0", show_default=True,
               help="The gateway's api.ingest_workers (serve's default is auto: one per CPU, started with serve, "
                    "before the launch's clock; 0: checked on serve's event loop).")
 @click.option("--redirects-via", "via", type=click.Choice(["short", "api"]), default="short", show_default=True,
@@ -509,7 +509,7 @@ TARGETS = {"launch_to_accepted_s": ("<=", 15.0), "redirects_per_s": (">=", 5000.
 @click.option("--freeze-chunk", type=click.IntRange(min=1), default=None,
               help="serve's campaigns.launch_freeze_chunk (default: its own, 20,000; at least the audience: one transaction).")
 @click.option("--post-window", type=click.IntRange(min=1, max=8), default=None,
-              help="serve's campaigns.launch_post_window (default: its own, 2 batches in flight).")
+              help="serve's campaigns.launch_post_window (default: its own, 1 batch in flight).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option

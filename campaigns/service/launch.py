@@ -20,7 +20,8 @@ Theory of operation (a crash at any point never sends a recipient twice):
    ``Idempotency-Key: campaign-{id}-batch-{n}``. The body is rebuilt from the frozen rows, so it is
    the same bytes each time, and the gateway answers a retried key with its stored answer instead of
    sending again. A batch is read and posted only once its rows are committed (``_Frozen``). A batch's job id is stored once the gateway answers. The next batch's body is
-   built (in a worker thread) while the gateway answers this one; batches are still posted in order.
+   built (in a worker thread) while the gateway answers this one; posts start in batch order, one
+   unanswered at a time unless ``post_window`` allows more.
 3. The campaign is ``launched`` when every batch has its job. Pause, resume and cancel are posted to
    every job of the campaign.
 
@@ -642,7 +643,8 @@ def idempotency_key(campaign_id: int, batch: int) -> str:
 
 
 DEFAULT_FREEZE_CHUNK = 20_000  # recipients a chunk of a freeze (serve's default on PostgreSQL)
-POST_WINDOW = 2  # batches in flight at once (1: each posted once the one before is answered)
+POST_WINDOW = 1  # batches in flight at once (1: each posted once the one before is answered; docs/BENCHMARKS.md:
+# 2 measured no gain on a loaded machine, launch7)
 
 
 def freeze_chunk_for(setting: int | None, engine: str) -> int | None:
@@ -711,7 +713,7 @@ class Launcher:
     next chunk is written (docs/ARCHITECTURE.md, "A chunked freeze"); None: in one transaction.
     ``freeze_store``: where the chunks are written (a connection of their own; default ``store``).
     ``post_window``: batches posted and not yet answered at once (the gateway ingests the next one
-    while it writes and answers this one; docs/ARCHITECTURE.md, "Two batches in flight")."""
+    while it writes and answers this one; docs/ARCHITECTURE.md, "Which core does what during a launch")."""
 
     def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantLinks],
                  clock: Callable[[], float], *, callback_urls: Mapping[str, str] | None = None,

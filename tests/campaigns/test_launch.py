@@ -467,15 +467,15 @@ async def test_a_failure_building_a_body_from_the_just_frozen_rows_stops_the_lau
 
 
 def test_the_post_window_is_a_setting_of_one_to_eight() -> None:
-    """``campaigns.launch_post_window``: batches in flight at once (default 2; 1: each posted once
-    the one before is answered); 0 and more than 8 are refused, naming the key."""
+    """``campaigns.launch_post_window``: batches in flight at once (default 1: each posted once the
+    one before is answered); 0 and more than 8 are refused, naming the key."""
     from campaigns.config import loads
 
     base = '[campaigns]\n{}[[campaigns.tenants]]\nname = "acme"\nkey_env = "K"\n'
     settings = loads(base.format(""))
-    assert settings is not None and settings.launch_post_window == 2
-    settings = loads(base.format("launch_post_window = 1\n"))
     assert settings is not None and settings.launch_post_window == 1
+    settings = loads(base.format("launch_post_window = 2\n"))
+    assert settings is not None and settings.launch_post_window == 2
     for bad in (0, 9):
         with pytest.raises(Exception, match="launch_post_window"):
             loads(base.format(f"launch_post_window = {bad}\n"))
