@@ -124,13 +124,13 @@ def load_audience(url: str, n: int, now: float, seed: int, m: int) -> int:
     return seg.id
 
 
-def write_config(tmp: Path, store_url: str, workers: int = 0, short_port: bool = True,
-                 freeze_chunk: int | None = None) -> Path:
+def write_config(tmp: Path, store_url: str, workers: int | str = 0, short_port: bool = True,
+                 freeze_chunk: int | None = None, post_window: int | None = None) -> Path:
     path = tmp / "sluice.toml"
     path.write_text(f"""
 [api]
 host = "127.0.0.1"
-ingest_workers = {workers}
+ingest_workers = {json.dumps(workers)}
 [[api.tenants]]
 name = "{TENANT}"
 key_env = "BENCH_GW_KEY"
@@ -156,6 +156,7 @@ port = 0
 sync_interval = 5.0
 {"short_link_port = 0" if short_port else ""}
 {f"launch_freeze_chunk = {freeze_chunk}" if freeze_chunk else ""}
+{f"launch_post_window = {post_window}" if post_window else ""}
 [[campaigns.tenants]]
 name = "{TENANT}"
 key_env = "BENCH_C_KEY"
@@ -377,10 +378,12 @@ def _redirects(port: int, codes_file: Path, seconds: float, concurrency: int, se
 
 
 async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs: int, seconds: float,
-                   concurrency: int, workers: int, seed: int, via: str, freeze_chunk: int | None = None) -> dict[str, Any]:  # fmt: skip
+                   concurrency: int, workers: int | str, seed: int, via: str, freeze_chunk: int | None = None,
+                   post_window: int | None = None) -> dict[str, Any]:  # fmt: skip
     env = {"BENCH_GW_KEY": GW_KEY, "BENCH_C_KEY": C_KEY, "BENCH_LINK_KEY": LINK_KEY,
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # fmt: skip
-    config = write_config(tmp, store_url, workers, short_port=via == "short", freeze_chunk=freeze_chunk)
+    config = write_config(tmp, store_url, workers, short_port=via == "short", freeze_chunk=freeze_chunk,
+                          post_window=post_window)  # fmt: skip
     cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", str(config), "--port", "0"]
     out: dict[str, Any] = {"redirects_via": via}
     async with start(cmd, name="sluice", env=env, timeout=120) as serve:
@@ -467,8 +470,8 @@ def _click_rows(url: str) -> dict[str, int]:
         return {"rows": int(n), "human": int(human or 0), "unique": int(unique or 0)}
 
 
-def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, concurrency: int, workers: int, seed: int,
-        pg_url: str | None, via: str = "short", freeze_chunk: int | None = None) -> dict:  # fmt: skip
+def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, concurrency: int, workers: int | str, seed: int,
+        pg_url: str | None, via: str = "short", freeze_chunk: int | None = None, post_window: int | None = None) -> dict:  # fmt: skip
     now = time.time()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-bench-campaign-")))
@@ -480,7 +483,8 @@ def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, co
         seg = load_audience(url, n, now, seed, launch_n or n)
         setup_s = time.perf_counter() - t0
         big = launch_n is not None and launch_n < n
-        out = anyio.run(_measure, tmp, url, seg, n, big, runs, seconds, concurrency, workers, seed, via, freeze_chunk)
+        out = anyio.run(_measure, tmp, url, seg, n, big, runs, seconds, concurrency, workers, seed, via, freeze_chunk,
+                        post_window)  # fmt: skip
     return {"scenario": "campaign", "engine": engine, "subscribers": n, "launched": launch_n or n, "setup_s": setup_s, **out,
             "load": os.getloadavg(), "machine": describe()}  # fmt: skip
 
@@ -499,22 +503,27 @@ TARGETS = {"launch_to_accepted_s": ("<=", 15.0), "redirects_per_s": (">=", 5000.
 @click.option("--runs", default=3, show_default=True, help="Redirect loads and reports; each figure is the median.")
 @click.option("--redirect-seconds", default=5.0, show_default=True, help="Length of one redirect load (at most 120).")
 @click.option("--concurrency", default=8, show_default=True, help="Keep-alive connections of the load generator.")
-@click.option("--ingest-workers", default=0, show_default=True,
-              help="The gateway's api.ingest_workers (its default, auto, spawns them at the first job: ~10 s under load).")
+@click.option("--ingest-workers", type=click.Choice(["auto", *map(str, range(9))]), default="0", show_default=True,
+              help="The gateway's api.ingest_workers (serve's default is auto: one per CPU, started with serve, "
+                   "before the launch's clock; 0: checked on serve's event loop).")
 @click.option("--redirects-via", "via", type=click.Choice(["short", "api"]), default="short", show_default=True,
               help="Redirects on the short-link listener (short_link_port) or on the API's port (/{code} there).")
 @click.option("--freeze-chunk", type=click.IntRange(min=1), default=None,
               help="serve's campaigns.launch_freeze_chunk (default: its own, 20,000; at least the audience: one transaction).")
+@click.option("--post-window", type=click.IntRange(min=1, max=8), default=None,
+              help="serve's campaigns.launch_post_window (default: its own, 1 batch in flight).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
 def bench_campaign(n: int, launch_n: int | None, engine: str, pg_url: str | None, runs: int, redirect_seconds: float,
-                   concurrency: int, ingest_workers: int, via: str, freeze_chunk: int | None, seed: int,
-                   json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
+                   concurrency: int, ingest_workers: str, via: str, freeze_chunk: int | None, post_window: int | None,
+                   seed: int, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
     """Launch to the gateway's 202s, redirects per second and their p99, attribution of orders."""
     if n < 10 or runs < 1 or not 0 < redirect_seconds <= 120 or concurrency < 1:
         raise click.BadParameter("--recipients >= 10, --runs >= 1, 0 < --redirect-seconds <= 120, --concurrency >= 1")
-    r = run(engine, n, launch_n, runs, redirect_seconds, concurrency, ingest_workers, seed, pg_url, via, freeze_chunk)
+    workers: int | str = ingest_workers if ingest_workers == "auto" else int(ingest_workers)
+    r = run(engine, n, launch_n, runs, redirect_seconds, concurrency, workers, seed, pg_url, via, freeze_chunk,
+            post_window)
     click.echo(f"sluice bench campaign: {engine}, {n:,} subscribers, {r['recipients']:,} recipients, "
                f"{r['batches']} batches, load {r['load'][0]:.2f}")  # fmt: skip
     for key, (op, target) in TARGETS.items():

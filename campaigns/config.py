@@ -144,6 +144,11 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # chunked freeze"); 0: the whole audience in one transaction before the first post. Unset: 20,000
     # on PostgreSQL, 0 on SQLite (measured: chunks pay on PostgreSQL, cost on SQLite's one writer).
     launch_freeze_chunk: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    # A launch's batches posted to the gateway and not yet answered at once: 1, each batch posted
+    # once the one before is answered; 2 or more, the gateway reads and checks the next job while
+    # it writes and answers this one (docs/ARCHITECTURE.md, "Which core does what during a launch":
+    # measured no gain on a loaded machine, so not the default).
+    launch_post_window: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
     tenants: list[TenantSettings] = []
 
     def __post_init__(self) -> None:

@@ -20,7 +20,8 @@ Theory of operation (a crash at any point never sends a recipient twice):
    ``Idempotency-Key: campaign-{id}-batch-{n}``. The body is rebuilt from the frozen rows, so it is
    the same bytes each time, and the gateway answers a retried key with its stored answer instead of
    sending again. A batch is read and posted only once its rows are committed (``_Frozen``). A batch's job id is stored once the gateway answers. The next batch's body is
-   built (in a worker thread) while the gateway answers this one; batches are still posted in order.
+   built (in a worker thread) while the gateway answers this one; posts start in batch order, one
+   unanswered at a time unless ``post_window`` allows more.
 3. The campaign is ``launched`` when every batch has its job. Pause, resume and cancel are posted to
    every job of the campaign.
 
@@ -664,6 +665,8 @@ def idempotency_key(campaign_id: int, batch: int) -> str:
 
 
 DEFAULT_FREEZE_CHUNK = 20_000  # recipients a chunk of a freeze (serve's default on PostgreSQL)
+POST_WINDOW = 1  # batches in flight at once (1: each posted once the one before is answered; docs/BENCHMARKS.md:
+# 2 measured no gain on a loaded machine, launch7)
 
 
 def freeze_chunk_for(setting: int | None, engine: str) -> int | None:
@@ -699,6 +702,24 @@ class _Frozen:
             await self._moved.wait()
 
 
+class _Posting:
+    """The posts of one ``_submit``: at most ``window`` in flight (``slots``), and whether the launch
+    stopped (a cancel) or failed (the first failure, raised once the posts in flight are answered)."""
+
+    def __init__(self, window: int) -> None:
+        self.slots = anyio.Semaphore(max(1, window))
+        self.stopped = False
+        self.failed: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        if self.failed is None:
+            self.failed = exc
+
+    @property
+    def done(self) -> bool:
+        return self.stopped or self.failed is not None
+
+
 def _timed(fn: Callable[..., T], *args: Any, **kw: Any) -> tuple[T, float]:
     """``fn(...)`` and the CPU time of the thread that ran it (the freeze's own, apart from the
     gateway's work in the same process)."""
@@ -712,12 +733,16 @@ class Launcher:
     ``freeze_chunk``: a set-based freeze writes its recipients this many at a time (whole batches),
     each chunk one transaction, and a batch is posted as soon as its chunk is committed, while the
     next chunk is written (docs/ARCHITECTURE.md, "A chunked freeze"); None: in one transaction.
-    ``freeze_store``: where the chunks are written (a connection of their own; default ``store``)."""
+    ``freeze_store``: where the chunks are written (a connection of their own; default ``store``).
+    ``post_window``: batches posted and not yet answered at once (the gateway ingests the next one
+    while it writes and answers this one; docs/ARCHITECTURE.md, "Which core does what during a launch")."""
 
     def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantLinks],
                  clock: Callable[[], float], *, callback_urls: Mapping[str, str] | None = None,
-                 freeze_chunk: int | None = DEFAULT_FREEZE_CHUNK, freeze_store: Store | None = None) -> None:  # fmt: skip
+                 freeze_chunk: int | None = DEFAULT_FREEZE_CHUNK, freeze_store: Store | None = None,
+                 post_window: int = POST_WINDOW) -> None:  # fmt: skip
         self.store, self.clients, self.tenants, self.clock = store, clients, tenants, clock
+        self.post_window = post_window
         self.freeze_chunk, self.freeze_store = freeze_chunk, freeze_store or store
         set_keys = getattr(store, "set_link_keys", None)  # range codes are decoded with the tenants' keys
         if set_keys is not None:
@@ -796,31 +821,51 @@ class Launcher:
 
     async def _submit(self, client: GatewayClient, tenant: str, camp: CampaignRow,
                       lines: dict[int, list[tuple[str, str, str]]] | None = None, gate: _Frozen | None = None) -> None:  # fmt: skip
-        """Post every batch not yet answered, in order. The next batch's rows are read and its body
-        built in a worker thread while the gateway answers this one (a pipeline of one: the bodies
-        are the same bytes as built one by one, and nothing is posted out of order). A batch is read
-        only once its rows are committed (``gate``: a freeze in chunks still writing)."""
+        """Post every batch not yet answered, in order, up to ``post_window`` of them in flight at once.
+        The next batch's rows are read and its body built in a worker thread while the gateway answers
+        the ones in flight (the bodies are the same bytes as built one by one; posts are started in
+        batch order). A batch is read only once its rows are committed (``gate``: a freeze in chunks
+        still writing). A cancel seen before a post, or after an answer, stops the launch: no post is
+        started after it, the ones in flight are answered and their jobs canceled (``_post``). A
+        failure is raised as itself once the posts in flight are answered; nothing is started after it."""
         spec = parse_spec(camp.definition)
         todo = [b for b in await self._run(self.store.batches, tenant, camp.id) if b.job_id is None]
         send, receive = anyio.create_memory_object_stream[tuple[BatchRow, bytes | BaseException]](1)
-        failed: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._bodies, send, tenant, camp, spec, todo, lines or {}, gate or _Frozen(None))
-            async with receive:
-                try:
+        posting = _Posting(self.post_window)
+        with receive:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._bodies, send, tenant, camp, spec, todo, lines or {}, gate or _Frozen(None))
+                async with anyio.create_task_group() as posts:
                     async for b, body in receive:
                         if not isinstance(body, bytes):
-                            raise body
-                        if not await self._post(client, tenant, camp, b, body):
-                            tg.cancel_scope.cancel()
-                            return
-                except Exception as exc:  # raised as itself, not inside the task group's ExceptionGroup
-                    failed = exc
-                    tg.cancel_scope.cancel()
-        if failed is not None:
-            raise failed
+                            posting.fail(body)
+                            break
+                        await posting.slots.acquire()
+                        if not posting.done and await self._canceled(tenant, camp):  # canceled during the launch
+                            posting.stopped = True
+                        if posting.done:
+                            posting.slots.release()
+                            break
+                        # Checked here, so that the posts reach the gateway in batch order (a task's
+                        # own check could let batch k+1 overtake batch k).
+                        posts.start_soon(self._post_in_window, posting, client, tenant, camp, b, body)
+                tg.cancel_scope.cancel()  # every post answered: no more bodies needed
+        if posting.failed is not None:
+            raise posting.failed
+        if posting.stopped:
+            return
         if (await self.campaign(tenant, camp.id)).status == "launching":
             await self._run(self.store.set_campaign_status, tenant, camp.id, "launched", now=self.clock())
+
+    async def _post_in_window(self, posting: _Posting, client: GatewayClient, tenant: str, camp: CampaignRow,
+                              b: BatchRow, body: bytes) -> None:  # fmt: skip
+        try:
+            if not await self._send(client, tenant, camp, b, body):
+                posting.stopped = True
+        except Exception as exc:  # noqa: BLE001  # raised by ``_submit`` once the others are answered
+            posting.fail(exc)
+        finally:
+            posting.slots.release()
 
     async def _bodies(self, send: MemoryObjectSendStream[tuple[BatchRow, bytes | BaseException]], tenant: str,
                       camp: CampaignRow, spec: CampaignSpec, todo: Sequence[BatchRow],
@@ -846,17 +891,19 @@ class Launcher:
             lines = self.store.batch_lines(tenant, camp.id, b.batch)
         return job_body_of(head_line(camp, spec, b.batch, b.send_at, self.callback_urls.get(tenant)), lines)
 
-    async def _post(self, client: GatewayClient, tenant: str, camp: CampaignRow, b: BatchRow, body: bytes) -> bool:
-        """Post one batch and store its answer; False when the campaign was canceled (send no more)."""
-        if (await self.campaign(tenant, camp.id)).status == "canceled":  # canceled during the launch
-            return False
+    async def _canceled(self, tenant: str, camp: CampaignRow) -> bool:
+        return (await self.campaign(tenant, camp.id)).status == "canceled"
+
+    async def _send(self, client: GatewayClient, tenant: str, camp: CampaignRow, b: BatchRow, body: bytes) -> bool:
+        """Post one batch (the campaign known not canceled) and store its answer; its job canceled at
+        once if the campaign was canceled meanwhile (then False: send no more)."""
         answer = await client.submit_job(body, key=idempotency_key(camp.id, b.batch))
         rejected = [r.index for r in answer.rejected]
         await self._run(self.store.batch_submitted, tenant, camp.id, b.batch, job_id=answer.id,
                         accepted=answer.accepted, rejected=rejected, now=self.clock())  # fmt: skip
         log.info("campaign.batch.submitted tenant=%s campaign=%d batch=%d job=%s accepted=%d", tenant, camp.id,
                  b.batch, answer.id, answer.accepted)  # fmt: skip
-        if answer.id and (await self.campaign(tenant, camp.id)).status == "canceled":
+        if answer.id and await self._canceled(tenant, camp):
             await client.job_action(answer.id, "cancel")  # canceled while this batch was in flight
             return False
         return True

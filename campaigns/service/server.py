@@ -108,7 +108,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     freeze_store = await anyio.to_thread.run_sync(open_store, settings.store_url) if own else None
     chunk = freeze_chunk_for(settings.launch_freeze_chunk, getattr(store, "engine", "sqlite"))
     launcher = Launcher(launch_store, clients, links, time.time, callback_urls=callback_urls(settings),
-                        freeze_chunk=chunk, freeze_store=freeze_store)  # fmt: skip
+                        freeze_chunk=chunk, freeze_store=freeze_store, post_window=settings.launch_post_window)  # fmt: skip
     tracker = Tracker(launcher)
     if launch_store is not store:  # range codes resolve on either connection (launch.py sets the launcher's)
         store.set_link_keys({name: t.key for name, t in links.items()})

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -333,14 +335,14 @@ def test_the_frozen_audience_obeys_every_rule(tmp_path_factory: pytest.TempPathF
         store.close()
 
 
-async def test_a_cancel_during_the_launch_stops_it_and_cancels_the_batch_in_flight(store: Store) -> None:
+async def test_a_cancel_during_the_launch_stops_it_and_cancels_the_batches_in_flight(store: Store) -> None:
     ids = [subscriber(store, n) for n in range(1, 7)]
     gw = FakeGateway()
     la = launcher(store, gw)
     camp = await la.create("acme", "C", {"sender": "A", "template": "x", "batch_size": 2, "audience": {"subscribers": ids}})
     inner = gw.handle
 
-    def cancel_on_first_job(request):  # the operator cancels while batch 0 is being answered
+    def cancel_on_first_job(request):  # the operator cancels while the first job is being answered
         resp = inner(request)
         if request.url.path == "/v1/jobs" and len(gw.jobs) == 1:
             store.set_campaign_status("acme", camp.id, "canceled", now=T0)
@@ -349,8 +351,48 @@ async def test_a_cancel_during_the_launch_stops_it_and_cancels_the_batch_in_flig
     gw.handle = cancel_on_first_job  # type: ignore[method-assign]
     la = launcher(store, gw)
     out = await la.launch("acme", camp.id)
-    assert out.status == "canceled" and len(gw.jobs) == 1
-    assert gw.actions == [("job-1", "cancel")]
+    # At most the window's two batches were posted (never the third), and every job posted is canceled.
+    assert out.status == "canceled" and 1 <= len(gw.jobs) <= 2
+    assert sorted(gw.actions) == [(job, "cancel") for job in sorted(gw.jobs)]
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+async def test_the_next_batches_are_posted_while_the_gateway_answers_within_the_window(store: Store, window: int) -> None:
+    """``post_window`` batches in flight at once: with 2 or more the gateway receives batch 1 before it
+    has answered batch 0 (it reads and checks the next job while it writes and answers this one),
+    never more than the window at once, posts started in batch order, each recipient sent once."""
+    ids = [subscriber(store, n) for n in range(1, 8)]
+    gw = FakeGateway()
+    camp = await launcher(store, gw).create("acme", "W", {"sender": "A", "template": "x https://s.io/x", "batch_size": 2,
+                                         "audience": {"subscribers": ids}})  # fmt: skip
+    inner, arrived, flight = gw.handle, [], [0, 0]  # references in arrival order; in flight now, at most
+    second = anyio.Event()
+
+    async def handle(request):
+        if request.method != "POST" or request.url.path != "/v1/jobs":
+            return inner(request)
+        arrived.append(json.loads(request.content.split(b"\n", 1)[0])["reference"])
+        flight[0] += 1
+        flight[1] = max(flight)
+        try:
+            if len(arrived) == 2:
+                second.set()
+            if len(arrived) == 1 and window > 1:  # batch 0 is answered only once batch 1 has arrived (bounded)
+                with anyio.fail_after(10):
+                    await second.wait()
+            await anyio.lowlevel.checkpoint()
+            return inner(request)
+        finally:
+            flight[0] -= 1
+
+    gw.handle = handle  # type: ignore[method-assign]
+    client = GatewayClient("http://gateway.test", "key", transport=gw.transport())
+    la = Launcher(store, {"acme": client}, {"acme": TL}, lambda: T0, post_window=window)
+    out = await la.launch("acme", camp.id)
+    assert out.status == "launched" and out.batches == 4 and out.accepted == 7
+    assert arrived == [f"campaign:{camp.id}:batch:{b}" for b in range(4)]
+    assert flight[1] == min(window, 2) if window > 1 else flight[1] == 1
+    assert Counter(gw.sent()) == Counter(f"+4479111{i:05d}" for i in range(1, 8))
 
 
 async def test_a_store_failure_building_the_next_body_stops_the_launch_and_a_relaunch_sends_each_once(
@@ -422,3 +464,18 @@ async def test_a_failure_building_a_body_from_the_just_frozen_rows_stops_the_lau
     out = await launcher(store, gw, now=T0 + 60).launch("acme", camp.id)
     assert out.status == "launched" and out.accepted == 9 and len(gw.jobs) == 3
     assert Counter(gw.sent()) == Counter({f"+4479111{i:05d}": 1 for i in range(1, 10)})
+
+
+def test_the_post_window_is_a_setting_of_one_to_eight() -> None:
+    """``campaigns.launch_post_window``: batches in flight at once (default 1: each posted once the
+    one before is answered); 0 and more than 8 are refused, naming the key."""
+    from campaigns.config import loads
+
+    base = '[campaigns]\n{}[[campaigns.tenants]]\nname = "acme"\nkey_env = "K"\n'
+    settings = loads(base.format(""))
+    assert settings is not None and settings.launch_post_window == 1
+    settings = loads(base.format("launch_post_window = 2\n"))
+    assert settings is not None and settings.launch_post_window == 2
+    for bad in (0, 9):
+        with pytest.raises(Exception, match="launch_post_window"):
+            loads(base.format(f"launch_post_window = {bad}\n"))
