@@ -58,6 +58,7 @@ CarrierCallback = Callable[[str, Mapping[str, str], bytes], Awaitable[int]]
 _CALLBACK = re.compile(r"^/v1/carriers/(?P<name>[^/]+)/(?:receipts|inbound)$")
 _MAX_CALLBACK = 1024 * 1024
 _INBOUND_KINDS = ("opt_out", "opt_in", "help", "message")
+_FLAGS = {"0": False, "false": False, "1": True, "true": True}  # a yes/no query parameter's spellings
 
 
 class Api:
@@ -390,7 +391,10 @@ class Api:
         if kind is not None and kind not in _INBOUND_KINDS:
             raise InvalidInput(f"kind must be one of {', '.join(_INBOUND_KINDS)}", field="kind")
         owner = tenant.name
-        if q.get("unrouted", ["0"])[0] not in ("0", "false", ""):
+        unrouted = q.get("unrouted", ["0"])[0]
+        if unrouted not in _FLAGS:  # "banana" was taken as yes, "false" half-documented: one list, both ways
+            raise InvalidInput(f"unrouted must be one of {', '.join(_FLAGS)}", field="unrouted")
+        if _FLAGS[unrouted]:
             if not tenant.operator:
                 raise NotFound("unrouted inbound messages are for operator keys only")
             owner = ""  # MOs to an address no tenant lists (gateway/runtime/inbound.py)

@@ -99,7 +99,7 @@ def document() -> bytes:
         "/v1/inbound": {"get": _op("Inbound (MO) messages, keywords included, paged", (200, "InboundPageOut"), params=[
             _query("kind", {"enum": ["opt_out", "opt_in", "help", "message"]}),
             _query("after", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}), _LIMIT,
-            {**_query("unrouted", {"enum": ["0", "1"]}),
+            {**_query("unrouted", {"enum": ["0", "1", "false", "true"]}),
              "description": "1: the MOs no tenant owns (operator keys only, else 404)"}])},
         "/v1/carriers": {"get": _op("Each carrier's health, queue and link (operational)", (200, "Carriers"),
                                     errors=(*_OPERATIONAL, ("429", "rate limited")))},
