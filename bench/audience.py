@@ -671,3 +671,14 @@ def bench_audience(n: int, m: int, engine: str, pg_url: str | None, runs: int, e
         click.echo(f"  {key:<36} {r[key]:>12,.3f}")
     save(r, json_path, out_dir)
 
+
+def mix_and_events(store: Any, n: int, seed: int, count: int) -> tuple[Any, dict[int, str], list[Any]]:
+    """The profiles' setup (`bench.pg_member_profile`, `bench.sqlite_member_profile`): the audience
+    service over ``store`` with the bench's segment mix saved (segment id -> name) and ``count``
+    order events decoded, the same for a seed on every engine."""
+    conf = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "{TENANT}"\nkey_env = "BENCH_KEY"\n')
+    assert conf is not None
+    audience = AudienceService(store, conf, lambda: NOW)
+    names = {anyio.run(audience.put_segment, TENANT, name, tree).id: name for name, tree in MIX}
+    r = random.Random(seed + 1)
+    return audience, names, [decode_event(_order_line(k, r, n)) for k in range(count)]

@@ -12,7 +12,6 @@ batches after the first (a warm-up: plans prepared, pages cached).
 
 from __future__ import annotations
 
-import random
 import statistics
 import time
 from typing import Any
@@ -21,11 +20,8 @@ import anyio
 import click
 
 from bench import postgres
-from bench.audience import MIX, NOW, TENANT, Audience, _load_postgres, _order_line
+from bench.audience import TENANT, Audience, _load_postgres, mix_and_events
 from bench.pg_events_profile import proc_ns
-from campaigns.config import loads
-from campaigns.core.events import decode_event
-from campaigns.service.audience import Audience as AudienceService
 from campaigns.store import open_store
 from campaigns.store.segment_sql import members_from
 
@@ -35,14 +31,7 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int) -> dict[str, An
     with postgres.throwaway_postgres(settings, prefix="sluice-bench-pg-") as url:
         store = open_store(url)
         _load_postgres(url, Audience(n, m, seed))
-        conf = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "{TENANT}"\nkey_env = "BENCH_KEY"\n')
-        assert conf is not None
-        audience = AudienceService(store, conf, lambda: NOW)
-        names = {}
-        for name, tree in MIX:
-            names[anyio.run(audience.put_segment, TENANT, name, tree).id] = name
-        r = random.Random(seed + 1)
-        events = [decode_event(_order_line(k, r, n)) for k in range(batches * batch)]
+        audience, names, events = mix_and_events(store, n, seed, batches * batch)
         passes: list[dict[str, float]] = []
         per_tree: dict[str, list[float]] = {}
 

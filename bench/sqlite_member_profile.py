@@ -13,7 +13,6 @@ way: which trees cost the pass its CPU. Prints medians over the batches after th
 from __future__ import annotations
 
 import os
-import random
 import statistics
 import tempfile
 import time
@@ -22,11 +21,8 @@ from typing import Any
 import anyio
 import click
 
-from bench.audience import MIX, NOW, TENANT, Audience, _load_sqlite, _order_line
+from bench.audience import TENANT, Audience, _load_sqlite, mix_and_events
 from bench.sqlite_events_profile import _Conn, _timed_cursor
-from campaigns.config import loads
-from campaigns.core.events import decode_event
-from campaigns.service.audience import Audience as AudienceService
 from campaigns.store import open_store
 from campaigns.store.segment_sql import members_from
 
@@ -39,14 +35,7 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | 
         _load_sqlite(path, Audience(n, m, seed))
         store = open_store(f"sqlite:///{path}")
         store.analyze()
-        conf = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "{TENANT}"\nkey_env = "BENCH_KEY"\n')
-        assert conf is not None
-        audience = AudienceService(store, conf, lambda: NOW)
-        names = {}
-        for name, tree in MIX:
-            names[anyio.run(audience.put_segment, TENANT, name, tree).id] = name
-        r = random.Random(seed + 1)
-        events = [decode_event(_order_line(k, r, n)) for k in range(batches * batch)]
+        audience, names, events = mix_and_events(store, n, seed, batches * batch)
         passes: list[dict[str, float]] = []
         per_tree: dict[str, list[float]] = {}
         ingest: list[float] = []
