@@ -682,3 +682,9 @@ def mix_and_events(store: Any, n: int, seed: int, count: int) -> tuple[Any, dict
     names = {anyio.run(audience.put_segment, TENANT, name, tree).id: name for name, tree in MIX}
     r = random.Random(seed + 1)
     return audience, names, [decode_event(_order_line(k, r, n)) for k in range(count)]
+
+
+def apply_batches(audience: Any, events: list[Any], batches: int, batch: int) -> None:
+    """``events`` applied as ``batches`` bulk batches of ``batch`` (what the bulk endpoint does)."""
+    for i in range(batches):
+        anyio.run(audience.apply_many, TENANT, [(e, e.phone) for e in events[i * batch:(i + 1) * batch]])

@@ -50,6 +50,16 @@ def campaign_job(n: int) -> list[bytes]:
                                 for i in range(n)))  # fmt: skip
 
 
+def body_of(pieces: list[bytes]) -> NdjsonBody:
+    """The request body ``pieces`` as the API reads it: ASGI messages into ``NdjsonBody``, chunks of 1,000."""
+    events = iter([*({"type": "http.request", "body": p, "more_body": True} for p in pieces),
+                   {"type": "http.request", "body": b"", "more_body": False}])  # fmt: skip
+
+    async def receive() -> dict:
+        return next(events)
+
+    return NdjsonBody(receive, max_line=1 << 20, chunk=1000, digest=False)
+
 async def run(n: int, campaign: bool, profile: bool) -> dict:
     directory = Path(tempfile.mkdtemp(prefix="sluice-ingest-loop-"))
     cfg = load(config(directory))
@@ -58,13 +68,7 @@ async def run(n: int, campaign: bool, profile: bool) -> dict:
     gw = Gateway(Scheduler(cfg.core, NOW), SqliteStore(str(directory / "sluice.db")), pool=pool)
     if pool is not None:
         await pool.warm()
-    events = iter([*({"type": "http.request", "body": p, "more_body": True} for p in pieces),
-                   {"type": "http.request", "body": b"", "more_body": False}])  # fmt: skip
-
-    async def receive() -> dict:
-        return next(events)
-
-    body = NdjsonBody(receive, max_line=1 << 20, chunk=1000, digest=False)
+    body = body_of(pieces)
     head = await body.head()
     prof = cProfile.Profile() if profile else None
     loop, process, wall = time.thread_time(), time.process_time(), time.perf_counter()

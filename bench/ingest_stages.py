@@ -26,7 +26,7 @@ from pathlib import Path
 
 import anyio
 
-from bench.ingest_loop import NOW
+from bench.ingest_loop import NOW, body_of
 from bench.service import config, ndjson_job
 from gateway.api.app import NdjsonBody
 from gateway.config import load
@@ -94,13 +94,7 @@ async def run(n: int) -> dict:
     _wrap_sync(gw.store, "add_jobs", "write")
     _wrap_sync(gw.store, "commit_job", "commit")
     _wrap_async(service._ChunkWriter, "wait", "loop waits for the write")
-    events = iter([*({"type": "http.request", "body": p, "more_body": True} for p in pieces),
-                   {"type": "http.request", "body": b"", "more_body": False}])  # fmt: skip
-
-    async def receive() -> dict:
-        return next(events)
-
-    body = NdjsonBody(receive, max_line=1 << 20, chunk=1000, digest=False)
+    body = body_of(pieces)
     head = await body.head()
     _spans.clear()
     _cpu.clear()

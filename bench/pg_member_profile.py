@@ -16,11 +16,10 @@ import statistics
 import time
 from typing import Any
 
-import anyio
 import click
 
 from bench import postgres
-from bench.audience import TENANT, Audience, _load_postgres, mix_and_events
+from bench.audience import Audience, apply_batches, _load_postgres, mix_and_events
 from bench.pg_events_profile import proc_ns
 from campaigns.store import open_store
 from campaigns.store.segment_sql import members_from
@@ -60,9 +59,7 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int) -> dict[str, An
             return changed
 
         store.refresh_members = timed  # type: ignore[method-assign]
-        for i in range(batches):
-            chunk = [(e, e.phone) for e in events[i * batch:(i + 1) * batch]]
-            anyio.run(audience.apply_many, TENANT, chunk)
+        apply_batches(audience, events, batches, batch)
         store.close()
     warm = passes[1:] or passes
     med = {k: statistics.median(p[k] for p in warm) for k in warm[0]}

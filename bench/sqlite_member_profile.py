@@ -18,10 +18,9 @@ import tempfile
 import time
 from typing import Any
 
-import anyio
 import click
 
-from bench.audience import TENANT, Audience, _load_sqlite, mix_and_events
+from bench.audience import Audience, apply_batches, _load_sqlite, mix_and_events
 from bench.sqlite_events_profile import _Conn, _timed_cursor
 from campaigns.store import open_store
 from campaigns.store.segment_sql import members_from
@@ -88,9 +87,7 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | 
 
         store.refresh_members = timed  # type: ignore[method-assign]
         store.apply_events = timed_apply  # type: ignore[method-assign]
-        for i in range(batches):
-            chunk = [(e, e.phone) for e in events[i * batch:(i + 1) * batch]]
-            anyio.run(audience.apply_many, TENANT, chunk)
+        apply_batches(audience, events, batches, batch)
         store.close()
     warm = passes[1:] or passes
     med = {k: statistics.median(p[k] for p in warm) for k in warm[0]}
