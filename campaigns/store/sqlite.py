@@ -14,6 +14,7 @@ from campaigns.store import rollups
 from campaigns.store.schema import statements, upgrades
 from campaigns.store.campaign_rows import LinkRow
 from campaigns.store.sql import SqlStore, Tx
+from campaigns.store.sqlite_checkpoint import BACKSTOP_PAGES, Checkpointer
 
 # What SQLite plans the audience's statements with when a table has no statistics (a new store, an
 # index added later, or a table empty when ANALYZE last ran): the shape of a shop of 1M subscribers
@@ -60,6 +61,7 @@ class SQLiteStore(SqlStore):
         self._reader: sqlite3.Connection | None = None  # the membership's snapshot reads, made at first use
         self._flow_reader: sqlite3.Connection | None = None  # the flow runtime's planned batches (flow_plan)
         self._flow_lock = threading.Lock()
+        self._checkpointer: Checkpointer | None = None  # the WAL copied back on a thread of its own
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -79,6 +81,9 @@ class SQLiteStore(SqlStore):
             if rollups.missing(lambda sql: self._conn.execute(sql).fetchone()):  # the usual open takes no write lock
                 with self._tx() as tx:
                     rollups.ensure(tx)
+            if self._flow_snapshot_ok():  # a file: its WAL checkpointed off the committing thread
+                self._conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+                self._checkpointer = Checkpointer(path)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open {path}: {exc}") from exc
 
@@ -101,6 +106,8 @@ class SQLiteStore(SqlStore):
                 except sqlite3.Error as exc:
                     self._conn.rollback()
                     raise StorageError(str(exc)) from exc
+                if self._checkpointer is not None:
+                    self._checkpointer.poke(self._conn.total_changes)
             finally:
                 cur.close()
 
@@ -228,6 +235,9 @@ class SQLiteStore(SqlStore):
         return SQLiteLinkReader(self._path, keys=self.link_keys)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         self._close_reader()
         with self._flow_lock:
             if self._flow_reader is not None:
