@@ -28,7 +28,7 @@ from campaigns.errors import CampaignError, Conflict, InvalidInput, NotFound, no
 from campaigns.service.batching import GroupCommit
 from campaigns.service.member_process import MemberProcess
 from campaigns.store.base import Applied, ImportResult, MemberPlan, NewConsent, SegmentRow, Store
-from campaigns.store.segment_sql import compile_edges, compile_segment
+from campaigns.store.segment_sql import compile_edges, compile_segment, order_edges, order_shifts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -477,19 +477,14 @@ class Audience:
         by_change: dict[frozenset[str], list[int]] = {}
         for sid, changed in touched.items():
             by_change.setdefault(frozenset(changed), []).append(sid)
-        engine = self.store.engine
-        plans = []
         ids_of: dict[frozenset[str], list[int]] = {}  # segments with the same dependencies share one id list
+        chosen: dict[tuple[int, ...], list[tuple[int, Segment, bool]]] = {}  # by their ids: one statement a group
         for seg_id, seg, deps in await self.segments_of(tenant):
             if deps not in ids_of:
                 ids_of[deps] = sorted(sid for changed, sids in by_change.items() if affected_by(deps, changed) for sid in sids)
-            ids = ids_of[deps]
-            if not ids:
-                continue
-            # the pass's statement restricts the subscribers to `ids` once (SqlStore._read_group)
-            where, params = compile_segment(seg, engine, tenant, now, only=ids, caller_restricts=True)  # type: ignore[arg-type]
-            edges = compile_edges(seg, engine, tenant, now, ids) if "clock" in deps else None  # type: ignore[arg-type]
-            plans.append(MemberPlan(segment_id=seg_id, ids=ids, where=where, params=params, edges=edges))
+            if ids_of[deps]:
+                chosen.setdefault(tuple(ids_of[deps]), []).append((seg_id, seg, "clock" in deps))
+        plans = [p for ids, group in chosen.items() for p in _plans(self.store.engine, tenant, list(ids), group, now)]
         writer = self.member_process or self.store
         return await self._run(writer.refresh_members, tenant, plans, now=now) if plans else 0
 
@@ -554,6 +549,23 @@ class Audience:
     async def members(self, tenant: str, seg: Segment, *, after: int, limit: int) -> list[int]:
         where, params = compile_segment(seg, self.store.engine, tenant, self.clock())  # type: ignore[arg-type]
         return await self._run(self.store.ids_where, tenant, where, params, after=after, limit=limit)
+
+
+def _plans(engine: Any, tenant: str, ids: list[int], group: list[tuple[int, Segment, bool]], now: float) -> list[MemberPlan]:
+    """A pass's plans for segments over the same ``ids``: each one's restricted ``where`` (the pass's
+    statement restricts the subscribers to ``ids`` once: ``SqlStore._read_group``) and window edges;
+    the order and item window edges of two segments or more read by one scan of the orders
+    (``order_edges``, carried by the first plan), the rest of each one's edges its own."""
+    shifts = [(seg_id, ss) for seg_id, seg, timed in group if timed and (ss := order_shifts(seg))]
+    shared = order_edges(shifts, engine, tenant, now, ids) if len(shifts) > 1 else None
+    merged = {seg_id for seg_id, _ in shifts} if shared is not None else set()
+    plans = []
+    for seg_id, seg, timed in group:
+        where, params = compile_segment(seg, engine, tenant, now, only=ids, caller_restricts=True)
+        edges = compile_edges(seg, engine, tenant, now, ids, orders=seg_id not in merged) if timed else None
+        plans.append(MemberPlan(segment_id=seg_id, ids=ids, where=where, params=params, edges=edges, timed=timed,
+                                shared_edges=shared if not plans else None))  # fmt: skip
+    return plans
 
 
 def _touched(applied: Sequence[Applied]) -> dict[int, set[str]]:

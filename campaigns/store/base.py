@@ -70,6 +70,12 @@ class MemberPlan(msgspec.Struct, frozen=True, kw_only=True):
     where: str
     params: list[Any]
     edges: tuple[str, list[Any]] | None = None
+    # A segment time can change whose edges are all read by another plan's ``shared_edges``
+    # (``edges`` None): its timers are still written from what that statement found.
+    timed: bool = False
+    # ``segment_sql.order_edges``: SQL answering ``(subscriber, at_1, ..., at_k)`` and the segment of
+    # each column, the order window edges of several plans over the same ids (carried by one of them)
+    shared_edges: tuple[str, list[Any], list[int]] | None = None
 
 
 class MembersFound(msgspec.Struct, frozen=True, kw_only=True):

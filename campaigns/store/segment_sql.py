@@ -59,7 +59,7 @@ from campaigns.core.segments import (
     walk,
 )
 
-__all__ = ["Dialect", "compile_edges", "compile_segment", "members_from"]
+__all__ = ["Dialect", "compile_edges", "compile_segment", "members_from", "order_edges", "order_shifts"]
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -443,17 +443,21 @@ def _positional(c: _Compiler, text: str) -> tuple[str, list[Any]]:
     return _PLACEHOLDER[c.pg].sub(positional, text), params
 
 
-def compile_edges(seg: Segment, dialect: Dialect, tenant: str, now: float, only: list[int]) -> tuple[str, list[Any]] | None:
+def compile_edges(seg: Segment, dialect: Dialect, tenant: str, now: float, only: list[int], *,
+                  orders: bool = True) -> tuple[str, list[Any]] | None:  # fmt: skip
     """SQL answering ``(subscriber_id, at)``: for each subscriber of ``only``, the earliest instant after
     ``now`` at which time alone *may* change its membership of ``seg`` (a window edge passing one of
     its rows: the instants ``segments.next_change`` checks; the next UTC midnight for birthdays); none
     when time alone cannot. A timer set then re-evaluates exactly (``next_change``) and sets the next
     one, so an early edge costs one re-evaluation and never a missed change. None if ``seg`` has no
-    clock."""
+    clock. ``orders=False``: without the edges of its order and item windows (``order_edges`` reads
+    those of several segments in one scan); None if nothing else is left."""
     c = _Compiler(dialect, tenant, now, only)
     parts: list[str] = []
     for node in walk(seg):
         match node:
+            case Event(source="order" | "item", within_days=w) if w is not None and not orders:
+                continue
             case Field(field=f, op=op, value=days) if NEGATED.get(op, op) in ("within_days", "before_days"):
                 table, key = ("subscribers x", "x.id") if FIELDS[f].table == "subscribers" else (
                     "subscriber_stats x", "x.subscriber_id")  # fmt: skip
@@ -473,6 +477,35 @@ def compile_edges(seg: Segment, dialect: Dialect, tenant: str, now: float, only:
     if not parts:
         return None
     return _positional(c, f"SELECT sid, MIN(at) FROM ({' UNION ALL '.join(parts)}) e GROUP BY sid")
+
+
+def order_shifts(seg: Segment) -> list[float]:
+    """The shifts (``days * DAY + EDGE``) of ``seg``'s order and item windows: their edges are instants
+    of its subscribers' orders (``_EDGE_ROWS``), whatever the window's filter."""
+    return [w * DAY + EDGE for node in walk(seg)
+            if isinstance(node, Event) and node.source in ("order", "item") and (w := node.within_days) is not None]  # fmt: skip
+
+
+def order_edges(shifts: list[tuple[int, list[float]]], dialect: Dialect, tenant: str, now: float,
+                only: list[int]) -> tuple[str, list[Any], list[int]] | None:  # fmt: skip
+    """The order and item window edges of several segments (``(segment id, order_shifts)``) for the
+    subscribers of ``only``, in one scan of their orders in the widest window: SQL answering
+    ``(subscriber_id, at_1, ..., at_k)``, one column a shift, and the segment each column belongs to.
+    Each column is ``compile_edges``' part for that window: the least ``created_at + shift`` after
+    ``now`` (NULL: none), over the same rows (a row a narrower window keeps is inside the range of the
+    widest) and the same double sum. A membership pass's segments over orders (the year's spend,
+    the last 30 days, shoes in 90 days) read their subscribers' orders once, not once each."""
+    cols = [(seg_id, s) for seg_id, ss in shifts for s in ss]
+    if not cols:
+        return None
+    c = _Compiler(dialect, tenant, now, only)
+    widest = max(s for _, s in cols)
+    mins = ", ".join(f"MIN(CASE WHEN o.created_at + {c.num(s)} > {c.num(now)} THEN o.created_at + {c.num(s)} END)"
+                     for _, s in cols)  # fmt: skip
+    sql, params = _positional(c, f"SELECT o.subscriber_id, {mins} FROM orders o WHERE o.tenant = {c.tenant}"
+                                 f"{c.within('o.subscriber_id')} AND o.created_at > {c.num(now - widest - 1.0)} "
+                                 "GROUP BY o.subscriber_id")  # fmt: skip
+    return sql, params, [seg_id for seg_id, _ in cols]
 
 
 def _after(c: _Compiler, time: str, shift: float, now: float) -> str:

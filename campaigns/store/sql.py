@@ -853,8 +853,18 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
             for p, hit in zip(plans, row[1:], strict=True):
                 if hit:
                     inside[p.segment_id].append(int(row[0]))
-        edges = {p.segment_id: {int(sid): float(at) for sid, at in tx.raw_rows(*p.edges)}
-                 for p in plans if p.edges is not None}  # fmt: skip
+        edges: dict[int, dict[int, float]] = {p.segment_id: {} for p in plans if p.edges is not None or p.timed}
+        for p in plans:
+            if p.edges is not None:
+                edges[p.segment_id] = {int(sid): float(at) for sid, at in tx.raw_rows(*p.edges)}
+        for p in plans:
+            if p.shared_edges is not None:
+                sql, params, cols = p.shared_edges
+                for row in tx.raw_rows(sql, params):
+                    sid = int(row[0])
+                    for seg, at in zip(cols, row[1:], strict=True):
+                        if at is not None and (sid not in edges[seg] or at < edges[seg][sid]):
+                            edges[seg][sid] = float(at)
         return inside, edges
 
     @staticmethod
