@@ -103,7 +103,6 @@ CREATE TABLE IF NOT EXISTS activities (
     properties TEXT NOT NULL DEFAULT '{{}}'
 );
 CREATE INDEX IF NOT EXISTS activities_subscriber ON activities (tenant, subscriber_id, kind, at);
-CREATE INDEX IF NOT EXISTS activities_kind ON activities (tenant, kind, at);
 CREATE TABLE IF NOT EXISTS consent_ledger (
     tenant TEXT NOT NULL,
     id {ID},
@@ -212,12 +211,15 @@ CREATE TABLE IF NOT EXISTS gateway_sync (
 # uncorrelated `subscriber_id IN (SELECT ... WHERE tenant = ? AND <time> >= ? ...)`, so these let
 # both engines answer it from the index alone (no table lookups): windows on orders and activities,
 # the items of a category joined to their order's owner and time, open abandoned checkouts.
+# `activities_segment` also answers every read by (tenant, kind, at): the older `activities_kind`,
+# its prefix, was an index entry an activity that no read needed (dropped from stores made before).
 SEGMENTS_DDL = """
 CREATE INDEX IF NOT EXISTS orders_segment_spend ON orders (tenant, subscriber_id, created_at, total, payment_status);
 CREATE INDEX IF NOT EXISTS orders_segment_window ON orders (tenant, created_at, subscriber_id, total, payment_status);
 CREATE INDEX IF NOT EXISTS orders_segment_owner ON orders (tenant, order_id, subscriber_id, created_at, payment_status);
 CREATE INDEX IF NOT EXISTS order_items_segment ON order_items (tenant, category, order_id, price, quantity);
 CREATE INDEX IF NOT EXISTS activities_segment ON activities (tenant, kind, at, subscriber_id);
+DROP INDEX IF EXISTS activities_kind;
 CREATE INDEX IF NOT EXISTS checkouts_segment_abandoned ON checkouts (tenant, abandoned_at, subscriber_id) WHERE completed_at IS NULL;
 """
 # ---- end of SEGMENTS_DDL ----
