@@ -83,7 +83,7 @@ class SQLiteStore(SqlStore):
                     rollups.ensure(tx)
             if self._flow_snapshot_ok():  # a file: its WAL checkpointed off the committing thread
                 self._conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
-                self._checkpointer = Checkpointer(path)
+                self._checkpointer = Checkpointer(path, (self._member_lock, self._lock))
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open {path}: {exc}") from exc
 
