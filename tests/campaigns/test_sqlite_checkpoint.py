@@ -68,3 +68,26 @@ def test_a_store_in_memory_has_no_checkpoint_thread() -> None:
         assert store.apply_events("shop", _orders(0, 5), now=T0 + 10_000)[0].outcome == "applied"
     finally:
         store.close()
+
+
+def test_a_long_wal_is_topped_up_under_the_stores_locks_and_restarts(tmp_path: Path, monkeypatch) -> None:
+    """Copied only in the background while the next transaction already writes, the WAL never
+    restarted (the bench's grew to the backstop); once it holds ``TOP_UP_FRAMES``, the rest is copied
+    under the store's locks (``top_ups``) and a later writer starts the WAL over: its frame count
+    falls instead of growing for ever."""
+    import campaigns.store.sqlite_checkpoint as ck
+
+    monkeypatch.setattr(ck, "TOP_UP_FRAMES", 200)
+    path = tmp_path / "s.db"
+    store = open_store(f"sqlite:///{path}")
+    try:
+        checkpointer = store._checkpointer  # type: ignore[attr-defined]
+        seen = []
+        for b in range(8):
+            store.apply_events("shop", _orders(b * 400, 400), now=T0 + 10_000)
+            checkpointer.wait_idle()
+            seen.append(_wal(path)[0])
+        assert checkpointer.top_ups >= 1
+        assert any(later < earlier for earlier, later in zip(seen, seen[1:], strict=False)), seen
+    finally:
+        store.close()
