@@ -26,8 +26,9 @@ twice. Each subscriber (tenant, url) has a durable cursor. ``WebhookSender`` del
 
 The cursor's writes. The sender keeps what it delivered in memory (``_after``: the next round
 reads after it) and writes the cursors, all in one ``hook_ack``, at most every ``ack_every``
-seconds while rounds keep finding events, and at once when a round finds nothing more to send,
-when a POST failed (before its backoff is written), and when the sender stops. Each write takes
+seconds (the first round, or a round or a wait ``ack_every`` after the last write, writes them;
+so an idle sender's cursors are on disk ``ack_every`` after its last delivery), at once when a POST
+failed (before its backoff is written), and when the sender stops. Each write takes
 the store's write lock: on SQLite, ``serve``'s next write of state changes waits for it (SQLite's
 busy wait sleeps 1, 2, 5... ms, on the loop that drives the carriers) and finds its page cache
 stale. A cursor write per round was ~one per ``serve`` write under load. A kill -9 sends the
@@ -323,9 +324,7 @@ class _Sender:
 
     async def _wait(self) -> None:
         next_at = await self._call(self._next_at)
-        delay = self._s.poll_interval
-        if next_at is not None:
-            delay = min(delay, next_at - self._clock())
+        delay = self._delay(next_at, self._clock())
         if delay > 0:
             with anyio.move_on_after(delay):
                 await self._wake.wait()
@@ -333,6 +332,10 @@ class _Sender:
             await anyio.lowlevel.checkpoint()
         if self._wake.is_set():
             self._wake = anyio.Event()
+
+    def _delay(self, next_at: float | None, now: float) -> float:
+        """How long to wait for a poke: at most ``poll_interval``, until the next backoff ends."""
+        return self._s.poll_interval if next_at is None else min(self._s.poll_interval, next_at - now)
 
     def _count(self, tenant: str, url: str, st: Settlement) -> None:
         self._delivered += len(st.done)
@@ -428,10 +431,11 @@ class WebhookSender(_Sender):
     async def run_once(self) -> int:
         """One round: read what is due, POST it, settle every batch, move the cursors.
         Returns how many events it POSTed."""
-        work = await self._call(self._read, self._clock())
+        now = self._clock()
+        work = await self._call(self._read, now)
         if not work:
-            if self._unwritten:  # nothing more to send: the cursors catch up with the deliveries
-                await self._call(self._write_cursors, self._clock())
+            if self._unwritten and now - self._written_at >= self._s.ack_every:  # idle: the cursors catch up
+                await self._call(self._write_cursors, now)
             return 0
         answers: list[tuple[Subscriber, list[HookRow], Answer]] = []
         async with anyio.create_task_group() as tg:
@@ -506,6 +510,14 @@ class WebhookSender(_Sender):
             self._write_cursors(now)  # before a retry's write: an ack forgets the backoff
         for sub_id, (retry_at, error) in retry.items():
             self._store.hook_retry(sub_id, retry_at, error)
+
+    def _delay(self, next_at: float | None, now: float) -> float:
+        if not self._unwritten:
+            return super()._delay(next_at, now)
+        # The store counts what was delivered and not written yet as due (``hook_next_at`` <= now):
+        # wait for a poke, a backoff that ends later, or the cursors' write, whichever comes first.
+        due = self._written_at + self._s.ack_every
+        return min(self._s.poll_interval, due - now, next_at - now if next_at is not None and next_at > now else due - now)
 
     def _write_cursors(self, now: float) -> None:
         """The cursors over what was delivered, in one write. Not every round: the write takes

@@ -467,8 +467,8 @@ class CountingAcks:
 @pytest.mark.parametrize("make", [lambda p: SqliteStore(p / "s.db"), lambda p: MemoryStore()], ids=["sqlite", "memory"])
 async def test_a_busy_sender_writes_its_cursor_at_most_every_ack_every_and_at_once_when_idle(tmp_path, make) -> None:
     """Rounds that keep finding events write the cursor once per ``ack_every``, not once a round;
-    the next round reads after what was delivered, so nothing goes twice in a clean run; a round
-    with nothing to send writes it at once, and so does a stop. A sender killed in between (its
+    the next round reads after what was delivered, so nothing goes twice in a clean run; an idle
+    sender writes it ``ack_every`` after its last write (not spinning meanwhile), and so does a stop. A sender killed in between (its
     cursor not written) leaves those events to the next one: sent again, at least once."""
     store, clock, rx = CountingAcks(make(tmp_path)), FakeClock(), Receiver()
     store.add_job(JOB, BASE, people(60), clock(), callback_url=HOOK)
@@ -492,7 +492,11 @@ async def test_a_busy_sender_writes_its_cursor_at_most_every_ack_every_and_at_on
         deliver(50, 5)
         assert await s.run_once() == 5
         assert len(store.writes) == 2 and store.outbox_statistics().pending == 5
-        assert await s.run_once() == 0  # nothing more to send: the cursor catches up at once
+        assert await s.run_once() == 0  # nothing more to send, but within ack_every of the last write
+        assert len(store.writes) == 2
+        assert 0 < s._delay(0.0, clock()) <= 0.25  # the rows delivered count as due: no spinning until the write
+        clock.advance(0.25)
+        assert await s.run_once() == 0  # idle, ack_every later: the cursor catches up
         assert len(store.writes) == 3 and store.outbox_statistics().pending == 0
         got = [e["message_id"] for e in rx.events()]
         assert got == [format_id(BASE + i) for i in range(55)]  # each once, in order
