@@ -465,7 +465,7 @@ class CountingAcks:
 
 
 @pytest.mark.parametrize("make", [lambda p: SqliteStore(p / "s.db"), lambda p: MemoryStore()], ids=["sqlite", "memory"])
-async def test_a_busy_sender_writes_its_cursor_at_most_every_ack_every_and_at_once_when_idle(tmp_path, make) -> None:
+async def test_a_busy_sender_writes_its_cursor_at_most_every_ack_every_and_once_idle(tmp_path, make) -> None:
     """Rounds that keep finding events write the cursor once per ``ack_every``, not once a round;
     the next round reads after what was delivered, so nothing goes twice in a clean run; an idle
     sender writes it ``ack_every`` after its last write (not spinning meanwhile), and so does a stop. A sender killed in between (its
