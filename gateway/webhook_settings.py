@@ -27,6 +27,10 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 30
     max_age: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0  # seconds after the change: then dead
     poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # sequence check when nothing wakes us
+    # The cursor written at most this often while the sender is busy (and whenever a round finds
+    # nothing to send, or one fails): each write takes the store's write lock, which serve's
+    # writes then wait for. A kill -9 sends at most this long's delivered events again.
+    ack_every: Annotated[float, msgspec.Meta(ge=0)] = 0.25
     # "process": delivered by a process of their own that serve starts and restarts (SQLite
     # store); "task": by a task of serve's event loop (always so for the memory store).
     delivery: Literal["process", "task"] = "process"

@@ -22,7 +22,17 @@ twice. Each subscriber (tenant, url) has a durable cursor. ``WebhookSender`` del
    event by event. ``advance`` then moves the subscriber's cursor over the longest run of its
    rows, in sequence order, that are settled: only after the receiver's 2xx (or a dead letter;
    a row with nothing to send is settled at once). Rows after an unsettled one are sent again
-   later (at least once). One cursor write per subscriber and round.
+   later (at least once).
+
+The cursor's writes. The sender keeps what it delivered in memory (``_after``: the next round
+reads after it) and writes the cursors, all in one ``hook_ack``, at most every ``ack_every``
+seconds (the first round, or a round or a wait ``ack_every`` after the last write, writes them;
+so an idle sender's cursors are on disk ``ack_every`` after its last delivery), at once when a POST
+failed (before its backoff is written), and when the sender stops. Each write takes
+the store's write lock: on SQLite, ``serve``'s next write of state changes waits for it (SQLite's
+busy wait sleeps 1, 2, 5... ms, on the loop that drives the carriers) and finds its page cache
+stale. A cursor write per round was ~one per ``serve`` write under load. A kill -9 sends the
+events delivered since the last write again (at least once; the receiver deduplicates).
 
 For SQLite the sender runs in its own process (``gateway/runtime/webhook_process.py``, started
 and restarted by ``sluice serve``) on its own connection to the store file: the event loop that
@@ -38,8 +48,10 @@ virtual time.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -53,6 +65,7 @@ from gateway.webhook_settings import WebhookSettings
 from gateway.core.targets import TargetPolicy
 from gateway.runtime.guarded_http import Resolver, TargetRefused, guarded_transport, quiet_http_logs, redact_url, resolve
 from gateway.runtime.hook_http import HookClient, HookHTTPError, UnusableURL
+from gateway.errors import StorageError
 from gateway.store.base import HookEvent, HookRow, Store, Subscriber, WebhookEvent, hook_wire
 from gateway.webhook_signature import HEADER, sign
 
@@ -311,9 +324,7 @@ class _Sender:
 
     async def _wait(self) -> None:
         next_at = await self._call(self._next_at)
-        delay = self._s.poll_interval
-        if next_at is not None:
-            delay = min(delay, next_at - self._clock())
+        delay = self._delay(next_at, self._clock())
         if delay > 0:
             with anyio.move_on_after(delay):
                 await self._wake.wait()
@@ -321,6 +332,10 @@ class _Sender:
             await anyio.lowlevel.checkpoint()
         if self._wake.is_set():
             self._wake = anyio.Event()
+
+    def _delay(self, next_at: float | None, now: float) -> float:
+        """How long to wait for a poke: at most ``poll_interval``, until the next backoff ends."""
+        return self._s.poll_interval if next_at is None else min(self._s.poll_interval, next_at - now)
 
     def _count(self, tenant: str, url: str, st: Settlement) -> None:
         self._delivered += len(st.done)
@@ -395,15 +410,32 @@ class WebhookSender(_Sender):
     call over its rows' events, and a 2xx settles its rows whole. Only a batch that failed is
     looked at event by event (``settle``: each event ages on its own), as ``HookEvent``s."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._after: dict[int, int] = {}  # subscriber -> delivered (2xx or dead) up to this seq
+        self._unwritten: dict[int, int] = {}  # ... of which its cursor in the store does not say so yet
+        self._written_at = -math.inf  # when cursors were last written
+
     async def __aenter__(self) -> WebhookSender:
         await super().__aenter__()
         return self
 
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self._unwritten:  # a stop (not a kill): what was delivered is not sent again
+                with anyio.CancelScope(shield=True), contextlib.suppress(StorageError):
+                    await self._call(self._write_cursors, self._clock())
+        finally:
+            await super().__aexit__(*exc)
+
     async def run_once(self) -> int:
         """One round: read what is due, POST it, settle every batch, move the cursors.
         Returns how many events it POSTed."""
-        work = await self._call(self._read, self._clock())
+        now = self._clock()
+        work = await self._call(self._read, now)
         if not work:
+            if self._unwritten and now - self._written_at >= self._s.ack_every:  # idle: the cursors catch up
+                await self._call(self._write_cursors, now)
             return 0
         answers: list[tuple[Subscriber, list[HookRow], Answer]] = []
         async with anyio.create_task_group() as tg:
@@ -425,7 +457,7 @@ class WebhookSender(_Sender):
         for sub in self._store.hook_due(now):
             if budget == 0:
                 break
-            rows = self._store.hook_rows(sub.id, self._s.batch_size * budget)
+            rows = self._store.hook_rows(sub.id, self._s.batch_size * budget, self._after.get(sub.id, 0))
             if rows:
                 batches = plan_by_message([r for r in rows if r.events], self._s.batch_size, budget, _weight)
                 budget -= len(batches)
@@ -461,17 +493,38 @@ class WebhookSender(_Sender):
             if st.retry:
                 at, _ = retry.get(sub.id, (st.retry_at, ""))
                 retry[sub.id] = (min(at, st.retry_at), st.error)
-        acks: list[tuple[int, int]] = []
+        unwritten, after = self._unwritten, self._after
+        failed = bool(retry) or any(dead.values())
         for sub, rows, _ in work:
             upto = advance(rows, settled[sub.id])
-            kept = [e for e in dead.get(sub.id, ()) if upto is not None and e.seq <= upto]  # the rest: judged again
+            if upto is None:
+                continue
+            after[sub.id] = max(after.get(sub.id, 0), upto)
+            kept = [e for e in dead.get(sub.id, ()) if e.seq <= upto]  # the rest: judged again
             if kept:
+                unwritten.pop(sub.id, None)  # the dead letters' write moves the cursor
                 self._store.hook_dead(sub.id, kept, errors.get(sub.id, ""), upto)
-            elif upto is not None:
-                acks.append((sub.id, upto))
-        self._store.hook_ack(acks)  # after the acks: an ack forgets the backoff
+            else:
+                unwritten[sub.id] = after[sub.id]
+        if failed or now - self._written_at >= self._s.ack_every:
+            self._write_cursors(now)  # before a retry's write: an ack forgets the backoff
         for sub_id, (retry_at, error) in retry.items():
             self._store.hook_retry(sub_id, retry_at, error)
+
+    def _delay(self, next_at: float | None, now: float) -> float:
+        if not self._unwritten:
+            return super()._delay(next_at, now)
+        # The store counts what was delivered and not written yet as due (``hook_next_at`` <= now):
+        # wait for a poke, a backoff that ends later, or the cursors' write, whichever comes first.
+        due = self._written_at + self._s.ack_every
+        return min(self._s.poll_interval, due - now, next_at - now if next_at is not None and next_at > now else due - now)
+
+    def _write_cursors(self, now: float) -> None:
+        """The cursors over what was delivered, in one write. Not every round: the write takes
+        the store's write lock (module docstring, "The cursor's writes")."""
+        self._store.hook_ack(sorted(self._unwritten.items()))
+        self._unwritten.clear()
+        self._written_at = now
 
 
 def _weight(row: HookRow) -> int:

@@ -376,10 +376,11 @@ class Store(Protocol):
         """The events after ``sub``'s cursor, in sequence order (so in order per message), from
         at most ``limit`` sequence rows; only the states the job's ``callback_states`` chose."""
         ...
-    def hook_rows(self, sub: int, limit: int) -> list[HookRow]:
+    def hook_rows(self, sub: int, limit: int, after: int = 0) -> list[HookRow]:
         """What ``hook_events`` reads, as rows: at most ``limit`` sequence rows after ``sub``'s
-        cursor, in order, each with its events in the wire's form (``HookRow``). A row whose
-        message is gone or whose states the job does not hear may be there with no events."""
+        cursor and after ``after`` (what a sender delivered and has not acknowledged yet), in
+        order, each with its events in the wire's form (``HookRow``). A row whose message is
+        gone or whose states the job does not hear may be there with no events."""
         ...
     def hook_ack(self, acks: Sequence[tuple[int, int]]) -> None:
         """(subscriber, seq) pairs: delivered up to ``seq``; its cursor moves there (never back)

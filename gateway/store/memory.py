@@ -179,11 +179,14 @@ class MemoryStore:
             return [Subscriber(id=s.id, tenant=s.tenant, url=s.url, attempts=s.attempts, next_at=s.next_at)
                     for s in sorted(self._subs.values(), key=lambda s: s.id) if s.log and s.next_at <= now]  # fmt: skip
 
-    def hook_events(self, sub: int, limit: int) -> list[HookEvent]:
+    def hook_events(self, sub: int, limit: int, after: int = 0) -> list[HookEvent]:
         out: list[HookEvent] = []
         with self._lock:
             s = self._subs_by_id.get(sub)
-            for seq, mid, mine in s.log[:limit] if s is not None else ():
+            log = s.log if s is not None else []
+            if after and log and log[0][0] <= after:
+                log = [row for row in log if row[0] > after]
+            for seq, mid, mine in log[:limit]:
                 m = self._msgs.get(mid)
                 if m is None:
                     continue
@@ -198,8 +201,8 @@ class MemoryStore:
                             reference=stored.job.reference if stored else None))  # fmt: skip
         return out
 
-    def hook_rows(self, sub: int, limit: int) -> list[HookRow]:
-        return hook_rows_of(self.hook_events(sub, limit))
+    def hook_rows(self, sub: int, limit: int, after: int = 0) -> list[HookRow]:
+        return hook_rows_of(self.hook_events(sub, limit, after))
 
     def _ack(self, sub: int, seq: int) -> None:
         s = self._subs_by_id.get(sub)

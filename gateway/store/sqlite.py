@@ -302,7 +302,7 @@ _HOOK_EVENTS = (
 )
 _HOOK_ROWS = (
     "SELECT l.seq, l.message_id, l.events, m.recipient, m.job_id FROM hook_subscribers s"
-    " JOIN hook_log l ON l.sub = s.id AND l.seq > s.cursor LEFT JOIN messages m ON m.id = l.message_id"
+    " JOIN hook_log l ON l.sub = s.id AND l.seq > max(s.cursor, ?) LEFT JOIN messages m ON m.id = l.message_id"
     " WHERE s.id = ? ORDER BY l.seq LIMIT ?"
 )
 _HOOK_ROW = _HOOK_EVENTS.replace("l.seq > s.cursor", "l.seq = ?").replace(" LIMIT ?", "")
@@ -580,12 +580,12 @@ class SqliteStore:
                                      index=person.index, reference=ref))  # fmt: skip
         return out
 
-    def hook_rows(self, sub: int, limit: int) -> list[HookRow]:
+    def hook_rows(self, sub: int, limit: int, after: int = 0) -> list[HookRow]:
         # One query; then per row one decode of its events and of its recipient (msgspec), and
         # per event one dict, which the sender encodes with the rest of its batch in one call:
         # no Struct per event, nothing decoded twice, a job's reference and states read once.
         with self._lock:
-            rows = self._db.execute(_HOOK_ROWS, (sub, limit)).fetchall()
+            rows = self._db.execute(_HOOK_ROWS, (after, sub, limit)).fetchall()
             tenant = self._db.execute("SELECT tenant FROM hook_subscribers WHERE id = ?", (sub,)).fetchone()
         out: list[HookRow] = []
         jobs: dict[str, tuple[frozenset[str], str | None]] = {}

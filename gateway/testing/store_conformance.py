@@ -421,7 +421,8 @@ class StoreConformance:
     def test_rows_are_the_events_in_the_wires_form_whatever_the_reads(self, store) -> None:
         """``hook_rows`` (what the sender reads) against ``hook_events``: random batches with
         awkward text (quotes, backslashes, non-ASCII, error codes), a job hearing only some
-        states, read in random chunks and acknowledged at random points: each read's rows with
+        states, read in random chunks (and after a point a sender delivered up to) and acknowledged
+        at random points: each read's rows with
         events are ``hook_events``' events, in the wire's form, row by row; rows without events
         (a state nobody hears) hold nothing; and delivered through rows, every heard change
         arrives once, in order per message."""
@@ -451,6 +452,9 @@ class StoreConformance:
                 assert [r.id for r in rows] == list(range(len(rows)))
                 if not rows:
                     continue
+                after = rows[len(rows) // 2].seq  # what a sender delivered and has not acknowledged
+                assert [(r.seq, r.events) for r in store.hook_rows(sub.id, limit, after)] == \
+                       [(r.seq, r.events) for r in store.hook_rows(sub.id, 10_000) if r.seq > after][:limit]  # fmt: skip
                 upto = rows[rng.randrange(len(rows))].seq
                 for r in rows:
                     if r.seq <= upto:

@@ -447,3 +447,63 @@ async def test_a_clean_run_sends_every_event_once_when_a_round_cannot_take_the_w
     got = sorted((e["message_id"], e["state"]) for e in rx.events())
     assert got == sorted((format_id(BASE + i), state) for i in range(n) for state in ("submitted", "delivered"))
     assert s.statistics().retried == 0
+
+
+class CountingAcks:
+    """A store whose cursor writes (``hook_ack``) are counted: each is a write transaction, and
+    on SQLite the server's writes wait for it."""
+
+    def __init__(self, store) -> None:
+        self.store, self.writes = store, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def hook_ack(self, acks) -> None:
+        self.writes.append(list(acks))
+        self.store.hook_ack(acks)
+
+
+@pytest.mark.parametrize("make", [lambda p: SqliteStore(p / "s.db"), lambda p: MemoryStore()], ids=["sqlite", "memory"])
+async def test_a_busy_sender_writes_its_cursor_at_most_every_ack_every_and_once_idle(tmp_path, make) -> None:
+    """Rounds that keep finding events write the cursor once per ``ack_every``, not once a round;
+    the next round reads after what was delivered, so nothing goes twice in a clean run; an idle
+    sender writes it ``ack_every`` after its last write (not spinning meanwhile), and so does a stop. A sender killed in between (its
+    cursor not written) leaves those events to the next one: sent again, at least once."""
+    store, clock, rx = CountingAcks(make(tmp_path)), FakeClock(), Receiver()
+    store.add_job(JOB, BASE, people(60), clock(), callback_url=HOOK)
+
+    def deliver(first: int, n: int) -> None:
+        store.record([Change(message_id=BASE + i, state="delivered", at=clock(), reason="DELIVRD", carrier="alpha")
+                      for i in range(first, first + n)])  # fmt: skip
+
+    every = msgspec.structs.replace(SETTINGS, ack_every=0.25)
+    async with sender(store, clock, rx, settings=every) as s:
+        for k in range(4):  # four busy rounds 0.05 s apart: the first writes, the next three do not
+            deliver(10 * k, 10)
+            assert await s.run_once() == 10
+            clock.advance(0.05)
+        assert len(store.writes) == 1
+        assert store.outbox_statistics().pending == 30  # delivered, the cursor not moved over them yet
+        clock.advance(0.1)  # 0.3 s after the last write (more than ack_every): this round writes
+        deliver(40, 10)
+        assert await s.run_once() == 10
+        assert len(store.writes) == 2 and store.outbox_statistics().pending == 0
+        deliver(50, 5)
+        assert await s.run_once() == 5
+        assert len(store.writes) == 2 and store.outbox_statistics().pending == 5
+        assert await s.run_once() == 0  # nothing more to send, but within ack_every of the last write
+        assert len(store.writes) == 2
+        assert 0 < s._delay(0.0, clock()) <= 0.25  # the rows delivered count as due: no spinning until the write
+        clock.advance(0.25)
+        assert await s.run_once() == 0  # idle, ack_every later: the cursor catches up
+        assert len(store.writes) == 3 and store.outbox_statistics().pending == 0
+        got = [e["message_id"] for e in rx.events()]
+        assert got == [format_id(BASE + i) for i in range(55)]  # each once, in order
+        deliver(55, 5)
+        assert await s.run_once() == 5  # within ack_every of the last write: not written...
+        assert store.outbox_statistics().pending == 5
+        async with sender(store, clock, rx, settings=every) as killed_and_restarted:
+            assert await killed_and_restarted.run_once() == 5  # ... so a new sender sends them again
+    assert store.outbox_statistics().pending == 0  # the stop wrote what was delivered
+    assert [e["message_id"] for e in rx.events()][55:] == [format_id(BASE + i) for i in range(55, 60)] * 2
