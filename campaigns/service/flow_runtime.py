@@ -447,8 +447,10 @@ class FlowRuntime:
         return taken
 
     def wake(self) -> None:
-        """New inputs were queued (an event, a consent change): run a round now."""
+        """New inputs were queued, or sends recorded by another process (a reply applied by serve
+        while this runtime is a worker process): run a round and post the outbox now."""
         self._wake.set()
+        self._sends.set()
 
     # ---- one round ---------------------------------------------------------------------------------
     async def round(self) -> int:
@@ -591,7 +593,8 @@ class FlowRuntime:
 
     # ---- periodic scans (birthday, no order for N days) ------------------------------------------
     async def scan(self, now: float) -> int:
-        """Queue today's birthday and win-back triggers of every tenant's enabled flows."""
+        """Apply today's birthday and win-back triggers of every tenant's enabled flows (this worker's
+        share of the subscribers: with several workers, each scans for its own)."""
         fed = 0
         for tenant in self.tenant_names:
             fed += await anyio.to_thread.run_sync(self._scan_tenant, tenant, now)
@@ -606,7 +609,10 @@ class FlowRuntime:
                                "ON t.tenant = s.tenant AND t.subscriber_id = s.id WHERE s.tenant = ? AND "
                                "s.consent = 'confirmed'", (tenant,))  # fmt: skip
         inputs: list[tuple[int, F.Event]] = []
+        part, parts = self.worker.part, self.worker.parts
         for sid, birthday, last_order in rows:
+            if int(sid) % parts != part:
+                continue  # another worker's subscriber: its inputs are that worker's to apply, in order
             for d in birthdays:
                 if (e := flow_inputs.birthday_due(birthday, d, now)) is not None:
                     inputs.append((int(sid), e))
@@ -694,6 +700,7 @@ def runtime_tenants(settings: Any, links_by_tenant: Mapping[str, TenantLinks]) -
     return out
 
 
-def install_state(app: Any, runtime: FlowRuntime) -> None:
-    """Register the runtime as the app's ``reply_router`` (the inbox's inbound handler asks it)."""
+def install_state(app: Any, runtime: ReplyRouter) -> None:
+    """Register the runtime (or serve's ``RepliesHere`` in front of it) as the app's ``reply_router``
+    (the inbox's inbound handler asks it)."""
     app.state.reply_router = runtime
