@@ -36,7 +36,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -44,7 +44,7 @@ import msgspec
 
 from campaigns.config import CampaignSettings
 
-__all__ = ["FlowWorkers", "WorkerStart", "WorkerState", "main", "worker_environ"]
+__all__ = ["FlowWorkers", "WorkerStart", "WorkerState", "main", "open_runtime", "worker_environ"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,10 @@ class FlowWorkers:
                                    starts=s.starts, last_exit=s.last_exit, inputs=int(s.stats.get("inputs", 0)),
                                    timers=int(s.stats.get("timers", 0)), sent=int(s.stats.get("sent", 0))))  # fmt: skip
         return out
+
+    def counters(self) -> list[dict[str, Any]]:
+        """Each worker's last ``Statistics`` line (its current process's counters), as decoded."""
+        return [dict(s.stats) for s in self._slots]
 
     def health(self) -> dict[str, Any]:
         states = self.statistics()
@@ -243,7 +247,10 @@ async def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 # -- the worker process itself ------------------------------------------------------------------------
 
 
-async def _work(start: WorkerStart, stdin: int, report: Callable[[bytes], None]) -> None:
+@contextlib.asynccontextmanager
+async def open_runtime(start: WorkerStart) -> AsyncIterator[Any]:
+    """The ``FlowRuntime`` of one worker (its own store connection, gateway clients and inbox), as
+    serve builds its in-process one; closed on exit. The bench's ``--workers 0`` uses it too."""
     from campaigns.service.flow_runtime import FlowRuntime, runtime_tenants
     from campaigns.service.inbox import Inbox
     from campaigns.service.server import gateway_clients, tenant_links
@@ -257,15 +264,19 @@ async def _work(start: WorkerStart, stdin: int, report: Callable[[bytes], None])
     flows = FlowRuntime(store, clients, runtime_tenants(settings, links), time.time, inbox=inbox,
                         part=start.part, parts=start.parts)  # fmt: skip
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_pokes, stdin, flows, tg.cancel_scope)
-            tg.start_soon(_report, flows, report)
-            await flows.run(interval=settings.flows_interval)
+        yield flows
     finally:
         await flows.aclose()
         for c in clients.values():
             await c.aclose()
         store.close()
+
+
+async def _work(start: WorkerStart, stdin: int, report: Callable[[bytes], None]) -> None:
+    async with open_runtime(start) as flows, anyio.create_task_group() as tg:
+        tg.start_soon(_pokes, stdin, flows, tg.cancel_scope)
+        tg.start_soon(_report, flows, report)
+        await flows.run(interval=start.settings.flows_interval)
 
 
 async def _pokes(stdin: int, flows: Any, scope: anyio.CancelScope) -> None:
@@ -279,8 +290,9 @@ async def _pokes(stdin: int, flows: Any, scope: anyio.CancelScope) -> None:
     scope.cancel()
 
 
-async def _report(flows: Any, report: Callable[[bytes], None], every: float = 1.0) -> None:
-    """The counters as a JSON line at once (serve learns the worker is up), then when they change."""
+async def _report(flows: Any, report: Callable[[bytes], None], every: float = 0.25) -> None:
+    """The counters as a JSON line at once (serve learns the worker is up), then when they change
+    (at most every ``every`` seconds: a small struct encoded a few times a second)."""
     last = None
     while True:
         now = flows.statistics()
@@ -310,6 +322,11 @@ def main() -> None:
     # stdin, which is what stops us (as it does when serve dies).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, out = sys.stdin.fileno(), sys.stdout.buffer
+    # The runtime's modules before the start line: a process spawned ahead (``FlowWorkers.spawn``)
+    # has them loaded when it is told to work.
+    import campaigns.service.flow_runtime  # noqa: F401
+    import campaigns.service.server  # noqa: F401
+
     start = _read_start(stdin)
 
     def report(line: bytes) -> None:
