@@ -351,18 +351,18 @@ def events_phase(url: str, n: int, gw: RemoteGateway, workers: int) -> dict[str,
             store.apply_events(TENANT, events[chunk:chunk + 2000], now=now)
         cpu["ingest_s"] = time.perf_counter() - t0
         _analyze(store)
+        if pool is None:
+            start = WorkerStart(settings=settings, gateway_url=gw.url, environ=BENCH_ENV, part=0, parts=1)
+            async with open_runtime(start) as rt, anyio.create_task_group() as tg:
+                c0, g0 = time.process_time(), gw.cpu_s()
+                tg.start_soon(lambda: rt.run(interval=settings.flows_interval))
+                total_s = await measured(rt.wake)
+                cpu.update(flows_cpu_s=time.process_time() - c0 - cpu["exits_ingest_cpu_s"],
+                           gateway_send_cpu_s=gw.cpu_s() - g0)  # fmt: skip
+                counters.append(msgspec.to_builtins(rt.statistics()))
+                tg.cancel_scope.cancel()
+            return total_s
         async with anyio.create_task_group() as tg:
-            if pool is None:
-                async with open_runtime(WorkerStart(settings=settings, gateway_url=gw.url, environ=BENCH_ENV,
-                                                    part=0, parts=1)) as rt:  # fmt: skip
-                    c0, g0 = time.process_time(), gw.cpu_s()
-                    tg.start_soon(lambda: rt.run(interval=settings.flows_interval))
-                    total_s = await measured(rt.wake)
-                    cpu.update(flows_cpu_s=time.process_time() - c0 - cpu["exits_ingest_cpu_s"],
-                               gateway_send_cpu_s=gw.cpu_s() - g0)  # fmt: skip
-                    counters.append(msgspec.to_builtins(rt.statistics()))
-                    tg.cancel_scope.cancel()
-                return total_s
             tg.start_soon(pool.run)
             await pool.wait_ready()  # each opened the store and reported (then the clock starts)
             pids.extend(p for p in pool.pids if p is not None)

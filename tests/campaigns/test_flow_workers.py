@@ -216,3 +216,16 @@ def test_flow_workers_values() -> None:
     auto = loads('[campaigns]\nflow_workers = "auto"\n')
     assert auto is not None
     assert auto.flow_worker_count(cpus=1) == 1 and auto.flow_worker_count(cpus=2) == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_bench_runs_the_flows_as_serve_does(workers: int, tmp_path: Any) -> None:
+    """`sluice bench flows --workers N` runs serve's supervisor and worker processes (0: the runtime's
+    loop in the bench process); its default is serve's default."""
+    from bench.flows import run, serve_default_workers
+
+    r = run("sqlite", 300, 10, 1, 1.0, str(tmp_path), None, "events", workers)
+    assert (r["workers"], r["runs_started"], r["inputs"], r["gateway_duplicate_keys"]) == (workers, 300, 300 + 3 * 60, 0)
+    assert r["runs_advanced"] == 60 and len(r["worker_inputs"]) == workers  # the exits ended 60 runs
+    assert run("sqlite", 50, 10, 1, 1.0, str(tmp_path), None, "events")["workers"] == serve_default_workers()
+    assert serve_default_workers() == CampaignSettings().flow_worker_count()
