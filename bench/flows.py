@@ -263,68 +263,6 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-class DrainWorkers:
-    """``workers`` processes (``python -m bench.flows drain-worker``), worker ``p`` draining the inputs
-    of the subscribers ``id % workers == p`` (``FlowWorker(part=p, parts=workers)``). Started and
-    connected before the clock starts; ``drain()`` has each drain its share until empty, at once, and
-    returns what they did and the CPU time each spent (``time.process_time`` in the worker)."""
-
-    def __init__(self, url: str, workers: int) -> None:
-        import subprocess
-
-        root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.procs = [subprocess.Popen([sys.executable, "-m", "bench.flows", "drain-worker", "--store", url, "--part",
-                                        str(p), "--parts", str(workers)], env=env, stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, text=True)  # fmt: skip
-                      for p in range(workers)]
-        for proc in self.procs:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", "a drain worker did not start"
-
-    def drain(self) -> list[dict[str, float]]:
-        for proc in self.procs:
-            assert proc.stdin is not None
-            proc.stdin.write("drain\n")
-            proc.stdin.flush()
-        return [msgspec.json.decode(proc.stdout.readline()) for proc in self.procs if proc.stdout is not None]
-
-    def close(self) -> None:
-        for proc in self.procs:
-            proc.kill()
-            proc.wait()
-
-
-def drain_worker_main(store_url: str, part: int, parts: int) -> None:
-    """The drain worker's loop: a line ``drain`` on stdin -> drain this share until empty -> one JSON line."""
-    from campaigns.service.flow_runtime import FlowWorker, TenantFlows
-
-    store = open_store(store_url)
-    worker = FlowWorker(store, {TENANT: TenantFlows(sender="BENCH")}, part=part, parts=parts)
-    backend = None  # PostgreSQL: the server process of this worker's connection (its CPU is the server's share)
-    if store.engine == "postgres":
-        with store._tx() as tx:  # type: ignore[attr-defined]
-            row = tx.one("SELECT pg_backend_pid()")
-        backend = int(row[0]) if row else None
-    print("ready", flush=True)
-    for line in sys.stdin:
-        if line.strip() != "drain":
-            continue
-        before = msgspec.structs.replace(worker.stats)
-        b0 = _proc_cpu_s(backend) if backend else 0.0
-        c0, t0 = time.process_time(), time.perf_counter()
-        while worker.drain(TENANT, time.time(), 2000):
-            pass
-        s = worker.stats
-        print(_enc.encode({"part": part, "cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - t0,
-                           "server_cpu_s": (_proc_cpu_s(backend) - b0) if backend else 0.0,
-                           "inputs": s.inputs - before.inputs, "started": s.started - before.started,
-                           "advanced": s.advanced - before.advanced,
-                           **{f: getattr(s, f, 0) - getattr(before, f, 0)  # (a runtime before planned batches: 0)
-                              for f in ("planned", "redone", "write_wait_s", "write_hold_s", "write_cpu_s")}}).decode(),
-              flush=True)  # fmt: skip
-    store.close()
-
-
 def _analyze(store: Store) -> None:
     """PostgreSQL: planner statistics for what was just bulk-loaded (autovacuum would take them a
     minute later; without them the orders' ingest between the drains was planned for empty tables:
@@ -334,11 +272,42 @@ def _analyze(store: Store) -> None:
             tx.run("ANALYZE")
 
 
-def events_phase(url: str, n: int, gw: RemoteGateway, workers: int = 1) -> dict[str, Any]:
+def bench_settings(url: str) -> Any:
+    """The campaigns settings of the bench's shop, as a user's config would give them (serve's
+    defaults: batch sizes, ``flows_interval``), its gateway key in ``BENCH_ENV``."""
+    from campaigns.config import CampaignSettings
+
+    return msgspec.convert({"store_url": url, "tenants": [{"name": TENANT, "key_env": "BENCH_CAMPAIGNS_KEY",
+                                                            "gateway_key_env": "BENCH_GATEWAY_KEY",
+                                                            "signup": {"sender": "BENCH"}}]}, CampaignSettings)  # fmt: skip
+
+
+BENCH_ENV = {"BENCH_GATEWAY_KEY": "bench-key"}
+
+
+def serve_default_workers() -> int:
+    """How many flow worker processes ``serve`` runs with the default config on this machine."""
+    from campaigns.config import CampaignSettings
+
+    return CampaignSettings().flow_worker_count()
+
+
+def _queue_and_outbox(store: Store) -> tuple[int, int]:
+    """(inputs queued, sends pending): what the flows still have to do."""
+    with store._tx() as tx:  # type: ignore[attr-defined]
+        q = tx.one("SELECT COUNT(*) FROM flow_inputs WHERE tenant = ?", (TENANT,))
+        o = tx.one("SELECT COUNT(*) FROM flow_outbox WHERE tenant = ? AND state = 'pending'", (TENANT,))
+    return int(q[0]) if q else 0, int(o[0]) if o else 0
+
+
+def events_phase(url: str, n: int, gw: RemoteGateway, workers: int) -> dict[str, Any]:
+    """The flows as ``serve`` runs them (``campaigns.flow_workers = workers``): 0, the runtime's
+    loop (``FlowRuntime.run``) in this process; N, serve's supervisor (``FlowWorkers``) and its N
+    worker processes, started by the same code. The runtime drains, fires and posts on its own
+    while the bench ingests and waits for the queue and the outbox to be empty (a read every 20 ms)."""
     import anyio
 
-    from campaigns.service.flow_runtime import FlowRuntime, TenantFlows
-    from campaigns.service.gateway_client import GatewayClient
+    from campaigns.service.flow_workers import FlowWorkers, WorkerStart, open_runtime
 
     now = time.time()
     store = open_store(url)
@@ -348,102 +317,106 @@ def events_phase(url: str, n: int, gw: RemoteGateway, workers: int = 1) -> dict[
                              value=1000 + i % 20_000, url=f"https://shop.example/c/{i}"), phone(i)) for i in range(1, n + 1)]
     exits = [(OrderEvent(id=f"o{i}", at=now - 10, order_id=f"o{i}", phone=phone(i), total=100, currency="USD",
                          payment_status="paid", checkout_id=f"c{i}"), phone(i)) for i in range(1, n + 1, 5)]  # fmt: skip
+    settings = bench_settings(url)
     _analyze(store)
-    t0 = time.perf_counter()
-    for chunk in range(0, n, 2000):  # the events API's bulk path: applied, and flow inputs queued, per transaction
-        store.apply_events(TENANT, events[chunk:chunk + 2000], now=now)
-    ingest_s = time.perf_counter() - t0
-    _analyze(store)
+    cpu: dict[str, float] = {}
+    counters: list[dict[str, Any]] = []
+    pids: list[int] = []
 
-    pool = DrainWorkers(url, workers) if workers > 1 else None
-    reports: list[dict[str, float]] = []
+    async def until_done(wake: Any, sends_too: bool) -> None:
+        wake()  # the ingest's inputs are queued: look now (serve's runtime polls every flows_interval)
+        while True:
+            queued, pending = await anyio.to_thread.run_sync(_queue_and_outbox, store)
+            if queued == 0 and (pending == 0 or not sends_too):
+                return
+            await anyio.sleep(0.02)
 
-    async def drain(rt: FlowRuntime) -> None:
-        if pool is None:
-            while await anyio.to_thread.run_sync(rt.worker.drain, TENANT, time.time(), 2000):
-                pass
-            return
-        done = await anyio.to_thread.run_sync(pool.drain)
-        reports.extend(done)
-        for r in done:
-            rt.stats.inputs += int(r["inputs"])
-            rt.stats.started += int(r["started"])
-            rt.stats.advanced += int(r["advanced"])
-            for f in ("planned", "redone", "write_wait_s", "write_hold_s", "write_cpu_s"):
-                if hasattr(rt.stats, f):
-                    setattr(rt.stats, f, getattr(rt.stats, f) + r.get(f, 0))
-
-    async def flows() -> tuple[Any, float, float]:
-        client = GatewayClient(gw.url, "bench-key")
-        rt = FlowRuntime(store, {TENANT: client}, {TENANT: TenantFlows(sender="BENCH")}, time.time, batch=2000,
-                         send_concurrency=64)  # fmt: skip
-        t1, c1 = time.perf_counter(), time.process_time()
-        await drain(rt)
+    async def measured(wake: Any) -> float:
+        """From the clock's start to the last send answered; the exits' ingest timed apart."""
+        t1 = time.perf_counter()
+        await until_done(wake, False)
         t2, c2 = time.perf_counter(), time.process_time()
         for chunk in range(0, len(exits), 2000):
             store.apply_events(TENANT, exits[chunk:chunk + 2000], now=time.time())
         cpu.update(exits_ingest_s=time.perf_counter() - t2, exits_ingest_cpu_s=time.process_time() - c2)
-        await drain(rt)
-        drain_s, c2, g2 = time.perf_counter() - t1, time.process_time(), gw.cpu_s()
-        await rt.send_pending()
-        total_s, c3, g3 = time.perf_counter() - t1, time.process_time(), gw.cpu_s()
-        await client.aclose()
-        cpu.update(engine_cpu_s=c2 - c1, send_cpu_s=c3 - c2, gateway_send_cpu_s=g3 - g2)
-        return rt.statistics(), drain_s, total_s
+        await until_done(wake, True)
+        return time.perf_counter() - t1
 
-    cpu: dict[str, float] = {}
-    try:
-        stats, drain_s, total_s = anyio.run(flows)
-    finally:
+    async def main() -> float:
+        pool = FlowWorkers(settings, gw.url, BENCH_ENV, workers) if workers else None
         if pool is not None:
-            pool.close()
-    store.close()
-    # With workers the engine's CPU is theirs (each process's own figure below) plus this process's
-    # (the orders' ingest between the drains, as in the one-process run).
-    per_worker: dict[int, dict[str, float]] = {}
-    for r in reports:
-        w = per_worker.setdefault(int(r["part"]), {"cpu_s": 0.0, "inputs": 0, "wall_s": 0.0, "server_cpu_s": 0.0})
-        w["cpu_s"] += r["cpu_s"]
-        w["server_cpu_s"] += r.get("server_cpu_s", 0.0)
-        w["inputs"] += r["inputs"]
-        w["wall_s"] += r["wall_s"]
-    if per_worker:
-        cpu["bench_engine_cpu_s"] = cpu["engine_cpu_s"]
-        cpu["engine_cpu_s"] += sum(w["cpu_s"] for w in per_worker.values())
+            pool.spawn()  # imported and waiting while the checkouts are ingested (outside the clock)
+        t0 = time.perf_counter()
+        for chunk in range(0, n, 2000):  # the events API's bulk path: applied, and flow inputs queued, per transaction
+            store.apply_events(TENANT, events[chunk:chunk + 2000], now=now)
+        cpu["ingest_s"] = time.perf_counter() - t0
+        _analyze(store)
+        if pool is None:
+            start = WorkerStart(settings=settings, gateway_url=gw.url, environ=BENCH_ENV, part=0, parts=1)
+            async with open_runtime(start) as rt, anyio.create_task_group() as tg:
+                c0, g0 = time.process_time(), gw.cpu_s()
+                tg.start_soon(lambda: rt.run(interval=settings.flows_interval))
+                total_s = await measured(rt.wake)
+                cpu.update(flows_cpu_s=time.process_time() - c0 - cpu["exits_ingest_cpu_s"],
+                           gateway_send_cpu_s=gw.cpu_s() - g0)  # fmt: skip
+                counters.append(msgspec.to_builtins(rt.statistics()))
+                tg.cancel_scope.cancel()
+            return total_s
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pool.run)
+            await pool.wait_ready()  # each opened the store and reported (then the clock starts)
+            pids.extend(p for p in pool.pids if p is not None)
+            w0, g0 = [_proc_cpu_s(p) for p in pids], gw.cpu_s()
+            total_s = await measured(pool.wake)
+            w1 = [_proc_cpu_s(p) for p in pids]
+            cpu.update(flows_cpu_s=sum(w1) - sum(w0), gateway_send_cpu_s=gw.cpu_s() - g0)
+            cpu["worker_cpu_s"] = [b - a for a, b in zip(w0, w1)]  # type: ignore[assignment]
+            with anyio.fail_after(30):  # their counters reach us within a quarter second
+                while True:
+                    got = pool.counters()
+                    if sum(int(c.get("sent", 0)) for c in got) >= gw.count() and all(got):
+                        await anyio.sleep(0.3)
+                        counters.extend(pool.counters())
+                        break
+                    await anyio.sleep(0.05)
+            if any(s.starts != 1 for s in pool.statistics()):
+                raise RuntimeError(f"a flow worker was restarted during the bench: {pool.health()}")
+            tg.cancel_scope.cancel()
+        return total_s
+
+    try:
+        total_s = anyio.run(main)
+    finally:
+        store.close()
+
+    def total(f: str) -> float:
+        return sum(float(c.get(f, 0)) for c in counters)
+
+    inputs, started, advanced, sent = (int(total(f)) for f in ("inputs", "started", "advanced", "sent"))
     messages, _posts = gw.record()
     keys = [m["key"] for m in messages]
-    processed = stats.inputs + stats.advanced + stats.sent
-    # The same without the orders' ingest between the drains (the events API's work, not the flows'):
-    # the drains and the sends alone, and the CPU of the drains alone (every process's).
+    processed = inputs + advanced + sent
     flow_s = total_s - cpu["exits_ingest_s"]
-    drain_cpu_s = cpu["engine_cpu_s"] - cpu["exits_ingest_cpu_s"]
-    return {"events": n + len(exits), "inputs": stats.inputs, "runs_started": stats.started,
-            "runs_advanced": stats.advanced, "sends": stats.sent, "gateway_messages": len(messages),
-            "gateway_duplicate_keys": len(keys) - len(set(keys)), "ingest_s": ingest_s,
-            "engine_phase_s": drain_s, "events_phase_s": total_s,
-            "events_per_s": processed / total_s, "inputs_per_s": stats.inputs / drain_s,
-            "sends_per_s": stats.sent / max(total_s - drain_s, 1e-9), **cpu,
-            # CPU per unit of work (this process: the runtime and the store; the gateway's apart)
-            "events_cpu_us": (cpu["engine_cpu_s"] + cpu["send_cpu_s"]) / max(processed, 1) * 1e6,
-            "input_cpu_us": cpu["engine_cpu_s"] / max(stats.inputs, 1) * 1e6,
-            "send_cpu_us": cpu["send_cpu_s"] / max(stats.sent, 1) * 1e6,
-            "flow_events_per_s": processed / flow_s, "drain_inputs_per_s": stats.inputs / (drain_s - cpu["exits_ingest_s"]),
-            "flow_events_cpu_us": (drain_cpu_s + cpu["send_cpu_s"]) / max(processed, 1) * 1e6,
-            "drain_input_cpu_us": drain_cpu_s / max(stats.inputs, 1) * 1e6,
-            "gateway_send_cpu_us": cpu["gateway_send_cpu_s"] / max(stats.sent, 1) * 1e6, "workers": workers,
+    worker_cpu = cpu.pop("worker_cpu_s", [])
+    return {"events": n + len(exits), "inputs": inputs, "runs_started": started, "runs_advanced": advanced,
+            "sends": sent, "gateway_messages": len(messages), "gateway_duplicate_keys": len(keys) - len(set(keys)),
+            "ingest_s": cpu["ingest_s"], "events_phase_s": total_s, "workers": workers,
+            "runtime": f"{workers} worker processes (serve's FlowWorkers)" if workers else "in the bench process (serve's flow_workers = 0)",
+            "events_per_s": processed / total_s, "flow_events_per_s": processed / flow_s,
+            **cpu,
+            # CPU per unit of work: the runtime's processes (drains, timers and sends, which overlap
+            # as in serve); with the orders' ingest (this process) for events_cpu_us
+            "flow_events_cpu_us": cpu["flows_cpu_s"] / max(processed, 1) * 1e6,
+            "events_cpu_us": (cpu["flows_cpu_s"] + cpu["exits_ingest_cpu_s"]) / max(processed, 1) * 1e6,
+            "input_cpu_us": cpu["flows_cpu_s"] / max(inputs, 1) * 1e6,
+            "gateway_send_cpu_us": cpu["gateway_send_cpu_s"] / max(sent, 1) * 1e6,
             # SQLite: batches decided in a read snapshot and written as planned / found stale and redone
-            "batches_planned": getattr(stats, "planned", 0), "batches_redone": getattr(stats, "redone", 0),
-            # ... and of the drains' CPU, the share spent holding the write lock: with N workers at most
-            # 1 / that share of them can run at once (the rest of a batch is decided outside the lock)
-            "write_lock_cpu_share": getattr(stats, "write_cpu_s", 0.0) / max(drain_cpu_s, 1e-9),
-            "write_wait_s": getattr(stats, "write_wait_s", 0.0), "write_hold_s": getattr(stats, "write_hold_s", 0.0),
-            # each drain worker's CPU per input it applied (its own process), and its busy wall time
-            "worker_input_cpu_us": [w["cpu_s"] / max(w["inputs"], 1) * 1e6 for _, w in sorted(per_worker.items())],
-            "worker_inputs": [int(w["inputs"]) for _, w in sorted(per_worker.items())],
-            # PostgreSQL: the CPU of each worker's server process (its backend) per input it applied
-            # (/proc; clock ticks of 10 ms): the server's share of a drain, on the same cores
-            "worker_server_cpu_us": [w["server_cpu_s"] / max(w["inputs"], 1) * 1e6 for _, w in sorted(per_worker.items())],
-            "worker_busy_s": [w["wall_s"] for _, w in sorted(per_worker.items())]}  # fmt: skip
+            "batches_planned": int(total("planned")), "batches_redone": int(total("redone")),
+            "write_lock_cpu_share": total("write_cpu_s") / max(cpu["flows_cpu_s"], 1e-9),
+            "write_wait_s": total("write_wait_s"), "write_hold_s": total("write_hold_s"),
+            # each worker process's CPU per input it applied, and its inputs
+            "worker_input_cpu_us": [w / max(int(c.get("inputs", 0)), 1) * 1e6 for w, c in zip(worker_cpu, counters)],
+            "worker_inputs": [int(c.get("inputs", 0)) for c in counters] if workers else []}  # fmt: skip
 
 
 def timers_phase(url: str, timers: int, due: int, window: float) -> dict[str, Any]:
@@ -510,12 +483,12 @@ def _engine_url(engine: str, workdir: str | None, name: str) -> Iterator[str]:
 
 
 def run(engine: str, n: int, timers: int, due: int, window: float, workdir: str | None,
-        crash: str | None, phase: str = "all", workers: int = 1) -> dict[str, Any]:  # fmt: skip
+        crash: str | None, phase: str = "all", workers: int | None = None) -> dict[str, Any]:  # fmt: skip
     ev: dict[str, Any] = {}
     tm: dict[str, Any] = {}
     if phase in ("all", "events"):
         with gateway_process() as gw, _engine_url(engine, workdir, "events") as url:
-            ev = events_phase(url, n, gw, workers)
+            ev = events_phase(url, n, gw, serve_default_workers() if workers is None else workers)
     if phase in ("all", "timers"):
         with _engine_url(engine, workdir, "timers") as url:
             tm = timers_phase(url, timers, due, window)
@@ -534,22 +507,26 @@ def run(engine: str, n: int, timers: int, due: int, window: float, workdir: str 
 @click.option("--due", default=10_000, show_default=True, help="How many of them fall due during the run.")
 @click.option("--window", default=20.0, show_default=True, help="Seconds over which those fall due.")
 @click.option("--phase", type=click.Choice(["all", "events", "timers"]), default="all", show_default=True)
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Drain worker processes (each its share of the subscribers); 1: the drain runs in the bench process.")
+@click.option("--workers", default="auto", show_default=True,
+              help="The flows as serve's campaigns.flow_workers runs them: 0, in the bench process; N, N worker "
+                   "processes (serve's supervisor, each its share of the subscribers); auto, serve's default here.")
 @click.option("--crash-json", "crash", default=None, type=click.Path(dir_okay=False),
               help="The crash test's result (lost, duplicates) to include.")
 @click.option("--workdir", default=None, type=click.Path(file_okay=False), help="Where the SQLite files go.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
 @click.pass_context
-def bench_flows(ctx: click.Context, n: int, engine: str, timers: int, due: int, window: float, phase: str, workers: int,
+def bench_flows(ctx: click.Context, n: int, engine: str, timers: int, due: int, window: float, phase: str, workers: str,
                 crash: str | None, workdir: str | None, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
     """Flow runtime: events/s through triggers, exits and sends; timer lag with 1M pending timers."""
     if ctx.invoked_subcommand is not None:
         return
+    count = serve_default_workers() if workers == "auto" else int(workers) if workers.isdigit() else -1
+    if not 0 <= count <= 64:
+        raise click.BadParameter("0 to 64, or auto", param_hint="--workers")
     if n < 1 or timers < 1 or not 1 <= due <= timers or window <= 0:
         raise click.BadParameter("--subscribers >= 1, --timers >= 1, 1 <= --due <= --timers, --window > 0")
-    r = run(engine, n, timers, due, window, workdir, crash, phase, workers)
+    r = run(engine, n, timers, due, window, workdir, crash, phase, count)
     click.echo(f"sluice bench flows: {engine}, {n:,} subscribers, {timers:,} timers ({due:,} due in {window:g} s)")
     for key in ("events_per_s", "inputs_per_s", "sends_per_s", "events_cpu_us", "input_cpu_us", "send_cpu_us",
                 "flow_events_per_s", "drain_inputs_per_s", "flow_events_cpu_us", "drain_input_cpu_us",
@@ -571,15 +548,6 @@ def fake_gateway_cmd(port: int) -> None:
     import uvicorn
 
     uvicorn.run(fake_gateway().asgi(), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off")
-
-
-@bench_flows.command("drain-worker")
-@click.option("--store", "store_url", required=True)
-@click.option("--part", type=int, required=True)
-@click.option("--parts", type=int, required=True)
-def drain_worker(store_url: str, part: int, parts: int) -> None:
-    """Drain this share of the inputs whenever a line ``drain`` arrives on stdin (``--workers``)."""
-    drain_worker_main(store_url, part, parts)
 
 
 @bench_flows.command("worker")

@@ -24,13 +24,14 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Annotated, Any
+import os
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from campaigns.errors import ConfigError, schema_field
 
-__all__ = ["CampaignSettings", "SignupSettings", "TenantSettings", "from_table", "load", "loads", "missing_environment"]
+__all__ = ["AUTO_FLOW_WORKERS_MAX", "CampaignSettings", "SignupSettings", "TenantSettings", "from_table", "load", "loads", "missing_environment"]
 
 
 class SignupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -115,6 +116,9 @@ class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError(f"tenant {self.name!r}: give exactly one of key_sha256 and key_env")
 
 
+AUTO_FLOW_WORKERS_MAX = 2  # flow_workers = "auto": one per CPU up to this many (docs/BENCHMARKS.md)
+
+
 class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     store_url: str = "sqlite:///campaigns.db"
     host: str = "127.0.0.1"
@@ -134,6 +138,12 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # Flows (issue 19): how often the runtime looks for queued inputs and due timers when nothing
     # woke it (a reply or an event wakes it at once).
     flows_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
+    # Where the flow runtime runs (docs/CAMPAIGNS-FLOWS.md, "Several workers"): 0, in the serve
+    # process (one runtime); N, N child processes supervised by serve, worker p of N draining the
+    # inputs, firing the timers and posting the sends of the subscribers id % N == p (a reply is
+    # still applied by serve, the process that receives it); "auto", one per CPU, at most
+    # ``AUTO_FLOW_WORKERS_MAX`` (measured: docs/BENCHMARKS.md, "Flows: the workers serve runs").
+    flow_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] | Literal["auto"] = "auto"
     # The short domains' own listener (campaigns/service/short_http.py): GET|HEAD /{code} only, without
     # the API's framework. None: off (the API's port still answers /{code} and /l/{code}); 0: any port.
     short_link_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
@@ -157,6 +167,12 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
         names = [t.name for t in self.tenants]
         if len(set(names)) != len(names):
             raise ValueError("tenants: a name appears twice")
+
+    def flow_worker_count(self, cpus: int | None = None) -> int:
+        """How many flow worker processes ``serve`` runs (0: the runtime in the serve process)."""
+        if self.flow_workers != "auto":
+            return self.flow_workers
+        return max(1, min(AUTO_FLOW_WORKERS_MAX, cpus if cpus is not None else (os.cpu_count() or 1)))
 
 
 

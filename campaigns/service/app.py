@@ -13,7 +13,7 @@ import html
 import io
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
@@ -272,7 +272,7 @@ _inbound_decoder = msgspec.json.Decoder(InboundIn)
 
 def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink | None = None,
                secrets: Mapping[str, str] | None = None, extra_handlers: list[Any] | None = None,
-               inbox: Any = None) -> Litestar:  # fmt: skip
+               inbox: Any = None, health: Callable[[], dict[str, Any]] | None = None) -> Litestar:  # fmt: skip
     """The API over ``audience``; ``keys`` maps key SHA-256 -> tenant (``tenant_keys``). With ``link``,
     ``POST /v1/gateway/{tenant}/inbound`` takes the gateway's signed inbound webhooks (``secrets``).
     With ``inbox`` (``campaigns.service.inbox.Inbox``), the inbox routes; it reads the flow runtime
@@ -505,8 +505,9 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
         return await audience.import_csv(tenant, decode_csv(await request.body()), file_name=file_name)
 
     @get("/healthz", dependencies={})
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, Any]:
+        """Liveness; with flow worker processes (``flow_workers``), which are alive and how often restarted."""
+        return {"status": "ok", **(health() if health is not None else {})}
 
     handlers = [put_subscriber, list_subscribers, get_subscriber, get_member_segments, post_tags, post_consent, get_ledger, get_proof,
                 post_event, post_events_bulk, post_segment, put_segment, validate_segment, list_segments, get_segment,

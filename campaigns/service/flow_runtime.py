@@ -447,8 +447,10 @@ class FlowRuntime:
         return taken
 
     def wake(self) -> None:
-        """New inputs were queued (an event, a consent change): run a round now."""
+        """New inputs were queued, or sends recorded by another process (a reply applied by serve
+        while this runtime is a worker process): run a round and post the outbox now."""
         self._wake.set()
+        self._sends.set()
 
     # ---- one round ---------------------------------------------------------------------------------
     async def round(self) -> int:
@@ -495,9 +497,9 @@ class FlowRuntime:
                         for m in ms:
                             tg.start_soon(one, m)
                         return
-                    for m, outcome in zip(ms, outcomes):
-                        if outcome is not None and outcome[0] == "sent":
-                            await self._to_history(m)
+                    # the batch's sends in their conversations' history, one transaction (before
+                    # their rows are marked: a crash re-posts and re-records, idempotently)
+                    await self._to_history_many([m for m, o in zip(ms, outcomes) if o is not None and o[0] == "sent"])
                 for m, outcome in zip(ms, outcomes):
                     if outcome is not None:
                         results.append((m.tenant, m.key, *outcome))
@@ -557,6 +559,18 @@ class FlowRuntime:
         except CampaignError as exc:
             log.warning("flow.history.failed key=%s error=%s", m.key, exc)
 
+    async def _to_history_many(self, ms: Sequence[FlowMessage]) -> None:
+        """``_to_history`` of a batch's sends in one store transaction (one commit: one a send cost a
+        durable commit each on PostgreSQL, docs/BENCHMARKS.md, "Flows: the workers serve runs")."""
+        if self.inbox is None or not ms:
+            return
+        now = self.clock()
+        try:
+            await self.inbox.record_sent_many(ms[0].tenant, [(m.recipient, m.key, m.body, now, f"flow:{m.flow_id}")
+                                                             for m in ms])  # fmt: skip
+        except CampaignError as exc:
+            log.warning("flow.history.failed keys=%s.. error=%s", ms[0].key, exc)
+
     async def _post(self, m: FlowMessage) -> tuple[str, str | None, str | None] | None:
         """(state, message id, detail), or None to retry later."""
         try:
@@ -591,7 +605,8 @@ class FlowRuntime:
 
     # ---- periodic scans (birthday, no order for N days) ------------------------------------------
     async def scan(self, now: float) -> int:
-        """Queue today's birthday and win-back triggers of every tenant's enabled flows."""
+        """Apply today's birthday and win-back triggers of every tenant's enabled flows (this worker's
+        share of the subscribers: with several workers, each scans for its own)."""
         fed = 0
         for tenant in self.tenant_names:
             fed += await anyio.to_thread.run_sync(self._scan_tenant, tenant, now)
@@ -606,7 +621,10 @@ class FlowRuntime:
                                "ON t.tenant = s.tenant AND t.subscriber_id = s.id WHERE s.tenant = ? AND "
                                "s.consent = 'confirmed'", (tenant,))  # fmt: skip
         inputs: list[tuple[int, F.Event]] = []
+        part, parts = self.worker.part, self.worker.parts
         for sid, birthday, last_order in rows:
+            if int(sid) % parts != part:
+                continue  # another worker's subscriber: its inputs are that worker's to apply, in order
             for d in birthdays:
                 if (e := flow_inputs.birthday_due(birthday, d, now)) is not None:
                     inputs.append((int(sid), e))
@@ -694,6 +712,7 @@ def runtime_tenants(settings: Any, links_by_tenant: Mapping[str, TenantLinks]) -
     return out
 
 
-def install_state(app: Any, runtime: FlowRuntime) -> None:
-    """Register the runtime as the app's ``reply_router`` (the inbox's inbound handler asks it)."""
+def install_state(app: Any, runtime: ReplyRouter) -> None:
+    """Register the runtime (or serve's ``RepliesHere`` in front of it) as the app's ``reply_router``
+    (the inbox's inbound handler asks it)."""
     app.state.reply_router = runtime

@@ -36,9 +36,10 @@ until then ``NoRunWaits`` answers False (every reply of a subscriber goes to the
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, Protocol
 
 import anyio
@@ -233,6 +234,13 @@ class Inbox:
                                   lambda c: (C.record_sent(c, message_id, text, at, by, kind=kind), []),
                                   now=self.clock(), message_id=message_id)  # fmt: skip
         return applied.new
+
+    async def record_sent_many(self, tenant: str, sent: Sequence[tuple[str, str, str, float, str]]) -> int:
+        """``record_sent`` for several messages, ``(phone, message_id, text, at, by)``, in one store
+        transaction (a batch of flow sends: one commit, not one a send). Idempotent by each message id."""
+        changes = [(phone, functools.partial(_record_flow_sent, mid, text, at, by), mid)
+                   for phone, mid, text, at, by in sent]  # fmt: skip
+        return int(await self._run(self.store.conversations_record, tenant, changes, now=self.clock()))
 
     # ---- people's actions --------------------------------------------------------------------------
     async def conversation(self, tenant: str, conversation_id: int) -> ConversationRow:
@@ -460,3 +468,7 @@ def inbox_handlers(inbox: Inbox, canonical: Callable[[str, str], str] | None = N
 
     return [list_conversations, get_conversation, conversation_messages, assign_conversation, close_conversation,
             reopen_conversation, answer_conversation, inbox_figures]  # fmt: skip
+
+
+def _record_flow_sent(message_id: str, text: str, at: float, by: str, c: C.Conversation) -> tuple[C.Conversation, list[Any]]:
+    return C.record_sent(c, message_id, text, at, by, kind="flow"), []

@@ -23,6 +23,7 @@ from campaigns.service.audience import Audience
 from campaigns.service.campaign_api import campaign_handlers, redirect_front
 from campaigns.service.flow_api import FlowService, flow_handlers
 from campaigns.service.flow_runtime import FlowRuntime, install_state, runtime_tenants
+from campaigns.service.flow_workers import FlowWorkers
 from campaigns.service.launch import Launcher, TenantLinks, freeze_chunk_for
 from campaigns.service.short_http import ShortLinkServer, serve_short_links
 from campaigns.service.tracking import Tracker
@@ -66,6 +67,21 @@ def callback_urls(settings: CampaignSettings) -> dict[str, str]:
         return {}
     base = settings.public_url.rstrip("/")
     return {t.name: f"{base}/v1/gateway/{t.name}/events" for t in settings.tenants}
+
+
+class RepliesHere:
+    """The ReplyRouter of a serve whose flow rounds run in worker processes: a reply is applied by
+    this process (``FlowRuntime.offer_reply``: one store transaction, as a worker's), then the
+    subscriber's worker is poked, so a send the reply recorded is posted at once, not at its next poll."""
+
+    def __init__(self, flows: FlowRuntime, workers: FlowWorkers) -> None:
+        self.flows, self.workers = flows, workers
+
+    async def offer_reply(self, tenant: str, subscriber_id: int, message_id: str, text: str, now: float) -> bool:
+        taken = await self.flows.offer_reply(tenant, subscriber_id, message_id, text, now)
+        if taken:
+            self.workers.wake(subscriber_id)
+        return taken
 
 
 async def _short_links(short: ShortLinkServer, settings: CampaignSettings, on_ready: Callable[[int], None] | None,
@@ -113,10 +129,17 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     if launch_store is not store:  # range codes resolve on either connection (launch.py sets the launcher's)
         store.set_link_keys({name: t.key for name, t in links.items()})
     flows = FlowRuntime(store, clients, runtime_tenants(settings, links), time.time, inbox=inbox)
+    # flow_workers = N: the runtime's rounds in N supervised child processes, each its share of the
+    # subscribers (flow_workers.py); this process keeps ``flows`` for the replies it receives.
+    n_workers = settings.flow_worker_count()
+    workers = FlowWorkers(settings, gateway_url or settings.gateway_url, env, n_workers) if n_workers else None
     app = create_app(audience, tenant_keys(settings, env), link=link, secrets=secrets, inbox=inbox,
                      extra_handlers=[*campaign_handlers(launcher, tracker, secrets, inbox=inbox),
-                                     *flow_handlers(FlowService(store, time.time))])  # fmt: skip
-    install_state(app, flows)  # the inbox offers each reply to the runs waiting for one (ReplyRouter)
+                                     *flow_handlers(FlowService(store, time.time))],
+                     health=(lambda: {"flow_workers": workers.health()}) if workers is not None else None)  # fmt: skip
+    # The inbox offers each reply to the runs waiting for one (ReplyRouter): applied here, by the
+    # process that received it; with workers, the subscriber's worker is poked to post its sends.
+    install_state(app, flows if workers is None else RepliesHere(flows, workers))
     front = body_deadline(redirect_front(app, tracker), settings.body_timeout_s)
     server = uvicorn.Server(uvicorn.Config(front, host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False))  # fmt: skip
@@ -136,7 +159,11 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
                 on_ready(bound)
             tg.start_soon(lambda: link.run(interval=settings.sync_interval))
             tg.start_soon(audience.run_membership)  # bulk ingest answers at commit; membership follows
-            tg.start_soon(lambda: flows.run(interval=settings.flows_interval))
+            if workers is None:
+                tg.start_soon(lambda: flows.run(interval=settings.flows_interval))
+            else:
+                tg.start_soon(workers.run)
+                log.info("campaigns.flow_workers workers=%d", n_workers)
             tg.start_soon(tracker.run_flusher)  # buffered clicks: written every few ms (tracking.py)
             if settings.short_link_port is not None:  # the short domains' own listener (short_http.py)
                 short = ShortLinkServer(tracker, head_timeout=settings.short_link_head_timeout_s,
@@ -150,6 +177,8 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             await anyio.sleep_forever()
     finally:
         gc.unfreeze()
+        if workers is not None:
+            await workers.aclose()
         tracker.close()
         await flows.aclose()
         for c in clients.values():

@@ -265,6 +265,7 @@ class Store(Protocol):
     def conversation_apply(self, tenant: str, key: int | str, change: Change, *, now: float,
                            message_id: str | None = None, route: Any = None, our_number: str | None = None,
                            answer_request: bytes | None = None) -> ConversationApplied: ...  # fmt: skip
+    def conversations_record(self, tenant: str, changes: Sequence[tuple[str, Change, str]], *, now: float) -> int: ...
     def answer_state(self, tenant: str, message_id: str, *, state: str, at: float, gateway_id: str | None = None,
                      error: str | None = None) -> bool: ...  # fmt: skip
     def answer_state_by_gateway_id(self, tenant: str, gateway_id: str, *, state: str, at: float) -> bool: ...

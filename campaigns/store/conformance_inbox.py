@@ -142,5 +142,25 @@ def check_history_includes_campaign_sends(store: Store) -> None:
     assert store.conversation_history("beta", conv.id) == []
 
 
+def check_flow_sends_recorded_in_one_transaction(store: Store) -> None:
+    """``conversations_record`` (a batch of flow sends in their histories, one transaction) leaves
+    what the same sends recorded one by one leave; a key recorded before adds nothing."""
+    def sent(mid: str, text: str, at: float):  # type: ignore[no-untyped-def]
+        return lambda c: (C.record_sent(c, mid, text, at, "flow:cart", kind="flow"), [])
+
+    _ask(store, "acme", A, "mo:1", "hello?", T0)  # A's conversation exists (and waits for a reply); B's and U's do not
+    store.conversation_apply("acme", B, sent("flow-1-1", "one", T0 + 1), now=T0 + 1, message_id="flow-1-1")
+    batch = [(U, sent("flow-3-1", "three", T0 + 2), "flow-3-1"), (A, sent("flow-2-1", "two", T0 + 2), "flow-2-1"),
+             (B, sent("flow-1-1", "one", T0 + 1), "flow-1-1"), (B, sent("flow-1-2", "one more", T0 + 3), "flow-1-2")]
+    assert store.conversations_record("acme", batch, now=T0 + 5) == 3  # flow-1-1 was recorded before
+    assert store.conversations_record("acme", batch, now=T0 + 6) == 0  # a re-post of the batch: nothing new
+    assert store.conversations_record("acme", [], now=T0 + 6) == 0
+    hist = {p: [(i.kind, i.text) for _, i in store.conversation_history("acme", store.conversation_by_phone("acme", p).id)]  # type: ignore[union-attr]
+            for p in (A, B, U)}  # fmt: skip
+    assert hist == {A: [("reply", "hello?"), ("flow", "two")], B: [("flow", "one"), ("flow", "one more")], U: [("flow", "three")]}
+    assert store.conversation_by_phone("acme", A).status == "needs_reply"  # type: ignore[union-attr]  # a flow send answers nobody
+
+
 INBOX_CHECKS = [check_conversations_once_per_phone, check_routes_and_opt_outs, check_answers_and_states,
-                check_queue_listing, check_history_includes_campaign_sends]  # fmt: skip
+                check_queue_listing, check_history_includes_campaign_sends,
+                check_flow_sends_recorded_in_one_transaction]  # fmt: skip

@@ -145,51 +145,68 @@ class InboxSql:
         phone: created if new) in one transaction. ``message_id``: the message the change may add
         (its stored row, if any, is in the head the change sees). ``answer_request``: for an answer,
         the gateway request body to keep with it (``AnswerSend.key`` becomes its ``gateway_key``)."""
-        lock = " FOR UPDATE OF c" if self.engine == "postgres" else ""
         with self._tx() as tx:
-            if isinstance(key, str):
-                tx.run("INSERT INTO conversations (tenant, phone, our_number, created_at, last_at) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT (tenant, phone) DO NOTHING", (tenant, key, our_number, now, now))  # fmt: skip
-                row = tx.one(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = ? AND c.phone = ?{lock}", (tenant, key))
-            else:
-                row = tx.one(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = ? AND c.id = ?{lock}", (tenant, key))
-            if row is None:
-                raise NotFound(f"no conversation {key}", code="conversation_not_found")
-            cid = row[0]
-            seen = None
-            if message_id is not None:
-                seen = tx.one(f"SELECT {_MSG_COLS} FROM conversation_messages WHERE tenant = ? AND message_id = ?",
-                              (tenant, message_id))  # fmt: skip
-            head = C.Conversation(subscriber_id=row[10] or 0, needs_reply=bool(row[3]), waiting_since=row[4],
-                                  closed=bool(row[5]), assignee=row[6],
-                                  opted_out=_opted_out(row[7], row[10], row[11]),
-                                  messages=(C.Message(id=message_id, direction=seen[1], text=seen[3], at=seen[4]),)
-                                  if seen is not None and message_id is not None else ())  # fmt: skip
-            after, actions = change(head)
-            added = after.messages[len(head.messages):]
-            keys = {a.key for a in actions if isinstance(a, C.AnswerSend)}
-            for m in added:
-                answer = m.kind == "answer"
-                tx.run("INSERT INTO conversation_messages (tenant, conversation_id, message_id, direction, kind, text, at, "
-                       "by_whom, route, gateway_key, request, state, state_at, response_s) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (tenant, cid, m.id, m.direction, m.kind, m.text, m.at, m.by,
-                        _route_name(route) if m.direction == "in" else None,
-                        next(iter(keys), None) if answer else None,
-                        answer_request.decode() if answer and answer_request is not None else None,
-                        "sending" if answer else None, now if answer else None,
-                        after.response_times[-1] if answer and len(after.response_times) > len(head.response_times)
-                        else None))  # fmt: skip
-            tx.run("UPDATE conversations SET needs_reply = ?, waiting_since = ?, closed = ?, assignee = ?, opted_out = ?, "
-                   "our_number = COALESCE(?, our_number), last_at = ? WHERE tenant = ? AND id = ?",
-                   (int(after.needs_reply), after.waiting_since, int(after.closed), after.assignee,
-                    int(after.opted_out) if after.opted_out != head.opted_out else int(row[7]), our_number, max(row[9], now) if added else row[9], tenant, cid))  # fmt: skip
-            row = tx.one(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = ? AND c.id = ?", (tenant, cid))
-            stored = None
-            if message_id is not None:
-                one = tx.one(f"SELECT {_MSG_COLS} FROM conversation_messages WHERE tenant = ? AND message_id = ?",
-                             (tenant, message_id))  # fmt: skip
-                stored = _item(one) if one is not None else None
+            return self._conversation_apply_in(tx, tenant, key, change, now=now, message_id=message_id, route=route,
+                                               our_number=our_number, answer_request=answer_request)  # fmt: skip
+
+    def conversations_record(self, tenant: str, changes: Sequence[tuple[str, Change, str]], *, now: float) -> int:
+        """Several ``conversation_apply`` by phone in one transaction (a batch of flow sends recorded
+        in their conversations' history, one commit instead of one each): ``(phone, change,
+        message_id)``, applied in phone order (two batches lock their conversations in one order on
+        PostgreSQL). Returns how many added a message (a key recorded before adds nothing)."""
+        if not changes:
+            return 0
+        with self._tx() as tx:
+            return sum(self._conversation_apply_in(tx, tenant, phone, change, now=now, message_id=mid).new
+                       for phone, change, mid in sorted(changes, key=lambda c: (c[0], c[2])))  # fmt: skip
+
+    def _conversation_apply_in(self, tx: Any, tenant: str, key: int | str, change: Change, *, now: float,
+                               message_id: str | None = None, route: C.Route | None = None,
+                               our_number: str | None = None, answer_request: bytes | None = None) -> ConversationApplied:  # fmt: skip
+        lock = " FOR UPDATE OF c" if self.engine == "postgres" else ""
+        if isinstance(key, str):
+            tx.run("INSERT INTO conversations (tenant, phone, our_number, created_at, last_at) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT (tenant, phone) DO NOTHING", (tenant, key, our_number, now, now))  # fmt: skip
+            row = tx.one(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = ? AND c.phone = ?{lock}", (tenant, key))
+        else:
+            row = tx.one(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = ? AND c.id = ?{lock}", (tenant, key))
+        if row is None:
+            raise NotFound(f"no conversation {key}", code="conversation_not_found")
+        cid = row[0]
+        seen = None
+        if message_id is not None:
+            seen = tx.one(f"SELECT {_MSG_COLS} FROM conversation_messages WHERE tenant = ? AND message_id = ?",
+                          (tenant, message_id))  # fmt: skip
+        head = C.Conversation(subscriber_id=row[10] or 0, needs_reply=bool(row[3]), waiting_since=row[4],
+                              closed=bool(row[5]), assignee=row[6],
+                              opted_out=_opted_out(row[7], row[10], row[11]),
+                              messages=(C.Message(id=message_id, direction=seen[1], text=seen[3], at=seen[4]),)
+                              if seen is not None and message_id is not None else ())  # fmt: skip
+        after, actions = change(head)
+        added = after.messages[len(head.messages):]
+        keys = {a.key for a in actions if isinstance(a, C.AnswerSend)}
+        for m in added:
+            answer = m.kind == "answer"
+            tx.run("INSERT INTO conversation_messages (tenant, conversation_id, message_id, direction, kind, text, at, "
+                   "by_whom, route, gateway_key, request, state, state_at, response_s) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (tenant, cid, m.id, m.direction, m.kind, m.text, m.at, m.by,
+                    _route_name(route) if m.direction == "in" else None,
+                    next(iter(keys), None) if answer else None,
+                    answer_request.decode() if answer and answer_request is not None else None,
+                    "sending" if answer else None, now if answer else None,
+                    after.response_times[-1] if answer and len(after.response_times) > len(head.response_times)
+                    else None))  # fmt: skip
+        tx.run("UPDATE conversations SET needs_reply = ?, waiting_since = ?, closed = ?, assignee = ?, opted_out = ?, "
+               "our_number = COALESCE(?, our_number), last_at = ? WHERE tenant = ? AND id = ?",
+               (int(after.needs_reply), after.waiting_since, int(after.closed), after.assignee,
+                int(after.opted_out) if after.opted_out != head.opted_out else int(row[7]), our_number, max(row[9], now) if added else row[9], tenant, cid))  # fmt: skip
+        row = tx.one(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = ? AND c.id = ?", (tenant, cid))
+        stored = None
+        if message_id is not None:
+            one = tx.one(f"SELECT {_MSG_COLS} FROM conversation_messages WHERE tenant = ? AND message_id = ?",
+                         (tenant, message_id))  # fmt: skip
+            stored = _item(one) if one is not None else None
         assert row is not None
         return ConversationApplied(conversation=_conv_row(tenant, row), actions=list(actions), new=bool(added), message=stored)
 

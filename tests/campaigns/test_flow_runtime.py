@@ -900,3 +900,30 @@ def test_a_drained_batch_is_freed_without_the_cyclic_collector_and_gc_is_resumed
             assert gc.isenabled()
         finally:
             store.close()
+
+
+async def test_each_worker_s_scan_starts_the_runs_of_its_own_share_only(store: Store) -> None:
+    """With several workers (serve's ``flow_workers``), each runs the periodic scans: each applies
+    the birthday and win-back triggers of its own subscribers (``id % parts == part``) only, so one
+    subscriber's inputs are still applied by one worker."""
+    clock, gw = Clock(), FakeGateway()
+    await install(store, clock, "win_back")
+    sids = [subscriber(store, i) for i in range(1, 7)]
+    for i, sid in enumerate(sids, 1):
+        store.apply_event("acme", OrderEvent(id=f"o{i}", at=T0, order_id=f"o{i}", phone=phone(i), total=100,
+                                             currency="USD", payment_status="paid"), phone=phone(i), now=T0)  # fmt: skip
+    client = GatewayClient("http://gateway.test", "key", transport=gw.transport())
+    workers = [FlowRuntime(store, {"acme": client}, {"acme": TenantFlows(sender="ACME")}, clock, part=p, parts=2)
+               for p in (0, 1)]  # fmt: skip
+    clock.now = T0 + 91 * DAY
+
+    def won_back() -> set[int]:
+        return {r.subscriber_id for sid in sids for r in store.flow_run_rows("acme", subscriber_id=sid)
+                if r.flow_id == "win_back"}  # fmt: skip
+
+    while await workers[0].round():  # the inputs of the orders (this share's), then nothing
+        pass
+    await workers[0].scan(clock.now)
+    assert won_back() == {s for s in sids if s % 2 == 0}
+    await workers[1].scan(clock.now)
+    assert won_back() == set(sids)
