@@ -32,7 +32,7 @@ _PLAN_STATS: dict[str, dict[str, str]] = {
     "order_items": {"order_items_segment": "10000000 10000000 1000000 1 1 1", "order_items_order": "10000000 10000000 1"},
     "checkouts": {"checkouts_segment_abandoned": "250000 250000 2 1", "checkouts_open": "250000 250000 2",
                   "checkouts_subscriber": "250000 250000 2", "sqlite_autoindex_checkouts_1": "250000 250000 1"},
-    "activities": {"activities_segment": "2000000 2000000 500000 1 1", "activities_kind": "2000000 2000000 500000 1",
+    "activities": {"activities_segment": "2000000 2000000 500000 1 1",
                    "activities_subscriber": "2000000 2000000 2 1 1"},
     "consent_ledger": {"consent_ledger_action": "2000000 2000000 500000 1", "consent_ledger_subscriber": "2000000 2000000 2 1"},
     # a store made before 2026-12-07 keeps these two as rowid tables with a key index (the first
