@@ -111,3 +111,37 @@ def test_activities_keep_no_index_that_another_one_prefixes(store_url: str) -> N
         assert store.count_where(T, where, params) == 2  # clicks 0 and 1 days ago: +3361...0, +3361...1
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("path", ["batch", "one"])
+def test_a_new_order_changes_only_the_aggregates_it_names(store_url: str, path: str) -> None:
+    """``Applied.changed`` of a new order names the aggregates it may change (``new_order_changes``):
+    the live membership re-evaluates only the segments that read one of them. Every other aggregate
+    is the same after it (the last click, message, reply; the last abandoned checkout without one)."""
+    from campaigns.core.events import CheckoutEvent
+    from campaigns.core.segments import FIELDS
+
+    store = open_store(store_url)
+    try:
+        A, t = _phone(1), NOW - 5 * 86_400
+        setup = [ActivityEvent(id="c", at=t, phone=A, kind="clicked"), ActivityEvent(id="r", at=t + 1, phone=A, kind="replied"),
+                 ActivityEvent(id="m", at=t + 2, phone=A, kind="message_sent"),
+                 CheckoutEvent(id="k", at=t + 3, phone=A, checkout_id="k1", status="abandoned", value=500),
+                 _order(1, 0, t + 4)]  # fmt: skip
+        sid = [store.apply_event(T, e, phone=A, now=t + 10) for e in setup][-1].subscriber_id
+        assert sid is not None
+        before = store.stats(T, sid)
+        new = [_order(1, 1, NOW - 60), _order(1, 2, NOW - 30)]
+        if path == "batch":
+            got = store.apply_events(T, [(e, A) for e in new], now=NOW)
+        else:
+            got = [store.apply_event(T, e, phone=A, now=NOW) for e in new]
+        after = store.stats(T, sid)
+        named = {c.split(".", 1)[1] for r in got for c in r.changed if c.startswith("subscriber_stats.")}
+        assert all(r.outcome == "applied" and "subscriber_stats" not in r.changed for r in got)
+        stats_fields = [f for f, spec in FIELDS.items() if spec.table == "subscriber_stats"]
+        assert {f for f in stats_fields if getattr(after, f) != getattr(before, f)} <= named
+        assert {"orders_count", "total_spent", "last_order_at"} <= {f for f in stats_fields if getattr(after, f) != getattr(before, f)}
+        assert after.last_click_at == before.last_click_at and after.last_abandoned_checkout_at == before.last_abandoned_checkout_at
+    finally:
+        store.close()
