@@ -34,6 +34,7 @@ offending node (``$.all[2].any[0].value``)::
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -786,6 +787,7 @@ def new_order_changes(categories: Iterable[str | None], checkout: bool = False) 
                       *(f"order_items.category.{c or ''}" for c in categories), *(("checkouts",) if checkout else ())})  # fmt: skip
 
 
+@functools.lru_cache(maxsize=4096)  # a pass asks it for every segment and every distinct change set
 def affected_by(deps: frozenset[str], changed: frozenset[str]) -> bool:
     """Whether a change to ``changed`` (table names, e.g. ``Applied.changed``; or finer: ``activities.<kind>``,
     ``new_order_changes``) may change a segment with these ``dependencies``: re-evaluate it for that
