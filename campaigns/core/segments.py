@@ -54,6 +54,7 @@ __all__ = [
     "AllOf",
     "AnyOf",
     "affected_by",
+    "affected_each",
     "new_order_changes",
     "walk",
     "Attribute",
@@ -782,9 +783,21 @@ def new_order_changes(categories: Iterable[str | None], checkout: bool = False) 
     an order's upkeep writes (``checkout``: it completes one, so the last abandoned checkout and the
     checkouts too). A change to a stored order names ``orders``, ``order_items`` and
     ``subscriber_stats`` whole."""
+    return _order_changes(tuple(sorted({c or "" for c in categories})), checkout)
+
+
+@functools.lru_cache(maxsize=1024)  # once per distinct set of categories: the ingest asks it per order
+def _order_changes(categories: tuple[str, ...], checkout: bool) -> frozenset[str]:
     stats = (*_ORDER_STATS, "last_abandoned_checkout_at") if checkout else _ORDER_STATS
     return frozenset({"orders.new", *(f"subscriber_stats.{f}" for f in stats),
-                      *(f"order_items.category.{c or ''}" for c in categories), *(("checkouts",) if checkout else ())})  # fmt: skip
+                      *(f"order_items.category.{c}" for c in categories), *(("checkouts",) if checkout else ())})  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def affected_each(deps: tuple[frozenset[str], ...], changed: frozenset[str]) -> tuple[bool, ...]:
+    """``affected_by`` for each of ``deps`` (a tenant's segments): one look-up per distinct change set
+    of a pass, not one per segment and change set."""
+    return tuple(affected_by(d, changed) for d in deps)
 
 
 @functools.lru_cache(maxsize=4096)  # a pass asks it for every segment and every distinct change set
