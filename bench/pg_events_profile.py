@@ -101,14 +101,20 @@ def server_cpu(pids: list[int]) -> float:
 
 
 def profile(n: int, m: int, batches: int, batch: int, seed: int, fillfactor: int = 100,
-            fillfactor_tables: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
-    settings = {"fsync": "off", "synchronous_commit": "off", "shared_buffers": "512MB", "work_mem": "64MB",
+            fillfactor_tables: tuple[str, ...] = (), ddl: tuple[str, ...] = (), durable: bool = False) -> dict[str, Any]:  # fmt: skip
+    settings = {"shared_buffers": "512MB", "work_mem": "64MB",
                 "shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}  # fmt: skip
+    if not durable:
+        settings.update({"fsync": "off", "synchronous_commit": "off"})
     with postgres.throwaway_postgres(settings, prefix="sluice-bench-pg-") as url:
         store = open_store(url)
         for table in fillfactor_tables:  # an experiment: room on each page for HOT updates
             store._conn.execute(f"ALTER TABLE {table} SET (fillfactor = {fillfactor})")
         _load_postgres(url, Audience(n, m, seed))
+        for stmt in ddl:  # an experiment: a schema change after the load (an index dropped ...)
+            store._conn.execute(stmt)
+        if ddl:
+            store._conn.execute("VACUUM ANALYZE")
         r = random.Random(seed + 1)
         lines = [_order_line(k, r, n) for k in range(batches * batch)]
         events = [decode_event(x) for x in lines]
@@ -119,7 +125,8 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, fillfactor: int
         spent: dict[str, list[float]] = {}
         store._conn.cursor_factory = _timed_cursor(backend, spent)
         store._conn.execute("SELECT pg_stat_statements_reset()")
-        c0, b0, s0, t0 = time.process_time(), cpu_seconds(backend), server_cpu(pids), time.perf_counter()
+        lsn0 = store._conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        c0, b0, s0, t0 = time.process_time(), proc_ns(backend) / 1e9, server_cpu(pids), time.perf_counter()
         walls = []
         for i in range(1, batches):
             chunk = [(e, e.phone) for e in events[i * batch:(i + 1) * batch]]
@@ -127,8 +134,9 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, fillfactor: int
             store.apply_events(TENANT, chunk, now=NOW)
             walls.append(time.perf_counter() - t)
         done = (batches - 1) * batch
-        client, back, server, wall = (time.process_time() - c0, cpu_seconds(backend) - b0, server_cpu(pids) - s0,
+        client, back, server, wall = (time.process_time() - c0, proc_ns(backend) / 1e9 - b0, server_cpu(pids) - s0,
                                       time.perf_counter() - t0)  # fmt: skip
+        wal = store._conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (lsn0,)).fetchone()[0]
         rows = store._conn.execute(
             "SELECT calls, total_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 110) FROM "
             "pg_stat_statements WHERE query NOT ILIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC").fetchall()
@@ -141,7 +149,7 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, fillfactor: int
     calls = sum(r[0] for r in rows)
     return {"events": done, "events_per_s": done / wall, "batch_wall_p50_ms": statistics.median(walls) * 1e3,
             "client_cpu_us_per_event": client / done * 1e6, "backend_cpu_us_per_event": back / done * 1e6,
-            "server_cpu_us_per_event": server / done * 1e6, "statements_per_batch": calls / (batches - 1),
+            "server_cpu_us_per_event": server / done * 1e6, "wal_bytes_per_event": float(wal) / done, "statements_per_batch": calls / (batches - 1),
             "by_statement": per, "updates_hot": hot, "statements": [{"calls_per_batch": c / (batches - 1), "ms_per_batch": t / (batches - 1), "rows": rr, "query": q}
                            for c, t, rr, q in rows[:25]]}  # fmt: skip
 
@@ -154,10 +162,12 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, fillfactor: int
 @click.option("--seed", default=1, show_default=True)
 @click.option("--fillfactor", default=100, show_default=True)
 @click.option("--fillfactor-table", "tables", multiple=True)
+@click.option("--ddl", multiple=True, help="A statement run after the load (an experiment: an index dropped ...).")
+@click.option("--durable", is_flag=True, help="fsync and synchronous_commit on (as the audience bench's server).")
 @click.option("--json", "json_path", default=None)
 def main(n: int, m: int, batches: int, batch: int, seed: int, fillfactor: int, tables: tuple[str, ...],
-         json_path: str | None) -> None:  # fmt: skip
-    out = profile(n, m, batches, batch, seed, fillfactor, tables)
+         ddl: tuple[str, ...], durable: bool, json_path: str | None) -> None:  # fmt: skip
+    out = profile(n, m, batches, batch, seed, fillfactor, tables, ddl, durable)
     for k, v in out.items():
         if k not in ("statements", "by_statement", "updates_hot"):
             click.echo(f"  {k:<28} {v:>12,.1f}")

@@ -34,9 +34,10 @@ offending node (``$.all[2].any[0].value``)::
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal, NamedTuple, Union
 
 import msgspec
@@ -53,6 +54,8 @@ __all__ = [
     "AllOf",
     "AnyOf",
     "affected_by",
+    "affected_each",
+    "new_order_changes",
     "walk",
     "Attribute",
     "Event",
@@ -751,6 +754,13 @@ def dependencies(seg: Segment) -> frozenset[str]:
                 deps.add("subscribers.attributes")
             case Tag():
                 deps.add("subscriber_tags")
+            case Event(source="item", where=where, within_days=within) if where and all(c == "category" for c, _ in where):
+                # items of these categories only: a new order without one of them cannot change it (its
+                # rows are the items of those categories; each orders row it reads through one of them)
+                deps.update(f"order_items.category.{v}" for _, values in where for v in values)
+                deps.add("orders.stored")  # a stored order changed (its owner, time or status): ``orders``
+                if within is not None:
+                    deps.add("clock")
             case Event(source=source, kind=kind, within_days=within):
                 deps.update({"order": ("orders",), "item": ("orders", "order_items"), "checkout": ("checkouts",),
                              "activity": (f"activities.{kind}",)}[source])  # fmt: skip
@@ -759,13 +769,48 @@ def dependencies(seg: Segment) -> frozenset[str]:
     return frozenset(deps)
 
 
+# The aggregates an order's upkeep writes (``campaigns.core.aggregates``: its figures, then the scores,
+# which read the instants of the last order, click and reply as of ``now``); not the last click,
+# message or reply themselves.
+_ORDER_STATS = ("orders_count", "total_spent", "first_order_at", "last_order_at", "avg_order_value",
+                "last_order_payment_status", "rfm_r", "rfm_f", "rfm_m", "engagement")  # fmt: skip
+
+
+def new_order_changes(categories: Iterable[str | None], checkout: bool = False) -> frozenset[str]:
+    """What a new order (an order id not stored before) changes, for ``affected_by``: ``orders.new``
+    (every condition on orders, not those on items of some categories alone), each category of its
+    items (``order_items.category.<name>``, the empty name for an item without one), the aggregates
+    an order's upkeep writes (``checkout``: it completes one, so the last abandoned checkout and the
+    checkouts too). A change to a stored order names ``orders``, ``order_items`` and
+    ``subscriber_stats`` whole."""
+    return _order_changes(tuple(sorted({c or "" for c in categories})), checkout)
+
+
+@functools.lru_cache(maxsize=1024)  # once per distinct set of categories: the ingest asks it per order
+def _order_changes(categories: tuple[str, ...], checkout: bool) -> frozenset[str]:
+    stats = (*_ORDER_STATS, "last_abandoned_checkout_at") if checkout else _ORDER_STATS
+    return frozenset({"orders.new", *(f"subscriber_stats.{f}" for f in stats),
+                      *(f"order_items.category.{c}" for c in categories), *(("checkouts",) if checkout else ())})  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def affected_each(deps: tuple[frozenset[str], ...], changed: frozenset[str]) -> tuple[bool, ...]:
+    """``affected_by`` for each of ``deps`` (a tenant's segments): one look-up per distinct change set
+    of a pass, not one per segment and change set."""
+    return tuple(affected_by(d, changed) for d in deps)
+
+
+@functools.lru_cache(maxsize=4096)  # a pass asks it for every segment and every distinct change set
 def affected_by(deps: frozenset[str], changed: frozenset[str]) -> bool:
-    """Whether a change to ``changed`` (table names, e.g. ``Applied.changed``; or ``activities.<kind>``)
-    may change a segment with these ``dependencies``: re-evaluate it for that subscriber."""
+    """Whether a change to ``changed`` (table names, e.g. ``Applied.changed``; or finer: ``activities.<kind>``,
+    ``new_order_changes``) may change a segment with these ``dependencies``: re-evaluate it for that
+    subscriber. A name matches itself; a table's name matches every finer name in it, on either side
+    (``orders`` changed: ``orders.stored`` is read; ``orders.new`` changed: ``orders`` is read)."""
+    tables = {c.split(".", 1)[0] for c in changed}
     for dep in deps:
         if dep == "clock":
             continue
-        if dep in changed or dep.split(".", 1)[0] in changed:
+        if dep in changed or dep.split(".", 1)[0] in changed or ("." not in dep and dep in tables):
             return True
     return False
 

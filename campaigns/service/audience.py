@@ -23,7 +23,7 @@ from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State
 from campaigns.core.events import (CheckoutEvent, CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone,
                                    decode_event, event_phone, looks_canonical)  # fmt: skip
 from campaigns.core.model import Stats, Subscriber
-from campaigns.core.segments import Segment, affected_by, dependencies, dump_segment, evaluate, next_change, parse_segment
+from campaigns.core.segments import Segment, affected_by, affected_each, dependencies, dump_segment, evaluate, next_change, parse_segment
 from campaigns.errors import CampaignError, Conflict, InvalidInput, NotFound, no_nul
 from campaigns.service.batching import GroupCommit
 from campaigns.service.member_process import MemberProcess
@@ -479,9 +479,12 @@ class Audience:
             by_change.setdefault(frozenset(changed), []).append(sid)
         ids_of: dict[frozenset[str], list[int]] = {}  # segments with the same dependencies share one id list
         chosen: dict[tuple[int, ...], list[tuple[int, Segment, bool]]] = {}  # by their ids: one statement a group
-        for seg_id, seg, deps in await self.segments_of(tenant):
+        segments = await self.segments_of(tenant)
+        all_deps = tuple(deps for _, _, deps in segments)
+        hit = {changed: affected_each(all_deps, changed) for changed in by_change}
+        for k, (seg_id, seg, deps) in enumerate(segments):
             if deps not in ids_of:
-                ids_of[deps] = sorted(sid for changed, sids in by_change.items() if affected_by(deps, changed) for sid in sids)
+                ids_of[deps] = sorted(sid for changed, sids in by_change.items() if hit[changed][k] for sid in sids)
             if ids_of[deps]:
                 chosen.setdefault(tuple(ids_of[deps]), []).append((seg_id, seg, "clock" in deps))
         plans = [p for ids, group in chosen.items() for p in _plans(self.store.engine, tenant, list(ids), group, now)]

@@ -37,6 +37,7 @@ import msgspec
 
 from campaigns.core import aggregates
 from campaigns.core.events import ActivityEvent, CustomEvent, FulfillmentEvent, OrderEvent, ShopEvent
+from campaigns.core.segments import new_order_changes
 from campaigns.store import rollups
 from campaigns.store.base import Applied
 
@@ -48,7 +49,6 @@ _ORDER_COLS = ("tenant", "order_id", "subscriber_id", "total", "currency", "paym
                "discount_code", "created_at", "checkout_id", "updated_at", "fulfillment_at")  # fmt: skip
 _ITEM_COLS = ("tenant", "order_id", "product", "category", "price", "quantity")
 _ACTIVITY_COLS = ("tenant", "subscriber_id", "kind", "at", "properties")
-_ORDER_CHANGED = frozenset({"orders", "order_items", "subscriber_stats"})
 _json = msgspec.json.Encoder()
 
 
@@ -84,7 +84,9 @@ class EventBatch:
             self._restat_many(tx, tenant, [(events[i][0], out_sid[i]) for i in orders], [(events[i][0], out_sid[i]) for i in acts], now)  # type: ignore[misc]
             rollups.upkeep(tx, tenant, added=[(events[i][0], out_sid[i]) for i in orders])  # type: ignore[misc]
             for i in orders:
-                out[i] = Applied(outcome="applied", subscriber_id=out_sid[i], changed=_ORDER_CHANGED)
+                e = events[i][0]
+                changed = new_order_changes((it.category for it in e.items), checkout=e.checkout_id is not None)  # type: ignore[union-attr]
+                out[i] = Applied(outcome="applied", subscriber_id=out_sid[i], changed=changed)
             for i in acts:
                 e = events[i][0]
                 kind = e.kind if isinstance(e, ActivityEvent) else e.name  # type: ignore[union-attr]

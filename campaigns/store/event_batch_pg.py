@@ -42,7 +42,8 @@ import msgspec
 from campaigns.core.events import ActivityEvent, CheckoutEvent, CustomEvent, FulfillmentEvent, OrderEvent, ShopEvent
 from campaigns.store import rollups
 from campaigns.store.base import Applied
-from campaigns.store.event_batch import _ACTIVITY_STAT, _ORDER_CHANGED, _greatest, _least, _scores, first_by_id
+from campaigns.core.segments import new_order_changes
+from campaigns.store.event_batch import _ACTIVITY_STAT, _greatest, _least, _scores, first_by_id
 
 if TYPE_CHECKING:
     from campaigns.store.sql import Tx
@@ -366,12 +367,13 @@ def _fast_outcomes(out: list[Applied | None], events: Sequence[tuple[ShopEvent, 
     order's checkout is its own subscriber's or new (``_split``), so its first completion is heard
     by the order's subscriber; a new checkout is its event's subscriber's."""
     for i in orders:
-        cid, sid = events[i][0].checkout_id, sid_of[events[i][1]]  # type: ignore[union-attr,index]
-        changed = _ORDER_CHANGED if cid is None else _ORDER_CHANGED | {"checkouts"}
+        e: Any = events[i][0]
+        cid, sid = e.checkout_id, sid_of[events[i][1]]  # type: ignore[index]
+        changed = new_order_changes((it.category for it in e.items), checkout=cid is not None)
         end = None if cid is None or cid in done else ("completed", sid)
         out[i] = Applied(outcome="applied", subscriber_id=sid, changed=changed, checkout_end=end)  # type: ignore[arg-type]
     for i in acts:
-        e: Any = events[i][0]
+        e = events[i][0]
         kind = e.kind if isinstance(e, ActivityEvent) else e.name
         changed = frozenset({"activities", "subscriber_stats"} if kind in _ACTIVITY_STAT else {"activities"})
         out[i] = Applied(outcome="applied", subscriber_id=sid_of[events[i][1]], changed=changed)  # type: ignore[index]

@@ -18,7 +18,7 @@ from campaigns.store.event_batch_pg import PgEventBatch
 from campaigns.store.campaign_rows import HitIn, LinkRow
 from campaigns.store.campaign_sql import link_read_many, link_rows, resolve_codes, resolve_ranges
 from campaigns.store import rollups
-from campaigns.store.schema import statements, upgrades
+from campaigns.store.schema import PG_FILLFACTOR, statements, upgrades
 from campaigns.store.sql import SqlStore, Tx, enqueue_entered
 
 
@@ -58,6 +58,9 @@ class PostgresStore(PgEventBatch, SqlStore):
                 for stmt in upgrades("postgres", self._columns):
                     if not _index_exists(self._conn, stmt):
                         self._conn.execute(stmt)
+                for table, percent in PG_FILLFACTOR.items():  # only where missing: no lock on a usual open
+                    if f"fillfactor={percent}" not in self._reloptions(table):
+                        self._conn.execute(f"ALTER TABLE {table} SET (fillfactor = {percent})")
             with self._tx() as tx:
                 rollups.ensure(tx)
         except psycopg.Error as exc:
@@ -67,6 +70,10 @@ class PostgresStore(PgEventBatch, SqlStore):
     def process_url(self) -> str:
         """The URL another process opens this store by."""
         return self._url
+
+    def _reloptions(self, table: str) -> list[str]:
+        row = self._conn.execute("SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)", (table,)).fetchone()
+        return list(row[0] or []) if row else []
 
     def _columns(self, table: str) -> set[str]:
         rows = self._conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "

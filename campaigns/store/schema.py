@@ -212,14 +212,13 @@ CREATE TABLE IF NOT EXISTS gateway_sync (
 # both engines answer it from the index alone (no table lookups): windows on orders and activities,
 # the items of a category joined to their order's owner and time, open abandoned checkouts.
 # `activities_segment` also answers every read by (tenant, kind, at): the older `activities_kind`,
-# its prefix, was an index entry an activity that no read needed (dropped from stores made before).
+# its prefix, was an index entry an activity that no read needed (dropped from stores made before: AUDIENCE_DDL).
 SEGMENTS_DDL = """
 CREATE INDEX IF NOT EXISTS orders_segment_spend ON orders (tenant, subscriber_id, created_at, total, payment_status);
 CREATE INDEX IF NOT EXISTS orders_segment_window ON orders (tenant, created_at, subscriber_id, total, payment_status);
 CREATE INDEX IF NOT EXISTS orders_segment_owner ON orders (tenant, order_id, subscriber_id, created_at, payment_status);
 CREATE INDEX IF NOT EXISTS order_items_segment ON order_items (tenant, category, order_id, price, quantity);
 CREATE INDEX IF NOT EXISTS activities_segment ON activities (tenant, kind, at, subscriber_id);
-DROP INDEX IF EXISTS activities_kind;
 CREATE INDEX IF NOT EXISTS checkouts_segment_abandoned ON checkouts (tenant, abandoned_at, subscriber_id) WHERE completed_at IS NULL;
 """
 # ---- end of SEGMENTS_DDL ----
@@ -300,7 +299,10 @@ CREATE INDEX IF NOT EXISTS conversation_messages_unsettled ON conversation_messa
 # 2026-12-07 (issue 17, third pass): its one lookup is the whole key, so the key's b-tree is the table,
 # one b-tree insert per event instead of two (a rowid table and its key's index). An older store keeps
 # its table (the same answers).
+# activities_kind (tenant, kind, at) was a prefix of activities_segment (tenant, kind, at,
+# subscriber_id): every read it served, the longer one serves (2026-12-07, branch `pgevents2`).
 AUDIENCE_DDL = """
+DROP INDEX IF EXISTS activities_kind;
 DROP INDEX IF EXISTS orders_subscriber;
 DROP INDEX IF EXISTS orders_created;
 DROP INDEX IF EXISTS order_items_category;
@@ -439,6 +441,17 @@ CREATE INDEX IF NOT EXISTS campaign_recipients_report_cost ON campaign_recipient
 CLICKED_FILL = ("UPDATE campaign_recipients SET clicked = 1 WHERE clicked = 0 AND (tenant, campaign_id, subscriber_id) "
                 "IN (SELECT l.tenant, l.campaign_id, l.subscriber_id FROM clicks c JOIN short_links l ON l.code = c.code "
                 "WHERE c.verdict = 'click' AND l.campaign_id <> 0)")
+
+
+#: PostgreSQL: the room kept free on each page of the tables every order event updates in place (its
+#: subscriber's aggregates row, its rollup rows when the bucket has one). An update whose new version
+#: fits on the row's own page and changes no indexed column is a HOT update: no entry in any of the
+#: table's indexes. Packed full (the default, 100), most pages had no room, so about a third of the
+#: aggregates updates wrote a new entry in both of that table's indexes and moved the row to another
+#: page (docs/BENCHMARKS.md, "PostgreSQL's order events: room for HOT updates"). Set at open where the
+#: table lacks it: it shapes the pages written from then on (a bulk load's, an update's new page), an
+#: older store's full pages fill the rest as their rows move. SQLite updates its b-tree in place.
+PG_FILLFACTOR = {"subscriber_stats": 80, "order_rollups": 80}
 
 
 def upgrades(dialect: Dialect, columns: Callable[[str], set[str]]) -> list[str]:

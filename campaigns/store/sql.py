@@ -15,6 +15,7 @@ from campaigns.core.consent import ConsentEntry, Evidence, State
 from campaigns.core.events import (ActivityEvent, CheckoutEvent, ConsentGrant, CustomerEvent, CustomEvent,
                                    FulfillmentEvent, OrderEvent, Profile, ShopEvent)  # fmt: skip
 from campaigns.core.model import Activity, Checkout, Order, OrderItem, Stats, Subscriber, SubscriberView
+from campaigns.core.segments import new_order_changes
 from campaigns.errors import Conflict, InvalidInput, NotFound
 from campaigns.core.imports import ImportRow
 from campaigns.store.base import Applied, ImportResult, MemberPlan, MembersFound, NewConsent, SegmentRow, SyncItem
@@ -508,7 +509,9 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         for it in e.items:
             tx.run("INSERT INTO order_items (tenant, order_id, product, category, price, quantity) VALUES (?, ?, ?, ?, ?, ?)",
                    (tenant, e.order_id, it.product, it.category, it.price, it.quantity))  # fmt: skip
-        changed = {"orders", "order_items", "subscriber_stats"}
+        # a new order changes its own items' categories; a stored one, whatever its items were (``new_order_changes``)
+        changed = ({"orders", "order_items", "subscriber_stats"} if row is not None else
+                   set(new_order_changes((it.category for it in e.items), checkout=e.checkout_id is not None)))  # fmt: skip
         others: set[int] = set()
         end = None
         if e.checkout_id is not None:

@@ -180,3 +180,44 @@ def test_an_event_that_moves_a_subscriber_into_a_segment_starts_its_segment_ente
         assert [r.ended for r in a.store.flow_run_rows("acme", flow_id="buyers")] == ["completed"]
 
     anyio.run(main)
+
+
+def test_a_new_order_re_evaluates_the_item_segments_of_its_categories_alone(audience: tuple[Audience, Clock]) -> None:
+    """A bulk batch's pass asks an item condition by category only about the subscribers whose new
+    orders have an item of one of its categories (``new_order_changes``); a stored order changed
+    (a refund) re-evaluates it whatever the items; the answers stay exact."""
+    from campaigns.core.events import Item
+
+    a, clock = audience
+    asked: dict[int, list[list[int]]] = {}
+    real = a.store.refresh_members
+
+    def spy(tenant: str, plans: list, *, now: float) -> int:
+        for p in plans:
+            asked.setdefault(p.segment_id, []).append(list(p.ids))
+        return real(tenant, plans, now=now)
+
+    a.store.refresh_members = spy  # type: ignore[method-assign]
+    B = "+33612345679"
+
+    def bought(eid: str, oid: str, phone: str, category: str, status: str = "paid") -> OrderEvent:
+        return OrderEvent(id=eid, at=clock.now, order_id=oid, phone=phone, total=100, currency="EUR",
+                          payment_status=status, items=(Item(product="x", category=category, price=100, quantity=1),))  # type: ignore[arg-type] # fmt: skip
+
+    async def main() -> None:
+        shoes = await a.put_segment("acme", "shoes", {"event": "item", "where": {"category": ["shoes"]}})
+        spent = await a.put_segment("acme", "spent", {"event": "order", "measure": "sum", "op": "gt", "value": 150})
+        got = await a.apply_many("acme", [(bought("e1", "o1", A, "hats"), A), (bought("e2", "o2", B, "shoes"), B)])
+        sid_a, sid_b = got[0].subscriber_id, got[1].subscriber_id
+        assert asked[shoes.id] == [[sid_b]]  # A's hats cannot change "shoes"
+        assert sorted(asked[spent.id][0]) == sorted([sid_a, sid_b])  # every order condition hears both
+        assert [i for i, _ in await a.member_segments("acme", sid_b)] == [shoes.id]
+        assert await a.member_segments("acme", sid_a) == []
+        await a.apply_many("acme", [(bought("e3", "o3", A, "hats"), A)])
+        assert len(asked[shoes.id]) == 1  # not asked again
+        assert [i for i, _ in await a.member_segments("acme", sid_a)] == [spent.id]
+        # B's shoes order refunded (a stored order: every item condition is asked again)
+        await a.apply_many("acme", [(bought("e4", "o2", B, "shoes", "refunded"), B)])
+        assert asked[shoes.id][-1] == [sid_b]
+
+    anyio.run(main)

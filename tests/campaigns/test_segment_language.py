@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,9 +24,11 @@ from campaigns.core.segments import (
     Field,
     SegmentError,
     birthday_keys,
+    affected_by,
     dependencies,
     dump_segment,
     evaluate,
+    new_order_changes,
     next_change,
     parse_segment,
 )
@@ -206,7 +209,9 @@ def test_birthday_keys_wrap_the_year_and_keep_29_february():
 def test_dependencies_name_what_the_segment_reads():
     assert dependencies(parse_segment(STORY)) == {"subscriber_stats.orders_count", "subscriber_stats.total_spent",
                                                   "activities.clicked", "clock"}  # fmt: skip
-    assert dependencies(parse_segment(BOUGHT_SHOES)) == {"orders", "order_items"}
+    assert dependencies(parse_segment(BOUGHT_SHOES)) == {"order_items.category.shoes", "orders.stored"}
+    assert dependencies(parse_segment({"event": "item", "where": {"product": ["boot"]}})) == {"orders", "order_items"}
+    assert dependencies(parse_segment({"event": "item"})) == {"orders", "order_items"}
     assert dependencies(parse_segment({"rfm": "new"})) == {"subscriber_stats.rfm_r", "subscriber_stats.rfm_f"}
     assert dependencies(parse_segment({"attribute": "a", "op": "exists"})) == {"subscribers.attributes"}
     assert "clock" in dependencies(parse_segment({"field": "birthday", "op": "in_next_days", "value": 3}))
@@ -326,7 +331,7 @@ def _hybrid(a, b, deps):
         subscriber=msgspec.structs.replace(a.subscriber, **sub_changes),
         stats=msgspec.structs.replace(a.stats, **stats_changes),
         tags=a.tags if "subscriber_tags" in deps else b.tags,
-        orders=a.orders if deps & {"orders", "order_items"} else b.orders,
+        orders=a.orders if any(d.split(".", 1)[0] in ("orders", "order_items") for d in deps) else b.orders,
         checkouts=a.checkouts if "checkouts" in deps else b.checkouts,
         activities=activities,
     )
@@ -340,3 +345,37 @@ def test_what_a_segment_does_not_depend_on_never_changes_it(pop, tree):
     deps = dependencies(seg)
     for (a, _), (b, _) in zip(views, views[1:]):
         assert evaluate(seg, _hybrid(a, b, deps), now) == evaluate(seg, a, now), deps
+
+
+def test_a_new_order_touches_the_item_conditions_of_its_own_categories():
+    changes = new_order_changes(["hats", None])
+    assert not affected_by(dependencies(parse_segment(BOUGHT_SHOES)), changes)
+    assert affected_by(dependencies(parse_segment(BOUGHT_SHOES)), new_order_changes(["hats", "shoes"]))
+    assert affected_by(dependencies(parse_segment(SPENT_YEAR)), changes)  # every order condition
+    assert affected_by(dependencies(parse_segment({"event": "item"})), changes)
+    assert affected_by(dependencies(parse_segment(HIGH_VALUE)), changes)  # the aggregates
+    # a stored order changed (refunded, moved, an earlier time): every item condition
+    assert affected_by(dependencies(parse_segment(BOUGHT_SHOES)), frozenset({"orders", "checkouts", "subscriber_stats"}))
+    assert affected_by(dependencies(parse_segment(BOUGHT_SHOES)), frozenset({"orders", "order_items", "subscriber_stats"}))
+    assert not affected_by(dependencies(parse_segment(ENGAGED_30)), changes)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=_HC)
+@given(pop=population(1, min_subscribers=1), tree=trees, data=st.data())
+def test_a_new_order_that_does_not_affect_a_segment_never_changes_it(pop, tree, data):
+    """``affected_by(dependencies(seg), new_order_changes(its categories))`` false: the segment's answer
+    for the subscriber is the same with the new order as without it (the aggregates aside: a segment
+    that reads them is affected by every order)."""
+    from test_segment_agreement import CATEGORIES, PRODUCTS
+
+    now, [(v, _)] = pop
+    seg = parse_segment(tree)
+    cats = data.draw(st.lists(st.none() | st.sampled_from(CATEGORIES), max_size=3))
+    new = Order(order_id="new", subscriber_id=v.subscriber.id, total=data.draw(st.integers(0, 50_000)), currency="USD",
+                payment_status=data.draw(st.sampled_from(["paid", "pending", "refunded"])),
+                created_at=now - data.draw(st.floats(0, 400)) * DAY,
+                items=tuple(OrderItem(product=data.draw(st.sampled_from(PRODUCTS)), category=c,
+                                      price=data.draw(st.integers(0, 900)), quantity=1) for c in cats))  # fmt: skip
+    if not affected_by(dependencies(seg), new_order_changes(cats)):
+        after = msgspec.structs.replace(v, orders=(*v.orders, new))
+        assert evaluate(seg, after, now) == evaluate(seg, v, now), dump_segment(seg)
