@@ -170,6 +170,8 @@ def events(config_path: str, tenant: str, ndjson_path: str) -> None:
             try:
                 ev = decode_event(line)
                 parsed.append((ev, audience.check_event(tenant, ev, prefix=f"lines[{i}].")))
+                if foreign := audience.check_currency(tenant, [ev], [f"lines[{i}]."])[0]:
+                    raise foreign
             except InvalidInput as exc:
                 click.echo(f"error: line {i}: {exc} (field {exc.field})", err=True)
                 sys.exit(1)

@@ -99,6 +99,10 @@ class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     short_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]{3,8}$")] | None = None
     link_key_env: str | None = None
     time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"  # the shop's clock (reports, schedule)
+    # The shop's currency (ISO 4217): orders in any other are refused (422 foreign_currency), so that
+    # total_spent, avg_order_value, the RFM scores, segments and revenue never add two currencies. Unset:
+    # the currency of the tenant's earliest stored order (the first order fixes it).
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None
     # A short-link hit this close to the message's delivery (either side) is a link-preview fetch,
     # not a person: redirected, not counted (core.links.classify_hit).
     click_min_delay_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0

@@ -579,6 +579,7 @@ def check_event_batches(store: Store) -> None:
         assert vb.stats.last_click_at == T0 + 20 and [x.kind for x in vb.activities].count("clicked") == 2
     assert store.known_phones("many", [A, B, "+33699999999"]) == {A, B}
     assert store.known_phones("nobody", [A]) == set()
+    assert (store.first_order_currency("many"), store.first_order_currency("nobody")) == ("EUR", None)
 
 
 def check_refresh_members(store: Store) -> None:
