@@ -21,7 +21,7 @@ from campaigns.core.forms import legal_text
 from campaigns.core.imports import parse_csv
 from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State, needs_disclosure
 from campaigns.core.events import (CheckoutEvent, CustomerEvent, FulfillmentEvent, OrderEvent, Profile, ShopEvent, canonical_phone,
-                                   decode_event, event_phone, looks_canonical)  # fmt: skip
+                                   check_textable, decode_event, event_phone, looks_canonical)  # fmt: skip
 from campaigns.core.model import Stats, Subscriber
 from campaigns.core.segments import Segment, affected_by, dependencies, dump_segment, evaluate, next_change, parse_segment
 from campaigns.errors import CampaignError, Conflict, InvalidInput, NotFound, no_nul
@@ -190,7 +190,7 @@ class Audience:
             raise NotFound(f"no shop {tenant!r}", code="shop_not_found")
         if body.legal_version != t.form.legal_version:
             raise InvalidInput("the form is out of date: reload the page", code="stale_form", field="legal_version")
-        phone = self.phone(tenant, body.phone)
+        phone = check_textable(self.phone(tenant, body.phone))  # a person types it: a landline is a typo or a bot
         now = self.clock()
         profile = Profile(phone=phone, email=body.email, signup_source="popup" if body.form_id == "popup" else "form")
 
