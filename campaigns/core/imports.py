@@ -94,6 +94,13 @@ def _row(rec: dict[str, str], i: int, file_name: str, region: str | None) -> Imp
                      unproven=claimed is not None and not has_proof)  # fmt: skip
 
 
+# The charsets a CSV may declare: the IANA names spreadsheets and shops write (Python's own codecs such as
+# unicode_escape, idna or rot13 are not text files' encodings).
+_CHARSETS = frozenset(codecs.lookup(n).name for n in (
+    "utf-8", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be", "ascii", "latin-1",
+    *(f"iso-8859-{i}" for i in (2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)), *(f"cp125{i}" for i in range(9)),
+    "cp437", "cp850", "cp852", "cp866", "mac-roman", "koi8-r", "koi8-u", "gb2312", "gbk", "gb18030", "big5", "big5hkscs",
+    "shift_jis", "cp932", "euc-jp", "iso-2022-jp", "euc-kr", "cp949", "tis-620", "cp874"))  # fmt: skip
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # UTF-32 LE begins like UTF-16 LE
 
@@ -107,10 +114,10 @@ def decode_csv(raw: bytes, charset: str | None = None) -> str:
     encoding = next((enc for bom, enc in _BOMS if raw.startswith(bom)), None)
     if encoding is None and charset:
         try:
-            info = codecs.lookup(charset)
-        except LookupError:
+            info = codecs.lookup(charset.strip())
+        except (LookupError, ValueError, TypeError):
             info = None
-        if info is None or not getattr(info, "_is_text_encoding", True):
+        if info is None or info.name not in _CHARSETS:
             raise InvalidInput(f"unknown charset {charset[:40]!r}", code="invalid_encoding", field="charset")
         encoding = "utf-8-sig" if info.name == "utf-8" else info.name
     if encoding is None and b"\x00" in raw[:2]:  # a header's first letter in UTF-16 or UTF-32: a NUL beside it

@@ -82,6 +82,7 @@ BAD_CSVS = [  # (name, body, code, field)
     ("latin-1", "phone,first_name\n+33612345680,Zo\xe9\n".encode("latin-1"), "invalid_encoding", "rows[0]"),
     ("utf-16 without a byte order mark", "phone,first_name\n+33612345683,U16\n".encode("utf-16-le"), "invalid_encoding", "header"),
     ("unknown charset", "phone,first_name\n+33612345683,X\n".encode(), "invalid_encoding", "charset"),
+    ("a codec that is no charset", "phone,first_name\n+33612345683,X\n".encode(), "invalid_encoding", "charset"),
     ("declared charset not matching", "phone,first_name\n+33612345683,Zo\xe9\n".encode("latin-1"), "invalid_encoding", "rows[0]"),
     ("ragged", b"phone,first_name\n+33612345685,A\n+33612345686,B,extra\n", "invalid_csv", "rows[1]"),
     ("huge field", b"phone,first_name\n+33612345685,A\n+33612345686,\"" + b"x" * 200_000 + b"\"\n", "invalid_csv", "rows[1]"),
@@ -92,7 +93,8 @@ BAD_CSVS = [  # (name, body, code, field)
 @pytest.mark.parametrize(("name", "body", "code", "field"), BAD_CSVS, ids=[c[0] for c in BAD_CSVS])
 def test_bad_csvs_are_a_422_naming_the_row_and_nothing_is_stored(client: TestClient, name: str, body: bytes,
                                                                  code: str, field: str) -> None:  # fmt: skip
-    ctype = {"unknown charset": "text/csv; charset=klingon", "declared charset not matching": "text/csv; charset=utf-8"}
+    ctype = {"unknown charset": "text/csv; charset=klingon", "declared charset not matching": "text/csv; charset=utf-8",
+             "a codec that is no charset": "text/csv; charset=idna"}  # idna's decoder raised UnicodeError: a 500
     r = client.post("/v1/subscribers/import", content=body, headers={**h("acme"), "content-type": ctype.get(name, "text/csv")})
     assert r.status_code == 422 and (r.json()["code"], r.json()["field"]) == (code, field), r.text[:300]
     assert client.get("/v1/subscribers", headers=h("acme")).json()["items"] == []
