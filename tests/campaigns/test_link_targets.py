@@ -92,3 +92,34 @@ async def test_every_url_of_a_real_text_redirects_to_itself_with_utm(tmp_path, c
                 assert parse_qsl(parts.query)[-1] == ("utm_campaign", "été 26")
                 assert unquote(parts.fragment) == urlsplit(url).fragment
     store.close()
+
+
+async def test_a_name_with_a_link_or_line_breaks_never_becomes_a_short_link_or_new_lines(tmp_path) -> None:
+    """Subscribers type their own names (a checkout, a form): a link in one was shortened under the shop's
+    domain like the shop's own (an open redirect with the shop's name on it), and a line break added
+    lines of the subscriber's choosing to the shop's text. Launched through a fake gateway: the name
+    with a link takes the fallback, the line breaks are spaces, and the only link is the shop's."""
+    settings = loads(f'[campaigns]\n[[campaigns.tenants]]\nname = "acme"\nkey_sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n')
+    assert settings is not None
+    store = open_store(f"sqlite:///{tmp_path / 'c.db'}")
+    gw = FakeGateway()
+    la = Launcher(store, {"acme": GatewayClient("http://g", "k", transport=gw.transport())},
+                  {"acme": TenantLinks(domain="sl.ui", key=b"s" * 32)}, lambda: T0)  # fmt: skip
+    names = {"+447911100001": "Visit https://evil.example/x", "+447911100002": "www.evil.example",
+             "+447911100003": "Ann\nYour account is locked:\r\ncall +19005550100\u2028now", "+447911100004": "Zoé"}  # fmt: skip
+    ids = []
+    for phone, name in names.items():
+        sub, _ = store.put_subscriber("acme", Profile(phone=phone, first_name=name), phone=phone, at=T0 - 99, now=T0 - 99)
+        for action in ("opt_in", "confirm"):
+            store.record_consent("acme", NewConsent(phone=phone, action=action, source="api", at=T0 - 50), now=T0 - 50)
+        ids.append(sub.id)
+    camp = await la.create("acme", "S", {"sender": "ACME", "template": "Hi {first_name|there}! https://shop.example/a",
+                                         "audience": {"subscribers": ids}})  # fmt: skip
+    await la.launch("acme", camp.id)
+    texts = {r["to"]: r["vars"]["body"] for job in gw.jobs.values() for r in job["recipients"]}
+    greet = {to: t.split("!")[0] for to, t in texts.items()}
+    assert greet == {"+447911100001": "Hi there", "+447911100002": "Hi there",
+                     "+447911100003": "Hi Ann Your account is locked: call +19005550100 now", "+447911100004": "Hi Zoé"}
+    for t in texts.values():
+        assert "\n" not in t.split(" Reply STOP")[0] and len(re.findall(r"https://sl\.ui/", t)) == 1 and "evil" not in t
+    store.close()
