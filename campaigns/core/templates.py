@@ -148,7 +148,7 @@ def _value(values: Mapping[str, object], name: str) -> str | None:
     text = raw if isinstance(raw, str) else str(raw).lower() if isinstance(raw, bool) else str(raw)
     if not text.isprintable():  # rare (a line break, a control, a no-break space): the C check first
         text = _BREAKS.sub(" ", text)
-    if name == "first_name" and _LINKY.search(text):
+    if name == "first_name" and ("://" in text or ("." in text and _LINKY.search(text))):  # "in" first: per recipient
         return None
     return text if text.strip() else None
 
