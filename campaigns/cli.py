@@ -134,8 +134,9 @@ def _run(fn):  # type: ignore[no-untyped-def]
 @campaigns.command("import")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
 @click.option("--tenant", required=True)
+@click.option("--charset", default=None, help="the file's encoding when it has no byte order mark (default UTF-8), e.g. windows-1252")
 @click.argument("csv_path", type=click.Path(dir_okay=False, exists=True))
-def import_csv(config_path: str, tenant: str, csv_path: str) -> None:
+def import_csv(config_path: str, tenant: str, csv_path: str, charset: str | None) -> None:
     """Import subscribers from a CSV file with consent columns (docs/CAMPAIGNS.md): all rows or none."""
     from pathlib import Path
 
@@ -144,7 +145,7 @@ def import_csv(config_path: str, tenant: str, csv_path: str) -> None:
 
     audience = _audience(config_path)
     try:
-        text = decode_csv(Path(csv_path).read_bytes())
+        text = decode_csv(Path(csv_path).read_bytes(), charset)
     except InvalidInput as exc:
         click.echo(f"error: {exc} (field {exc.field})", err=True)
         sys.exit(1)
@@ -170,6 +171,8 @@ def events(config_path: str, tenant: str, ndjson_path: str) -> None:
             try:
                 ev = decode_event(line)
                 parsed.append((ev, audience.check_event(tenant, ev, prefix=f"lines[{i}].")))
+                if foreign := audience.check_currency(tenant, [ev], [f"lines[{i}]."])[0]:
+                    raise foreign
             except InvalidInput as exc:
                 click.echo(f"error: line {i}: {exc} (field {exc.field})", err=True)
                 sys.exit(1)

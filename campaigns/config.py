@@ -100,6 +100,10 @@ class TenantSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     short_domain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9.-]{3,8}$")] | None = None
     link_key_env: str | None = None
     time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "UTC"  # the shop's clock (reports, schedule)
+    # The shop's currency (ISO 4217): orders in any other are refused (422 foreign_currency), so that
+    # total_spent, avg_order_value, the RFM scores, segments and revenue never add two currencies. Unset:
+    # the currency of the tenant's earliest stored order (the first order fixes it).
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None
     # A short-link hit this close to the message's delivery (either side) is a link-preview fetch,
     # not a person: redirected, not counted (core.links.classify_hit).
     click_min_delay_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
@@ -135,6 +139,12 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # A request's body must arrive within this many seconds in all (else 408 body_timeout): a slow
     # client (slowloris) cannot hold a request, its task and its socket for ever (as the gateway's api.body_timeout).
     body_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
+    # A request's head (request line and headers) must arrive within header_timeout_s, from the
+    # connection or the first byte of the request, and be at most max_head_bytes (else 408 / 431 and
+    # the connection closed; gateway.http_guard, as the gateway's api.header_timeout / max_head_bytes):
+    # a client dribbling headers, or connecting and sending nothing, cannot hold a connection for ever.
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    max_head_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 64 * 1024
     # Flows (issue 19): how often the runtime looks for queued inputs and due timers when nothing
     # woke it (a reply or an event wakes it at once).
     flows_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5

@@ -211,6 +211,26 @@ def canonical_phone(raw: str, *, region: str | None = None, field: str = "phone"
     return canonical
 
 
+# Number types that receive no text message, or whose texts cost the sender a premium (the tool of SMS
+# pumping: a bot signs premium numbers up on a public form): phonenumbers' metadata per country.
+_NO_SMS = {phonenumbers.PhoneNumberType.FIXED_LINE: "a landline", phonenumbers.PhoneNumberType.TOLL_FREE: "a toll-free number",
+           phonenumbers.PhoneNumberType.PREMIUM_RATE: "a premium-rate number",
+           phonenumbers.PhoneNumberType.SHARED_COST: "a shared-cost number", phonenumbers.PhoneNumberType.UAN: "a company number",
+           phonenumbers.PhoneNumberType.VOICEMAIL: "a voicemail number"}  # fmt: skip
+
+
+def check_textable(e164: str, *, field: str = "phone") -> str:
+    """``e164`` (canonical) if it may receive a text message; an InvalidInput ``not_mobile`` naming
+    ``field`` if phonenumbers knows it as a landline, toll-free, premium-rate, shared-cost, company
+    (UAN) or voicemail number. Mobile, "fixed line or mobile" (the US, Canada, China ...), VoIP,
+    personal and pager numbers, and numbers of an unknown type, pass."""
+    kind = _NO_SMS.get(phonenumbers.number_type(phonenumbers.parse(e164)))
+    if kind is not None:
+        raise InvalidInput(f"{field}: {e164} is {kind}, not a mobile number: sign-ups take numbers that receive texts",
+                           code="not_mobile", field=field)  # fmt: skip
+    return e164
+
+
 def event_phone(event: ShopEvent) -> str | None:
     """The phone an event names (a fulfilment names an order instead)."""
     if isinstance(event, CustomerEvent):

@@ -262,6 +262,13 @@ class EndNode(_S, tag="end", tag_field="type", kw_only=True):
 Node = Union[SendNode, WaitNode, WaitUntilNode, WaitEventNode, ReplyNode, BranchNode, ClickedNode, SplitNode,
              UpdateNode, WebhookNode, EndNode]  # fmt: skip
 WAITING = (WaitNode, WaitUntilNode, WaitEventNode, ReplyNode)  # always wait >= 1 s before moving on
+# A loop with a wait in it is a valid flow (a reminder every week until an order exits the run), but a
+# run must not go on for ever: its stored ``sent`` map grows with every send and is rewritten at every
+# step, and a loop of a send and a short wait would text a person without end. A run ends
+# ``limit:sends`` at its MAX_RUN_SENDS + 1st send (not sent) and ``limit:visits`` at its
+# MAX_RUN_VISITS + 1st node visit.
+MAX_RUN_SENDS = 200
+MAX_RUN_VISITS = 10_000
 
 
 class ExitRule(_S, kw_only=True):
@@ -761,10 +768,15 @@ def _advance(flow: Flow, run: Run, nid: str, now: float, actions: list[Action], 
     visit, sent, context = run.visit, run.sent, run.context
     nodes = flow.nodes
     for _ in range(len(nodes) + 1):
+        node = nodes[nid]
+        if visit >= MAX_RUN_VISITS or (isinstance(node, SendNode) and len(sent) >= MAX_RUN_SENDS):
+            reason = "limit:visits" if visit >= MAX_RUN_VISITS else "limit:sends"
+            actions.append(Ended(run_id=rid, reason=reason))
+            return msgspec.structs.replace(run, node=None, visit=visit, sent=sent, context=context, timer_due=None,
+                                           waiting_since=None, ended=reason)  # fmt: skip
         visit += 1
         if trace is not None:
             trace.append(nid)
-        node = nodes[nid]
         due: float | None = None
         target: str | None
         match node:

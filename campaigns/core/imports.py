@@ -13,6 +13,7 @@ the whole file with the row and column named (``rows[3].birthday``): nothing is 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import io
@@ -93,16 +94,42 @@ def _row(rec: dict[str, str], i: int, file_name: str, region: str | None) -> Imp
                      unproven=claimed is not None and not has_proof)  # fmt: skip
 
 
-def decode_csv(raw: bytes) -> str:
-    """A CSV file's bytes as text: UTF-8, with or without a byte order mark. Anything else (a
-    spreadsheet's Windows-1252 or UTF-16 export) is refused naming the line and byte, not guessed:
-    a wrong guess would store wrong names and consent texts."""
+# The charsets a CSV may declare: the IANA names spreadsheets and shops write (Python's own codecs such as
+# unicode_escape, idna or rot13 are not text files' encodings).
+_CHARSETS = frozenset(codecs.lookup(n).name for n in (
+    "utf-8", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be", "ascii", "latin-1",
+    *(f"iso-8859-{i}" for i in (2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)), *(f"cp125{i}" for i in range(9)),
+    "cp437", "cp850", "cp852", "cp866", "mac-roman", "koi8-r", "koi8-u", "gb2312", "gbk", "gb18030", "big5", "big5hkscs",
+    "shift_jis", "cp932", "euc-jp", "iso-2022-jp", "euc-kr", "cp949", "tis-620", "cp874"))  # fmt: skip
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # UTF-32 LE begins like UTF-16 LE
+
+
+def decode_csv(raw: bytes, charset: str | None = None) -> str:
+    """A CSV file's bytes as text, never guessed (a wrong guess would store wrong names and consent
+    texts): the encoding its byte order mark declares (UTF-8, UTF-16 as a spreadsheet's "Unicode
+    text" export, UTF-32), else the ``charset`` the sender declares (``Content-Type: text/csv;
+    charset=windows-1252``, RFC 7111 §3), else UTF-8. Bytes that are not of that encoding are refused
+    naming the line and byte (a 422 ``invalid_encoding``); an unknown charset names ``charset``."""
+    encoding = next((enc for bom, enc in _BOMS if raw.startswith(bom)), None)
+    if encoding is None and charset:
+        try:
+            info = codecs.lookup(charset.strip())
+        except (LookupError, ValueError, TypeError):
+            info = None
+        if info is None or info.name not in _CHARSETS:
+            raise InvalidInput(f"unknown charset {charset[:40]!r}", code="invalid_encoding", field="charset")
+        encoding = "utf-8-sig" if info.name == "utf-8" else info.name
+    if encoding is None and b"\x00" in raw[:2]:  # a header's first letter in UTF-16 or UTF-32: a NUL beside it
+        raise InvalidInput("the CSV holds NUL bytes: UTF-16 or UTF-32 without a byte order mark? Declare its charset "
+                           "(text/csv; charset=utf-16le) or save it as CSV UTF-8", code="invalid_encoding", field="header")
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode(encoding or "utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        hint = " (UTF-16: save it as CSV UTF-8)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else " (save it as CSV UTF-8)"
-        raise InvalidInput(f"the CSV must be UTF-8: byte 0x{raw[exc.start]:02x} on line {line} is not{hint}",
+        line = raw[: exc.start].decode(encoding or "utf-8", "replace").count("\n") + 1
+        name = "UTF-8" if encoding in (None, "utf-8-sig") else encoding
+        hint = " (declare its charset, or save it as CSV UTF-8)" if encoding is None else ""
+        raise InvalidInput(f"the CSV is not {name}: byte 0x{raw[exc.start]:02x} on line {line}{hint}",
                            code="invalid_encoding", field=f"rows[{max(line - 2, 0)}]" if line > 1 else "header") from None  # fmt: skip
 
 

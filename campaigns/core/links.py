@@ -5,11 +5,17 @@ the instants.
 
 **URLs in a text** (``find_urls``): ``http://`` or ``https://`` followed by non-space characters, or a
 bare ``www.`` host. The match stops at white space, at ``<>"`` and at full-width/CJK punctuation
-(``。，、！？；：）」』】`` ...) and at CJK ideographs, so "点击https://x.cn/a领取。" gives
-``https://x.cn/a`` (a Chinese path must be percent-encoded). Trailing ``.,;:!?'``
-and ``…`` are sentence punctuation, not part of the URL; a trailing ``)`` or ``]`` is dropped only when
-the URL holds no matching opener ("(see https://w.org/wiki/Foo_(bar))" keeps ``Foo_(bar)``). Unicode
-hosts and paths are kept as written.
+(``。，、！？；：）」』】`` ...). CJK ideographs (Chinese texts run words into URLs) follow one rule: a
+letter or digit of the host followed by an ideograph ends the URL there, and in a URL whose host holds
+no ideograph the first ideograph ends it, so "点击https://x.cn/a领取。" gives ``https://x.cn/a`` (such a
+URL's Chinese path must be percent-encoded); a host written in ideographs is an internationalised
+domain name and its URL runs to the next space or punctuation, path included ("访问https://例子.中国/路径，"
+gives ``https://例子.中国/路径``; write a space or punctuation after a bare ideographic host). Trailing
+``.,;:!?'`` and ``…`` are sentence punctuation, not part of the URL; a trailing ``)`` or ``]`` is
+dropped only when the URL holds no matching opener ("(see https://w.org/wiki/Foo_(bar))" keeps
+``Foo_(bar)``). Unicode hosts (``пример.рф``, ``例子.中国``, ``bücher.de``) and paths are kept as
+written in the target and sent in IDNA / percent-encoded at redirect time (``with_utm``); a host that
+IDNA cannot encode is a ``LinkError("bad_url")`` when the text is checked.
 
 **Short links**: ``https://{domain}/{code}``, at most ``max_length`` (default 22) characters in all.
 The code alphabet is base62 (``0-9A-Za-z``); its length is what the limit leaves after the domain,
@@ -68,8 +74,12 @@ class LinkError(InvalidInput):
 # ideographs ("点击https://x.cn/a领取": Chinese texts run words into URLs; an IRI with a Chinese path
 # must be percent-encoded), full-width / CJK punctuation (U+3000-U+303F, full-width forms), curly
 # quotes and guillemets, and zero-width spaces/joiners (invisible, but not part of a URL).
-_STOP = r"\s<>\"\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff01\uff08\uff09\uff0c\uff1a\uff1b\uff1f\uff3b\uff3d\uff5b\uff5d\u2018\u2019\u201c\u201d\u00ab\u00bb\u2039\u203a\u200b-\u200d\u2060\ufeff"
+_IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_STOP = r"\s<>\"\u3000-\u303f\uff01\uff08\uff09\uff0c\uff1a\uff1b\uff1f\uff3b\uff3d\uff5b\uff5d\u2018\u2019\u201c\u201d\u00ab\u00bb\u2039\u203a\u200b-\u200d\u2060\ufeff"
 _URL = re.compile(rf"(?:https?://|(?<![\w.@/])www\.)[^{_STOP}]+", re.IGNORECASE)
+_IDEOGRAPH = re.compile(f"[{_IDEOGRAPHS}]")
+_ALNUM_THEN_IDEOGRAPH = re.compile(f"[A-Za-z0-9](?=[{_IDEOGRAPHS}])")
+_HOST_END = re.compile(r"[/?#]")
 _TRAILING = ".,;:!?'…"
 _PAIRS = {")": "(", "]": "[", "}": "{"}
 
@@ -86,11 +96,30 @@ def _trim(url: str) -> str:
     return url
 
 
+def _cut_at_ideographs(url: str) -> str:
+    """The module docstring's rule for CJK ideographs: an ASCII letter or digit of the host followed by
+    an ideograph ends the URL ("x.cn领取"); a host without ideographs ends at the first one anywhere."""
+    start = url.find("://") + 3 if "://" in url[:8] else 0
+    end = _HOST_END.search(url, start)
+    host_end = end.start() if end else len(url)
+    joint = _ALNUM_THEN_IDEOGRAPH.search(url, start, host_end)
+    if joint:
+        return url[: joint.end()]
+    if not _IDEOGRAPH.search(url, start, host_end):
+        first = _IDEOGRAPH.search(url, host_end)
+        if first:
+            return url[: first.start()]
+    return url
+
+
 def find_urls(text: str) -> list[tuple[int, int, str]]:
     """Each URL in ``text`` as ``(start, end, url)``, in order; ``text[start:end] == url``."""
     found = []
-    for m in _URL.finditer(text):
-        url = _trim(m.group())
+    pos = 0
+    while m := _URL.search(text, pos):
+        cut = _cut_at_ideographs(m.group())
+        pos = m.start() + len(cut)  # what an ideograph cut off may hold the next URL ("a.cn/点击https://b.cn")
+        url = _trim(cut)
         host = url.split("://", 1)[-1]
         if len(host) < 4 or "." not in host.split("/", 1)[0]:
             continue  # "https://" alone, or no dotted host
@@ -310,6 +339,9 @@ def _check_url(url: str, position: int) -> None:
     try:
         parts = urlsplit(url if "://" in url else f"https://{url}")
         parts.port  # noqa: B018 - raises ValueError on a port out of range
+        host = parts.hostname or ""
+        if not host.isascii():
+            host.encode("idna")  # what the redirect will send (``_ascii``); UnicodeError is a ValueError
     except ValueError as exc:
         raise LinkError("bad_url", f"{url!r} at {position} is not a valid URL: {exc}", field=str(position)) from exc
 

@@ -14,6 +14,10 @@ Syntax (one rule, no nesting)::
   surrounding spaces; it cannot contain ``{``, ``}`` or a line break.
 - ``{{`` and ``}}`` are literal braces; but ``{{first_name}}`` (a shortcode's name in doubled braces, as
   Liquid-style tools write it) is the error ``doubled_braces``, not the literal text "{first_name}".
+- A value is put in as one line: line breaks and control characters become one space each run (a
+  value never adds lines of its own to a text). A ``first_name`` holding a link (``://`` or ``www.``)
+  counts as missing: a name is typed by the person (a checkout, a form), and a link in it would be
+  shortened under the shop's own domain like the shop's links.
 - A value that is missing, None or only white space, with no fallback, is a ``TemplateError`` with
   code ``missing_value`` at preview (and the same check guards sending: a text is never sent with a
   blank). Other codes: ``unknown_shortcode``, ``unclosed_shortcode``, ``stray_brace``,
@@ -129,6 +133,10 @@ def compile_template(source: str) -> Template:
     return Template(source, tuple(parts))
 
 
+_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_LINKY = re.compile(r"://|www\.", re.IGNORECASE)
+
+
 def _value(values: Mapping[str, object], name: str) -> str | None:
     if name.startswith("attr."):
         attrs = values.get("attributes")
@@ -138,6 +146,10 @@ def _value(values: Mapping[str, object], name: str) -> str | None:
     if raw is None or isinstance(raw, (dict, list)):
         return None
     text = raw if isinstance(raw, str) else str(raw).lower() if isinstance(raw, bool) else str(raw)
+    if not text.isprintable():  # rare (a line break, a control, a no-break space): the C check first
+        text = _BREAKS.sub(" ", text)
+    if name == "first_name" and ("://" in text or ("." in text and _LINKY.search(text))):  # "in" first: per recipient
+        return None
     return text if text.strip() else None
 
 

@@ -502,7 +502,8 @@ def create_app(audience: Audience, keys: Mapping[str, str], *, link: GatewayLink
     @post("/v1/subscribers/import", status_code=201)
     async def import_subscribers(tenant: Tenant, request: Request, file_name: FromQuery[str] = "") -> ImportResult:
         """CSV with a header row (see docs/CAMPAIGNS.md): all rows or none; a bad row -> 422 naming it."""
-        return await audience.import_csv(tenant, decode_csv(await request.body()), file_name=file_name)
+        charset = request.content_type[1].get("charset")  # text/csv; charset=windows-1252
+        return await audience.import_csv(tenant, decode_csv(await request.body(), charset), file_name=file_name)
 
     @get("/healthz", dependencies={})
     async def healthz() -> dict[str, Any]:

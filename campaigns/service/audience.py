@@ -20,8 +20,8 @@ from campaigns.core import proof
 from campaigns.core.forms import legal_text
 from campaigns.core.imports import parse_csv
 from campaigns.core.consent import Action, ConsentEntry, Evidence, Source, State, needs_disclosure
-from campaigns.core.events import (CheckoutEvent, CustomerEvent, FulfillmentEvent, Profile, ShopEvent, canonical_phone,
-                                   decode_event, event_phone, looks_canonical)  # fmt: skip
+from campaigns.core.events import (CheckoutEvent, CustomerEvent, FulfillmentEvent, OrderEvent, Profile, ShopEvent, canonical_phone,
+                                   check_textable, decode_event, event_phone, looks_canonical)  # fmt: skip
 from campaigns.core.model import Stats, Subscriber
 from campaigns.core.segments import Segment, affected_by, affected_each, dependencies, dump_segment, evaluate, next_change, parse_segment
 from campaigns.errors import CampaignError, Conflict, InvalidInput, NotFound, no_nul
@@ -86,6 +86,7 @@ class Audience:
         self._last_rebuild: dict[str, float] = {}
         self._last_scores: dict[str, float] = {}
         self._groups: dict[str, GroupCommit[tuple[ShopEvent, str | None], Applied]] = {}
+        self._currency: dict[str, str] = {}  # per tenant, once configured or stored (``shop_currency``)
         self.batch_size = 1000  # events per transaction (bulk ingest, group commit)
         self.membership_chunk = 2000  # subscribers per membership transaction (the membership loop)
         self.on_membership: Callable[[list[float]], None] | None = None  # lags, for the bench
@@ -189,7 +190,7 @@ class Audience:
             raise NotFound(f"no shop {tenant!r}", code="shop_not_found")
         if body.legal_version != t.form.legal_version:
             raise InvalidInput("the form is out of date: reload the page", code="stale_form", field="legal_version")
-        phone = self.phone(tenant, body.phone)
+        phone = check_textable(self.phone(tenant, body.phone))  # a person types it: a landline is a typo or a bot
         now = self.clock()
         profile = Profile(phone=phone, email=body.email, signup_source="popup" if body.form_id == "popup" else "form")
 
@@ -223,9 +224,36 @@ class Audience:
         country = event.profile.country if isinstance(event, CustomerEvent) else None
         return self.phone(tenant, raw, field=prefix + field, country=country)
 
+    def shop_currency(self, tenant: str, events: Sequence[ShopEvent] = ()) -> str | None:
+        """The tenant's currency: ``currency`` in its config, else its earliest stored order's, else
+        (no order stored yet) the first order among ``events``. Sync (a store read): run it in a thread."""
+        known = self._currency.get(tenant)
+        if known is None:
+            t = self.tenants.get(tenant)
+            known = (t.currency if t is not None else None) or self.store.first_order_currency(tenant)
+            if known is None:
+                return next((e.currency for e in events if isinstance(e, OrderEvent)), None)
+            self._currency[tenant] = known
+        return known
+
+    def check_currency(self, tenant: str, events: Sequence[ShopEvent], prefixes: Sequence[str]) -> list[InvalidInput | None]:
+        """Per event, a ``foreign_currency`` error for an order not in the shop's currency, else None:
+        aggregates (``total_spent``, RFM), segments and revenue never add two currencies."""
+        if not any(isinstance(e, OrderEvent) for e in events):
+            return [None] * len(events)
+        shop = self.shop_currency(tenant, events)
+        return [InvalidInput(f"the order is in {e.currency} and the shop counts in {shop}: convert the amounts "
+                             f"(or set the tenant's currency)", code="foreign_currency", field=f"{prefix}currency")
+                if isinstance(e, OrderEvent) and e.currency != shop else None
+                for e, prefix in zip(events, prefixes, strict=True)]  # fmt: skip
+
     def check_events(self, tenant: str, events: Sequence[ShopEvent], prefixes: Sequence[str]) -> list[str | None]:
         """``check_event`` for many (the store answers in one query which numbers, already canonical
-        E.164, belong to a subscriber: those need no phonenumbers check). Sync: run it in a thread."""
+        E.164, belong to a subscriber: those need no phonenumbers check), and ``check_currency``.
+        Sync: run it in a thread."""
+        bad = next((e for e in self.check_currency(tenant, events, prefixes) if e is not None), None)
+        if bad is not None:
+            raise bad
         raws = [event_phone(e) for e in events]
         known = self.store.known_phones(tenant, [r for r in raws if r is not None and looks_canonical(r)])
         out = []
@@ -292,8 +320,10 @@ class Audience:
             return list(self.check_events(tenant, events, [""] * len(events)))
         except InvalidInput:
             out: list[str | None | BaseException] = []
-            for e in events:
+            for e, foreign in zip(events, self.check_currency(tenant, events, [""] * len(events)), strict=True):
                 try:
+                    if foreign is not None:
+                        raise foreign
                     out.append(self.check_event(tenant, e))
                 except InvalidInput as exc:
                     out.append(exc)

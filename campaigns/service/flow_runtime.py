@@ -28,6 +28,15 @@ that ``Idempotency-Key`` and the same bytes every time, then marks it ``sent``. 
 loses nothing (the run, its timer and its outbox row commit together; an uncommitted step is
 redone) and sends nothing twice (a re-post of a key the gateway stored returns its stored answer).
 
+A flow's ``webhook`` node calls the shop's receiver, which may be dead, slow or redirecting: webhook
+calls are posted apart from the sends (``post_webhooks``: at most ``WEBHOOK_BATCH`` a round, each
+within ``WEBHOOK_TIMEOUT`` in all, DNS included), so a receiver never holds up the SMS behind it.
+A 2xx is ``sent``; a 3xx is ``failed`` (redirects are not followed: a redirect could lead into our
+own network); other 4xx are ``failed``; a 5xx, 408, 425, 429, a time-out or a refused connection is
+tried again after as long as the call has been failing (at least ``WEBHOOK_RETRY_MIN_S``, at most
+``WEBHOOK_RETRY_MAX_S``: a back-off that doubles), and ``failed`` once ``WEBHOOK_GIVE_UP_S`` have
+passed since it was recorded.
+
 Marketing flows only take subscribers whose consent is confirmed (``NotEntered: not_marketable``);
 a marketing send to someone who opted out meanwhile is recorded ``skipped``. Quiet hours and caps
 are the gateway's job; transactional flows are sent with ``category: transactional``."""
@@ -61,6 +70,13 @@ from campaigns.store.flow_sql import FlowStale, FlowTx
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
+
+WEBHOOK_BATCH = 64  # webhook calls per round, WEBHOOK_CONCURRENCY at once
+WEBHOOK_CONCURRENCY = 16
+WEBHOOK_TIMEOUT = 10.0  # seconds for one call in all: resolving, connecting, sending, the answer
+WEBHOOK_RETRY_MIN_S, WEBHOOK_RETRY_MAX_S = 30.0, 3600.0
+WEBHOOK_GIVE_UP_S = 86_400.0
+_RETRIED = frozenset({408, 425, 429})
 
 __all__ = ["FlowRuntime", "FlowWorker", "ReplyRouter", "Statistics", "TenantFlows", "idempotency_key"]
 
@@ -472,11 +488,76 @@ class FlowRuntime:
 
     async def send_pending(self) -> int:
         """Post pending sends to the gateway, ``send_batch`` messages per ``POST /v1/messages/batch``
-        (each with its own Idempotency-Key), webhooks one by one; mark them answered."""
+        (each with its own Idempotency-Key), and meanwhile the due webhook calls (``post_webhooks``);
+        mark them answered."""
+        hooks = 0
+
+        async def webhooks() -> None:
+            nonlocal hooks
+            hooks = await self.post_webhooks()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(webhooks)
+            sends = await self._send_pending_sends()
+        return sends + hooks
+
+    async def post_webhooks(self) -> int:
+        """One pass over the due webhook calls (module docstring): posted, then marked answered or
+        given a time before which they are not tried again; returns how many were answered."""
+        now = self.clock()
+        due = await anyio.to_thread.run_sync(lambda: self.store.pending_flow_messages(
+            WEBHOOK_BATCH, part=self.worker.part, parts=self.worker.parts, kind="webhooks", now=now))
+        done: list[tuple[str, str, str, str | None, str | None]] = []
+        later: list[tuple[str, str, float, str | None]] = []
+        limiter = anyio.CapacityLimiter(WEBHOOK_CONCURRENCY)
+
+        async def one(m: FlowMessage) -> None:
+            async with limiter:
+                state, detail = await self._post_webhook(m)
+            at = self.clock()
+            age = at - m.created_at
+            if state != "later":
+                done.append((m.tenant, m.key, state, None, detail))
+            elif age >= WEBHOOK_GIVE_UP_S:
+                done.append((m.tenant, m.key, "failed", None, f"gave up after {age / 3600:.0f} h: {detail}"))
+            else:
+                later.append((m.tenant, m.key, at + min(max(age, WEBHOOK_RETRY_MIN_S), WEBHOOK_RETRY_MAX_S), detail))
+
+        async with anyio.create_task_group() as tg:
+            for m in due:
+                tg.start_soon(one, m)
+        if done:
+            await anyio.to_thread.run_sync(lambda: self.store.flow_messages_done(done, now=self.clock()))
+        if later:
+            await anyio.to_thread.run_sync(lambda: self.store.flow_messages_later(later))
+        return len(done)
+
+    async def _post_webhook(self, m: FlowMessage) -> tuple[str, str | None]:
+        """("sent" | "failed" | "later", why): one call, within ``WEBHOOK_TIMEOUT`` in all."""
+        resp = None
+        try:
+            with anyio.move_on_after(WEBHOOK_TIMEOUT):
+                if not self.allow_private_webhooks and not await _public_target(m.recipient):
+                    return "failed", "unsafe_target: the URL resolves to a loopback, private or link-local address"
+                resp = await self._webhooks.post(m.recipient, content=m.body.encode(),
+                                                 headers={"idempotency-key": m.key, "content-type": "application/json"})  # fmt: skip
+        except httpx.HTTPError as exc:
+            log.warning("flow.webhook.failed key=%s error=%r", m.key, exc)
+            return "later", f"{type(exc).__name__}"
+        if resp is None:
+            return "later", f"no answer within {WEBHOOK_TIMEOUT:g} s"
+        code = resp.status_code
+        if code < 300:
+            return "sent", None
+        if code < 400:
+            return "failed", f"HTTP {code}: redirects are not followed"
+        return ("later" if code >= 500 or code in _RETRIED else "failed"), f"HTTP {code}"
+
+    async def _send_pending_sends(self) -> int:
         total = 0
         while True:
             pending = await anyio.to_thread.run_sync(lambda: self.store.pending_flow_messages(
-                self.batch, part=self.worker.part, parts=self.worker.parts))
+                self.batch, part=self.worker.part, parts=self.worker.parts, kind="sends"))
             if not pending:
                 return total
             results: list[tuple[str, str, str, str | None, str | None]] = []
@@ -507,7 +588,7 @@ class FlowRuntime:
             async with anyio.create_task_group() as tg:
                 by_tenant: dict[str, list[FlowMessage]] = {}
                 for m in pending:
-                    if m.kind == "webhook" or m.tenant not in self.clients:
+                    if m.tenant not in self.clients:
                         tg.start_soon(one, m)
                     else:
                         by_tenant.setdefault(m.tenant, []).append(m)
@@ -572,16 +653,8 @@ class FlowRuntime:
             log.warning("flow.history.failed keys=%s.. error=%s", ms[0].key, exc)
 
     async def _post(self, m: FlowMessage) -> tuple[str, str | None, str | None] | None:
-        """(state, message id, detail), or None to retry later."""
+        """(state, message id, detail), or None to retry later (an SMS or MMS: webhooks are ``_post_webhook``'s)."""
         try:
-            if m.kind == "webhook":
-                if not self.allow_private_webhooks and not await _public_target(m.recipient):
-                    return "failed", None, "unsafe_target: the URL resolves to a loopback, private or link-local address"
-                resp = await self._webhooks.post(m.recipient, content=m.body.encode(),
-                                                 headers={"idempotency-key": m.key, "content-type": "application/json"})  # fmt: skip
-                if resp.status_code < 300:
-                    return "sent", None, None
-                return ("failed", None, f"HTTP {resp.status_code}") if 400 <= resp.status_code < 500 else None
             client = self.clients.get(m.tenant)
             if client is None:
                 return None
@@ -591,7 +664,7 @@ class FlowRuntime:
             self.stats.sent += 1
             return "sent", mid, None
         except httpx.HTTPError as exc:
-            log.warning("flow.webhook.failed key=%s error=%r", m.key, exc)
+            log.warning("flow.send.retry key=%s error=%r", m.key, exc)
             return None
         except GatewayError as exc:
             text = str(exc)

@@ -31,6 +31,7 @@ from campaigns.service.gateway_client import GatewayClient
 from campaigns.service.inbox import Inbox
 from campaigns.service.link import GatewayLink
 from campaigns.store import open_store
+from gateway.http_guard import guarded_httptools
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,10 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     # process that received it; with workers, the subscriber's worker is poked to post its sends.
     install_state(app, flows if workers is None else RepliesHere(flows, workers))
     front = body_deadline(redirect_front(app, tracker), settings.body_timeout_s)
+    # uvicorn has no deadline for a request's head and no bound on its size: the gateway's guard adds both.
+    http = guarded_httptools(settings.header_timeout_s, settings.max_head_bytes)
     server = uvicorn.Server(uvicorn.Config(front, host=settings.host, port=settings.port if port is None else port,
-                                           log_config=None, lifespan="on", access_log=False))  # fmt: skip
+                                           log_config=None, lifespan="on", access_log=False, http=http))  # fmt: skip
     try:
         async with anyio.create_task_group() as tg:
             async def http() -> None:

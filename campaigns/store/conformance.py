@@ -579,6 +579,7 @@ def check_event_batches(store: Store) -> None:
         assert vb.stats.last_click_at == T0 + 20 and [x.kind for x in vb.activities].count("clicked") == 2
     assert store.known_phones("many", [A, B, "+33699999999"]) == {A, B}
     assert store.known_phones("nobody", [A]) == set()
+    assert (store.first_order_currency("many"), store.first_order_currency("nobody")) == ("EUR", None)
 
 
 def check_refresh_members(store: Store) -> None:
@@ -666,6 +667,17 @@ def check_flow_runs_timers_and_outbox(store: Store) -> None:
         assert ftx.add_message(m) and not ftx.add_message(m)
         ftx.add_message(msgspec.structs.replace(m, key="flow-1-2", subscriber_id=5))
         assert ftx.cancel_pending(5, "opted_out") == 1
+        hook = msgspec.structs.replace(m, key="flow-1-9", kind="webhook", category="webhook", recipient="https://x.example/h",
+                                       body="{}", created_at=T0 - 1)  # fmt: skip
+        ftx.add_message(hook)
+    # Webhook calls apart from sends; one whose receiver failed waits until its next_at.
+    assert [x.key for x in store.pending_flow_messages()] == ["flow-1-9", "flow-1-1"]
+    assert [x.key for x in store.pending_flow_messages(kind="sends")] == ["flow-1-1"]
+    assert [x.key for x in store.pending_flow_messages(kind="webhooks", now=T0)] == ["flow-1-9"]
+    store.flow_messages_later([("acme", "flow-1-9", T0 + 60, "HTTP 503")])
+    assert store.pending_flow_messages(kind="webhooks", now=T0 + 59) == []
+    assert [(x.key, x.detail) for x in store.pending_flow_messages(kind="webhooks", now=T0 + 60)] == [("flow-1-9", "HTTP 503")]
+    store.flow_messages_done([("acme", "flow-1-9", "failed", None, "gave up")], now=T0 + 61)
     try:  # an exception inside the transaction stores nothing of it
         with store.flow_tx("acme") as ftx:
             ftx.add_message(msgspec.structs.replace(m, key="flow-1-3"))
@@ -679,7 +691,8 @@ def check_flow_runs_timers_and_outbox(store: Store) -> None:
     assert store.pending_flow_messages(tenant="beta") == [] == store.pending_flow_messages(tenant="beta", part=0, parts=3)
     store.flow_messages_done([("acme", "flow-1-1", "sent", "m1", None)], now=T0 + 2)
     assert store.pending_flow_messages() == [] and store.flow_messages("beta") == []
-    assert {(x.key, x.state) for x in store.flow_messages("acme")} == {("flow-1-1", "sent"), ("flow-1-2", "skipped")}
+    assert {(x.key, x.state) for x in store.flow_messages("acme")} == {("flow-1-1", "sent"), ("flow-1-2", "skipped"),
+                                                                       ("flow-1-9", "failed")}
     rows = store.flow_run_rows("acme", flow_id="f")
     assert [r.subscriber_id for r in rows] == [0, 1, 2, 3] and rows[1].state == "ended"
     assert store.flow_run_rows("beta", subscriber_id=0) == []

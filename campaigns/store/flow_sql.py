@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 import functools
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -773,15 +773,32 @@ class FlowSql:
                 for (v, node), c in sorted(out.items())]  # fmt: skip
 
     def pending_flow_messages(self, limit: int = 500, *, tenant: str | None = None, part: int = 0,
-                              parts: int = 1) -> list[FlowMessage]:  # fmt: skip
+                              parts: int = 1, kind: Literal["sends", "webhooks"] | None = None,
+                              now: float | None = None) -> list[FlowMessage]:  # fmt: skip
         """The oldest pending sends; with ``parts`` > 1 only those of subscribers ``id % parts == part``
-        (each worker posts what it recorded; a send posted twice would still go once: its key)."""
+        (each worker posts what it recorded; a send posted twice would still go once: its key).
+        ``kind="sends"``: SMS and MMS only; ``"webhooks"``: webhook calls only, and of those only the
+        ones due (``next_at`` unset or at most ``now``: a receiver that failed waits its back-off), so a
+        dead receiver never holds up the sends behind it."""
         with self._tx() as tx:
             share, params = FlowTx(tx, "", self.engine)._share(part, parts)
             of_tenant = ("", ()) if tenant is None else (" AND tenant = ?", (tenant,))
-            rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_outbox WHERE state = 'pending'{share}{of_tenant[0]} "
-                           f"ORDER BY created_at LIMIT ?", (*params, *of_tenant[1], limit))  # fmt: skip
+            of_kind: tuple[str, tuple[float, ...]] = ("", ())
+            if kind == "sends":
+                of_kind = (" AND kind <> 'webhook'", ())
+            elif kind == "webhooks":
+                of_kind = (" AND kind = 'webhook'", ()) if now is None else \
+                    (" AND kind = 'webhook' AND (next_at IS NULL OR next_at <= ?)", (now,))  # fmt: skip
+            rows = tx.rows(f"SELECT tenant, {_MSG_COLS} FROM flow_outbox WHERE state = 'pending'{of_kind[0]}{share}{of_tenant[0]} "
+                           f"ORDER BY created_at LIMIT ?", (*of_kind[1], *params, *of_tenant[1], limit))  # fmt: skip
         return [_msg_row(r[0], r[1:]) for r in rows]
+
+    def flow_messages_later(self, later: Sequence[tuple[str, str, float, str | None]]) -> None:
+        """Pending webhook calls whose receiver failed: (tenant, key, not before, why), one transaction."""
+        with self._tx() as tx:
+            for tenant, key, next_at, detail in later:
+                tx.run("UPDATE flow_outbox SET next_at = ?, detail = ? WHERE tenant = ? AND key = ? AND state = 'pending'",
+                       (next_at, detail, tenant, key))  # fmt: skip
 
     def flow_messages_done(self, done: Sequence[tuple[str, str, str, str | None, str | None]], *, now: float) -> None:
         """Mark sends answered: (tenant, key, state 'sent'|'failed', message id, detail), one transaction."""

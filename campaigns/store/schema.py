@@ -388,6 +388,7 @@ CREATE TABLE IF NOT EXISTS flow_outbox (
     PRIMARY KEY (tenant, key)
 );
 CREATE INDEX IF NOT EXISTS flow_outbox_pending ON flow_outbox (created_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS flow_outbox_webhooks ON flow_outbox (created_at) WHERE state = 'pending' AND kind = 'webhook';
 CREATE INDEX IF NOT EXISTS flow_outbox_flow ON flow_outbox (tenant, flow_id, step);
 CREATE INDEX IF NOT EXISTS flow_outbox_subscriber ON flow_outbox (tenant, subscriber_id, created_at);
 CREATE TABLE IF NOT EXISTS flow_inputs (
@@ -421,7 +422,9 @@ CREATE INDEX IF NOT EXISTS flow_run_links_message ON flow_run_links (tenant, mes
 ADDED_COLUMNS = [("campaign_recipients", "cost", "{INT}"), ("flow_messages", "cost", "{INT}"),
                  ("subscriber_stats", "latest_order_at", "{REAL}"), ("subscriber_stats", "latest_order_id", "TEXT"),
                  ("checkouts", "url_at", "{REAL}"), ("link_ranges", "holes", "TEXT"),
-                 ("campaign_recipients", "clicked", "{INT} NOT NULL DEFAULT 0")]
+                 ("campaign_recipients", "clicked", "{INT} NOT NULL DEFAULT 0"),
+                 # A flow webhook whose receiver failed is not tried again before next_at (flow_runtime.py).
+                 ("flow_outbox", "next_at", "{REAL}")]
 #: After the added columns: the report's covering index. SQLite's GROUP BY reads it alone, cost and
 #: the clicked mark included. PostgreSQL's reads the table (a sequential scan: a campaign is most of
 #: it), so there the index leaves ``clicked`` out: a first click's update of the row then touches no

@@ -898,6 +898,12 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
             return {r[0] for r in tx.rows(f"SELECT phone FROM subscribers WHERE tenant = ? AND phone IN {tx.values()}",
                                           (tenant, tx.array(sorted(set(phones)))))}  # fmt: skip
 
+    def first_order_currency(self, tenant: str) -> str | None:
+        """The currency of the tenant's earliest order (``orders_segment_window`` leads with tenant, created_at)."""
+        with self._tx() as tx:
+            row = tx.one("SELECT currency FROM orders WHERE tenant = ? ORDER BY created_at LIMIT 1", (tenant,))
+        return None if row is None else str(row[0])
+
     def member_segments(self, tenant: str, subscriber_id: int) -> list[tuple[int, float]]:
         """(segment id, member since) of every segment the subscriber is in."""
         with self._tx() as tx:

@@ -111,7 +111,7 @@ async def chapter(story: Story) -> None:
     await story.wait_for("the SMS to the £45 cart", lambda: _sent(story, "abandoned_cart", small_id, "small"), timeout=40)
     await _ok(story, "POST", "/v1/events", json={
         "type": "order", "id": f"story-flow-order-{int(now)}", "at": time.time(), "order_id": f"story-order-{int(now)}",
-        "phone": small, "total": CART_SMALL, "currency": "USD", "payment_status": "paid",
+        "phone": small, "total": CART_SMALL, "currency": "GBP", "payment_status": "paid",
         "checkout_id": f"story-cart-small-{int(now)}"})
     story.say(f"{small} orders: the cart is recovered")
     await story.wait_for("the recovered cart's run to end", lambda: _ended(story, "abandoned_cart", small_id, "exit:order_placed"))
@@ -130,7 +130,7 @@ async def chapter(story: Story) -> None:
     story.step("A delivered order starts the survey; the customer answers by SMS")
     await _ok(story, "POST", "/v1/events", json={
         "type": "order", "id": f"story-flow-survey-order-{int(now)}", "at": time.time(),
-        "order_id": f"story-survey-{int(now)}", "phone": surveyed, "total": 3200, "currency": "USD",
+        "order_id": f"story-survey-{int(now)}", "phone": surveyed, "total": 3200, "currency": "GBP",
         "payment_status": "paid"})
     await _ok(story, "POST", "/v1/events", json={
         "type": "fulfillment", "id": f"story-flow-delivered-{int(now)}", "at": time.time(),

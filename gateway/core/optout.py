@@ -71,7 +71,7 @@ cancella cancellami disiscrivi disiscrivimi disiscrizione annulla smetti smettil
 afmelden uitschrijven opzeggen
 стоп отписаться отписка отписать отпишите отпишись хватит прекратить прекратите отменить отмена
 退订 退訂 取消 退出 停止 td 退 配信停止 停止 解除 수신거부 그만 wypisz rezygnuje iptal dur
-dezabonare dezabonez dezaboneaza dezabonati dezabonatima dezabonează opriti
+dezabonare dezabonez dezaboneaza dezabonati dezabonatima dezabonează opriti opreste
 """.split()
 _STOP_PAIRS = [("opt", "out"), ("stop", "all"), ("de", "baja"), ("me", "baja"), ("no", "more"), ("no", "mas"),
                ("i", "want", "out")]
@@ -83,7 +83,7 @@ msg msgs these this them those said told say from your ur list lists want wanna 
 yes yeah so god damn dammit seriously oh hey hi hello sir madam and or
 por favor porfa porfavor gracias ya de la el los las lista mi todo todos todas mensajes mas yo quiero deseo puede pueden puedes podrian ahora
 obrigado obrigada agora mensagens quero pode podem
-svp stp sil vous plait merci moi tout tous je veux voudrais les des mes
+svp stp sil vous plait merci moi tout tous je veux voudrais les des mes pub pubs publicite publicites promo promos
 bitte danke sofort jetzt alle nachrichten mich ich will mochte mehr
 per grazie subito messaggi mi tutto tutti voglio vorrei
 alsjeblieft aub dank bedankt nu alles berichten ik wil
@@ -184,6 +184,7 @@ _RULES = [_Rule(p, v, n) for p, v, n in [
     (r"\bnu (?:imi |mi |ne )?mai (?:trimiteti|trimite|trimiteti mi|scrieti|scrie|contactati)\b", _C, False),
     (r"\b(?:opriti|opreste|incetati|stop) (?:mesajele|mesaje|sms urile|smsurile|sms|trimiterea|notificarile|reclamele)\b", _C, True),
     (r"\b(?:dezabonati ma|dezaboneaza ma|dezabonare|dezabonez|ma dezabonez|scoateti ma de pe lista|scoate ma de pe lista|stergeti ma|sterge ma|stergeti mi numarul|stergeti numarul meu)\b", _C, True),
+    (r"\b(?:anulare|anulati|anuleaza|anulez|vreau sa anulez|anulati mi|anuleaza mi) (?:abonamentul|abonament|abonarea|inscrierea)\b", _C, True),
     (r"\b(?:numar gresit|nu ma intereseaza|lasati ma in pace)\b", _U, False),
     # Russian (folded: й is и, ё is е)
     (r"\b(?:хватит|прекратите|перестаньте|прекрати|перестань) (?:мне )?(?:присылать|слать|писать|отправлять|спамить|звонить|беспокоить)", _C, True),
@@ -195,7 +196,9 @@ _RULES = [_Rule(p, v, n) for p, v, n in [
 # Chinese and Japanese: no spaces; substrings of the compact text.
 _CJK_CERTAIN = [_fold_pattern(w) for w in """退订 退訂 取消订阅 取消訂閱 不要再发 不要再發 别再发 別再發 停止发送 停止發送 请勿再发 請勿再發
 不要发了 不要給我發 不要给我发 别给我发 别发了 拒收 退出订阅 取消短信 不想再收到 不再接收 停止订阅 停止推送 取消推送 不要再给我发
-配信停止 配信解除 送らないで 登録解除 수신거부 보내지마 보내지 마""".split()]
+配信停止 配信解除 送らないで 登録解除 수신거부 보내지마 보내지 마
+不要再传 不要再傳 别再传 別再傳 请勿再传 請勿再傳 不要传了 不要傳了 别传了 別傳了 停止传送 停止傳送 不要再寄 別再寄 请勿再寄 請勿再寄
+取消簡訊 取消短訊 拒收簡訊 不要再發簡訊 不再接收簡訊""".split()]
 _CJK_UNSURE = [_fold_pattern(w) for w in "打错了 号码错了 不感兴趣 没兴趣".split()]
 _CJK_NEG = ("不要停止", "别停止", "不要取消", "别取消", "不要退订", "別停止")
 # What negates a CJK phrase right before it (folded like the phrases).

@@ -73,7 +73,7 @@ class FakeGateway:
             if stored_digest != digest:
                 return httpx.Response(409, json={"code": "idempotency_key_reused"})
         else:
-            head, *lines = [json.loads(x) for x in body.decode().splitlines() if x.strip()]
+            head, *lines = [json.loads(x) for x in body.split(b"\n") if x.strip()]  # as the gateway: bytes on LF (U+2028 is text)
             job_id = f"job-{len(self.jobs) + 1}"
             rejected = [{"index": i, "error": "bad number"} for i, r in enumerate(lines) if r["to"].endswith("000")]
             self.jobs[job_id] = {"head": head, "recipients": lines, "status": "active"}

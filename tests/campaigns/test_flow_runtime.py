@@ -287,7 +287,8 @@ async def test_webhook_nodes_post_once_with_their_key_and_never_to_our_own_netwo
         await svc.enable("acme", fid, True)
     subscriber(store, 1)
     store.apply_event("acme", CustomEvent(id="g", at=T0, phone=phone(1), name="go"), phone=phone(1), now=T0)
-    await rt.round()  # the public hook answers 503: kept pending
+    await rt.round()  # the public hook answers 503: kept pending, tried again 30 s later
+    clock.now = T0 + 30
     await rt.round()
     states = {m.flow_id: (m.state, m.detail or "") for m in store.flow_messages("acme")}
     assert states["public"] == ("sent", "")

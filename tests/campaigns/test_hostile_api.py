@@ -6,6 +6,8 @@ answering."""
 
 from __future__ import annotations
 
+import codecs
+
 import pytest
 from litestar.testing import TestClient
 
@@ -78,7 +80,10 @@ def test_spreadsheet_csvs_are_read(client: TestClient, name: str, body: bytes, n
 
 BAD_CSVS = [  # (name, body, code, field)
     ("latin-1", "phone,first_name\n+33612345680,Zo\xe9\n".encode("latin-1"), "invalid_encoding", "rows[0]"),
-    ("utf-16", "phone,first_name\n+33612345683,U16\n".encode("utf-16"), "invalid_encoding", "header"),
+    ("utf-16 without a byte order mark", "phone,first_name\n+33612345683,U16\n".encode("utf-16-le"), "invalid_encoding", "header"),
+    ("unknown charset", "phone,first_name\n+33612345683,X\n".encode(), "invalid_encoding", "charset"),
+    ("a codec that is no charset", "phone,first_name\n+33612345683,X\n".encode(), "invalid_encoding", "charset"),
+    ("declared charset not matching", "phone,first_name\n+33612345683,Zo\xe9\n".encode("latin-1"), "invalid_encoding", "rows[0]"),
     ("ragged", b"phone,first_name\n+33612345685,A\n+33612345686,B,extra\n", "invalid_csv", "rows[1]"),
     ("huge field", b"phone,first_name\n+33612345685,A\n+33612345686,\"" + b"x" * 200_000 + b"\"\n", "invalid_csv", "rows[1]"),
     ("column twice", b"phone,first_name,First_Name\n+33612345685,A,B\n", "invalid_csv", "first_name"),
@@ -88,9 +93,38 @@ BAD_CSVS = [  # (name, body, code, field)
 @pytest.mark.parametrize(("name", "body", "code", "field"), BAD_CSVS, ids=[c[0] for c in BAD_CSVS])
 def test_bad_csvs_are_a_422_naming_the_row_and_nothing_is_stored(client: TestClient, name: str, body: bytes,
                                                                  code: str, field: str) -> None:  # fmt: skip
-    r = client.post("/v1/subscribers/import", content=body, headers={**h("acme"), "content-type": "text/csv"})
+    ctype = {"unknown charset": "text/csv; charset=klingon", "declared charset not matching": "text/csv; charset=utf-8",
+             "a codec that is no charset": "text/csv; charset=idna"}  # idna's decoder raised UnicodeError: a 500
+    r = client.post("/v1/subscribers/import", content=body, headers={**h("acme"), "content-type": ctype.get(name, "text/csv")})
     assert r.status_code == 422 and (r.json()["code"], r.json()["field"]) == (code, field), r.text[:300]
     assert client.get("/v1/subscribers", headers=h("acme")).json()["items"] == []
+
+
+# Spreadsheet exports in other encodings: declared by their byte order mark (Excel's "Unicode text" is
+# UTF-16 LE with a BOM, tab-delimited) or by the request's charset (Excel's "CSV" on Windows is
+# Windows-1252; a Latin-1 export); read as declared, never guessed.
+ENCODED = [  # (name, body, content type, stored first names)
+    ("utf-16 le bom tab", "phone\tfirst_name\r\n+33612345690\tZoé\r\n+8613800138000\t王芳\r\n".encode("utf-16"),
+     "text/csv", ["Zoé", "王芳"]),
+    ("utf-16 be bom", codecs.BOM_UTF16_BE + "phone,first_name\n+40712345678,Ștefan\n".encode("utf-16-be"), "text/csv",
+     ["Ștefan"]),
+    ("utf-32 bom", "phone,first_name\n+33612345691,Anaïs\n".encode("utf-32"), "text/csv", ["Anaïs"]),
+    ("windows-1252", "phone;first_name;city\n+33612345692;Zoé;Besançon €\n".encode("cp1252"),
+     "text/csv; charset=windows-1252", ["Zoé"]),
+    ("latin-1 quoted charset", "phone,first_name\n+33612345693,Noël\n".encode("latin-1"),
+     'text/csv; charset="ISO-8859-1"', ["Noël"]),
+    ("utf-8 declared with bom", "\ufeffphone,first_name\n+33612345694,Élodie\n".encode(), "text/csv; charset=utf-8",
+     ["Élodie"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "body", "ctype", "names"), ENCODED, ids=[c[0] for c in ENCODED])
+def test_csvs_in_a_declared_encoding_are_read(client: TestClient, name: str, body: bytes, ctype: str,
+                                             names: list[str]) -> None:  # fmt: skip
+    r = client.post("/v1/subscribers/import", content=body, headers={**h("acme"), "content-type": ctype})
+    assert r.status_code == 201, r.text
+    got = [s["first_name"] for s in client.get("/v1/subscribers", headers=h("acme")).json()["items"]]
+    assert got == names
 
 
 ORDER = '{{"id":"{id}","at":1760000000,"type":"order","order_id":"{id}","phone":"+14155550100","total":{total},' \

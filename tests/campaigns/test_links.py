@@ -45,6 +45,20 @@ CORPUS = [
     ("port https://x.com:8443/a,b?c=1,", ["https://x.com:8443/a,b?c=1"]),
     ("ip http://10.0.0.1/x.", ["http://10.0.0.1/x"]),
     ("[link](https://md.com/a)", ["https://md.com/a"]),
+    # Internationalised hosts (IDNA): Cyrillic, Arabic, Hangul, kana, and ideographs (one rule: an ideographic
+    # host's URL runs to the next space or punctuation; an ASCII host's ends at the first ideograph).
+    ("См. https://пример.рф/скидки.", ["https://пример.рф/скидки"]),
+    ("زوروا https://مثال.إختبار/عرض!", ["https://مثال.إختبار/عرض"]),
+    ("세일 https://예시.테스트/경로 지금", ["https://예시.테스트/경로"]),
+    ("セール https://ドメイン.テスト/パス。", ["https://ドメイン.テスト/パス"]),
+    ("Sale https://例子.中国/路径 now", ["https://例子.中国/路径"]),
+    ("访问https://例子.中国/路径，谢谢", ["https://例子.中国/路径"]),
+    ("点击https://例子.中国领取：", ["https://例子.中国领取"]),
+    ("网址：https://例子.中国。", ["https://例子.中国"]),
+    ("https://日本.jp/漢字?q=東京#上", ["https://日本.jp/漢字?q=東京#上"]),
+    ("点击https://x.cn领取", ["https://x.cn"]),
+    ("点击https://x.cn/路径", ["https://x.cn/"]),
+    ("see www.пример.рф, then", ["www.пример.рф"]),
 ]
 
 
@@ -238,7 +252,8 @@ def test_a_preview_with_any_key_has_the_length_of_the_real_send(pieces: list[tup
     assert all(c in ALPHABET for link in real.links for c in link.code)
 
 
-@pytest.mark.parametrize("text", ["go https://[abc.com/x now", "go https://shop.com:99999/a now"])
+@pytest.mark.parametrize("text", ["go https://[abc.com/x now", "go https://shop.com:99999/a now",
+                                  "go https://пример..рф/x now", "go https://" + "я" * 70 + ".рф now"])
 def test_a_malformed_url_is_a_clear_error_at_preview(text: str) -> None:
     with pytest.raises(LinkError) as err:
         shorten(text, domain="sl.ui", key=b"k", scope="c")

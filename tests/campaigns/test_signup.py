@@ -216,3 +216,35 @@ def test_csv_import_through_the_api(setup: tuple[TestClient, Audience, FakeGatew
     ana = audience.store.subscriber_by_phone("acme", "+33612345678")
     assert ana is not None and ana.consent == "confirmed"
     assert audience.store.subscriber_by_phone("beta", "+33612345678") is None
+
+
+# Sign-up numbers as people type them in many countries (the shop's default region is FR): mobiles in
+# any notation are taken; landlines, toll-free, premium-rate and shared-cost numbers (a typo, or an SMS
+# pumping bot's premium numbers) are a 422 `not_mobile` naming `phone`, and no confirmation is texted.
+FORM_NUMBERS = [  # (typed, canonical or the refusal's code)
+    ("06 12 34 56 78", "+33612345678"), ("＋44 7911 123456", "+447911123456"), ("+49 151 12345678", "+4915112345678"),
+    ("+1 (415) 555-2671", "+14155552671"), ("+86 138 0013 8000", "+8613800138000"), ("+886 912 345 678", "+886912345678"),
+    ("+40 712 345 678", "+40712345678"), ("+٩٧١ ٥٠ ١٢٣ ٤٥٦٧", "+971501234567"), ("+91 98765 43210", "+919876543210"),
+    ("+55 11 98765-4321", "+5511987654321"), ("+81 90-1234-5678", "+819012345678"), ("0033 6 12 34 56 79", "+33612345679"),
+    ("01 23 45 67 89", "not_mobile"), ("+44 20 7946 0958", "not_mobile"), ("+1 800 555 0199", "not_mobile"),
+    ("08 99 12 34 56", "not_mobile"), ("+44 800 123 4567", "not_mobile"), ("+44 90 1234 5678", "not_mobile"),
+    ("+86 10 1234 5678", "not_mobile"), ("+40 21 234 5678", "not_mobile"), ("123", "invalid_phone"),
+]  # fmt: skip
+
+
+def test_form_numbers_of_many_countries() -> None:
+    settings = loads(CONFIG.replace('legal_version = "pop-3"', 'legal_version = "pop-3"\nmax_per_ip_per_hour = 1000'))
+    assert settings is not None
+    audience, gw = Audience(open_store("sqlite:///:memory:"), settings, time.time), FakeGateway()
+    app = create_app(audience, tenant_keys(settings, {"CK": "key-a", "CKB": "key-b"}), link=GatewayLink(audience, {"acme": gw}))
+    taken = []
+    with TestClient(app) as c:
+        for typed, want in FORM_NUMBERS:
+            r = c.post("/signup/acme/subscribe", json={"phone": typed, "legal_version": "pop-3"})
+            if want.startswith("+"):
+                assert r.status_code == 202, (typed, r.text)
+                taken.append(want)
+            else:
+                assert r.status_code == 422 and (r.json()["code"], r.json()["field"]) == (want, "phone"), (typed, r.text)
+    stored = sorted(s.phone for s in audience.store.subscribers("acme", after=0, limit=100))
+    assert stored == sorted(taken) and sorted(m["to"] for m in gw.sent) == sorted(taken)

@@ -14,10 +14,15 @@ from gateway.core.keywords import Keywords, OptOut
 OPT_OUTS = ["stop please", "STOP", "Stop", "arrêt", "ARRET", "dezabonare", "dezabonează-mă", "Dezabonați-mă vă rog",
             "vreau să mă dezabonez", "Nu mai vreau mesaje", "Nu-mi mai trimiteți mesaje", "Opriți mesajele", "退订",
             "TD", "拒收", "R", "unsubscribe", "cancel", "回复TD退订", "我要退订", "不要再发了", "Désabonnez-moi",
-            "stop, please", "STOP STOP"]  # fmt: skip
+            "stop, please", "STOP STOP",
+            # Traditional Chinese (seeds 000 and 003: 傳 / 寄 / 簡訊 where Simplified says 发 / 短信), the
+            # French "STOP PUB", Romanian "Oprește" alone and "anulare abonament".
+            "不要再傳了", "請勿再傳訊息", "別再傳了", "不要再传了", "不要再寄簡訊給我", "取消簡訊", "請停止傳送", "STOP PUB",
+            "stop pub svp", "Oprește", "Opriți!", "anulare abonament", "Vreau să anulez abonamentul"]  # fmt: skip
 OTHERS = ["don't stop the deals", "cancel my order please", "where is the bus stop", "我不想退订", "不用退订", "别退订我",
           "不拒收", "nu vreau să mă dezabonez", "nu mai am comenzi", "Pot să anulez comanda?", "Mai trimiteți oferte",
-          "Should I reply STOP?", "2", "Y", "TDK", "Rd", "😀", "ＴＤＫ"]  # fmt: skip
+          "Should I reply STOP?", "2", "Y", "TDK", "Rd", "😀", "ＴＤＫ", "我不想退訂", "不要停止傳送", "pub", "Oprește comanda?",
+          "nu anulați abonamentul"]  # fmt: skip
 
 
 def _fullwidth(text: str) -> str:
