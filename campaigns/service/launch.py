@@ -16,6 +16,11 @@ Theory of operation (a crash at any point never sends a recipient twice):
    the whole audience and the first chunk of recipients in one transaction, the rest of the plan
    stored (``campaign_plan``), then each next chunk its own transaction (``freeze_step``), written
    while the batches already committed are posted; a relaunch continues from the stored plan.
+   A launch with one send time whose links no recipient can change (``streamable``) is frozen as a
+   *stream* instead (``stream_chunk``): the audience walked in subscriber id order (send order), a
+   chunk at a time (``Store.freeze_stream``: the chunk's recipients, batches and the durable cursor
+   in one transaction), each chunk posted while the next is frozen; a relaunch continues from the
+   cursor (docs/ARCHITECTURE.md, "A streamed freeze", for what "frozen audience" means then).
 2. ``submit``: each batch not yet answered is posted as one NDJSON job with
    ``Idempotency-Key: campaign-{id}-batch-{n}``. The body is rebuilt from the frozen rows, so it is
    the same bytes each time, and the gateway answers a retried key with its stored answer instead of
@@ -310,8 +315,7 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
     if stream is not None and streamable(store, tenant, spec, tl):
         _listed(store, tenant, spec.audience)  # its segments exist
         try:
-            _freeze_stream(store, tenant, camp, spec, tl, now, stream)
-            return True
+            return _freeze_stream(store, tenant, camp, spec, tl, now, stream) != -1  # -1: frozen already
         except _NotSetBased:  # (ruled out by ``streamable``) nothing written: planned below
             pass
     if set_based(spec) and hasattr(store, "freeze_set"):
@@ -445,7 +449,8 @@ def stream_step(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, c
         if store.segment(tenant, seg) is None:
             raise NotFound(f"no segment {seg}", code="segment_not_found", field="audience")
     try:
-        return _freeze_stream(store, tenant, camp, spec, tl, now, chunk)
+        pending = _freeze_stream(store, tenant, camp, spec, tl, now, chunk)
+        return None if pending == -1 else pending
     except _NotSetBased:
         raise Conflict("a streamed launch's texts link other URLs than its first chunk's",
                        code="stream_links_differ") from None
@@ -760,6 +765,11 @@ def freeze_chunk_for(setting: int | None, engine: str) -> int | None:
     if setting is None:
         return None if engine == "sqlite" else DEFAULT_FREEZE_CHUNK
     return setting or None
+
+
+def stream_chunk_for(setting: int | None) -> int | None:
+    """``campaigns.launch_stream_chunk`` as the launcher takes it (None: no streamed freeze)."""
+    return DEFAULT_STREAM_CHUNK if setting is None else (setting or None)
 
 
 class _Frozen:

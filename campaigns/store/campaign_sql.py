@@ -529,8 +529,8 @@ class CampaignSql(ReportSql):
         """Whether a subscriber's first name could be read as a URL in a text (``links.find_urls``:
         ``://`` or ``www.``): then a streamed launch cannot know its links from its first chunk."""
         with self._tx() as tx:
-            return tx.one(f"SELECT 1 FROM subscribers WHERE tenant = ? AND (first_name LIKE '%://%' OR first_name "
-                          f"{'ILIKE' if tx.pg else 'LIKE'} '%www.%') LIMIT 1", (tenant,)) is not None  # fmt: skip
+            return tx.one(f"SELECT 1 FROM subscribers WHERE tenant = ? AND (first_name LIKE ? OR first_name "
+                          f"{'ILIKE' if tx.pg else 'LIKE'} ?) LIMIT 1", (tenant, "%://%", "%www.%")) is not None  # fmt: skip
 
     def stream_pending(self, tenant: str, campaign_id: int, batch_size: int) -> int | None:
         """The first batch of a streamed freeze not yet written (``campaign_streams``); None when the
@@ -549,7 +549,7 @@ class CampaignSql(ReportSql):
         the stored cursor (the first call starts the stream: the audience as of ``now``, everyone sent
         at ``send_at``), written as ``freeze_set`` writes them (the same slots, texts and link numbers),
         their batches with them; the cursor moved on. Returns the first batch still to be frozen, None
-        when the stream is done (or the campaign was frozen already)."""
+        when the stream is done, -1 when the campaign was frozen already (nothing written)."""
         need = max(1, chunk) * batch_size
         with self._tx() as tx:
             cur = tx.one("SELECT after_id, next_slot, max_id, bound, as_of, send_at, targets FROM campaign_streams "
@@ -557,7 +557,7 @@ class CampaignSql(ReportSql):
             if cur is None:
                 if tx.one("SELECT 1 FROM campaign_batches WHERE tenant = ? AND campaign_id = ? LIMIT 1",
                           (tenant, campaign_id)) is not None:  # fmt: skip
-                    return None
+                    return -1
                 # Every recipient is a subscriber of the tenant with an id up to the largest now: their
                 # count bounds the link numbers the stream can use (its range, shrunk at the end).
                 n, top = tx.one("SELECT COUNT(*), MAX(id) FROM subscribers WHERE tenant = ?", (tenant,)) or (0, None)
@@ -581,7 +581,7 @@ class CampaignSql(ReportSql):
             if done:
                 tx.run("DELETE FROM campaign_streams WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))
                 tx.run("UPDATE link_ranges SET count = (?) * stride WHERE tenant = ? AND campaign_id = ?",
-                       (base + got, tenant, campaign_id))  # the numbers past the last recipient freed
+                       (-(-(base + got) // batch_size) * batch_size, tenant, campaign_id))  # the numbers past the last batch freed
             else:
                 if cur is None:
                     tx.run("INSERT INTO campaign_streams (tenant, campaign_id, after_id, next_slot, max_id, bound, as_of, "
