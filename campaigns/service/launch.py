@@ -427,13 +427,20 @@ def send_time(spec: CampaignSpec, tl: TenantLinks, now: float) -> float:
     return at
 
 
+def stream_steps(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, chunk: int) -> Callable[[float], int | None]:
+    """``stream_step`` for each next chunk of one launch (``step(now)``), the chunks sharing one
+    ``TextCache``: a first name's text is rendered once a launch, not once a chunk."""
+    cache = TextCache(parse_spec(camp.definition))
+    return lambda now: stream_step(store, tenant, camp, tl, chunk, now, cache)
+
+
 def _freeze_stream(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec, tl: TenantLinks, now: float,
-                   chunk: int) -> int | None:  # fmt: skip
+                   chunk: int, cache: TextCache | None = None) -> int | None:  # fmt: skip
     """The next chunk of a streamed freeze (the first one starts it: the audience as of ``now``); the
     first batch still to be frozen, None when the stream is done. A later chunk whose texts link other
     URLs (``streamable`` rules that out) is a ``Conflict``, raised before anything of it is written."""
     aud = spec.audience
-    zones, texts, reads_name, expires = _set_parts(spec, tl, now)
+    zones, texts, reads_name, expires = _set_parts(spec, tl, now, cache)
     return store.freeze_stream(tenant, camp.id, aud.include, aud.exclude, list(aud.subscribers),
                                batch_size=spec.batch_size, chunk=chunk_batches(spec, chunk),
                                smart_window_s=spec.smart_sending_hours * schedule.HOUR, reads_name=reads_name,
@@ -441,22 +448,25 @@ def _freeze_stream(store: Store, tenant: str, camp: CampaignRow, spec: CampaignS
                                expires_at=expires)  # fmt: skip
 
 
-def stream_step(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, chunk: int, now: float) -> int | None:
+def stream_step(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, chunk: int, now: float,
+                cache: TextCache | None = None) -> int | None:  # fmt: skip
     """Freeze the next chunk of a stream started by ``freeze(stream=...)`` (one transaction: its rows and
-    batches committed, then postable); the first batch still to be frozen, None when none is."""
-    spec = parse_spec(camp.definition)
+    batches committed, then postable); the first batch still to be frozen, None when none is.
+    ``cache``: the texts rendered by the chunks before (``stream_steps``)."""
+    spec = cache.spec if cache is not None else parse_spec(camp.definition)
     for seg in [*spec.audience.include, *spec.audience.exclude]:
         if store.segment(tenant, seg) is None:
             raise NotFound(f"no segment {seg}", code="segment_not_found", field="audience")
     try:
-        pending = _freeze_stream(store, tenant, camp, spec, tl, now, chunk)
+        pending = _freeze_stream(store, tenant, camp, spec, tl, now, chunk, cache)
         return None if pending == -1 else pending
     except _NotSetBased:
         raise Conflict("a streamed launch's texts link other URLs than its first chunk's",
                        code="stream_links_differ") from None
 
 
-def _set_parts(spec: CampaignSpec, tl: TenantLinks, now: float) -> tuple[Any, Any, bool, float | None]:
+def _set_parts(spec: CampaignSpec, tl: TenantLinks, now: float,
+               shared: TextCache | None = None) -> tuple[Any, Any, bool, float | None]:  # fmt: skip
     """What a set-based freeze asks Python: ``zones`` (each distinct time zone's resolved zone and send
     time), ``texts`` (each distinct text's pieces and the codes), whether the template reads the
     first name, and when the links expire."""
@@ -470,7 +480,7 @@ def _set_parts(spec: CampaignSpec, tl: TenantLinks, now: float) -> tuple[Any, An
 
     def texts(keys: list[TextKey], first: Callable[[Sequence[TextKey]], tuple[TextKey, int]]) -> SetTexts:
         length = links.code_length(domain)  # a domain too long is the first error, as soon as anyone is sent
-        cache = TextCache(spec)
+        cache = shared if shared is not None else TextCache(spec)
         pieces: dict[str, tuple[str, ...]] = {}
         targets: tuple[str, ...] | None = None
         failed: dict[str, templates.TemplateError] = {}
@@ -885,7 +895,7 @@ class Launcher:
         if hasattr(self.store, "stream_pending"):  # a stream started now or by an earlier launch (continued either way)
             pending = await self._run(self.store.stream_pending, tenant, campaign_id, size)
             if pending is not None:
-                step = partial(stream_step, self.freeze_store, tenant, camp, tl, self.stream_chunk or DEFAULT_STREAM_CHUNK, now)
+                step = partial(stream_steps(self.freeze_store, tenant, camp, tl, self.stream_chunk or DEFAULT_STREAM_CHUNK), now)
         if pending is None and self.freeze_chunk is not None:
             pending = await self._run(self.store.plan_pending, tenant, campaign_id, size)
         gate = _Frozen(pending)

@@ -612,7 +612,10 @@ class CampaignSql(ReportSql):
             skip = (f" AND NOT EXISTS (SELECT 1 FROM {tx.each('bigint')} CROSS JOIN segment_members x WHERE x.tenant = "
                     "s.tenant AND x.segment_id = value AND x.subscriber_id = s.id)")  # fmt: skip
         last = _last(tx)
-        kept = f" WHERE {last} IS NULL OR {float(send_at)!r} - {last} >= {float(smart_window_s)!r}" if smart_window_s > 0 else ""
+        # Smart sending judged on the rows inserted (a filter over the subqueries' columns in the same
+        # statement would evaluate each correlated subquery once per mention: measured 2.4x the insert).
+        drop = (f"DELETE FROM launch_aud AS a WHERE a.id > ? AND {last} IS NOT NULL AND {float(send_at)!r} - {last} < "
+                f"{float(smart_window_s)!r}") if smart_window_s > 0 else None  # fmt: skip
         got, cursor = 0, after
         while got < need:
             want = need - got
@@ -638,9 +641,10 @@ class CampaignSql(ReportSql):
                      "st.last_message_at FROM subscriber_stats st WHERE st.subscriber_id = s.id AND st.tenant = s.tenant) "
                      f"AS stat FROM {cands} c CROSS JOIN subscribers s WHERE s.id = c.sid AND s.tenant = ? AND "
                      f"s.consent = 'confirmed'{skip}")  # fmt: skip
-            got += tx.run(f"INSERT INTO launch_aud (id, phone, first_name, time_zone, language, sent, stat) SELECT a.id, "
-                          f"a.phone, a.first_name, a.time_zone, a.language, a.sent, a.stat FROM ({inner}) a{kept}",
+            got += tx.run(f"INSERT INTO launch_aud (id, phone, first_name, time_zone, language, sent, stat) {inner}",
                           [*params, tenant, *([tx.array(sorted(set(exclude)))] if exclude else [])])  # fmt: skip
+            if drop is not None:
+                got -= tx.run(drop, (cursor,))
             cursor = int(top)
             if scanned < want:  # the candidates ran out
                 break
