@@ -315,7 +315,7 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
     if stream is not None and streamable(store, tenant, spec, tl):
         _listed(store, tenant, spec.audience)  # its segments exist
         try:
-            return _freeze_stream(store, tenant, camp, spec, tl, now, stream) != -1  # -1: frozen already
+            return _freeze_stream(store, tenant, camp, spec, tl, now, stream, lines=lines) != -1  # -1: frozen already
         except _NotSetBased:  # (ruled out by ``streamable``) nothing written: planned below
             pass
     if set_based(spec) and hasattr(store, "freeze_set"):
@@ -427,15 +427,17 @@ def send_time(spec: CampaignSpec, tl: TenantLinks, now: float) -> float:
     return at
 
 
-def stream_steps(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, chunk: int) -> Callable[[float], int | None]:
+def stream_steps(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, chunk: int,
+                 lines: dict[int, list[tuple[str, str, str]]] | None = None) -> Callable[[float], int | None]:  # fmt: skip
     """``stream_step`` for each next chunk of one launch (``step(now)``), the chunks sharing one
     ``TextCache``: a first name's text is rendered once a launch, not once a chunk."""
     cache = TextCache(parse_spec(camp.definition))
-    return lambda now: stream_step(store, tenant, camp, tl, chunk, now, cache)
+    return lambda now: stream_step(store, tenant, camp, tl, chunk, now, cache, lines)
 
 
 def _freeze_stream(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec, tl: TenantLinks, now: float,
-                   chunk: int, cache: TextCache | None = None) -> int | None:  # fmt: skip
+                   chunk: int, cache: TextCache | None = None,
+                   lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None:  # fmt: skip
     """The next chunk of a streamed freeze (the first one starts it: the audience as of ``now``); the
     first batch still to be frozen, None when the stream is done. A later chunk whose texts link other
     URLs (``streamable`` rules that out) is a ``Conflict``, raised before anything of it is written."""
@@ -445,20 +447,21 @@ def _freeze_stream(store: Store, tenant: str, camp: CampaignRow, spec: CampaignS
                                batch_size=spec.batch_size, chunk=chunk_batches(spec, chunk),
                                smart_window_s=spec.smart_sending_hours * schedule.HOUR, reads_name=reads_name,
                                send_at=send_time(spec, tl, now), zones=zones, texts=texts, now=now,
-                               expires_at=expires)  # fmt: skip
+                               expires_at=expires, lines=lines)  # fmt: skip
 
 
 def stream_step(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, chunk: int, now: float,
-                cache: TextCache | None = None) -> int | None:  # fmt: skip
+                cache: TextCache | None = None, lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None:  # fmt: skip
     """Freeze the next chunk of a stream started by ``freeze(stream=...)`` (one transaction: its rows and
     batches committed, then postable); the first batch still to be frozen, None when none is.
-    ``cache``: the texts rendered by the chunks before (``stream_steps``)."""
+    ``cache``: the texts rendered by the chunks before (``stream_steps``); ``lines``: filled with the
+    chunk's batches' ``(phone, text, tz)`` once committed (as ``freeze`` fills it)."""
     spec = cache.spec if cache is not None else parse_spec(camp.definition)
     for seg in [*spec.audience.include, *spec.audience.exclude]:
         if store.segment(tenant, seg) is None:
             raise NotFound(f"no segment {seg}", code="segment_not_found", field="audience")
     try:
-        pending = _freeze_stream(store, tenant, camp, spec, tl, now, chunk, cache)
+        pending = _freeze_stream(store, tenant, camp, spec, tl, now, chunk, cache, lines)
         return None if pending == -1 else pending
     except _NotSetBased:
         raise Conflict("a streamed launch's texts link other URLs than its first chunk's",
@@ -790,6 +793,20 @@ class _Frozen:
     def __init__(self, pending: int | None) -> None:
         self.pending, self.failed = pending, None
         self._moved = anyio.Event()
+        self.taken, self._took = -1, anyio.Event()  # the last batch whose body is being built
+
+    def took(self, batch: int) -> None:
+        self.taken = batch
+        self._took.set()
+        self._took = anyio.Event()
+
+    async def wait_taken(self, batch: int) -> None:
+        """Until the bodies have reached ``batch`` (or the submit is over: ``finish``)."""
+        while self.taken < batch:
+            await self._took.wait()
+
+    def finish(self) -> None:
+        self.took(1 << 62)
 
     def advance(self, pending: int | None) -> None:
         self.pending = pending
@@ -891,11 +908,13 @@ class Launcher:
                                  self.store, tenant, camp, tl, now)  # fmt: skip
         size = parse_spec(camp.definition).batch_size
         step: Callable[[], int | None] = partial(freeze_step, self.freeze_store, tenant, camp, tl, self.freeze_chunk or 1)
-        pending = None
+        pending, ahead = None, None
         if hasattr(self.store, "stream_pending"):  # a stream started now or by an earlier launch (continued either way)
             pending = await self._run(self.store.stream_pending, tenant, campaign_id, size)
             if pending is not None:
-                step = partial(stream_steps(self.freeze_store, tenant, camp, tl, self.stream_chunk or DEFAULT_STREAM_CHUNK), now)
+                chunk = self.stream_chunk or DEFAULT_STREAM_CHUNK
+                step = partial(stream_steps(self.freeze_store, tenant, camp, tl, chunk, lines), now)
+                ahead = chunk_batches(parse_spec(camp.definition), chunk)
         if pending is None and self.freeze_chunk is not None:
             pending = await self._run(self.store.plan_pending, tenant, campaign_id, size)
         gate = _Frozen(pending)
@@ -905,25 +924,33 @@ class Launcher:
         failed: Exception | None = None
         async with anyio.create_task_group() as tg:
             if gate.pending is not None:
-                tg.start_soon(self._freeze_rest, tenant, camp, step, gate)
+                tg.start_soon(self._freeze_rest, tenant, camp, step, gate, ahead)
             try:
                 await self._submit(client, tenant, camp, lines, gate)
             except Exception as exc:  # raised as itself, not inside the task group's ExceptionGroup
                 failed = exc
                 tg.cancel_scope.cancel()
+            finally:
+                gate.finish()  # no more bodies: a freeze still under way (a cancel) writes the rest unheld
         if failed is not None:
             raise failed
         log.info("campaign.submitted tenant=%s campaign=%d seconds=%.3f process_cpu_s=%.3f", tenant, campaign_id,
                  time.perf_counter() - t1, time.process_time() - c1)  # fmt: skip
         return await self.launch_state(tenant, campaign_id)
 
-    async def _freeze_rest(self, tenant: str, camp: CampaignRow, step: Callable[[], int | None], gate: _Frozen) -> None:
+    async def _freeze_rest(self, tenant: str, camp: CampaignRow, step: Callable[[], int | None], gate: _Frozen,
+                           ahead: int | None = None) -> None:  # fmt: skip
         """Write the remaining chunks (of the stored plan, or of the stream: ``step``) one transaction
         each, moving ``gate`` on after each commit; a failure is handed to the batches waiting for it
-        (a relaunch continues from the plan or the stream's cursor)."""
+        (a relaunch continues from the plan or the stream's cursor). ``ahead`` (batches): a chunk is
+        frozen only once the bodies have reached that close to the batches written (a stream): each
+        chunk's transaction holds the store, so a freeze racing ahead would hold up every read and
+        answer of the batches being posted (SQLite: one connection)."""
         t0, own, chunks = time.perf_counter(), 0.0, 0
         try:
             while gate.pending is not None:
+                if ahead is not None:
+                    await gate.wait_taken(gate.pending - ahead)
                 pending, cpu = await self._run(_timed, step)
                 own, chunks = own + cpu, chunks + 1
                 gate.advance(pending)
@@ -999,6 +1026,7 @@ class Launcher:
                     return
                 for b in todo:
                     seen = b.batch
+                    gate.took(b.batch)
                     if b.job_id is not None:
                         continue
                     try:

@@ -190,7 +190,8 @@ class Store(Protocol):
                       ids: Sequence[int], *, batch_size: int, chunk: int, smart_window_s: float, reads_name: bool,
                       send_at: float, zones: Callable[[list[str | None]], Mapping[str | None, tuple[str, float | None]]],
                       texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts],
-                      now: float, expires_at: float | None = None) -> int | None: ...  # the next chunk of a stream
+                      now: float, expires_at: float | None = None,
+                      lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None: ...  # the next chunk of a stream
     def stream_pending(self, tenant: str, campaign_id: int, batch_size: int) -> int | None: ...  # first batch to stream
     def url_like_names(self, tenant: str) -> bool: ...  # a subscriber's first name holds a URL
     def launch_audience(self, tenant: str, include: Sequence[int], exclude: Sequence[int],

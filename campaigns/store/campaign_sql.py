@@ -543,14 +543,18 @@ class CampaignSql(ReportSql):
                       ids: Sequence[int], *, batch_size: int, chunk: int, smart_window_s: float, reads_name: bool,
                       send_at: float, zones: Callable[[list[str | None]], Mapping[str | None, tuple[str, float | None]]],
                       texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts],
-                      now: float, expires_at: float | None = None) -> int | None:  # fmt: skip
+                      now: float, expires_at: float | None = None,
+                      lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None:  # fmt: skip
         """Freeze the next chunk of a streamed launch (docs/ARCHITECTURE.md, "A streamed freeze"), one
         transaction: the next ``chunk`` batches' worth of kept recipients in subscriber id order after
         the stored cursor (the first call starts the stream: the audience as of ``now``, everyone sent
         at ``send_at``), written as ``freeze_set`` writes them (the same slots, texts and link numbers),
         their batches with them; the cursor moved on. Returns the first batch still to be frozen, None
-        when the stream is done, -1 when the campaign was frozen already (nothing written)."""
+        when the stream is done, -1 when the campaign was frozen already (nothing written). ``lines``:
+        filled, once the chunk is committed, with each of its batches' ``(phone, text, tz)`` in slot
+        order (``batch_lines``, read in the chunk's transaction: the bodies need no read of their own)."""
         need = max(1, chunk) * batch_size
+        written: dict[int, list[tuple[str, str, str]]] = {}
         with self._tx() as tx:
             cur = tx.one("SELECT after_id, next_slot, max_id, bound, as_of, send_at, targets FROM campaign_streams "
                          "WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))  # fmt: skip
@@ -574,6 +578,11 @@ class CampaignSql(ReportSql):
                 last_id = self._stream_rows(tx, tenant, campaign_id, base, batch_size, bound, reads_name, send_at,
                                             zones, texts, targets, now, expires_at)  # fmt: skip
             done = got < need
+            if got and lines is not None:
+                for b, phone, text, tz in tx.rows("SELECT batch, phone, text, tz FROM campaign_recipients WHERE tenant = ? "
+                                                  "AND campaign_id = ? AND batch >= ? AND batch <= ? ORDER BY batch, idx",
+                                                  (tenant, campaign_id, base // batch_size, (base + got - 1) // batch_size)):  # fmt: skip
+                    written.setdefault(int(b), []).append((phone, text, tz))
             sizes = {b: (send_at, min(batch_size, base + got - b * batch_size))
                      for b in range(base // batch_size, -(-(base + got) // batch_size))}  # fmt: skip
             if sizes or base == 0:  # (an empty audience: the marker batch)
@@ -595,6 +604,8 @@ class CampaignSql(ReportSql):
                        (tenant, campaign_id, tenant, campaign_id))  # fmt: skip
             _drop_launch_temps(tx)
         self._links_changed()
+        if lines is not None:
+            lines.update(written)
         return None if done else (base + got) // batch_size
 
     def _stream_audience(self, tx: Any, tenant: str, include: Sequence[int], exclude: Sequence[int], ids: Sequence[int],
