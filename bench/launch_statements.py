@@ -1,9 +1,11 @@
 """A launch's freeze statement by statement: the CPU time of the thread running each store
 statement (``Tx`` methods timed), on a seeded SQLite store (the audience of `sluice bench campaign`),
-frozen in one transaction or in chunks (``freeze(chunk=...)`` then ``freeze_step``).
+frozen in one transaction, in chunks (``freeze(chunk=...)`` then ``freeze_step``) or as a stream
+(``freeze(stream=...)`` then ``stream_step``).
 
-    python -m bench.launch_statements 100000 20000     # chunks of 20,000 recipients
-    python -m bench.launch_statements 100000 none      # one transaction
+    python -m bench.launch_statements 100000 20000         # chunks of 20,000 recipients
+    python -m bench.launch_statements 100000 none          # one transaction
+    python -m bench.launch_statements 100000 stream20000   # a stream of 20,000 a chunk
 """
 
 from __future__ import annotations
@@ -39,14 +41,18 @@ def _timed_statements() -> dict[str, list[float]]:
     return acc
 
 
-def main(n: int, chunk: int | None) -> None:
+def main(n: int, chunk: int | None, stream: int | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="sluice-launch-statements-") as tmp:
         store, camp, tl, now = ready_campaign(tmp, n)
         acc = _timed_statements()
         c0 = time.thread_time()
-        launch.freeze(store, bc.TENANT, camp, tl, now, chunk=chunk)
+        launch.freeze(store, bc.TENANT, camp, tl, now, chunk=chunk, stream=stream)
         c1 = time.thread_time()
-        if chunk is not None:
+        if stream is not None:
+            step = launch.stream_steps(store, bc.TENANT, camp, tl, stream)
+            while step(now) is not None:
+                pass
+        elif chunk is not None:
             while launch.freeze_step(store, bc.TENANT, camp, tl, chunk) is not None:
                 pass
         c2 = time.thread_time()
@@ -59,5 +65,8 @@ def main(n: int, chunk: int | None) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000,
-         None if len(sys.argv) > 2 and sys.argv[2] == "none" else int(sys.argv[2]) if len(sys.argv) > 2 else 20_000)
+    how = sys.argv[2] if len(sys.argv) > 2 else "20000"
+    if how.startswith("stream"):
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000, None, int(how.removeprefix("stream")))
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000, None if how == "none" else int(how))

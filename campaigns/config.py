@@ -169,6 +169,11 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # it writes and answers this one (docs/ARCHITECTURE.md, "Which core does what during a launch":
     # measured no gain on a loaded machine, so not the default).
     launch_post_window: Annotated[int, msgspec.Meta(ge=1, le=8)] = 1
+    # A launch with one send time (now, or at an instant) and a text no recipient can change the links
+    # of is frozen as a stream, this many recipients at a time (whole batches) in subscriber id order,
+    # each chunk's batches posted while the next is frozen (docs/ARCHITECTURE.md, "A streamed
+    # freeze"). Unset: 20,000 on both engines. 0: no stream (the plan of the whole audience first).
+    launch_stream_chunk: Annotated[int, msgspec.Meta(ge=0)] | None = None
     tenants: list[TenantSettings] = []
 
     def __post_init__(self) -> None:

@@ -16,6 +16,11 @@ Theory of operation (a crash at any point never sends a recipient twice):
    the whole audience and the first chunk of recipients in one transaction, the rest of the plan
    stored (``campaign_plan``), then each next chunk its own transaction (``freeze_step``), written
    while the batches already committed are posted; a relaunch continues from the stored plan.
+   A launch with one send time whose links no recipient can change (``streamable``) is frozen as a
+   *stream* instead (``stream_chunk``): the audience walked in subscriber id order (send order), a
+   chunk at a time (``Store.freeze_stream``: the chunk's recipients, batches and the durable cursor
+   in one transaction), each chunk posted while the next is frozen; a relaunch continues from the
+   cursor (docs/ARCHITECTURE.md, "A streamed freeze", for what "frozen audience" means then).
 2. ``submit``: each batch not yet answered is posted as one NDJSON job with
    ``Idempotency-Key: campaign-{id}-batch-{n}``. The body is rebuilt from the frozen rows, so it is
    the same bytes each time, and the gateway answers a retried key with its stored answer instead of
@@ -285,7 +290,8 @@ def _discount(store: Store, tenant: str, spec: CampaignSpec, cid: int, sid: int,
 
 
 def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: float, *,
-           lines: dict[int, list[tuple[str, str, str]]] | None = None, chunk: int | None = None) -> bool:  # fmt: skip
+           lines: dict[int, list[tuple[str, str, str]]] | None = None, chunk: int | None = None,
+           stream: int | None = None) -> bool:  # fmt: skip
     """Plan and store the campaign's recipients (False: they were frozen by an earlier launch).
 
     Set-based where it can be: the audience's marketable subscribers are read in one query (only
@@ -298,10 +304,20 @@ def freeze(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, now: f
     ``chunk`` (recipients, rounded up to whole batches): a set-based freeze writes only the first
     chunk's recipients and stores the rest of the plan (``Store.freeze_set(chunk=...)``); each next
     chunk is ``freeze_step``. The plan is the whole audience's either way (smart sending, batches,
-    slots, link numbers, texts): the rows are the same as one freeze's."""
+    slots, link numbers, texts): the rows are the same as one freeze's.
+
+    ``stream`` (recipients, rounded up to whole batches): a launch that ``streamable`` allows is frozen
+    as a stream instead: only its first chunk now (the audience as of ``now``, in subscriber id
+    order), each next one by ``stream_step`` (docs/ARCHITECTURE.md, "A streamed freeze")."""
     if store.batches(tenant, camp.id) or store.campaign_recipients(tenant, camp.id, limit=1):
         return False
     spec = parse_spec(camp.definition)
+    if stream is not None and streamable(store, tenant, spec, tl):
+        _listed(store, tenant, spec.audience)  # its segments exist
+        try:
+            return _freeze_stream(store, tenant, camp, spec, tl, now, stream, lines=lines) != -1  # -1: frozen already
+        except _NotSetBased:  # (ruled out by ``streamable``) nothing written: planned below
+            pass
     if set_based(spec) and hasattr(store, "freeze_set"):
         try:
             return _freeze_set(store, tenant, camp, spec, tl, now, chunk)
@@ -367,6 +383,96 @@ def _freeze_set(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec
     (rendered by ``TextCache``, the codes by ``links.LinkCipher``): the rows ``_plan`` would write."""
     aud = spec.audience
     ids = _listed(store, tenant, aud)
+    zones, texts, reads_name, expires = _set_parts(spec, tl, now)
+    return store.freeze_set(tenant, camp.id, aud.include, aud.exclude, ids, batch_size=spec.batch_size,
+                            smart_window_s=spec.smart_sending_hours * schedule.HOUR, reads_name=reads_name,
+                            zones=zones, texts=texts, now=now, expires_at=expires,
+                            chunk=None if chunk is None else chunk_batches(spec, chunk))  # fmt: skip
+
+
+def streamable(store: Store, tenant: str, spec: CampaignSpec, tl: TenantLinks) -> bool:
+    """Whether a launch of ``spec`` can be frozen as a stream (``freeze_stream``; docs/ARCHITECTURE.md,
+    "A streamed freeze"): set-based, one send time for everyone (``now`` or ``at``: send order is
+    subscriber id order), an audience of segments and ids (no CSV), and texts whose links and
+    renderability cannot depend on the recipient, so that nothing a later chunk finds can fail a
+    launch whose first batches are sent: the template rendered for probe names (none, two names) in
+    every locale its rules name, first message or not, renders and links the same URLs each time;
+    and no first name of the tenant's subscribers holds a URL (``Store.url_like_names``)."""
+    if not set_based(spec) or not isinstance(spec.schedule, schedule.Now | schedule.At) or spec.audience.csv is not None:
+        return False
+    if not hasattr(store, "freeze_stream"):
+        return False
+    template = templates.compile_template(spec.template or "")
+    locales = {None, *spec.rules.footers, *spec.rules.signatures}
+    seen: set[tuple[str, ...]] = set()
+    cache = TextCache(spec)
+    try:
+        links.code_length(spec.link_domain or tl.domain)
+        for name in (None, "Ann", "Qzx"):
+            for locale in locales:
+                for first in (True, False):
+                    seen.add(cache.skeleton(template, _values_of(spec, name, {}, None), locale, first).urls)
+    except (templates.TemplateError, links.LinkError, InvalidInput):
+        return False
+    if len(seen) != 1:
+        return False
+    reads_name = any(p.name == "first_name" for p in template.shortcodes)
+    return not (reads_name and store.url_like_names(tenant))
+
+
+def send_time(spec: CampaignSpec, tl: TenantLinks, now: float) -> float:
+    """The one send time of a streamed launch (``now`` or ``at``, never before ``now``)."""
+    at = schedule.send_times(spec.schedule, [(0, None)], now=now, default_zone=tl.zone)[0].send_at
+    assert at is not None, "now and at always send"
+    return at
+
+
+def stream_steps(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, chunk: int,
+                 lines: dict[int, list[tuple[str, str, str]]] | None = None) -> Callable[[float], int | None]:  # fmt: skip
+    """``stream_step`` for each next chunk of one launch (``step(now)``), the chunks sharing one
+    ``TextCache``: a first name's text is rendered once a launch, not once a chunk."""
+    cache = TextCache(parse_spec(camp.definition))
+    return lambda now: stream_step(store, tenant, camp, tl, chunk, now, cache, lines)
+
+
+def _freeze_stream(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec, tl: TenantLinks, now: float,
+                   chunk: int, cache: TextCache | None = None,
+                   lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None:  # fmt: skip
+    """The next chunk of a streamed freeze (the first one starts it: the audience as of ``now``); the
+    first batch still to be frozen, None when the stream is done. A later chunk whose texts link other
+    URLs (``streamable`` rules that out) is a ``Conflict``, raised before anything of it is written."""
+    aud = spec.audience
+    zones, texts, reads_name, expires = _set_parts(spec, tl, now, cache)
+    return store.freeze_stream(tenant, camp.id, aud.include, aud.exclude, list(aud.subscribers),
+                               batch_size=spec.batch_size, chunk=chunk_batches(spec, chunk),
+                               smart_window_s=spec.smart_sending_hours * schedule.HOUR, reads_name=reads_name,
+                               send_at=send_time(spec, tl, now), zones=zones, texts=texts, now=now,
+                               expires_at=expires, lines=lines)  # fmt: skip
+
+
+def stream_step(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, chunk: int, now: float,
+                cache: TextCache | None = None, lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None:  # fmt: skip
+    """Freeze the next chunk of a stream started by ``freeze(stream=...)`` (one transaction: its rows and
+    batches committed, then postable); the first batch still to be frozen, None when none is.
+    ``cache``: the texts rendered by the chunks before (``stream_steps``); ``lines``: filled with the
+    chunk's batches' ``(phone, text, tz)`` once committed (as ``freeze`` fills it)."""
+    spec = cache.spec if cache is not None else parse_spec(camp.definition)
+    for seg in [*spec.audience.include, *spec.audience.exclude]:
+        if store.segment(tenant, seg) is None:
+            raise NotFound(f"no segment {seg}", code="segment_not_found", field="audience")
+    try:
+        pending = _freeze_stream(store, tenant, camp, spec, tl, now, chunk, cache, lines)
+        return None if pending == -1 else pending
+    except _NotSetBased:
+        raise Conflict("a streamed launch's texts link other URLs than its first chunk's",
+                       code="stream_links_differ") from None
+
+
+def _set_parts(spec: CampaignSpec, tl: TenantLinks, now: float,
+               shared: TextCache | None = None) -> tuple[Any, Any, bool, float | None]:  # fmt: skip
+    """What a set-based freeze asks Python: ``zones`` (each distinct time zone's resolved zone and send
+    time), ``texts`` (each distinct text's pieces and the codes), whether the template reads the
+    first name, and when the links expire."""
     template = templates.compile_template(spec.template or "")
     domain = spec.link_domain or tl.domain
     expires = now + spec.link_ttl_days * 86_400 if spec.link_ttl_days is not None else None
@@ -377,7 +483,7 @@ def _freeze_set(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec
 
     def texts(keys: list[TextKey], first: Callable[[Sequence[TextKey]], tuple[TextKey, int]]) -> SetTexts:
         length = links.code_length(domain)  # a domain too long is the first error, as soon as anyone is sent
-        cache = TextCache(spec)
+        cache = shared if shared is not None else TextCache(spec)
         pieces: dict[str, tuple[str, ...]] = {}
         targets: tuple[str, ...] | None = None
         failed: dict[str, templates.TemplateError] = {}
@@ -408,11 +514,7 @@ def _freeze_set(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec
 
         return SetTexts(pieces=pieces, targets=targets or (), length=length, codes=codes)
 
-    return store.freeze_set(tenant, camp.id, aud.include, aud.exclude, ids, batch_size=spec.batch_size,
-                            smart_window_s=spec.smart_sending_hours * schedule.HOUR, reads_name=any(
-                                p.name == "first_name" for p in template.shortcodes),
-                            zones=zones, texts=texts, now=now, expires_at=expires,
-                            chunk=None if chunk is None else chunk_batches(spec, chunk))  # fmt: skip
+    return zones, texts, any(p.name == "first_name" for p in template.shortcodes), expires
 
 
 def _plan(store: Store, tenant: str, spec: CampaignSpec, camp: CampaignRow, planned: Sequence[schedule.SendTime],
@@ -665,6 +767,7 @@ def idempotency_key(campaign_id: int, batch: int) -> str:
 
 
 DEFAULT_FREEZE_CHUNK = 20_000  # recipients a chunk of a freeze (serve's default on PostgreSQL)
+DEFAULT_STREAM_CHUNK = 20_000  # recipients a chunk of a streamed freeze (both engines)
 POST_WINDOW = 1  # batches in flight at once (1: each posted once the one before is answered; docs/BENCHMARKS.md:
 # 2 measured no gain on a loaded machine, launch7)
 
@@ -677,6 +780,11 @@ def freeze_chunk_for(setting: int | None, engine: str) -> int | None:
     return setting or None
 
 
+def stream_chunk_for(setting: int | None) -> int | None:
+    """``campaigns.launch_stream_chunk`` as the launcher takes it (None: no streamed freeze)."""
+    return DEFAULT_STREAM_CHUNK if setting is None else (setting or None)
+
+
 class _Frozen:
     """How far a freeze in chunks has written its recipients: ``pending`` is the first batch still
     only planned (None: every batch is written). ``wait(batch)`` returns once that batch's rows are
@@ -685,6 +793,20 @@ class _Frozen:
     def __init__(self, pending: int | None) -> None:
         self.pending, self.failed = pending, None
         self._moved = anyio.Event()
+        self.taken, self._took = -1, anyio.Event()  # the last batch whose body is being built
+
+    def took(self, batch: int) -> None:
+        self.taken = batch
+        self._took.set()
+        self._took = anyio.Event()
+
+    async def wait_taken(self, batch: int) -> None:
+        """Until the bodies have reached ``batch`` (or the submit is over: ``finish``)."""
+        while self.taken < batch:
+            await self._took.wait()
+
+    def finish(self) -> None:
+        self.took(1 << 62)
 
     def advance(self, pending: int | None) -> None:
         self.pending = pending
@@ -740,9 +862,9 @@ class Launcher:
     def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantLinks],
                  clock: Callable[[], float], *, callback_urls: Mapping[str, str] | None = None,
                  freeze_chunk: int | None = DEFAULT_FREEZE_CHUNK, freeze_store: Store | None = None,
-                 post_window: int = POST_WINDOW) -> None:  # fmt: skip
+                 post_window: int = POST_WINDOW, stream_chunk: int | None = DEFAULT_STREAM_CHUNK) -> None:  # fmt: skip
         self.store, self.clients, self.tenants, self.clock = store, clients, tenants, clock
-        self.post_window = post_window
+        self.post_window, self.stream_chunk = post_window, stream_chunk
         self.freeze_chunk, self.freeze_store = freeze_chunk, freeze_store or store
         set_keys = getattr(store, "set_link_keys", None)  # range codes are decoded with the tenants' keys
         if set_keys is not None:
@@ -782,35 +904,54 @@ class Launcher:
         camp = await self._run(self.store.set_campaign_status, tenant, campaign_id, "launching", now=now)
         lines: dict[int, list[tuple[str, str, str]]] = {}
         t0, c0 = time.perf_counter(), time.process_time()
-        _, own = await self._run(_timed, partial(freeze, lines=lines, chunk=self.freeze_chunk), self.store, tenant, camp, tl, now)
-        gate = _Frozen(await self._run(self.store.plan_pending, tenant, campaign_id, parse_spec(camp.definition).batch_size)
-                       if self.freeze_chunk is not None else None)  # fmt: skip
+        _, own = await self._run(_timed, partial(freeze, lines=lines, chunk=self.freeze_chunk, stream=self.stream_chunk),
+                                 self.store, tenant, camp, tl, now)  # fmt: skip
+        size = parse_spec(camp.definition).batch_size
+        step: Callable[[], int | None] = partial(freeze_step, self.freeze_store, tenant, camp, tl, self.freeze_chunk or 1)
+        pending, ahead = None, None
+        if hasattr(self.store, "stream_pending"):  # a stream started now or by an earlier launch (continued either way)
+            pending = await self._run(self.store.stream_pending, tenant, campaign_id, size)
+            if pending is not None:
+                chunk = self.stream_chunk or DEFAULT_STREAM_CHUNK
+                step = partial(stream_steps(self.freeze_store, tenant, camp, tl, chunk, lines), now)
+                ahead = chunk_batches(parse_spec(camp.definition), chunk)
+        if pending is None and self.freeze_chunk is not None:
+            pending = await self._run(self.store.plan_pending, tenant, campaign_id, size)
+        gate = _Frozen(pending)
         t1, c1 = time.perf_counter(), time.process_time()
         log.info("campaign.frozen tenant=%s campaign=%d seconds=%.3f process_cpu_s=%.3f thread_cpu_s=%.3f pending_from=%s",
                  tenant, campaign_id, t1 - t0, c1 - c0, own, gate.pending)  # fmt: skip
         failed: Exception | None = None
         async with anyio.create_task_group() as tg:
             if gate.pending is not None:
-                tg.start_soon(self._freeze_rest, tenant, camp, tl, gate)
+                tg.start_soon(self._freeze_rest, tenant, camp, step, gate, ahead)
             try:
                 await self._submit(client, tenant, camp, lines, gate)
             except Exception as exc:  # raised as itself, not inside the task group's ExceptionGroup
                 failed = exc
                 tg.cancel_scope.cancel()
+            finally:
+                gate.finish()  # no more bodies: a freeze still under way (a cancel) writes the rest unheld
         if failed is not None:
             raise failed
         log.info("campaign.submitted tenant=%s campaign=%d seconds=%.3f process_cpu_s=%.3f", tenant, campaign_id,
                  time.perf_counter() - t1, time.process_time() - c1)  # fmt: skip
         return await self.launch_state(tenant, campaign_id)
 
-    async def _freeze_rest(self, tenant: str, camp: CampaignRow, tl: TenantLinks, gate: _Frozen) -> None:
-        """Write the plan's remaining chunks one transaction each, moving ``gate`` on after each commit;
-        a failure is handed to the batches waiting for it (a relaunch continues from the plan)."""
-        assert self.freeze_chunk is not None
+    async def _freeze_rest(self, tenant: str, camp: CampaignRow, step: Callable[[], int | None], gate: _Frozen,
+                           ahead: int | None = None) -> None:  # fmt: skip
+        """Write the remaining chunks (of the stored plan, or of the stream: ``step``) one transaction
+        each, moving ``gate`` on after each commit; a failure is handed to the batches waiting for it
+        (a relaunch continues from the plan or the stream's cursor). ``ahead`` (batches): a chunk is
+        frozen only once the bodies have reached that close to the batches written (a stream): each
+        chunk's transaction holds the store, so a freeze racing ahead would hold up every read and
+        answer of the batches being posted (SQLite: one connection)."""
         t0, own, chunks = time.perf_counter(), 0.0, 0
         try:
             while gate.pending is not None:
-                pending, cpu = await self._run(_timed, freeze_step, self.freeze_store, tenant, camp, tl, self.freeze_chunk)
+                if ahead is not None:
+                    await gate.wait_taken(gate.pending - ahead)
+                pending, cpu = await self._run(_timed, step)
                 own, chunks = own + cpu, chunks + 1
                 gate.advance(pending)
         except Exception as exc:  # noqa: BLE001  # raised by the submit side, which waits on it
@@ -829,12 +970,11 @@ class Launcher:
         started after it, the ones in flight are answered and their jobs canceled (``_post``). A
         failure is raised as itself once the posts in flight are answered; nothing is started after it."""
         spec = parse_spec(camp.definition)
-        todo = [b for b in await self._run(self.store.batches, tenant, camp.id) if b.job_id is None]
         send, receive = anyio.create_memory_object_stream[tuple[BatchRow, bytes | BaseException]](1)
         posting = _Posting(self.post_window)
         with receive:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._bodies, send, tenant, camp, spec, todo, lines or {}, gate or _Frozen(None))
+                tg.start_soon(self._bodies, send, tenant, camp, spec, lines or {}, gate or _Frozen(None))
                 async with anyio.create_task_group() as posts:
                     async for b, body in receive:
                         if not isinstance(body, bytes):
@@ -868,20 +1008,35 @@ class Launcher:
             posting.slots.release()
 
     async def _bodies(self, send: MemoryObjectSendStream[tuple[BatchRow, bytes | BaseException]], tenant: str,
-                      camp: CampaignRow, spec: CampaignSpec, todo: Sequence[BatchRow],
-                      lines: dict[int, list[tuple[str, str, str]]], gate: _Frozen) -> None:  # fmt: skip
-        """Build the bodies in order (from ``lines`` when this launch just froze them, else read back
-        once the batch's chunk is committed); a failure is handed on to ``_submit`` (raised there as
-        itself)."""
+                      camp: CampaignRow, spec: CampaignSpec, lines: dict[int, list[tuple[str, str, str]]],
+                      gate: _Frozen) -> None:  # fmt: skip
+        """Build the bodies of the batches not yet answered, in order, each once its chunk is committed
+        (from ``lines`` when this launch just froze them, else read back); a failure is handed on to
+        ``_submit`` (raised there as itself)."""
         async with send:
-            for b in todo:
+            seen = -1
+            while True:
                 try:
-                    await gate.wait(b.batch)
-                    body: bytes | BaseException = await self._run(self._body, tenant, camp, spec, b, lines.pop(b.batch, None))
+                    await gate.wait(seen + 1)  # the next batch is written, or the freeze is done
+                    pending = gate.pending
+                    todo = [b for b in await self._run(self.store.batches, tenant, camp.id)
+                            if b.batch > seen and (pending is None or b.batch < pending)]  # fmt: skip
                 except Exception as exc:
-                    body = exc
-                await send.send((b, body))
-                if not isinstance(body, bytes):
+                    await send.send((BatchRow(campaign_id=camp.id, batch=seen + 1, send_at=0.0, size=0, job_id=None, accepted=None), exc))
+                    return
+                for b in todo:
+                    seen = b.batch
+                    gate.took(b.batch)
+                    if b.job_id is not None:
+                        continue
+                    try:
+                        body: bytes | BaseException = await self._run(self._body, tenant, camp, spec, b, lines.pop(b.batch, None))
+                    except Exception as exc:
+                        body = exc
+                    await send.send((b, body))
+                    if not isinstance(body, bytes):
+                        return
+                if pending is None:
                     return
 
     def _body(self, tenant: str, camp: CampaignRow, spec: CampaignSpec, b: BatchRow,

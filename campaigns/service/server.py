@@ -24,7 +24,7 @@ from campaigns.service.campaign_api import campaign_handlers, redirect_front
 from campaigns.service.flow_api import FlowService, flow_handlers
 from campaigns.service.flow_runtime import FlowRuntime, install_state, runtime_tenants
 from campaigns.service.flow_workers import FlowWorkers
-from campaigns.service.launch import Launcher, TenantLinks, freeze_chunk_for
+from campaigns.service.launch import Launcher, TenantLinks, freeze_chunk_for, stream_chunk_for
 from campaigns.service.short_http import ShortLinkServer, serve_short_links
 from campaigns.service.tracking import Tracker
 from campaigns.service.gateway_client import GatewayClient
@@ -125,7 +125,8 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     freeze_store = await anyio.to_thread.run_sync(open_store, settings.store_url) if own else None
     chunk = freeze_chunk_for(settings.launch_freeze_chunk, getattr(store, "engine", "sqlite"))
     launcher = Launcher(launch_store, clients, links, time.time, callback_urls=callback_urls(settings),
-                        freeze_chunk=chunk, freeze_store=freeze_store, post_window=settings.launch_post_window)  # fmt: skip
+                        freeze_chunk=chunk, freeze_store=freeze_store, post_window=settings.launch_post_window,
+                        stream_chunk=stream_chunk_for(settings.launch_stream_chunk))  # fmt: skip
     tracker = Tracker(launcher)
     if launch_store is not store:  # range codes resolve on either connection (launch.py sets the launcher's)
         store.set_link_keys({name: t.key for name, t in links.items()})

@@ -193,6 +193,14 @@ class Store(Protocol):
     def freeze_next(self, tenant: str, campaign_id: int, *, batches: int, batch_size: int,
                     codes: Callable[[int, int], bytes] | None) -> int | None: ...  # the next chunk; first batch still planned
     def plan_pending(self, tenant: str, campaign_id: int, batch_size: int) -> int | None: ...  # first batch still planned
+    def freeze_stream(self, tenant: str, campaign_id: int, include: Sequence[int], exclude: Sequence[int],
+                      ids: Sequence[int], *, batch_size: int, chunk: int, smart_window_s: float, reads_name: bool,
+                      send_at: float, zones: Callable[[list[str | None]], Mapping[str | None, tuple[str, float | None]]],
+                      texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts],
+                      now: float, expires_at: float | None = None,
+                      lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None: ...  # the next chunk of a stream
+    def stream_pending(self, tenant: str, campaign_id: int, batch_size: int) -> int | None: ...  # first batch to stream
+    def url_like_names(self, tenant: str) -> bool: ...  # a subscriber's first name holds a URL
     def launch_audience(self, tenant: str, include: Sequence[int], exclude: Sequence[int],
                         ids: Sequence[int]) -> tuple[list[AudienceRow], dict[int, float | None]]: ...
     def link_range_end(self, tenant: str, length: int) -> int: ...  # a new link range's first number

@@ -194,17 +194,32 @@ def _audience_sql(tx: Any, tenant: str, include: Sequence[int], exclude: Sequenc
     if exclude:
         skip = (f" AND NOT EXISTS (SELECT 1 FROM {tx.each('bigint')} CROSS JOIN segment_members x WHERE x.tenant = "
                 "s.tenant AND x.segment_id = value AND x.subscriber_id = s.id)")  # fmt: skip
+    sent = _sent_expr(tx, pending)
+    sql = (f"SELECT s.id, s.phone, s.first_name, s.time_zone, s.language, s.attributes, {sent} AS sent, "
+           "(SELECT st.last_message_at FROM subscriber_stats st WHERE "
+           f"st.subscriber_id = s.id AND st.tenant = s.tenant) AS stat FROM ({aud}) a CROSS JOIN subscribers s WHERE s.id = a.sid AND s.tenant = ? AND "
+           f"s.consent = 'confirmed'{skip}")  # fmt: skip
+    return sql, [*params, tenant, *([tx.array(sorted(set(exclude)))] if exclude else [])]
+
+
+def _sent_expr(tx: Any, pending: bool) -> str:
+    """Subscriber ``s``'s last campaign send (``last_marketing_at``'s rule), a launch still being frozen
+    in chunks counted (``pending``: ``_pending``'s table)."""
     sent = ("(SELECT MAX(r.send_at) FROM campaign_recipients r WHERE r.tenant = s.tenant AND r.subscriber_id = s.id "
             "AND r.state NOT IN ('rejected', 'canceled', 'failed'))")  # fmt: skip
     if pending:
         planned = "(SELECT p.at FROM launch_pending p WHERE p.sid = s.id)"
         sent = (f"GREATEST({sent}, {planned})" if tx.pg
                 else f"max(COALESCE({sent}, {planned}), COALESCE({planned}, {sent}))")  # fmt: skip
-    sql = (f"SELECT s.id, s.phone, s.first_name, s.time_zone, s.language, s.attributes, {sent} AS sent, "
-           "(SELECT st.last_message_at FROM subscriber_stats st WHERE "
-           f"st.subscriber_id = s.id AND st.tenant = s.tenant) AS stat FROM ({aud}) a CROSS JOIN subscribers s WHERE s.id = a.sid AND s.tenant = ? AND "
-           f"s.consent = 'confirmed'{skip}")  # fmt: skip
-    return sql, [*params, tenant, *([tx.array(sorted(set(exclude)))] if exclude else [])]
+    return sent
+
+
+def _plan_cols(tx: Any, reads_name: bool) -> str:
+    """``launch_plan``'s columns from ``launch_aud a`` and ``launch_zones z``: id, phone, send time, zone,
+    first marketing message or not, language (NULL kept apart), first name where the template reads it."""
+    two = "chr(2)" if tx.pg else "char(2)"
+    return (f"a.id, a.phone, z.send_at, z.zone, CASE WHEN a.sent IS NULL AND a.stat IS NULL THEN 1 ELSE 0 END, "
+            f"COALESCE(a.language, {two}), {'COALESCE(a.first_name, {})'.format(repr('')) if reads_name else repr('')}")  # fmt: skip
 
 
 def _temp(tx: Any, name: str, columns: str = "") -> str:
@@ -381,9 +396,7 @@ class CampaignSql(ReportSql):
         last = _last(tx)
         kept = ("z.send_at IS NOT NULL" + (f" AND ({last} IS NULL OR z.send_at - {last} >= {float(smart_window_s)!r})"
                                            if smart_window_s > 0 else ""))  # fmt: skip
-        two = "chr(2)" if tx.pg else "char(2)"
-        cols = (f"a.id, a.phone, z.send_at, z.zone, CASE WHEN a.sent IS NULL AND a.stat IS NULL THEN 1 ELSE 0 END, "
-                f"COALESCE(a.language, {two}), {'COALESCE(a.first_name, {})'.format(repr('')) if reads_name else repr('')}")  # fmt: skip
+        cols = _plan_cols(tx, reads_name)
         order = "ORDER BY z.send_at, a.id"
         tx.run(_temp(tx, "launch_plan", f"(pos {whole} PRIMARY KEY, id {whole}, phone TEXT, send_at {real}, zone TEXT, "
                                         f"f {whole}, lang TEXT, name TEXT)"))  # fmt: skip
@@ -511,6 +524,199 @@ class CampaignSql(ReportSql):
             _drop_launch_temps(tx)
         self._links_changed()
         return None if row is None or row[0] is None else int(row[0]) // batch_size
+
+    def url_like_names(self, tenant: str) -> bool:
+        """Whether a subscriber's first name could be read as a URL in a text (``links.find_urls``:
+        ``://`` or ``www.``): then a streamed launch cannot know its links from its first chunk."""
+        with self._tx() as tx:
+            return tx.one(f"SELECT 1 FROM subscribers WHERE tenant = ? AND (first_name LIKE ? OR first_name "
+                          f"{'ILIKE' if tx.pg else 'LIKE'} ?) LIMIT 1", (tenant, "%://%", "%www.%")) is not None  # fmt: skip
+
+    def stream_pending(self, tenant: str, campaign_id: int, batch_size: int) -> int | None:
+        """The first batch of a streamed freeze not yet written (``campaign_streams``); None when the
+        campaign has no stream under way."""
+        with self._tx() as tx:
+            row = tx.one("SELECT next_slot FROM campaign_streams WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))
+        return None if row is None else int(row[0]) // batch_size
+
+    def freeze_stream(self, tenant: str, campaign_id: int, include: Sequence[int], exclude: Sequence[int],
+                      ids: Sequence[int], *, batch_size: int, chunk: int, smart_window_s: float, reads_name: bool,
+                      send_at: float, zones: Callable[[list[str | None]], Mapping[str | None, tuple[str, float | None]]],
+                      texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts],
+                      now: float, expires_at: float | None = None,
+                      lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None:  # fmt: skip
+        """Freeze the next chunk of a streamed launch (docs/ARCHITECTURE.md, "A streamed freeze"), one
+        transaction: the next ``chunk`` batches' worth of kept recipients in subscriber id order after
+        the stored cursor (the first call starts the stream: the audience as of ``now``, everyone sent
+        at ``send_at``), written as ``freeze_set`` writes them (the same slots, texts and link numbers),
+        their batches with them; the cursor moved on. Returns the first batch still to be frozen, None
+        when the stream is done, -1 when the campaign was frozen already (nothing written). ``lines``:
+        filled, once the chunk is committed, with each of its batches' ``(phone, text, tz)`` in slot
+        order (``batch_lines``, read in the chunk's transaction: the bodies need no read of their own)."""
+        need = max(1, chunk) * batch_size
+        written: dict[int, list[tuple[str, str, str]]] = {}
+        with self._tx() as tx:
+            cur = tx.one("SELECT after_id, next_slot, max_id, bound, as_of, send_at, targets FROM campaign_streams "
+                         "WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))  # fmt: skip
+            if cur is None:
+                if tx.one("SELECT 1 FROM campaign_batches WHERE tenant = ? AND campaign_id = ? LIMIT 1",
+                          (tenant, campaign_id)) is not None:  # fmt: skip
+                    return -1
+                # Every recipient is a subscriber of the tenant with an id up to the largest now: their
+                # count bounds the link numbers the stream can use (its range, shrunk at the end).
+                n, top = tx.one("SELECT COUNT(*), MAX(id) FROM subscribers WHERE tenant = ?", (tenant,)) or (0, None)
+                after, base, max_id, bound, as_of, targets = 0, 0, int(top or 0), int(n or 0), now, None
+            else:
+                after, base, max_id, bound, as_of, send_at = (int(cur[0]), int(cur[1]), int(cur[2]), int(cur[3]),
+                                                              float(cur[4]), float(cur[5]))  # fmt: skip
+                targets = None if cur[6] is None else tuple(msgspec.json.decode(cur[6]))
+            _drop_launch_temps(tx)
+            got = self._stream_audience(tx, tenant, include, exclude, ids, after, max_id, as_of, send_at,
+                                        smart_window_s, need)  # fmt: skip
+            last_id = after
+            if got:
+                last_id = self._stream_rows(tx, tenant, campaign_id, base, batch_size, bound, reads_name, send_at,
+                                            zones, texts, targets, now, expires_at)  # fmt: skip
+            done = got < need
+            if got and lines is not None:
+                for b, phone, text, tz in tx.rows("SELECT batch, phone, text, tz FROM campaign_recipients WHERE tenant = ? "
+                                                  "AND campaign_id = ? AND batch >= ? AND batch <= ? ORDER BY batch, idx",
+                                                  (tenant, campaign_id, base // batch_size, (base + got - 1) // batch_size)):  # fmt: skip
+                    written.setdefault(int(b), []).append((phone, text, tz))
+            sizes = {b: (send_at, min(batch_size, base + got - b * batch_size))
+                     for b in range(base // batch_size, -(-(base + got) // batch_size))}  # fmt: skip
+            if sizes or base == 0:  # (an empty audience: the marker batch)
+                _write_batches(tx, tenant, campaign_id, sizes, now)
+            if done:
+                tx.run("DELETE FROM campaign_streams WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))
+                tx.run("UPDATE link_ranges SET count = (?) * stride WHERE tenant = ? AND campaign_id = ?",
+                       (-(-(base + got) // batch_size) * batch_size, tenant, campaign_id))  # the numbers past the last batch freed
+            else:
+                if cur is None:
+                    tx.run("INSERT INTO campaign_streams (tenant, campaign_id, after_id, next_slot, max_id, bound, as_of, "
+                           "send_at, targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                           (tenant, campaign_id, last_id, base + got, max_id, bound, as_of, send_at))  # fmt: skip
+                else:
+                    tx.run("UPDATE campaign_streams SET after_id = ?, next_slot = ? WHERE tenant = ? AND campaign_id = ?",
+                           (last_id, base + got, tenant, campaign_id))  # fmt: skip
+                tx.run("UPDATE campaign_streams SET targets = (SELECT targets FROM link_ranges r WHERE r.tenant = ? AND "
+                       "r.campaign_id = ?) WHERE tenant = ? AND campaign_id = ? AND targets IS NULL",
+                       (tenant, campaign_id, tenant, campaign_id))  # fmt: skip
+            _drop_launch_temps(tx)
+        self._links_changed()
+        if lines is not None:
+            lines.update(written)
+        return None if done else (base + got) // batch_size
+
+    def _stream_audience(self, tx: Any, tenant: str, include: Sequence[int], exclude: Sequence[int], ids: Sequence[int],
+                         after: int, max_id: int, as_of: float, send_at: float, smart_window_s: float, need: int) -> int:  # fmt: skip
+        """``launch_aud``: the first ``need`` kept recipients with an id above ``after`` (consent
+        confirmed and smart sending's window judged now; segment members who joined at or before
+        ``as_of``; ids up to ``max_id``), read in id order a window of candidates at a time (the
+        candidates are walked by their indexes in id order, never the whole remaining audience)."""
+        real, whole = ("DOUBLE PRECISION", "BIGINT") if tx.pg else ("REAL", "INTEGER")
+        tx.run(_temp(tx, "launch_aud", f"(id {whole} PRIMARY KEY, phone TEXT, first_name TEXT, time_zone TEXT, "
+                                       f"language TEXT, sent {real}, stat {real})"))  # fmt: skip
+        sent = _sent_expr(tx, _pending(tx, tenant))
+        skip = ""
+        if exclude:
+            skip = (f" AND NOT EXISTS (SELECT 1 FROM {tx.each('bigint')} CROSS JOIN segment_members x WHERE x.tenant = "
+                    "s.tenant AND x.segment_id = value AND x.subscriber_id = s.id)")  # fmt: skip
+        last = _last(tx)
+        # Smart sending judged on the rows inserted (a filter over the subqueries' columns in the same
+        # statement would evaluate each correlated subquery once per mention: measured 2.4x the insert).
+        drop = (f"DELETE FROM launch_aud AS a WHERE a.id > ? AND {last} IS NOT NULL AND {float(send_at)!r} - {last} < "
+                f"{float(smart_window_s)!r}") if smart_window_s > 0 else None  # fmt: skip
+        got, cursor = 0, after
+        while got < need:
+            want = need - got
+            parts, params = [], []
+            for seg in sorted(set(include)):
+                parts.append("SELECT sid FROM (SELECT m.subscriber_id AS sid FROM segment_members m WHERE m.tenant = ? AND "
+                             "m.segment_id = ? AND m.subscriber_id > ? AND m.subscriber_id <= ? AND m.since <= ? "
+                             "ORDER BY m.subscriber_id LIMIT ?) p" + str(len(parts)))  # fmt: skip
+                params += [tenant, seg, cursor, max_id, as_of, want]
+            listed = sorted(i for i in set(ids) if cursor < i <= max_id)[:want]
+            if listed:
+                parts.append(f"SELECT value AS sid FROM {tx.each('bigint')}")
+                params.append(tx.array(listed))
+            if not parts:
+                break
+            cands = (f"(SELECT sid FROM ({' UNION '.join(parts)}) u ORDER BY sid LIMIT {int(want)})" if len(parts) > 1
+                     else f"({parts[0]})")  # fmt: skip
+            row = tx.one(f"SELECT COUNT(*), MAX(c.sid) FROM {cands} c", params)
+            scanned, top = (int(row[0]), row[1]) if row else (0, None)
+            if not scanned:
+                break
+            inner = (f"SELECT s.id, s.phone, s.first_name, s.time_zone, s.language, {sent} AS sent, (SELECT "
+                     "st.last_message_at FROM subscriber_stats st WHERE st.subscriber_id = s.id AND st.tenant = s.tenant) "
+                     f"AS stat FROM {cands} c CROSS JOIN subscribers s WHERE s.id = c.sid AND s.tenant = ? AND "
+                     f"s.consent = 'confirmed'{skip}")  # fmt: skip
+            got += tx.run(f"INSERT INTO launch_aud (id, phone, first_name, time_zone, language, sent, stat) {inner}",
+                          [*params, tenant, *([tx.array(sorted(set(exclude)))] if exclude else [])])  # fmt: skip
+            if drop is not None:
+                got -= tx.run(drop, (cursor,))
+            cursor = int(top)
+            if scanned < want:  # the candidates ran out
+                break
+        return got
+
+    def _stream_rows(self, tx: Any, tenant: str, campaign_id: int, base: int, batch_size: int, bound: int,
+                     reads_name: bool, send_at: float,
+                     zones: Callable[[list[str | None]], Mapping[str | None, tuple[str, float | None]]],
+                     texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts],
+                     targets: tuple[str, ...] | None, now: float, expires_at: float | None) -> int:  # fmt: skip
+        """``launch_aud``'s recipients written into the slots from ``base`` (``freeze_set``'s rows for
+        one send time: slot order is id order); the link range taken at the stream's first links
+        (``bound`` slots: shrunk when the stream ends). The chunk's last subscriber id."""
+        real, whole = ("DOUBLE PRECISION", "BIGINT") if tx.pg else ("REAL", "INTEGER")
+        tx.run(_temp(tx, "launch_zones", f"(tz TEXT PRIMARY KEY, zone TEXT NOT NULL, send_at {real})"))
+        by_key: dict[str, str] = {}
+        for z, (zone, _at) in zones([z for (z,) in tx.rows("SELECT DISTINCT time_zone FROM launch_aud")]).items():
+            by_key.setdefault(z or "", zone)  # NULL and '' both mean "no zone": the tenant's
+        tx.many("INSERT INTO launch_zones (tz, zone, send_at) VALUES (?, ?, ?)", [(k, z, send_at) for k, z in by_key.items()])
+        tx.run(_temp(tx, "launch_plan", f"(pos {whole} PRIMARY KEY, id {whole}, phone TEXT, send_at {real}, zone TEXT, "
+                                        f"f {whole}, lang TEXT, name TEXT)"))  # fmt: skip
+        order = "ORDER BY a.id"
+        tx.run(f"INSERT INTO launch_plan ({'pos, ' if tx.pg else ''}id, phone, send_at, zone, f, lang, name) SELECT "
+               f"{f'row_number() OVER ({order}), ' if tx.pg else ''}{_plan_cols(tx, reads_name)} FROM launch_aud a JOIN "
+               f"launch_zones z ON z.tz = COALESCE(a.time_zone, '') {order}")  # fmt: skip
+        tx.run(_temp(tx, "launch_groups", f"(send_at {real} PRIMARY KEY, delta {whole})"))
+        tx.run("INSERT INTO launch_groups (send_at, delta) VALUES (?, ?)", (send_at, base - 1))
+        n, top = tx.one("SELECT COUNT(*), MAX(id) FROM launch_plan") or (0, 0)
+        keys = {(int(f), lang, name) for f, lang, name in tx.rows("SELECT DISTINCT f, lang, name FROM launch_plan")}
+        plan = texts(*self._text_keys(tx, keys))
+        if targets is not None and plan.targets != targets or targets is None and base > 0 and plan.targets:
+            raise Conflict("a streamed launch's texts link other URLs than its first chunk's", code="stream_links_differ")
+        start = 0
+        if plan.targets:
+            if targets is None:  # the stream's first links: its range, as large as it can need
+                start = self._take_link_range(tx, tenant, campaign_id, plan, max(bound, base + int(n)), batch_size, now,
+                                              expires_at)  # fmt: skip
+            else:
+                row = tx.one("SELECT start FROM link_ranges WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))
+                start = int(row[0])
+            plan.codes(start + max(bound, base + int(n)) * len(plan.targets) - 1, 1)  # the whole range exists
+        self._write_text_rows(tx, tenant, campaign_id, plan, start, base, int(n), batch_size)
+        return int(top)
+
+    def _write_text_rows(self, tx: Any, tenant: str, campaign_id: int, plan: SetTexts, start: int, base: int, n: int,
+                         batch_size: int) -> None:  # fmt: skip
+        """``launch_plan`` (slots ``base`` .. ``base + n - 1``) into ``campaign_recipients``, the texts joined in SQL."""
+        stride = len(plan.targets)
+        width = max(len(p) for p in plan.pieces.values())
+        pieces = ", ".join(f"p{i} TEXT NOT NULL" for i in range(width))
+        tx.run(_temp(tx, "launch_texts", f"(f {'BIGINT' if tx.pg else 'INTEGER'}, lang TEXT, name TEXT, {pieces}, "
+                                         "PRIMARY KEY (f, lang, name))"))  # fmt: skip
+        rows = [(int(f), lang, name, *p) for f, lang, name, p in
+                ((*key.split("\x01", 2), p) for key, p in plan.pieces.items())]  # fmt: skip
+        tx.many(f"INSERT INTO launch_texts VALUES ({', '.join('?' * (width + 3))})", rows)
+        codes = plan.codes(start + base * stride, n * stride) if stride else b""
+        tx.run(f"INSERT INTO campaign_recipients ({', '.join(_FREEZE_COLS)}) SELECT ?, ?, q.id, q.phone, NULL, q.send_at, "
+               f"q.zone, {_text_expr(tx, stride, plan.length, base)}, q.slot / {batch_size}, q.slot - (q.slot / "
+               f"{batch_size}) * {batch_size} FROM (SELECT p.id, p.phone, p.send_at, p.zone, p.f, p.lang, p.name, p.pos + "
+               f"{int(base) - 1} AS slot FROM launch_plan p) q JOIN launch_texts t ON t.f = q.f AND t.lang = q.lang AND "
+               "t.name = q.name", (tenant, campaign_id, *([codes] * stride)))  # fmt: skip
 
     def _take_link_range(self, tx: Any, tenant: str, campaign_id: int, plan: SetTexts, slots: int, batch_size: int,
                          now: float, expires_at: float | None) -> int:  # fmt: skip

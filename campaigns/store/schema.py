@@ -176,6 +176,16 @@ CREATE TABLE IF NOT EXISTS campaign_plan_texts (
     pieces TEXT NOT NULL,
     PRIMARY KEY (tenant, campaign_id, f, lang, name)
 );
+-- A launch frozen as a stream (docs/ARCHITECTURE.md, "A streamed freeze"): one send time, so send
+-- order is subscriber id order. Each chunk freezes the next kept recipients after after_id into the
+-- slots from next_slot, one transaction, and moves this cursor on. The audience is the subscribers
+-- (id <= max_id) and segment members who joined at or before as_of, send_at is the launch's. The row
+-- is gone once the last chunk is written.
+CREATE TABLE IF NOT EXISTS campaign_streams (
+    tenant TEXT NOT NULL, campaign_id {INT} NOT NULL, after_id {INT} NOT NULL, next_slot {INT} NOT NULL,
+    max_id {INT} NOT NULL, bound {INT} NOT NULL, as_of {REAL} NOT NULL, send_at {REAL} NOT NULL, targets TEXT,
+    PRIMARY KEY (tenant, campaign_id)
+);
 CREATE TABLE IF NOT EXISTS short_links (
     code TEXT PRIMARY KEY, tenant TEXT NOT NULL, campaign_id {INT} NOT NULL, subscriber_id {INT} NOT NULL,
     target TEXT NOT NULL, created_at {REAL} NOT NULL, expires_at {REAL}

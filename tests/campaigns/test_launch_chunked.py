@@ -128,7 +128,7 @@ def _subscriber(store: Store, i: int) -> int:
 
 def _launcher(store: Store, gw: FakeGateway, chunk: int | None, now: float = T0) -> Launcher:
     client = GatewayClient("http://gateway.test", "key", transport=gw.transport())
-    return Launcher(store, {"acme": client}, {"acme": TL}, lambda: now, freeze_chunk=chunk)
+    return Launcher(store, {"acme": client}, {"acme": TL}, lambda: now, freeze_chunk=chunk, stream_chunk=None)  # the plan in chunks, not a stream
 
 
 def _committed_before_posted(store_path: str, gw: FakeGateway) -> list[str]:
