@@ -72,11 +72,14 @@ _PREFETCH_SUBS = {
 _NEW_RUN_COLS = ("id, tenant, run_key, flow_id, version, subscriber_id, object_id, node, visit, state, ended, "
                  "started_at, updated_at, due, run")  # fmt: skip
 # %b: arrays go to PostgreSQL in binary (psycopg's text format escapes every element with a regex:
-# 1.2 s for 2,000 runs' JSON, 17 ms in binary).
+# 1.2 s for 2,000 runs' JSON, 17 ms in binary). A plain INSERT, not ``ON CONFLICT DO NOTHING``: a
+# batch's run keys were read with its subscribers' runs (``prefetch``), so a conflict is a race the
+# batch cannot survive anyway (the unique violation aborts it, ``flush`` says so, the batch is
+# redone); ``ON CONFLICT`` made every row a speculative insertion (an extra index probe and a WAL
+# record to confirm it): ~20 % of the insert's server CPU.
 _PG_INSERT_RUNS = (f"INSERT INTO flow_runs ({_NEW_RUN_COLS}) SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], "
                    "%b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[], "
-                   "%b::double precision[], %b::double precision[], %b::double precision[], %b::text[]) "
-                   "ON CONFLICT (tenant, run_key) DO NOTHING RETURNING id")  # fmt: skip
+                   "%b::double precision[], %b::double precision[], %b::double precision[], %b::text[])")  # fmt: skip
 
 
 class FlowStale(StorageError):
@@ -269,7 +272,8 @@ class FlowTx:
         while self._new:
             if self.engine == "postgres":  # one statement of 15 array parameters, its text always the same
                 chunk, self._new = self._new, []
-                got = self.tx.rows(_PG_INSERT_RUNS, [list(col) for col in zip(*chunk)])
+                self._pg_insert_runs(chunk)
+                continue
             elif self.planned:  # logged; any conflict (a run key, or an id taken since) makes the batch stale
                 chunk, self._new = self._new[:200], self._new[200:]
                 self._log.append(functools.partial(self._insert_runs, chunk))
@@ -292,6 +296,15 @@ class FlowTx:
                 self.tx.run(_PG_UPDATE_RUNS, [list(col) for col in zip(*rows)])
                 return
             self.tx.many(_UPDATE_RUNS, rows)
+
+    def _pg_insert_runs(self, chunk: list[tuple[Any, ...]]) -> None:
+        from psycopg import errors
+
+        try:
+            self.tx.run(_PG_INSERT_RUNS, [list(col) for col in zip(*chunk)])
+        except errors.UniqueViolation as exc:  # another transaction started one of these runs: redo the batch
+            self._new = []
+            raise StorageError("flow_run_race: a run of this batch was started concurrently; the batch is retried") from exc
 
     @staticmethod
     def _insert_runs(chunk: list[tuple[Any, ...]], tx: Any) -> None:
