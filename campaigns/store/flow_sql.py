@@ -47,6 +47,7 @@ from campaigns.core import flows as F
 from campaigns.core.model import Subscriber
 from campaigns.errors import Conflict, NotFound, StorageError
 from campaigns.store.flow_rows import FlowHead, FlowMessage, FlowRunRow, NodeCount
+from campaigns.store.schema import FLOW_RUN_KEY
 
 if TYPE_CHECKING:
     from campaigns.core.events import ShopEvent
@@ -402,7 +403,7 @@ class FlowTx:
         row = self.tx.one(
             "INSERT INTO flow_runs (tenant, run_key, flow_id, version, subscriber_id, object_id, node, visit, state, "
             "ended, started_at, updated_at, due, run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (tenant, run_key) DO NOTHING RETURNING id",
+            f"ON CONFLICT {FLOW_RUN_KEY[self.engine]} DO NOTHING RETURNING id",
             (self.tenant, run.id, run.flow_id, run.version, run.subscriber_id, run.object_id, run.node, run.visit,
              "active" if run.node is not None else "ended", run.ended, run.started_at, now, run.timer_due,
              _json.encode(run).decode()))  # fmt: skip
