@@ -196,3 +196,60 @@ def test_postgres_keys_a_run_by_its_subscriber_in_one_index_and_upgrades_a_store
         assert sorted(r.run_key for r in store.flow_run_rows("acme")) == ["f:1:e", "f:1:e2"]
     finally:
         store.close()
+
+
+def _until_a_backend_waits_for_a_lock(url: str, deadline_s: float = 60.0) -> None:
+    """Poll the server (bounded) until some backend of this database waits for a lock."""
+    import time
+
+    import psycopg
+
+    end = time.monotonic() + deadline_s
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < end:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                               "wait_event_type = 'Lock'").fetchone()  # fmt: skip
+            if row and row[0]:
+                return
+            time.sleep(0.005)
+    raise AssertionError("no backend waited for a lock")
+
+
+def test_an_input_marked_by_a_transaction_still_open_refuses_the_batch_on_postgres(pg_url: str) -> None:
+    """The input ids' marks are a plain insert on PostgreSQL (no speculative insertion): an id another
+    open transaction marked makes this batch wait for it, then refuse itself (a retryable
+    ``StorageError``, nothing stored); redone, the id is seen as applied. An id marked and committed
+    before is just not new (no error)."""
+    import threading
+
+    from campaigns.errors import StorageError
+
+    store, other = open_store(pg_url), open_store(pg_url)
+    try:
+        with store.flow_tx("acme") as ftx:
+            assert ftx.first_times(["1:a"]) == {"1:a"}
+        with pytest.raises(RuntimeError):
+            with store.flow_tx("acme") as ftx:
+                assert ftx.first_times(["1:a", "2:b"]) == {"2:b"}
+                raise RuntimeError("not kept: 2:b stays new")
+        errors: list[BaseException] = []
+
+        def batch() -> None:
+            try:
+                with store.flow_tx("acme") as ftx:
+                    ftx.first_times(["2:b", "3:c"])
+            except BaseException as exc:  # noqa: BLE001  (handed to the test's thread)
+                errors.append(exc)
+
+        with other._tx() as tx:  # type: ignore[attr-defined]
+            tx.run("INSERT INTO flow_events (tenant, event_id) VALUES ('acme', '2:b')")
+            t = threading.Thread(target=batch, daemon=True)
+            t.start()
+            _until_a_backend_waits_for_a_lock(pg_url)
+        t.join(20)
+        assert [type(e) for e in errors] == [StorageError] and "flow_event_race" in str(errors[0])
+        with store.flow_tx("acme") as ftx:
+            assert ftx.first_times(["2:b", "3:c"]) == {"3:c"}
+    finally:
+        store.close()
+        other.close()
