@@ -18,7 +18,7 @@ from campaigns.store.event_batch_pg import PgEventBatch
 from campaigns.store.campaign_rows import HitIn, LinkRow
 from campaigns.store.campaign_sql import link_read_many, link_rows, resolve_codes, resolve_ranges
 from campaigns.store import rollups
-from campaigns.store.schema import PG_FILLFACTOR, statements, upgrades
+from campaigns.store.schema import FLOW_RUN_KEY_UPGRADE, PG_FILLFACTOR, statements, upgrades
 from campaigns.store.sql import SqlStore, Tx, enqueue_entered
 
 
@@ -61,6 +61,10 @@ class PostgresStore(PgEventBatch, SqlStore):
                 for table, percent in PG_FILLFACTOR.items():  # only where missing: no lock on a usual open
                     if f"fillfactor={percent}" not in self._reloptions(table):
                         self._conn.execute(f"ALTER TABLE {table} SET (fillfactor = {percent})")
+                key_index, drops = FLOW_RUN_KEY_UPGRADE  # the constraint's index has its name
+                if (self._conn.execute("SELECT to_regclass(%s) IS NOT NULL", (key_index,)).fetchone() or (False,))[0]:
+                    for stmt in drops:
+                        self._conn.execute(stmt)
             with self._tx() as tx:
                 rollups.ensure(tx)
         except psycopg.Error as exc:

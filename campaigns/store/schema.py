@@ -34,10 +34,27 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgres"]
 
+# ``RUN_KEY`` / ``RUN_BY_SUBSCRIBER``: a flow run's key and the runs of a subscriber (FLOWS_DDL below).
+# On PostgreSQL one unique index (tenant, subscriber_id, run_key) is both (a run key names its
+# subscriber: ``flow:subscriber:trigger``), one index entry a run less to write, on every insert and
+# every update (the updates move ``due`` and ``state``: never HOT); SQLite keeps the table's
+# UNIQUE (tenant, run_key) (a constraint it cannot drop without rebuilding the table) and its index.
 _TYPES = {
-    "sqlite": {"ID": "INTEGER PRIMARY KEY", "REAL": "REAL", "INT": "INTEGER", "CLUSTERED": " WITHOUT ROWID"},
-    "postgres": {"ID": "BIGSERIAL PRIMARY KEY", "REAL": "DOUBLE PRECISION", "INT": "BIGINT", "CLUSTERED": ""},
+    "sqlite": {"ID": "INTEGER PRIMARY KEY", "REAL": "REAL", "INT": "INTEGER", "CLUSTERED": " WITHOUT ROWID",
+               "RUN_KEY": ",\n    UNIQUE (tenant, run_key)",
+               "RUN_BY_SUBSCRIBER": "CREATE INDEX IF NOT EXISTS flow_runs_subscriber ON flow_runs (tenant, subscriber_id, state)"},
+    "postgres": {"ID": "BIGSERIAL PRIMARY KEY", "REAL": "DOUBLE PRECISION", "INT": "BIGINT", "CLUSTERED": "",
+                 "RUN_KEY": "",
+                 "RUN_BY_SUBSCRIBER": "CREATE UNIQUE INDEX IF NOT EXISTS flow_runs_subscriber_key ON flow_runs "
+                                      "(tenant, subscriber_id, run_key)"},
 }
+#: The ON CONFLICT target of a flow run's key, by engine (``_TYPES``' ``RUN_KEY``).
+FLOW_RUN_KEY = {"sqlite": "(tenant, run_key)", "postgres": "(tenant, subscriber_id, run_key)"}
+#: A PostgreSQL store made before the one index: its run key constraint and subscriber index go, once
+#: (``flow_runs_subscriber_key`` is made by ``statements`` first). Run only when the constraint is
+#: there: ``ALTER TABLE`` locks the table even when it has nothing to drop.
+FLOW_RUN_KEY_UPGRADE = ("flow_runs_tenant_run_key_key", ["ALTER TABLE flow_runs DROP CONSTRAINT flow_runs_tenant_run_key_key",
+                                                         "DROP INDEX IF EXISTS flow_runs_subscriber"])
 
 DDL = """
 CREATE TABLE IF NOT EXISTS subscribers (
@@ -379,11 +396,10 @@ CREATE TABLE IF NOT EXISTS flow_runs (
     id {ID}, tenant TEXT NOT NULL, run_key TEXT NOT NULL, flow_id TEXT NOT NULL, version {INT} NOT NULL,
     subscriber_id {INT} NOT NULL, object_id TEXT, node TEXT, visit {INT} NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('active', 'ended')), ended TEXT,
-    started_at {REAL} NOT NULL, updated_at {REAL} NOT NULL, due {REAL}, run TEXT NOT NULL,
-    UNIQUE (tenant, run_key)
+    started_at {REAL} NOT NULL, updated_at {REAL} NOT NULL, due {REAL}, run TEXT NOT NULL{RUN_KEY}
 );
 CREATE INDEX IF NOT EXISTS flow_runs_tenant_due ON flow_runs (tenant, due) WHERE due IS NOT NULL;
-CREATE INDEX IF NOT EXISTS flow_runs_subscriber ON flow_runs (tenant, subscriber_id, state);
+{RUN_BY_SUBSCRIBER};
 CREATE INDEX IF NOT EXISTS flow_runs_flow ON flow_runs (tenant, flow_id, subscriber_id);
 CREATE TABLE IF NOT EXISTS flow_events (
     tenant TEXT NOT NULL, event_id TEXT NOT NULL, PRIMARY KEY (tenant, event_id)
