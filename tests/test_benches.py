@@ -121,7 +121,9 @@ def test_bench_kannel_hears_every_final_state_once_from_both(tmp_path):
     # may round to no tick on Sluice's side (a fresh-clone CI run saw 0.0), so there it must be present
     # and never negative; on Kannel's side (one sendsms at a time, ~200 µs a message) it is always > 0.
     assert run["kannel"]["simulator_cpu_us"] > 0 and hooks["simulator_cpu_us"] >= 0
-    assert hooks["server_cpu_us"] > 0 and hooks["delivery_cpu_us"] > 0 and "ingest_cpu_us" in hooks
+    # the delivery process (webhooks, ~30 µs a message) may round to no tick too over these messages
+    # on a loaded machine (a run at load 25 saw 0): present and never negative
+    assert hooks["server_cpu_us"] > 0 and hooks["delivery_cpu_us"] >= 0 and "ingest_cpu_us" in hooks
     assert "CPU per message" in result.output
     # where the side waited (DispatcherStats via /metrics, the simulator's counters): shares of its clock
     assert hooks["writes_per_s"] > 0 and hooks["changes_per_write"] >= 1
