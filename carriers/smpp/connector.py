@@ -620,20 +620,31 @@ class SmppConnector(ConnectorShell):
         if not queue or session is None or not session.bound:
             return None
         inflight = b.inflight
-        window = self.settings.window
         bucket = self._bucket
-        send = session.send_request
         was_full = len(queue) >= self._capacity
-        while queue and len(inflight) < window:
+        # The window's room taken in one pass, then handed to the session at once
+        # (``send_requests``): a call per submit_sm was a sizeable part of the writer's turn.
+        room = self.settings.window - len(inflight)
+        bodies: list[bytes] = []
+        entries: list[tuple[_Work, int]] = []
+        retry_at = None
+        while queue and len(bodies) < room:
             work = queue[0]
             if bucket is not None and not bucket.try_take(work.d.segments, now):
-                return now + max(0.001, bucket.wait_time(work.d.segments, now))
+                retry_at = now + max(0.001, bucket.wait_time(work.d.segments, now))
+                break
             queue.popleft()
-            for part, body in enumerate(work.bodies):
-                inflight[send(_SUBMIT, body, now=now)] = (work, part)
+            if len(work.bodies) == 1:
+                bodies.append(work.bodies[0])
+                entries.append((work, 0))
+            else:
+                bodies += work.bodies
+                entries += [(work, part) for part in range(len(work.bodies))]
+        if bodies:
+            inflight.update(zip(session.send_requests(_SUBMIT, bodies, now), entries))
         if was_full and len(queue) < self._capacity:
             self._space.set()
-        return None
+        return retry_at
 
     def _maybe_unbind(self, b: _Bind, now: float) -> float | None:
         session = b.session
@@ -774,6 +785,29 @@ class SmppConnector(ConnectorShell):
             self._outbox.append(Inbound(carrier=self.name, sender=mo.sender, recipient=mo.recipient, text=mo.text,
                                         at=now, acks=(ack,) if ack else (), sender_ton=mo.source_ton,
                                         sender_npi=mo.source_npi))  # fmt: skip
+
+    def acknowledge(self, acks: Sequence[int]) -> None:
+        """The states these receipts made are on disk: answer them, a bind's deliver_sm_resp
+        together (``Session.send_responses``) and its writer woken once, not once a receipt."""
+        owed = self._owed
+        answers: dict[int, tuple[_Bind, Session, list[int]]] = {}
+        for token in acks:
+            payload = owed.pop(token, None)
+            if payload is None:
+                continue
+            b, session, sequence, data_sm = payload
+            if data_sm:
+                self._answer(payload)
+                continue
+            entry = answers.get(id(session))
+            if entry is None:
+                answers[id(session)] = (b, session, [sequence])
+            else:
+                entry[2].append(sequence)
+        for b, session, sequences in answers.values():
+            if b.session is session and not session.closed:  # else the carrier sends them again
+                session.send_responses(_DELIVER_RESP, sequences, 0, b"\0")
+                b.wake.set()
 
     def _answer(self, payload: tuple[_Bind, Session, int, bool]) -> None:
         """Answer one deliver_sm / data_sm, on the session it came on. If that session is gone,
