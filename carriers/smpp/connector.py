@@ -83,8 +83,8 @@ log = logging.getLogger(__name__)
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 IdFormat = Literal["dec", "hex", "str"]
-_SUBMIT = C.SUBMIT_SM
-_DELIVER_RESP = C.DELIVER_SM_RESP
+_SUBMIT = int(C.SUBMIT_SM)  # plain ints: packed into every header, where an IntEnum goes through __index__
+_DELIVER_RESP = int(C.DELIVER_SM_RESP)
 
 
 class SmppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -676,7 +676,7 @@ class SmppConnector(ConnectorShell):
 
     def _on_events(self, b: _Bind, events: list, now: float) -> None:
         inflight = b.inflight
-        resp = P.SubmitSmResp
+        resp, deliver, data = P.SubmitSmResp, P.DeliverSm, P.DataSm
         for ev in events:
             t = type(ev)
             if t is resp:
@@ -687,7 +687,7 @@ class SmppConnector(ConnectorShell):
                     self._accepted(entry[0], entry[1], ev.message_id, now)
                 else:
                     self._refused(b, entry[0], ev.status, now)
-            elif t is P.DeliverSm or t is P.DataSm:
+            elif t is deliver or t is data:
                 self._on_deliver(b, ev, now)
             elif t is P.GenericNack:
                 entry = inflight.pop(ev.sequence, None)
