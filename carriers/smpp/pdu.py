@@ -34,6 +34,7 @@ import msgspec
 from carriers.errors import LocalProtocolError, PduError
 
 __all__ = [
+    "HEADER",
     "MAX_PDU_LENGTH",
     "STATUS_NAMES",
     "TLV",
@@ -77,6 +78,7 @@ __all__ = [
 #: Longest PDU we accept. SMPP sets no limit; real ones are < 2 KB (message_payload up to 64 KB).
 MAX_PDU_LENGTH = 70_000
 _HDR = struct.Struct(">IIII")
+HEADER = _HDR  # command_length, command_id, command_status, sequence_number (§3.2)
 _TL = struct.Struct(">HH")
 _NUL = b"\0"
 

@@ -77,10 +77,12 @@ STATE_CODES: dict[ReceiptState, int] = {v: k for k, v in MESSAGE_STATES.items()}
 
 _STATE_WORDS = {code: f"message_state={code}" for code in MESSAGE_STATES}
 _RECEIPT_TYPES = (0x04, 0x20)  # esm_class bits 2-5: SMSC delivery receipt, intermediate notification
-_TAG_ID = P.TLV.receipted_message_id
-_TAG_STATE = P.TLV.message_state
-_TAG_NETERR = P.TLV.network_error_code
-_TAG_PAYLOAD = P.TLV.message_payload
+# Plain ints: a TLV dict is keyed by the tags read off the wire, and looking one up by an IntEnum
+# member compares through the enum each time (every receipt looks up four).
+_TAG_ID = int(P.TLV.receipted_message_id)
+_TAG_STATE = int(P.TLV.message_state)
+_TAG_NETERR = int(P.TLV.network_error_code)
+_TAG_PAYLOAD = int(P.TLV.message_payload)
 
 _COMMON = re.compile(
     rb"id:(\S+) sub:\S* dlvrd:\S* submit date:(\d{10}(?:\d{2})?) done date:(\d{10}(?:\d{2})?) "
@@ -94,6 +96,7 @@ _FIELDS = {
     "stat": re.compile(rb"\bstat:\s*(\w+)", re.I),
     "err": re.compile(rb"\berr:\s*(\w+)", re.I),
 }
+_ID_FIELD, _ERR_FIELD = _FIELDS["id"], _FIELDS["err"]
 
 
 class Receipt(msgspec.Struct, frozen=True, kw_only=True):
@@ -168,16 +171,16 @@ def parse_receipt(pdu: P.DeliverSm | P.DataSm) -> Receipt | None:
     err = None
     neterr = tlvs.get(_TAG_NETERR)
     if neterr is not None and len(neterr) == 3:
-        err = int.from_bytes(neterr[1:], "big")  # §5.3.2.31: network type, then the error code
+        err = neterr[1] << 8 | neterr[2]  # §5.3.2.31: network type, then the error code (2 octets)
     raw_state = tlvs.get(_TAG_STATE)
     tlv_state = MESSAGE_STATES.get(raw_state[0]) if raw_state is not None and len(raw_state) == 1 else None
     if tlv_id and tlv_state is not None:
         # The TLVs say it all (the common case, on the hot path): from the text only its id (one
         # more id to try) and, without a network_error_code, its err.
-        m = _FIELDS["id"].search(text) if text else None
+        m = _ID_FIELD.search(text) if text else None
         text_id = m.group(1).decode("latin-1") if m else None
         if err is None and text:
-            m = _FIELDS["err"].search(text)
+            m = _ERR_FIELD.search(text)
             err = _err(m.group(1)) if m else None
         return Receipt(message_id=tlv_id, state=tlv_state, error_code=err, id_from_tlv=True,
                        text_id=text_id if text_id != tlv_id else None, word=_STATE_WORDS[raw_state[0]])  # type: ignore[index]  # fmt: skip

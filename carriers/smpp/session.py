@@ -296,10 +296,42 @@ class Session:
         self._deadlines.append((deadline, seq))
         return seq
 
+    def send_requests(self, command_id: int, bodies: list[bytes], now: float) -> range | list[int]:
+        """Queue requests of one kind whose bodies are already encoded, in order; returns their
+        sequence numbers (``send_request`` for each, in one pass: the connector's window of
+        submit_sm, where a call and a permission check per PDU were a sizeable part of the
+        writer's turn). Not for the link's own requests (bind, unbind, enquire_link)."""
+        if command_id in _LINK_REQUESTS:
+            raise ValueError("send_requests is for the link's traffic, not its own requests")
+        self._now = now
+        if command_id not in self._may_send:
+            raise LocalProtocolError(
+                f"{C(command_id).name.lower()} may not be sent by the {self.role} in state {self._state.value}"
+            )
+        n = len(bodies)
+        first = self._seq + 1
+        if first + n - 1 > _SEQ_MAX:  # wraps inside the batch: one at a time
+            return [self.send_request(command_id, body, now=now) for body in bodies]
+        self._seq = first + n - 1
+        seqs = range(first, first + n)
+        pack = P.HEADER.pack
+        self._out += [pack(16 + len(body), command_id, 0, seq) + body for seq, body in zip(seqs, bodies)]
+        deadline = now + self.response_timeout
+        entry = (command_id, deadline)
+        self._outstanding.update(dict.fromkeys(seqs, entry))
+        self._deadlines.extend([(deadline, seq) for seq in seqs])
+        return seqs
+
     def send_response(self, command_id: int, sequence: int, status: int, body: bytes = b"") -> None:
         """Queue a response whose body is already encoded (submit_sm_resp at the SMSC,
         deliver_sm_resp at the ESME: the hot paths). Not for bind responses (use ``send``)."""
         self._out.append(P.header(command_id, status, sequence, len(body)) + body)
+
+    def send_responses(self, command_id: int, sequences: list[int], status: int, body: bytes = b"") -> None:
+        """``send_response`` for each of ``sequences``, in order, in one pass (the receipts a
+        write lets go are answered together)."""
+        pack, length = P.HEADER.pack, 16 + len(body)
+        self._out += [pack(length, command_id, status, seq) + body for seq in sequences]
 
     def _on_link_request_sent(self, command_id: int, pdu: P.Pdu | None) -> None:
         if command_id == C.UNBIND:

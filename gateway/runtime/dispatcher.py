@@ -120,6 +120,7 @@ class Dispatcher:
         # the slots freed by writes and not taken again yet ([when, how many]).
         self._out: dict[str, deque[list]] = {c: deque() for c in connectors}
         self._answered_sum: dict[str, float] = {}
+        self._heard: dict[str, int] = {}  # carrier -> Submitted in this drain (see ``_settle_drain``)
         self._freed: dict[str, deque[list]] = {c: deque() for c in connectors}
         self._wake = anyio.Event()
         self._dirty = anyio.Event()  # set when a write should start now (waiting acks, windows)
@@ -180,13 +181,17 @@ class Dispatcher:
             if not slot[1]:
                 freed.popleft()
 
-    def _off_wire(self, carrier: str, now: float) -> None:
+    def _off_wire(self, carrier: str, now: float, n: int = 1) -> None:
+        """``n`` of ``carrier``'s hand-overs answered at ``now``, the oldest first."""
         out = self._out.get(carrier)
-        if out:
+        stats = self.stats
+        while n and out:
             head = out[0]
-            self.stats.answer_s += now - head[0]
-            self.stats.answered += 1
-            head[1] -= 1
+            m = min(n, head[1])
+            stats.answer_s += m * (now - head[0])
+            stats.answered += m
+            n -= m
+            head[1] -= m
             if not head[1]:
                 out.popleft()
 
@@ -240,8 +245,10 @@ class Dispatcher:
                 except anyio.WouldBlock:
                     break
                 except anyio.EndOfStream:
+                    self._settle_drain(now)
                     return
                 handle(event, now)
+            self._settle_drain(now)
             if self._acks or self._confirming:
                 self._dirty.set()  # a carrier's window or its receipts wait for this write
 
@@ -253,11 +260,8 @@ class Dispatcher:
             if d is None:
                 return
             self.core.complete(event.ref, now)  # accepted: counts towards the carrier's accepted rate
-            self.stats.submitted += 1
-            carrier = event.carrier
-            self._off_wire(carrier, now)
-            self._confirming[carrier] = self._confirming.get(carrier, 0) + 1
-            self._answered_sum[carrier] = self._answered_sum.get(carrier, 0.0) + now
+            heard = self._heard
+            heard[event.carrier] = heard.get(event.carrier, 0) + 1
             if not self._pending:
                 self._queued.set()
             self._pending.append(Change(message_id=d.message_id, state="submitted", at=now, carrier=event.carrier,
@@ -299,6 +303,19 @@ class Dispatcher:
                     self._on_inbound(inbound)
             case LinkChanged(carrier=carrier, bind=bind, up=up, reason=reason):
                 log.info("link.%s carrier=%s bind=%d reason=%s", "up" if up else "down", carrier, bind, reason)
+
+    def _settle_drain(self, now: float) -> None:
+        """The bookkeeping of a drain's ``Submitted`` by carrier, not by message (one clock a
+        drain, so the sums are the same): they count, off the wire, towards the next write."""
+        if not self._heard:
+            return
+        heard, self._heard = self._heard, {}
+        confirming, answered = self._confirming, self._answered_sum
+        for carrier, n in heard.items():
+            self.stats.submitted += n
+            self._off_wire(carrier, now, n)
+            confirming[carrier] = confirming.get(carrier, 0) + n
+            answered[carrier] = answered.get(carrier, 0.0) + n * now
 
     def _receipt_change(self, event: ReceiptMatched | ReceiptProgress, state: str, now: float) -> None:
         if event.acks:

@@ -217,15 +217,17 @@ def _statement(template: str, rows: int, width: int) -> str:
     return template.format(",".join(["(" + ",".join("?" * width) + ")"] * rows))
 
 
-def _apply(db: sqlite3.Connection, template: str, rows: list[list], width: int) -> None:
-    """``template`` over ``rows`` (each ``width`` values), in statements of at most ``_MAX_ROWS``
-    rows, each rounded up to a multiple of ``_ROWS`` with NULL rows."""
-    for i in range(0, len(rows), _MAX_ROWS):
-        part = rows[i : i + _MAX_ROWS]
-        size = -(-len(part) // _ROWS) * _ROWS
-        params = [v for row in part for v in row]
-        params += [None] * ((size - len(part)) * width)
-        db.execute(_statement(template, size, width), params)
+def _apply(db: sqlite3.Connection, template: str, params: list, width: int) -> None:
+    """``template`` over ``params`` (rows of ``width`` values, flat), in statements of at most
+    ``_MAX_ROWS`` rows, each rounded up to a multiple of ``_ROWS`` with NULL rows."""
+    step = _MAX_ROWS * width
+    for i in range(0, len(params), step):
+        part = params[i : i + step] if len(params) > step else params
+        rows = len(part) // width
+        size = -(-rows // _ROWS) * _ROWS
+        if size != rows:
+            part = part + [None] * ((size - rows) * width)
+        db.execute(_statement(template, size, width), part)
 
 
 def _coalesce(changes: Sequence[Change]) -> list[list]:
@@ -233,27 +235,38 @@ def _coalesce(changes: Sequence[Change]) -> list[list]:
     state ends it (later changes in the batch are ignored and not in its history, as ``final =
     0`` ignores them across batches); carrier and ids are the last given; attempts counts its
     ``submitted``; the last item lists the changes applied (its history)."""
-    rows: dict[int, list] = {}
-    for c in changes:
-        row = rows.get(c.message_id)
-        if row is None:
-            rows[c.message_id] = [c.message_id, c.state, int(c.state in FINAL), c.at, c.carrier,
-                                  ",".join(c.carrier_ids) or None, int(c.state == "submitted"),
-                                  [_event(c)]]  # fmt: skip
-        elif not row[2]:
-            row[1], row[2], row[3] = c.state, int(c.state in FINAL), c.at
-            if c.carrier is not None:
-                row[4] = c.carrier
-            if c.carrier_ids:
-                row[5] = ",".join(c.carrier_ids)
-            if c.state == "submitted":
-                row[6] += 1
-            row[7].append(_event(c))
-    out = list(rows.values())
+    out = list(_merge(changes).values())
     encode = _json_enc.encode
     for row in out:
         row[7] = encode(row[7])[1:-1].decode()
     return out
+
+
+def _merge(changes: Sequence[Change]) -> dict[int, list]:
+    """``_coalesce``'s rows by message id, the history still a list of ``_event`` tuples.
+    ``final`` and the count of ``submitted`` are bools where a row has one change (SQLite binds
+    them as 0 and 1). One pass, the attributes read once: it runs for every change written."""
+    rows: dict[int, list] = {}
+    get = rows.get
+    final = FINAL
+    for c in changes:
+        mid, state, at, carrier, err = c.message_id, c.state, c.at, c.carrier, c.error_code
+        event = (at, state, c.reason, carrier) if err is None else (at, state, c.reason, carrier, err)
+        row = get(mid)
+        if row is None:
+            ids = c.carrier_ids
+            rows[mid] = [mid, state, state in final, at, carrier, ",".join(ids) if ids else None,
+                         state == "submitted", [event]]  # fmt: skip
+        elif not row[2]:
+            row[1], row[2], row[3] = state, state in final, at
+            if carrier is not None:
+                row[4] = carrier
+            if c.carrier_ids:
+                row[5] = ",".join(c.carrier_ids)
+            if state == "submitted":
+                row[6] += 1
+            row[7].append(event)
+    return rows
 
 
 def _event(c: Change) -> tuple:
@@ -486,8 +499,7 @@ class SqliteStore:
         # still hands the GIL back a few times a write, not once a row (`python -m
         # bench.store_record --contend`). A message's changes in one batch become one row of it:
         # its last state (none after the first final one), with the carrier and ids it was last given.
-        rows = _coalesce(changes)
-        hooked, ended = self._hooked(changes, rows) if self._hooks else (None, ())
+        open_rows, final_rows, hooked, ended = self._rows(changes)
         with self._lock:
             db = self._db
             try:
@@ -496,8 +508,8 @@ class SqliteStore:
                     if hooked:
                         db.execute("UPDATE hook_seq SET n = n + 1")
                         _apply(db, _HOOK_LOG, hooked, 4)
-                    _apply(db, _UPDATE, [row for row in rows if not row[2]], 8)
-                    _apply(db, _UPDATE_FINAL, [row for row in rows if row[2]], 8)
+                    _apply(db, _UPDATE, open_rows, 8)
+                    _apply(db, _UPDATE_FINAL, final_rows, 8)
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
@@ -508,28 +520,34 @@ class SqliteStore:
             for b in ended:  # only once committed: a failed batch leaves the cache as it was
                 if self._hooks.ended(b) and not self._still_open(b):
                     self._hooks.drop(b)
-        return len(hooked or ())
+        return len(hooked) // 4
 
-    def _hooked(self, changes: Sequence[Change], rows: list[list]) -> tuple[list[list] | None, list[_Block]]:
-        """The webhook part of a batch (kept apart from the write itself): the hooked rows
-        ([id, subscriber, history fragment, place]) for the messages whose subscriber hears
-        about at least one of their changes (``callback_states`` is applied again on read), and
-        the block of each message the batch makes final (a final state outside the choice ends the message too)."""
-        find = self._hooks.find
-        blocks: dict[int, _Block] = {}
-        wanted: set[int] = set()
-        for c in changes:
-            if c.state in NOTIFY and (b := find(c.message_id)) is not None:
-                blocks[c.message_id] = b
-                if c.state in b.states:
-                    wanted.add(c.message_id)
-        if not blocks:
-            return None, []
-        hooked = [[row[0], blocks[row[0]].sub, row[7]] for row in rows if row[0] in wanted]
-        for place, row in enumerate(hooked):
-            row.append(place)
-        ended = [blocks[row[0]] for row in rows if row[2] and row[0] in blocks]
-        return hooked or None, ended
+    def _rows(self, changes: Sequence[Change]) -> tuple[list, list, list, list[_Block]]:
+        """A batch's parameters, in one pass over its messages (``_merge``): the rows of the
+        messages that stay open and of those that end (flat, 8 values a row: see ``_UPDATE``),
+        the hooked rows (flat, 4 a row: [id, subscriber, history fragment, place]) for the
+        messages whose subscriber hears about at least one of their changes here
+        (``callback_states`` is applied again on read), and the block of each message the batch
+        makes final (a final state outside the choice ends the message too)."""
+        open_rows: list = []
+        final_rows: list = []
+        hooked: list = []
+        ended: list[_Block] = []
+        encode = _json_enc.encode
+        find = self._hooks.find if self._hooks else None
+        place = 0
+        for row in _merge(changes).values():
+            events = row[7]
+            history = row[7] = encode(events)[1:-1].decode()
+            (final_rows if row[2] else open_rows).extend(row)
+            if find is not None and (b := find(row[0])) is not None:
+                states = b.states
+                if events[0][1] in states if len(events) == 1 else any(e[1] in states for e in events):
+                    hooked += (row[0], b.sub, history, place)
+                    place += 1
+                if row[2]:
+                    ended.append(b)
+        return open_rows, final_rows, hooked, ended
 
     def _still_open(self, b: _Block) -> bool:
         """Under the lock: a block counted down to zero may have counted a final change to a

@@ -237,6 +237,60 @@ def test_sequence_numbers_wrap(bound_pair) -> None:
     assert p.esme.send(submit()) == 1
 
 
+def test_a_window_sent_in_one_pass_is_the_same_as_one_by_one(make_pair) -> None:
+    """``send_requests`` (the connector's window of submit_sm in one pass) puts on the wire,
+    numbers, times and matches exactly what ``send_request`` does for each body in turn."""
+    bodies = [P.encode_body(submit(i)) for i in range(50)]
+    one = make_pair(response_timeout=5.0, enquire_link_interval=None)
+    many = make_pair(response_timeout=5.0, enquire_link_interval=None)
+    for p in (one, many):
+        p.bind()
+    seqs_one = [one.esme.send_request(C.SUBMIT_SM, b, now=10.0) for b in bodies]
+    seqs_many = many.esme.send_requests(C.SUBMIT_SM, bodies, 10.0)
+    assert list(seqs_many) == seqs_one
+    data = many.esme.data_to_send()
+    assert data == one.esme.data_to_send()
+    assert many.esme.outstanding == 50 and many.esme.get_timer() == one.esme.get_timer() == 15.0
+    reqs = many.smsc.receive_data(data, 10.0)
+    assert [r.sequence for r in reqs] == seqs_one and [r.destination_addr for r in reqs] == [b"447911%06d" % i for i in range(50)]
+    answers = [P.SubmitSmResp(sequence=s, message_id=b"id%d" % s) for s in seqs_one[::2]]
+    for a in answers:
+        many.smsc.send(a)
+    assert [r.sequence for r in many.to_esme()] == seqs_one[::2]
+    assert many.esme.outstanding == 25
+    timed_out = many.esme.handle_timer(15.0)
+    assert [t.sequence for t in timed_out] == seqs_one[1::2] and many.esme.outstanding == 0
+
+
+def test_a_window_in_one_pass_wraps_its_sequence_numbers(bound_pair) -> None:
+    p = bound_pair
+    p.esme._seq = 0x7FFFFFFE
+    assert list(p.esme.send_requests(C.SUBMIT_SM, [P.encode_body(submit(i)) for i in range(3)], 1.0)) == [0x7FFFFFFF, 1, 2]
+    assert [r.sequence for r in p.to_smsc()] == [0x7FFFFFFF, 1, 2]
+
+
+def test_a_window_in_one_pass_keeps_the_state_rules(make_pair) -> None:
+    p = make_pair()
+    with pytest.raises(LocalProtocolError):  # not bound yet
+        p.esme.send_requests(C.SUBMIT_SM, [P.encode_body(submit())], 0.0)
+    assert p.esme.data_to_send() == b"" and p.esme.outstanding == 0
+    p.bind()
+    with pytest.raises(ValueError):  # the link's own requests change its state: one at a time
+        p.esme.send_requests(C.ENQUIRE_LINK, [b""], 0.0)
+
+
+def test_receipts_answered_in_one_pass(bound_pair) -> None:
+    p = bound_pair
+    for i in range(3):
+        p.smsc.send(P.DeliverSm(source_addr=b"447911%06d" % i, destination_addr=b"Sluice", esm_class=0x04,
+                                short_message=b"id:%d stat:DELIVRD" % i))  # fmt: skip
+    seqs = [d.sequence for d in p.to_esme()]
+    p.esme.send_responses(C.DELIVER_SM_RESP, seqs, 0, b"\0")
+    answers = p.to_smsc()
+    assert answers == [P.DeliverSmResp(sequence=s) for s in seqs]
+    assert p.smsc.outstanding == 0
+
+
 # -- a catalogue of misbehaving peers (raw bytes) --------------------------------------------------
 
 

@@ -59,3 +59,24 @@ def test_record_at_any_batch_size_ends_as_the_memory_store(tmp_path_factory, bat
     key = lambda e: (e.message_id, e.state, e.at, e.reason)  # noqa: E731
     assert sorted(map(key, drain(sq))) == sorted(map(key, drain(mem)))
     sq.close()
+
+
+@settings(max_examples=12, deadline=None)
+@given(batches(), st.sampled_from([frozenset({"delivered", "failed"}), frozenset({"submitted"}),
+                                   frozenset({"deferred", "accepted", "undelivered"})]))  # fmt: skip
+def test_record_with_callback_states_hooks_what_the_memory_store_does(tmp_path_factory, batches, states) -> None:
+    """A subscriber that chose some states: a batch's hooked rows are found a message at a time
+    (``SqliteStore._rows``), from the changes it applies; the events heard, and the job's end,
+    are the memory store's."""
+    path = tmp_path_factory.mktemp("rs") / "s.db"
+    sq, mem = SqliteStore(str(path), synchronous="NORMAL"), MemoryStore()
+    for s in (sq, mem):
+        s.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK, callback_states=states)
+    for batch in batches:
+        sq.record(batch)
+        mem.record(batch)
+    key = lambda e: (e.message_id, e.state, e.at, e.reason)  # noqa: E731
+    assert sorted(map(key, drain(sq))) == sorted(map(key, drain(mem)))
+    assert all(e.state in states for e in drain(sq))
+    assert sq.job("acme", "jb").counts == mem.job("acme", "jb").counts
+    sq.close()
