@@ -43,6 +43,7 @@ import anyio
 import msgspec
 
 from campaigns.config import CampaignSettings
+from gateway.child_process import read_status, stop as _stop
 
 __all__ = ["FlowWorkers", "WorkerStart", "WorkerState", "main", "open_runtime", "worker_environ"]
 
@@ -200,24 +201,11 @@ class FlowWorkers:
 
     async def _read_stats(self, slot: _Slot, fd: int) -> None:
         """The worker's ``Statistics`` lines until end of file (watched by the event loop)."""
-        os.set_blocking(fd, False)
-        tail = b""
-        while True:
-            await anyio.wait_readable(fd)
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            if not chunk:
-                return
-            *lines, tail = (tail + chunk).split(b"\n")
-            for line in reversed(lines):
-                with contextlib.suppress(msgspec.DecodeError):
-                    slot.stats = msgspec.json.decode(line)
-                    slot.ready.set()
-                    break
+        def take(line: bytes) -> None:
+            slot.stats = msgspec.json.decode(line)
+            slot.ready.set()
+
+        await read_status(fd, take)
 
     async def aclose(self) -> None:
         """Stop every process left (running or spawned ahead), by PID."""
@@ -228,20 +216,6 @@ class FlowWorkers:
             async with anyio.create_task_group() as tg:
                 for p in procs:
                     tg.start_soon(_stop, p)
-
-
-async def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """End of file on its stdin stops it; SIGKILL (by its PID) if it has not stopped within ``grace``."""
-    with contextlib.suppress(OSError):
-        proc.stdin.close()  # type: ignore[union-attr]
-    deadline = time.monotonic() + grace
-    while proc.poll() is None and time.monotonic() < deadline:
-        await anyio.sleep(0.02)
-    if proc.poll() is None:
-        proc.kill()
-        await anyio.to_thread.run_sync(proc.wait)
-    with contextlib.suppress(OSError):
-        proc.stdout.close()  # type: ignore[union-attr]
 
 
 # -- the worker process itself ------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 import anyio
 import msgspec
 
+from gateway.child_process import read_status, stop as _stop
 from gateway.webhook_settings import WebhookSettings
 from gateway.core.targets import TargetPolicy
 from gateway.runtime.webhooks import WebhookSender, WebhookStats
@@ -155,40 +156,11 @@ class DeliveryProcess:
                 await _stop(proc)
 
     async def _read_stats(self, fd: int) -> None:
-        """The process's ``WebhookStats`` lines until end of file, read on the event loop: the
-        pipe is watched by the loop (a worker thread's hop per line, several a second, cost the
-        server's loop more than reading them). Only the last whole line of a read counts."""
-        os.set_blocking(fd, False)
-        tail = b""
-        while True:
-            await anyio.wait_readable(fd)
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return
-            if not chunk:
-                return
-            *lines, tail = (tail + chunk).split(b"\n")
-            for line in reversed(lines):
-                with contextlib.suppress(msgspec.DecodeError):
-                    self._last = _stats_dec(line)
-                    break
+        """The process's ``WebhookStats`` lines until end of file, read on the event loop."""
+        def take(line: bytes) -> None:
+            self._last = _stats_dec(line)
 
-
-async def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """End of file on its stdin stops it; SIGKILL if it has not stopped within ``grace``."""
-    with contextlib.suppress(OSError):
-        proc.stdin.close()  # type: ignore[union-attr]
-    deadline = time.monotonic() + grace
-    while proc.poll() is None and time.monotonic() < deadline:
-        await anyio.sleep(0.02)
-    if proc.poll() is None:
-        proc.kill()
-        await anyio.to_thread.run_sync(proc.wait)
-    with contextlib.suppress(OSError):
-        proc.stdout.close()  # type: ignore[union-attr]
+        await read_status(fd, take)
 
 
 # -- the process itself --------------------------------------------------------------------
