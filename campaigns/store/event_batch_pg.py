@@ -277,7 +277,7 @@ class PgEventBatch:
             params = _write_params(events, orders, acts, checkouts, sid_of, tenant, now)
             if inline_flows:
                 params.update(_flow_params(events, fresh, out))
-            tx.named_run(write_sql(inline_flows), params)
+            tx.named_run(write_sql(inline_flows), params, prepare=False)  # as statement 1: _CLAIM_UNPREPARED
         for i in slow:
             e, phone = events[i]
             out[i] = self._apply_new(tx, tenant, e, phone, now)

@@ -86,8 +86,8 @@ class Tx:
         self._cur.execute(sql, params, prepare=prepare)
         return list(self._cur.fetchall())
 
-    def named_run(self, sql: str, params: dict[str, Any]) -> int:
-        self._cur.execute(sql, params)
+    def named_run(self, sql: str, params: dict[str, Any], *, prepare: bool | None = None) -> int:
+        self._cur.execute(sql, params, prepare=prepare)
         return self._cur.rowcount
 
     def raw_run(self, sql: str, params: Sequence[Any]) -> int:
