@@ -234,6 +234,17 @@ def crash_store(url: str, n: int, now: float, *, send_every: int = 1) -> None:
         store.close()
 
 
+def runs_ended(url: str) -> int:
+    """How many of the bench tenant's runs have ended (the crash tests' count)."""
+    store = open_store(url)
+    try:
+        with store.flow_tx(TENANT) as ftx:
+            row = ftx.tx.one("SELECT COUNT(*) FROM flow_runs WHERE tenant = ? AND state = 'ended'", (TENANT,))
+        return int(row[0]) if row else 0
+    finally:
+        store.close()
+
+
 # ---- the worker process (crash test) -----------------------------------------------------------
 
 

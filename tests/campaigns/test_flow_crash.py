@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.flows import TENANT, crash_store, gateway_process, gateway_thread, phone
-from campaigns.store import open_store
+from bench.flows import crash_store, gateway_process, gateway_thread, phone, runs_ended
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,16 +34,6 @@ def _worker(store_url: str, gateway_url: str, part: int = 0, parts: int = 1) -> 
     return subprocess.Popen([sys.executable, "-m", "bench.flows", "worker", "--store", store_url, "--gateway", gateway_url,
                              "--part", str(part), "--parts", str(parts)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-
-
-def _ended(store_url: str) -> int:
-    store = open_store(store_url)
-    try:
-        with store.flow_tx(TENANT) as ftx:
-            row = ftx.tx.one("SELECT COUNT(*) FROM flow_runs WHERE tenant = ? AND state = 'ended'", (TENANT,))
-        return int(row[0]) if row else 0
-    finally:
-        store.close()
 
 
 def crash_run(store_url: str, runs: int, kills: int, *, send_every: int, deadline_s: float,
@@ -74,7 +63,7 @@ def crash_run(store_url: str, runs: int, kills: int, *, send_every: int, deadlin
             os.kill(procs[victim].pid, signal.SIGKILL)
             procs[victim].wait()
             procs[victim] = _worker(store_url, gw.url, victim, workers)
-        while (gw.count() < expected or _ended(store_url) < runs) and time.monotonic() < stop_at:
+        while (gw.count() < expected or runs_ended(store_url) < runs) and time.monotonic() < stop_at:
             time.sleep(0.2)
         time.sleep(0.3)  # a duplicate would show after the counts are reached: a few more rounds
         check_alive()
@@ -82,7 +71,7 @@ def crash_run(store_url: str, runs: int, kills: int, *, send_every: int, deadlin
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
         messages, posts = gw.record()
-    ended = _ended(store_url)
+    ended = runs_ended(store_url)
     steps = Counter((m["to"], m["body"].split(" Reply STOP")[0]) for m in messages)
     wanted = {(phone(i), f"step {s}") for i in senders for s in ("one", "two")}
     return {"runs": runs, "kills": kills, "expected_sends": expected, "accepted": len(messages), "runs_ended": ended,

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from bench.flows import TENANT, RemoteGateway, bulk_subscribers, crash_store, gateway_process, install, phone
+from bench.flows import TENANT, RemoteGateway, bulk_subscribers, crash_store, gateway_process, install, phone, runs_ended
 from campaigns.config import CampaignSettings, loads
 from campaigns.errors import ConfigError
 from campaigns.service.server import serve
@@ -80,18 +80,8 @@ async def serving(settings: CampaignSettings, gw: RemoteGateway) -> AsyncIterato
         tg.cancel_scope.cancel()
 
 
-def ended(url: str) -> int:
-    store = open_store(url)
-    try:
-        with store.flow_tx(TENANT) as ftx:
-            row = ftx.tx.one("SELECT COUNT(*) FROM flow_runs WHERE tenant = ? AND state = 'ended'", (TENANT,))
-        return int(row[0]) if row else 0
-    finally:
-        store.close()
-
-
 async def counts(gw: RemoteGateway, url: str) -> tuple[int, int]:
-    return await anyio.to_thread.run_sync(gw.count), await anyio.to_thread.run_sync(ended, url)
+    return await anyio.to_thread.run_sync(gw.count), await anyio.to_thread.run_sync(runs_ended, url)
 
 
 def tally(gw: RemoteGateway, senders: list[int]) -> tuple[int, int]:
