@@ -51,3 +51,13 @@ async def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
         await anyio.to_thread.run_sync(proc.wait)
     with contextlib.suppress(OSError):
         proc.stdout.close()  # type: ignore[union-attr]
+
+
+async def until_parent_gone(stdin: int, poke: Callable[[], None]) -> None:
+    """The child's side: each read from the parent calls ``poke``; returns at end of file (the parent
+    is gone). The pipe is watched by the event loop (no thread hop per poke: a parent pokes often)."""
+    while True:
+        await anyio.wait_readable(stdin)
+        if not os.read(stdin, 4096):
+            return
+        poke()

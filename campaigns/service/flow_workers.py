@@ -43,7 +43,7 @@ import anyio
 import msgspec
 
 from campaigns.config import CampaignSettings
-from gateway.child_process import read_status, stop as _stop
+from gateway.child_process import read_status, stop as _stop, until_parent_gone
 
 __all__ = ["FlowWorkers", "WorkerStart", "WorkerState", "main", "open_runtime", "worker_environ"]
 
@@ -255,11 +255,7 @@ async def _work(start: WorkerStart, stdin: int, report: Callable[[bytes], None])
 
 async def _pokes(stdin: int, flows: Any, scope: anyio.CancelScope) -> None:
     """Each read from serve wakes the runtime; end of file (serve is gone) stops the worker."""
-    while True:
-        await anyio.wait_readable(stdin)
-        if not os.read(stdin, 4096):
-            break
-        flows.wake()
+    await until_parent_gone(stdin, flows.wake)
     log.info("flow.worker.stopping reason=serve gone")
     scope.cancel()
 

@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 import anyio
 import msgspec
 
-from gateway.child_process import read_status, stop as _stop
+from gateway.child_process import read_status, stop as _stop, until_parent_gone
 from gateway.webhook_settings import WebhookSettings
 from gateway.core.targets import TargetPolicy
 from gateway.runtime.webhooks import WebhookSender, WebhookStats
@@ -182,13 +182,9 @@ async def _deliver(start: Start, stdin: int, report: Callable[[WebhookStats], No
 
 
 async def _pokes(stdin: int, sender: WebhookSender, scope: anyio.CancelScope) -> None:
-    """Each read from the server wakes the sender; end of file (the server is gone) stops all.
-    The pipe is watched by the event loop (no thread hop per poke: the server pokes per write)."""
-    while True:
-        await anyio.wait_readable(stdin)
-        if not os.read(stdin, 4096):
-            break
-        sender.poke()
+    """Each read from the server wakes the sender (it pokes per write); end of file (the server is
+    gone) stops all."""
+    await until_parent_gone(stdin, sender.poke)
     log.info("webhook.process_stopping reason=server gone")
     scope.cancel()
 
