@@ -18,7 +18,7 @@ from campaigns.store.event_batch_pg import PgEventBatch
 from campaigns.store.campaign_rows import HitIn, LinkRow
 from campaigns.store.campaign_sql import link_read_many, link_rows, resolve_codes, resolve_ranges
 from campaigns.store import rollups
-from campaigns.store.schema import FLOW_RUN_KEY_UPGRADE, PG_FILLFACTOR, statements, upgrades
+from campaigns.store.schema import FLOW_RUN_KEY_UPGRADE, ORDER_KEY_UPGRADE, PG_FILLFACTOR, statements, upgrades
 from campaigns.store.sql import SqlStore, Tx, enqueue_entered
 
 
@@ -65,6 +65,9 @@ class PostgresStore(PgEventBatch, SqlStore):
                 if (self._conn.execute("SELECT to_regclass(%s) IS NOT NULL", (key_index,)).fetchone() or (False,))[0]:
                     for stmt in drops:
                         self._conn.execute(stmt)
+                if self._order_key_bare():
+                    for stmt in ORDER_KEY_UPGRADE:
+                        self._conn.execute(stmt)
             with self._tx() as tx:
                 rollups.ensure(tx)
         except psycopg.Error as exc:
@@ -78,6 +81,12 @@ class PostgresStore(PgEventBatch, SqlStore):
     def _reloptions(self, table: str) -> list[str]:
         row = self._conn.execute("SELECT reloptions FROM pg_class WHERE oid = to_regclass(%s)", (table,)).fetchone()
         return list(row[0] or []) if row else []
+
+    def _order_key_bare(self) -> bool:
+        """Whether ``orders``' key carries no column (a store made before ``schema.ORDER_KEY``)."""
+        row = self._conn.execute("SELECT indnkeyatts = indnatts FROM pg_index WHERE indexrelid = "
+                                 "to_regclass('orders_pkey')").fetchone()  # fmt: skip
+        return bool(row and row[0])
 
     def _columns(self, table: str) -> set[str]:
         rows = self._conn.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "

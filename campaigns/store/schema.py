@@ -34,6 +34,13 @@ from typing import Literal
 
 Dialect = Literal["sqlite", "postgres"]
 
+# ``ORDER_KEY`` / ``ORDER_OWNER``: what an item condition reads of its order's owner (item rows joined
+# to their order by ``(tenant, order_id)``: the subscriber, the time, the payment status), from the
+# index alone. SQLite keeps ``orders_segment_owner`` beside the key (a table's key cannot carry
+# columns). On PostgreSQL the key carries them (``INCLUDE``): the key's own b-tree answers that join
+# index-only, so ``orders_segment_owner``, the same key with the same columns, was a fifth index entry
+# an order wrote for nothing (~160 B of WAL an order; ``ORDER_KEY_UPGRADE`` for an older store).
+ORDER_OWNER_COLUMNS = "subscriber_id, created_at, payment_status"
 # ``RUN_KEY`` / ``RUN_BY_SUBSCRIBER``: a flow run's key and the runs of a subscriber (FLOWS_DDL below).
 # On PostgreSQL one unique index (tenant, subscriber_id, run_key) is both (a run key names its
 # subscriber: ``flow:subscriber:trigger``), one index entry a run less to write, on every insert and
@@ -42,11 +49,16 @@ Dialect = Literal["sqlite", "postgres"]
 _TYPES = {
     "sqlite": {"ID": "INTEGER PRIMARY KEY", "REAL": "REAL", "INT": "INTEGER", "CLUSTERED": " WITHOUT ROWID",
                "RUN_KEY": ",\n    UNIQUE (tenant, run_key)",
-               "RUN_BY_SUBSCRIBER": "CREATE INDEX IF NOT EXISTS flow_runs_subscriber ON flow_runs (tenant, subscriber_id, state)"},
+               "RUN_BY_SUBSCRIBER": "CREATE INDEX IF NOT EXISTS flow_runs_subscriber ON flow_runs (tenant, subscriber_id, state)",
+               "ORDER_KEY": "",
+               "ORDER_OWNER": "CREATE INDEX IF NOT EXISTS orders_segment_owner ON orders "
+                              "(tenant, order_id, subscriber_id, created_at, payment_status)"},
     "postgres": {"ID": "BIGSERIAL PRIMARY KEY", "REAL": "DOUBLE PRECISION", "INT": "BIGINT", "CLUSTERED": "",
                  "RUN_KEY": "",
                  "RUN_BY_SUBSCRIBER": "CREATE UNIQUE INDEX IF NOT EXISTS flow_runs_subscriber_key ON flow_runs "
-                                      "(tenant, subscriber_id, run_key)"},
+                                      "(tenant, subscriber_id, run_key)",
+                 "ORDER_KEY": f" INCLUDE ({ORDER_OWNER_COLUMNS})",
+                 "ORDER_OWNER": ""},
 }
 #: The ON CONFLICT target of a flow run's key, by engine (``_TYPES``' ``RUN_KEY``).
 FLOW_RUN_KEY = {"sqlite": "(tenant, run_key)", "postgres": "(tenant, subscriber_id, run_key)"}
@@ -55,6 +67,13 @@ FLOW_RUN_KEY = {"sqlite": "(tenant, run_key)", "postgres": "(tenant, subscriber_
 #: there: ``ALTER TABLE`` locks the table even when it has nothing to drop.
 FLOW_RUN_KEY_UPGRADE = ("flow_runs_tenant_run_key_key", ["ALTER TABLE flow_runs DROP CONSTRAINT flow_runs_tenant_run_key_key",
                                                          "DROP INDEX IF EXISTS flow_runs_subscriber"])
+#: A PostgreSQL store made before the covering key (``ORDER_KEY``): its key rebuilt with the owner's
+#: columns, then ``orders_segment_owner`` dropped, once, in the schema's transaction. Run only when the
+#: key carries no column (``pg_index.indnkeyatts = indnatts``): ``ALTER TABLE`` locks the table.
+ORDER_KEY_UPGRADE = [f"CREATE UNIQUE INDEX orders_key_covering ON orders (tenant, order_id) INCLUDE ({ORDER_OWNER_COLUMNS})",
+                     "ALTER TABLE orders DROP CONSTRAINT orders_pkey, "
+                     "ADD CONSTRAINT orders_pkey PRIMARY KEY USING INDEX orders_key_covering",
+                     "DROP INDEX IF EXISTS orders_segment_owner"]
 
 DDL = """
 CREATE TABLE IF NOT EXISTS subscribers (
@@ -99,7 +118,7 @@ CREATE TABLE IF NOT EXISTS orders (
     fulfillment_status TEXT, discount_code TEXT, created_at {REAL} NOT NULL,
     checkout_id TEXT, tracking_url TEXT,
     updated_at {REAL} NOT NULL, fulfillment_at {REAL} NOT NULL DEFAULT 0,
-    PRIMARY KEY (tenant, order_id)
+    PRIMARY KEY (tenant, order_id){ORDER_KEY}
 );
 CREATE TABLE IF NOT EXISTS order_items (
     tenant TEXT NOT NULL, order_id TEXT NOT NULL, product TEXT NOT NULL, category TEXT,
@@ -237,13 +256,14 @@ CREATE TABLE IF NOT EXISTS gateway_sync (
 # Covering indexes for compiled segments (campaigns/store/segment_sql.py): each event condition is an
 # uncorrelated `subscriber_id IN (SELECT ... WHERE tenant = ? AND <time> >= ? ...)`, so these let
 # both engines answer it from the index alone (no table lookups): windows on orders and activities,
-# the items of a category joined to their order's owner and time, open abandoned checkouts.
+# the items of a category joined to their order's owner and time (``orders_segment_owner`` on SQLite,
+# the key itself on PostgreSQL: ``ORDER_KEY``), open abandoned checkouts.
 # `activities_segment` also answers every read by (tenant, kind, at): the older `activities_kind`,
 # its prefix, was an index entry an activity that no read needed (dropped from stores made before: AUDIENCE_DDL).
 SEGMENTS_DDL = """
 CREATE INDEX IF NOT EXISTS orders_segment_spend ON orders (tenant, subscriber_id, created_at, total, payment_status);
 CREATE INDEX IF NOT EXISTS orders_segment_window ON orders (tenant, created_at, subscriber_id, total, payment_status);
-CREATE INDEX IF NOT EXISTS orders_segment_owner ON orders (tenant, order_id, subscriber_id, created_at, payment_status);
+{ORDER_OWNER};
 CREATE INDEX IF NOT EXISTS order_items_segment ON order_items (tenant, category, order_id, price, quantity);
 CREATE INDEX IF NOT EXISTS activities_segment ON activities (tenant, kind, at, subscriber_id);
 CREATE INDEX IF NOT EXISTS checkouts_segment_abandoned ON checkouts (tenant, abandoned_at, subscriber_id) WHERE completed_at IS NULL;

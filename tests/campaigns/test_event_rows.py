@@ -145,3 +145,66 @@ def test_a_new_order_changes_only_the_aggregates_it_names(store_url: str, path: 
         assert after.last_click_at == before.last_click_at and after.last_abandoned_checkout_at == before.last_abandoned_checkout_at
     finally:
         store.close()
+
+
+def _order_indexes(conn: object, url: str) -> set[str]:
+    if url.startswith("sqlite"):
+        rows = conn.execute("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'orders' "  # type: ignore[attr-defined]
+                            "AND sql IS NOT NULL").fetchall()  # fmt: skip
+    else:
+        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "  # type: ignore[attr-defined]
+                            "AND tablename = 'orders'").fetchall()  # fmt: skip
+    return {r[0] for r in rows}
+
+
+def _product_count(store: object) -> int:
+    seg = parse_segment({"event": "item", "where": {"product": ["p1"], "payment_status": ["paid"]}, "within_days": 30})
+    where, params = compile_segment(seg, store.engine, T, NOW)  # type: ignore[attr-defined]
+    return store.count_where(T, where, params)  # type: ignore[attr-defined]
+
+
+def test_an_order_writes_no_index_entry_that_its_key_answers(store_url: str) -> None:
+    """The item conditions read an order's owner, time and payment status by its key: on PostgreSQL the
+    key carries them (``schema.ORDER_KEY``), so an order writes three index entries, not four; SQLite
+    keeps ``orders_segment_owner``. The product conditions count the same (the conformance suites and
+    the agreement test check every condition; this one the join the index served)."""
+    store = open_store(store_url)
+    try:
+        conn = store._conn  # type: ignore[attr-defined]
+        expected = {"orders_segment_spend", "orders_segment_window"}
+        if store_url.startswith("sqlite"):
+            assert _order_indexes(conn, store_url) == expected | {"orders_segment_owner"}
+        else:
+            assert _order_indexes(conn, store_url) == expected | {"orders_pkey"}
+            (include,) = conn.execute("SELECT indnatts - indnkeyatts FROM pg_index WHERE indexrelid = "
+                                      "to_regclass('orders_pkey')").fetchone()  # fmt: skip
+            assert include == 3
+        events = [_order(i, k, NOW - (k * 20 + i) * 86_400) for i in range(3) for k in range(2)]  # 0-22 and 20-42 days ago
+        store.apply_events(T, [(e, e.phone) for e in events], now=NOW)
+        assert _product_count(store) == 3
+    finally:
+        store.close()
+
+
+def test_an_older_postgres_store_gets_the_covering_key_at_open(pg_url: str) -> None:
+    store = open_store(pg_url)
+    events = [_order(i, k, NOW - (k * 20 + i) * 86_400) for i in range(3) for k in range(2)]
+    store.apply_events(T, [(e, e.phone) for e in events], now=NOW)
+    store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # as a store made before: a bare key, the owner index
+        conn.execute("ALTER TABLE orders DROP CONSTRAINT orders_pkey, ADD PRIMARY KEY (tenant, order_id)")
+        conn.execute("CREATE INDEX orders_segment_owner ON orders (tenant, order_id, subscriber_id, created_at, payment_status)")
+    store = open_store(pg_url)
+    try:
+        conn = store._conn  # type: ignore[attr-defined]
+        assert _order_indexes(conn, pg_url) == {"orders_pkey", "orders_segment_spend", "orders_segment_window"}
+        (include,) = conn.execute("SELECT indnatts - indnkeyatts FROM pg_index WHERE indexrelid = "
+                                  "to_regclass('orders_pkey')").fetchone()  # fmt: skip
+        assert include == 3
+        assert _product_count(store) == 3
+        again = OrderEvent(id="again", at=NOW, order_id="o0-0", phone=_phone(0), total=5, currency="EUR", payment_status="paid")
+        store.apply_events(T, [(again, again.phone)], now=NOW)  # the key still holds: the order is updated, not doubled
+        assert conn.execute("SELECT count(*) FROM orders WHERE order_id = 'o0-0'").fetchone()[0] == 1
+    finally:
+        store.close()
+    open_store(pg_url).close()  # opened again: nothing left to do, nothing changed
