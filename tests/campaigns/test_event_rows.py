@@ -208,3 +208,21 @@ def test_an_older_postgres_store_gets_the_covering_key_at_open(pg_url: str) -> N
     finally:
         store.close()
     open_store(pg_url).close()  # opened again: nothing left to do, nothing changed
+
+
+def test_a_batch_inserts_only_the_subscribers_it_lacks_on_postgres(pg_url: str) -> None:
+    """The batch's claim looks its phones up first and inserts only the phones without a subscriber:
+    a known phone costs no attempted insert (each one a speculative index entry and an id drawn from
+    the sequence, then thrown away). Seen by the ids: a new subscriber after a batch of known ones
+    gets the next id, no gap."""
+    store = open_store(pg_url)
+    try:
+        store.apply_events(T, [(e, e.phone) for e in (_order(i, 0, NOW - 60) for i in range(10))], now=NOW)
+        ids = store._conn.execute("SELECT max(id) FROM subscribers").fetchone()[0]  # type: ignore[attr-defined]
+        batch = [_order(i, 1, NOW - 30) for i in range(11)]  # ten known phones and a new one
+        got = store.apply_events(T, [(e, e.phone) for e in batch], now=NOW)
+        assert [r.outcome for r in got] == ["applied"] * 11
+        assert got[-1].subscriber_id == ids + 1
+        assert [r.subscriber_id for r in got[:10]] == list(range(ids - 9, ids + 1))
+    finally:
+        store.close()
