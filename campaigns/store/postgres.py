@@ -195,19 +195,15 @@ _SLOT_READ = ("SELECT s.tenant, s.campaign_id, s.batch, s.idx, r.subscriber_id, 
 _MEMBERS_WRITE = """
 WITH found AS (SELECT * FROM unnest(%(fseg)s::bigint[], %(fsid)s::bigint[]) AS f (segment_id, subscriber_id)),
 stored AS (  -- driven by the ids, an index probe each (OFFSET 0: the planner may not flatten it into a hash
-            -- of every membership of the shop, which grows with the audience, not with the pass); the
-            -- pairs only, no row address: the by-subscriber index answers alone (its pages all-visible)
-    SELECT m.segment_id, m.subscriber_id FROM unnest(%(ids)s::bigint[]) AS i (id)
-    CROSS JOIN LATERAL (SELECT x.segment_id, x.subscriber_id FROM segment_members x
+            -- of every membership of the shop, which grows with the audience, not with the pass)
+    SELECT m.row, m.segment_id, m.subscriber_id FROM unnest(%(ids)s::bigint[]) AS i (id)
+    CROSS JOIN LATERAL (SELECT x.ctid AS row, x.segment_id, x.subscriber_id FROM segment_members x
                         WHERE x.tenant = %(tenant)s AND x.subscriber_id = i.id
                           AND x.segment_id = ANY(%(segs)s::bigint[]) OFFSET 0) m),
-gone AS (  -- the leavers' rows by a probe of the key each, then by their ctids (a TID scan): joined back
-           -- on the key, the planner hashed the whole table
+gone AS (  -- by the rows' ctids (a TID scan): joined back on the key, the planner hashed the whole table
     DELETE FROM segment_members m WHERE m.ctid = ANY(ARRAY(
-        SELECT y.row FROM (SELECT s.segment_id, s.subscriber_id FROM stored s WHERE NOT EXISTS (
-            SELECT 1 FROM found f WHERE f.segment_id = s.segment_id AND f.subscriber_id = s.subscriber_id) OFFSET 0) l
-        CROSS JOIN LATERAL (SELECT z.ctid AS row FROM segment_members z WHERE z.tenant = %(tenant)s
-                            AND z.segment_id = l.segment_id AND z.subscriber_id = l.subscriber_id OFFSET 0) y))
+        SELECT s.row FROM stored s WHERE NOT EXISTS (
+            SELECT 1 FROM found f WHERE f.segment_id = s.segment_id AND f.subscriber_id = s.subscriber_id)))
     RETURNING 1),
 added AS (
     INSERT INTO segment_members (tenant, segment_id, subscriber_id, since)
