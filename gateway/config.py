@@ -78,6 +78,10 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     header_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     max_head_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # At most this many client connections open (idle sockets included): one more closes the oldest
+    # connection waiting for a request (or refuses itself, 503, when every one is in a request). Fitted
+    # into the process's open-files limit at start (gateway.http_guard.connection_caps).
+    max_connections: Annotated[int, msgspec.Meta(ge=16, le=1_000_000)] = 4096
     # Worker processes that check the recipients of large streamed (NDJSON) jobs before the 202,
     # while the event loop admits and writes: "auto" is one per CPU (at most 8); 0 checks them
     # in the event loop's process.

@@ -31,7 +31,7 @@ from campaigns.service.gateway_client import GatewayClient
 from campaigns.service.inbox import Inbox
 from campaigns.service.link import GatewayLink
 from campaigns.store import open_store
-from gateway.http_guard import guarded_httptools
+from gateway.http_guard import connection_caps, guarded_httptools
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,13 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     # process that received it; with workers, the subscriber's worker is poked to post its sends.
     install_state(app, flows if workers is None else RepliesHere(flows, workers))
     front = body_deadline(redirect_front(app, tracker), settings.body_timeout_s)
-    # uvicorn has no deadline for a request's head and no bound on its size: the gateway's guard adds both.
-    http = guarded_httptools(settings.header_timeout_s, settings.max_head_bytes)
+    # uvicorn has no deadline for a request's head, no bound on its size and none on its connections:
+    # the gateway's guard adds all three (the caps fitted into this process's open-files limit).
+    wanted = {"max_connections": settings.max_connections}
+    if settings.short_link_port is not None:
+        wanted["short_link_max_connections"] = settings.short_link_max_connections
+    caps = connection_caps(wanted)
+    http = guarded_httptools(settings.header_timeout_s, settings.max_head_bytes, caps["max_connections"])
     server = uvicorn.Server(uvicorn.Config(front, host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False, http=http))  # fmt: skip
     try:
@@ -171,7 +176,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             tg.start_soon(tracker.run_flusher)  # buffered clicks: written every few ms (tracking.py)
             if settings.short_link_port is not None:  # the short domains' own listener (short_http.py)
                 short = ShortLinkServer(tracker, head_timeout=settings.short_link_head_timeout_s,
-                                        max_connections=settings.short_link_max_connections)  # fmt: skip
+                                        max_connections=caps["short_link_max_connections"])  # fmt: skip
                 await tg.start(_short_links, short, settings, on_short_links)
             # What start-up made (modules, settings, the stores, the apps) never becomes garbage: kept
             # out of every later full collection, which would otherwise walk it while the redirects

@@ -261,10 +261,12 @@ async def _uvicorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Cancel
                    task_status: anyio.abc.TaskStatus[int]) -> None:  # fmt: skip
     import uvicorn
 
-    from gateway.runtime.http_guard import guarded_httptools
+    from gateway.runtime.http_guard import connection_caps, guarded_httptools
 
-    # uvicorn has no deadline for a request's head and no bound on its size: http_guard adds both.
-    http = guarded_httptools(cfg.api.header_timeout, cfg.api.max_head_bytes)
+    # uvicorn has no deadline for a request's head, no bound on its size and none on its connections:
+    # http_guard adds all three (the cap fitted into this process's open-files limit).
+    cap = connection_caps({"api.max_connections": cfg.api.max_connections})["api.max_connections"]
+    http = guarded_httptools(cfg.api.header_timeout, cfg.api.max_head_bytes, cap)
     config = uvicorn.Config(api, host=cfg.api.host, port=cfg.api.port, loop="none", lifespan="off",
                             log_level="warning", access_log=False, http=http)  # fmt: skip
     server = uvicorn.Server(config)
