@@ -433,9 +433,23 @@ def serve(ctx: click.Context, config_path: str | None, port: int | None, backend
     try:
         anyio.run(lambda: host.serve_both(gateway_cfg, settings, on_ready=lambda k, p: print(json.dumps({k: p}), flush=True)),
                   backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
-    except (GatewayConfigError, ConfigError) as exc:  # found at start-up: one line, no traceback
-        click.echo(f"error: {exc}", err=True)
+    except (GatewayConfigError, ConfigError, BaseExceptionGroup) as exc:  # found at start-up: one line, no traceback
+        if (cause := _startup_error(exc)) is None:
+            raise
+        click.echo(f"error: {cause}", err=True)
         sys.exit(2)
+
+
+def _startup_error(exc: BaseException) -> Exception | None:
+    """A config error of either layer (the gateway's port or store taken included) that ended a
+    start-up, inside however many task groups; None for anything else (a bug: its traceback shows)."""
+    from gateway.errors import ConfigError as GatewayConfigError
+
+    if isinstance(exc, (GatewayConfigError, ConfigError)):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        return next((found for inner in exc.exceptions if (found := _startup_error(inner)) is not None), None)
+    return None
 
 
 _gateway_check_config = main.commands["check-config"]

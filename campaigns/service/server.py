@@ -17,6 +17,7 @@ import anyio.abc
 import uvicorn
 
 from campaigns.config import CampaignSettings
+from campaigns.errors import ConfigError
 from campaigns.core.attribution import Windows
 from campaigns.service.app import body_deadline, create_app, tenant_keys, webhook_secrets
 from campaigns.service.audience import Audience
@@ -93,7 +94,11 @@ async def _short_links(short: ShortLinkServer, settings: CampaignSettings, on_re
             on_ready(port)
         task_status.started()
 
-    await serve_short_links(short, host=settings.host, port=settings.short_link_port or 0, on_ready=ready)
+    try:
+        await serve_short_links(short, host=settings.host, port=settings.short_link_port or 0, on_ready=ready)
+    except OSError as exc:  # cannot listen (the port is taken): one line at start-up, naming the key
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.short_link_port}: {exc.strerror or exc}",
+                          key="campaigns.short_link_port") from exc  # fmt: skip
 
 
 async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, port: int | None = None,
@@ -154,13 +159,22 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
                                            log_config=None, lifespan="on", access_log=False, http=http))  # fmt: skip
     try:
         async with anyio.create_task_group() as tg:
+            failed: list[SystemExit] = []
+
             async def http() -> None:
-                await server.serve()  # returns on SIGTERM/SIGINT (uvicorn's handlers): then stop the rest
+                try:
+                    await server.serve()  # returns on SIGTERM/SIGINT (uvicorn's handlers): then stop the rest
+                except SystemExit as exc:  # uvicorn's start-up failure (it logged why): the port is taken, say
+                    failed.append(exc)
+                    return
                 tg.cancel_scope.cancel()
 
             tg.start_soon(http)
             with anyio.fail_after(30):
                 while not server.started:
+                    if failed:
+                        raise ConfigError(f"cannot listen on {settings.host}:{server.config.port} (in use by another "
+                                          "process?)", key="campaigns.port")  # fmt: skip
                     await anyio.sleep(0.01)
             bound = server.servers[0].sockets[0].getsockname()[1]
             log.info("campaigns.listening host=%s port=%d tenants=%d", settings.host, bound, len(settings.tenants))
