@@ -209,9 +209,9 @@ def from_table(table: Any, *, path: str | None = None) -> CampaignSettings:
 def loads(text: str, *, path: str | None = None) -> CampaignSettings | None:
     """The ``[campaigns]`` table of a Sluice config text, or None when it has none."""
     try:
-        raw = tomllib.loads(text)
+        raw = tomllib.loads(text.removeprefix("\ufeff"))  # a byte order mark (saved by Notepad): not TOML's
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}") from exc
+        raise ConfigError(f"{path + ': ' if path else ''}not valid TOML: {exc}") from exc
     return from_table(raw["campaigns"], path=path) if "campaigns" in raw else None
 
 

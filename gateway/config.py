@@ -126,6 +126,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     inbound: InboundSettings = msgspec.field(default_factory=InboundSettings)
 
     def __post_init__(self) -> None:
+        _no_twice(self)
         if self.inbound.reply_category not in self.core.categories:
             raise ValueError(f"inbound.reply_category {self.inbound.reply_category!r} is not one of core.categories")
         owner: dict[str, str] = {}
@@ -150,6 +151,30 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 raise ValueError(f"carriers.http: {http.name!r} is not one of core.carriers {sorted(known)}")
 
 
+def _no_twice(cfg: Config) -> None:
+    """A name or key given twice is a mistake the rest would hide: two tenants of one name share
+    jobs, suppressions and webhooks; two links to one carrier, one replaced the other; one key for
+    two clients (or a tenant's key also an operator's) is answered as whichever came last."""
+    lists = {"api.tenants": cfg.api.tenants, "api.operators": cfg.api.operators}
+    for section, entries in lists.items():
+        seen: dict[str, int] = {}
+        for i, e in enumerate(entries):
+            if (j := seen.setdefault(e.name, i)) != i:
+                raise ValueError(f"{section}[{i}].name: {e.name!r} is already {section}[{j}]'s")
+    links: dict[str, str] = {}
+    for section, group in (("carriers.smpp", cfg.carriers.smpp), ("carriers.http", cfg.carriers.http)):
+        for i, link in enumerate(group):
+            if (other := links.setdefault(link.name, f"{section}[{i}]")) != f"{section}[{i}]":
+                raise ValueError(f"{section}[{i}].name: carrier {link.name!r} already has a link, {other}")
+    keys: dict[str, str] = {}
+    for section, entries in lists.items():
+        for i, e in enumerate(entries):
+            for field in ("key_sha256", "key_env"):
+                value = getattr(e, field)
+                if value is not None and (other := keys.setdefault(f"{field}={value}", f"{section}[{i}]")) != f"{section}[{i}]":
+                    raise ValueError(f"{section}[{i}].{field}: the same key as {other}'s (each client its own key)")
+
+
 def target_policy(cfg: Config) -> TargetPolicy:
     """Where callback_url and inbound_url may point: public addresses, the networks of
     ``webhooks.allow_private``, and never the gateway's own API nor its carriers' ports."""
@@ -168,7 +193,7 @@ def _regions() -> frozenset[str]:
 
 def loads(text: str, *, path: str | None = None) -> Config:
     try:
-        raw = tomllib.loads(text)
+        raw = tomllib.loads(text.removeprefix("\ufeff"))  # a byte order mark (saved by Notepad): not TOML's
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=path) from exc
     try:

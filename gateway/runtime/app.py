@@ -73,6 +73,9 @@ def _key_table(entries: Sequence[_Keyed], section: str, environ: dict[str, str] 
             if not key:
                 raise ConfigError(f"environment variable {entry.key_env!r} is not set", key=f"{section}[{i}].key_env")
             digest = hash_key(key)
+        if digest in table:  # two variables holding one key: each client its own
+            raise ConfigError(f"the same key as {table[digest].name!r}'s (each client its own key)",
+                              key=f"{section}[{i}].key_env")  # fmt: skip
         table[digest] = entry
     return table
 
