@@ -154,7 +154,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 def _no_twice(cfg: Config) -> None:
     """A name or key given twice is a mistake the rest would hide: two tenants of one name share
     jobs, suppressions and webhooks; two links to one carrier, one replaced the other; one key for
-    two clients (or a tenant's key also an operator's) is answered as whichever came last."""
+    two tenants (or two operators) is answered as whichever came last. (A tenant's key may also be
+    an operator's: the two tables are apart, and that key then reads /metrics too.)"""
     lists = {"api.tenants": cfg.api.tenants, "api.operators": cfg.api.operators}
     for section, entries in lists.items():
         seen: dict[str, int] = {}
@@ -166,8 +167,8 @@ def _no_twice(cfg: Config) -> None:
         for i, link in enumerate(group):
             if (other := links.setdefault(link.name, f"{section}[{i}]")) != f"{section}[{i}]":
                 raise ValueError(f"{section}[{i}].name: carrier {link.name!r} already has a link, {other}")
-    keys: dict[str, str] = {}
     for section, entries in lists.items():
+        keys: dict[str, str] = {}
         for i, e in enumerate(entries):
             for field in ("key_sha256", "key_env"):
                 value = getattr(e, field)
