@@ -544,8 +544,8 @@ _BOM = b"\xef\xbb\xbf"
 
 
 def _decode(kind: type, body: bytes):
-    if body[:3] == _BOM:
-        body = body[3:]
+    if body and body[0] == 0xEF:  # one index, not a slice: this runs per message
+        body = body.removeprefix(_BOM)
     if not body:
         raise _Malformed("empty body: a JSON object is expected")
     try:
@@ -584,8 +584,7 @@ class _BatchTooLarge(CallerError):
 def _batch_items(body: bytes) -> list[msgspec.Raw]:
     """The batch's elements, not decoded yet (a bad one fails alone); the batch itself must be a
     JSON array of 1..MAX_BATCH elements."""
-    if body[:3] == _BOM:
-        body = body[3:]
+    body = body.removeprefix(_BOM)
     if not body:
         raise _Malformed("empty body: a JSON array of messages is expected")
     try:
