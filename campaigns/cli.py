@@ -165,18 +165,23 @@ def events(config_path: str, tenant: str, ndjson_path: str) -> None:
     from campaigns.errors import InvalidInput
 
     audience = _audience(config_path)
-    parsed = []
+    parsed, prefixes = [], []
     for i, line in enumerate(Path(ndjson_path).read_bytes().removeprefix(b"\xef\xbb\xbf").splitlines()):
         if line.strip():
             try:
                 ev = decode_event(line)
                 parsed.append((ev, audience.check_event(tenant, ev, prefix=f"lines[{i}].")))
-                if foreign := audience.check_currency(tenant, [ev], [f"lines[{i}]."])[0]:
-                    raise foreign
+                prefixes.append(f"lines[{i}].")
             except InvalidInput as exc:
                 click.echo(f"error: line {i}: {exc} (field {exc.field})", err=True)
                 sys.exit(1)
-    results = _run(lambda: audience.apply_many(tenant, parsed))
+    try:  # the file's orders together: a first file in two currencies is refused, as a bulk POST is
+        if foreign := next((e for e in audience.check_currency(tenant, [e for e, _ in parsed], prefixes) if e), None):
+            raise foreign
+        results = _run(lambda: audience.apply_many(tenant, parsed, prefixes=prefixes))
+    except InvalidInput as exc:
+        click.echo(f"error: {exc} (field {exc.field})", err=True)
+        sys.exit(1)
     outcomes = [r.outcome for r in results]
     click.echo(json.dumps({k: outcomes.count(k) for k in ("applied", "duplicate", "stale")}))
 
@@ -428,9 +433,23 @@ def serve(ctx: click.Context, config_path: str | None, port: int | None, backend
     try:
         anyio.run(lambda: host.serve_both(gateway_cfg, settings, on_ready=lambda k, p: print(json.dumps({k: p}), flush=True)),
                   backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
-    except (GatewayConfigError, ConfigError) as exc:  # found at start-up: one line, no traceback
-        click.echo(f"error: {exc}", err=True)
+    except (GatewayConfigError, ConfigError, BaseExceptionGroup) as exc:  # found at start-up: one line, no traceback
+        if (cause := _startup_error(exc)) is None:
+            raise
+        click.echo(f"error: {cause}", err=True)
         sys.exit(2)
+
+
+def _startup_error(exc: BaseException) -> Exception | None:
+    """A config error of either layer (the gateway's port or store taken included) that ended a
+    start-up, inside however many task groups; None for anything else (a bug: its traceback shows)."""
+    from gateway.errors import ConfigError as GatewayConfigError
+
+    if isinstance(exc, (GatewayConfigError, ConfigError)):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        return next((found for inner in exc.exceptions if (found := _startup_error(inner)) is not None), None)
+    return None
 
 
 _gateway_check_config = main.commands["check-config"]

@@ -145,6 +145,10 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # a client dribbling headers, or connecting and sending nothing, cannot hold a connection for ever.
     header_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
     max_head_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 64 * 1024
+    # At most this many client connections open on the API's port (idle sockets included): one more
+    # closes the oldest connection waiting for a request (or refuses itself, 503, when every one is in
+    # a request); fitted, with short_link_max_connections, into the process's open-files limit.
+    max_connections: Annotated[int, msgspec.Meta(ge=16, le=1_000_000)] = 4096
     # Flows (issue 19): how often the runtime looks for queued inputs and due timers when nothing
     # woke it (a reply or an event wakes it at once).
     flows_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
@@ -205,9 +209,9 @@ def from_table(table: Any, *, path: str | None = None) -> CampaignSettings:
 def loads(text: str, *, path: str | None = None) -> CampaignSettings | None:
     """The ``[campaigns]`` table of a Sluice config text, or None when it has none."""
     try:
-        raw = tomllib.loads(text)
+        raw = tomllib.loads(text.removeprefix("\ufeff"))  # a byte order mark (saved by Notepad): not TOML's
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}") from exc
+        raise ConfigError(f"{path + ': ' if path else ''}not valid TOML: {exc}") from exc
     return from_table(raw["campaigns"], path=path) if "campaigns" in raw else None
 
 

@@ -24,9 +24,9 @@ def split_config(text: str, *, path: str | None = None) -> tuple[object, Campaig
     from gateway.errors import ConfigError as GatewayConfigError
 
     try:
-        raw = tomllib.loads(text)
+        raw = tomllib.loads(text.removeprefix("\ufeff"))  # a byte order mark (saved by Notepad): not TOML's
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}") from exc
+        raise ConfigError(f"{path + ': ' if path else ''}not valid TOML: {exc}") from exc
     table = raw.pop("campaigns", None)
     try:
         gw = msgspec.convert(raw, Config)

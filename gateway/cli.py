@@ -8,7 +8,7 @@ import sys
 import click
 
 from gateway.config import load, missing_environment
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, startup_error
 
 
 @click.group()
@@ -72,8 +72,10 @@ def serve(config_path: str | None, port: int | None, backend: str) -> None:
     options = {"use_uvloop": True} if backend == "asyncio" else {}
     try:
         anyio.run(lambda: run(cfg, on_ready=ready), backend=backend, backend_options=options)
-    except ConfigError as exc:  # found at start-up (e.g. a carrier's settings): one line too
-        click.echo(f"error: {exc}", err=True)
+    except (ConfigError, BaseExceptionGroup) as exc:  # found at start-up (a carrier's settings, the port taken,
+        if (cause := startup_error(exc)) is None:  # the store in use): one line too, however deep its task group
+            raise
+        click.echo(f"error: {cause}", err=True)
         sys.exit(2)
 
 

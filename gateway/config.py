@@ -78,6 +78,10 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     header_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     max_head_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # At most this many client connections open (idle sockets included): one more closes the oldest
+    # connection waiting for a request (or refuses itself, 503, when every one is in a request). Fitted
+    # into the process's open-files limit at start (gateway.http_guard.connection_caps).
+    max_connections: Annotated[int, msgspec.Meta(ge=16, le=1_000_000)] = 4096
     # Worker processes that check the recipients of large streamed (NDJSON) jobs before the 202,
     # while the event loop admits and writes: "auto" is one per CPU (at most 8); 0 checks them
     # in the event loop's process.
@@ -122,6 +126,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     inbound: InboundSettings = msgspec.field(default_factory=InboundSettings)
 
     def __post_init__(self) -> None:
+        _no_twice(self)
         if self.inbound.reply_category not in self.core.categories:
             raise ValueError(f"inbound.reply_category {self.inbound.reply_category!r} is not one of core.categories")
         owner: dict[str, str] = {}
@@ -146,6 +151,31 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 raise ValueError(f"carriers.http: {http.name!r} is not one of core.carriers {sorted(known)}")
 
 
+def _no_twice(cfg: Config) -> None:
+    """A name or key given twice is a mistake the rest would hide: two tenants of one name share
+    jobs, suppressions and webhooks; two links to one carrier, one replaced the other; one key for
+    two tenants (or two operators) is answered as whichever came last. (A tenant's key may also be
+    an operator's: the two tables are apart, and that key then reads /metrics too.)"""
+    lists = {"api.tenants": cfg.api.tenants, "api.operators": cfg.api.operators}
+    for section, entries in lists.items():
+        seen: dict[str, int] = {}
+        for i, e in enumerate(entries):
+            if (j := seen.setdefault(e.name, i)) != i:
+                raise ValueError(f"{section}[{i}].name: {e.name!r} is already {section}[{j}]'s")
+    links: dict[str, str] = {}
+    for section, group in (("carriers.smpp", cfg.carriers.smpp), ("carriers.http", cfg.carriers.http)):
+        for i, link in enumerate(group):
+            if (other := links.setdefault(link.name, f"{section}[{i}]")) != f"{section}[{i}]":
+                raise ValueError(f"{section}[{i}].name: carrier {link.name!r} already has a link, {other}")
+    for section, entries in lists.items():
+        keys: dict[str, str] = {}
+        for i, e in enumerate(entries):
+            for field in ("key_sha256", "key_env"):
+                value = getattr(e, field)
+                if value is not None and (other := keys.setdefault(f"{field}={value}", f"{section}[{i}]")) != f"{section}[{i}]":
+                    raise ValueError(f"{section}[{i}].{field}: the same key as {other}'s (each client its own key)")
+
+
 def target_policy(cfg: Config) -> TargetPolicy:
     """Where callback_url and inbound_url may point: public addresses, the networks of
     ``webhooks.allow_private``, and never the gateway's own API nor its carriers' ports."""
@@ -164,7 +194,7 @@ def _regions() -> frozenset[str]:
 
 def loads(text: str, *, path: str | None = None) -> Config:
     try:
-        raw = tomllib.loads(text)
+        raw = tomllib.loads(text.removeprefix("\ufeff"))  # a byte order mark (saved by Notepad): not TOML's
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=path) from exc
     try:

@@ -6,6 +6,7 @@
     │   ├── NotFound         no such job/message for this tenant
     │   └── Conflict         e.g. an idempotency key reused with another body
     ├── ConfigError          the configuration is wrong; ``key`` is its path (``carriers[0].rate``)
+    │   └── ListenError      a server cannot listen where it says (``api.port`` taken)
     ├── StorageError         the store failed; the request may be retried (HTTP 503)
     └── CarrierError         (carriers.errors) the carrier or its link misbehaved
 
@@ -20,9 +21,11 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "InvalidInput",
+    "ListenError",
     "NotFound",
     "SluiceError",
     "StorageError",
+    "startup_error",
 ]
 
 
@@ -71,6 +74,23 @@ class ConfigError(SluiceError):
         super().__init__(f"{where}{message}{at}")
         self.key = key
         self.path = path
+
+
+class ListenError(ConfigError):
+    """A server could not listen where the config says (the port is taken, the address is not
+    this machine's): found at start-up, reported in one line like a config error."""
+
+
+def startup_error(exc: BaseException) -> ConfigError | None:
+    """The ConfigError (ListenError included) that ended a start-up, found inside the exception
+    groups its task groups wrapped it in; None if there is none (a bug: let its traceback show)."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := startup_error(inner)) is not None:
+                return found
+    return None
 
 
 class StorageError(SluiceError):

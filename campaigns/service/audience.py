@@ -230,11 +230,26 @@ class Audience:
         known = self._currency.get(tenant)
         if known is None:
             t = self.tenants.get(tenant)
-            known = (t.currency if t is not None else None) or self.store.first_order_currency(tenant)
-            if known is None:
+            known = (t.currency if t is not None else None) or self.store.claim_currency(tenant, None)
+            if known is None:  # provisional: ``claim_currency`` decides it when the first orders are stored
                 return next((e.currency for e in events if isinstance(e, OrderEvent)), None)
             self._currency[tenant] = known
         return known
+
+    def _claim_currency(self, tenant: str, events: Sequence[ShopEvent], prefixes: Sequence[str]) -> None:
+        """Before the first orders of a shop without a configured currency are stored: claim theirs in
+        the store (first claim wins, ``Store.claim_currency``) and refuse the batch if another upload's
+        won meanwhile (the checks before ran on a provisional answer). Once known, a dict lookup."""
+        if tenant in self._currency:
+            return
+        first = next((e.currency for e in events if isinstance(e, OrderEvent)), None)
+        if first is None:
+            return
+        t = self.tenants.get(tenant)
+        self._currency[tenant] = (t.currency if t is not None else None) or self.store.claim_currency(tenant, first)  # type: ignore[assignment]
+        bad = next((e for e in self.check_currency(tenant, events, prefixes) if e is not None), None)
+        if bad is not None:
+            raise bad
 
     def check_currency(self, tenant: str, events: Sequence[ShopEvent], prefixes: Sequence[str]) -> list[InvalidInput | None]:
         """Per event, a ``foreign_currency`` error for an order not in the shop's currency, else None:
@@ -300,7 +315,8 @@ class Audience:
             else:
                 ready.append((i, (event, p)))
         try:
-            done = await self.apply_many(tenant, [e for _, e in ready], defer=self._membership_live)
+            done = await self.apply_many(tenant, [e for _, e in ready], defer=self._membership_live,
+                                         prefixes=[""] * len(ready))  # fmt: skip
             for (i, _), r in zip(ready, done, strict=True):
                 out[i] = r
         except CampaignError as exc:
@@ -309,7 +325,7 @@ class Audience:
             else:  # one event failed the batch: each alone, so only it fails
                 for i, e in ready:
                     try:
-                        out[i] = (await self.apply_many(tenant, [e]))[0]
+                        out[i] = (await self.apply_many(tenant, [e], prefixes=[""]))[0]
                     except CampaignError as exc1:
                         out[i] = exc1
         return out  # type: ignore[return-value]
@@ -353,15 +369,20 @@ class Audience:
             raise InvalidInput(f"line {i}: {exc}{more if len(bad) > 1 else ''}", code=exc.code, field=field)
         self._check_time(events, self.clock(), prefixes)
         phones = await self._run(self.check_events, tenant, events, prefixes)
-        return await self.apply_many(tenant, list(zip(events, phones, strict=True)), defer=self._membership_live)
+        return await self.apply_many(tenant, list(zip(events, phones, strict=True)), defer=self._membership_live,
+                                     prefixes=prefixes)  # fmt: skip
 
     async def apply_many(self, tenant: str, events: Sequence[tuple[ShopEvent, str | None]], *,
-                         defer: bool = False) -> list[Applied]:  # fmt: skip
+                         defer: bool = False, prefixes: Sequence[str] | None = None) -> list[Applied]:  # fmt: skip
         """Checked events, ``batch_size`` per transaction (``Store.apply_events``); after each, the
         membership of the segments whose dependencies it touched, for the subscribers it touched (or,
-        ``defer``, handed to the membership loop)."""
+        ``defer``, handed to the membership loop). ``prefixes``: each event's place in errors
+        (default ``lines[i].``)."""
         now = self.clock()
-        self._check_time([e for e, _ in events], now, [f"lines[{i}]." for i in range(len(events))])
+        prefixes = [f"lines[{i}]." for i in range(len(events))] if prefixes is None else prefixes
+        self._check_time([e for e, _ in events], now, prefixes)
+        if tenant not in self._currency:  # a shop's first orders: their currency claimed before they are stored
+            await self._run(self._claim_currency, tenant, [e for e, _ in events], prefixes)
         results: list[Applied] = []
         for i in range(0, len(events), self.batch_size):
             if defer:

@@ -17,6 +17,7 @@ import anyio.abc
 import uvicorn
 
 from campaigns.config import CampaignSettings
+from campaigns.errors import ConfigError
 from campaigns.core.attribution import Windows
 from campaigns.service.app import body_deadline, create_app, tenant_keys, webhook_secrets
 from campaigns.service.audience import Audience
@@ -31,7 +32,7 @@ from campaigns.service.gateway_client import GatewayClient
 from campaigns.service.inbox import Inbox
 from campaigns.service.link import GatewayLink
 from campaigns.store import open_store
-from gateway.http_guard import guarded_httptools
+from gateway.http_guard import connection_caps, guarded_httptools
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,11 @@ async def _short_links(short: ShortLinkServer, settings: CampaignSettings, on_re
             on_ready(port)
         task_status.started()
 
-    await serve_short_links(short, host=settings.host, port=settings.short_link_port or 0, on_ready=ready)
+    try:
+        await serve_short_links(short, host=settings.host, port=settings.short_link_port or 0, on_ready=ready)
+    except OSError as exc:  # cannot listen (the port is taken): one line at start-up, naming the key
+        raise ConfigError(f"cannot listen on {settings.host}:{settings.short_link_port}: {exc.strerror or exc}",
+                          key="campaigns.short_link_port") from exc  # fmt: skip
 
 
 async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, port: int | None = None,
@@ -143,19 +148,33 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     # process that received it; with workers, the subscriber's worker is poked to post its sends.
     install_state(app, flows if workers is None else RepliesHere(flows, workers))
     front = body_deadline(redirect_front(app, tracker), settings.body_timeout_s)
-    # uvicorn has no deadline for a request's head and no bound on its size: the gateway's guard adds both.
-    http = guarded_httptools(settings.header_timeout_s, settings.max_head_bytes)
+    # uvicorn has no deadline for a request's head, no bound on its size and none on its connections:
+    # the gateway's guard adds all three (the caps fitted into this process's open-files limit).
+    wanted = {"max_connections": settings.max_connections}
+    if settings.short_link_port is not None:
+        wanted["short_link_max_connections"] = settings.short_link_max_connections
+    caps = connection_caps(wanted)
+    http = guarded_httptools(settings.header_timeout_s, settings.max_head_bytes, caps["max_connections"])
     server = uvicorn.Server(uvicorn.Config(front, host=settings.host, port=settings.port if port is None else port,
                                            log_config=None, lifespan="on", access_log=False, http=http))  # fmt: skip
     try:
         async with anyio.create_task_group() as tg:
+            failed: list[SystemExit] = []
+
             async def http() -> None:
-                await server.serve()  # returns on SIGTERM/SIGINT (uvicorn's handlers): then stop the rest
+                try:
+                    await server.serve()  # returns on SIGTERM/SIGINT (uvicorn's handlers): then stop the rest
+                except SystemExit as exc:  # uvicorn's start-up failure (it logged why): the port is taken, say
+                    failed.append(exc)
+                    return
                 tg.cancel_scope.cancel()
 
             tg.start_soon(http)
             with anyio.fail_after(30):
                 while not server.started:
+                    if failed:
+                        raise ConfigError(f"cannot listen on {settings.host}:{server.config.port} (in use by another "
+                                          "process?)", key="campaigns.port")  # fmt: skip
                     await anyio.sleep(0.01)
             bound = server.servers[0].sockets[0].getsockname()[1]
             log.info("campaigns.listening host=%s port=%d tenants=%d", settings.host, bound, len(settings.tenants))
@@ -171,7 +190,7 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             tg.start_soon(tracker.run_flusher)  # buffered clicks: written every few ms (tracking.py)
             if settings.short_link_port is not None:  # the short domains' own listener (short_http.py)
                 short = ShortLinkServer(tracker, head_timeout=settings.short_link_head_timeout_s,
-                                        max_connections=settings.short_link_max_connections)  # fmt: skip
+                                        max_connections=caps["short_link_max_connections"])  # fmt: skip
                 await tg.start(_short_links, short, settings, on_short_links)
             # What start-up made (modules, settings, the stores, the apps) never becomes garbage: kept
             # out of every later full collection, which would otherwise walk it while the redirects

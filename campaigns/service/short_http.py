@@ -26,7 +26,8 @@ never grows memory:
 
 The shell (``serve_short_links``) adds the time bounds: a head must be complete within
 ``head_timeout`` of its first byte (slowloris), an idle keep-alive connection is closed after
-``idle_timeout``, and at most ``max_connections`` are open (more are closed at once). The listener's
+``idle_timeout``, and at most ``max_connections`` are open (one more closes the oldest connection
+not inside a request, or is closed itself when every one is: ``make_room``). The listener's
 loop checks the deadlines every ``reap_interval`` (``ShortLinkServer.reap(now)``): a request costs
 no timer of its own. A peer that does not read its answers stops being read (``pause_writing``).
 
@@ -286,22 +287,22 @@ class ShortLinkProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if len(self.server.conns) >= self.server.max_connections:
+        if len(self.server.conns) >= self.server.max_connections and not self.server.make_room():
             self.server.refused += 1
             transport.close()
             self._closing = True
             return
-        self.server.conns.add(self)
+        self.server.conns[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self.server.conns.discard(self)
+        self.server.conns.pop(self, None)
 
     def close(self) -> None:
         if not self._closing and self.transport is not None:
             self._closing = True
             self.transport.close()
-        self.server.conns.discard(self)
+        self.server.conns.pop(self, None)
 
     def pause_writing(self) -> None:  # the peer does not read: stop reading its requests
         if self.transport is not None:
@@ -425,8 +426,9 @@ class ShortLinkServer:
         self.redirector = redirector
         self.head_timeout, self.idle_timeout, self.max_connections = head_timeout, idle_timeout, max_connections
         self.clock = clock
-        self.conns: set[ShortLinkProtocol] = set()
-        self.refused = 0  # connections closed at once (over max_connections)
+        self.conns: dict[ShortLinkProtocol, None] = {}  # oldest first
+        self.refused = 0  # connections closed at once (over max_connections, every open one in a request)
+        self.evicted = 0  # idle (or head-reading) connections closed to make room for a new one
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -437,6 +439,17 @@ class ShortLinkServer:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def make_room(self) -> bool:
+        """Over ``max_connections``: close the oldest connection no request of which is being answered
+        (idle, or its head still coming in), so a flood of idle sockets costs its sender its oldest
+        ones, never a new client its answer (gateway/http_guard.py does the same for the APIs)."""
+        for c in self.conns:
+            if not c._busy:
+                c.close()
+                self.evicted += 1
+                return True
+        return False
 
     def reap(self, now: float) -> int:
         """Close the connections past a deadline: a head begun more than ``head_timeout`` ago, or idle

@@ -580,6 +580,10 @@ def check_event_batches(store: Store) -> None:
     assert store.known_phones("many", [A, B, "+33699999999"]) == {A, B}
     assert store.known_phones("nobody", [A]) == set()
     assert (store.first_order_currency("many"), store.first_order_currency("nobody")) == ("EUR", None)
+    # claim_currency: a store with orders answers its first order's (and keeps it); else the first claim wins
+    assert (store.claim_currency("many", "USD"), store.claim_currency("many", None)) == ("EUR", "EUR")
+    assert store.claim_currency("nobody", None) is None
+    assert (store.claim_currency("nobody", "JPY"), store.claim_currency("nobody", "USD")) == ("JPY", "JPY")
 
 
 def check_refresh_members(store: Store) -> None:

@@ -12,7 +12,9 @@ Columns beyond the shared plan (docs: campaigns_shared.md), for the store's own 
 - ``early_fulfillments``: a fulfilment that arrived before its order, applied when the order comes;
 - ``cursors``: how far the gateway's inbound messages were read (per tenant);
 - ``segment_timers``: when time alone may change a subscriber's membership of a segment (windows);
-- ``gateway_sync``: opt-outs to push to the gateway's suppressions (an outbox: survives restarts).
+- ``gateway_sync``: opt-outs to push to the gateway's suppressions (an outbox: survives restarts);
+- ``shop_currencies``: the currency a shop without a configured one counts in, claimed once by its first
+  accepted orders (``Store.claim_currency``: two first uploads in different currencies cannot both win).
 
 Campaigns (issue 18, ``campaigns/store/campaign_sql.py``): ``campaigns`` (definition JSON, status),
 ``link_ranges`` (a launch's short-link numbers: codes are a keyed permutation of them, no row per
@@ -119,6 +121,9 @@ CREATE TABLE IF NOT EXISTS orders (
     checkout_id TEXT, tracking_url TEXT,
     updated_at {REAL} NOT NULL, fulfillment_at {REAL} NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, order_id){ORDER_KEY}
+);
+CREATE TABLE IF NOT EXISTS shop_currencies (
+    tenant TEXT PRIMARY KEY, currency TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS order_items (
     tenant TEXT NOT NULL, order_id TEXT NOT NULL, product TEXT NOT NULL, category TEXT,

@@ -904,6 +904,25 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
             row = tx.one("SELECT currency FROM orders WHERE tenant = ? ORDER BY created_at LIMIT 1", (tenant,))
         return None if row is None else str(row[0])
 
+    def claim_currency(self, tenant: str, currency: str | None) -> str | None:
+        """The shop's currency, decided once: the one claimed (``shop_currencies``), else its earliest
+        stored order's (a store older than the table), else ``currency`` (None: only read). One
+        transaction, first claim wins: two first uploads in different currencies racing from two
+        requests (or two processes) get the same answer (PostgreSQL: the second INSERT waits on the
+        key until the first commits, then does nothing; SQLite has one writer)."""
+        with self._tx() as tx:
+            row = tx.one("SELECT currency FROM shop_currencies WHERE tenant = ?", (tenant,))
+            if row is not None:
+                return str(row[0])
+            first = tx.one("SELECT currency FROM orders WHERE tenant = ? ORDER BY created_at LIMIT 1", (tenant,))
+            chosen = str(first[0]) if first is not None else currency
+            if chosen is None:
+                return None
+            tx.run("INSERT INTO shop_currencies (tenant, currency) VALUES (?, ?) ON CONFLICT (tenant) DO NOTHING",
+                   (tenant, chosen))  # fmt: skip
+            row = tx.one("SELECT currency FROM shop_currencies WHERE tenant = ?", (tenant,))
+        return str(row[0])
+
     def member_segments(self, tenant: str, subscriber_id: int) -> list[tuple[int, float]]:
         """(segment id, member since) of every segment the subscriber is in."""
         with self._tx() as tx:

@@ -536,7 +536,16 @@ def _one_of(q: dict[str, list[str]], name: str, allowed: tuple[str, ...]) -> str
     return value
 
 
+#: A UTF-8 byte order mark: files saved by Windows tools (Notepad, PowerShell 5's ``Out-File``,
+#: Excel's "CSV UTF-8") begin with one. RFC 8259 §8.1 lets a parser ignore it; msgspec does not,
+#: so a job file sent with ``curl --data-binary @job.ndjson`` was a 400 at byte 0. Not content: skipped
+#: (the idempotency key's digest still covers the bytes as sent).
+_BOM = b"\xef\xbb\xbf"
+
+
 def _decode(kind: type, body: bytes):
+    if body and body[0] == 0xEF:  # one index, not a slice: this runs per message
+        body = body.removeprefix(_BOM)
     if not body:
         raise _Malformed("empty body: a JSON object is expected")
     try:
@@ -575,6 +584,7 @@ class _BatchTooLarge(CallerError):
 def _batch_items(body: bytes) -> list[msgspec.Raw]:
     """The batch's elements, not decoded yet (a bad one fails alone); the batch itself must be a
     JSON array of 1..MAX_BATCH elements."""
+    body = body.removeprefix(_BOM)
     if not body:
         raise _Malformed("empty body: a JSON array of messages is expected")
     try:
@@ -635,6 +645,7 @@ class NdjsonBody:
         self._lines: list[bytes] = []  # complete lines not handed out yet
         self._partial = b""
         self._done = False
+        self._at_start = True  # the body's first bytes not yet seen whole (a BOM may be split)
 
     def digest(self) -> str:
         if self._sha is None:
@@ -651,6 +662,9 @@ class NdjsonBody:
         if not event.get("more_body"):
             self._done = True
         data = self._partial + data
+        if self._at_start and (len(data) >= 3 or self._done):  # a file's byte order mark (``_BOM``): not a line's
+            self._at_start = False
+            data = data.removeprefix(_BOM)
         cut = len(data) if self._done else data.rfind(b"\n") + 1
         self._partial = data[cut:]
         if len(self._partial) > self._max_line:

@@ -33,13 +33,14 @@ from gateway.api.app import Api, Response, hash_key
 from gateway.config import Config, Operator, Tenant, target_policy
 from gateway.core import zones
 from gateway.core.scheduler import Scheduler
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ListenError
 from gateway.runtime.dispatcher import Dispatcher
 from gateway.runtime.health import watch_carriers
 from gateway.runtime.inbound import InboundPipeline, InboundSender
 from gateway.runtime.ingest import CheckPool
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.service import Gateway
+from gateway.runtime.store_lock import hold_store
 from gateway.runtime.webhook_process import DeliveryProcess, Start
 from gateway.runtime.webhooks import WebhookSender
 from gateway.store import open_store
@@ -72,6 +73,9 @@ def _key_table(entries: Sequence[_Keyed], section: str, environ: dict[str, str] 
             if not key:
                 raise ConfigError(f"environment variable {entry.key_env!r} is not set", key=f"{section}[{i}].key_env")
             digest = hash_key(key)
+        if digest in table:  # two variables holding one key: each client its own
+            raise ConfigError(f"the same key as {table[digest].name!r}'s (each client its own key)",
+                              key=f"{section}[{i}].key_env")  # fmt: skip
         table[digest] = entry
     return table
 
@@ -104,8 +108,18 @@ async def serve(cfg: Config, *, on_ready: Callable[[int], None] | None = None) -
         log.warning("serve.carriers_without_link carriers=%s: no [[carriers.smpp]] or [[carriers.http]] for them",
                     ",".join(unlinked))  # fmt: skip
     secrets = webhook_secrets(cfg)
-    store = open_store(cfg.store.url) if not cfg.store.url.startswith("sqlite:///") else \
-        SqliteStore(cfg.store.url.removeprefix("sqlite:///"), synchronous=cfg.store.synchronous)  # fmt: skip
+    path = cfg.store.url.removeprefix("sqlite:///") if cfg.store.url.startswith("sqlite:///") else None
+    held = hold_store(path) if path and path != ":memory:" else None  # one serve per store (store_lock.py)
+    try:
+        await _serve_store(cfg, clock, tenants, operators, secrets, path, on_ready)
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+async def _serve_store(cfg: Config, clock: Callable[[], float], tenants, operators, secrets: dict[str, str],
+                       path: str | None, on_ready: Callable[[int], None] | None) -> None:  # fmt: skip
+    store = open_store(cfg.store.url) if path is None else SqliteStore(path, synchronous=cfg.store.synchronous)
     core = Scheduler(cfg.core, clock())
     targets = target_policy(cfg)  # where callback_url and inbound_url may point (SSRF)
     async with contextlib.AsyncExitStack() as stack:
@@ -261,10 +275,12 @@ async def _uvicorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Cancel
                    task_status: anyio.abc.TaskStatus[int]) -> None:  # fmt: skip
     import uvicorn
 
-    from gateway.runtime.http_guard import guarded_httptools
+    from gateway.runtime.http_guard import connection_caps, guarded_httptools
 
-    # uvicorn has no deadline for a request's head and no bound on its size: http_guard adds both.
-    http = guarded_httptools(cfg.api.header_timeout, cfg.api.max_head_bytes)
+    # uvicorn has no deadline for a request's head, no bound on its size and none on its connections:
+    # http_guard adds all three (the cap fitted into this process's open-files limit).
+    cap = connection_caps({"api.max_connections": cfg.api.max_connections})["api.max_connections"]
+    http = guarded_httptools(cfg.api.header_timeout, cfg.api.max_head_bytes, cap)
     config = uvicorn.Config(api, host=cfg.api.host, port=cfg.api.port, loop="none", lifespan="off",
                             log_level="warning", access_log=False, http=http)  # fmt: skip
     server = uvicorn.Server(config)
@@ -274,12 +290,22 @@ async def _uvicorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Cancel
         await stop.wait()
         server.should_exit = True
 
+    failed: list[SystemExit] = []
+
+    async def run_server() -> None:
+        try:
+            await server.serve()
+        except SystemExit as exc:  # uvicorn's start-up failure (it logged why): the port is taken, say
+            failed.append(exc)
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(on_stop)
-        tg.start_soon(server.serve)
+        tg.start_soon(run_server)
         while not server.started:
-            if server.should_exit:  # e.g. the port is taken: uvicorn gave up
-                raise OSError(f"cannot listen on {cfg.api.host}:{cfg.api.port}")
+            if server.should_exit or failed:  # e.g. the port is taken: uvicorn gave up
+                tg.cancel_scope.cancel()
+                raise ListenError(f"cannot listen on {cfg.api.host}:{cfg.api.port} (in use by another process?)",
+                                  key="api.port")  # fmt: skip
             await anyio.sleep(0.01)
         task_status.started(server.servers[0].sockets[0].getsockname()[1])
     scope.cancel()  # the server is done: so is everything else

@@ -92,3 +92,81 @@ def test_refunds_and_updates_out_of_order_and_an_id_sent_again(shop: TestClient)
         r = shop.post("/v1/events", json=event, headers=_h("acme"))
         assert r.status_code == 202 and r.json()["outcome"] == outcome, (event, r.text)
         assert stats(shop, "acme") == after, event
+
+
+class _Interleaved:
+    """A store that runs ``between`` once, after the checks of an upload read it (``known_phones``) and
+    before that upload is stored: another process's upload landing in that gap."""
+
+    def __init__(self, store, between) -> None:
+        self._store, self._between = store, between
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    def known_phones(self, tenant: str, phones):
+        known = self._store.known_phones(tenant, phones)
+        if self._between is not None:
+            between, self._between = self._between, None
+            between()
+        return known
+
+
+@pytest.mark.parametrize("path", ["bulk", "single"])
+def test_two_first_uploads_in_two_currencies_racing_one_wins(store_url: str, path: str) -> None:
+    """Two processes (two apps on one database), no currency configured, no order stored: each first
+    upload's check finds nothing to compare with. The second upload is checked, then the first lands
+    before the second is stored: the second is a 422 foreign_currency, and the shop holds one currency
+    (on the base both were stored: total_spent added USD and EUR)."""
+    settings = loads(PINNED)
+    assert settings is not None
+    keys = tenant_keys(settings, {"CK_ACME": KEYS["acme"]})
+    first_store, second_store = open_store(store_url), open_store(store_url)
+    with TestClient(create_app(Audience(first_store, settings, Clock()), keys)) as first:
+        def first_lands() -> None:
+            assert bulk(first, "acme", [order("u1", "o1", 1_000, "USD"), order("u2", "o2", 2_000, "USD")]).status_code == 202
+
+        racing = _Interleaved(second_store, first_lands)
+        with TestClient(create_app(Audience(racing, settings, Clock()), keys)) as second:  # type: ignore[arg-type]
+            if path == "bulk":
+                r = bulk(second, "acme", [order("e1", "o3", 5_000, "EUR", phone="+14155550101"),
+                                          order("e2", "o4", 5_000, "EUR", phone="+14155550101")])  # fmt: skip
+                want = "lines[0].currency"
+            else:
+                r = second.post("/v1/events", json=order("e1", "o3", 5_000, "EUR", phone="+14155550101"),
+                                headers=_h("acme"))  # fmt: skip
+                want = "currency"
+            assert r.status_code == 422 and (r.json()["code"], r.json()["field"]) == ("foreign_currency", want), r.text
+            assert "USD" in r.json()["message"]
+            # Both processes now agree, and a restarted one too (the claim is stored, not cached).
+            assert second.post("/v1/events", json=order("e3", "o5", 700, "USD", phone="+14155550101"),
+                               headers=_h("acme")).status_code == 202  # fmt: skip
+        subs = {s["phone"]: s["id"] for s in first.get("/v1/subscribers", headers=_h("acme")).json()["items"]}
+        st = first.get(f"/v1/subscribers/{subs['+14155550100']}", headers=_h("acme")).json()["stats"]
+        assert (st["orders_count"], st["total_spent"]) == (2, 3_000)
+        st = first.get(f"/v1/subscribers/{subs['+14155550101']}", headers=_h("acme")).json()["stats"]
+        assert (st["orders_count"], st["total_spent"]) == (1, 700)
+    restarted = Audience(open_store(store_url), settings, Clock())
+    assert restarted.shop_currency("acme") == "USD"
+    restarted.store.close()
+    first_store.close()
+    second_store.close()
+
+
+def test_a_shop_event_file_in_two_currencies_through_the_cli(tmp_path, sqlite_url: str) -> None:
+    """``sluice campaigns events``: the file's orders are checked together (each line alone passed a first
+    file in USD and EUR on the base) and the error names the line."""
+    from click.testing import CliRunner
+
+    from campaigns.cli import campaigns as cli
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(PINNED.replace("[campaigns]", f'[campaigns]\nstore_url = "{sqlite_url}"', 1))
+    f = tmp_path / "e.ndjson"
+    f.write_text(json.dumps(order("e1", "o1", 1_000, "USD")) + "\n\n" + json.dumps(order("e2", "o2", 2_000, "EUR")) + "\n")
+    r = CliRunner().invoke(cli, ["events", "--config", str(cfg), "--tenant", "acme", str(f)],
+                           env={"CK_ACME": KEYS["acme"]})  # fmt: skip
+    assert r.exit_code == 1 and "lines[2].currency" in r.output, r.output
+    f.write_text(json.dumps(order("e1", "o1", 1_000, "USD")) + "\n")
+    r = CliRunner().invoke(cli, ["events", "--config", str(cfg), "--tenant", "acme", str(f)], env={"CK_ACME": KEYS["acme"]})
+    assert r.exit_code == 0 and '"applied": 1' in r.output, r.output
