@@ -49,6 +49,9 @@ class Response(msgspec.Struct):
     status: int
     body: bytes
     headers: list[tuple[bytes, bytes]] = []
+    # Run once the response has been sent (a streamed job's messages released for dispatch:
+    # what the 202 needs is the commit, not this).
+    after: Callable[[], Awaitable[None]] | None = None
 
 
 Handler = Callable[..., Awaitable[Response]]
@@ -152,6 +155,11 @@ class Api:
             headers = [(b"content-type", b"application/json"), *headers]
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": resp.body})
+        if resp.after is not None:
+            try:
+                await resp.after()
+            except Exception:
+                log.exception("api.after_response_failed method=%s path=%s", scope.get("method"), scope.get("path"))
 
     async def _dispatch(self, scope, receive) -> Response:
         method, path = scope["method"], scope["path"]
@@ -317,9 +325,10 @@ class Api:
             for span in pieces.spans:
                 yield RecipientLines(elements(body, span), decode_elements)
 
+        after: list[Callable[[], Awaitable[None]]] = []  # the release of its messages, after the 202
         out, _ = await self.gw.submit_job_stream(tenant.name, head, recipients(), self._clock(),
-                                                 digest=lambda: digest, idempotency_key=idem)  # fmt: skip
-        return Response(202, out)
+                                                 digest=lambda: digest, idempotency_key=idem, release=after.append)  # fmt: skip
+        return Response(202, out, after=after[0] if after else None)
 
     async def _post_job_stream(self, tenant: Tenant, scope, receive) -> Response:
         with self._traffic.bulk():
@@ -338,9 +347,10 @@ class Api:
             async for chunk in body.chunks():
                 yield chunk
 
+        after: list[Callable[[], Awaitable[None]]] = []  # the release of its messages, after the 202
         out, _ = await self.gw.submit_job_stream(tenant.name, head, recipients(), self._clock(),
-                                                 digest=body.digest, idempotency_key=idem)  # fmt: skip
-        return Response(202, out)
+                                                 digest=body.digest, idempotency_key=idem, release=after.append)  # fmt: skip
+        return Response(202, out, after=after[0] if after else None)
 
     async def _get_job(self, tenant: Tenant, scope, body: bytes, jid: str) -> Response:
         return Response(200, _enc.encode(await self.gw.job_status(tenant.name, jid)))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+from array import array
 from collections.abc import Iterable, Sequence
 from itertools import chain
 
@@ -69,7 +70,8 @@ class Admission(msgspec.Struct, frozen=True, kw_only=True):
     outcomes: list[Outcome]
 
 
-ShardColumns = tuple[list[int], list[int], list[bytes], list[int], list[int], list[int]]
+# lists, or arrays of the shard's column types (a chunk checked in a worker: ``gateway.runtime.ingest``)
+ShardColumns = tuple[Sequence[int], Sequence[int], list[bytes], Sequence[int], Sequence[int], Sequence[int]]
 
 
 class Checked(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -364,7 +366,8 @@ class Scheduler:
         if keys is not None:
             if max(keys, default=0) > 0xFFFF:
                 return False
-            columns = [None if not (c and c[1]) else (*c[:4], list(map(keys.__getitem__, c[4])), c[5]) for c in columns]
+            columns = [None if not (c and c[1]) else (*c[:4], array("H", map(keys.__getitem__, c[4])), c[5])
+                       for c in columns]  # fmt: skip
         offset = 0
         for shard, c in zip(self._shards, columns):
             if c and c[1]:

@@ -64,6 +64,30 @@ def spread_offset(message_id: int, spread: float) -> float:
     return ((message_id * 2654435761) & 0xFFFFFFFF) / 4294967296.0 * spread
 
 
+class PackedRun:
+    """A run of recipients' packed values as one text and their lengths (an ``array("I")``):
+    what a check worker sends, so that ``Shard.add_parked`` appends the text to its arena as it
+    is. Iterates as the values themselves, like the list of them it stands for."""
+
+    __slots__ = ("blob", "lengths")
+
+    def __init__(self, blob: bytes, lengths: array) -> None:
+        self.blob, self.lengths = blob, lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        start = 0
+        for n in self.lengths:
+            yield self.blob[start : start + n]
+            start += n
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (PackedRun, list, tuple)) else NotImplemented
+
+
+
 class Shard:
     __slots__ = (
         "index",
@@ -154,13 +178,16 @@ class Shard:
             self.wait(row, not_before)
         return row
 
-    def add_parked(self, job_slot: int, first_id: int, numbers: Sequence[int], packed: Sequence[bytes],
+    def add_parked(self, job_slot: int, first_id: int, numbers: Sequence[int], packed: Sequence[bytes] | PackedRun,
                    segs: Sequence[int], zones: Sequence[int], carriers: Sequence[int]) -> None:  # fmt: skip
         """``add(..., park=True)`` of many messages of one job at once, ids ``first_id``,
         ``first_id + 1``...: a chunk of a large job. Fresh rows are consecutive, so each column
         is then written with one slice assignment."""
         k = len(numbers)
-        lengths = list(map(len, packed))
+        if type(packed) is PackedRun:
+            lengths, blob = packed.lengths, packed.blob
+        else:
+            lengths, blob = list(map(len, packed)), b"".join(packed)
         if k and max(lengths) > 0xFFFF:
             raise ValueError("a recipient's variables may take at most 65535 bytes")
         free = self.free_rows
@@ -174,13 +201,13 @@ class Shard:
         del free[len(free) - k :]
         rows.reverse()  # the order add pops them in
         at = [offset << 16 | n for offset, n in zip(accumulate(lengths, initial=len(self.arena)), lengths)]
-        self.arena += b"".join(packed)
+        self.arena += blob
         columns = ((self.number, numbers), (self.ids, range(first_id, first_id + k)), (self.vars_at, at),
                    (self.zone, zones), (self.carrier, carriers), (self.segments, segs))  # fmt: skip
         if k and rows[-1] - rows[0] == k - 1 and rows == array("q", range(rows[0], rows[0] + k)):
             lo, hi = rows[0], rows[0] + k
-            for col, values in columns:
-                col[lo:hi] = array(col.typecode, values)
+            for col, values in columns:  # an array of the column's type as it is (a worker's answer)
+                col[lo:hi] = values if type(values) is array and values.typecode == col.typecode else array(col.typecode, values)
             self.job[lo:hi] = array(self.job.typecode, [job_slot]) * k
             self.attempt[lo:hi] = array("B", bytes(k))
             self.state[lo:hi] = array("B", [PARKED]) * k

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from gateway.api import schemas
 from gateway.core.model import Job, Recipient
 from gateway.core.scheduler import Checked, Scheduler
 from gateway.core.settings import CoreSettings
+from gateway.core.shard import PackedRun
 from gateway.runtime.numbers import NumberCheck
 
 __all__ = ["ChunkChecked", "CheckPool", "RecipientLines", "check_chunk"]
@@ -125,9 +127,54 @@ def _numbers_checked(numbers: NumberCheck, chunk: Sequence[schemas.RecipientIn],
     return people, index
 
 
+# A worker's answer on the wire: ``ChunkChecked`` with each shard's columns of numbers as the
+# bytes of the arrays ``Shard.add_parked`` writes them to (``_TYPECODES``), so the loop makes
+# each column with one ``frombytes`` instead of decoding a list of ints and converting it.
+_TYPECODES = ("q", "q", None, "B", "H", "B")  # indexes, numbers, (packed values), segments, zones, carriers
+# indexes, numbers, packed values (one text), their lengths (``array("I")``), segments, zones, carriers
+WireColumns = tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]
+
+
+class _WireChecked(msgspec.Struct, array_like=True, gc=False):
+    index: list[int]
+    errors: list[tuple[int, str]]
+    checked: Checked  # its ``columns`` None: they are ``columns`` below
+    columns: list[WireColumns] | None
+    rows: bytes
+
+
+def _to_wire(cc: ChunkChecked) -> _WireChecked:
+    checked, columns = cc.checked, cc.checked.columns
+    if columns is not None:
+        columns = [(*(array(code, c).tobytes() for code, c in zip(_TYPECODES[:2], cols[:2])),
+                    b"".join(cols[2]), array("I", map(len, cols[2])).tobytes(),
+                    *(array(code, c).tobytes() for code, c in zip(_TYPECODES[3:], cols[3:])))
+                   for cols in columns]  # fmt: skip
+        checked = msgspec.structs.replace(checked, columns=None)
+    return _WireChecked(index=cc.index, errors=cc.errors, checked=checked, columns=columns, rows=cc.rows)
+
+
+def _from_wire(w: _WireChecked | None) -> ChunkChecked | None:
+    if w is None:
+        return None
+    checked = w.checked
+    if w.columns is not None:
+        checked = msgspec.structs.replace(checked, columns=[
+            (_array_of("q", c[0]), _array_of("q", c[1]), PackedRun(c[2], _array_of("I", c[3])),
+             _array_of("B", c[4]), _array_of("H", c[5]), _array_of("B", c[6]))
+            for c in w.columns])  # fmt: skip
+    return ChunkChecked(index=w.index, errors=w.errors, checked=checked, rows=w.rows)
+
+
+def _array_of(code: str, data: bytes) -> array:
+    out = array(code)
+    out.frombytes(data)
+    return out
+
+
 _encode = msgspec.msgpack.Encoder().encode
 _encode_json = msgspec.json.Encoder().encode
-_decode_checked = msgspec.msgpack.Decoder(ChunkChecked | None).decode
+_decode_wire = msgspec.msgpack.Decoder(_WireChecked | None).decode
 _decode_recipients = msgspec.json.Decoder(list[schemas.RecipientIn]).decode
 _decode_settings = msgspec.msgpack.Decoder(CoreSettings).decode
 _worker: tuple[bytes, Scheduler, NumberCheck] | None = None  # in a worker process: kept between chunks
@@ -156,7 +203,7 @@ def _check_in_worker(settings: bytes, job: Job, lines: list[bytes], first_index:
         chunk = _decode_recipients(b"[" + b",".join(lines) + b"]")
     except (msgspec.ValidationError, msgspec.DecodeError):
         return _encode(None)  # the loop decodes it line by line to say which line
-    return _encode(check_chunk(core, numbers, job, chunk, first_index, lines=lines, portable=True))
+    return _encode(_to_wire(check_chunk(core, numbers, job, chunk, first_index, lines=lines, portable=True)))
 
 
 class CheckPool:
@@ -177,7 +224,7 @@ class CheckPool:
                                               limiter=self._limiter)  # fmt: skip
         if lines:
             self.chunks += 1
-        return _decode_checked(raw)
+        return _from_wire(_decode_wire(raw))
 
     async def warm(self) -> None:
         """Start every worker now (imports, settings), so the first large job does not wait for

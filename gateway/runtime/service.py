@@ -272,6 +272,7 @@ class Gateway:
     async def submit_job_stream(self, tenant: str, head: schemas.JobIn,
                                 chunks: AsyncIterator[Sequence[schemas.RecipientIn]], now: float, *,
                                 digest: Callable[[], str], idempotency_key: str | None = None,
+                                release: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
                                 ) -> tuple[bytes, bool]:  # fmt: skip
         """A job whose recipients arrive in chunks (NDJSON): memory stays bounded by a chunk.
 
@@ -281,7 +282,11 @@ class Gateway:
         the 202 sent. If the upload fails midway (the client goes away, a malformed line, the
         store fails) the job is canceled in the core and dropped from the store; if the process
         dies midway, ``recover`` drops the incoming job at the next start. ``digest`` gives the body's
-        SHA-256 once the stream has been read (for the idempotency key)."""
+        SHA-256 once the stream has been read (for the idempotency key).
+
+        The committed job's parked messages are then made ready (``release_job``: ~0.1 µs a
+        message, in steps). With ``release``, that is handed to it instead of being done before
+        returning: the API runs it after the 202 is sent, which needs only the commit."""
         job = self._job(tenant, head.sender, head.template, head.category, head.send_at, head.validity, now, head.media,
                         head.reference)  # fmt: skip
         seen = accepted = 0
@@ -332,14 +337,22 @@ class Gateway:
             await self._abandon(job, now, accepted)
             raise
         if accepted:
-            # A million parked messages made ready in steps: other requests are served between.
-            self.core.resume_job(job.id, limit=_RESUME_STEP)
-            while self.core.resume_more(job.id, _RESUME_STEP):
-                await self._give_way()
-            if self.on_admitted:
-                self.on_admitted()
             await self._report(outcomes, now)
+            if release is None:
+                await self.release_job(job.id)
+            else:
+                release(partial(self.release_job, job.id))
         return response, False
+
+    async def release_job(self, job_id: str) -> None:
+        """A committed streamed job's parked messages made ready for dispatch. A million of them
+        in steps: other requests are served between, and a pause or cancel between two steps
+        holds the rest (``Scheduler.resume_more``)."""
+        self.core.resume_job(job_id, limit=_RESUME_STEP)
+        while self.core.resume_more(job_id, _RESUME_STEP):
+            await self._give_way()
+        if self.on_admitted:
+            self.on_admitted()
 
     def _write_chunks(self, job: Job, now: float, head: schemas.JobIn, chunks: list[tuple[int, Any]]) -> None:
         """Chunks of an incoming job in one transaction (a worker thread); the first error raised."""

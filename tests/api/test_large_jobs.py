@@ -173,3 +173,32 @@ def test_every_piece_size_cuts_a_valid_body(indent) -> None:
         pieces = cut(body, piece)
         assert pieces is not None, piece
         assert [msgspec.json.decode(e) for span in pieces.spans for e in elements(body, span)] == people
+
+
+async def test_a_streamed_job_is_answered_before_its_messages_are_released(gateway, clock) -> None:
+    """The 202 needs the job committed, not its messages made ready for dispatch (~0.1 µs each,
+    in steps): the API releases them after the answer is sent (`Response.after`)."""
+    from tests.api.conftest import KEYS, api_for
+
+    api = api_for(gateway, clock)
+    n = 300
+    lines = [msgspec.json.encode({"from": "ACME", "template": "Hi", "category": "marketing"}),
+             *(msgspec.json.encode({"to": "+1415555%04d" % i}) for i in range(n))]  # fmt: skip
+    events = iter([{"type": "http.request", "body": b"\n".join(lines), "more_body": False}])
+    answered: list = []
+
+    async def receive() -> dict:
+        return next(events)
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body":
+            answered.append((json.loads(message["body"]), gateway.core.statistics(clock())))
+
+    headers = [(b"authorization", f"Bearer {KEYS['acme']}".encode()), (b"content-type", b"application/x-ndjson")]
+    await api({"type": "http", "method": "POST", "path": "/v1/jobs", "headers": headers, "query_string": b""},
+              receive, send)  # fmt: skip
+    [(body, at_answer)] = answered
+    assert body["accepted"] == n
+    assert at_answer.parked == n  # committed and answered, not released yet
+    after = gateway.core.statistics(clock())
+    assert after.parked == 0 and sum(after.ready.values()) + after.waiting == n  # released once answered

@@ -179,3 +179,31 @@ async def test_the_loop_decides_a_large_chunks_numbers_by_prefix_class_only() ->
     assert not gw._chunk_numbers._tables
     assert (await _submit(gw, _lines(POOL_MIN)))["accepted"] == POOL_MIN
     assert gw._chunk_numbers._tables
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["+1415555%04d", "+4479111%05d", "+4915112%06d", "+99912%03d", "12"]),
+                          st.integers(0, 9999), st.sampled_from(["Ann", "Zoë", "x" * 300, ""])),
+                min_size=1, max_size=60))  # fmt: skip
+def test_a_workers_answer_admits_as_the_loops_own_check(people) -> None:
+    """A worker sends its columns of numbers as the arrays' bytes and the values as one text
+    (``_to_wire``); admitted, they give the shards the loop's own check of the chunk gives."""
+    from gateway.runtime.ingest import _decode_wire, _encode, _from_wire, _to_wire
+
+    lines = [json.dumps({"to": to % n if "%" in to else to, "vars": {"name": name}}).encode() for to, n, name in people]
+    chunk = decode_lines(lines, 0)
+    job = Job(id="job_1", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
+    numbers = NumberCheck(tables=True)
+    here = check_chunk(Scheduler(CFG.core, NOW), numbers, job, chunk, 0, lines=lines)
+    there = _from_wire(_decode_wire(_encode(_to_wire(check_chunk(Scheduler(CFG.core, NOW), numbers, job, chunk, 0,
+                                                                  lines=lines, portable=True)))))  # fmt: skip
+    assert (there.index, there.errors, there.rows) == (here.index, here.errors, here.rows)
+    assert there.checked.order() == here.checked.order()
+    cores = [Scheduler(CFG.core, NOW), Scheduler(CFG.core, NOW)]
+    for core, cc in zip(cores, (here, there)):
+        core.admit_checked(job, cc.checked, NOW, first_id=1000, paused=True)
+    a, b = (c._shards for c in cores)
+    for s, t in zip(a, b):
+        for col in ("number", "ids", "vars_at", "zone", "carrier", "segments", "state", "job", "attempt"):
+            assert getattr(s, col) == getattr(t, col), col
+        assert s.arena == t.arena and s.parked == t.parked
