@@ -303,19 +303,25 @@ def serve_default_workers() -> int:
     return CampaignSettings().flow_worker_count()
 
 
-def _queue_and_outbox(store: Store) -> tuple[int, int]:
-    """(inputs queued, sends pending): what the flows still have to do."""
+def _flows_busy(store: Store, sends_too: bool) -> bool:
+    """Whether the flows still have work: an input queued, or (``sends_too``) a send pending. Each read
+    stops at its first row, in an index's order: the bench asks every 20 ms while the workers run,
+    and the ``COUNT(*)`` of the queue it made before read every row, dead ones too (on PostgreSQL a
+    sequential scan of the drained table: 30 ms a read at 100,000 subscribers, 16 s of the server's
+    CPU in a 50 s phase, taken from the workers it measures, and quadratic in the subscribers)."""
     with store._tx() as tx:  # type: ignore[attr-defined]
-        q = tx.one("SELECT COUNT(*) FROM flow_inputs WHERE tenant = ?", (TENANT,))
-        o = tx.one("SELECT COUNT(*) FROM flow_outbox WHERE tenant = ? AND state = 'pending'", (TENANT,))
-    return int(q[0]) if q else 0, int(o[0]) if o else 0
+        if tx.one("SELECT 1 FROM flow_inputs WHERE tenant = ? ORDER BY id LIMIT 1", (TENANT,)) is not None:
+            return True
+        return sends_too and tx.one("SELECT 1 FROM flow_outbox WHERE state = 'pending' AND tenant = ? "
+                                    "ORDER BY created_at LIMIT 1", (TENANT,)) is not None  # fmt: skip
 
 
 def events_phase(url: str, n: int, gw: RemoteGateway, workers: int) -> dict[str, Any]:
     """The flows as ``serve`` runs them (``campaigns.flow_workers = workers``): 0, the runtime's
     loop (``FlowRuntime.run``) in this process; N, serve's supervisor (``FlowWorkers``) and its N
     worker processes, started by the same code. The runtime drains, fires and posts on its own
-    while the bench ingests and waits for the queue and the outbox to be empty (a read every 20 ms)."""
+    while the bench ingests and waits for the queue and the outbox to be empty (two reads every 20 ms,
+    each stopping at its first row)."""
     import anyio
 
     from campaigns.service.flow_workers import FlowWorkers, WorkerStart, open_runtime
@@ -337,8 +343,7 @@ def events_phase(url: str, n: int, gw: RemoteGateway, workers: int) -> dict[str,
     async def until_done(wake: Any, sends_too: bool) -> None:
         wake()  # the ingest's inputs are queued: look now (serve's runtime polls every flows_interval)
         while True:
-            queued, pending = await anyio.to_thread.run_sync(_queue_and_outbox, store)
-            if queued == 0 and (pending == 0 or not sends_too):
+            if not await anyio.to_thread.run_sync(_flows_busy, store, sends_too):
                 return
             await anyio.sleep(0.02)
 
