@@ -6,6 +6,8 @@ transition of ``campaigns.core.conversations`` (``receive``, ``answer``, ``assig
 what changed: the new messages and the new head. The core never sees the whole history (it only
 needs to know whether this id was seen), so a conversation's cost does not grow with its length;
 the unique ``(tenant, message_id)`` makes a redelivered message a no-op even across processes.
+A batch of flow sends (``conversations_record``) does the same for all its conversations at once:
+a statement a step for the batch, not a statement a step a send.
 
 The history (``conversation_history``) is the conversation's own messages merged, by time, with
 the subscriber's campaign sends read from ``campaign_recipients`` (submitted or later): a campaign
