@@ -14,8 +14,9 @@ it keeps each Idempotency-Key's answer as the real gateway does.
    wall time. The orders' ingest between the two drains (``apply_events``: the events API's work)
    is inside that phase; ``flow_events_per_s`` / ``flow_events_cpu_us`` / ``drain_*`` leave it out.
    ``--workers N`` (N > 1): N drain processes, worker ``p`` draining the subscribers
-   ``id % N == p``; each reports its CPU per input (``worker_input_cpu_us``) and busy time, and on
-   PostgreSQL its server process's CPU per input (``worker_server_cpu_us``, from /proc).
+   ``id % N == p``; each reports its CPU per input (``worker_input_cpu_us``). On PostgreSQL the
+   server's CPU an event during the phase (``server_cpu_us``: all its processes, from /proc;
+   ``server_flows_cpu_us``: without the bench process's own backend, the exits' ingest).
 2. Timer lag: ``--timers`` runs waiting (default 1,000,000), of which ``--due`` fall due over the
    next ``--window`` seconds (the rest later); one worker on the real clock fires them;
    ``timer_lag_p99_s`` is the 99th percentile of (acted - due), "acted" being the commit of the
@@ -193,6 +194,31 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
 
 
+def _pg_server(store: Store) -> tuple[int, int]:
+    """PostgreSQL: (the postmaster's PID, this store connection's backend PID), from /proc."""
+    with store._tx() as tx:  # type: ignore[attr-defined]
+        row = tx.one("SELECT pg_backend_pid()")
+    backend = int(row[0]) if row else 0
+    return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1]), backend
+
+
+def _server_cpu_s(master: int) -> float:
+    """The server's CPU so far: its processes' (the postmaster and its children) and the children the
+    postmaster reaped (cutime, cstime), in 10 ms ticks."""
+    total = 0.0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(d) == master:
+                total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+            elif int(fields[1]) == master:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def bulk_subscribers(store: Store, n: int, now: float, *, tag_every: int = 0) -> None:
     """N confirmed subscribers (ids 1..N) and their stats rows, in one transaction; every
     ``tag_every``-th is tagged ``sends``."""
@@ -303,19 +329,25 @@ def serve_default_workers() -> int:
     return CampaignSettings().flow_worker_count()
 
 
-def _queue_and_outbox(store: Store) -> tuple[int, int]:
-    """(inputs queued, sends pending): what the flows still have to do."""
+def _flows_busy(store: Store, sends_too: bool) -> bool:
+    """Whether the flows still have work: an input queued, or (``sends_too``) a send pending. Each read
+    stops at its first row, in an index's order: the bench asks every 20 ms while the workers run,
+    and the ``COUNT(*)`` of the queue it made before read every row, dead ones too (on PostgreSQL a
+    sequential scan of the drained table: 30 ms a read at 100,000 subscribers, 16 s of the server's
+    CPU in a 50 s phase, taken from the workers it measures, and quadratic in the subscribers)."""
     with store._tx() as tx:  # type: ignore[attr-defined]
-        q = tx.one("SELECT COUNT(*) FROM flow_inputs WHERE tenant = ?", (TENANT,))
-        o = tx.one("SELECT COUNT(*) FROM flow_outbox WHERE tenant = ? AND state = 'pending'", (TENANT,))
-    return int(q[0]) if q else 0, int(o[0]) if o else 0
+        if tx.one("SELECT 1 FROM flow_inputs WHERE tenant = ? ORDER BY id LIMIT 1", (TENANT,)) is not None:
+            return True
+        return sends_too and tx.one("SELECT 1 FROM flow_outbox WHERE state = 'pending' AND tenant = ? "
+                                    "ORDER BY created_at LIMIT 1", (TENANT,)) is not None  # fmt: skip
 
 
 def events_phase(url: str, n: int, gw: RemoteGateway, workers: int) -> dict[str, Any]:
     """The flows as ``serve`` runs them (``campaigns.flow_workers = workers``): 0, the runtime's
     loop (``FlowRuntime.run``) in this process; N, serve's supervisor (``FlowWorkers``) and its N
     worker processes, started by the same code. The runtime drains, fires and posts on its own
-    while the bench ingests and waits for the queue and the outbox to be empty (a read every 20 ms)."""
+    while the bench ingests and waits for the queue and the outbox to be empty (two reads every 20 ms,
+    each stopping at its first row)."""
     import anyio
 
     from campaigns.service.flow_workers import FlowWorkers, WorkerStart, open_runtime
@@ -337,20 +369,28 @@ def events_phase(url: str, n: int, gw: RemoteGateway, workers: int) -> dict[str,
     async def until_done(wake: Any, sends_too: bool) -> None:
         wake()  # the ingest's inputs are queued: look now (serve's runtime polls every flows_interval)
         while True:
-            queued, pending = await anyio.to_thread.run_sync(_queue_and_outbox, store)
-            if queued == 0 and (pending == 0 or not sends_too):
+            if not await anyio.to_thread.run_sync(_flows_busy, store, sends_too):
                 return
             await anyio.sleep(0.02)
 
+    server = _pg_server(store) if store.engine == "postgres" else None
+
     async def measured(wake: Any) -> float:
-        """From the clock's start to the last send answered; the exits' ingest timed apart."""
+        """From the clock's start to the last send answered; the exits' ingest timed apart. On
+        PostgreSQL the server's CPU too, and this process's backend's (the exits' ingest, the reads
+        of "done"): the rest is the flows' share."""
         t1 = time.perf_counter()
+        if server is not None:
+            cpu.update(server_cpu_s=-_server_cpu_s(server[0]), bench_backend_cpu_s=-_proc_cpu_s(server[1]))
         await until_done(wake, False)
         t2, c2 = time.perf_counter(), time.process_time()
         for chunk in range(0, len(exits), 2000):
             store.apply_events(TENANT, exits[chunk:chunk + 2000], now=time.time())
         cpu.update(exits_ingest_s=time.perf_counter() - t2, exits_ingest_cpu_s=time.process_time() - c2)
         await until_done(wake, True)
+        if server is not None:
+            cpu["server_cpu_s"] += _server_cpu_s(server[0])
+            cpu["bench_backend_cpu_s"] += _proc_cpu_s(server[1])
         return time.perf_counter() - t1
 
     async def main() -> float:
@@ -421,6 +461,10 @@ def events_phase(url: str, n: int, gw: RemoteGateway, workers: int) -> dict[str,
             "events_cpu_us": (cpu["flows_cpu_s"] + cpu["exits_ingest_cpu_s"]) / max(processed, 1) * 1e6,
             "input_cpu_us": cpu["flows_cpu_s"] / max(inputs, 1) * 1e6,
             "gateway_send_cpu_us": cpu["gateway_send_cpu_s"] / max(sent, 1) * 1e6,
+            # PostgreSQL: the server's CPU an event, all of it and without the bench's own backend
+            **({"server_cpu_us": cpu["server_cpu_s"] / max(processed, 1) * 1e6,
+                "server_flows_cpu_us": (cpu["server_cpu_s"] - cpu["bench_backend_cpu_s"]) / max(processed, 1) * 1e6}
+               if "server_cpu_s" in cpu else {}),
             # SQLite: batches decided in a read snapshot and written as planned / found stale and redone
             "batches_planned": int(total("planned")), "batches_redone": int(total("redone")),
             "write_lock_cpu_share": total("write_cpu_s") / max(cpu["flows_cpu_s"], 1e-9),
@@ -541,7 +585,7 @@ def bench_flows(ctx: click.Context, n: int, engine: str, timers: int, due: int, 
     click.echo(f"sluice bench flows: {engine}, {n:,} subscribers, {timers:,} timers ({due:,} due in {window:g} s)")
     for key in ("events_per_s", "inputs_per_s", "sends_per_s", "events_cpu_us", "input_cpu_us", "send_cpu_us",
                 "flow_events_per_s", "drain_inputs_per_s", "flow_events_cpu_us", "drain_input_cpu_us",
-                "gateway_send_cpu_us", "runs_started", "runs_advanced", "sends",
+                "gateway_send_cpu_us", "server_cpu_us", "server_flows_cpu_us", "runs_started", "runs_advanced", "sends",
                 "gateway_duplicate_keys", "timer_lag_p50_s", "timer_lag_p99_s", "timers_fired"):  # fmt: skip
         if key in r:
             click.echo(f"  {key:<28} {r[key]:>14,.3f}")

@@ -6,6 +6,8 @@ transition of ``campaigns.core.conversations`` (``receive``, ``answer``, ``assig
 what changed: the new messages and the new head. The core never sees the whole history (it only
 needs to know whether this id was seen), so a conversation's cost does not grow with its length;
 the unique ``(tenant, message_id)`` makes a redelivered message a no-op even across processes.
+A batch of flow sends (``conversations_record``) does the same for all its conversations at once:
+a statement a step for the batch, not a statement a step a send.
 
 The history (``conversation_history``) is the conversation's own messages merged, by time, with
 the subscriber's campaign sends read from ``campaign_recipients`` (submitted or later): a campaign
@@ -130,6 +132,75 @@ def _item(r: Sequence[Any]) -> HistoryItem:
                        state=state, state_at=state_at, error=error, response_s=resp)  # fmt: skip
 
 
+def _head_fields(r: tuple) -> list[Any]:
+    """A conversation row's fields a change can move: needs_reply, waiting_since, closed, assignee,
+    opted_out (the flag), last_at."""
+    return [r[3], r[4], r[5], r[6], r[7], r[9]]
+
+
+def _message_row(tenant: str, cid: int, m: C.Message, head: C.Conversation, after: C.Conversation,
+                 actions: Sequence[Any], route: C.Route | None, answer_request: bytes | None, now: float) -> tuple[Any, ...]:  # fmt: skip
+    """A message a change added, as the row ``_insert_messages`` writes (``_MSG_ROW``'s columns)."""
+    answer = m.kind == "answer"
+    key = next((a.key for a in actions if isinstance(a, C.AnswerSend)), None)
+    return (tenant, cid, m.id, m.direction, m.kind, m.text, m.at, m.by,
+            _route_name(route) if m.direction == "in" else None,
+            key if answer else None,
+            answer_request.decode() if answer and answer_request is not None else None,
+            "sending" if answer else None, now if answer else None,
+            after.response_times[-1] if answer and len(after.response_times) > len(head.response_times) else None)  # fmt: skip
+
+
+_MSG_ROW = ("tenant, conversation_id, message_id, direction, kind, text, at, by_whom, route, gateway_key, request, "
+            "state, state_at, response_s")  # fmt: skip
+_MSG_ROW_TYPES = ("text", "bigint", "text", "text", "text", "text", "float8", "text", "text", "text", "text", "text",
+                  "float8", "float8")  # fmt: skip
+
+
+# ``_PLANNED``: the batch's reads and its heads' update are planned at each execution on PostgreSQL,
+# never prepared. psycopg prepares a statement run five times; its generic plan, made while the
+# conversations were few, read whole tables (the per-change statements before this: 54-72 shared
+# blocks a lookup at 5,000 conversations, growing with them). One plan a batch of up to 500 sends.
+
+
+def _stored_messages(tx: Any, tenant: str, message_ids: list[str]) -> list[tuple]:
+    """The stored rows (``_MSG_COLS``) of these message ids."""
+    if tx.pg:
+        return tx.named_rows(f"SELECT {_MSG_COLS} FROM conversation_messages WHERE tenant = %(t)s AND "
+                             "message_id = ANY(%(m)s::text[])", {"t": tenant, "m": message_ids}, prepare=False)  # fmt: skip
+    return tx.rows(f"SELECT {_MSG_COLS} FROM conversation_messages WHERE tenant = ? AND message_id IN {tx.values()}",
+                   (tenant, tx.array(message_ids)))  # fmt: skip
+
+
+def _insert_messages(tx: Any, rows: list[tuple[Any, ...]]) -> None:
+    """New history rows: one statement on PostgreSQL (the columns bound as arrays), one executemany on SQLite."""
+    if not rows:
+        return
+    if tx.pg:
+        cols = ", ".join(f"?::{t}[]" for t in _MSG_ROW_TYPES)
+        tx.run(f"INSERT INTO conversation_messages ({_MSG_ROW}) SELECT * FROM unnest({cols})",
+               [list(c) for c in zip(*rows)])  # fmt: skip
+    else:
+        tx.many(f"INSERT INTO conversation_messages ({_MSG_ROW}) VALUES ({', '.join('?' * len(_MSG_ROW_TYPES))})", rows)
+
+
+def _update_heads(tx: Any, tenant: str, rows: list[tuple[Any, ...]]) -> None:
+    """Conversations' moved fields, ``(id, needs_reply, waiting_since, closed, assignee, opted_out,
+    last_at)``: one statement on PostgreSQL, one executemany on SQLite."""
+    if not rows:
+        return
+    if tx.pg:
+        cols = dict(zip(("id", "nr", "ws", "cl", "asg", "oo", "la"), (list(c) for c in zip(*rows))))
+        tx.named_run("UPDATE conversations c SET needs_reply = u.nr, waiting_since = u.ws, closed = u.cl, "
+                     "assignee = u.asg, opted_out = u.oo, last_at = u.la FROM unnest(%(id)s::bigint[], "
+                     "%(nr)s::bigint[], %(ws)s::float8[], %(cl)s::bigint[], %(asg)s::text[], %(oo)s::bigint[], "
+                     "%(la)s::float8[]) AS u (id, nr, ws, cl, asg, oo, la) WHERE c.tenant = %(t)s AND c.id = u.id",
+                     {**cols, "t": tenant}, prepare=False)  # fmt: skip
+    else:
+        tx.many("UPDATE conversations SET needs_reply = ?, waiting_since = ?, closed = ?, assignee = ?, opted_out = ?, "
+                "last_at = ? WHERE tenant = ? AND id = ?", [(*r[1:], tenant, r[0]) for r in rows])  # fmt: skip
+
+
 class InboxSql:
     """Mixed into ``SqlStore``: ``_tx`` and ``engine`` come from there."""
 
@@ -153,12 +224,59 @@ class InboxSql:
         """Several ``conversation_apply`` by phone in one transaction (a batch of flow sends recorded
         in their conversations' history, one commit instead of one each): ``(phone, change,
         message_id)``, applied in phone order (two batches lock their conversations in one order on
-        PostgreSQL). Returns how many added a message (a key recorded before adds nothing)."""
+        PostgreSQL). Returns how many added a message (a key recorded before adds nothing).
+
+        Set-based: the batch's conversations made where missing, their heads and its stored messages
+        read, its new messages and the heads that moved written, each one statement for the batch (a
+        statement or seven a change before: on PostgreSQL their generic plans, made while the tables
+        were small, read the whole table each, so a send's record grew with the sends before it)."""
         if not changes:
             return 0
+        ordered = sorted(changes, key=lambda c: (c[0], c[2]))
         with self._tx() as tx:
-            return sum(self._conversation_apply_in(tx, tenant, phone, change, now=now, message_id=mid).new
-                       for phone, change, mid in sorted(changes, key=lambda c: (c[0], c[2])))  # fmt: skip
+            heads = self._conversation_heads(tx, tenant, sorted({c[0] for c in ordered}), now)
+            seen = {r[0]: r for r in _stored_messages(tx, tenant, sorted({c[2] for c in ordered}))}
+            moved: dict[int, list[Any]] = {}
+            added_rows: list[tuple[Any, ...]] = []
+            new = 0
+            for phone, change, mid in ordered:
+                row = heads[phone]
+                cur = moved.get(row[0]) or _head_fields(row)
+                one = seen.get(mid)
+                head = C.Conversation(subscriber_id=row[10] or 0, needs_reply=bool(cur[0]), waiting_since=cur[1],
+                                      closed=bool(cur[2]), assignee=cur[3], opted_out=_opted_out(cur[4], row[10], row[11]),
+                                      messages=(C.Message(id=mid, direction=one[1], text=one[3], at=one[4]),)
+                                      if one is not None else ())  # fmt: skip
+                after, actions = change(head)
+                added = after.messages[len(head.messages):]
+                for m in added:
+                    added_rows.append(_message_row(tenant, row[0], m, head, after, actions, None, None, now))
+                    seen[m.id] = (m.id, m.direction, m.kind, m.text, m.at)
+                new += bool(added)
+                moved[row[0]] = [int(after.needs_reply), after.waiting_since, int(after.closed), after.assignee,
+                                 int(after.opted_out) if after.opted_out != head.opted_out else cur[4],
+                                 max(cur[5], now) if added else cur[5]]  # fmt: skip
+            _insert_messages(tx, added_rows)
+            first = {r[0]: _head_fields(r) for r in heads.values()}
+            _update_heads(tx, tenant, [(cid, *v) for cid, v in moved.items() if v != first[cid]])  # a re-post: none
+            return new
+
+    def _conversation_heads(self, tx: Any, tenant: str, phones: list[str], now: float) -> dict[str, tuple]:
+        """The conversations of ``phones`` (sorted), made where missing, by phone; locked on PostgreSQL,
+        in phone order."""
+        if tx.pg:
+            tx.run("INSERT INTO conversations (tenant, phone, created_at, last_at) SELECT ?, value, ?, ? "
+                   "FROM unnest(?::text[]) AS value ORDER BY value ON CONFLICT (tenant, phone) DO NOTHING",
+                   (tenant, now, now, phones))  # fmt: skip
+        else:
+            tx.many("INSERT INTO conversations (tenant, phone, created_at, last_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (tenant, phone) DO NOTHING", [(tenant, p, now, now) for p in phones])  # fmt: skip
+        if tx.pg:  # planned at each batch, as every statement here on PostgreSQL (``_PLANNED``)
+            return {r[1]: r for r in tx.named_rows(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = %(t)s AND "
+                                                   "c.phone = ANY(%(p)s::text[]) ORDER BY c.phone FOR UPDATE OF c",
+                                                   {"t": tenant, "p": phones}, prepare=False)}  # fmt: skip
+        return {r[1]: r for r in tx.rows(f"SELECT {_CONV_COLS} {_JOIN} WHERE c.tenant = ? AND c.phone IN {tx.values()}",
+                                         (tenant, tx.array(phones)))}  # fmt: skip
 
     def _conversation_apply_in(self, tx: Any, tenant: str, key: int | str, change: Change, *, now: float,
                                message_id: str | None = None, route: C.Route | None = None,
@@ -184,19 +302,9 @@ class InboxSql:
                               if seen is not None and message_id is not None else ())  # fmt: skip
         after, actions = change(head)
         added = after.messages[len(head.messages):]
-        keys = {a.key for a in actions if isinstance(a, C.AnswerSend)}
-        for m in added:
-            answer = m.kind == "answer"
-            tx.run("INSERT INTO conversation_messages (tenant, conversation_id, message_id, direction, kind, text, at, "
-                   "by_whom, route, gateway_key, request, state, state_at, response_s) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (tenant, cid, m.id, m.direction, m.kind, m.text, m.at, m.by,
-                    _route_name(route) if m.direction == "in" else None,
-                    next(iter(keys), None) if answer else None,
-                    answer_request.decode() if answer and answer_request is not None else None,
-                    "sending" if answer else None, now if answer else None,
-                    after.response_times[-1] if answer and len(after.response_times) > len(head.response_times)
-                    else None))  # fmt: skip
+        if added:
+            _insert_messages(tx, [_message_row(tenant, cid, m, head, after, actions, route, answer_request, now)
+                                  for m in added])  # fmt: skip
         tx.run("UPDATE conversations SET needs_reply = ?, waiting_since = ?, closed = ?, assignee = ?, opted_out = ?, "
                "our_number = COALESCE(?, our_number), last_at = ? WHERE tenant = ? AND id = ?",
                (int(after.needs_reply), after.waiting_since, int(after.closed), after.assignee,
