@@ -130,6 +130,9 @@ def test_bench_kannel_hears_every_final_state_once_from_both(tmp_path):
     for share in ("window_wait_share", "wire_wait_share", "write_share", "receipts_window_full_share"):
         assert 0 <= hooks[share] <= 1.5, share  # a pump's last wait may end just after the clock
     assert "pump waits window" in result.output
+    # the writes on serve's loop: rows a write (a message's changes in one write are one row), its CPU
+    assert 1 <= hooks["rows_per_write"] <= hooks["changes_per_write"] and hooks["record_cpu_us"] >= 0
+    assert "the writes on serve's loop" in result.output
     # a window slot's cycle in its parts (DispatcherStats), mean milliseconds a message
     assert hooks["slot_answer_ms"] > 0 and hooks["slot_write_ms"] > 0
     assert hooks["slot_to_write_ms"] >= 0 and hooks["slot_refill_ms"] >= 0
