@@ -174,6 +174,21 @@ def test_store_window_bench_writes_the_runs_shape(tmp_path, monkeypatch):
     assert sorted(with_hook["frames"])[5] > sorted(plain["frames"])[5]
 
 
+def test_store_window_bench_splits_a_rows_second_write(tmp_path, monkeypatch):
+    # `--open-rows` (issue 16): the rows that stay open skipped, appended elsewhere, barely updated;
+    # the store's own statement path is put back afterwards.
+    from bench.store_record import window
+    from gateway.store import sqlite as sqlite_store
+
+    monkeypatch.chdir(tmp_path)
+    real = sqlite_store._apply
+    runs = {how: window(1150, 230, 1, None, open_rows=how) for how in ("update", "skip", "append", "noop")}
+    assert sqlite_store._apply is real
+    assert all(r["sizes"] == [115] + [230] * 9 for r in runs.values())
+    frames = {how: sorted(r["frames"])[5] for how, r in runs.items()}
+    assert frames["skip"] < frames["update"] and frames["skip"] <= frames["append"] and frames["skip"] <= frames["noop"]
+
+
 def test_bench_e2e_without_a_disk(tmp_path):
     out = tmp_path / "e2e.json"
     result = CliRunner().invoke(main, ["bench", "e2e", "--messages", "2000", "--runs", "1", "--store", "memory",
