@@ -463,6 +463,8 @@ _WAITS = {"window_wait": 'sluice_dispatcher_seconds_total{what="window_wait"}',
           "wire_wait": 'sluice_dispatcher_seconds_total{what="wire_wait"}',
           "write": 'sluice_dispatcher_seconds_total{what="write"}', "writes": 'sluice_messages_total{event="writes"}',
           "changes": 'sluice_messages_total{event="changes_written"}',
+          "rows": 'sluice_messages_total{event="rows_written"}',
+          "record_cpu": 'sluice_dispatcher_seconds_total{what="record_cpu"}',
           **{f"slot_{part}": f'sluice_window_slot_seconds_total{{part="{part}"}}' for part in _SLOT},
           **{f"slots_{part}": f'sluice_window_slots_total{{part="{part}"}}' for part in _SLOT}}  # fmt: skip
 
@@ -494,6 +496,7 @@ def _critical(w0: dict[str, float], w1: dict[str, float], sim0: dict, sim1: dict
     return {"window_wait_share": d["window_wait"] / s, "wire_wait_share": d["wire_wait"] / s,
             "write_share": d["write"] / s, "receipts_window_full_share": full / s, "writes_per_s": d["writes"] / s,
             "changes_per_write": d["changes"] / max(1.0, d["writes"]),
+            "rows_per_write": d["rows"] / max(1.0, d["writes"]), "record_cpu_s": d["record_cpu"],
             **{f"slot_{part}_ms": 1000 * d[f"slot_{part}"] / max(1.0, d[f"slots_{part}"]) for part in _SLOT}}  # fmt: skip
 
 
@@ -578,6 +581,7 @@ async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver
     if job is None:
         raise click.ClickException(f"Sluice: the job was not accepted within {deadline:.0f} s")
     final = sum(v for s, v in counts.items() if s in FINAL)
+    crit = _critical(w0, w1, sim0, sim1, end - t0)
     if hooks:
         result = _heard(stats, t0, end, scope.cancelled_caught, cpu1[2] - cpu0[2])
     else:
@@ -591,7 +595,8 @@ async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver
             "cores_busy": (sum(cpu1[1:]) - sum(cpu0[1:])) / max(end - t0, 1e-9),
             "machine_idle": (idle1[0] - idle0[0]) / max(1.0, idle1[1] - idle0[1]),
             "server_peak_rss": peak, "children_peak_rss": kid_peaks, "sim_accepted": sim_counters["accepted"],
-            "sim_receipts_acked": sim_counters["receipts_acked"], **_critical(w0, w1, sim0, sim1, end - t0),
+            "sim_receipts_acked": sim_counters["receipts_acked"], **crit,
+            "record_cpu_us": crit["record_cpu_s"] / want * 1e6,
             **({"timeline": timeline_per_second(samples)} if timeline else {})}  # fmt: skip
 
 
@@ -740,6 +745,15 @@ def bench_kannel(n: int, runs: int, dlr_delay: float, sides: tuple[str, ...], bi
              for k in (*keys, "writes_per_s", "changes_per_write")}  # fmt: skip
         click.echo(f"    {side:<26} " + " ".join(f"{m[k]:>{w}.0%}" for k, w in zip(keys, (17, 10, 8, 13)))
                    + f" {m['writes_per_s']:>9,.0f} {m['changes_per_write']:>13,.0f}")  # fmt: skip
+    if sluice:  # the store's write on serve's loop: rows a message, and the loop's CPU in them
+        click.echo(f"  the writes on serve's loop, median: {'rows/write':>10} {'rows/message':>12} "
+                   f"{'record µs/message':>17} {'of the loop':>11}")  # fmt: skip
+    for side in sluice:
+        m = {k: statistics.median(x[side].get(k, 0.0) for x in r["per_run"])
+             for k in ("rows_per_write", "changes_per_write", "record_cpu_us", "server_loop_cpu_us")}  # fmt: skip
+        rows = 2 * m["rows_per_write"] / max(1.0, m["changes_per_write"])  # two changes a message
+        share = m["record_cpu_us"] / max(1e-9, m["server_loop_cpu_us"])
+        click.echo(f"    {side:<34} {m['rows_per_write']:>10,.0f} {rows:>12.2f} {m['record_cpu_us']:>17.1f} {share:>11.0%}")
     slot = tuple(f"slot_{part}_ms" for part in _SLOT)
     if sluice:
         click.echo(f"  a window slot's cycle, ms, median: {'to answer':>9} {'to write':>8} {'writing':>7} "

@@ -40,12 +40,19 @@ are written), ``synchronous=FULL`` as ``serve`` runs it. Per case, the median ov
 a write (sync included) and WAL frames (pages) a write; and this disk's ``fdatasync`` of an 8 KB
 write alone (median of 200), to compare the write with its floor. ``--drop counts_trigger``,
 ``--drop open_index`` (repeatable): the same without that part of the schema, to see what it
-costs (diagnostic: the store is not correct without them).
+costs (diagnostic: the store is not correct without them). ``--open-rows skip|append|noop``
+(diagnostic, issue 16: what a late receipt's second write of the row costs): the rows that stay
+open (the ``submitted`` of the write's new messages) are not written at all (``skip``: the floor
+of any design that writes the row once), appended to a narrow rowid table instead (``append``:
+what a journal of submits costs, no reader seeing it), or written by an UPDATE that only sets
+``updated_at`` (``noop``: the row's lookup and rewrite without the state, its history and the
+counts' trigger); ``update`` (the default) is the store as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -58,6 +65,7 @@ from pathlib import Path
 
 from gateway.core.model import Job, Recipient
 from gateway.store.base import Change
+from gateway.store import sqlite as sqlite_store
 from gateway.store.sqlite import SqliteStore
 
 JOB = Job(id="job_bench", tenant="acme", sender="ACME", template="Hi {name}", category="marketing")
@@ -180,8 +188,45 @@ def pages(n: int, ids: str, lag: int = 0, callback: str | None = None) -> dict:
             "record_cpu_us_per_message": round(cpu / messages * 1e6, 1)}  # fmt: skip
 
 
-def window(n: int, batch: int, lag: int, callback: str | None, drop: Sequence[str] = ()) -> dict:
+_OPEN_ROWS = {  # ``--open-rows``: what a write does with its rows that stay open (diagnostic)
+    "append": "INSERT INTO open_rows (id, state, at, carrier, carrier_ids, attempts, history)"
+              " SELECT column1, column2, column4, column5, column6, column7, column8 FROM (VALUES {})"
+              " WHERE column1 IS NOT NULL",
+    "noop": "UPDATE messages SET updated_at = u.column4 FROM (VALUES {}) AS u"
+            " WHERE messages.id = u.column1 AND +messages.final = 0",
+}
+
+
+@contextlib.contextmanager
+def _open_rows(how: str):
+    """``record`` with its rows that stay open skipped, appended or barely updated (``--open-rows``)."""
+    if how == "update":
+        yield
+        return
+    real = sqlite_store._apply
+
+    def apply(db, template: str, params: list, width: int) -> None:
+        if template is not sqlite_store._UPDATE:
+            real(db, template, params, width)
+        elif how != "skip":
+            db.execute("CREATE TABLE IF NOT EXISTS open_rows (seq INTEGER PRIMARY KEY, id INTEGER, state TEXT,"
+                       " at REAL, carrier TEXT, carrier_ids TEXT, attempts INTEGER, history TEXT)")
+            real(db, _OPEN_ROWS[how], params, width)
+
+    sqlite_store._apply = apply
+    try:
+        yield
+    finally:
+        sqlite_store._apply = real
+
+
+def window(n: int, batch: int, lag: int, callback: str | None, drop: Sequence[str] = (), open_rows: str = "update") -> dict:
     """Medians over the writes of one run: see ``--window`` in the module docstring."""
+    with _open_rows(open_rows):
+        return _window(n, batch, lag, callback, drop)
+
+
+def _window(n: int, batch: int, lag: int, callback: str | None, drop: Sequence[str]) -> dict:
     per = batch // 2
     cpu, wall, frames, sizes = [], [], [], []
     with tempfile.TemporaryDirectory(dir=".") as tmp:  # the disk the store would be on, not a tmpfs
@@ -231,10 +276,11 @@ def fdatasync_ms(writes: int = 200) -> float:
 def windows(args: argparse.Namespace) -> None:
     n = args.changes if args.changes != 10_000 else 30_000
     for case, url in (("no_callback", None), ("callback", "https://example.invalid/hook")):
-        runs = [window(n, args.batch, args.lag, url, args.drop) for _ in range(args.runs)]
+        runs = [window(n, args.batch, args.lag, url, args.drop, args.open_rows) for _ in range(args.runs)]
         med = {key: statistics.median(v for r in runs for v in r[key]) for key in ("cpu", "wall", "frames", "sizes")}
         print(json.dumps({"bench": "store.record window", "case": case, "changes_per_write": med["sizes"],
-                          "lag": args.lag, "drop": args.drop, "writes": sum(len(r["cpu"]) for r in runs),
+                          "lag": args.lag, "drop": args.drop, "open_rows": args.open_rows,
+                          "writes": sum(len(r["cpu"]) for r in runs),
                           "cpu_us_per_change": round(med["cpu"] * 1e6, 2),
                           "cpu_ms_per_write": round(med["cpu"] * med["sizes"] * 1e3, 3),
                           "wall_ms_per_write": round(med["wall"] * 1e3, 2), "wal_frames_per_write": med["frames"]}))  # fmt: skip
@@ -256,6 +302,8 @@ def main() -> None:
     ap.add_argument("--lag", type=int, default=3, help="--window: receipts this many writes after their submits")
     ap.add_argument("--drop", action="append", default=[], choices=["counts_trigger", "open_index"],
                     help="--window: without this part of the schema (diagnostic)")
+    ap.add_argument("--open-rows", default="update", choices=["update", "skip", "append", "noop"],
+                    help="--window: the rows that stay open written as they are, or not, appended, barely (diagnostic)")
     args = ap.parse_args()
     if args.window:
         args.batch = args.batch if args.batch != 200 else 230

@@ -130,6 +130,9 @@ def test_bench_kannel_hears_every_final_state_once_from_both(tmp_path):
     for share in ("window_wait_share", "wire_wait_share", "write_share", "receipts_window_full_share"):
         assert 0 <= hooks[share] <= 1.5, share  # a pump's last wait may end just after the clock
     assert "pump waits window" in result.output
+    # the writes on serve's loop: rows a write (a message's changes in one write are one row), its CPU
+    assert 1 <= hooks["rows_per_write"] <= hooks["changes_per_write"] and hooks["record_cpu_us"] >= 0
+    assert "the writes on serve's loop" in result.output
     # a window slot's cycle in its parts (DispatcherStats), mean milliseconds a message
     assert hooks["slot_answer_ms"] > 0 and hooks["slot_write_ms"] > 0
     assert hooks["slot_to_write_ms"] >= 0 and hooks["slot_refill_ms"] >= 0
@@ -169,6 +172,21 @@ def test_store_window_bench_writes_the_runs_shape(tmp_path, monkeypatch):
     assert min(with_hook["cpu"]) > 0 and min(plain["cpu"]) > 0
     # the change sequence's rows are pages of their own
     assert sorted(with_hook["frames"])[5] > sorted(plain["frames"])[5]
+
+
+def test_store_window_bench_splits_a_rows_second_write(tmp_path, monkeypatch):
+    # `--open-rows` (issue 16): the rows that stay open skipped, appended elsewhere, barely updated;
+    # the store's own statement path is put back afterwards.
+    from bench.store_record import window
+    from gateway.store import sqlite as sqlite_store
+
+    monkeypatch.chdir(tmp_path)
+    real = sqlite_store._apply
+    runs = {how: window(1150, 230, 1, None, open_rows=how) for how in ("update", "skip", "append", "noop")}
+    assert sqlite_store._apply is real
+    assert all(r["sizes"] == [115] + [230] * 9 for r in runs.values())
+    frames = {how: sorted(r["frames"])[5] for how, r in runs.items()}
+    assert frames["skip"] < frames["update"] and frames["skip"] <= frames["append"] and frames["skip"] <= frames["noop"]
 
 
 def test_bench_e2e_without_a_disk(tmp_path):

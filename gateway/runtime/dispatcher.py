@@ -25,6 +25,7 @@ again to the next process.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
@@ -60,7 +61,11 @@ class DispatcherStats:
     ``window_wait_s`` a pump waited with its carrier's window of unconfirmed messages full (their
     ``submitted`` not on disk yet: the crash bound of the module doc), ``wire_wait_s`` with the
     connector's own windows full (responses awaited), ``write_s`` in the store's writes, of which
-    ``writes`` were made. Summed over carriers; what ``sluice bench kannel`` reads to tell
+    ``writes`` were made, holding ``changes_written`` changes to ``rows_written`` messages (a
+    message's changes in one write are one row: fewer rows than changes when its ``submitted``
+    and its receipt share a write), and ``record_cpu_s`` of the event loop's CPU in the writes it
+    ran itself (``inline_record``: SQLite steps on the loop's thread; a write in a worker thread
+    is not counted), so that a run tells how much of the loop's CPU a message is its write. Summed over carriers; what ``sluice bench kannel`` reads to tell
     whether a run waited for the window (the write's latency) or for the loop.
 
     A slot of a carrier's window goes round: a message is handed to the connector, answered by
@@ -75,7 +80,7 @@ class DispatcherStats:
     refusing or dropping some, which moves time between messages, not in or out of the sum)."""
 
     __slots__ = ("dispatched", "submitted", "failed", "requeued", "receipts", "throttles", "changes_written",
-                 "writes", "write_s", "window_wait_s", "wire_wait_s", "answered", "answer_s", "confirmed",
+                 "rows_written", "record_cpu_s", "writes", "write_s", "window_wait_s", "wire_wait_s", "answered", "answer_s", "confirmed",
                  "to_write_s", "slot_write_s", "refilled", "refill_s")  # fmt: skip
 
     def __init__(self) -> None:
@@ -379,14 +384,17 @@ class Dispatcher:
         acks, self._acks = self._acks, {}
         answered, self._answered_sum = self._answered_sum, {}
         began = self._clock()
+        stats = self.stats
         if len(changes) <= self._store.inline_record:
+            cpu = time.thread_time()
             queued = self._store.record(changes)
+            stats.record_cpu_s += time.thread_time() - cpu
         else:
             queued = await anyio.to_thread.run_sync(self._store.record, changes)
-        self.stats.changes_written += len(changes)
-        self.stats.writes += 1
+        stats.changes_written += len(changes)
+        stats.rows_written += len({c.message_id for c in changes})
+        stats.writes += 1
         ended = self._clock()
-        stats = self.stats
         stats.write_s += ended - began
         # On disk now: those submits no longer count against their carrier's window, and the
         # carriers may forget the receipts.

@@ -78,13 +78,14 @@ class _Collector(Collector):
         if d is not None:
             events = CounterMetricFamily("sluice_messages", "Dispatcher events by kind", labels=["event"])
             for what in ("dispatched", "submitted", "failed", "requeued", "receipts", "throttles", "changes_written",
-                         "writes"):  # fmt: skip
+                         "rows_written", "writes"):  # fmt: skip
                 events.add_metric([what], getattr(d, what))
             yield events
             waits = CounterMetricFamily("sluice_dispatcher_seconds", "Where the dispatcher's time went: pumps waiting "
                                         "for the unconfirmed window (window_wait) or the connectors' windows "
-                                        "(wire_wait), the store's writes (write)", labels=["what"])  # fmt: skip
-            for what in ("window_wait", "wire_wait", "write"):
+                                        "(wire_wait), the store's writes (write), the event loop's CPU in the "
+                                        "writes it ran itself (record_cpu)", labels=["what"])  # fmt: skip
+            for what in ("window_wait", "wire_wait", "write", "record_cpu"):
                 waits.add_metric([what], getattr(d, f"{what}_s"))
             yield waits
             slot_s = CounterMetricFamily("sluice_window_slot_seconds", "A window slot's cycle summed over messages: "

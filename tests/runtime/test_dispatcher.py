@@ -279,6 +279,31 @@ async def test_the_writes_time_is_counted_by_the_dispatchers_clock() -> None:
     assert disp.stats.window_wait_s == disp.stats.wire_wait_s == 0
 
 
+@pytest.mark.anyio
+async def test_a_writes_rows_and_the_loops_cpu_in_it_are_counted() -> None:
+    # What `sluice bench kannel` prints as "the writes on serve's loop" (issue 16: is a late
+    # receipt's cost its second write?): a message's changes in one write are one row, and the
+    # loop's CPU is counted in the writes it runs itself, not in a worker thread's.
+    clock = [11.0]
+    store = _SlowWrites(clock, 0.25)
+    store.inline_record = 512  # as SQLite's
+    store.add_job(JOB, 1000, PEOPLE, 10.0)
+    _, receive = anyio.create_memory_object_stream[ConnectorEvent](math.inf)
+    disp = Dispatcher(Scheduler(loads(default_text()).core, 10.0), {}, receive, store, clock=lambda: clock[0])
+    disp._change(1000, "submitted", 11.0, "", "alpha", ("c1",))
+    disp._change(1000, "delivered", 11.0, "receipt", "alpha")  # its submit's write: one row
+    disp._change(1001, "submitted", 11.0, "", "alpha", ("c2",))
+    await disp.flush()
+    assert (disp.stats.changes_written, disp.stats.rows_written) == (3, 2)
+    inline = disp.stats.record_cpu_s
+    assert inline > 0
+    disp._change(1001, "delivered", 11.0, "receipt", "alpha")  # a later write: its row again
+    disp._pending *= 600  # beyond inline_record: a worker thread's write, not the loop's CPU
+    await disp.flush()
+    assert (disp.stats.changes_written, disp.stats.rows_written, disp.stats.writes) == (603, 3, 2)
+    assert disp.stats.record_cpu_s == inline
+
+
 class _Held(MockConnector):
     """Takes what it is given and answers nothing by itself: the test says what the carrier
     sends back, and when."""

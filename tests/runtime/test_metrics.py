@@ -28,6 +28,7 @@ def test_queue_depth_by_shard_and_state_rates_counters_and_latency() -> None:
     stats = DispatcherStats()
     stats.submitted = 7
     stats.writes, stats.write_s, stats.window_wait_s, stats.wire_wait_s = 3, 0.25, 1.5, 0.125
+    stats.rows_written, stats.record_cpu_s = 5, 0.0625
     latency = LatencyHistogram()
     for v in (0.01, 0.2, 0.2, 3.0, 10_000_000.0):
         latency.observe(v)
@@ -39,8 +40,10 @@ def test_queue_depth_by_shard_and_state_rates_counters_and_latency() -> None:
     assert got[("sluice_carrier_rate", (("carrier", "alpha"),))] == cfg.core.carriers[0].rate
     assert got[("sluice_messages_total", (("event", "submitted"),))] == 7
     assert got[("sluice_messages_total", (("event", "writes"),))] == 3
-    assert {w: got[("sluice_dispatcher_seconds_total", (("what", w),))] for w in ("write", "window_wait", "wire_wait")} \
-        == {"write": 0.25, "window_wait": 1.5, "wire_wait": 0.125}
+    assert got[("sluice_messages_total", (("event", "rows_written"),))] == 5
+    assert {w: got[("sluice_dispatcher_seconds_total", (("what", w),))]
+            for w in ("write", "window_wait", "wire_wait", "record_cpu")} \
+        == {"write": 0.25, "window_wait": 1.5, "wire_wait": 0.125, "record_cpu": 0.0625}
     assert got[("sluice_receipt_latency_seconds_bucket", (("le", "0.05"),))] == 1
     assert got[("sluice_receipt_latency_seconds_bucket", (("le", "0.25"),))] == 3
     assert got[("sluice_receipt_latency_seconds_bucket", (("le", "86400.0"),))] == 4
