@@ -13,7 +13,9 @@ real `sluice serve` hosting both layers (the path a shop sees), on SQLite or Pos
    is idle (its start-up tick, every score refreshed and every segment rebuilt, is not the
    launch's: ``startup_settle_s`` is the wait). ``launch_server_cpu_s``: the
    `serve` process's CPU time over the launch (both layers; /proc), ``launch_cpu_us_per_recipient``
-   the same per recipient launched: the figures a loaded machine cannot inflate.
+   the same per recipient launched: the figures a loaded machine cannot inflate. On PostgreSQL,
+   ``launch_pg_server_cpu_s`` / ``launch_pg_cpu_us_per_recipient``: the server's processes' CPU
+   over the launch (the freeze's statements run there).
 3. Outcomes (not timed): every recipient delivered (and priced), N/10 human clicks, N/50 orders and
    N/1000 opt-outs written straight into the store, then ANALYZE (a live store has its statistics).
 4. ``redirects_per_s`` / ``redirect_p99_ms``: ``bench.redirect_load`` in its own process, keep-alive
@@ -45,6 +47,7 @@ import anyio
 import click
 import httpx
 
+from bench import postgres as pgbench
 from bench.audience import throwaway_postgres
 from bench.machine import describe
 from bench.output import out_option, save
@@ -344,6 +347,19 @@ def _descendants_cpu_s(pid: int) -> float:
     return total
 
 
+@contextlib.contextmanager
+def _pg_backend(url: str) -> Iterator[int | None]:
+    """A backend pid of the PostgreSQL server at ``url``, its connection held open meanwhile (the
+    server's processes' CPU is read through it); None on SQLite."""
+    if url.startswith("sqlite:"):
+        yield None
+        return
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        yield int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+
+
 async def _settled(pid: int, *, window: float = 0.5, idle: float = 0.1, windows: int = 4, deadline: float = 300.0) -> float:
     """Wait (bounded) until `serve` is idle: its start-up work (the audience's first tick refreshes
     every score and rebuilds every segment of the N subscribers: seconds at 1M) is not the launch's,
@@ -387,7 +403,9 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
                           post_window=post_window, stream_chunk=stream_chunk)  # fmt: skip
     cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", str(config), "--port", "0"]
     out: dict[str, Any] = {"redirects_via": via}
-    async with start(cmd, name="sluice", env=env, timeout=120) as serve:
+    async with start(cmd, name="sluice", env=env, timeout=120) as serve, contextlib.AsyncExitStack() as astack:
+        stack = contextlib.ExitStack()
+        astack.callback(stack.close)
         cport = int((await serve.line(120))["campaigns"])
         rport = cport
         if via == "short":  # the short domains' own listener (campaigns/service/short_http.py)
@@ -400,6 +418,8 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
                           "audience": {"include": [seg]}, "schedule": {"kind": "at", "at": time.time() + DAY},
                           "batch_size": 5000}  # fmt: skip
             out["startup_settle_s"] = await _settled(serve.pid)
+            pg = stack.enter_context(_pg_backend(store_url))
+            pg0 = pgbench.server_cpu(pg) if pg else {}
             t0, cpu0, kids0 = time.perf_counter(), _cpu_s(serve.pid), _descendants_cpu_s(serve.pid)
             r = await c.post("/v1/campaigns", json={"name": "spring", "definition": definition})
             r.raise_for_status()
@@ -408,6 +428,8 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
             out["launch_to_accepted_s"] = time.perf_counter() - t0
             out["launch_server_cpu_s"] = _cpu_s(serve.pid) - cpu0  # both layers: what a loaded machine cannot hide
             out["launch_workers_cpu_s"] = _descendants_cpu_s(serve.pid) - kids0  # its check workers (api.ingest_workers)
+            if pg:  # the server's processes (a backend that ended in between is not counted)
+                out["launch_pg_server_cpu_s"] = pgbench.cpu_spent(pg0, pgbench.server_cpu(pg))
             r.raise_for_status()
             launched = r.json()
             if launched["status"] != "launched" or launched["accepted"] != launched["recipients"]:
@@ -415,6 +437,8 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
             out.update(recipients=launched["recipients"], accepted=launched["accepted"], batches=launched["batches"])
             out["launch_cpu_us_per_recipient"] = out["launch_server_cpu_s"] * 1e6 / max(1, launched["recipients"])
             out["launch_workers_cpu_us_per_recipient"] = out["launch_workers_cpu_s"] * 1e6 / max(1, launched["recipients"])
+            if pg:
+                out["launch_pg_cpu_us_per_recipient"] = out["launch_pg_server_cpu_s"] * 1e6 / max(1, launched["recipients"])
             if big:  # the redirect and attribution phases on a campaign of all N, written straight in
                 cid = await anyio.to_thread.run_sync(seed_frozen, store_url, n, time.time(), seed)
             out["outcomes"] = await anyio.to_thread.run_sync(seed_outcomes, store_url, cid, n, seed)
@@ -534,7 +558,9 @@ def bench_campaign(n: int, launch_n: int | None, engine: str, pg_url: str | None
         ok = r[key] <= target if op == "<=" else r[key] >= target
         click.echo(f"  {key:<24} {r[key]:>12,.3f}   target {op} {target:g}  {'ok' if ok else 'MISSED'}")
     click.echo(f"  server CPU for the launch {r['launch_server_cpu_s']:.2f} s ({r['launch_cpu_us_per_recipient']:.0f} us a recipient); "
-               f"its child processes {r['launch_workers_cpu_s']:.2f} s ({r['launch_workers_cpu_us_per_recipient']:.0f} us)")
+               f"its child processes {r['launch_workers_cpu_s']:.2f} s ({r['launch_workers_cpu_us_per_recipient']:.0f} us)"
+               + (f"; PostgreSQL's processes {r['launch_pg_server_cpu_s']:.2f} s ({r['launch_pg_cpu_us_per_recipient']:.0f} us)"
+                  if "launch_pg_server_cpu_s" in r else ""))  # fmt: skip
     click.echo(f"  server CPU per redirect {r['redirect_server_cpu_us']:.0f} us (p50 {r['redirect_p50_ms']:.2f} ms; "
                f"via {r['redirects_via']}); load generator {r['redirect_load_cpu_us']:.0f} us")
     click.echo(f"  outcomes {r['outcomes']}  report totals {r['report_totals']}")
