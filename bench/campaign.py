@@ -128,7 +128,8 @@ def load_audience(url: str, n: int, now: float, seed: int, m: int) -> int:
 
 
 def write_config(tmp: Path, store_url: str, workers: int | str = 0, short_port: bool = True,
-                 freeze_chunk: int | None = None, post_window: int | None = None, stream_chunk: int | None = None) -> Path:
+                 freeze_chunk: int | None = None, post_window: int | None = None, stream_chunk: int | None = None,
+                 stream_window: int | None = None) -> Path:
     path = tmp / "sluice.toml"
     path.write_text(f"""
 [api]
@@ -161,6 +162,7 @@ sync_interval = 5.0
 {f"launch_freeze_chunk = {freeze_chunk}" if freeze_chunk else ""}
 {f"launch_post_window = {post_window}" if post_window else ""}
 {f"launch_stream_chunk = {stream_chunk}" if stream_chunk is not None else ""}
+{f"launch_stream_window = {stream_window}" if stream_window is not None else ""}
 [[campaigns.tenants]]
 name = "{TENANT}"
 key_env = "BENCH_C_KEY"
@@ -396,11 +398,12 @@ def _redirects(port: int, codes_file: Path, seconds: float, concurrency: int, se
 
 async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs: int, seconds: float,
                    concurrency: int, workers: int | str, seed: int, via: str, freeze_chunk: int | None = None,
-                   post_window: int | None = None, stream_chunk: int | None = None) -> dict[str, Any]:  # fmt: skip
+                   post_window: int | None = None, stream_chunk: int | None = None,
+                   stream_window: int | None = None) -> dict[str, Any]:  # fmt: skip
     env = {"BENCH_GW_KEY": GW_KEY, "BENCH_C_KEY": C_KEY, "BENCH_LINK_KEY": LINK_KEY,
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # fmt: skip
     config = write_config(tmp, store_url, workers, short_port=via == "short", freeze_chunk=freeze_chunk,
-                          post_window=post_window, stream_chunk=stream_chunk)  # fmt: skip
+                          post_window=post_window, stream_chunk=stream_chunk, stream_window=stream_window)  # fmt: skip
     cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", str(config), "--port", "0"]
     out: dict[str, Any] = {"redirects_via": via}
     async with start(cmd, name="sluice", env=env, timeout=120) as serve, contextlib.AsyncExitStack() as astack:
@@ -497,7 +500,7 @@ def _click_rows(url: str) -> dict[str, int]:
 
 def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, concurrency: int, workers: int | str, seed: int,
         pg_url: str | None, via: str = "short", freeze_chunk: int | None = None, post_window: int | None = None,
-        stream_chunk: int | None = None) -> dict:  # fmt: skip
+        stream_chunk: int | None = None, stream_window: int | None = None) -> dict:  # fmt: skip
     now = time.time()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-bench-campaign-")))
@@ -510,7 +513,7 @@ def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, co
         setup_s = time.perf_counter() - t0
         big = launch_n is not None and launch_n < n
         out = anyio.run(_measure, tmp, url, seg, n, big, runs, seconds, concurrency, workers, seed, via, freeze_chunk,
-                        post_window, stream_chunk)  # fmt: skip
+                        post_window, stream_chunk, stream_window)  # fmt: skip
     return {"scenario": "campaign", "engine": engine, "subscribers": n, "launched": launch_n or n, "setup_s": setup_s, **out,
             "load": os.getloadavg(), "machine": describe()}  # fmt: skip
 
@@ -540,18 +543,21 @@ TARGETS = {"launch_to_accepted_s": ("<=", 15.0), "redirects_per_s": (">=", 5000.
               help="serve's campaigns.launch_post_window (default: its own, 1 batch in flight).")
 @click.option("--stream-chunk", type=click.IntRange(min=0), default=None,
               help="serve's campaigns.launch_stream_chunk (default: its own, 20,000; 0: no streamed freeze).")
+@click.option("--stream-window", type=click.IntRange(min=1, max=2), default=None,
+              help="serve's campaigns.launch_stream_window (default: its own, 2 chunks at once on PostgreSQL, 1 on SQLite).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
 def bench_campaign(n: int, launch_n: int | None, engine: str, pg_url: str | None, runs: int, redirect_seconds: float,
                    concurrency: int, ingest_workers: str, via: str, freeze_chunk: int | None, post_window: int | None,
-                   stream_chunk: int | None, seed: int, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
+                   stream_chunk: int | None, stream_window: int | None, seed: int, json_path: str | None,
+                   out_dir: str | None) -> None:  # fmt: skip
     """Launch to the gateway's 202s, redirects per second and their p99, attribution of orders."""
     if n < 10 or runs < 1 or not 0 < redirect_seconds <= 120 or concurrency < 1:
         raise click.BadParameter("--recipients >= 10, --runs >= 1, 0 < --redirect-seconds <= 120, --concurrency >= 1")
     workers: int | str = ingest_workers if ingest_workers == "auto" else int(ingest_workers)
     r = run(engine, n, launch_n, runs, redirect_seconds, concurrency, workers, seed, pg_url, via, freeze_chunk,
-            post_window, stream_chunk)
+            post_window, stream_chunk, stream_window)
     click.echo(f"sluice bench campaign: {engine}, {n:,} subscribers, {r['recipients']:,} recipients, "
                f"{r['batches']} batches, load {r['load'][0]:.2f}")  # fmt: skip
     for key, (op, target) in TARGETS.items():

@@ -15,7 +15,7 @@ from campaigns.core import flows as F
 from campaigns.core import link_table
 from campaigns.core import links as core_links
 from campaigns.core.events import ShopEvent
-from campaigns.errors import Conflict, NotFound
+from campaigns.errors import Conflict, NotFound, StorageError
 from campaigns.store import click_sql
 from campaigns.store.flow_sql import enqueue_inputs
 from campaigns.store.report_sql import ReportSql
@@ -558,7 +558,9 @@ class CampaignSql(ReportSql):
                       send_at: float, zones: Callable[[list[str | None]], Mapping[str | None, tuple[str, float | None]]],
                       texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts],
                       now: float, expires_at: float | None = None,
-                      lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None:  # fmt: skip
+                      lines: dict[int, list[tuple[str, str, str]]] | None = None,
+                      start: tuple[int, int] | None = None,
+                      begun: Callable[[int, int, bool], None] | None = None) -> int | None:  # fmt: skip
         """Freeze the next chunk of a streamed launch (docs/ARCHITECTURE.md, "A streamed freeze"), one
         transaction: the next ``chunk`` batches' worth of kept recipients in subscriber id order after
         the stored cursor (the first call starts the stream: the audience as of ``now``, everyone sent
@@ -566,7 +568,15 @@ class CampaignSql(ReportSql):
         their batches with them; the cursor moved on. Returns the first batch still to be frozen, None
         when the stream is done, -1 when the campaign was frozen already (nothing written). ``lines``:
         filled, once the chunk is committed, with each of its batches' ``(phone, text, tz)`` in slot
-        order (``batch_lines``, read in the chunk's transaction: the bodies need no read of their own)."""
+        order (``batch_lines``, read in the chunk's transaction: the bodies need no read of their own).
+
+        Two chunks at once (PostgreSQL, each on a connection of its own; docs/ARCHITECTURE.md, "Two
+        chunks of a stream at once"): ``begun(last_id, next_slot, done)`` is called once this chunk's
+        audience is known (before its rows are written), so the next chunk can start from there
+        (``start``: ``(after_id, next_slot)`` instead of the stored cursor, which the chunk before has
+        not committed yet). The cursor is moved only from the slot this chunk starts at: a chunk whose
+        chunk before did not commit (its row lock waited for, then the cursor found elsewhere) is a
+        ``Conflict``, rolled back whole."""
         need = max(1, chunk) * batch_size
         written: dict[int, list[tuple[str, str, str]]] = {}
         with self._tx() as tx:
@@ -586,14 +596,23 @@ class CampaignSql(ReportSql):
                 after, base, max_id, bound, as_of, send_at = (int(cur[0]), int(cur[1]), int(cur[2]), int(cur[3]),
                                                               float(cur[4]), float(cur[5]))  # fmt: skip
                 targets = None if cur[6] is None else tuple(msgspec.json.decode(cur[6]))
+                if start is not None:
+                    after, base = start
             _drop_launch_temps(tx)
             got = self._stream_audience(tx, tenant, include, exclude, ids, after, max_id, as_of, send_at,
                                         smart_window_s, need)  # fmt: skip
+            done = got < need
+            announced = None
+            if begun is not None:
+                top = tx.one("SELECT MAX(id) FROM launch_aud") if got else None
+                announced = int(top[0]) if top and top[0] is not None else after
+                begun(announced, base + got, done)
             last_id = after
             if got:
                 last_id = self._stream_rows(tx, tenant, campaign_id, base, batch_size, bound, reads_name, send_at,
                                             zones, texts, targets, now, expires_at)  # fmt: skip
-            done = got < need
+            if announced is not None and last_id != announced:  # (every kept subscriber has a zone row)
+                raise StorageError(f"a stream's chunk wrote up to subscriber {last_id}, announced {announced}")
             if got and lines is not None:
                 for b, phone, text, tz in tx.rows("SELECT batch, phone, text, tz FROM campaign_recipients WHERE tenant = ? "
                                                   "AND campaign_id = ? AND batch >= ? AND batch <= ? ORDER BY batch, idx",
@@ -603,18 +622,23 @@ class CampaignSql(ReportSql):
                      for b in range(base // batch_size, -(-(base + got) // batch_size))}  # fmt: skip
             if sizes or base == 0:  # (an empty audience: the marker batch)
                 _write_batches(tx, tenant, campaign_id, sizes, now)
+            # The cursor moves only from where this chunk started (a chunk started beside the one
+            # before waits here for that one's commit; the one before rolled back: this one too).
             if done:
-                tx.run("DELETE FROM campaign_streams WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))
+                moved = tx.run("DELETE FROM campaign_streams WHERE tenant = ? AND campaign_id = ? AND next_slot = ?",
+                               (tenant, campaign_id, base))  # fmt: skip
                 tx.run("UPDATE link_ranges SET count = (?) * stride WHERE tenant = ? AND campaign_id = ?",
                        (-(-(base + got) // batch_size) * batch_size, tenant, campaign_id))  # the numbers past the last batch freed
+            elif cur is None:
+                moved = tx.run("INSERT INTO campaign_streams (tenant, campaign_id, after_id, next_slot, max_id, bound, "
+                               "as_of, send_at, targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                               (tenant, campaign_id, last_id, base + got, max_id, bound, as_of, send_at))  # fmt: skip
             else:
-                if cur is None:
-                    tx.run("INSERT INTO campaign_streams (tenant, campaign_id, after_id, next_slot, max_id, bound, as_of, "
-                           "send_at, targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                           (tenant, campaign_id, last_id, base + got, max_id, bound, as_of, send_at))  # fmt: skip
-                else:
-                    tx.run("UPDATE campaign_streams SET after_id = ?, next_slot = ? WHERE tenant = ? AND campaign_id = ?",
-                           (last_id, base + got, tenant, campaign_id))  # fmt: skip
+                moved = tx.run("UPDATE campaign_streams SET after_id = ?, next_slot = ? WHERE tenant = ? AND "
+                               "campaign_id = ? AND next_slot = ?", (last_id, base + got, tenant, campaign_id, base))  # fmt: skip
+            if cur is not None and moved != 1:
+                raise Conflict("a stream's chunk before this one was not written", code="stream_chunk_lost")
+            if not done:
                 tx.run("UPDATE campaign_streams SET targets = (SELECT targets FROM link_ranges r WHERE r.tenant = ? AND "
                        "r.campaign_id = ?) WHERE tenant = ? AND campaign_id = ? AND targets IS NULL",
                        (tenant, campaign_id, tenant, campaign_id))  # fmt: skip
