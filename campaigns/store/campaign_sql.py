@@ -235,6 +235,11 @@ def _plan_named(tx: Any, reads_name: bool, *, keys_only: bool = False) -> str:
     return ", ".join(f"{e} AS {n}" for e, n in (exprs[4:] if keys_only else exprs))
 
 
+def _stream_key(tenant: str, campaign_id: int) -> str:
+    """The text of a stream's advisory locks (with the slot a chunk ends at: ``freeze_stream``)."""
+    return f"sluice:stream:{tenant}:{campaign_id}"
+
+
 def _temp(tx: Any, name: str, columns: str = "") -> str:
     """``CREATE TEMP TABLE name columns``: dropped at commit on PostgreSQL (``_drop_launch_temps`` on SQLite)."""
     return f"CREATE TEMP TABLE {name} {columns}{' ON COMMIT DROP' if tx.pg else ''}"
@@ -606,6 +611,8 @@ class CampaignSql(ReportSql):
             if begun is not None:
                 top = tx.one("SELECT MAX(id) FROM launch_aud") if got else None
                 announced = int(top[0]) if top and top[0] is not None else after
+                if tx.pg:  # held to the end of this transaction: the chunk starting from here waits on it
+                    tx.one("SELECT pg_advisory_xact_lock(hashtext(?), ?)", (_stream_key(tenant, campaign_id), base + got))
                 begun(announced, base + got, done)
             last_id = after
             if got:
@@ -622,8 +629,12 @@ class CampaignSql(ReportSql):
                      for b in range(base // batch_size, -(-(base + got) // batch_size))}  # fmt: skip
             if sizes or base == 0:  # (an empty audience: the marker batch)
                 _write_batches(tx, tenant, campaign_id, sizes, now)
-            # The cursor moves only from where this chunk started (a chunk started beside the one
-            # before waits here for that one's commit; the one before rolled back: this one too).
+            # The cursor moves only from where this chunk started: a chunk started beside the one
+            # before waits here until that one's transaction is over (the lock it took before
+            # announcing where this one starts), then finds the cursor moved (it committed) or not
+            # (it rolled back: this one is refused, rolled back too).
+            if start is not None and tx.pg:
+                tx.one("SELECT pg_advisory_xact_lock(hashtext(?), ?)", (_stream_key(tenant, campaign_id), base))
             if done:
                 moved = tx.run("DELETE FROM campaign_streams WHERE tenant = ? AND campaign_id = ? AND next_slot = ?",
                                (tenant, campaign_id, base))  # fmt: skip
