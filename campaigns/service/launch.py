@@ -983,7 +983,7 @@ class Launcher:
         chunk order; a failure is handed to the batches waiting for it (the chunk after a failed one
         fails too: nothing is committed past a chunk that was not). The freeze stays within two
         chunks of the bodies (``ahead`` batches a chunk)."""
-        t0, spent = time.perf_counter(), [0.0, 0]
+        t0, spent = time.perf_counter(), [0.0, 0, False]  # thread CPU, chunks written, a chunk failed
         start: tuple[int, int] | None = None
         first: int | None = gate.pending
         before: anyio.Event | None = None
@@ -995,7 +995,7 @@ class Launcher:
                 tg.start_soon(self._stream_chunk, steps[k % len(steps)], now, start, known, nxt, before, finished, gate,
                               spent)  # fmt: skip
                 await known.wait()
-                start = nxt[0]
+                start = None if spent[2] else nxt[0]  # a failure: no more chunks (the next one is refused anyway)
                 first, before, k = None if start is None else start[1] // size, finished, k + 1
         if gate.failed is None:
             log.info("campaign.frozen.chunks tenant=%s campaign=%d chunks=%d seconds=%.3f thread_cpu_s=%.3f at_once=%d",
@@ -1006,7 +1006,8 @@ class Launcher:
                             finished: anyio.Event, gate: _Frozen, spent: list[Any]) -> None:  # fmt: skip
         """One chunk of ``_stream_rest``: ``known`` set once its audience is (``nxt``: where the next chunk
         starts, None when this is the last or it failed first), ``gate`` moved on once the chunk before
-        has moved it (``before``), then ``finished``."""
+        has moved it (``before``), then ``finished``; ``spent``: the thread CPU, the chunks written, and
+        whether one failed (then no further chunk is started)."""
 
         def begun(last: int, slot: int, done: bool) -> None:  # in the chunk's thread, inside its transaction
             nxt.append(None if done else (last, slot))
@@ -1018,7 +1019,7 @@ class Launcher:
             pending, cpu = await self._run(_timed, step, now, start, begun)
             spent[0], spent[1] = spent[0] + cpu, spent[1] + 1
         except Exception as exc:  # noqa: BLE001  # raised by the submit side, which waits on it
-            failure = exc
+            failure, spent[2] = exc, True
         if not nxt:  # failed (or found the stream done) before its audience was known: no next chunk
             nxt.append(None)
         known.set()
