@@ -13,7 +13,9 @@ real `sluice serve` hosting both layers (the path a shop sees), on SQLite or Pos
    is idle (its start-up tick, every score refreshed and every segment rebuilt, is not the
    launch's: ``startup_settle_s`` is the wait). ``launch_server_cpu_s``: the
    `serve` process's CPU time over the launch (both layers; /proc), ``launch_cpu_us_per_recipient``
-   the same per recipient launched: the figures a loaded machine cannot inflate.
+   the same per recipient launched: the figures a loaded machine cannot inflate. On PostgreSQL,
+   ``launch_pg_server_cpu_s`` / ``launch_pg_cpu_us_per_recipient``: the server's processes' CPU
+   over the launch (the freeze's statements run there).
 3. Outcomes (not timed): every recipient delivered (and priced), N/10 human clicks, N/50 orders and
    N/1000 opt-outs written straight into the store, then ANALYZE (a live store has its statistics).
 4. ``redirects_per_s`` / ``redirect_p99_ms``: ``bench.redirect_load`` in its own process, keep-alive
@@ -45,6 +47,7 @@ import anyio
 import click
 import httpx
 
+from bench import postgres as pgbench
 from bench.audience import throwaway_postgres
 from bench.machine import describe
 from bench.output import out_option, save
@@ -125,7 +128,8 @@ def load_audience(url: str, n: int, now: float, seed: int, m: int) -> int:
 
 
 def write_config(tmp: Path, store_url: str, workers: int | str = 0, short_port: bool = True,
-                 freeze_chunk: int | None = None, post_window: int | None = None, stream_chunk: int | None = None) -> Path:
+                 freeze_chunk: int | None = None, post_window: int | None = None, stream_chunk: int | None = None,
+                 stream_window: int | None = None) -> Path:
     path = tmp / "sluice.toml"
     path.write_text(f"""
 [api]
@@ -158,6 +162,7 @@ sync_interval = 5.0
 {f"launch_freeze_chunk = {freeze_chunk}" if freeze_chunk else ""}
 {f"launch_post_window = {post_window}" if post_window else ""}
 {f"launch_stream_chunk = {stream_chunk}" if stream_chunk is not None else ""}
+{f"launch_stream_window = {stream_window}" if stream_window is not None else ""}
 [[campaigns.tenants]]
 name = "{TENANT}"
 key_env = "BENCH_C_KEY"
@@ -344,6 +349,19 @@ def _descendants_cpu_s(pid: int) -> float:
     return total
 
 
+@contextlib.contextmanager
+def _pg_backend(url: str) -> Iterator[int | None]:
+    """A backend pid of the PostgreSQL server at ``url``, its connection held open meanwhile (the
+    server's processes' CPU is read through it); None on SQLite."""
+    if url.startswith("sqlite:"):
+        yield None
+        return
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        yield int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+
+
 async def _settled(pid: int, *, window: float = 0.5, idle: float = 0.1, windows: int = 4, deadline: float = 300.0) -> float:
     """Wait (bounded) until `serve` is idle: its start-up work (the audience's first tick refreshes
     every score and rebuilds every segment of the N subscribers: seconds at 1M) is not the launch's,
@@ -380,14 +398,17 @@ def _redirects(port: int, codes_file: Path, seconds: float, concurrency: int, se
 
 async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs: int, seconds: float,
                    concurrency: int, workers: int | str, seed: int, via: str, freeze_chunk: int | None = None,
-                   post_window: int | None = None, stream_chunk: int | None = None) -> dict[str, Any]:  # fmt: skip
+                   post_window: int | None = None, stream_chunk: int | None = None,
+                   stream_window: int | None = None) -> dict[str, Any]:  # fmt: skip
     env = {"BENCH_GW_KEY": GW_KEY, "BENCH_C_KEY": C_KEY, "BENCH_LINK_KEY": LINK_KEY,
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # fmt: skip
     config = write_config(tmp, store_url, workers, short_port=via == "short", freeze_chunk=freeze_chunk,
-                          post_window=post_window, stream_chunk=stream_chunk)  # fmt: skip
+                          post_window=post_window, stream_chunk=stream_chunk, stream_window=stream_window)  # fmt: skip
     cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", str(config), "--port", "0"]
     out: dict[str, Any] = {"redirects_via": via}
-    async with start(cmd, name="sluice", env=env, timeout=120) as serve:
+    async with start(cmd, name="sluice", env=env, timeout=120) as serve, contextlib.AsyncExitStack() as astack:
+        stack = contextlib.ExitStack()
+        astack.callback(stack.close)
         cport = int((await serve.line(120))["campaigns"])
         rport = cport
         if via == "short":  # the short domains' own listener (campaigns/service/short_http.py)
@@ -400,6 +421,8 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
                           "audience": {"include": [seg]}, "schedule": {"kind": "at", "at": time.time() + DAY},
                           "batch_size": 5000}  # fmt: skip
             out["startup_settle_s"] = await _settled(serve.pid)
+            pg = stack.enter_context(_pg_backend(store_url))
+            pg0 = pgbench.server_cpu(pg) if pg else {}
             t0, cpu0, kids0 = time.perf_counter(), _cpu_s(serve.pid), _descendants_cpu_s(serve.pid)
             r = await c.post("/v1/campaigns", json={"name": "spring", "definition": definition})
             r.raise_for_status()
@@ -408,6 +431,8 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
             out["launch_to_accepted_s"] = time.perf_counter() - t0
             out["launch_server_cpu_s"] = _cpu_s(serve.pid) - cpu0  # both layers: what a loaded machine cannot hide
             out["launch_workers_cpu_s"] = _descendants_cpu_s(serve.pid) - kids0  # its check workers (api.ingest_workers)
+            if pg:  # the server's processes (a backend that ended in between is not counted)
+                out["launch_pg_server_cpu_s"] = pgbench.cpu_spent(pg0, pgbench.server_cpu(pg))
             r.raise_for_status()
             launched = r.json()
             if launched["status"] != "launched" or launched["accepted"] != launched["recipients"]:
@@ -415,6 +440,8 @@ async def _measure(tmp: Path, store_url: str, seg: int, n: int, big: bool, runs:
             out.update(recipients=launched["recipients"], accepted=launched["accepted"], batches=launched["batches"])
             out["launch_cpu_us_per_recipient"] = out["launch_server_cpu_s"] * 1e6 / max(1, launched["recipients"])
             out["launch_workers_cpu_us_per_recipient"] = out["launch_workers_cpu_s"] * 1e6 / max(1, launched["recipients"])
+            if pg:
+                out["launch_pg_cpu_us_per_recipient"] = out["launch_pg_server_cpu_s"] * 1e6 / max(1, launched["recipients"])
             if big:  # the redirect and attribution phases on a campaign of all N, written straight in
                 cid = await anyio.to_thread.run_sync(seed_frozen, store_url, n, time.time(), seed)
             out["outcomes"] = await anyio.to_thread.run_sync(seed_outcomes, store_url, cid, n, seed)
@@ -473,7 +500,7 @@ def _click_rows(url: str) -> dict[str, int]:
 
 def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, concurrency: int, workers: int | str, seed: int,
         pg_url: str | None, via: str = "short", freeze_chunk: int | None = None, post_window: int | None = None,
-        stream_chunk: int | None = None) -> dict:  # fmt: skip
+        stream_chunk: int | None = None, stream_window: int | None = None) -> dict:  # fmt: skip
     now = time.time()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sluice-bench-campaign-")))
@@ -486,7 +513,7 @@ def run(engine: str, n: int, launch_n: int | None, runs: int, seconds: float, co
         setup_s = time.perf_counter() - t0
         big = launch_n is not None and launch_n < n
         out = anyio.run(_measure, tmp, url, seg, n, big, runs, seconds, concurrency, workers, seed, via, freeze_chunk,
-                        post_window, stream_chunk)  # fmt: skip
+                        post_window, stream_chunk, stream_window)  # fmt: skip
     return {"scenario": "campaign", "engine": engine, "subscribers": n, "launched": launch_n or n, "setup_s": setup_s, **out,
             "load": os.getloadavg(), "machine": describe()}  # fmt: skip
 
@@ -516,25 +543,30 @@ TARGETS = {"launch_to_accepted_s": ("<=", 15.0), "redirects_per_s": (">=", 5000.
               help="serve's campaigns.launch_post_window (default: its own, 1 batch in flight).")
 @click.option("--stream-chunk", type=click.IntRange(min=0), default=None,
               help="serve's campaigns.launch_stream_chunk (default: its own, 20,000; 0: no streamed freeze).")
+@click.option("--stream-window", type=click.IntRange(min=1, max=2), default=None,
+              help="serve's campaigns.launch_stream_window (default: its own, 2 chunks at once on PostgreSQL, 1 on SQLite).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @out_option
 def bench_campaign(n: int, launch_n: int | None, engine: str, pg_url: str | None, runs: int, redirect_seconds: float,
                    concurrency: int, ingest_workers: str, via: str, freeze_chunk: int | None, post_window: int | None,
-                   stream_chunk: int | None, seed: int, json_path: str | None, out_dir: str | None) -> None:  # fmt: skip
+                   stream_chunk: int | None, stream_window: int | None, seed: int, json_path: str | None,
+                   out_dir: str | None) -> None:  # fmt: skip
     """Launch to the gateway's 202s, redirects per second and their p99, attribution of orders."""
     if n < 10 or runs < 1 or not 0 < redirect_seconds <= 120 or concurrency < 1:
         raise click.BadParameter("--recipients >= 10, --runs >= 1, 0 < --redirect-seconds <= 120, --concurrency >= 1")
     workers: int | str = ingest_workers if ingest_workers == "auto" else int(ingest_workers)
     r = run(engine, n, launch_n, runs, redirect_seconds, concurrency, workers, seed, pg_url, via, freeze_chunk,
-            post_window, stream_chunk)
+            post_window, stream_chunk, stream_window)
     click.echo(f"sluice bench campaign: {engine}, {n:,} subscribers, {r['recipients']:,} recipients, "
                f"{r['batches']} batches, load {r['load'][0]:.2f}")  # fmt: skip
     for key, (op, target) in TARGETS.items():
         ok = r[key] <= target if op == "<=" else r[key] >= target
         click.echo(f"  {key:<24} {r[key]:>12,.3f}   target {op} {target:g}  {'ok' if ok else 'MISSED'}")
     click.echo(f"  server CPU for the launch {r['launch_server_cpu_s']:.2f} s ({r['launch_cpu_us_per_recipient']:.0f} us a recipient); "
-               f"its child processes {r['launch_workers_cpu_s']:.2f} s ({r['launch_workers_cpu_us_per_recipient']:.0f} us)")
+               f"its child processes {r['launch_workers_cpu_s']:.2f} s ({r['launch_workers_cpu_us_per_recipient']:.0f} us)"
+               + (f"; PostgreSQL's processes {r['launch_pg_server_cpu_s']:.2f} s ({r['launch_pg_cpu_us_per_recipient']:.0f} us)"
+                  if "launch_pg_server_cpu_s" in r else ""))  # fmt: skip
     click.echo(f"  server CPU per redirect {r['redirect_server_cpu_us']:.0f} us (p50 {r['redirect_p50_ms']:.2f} ms; "
                f"via {r['redirects_via']}); load generator {r['redirect_load_cpu_us']:.0f} us")
     click.echo(f"  outcomes {r['outcomes']}  report totals {r['report_totals']}")

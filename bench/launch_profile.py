@@ -22,10 +22,11 @@ from campaigns.store.base import Store
 from campaigns.store.campaign_rows import CampaignRow
 
 
-def ready_campaign(tmp: str, n: int) -> tuple[Store, CampaignRow, launch.TenantLinks, float]:
-    """A seeded SQLite store in ``tmp`` (the audience of `sluice bench campaign`, ``n`` subscribers)
-    and its campaign, ``launching``: the store, the campaign, the tenant's links and ``now``."""
-    url = f"sqlite:///{Path(tmp) / 'campaigns.db'}"
+def ready_campaign(tmp: str, n: int, url: str | None = None) -> tuple[Store, CampaignRow, launch.TenantLinks, float]:
+    """A seeded store (SQLite in ``tmp``, or the empty PostgreSQL database ``url``; the audience of
+    `sluice bench campaign`, ``n`` subscribers) and its campaign, ``launching``: the store, the
+    campaign, the tenant's links and ``now``."""
+    url = url or f"sqlite:///{Path(tmp) / 'campaigns.db'}"
     now = time.time()
     seg = bc.load_audience(url, n, now, 1, n)
     store = open_store(url)

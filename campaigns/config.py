@@ -178,6 +178,10 @@ class CampaignSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # each chunk's batches posted while the next is frozen (docs/ARCHITECTURE.md, "A streamed
     # freeze"). Unset: 20,000 on both engines. 0: no stream (the plan of the whole audience first).
     launch_stream_chunk: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    # A stream's chunks frozen at once: 2, the next chunk started on a second connection once this
+    # one's audience is known (docs/ARCHITECTURE.md, "Two chunks of a stream at once"). Unset: 2 on
+    # PostgreSQL (the server's statements on two cores), 1 on SQLite (one writer whatever the connections).
+    launch_stream_window: Annotated[int, msgspec.Meta(ge=1, le=2)] | None = None
     tenants: list[TenantSettings] = []
 
     def __post_init__(self) -> None:

@@ -42,6 +42,7 @@ from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectSendStream
 import msgspec
@@ -428,16 +429,18 @@ def send_time(spec: CampaignSpec, tl: TenantLinks, now: float) -> float:
 
 
 def stream_steps(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, chunk: int,
-                 lines: dict[int, list[tuple[str, str, str]]] | None = None) -> Callable[[float], int | None]:  # fmt: skip
-    """``stream_step`` for each next chunk of one launch (``step(now)``), the chunks sharing one
-    ``TextCache``: a first name's text is rendered once a launch, not once a chunk."""
+                 lines: dict[int, list[tuple[str, str, str]]] | None = None) -> Callable[..., int | None]:  # fmt: skip
+    """``stream_step`` for each next chunk of one launch (``step(now, start=None, begun=None)``), the
+    chunks sharing one ``TextCache``: a first name's text is rendered once a launch, not once a chunk
+    (one ``stream_steps`` a thread: two chunks at once each have their own)."""
     cache = TextCache(parse_spec(camp.definition))
-    return lambda now: stream_step(store, tenant, camp, tl, chunk, now, cache, lines)
+    return lambda now, start=None, begun=None: stream_step(store, tenant, camp, tl, chunk, now, cache, lines, start, begun)
 
 
 def _freeze_stream(store: Store, tenant: str, camp: CampaignRow, spec: CampaignSpec, tl: TenantLinks, now: float,
                    chunk: int, cache: TextCache | None = None,
-                   lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None:  # fmt: skip
+                   lines: dict[int, list[tuple[str, str, str]]] | None = None, start: tuple[int, int] | None = None,
+                   begun: Callable[[int, int, bool], None] | None = None) -> int | None:  # fmt: skip
     """The next chunk of a streamed freeze (the first one starts it: the audience as of ``now``); the
     first batch still to be frozen, None when the stream is done. A later chunk whose texts link other
     URLs (``streamable`` rules that out) is a ``Conflict``, raised before anything of it is written."""
@@ -447,21 +450,23 @@ def _freeze_stream(store: Store, tenant: str, camp: CampaignRow, spec: CampaignS
                                batch_size=spec.batch_size, chunk=chunk_batches(spec, chunk),
                                smart_window_s=spec.smart_sending_hours * schedule.HOUR, reads_name=reads_name,
                                send_at=send_time(spec, tl, now), zones=zones, texts=texts, now=now,
-                               expires_at=expires, lines=lines)  # fmt: skip
+                               expires_at=expires, lines=lines, **({"start": start, "begun": begun} if begun else {}))  # fmt: skip
 
 
 def stream_step(store: Store, tenant: str, camp: CampaignRow, tl: TenantLinks, chunk: int, now: float,
-                cache: TextCache | None = None, lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None:  # fmt: skip
+                cache: TextCache | None = None, lines: dict[int, list[tuple[str, str, str]]] | None = None,
+                start: tuple[int, int] | None = None, begun: Callable[[int, int, bool], None] | None = None) -> int | None:  # fmt: skip
     """Freeze the next chunk of a stream started by ``freeze(stream=...)`` (one transaction: its rows and
     batches committed, then postable); the first batch still to be frozen, None when none is.
     ``cache``: the texts rendered by the chunks before (``stream_steps``); ``lines``: filled with the
-    chunk's batches' ``(phone, text, tz)`` once committed (as ``freeze`` fills it)."""
+    chunk's batches' ``(phone, text, tz)`` once committed (as ``freeze`` fills it); ``start`` and
+    ``begun``: a chunk started beside the one before (``Store.freeze_stream``)."""
     spec = cache.spec if cache is not None else parse_spec(camp.definition)
     for seg in [*spec.audience.include, *spec.audience.exclude]:
         if store.segment(tenant, seg) is None:
             raise NotFound(f"no segment {seg}", code="segment_not_found", field="audience")
     try:
-        pending = _freeze_stream(store, tenant, camp, spec, tl, now, chunk, cache, lines)
+        pending = _freeze_stream(store, tenant, camp, spec, tl, now, chunk, cache, lines, start, begun)
         return None if pending == -1 else pending
     except _NotSetBased:
         raise Conflict("a streamed launch's texts link other URLs than its first chunk's",
@@ -857,14 +862,19 @@ class Launcher:
     next chunk is written (docs/ARCHITECTURE.md, "A chunked freeze"); None: in one transaction.
     ``freeze_store``: where the chunks are written (a connection of their own; default ``store``).
     ``post_window``: batches posted and not yet answered at once (the gateway ingests the next one
-    while it writes and answers this one; docs/ARCHITECTURE.md, "Which core does what during a launch")."""
+    while it writes and answers this one; docs/ARCHITECTURE.md, "Which core does what during a launch").
+    ``stream_store``: a second connection for a stream's chunks; given, two chunks are frozen at once,
+    each on its own connection, the next one started once this one's audience is known
+    (docs/ARCHITECTURE.md, "Two chunks of a stream at once"; PostgreSQL: the server's work on two
+    cores)."""
 
     def __init__(self, store: Store, clients: Mapping[str, GatewayClient], tenants: Mapping[str, TenantLinks],
                  clock: Callable[[], float], *, callback_urls: Mapping[str, str] | None = None,
                  freeze_chunk: int | None = DEFAULT_FREEZE_CHUNK, freeze_store: Store | None = None,
-                 post_window: int = POST_WINDOW, stream_chunk: int | None = DEFAULT_STREAM_CHUNK) -> None:  # fmt: skip
+                 post_window: int = POST_WINDOW, stream_chunk: int | None = DEFAULT_STREAM_CHUNK,
+                 stream_store: Store | None = None) -> None:  # fmt: skip
         self.store, self.clients, self.tenants, self.clock = store, clients, tenants, clock
-        self.post_window, self.stream_chunk = post_window, stream_chunk
+        self.post_window, self.stream_chunk, self.stream_store = post_window, stream_chunk, stream_store
         self.freeze_chunk, self.freeze_store = freeze_chunk, freeze_store or store
         set_keys = getattr(store, "set_link_keys", None)  # range codes are decoded with the tenants' keys
         if set_keys is not None:
@@ -908,13 +918,16 @@ class Launcher:
                                  self.store, tenant, camp, tl, now)  # fmt: skip
         size = parse_spec(camp.definition).batch_size
         step: Callable[[], int | None] = partial(freeze_step, self.freeze_store, tenant, camp, tl, self.freeze_chunk or 1)
-        pending, ahead = None, None
+        pending, ahead, rest = None, None, None
         if hasattr(self.store, "stream_pending"):  # a stream started now or by an earlier launch (continued either way)
             pending = await self._run(self.store.stream_pending, tenant, campaign_id, size)
             if pending is not None:
                 chunk = self.stream_chunk or DEFAULT_STREAM_CHUNK
                 step = partial(stream_steps(self.freeze_store, tenant, camp, tl, chunk, lines), now)
                 ahead = chunk_batches(parse_spec(camp.definition), chunk)
+                if self.stream_store is not None:  # two chunks at once, a connection each
+                    steps = [stream_steps(s, tenant, camp, tl, chunk, lines) for s in (self.freeze_store, self.stream_store)]
+                    rest = partial(self._stream_rest, tenant, camp, steps, now, size, ahead)
         if pending is None and self.freeze_chunk is not None:
             pending = await self._run(self.store.plan_pending, tenant, campaign_id, size)
         gate = _Frozen(pending)
@@ -923,7 +936,9 @@ class Launcher:
                  tenant, campaign_id, t1 - t0, c1 - c0, own, gate.pending)  # fmt: skip
         failed: Exception | None = None
         async with anyio.create_task_group() as tg:
-            if gate.pending is not None:
+            if gate.pending is not None and rest is not None:
+                tg.start_soon(rest, gate)
+            elif gate.pending is not None:
                 tg.start_soon(self._freeze_rest, tenant, camp, step, gate, ahead)
             try:
                 await self._submit(client, tenant, camp, lines, gate)
@@ -959,6 +974,63 @@ class Launcher:
             return
         log.info("campaign.frozen.chunks tenant=%s campaign=%d chunks=%d seconds=%.3f thread_cpu_s=%.3f", tenant,
                  camp.id, chunks, time.perf_counter() - t0, own)  # fmt: skip
+
+    async def _stream_rest(self, tenant: str, camp: CampaignRow, steps: Sequence[Callable[..., int | None]], now: float,
+                           size: int, ahead: int, gate: _Frozen) -> None:  # fmt: skip
+        """A stream's remaining chunks, two at once: chunk k+1 starts (on the other connection, from
+        where chunk k's audience ends) once chunk k's audience is known, while chunk k writes its rows;
+        its cursor update waits for chunk k's commit (``Store.freeze_stream``). ``gate`` moves on in
+        chunk order; a failure is handed to the batches waiting for it (the chunk after a failed one
+        fails too: nothing is committed past a chunk that was not). The freeze stays within two
+        chunks of the bodies (``ahead`` batches a chunk)."""
+        t0, spent = time.perf_counter(), [0.0, 0, False]  # thread CPU, chunks written, a chunk failed
+        start: tuple[int, int] | None = None
+        first: int | None = gate.pending
+        before: anyio.Event | None = None
+        async with anyio.create_task_group() as tg:
+            k = 0
+            while first is not None:
+                await gate.wait_taken(first - 2 * ahead)
+                known, finished, nxt = anyio.Event(), anyio.Event(), []
+                tg.start_soon(self._stream_chunk, steps[k % len(steps)], now, start, known, nxt, before, finished, gate,
+                              spent)  # fmt: skip
+                await known.wait()
+                start = None if spent[2] else nxt[0]  # a failure: no more chunks (the next one is refused anyway)
+                first, before, k = None if start is None else start[1] // size, finished, k + 1
+        if gate.failed is None:
+            log.info("campaign.frozen.chunks tenant=%s campaign=%d chunks=%d seconds=%.3f thread_cpu_s=%.3f at_once=%d",
+                     tenant, camp.id, spent[1], time.perf_counter() - t0, spent[0], len(steps))  # fmt: skip
+
+    async def _stream_chunk(self, step: Callable[..., int | None], now: float, start: tuple[int, int] | None,
+                            known: anyio.Event, nxt: list[tuple[int, int] | None], before: anyio.Event | None,
+                            finished: anyio.Event, gate: _Frozen, spent: list[Any]) -> None:  # fmt: skip
+        """One chunk of ``_stream_rest``: ``known`` set once its audience is (``nxt``: where the next chunk
+        starts, None when this is the last or it failed first), ``gate`` moved on once the chunk before
+        has moved it (``before``), then ``finished``; ``spent``: the thread CPU, the chunks written, and
+        whether one failed (then no further chunk is started)."""
+
+        def begun(last: int, slot: int, done: bool) -> None:  # in the chunk's thread, inside its transaction
+            nxt.append(None if done else (last, slot))
+            anyio.from_thread.run_sync(known.set)
+
+        failure: BaseException | None = None
+        pending: int | None = None
+        try:
+            pending, cpu = await self._run(_timed, step, now, start, begun)
+            spent[0], spent[1] = spent[0] + cpu, spent[1] + 1
+        except Exception as exc:  # noqa: BLE001  # raised by the submit side, which waits on it
+            failure, spent[2] = exc, True
+        if not nxt:  # failed (or found the stream done) before its audience was known: no next chunk
+            nxt.append(None)
+        known.set()
+        if before is not None:
+            await before.wait()
+        if failure is not None or gate.failed is not None:
+            if gate.failed is None:
+                gate.fail(failure)  # type: ignore[arg-type]
+        else:
+            gate.advance(pending)
+        finished.set()
 
     async def _submit(self, client: GatewayClient, tenant: str, camp: CampaignRow,
                       lines: dict[int, list[tuple[str, str, str]]] | None = None, gate: _Frozen | None = None) -> None:  # fmt: skip

@@ -128,10 +128,13 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
     # The chunks of a freeze (PostgreSQL) on a connection of their own too: on the launcher's, each
     # chunk's transaction held up the batches' reads and answers being posted meanwhile.
     freeze_store = await anyio.to_thread.run_sync(open_store, settings.store_url) if own else None
+    # And a stream's next chunk on a second one, started beside the chunk before (PostgreSQL).
+    two = own and (settings.launch_stream_window or 2) == 2
+    stream_store = await anyio.to_thread.run_sync(open_store, settings.store_url) if two else None
     chunk = freeze_chunk_for(settings.launch_freeze_chunk, getattr(store, "engine", "sqlite"))
     launcher = Launcher(launch_store, clients, links, time.time, callback_urls=callback_urls(settings),
                         freeze_chunk=chunk, freeze_store=freeze_store, post_window=settings.launch_post_window,
-                        stream_chunk=stream_chunk_for(settings.launch_stream_chunk))  # fmt: skip
+                        stream_chunk=stream_chunk_for(settings.launch_stream_chunk), stream_store=stream_store)  # fmt: skip
     tracker = Tracker(launcher)
     if launch_store is not store:  # range codes resolve on either connection (launch.py sets the launcher's)
         store.set_link_keys({name: t.key for name, t in links.items()})
@@ -210,4 +213,6 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
             launch_store.close()
         if freeze_store is not None:
             freeze_store.close()
+        if stream_store is not None:
+            stream_store.close()
         store.close()

@@ -199,7 +199,9 @@ class Store(Protocol):
                       send_at: float, zones: Callable[[list[str | None]], Mapping[str | None, tuple[str, float | None]]],
                       texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts],
                       now: float, expires_at: float | None = None,
-                      lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None: ...  # the next chunk of a stream
+                      lines: dict[int, list[tuple[str, str, str]]] | None = None,
+                      start: tuple[int, int] | None = None,
+                      begun: Callable[[int, int, bool], None] | None = None) -> int | None: ...  # the next chunk of a stream
     def stream_pending(self, tenant: str, campaign_id: int, batch_size: int) -> int | None: ...  # first batch to stream
     def url_like_names(self, tenant: str) -> bool: ...  # a subscriber's first name holds a URL
     def launch_audience(self, tenant: str, include: Sequence[int], exclude: Sequence[int],

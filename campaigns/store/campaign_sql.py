@@ -15,7 +15,7 @@ from campaigns.core import flows as F
 from campaigns.core import link_table
 from campaigns.core import links as core_links
 from campaigns.core.events import ShopEvent
-from campaigns.errors import Conflict, NotFound
+from campaigns.errors import Conflict, NotFound, StorageError
 from campaigns.store import click_sql
 from campaigns.store.flow_sql import enqueue_inputs
 from campaigns.store.report_sql import ReportSql
@@ -214,12 +214,30 @@ def _sent_expr(tx: Any, pending: bool) -> str:
     return sent
 
 
-def _plan_cols(tx: Any, reads_name: bool) -> str:
-    """``launch_plan``'s columns from ``launch_aud a`` and ``launch_zones z``: id, phone, send time, zone,
-    first marketing message or not, language (NULL kept apart), first name where the template reads it."""
+def _plan_exprs(tx: Any, reads_name: bool) -> list[tuple[str, str]]:
+    """``launch_plan``'s columns from ``launch_aud a`` and ``launch_zones z``, each ``(expression, name)``:
+    id, phone, send time, zone, first marketing message or not (``f``), language (NULL kept apart), first
+    name where the template reads it; the last three are a recipient's text key."""
     two = "chr(2)" if tx.pg else "char(2)"
-    return (f"a.id, a.phone, z.send_at, z.zone, CASE WHEN a.sent IS NULL AND a.stat IS NULL THEN 1 ELSE 0 END, "
-            f"COALESCE(a.language, {two}), {'COALESCE(a.first_name, {})'.format(repr('')) if reads_name else repr('')}")  # fmt: skip
+    return [("a.id", "id"), ("a.phone", "phone"), ("z.send_at", "send_at"), ("z.zone", "zone"),
+            ("CASE WHEN a.sent IS NULL AND a.stat IS NULL THEN 1 ELSE 0 END", "f"), (f"COALESCE(a.language, {two})", "lang"),
+            ("COALESCE(a.first_name, '')" if reads_name else "''", "name")]  # fmt: skip
+
+
+def _plan_cols(tx: Any, reads_name: bool) -> str:
+    """``_plan_exprs``' expressions, in order (an ``INSERT INTO launch_plan``'s select list)."""
+    return ", ".join(e for e, _ in _plan_exprs(tx, reads_name))
+
+
+def _plan_named(tx: Any, reads_name: bool, *, keys_only: bool = False) -> str:
+    """``_plan_exprs`` as a select list naming each column (only the text key's three with ``keys_only``)."""
+    exprs = _plan_exprs(tx, reads_name)
+    return ", ".join(f"{e} AS {n}" for e, n in (exprs[4:] if keys_only else exprs))
+
+
+def _stream_key(tenant: str, campaign_id: int) -> str:
+    """The text of a stream's advisory locks (with the slot a chunk ends at: ``freeze_stream``)."""
+    return f"sluice:stream:{tenant}:{campaign_id}"
 
 
 def _temp(tx: Any, name: str, columns: str = "") -> str:
@@ -422,10 +440,11 @@ class CampaignSql(ReportSql):
         return sizes
 
     @staticmethod
-    def _text_keys(tx: Any, keys: set[tuple[int, str, str]]) -> tuple[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]]:
-        """Each distinct ``(first, language, name)`` of ``launch_plan`` as a ``TextKey``, and a function
-        that finds which of some keys comes first in send order, with its recipient (the one a render
-        error names: read only then)."""
+    def _text_keys(tx: Any, keys: set[tuple[int, str, str]],
+                   source: str = "launch_plan") -> tuple[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]]:  # fmt: skip
+        """Each distinct ``(first, language, name)`` of ``launch_plan`` (or ``source``: rows of its
+        columns) as a ``TextKey``, and a function that finds which of some keys comes first in send
+        order, with its recipient (the one a render error names: read only then)."""
         out = [TextKey(key=f"{f}\x01{lang}\x01{name}", first_name=name or None,
                        language=None if lang == "\x02" else lang, first=bool(f)) for f, lang, name in sorted(keys)]  # fmt: skip
 
@@ -433,7 +452,7 @@ class CampaignSql(ReportSql):
             found = []
             for k in some:
                 f, lang, name = k.key.split("\x01", 2)
-                row = tx.one("SELECT pos, id FROM launch_plan WHERE f = ? AND lang = ? AND name = ? ORDER BY pos LIMIT 1",
+                row = tx.one(f"SELECT pos, id FROM {source} lp WHERE f = ? AND lang = ? AND name = ? ORDER BY pos LIMIT 1",
                              (int(f), lang, name))  # fmt: skip
                 found.append((int(row[0]), int(row[1]), k))
             _pos, sid, k = min(found, key=lambda x: x[0])
@@ -544,7 +563,9 @@ class CampaignSql(ReportSql):
                       send_at: float, zones: Callable[[list[str | None]], Mapping[str | None, tuple[str, float | None]]],
                       texts: Callable[[list[TextKey], Callable[[Sequence[TextKey]], tuple[TextKey, int]]], SetTexts],
                       now: float, expires_at: float | None = None,
-                      lines: dict[int, list[tuple[str, str, str]]] | None = None) -> int | None:  # fmt: skip
+                      lines: dict[int, list[tuple[str, str, str]]] | None = None,
+                      start: tuple[int, int] | None = None,
+                      begun: Callable[[int, int, bool], None] | None = None) -> int | None:  # fmt: skip
         """Freeze the next chunk of a streamed launch (docs/ARCHITECTURE.md, "A streamed freeze"), one
         transaction: the next ``chunk`` batches' worth of kept recipients in subscriber id order after
         the stored cursor (the first call starts the stream: the audience as of ``now``, everyone sent
@@ -552,10 +573,20 @@ class CampaignSql(ReportSql):
         their batches with them; the cursor moved on. Returns the first batch still to be frozen, None
         when the stream is done, -1 when the campaign was frozen already (nothing written). ``lines``:
         filled, once the chunk is committed, with each of its batches' ``(phone, text, tz)`` in slot
-        order (``batch_lines``, read in the chunk's transaction: the bodies need no read of their own)."""
+        order (``batch_lines``, read in the chunk's transaction: the bodies need no read of their own).
+
+        Two chunks at once (PostgreSQL, each on a connection of its own; docs/ARCHITECTURE.md, "Two
+        chunks of a stream at once"): ``begun(last_id, next_slot, done)`` is called once this chunk's
+        audience is known (before its rows are written), so the next chunk can start from there
+        (``start``: ``(after_id, next_slot)`` instead of the stored cursor, which the chunk before has
+        not committed yet). The cursor is moved only from the slot this chunk starts at: a chunk whose
+        chunk before did not commit (its row lock waited for, then the cursor found elsewhere) is a
+        ``Conflict``, rolled back whole."""
         need = max(1, chunk) * batch_size
         written: dict[int, list[tuple[str, str, str]]] = {}
         with self._tx() as tx:
+            if tx.pg:  # a chunk's statements are short: JIT compiling them cost more than it saved (70 ms a chunk)
+                tx.run("SET LOCAL jit = off")
             cur = tx.one("SELECT after_id, next_slot, max_id, bound, as_of, send_at, targets FROM campaign_streams "
                          "WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))  # fmt: skip
             if cur is None:
@@ -570,14 +601,25 @@ class CampaignSql(ReportSql):
                 after, base, max_id, bound, as_of, send_at = (int(cur[0]), int(cur[1]), int(cur[2]), int(cur[3]),
                                                               float(cur[4]), float(cur[5]))  # fmt: skip
                 targets = None if cur[6] is None else tuple(msgspec.json.decode(cur[6]))
+                if start is not None:
+                    after, base = start
             _drop_launch_temps(tx)
             got = self._stream_audience(tx, tenant, include, exclude, ids, after, max_id, as_of, send_at,
                                         smart_window_s, need)  # fmt: skip
+            done = got < need
+            announced = None
+            if begun is not None:
+                top = tx.one("SELECT MAX(id) FROM launch_aud") if got else None
+                announced = int(top[0]) if top and top[0] is not None else after
+                if tx.pg:  # held to the end of this transaction: the chunk starting from here waits on it
+                    tx.one("SELECT pg_advisory_xact_lock(hashtext(?), ?)", (_stream_key(tenant, campaign_id), base + got))
+                begun(announced, base + got, done)
             last_id = after
             if got:
                 last_id = self._stream_rows(tx, tenant, campaign_id, base, batch_size, bound, reads_name, send_at,
                                             zones, texts, targets, now, expires_at)  # fmt: skip
-            done = got < need
+            if announced is not None and last_id != announced:  # (every kept subscriber has a zone row)
+                raise StorageError(f"a stream's chunk wrote up to subscriber {last_id}, announced {announced}")
             if got and lines is not None:
                 for b, phone, text, tz in tx.rows("SELECT batch, phone, text, tz FROM campaign_recipients WHERE tenant = ? "
                                                   "AND campaign_id = ? AND batch >= ? AND batch <= ? ORDER BY batch, idx",
@@ -587,18 +629,27 @@ class CampaignSql(ReportSql):
                      for b in range(base // batch_size, -(-(base + got) // batch_size))}  # fmt: skip
             if sizes or base == 0:  # (an empty audience: the marker batch)
                 _write_batches(tx, tenant, campaign_id, sizes, now)
+            # The cursor moves only from where this chunk started: a chunk started beside the one
+            # before waits here until that one's transaction is over (the lock it took before
+            # announcing where this one starts), then finds the cursor moved (it committed) or not
+            # (it rolled back: this one is refused, rolled back too).
+            if start is not None and tx.pg:
+                tx.one("SELECT pg_advisory_xact_lock(hashtext(?), ?)", (_stream_key(tenant, campaign_id), base))
             if done:
-                tx.run("DELETE FROM campaign_streams WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))
+                moved = tx.run("DELETE FROM campaign_streams WHERE tenant = ? AND campaign_id = ? AND next_slot = ?",
+                               (tenant, campaign_id, base))  # fmt: skip
                 tx.run("UPDATE link_ranges SET count = (?) * stride WHERE tenant = ? AND campaign_id = ?",
                        (-(-(base + got) // batch_size) * batch_size, tenant, campaign_id))  # the numbers past the last batch freed
+            elif cur is None:
+                moved = tx.run("INSERT INTO campaign_streams (tenant, campaign_id, after_id, next_slot, max_id, bound, "
+                               "as_of, send_at, targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                               (tenant, campaign_id, last_id, base + got, max_id, bound, as_of, send_at))  # fmt: skip
             else:
-                if cur is None:
-                    tx.run("INSERT INTO campaign_streams (tenant, campaign_id, after_id, next_slot, max_id, bound, as_of, "
-                           "send_at, targets) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                           (tenant, campaign_id, last_id, base + got, max_id, bound, as_of, send_at))  # fmt: skip
-                else:
-                    tx.run("UPDATE campaign_streams SET after_id = ?, next_slot = ? WHERE tenant = ? AND campaign_id = ?",
-                           (last_id, base + got, tenant, campaign_id))  # fmt: skip
+                moved = tx.run("UPDATE campaign_streams SET after_id = ?, next_slot = ? WHERE tenant = ? AND "
+                               "campaign_id = ? AND next_slot = ?", (last_id, base + got, tenant, campaign_id, base))  # fmt: skip
+            if cur is not None and moved != 1:
+                raise Conflict("a stream's chunk before this one was not written", code="stream_chunk_lost")
+            if not done:
                 tx.run("UPDATE campaign_streams SET targets = (SELECT targets FROM link_ranges r WHERE r.tenant = ? AND "
                        "r.campaign_id = ?) WHERE tenant = ? AND campaign_id = ? AND targets IS NULL",
                        (tenant, campaign_id, tenant, campaign_id))  # fmt: skip
@@ -648,12 +699,17 @@ class CampaignSql(ReportSql):
             scanned, top = (int(row[0]), row[1]) if row else (0, None)
             if not scanned:
                 break
+            # PostgreSQL: the candidates' id range stated, so the subscribers are read by their key's
+            # range, not a whole-table scan joined by hash (its plan for a LIMIT of thousands: a chunk
+            # read every subscriber of the tenant, a launch read them once a chunk).
+            span = " AND s.id > ? AND s.id <= ?" if tx.pg else ""
             inner = (f"SELECT s.id, s.phone, s.first_name, s.time_zone, s.language, {sent} AS sent, (SELECT "
                      "st.last_message_at FROM subscriber_stats st WHERE st.subscriber_id = s.id AND st.tenant = s.tenant) "
-                     f"AS stat FROM {cands} c CROSS JOIN subscribers s WHERE s.id = c.sid AND s.tenant = ? AND "
+                     f"AS stat FROM {cands} c CROSS JOIN subscribers s WHERE s.id = c.sid AND s.tenant = ?{span} AND "
                      f"s.consent = 'confirmed'{skip}")  # fmt: skip
             got += tx.run(f"INSERT INTO launch_aud (id, phone, first_name, time_zone, language, sent, stat) {inner}",
-                          [*params, tenant, *([tx.array(sorted(set(exclude)))] if exclude else [])])  # fmt: skip
+                          [*params, tenant, *([cursor, int(top)] if tx.pg else []),
+                           *([tx.array(sorted(set(exclude)))] if exclude else [])])  # fmt: skip
             if drop is not None:
                 got -= tx.run(drop, (cursor,))
             cursor = int(top)
@@ -675,17 +731,24 @@ class CampaignSql(ReportSql):
         for z, (zone, _at) in zones([z for (z,) in tx.rows("SELECT DISTINCT time_zone FROM launch_aud")]).items():
             by_key.setdefault(z or "", zone)  # NULL and '' both mean "no zone": the tenant's
         tx.many("INSERT INTO launch_zones (tz, zone, send_at) VALUES (?, ?, ?)", [(k, z, send_at) for k, z in by_key.items()])
-        tx.run(_temp(tx, "launch_plan", f"(pos {whole} PRIMARY KEY, id {whole}, phone TEXT, send_at {real}, zone TEXT, "
-                                        f"f {whole}, lang TEXT, name TEXT)"))  # fmt: skip
-        order = "ORDER BY a.id"
-        tx.run(f"INSERT INTO launch_plan ({'pos, ' if tx.pg else ''}id, phone, send_at, zone, f, lang, name) SELECT "
-               f"{f'row_number() OVER ({order}), ' if tx.pg else ''}{_plan_cols(tx, reads_name)} FROM launch_aud a JOIN "
-               f"launch_zones z ON z.tz = COALESCE(a.time_zone, '') {order}")  # fmt: skip
-        tx.run(_temp(tx, "launch_groups", f"(send_at {real} PRIMARY KEY, delta {whole})"))
-        tx.run("INSERT INTO launch_groups (send_at, delta) VALUES (?, ?)", (send_at, base - 1))
-        n, top = tx.one("SELECT COUNT(*), MAX(id) FROM launch_plan") or (0, 0)
-        keys = {(int(f), lang, name) for f, lang, name in tx.rows("SELECT DISTINCT f, lang, name FROM launch_plan")}
-        plan = texts(*self._text_keys(tx, keys))
+        joined = "launch_aud a JOIN launch_zones z ON z.tz = COALESCE(a.time_zone, '')"
+        if tx.pg:
+            # No written plan: each chunk's slots are its rows' rank in id order, computed where the
+            # recipients are inserted (the plan's copy, a temporary table with its key, was a fifth of
+            # a chunk's statements on the server; SQLite numbers rows by inserting them in order).
+            source = f"(SELECT row_number() OVER (ORDER BY a.id) AS pos, {_plan_named(tx, reads_name)} FROM {joined})"
+            n, top = tx.one(f"SELECT COUNT(*), MAX(a.id) FROM {joined}") or (0, 0)
+            keys = {(int(f), lang, name) for f, lang, name in
+                    tx.rows(f"SELECT DISTINCT {_plan_named(tx, reads_name, keys_only=True)} FROM {joined}")}  # fmt: skip
+        else:
+            source = "launch_plan"
+            tx.run(_temp(tx, "launch_plan", f"(pos {whole} PRIMARY KEY, id {whole}, phone TEXT, send_at {real}, zone TEXT, "
+                                            f"f {whole}, lang TEXT, name TEXT)"))  # fmt: skip
+            tx.run(f"INSERT INTO launch_plan (id, phone, send_at, zone, f, lang, name) SELECT {_plan_cols(tx, reads_name)} "
+                   f"FROM {joined} ORDER BY a.id")  # fmt: skip
+            n, top = tx.one("SELECT COUNT(*), MAX(id) FROM launch_plan") or (0, 0)
+            keys = {(int(f), lang, name) for f, lang, name in tx.rows("SELECT DISTINCT f, lang, name FROM launch_plan")}
+        plan = texts(*self._text_keys(tx, keys, source))
         if targets is not None and plan.targets != targets or targets is None and base > 0 and plan.targets:
             raise Conflict("a streamed launch's texts link other URLs than its first chunk's", code="stream_links_differ")
         start = 0
@@ -697,12 +760,13 @@ class CampaignSql(ReportSql):
                 row = tx.one("SELECT start FROM link_ranges WHERE tenant = ? AND campaign_id = ?", (tenant, campaign_id))
                 start = int(row[0])
             plan.codes(start + max(bound, base + int(n)) * len(plan.targets) - 1, 1)  # the whole range exists
-        self._write_text_rows(tx, tenant, campaign_id, plan, start, base, int(n), batch_size)
+        self._write_text_rows(tx, tenant, campaign_id, plan, start, base, int(n), batch_size, source)
         return int(top)
 
     def _write_text_rows(self, tx: Any, tenant: str, campaign_id: int, plan: SetTexts, start: int, base: int, n: int,
-                         batch_size: int) -> None:  # fmt: skip
-        """``launch_plan`` (slots ``base`` .. ``base + n - 1``) into ``campaign_recipients``, the texts joined in SQL."""
+                         batch_size: int, source: str = "launch_plan") -> None:  # fmt: skip
+        """``launch_plan`` (or ``source``: rows of its columns; slots ``base`` .. ``base + n - 1``) into
+        ``campaign_recipients``, the texts joined in SQL."""
         stride = len(plan.targets)
         width = max(len(p) for p in plan.pieces.values())
         pieces = ", ".join(f"p{i} TEXT NOT NULL" for i in range(width))
@@ -715,7 +779,7 @@ class CampaignSql(ReportSql):
         tx.run(f"INSERT INTO campaign_recipients ({', '.join(_FREEZE_COLS)}) SELECT ?, ?, q.id, q.phone, NULL, q.send_at, "
                f"q.zone, {_text_expr(tx, stride, plan.length, base)}, q.slot / {batch_size}, q.slot - (q.slot / "
                f"{batch_size}) * {batch_size} FROM (SELECT p.id, p.phone, p.send_at, p.zone, p.f, p.lang, p.name, p.pos + "
-               f"{int(base) - 1} AS slot FROM launch_plan p) q JOIN launch_texts t ON t.f = q.f AND t.lang = q.lang AND "
+               f"{int(base) - 1} AS slot FROM {source} p) q JOIN launch_texts t ON t.f = q.f AND t.lang = q.lang AND "
                "t.name = q.name", (tenant, campaign_id, *([codes] * stride)))  # fmt: skip
 
     def _take_link_range(self, tx: Any, tenant: str, campaign_id: int, plan: SetTexts, slots: int, batch_size: int,
