@@ -124,7 +124,7 @@ async def test_every_bad_input_class_is_a_4xx_json_error(tmp_path) -> None:
 
 
 async def test_rate_limit_is_per_key(tmp_path) -> None:
-    async with open_served(tmp_path, "--dlr-delay", "0.01", rps=1.0, burst=5) as (_, gw), client(gw.url) as c, \
+    async with open_served(tmp_path, "--dlr-delay", "0.01", rps=0.05, burst=5) as (_, gw), client(gw.url) as c, \
             client(gw.url, "beta") as beta:  # fmt: skip
         codes = [(await c.get("/v1/suppressions")).status_code for _ in range(10)]
         assert codes[:5] == [200] * 5 and codes.count(429) >= 4, codes
