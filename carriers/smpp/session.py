@@ -394,14 +394,17 @@ class Session:
                     self._on_stray_response(p, entry, events)
             elif t is P.DeliverSm and deliver_ok:
                 events.append(p)
-            elif isinstance(p, PduError):
-                self._on_bad_pdu(p, events)
-                if p.fatal:
-                    break
-            elif p.command_id & _RESP:
-                self._on_response(p, events)
             else:
-                self._on_request(p, events)
+                if isinstance(p, PduError):
+                    self._on_bad_pdu(p, events)
+                    if p.fatal:
+                        break
+                elif p.command_id & _RESP:
+                    self._on_response(p, events)
+                else:
+                    self._on_request(p, events)
+                # Only these may change the state (an unbind, a bind_resp): ask again.
+                deliver_ok = C.DELIVER_SM in self._may_receive
             if self._state is State.CLOSED:
                 break
         return events
