@@ -587,9 +587,11 @@ class SmppConnector(ConnectorShell):
                 continue
             if session.closed:
                 return
-            timeout = None if wake_at is None else max(0.0, wake_at - anyio.current_time())
-            with anyio.move_on_after(timeout):
-                await b.wake.wait()
+            if wake_at is None:  # the common case: woken by a read, a submit or an answer owed
+                await b.wake.wait()  # (no cancel scope: anyio's costs more than the wait)
+            else:
+                with anyio.move_on_after(max(0.0, wake_at - anyio.current_time())):
+                    await b.wake.wait()
             b.wake = anyio.Event()
 
     async def _flusher(self, b: _Bind) -> None:

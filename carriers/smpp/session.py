@@ -381,21 +381,30 @@ class Session:
         self._last_rx = self._now
         events: list[Event] = []
         outstanding = self._outstanding
+        # The ESME's two hottest paths inlined: a submit_sm_resp, and a deliver_sm (a receipt)
+        # in a state that may receive one (``_on_request``'s first case, without the call).
+        deliver_ok = C.DELIVER_SM in self._may_receive
         for p in pdus:
-            if type(p) is P.SubmitSmResp:  # the ESME's hottest path, inlined
+            t = type(p)
+            if t is P.SubmitSmResp:
                 entry = outstanding.pop(p.sequence, None)
                 if entry is not None and entry[0] == C.SUBMIT_SM:
                     events.append(p)
                 else:
                     self._on_stray_response(p, entry, events)
-            elif isinstance(p, PduError):
-                self._on_bad_pdu(p, events)
-                if p.fatal:
-                    break
-            elif p.command_id & _RESP:
-                self._on_response(p, events)
+            elif t is P.DeliverSm and deliver_ok:
+                events.append(p)
             else:
-                self._on_request(p, events)
+                if isinstance(p, PduError):
+                    self._on_bad_pdu(p, events)
+                    if p.fatal:
+                        break
+                elif p.command_id & _RESP:
+                    self._on_response(p, events)
+                else:
+                    self._on_request(p, events)
+                # Only these may change the state (an unbind, a bind_resp): ask again.
+                deliver_ok = C.DELIVER_SM in self._may_receive
             if self._state is State.CLOSED:
                 break
         return events

@@ -521,6 +521,30 @@ class Scheduler:
         if entry.live == 0:
             self._drop(entry)
 
+    def complete_accepted(self, refs: Sequence[int], now: float) -> None:
+        """``complete(ref, now)`` for each of ``refs``, all accepted at ``now``, in one pass:
+        each carrier's bucket told its accepted segments once, not once a message (the
+        dispatcher hands a drain's ``Submitted`` here together)."""
+        shards, jobs, buckets = self._shards, self._p.jobs, self._buckets
+        accepted: dict[int, int] = {}
+        for ref in refs:
+            shard_no, row = ref >> 32, ref & 0xFFFFFFFF
+            if not 0 <= shard_no < len(shards):
+                raise ValueError(f"no such dispatch ref {ref}")
+            shard = shards[shard_no]
+            if row >= len(shard.state) or shard.state[row] != INFLIGHT:
+                raise ValueError(f"dispatch ref {ref} is not in flight")
+            carrier = shard.carrier[row]
+            accepted[carrier] = accepted.get(carrier, 0) + (shard.segments[row] & COUNT)
+            entry = jobs[shard.job[row]]
+            entry.live -= 1
+            shard.inflight -= 1
+            shard.free(row)
+            if entry.live == 0:
+                self._drop(entry)
+        for carrier, segments in accepted.items():
+            buckets[carrier].accepted(segments, now)
+
     def requeue(self, ref: int, now: float, *, delay: float = 0.0, refund_cap: bool = True) -> None:
         """Send it again: ahead of everything that arrived after it, or after ``delay`` seconds.
 

@@ -126,6 +126,7 @@ class Dispatcher:
         self._out: dict[str, deque[list]] = {c: deque() for c in connectors}
         self._answered_sum: dict[str, float] = {}
         self._heard: dict[str, int] = {}  # carrier -> Submitted in this drain (see ``_settle_drain``)
+        self._accepted: list[int] = []  # the refs of this drain's Submitted, for the core
         self._freed: dict[str, deque[list]] = {c: deque() for c in connectors}
         self._wake = anyio.Event()
         self._dirty = anyio.Event()  # set when a write should start now (waiting acks, windows)
@@ -264,7 +265,9 @@ class Dispatcher:
             d = self._inflight.pop(event.ref, None)
             if d is None:
                 return
-            self.core.complete(event.ref, now)  # accepted: counts towards the carrier's accepted rate
+            # Accepted: completed in the core with the drain's others (``_settle_drain``), its
+            # segments counted towards the carrier's accepted rate once a carrier, not once a message.
+            self._accepted.append(event.ref)
             heard = self._heard
             heard[event.carrier] = heard.get(event.carrier, 0) + 1
             if not self._pending:
@@ -281,6 +284,8 @@ class Dispatcher:
         if kind is ReceiptProgress:  # an intermediate receipt: ``accepted``, answered once written
             self._receipt_change(event, event.state, now)
             return
+        if self._accepted:  # the core hears of the accepted ones before anything else happens to it
+            self._complete_accepted(now)
         match event:
             case SubmitFailed(ref=ref, carrier=carrier, command_status=code, name=name, permanent=permanent,
                               retry_after=retry_after):  # fmt: skip
@@ -309,9 +314,16 @@ class Dispatcher:
             case LinkChanged(carrier=carrier, bind=bind, up=up, reason=reason):
                 log.info("link.%s carrier=%s bind=%d reason=%s", "up" if up else "down", carrier, bind, reason)
 
+    def _complete_accepted(self, now: float) -> None:
+        refs, self._accepted = self._accepted, []
+        self.core.complete_accepted(refs, now)
+
     def _settle_drain(self, now: float) -> None:
         """The bookkeeping of a drain's ``Submitted`` by carrier, not by message (one clock a
-        drain, so the sums are the same): they count, off the wire, towards the next write."""
+        drain, so the sums are the same): completed in the core, they count, off the wire,
+        towards the next write."""
+        if self._accepted:
+            self._complete_accepted(now)
         if not self._heard:
             return
         heard, self._heard = self._heard, {}

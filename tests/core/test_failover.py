@@ -179,3 +179,30 @@ def test_failover_never_loses_nor_duplicates_and_respects_health(script) -> None
     assert done == admitted
     stats = c.statistics(NOW)
     assert (stats.inflight, sum(stats.ready.values()), stats.jobs) == (0, 0, 0)
+
+
+def test_accepted_in_one_pass_is_the_same_as_one_at_a_time() -> None:
+    """``complete_accepted`` (what the dispatcher calls with a drain's ``Submitted``) leaves the
+    core as ``complete(ref, now)`` for each does: rows freed, jobs ended, the carriers' accepted
+    rates (a long message's segments counted), and a ref not in flight refused."""
+    one, batch = core(), core()
+    for c in (one, batch):
+        c.admit(job("short"), people("1212555", 5), NOW)
+        c.admit(Job(id="long", tenant="t", sender="S", template="x" * 300, category="transactional"),
+                people("44791", 3), NOW)  # fmt: skip
+    for name in ("a", "b"):
+        sent_one = one.take(name, 100, NOW).dispatches
+        sent_batch = batch.take(name, 100, NOW).dispatches
+        assert [d.message_id for d in sent_one] == [d.message_id for d in sent_batch] and sent_one
+        for d in sent_one:
+            one.complete(d.ref, NOW + 0.5)
+        batch.complete_accepted([d.ref for d in sent_batch], NOW + 0.5)
+        assert batch.bucket(name).accepted_rate(NOW + 0.6) == one.bucket(name).accepted_rate(NOW + 0.6) > 0
+    assert batch.statistics(NOW) == one.statistics(NOW)
+    assert batch.statistics(NOW).inflight == 0
+    try:
+        batch.complete_accepted([sent_batch[0].ref], NOW)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a ref no longer in flight must be refused")

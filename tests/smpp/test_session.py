@@ -301,6 +301,24 @@ def test_submit_before_bind_gets_invalid_bind_status(pair) -> None:
     assert resp == P.SubmitSmResp(sequence=7, status=P.Status.ESME_RINVBNDSTS)
 
 
+def test_a_read_that_changes_the_state_judges_each_deliver_sm_by_the_state_it_finds(make_pair) -> None:
+    """A receipt in the same read as the bind_resp is taken (the state it finds is bound), and
+    one after the bind_resp of a transmitter is refused: the hot path's check follows the state."""
+    for mode, taken in (("transceiver", True), ("transmitter", False)):
+        p = make_pair()
+        cls = {"transmitter": P.BindTransmitter, "transceiver": P.BindTransceiver}[mode]
+        p.esme.send(cls(system_id=b"sluice", password=b"secret"), p.now)
+        (req,) = p.to_smsc()
+        dlr = P.DeliverSm(esm_class=4, short_message=b"id:1 stat:DELIVRD")
+        before = P.encode(dlr, 7)  # before the bind_resp: not yet bound, refused either way
+        events = p.esme.receive_data(before + P.encode(p.bind_resp(req)) + P.encode(dlr, 8), p.now)
+        assert isinstance(events[0], PeerError) and isinstance(events[1], Bound)
+        if taken:
+            assert events[2:] == [P.DeliverSm(sequence=8, esm_class=4, short_message=b"id:1 stat:DELIVRD")]
+        else:
+            assert isinstance(events[2], PeerError) and len(events) == 3
+
+
 def test_deliver_sm_to_a_transmitter_is_refused(make_pair) -> None:
     p = make_pair()
     p.bind("transmitter")
