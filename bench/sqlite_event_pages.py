@@ -2,7 +2,7 @@
 
 ``python -m bench.sqlite_event_pages --batches 4`` loads the audience bench's 20k subscribers and
 200k orders and its live trees into a throwaway SQLite file (as ``bench.sqlite_member_profile``),
-turns every checkpoint off (the WAL then only grows: each frame is a page written), and applies
+(``--page-size``: the new file's), turns every checkpoint off (the WAL then only grows: each frame is a page written), and applies
 ``--batches`` batches of ``--batch`` order events through ``Audience.apply_many`` (the store's batch,
 then the membership pass). For the ingest's transaction and the pass's write transaction apart it
 counts the WAL frames written, maps each frame's page to the table or index it belongs to
@@ -23,6 +23,7 @@ import click
 
 from bench.audience import Audience, _load_sqlite, apply_batches, mix_and_events
 from campaigns.store import open_store
+from campaigns.store.sqlite import PAGE_SIZE, SQLiteStore
 
 _TABLES = ("processed_events", "orders", "order_items", "order_rollups", "subscriber_stats", "activities",
            "segment_members", "segment_timers", "flow_inputs")  # fmt: skip
@@ -44,10 +45,11 @@ def _frames(path: str, start: int) -> tuple[list[int], int]:
         return pages, f.tell() - (len(h) if h else 0)
 
 
-def profile(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | None) -> dict[str, Any]:
+def profile(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | None,
+            page_size: int = PAGE_SIZE) -> dict[str, Any]:  # fmt: skip
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         path = os.path.join(d, "pages.db")
-        open_store(f"sqlite:///{path}").close()
+        SQLiteStore(path, page_size=page_size).close()  # a new file: its page size
         _load_sqlite(path, Audience(n, m, seed))
         store = open_store(f"sqlite:///{path}")
         store.analyze()
@@ -106,8 +108,9 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | 
 @click.option("--batch", default=1000, show_default=True)
 @click.option("--seed", default=1, show_default=True)
 @click.option("--workdir", default=None)
-def main(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | None) -> None:
-    for step, o in profile(n, m, batches, batch, seed, workdir).items():
+@click.option("--page-size", default=PAGE_SIZE, show_default=True, help="The new file's page size (a store's default).")
+def main(n: int, m: int, batches: int, batch: int, seed: int, workdir: str | None, page_size: int) -> None:
+    for step, o in profile(n, m, batches, batch, seed, workdir, page_size).items():
         click.echo(f"{step}: WAL frames {o['frames']:.2f} an event ({o['distinct pages']:.2f} distinct pages), "
                    f"row changes {o['row changes (total_changes)']:.2f} an event")
         for t, v in sorted(o["pages by b-tree"].items(), key=lambda kv: -kv[1]):

@@ -54,7 +54,7 @@ _PLAN_STATS: dict[str, dict[str, str]] = {
 #: indexes, the aggregates' rows; a pass: the memberships' two b-trees): a page each whatever its
 #: size, so a larger page is fewer pages to write to the WAL, copy back at the checkpoint and find
 #: again an event (3.37 -> 2.21 WAL frames a bulk order event at the audience bench's 20k / 200k;
-#: 13.8 -> 18.1 KB), and a bulk event's CPU fell ~5 % (docs/BENCHMARKS.md, "Issue 17, tenth pass";
+#: 13.8 -> 18.1 KB), and a bulk event's CPU fell 5-9 % (docs/BENCHMARKS.md, "Issue 17, tenth pass";
 #: 16 KiB made a pass slower). A store made before keeps its page size: a file in WAL mode cannot
 #: change it without a rewrite (``VACUUM`` out of WAL mode), which an open must not start.
 PAGE_SIZE = 8192
