@@ -49,23 +49,12 @@ _PLAN_STATS: dict[str, dict[str, str]] = {
 }  # fmt: skip
 
 
-#: The page size of a new store's file (SQLite's default: 4,096 bytes). A bulk order event writes at
-#: random places of a few b-trees keyed by subscriber (the orders' and the rollups' per-subscriber
-#: indexes, the aggregates' rows; a pass: the memberships' two b-trees): a page each whatever its
-#: size, so a larger page is fewer pages to write to the WAL, copy back at the checkpoint and find
-#: again an event (3.37 -> 2.21 WAL frames a bulk order event at the audience bench's 20k / 200k;
-#: 13.8 -> 18.1 KB), and a bulk event's CPU fell 5-9 % (docs/BENCHMARKS.md, "Issue 17, tenth pass";
-#: 16 KiB made a pass slower). A store made before keeps its page size: a file in WAL mode cannot
-#: change it without a rewrite (``VACUUM`` out of WAL mode), which an open must not start.
-PAGE_SIZE = 8192
-
-
 class SQLiteStore(SqlStore):
     engine = "sqlite"
     _least = "MIN"
 
     def __init__(self, path: str, *, synchronous: str = "NORMAL", cache_kib: int = 65_536,
-                 mmap_bytes: int = 1 << 30, page_size: int = PAGE_SIZE) -> None:  # fmt: skip
+                 mmap_bytes: int = 1 << 30) -> None:  # fmt: skip
         super().__init__()
         self._path = path
         self._pragmas = (cache_kib, mmap_bytes)
@@ -75,8 +64,6 @@ class SQLiteStore(SqlStore):
         self._checkpointer: Checkpointer | None = None  # the WAL copied back on a thread of its own
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            # A new file only (SQLite ignores it once a table exists, and in WAL mode): PAGE_SIZE.
-            self._conn.execute(f"PRAGMA page_size={int(page_size)}")
             self._conn.execute("PRAGMA journal_mode=WAL")
             # WAL + synchronous=NORMAL: a commit is durable against a crash of the process, not of the
             # machine (the last commits before a power loss may be lost; the database stays intact).
