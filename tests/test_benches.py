@@ -212,3 +212,15 @@ def test_bench_fairness_measures_small_requests_during_each_large_one(tmp_path):
     ndjson, invalid = figures["results"]
     assert ndjson["status"] == 202 and invalid["status"] == 422  # every recipient rejected
     assert invalid["answer_bytes"] < 150_000  # 3,000 rejections: the first 1,000 and counts
+
+
+def test_sqlite_event_pages_counts_an_order_events_rows_and_wal_pages(tmp_path):
+    from bench.sqlite_event_pages import profile
+
+    out = profile(500, 5000, 3, 100, 1, str(tmp_path))
+    ingest, write = out["ingest"], out["pass write"]
+    assert {t: ingest["rows added"][t] for t in ("orders", "order_items", "processed_events")} == {
+        "orders": 1.0, "order_items": 1.0, "processed_events": 1.0}  # fmt: skip
+    assert ingest["frames"] > 0 and "orders_segment_spend" in ingest["pages by b-tree"]
+    assert abs(sum(ingest["pages by b-tree"].values()) - ingest["distinct pages"]) < 1e-9
+    assert write["rows added"].get("segment_members", 0) > 0
