@@ -45,16 +45,23 @@ def _audience(store: Store, tenants: tuple[str, ...]) -> dict[str, Any]:
     return camps
 
 
+def _one_frozen_two_streamed(pg_url: str) -> tuple[Store, Store, dict[str, Any], Any]:
+    """Two connections; campaign "one" frozen whole (the reference), "two" announced as a stream of
+    chunks of 3 (each test then steps it)."""
+    a, b = open_store(pg_url), open_store(pg_url)
+    camps = _audience(a, ("one", "two"))
+    assert freeze(a, "one", camps["one"], TL, T0) is True
+    c = camps["two"]
+    assert freeze(a, "two", c, TL, T0, stream=3) is True
+    return a, b, camps, c
+
+
 def test_two_chunks_at_once_store_what_one_freeze_stores(pg_url: str) -> None:
     """Each chunk after the first starts on the other connection from its ``begun`` announcement,
     and the chunk before waits (bounded) until it has its own audience: every chunk overlaps the
     next one. The rows, batches and link range equal one freeze's; the cursor is gone."""
-    a, b = open_store(pg_url), open_store(pg_url)
+    a, b, camps, c = _one_frozen_two_streamed(pg_url)
     try:
-        camps = _audience(a, ("one", "two"))
-        assert freeze(a, "one", camps["one"], TL, T0) is True
-        c = camps["two"]
-        assert freeze(a, "two", c, TL, T0, stream=3) is True
         overlapped, errors, threads = [], [], []
 
         def chunk(k: int, start: tuple[int, int] | None, announced: threading.Event) -> None:
@@ -91,12 +98,8 @@ def test_a_chunk_after_one_rolled_back_commits_nothing(pg_url: str) -> None:
     transaction: chunk 2, done with its rows, finds the cursor not moved and is refused
     (``stream_chunk_lost``), nothing of it committed; the stream then goes on from the cursor and
     stores what one freeze stores."""
-    a, b = open_store(pg_url), open_store(pg_url)
+    a, b, camps, c = _one_frozen_two_streamed(pg_url)
     try:
-        camps = _audience(a, ("one", "two"))
-        assert freeze(a, "one", camps["one"], TL, T0) is True
-        c = camps["two"]
-        assert freeze(a, "two", c, TL, T0, stream=3) is True
         batches = len(a.batches("two", c.id))
         second: list[Any] = []
 
