@@ -51,6 +51,36 @@ async def _until_final(client: httpx.AsyncClient, job_id: str, total: int, timeo
             await anyio.sleep(0.2)
 
 
+_LOOP = {"writes": 'sluice_messages_total{event="writes"}',
+         "changes": 'sluice_messages_total{event="changes_written"}',
+         "record_cpu": 'sluice_dispatcher_seconds_total{what="record_cpu"}',
+         "write": 'sluice_dispatcher_seconds_total{what="write"}',
+         "window_wait": 'sluice_dispatcher_seconds_total{what="window_wait"}',
+         "wire_wait": 'sluice_dispatcher_seconds_total{what="wire_wait"}',
+         **{f"gc{g}_n": f'sluice_gc_collections_total{{generation="{g}"}}' for g in range(3)},
+         **{f"gc{g}_s": f'sluice_gc_seconds_total{{generation="{g}"}}' for g in range(3)}}  # fmt: skip
+
+
+async def _loop_counters(client: httpx.AsyncClient) -> dict[str, float]:
+    """``serve``'s dispatcher and garbage-collector counters (/metrics), to tell a slow run's cause:
+    smaller writes (more of them a message), waits for the window, or the collector."""
+    out = dict.fromkeys(_LOOP, 0.0)
+    for line in (await client.get("/metrics")).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        for key, metric in _LOOP.items():
+            if name == metric:
+                out[key] = float(value)
+    return out
+
+
+def _loop_figures(c0: dict[str, float], c1: dict[str, float], n: int, seconds: float) -> dict[str, float]:
+    d = {k: c1[k] - c0[k] for k in c1}
+    return {"writes_per_1k": 1000 * d["writes"] / n, "changes_per_write": d["changes"] / max(1.0, d["writes"]),
+            "record_cpu_us": d["record_cpu"] / n * 1e6, "write_share": d["write"] / seconds,
+            "window_wait_share": d["window_wait"] / seconds, "wire_wait_share": d["wire_wait"] / seconds,
+            **{f"gc{g}": d[f"gc{g}_n"] for g in range(3)}, **{f"gc{g}_ms": 1000 * d[f"gc{g}_s"] for g in range(3)}}  # fmt: skip
+
+
 async def one_run(n: int, pieces: list[bytes], dlr_delay: float, binds: int, window: int, timeout: float,
                   answer: str, store: str = "sqlite") -> dict:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp:
@@ -74,8 +104,10 @@ async def one_run(n: int, pieces: list[bytes], dlr_delay: float, binds: int, win
                     if r.status_code != 202:
                         raise click.ClickException(f"job POST answered {r.status_code}: {r.text[:300]}")
                     job = r.json()
+                    loop0 = await _loop_counters(client)
                     done_at, counts = await _until_final(client, job["id"], job["accepted"], timeout)
                     cpu1 = (cpu_seconds(gw.pid, main_thread=True), cpu_seconds(gw.pid), cpu_seconds(sim.pid))
+                    loop1 = await _loop_counters(client)
                     mem = memory(gw.pid)
                 sim_counters = await sim.counters()
     seconds = done_at - accepted_at
@@ -91,6 +123,7 @@ async def one_run(n: int, pieces: list[bytes], dlr_delay: float, binds: int, win
         "server_cpu_us": (cpu1[1] - cpu0[1]) / job["accepted"] * 1e6,
         "simulator_cpu_us": (cpu1[2] - cpu0[2]) / job["accepted"] * 1e6,
         "counts": counts,
+        "loop": _loop_figures(loop0, loop1, job["accepted"], seconds),
         "server_peak_rss": mem["peak_rss"],
         "sim": {k: sim_counters[k] for k in ("submits", "accepted", "throttled", "receipts_sent", "receipts_acked",
                                               "max_accepted_1s")},  # fmt: skip
@@ -156,4 +189,12 @@ def bench_e2e(n: int, runs: int, dlr_delay: float, binds: int, window: int, seed
                f"receipts answered {answer}, store {store}, median of {runs} runs")  # fmt: skip
     for k, v in rows:
         click.echo(f"  {k:<46} {v:>14}")
+    click.echo("  per run: msgs/s, loop µs, record µs a message, writes a 1k messages, changes a write, "
+               "window/wire wait share, gc collections (ms) by generation")  # fmt: skip
+    for p in per:
+        lp = p["loop"]
+        gcs = " ".join(f"{lp[f'gc{g}']:.0f} ({lp[f'gc{g}_ms']:.0f})" for g in range(3))
+        click.echo(f"    {p['messages_per_s']:>8,.0f} {p['server_loop_cpu_us']:>6.1f} {lp['record_cpu_us']:>6.1f} "
+                   f"{lp['writes_per_1k']:>6.2f} {lp['changes_per_write']:>6.0f} "
+                   f"{lp['window_wait_share']:>5.2f}/{lp['wire_wait_share']:<5.2f} {gcs}")  # fmt: skip
     save(r, json_path, out_dir)

@@ -38,7 +38,7 @@ from gateway.runtime.dispatcher import Dispatcher
 from gateway.runtime.health import watch_carriers
 from gateway.runtime.inbound import InboundPipeline, InboundSender
 from gateway.runtime.ingest import CheckPool
-from gateway.runtime.metrics import Metrics
+from gateway.runtime.metrics import GcTimes, Metrics
 from gateway.runtime.service import Gateway
 from gateway.runtime.store_lock import hold_store
 from gateway.runtime.webhook_process import DeliveryProcess, Start
@@ -156,8 +156,9 @@ async def _serve_store(cfg: Config, clock: Callable[[], float], tenants, operato
                                 windows={link.name: link.window * link.binds for link in cfg.carriers.smpp})  # fmt: skip
         gateway.on_admitted = dispatcher.poke
         stack.enter_context(_tuned_interpreter())
+        gc_times = stack.enter_context(GcTimes())
         metrics = Metrics(core, connectors, clock, lambda: dispatcher.stats, dispatcher.receipt_latency,
-                          webhooks=webhooks.statistics)
+                          webhooks=webhooks.statistics, gc_times=gc_times)
         extra = {
             "/metrics": _metrics(metrics),
             "/healthz": _static(b'{"status":"ok"}'),

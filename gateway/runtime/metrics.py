@@ -8,6 +8,8 @@ Prometheus asks.
 
 from __future__ import annotations
 
+import gc
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 
@@ -128,10 +130,47 @@ class _Collector(Collector):
             for what, n in msgspec.structs.asdict(m.webhooks()).items():
                 hooks.add_metric([what], n)
             yield hooks
+        if m.gc_times is not None:
+            gcn = CounterMetricFamily("sluice_gc_collections", "Cyclic GC collections by generation",
+                                      labels=["generation"])  # fmt: skip
+            gcs = CounterMetricFamily("sluice_gc_seconds", "Seconds in cyclic GC collections by generation",
+                                      labels=["generation"])  # fmt: skip
+            for g in range(3):
+                gcn.add_metric([str(g)], m.gc_times.collections[g])
+                gcs.add_metric([str(g)], m.gc_times.seconds[g])
+            yield gcn
+            yield gcs
         h = m.receipt_latency
         hist = HistogramMetricFamily("sluice_receipt_latency_seconds", "From carrier acceptance to final receipt")
         hist.add_metric([], h.buckets(), sum_value=h.total)
         yield hist
+
+
+class GcTimes:
+    """The cyclic garbage collector's collections and the seconds they took, by generation
+    (``gc.callbacks``; a clock read at each start and stop, nothing per object): whether a slow
+    run of ``sluice bench e2e`` is the collector's (a full collection walks every live object)."""
+
+    def __init__(self) -> None:
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            g = info["generation"]
+            self.collections[g] += 1
+            self.seconds[g] += time.perf_counter() - self._began
+
+    def __enter__(self) -> GcTimes:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
 
 
 class Metrics:
@@ -140,7 +179,9 @@ class Metrics:
     def __init__(self, core: Scheduler, connectors: Mapping[str, Connector], clock: Callable[[], float],
                  dispatcher_stats: Callable[[], object | None] = lambda: None,
                  receipt_latency: LatencyHistogram | None = None,
-                 webhooks: Callable[[], msgspec.Struct] | None = None) -> None:  # fmt: skip
+                 webhooks: Callable[[], msgspec.Struct] | None = None,
+                 gc_times: GcTimes | None = None) -> None:  # fmt: skip
+        self.gc_times = gc_times
         self.core = core
         self.connectors = connectors
         self.clock = clock
