@@ -712,13 +712,16 @@ class SmppConnector(ConnectorShell):
     def _accepted(self, work: _Work, part: int, message_id: bytes, now: float) -> None:
         if work.done:
             return  # a part of a message already failed or requeued
-        work.ids[part] = message_id.decode("latin-1")
-        work.remaining -= 1
-        if work.remaining:
-            return
+        if work.remaining == 1 and len(work.ids) == 1:  # one part: its id is the message's
+            ids: tuple[str, ...] = (message_id.decode("latin-1"),)
+        else:
+            work.ids[part] = message_id.decode("latin-1")
+            work.remaining -= 1
+            if work.remaining:
+                return
+            ids = tuple(work.ids)
         work.done = True
         d = work.d
-        ids = tuple(work.ids)
         self._counts["submitted"] += 1
         self._outbox.append(Submitted(ref=d.ref, carrier=self.name, carrier_ids=ids, at=now))
         for result in self._reconciler.submitted(d.message_id, self.name, ids, d.segments, now):

@@ -190,11 +190,12 @@ def normalise_id(raw: str, fmt: IdFormat) -> int | str:
 
 
 class _Pending:
-    __slots__ = ("ref", "keys", "states", "errors", "remaining", "deadline", "submitted", "acks", "accepted",
-                 "reason")  # fmt: skip
+    __slots__ = ("ref", "carrier", "keys", "states", "errors", "remaining", "deadline", "submitted", "acks",
+                 "accepted", "reason")  # fmt: skip
 
-    def __init__(self, ref: int, keys: list[int | str], deadline: float, submitted: float) -> None:
+    def __init__(self, ref: int, carrier: str, keys: list[int | str], deadline: float, submitted: float) -> None:
         self.ref = ref
+        self.carrier = carrier
         self.submitted = submitted
         self.keys = keys
         self.states: list[FinalState | None] = [None] * len(keys)
@@ -303,10 +304,15 @@ class Reconciler:
         self._carriers: dict[str, _Carrier] = {}
         for name, fmt in (id_formats or {}).items():
             self._carriers[name] = _Carrier(fmt)
-        self._horizon: deque[tuple[float, str, _Pending]] = deque()
+        # Messages by deadline, and finished ids by when a repeat stops being a duplicate: columns
+        # (the entry knows its deadline and carrier; three deques for the ids), not a tuple a
+        # message, so a message leaves no container behind for the cyclic collector.
+        self._horizon: deque[_Pending] = deque()
         self._horizon_done = 0  # entries of ``_horizon`` already finished (swept by ``_compact``)
         self._held_expiry: deque[tuple[float, str, _Held]] = deque()
-        self._done_expiry: deque[tuple[float, str, int | str]] = deque()
+        self._done_at: deque[float] = deque()
+        self._done_carrier: deque[str] = deque()
+        self._done_key: deque[int | str] = deque()
         self._pending = 0
         self._held = 0
         self._matched = self._finished = self._horizon_expired = self._early = 0
@@ -330,17 +336,21 @@ class Reconciler:
         c = self._carrier(carrier)
         fmt = c.submit_format
         keys = [normalise_id(i, fmt) for i in carrier_ids]
-        entry = _Pending(ref, keys, now + self.horizon_s, now)
+        entry = _Pending(ref, carrier, keys, now + self.horizon_s, now)
         self._pending += 1
         horizon = self._horizon
         # Receipts mostly come in the order of the submits: drop the finished head at once (a
         # popleft each), and sweep the whole queue only when stragglers keep finished ones behind.
-        while horizon and horizon[0][2].remaining < 0:
+        while horizon and horizon[0].remaining < 0:
             horizon.popleft()
             self._horizon_done -= 1
         if self._horizon_done * 2 > len(horizon) + _COMPACT_MIN:
             self._compact()
-        self._horizon.append((entry.deadline, carrier, entry))
+            horizon = self._horizon
+        horizon.append(entry)
+        if len(keys) == 1 and not c.held:  # the common case: one part, no receipt came before it
+            c.by_id[keys[0]] = (entry, 0)
+            return []
         results: list[Result] = []
         for part, key in enumerate(keys):
             c.by_id[key] = (entry, part)
@@ -391,7 +401,10 @@ class Reconciler:
             # The common case first: one format, the first id names a waiting message (with one
             # format, every other key is tried after it anyway).
             key = normalise_id(ids[0], formats[0])
-            if key in c.by_id:
+            hit = c.by_id.get(key)
+            if hit is not None and hit[0].remaining == 1 and len(hit[0].keys) == 1 and state in _FINAL:
+                return self._finish_one(c, carrier, key, hit[0], _FINAL[state], error_code, now, ack)
+            if hit is not None:
                 results: list[Result] = []
                 reason = "receipt" if state in _FINAL else _reason(state, word or state.name, error_code)
                 self._apply(c, carrier, key, state, error_code, now, results, ack, reason)
@@ -418,6 +431,26 @@ class Reconciler:
         self._held += 1
         self._held_expiry.append((now + self.hold_unmatched_s, carrier, h))
         return _answered(ack)
+
+    def _finish_one(self, c: _Carrier, carrier: str, key: int | str, entry: _Pending, final: FinalState,
+                    err: int | None, now: float, ack: int) -> list[Result]:  # fmt: skip
+        """``_apply`` then ``_finish`` for the common receipt, in one call: the final receipt of a
+        message of one part that has none yet (one a message, so its cost is the receipt's)."""
+        self._matched += 1
+        self._finished += 1
+        entry.states[0] = final
+        entry.errors[0] = err
+        entry.remaining = -1  # finished: the horizon queue skips it
+        self._pending -= 1
+        self._horizon_done += 1
+        del c.by_id[key]
+        done_until = now + self.hold_unmatched_s
+        c.done[key] = done_until
+        self._done_at.append(done_until)
+        self._done_carrier.append(carrier)
+        self._done_key.append(key)
+        return [Receipted(ref=entry.ref, carrier=carrier, state=final, error_code=err, reason=entry.reason, at=now,
+                          submitted_at=entry.submitted, acks=(ack,) if ack else ())]  # fmt: skip
 
     def _apply(
         self,
@@ -478,7 +511,9 @@ class Reconciler:
         for key in entry.keys:
             if c.by_id.pop(key, None) is not None:
                 c.done[key] = done_until
-                self._done_expiry.append((done_until, carrier, key))
+                self._done_at.append(done_until)
+                self._done_carrier.append(carrier)
+                self._done_key.append(key)
         entry.remaining = -1  # finished: the horizon queue skips it
         self._pending -= 1
         self._horizon_done += 1
@@ -502,7 +537,7 @@ class Reconciler:
         rate, and a garbage collector scanning hundreds of thousands of dead entries (measured:
         ~5 s of full collections in a 200k-message run). Runs when at least half the queue is
         finished, so each entry is swept at most once: amortised O(1) per message."""
-        self._horizon = deque(item for item in self._horizon if item[2].remaining >= 0)
+        self._horizon = deque(entry for entry in self._horizon if entry.remaining >= 0)
         self._horizon_done = 0
 
     # -- time -------------------------------------------------------------------------------
@@ -519,15 +554,16 @@ class Reconciler:
             self._held -= 1
             self._unmatched += 1
             results.append(Unmatched(carrier=carrier, message_id=h.raw, state=h.state, at=h.at))
-        done = self._done_expiry
-        while done and done[0][0] <= now:
-            until, carrier, key = done.popleft()
+        done_at, done_carrier, done_key = self._done_at, self._done_carrier, self._done_key
+        while done_at and done_at[0] <= now:
+            until, carrier, key = done_at.popleft(), done_carrier.popleft(), done_key.popleft()
             c = self._carriers[carrier]
             if c.done.get(key) == until:
                 del c.done[key]
         horizon = self._horizon
-        while horizon and horizon[0][0] <= now:
-            _, carrier, entry = horizon.popleft()
+        while horizon and horizon[0].deadline <= now:
+            entry = horizon.popleft()
+            carrier = entry.carrier
             if entry.remaining < 0:
                 self._horizon_done -= 1
                 continue
@@ -538,7 +574,9 @@ class Reconciler:
 
     def next_deadline(self) -> float | None:
         """The earliest time ``tick`` has work (possibly stale-early, never late)."""
-        times = [q[0][0] for q in (self._held_expiry, self._done_expiry, self._horizon) if q]
+        times = [q[0][0] for q in (self._held_expiry,) if q]
+        times += [q[0] for q in (self._done_at,) if q]
+        times += [q[0].deadline for q in (self._horizon,) if q]
         return min(times) if times else None
 
     def statistics(self) -> ReconcilerStatistics:

@@ -133,7 +133,7 @@ class _Collector(Collector):
         if m.gc_times is not None:
             gcn = CounterMetricFamily("sluice_gc_collections", "Cyclic GC collections by generation",
                                       labels=["generation"])  # fmt: skip
-            gcs = CounterMetricFamily("sluice_gc_seconds", "Seconds in cyclic GC collections by generation",
+            gcs = CounterMetricFamily("sluice_gc_seconds", "CPU seconds in cyclic GC collections by generation",
                                       labels=["generation"])  # fmt: skip
             for g in range(3):
                 gcn.add_metric([str(g)], m.gc_times.collections[g])
@@ -147,9 +147,10 @@ class _Collector(Collector):
 
 
 class GcTimes:
-    """The cyclic garbage collector's collections and the seconds they took, by generation
-    (``gc.callbacks``; a clock read at each start and stop, nothing per object): whether a slow
-    run of ``sluice bench e2e`` is the collector's (a full collection walks every live object)."""
+    """The cyclic garbage collector's collections and the CPU seconds they took (the collecting
+    thread's clock), by generation (``gc.callbacks``: two clock reads a collection, nothing per
+    object): whether a slow run of ``sluice bench e2e`` is the collector's (a full collection
+    walks every live object)."""
 
     def __init__(self) -> None:
         self.collections = [0, 0, 0]
@@ -158,11 +159,11 @@ class GcTimes:
 
     def __call__(self, phase: str, info: dict) -> None:
         if phase == "start":
-            self._began = time.perf_counter()
+            self._began = time.thread_time()
         else:
             g = info["generation"]
             self.collections[g] += 1
-            self.seconds[g] += time.perf_counter() - self._began
+            self.seconds[g] += time.thread_time() - self._began
 
     def __enter__(self) -> GcTimes:
         gc.callbacks.append(self)

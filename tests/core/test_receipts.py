@@ -178,7 +178,7 @@ def test_finished_messages_leave_no_trace() -> None:
     rc.tick(10)
     c = rc._carriers["c"]
     assert not c.by_id and not c.held and not c.done
-    assert not rc._horizon and not rc._held_expiry and not rc._done_expiry
+    assert not rc._horizon and not rc._held_expiry and not rc._done_at and not rc._done_key
 
 
 def test_finished_messages_do_not_wait_for_the_horizon() -> None:

@@ -49,3 +49,24 @@ def test_queue_depth_by_shard_and_state_rates_counters_and_latency() -> None:
     assert got[("sluice_receipt_latency_seconds_bucket", (("le", "86400.0"),))] == 4
     assert got[("sluice_receipt_latency_seconds_bucket", (("le", "+Inf"),))] == 5
     assert got[("sluice_receipt_latency_seconds_count", ())] == 5
+
+
+def test_garbage_collections_counted_by_generation_while_entered() -> None:
+    import gc
+
+    from gateway.runtime.metrics import GcTimes
+
+    cfg = loads(default_text())
+    core = Scheduler(cfg.core, NOON_UTC)
+    with GcTimes() as times:
+        gc.collect(0)
+        gc.collect(2)
+        gc.collect(2)
+    gc.collect(2)  # after the block: not counted
+    got = samples(Metrics(core, {}, lambda: NOON_UTC, gc_times=times))
+    assert got[("sluice_gc_collections_total", (("generation", "0"),))] == 1
+    assert got[("sluice_gc_collections_total", (("generation", "2"),))] == 2
+    assert got[("sluice_gc_seconds_total", (("generation", "2"),))] >= 0.0
+    assert times not in gc.callbacks
+    assert ("sluice_gc_collections_total", (("generation", "0"),)) not in samples(
+        Metrics(core, {}, lambda: NOON_UTC))
