@@ -61,7 +61,7 @@ from carriers.errors import BindError, CarrierError, ConnectError
 from carriers.shell import ConnectorShell
 from carriers.smpp import pdu as P
 from carriers.smpp.pdu import CommandId as C
-from carriers.smpp.receipts import MoAssembler, is_receipt, parse_receipt, receipt_excerpt
+from carriers.smpp.receipts import MoAssembler, Receipt, is_receipt, parse_receipt, receipt_excerpt, receipt_pdu
 from carriers.smpp.session import (
     BindRefused,
     Bound,
@@ -487,7 +487,8 @@ class SmppConnector(ConnectorShell):
         s = self.settings
         now = anyio.current_time()
         session = Session(
-            "esme", response_timeout=s.response_timeout, enquire_link_interval=s.enquire_link_interval, now=now
+            "esme", response_timeout=s.response_timeout, enquire_link_interval=s.enquire_link_interval, now=now,
+            deliver=receipt_pdu,
         )
         b.session, b.stream = session, stream
         cls = {"transceiver": P.BindTransceiver, "transmitter": P.BindTransmitter, "receiver": P.BindReceiver}[b.mode]
@@ -678,7 +679,7 @@ class SmppConnector(ConnectorShell):
 
     def _on_events(self, b: _Bind, events: list, now: float) -> None:
         inflight = b.inflight
-        resp, deliver, data = P.SubmitSmResp, P.DeliverSm, P.DataSm
+        resp, receipt, deliver, data = P.SubmitSmResp, P.DeliverReceipt, P.DeliverSm, P.DataSm
         for ev in events:
             t = type(ev)
             if t is resp:
@@ -689,6 +690,8 @@ class SmppConnector(ConnectorShell):
                     self._accepted(entry[0], entry[1], ev.message_id, now)
                 else:
                     self._refused(b, entry[0], ev.status, now)
+            elif t is receipt:
+                self._on_receipt(b, ev.sequence, ev.receipt, now)
             elif t is deliver or t is data:
                 self._on_deliver(b, ev, now)
             elif t is P.GenericNack:
@@ -770,6 +773,19 @@ class SmppConnector(ConnectorShell):
     def _count_error(self, status: int) -> None:
         name = P.status_name(status)
         self._errors[name] = self._errors.get(name, 0) + 1
+
+    def _on_receipt(self, b: _Bind, sequence: int, receipt: Receipt, now: float) -> None:
+        """A receipt read straight from the buffer (``receipt_pdu``): ``_on_deliver``'s first
+        case, without the PDU (it has a TLV id and a state, so nothing to log)."""
+        payload = (b, b.session, sequence, False)
+        ack = self._owe(payload) if self.deferred_acks else 0
+        if not ack:
+            self._answer(payload)
+        for result in self._reconciler.receipt(
+            self.name, receipt.ids, receipt.state, receipt.error_code, now, ack=ack, word=receipt.word,
+            tlv_first=self._tlv_in_submit_format,
+        ):
+            self._on_result(result)
 
     def _on_deliver(self, b: _Bind, pdu: P.DeliverSm | P.DataSm, now: float) -> None:
         session = b.session

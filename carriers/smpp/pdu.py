@@ -27,7 +27,8 @@ from __future__ import annotations
 import enum
 import re
 import struct
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -494,6 +495,17 @@ class SubmitSm(ShortMessage, frozen=True, gc=False):
 
 class DeliverSm(ShortMessage, frozen=True, gc=False):
     command_id: ClassVar[int] = CommandId.DELIVER_SM
+
+
+class DeliverReceipt(Pdu, frozen=True, gc=False):
+    """A deliver_sm read by ``decode_stream``'s ``deliver`` hook instead of the codec: an ESME's
+    delivery receipt in the common form, decoded straight from the buffer to what the receipt
+    says (``receipt``: ``carriers.smpp.receipts.Receipt``), without the 20 fields of a
+    ``DeliverSm`` and its TLV dict. Never encoded (``encode`` refuses it); answered as a
+    deliver_sm."""
+
+    command_id: ClassVar[int] = CommandId.DELIVER_SM
+    receipt: Any = None
 
 
 class _MessageIdResp(Pdu, frozen=True, gc=False):
@@ -1031,6 +1043,7 @@ _DECODERS: dict[int, tuple] = {
 }
 
 
+_DELIVER_SM = int(CommandId.DELIVER_SM)
 _MESSAGE_ID_RESP = {SubmitSmResp.command_id: SubmitSmResp, DeliverSmResp.command_id: DeliverSmResp}
 
 
@@ -1049,11 +1062,17 @@ def _decode_one(b: bytes, command_id: int, status: int, seq: int) -> Pdu | PduEr
     return PduError(f"{name} seq={seq}: {why}", command_status=code, sequence=seq, command_id=command_id)
 
 
-def decode_stream(data: bytes, max_length: int = MAX_PDU_LENGTH) -> tuple[list[Pdu | PduError], int]:
+def decode_stream(data: bytes, max_length: int = MAX_PDU_LENGTH,
+                  deliver: Callable[[bytes, int, int, int, int], Any] | None = None,
+                  ) -> tuple[list[Pdu | PduError], int]:  # fmt: skip
     """Decode every whole PDU at the start of ``data``; return them and the octets consumed.
 
     An undecodable PDU appears in place as a ``PduError`` value. A ``fatal`` one (an impossible
     command_length) ends the list and consumes everything: the framing is lost.
+
+    ``deliver(data, start, end, sequence, status)``, if given, is tried first on each deliver_sm:
+    what it returns (not None) stands in the list for the ``DeliverSm`` (the ESME's receipts,
+    read straight from the buffer: ``carriers.smpp.receipts.receipt_pdu``); None: decoded as usual.
     """
     out: list[Pdu | PduError] = []
     off = 0
@@ -1083,6 +1102,12 @@ def decode_stream(data: bytes, max_length: int = MAX_PDU_LENGTH) -> tuple[list[P
             i = data.find(0, off + 16, end)
             if i == end - 1:
                 out.append(resp_cls(seq, status, data[off + 16 : i], {}))
+                off = end
+                continue
+        if deliver is not None and command_id == _DELIVER_SM:
+            fast = deliver(data, off, end, seq, status)
+            if fast is not None:
+                out.append(fast)
                 off = end
                 continue
         b = data[off:end]

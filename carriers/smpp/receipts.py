@@ -30,6 +30,7 @@ __all__ = [
     "Inbound",
     "MoAssembler",
     "Receipt",
+    "receipt_pdu",
     "STAT_WORDS",
     "decode_text",
     "is_receipt",
@@ -213,6 +214,66 @@ def parse_receipt(pdu: P.DeliverSm | P.DataSm) -> Receipt | None:
         text_id=other,
         word=word,
     )
+
+
+# A receipt's deliver_sm (SMPP 3.4 §4.6.1) up to its short_message: five C-strings and the fixed
+# octets between them, esm_class (group 1) a receipt's, sm_length (group 2) the last octet.
+_RECEIPT_HEAD = re.compile(rb"[^\x00]*\x00..[^\x00]*\x00..[^\x00]*\x00(.)..[^\x00]*\x00[^\x00]*\x00....(.)", re.S)
+_TL = P._TL
+
+
+def receipt_pdu(data: bytes, start: int, end: int, sequence: int, status: int) -> P.DeliverReceipt | None:
+    """The receipt in the deliver_sm at ``data[start:end]``, read in one pass over the buffer
+    (``decode_stream``'s ``deliver`` hook, on the ESME's hot path), when it is the common kind
+    that ``parse_receipt`` reads from its TLVs alone: a ``receipted_message_id`` and a valid
+    ``message_state``. None for every other deliver_sm (an MO, a receipt stated in text only, a
+    malformed one): the codec decodes those as usual, so they are read as before. What it returns
+    is what ``parse_receipt`` returns for the decoded ``DeliverSm`` (a property test holds it)."""
+    m = _RECEIPT_HEAD.match(data, start + 16, end)
+    if m is None:
+        return None
+    text_at = m.end()
+    text_end = text_at + m.group(2)[0]
+    if text_end > end:
+        return None
+    raw_id = raw_state = neterr = payload = None
+    pos = text_end
+    unpack = _TL.unpack_from
+    while pos < end:
+        if pos + 4 > end:
+            return None
+        tag, length = unpack(data, pos)
+        pos += 4
+        value_end = pos + length
+        if value_end > end:
+            return None
+        if tag == _TAG_ID:
+            raw_id = data[pos:value_end]
+        elif tag == _TAG_STATE:
+            raw_state = data[pos:value_end]
+        elif tag == _TAG_NETERR:
+            neterr = data[pos:value_end]
+        elif tag == _TAG_PAYLOAD:
+            payload = data[pos:value_end]
+        pos = value_end
+    if raw_id is None or raw_state is None or len(raw_state) != 1:
+        return None
+    state = MESSAGE_STATES.get(raw_state[0])
+    tlv_id = _cstr(raw_id)
+    if state is None or not tlv_id:
+        return None
+    text = data[text_at:text_end] or payload or b""
+    err = neterr[1] << 8 | neterr[2] if neterr is not None and len(neterr) == 3 else None
+    text_id = None
+    if text:
+        found = _ID_FIELD.search(text)
+        text_id = found.group(1).decode("latin-1") if found else None
+        if err is None:
+            found = _ERR_FIELD.search(text)
+            err = _err(found.group(1)) if found else None
+    return P.DeliverReceipt(sequence, status, Receipt(
+        message_id=tlv_id, state=state, error_code=err, id_from_tlv=True,
+        text_id=text_id if text_id != tlv_id else None, word=_STATE_WORDS[raw_state[0]]))  # fmt: skip
 
 
 def _cstr(raw: bytes) -> str:

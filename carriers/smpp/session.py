@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
@@ -204,6 +205,7 @@ class Session:
         enquire_link_interval: float | None = 30.0,
         max_pdu_length: int = P.MAX_PDU_LENGTH,
         now: float = 0.0,
+        deliver: Callable[[bytes, int, int, int, int], P.Pdu | None] | None = None,
     ) -> None:
         if role not in ("esme", "smsc"):
             raise ValueError(f"role must be 'esme' or 'smsc', got {role!r}")
@@ -211,6 +213,7 @@ class Session:
         self.response_timeout = response_timeout
         self.enquire_link_interval = enquire_link_interval
         self._max_pdu_length = max_pdu_length
+        self._deliver = deliver  # ``decode_stream``'s deliver_sm hook (the ESME's receipts)
         self._state = State.OPEN
         self._bound_as: State | None = None
         self._may_send, self._may_receive = _permissions(role, State.OPEN, None)
@@ -374,7 +377,7 @@ class Session:
             self._now = now
         if self._rest:
             data = self._rest + data
-        pdus, used = P.decode_stream(data, self._max_pdu_length)
+        pdus, used = P.decode_stream(data, self._max_pdu_length, self._deliver)
         self._rest = data[used:] if used < len(data) else b""
         if not pdus:
             return []
@@ -392,7 +395,7 @@ class Session:
                     events.append(p)
                 else:
                     self._on_stray_response(p, entry, events)
-            elif t is P.DeliverSm and deliver_ok:
+            elif (t is P.DeliverReceipt or t is P.DeliverSm) and deliver_ok:
                 events.append(p)
             else:
                 if isinstance(p, PduError):
