@@ -6,7 +6,10 @@ A ``Session`` owns no socket and reads no clock. The shell feeds it what arrived
 (``receive_data(data, now)``), asks what to write (``data_to_send()``), tells it what to send
 (``send(pdu, now)``) and when time passes (``get_timer()`` / ``handle_timer(now)``). Everything
 it decides comes back as events: the peer's PDUs (``SubmitSm`` at the SMSC, ``SubmitSmResp`` and
-``DeliverSm`` at the ESME...) plus the few session-level facts below.
+``DeliverSm`` at the ESME...) plus the few session-level facts below. An ESME made with a
+``deliver`` hook (the connector's: ``carriers.smpp.receipts.receipt_pdu``) gets its common
+receipts as ``DeliverReceipt`` events instead, read straight from the buffer; the session treats
+them as the deliver_sm they are.
 
 The session's life is a table, ``_TRANSITIONS``, of ``(state, input) -> state`` (the shape of
 h11's ``_state.py``)::
