@@ -36,6 +36,7 @@ winner's text for them later (``campaigns/service/campaign_api.py``)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
@@ -44,14 +45,14 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 import msgspec
 
 from campaigns.core import abtest, attribution, discounts, links, schedule, templates
 from campaigns.core.imports import csv_header, parse_csv
 from campaigns.core.model import Subscriber
 from campaigns.errors import Conflict, GatewayError, InvalidInput, NotFound, nul_path, schema_field
-from campaigns.service.gateway_client import GatewayClient
+from campaigns.service.gateway_client import GatewayClient, JobAnswer
 from campaigns.store.base import Store
 from campaigns.store.campaign_rows import (AudienceRow, BatchRow, CampaignRow, LinkRange, LinkRow, PlannedRecipient,
                                            RecipientRow, SetTexts, TextKey)  # fmt: skip
@@ -773,6 +774,7 @@ def idempotency_key(campaign_id: int, batch: int) -> str:
 
 DEFAULT_FREEZE_CHUNK = 20_000  # recipients a chunk of a freeze (serve's default on PostgreSQL)
 DEFAULT_STREAM_CHUNK = 20_000  # recipients a chunk of a streamed freeze (both engines)
+ANSWERS_AHEAD = 4  # batches posted whose answers are not stored yet, at most (a default stream chunk's batches)
 POST_WINDOW = 1  # batches in flight at once (1: each posted once the one before is answered; docs/BENCHMARKS.md:
 # 2 measured no gain on a loaded machine, launch7)
 
@@ -830,13 +832,19 @@ class _Frozen:
 
 
 class _Posting:
-    """The posts of one ``_submit``: at most ``window`` in flight (``slots``), and whether the launch
-    stopped (a cancel) or failed (the first failure, raised once the posts in flight are answered)."""
+    """The posts of one ``_submit``: at most ``window`` in flight (``slots``: a slot is free again once
+    the gateway has answered, before the answer is stored), the answers still to store (``answers``;
+    at most ``ANSWERS_AHEAD`` posts answered or in flight whose answer is not stored: ``unstored``),
+    and whether the launch stopped (a cancel) or failed (the first failure, raised once the posts in
+    flight are answered and their answers stored)."""
 
     def __init__(self, window: int) -> None:
         self.slots = anyio.Semaphore(max(1, window))
         self.stopped = False
         self.failed: BaseException | None = None
+        # the gateway's answers, stored in order by ``Launcher._store_answers`` beside the next posts
+        self.answers, self.answered = anyio.create_memory_object_stream[tuple[BatchRow, JobAnswer]](math.inf)
+        self.unstored = anyio.Semaphore(ANSWERS_AHEAD)  # posts whose answer is not stored yet
 
     def fail(self, exc: BaseException) -> None:
         if self.failed is None:
@@ -1044,23 +1052,13 @@ class Launcher:
         spec = parse_spec(camp.definition)
         send, receive = anyio.create_memory_object_stream[tuple[BatchRow, bytes | BaseException]](1)
         posting = _Posting(self.post_window)
-        with receive:
+        with receive, posting.answered:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._bodies, send, tenant, camp, spec, lines or {}, gate or _Frozen(None))
-                async with anyio.create_task_group() as posts:
-                    async for b, body in receive:
-                        if not isinstance(body, bytes):
-                            posting.fail(body)
-                            break
-                        await posting.slots.acquire()
-                        if not posting.done and await self._canceled(tenant, camp):  # canceled during the launch
-                            posting.stopped = True
-                        if posting.done:
-                            posting.slots.release()
-                            break
-                        # Checked here, so that the posts reach the gateway in batch order (a task's
-                        # own check could let batch k+1 overtake batch k).
-                        posts.start_soon(self._post_in_window, posting, client, tenant, camp, b, body)
+                async with anyio.create_task_group() as stored:  # over once every answer is stored
+                    stored.start_soon(self._store_answers, posting, client, tenant, camp)
+                    with posting.answers:  # closed once every post is answered: the answers then end
+                        await self._post_all(posting, receive, client, tenant, camp)
                 tg.cancel_scope.cancel()  # every post answered: no more bodies needed
         if posting.failed is not None:
             raise posting.failed
@@ -1069,15 +1067,52 @@ class Launcher:
         if (await self.campaign(tenant, camp.id)).status == "launching":
             await self._run(self.store.set_campaign_status, tenant, camp.id, "launched", now=self.clock())
 
+    async def _post_all(self, posting: _Posting, bodies: MemoryObjectReceiveStream[tuple[BatchRow, bytes | BaseException]],
+                        client: GatewayClient, tenant: str, camp: CampaignRow) -> None:  # fmt: skip
+        """Start a post for each body in batch order, at most the window in flight; over once every
+        post started is answered (not yet stored: ``_store_answers``)."""
+        async with anyio.create_task_group() as posts:
+            async for b, body in bodies:
+                if not isinstance(body, bytes):
+                    posting.fail(body)
+                    break
+                await posting.unstored.acquire()
+                await posting.slots.acquire()
+                if not posting.done and await self._canceled(tenant, camp):  # canceled during the launch
+                    posting.stopped = True
+                if posting.done:
+                    posting.slots.release()
+                    posting.unstored.release()
+                    break
+                # Checked here, so that the posts reach the gateway in batch order (a task's
+                # own check could let batch k+1 overtake batch k).
+                posts.start_soon(self._post_in_window, posting, client, tenant, camp, b, body)
+
     async def _post_in_window(self, posting: _Posting, client: GatewayClient, tenant: str, camp: CampaignRow,
                               b: BatchRow, body: bytes) -> None:  # fmt: skip
         try:
-            if not await self._send(client, tenant, camp, b, body):
-                posting.stopped = True
+            answer = await client.submit_job(body, key=idempotency_key(camp.id, b.batch))
+            posting.answers.send_nowait((b, answer))
         except Exception as exc:  # noqa: BLE001  # raised by ``_submit`` once the others are answered
             posting.fail(exc)
+            posting.unstored.release()  # no answer to store
         finally:
             posting.slots.release()
+
+    async def _store_answers(self, posting: _Posting, client: GatewayClient, tenant: str, camp: CampaignRow) -> None:
+        """Store each answer in the order the gateway gave them, beside the next posts: on SQLite a
+        freeze chunk holds the store's one connection for a while, and a post waiting for the answer
+        before it to be written waited for that chunk (docs/ARCHITECTURE.md, "A launch's answers off its
+        critical path"). A crash before an answer is stored is what it was: the relaunch posts the batch
+        again under its Idempotency-Key and stores the stored job's answer."""
+        async for b, answer in posting.answered:
+            try:
+                if not await self._answered(client, tenant, camp, b, answer):
+                    posting.stopped = True
+            except Exception as exc:  # noqa: BLE001  # raised by ``_submit`` once the others are stored
+                posting.fail(exc)
+            finally:
+                posting.unstored.release()
 
     async def _bodies(self, send: MemoryObjectSendStream[tuple[BatchRow, bytes | BaseException]], tenant: str,
                       camp: CampaignRow, spec: CampaignSpec, lines: dict[int, list[tuple[str, str, str]]],
@@ -1119,12 +1154,14 @@ class Launcher:
         return job_body_of(head_line(camp, spec, b.batch, b.send_at, self.callback_urls.get(tenant)), lines)
 
     async def _canceled(self, tenant: str, camp: CampaignRow) -> bool:
-        return (await self.campaign(tenant, camp.id)).status == "canceled"
+        # the status as committed, read without waiting for a freeze chunk (``Store.campaign_status``)
+        return await self._run(self.store.campaign_status, tenant, camp.id) == "canceled"
 
-    async def _send(self, client: GatewayClient, tenant: str, camp: CampaignRow, b: BatchRow, body: bytes) -> bool:
-        """Post one batch (the campaign known not canceled) and store its answer; its job canceled at
-        once if the campaign was canceled meanwhile (then False: send no more)."""
-        answer = await client.submit_job(body, key=idempotency_key(camp.id, b.batch))
+    async def _answered(self, client: GatewayClient, tenant: str, camp: CampaignRow, b: BatchRow,
+                        answer: JobAnswer) -> bool:  # fmt: skip
+        """Store one batch's answer, then its job canceled at once if the campaign was canceled
+        meanwhile (then False: send no more). In that order: a cancel (``control``) stores the status,
+        then cancels the jobs it reads, so a job is canceled by one of the two."""
         rejected = [r.index for r in answer.rejected]
         await self._run(self.store.batch_submitted, tenant, camp.id, b.batch, job_id=answer.id,
                         accepted=answer.accepted, rejected=rejected, now=self.clock())  # fmt: skip

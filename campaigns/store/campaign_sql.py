@@ -289,6 +289,17 @@ class CampaignSql(ReportSql):
             row = tx.one(f"SELECT {_CAMP_COLS} FROM campaigns WHERE tenant = ? AND id = ?", (tenant, campaign_id))
         return _camp(tenant, row) if row else None
 
+    def campaign_status(self, tenant: str, campaign_id: int) -> CampaignStatus | None:
+        """The campaign's status as last committed. On SQLite a read on a connection of its own (WAL:
+        it never waits for a transaction on the store's, such as a launch's freeze chunk); here the
+        store's own (PostgreSQL: a launch's chunks have connections of their own)."""
+        with self._status_read() as tx:
+            row = tx.one("SELECT status FROM campaigns WHERE tenant = ? AND id = ?", (tenant, campaign_id))
+        return row[0] if row else None
+
+    def _status_read(self) -> Any:
+        return self._tx()
+
     def set_campaign_status(self, tenant: str, campaign_id: int, status: CampaignStatus, *, now: float) -> CampaignRow:
         with self._tx() as tx:
             row = tx.one("SELECT status FROM campaigns WHERE tenant = ? AND id = ?", (tenant, campaign_id))

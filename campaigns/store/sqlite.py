@@ -61,6 +61,8 @@ class SQLiteStore(SqlStore):
         self._reader: sqlite3.Connection | None = None  # the membership's snapshot reads, made at first use
         self._flow_reader: sqlite3.Connection | None = None  # the flow runtime's planned batches (flow_plan)
         self._flow_lock = threading.Lock()
+        self._status_reader: sqlite3.Connection | None = None  # a launch's cancel checks (campaign_status)
+        self._status_lock = threading.Lock()
         self._checkpointer: Checkpointer | None = None  # the WAL copied back on a thread of its own
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -144,6 +146,22 @@ class SQLiteStore(SqlStore):
             if self._flow_reader is None:
                 self._flow_reader = self._read_only_connection()
             with self._snapshot(self._flow_reader) as tx:
+                yield tx
+
+    @contextmanager
+    def _status_read(self) -> Iterator[Tx]:
+        """``campaign_status``'s read: a WAL snapshot on a connection of its own, so a launch's check
+        for a cancel between two posts does not wait for the freeze chunk that holds the store's
+        connection (docs/ARCHITECTURE.md, "A launch's answers off its critical path"). A database in
+        memory has one connection: the store's."""
+        if not self._flow_snapshot_ok():
+            with self._tx() as tx:
+                yield tx
+            return
+        with self._status_lock:
+            if self._status_reader is None:
+                self._status_reader = self._read_only_connection()
+            with self._snapshot(self._status_reader) as tx:
                 yield tx
 
     def _open_reader(self) -> sqlite3.Connection | None:
@@ -243,6 +261,10 @@ class SQLiteStore(SqlStore):
             if self._flow_reader is not None:
                 self._flow_reader.close()
                 self._flow_reader = None
+        with self._status_lock:
+            if self._status_reader is not None:
+                self._status_reader.close()
+                self._status_reader = None
         with self._lock:
             self._conn.close()
 

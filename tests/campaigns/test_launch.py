@@ -5,6 +5,7 @@ templates, short links, discount codes), and a crash mid-launch never sending an
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 
 import anyio
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from campaigns.core.events import Profile
 from campaigns.errors import Conflict, GatewayError, InvalidInput
 from campaigns.service.gateway_client import GatewayClient
-from campaigns.service.launch import Launcher, TenantLinks, parse_spec
+from campaigns.service.launch import ANSWERS_AHEAD, Launcher, TenantLinks, parse_spec
 from campaigns.store import Store, open_store
 from campaigns.store.base import NewConsent
 from fake_gateway import FakeGateway
@@ -393,6 +394,88 @@ async def test_the_next_batches_are_posted_while_the_gateway_answers_within_the_
     assert arrived == [f"campaign:{camp.id}:batch:{b}" for b in range(4)]
     assert flight[1] == min(window, 2) if window > 1 else flight[1] == 1
     assert Counter(gw.sent()) == Counter(f"+4479111{i:05d}" for i in range(1, 8))
+
+
+async def test_the_next_batches_are_posted_while_the_answer_before_them_waits_for_the_store(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A batch's answer is stored beside the next posts, not before them (on SQLite a freeze chunk
+    holds the store's one connection, and every post waited for it: docs/BENCHMARKS.md, launch10),
+    at most ``ANSWERS_AHEAD`` posts ahead of the answers stored. Batch 0's answer is stored only once
+    the gateway has received that many batches (bounded): never more, and the launch ends with every
+    answer stored, in batch order, each recipient once."""
+    ids = [subscriber(store, n) for n in range(1, 8)]
+    gw = FakeGateway()
+    camp = await launcher(store, gw).create("acme", "A", {"sender": "A", "template": "x https://s.io/x", "batch_size": 1,
+                                         "audience": {"subscribers": ids}})  # fmt: skip
+    inner, posted, stored, enough = gw.handle, [], [], threading.Event()
+
+    def handle(request):
+        if request.method == "POST" and request.url.path == "/v1/jobs":
+            posted.append(json.loads(request.content.split(b"\n", 1)[0])["reference"])
+            assert len(posted) - len(stored) <= ANSWERS_AHEAD
+            if len(posted) == ANSWERS_AHEAD:
+                enough.set()
+        return inner(request)
+
+    real = store.batch_submitted
+
+    def held(tenant: str, campaign_id: int, batch: int, **kw) -> None:  # in a worker thread
+        if batch == 0 and not enough.wait(10):
+            raise AssertionError("the next batches were not posted while batch 0's answer waited for the store")
+        real(tenant, campaign_id, batch, **kw)
+        stored.append(batch)
+
+    gw.handle = handle  # type: ignore[method-assign]
+    monkeypatch.setattr(store, "batch_submitted", held)
+    out = await launcher(store, gw).launch("acme", camp.id)
+    assert out.status == "launched" and out.batches == 7 and out.accepted == 7
+    assert stored == list(range(7)) and all(b.job_id for b in store.batches("acme", camp.id))
+    assert posted == [f"campaign:{camp.id}:batch:{b}" for b in range(7)]
+    assert Counter(gw.sent()) == Counter(f"+4479111{i:05d}" for i in range(1, 8))
+
+
+async def test_a_cancel_while_an_answer_waits_for_the_store_still_cancels_that_job(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The operator cancels after the gateway answered batch 0 and before that answer is stored, so
+    the cancel (``control``: the status, then the jobs it finds stored) cannot see its job: the
+    launcher, which checks the status after storing each answer, cancels it, and every job posted
+    (the posts go on while an answer is stored, up to ``ANSWERS_AHEAD`` of them) is canceled."""
+    ids = [subscriber(store, n) for n in range(1, 7)]
+    gw = FakeGateway()
+    la = launcher(store, gw)
+    camp = await la.create("acme", "C", {"sender": "A", "template": "x", "batch_size": 2, "audience": {"subscribers": ids}})
+    real = store.batch_submitted
+
+    def cancel_first(tenant: str, campaign_id: int, batch: int, **kw) -> None:
+        if batch == 0:
+            store.set_campaign_status(tenant, campaign_id, "canceled", now=T0)
+            assert not [b.job_id for b in store.batches(tenant, campaign_id) if b.job_id]  # what control reads
+        real(tenant, campaign_id, batch, **kw)
+
+    monkeypatch.setattr(store, "batch_submitted", cancel_first)
+    out = await la.launch("acme", camp.id)
+    assert out.status == "canceled" and 1 <= len(gw.jobs) <= 3
+    assert sorted(gw.actions) == [(job, "cancel") for job in sorted(gw.jobs)]
+
+
+def test_a_campaigns_status_is_read_while_a_transaction_holds_the_sqlite_store(sqlite_url: str) -> None:
+    """``campaign_status`` (the launch's check for a cancel between two posts) reads on a connection of
+    its own: it answers the committed status while another thread's transaction (a freeze chunk)
+    holds the store's connection, instead of waiting for it."""
+    store = open_store(sqlite_url)
+    try:
+        camp = store.put_campaign("acme", "S", {"sender": "A", "template": "x", "audience": {"subscribers": [1]}}, now=T0)
+        store.set_campaign_status("acme", camp.id, "launching", now=T0)
+        seen: list[object] = []
+        with store._tx() as tx:  # type: ignore[attr-defined]  # a chunk's transaction, open on this thread
+            tx.run("UPDATE campaigns SET name = 'T' WHERE id = ?", (camp.id,))
+            reader = threading.Thread(target=lambda: seen.append(store.campaign_status("acme", camp.id)), daemon=True)
+            reader.start()
+            reader.join(10)
+            assert seen == ["launching"]
+        assert store.campaign_status("acme", camp.id + 1) is None
+    finally:
+        store.close()
 
 
 async def test_a_store_failure_building_the_next_body_stops_the_launch_and_a_relaunch_sends_each_once(
