@@ -869,32 +869,22 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
         only = f"s.id = ANY({ph}::bigint[])" if tx.pg else f"s.id IN (SELECT value FROM json_each({ph}))"
         params = [x for p in plans for x in p.params]
         segs = [p.segment_id for p in plans]
-        inside: dict[int, list[int]] = {seg: [] for seg in segs}
-        joined: list[tuple[int, int]] | None = None
-        left: list[tuple[int, int]] | None = None
-        if tx.pg:
-            cols = ", ".join(f"CASE WHEN {p.where} THEN 1 ELSE 0 END" for p in plans)
-            for row in tx.raw_rows(f"SELECT s.id, {cols} FROM {members_from('postgres')} WHERE s.tenant = {ph} AND {only}",
-                                   [*params, tenant, tx.array(ids)]):  # fmt: skip
-                for seg, hit in zip(segs, row[1:], strict=True):
-                    if hit:
-                        inside[seg].append(int(row[0]))
-        else:
-            now_in = " + ".join(f"(CASE WHEN {p.where} THEN {1 << k} ELSE 0 END)" for k, p in enumerate(plans))
-            bits = " ".join(f"WHEN {int(seg)} THEN {1 << k}" for k, seg in enumerate(segs))
-            stored = (f"(SELECT coalesce(sum(CASE m.segment_id {bits} ELSE 0 END), 0) FROM segment_members m "
-                      "WHERE m.tenant = s.tenant AND m.subscriber_id = s.id)")  # fmt: skip
-            joined, left = [], []
-            for sid, now_mask, was in tx.raw_rows(f"SELECT s.id, {now_in}, {stored} FROM {members_from('sqlite')} "
-                                                  f"WHERE s.tenant = ? AND {only}", [*params, tenant, tx.array(ids)]):  # fmt: skip
-                if now_mask != was:
-                    was = int(was)
-                    for k, seg in enumerate(segs):
-                        bit = 1 << k
-                        if now_mask & bit and not was & bit:
-                            joined.append((seg, int(sid)))
-                        elif was & bit and not now_mask & bit:
-                            left.append((seg, int(sid)))
+        now_in = " + ".join(f"(CASE WHEN {p.where} THEN {1 << k} ELSE 0 END)" for k, p in enumerate(plans))
+        bits = " ".join(f"WHEN {int(seg)} THEN {1 << k}" for k, seg in enumerate(segs))
+        stored = (f"(SELECT coalesce(sum(CASE m.segment_id {bits} ELSE 0 END), 0) FROM segment_members m "
+                  "WHERE m.tenant = s.tenant AND m.subscriber_id = s.id)")  # fmt: skip
+        joined: list[tuple[int, int]] = []
+        left: list[tuple[int, int]] = []
+        for sid, now_mask, was in tx.raw_rows(f"SELECT s.id, {now_in}, {stored} FROM {members_from('postgres' if tx.pg else 'sqlite')} "
+                                              f"WHERE s.tenant = {ph} AND {only}", [*params, tenant, tx.array(ids)]):  # fmt: skip
+            now_mask, was = int(now_mask), int(was)  # PostgreSQL's sum of bigints is a numeric
+            if now_mask != was:
+                for k, seg in enumerate(segs):
+                    bit = 1 << k
+                    if now_mask & bit and not was & bit:
+                        joined.append((seg, int(sid)))
+                    elif was & bit and not now_mask & bit:
+                        left.append((seg, int(sid)))
         edges: dict[int, dict[int, float]] = {p.segment_id: {} for p in plans if p.edges is not None or p.timed}
         for p in plans:
             if p.edges is not None:
@@ -907,7 +897,7 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
                     for seg, at in zip(cols, row[1:], strict=True):
                         if at is not None and (sid not in edges[seg] or at < edges[seg][sid]):
                             edges[seg][sid] = float(at)
-        return MembersFound(ids=ids, inside={} if joined is not None else inside, edges=edges, joined=joined, left=left)
+        return MembersFound(ids=ids, inside={}, edges=edges, joined=joined, left=left)
 
     @staticmethod
     def _write_group(tx: Tx, tenant: str, ids: list[int], found: dict[int, list[int]],
