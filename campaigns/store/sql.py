@@ -814,13 +814,15 @@ class SqlStore(EventBatch, CampaignSql, InboxSql, FlowSql):
     def refresh_members(self, tenant: str, plans: Sequence[MemberPlan], *, now: float) -> int:
         """Live membership after a batch: per plan, who of ``ids`` is in the segment now (its compiled
         SQL, restricted to them) and, for segments time alone can change, the next window edge of each
-        (``compile_edges``), read in one snapshot (``_member_read``); then, in one short write
-        transaction, the difference with the stored members written (joiners ``since`` now) and the
-        timers that changed. Plans over the same ids are answered by one statement (a column per
-        segment) and one read of their stored members. Returns how many memberships changed.
+        (``compile_edges``), and who of them is stored as a member, read in one snapshot
+        (``_member_read``); then, in one short write transaction, the differences written (joiners
+        ``since`` now, leavers deleted) and the timers that changed. Plans over the same ids are
+        answered by one statement (a bit per segment, their stored members folded the same way).
+        Returns how many memberships changed.
 
         Reading first and writing after is safe because membership passes are serialised
-        (``_member_lock``) and a subscriber whose rows commit after the snapshot was handed to a later
+        (``_member_lock``, held by every membership writer: the stored members the snapshot sees are
+        the ones the write changes) and a subscriber whose rows commit after the snapshot was handed to a later
         pass by that commit, which reads them: the last pass over a subscriber reads after its last
         commit."""
         with self._member_lock:

@@ -2,7 +2,9 @@
 members of the pass's segments among its subscribers become exactly what it found (joiners ``since``
 now, those who stay keep theirs), their timers exactly its window edges, and nothing else moves:
 other subscribers, other segments, other tenants. PostgreSQL writes the differences in one statement
-each (``PostgresStore._write_group``), SQLite from Python (``SqlStore._write_group``)."""
+each (``PostgresStore._write_group``), SQLite from Python (``SqlStore._write_group``). A whole pass
+(``refresh_members``) compares with the stored members in its read statement and writes only the
+differences (``_write_found``): the last test."""
 
 from __future__ import annotations
 
