@@ -85,6 +85,11 @@ class MembersFound(msgspec.Struct, frozen=True, kw_only=True):
     ids: list[int]
     inside: dict[int, list[int]]
     edges: dict[int, dict[int, float]]
+    # SQLite's pass compares with the stored members in the same statement (``SqlStore._read_group``):
+    # then these are the differences, (segment, subscriber) pairs to insert and to delete, and
+    # ``inside`` is empty; None: the write compares (PostgreSQL, in its one statement).
+    joined: list[tuple[int, int]] | None = None
+    left: list[tuple[int, int]] | None = None
 
 
 class SegmentRow(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,6 +15,7 @@ import psycopg
 from campaigns.errors import StorageError
 from campaigns.store import click_sql
 from campaigns.store.event_batch_pg import PgEventBatch
+from campaigns.store.base import MembersFound
 from campaigns.store.campaign_rows import HitIn, LinkRow
 from campaigns.store.campaign_sql import link_read_many, link_rows, resolve_codes, resolve_ranges
 from campaigns.store import rollups
@@ -137,9 +138,21 @@ class PostgresStore(PgEventBatch, SqlStore):
         row = tx.named_rows(_MEMBERS_WRITE, {"tenant": tenant, "now": now, "ids": ids, "segs": sorted(found),
                                              "fseg": [p[0] for p in pairs], "fsid": [p[1] for p in pairs]})  # fmt: skip
         if edges:
-            want = [(seg, sid, at) for seg, by_sid in edges.items() for sid, at in by_sid.items()]
-            tx.named_run(_TIMERS_WRITE, {"tenant": tenant, "ids": ids, "segs": sorted(edges), "wseg": [w[0] for w in want],
-                                         "wsid": [w[1] for w in want], "wat": [w[2] for w in want]})  # fmt: skip
+            _pg_timers(tx, tenant, ids, edges)
+        joined = [(int(seg), int(sid)) for seg, sid, _ in row if seg is not None]
+        enqueue_entered(tx, tenant, joined, now)
+        return sum(int(r[2]) for r in row)
+
+    @staticmethod
+    def _write_found(tx: Tx, tenant: str, f: MembersFound, now: float) -> int:
+        """A group's differences, read with its stored members (``SqlStore._read_group``), in one
+        statement (the leavers deleted by their rows' ctids, the joiners inserted), its timers in another."""
+        assert f.joined is not None and f.left is not None
+        row = tx.named_rows(_MEMBERS_APPLY, {"tenant": tenant, "now": now,
+                                             "jseg": [j[0] for j in f.joined], "jsid": [j[1] for j in f.joined],
+                                             "lseg": [x[0] for x in f.left], "lsid": [x[1] for x in f.left]})  # fmt: skip
+        if f.edges:
+            _pg_timers(tx, tenant, f.ids, f.edges)
         joined = [(int(seg), int(sid)) for seg, sid, _ in row if seg is not None]
         enqueue_entered(tx, tenant, joined, now)
         return sum(int(r[2]) for r in row)
@@ -213,6 +226,33 @@ added AS (
 SELECT NULL::bigint, NULL::bigint, (SELECT count(*) FROM gone)
 UNION ALL SELECT segment_id, subscriber_id, 1 FROM added
 """
+
+# A pass's membership differences as read with the stored members (``SqlStore._read_group``): the
+# leavers ``l`` deleted (by their rows' ctids, each found by the whole key: a join on the key let the
+# planner hash the whole table), the joiners ``j`` inserted (``since`` now). Returns what
+# ``_MEMBERS_WRITE`` does.
+_MEMBERS_APPLY = """
+WITH gone AS (
+    DELETE FROM segment_members m WHERE m.ctid = ANY(ARRAY(
+        SELECT x.row FROM unnest(%(lseg)s::bigint[], %(lsid)s::bigint[]) AS l (segment_id, subscriber_id)
+        CROSS JOIN LATERAL (SELECT y.ctid AS row FROM segment_members y WHERE y.tenant = %(tenant)s
+                            AND y.segment_id = l.segment_id AND y.subscriber_id = l.subscriber_id OFFSET 0) x))
+    RETURNING 1),
+added AS (
+    INSERT INTO segment_members (tenant, segment_id, subscriber_id, since)
+    SELECT %(tenant)s, j.segment_id, j.subscriber_id, %(now)s
+    FROM unnest(%(jseg)s::bigint[], %(jsid)s::bigint[]) AS j (segment_id, subscriber_id)
+    ON CONFLICT DO NOTHING RETURNING segment_id, subscriber_id)
+SELECT NULL::bigint, NULL::bigint, (SELECT count(*) FROM gone)
+UNION ALL SELECT segment_id, subscriber_id, 1 FROM added
+"""
+
+
+def _pg_timers(tx: Tx, tenant: str, ids: list[int], edges: dict[int, dict[int, float]]) -> None:
+    want = [(seg, sid, at) for seg, by_sid in edges.items() for sid, at in by_sid.items()]
+    tx.named_run(_TIMERS_WRITE, {"tenant": tenant, "ids": ids, "segs": sorted(edges), "wseg": [w[0] for w in want],
+                                 "wsid": [w[1] for w in want], "wat": [w[2] for w in want]})  # fmt: skip
+
 
 # The timers of the segments ``segs`` for ``ids`` become ``want`` (segment, subscriber, at): the others
 # are deleted; a timer whose instant did not move is not rewritten (an order moves few window edges).

@@ -282,7 +282,16 @@ class _Compiler:
         if seg.source == "item":
             conds.append("o.tenant = i.tenant AND o.order_id = i.order_id")
         sub = "o.subscriber_id" if seg.source == "item" else f"{a}.subscriber_id"
-        conds.append(f"{sub} IS NOT NULL{self.within(sub)}")
+        # Restricted on SQLite, orders and activities are read driven by the ids (CROSS JOIN keeps that
+        # order): one seek each to (subscriber, [kind,] the window's start) in the per-subscriber index
+        # (`orders_segment_spend`, `activities_subscriber`), so a window reads its own rows only; with
+        # `subscriber_id IN (ids)` SQLite read every row of each subscriber and tested the time after.
+        driven = self.only is not None and not self.pg and seg.source in ("order", "activity")
+        if driven:
+            table = f"{self.only_table()} j CROSS JOIN {table}"
+            conds.append(f"{sub} = j.value")
+        else:
+            conds.append(f"{sub} IS NOT NULL{self.within(sub)}")
         time = {"order": "o.created_at", "item": "o.created_at", "activity": "a.at",
                 "checkout": {"abandoned": "c.abandoned_at", "completed": "c.completed_at"}.get(seg.state or "", "c.started_at")}[seg.source]  # fmt: skip
         if seg.source == "activity":
@@ -294,7 +303,7 @@ class _Compiler:
         if seg.within_days is not None:
             # Restricted to a few subscribers (`only`), SQLite must probe their rows by owner, not range
             # over the tenant's window by time: `+` keeps the time index out of the choice.
-            plus = "+" if self.only is not None and not self.pg else ""
+            plus = "+" if self.only is not None and not self.pg and not driven else ""
             conds.append(f"{plus}{time} >= {self.num(self.now - seg.within_days * DAY)}")
         for column, allowed in seg.where:
             owner = "i" if column in _ITEM_COLUMNS else "o"

@@ -2,7 +2,9 @@
 members of the pass's segments among its subscribers become exactly what it found (joiners ``since``
 now, those who stay keep theirs), their timers exactly its window edges, and nothing else moves:
 other subscribers, other segments, other tenants. PostgreSQL writes the differences in one statement
-each (``PostgresStore._write_group``), SQLite from Python (``SqlStore._write_group``)."""
+each (``PostgresStore._write_group``), SQLite from Python (``SqlStore._write_group``). A whole pass
+(``refresh_members``) compares with the stored members in its read statement and writes only the
+differences (``_write_found``): the last test."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaigns.store import open_store
-from campaigns.store.base import MembersFound, Store
+from campaigns.core.events import Profile
+from campaigns.store.base import MemberPlan, MembersFound, Store
 
 T0 = 1_760_000_000.0
 SIDS = range(1, 7)
@@ -121,3 +124,45 @@ def test_a_sqlite_store_made_before_keeps_its_layout_and_its_passes_write_the_sa
     finally:
         old.close()
         new.close()
+
+
+# ---- a whole pass (read, then write): the stored members compared where they are read -------------
+NSUB = 8
+
+
+def _plans(ph: str, tenant: str, sids: list[int], ids: list[int], wheres: dict[int, list[int]]) -> list[MemberPlan]:
+    # each segment's `where` selects a fixed set of subscribers (by their ids), as a compiled segment would
+    return [MemberPlan(segment_id=seg, ids=ids, where=f"s.tenant = {ph} AND s.id IN ({', '.join(str(sids[i]) for i in who) or 'NULL'})",
+                       params=[tenant]) for seg, who in sorted(wheres.items())]  # fmt: skip
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(nsegs=st.sampled_from([1, 3, 62, 63, 70]), data=st.data())
+def test_a_pass_over_many_segments_leaves_exactly_what_it_found(store: Store, nsegs: int, data: st.DataObject) -> None:
+    """``refresh_members`` end to end: whatever is stored before (members of the pass's segments and of
+    others, for its subscribers and others), afterwards the pass's segments hold exactly what their SQL
+    selects among its subscribers, joiners ``since`` now, stayers their own ``since``, the count of
+    changes exact, nothing else moved, one ``segment_entered`` a joiner. More segments than one
+    integer's bits (62: SQLite folds a statement's segments into one) split the statement."""
+    tenant = f"p{next(_tenants)}"
+    sids = [store.put_subscriber(tenant, Profile(phone=f"+336123456{k:02d}"), phone=f"+336123456{k:02d}", at=T0,
+                                 now=T0)[0].id for k in range(NSUB)]  # fmt: skip
+    segs = list(range(100, 100 + nsegs))
+    others = [900, 901]  # segments the pass does not touch
+    idx = st.sampled_from(range(NSUB))
+    wheres = {seg: sorted(data.draw(st.sets(idx), label=f"selects{seg}")) for seg in segs}
+    ids = sorted(sids[i] for i in data.draw(st.sets(idx, min_size=1), label="ids"))
+    stored = data.draw(st.sets(st.tuples(st.sampled_from(segs + others), idx), max_size=40), label="stored")
+    for seg, i in sorted(stored):
+        store.set_member(tenant, seg, sids[i], True, now=T0 + 1)
+    before, _ = _state(store, tenant)
+    changed = store.refresh_members(tenant, _plans("%s" if store.engine == "postgres" else "?", tenant, sids, ids, wheres), now=T0 + 50)
+
+    after, _ = _state(store, tenant)
+    want = {k: v for k, v in before.items() if not (k[0] in wheres and k[1] in ids)}
+    for seg, who in wheres.items():
+        for i in who:
+            if sids[i] in ids:
+                want[(seg, sids[i])] = before.get((seg, sids[i]), T0 + 50)
+    assert after == want
+    assert changed == sum(1 for k in set(after) ^ set(before))
