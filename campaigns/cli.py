@@ -82,9 +82,15 @@ def serve_alone(config_path: str, port: int | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings(config_path)
     _check_env(settings)
-    anyio.run(lambda: serve(settings, port=port, on_ready=lambda p: print(json.dumps({"campaigns": p}), flush=True),
-                            on_short_links=lambda p: print(json.dumps({"short_links": p}), flush=True)),
-              backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+    try:
+        anyio.run(lambda: serve(settings, port=port, on_ready=lambda p: print(json.dumps({"campaigns": p}), flush=True),
+                                on_short_links=lambda p: print(json.dumps({"short_links": p}), flush=True)),
+                  backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+    except (ConfigError, BaseExceptionGroup) as exc:  # found at start-up (store in use, port taken): one line
+        if (cause := _startup_error(exc)) is None:
+            raise
+        click.echo(f"error: {cause}", err=True)
+        sys.exit(2)
 
 
 @campaigns.command("abandon")
