@@ -25,6 +25,13 @@ def campaigns() -> None:
     """The campaign layer: subscribers, consent, shop events, segments."""
 
 
+def _quiet_httpx() -> None:
+    """The gateway link polls ``GET /v1/inbound`` every couple of seconds and the flows post sends:
+    httpx's INFO line per request filled a new user's terminal with ``HTTP Request: GET
+    http://127.0.0.1 "HTTP/1.1 200 OK"`` for ever. Its warnings stay; our own loggers say what failed."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def _settings(config_path: str | None):  # type: ignore[no-untyped-def]
     from campaigns import config
 
@@ -80,6 +87,7 @@ def serve_alone(config_path: str, port: int | None) -> None:
     from campaigns.service.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _quiet_httpx()
     settings = _settings(config_path)
     _check_env(settings)
     try:
@@ -432,6 +440,7 @@ def serve(ctx: click.Context, config_path: str | None, port: int | None, backend
     import msgspec
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _quiet_httpx()
     if port is not None:
         gateway_cfg = msgspec.structs.replace(gateway_cfg, api=msgspec.structs.replace(gateway_cfg.api, port=port))  # type: ignore[type-var, attr-defined]
     from gateway.errors import ConfigError as GatewayConfigError

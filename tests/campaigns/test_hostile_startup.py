@@ -78,3 +78,44 @@ async def test_a_second_campaign_layer_on_one_store_is_one_line(tmp_path: Path, 
         await _stop(restarted)
     finally:
         await _stop(first, signal.SIGKILL)
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict]:
+    return ("asyncio", {"use_uvloop": True})
+
+
+async def test_serve_with_campaigns_does_not_log_a_line_per_link_request(tmp_path: Path) -> None:
+    """README's "Try it on your machine" as a new user sees it: the gateway link's requests (its
+    inbound poll every `sync_interval`, here each 0.1 s) were each an httpx INFO line, for ever."""
+    import httpx
+
+    from gateway.testing.processes import simulator, start
+    from gateway.testing.serving import shop_config
+
+    key, ckey = "hostile-startup-gw-key-0123456", "hostile-startup-campaigns-key-0"
+    async with simulator() as sim:
+        cfg = shop_config(tmp_path, sim.port, sender="12345", extra=f"""
+[campaigns]
+store_url = "sqlite:///{tmp_path / 'campaigns.db'}"
+port = 0
+sync_interval = 0.1
+[[campaigns.tenants]]
+name = "acme"
+key_env = "CK"
+gateway_key_env = "SLUICE_KEY"
+""")
+        cmd = [sys.executable, "-m", "campaigns.cli", "serve", "--config", cfg, "--port", "0"]
+        errors = tmp_path / "stderr"
+        with anyio.fail_after(90), errors.open("wb") as err:
+            async with start(cmd, name="sluice", env={"SLUICE_KEY": key, "CK": ckey}, stderr=err) as gw:
+                cport = (await gw.line())["campaigns"]
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cport}", headers={"authorization": f"Bearer {ckey}"}) as c, \
+                        httpx.AsyncClient(base_url=gw.url, headers={"authorization": f"Bearer {key}"}) as g:  # fmt: skip
+                    r = await c.post("/v1/subscribers", json={"profile": {"phone": "+447911123401"},
+                                                              "consent": {"action": "opt_out", "source": "api"}})  # fmt: skip
+                    assert r.status_code == 201, r.text
+                    while "+447911123401" not in {s["number"] for s in (await g.get("/v1/suppressions")).json()}:
+                        await anyio.sleep(0.05)  # the link posted it: its requests were made
+    log = errors.read_text()
+    assert "campaigns.listening" in log and "HTTP Request:" not in log, log[-2000:]
