@@ -25,6 +25,13 @@ def campaigns() -> None:
     """The campaign layer: subscribers, consent, shop events, segments."""
 
 
+def _quiet_httpx() -> None:
+    """The gateway link polls ``GET /v1/inbound`` every couple of seconds and the flows post sends:
+    httpx's INFO line per request filled a new user's terminal with ``HTTP Request: GET
+    http://127.0.0.1 "HTTP/1.1 200 OK"`` for ever. Its warnings stay; our own loggers say what failed."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def _settings(config_path: str | None):  # type: ignore[no-untyped-def]
     from campaigns import config
 
@@ -80,11 +87,18 @@ def serve_alone(config_path: str, port: int | None) -> None:
     from campaigns.service.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _quiet_httpx()
     settings = _settings(config_path)
     _check_env(settings)
-    anyio.run(lambda: serve(settings, port=port, on_ready=lambda p: print(json.dumps({"campaigns": p}), flush=True),
-                            on_short_links=lambda p: print(json.dumps({"short_links": p}), flush=True)),
-              backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+    try:
+        anyio.run(lambda: serve(settings, port=port, on_ready=lambda p: print(json.dumps({"campaigns": p}), flush=True),
+                                on_short_links=lambda p: print(json.dumps({"short_links": p}), flush=True)),
+                  backend="asyncio", backend_options={"use_uvloop": True})  # fmt: skip
+    except (ConfigError, BaseExceptionGroup) as exc:  # found at start-up (store in use, port taken): one line
+        if (cause := _startup_error(exc)) is None:
+            raise
+        click.echo(f"error: {cause}", err=True)
+        sys.exit(2)
 
 
 @campaigns.command("abandon")
@@ -426,6 +440,7 @@ def serve(ctx: click.Context, config_path: str | None, port: int | None, backend
     import msgspec
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _quiet_httpx()
     if port is not None:
         gateway_cfg = msgspec.structs.replace(gateway_cfg, api=msgspec.structs.replace(gateway_cfg.api, port=port))  # type: ignore[type-var, attr-defined]
     from gateway.errors import ConfigError as GatewayConfigError

@@ -17,8 +17,9 @@ headers, at most ``header_timeout`` seconds -> 408 and close; at most ``max_head
 -> 431 and close (RFC 9110 §15.5.9, RFC 6585 §5). The head counted is the request line, the
 header lines and the empty line that ends them (up to and including its CRLF CRLF), exactly:
 a head of ``max_head_bytes`` is served, one byte more is refused, however the bytes arrive. The body has its own budget in the ASGI app
-(``gateway/api/app.py``). On trio, Hypercorn needs no guard: its idle timer runs until a head is
-complete (``serve`` sets it to ``header_timeout``) and h11 bounds the head at 16 KiB.
+(``gateway/api/app.py``). On trio, Hypercorn needs no head guard: its idle timer runs until a head
+is complete (``serve`` sets it to ``header_timeout``) and h11 bounds the head; its connections are
+capped by the same rule as below (``gateway/runtime/hyper_serve.py``).
 
 Nor does uvicorn bound its connections (``limit_concurrency`` answers 503 to requests; the sockets
 stay open): a client opening thousands of idle sockets ran the process out of file descriptors
@@ -43,7 +44,7 @@ from collections.abc import Mapping
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["connection_caps", "guarded_httptools"]
+__all__ = ["connection_caps", "guarded_httptools", "refusal"]
 
 #: File descriptors a process keeps for what is not a client's connection: the store's files and
 #: connections, carrier binds, HTTP clients, child processes' pipes, logs.
@@ -55,7 +56,8 @@ log = logging.getLogger(__name__)
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
-def _refusal(status: int, message: str) -> bytes:
+def refusal(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 answer that closes the connection: 408, 431 or 503 (with Retry-After)."""
     code = {408: "header_timeout", 431: "headers_too_large", 503: "too_many_connections"}[status]
     body = msgspec.json.encode({"error": message, "code": code})
     retry = b"retry-after: 1\r\n" if status == 503 else b""
@@ -93,9 +95,9 @@ def guarded_httptools(header_timeout: float, max_head_bytes: int, max_connection
     """uvicorn's ``HttpToolsProtocol`` with a head deadline, a head size bound and, unless None, a cap
     on open connections (pass it as ``uvicorn.Config(http=...)``; one call per server: the class
     holds that server's connections)."""
-    too_slow = _refusal(408, f"request headers not received within {header_timeout:g} s")
-    too_big = _refusal(431, f"request headers larger than {max_head_bytes} bytes")
-    too_many = _refusal(503, f"more than {max_connections} connections open: try again")
+    too_slow = refusal(408, f"request headers not received within {header_timeout:g} s")
+    too_big = refusal(431, f"request headers larger than {max_head_bytes} bytes")
+    too_many = refusal(503, f"more than {max_connections} connections open: try again")
     conns: dict[asyncio.Protocol, None] = {}  # this server's open connections, oldest first
 
     class GuardedHttpTools(HttpToolsProtocol):

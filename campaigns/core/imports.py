@@ -142,30 +142,45 @@ def _delimiter(text: str) -> str:
     return ";" if header.count(";") >= header.count("\t") and ";" in header else "\t" if "\t" in header else ","
 
 
+def _table(text: str) -> tuple[str, str]:
+    """The CSV without its preamble, and its delimiter. A first line ``sep=;`` (Excel's hint, written
+    by tools that export for it) names the delimiter and is not the header."""
+    text = text.removeprefix("\ufeff")
+    first = text.split("\n", 1)[0].rstrip("\r")
+    if first.lower().startswith("sep=") and len(first) == 5:
+        return text.split("\n", 1)[1] if "\n" in text else "", first[4]
+    return text, _delimiter(text)
+
+
 def csv_header(text: str) -> list[str]:
     """The column names of a CSV's header row (trimmed, lower-case), checked: a ``phone`` column, no
-    unknown column, none twice; else InvalidInput naming the column."""
-    text = text.removeprefix("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
+    unknown column, none twice; else InvalidInput naming the column. A column without a name (a
+    spreadsheet's used range wider than its data: ``phone,first_name,,``) is kept as ``""``: its
+    cells must be empty (``parse_csv``)."""
+    text, delimiter = _table(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = [h.strip().lower() for h in next(reader, [])]
     except csv.Error as exc:
         raise InvalidInput(f"header: {exc}", code="invalid_csv", field="header") from None
     if "phone" not in header:
         raise InvalidInput("the header row must name a phone column", code="missing_field", field="phone")
-    unknown = sorted(set(header) - KNOWN)
+    named = [h for h in header if h]
+    unknown = sorted(set(named) - KNOWN)
     if unknown:
         raise InvalidInput(f"unknown columns: {', '.join(unknown)}", code="unknown_field", field=unknown[0])
-    if len(set(header)) < len(header):
-        twice = sorted({h for h in header if header.count(h) > 1})
+    if len(set(named)) < len(named):
+        twice = sorted({h for h in named if named.count(h) > 1})
         raise InvalidInput(f"columns named twice: {', '.join(twice)}", code="invalid_csv", field=twice[0])
     return header
 
 
 def parse_csv(text: str, *, file_name: str = "", region: str | None = None) -> list[ImportRow]:
     header = csv_header(text)
-    text = text.removeprefix("\ufeff")
-    reader = csv.DictReader(io.StringIO(text, newline=""), fieldnames=header, delimiter=_delimiter(text))
+    text, delimiter = _table(text)
+    unnamed = {f"\x00{j}": j for j, h in enumerate(header) if not h}  # never a column's name: NUL
+    names = [h or f"\x00{j}" for j, h in enumerate(header)]
+    reader = csv.DictReader(io.StringIO(text, newline=""), fieldnames=names, delimiter=delimiter)
     next(reader, None)  # the header row, read by csv_header
     rows = []
     i = -1
@@ -173,9 +188,16 @@ def parse_csv(text: str, *, file_name: str = "", region: str | None = None) -> l
         for i, rec in enumerate(reader):
             if i >= MAX_ROWS:
                 raise InvalidInput(f"more than {MAX_ROWS} rows: split the file", code="too_large", field="rows")
-            if None in rec:  # more values than the header names: a column shifted, never guessed
-                raise InvalidInput(f"rows[{i}]: {len(header) + len(rec[None])} values for {len(header)} columns",  # type: ignore[index]
+            extra = rec.pop(None, None)  # type: ignore[call-overload]
+            if extra is not None and any(v.strip() for v in extra):  # a column shifted: never guessed
+                raise InvalidInput(f"rows[{i}]: {len(header) + len(extra)} values for {len(header)} columns",
                                    code="invalid_csv", field=f"rows[{i}]")  # fmt: skip
+            if not any(v and v.strip() for v in rec.values()):  # a spreadsheet's empty row (",,,"), or ",,, "
+                continue
+            for key, j in unnamed.items():
+                if (rec.get(key) or "").strip():
+                    raise InvalidInput(f"rows[{i}]: a value in column {j + 1}, which the header row does not name",
+                                       code="invalid_csv", field=f"rows[{i}]")  # fmt: skip
             rows.append(_row(rec, i, file_name, region))
     except csv.Error as exc:  # a field over the csv module's limit, a NUL on older Pythons, ...
         raise InvalidInput(f"rows[{i + 1}]: {exc}", code="invalid_csv", field=f"rows[{i + 1}]") from None

@@ -288,6 +288,7 @@ def _read_start(stdin: int) -> WorkerStart:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per send otherwise (campaigns/cli.py)
     # A Ctrl-C at the terminal reaches the whole process group: serve stops in order and closes our
     # stdin, which is what stops us (as it does when serve dies).
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -27,6 +27,7 @@ from campaigns.service.flow_runtime import FlowRuntime, install_state, runtime_t
 from campaigns.service.flow_workers import FlowWorkers
 from campaigns.service.launch import Launcher, TenantLinks, freeze_chunk_for, stream_chunk_for
 from campaigns.service.short_http import ShortLinkServer, serve_short_links
+from campaigns.service.store_lock import hold_store
 from campaigns.service.tracking import Tracker
 from campaigns.service.gateway_client import GatewayClient
 from campaigns.service.inbox import Inbox
@@ -106,6 +107,15 @@ async def serve(settings: CampaignSettings, *, gateway_url: str | None = None, p
                 environ: Mapping[str, str] | None = None,
                 on_short_links: Callable[[int], None] | None = None) -> None:  # fmt: skip
     env = os.environ if environ is None else environ
+    release = await anyio.to_thread.run_sync(hold_store, settings.store_url)  # one per store (store_lock.py)
+    try:
+        await _serve(settings, env, gateway_url=gateway_url, port=port, on_ready=on_ready, on_short_links=on_short_links)
+    finally:
+        release()
+
+
+async def _serve(settings: CampaignSettings, env: Mapping[str, str], *, gateway_url: str | None, port: int | None,
+                 on_ready: Callable[[int], None] | None, on_short_links: Callable[[int], None] | None) -> None:  # fmt: skip
     store = await anyio.to_thread.run_sync(open_store, settings.store_url)
     audience = Audience(store, settings, time.time)
     # The membership loop's passes stay in this process: the child process (service/member_process.py)

@@ -870,7 +870,11 @@ class SmppConnector(ConnectorShell):
             now = anyio.current_time()
             for result in self._reconciler.tick(now):
                 self._on_result(result)
-            self._mo.expire(now)
+            for mo in self._mo.expire(now):  # parts missing: what came is heard (receipts.MoAssembler)
+                log.warning("mo.incomplete carrier=%s parts=%d missing=%d", self.name, mo.parts, mo.missing)
+                self._counts["inbound"] += 1
+                self._outbox.append(Inbound(carrier=self.name, sender=mo.sender, recipient=mo.recipient, text=mo.text,
+                                            at=now, sender_ton=mo.source_ton, sender_npi=mo.source_npi))  # fmt: skip
             if self._down_since is not None and now - self._down_since >= s.carrier_down_after and self._queue:
                 log.warning("carrier.down carrier=%s requeued=%d", self.name, len(self._queue))
                 while self._queue:

@@ -134,6 +134,7 @@ class Inbound(msgspec.Struct, frozen=True, kw_only=True):
     text: str
     data_coding: int
     parts: int = 1
+    missing: int = 0  # parts that never came (``MoAssembler.expire``)
     source_ton: int = 0
     source_npi: int = 0
 
@@ -349,8 +350,10 @@ def decode_text(data: bytes, data_coding: int) -> str:
 
 
 def _concat_info(pdu: P.DeliverSm) -> tuple[int, int, int, bytes] | None:
-    """(reference, total, seq, payload without UDH) if ``pdu`` is one part of a long message."""
-    sm = pdu.short_message
+    """(reference, total, seq, payload without UDH) if ``pdu`` is one part of a long message. The
+    UDH is at the start of the payload, in ``short_message`` or, when that is empty, in the
+    ``message_payload`` TLV (SMPP 3.4 §5.2.12: UDHI says the payload starts with one, wherever it is)."""
+    sm = _payload(pdu)
     if pdu.esm_class & 0x40 and sm:
         udhl = sm[0]
         udh, body = sm[1 : 1 + udhl], sm[1 + udhl :]
@@ -373,13 +376,30 @@ def _concat_info(pdu: P.DeliverSm) -> tuple[int, int, int, bytes] | None:
     return None
 
 
-class MoAssembler:
-    """Reassembles multi-part MO messages arriving in any order (and on any bind)."""
+def _udh_stripped(pdu: P.DeliverSm) -> bytes:
+    """The payload of a single-part message without its UDH (UDHI set, no concatenation IE: a port
+    number, a national shift table, ...): the header is not text."""
+    body = _payload(pdu)
+    if pdu.esm_class & 0x40 and body:
+        return body[1 + body[0] :]
+    return body
 
-    def __init__(self, hold_s: float = 300.0) -> None:
+
+class MoAssembler:
+    """Reassembles multi-part MO messages arriving in any order (and on any bind).
+
+    A message whose parts stop coming is not dropped: after ``hold_s`` (or when more than
+    ``max_waiting`` messages are incomplete, the oldest first) the parts that came are handed out as
+    one message, in order (``Inbound.missing`` > 0), as Kannel does after its
+    ``sms-combine-concatenated-mo-timeout``: a reply is never lost for one lost part, and an
+    opt-out in the parts that came is heard."""
+
+    def __init__(self, hold_s: float = 300.0, *, max_waiting: int = 10_000) -> None:
         self.hold_s = hold_s
-        self._parts: dict[tuple, tuple[float, dict[int, bytes]]] = {}
-        self.incomplete_dropped = 0
+        self.max_waiting = max_waiting
+        self._parts: dict[tuple, tuple[float, dict[int, bytes], int, int, int]] = {}
+        self._overflow: list[Inbound] = []
+        self.incomplete = 0  # messages handed out with parts missing
 
     def add(self, pdu: P.DeliverSm, now: float) -> Inbound | None:
         """The whole message once this part completes it; None while parts are missing."""
@@ -387,14 +407,20 @@ class MoAssembler:
         recipient = pdu.destination_addr.decode("latin-1")
         info = _concat_info(pdu)
         if info is None or info[1] <= 1:
-            body = info[3] if info else _payload(pdu)
+            body = info[3] if info else _udh_stripped(pdu)
             return Inbound(sender=sender, recipient=recipient, text=decode_text(body, pdu.data_coding),
                            data_coding=pdu.data_coding, source_ton=pdu.source_addr_ton, source_npi=pdu.source_addr_npi)
         ref, total, seq, body = info
         key = (sender, recipient, ref, total)
-        started, parts = self._parts.setdefault(key, (now, {}))
-        parts[seq] = body
-        if len(parts) < total or any(i not in parts for i in range(1, total + 1)):
+        entry = self._parts.get(key)
+        if entry is None:
+            if len(self._parts) >= self.max_waiting:  # the oldest waits no longer (dicts keep arrival order)
+                self._overflow.append(self._incomplete(next(iter(self._parts))))
+            entry = self._parts[key] = (now, {}, pdu.data_coding, pdu.source_addr_ton, pdu.source_addr_npi)
+        parts = entry[1]
+        if 1 <= seq <= total:
+            parts[seq] = body
+        if len(parts) < total:
             return None
         del self._parts[key]
         whole = b"".join(parts[i] for i in range(1, total + 1))
@@ -408,13 +434,21 @@ class MoAssembler:
             source_npi=pdu.source_addr_npi,
         )
 
-    def expire(self, now: float) -> int:
-        """Drop messages whose parts stopped coming; return how many."""
-        old = [k for k, (started, _) in self._parts.items() if started + self.hold_s <= now]
-        for k in old:
-            del self._parts[k]
-        self.incomplete_dropped += len(old)
-        return len(old)
+    def expire(self, now: float) -> list[Inbound]:
+        """The messages whose parts stopped coming (held ``hold_s``, or pushed out by newer ones),
+        each as the parts that came, in order."""
+        out, self._overflow = self._overflow, []
+        old = [k for k, entry in self._parts.items() if entry[0] + self.hold_s <= now]
+        out += [self._incomplete(k) for k in old]
+        return out
+
+    def _incomplete(self, key: tuple) -> Inbound:
+        sender, recipient, _, total = key
+        _, parts, data_coding, ton, npi = self._parts.pop(key)
+        self.incomplete += 1
+        whole = b"".join(parts[i] for i in sorted(parts))
+        return Inbound(sender=sender, recipient=recipient, text=decode_text(whole, data_coding), data_coding=data_coding,
+                       parts=total, missing=total - len(parts), source_ton=ton, source_npi=npi)  # fmt: skip
 
     @property
     def waiting(self) -> int:

@@ -117,6 +117,8 @@ class SimSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     mo_from: str | None = None  # every MO's source_addr as written (e.g. national "2125550191"); None: 4479<n>
     mo_ton: int = 0  # source_addr_ton of MOs (SMPP 3.4 §5.2.5: 0 unknown, 1 international, 2 national, 5 alnum)
     mo_twice: bool = False  # deliver every MO twice (an SMSC redelivering, e.g. after a lost deliver_sm_resp)
+    mo_udh_in_payload: bool = False  # long MOs' UDH and text in message_payload, short_message empty (SMPP 3.4 §5.3.2.32)
+    mo_lose_part: int = 0  # long MOs' part of this number is never sent (a part lost on the way; 0: none)
     system_id: str | None = None
     password: str | None = None
     enquire_link_interval: float | None = 30.0
@@ -705,15 +707,14 @@ class SmscSimulator:
         text = (b"long MO %d " % n) * 30
         chunks = [text[i : i + 153] for i in range(0, len(text), 153)][:3]
         ref = n % 256
-        parts = [
-            P.DeliverSm(
-                source_addr=sender,
-                destination_addr=to,
-                esm_class=0x40,
-                short_message=bytes((5, 0, 3, ref, len(chunks), i + 1)) + chunk,
-            )
-            for i, chunk in enumerate(chunks)
-        ]
+        payloads = [bytes((5, 0, 3, ref, len(chunks), i + 1)) + chunk for i, chunk in enumerate(chunks)]
+        if s.mo_udh_in_payload:
+            parts = [P.DeliverSm(source_addr=sender, destination_addr=to, esm_class=0x40,
+                                 tlvs=P.make_tlvs(message_payload=p)) for p in payloads]  # fmt: skip
+        else:
+            parts = [P.DeliverSm(source_addr=sender, destination_addr=to, esm_class=0x40, short_message=p) for p in payloads]
+        if s.mo_lose_part:
+            del parts[s.mo_lose_part - 1]
         return parts[::-1]  # last part first: the ESME must reassemble in any order
 
 

@@ -25,7 +25,7 @@ from gateway.config import Operator, Tenant
 from gateway.core import segments
 from gateway.core.bucket import TokenBucket
 from gateway.core.targets import TargetPolicy, url_problem
-from gateway.core.template import MissingVariable, Template
+from gateway.core.template import MissingVariable
 from gateway.errors import CallerError, Conflict, InvalidInput, NotFound, SluiceError, StorageError
 from gateway.api.json_pieces import Pieces, elements, recipient_pieces
 from gateway.runtime.ingest import RecipientLines
@@ -285,18 +285,15 @@ class Api:
         req = _decode(schemas.PreviewIn, body)
         core = self.gw.core
         try:
-            filled, _ = Template(req.text).fill(req.vars)
-            count, encoding = core.segments_of(req.text, req.vars)
+            sent, count, encoding = core.planned(req.text, req.vars)
         except MissingVariable as exc:
             raise InvalidInput(str(exc), field=f"vars.{exc.name}", code="missing_variable") from None
         except ValueError as exc:  # over max_segments, or a NUL in a value
             raise InvalidInput(str(exc), field="text", code="too_long" if "segment" in str(exc) else "invalid_field") from None
-        # Dispatch sends a UCS-2 text as GSM-7 when smart encoding makes it fit (look-alikes replaced).
-        sent = filled if encoding == "ucs2" or segments.is_gsm7(filled) else segments.smart(filled)
-        units = segments.plan(sent).units
+        units = segments.plan(sent).units  # of the body dispatch sends (composed, smart encoding)
         prices = {c.name: (None if c.price_per_segment is None else c.price_per_segment * count)
                   for c in core.settings.carriers}  # fmt: skip
-        out = schemas.PreviewOut(text=filled, encoding=encoding, segments=count, units=units, prices=prices)
+        out = schemas.PreviewOut(text=sent, encoding=encoding, segments=count, units=units, prices=prices)
         return Response(200, _enc.encode(out))
 
     async def _post_job(self, tenant: Tenant, scope, body: bytes) -> Response:

@@ -162,7 +162,7 @@ _RULES = [_Rule(p, v, n) for p, v, n in [
     # French
     (r"\b(?:arretez|arrete|arreter|cessez|stoppez|stop) (?:de |d ?)?(?:m ?|me |nous )?(?:envoyer|ecrire|contacter|spammer|harceler|deranger|appeler|texter)", _C, True),
     (r"\b(?:arretez|arrete|arreter|cessez|stoppez) (?:les |vos |ces |tous les |toutes les )?(?:sms|messages|envois|textos|pubs|publicites|promos|notifications)\b", _C, True),
-    (r"\bne (?:m ?|me |nous )?(?:envoyez|ecrivez|contactez|ecris|envoie|contacte) plus\b|\bplus de (?:sms|messages|pub|pubs|publicite|textos|spam)\b|\bne (?:veux|souhaite) plus (?:recevoir|de (?:sms|messages|pubs?|publicites?|textos|notifications))\b|\bne plus recevoir\b|\bveux plus recevoir\b", _C, False),
+    (r"\bne (?:m ?|me |nous )?(?:envoyez|ecrivez|contactez|ecris|envoie|contacte) plus\b|\bplus de (?:sms|messages|pub|pubs|publicite|textos|spam)\b|\bne (?:veux|souhaite) plus (?:recevoir|de (?:sms|messages|pubs?|publicites?|textos|notifications))\b|\bne plus recevoir\b|\bne (?:plus )?(?:m ?|me |nous )?(?:envoyer|ecrire|contacter) (?:plus )?(?:de |d )?(?:sms|messages|textos|pubs?|publicites?)\b|\bveux plus recevoir\b", _C, False),
     (r"\b(?:desabonner|desabonnez|desabonne|desabonnement|desinscrire|desinscrivez|desinscris|desinscription|retirez moi|supprimez moi|enlevez moi|supprimer mon numero|retirer mon numero|retirez mon numero|supprimez mon numero)\b", _C, True),
     (r"\b(?:mauvais numero|pas interesse|pas interessee|laissez moi tranquille|fichez moi la paix)\b", _U, False),
     # German
@@ -200,6 +200,14 @@ _CJK_CERTAIN = [_fold_pattern(w) for w in """退订 退訂 取消订阅 取消�
 不要再传 不要再傳 别再传 別再傳 请勿再传 請勿再傳 不要传了 不要傳了 别传了 別傳了 停止传送 停止傳送 不要再寄 別再寄 请勿再寄 請勿再寄
 取消簡訊 取消短訊 拒收簡訊 不要再發簡訊 不再接收簡訊""".split()]
 _CJK_UNSURE = [_fold_pattern(w) for w in "打错了 号码错了 不感兴趣 没兴趣".split()]
+# The letters Chinese opt-out footers ask for ("拒收请回复R", "回复TD退订"), in a reply whose other
+# characters are only Chinese filler ("R 谢谢", "回复R", "TD谢谢"). Alone they are keywords
+# (keywords.DEFAULT_OPT_OUT); in English they are not opt-out words ("r u open?").
+_FOOTER_LETTERS = frozenset({"r", "td"})
+_CJK_FILLER = tuple(sorted((_fold_pattern(w) for w in """谢谢 謝謝 谢了 謝了 多谢 多謝 感谢 感謝 麻烦 麻煩 一下 请 請 回复 回覆
+我要 我 要 了 吧 啊 呀 哦 嗯 的 好的 好 你好 您好""".split()), key=len, reverse=True))
+_LATIN = re.compile(r"[a-z]+")
+_CJK_CHAR = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _CJK_NEG = ("不要停止", "别停止", "不要取消", "别取消", "不要退订", "別停止")
 # What negates a CJK phrase right before it (folded like the phrases).
 _CJK_NEGATORS = tuple(_fold_pattern(w) for w in "不想 不要 不用 不会 不會 不需要 无需 無需 不必 不 别 別 没 沒".split())
@@ -270,11 +278,27 @@ def classify(text: str, extra: frozenset[str] = frozenset()) -> tuple[OptOutVerd
                 if not _cjk_negated(compact, at):
                     return OptOutVerdict.CERTAIN, w
                 at = compact.find(w, at + 1)
+    if best[0] is OptOutVerdict.NO and (letters := _footer_letters(compact)):
+        return OptOutVerdict.CERTAIN, letters
     if best[0] is OptOutVerdict.NO:
         for w in _CJK_UNSURE:
             if w in compact:
                 return OptOutVerdict.UNSURE, w
     return best
+
+
+def _footer_letters(compact: str) -> str:
+    """``R`` / ``TD`` in a Chinese reply that says nothing else ("R 谢谢", "回复R"); "" otherwise."""
+    if not _CJK_CHAR.search(compact):
+        return ""
+    words = _LATIN.findall(compact)
+    if not words or any(w not in _FOOTER_LETTERS for w in words):
+        return ""
+    rest = _LATIN.sub("", compact)
+    for w in _CJK_FILLER:
+        rest = rest.replace(w, "")
+    rest = "".join(ch for ch in rest if ch not in _CLAUSE_MARKS and ch not in _SUB_MARKS)
+    return words[0] if not rest else ""
 
 
 def is_yes(text: str) -> bool:

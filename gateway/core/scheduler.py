@@ -152,7 +152,9 @@ class Policies:
         self.cap_wait = settings.weekly_cap.policy == "wait"
         self.spread = settings.quiet_hours.spread
         self.carrier_names = [c.name for c in settings.carriers]
-        self.smart = segments.smart if settings.smart_encoding else None
+        # What dispatch sends of a text planned as UCS-2: its NFC form always (lossless), look-alikes
+        # replaced too with smart encoding (gateway/core/segments.py).
+        self.smart = segments.smart if settings.smart_encoding else segments.composed
 
 
 class Scheduler:
@@ -386,9 +388,18 @@ class Scheduler:
     def segments_of(self, template: str, values: dict[str, str]) -> tuple[int, str]:
         """How many segments a message of ``template`` with these variables takes, and in which
         encoding ("gsm7" or "ucs2"), exactly as dispatch will plan it."""
+        _, count, encoding = self.planned(template, values)
+        return count, encoding
+
+    def planned(self, template: str, values: dict[str, str]) -> tuple[str, int, str]:
+        """The body dispatch sends for ``template`` with these variables (composed, smart encoding
+        applied where it plans so), its segments and its encoding: what ``POST /v1/preview``
+        shows, so a preview and its send never disagree."""
         body, _ = Template(template).fill(values)
         byte = self._plan(body)
-        return byte & COUNT, "ucs2" if byte & UCS2 else "gsm7"
+        if byte & SMART:
+            body = self._p.smart(body)
+        return body, byte & COUNT, "ucs2" if byte & UCS2 else "gsm7"
 
     def _plan(self, body: str) -> int:
         """The segments byte: count (bits 0-5), smart encoding applied (bit 6), UCS-2 (bit 7)."""
@@ -397,7 +408,7 @@ class Scheduler:
             return n
         plan = segments.plan(body)
         flags = 0
-        if plan.encoding == segments.UCS2 and self._p.smart:
+        if plan.encoding == segments.UCS2:
             better = self._p.smart(body)
             if better is not body:
                 plan, flags = segments.plan(better), SMART

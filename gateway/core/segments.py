@@ -13,11 +13,28 @@ Rules (3GPP TS 23.038 §6.2.1 for the alphabet, TS 23.040 §9.2.3.24.1 for conca
 
 ``plan`` only counts (fast: C-level string operations for the common cases); ``split`` produces
 the parts' payloads. Deciding that a message is too long is the caller's job: never truncate.
+
+What dispatch sends of a text that is not GSM-7 as written (``composed``, ``smart``):
+
+- Always its Unicode NFC form (``composed``). NFC is canonical equivalence (Unicode UAX #15): the
+  same text to every reader, so sending it is lossless. A decomposed text (NFD: "e" + U+0301 where
+  "é" is meant, as macOS file names and some keyboards produce) would otherwise be UCS-2 for one
+  combining mark although its composed form is GSM-7, or take two UTF-16 units a letter
+  (Romanian "s" + U+0326 is one "ș" composed). Carriers pass the text they get through: nobody
+  downstream composes it for us.
+- With ``core.smart_encoding`` (``smart``), then look-alikes replaced by GSM characters if that
+  makes the whole text GSM-7: typographic quotes and dashes, spaces, accented vowels GSM-7 lacks
+  (á -> a), Romanian ș ț ă (comma- and cedilla-below forms) -> s t a, and ç -> Ç. The default
+  alphabet's 0x09 is capital Ç (TS 23.038 §6.2.1); handsets show it as Ç or ç by make (the
+  Unicode mapping table reads it as ç; Kannel maps both to 0x09), which is closer than any other
+  GSM character and costs no segment. Whoever needs the exact lowercase ç sends with smart
+  encoding off (the text goes as UCS-2).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 import msgspec
 
@@ -26,6 +43,7 @@ __all__ = [
     "UCS2",
     "Plan",
     "Split",
+    "composed",
     "decode_gsm7",
     "decode_ucs2",
     "encode_gsm7",
@@ -82,6 +100,8 @@ _SMART = str.maketrans({
     "\u00a0": " ", "\u2000": " ", "\u2001": " ", "\u2002": " ", "\u2003": " ", "\u2004": " ",
     "\u2005": " ", "\u2006": " ", "\u2007": " ", "\u2008": " ", "\u2009": " ", "\u200a": " ",
     "\u202f": " ", "\u205f": " ", "\u3000": " ", "\u200b": "", "\ufeff": "", "\t": " ",
+    "ș": "s", "ş": "s", "ț": "t", "ţ": "t", "ă": "a", "Ș": "S", "Ş": "S", "Ț": "T", "Ţ": "T", "Ă": "A",
+    "Â": "A", "Î": "I",
     "ç": "Ç", "á": "a", "í": "i", "ó": "o", "ú": "u", "â": "a", "ê": "e", "î": "i", "ô": "o",
     "û": "u", "ë": "e", "ï": "i", "ã": "a", "õ": "o", "Á": "A", "Í": "I", "Ó": "O", "Ú": "U",
 })  # fmt: skip
@@ -102,12 +122,25 @@ def is_gsm7(text: str) -> bool:
     return _NON_GSM.search(text) is None
 
 
+def composed(text: str) -> str:
+    """The text in Unicode NFC (canonically equivalent: lossless), or ``text`` itself when it is
+    already composed, so a caller can tell by identity that nothing changed."""
+    if text.isascii():
+        return text
+    nfc = unicodedata.normalize("NFC", text)
+    return text if nfc == text else nfc
+
+
 def smart(text: str) -> str:
-    """Look-alikes replaced by GSM characters, if that makes the whole text GSM-7; else the text."""
+    """``composed``, then look-alikes replaced by GSM characters if that makes the whole text
+    GSM-7; ``text`` itself when neither changes it."""
     if is_gsm7(text):
         return text
-    replaced = text.translate(_SMART)
-    return replaced if is_gsm7(replaced) else text
+    nfc = composed(text)
+    if nfc is not text and is_gsm7(nfc):
+        return nfc
+    replaced = nfc.translate(_SMART)
+    return replaced if is_gsm7(replaced) else nfc
 
 
 def is_plain(text: str) -> bool:

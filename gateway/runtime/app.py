@@ -316,7 +316,9 @@ async def _hypercorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Canc
                      task_status: anyio.abc.TaskStatus[int]) -> None:  # fmt: skip
     import trio
     from hypercorn.config import Config as HyperConfig
-    from hypercorn.trio import serve as hyper_serve
+
+    from gateway.runtime.http_guard import connection_caps
+    from gateway.runtime.hyper_serve import serve as hyper_serve
 
     config = HyperConfig()
     host = f"[{cfg.api.host}]" if ":" in cfg.api.host else cfg.api.host
@@ -328,8 +330,11 @@ async def _hypercorn(api: Api, cfg: Config, stop: anyio.Event, scope: anyio.Canc
     config.h11_max_incomplete_size = cfg.api.max_head_bytes  # the head's bound, as http_guard's
     config.loglevel = "WARNING"
 
+    # Hypercorn bounds no connections either: hyper_serve caps them by http_guard's rule.
+    cap = connection_caps({"api.max_connections": cfg.api.max_connections})["api.max_connections"]
+
     async def started() -> None:
-        binds = await nursery.start(partial(hyper_serve, api, config, shutdown_trigger=stop.wait, mode="asgi"))
+        binds = await nursery.start(partial(hyper_serve, api, config, cap, shutdown_trigger=stop.wait))
         task_status.started(int(binds[0].rsplit(":", 1)[1]))
 
     async with trio.open_nursery() as nursery:

@@ -67,6 +67,13 @@ CSVS = [  # (name, body, stored first names)
     ("semicolon quoted", 'phone;first_name;city\n+33612345679;"Zoé; Ana";Lyon\n'.encode(), ["Zoé; Ana"]),
     ("tab", "phone\tfirst_name\n+33612345682\tTab\n".encode(), ["Tab"]),
     ("capitalised header", " Phone , First_Name \n+33612345684,Caps\n".encode(), ["Caps"]),
+    # hunt12: what spreadsheets write beyond the data (their used range) and their preamble
+    ("empty rows after the data", b"phone,first_name\r\n+14155550103,Row\r\n,\r\n , \r\n,\r\n", ["Row"]),
+    ("empty rows in between", b"phone;first_name\n+33612345687;One\n;\n+33612345688;Two\n", ["One", "Two"]),
+    ("unnamed empty columns", b"phone,first_name,,\n+14155550104,Wide,,\n,,,\n", ["Wide"]),
+    ("empty cells past the header", b"phone,first_name\n+14155550105,Past,,\n", ["Past"]),
+    ("sep= line", b"sep=;\r\nphone;first_name\r\n+33612345689;Sep\r\n", ["Sep"]),
+    ("bom and sep= line", "\ufeffsep=,\nphone,first_name\n+14155550106,BomSep\n".encode(), ["BomSep"]),
 ]
 
 
@@ -87,6 +94,8 @@ BAD_CSVS = [  # (name, body, code, field)
     ("ragged", b"phone,first_name\n+33612345685,A\n+33612345686,B,extra\n", "invalid_csv", "rows[1]"),
     ("huge field", b"phone,first_name\n+33612345685,A\n+33612345686,\"" + b"x" * 200_000 + b"\"\n", "invalid_csv", "rows[1]"),
     ("column twice", b"phone,first_name,First_Name\n+33612345685,A,B\n", "invalid_csv", "first_name"),
+    ("a value in an unnamed column", b"phone,first_name,\n+33612345685,A,\n+33612345686,B,x\n", "invalid_csv", "rows[1]"),
+    ("a row without a phone among others", b"phone,first_name\n+33612345685,A\n,B\n", "missing_field", "rows[1].phone"),
 ]  # fmt: skip
 
 

@@ -28,10 +28,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 #: asks for R, seed 003 for TD/退订; Romanian is a seed language).
 OPT_OUTS = ["stop please", "STOP.", "Stop!", "arrêt", "ARRET", "dezabonare", "Dezabonați-mă vă rog", "退订", "TD",
             "拒收", "R", "unsubscribe", "cancel", "STOP 🛑", "ＳＴＯＰ", "  stop \n", "Ｓｔｏｐ ｐｌｅａｓｅ 🙏",
-            "Nu-mi mai trimiteți mesaje", "回复TD退订", "不要再傳了", "STOP PUB", "Oprește", "anulare abonament"]  # fmt: skip
+            "Nu-mi mai trimiteți mesaje", "回复TD退订", "不要再傳了", "STOP PUB", "Oprește", "anulare abonament",
+            "R 谢谢", "回复R", "Ne plus m'envoyer de SMS"]  # fmt: skip  (hunt12: the footer's letter in a longer reply)
 #: Replies that must not: negated, about an order, a keyword named in a question.
 OTHERS = ["don't stop the deals", "cancel my order please", "where is the bus stop?", "我不想退订", "不用退订",
-          "nu vreau să mă dezabonez", "Should I reply STOP?", "2", "😀"]  # fmt: skip
+          "nu vreau să mă dezabonez", "Should I reply STOP?", "2", "😀", "R你好吗"]  # fmt: skip
 
 
 @pytest.fixture

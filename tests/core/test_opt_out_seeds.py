@@ -18,11 +18,13 @@ OPT_OUTS = ["stop please", "STOP", "Stop", "arrêt", "ARRET", "dezabonare", "dez
             # Traditional Chinese (seeds 000 and 003: 傳 / 寄 / 簡訊 where Simplified says 发 / 短信), the
             # French "STOP PUB", Romanian "Oprește" alone and "anulare abonament".
             "不要再傳了", "請勿再傳訊息", "別再傳了", "不要再传了", "不要再寄簡訊給我", "取消簡訊", "請停止傳送", "STOP PUB",
-            "stop pub svp", "Oprește", "Opriți!", "anulare abonament", "Vreau să anulez abonamentul"]  # fmt: skip
+            "stop pub svp", "Oprește", "Opriți!", "anulare abonament", "Vreau să anulez abonamentul",
+            # hunt12: the letter the Chinese footer ("拒收请回复R") asks for, inside a longer reply; French
+            "R 谢谢", "回复R", "r，谢谢", "TD谢谢", "请回复R", "Ne plus m'envoyer de SMS"]  # fmt: skip
 OTHERS = ["don't stop the deals", "cancel my order please", "where is the bus stop", "我不想退订", "不用退订", "别退订我",
           "不拒收", "nu vreau să mă dezabonez", "nu mai am comenzi", "Pot să anulez comanda?", "Mai trimiteți oferte",
           "Should I reply STOP?", "2", "Y", "TDK", "Rd", "😀", "ＴＤＫ", "我不想退訂", "不要停止傳送", "pub", "Oprește comanda?",
-          "nu anulați abonamentul"]  # fmt: skip
+          "nu anulați abonamentul", "R你好吗", "R 明天还有优惠吗", "TD 你们几点开门"]  # fmt: skip
 
 
 def _fullwidth(text: str) -> str:

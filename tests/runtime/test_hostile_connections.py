@@ -87,10 +87,12 @@ async def _check_listener(port: int, path: str, statuses: tuple[int, ...]) -> in
             await s.aclose()
 
 
-async def test_the_gateway_api_under_an_idle_socket_flood(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+async def test_the_gateway_api_under_an_idle_socket_flood(tmp_path: Path, backend: str) -> None:
+    """Both of ``serve``'s HTTP servers: uvicorn (asyncio) and Hypercorn (``--backend trio``)."""
     async with simulator() as sim:
         cfg = write_config(tmp_path, sim.port, api_extra=f"header_timeout = {HEAD_TIMEOUT}\n")
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", cfg, "--port", "0"]
+        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", cfg, "--port", "0", "--backend", backend]
         with anyio.fail_after(120):
             async with start(_limited(cmd), name="gateway", env=ENV) as gw:
                 held = await _check_listener(gw.port, "/healthz", (200,))

@@ -223,6 +223,25 @@ async def test_mo_messages_reassembled_in_any_order(harness) -> None:
         assert any(e.text.startswith("MO ") for e in inbound)
 
 
+async def test_mo_parts_in_message_payload_reassembled(harness) -> None:
+    """hunt12: a peer putting each part's UDH and text in message_payload (short_message empty)."""
+    async with harness(sim(mo_rate=50, mo_long_every=2, mo_udh_in_payload=True), fast()) as h:
+        await h.until(lambda ev: sum(isinstance(e, Inbound) and e.text.startswith("long") for e in ev) >= 2)
+        long = [e for e in h.of(Inbound) if e.text.startswith("long MO")]
+        assert all(e.text == f"long MO {e.text.split()[2]} " * 30 for e in long)
+
+
+async def test_mo_with_a_lost_part_is_heard_after_the_hold(harness) -> None:
+    """hunt12: a long MO whose second part never comes reaches the gateway after ``mo_hold_s`` as the
+    parts that came, in order (before: dropped, an opt-out in it unheard)."""
+    async with harness(sim(mo_rate=50, mo_long_every=2, mo_lose_part=2, mo_limit=4), fast(mo_hold_s=0.2)) as h:
+        await h.until(lambda ev: sum(isinstance(e, Inbound) and e.text.startswith("long") for e in ev) >= 2)
+        long = [e.text for e in h.of(Inbound) if e.text.startswith("long MO")]
+        n = long[0].split()[2]
+        text = (f"long MO {n} " * 30).encode()
+        assert long[0] == (text[:153] + text[306:459]).decode()  # parts 1 and 3
+
+
 async def test_bind_refused_then_queue_given_back(harness, make_dispatch) -> None:
     async with harness(sim(password="right"), fast(), password="wrong") as h:
         await h.connector.submit([make_dispatch(i) for i in range(3)])
