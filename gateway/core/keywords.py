@@ -151,8 +151,10 @@ class _Table:
                 else:
                     kind_w = kind
                 self.words.setdefault(normalise(w), kind_w(keyword=w.upper(), reply=reply))
-        # The tenant's own one-word opt-out keywords count as conclusive words in phrases too.
-        self.extra = frozenset(optout.fold(w).strip() for w in ks.opt_out if len(optout.fold(w).split()) == 1)
+        # The tenant's own one-word opt-out keywords count as conclusive words in phrases too, but
+        # not the one- and two-letter ones (the Chinese footer's R, TD): inside a sentence they are
+        # chat ("r u ok?"); alone they are keywords, and in a Chinese reply optout's footer rule hears them.
+        self.extra = frozenset(f for w in ks.opt_out if len((f := optout.fold(w).strip()).split()) == 1 and len(f) >= 3)
 
 
 class Keywords:

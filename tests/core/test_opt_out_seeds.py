@@ -24,7 +24,9 @@ OPT_OUTS = ["stop please", "STOP", "Stop", "arrêt", "ARRET", "dezabonare", "dez
 OTHERS = ["don't stop the deals", "cancel my order please", "where is the bus stop", "我不想退订", "不用退订", "别退订我",
           "不拒收", "nu vreau să mă dezabonez", "nu mai am comenzi", "Pot să anulez comanda?", "Mai trimiteți oferte",
           "Should I reply STOP?", "2", "Y", "TDK", "Rd", "😀", "ＴＤＫ", "我不想退訂", "不要停止傳送", "pub", "Oprește comanda?",
-          "nu anulați abonamentul", "R你好吗", "R 明天还有优惠吗", "TD 你们几点开门"]  # fmt: skip
+          "nu anulați abonamentul", "R你好吗", "R 明天还有优惠吗", "TD 你们几点开门",
+          # the footer's letters inside English chat are not keywords (they were: "r u ok?")
+          "r u ok?", "R u there", "u r welcome", "ok r", "r u open now?"]  # fmt: skip
 
 
 def _fullwidth(text: str) -> str:
