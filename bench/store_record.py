@@ -243,9 +243,12 @@ def _window(n: int, batch: int, lag: int, callback: str | None, drop: Sequence[s
         for k in range(0, n, per):
             sent.append(range(first + k, first + min(n, k + per)))
             later = sent[-1 - lag] if len(sent) > lag else range(0)
-            changes = [Change(message_id=m, state="submitted", at=2.0 + k, carrier="alpha", carrier_ids=(f"c{m}",))
+            # Times as at 10,000 messages a second (the store holds a lone submit for its receipt
+            # up to ``hold`` seconds by the changes' times; before it, they were not read).
+            at = 2.0 + k / 10_000
+            changes = [Change(message_id=m, state="submitted", at=at, carrier="alpha", carrier_ids=(f"c{m}",))
                        for m in sent[-1]]  # fmt: skip
-            changes += [Change(message_id=m, state="delivered", at=2.1 + k, carrier="alpha", reason="receipt") for m in later]
+            changes += [Change(message_id=m, state="delivered", at=at, carrier="alpha", reason="receipt") for m in later]
             t0, c0 = time.perf_counter(), time.thread_time()
             store.record(changes)
             wall.append(time.perf_counter() - t0)
