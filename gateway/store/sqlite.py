@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import itertools
 import sqlite3
 import threading
 import unicodedata
@@ -432,12 +431,14 @@ class SqliteStore:
             raise StorageError(f"cannot open store {path!r}: {exc}") from exc
         self._lock = threading.Lock()
         # Lone ``submitted`` changes appended to ``submits``, not yet in their rows (see _JOURNAL):
-        # message id -> (its seq there, (tenant, job, the state its row holds) if the write that
-        # appended it appended only such, else None: read back from the row), oldest first; ``_batches``: (last seq, time) of each write
+        # message id -> its seq there, oldest first; ``_group``: (tenant, job, the state their rows
+        # hold) when every held submit has the same (the usual case: one job sent from ``queued``),
+        # else None (read back from ``submits`` when they are applied); ``_batches``: (last seq, time) of each write
         # that appended some (for ``hold``). ``_pending``: per job, how many of them by the state
         # their rows hold (``job``'s counts move them to ``submitted``).
         self._hold = hold if writes_changes else 0.0
-        self._held: dict[int, tuple[int, tuple | None]] = {}
+        self._held: dict[int, int] = {}
+        self._group: tuple | None = None
         self._batches: collections.deque[tuple[int, float]] = collections.deque()
         self._pending: dict[tuple[str, str], dict[str, int]] = {}
         self._journal_last = 0  # the last seq appended to ``submits`` (0: nothing since it was emptied)
@@ -612,24 +613,17 @@ class SqliteStore:
         """Under the lock: the seq below which every ``submits`` row is dead (its message's
         submit applied to the row), once ``_TRIM`` of them have gone by; None: not yet."""
         if self._held:
-            oldest = next(iter(self._held.values()))[0]
+            oldest = next(iter(self._held.values()))
             return oldest if oldest - self._trimmed > _TRIM else None
         return self._journal_last + 1 if self._journal_last - self._trimmed > _TRIM else None
 
     def _uncount(self, db: sqlite3.Connection, taken: list[int]) -> list[tuple]:
-        """(tenant, job, state before, -n) of the held submits ``taken``: from what ``_held``
-        knows of them, else (a write that appended several jobs' or states') read back."""
+        """(tenant, job, state before, -n) of the held submits ``taken``: ``_group``, else
+        (held submits of several jobs or states) read back."""
+        if self._group is not None:
+            return [(*self._group, -len(taken))]
         held = self._held
-        known: dict[tuple, int] = {}
-        unknown: list[int] = []
-        for mid in taken:
-            seq, group = held[mid]
-            if group is None:
-                unknown.append(seq)
-            else:
-                known[group] = known.get(group, 0) - 1
-        out = [(*group, n) for group, n in known.items()]
-        return out + _apply(db, _UNHELD_COUNTS, unknown, 1) if unknown else out
+        return _apply(db, _UNHELD_COUNTS, [held[mid] for mid in taken], 1)
 
     def _settle(self, taken: list[int], lone: list, appended: list[tuple], counted: list[tuple], trim: int | None,
                 at: float) -> None:  # fmt: skip
@@ -641,7 +635,8 @@ class SqliteStore:
             del held[mid]
         if lone:
             one = appended[0][:3] if len(appended) == 1 and appended[0][3] * 6 == len(lone) else None
-            held.update(zip(lone[1::6], zip(lone[0::6], itertools.repeat(one))))
+            self._group = one if not held or self._group == one else None
+            held.update(zip(lone[1::6], lone[0::6]))
             self._journal_last = lone[-6]
             self._batches.append((lone[-6], at))
         for tenant, job_id, prev, n in counted:
@@ -721,7 +716,7 @@ class SqliteStore:
             h = held.get(mid) if held else None
             if h is not None:  # its submit, held: applied with this change, in one write of the row
                 taken.append(mid)
-                row.append(h[0])
+                row.append(h)
                 (held_final if row[2] else held_open).extend(row)
             elif seq >= 0 and not row[2] and row[1] == "submitted" and len(events) == 1:
                 seq += 1
@@ -742,7 +737,7 @@ class SqliteStore:
             upto = 0
             while batches and batches[0][1] < limit:
                 upto = batches.popleft()[0]
-            for mid, (s, _) in held.items():
+            for mid, s in held.items():
                 if s > upto:
                     break
                 if mid not in merged:
@@ -931,7 +926,7 @@ class SqliteStore:
                 return None
             s = self._held.get(message_id) if not row[-1] else None
             h = None if s is None else db.execute("SELECT carrier, carrier_ids, event FROM submits WHERE seq = ?",
-                                                  (s[0],)).fetchone()  # fmt: skip
+                                                  (s,)).fetchone()  # fmt: skip
             events = db.execute(
                 "SELECT at, state, reason, carrier FROM events WHERE message_id = ? ORDER BY rowid", (message_id,)
             ).fetchall()
