@@ -651,10 +651,10 @@ class SqliteStore:
                 if not by_state:
                     del pending[(tenant, job_id)]
         if trim is not None:
-            if held:
-                self._trimmed = trim
-            else:  # emptied: its seqs start again at 1
+            if trim > self._journal_last:  # emptied: its seqs start again at 1
                 self._trimmed = self._journal_last = 0
+            else:  # rows from ``trim`` on are left (held, or dead ones after the oldest held)
+                self._trimmed = trim
 
     def _fold_now(self) -> None:
         """Every held submit applied to its row, ``submits`` emptied (at open after a crash, at

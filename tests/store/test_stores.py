@@ -119,6 +119,25 @@ def test_sqlite_held_submits_are_written_alone_after_the_hold(tmp_path):
     s.close()
 
 
+def test_sqlite_submits_trimmed_whichever_write_trims(tmp_path):
+    # The dead ``submits`` rows are trimmed by range; seqs start again at 1 only once the table is
+    # empty. A trim in a write that applies the last held submits leaves the dead rows from the
+    # oldest held one on: their seqs must not be given again (4,096 submits, their receipts, then
+    # writes of 100 and their receipts: the second of those receipts' writes trims).
+    s = SqliteStore(str(tmp_path / "trim.db"))
+    s.add_job(JOB, 1000, [(i, Recipient(to=f"+1212{i:07d}")) for i in range(20_000)], 1.0)
+    m = 1000
+    for k, size in enumerate([4096] + [100] * 60):
+        ids = range(m, m + size)
+        m += size
+        s.record([Change(message_id=i, state="submitted", at=2.0 + k * 0.01) for i in ids])
+        assert s.job("acme", "j1").counts["submitted"] == size
+        s.record([Change(message_id=i, state="delivered", at=2.0 + k * 0.01) for i in ids])
+    assert s.job("acme", "j1").counts == {"delivered": m - 1000, "queued": 21_000 - m}
+    assert s._db.execute("SELECT count(*) FROM submits").fetchone()[0] <= 4096 + 200
+    s.close()
+
+
 def test_open_store_by_url(tmp_path):
     assert isinstance(open_store("memory://"), MemoryStore)
     assert isinstance(open_store(f"sqlite:///{tmp_path}/x.db"), SqliteStore)
