@@ -13,6 +13,7 @@ from __future__ import annotations
 
 
 import bisect
+import collections
 import sqlite3
 import threading
 import unicodedata
@@ -102,6 +103,14 @@ CREATE INDEX IF NOT EXISTS inbound_tenant ON inbound (tenant, id);
 CREATE INDEX IF NOT EXISTS inbound_due ON inbound (next_at, id) WHERE next_at IS NOT NULL AND dead = 0;
 -- An MO's key (carrier's id or digest) -> its record: a carrier's redelivery is stored once.
 CREATE TABLE IF NOT EXISTS inbound_keys (key TEXT PRIMARY KEY, id INTEGER NOT NULL, at REAL NOT NULL) WITHOUT ROWID;
+-- Late receipts (issue 16): a message's lone `submitted` (no other change of it in the write) is
+-- appended here instead of rewriting its row, and applied to the row together with the message's
+-- next change (its receipt), so the row is written once in the common case. At most one live row
+-- per open message; rows of messages made final since are dead and trimmed by range (seq). Folded
+-- into the rows at open (a crash), at close, before the rare readers and after `hold` seconds.
+CREATE TABLE IF NOT EXISTS submits (
+    seq INTEGER PRIMARY KEY, message_id INTEGER NOT NULL, tenant TEXT NOT NULL, job_id TEXT NOT NULL,
+    prev TEXT, at REAL NOT NULL, carrier TEXT, carrier_ids TEXT, event TEXT NOT NULL);  -- prev: NULL if final
 -- Clarifying questions sent for unsure opt-outs, open until a YES or an opt-out settles them.
 CREATE TABLE IF NOT EXISTS questions (
     tenant TEXT NOT NULL, number TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (tenant, number)) WITHOUT ROWID;
@@ -209,6 +218,35 @@ _UPDATE_FINAL = _UPDATE.replace("SET state = u.column2,", "SET state = u.column2
 _HOOK_LOG = """INSERT INTO hook_log (sub, seq, message_id, events)
     SELECT h.column2, ((SELECT n FROM hook_seq) << 24) + h.column4, h.column1, h.column3
     FROM (VALUES {}) AS h CROSS JOIN messages m ON m.id = h.column1 WHERE +m.final = 0"""
+# A write's lone ``submitted`` rows ([seq, id, at, carrier, carrier_ids, history fragment]; the seqs
+# given by the store, which alone appends) appended to ``submits``, with the message's tenant, job
+# and state before (NULL for a final or missing message, whose submit every write ignores): one
+# primary-key lookup each, no rewrite. No RETURNING: it cost ~2 µs a row (the readers' overlay of
+# counts is read back by job and state, a row a write: ``_HELD_COUNTS``).
+_JOURNAL = """INSERT INTO submits (seq, message_id, tenant, job_id, prev, at, carrier, carrier_ids, event)
+    SELECT v.column1, v.column2, coalesce(m.tenant, ''), coalesce(m.job_id, ''),
+        CASE WHEN m.final = 0 THEN m.state END, v.column3, v.column4, v.column5, v.column6
+    FROM (VALUES {}) AS v LEFT JOIN messages m ON m.id = v.column2 WHERE v.column1 IS NOT NULL"""
+_HELD_COUNTS = "SELECT tenant, job_id, prev, count(*) FROM submits WHERE seq >= ? AND prev IS NOT NULL GROUP BY 1, 2, 3"
+_UNHELD_COUNTS = """SELECT s.tenant, s.job_id, s.prev, -count(*) FROM (VALUES {}) AS v JOIN submits s ON s.seq = v.column1
+    WHERE s.prev IS NOT NULL GROUP BY 1, 2, 3"""
+# A held message's next change ([``_UPDATE``'s 8 values, its submit's seq]): its submit and the
+# change applied to the row in one write, as if they had come in one batch.
+_UPDATE_HELD = """UPDATE messages SET state = u.column2, updated_at = u.column4,
+    carrier = coalesce(u.column5, s.carrier, messages.carrier),
+    carrier_ids = coalesce(u.column6, s.carrier_ids, messages.carrier_ids),
+    attempts = attempts + u.column7 + 1, history = coalesce(history || ',', '') || s.event || ',' || u.column8
+    FROM (VALUES {}) AS u JOIN submits s ON s.seq = u.column9 WHERE messages.id = u.column1 AND +messages.final = 0"""
+_UPDATE_HELD_FINAL = _UPDATE_HELD.replace("SET state = u.column2,", "SET state = u.column2, final = 1,")
+# Live ``submits`` rows applied to their messages alone, as ``_UPDATE`` would have (all of them at
+# open after a crash, at close, before a rare reader; those held longer than ``hold``); dead rows'
+# messages are final and left alone.
+_FOLD = """UPDATE messages SET state = 'submitted', updated_at = s.at,
+    carrier = coalesce(s.carrier, messages.carrier), carrier_ids = coalesce(s.carrier_ids, messages.carrier_ids),
+    attempts = attempts + 1, history = coalesce(history || ',', '') || s.event
+    FROM submits s WHERE messages.id = s.message_id AND +messages.final = 0"""
+#: Dead ``submits`` rows are deleted by range once this many have gone by.
+_TRIM = 4096
 
 
 @cache
@@ -217,9 +255,11 @@ def _statement(template: str, rows: int, width: int) -> str:
     return template.format(",".join(["(" + ",".join("?" * width) + ")"] * rows))
 
 
-def _apply(db: sqlite3.Connection, template: str, params: list, width: int) -> None:
+def _apply(db: sqlite3.Connection, template: str, params: list, width: int) -> list:
     """``template`` over ``params`` (rows of ``width`` values, flat), in statements of at most
-    ``_MAX_ROWS`` rows, each rounded up to a multiple of ``_ROWS`` with NULL rows."""
+    ``_MAX_ROWS`` rows, each rounded up to a multiple of ``_ROWS`` with NULL rows; the rows it
+    returned (a SELECT's)."""
+    out: list = []
     step = _MAX_ROWS * width
     for i in range(0, len(params), step):
         part = params[i : i + step] if len(params) > step else params
@@ -227,7 +267,8 @@ def _apply(db: sqlite3.Connection, template: str, params: list, width: int) -> N
         size = -(-rows // _ROWS) * _ROWS
         if size != rows:
             part = part + [None] * ((size - rows) * width)
-        db.execute(_statement(template, size, width), part)
+        out += db.execute(_statement(template, size, width), part).fetchall()
+    return out
 
 
 def _coalesce(changes: Sequence[Change]) -> list[list]:
@@ -351,9 +392,13 @@ class SqliteStore:
     # job's expiry, a backlog after a stall) still go to a worker thread.
     inline_record = 512
 
-    def __init__(self, path: str, *, synchronous: str = "FULL", writes_changes: bool = True) -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", writes_changes: bool = True,
+                 hold: float = 2.0) -> None:  # fmt: skip
         """``writes_changes=False``: a connection that never calls ``record`` (the webhook
-        delivery process) skips rebuilding the cache of jobs with a callback."""
+        delivery process) skips rebuilding the cache of jobs with a callback, and leaves the
+        ``submits`` of the process that writes alone. ``hold``: how long (seconds, by the
+        changes' own times) a message's lone ``submitted`` may wait in ``submits`` for the
+        message's next change before its row is written alone (0: never held, written at once)."""
         self.path = path  # the webhook delivery process opens the same file
         self._sync = "NORMAL" if synchronous == "NORMAL" else "FULL"
         try:
@@ -385,6 +430,22 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open store {path!r}: {exc}") from exc
         self._lock = threading.Lock()
+        # Lone ``submitted`` changes appended to ``submits``, not yet in their rows (see _JOURNAL):
+        # message id -> its seq there, oldest first; ``_group``: (tenant, job, the state their rows
+        # hold) when every held submit has the same (the usual case: one job sent from ``queued``),
+        # else None (read back from ``submits`` when they are applied); ``_batches``: (last seq, time) of each write
+        # that appended some (for ``hold``). ``_pending``: per job, how many of them by the state
+        # their rows hold (``job``'s counts move them to ``submitted``).
+        self._hold = hold if writes_changes else 0.0
+        self._held: dict[int, int] = {}
+        self._group: tuple | None = None
+        self._batches: collections.deque[tuple[int, float]] = collections.deque()
+        self._pending: dict[tuple[str, str], dict[str, int]] = {}
+        self._journal_last = 0  # the last seq appended to ``submits`` (0: nothing since it was emptied)
+        self._trimmed = 0  # ``submits`` rows below this seq are deleted
+        if writes_changes and self._db.execute("SELECT 1 FROM submits LIMIT 1").fetchone() is not None:
+            self._journal_last = 1  # a process stopped (or killed) with submits held: fold them now
+            self._fold_now()
         self._hooks = _Hooks()
         self._refs: dict[tuple[str, str], str | None] = {}  # job -> its reference (hook_events)
         for tenant, job_id, url, sub, first_id, last_id, open_count, states in hooked:
@@ -478,12 +539,14 @@ class SqliteStore:
                        (tenant, job_id))  # fmt: skip
 
     def drop_job(self, tenant: str, job_id: str) -> None:
+        self._fold_now()
         with self._tx() as db:
             db.execute("DELETE FROM messages WHERE tenant = ? AND job_id = ?", (tenant, job_id))
             db.execute("DELETE FROM jobs WHERE tenant = ? AND id = ?", (tenant, job_id))
             db.execute("DELETE FROM job_counts WHERE tenant = ? AND job_id = ?", (tenant, job_id))
 
     def drop_incoming(self) -> int:
+        self._fold_now()
         with self._tx() as db:
             left = db.execute("SELECT tenant, id FROM jobs WHERE status = 'incoming'").fetchall()
             for tenant, job_id in left:
@@ -499,17 +562,40 @@ class SqliteStore:
         # still hands the GIL back a few times a write, not once a row (`python -m
         # bench.store_record --contend`). A message's changes in one batch become one row of it:
         # its last state (none after the first final one), with the carrier and ids it was last given.
-        open_rows, final_rows, hooked, ended = self._rows(changes)
+        # A message's lone ``submitted`` is appended to ``submits`` (``lone``) and applied to
+        # its row with the message's next change (``held_rows``: one write of the row), or alone
+        # once held longer than ``hold`` (``timed_out``), so a late receipt's row is written once
+        # (issue 16). The readers see the held submits (``message``, ``job``) or fold them first.
         with self._lock:
+            open_rows, final_rows, hooked, ended, lone, held_rows, taken, timed_out = self._rows(changes)
             db = self._db
+            trim = self._trim_bound()
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     if hooked:
                         db.execute("UPDATE hook_seq SET n = n + 1")
                         _apply(db, _HOOK_LOG, hooked, 4)
+                    counted: list[tuple] = []
+                    if lone:
+                        _apply(db, _JOURNAL, lone, 6)
+                        counted = db.execute(_HELD_COUNTS, (lone[0],)).fetchall()
+                    appended = counted[:]
+                    if taken:
+                        counted += self._uncount(db, taken)
                     _apply(db, _UPDATE, open_rows, 8)
                     _apply(db, _UPDATE_FINAL, final_rows, 8)
+                    if held_rows[0]:
+                        _apply(db, _UPDATE_HELD, held_rows[0], 9)
+                    if held_rows[1]:
+                        _apply(db, _UPDATE_HELD_FINAL, held_rows[1], 9)
+                    if timed_out:
+                        _each(db, _FOLD + " AND s.seq IN ({})", timed_out)
+                    unjournal = timed_out + held_rows[0][8::9]  # rare: a held submit in a row that stays open
+                    if unjournal:
+                        _each(db, "DELETE FROM submits WHERE seq IN ({})", unjournal)
+                    if trim is not None:
+                        db.execute("DELETE FROM submits WHERE seq < ?", (trim,))
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
@@ -520,34 +606,144 @@ class SqliteStore:
             for b in ended:  # only once committed: a failed batch leaves the cache as it was
                 if self._hooks.ended(b) and not self._still_open(b):
                     self._hooks.drop(b)
+            self._settle(taken, lone, appended, counted, trim, changes[-1].at if lone else 0.0)
         return len(hooked) // 4
 
-    def _rows(self, changes: Sequence[Change]) -> tuple[list, list, list, list[_Block]]:
+    def _trim_bound(self) -> int | None:
+        """Under the lock: the seq below which every ``submits`` row is dead (its message's
+        submit applied to the row), once ``_TRIM`` of them have gone by; None: not yet."""
+        if self._held:
+            oldest = next(iter(self._held.values()))
+            return oldest if oldest - self._trimmed > _TRIM else None
+        return self._journal_last + 1 if self._journal_last - self._trimmed > _TRIM else None
+
+    def _uncount(self, db: sqlite3.Connection, taken: list[int]) -> list[tuple]:
+        """(tenant, job, state before, -n) of the held submits ``taken``: ``_group``, else
+        (held submits of several jobs or states) read back."""
+        if self._group is not None:
+            return [(*self._group, -len(taken))]
+        held = self._held
+        return _apply(db, _UNHELD_COUNTS, [held[mid] for mid in taken], 1)
+
+    def _settle(self, taken: list[int], lone: list, appended: list[tuple], counted: list[tuple], trim: int | None,
+                at: float) -> None:  # fmt: skip
+        """Under the lock, once committed: the held submits ``taken`` are in their rows now,
+        those in ``lone`` (6 values a row, see ``_JOURNAL``) are held (``appended``: their
+        (tenant, job, state before, n)); ``counted``: the held ones' changes by job and state."""
+        held, pending = self._held, self._pending
+        for mid in taken:
+            del held[mid]
+        if lone:
+            one = appended[0][:3] if len(appended) == 1 and appended[0][3] * 6 == len(lone) else None
+            self._group = one if not held or self._group == one else None
+            held.update(zip(lone[1::6], lone[0::6]))
+            self._journal_last = lone[-6]
+            self._batches.append((lone[-6], at))
+        for tenant, job_id, prev, n in counted:
+            by_state = pending.get((tenant, job_id))
+            if by_state is None:
+                by_state = pending[(tenant, job_id)] = {}
+            n += by_state.get(prev, 0)
+            if n:
+                by_state[prev] = n
+            else:
+                del by_state[prev]
+                if not by_state:
+                    del pending[(tenant, job_id)]
+        if trim is not None:
+            if trim > self._journal_last:  # emptied: its seqs start again at 1
+                self._trimmed = self._journal_last = 0
+            else:  # rows from ``trim`` on are left (held, or dead ones after the oldest held)
+                self._trimmed = trim
+
+    def _fold_now(self) -> None:
+        """Every held submit applied to its row, ``submits`` emptied (at open after a crash, at
+        close, before the readers that look at many rows' states)."""
+        with self._lock:
+            if not self._held and not self._journal_last:
+                return
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute(_FOLD)
+                    db.execute("DELETE FROM submits")
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageError(str(exc)) from exc
+            self._held.clear()
+            self._batches.clear()
+            self._pending.clear()
+            self._journal_last = self._trimmed = 0
+
+    def _rows(self, changes: Sequence[Change]) -> tuple[list, list, list, list[_Block], list, tuple[list, list],
+                                                        list[int], list[int]]:  # fmt: skip
         """A batch's parameters, in one pass over its messages (``_merge``): the rows of the
         messages that stay open and of those that end (flat, 8 values a row: see ``_UPDATE``),
         the hooked rows (flat, 4 a row: [id, subscriber, history fragment, place]) for the
         messages whose subscriber hears about at least one of their changes here
         (``callback_states`` is applied again on read), and the block of each message the batch
-        makes final (a final state outside the choice ends the message too)."""
+        makes final (a final state outside the choice ends the message too). Under the lock.
+
+        And the held submits (``_held``): ``lone``, the messages whose only change here is an
+        open ``submitted`` (flat, 6 a row: see ``_JOURNAL``), appended to ``submits`` instead of
+        written to their rows; ``held_rows``, the rows of held messages with a change here (9
+        values a row: ``_UPDATE``'s and the submit's seq), those that stay open and those that
+        end; ``taken``, the held messages whose row this write applies (those and the
+        ``timed_out``: seqs of submits held longer than ``hold``, by the changes' times)."""
         open_rows: list = []
         final_rows: list = []
         hooked: list = []
         ended: list[_Block] = []
+        lone: list = []
+        held_open: list = []
+        held_final: list = []
+        taken: list[int] = []
         encode = _json_enc.encode
         find = self._hooks.find if self._hooks else None
+        held = self._held
+        seq = self._journal_last if self._hold > 0 else -1
         place = 0
-        for row in _merge(changes).values():
+        merged = _merge(changes)
+        for row in merged.values():
             events = row[7]
             history = row[7] = encode(events)[1:-1].decode()
-            (final_rows if row[2] else open_rows).extend(row)
-            if find is not None and (b := find(row[0])) is not None:
+            mid = row[0]
+            h = held.get(mid) if held else None
+            if h is not None:  # its submit, held: applied with this change, in one write of the row
+                taken.append(mid)
+                row.append(h)
+                (held_final if row[2] else held_open).extend(row)
+            elif seq >= 0 and not row[2] and row[1] == "submitted" and len(events) == 1:
+                seq += 1
+                lone += (seq, mid, row[3], row[4], row[5], history)
+            else:
+                (final_rows if row[2] else open_rows).extend(row)
+            if find is not None and (b := find(mid)) is not None:
                 states = b.states
                 if events[0][1] in states if len(events) == 1 else any(e[1] in states for e in events):
-                    hooked += (row[0], b.sub, history, place)
+                    hooked += (mid, b.sub, history, place)
                     place += 1
                 if row[2]:
                     ended.append(b)
-        return open_rows, final_rows, hooked, ended
+        timed_out: list[int] = []
+        batches = self._batches
+        if batches and changes and batches[0][1] < changes[-1].at - self._hold:
+            limit = changes[-1].at - self._hold
+            upto = 0
+            while batches and batches[0][1] < limit:
+                upto = batches.popleft()[0]
+            for mid, s in held.items():
+                if s > upto:
+                    break
+                if mid not in merged:
+                    taken.append(mid)
+                    timed_out.append(s)
+        return open_rows, final_rows, hooked, ended, lone, (held_open, held_final), taken, timed_out
 
     def _still_open(self, b: _Block) -> bool:
         """Under the lock: a block counted down to zero may have counted a final change to a
@@ -703,6 +899,11 @@ class SqliteStore:
             deltas = dict(db.execute(
                 "SELECT state, n FROM job_counts WHERE tenant = ? AND job_id = ?", (tenant, job_id)
             ).fetchall())  # fmt: skip
+            held = self._pending.get((tenant, job_id))
+            if held:  # submits not in their rows yet: counted as submitted, not as what the rows hold
+                for state, n in held.items():
+                    deltas[state] = deltas.get(state, 0) - n
+                    deltas["submitted"] = deltas.get("submitted", 0) + n
         job = _stored_job(row)
         deltas["queued"] = job.size + deltas.get("queued", 0)  # see _COUNTS
         return JobCounts(job=job, counts={state: n for state, n in deltas.items() if n > 0})
@@ -716,17 +917,24 @@ class SqliteStore:
         with self._tx() as db:
             row = db.execute(
                 "SELECT m.id, m.job_id, m.recipient, m.state, m.carrier, m.carrier_ids, m.attempts, j.created_at,"
-                " m.history"
+                " m.history, m.final"
                 " FROM messages m JOIN jobs j ON j.tenant = m.tenant AND j.id = m.job_id"
                 " WHERE m.tenant = ? AND m.id = ?",
                 (tenant, message_id),
             ).fetchone()
             if row is None:
                 return None
+            s = self._held.get(message_id) if not row[-1] else None
+            h = None if s is None else db.execute("SELECT carrier, carrier_ids, event FROM submits WHERE seq = ?",
+                                                  (s,)).fetchone()  # fmt: skip
             events = db.execute(
                 "SELECT at, state, reason, carrier FROM events WHERE message_id = ? ORDER BY rowid", (message_id,)
             ).fetchall()
-        mid, job_id, rcpt, state, carrier, cids, attempts, created, kept = row
+        mid, job_id, rcpt, state, carrier, cids, attempts, created, kept, _ = row
+        if h is not None:  # its submit, held: as its row will have it (see _JOURNAL)
+            state, attempts, kept = "submitted", attempts + 1, f"{kept},{h[2]}" if kept else h[2]
+            carrier = carrier if h[0] is None else h[0]
+            cids = cids if h[1] is None else h[1]
         history = [Change(message_id=mid, state="queued", at=created, reason="accepted")]
         history += [Change(message_id=mid, state=s, at=at, reason=r, carrier=c) for at, s, r, c in events]
         if kept:
@@ -739,6 +947,7 @@ class SqliteStore:
         )  # fmt: skip
 
     def messages(self, tenant: str, job_id: str, *, state: str | None, after: int, limit: int) -> Page:
+        self._fold_now()  # pages by state: rare, so the held submits are applied first
         sql = "SELECT id, state, recipient FROM messages WHERE tenant = ? AND job_id = ? AND id > ?"
         args: list[object] = [tenant, job_id, after]
         if state is not None:
@@ -760,6 +969,7 @@ class SqliteStore:
         return page_of_jobs(ids, limit=limit, scan=scan, status=status, job=partial(self.job, tenant))
 
     def unfinished(self) -> Iterator[tuple[StoredJob, list[tuple[int, Recipient, str]]]]:
+        self._fold_now()
         with self._tx() as db:
             jobs = db.execute(
                 "SELECT * FROM jobs WHERE status != 'incoming' AND EXISTS (SELECT 1 FROM messages m"
@@ -778,6 +988,7 @@ class SqliteStore:
     def awaiting_receipts(self) -> list[tuple[int, str, tuple[str, ...]]]:
         """(message id, carrier, carrier ids) of every message a carrier took and has not reported
         on: after a restart these wait for their receipts, they are not sent again."""
+        self._fold_now()
         with self._tx() as db:
             rows = db.execute(
                 f"SELECT id, carrier, carrier_ids FROM messages WHERE final = 0 AND state IN {AWAITING!r}"
@@ -789,6 +1000,7 @@ class SqliteStore:
         # A message taken by a carrier has attempts > 0, and its last change is no older than
         # its last submit: one pass over the messages table at start-up, no index to keep on
         # the hot path. A job's category is in its (msgpack) body: decoded once per job.
+        self._fold_now()
         with self._tx() as db:
             rows = db.execute(_SENDS_SINCE, (since,)).fetchall()
             capped: dict[tuple[str, str], bool] = {}
@@ -881,6 +1093,7 @@ class SqliteStore:
     def tenants_messaged(self, number: str, since: float) -> list[str]:
         # No index on the recipient (rows are JSON, written in bulk): a scan of the messages
         # changed since ``since``, run only for an opt-out no tenant owns.
+        self._fold_now()
         with self._tx() as db:
             rows = db.execute("SELECT DISTINCT tenant FROM messages WHERE updated_at >= ? AND typeof(recipient) = 'text'"
                               " AND recipient ->> '$.to' = ? ORDER BY tenant", (since, number)).fetchall()  # fmt: skip
@@ -926,6 +1139,7 @@ class SqliteStore:
         return row[0]
 
     def close(self) -> None:
+        self._fold_now()  # the file as an older version reads it
         with self._lock:
             self._db.close()
 

@@ -174,6 +174,47 @@ class StoreConformance:
         assert store.job("acme", "j1").counts == {"delivered": 1, "queued": 4}
         assert [a[0] for a in store.awaiting_receipts()] == []
 
+    def test_a_submit_is_read_at_once_and_its_receipt_later_ends_it(self, store) -> None:
+        """A message's lone ``submitted`` (its receipt in a later write, as at a real carrier):
+        every reader sees it at once (the message, the job's counts, the webhook, what awaits a
+        receipt), and its receipt ends the message with both changes in its history, once."""
+        store.add_job(JOB, 1000, PEOPLE, 10.0, callback_url=HOOK)
+        store.record([Change(message_id=1000, state="submitted", at=11.0, carrier="c1", carrier_ids=("a1",)),
+                      Change(message_id=1001, state="submitted", at=11.0, carrier="c1", carrier_ids=("b1",)),
+                      Change(message_id=1002, state="deferred", at=11.0, reason="quiet_hours")])  # fmt: skip
+        m = store.message("acme", 1000)
+        assert (m.state, m.carrier, m.carrier_ids, m.attempts) == ("submitted", "c1", ("a1",), 1)
+        assert [c.state for c in m.history] == ["queued", "submitted"]
+        assert store.job("acme", "j1").counts == {"queued": 2, "submitted": 2, "deferred": 1}
+        assert [(e.message_id, e.state) for e in drain(store)] == [(1000, "submitted"), (1001, "submitted"),
+                                                                   (1002, "deferred")]  # fmt: skip
+        store.record([Change(message_id=1002, state="submitted", at=11.5, carrier="c1", carrier_ids=("d1",))])
+        assert store.job("acme", "j1").counts == {"queued": 2, "submitted": 3}
+        store.record([Change(message_id=1000, state="delivered", at=11.6, reason="receipt", carrier="c1"),
+                      Change(message_id=1001, state="accepted", at=11.6, reason="receipt ENROUTE")])  # fmt: skip
+        m = store.message("acme", 1000)
+        assert (m.state, m.carrier, m.carrier_ids, m.attempts) == ("delivered", "c1", ("a1",), 1)
+        assert [(c.state, c.at) for c in m.history] == [("queued", 10.0), ("submitted", 11.0), ("delivered", 11.6)]
+        assert store.message("acme", 1001).state == "accepted"
+        assert store.job("acme", "j1").counts == {"queued": 2, "submitted": 1, "accepted": 1, "delivered": 1}
+        assert store.awaiting_receipts() == [(1001, "c1", ("b1",)), (1002, "c1", ("d1",))]
+        assert [(e.message_id, e.state) for e in drain(store)] == [(1002, "submitted"), (1000, "delivered"),
+                                                                   (1001, "accepted")]  # fmt: skip
+        store.record([Change(message_id=1001, state="delivered", at=12.0, reason="receipt"),
+                      Change(message_id=1002, state="delivered", at=12.0, reason="receipt"),
+                      Change(message_id=1003, state="submitted", at=12.0, carrier="c1", carrier_ids=("e1",))])
+        store.record([Change(message_id=1003, state="queued", at=12.1, reason="retried: bind_dropped"),
+                      Change(message_id=1004, state="canceled", at=12.1)])  # fmt: skip
+        store.record([Change(message_id=1003, state="submitted", at=12.2, carrier="c2", carrier_ids=("e2",))])
+        store.record([Change(message_id=1003, state="expired", at=99.0, reason="validity")])
+        m = store.message("acme", 1003)
+        assert (m.state, m.carrier, m.carrier_ids, m.attempts) == ("expired", "c2", ("e2",), 2)
+        assert [c.state for c in m.history] == ["queued", "submitted", "queued", "submitted", "expired"]
+        assert [c.state for c in store.message("acme", 1001).history] == ["queued", "submitted", "accepted",
+                                                                          "delivered"]  # fmt: skip
+        assert store.job("acme", "j1").counts == {"delivered": 3, "expired": 1, "canceled": 1}
+        assert store.awaiting_receipts() == [] and list(store.unfinished()) == []
+
     def test_paging_and_filter(self, store) -> None:
         store.add_job(JOB, 1000, PEOPLE, 10.0)
         store.record([Change(message_id=1002, state="expired", at=11.0)])
