@@ -24,6 +24,9 @@ aggregates' upsert, then their scoring ``UPDATE``; the rollups through a staging
 4. The other events go through the per-event code, in arrival order, in the same transaction; then
    (flows only) their flow inputs with every other event's, in arrival order, as one ``INSERT``.
 
+Every column is bound as the text of an array written by msgspec in one call (``pg_array``), not as
+a list psycopg dumps element by element in Python (half of this process's CPU for the batch).
+
 The statements' texts are constant (``now`` and the tenant are parameters): psycopg prepares them,
 the server plans them once. tests/campaigns/test_event_batch_pg.py compares this path with the
 stepwise one and with the events one by one on random batches (re-sent ids, any order, cuts).
@@ -49,6 +52,25 @@ if TYPE_CHECKING:
     from campaigns.store.sql import Tx
 
 _json = msgspec.json.Encoder()
+
+
+def pg_array(values: Sequence[Any], *, numeric: bool = False) -> str | list[Any]:
+    """``values`` (strings, or numbers when ``numeric``; ``None`` is ``NULL``) as the text of a
+    PostgreSQL array, for a ``%(x)s::text[]`` (``bigint[]``, ``float8[]``) parameter.
+
+    A list bound as it is costs psycopg a Python loop over its elements (a dump, a regular expression
+    for the quoting and an append each: ~1-4 µs an element, 20-25 columns of 1,000 a batch); msgspec
+    writes the same text as a JSON array in one call (docs/BENCHMARKS.md, "pgevents4"). A JSON array
+    whose strings needed no escape is an array literal once its brackets are braces: each element a
+    double-quoted string with no ``"`` or ``\\`` inside, a number, or ``null`` (``NULL`` to
+    ``array_in``, in any case). A str parameter is sent as ``unknown``: the statement's cast types it,
+    the server parses it as it parsed psycopg's text, and a statement planned at each execution sees
+    the array and its length as before. Else (an escape, a number JSON cannot write: the list as it is)."""
+    text = _json.encode(values)
+    if b"\\" in text or (numeric and b"null" in text and None not in values):
+        return list(values)
+    return "{" + text[1:-1].decode() + "}"
+
 _NOW = 1_234_567_890.0625  # ``now`` as ``_scores`` writes it, replaced by the parameter
 _SCORED = ("avg_order_value", "rfm_r", "rfm_f", "rfm_m", "engagement")
 _READ = re.compile(r"\b(last_click_at|last_reply_at|last_order_at|orders_count|total_spent)\b")
@@ -249,8 +271,9 @@ class PgEventBatch:
         done: set[str] = set()  # stored checkouts already completed
         flows = False
         # Planned at each execution, never prepared (``_CLAIM_UNPREPARED``).
-        for what, text, sid in tx.named_rows(claim_sql(), {"ids": list(first), "phones": phones, "oids": oids, "cids": cids,
-                                                         "t": tenant, "now": now}, prepare=False):  # fmt: skip
+        claim = {"ids": pg_array(list(first)), "phones": pg_array(phones), "oids": pg_array(oids), "cids": pg_array(cids),
+                 "t": tenant, "now": now}  # fmt: skip
+        for what, text, sid in tx.named_rows(claim_sql(), claim, prepare=False):
             if what == 0:
                 claimed.add(text)
             elif what == 1:
@@ -322,26 +345,28 @@ def _write_params(events: Sequence[tuple[ShopEvent, str | None]], orders: list[i
     items = [(e.order_id, it) for e in os_ for it in e.items]
     a_ev: list[Any] = [events[i][0] for i in acts]
     k_ev: list[Any] = [events[i][0] for i in checkouts]
+    a, n = pg_array, functools.partial(pg_array, numeric=True)
     return {
         "t": tenant, "now": now,
-        "o_id": [e.order_id for e in os_], "o_sid": [sid_of[events[i][1]] for i in orders],  # type: ignore[index]
-        "o_total": [e.total for e in os_], "o_cur": [e.currency for e in os_], "o_pay": [e.payment_status for e in os_],
-        "o_fs": [e.fulfillment_status for e in os_], "o_disc": [e.discount_code for e in os_],
-        "o_created": [e.created_at if e.created_at is not None else e.at for e in os_], "o_at": [e.at for e in os_],
-        "o_cid": [e.checkout_id for e in os_],
+        "o_id": a([e.order_id for e in os_]), "o_sid": n([sid_of[events[i][1]] for i in orders]),  # type: ignore[index]
+        "o_total": n([e.total for e in os_]), "o_cur": a([e.currency for e in os_]),
+        "o_pay": a([e.payment_status for e in os_]), "o_fs": a([e.fulfillment_status for e in os_]),
+        "o_disc": a([e.discount_code for e in os_]),
+        "o_created": n([e.created_at if e.created_at is not None else e.at for e in os_]), "o_at": n([e.at for e in os_]),
+        "o_cid": a([e.checkout_id for e in os_]),
         # last_abandoned_checkout_at recomputed: a new checkout's subscriber, an order's that completes one
         "r_sid": sorted({sid_of[events[i][1]] for i in checkouts}  # type: ignore[index]
                         | {sid_of[events[i][1]] for i in orders if events[i][0].checkout_id is not None}),  # type: ignore[index,union-attr]
         "done": [e.checkout_id for e in os_ if e.checkout_id is not None],
-        "i_oid": [o for o, _ in items], "i_product": [it.product for _, it in items],
-        "i_category": [it.category for _, it in items], "i_price": [it.price for _, it in items],
-        "i_qty": [it.quantity for _, it in items],
-        "a_sid": [sid_of[events[i][1]] for i in acts],  # type: ignore[index]
-        "a_kind": [e.kind if isinstance(e, ActivityEvent) else e.name for e in a_ev],
-        "a_at": [e.at for e in a_ev], "a_props": _json.encode([e.properties for e in a_ev]).decode(),
-        "c_id": [e.checkout_id for e in k_ev], "c_sid": [sid_of[events[i][1]] for i in checkouts],  # type: ignore[index]
-        "c_url": [e.url for e in k_ev], "c_value": [e.value for e in k_ev], "c_at": [e.at for e in k_ev],
-        "c_status": [e.status for e in k_ev],
+        "i_oid": a([o for o, _ in items]), "i_product": a([it.product for _, it in items]),
+        "i_category": a([it.category for _, it in items]), "i_price": n([it.price for _, it in items]),
+        "i_qty": n([it.quantity for _, it in items]),
+        "a_sid": n([sid_of[events[i][1]] for i in acts]),  # type: ignore[index]
+        "a_kind": a([e.kind if isinstance(e, ActivityEvent) else e.name for e in a_ev]),
+        "a_at": n([e.at for e in a_ev]), "a_props": _json.encode([e.properties for e in a_ev]).decode(),
+        "c_id": a([e.checkout_id for e in k_ev]), "c_sid": n([sid_of[events[i][1]] for i in checkouts]),  # type: ignore[index]
+        "c_url": a([e.url for e in k_ev]), "c_value": n([e.value for e in k_ev]), "c_at": n([e.at for e in k_ev]),
+        "c_status": a([e.status for e in k_ev]),
     }  # fmt: skip
 
 

@@ -5,6 +5,7 @@ the next batch's events commit on the other."""
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,7 +15,7 @@ import psycopg
 
 from campaigns.errors import StorageError
 from campaigns.store import click_sql
-from campaigns.store.event_batch_pg import PgEventBatch
+from campaigns.store.event_batch_pg import PgEventBatch, pg_array
 from campaigns.store.base import MembersFound
 from campaigns.store.campaign_rows import HitIn, LinkRow
 from campaigns.store.campaign_sql import link_read_many, link_rows, resolve_codes, resolve_ranges
@@ -135,8 +136,10 @@ class PostgresStore(PgEventBatch, SqlStore):
         and each moved timer was a statement of its own: ~100 ms of the server's CPU a pass of 1,000
         subscribers and 13 trees, a fifth of the pass)."""
         pairs = [(seg, sid) for seg, sids in found.items() for sid in sids]
-        row = tx.named_rows(_MEMBERS_WRITE, {"tenant": tenant, "now": now, "ids": ids, "segs": sorted(found),
-                                             "fseg": [p[0] for p in pairs], "fsid": [p[1] for p in pairs]})  # fmt: skip
+        n = functools.partial(pg_array, numeric=True)  # the arrays' text by msgspec, not psycopg's loop (pg_array)
+        bound_ids = n(ids)
+        row = tx.named_rows(_MEMBERS_WRITE, {"tenant": tenant, "now": now, "ids": bound_ids, "segs": n(sorted(found)),
+                                             "fseg": n([p[0] for p in pairs]), "fsid": n([p[1] for p in pairs])})  # fmt: skip
         if edges:
             _pg_timers(tx, tenant, ids, edges)
         joined = [(int(seg), int(sid)) for seg, sid, _ in row if seg is not None]
@@ -148,14 +151,22 @@ class PostgresStore(PgEventBatch, SqlStore):
         """A group's differences, read with its stored members (``SqlStore._read_group``), in one
         statement (the leavers deleted by their rows' ctids, the joiners inserted), its timers in another."""
         assert f.joined is not None and f.left is not None
+        n = functools.partial(pg_array, numeric=True)
         row = tx.named_rows(_MEMBERS_APPLY, {"tenant": tenant, "now": now,
-                                             "jseg": [j[0] for j in f.joined], "jsid": [j[1] for j in f.joined],
-                                             "lseg": [x[0] for x in f.left], "lsid": [x[1] for x in f.left]})  # fmt: skip
+                                             "jseg": n([j[0] for j in f.joined]), "jsid": n([j[1] for j in f.joined]),
+                                             "lseg": n([x[0] for x in f.left]), "lsid": n([x[1] for x in f.left])})  # fmt: skip
         if f.edges:
             _pg_timers(tx, tenant, f.ids, f.edges)
         joined = [(int(seg), int(sid)) for seg, sid, _ in row if seg is not None]
         enqueue_entered(tx, tenant, joined, now)
         return sum(int(r[2]) for r in row)
+
+    def known_phones(self, tenant: str, phones: Sequence[str]) -> set[str]:
+        """``SqlStore.known_phones`` with the phones bound as one array text (``pg_array``)."""
+        with self._tx() as tx:
+            return {r[0] for r in tx.rows("SELECT phone FROM subscribers WHERE tenant = ? AND phone IN "
+                                          "(SELECT value FROM unnest(?::text[]) AS value)",
+                                          (tenant, pg_array(sorted(set(phones)))))}  # fmt: skip
 
     def record_link_hits(self, hits: Sequence[HitIn], *, now: float) -> int:
         """``CampaignSql.record_link_hits`` as one statement (``click_sql``), atomic on its own: run on
@@ -250,8 +261,9 @@ UNION ALL SELECT segment_id, subscriber_id, 1 FROM added
 
 def _pg_timers(tx: Tx, tenant: str, ids: list[int], edges: dict[int, dict[int, float]]) -> None:
     want = [(seg, sid, at) for seg, by_sid in edges.items() for sid, at in by_sid.items()]
-    tx.named_run(_TIMERS_WRITE, {"tenant": tenant, "ids": ids, "segs": sorted(edges), "wseg": [w[0] for w in want],
-                                 "wsid": [w[1] for w in want], "wat": [w[2] for w in want]})  # fmt: skip
+    n = functools.partial(pg_array, numeric=True)  # the arrays' text by msgspec, not psycopg's loop (pg_array)
+    tx.named_run(_TIMERS_WRITE, {"tenant": tenant, "ids": n(ids), "segs": n(sorted(edges)), "wseg": n([w[0] for w in want]),
+                                 "wsid": n([w[1] for w in want]), "wat": n([w[2] for w in want])})  # fmt: skip
 
 
 # The timers of the segments ``segs`` for ``ids`` become ``want`` (segment, subscriber, at): the others

@@ -148,6 +148,53 @@ def test_any_mix_in_any_order_with_resent_events(stores: tuple[PostgresStore, Po
     _compare(stores, shuffled, data.draw(st.lists(st.integers(0, 30), max_size=3)), flows)
 
 
+# What an array literal treats apart: quotes, backslashes, braces, commas, blanks, the word NULL, and
+# what JSON escapes (control characters) or writes raw (non-ASCII).
+AWKWARD = ('a"b', "c\\d", "{x,y}", "NULL", "null", " sp ", "tab\tnl\n", ",", "é€😀", "\\\"", "}")
+
+
+def test_awkward_text_is_stored_as_sent(stores: tuple[PostgresStore, PostgresStore]) -> None:
+    """Every text column of the set-based kinds bound with ``pg_array`` (ids, order and product
+    names, categories, codes, statuses, urls, kinds): stored byte for byte as the stepwise batch and
+    the events one by one store them, NULLs as NULL."""
+    evs: list[ShopEvent] = []
+    for i, w in enumerate(AWKWARD):
+        phone = PHONES[i % len(PHONES)]
+        evs += [OrderEvent(id=f"e{w}", at=T0 + i, order_id=f"o{w}", phone=phone, total=100 + i, currency="EUR",
+                           payment_status="paid", fulfillment_status=w if i % 2 else None, discount_code=w,
+                           items=(Item(product=w, category=w if i % 3 else None, price=5, quantity=2),)),
+                CheckoutEvent(id=f"k{w}", at=T0 + i, checkout_id=f"k{w}", phone=phone, status="abandoned",
+                              url=w if i % 2 else None),
+                CustomEvent(id=f"c{w}", at=T0 + i, phone=phone, name=w, properties={"w": w})]  # fmt: skip
+    _compare(stores, evs, [], False)
+    new, _ = stores
+    with new._tx() as tx:
+        rows = tx.rows("SELECT o.order_id, o.discount_code, o.fulfillment_status, i.product, i.category FROM orders o "
+                       "JOIN order_items i ON i.tenant = o.tenant AND i.order_id = o.order_id WHERE left(o.tenant, 3) = 'new' "
+                       "ORDER BY o.created_at")  # fmt: skip
+    got = [r for r in rows][-len(AWKWARD):]
+    assert got == [(f"o{w}", w, w if i % 2 else None, w, w if i % 3 else None) for i, w in enumerate(AWKWARD)]
+
+
+def test_pg_array_is_the_list_psycopg_binds(pg_url: str) -> None:
+    """``pg_array``'s text, typed by the statement's cast, is the array the list itself binds to."""
+    import psycopg
+
+    from campaigns.store.event_batch_pg import pg_array
+
+    cases: list[tuple[str, list[Any], bool]] = [
+        ("text[]", [*AWKWARD, None, ""], False), ("text[]", [], False), ("text[]", [None], False),
+        ("bigint[]", [0, -1, 2**62, None], True), ("float8[]", [0.1, 1e-7, 1.7e9 + 0.37, 1e11, 3.0, None], True),
+        ("float8[]", [float("inf"), 1.5], True)]  # fmt: skip
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for cast, values, numeric in cases:
+            bound = pg_array(values, numeric=numeric)
+            got = conn.execute(f"SELECT %s::{cast}, %s::{cast}", (bound, values), prepare=False).fetchone()
+            assert got is not None and got[0] == got[1] == values, (cast, values, bound)
+    assert isinstance(pg_array(["x\\y"]), list) and isinstance(pg_array([float("nan")], numeric=True), list)
+    assert pg_array(["a", None]) == '{"a",null}' and pg_array([1, 2], numeric=True) == "{1,2}"
+
+
 def test_a_batch_is_four_round_trips(stores: tuple[PostgresStore, PostgresStore]) -> None:
     """1,000 new orders and clicks: BEGIN, the claim, the write, COMMIT (no statement per event or per table)."""
     new, _ = stores
