@@ -70,14 +70,18 @@ def _together(store: Any) -> None:
              e.payment_status) for e, sid in rows])  # fmt: skip
 
     def keep(tx: Any, tenant: str, *, added: Any = (), recompute: Any = ()) -> None:
-        upkeep(tx, tenant, added=added, recompute=recompute)
-        if added:
-            rows = rollups._rows(tenant, ((sid, e.created_at if e.created_at is not None else e.at, e.total,
-                                           [(it.category, it.price, it.quantity) for it in e.items]) for e, sid in added))
-            adds = ("n = subscriber_orders.n + excluded.n, amount = subscriber_orders.amount + excluded.amount, "
-                    "quantity = subscriber_orders.quantity + excluded.quantity")
-            tx._insert_on_conflict("subscriber_orders", _SO, [(t, sid, k, b, "", n, a, q, None) for t, k, b, sid, n, a, q in rows],
-                                   f"ON CONFLICT (tenant, subscriber_id, key, at, order_id) DO UPDATE SET {adds}")
+        if recompute:
+            upkeep(tx, tenant, recompute=recompute)  # not in this bench's batches (new orders only)
+        if not added:
+            return
+        rows = rollups._rows(tenant, ((sid, e.created_at if e.created_at is not None else e.at, e.total,
+                                       [(it.category, it.price, it.quantity) for it in e.items]) for e, sid in added))  # fmt: skip
+        for table, cols, key, out in (
+                ("order_rollups", rollups._COLS, "tenant, key, bucket, subscriber_id", rows),
+                ("subscriber_orders", _SO, "tenant, subscriber_id, key, at, order_id",
+                 [(t, sid, k, b, "", n, a, q, None) for t, k, b, sid, n, a, q in rows])):  # fmt: skip
+            adds = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in ("n", "amount", "quantity"))
+            tx._insert_on_conflict(table, cols, out, f"ON CONFLICT ({key}) DO UPDATE SET {adds}")
 
     event_batch.EventBatch._insert_orders = staticmethod(orders)  # type: ignore[assignment]
     rollups.upkeep = keep  # type: ignore[assignment]
