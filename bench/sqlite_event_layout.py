@@ -55,7 +55,8 @@ TOGETHER = [
 _SO = ("tenant", "subscriber_id", "key", "at", "order_id", "n", "amount", "quantity", "payment_status")
 
 
-def _together(store: Any) -> None:
+def _together(store: Any) -> Any:
+    """The layout made and the batch patched; returns what undoes the patches (module attributes)."""
     with store._conn:
         for s in TOGETHER:
             store._conn.execute(s)
@@ -86,6 +87,19 @@ def _together(store: Any) -> None:
     event_batch.EventBatch._insert_orders = staticmethod(orders)  # type: ignore[assignment]
     rollups.upkeep = keep  # type: ignore[assignment]
 
+    def undo() -> None:
+        event_batch.EventBatch._insert_orders = staticmethod(insert_orders)  # type: ignore[assignment]
+        rollups.upkeep = upkeep  # type: ignore[assignment]
+
+    return undo
+
+
+_SAME = ("SELECT (SELECT COUNT(*) FROM (SELECT tenant, subscriber_id, created_at, order_id, total, payment_status FROM orders "
+         "EXCEPT SELECT tenant, subscriber_id, at, order_id, amount, payment_status FROM subscriber_orders WHERE key = '')) + "
+         "(SELECT COUNT(*) FROM (SELECT tenant, subscriber_id, key, bucket, n, amount, quantity FROM order_rollups "
+         "EXCEPT SELECT tenant, subscriber_id, key, at, n, amount, quantity FROM subscriber_orders WHERE key <> '')) + "
+         "(SELECT COUNT(*) FROM orders) + (SELECT COUNT(*) FROM order_rollups) - (SELECT COUNT(*) FROM subscriber_orders)")
+
 
 def _clustered_orders(store: Any) -> None:
     """``orders`` WITHOUT ROWID: its key's b-tree is the table (one b-tree entry an order less)."""
@@ -111,8 +125,7 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, layout: str, wo
         _load_sqlite(path, Audience(n, m, seed))
         store = open_store(f"sqlite:///{path}")
         store.analyze()
-        if layout in ("together", "both"):
-            _together(store)
+        undo = _together(store) if layout in ("together", "both") else None
         if layout in ("clustered", "both"):
             _clustered_orders(store)
         if store._checkpointer is not None:
@@ -129,32 +142,43 @@ def profile(n: int, m: int, batches: int, batch: int, seed: int, layout: str, wo
         cpu, ckpt, frames, trees = [], [], [], []
         spent: dict[str, list[float]] = {}
         raw = store._conn
-        for events in bodies:
-            phones = audience.check_events(TENANT, events, [""] * len(events))
-            if mapped:
-                _, pos = _frames(path, pos)
-            c = time.thread_time()
-            if events is bodies[1]:
-                spent.clear()
-            store._conn = _Conn(raw, _timed_cursor(spent))
-            store.apply_events(TENANT, list(zip(events, phones, strict=True)), now=NOW)
-            store._conn = raw
-            cpu.append(time.thread_time() - c)
-            pages, pos = _frames(path, pos)
-            frames.append(len(pages))
-            if not mapped:  # the WAL copied back, timed: the store's checkpoint thread pays it in the product
+
+        def run_batches() -> None:
+            nonlocal pos
+            for events in bodies:
+                phones = audience.check_events(TENANT, events, [""] * len(events))
+                if mapped:
+                    _, pos = _frames(path, pos)
                 c = time.thread_time()
-                store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                ckpt.append(time.thread_time() - c)
-                pos = 0
-                continue
-            names.update({int(p): str(nm) for nm, p in store._conn.execute("SELECT name, pageno FROM dbstat")
-                          if int(p) in set(pages) and int(p) not in names})
-            trees.append(Counter(names.get(p, "?") for p in set(pages)))
+                if events is bodies[1]:
+                    spent.clear()
+                store._conn = _Conn(raw, _timed_cursor(spent))
+                store.apply_events(TENANT, list(zip(events, phones, strict=True)), now=NOW)
+                store._conn = raw
+                cpu.append(time.thread_time() - c)
+                pages, pos = _frames(path, pos)
+                frames.append(len(pages))
+                if not mapped:  # the WAL copied back, timed: the store's checkpoint thread pays it in the product
+                    c = time.thread_time()
+                    store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    ckpt.append(time.thread_time() - c)
+                    pos = 0
+                    continue
+                names.update({int(p): str(nm) for nm, p in store._conn.execute("SELECT name, pageno FROM dbstat")
+                              if int(p) in set(pages) and int(p) not in names})
+                trees.append(Counter(names.get(p, "?") for p in set(pages)))
+
+        try:
+            run_batches()
+        finally:
+            if undo is not None:
+                undo()
+        # the prototype's writes checked: its rows are exactly the orders' and the rollups'
+        same = layout not in ("together", "both") or store._conn.execute(_SAME).fetchone()[0] == 0
         store.close()
     warm = slice(1, None)
     all_trees = sorted({t for c in trees[warm] for t in c})
-    return {"layout": layout, "subscribers": n, "orders": m,
+    return {"layout": layout, "subscribers": n, "orders": m, "rows_consistent": same,
             "store_cpu_us_per_event": statistics.median(cpu[warm]) / batch * 1e6,
             "store_cpu_us_per_event_all": [round(c / batch * 1e6, 1) for c in cpu[warm]],
             "wal_frames_per_event": statistics.median(frames[warm]) / batch,
