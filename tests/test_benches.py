@@ -224,3 +224,15 @@ def test_sqlite_event_pages_counts_an_order_events_rows_and_wal_pages(tmp_path):
     assert ingest["frames"] > 0 and "orders_segment_spend" in ingest["pages by b-tree"]
     assert abs(sum(ingest["pages by b-tree"].values()) - ingest["distinct pages"]) < 1e-9
     assert write["rows added"].get("segment_members", 0) > 0
+
+
+def test_sqlite_event_layout_prototype_writes_the_same_rows_and_restores_the_batch(tmp_path):
+    from bench.sqlite_event_layout import profile
+    from campaigns.store import event_batch, rollups
+
+    before = (event_batch.EventBatch._insert_orders, rollups.upkeep)
+    for layout in ("base", "together"):
+        out = profile(500, 5000, 3, 100, 1, layout, str(tmp_path), mapped=layout == "together")
+        assert out["rows_consistent"] and out["wal_frames_per_event"] > 0
+    assert "subscriber_orders" in out["pages_by_tree"] and "orders_segment_spend" not in out["pages_by_tree"]
+    assert (event_batch.EventBatch._insert_orders, rollups.upkeep) == before  # the patches undone
