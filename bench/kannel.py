@@ -418,11 +418,13 @@ def _sluice_cpu(gw_pid: int, sim_pid: int, receiver: Receiver) -> tuple[float, .
             _kids_cpu(gw_pid, "ingest"), cpu_seconds(sim_pid))  # fmt: skip
 
 
-def _machine_idle() -> tuple[float, float]:
-    """(idle, total) jiffies of the whole machine so far (/proc/stat's first line)."""
+def _machine_idle() -> tuple[float, float, float]:
+    """(idle, total, steal) jiffies of the whole machine so far (/proc/stat's first line).
+    Steal: time the hypervisor ran something else while this VM's vCPUs wanted to run; a run
+    slow in every process's CPU a message with steal is the host's, not the code's."""
     with open("/proc/stat", encoding="ascii") as f:
         fields = [float(x) for x in f.readline().split()[1:]]
-    return fields[3] + fields[4], sum(fields[:8])
+    return fields[3] + fields[4], sum(fields[:8]), fields[7]
 
 
 async def _sample(gw_pid: int, sim: Child, receiver: Receiver, into: list[dict], every: float = 0.1) -> None:
@@ -434,10 +436,11 @@ async def _sample(gw_pid: int, sim: Child, receiver: Receiver, into: list[dict],
         cpu = _sluice_cpu(gw_pid, sim.pid, receiver)
         sim_c = await sim.counters()
         heard = await receiver.stats()
-        idle, total = _machine_idle()
+        idle, total, steal = _machine_idle()
         into.append({"t": round(time.monotonic() - t0, 3), "cpu": [round(c, 3) for c in cpu],
                      "accepted": sim_c["accepted"], "receipts_acked": sim_c["receipts_acked"],
-                     "events": heard["events"], "final": heard["final"], "idle": idle, "jiffies": total})  # fmt: skip
+                     "events": heard["events"], "final": heard["final"], "idle": idle, "jiffies": total,
+                     "steal": steal})  # fmt: skip
         await anyio.sleep(every)
 
 
@@ -453,7 +456,8 @@ def timeline_per_second(samples: list[dict]) -> list[dict]:
                     "receipts": round((b["receipts_acked"] - a["receipts_acked"]) / dt),
                     "events": round((b["events"] - a["events"]) / dt), "final": round((b["final"] - a["final"]) / dt),
                     "cpu": [round((y - x) / dt, 2) for x, y in zip(a["cpu"], b["cpu"])],
-                    "machine_idle": round((b["idle"] - a["idle"]) / max(1.0, b["jiffies"] - a["jiffies"]), 2)})  # fmt: skip
+                    "machine_idle": round((b["idle"] - a["idle"]) / max(1.0, b["jiffies"] - a["jiffies"]), 2),
+                    "machine_steal": round((b["steal"] - a["steal"]) / max(1.0, b["jiffies"] - a["jiffies"]), 3)})  # fmt: skip
         k += 10
     return out
 
@@ -594,6 +598,7 @@ async def sluice_side(n: int, pieces: list[bytes], want: int, receiver: Receiver
             "simulator_cpu_us": (cpu1[5] - cpu0[5]) / want * 1e6,
             "cores_busy": (sum(cpu1[1:]) - sum(cpu0[1:])) / max(end - t0, 1e-9),
             "machine_idle": (idle1[0] - idle0[0]) / max(1.0, idle1[1] - idle0[1]),
+            "machine_steal": (idle1[2] - idle0[2]) / max(1.0, idle1[1] - idle0[1]),
             "server_peak_rss": peak, "children_peak_rss": kid_peaks, "sim_accepted": sim_counters["accepted"],
             "sim_receipts_acked": sim_counters["receipts_acked"], **crit,
             "record_cpu_us": crit["record_cpu_s"] / want * 1e6,
@@ -733,8 +738,9 @@ def bench_kannel(n: int, runs: int, dlr_delay: float, sides: tuple[str, ...], bi
         if side != "kannel":
             busy = statistics.median(x[side]["cores_busy"] for x in r["per_run"])
             idle = statistics.median(x[side]["machine_idle"] for x in r["per_run"])
-            click.echo(f"  {side + ': cores busy with its processes, machine idle share':<64} {busy:>10.2f}    "
-                       f"{idle:.0%}")  # fmt: skip
+            steal = statistics.median(x[side].get("machine_steal", 0.0) for x in r["per_run"])
+            click.echo(f"  {side + ': cores busy with its processes, machine idle, steal':<64} {busy:>10.2f}    "
+                       f"{idle:.0%} {steal:.1%}")  # fmt: skip
     keys = ("window_wait_share", "wire_wait_share", "write_share", "receipts_window_full_share")
     sluice = [side for side in r["messages_per_s"] if side != "kannel"]
     if sluice:

@@ -27,6 +27,11 @@ class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 30
     max_age: Annotated[float, msgspec.Meta(gt=0)] = 86_400.0  # seconds after the change: then dead
     poll_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # sequence check when nothing wakes us
+    # A round (read, POST, settle) begins at least this long after the one before, unless that
+    # one left events behind: serve pokes the sender at every write (100-150 a second under
+    # load), and each round costs the sender and the receiver a wake-up, two queries and a
+    # cursor's bookkeeping whatever it carries. Events wait at most this long for more to join.
+    linger: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.02
     # The cursor written at most this often while the sender is busy (and whenever a round finds
     # nothing to send, or one fails): each write takes the store's write lock, which serve's
     # writes then wait for. A kill -9 sends at most this long's delivered events again.

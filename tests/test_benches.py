@@ -142,6 +142,7 @@ def test_bench_kannel_hears_every_final_state_once_from_both(tmp_path):
     assert data["receiver_ceiling"]["dlr_events_per_s"] > 0 and data["receiver_ceiling"]["hooks_events_per_s"] > 0
     # where the cores went: the side's processes in all, the machine's idle share, and (--timeline) per second
     assert hooks["cores_busy"] > 0 and 0 <= hooks["machine_idle"] <= 1 and isinstance(hooks["timeline"], list)
+    assert 0 <= hooks["machine_steal"] <= 1 and all("machine_steal" in s for s in hooks["timeline"])
     assert "cores busy" in result.output
 
 

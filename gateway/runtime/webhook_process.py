@@ -35,6 +35,7 @@ if __name__ == "__main__":
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -80,22 +81,50 @@ class DeliveryProcess:
         self._base = WebhookStats(requests=0, delivered=0, retried=0, dead=0)  # processes that ended
         self._last = self._base
         self._restart_initial, self._restart_max = restart_initial, restart_max
+        self._poked_at = -math.inf  # when a poke was last written (the event loop's clock)
+        self._held = anyio.Event()  # a poke came within ``linger`` of the last one written
         self.starts = 0  # how many processes were started (tests, logs)
+        self.pokes_written = 0  # (tests, the bench's counts)
 
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
     def poke(self) -> None:
-        """New sequence rows: tell the process to look now. Never blocks: a full pipe already
-        holds a poke, and a process that is gone is being restarted (it reads from the start)."""
+        """New sequence rows: tell the process to look. Never blocks: a full pipe already holds a
+        poke, and a process that is gone is being restarted (it reads from the start).
+
+        At most one poke every ``webhooks.linger``: ``record`` calls this after each write (a
+        hundred and more a second under load), and each poke wakes the process for a round (a
+        read, its POSTs, the receiver's wake-ups), on the cores that drive the carriers. A poke
+        within ``linger`` of the last one is held and written once ``linger`` has passed
+        (``_pump``), for every write that came meanwhile: their events go in one round."""
         if not self._wanted.is_set():
             self._wanted.set()
+        if self._proc is None:
+            return
+        if anyio.current_time() - self._poked_at >= self._start.settings.linger:
+            self._write_poke()
+        else:
+            self._held.set()
+
+    def _write_poke(self) -> None:
+        self._poked_at = anyio.current_time()
         proc = self._proc
         if proc is None or proc.stdin is None:
             return
+        self.pokes_written += 1
         with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError, ValueError):
             os.write(proc.stdin.fileno(), b".")
+
+    async def _pump(self) -> None:
+        """The pokes ``poke`` held, each written ``linger`` after the one before (the writes
+        that came while it waited are covered by it: the process reads after them)."""
+        while True:
+            await self._held.wait()
+            await anyio.sleep(max(0.0, self._poked_at + self._start.settings.linger - anyio.current_time()))
+            self._held = anyio.Event()
+            self._write_poke()
 
     def statistics(self) -> WebhookStats:
         b, last = self._base, self._last
@@ -147,7 +176,10 @@ class DeliveryProcess:
             pass
         log.info("webhook.process_started pid=%d", proc.pid)
         try:
-            await self._read_stats(proc.stdout.fileno())
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._pump)
+                await self._read_stats(proc.stdout.fileno())
+                tg.cancel_scope.cancel()
             return await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
         finally:
             self._proc = None
@@ -172,7 +204,10 @@ async def _deliver(start: Start, stdin: int, report: Callable[[WebhookStats], No
     store = SqliteStore(start.store_path, synchronous="NORMAL", writes_changes=False)
     targets = TargetPolicy(start.settings.allow_private, start.own)
     try:
-        async with WebhookSender(store, start.settings, start.secrets, clock=time.time, targets=targets,
+        # serve's pokes come at most every ``linger`` already (``DeliveryProcess.poke``): a round
+        # per poke, without lingering again here.
+        settings = msgspec.structs.replace(start.settings, linger=0.0)
+        async with WebhookSender(store, settings, start.secrets, clock=time.time, targets=targets,
                                  store_inline=True) as sender:  # fmt: skip
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_pokes, stdin, sender, tg.cancel_scope)

@@ -304,11 +304,21 @@ class _Sender:
     async def run(self, on_round: Callable[[bool], None] | None = None) -> None:
         """Rounds until canceled; ``on_round(busy)`` after each (busy: another follows at once)."""
         while True:
+            began = anyio.current_time()
             busy = await self.run_once() >= self._limit  # more may be due at once
             if on_round is not None:
                 on_round(busy)
             if not busy:
                 await self._wait()
+                await self._linger(began)
+
+    async def _linger(self, began: float) -> None:
+        """Let the next round begin ``linger`` after this one began (``WebhookSettings.linger``):
+        pokes that come meanwhile are one round, not one each. Not after a round that left events
+        behind (``run`` goes on at once), nor beyond ``linger`` (an event waits at most that)."""
+        rest = self._s.linger - (anyio.current_time() - began)
+        if rest > 0:
+            await anyio.sleep(rest)
 
     async def run_once(self) -> int:
         raise NotImplementedError

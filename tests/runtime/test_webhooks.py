@@ -507,3 +507,34 @@ async def test_a_busy_sender_writes_its_cursor_at_most_every_ack_every_and_once_
             assert await killed_and_restarted.run_once() == 5  # ... so a new sender sends them again
     assert store.outbox_statistics().pending == 0  # the stop wrote what was delivered
     assert [e["message_id"] for e in rx.events()][55:] == [format_id(BASE + i) for i in range(55, 60)] * 2
+
+
+def test_a_running_sender_pokes_within_linger_make_one_round() -> None:
+    """The task sender (memory store, ``delivery = "task"``) is poked by every write of serve:
+    forty writes 5 ms apart make a round every ``linger`` (20 ms), not forty rounds, and every
+    event is delivered once, the last write's too, within ``linger`` of it (virtual time)."""
+    import trio.testing
+
+    async def main() -> tuple[list[bool], Receiver, float]:
+        store, clock, rx = MemoryStore(), FakeClock(), Receiver()
+        store.add_job(JOB, BASE, people(40), clock(), callback_url=HOOK)
+        rounds: list[bool] = []
+        lingering = msgspec.structs.replace(SETTINGS, linger=0.02, poll_interval=3600.0)
+        async with WebhookSender(store, lingering, {"acme": SECRET}, clock=clock, transport=httpx.MockTransport(rx),
+                                 store_inline=True) as s, anyio.create_task_group() as tg:  # fmt: skip
+            tg.start_soon(s.run, rounds.append)
+            for i in range(40):
+                store.record([Change(message_id=BASE + i, state="delivered", at=clock(), reason="DELIVRD",
+                                     carrier="alpha")])  # fmt: skip
+                s.poke()
+                await anyio.sleep(0.005)
+            last = anyio.current_time()
+            await anyio.sleep(0.025)
+            tg.cancel_scope.cancel()
+        return rounds, rx, anyio.current_time() - last
+
+    rounds, rx, _ = anyio.run(main, backend="trio",
+                              backend_options={"clock": trio.testing.MockClock(autojump_threshold=0)})  # fmt: skip
+    heard = [e["message_id"] for r in rx.requests for e in _events.decode(r.content)["events"]]
+    assert sorted(heard) == sorted(format_id(BASE + i) for i in range(40))  # each once, the last too
+    assert 1 < len(rx.requests) <= 12 and len(rounds) <= 12  # 0.2 s / 20 ms, not 40
